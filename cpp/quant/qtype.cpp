@@ -1,0 +1,73 @@
+#include "quant/qtype.h"
+
+#include <cctype>
+#include <cstring>
+
+namespace sl {
+
+namespace {
+
+struct Entry {
+    uint32_t id;
+    QTypeTraits traits;
+};
+
+// Every type ggml defines, so that the GGUF reader can size any tensor; the functions are
+// named here for the types splitllm computes with.
+const Entry kTable[] = {
+    {0, {"F32", 1, 4, false, nullptr, nullptr}},
+    {1, {"F16", 1, 2, false, nullptr, nullptr}},
+    {2, {"Q4_0", 32, 18, true, nullptr, nullptr}},
+    {3, {"Q4_1", 32, 20, true, nullptr, nullptr}},
+    {6, {"Q5_0", 32, 22, true, nullptr, nullptr}},
+    {7, {"Q5_1", 32, 24, true, nullptr, nullptr}},
+    {8, {"Q8_0", 32, 34, true, nullptr, nullptr}},
+    {9, {"Q8_1", 32, 36, true, nullptr, nullptr}},  // ggml: f16 d, f16 s, 32 x int8 (gguf-py says 40)
+    {10, {"Q2_K", 256, 84, true, nullptr, nullptr}},
+    {11, {"Q3_K", 256, 110, true, nullptr, nullptr}},
+    {12, {"Q4_K", 256, 144, true, nullptr, nullptr}},
+    {13, {"Q5_K", 256, 176, true, nullptr, nullptr}},
+    {14, {"Q6_K", 256, 210, true, nullptr, nullptr}},
+    {15, {"Q8_K", 256, 292, true, nullptr, nullptr}},
+    {16, {"IQ2_XXS", 256, 66, true, nullptr, nullptr}},
+    {17, {"IQ2_XS", 256, 74, true, nullptr, nullptr}},
+    {18, {"IQ3_XXS", 256, 98, true, nullptr, nullptr}},
+    {19, {"IQ1_S", 256, 50, true, nullptr, nullptr}},
+    {20, {"IQ4_NL", 32, 18, true, nullptr, nullptr}},
+    {21, {"IQ3_S", 256, 110, true, nullptr, nullptr}},
+    {22, {"IQ2_S", 256, 82, true, nullptr, nullptr}},
+    {23, {"IQ4_XS", 256, 136, true, nullptr, nullptr}},
+    {24, {"I8", 1, 1, false, nullptr, nullptr}},
+    {25, {"I16", 1, 2, false, nullptr, nullptr}},
+    {26, {"I32", 1, 4, false, nullptr, nullptr}},
+    {27, {"I64", 1, 8, false, nullptr, nullptr}},
+    {28, {"F64", 1, 8, false, nullptr, nullptr}},
+    {29, {"IQ1_M", 256, 56, true, nullptr, nullptr}},
+    {30, {"BF16", 1, 2, false, nullptr, nullptr}},
+    {34, {"TQ1_0", 256, 54, true, nullptr, nullptr}},
+    {35, {"TQ2_0", 256, 66, true, nullptr, nullptr}},
+    {39, {"MXFP4", 32, 17, true, nullptr, nullptr}},
+};
+
+}  // namespace
+
+const QTypeTraits * qtype_traits(uint32_t id) {
+    for (const Entry & e : kTable)
+        if (e.id == id) return &e.traits;
+    return nullptr;
+}
+
+bool qtype_from_name(const char * name, QType * out) {
+    for (const Entry & e : kTable) {
+        const char * a = e.traits.name;
+        const char * b = name;
+        while (*a && *b && std::toupper((unsigned char)*a) == std::toupper((unsigned char)*b)) ++a, ++b;
+        if (*a == 0 && *b == 0) {
+            *out = QType(e.id);
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace sl

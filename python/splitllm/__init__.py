@@ -1,0 +1,12 @@
+"""splitllm: run quantized LLMs on whatever memory you have.
+
+GGUF files with k-quant weights, a C++/CUDA core, and a Python API that follows
+llama-cpp-python's ``Llama``.
+"""
+
+from splitllm import _core
+from splitllm._core import CudaError, Error, GGUFError
+
+__version__ = "0.1.0"
+
+__all__ = ["CudaError", "Error", "GGUFError", "__version__", "_core"]

@@ -1,0 +1,30 @@
+"""Shared fixtures: the ../shared data folder and the SmolLM2 model (fetched and cached)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    d = Path(os.environ.get("SPLITLLM_SHARED", REPO.parent / "shared"))
+    if not (d / "data").is_dir():
+        pytest.skip(f"shared test data not found at {d} (set SPLITLLM_SHARED)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from splitllm.assets import smollm2_path
+
+    return smollm2_path()
+
+
+@pytest.fixture(scope="session")
+def tinyshakespeare(shared_dir) -> str:
+    return (shared_dir / "data" / "text" / "tinyshakespeare.txt").read_text(encoding="utf-8")
