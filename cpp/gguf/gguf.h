@@ -1,0 +1,123 @@
+// Memory-mapped GGUF reader (versions 2 and 3).
+//
+// Every count, length, offset, dimension and type read from the file is checked against the
+// file size and sane limits before it is used; a bad file throws sl::GGUFError whose message
+// names the file and what is wrong. Tensor data is never copied: GGUFTensor::data points into
+// the read-only mapping, which lives as long as the GGUFFile.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "quant/qtype.h"
+
+namespace sl {
+
+enum class GGUFType : uint32_t {
+    UINT8 = 0,
+    INT8 = 1,
+    UINT16 = 2,
+    INT16 = 3,
+    UINT32 = 4,
+    INT32 = 5,
+    FLOAT32 = 6,
+    BOOL = 7,
+    STRING = 8,
+    ARRAY = 9,
+    UINT64 = 10,
+    INT64 = 11,
+    FLOAT64 = 12,
+};
+
+const char * gguf_type_name(GGUFType t);
+
+// One metadata value. Scalars hold their value; strings a view into the mapping; arrays their
+// element type and elements (arrays of arrays nest).
+struct GGUFValue {
+    GGUFType type = GGUFType::UINT8;
+    union {
+        uint64_t u64;
+        int64_t i64;
+        double f64;
+        bool b;
+    } num{};
+    std::string_view str;           // STRING: bytes in the mapping (not NUL-terminated)
+    GGUFType elem_type = GGUFType::UINT8;  // ARRAY: element type
+    std::vector<GGUFValue> arr;     // ARRAY: elements
+
+    bool is_integer() const;
+    bool is_float() const;
+};
+
+struct GGUFKV {
+    std::string key;
+    GGUFValue value;
+};
+
+struct GGUFTensor {
+    std::string name;
+    QType type;
+    int n_dims = 0;
+    int64_t ne[4] = {1, 1, 1, 1};  // ne[0] is the row length (fastest-varying), as in ggml
+    uint64_t offset = 0;           // relative to the start of the data section
+    uint64_t nbytes = 0;
+    const uint8_t * data = nullptr;  // into the mapping
+
+    int64_t nelements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
+    int64_t nrows() const { return ne[1] * ne[2] * ne[3]; }
+};
+
+class GGUFFile {
+public:
+    // Maps and parses the file; throws GGUFError.
+    explicit GGUFFile(const std::string & path);
+    ~GGUFFile();
+    GGUFFile(const GGUFFile &) = delete;
+    GGUFFile & operator=(const GGUFFile &) = delete;
+
+    const std::string & path() const { return path_; }
+    uint32_t version() const { return version_; }
+    uint64_t alignment() const { return alignment_; }
+    uint64_t data_offset() const { return data_offset_; }
+    uint64_t file_size() const { return size_; }
+    const uint8_t * mapping() const { return base_; }
+
+    const std::vector<GGUFKV> & kvs() const { return kvs_; }
+    const GGUFValue * find(std::string_view key) const;  // nullptr if absent
+
+    // Typed getters: throw GGUFError naming the file and the key when the key is missing or
+    // holds another type. Integer getters accept any integer type whose value fits.
+    int64_t get_int(std::string_view key) const;
+    int64_t get_int(std::string_view key, int64_t fallback) const;
+    double get_float(std::string_view key) const;  // FLOAT32/FLOAT64 (or an integer)
+    double get_float(std::string_view key, double fallback) const;
+    bool get_bool(std::string_view key, bool fallback) const;
+    std::string get_str(std::string_view key) const;
+    std::string get_str(std::string_view key, const std::string & fallback) const;
+
+    const std::vector<GGUFTensor> & tensors() const { return tensors_; }
+    const GGUFTensor * find_tensor(std::string_view name) const;  // nullptr if absent
+
+    // Releases the pages of [ptr, ptr+n) from this process's resident set (after an upload to
+    // another device). The mapping stays valid.
+    void advise_dontneed(const void * ptr, size_t n) const;
+
+private:
+    void parse();
+
+    std::string path_;
+    int fd_ = -1;
+    const uint8_t * base_ = nullptr;
+    uint64_t size_ = 0;
+    uint32_t version_ = 0;
+    uint64_t alignment_ = 32;
+    uint64_t data_offset_ = 0;
+    std::vector<GGUFKV> kvs_;
+    std::vector<GGUFTensor> tensors_;
+};
+
+}  // namespace sl
