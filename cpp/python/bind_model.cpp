@@ -1,7 +1,110 @@
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "common/error.h"
+#include "model/model.h"
 #include "python/bind.h"
 
 namespace sl::py {
 
-void bind_model(pyb::module_ & m) {}
+namespace {
+
+QType kv_type(const std::string & name) {
+    QType t;
+    if (!qtype_from_name(name.c_str(), &t)) throw pyb::value_error("unknown KV cache type '" + name + "'");
+    return t;
+}
+
+using I32 = pyb::array_t<int32_t, pyb::array::c_style | pyb::array::forcecast>;
+using U8 = pyb::array_t<uint8_t, pyb::array::c_style | pyb::array::forcecast>;
+using F32 = pyb::array_t<float, pyb::array::c_style>;
+
+// Checks the batch arrays and returns how many logits rows they ask for.
+int64_t check_batch(const Model & m, const I32 & tokens, const I32 & pos, const I32 & slot,
+                    const std::optional<U8> & want) {
+    const int64_t n = tokens.size();
+    if (tokens.ndim() != 1 || pos.ndim() != 1 || slot.ndim() != 1 || pos.size() != n || slot.size() != n)
+        throw pyb::value_error("tokens, pos and slot must be 1-D arrays of the same length");
+    if (want && (want->ndim() != 1 || want->size() != n))
+        throw pyb::value_error("want_logits must be a 1-D array as long as tokens");
+    int64_t n_out = n;
+    if (want) {
+        n_out = 0;
+        for (int64_t i = 0; i < n; ++i) n_out += want->data()[i] != 0;
+    }
+    (void)m;
+    return n_out;
+}
+
+}  // namespace
+
+void bind_model(pyb::module_ & m) {
+    pyb::class_<Model>(m, "Model")
+        .def(pyb::init([](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max,
+                          int n_gpu_layers, const std::string & type_k, const std::string & type_v, bool offload_kqv,
+                          bool op_offload) {
+                 ModelParams p;
+                 p.n_ctx = n_ctx;
+                 p.n_batch = n_batch;
+                 p.n_threads = n_threads;
+                 p.n_seq_max = n_seq_max;
+                 p.n_gpu_layers = n_gpu_layers;
+                 p.type_k = kv_type(type_k);
+                 p.type_v = kv_type(type_v);
+                 p.offload_kqv = offload_kqv;
+                 p.op_offload = op_offload;
+                 pyb::gil_scoped_release nogil;
+                 return new Model(path, p);
+             }),
+             pyb::arg("path"), pyb::kw_only(), pyb::arg("n_ctx") = 4096, pyb::arg("n_batch") = 512,
+             pyb::arg("n_threads") = 0, pyb::arg("n_seq_max") = 1, pyb::arg("n_gpu_layers") = 0,
+             pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("offload_kqv") = true,
+             pyb::arg("op_offload") = true)
+        .def(
+            "decode",
+            [](Model & self, const I32 & tokens, const I32 & pos, const I32 & slot, std::optional<U8> want,
+               std::optional<F32> out) {
+                const int64_t n = tokens.size();
+                const int64_t n_out = check_batch(self, tokens, pos, slot, want);
+                F32 result = out ? *out : F32({n_out, int64_t(self.n_vocab())});
+                if (result.ndim() != 2 || result.shape(0) != n_out || result.shape(1) != self.n_vocab())
+                    throw pyb::value_error("out must be a C-contiguous float32 array of shape (n_logits, n_vocab)");
+                float * dst = n_out ? result.mutable_data() : nullptr;
+                const uint8_t * w = want ? want->data() : nullptr;
+                {
+                    pyb::gil_scoped_release nogil;
+                    self.decode(tokens.data(), pos.data(), slot.data(), w, int(n), dst);
+                }
+                return result;
+            },
+            pyb::arg("tokens"), pyb::arg("pos"), pyb::arg("slot"), pyb::arg("want_logits") = pyb::none(),
+            pyb::arg("out") = pyb::none(),
+            "Evaluates tokens at positions pos of sequence slots slot; returns float32 logits "
+            "(n_wanted, n_vocab) for the tokens flagged in want_logits (all when None).")
+        .def_property_readonly("n_vocab", &Model::n_vocab)
+        .def_property_readonly("slot_ctx", &Model::slot_ctx)
+        .def_property_readonly("n_eval", &Model::n_eval)
+        .def_property_readonly("n_forward", &Model::n_forward)
+        .def_property_readonly("warnings", &Model::warnings)
+        .def_property_readonly("placement",
+                               [](const Model & self) {
+                                   pyb::list out;
+                                   for (const Placement & p : self.placement())
+                                       out.append(pyb::dict(pyb::arg("name") = p.name, pyb::arg("device") = p.device,
+                                                            pyb::arg("weight_bytes") = p.weight_bytes,
+                                                            pyb::arg("kv_bytes") = p.kv_bytes));
+                                   return out;
+                               })
+        .def_property_readonly("config", [](const Model & self) {
+            const Config & c = self.config();
+            return pyb::dict(pyb::arg("arch") = c.arch_name, pyb::arg("n_layer") = c.n_layer,
+                             pyb::arg("n_embd") = c.n_embd, pyb::arg("n_head") = c.n_head,
+                             pyb::arg("n_head_kv") = c.n_head_kv, pyb::arg("head_dim") = c.head_dim,
+                             pyb::arg("n_ff") = c.n_ff, pyb::arg("n_vocab") = c.n_vocab,
+                             pyb::arg("n_ctx_train") = c.n_ctx_train, pyb::arg("rms_eps") = c.rms_eps,
+                             pyb::arg("n_rot") = c.n_rot, pyb::arg("rope_base") = c.rope_base,
+                             pyb::arg("rope_freq_scale") = c.rope_freq_scale, pyb::arg("rope_neox") = c.rope_neox);
+        });
+}
 
 }  // namespace sl::py

@@ -1,0 +1,95 @@
+// The small interface every compute device implements (the CPU with its SIMD kernels, the GPU
+// with CUDA): memory, copies, and the operations of the forward pass. The forward pass is
+// written once against it; placement decides which backend runs each layer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "quant/qtype.h"
+
+namespace sl {
+
+struct Config;
+
+// A weight matrix (rows, K) in its GGUF type, resident in a backend's memory; optional F32 bias.
+struct WeightRef {
+    QType type = QType::F32;
+    int64_t rows = 0;
+    int64_t K = 0;
+    const void * data = nullptr;
+    const float * bias = nullptr;
+    size_t nbytes() const;
+};
+
+// KV cache geometry of one layer. Storage is head-major:
+// K, V: (n_slots, n_head_kv, slot_ctx, head_dim) in type_k / type_v, one row per cell and head.
+struct KVLayout {
+    QType type_k = QType::F16;
+    QType type_v = QType::F16;
+    int n_slots = 1;
+    int slot_ctx = 0;
+    int n_head_kv = 0;
+    int head_dim = 0;
+
+    size_t k_row() const;  // bytes of one head's key at one cell
+    size_t v_row() const;
+    size_t k_bytes() const { return k_row() * size_t(slot_ctx) * n_head_kv * n_slots; }
+    size_t v_bytes() const { return v_row() * size_t(slot_ctx) * n_head_kv * n_slots; }
+};
+
+// Host-side description of the tokens of a batch, handed to each backend before the layers run.
+struct BatchInfo {
+    int n_tok = 0;
+    const int32_t * pos = nullptr;   // (n_tok) position of each token in its sequence
+    const int32_t * slot = nullptr;  // (n_tok) KV slot (sequence) of each token
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual std::string name() const = 0;
+    virtual bool is_cpu() const = 0;
+
+    // ---- memory ----
+    virtual void * alloc(size_t bytes) = 0;
+    virtual void free(void * p) = 0;
+    virtual void upload(void * dst, const void * src, size_t n) = 0;    // host -> backend
+    virtual void download(void * dst, const void * src, size_t n) = 0;  // backend -> host
+    virtual void memset0(void * dst, size_t n) = 0;
+    virtual void copy(void * dst, const void * src, size_t n) = 0;     // within the backend
+    virtual void synchronize() = 0;
+
+    // ---- forward-pass operations; every pointer is in this backend's memory ----
+    virtual void begin_batch(const BatchInfo & b) = 0;
+
+    // y = x * w / rms(x) per row: x, y (n_tok, n)
+    virtual void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) = 0;
+
+    // y_i (n_tok, w_i.rows) = x (n_tok, K) . w_i^T + bias_i, for the n_w matrices sharing the input;
+    // with accumulate the result is added to y_i instead.
+    virtual void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
+                        bool accumulate) = 0;
+
+    // act (n_tok, n_ff) = silu(x . gate^T) * (x . up^T)
+    virtual void swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act,
+                        int n_tok) = 0;
+
+    // Rotary embedding in place on q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim)
+    // at the positions of the current batch.
+    virtual void rope(float * q, float * k, int n_tok) = 0;
+
+    // Stores k, v (n_tok, n_head_kv * head_dim) into the layer's cache at each token's slot and
+    // position, then out (n_tok, n_head * head_dim) = causal attention of q over the slot's cells.
+    virtual void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
+                           const float * v, float * out, int n_tok) = 0;
+
+    // out[i] = embedding row tokens[i] converted to f32 (table (n_vocab, n) in its GGUF type).
+    virtual void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) = 0;
+
+    // Prepares the rotary tables (called once at load).
+    virtual void init_rope(const Config & c, const float * freq_factors) = 0;
+};
+
+}  // namespace sl

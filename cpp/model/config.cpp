@@ -1,0 +1,80 @@
+#include "model/config.h"
+
+#include "common/error.h"
+#include "gguf/gguf.h"
+
+namespace sl {
+
+namespace {
+
+int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
+    const int64_t v = f.get_int(key);
+    if (v < lo || v > hi)
+        throw GGUFError(strfmt("%s: metadata '%s' = %lld is out of range [%lld, %lld]", f.path().c_str(),
+                               key.c_str(), (long long)v, (long long)lo, (long long)hi));
+    return int(v);
+}
+
+}  // namespace
+
+Config Config::from_gguf(const GGUFFile & f) {
+    Config c;
+    c.arch_name = f.get_str("general.architecture");
+    if (c.arch_name == "llama") {
+        c.arch = Arch::Llama;
+    } else if (c.arch_name == "qwen2") {
+        c.arch = Arch::Qwen2;
+        c.rope_neox = true;
+        c.has_qkv_bias = true;
+    } else {
+        throw GGUFError(strfmt("%s: architecture '%s' is not supported (supported: llama, qwen2)",
+                               f.path().c_str(), c.arch_name.c_str()));
+    }
+    const std::string a = c.arch_name + ".";
+    c.n_layer = get_dim(f, a + "block_count", 1, 1024);
+    c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
+    c.n_head = get_dim(f, a + "attention.head_count", 1, 4096);
+    c.n_head_kv = int(f.get_int(a + "attention.head_count_kv", c.n_head));
+    if (c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
+        throw GGUFError(strfmt("%s: attention.head_count_kv = %d does not divide head_count = %d",
+                               f.path().c_str(), c.n_head_kv, c.n_head));
+    c.n_ff = get_dim(f, a + "feed_forward_length", 1, 1 << 20);
+    c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
+    c.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
+    if (!(c.rms_eps > 0) || c.rms_eps > 1)
+        throw GGUFError(strfmt("%s: bad %sattention.layer_norm_rms_epsilon", f.path().c_str(), a.c_str()));
+    const int64_t key_len = f.get_int(a + "attention.key_length", c.n_embd / c.n_head);
+    const int64_t val_len = f.get_int(a + "attention.value_length", key_len);
+    if (key_len != val_len || key_len < 2 || key_len > 1024 || key_len % 2 != 0)
+        throw GGUFError(strfmt("%s: unsupported head size (key_length %lld, value_length %lld)",
+                               f.path().c_str(), (long long)key_len, (long long)val_len));
+    c.head_dim = int(key_len);
+    c.n_rot = int(f.get_int(a + "rope.dimension_count", c.head_dim));
+    if (c.n_rot < 2 || c.n_rot > c.head_dim || c.n_rot % 2 != 0)
+        throw GGUFError(strfmt("%s: rope.dimension_count = %d must be even and at most the head size %d",
+                               f.path().c_str(), c.n_rot, c.head_dim));
+    c.rope_base = float(f.get_float(a + "rope.freq_base", 10000.0));
+    if (!(c.rope_base > 1))
+        throw GGUFError(strfmt("%s: bad %srope.freq_base", f.path().c_str(), a.c_str()));
+    const std::string scaling = f.get_str(a + "rope.scaling.type", "none");
+    if (scaling == "linear") {
+        const double factor = f.get_float(a + "rope.scaling.factor", 1.0);
+        if (!(factor > 0))
+            throw GGUFError(strfmt("%s: bad %srope.scaling.factor", f.path().c_str(), a.c_str()));
+        c.rope_freq_scale = float(1.0 / factor);
+    } else if (scaling != "none") {
+        throw GGUFError(strfmt("%s: rope scaling '%s' is not supported (none, linear; llama3 scaling comes as "
+                               "the rope_freqs tensor)", f.path().c_str(), scaling.c_str()));
+    } else if (const GGUFValue * v = f.find(a + "rope.scale_linear")) {
+        (void)v;
+        c.rope_freq_scale = float(1.0 / f.get_float(a + "rope.scale_linear"));
+    }
+    // Vocabulary size: the token list is authoritative; vocab_size is optional.
+    if (const GGUFValue * toks = f.find("tokenizer.ggml.tokens"); toks && toks->type == GGUFType::ARRAY)
+        c.n_vocab = int(toks->arr.size());
+    else
+        c.n_vocab = int(f.get_int(a + "vocab_size", 0));
+    return c;
+}
+
+}  // namespace sl

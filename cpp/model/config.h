@@ -1,0 +1,39 @@
+// Hyperparameters of a decoder-only transformer, read from GGUF metadata.
+#pragma once
+
+#include <string>
+
+namespace sl {
+
+class GGUFFile;
+
+enum class Arch { Llama, Qwen2 };
+
+struct Config {
+    Arch arch = Arch::Llama;
+    std::string arch_name;      // "llama", "qwen2"
+    int n_layer = 0;            // transformer blocks
+    int n_embd = 0;             // model width
+    int n_head = 0;             // query heads
+    int n_head_kv = 0;          // key/value heads (GQA: n_head is a multiple of it)
+    int head_dim = 0;           // n_embd / n_head unless attention.key_length says otherwise
+    int n_ff = 0;               // feed-forward width
+    int n_vocab = 0;
+    int n_ctx_train = 0;        // context length the model was trained with
+    float rms_eps = 1e-5f;
+    // Rotary embedding: theta_i = pos * freq_scale * base^(-2i / n_rot) / freq_factor_i
+    int n_rot = 0;              // rotated dimensions of each head
+    float rope_base = 10000.0f;
+    float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
+    bool rope_neox = false;     // NeoX layout pairs (i, i + n_rot/2); else (2i, 2i + 1)
+    bool has_qkv_bias = false;
+
+    int n_gqa() const { return n_head / n_head_kv; }
+    int q_dim() const { return n_head * head_dim; }
+    int kv_dim() const { return n_head_kv * head_dim; }
+
+    // Reads and checks the hyperparameters; throws GGUFError naming the file and key.
+    static Config from_gguf(const GGUFFile & f);
+};
+
+}  // namespace sl

@@ -1,0 +1,355 @@
+#include "model/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/error.h"
+#include "cpu/matmul.h"
+#include "model/config.h"
+
+namespace sl {
+
+namespace {
+
+constexpr int kMaxChunk = 256;        // most weight rows one thread computes at a time
+constexpr int kAttnChunk = 16;        // most query tokens of one sequence attended together
+constexpr size_t kAttnBudget = 1 << 20;  // floats of attention scores per thread
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Weight rows per work item: a few items per thread for load balance, multiples of 16 rows.
+int64_t chunk_rows(int64_t total_rows, int n_tok, int nth) {
+    if (n_tok > 1) {
+        int64_t cs = 64;
+        while (cs > 16 && total_rows / cs < 2 * nth) cs /= 2;
+        return cs;
+    }
+    return std::clamp<int64_t>(round_up(total_rows / (int64_t(nth) * 4), 16), 16, kMaxChunk);
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const CpuBackendOptions & opt) : opt_(opt), pool_(opt.n_threads) {
+    const int nth = pool_.size();
+    tmp_.resize(nth);
+    for (auto & t : tmp_) t.resize(size_t(2) * kMaxChunk * opt.n_batch);
+    const int gqa = opt.n_head / std::max(1, opt.n_head_kv);
+    const size_t scores = std::max(kAttnBudget, size_t(gqa) * opt.max_slot_ctx);
+    att_.resize(nth);
+    for (auto & a : att_) a.resize(scores + size_t(2) * kAttnChunk * gqa * opt.head_dim);
+    q_heads_ = opt.n_head;
+    kv_heads_ = opt.n_head_kv;
+    head_dim_ = opt.head_dim;
+    pos_.resize(opt.n_batch);
+    slot_.resize(opt.n_batch);
+    chunk_start_.resize(opt.n_batch + 1);
+}
+
+CpuBackend::~CpuBackend() = default;
+
+void * CpuBackend::alloc(size_t bytes) {
+    void * p = std::aligned_alloc(64, round_up(std::max<size_t>(bytes, 64), 64));
+    if (!p) throw Error(strfmt("out of host memory allocating %zu bytes", bytes));
+    return p;
+}
+
+void CpuBackend::free(void * p) { std::free(p); }
+
+void CpuBackend::upload(void * dst, const void * src, size_t n) { std::memcpy(dst, src, n); }
+
+void CpuBackend::download(void * dst, const void * src, size_t n) { std::memcpy(dst, src, n); }
+
+void CpuBackend::memset0(void * dst, size_t n) { std::memset(dst, 0, n); }
+
+void CpuBackend::copy(void * dst, const void * src, size_t n) { std::memmove(dst, src, n); }
+
+void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
+    n_rot_ = c.n_rot;
+    rope_neox_ = c.rope_neox;
+    inv_freq_.resize(c.n_rot / 2);
+    for (int i = 0; i < c.n_rot / 2; ++i) {
+        double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
+        if (freq_factors) f /= double(freq_factors[i]);
+        inv_freq_[i] = float(f);
+    }
+    cos_.resize(size_t(opt_.n_batch) * (c.n_rot / 2));
+    sin_.resize(cos_.size());
+}
+
+void CpuBackend::begin_batch(const BatchInfo & b) {
+    SL_CHECK(b.n_tok >= 1 && b.n_tok <= opt_.n_batch, "batch of %d tokens (n_batch is %d)", b.n_tok, opt_.n_batch);
+    n_tok_ = b.n_tok;
+    std::copy(b.pos, b.pos + b.n_tok, pos_.begin());
+    std::copy(b.slot, b.slot + b.n_tok, slot_.begin());
+    const int half = n_rot_ / 2;
+    for (int t = 0; t < b.n_tok; ++t) {
+        for (int i = 0; i < half; ++i) {
+            const double theta = double(b.pos[t]) * double(inv_freq_[i]);
+            cos_[size_t(t) * half + i] = float(std::cos(theta));
+            sin_[size_t(t) * half + i] = float(std::sin(theta));
+        }
+    }
+}
+
+void CpuBackend::rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
+    auto rows = [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            const float * xr = x + t * n;
+            float * yr = y + t * n;
+            double ss = 0;
+            for (int i = 0; i < n; ++i) ss += double(xr[i]) * xr[i];
+            const float scale = float(1.0 / std::sqrt(ss / n + double(eps)));
+            for (int i = 0; i < n; ++i) yr[i] = xr[i] * scale * w[i];
+        }
+    };
+    if (int64_t(n_tok) * n < (1 << 16))
+        rows(0, n_tok);
+    else
+        pool_.parallel_for(n_tok, rows);
+}
+
+int CpuBackend::plan_inputs(const WeightRef * const * w, int n_w, int n_tok, const void ** acts,
+                            const WeightRef ** firsts) {
+    // Distinct activation formats among the matrices: each is converted once.
+    QType seen[3];
+    int n_seen = 0;
+    for (int i = 0; i < n_w; ++i) {
+        const QType at = cpu::act_type(w[i]->type);
+        int j = 0;
+        while (j < n_seen && seen[j] != at) ++j;
+        if (j == n_seen) {
+            SL_CHECK(n_seen < 3, "more than three activation formats in one matmul");
+            // Sized once for the widest input and the largest batch, on first use of the slot.
+            const size_t need = size_t(n_tok) * cpu::act_row_bytes(w[i]->type, w[i]->K);
+            if (need > acts_[j].size())
+                acts_[j].resize(std::max(need, size_t(opt_.n_batch) * cpu::act_row_bytes(w[i]->type, opt_.max_k)));
+            seen[n_seen] = at;
+            firsts[n_seen++] = w[i];
+        }
+        acts[i] = acts_[j].data();
+    }
+    return n_seen;
+}
+
+void CpuBackend::quantize_inputs(const WeightRef * const * firsts, int n_formats, const float * x, int n_tok,
+                                 int ith, int nth) {
+    const int64_t per = (n_tok + nth - 1) / nth;
+    const int64_t t0 = std::min<int64_t>(per * ith, n_tok);
+    const int64_t t1 = std::min<int64_t>(t0 + per, n_tok);
+    if (t0 >= t1) return;
+    for (int j = 0; j < n_formats; ++j)
+        cpu::quantize_acts(firsts[j]->type, x, firsts[j]->K, firsts[j]->K, t0, t1, acts_[j].data());
+}
+
+void CpuBackend::matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
+                        bool accumulate) {
+    SL_CHECK(n_w >= 1 && n_w <= 3, "matmul of %d matrices", n_w);
+    const void * acts[3];
+    const WeightRef * firsts[3];
+    const int n_formats = plan_inputs(w, n_w, n_tok, acts, firsts);
+
+    // Work items: chunks of rows of each matrix, numbered matrix by matrix.
+    int64_t total_rows = 0;
+    for (int i = 0; i < n_w; ++i) total_rows += w[i]->rows;
+    const int64_t cs = chunk_rows(total_rows, n_tok, pool_.size());
+    int64_t first_chunk[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n_w; ++i) first_chunk[i + 1] = first_chunk[i] + (w[i]->rows + cs - 1) / cs;
+    const int64_t n_chunks = first_chunk[n_w];
+    next_chunk_.store(pool_.size(), std::memory_order_relaxed);
+
+    pool_.run([&](int ith, int nth) {
+        quantize_inputs(firsts, n_formats, x, n_tok, ith, nth);
+        pool_.barrier();
+        float * tmp = tmp_[ith].data();
+        for (int64_t c = ith; c < n_chunks; c = next_chunk_.fetch_add(1, std::memory_order_relaxed)) {
+            int i = 0;
+            while (c >= first_chunk[i + 1]) ++i;
+            const WeightRef & m = *w[i];
+            const int64_t r0 = (c - first_chunk[i]) * cs;
+            const int64_t r1 = std::min(r0 + cs, m.rows);
+            const int64_t nr = r1 - r0;
+            float * out = y[i];
+            if (!accumulate && !m.bias) {
+                cpu::gemm(m.type, m.data, m.K, r0, r1, acts[i], n_tok, out, m.rows);
+                continue;
+            }
+            const uint8_t * rows = static_cast<const uint8_t *>(m.data) + size_t(r0) * row_size(m.type, m.K);
+            cpu::gemm(m.type, rows, m.K, 0, nr, acts[i], n_tok, tmp, nr);
+            for (int t = 0; t < n_tok; ++t) {
+                float * dst = out + int64_t(t) * m.rows + r0;
+                const float * src = tmp + int64_t(t) * nr;
+                if (m.bias) {
+                    const float * b = m.bias + r0;
+                    if (accumulate)
+                        for (int64_t r = 0; r < nr; ++r) dst[r] += src[r] + b[r];
+                    else
+                        for (int64_t r = 0; r < nr; ++r) dst[r] = src[r] + b[r];
+                } else {
+                    for (int64_t r = 0; r < nr; ++r) dst[r] += src[r];
+                }
+            }
+        }
+    });
+}
+
+void CpuBackend::swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
+    SL_CHECK(gate.rows == up.rows && gate.K == up.K, "gate and up projections differ in shape");
+    const WeightRef * w[2] = {&gate, &up};
+    const void * acts[2];
+    const WeightRef * firsts[2];
+    const int n_formats = plan_inputs(w, 2, n_tok, acts, firsts);
+    const int64_t n_ff = gate.rows;
+    const int64_t cs = chunk_rows(n_ff, n_tok, pool_.size());
+    const int64_t n_chunks = (n_ff + cs - 1) / cs;
+    const size_t gate_row = row_size(gate.type, gate.K), up_row = row_size(up.type, up.K);
+    next_chunk_.store(pool_.size(), std::memory_order_relaxed);
+
+    pool_.run([&](int ith, int nth) {
+        quantize_inputs(firsts, n_formats, x, n_tok, ith, nth);
+        pool_.barrier();
+        float * g = tmp_[ith].data();
+        float * u = g + size_t(kMaxChunk) * opt_.n_batch;
+        for (int64_t c = ith; c < n_chunks; c = next_chunk_.fetch_add(1, std::memory_order_relaxed)) {
+            const int64_t r0 = c * cs, r1 = std::min(r0 + cs, n_ff), nr = r1 - r0;
+            cpu::gemm(gate.type, static_cast<const uint8_t *>(gate.data) + r0 * gate_row, gate.K, 0, nr, acts[0],
+                      n_tok, g, nr);
+            cpu::gemm(up.type, static_cast<const uint8_t *>(up.data) + r0 * up_row, up.K, 0, nr, acts[1], n_tok, u,
+                      nr);
+            for (int t = 0; t < n_tok; ++t) {
+                float * dst = act + int64_t(t) * n_ff + r0;
+                const float * gt = g + int64_t(t) * nr;
+                const float * ut = u + int64_t(t) * nr;
+                for (int64_t r = 0; r < nr; ++r) dst[r] = gt[r] / (1.0f + std::exp(-gt[r])) * ut[r];
+            }
+        }
+    });
+}
+
+void CpuBackend::rope(float * q, float * k, int n_tok) {
+    const int half = n_rot_ / 2;
+    const int hd = head_dim_;
+    auto rotate = [&](float * head, const float * c, const float * s) {
+        if (rope_neox_) {
+            for (int i = 0; i < half; ++i) {
+                const float x0 = head[i], x1 = head[i + half];
+                head[i] = x0 * c[i] - x1 * s[i];
+                head[i + half] = x0 * s[i] + x1 * c[i];
+            }
+        } else {
+            for (int i = 0; i < half; ++i) {
+                const float x0 = head[2 * i], x1 = head[2 * i + 1];
+                head[2 * i] = x0 * c[i] - x1 * s[i];
+                head[2 * i + 1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    };
+    auto rows = [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            const float * c = cos_.data() + t * half;
+            const float * s = sin_.data() + t * half;
+            for (int h = 0; h < q_heads_; ++h) rotate(q + (t * q_heads_ + h) * hd, c, s);
+            for (int h = 0; h < kv_heads_; ++h) rotate(k + (t * kv_heads_ + h) * hd, c, s);
+        }
+    };
+    if (n_tok < 16)
+        rows(0, n_tok);
+    else
+        pool_.parallel_for(n_tok, rows);
+}
+
+void CpuBackend::get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) {
+    const QTypeTraits * tr = qtype_traits(table.type);
+    SL_CHECK(tr && (tr->to_float || table.type == QType::F32), "cannot read embedding rows of type %s",
+             tr ? tr->name : "?");
+    const size_t rb = row_size(table.type, table.K);
+    for (int i = 0; i < n_tok; ++i) {
+        SL_CHECK(tokens[i] >= 0 && tokens[i] < table.rows, "token id %d out of range [0, %lld)", tokens[i],
+                 (long long)table.rows);
+        const uint8_t * row = static_cast<const uint8_t *>(table.data) + size_t(tokens[i]) * rb;
+        if (table.type == QType::F32)
+            std::memcpy(out + int64_t(i) * table.K, row, rb);
+        else
+            tr->to_float(row, out + int64_t(i) * table.K, table.K);
+    }
+}
+
+void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
+                           const float * v, float * out, int n_tok) {
+    const int hd = head_dim_, n_kv_h = kv.n_head_kv, gqa = q_heads_ / n_kv_h;
+    const int64_t q_dim = int64_t(q_heads_) * hd, kv_dim = int64_t(n_kv_h) * hd;
+    const size_t k_row = kv.k_row(), v_row = kv.v_row();
+    const size_t head_k = k_row * kv.slot_ctx, head_v = v_row * kv.slot_ctx;
+    uint8_t * kc = static_cast<uint8_t *>(k_cache);
+    uint8_t * vc = static_cast<uint8_t *>(v_cache);
+    for (int t = 0; t < n_tok; ++t)
+        SL_CHECK(slot_[t] >= 0 && slot_[t] < kv.n_slots && pos_[t] >= 0 && pos_[t] < kv.slot_ctx,
+                 "token %d: slot %d / position %d outside the KV cache (%d slots of %d cells)", t, slot_[t],
+                 pos_[t], kv.n_slots, kv.slot_ctx);
+
+    // Query chunks: runs of consecutive tokens of one sequence (a prompt), at most kAttnChunk long
+    // and small enough for the per-thread score buffer.
+    SL_CHECK(kv.slot_ctx <= opt_.max_slot_ctx, "KV slot of %d cells exceeds the attention scratch (%d)",
+             kv.slot_ctx, opt_.max_slot_ctx);
+    const size_t staging = size_t(2) * kAttnChunk * gqa * hd;
+    const int max_chunk =
+        int(std::clamp<size_t>((att_[0].size() - staging) / (size_t(gqa) * kv.slot_ctx), 1, kAttnChunk));
+    int64_t * chunk_start = chunk_start_.data();
+    int n_chunks = 0;
+    for (int t = 0; t < n_tok;) {
+        int e = t + 1;
+        while (e < n_tok && e - t < max_chunk && slot_[e] == slot_[t] && pos_[e] > pos_[e - 1]) ++e;
+        chunk_start[n_chunks++] = t;
+        t = e;
+    }
+    chunk_start[n_chunks] = n_tok;
+    const int64_t n_tasks = int64_t(n_chunks) * n_kv_h;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    next_chunk_.store(pool_.size(), std::memory_order_relaxed);
+
+    pool_.run([&](int ith, int nth) {
+        // 1. Append this batch's keys and values to the cache.
+        for (int64_t r = ith; r < int64_t(n_tok) * n_kv_h; r += nth) {
+            const int t = int(r / n_kv_h), h = int(r % n_kv_h);
+            const size_t cell = (size_t(slot_[t]) * n_kv_h + h) * kv.slot_ctx + pos_[t];
+            cpu::store_kv(kv.type_k, k + t * kv_dim + h * hd, hd, 1, hd, kc + cell * k_row, k_row);
+            cpu::store_kv(kv.type_v, v + t * kv_dim + h * hd, hd, 1, hd, vc + cell * v_row, v_row);
+        }
+        pool_.barrier();
+        // 2. Each task: one chunk of query tokens x one KV head (its gqa query heads).
+        float * S = att_[ith].data();
+        for (int64_t task = ith; task < n_tasks; task = next_chunk_.fetch_add(1, std::memory_order_relaxed)) {
+            const int c = int(task / n_kv_h), h = int(task % n_kv_h);
+            const int t0 = int(chunk_start[c]), t1 = int(chunk_start[c + 1]);
+            const int nq = (t1 - t0) * gqa;
+            const int n_kv = pos_[t1 - 1] + 1;
+            float * qs = S + size_t(nq) * n_kv;
+            float * os = qs + size_t(nq) * hd;
+            for (int t = t0; t < t1; ++t)
+                std::memcpy(qs + size_t(t - t0) * gqa * hd, q + t * q_dim + int64_t(h) * gqa * hd,
+                            sizeof(float) * gqa * hd);
+            const size_t head = size_t(slot_[t0]) * n_kv_h + h;
+            cpu::attn_scores(kv.type_k, qs, hd, nq, kc + head * head_k, k_row, n_kv, hd, scale, S, n_kv);
+            // Causal softmax: query token t sees cells [0, pos_t].
+            for (int i = 0; i < nq; ++i) {
+                float * row = S + size_t(i) * n_kv;
+                const int seen = pos_[t0 + i / gqa] + 1;
+                float mx = -INFINITY;
+                for (int j = 0; j < seen; ++j) mx = std::max(mx, row[j]);
+                float sum = 0;
+                for (int j = 0; j < seen; ++j) sum += (row[j] = std::exp(row[j] - mx));
+                const float inv = 1.0f / sum;
+                for (int j = 0; j < seen; ++j) row[j] *= inv;
+                for (int j = seen; j < n_kv; ++j) row[j] = 0;
+            }
+            std::memset(os, 0, sizeof(float) * nq * hd);
+            cpu::attn_values(kv.type_v, S, n_kv, nq, vc + head * head_v, v_row, n_kv, hd, os, hd);
+            for (int t = t0; t < t1; ++t)
+                std::memcpy(out + t * q_dim + int64_t(h) * gqa * hd, os + size_t(t - t0) * gqa * hd,
+                            sizeof(float) * gqa * hd);
+        }
+    });
+}
+
+}  // namespace sl

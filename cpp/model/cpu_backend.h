@@ -1,0 +1,84 @@
+// The CPU backend: SIMD kernels from cpp/cpu over weights read straight from the mmapped file,
+// work split over a thread pool that lives as long as the model.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "common/threadpool.h"
+#include "model/backend.h"
+
+namespace sl {
+
+struct CpuBackendOptions {
+    int n_threads = 1;
+    int n_batch = 512;        // most tokens in one forward pass
+    int max_k = 0;            // widest matmul input (max of n_embd, q_dim, n_ff)
+    int max_rows = 0;         // most rows of one matrix (n_vocab usually)
+    int n_head = 0;
+    int n_head_kv = 0;
+    int head_dim = 0;
+    int max_slot_ctx = 0;     // longest sequence the attention scratch must cover
+};
+
+class CpuBackend final : public Backend {
+public:
+    explicit CpuBackend(const CpuBackendOptions & opt);
+    ~CpuBackend() override;
+
+    std::string name() const override { return "CPU"; }
+    bool is_cpu() const override { return true; }
+
+    void * alloc(size_t bytes) override;
+    void free(void * p) override;
+    void upload(void * dst, const void * src, size_t n) override;
+    void download(void * dst, const void * src, size_t n) override;
+    void memset0(void * dst, size_t n) override;
+    void copy(void * dst, const void * src, size_t n) override;
+    void synchronize() override {}
+
+    void begin_batch(const BatchInfo & b) override;
+    void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
+    void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
+                bool accumulate) override;
+    void swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
+    void rope(float * q, float * k, int n_tok) override;
+    void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
+                   const float * v, float * out, int n_tok) override;
+    void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) override;
+    void init_rope(const Config & c, const float * freq_factors) override;
+
+    ThreadPool & pool() { return pool_; }
+
+private:
+    // Picks the activation buffer of each matrix (one per distinct format); returns the number
+    // of formats and, in firsts, one matrix of each.
+    int plan_inputs(const WeightRef * const * w, int n_w, int n_tok, const void ** acts, const WeightRef ** firsts);
+    // Thread ith of nth converts its share of the tokens of x into every format.
+    void quantize_inputs(const WeightRef * const * firsts, int n_formats, const float * x, int n_tok, int ith,
+                         int nth);
+
+    CpuBackendOptions opt_;
+    ThreadPool pool_;
+    std::atomic<int64_t> next_chunk_{0};
+
+    // Scratch, allocated once.
+    std::vector<uint8_t> acts_[3];       // (n_batch, act_row_bytes) per activation format in use
+    std::vector<std::vector<float>> tmp_;  // per thread: gemm chunk outputs
+    std::vector<std::vector<float>> att_;  // per thread: attention scores and query/output staging
+
+    // Rotary embedding: inverse frequencies (n_rot / 2) and per-batch cos/sin (n_tok, n_rot / 2).
+    int n_rot_ = 0;
+    bool rope_neox_ = false;
+    int q_heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
+    std::vector<float> inv_freq_;
+    std::vector<float> cos_, sin_;
+
+    // Current batch.
+    int n_tok_ = 0;
+    std::vector<int32_t> pos_, slot_;
+    std::vector<int64_t> chunk_start_;  // attention query chunks of the batch
+};
+
+}  // namespace sl

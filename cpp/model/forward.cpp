@@ -1,0 +1,87 @@
+// The forward pass of a llama-style decoder, written once against the Backend interface.
+#include <cstring>
+
+#include "common/error.h"
+#include "model/cpu_backend.h"
+#include "model/model.h"
+
+namespace sl {
+
+void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
+                    float * logits) {
+    const Config & c = cfg_;
+    const BatchInfo batch{n, pos, slot};
+    for (auto & [be, s] : scratch_) be->begin_batch(batch);
+    const size_t x_bytes = size_t(n) * c.n_embd * sizeof(float);
+
+    // Token embedding, on the CPU.
+    Backend * cur = cpu_.get();
+    cpu_->get_rows(w_.tok_embd, tokens, n, scratch(cur).x);
+
+    // Moves the residual stream to another device at a split boundary.
+    auto move_to = [&](Backend * be) {
+        if (be == cur) return;
+        float * src = scratch(cur).x;
+        float * dst = scratch(be).x;
+        if (cur->is_cpu()) {
+            be->upload(dst, src, x_bytes);
+        } else if (be->is_cpu()) {
+            cur->download(dst, src, x_bytes);
+        } else {
+            cur->download(host_x_, src, x_bytes);
+            be->upload(dst, host_x_, x_bytes);
+        }
+        cur = be;
+    };
+
+    for (int l = 0; l < c.n_layer; ++l) {
+        Backend * be = layer_backend_[l];
+        move_to(be);
+        const LayerWeights & L = w_.layers[l];
+        Scratch & s = scratch(be);
+        // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x)
+        be->rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
+        const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
+        float * qkv_out[3] = {s.q, s.k, s.v};
+        be->matmul(qkv, qkv_out, 3, s.h, n, false);
+        be->rope(s.q, s.k, n);
+        be->attention(kv_, k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n);
+        const WeightRef * wo = &L.wo;
+        be->matmul(&wo, &s.x, 1, s.att, n, true);
+        // Feed-forward: x += W_down . (silu(W_gate h) * W_up h), h = rmsnorm(x)
+        be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
+        be->swiglu(L.w_gate, L.w_up, s.h, s.ff, n);
+        const WeightRef * wd = &L.w_down;
+        be->matmul(&wd, &s.x, 1, s.ff, n, true);
+    }
+
+    // Output: logits = W_out . rmsnorm(x) for the rows that want them.
+    move_to(output_backend_);
+    Scratch & s = scratch(output_backend_);
+    int n_out = 0;
+    for (int i = 0; i < n;) {
+        if (want && !want[i]) {
+            ++i;
+            continue;
+        }
+        int e = i + 1;
+        while (e < n && (!want || want[e])) ++e;
+        if (n_out != i)
+            output_backend_->copy(s.x + size_t(n_out) * c.n_embd, s.x + size_t(i) * c.n_embd,
+                                  size_t(e - i) * c.n_embd * sizeof(float));
+        n_out += e - i;
+        i = e;
+    }
+    n_eval_ += n;
+    ++n_forward_;
+    if (n_out == 0 || !logits) return;
+    output_backend_->rms_norm(s.x, w_.output_norm, s.h, n_out, c.n_embd, c.rms_eps);
+    const WeightRef * wout = &w_.output;
+    if (output_backend_->is_cpu()) {
+        output_backend_->matmul(&wout, &logits, 1, s.h, n_out, false);
+    } else {
+        throw Error("internal: GPU output layer without a device logits buffer");
+    }
+}
+
+}  // namespace sl

@@ -1,0 +1,217 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/threadpool.h"
+#include "cpu/matmul.h"
+#include "gguf/gguf.h"
+#include "model/cpu_backend.h"
+
+namespace sl {
+
+namespace {
+
+// Checks a tensor's presence, shape (ggml order: ne0 = row length) and type.
+const GGUFTensor & require(const GGUFFile & f, const std::string & name, int64_t ne0, int64_t ne1) {
+    const GGUFTensor * t = f.find_tensor(name);
+    if (!t) throw GGUFError(strfmt("%s: tensor '%s' is missing", f.path().c_str(), name.c_str()));
+    const int64_t want1 = ne1 < 0 ? 1 : ne1;
+    if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1)
+        throw GGUFError(strfmt("%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
+                               f.path().c_str(), name.c_str(), (long long)t->ne[0], (long long)t->ne[1],
+                               (long long)t->ne[2], (long long)t->ne[3], (long long)ne0, (long long)want1));
+    return *t;
+}
+
+const float * vector_f32(const GGUFFile & f, const std::string & name, int64_t n) {
+    const GGUFTensor & t = require(f, name, n, -1);
+    if (t.type != QType::F32)
+        throw GGUFError(strfmt("%s: tensor '%s' has type %s, expected F32", f.path().c_str(), name.c_str(),
+                               qtype_traits(t.type)->name));
+    return reinterpret_cast<const float *>(t.data);
+}
+
+WeightRef matrix(const GGUFFile & f, const std::string & name, int64_t rows, int64_t K) {
+    const GGUFTensor & t = require(f, name, K, rows);
+    if (!cpu::supports_weight_type(t.type))
+        throw GGUFError(strfmt("%s: tensor '%s' has type %s, which splitllm cannot compute with",
+                               f.path().c_str(), name.c_str(), qtype_traits(t.type)->name));
+    WeightRef w;
+    w.type = t.type;
+    w.rows = rows;
+    w.K = K;
+    w.data = t.data;
+    return w;
+}
+
+}  // namespace
+
+Model::Model(const std::string & path, const ModelParams & params) : params_(params) {
+    SL_CHECK(params.n_ctx >= 1, "n_ctx must be at least 1 (got %d)", params.n_ctx);
+    SL_CHECK(params.n_batch >= 1, "n_batch must be at least 1 (got %d)", params.n_batch);
+    SL_CHECK(params.n_seq_max >= 1 && params.n_seq_max <= params.n_ctx,
+             "n_seq_max must be in [1, n_ctx] (got %d)", params.n_seq_max);
+    for (QType t : {params.type_k, params.type_v})
+        SL_CHECK(t == QType::F16 || t == QType::Q8_0 || t == QType::Q4_0,
+                 "KV cache type %s is not supported (f16, q8_0, q4_0)", qtype_traits(t) ? qtype_traits(t)->name : "?");
+    if (params_.n_threads <= 0) params_.n_threads = hardware_threads();
+    file_ = std::make_unique<GGUFFile>(path);
+    cfg_ = Config::from_gguf(*file_);
+    load_weights();
+    place_layers();
+    allocate_state();
+}
+
+Model::~Model() {
+    for (auto & [be, p] : owned_) be->free(p);
+}
+
+void Model::load_weights() {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const GGUFTensor * emb = f.find_tensor("token_embd.weight");
+    if (!emb) throw GGUFError(strfmt("%s: tensor 'token_embd.weight' is missing", f.path().c_str()));
+    if (c.n_vocab != 0 && emb->ne[1] != c.n_vocab)
+        throw GGUFError(strfmt("%s: token_embd.weight has %lld rows but the vocabulary has %d tokens",
+                               f.path().c_str(), (long long)emb->ne[1], c.n_vocab));
+    cfg_.n_vocab = int(emb->ne[1]);
+    w_.tok_embd = matrix(f, "token_embd.weight", c.n_vocab > 0 ? c.n_vocab : emb->ne[1], c.n_embd);
+    const QTypeTraits * et = qtype_traits(w_.tok_embd.type);
+    if (!et->to_float && w_.tok_embd.type != QType::F32)
+        throw GGUFError(strfmt("%s: token_embd.weight type %s cannot be read", f.path().c_str(), et->name));
+    w_.output_norm = vector_f32(f, "output_norm.weight", c.n_embd);
+    w_.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
+    if (f.find_tensor("rope_freqs.weight")) w_.rope_freqs = vector_f32(f, "rope_freqs.weight", c.n_rot / 2);
+
+    w_.layers.resize(c.n_layer);
+    for (int l = 0; l < c.n_layer; ++l) {
+        const std::string b = "blk." + std::to_string(l) + ".";
+        LayerWeights & L = w_.layers[l];
+        L.attn_norm = vector_f32(f, b + "attn_norm.weight", c.n_embd);
+        L.wq = matrix(f, b + "attn_q.weight", c.q_dim(), c.n_embd);
+        L.wk = matrix(f, b + "attn_k.weight", c.kv_dim(), c.n_embd);
+        L.wv = matrix(f, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+        L.wo = matrix(f, b + "attn_output.weight", c.n_embd, c.q_dim());
+        if (c.has_qkv_bias) {
+            L.wq.bias = vector_f32(f, b + "attn_q.bias", c.q_dim());
+            L.wk.bias = vector_f32(f, b + "attn_k.bias", c.kv_dim());
+            L.wv.bias = vector_f32(f, b + "attn_v.bias", c.kv_dim());
+        }
+        L.ffn_norm = vector_f32(f, b + "ffn_norm.weight", c.n_embd);
+        L.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+        L.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
+        L.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+    }
+}
+
+void Model::place_layers() {
+    const Config & c = cfg_;
+    kv_.type_k = params_.type_k;
+    kv_.type_v = params_.type_v;
+    kv_.n_slots = params_.n_seq_max;
+    kv_.slot_ctx = params_.n_ctx / params_.n_seq_max;
+    kv_.n_head_kv = c.n_head_kv;
+    kv_.head_dim = c.head_dim;
+    for (QType t : {kv_.type_k, kv_.type_v})
+        SL_CHECK(c.head_dim % qtype_traits(t)->blck_size == 0,
+                 "KV cache type %s needs a head size divisible by %lld (head size %d)", qtype_traits(t)->name,
+                 (long long)qtype_traits(t)->blck_size, c.head_dim);
+
+    CpuBackendOptions o;
+    o.n_threads = params_.n_threads;
+    o.n_batch = params_.n_batch;
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.n_ff});
+    o.max_rows = std::max({c.n_vocab, c.n_ff, c.q_dim()});
+    o.n_head = c.n_head;
+    o.n_head_kv = c.n_head_kv;
+    o.head_dim = c.head_dim;
+    o.max_slot_ctx = kv_.slot_ctx;
+    cpu_ = std::make_unique<CpuBackend>(o);
+    cpu_->init_rope(c, w_.rope_freqs);
+
+    if (params_.n_gpu_layers != 0)
+        warnings_.push_back(
+            "n_gpu_layers > 0 requested, but this build of splitllm has no GPU backend available; running on the "
+            "CPU");
+    layer_backend_.assign(c.n_layer, cpu_.get());
+    output_backend_ = cpu_.get();
+
+    placement_.clear();
+    placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes(), 0});
+    for (int l = 0; l < c.n_layer; ++l) {
+        const LayerWeights & L = w_.layers[l];
+        size_t bytes = L.wq.nbytes() + L.wk.nbytes() + L.wv.nbytes() + L.wo.nbytes() + L.w_gate.nbytes() +
+                       L.w_up.nbytes() + L.w_down.nbytes() + sizeof(float) * 2 * c.n_embd;
+        if (c.has_qkv_bias) bytes += sizeof(float) * (c.q_dim() + 2 * c.kv_dim());
+        placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(), bytes,
+                              kv_.k_bytes() + kv_.v_bytes()});
+    }
+    const bool tied = w_.output.data == w_.tok_embd.data;
+    placement_.push_back({"output", output_backend_->name(),
+                          (tied ? 0 : w_.output.nbytes()) + sizeof(float) * c.n_embd, 0});
+}
+
+void * Model::alloc_on(Backend * be, size_t bytes) {
+    void * p = be->alloc(bytes);
+    owned_.push_back({be, p});
+    return p;
+}
+
+Model::Scratch & Model::scratch(Backend * be) {
+    for (auto & [b, s] : scratch_)
+        if (b == be) return s;
+    throw Error("internal: no scratch buffers for backend " + be->name());
+}
+
+void Model::allocate_state() {
+    const Config & c = cfg_;
+    const size_t nb = size_t(params_.n_batch);
+    std::vector<Backend *> used = {cpu_.get()};
+    for (Backend * be : layer_backend_)
+        if (std::find(used.begin(), used.end(), be) == used.end()) used.push_back(be);
+    if (std::find(used.begin(), used.end(), output_backend_) == used.end()) used.push_back(output_backend_);
+    for (Backend * be : used) {
+        Scratch s;
+        s.x = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
+        s.h = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
+        s.q = static_cast<float *>(alloc_on(be, nb * c.q_dim() * sizeof(float)));
+        s.k = static_cast<float *>(alloc_on(be, nb * c.kv_dim() * sizeof(float)));
+        s.v = static_cast<float *>(alloc_on(be, nb * c.kv_dim() * sizeof(float)));
+        s.att = static_cast<float *>(alloc_on(be, nb * c.q_dim() * sizeof(float)));
+        s.ff = static_cast<float *>(alloc_on(be, nb * c.n_ff * sizeof(float)));
+        scratch_.push_back({be, s});
+    }
+    if (used.size() > 1) host_x_ = static_cast<float *>(alloc_on(cpu_.get(), nb * c.n_embd * sizeof(float)));
+    k_cache_.resize(c.n_layer);
+    v_cache_.resize(c.n_layer);
+    for (int l = 0; l < c.n_layer; ++l) {
+        k_cache_[l] = alloc_on(layer_backend_[l], kv_.k_bytes());
+        v_cache_[l] = alloc_on(layer_backend_[l], kv_.v_bytes());
+    }
+    want_all_.assign(nb, 1);
+}
+
+void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
+                   int n, float * logits) {
+    SL_CHECK(n >= 0, "negative token count");
+    for (int i = 0; i < n; ++i) {
+        SL_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "token %d: id %d is outside the vocabulary [0, %d)",
+                 i, tokens[i], cfg_.n_vocab);
+        SL_CHECK(slot[i] >= 0 && slot[i] < kv_.n_slots, "token %d: sequence slot %d outside [0, %d)", i, slot[i],
+                 kv_.n_slots);
+        SL_CHECK(pos[i] >= 0 && pos[i] < kv_.slot_ctx,
+                 "token %d: position %d is outside the context of %d tokens (n_ctx)", i, pos[i], kv_.slot_ctx);
+    }
+    for (int i0 = 0; i0 < n; i0 += params_.n_batch) {
+        const int m = std::min(params_.n_batch, n - i0);
+        const uint8_t * w = want ? want + i0 : nullptr;
+        forward(tokens + i0, pos + i0, slot + i0, w, m, logits);
+        int n_out = 0;
+        for (int i = 0; i < m; ++i) n_out += w ? (w[i] != 0) : 1;
+        if (logits) logits += size_t(n_out) * cfg_.n_vocab;
+    }
+}
+
+}  // namespace sl

@@ -1,0 +1,121 @@
+// A loaded model: Config (from metadata), Weights (views into the mmapped file, or copies on the
+// GPU for offloaded layers), State (KV cache and scratch, allocated once), and the placement of
+// each layer on a backend.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/backend.h"
+#include "model/config.h"
+
+namespace sl {
+
+class GGUFFile;
+class CpuBackend;
+
+struct ModelParams {
+    int n_ctx = 4096;          // KV cells in all (split evenly between the sequence slots)
+    int n_batch = 512;         // most tokens per forward pass
+    int n_threads = 0;         // 0: all hardware threads
+    int n_seq_max = 1;         // sequence slots (parallel sequences)
+    int n_gpu_layers = 0;      // -1: all; N: output layer + last N-1 blocks on the GPU
+    bool offload_kqv = true;   // KV cache of a GPU layer on the GPU
+    bool op_offload = true;    // large CPU-layer batches may run their matmuls on the GPU
+    QType type_k = QType::F16;
+    QType type_v = QType::F16;
+};
+
+struct LayerWeights {
+    const float * attn_norm = nullptr;  // (n_embd)
+    WeightRef wq, wk, wv, wo;           // (q_dim, n_embd) (kv_dim, n_embd) (kv_dim, n_embd) (n_embd, q_dim)
+    const float * ffn_norm = nullptr;   // (n_embd)
+    WeightRef w_gate, w_up, w_down;     // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff)
+};
+
+struct Weights {
+    WeightRef tok_embd;                 // (n_vocab, n_embd), always on the CPU
+    std::vector<LayerWeights> layers;   // (n_layer)
+    const float * output_norm = nullptr;  // (n_embd)
+    WeightRef output;                   // (n_vocab, n_embd); the embedding when tied
+    const float * rope_freqs = nullptr; // (n_rot / 2) llama3 frequency factors, or null
+};
+
+// Where one part of the model lives, for users to print.
+struct Placement {
+    std::string name;        // "token_embd", "blk.3", "output"
+    std::string device;      // "CPU", "CUDA0"
+    size_t weight_bytes = 0;
+    size_t kv_bytes = 0;
+};
+
+class Model {
+public:
+    Model(const std::string & path, const ModelParams & params);
+    ~Model();
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
+
+    const Config & config() const { return cfg_; }
+    const GGUFFile & file() const { return *file_; }
+    const ModelParams & params() const { return params_; }
+    int n_vocab() const { return cfg_.n_vocab; }
+    int slot_ctx() const { return kv_.slot_ctx; }
+    const std::vector<Placement> & placement() const { return placement_; }
+    const std::vector<std::string> & warnings() const { return warnings_; }
+
+    // Evaluates n tokens (any number; run in batches of n_batch). Token i of sequence slot
+    // slot[i] is at position pos[i]; its K/V go to that cell and it attends to cells [0, pos[i]]
+    // of its slot. For each i with want_logits[i] (all if null), a row of n_vocab logits is written
+    // to logits, in order.
+    void decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want_logits,
+                int n, float * logits);
+
+    // Tokens evaluated since load (for tests of prefix reuse) and forward passes run.
+    int64_t n_eval() const { return n_eval_; }
+    int64_t n_forward() const { return n_forward_; }
+
+private:
+    void load_weights();
+    void place_layers();
+    void allocate_state();
+    void forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
+                 float * logits);
+
+    struct Scratch {  // activations of one backend, (n_batch, width) each
+        float * x = nullptr;    // residual stream (n_embd)
+        float * h = nullptr;    // normed input (n_embd)
+        float * q = nullptr;    // (q_dim)
+        float * k = nullptr;    // (kv_dim)
+        float * v = nullptr;    // (kv_dim)
+        float * att = nullptr;  // attention output (q_dim)
+        float * ff = nullptr;   // swiglu output (n_ff)
+    };
+
+    ModelParams params_;
+    std::unique_ptr<GGUFFile> file_;
+    Config cfg_;
+    Weights w_;
+    KVLayout kv_;
+
+    std::unique_ptr<CpuBackend> cpu_;
+    std::vector<Backend *> layer_backend_;   // (n_layer)
+    Backend * output_backend_ = nullptr;
+    std::vector<std::pair<Backend *, Scratch>> scratch_;  // one per backend in use
+    std::vector<void *> k_cache_, v_cache_;  // (n_layer) on the layer's backend
+    std::vector<std::pair<Backend *, void *>> owned_;  // allocations to free
+    float * host_x_ = nullptr;               // staging for transfers between backends
+
+    std::vector<Placement> placement_;
+    std::vector<std::string> warnings_;
+    std::vector<uint8_t> want_all_;
+    int64_t n_eval_ = 0;
+    int64_t n_forward_ = 0;
+
+    Scratch & scratch(Backend * be);
+    void * alloc_on(Backend * be, size_t bytes);
+};
+
+}  // namespace sl

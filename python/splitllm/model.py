@@ -1,0 +1,526 @@
+"""``splitllm.Model``: a GGUF model with llama-cpp-python's ``Llama`` interface.
+
+Three tiers of generation, each built on the one below:
+
+* ``generate(tokens)`` yields token ids (the prompt is evaluated with KV-cache prefix reuse);
+* ``stream(prompt_tokens, ...)`` yields typed :class:`CompletionChunk` s: text that is safe to show
+  (whole UTF-8 characters, stop strings held back and never emitted), then the finish reason;
+* ``create_completion`` / ``__call__`` / ``create_chat_completion`` return OpenAI-shaped dicts,
+  or iterators of OpenAI-shaped chunks with ``stream=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from splitllm import _core
+from splitllm.chat import CHATML_TEMPLATE, ChatTemplate
+from splitllm.gguf_file import GGUFFile
+from splitllm.sampling import Sampler, SamplingParams
+from splitllm.textstream import StopStream
+from splitllm.tokenizer import Tokenizer
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionChunk:
+    """One step of a generation stream. ``finish_reason`` is set on the last chunk only."""
+
+    text: str
+    token: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if not all(isinstance(s, str) for s in stop):
+        raise ValueError("stop must be a string or a list of strings")
+    return list(stop)
+
+
+class Model:
+    """A GGUF model loaded for inference.
+
+    Follows ``llama_cpp.Llama``: same argument names, same result shapes. Weights stay in the
+    memory-mapped file (or are uploaded once to the GPU for offloaded layers); the KV cache is
+    allocated once for ``n_ctx`` tokens.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        n_gpu_layers: int | str = 0,
+        seed: int = LLAMA_DEFAULT_SEED,
+        type_k: str = "f16",
+        type_v: str = "f16",
+        offload_kqv: bool = True,
+        op_offload: bool = True,
+        chat_template: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self._core: Any = None
+        path = os.fspath(model_path)
+        self.model_path = path
+        self.verbose = verbose
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer (got {value!r})")
+        if n_batch < 1:
+            raise ValueError("n_batch must be at least 1")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise ValueError(f"n_threads must be a positive integer or None (got {n_threads!r})")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer (got {seed!r})")
+
+        self._gguf = GGUFFile(path)
+        self._metadata = self._gguf.metadata
+        arch = self._metadata.get("general.architecture", "")
+        if n_ctx == 0:
+            n_ctx = int(self._metadata.get(f"{arch}.context_length", 4096))
+        if n_gpu_layers == "auto":
+            from splitllm.plan import plan
+
+            n_gpu_layers = plan(path, n_ctx=n_ctx, n_batch=n_batch, n_gpu_layers="auto", type_k=type_k,
+                                type_v=type_v).n_gpu_layers
+        if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers must be an integer >= -1 or 'auto' (got {n_gpu_layers!r})")
+        self.tokenizer = Tokenizer.from_metadata(self._metadata)
+        self._core = _core.Model(
+            path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0, n_gpu_layers=n_gpu_layers,
+            type_k=type_k.lower(), type_v=type_v.lower(), offload_kqv=offload_kqv, op_offload=op_offload,
+        )
+        for message in self._core.warnings:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        self._n_ctx = n_ctx
+        self._n_batch = n_batch
+        self._history: list[int] = []  # tokens whose K/V are in the cache, at positions 0..len-1
+        self._seed = seed
+        self._rng = random.Random(None if seed == LLAMA_DEFAULT_SEED else seed)
+        template = chat_template or self._metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        self._chat_template_source = template
+        self._chat: ChatTemplate | None = None
+        if verbose:
+            self._print_placement()
+
+    # ---- lifetime ----
+
+    def close(self) -> None:
+        """Frees the KV cache, buffers and the file mapping. Further calls raise ValueError."""
+        self._core = None
+        if getattr(self, "_gguf", None) is not None:
+            self._gguf.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._core = None
+
+    def _engine(self) -> Any:
+        if self._core is None:
+            raise ValueError("the model is closed")
+        return self._core
+
+    # ---- information ----
+
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def n_vocab(self) -> int:
+        return int(self._engine().n_vocab)
+
+    def token_bos(self) -> int:
+        return -1 if self.tokenizer.bos_id is None else self.tokenizer.bos_id
+
+    def token_eos(self) -> int:
+        return -1 if self.tokenizer.eos_id is None else self.tokenizer.eos_id
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """GGUF metadata as strings, like ``Llama.metadata`` (arrays left out)."""
+        out = {}
+        for k, v in self._metadata.items():
+            if isinstance(v, list):
+                continue
+            out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        return out
+
+    @property
+    def gguf_metadata(self) -> Mapping[str, Any]:
+        """GGUF metadata with typed values (arrays as lists)."""
+        return self._metadata
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self._engine().config)
+
+    @property
+    def placement(self) -> list[dict[str, Any]]:
+        """Per part of the model: the device it runs on and the bytes of weights and KV cache there."""
+        return list(self._engine().placement)
+
+    @property
+    def n_eval(self) -> int:
+        """Tokens evaluated since load (prompt and generated); prefix reuse makes this smaller."""
+        return int(self._engine().n_eval)
+
+    def _print_placement(self) -> None:
+        print(f"splitllm: {self.model_path}", file=sys.stderr)
+        for p in self.placement:
+            print(f"  {p['name']:<12} {p['device']:<6} weights {p['weight_bytes'] / 2**20:9.2f} MiB"
+                  f"  kv {p['kv_bytes'] / 2**20:8.2f} MiB", file=sys.stderr)
+
+    # ---- tokens ----
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
+                   special: bool = False) -> bytes:
+        """Bytes of tokens; with prev_tokens, the bytes they add after prev_tokens."""
+        tokens = list(tokens)
+        if prev_tokens:
+            prev = list(prev_tokens)
+            whole = self.tokenizer.detokenize(prev + tokens, special=special)
+            head = self.tokenizer.detokenize(prev, special=special)
+            return whole[len(head):] if whole.startswith(head) else whole
+        return self.tokenizer.detokenize(tokens, special=special)
+
+    # ---- evaluation ----
+
+    def _decode(self, tokens: Sequence[int], start: int, *, all_logits: bool = False,
+                out: np.ndarray | None = None) -> np.ndarray:
+        n = len(tokens)
+        toks = np.asarray(tokens, dtype=np.int32)
+        pos = np.arange(start, start + n, dtype=np.int32)
+        slot = np.zeros(n, dtype=np.int32)
+        want = None
+        if not all_logits:
+            want = np.zeros(n, dtype=np.uint8)
+            want[-1] = 1
+        return self._engine().decode(toks, pos, slot, want, out)
+
+    def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
+        toks = [int(t) for t in tokens]
+        n_vocab = self.n_vocab()
+        bad = [t for t in toks if not 0 <= t < n_vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {n_vocab})")
+        if len(toks) > self._n_ctx:
+            raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of {self._n_ctx}")
+        return toks
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits at every position of ``tokens`` evaluated in a fresh context: (len, n_vocab) float32."""
+        toks = self._check_tokens(tokens)
+        if not toks:
+            return np.zeros((0, self.n_vocab()), dtype=np.float32)
+        out = np.empty((len(toks), self.n_vocab()), dtype=np.float32)
+        self._history = []
+        self._decode(toks, 0, all_logits=True, out=out)
+        self._history = toks
+        return out
+
+    def eval_prompt(self, tokens: Sequence[int]) -> np.ndarray:
+        """Brings the KV cache to ``tokens`` (reusing the longest cached prefix) and returns the
+        logits after the last one."""
+        toks = self._check_tokens(tokens)
+        if not toks:
+            raise ValueError("cannot evaluate an empty prompt")
+        keep = 0
+        for a, b in zip(self._history, toks):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(toks) - 1)  # the last token is evaluated again for its logits
+        self._history = self._history[:keep]
+        logits = self._decode(toks[keep:], keep)[0]
+        self._history = toks
+        return logits
+
+    def reset(self) -> None:
+        """Forgets the cached prompt (the next evaluation starts from scratch)."""
+        self._history = []
+
+    def _sampling(self, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+                  frequency_penalty: float, presence_penalty: float,
+                  logit_bias: Mapping[Any, float] | None) -> SamplingParams:
+        bias = None
+        if logit_bias:
+            try:
+                bias = {int(k): float(v) for k, v in logit_bias.items()}
+            except (TypeError, ValueError) as e:
+                raise ValueError("logit_bias must map token ids to numbers") from e
+        return SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                              presence_penalty=presence_penalty, logit_bias=bias)
+
+    def _seed_for(self, seed: int | None) -> int:
+        if seed is not None:
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise ValueError(f"seed must be an integer (got {seed!r})")
+            return seed & 0xFFFFFFFFFFFFFFFF
+        return self._rng.getrandbits(64)
+
+    def generate(
+        self,
+        tokens: Sequence[int],
+        *,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        logit_bias: Mapping[Any, float] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        """Yields sampled token ids after ``tokens``, without end; stops when the context is full.
+
+        Each yielded token is evaluated when the next one is requested, so a consumer that stops
+        after an end-of-generation token leaves it out of the cache.
+        """
+        params = self._sampling(temp, top_k, top_p, min_p, repeat_penalty, frequency_penalty,
+                                presence_penalty, logit_bias)
+        sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
+        logits = self.eval_prompt(tokens)
+        while True:
+            token = sampler.sample(logits)
+            sampler.accept(token)
+            yield token
+            n = len(self._history)
+            if n >= self._n_ctx:
+                return
+            logits = self._decode([token], n)[0]
+            self._history.append(token)
+
+    def stream(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        max_tokens: int | None = 16,
+        stop: str | Sequence[str] | None = None,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        logit_bias: Mapping[Any, float] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[CompletionChunk]:
+        """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason."""
+        prompt = self._check_tokens(prompt_tokens)
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if len(prompt) >= self._n_ctx:
+            raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._n_ctx}")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
+            raise ValueError(f"max_tokens must be an integer or None (got {max_tokens!r})")
+        room = self._n_ctx - len(prompt)
+        limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        text = StopStream(_stop_list(stop))
+        n_prompt = len(prompt)
+        n_done = 0
+        finish = "length"
+        eog = self.tokenizer.eog_ids
+        gen = self.generate(prompt, top_k=top_k, top_p=top_p, min_p=min_p, temp=temperature,
+                            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed)
+        try:
+            for token in gen:
+                if token in eog:
+                    finish = "stop"
+                    break
+                n_done += 1
+                piece, stopped = text.push(self.tokenizer.token_to_piece(token))
+                if piece:
+                    yield CompletionChunk(piece, token, n_prompt, n_done)
+                if stopped:
+                    finish = "stop"
+                    break
+                if n_done >= limit:
+                    break
+        finally:
+            gen.close()
+        rest = text.flush()
+        yield CompletionChunk(rest, None, n_prompt, n_done, finish)
+
+    # ---- OpenAI-shaped completions ----
+
+    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            bos = [self.tokenizer.bos_id] if self.tokenizer.add_bos and self.tokenizer.bos_id is not None else []
+            body = self.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
+            toks = bos + body
+            if not toks and self.tokenizer.bos_id is not None:
+                toks = [self.tokenizer.bos_id]
+            return toks
+        if isinstance(prompt, (bytes, bytearray)):
+            raise ValueError("prompt must be a str or a list of token ids, not bytes")
+        return [int(t) for t in prompt]
+
+    def create_completion(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        echo: bool = False,
+        stop: str | Sequence[str] | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        top_k: int = 40,
+        stream: bool = False,
+        seed: int | None = None,
+        model: str | None = None,
+        logit_bias: Mapping[Any, float] | None = None,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``."""
+        if not isinstance(prompt, (str, list, tuple)):
+            raise ValueError("prompt must be a str or a list of token ids")
+        tokens = self._prompt_tokens(prompt)
+        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
+                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                             logit_bias=logit_bias, seed=seed)
+        head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
+                "model": model if model is not None else self.model_path}
+        prefix = ""
+        if echo:
+            prefix = prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
+        if stream:
+            return self._completion_stream(head, chunks, prefix)
+        parts = [prefix]
+        last = None
+        for c in chunks:
+            parts.append(c.text)
+            last = c
+        assert last is not None
+        return {
+            **head,
+            "choices": [{"text": "".join(parts), "index": 0, "logprobs": None, "finish_reason": last.finish_reason}],
+            "usage": _usage(last),
+        }
+
+    @staticmethod
+    def _completion_stream(head: dict[str, Any], chunks: Iterator[CompletionChunk],
+                           prefix: str) -> Iterator[dict[str, Any]]:
+        if prefix:
+            yield {**head, "choices": [{"text": prefix, "index": 0, "logprobs": None, "finish_reason": None}]}
+        for c in chunks:
+            if c.finish_reason is None:
+                yield {**head, "choices": [{"text": c.text, "index": 0, "logprobs": None, "finish_reason": None}]}
+            else:
+                yield {**head, "choices": [{"text": c.text, "index": 0, "logprobs": None,
+                                            "finish_reason": c.finish_reason}], "usage": _usage(c)}
+
+    def __call__(self, prompt: str | Sequence[int], **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        return self.create_completion(prompt, **kwargs)
+
+    # ---- chat ----
+
+    def chat_template(self) -> ChatTemplate:
+        if self._chat is None:
+            tok = self.tokenizer
+            bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
+            eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
+            self._chat = ChatTemplate(self._chat_template_source, bos_token=bos, eos_token=eos)
+        return self._chat
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
+                            add_generation_prompt: bool = True) -> list[int]:
+        """Renders messages with the model's chat template and tokenizes the result."""
+        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt)
+        return self.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def create_chat_completion(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        stream: bool = False,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        model: str | None = None,
+        logit_bias: Mapping[Any, float] | None = None,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Chat completion, shaped like OpenAI's ``chat.completions.create``."""
+        tokens = self.apply_chat_template(messages)
+        stops = _stop_list(stop)
+        eos_text = self.chat_template().eos_token
+        if eos_text and eos_text not in stops:
+            stops.append(eos_text)
+        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
+                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                             logit_bias=logit_bias, seed=seed)
+        head = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()),
+                "model": model if model is not None else self.model_path}
+        if stream:
+            return chat_chunks(head, chunks)
+        parts = []
+        last = None
+        for c in chunks:
+            parts.append(c.text)
+            last = c
+        assert last is not None
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                         "logprobs": None, "finish_reason": last.finish_reason}],
+            "usage": _usage(last),
+        }
+
+
+def _usage(c: CompletionChunk) -> dict[str, int]:
+    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+
+def chat_chunks(head: dict[str, Any], chunks: Iterator[CompletionChunk]) -> Iterator[dict[str, Any]]:
+    """OpenAI ``chat.completion.chunk`` objects from a generation stream."""
+    base = {**head, "object": "chat.completion.chunk"}
+    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
+                                "finish_reason": None}]}
+    for c in chunks:
+        if c.text:
+            yield {**base, "choices": [{"index": 0, "delta": {"content": c.text}, "logprobs": None,
+                                        "finish_reason": None}]}
+        if c.finish_reason is not None:
+            yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                        "finish_reason": c.finish_reason}], "usage": _usage(c)}
