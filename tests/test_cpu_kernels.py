@@ -8,7 +8,6 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize, quantize
-
 from splitllm import _core
 
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
@@ -97,7 +96,8 @@ def test_quantize_acts(isa: str) -> None:
     np.testing.assert_allclose(d, np.abs(xb).max(axis=2) / 127, rtol=1e-6)
     assert np.all(np.abs(xb - qs * np.float64(d)[:, :, None]) <= np.float64(d)[:, :, None] * 0.5 * (1 + 1e-5))
     np.testing.assert_allclose(s, d * qs.sum(axis=2), rtol=1e-6)
-    np.testing.assert_allclose(s16, (d[:, :, None] * qs.reshape(5, -1, 2, 16).sum(axis=3)).reshape(5, -1), rtol=1e-6)
+    half_sums = qs.reshape(5, -1, 2, 16).sum(axis=3)
+    np.testing.assert_allclose(s16, (d[:, :, None] * half_sums).reshape(5, -1), rtol=1e-6)
     if isa != "scalar":
         np.testing.assert_array_equal(acts, _core.cpu_quantize_acts(int(T.Q4_0), x, isa="scalar"))
 
@@ -151,9 +151,11 @@ def test_gemm_row_split_is_bitwise_stable(qtype: T, isa: str) -> None:
     k = 512
     raw, _ = make_weights(qtype, 45, k, rng)
     for n_tok in (1, 5, 40):
-        acts = _core.cpu_quantize_acts(int(qtype), rng.standard_normal((n_tok, k)).astype(np.float32), isa=isa)
+        x = rng.standard_normal((n_tok, k)).astype(np.float32)
+        acts = _core.cpu_quantize_acts(int(qtype), x, isa=isa)
         full = _core.cpu_gemm(int(qtype), raw, acts, isa=isa)
-        parts = sum(_core.cpu_gemm(int(qtype), raw, acts, isa=isa, r0=a, r1=b) for a, b in ((0, 3), (3, 20), (20, 45)))
+        splits = ((0, 3), (3, 20), (20, 45))
+        parts = sum(_core.cpu_gemm(int(qtype), raw, acts, isa=isa, r0=a, r1=b) for a, b in splits)
         np.testing.assert_array_equal(full, parts)
 
 
