@@ -28,6 +28,11 @@ Isa set_isa(Isa isa);
 const char * isa_name(Isa isa);
 // Human-readable feature list for logs and benchmarks ("AVX2 FMA F16C AVX512F AVX512_VNNI ...").
 const char * cpu_features();
+// "scalar" / "avx2" / "avx512" (any case) to an Isa; false if unknown.
+bool isa_from_name(const char * name, Isa * out);
+// isa clamped to what this CPU supports (what set_isa would select, without selecting it).
+Isa usable_isa(Isa isa);
+// The environment variable SPLITLLM_CPU_ISA (scalar|avx2|avx512) caps the default choice.
 
 // True if the CPU kernels compute with weights of this type.
 bool supports_weight_type(QType wt);
@@ -57,5 +62,30 @@ void attn_values(QType vt, const float * w, int64_t ldw, int64_t n_q, const void
 
 // Stores n rows of head_dim floats into cache rows of type kt (F16, Q8_0 or Q4_0).
 void store_kv(QType kt, const float * src, int64_t lds, int64_t n, int64_t head_dim, void * dst, size_t ldd);
+
+// ---- notes on the formats (splitllm additions) ----
+// Activations: F32, F16 and BF16 weights take float rows (act_type F32). Every block-quantized
+// weight type (legacy and k-quants) takes the same splitllm-internal Q8 rows (act_type Q8_0):
+// per 32 values int8 codes and a float scale, plus block sums; the byte layout is not ggml's
+// block_q8_0, so size buffers with act_row_bytes() only. Weight types with equal act_type()
+// can share one conversion of the same input (e.g. attn_q/k/v, ffn_gate/up).
+// Rows of act_row_bytes() are multiples of 64 bytes; 64-byte aligned buffers are fastest.
+// Kernels are deterministic: the same inputs give the same bits whatever the row split.
+// Errors (unsupported type, K not a multiple of the block size) throw sl::Error.
+// head_dim for the attention functions: a multiple of 32 for quantized caches, at most 1024.
+
+// ---- the same functions with an explicit instruction set (tests, benchmarks) ----
+// isa is clamped to what the CPU supports. quantize_acts and store_kv produce the same bytes
+// for every isa; gemm and attention agree to float rounding.
+void quantize_acts(Isa isa, QType wt, const float * x, int64_t ldx, int64_t K, int64_t t0, int64_t t1,
+                   void * acts);
+void gemm(Isa isa, QType wt, const void * W, int64_t K, int64_t r0, int64_t r1, const void * acts,
+          int64_t n_tok, float * y, int64_t ldy);
+void attn_scores(Isa isa, QType kt, const float * q, int64_t ldq, int64_t n_q, const void * Kc, size_t ldk,
+                 int64_t n_kv, int64_t head_dim, float scale, float * scores, int64_t lds);
+void attn_values(Isa isa, QType vt, const float * w, int64_t ldw, int64_t n_q, const void * Vc, size_t ldv,
+                 int64_t n_kv, int64_t head_dim, float * out, int64_t ldo);
+void store_kv(Isa isa, QType kt, const float * src, int64_t lds, int64_t n, int64_t head_dim, void * dst,
+              size_t ldd);
 
 }  // namespace sl::cpu

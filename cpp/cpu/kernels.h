@@ -1,0 +1,74 @@
+// Internal to cpp/cpu: the activation row layout shared by every instruction set, and the
+// per-ISA kernel tables that matmul.cpp dispatches through.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu/matmul.h"
+#include "quant/qtype.h"
+
+namespace sl::cpu::impl {
+
+inline size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+
+// Quantized activations, one row per token, used with every block-quantized weight type
+// (legacy and k-quants alike, so one conversion serves all the matmuls that read an input):
+//   int8  qs[K]       codes; x[i] ~= d[i / 32] * qs[i]
+//   float d[K / 32]   block scale = max|x| / 127 over the 32 values
+//   float s[K / 32]   d * (sum of the block's codes)          (offsets and mins, 32-groups)
+//   float s16[K / 16] d * (sum of each 16 codes of the block)  (offsets and mins, 16-groups)
+// The row is padded to 64 bytes.
+struct ActQ8 {
+    static size_t row_bytes(int64_t K) { return round_up(size_t(K) + size_t(K / 32) * 8 + size_t(K / 16) * 4, 64); }
+    static const int8_t * qs(const uint8_t * row) { return reinterpret_cast<const int8_t *>(row); }
+    static const float * d(const uint8_t * row, int64_t K) { return reinterpret_cast<const float *>(row + K); }
+    static const float * s(const uint8_t * row, int64_t K) { return d(row, K) + K / 32; }
+    static const float * s16(const uint8_t * row, int64_t K) { return d(row, K) + K / 16; }
+};
+
+// Float activations (F32, F16 and BF16 weights): the float row, padded to 64 bytes.
+inline size_t act_f32_row_bytes(int64_t K) { return round_up(size_t(K) * 4, 64); }
+
+// Rows [0, n_rows) of W (row stride ldw bytes) times n_tok activation rows (stride lda bytes):
+// y[t * ldy + r] = dot(W[r], acts[t]).
+typedef void (*GemmFn)(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts,
+                       size_t lda, int64_t n_tok, float * y, int64_t ldy);
+// One row of K floats (K a multiple of 32) to the ActQ8 layout.
+typedef void (*QuantizeFn)(const float * x, int64_t K, uint8_t * row);
+typedef void (*ScoresFn)(const float * q, int64_t ldq, int64_t n_q, const uint8_t * Kc, size_t ldk,
+                         int64_t n_kv, int64_t head_dim, float scale, float * scores, int64_t lds);
+typedef void (*ValuesFn)(const float * w, int64_t ldw, int64_t n_q, const uint8_t * Vc, size_t ldv,
+                         int64_t n_kv, int64_t head_dim, float * out, int64_t ldo);
+// One row of head_dim floats to a cache row.
+typedef void (*StoreFn)(const float * src, int64_t head_dim, uint8_t * dst);
+
+// KV-cache types, in table order.
+enum KvType : int { KV_F16 = 0, KV_Q8_0 = 1, KV_Q4_0 = 2, KV_COUNT = 3 };
+
+struct KernelTable {
+    GemmFn gemm[int(QType::COUNT)] = {};
+    QuantizeFn quantize_q8 = nullptr;
+    ScoresFn scores[KV_COUNT] = {};
+    ValuesFn values[KV_COUNT] = {};
+    StoreFn store[KV_COUNT] = {};
+};
+
+// Each fills in what its instruction set implements, over a table already holding the
+// narrower set's kernels (scalar, then AVX2, then AVX-512).
+void fill_scalar(KernelTable & t);
+void fill_avx2(KernelTable & t);
+void fill_avx512(KernelTable & t);
+void fill_scalar_attention(KernelTable & t);
+
+// ---- scalar helpers shared by the reference kernels ----
+
+// One quantized weight row as codes and affine terms per 16 values:
+// value[i] = dg[i / 16] * codes[i] + mg[i / 16].
+typedef void (*UnpackFn)(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg);
+UnpackFn scalar_unpack(QType wt);
+
+// Reference Q8 activation quantizer for one block of 32 (shared so SIMD files can finish tails).
+void quantize_q8_block(const float * x, int8_t * qs, float * d, float * s, float * s16);
+
+}  // namespace sl::cpu::impl

@@ -1,0 +1,205 @@
+// Scalar decoding of every block-quantized weight type into one form: unsigned 8-bit codes
+// and, per 16 values, an affine map value = dg * code + mg. The reference gemm dots the codes
+// with the Q8 activations; the SIMD kernels compute the same sums from the packed blocks.
+#include <cstring>
+
+#include "cpu/kernels.h"
+#include "quant/kquants.h"
+#include "quant/legacy.h"
+
+namespace sl::cpu::impl {
+
+namespace {
+
+// 4-bit codes of a legacy block: low nibbles are values 0..15, high nibbles 16..31.
+void nibbles32(const uint8_t * qs, uint8_t * codes) {
+    for (int j = 0; j < 16; ++j) {
+        codes[j] = qs[j] & 15;
+        codes[j + 16] = qs[j] >> 4;
+    }
+}
+
+void add_high_bits(const uint8_t * qh4, uint8_t * codes) {
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    for (int j = 0; j < 32; ++j) codes[j] |= uint8_t(((qh >> j) & 1) << 4);
+}
+
+void set_pair(float * dg, float * mg, float d, float m) {
+    dg[0] = dg[1] = d;
+    mg[0] = mg[1] = m;
+}
+
+void unpack_q4_0(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q4_0 * b = reinterpret_cast<const block_q4_0 *>(row);
+    for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
+        nibbles32(b[i].qs, codes);
+        const float d = fp16_to_fp32(b[i].d);
+        set_pair(dg, mg, d, -8.0f * d);
+    }
+}
+
+void unpack_q4_1(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q4_1 * b = reinterpret_cast<const block_q4_1 *>(row);
+    for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
+        nibbles32(b[i].qs, codes);
+        set_pair(dg, mg, fp16_to_fp32(b[i].d), fp16_to_fp32(b[i].m));
+    }
+}
+
+void unpack_q5_0(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q5_0 * b = reinterpret_cast<const block_q5_0 *>(row);
+    for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
+        nibbles32(b[i].qs, codes);
+        add_high_bits(b[i].qh, codes);
+        const float d = fp16_to_fp32(b[i].d);
+        set_pair(dg, mg, d, -16.0f * d);
+    }
+}
+
+void unpack_q5_1(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q5_1 * b = reinterpret_cast<const block_q5_1 *>(row);
+    for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
+        nibbles32(b[i].qs, codes);
+        add_high_bits(b[i].qh, codes);
+        set_pair(dg, mg, fp16_to_fp32(b[i].d), fp16_to_fp32(b[i].m));
+    }
+}
+
+void unpack_q8_0(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q8_0 * b = reinterpret_cast<const block_q8_0 *>(row);
+    for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
+        for (int j = 0; j < 32; ++j) codes[j] = uint8_t(b[i].qs[j] + 128);
+        const float d = fp16_to_fp32(b[i].d);
+        set_pair(dg, mg, d, -128.0f * d);
+    }
+}
+
+void unpack_q2_K(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q2_K * b = reinterpret_cast<const block_q2_K *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, codes += QK_K, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+        for (int g = 0; g < 16; ++g) {
+            dg[g] = d * float(b[i].scales[g] & 15);
+            mg[g] = -dmin * float(b[i].scales[g] >> 4);
+        }
+        // Value n*128 + j*32 + l comes from bits 2j of qs[n*32 + l].
+        for (int n = 0; n < 2; ++n)
+            for (int j = 0; j < 4; ++j)
+                for (int l = 0; l < 32; ++l) codes[n * 128 + j * 32 + l] = (b[i].qs[n * 32 + l] >> (2 * j)) & 3;
+    }
+}
+
+// The 16 6-bit Q3_K scales, biased by 32.
+void q3_K_scales(const uint8_t * s, int * out) {
+    for (int j = 0; j < 16; ++j) {
+        const int lo = j < 8 ? s[j] & 15 : s[j - 8] >> 4;
+        const int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+        out[j] = (lo | (hi << 4)) - 32;
+    }
+}
+
+void unpack_q3_K(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q3_K * b = reinterpret_cast<const block_q3_K *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, codes += QK_K, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        int sc[16];
+        q3_K_scales(b[i].scales, sc);
+        for (int g = 0; g < 16; ++g) {
+            dg[g] = d * float(sc[g]);
+            mg[g] = -4.0f * dg[g];
+        }
+        // Value n*128 + j*32 + l: 2 low bits at bits 2j of qs[n*32 + l], high bit n*4 + j of hmask[l].
+        for (int n = 0; n < 2; ++n)
+            for (int j = 0; j < 4; ++j)
+                for (int l = 0; l < 32; ++l) {
+                    const int lo = (b[i].qs[n * 32 + l] >> (2 * j)) & 3;
+                    const int hi = (b[i].hmask[l] >> (n * 4 + j)) & 1;
+                    codes[n * 128 + j * 32 + l] = uint8_t(lo | (hi << 2));
+                }
+    }
+}
+
+// Q4_K / Q5_K 6-bit scale and min of sub-block j (of 8).
+void scale_min_k4(int j, const uint8_t * q, int * sc, int * m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+void k4_affine(const uint8_t * scales, float d, float dmin, float * dg, float * mg) {
+    for (int j = 0; j < 8; ++j) {
+        int sc, m;
+        scale_min_k4(j, scales, &sc, &m);
+        set_pair(dg + 2 * j, mg + 2 * j, d * float(sc), -dmin * float(m));
+    }
+}
+
+void unpack_q4_K(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q4_K * b = reinterpret_cast<const block_q4_K *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, codes += QK_K, dg += 16, mg += 16) {
+        k4_affine(b[i].scales, fp16_to_fp32(b[i].d), fp16_to_fp32(b[i].dmin), dg, mg);
+        for (int c = 0; c < 4; ++c)
+            for (int l = 0; l < 32; ++l) {
+                codes[c * 64 + l] = b[i].qs[c * 32 + l] & 15;
+                codes[c * 64 + 32 + l] = b[i].qs[c * 32 + l] >> 4;
+            }
+    }
+}
+
+void unpack_q5_K(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q5_K * b = reinterpret_cast<const block_q5_K *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, codes += QK_K, dg += 16, mg += 16) {
+        k4_affine(b[i].scales, fp16_to_fp32(b[i].d), fp16_to_fp32(b[i].dmin), dg, mg);
+        for (int c = 0; c < 4; ++c)
+            for (int l = 0; l < 32; ++l) {
+                const uint8_t h = b[i].qh[l];
+                codes[c * 64 + l] = uint8_t((b[i].qs[c * 32 + l] & 15) | (((h >> (2 * c)) & 1) << 4));
+                codes[c * 64 + 32 + l] = uint8_t((b[i].qs[c * 32 + l] >> 4) | (((h >> (2 * c + 1)) & 1) << 4));
+            }
+    }
+}
+
+void unpack_q6_K(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_q6_K * b = reinterpret_cast<const block_q6_K *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, codes += QK_K, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int g = 0; g < 16; ++g) {
+            dg[g] = d * float(b[i].scales[g]);
+            mg[g] = -32.0f * dg[g];
+        }
+        // Half n (128 values): value n*128 + 32k + l from ql[n*64 + l + 32(k&1)] nibble k>>1
+        // and bits 2k of qh[n*32 + l].
+        for (int n = 0; n < 2; ++n)
+            for (int k = 0; k < 4; ++k)
+                for (int l = 0; l < 32; ++l) {
+                    const int lo = (b[i].ql[n * 64 + l + 32 * (k & 1)] >> (4 * (k >> 1))) & 15;
+                    const int hi = (b[i].qh[n * 32 + l] >> (2 * k)) & 3;
+                    codes[n * 128 + 32 * k + l] = uint8_t(lo | (hi << 4));
+                }
+    }
+}
+
+}  // namespace
+
+UnpackFn scalar_unpack(QType wt) {
+    switch (wt) {
+        case QType::Q4_0: return unpack_q4_0;
+        case QType::Q4_1: return unpack_q4_1;
+        case QType::Q5_0: return unpack_q5_0;
+        case QType::Q5_1: return unpack_q5_1;
+        case QType::Q8_0: return unpack_q8_0;
+        case QType::Q2_K: return unpack_q2_K;
+        case QType::Q3_K: return unpack_q3_K;
+        case QType::Q4_K: return unpack_q4_K;
+        case QType::Q5_K: return unpack_q5_K;
+        case QType::Q6_K: return unpack_q6_K;
+        default: return nullptr;
+    }
+}
+
+}  // namespace sl::cpu::impl

@@ -1,0 +1,227 @@
+"""CPU kernels against numpy float64 references built on gguf-py's dequantizers, and every SIMD
+instruction set against the scalar path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.quants import dequantize, quantize
+from splitllm import _core
+
+FLOAT_TYPES = [T.F32, T.F16, T.BF16]
+LEGACY_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+ALL_TYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES
+KV_TYPES = [T.F16, T.Q8_0, T.Q4_0]
+
+# SIMD sets this CPU runs (a set the CPU lacks would silently fall back: not worth testing twice).
+SIMD_ISAS = [isa for isa in ("avx2", "avx512") if _core.cpu_usable_isa(isa) == isa]
+
+# Byte offsets of the f16 super-block scales (d, and dmin where there is one) of each k-quant.
+K_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+
+
+def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(np.float64(a) - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Raw weight rows (uint8, n_rows x row bytes) and their float64 values per gguf-py."""
+    w = rng.standard_normal((n_rows, k)).astype(np.float32)
+    if qtype == T.F32:
+        raw = w.view(np.uint8)
+    elif qtype == T.F16:
+        raw = w.astype(np.float16).view(np.uint8)
+    elif qtype in K_TYPES:
+        # gguf-py cannot quantize k-quants: random codes and scales, finite small f16 maxima.
+        blck, size = GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(n_rows, k // blck, size), dtype=np.uint8)
+        for off in K_SCALE_FIELDS[qtype]:
+            d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
+            raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
+        raw = raw.reshape(n_rows, -1)
+    else:
+        raw = quantize(w, qtype)
+    raw = np.ascontiguousarray(raw).reshape(n_rows, -1)
+    if qtype == T.F32:
+        values = w
+    elif qtype == T.F16:
+        values = w.astype(np.float16)
+    else:
+        values = dequantize(raw, qtype)
+    return raw, np.float64(values)
+
+
+def decode_acts(acts: np.ndarray, k: int) -> np.ndarray:
+    """Float values of Q8 activation rows: int8 codes, then one float scale per 32."""
+    qs = acts[:, :k].view(np.int8).astype(np.float64)
+    d = acts[:, k : k + k // 32 * 4].copy().view(np.float32).astype(np.float64)
+    return (qs.reshape(len(acts), -1, 32) * d[:, :, None]).reshape(len(acts), k)
+
+
+def test_features() -> None:
+    assert _core.cpu_detect_isa() in ("scalar", "avx2", "avx512")
+    assert _core.cpu_isa() in ("scalar", "avx2", "avx512")
+    assert _core.cpu_usable_isa("scalar") == "scalar"
+    assert isinstance(_core.cpu_features(), str) and _core.cpu_features()
+    with pytest.raises(ValueError, match="unknown isa"):
+        _core.cpu_usable_isa("sse9")
+    for t in ALL_TYPES:
+        assert _core.cpu_supports_weight_type(int(t))
+    assert not _core.cpu_supports_weight_type(int(T.IQ2_XXS))
+
+
+def test_act_formats() -> None:
+    for t in FLOAT_TYPES:
+        assert _core.cpu_act_type(int(t)) == int(T.F32)
+    for t in LEGACY_TYPES + K_TYPES:
+        assert _core.cpu_act_type(int(t)) == int(T.Q8_0)
+        assert _core.cpu_act_row_bytes(int(t), 256) % 64 == 0
+
+
+@pytest.mark.parametrize("isa", ["scalar", *SIMD_ISAS])
+def test_quantize_acts(isa: str) -> None:
+    rng = np.random.default_rng(1)
+    k = 32 * 21
+    x = rng.standard_normal((5, k)).astype(np.float32) * np.float32(3.0)
+    x[1, :32] = 0.0  # an all-zero block
+    x[2, 40] = 1e4  # an outlier block
+    acts = _core.cpu_quantize_acts(int(T.Q4_0), x, isa=isa)
+    qs = acts[:, :k].view(np.int8).astype(np.int64).reshape(5, -1, 32)
+    floats = acts[:, k : k + k // 32 * 16].copy().view(np.float32)
+    d, s, s16 = floats[:, : k // 32], floats[:, k // 32 : k // 16], floats[:, k // 16 :]
+    xb = np.float64(x).reshape(5, -1, 32)
+    np.testing.assert_allclose(d, np.abs(xb).max(axis=2) / 127, rtol=1e-6)
+    assert np.all(np.abs(xb - qs * np.float64(d)[:, :, None]) <= np.float64(d)[:, :, None] * 0.5 * (1 + 1e-5))
+    np.testing.assert_allclose(s, d * qs.sum(axis=2), rtol=1e-6)
+    half_sums = qs.reshape(5, -1, 2, 16).sum(axis=3)
+    np.testing.assert_allclose(s16, (d[:, :, None] * half_sums).reshape(5, -1), rtol=1e-6)
+    if isa != "scalar":
+        np.testing.assert_array_equal(acts, _core.cpu_quantize_acts(int(T.Q4_0), x, isa="scalar"))
+
+
+def shapes_for(qtype: T) -> list[tuple[int, int]]:
+    """(n_rows, K) pairs: K a multiple of 256 for k-quants, 32 x odd numbers for the rest."""
+    if qtype in K_TYPES:
+        return [(37, 256), (19, 768), (5, 1536)]
+    return [(37, 32 * 7), (19, 32 * 19), (5, 32 * 49)]
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_gemm_against_reference(qtype: T) -> None:
+    rng = np.random.default_rng(int(qtype))
+    for n_rows, k in shapes_for(qtype):
+        raw, w = make_weights(qtype, n_rows, k, rng)
+        x = rng.standard_normal((17, k)).astype(np.float32)
+        y = _core.cpu_matmul(int(qtype), raw, x, isa="scalar")
+        assert y.shape == (17, n_rows)
+        exact = np.float64(x) @ w.T
+        if qtype in FLOAT_TYPES:
+            assert rel_err(y, exact) < 2e-6, (qtype.name, k)
+            continue
+        # With the activations as quantized, the kernel is exact up to float32 rounding ...
+        acts = _core.cpu_quantize_acts(int(qtype), x, isa="scalar")
+        assert rel_err(y, decode_acts(acts, k) @ w.T) < 2e-6, (qtype.name, k)
+        # ... and the 8-bit activations cost about 0.5% (max|x| / 127 steps on Gaussian data).
+        assert rel_err(y, exact) < 1e-2, (qtype.name, k)
+
+
+@pytest.mark.skipif(not SIMD_ISAS, reason="this CPU has no AVX2")
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_gemm_simd_matches_scalar(qtype: T) -> None:
+    rng = np.random.default_rng(100 + int(qtype))
+    for n_rows, k in shapes_for(qtype):
+        raw, _ = make_weights(qtype, n_rows, k, rng)
+        for n_tok in (1, 2, 3, 8, 17, 64):
+            x = rng.standard_normal((n_tok, k)).astype(np.float32)
+            acts = _core.cpu_quantize_acts(int(qtype), x, isa="scalar")
+            ref = np.float64(_core.cpu_gemm(int(qtype), raw, acts, isa="scalar"))
+            for isa in SIMD_ISAS:
+                y = _core.cpu_gemm(int(qtype), raw, acts, isa=isa)
+                assert rel_err(y, ref) < 1e-5, (qtype.name, isa, n_rows, k, n_tok)
+                np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("isa", ["scalar", *SIMD_ISAS])
+@pytest.mark.parametrize("qtype", [T.F16, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_gemm_row_split_is_bitwise_stable(qtype: T, isa: str) -> None:
+    rng = np.random.default_rng(7)
+    k = 512
+    raw, _ = make_weights(qtype, 45, k, rng)
+    for n_tok in (1, 5, 40):
+        x = rng.standard_normal((n_tok, k)).astype(np.float32)
+        acts = _core.cpu_quantize_acts(int(qtype), x, isa=isa)
+        full = _core.cpu_gemm(int(qtype), raw, acts, isa=isa)
+        splits = ((0, 3), (3, 20), (20, 45))
+        parts = sum(_core.cpu_gemm(int(qtype), raw, acts, isa=isa, r0=a, r1=b) for a, b in splits)
+        np.testing.assert_array_equal(full, parts)
+
+
+def test_gemm_errors() -> None:
+    x = np.zeros((1, 40), np.float32)
+    with pytest.raises(_core.Error, match="multiple"):
+        _core.cpu_quantize_acts(int(T.Q4_0), x)
+    with pytest.raises(_core.Error, match="unsupported"):
+        _core.cpu_matmul(int(T.IQ2_XXS), np.zeros((1, 66), np.uint8), np.zeros((1, 256), np.float32))
+    with pytest.raises(ValueError, match="whole number"):
+        _core.cpu_matmul(int(T.Q4_0), np.zeros((1, 17), np.uint8), np.zeros((1, 32), np.float32))
+
+
+def make_cache(qtype: T, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cache rows as llama.cpp stores them, and their float64 values per gguf-py."""
+    if qtype == T.F16:
+        raw = values.astype(np.float16).view(np.uint8)
+        return raw, np.float64(values.astype(np.float16))
+    raw = quantize(values, qtype)
+    return raw, np.float64(dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", KV_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_attention_against_reference(qtype: T, head_dim: int) -> None:
+    rng = np.random.default_rng(head_dim + int(qtype))
+    n_q, n_kv = 7, 45
+    q = rng.standard_normal((n_q, head_dim)).astype(np.float32)
+    kc, kv = make_cache(qtype, rng.standard_normal((n_kv, head_dim)).astype(np.float32))
+    vc, vv = make_cache(qtype, rng.standard_normal((n_kv, head_dim)).astype(np.float32))
+    scale = 1.0 / np.sqrt(head_dim)
+    ref_s = np.float64(q) @ kv.T * scale
+    ref_p = np.exp(ref_s - ref_s.max(axis=1, keepdims=True))
+    ref_p /= ref_p.sum(axis=1, keepdims=True)
+    out0 = rng.standard_normal((n_q, head_dim)).astype(np.float32)
+    ref_o = np.float64(out0) + ref_p @ vv
+    p32 = ref_p.astype(np.float32)
+    for isa in ["scalar", *SIMD_ISAS]:
+        s = _core.cpu_attn_scores(int(qtype), q, kc, head_dim, scale=scale, isa=isa)
+        assert rel_err(s, ref_s) < 2e-6, isa
+        o = _core.cpu_attn_values(int(qtype), p32, vc, head_dim, out0, isa=isa)
+        assert rel_err(o, ref_o) < 2e-6, isa
+
+
+@pytest.mark.parametrize("qtype", KV_TYPES, ids=lambda t: t.name)
+def test_store_kv_matches_gguf(qtype: T) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((33, 128)).astype(np.float32)
+    x[3, :32] = 0.0
+    ref, _ = make_cache(qtype, x)
+    for isa in ["scalar", *SIMD_ISAS]:
+        raw = _core.cpu_store_kv(int(qtype), x, isa=isa)
+        if qtype == T.Q4_0:
+            # ggml/gguf-py compute x / d + 8.5 in different precisions; codes may differ by one
+            # in rare near-halfway cases, the scales never.
+            got, want = dequantize(raw, qtype), dequantize(ref, qtype)
+            step = np.abs(x.reshape(33, -1, 32)).max(axis=2) / 8
+            assert np.all(np.abs(got - want).reshape(33, -1, 32) <= step[:, :, None] * 1.001)
+            assert np.mean(raw == ref) > 0.999
+        else:
+            np.testing.assert_array_equal(raw, ref)
+
+
+def test_attention_errors() -> None:
+    q = np.zeros((1, 48), np.float32)
+    with pytest.raises(_core.Error, match="multiple of 32"):
+        _core.cpu_attn_scores(int(T.Q8_0), q, np.zeros((2, 68), np.uint8), 48)
+    with pytest.raises(_core.Error, match="unsupported KV cache type"):
+        _core.cpu_attn_scores(int(T.Q4_1), np.zeros((1, 64), np.float32), np.zeros((2, 40), np.uint8), 64)
