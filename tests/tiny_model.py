@@ -152,8 +152,13 @@ def rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool) -> np.ndarray:
     return out
 
 
-def reference_logits(cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
-    """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab)."""
+def reference_logits(cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *,
+                     kv_f16: bool = True) -> np.ndarray:
+    """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab).
+
+    With kv_f16 the keys (after rotation) and values are rounded to float16, as a KV cache of
+    that type stores them; everything else is float64.
+    """
     n, hd = len(tokens), cfg.head_dim
     gqa = cfg.n_head // cfg.n_head_kv
     pos = np.arange(n)
@@ -170,6 +175,9 @@ def reference_logits(cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int
         q = rope(q.reshape(n, cfg.n_head, hd), pos, cfg.rope_base, cfg.arch == "qwen2")
         k = rope(k.reshape(n, cfg.n_head_kv, hd), pos, cfg.rope_base, cfg.arch == "qwen2")
         v = v.reshape(n, cfg.n_head_kv, hd)
+        if kv_f16:
+            k = k.astype(np.float16).astype(np.float64)
+            v = v.astype(np.float16).astype(np.float64)
         att = np.empty((n, cfg.n_head, hd))
         for hh in range(cfg.n_head):
             kv = hh // gqa

@@ -6,7 +6,6 @@
 #include <cstring>
 
 #include "common/error.h"
-#include "common/fp16.h"
 #include "cpu/matmul.h"
 #include "model/config.h"
 
@@ -17,10 +16,6 @@ namespace {
 constexpr int kMaxChunk = 256;        // most weight rows one thread computes at a time
 constexpr int kAttnChunk = 16;        // most query tokens of one sequence attended together
 constexpr size_t kAttnBudget = 1 << 20;  // floats of attention scores per thread
-
-void round_to_f16(float * x, size_t n) {
-    for (size_t i = 0; i < n; ++i) x[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
-}
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -334,9 +329,6 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
             for (int t = t0; t < t1; ++t)
                 std::memcpy(qs + size_t(t - t0) * gqa * hd, q + t * q_dim + int64_t(h) * gqa * hd,
                             sizeof(float) * gqa * hd);
-            // As llama.cpp does with an F16 cache: queries meet keys in f16, probabilities meet
-            // values in f16.
-            if (kv.type_k == QType::F16) round_to_f16(qs, size_t(nq) * hd);
             const size_t head = size_t(slot_[t0]) * n_kv_h + h;
             cpu::attn_scores(kv.type_k, qs, hd, nq, kc + head * head_k, k_row, n_kv, hd, scale, S, n_kv);
             // Causal softmax: query token t sees cells [0, pos_t].
@@ -350,7 +342,6 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
                 const float inv = 1.0f / sum;
                 for (int j = 0; j < seen; ++j) row[j] *= inv;
                 for (int j = seen; j < n_kv; ++j) row[j] = 0;
-                if (kv.type_v == QType::F16) round_to_f16(row, seen);
             }
             std::memset(os, 0, sizeof(float) * nq * hd);
             cpu::attn_values(kv.type_v, S, n_kv, nq, vc + head * head_v, v_row, n_kv, hd, os, hd);
