@@ -102,15 +102,17 @@ def write_gguf(model: TinyModel, path: Path, *, weight_type: str = "F32", quanti
     wr.add_layer_norm_rms_eps(cfg.rms_eps)
     wr.add_rope_dimension_count(cfg.head_dim)
     wr.add_vocab_size(cfg.n_vocab)
-    tokens = gpt2_byte_tokens()
+    merges = ["t h", "h e", "i n", "e r", "a n"]
+    tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
+    n_normal = len(tokens)
     tokens += [f"<extra_{i}>" for i in range(cfg.n_vocab - len(tokens))]
     wr.add_tokenizer_model("gpt2")
     wr.add_tokenizer_pre("default")
     wr.add_token_list(tokens)
-    wr.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * (cfg.n_vocab - 256))
-    wr.add_token_merges([])
-    wr.add_bos_token_id(256)
-    wr.add_eos_token_id(257)
+    wr.add_token_types([gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (cfg.n_vocab - n_normal))
+    wr.add_token_merges(merges)
+    wr.add_bos_token_id(n_normal)
+    wr.add_eos_token_id(n_normal + 1)
     wr.add_add_bos_token(False)
     held: dict[str, np.ndarray] = {}
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]
