@@ -3,6 +3,8 @@
 #include <cctype>
 #include <cstring>
 
+#include "quant/ref.h"
+
 namespace sl {
 
 namespace {
@@ -15,20 +17,20 @@ struct Entry {
 // Every type ggml defines, so that the GGUF reader can size any tensor; the functions are
 // named here for the types splitllm computes with.
 const Entry kTable[] = {
-    {0, {"F32", 1, 4, false, nullptr, nullptr}},
-    {1, {"F16", 1, 2, false, nullptr, nullptr}},
-    {2, {"Q4_0", 32, 18, true, nullptr, nullptr}},
-    {3, {"Q4_1", 32, 20, true, nullptr, nullptr}},
-    {6, {"Q5_0", 32, 22, true, nullptr, nullptr}},
-    {7, {"Q5_1", 32, 24, true, nullptr, nullptr}},
-    {8, {"Q8_0", 32, 34, true, nullptr, nullptr}},
-    {9, {"Q8_1", 32, 36, true, nullptr, nullptr}},  // ggml: f16 d, f16 s, 32 x int8 (gguf-py says 40)
-    {10, {"Q2_K", 256, 84, true, nullptr, nullptr}},
-    {11, {"Q3_K", 256, 110, true, nullptr, nullptr}},
-    {12, {"Q4_K", 256, 144, true, nullptr, nullptr}},
-    {13, {"Q5_K", 256, 176, true, nullptr, nullptr}},
-    {14, {"Q6_K", 256, 210, true, nullptr, nullptr}},
-    {15, {"Q8_K", 256, 292, true, nullptr, nullptr}},
+    {0, {"F32", 1, 4, false, dequantize_row_f32, quantize_row_f32}},
+    {1, {"F16", 1, 2, false, dequantize_row_f16, quantize_row_f16}},
+    {2, {"Q4_0", 32, 18, true, dequantize_row_q4_0, quantize_row_q4_0}},
+    {3, {"Q4_1", 32, 20, true, dequantize_row_q4_1, quantize_row_q4_1}},
+    {6, {"Q5_0", 32, 22, true, dequantize_row_q5_0, quantize_row_q5_0}},
+    {7, {"Q5_1", 32, 24, true, dequantize_row_q5_1, quantize_row_q5_1}},
+    {8, {"Q8_0", 32, 34, true, dequantize_row_q8_0, quantize_row_q8_0}},
+    {9, {"Q8_1", 32, 36, true, dequantize_row_q8_1, quantize_row_q8_1}},  // ggml: f16 d, f16 s, 32 x int8 (gguf-py says 40)
+    {10, {"Q2_K", 256, 84, true, dequantize_row_q2_K, quantize_row_q2_K}},
+    {11, {"Q3_K", 256, 110, true, dequantize_row_q3_K, quantize_row_q3_K}},
+    {12, {"Q4_K", 256, 144, true, dequantize_row_q4_K, quantize_row_q4_K}},
+    {13, {"Q5_K", 256, 176, true, dequantize_row_q5_K, quantize_row_q5_K}},
+    {14, {"Q6_K", 256, 210, true, dequantize_row_q6_K, quantize_row_q6_K}},
+    {15, {"Q8_K", 256, 292, true, dequantize_row_q8_K, quantize_row_q8_K}},
     {16, {"IQ2_XXS", 256, 66, true, nullptr, nullptr}},
     {17, {"IQ2_XS", 256, 74, true, nullptr, nullptr}},
     {18, {"IQ3_XXS", 256, 98, true, nullptr, nullptr}},
@@ -43,7 +45,7 @@ const Entry kTable[] = {
     {27, {"I64", 1, 8, false, nullptr, nullptr}},
     {28, {"F64", 1, 8, false, nullptr, nullptr}},
     {29, {"IQ1_M", 256, 56, true, nullptr, nullptr}},
-    {30, {"BF16", 1, 2, false, nullptr, nullptr}},
+    {30, {"BF16", 1, 2, false, dequantize_row_bf16, quantize_row_bf16}},
     {34, {"TQ1_0", 256, 54, true, nullptr, nullptr}},
     {35, {"TQ2_0", 256, 66, true, nullptr, nullptr}},
     {39, {"MXFP4", 32, 17, true, nullptr, nullptr}},

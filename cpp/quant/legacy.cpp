@@ -1,0 +1,219 @@
+// Reference quantizers and dequantizers of the legacy 32-value block formats (quant/legacy.h).
+// The arithmetic follows ggml's reference path step for step (same float operations in the
+// same order), so the bytes match ggml's and gguf-py's quantizers exactly.
+#include <cmath>
+#include <cstring>
+
+#include "quant/legacy.h"
+#include "quant/ref.h"
+
+namespace sl {
+
+namespace {
+
+constexpr int QK = 32;
+
+// Truncates v + bias to an integer code in [0, hi]; NaN goes to 0 (no undefined conversion).
+inline uint8_t trunc_code(float v, float hi) {
+    v = std::fmax(v, 0.0f);
+    return uint8_t(std::fmin(v, hi));
+}
+
+// The value of largest magnitude (the first one on ties), with its sign.
+inline float signed_absmax(const float * x, int n) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < n; ++j) {
+        if (amax < std::fabs(x[j])) {
+            amax = std::fabs(x[j]);
+            max = x[j];
+        }
+    }
+    return max;
+}
+
+inline void min_max(const float * x, int n, float * mn, float * mx) {
+    float lo = x[0], hi = x[0];
+    for (int j = 1; j < n; ++j) {
+        if (x[j] < lo) lo = x[j];
+        if (x[j] > hi) hi = x[j];
+    }
+    *mn = lo;
+    *mx = hi;
+}
+
+// Packs 32 codes of 4 bits: byte j holds code j (low nibble) and code j + 16 (high nibble).
+inline void pack_nibbles(const uint8_t * q, uint8_t * qs) {
+    for (int j = 0; j < QK / 2; ++j) qs[j] = uint8_t((q[j] & 0x0F) | ((q[j + QK / 2] & 0x0F) << 4));
+}
+
+// Bit 4 of each of 32 codes, code j at bit j of a little-endian uint32.
+inline void pack_high_bits(const uint8_t * q, uint8_t * qh) {
+    uint32_t h = 0;
+    for (int j = 0; j < QK; ++j) h |= uint32_t((q[j] >> 4) & 1) << j;
+    for (int b = 0; b < 4; ++b) qh[b] = uint8_t(h >> (8 * b));
+}
+
+inline uint32_t load_high_bits(const uint8_t * qh) {
+    return uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
+}
+
+// Symmetric blocks (Q4_0, Q5_0): d = max / -half, code = trunc(x / d + half + 0.5).
+inline float quantize_symmetric(const float * x, int half, uint8_t * q) {
+    const float d = signed_absmax(x, QK) / float(-half);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float bias = float(half) + 0.5f;
+    for (int j = 0; j < QK; ++j) q[j] = trunc_code(x[j] * id + bias, float(2 * half - 1));
+    return d;
+}
+
+// Blocks with a minimum (Q4_1, Q5_1): d = (max - min) / nmax, code = trunc((x - min) / d + 0.5).
+inline float quantize_affine(const float * x, int nmax, uint8_t * q, float * min_out) {
+    float mn, mx;
+    min_max(x, QK, &mn, &mx);
+    const float d = (mx - mn) / float(nmax);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QK; ++j) q[j] = trunc_code((x[j] - mn) * id + 0.5f, float(nmax));
+    *min_out = mn;
+    return d;
+}
+
+// Q8_0 / Q8_1: d = amax / 127, code = round-half-away(x / d).
+inline float quantize_q8(const float * x, int8_t * qs) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QK; ++j) qs[j] = int8_t(std::fmin(std::fmax(std::round(x[j] * id), -127.0f), 127.0f));
+    return d;
+}
+
+}  // namespace
+
+void quantize_row_q4_0(const float * x, void * y, int64_t n) {
+    block_q4_0 * b = static_cast<block_q4_0 *>(y);
+    uint8_t q[QK];
+    for (int64_t i = 0; i < n / QK; ++i, x += QK) {
+        b[i].d = fp32_to_fp16(quantize_symmetric(x, 8, q));
+        pack_nibbles(q, b[i].qs);
+    }
+}
+
+void dequantize_row_q4_0(const void * x, float * y, int64_t n) {
+    const block_q4_0 * b = static_cast<const block_q4_0 *>(x);
+    for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK / 2; ++j) {
+            y[j] = float((b[i].qs[j] & 0x0F) - 8) * d;
+            y[j + QK / 2] = float((b[i].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+void quantize_row_q4_1(const float * x, void * y, int64_t n) {
+    block_q4_1 * b = static_cast<block_q4_1 *>(y);
+    uint8_t q[QK];
+    for (int64_t i = 0; i < n / QK; ++i, x += QK) {
+        float mn;
+        b[i].d = fp32_to_fp16(quantize_affine(x, 15, q, &mn));
+        b[i].m = fp32_to_fp16(mn);
+        pack_nibbles(q, b[i].qs);
+    }
+}
+
+void dequantize_row_q4_1(const void * x, float * y, int64_t n) {
+    const block_q4_1 * b = static_cast<const block_q4_1 *>(x);
+    for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        const float m = fp16_to_fp32(b[i].m);
+        for (int j = 0; j < QK / 2; ++j) {
+            y[j] = float(b[i].qs[j] & 0x0F) * d + m;
+            y[j + QK / 2] = float(b[i].qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+void quantize_row_q5_0(const float * x, void * y, int64_t n) {
+    block_q5_0 * b = static_cast<block_q5_0 *>(y);
+    uint8_t q[QK];
+    for (int64_t i = 0; i < n / QK; ++i, x += QK) {
+        b[i].d = fp32_to_fp16(quantize_symmetric(x, 16, q));
+        pack_high_bits(q, b[i].qh);
+        pack_nibbles(q, b[i].qs);
+    }
+}
+
+void dequantize_row_q5_0(const void * x, float * y, int64_t n) {
+    const block_q5_0 * b = static_cast<const block_q5_0 *>(x);
+    for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        const uint32_t qh = load_high_bits(b[i].qh);
+        for (int j = 0; j < QK / 2; ++j) {
+            const int lo = (b[i].qs[j] & 0x0F) | int((qh >> j) & 1) << 4;
+            const int hi = (b[i].qs[j] >> 4) | int((qh >> (j + QK / 2)) & 1) << 4;
+            y[j] = float(lo - 16) * d;
+            y[j + QK / 2] = float(hi - 16) * d;
+        }
+    }
+}
+
+void quantize_row_q5_1(const float * x, void * y, int64_t n) {
+    block_q5_1 * b = static_cast<block_q5_1 *>(y);
+    uint8_t q[QK];
+    for (int64_t i = 0; i < n / QK; ++i, x += QK) {
+        float mn;
+        b[i].d = fp32_to_fp16(quantize_affine(x, 31, q, &mn));
+        b[i].m = fp32_to_fp16(mn);
+        pack_high_bits(q, b[i].qh);
+        pack_nibbles(q, b[i].qs);
+    }
+}
+
+void dequantize_row_q5_1(const void * x, float * y, int64_t n) {
+    const block_q5_1 * b = static_cast<const block_q5_1 *>(x);
+    for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        const float m = fp16_to_fp32(b[i].m);
+        const uint32_t qh = load_high_bits(b[i].qh);
+        for (int j = 0; j < QK / 2; ++j) {
+            const int lo = (b[i].qs[j] & 0x0F) | int((qh >> j) & 1) << 4;
+            const int hi = (b[i].qs[j] >> 4) | int((qh >> (j + QK / 2)) & 1) << 4;
+            y[j] = float(lo) * d + m;
+            y[j + QK / 2] = float(hi) * d + m;
+        }
+    }
+}
+
+void quantize_row_q8_0(const float * x, void * y, int64_t n) {
+    block_q8_0 * b = static_cast<block_q8_0 *>(y);
+    for (int64_t i = 0; i < n / QK; ++i, x += QK) b[i].d = fp32_to_fp16(quantize_q8(x, b[i].qs));
+}
+
+void dequantize_row_q8_0(const void * x, float * y, int64_t n) {
+    const block_q8_0 * b = static_cast<const block_q8_0 *>(x);
+    for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK; ++j) y[j] = float(b[i].qs[j]) * d;
+    }
+}
+
+// Q8_1 also stores s = d * sum(qs), which the dot products with Q4_1/Q5_1 weights use.
+void quantize_row_q8_1(const float * x, void * y, int64_t n) {
+    block_q8_1 * b = static_cast<block_q8_1 *>(y);
+    for (int64_t i = 0; i < n / QK; ++i, x += QK) {
+        const float d = quantize_q8(x, b[i].qs);
+        int sum = 0;
+        for (int j = 0; j < QK; ++j) sum += b[i].qs[j];
+        b[i].d = fp32_to_fp16(d);
+        b[i].s = fp32_to_fp16(float(sum) * d);
+    }
+}
+
+void dequantize_row_q8_1(const void * x, float * y, int64_t n) {
+    const block_q8_1 * b = static_cast<const block_q8_1 *>(x);
+    for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK; ++j) y[j] = float(b[i].qs[j]) * d;
+    }
+}
+
+}  // namespace sl

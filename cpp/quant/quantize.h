@@ -1,0 +1,36 @@
+// Many rows at once: the reference quantizers and dequantizers of the traits table (ref.h)
+// run over a thread pool. Blocks are independent, so the work is split into contiguous runs
+// of blocks, one per thread; the bytes do not depend on the number of threads.
+//
+// Errors (sl::Error, nothing is written past what the arguments describe):
+//   - a type without a quantizer / dequantizer (IQ*, TQ*, integer types, ...);
+//   - n_per_row not a multiple of the type's block size, or a negative count;
+//   - quantize_rows of a block type (Q*) on input holding NaN or infinity: the scale
+//     searches are meaningless there. F32, F16 and BF16 store non-finite values as they are
+//     (F16 overflows to infinity; BF16 keeps NaN quiet), as ggml and gguf-py do.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/threadpool.h"
+#include "quant/qtype.h"
+
+namespace sl {
+
+// dst receives nrows * row_size(t, n_per_row) bytes.
+void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool);
+
+// src holds nrows * row_size(t, n_per_row) bytes; dst receives nrows * n_per_row floats.
+void dequantize_rows(QType t, const void * src, float * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool);
+
+// As above on a pool of n_threads threads: 0 means ThreadPool::global() (one thread per
+// hardware thread); otherwise a pool of that size lives for the call.
+void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, int n_threads);
+void dequantize_rows(QType t, const void * src, float * dst, int64_t nrows, int64_t n_per_row, int n_threads);
+
+// Throws sl::Error unless rows of n_per_row values of type t can be quantized (want_quantize)
+// or dequantized by the functions above; `what` starts the message ("quantize", a tensor name).
+void check_quant_args(QType t, int64_t nrows, int64_t n_per_row, bool want_quantize, const char * what);
+
+}  // namespace sl

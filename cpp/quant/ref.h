@@ -1,0 +1,50 @@
+// Scalar reference row functions, one quantizer and one dequantizer per type. Each converts n
+// values (a multiple of the type's block size) between floats and packed blocks, bit-exact
+// with ggml's reference path (quantize_row_*_ref / dequantize_row_*) without an importance
+// matrix. They are the from_float / to_float entries of the traits table (qtype.cpp); callers
+// that want many rows at once use quant/quantize.h, which splits the work over a thread pool.
+//
+// Inputs are expected to be finite: quantize_rows() checks that before calling these.
+#pragma once
+
+#include <cstdint>
+
+namespace sl {
+
+// Plain number types (block size 1).
+void quantize_row_f32(const float * x, void * y, int64_t n);
+void dequantize_row_f32(const void * x, float * y, int64_t n);
+void quantize_row_f16(const float * x, void * y, int64_t n);
+void dequantize_row_f16(const void * x, float * y, int64_t n);
+void quantize_row_bf16(const float * x, void * y, int64_t n);
+void dequantize_row_bf16(const void * x, float * y, int64_t n);
+
+// Legacy 32-value blocks (quant/legacy.h).
+void quantize_row_q4_0(const float * x, void * y, int64_t n);
+void dequantize_row_q4_0(const void * x, float * y, int64_t n);
+void quantize_row_q4_1(const float * x, void * y, int64_t n);
+void dequantize_row_q4_1(const void * x, float * y, int64_t n);
+void quantize_row_q5_0(const float * x, void * y, int64_t n);
+void dequantize_row_q5_0(const void * x, float * y, int64_t n);
+void quantize_row_q5_1(const float * x, void * y, int64_t n);
+void dequantize_row_q5_1(const void * x, float * y, int64_t n);
+void quantize_row_q8_0(const float * x, void * y, int64_t n);
+void dequantize_row_q8_0(const void * x, float * y, int64_t n);
+void quantize_row_q8_1(const float * x, void * y, int64_t n);
+void dequantize_row_q8_1(const void * x, float * y, int64_t n);
+
+// K-quant 256-value super-blocks (quant/kquants.h).
+void quantize_row_q2_K(const float * x, void * y, int64_t n);
+void dequantize_row_q2_K(const void * x, float * y, int64_t n);
+void quantize_row_q3_K(const float * x, void * y, int64_t n);
+void dequantize_row_q3_K(const void * x, float * y, int64_t n);
+void quantize_row_q4_K(const float * x, void * y, int64_t n);
+void dequantize_row_q4_K(const void * x, float * y, int64_t n);
+void quantize_row_q5_K(const float * x, void * y, int64_t n);
+void dequantize_row_q5_K(const void * x, float * y, int64_t n);
+void quantize_row_q6_K(const float * x, void * y, int64_t n);
+void dequantize_row_q6_K(const void * x, float * y, int64_t n);
+void quantize_row_q8_K(const float * x, void * y, int64_t n);
+void dequantize_row_q8_K(const void * x, float * y, int64_t n);
+
+}  // namespace sl

@@ -1,0 +1,130 @@
+"""Block formats: quantize and dequantize arrays, byte-identical to ggml's layouts.
+
+The shape conventions are gguf-py's (``gguf.quants.quantize`` / ``dequantize``): the last
+axis of a quantized array counts bytes, ``n // block_size * type_size`` for ``n`` values.
+
+Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+and Q8_K, named in any case (``"q4_k"``), by ``gguf.GGMLQuantizationType`` or by type id.
+
+The quantizers are ggml's reference quantizers (no importance matrix); the work runs in C++
+over ``n_threads`` threads (default: all hardware threads) with the GIL released, and the
+bytes do not depend on the thread count.
+
+Non-finite input: F32, F16 and BF16 store it as it is (F16 overflows to infinity, BF16 keeps
+NaN quiet), as gguf-py does. The block types raise ``ValueError`` naming the first NaN or
+infinity (gguf-py would write meaningless codes there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from splitllm import _core
+
+__all__ = ["QTypeInfo", "SUPPORTED", "dequantize", "qtype_info", "quantize"]
+
+QTypeLike = str | int | IntEnum
+
+SUPPORTED = (
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QTypeInfo:
+    """Geometry of a ggml type: ``block_size`` values take ``type_size`` bytes."""
+
+    type_id: int
+    name: str
+    block_size: int
+    type_size: int
+    is_quantized: bool
+    can_quantize: bool
+    can_dequantize: bool
+
+
+def qtype_info(qtype: QTypeLike) -> QTypeInfo:
+    """The type named by ``qtype`` (a name in any case, a GGMLQuantizationType or an id)."""
+    if isinstance(qtype, str):
+        type_id = _core.quant_type_from_name(qtype)
+        if type_id is None:
+            raise ValueError(f"unknown quantization type {qtype!r}; supported: {', '.join(SUPPORTED)}")
+    elif isinstance(qtype, int) and not isinstance(qtype, bool):
+        type_id = int(qtype)
+    else:
+        raise TypeError(f"qtype must be a type name or a GGMLQuantizationType, not {type(qtype).__name__}")
+    info = _core.quant_type_info(type_id) if 0 <= type_id < 2**32 else None
+    if info is None:
+        raise ValueError(f"unknown quantization type id {type_id}")
+    return QTypeInfo(type_id, *info)
+
+
+def _supported(qtype: QTypeLike, *, for_quantize: bool) -> QTypeInfo:
+    info = qtype_info(qtype)
+    if not (info.can_quantize if for_quantize else info.can_dequantize):
+        verb = "quantize to" if for_quantize else "dequantize"
+        raise NotImplementedError(f"splitllm cannot {verb} {info.name}; supported: {', '.join(SUPPORTED)}")
+    return info
+
+
+def _threads(n_threads: int | None) -> int:
+    if n_threads is None:
+        return 0
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive int or None (all threads), got {n_threads!r}")
+    return n_threads
+
+
+def quantize(data: np.ndarray, qtype: QTypeLike, *, n_threads: int | None = None) -> np.ndarray:
+    """Quantizes ``data`` (any real dtype, converted to float32) along its last axis.
+
+    Returns a uint8 array of ``data.shape[:-1] + (n // block_size * type_size,)``. The last
+    axis must be a multiple of the type's block size (ValueError otherwise).
+    """
+    info = _supported(qtype, for_quantize=True)
+    x = np.asarray(data)
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"quantize: data must hold real numbers, got dtype {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("quantize: data must have at least one axis")
+    n = x.shape[-1]
+    if n % info.block_size != 0:
+        raise ValueError(
+            f"quantize: last axis ({n}) is not a multiple of the {info.name} block size ({info.block_size})"
+        )
+    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(math.prod(x.shape[:-1]), n)
+    try:
+        out = _core.quantize_rows(rows, info.type_id, _threads(n_threads))
+    except _core.Error as e:  # non-finite input to a block type
+        raise ValueError(str(e)) from None
+    return out.reshape(*x.shape[:-1], n // info.block_size * info.type_size)
+
+
+def dequantize(data: np.ndarray, qtype: QTypeLike, *, n_threads: int | None = None) -> np.ndarray:
+    """Dequantizes ``data`` (its bytes; the last axis counts bytes) to float32.
+
+    Returns an array of ``data.shape[:-1] + (nbytes // type_size * block_size,)``. The last
+    axis, in bytes, must be a multiple of the type's block bytes (ValueError otherwise).
+    """
+    info = _supported(qtype, for_quantize=False)
+    x = np.asarray(data)
+    if x.ndim == 0:
+        raise ValueError("dequantize: data must have at least one axis")
+    raw = np.ascontiguousarray(x)
+    if raw.ctypes.data % 4 != 0:  # block structs hold f16 / f32 fields
+        raw = raw.copy()
+    raw = raw.view(np.uint8)
+    nbytes = raw.shape[-1]
+    if nbytes % info.type_size != 0:
+        raise ValueError(
+            f"dequantize: last axis ({nbytes} bytes) is not a multiple of the {info.name} block"
+            f" ({info.type_size} bytes)"
+        )
+    rows = raw.reshape(math.prod(raw.shape[:-1]), nbytes)
+    out = _core.dequantize_rows(rows, info.type_id, _threads(n_threads))
+    return out.reshape(*raw.shape[:-1], nbytes // info.type_size * info.block_size)
