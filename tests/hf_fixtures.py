@@ -189,7 +189,7 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     return w
 
 
-def _as_dtype(x: np.ndarray, dtype: str) -> tuple[np.ndarray, str, np.ndarray]:
+def as_dtype(x: np.ndarray, dtype: str) -> tuple[np.ndarray, str, np.ndarray]:
     """(stored array, safetensors dtype name, the float32 values it holds)."""
     if dtype == "f32":
         return x, "float32", x
@@ -211,7 +211,7 @@ def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int =
         fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
         arrays, specs = [], {}
         for n in group:
-            arr, dt, as_f32 = _as_dtype(np.ascontiguousarray(weights[n], dtype=np.float32), dtype)
+            arr, dt, as_f32 = as_dtype(np.ascontiguousarray(weights[n], dtype=np.float32), dtype)
             arrays.append(arr)
             specs[n] = TensorSpec(dtype=dt, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
             stored[n] = as_f32

@@ -151,30 +151,42 @@ def index_tensors(model_dir: Path) -> dict[str, TensorEntry]:
     return tensors
 
 
-def read_f32(entry: TensorEntry) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """The tensor as float32 in its own shape; holds at most the raw bytes and the float32 copy."""
+def read_f32(entry: TensorEntry, *, chunk: int = 1 << 22) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """The tensor as float32 in its own shape.
+
+    F16 and BF16 are read ``chunk`` values at a time and widened into the float32 array, so memory
+    holds the float32 tensor and one chunk, never a second full copy.
+    """
     stored = _DTYPES.get(entry.dtype)
     if stored is None:
         raise ConvertError(
             f"{entry.file}: tensor {entry.name!r} has dtype {entry.dtype}; "
             "the converter reads F32, F16 and BF16"
         )
-    raw = np.empty(entry.n_elements, dtype=stored)
+    n = entry.n_elements
+    out = np.empty(n, dtype=np.float32)
     with open(entry.file, "rb") as f:
         f.seek(entry.begin)
-        got = f.readinto(memoryview(raw).cast("B"))
-    if got != entry.nbytes:
-        raise ConvertError(
-            f"{entry.file}: tensor {entry.name!r} is truncated ({got} of {entry.nbytes} bytes)"
-        )
-    if entry.dtype == "F32":
-        out = raw.view(np.float32)
-    elif entry.dtype == "F16":
-        out = raw.astype(np.float32)
-    else:  # BF16: the top half of a float32
-        out = (raw.astype(np.uint32) << 16).view(np.float32)
-    del raw
+        if entry.dtype == "F32":
+            _read_exact(f, out, entry)
+            return out.reshape(entry.shape)
+        buf = np.empty(min(chunk, n), dtype=stored)
+        for start in range(0, n, chunk):
+            part = buf[: min(chunk, n - start)]
+            _read_exact(f, part, entry)
+            if entry.dtype == "F16":
+                out[start : start + part.size] = part
+            else:  # BF16: the top half of a float32
+                bits = out[start : start + part.size].view(np.uint32)
+                bits[:] = part
+                bits <<= 16
     return out.reshape(entry.shape)
+
+
+def _read_exact(f: Any, arr: np.ndarray[Any, Any], entry: TensorEntry) -> None:
+    want = arr.nbytes
+    if f.readinto(memoryview(arr).cast("B")) != want:
+        raise ConvertError(f"{entry.file}: tensor {entry.name!r} is truncated")
 
 
 def check_finite(x: np.ndarray[Any, Any], entry: TensorEntry, *, chunk: int = 1 << 22) -> None:

@@ -73,6 +73,7 @@ class _Job:
     """Everything needed to write: the plan, its sources, and the writer with all metadata added."""
 
     plan: ConvertPlan
+    meta: bytes  # header, key-values and tensor infos, serialized once
     sources: list[PlannedSource]
     entries: dict[str, TensorEntry]
     arch: Architecture
@@ -101,11 +102,13 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None) -> _Job:
         tensors.append(TensorPlan(s.gguf_name, s.shape, t, nbytes, src, entry.nbytes if entry else 0))
         writer.add_tensor_info(s.gguf_name, s.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
     _add_metadata(writer, model_dir, arch, ft, vocab)
-    size = _metadata_size(writer) + sum(GGUFWriter.ggml_pad(t.nbytes, writer.data_alignment) for t in tensors)
+    meta = _metadata_bytes(writer)
+    size = GGUFWriter.ggml_pad(len(meta), writer.data_alignment)
+    size += sum(GGUFWriter.ggml_pad(t.nbytes, writer.data_alignment) for t in tensors)
     plan = ConvertPlan(
         model_dir, arch.gguf_arch, ft.name, tuple(tensors), size, sum(t.in_bytes for t in tensors)
     )
-    return _Job(plan, sources, entries, arch, writer)
+    return _Job(plan, meta, sources, entries, arch, writer)
 
 
 def _add_metadata(w: GGUFWriter, model_dir: Path, arch: Architecture, ft: mix.FileType, vocab: Vocab) -> None:
@@ -124,8 +127,8 @@ def _add_metadata(w: GGUFWriter, model_dir: Path, arch: Architecture, ft: mix.Fi
     vocab.add_to(w)
 
 
-def _metadata_size(w: GGUFWriter) -> int:
-    """Bytes of header, key-values and tensor infos (padded), serialized to memory only."""
+def _metadata_bytes(w: GGUFWriter) -> bytes:
+    """Header, key-values and tensor infos as GGUFWriter serializes them, into memory."""
     probe = GGUFWriter(path=None, arch=w.arch)
     probe.kv_data, probe.tensors = w.kv_data, [dict(t) for t in w.tensors]
     buf = io.BytesIO()
@@ -133,7 +136,7 @@ def _metadata_size(w: GGUFWriter) -> int:
     probe.write_header_to_file()
     probe.write_kv_data_to_file()
     probe.write_ti_data_to_file()
-    return GGUFWriter.ggml_pad(buf.tell(), w.data_alignment)
+    return buf.getvalue()
 
 
 # -- producing tensor data ------------------------------------------------------------------------
@@ -196,9 +199,9 @@ def _write(job: _Job, out: Path, *, n_threads: int | None, quiet: bool) -> None:
     tmp = Path(tmp_name)
     w = job.writer
     try:
-        w.write_header_to_file(path=tmp)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
+        w.fout = [open(tmp, "wb")]  # closed by w.close()
+        w.fout[0].write(job.meta)
+        w.state = WriterState.TI_DATA  # write_tensor_data pads to the alignment before each tensor
         with _progress(job.plan.input_bytes, quiet) as bar:
             for i, (s, tp) in enumerate(zip(job.sources, job.plan.tensors, strict=True)):
                 bar.set_postfix_str(f"{i + 1}/{len(job.sources)} {tp.name}", refresh=False)

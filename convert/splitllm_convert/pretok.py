@@ -15,6 +15,7 @@ do not import that code. The order here:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,22 @@ QWEN2_REGEX = (
 )
 
 
-def check_hash(tokenizer_json: Path) -> str:
-    """The hash llama.cpp computes for a tokenizer: sha256 of the ids (special tokens added) of CHECK_TEXT."""
+def hf_tokenizer(path: Path) -> Any:
+    """tokenizer.json loaded by Hugging Face's ``tokenizers`` (cached while the file is unchanged)."""
+    st = path.stat()
+    return _load_tokenizer(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4)
+def _load_tokenizer(path: str, mtime_ns: int, size: int) -> Any:
     from tokenizers import Tokenizer
 
-    ids = Tokenizer.from_file(str(tokenizer_json)).encode(CHECK_TEXT).ids
+    return Tokenizer.from_file(path)
+
+
+def check_hash(tokenizer_json: Path) -> str:
+    """The hash llama.cpp computes for a tokenizer: sha256 of the ids (special tokens added) of CHECK_TEXT."""
+    ids = hf_tokenizer(tokenizer_json).encode(CHECK_TEXT).ids
     return sha256(str(ids).encode()).hexdigest()
 
 

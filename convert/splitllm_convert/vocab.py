@@ -11,7 +11,6 @@ post-processor, and config.json's ``*_token_id``, in llama.cpp's order of preced
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from gguf import GGUFWriter, TokenType
 
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import read_json
-from splitllm_convert.pretok import detect_pre
+from splitllm_convert.pretok import detect_pre, hf_tokenizer
 
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 _ID_KEYS = {
@@ -142,16 +141,9 @@ def _merges(model: dict[str, Any], path: Path) -> list[str]:
     return list(merges)
 
 
-@lru_cache(maxsize=4)
-def _hf_tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path))
-
-
 def _normalized_added(text: str, path: Path) -> str:
     """An added token that is not normalized, encoded and decoded again (as llama.cpp does)."""
-    tok = _hf_tokenizer(path)
+    tok = hf_tokenizer(path)
     return str(tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False))
 
 
