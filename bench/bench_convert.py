@@ -38,7 +38,7 @@ BUDGET = 0.4
 
 # Runs in a child process: one conversion (ours or llama.cpp's), prints wall time and peak RSS.
 CHILD = r"""
-import json, sys, time
+import json, resource, sys, time
 job = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 if job["tool"] == "convert-hf":
@@ -51,7 +51,8 @@ else:
     assert llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), p) == 0
 wall = time.perf_counter() - t0
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
-print(json.dumps({"wall": wall, "maxrss": int(hwm.split()[1]) * 1024}))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss": int(hwm.split()[1]) * 1024}))
 """
 
 
@@ -194,13 +195,15 @@ def main() -> int:
         "",
         "## Throughput, q4_k_m",
         "",
-        "MB (10^6 bytes) of input per second of wall time, whole conversion including reading and writing.",
+        "MB (10^6 bytes) of input per second of wall time, whole conversion including reading and writing",
+        "(imports excluded). CPU s: the process's user + system time, all threads (imports included); it",
+        "is the steadier figure when other work shares the cores (see the load average above).",
         "",
-        "| model | tool | input | threads | wall (s) | input MB/s | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | tool | input | threads | wall (s) | input MB/s | CPU s | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
         *(
             f"| {model} | {tool} | {what} | {args.threads} | {r['wall']:.1f} | {n / 1e6 / r['wall']:.1f} | "
-            f"{r['maxrss'] / 2**20:.0f} |"
+            f"{r['cpu']:.1f} | {r['maxrss'] / 2**20:.0f} |"
             for model, tool, what, n, r in rows
         ),
         "",

@@ -208,13 +208,23 @@ def test_llama3_rope_scaling_writes_rope_freqs(tmp_path: Path) -> None:
     np.testing.assert_allclose(as_f32(r.tensors[0]), factors, rtol=1e-5)
 
 
-def test_linear_rope_scaling_metadata(tmp_path: Path) -> None:
-    F.tiny_model(tmp_path / "hf", "llama", rope_scaling={"type": "linear", "factor": 2.5})
-    plan_out = tmp_path / "m.gguf"
-    convert(tmp_path / "hf", plan_out, type="f32", quiet=True)
-    r = GGUFReader(plan_out)
-    assert field(r, "llama.rope.scaling.type") == "linear"
-    assert field(r, "llama.rope.scaling.factor") == pytest.approx(2.5)
+@pytest.mark.parametrize(
+    ("arch", "scaling", "keys"),
+    [
+        ("llama", {"type": "linear", "factor": 2.5}, {"type": "linear", "factor": 2.5}),
+        ("qwen2", {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256},
+         {"type": "yarn", "factor": 4.0, "original_context_length": 256}),
+    ],
+)  # fmt: skip
+def test_rope_scaling_metadata(
+    tmp_path: Path, arch: str, scaling: dict[str, Any], keys: dict[str, Any]
+) -> None:
+    F.tiny_model(tmp_path / "hf", arch, rope_scaling=scaling)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    r = GGUFReader(out)
+    for key, value in keys.items():
+        assert field(r, f"{arch}.rope.scaling.{key}") == pytest.approx(value), key
 
 
 # -- quantization mixes against llama.cpp's quantizer ------------------------------------------

@@ -211,6 +211,18 @@ def test_bad_config_value(model: Path, tmp_path: Path) -> None:
         convert(model, tmp_path / "m.gguf", quiet=True)
 
 
+def test_bad_model_card(model: Path, tmp_path: Path) -> None:
+    (model / "README.md").write_text("---\nlicense: [apache\n---\n")
+    with pytest.raises(ConvertError, match="README.md: the model card's YAML header is invalid"):
+        convert(model, tmp_path / "m.gguf", quiet=True)
+
+
+def test_unsupported_rope_scaling(model: Path, tmp_path: Path) -> None:
+    _edit_config(model, rope_scaling={"type": "longrope", "factor": 2.0})
+    with pytest.raises(ConvertError, match="rope scaling type 'longrope' is not supported"):
+        convert(model, tmp_path / "m.gguf", quiet=True)
+
+
 def test_unrecognized_pre_tokenizer_needs_pre(model: Path, tmp_path: Path) -> None:
     tok = json.loads((model / "tokenizer.json").read_text())
     tok["pre_tokenizer"] = {"type": "Whitespace"}

@@ -8,6 +8,7 @@ writes, so llama.cpp loads these files and splitllm loads llama.cpp's.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from splitllm_convert.errors import ConvertError
 from splitllm_convert.mix import ModelShape
 from splitllm_convert.vocab import Vocab
 
+logger = logging.getLogger("convert-hf")
 Array = np.ndarray[Any, np.dtype[np.float32]]
 
 
@@ -169,15 +171,19 @@ class Architecture:
     # -- metadata --------------------------------------------------------------------------
 
     def _rope_params(self, config_path: Path) -> dict[str, Any]:
-        rope = self.cfg.get("rope_scaling") or self.cfg.get("rope_parameters") or {}
+        rope = self.cfg.get("rope_parameters") or self.cfg.get("rope_scaling") or {}
         if not isinstance(rope, dict):
             raise ConvertError(f"{config_path}: 'rope_scaling' must be an object, got {rope!r}")
         kind = str(rope.get("rope_type", rope.get("type", "default"))).lower()
-        if kind not in ("default", "linear", "llama3", "yarn"):
+        if kind == "dynamic":  # NTK scaling applied at inference time; llama.cpp's converter ignores it too
+            logger.warning("%s: rope scaling type 'dynamic' is not carried into GGUF", config_path)
+        elif kind not in ("default", "linear", "llama3", "yarn"):
             raise ConvertError(
                 f"{config_path}: rope scaling type {kind!r} is not supported "
                 "(supported: linear, llama3, yarn)"
             )
+        if kind == "yarn" and "original_max_position_embeddings" not in rope:
+            raise ConvertError(f"{config_path}: yarn rope scaling needs 'original_max_position_embeddings'")
         return {**rope, "rope_type": kind}
 
     def rope_theta(self) -> float:
@@ -200,6 +206,12 @@ class Architecture:
             w.add_rope_scaling_type(RopeScalingType.YARN)
             w.add_rope_scaling_factor(float(factor))
             w.add_rope_scaling_orig_ctx_len(int(self.rope["original_max_position_embeddings"]))
+            for key, add in (("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
+                             ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                             ("beta_fast", w.add_rope_scaling_yarn_beta_fast),
+                             ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):  # fmt: skip
+                if self.rope.get(key) is not None:
+                    add(float(self.rope[key]))
         w.add_rope_freq_base(self.rope_theta())
         w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", self.default_rms_eps)))
         if cfg.get("head_dim") is not None:

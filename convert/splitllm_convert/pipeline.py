@@ -18,6 +18,7 @@ from typing import Any
 
 import gguf
 import numpy as np
+import yaml
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.gguf_writer import WriterState
 
@@ -115,7 +116,11 @@ def _add_metadata(w: GGUFWriter, model_dir: Path, arch: Architecture, ft: mix.Fi
     """general.*, {arch}.*, tokenizer.* in the order llama.cpp's converter adds them."""
     w.add_type(gguf.GGUFType.MODEL)
     total, shared, expert, n_expert = w.get_total_parameter_count()
-    meta = gguf.Metadata.load(None, model_dir, None, total)
+    try:
+        meta = gguf.Metadata.load(None, model_dir, None, total)
+    except yaml.YAMLError as e:
+        card = model_dir / "README.md"
+        raise ConvertError(f"{card}: the model card's YAML header is invalid ({e})") from None
     if meta.name is None:
         meta.name = model_dir.name
     if meta.size_label is None and total > 0:
@@ -128,14 +133,15 @@ def _add_metadata(w: GGUFWriter, model_dir: Path, arch: Architecture, ft: mix.Fi
 
 
 def _metadata_bytes(w: GGUFWriter) -> bytes:
-    """Header, key-values and tensor infos as GGUFWriter serializes them, into memory."""
-    probe = GGUFWriter(path=None, arch=w.arch)
-    probe.kv_data, probe.tensors = w.kv_data, [dict(t) for t in w.tensors]
+    """Header, key-values and tensor infos, serialized by ``w`` into memory.
+
+    The writer is left expecting tensor data; ``_write`` points it at the real file.
+    """
     buf = io.BytesIO()
-    probe.fout, probe.state = [buf], WriterState.EMPTY  # type: ignore[list-item]
-    probe.write_header_to_file()
-    probe.write_kv_data_to_file()
-    probe.write_ti_data_to_file()
+    w.fout, w.state = [buf], WriterState.EMPTY  # type: ignore[list-item]
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
     return buf.getvalue()
 
 
