@@ -46,6 +46,14 @@ def test_plan_size_equals_file_size(model: Path, tmp_path: Path) -> None:
     assert dry == plan and out.stat().st_size == plan.output_bytes
 
 
+def test_output_has_umask_permissions(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.gguf"
+    convert(model, out, type="f16", quiet=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_refuses_overwrite_unless_forced(
     model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             pre=args.pre,
             n_threads=args.threads,
         )
-    except ConvertError as e:
+    except (ConvertError, OSError) as e:  # OSError: disk full, I/O errors while writing
         print(f"convert-hf: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

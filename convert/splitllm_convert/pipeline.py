@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,12 +200,14 @@ def _progress(total: int, quiet: bool) -> Any:
 
 
 def _write(job: _Job, out: Path, *, n_threads: int | None, quiet: bool) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # a fresh name beside the target, created exclusively with the usual permissions (umask)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
     w = job.writer
     try:
-        w.fout = [open(tmp, "wb")]  # closed by w.close()
+        w.fout = [open(tmp, "xb")]  # closed by w.close()
+    except OSError as e:
+        raise ConvertError(f"{out.parent}: cannot create the output file ({e})") from None
+    try:
         w.fout[0].write(job.meta)
         w.state = WriterState.TI_DATA  # write_tensor_data pads to the alignment before each tensor
         with _progress(job.plan.input_bytes, quiet) as bar:
