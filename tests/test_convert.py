@@ -129,7 +129,7 @@ def test_spm_tokenizer_matches_sentencepiece(tmp_path: Path, llama_cpp: Any) -> 
 
     F.tiny_model(tmp_path / "hf", "llama", tokenizer="spm", extra_vocab=2)
     out = tmp_path / "m.gguf"
-    convert(tmp_path / "hf", out, type="q8_0" if _have_quants() else "f16", quiet=True)
+    convert(tmp_path / "hf", out, type="q8_0", quiet=True)
     r = GGUFReader(out)
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "hf" / "tokenizer.model"))
     n = sp.vocab_size()
@@ -267,43 +267,31 @@ def mix_model(request: Any, tmp_path_factory: Any) -> tuple[Path, Path]:
 
 @pytest.mark.reference
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
-def test_mix_matches_llama_quantize(
+def test_mix_and_bytes_match_llama_quantize(
     tmp_path: Path, llama_cpp: Any, mix_model: tuple[Path, Path], qtype: str
 ) -> None:
-    hf_dir, f32 = mix_model
-    ref = tmp_path / "ref.gguf"
-    lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
-    want = {name: t.tensor_type.name for name, t in tensors(ref).items()}
-    plan = convert(hf_dir, tmp_path / "unused.gguf", type=qtype, dry_run=True)
-    assert {t.name: t.type.name for t in plan.tensors} == want
-    assert field(GGUFReader(ref), "general.file_type") == int(FILE_TYPES[qtype].ftype)
-
-
-def _have_quants() -> bool:
-    try:
-        from splitllm import quants  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.reference
-@pytest.mark.parametrize("qtype", QUANT_TYPES)
-def test_quantized_bytes_match_llama_quantize(
-    tmp_path: Path, llama_cpp: Any, mix_model: tuple[Path, Path], qtype: str
-) -> None:
-    if not _have_quants():
-        pytest.skip("splitllm.quants (the C++ quantizers) is not built")
     hf_dir, f32 = mix_model
     ref, ours = tmp_path / "ref.gguf", tmp_path / "ours.gguf"
     lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
+    want = tensors(ref)
+    plan = convert(hf_dir, ours, type=qtype, dry_run=True)
+    assert {t.name: t.type.name for t in plan.tensors} == {n: t.tensor_type.name for n, t in want.items()}
     convert(hf_dir, ours, type=qtype, quiet=True, n_threads=2)
-    want, got = tensors(ref), tensors(ours)
-    assert set(want) == set(got)
+    got = tensors(ours)
+    assert field(GGUFReader(ours), "general.file_type") == field(GGUFReader(ref), "general.file_type")
     for name, t in got.items():
         assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
         # the same reference quantizers as ggml: byte for byte
         assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
+
+
+# max |logit error| / max |logit| of llama.cpp on our file vs the float64 reference, about twice
+# what each type gives on this random model (llama.cpp also quantizes activations for q-types)
+LOGIT_ERROR = {
+    "f32": 1e-3, "f16": 2e-3, "bf16": 1e-2, "q8_0": 0.04, "q6_k": 0.08, "q5_k_m": 0.16, "q5_k_s": 0.16,
+    "q5_1": 0.15, "q5_0": 0.2, "q4_k_m": 0.3, "q4_k_s": 0.3, "q4_1": 0.35, "q4_0": 0.35, "q3_k_m": 0.5,
+    "q2_k": 0.8,
+}  # fmt: skip
 
 
 @pytest.mark.reference
@@ -317,13 +305,12 @@ def test_llama_cpp_loads_every_type(tmp_path: Path, llama_cpp: Any) -> None:
         num_key_value_heads=2,
     )
     ref = F.reference_logits(cfg, weights, IDS)
-    types = list(FILE_TYPES) if _have_quants() else ["f32", "f16", "bf16"]
-    for qtype in types:
+    for qtype in FILE_TYPES:
         out = tmp_path / f"{qtype}.gguf"
         convert(tmp_path / "hf", out, type=qtype, quiet=True)
         got = lcpp_logits(llama_cpp, out, IDS)
         err = np.abs(got - ref).max() / np.abs(ref).max()
-        assert np.isfinite(got).all() and err < {"q2_k": 0.6, "q3_k_m": 0.4}.get(qtype, 0.25), (qtype, err)
+        assert np.isfinite(got).all() and err < LOGIT_ERROR[qtype], (qtype, err)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
