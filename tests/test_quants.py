@@ -5,6 +5,7 @@ limits (tests/test-quantize-fns.cpp), and llama.cpp's own quantizer via llama-cp
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import zlib
 
 import gguf
@@ -253,7 +254,52 @@ def test_non_finite_input_to_block_types_raises(qtype: str) -> None:
         quants.quantize(x, qtype)
 
 
-# ---- llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize) -------------------
+# ---- llama.cpp's own quantizer: recorded output ----------------------------------------------
+
+# SHA-256 of llama.cpp's quantization of golden_input() (llama-cpp-python 0.3.36,
+# llama_model_quantize of an F32 GGUF, "pure", no importance matrix). Recorded from llama.cpp's
+# output file, not from splitllm, so that this comparison runs without llama-cpp-python.
+LLAMA_CPP_SHA256 = {
+    "Q4_0": "69ce311c30cc0e48e73bbbeb969010d7504fdc9f320d924126fbe541d340ef03",
+    "Q4_1": "da10ae2fc9ea119b11197f2028f228cc3d2761ca3b613106877cdddeb358199c",
+    "Q5_0": "e444fea750dc9aa3b080d96c10179a5d19cdb8060f562c610c8abafe8071a99c",
+    "Q5_1": "39a259c301b5183629d52b67e9812d2e6b76c777175251c34d8bbae5bccace88",
+    "Q8_0": "700e2a2bfa9e98c13b263949cecb13eae043bd5495661563fc8e1f8c78891745",
+    "Q2_K": "ae8dee85a5735848d2f4eb2e44feb8f385d3ff8040d4c677cb2e0e35f7597c44",
+    "Q3_K": "d4d107fa6c748decff748ca53db7f62ab343353c4c1944cc5fdc2989237bc279",
+    "Q4_K": "1520279165e4f4cc373926eb9efed3d76cb153c087f83b36d37e1b01edb9bf5c",
+    "Q5_K": "51acbf85c625c377f3f1dd5f2c015cd3028e826d1d19e2956ff198e21443f91a",
+    "Q6_K": "96bbed216a5bd6c309d4d8b72ba3ecb8dd015007f61c5544c74d5b62d409ddfe",
+}
+
+
+def golden_input(rows: int = 64, cols: int = 1024) -> np.ndarray:
+    """Bit-reproducible test matrix without a random generator: integer hashes (splitmix64
+    finalizer), a sum of three 20-bit uniforms (roughly Gaussian) times a power of two that
+    changes every 32 values (2^-28 .. 2^-16 steps); row 1 all zero, row 2 constant -0.75."""
+    i = np.arange(rows * cols, dtype=np.uint64)
+
+    def mix(k: int) -> np.ndarray:
+        z = i * np.uint64(0x9E3779B97F4A7C15) + np.uint64((k * 0xBF58476D1CE4E5B9) % 2**64)
+        z = (z ^ (z >> np.uint64(31))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(29))
+
+    tri = sum((mix(k) >> np.uint64(44)).astype(np.int64) for k in (1, 2, 3))
+    block = (np.arange(rows * cols) // 32).astype(np.uint64)
+    kexp = ((block * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(60)).astype(np.int64) % 13 - 6
+    x = np.ldexp((tri - 3 * 2**19).astype(np.float64), kexp - 22).astype(np.float32).reshape(rows, cols)
+    x[1] = 0.0
+    x[2] = -0.75
+    return x
+
+
+@pytest.mark.parametrize("qtype", list(LLAMA_CPP_SHA256))
+def test_quantize_matches_recorded_llama_cpp_output(qtype: str) -> None:
+    ours = quants.quantize(golden_input(), qtype)
+    assert hashlib.sha256(ours.tobytes()).hexdigest() == LLAMA_CPP_SHA256[qtype]
+
+
+# ---- llama.cpp's own quantizer, live (llama-cpp-python's llama_model_quantize) -------------
 
 LLAMA_FTYPES = {
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
