@@ -1,5 +1,5 @@
-// AVX2 kernels (AVX2 + FMA + F16C): filled in below.
-#include "cpu/kernels.h"
+// The AVX2 kernel table (AVX2 + FMA + F16C).
+#include "cpu/arch/x86/kernels_x86.h"
 
 namespace sl::cpu::impl {
 
