@@ -146,13 +146,18 @@ void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
 template <QType WT>
 void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 int64_t n_tok, float * y, int64_t ldy) {
-    int64_t t = 0;
-    for (; t + 4 <= n_tok; t += 4) quant_rows<WT, 4>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy);
-    switch (n_tok - t) {
-        case 3: quant_rows<WT, 3>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy); break;
-        case 2: quant_rows<WT, 2>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy); break;
-        case 1: quant_rows<WT, 1>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy); break;
-        default: break;
+    const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
+        const int64_t nr = std::min(rb, n_rows - r0);
+        const uint8_t * w = W + r0 * ldw;
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4) quant_rows<WT, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        switch (n_tok - t) {
+            case 3: quant_rows<WT, 3>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 2: quant_rows<WT, 2>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 1: quant_rows<WT, 1>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            default: break;
+        }
     }
 }
 
@@ -205,13 +210,18 @@ void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
 template <class L>
 void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 int64_t n_tok, float * y, int64_t ldy) {
-    int64_t t = 0;
-    for (; t + 4 <= n_tok; t += 4) float_rows<L, 4>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy);
-    switch (n_tok - t) {
-        case 3: float_rows<L, 3>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy); break;
-        case 2: float_rows<L, 2>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy); break;
-        case 1: float_rows<L, 1>(W, ldw, K, n_rows, acts + t * lda, lda, y + t * ldy, ldy); break;
-        default: break;
+    const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
+        const int64_t nr = std::min(rb, n_rows - r0);
+        const uint8_t * w = W + r0 * ldw;
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4) float_rows<L, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        switch (n_tok - t) {
+            case 3: float_rows<L, 3>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 2: float_rows<L, 2>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 1: float_rows<L, 1>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            default: break;
+        }
     }
 }
 

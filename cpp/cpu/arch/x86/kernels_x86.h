@@ -20,8 +20,12 @@ constexpr int qtype_block_size(QType t) {
 }
 
 // Below this many tokens the quantized kernels read the weight blocks as stored; from it on
-// they repack 16 (AVX2: 8) rows at a time so that each decoded block serves many tokens.
-constexpr int64_t kPackMinTokens = 4;
+// they repack 16 rows at a time so that each decoded block serves many tokens (measured on
+// Zen 4: the repacking costs about as much as 8-12 tokens' worth of the direct kernel).
+constexpr int64_t kPackMinTokens = 10;
+// The direct kernels walk this many rows for every group of tokens, so that the rows stay in
+// cache while several groups of 4 tokens pass over them.
+constexpr int64_t kRowBlock = 64;
 
 namespace avx512 {
 GemmFn gemv_kernel(QType wt);    // any n_tok; reads weight blocks as stored
