@@ -128,13 +128,13 @@ void row_f16(const uint8_t * row, int64_t hd, float * v) {
     const int64_t h8 = hd / 8 * 8;
     for (int64_t i = 0; i < h8; i += 8)
         _mm256_store_ps(v + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(row + 2 * i))));
-    for (int64_t i = h8; i < (hd + 7) / 8 * 8; ++i) v[i] = i < hd ? fp16_to_fp32(reinterpret_cast<const fp16_t *>(row)[i]) : 0.0f;
+    for (int64_t i = h8; i < (hd + 7) / 8 * 8; ++i) v[i] = i < hd ? h2f(reinterpret_cast<const fp16_t *>(row)[i]) : 0.0f;
 }
 
 void row_q8_0(const uint8_t * row, int64_t hd, float * v) {
     const block_q8_0 * b = reinterpret_cast<const block_q8_0 *>(row);
     for (int64_t i = 0; i < hd / 32; ++i, v += 32) {
-        const __m256 d = _mm256_set1_ps(fp16_to_fp32(b[i].d));
+        const __m256 d = _mm256_set1_ps(h2f(b[i].d));
         for (int j = 0; j < 4; ++j) {
             const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b[i].qs + 8 * j)));
             _mm256_store_ps(v + 8 * j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
@@ -146,7 +146,7 @@ void row_q4_0(const uint8_t * row, int64_t hd, float * v) {
     const block_q4_0 * b = reinterpret_cast<const block_q4_0 *>(row);
     const __m256i c15 = _mm256_set1_epi32(15), c8 = _mm256_set1_epi32(8);
     for (int64_t i = 0; i < hd / 32; ++i, v += 32) {
-        const __m256 d = _mm256_set1_ps(fp16_to_fp32(b[i].d));
+        const __m256 d = _mm256_set1_ps(h2f(b[i].d));
         for (int j = 0; j < 2; ++j) {
             const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b[i].qs + 8 * j)));
             const __m256i lo = _mm256_sub_epi32(_mm256_and_si256(q, c15), c8);

@@ -99,7 +99,7 @@ void row_f16(const uint8_t * row, int64_t hd, float * v) {
 void row_q8_0(const uint8_t * row, int64_t hd, float * v) {
     const block_q8_0 * b = reinterpret_cast<const block_q8_0 *>(row);
     for (int64_t i = 0; i < hd / 32; ++i, v += 32) {
-        const __m512 d = _mm512_set1_ps(fp16_to_fp32(b[i].d));
+        const __m512 d = _mm512_set1_ps(h2f(b[i].d));
         const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(b[i].qs));
         const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(b[i].qs + 16));
         _mm512_store_ps(v, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0))));
@@ -111,7 +111,7 @@ void row_q4_0(const uint8_t * row, int64_t hd, float * v) {
     const block_q4_0 * b = reinterpret_cast<const block_q4_0 *>(row);
     const __m512i c15 = _mm512_set1_epi32(15), c8 = _mm512_set1_epi32(8);
     for (int64_t i = 0; i < hd / 32; ++i, v += 32) {
-        const __m512 d = _mm512_set1_ps(fp16_to_fp32(b[i].d));
+        const __m512 d = _mm512_set1_ps(h2f(b[i].d));
         const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(b[i].qs)));
         const __m512i lo = _mm512_sub_epi32(_mm512_and_si512(q, c15), c8);
         const __m512i hi = _mm512_sub_epi32(_mm512_srli_epi32(q, 4), c8);

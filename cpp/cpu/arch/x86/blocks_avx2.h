@@ -8,7 +8,7 @@
 
 #include <cstring>
 
-#include "cpu/kernels.h"
+#include "cpu/arch/x86/kernels_x86.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 
@@ -184,7 +184,7 @@ struct KQuant<QType::Q2_K> {
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
         const block_q2_K * b = reinterpret_cast<const block_q2_K *>(sb);
-        const __m256 d = _mm256_set1_ps(fp16_to_fp32(b->d)), dmin = _mm256_set1_ps(-fp16_to_fp32(b->dmin));
+        const __m256 d = _mm256_set1_ps(h2f(b->d)), dmin = _mm256_set1_ps(-h2f(b->dmin));
         for (int h = 0; h < 2; ++h) {
             const __m256i s = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b->scales + 8 * h)));
             dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(s, _mm256_set1_epi32(15))));
@@ -217,7 +217,7 @@ struct KQuant<QType::Q3_K> {
         const uint32_t s[4] = {(a[0] & m4) | ((a[2] & m2) << 4), (a[1] & m4) | (((a[2] >> 2) & m2) << 4),
                                ((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4),
                                ((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)};
-        const __m256 d = _mm256_set1_ps(fp16_to_fp32(b->d));
+        const __m256 d = _mm256_set1_ps(h2f(b->d));
         for (int h = 0; h < 2; ++h) {
             const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s + 2 * h)));
             dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(32))));
@@ -236,7 +236,7 @@ inline void k4_scales(const uint8_t * q, fp16_t d, fp16_t dmin, __m256 dg[2], __
     const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s))));
     const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s + 2))));
     const __m256i lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    const __m256 vd = _mm256_set1_ps(fp16_to_fp32(d)), vm = _mm256_set1_ps(-fp16_to_fp32(dmin));
+    const __m256 vd = _mm256_set1_ps(h2f(d)), vm = _mm256_set1_ps(-h2f(dmin));
     dg[0] = _mm256_mul_ps(vd, _mm256_permutevar8x32_ps(sc, lo));
     dg[1] = _mm256_mul_ps(vd, _mm256_permutevar8x32_ps(sc, hi));
     mg[0] = _mm256_mul_ps(vm, _mm256_permutevar8x32_ps(mn, lo));
@@ -308,7 +308,7 @@ struct KQuant<QType::Q6_K> {
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
-        const __m256 d = _mm256_set1_ps(fp16_to_fp32(b->d));
+        const __m256 d = _mm256_set1_ps(h2f(b->d));
         for (int h = 0; h < 2; ++h) {
             const __m256i s = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b->scales + 8 * h)));
             dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(s));

@@ -8,7 +8,7 @@
 
 #include <cstring>
 
-#include "cpu/kernels.h"
+#include "cpu/arch/x86/kernels_x86.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 
@@ -208,8 +208,8 @@ struct KQuant<QType::Q2_K> {
         const __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(b->scales)));
         const __m512 sc = _mm512_cvtepi32_ps(_mm512_and_si512(s, _mm512_set1_epi32(15)));
         const __m512 mn = _mm512_cvtepi32_ps(_mm512_srli_epi32(s, 4));
-        *dg = _mm512_mul_ps(_mm512_set1_ps(fp16_to_fp32(b->d)), sc);
-        *mg = _mm512_mul_ps(_mm512_set1_ps(-fp16_to_fp32(b->dmin)), mn);
+        *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), sc);
+        *mg = _mm512_mul_ps(_mm512_set1_ps(-h2f(b->dmin)), mn);
     }
 };
 
@@ -236,7 +236,7 @@ struct KQuant<QType::Q3_K> {
                                ((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)};
         const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(s)));
         const __m512 sc = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(32)));
-        *dg = _mm512_mul_ps(_mm512_set1_ps(fp16_to_fp32(b->d)), sc);
+        *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), sc);
         *mg = _mm512_mul_ps(_mm512_set1_ps(-4.0f), *dg);
     }
 };
@@ -253,8 +253,8 @@ inline void k4_scales(const uint8_t * q, fp16_t d, fp16_t dmin, __m512 * dg, __m
     const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     const __m512 sc = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(dup, v));
     const __m512 mn = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(_mm512_add_epi32(dup, _mm512_set1_epi32(8)), v));
-    *dg = _mm512_mul_ps(_mm512_set1_ps(fp16_to_fp32(d)), sc);
-    *mg = _mm512_mul_ps(_mm512_set1_ps(-fp16_to_fp32(dmin)), mn);
+    *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(d)), sc);
+    *mg = _mm512_mul_ps(_mm512_set1_ps(-h2f(dmin)), mn);
 }
 
 // Q4_K / Q5_K low bits of half a super-block: 64 qs bytes; block 2c holds the low nibbles of
@@ -316,7 +316,7 @@ struct KQuant<QType::Q6_K> {
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
         const __m512i s = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(b->scales)));
-        *dg = _mm512_mul_ps(_mm512_set1_ps(fp16_to_fp32(b->d)), _mm512_cvtepi32_ps(s));
+        *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), _mm512_cvtepi32_ps(s));
         *mg = _mm512_mul_ps(_mm512_set1_ps(-32.0f), *dg);
     }
 };

@@ -192,7 +192,7 @@ struct LoadF16 {
     static __m256 load(const uint8_t * row, int64_t k) {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(row + 2 * k)));
     }
-    static float one(const uint8_t * row, int64_t k) { return fp16_to_fp32(reinterpret_cast<const fp16_t *>(row)[k]); }
+    static float one(const uint8_t * row, int64_t k) { return h2f(reinterpret_cast<const fp16_t *>(row)[k]); }
 };
 struct LoadBF16 {
     static __m256 load(const uint8_t * row, int64_t k) {

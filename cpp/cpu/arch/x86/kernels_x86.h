@@ -13,6 +13,9 @@
 
 namespace sl::cpu::impl {
 
+// f16 to f32 by F16C (every file here is built with it): exact, as fp16_to_fp32.
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
 constexpr int qtype_block_size(QType t) {
     return (t == QType::Q2_K || t == QType::Q3_K || t == QType::Q4_K || t == QType::Q5_K || t == QType::Q6_K) ? 256
            : (t == QType::F32 || t == QType::F16 || t == QType::BF16)                                          ? 1
