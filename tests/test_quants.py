@@ -260,20 +260,20 @@ def test_non_finite_input_to_block_types_raises(qtype: str) -> None:
 # llama_model_quantize of an F32 GGUF, "pure", no importance matrix). Recorded from llama.cpp's
 # output file, not from splitllm, so that this comparison runs without llama-cpp-python.
 LLAMA_CPP_SHA256 = {
-    "Q4_0": "69ce311c30cc0e48e73bbbeb969010d7504fdc9f320d924126fbe541d340ef03",
-    "Q4_1": "da10ae2fc9ea119b11197f2028f228cc3d2761ca3b613106877cdddeb358199c",
-    "Q5_0": "e444fea750dc9aa3b080d96c10179a5d19cdb8060f562c610c8abafe8071a99c",
-    "Q5_1": "39a259c301b5183629d52b67e9812d2e6b76c777175251c34d8bbae5bccace88",
-    "Q8_0": "700e2a2bfa9e98c13b263949cecb13eae043bd5495661563fc8e1f8c78891745",
-    "Q2_K": "ae8dee85a5735848d2f4eb2e44feb8f385d3ff8040d4c677cb2e0e35f7597c44",
-    "Q3_K": "d4d107fa6c748decff748ca53db7f62ab343353c4c1944cc5fdc2989237bc279",
-    "Q4_K": "1520279165e4f4cc373926eb9efed3d76cb153c087f83b36d37e1b01edb9bf5c",
-    "Q5_K": "51acbf85c625c377f3f1dd5f2c015cd3028e826d1d19e2956ff198e21443f91a",
-    "Q6_K": "96bbed216a5bd6c309d4d8b72ba3ecb8dd015007f61c5544c74d5b62d409ddfe",
+    "Q4_0": "068f965b0a7241c5aa7ccac77a419a376b6a26065e35922e68f31cdc058c881e",
+    "Q4_1": "02027ef87681601dd7ab2a1b0355a43ddbb7bfb059646de727c1e78e42ab6911",
+    "Q5_0": "6475d379e1b07a820bdc2ea7d13e4f5f67c3f8d4d00d197e9f7ac1aef16cdb2e",
+    "Q5_1": "067c7191e8f024ee382f323ee775ce000f877a53a69051b02db9e5c06873b1c2",
+    "Q8_0": "b80df32c33279352e7965f9ef8411b91f498c360a9ab30998ccac12a8ac3aabc",
+    "Q2_K": "63fe48496846e2a30c5aa1b30ed0c34826c35ac1d3d4a17229c779412558a9f4",
+    "Q3_K": "55124c23e44913ebe243768599b2a1a2263b7212fd377b9406074e66d9482032",
+    "Q4_K": "550d66ffe30a849a961ee32d6d6b20a07e46a0c258bf8378f416687a40dc9266",
+    "Q5_K": "7786ee53cf3668a3d5980c07670343a9a7cbaf19bb93a9a01a13ee9fd8c382bc",
+    "Q6_K": "cf587129dd8dae295c14b830c7e6b6296e6c1cb9d15913045c730952705798a0",
 }
 
 
-def golden_input(rows: int = 64, cols: int = 1024) -> np.ndarray:
+def golden_input(rows: int = 256, cols: int = 1024) -> np.ndarray:
     """Bit-reproducible test matrix without a random generator: integer hashes (splitmix64
     finalizer), a sum of three 20-bit uniforms (roughly Gaussian) times a power of two that
     changes every 32 values (2^-28 .. 2^-16 steps); row 1 all zero, row 2 constant -0.75."""
@@ -364,3 +364,14 @@ def test_quantize_matches_llama_cpp(llama_cpp_quantized, qtype: str) -> None:
         # ggml's reference quantizer step for step: the same bytes (a build of llama.cpp that
         # fuses multiply-adds could differ in rare last-bit ties).
         assert np.array_equal(ours, theirs)
+
+
+def test_real_model_tensors_match_gguf(smollm2_path) -> None:
+    """Every tensor type of a real GGUF file (SmolLM2-135M Q4_1: Q4_1, Q8_0, F32), as stored."""
+    reader = gguf.GGUFReader(str(smollm2_path))
+    tensors = [t for t in reader.tensors if t.name.startswith(("blk.0.", "blk.29.", "token_embd"))]
+    assert {t.tensor_type.name for t in tensors} == {"Q4_1", "Q8_0", "F32"}
+    for t in tensors:
+        ours = quants.dequantize(t.data, t.tensor_type)
+        ref = gguf.quants.dequantize(t.data, t.tensor_type)
+        assert np.array_equal(bits(ours), bits(ref)), t.name

@@ -81,7 +81,7 @@ float quantize_scales_4bit(const float * v, int n, int shift, uint8_t * out) {
         if (v[j] > max) max = v[j];
     if (!(max > 0.0f)) return 0.0f;
     const float iscale = 15.0f / max;
-    for (int j = 0; j < n; ++j) out[j] |= uint8_t(nearest_int(iscale * v[j]) << shift);
+    for (int j = 0; j < n; ++j) out[j] |= uint8_t(unsigned(nearest_int(iscale * v[j])) << shift);
     return max / 15.0f;
 }
 

@@ -30,9 +30,11 @@ inline void get_scale_min_k4(int j, const uint8_t * s, uint8_t * sc, uint8_t * m
     }
 }
 
-// The searches run on kGroups groups at once, one group per lane of small fixed-length loops
-// that the compiler turns into SIMD code; every lane does exactly the float operations of the
-// one-group search, in the same order, so the results do not depend on the grouping.
+// The searches run on kGroups groups at once, one group per SIMD lane (compiler vector
+// extensions); every lane does exactly the float operations of ggml's one-group search, in the
+// same order, so the results do not depend on the grouping. This relies on multiply-adds not
+// being fused (the x86-64 baseline has no FMA; a build with -ffp-contract=fast on an FMA target
+// could differ from ggml's x86 bytes in rare last-bit ties).
 constexpr int kGroups = 8;
 constexpr int kMaxGroupSize = 32;
 
