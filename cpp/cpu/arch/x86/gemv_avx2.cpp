@@ -202,25 +202,29 @@ struct LoadBF16 {
     static float one(const uint8_t * row, int64_t k) { return bf16_to_fp32(reinterpret_cast<const bf16_t *>(row)[k]); }
 };
 
+// NR weight rows times NT tokens; two accumulators per (row, token) alternate over steps of 8.
 template <class L, int NR, int NT>
 void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
-    __m256 acc[NR][NT];
-    for (int r = 0; r < NR; ++r)
-        for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
-    const int64_t K8 = K / 8 * 8;
-    auto step = [&](auto load_w, auto load_x) {
+    __m256 acc[2][NR][NT];
+    for (int h = 0; h < 2; ++h)
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm256_setzero_ps();
+    auto step = [&](int h, auto load_w, auto load_x) {
         __m256 x[NT];
         for (int t = 0; t < NT; ++t) x[t] = load_x(t);
         for (int r = 0; r < NR; ++r) {
             const __m256 w = load_w(r);
-            for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_fmadd_ps(w, x[t], acc[r][t]);
+            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm256_fmadd_ps(w, x[t], acc[h][r][t]);
         }
     };
+    auto x_at = [&](int t, int64_t k) { return reinterpret_cast<const float *>(acts + t * lda) + k; };
+    const int64_t K8 = K / 8 * 8;
     for (int64_t k = 0; k < K8; k += 8)
-        step([&](int r) { return L::load(W + r * ldw, k); },
-             [&](int t) { return _mm256_loadu_ps(reinterpret_cast<const float *>(acts + t * lda) + k); });
+        step(int((k >> 3) & 1), [&](int r) { return L::load(W + r * ldw, k); },
+             [&](int t) { return _mm256_loadu_ps(x_at(t, k)); });
     if (K8 < K) {
         step(
+            0,
             [&](int r) {
                 alignas(32) float w[8] = {};
                 for (int64_t k = K8; k < K; ++k) w[k - K8] = L::one(W + r * ldw, k);
@@ -228,13 +232,14 @@ void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, 
             },
             [&](int t) {
                 alignas(32) float x[8] = {};
-                for (int64_t k = K8; k < K; ++k) x[k - K8] = reinterpret_cast<const float *>(acts + t * lda)[k];
+                for (int64_t k = K8; k < K; ++k) x[k - K8] = x_at(t, 0)[k];
                 return _mm256_load_ps(x);
             });
     }
     for (int r = 0; r < NR; ++r)
         for (int t = 0; t < NT; ++t) {
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r][t]), _mm256_extractf128_ps(acc[r][t], 1));
+            const __m256 a = _mm256_add_ps(acc[0][r][t], acc[1][r][t]);
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
             s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             s = _mm_add_ss(s, _mm_movehdup_ps(s));
             y[t * ldy + r] = _mm_cvtss_f32(s);
@@ -244,8 +249,10 @@ void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, 
 template <class L, int NT>
 void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 float * y, int64_t ldy) {
+    // One row at a time for a single token: one sequential stream reads faster from memory.
+    constexpr int kRows = NT == 1 ? 1 : 2;
     int64_t r = 0;
-    for (; r + 2 <= n_rows; r += 2) float_tile<L, 2, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+    for (; r + kRows <= n_rows; r += kRows) float_tile<L, kRows, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
     if (r < n_rows) float_tile<L, 1, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
 }
 
