@@ -15,26 +15,67 @@ namespace {
 
 inline __m512 abs_ps(__m512 v) { return _mm512_abs_ps(v); }
 
+// Lane i = max over the lanes of a[i] (the reduction tree of hsum16).
+__m512 hmax16(const __m512 a[16]) {
+    __m512 x[8], y[4], z[2];
+    for (int i = 0; i < 8; ++i)
+        x[i] = _mm512_max_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) {
+        const __m512d p = _mm512_castps_pd(x[2 * i]), q = _mm512_castps_pd(x[2 * i + 1]);
+        y[i] = _mm512_max_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p, q)), _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)));
+    }
+    for (int i = 0; i < 2; ++i)
+        z[i] = _mm512_max_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+    return _mm512_max_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
+}
+
+// 16 blocks of 32 (n valid) to ActQ8 codes, scales and sums: the block maxima and code sums
+// are transposing reductions over the 16 blocks at once.
+void quantize_q8_16(const float * x, int64_t b0, int n, int64_t nbp, int8_t * qs, float * d) {
+    __m512 m[16];
+    for (int j = 0; j < 16; ++j)
+        m[j] = j < n ? _mm512_max_ps(abs_ps(_mm512_loadu_ps(x + 32 * j)), abs_ps(_mm512_loadu_ps(x + 32 * j + 16)))
+                     : _mm512_setzero_ps();
+    const __m512 dd = _mm512_div_ps(hmax16(m), _mm512_set1_ps(127.0f));
+    const __m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(dd, _mm512_setzero_ps(), _CMP_NEQ_OQ),
+                                          _mm512_set1_ps(1.0f), dd);
+    alignas(64) float ids[16];
+    _mm512_store_ps(ids, id);
+    __m512 s0[16], s1[16];
+    for (int j = 0; j < 16; ++j) {
+        if (j >= n) {
+            s0[j] = s1[j] = _mm512_setzero_ps();
+            continue;
+        }
+        const __m512 v = _mm512_set1_ps(ids[j]);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j), v));
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16), v));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b0 + j, 0)), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b0 + j, 16)), _mm512_cvtepi32_epi8(q1));
+        // Code sums are small integers: exact in float, in any order.
+        s0[j] = _mm512_cvtepi32_ps(q0);
+        s1[j] = _mm512_cvtepi32_ps(q1);
+    }
+    const __m512 h0 = hsum16(s0), h1 = hsum16(s1);
+    const __mmask16 k = __mmask16((1u << n) - 1);
+    _mm512_mask_storeu_ps(d + b0, k, dd);
+    _mm512_mask_storeu_ps(d + nbp + b0, k, _mm512_mul_ps(dd, _mm512_add_ps(h0, h1)));
+    const __m512 a = _mm512_mul_ps(dd, h0), b = _mm512_mul_ps(dd, h1);
+    const __m512 lo = _mm512_unpacklo_ps(a, b), hi = _mm512_unpackhi_ps(a, b);
+    const __m512 o0 = _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23), hi);
+    const __m512 o1 = _mm512_permutex2var_ps(lo, _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31), hi);
+    const uint32_t k2 = n >= 16 ? 0xFFFFFFFFu : (1u << (2 * n)) - 1;
+    _mm512_mask_storeu_ps(d + 2 * nbp + 2 * b0, __mmask16(k2), o0);
+    _mm512_mask_storeu_ps(d + 2 * nbp + 2 * b0 + 16, __mmask16(k2 >> 16), o1);
+}
+
 // The Q8 activation format (cpu/kernels.h), one row, padding included.
 void quantize_q8(const float * x, int64_t K, uint8_t * row) {
     const int64_t Kp = ActQ8::padded(K), nbp = Kp / 32, nb = K / 32;
     int8_t * qs = reinterpret_cast<int8_t *>(row);
     float * d = reinterpret_cast<float *>(row + Kp);
-    for (int64_t b = 0; b < nb; ++b) {
-        const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1)));
-        const float dd = amax / 127.0f;
-        const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
-        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
-        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 0)), _mm512_cvtepi32_epi8(q0));
-        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 16)), _mm512_cvtepi32_epi8(q1));
-        const int s0 = _mm512_reduce_add_epi32(q0), s1 = _mm512_reduce_add_epi32(q1);
-        d[b] = dd;
-        d[nbp + b] = dd * float(s0 + s1);
-        d[2 * nbp + 2 * b] = dd * float(s0);
-        d[2 * nbp + 2 * b + 1] = dd * float(s1);
-    }
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) quantize_q8_16(x + 32 * b0, b0, int(std::min<int64_t>(16, nb - b0)), nbp, qs, d);
     for (int64_t b = nb; b < nbp; ++b) {
         _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 0)), _mm_setzero_si128());
         _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 16)), _mm_setzero_si128());
