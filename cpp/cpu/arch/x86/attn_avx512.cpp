@@ -1,9 +1,6 @@
 // AVX-512 activation quantizer, KV-cache writers and attention. Attention reads the cache in
 // its stored format: tiles of 16 (scores) or 32 (values) rows are converted into a small float
 // buffer that stays in L1, never the whole cache. Quantizers give the scalar code's exact bytes.
-#include <algorithm>
-#include <vector>
-
 #include "common/fp16.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
@@ -75,7 +72,7 @@ void quantize_q8(const float * x, int64_t K, uint8_t * row) {
     const int64_t Kp = ActQ8::padded(K), nbp = Kp / 32, nb = K / 32;
     int8_t * qs = reinterpret_cast<int8_t *>(row);
     float * d = reinterpret_cast<float *>(row + Kp);
-    for (int64_t b0 = 0; b0 < nb; b0 += 16) quantize_q8_16(x + 32 * b0, b0, int(std::min<int64_t>(16, nb - b0)), nbp, qs, d);
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) quantize_q8_16(x + 32 * b0, b0, int(imin<int64_t>(16, nb - b0)), nbp, qs, d);
     for (int64_t b = nb; b < nbp; ++b) {
         _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 0)), _mm_setzero_si128());
         _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 16)), _mm_setzero_si128());
@@ -88,7 +85,7 @@ void store_f16(const float * x, int64_t n, uint8_t * dst) {
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst + 2 * i),
                             _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; ++i) reinterpret_cast<fp16_t *>(dst)[i] = fp32_to_fp16(x[i]);
+    for (; i < n; ++i) reinterpret_cast<uint16_t *>(dst)[i] = f2h(x[i]);
 }
 
 void store_q8_0(const float * x, int64_t n, uint8_t * dst) {
@@ -98,7 +95,7 @@ void store_q8_0(const float * x, int64_t n, uint8_t * dst) {
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1)));
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        b[i].d = fp32_to_fp16(d);
+        b[i].d = f2h(d);
         const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
         const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
         _mm_storeu_si128(reinterpret_cast<__m128i *>(b[i].qs), _mm512_cvtepi32_epi8(q0));
@@ -117,7 +114,7 @@ void store_q4_0(const float * x, int64_t n, uint8_t * dst) {
         const float vmax = amax > 0.0f ? x[__builtin_ctz(hit)] : 0.0f;
         const float d = vmax / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        b[i].d = fp32_to_fp16(d);
+        b[i].d = f2h(d);
         const __m512 vid = _mm512_set1_ps(id), half = _mm512_set1_ps(8.5f);
         const __m512i c15 = _mm512_set1_epi32(15);
         const __m512i lo = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(v0, vid), half)), c15);
@@ -163,11 +160,7 @@ void row_q4_0(const uint8_t * row, int64_t hd, float * v) {
 
 typedef void (*RowFn)(const uint8_t *, int64_t, float *);
 
-float * tile_buffer(size_t floats) {
-    thread_local std::vector<Line64> buf;
-    if (buf.size() < floats / 16) buf.resize(floats / 16);
-    return reinterpret_cast<float *>(buf.data());
-}
+float * tile_buffer(size_t floats) { return reinterpret_cast<float *>(scratch(1, floats * sizeof(float))); }
 
 template <RowFn ROW>
 void scores(const float * q, int64_t ldq, int64_t n_q, const uint8_t * Kc, size_t ldk, int64_t n_kv, int64_t hd,
@@ -175,12 +168,12 @@ void scores(const float * q, int64_t ldq, int64_t n_q, const uint8_t * Kc, size_
     const int64_t hd16 = (hd + 15) / 16 * 16;
     float * tile = tile_buffer(size_t(16 * hd16));
     for (int64_t j0 = 0; j0 < n_kv; j0 += 16) {
-        const int nj = int(std::min<int64_t>(16, n_kv - j0));
+        const int nj = int(imin<int64_t>(16, n_kv - j0));
         for (int jj = 0; jj < 16; ++jj) {
             if (jj < nj)
                 ROW(Kc + (j0 + jj) * ldk, hd, tile + jj * hd16);
             else
-                std::fill(tile + jj * hd16, tile + (jj + 1) * hd16, 0.0f);
+                for (int64_t i = 0; i < hd16; ++i) tile[jj * hd16 + i] = 0.0f;
         }
         for (int64_t i = 0; i < n_q; ++i) {
             __m512 acc[16];
@@ -201,7 +194,7 @@ template <int G>
 void values_rows(const float * w, int64_t ldw, const float * tile, int nj, int64_t hd, int64_t hd16, float * out,
                  int64_t ldo) {
     for (int64_t hc = 0; hc < hd16; hc += 64) {
-        const int nc = int(std::min<int64_t>(4, (hd16 - hc) / 16));
+        const int nc = int(imin<int64_t>(4, (hd16 - hc) / 16));
         __mmask16 m[4];
         __m512 acc[G][4];
         for (int c = 0; c < 4; ++c) {
@@ -229,7 +222,7 @@ void values(const float * w, int64_t ldw, int64_t n_q, const uint8_t * Vc, size_
     constexpr int kTile = 32;
     float * tile = tile_buffer(size_t(kTile * hd16));
     for (int64_t j0 = 0; j0 < n_kv; j0 += kTile) {
-        const int nj = int(std::min<int64_t>(kTile, n_kv - j0));
+        const int nj = int(imin<int64_t>(kTile, n_kv - j0));
         for (int jj = 0; jj < nj; ++jj) ROW(Vc + (j0 + jj) * ldv, hd, tile + jj * hd16);
         int64_t i = 0;
         for (; i + 4 <= n_q; i += 4) values_rows<4>(w + i * ldw + j0, ldw, tile, nj, hd, hd16, out + i * ldo, ldo);

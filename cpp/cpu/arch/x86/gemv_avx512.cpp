@@ -3,8 +3,6 @@
 // vpdpbusd (unsigned codes x signed activations). Each block's int32 lanes are scaled in float
 // by d_w * d_a, gathered for 16 blocks at once and spread to the lanes by vpermps; offsets and
 // mins are one fma per 16 blocks against the activation block sums.
-#include <algorithm>
-
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
 
@@ -74,7 +72,7 @@ inline void legacy_row(const uint8_t * row, int nb, const Acts<NT> & a, __m512 *
         legacy_step<WT, NT>(row, q, 4, a, r, 0);
         legacy_step<WT, NT>(row, q + 4, 4, a, r, 1);
     }
-    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, std::min(4, nb - q), a, r, 0);
+    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, imin(4, nb - q), a, r, 0);
     const __m512 mscale = _mm512_set1_ps(B::kHasMin ? 1.0f : -float(B::kOffset));
     for (int t = 0; t < NT; ++t)
         fin[t] = _mm512_fmadd_ps(mscale, _mm512_maskz_mov_ps(0xF, r.accm[t]), _mm512_add_ps(r.acc[t][0], r.acc[t][1]));
@@ -126,7 +124,7 @@ void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 float * y, int64_t ldy) {
     const Acts<NT> a(acts, lda, K);
     for (int64_t r0 = 0; r0 < n_rows; r0 += 16) {
-        const int nr = int(std::min<int64_t>(16, n_rows - r0));
+        const int nr = int(imin<int64_t>(16, n_rows - r0));
         __m512 fin[NT][16];
         for (int i = 0; i < 16; ++i) {
             __m512 f[NT];
@@ -148,7 +146,7 @@ void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 int64_t n_tok, float * y, int64_t ldy) {
     const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
     for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
-        const int64_t nr = std::min(rb, n_rows - r0);
+        const int64_t nr = imin(rb, n_rows - r0);
         const uint8_t * w = W + r0 * ldw;
         int64_t t = 0;
         for (; t + 4 <= n_tok; t += 4) quant_rows<WT, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
@@ -242,7 +240,7 @@ void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 int64_t n_tok, float * y, int64_t ldy) {
     const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
     for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
-        const int64_t nr = std::min(rb, n_rows - r0);
+        const int64_t nr = imin(rb, n_rows - r0);
         const uint8_t * w = W + r0 * ldw;
         int64_t t = 0;
         for (; t + 4 <= n_tok; t += 4) float_rows<L, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
