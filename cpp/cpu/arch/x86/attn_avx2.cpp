@@ -1,5 +1,4 @@
 // AVX2 activation quantizer, KV-cache writers and attention (as attn_avx512.cpp, 8 lanes).
-#include "common/fp16.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx2.h"
 #include "quant/legacy.h"

@@ -1,7 +1,6 @@
 // AVX-512 activation quantizer, KV-cache writers and attention. Attention reads the cache in
 // its stored format: tiles of 16 (scores) or 32 (values) rows are converted into a small float
 // buffer that stays in L1, never the whole cache. Quantizers give the scalar code's exact bytes.
-#include "common/fp16.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
 #include "quant/legacy.h"

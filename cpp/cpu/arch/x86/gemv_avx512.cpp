@@ -1,8 +1,11 @@
 // AVX-512 VNNI kernels that read the weight blocks as stored (decode: a few tokens at a time).
-// A weight row is decoded 64 codes per zmm and dotted with up to 4 tokens' int8 activations by
-// vpdpbusd (unsigned codes x signed activations). Each block's int32 lanes are scaled in float
-// by d_w * d_a, gathered for 16 blocks at once and spread to the lanes by vpermps; offsets and
-// mins are one fma per 16 blocks against the activation block sums.
+// Four blocks of a weight row (128 codes, two zmm in the activation order) are dotted with up
+// to 4 tokens' int8 activations by two vpdpbusd (unsigned codes x signed activations), which
+// leave each block's sum in 4 int32 lanes; those are scaled in float by d_w * d_a, spread to
+// the lanes by vpermps. Offsets and mins are one xmm fma per 4 blocks against the activation
+// block sums. Weight bytes are read with 16- and 32-byte loads in address order (streams from
+// memory at full speed on Zen 4, where 64-byte loads across blocks did not). Rows go in groups
+// of 16 whose final sums are one transposing reduction. Float weights: 16 values per fma.
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
 
