@@ -140,7 +140,8 @@ GpuInfo fake_gpu_info() {
 
 std::unique_ptr<Backend> make_fake_gpu_backend(const GpuBackendOptions & opt) {
     CpuBackendOptions o;
-    o.n_threads = opt.n_threads;
+    // One thread: a second spinning pool would fight the CPU backend's for the same cores.
+    o.n_threads = 1;
     o.n_batch = opt.n_batch;
     o.max_k = opt.max_k;
     o.max_rows = opt.max_rows;
