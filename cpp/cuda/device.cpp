@@ -22,12 +22,18 @@ GpuInfo cuda_device_info() {
     GpuInfo g;
     int n = 0;
     cudaError_t err = cudaGetDeviceCount(&n);
-    if (err != cudaSuccess) {
+    if (err == cudaErrorInsufficientDriver) {
+        (void)cudaGetLastError();
+        g.reason = "no CUDA driver (or one too old for this build's CUDA runtime) was found";
+        return g;
+    }
+    if (err != cudaSuccess && err != cudaErrorNoDevice) {
         (void)cudaGetLastError();
         g.reason = strfmt("no usable CUDA device (%s)", cudaGetErrorString(err));
         return g;
     }
-    if (n == 0) {
+    if (err == cudaErrorNoDevice || n == 0) {
+        (void)cudaGetLastError();
         g.reason = "no CUDA device is visible";
         return g;
     }
