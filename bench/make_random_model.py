@@ -119,6 +119,10 @@ class Shape:
         return self.n_embd // self.n_head
 
 
+# llama.cpp's fallback when a row is not a whole number of 256-value super-blocks.
+K_FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+
+
 def tensor_types(shape: Shape, file_type: str) -> dict[str, Q]:
     """The block type of each matrix (llama.cpp's rules for the offered file types)."""
     base = FILE_TYPES[file_type]
@@ -130,6 +134,10 @@ def tensor_types(shape: Shape, file_type: str) -> dict[str, Q]:
             out[f"blk.{i}.{name}.weight"] = base
         out[f"blk.{i}.attn_v.weight"] = Q.Q6_K if more else base
         out[f"blk.{i}.ffn_down.weight"] = Q.Q6_K if more else base
+    cols = {name: c for name, (_, c) in tensor_shapes(shape).items()}
+    for name, t in out.items():
+        if cols[name] % gguf.GGML_QUANT_SIZES[t][0]:
+            out[name] = K_FALLBACK.get(t, Q.F16)
     return out
 
 

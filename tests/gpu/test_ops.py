@@ -177,7 +177,10 @@ CACHES = [(t, h) for t in KV_TYPES for h in HEADS]
 CACHES += [(("f16", "f16"), (16, 4, 2)), (("f16", "f16"), (8, 8, 2))]
 
 
-@pytest.mark.parametrize("types,heads", CACHES)
+CACHE_IDS = [f"{k}-{v}-hd{h[0]}-q{h[1]}-kv{h[2]}" for (k, v), h in CACHES]
+
+
+@pytest.mark.parametrize("types,heads", CACHES, ids=CACHE_IDS)
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 @pytest.mark.parametrize("kernel", ["auto", "decode", "prefill"])
 def test_attention(types, heads, scenario, kernel):
