@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
     sl::py::bind_model(m);
     sl::py::bind_cpu(m);
     sl::py::bind_cuda(m);
+    sl::py::bind_sample(m);
 }
