@@ -216,3 +216,28 @@ def test_smollm2_split(smollm2_path, fake_gpu):
         np.testing.assert_array_equal(got_logits, ref_logits, err_msg=str(kw))
         assert got_text == ref_text, kw
         assert m.n_op_offload == (30 - max(kw["n_gpu_layers"] - 1, 0) if kw["n_gpu_layers"] >= 0 else 0), kw
+
+
+# ---- the Python API ----
+
+
+def test_model_placement_and_verbose(tmp_path, fake_gpu, capsys):
+    from splitllm import Model
+
+    path, cfg = tiny(tmp_path, **CONFIGS["llama-gqa"])
+    with Model(path, n_ctx=64, n_threads=1, n_gpu_layers=2, offload_kqv=False, verbose=True) as m:
+        assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"] * 2
+        assert [p["kv_device"] for p in m.placement] == [""] + ["CPU"] * 4 + [""]
+        np.testing.assert_array_equal(m.logits(PROMPT), logits(cpu_model(path), PROMPT))
+    err = capsys.readouterr().err
+    assert "blk.3        FAKEGPU0" in err and "on CPU" in err
+
+
+def test_model_warns_once_without_gpu(tmp_path, no_gpu):
+    from splitllm import Model
+
+    path, _ = tiny(tmp_path)
+    with pytest.warns(RuntimeWarning, match="n_gpu_layers=5 requested") as rec:
+        with Model(path, n_ctx=64, n_threads=1, n_gpu_layers=5) as m:
+            assert {p["device"] for p in m.placement} == {"CPU"}
+    assert len(rec) == 1
