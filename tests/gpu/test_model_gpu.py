@@ -40,10 +40,10 @@ def tiny_path(tmp_path_factory):
     return str(path)
 
 
-def check_against_cpu(path, prompt, n_layer, *, n_ctx=256, **kw):
+def check_against_cpu(path, prompt, *, n_ctx=256, **kw):
     cpu = _core.Model(path, n_ctx=n_ctx, op_offload=False)
     ref_logits, ref_text = greedy(cpu, prompt)
-    for ngl in (0, n_layer // 2, -1):
+    for ngl in (0, cpu.config["n_layer"] // 2, -1):
         m = _core.Model(path, n_ctx=n_ctx, n_gpu_layers=ngl, **kw)
         assert m.warnings == []
         got_logits, got_text = greedy(m, prompt)
@@ -52,11 +52,11 @@ def check_against_cpu(path, prompt, n_layer, *, n_ctx=256, **kw):
 
 
 def test_tiny_model(tiny_path):
-    check_against_cpu(tiny_path, PROMPT, 6)
+    check_against_cpu(tiny_path, PROMPT)
 
 
 def test_tiny_model_kv_on_cpu(tiny_path):
-    check_against_cpu(tiny_path, PROMPT, 6, offload_kqv=False)
+    check_against_cpu(tiny_path, PROMPT, offload_kqv=False)
 
 
 @pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
@@ -94,7 +94,7 @@ def test_op_offload(tiny_path):
 
 
 def test_smollm2(smollm2_path):
-    check_against_cpu(str(smollm2_path), [1] + PROMPT[1:], 30)
+    check_against_cpu(str(smollm2_path), [1] + PROMPT[1:])
 
 
 def test_not_enough_memory_is_reported_before_allocating(smollm2_path, gpu):
