@@ -38,6 +38,28 @@ size_t offload_staging(const LayerWeights & L) {
                      OpOffload::staging_bytes(&wo, 1), OpOffload::staging_bytes(&wd, 1)});
 }
 
+GpuBackendOptions gpu_options(const Config & c, const ModelParams & p, int slot_ctx) {
+    GpuBackendOptions go;
+    go.n_threads = p.n_threads;
+    go.n_batch = p.n_batch;
+    go.max_k = std::max({c.n_embd, c.q_dim(), c.n_ff});
+    go.max_rows = std::max({c.n_vocab, c.n_ff, c.q_dim()});
+    go.n_ff = c.n_ff;
+    go.n_head = c.n_head;
+    go.n_head_kv = c.n_head_kv;
+    go.head_dim = c.head_dim;
+    go.max_slot_ctx = slot_ctx;
+    return go;
+}
+
+// Op-offload buffer sizes for the CPU blocks [0, n_cpu) (pointers left null).
+OpOffloadBuffers offload_sizes(const Config & c, const std::vector<LayerWeights> & layers, int n_cpu, size_t nb) {
+    OpOffloadBuffers ob;
+    for (int l = 0; l < n_cpu; ++l) ob.weight_bytes = std::max(ob.weight_bytes, offload_staging(layers[l]));
+    ob.y_floats = nb * size_t(std::max({c.q_dim() + 2 * c.kv_dim(), c.n_ff, c.n_embd}));
+    return ob;
+}
+
 }  // namespace
 
 // Calls mv(host pointer, bytes) -> pointer for every tensor of the GPU-resident parts (blocks
@@ -84,16 +106,7 @@ void Model::place_on_devices() {
         return describe_placement();
     }
 
-    GpuBackendOptions go;
-    go.n_threads = params_.n_threads;
-    go.n_batch = params_.n_batch;
-    go.max_k = std::max({c.n_embd, c.q_dim(), c.n_ff});
-    go.max_rows = std::max({c.n_vocab, c.n_ff, c.q_dim()});
-    go.n_ff = c.n_ff;
-    go.n_head = c.n_head;
-    go.n_head_kv = c.n_head_kv;
-    go.head_dim = c.head_dim;
-    go.max_slot_ctx = kv_.slot_ctx;
+    const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx);
 
     // Everything the GPU will hold, checked against its free memory before anything is allocated.
     const size_t nb = size_t(params_.n_batch);
@@ -107,8 +120,7 @@ void Model::place_on_devices() {
         buffers += sizeof(float) * nb * (2 * size_t(c.n_embd) + 2 * c.q_dim() + 2 * c.kv_dim() + c.n_ff + c.n_vocab);
     OpOffloadBuffers ob;
     if (offload) {
-        for (int l = 0; l < first_gpu; ++l) ob.weight_bytes = std::max(ob.weight_bytes, offload_staging(w_.layers[l]));
-        ob.y_floats = nb * size_t(std::max({c.q_dim() + 2 * c.kv_dim(), c.n_ff, c.n_embd}));
+        ob = offload_sizes(c, w_.layers, first_gpu, nb);
         buffers += ob.weight_bytes + sizeof(float) * (ob.y_floats + nb * go.max_k);
     }
     const size_t need = weights + kv + buffers;
