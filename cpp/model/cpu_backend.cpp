@@ -32,6 +32,14 @@ int64_t chunk_rows(int64_t total_rows, int n_tok, int nth) {
 
 }  // namespace
 
+void CpuBackendOptions::allow_any_weights() {
+    size_t widest = 0;
+    for (uint32_t t = 0; t < uint32_t(QType::COUNT); ++t)
+        if (qtype_traits(t) && cpu::supports_weight_type(QType(t)))
+            widest = std::max(widest, cpu::act_row_bytes(QType(t), max_k));
+    for (size_t & row : act_slot_row) row = widest;
+}
+
 CpuBackend::CpuBackend(const CpuBackendOptions & opt) : opt_(opt), pool_(opt.n_threads) {
     const int nth = pool_.size();
     tmp_.resize(nth);
@@ -46,9 +54,34 @@ CpuBackend::CpuBackend(const CpuBackendOptions & opt) : opt_(opt), pool_(opt.n_t
     pos_.resize(opt.n_batch);
     slot_.resize(opt.n_batch);
     chunk_start_.resize(opt.n_batch + 1);
+    for (int j = 0; j < 3; ++j) acts_[j].resize(size_t(opt.n_batch) * opt.act_slot_row[j]);
+    inv_freq_.resize(opt.n_rot / 2);
+    cos_.resize(size_t(opt.n_batch) * (opt.n_rot / 2));
+    sin_.resize(cos_.size());
 }
 
 CpuBackend::~CpuBackend() = default;
+
+size_t CpuBackend::scratch_bytes(const CpuBackendOptions & opt) {
+    const size_t nth = size_t(std::max(1, opt.n_threads)), nb = size_t(opt.n_batch);
+    const size_t gqa = size_t(opt.n_head / std::max(1, opt.n_head_kv));
+    const size_t att = std::max(kAttnBudget, gqa * opt.max_slot_ctx) + 2 * kAttnChunk * gqa * opt.head_dim;
+    size_t bytes = nth * sizeof(float) * (2 * kMaxChunk * nb + att);
+    bytes += sizeof(float) * (opt.n_rot / 2) * (1 + 2 * nb);             // inverse frequencies, cos, sin
+    bytes += nb * (2 * sizeof(int32_t) + sizeof(int64_t)) + sizeof(int64_t);  // batch positions, chunks
+    for (size_t row : opt.act_slot_row) bytes += nb * row;
+    return bytes;
+}
+
+size_t CpuBackend::scratch_bytes() const {
+    size_t bytes = 0;
+    for (const auto & t : tmp_) bytes += t.size() * sizeof(float);
+    for (const auto & a : att_) bytes += a.size() * sizeof(float);
+    bytes += sizeof(float) * (inv_freq_.size() + cos_.size() + sin_.size());
+    bytes += sizeof(int32_t) * (pos_.size() + slot_.size()) + sizeof(int64_t) * chunk_start_.size();
+    for (const auto & a : acts_) bytes += a.size();
+    return bytes;
+}
 
 void * CpuBackend::alloc(size_t bytes) {
     void * p = std::aligned_alloc(64, round_up(std::max<size_t>(bytes, 64), 64));
@@ -67,16 +100,19 @@ void CpuBackend::memset0(void * dst, size_t n) { std::memset(dst, 0, n); }
 void CpuBackend::copy(void * dst, const void * src, size_t n) { std::memmove(dst, src, n); }
 
 void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
+    if (c.n_rot != opt_.n_rot) {  // backends built without the model's rotary size (tests)
+        opt_.n_rot = c.n_rot;
+        inv_freq_.resize(c.n_rot / 2);
+        cos_.resize(size_t(opt_.n_batch) * (c.n_rot / 2));
+        sin_.resize(cos_.size());
+    }
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
-    inv_freq_.resize(c.n_rot / 2);
     for (int i = 0; i < c.n_rot / 2; ++i) {
         double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
         if (freq_factors) f /= double(freq_factors[i]);
         inv_freq_[i] = float(f);
     }
-    cos_.resize(size_t(opt_.n_batch) * (c.n_rot / 2));
-    sin_.resize(cos_.size());
 }
 
 void CpuBackend::begin_batch(const BatchInfo & b) {
@@ -122,10 +158,9 @@ int CpuBackend::plan_inputs(const WeightRef * const * w, int n_w, int n_tok, con
         while (j < n_seen && seen[j] != at) ++j;
         if (j == n_seen) {
             SL_CHECK(n_seen < 3, "more than three activation formats in one matmul");
-            // Sized once for the widest input and the largest batch, on first use of the slot.
             const size_t need = size_t(n_tok) * cpu::act_row_bytes(w[i]->type, w[i]->K);
-            if (need > acts_[j].size())
-                acts_[j].resize(std::max(need, size_t(opt_.n_batch) * cpu::act_row_bytes(w[i]->type, opt_.max_k)));
+            SL_CHECK(need <= acts_[j].size(), "internal: activation buffer %d holds %zu bytes, %zu needed", j,
+                     acts_[j].size(), need);
             seen[n_seen] = at;
             firsts[n_seen++] = w[i];
         }

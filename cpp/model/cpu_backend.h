@@ -20,6 +20,13 @@ struct CpuBackendOptions {
     int n_head_kv = 0;
     int head_dim = 0;
     int max_slot_ctx = 0;     // longest sequence the attention scratch must cover
+    int n_rot = 0;            // rotated dimensions per head (rotary tables)
+    // Converted-activation buffers: act_slot_row[j] is the widest row (at max_k) that a matmul's
+    // j-th distinct activation format needs; 0 for slots no matmul uses.
+    size_t act_slot_row[3] = {0, 0, 0};
+
+    // Sizes every activation slot for any weight type (test backends that run arbitrary matmuls).
+    void allow_any_weights();
 };
 
 class CpuBackend final : public Backend {
@@ -50,6 +57,12 @@ public:
     void init_rope(const Config & c, const float * freq_factors) override;
 
     ThreadPool & pool() { return pool_; }
+
+    // Bytes of scratch a backend with these options holds: per-thread buffers, the rotary tables,
+    // the batch bookkeeping and the activation buffers. All of it is allocated at construction.
+    static size_t scratch_bytes(const CpuBackendOptions & opt);
+    // The same, for this backend as it is now.
+    size_t scratch_bytes() const;
 
 private:
     // Picks the activation buffer of each matrix (one per distinct format); returns the number

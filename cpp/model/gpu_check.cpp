@@ -37,6 +37,7 @@ public:
             c.n_head_kv = o.n_head_kv;
             c.head_dim = o.head_dim;
             c.max_slot_ctx = std::max(o.max_slot_ctx, 1);
+            c.allow_any_weights();
             be_ = std::make_unique<CpuBackend>(c);
         } else if (d.name == "gpu") {
             be_ = make_gpu_backend(o);

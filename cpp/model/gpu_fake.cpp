@@ -149,6 +149,7 @@ std::unique_ptr<Backend> make_fake_gpu_backend(const GpuBackendOptions & opt) {
     o.n_head_kv = opt.n_head_kv;
     o.head_dim = opt.head_dim;
     o.max_slot_ctx = opt.max_slot_ctx;
+    o.allow_any_weights();
     return std::make_unique<FakeGpuBackend>(o);
 }
 

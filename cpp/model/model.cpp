@@ -49,7 +49,7 @@ WeightRef matrix(const GGUFFile & f, const std::string & name, int64_t rows, int
 
 }  // namespace
 
-Model::Model(const std::string & path, const ModelParams & params) : params_(params) {
+Model::Model(const std::string & path, const ModelParams & params, DryRun) : params_(params) {
     SL_CHECK(params.n_ctx >= 1, "n_ctx must be at least 1 (got %d)", params.n_ctx);
     SL_CHECK(params.n_batch >= 1, "n_batch must be at least 1 (got %d)", params.n_batch);
     SL_CHECK(params.n_seq_max >= 1 && params.n_seq_max <= params.n_ctx,
@@ -61,17 +61,21 @@ Model::Model(const std::string & path, const ModelParams & params) : params_(par
     file_ = std::make_unique<GGUFFile>(path);
     cfg_ = Config::from_gguf(*file_);
     load_weights();
+    setup_kv();
+}
+
+Model::Model(const std::string & path, const ModelParams & params) : Model(path, params, DryRun{}) {
     try {
         place_layers();
         allocate_state();
     } catch (...) {  // the destructor will not run: free what was allocated (device memory too)
-        for (auto & [be, p] : owned_) be->free(p);
+        for (const Owned & o : owned_) o.be->free(o.p);
         throw;
     }
 }
 
 Model::~Model() {
-    for (auto & [be, p] : owned_) be->free(p);
+    for (const Owned & o : owned_) o.be->free(o.p);
 }
 
 void Model::load_weights() {
@@ -112,7 +116,7 @@ void Model::load_weights() {
     }
 }
 
-void Model::place_layers() {
+void Model::setup_kv() {
     const Config & c = cfg_;
     kv_.type_k = params_.type_k;
     kv_.type_v = params_.type_v;
@@ -124,7 +128,10 @@ void Model::place_layers() {
         SL_CHECK(c.head_dim % qtype_traits(t)->blck_size == 0,
                  "KV cache type %s needs a head size divisible by %lld (head size %d)", qtype_traits(t)->name,
                  (long long)qtype_traits(t)->blck_size, c.head_dim);
+}
 
+CpuBackendOptions Model::cpu_options() const {
+    const Config & c = cfg_;
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
@@ -134,15 +141,40 @@ void Model::place_layers() {
     o.n_head_kv = c.n_head_kv;
     o.head_dim = c.head_dim;
     o.max_slot_ctx = kv_.slot_ctx;
-    cpu_ = std::make_unique<CpuBackend>(o);
-    cpu_->init_rope(c, w_.rope_freqs);
+    o.n_rot = c.n_rot;
+    // Activation buffers: a matmul's j-th distinct activation format goes to slot j; each slot is
+    // sized for the widest format any CPU-side matmul puts there.
+    auto group = [&](std::initializer_list<const WeightRef *> ws) {
+        QType seen[3];
+        int n = 0;
+        for (const WeightRef * w : ws) {
+            const QType at = cpu::act_type(w->type);
+            int j = 0;
+            while (j < n && seen[j] != at) ++j;
+            if (j < n || j >= 3) continue;
+            seen[n++] = at;
+            o.act_slot_row[j] = std::max(o.act_slot_row[j], cpu::act_row_bytes(w->type, o.max_k));
+        }
+    };
+    for (const LayerWeights & L : w_.layers) {
+        group({&L.wq, &L.wk, &L.wv});
+        group({&L.wo});
+        group({&L.w_gate, &L.w_up});
+        group({&L.w_down});
+    }
+    group({&w_.output});
+    return o;
+}
 
+void Model::place_layers() {
+    cpu_ = std::make_unique<CpuBackend>(cpu_options());
+    cpu_->init_rope(cfg_, w_.rope_freqs);
     place_on_devices();  // placement.cpp
 }
 
-void * Model::alloc_on(Backend * be, size_t bytes) {
+void * Model::alloc_on(Backend * be, size_t bytes, Kind kind) {
     void * p = be->alloc(bytes);
-    owned_.push_back({be, p});
+    owned_.push_back({be, p, bytes, kind});
     return p;
 }
 
@@ -150,6 +182,12 @@ Model::Scratch & Model::scratch(Backend * be) {
     for (auto & [b, s] : scratch_)
         if (b == be) return s;
     throw Error("internal: no scratch buffers for backend " + be->name());
+}
+
+size_t Model::activation_bytes() const {
+    const Config & c = cfg_;
+    return sizeof(float) * size_t(params_.n_batch) *
+           (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.n_ff));
 }
 
 void Model::allocate_state() {
@@ -174,8 +212,8 @@ void Model::allocate_state() {
     k_cache_.resize(c.n_layer);
     v_cache_.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
-        k_cache_[l] = alloc_on(kv_backend_[l], kv_.k_bytes());
-        v_cache_[l] = alloc_on(kv_backend_[l], kv_.v_bytes());
+        k_cache_[l] = alloc_on(kv_backend_[l], kv_.k_bytes(), Kind::KV);
+        v_cache_[l] = alloc_on(kv_backend_[l], kv_.v_bytes(), Kind::KV);
     }
     want_all_.assign(nb, 1);
 }

@@ -15,6 +15,7 @@ namespace sl {
 
 class GGUFFile;
 class CpuBackend;
+struct CpuBackendOptions;
 class OpOffload;
 
 struct ModelParams {
@@ -53,9 +54,37 @@ struct Placement {
     std::string kv_device;   // where the KV cache is ("" if the part has none)
 };
 
+// Bytes on one device, by kind.
+struct DeviceMemory {
+    std::string device;      // "CPU", "CUDA0"
+    size_t weights = 0;      // weight bytes resident there (mapped file pages on the CPU)
+    size_t kv = 0;           // KV cache
+    size_t buffers = 0;      // activations, scratch, staging
+    size_t overhead = 0;     // fixed costs (the GGUF header pages on the CPU)
+    size_t total() const { return weights + kv + buffers + overhead; }
+};
+
+// What a Model with given parameters holds, per device and per part, worked out from the GGUF
+// header alone by the same placement code that loads it (the memory planner uses this).
+struct MemoryEstimate {
+    int n_layer = 0;
+    int n_gpu_layers = 0;             // parts on the GPU as placed (0 without a usable GPU)
+    size_t kv_bytes_per_token = 0;    // all layers, keys and values
+    std::vector<DeviceMemory> devices;  // CPU first
+    std::vector<Placement> parts;
+    std::string gpu_warning;          // why a requested GPU placement falls back to the CPU
+    size_t tokenizer_entries = 0;     // tokens + merges of the vocabulary (the Python tokenizer's size)
+};
+
 class Model {
 public:
     Model(const std::string & path, const ModelParams & params);
+
+    // The memory a Model(path, params) would hold after running full batches; allocates nothing
+    // and reads no tensor data. Throws CudaError where loading would (not enough GPU memory).
+    static MemoryEstimate estimate(const std::string & path, const ModelParams & params);
+    // What this model holds now, by the same accounting.
+    std::vector<DeviceMemory> memory() const;
     ~Model();
     Model(const Model &) = delete;
     Model & operator=(const Model &) = delete;
@@ -82,6 +111,24 @@ public:
     int64_t n_op_offload() const { return n_op_offload_; }
 
 private:
+    struct DryRun {};
+    Model(const std::string & path, const ModelParams & params, DryRun);
+
+    // Where each part goes and what the GPU will hold, decided before anything is allocated.
+    struct PlacementPlan {
+        bool use_gpu = false;
+        int n_gpu = 0;            // parts on the GPU: the output layer, then blocks from the last
+        int first_gpu = 0;        // first block on the GPU (n_layer: none)
+        bool output_gpu = false;
+        bool offload = false;     // op offload of the CPU blocks' large batches
+        size_t gpu_weights = 0, gpu_kv = 0, gpu_buffers = 0;
+        std::string warning;
+    };
+    PlacementPlan plan_placement() const;
+    void setup_kv();
+    CpuBackendOptions cpu_options() const;
+    size_t activation_bytes() const;         // one backend's Scratch
+
     void load_weights();
     void place_layers();
     // placement.cpp: the GPU side of place_layers (devices per layer, memory check, uploads).
@@ -114,7 +161,14 @@ private:
     Backend * output_backend_ = nullptr;
     std::vector<std::pair<Backend *, Scratch>> scratch_;  // one per backend in use
     std::vector<void *> k_cache_, v_cache_;  // (n_layer) on the layer's backend
-    std::vector<std::pair<Backend *, void *>> owned_;  // allocations to free
+    enum class Kind { Weights, KV, Buffers };
+    struct Owned {
+        Backend * be;
+        void * p;
+        size_t bytes;
+        Kind kind;
+    };
+    std::vector<Owned> owned_;  // allocations to free, and the memory accounting
     std::unique_ptr<Backend> gpu_;           // CUDA0 / FAKEGPU0 when layers or op offload use one
     std::unique_ptr<OpOffload> offload_;     // large-batch matmuls of CPU layers on the GPU
     std::vector<Backend *> kv_backend_;      // (n_layer) where each layer's KV cache lives
@@ -129,7 +183,7 @@ private:
     int64_t n_forward_ = 0;
 
     Scratch & scratch(Backend * be);
-    void * alloc_on(Backend * be, size_t bytes);
+    void * alloc_on(Backend * be, size_t bytes, Kind kind = Kind::Buffers);
     // Attention of layer l on kvb (its KV cache's backend) when the layer runs elsewhere.
     void attention_via(Backend * kvb, int l, Scratch & s, int n);
 };

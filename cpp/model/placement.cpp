@@ -28,6 +28,17 @@ size_t layer_weight_bytes(const LayerWeights & L, const Config & c) {
     return bytes;
 }
 
+// Bytes a matrix (and its bias) takes in the GPU arena: each tensor 256-byte aligned.
+size_t gpu_matrix_bytes(const WeightRef & w) {
+    return align256(w.nbytes()) + (w.bias ? align256(sizeof(float) * size_t(w.rows)) : 0);
+}
+
+size_t gpu_layer_bytes(const LayerWeights & L, const Config & c) {
+    size_t bytes = 2 * align256(sizeof(float) * c.n_embd);  // the two norms
+    for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bytes += gpu_matrix_bytes(*w);
+    return bytes;
+}
+
 // Staging the op offload needs for the matmuls of one layer.
 size_t offload_staging(const LayerWeights & L) {
     const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
@@ -87,87 +98,160 @@ void Model::move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv) {
     }
 }
 
+Model::PlacementPlan Model::plan_placement() const {
+    const Config & c = cfg_;
+    PlacementPlan pp;
+    const int ngl = params_.n_gpu_layers;
+    pp.n_gpu = ngl < 0 ? c.n_layer + 1 : std::min(ngl, c.n_layer + 1);  // parts: output + blocks
+    pp.output_gpu = pp.n_gpu >= 1;
+    pp.first_gpu = c.n_layer - std::max(pp.n_gpu - 1, 0);  // first block on the GPU
+    pp.offload = params_.op_offload && pp.first_gpu > 0;
+    if (pp.n_gpu == 0 && !pp.offload) return pp;
+    const GpuInfo gi = gpu_info();
+    if (!gi.available) {
+        if (pp.n_gpu > 0)
+            pp.warning = strfmt("n_gpu_layers=%d requested, but %s; running on the CPU", ngl, gi.reason.c_str());
+        return pp;
+    }
+
+    // Everything the GPU will hold, checked against its free memory before anything is allocated.
+    const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx);
+    const size_t nb = size_t(params_.n_batch);
+    pp.gpu_buffers = gpu_backend_overhead(go);
+    for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_weights += gpu_layer_bytes(w_.layers[l], c);
+    if (pp.output_gpu) pp.gpu_weights += align256(sizeof(float) * c.n_embd) + gpu_matrix_bytes(w_.output);
+    if (params_.offload_kqv)
+        pp.gpu_kv = size_t(c.n_layer - pp.first_gpu) * (kv_.k_bytes() + kv_.v_bytes());
+    if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes() + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
+    if (pp.offload) {
+        const OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
+        pp.gpu_buffers += ob.weight_bytes + sizeof(float) * (ob.y_floats + nb * go.max_k);
+    }
+    const size_t need = pp.gpu_weights + pp.gpu_kv + pp.gpu_buffers;
+    if (need > gi.free_bytes) {
+        const std::string msg = strfmt(
+            "not enough memory on %s (%s) for n_gpu_layers=%d: it needs %.1f MiB (weights %.1f, KV cache %.1f, "
+            "buffers %.1f) and %.1f MiB is free; lower n_gpu_layers%s",
+            gi.name.c_str(), gi.description.c_str(), ngl, mib(need), mib(pp.gpu_weights), mib(pp.gpu_kv),
+            mib(pp.gpu_buffers), mib(gi.free_bytes),
+            params_.offload_kqv && pp.n_gpu > 1 ? " or pass offload_kqv=False" : "");
+        if (pp.n_gpu > 0) throw CudaError(msg);
+        pp.warning = "op offload disabled: " + msg;
+        pp.gpu_weights = pp.gpu_kv = pp.gpu_buffers = 0;
+        return pp;
+    }
+    pp.use_gpu = true;
+    return pp;
+}
+
 void Model::place_on_devices() {
     const Config & c = cfg_;
     Backend * cpu = cpu_.get();
     layer_backend_.assign(c.n_layer, cpu);
     kv_backend_.assign(c.n_layer, cpu);
     output_backend_ = cpu;
-    const int ngl = params_.n_gpu_layers;
-    const int n_gpu = ngl < 0 ? c.n_layer + 1 : std::min(ngl, c.n_layer + 1);  // parts: output + blocks
-    const bool output_gpu = n_gpu >= 1;
-    const int first_gpu = c.n_layer - std::max(n_gpu - 1, 0);  // first block on the GPU
-    const bool offload = params_.op_offload && first_gpu > 0;
-    if (n_gpu == 0 && !offload) return describe_placement();
-    const GpuInfo gi = gpu_info();
-    if (!gi.available) {
-        if (n_gpu > 0)
-            warnings_.push_back(strfmt("n_gpu_layers=%d requested, but %s; running on the CPU", ngl, gi.reason.c_str()));
-        return describe_placement();
-    }
+    const PlacementPlan pp = plan_placement();
+    if (!pp.warning.empty()) warnings_.push_back(pp.warning);
+    if (!pp.use_gpu) return describe_placement();
 
     const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx);
-
-    // Everything the GPU will hold, checked against its free memory before anything is allocated.
     const size_t nb = size_t(params_.n_batch);
-    size_t weights = 0, kv = 0, buffers = gpu_backend_overhead(go);
-    move_gpu_tensors(first_gpu, output_gpu, [&](const void * p, size_t n) {
-        weights += align256(n);
-        return p;
-    });
-    if (params_.offload_kqv) kv = size_t(c.n_layer - first_gpu) * align256(kv_.k_bytes() + kv_.v_bytes());
-    if (n_gpu > 0)  // the activations of allocate_state(), and the logits
-        buffers += sizeof(float) * nb * (2 * size_t(c.n_embd) + 2 * c.q_dim() + 2 * c.kv_dim() + c.n_ff + c.n_vocab);
-    OpOffloadBuffers ob;
-    if (offload) {
-        ob = offload_sizes(c, w_.layers, first_gpu, nb);
-        buffers += ob.weight_bytes + sizeof(float) * (ob.y_floats + nb * go.max_k);
-    }
-    const size_t need = weights + kv + buffers;
-    if (need > gi.free_bytes) {
-        const std::string msg = strfmt(
-            "not enough memory on %s (%s) for n_gpu_layers=%d: it needs %.1f MiB (weights %.1f, KV cache %.1f, "
-            "buffers %.1f) and %.1f MiB is free; lower n_gpu_layers%s",
-            gi.name.c_str(), gi.description.c_str(), ngl, mib(need), mib(weights), mib(kv), mib(buffers),
-            mib(gi.free_bytes), params_.offload_kqv && n_gpu > 1 ? " or pass offload_kqv=False" : "");
-        if (n_gpu > 0) throw CudaError(msg);
-        warnings_.push_back("op offload disabled: " + msg);
-        return describe_placement();
-    }
-
     gpu_ = make_gpu_backend(go);
     gpu_->init_rope(c, w_.rope_freqs);  // frequency factors are read on the host
     Backend * gpu = gpu_.get();
-    for (int l = first_gpu; l < c.n_layer; ++l) {
+    for (int l = pp.first_gpu; l < c.n_layer; ++l) {
         layer_backend_[l] = gpu;
         kv_backend_[l] = params_.offload_kqv ? gpu : cpu;
     }
-    if (output_gpu) output_backend_ = gpu;
+    if (pp.output_gpu) output_backend_ = gpu;
 
     // Upload, tensor by tensor from the mapping; the mapped pages are then dropped, except the
     // embedding's when the output layer shares it.
-    if (weights > 0) {
-        auto * arena = static_cast<uint8_t *>(alloc_on(gpu, weights));
+    if (pp.gpu_weights > 0) {
+        auto * arena = static_cast<uint8_t *>(alloc_on(gpu, pp.gpu_weights, Kind::Weights));
         size_t off = 0;
         const void * embd = w_.tok_embd.data;
-        move_gpu_tensors(first_gpu, output_gpu, [&](const void * p, size_t n) -> const void * {
+        move_gpu_tensors(pp.first_gpu, pp.output_gpu, [&](const void * p, size_t n) -> const void * {
             void * d = arena + off;
             off += align256(n);
             gpu->upload(d, p, n);
             if (p != embd) file_->advise_dontneed(p, n);
             return d;
         });
+        SL_CHECK(off == pp.gpu_weights, "internal: uploaded %zu bytes of weights, planned %zu", off, pp.gpu_weights);
         gpu->synchronize();
     }
-    if (output_gpu)
+    if (pp.output_gpu)
         dev_logits_ = static_cast<float *>(alloc_on(gpu, sizeof(float) * nb * size_t(c.n_vocab)));
-    if (offload) {
+    if (pp.offload) {
+        OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
         ob.weights = alloc_on(gpu, ob.weight_bytes);
         ob.x = static_cast<float *>(alloc_on(gpu, sizeof(float) * nb * go.max_k));
         ob.y = static_cast<float *>(alloc_on(gpu, sizeof(float) * ob.y_floats));
         offload_ = std::make_unique<OpOffload>(*cpu_, *gpu, ob);
     }
     describe_placement();
+}
+
+MemoryEstimate Model::estimate(const std::string & path, const ModelParams & params) {
+    const Model m(path, params, DryRun{});
+    const Config & c = m.cfg_;
+    const PlacementPlan pp = m.plan_placement();
+    const int first_gpu = pp.use_gpu ? pp.first_gpu : c.n_layer;
+    const bool output_gpu = pp.use_gpu && pp.output_gpu;
+    const std::string gpu_name = pp.use_gpu ? gpu_info().name : "";
+    MemoryEstimate e;
+    e.n_layer = c.n_layer;
+    e.n_gpu_layers = pp.use_gpu ? pp.n_gpu : 0;
+    e.kv_bytes_per_token = size_t(c.n_layer) * c.n_head_kv * (m.kv_.k_row() + m.kv_.v_row());
+    e.gpu_warning = pp.warning;
+    for (const char * key : {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"})
+        if (const GGUFValue * v = m.file_->find(key); v && v->type == GGUFType::ARRAY) e.tokenizer_entries += v->arr.size();
+
+    const size_t layer_kv = m.kv_.k_bytes() + m.kv_.v_bytes();
+    const bool kv_gpu = params.offload_kqv;
+    DeviceMemory cpu{"CPU"};
+    cpu.weights = m.w_.tok_embd.nbytes();
+    e.parts.push_back({"token_embd", "CPU", m.w_.tok_embd.nbytes(), 0, ""});
+    for (int l = 0; l < c.n_layer; ++l) {
+        const bool on_gpu = l >= first_gpu;
+        const size_t bytes = layer_weight_bytes(m.w_.layers[l], c);
+        const std::string dev = on_gpu ? gpu_name : "CPU", kvdev = on_gpu && kv_gpu ? gpu_name : "CPU";
+        if (!on_gpu) cpu.weights += bytes;
+        if (kvdev == "CPU") cpu.kv += layer_kv;
+        e.parts.push_back({"blk." + std::to_string(l), dev, bytes, layer_kv, kvdev});
+    }
+    const bool shared = !output_gpu && m.w_.output.data == m.w_.tok_embd.data;
+    const size_t out_bytes = (shared ? 0 : m.w_.output.nbytes()) + sizeof(float) * c.n_embd;
+    if (!output_gpu) cpu.weights += out_bytes;
+    e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
+    cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes();
+    if (first_gpu < c.n_layer || output_gpu) cpu.buffers += sizeof(float) * size_t(params.n_batch) * c.n_embd;
+    cpu.overhead = m.file_->data_offset();
+    e.devices.push_back(cpu);
+    if (pp.use_gpu) e.devices.push_back({gpu_name, pp.gpu_weights, pp.gpu_kv, pp.gpu_buffers, 0});
+    return e;
+}
+
+std::vector<DeviceMemory> Model::memory() const {
+    std::vector<DeviceMemory> out;
+    auto dev = [&](const std::string & name) -> DeviceMemory & {
+        for (DeviceMemory & d : out)
+            if (d.device == name) return d;
+        out.push_back({name});
+        return out.back();
+    };
+    DeviceMemory & cpu = dev("CPU");
+    for (const Placement & p : placement_)
+        if (p.device == "CPU") cpu.weights += p.weight_bytes;
+    cpu.buffers = cpu_->scratch_bytes();
+    cpu.overhead = file_->data_offset();
+    for (const Owned & o : owned_) {
+        DeviceMemory & d = dev(o.be->name());
+        (o.kind == Kind::Weights ? d.weights : o.kind == Kind::KV ? d.kv : d.buffers) += o.bytes;
+    }
+    if (gpu_) dev(gpu_->name()).buffers += gpu_backend_overhead(gpu_options(cfg_, params_, kv_.slot_ctx));
+    return out;
 }
 
 void Model::describe_placement() {

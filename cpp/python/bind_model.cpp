@@ -36,23 +36,73 @@ int64_t check_batch(const Model & m, const I32 & tokens, const I32 & pos, const 
     return n_out;
 }
 
+ModelParams make_params(int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
+                        const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload) {
+    ModelParams p;
+    p.n_ctx = n_ctx;
+    p.n_batch = n_batch;
+    p.n_threads = n_threads;
+    p.n_seq_max = n_seq_max;
+    p.n_gpu_layers = n_gpu_layers;
+    p.type_k = kv_type(type_k);
+    p.type_v = kv_type(type_v);
+    p.offload_kqv = offload_kqv;
+    p.op_offload = op_offload;
+    return p;
+}
+
+pyb::dict device_dict(const DeviceMemory & d) {
+    return pyb::dict(pyb::arg("name") = d.device, pyb::arg("weights") = d.weights, pyb::arg("kv") = d.kv,
+                     pyb::arg("buffers") = d.buffers, pyb::arg("overhead") = d.overhead);
+}
+
+pyb::list devices_list(const std::vector<DeviceMemory> & ds) {
+    pyb::list out;
+    for (const DeviceMemory & d : ds) out.append(device_dict(d));
+    return out;
+}
+
+pyb::list parts_list(const std::vector<Placement> & ps) {
+    pyb::list out;
+    for (const Placement & p : ps)
+        out.append(pyb::dict(pyb::arg("name") = p.name, pyb::arg("device") = p.device,
+                             pyb::arg("weight_bytes") = p.weight_bytes, pyb::arg("kv_bytes") = p.kv_bytes,
+                             pyb::arg("kv_device") = p.kv_device));
+    return out;
+}
+
 }  // namespace
 
 void bind_model(pyb::module_ & m) {
+    m.def(
+        "plan_memory",
+        [](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
+           const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload) {
+            const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k, type_v,
+                                              offload_kqv, op_offload);
+            MemoryEstimate e;
+            {
+                pyb::gil_scoped_release nogil;
+                e = Model::estimate(path, p);
+            }
+            return pyb::dict(pyb::arg("n_layer") = e.n_layer, pyb::arg("n_gpu_layers") = e.n_gpu_layers,
+                             pyb::arg("n_ctx") = n_ctx, pyb::arg("kv_bytes_per_token") = e.kv_bytes_per_token,
+                             pyb::arg("devices") = devices_list(e.devices), pyb::arg("parts") = parts_list(e.parts),
+                             pyb::arg("gpu_warning") = e.gpu_warning,
+                             pyb::arg("tokenizer_entries") = e.tokenizer_entries);
+        },
+        pyb::arg("path"), pyb::kw_only(), pyb::arg("n_ctx") = 4096, pyb::arg("n_batch") = 512,
+        pyb::arg("n_threads") = 0, pyb::arg("n_seq_max") = 1, pyb::arg("n_gpu_layers") = 0,
+        pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("offload_kqv") = true,
+        pyb::arg("op_offload") = true,
+        "What a Model with these settings would hold per device, from the GGUF header alone.");
+
     pyb::class_<Model>(m, "Model")
         .def(pyb::init([](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max,
                           int n_gpu_layers, const std::string & type_k, const std::string & type_v, bool offload_kqv,
                           bool op_offload) {
-                 ModelParams p;
-                 p.n_ctx = n_ctx;
-                 p.n_batch = n_batch;
-                 p.n_threads = n_threads;
-                 p.n_seq_max = n_seq_max;
-                 p.n_gpu_layers = n_gpu_layers;
-                 p.type_k = kv_type(type_k);
-                 p.type_v = kv_type(type_v);
-                 p.offload_kqv = offload_kqv;
-                 p.op_offload = op_offload;
+                 const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k,
+                                                   type_v, offload_kqv, op_offload);
                  pyb::gil_scoped_release nogil;
                  return new Model(path, p);
              }),
@@ -81,22 +131,15 @@ void bind_model(pyb::module_ & m) {
             pyb::arg("out") = pyb::none(),
             "Evaluates tokens at positions pos of sequence slots slot; returns float32 logits "
             "(n_wanted, n_vocab) for the tokens flagged in want_logits (all when None).")
+        .def_property_readonly("memory", [](const Model & self) { return devices_list(self.memory()); },
+                               "Bytes held per device: weights, kv, buffers, overhead.")
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("slot_ctx", &Model::slot_ctx)
         .def_property_readonly("n_eval", &Model::n_eval)
         .def_property_readonly("n_forward", &Model::n_forward)
         .def_property_readonly("n_op_offload", &Model::n_op_offload)
         .def_property_readonly("warnings", &Model::warnings)
-        .def_property_readonly("placement",
-                               [](const Model & self) {
-                                   pyb::list out;
-                                   for (const Placement & p : self.placement())
-                                       out.append(pyb::dict(pyb::arg("name") = p.name, pyb::arg("device") = p.device,
-                                                            pyb::arg("weight_bytes") = p.weight_bytes,
-                                                            pyb::arg("kv_bytes") = p.kv_bytes,
-                                                            pyb::arg("kv_device") = p.kv_device));
-                                   return out;
-                               })
+        .def_property_readonly("placement", [](const Model & self) { return parts_list(self.placement()); })
         .def_property_readonly("config", [](const Model & self) {
             const Config & c = self.config();
             return pyb::dict(pyb::arg("arch") = c.arch_name, pyb::arg("n_layer") = c.n_layer,

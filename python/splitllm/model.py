@@ -92,8 +92,13 @@ class Model:
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an integer (got {seed!r})")
 
-        self._gguf = GGUFFile(path)
-        self._metadata = self._gguf.metadata
+        # The tokenizer needs the vocabulary arrays; the model keeps only the scalar metadata (the
+        # arrays are tens of MB of Python objects for a large vocabulary).
+        with GGUFFile(path) as gf:
+            metadata = gf.metadata
+            self.tokenizer = Tokenizer.from_metadata(metadata)
+        self._metadata = {k: v for k, v in metadata.items() if not isinstance(v, list)}
+        del metadata
         arch = self._metadata.get("general.architecture", "")
         if n_ctx == 0:
             n_ctx = int(self._metadata.get(f"{arch}.context_length", 4096))
@@ -104,7 +109,6 @@ class Model:
                                 type_v=type_v).n_gpu_layers
         if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an integer >= -1 or 'auto' (got {n_gpu_layers!r})")
-        self.tokenizer = Tokenizer.from_metadata(self._metadata)
         self._core = _core.Model(
             path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0, n_gpu_layers=n_gpu_layers,
             type_k=type_k.lower(), type_v=type_v.lower(), offload_kqv=offload_kqv, op_offload=op_offload,
@@ -127,8 +131,6 @@ class Model:
     def close(self) -> None:
         """Frees the KV cache, buffers and the file mapping. Further calls raise ValueError."""
         self._core = None
-        if getattr(self, "_gguf", None) is not None:
-            self._gguf.close()
 
     def __enter__(self) -> Model:
         return self
@@ -170,8 +172,9 @@ class Model:
 
     @property
     def gguf_metadata(self) -> Mapping[str, Any]:
-        """GGUF metadata with typed values (arrays as lists)."""
-        return self._metadata
+        """GGUF metadata with typed values, arrays as lists (read from the file on each call)."""
+        with GGUFFile(self.model_path) as gf:
+            return gf.metadata
 
     @property
     def config(self) -> dict[str, Any]:

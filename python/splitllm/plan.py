@@ -29,6 +29,13 @@ from splitllm import _core
 GiB = 1 << 30
 MiB = 1 << 20
 DEFAULT_MARGIN = 256 * MiB  # kept free on the GPU by n_gpu_layers="auto"
+# The Python side of a loaded Model is its tokenizer: measured at 400-450 bytes per vocabulary
+# entry (token or merge) for both the SentencePiece and the byte-level BPE tokenizers (SmolLM2,
+# GPT-2, Llama 2 vocabularies), after the vocabulary arrays themselves are dropped.
+TOKENIZER_BYTES_PER_ENTRY = 430
+# What else a loaded Model adds to the process (thread stacks, allocator slack after the
+# vocabulary arrays are freed), measured on SmolLM2 at 2k and 8k context.
+PYTHON_FIXED_OVERHEAD = 8 * MiB
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
 
@@ -121,6 +128,11 @@ def _engine_plan(path: str, *, n_ctx: int, n_batch: int, n_threads: int, n_seq_m
                              op_offload=op_offload)
 
 
+def python_overhead(raw: dict[str, Any]) -> int:
+    """Host memory of the Python side of a Model (its tokenizer)."""
+    return PYTHON_FIXED_OVERHEAD + TOKENIZER_BYTES_PER_ENTRY * int(raw["tokenizer_entries"])
+
+
 def _gpu_name(raw: dict[str, Any]) -> str | None:
     names = [d["name"] for d in raw["devices"] if d["name"] != "CPU"]
     return names[0] if names else None
@@ -206,6 +218,7 @@ def _to_plan(path: str, raw: dict[str, Any], n_ctx: int, n_batch: int, type_k: s
              budgets: dict[str, int | None], gpu: dict[str, Any]) -> MemoryPlan:
     devices = [DevicePlan(d["name"], d["weights"], d["kv"], d["buffers"], d["overhead"], budgets.get(d["name"]))
                for d in raw["devices"]]
+    devices[0].overhead += python_overhead(raw)
     layers = [LayerPlan(p["name"], p["device"], p["weight_bytes"], p["kv_bytes"], p["kv_device"])
               for p in raw["parts"]]
     return MemoryPlan(path, n_ctx, n_batch, raw["n_gpu_layers"], type_k, type_v, raw["kv_bytes_per_token"],
@@ -251,7 +264,7 @@ def _cache_tokens(raw: dict[str, Any], fraction: float, gpu_budget: int | None, 
     name = _kv_device(raw)
     dev = next(d for d in raw["devices"] if d["name"] == name)
     budget = cpu_budget if name == "CPU" else (gpu_budget or 0) - margin
-    left = budget - dev["weights"] - dev["buffers"] - dev["overhead"]
+    left = budget - dev["weights"] - dev["buffers"] - dev["overhead"] - (python_overhead(raw) if name == "CPU" else 0)
     per_token = sum(p["kv_bytes"] for p in raw["parts"] if p["kv_device"] == name) / max(raw["n_ctx"], 1)
     return int(fraction * left // per_token) if left > 0 and per_token > 0 else 0
 
@@ -264,7 +277,7 @@ def _max_ctx(raw_plan, ngl: int, budgets: dict[str, int | None], margin: int) ->
             budget = budgets.get(d["name"])
             if budget is None:
                 continue
-            room = budget - (margin if d["name"] != "CPU" else 0)
+            room = budget - (margin if d["name"] != "CPU" else python_overhead(raw))
             if d["weights"] + d["kv"] + d["buffers"] + d["overhead"] > room:
                 return False
         return True
