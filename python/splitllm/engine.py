@@ -1,0 +1,388 @@
+"""Continuous batching: concurrent generations share every forward pass.
+
+:class:`BatchEngine` owns a :class:`~splitllm.model.Model` loaded with ``n_seq_max`` sequence
+slots and runs a scheduler in a background thread. Each step it gathers, for every active
+sequence, its next token (decode) or a chunk of its prompt (prefill, at most ``n_batch`` tokens in
+the step, so one long prompt does not stall the others), evaluates them all in one
+``decode`` call, samples each sequence with its own :class:`~splitllm.sampling.Sampler` and pushes
+the text through the same :class:`~splitllm.completions.TokenText` as ``Model.stream``. New
+requests join between steps and finished ones leave.
+
+Every slot remembers the tokens whose K/V it holds. A new request takes the free slot whose
+cache shares the longest prefix with its prompt and evaluates only the rest (the next turn of a
+chat reuses the previous turn's cache).
+
+While an engine runs, it is the only user of the model: do not call the Model's own generation
+methods at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
+from splitllm.model import Model
+from splitllm.sampling import Sampler, SamplingParams
+
+Event = CompletionChunk | BaseException
+"""What a job reports: text chunks (the last one has a finish reason), or the error that ended it."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed before the job finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters since the engine started."""
+
+    submitted: int = 0           # jobs submitted
+    finished: int = 0            # jobs that ended (finished, cancelled or failed)
+    cancelled: int = 0           # of those, cancelled
+    steps: int = 0               # forward passes (decode calls)
+    prompt_tokens: int = 0       # prompt tokens of the jobs admitted to a slot
+    prompt_evaluated: int = 0    # of those, evaluated (the rest came from a slot's cache)
+    generated_evaluated: int = 0  # generated tokens evaluated (fed back for the next one)
+    max_batch_seqs: int = 0      # most sequences in one step
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation submitted to the engine; a handle to cancel it and read its counters."""
+
+    prompt: list[int]
+    sampler: Sampler
+    text: TokenText
+    on_event: Callable[[Event], None]
+    slot: int = -1                    # sequence slot while active
+    n_cached: int = 0                 # prompt tokens reused from the slot's cache
+    n_prompt_evaluated: int = 0       # prompt tokens evaluated for this job
+    cancelled: bool = False
+    finished: bool = False
+    next_token: int | None = None     # sampled, to be evaluated in the next step
+    tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    cached: list[int] = field(default_factory=list)  # tokens whose K/V the slot holds
+    last_used: int = 0
+    job: Job | None = None
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class BatchEngine:
+    """Runs many generations on one model at once. ``submit`` is thread-safe; chunks are reported
+    through each job's ``on_event`` from the engine thread (``stream`` / ``astream`` wrap that)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._core = model._engine()
+        self.n_parallel = int(model._n_seq_max)
+        self.slot_ctx = int(self._core.slot_ctx)
+        self._n_batch = int(model._n_batch)
+        self._n_vocab = model.n_vocab()
+        self._slots = [_Slot(i) for i in range(self.n_parallel)]
+        self._pending: deque[Job] = deque()
+        self._active: list[Job] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._clock = 0
+        self._stats: dict[str, int] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
+        self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
+        model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
+        self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
+        self._thread.start()
+
+    # ---- public ----
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._cv:
+            return EngineStats(**self._stats)
+
+    @property
+    def n_active(self) -> int:
+        return len(self._active)
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._pending)
+
+    def submit(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        on_event: Callable[[Event], None],
+        params: SamplingParams | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = 16,
+        stop: str | Sequence[str] | None = None,
+    ) -> Job:
+        """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
+        (``max_tokens`` None or <= 0: until the sequence's context is full). Raises ValueError on
+        bad input."""
+        prompt = self.model.check_prompt(prompt_tokens)
+        check_max_tokens(max_tokens)
+        sampler = Sampler(params or SamplingParams(), self._n_vocab, self.model._seed_for(seed))
+        text = TokenText(self.model.tokenizer, n_prompt=len(prompt), stop=stop_list(stop),
+                         limit=completion_limit(max_tokens, len(prompt), self.slot_ctx))
+        job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event)
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            self._pending.append(job)
+            self._stats["submitted"] += 1
+            self._cv.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stops a job (queued or running) and frees its slot; no more events are reported."""
+        with self._cv:
+            if not job.finished:
+                job.cancelled = True
+                self._cv.notify()
+
+    def stream(self, prompt_tokens: Sequence[int], **kwargs: Any) -> Iterator[CompletionChunk]:
+        """Blocking iterator over a job's chunks (like ``Model.stream``); closing it cancels the job."""
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        job = self.submit(prompt_tokens, on_event=events.put, **kwargs)
+        try:
+            while True:
+                ev = events.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+                if ev.finish_reason is not None:
+                    return
+        finally:
+            self.cancel(job)
+
+    def astream(self, prompt_tokens: Sequence[int], **kwargs: Any) -> ChunkStream:
+        """Submits a job whose chunks arrive on the running event loop (see :class:`ChunkStream`)."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def put(ev: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, ev)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        job = self.submit(prompt_tokens, on_event=put, **kwargs)
+        return ChunkStream(self, job, events)
+
+    def close(self) -> None:
+        """Stops the scheduler; queued and running jobs end with :class:`EngineClosed`."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- scheduler (engine thread) ----
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._drop_cancelled()
+                while not self._closed and not self._pending and not self._active:
+                    self._cv.wait()
+                    self._drop_cancelled()
+                if self._closed:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as e:  # a failed pass fails its jobs, not the server
+                for job in list(self._active):
+                    self._finish(job, e, keep_cache=False)  # the cache contents are unknown now
+        with self._cv:
+            jobs = list(self._pending) + list(self._active)
+            self._pending.clear()
+        for job in jobs:
+            if job.slot >= 0:
+                self._finish(job, EngineClosed("the engine is closed"))
+            else:
+                job.finished = True
+                self._emit(job, EngineClosed("the engine is closed"))
+
+    def _drop_cancelled(self) -> None:
+        """Under the lock: forgets cancelled jobs, freeing their slots."""
+        if any(j.cancelled for j in self._pending):
+            for job in [j for j in self._pending if j.cancelled]:
+                self._pending.remove(job)
+                job.finished = True
+                self._stats["finished"] += 1
+                self._stats["cancelled"] += 1
+        for job in [j for j in self._active if j.cancelled]:
+            self._release(job)
+            self._stats["cancelled"] += 1
+
+    def _admit(self) -> None:
+        """Under the lock: moves queued jobs (first come, first served) into free slots, each into the
+        free slot whose cache shares the longest prefix with its prompt (then the least recently used)."""
+        free = [s for s in self._slots if s.job is None]
+        while self._pending and free:
+            job = self._pending.popleft()
+            slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
+            free.remove(slot)
+            keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+            slot.job = job
+            job.slot = slot.index
+            job.tokens = job.prompt[:keep]
+            job.n_cached = keep
+            self._active.append(job)
+            self._stats["prompt_tokens"] += len(job.prompt)
+
+    def _step(self) -> None:
+        """One forward pass over the next token of every decoding job and prompt chunks of the others."""
+        toks: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        want: list[int] = []
+        plan: list[tuple[Job, list[int], bool]] = []  # (job, tokens evaluated, samples after)
+        for job in self._active:
+            if job.next_token is not None:
+                plan.append((job, [job.next_token], True))
+        budget = self._n_batch - len(plan)
+        for job in self._active:
+            if job.next_token is None and budget > 0:
+                chunk = job.prompt[job.n_past: job.n_past + budget]
+                budget -= len(chunk)
+                plan.append((job, chunk, job.n_past + len(chunk) == len(job.prompt)))
+        if not plan:
+            return
+        for job, chunk, sample in plan:
+            toks += chunk
+            pos += range(job.n_past, job.n_past + len(chunk))
+            slots += [job.slot] * len(chunk)
+            want += [0] * (len(chunk) - 1) + [int(sample)]
+        n_out = sum(want)
+        logits = self._core.decode(np.asarray(toks, dtype=np.int32), np.asarray(pos, dtype=np.int32),
+                                   np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
+                                   self._logits[:n_out])
+        with self._cv:
+            self._stats["steps"] += 1
+            self._stats["max_batch_seqs"] = max(self._stats["max_batch_seqs"], len(plan))
+        row = 0
+        for job, chunk, sample in plan:
+            job.tokens += chunk
+            if job.next_token is None:
+                job.n_prompt_evaluated += len(chunk)
+                self._count("prompt_evaluated", len(chunk))
+            else:
+                self._count("generated_evaluated", 1)
+            if sample:
+                self._sample(job, logits[row])
+                row += 1
+
+    def _sample(self, job: Job, logits: np.ndarray) -> None:
+        token = job.sampler.sample(logits)
+        job.sampler.accept(token)
+        chunk = job.text.push(token)
+        if chunk is not None:
+            self._emit(job, chunk)
+        if job.text.done:
+            self._finish(job, job.text.finish())
+        else:
+            job.next_token = token
+
+    def _count(self, name: str, n: int) -> None:
+        with self._cv:
+            self._stats[name] += n
+
+    def _release(self, job: Job, *, keep_cache: bool = True) -> None:
+        """Under the lock: frees the job's slot, which keeps the tokens the job evaluated for
+        prefix reuse."""
+        slot = self._slots[job.slot]
+        slot.cached = job.tokens if keep_cache else []
+        slot.job = None
+        self._clock += 1
+        slot.last_used = self._clock
+        self._active.remove(job)
+        job.finished = True
+        self._stats["finished"] += 1
+
+    def _finish(self, job: Job, last: Event, *, keep_cache: bool = True) -> None:
+        with self._cv:
+            self._release(job, keep_cache=keep_cache)
+        self._emit(job, last)
+
+    def _emit(self, job: Job, ev: Event) -> None:
+        if job.cancelled:
+            return
+        try:
+            job.on_event(ev)
+        except Exception:  # a broken consumer cancels its own job only
+            job.cancelled = True
+
+
+class ChunkStream:
+    """The chunks of one job, delivered on an asyncio event loop.
+
+    Iterate it with ``async for`` (or ``await next_chunk(timeout)``); ``close()`` cancels the job if
+    it is still running, so a client that goes away frees its sequence.
+    """
+
+    def __init__(self, engine: BatchEngine, job: Job, events: asyncio.Queue[Event]) -> None:
+        self.engine = engine
+        self.job = job
+        self._events = events
+        self._done = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> CompletionChunk:
+        if self._done:
+            raise StopAsyncIteration
+        return await self.next_chunk()
+
+    async def next_chunk(self, timeout: float | None = None) -> CompletionChunk:
+        """The next chunk; asyncio.TimeoutError after ``timeout`` seconds without one (the job
+        goes on)."""
+        if timeout is None:
+            ev = await self._events.get()
+        else:
+            ev = await asyncio.wait_for(self._events.get(), timeout)
+        if isinstance(ev, BaseException):
+            self._done = True
+            raise ev
+        if ev.finish_reason is not None:
+            self._done = True
+        return ev
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def close(self) -> None:
+        self.engine.cancel(self.job)
