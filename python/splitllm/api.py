@@ -129,7 +129,7 @@ class _Service:
             return self.engine.astream(tokens, params=params, seed=body.seed, max_tokens=max_tokens,
                                        stop=stop)
         except ValueError as e:
-            raise APIError(400, str(e)) from None
+            raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
         name = self._model_name(body.model)
@@ -268,8 +268,13 @@ def _validation_message(e: RequestValidationError) -> tuple[str, str | None]:
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
     if not loc:
         return f"request body: {err.get('msg', 'invalid')} (a JSON object is expected)", None
-    where = loc[0] + "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc[1:2])
+    # The path to the value, without pydantic's names of union members ('str', 'list[int]', ...).
+    where = loc[0] + "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc[1:]
+                             if x.isdigit() or (x.isidentifier() and x not in _TYPE_TAGS))
     return f"invalid value for '{where}': {err.get('msg', 'invalid')}", loc[0]
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "ContentPart", "StreamOptions"}
 
 
 class _APIKeyCheck:
