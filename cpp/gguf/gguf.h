@@ -4,6 +4,17 @@
 // file size and sane limits before it is used; a bad file throws sl::GGUFError whose message
 // names the file and what is wrong. Tensor data is never copied: GGUFTensor::data points into
 // the read-only mapping, which lives as long as the GGUFFile.
+//
+// What the reader accepts (beyond the plain layout):
+//   - little-endian files of version 2 or 3 (version 1 and big-endian files are refused);
+//   - keys and tensor names of at most kGGUFMaxNameLength bytes, each key and name once;
+//   - value types 0..12; BOOL bytes 0 or 1; arrays nested at most kGGUFMaxArrayDepth deep,
+//     at most kGGUFMaxArrayElements elements in all the metadata arrays together;
+//   - general.alignment, when present, a UINT32 power of two;
+//   - tensors of at most 4 dimensions, each >= 0, of a type qtype_traits() knows, with a row
+//     length that is a multiple of the block size, an element count and byte size that fit
+//     in 64 bits, an offset that is a multiple of the alignment, data inside the file, and
+//     no two tensors' bytes overlapping.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +22,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "quant/qtype.h"
@@ -33,7 +45,14 @@ enum class GGUFType : uint32_t {
     FLOAT64 = 12,
 };
 
-const char * gguf_type_name(GGUFType t);
+const char * gguf_type_name(GGUFType t);  // "UINT8", ..., "FLOAT64"; "?" if out of range
+
+constexpr uint64_t kGGUFMaxNameLength = 65535;             // bytes in a key or tensor name
+constexpr int kGGUFMaxArrayDepth = 8;                      // arrays of arrays of ...
+// Summed over all arrays. Each element is a GGUFValue (64 bytes), so this bounds the metadata's
+// memory to about 1 GiB whatever the file says; real vocabularies hold well under 1M elements.
+constexpr uint64_t kGGUFMaxArrayElements = uint64_t(1) << 24;
+constexpr int kGGUFMaxDims = 4;
 
 // One metadata value. Scalars hold their value; strings a view into the mapping; arrays their
 // element type and elements (arrays of arrays nest).
@@ -67,6 +86,7 @@ struct GGUFTensor {
     uint64_t nbytes = 0;
     const uint8_t * data = nullptr;  // into the mapping
 
+    // The reader guarantees that every product of the ne fits in int64.
     int64_t nelements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
     int64_t nrows() const { return ne[1] * ne[2] * ne[3]; }
 };
@@ -103,11 +123,15 @@ public:
     const GGUFTensor * find_tensor(std::string_view name) const;  // nullptr if absent
 
     // Releases the pages of [ptr, ptr+n) from this process's resident set (after an upload to
-    // another device). The mapping stays valid.
+    // another device). The mapping stays valid: a later read faults the pages back in from the
+    // file. Only whole pages inside the range are dropped (the partial pages at either end may
+    // hold a neighbour's bytes), except that a range reaching the end of the file includes the
+    // file's last page. Throws sl::Error if the range is not inside the mapping.
     void advise_dontneed(const void * ptr, size_t n) const;
 
 private:
     void parse();
+    void release();  // unmaps and closes
 
     std::string path_;
     int fd_ = -1;
@@ -118,6 +142,11 @@ private:
     uint64_t data_offset_ = 0;
     std::vector<GGUFKV> kvs_;
     std::vector<GGUFTensor> tensors_;
+    // Keys and names are views of the bytes in the mapping, so they stay valid as it does.
+    std::unordered_map<std::string_view, size_t> kv_index_;
+    std::unordered_map<std::string_view, size_t> tensor_index_;
+
+    friend class GGUFParser;
 };
 
 }  // namespace sl

@@ -6,7 +6,8 @@ llama-cpp-python's ``Llama``.
 
 from splitllm import _core
 from splitllm._core import CudaError, Error, GGUFError
+from splitllm.gguf_file import GGUFFile, GGUFTensorInfo
 
 __version__ = "0.1.0"
 
-__all__ = ["CudaError", "Error", "GGUFError", "__version__", "_core"]
+__all__ = ["CudaError", "Error", "GGUFError", "GGUFFile", "GGUFTensorInfo", "__version__", "_core"]
