@@ -291,6 +291,16 @@ def test_server_still_answers_after_bad_input(client, ref):
                                      temperature=0).choices[0].text == want
 
 
+def test_body_is_json_whatever_the_content_type(server, ref):
+    """``curl -d`` sends application/x-www-form-urlencoded; the body is still read as JSON."""
+    body = b'{"prompt": "Hi", "max_tokens": 1, "temperature": 0}'
+    r = httpx.post(f"{server.url}/v1/completions", content=body,
+                   headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=600)
+    assert r.status_code == 200, r.text
+    want = ref.create_completion("Hi", max_tokens=1, temperature=0)["choices"][0]["text"]
+    assert r.json()["choices"][0]["text"] == want
+
+
 # ---- clients that go away ----
 
 def long_request(engine: BatchEngine, **extra: object) -> dict:

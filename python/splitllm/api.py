@@ -5,9 +5,10 @@ Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``data: [DONE]``). Requests are tokenized and checked here, then run by the engine, which batches
 them with every other request in flight.
 
-Errors never stop the server and always have OpenAI's shape, ``{"error": {"message", "type",
-"param", "code"}}``: 400 for a malformed body, a wrong type or value (FastAPI's 422 validation
-errors are answered as 400, as OpenAI does), a prompt that does not fit the context or
+The body is read as JSON whatever its Content-Type (``curl -d`` sends a form type). Errors never
+stop the server and always have OpenAI's shape, ``{"error": {"message", "type", "param",
+"code"}}``: 400 for a malformed body, a wrong type or value (validation errors are answered as
+400, as OpenAI does, not FastAPI's 422), a prompt that does not fit the context or
 ``max_tokens`` beyond it; 401 for a missing or wrong API key (``Authorization: Bearer KEY``, on
 ``/v1/*`` only); 404 for an unknown model or path; 500 for an internal failure. A client that
 disconnects, mid-stream or while waiting for a whole response, cancels its job and frees its
@@ -22,12 +23,13 @@ import hmac
 import json
 import os
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -46,6 +48,7 @@ from splitllm.completions import (
 )
 from splitllm.engine import BatchEngine, ChunkStream, Job
 
+_Body = TypeVar("_Body", CompletionRequest, ChatRequest)
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for a whole response checks its client
 CLIENT_CLOSED = 499      # status logged for a request whose client went away (nginx's convention)
 
@@ -69,12 +72,12 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
         return svc.models()
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await svc.completion(body, request)
+    async def completions(request: Request) -> Response:
+        return await svc.completion(await _parse(request, CompletionRequest), request)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, request: Request) -> Response:
-        return await svc.chat(body, request)
+    async def chat_completions(request: Request) -> Response:
+        return await svc.chat(await _parse(request, ChatRequest), request)
 
     return app
 
@@ -232,6 +235,15 @@ async def _collect(stream: ChunkStream, request: Request) -> list[CompletionChun
     return chunks
 
 
+async def _parse(request: Request, cls: type[_Body]) -> _Body:
+    """The JSON body as ``cls``, whatever the Content-Type (``curl -d`` sends a form type)."""
+    try:
+        return cls.model_validate_json(await request.body())
+    except ValidationError as e:
+        message, param = _validation_message(e.errors())
+        raise APIError(400, message, param=param, code="invalid_value") from None
+
+
 # ---- errors ----
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -241,7 +253,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(e)
+        message, param = _validation_message(list(e.errors()))
         return JSONResponse(error_body(message, param=param, code="invalid_value"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -256,9 +268,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(f"internal error: {e}", type="server_error"), status_code=500)
 
 
-def _validation_message(e: RequestValidationError) -> tuple[str, str | None]:
+def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     """The first validation error as a sentence, and the top-level field it is about."""
-    errors = list(e.errors())
     if not errors:
         return "invalid request", None
     err = errors[0]

@@ -55,7 +55,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
               f"of {engine.slot_ctx} tokens{', API key required' if args.api_key else ''}", file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=5)
     return 0
 
 
