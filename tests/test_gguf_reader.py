@@ -583,6 +583,10 @@ CORRUPT: dict[str, tuple[Callable[[], bytes], str]] = {
         lambda: _one_tensor(c.tensor_info("t", [2**62], c.F32, 0)),
         "byte size of [4611686018427387904]",
     ),
+    "empty_tensor_stride_overflow": (  # found by the fuzzer: numpy strides of shape (0, 2**61)
+        lambda: _one_tensor(c.tensor_info("t", [2**61, 0], c.F32, 0)),
+        "byte size of [2305843009213693952, 0] F32 values overflows 64 bits",
+    ),
     "row_not_multiple_of_block": (
         lambda: _one_tensor(c.tensor_info("t", [31, 2], c.Q8_0, 0)),
         "row length 31 is not a multiple of the Q8_0 block size 32",

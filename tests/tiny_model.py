@@ -102,15 +102,17 @@ def write_gguf(model: TinyModel, path: Path, *, weight_type: str = "F32", quanti
     wr.add_layer_norm_rms_eps(cfg.rms_eps)
     wr.add_rope_dimension_count(cfg.head_dim)
     wr.add_vocab_size(cfg.n_vocab)
-    tokens = gpt2_byte_tokens()
+    merges = ["t h", "h e", "i n", "e r", "a n"]
+    tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
+    n_normal = len(tokens)
     tokens += [f"<extra_{i}>" for i in range(cfg.n_vocab - len(tokens))]
     wr.add_tokenizer_model("gpt2")
     wr.add_tokenizer_pre("default")
     wr.add_token_list(tokens)
-    wr.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * (cfg.n_vocab - 256))
-    wr.add_token_merges([])
-    wr.add_bos_token_id(256)
-    wr.add_eos_token_id(257)
+    wr.add_token_types([gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (cfg.n_vocab - n_normal))
+    wr.add_token_merges(merges)
+    wr.add_bos_token_id(n_normal)
+    wr.add_eos_token_id(n_normal + 1)
     wr.add_add_bos_token(False)
     held: dict[str, np.ndarray] = {}
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]
@@ -152,8 +154,13 @@ def rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool) -> np.ndarray:
     return out
 
 
-def reference_logits(cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
-    """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab)."""
+def reference_logits(cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *,
+                     kv_f16: bool = True) -> np.ndarray:
+    """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab).
+
+    With kv_f16 the keys (after rotation) and values are rounded to float16, as a KV cache of
+    that type stores them; everything else is float64.
+    """
     n, hd = len(tokens), cfg.head_dim
     gqa = cfg.n_head // cfg.n_head_kv
     pos = np.arange(n)
@@ -170,6 +177,9 @@ def reference_logits(cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int
         q = rope(q.reshape(n, cfg.n_head, hd), pos, cfg.rope_base, cfg.arch == "qwen2")
         k = rope(k.reshape(n, cfg.n_head_kv, hd), pos, cfg.rope_base, cfg.arch == "qwen2")
         v = v.reshape(n, cfg.n_head_kv, hd)
+        if kv_f16:
+            k = k.astype(np.float16).astype(np.float64)
+            v = v.astype(np.float16).astype(np.float64)
         att = np.empty((n, cfg.n_head, hd))
         for hh in range(cfg.n_head):
             kv = hh // gqa

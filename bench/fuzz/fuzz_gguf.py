@@ -10,11 +10,13 @@ Native feedback without clang: build _core with GCC's comparison tracing, ASan a
 
     sh bench/fuzz/build_instrumented.sh          # -> build/fuzz/_core*.so
 
-and run with the ASan runtime preloaded (libstdc++ too, so that ASan can intercept C++ throws)
-and libFuzzer's value profiling on, which turns the traced comparisons into coverage:
+and run with the ASan runtime preloaded (libstdc++ too, so that ASan can intercept C++ throws),
+sanitizer reports turned into SIGABRT (so that libFuzzer saves the input), and libFuzzer's
+value profiling on, which turns the traced comparisons into coverage:
 
     LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \\
-    ASAN_OPTIONS=detect_leaks=0 python3 bench/fuzz/fuzz_gguf.py --core build/fuzz -- \\
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=abort_on_error=1:print_stacktrace=1 \\
+    python3 bench/fuzz/fuzz_gguf.py --core build/fuzz -- \\
       -use_value_profile=1 -max_len=8192 -max_total_time=150 -print_final_stats=1
 
 Without --core the in-place build (python/splitllm/_core*.so, `make dev`) is fuzzed, blind

@@ -321,8 +321,9 @@ void GGUFParser::tensor_data() {
 
 void GGUFParser::size_tensor(GGUFTensor & t) {
     const QTypeTraits * tr = qtype_traits(t.type);
-    // Every partial product of the dimensions (nrows(), nelements()) must fit: check the
-    // product with zeros counted as ones.
+    // Every partial product of the dimensions (nrows(), nelements()) and every byte stride (a
+    // row's bytes times later dimensions) must fit in int64, empty tensors included: check them
+    // with each dimension of 0 counted as 1.
     int64_t bound = 1;
     for (int d = 0; d < t.n_dims; ++d)
         if (__builtin_mul_overflow(bound, std::max<int64_t>(t.ne[d], 1), &bound))
@@ -330,9 +331,15 @@ void GGUFParser::size_tensor(GGUFTensor & t) {
     if (t.ne[0] % tr->blck_size != 0)
         fail(strfmt("row length %" PRId64 " is not a multiple of the %s block size %" PRId64, t.ne[0], tr->name,
                     tr->blck_size));
-    uint64_t nbytes = 0;
-    if (__builtin_mul_overflow(uint64_t(t.nelements() / tr->blck_size), uint64_t(tr->type_size), &nbytes))
-        fail(strfmt("the byte size of %s %s values overflows 64 bits", dims_text(t).c_str(), tr->name));
+    int64_t byte_bound = 0;
+    bool overflow = __builtin_mul_overflow(std::max(t.ne[0], tr->blck_size) / tr->blck_size,
+                                           int64_t(tr->type_size), &byte_bound);
+    for (int d = 1; d < t.n_dims && !overflow; ++d)
+        overflow = __builtin_mul_overflow(byte_bound, std::max<int64_t>(t.ne[d], 1), &byte_bound);
+    if (overflow)
+        fail(strfmt("the byte size of %s %s values overflows 64 bits (dimensions of 0 counted as 1)",
+                    dims_text(t).c_str(), tr->name));
+    const uint64_t nbytes = uint64_t(t.nelements() / tr->blck_size) * tr->type_size;  // <= byte_bound
     if (t.offset % f_.alignment_ != 0)
         fail(strfmt("offset %" PRIu64 " is not a multiple of the alignment %" PRIu64, t.offset, f_.alignment_));
     uint64_t start = 0;

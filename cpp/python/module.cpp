@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
     sl::py::bind_quant(m);
     sl::py::bind_model(m);
     sl::py::bind_cpu(m);
+    sl::py::bind_sample(m);
 }

@@ -7,7 +7,21 @@ llama-cpp-python's ``Llama``.
 from splitllm import _core
 from splitllm._core import CudaError, Error, GGUFError
 from splitllm.gguf_file import GGUFFile, GGUFTensorInfo
+from splitllm.model import LLAMA_DEFAULT_SEED, CompletionChunk, Model
+from splitllm.sampling import SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["CudaError", "Error", "GGUFError", "GGUFFile", "GGUFTensorInfo", "__version__", "_core"]
+__all__ = [
+    "LLAMA_DEFAULT_SEED",
+    "CompletionChunk",
+    "CudaError",
+    "Error",
+    "GGUFError",
+    "GGUFFile",
+    "GGUFTensorInfo",
+    "Model",
+    "SamplingParams",
+    "__version__",
+    "_core",
+]

@@ -1,0 +1,105 @@
+// Token sampler: the chain llama-cpp-python 0.3.36 builds for create_completion, in its order:
+//
+//   logit_bias -> penalties (repeat / frequency / presence over the last repeat_last_n accepted
+//   tokens) -> top_k -> top_p -> min_p -> temperature -> seeded draw from the softmax.
+//
+//   temperature == 0: greedy argmax after logit_bias and penalties (no filters, no random draw).
+//   temperature  < 0: a draw from the softmax of all logits after logit_bias and penalties, with
+//                     no top_k / top_p / min_p and no scaling (llama.cpp's "dist only" chain).
+//
+// min_keep is 1 for every filter. Ties are broken towards the lower token id (greedy and top_k).
+// NaN logits count as -inf (never picked while any other token is possible).
+// The draw follows llama.cpp's dist sampler: std::mt19937 seeded with the seed (seeds of 2^32 and
+// more go through std::seed_seq), one double from two 32-bit outputs per sample (also when one
+// candidate is left), a scan of the candidates in llama.cpp's order. Given the same logits, a
+// seed below 2^32 picks what llama.cpp picks with that seed (up to float rounding at a boundary).
+// The settings are fixed at construction; the penalty history and the random state are the
+// Sampler's own and change through accept() / sample() / reset().
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <utility>
+#include <vector>
+
+namespace sl {
+
+struct SamplerParams {
+    float temperature = 0.8f;        // 0: greedy; < 0: unfiltered draw (see above)
+    int32_t top_k = 40;              // <= 0 or >= n_vocab: the whole vocabulary
+    float top_p = 0.95f;             // >= 1: off; keep the smallest prefix with mass >= top_p
+    float min_p = 0.05f;             // <= 0: off; keep p >= min_p * p_max
+    float repeat_penalty = 1.0f;     // > 0; divides positive logits, multiplies the others
+    int32_t repeat_last_n = 64;      // penalty window over accepted tokens; 0: penalties off
+    float frequency_penalty = 0.0f;  // logit -= count * frequency_penalty
+    float presence_penalty = 0.0f;   // logit -= presence_penalty if count > 0
+    std::vector<std::pair<int32_t, float>> logit_bias;  // (token, added to its logit)
+};
+
+class Sampler {
+public:
+    static constexpr size_t kBuckets = 256;  // top_p mass histogram (see sampler.cpp)
+
+    // Throws std::invalid_argument for n_vocab <= 0, a logit_bias token outside [0, n_vocab),
+    // a NaN or +inf bias, non-finite settings, repeat_penalty <= 0 or repeat_last_n < 0.
+    Sampler(const SamplerParams & params, int32_t n_vocab, uint64_t seed);
+
+    // Clears the penalty history and reseeds the generator.
+    void reset(uint64_t seed);
+
+    // Adds a token to the penalty history (the window keeps the last repeat_last_n).
+    // Throws std::invalid_argument for a token outside [0, n_vocab).
+    void accept(int32_t token);
+
+    // Picks the next token from logits (n_vocab floats, left untouched). Does not accept it.
+    int32_t sample(const float * logits);
+    // Same, after checking that n == n_vocab (std::invalid_argument otherwise).
+    int32_t sample(const float * logits, size_t n);
+
+    // Debug and tests: the final candidates and the probabilities the draw would use, in
+    // descending probability order (ties: lower id first). Touches neither the history nor
+    // the random state. Greedy gives the argmax with probability 1.
+    void probs(const float * logits, size_t n, std::vector<int32_t> & ids, std::vector<float> & p);
+
+    const SamplerParams & params() const { return params_; }
+    int32_t n_vocab() const { return n_vocab_; }
+
+    // A candidate token (public for the helpers in sampler.cpp).
+    struct Cand {
+        float logit;
+        int32_t id;
+    };
+
+private:
+    void check_logits(size_t n) const;
+    void apply_bias_and_penalties(const float * logits);
+    int32_t argmax() const;
+    size_t candidates();                  // runs top_k / top_p / min_p (or none for temp < 0)
+    size_t candidates_top_k();            // 0 < top_k < n_vocab
+    size_t candidates_all();              // top_k off
+    float top_p_threshold(float max_logit, double & z);
+    size_t select_top_k(size_t k);        // cand_[0, k) = the k best, sorted
+    size_t collect(float threshold);      // cand_ = every token with logit >= threshold
+    size_t top_p_cut(size_t m, float max_logit, double z) const;
+    double softmax(size_t m);             // prob_[i] = exp(logit_i / T - max / T); returns sum
+    double uniform();                     // [0, 1), the same on every platform
+
+    SamplerParams params_;
+    int32_t n_vocab_;
+    std::mt19937 rng_;             // seeded like llama.cpp's dist sampler (seeds < 2^32)
+
+    // Penalty history: the last repeat_last_n accepted tokens (a ring once full; it grows up to
+    // that size as tokens come) and the count of each token in it.
+    std::vector<int32_t> ring_;    // (<= repeat_last_n)
+    size_t ring_head_ = 0;         // oldest entry once the ring is full
+    std::vector<int32_t> count_;   // (n_vocab)
+
+    // Scratch, allocated once.
+    std::vector<float> scratch_;   // (n_vocab) logits after bias and penalties
+    std::vector<Cand> cand_;       // (n_vocab) surviving candidates
+    std::vector<float> prob_;      // (n_vocab) unnormalised probabilities of cand_
+    std::vector<double> mass_;     // (kBuckets) top_p histogram
+};
+
+}  // namespace sl

@@ -1,0 +1,219 @@
+"""Token sampling: frozen settings (:class:`SamplingParams`) and the stateful :class:`Sampler`.
+
+The chain and its defaults follow llama-cpp-python 0.3.36's ``create_completion``::
+
+    logit_bias -> penalties (repeat / frequency / presence over the last ``repeat_last_n``
+    accepted tokens) -> top_k -> top_p -> min_p -> temperature -> seeded draw
+
+``temperature == 0`` is greedy (argmax after logit_bias and penalties). ``temperature < 0`` draws
+from the softmax of all logits (after logit_bias and penalties) with no top_k / top_p / min_p
+and no scaling, as llama-cpp-python does. The settings never change; the penalty history and
+the random state belong to a :class:`Sampler`, one per generation.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from splitllm import _core
+
+__all__ = ["Sampler", "SamplingParams", "random_seed"]
+
+_U64 = 1 << 64
+
+
+def _finite(name: str, value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return x
+
+
+def _integer(name: str, value: Any) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _bias_items(logit_bias: Any) -> tuple[tuple[int, float], ...]:
+    if logit_bias is None:
+        return ()
+    items: Iterable[Any] = logit_bias.items() if isinstance(logit_bias, Mapping) else logit_bias
+    out: dict[int, float] = {}
+    for item in items:
+        try:
+            key, value = item
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias entries must be (token, bias) pairs, got {item!r}") from None
+        try:
+            token = int(key)  # JSON clients send the token ids as strings
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias key {key!r} is not a token id") from None
+        if token < 0:
+            raise ValueError(f"logit_bias key {token} is negative")
+        try:
+            bias = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias[{token}] must be a number, got {value!r}") from None
+        if math.isnan(bias) or bias == math.inf:
+            raise ValueError(f"logit_bias[{token}] must be a number or -inf, got {value!r}")
+        out[token] = out.get(token, 0.0) + bias
+    return tuple(sorted(out.items()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingParams:
+    """Sampler settings, with llama-cpp-python's names and ``create_completion`` defaults.
+
+    ``repeat_last_n`` is llama-cpp-python's ``last_n_tokens_size`` (a ``Llama`` option there).
+    ``top_k`` of 0 or -1 means the whole vocabulary; ``top_p`` of 1 and ``min_p`` of 0 turn those
+    filters off. ``logit_bias`` accepts a mapping (or pairs) from token id (int or numeric
+    string) to a bias added to that logit (-inf bans the token); it is stored as a sorted tuple of
+    ``(token, bias)`` pairs so that the settings stay hashable.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: Mapping[int, float] | Iterable[tuple[int, float]] | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty",
+                     "presence_penalty"):
+            put(name, _finite(name, getattr(self, name)))
+        put("top_k", _integer("top_k", self.top_k))
+        put("repeat_last_n", _integer("repeat_last_n", self.repeat_last_n))
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be >= -1 (0 or -1: whole vocabulary), got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repeat_penalty <= 0.0:
+            raise ValueError(f"repeat_penalty must be > 0 (1 is off), got {self.repeat_penalty}")
+        if not 0 <= self.repeat_last_n < 1 << 31:
+            raise ValueError(f"repeat_last_n must be >= 0 (0 is off), got {self.repeat_last_n}")
+        put("logit_bias", _bias_items(self.logit_bias))
+
+    @property
+    def greedy(self) -> bool:
+        """True when the next token is the argmax (``temperature == 0``)."""
+        return self.temperature == 0.0
+
+    def _to_core(self) -> Any:
+        p = _core.SamplerParams()
+        p.temperature = self.temperature
+        p.top_k = self.top_k
+        p.top_p = self.top_p
+        p.min_p = self.min_p
+        p.repeat_penalty = self.repeat_penalty
+        p.repeat_last_n = self.repeat_last_n
+        p.frequency_penalty = self.frequency_penalty
+        p.presence_penalty = self.presence_penalty
+        p.logit_bias = list(self.logit_bias)  # type: ignore[arg-type]  # normalised to pairs
+        return p
+
+
+def random_seed() -> int:
+    """A fresh 32-bit seed from ``os.urandom`` (llama.cpp's seeds are 32-bit)."""
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def _check_seed(seed: int | None) -> int:
+    if seed is None:
+        return random_seed()
+    s = _integer("seed", seed)
+    if s == -1:
+        return random_seed()
+    if not 0 <= s < _U64:
+        raise ValueError(f"seed must be in [0, 2**64) or -1/None for a random one, got {s}")
+    return s
+
+
+class Sampler:
+    """Picks tokens from logits under fixed :class:`SamplingParams`.
+
+    Holds what changes during a generation: the penalty history (fed by :meth:`accept`; the
+    sampler does not accept its own picks) and the random generator (seeded with ``seed``;
+    ``None`` or -1 draws one from ``os.urandom``, readable afterwards as :attr:`seed`). The same
+    seed, settings and sequence of logits and accepted tokens give the same tokens; with a seed
+    below 2**32 the draws are those of llama.cpp's sampler chain with that seed.
+    """
+
+    __slots__ = ("_core", "_seed", "params")
+
+    def __init__(self, params: SamplingParams, n_vocab: int, seed: int | None = None) -> None:
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        n = _integer("n_vocab", n_vocab)
+        if not 0 < n < 1 << 31:
+            raise ValueError(f"n_vocab must be positive, got {n}")
+        for token, _ in params.logit_bias:  # type: ignore[union-attr]
+            if token >= n:
+                raise ValueError(f"logit_bias token {token} is outside the vocabulary [0, {n})")
+        self.params = params
+        self._seed = _check_seed(seed)
+        self._core = _core.Sampler(params._to_core(), n, self._seed)
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._core.n_vocab)
+
+    @property
+    def seed(self) -> int:
+        """The seed in use (the random one drawn when none was given)."""
+        return self._seed
+
+    def reset(self, seed: int | None = None) -> None:
+        """Clears the penalty history and reseeds (``None`` or -1: a new random seed)."""
+        self._seed = _check_seed(seed)
+        self._core.reset(self._seed)
+
+    def accept(self, token: int) -> None:
+        """Adds ``token`` to the penalty history (the window keeps the last ``repeat_last_n``)."""
+        self._core.accept(_integer("token", token))
+
+    def accept_many(self, tokens: Iterable[int]) -> None:
+        for token in tokens:
+            self.accept(token)
+
+    def _logits(self, logits: npt.ArrayLike) -> np.ndarray:
+        a = np.asarray(logits)
+        if a.ndim != 1 or a.shape[0] != self.n_vocab:
+            raise ValueError(f"logits must have shape ({self.n_vocab},), got {a.shape}")
+        return a
+
+    def sample(self, logits: npt.ArrayLike) -> int:
+        """The next token for a ``(n_vocab,)`` array of logits (float32 is used without a copy).
+
+        Does not add the token to the penalty history: call :meth:`accept` for that.
+        """
+        return int(self._core.sample(self._logits(logits)))
+
+    def probs(self, logits: npt.ArrayLike) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+        """The final candidates and the probabilities the draw would use, most likely first.
+
+        For inspection and tests: neither the history nor the random state changes.
+        """
+        ids, p = self._core.probs(self._logits(logits))
+        return ids, p

@@ -1,0 +1,13 @@
+"""Tokenizers built from GGUF metadata, with llama.cpp's semantics.
+
+``tokenizer.ggml.model`` ``llama`` is SentencePiece BPE (run by ``sentencepiece``), ``gpt2`` is
+byte-level BPE with the pre-tokenizer named by ``tokenizer.ggml.pre`` (run by ``tokenizers``).
+"""
+
+from splitllm.tokenizer.core import StreamDecoder, Tokenizer
+from splitllm.tokenizer.errors import TokenizerError
+from splitllm.tokenizer.pretok import PRE_TOKENIZERS, PreTokenizer
+from splitllm.tokenizer.vocab import TokenAttr, Vocab, load_vocab
+
+__all__ = ["PRE_TOKENIZERS", "PreTokenizer", "StreamDecoder", "TokenAttr", "Tokenizer", "TokenizerError",
+           "Vocab", "load_vocab"]
