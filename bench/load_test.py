@@ -294,6 +294,8 @@ def main() -> int:
         f"{stats.get('max_batch_seqs', '?')} sequences in one; prompt tokens "
         f"{stats.get('prompt_tokens', '?')} of which evaluated "
         f"{stats.get('prompt_evaluated', '?')} (the rest reused from slot caches)",
+        f"- engine time over the whole run: {stats.get('busy_seconds', 0):.1f} s in steps, of which "
+        f"{stats.get('decode_seconds', 0):.1f} s in forward passes (the rest: sampling, text, scheduling)",
         "",
         f"Result: **{'PASS' if passed else 'FAIL'}**",
     ]

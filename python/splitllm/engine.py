@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class EngineStats:
     prompt_evaluated: int = 0    # of those, evaluated (the rest came from a slot's cache)
     generated_evaluated: int = 0  # generated tokens evaluated (fed back for the next one)
     max_batch_seqs: int = 0      # most sequences in one step
+    decode_seconds: float = 0.0  # time spent in forward passes (the rest of a step is Python)
+    busy_seconds: float = 0.0    # time spent in steps
 
 
 @dataclass(eq=False)
@@ -109,7 +112,7 @@ class BatchEngine:
         self._cv = threading.Condition()
         self._closed = False
         self._clock = 0
-        self._stats: dict[str, int] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
+        self._stats: dict[str, float] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
         self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
         model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
         self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
@@ -264,6 +267,7 @@ class BatchEngine:
 
     def _step(self) -> None:
         """One forward pass over the next token of every decoding job and prompt chunks of the others."""
+        start = time.perf_counter()
         toks: list[int] = []
         pos: list[int] = []
         slots: list[int] = []
@@ -286,12 +290,15 @@ class BatchEngine:
             slots += [job.slot] * len(chunk)
             want += [0] * (len(chunk) - 1) + [int(sample)]
         n_out = sum(want)
+        t0 = time.perf_counter()
         logits = self._core.decode(np.asarray(toks, dtype=np.int32), np.asarray(pos, dtype=np.int32),
                                    np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
                                    self._logits[:n_out])
+        t1 = time.perf_counter()
         with self._cv:
             self._stats["steps"] += 1
             self._stats["max_batch_seqs"] = max(self._stats["max_batch_seqs"], len(plan))
+            self._stats["decode_seconds"] += t1 - t0
         row = 0
         for job, chunk, sample in plan:
             job.tokens += chunk
@@ -303,6 +310,7 @@ class BatchEngine:
             if sample:
                 self._sample(job, logits[row])
                 row += 1
+        self._count("busy_seconds", time.perf_counter() - start)
 
     def _sample(self, job: Job, logits: np.ndarray) -> None:
         token = job.sampler.sample(logits)
@@ -315,7 +323,7 @@ class BatchEngine:
         else:
             job.next_token = token
 
-    def _count(self, name: str, n: int) -> None:
+    def _count(self, name: str, n: float) -> None:
         with self._cv:
             self._stats[name] += n
 
