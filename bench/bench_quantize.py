@@ -5,9 +5,10 @@ llama.cpp's quantizer (llama-cpp-python's llama_model_quantize) on the same matr
 
 Throughput: Q4_K and Q6_K on one size x size Gaussian float32 matrix at 1 and 2 threads, best
 of --repeats; MB/s counts float32 input bytes; "CPU s" is the process CPU time of that call
-(all threads): with two free cores, 2-thread wall time is about half of it. llama.cpp's figure
-is the wall time of llama_model_quantize on a one-tensor F32 GGUF, so it includes reading and
-writing the file (from the page cache).
+(all threads): with two free cores, 2-thread wall time is about half of it, and "MB per CPU s"
+is the throughput per busy core, which other load on the machine disturbs less than wall time.
+llama.cpp's figures are those of llama_model_quantize on a one-tensor F32 GGUF, so they
+include reading and writing the file (from the page cache).
 
 Error: --tensors Gaussian size x size matrices in an F32 GGUF, quantized by llama.cpp ("pure":
 every tensor to the base type) and by splitllm to Q2_K..Q6_K; both dequantized with gguf-py
@@ -23,6 +24,7 @@ import datetime
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +57,21 @@ def machine() -> str:
     return f"{cpu}, {_core.hardware_threads()} hardware threads{load}"
 
 
+def commit() -> str:
+    """The checkout's commit (the one compiled into _core when git is not available)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(_core.commit)
+
+
 def write_f32_gguf(path: Path, mats: list[np.ndarray]) -> None:
     """An F32 GGUF with just enough llama metadata for llama_model_quantize; the tensors are
     named like FFN weights so that nothing special-cases them."""
@@ -73,18 +90,18 @@ def write_f32_gguf(path: Path, mats: list[np.ndarray]) -> None:
     w.close()
 
 
-def llama_quantize(llama_cpp, src: Path, dst: Path, qtype: str, n_threads: int) -> float:
-    """llama.cpp quantizes src to dst (every tensor to qtype); returns the wall time."""
+def llama_quantize(llama_cpp, src: Path, dst: Path, qtype: str, n_threads: int) -> tuple[float, float]:
+    """llama.cpp quantizes src to dst (every tensor to qtype); returns wall and CPU time."""
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_FTYPE[qtype])
     params.pure = True
     params.nthread = n_threads
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({qtype}) failed with {rc}")
-    return dt
+    return dt, cpu
 
 
 def cpu_seconds() -> float:
@@ -104,8 +121,9 @@ def best_time(fn, repeats: int) -> tuple[float, float]:
 
 def throughput(x: np.ndarray, llama_cpp, tmp: Path, repeats: int) -> list[str]:
     rows = [
-        "| type | threads | splitllm s | CPU s | MB/s | rows/s | llama.cpp s (with file I/O) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| type | threads | splitllm wall s | CPU s | MB/s (wall) | rows/s (wall) | MB per CPU s |"
+        " llama.cpp wall s | llama.cpp CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     src = tmp / "one.gguf"
     if llama_cpp is not None:
@@ -113,12 +131,16 @@ def throughput(x: np.ndarray, llama_cpp, tmp: Path, repeats: int) -> list[str]:
     for qtype in ("Q4_K", "Q6_K"):
         for n in (1, 2):
             dt, cpu = best_time(lambda q=qtype, n=n: quants.quantize(x, q, n_threads=n), repeats)
-            theirs = "n/a"
+            theirs = ["n/a", "n/a"]
             if llama_cpp is not None:
                 dst = tmp / "one_q.gguf"
-                theirs = f"{min(llama_quantize(llama_cpp, src, dst, qtype, n) for _ in range(repeats)):.3f}"
+                best = min(llama_quantize(llama_cpp, src, dst, qtype, n) for _ in range(repeats))
+                theirs = [f"{best[0]:.3f}", f"{best[1]:.3f}"]
             mbs, rps = x.nbytes / dt / 1e6, x.shape[0] / dt
-            rows.append(f"| {qtype} | {n} | {dt:.3f} | {cpu:.3f} | {mbs:.1f} | {rps:.0f} | {theirs} |")
+            per_cpu = x.nbytes / cpu / 1e6 if cpu > 0 else float("nan")
+            cells = [qtype, n, f"{dt:.3f}", f"{cpu:.3f}", f"{mbs:.1f}", f"{rps:.0f}", f"{per_cpu:.1f}"]
+            cells += theirs
+            rows.append("| " + " | ".join(map(str, cells)) + " |")
             print(rows[-1], flush=True)
     return rows
 
@@ -183,9 +205,14 @@ def main() -> int:
         "# Quantizer benchmark",
         "",
         f"- machine: {machine()}",
-        f"- splitllm commit {_core.commit}, {datetime.date.today().isoformat()}",
+        f"- splitllm commit {commit()}, {datetime.date.today().isoformat()}",
+        f"- llama.cpp: llama-cpp-python {getattr(llama_cpp, '__version__', 'not installed')}",
         f"- command: `python3 bench/bench_quantize.py --size {args.size} --tensors {args.tensors}"
         f" --repeats {args.repeats}`",
+        "",
+        "CPU s is process CPU time (all threads); MB per CPU s is the throughput per busy core,",
+        "which other load on a shared machine disturbs less than wall time. llama.cpp's times",
+        "include reading the F32 GGUF (page cache) and writing the output file.",
         "",
     ]
     with tempfile.TemporaryDirectory() as d:

@@ -54,11 +54,25 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tup
     return raw, np.float64(values)
 
 
+def act_codes(acts: np.ndarray, k: int) -> np.ndarray:
+    """int8 codes of Q8 activation rows, (n, k // 32, 32), from their stored order: per 4 blocks
+    of 32, the 4 blocks' values 0..15, then their values 16..31; k is padded to 128."""
+    kp = (k + 127) // 128 * 128
+    qs = acts[:, :kp].view(np.int8).astype(np.int64).reshape(len(acts), kp // 128, 2, 4, 16)
+    return qs.transpose(0, 1, 3, 2, 4).reshape(len(acts), kp // 32, 32)[:, : k // 32]
+
+
+def act_floats(acts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale, block sum and half-block sum arrays of Q8 activation rows."""
+    kp = (k + 127) // 128 * 128
+    f = acts[:, kp : kp + kp // 32 * 16].copy().view(np.float32)
+    return f[:, : k // 32], f[:, kp // 32 : kp // 32 + k // 32], f[:, kp // 16 : kp // 16 + k // 16]
+
+
 def decode_acts(acts: np.ndarray, k: int) -> np.ndarray:
-    """Float values of Q8 activation rows: int8 codes, then one float scale per 32."""
-    qs = acts[:, :k].view(np.int8).astype(np.float64)
-    d = acts[:, k : k + k // 32 * 4].copy().view(np.float32).astype(np.float64)
-    return (qs.reshape(len(acts), -1, 32) * d[:, :, None]).reshape(len(acts), k)
+    """Float values of Q8 activation rows."""
+    d = act_floats(acts, k)[0]
+    return (act_codes(acts, k) * np.float64(d)[:, :, None]).reshape(len(acts), k)
 
 
 def test_features() -> None:
@@ -89,9 +103,9 @@ def test_quantize_acts(isa: str) -> None:
     x[1, :32] = 0.0  # an all-zero block
     x[2, 40] = 1e4  # an outlier block
     acts = _core.cpu_quantize_acts(int(T.Q4_0), x, isa=isa)
-    qs = acts[:, :k].view(np.int8).astype(np.int64).reshape(5, -1, 32)
-    floats = acts[:, k : k + k // 32 * 16].copy().view(np.float32)
-    d, s, s16 = floats[:, : k // 32], floats[:, k // 32 : k // 16], floats[:, k // 16 :]
+    assert acts.shape[1] == _core.cpu_act_row_bytes(int(T.Q4_0), k)
+    qs = act_codes(acts, k)
+    d, s, s16 = act_floats(acts, k)
     xb = np.float64(x).reshape(5, -1, 32)
     np.testing.assert_allclose(d, np.abs(xb).max(axis=2) / 127, rtol=1e-6)
     assert np.all(np.abs(xb - qs * np.float64(d)[:, :, None]) <= np.float64(d)[:, :, None] * 0.5 * (1 + 1e-5))

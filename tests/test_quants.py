@@ -5,6 +5,7 @@ limits (tests/test-quantize-fns.cpp), and llama.cpp's own quantizer via llama-cp
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import zlib
 
 import gguf
@@ -253,7 +254,52 @@ def test_non_finite_input_to_block_types_raises(qtype: str) -> None:
         quants.quantize(x, qtype)
 
 
-# ---- llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize) -------------------
+# ---- llama.cpp's own quantizer: recorded output ----------------------------------------------
+
+# SHA-256 of llama.cpp's quantization of golden_input() (llama-cpp-python 0.3.36,
+# llama_model_quantize of an F32 GGUF, "pure", no importance matrix). Recorded from llama.cpp's
+# output file, not from splitllm, so that this comparison runs without llama-cpp-python.
+LLAMA_CPP_SHA256 = {
+    "Q4_0": "068f965b0a7241c5aa7ccac77a419a376b6a26065e35922e68f31cdc058c881e",
+    "Q4_1": "02027ef87681601dd7ab2a1b0355a43ddbb7bfb059646de727c1e78e42ab6911",
+    "Q5_0": "6475d379e1b07a820bdc2ea7d13e4f5f67c3f8d4d00d197e9f7ac1aef16cdb2e",
+    "Q5_1": "067c7191e8f024ee382f323ee775ce000f877a53a69051b02db9e5c06873b1c2",
+    "Q8_0": "b80df32c33279352e7965f9ef8411b91f498c360a9ab30998ccac12a8ac3aabc",
+    "Q2_K": "63fe48496846e2a30c5aa1b30ed0c34826c35ac1d3d4a17229c779412558a9f4",
+    "Q3_K": "55124c23e44913ebe243768599b2a1a2263b7212fd377b9406074e66d9482032",
+    "Q4_K": "550d66ffe30a849a961ee32d6d6b20a07e46a0c258bf8378f416687a40dc9266",
+    "Q5_K": "7786ee53cf3668a3d5980c07670343a9a7cbaf19bb93a9a01a13ee9fd8c382bc",
+    "Q6_K": "cf587129dd8dae295c14b830c7e6b6296e6c1cb9d15913045c730952705798a0",
+}
+
+
+def golden_input(rows: int = 256, cols: int = 1024) -> np.ndarray:
+    """Bit-reproducible test matrix without a random generator: integer hashes (splitmix64
+    finalizer), a sum of three 20-bit uniforms (roughly Gaussian) times a power of two that
+    changes every 32 values (2^-28 .. 2^-16 steps); row 1 all zero, row 2 constant -0.75."""
+    i = np.arange(rows * cols, dtype=np.uint64)
+
+    def mix(k: int) -> np.ndarray:
+        z = i * np.uint64(0x9E3779B97F4A7C15) + np.uint64((k * 0xBF58476D1CE4E5B9) % 2**64)
+        z = (z ^ (z >> np.uint64(31))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(29))
+
+    tri = sum((mix(k) >> np.uint64(44)).astype(np.int64) for k in (1, 2, 3))
+    block = (np.arange(rows * cols) // 32).astype(np.uint64)
+    kexp = ((block * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(60)).astype(np.int64) % 13 - 6
+    x = np.ldexp((tri - 3 * 2**19).astype(np.float64), kexp - 22).astype(np.float32).reshape(rows, cols)
+    x[1] = 0.0
+    x[2] = -0.75
+    return x
+
+
+@pytest.mark.parametrize("qtype", list(LLAMA_CPP_SHA256))
+def test_quantize_matches_recorded_llama_cpp_output(qtype: str) -> None:
+    ours = quants.quantize(golden_input(), qtype)
+    assert hashlib.sha256(ours.tobytes()).hexdigest() == LLAMA_CPP_SHA256[qtype]
+
+
+# ---- llama.cpp's own quantizer, live (llama-cpp-python's llama_model_quantize) -------------
 
 LLAMA_FTYPES = {
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
@@ -318,3 +364,14 @@ def test_quantize_matches_llama_cpp(llama_cpp_quantized, qtype: str) -> None:
         # ggml's reference quantizer step for step: the same bytes (a build of llama.cpp that
         # fuses multiply-adds could differ in rare last-bit ties).
         assert np.array_equal(ours, theirs)
+
+
+def test_real_model_tensors_match_gguf(smollm2_path) -> None:
+    """Every tensor type of a real GGUF file (SmolLM2-135M Q4_1: Q4_1, Q8_0, F32), as stored."""
+    reader = gguf.GGUFReader(str(smollm2_path))
+    tensors = [t for t in reader.tensors if t.name.startswith(("blk.0.", "blk.29.", "token_embd"))]
+    assert {t.tensor_type.name for t in tensors} == {"Q4_1", "Q8_0", "F32"}
+    for t in tensors:
+        ours = quants.dequantize(t.data, t.tensor_type)
+        ref = gguf.quants.dequantize(t.data, t.tensor_type)
+        assert np.array_equal(bits(ours), bits(ref)), t.name

@@ -15,6 +15,16 @@ namespace sl {
 namespace {
 // How long an idle worker spins before sleeping.
 constexpr auto kSpin = std::chrono::microseconds(300);
+
+// Spin-wait step: pause, and every few thousand spins give the core away, so that a thread we
+// wait for but the OS has descheduled (more busy threads than cores) gets to run.
+inline void spin_pause(int & spins) {
+    SL_PAUSE();
+    if (++spins >= 4096) {
+        spins = 0;
+        std::this_thread::yield();
+    }
+}
 }  // namespace
 
 int hardware_threads() {
@@ -61,7 +71,8 @@ void ThreadPool::run_impl(Task task, void * ctx) {
     }
     cv_.notify_all();
     task(ctx, 0, n_);
-    while (pending_.load(std::memory_order_acquire) != 0) SL_PAUSE();
+    int spins = 0;
+    while (pending_.load(std::memory_order_acquire) != 0) spin_pause(spins);
 }
 
 void ThreadPool::worker(int ith) {
@@ -97,7 +108,8 @@ void ThreadPool::barrier() {
         bar_count_.store(0, std::memory_order_relaxed);
         bar_sense_.store(sense ^ 1, std::memory_order_release);
     } else {
-        while (bar_sense_.load(std::memory_order_acquire) == sense) SL_PAUSE();
+        int spins = 0;
+        while (bar_sense_.load(std::memory_order_acquire) == sense) spin_pause(spins);
     }
 }
 

@@ -12,19 +12,31 @@ namespace sl::cpu::impl {
 
 inline size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
+// Unit of 64-byte aligned scratch buffers (std::vector<Line64>).
+struct alignas(64) Line64 {
+    uint8_t b[64];
+};
+
 // Quantized activations, one row per token, used with every block-quantized weight type
-// (legacy and k-quants alike, so one conversion serves all the matmuls that read an input):
-//   int8  qs[K]       codes; x[i] ~= d[i / 32] * qs[i]
-//   float d[K / 32]   block scale = max|x| / 127 over the 32 values
-//   float s[K / 32]   d * (sum of the block's codes)          (offsets and mins, 32-groups)
-//   float s16[K / 16] d * (sum of each 16 codes of the block)  (offsets and mins, 16-groups)
+// (legacy and k-quants alike, so one conversion serves all the matmuls that read an input).
+// K is padded with zeros to Kp = a multiple of 128 (4 blocks of 32):
+//   int8  qs[Kp]       codes; x[i] ~= d[i / 32] * code. The codes of each 4 blocks (128 values)
+//                      are stored as the 4 blocks' values 0..15, then the 4 blocks' values
+//                      16..31: the order in which a 16-byte load of 4-bit weights unpacks, so
+//                      that 4 legacy blocks are dotted with two 64-byte vpdpbusd.
+//   float d[Kp / 32]   block scale = max|x| / 127 over the 32 values
+//   float s[Kp / 32]   d * (sum of the block's codes)          (offsets and mins, 32-groups)
+//   float s16[Kp / 16] d * (sum of each 16 codes of the block)  (offsets and mins, 16-groups)
 // The row is padded to 64 bytes.
 struct ActQ8 {
-    static size_t row_bytes(int64_t K) { return round_up(size_t(K) + size_t(K / 32) * 8 + size_t(K / 16) * 4, 64); }
+    static int64_t padded(int64_t K) { return (K + 127) / 128 * 128; }
+    static size_t row_bytes(int64_t K) { return round_up(size_t(padded(K)) * 3 / 2, 64); }
+    // Byte of value i (0..31) of block b within qs.
+    static int64_t pos(int64_t b, int i) { return 128 * (b >> 2) + 64 * (i >> 4) + 16 * (b & 3) + (i & 15); }
     static const int8_t * qs(const uint8_t * row) { return reinterpret_cast<const int8_t *>(row); }
-    static const float * d(const uint8_t * row, int64_t K) { return reinterpret_cast<const float *>(row + K); }
-    static const float * s(const uint8_t * row, int64_t K) { return d(row, K) + K / 32; }
-    static const float * s16(const uint8_t * row, int64_t K) { return d(row, K) + K / 16; }
+    static const float * d(const uint8_t * row, int64_t K) { return reinterpret_cast<const float *>(row + padded(K)); }
+    static const float * s(const uint8_t * row, int64_t K) { return d(row, K) + padded(K) / 32; }
+    static const float * s16(const uint8_t * row, int64_t K) { return d(row, K) + padded(K) / 16; }
 };
 
 // Float activations (F32, F16 and BF16 weights): the float row, padded to 64 bytes.
@@ -34,7 +46,7 @@ inline size_t act_f32_row_bytes(int64_t K) { return round_up(size_t(K) * 4, 64);
 // y[t * ldy + r] = dot(W[r], acts[t]).
 typedef void (*GemmFn)(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts,
                        size_t lda, int64_t n_tok, float * y, int64_t ldy);
-// One row of K floats (K a multiple of 32) to the ActQ8 layout.
+// One row of K floats (K a multiple of 32) to the ActQ8 layout, padding included.
 typedef void (*QuantizeFn)(const float * x, int64_t K, uint8_t * row);
 typedef void (*ScoresFn)(const float * q, int64_t ldq, int64_t n_q, const uint8_t * Kc, size_t ldk,
                          int64_t n_kv, int64_t head_dim, float scale, float * scores, int64_t lds);
@@ -68,7 +80,5 @@ void fill_scalar_attention(KernelTable & t);
 typedef void (*UnpackFn)(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg);
 UnpackFn scalar_unpack(QType wt);
 
-// Reference Q8 activation quantizer for one block of 32 (shared so SIMD files can finish tails).
-void quantize_q8_block(const float * x, int8_t * qs, float * d, float * s, float * s16);
 
 }  // namespace sl::cpu::impl

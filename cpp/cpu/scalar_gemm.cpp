@@ -8,31 +8,31 @@
 
 namespace sl::cpu::impl {
 
-void quantize_q8_block(const float * x, int8_t * qs, float * d, float * s, float * s16) {
-    float amax = 0.0f;
-    for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[j]));
-    const float dd = amax / 127.0f;
-    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    int sum[2] = {0, 0};
-    for (int j = 0; j < 32; ++j) {
-        // Round to nearest even, as the SIMD conversions do.
-        const int q = int(std::nearbyint(x[j] * id));
-        qs[j] = int8_t(q);
-        sum[j >> 4] += q;
-    }
-    *d = dd;
-    *s = dd * float(sum[0] + sum[1]);
-    s16[0] = dd * float(sum[0]);
-    s16[1] = dd * float(sum[1]);
-}
-
 namespace {
 
 void quantize_q8_row(const float * x, int64_t K, uint8_t * row) {
+    const int64_t Kp = ActQ8::padded(K), nbp = Kp / 32;
     int8_t * qs = reinterpret_cast<int8_t *>(row);
-    float * d = reinterpret_cast<float *>(row + K);
-    for (int64_t b = 0; b < K / 32; ++b)
-        quantize_q8_block(x + 32 * b, qs + 32 * b, d + b, d + K / 32 + b, d + K / 16 + 2 * b);
+    float * d = reinterpret_cast<float *>(row + Kp);
+    for (int64_t b = 0; b < nbp; ++b) {
+        const float * xb = x + 32 * b;
+        float amax = 0.0f;
+        if (32 * b < K)
+            for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+        const float dd = amax / 127.0f;
+        const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        int sum[2] = {0, 0};
+        for (int j = 0; j < 32; ++j) {
+            // Round to nearest even, as the SIMD conversions do.
+            const int q = 32 * b < K ? int(std::nearbyint(xb[j] * id)) : 0;
+            qs[ActQ8::pos(b, j)] = int8_t(q);
+            sum[j >> 4] += q;
+        }
+        d[b] = dd;
+        d[nbp + b] = dd * float(sum[0] + sum[1]);
+        d[2 * nbp + 2 * b] = dd * float(sum[0]);
+        d[2 * nbp + 2 * b + 1] = dd * float(sum[1]);
+    }
 }
 
 // Generic quantized gemm: unpack a weight row once, dot it with every token.
@@ -55,7 +55,8 @@ void gemm_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
             float acc = 0.0f;
             for (int64_t g = 0; g < K / 16; ++g) {
                 int32_t isum = 0;
-                for (int j = 0; j < 16; ++j) isum += int32_t(codes[g * 16 + j]) * int32_t(qs[g * 16 + j]);
+                for (int j = 0; j < 16; ++j)
+                    isum += int32_t(codes[g * 16 + j]) * int32_t(qs[ActQ8::pos(g / 2, 16 * (g & 1) + j)]);
                 acc += dg[g] * (da[g / 2] * float(isum)) + mg[g] * s16[g];
             }
             y[t * ldy + r] = acc;

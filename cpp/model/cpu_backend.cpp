@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/vecmath.h"
 #include "cpu/matmul.h"
 #include "model/config.h"
 
@@ -221,7 +222,7 @@ void CpuBackend::swiglu(const WeightRef & gate, const WeightRef & up, const floa
                 float * dst = act + int64_t(t) * n_ff + r0;
                 const float * gt = g + int64_t(t) * nr;
                 const float * ut = u + int64_t(t) * nr;
-                for (int64_t r = 0; r < nr; ++r) dst[r] = gt[r] / (1.0f + std::exp(-gt[r])) * ut[r];
+                vec::silu_mul(gt, ut, dst, size_t(nr));
             }
         }
     });
@@ -335,11 +336,8 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
             for (int i = 0; i < nq; ++i) {
                 float * row = S + size_t(i) * n_kv;
                 const int seen = pos_[t0 + i / gqa] + 1;
-                float mx = -INFINITY;
-                for (int j = 0; j < seen; ++j) mx = std::max(mx, row[j]);
-                float sum = 0;
-                for (int j = 0; j < seen; ++j) sum += (row[j] = std::exp(row[j] - mx));
-                const float inv = 1.0f / sum;
+                const float mx = vec::max_value(row, size_t(seen));
+                const float inv = float(1.0 / vec::sum_exp(row, row, size_t(seen), mx, 1.0f));
                 for (int j = 0; j < seen; ++j) row[j] *= inv;
                 for (int j = seen; j < n_kv; ++j) row[j] = 0;
             }

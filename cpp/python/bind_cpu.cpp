@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "cpu/kernel_bench.h"
 #include "cpu/matmul.h"
 #include "python/bind.h"
 
@@ -137,6 +138,28 @@ U8 store_kv(int kt_id, const F32 & x, const std::optional<std::string> & isa_nam
     return out;
 }
 
+pyb::tuple time_gemm(int wt_id, const U8 & W, int64_t n_tok, const std::optional<std::string> & isa_name,
+                     int threads, int copies, double min_seconds, int reps) {
+    need_2d(W, "W");
+    const QType wt = to_qtype(wt_id);
+    const cpu::Isa isa = to_isa(isa_name);
+    const int64_t K = row_values(wt, W.shape(1), "W");
+    cpu::GemmTiming t;
+    {
+        pyb::gil_scoped_release nogil;
+        t = cpu::time_gemm(isa, wt, W.data(), W.shape(0), K, n_tok, threads, copies, min_seconds, reps);
+    }
+    return pyb::make_tuple(t.seconds, t.quant_seconds);
+}
+
+double time_attention(int kt_id, int64_t n_q, int64_t n_kv, int64_t head_dim,
+                      const std::optional<std::string> & isa_name, double min_seconds, int reps) {
+    const QType kt = to_qtype(kt_id);
+    const cpu::Isa isa = to_isa(isa_name);
+    pyb::gil_scoped_release nogil;
+    return cpu::time_attention(isa, kt, n_q, n_kv, head_dim, min_seconds, reps);
+}
+
 }  // namespace
 
 void bind_cpu(pyb::module_ & m) {
@@ -169,6 +192,13 @@ void bind_cpu(pyb::module_ & m) {
           "out + w (n_q, n_kv) @ cache rows: (n_q, head_dim).");
     m.def("cpu_store_kv", &store_kv, pyb::arg("qtype"), pyb::arg("x"), pyb::kw_only(), pyb::arg("isa") = pyb::none(),
           "Float rows (n, head_dim) to KV-cache rows: uint8 (n, row bytes).");
+    m.def("cpu_time_gemm", &time_gemm, pyb::arg("qtype"), pyb::arg("w"), pyb::arg("n_tok"), pyb::kw_only(),
+          pyb::arg("isa") = pyb::none(), pyb::arg("threads") = 1, pyb::arg("copies") = 1,
+          pyb::arg("min_seconds") = 0.1, pyb::arg("reps") = 3,
+          "Best (gemm seconds, activation conversion seconds) for the weight rows and n_tok random tokens.");
+    m.def("cpu_time_attention", &time_attention, pyb::arg("qtype"), pyb::arg("n_q"), pyb::arg("n_kv"),
+          pyb::arg("head_dim"), pyb::kw_only(), pyb::arg("isa") = pyb::none(), pyb::arg("min_seconds") = 0.1,
+          pyb::arg("reps") = 3, "Best seconds of attn_scores + attn_values over one KV head.");
 }
 
 }  // namespace sl::py

@@ -30,16 +30,18 @@ void pack_2bit(const uint8_t * L, uint8_t * qs) {
 // weights sqrt(mean x^2) + |x|; the pairs stored as 6-bit multiples of d and dmin.
 void quantize_scale_min_block(const float * x, int nmax, float rmin, int nstep, uint8_t * L, uint8_t * packed,
                               fp16_t * d_out, fp16_t * dmin_out) {
-    float scales[8], mins[8], weights[32];
-    uint8_t Laux[32];
-    float max_scale = 0.0f, max_min = 0.0f;
+    static_assert(kq::kGroups == 8, "one search call per Q4_K / Q5_K super-block");
+    float scales[8], mins[8], weights[QK_K];
     for (int j = 0; j < 8; ++j) {
         const float * xs = x + 32 * j;
         float sum_x2 = 0.0f;
         for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
         const float av_x = std::sqrt(sum_x2 / 32.0f);
-        for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
-        scales[j] = kq::make_qkx2_quants(32, nmax, xs, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, false);
+        for (int l = 0; l < 32; ++l) weights[32 * j + l] = av_x + std::fabs(xs[l]);
+    }
+    kq::make_qkx2_quants_x8(32, nmax, x, weights, L, scales, mins, rmin, 0.1f, nstep, false);
+    float max_scale = 0.0f, max_min = 0.0f;
+    for (int j = 0; j < 8; ++j) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -79,7 +81,7 @@ float quantize_scales_4bit(const float * v, int n, int shift, uint8_t * out) {
         if (v[j] > max) max = v[j];
     if (!(max > 0.0f)) return 0.0f;
     const float iscale = 15.0f / max;
-    for (int j = 0; j < n; ++j) out[j] |= uint8_t(nearest_int(iscale * v[j]) << shift);
+    for (int j = 0; j < n; ++j) out[j] |= uint8_t(unsigned(nearest_int(iscale * v[j])) << shift);
     return max / 15.0f;
 }
 
@@ -87,14 +89,14 @@ float quantize_scales_4bit(const float * v, int n, int shift, uint8_t * out) {
 
 void quantize_row_q2_K(const float * x, void * y, int64_t n) {
     block_q2_K * b = static_cast<block_q2_K *>(y);
-    uint8_t L[QK_K], Laux[16];
-    float weights[16], scales[16], mins[16];
+    uint8_t L[QK_K];
+    float weights[QK_K], scales[16], mins[16];
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
         // Sub-blocks of 16: scale and min by mean absolute error, weights |x|.
-        for (int j = 0; j < 16; ++j) {
-            for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
-            scales[j] = kq::make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15,
-                                             true);
+        for (int j = 0; j < QK_K; ++j) weights[j] = std::fabs(x[j]);
+        for (int h = 0; h < 16; h += kq::kGroups) {
+            kq::make_qkx2_quants_x8(16, 3, x + 16 * h, weights + 16 * h, L + 16 * h, scales + h, mins + h, -0.5f, 0.1f,
+                                    15, true);
         }
         std::memset(b[i].scales, 0, sizeof b[i].scales);
         b[i].d = fp32_to_fp16(quantize_scales_4bit(scales, 16, 0, b[i].scales));
@@ -206,9 +208,9 @@ void quantize_row_q6_K(const float * x, void * y, int64_t n) {
     int8_t L[QK_K];
     float scales[16];
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        for (int h = 0; h < 16; h += kq::kGroups) kq::make_qx_quants_x8(16, 32, x + 16 * h, L + 16 * h, scales + h);
         float max_scale = 0.0f, max_abs = 0.0f;
         for (int j = 0; j < 16; ++j) {
-            scales[j] = kq::make_qx_quants(16, 32, x + 16 * j, L + 16 * j);
             if (std::fabs(scales[j]) > max_abs) {
                 max_abs = std::fabs(scales[j]);
                 max_scale = scales[j];

@@ -6,67 +6,106 @@ namespace sl::kq {
 
 namespace {
 
+constexpr int N = kMaxGroupSize;
 constexpr float kGroupMaxEps = 1e-15f;
 
-// The value of largest magnitude (the first one on ties) and that magnitude.
-inline float signed_absmax(int n, const float * x, float * amax_out) {
-    float amax = 0.0f, max = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        const float ax = std::fabs(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    *amax_out = amax;
-    return max;
+// One lane per group, kLanes groups per vector. GCC/Clang vector extensions: element-wise IEEE
+// operations (the same as the scalar ones, lane by lane), compiled to the target's SIMD (one
+// SSE2 register on the x86-64 baseline). Comparisons give -1/0 masks; `m ? a : b` selects.
+constexpr int kLanes = 4;
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+static_assert(kGroups % kLanes == 0, "whole vectors of groups");
+
+inline vf splat(float v) { return vf{} + v; }
+inline vi splat_i(int v) { return vi{} + v; }
+inline vf to_float(vi v) { return __builtin_convertvector(v, vf); }
+
+inline vi vnearest(vf v) {
+    const vf shifted = v + 12582912.0f;
+    vi bits;
+    std::memcpy(&bits, &shifted, sizeof bits);
+    return (bits & 0x007fffff) - 0x00400000;
 }
 
-// Codes for one trial inverse scale of make_qx_quants, with the weighted sums
-// sum(w x l) and sum(w l^2) (w = x^2). Writes the codes (offset by nmax) only if L is given.
-inline void qx_trial(int n, int nmax, const float * x, float iscale, int8_t * L, float * sumlx_out,
-                     float * suml2_out) {
-    float sumlx = 0.0f, suml2 = 0.0f;
+inline vi vclamp(vi v, int lo, int hi) {
+    v = v < lo ? splat_i(lo) : v;
+    return v > hi ? splat_i(hi) : v;
+}
+
+inline vf vabs(vf v) {
+    vi bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    bits &= 0x7fffffff;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+// Transposes kLanes groups of n values: out[i][g] = x[g * n + i].
+void transpose_in(int n, const float * x, vf * out) {
+    for (int g = 0; g < kLanes; ++g)
+        for (int i = 0; i < n; ++i) out[i][g] = x[g * n + i];
+}
+
+// ---- make_qx_quants ------------------------------------------------------------------------
+
+// Codes for the trial inverse scales, with sum(w x l) and sum(w l^2) (w = x^2).
+void qx_trial(int n, int nmax, const vf * x, vf iscale, vi * L, vf * sumlx_out, vf * suml2_out) {
+    vf sumlx = {}, suml2 = {};
     for (int i = 0; i < n; ++i) {
-        const int l = clamp_int(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-        if (L) L[i] = int8_t(l + nmax);
-        const float w = x[i] * x[i];
-        sumlx += w * x[i] * float(l);
-        suml2 += w * float(l) * float(l);
+        const vi l = vclamp(vnearest(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = l;
+        const vf w = x[i] * x[i];
+        const vf fl = to_float(l);
+        sumlx += w * x[i] * fl;
+        suml2 += w * fl * fl;
     }
     *sumlx_out = sumlx;
     *suml2_out = suml2;
 }
 
-}  // namespace
-
-float make_qx_quants(int n, int nmax, const float * x, int8_t * L) {
-    float amax;
-    const float max = signed_absmax(n, x, &amax);
-    if (amax < kGroupMaxEps) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.0f;
+void qx_quants_lanes(int n, int nmax, const float * xin, int8_t * Lout, float * scales) {
+    vf x[N];
+    transpose_in(n, xin, x);
+    vf max = {}, amax = {};
+    for (int i = 0; i < n; ++i) {
+        const vf ax = vabs(x[i]);
+        const vi larger = ax > amax;
+        amax = larger ? ax : amax;
+        max = larger ? x[i] : max;
     }
-    float sumlx, suml2;
-    qx_trial(n, nmax, x, float(-nmax) / max, L, &sumlx, &suml2);
-    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
+    vi L[N], trial[N];
+    vf sumlx, suml2;
+    qx_trial(n, nmax, x, splat(float(-nmax)) / max, L, &sumlx, &suml2);
+    vf scale = suml2 != 0.0f ? sumlx / suml2 : splat(0.0f);
+    vf best = scale * sumlx;
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
-        const float iscale = -(float(nmax) + 0.1f * float(is)) / max;
-        qx_trial(n, nmax, x, iscale, nullptr, &sumlx, &suml2);
-        if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
-            qx_trial(n, nmax, x, iscale, L, &sumlx, &suml2);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
+        const vf iscale = splat(-(float(nmax) + 0.1f * float(is))) / max;
+        qx_trial(n, nmax, x, iscale, trial, &sumlx, &suml2);
+        const vi take = (suml2 > 0.0f) & (sumlx * sumlx > best * suml2);
+        const vf s = sumlx / suml2;
+        scale = take ? s : scale;
+        best = take ? s * sumlx : best;
+        for (int i = 0; i < n; ++i) L[i] = take ? trial[i] : L[i];
     }
-    return scale;
+    for (int g = 0; g < kLanes; ++g) {
+        const bool zero = amax[g] < kGroupMaxEps;
+        scales[g] = zero ? 0.0f : scale[g];
+        for (int i = 0; i < n; ++i) Lout[g * n + i] = int8_t(zero ? 0 : L[i][g] + nmax);
+    }
 }
 
+}  // namespace
+
 float make_q3_quants(int n, int nmax, const float * x, int8_t * L) {
-    float amax;
-    const float max = signed_absmax(n, x, &amax);
+    float max = 0.0f, amax = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        if (std::fabs(x[i]) > amax) {
+            amax = std::fabs(x[i]);
+            max = x[i];
+        }
+    }
     if (amax < kGroupMaxEps) {
         for (int i = 0; i < n; ++i) L[i] = 0;
         return 0.0f;
@@ -106,77 +145,114 @@ float make_q3_quants(int n, int nmax, const float * x, int8_t * L) {
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
+// ---- make_qkx2_quants ----------------------------------------------------------------------
+
 namespace {
 
-// Weighted error of codes L against x for value scale * L + min.
-inline float affine_error(int n, const float * x, const float * weights, const uint8_t * L, float scale,
-                          float min, bool use_mad) {
-    float err = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        float diff = scale * float(L[i]) + min - x[i];
-        diff = use_mad ? std::fabs(diff) : diff * diff;
-        err += weights[i] * diff;
+struct AffineGroups {
+    int n, nmax;
+    bool use_mad;
+    vf x[N], w[N];
+    vf min, max, sum_w, sum_x;  // min clamped to <= 0
+};
+
+void load_affine(int n, int nmax, const float * x, const float * weights, bool use_mad, AffineGroups & a) {
+    a.n = n;
+    a.nmax = nmax;
+    a.use_mad = use_mad;
+    transpose_in(n, x, a.x);
+    transpose_in(n, weights, a.w);
+    vf x0 = {}, w0 = {};  // value 0 of each group, read from the input (n >= 1)
+    for (int g = 0; g < kLanes; ++g) {
+        x0[g] = x[g * n];
+        w0[g] = weights[g * n];
+    }
+    a.min = a.max = x0;
+    a.sum_w = w0;
+    a.sum_x = a.sum_w * x0;
+    for (int i = 1; i < n; ++i) {
+        a.min = a.x[i] < a.min ? a.x[i] : a.min;
+        a.max = a.x[i] > a.max ? a.x[i] : a.max;
+        a.sum_w += a.w[i];
+        a.sum_x += a.w[i] * a.x[i];
+    }
+    a.min = a.min > 0.0f ? splat(0.0f) : a.min;
+}
+
+// Weighted error of codes L for value scale * L + min.
+vf affine_error(const AffineGroups & a, const vi * L, vf scale, vf min) {
+    vf err = {};
+    for (int i = 0; i < a.n; ++i) {
+        vf diff = scale * to_float(L[i]) + min - a.x[i];
+        diff = a.use_mad ? vabs(diff) : diff * diff;
+        err += a.w[i] * diff;
     }
     return err;
 }
 
+// One trial: codes for iscale relative to cur_min (the best min so far), then the least-squares
+// scale and min for those codes (min <= 0). Returns the mask of lanes where the fit is regular.
+vi affine_trial(const AffineGroups & a, vf iscale, vf cur_min, vi * L, vf * scale_out, vf * min_out) {
+    vf sum_l = {}, sum_l2 = {}, sum_xl = {};
+    for (int i = 0; i < a.n; ++i) {
+        const vi l = vclamp(vnearest(iscale * (a.x[i] - cur_min)), 0, a.nmax);
+        L[i] = l;
+        const vf fl = to_float(l);
+        sum_l += a.w[i] * fl;
+        sum_l2 += a.w[i] * fl * fl;
+        sum_xl += a.w[i] * fl * a.x[i];
+    }
+    const vf D = a.sum_w * sum_l2 - sum_l * sum_l;
+    const vf s = (a.sum_w * sum_xl - a.sum_x * sum_l) / D;
+    const vf m = (sum_l2 * a.sum_x - sum_l * sum_xl) / D;
+    const vi positive = m > 0.0f;
+    *min_out = positive ? splat(0.0f) : m;
+    *scale_out = positive ? sum_xl / sum_l2 : s;
+    return D > 0.0f;
+}
+
+void qkx2_quants_lanes(int n, int nmax, const float * x, const float * weights, uint8_t * Lout, float * scales,
+                       float * mins, float rmin, float rdelta, int nstep, bool use_mad) {
+    AffineGroups a;
+    load_affine(n, nmax, x, weights, use_mad, a);
+    vi L[N], trial[N];
+    const vf iscale0 = splat(float(nmax)) / (a.max - a.min);
+    vf scale = 1.0f / iscale0, min = a.min;
+    for (int i = 0; i < n; ++i) L[i] = vclamp(vnearest(iscale0 * (a.x[i] - min)), 0, nmax);
+    vf best = affine_error(a, L, scale, min);
+    for (int is = 0; nstep >= 1 && is <= nstep; ++is) {
+        // Both the scale range and the codes follow the best min found so far.
+        const vf iscale = splat(rmin + rdelta * float(is) + float(nmax)) / (a.max - min);
+        vf t_scale, t_min;
+        vi take = affine_trial(a, iscale, min, trial, &t_scale, &t_min);
+        const vf err = affine_error(a, trial, t_scale, t_min);
+        take &= err < best;
+        best = take ? err : best;
+        scale = take ? t_scale : scale;
+        min = take ? t_min : min;
+        for (int i = 0; i < n; ++i) L[i] = take ? trial[i] : L[i];
+    }
+    // A group with max == min (all values equal and <= 0) has scale 0, codes 0, min -value.
+    for (int g = 0; g < kLanes; ++g) {
+        const bool flat = a.max[g] == a.min[g];
+        scales[g] = flat ? 0.0f : scale[g];
+        mins[g] = -(flat ? a.min[g] : min[g]);
+        for (int i = 0; i < n; ++i) Lout[g * n + i] = uint8_t(flat ? 0 : L[i][g]);
+    }
+}
+
 }  // namespace
 
-float make_qkx2_quants(int n, int nmax, const float * x, const float * weights, uint8_t * L,
-                       float * min_out, uint8_t * Laux, float rmin, float rdelta, int nstep, bool use_mad) {
-    float min = x[0], max = x[0];
-    float sum_w = weights[0];
-    float sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        sum_w += weights[i];
-        sum_x += weights[i] * x[i];
+void make_qx_quants_x8(int n, int nmax, const float * x, int8_t * L, float * scales) {
+    for (int g = 0; g < kGroups; g += kLanes) qx_quants_lanes(n, nmax, x + g * n, L + g * n, scales + g);
+}
+
+void make_qkx2_quants_x8(int n, int nmax, const float * x, const float * weights, uint8_t * L, float * scales,
+                         float * mins, float rmin, float rdelta, int nstep, bool use_mad) {
+    for (int g = 0; g < kGroups; g += kLanes) {
+        qkx2_quants_lanes(n, nmax, x + g * n, weights + g * n, L + g * n, scales + g, mins + g, rmin, rdelta, nstep,
+                          use_mad);
     }
-    if (min > 0.0f) min = 0.0f;
-    if (max == min) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        *min_out = -min;
-        return 0.0f;
-    }
-    float iscale = float(nmax) / (max - min);
-    float scale = 1.0f / iscale;
-    for (int i = 0; i < n; ++i) L[i] = uint8_t(clamp_int(nearest_int(iscale * (x[i] - min)), 0, nmax));
-    float best_error = affine_error(n, x, weights, L, scale, min, use_mad);
-    if (nstep < 1) {
-        *min_out = -min;
-        return scale;
-    }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * float(is) + float(nmax)) / (max - min);
-        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            const int l = clamp_int(nearest_int(iscale * (x[i] - min)), 0, nmax);
-            Laux[i] = uint8_t(l);
-            const float w = weights[i];
-            sum_l += w * float(l);
-            sum_l2 += w * float(l) * float(l);
-            sum_xl += w * float(l) * x[i];
-        }
-        // Least-squares scale and min for these codes; the min may not be positive.
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (!(D > 0.0f)) continue;
-        float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-        float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-        if (this_min > 0.0f) {
-            this_min = 0.0f;
-            this_scale = sum_xl / sum_l2;
-        }
-        const float err = affine_error(n, x, weights, Laux, this_scale, this_min, use_mad);
-        if (err < best_error) {
-            for (int i = 0; i < n; ++i) L[i] = Laux[i];
-            best_error = err;
-            scale = this_scale;
-            min = this_min;
-        }
-    }
-    *min_out = -min;
-    return scale;
 }
 
 }  // namespace sl::kq

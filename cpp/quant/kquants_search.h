@@ -30,19 +30,29 @@ inline void get_scale_min_k4(int j, const uint8_t * s, uint8_t * sc, uint8_t * m
     }
 }
 
-// Symmetric codes L[i] in [0, 2 * nmax) for value (L[i] - nmax) * scale, weights x[i]^2;
-// tries 19 scales around nmax / max|x| and keeps the one with the best weighted fit.
-// Returns the (signed) scale; an all-zero group (max|x| < 1e-15) gives scale 0, codes 0.
-float make_qx_quants(int n, int nmax, const float * x, int8_t * L);
+// The searches run on kGroups groups at once, one group per SIMD lane (compiler vector
+// extensions); every lane does exactly the float operations of ggml's one-group search, in the
+// same order, so the results do not depend on the grouping. This relies on multiply-adds not
+// being fused (the x86-64 baseline has no FMA; a build with -ffp-contract=fast on an FMA target
+// could differ from ggml's x86 bytes in rare last-bit ties).
+constexpr int kGroups = 8;
+constexpr int kMaxGroupSize = 32;
 
-// As make_qx_quants with nmax = 4 for Q3_K: starts from nmax / max|x| and then moves single
+// Symmetric codes for kGroups groups of n (<= 32) values: group g is x[g * n, g * n + n),
+// its codes L[g * n + i] in [0, 2 * nmax) stand for (L - nmax) * scales[g]. Weights x^2; tries
+// 19 scales around nmax / max|x| and keeps the best weighted fit. The scale is signed; an
+// all-zero group (max|x| < 1e-15) gets scale 0 and codes 0.
+void make_qx_quants_x8(int n, int nmax, const float * x, int8_t * L, float * scales);
+
+// As above with nmax = 4 for Q3_K, one group: starts from nmax / max|x| and then moves single
 // codes while that improves the weighted fit (up to 5 sweeps). Codes in [0, 2 * nmax).
 float make_q3_quants(int n, int nmax, const float * x, int8_t * L);
 
-// Codes L[i] in [0, nmax] for value scale * L[i] - min (min >= 0 is returned in *min_out),
-// searching nstep + 1 scales (nmax + rmin + rdelta * k) / (max - min) with a weighted least-
-// squares refit of scale and min at each, by squared (or, with use_mad, absolute) error.
-float make_qkx2_quants(int n, int nmax, const float * x, const float * weights, uint8_t * L,
-                       float * min_out, uint8_t * Laux, float rmin, float rdelta, int nstep, bool use_mad);
+// Codes in [0, nmax] for kGroups groups of n (<= 32) values, value scales[g] * L - mins[g]
+// (mins[g] >= 0), searching nstep + 1 scales (nmax + rmin + rdelta * k) / (max - min) with a
+// weighted least-squares refit of scale and min at each, by squared (or, with use_mad,
+// absolute) error. Layout of x, weights and L as for make_qx_quants_x8.
+void make_qkx2_quants_x8(int n, int nmax, const float * x, const float * weights, uint8_t * L, float * scales,
+                         float * mins, float rmin, float rdelta, int nstep, bool use_mad);
 
 }  // namespace sl::kq

@@ -7,7 +7,7 @@
 #include <stdexcept>
 
 #include "common/error.h"
-#include "sample/vecmath.h"
+#include "common/vecmath.h"
 
 namespace sl {
 

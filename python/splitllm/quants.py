@@ -2,6 +2,8 @@
 
 The shape conventions are gguf-py's (``gguf.quants.quantize`` / ``dequantize``): the last
 axis of a quantized array counts bytes, ``n // block_size * type_size`` for ``n`` values.
+Unlike gguf-py, which returns F32 and F16 as float arrays, ``quantize`` always returns uint8
+bytes (the same bytes); ``dequantize`` takes any array and reads its bytes.
 
 Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 and Q8_K, named in any case (``"q4_k"``), by ``gguf.GGMLQuantizationType`` or by type id.

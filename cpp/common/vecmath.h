@@ -1,6 +1,6 @@
-// The sampler's hot loops over the vocabulary: max, exp and sums, written once with GCC/Clang
-// vector extensions (4 floats: SSE2 on the x86-64 baseline, NEON on Arm) so that they need no
-// per-ISA file and no -ffast-math. Internal to cpp/sample.
+// Hot elementwise loops (the sampler over the vocabulary, softmax and SwiGLU in the CPU backend):
+// max, exp and sums, written once with GCC/Clang vector extensions (4 floats: SSE2 on the x86-64
+// baseline, NEON on Arm) so that they need no per-ISA file and no -ffast-math.
 #pragma once
 
 #include <cstddef>
@@ -101,6 +101,24 @@ inline double sum_exp(const float * x, float * out, size_t n, float mx, float sc
         r += double(e);
     }
     return r;
+}
+
+// out[i] = silu(g[i]) * u[i], silu(g) = g / (1 + exp(-g)); out may alias g or u.
+inline void silu_mul(const float * g, const float * u, float * out, size_t n) {
+    const f4 one = splat(1.0f), zero = splat(0.0f);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const f4 x = load(g + i);
+        const i4 pos = x >= zero;
+        const f4 e = exp_nonpos(select(pos, -x, x));  // exp(-|x|)
+        const f4 sig = select(pos, one / (one + e), e / (one + e));
+        store(out + i, x * sig * load(u + i));
+    }
+    for (; i < n; ++i) {
+        const float x = g[i];
+        const float e = exp_nonpos(x >= 0 ? -x : x);
+        out[i] = x * (x >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e)) * u[i];
+    }
 }
 
 // True when one of x[0, 16) is greater than t.

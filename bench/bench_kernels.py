@@ -1,0 +1,253 @@
+"""CPU kernel benchmark: matrix x vector (decode) GB/s of weight bytes and matrix x matrix
+(prefill) GFLOP/s, per weight type and instruction set, on the SmolLM2-135M shapes and a
+4096 x 4096 one; KV-cache attention at several depths; and, in the same run, llama.cpp's own
+kernels (ggml through the libraries that llama-cpp-python ships) on the same bytes.
+
+Timing loops run in C++ (splitllm._core.cpu_time_gemm); single-threaded figures use the
+thread's CPU clock, so they stay meaningful on a shared machine. Decode reads the weights from
+memory (copies of the matrix totalling 64 MB are cycled); prefill runs from cache.
+
+    PYTHONPATH=python python3 bench/bench_kernels.py [--quick] [--out bench/results/kernels.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.quants import quantize
+from splitllm import _core
+
+REPO = Path(__file__).resolve().parent.parent
+K_TYPES = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
+K_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+SHAPES = [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]
+TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+COLD_BYTES = 64e6
+
+
+def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Raw weight rows: gguf-py's quantizer where it has one, else random codes with sane scales."""
+    w = rng.standard_normal((n_rows, k)).astype(np.float32)
+    if qtype == T.F32:
+        return w.view(np.uint8)
+    if qtype == T.F16:
+        return w.astype(np.float16).view(np.uint8)
+    if qtype in K_TYPES:
+        blck, size = GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(n_rows, k // blck, size), dtype=np.uint8)
+        for off in K_SCALE_FIELDS[qtype]:
+            d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
+            raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
+        return raw.reshape(n_rows, -1)
+    return np.ascontiguousarray(quantize(w, qtype))
+
+
+class Ggml:
+    """llama.cpp's CPU matmul (ggml_mul_mat through a one-node graph), for comparison.
+
+    Plain ggml tensors: no repacking into interleaved layouts, which llama.cpp also does at
+    load time for some types (Q4_0, Q8_0, Q4_K, ...), so for those these are lower bounds."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        lib = Path(llama_cpp.__file__).parent / "lib"
+        self.base = ctypes.CDLL(str(lib / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+        self.cpu = ctypes.CDLL(str(lib / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+        vp = ctypes.c_void_p
+        self.base.ggml_init.restype = vp
+        self.base.ggml_init.argtypes = [_InitParams]
+        self.base.ggml_new_tensor_2d.restype = vp
+        self.base.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        self.base.ggml_mul_mat.restype = vp
+        self.base.ggml_mul_mat.argtypes = [vp, vp, vp]
+        self.base.ggml_new_graph.restype = vp
+        self.base.ggml_new_graph.argtypes = [vp]
+        self.base.ggml_build_forward_expand.argtypes = [vp, vp]
+        self.base.ggml_get_data.restype = vp
+        self.base.ggml_get_data.argtypes = [vp]
+        self.base.ggml_free.argtypes = [vp]
+        self.cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+        self.cpu.ggml_cpu_init()
+
+    def time(self, qtype: T, w: np.ndarray, k: int, n_tok: int, *, copies: int, threads: int) -> float:
+        """Best seconds of one (n_rows x K) x (K x n_tok) product, `copies` matrices per graph."""
+        n_rows = w.shape[0]
+        mem = int(w.nbytes * copies + 4 * k * n_tok * (copies + 1) + 4 * n_rows * n_tok * copies + (1 << 27))
+        ctx = self.base.ggml_init(_InitParams(mem, None, False))
+        try:
+            x = self.base.ggml_new_tensor_2d(ctx, 0, k, n_tok)
+            xs = np.random.default_rng(0).standard_normal(k * n_tok).astype(np.float32)
+            ctypes.memmove(self.base.ggml_get_data(x), xs.ctypes.data, xs.nbytes)
+            graph = self.base.ggml_new_graph(ctx)
+            for _ in range(copies):
+                wt = self.base.ggml_new_tensor_2d(ctx, int(qtype), k, n_rows)
+                ctypes.memmove(self.base.ggml_get_data(wt), w.ctypes.data, w.nbytes)
+                self.base.ggml_build_forward_expand(graph, self.base.ggml_mul_mat(ctx, wt, x))
+            run = lambda: self.cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)  # noqa: E731
+            return _best(run, cpu_clock=threads == 1) / copies
+        finally:
+            self.base.ggml_free(ctx)
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def _best(fn: Callable[[], object], *, cpu_clock: bool, min_seconds: float = 0.1, reps: int = 3) -> float:
+    clock = time.thread_time if cpu_clock else time.perf_counter
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        n, t0 = 0, clock()
+        while True:
+            fn()
+            n += 1
+            if clock() - t0 >= min_seconds:
+                break
+        best = min(best, (clock() - t0) / n)
+    return best
+
+
+@dataclass
+class Row:
+    qtype: str
+    shape: str
+    figures: dict[str, float]
+
+
+def bench_matmul(types: list[T], isas: list[str], ggml: Ggml | None, *, n_tok: int, threads: int,
+                 quick: bool) -> list[Row]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for qtype in types:
+        for n_rows, k in SHAPES:
+            if qtype in K_TYPES and k % 256:
+                continue
+            if quick and n_rows * k > 1536 * 576:
+                continue
+            w = make_weights(qtype, n_rows, k, rng)
+            copies = max(1, int(COLD_BYTES // w.nbytes)) if n_tok == 1 else 1
+            figures = {}
+            for isa in isas:
+                if isa == "scalar" and n_rows * k * n_tok > 1536 * 576 * 4:
+                    continue  # minutes per figure
+                s, _ = _core.cpu_time_gemm(int(qtype), w, n_tok, isa=isa, threads=threads, copies=copies,
+                                           min_seconds=0.1, reps=3)
+                figures[isa] = s
+            if ggml is not None:
+                figures["llama.cpp"] = ggml.time(qtype, w, k, n_tok, copies=min(copies, 1024),
+                                                 threads=threads)
+            scale = (w.nbytes / 1e9) if n_tok == 1 else (2.0 * n_rows * k * n_tok / 1e9)
+            rows.append(Row(qtype.name, f"{n_rows}x{k}", {c: scale / s for c, s in figures.items()}))
+            print(f"{qtype.name:5s} {n_rows}x{k} n_tok={n_tok} threads={threads}: "
+                  + "  ".join(f"{c} {v:.1f}" for c, v in rows[-1].figures.items()), flush=True)
+    return rows
+
+
+def bench_attention(isas: list[str]) -> list[Row]:
+    rows = []
+    for qtype in (T.F16, T.Q8_0, T.Q4_0):
+        for depth in (256, 1024, 4096):
+            figures = {
+                isa: 1e6 * _core.cpu_time_attention(int(qtype), 3, depth, 64, isa=isa, min_seconds=0.05)
+                for isa in isas
+            }
+            rows.append(Row(qtype.name, str(depth), figures))
+            print(f"attention {qtype.name} depth {depth}: "
+                  + "  ".join(f"{c} {v:.1f} us" for c, v in figures.items()), flush=True)
+    return rows
+
+
+def table(rows: list[Row], columns: list[str], first: str, fmt: str) -> str:
+    head = f"| type | {first} | " + " | ".join(columns) + " |"
+    sep = "|---|---|" + "---:|" * len(columns)
+    body = [f"| {r.qtype} | {r.shape} | " + " | ".join(fmt.format(r.figures[c]) if c in r.figures else "–"
+                                                        for c in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def machine() -> str:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} hardware threads; kernels use: {_core.cpu_features()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="SmolLM2 576x576 / 1536x576 shapes and a few types")
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
+    ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
+    args = ap.parse_args()
+
+    isas = [i for i in ("scalar", "avx2", "avx512") if _core.cpu_usable_isa(i) == i]
+    simd = [i for i in isas if i != "scalar"]
+    try:
+        ggml = None if args.no_llama else Ggml()
+    except (ImportError, OSError) as e:
+        print(f"llama.cpp comparison skipped: {e}")
+        ggml = None
+    types = [T.Q4_1, T.Q8_0, T.Q4_K] if args.quick else TYPES
+    cols = isas + (["llama.cpp"] if ggml else [])
+
+    load = os.getloadavg()
+    decode = bench_matmul(types, isas, ggml, n_tok=1, threads=1, quick=args.quick)
+    prefill = bench_matmul(types, isas, ggml, n_tok=512, threads=1, quick=args.quick)
+    decode2 = bench_matmul([T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_0, T.Q6_K], simd[-1:], ggml, n_tok=1, threads=2,
+                           quick=args.quick)
+    attn = bench_attention(simd)
+    load_after = os.getloadavg()
+
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, cwd=REPO, capture_output=True, text=True).stdout
+    report = f"""# CPU kernel benchmark
+
+- machine: {machine()}
+- commit: {commit.strip() or _core.commit}, date: {datetime.date.today().isoformat()}
+- load average before / after: {load[0]:.1f} / {load_after[0]:.1f} (other jobs share this machine:
+  single-thread figures are timed on the thread's CPU clock, two-thread ones on the wall clock, noisier)
+- llama.cpp: ggml from llama-cpp-python, plain `ggml_mul_mat` (no load-time repacking, which llama.cpp applies
+  to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K in a model: lower bounds for those)
+
+## Decode: matrix x vector, GB/s of weight bytes read from memory (1 thread)
+
+{table(decode, cols, "rows x K", "{:.1f}")}
+
+## Decode, 2 threads (rows split evenly), GB/s
+
+{table(decode2, simd[-1:] + (["llama.cpp"] if ggml else []), "rows x K", "{:.1f}")}
+
+## Prefill: 512 tokens, GFLOP/s (1 thread, weights in cache)
+
+{table(prefill, cols, "rows x K", "{:.0f}")}
+
+## Attention over one KV head: 3 query rows (a GQA group), head_dim 64, scores then values, µs (1 thread)
+
+{table(attn, simd, "depth", "{:.1f}")}
+"""
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()

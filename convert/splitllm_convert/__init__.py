@@ -1,0 +1,38 @@
+"""convert-hf: Hugging Face safetensors models to GGUF files that llama.cpp and splitllm load.
+
+Command line::
+
+    convert-hf MODEL_DIR -o OUT.gguf --type q4_k_m [--force] [--dry-run] [--quiet] [--pre NAME]
+
+Python::
+
+    from splitllm_convert import convert
+    plan = convert("path/to/hf-model", "model.gguf", type="q4_k_m")
+    print(plan.format())
+
+Input: ``config.json`` (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM), weights in
+``model.safetensors`` or shards with ``model.safetensors.index.json`` (F32, F16 or BF16), and
+the tokenizer: ``tokenizer.model`` (SentencePiece, preferred when present, as llama.cpp does) or
+a byte-level BPE ``tokenizer.json``; tokenizer_config.json, special_tokens_map.json,
+generation_config.json and README.md (model card) are read when present.
+
+Output: GGUF v3 with llama.cpp's tensor names, metadata keys and q/k row order (its
+convert_hf_to_gguf.py), Llama 3 rope scaling as the ``rope_freqs.weight`` tensor, and the
+per-tensor types of llama.cpp's quantizer for the chosen ``--type`` (see ``mix``); the quantized
+bytes come from splitllm's C++ quantizers, which match ggml's reference quantizers byte for byte.
+
+``tokenizer.ggml.pre`` for BPE tokenizers is detected as described in ``pretok`` (llama.cpp's
+hash of a fixed text for well-known models, else the tokenizer.json pre-tokenizer structure);
+``--pre NAME`` overrides it.
+
+The file is written tensor by tensor to a temporary file beside ``OUT`` and renamed at the end;
+errors and Ctrl-C leave nothing behind. Bad input raises ``ConvertError`` naming the file,
+tensor or key.
+"""
+
+from splitllm_convert.arch import ARCHITECTURES
+from splitllm_convert.errors import ConvertError
+from splitllm_convert.mix import FILE_TYPES
+from splitllm_convert.pipeline import ConvertPlan, TensorPlan, convert
+
+__all__ = ["ARCHITECTURES", "FILE_TYPES", "ConvertError", "ConvertPlan", "TensorPlan", "convert"]

@@ -1,0 +1,350 @@
+"""Architectures: hyperparameters, the Hugging Face -> GGUF tensor name table and its transforms.
+
+Name mapping is data: each architecture lists ``TensorRule`` rows (HF name pattern, GGUF name
+pattern, expected shape in config symbols, an optional named transform). Adding an architecture
+is one small class. Metadata keys and the q/k layout are those llama.cpp's convert_hf_to_gguf.py
+writes, so llama.cpp loads these files and splitllm loads llama.cpp's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from gguf import GGUFWriter, RopeScalingType
+
+from splitllm_convert.errors import ConvertError
+from splitllm_convert.mix import ModelShape
+from splitllm_convert.vocab import Vocab
+
+logger = logging.getLogger("convert-hf")
+Array = np.ndarray[Any, np.dtype[np.float32]]
+
+
+def rope_permute(w: Array, n_head: int) -> Array:
+    """Reorder each head's rows from HF's rotate-half layout to GGML's interleaved pairs.
+
+    HF keeps a head's rotary pairs as (x[i], x[i + d/2]); llama.cpp's rope wants them adjacent,
+    (x[2i], x[2i+1]). Works on weights (rows = n_head * head_dim) and biases alike.
+    """
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def rope_unpermute(w: Array, n_head: int) -> Array:
+    """Inverse of ``rope_permute`` (GGML layout back to HF's)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    """One HF tensor and its GGUF counterpart; ``{bid}`` stands for the layer index."""
+
+    hf: str
+    gguf: str
+    shape: tuple[str, ...]  # symbols looked up in Architecture.dims()
+    transform: str | None = None  # a key of Architecture.transforms()
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class PlannedSource:
+    """Where a GGUF tensor comes from: an HF tensor (with a transform) or a generated array."""
+
+    gguf_name: str
+    shape: tuple[int, ...]  # row-major, as numpy holds it
+    hf_name: str | None = None
+    transform: str | None = None
+    generate: Callable[[], Array] | None = None
+
+
+def _require(cfg: dict[str, Any], key: str, path: Path) -> int:
+    v = cfg.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConvertError(f"{path}: '{key}' must be a positive integer, got {v!r}")
+    return v
+
+
+class Architecture:
+    """Base for llama-like decoder models; subclasses set the table and the defaults."""
+
+    hf_names: ClassVar[tuple[str, ...]]
+    gguf_arch: ClassVar[str]
+    rules: ClassVar[tuple[TensorRule, ...]]
+    ignored: ClassVar[tuple[str, ...]] = ("model.layers.{bid}.self_attn.rotary_emb.inv_freq",)
+    # transformers' config defaults where config.json leaves a key out
+    default_ctx: ClassVar[int] = 2048
+    default_rope_theta: ClassVar[float] = 10000.0
+    default_rms_eps: ClassVar[float] = 1e-6
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        self.cfg = cfg
+        self.n_embd = _require(cfg, "hidden_size", config_path)
+        self.n_layer = _require(cfg, "num_hidden_layers", config_path)
+        self.n_head = _require(cfg, "num_attention_heads", config_path)
+        self.n_ff = _require(cfg, "intermediate_size", config_path)
+        self.n_vocab = _require(cfg, "vocab_size", config_path)
+        kv = cfg.get("num_key_value_heads")
+        self.n_head_kv = self.n_head if kv is None else _require(cfg, "num_key_value_heads", config_path)
+        hd = cfg.get("head_dim")
+        self.head_dim = self.n_embd // self.n_head if hd is None else _require(cfg, "head_dim", config_path)
+        if self.n_head % self.n_head_kv != 0:
+            raise ConvertError(
+                f"{config_path}: num_attention_heads {self.n_head} is not a multiple of "
+                f"num_key_value_heads {self.n_head_kv}"
+            )
+        if self.head_dim % 2 != 0:
+            raise ConvertError(
+                f"{config_path}: head dimension {self.head_dim} must be even for rotary embeddings"
+            )
+        self.tied = bool(cfg.get("tie_word_embeddings", False))
+        self.rope = self._rope_params(config_path)
+
+    # -- tensors ---------------------------------------------------------------------------
+
+    def dims(self) -> dict[str, int]:
+        return {
+            "vocab": self.n_vocab,
+            "embd": self.n_embd,
+            "ff": self.n_ff,
+            "q": self.n_head * self.head_dim,
+            "kv": self.n_head_kv * self.head_dim,
+        }
+
+    def transforms(self) -> dict[str, Callable[[Array], Array]]:
+        return {}
+
+    def is_70b(self) -> bool:
+        return False
+
+    def model_shape(self, has_output: bool) -> ModelShape:
+        return ModelShape(self.n_layer, self.n_head, self.n_head_kv, not has_output, self.is_70b())
+
+    def plan(self, available: dict[str, tuple[int, ...]], where: Callable[[str], str]) -> list[PlannedSource]:
+        """Match the checkpoint's tensors to the table; ``available`` maps HF name -> shape, in file order."""
+        dims = self.dims()
+        expected: dict[str, tuple[TensorRule, str]] = {}
+        for rule in self.rules:
+            for bid in range(self.n_layer) if "{bid}" in rule.hf else [None]:
+                expected[rule.hf.format(bid=bid)] = (rule, rule.gguf.format(bid=bid))
+        ignored = {p.format(bid=b) for p in self.ignored for b in range(self.n_layer)}
+        unknown = sorted(n for n in available if n not in expected and n not in ignored)
+        if unknown:
+            raise ConvertError(
+                f"tensor {unknown[0]!r} in {where(unknown[0])} is not part of a "
+                f"{self.hf_names[0]} model ({len(unknown)} unexpected tensor(s))"
+            )
+        for hf_name, (rule, gguf_name) in expected.items():
+            if (
+                hf_name not in available
+                and rule.required
+                and not (gguf_name == "output.weight" and self.tied)
+            ):
+                raise ConvertError(f"tensor {hf_name!r} ({gguf_name}) is missing from the model files")
+        generated = self._generated()
+        out = [generated] if generated else []
+        for hf_name, shape in available.items():  # in file order, as llama.cpp writes them
+            if hf_name in ignored:
+                continue
+            rule, gguf_name = expected[hf_name]
+            want = tuple(dims[s] for s in rule.shape)
+            if shape != want:
+                raise ConvertError(
+                    f"tensor {hf_name!r} in {where(hf_name)} has shape {list(shape)}, "
+                    f"config.json implies {list(want)}"
+                )
+            out.append(PlannedSource(gguf_name, want, hf_name, rule.transform))
+        return out
+
+    def _generated(self) -> PlannedSource | None:
+        return None
+
+    def adjust_vocab(self, vocab: Vocab) -> None:
+        """Architecture-specific tokenizer fix-ups llama.cpp applies; none by default."""
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def _rope_params(self, config_path: Path) -> dict[str, Any]:
+        rope = self.cfg.get("rope_parameters") or self.cfg.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ConvertError(f"{config_path}: 'rope_scaling' must be an object, got {rope!r}")
+        kind = str(rope.get("rope_type", rope.get("type", "default"))).lower()
+        if kind == "dynamic":  # NTK scaling applied at inference time; llama.cpp's converter ignores it too
+            logger.warning("%s: rope scaling type 'dynamic' is not carried into GGUF", config_path)
+        elif kind not in ("default", "linear", "llama3", "yarn"):
+            raise ConvertError(
+                f"{config_path}: rope scaling type {kind!r} is not supported "
+                "(supported: linear, llama3, yarn)"
+            )
+        if kind == "yarn" and "original_max_position_embeddings" not in rope:
+            raise ConvertError(f"{config_path}: yarn rope scaling needs 'original_max_position_embeddings'")
+        return {**rope, "rope_type": kind}
+
+    def rope_theta(self) -> float:
+        return float(self.cfg.get("rope_theta", self.rope.get("rope_theta", self.default_rope_theta)))
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        """The ``{arch}.*`` keys, as llama.cpp's TextModel.set_gguf_parameters writes them."""
+        cfg = self.cfg
+        w.add_block_count(self.n_layer)
+        w.add_context_length(int(cfg.get("max_position_embeddings", self.default_ctx)))
+        w.add_embedding_length(self.n_embd)
+        w.add_feed_forward_length(self.n_ff)
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        factor = self.rope.get("factor")
+        if self.rope["rope_type"] == "linear" and factor is not None:
+            w.add_rope_scaling_type(RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(factor))
+        elif self.rope["rope_type"] == "yarn" and factor is not None:
+            w.add_rope_scaling_type(RopeScalingType.YARN)
+            w.add_rope_scaling_factor(float(factor))
+            w.add_rope_scaling_orig_ctx_len(int(self.rope["original_max_position_embeddings"]))
+            for key, add in (("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
+                             ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                             ("beta_fast", w.add_rope_scaling_yarn_beta_fast),
+                             ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):  # fmt: skip
+                if self.rope.get(key) is not None:
+                    add(float(self.rope[key]))
+        w.add_rope_freq_base(self.rope_theta())
+        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", self.default_rms_eps)))
+        if cfg.get("head_dim") is not None:
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+
+
+def _llama_rules(permute: bool, biases: str) -> tuple[TensorRule, ...]:
+    """The llama-family table.
+
+    ``biases``: "" (none), "qkv" (required, Qwen2) or "optional" (Llama's ``attention_bias``).
+    """
+    L = "model.layers.{bid}."
+    B = "blk.{bid}."
+    pq, pk = ("permute_q", "permute_k") if permute else (None, None)
+    rules = [
+        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
+        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
+        TensorRule(L + "mlp.down_proj.weight", B + "ffn_down.weight", ("embd", "ff")),
+        TensorRule(L + "mlp.gate_proj.weight", B + "ffn_gate.weight", ("ff", "embd")),
+        TensorRule(L + "mlp.up_proj.weight", B + "ffn_up.weight", ("ff", "embd")),
+        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd"), pk),
+        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
+        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd"), pq),
+        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
+        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+    ]
+    if biases:
+        req = biases == "qkv"
+        rules += [
+            TensorRule(L + "self_attn.q_proj.bias", B + "attn_q.bias", ("q",), pq, required=req),
+            TensorRule(L + "self_attn.k_proj.bias", B + "attn_k.bias", ("kv",), pk, required=req),
+            TensorRule(L + "self_attn.v_proj.bias", B + "attn_v.bias", ("kv",), required=req),
+        ]
+    if biases == "optional":
+        rules.append(
+            TensorRule(L + "self_attn.o_proj.bias", B + "attn_output.bias", ("embd",), required=False)
+        )
+    return tuple(rules)
+
+
+class Llama(Architecture):
+    """LlamaForCausalLM: q/k rows permuted for GGML's rope; llama3 rope scaling as a rope_freqs tensor."""
+
+    hf_names = ("LlamaForCausalLM",)
+    gguf_arch = "llama"
+    rules = _llama_rules(permute=True, biases="optional")
+
+    def transforms(self) -> dict[str, Callable[[Array], Array]]:
+        return {
+            "permute_q": lambda w: rope_permute(w, self.n_head),
+            "permute_k": lambda w: rope_permute(w, self.n_head_kv),
+        }
+
+    def is_70b(self) -> bool:
+        return self.n_layer == 80 and self.n_head != self.n_head_kv
+
+    def adjust_vocab(self, vocab: Vocab) -> None:
+        # llama.cpp's LlamaModel.set_vocab: 49152-token vocabularies (SmolLM, Granite) add no BOS
+        if self.n_vocab == 49152:
+            vocab.add_special["bos"] = False
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_vocab_size(self.n_vocab)
+        w.add_rope_dimension_count(self.head_dim)
+
+    def _generated(self) -> PlannedSource | None:
+        if self.rope["rope_type"] != "llama3":
+            return None
+        return PlannedSource("rope_freqs.weight", (self.head_dim // 2,), generate=self._llama3_factors)
+
+    def _llama3_factors(self) -> Array:
+        """Per-frequency divisors of Llama 3.1 rope scaling (llama.cpp reads them from rope_freqs.weight)."""
+        r, dim = self.rope, self.head_dim
+        factor = float(r.get("factor", 8.0))
+        low, high = float(r.get("low_freq_factor", 1.0)), float(r.get("high_freq_factor", 4.0))
+        old_ctx = float(r.get("original_max_position_embeddings", 8192))
+        freqs = 1.0 / (
+            np.float32(self.rope_theta()) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))
+        )
+        out = np.empty(dim // 2, dtype=np.float32)
+        for i, f in enumerate(freqs.astype(np.float32)):
+            wavelen = 2 * math.pi / float(f)
+            if wavelen < old_ctx / high:
+                out[i] = 1.0
+            elif wavelen > old_ctx / low:
+                out[i] = factor
+            else:
+                smooth = (old_ctx / wavelen - low) / (high - low)
+                out[i] = 1.0 / ((1 - smooth) / factor + smooth)
+        return out
+
+
+class Mistral(Llama):
+    """MistralForCausalLM: written as llama.cpp writes it, a ``llama`` model."""
+
+    hf_names = ("MistralForCausalLM",)
+    default_ctx = 4096 * 32
+
+
+class Qwen2(Architecture):
+    """Qwen2ForCausalLM: q/k/v biases, no rotary permute (llama.cpp's qwen2 uses NEOX rope)."""
+
+    hf_names = ("Qwen2ForCausalLM",)
+    gguf_arch = "qwen2"
+    rules = _llama_rules(permute=False, biases="qkv")
+    default_ctx = 32768
+
+    def is_70b(self) -> bool:
+        return self.n_layer == 80
+
+
+ARCHITECTURES: dict[str, type[Architecture]] = {
+    n: cls for cls in (Llama, Mistral, Qwen2) for n in cls.hf_names
+}
+
+
+def architecture(cfg: dict[str, Any], config_path: Path) -> Architecture:
+    """The Architecture for config.json's ``architectures[0]``; a clear error for anything else."""
+    names = cfg.get("architectures")
+    if not isinstance(names, list) or not names:
+        raise ConvertError(f"{config_path}: no 'architectures' list; supported: {', '.join(ARCHITECTURES)}")
+    cls = ARCHITECTURES.get(str(names[0]))
+    if cls is None:
+        raise ConvertError(
+            f"{config_path}: architecture {names[0]!r} is not supported; "
+            f"supported: {', '.join(ARCHITECTURES)}"
+        )
+    return cls(cfg, config_path)
+
+
+def total_params(shapes: list[tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes)

@@ -1,0 +1,341 @@
+// AVX2 decoding of weight blocks, as blocks_avx512.h but in ymm: the codes of 4 blocks of 32
+// (128 values, one ActQ8 group) are four ymm: lo01 = values 0..15 of blocks 0 and 1, lo23 of
+// blocks 2 and 3, hi01 / hi23 their values 16..31 (the activation bytes 0-31, 32-63, 64-95,
+// 96-127 of the group). Include only from *_avx2.cpp.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "cpu/arch/x86/kernels_x86.h"
+#include "quant/kquants.h"
+#include "quant/legacy.h"
+
+namespace sl::cpu::impl::avx2 {
+
+struct Codes {
+    __m256i lo01, lo23, hi01, hi23;
+};
+
+inline __m128i load16(const uint8_t * p) { return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)); }
+inline __m256i load32(const uint8_t * p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)); }
+
+// Codes of 4 blocks from their natural-order 32-byte code vectors c0..c3.
+inline Codes from_blocks(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
+    return {_mm256_permute2x128_si256(c0, c1, 0x20), _mm256_permute2x128_si256(c2, c3, 0x20),
+            _mm256_permute2x128_si256(c0, c1, 0x31), _mm256_permute2x128_si256(c2, c3, 0x31)};
+}
+
+// 0xFF in byte i where bit i of x is set (32 bits -> 32 bytes).
+inline __m256i bits_to_bytes(uint32_t x) {
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000LL, 0x0101010101010101LL, 0x0202020202020202LL,
+                                            0x0303030303030303LL);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(x)), shuf);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+}
+
+inline uint32_t load_u32(const uint8_t * p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+inline int load_u16(const uint8_t * p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+// ---- legacy formats: 4 blocks at a time (n < 4 at a row's end; missing blocks are zero) ----
+
+// 4-bit codes of blocks j and j + 1 (qs[16] at OFF), lo and hi halves.
+template <int BYTES, int OFF>
+inline void nibble_pair(const uint8_t * b, int j, int n, __m256i * lo, __m256i * hi) {
+    if (j >= n) {
+        *lo = *hi = _mm256_setzero_si256();
+        return;
+    }
+    const __m128i q0 = load16(b + BYTES * j + OFF);
+    const __m128i q1 = j + 1 < n ? load16(b + BYTES * (j + 1) + OFF) : _mm_setzero_si128();
+    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+    const __m256i m4 = _mm256_set1_epi8(15);
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+}
+
+template <int BYTES, int OFF>
+inline Codes nibbles4(const uint8_t * b, int n) {
+    Codes c;
+    nibble_pair<BYTES, OFF>(b, 0, n, &c.lo01, &c.hi01);
+    nibble_pair<BYTES, OFF>(b, 2, n, &c.lo23, &c.hi23);
+    return c;
+}
+
+// Fifth bits of Q5 blocks (qh at QH): 16 into the codes whose bit is set.
+template <int BYTES, int QH>
+inline void fifth_bits(const uint8_t * b, int n, Codes * c) {
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    __m256i e[4];
+    for (int j = 0; j < 4; ++j)
+        e[j] = j < n ? _mm256_and_si256(bits_to_bytes(load_u32(b + BYTES * j + QH)), sixteen) : _mm256_setzero_si256();
+    const Codes h = from_blocks(e[0], e[1], e[2], e[3]);
+    c->lo01 = _mm256_or_si256(c->lo01, h.lo01);
+    c->lo23 = _mm256_or_si256(c->lo23, h.lo23);
+    c->hi01 = _mm256_or_si256(c->hi01, h.hi01);
+    c->hi23 = _mm256_or_si256(c->hi23, h.hi23);
+}
+
+// The f16 at OFF of each of n <= 4 blocks, as 4 floats (zero past n).
+template <int BYTES, int OFF>
+inline __m128 halves4(const uint8_t * b, int n) {
+    __m128i v = _mm_cvtsi32_si128(load_u16(b + OFF));
+    if (n > 1) v = _mm_insert_epi16(v, load_u16(b + BYTES + OFF), 1);
+    if (n > 2) v = _mm_insert_epi16(v, load_u16(b + 2 * BYTES + OFF), 2);
+    if (n > 3) v = _mm_insert_epi16(v, load_u16(b + 3 * BYTES + OFF), 3);
+    return _mm_cvtph_ps(v);
+}
+
+// load4: codes, d and m (d again for formats with an offset: value = d * (code - kOffset)).
+// Q8_0 keeps signed codes (kSigned): its products go through the sign trick, not an offset.
+template <QType WT>
+struct Legacy;
+
+template <>
+struct Legacy<QType::Q4_0> {
+    static constexpr int kBytes = 18, kOffset = 8;
+    static constexpr bool kHasMin = false, kSigned = false;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = nibbles4<kBytes, 2>(b, n);
+        *d = *m = halves4<kBytes, 0>(b, n);
+    }
+};
+
+template <>
+struct Legacy<QType::Q4_1> {
+    static constexpr int kBytes = 20, kOffset = 0;
+    static constexpr bool kHasMin = true, kSigned = false;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = nibbles4<kBytes, 4>(b, n);
+        *d = halves4<kBytes, 0>(b, n);
+        *m = halves4<kBytes, 2>(b, n);
+    }
+};
+
+template <>
+struct Legacy<QType::Q5_0> {
+    static constexpr int kBytes = 22, kOffset = 16;
+    static constexpr bool kHasMin = false, kSigned = false;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = nibbles4<kBytes, 6>(b, n);
+        fifth_bits<kBytes, 2>(b, n, c);
+        *d = *m = halves4<kBytes, 0>(b, n);
+    }
+};
+
+template <>
+struct Legacy<QType::Q5_1> {
+    static constexpr int kBytes = 24, kOffset = 0;
+    static constexpr bool kHasMin = true, kSigned = false;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = nibbles4<kBytes, 8>(b, n);
+        fifth_bits<kBytes, 4>(b, n, c);
+        *d = halves4<kBytes, 0>(b, n);
+        *m = halves4<kBytes, 2>(b, n);
+    }
+};
+
+template <>
+struct Legacy<QType::Q8_0> {
+    static constexpr int kBytes = 34, kOffset = 0;
+    static constexpr bool kHasMin = false, kSigned = true;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        auto pair = [&](int j, int off) {
+            if (j >= n) return _mm256_setzero_si256();
+            const __m128i q0 = load16(b + kBytes * j + off);
+            const __m128i q1 = j + 1 < n ? load16(b + kBytes * (j + 1) + off) : _mm_setzero_si128();
+            return _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+        };
+        *c = {pair(0, 2), pair(2, 2), pair(0, 18), pair(2, 18)};
+        *d = *m = halves4<kBytes, 0>(b, n);
+    }
+};
+
+// ---- k-quants: half a super-block (g = 0, 1: 4 blocks of 32) at a time ----
+// scales(): dg and mg of the 16 groups of 16 values, groups 0..7 in [0], 8..15 in [1].
+template <QType WT>
+struct KQuant;
+
+// Q2_K / Q3_K low bits: block j of half g is bits 2j of qs[32g + l].
+inline void two_bit_blocks(const uint8_t * qs32, __m256i c[4]) {
+    const __m256i q = load32(qs32), m3 = _mm256_set1_epi8(3);
+    for (int j = 0; j < 4; ++j) c[j] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+}
+
+template <>
+struct KQuant<QType::Q2_K> {
+    static constexpr int kBytes = 84;
+    static constexpr bool kGroups16 = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        __m256i c[4];
+        two_bit_blocks(reinterpret_cast<const block_q2_K *>(sb)->qs + 32 * g, c);
+        return from_blocks(c[0], c[1], c[2], c[3]);
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_q2_K * b = reinterpret_cast<const block_q2_K *>(sb);
+        const __m256 d = _mm256_set1_ps(h2f(b->d)), dmin = _mm256_set1_ps(-h2f(b->dmin));
+        for (int h = 0; h < 2; ++h) {
+            const __m256i s = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b->scales + 8 * h)));
+            dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(s, _mm256_set1_epi32(15))));
+            mg[h] = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(s, 4)));
+        }
+    }
+};
+
+template <>
+struct KQuant<QType::Q3_K> {
+    static constexpr int kBytes = 110;
+    static constexpr bool kGroups16 = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
+        __m256i c[4];
+        two_bit_blocks(b->qs + 32 * g, c);
+        // Bit 4g + j of hmask[l]: + 4.
+        const __m256i h = load32(b->hmask), four = _mm256_set1_epi8(4);
+        for (int j = 0; j < 4; ++j) {
+            const __m256i bit = _mm256_set1_epi8(char(1 << (4 * g + j)));
+            c[j] = _mm256_add_epi8(c[j], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit), four));
+        }
+        return from_blocks(c[0], c[1], c[2], c[3]);
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
+        uint32_t a[3];
+        memcpy(a, b->scales, 12);
+        const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+        const uint32_t s[4] = {(a[0] & m4) | ((a[2] & m2) << 4), (a[1] & m4) | (((a[2] >> 2) & m2) << 4),
+                               ((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4),
+                               ((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)};
+        const __m256 d = _mm256_set1_ps(h2f(b->d));
+        for (int h = 0; h < 2; ++h) {
+            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s + 2 * h)));
+            dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(32))));
+            mg[h] = _mm256_mul_ps(_mm256_set1_ps(-4.0f), dg[h]);
+        }
+    }
+};
+
+// Q4_K / Q5_K: 8 six-bit scales and mins (one per 32 values), widened to one per 16.
+inline void k4_scales(const uint8_t * q, fp16_t d, fp16_t dmin, __m256 dg[2], __m256 mg[2]) {
+    uint32_t u[3];
+    memcpy(u, q, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const uint32_t s[4] = {u[0] & m6, (u[2] & m4) | (((u[0] >> 6) & m2) << 4), u[1] & m6,
+                           ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4)};
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s))));
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s + 2))));
+    const __m256i lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    const __m256 vd = _mm256_set1_ps(h2f(d)), vm = _mm256_set1_ps(-h2f(dmin));
+    dg[0] = _mm256_mul_ps(vd, _mm256_permutevar8x32_ps(sc, lo));
+    dg[1] = _mm256_mul_ps(vd, _mm256_permutevar8x32_ps(sc, hi));
+    mg[0] = _mm256_mul_ps(vm, _mm256_permutevar8x32_ps(mn, lo));
+    mg[1] = _mm256_mul_ps(vm, _mm256_permutevar8x32_ps(mn, hi));
+}
+
+// Q4_K / Q5_K low bits of half g: block 2c low nibbles of qs[64g + 32c + l], 2c + 1 high.
+inline void k4_blocks(const uint8_t * qs64, __m256i c[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i q0 = load32(qs64), q1 = load32(qs64 + 32);
+    c[0] = _mm256_and_si256(q0, m4);
+    c[1] = _mm256_and_si256(_mm256_srli_epi16(q0, 4), m4);
+    c[2] = _mm256_and_si256(q1, m4);
+    c[3] = _mm256_and_si256(_mm256_srli_epi16(q1, 4), m4);
+}
+
+template <>
+struct KQuant<QType::Q4_K> {
+    static constexpr int kBytes = 144;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        __m256i c[4];
+        k4_blocks(reinterpret_cast<const block_q4_K *>(sb)->qs + 64 * g, c);
+        return from_blocks(c[0], c[1], c[2], c[3]);
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_q4_K * b = reinterpret_cast<const block_q4_K *>(sb);
+        k4_scales(b->scales, b->d, b->dmin, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::Q5_K> {
+    static constexpr int kBytes = 176;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        const block_q5_K * b = reinterpret_cast<const block_q5_K *>(sb);
+        __m256i c[4];
+        k4_blocks(b->qs + 64 * g, c);
+        const __m256i h = load32(b->qh), sixteen = _mm256_set1_epi8(16);
+        for (int j = 0; j < 4; ++j) {
+            const __m256i bit = _mm256_set1_epi8(char(1 << (4 * g + j)));
+            c[j] = _mm256_or_si256(c[j], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit), sixteen));
+        }
+        return from_blocks(c[0], c[1], c[2], c[3]);
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_q5_K * b = reinterpret_cast<const block_q5_K *>(sb);
+        k4_scales(b->scales, b->d, b->dmin, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::Q6_K> {
+    static constexpr int kBytes = 210;
+    static constexpr bool kGroups16 = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
+        // Block k: nibble k >> 1 of ql[64g + 32(k & 1) + l], bits 2k of qh[32g + l].
+        const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+        const __m256i l0 = load32(b->ql + 64 * g), l1 = load32(b->ql + 64 * g + 32), h = load32(b->qh + 32 * g);
+        const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                               _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                               _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+        __m256i c[4];
+        for (int k = 0; k < 4; ++k)
+            c[k] = _mm256_or_si256(lo[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * k), m3), 4));
+        return from_blocks(c[0], c[1], c[2], c[3]);
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
+        const __m256 d = _mm256_set1_ps(h2f(b->d));
+        for (int h = 0; h < 2; ++h) {
+            const __m256i s = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b->scales + 8 * h)));
+            dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(s));
+            mg[h] = _mm256_mul_ps(_mm256_set1_ps(-32.0f), dg[h]);
+        }
+    }
+};
+
+// Sums of each of 8 vectors, as one vector (lane i = sum of the lanes of a[i]).
+inline __m256 hsum8(const __m256 a[8]) {
+    const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 t0 = _mm256_hadd_ps(s01, s23), t1 = _mm256_hadd_ps(s45, s67);
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// int32 lanes of 4 products each: unsigned codes u times signed activations s (pairs of
+// products must fit int16: codes up to 128).
+inline __m256i dot4(__m256i u, __m256i s) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)); }
+
+// As dot4 for two pairs whose int16 sums cannot overflow (codes up to 63 over both).
+inline __m256i dot4x2(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),
+                             _mm256_set1_epi16(1));
+}
+
+// Signed codes w times signed activations s (|w| <= 128, s in -127..127).
+inline __m256i dot4_signed(__m256i w, __m256i s) { return dot4(_mm256_sign_epi8(w, w), _mm256_sign_epi8(s, w)); }
+
+}  // namespace sl::cpu::impl::avx2

@@ -1,0 +1,287 @@
+// AVX2 kernels that read the weight blocks as stored, for any number of tokens (4 at a time,
+// over blocks of rows that stay in cache). Products go through vpmaddubsw (unsigned codes x
+// signed activations, pairs summed in int16) and vpmaddwd; each block's int32 lanes are scaled
+// in float by d_w * d_a; offsets and mins are an fma per 4 blocks against the block sums.
+#include <algorithm>
+
+#include "cpu/arch/x86/kernels_x86.h"
+#include "cpu/arch/x86/blocks_avx2.h"
+
+namespace sl::cpu::impl::avx2 {
+
+namespace {
+
+template <int NT>
+struct Acts {
+    const int8_t * qs[NT];
+    const float * d[NT];
+    const float * s[NT];
+    const float * s16[NT];
+    Acts(const uint8_t * acts, size_t lda, int64_t K) {
+        for (int t = 0; t < NT; ++t) {
+            const uint8_t * row = acts + t * lda;
+            qs[t] = ActQ8::qs(row);
+            d[t] = ActQ8::d(row, K);
+            s[t] = ActQ8::s(row, K);
+            s16[t] = ActQ8::s16(row, K);
+        }
+    }
+};
+
+template <int NT>
+struct RowAcc {
+    __m256 acc[NT][2];
+    __m256 accm[NT];
+    RowAcc() {
+        for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = accm[t] = _mm256_setzero_ps();
+    }
+};
+
+inline __m256i load_acts(const int8_t * p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)); }
+
+// Blocks q..q+n-1 (n <= 4) of a legacy row.
+template <QType WT, int NT>
+inline void legacy_step(const uint8_t * row, int q, int n, const Acts<NT> & a, RowAcc<NT> & r, int half) {
+    using B = Legacy<WT>;
+    const __m256i e01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), e23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    Codes c;
+    __m128 d, m;
+    B::load4(row + q * B::kBytes, n, &c, &d, &m);
+    for (int t = 0; t < NT; ++t) {
+        const __m256 cx = _mm256_castps128_ps256(_mm_mul_ps(d, _mm_loadu_ps(a.d[t] + q)));
+        if constexpr (!B::kSigned)
+            r.accm[t] = _mm256_castps128_ps256(
+                _mm_fmadd_ps(m, _mm_loadu_ps(a.s[t] + q), _mm256_castps256_ps128(r.accm[t])));
+        const int8_t * x = a.qs[t] + 32 * q;
+        __m256i d01, d23;
+        if constexpr (B::kSigned) {
+            d01 = _mm256_add_epi32(dot4_signed(c.lo01, load_acts(x)), dot4_signed(c.hi01, load_acts(x + 64)));
+            d23 = _mm256_add_epi32(dot4_signed(c.lo23, load_acts(x + 32)), dot4_signed(c.hi23, load_acts(x + 96)));
+        } else {
+            d01 = dot4x2(c.lo01, load_acts(x), c.hi01, load_acts(x + 64));
+            d23 = dot4x2(c.lo23, load_acts(x + 32), c.hi23, load_acts(x + 96));
+        }
+        r.acc[t][half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(cx, e01), r.acc[t][half]);
+        r.acc[t][half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(cx, e23), r.acc[t][half]);
+    }
+}
+
+template <QType WT, int NT>
+inline void legacy_row(const uint8_t * row, int nb, const Acts<NT> & a, __m256 * fin) {
+    using B = Legacy<WT>;
+    RowAcc<NT> r;
+    int q = 0;
+    for (; q + 8 <= nb; q += 8) {
+        legacy_step<WT, NT>(row, q, 4, a, r, 0);
+        legacy_step<WT, NT>(row, q + 4, 4, a, r, 1);
+    }
+    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, std::min(4, nb - q), a, r, 0);
+    const __m256 mscale = _mm256_set1_ps(B::kHasMin ? 1.0f : -float(B::kOffset));
+    for (int t = 0; t < NT; ++t) {
+        const __m256 m = _mm256_blend_ps(_mm256_setzero_ps(), r.accm[t], 0x0F);
+        fin[t] = _mm256_fmadd_ps(mscale, m, _mm256_add_ps(r.acc[t][0], r.acc[t][1]));
+    }
+}
+
+template <QType WT, int NT>
+inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m256 * fin) {
+    using B = KQuant<WT>;
+    RowAcc<NT> r;
+    const __m256i dlo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dhi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    // Lanes 0-3 / 4-7 of a block pair's products: 16-value groups (of the half's 8) 0 and 2, ...
+    const __m256i e[4] = {_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
+                          _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3), _mm256_setr_epi32(5, 5, 5, 5, 7, 7, 7, 7)};
+    for (int64_t i = 0; i < K / QK_K; ++i) {
+        const uint8_t * sb = row + i * B::kBytes;
+        __m256 dg[2], mg[2];
+        B::scales(sb, dg, mg);
+        __m256 c[NT][2];
+        for (int t = 0; t < NT; ++t) {
+            const __m256 da = _mm256_loadu_ps(a.d[t] + 8 * i);
+            c[t][0] = _mm256_mul_ps(dg[0], _mm256_permutevar8x32_ps(da, dlo));
+            c[t][1] = _mm256_mul_ps(dg[1], _mm256_permutevar8x32_ps(da, dhi));
+            r.accm[t] = _mm256_fmadd_ps(mg[0], _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
+            r.accm[t] = _mm256_fmadd_ps(mg[1], _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
+        }
+        for (int g = 0; g < 2; ++g) {
+            const Codes cd = B::codes(sb, g);
+            for (int t = 0; t < NT; ++t) {
+                const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
+                const __m256i a0 = load_acts(x), a1 = load_acts(x + 32), a2 = load_acts(x + 64), a3 = load_acts(x + 96);
+                __m256 & acc = r.acc[t][g];
+                if constexpr (B::kGroups16) {
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(cd.lo01, a0)), _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(cd.lo23, a1)), _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(cd.hi01, a2)), _mm256_permutevar8x32_ps(c[t][g], e[2]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(cd.hi23, a3)), _mm256_permutevar8x32_ps(c[t][g], e[3]), acc);
+                } else {
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4x2(cd.lo01, a0, cd.hi01, a2)),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4x2(cd.lo23, a1, cd.hi23, a3)),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
+}
+
+// Rows in groups of 8: their final sums are one transposing reduction.
+template <QType WT, int NT>
+void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                float * y, int64_t ldy) {
+    const Acts<NT> a(acts, lda, K);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8) {
+        const int nr = int(std::min<int64_t>(8, n_rows - r0));
+        __m256 fin[NT][8];
+        for (int i = 0; i < 8; ++i) {
+            __m256 f[NT];
+            if (i >= nr) {
+                for (int t = 0; t < NT; ++t) f[t] = _mm256_setzero_ps();
+            } else if constexpr (qtype_block_size(WT) == 32) {
+                legacy_row<WT, NT>(W + (r0 + i) * ldw, int(K / 32), a, f);
+            } else {
+                kquant_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
+            }
+            for (int t = 0; t < NT; ++t) fin[t][i] = f[t];
+        }
+        for (int t = 0; t < NT; ++t) {
+            alignas(32) float out[8];
+            _mm256_store_ps(out, hsum8(fin[t]));
+            for (int i = 0; i < nr; ++i) y[t * ldy + r0 + i] = out[i];
+        }
+    }
+}
+
+// Blocks of rows; in each, groups of 4 tokens (then the rest).
+template <class Rows1, class Rows2, class Rows3, class Rows4>
+void by_blocks(int64_t n_rows, int64_t n_tok, Rows1 f1, Rows2 f2, Rows3 f3, Rows4 f4) {
+    const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
+        const int64_t nr = std::min(rb, n_rows - r0);
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4) f4(r0, nr, t);
+        switch (n_tok - t) {
+            case 3: f3(r0, nr, t); break;
+            case 2: f2(r0, nr, t); break;
+            case 1: f1(r0, nr, t); break;
+            default: break;
+        }
+    }
+}
+
+template <QType WT>
+void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                int64_t n_tok, float * y, int64_t ldy) {
+    auto f = [&](auto nt) {
+        return [&, nt](int64_t r0, int64_t nr, int64_t t) {
+            quant_rows<WT, decltype(nt)::value>(W + r0 * ldw, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        };
+    };
+    by_blocks(n_rows, n_tok, f(std::integral_constant<int, 1>()), f(std::integral_constant<int, 2>()),
+              f(std::integral_constant<int, 3>()), f(std::integral_constant<int, 4>()));
+}
+
+// ---- float weights: 8 values per step; the K % 8 tail through a zero-padded copy ----
+
+struct LoadF32 {
+    static __m256 load(const uint8_t * row, int64_t k) { return _mm256_loadu_ps(reinterpret_cast<const float *>(row) + k); }
+    static float one(const uint8_t * row, int64_t k) { return reinterpret_cast<const float *>(row)[k]; }
+};
+struct LoadF16 {
+    static __m256 load(const uint8_t * row, int64_t k) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(row + 2 * k)));
+    }
+    static float one(const uint8_t * row, int64_t k) { return h2f(reinterpret_cast<const fp16_t *>(row)[k]); }
+};
+struct LoadBF16 {
+    static __m256 load(const uint8_t * row, int64_t k) {
+        const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(row + 2 * k)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    }
+    static float one(const uint8_t * row, int64_t k) { return bf16_to_fp32(reinterpret_cast<const bf16_t *>(row)[k]); }
+};
+
+template <class L, int NR, int NT>
+void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
+    __m256 acc[NR][NT];
+    for (int r = 0; r < NR; ++r)
+        for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
+    const int64_t K8 = K / 8 * 8;
+    auto step = [&](auto load_w, auto load_x) {
+        __m256 x[NT];
+        for (int t = 0; t < NT; ++t) x[t] = load_x(t);
+        for (int r = 0; r < NR; ++r) {
+            const __m256 w = load_w(r);
+            for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_fmadd_ps(w, x[t], acc[r][t]);
+        }
+    };
+    for (int64_t k = 0; k < K8; k += 8)
+        step([&](int r) { return L::load(W + r * ldw, k); },
+             [&](int t) { return _mm256_loadu_ps(reinterpret_cast<const float *>(acts + t * lda) + k); });
+    if (K8 < K) {
+        step(
+            [&](int r) {
+                alignas(32) float w[8] = {};
+                for (int64_t k = K8; k < K; ++k) w[k - K8] = L::one(W + r * ldw, k);
+                return _mm256_load_ps(w);
+            },
+            [&](int t) {
+                alignas(32) float x[8] = {};
+                for (int64_t k = K8; k < K; ++k) x[k - K8] = reinterpret_cast<const float *>(acts + t * lda)[k];
+                return _mm256_load_ps(x);
+            });
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int t = 0; t < NT; ++t) {
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r][t]), _mm256_extractf128_ps(acc[r][t], 1));
+            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            y[t * ldy + r] = _mm_cvtss_f32(s);
+        }
+}
+
+template <class L, int NT>
+void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                float * y, int64_t ldy) {
+    int64_t r = 0;
+    for (; r + 2 <= n_rows; r += 2) float_tile<L, 2, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+    if (r < n_rows) float_tile<L, 1, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+}
+
+template <class L>
+void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                int64_t n_tok, float * y, int64_t ldy) {
+    auto f = [&](auto nt) {
+        return [&, nt](int64_t r0, int64_t nr, int64_t t) {
+            float_rows<L, decltype(nt)::value>(W + r0 * ldw, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        };
+    };
+    by_blocks(n_rows, n_tok, f(std::integral_constant<int, 1>()), f(std::integral_constant<int, 2>()),
+              f(std::integral_constant<int, 3>()), f(std::integral_constant<int, 4>()));
+}
+
+}  // namespace
+
+GemmFn gemv_kernel(QType wt) {
+    switch (wt) {
+        case QType::F32: return gemm_float<LoadF32>;
+        case QType::F16: return gemm_float<LoadF16>;
+        case QType::BF16: return gemm_float<LoadBF16>;
+        case QType::Q4_0: return gemv_quant<QType::Q4_0>;
+        case QType::Q4_1: return gemv_quant<QType::Q4_1>;
+        case QType::Q5_0: return gemv_quant<QType::Q5_0>;
+        case QType::Q5_1: return gemv_quant<QType::Q5_1>;
+        case QType::Q8_0: return gemv_quant<QType::Q8_0>;
+        case QType::Q2_K: return gemv_quant<QType::Q2_K>;
+        case QType::Q3_K: return gemv_quant<QType::Q3_K>;
+        case QType::Q4_K: return gemv_quant<QType::Q4_K>;
+        case QType::Q5_K: return gemv_quant<QType::Q5_K>;
+        case QType::Q6_K: return gemv_quant<QType::Q6_K>;
+        default: return nullptr;
+    }
+}
+
+GemmFn packed_kernel(QType) { return nullptr; }
+
+}  // namespace sl::cpu::impl::avx2

@@ -1,0 +1,249 @@
+// AVX-512 VNNI kernels that read the weight blocks as stored (decode: a few tokens at a time).
+// A weight row is decoded 64 codes per zmm and dotted with up to 4 tokens' int8 activations by
+// vpdpbusd (unsigned codes x signed activations). Each block's int32 lanes are scaled in float
+// by d_w * d_a, gathered for 16 blocks at once and spread to the lanes by vpermps; offsets and
+// mins are one fma per 16 blocks against the activation block sums.
+#include <algorithm>
+
+#include "cpu/arch/x86/kernels_x86.h"
+#include "cpu/arch/x86/blocks_avx512.h"
+
+namespace sl::cpu::impl::avx512 {
+
+namespace {
+
+// Up to 4 tokens' activation rows.
+template <int NT>
+struct Acts {
+    const int8_t * qs[NT];
+    const float * d[NT];
+    const float * s[NT];
+    const float * s16[NT];
+    Acts(const uint8_t * acts, size_t lda, int64_t K) {
+        for (int t = 0; t < NT; ++t) {
+            const uint8_t * row = acts + t * lda;
+            qs[t] = ActQ8::qs(row);
+            d[t] = ActQ8::d(row, K);
+            s[t] = ActQ8::s(row, K);
+            s16[t] = ActQ8::s16(row, K);
+        }
+    }
+};
+
+// Per token: the row's dot product so far, as vectors to be summed.
+template <int NT>
+struct RowAcc {
+    __m512 acc[NT][2];
+    __m512 accm[NT];
+    RowAcc() {
+        for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = accm[t] = _mm512_setzero_ps();
+    }
+};
+
+// Blocks q..q+n-1 (n <= 4) of a legacy row; `half` picks the accumulator (two dependency chains).
+template <QType WT, int NT>
+inline void legacy_step(const uint8_t * row, int q, int n, const Acts<NT> & a, RowAcc<NT> & r, int half) {
+    using B = Legacy<WT>;
+    const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    Codes c;
+    __m128 d, m;
+#ifdef SL_PF
+    for (int o = 0; o < 4 * B::kBytes; o += 64) _mm_prefetch(reinterpret_cast<const char *>(row + q * B::kBytes + o + SL_PF), _MM_HINT_T0);
+#endif
+    B::load4(row + q * B::kBytes, n, &c, &d, &m);
+    for (int t = 0; t < NT; ++t) {
+        const __m128 cx = _mm_mul_ps(d, _mm_loadu_ps(a.d[t] + q));
+        r.accm[t] = _mm512_castps128_ps512(
+            _mm_fmadd_ps(m, _mm_loadu_ps(a.s[t] + q), _mm512_castps512_ps128(r.accm[t])));
+        const int8_t * x = a.qs[t] + 32 * q;
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c.lo, _mm512_loadu_si512(x));
+        dot = _mm512_dpbusd_epi32(dot, c.hi, _mm512_loadu_si512(x + 64));
+        r.acc[t][half] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(cx)),
+                                         r.acc[t][half]);
+    }
+}
+
+// One legacy row times NT tokens: fin[t] = vector whose lanes sum to the dot product.
+template <QType WT, int NT>
+inline void legacy_row(const uint8_t * row, int nb, const Acts<NT> & a, __m512 * fin) {
+    using B = Legacy<WT>;
+    RowAcc<NT> r;
+    // The xmm accumulators of the offset / min terms live in the low lanes of accm.
+    int q = 0;
+    for (; q + 8 <= nb; q += 8) {
+        legacy_step<WT, NT>(row, q, 4, a, r, 0);
+        legacy_step<WT, NT>(row, q + 4, 4, a, r, 1);
+    }
+    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, std::min(4, nb - q), a, r, 0);
+    const __m512 mscale = _mm512_set1_ps(B::kHasMin ? 1.0f : -float(B::kOffset));
+    for (int t = 0; t < NT; ++t)
+        fin[t] = _mm512_fmadd_ps(mscale, _mm512_maskz_mov_ps(0xF, r.accm[t]), _mm512_add_ps(r.acc[t][0], r.acc[t][1]));
+}
+
+// One k-quant row times NT tokens.
+template <QType WT, int NT>
+inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m512 * fin) {
+    using B = KQuant<WT>;
+    RowAcc<NT> r;
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    // Lanes 4j..4j+3 hold block j of a half super-block: 16-value groups 2j (values 0..15), 2j + 1.
+    const __m512i grp = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    for (int64_t i = 0; i < K / QK_K; ++i) {
+        const uint8_t * sb = row + i * B::kBytes;
+        __m512 dg, mg;
+        B::scales(sb, &dg, &mg);
+        __m512 c[NT];
+        for (int t = 0; t < NT; ++t) {
+            const __m512 da = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(a.d[t] + 8 * i)));
+            c[t] = _mm512_mul_ps(dg, da);
+            r.accm[t] = _mm512_fmadd_ps(mg, _mm512_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
+        }
+        for (int g = 0; g < 2; ++g) {
+            const Codes cd = B::codes(sb, g);
+            const __m512i ilo = _mm512_add_epi32(grp, _mm512_set1_epi32(8 * g));
+            for (int t = 0; t < NT; ++t) {
+                const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
+                if constexpr (B::kGroups16) {
+                    const __m512i dlo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cd.lo, _mm512_loadu_si512(x));
+                    const __m512i dhi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cd.hi, _mm512_loadu_si512(x + 64));
+                    const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(1));
+                    r.acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dlo), _mm512_permutexvar_ps(ilo, c[t]), r.acc[t][0]);
+                    r.acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dhi), _mm512_permutexvar_ps(ihi, c[t]), r.acc[t][1]);
+                } else {
+                    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cd.lo, _mm512_loadu_si512(x));
+                    dot = _mm512_dpbusd_epi32(dot, cd.hi, _mm512_loadu_si512(x + 64));
+                    r.acc[t][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(ilo, c[t]), r.acc[t][g]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) fin[t] = _mm512_add_ps(_mm512_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
+}
+
+// Rows in groups of 16 so that their final sums are one transposing reduction.
+template <QType WT, int NT>
+void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                float * y, int64_t ldy) {
+    const Acts<NT> a(acts, lda, K);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 16) {
+        const int nr = int(std::min<int64_t>(16, n_rows - r0));
+        __m512 fin[NT][16];
+        for (int i = 0; i < 16; ++i) {
+            __m512 f[NT];
+            if (i >= nr) {
+                for (int t = 0; t < NT; ++t) f[t] = _mm512_setzero_ps();
+            } else if constexpr (qtype_block_size(WT) == 32) {
+                legacy_row<WT, NT>(W + (r0 + i) * ldw, int(K / 32), a, f);
+            } else {
+                kquant_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
+            }
+            for (int t = 0; t < NT; ++t) fin[t][i] = f[t];
+        }
+        for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy + r0, __mmask16((1u << nr) - 1), hsum16(fin[t]));
+    }
+}
+
+template <QType WT>
+void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                int64_t n_tok, float * y, int64_t ldy) {
+    const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
+        const int64_t nr = std::min(rb, n_rows - r0);
+        const uint8_t * w = W + r0 * ldw;
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4) quant_rows<WT, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        switch (n_tok - t) {
+            case 3: quant_rows<WT, 3>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 2: quant_rows<WT, 2>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 1: quant_rows<WT, 1>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            default: break;
+        }
+    }
+}
+
+// ---- float weights: 16 values per step, converted to f32 and fma'd with the float activations ----
+
+struct LoadF32 {
+    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+        return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(row) + k);
+    }
+};
+struct LoadF16 {
+    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
+    }
+};
+struct LoadBF16 {
+    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+        const __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+};
+
+// NR weight rows times NT tokens; K any length (the tail is masked).
+template <class L, int NR, int NT>
+void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
+    __m512 acc[NR][NT];
+    for (int r = 0; r < NR; ++r)
+        for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+        __m512 x[NT];
+        for (int t = 0; t < NT; ++t) x[t] = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(acts + t * lda) + k);
+        for (int r = 0; r < NR; ++r) {
+            const __m512 w = L::load(W + r * ldw, k, m);
+            for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(w, x[t], acc[r][t]);
+        }
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <class L, int NT>
+void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                float * y, int64_t ldy) {
+    int64_t r = 0;
+    for (; r + 2 <= n_rows; r += 2) float_tile<L, 2, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+    if (r < n_rows) float_tile<L, 1, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+}
+
+template <class L>
+void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                int64_t n_tok, float * y, int64_t ldy) {
+    const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
+        const int64_t nr = std::min(rb, n_rows - r0);
+        const uint8_t * w = W + r0 * ldw;
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4) float_rows<L, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        switch (n_tok - t) {
+            case 3: float_rows<L, 3>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 2: float_rows<L, 2>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 1: float_rows<L, 1>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            default: break;
+        }
+    }
+}
+
+}  // namespace
+
+GemmFn gemv_kernel(QType wt) {
+    switch (wt) {
+        case QType::F32: return gemm_float<LoadF32>;
+        case QType::F16: return gemm_float<LoadF16>;
+        case QType::BF16: return gemm_float<LoadBF16>;
+        case QType::Q4_0: return gemv_quant<QType::Q4_0>;
+        case QType::Q4_1: return gemv_quant<QType::Q4_1>;
+        case QType::Q5_0: return gemv_quant<QType::Q5_0>;
+        case QType::Q5_1: return gemv_quant<QType::Q5_1>;
+        case QType::Q8_0: return gemv_quant<QType::Q8_0>;
+        case QType::Q2_K: return gemv_quant<QType::Q2_K>;
+        case QType::Q3_K: return gemv_quant<QType::Q3_K>;
+        case QType::Q4_K: return gemv_quant<QType::Q4_K>;
+        case QType::Q5_K: return gemv_quant<QType::Q5_K>;
+        case QType::Q6_K: return gemv_quant<QType::Q6_K>;
+        default: return nullptr;
+    }
+}
+
+}  // namespace sl::cpu::impl::avx512

@@ -1,0 +1,45 @@
+// Internal to cpp/cpu/arch/x86: the pieces each instruction set's files hand to its table.
+#pragma once
+
+#include <immintrin.h>
+
+#include "cpu/kernels.h"
+
+// GCC 12's AVX-512 intrinsic headers trip -Wuninitialized when inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace sl::cpu::impl {
+
+// f16 to f32 by F16C (every file here is built with it): exact, as fp16_to_fp32.
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+constexpr int qtype_block_size(QType t) {
+    return (t == QType::Q2_K || t == QType::Q3_K || t == QType::Q4_K || t == QType::Q5_K || t == QType::Q6_K) ? 256
+           : (t == QType::F32 || t == QType::F16 || t == QType::BF16)                                          ? 1
+                                                                                                               : 32;
+}
+
+// Below this many tokens the quantized kernels read the weight blocks as stored; from it on
+// they repack 16 rows at a time so that each decoded block serves many tokens (measured on
+// Zen 4: the repacking costs about as much as 8-12 tokens' worth of the direct kernel).
+constexpr int64_t kPackMinTokens = 10;
+// The direct kernels walk this many rows for every group of tokens, so that the rows stay in
+// cache while several groups of 4 tokens pass over them.
+constexpr int64_t kRowBlock = 64;
+
+namespace avx512 {
+GemmFn gemv_kernel(QType wt);    // any n_tok; reads weight blocks as stored
+GemmFn packed_kernel(QType wt);  // n_tok >= kPackMinTokens; quantized types only
+void fill_act_attn(KernelTable & t);
+}  // namespace avx512
+
+namespace avx2 {
+GemmFn gemv_kernel(QType wt);
+GemmFn packed_kernel(QType wt);
+void fill_act_attn(KernelTable & t);
+}  // namespace avx2
+
+}  // namespace sl::cpu::impl

@@ -1,0 +1,537 @@
+"""Hugging Face model directories for converter tests and benchmarks, built without downloads.
+
+- ``tiny_model``: a random Llama / Mistral / Qwen2 model (config.json, safetensors in f32, f16
+  or bf16, one file or shards with an index) with a byte-level BPE ``tokenizer.json`` trained
+  with ``tokenizers`` and/or a SentencePiece ``tokenizer.model`` trained with ``sentencepiece``.
+- ``smollm2_hf_dir``: the real SmolLM2-135M-Instruct rebuilt as a Hugging Face directory from
+  its Q4_1 GGUF: weights dequantized with gguf-py (the reference), the rotary permutation of
+  q/k undone, tokenizer.json from the GGUF vocabulary and merges. Cached under
+  ``splitllm.assets.cache_dir()``; ``smollm2_gguf(type)`` caches our conversions of it.
+- ``reference_logits``: a numpy float64 forward pass with Hugging Face's semantics (rotate-half
+  rope, GQA, SwiGLU, RMSNorm), independent of the converter and of llama.cpp.
+
+The builders do not use the converter's code (only ``smollm2_gguf`` calls it): the fixtures stay
+an independent description of the Hugging Face format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import serialize_file
+from safetensors.numpy import TensorSpec
+
+Weights = dict[str, np.ndarray]
+
+# Pre-tokenizers as they appear in the tokenizer.json of real models
+LLAMA3_REGEX = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+QWEN2_REGEX = LLAMA3_REGEX.replace("\\p{N}{1,3}", "\\p{N}")
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
+    "gpt-2": _BYTE_LEVEL,
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL],
+    },
+    "llama-bpe": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+            {**_BYTE_LEVEL, "use_regex": False},
+        ],
+    },
+    "qwen2": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": False},
+            {**_BYTE_LEVEL, "use_regex": False},
+        ],
+    },
+}
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+BPE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def corpus(n_lines: int = 1500, seed: int = 0) -> list[str]:
+    """Deterministic training text: words, numbers, punctuation, a little non-ASCII."""
+    rng = random.Random(seed)
+    words = (
+        "the of and to in is model token layer weight value query key cache attention rope matrix "
+        "quantize block scale row column memory thread fast small large über café naïve 東京 "
+        "hello world it's we're they'll I'd"
+    ).split()
+    lines = []
+    for _ in range(n_lines):
+        parts = [rng.choice(words) for _ in range(rng.randint(4, 14))]
+        parts.insert(rng.randint(0, len(parts)), str(rng.randint(0, 99999)))
+        lines.append(" ".join(parts) + rng.choice([".", "!", "?", ",", ":", " -", "\n"]))
+    return lines
+
+
+def write_bpe_tokenizer(d: Path, *, pre: str = "gpt-2", vocab_size: int = 320) -> int:
+    """Train a byte-level BPE with ``tokenizers`` and write tokenizer.json + tokenizer_config.json.
+
+    Returns the number of tokens. Ids 0..2 are BPE_SPECIALS (endoftext, im_start, im_end).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    spec = json.loads(Tokenizer(models.BPE()).to_str())
+    spec["pre_tokenizer"] = PRE_TOKENIZERS[pre]  # as real models' tokenizer.json spell it
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=BPE_SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.save(str(d / "tokenizer.json"))
+    config = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "add_prefix_space": False,
+        "add_bos_token": False,
+        "chat_template": CHAT_TEMPLATE,
+        "tokenizer_class": "GPT2Tokenizer",
+    }
+    _write_json(d / "tokenizer_config.json", config)
+    return int(tok.get_vocab_size())
+
+
+def write_spm_tokenizer(d: Path, *, vocab_size: int = 400) -> int:
+    """Train a SentencePiece BPE model (byte fallback) and write tokenizer.model; returns its size."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus()),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+        hard_vocab_limit=False,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,  # as Llama 2's tokenizer.model
+    )
+    (d / "tokenizer.model").write_bytes(buf.getvalue())
+    _write_json(
+        d / "special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    )
+    _write_json(d / "tokenizer_config.json", {"add_bos_token": True, "add_eos_token": False})
+    return int(spm.SentencePieceProcessor(model_proto=buf.getvalue()).vocab_size())
+
+
+# -- weights ------------------------------------------------------------------------------------
+
+
+def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
+    """Random float32 weights in Hugging Face names and shapes for a llama-like ``cfg``."""
+    rng = np.random.default_rng(seed)
+    e, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or e // nh
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
+
+    def vec(n: int, base: float, scale: float) -> np.ndarray:
+        return (base + scale * rng.standard_normal(n)).astype(np.float32)
+
+    w: Weights = {"model.embed_tokens.weight": rng.standard_normal((v, e)).astype(np.float32)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = vec(e, 1.0, 0.1)
+        w[p + "self_attn.q_proj.weight"] = mat(nh * hd, e)
+        w[p + "self_attn.k_proj.weight"] = mat(nkv * hd, e)
+        w[p + "self_attn.v_proj.weight"] = mat(nkv * hd, e)
+        w[p + "self_attn.o_proj.weight"] = mat(e, nh * hd)
+        if cfg.get("architectures") == ["Qwen2ForCausalLM"] or cfg.get("attention_bias"):
+            w[p + "self_attn.q_proj.bias"] = vec(nh * hd, 0.0, 0.3)
+            w[p + "self_attn.k_proj.bias"] = vec(nkv * hd, 0.0, 0.3)
+            w[p + "self_attn.v_proj.bias"] = vec(nkv * hd, 0.0, 0.3)
+        if cfg.get("attention_bias"):
+            w[p + "self_attn.o_proj.bias"] = vec(e, 0.0, 0.3)
+        w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.1)
+        w[p + "mlp.gate_proj.weight"] = mat(ff, e)
+        w[p + "mlp.up_proj.weight"] = mat(ff, e)
+        w[p + "mlp.down_proj.weight"] = mat(e, ff)
+    w["model.norm.weight"] = vec(e, 1.0, 0.1)
+    if not cfg.get("tie_word_embeddings"):
+        w["lm_head.weight"] = mat(v, e)
+    return w
+
+
+def as_dtype(x: np.ndarray, dtype: str) -> tuple[np.ndarray, str, np.ndarray]:
+    """(stored array, safetensors dtype name, the float32 values it holds)."""
+    if dtype == "f32":
+        return x, "float32", x
+    if dtype == "f16":
+        h = x.astype(np.float16)
+        return h, "float16", h.astype(np.float32)
+    u = x.view(np.uint32)
+    b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+    return b, "bfloat16", (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int = 1) -> Weights:
+    """Write safetensors (sharded with an index when ``shards`` > 1); returns the stored values as float32."""
+    names = list(weights)
+    groups = [names[i::shards] for i in range(shards)]
+    stored: Weights = {}
+    weight_map = {}
+    for k, group in enumerate(groups):
+        fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        arrays, specs = [], {}
+        for n in group:
+            arr, dt, as_f32 = as_dtype(np.ascontiguousarray(weights[n], dtype=np.float32), dtype)
+            arrays.append(arr)
+            specs[n] = TensorSpec(dtype=dt, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
+            stored[n] = as_f32
+            weight_map[n] = fname
+        serialize_file(specs, str(d / fname), metadata={"format": "pt"})
+        del arrays
+    if shards > 1:
+        total = sum(v.nbytes for v in stored.values()) // (1 if dtype == "f32" else 2)
+        _write_json(
+            d / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+        )
+    return stored
+
+
+def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
+    """config.json of a small model; ``arch`` is llama, mistral or qwen2."""
+    hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]
+    cfg: dict[str, Any] = {
+        "architectures": [hf],
+        "model_type": arch,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    if arch == "mistral":
+        cfg["sliding_window"] = None
+    cfg.update(over)
+    return cfg
+
+
+def tiny_model(
+    d: Path,
+    arch: str = "llama",
+    *,
+    dtype: str = "f32",
+    shards: int = 1,
+    tokenizer: str = "bpe",
+    pre: str | None = None,
+    extra_vocab: int = 0,
+    seed: int = 0,
+    **cfg_over: Any,
+) -> tuple[dict[str, Any], Weights]:
+    """A random model directory in ``d``; returns (config, stored weights as float32).
+
+    ``tokenizer``: "bpe" (tokenizer.json), "spm" (tokenizer.model) or "both". The model's vocab
+    is the tokenizer's plus ``extra_vocab`` unused ids.
+    """
+    d.mkdir(parents=True, exist_ok=True)
+    default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "qwen2": "qwen2"}[arch]
+    n_tok = 0
+    if tokenizer in ("bpe", "both"):
+        n_tok = write_bpe_tokenizer(d, pre=pre or default_pre)
+    if tokenizer in ("spm", "both"):
+        n_tok = write_spm_tokenizer(d)
+    cfg = tiny_config(arch, vocab_size=n_tok + extra_vocab, **cfg_over)
+    if tokenizer == "spm":
+        cfg.update(bos_token_id=1, eos_token_id=2)
+    _write_json(d / "config.json", cfg)
+    stored = save_weights(d, random_weights(cfg, seed=seed), dtype=dtype, shards=shards)
+    return cfg, stored
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+# -- a reference forward pass --------------------------------------------------------------------
+
+
+def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def _rope(x: np.ndarray, pos: np.ndarray, theta: float, factor: float) -> np.ndarray:
+    """Hugging Face rotate-half rope on (n_head, T, head_dim); linear scaling divides positions."""
+    hd = x.shape[-1]
+    inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.outer(pos / factor, inv)
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+    rot = np.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], -1)
+    return x * cos + rot * sin
+
+
+def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
+    """Logits (T, vocab) of a llama-like model in float64, following transformers' modeling code."""
+    g = {k: v.astype(np.float64) for k, v in w.items()}
+    nh, nkv, e = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+    hd, eps, theta = cfg.get("head_dim") or e // nh, cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    scaling = cfg.get("rope_scaling") or {}
+    factor = (
+        float(scaling.get("factor", 1.0))
+        if scaling.get("rope_type", scaling.get("type")) == "linear"
+        else 1.0
+    )
+    x = g["model.embed_tokens.weight"][ids]
+    t = len(ids)
+    pos = np.arange(t, dtype=np.float64)
+    mask = np.triu(np.full((t, t), -np.inf), 1)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = _rms(x, g[p + "input_layernorm.weight"], eps)
+        q, k, v = (
+            h @ g[p + f"self_attn.{n}_proj.weight"].T + g.get(p + f"self_attn.{n}_proj.bias", 0.0)
+            for n in "qkv"
+        )
+        q = _rope(q.reshape(t, nh, hd).transpose(1, 0, 2), pos, theta, factor)
+        k = _rope(k.reshape(t, nkv, hd).transpose(1, 0, 2), pos, theta, factor)
+        v = v.reshape(t, nkv, hd).transpose(1, 0, 2)
+        k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = (s / s.sum(-1, keepdims=True)) @ v
+        x = x + a.transpose(1, 0, 2).reshape(t, nh * hd) @ g[p + "self_attn.o_proj.weight"].T
+        x = x + g.get(p + "self_attn.o_proj.bias", 0.0)
+        h = _rms(x, g[p + "post_attention_layernorm.weight"], eps)
+        gate = h @ g[p + "mlp.gate_proj.weight"].T
+        x = (
+            x
+            + (gate / (1 + np.exp(-gate)) * (h @ g[p + "mlp.up_proj.weight"].T))
+            @ g[p + "mlp.down_proj.weight"].T
+        )
+    x = _rms(x, g["model.norm.weight"], eps)
+    return x @ g.get("lm_head.weight", g["model.embed_tokens.weight"]).T
+
+
+# -- SmolLM2 rebuilt from its GGUF ---------------------------------------------------------------
+
+REBUILD_VERSION = "1"
+_GGUF_TO_HF = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def hf_name(gguf_name: str) -> str:
+    """Hugging Face name of a llama GGUF tensor name."""
+    parts = gguf_name.split(".")
+    if parts[0] == "blk":
+        return f"model.layers.{parts[1]}.{_GGUF_TO_HF[parts[2]]}.{parts[3]}"
+    return f"{_GGUF_TO_HF[parts[0]]}.{parts[1]}"
+
+
+def undo_rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """GGML's interleaved rotary rows back to Hugging Face's rotate-half order, head by head."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _field(reader: Any, key: str) -> Any:
+    f = reader.fields.get(key)
+    return None if f is None else f.contents()
+
+
+def _rebuild_tokenizer(r: Any, d: Path) -> None:
+    tokens: list[str] = _field(r, "tokenizer.ggml.tokens")
+    types: list[int] = _field(r, "tokenizer.ggml.token_type")
+    special = [i for i, t in enumerate(types) if t == 3]
+    byte_level = {**_BYTE_LEVEL, "add_prefix_space": True, "trim_offsets": False}
+    tok = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": tokens[i],
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i in special
+        ],
+        "normalizer": None,
+        "pre_tokenizer": PRE_TOKENIZERS[_field(r, "tokenizer.ggml.pre")],
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": _field(r, "tokenizer.ggml.merges"),
+        },
+    }
+    _write_json(d / "tokenizer.json", tok)
+    names = {
+        "bos": "bos_token_id",
+        "eos": "eos_token_id",
+        "unk": "unknown_token_id",
+        "pad": "padding_token_id",
+    }
+    cfg: dict[str, Any] = {f"{k}_token": tokens[_field(r, f"tokenizer.ggml.{v}")] for k, v in names.items()}
+    _write_json(d / "special_tokens_map.json", dict(cfg))
+    add_bos = _field(r, "tokenizer.ggml.add_bos_token")
+    cfg.update(
+        add_prefix_space=_field(r, "tokenizer.ggml.add_space_prefix"),
+        chat_template=_field(r, "tokenizer.chat_template"),
+        model_max_length=_field(r, "llama.context_length"),
+        tokenizer_class="GPT2Tokenizer",
+    )
+    if add_bos is not None:
+        cfg["add_bos_token"] = add_bos
+    _write_json(d / "tokenizer_config.json", cfg)
+
+
+def _rebuild_config(r: Any, d: Path, tied: bool) -> None:
+    a = "llama."
+    name = "-".join(str(_field(r, f"general.{k}")) for k in ("basename", "size_label", "finetune"))
+    cfg = {
+        "_name_or_path": f"{_field(r, 'general.organization')}/{name}",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": _field(r, a + "embedding_length"),
+        "intermediate_size": _field(r, a + "feed_forward_length"),
+        "num_hidden_layers": _field(r, a + "block_count"),
+        "num_attention_heads": _field(r, a + "attention.head_count"),
+        "num_key_value_heads": _field(r, a + "attention.head_count_kv"),
+        "max_position_embeddings": _field(r, a + "context_length"),
+        "rms_norm_eps": float(np.float32(_field(r, a + "attention.layer_norm_rms_epsilon"))),
+        "rope_theta": float(_field(r, a + "rope.freq_base")),
+        "rope_scaling": None,
+        "vocab_size": _field(r, a + "vocab_size"),
+        "tie_word_embeddings": tied,
+        "hidden_act": "silu",
+        "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(r, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _field(r, "tokenizer.ggml.padding_token_id"),
+        "torch_dtype": "float32",
+    }
+    _write_json(d / "config.json", cfg)
+    gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    _write_json(d / "generation_config.json", gen)
+    langs = _field(r, "general.languages") or []
+    card = ["---", f"license: {_field(r, 'general.license')}", "language:", *[f"- {x}" for x in langs], "---"]
+    (d / "README.md").write_text(
+        "\n".join(card) + "\n\nSmolLM2-135M-Instruct rebuilt from its GGUF for tests.\n"
+    )
+
+
+def rebuild_hf_from_gguf(gguf_path: Path, d: Path) -> None:
+    """Write a Hugging Face directory equivalent to the llama-architecture GGUF at ``gguf_path``."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    r = GGUFReader(gguf_path)
+    if _field(r, "general.architecture") != "llama" or _field(r, "tokenizer.ggml.model") != "gpt2":
+        raise ValueError(f"{gguf_path}: only llama models with a gpt2 tokenizer can be rebuilt")
+    n_head, n_kv = _field(r, "llama.attention.head_count"), _field(r, "llama.attention.head_count_kv")
+    weights: Weights = {}
+    for t in r.tensors:
+        x = (
+            dequantize(t.data, t.tensor_type)
+            .astype(np.float32)
+            .reshape(tuple(int(n) for n in reversed(t.shape)))
+        )
+        if t.name.endswith("attn_q.weight"):
+            x = undo_rope_permute(x, n_head)
+        elif t.name.endswith("attn_k.weight"):
+            x = undo_rope_permute(x, n_kv)
+        weights[hf_name(t.name)] = np.ascontiguousarray(x)
+    _rebuild_config(r, d, tied="lm_head.weight" not in weights)
+    _rebuild_tokenizer(r, d)
+    save_weights(d, weights, dtype="f32")
+
+
+def smollm2_hf_dir(cache: Path | None = None, *, gguf_path: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face directory (f32 safetensors), built once and cached."""
+    from splitllm.assets import cache_dir, smollm2_path
+
+    root = cache or cache_dir()
+    target = root / "SmolLM2-135M-Instruct-hf"
+    stamp = target / ".rebuild-version"
+    if stamp.is_file() and stamp.read_text() == REBUILD_VERSION:
+        return target
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".smollm2-hf-"))
+    try:
+        rebuild_hf_from_gguf(gguf_path or smollm2_path(), tmp)
+        (tmp / ".rebuild-version").write_text(REBUILD_VERSION)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smollm2_gguf(type: str, cache: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct converted by convert-hf to ``type`` (f16, q8_0, q4_k_m, ...), cached."""
+    from splitllm.assets import cache_dir
+    from splitllm_convert import convert
+
+    src = smollm2_hf_dir(cache)
+    out = (cache or cache_dir()) / f"SmolLM2-135M-Instruct.convert-hf.{type.upper()}.gguf"
+    stamp = out.with_suffix(".stamp")
+    if not (out.is_file() and stamp.is_file() and stamp.read_text() == REBUILD_VERSION):
+        convert(src, out, type=type, force=True, quiet=True)
+        stamp.write_text(REBUILD_VERSION)
+    return out

@@ -1,0 +1,322 @@
+"""convert-hf on tiny random Hugging Face models, checked against references we did not write.
+
+- llama.cpp (llama-cpp-python) loading our GGUF gives the logits of a numpy float64 forward pass
+  with Hugging Face semantics (so names, q/k permutation, biases, rope scaling are right), and
+  tokenizes text exactly as the Hugging Face ``tokenizers`` / ``sentencepiece`` libraries do.
+- The per-tensor types of every ``--type`` equal those llama.cpp's own quantizer picks from
+  our f32 file, and the quantized tensors are byte for byte the ones it writes.
+- gguf-py's GGUFReader reads back what we wrote; values are compared to the stored weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import gguf
+import hf_fixtures as F
+import numpy as np
+import pytest
+from gguf import GGUFReader
+from splitllm_convert import FILE_TYPES, convert
+
+IDS = [5, 17, 200, 33, 150, 77, 9, 250, 3, 64]
+TEXT = "hello world it's 12345 the model über 東京! \n  quantize  the   block?"
+
+
+def field(r: GGUFReader, key: str) -> Any:
+    f = r.fields.get(key)
+    return None if f is None else f.contents()
+
+
+def tensors(path: Path) -> dict[str, Any]:
+    return {t.name: t for t in GGUFReader(path).tensors}
+
+
+def as_f32(t: Any) -> np.ndarray:
+    """A GGUF tensor decoded by gguf-py, in numpy (row-major) shape."""
+    return gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(int(n) for n in reversed(t.shape)))
+
+
+@pytest.fixture(scope="module")
+def llama_cpp() -> Any:
+    return pytest.importorskip("llama_cpp")
+
+
+def lcpp_model(llama_cpp: Any, path: Path) -> Any:
+    return llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+
+
+def lcpp_logits(llama_cpp: Any, path: Path, ids: list[int]) -> np.ndarray:
+    llm = lcpp_model(llama_cpp, path)
+    llm.eval(ids)
+    out = np.array(llm.scores[: len(ids)], dtype=np.float64)
+    llm.close()
+    return out
+
+
+def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = ftype, 2
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
+
+
+# -- against llama.cpp and a float64 reference --------------------------------------------------
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    ("arch", "kw"),
+    [
+        ("llama", {"dtype": "bf16", "shards": 2, "extra_vocab": 6}),
+        ("llama", {"tokenizer": "spm", "rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
+        ("mistral", {"dtype": "f16", "tokenizer": "both", "tie_word_embeddings": True}),
+        ("qwen2", {"num_key_value_heads": 1, "rope_theta": 1e6}),
+        (
+            "llama",
+            {"attention_bias": True, "head_dim": 32, "num_attention_heads": 3, "num_key_value_heads": 1},
+        ),
+    ],
+    ids=["llama-bf16-sharded", "llama-spm-linear-rope", "mistral-f16-tied", "qwen2-biases", "llama-headdim"],
+)
+def test_logits_match_float64_reference(
+    tmp_path: Path, llama_cpp: Any, arch: str, kw: dict[str, Any]
+) -> None:
+    cfg, weights = F.tiny_model(tmp_path / "hf", arch, **kw)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    ids = [i % cfg["vocab_size"] for i in IDS]
+    ref = F.reference_logits(cfg, weights, ids)
+    got = lcpp_logits(llama_cpp, out, ids)
+    assert np.abs(got - ref).max() < 2e-3 * np.abs(ref).max()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2", "smollm"])
+def test_bpe_tokenizer_matches_hf(tmp_path: Path, llama_cpp: Any, pre: str) -> None:
+    from tokenizers import Tokenizer
+
+    F.tiny_model(tmp_path / "hf", "llama", pre=pre, extra_vocab=3)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f16", quiet=True)
+    r = GGUFReader(out)
+    tok_json = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
+    vocab = {**tok_json["model"]["vocab"], **{a["content"]: a["id"] for a in tok_json["added_tokens"]}}
+    tokens = field(r, "tokenizer.ggml.tokens")
+    assert tokens[: len(vocab)] == sorted(vocab, key=vocab.__getitem__)
+    assert tokens[len(vocab) :] == [f"[PAD{i}]" for i in range(len(vocab), len(vocab) + 3)]
+    assert field(r, "tokenizer.ggml.token_type")[:4] == [3, 3, 3, 1]  # specials are CONTROL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
+    assert field(r, "tokenizer.ggml.merges") == merges
+    assert (field(r, "tokenizer.ggml.model"), field(r, "tokenizer.ggml.pre")) == ("gpt2", pre)
+    assert field(r, "tokenizer.ggml.bos_token_id") == 1 and field(r, "tokenizer.ggml.eos_token_id") == 2
+    assert field(r, "tokenizer.chat_template") == F.CHAT_TEMPLATE
+    hf = (
+        Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+        .encode(TEXT, add_special_tokens=False)
+        .ids
+    )
+    llm = lcpp_model(llama_cpp, out)
+    assert llm.tokenize(TEXT.encode(), add_bos=False, special=False) == hf
+    assert llm.detokenize(hf).decode() == TEXT
+
+
+@pytest.mark.reference
+def test_spm_tokenizer_matches_sentencepiece(tmp_path: Path, llama_cpp: Any) -> None:
+    import sentencepiece as spm
+
+    F.tiny_model(tmp_path / "hf", "llama", tokenizer="spm", extra_vocab=2)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="q8_0", quiet=True)
+    r = GGUFReader(out)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "hf" / "tokenizer.model"))
+    n = sp.vocab_size()
+    assert field(r, "tokenizer.ggml.tokens")[:n] == [sp.IdToPiece(i) for i in range(n)]
+    assert np.allclose(field(r, "tokenizer.ggml.scores")[:n], [sp.GetScore(i) for i in range(n)])
+    assert field(r, "tokenizer.ggml.token_type")[:4] == [2, 3, 3, 6]  # unk, bos, eos control, byte
+    assert (field(r, "tokenizer.ggml.model"), field(r, "tokenizer.ggml.pre")) == ("llama", "default")
+    assert (
+        field(r, "tokenizer.ggml.add_bos_token") is True and field(r, "tokenizer.ggml.add_eos_token") is False
+    )
+    assert field(r, "tokenizer.ggml.merges") is None
+    llm = lcpp_model(llama_cpp, out)
+    assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == [1, *sp.encode(TEXT)]
+
+
+# -- values, layout, float output types -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_values_round_trip(tmp_path: Path, dtype: str) -> None:
+    cfg, weights = F.tiny_model(tmp_path / "hf", "llama", dtype=dtype, shards=3 if dtype == "f16" else 1)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    got = tensors(out)
+    assert len(got) == len(weights)
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    for name, t in got.items():
+        x = as_f32(t)
+        if name.endswith("attn_q.weight"):
+            x = F.undo_rope_permute(x, nh)
+        elif name.endswith("attn_k.weight"):
+            x = F.undo_rope_permute(x, nkv)
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32
+        np.testing.assert_array_equal(x, weights[F.hf_name(name)], err_msg=name)
+
+
+@pytest.mark.parametrize("qtype", ["f16", "bf16"])
+def test_float_output_types(tmp_path: Path, qtype: str) -> None:
+    _, weights = F.tiny_model(tmp_path / "hf", "qwen2")
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type=qtype, quiet=True)
+    r = GGUFReader(out)
+    assert field(r, "general.file_type") == int(FILE_TYPES[qtype].ftype)
+    for t in r.tensors:
+        src = weights[F.hf_name(t.name)]
+        if len(src.shape) == 1 or t.name.endswith("norm.weight"):
+            assert t.tensor_type.name == "F32", t.name
+            continue
+        assert t.tensor_type.name == qtype.upper(), t.name
+        want = F.as_dtype(src, qtype)[2]  # the fixture's own rounding (nearest even)
+        np.testing.assert_array_equal(as_f32(t), want, err_msg=t.name)
+
+
+def test_llama3_rope_scaling_writes_rope_freqs(tmp_path: Path) -> None:
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    cfg, _ = F.tiny_model(tmp_path / "hf", "llama", rope_scaling=scaling, rope_theta=500000.0)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f16", quiet=True)
+    r = GGUFReader(out)
+    assert r.tensors[0].name == "rope_freqs.weight" and r.tensors[0].tensor_type.name == "F32"
+    assert field(r, "llama.rope.scaling.type") is None  # llama.cpp carries llama3 scaling in the tensor
+    # transformers' _compute_llama3_parameters, in float64
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    inv = 1.0 / 500000.0 ** (np.arange(0, hd, 2) / hd)
+    wavelen = 2 * math.pi / inv
+    smooth = (64 / wavelen - 1.0) / (4.0 - 1.0)
+    factors = np.where(
+        wavelen < 64 / 4.0, 1.0, np.where(wavelen > 64 / 1.0, 8.0, 1 / ((1 - smooth) / 8.0 + smooth))
+    )
+    np.testing.assert_allclose(as_f32(r.tensors[0]), factors, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "scaling", "keys"),
+    [
+        ("llama", {"type": "linear", "factor": 2.5}, {"type": "linear", "factor": 2.5}),
+        ("qwen2", {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256},
+         {"type": "yarn", "factor": 4.0, "original_context_length": 256}),
+    ],
+)  # fmt: skip
+def test_rope_scaling_metadata(
+    tmp_path: Path, arch: str, scaling: dict[str, Any], keys: dict[str, Any]
+) -> None:
+    F.tiny_model(tmp_path / "hf", arch, rope_scaling=scaling)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    r = GGUFReader(out)
+    for key, value in keys.items():
+        assert field(r, f"{arch}.rope.scaling.{key}") == pytest.approx(value), key
+
+
+# -- quantization mixes against llama.cpp's quantizer ------------------------------------------
+
+MIX_MODELS = {
+    # 16 layers so use_more_bits picks a pattern; ffn_down rows of 288 exercise the K fallbacks
+    "gqa4-untied": {
+        "hidden_size": 256,
+        "intermediate_size": 288,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+    },
+    "rows96-tied": {
+        "hidden_size": 96,
+        "intermediate_size": 256,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "tie_word_embeddings": True,
+    },
+    "rows80-f16-fallback": {
+        "hidden_size": 80,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+}
+QUANT_TYPES = [t for t, ft in FILE_TYPES.items() if ft.is_quantized]
+
+
+@pytest.fixture(scope="module", params=list(MIX_MODELS))
+def mix_model(request: Any, tmp_path_factory: Any) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp(request.param)
+    F.tiny_model(d / "hf", "llama", **MIX_MODELS[request.param])
+    convert(d / "hf", d / "f32.gguf", type="f32", quiet=True)
+    return d / "hf", d / "f32.gguf"
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_mix_and_bytes_match_llama_quantize(
+    tmp_path: Path, llama_cpp: Any, mix_model: tuple[Path, Path], qtype: str
+) -> None:
+    hf_dir, f32 = mix_model
+    ref, ours = tmp_path / "ref.gguf", tmp_path / "ours.gguf"
+    lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
+    want = tensors(ref)
+    plan = convert(hf_dir, ours, type=qtype, dry_run=True)
+    assert {t.name: t.type.name for t in plan.tensors} == {n: t.tensor_type.name for n, t in want.items()}
+    convert(hf_dir, ours, type=qtype, quiet=True, n_threads=2)
+    got = tensors(ours)
+    assert field(GGUFReader(ours), "general.file_type") == field(GGUFReader(ref), "general.file_type")
+    for name, t in got.items():
+        assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
+        # the same reference quantizers as ggml: byte for byte
+        assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
+
+
+# max |logit error| / max |logit| of llama.cpp on our file vs the float64 reference, about twice
+# what each type gives on this random model (llama.cpp also quantizes activations for q-types)
+LOGIT_ERROR = {
+    "f32": 1e-3, "f16": 2e-3, "bf16": 1e-2, "q8_0": 0.04, "q6_k": 0.08, "q5_k_m": 0.16, "q5_k_s": 0.16,
+    "q5_1": 0.15, "q5_0": 0.2, "q4_k_m": 0.3, "q4_k_s": 0.3, "q4_1": 0.35, "q4_0": 0.35, "q3_k_m": 0.5,
+    "q2_k": 0.8,
+}  # fmt: skip
+
+
+@pytest.mark.reference
+def test_llama_cpp_loads_every_type(tmp_path: Path, llama_cpp: Any) -> None:
+    cfg, weights = F.tiny_model(
+        tmp_path / "hf",
+        "llama",
+        hidden_size=256,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    ref = F.reference_logits(cfg, weights, IDS)
+    for qtype in FILE_TYPES:
+        out = tmp_path / f"{qtype}.gguf"
+        convert(tmp_path / "hf", out, type=qtype, quiet=True)
+        got = lcpp_logits(llama_cpp, out, IDS)
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        assert np.isfinite(got).all() and err < LOGIT_ERROR[qtype], (qtype, err)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_read_f32_in_chunks(tmp_path: Path, dtype: str) -> None:
+    from splitllm_convert.hfdir import index_tensors, read_f32
+
+    _, weights = F.tiny_model(tmp_path / "hf", "llama", dtype=dtype)
+    for name, entry in index_tensors(tmp_path / "hf").items():
+        np.testing.assert_array_equal(read_f32(entry, chunk=7), weights[name], err_msg=name)

@@ -1,0 +1,91 @@
+"""SmolLM2-135M Q4_1 against llama.cpp (llama-cpp-python built from source) as the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from splitllm import Model
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the reference) is not installed")
+
+pytestmark = pytest.mark.reference
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, there was a",
+    "def fibonacci(n):",
+    "The three laws of robotics are",
+    "Water boils at a temperature of",
+]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_path):
+    llm = llama_cpp.Llama(str(smollm2_path), n_ctx=1024, n_threads=2, logits_all=True, verbose=False)
+    yield llm
+    llm.close()
+
+
+@pytest.fixture(scope="module")
+def ours(smollm2_path):
+    with Model(smollm2_path, n_ctx=1024, n_threads=2) as m:
+        yield m
+
+
+def test_teacher_forced_logits_agree(reference, ours, tinyshakespeare):
+    """First 512 tokens of tinyshakespeare: top-1 agreement and KL(llama.cpp || ours)."""
+    tokens = reference.tokenize(tinyshakespeare[:8000].encode(), add_bos=False)[:512]
+    assert len(tokens) == 512
+    assert ours.tokenize(tinyshakespeare[:8000].encode(), add_bos=False)[:512] == tokens
+    reference.reset()
+    reference.eval(tokens)
+    ref = np.array(reference.scores[: len(tokens)], dtype=np.float32)
+    got = ours.logits(tokens)
+    lp_ref, lp_got = log_softmax(ref), log_softmax(got)
+    kl = (np.exp(lp_ref) * (lp_ref - lp_got)).sum(axis=-1)
+    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    print(f"\nteacher-forced 512 tokens: top-1 agreement {top1:.4f}, mean KL {kl.mean():.5f}, max KL {kl.max():.5f}")
+    assert kl.mean() <= 0.005
+    assert top1 >= 0.98
+
+
+def greedy_tokens_reference(llm, prompt_tokens: list[int], n: int) -> list[int]:
+    out = []
+    for tok in llm.generate(prompt_tokens, temp=0.0, top_k=1, reset=True):
+        out.append(tok)
+        if len(out) == n or tok == llm.token_eos():
+            break
+    return out
+
+
+def test_greedy_completions_match(reference, ours):
+    """32 greedy tokens for 5 prompts: at least 4 equal; a difference must start at a near-tie."""
+    equal = 0
+    for prompt in PROMPTS:
+        toks = ours.tokenize(prompt.encode(), add_bos=False, special=True)
+        assert toks == reference.tokenize(prompt.encode(), add_bos=False, special=True)
+        ref = greedy_tokens_reference(reference, toks, 32)
+        got = []
+        for tok in ours.generate(toks, temp=0.0):
+            got.append(tok)
+            if len(got) == len(ref):
+                break
+        if got == ref:
+            equal += 1
+            continue
+        step = next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)
+        reference.reset()
+        reference.eval(toks + ref[:step])
+        row = np.array(reference.scores[reference.n_tokens - 1], dtype=np.float64)
+        top2 = np.sort(row)[-2:]
+        gap = top2[1] - top2[0]
+        print(f"\n{prompt!r}: differs at step {step}, llama.cpp top-2 gap {gap:.4f}")
+        assert gap < 0.1, f"{prompt!r}: first difference at step {step} is not a near-tie (gap {gap:.3f})"
+    assert equal >= 4
