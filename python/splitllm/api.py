@@ -223,11 +223,15 @@ def _sse(stream: ChunkStream, events: AsyncIterator[dict[str, Any]]) -> Streamin
 async def _collect(stream: ChunkStream, request: Request) -> list[CompletionChunk] | None:
     """All chunks of a job, or None if the client disconnects first (the job is cancelled)."""
     chunks: list[CompletionChunk] = []
+    checked = time.monotonic()
     try:
         while not stream.done:
             try:
                 chunks.append(await stream.next_chunk(DISCONNECT_POLL_S))
             except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
+                pass
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return None
     finally:

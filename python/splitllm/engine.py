@@ -1,16 +1,24 @@
-"""Continuous batching: concurrent generations share every forward pass.
+"""Continuous batching: concurrent generations share forward passes.
 
 :class:`BatchEngine` owns a :class:`~splitllm.model.Model` loaded with ``n_seq_max`` sequence
-slots and runs a scheduler in a background thread. Each step it gathers, for every active
-sequence, its next token (decode) or a chunk of its prompt (prefill, at most ``n_batch`` tokens in
-the step, so one long prompt does not stall the others), evaluates them all in one
-``decode`` call, samples each sequence with its own :class:`~splitllm.sampling.Sampler` and pushes
-the text through the same :class:`~splitllm.completions.TokenText` as ``Model.stream``. New
-requests join between steps and finished ones leave.
+slots and runs a scheduler in a background thread. Each step evaluates the next token of every
+decoding sequence together (one ``decode`` call: the weights are read once for all of them) and
+then prompt chunks of sequences still reading their prompt (at most ``n_batch`` prompt tokens a
+step, so one long prompt does not stall the others); it samples each sequence with its own
+:class:`~splitllm.sampling.Sampler` and pushes the text through the same
+:class:`~splitllm.completions.TokenText` as ``Model.stream``. New requests join between steps and
+finished ones leave.
 
-Every slot remembers the tokens whose K/V it holds. A new request takes the free slot whose
-cache shares the longest prefix with its prompt and evaluates only the rest (the next turn of a
-chat reuses the previous turn's cache).
+A request's tokens do not depend on what else runs. The CPU kernels take a different path (with
+different rounding) for larger batches, so the engine never lets other requests change the batch
+a row is computed in: each prompt chunk is its own call, cut where ``Model`` cuts it (every
+``n_batch`` tokens), and decode rows go together only up to the widest batch whose rows equal
+single-token passes, which the engine measures when it starts (:attr:`BatchEngine.decode_width`).
+
+Every slot remembers the tokens whose K/V it holds, and the logits after its last prompt. A new
+request takes the free slot whose cache shares the longest prefix with its prompt and evaluates
+only the rest (the next turn of a chat reuses the previous turn's cache; a repeated prompt
+evaluates nothing).
 
 While an engine runs, it is the only user of the model: do not call the Model's own generation
 methods at the same time.
@@ -52,7 +60,7 @@ class EngineStats:
     prompt_tokens: int = 0       # prompt tokens of the jobs admitted to a slot
     prompt_evaluated: int = 0    # of those, evaluated (the rest came from a slot's cache)
     generated_evaluated: int = 0  # generated tokens evaluated (fed back for the next one)
-    max_batch_seqs: int = 0      # most sequences in one step
+    max_batch_seqs: int = 0      # most sequences decoding together in one step
     decode_seconds: float = 0.0  # time spent in forward passes (the rest of a step is Python)
     busy_seconds: float = 0.0    # time spent in steps
 
@@ -71,6 +79,7 @@ class Job:
     cancelled: bool = False
     finished: bool = False
     next_token: int | None = None     # sampled, to be evaluated in the next step
+    first_logits: np.ndarray | None = None  # logits after the prompt, when the slot had them
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
 
     @property
@@ -82,6 +91,8 @@ class Job:
 class _Slot:
     index: int
     cached: list[int] = field(default_factory=list)  # tokens whose K/V the slot holds
+    logits: np.ndarray | None = None  # (n_vocab) after cached[:n_logits], the last prompt read here
+    n_logits: int = 0
     last_used: int = 0
     job: Job | None = None
 
@@ -115,6 +126,7 @@ class BatchEngine:
         self._stats: dict[str, float] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
         self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
         model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
+        self.decode_width = self._probe_decode_width()
         self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
         self._thread.start()
 
@@ -247,6 +259,7 @@ class BatchEngine:
                 self._stats["cancelled"] += 1
         for job in [j for j in self._active if j.cancelled]:
             self._release(job)
+            job.finished = True
             self._stats["cancelled"] += 1
 
     def _admit(self) -> None:
@@ -257,7 +270,13 @@ class BatchEngine:
             job = self._pending.popleft()
             slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
             free.remove(slot)
-            keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+            keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt))
+            if keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
+                job.first_logits = slot.logits  # the same prompt again: nothing to evaluate
+            else:
+                keep = min(keep, len(job.prompt) - 1)  # the last token is evaluated for its logits
+            if keep < slot.n_logits:
+                slot.logits, slot.n_logits = None, 0  # its cells are about to be overwritten
             slot.job = job
             job.slot = slot.index
             job.tokens = job.prompt[:keep]
@@ -266,51 +285,82 @@ class BatchEngine:
             self._stats["prompt_tokens"] += len(job.prompt)
 
     def _step(self) -> None:
-        """One forward pass over the next token of every decoding job and prompt chunks of the others."""
+        """Evaluates the next token of every decoding job, then prompt chunks of the others."""
         start = time.perf_counter()
-        toks: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        want: list[int] = []
-        plan: list[tuple[Job, list[int], bool]] = []  # (job, tokens evaluated, samples after)
-        for job in self._active:
-            if job.next_token is not None:
-                plan.append((job, [job.next_token], True))
-        budget = self._n_batch - len(plan)
-        for job in self._active:
-            if job.next_token is None and budget > 0:
-                chunk = job.prompt[job.n_past: job.n_past + budget]
-                budget -= len(chunk)
-                plan.append((job, chunk, job.n_past + len(chunk) == len(job.prompt)))
-        if not plan:
-            return
-        for job, chunk, sample in plan:
-            toks += chunk
-            pos += range(job.n_past, job.n_past + len(chunk))
-            slots += [job.slot] * len(chunk)
-            want += [0] * (len(chunk) - 1) + [int(sample)]
+        jobs = list(self._active)
+        for job in [j for j in jobs if j.first_logits is not None]:
+            logits, job.first_logits = job.first_logits, None
+            self._sample(job, logits)
+        decoders = [j for j in jobs if j.next_token is not None and not j.finished]
+        if decoders:
+            self._note_batch(len(decoders))
+        for g in range(0, len(decoders), self.decode_width):
+            group = decoders[g: g + self.decode_width]
+            rows = self._forward([j.next_token for j in group], [j.n_past for j in group],
+                                 [j.slot for j in group], [1] * len(group))
+            self._count("generated_evaluated", len(group))
+            for job, row in zip(group, rows, strict=True):
+                job.tokens.append(job.next_token)  # type: ignore[arg-type]
+                self._sample(job, row)
+        budget = self._n_batch
+        for job in [j for j in jobs if j.next_token is None and j.first_logits is None and not j.finished]:
+            n = min(len(job.prompt) - job.n_past, self._n_batch)  # Model's cuts: every n_batch tokens
+            if n > budget:
+                break
+            budget -= n
+            chunk = job.prompt[job.n_past: job.n_past + n]
+            last = job.n_past + n == len(job.prompt)
+            rows = self._forward(chunk, list(range(job.n_past, job.n_past + n)), [job.slot] * n,
+                                 [0] * (n - 1) + [int(last)])
+            job.tokens += chunk
+            job.n_prompt_evaluated += n
+            self._count("prompt_evaluated", n)
+            if last:
+                slot = self._slots[job.slot]
+                slot.logits, slot.n_logits = rows[0].copy(), len(job.prompt)
+                self._sample(job, rows[0])
+        self._count("busy_seconds", time.perf_counter() - start)
+
+    def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int]) -> np.ndarray:
+        """One decode call; the logits rows of the flagged tokens (a view, valid until the next call)."""
         n_out = sum(want)
         t0 = time.perf_counter()
-        logits = self._core.decode(np.asarray(toks, dtype=np.int32), np.asarray(pos, dtype=np.int32),
-                                   np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
-                                   self._logits[:n_out])
-        t1 = time.perf_counter()
+        out = self._core.decode(np.asarray(tokens, dtype=np.int32), np.asarray(pos, dtype=np.int32),
+                                np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
+                                self._logits[:n_out])
         with self._cv:
             self._stats["steps"] += 1
-            self._stats["max_batch_seqs"] = max(self._stats["max_batch_seqs"], len(plan))
-            self._stats["decode_seconds"] += t1 - t0
-        row = 0
-        for job, chunk, sample in plan:
-            job.tokens += chunk
-            if job.next_token is None:
-                job.n_prompt_evaluated += len(chunk)
-                self._count("prompt_evaluated", len(chunk))
+            self._stats["decode_seconds"] += time.perf_counter() - t0
+        return out
+
+    def _note_batch(self, n: int) -> None:
+        with self._cv:
+            self._stats["max_batch_seqs"] = max(self._stats["max_batch_seqs"], n)
+
+    def _probe_decode_width(self) -> int:
+        """The most decode rows one pass may hold with each row equal to a single-token pass (the
+        kernels switch to another path, with other rounding, for wider batches). Measured on
+        position 0 of the slots, before any request: one pass per slot, then a binary search."""
+        n = self.n_parallel
+        if n == 1:
+            return 1
+        toks = [(1000 + 7919 * i) % self._n_vocab for i in range(n)]
+
+        def rows(idx: list[int]) -> np.ndarray:
+            return self._core.decode(np.asarray([toks[i] for i in idx], dtype=np.int32),
+                                     np.zeros(len(idx), dtype=np.int32), np.asarray(idx, dtype=np.int32))
+
+        solo = np.concatenate([rows([i]) for i in range(n)])
+        if not np.array_equal(rows([0])[0], solo[0]):
+            return n  # the backend does not repeat itself exactly: nothing to keep equal
+        lo, hi = 1, n  # rows of a batch of lo are equal to single passes; find the largest such
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if np.array_equal(rows(list(range(mid))), solo[:mid]):
+                lo = mid
             else:
-                self._count("generated_evaluated", 1)
-            if sample:
-                self._sample(job, logits[row])
-                row += 1
-        self._count("busy_seconds", time.perf_counter() - start)
+                hi = mid - 1
+        return lo
 
     def _sample(self, job: Job, logits: np.ndarray) -> None:
         token = job.sampler.sample(logits)
@@ -336,13 +386,13 @@ class BatchEngine:
         self._clock += 1
         slot.last_used = self._clock
         self._active.remove(job)
-        job.finished = True
         self._stats["finished"] += 1
 
     def _finish(self, job: Job, last: Event, *, keep_cache: bool = True) -> None:
         with self._cv:
             self._release(job, keep_cache=keep_cache)
         self._emit(job, last)
+        job.finished = True  # after the last event, so that a caller seeing it has seen all
 
     def _emit(self, job: Job, ev: Event) -> None:
         if job.cancelled:
