@@ -129,11 +129,16 @@ def references(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]
     from splitllm.model import Model
 
     with Model(args.model, n_ctx=args.n_ctx // args.parallel, n_threads=args.threads) as m:
-        comp = {p: m.create_completion(p, max_tokens=args.max_tokens, temperature=0)["choices"][0]["text"]
-                for p in COMPLETION_PROMPTS}
-        chat = {q: m.create_chat_completion([SYSTEM, {"role": "user", "content": q}],
-                                            max_tokens=args.max_tokens, temperature=0)
-                ["choices"][0]["message"]["content"] for q in CHAT_QUESTIONS}
+        t0, n = time.perf_counter(), 0
+        comp, chat = {}, {}
+        for p in COMPLETION_PROMPTS:
+            r = m.create_completion(p, max_tokens=args.max_tokens, temperature=0)
+            comp[p], n = r["choices"][0]["text"], n + r["usage"]["completion_tokens"]
+        for q in CHAT_QUESTIONS:
+            r = m.create_chat_completion([SYSTEM, {"role": "user", "content": q}], max_tokens=args.max_tokens,
+                                         temperature=0)
+            chat[q], n = r["choices"][0]["message"]["content"], n + r["usage"]["completion_tokens"]
+        args.direct_rate = n / (time.perf_counter() - t0)
     return comp, chat
 
 
@@ -237,6 +242,7 @@ def main() -> int:
 
         args.model = str(smollm2_path())
 
+    load_before = os.getloadavg()
     print("references (Model called directly) ...", flush=True)
     comp, chat = references(args)
     from splitllm.model import Model
@@ -255,6 +261,7 @@ def main() -> int:
         print(f"completeness: {args.clients} x {args.requests} ...", flush=True)
         tally, wall = completeness(url, args.clients, args.requests, args.max_tokens, comp, chat)
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        load_after = os.getloadavg()
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -272,6 +279,8 @@ def main() -> int:
         f"- model: {Path(args.model).name}; server: --parallel {args.parallel} -c {args.n_ctx} "
         f"(slot context {args.n_ctx // args.parallel}), threads {args.threads or 'all'}; "
         "clients over loopback",
+        f"- load average (1/5/15 min) before: {' '.join(f'{x:.1f}' for x in load_before)}, after: "
+        f"{' '.join(f'{x:.1f}' for x in load_after)} (a shared machine: other work competes for the cores)",
         "",
         "## Throughput (greedy, end-of-generation banned, "
         f"{args.tput_requests} requests x {args.tput_tokens} tokens per stream)",
@@ -282,6 +291,9 @@ def main() -> int:
         f"| {args.parallel} | {n8} | {many:.2f} |",
         "",
         f"{args.parallel} streams / 1 stream: **{ratio:.2f}x** (target >= 2.5x)",
+        "",
+        f"For comparison, Model called directly in the client process (the reference runs, greedy, "
+        f"{args.max_tokens} tokens each, prompt included): {args.direct_rate:.2f} tok/s.",
         "",
         f"## Completeness ({args.clients} clients x {args.requests} requests, max_tokens {args.max_tokens})",
         "",

@@ -54,7 +54,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key)
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
-              f"of {engine.slot_ctx} tokens{', API key required' if args.api_key else ''}", file=sys.stderr)
+              f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"
+              f"{', API key required' if args.api_key else ''}", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=5)
     return 0
