@@ -171,6 +171,35 @@ def bench_attention(isas: list[str]) -> list[Row]:
     return rows
 
 
+# SmolLM2-135M: per layer q, o (576x576), k, v (192x576), gate, up (1536x576), down (576x1536);
+# 30 layers; the tied output matrix (49152x576, Q8_0 in the published GGUF) once per token.
+SMOLLM2_LAYER = [(576, 576), (576, 576), (192, 576), (192, 576), (1536, 576), (1536, 576), (576, 1536)]
+
+
+def bench_smollm2(isa: str, ggml: Ggml | None) -> list[Row]:
+    """Milliseconds of all the matmuls of one decode step (cold weights) and of a 512-token
+    prefill (output for the last token only), 1 thread, from per-shape timings."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for name, qtype in (("Q4_1", T.Q4_1), ("Q8_0", T.Q8_0)):
+        figures: dict[str, float] = {}
+        for who in [isa] + (["llama.cpp"] if ggml else []):
+            def timed(n_rows: int, k: int, n_tok: int, t: T, who: str = who) -> float:
+                w = make_weights(t, n_rows, k, rng)
+                copies = max(1, int(COLD_BYTES // w.nbytes)) if n_tok == 1 else 1
+                if who == "llama.cpp" and ggml is not None:
+                    return ggml.time(t, w, k, n_tok, copies=min(copies, 1024), threads=1)
+                return _core.cpu_time_gemm(int(t), w, n_tok, isa=who, copies=copies, min_seconds=0.1)[0]
+
+            out1 = timed(49152, 576, 1, T.Q8_0)
+            for label, n_tok in (("decode", 1), ("pp512", 512)):
+                layer = sum(timed(n, k, n_tok, qtype) for n, k in SMOLLM2_LAYER)
+                figures[f"{who} {label}"] = 1e3 * (30 * layer + out1)
+        rows.append(Row(name, "+ Q8_0 output", figures))
+        print(f"SmolLM2 {name}: " + "  ".join(f"{c} {v:.2f} ms" for c, v in figures.items()), flush=True)
+    return rows
+
+
 def table(rows: list[Row], columns: list[str], first: str, fmt: str) -> str:
     head = f"| type | {first} | " + " | ".join(columns) + " |"
     sep = "|---|---|" + "---:|" * len(columns)
@@ -214,6 +243,8 @@ def main() -> None:
     decode2 = bench_matmul([T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_0, T.Q6_K], simd[-1:], ggml, n_tok=1, threads=2,
                            quick=args.quick)
     attn = bench_attention(simd)
+    smol = bench_smollm2(simd[-1], ggml) if simd else []
+    smol_cols = [f"{w} {p}" for p in ("decode", "pp512") for w in simd[-1:] + (["llama.cpp"] if ggml else [])]
     load_after = os.getloadavg()
 
     git = ["git", "rev-parse", "--short", "HEAD"]
@@ -242,6 +273,13 @@ def main() -> None:
 ## Attention over one KV head: 3 query rows (a GQA group), head_dim 64, scores then values, µs (1 thread)
 
 {table(attn, simd, "depth", "{:.1f}")}
+
+## SmolLM2-135M matmuls: one decode step (weights from memory), a 512-token prefill; ms, 1 thread
+
+Sums of per-shape timings (30 layers of q, k, v, o, gate, up, down; the 49152 x 576 Q8_0 output
+once). Not a model run: norms, rope, attention and threading are left out.
+
+{table(smol, smol_cols, "output", "{:.2f}")}
 """
     print(report)
     if args.out:

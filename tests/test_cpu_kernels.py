@@ -112,15 +112,24 @@ def test_quantize_acts(isa: str) -> None:
     np.testing.assert_allclose(s, d * qs.sum(axis=2), rtol=1e-6)
     half_sums = qs.reshape(5, -1, 2, 16).sum(axis=3)
     np.testing.assert_allclose(s16, (d[:, :, None] * half_sums).reshape(5, -1), rtol=1e-6)
+    # Padding to 128 values: zero codes and scales.
+    kp = (k + 127) // 128 * 128
+    assert kp > k
+    assert not act_codes(acts, kp)[:, k // 32 :].any()
+    assert not acts[:, kp + k // 32 * 4 : kp + kp // 32 * 4].any()
     if isa != "scalar":
         np.testing.assert_array_equal(acts, _core.cpu_quantize_acts(int(T.Q4_0), x, isa="scalar"))
 
 
 def shapes_for(qtype: T) -> list[tuple[int, int]]:
-    """(n_rows, K) pairs: K a multiple of 256 for k-quants, 32 x odd numbers for the rest."""
+    """(n_rows, K) pairs: K a multiple of 256 for k-quants, 32 x odd numbers for the legacy types,
+    any K for float types. The largest K takes the many-token kernels through several blocks of
+    tokens."""
     if qtype in K_TYPES:
-        return [(37, 256), (19, 768), (5, 1536)]
-    return [(37, 32 * 7), (19, 32 * 19), (5, 32 * 49)]
+        return [(37, 256), (19, 768), (3, 4096)]
+    if qtype in FLOAT_TYPES:
+        return [(37, 100), (19, 32 * 19), (3, 4099)]
+    return [(37, 32 * 7), (19, 32 * 19), (3, 32 * 129)]
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -192,8 +201,11 @@ def make_cache(qtype: T, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return raw, np.float64(dequantize(raw, qtype))
 
 
-@pytest.mark.parametrize("qtype", KV_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize(
+    ("qtype", "head_dim"),
+    [(t, hd) for t in KV_TYPES for hd in (64, 96, 128)] + [(T.F16, 40), (T.F16, 80)],
+    ids=lambda v: v.name if isinstance(v, T) else str(v),
+)
 def test_attention_against_reference(qtype: T, head_dim: int) -> None:
     rng = np.random.default_rng(head_dim + int(qtype))
     n_q, n_kv = 7, 45

@@ -8,14 +8,24 @@
 #include "cpu/matmul.h"
 #include "quant/qtype.h"
 
+// Helpers shared by files built for different instruction sets are forced inline: an
+// out-of-line copy built with AVX-512 flags could otherwise be the one the linker keeps for
+// every caller (and the SIMD files instantiate no standard-library templates, for the same
+// reason: they get their buffers from scratch()).
+#define SL_FORCE_INLINE inline __attribute__((always_inline))
+
 namespace sl::cpu::impl {
 
-inline size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+SL_FORCE_INLINE size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
-// Unit of 64-byte aligned scratch buffers (std::vector<Line64>).
+// Unit of 64-byte aligned buffers (std::vector<Line64>), outside the SIMD files.
 struct alignas(64) Line64 {
     uint8_t b[64];
 };
+
+// A 64-byte aligned per-thread buffer of at least `bytes` (slot 0: repacked weights, 1:
+// attention tiles); it keeps its largest size. Built in a baseline file.
+uint8_t * scratch(int slot, size_t bytes);
 
 // Quantized activations, one row per token, used with every block-quantized weight type
 // (legacy and k-quants alike, so one conversion serves all the matmuls that read an input).
@@ -29,18 +39,22 @@ struct alignas(64) Line64 {
 //   float s16[Kp / 16] d * (sum of each 16 codes of the block)  (offsets and mins, 16-groups)
 // The row is padded to 64 bytes.
 struct ActQ8 {
-    static int64_t padded(int64_t K) { return (K + 127) / 128 * 128; }
-    static size_t row_bytes(int64_t K) { return round_up(size_t(padded(K)) * 3 / 2, 64); }
+    static SL_FORCE_INLINE int64_t padded(int64_t K) { return (K + 127) / 128 * 128; }
+    static SL_FORCE_INLINE size_t row_bytes(int64_t K) { return round_up(size_t(padded(K)) * 3 / 2, 64); }
     // Byte of value i (0..31) of block b within qs.
-    static int64_t pos(int64_t b, int i) { return 128 * (b >> 2) + 64 * (i >> 4) + 16 * (b & 3) + (i & 15); }
-    static const int8_t * qs(const uint8_t * row) { return reinterpret_cast<const int8_t *>(row); }
-    static const float * d(const uint8_t * row, int64_t K) { return reinterpret_cast<const float *>(row + padded(K)); }
-    static const float * s(const uint8_t * row, int64_t K) { return d(row, K) + padded(K) / 32; }
-    static const float * s16(const uint8_t * row, int64_t K) { return d(row, K) + padded(K) / 16; }
+    static SL_FORCE_INLINE int64_t pos(int64_t b, int i) {
+        return 128 * (b >> 2) + 64 * (i >> 4) + 16 * (b & 3) + (i & 15);
+    }
+    static SL_FORCE_INLINE const int8_t * qs(const uint8_t * row) { return reinterpret_cast<const int8_t *>(row); }
+    static SL_FORCE_INLINE const float * d(const uint8_t * row, int64_t K) {
+        return reinterpret_cast<const float *>(row + padded(K));
+    }
+    static SL_FORCE_INLINE const float * s(const uint8_t * row, int64_t K) { return d(row, K) + padded(K) / 32; }
+    static SL_FORCE_INLINE const float * s16(const uint8_t * row, int64_t K) { return d(row, K) + padded(K) / 16; }
 };
 
 // Float activations (F32, F16 and BF16 weights): the float row, padded to 64 bytes.
-inline size_t act_f32_row_bytes(int64_t K) { return round_up(size_t(K) * 4, 64); }
+SL_FORCE_INLINE size_t act_f32_row_bytes(int64_t K) { return round_up(size_t(K) * 4, 64); }
 
 // Rows [0, n_rows) of W (row stride ldw bytes) times n_tok activation rows (stride lda bytes):
 // y[t * ldy + r] = dot(W[r], acts[t]).

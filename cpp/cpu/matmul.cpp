@@ -4,6 +4,7 @@
 #include "cpu/matmul.h"
 
 #include <cstring>
+#include <vector>
 
 #include "common/error.h"
 #include "cpu/kernels.h"
@@ -11,6 +12,15 @@
 namespace sl::cpu {
 
 namespace impl {
+
+uint8_t * scratch(int slot, size_t bytes) {
+    thread_local std::vector<Line64> bufs[2];
+    std::vector<Line64> & b = bufs[slot];
+    const size_t n = (bytes + 63) / 64;
+    if (b.size() < n) b.resize(n);
+    return reinterpret_cast<uint8_t *>(b.data());
+}
+
 #if !(defined(__x86_64__) || defined(_M_X64))
 void fill_avx2(KernelTable &) {}
 void fill_avx512(KernelTable &) {}
@@ -23,12 +33,16 @@ using impl::KernelTable;
 
 struct Tables {
     KernelTable t[3];
+    // The fill functions are built with their instruction set's flags: call only those the CPU runs.
     Tables() {
         impl::fill_scalar(t[0]);
-        t[1] = t[0];
-        impl::fill_avx2(t[1]);
-        t[2] = t[1];
-        impl::fill_avx512(t[2]);
+        t[1] = t[2] = t[0];
+        const Isa hw = detect_isa();
+        if (int(hw) >= int(Isa::AVX2)) {
+            impl::fill_avx2(t[1]);
+            t[2] = t[1];
+        }
+        if (hw == Isa::AVX512) impl::fill_avx512(t[2]);
     }
 };
 

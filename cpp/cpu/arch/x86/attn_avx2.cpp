@@ -1,8 +1,4 @@
 // AVX2 activation quantizer, KV-cache writers and attention (as attn_avx512.cpp, 8 lanes).
-#include <algorithm>
-#include <vector>
-
-#include "common/fp16.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx2.h"
 #include "quant/legacy.h"
@@ -82,14 +78,14 @@ void store_f16(const float * x, int64_t n, uint8_t * dst) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + 2 * i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; ++i) reinterpret_cast<fp16_t *>(dst)[i] = fp32_to_fp16(x[i]);
+    for (; i < n; ++i) reinterpret_cast<uint16_t *>(dst)[i] = f2h(x[i]);
 }
 
 void store_q8_0(const float * x, int64_t n, uint8_t * dst) {
     block_q8_0 * b = reinterpret_cast<block_q8_0 *>(dst);
     for (int64_t i = 0; i < n / 32; ++i) {
         const Q8Block q = quantize_block(x + 32 * i);
-        b[i].d = fp32_to_fp16(q.d);
+        b[i].d = f2h(q.d);
         _mm_storeu_si128(reinterpret_cast<__m128i *>(b[i].qs), pack16(q.q[0], q.q[1]));
         _mm_storeu_si128(reinterpret_cast<__m128i *>(b[i].qs + 16), pack16(q.q[2], q.q[3]));
     }
@@ -111,7 +107,7 @@ void store_q4_0(const float * x, int64_t n, uint8_t * dst) {
         const float vmax = amax > 0.0f ? x[__builtin_ctz(hit)] : 0.0f;
         const float d = vmax / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        b[i].d = fp32_to_fp16(d);
+        b[i].d = f2h(d);
         __m256i q[4];
         for (int j = 0; j < 4; ++j)
             q[j] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[j], _mm256_set1_ps(id)),
@@ -128,7 +124,7 @@ void row_f16(const uint8_t * row, int64_t hd, float * v) {
     const int64_t h8 = hd / 8 * 8;
     for (int64_t i = 0; i < h8; i += 8)
         _mm256_store_ps(v + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(row + 2 * i))));
-    for (int64_t i = h8; i < (hd + 7) / 8 * 8; ++i) v[i] = i < hd ? h2f(reinterpret_cast<const fp16_t *>(row)[i]) : 0.0f;
+    for (int64_t i = h8; i < (hd + 7) / 8 * 8; ++i) v[i] = i < hd ? h2f(reinterpret_cast<const uint16_t *>(row)[i]) : 0.0f;
 }
 
 void row_q8_0(const uint8_t * row, int64_t hd, float * v) {
@@ -159,11 +155,7 @@ void row_q4_0(const uint8_t * row, int64_t hd, float * v) {
 
 typedef void (*RowFn)(const uint8_t *, int64_t, float *);
 
-float * tile_buffer(size_t floats) {
-    thread_local std::vector<Line64> buf;
-    if (buf.size() < (floats + 15) / 16) buf.resize((floats + 15) / 16);
-    return reinterpret_cast<float *>(buf.data());
-}
+float * tile_buffer(size_t floats) { return reinterpret_cast<float *>(scratch(1, floats * sizeof(float))); }
 
 // q rows' tail past head_dim reads as zero.
 inline __m256 load_q(const float * q, int64_t k, int64_t hd) {
@@ -179,12 +171,12 @@ void scores(const float * q, int64_t ldq, int64_t n_q, const uint8_t * Kc, size_
     const int64_t hd8 = (hd + 7) / 8 * 8;
     float * tile = tile_buffer(size_t(8 * hd8));
     for (int64_t j0 = 0; j0 < n_kv; j0 += 8) {
-        const int nj = int(std::min<int64_t>(8, n_kv - j0));
+        const int nj = int(imin<int64_t>(8, n_kv - j0));
         for (int jj = 0; jj < 8; ++jj) {
             if (jj < nj)
                 ROW(Kc + (j0 + jj) * ldk, hd, tile + jj * hd8);
             else
-                std::fill(tile + jj * hd8, tile + (jj + 1) * hd8, 0.0f);
+                for (int64_t i = 0; i < hd8; ++i) tile[jj * hd8 + i] = 0.0f;
         }
         for (int64_t i = 0; i < n_q; ++i) {
             __m256 acc[8];
@@ -205,7 +197,7 @@ template <int G>
 void values_rows(const float * w, int64_t ldw, const float * tile, int nj, int64_t hd, int64_t hd8, float * out,
                  int64_t ldo) {
     for (int64_t hc = 0; hc < hd8; hc += 32) {
-        const int nc = int(std::min<int64_t>(4, (hd8 - hc) / 8));
+        const int nc = int(imin<int64_t>(4, (hd8 - hc) / 8));
         alignas(32) float buf[G][32];
         __m256 acc[G][4];
         for (int g = 0; g < G; ++g) {
@@ -234,7 +226,7 @@ void values(const float * w, int64_t ldw, int64_t n_q, const uint8_t * Vc, size_
     constexpr int kTile = 32;
     float * tile = tile_buffer(size_t(kTile * hd8));
     for (int64_t j0 = 0; j0 < n_kv; j0 += kTile) {
-        const int nj = int(std::min<int64_t>(kTile, n_kv - j0));
+        const int nj = int(imin<int64_t>(kTile, n_kv - j0));
         for (int jj = 0; jj < nj; ++jj) ROW(Vc + (j0 + jj) * ldv, hd, tile + jj * hd8);
         int64_t i = 0;
         for (; i + 3 <= n_q; i += 3) values_rows<3>(w + i * ldw + j0, ldw, tile, nj, hd, hd8, out + i * ldo, ldo);

@@ -1,10 +1,6 @@
 // AVX-512 activation quantizer, KV-cache writers and attention. Attention reads the cache in
 // its stored format: tiles of 16 (scores) or 32 (values) rows are converted into a small float
 // buffer that stays in L1, never the whole cache. Quantizers give the scalar code's exact bytes.
-#include <algorithm>
-#include <vector>
-
-#include "common/fp16.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
 #include "quant/legacy.h"
@@ -15,26 +11,67 @@ namespace {
 
 inline __m512 abs_ps(__m512 v) { return _mm512_abs_ps(v); }
 
+// Lane i = max over the lanes of a[i] (the reduction tree of hsum16).
+__m512 hmax16(const __m512 a[16]) {
+    __m512 x[8], y[4], z[2];
+    for (int i = 0; i < 8; ++i)
+        x[i] = _mm512_max_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) {
+        const __m512d p = _mm512_castps_pd(x[2 * i]), q = _mm512_castps_pd(x[2 * i + 1]);
+        y[i] = _mm512_max_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p, q)), _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)));
+    }
+    for (int i = 0; i < 2; ++i)
+        z[i] = _mm512_max_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+    return _mm512_max_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
+}
+
+// 16 blocks of 32 (n valid) to ActQ8 codes, scales and sums: the block maxima and code sums
+// are transposing reductions over the 16 blocks at once.
+void quantize_q8_16(const float * x, int64_t b0, int n, int64_t nbp, int8_t * qs, float * d) {
+    __m512 m[16];
+    for (int j = 0; j < 16; ++j)
+        m[j] = j < n ? _mm512_max_ps(abs_ps(_mm512_loadu_ps(x + 32 * j)), abs_ps(_mm512_loadu_ps(x + 32 * j + 16)))
+                     : _mm512_setzero_ps();
+    const __m512 dd = _mm512_div_ps(hmax16(m), _mm512_set1_ps(127.0f));
+    const __m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(dd, _mm512_setzero_ps(), _CMP_NEQ_OQ),
+                                          _mm512_set1_ps(1.0f), dd);
+    alignas(64) float ids[16];
+    _mm512_store_ps(ids, id);
+    __m512 s0[16], s1[16];
+    for (int j = 0; j < 16; ++j) {
+        if (j >= n) {
+            s0[j] = s1[j] = _mm512_setzero_ps();
+            continue;
+        }
+        const __m512 v = _mm512_set1_ps(ids[j]);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j), v));
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16), v));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b0 + j, 0)), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b0 + j, 16)), _mm512_cvtepi32_epi8(q1));
+        // Code sums are small integers: exact in float, in any order.
+        s0[j] = _mm512_cvtepi32_ps(q0);
+        s1[j] = _mm512_cvtepi32_ps(q1);
+    }
+    const __m512 h0 = hsum16(s0), h1 = hsum16(s1);
+    const __mmask16 k = __mmask16((1u << n) - 1);
+    _mm512_mask_storeu_ps(d + b0, k, dd);
+    _mm512_mask_storeu_ps(d + nbp + b0, k, _mm512_mul_ps(dd, _mm512_add_ps(h0, h1)));
+    const __m512 a = _mm512_mul_ps(dd, h0), b = _mm512_mul_ps(dd, h1);
+    const __m512 lo = _mm512_unpacklo_ps(a, b), hi = _mm512_unpackhi_ps(a, b);
+    const __m512 o0 = _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23), hi);
+    const __m512 o1 = _mm512_permutex2var_ps(lo, _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31), hi);
+    const uint32_t k2 = n >= 16 ? 0xFFFFFFFFu : (1u << (2 * n)) - 1;
+    _mm512_mask_storeu_ps(d + 2 * nbp + 2 * b0, __mmask16(k2), o0);
+    _mm512_mask_storeu_ps(d + 2 * nbp + 2 * b0 + 16, __mmask16(k2 >> 16), o1);
+}
+
 // The Q8 activation format (cpu/kernels.h), one row, padding included.
 void quantize_q8(const float * x, int64_t K, uint8_t * row) {
     const int64_t Kp = ActQ8::padded(K), nbp = Kp / 32, nb = K / 32;
     int8_t * qs = reinterpret_cast<int8_t *>(row);
     float * d = reinterpret_cast<float *>(row + Kp);
-    for (int64_t b = 0; b < nb; ++b) {
-        const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1)));
-        const float dd = amax / 127.0f;
-        const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
-        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
-        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 0)), _mm512_cvtepi32_epi8(q0));
-        _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 16)), _mm512_cvtepi32_epi8(q1));
-        const int s0 = _mm512_reduce_add_epi32(q0), s1 = _mm512_reduce_add_epi32(q1);
-        d[b] = dd;
-        d[nbp + b] = dd * float(s0 + s1);
-        d[2 * nbp + 2 * b] = dd * float(s0);
-        d[2 * nbp + 2 * b + 1] = dd * float(s1);
-    }
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) quantize_q8_16(x + 32 * b0, b0, int(imin<int64_t>(16, nb - b0)), nbp, qs, d);
     for (int64_t b = nb; b < nbp; ++b) {
         _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 0)), _mm_setzero_si128());
         _mm_storeu_si128(reinterpret_cast<__m128i *>(qs + ActQ8::pos(b, 16)), _mm_setzero_si128());
@@ -47,7 +84,7 @@ void store_f16(const float * x, int64_t n, uint8_t * dst) {
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst + 2 * i),
                             _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; ++i) reinterpret_cast<fp16_t *>(dst)[i] = fp32_to_fp16(x[i]);
+    for (; i < n; ++i) reinterpret_cast<uint16_t *>(dst)[i] = f2h(x[i]);
 }
 
 void store_q8_0(const float * x, int64_t n, uint8_t * dst) {
@@ -57,7 +94,7 @@ void store_q8_0(const float * x, int64_t n, uint8_t * dst) {
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1)));
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        b[i].d = fp32_to_fp16(d);
+        b[i].d = f2h(d);
         const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
         const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
         _mm_storeu_si128(reinterpret_cast<__m128i *>(b[i].qs), _mm512_cvtepi32_epi8(q0));
@@ -76,7 +113,7 @@ void store_q4_0(const float * x, int64_t n, uint8_t * dst) {
         const float vmax = amax > 0.0f ? x[__builtin_ctz(hit)] : 0.0f;
         const float d = vmax / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        b[i].d = fp32_to_fp16(d);
+        b[i].d = f2h(d);
         const __m512 vid = _mm512_set1_ps(id), half = _mm512_set1_ps(8.5f);
         const __m512i c15 = _mm512_set1_epi32(15);
         const __m512i lo = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(v0, vid), half)), c15);
@@ -122,11 +159,7 @@ void row_q4_0(const uint8_t * row, int64_t hd, float * v) {
 
 typedef void (*RowFn)(const uint8_t *, int64_t, float *);
 
-float * tile_buffer(size_t floats) {
-    thread_local std::vector<Line64> buf;
-    if (buf.size() < floats / 16) buf.resize(floats / 16);
-    return reinterpret_cast<float *>(buf.data());
-}
+float * tile_buffer(size_t floats) { return reinterpret_cast<float *>(scratch(1, floats * sizeof(float))); }
 
 template <RowFn ROW>
 void scores(const float * q, int64_t ldq, int64_t n_q, const uint8_t * Kc, size_t ldk, int64_t n_kv, int64_t hd,
@@ -134,12 +167,12 @@ void scores(const float * q, int64_t ldq, int64_t n_q, const uint8_t * Kc, size_
     const int64_t hd16 = (hd + 15) / 16 * 16;
     float * tile = tile_buffer(size_t(16 * hd16));
     for (int64_t j0 = 0; j0 < n_kv; j0 += 16) {
-        const int nj = int(std::min<int64_t>(16, n_kv - j0));
+        const int nj = int(imin<int64_t>(16, n_kv - j0));
         for (int jj = 0; jj < 16; ++jj) {
             if (jj < nj)
                 ROW(Kc + (j0 + jj) * ldk, hd, tile + jj * hd16);
             else
-                std::fill(tile + jj * hd16, tile + (jj + 1) * hd16, 0.0f);
+                for (int64_t i = 0; i < hd16; ++i) tile[jj * hd16 + i] = 0.0f;
         }
         for (int64_t i = 0; i < n_q; ++i) {
             __m512 acc[16];
@@ -160,7 +193,7 @@ template <int G>
 void values_rows(const float * w, int64_t ldw, const float * tile, int nj, int64_t hd, int64_t hd16, float * out,
                  int64_t ldo) {
     for (int64_t hc = 0; hc < hd16; hc += 64) {
-        const int nc = int(std::min<int64_t>(4, (hd16 - hc) / 16));
+        const int nc = int(imin<int64_t>(4, (hd16 - hc) / 16));
         __mmask16 m[4];
         __m512 acc[G][4];
         for (int c = 0; c < 4; ++c) {
@@ -188,7 +221,7 @@ void values(const float * w, int64_t ldw, int64_t n_q, const uint8_t * Vc, size_
     constexpr int kTile = 32;
     float * tile = tile_buffer(size_t(kTile * hd16));
     for (int64_t j0 = 0; j0 < n_kv; j0 += kTile) {
-        const int nj = int(std::min<int64_t>(kTile, n_kv - j0));
+        const int nj = int(imin<int64_t>(kTile, n_kv - j0));
         for (int jj = 0; jj < nj; ++jj) ROW(Vc + (j0 + jj) * ldv, hd, tile + jj * hd16);
         int64_t i = 0;
         for (; i + 4 <= n_q; i += 4) values_rows<4>(w + i * ldw + j0, ldw, tile, nj, hd, hd16, out + i * ldo, ldo);

@@ -218,8 +218,9 @@ struct KQuant<QType::Q3_K> {
                                ((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4),
                                ((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)};
         const __m256 d = _mm256_set1_ps(h2f(b->d));
+        const __m128i sv = _mm_setr_epi32(int(s[0]), int(s[1]), int(s[2]), int(s[3]));
         for (int h = 0; h < 2; ++h) {
-            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s + 2 * h)));
+            const __m256i v = _mm256_cvtepu8_epi32(h ? _mm_unpackhi_epi64(sv, sv) : sv);
             dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(32))));
             mg[h] = _mm256_mul_ps(_mm256_set1_ps(-4.0f), dg[h]);
         }
@@ -233,8 +234,9 @@ inline void k4_scales(const uint8_t * q, fp16_t d, fp16_t dmin, __m256 dg[2], __
     const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
     const uint32_t s[4] = {u[0] & m6, (u[2] & m4) | (((u[0] >> 6) & m2) << 4), u[1] & m6,
                            ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4)};
-    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s))));
-    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(s + 2))));
+    const __m128i sv = _mm_setr_epi32(int(s[0]), int(s[1]), int(s[2]), int(s[3]));
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sv));
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sv, sv)));
     const __m256i lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     const __m256 vd = _mm256_set1_ps(h2f(d)), vm = _mm256_set1_ps(-h2f(dmin));
     dg[0] = _mm256_mul_ps(vd, _mm256_permutevar8x32_ps(sc, lo));

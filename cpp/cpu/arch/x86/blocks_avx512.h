@@ -18,6 +18,13 @@ struct Codes {
     __m512i lo, hi;
 };
 
+// 64 bytes by two 32-byte loads (whole 64-byte loads that straddle cache lines stream more
+// slowly from memory on Zen 4).
+inline __m512i load64(const uint8_t * p) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))),
+                              _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32)), 1);
+}
+
 // Low and high nibbles of 64 bytes.
 inline Codes nibbles(__m512i q) {
     const __m512i m4 = _mm512_set1_epi8(15);
@@ -180,14 +187,12 @@ inline __m512i srl_0246(__m512i v) {
                                                   0x0006000600060006LL, 0x0006000600060006LL));
 }
 
-// Bytes of v whose bit (first + lane) is set, lane = 0..3.
+// Bytes of v whose bit (first + lane) is set, lane = 0..3 (first = 0 or 4).
 inline __mmask64 test_bits_lanes(__m512i v, int first) {
-    const __m512i bits =
-        _mm512_setr_epi32(0x01010101 << first, 0x01010101 << first, 0x01010101 << first, 0x01010101 << first,
-                          0x02020202 << first, 0x02020202 << first, 0x02020202 << first, 0x02020202 << first,
-                          0x04040404 << first, 0x04040404 << first, 0x04040404 << first, 0x04040404 << first,
-                          0x08080808 << first, 0x08080808 << first, 0x08080808 << first, 0x08080808 << first);
-    return _mm512_test_epi8_mask(v, bits);
+    const __m512i bits = _mm512_setr_epi32(0x01010101, 0x01010101, 0x01010101, 0x01010101, 0x02020202, 0x02020202,
+                                           0x02020202, 0x02020202, 0x04040404, 0x04040404, 0x04040404, 0x04040404,
+                                           0x08080808, 0x08080808, 0x08080808, 0x08080808);
+    return _mm512_test_epi8_mask(v, _mm512_sll_epi32(bits, _mm_cvtsi32_si128(first)));
 }
 
 // Q2_K / Q3_K low bits: value n*128 + 32j + l is bits 2j of qs[32n + l].
@@ -234,7 +239,7 @@ struct KQuant<QType::Q3_K> {
         const uint32_t s[4] = {(a[0] & m4) | ((a[2] & m2) << 4), (a[1] & m4) | (((a[2] >> 2) & m2) << 4),
                                ((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4),
                                ((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)};
-        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(s)));
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_setr_epi32(int(s[0]), int(s[1]), int(s[2]), int(s[3])));
         const __m512 sc = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(32)));
         *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), sc);
         *mg = _mm512_mul_ps(_mm512_set1_ps(-4.0f), *dg);
@@ -249,7 +254,7 @@ inline void k4_scales(const uint8_t * q, fp16_t d, fp16_t dmin, __m512 * dg, __m
     // scales 0..3, 4..7, mins 0..3, 4..7
     const uint32_t s[4] = {u[0] & m6, (u[2] & m4) | (((u[0] >> 6) & m2) << 4), u[1] & m6,
                            ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4)};
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(s)));
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_setr_epi32(int(s[0]), int(s[1]), int(s[2]), int(s[3])));
     const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     const __m512 sc = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(dup, v));
     const __m512 mn = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(_mm512_add_epi32(dup, _mm512_set1_epi32(8)), v));
@@ -260,7 +265,7 @@ inline void k4_scales(const uint8_t * q, fp16_t d, fp16_t dmin, __m512 * dg, __m
 // Q4_K / Q5_K low bits of half a super-block: 64 qs bytes; block 2c holds the low nibbles of
 // bytes 32c.., block 2c + 1 the high nibbles.
 inline Codes k4_codes(const uint8_t * qs64) {
-    const Codes n = nibbles(_mm512_loadu_si512(qs64));
+    const Codes n = nibbles(load64(qs64));
     const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
     const __m512i hi_idx = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     return {_mm512_permutex2var_epi64(n.lo, lo_idx, n.hi), _mm512_permutex2var_epi64(n.lo, hi_idx, n.hi)};
@@ -304,7 +309,7 @@ struct KQuant<QType::Q6_K> {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
         // Block k of this half: low nibbles (k < 2) or high nibbles of ql[64g + 32(k & 1) + l],
         // bits 2k of qh[32g + l].
-        const Codes n = nibbles(_mm512_loadu_si512(b->ql + 64 * g));
+        const Codes n = nibbles(load64(b->ql + 64 * g));
         const __m512i lo_idx = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
         const __m512i hi_idx = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
         const __m512i m3 = _mm512_set1_epi8(3);

@@ -2,14 +2,18 @@
 // over blocks of rows that stay in cache). Products go through vpmaddubsw (unsigned codes x
 // signed activations, pairs summed in int16) and vpmaddwd; each block's int32 lanes are scaled
 // in float by d_w * d_a; offsets and mins are an fma per 4 blocks against the block sums.
-#include <algorithm>
-
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx2.h"
 
 namespace sl::cpu::impl::avx2 {
 
 namespace {
+
+// A token count as a type (the lambdas below pick a template instance from it).
+template <int N>
+struct Nt {
+    static constexpr int value = N;
+};
 
 template <int NT>
 struct Acts {
@@ -75,7 +79,7 @@ inline void legacy_row(const uint8_t * row, int nb, const Acts<NT> & a, __m256 *
         legacy_step<WT, NT>(row, q, 4, a, r, 0);
         legacy_step<WT, NT>(row, q + 4, 4, a, r, 1);
     }
-    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, std::min(4, nb - q), a, r, 0);
+    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, imin(4, nb - q), a, r, 0);
     const __m256 mscale = _mm256_set1_ps(B::kHasMin ? 1.0f : -float(B::kOffset));
     for (int t = 0; t < NT; ++t) {
         const __m256 m = _mm256_blend_ps(_mm256_setzero_ps(), r.accm[t], 0x0F);
@@ -132,7 +136,7 @@ void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 float * y, int64_t ldy) {
     const Acts<NT> a(acts, lda, K);
     for (int64_t r0 = 0; r0 < n_rows; r0 += 8) {
-        const int nr = int(std::min<int64_t>(8, n_rows - r0));
+        const int nr = int(imin<int64_t>(8, n_rows - r0));
         __m256 fin[NT][8];
         for (int i = 0; i < 8; ++i) {
             __m256 f[NT];
@@ -158,7 +162,7 @@ template <class Rows1, class Rows2, class Rows3, class Rows4>
 void by_blocks(int64_t n_rows, int64_t n_tok, Rows1 f1, Rows2 f2, Rows3 f3, Rows4 f4) {
     const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
     for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
-        const int64_t nr = std::min(rb, n_rows - r0);
+        const int64_t nr = imin(rb, n_rows - r0);
         int64_t t = 0;
         for (; t + 4 <= n_tok; t += 4) f4(r0, nr, t);
         switch (n_tok - t) {
@@ -178,8 +182,8 @@ void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
             quant_rows<WT, decltype(nt)::value>(W + r0 * ldw, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
         };
     };
-    by_blocks(n_rows, n_tok, f(std::integral_constant<int, 1>()), f(std::integral_constant<int, 2>()),
-              f(std::integral_constant<int, 3>()), f(std::integral_constant<int, 4>()));
+    by_blocks(n_rows, n_tok, f(Nt<1>()), f(Nt<2>()),
+              f(Nt<3>()), f(Nt<4>()));
 }
 
 // ---- float weights: 8 values per step; the K % 8 tail through a zero-padded copy ----
@@ -192,35 +196,39 @@ struct LoadF16 {
     static __m256 load(const uint8_t * row, int64_t k) {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(row + 2 * k)));
     }
-    static float one(const uint8_t * row, int64_t k) { return h2f(reinterpret_cast<const fp16_t *>(row)[k]); }
+    static float one(const uint8_t * row, int64_t k) { return h2f(reinterpret_cast<const uint16_t *>(row)[k]); }
 };
 struct LoadBF16 {
     static __m256 load(const uint8_t * row, int64_t k) {
         const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(row + 2 * k)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
     }
-    static float one(const uint8_t * row, int64_t k) { return bf16_to_fp32(reinterpret_cast<const bf16_t *>(row)[k]); }
+    static float one(const uint8_t * row, int64_t k) { return bf2f(reinterpret_cast<const uint16_t *>(row)[k]); }
 };
 
+// NR weight rows times NT tokens; two accumulators per (row, token) alternate over steps of 8.
 template <class L, int NR, int NT>
 void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
-    __m256 acc[NR][NT];
-    for (int r = 0; r < NR; ++r)
-        for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
-    const int64_t K8 = K / 8 * 8;
-    auto step = [&](auto load_w, auto load_x) {
+    __m256 acc[2][NR][NT];
+    for (int h = 0; h < 2; ++h)
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm256_setzero_ps();
+    auto step = [&](int h, auto load_w, auto load_x) {
         __m256 x[NT];
         for (int t = 0; t < NT; ++t) x[t] = load_x(t);
         for (int r = 0; r < NR; ++r) {
             const __m256 w = load_w(r);
-            for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_fmadd_ps(w, x[t], acc[r][t]);
+            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm256_fmadd_ps(w, x[t], acc[h][r][t]);
         }
     };
+    auto x_at = [&](int t, int64_t k) { return reinterpret_cast<const float *>(acts + t * lda) + k; };
+    const int64_t K8 = K / 8 * 8;
     for (int64_t k = 0; k < K8; k += 8)
-        step([&](int r) { return L::load(W + r * ldw, k); },
-             [&](int t) { return _mm256_loadu_ps(reinterpret_cast<const float *>(acts + t * lda) + k); });
+        step(int((k >> 3) & 1), [&](int r) { return L::load(W + r * ldw, k); },
+             [&](int t) { return _mm256_loadu_ps(x_at(t, k)); });
     if (K8 < K) {
         step(
+            0,
             [&](int r) {
                 alignas(32) float w[8] = {};
                 for (int64_t k = K8; k < K; ++k) w[k - K8] = L::one(W + r * ldw, k);
@@ -228,13 +236,14 @@ void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, 
             },
             [&](int t) {
                 alignas(32) float x[8] = {};
-                for (int64_t k = K8; k < K; ++k) x[k - K8] = reinterpret_cast<const float *>(acts + t * lda)[k];
+                for (int64_t k = K8; k < K; ++k) x[k - K8] = x_at(t, 0)[k];
                 return _mm256_load_ps(x);
             });
     }
     for (int r = 0; r < NR; ++r)
         for (int t = 0; t < NT; ++t) {
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r][t]), _mm256_extractf128_ps(acc[r][t], 1));
+            const __m256 a = _mm256_add_ps(acc[0][r][t], acc[1][r][t]);
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
             s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             s = _mm_add_ss(s, _mm_movehdup_ps(s));
             y[t * ldy + r] = _mm_cvtss_f32(s);
@@ -244,8 +253,10 @@ void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, 
 template <class L, int NT>
 void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 float * y, int64_t ldy) {
+    // One row at a time for a single token: one sequential stream reads faster from memory.
+    constexpr int kRows = NT == 1 ? 1 : 2;
     int64_t r = 0;
-    for (; r + 2 <= n_rows; r += 2) float_tile<L, 2, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+    for (; r + kRows <= n_rows; r += kRows) float_tile<L, kRows, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
     if (r < n_rows) float_tile<L, 1, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
 }
 
@@ -257,8 +268,8 @@ void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
             float_rows<L, decltype(nt)::value>(W + r0 * ldw, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
         };
     };
-    by_blocks(n_rows, n_tok, f(std::integral_constant<int, 1>()), f(std::integral_constant<int, 2>()),
-              f(std::integral_constant<int, 3>()), f(std::integral_constant<int, 4>()));
+    by_blocks(n_rows, n_tok, f(Nt<1>()), f(Nt<2>()),
+              f(Nt<3>()), f(Nt<4>()));
 }
 
 }  // namespace

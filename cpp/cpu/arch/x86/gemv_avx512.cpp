@@ -1,10 +1,11 @@
 // AVX-512 VNNI kernels that read the weight blocks as stored (decode: a few tokens at a time).
-// A weight row is decoded 64 codes per zmm and dotted with up to 4 tokens' int8 activations by
-// vpdpbusd (unsigned codes x signed activations). Each block's int32 lanes are scaled in float
-// by d_w * d_a, gathered for 16 blocks at once and spread to the lanes by vpermps; offsets and
-// mins are one fma per 16 blocks against the activation block sums.
-#include <algorithm>
-
+// Four blocks of a weight row (128 codes, two zmm in the activation order) are dotted with up
+// to 4 tokens' int8 activations by two vpdpbusd (unsigned codes x signed activations), which
+// leave each block's sum in 4 int32 lanes; those are scaled in float by d_w * d_a, spread to
+// the lanes by vpermps. Offsets and mins are one xmm fma per 4 blocks against the activation
+// block sums. Weight bytes are read with 16- and 32-byte loads in address order (streams from
+// memory at full speed on Zen 4, where 64-byte loads across blocks did not). Rows go in groups
+// of 16 whose final sums are one transposing reduction. Float weights: 16 values per fma.
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
 
@@ -74,7 +75,7 @@ inline void legacy_row(const uint8_t * row, int nb, const Acts<NT> & a, __m512 *
         legacy_step<WT, NT>(row, q, 4, a, r, 0);
         legacy_step<WT, NT>(row, q + 4, 4, a, r, 1);
     }
-    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, std::min(4, nb - q), a, r, 0);
+    for (; q < nb; q += 4) legacy_step<WT, NT>(row, q, imin(4, nb - q), a, r, 0);
     const __m512 mscale = _mm512_set1_ps(B::kHasMin ? 1.0f : -float(B::kOffset));
     for (int t = 0; t < NT; ++t)
         fin[t] = _mm512_fmadd_ps(mscale, _mm512_maskz_mov_ps(0xF, r.accm[t]), _mm512_add_ps(r.acc[t][0], r.acc[t][1]));
@@ -126,7 +127,7 @@ void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 float * y, int64_t ldy) {
     const Acts<NT> a(acts, lda, K);
     for (int64_t r0 = 0; r0 < n_rows; r0 += 16) {
-        const int nr = int(std::min<int64_t>(16, n_rows - r0));
+        const int nr = int(imin<int64_t>(16, n_rows - r0));
         __m512 fin[NT][16];
         for (int i = 0; i < 16; ++i) {
             __m512 f[NT];
@@ -148,7 +149,7 @@ void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 int64_t n_tok, float * y, int64_t ldy) {
     const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
     for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
-        const int64_t nr = std::min(rb, n_rows - r0);
+        const int64_t nr = imin(rb, n_rows - r0);
         const uint8_t * w = W + r0 * ldw;
         int64_t t = 0;
         for (; t + 4 <= n_tok; t += 4) quant_rows<WT, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
@@ -164,46 +165,76 @@ void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
 // ---- float weights: 16 values per step, converted to f32 and fma'd with the float activations ----
 
 struct LoadF32 {
+    static __m512 load(const uint8_t * row, int64_t k) {
+        // Two 32-byte loads: 64-byte ones that straddle cache lines stream more slowly.
+        const float * p = reinterpret_cast<const float *>(row) + k;
+        return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p)), _mm256_loadu_ps(p + 8), 1);
+    }
     static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
         return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(row) + k);
     }
 };
 struct LoadF16 {
+    static __m512 load(const uint8_t * row, int64_t k) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
+    }
     static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
         return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
     }
 };
 struct LoadBF16 {
+    static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+    static __m512 load(const uint8_t * row, int64_t k) {
+        return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
+    }
     static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
-        const __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        return widen(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
     }
 };
 
-// NR weight rows times NT tokens; K any length (the tail is masked).
+// NR weight rows times NT tokens; K any length (the tail is masked). Two accumulators per
+// (row, token) alternate over steps of 16 values.
 template <class L, int NR, int NT>
 void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
-    __m512 acc[NR][NT];
-    for (int r = 0; r < NR; ++r)
-        for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
-        __m512 x[NT];
-        for (int t = 0; t < NT; ++t) x[t] = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(acts + t * lda) + k);
+    __m512 acc[2][NR][NT];
+    for (int h = 0; h < 2; ++h)
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm512_setzero_ps();
+    auto x_at = [&](int t, int64_t k) { return reinterpret_cast<const float *>(acts + t * lda) + k; };
+    auto step = [&](int h, int64_t k) {
+        for (int r = 0; r < NR; ++r) {
+            const __m512 w = L::load(W + r * ldw, k);
+            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x_at(t, k)), acc[h][r][t]);
+        }
+    };
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        step(0, k);
+        step(1, k + 16);
+    }
+    if (k + 16 <= K) {
+        step(0, k);
+        k += 16;
+    }
+    if (k < K) {
+        const __mmask16 m = __mmask16((1u << (K - k)) - 1);
         for (int r = 0; r < NR; ++r) {
             const __m512 w = L::load(W + r * ldw, k, m);
-            for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(w, x[t], acc[r][t]);
+            for (int t = 0; t < NT; ++t)
+                acc[1][r][t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x_at(t, k)), acc[1][r][t]);
         }
     }
     for (int r = 0; r < NR; ++r)
-        for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+        for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][t], acc[1][r][t]));
 }
 
 template <class L, int NT>
 void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 float * y, int64_t ldy) {
+    // One row at a time for a single token: one sequential stream reads faster from memory.
+    constexpr int kRows = NT == 1 ? 1 : 2;
     int64_t r = 0;
-    for (; r + 2 <= n_rows; r += 2) float_tile<L, 2, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+    for (; r + kRows <= n_rows; r += kRows) float_tile<L, kRows, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
     if (r < n_rows) float_tile<L, 1, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
 }
 
@@ -212,7 +243,7 @@ void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 int64_t n_tok, float * y, int64_t ldy) {
     const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
     for (int64_t r0 = 0; r0 < n_rows; r0 += rb) {
-        const int64_t nr = std::min(rb, n_rows - r0);
+        const int64_t nr = imin(rb, n_rows - r0);
         const uint8_t * w = W + r0 * ldw;
         int64_t t = 0;
         for (; t + 4 <= n_tok; t += 4) float_rows<L, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);

@@ -13,8 +13,24 @@
 
 namespace sl::cpu::impl {
 
-// f16 to f32 by F16C (every file here is built with it): exact, as fp16_to_fp32.
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+// Small helpers with internal linkage (see SL_FORCE_INLINE in cpu/kernels.h).
+// f16 <-> f32 by F16C (every file here is built with it): as fp16_to_fp32 / fp32_to_fp16.
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+static inline float bf2f(uint16_t h) {
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+template <class T>
+static inline T imin(T a, T b) {
+    return a < b ? a : b;
+}
+template <class T>
+static inline T imax(T a, T b) {
+    return a < b ? b : a;
+}
 
 constexpr int qtype_block_size(QType t) {
     return (t == QType::Q2_K || t == QType::Q3_K || t == QType::Q4_K || t == QType::Q5_K || t == QType::Q6_K) ? 256

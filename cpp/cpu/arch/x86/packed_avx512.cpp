@@ -3,9 +3,6 @@
 // codes of row r, then the per-row affine terms. The micro-kernel broadcasts 4 activation bytes
 // of a token and vpdpbusd's them against a zmm, accumulating 16 rows' dot products at once; a
 // block costs 8 vpdpbusd + 4 float ops per token and 16 rows, and the panel serves every token.
-#include <algorithm>
-#include <vector>
-
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
 
@@ -73,7 +70,7 @@ void pack_legacy(const uint8_t * W, size_t ldw, int64_t K, int nr, uint8_t * P) 
     using B = Legacy<WT>;
     const int nb = int(K / 32);
     for (int q = 0; q < nb; q += 4) {
-        const int n = std::min(4, nb - q);
+        const int n = imin(4, nb - q);
         Codes c[16];
         __m128 d, m;
         for (int r = 0; r < 16; ++r) {
@@ -85,7 +82,7 @@ void pack_legacy(const uint8_t * W, size_t ldw, int64_t K, int nr, uint8_t * P) 
         store_codes(P, q, n, c);
     }
     for (int b0 = 0; b0 < nb; b0 += 16) {
-        const int n = std::min(16, nb - b0);
+        const int n = imin(16, nb - b0);
         __m512 d[16], m[16];
         for (int r = 0; r < 16; ++r) {
             if (r < nr)
@@ -210,15 +207,14 @@ constexpr bool groups_of_16(QType wt) { return wt == QType::Q2_K || wt == QType:
 template <QType WT>
 void gemm_packed(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                  int64_t n_tok, float * y, int64_t ldy) {
-    thread_local std::vector<Line64> buf;
-    buf.resize(size_t(K / 32) * kBlockBytes / 64);
-    uint8_t * P = reinterpret_cast<uint8_t *>(buf.data());
-    // Token blocks whose activations stay in L2 while every panel passes over them.
-    const int64_t tb = std::max<int64_t>(16, int64_t(256 * 1024 / lda) / 16 * 16);
+    uint8_t * P = scratch(0, size_t(K / 32) * kBlockBytes);
+    // Token blocks whose activations stay in L2 (with the panel) while every panel passes over
+    // them: each block repacks every panel once.
+    const int64_t tb = imax<int64_t>(16, int64_t(512 * 1024 / lda) / 16 * 16);
     for (int64_t t0 = 0; t0 < n_tok; t0 += tb) {
-        const int64_t nt = std::min(tb, n_tok - t0);
+        const int64_t nt = imin(tb, n_tok - t0);
         for (int64_t r0 = 0; r0 < n_rows; r0 += kPanelRows) {
-            const int nr = int(std::min<int64_t>(kPanelRows, n_rows - r0));
+            const int nr = int(imin<int64_t>(kPanelRows, n_rows - r0));
             if constexpr (qtype_block_size(WT) == 32)
                 pack_legacy<WT>(W + r0 * ldw, ldw, K, nr, P);
             else
