@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 from splitllm.engine import BatchEngine, EngineClosed
 from splitllm.model import Model
@@ -141,16 +142,37 @@ def test_repeated_prompt_evaluates_nothing(engine, ref):
     assert ["".join(e.text for e in events)] == first
 
 
+def test_shared_prefix_gives_the_logits_of_reading_from_scratch(engine, ref):
+    """A prompt that shares a prefix with another request's prompt reuses its cache, yet its logits
+    are bit-identical to reading it whole (the suffix pass is kept in the from-scratch size class)."""
+    system = ref._prompt_tokens("You are a helpful assistant who answers in one short sentence. Question:")
+    a = system + ref.tokenize(b" What is the capital of Spain?", add_bos=False)
+    b = system + ref.tokenize(b" Why?", add_bos=False)
+    assert engine.prefill_threshold is None or len(b) - len(system) < engine.prefill_threshold
+    run_all(engine, [a], params=GREEDY, max_tokens=1)
+    events: list = []
+    job = engine.submit(b, on_event=events.append, params=GREEDY, max_tokens=1)
+    wait_finished(job)
+    assert job.n_cached > 0
+    ref.reset()
+    want = ref.eval_prompt(b)  # read from scratch, cut every n_batch tokens
+    np.testing.assert_array_equal(engine._slots[job.slot].logits, want)
+
+
 def test_next_turn_evaluates_only_new_tokens(engine, ref):
-    first = ref._prompt_tokens("The quick brown fox")
+    first = ref._prompt_tokens("The quick brown fox is a phrase that contains every letter of the alphabet.")
     run_all(engine, [first], params=GREEDY, max_tokens=3)
     longer = first + ref.tokenize(b" jumps over the lazy dog and", add_bos=False)
     before = engine.stats
     events: list = []
     job = engine.submit(longer, on_event=events.append, params=GREEDY, max_tokens=1)
     wait_finished(job)
-    assert job.n_cached >= len(first)
-    assert engine.stats.prompt_evaluated - before.prompt_evaluated == len(longer) - job.n_cached
+    evaluated = engine.stats.prompt_evaluated - before.prompt_evaluated
+    assert job.n_cached > 0
+    assert evaluated == len(longer) - job.n_cached
+    # the new tokens, and fewer than prefill_threshold cached ones read again to keep the
+    # first pass in its from-scratch size class
+    assert evaluated < len(longer) - len(first) + (engine.prefill_threshold or 1)
 
 
 def test_cancel_frees_the_slot(engine, ref):

@@ -9,16 +9,19 @@ step, so one long prompt does not stall the others); it samples each sequence wi
 :class:`~splitllm.completions.TokenText` as ``Model.stream``. New requests join between steps and
 finished ones leave.
 
-A request's tokens do not depend on what else runs. The CPU kernels take a different path (with
-different rounding) for larger batches, so the engine never lets other requests change the batch
-a row is computed in: each prompt chunk is its own call, cut where ``Model`` cuts it (every
-``n_batch`` tokens), and decode rows go together only up to the widest batch whose rows equal
-single-token passes, which the engine measures when it starts (:attr:`BatchEngine.decode_width`).
+A request's tokens do not depend on what else runs. The CPU kernels take another path (with
+other rounding) for passes of many tokens, so the engine never lets other requests change the
+pass a row is computed in: decode rows go together only up to the widest batch whose rows equal
+single-token passes (:attr:`BatchEngine.decode_width`), and each prompt chunk is a pass of its
+own, cut where reading the prompt from scratch cuts it (every ``n_batch`` tokens, as ``Model``
+does). Both sizes are measured when the engine starts.
 
 Every slot remembers the tokens whose K/V it holds, and the logits after its last prompt. A new
 request takes the free slot whose cache shares the longest prefix with its prompt and evaluates
 only the rest (the next turn of a chat reuses the previous turn's cache; a repeated prompt
-evaluates nothing).
+evaluates nothing). Where the rest would be a pass too short for the path reading from scratch
+takes, a few cached tokens are read again (:attr:`BatchEngine.prefill_threshold`), so a prompt
+gives the same logits whether or not part of it came from another request's prompt.
 
 While an engine runs, it is the only user of the model: do not call the Model's own generation
 methods at the same time.
@@ -127,6 +130,7 @@ class BatchEngine:
         self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
         model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
         self.decode_width = self._probe_decode_width()
+        self.prefill_threshold = self._probe_prefill_threshold()
         self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
         self._thread.start()
 
@@ -274,7 +278,7 @@ class BatchEngine:
             if keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
                 job.first_logits = slot.logits  # the same prompt again: nothing to evaluate
             else:
-                keep = min(keep, len(job.prompt) - 1)  # the last token is evaluated for its logits
+                keep = self._read_from(min(keep, len(job.prompt) - 1), len(job.prompt))
             if keep < slot.n_logits:
                 slot.logits, slot.n_logits = None, 0  # its cells are about to be overwritten
             slot.job = job
@@ -304,7 +308,8 @@ class BatchEngine:
                 self._sample(job, row)
         budget = self._n_batch
         for job in [j for j in jobs if j.next_token is None and j.first_logits is None and not j.finished]:
-            n = min(len(job.prompt) - job.n_past, self._n_batch)  # Model's cuts: every n_batch tokens
+            cut = min((job.n_past // self._n_batch + 1) * self._n_batch, len(job.prompt))
+            n = cut - job.n_past  # cut where reading from scratch cuts: every n_batch tokens
             if n > budget:
                 break
             budget -= n
@@ -336,6 +341,41 @@ class BatchEngine:
     def _note_batch(self, n: int) -> None:
         with self._cv:
             self._stats["max_batch_seqs"] = max(self._stats["max_batch_seqs"], n)
+
+    def _read_from(self, keep: int, n: int) -> int:
+        """Where to start reading a prompt of ``n`` tokens whose first ``keep`` are cached: at most
+        ``keep``, and early enough that the first pass is in the same size class as the pass that
+        holds these positions when the prompt is read from scratch."""
+        t = self.prefill_threshold
+        if t is None or keep == 0:
+            return keep
+        start = keep // self._n_batch * self._n_batch  # the from-scratch pass holding position keep
+        end = min(start + self._n_batch, n)
+        return min(keep, max(start, end - t)) if end - start >= t else keep
+
+    def _probe_prefill_threshold(self, cap: int = 32) -> int | None:
+        """The fewest tokens of one prompt pass whose rows differ from single-token passes (the
+        kernels' other path), or None if none up to ``cap``. Measured on slot 0: ``cap`` single
+        passes, then a binary search."""
+        cap = min(cap, self.slot_ctx - 1, self._n_batch)
+        if cap < 2:
+            return None
+        toks = np.asarray([(1000 + 7919 * i) % self._n_vocab for i in range(cap)], dtype=np.int32)
+        slot0 = np.zeros(cap, dtype=np.int32)
+        pos = np.arange(cap, dtype=np.int32)
+        single = np.concatenate([self._core.decode(toks[i: i + 1], pos[i: i + 1], slot0[:1])
+                                 for i in range(cap)])
+
+        def same(n: int) -> bool:
+            return bool(np.array_equal(self._core.decode(toks[:n], pos[:n], slot0[:n]), single[:n]))
+
+        if same(cap):
+            return None
+        lo, hi = 1, cap  # a pass of lo tokens equals single passes, one of hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if same(mid) else (lo, mid)
+        return hi
 
     def _probe_decode_width(self) -> int:
         """The most decode rows one pass may hold with each row equal to a single-token pass (the
