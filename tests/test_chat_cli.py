@@ -102,6 +102,7 @@ def test_chat_command_in_a_terminal(smollm2_path):
     try:
         child.expect_exact("> ")
         child.sendline("Write a very long story about a dragon.")
+        child.expect_exact("dragon.\r\n")  # the terminal's echo of the line
         child.expect(r"\w+ \w+ \w+")  # the answer is streaming
         child.sendintr()
         child.expect_exact("(stopped)")
