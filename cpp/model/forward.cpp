@@ -4,6 +4,7 @@
 #include "common/error.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
+#include "model/op_offload.h"
 
 namespace sl {
 
@@ -39,20 +40,26 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         move_to(be);
         const LayerWeights & L = w_.layers[l];
         Scratch & s = scratch(be);
+        // Matmuls of a CPU layer may run on the GPU for large batches (op offload).
+        Backend * mm = offload_ && be->is_cpu() && n >= OpOffload::kMinBatch ? offload_.get() : be;
+        n_op_offload_ += mm != be;
         // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x)
         be->rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
-        be->matmul(qkv, qkv_out, 3, s.h, n, false);
+        mm->matmul(qkv, qkv_out, 3, s.h, n, false);
         be->rope(s.q, s.k, n);
-        be->attention(kv_, k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n);
+        if (kv_backend_[l] == be)
+            be->attention(kv_, k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n);
+        else
+            attention_via(kv_backend_[l], l, s, n);
         const WeightRef * wo = &L.wo;
-        be->matmul(&wo, &s.x, 1, s.att, n, true);
+        mm->matmul(&wo, &s.x, 1, s.att, n, true);
         // Feed-forward: x += W_down . (silu(W_gate h) * W_up h), h = rmsnorm(x)
         be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
-        be->swiglu(L.w_gate, L.w_up, s.h, s.ff, n);
+        mm->swiglu(L.w_gate, L.w_up, s.h, s.ff, n);
         const WeightRef * wd = &L.w_down;
-        be->matmul(&wd, &s.x, 1, s.ff, n, true);
+        mm->matmul(&wd, &s.x, 1, s.ff, n, true);
     }
 
     // Output: logits = W_out . rmsnorm(x) for the rows that want them.
@@ -80,8 +87,23 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     if (output_backend_->is_cpu()) {
         output_backend_->matmul(&wout, &logits, 1, s.h, n_out, false);
     } else {
-        throw Error("internal: GPU output layer without a device logits buffer");
+        output_backend_->matmul(&wout, &dev_logits_, 1, s.h, n_out, false);
+        output_backend_->download(logits, dev_logits_, size_t(n_out) * c.n_vocab * sizeof(float));
     }
+}
+
+void Model::attention_via(Backend * kvb, int l, Scratch & s, int n) {
+    // offload_kqv=False: the layer's q, k, v go to its KV cache's backend and the output comes back.
+    const Config & c = cfg_;
+    Backend * be = layer_backend_[l];
+    Scratch & h = scratch(kvb);
+    const size_t q_bytes = size_t(n) * c.q_dim() * sizeof(float), kv_bytes = size_t(n) * c.kv_dim() * sizeof(float);
+    SL_CHECK(kvb->is_cpu(), "internal: a KV cache away from its layer must be on the CPU");
+    be->download(h.q, s.q, q_bytes);
+    be->download(h.k, s.k, kv_bytes);
+    be->download(h.v, s.v, kv_bytes);
+    kvb->attention(kv_, k_cache_[l], v_cache_[l], h.q, h.k, h.v, h.att, n);
+    be->upload(s.att, h.att, q_bytes);
 }
 
 }  // namespace sl

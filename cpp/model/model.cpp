@@ -8,6 +8,7 @@
 #include "cpu/matmul.h"
 #include "gguf/gguf.h"
 #include "model/cpu_backend.h"
+#include "model/op_offload.h"
 
 namespace sl {
 
@@ -60,8 +61,13 @@ Model::Model(const std::string & path, const ModelParams & params) : params_(par
     file_ = std::make_unique<GGUFFile>(path);
     cfg_ = Config::from_gguf(*file_);
     load_weights();
-    place_layers();
-    allocate_state();
+    try {
+        place_layers();
+        allocate_state();
+    } catch (...) {  // the destructor will not run: free what was allocated (device memory too)
+        for (auto & [be, p] : owned_) be->free(p);
+        throw;
+    }
 }
 
 Model::~Model() {
@@ -131,26 +137,7 @@ void Model::place_layers() {
     cpu_ = std::make_unique<CpuBackend>(o);
     cpu_->init_rope(c, w_.rope_freqs);
 
-    if (params_.n_gpu_layers != 0)
-        warnings_.push_back(
-            "n_gpu_layers > 0 requested, but this build of splitllm has no GPU backend available; running on the "
-            "CPU");
-    layer_backend_.assign(c.n_layer, cpu_.get());
-    output_backend_ = cpu_.get();
-
-    placement_.clear();
-    placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes(), 0});
-    for (int l = 0; l < c.n_layer; ++l) {
-        const LayerWeights & L = w_.layers[l];
-        size_t bytes = L.wq.nbytes() + L.wk.nbytes() + L.wv.nbytes() + L.wo.nbytes() + L.w_gate.nbytes() +
-                       L.w_up.nbytes() + L.w_down.nbytes() + sizeof(float) * 2 * c.n_embd;
-        if (c.has_qkv_bias) bytes += sizeof(float) * (c.q_dim() + 2 * c.kv_dim());
-        placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(), bytes,
-                              kv_.k_bytes() + kv_.v_bytes()});
-    }
-    const bool tied = w_.output.data == w_.tok_embd.data;
-    placement_.push_back({"output", output_backend_->name(),
-                          (tied ? 0 : w_.output.nbytes()) + sizeof(float) * c.n_embd, 0});
+    place_on_devices();  // placement.cpp
 }
 
 void * Model::alloc_on(Backend * be, size_t bytes) {
@@ -187,8 +174,8 @@ void Model::allocate_state() {
     k_cache_.resize(c.n_layer);
     v_cache_.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
-        k_cache_[l] = alloc_on(layer_backend_[l], kv_.k_bytes());
-        v_cache_[l] = alloc_on(layer_backend_[l], kv_.v_bytes());
+        k_cache_[l] = alloc_on(kv_backend_[l], kv_.k_bytes());
+        v_cache_[l] = alloc_on(kv_backend_[l], kv_.v_bytes());
     }
     want_all_.assign(nb, 1);
 }

@@ -15,6 +15,7 @@ namespace sl {
 
 class GGUFFile;
 class CpuBackend;
+class OpOffload;
 
 struct ModelParams {
     int n_ctx = 4096;          // KV cells in all (split evenly between the sequence slots)
@@ -49,6 +50,7 @@ struct Placement {
     std::string device;      // "CPU", "CUDA0"
     size_t weight_bytes = 0;
     size_t kv_bytes = 0;
+    std::string kv_device;   // where the KV cache is ("" if the part has none)
 };
 
 class Model {
@@ -76,10 +78,17 @@ public:
     // Tokens evaluated since load (for tests of prefix reuse) and forward passes run.
     int64_t n_eval() const { return n_eval_; }
     int64_t n_forward() const { return n_forward_; }
+    // Layer evaluations whose matmuls ran on the GPU by op offload.
+    int64_t n_op_offload() const { return n_op_offload_; }
 
 private:
     void load_weights();
     void place_layers();
+    // placement.cpp: the GPU side of place_layers (devices per layer, memory check, uploads).
+    void place_on_devices();
+    void describe_placement();
+    template <class Move>
+    void move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv);
     void allocate_state();
     void forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
                  float * logits);
@@ -106,6 +115,11 @@ private:
     std::vector<std::pair<Backend *, Scratch>> scratch_;  // one per backend in use
     std::vector<void *> k_cache_, v_cache_;  // (n_layer) on the layer's backend
     std::vector<std::pair<Backend *, void *>> owned_;  // allocations to free
+    std::unique_ptr<Backend> gpu_;           // CUDA0 / FAKEGPU0 when layers or op offload use one
+    std::unique_ptr<OpOffload> offload_;     // large-batch matmuls of CPU layers on the GPU
+    std::vector<Backend *> kv_backend_;      // (n_layer) where each layer's KV cache lives
+    float * dev_logits_ = nullptr;           // (n_batch, n_vocab) on a non-CPU output backend
+    int64_t n_op_offload_ = 0;
     float * host_x_ = nullptr;               // staging for transfers between backends
 
     std::vector<Placement> placement_;
@@ -116,6 +130,8 @@ private:
 
     Scratch & scratch(Backend * be);
     void * alloc_on(Backend * be, size_t bytes);
+    // Attention of layer l on kvb (its KV cache's backend) when the layer runs elsewhere.
+    void attention_via(Backend * kvb, int l, Scratch & s, int n);
 };
 
 }  // namespace sl

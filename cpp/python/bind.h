@@ -13,6 +13,7 @@ void bind_gguf(pyb::module_ & m);
 void bind_quant(pyb::module_ & m);
 void bind_model(pyb::module_ & m);
 void bind_cpu(pyb::module_ & m);
+void bind_cuda(pyb::module_ & m);
 void bind_sample(pyb::module_ & m);
 
 }  // namespace sl::py

@@ -85,6 +85,7 @@ void bind_model(pyb::module_ & m) {
         .def_property_readonly("slot_ctx", &Model::slot_ctx)
         .def_property_readonly("n_eval", &Model::n_eval)
         .def_property_readonly("n_forward", &Model::n_forward)
+        .def_property_readonly("n_op_offload", &Model::n_op_offload)
         .def_property_readonly("warnings", &Model::warnings)
         .def_property_readonly("placement",
                                [](const Model & self) {
@@ -92,7 +93,8 @@ void bind_model(pyb::module_ & m) {
                                    for (const Placement & p : self.placement())
                                        out.append(pyb::dict(pyb::arg("name") = p.name, pyb::arg("device") = p.device,
                                                             pyb::arg("weight_bytes") = p.weight_bytes,
-                                                            pyb::arg("kv_bytes") = p.kv_bytes));
+                                                            pyb::arg("kv_bytes") = p.kv_bytes,
+                                                            pyb::arg("kv_device") = p.kv_device));
                                    return out;
                                })
         .def_property_readonly("config", [](const Model & self) {

@@ -8,5 +8,6 @@ PYBIND11_MODULE(_core, m) {
     sl::py::bind_quant(m);
     sl::py::bind_model(m);
     sl::py::bind_cpu(m);
+    sl::py::bind_cuda(m);
     sl::py::bind_sample(m);
 }

@@ -184,8 +184,9 @@ class Model:
     def _print_placement(self) -> None:
         print(f"splitllm: {self.model_path}", file=sys.stderr)
         for p in self.placement:
-            print(f"  {p['name']:<12} {p['device']:<6} weights {p['weight_bytes'] / 2**20:9.2f} MiB"
-                  f"  kv {p['kv_bytes'] / 2**20:8.2f} MiB", file=sys.stderr)
+            kv = f"  kv {p['kv_bytes'] / 2**20:8.2f} MiB on {p['kv_device']}" if p.get("kv_device") else ""
+            print(f"  {p['name']:<12} {p['device']:<8} weights {p['weight_bytes'] / 2**20:9.2f} MiB{kv}",
+                  file=sys.stderr)
 
     # ---- tokens ----
 

@@ -1,0 +1,40 @@
+#include "cuda/common.cuh"
+#include "cuda/rms_norm.h"
+
+namespace sl::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// One block per row; the sum of squares in double, as the CPU backend does.
+__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const float * __restrict__ x, const float * __restrict__ w,
+                                                            float * __restrict__ y, int n, float eps) {
+    const float * xr = x + size_t(blockIdx.x) * n;
+    float * yr = y + size_t(blockIdx.x) * n;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += kThreads) ss += double(xr[i]) * double(xr[i]);
+    ss = warp_sum(ss);
+    __shared__ double part[kThreads / kWarp];
+    __shared__ float scale;
+    if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int i = 0; i < kThreads / kWarp; ++i) t += part[i];
+        scale = float(1.0 / sqrt(t / n + double(eps)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += kThreads) yr[i] = xr[i] * scale * w[i];
+}
+
+}  // namespace
+
+void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps, cudaStream_t stream) {
+    SL_CHECK(n_tok >= 0 && n > 0, "cuda rms_norm: bad shape (%d, %d)", n_tok, n);
+    if (n_tok == 0) return;
+    rms_norm_kernel<<<n_tok, kThreads, 0, stream>>>(x, w, y, n, eps);
+    SL_CUDA_LAUNCHED("rms_norm");
+}
+
+}  // namespace sl::cuda

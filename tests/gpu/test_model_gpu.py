@@ -1,0 +1,106 @@
+"""Whole models on the GPU against the CPU: logits with n_gpu_layers = 0, half and all agree
+(mean KL <= 1e-3) and greedy 32-token completions are equal; the split options and the memory
+check behave as on FAKEGPU0 (tests/test_placement.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import splitllm
+from conftest import mean_kl
+from splitllm import _core
+from splitllm.quants import quantize
+from tiny_model import TinyConfig, make_weights, write_gguf
+
+KL_MAX = 1e-3
+PROMPT = [(13 * i + 5) % 320 for i in range(48)]  # above the op-offload threshold of 32
+
+
+def logits(m, tokens, start=0, slot=0):
+    n = len(tokens)
+    return m.decode(np.asarray(tokens, np.int32), np.arange(start, start + n, dtype=np.int32),
+                    np.full(n, slot, np.int32))
+
+
+def greedy(m, prompt, n=32):
+    """Prompt logits and the greedy n-token completion (decoded one token at a time)."""
+    first = logits(m, prompt)
+    out, last = [], first[-1]
+    for i in range(n):
+        out.append(int(np.argmax(last)))
+        last = logits(m, [out[-1]], start=len(prompt) + i)[0]
+    return first, out
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    cfg = TinyConfig(arch="llama", n_layer=6, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=7)
+    path = tmp_path_factory.mktemp("gpu") / "tiny-q4k.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
+    return str(path)
+
+
+def check_against_cpu(path, prompt, *, n_ctx=256, **kw):
+    cpu = _core.Model(path, n_ctx=n_ctx, op_offload=False)
+    ref_logits, ref_text = greedy(cpu, prompt)
+    for ngl in (0, cpu.config["n_layer"] // 2, -1):
+        m = _core.Model(path, n_ctx=n_ctx, n_gpu_layers=ngl, **kw)
+        assert m.warnings == []
+        got_logits, got_text = greedy(m, prompt)
+        assert mean_kl(ref_logits, got_logits) <= KL_MAX, ngl
+        assert got_text == ref_text, ngl
+
+
+def test_tiny_model(tiny_path):
+    check_against_cpu(tiny_path, PROMPT)
+
+
+def test_tiny_model_kv_on_cpu(tiny_path):
+    check_against_cpu(tiny_path, PROMPT, offload_kqv=False)
+
+
+@pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
+def test_tiny_model_quantized_kv(tiny_path, kv):
+    cpu = _core.Model(tiny_path, n_ctx=256, op_offload=False, type_k=kv, type_v=kv)
+    gpu = _core.Model(tiny_path, n_ctx=256, n_gpu_layers=-1, type_k=kv, type_v=kv)
+    assert mean_kl(logits(cpu, PROMPT), logits(gpu, PROMPT)) <= KL_MAX
+
+
+def test_tiny_model_small_batches_and_two_sequences(tiny_path):
+    a, b = PROMPT[:20], PROMPT[20:40]
+    tokens = np.array([t for pair in zip(a, b, strict=True) for t in pair], np.int32)
+    pos = np.repeat(np.arange(20, dtype=np.int32), 2)
+    slot = np.tile(np.array([0, 1], np.int32), 20)
+    kw = dict(n_ctx=128, n_seq_max=2, n_batch=7)
+    cpu = _core.Model(tiny_path, op_offload=False, **kw).decode(tokens, pos, slot)
+    gpu = _core.Model(tiny_path, n_gpu_layers=4, **kw).decode(tokens, pos, slot)
+    assert mean_kl(cpu, gpu) <= KL_MAX
+
+
+def test_cuda_graphs_change_nothing(tiny_path, monkeypatch):
+    runs = []
+    for graphs in ("1", "0"):
+        monkeypatch.setenv("SPLITLLM_CUDA_GRAPHS", graphs)
+        runs.append(greedy(_core.Model(tiny_path, n_ctx=256, n_gpu_layers=-1), PROMPT))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-5)
+    assert runs[0][1] == runs[1][1]
+
+
+def test_op_offload(tiny_path):
+    m = _core.Model(tiny_path, n_ctx=256, n_gpu_layers=0)
+    cpu = _core.Model(tiny_path, n_ctx=256, op_offload=False)
+    assert mean_kl(logits(cpu, PROMPT), logits(m, PROMPT)) <= KL_MAX
+    assert m.n_op_offload == 6
+
+
+def test_smollm2(smollm2_path):
+    check_against_cpu(str(smollm2_path), [1] + PROMPT[1:])
+
+
+def test_not_enough_memory_is_reported_before_allocating(smollm2_path, gpu):
+    # 2^24 cells of KV cache on every layer (12 blocks: 150 GiB): beyond any GPU here.
+    with pytest.raises(splitllm.CudaError, match=r"needs .* MiB is free"):
+        _core.Model(str(smollm2_path), n_ctx=1 << 24, n_batch=64, n_gpu_layers=-1)
+    # the device is still usable
+    m = _core.Model(str(smollm2_path), n_ctx=256, n_gpu_layers=-1)
+    assert np.isfinite(logits(m, PROMPT[:8])).all()
