@@ -14,44 +14,32 @@ from __future__ import annotations
 import os
 import random
 import sys
-import time
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from splitllm import _core
 from splitllm.chat import CHATML_TEMPLATE, ChatTemplate
+from splitllm.completions import (
+    CompletionChunk,
+    TokenText,
+    chat_chunks,
+    chat_head,
+    chat_response,
+    check_max_tokens,
+    completion_chunks,
+    completion_head,
+    completion_limit,
+    completion_response,
+    stop_list,
+)
 from splitllm.gguf_file import GGUFFile
 from splitllm.sampling import Sampler, SamplingParams
-from splitllm.textstream import StopStream
 from splitllm.tokenizer import Tokenizer
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
-
-
-@dataclass(frozen=True, slots=True)
-class CompletionChunk:
-    """One step of a generation stream. ``finish_reason`` is set on the last chunk only."""
-
-    text: str
-    token: int | None
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str | None = None
-
-
-def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        return [stop]
-    if not all(isinstance(s, str) for s in stop):
-        raise ValueError("stop must be a string or a list of strings")
-    return list(stop)
 
 
 class Model:
@@ -59,7 +47,9 @@ class Model:
 
     Follows ``llama_cpp.Llama``: same argument names, same result shapes. Weights stay in the
     memory-mapped file (or are uploaded once to the GPU for offloaded layers); the KV cache is
-    allocated once for ``n_ctx`` tokens.
+    allocated once for ``n_ctx`` tokens. ``n_seq_max`` splits the cache into that many sequence
+    slots of ``n_ctx // n_seq_max`` cells (for :class:`splitllm.engine.BatchEngine`); the methods
+    here use slot 0, so one generation holds at most that many tokens.
     """
 
     def __init__(
@@ -69,6 +59,7 @@ class Model:
         n_ctx: int = 4096,
         n_batch: int = 512,
         n_threads: int | None = None,
+        n_seq_max: int = 1,
         n_gpu_layers: int | str = 0,
         seed: int = LLAMA_DEFAULT_SEED,
         type_k: str = "f16",
@@ -82,11 +73,11 @@ class Model:
         path = os.fspath(model_path)
         self.model_path = path
         self.verbose = verbose
-        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch)):
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_seq_max", n_seq_max)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer (got {value!r})")
-        if n_batch < 1:
-            raise ValueError("n_batch must be at least 1")
+        if n_batch < 1 or n_seq_max < 1:
+            raise ValueError("n_batch and n_seq_max must be at least 1")
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be a positive integer or None (got {n_threads!r})")
         if not isinstance(seed, int):
@@ -110,13 +101,16 @@ class Model:
         if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an integer >= -1 or 'auto' (got {n_gpu_layers!r})")
         self._core = _core.Model(
-            path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0, n_gpu_layers=n_gpu_layers,
+            path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0, n_seq_max=n_seq_max,
+            n_gpu_layers=n_gpu_layers,
             type_k=type_k.lower(), type_v=type_v.lower(), offload_kqv=offload_kqv, op_offload=op_offload,
         )
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         self._n_ctx = n_ctx
         self._n_batch = n_batch
+        self._n_seq_max = n_seq_max
+        self._seq_ctx = int(self._core.slot_ctx)  # cells of one sequence slot
         self._history: list[int] = []  # tokens whose K/V are in the cache, at positions 0..len-1
         self._seed = seed
         self._rng = random.Random(None if seed == LLAMA_DEFAULT_SEED else seed)
@@ -233,8 +227,8 @@ class Model:
         bad = [t for t in toks if not 0 <= t < n_vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {n_vocab})")
-        if len(toks) > self._n_ctx:
-            raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of {self._n_ctx}")
+        if len(toks) > self._seq_ctx:
+            raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of {self._seq_ctx}")
         return toks
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
@@ -317,7 +311,7 @@ class Model:
             sampler.accept(token)
             yield token
             n = len(self._history)
-            if n >= self._n_ctx:
+            if n >= self._seq_ctx:
                 return
             logits = self._decode([token], n)[0]
             self._history.append(token)
@@ -339,41 +333,33 @@ class Model:
         seed: int | None = None,
     ) -> Iterator[CompletionChunk]:
         """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason."""
-        prompt = self._check_tokens(prompt_tokens)
-        if not prompt:
-            raise ValueError("the prompt is empty")
-        if len(prompt) >= self._n_ctx:
-            raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._n_ctx}")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
-            raise ValueError(f"max_tokens must be an integer or None (got {max_tokens!r})")
-        room = self._n_ctx - len(prompt)
-        limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
-        text = StopStream(_stop_list(stop))
-        n_prompt = len(prompt)
-        n_done = 0
-        finish = "length"
-        eog = self.tokenizer.eog_ids
+        prompt = self.check_prompt(prompt_tokens)
+        check_max_tokens(max_tokens)
+        text = TokenText(self.tokenizer, n_prompt=len(prompt), stop=stop_list(stop),
+                         limit=completion_limit(max_tokens, len(prompt), self._seq_ctx))
         gen = self.generate(prompt, top_k=top_k, top_p=top_p, min_p=min_p, temp=temperature,
                             repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed)
         try:
             for token in gen:
-                if token in eog:
-                    finish = "stop"
-                    break
-                n_done += 1
-                piece, stopped = text.push(self.tokenizer.token_to_piece(token))
-                if piece:
-                    yield CompletionChunk(piece, token, n_prompt, n_done)
-                if stopped:
-                    finish = "stop"
-                    break
-                if n_done >= limit:
+                chunk = text.push(token)
+                if chunk is not None:
+                    yield chunk
+                if text.done:
                     break
         finally:
             gen.close()
-        rest = text.flush()
-        yield CompletionChunk(rest, None, n_prompt, n_done, finish)
+        yield text.finish()
+
+    def check_prompt(self, prompt_tokens: Sequence[int]) -> list[int]:
+        """The prompt as a list of ints; ValueError if it is empty, holds ids outside the
+        vocabulary or leaves no room to generate in one sequence's context."""
+        prompt = self._check_tokens(prompt_tokens)
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if len(prompt) >= self._seq_ctx:
+            raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._seq_ctx}")
+        return prompt
 
     # ---- OpenAI-shaped completions ----
 
@@ -415,36 +401,15 @@ class Model:
                              top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                              frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                              logit_bias=logit_bias, seed=seed)
-        head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
-                "model": model if model is not None else self.model_path}
-        prefix = ""
-        if echo:
-            prefix = prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
+        head = completion_head(model if model is not None else self.model_path)
+        prefix = self.echo_text(prompt, tokens) if echo else ""
         if stream:
-            return self._completion_stream(head, chunks, prefix)
-        parts = [prefix]
-        last = None
-        for c in chunks:
-            parts.append(c.text)
-            last = c
-        assert last is not None
-        return {
-            **head,
-            "choices": [{"text": "".join(parts), "index": 0, "logprobs": None, "finish_reason": last.finish_reason}],
-            "usage": _usage(last),
-        }
+            return completion_chunks(head, chunks, prefix)
+        return completion_response(head, chunks, prefix)
 
-    @staticmethod
-    def _completion_stream(head: dict[str, Any], chunks: Iterator[CompletionChunk],
-                           prefix: str) -> Iterator[dict[str, Any]]:
-        if prefix:
-            yield {**head, "choices": [{"text": prefix, "index": 0, "logprobs": None, "finish_reason": None}]}
-        for c in chunks:
-            if c.finish_reason is None:
-                yield {**head, "choices": [{"text": c.text, "index": 0, "logprobs": None, "finish_reason": None}]}
-            else:
-                yield {**head, "choices": [{"text": c.text, "index": 0, "logprobs": None,
-                                            "finish_reason": c.finish_reason}], "usage": _usage(c)}
+    def echo_text(self, prompt: str | Sequence[int], tokens: Sequence[int]) -> str:
+        """The prompt as ``echo=True`` repeats it."""
+        return prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
 
     def __call__(self, prompt: str | Sequence[int], **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
         return self.create_completion(prompt, **kwargs)
@@ -483,48 +448,24 @@ class Model:
         logit_bias: Mapping[Any, float] | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``."""
-        tokens = self.apply_chat_template(messages)
-        stops = _stop_list(stop)
-        eos_text = self.chat_template().eos_token
-        if eos_text and eos_text not in stops:
-            stops.append(eos_text)
+        tokens, stops = self.chat_prompt(messages, stop)
         chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
                              top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                              frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                              logit_bias=logit_bias, seed=seed)
-        head = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()),
-                "model": model if model is not None else self.model_path}
+        head = chat_head(model if model is not None else self.model_path)
         if stream:
             return chat_chunks(head, chunks)
-        parts = []
-        last = None
-        for c in chunks:
-            parts.append(c.text)
-            last = c
-        assert last is not None
-        return {
-            **head,
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                         "logprobs": None, "finish_reason": last.finish_reason}],
-            "usage": _usage(last),
-        }
+        return chat_response(head, chunks)
 
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]],
+                    stop: str | Sequence[str] | None = None) -> tuple[list[int], list[str]]:
+        """The prompt tokens of a chat completion and its stop strings (``stop`` and the
+        template's end-of-sequence text)."""
+        tokens = self.apply_chat_template(messages)
+        stops = stop_list(stop)
+        eos_text = self.chat_template().eos_token
+        if eos_text and eos_text not in stops:
+            stops.append(eos_text)
+        return tokens, stops
 
-def _usage(c: CompletionChunk) -> dict[str, int]:
-    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens}
-
-
-def chat_chunks(head: dict[str, Any], chunks: Iterator[CompletionChunk]) -> Iterator[dict[str, Any]]:
-    """OpenAI ``chat.completion.chunk`` objects from a generation stream."""
-    base = {**head, "object": "chat.completion.chunk"}
-    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
-                                "finish_reason": None}]}
-    for c in chunks:
-        if c.text:
-            yield {**base, "choices": [{"index": 0, "delta": {"content": c.text}, "logprobs": None,
-                                        "finish_reason": None}]}
-        if c.finish_reason is not None:
-            yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                        "finish_reason": c.finish_reason}], "usage": _usage(c)}

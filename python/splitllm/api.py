@@ -1,0 +1,314 @@
+"""The OpenAI-compatible HTTP API over a :class:`~splitllm.engine.BatchEngine` (FastAPI).
+
+Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
+``data: [DONE]``). Requests are tokenized and checked here, then run by the engine, which batches
+them with every other request in flight.
+
+The body is read as JSON whatever its Content-Type (``curl -d`` sends a form type). Errors never
+stop the server and always have OpenAI's shape, ``{"error": {"message", "type", "param",
+"code"}}``: 400 for a malformed body, a wrong type or value (validation errors are answered as
+400, as OpenAI does, not FastAPI's 422), a prompt that does not fit the context or
+``max_tokens`` beyond it; 401 for a missing or wrong API key (``Authorization: Bearer KEY``, on
+``/v1/*`` only); 404 for an unknown model or path; 500 for an internal failure. A client that
+disconnects, mid-stream or while waiting for a whole response, cancels its job and frees its
+sequence slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from splitllm.api_schema import APIError, ChatRequest, CompletionRequest, error_body
+from splitllm.completions import (
+    CompletionChunk,
+    chat_chunk_dicts,
+    chat_head,
+    chat_response,
+    chat_role_chunk,
+    completion_chunk,
+    completion_head,
+    completion_response,
+    stop_list,
+    usage,
+)
+from splitllm.engine import BatchEngine, ChunkStream, Job
+
+_Body = TypeVar("_Body", CompletionRequest, ChatRequest)
+DISCONNECT_POLL_S = 0.5  # how often a request waiting for a whole response checks its client
+CLIENT_CLOSED = 499      # status logged for a request whose client went away (nginx's convention)
+
+
+def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None) -> FastAPI:
+    """The FastAPI application serving ``engine``'s model under ``model_alias`` (default: the file
+    name without ``.gguf``). With ``api_key``, ``/v1/*`` requests must carry it as a bearer token."""
+    svc = _Service(engine, model_alias)
+    app = FastAPI(title="splitllm", summary="OpenAI-compatible API", docs_url=None, redoc_url=None)
+    app.state.service = svc
+    if api_key:
+        app.add_middleware(_APIKeyCheck, key=api_key)
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return svc.health()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return svc.models()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await svc.completion(await _parse(request, CompletionRequest), request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await svc.chat(await _parse(request, ChatRequest), request)
+
+    return app
+
+
+class _Service:
+    def __init__(self, engine: BatchEngine, model_alias: str | None) -> None:
+        self.engine = engine
+        self.model = engine.model
+        path = self.model.model_path
+        base = os.path.basename(path)
+        self.alias = model_alias or (base[:-5] if base.endswith(".gguf") else base)
+        self.names = {self.alias, path, base}
+        self.created = int(time.time())
+
+    # ---- information ----
+
+    def health(self) -> dict[str, Any]:
+        e = self.engine
+        return {"status": "ok", "slots_idle": e.n_parallel - e.n_active, "slots_processing": e.n_active,
+                "requests_pending": e.n_pending, "stats": dataclasses.asdict(e.stats)}
+
+    def models(self) -> dict[str, Any]:
+        meta = {"n_ctx": self.model.n_ctx(), "n_parallel": self.engine.n_parallel,
+                "n_ctx_per_seq": self.engine.slot_ctx, "n_vocab": self.model.n_vocab()}
+        return {"object": "list", "data": [{"id": self.alias, "object": "model", "created": self.created,
+                                            "owned_by": "splitllm", "meta": meta}]}
+
+    def _model_name(self, name: str | None) -> str:
+        if name is None or name in self.names:
+            return self.alias
+        raise APIError(404, f"The model `{name}` does not exist (this server has `{self.alias}`)",
+                       param="model", code="model_not_found")
+
+    # ---- requests ----
+
+    def _submit(self, tokens: list[int], body: CompletionRequest | ChatRequest, max_tokens: int | None,
+                stop: list[str], param: str) -> ChunkStream:
+        ctx = self.engine.slot_ctx
+        if len(tokens) >= ctx:
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the {param} has "
+                           f"{len(tokens)} tokens (at least one must be left to generate)", param=param,
+                           code="context_length_exceeded")
+        if max_tokens is not None and max_tokens > ctx:
+            raise APIError(400, f"max_tokens is too large: {max_tokens}. This model's maximum context "
+                           f"length is {ctx} tokens", param="max_tokens", code="invalid_value")
+        try:
+            tokens = self.model.check_prompt(tokens)
+        except ValueError as e:
+            raise APIError(400, str(e), param=param) from None
+        try:
+            params = body.sampling_params()
+            return self.engine.astream(tokens, params=params, seed=body.seed, max_tokens=max_tokens,
+                                       stop=stop)
+        except ValueError as e:
+            raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
+
+    async def completion(self, body: CompletionRequest, request: Request) -> Response:
+        name = self._model_name(body.model)
+        prompt = body.single_prompt()
+        try:
+            tokens = self.model._prompt_tokens(prompt)
+        except ValueError as e:
+            raise APIError(400, str(e), param="prompt") from None
+        stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt")
+        head = completion_head(name)
+        prefix = self.model.echo_text(prompt, tokens) if body.echo else ""
+        if body.stream:
+            return _sse(stream, _completion_events(stream, head, prefix, body.include_usage))
+        chunks = await _collect(stream, request)
+        if chunks is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(_with_cached(completion_response(head, chunks, prefix), stream.job))
+
+    async def chat(self, body: ChatRequest, request: Request) -> Response:
+        name = self._model_name(body.model)
+        messages = [m.as_dict() for m in body.messages]
+        try:
+            tokens, stops = self.model.chat_prompt(messages, body.stop)
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from None
+        stream = self._submit(tokens, body, body.token_limit, stops, "messages")
+        head = chat_head(name)
+        if body.stream:
+            return _sse(stream, _chat_events(stream, head, body.include_usage))
+        chunks = await _collect(stream, request)
+        if chunks is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(_with_cached(chat_response(head, chunks), stream.job))
+
+
+def _with_cached(d: dict[str, Any], job: Job) -> dict[str, Any]:
+    """Adds how many prompt tokens came from the cache to a response's usage (OpenAI's field)."""
+    if "usage" in d:
+        d["usage"]["prompt_tokens_details"] = {"cached_tokens": job.n_cached}
+    return d
+
+
+def _usage_chunk(head: dict[str, Any], c: CompletionChunk, job: Job, obj: str) -> dict[str, Any]:
+    """The extra last chunk of ``stream_options: {"include_usage": true}``: no choices, the usage."""
+    return _with_cached({**head, "object": obj, "choices": [], "usage": usage(c)}, job)
+
+
+async def _completion_events(stream: ChunkStream, head: dict[str, Any], prefix: str,
+                             include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    if prefix:
+        yield completion_chunk(head, prefix)
+    async for c in stream:
+        last = c if c.finish_reason is not None else None
+        yield _with_cached(completion_chunk(head, c.text, last), stream.job)
+        if last is not None and include_usage:
+            yield _usage_chunk(head, c, stream.job, "text_completion")
+
+
+async def _chat_events(stream: ChunkStream, head: dict[str, Any],
+                       include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    yield chat_role_chunk(head)
+    async for c in stream:
+        for d in chat_chunk_dicts(head, c):
+            yield _with_cached(d, stream.job)
+        if c.finish_reason is not None and include_usage:
+            yield _usage_chunk(head, c, stream.job, "chat.completion.chunk")
+
+
+def _sse(stream: ChunkStream, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events: one ``data:`` line a chunk, then ``data: [DONE]``. The job is cancelled
+    when the stream ends early (the client went away: Starlette cancels the stream)."""
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for d in events:
+                yield f"data: {json.dumps(d, ensure_ascii=False)}\n\n"
+        except Exception as e:  # the job failed mid-stream: tell the client in-band
+            body = error_body(f"generation failed: {e}", type="server_error")
+            yield f"data: {json.dumps(body)}\n\n"
+        finally:
+            stream.close()
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _collect(stream: ChunkStream, request: Request) -> list[CompletionChunk] | None:
+    """All chunks of a job, or None if the client disconnects first (the job is cancelled)."""
+    chunks: list[CompletionChunk] = []
+    checked = time.monotonic()
+    try:
+        while not stream.done:
+            try:
+                chunks.append(await stream.next_chunk(DISCONNECT_POLL_S))
+            except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
+                pass
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    return None
+    finally:
+        stream.close()
+    return chunks
+
+
+async def _parse(request: Request, cls: type[_Body]) -> _Body:
+    """The JSON body as ``cls``, whatever the Content-Type (``curl -d`` sends a form type)."""
+    try:
+        return cls.model_validate_json(await request.body())
+    except ValidationError as e:
+        message, param = _validation_message(e.errors())
+        raise APIError(400, message, param=param, code="invalid_value") from None
+
+
+# ---- errors ----
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(list(e.errors()))
+        return JSONResponse(error_body(message, param=param, code="invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        code = "not_found" if e.status_code == 404 else None
+        return JSONResponse(error_body(str(e.detail), type=kind, code=code), status_code=e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"internal error: {e}", type="server_error"), status_code=500)
+
+
+def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """The first validation error as a sentence, and the top-level field it is about."""
+    if not errors:
+        return "invalid request", None
+    err = errors[0]
+    if err.get("type") == "json_invalid":
+        detail = err.get("ctx", {}).get("error", "")
+        return "the request body is not valid JSON" + (f" ({detail})" if detail else ""), None
+    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+    if not loc:
+        return f"request body: {err.get('msg', 'invalid')} (a JSON object is expected)", None
+    # The path to the value, without pydantic's names of union members ('str', 'list[int]', ...).
+    where = loc[0] + "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc[1:]
+                             if x.isdigit() or (x.isidentifier() and x not in _TYPE_TAGS))
+    return f"invalid value for '{where}': {err.get('msg', 'invalid')}", loc[0]
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "ContentPart", "StreamOptions"}
+
+
+class _APIKeyCheck:
+    """ASGI middleware: ``/v1/*`` requests must carry ``Authorization: Bearer KEY`` (before the body
+    is read, so a request without the key gets 401 whatever its body)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.key):
+                message = "Incorrect API key provided" if token else "Missing API key (Bearer token)"
+                resp = JSONResponse(error_body(message, code="invalid_api_key"), status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+

@@ -1,0 +1,190 @@
+"""What one generation looks like from the outside, shared by ``Model`` and the batching engine.
+
+* :class:`TokenText` turns the sampled tokens of one generation into :class:`CompletionChunk` s:
+  an end-of-generation token ends it, stop strings are held back and never emitted (not even in
+  part), ``max_tokens`` ends it with ``"length"``. ``Model.stream`` drives it token by token; the
+  engine drives one per active sequence, so both produce the same text for the same tokens.
+* The ``completion_*`` / ``chat_*`` functions shape chunks into OpenAI's (and llama-cpp-python's)
+  dicts: whole responses and server-sent-event chunks.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from splitllm.textstream import StopStream
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionChunk:
+    """One step of a generation stream. ``finish_reason`` is set on the last chunk only."""
+
+    text: str
+    token: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+class _PieceSource(Protocol):
+    eog_ids: frozenset[int]
+
+    def token_to_piece(self, token: int) -> bytes: ...
+
+
+def stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    """``stop`` as a list of strings (None: none; a string: that one)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (bytes, bytearray)) or not all(isinstance(s, str) for s in stop):
+        raise ValueError("stop must be a string or a list of strings")
+    return list(stop)
+
+
+def check_max_tokens(max_tokens: int | None) -> None:
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
+        raise ValueError(f"max_tokens must be an integer or None (got {max_tokens!r})")
+
+
+def completion_limit(max_tokens: int | None, n_prompt: int, n_ctx: int) -> int:
+    """Most tokens a generation may add: ``max_tokens`` (None or <= 0: no limit), capped by the
+    room left in a context of ``n_ctx`` cells after ``n_prompt`` prompt tokens."""
+    room = n_ctx - n_prompt
+    return room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+
+
+class TokenText:
+    """The text state of one generation; feed it every sampled token until ``done``.
+
+    ``push(token)`` returns a chunk with the text that became safe to show (None when there is
+    none yet); ``finish()`` returns the last chunk, with what was held back and the finish reason.
+    """
+
+    def __init__(self, tokenizer: _PieceSource, *, n_prompt: int, limit: int,
+                 stop: Sequence[str] = ()) -> None:
+        self._tokenizer = tokenizer
+        self._eog = tokenizer.eog_ids
+        self._text = StopStream(list(stop))
+        self.n_prompt = n_prompt
+        self.limit = limit
+        self.n_done = 0
+        self.finish_reason = "length"
+        self.done = limit <= 0
+
+    def push(self, token: int) -> CompletionChunk | None:
+        if self.done:
+            raise ValueError("the generation is already finished")
+        if token in self._eog:
+            self.finish_reason = "stop"
+            self.done = True
+            return None
+        self.n_done += 1
+        piece, stopped = self._text.push(self._tokenizer.token_to_piece(token))
+        if stopped:
+            self.finish_reason = "stop"
+            self.done = True
+        elif self.n_done >= self.limit:
+            self.done = True
+        return CompletionChunk(piece, token, self.n_prompt, self.n_done) if piece else None
+
+    def finish(self) -> CompletionChunk:
+        return CompletionChunk(self._text.flush(), None, self.n_prompt, self.n_done, self.finish_reason)
+
+
+# ---- OpenAI shapes ----
+
+def usage(c: CompletionChunk) -> dict[str, int]:
+    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+
+def completion_head(model: str) -> dict[str, Any]:
+    return {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
+            "model": model}
+
+
+def chat_head(model: str) -> dict[str, Any]:
+    return {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": model}
+
+
+def completion_chunk(head: dict[str, Any], text: str, c: CompletionChunk | None = None) -> dict[str, Any]:
+    """A ``text_completion`` stream chunk; with the last CompletionChunk ``c``: its finish and usage."""
+    out = {**head, "choices": [{"text": text, "index": 0, "logprobs": None,
+                                "finish_reason": None if c is None else c.finish_reason}]}
+    if c is not None and c.finish_reason is not None:
+        out["usage"] = usage(c)
+    return out
+
+
+def completion_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk],
+                      prefix: str = "") -> Iterator[dict[str, Any]]:
+    if prefix:
+        yield completion_chunk(head, prefix)
+    for c in chunks:
+        yield completion_chunk(head, c.text, c if c.finish_reason is not None else None)
+
+
+def completion_response(head: dict[str, Any], chunks: Iterable[CompletionChunk], prefix: str = "") -> dict:
+    parts = [prefix]
+    last = None
+    for c in chunks:
+        parts.append(c.text)
+        last = c
+    if last is None or last.finish_reason is None:
+        raise ValueError("the generation stream ended without a finish reason")
+    return {
+        **head,
+        "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
+                     "finish_reason": last.finish_reason}],
+        "usage": usage(last),
+    }
+
+
+def chat_role_chunk(head: dict[str, Any]) -> dict[str, Any]:
+    """The first ``chat.completion.chunk`` of a stream: the assistant role, no text."""
+    return {**head, "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
+                         "finish_reason": None}]}
+
+
+def chat_chunk_dicts(head: dict[str, Any], c: CompletionChunk) -> list[dict[str, Any]]:
+    """``chat.completion.chunk`` objects for one CompletionChunk: its text, then (last) the finish."""
+    base = {**head, "object": "chat.completion.chunk"}
+    out = []
+    if c.text:
+        out.append({**base, "choices": [{"index": 0, "delta": {"content": c.text}, "logprobs": None,
+                                         "finish_reason": None}]})
+    if c.finish_reason is not None:
+        out.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                         "finish_reason": c.finish_reason}], "usage": usage(c)})
+    return out
+
+
+def chat_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk]) -> Iterator[dict[str, Any]]:
+    """OpenAI ``chat.completion.chunk`` objects from a generation stream."""
+    yield chat_role_chunk(head)
+    for c in chunks:
+        yield from chat_chunk_dicts(head, c)
+
+
+def chat_response(head: dict[str, Any], chunks: Iterable[CompletionChunk]) -> dict[str, Any]:
+    parts = []
+    last = None
+    for c in chunks:
+        parts.append(c.text)
+        last = c
+    if last is None or last.finish_reason is None:
+        raise ValueError("the generation stream ended without a finish reason")
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                     "logprobs": None, "finish_reason": last.finish_reason}],
+        "usage": usage(last),
+    }

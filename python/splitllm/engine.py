@@ -1,0 +1,486 @@
+"""Continuous batching: concurrent generations share forward passes.
+
+:class:`BatchEngine` owns a :class:`~splitllm.model.Model` loaded with ``n_seq_max`` sequence
+slots and runs a scheduler in a background thread. Each step evaluates the next token of every
+decoding sequence together (one ``decode`` call: the weights are read once for all of them) and
+then prompt chunks of sequences still reading their prompt (at most ``n_batch`` prompt tokens a
+step, so one long prompt does not stall the others); it samples each sequence with its own
+:class:`~splitllm.sampling.Sampler` and pushes the text through the same
+:class:`~splitllm.completions.TokenText` as ``Model.stream``. New requests join between steps and
+finished ones leave.
+
+A request's tokens do not depend on what else runs. The CPU kernels take another path (with
+other rounding) for passes of many tokens, so the engine never lets other requests change the
+pass a row is computed in: decode rows go together only up to the widest batch whose rows equal
+single-token passes (:attr:`BatchEngine.decode_width`), and each prompt chunk is a pass of its
+own, cut where reading the prompt from scratch cuts it (every ``n_batch`` tokens, as ``Model``
+does). Both sizes are measured when the engine starts.
+
+Every slot remembers the tokens whose K/V it holds, and the logits after its last prompt. A new
+request takes the free slot whose cache shares the longest prefix with its prompt and evaluates
+only the rest (the next turn of a chat reuses the previous turn's cache; a repeated prompt
+evaluates nothing). Where the rest would be a pass too short for the path reading from scratch
+takes, a few cached tokens are read again (:attr:`BatchEngine.prefill_threshold`), so a prompt
+gives the same logits whether or not part of it came from another request's prompt.
+
+While an engine runs, it is the only user of the model: do not call the Model's own generation
+methods at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
+from splitllm.model import Model
+from splitllm.sampling import Sampler, SamplingParams
+
+Event = CompletionChunk | BaseException
+"""What a job reports: text chunks (the last one has a finish reason), or the error that ended it."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed before the job finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters since the engine started."""
+
+    submitted: int = 0           # jobs submitted
+    finished: int = 0            # jobs that ended (finished, cancelled or failed)
+    cancelled: int = 0           # of those, cancelled
+    steps: int = 0               # forward passes (decode calls)
+    prompt_tokens: int = 0       # prompt tokens of the jobs admitted to a slot
+    prompt_evaluated: int = 0    # of those, evaluated (the rest came from a slot's cache)
+    generated_evaluated: int = 0  # generated tokens evaluated (fed back for the next one)
+    max_batch_seqs: int = 0      # most sequences decoding together in one step
+    decode_seconds: float = 0.0  # time spent in forward passes (the rest of a step is Python)
+    busy_seconds: float = 0.0    # time spent in steps
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation submitted to the engine; a handle to cancel it and read its counters."""
+
+    prompt: list[int]
+    sampler: Sampler
+    text: TokenText
+    on_event: Callable[[Event], None]
+    slot: int = -1                    # sequence slot while active
+    n_cached: int = 0                 # prompt tokens reused from the slot's cache
+    n_prompt_evaluated: int = 0       # prompt tokens evaluated for this job
+    cancelled: bool = False
+    finished: bool = False
+    next_token: int | None = None     # sampled, to be evaluated in the next step
+    first_logits: np.ndarray | None = None  # logits after the prompt, when the slot had them
+    tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    cached: list[int] = field(default_factory=list)  # tokens whose K/V the slot holds
+    logits: np.ndarray | None = None  # (n_vocab) after cached[:n_logits], the last prompt read here
+    n_logits: int = 0
+    last_used: int = 0
+    job: Job | None = None
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class BatchEngine:
+    """Runs many generations on one model at once. ``submit`` is thread-safe; chunks are reported
+    through each job's ``on_event`` from the engine thread (``stream`` / ``astream`` wrap that)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._core = model._engine()
+        self.n_parallel = int(model._n_seq_max)
+        self.slot_ctx = int(self._core.slot_ctx)
+        self._n_batch = int(model._n_batch)
+        self._n_vocab = model.n_vocab()
+        self._slots = [_Slot(i) for i in range(self.n_parallel)]
+        self._pending: deque[Job] = deque()
+        self._active: list[Job] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._clock = 0
+        self._stats: dict[str, float] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
+        self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
+        model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
+        self.decode_width = self._probe_decode_width()
+        self.prefill_threshold = self._probe_prefill_threshold()
+        self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
+        self._thread.start()
+
+    # ---- public ----
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._cv:
+            return EngineStats(**self._stats)
+
+    @property
+    def n_active(self) -> int:
+        return len(self._active)
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._pending)
+
+    def submit(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        on_event: Callable[[Event], None],
+        params: SamplingParams | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = 16,
+        stop: str | Sequence[str] | None = None,
+    ) -> Job:
+        """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
+        (``max_tokens`` None or <= 0: until the sequence's context is full). Raises ValueError on
+        bad input."""
+        prompt = self.model.check_prompt(prompt_tokens)
+        check_max_tokens(max_tokens)
+        sampler = Sampler(params or SamplingParams(), self._n_vocab, self.model._seed_for(seed))
+        text = TokenText(self.model.tokenizer, n_prompt=len(prompt), stop=stop_list(stop),
+                         limit=completion_limit(max_tokens, len(prompt), self.slot_ctx))
+        job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event)
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            self._pending.append(job)
+            self._stats["submitted"] += 1
+            self._cv.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stops a job (queued or running) and frees its slot; no more events are reported."""
+        with self._cv:
+            if not job.finished:
+                job.cancelled = True
+                self._cv.notify()
+
+    def stream(self, prompt_tokens: Sequence[int], **kwargs: Any) -> Iterator[CompletionChunk]:
+        """Blocking iterator over a job's chunks (like ``Model.stream``); closing it cancels the job."""
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        job = self.submit(prompt_tokens, on_event=events.put, **kwargs)
+        try:
+            while True:
+                ev = events.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+                if ev.finish_reason is not None:
+                    return
+        finally:
+            self.cancel(job)
+
+    def astream(self, prompt_tokens: Sequence[int], **kwargs: Any) -> ChunkStream:
+        """Submits a job whose chunks arrive on the running event loop (see :class:`ChunkStream`)."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def put(ev: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, ev)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        job = self.submit(prompt_tokens, on_event=put, **kwargs)
+        return ChunkStream(self, job, events)
+
+    def close(self) -> None:
+        """Stops the scheduler; queued and running jobs end with :class:`EngineClosed`."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- scheduler (engine thread) ----
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._drop_cancelled()
+                while not self._closed and not self._pending and not self._active:
+                    self._cv.wait()
+                    self._drop_cancelled()
+                if self._closed:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as e:  # a failed pass fails its jobs, not the server
+                for job in list(self._active):
+                    self._finish(job, e, keep_cache=False)  # the cache contents are unknown now
+        with self._cv:
+            jobs = list(self._pending) + list(self._active)
+            self._pending.clear()
+        for job in jobs:
+            if job.slot >= 0:
+                self._finish(job, EngineClosed("the engine is closed"))
+            else:
+                job.finished = True
+                self._emit(job, EngineClosed("the engine is closed"))
+
+    def _drop_cancelled(self) -> None:
+        """Under the lock: forgets cancelled jobs, freeing their slots."""
+        if any(j.cancelled for j in self._pending):
+            for job in [j for j in self._pending if j.cancelled]:
+                self._pending.remove(job)
+                job.finished = True
+                self._stats["finished"] += 1
+                self._stats["cancelled"] += 1
+        for job in [j for j in self._active if j.cancelled]:
+            self._release(job)
+            job.finished = True
+            self._stats["cancelled"] += 1
+
+    def _admit(self) -> None:
+        """Under the lock: moves queued jobs (first come, first served) into free slots, each into the
+        free slot whose cache shares the longest prefix with its prompt (then the least recently used)."""
+        free = [s for s in self._slots if s.job is None]
+        while self._pending and free:
+            job = self._pending.popleft()
+            slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
+            free.remove(slot)
+            keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt))
+            if keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
+                job.first_logits = slot.logits  # the same prompt again: nothing to evaluate
+            else:
+                keep = self._read_from(min(keep, len(job.prompt) - 1), len(job.prompt))
+            if keep < slot.n_logits:
+                slot.logits, slot.n_logits = None, 0  # its cells are about to be overwritten
+            slot.job = job
+            job.slot = slot.index
+            job.tokens = job.prompt[:keep]
+            job.n_cached = keep
+            self._active.append(job)
+            self._stats["prompt_tokens"] += len(job.prompt)
+
+    def _step(self) -> None:
+        """Evaluates the next token of every decoding job, then prompt chunks of the others."""
+        start = time.perf_counter()
+        jobs = list(self._active)
+        for job in [j for j in jobs if j.first_logits is not None]:
+            logits, job.first_logits = job.first_logits, None
+            self._sample(job, logits)
+        decoders = [j for j in jobs if j.next_token is not None and not j.finished]
+        if decoders:
+            self._note_batch(len(decoders))
+        for g in range(0, len(decoders), self.decode_width):
+            group = decoders[g: g + self.decode_width]
+            rows = self._forward([j.next_token for j in group], [j.n_past for j in group],
+                                 [j.slot for j in group], [1] * len(group))
+            self._count("generated_evaluated", len(group))
+            for job, row in zip(group, rows, strict=True):
+                job.tokens.append(job.next_token)  # type: ignore[arg-type]
+                self._sample(job, row)
+        budget = self._n_batch
+        for job in [j for j in jobs if j.next_token is None and j.first_logits is None and not j.finished]:
+            cut = min((job.n_past // self._n_batch + 1) * self._n_batch, len(job.prompt))
+            n = cut - job.n_past  # cut where reading from scratch cuts: every n_batch tokens
+            if n > budget:
+                break
+            budget -= n
+            chunk = job.prompt[job.n_past: job.n_past + n]
+            last = job.n_past + n == len(job.prompt)
+            rows = self._forward(chunk, list(range(job.n_past, job.n_past + n)), [job.slot] * n,
+                                 [0] * (n - 1) + [int(last)])
+            job.tokens += chunk
+            job.n_prompt_evaluated += n
+            self._count("prompt_evaluated", n)
+            if last:
+                slot = self._slots[job.slot]
+                slot.logits, slot.n_logits = rows[0].copy(), len(job.prompt)
+                self._sample(job, rows[0])
+        self._count("busy_seconds", time.perf_counter() - start)
+
+    def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int]) -> np.ndarray:
+        """One decode call; the logits rows of the flagged tokens (a view, valid until the next call)."""
+        n_out = sum(want)
+        t0 = time.perf_counter()
+        out = self._core.decode(np.asarray(tokens, dtype=np.int32), np.asarray(pos, dtype=np.int32),
+                                np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
+                                self._logits[:n_out])
+        with self._cv:
+            self._stats["steps"] += 1
+            self._stats["decode_seconds"] += time.perf_counter() - t0
+        return out
+
+    def _note_batch(self, n: int) -> None:
+        with self._cv:
+            self._stats["max_batch_seqs"] = max(self._stats["max_batch_seqs"], n)
+
+    def _read_from(self, keep: int, n: int) -> int:
+        """Where to start reading a prompt of ``n`` tokens whose first ``keep`` are cached: at most
+        ``keep``, and early enough that the first pass is in the same size class as the pass that
+        holds these positions when the prompt is read from scratch."""
+        t = self.prefill_threshold
+        if t is None or keep == 0:
+            return keep
+        start = keep // self._n_batch * self._n_batch  # the from-scratch pass holding position keep
+        end = min(start + self._n_batch, n)
+        return min(keep, max(start, end - t)) if end - start >= t else keep
+
+    def _probe_prefill_threshold(self, cap: int = 32) -> int | None:
+        """The fewest tokens of one prompt pass whose rows differ from single-token passes (the
+        kernels' other path), or None if none up to ``cap``. Measured on slot 0: ``cap`` single
+        passes, then a binary search."""
+        cap = min(cap, self.slot_ctx - 1, self._n_batch)
+        if cap < 2:
+            return None
+        toks = np.asarray([(1000 + 7919 * i) % self._n_vocab for i in range(cap)], dtype=np.int32)
+        slot0 = np.zeros(cap, dtype=np.int32)
+        pos = np.arange(cap, dtype=np.int32)
+        single = np.concatenate([self._core.decode(toks[i: i + 1], pos[i: i + 1], slot0[:1])
+                                 for i in range(cap)])
+
+        def same(n: int) -> bool:
+            return bool(np.array_equal(self._core.decode(toks[:n], pos[:n], slot0[:n]), single[:n]))
+
+        if same(cap):
+            return None
+        lo, hi = 1, cap  # a pass of lo tokens equals single passes, one of hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if same(mid) else (lo, mid)
+        return hi
+
+    def _probe_decode_width(self) -> int:
+        """The most decode rows one pass may hold with each row equal to a single-token pass (the
+        kernels switch to another path, with other rounding, for wider batches). Measured on
+        position 0 of the slots, before any request: one pass per slot, then a binary search."""
+        n = self.n_parallel
+        if n == 1:
+            return 1
+        toks = [(1000 + 7919 * i) % self._n_vocab for i in range(n)]
+
+        def rows(idx: list[int]) -> np.ndarray:
+            return self._core.decode(np.asarray([toks[i] for i in idx], dtype=np.int32),
+                                     np.zeros(len(idx), dtype=np.int32), np.asarray(idx, dtype=np.int32))
+
+        solo = np.concatenate([rows([i]) for i in range(n)])
+        if not np.array_equal(rows([0])[0], solo[0]):
+            return n  # the backend does not repeat itself exactly: nothing to keep equal
+        lo, hi = 1, n  # rows of a batch of lo are equal to single passes; find the largest such
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if np.array_equal(rows(list(range(mid))), solo[:mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _sample(self, job: Job, logits: np.ndarray) -> None:
+        token = job.sampler.sample(logits)
+        job.sampler.accept(token)
+        chunk = job.text.push(token)
+        if chunk is not None:
+            self._emit(job, chunk)
+        if job.text.done:
+            self._finish(job, job.text.finish())
+        else:
+            job.next_token = token
+
+    def _count(self, name: str, n: float) -> None:
+        with self._cv:
+            self._stats[name] += n
+
+    def _release(self, job: Job, *, keep_cache: bool = True) -> None:
+        """Under the lock: frees the job's slot, which keeps the tokens the job evaluated for
+        prefix reuse."""
+        slot = self._slots[job.slot]
+        slot.cached = job.tokens if keep_cache else []
+        slot.job = None
+        self._clock += 1
+        slot.last_used = self._clock
+        self._active.remove(job)
+        self._stats["finished"] += 1
+
+    def _finish(self, job: Job, last: Event, *, keep_cache: bool = True) -> None:
+        with self._cv:
+            self._release(job, keep_cache=keep_cache)
+        self._emit(job, last)
+        job.finished = True  # after the last event, so that a caller seeing it has seen all
+
+    def _emit(self, job: Job, ev: Event) -> None:
+        if job.cancelled:
+            return
+        try:
+            job.on_event(ev)
+        except Exception:  # a broken consumer cancels its own job only
+            job.cancelled = True
+
+
+class ChunkStream:
+    """The chunks of one job, delivered on an asyncio event loop.
+
+    Iterate it with ``async for`` (or ``await next_chunk(timeout)``); ``close()`` cancels the job if
+    it is still running, so a client that goes away frees its sequence.
+    """
+
+    def __init__(self, engine: BatchEngine, job: Job, events: asyncio.Queue[Event]) -> None:
+        self.engine = engine
+        self.job = job
+        self._events = events
+        self._done = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> CompletionChunk:
+        if self._done:
+            raise StopAsyncIteration
+        return await self.next_chunk()
+
+    async def next_chunk(self, timeout: float | None = None) -> CompletionChunk:
+        """The next chunk; asyncio.TimeoutError after ``timeout`` seconds without one (the job
+        goes on)."""
+        if timeout is None:
+            ev = await self._events.get()
+        else:
+            ev = await asyncio.wait_for(self._events.get(), timeout)
+        if isinstance(ev, BaseException):
+            self._done = True
+            raise ev
+        if ev.finish_reason is not None:
+            self._done = True
+        return ev
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def close(self) -> None:
+        self.engine.cancel(self.job)

@@ -1,0 +1,113 @@
+"""``splitllm serve MODEL``: the OpenAI-compatible server (FastAPI + uvicorn).
+
+``--parallel N`` sequence slots share ``--n-ctx`` (llama-server's convention: each request gets
+``n_ctx // N`` tokens of context) and share every forward pass (continuous batching, see
+:mod:`splitllm.engine`). The HTTP API is in :mod:`splitllm.api`.
+
+:class:`BackgroundServer` runs the same app in a thread on a free loopback port, for tests and
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from splitllm.cli import add_model_options, load_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
+                       description="Serve a model over HTTP with OpenAI's API: /v1/completions, "
+                       "/v1/chat/completions (streamed as server-sent events with stream: true), /v1/models, "
+                       "/health. Concurrent requests share each forward pass.")
+    p.add_argument("model", help="GGUF model file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=23333, help="port (default 23333)")
+    p.add_argument("-np", "--parallel", type=int, default=8,
+                   help="requests run at once (sequence slots); --n-ctx is split between them (default 8)")
+    p.add_argument("--api-key", default=os.environ.get("SPLITLLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPLITLLM_API_KEY)")
+    p.add_argument("--model-alias", "-a", default=None,
+                   help="model name clients use (default: the file name without .gguf)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_model_options(p)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from splitllm.api import create_app
+    from splitllm.engine import BatchEngine
+
+    if args.parallel < 1:
+        raise ValueError(f"--parallel must be at least 1 (got {args.parallel})")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be in [0, 65535] (got {args.port})")
+    with load_model(args, n_seq_max=args.parallel) as model, BatchEngine(model) as engine:
+        app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key)
+        alias = app.state.service.alias
+        print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
+              f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"
+              f"{', API key required' if args.api_key else ''}", file=sys.stderr)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=5)
+    return 0
+
+
+class BackgroundServer:
+    """Runs an ASGI app with uvicorn in a daemon thread on ``host`` (port 0: a free one).
+
+    ``with BackgroundServer(app) as srv: ... srv.url ...``; the socket is bound before the thread
+    starts, so there is no race for the port.
+    """
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0,
+                 log_level: str = "warning") -> None:
+        self.app = app
+        self.host = host
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port = int(self._sock.getsockname()[1])
+        self._log_level = log_level
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> BackgroundServer:
+        import uvicorn
+
+        config = uvicorn.Config(self.app, log_level=self._log_level, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name="splitllm-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

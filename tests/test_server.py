@@ -1,0 +1,338 @@
+"""The OpenAI-compatible server, talked to with the official ``openai`` client over loopback.
+
+Greedy results must equal ``Model`` called directly (a separate Model with one sequence slot of the
+same size as the server's slots); concurrent requests must share forward passes; a chat's next
+turn must reuse the previous turn's KV cache; bad input must get an OpenAI-style 4xx and leave
+the server working; a client that goes away must free its sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from splitllm.api import create_app
+from splitllm.engine import BatchEngine
+from splitllm.model import Model
+from splitllm.server import BackgroundServer
+
+PARALLEL = 4
+SLOT_CTX = 256
+MAX = 6          # tokens per request: keeps the suite fast
+LONG = SLOT_CTX - 16  # a request that would fill its slot
+ALIAS = "smol"
+KEY = "sekret"
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+@pytest.fixture(scope="module")
+def ref(smollm2_path):
+    """The model called directly, with one slot as large as each of the server's."""
+    with Model(smollm2_path, n_ctx=SLOT_CTX, n_threads=2) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    model = Model(smollm2_path, n_ctx=SLOT_CTX * PARALLEL, n_seq_max=PARALLEL, n_threads=2)
+    eng = BatchEngine(model)
+    yield eng
+    eng.close()
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with BackgroundServer(create_app(engine, model_alias=ALIAS)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def keyed_server(engine):
+    with BackgroundServer(create_app(engine, model_alias=ALIAS, api_key=KEY)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server):
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600) as c:
+        yield c
+
+
+def wait_idle(engine: BatchEngine, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.n_active or engine.n_pending:
+        assert time.monotonic() < deadline, "the engine did not go idle"
+        time.sleep(0.05)
+
+
+# ---- information ----
+
+def test_health_and_models(server, client, engine):
+    r = httpx.get(f"{server.url}/health")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+    assert r.json()["slots_idle"] == PARALLEL
+    models = client.models.list()
+    assert [m.id for m in models.data] == [ALIAS]
+    assert models.data[0].meta["n_ctx_per_seq"] == SLOT_CTX == engine.slot_ctx
+
+
+# ---- results equal Model's ----
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_completion_equals_model(client, ref, stream):
+    prompt = "The capital of France is"
+    want = ref.create_completion(prompt, max_tokens=MAX, temperature=0)
+    if stream:
+        chunks = list(client.completions.create(model=ALIAS, prompt=prompt, max_tokens=MAX, temperature=0,
+                                                stream=True))
+        text = "".join(c.choices[0].text for c in chunks)
+        last = chunks[-1]
+    else:
+        last = client.completions.create(model=ALIAS, prompt=prompt, max_tokens=MAX, temperature=0)
+        text = last.choices[0].text
+    assert text == want["choices"][0]["text"]
+    assert last.choices[0].finish_reason == want["choices"][0]["finish_reason"]
+    assert last.usage.prompt_tokens == want["usage"]["prompt_tokens"]
+    assert last.usage.completion_tokens == want["usage"]["completion_tokens"]
+    assert last.usage.total_tokens == want["usage"]["total_tokens"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_chat_completion_equals_model(client, ref, stream):
+    messages = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
+    want = ref.create_chat_completion(messages, max_tokens=MAX, temperature=0)
+    if stream:
+        chunks = list(client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=MAX,
+                                                     temperature=0, stream=True))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        finish, usage = chunks[-1].choices[0].finish_reason, chunks[-1].usage
+    else:
+        r = client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=MAX, temperature=0)
+        assert r.choices[0].message.role == "assistant"
+        text, finish, usage = r.choices[0].message.content, r.choices[0].finish_reason, r.usage
+    assert text == want["choices"][0]["message"]["content"]
+    assert finish == want["choices"][0]["finish_reason"]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (want["usage"]["prompt_tokens"],
+                                                              want["usage"]["completion_tokens"])
+
+
+def test_stream_is_server_sent_events_ending_with_done(server):
+    body = {"model": ALIAS, "prompt": "Hello", "max_tokens": 2, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=600) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    assert '"choices": []' in lines[-2] and '"usage"' in lines[-2]  # include_usage: a last chunk with usage
+
+
+def test_sampling_options_equal_model(client, ref):
+    """Seeded sampling with penalties gives Model's tokens: the options reach the same sampler."""
+    prompt = "My favourite food is"
+    opts = {"temperature": 0.9, "top_p": 0.8, "seed": 1234, "presence_penalty": 0.5, "frequency_penalty": 0.4}
+    want = ref.create_completion(prompt, max_tokens=MAX, **opts)["choices"][0]["text"]
+    got = client.completions.create(model=ALIAS, prompt=prompt, max_tokens=MAX, **opts).choices[0].text
+    assert got == want
+
+
+def test_logit_bias_and_max_tokens(client, ref):
+    banana = ref.tokenize(b" banana", add_bos=False)
+    assert len(banana) == 1
+    r = client.completions.create(model=ALIAS, prompt="I like", max_tokens=3, temperature=0,
+                                  logit_bias={str(banana[0]): 100})
+    assert r.choices[0].text == " banana" * 3
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 3
+
+
+def test_stop_string(client, ref):
+    prompt = "List the days of the week: Monday,"
+    full = ref.create_completion(prompt, max_tokens=MAX, temperature=0)["choices"][0]["text"]
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]
+    r = client.completions.create(model=ALIAS, prompt=prompt, max_tokens=MAX, temperature=0, stop=[stop])
+    assert r.choices[0].text == full[: full.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+# ---- batching and prefix reuse ----
+
+def test_concurrent_requests_share_forward_passes(server, engine, ref):
+    prompts = ["Once upon a time", "The best way to learn Python is", "def fibonacci(n):", "Water boils at"]
+    want = {p: ref.create_completion(p, max_tokens=MAX, temperature=0)["choices"][0]["text"] for p in prompts}
+    wait_idle(engine)
+    before = engine.stats
+    start = threading.Barrier(len(prompts))
+
+    def run(prompt: str) -> str:
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600) as c:
+            start.wait()
+            stream = c.completions.create(model=ALIAS, prompt=prompt, max_tokens=MAX, temperature=0,
+                                          stream=True)
+            return "".join(ch.choices[0].text for ch in stream)
+
+    with ThreadPoolExecutor(len(prompts)) as ex:
+        got = dict(zip(prompts, ex.map(run, prompts), strict=True))
+    after = engine.stats
+    assert got == want
+    steps = after.steps - before.steps
+    evaluated = after.generated_evaluated - before.generated_evaluated
+    # Alone, each generated token would need its own pass; sharing passes needs far fewer.
+    assert evaluated >= len(prompts) * (MAX - 1)
+    assert steps < evaluated
+    assert after.max_batch_seqs >= 2
+
+
+def test_chat_next_turn_reuses_the_cache(client, engine, ref):
+    first = [SYSTEM, {"role": "user", "content": "Name a colour."}]
+    r1 = client.chat.completions.create(model=ALIAS, messages=first, max_tokens=MAX, temperature=0)
+    second = [*first, {"role": "assistant", "content": r1.choices[0].message.content},
+              {"role": "user", "content": "And another one?"}]
+    p1, p2 = ref.apply_chat_template(first), ref.apply_chat_template(second)
+    assert p2[: len(p1)] == p1
+    wait_idle(engine)
+    before = engine.stats
+    r2 = client.chat.completions.create(model=ALIAS, messages=second, max_tokens=MAX, temperature=0)
+    evaluated = engine.stats.prompt_evaluated - before.prompt_evaluated
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert r2.usage.prompt_tokens == len(p2)
+    assert cached >= len(p1)                   # the whole first turn came from the cache
+    assert evaluated == len(p2) - cached       # and only the rest was evaluated
+    ref.reset()
+    fresh = ref.create_chat_completion(second, max_tokens=MAX, temperature=0)
+    assert r2.choices[0].message.content == fresh["choices"][0]["message"]["content"]
+
+
+# ---- bad input ----
+
+BAD_REQUESTS = [
+    # (path, raw body, status, param)
+    ("/v1/completions", b"{not json", 400, None),
+    ("/v1/completions", b"[1, 2]", 400, None),
+    ("/v1/completions", b"", 400, None),
+    ("/v1/completions", b'{"prompt": 5}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": "ten"}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "temperature": "hot"}', 400, "temperature"),
+    ("/v1/completions", b'{"prompt": "x", "stream": "yes"}', 400, "stream"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 0}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": -1}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 100000}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "top_p": 1.5}', 400, "top_p"),
+    ("/v1/completions", b'{"prompt": "x", "n": 2}', 400, "n"),
+    ("/v1/completions", b'{"prompt": "x", "logit_bias": {"banana": 1}}', 400, "logit_bias"),
+    ("/v1/completions", b'{"prompt": "x", "logit_bias": {"99999999": 1}}', 400, "logit_bias"),
+    ("/v1/completions", b'{"prompt": [1, 99999999]}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": "x", "model": "gpt-4"}', 404, "model"),
+    ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
+    ("/v1/chat/completions", b'{"messages": "hi"}', 400, "messages"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 7}]}', 400, "messages"),
+    ("/v1/chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}', 404,
+     "model"),
+    ("/v1/nowhere", b"{}", 404, None),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "param"), BAD_REQUESTS,
+                         ids=[f"{i}-{b[:30]!r}" for i, (_, b, _, _) in enumerate(BAD_REQUESTS)])
+def test_bad_input_gets_openai_error(server, path, body, status, param):
+    r = httpx.post(f"{server.url}{path}", content=body, headers={"Content-Type": "application/json"},
+                   timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error" and err["message"]
+    assert err["param"] == param
+
+
+def test_prompt_longer_than_context(client, engine):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=ALIAS, prompt="hello " * SLOT_CTX, max_tokens=1)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "hi " * SLOT_CTX}])
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="hi", max_tokens=1)
+    assert engine.n_active == 0 and engine.n_pending == 0
+
+
+def test_api_key(keyed_server, server, ref):
+    url = f"{keyed_server.url}/v1/completions"
+    body = {"model": ALIAS, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.post(url, json=body, headers=headers, timeout=60)
+        assert r.status_code == 401, headers
+        assert r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(url, content=b"{broken", headers={"Authorization": "Bearer nope"}, timeout=60)
+    assert r.status_code == 401  # the key is checked before the body
+    assert httpx.get(f"{keyed_server.url}/health").status_code == 200  # health needs no key
+    with openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="wrong", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError):
+            c.models.list()
+    with openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=KEY, max_retries=0, timeout=600) as c:
+        got = c.completions.create(**body).choices[0].text
+    assert got == ref.create_completion("Hi", max_tokens=1, temperature=0)["choices"][0]["text"]
+
+
+def test_server_still_answers_after_bad_input(client, ref):
+    """Runs after the bad-input tests: a normal request is answered as before."""
+    want = ref.create_completion("The sky is", max_tokens=MAX, temperature=0)["choices"][0]["text"]
+    assert client.completions.create(model=ALIAS, prompt="The sky is", max_tokens=MAX,
+                                     temperature=0).choices[0].text == want
+
+
+def test_body_is_json_whatever_the_content_type(server, ref):
+    """``curl -d`` sends application/x-www-form-urlencoded; the body is still read as JSON."""
+    body = b'{"prompt": "Hi", "max_tokens": 1, "temperature": 0}'
+    r = httpx.post(f"{server.url}/v1/completions", content=body,
+                   headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=600)
+    assert r.status_code == 200, r.text
+    want = ref.create_completion("Hi", max_tokens=1, temperature=0)["choices"][0]["text"]
+    assert r.json()["choices"][0]["text"] == want
+
+
+# ---- clients that go away ----
+
+def long_request(engine: BatchEngine, **extra: object) -> dict:
+    """A request that runs until its slot is full (end-of-generation tokens banned)."""
+    ban = {str(t): -100 for t in engine.model.tokenizer.eog_ids}
+    return {"model": ALIAS, "prompt": "Once upon a time", "max_tokens": LONG, "temperature": 0,
+            "logit_bias": ban, **extra}
+
+
+def test_disconnect_mid_stream_frees_the_sequence(server, engine):
+    wait_idle(engine)
+    before = engine.stats
+    body = long_request(engine, stream=True)
+    with httpx.Client(timeout=600) as h, h.stream("POST", f"{server.url}/v1/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # the first chunk: now hang up
+    wait_idle(engine)
+    after = engine.stats
+    assert after.cancelled - before.cancelled == 1
+    assert after.generated_evaluated - before.generated_evaluated < LONG - 1  # it did not run to the end
+    assert httpx.get(f"{server.url}/health").json()["slots_processing"] == 0
+
+
+def test_disconnect_while_waiting_for_whole_response(server, engine):
+    wait_idle(engine)
+    before = engine.stats
+    body = long_request(engine)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
+    wait_idle(engine)
+    after = engine.stats
+    assert after.cancelled - before.cancelled == 1
+    assert after.generated_evaluated - before.generated_evaluated < LONG - 1
