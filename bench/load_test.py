@@ -66,6 +66,14 @@ class Tally:
                 self.problems.append(note)
 
 
+def package_root() -> str:
+    """The folder holding the splitllm this script imports (installed, or the source tree with an
+    in-place build), for the server process to import the same one."""
+    import splitllm
+
+    return str(Path(splitllm.__file__).resolve().parents[1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +81,7 @@ def free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    path = os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join([package_root(), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "splitllm.cli", "serve", args.model, "--port", str(port), "--parallel",
            str(args.parallel), "-c", str(args.n_ctx), "--model-alias", ALIAS, "--log-level", "warning"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pexpect
 import pytest
+import splitllm
 from splitllm.chat_cli import ChatSession, repl
 from splitllm.model import Model
 
-REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are a helpful assistant."
 
 
@@ -93,7 +93,10 @@ def test_repl_ends_on_end_of_input(model):
 
 def test_chat_command_in_a_terminal(smollm2_path):
     """The real command in a pseudo-terminal: a turn, Ctrl-C during a long answer, then /exit."""
-    path = os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")])
+    # The child imports the splitllm this process imported (the installed one in CI, the source
+    # tree with an in-place build in development).
+    src = Path(splitllm.__file__).resolve().parents[1]
+    path = os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
     args = ["-m", "splitllm.cli", "chat", str(smollm2_path), "-c", "512", "-t", "2", "--temp", "0",
             "-n", "400",
             "--system", SYSTEM]

@@ -8,7 +8,6 @@ import os
 import numpy as np
 import psutil
 import pytest
-
 from splitllm import Model, _core
 
 
@@ -58,8 +57,10 @@ def test_stop_strings_are_never_emitted(model):
     cut = base[: base.index(stop)]
     out = model("1, 2, 3, 4,", max_tokens=16, temperature=0, stop=[stop])
     assert out["choices"][0]["text"] == cut and out["choices"][0]["finish_reason"] == "stop"
-    streamed = "".join(c["choices"][0]["text"] for c in model("1, 2, 3, 4,", max_tokens=16, temperature=0,
-                                                              stop=stop, stream=True))
+    streamed = "".join(
+        c["choices"][0]["text"]
+        for c in model("1, 2, 3, 4,", max_tokens=16, temperature=0, stop=stop, stream=True)
+    )
     assert streamed == cut
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_model import TinyConfig, make_weights, reference_logits, write_gguf
-
 from splitllm import Model
 from splitllm.quants import quantize
+from tiny_model import TinyConfig, make_weights, reference_logits, write_gguf
 
 TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11]
 

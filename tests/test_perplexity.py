@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from splitllm import Model
 from splitllm.cli import main as cli_main
 from splitllm.perplexity import kl_divergence, log_softmax, perplexity
@@ -16,7 +15,7 @@ from splitllm.perplexity import kl_divergence, log_softmax, perplexity
 def reference_perplexity(all_logits: list[np.ndarray], chunks: list[list[int]]) -> float:
     """llama-perplexity's estimate from per-chunk logits: score the second half of each chunk."""
     nll = []
-    for logits, chunk in zip(all_logits, chunks):
+    for logits, chunk in zip(all_logits, chunks, strict=False):
         n = len(chunk)
         lp = log_softmax(np.asarray(logits, dtype=np.float64))
         for j in range(n // 2, n - 1):
@@ -32,7 +31,7 @@ def test_perplexity_agrees_with_llamacpp(smollm2_path, tinyshakespeare):
         ours = perplexity(m, tinyshakespeare, n_ctx=n_ctx, n_chunks=n_chunks)
     llm = llama_cpp.Llama(str(smollm2_path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False)
     tokens = llm.tokenize(tinyshakespeare.encode(), add_bos=True)
-    chunks = [tokens[i * n_ctx:(i + 1) * n_ctx] for i in range(n_chunks)]
+    chunks = [tokens[i * n_ctx : (i + 1) * n_ctx] for i in range(n_chunks)]
     logits = []
     for c in chunks:
         llm.reset()
@@ -40,8 +39,10 @@ def test_perplexity_agrees_with_llamacpp(smollm2_path, tinyshakespeare):
         logits.append(np.array(llm.scores[:n_ctx]))
     llm.close()
     theirs = reference_perplexity(logits, chunks)
-    print(f"\nPPL over {n_chunks} chunks of {n_ctx}: splitllm {ours.ppl:.4f} +/- {ours.ppl_error:.4f}, "
-          f"llama.cpp {theirs:.4f}, ratio {ours.ppl / theirs:.5f}")
+    print(
+        f"\nPPL over {n_chunks} chunks of {n_ctx}: splitllm {ours.ppl:.4f} +/- {ours.ppl_error:.4f}, "
+        f"llama.cpp {theirs:.4f}, ratio {ours.ppl / theirs:.5f}"
+    )
     assert ours.n_chunks == n_chunks and ours.n_tokens_scored == n_chunks * (n_ctx // 2 - 1)
     assert abs(ours.ppl / theirs - 1) < 0.005
 
@@ -52,7 +53,7 @@ def test_perplexity_matches_its_definition(smollm2_path, tinyshakespeare):
     with Model(smollm2_path, n_ctx=n_ctx, n_threads=2) as m:
         res = perplexity(m, tinyshakespeare[:5000], n_ctx=n_ctx, n_chunks=3)
         toks = m.tokenize(tinyshakespeare[:5000].encode(), add_bos=True)
-        chunks = [toks[i * n_ctx:(i + 1) * n_ctx] for i in range(3)]
+        chunks = [toks[i * n_ctx : (i + 1) * n_ctx] for i in range(3)]
         expected = reference_perplexity([m.logits(c) for c in chunks], chunks)
     assert res.ppl == pytest.approx(expected, rel=1e-6)
     assert len(res.chunk_ppl) == 3 and res.chunk_ppl[-1] == pytest.approx(res.ppl)
@@ -62,11 +63,43 @@ def test_kl_against_itself_is_zero_and_cli(smollm2_path, tinyshakespeare, tmp_pa
     text = tmp_path / "text.txt"
     text.write_text(tinyshakespeare[:6000])
     base = tmp_path / "base.npz"
-    assert cli_main(["perplexity", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "2",
-                     "--save-logits", str(base), "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "perplexity",
+                str(smollm2_path),
+                "-f",
+                str(text),
+                "-c",
+                "64",
+                "--chunks",
+                "2",
+                "--save-logits",
+                str(base),
+                "--json",
+            ]
+        )
+        == 0
+    )
     saved = json.loads(capsys.readouterr().out)
-    assert cli_main(["perplexity", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "2",
-                     "--kl-base", str(base), "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "perplexity",
+                str(smollm2_path),
+                "-f",
+                str(text),
+                "-c",
+                "64",
+                "--chunks",
+                "2",
+                "--kl-base",
+                str(base),
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["kl_mean"] < 1e-5 and res["same_top"] == 1.0
     assert res["base_ppl"] == pytest.approx(saved["ppl"], rel=1e-3)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from splitllm import Model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the reference) is not installed")
@@ -62,8 +61,11 @@ def test_teacher_forced_logits_agree(reference, ours, tinyshakespeare):
     agree = ref.argmax(-1) == got.argmax(-1)
     top2 = np.sort(ref, axis=-1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] > NOISE
-    print(f"\nteacher-forced 512 tokens: top-1 agreement {agree.mean():.4f} (where llama.cpp's top-2 gap > "
-          f"{NOISE}: {agree[decided].mean():.4f} of {decided.sum()}), mean KL {kl.mean():.5f}, max KL {kl.max():.5f}")
+    print(
+        f"\nteacher-forced 512 tokens: top-1 agreement {agree.mean():.4f} (where llama.cpp's top-2 gap > "
+        f"{NOISE}: {agree[decided].mean():.4f} of {decided.sum()}), mean KL {kl.mean():.5f}, "
+        f"max KL {kl.max():.5f}"
+    )
     assert kl.mean() <= 0.005
     assert agree[decided].all()
     assert agree.mean() >= 0.95
@@ -93,7 +95,7 @@ def test_greedy_completions_match(reference, ours):
         if got == ref:
             equal += 1
             continue
-        step = next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)
+        step = next(i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b)
         reference.reset()
         reference.eval(toks + ref[:step])
         row = np.array(reference.scores[reference.n_tokens - 1], dtype=np.float64)

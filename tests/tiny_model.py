@@ -12,8 +12,11 @@ import numpy as np
 
 def gpt2_byte_tokens() -> list[str]:
     """The 256 byte tokens of a byte-level BPE vocabulary (GPT-2's printable byte mapping)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     mapping = {b: chr(b) for b in printable}
     n = 0
     for b in range(256):
@@ -82,7 +85,9 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
     return TinyModel(cfg, w)
 
 
-def write_gguf(model: TinyModel, path: Path, *, weight_type: str = "F32", quantize=None) -> dict[str, np.ndarray]:
+def write_gguf(
+    model: TinyModel, path: Path, *, weight_type: str = "F32", quantize=None
+) -> dict[str, np.ndarray]:
     """Writes the model; 2-D weights in ``weight_type`` (norms and biases stay F32).
 
     ``quantize(x, type_name) -> bytes array`` quantizes (default: gguf.quants). Returns the weights
@@ -109,7 +114,9 @@ def write_gguf(model: TinyModel, path: Path, *, weight_type: str = "F32", quanti
     wr.add_tokenizer_model("gpt2")
     wr.add_tokenizer_pre("default")
     wr.add_token_list(tokens)
-    wr.add_token_types([gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (cfg.n_vocab - n_normal))
+    wr.add_token_types(
+        [gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (cfg.n_vocab - n_normal)
+    )
     wr.add_token_merges(merges)
     wr.add_bos_token_id(n_normal)
     wr.add_eos_token_id(n_normal + 1)
@@ -154,8 +161,9 @@ def rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool) -> np.ndarray:
     return out
 
 
-def reference_logits(cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *,
-                     kv_f16: bool = True) -> np.ndarray:
+def reference_logits(
+    cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True
+) -> np.ndarray:
     """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab).
 
     With kv_f16 the keys (after rotation) and values are rounded to float16, as a KV cache of

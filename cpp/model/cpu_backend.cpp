@@ -35,7 +35,7 @@ int64_t chunk_rows(int64_t total_rows, int n_tok, int nth) {
 void CpuBackendOptions::allow_any_weights() {
     size_t widest = 0;
     for (uint32_t t = 0; t < uint32_t(QType::COUNT); ++t)
-        if (qtype_traits(t) && cpu::supports_weight_type(QType(t)))
+        if (qtype_traits(t) && cpu::supports_weight_type(QType(t)) && max_k % qtype_traits(t)->blck_size == 0)
             widest = std::max(widest, cpu::act_row_bytes(QType(t), max_k));
     for (size_t & row : act_slot_row) row = widest;
 }

@@ -25,7 +25,8 @@ struct CpuBackendOptions {
     // j-th distinct activation format needs; 0 for slots no matmul uses.
     size_t act_slot_row[3] = {0, 0, 0};
 
-    // Sizes every activation slot for any weight type (test backends that run arbitrary matmuls).
+    // Sizes every activation slot for any weight type whose block divides max_k (test backends
+    // that run arbitrary matmuls).
     void allow_any_weights();
 };
 

@@ -11,8 +11,11 @@ from collections.abc import Sequence
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="complete a prompt", description="Complete a prompt and print the text as it "
-                       "is generated.")
+    p = sub.add_parser(
+        "run",
+        help="complete a prompt",
+        description="Complete a prompt and print the text as it is generated.",
+    )
     p.add_argument("model", help="GGUF model file")
     p.add_argument("-p", "--prompt", required=True, help="prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
@@ -27,13 +30,19 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--n-batch", type=int, default=512, help="tokens per forward pass (default 512)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument("-ngl", "--n-gpu-layers", default="0", help="layers on the GPU: N, -1 for all, or auto")
-    p.add_argument("-ctk", "--cache-type-k", default="f16", choices=["f16", "q8_0", "q4_0"], help="K cache type")
-    p.add_argument("-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"], help="V cache type")
+    p.add_argument(
+        "-ctk", "--cache-type-k", default="f16", choices=["f16", "q8_0", "q4_0"], help="K cache type"
+    )
+    p.add_argument(
+        "-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"], help="V cache type"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print where each layer is placed")
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, temperature: float = 0.8) -> None:
-    p.add_argument("--temp", type=float, default=temperature, help=f"temperature (default {temperature}; 0: greedy)")
+    p.add_argument(
+        "--temp", type=float, default=temperature, help=f"temperature (default {temperature}; 0: greedy)"
+    )
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
@@ -47,27 +56,44 @@ def parse_gpu_layers(value: str) -> int | str:
     try:
         return int(value)
     except ValueError:
-        raise SystemExit(f"splitllm: error: --n-gpu-layers must be an integer or 'auto' (got {value!r})") from None
+        raise SystemExit(
+            f"splitllm: error: --n-gpu-layers must be an integer or 'auto' (got {value!r})"
+        ) from None
 
 
 def load_model(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - avoids importing Model early
     from splitllm.model import Model
 
-    return Model(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_threads=args.threads,
-                 n_gpu_layers=parse_gpu_layers(args.n_gpu_layers), type_k=args.cache_type_k,
-                 type_v=args.cache_type_v, verbose=args.verbose, **extra)
+    return Model(
+        args.model,
+        n_ctx=args.n_ctx,
+        n_batch=args.n_batch,
+        n_threads=args.threads,
+        n_gpu_layers=parse_gpu_layers(args.n_gpu_layers),
+        type_k=args.cache_type_k,
+        type_v=args.cache_type_v,
+        verbose=args.verbose,
+        **extra,
+    )
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repeat_penalty": args.repeat_penalty, "seed": args.seed}
+    return {
+        "temperature": args.temp,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repeat_penalty": args.repeat_penalty,
+        "seed": args.seed,
+    }
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     with load_model(args) as model:
         sys.stdout.write(args.prompt)
-        for chunk in model.create_completion(args.prompt, max_tokens=args.n_predict, stream=True,
-                                             **sampling_kwargs(args)):
+        for chunk in model.create_completion(
+            args.prompt, max_tokens=args.n_predict, stream=True, **sampling_kwargs(args)
+        ):
             sys.stdout.write(chunk["choices"][0]["text"])
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -88,7 +114,9 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitllm", description="Run quantized LLMs split between CPU and GPU.")
+    parser = argparse.ArgumentParser(
+        prog="splitllm", description="Run quantized LLMs split between CPU and GPU."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_fetch(sub)

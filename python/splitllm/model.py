@@ -96,14 +96,22 @@ class Model:
         if n_gpu_layers == "auto":
             from splitllm.plan import plan
 
-            n_gpu_layers = plan(path, n_ctx=n_ctx, n_batch=n_batch, n_gpu_layers="auto", type_k=type_k,
-                                type_v=type_v).n_gpu_layers
+            n_gpu_layers = plan(
+                path, n_ctx=n_ctx, n_batch=n_batch, n_gpu_layers="auto", type_k=type_k, type_v=type_v
+            ).n_gpu_layers
         if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an integer >= -1 or 'auto' (got {n_gpu_layers!r})")
         self._core = _core.Model(
-            path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0, n_seq_max=n_seq_max,
+            path,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_threads=n_threads or 0,
+            n_seq_max=n_seq_max,
             n_gpu_layers=n_gpu_layers,
-            type_k=type_k.lower(), type_v=type_v.lower(), offload_kqv=offload_kqv, op_offload=op_offload,
+            type_k=type_k.lower(),
+            type_v=type_v.lower(),
+            offload_kqv=offload_kqv,
+            op_offload=op_offload,
         )
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
@@ -188,29 +196,33 @@ class Model:
         print(f"splitllm: {self.model_path}", file=sys.stderr)
         for p in self.placement:
             kv = f"  kv {p['kv_bytes'] / 2**20:8.2f} MiB on {p['kv_device']}" if p.get("kv_device") else ""
-            print(f"  {p['name']:<12} {p['device']:<8} weights {p['weight_bytes'] / 2**20:9.2f} MiB{kv}",
-                  file=sys.stderr)
+            print(
+                f"  {p['name']:<12} {p['device']:<8} weights {p['weight_bytes'] / 2**20:9.2f} MiB{kv}",
+                file=sys.stderr,
+            )
 
     # ---- tokens ----
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
-    def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
-                   special: bool = False) -> bytes:
+    def detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+    ) -> bytes:
         """Bytes of tokens; with prev_tokens, the bytes they add after prev_tokens."""
         tokens = list(tokens)
         if prev_tokens:
             prev = list(prev_tokens)
             whole = self.tokenizer.detokenize(prev + tokens, special=special)
             head = self.tokenizer.detokenize(prev, special=special)
-            return whole[len(head):] if whole.startswith(head) else whole
+            return whole[len(head) :] if whole.startswith(head) else whole
         return self.tokenizer.detokenize(tokens, special=special)
 
     # ---- evaluation ----
 
-    def _decode(self, tokens: Sequence[int], start: int, *, all_logits: bool = False,
-                out: np.ndarray | None = None) -> np.ndarray:
+    def _decode(
+        self, tokens: Sequence[int], start: int, *, all_logits: bool = False, out: np.ndarray | None = None
+    ) -> np.ndarray:
         n = len(tokens)
         toks = np.asarray(tokens, dtype=np.int32)
         pos = np.arange(start, start + n, dtype=np.int32)
@@ -249,7 +261,7 @@ class Model:
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")
         keep = 0
-        for a, b in zip(self._history, toks):
+        for a, b in zip(self._history, toks, strict=False):
             if a != b:
                 break
             keep += 1
@@ -263,18 +275,33 @@ class Model:
         """Forgets the cached prompt (the next evaluation starts from scratch)."""
         self._history = []
 
-    def _sampling(self, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-                  frequency_penalty: float, presence_penalty: float,
-                  logit_bias: Mapping[Any, float] | None) -> SamplingParams:
+    def _sampling(
+        self,
+        temp: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
+        logit_bias: Mapping[Any, float] | None,
+    ) -> SamplingParams:
         bias = None
         if logit_bias:
             try:
                 bias = {int(k): float(v) for k, v in logit_bias.items()}
             except (TypeError, ValueError) as e:
                 raise ValueError("logit_bias must map token ids to numbers") from e
-        return SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                              presence_penalty=presence_penalty, logit_bias=bias)
+        return SamplingParams(
+            temperature=temp,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            logit_bias=bias,
+        )
 
     def _seed_for(self, seed: int | None) -> int:
         if seed is not None:
@@ -302,8 +329,9 @@ class Model:
         Each yielded token is evaluated when the next one is requested, so a consumer that stops
         after an end-of-generation token leaves it out of the cache.
         """
-        params = self._sampling(temp, top_k, top_p, min_p, repeat_penalty, frequency_penalty,
-                                presence_penalty, logit_bias)
+        params = self._sampling(
+            temp, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, logit_bias
+        )
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
         logits = self.eval_prompt(tokens)
         while True:
@@ -335,11 +363,24 @@ class Model:
         """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason."""
         prompt = self.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
-        text = TokenText(self.tokenizer, n_prompt=len(prompt), stop=stop_list(stop),
-                         limit=completion_limit(max_tokens, len(prompt), self._seq_ctx))
-        gen = self.generate(prompt, top_k=top_k, top_p=top_p, min_p=min_p, temp=temperature,
-                            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed)
+        text = TokenText(
+            self.tokenizer,
+            n_prompt=len(prompt),
+            stop=stop_list(stop),
+            limit=completion_limit(max_tokens, len(prompt), self._seq_ctx),
+        )
+        gen = self.generate(
+            prompt,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            temp=temperature,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            logit_bias=logit_bias,
+            seed=seed,
+        )
         try:
             for token in gen:
                 chunk = text.push(token)
@@ -365,7 +406,11 @@ class Model:
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
-            bos = [self.tokenizer.bos_id] if self.tokenizer.add_bos and self.tokenizer.bos_id is not None else []
+            bos = (
+                [self.tokenizer.bos_id]
+                if self.tokenizer.add_bos and self.tokenizer.bos_id is not None
+                else []
+            )
             body = self.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
             toks = bos + body
             if not toks and self.tokenizer.bos_id is not None:
@@ -397,10 +442,20 @@ class Model:
         if not isinstance(prompt, (str, list, tuple)):
             raise ValueError("prompt must be a str or a list of token ids")
         tokens = self._prompt_tokens(prompt)
-        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
-                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed)
+        chunks = self.stream(
+            tokens,
+            max_tokens=max_tokens,
+            stop=stop,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            logit_bias=logit_bias,
+            seed=seed,
+        )
         head = completion_head(model if model is not None else self.model_path)
         prefix = self.echo_text(prompt, tokens) if echo else ""
         if stream:
@@ -411,7 +466,9 @@ class Model:
         """The prompt as ``echo=True`` repeats it."""
         return prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
 
-    def __call__(self, prompt: str | Sequence[int], **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    def __call__(
+        self, prompt: str | Sequence[int], **kwargs: Any
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         return self.create_completion(prompt, **kwargs)
 
     # ---- chat ----
@@ -424,8 +481,9 @@ class Model:
             self._chat = ChatTemplate(self._chat_template_source, bos_token=bos, eos_token=eos)
         return self._chat
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
-                            add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> list[int]:
         """Renders messages with the model's chat template and tokenizes the result."""
         text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt)
         return self.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -449,17 +507,28 @@ class Model:
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``."""
         tokens, stops = self.chat_prompt(messages, stop)
-        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
-                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed)
+        chunks = self.stream(
+            tokens,
+            max_tokens=max_tokens,
+            stop=stops,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            logit_bias=logit_bias,
+            seed=seed,
+        )
         head = chat_head(model if model is not None else self.model_path)
         if stream:
             return chat_chunks(head, chunks)
         return chat_response(head, chunks)
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]],
-                    stop: str | Sequence[str] | None = None) -> tuple[list[int], list[str]]:
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None
+    ) -> tuple[list[int], list[str]]:
         """The prompt tokens of a chat completion and its stop strings (``stop`` and the
         template's end-of-sequence text)."""
         tokens = self.apply_chat_template(messages)
@@ -468,4 +537,3 @@ class Model:
         if eos_text and eos_text not in stops:
             stops.append(eos_text)
         return tokens, stops
-

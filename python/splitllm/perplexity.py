@@ -45,7 +45,7 @@ def chunk_tokens(model: Model, text: str, n_ctx: int, n_chunks: int | None) -> l
     bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None
     chunks = []
     for i in range(n):
-        chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
+        chunk = tokens[i * n_ctx : (i + 1) * n_ctx]
         if bos is not None:
             chunk[0] = bos
         chunks.append(chunk)
@@ -59,13 +59,13 @@ def scored_logprobs(model: Model, chunks: list[list[int]]) -> Iterator[tuple[np.
         n_ctx = len(chunk)
         first = n_ctx // 2
         logits = model.logits(chunk)
-        yield log_softmax(logits[first:n_ctx - 1]), np.asarray(chunk[first + 1:], dtype=np.int64)
+        yield log_softmax(logits[first : n_ctx - 1]), np.asarray(chunk[first + 1 :], dtype=np.int64)
 
 
 @dataclass
 class PerplexityResult:
     ppl: float
-    ppl_error: float       # standard error, as llama-perplexity's "±"
+    ppl_error: float  # standard error, as llama-perplexity's "±"
     n_chunks: int
     n_ctx: int
     n_tokens_scored: int
@@ -82,9 +82,15 @@ def _ppl_stats(nll: np.ndarray) -> tuple[float, float]:
     return ppl, ppl * math.sqrt(max(var, 0.0) / (n - 1))
 
 
-def perplexity(model: Model, text: str, *, n_ctx: int = 512, n_chunks: int | None = None,
-               save_logits: str | Path | None = None,
-               progress: Callable[[int, int, float], None] | None = None) -> PerplexityResult:
+def perplexity(
+    model: Model,
+    text: str,
+    *,
+    n_ctx: int = 512,
+    n_chunks: int | None = None,
+    save_logits: str | Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> PerplexityResult:
     """Perplexity of ``text`` under ``model``; optionally saves the scored log-probabilities."""
     chunks = chunk_tokens(model, text, n_ctx, n_chunks)
     nll_parts, running, saved, targets = [], [], [], []
@@ -99,8 +105,13 @@ def perplexity(model: Model, text: str, *, n_ctx: int = 512, n_chunks: int | Non
     nll = np.concatenate(nll_parts)
     ppl, err = _ppl_stats(nll)
     if save_logits is not None:
-        np.savez(save_logits, logprobs=np.concatenate(saved), targets=np.concatenate(targets),
-                 n_ctx=np.int64(n_ctx), n_chunks=np.int64(len(chunks)))
+        np.savez(
+            save_logits,
+            logprobs=np.concatenate(saved),
+            targets=np.concatenate(targets),
+            n_ctx=np.int64(n_ctx),
+            n_chunks=np.int64(len(chunks)),
+        )
     return PerplexityResult(ppl, err, len(chunks), n_ctx, len(nll), running)
 
 
@@ -115,12 +126,13 @@ class KLResult:
     kl_median: float
     kl_max: float
     kl_p99: float
-    same_top: float        # fraction of positions where both models rank the same token first
+    same_top: float  # fraction of positions where both models rank the same token first
     n_tokens_scored: int
 
 
-def kl_divergence(model: Model, text: str, base: str | Path, *,
-                  progress: Callable[[int, int, float], None] | None = None) -> KLResult:
+def kl_divergence(
+    model: Model, text: str, base: str | Path, *, progress: Callable[[int, int, float], None] | None = None
+) -> KLResult:
     """Compares ``model`` with the base log-probabilities saved by ``perplexity(save_logits=...)``."""
     with np.load(base) as f:
         base_lp = f["logprobs"]
@@ -133,8 +145,8 @@ def kl_divergence(model: Model, text: str, base: str | Path, *,
     kls, nll, base_nll, same = [], [], [], []
     row = 0
     for i, (lp, tgt) in enumerate(scored_logprobs(model, chunks)):
-        b = base_lp[row:row + len(tgt)].astype(np.float64)
-        if b.shape != lp.shape or not np.array_equal(base_targets[row:row + len(tgt)], tgt):
+        b = base_lp[row : row + len(tgt)].astype(np.float64)
+        if b.shape != lp.shape or not np.array_equal(base_targets[row : row + len(tgt)], tgt):
             raise ValueError(f"{base}: the saved logits do not match this text or vocabulary")
         row += len(tgt)
         kls.append((np.exp(b) * (b - lp)).sum(axis=-1))
@@ -148,25 +160,40 @@ def kl_divergence(model: Model, text: str, base: str | Path, *,
     ppl, err = _ppl_stats(np.concatenate(nll))
     base_ppl, _ = _ppl_stats(np.concatenate(base_nll))
     return KLResult(
-        ppl=ppl, ppl_error=err, base_ppl=base_ppl, delta_ppl=ppl - base_ppl,
-        kl_mean=float(kl.mean()), kl_mean_error=float(kl.std(ddof=1) / math.sqrt(len(kl))) if len(kl) > 1 else 0.0,
-        kl_median=float(np.median(kl)), kl_max=float(kl.max()), kl_p99=float(np.percentile(kl, 99)),
-        same_top=float(np.concatenate(same).mean()), n_tokens_scored=len(kl),
+        ppl=ppl,
+        ppl_error=err,
+        base_ppl=base_ppl,
+        delta_ppl=ppl - base_ppl,
+        kl_mean=float(kl.mean()),
+        kl_mean_error=float(kl.std(ddof=1) / math.sqrt(len(kl))) if len(kl) > 1 else 0.0,
+        kl_median=float(np.median(kl)),
+        kl_max=float(kl.max()),
+        kl_p99=float(np.percentile(kl, 99)),
+        same_top=float(np.concatenate(same).mean()),
+        n_tokens_scored=len(kl),
     )
 
 
 # ---- command line ----
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from splitllm.cli import add_model_options
 
-    p = sub.add_parser("perplexity", help="perplexity of a text, and KL divergence against a base model",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "perplexity",
+        help="perplexity of a text, and KL divergence against a base model",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("model", help="GGUF model file")
     p.add_argument("-f", "--file", required=True, help="text file to score")
     p.add_argument("--chunks", type=int, default=None, help="score only the first N chunks")
-    p.add_argument("--save-logits", metavar="BASE.npz", help="save the scored log-probabilities for --kl-base")
-    p.add_argument("--kl-base", metavar="BASE.npz", help="compare with log-probabilities saved by --save-logits")
+    p.add_argument(
+        "--save-logits", metavar="BASE.npz", help="save the scored log-probabilities for --kl-base"
+    )
+    p.add_argument(
+        "--kl-base", metavar="BASE.npz", help="compare with log-probabilities saved by --save-logits"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_options(p)
     p.set_defaults(func=_cmd, n_ctx=512)
@@ -194,18 +221,30 @@ def _cmd(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(asdict(res)))
             else:
-                print(f"PPL = {res.ppl:.4f} +/- {res.ppl_error:.4f}   base PPL = {res.base_ppl:.4f}   "
-                      f"dPPL = {res.delta_ppl:+.4f}")
-                print(f"KL divergence: mean {res.kl_mean:.6f} +/- {res.kl_mean_error:.6f}, median "
-                      f"{res.kl_median:.6f}, 99% {res.kl_p99:.6f}, max {res.kl_max:.6f}")
+                print(
+                    f"PPL = {res.ppl:.4f} +/- {res.ppl_error:.4f}   base PPL = {res.base_ppl:.4f}   "
+                    f"dPPL = {res.delta_ppl:+.4f}"
+                )
+                print(
+                    f"KL divergence: mean {res.kl_mean:.6f} +/- {res.kl_mean_error:.6f}, median "
+                    f"{res.kl_median:.6f}, 99% {res.kl_p99:.6f}, max {res.kl_max:.6f}"
+                )
                 print(f"Same top token: {100 * res.same_top:.3f}% of {res.n_tokens_scored} positions")
         else:
-            res = perplexity(model, text, n_ctx=args.n_ctx, n_chunks=args.chunks, save_logits=args.save_logits,
-                             progress=progress)
+            res = perplexity(
+                model,
+                text,
+                n_ctx=args.n_ctx,
+                n_chunks=args.chunks,
+                save_logits=args.save_logits,
+                progress=progress,
+            )
             bar.close()
             if args.json:
                 print(json.dumps(asdict(res)))
             else:
-                print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f} "
-                      f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_tokens_scored} tokens scored)")
+                print(
+                    f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f} "
+                    f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_tokens_scored} tokens scored)"
+                )
     return 0

@@ -41,7 +41,7 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 
 @dataclass
 class DevicePlan:
-    name: str        # "CPU", "CUDA0"
+    name: str  # "CPU", "CUDA0"
     weights: int
     kv_cache: int
     buffers: int
@@ -59,7 +59,7 @@ class DevicePlan:
 
 @dataclass
 class LayerPlan:
-    name: str        # "token_embd", "blk.0", ..., "output"
+    name: str  # "token_embd", "blk.0", ..., "output"
     device: str
     weight_bytes: int
     kv_bytes: int
@@ -74,11 +74,11 @@ class MemoryPlan:
     n_gpu_layers: int
     type_k: str
     type_v: str
-    kv_bytes_per_token: int           # all layers, keys and values
+    kv_bytes_per_token: int  # all layers, keys and values
     devices: list[DevicePlan]
     layers: list[LayerPlan]
-    max_ctx: int | None = None        # largest n_ctx that fits the budgets (None: no budget limits it)
-    cache_tokens: int | None = None   # with cache_fraction: tokens the KV cache holds
+    max_ctx: int | None = None  # largest n_ctx that fits the budgets (None: no budget limits it)
+    cache_tokens: int | None = None  # with cache_fraction: tokens the KV cache holds
     gpu: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -98,7 +98,7 @@ class MemoryPlan:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for d, dd in zip(self.devices, out["devices"]):
+        for d, dd in zip(self.devices, out["devices"], strict=True):
             dd["total"] = d.total
             dd["fits"] = d.fits
         out["total"] = self.total
@@ -107,7 +107,7 @@ class MemoryPlan:
 
 
 def parse_size(value: str | int | float | None) -> int | None:
-    """Bytes from 24GiB, 512MiB, 8GB, 1.5G or a plain number of bytes."""
+    """Bytes from 24GiB, 512MiB, 1.5G (binary), 8GB (decimal) or a plain number of bytes."""
     if value is None or isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -115,17 +115,37 @@ def parse_size(value: str | int | float | None) -> int | None:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)(b?)\s*", value.lower())
     if not m:
         raise ValueError(f"cannot read a memory size from {value!r} (examples: 24GiB, 512MiB, 8GB)")
-    num, unit, binary, _ = m.groups()
-    base = 1024 if binary or unit else 1000
+    num, unit, binary, byte = m.groups()
+    base = 1000 if byte and not binary else 1024  # GB: decimal; GiB, Gi and plain G: binary
     power = " kmgt".index(unit) if unit else 0
-    return int(float(num) * base ** power)
+    return int(float(num) * base**power)
 
 
-def _engine_plan(path: str, *, n_ctx: int, n_batch: int, n_threads: int, n_seq_max: int, n_gpu_layers: int,
-                 type_k: str, type_v: str, offload_kqv: bool, op_offload: bool) -> dict[str, Any]:
-    return _core.plan_memory(path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, n_seq_max=n_seq_max,
-                             n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, offload_kqv=offload_kqv,
-                             op_offload=op_offload)
+def _engine_plan(
+    path: str,
+    *,
+    n_ctx: int,
+    n_batch: int,
+    n_threads: int,
+    n_seq_max: int,
+    n_gpu_layers: int,
+    type_k: str,
+    type_v: str,
+    offload_kqv: bool,
+    op_offload: bool,
+) -> dict[str, Any]:
+    return _core.plan_memory(
+        path,
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_threads=n_threads,
+        n_seq_max=n_seq_max,
+        n_gpu_layers=n_gpu_layers,
+        type_k=type_k,
+        type_v=type_v,
+        offload_kqv=offload_kqv,
+        op_offload=op_offload,
+    )
 
 
 def python_overhead(raw: dict[str, Any]) -> int:
@@ -166,8 +186,15 @@ def plan(
     if not isinstance(n_ctx, int) or n_ctx < 1:
         raise ValueError(f"n_ctx must be a positive integer (got {n_ctx!r})")
     threads = n_threads or _core.hardware_threads()
-    base = dict(n_batch=n_batch, n_threads=threads, n_seq_max=n_seq_max, type_k=type_k, type_v=type_v,
-                offload_kqv=offload_kqv, op_offload=op_offload)
+    base = dict(
+        n_batch=n_batch,
+        n_threads=threads,
+        n_seq_max=n_seq_max,
+        type_k=type_k,
+        type_v=type_v,
+        offload_kqv=offload_kqv,
+        op_offload=op_offload,
+    )
     margin_b = parse_size(margin) or 0
     gpu = _core.gpu_info()
     gpu_budget = parse_size(gpu_memory)
@@ -207,26 +234,52 @@ def plan(
     result = _to_plan(path, raw, n_ctx, n_batch, type_k, type_v, budgets, gpu)
     result.cache_tokens = cache_tokens
     result.max_ctx = _max_ctx(raw_plan, ngl, budgets, margin_b)
-    result.notes = notes + [f"{d.name}: needs {d.total / MiB:.1f} MiB but {d.budget / MiB:.1f} MiB is available"
-                            for d in result.devices if not d.fits]
+    result.notes = notes + [
+        f"{d.name}: needs {d.total / MiB:.1f} MiB but {d.budget / MiB:.1f} MiB is available"
+        for d in result.devices
+        if not d.fits
+    ]
     if not gpu["available"] and (ngl != 0):
         result.notes.append(f"no GPU: {gpu['reason']}; the model would run on the CPU")
     return result
 
 
-def _to_plan(path: str, raw: dict[str, Any], n_ctx: int, n_batch: int, type_k: str, type_v: str,
-             budgets: dict[str, int | None], gpu: dict[str, Any]) -> MemoryPlan:
-    devices = [DevicePlan(d["name"], d["weights"], d["kv"], d["buffers"], d["overhead"], budgets.get(d["name"]))
-               for d in raw["devices"]]
+def _to_plan(
+    path: str,
+    raw: dict[str, Any],
+    n_ctx: int,
+    n_batch: int,
+    type_k: str,
+    type_v: str,
+    budgets: dict[str, int | None],
+    gpu: dict[str, Any],
+) -> MemoryPlan:
+    devices = [
+        DevicePlan(d["name"], d["weights"], d["kv"], d["buffers"], d["overhead"], budgets.get(d["name"]))
+        for d in raw["devices"]
+    ]
     devices[0].overhead += python_overhead(raw)
-    layers = [LayerPlan(p["name"], p["device"], p["weight_bytes"], p["kv_bytes"], p["kv_device"])
-              for p in raw["parts"]]
-    return MemoryPlan(path, n_ctx, n_batch, raw["n_gpu_layers"], type_k, type_v, raw["kv_bytes_per_token"],
-                      devices, layers, gpu=dict(gpu))
+    layers = [
+        LayerPlan(p["name"], p["device"], p["weight_bytes"], p["kv_bytes"], p["kv_device"])
+        for p in raw["parts"]
+    ]
+    return MemoryPlan(
+        path,
+        n_ctx,
+        n_batch,
+        raw["n_gpu_layers"],
+        type_k,
+        type_v,
+        raw["kv_bytes_per_token"],
+        devices,
+        layers,
+        gpu=dict(gpu),
+    )
 
 
-def _auto_layers(raw_plan, n_ctx: int, gpu: dict[str, Any], budget: int | None, margin: int,
-                 notes: list[str]) -> int:
+def _auto_layers(
+    raw_plan, n_ctx: int, gpu: dict[str, Any], budget: int | None, margin: int, notes: list[str]
+) -> int:
     """The most layers (output first, then blocks from the last) whose GPU total fits."""
     if not gpu["available"] and budget is None:
         notes.append(f"n_gpu_layers=auto: no GPU ({gpu['reason']}); 0 layers")
@@ -235,18 +288,19 @@ def _auto_layers(raw_plan, n_ctx: int, gpu: dict[str, Any], budget: int | None, 
 
     def gpu_total(ngl: int) -> int:
         raw = raw_plan(n_ctx, ngl)
-        return sum(d["weights"] + d["kv"] + d["buffers"] + d["overhead"] for d in raw["devices"] if d["name"] != "CPU")
+        return sum(
+            d["weights"] + d["kv"] + d["buffers"] + d["overhead"]
+            for d in raw["devices"]
+            if d["name"] != "CPU"
+        )
 
+    # Not monotonic: with every block on the GPU the op-offload buffers for CPU blocks go away.
     n_parts = raw_plan(n_ctx, -1)["n_layer"] + 1
-    lo, hi = 0, n_parts  # the GPU total grows with the number of parts: binary search
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if gpu_total(mid) <= limit:
-            lo = mid
-        else:
-            hi = mid - 1
+    lo = next((n for n in range(n_parts, 0, -1) if gpu_total(n) <= limit), 0)
     if lo == 0:
-        notes.append(f"n_gpu_layers=auto: not even the output layer fits in {limit / MiB:.0f} MiB of GPU memory")
+        notes.append(
+            f"n_gpu_layers=auto: not even the output layer fits in {limit / MiB:.0f} MiB of GPU memory"
+        )
     return lo
 
 
@@ -258,19 +312,27 @@ def _kv_device(raw: dict[str, Any]) -> str:
     return max(kv, key=kv.get) if kv else "CPU"
 
 
-def _cache_tokens(raw: dict[str, Any], fraction: float, gpu_budget: int | None, cpu_budget: int,
-                  margin: int) -> int:
+def _cache_tokens(
+    raw: dict[str, Any], fraction: float, gpu_budget: int | None, cpu_budget: int, margin: int
+) -> int:
     """Tokens the KV cache holds when it takes `fraction` of what its device has left."""
     name = _kv_device(raw)
     dev = next(d for d in raw["devices"] if d["name"] == name)
     budget = cpu_budget if name == "CPU" else (gpu_budget or 0) - margin
-    left = budget - dev["weights"] - dev["buffers"] - dev["overhead"] - (python_overhead(raw) if name == "CPU" else 0)
+    left = (
+        budget
+        - dev["weights"]
+        - dev["buffers"]
+        - dev["overhead"]
+        - (python_overhead(raw) if name == "CPU" else 0)
+    )
     per_token = sum(p["kv_bytes"] for p in raw["parts"] if p["kv_device"] == name) / max(raw["n_ctx"], 1)
     return int(fraction * left // per_token) if left > 0 and per_token > 0 else 0
 
 
 def _max_ctx(raw_plan, ngl: int, budgets: dict[str, int | None], margin: int) -> int | None:
     """Largest n_ctx whose plan fits every budget (binary search; buffers grow with n_ctx too)."""
+
     def fits(ctx: int) -> bool:
         raw = raw_plan(ctx, ngl)
         for d in raw["devices"]:
@@ -298,9 +360,13 @@ def _max_ctx(raw_plan, ngl: int, budgets: dict[str, int | None], margin: int) ->
 
 # ---- command line ----
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="what a model needs in memory, per device, before loading it",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "plan",
+        help="what a model needs in memory, per device, before loading it",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("model", help="GGUF model file")
     p.add_argument("-c", "--n-ctx", type=int, default=4096, help="context size (default 4096)")
     p.add_argument("-b", "--n-batch", type=int, default=512, help="tokens per forward pass (default 512)")
@@ -309,8 +375,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-memory", help="CPU memory to plan for (default: available RAM)")
     p.add_argument("-ctk", "--cache-type-k", default="f16", choices=KV_TYPES)
     p.add_argument("-ctv", "--cache-type-v", default="f16", choices=KV_TYPES)
-    p.add_argument("--cache-fraction", type=float, help="KV cache takes this fraction of what is left (LMDeploy)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (scratch buffers are per thread)")
+    p.add_argument(
+        "--cache-fraction", type=float, help="KV cache takes this fraction of what is left (LMDeploy)"
+    )
+    p.add_argument(
+        "-t", "--threads", type=int, default=None, help="CPU threads (scratch buffers are per thread)"
+    )
     p.add_argument("--parallel", type=int, default=1, help="sequence slots (as splitllm serve --parallel)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd)
@@ -319,10 +389,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     from splitllm.cli import parse_gpu_layers
 
-    result = plan(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_gpu_layers=parse_gpu_layers(args.n_gpu_layers),
-                  gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory, type_k=args.cache_type_k,
-                  type_v=args.cache_type_v, cache_fraction=args.cache_fraction, n_threads=args.threads,
-                  n_seq_max=args.parallel)
+    result = plan(
+        args.model,
+        n_ctx=args.n_ctx,
+        n_batch=args.n_batch,
+        n_gpu_layers=parse_gpu_layers(args.n_gpu_layers),
+        gpu_memory=args.gpu_memory,
+        cpu_memory=args.cpu_memory,
+        type_k=args.cache_type_k,
+        type_v=args.cache_type_v,
+        cache_fraction=args.cache_fraction,
+        n_threads=args.threads,
+        n_seq_max=args.parallel,
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -339,19 +418,37 @@ def print_table(p: MemoryPlan) -> None:
     from rich.table import Table
 
     console = Console()
-    t = Table(title=f"{os.path.basename(p.model_path)}: n_ctx {p.n_ctx}, n_gpu_layers {p.n_gpu_layers}, "
-                    f"KV {p.type_k}/{p.type_v}")
+    t = Table(
+        title=f"{os.path.basename(p.model_path)}: n_ctx {p.n_ctx}, n_gpu_layers {p.n_gpu_layers}, "
+        f"KV {p.type_k}/{p.type_v}"
+    )
     for col in ("device", "weights", "KV cache", "buffers", "overhead", "total", "available"):
         t.add_column(col, justify="left" if col == "device" else "right")
     for d in p.devices:
-        t.add_row(d.name, _mib(d.weights), _mib(d.kv_cache), _mib(d.buffers), _mib(d.overhead), _mib(d.total),
-                  "-" if d.budget is None else (_mib(d.budget) if d.fits else f"[red]{_mib(d.budget)}[/red]"))
-    t.add_row("total", _mib(sum(d.weights for d in p.devices)), _mib(sum(d.kv_cache for d in p.devices)),
-              _mib(sum(d.buffers for d in p.devices)), _mib(sum(d.overhead for d in p.devices)), _mib(p.total), "",
-              style="bold")
+        t.add_row(
+            d.name,
+            _mib(d.weights),
+            _mib(d.kv_cache),
+            _mib(d.buffers),
+            _mib(d.overhead),
+            _mib(d.total),
+            "-" if d.budget is None else (_mib(d.budget) if d.fits else f"[red]{_mib(d.budget)}[/red]"),
+        )
+    t.add_row(
+        "total",
+        _mib(sum(d.weights for d in p.devices)),
+        _mib(sum(d.kv_cache for d in p.devices)),
+        _mib(sum(d.buffers for d in p.devices)),
+        _mib(sum(d.overhead for d in p.devices)),
+        _mib(p.total),
+        "",
+        style="bold",
+    )
     console.print(t)
-    console.print(f"KV cache: {p.kv_bytes_per_token:,} bytes per token ({_mib(p.kv_bytes_per_token * p.n_ctx)} "
-                  f"for {p.n_ctx} tokens)")
+    console.print(
+        f"KV cache: {p.kv_bytes_per_token:,} bytes per token ({_mib(p.kv_bytes_per_token * p.n_ctx)} "
+        f"for {p.n_ctx} tokens)"
+    )
     if p.max_ctx is not None:
         console.print(f"Largest context that fits: {p.max_ctx:,} tokens")
     if p.cache_tokens is not None:
