@@ -251,3 +251,22 @@ def test_attention_errors() -> None:
         _core.cpu_attn_scores(int(T.Q8_0), q, np.zeros((2, 68), np.uint8), 48)
     with pytest.raises(_core.Error, match="unsupported KV cache type"):
         _core.cpu_attn_scores(int(T.Q4_1), np.zeros((1, 64), np.float32), np.zeros((2, 40), np.uint8), 64)
+
+
+def sylvester(n: int) -> np.ndarray:
+    """The orthonormal Sylvester Hadamard matrix H_n / sqrt(n), float64."""
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h / np.sqrt(n)
+
+
+@pytest.mark.parametrize("row,block", [(64, 64), (128, 128), (96, 32), (80, 16), (2, 2), (1024, 1024)])
+def test_hadamard_rotation(row: int, block: int) -> None:
+    """Backend::hadamard on the CPU: each block of the largest power of two dividing the row,
+    times the orthonormal Hadamard matrix; applying it twice gives the input back."""
+    x = np.random.default_rng(row).standard_normal((37, row)).astype(np.float32)
+    got = _core.gpu_op_hadamard("cpu", x)
+    ref = (x.astype(np.float64).reshape(37, row // block, block) @ sylvester(block)).reshape(37, row)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.sqrt(block))
+    np.testing.assert_allclose(_core.gpu_op_hadamard("cpu", got), x, rtol=0, atol=4e-6 * np.sqrt(block))

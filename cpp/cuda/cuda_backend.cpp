@@ -11,6 +11,7 @@
 #include "cuda/blocks.h"
 #include "cuda/common.cuh"
 #include "cuda/get_rows.h"
+#include "cuda/hadamard.h"
 #include "cuda/matmul.h"
 #include "cuda/rms_norm.h"
 #include "cuda/rope.h"
@@ -342,6 +343,12 @@ void CudaBackend::rope(float * q, float * k, int n_tok) {
     s.n_rot = n_rot_;
     s.neox = rope_neox_;
     enqueue([&] { cuda::rope(q, k, d_cos_, d_sin_, n_tok, s, stream_); });
+}
+
+void CudaBackend::hadamard(float * x, int64_t n_rows, int row) {
+    const int n = hadamard_block(row);
+    if (n < 2) return;  // an odd row: H_1 is the identity
+    enqueue([&] { cuda::hadamard(x, n_rows, row, n, stream_); });
 }
 
 void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,

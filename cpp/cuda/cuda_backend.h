@@ -44,6 +44,7 @@ public:
     void rope(float * q, float * k, int n_tok) override;
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                    const float * v, float * out, int n_tok) override;
+    void hadamard(float * x, int64_t n_rows, int row) override;
     void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) override;
     void init_rope(const Config & c, const float * freq_factors) override;
 

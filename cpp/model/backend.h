@@ -46,6 +46,9 @@ struct BatchInfo {
     const int32_t * slot = nullptr;  // (n_tok) KV slot (sequence) of each token
 };
 
+// The Hadamard block of a row of n values: the largest power of two dividing n.
+inline int hadamard_block(int n) { return n & -n; }
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -84,6 +87,13 @@ public:
     // position, then out (n_tok, n_head * head_dim) = causal attention of q over the slot's cells.
     virtual void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                            const float * v, float * out, int n_tok) = 0;
+
+    // Orthonormal Hadamard rotation in place: every row of x (n_rows, row) becomes, block by block
+    // of n = hadamard_block(row) values, the block times H_n / sqrt(n) (H_n Sylvester's Hadamard
+    // matrix). Symmetric and its own inverse. Rotating queries, keys and values before a
+    // quantized KV cache stores them spreads outlier channels over the block (q . k is
+    // unchanged); the attention output is rotated back with the same call.
+    virtual void hadamard(float * x, int64_t n_rows, int row) = 0;
 
     // out[i] = embedding row tokens[i] converted to f32 (table (n_vocab, n) in its GGUF type).
     virtual void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) = 0;

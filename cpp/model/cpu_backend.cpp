@@ -295,6 +295,30 @@ void CpuBackend::rope(float * q, float * k, int n_tok) {
         pool_.parallel_for(n_tok, rows);
 }
 
+void CpuBackend::hadamard(float * x, int64_t n_rows, int row) {
+    const int n = hadamard_block(row);
+    const float scale = 1.0f / std::sqrt(float(n));
+    auto rows = [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            for (float * b = x + r * row; b < x + (r + 1) * row; b += n) {
+                // Fast Walsh-Hadamard transform: log2(n) rounds of butterflies.
+                for (int len = 1; len < n; len *= 2)
+                    for (int i = 0; i < n; i += 2 * len)
+                        for (int j = i; j < i + len; ++j) {
+                            const float u = b[j], v = b[j + len];
+                            b[j] = u + v;
+                            b[j + len] = u - v;
+                        }
+                for (int j = 0; j < n; ++j) b[j] *= scale;
+            }
+        }
+    };
+    if (n_rows < 64)
+        rows(0, n_rows);
+    else
+        pool_.parallel_for(n_rows, rows);
+}
+
 void CpuBackend::get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) {
     const QTypeTraits * tr = qtype_traits(table.type);
     SL_CHECK(tr && (tr->to_float || table.type == QType::F32), "cannot read embedding rows of type %s",

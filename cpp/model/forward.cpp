@@ -14,6 +14,8 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     const BatchInfo batch{n, pos, slot};
     for (auto & [be, s] : scratch_) be->begin_batch(batch);
     const size_t x_bytes = size_t(n) * c.n_embd * sizeof(float);
+    const bool rotate_k = params_.kv_rotate && kv_.type_k != QType::F16;
+    const bool rotate_v = params_.kv_rotate && kv_.type_v != QType::F16;
 
     // Token embedding, on the CPU.
     Backend * cur = cpu_.get();
@@ -49,10 +51,18 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         float * qkv_out[3] = {s.q, s.k, s.v};
         mm->matmul(qkv, qkv_out, 3, s.h, n, false);
         be->rope(s.q, s.k, n);
+        // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
+        // the output, a mix of rotated values, is rotated back.
+        if (rotate_k) {
+            be->hadamard(s.q, int64_t(n) * c.n_head, c.head_dim);
+            be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
+        }
+        if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
         if (kv_backend_[l] == be)
             be->attention(kv_, k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n);
         else
             attention_via(kv_backend_[l], l, s, n);
+        if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
         const WeightRef * wo = &L.wo;
         mm->matmul(&wo, &s.x, 1, s.att, n, true);
         // Feed-forward: x += W_down . (silu(W_gate h) * W_up h), h = rmsnorm(x)

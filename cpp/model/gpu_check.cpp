@@ -195,6 +195,16 @@ std::vector<float> attention(const Device & d, const KVLayout & kv, int n_head, 
     return result;
 }
 
+void hadamard(const Device & d, float * x, int64_t n_rows, int row) {
+    GpuBackendOptions o;
+    Session s(d, o);
+    const size_t n = size_t(n_rows) * row;
+    float * dx = s.put<float>(x, n * sizeof(float));
+    s.be().hadamard(dx, n_rows, row);
+    const std::vector<float> out = s.get(dx, n);
+    std::copy(out.begin(), out.end(), x);
+}
+
 std::vector<float> get_rows(const Device & d, QType type, const uint8_t * table, int64_t rows, int64_t K,
                             const int32_t * tokens, int n_tok) {
     check_type(type, K);

@@ -50,6 +50,9 @@ std::vector<float> attention(const Device & d, const KVLayout & kv, int n_head, 
                              const int32_t * slot, int n_tok, const float * q, const float * k, const float * v,
                              uint8_t * k_cache, uint8_t * v_cache);
 
+// x (n_rows, row) rotated in place by Backend::hadamard.
+void hadamard(const Device & d, float * x, int64_t n_rows, int row);
+
 // out (n_tok, K) = rows tokens[i] of the table as floats.
 std::vector<float> get_rows(const Device & d, QType type, const uint8_t * table, int64_t rows, int64_t K,
                             const int32_t * tokens, int n_tok);

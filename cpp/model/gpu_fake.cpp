@@ -88,6 +88,10 @@ public:
             need(p, sizeof(float), "attention operand");
         cpu_.attention(kv, k_cache, v_cache, q, k, v, out, n_tok);
     }
+    void hadamard(float * x, int64_t n_rows, int row) override {
+        need(x, sizeof(float) * size_t(n_rows) * row, "hadamard rows");
+        cpu_.hadamard(x, n_rows, row);
+    }
     void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) override {
         need(table, "get_rows table");
         need(tokens, sizeof(int32_t) * size_t(n_tok), "get_rows tokens");

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "common/error.h"
 #include "common/threadpool.h"
@@ -104,15 +105,22 @@ void Model::load_weights() {
         L.wk = matrix(f, b + "attn_k.weight", c.kv_dim(), c.n_embd);
         L.wv = matrix(f, b + "attn_v.weight", c.kv_dim(), c.n_embd);
         L.wo = matrix(f, b + "attn_output.weight", c.n_embd, c.q_dim());
-        if (c.has_qkv_bias) {
-            L.wq.bias = vector_f32(f, b + "attn_q.bias", c.q_dim());
-            L.wk.bias = vector_f32(f, b + "attn_k.bias", c.kv_dim());
-            L.wv.bias = vector_f32(f, b + "attn_v.bias", c.kv_dim());
+        // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
+        // checkpoints), as is the output projection's for both.
+        for (auto [w, name] :
+             {std::pair{&L.wq, "attn_q"}, {&L.wk, "attn_k"}, {&L.wv, "attn_v"}, {&L.wo, "attn_output"}}) {
+            const std::string bias = b + name + ".bias";
+            const bool required = c.has_qkv_bias && w != &L.wo;
+            if (required || f.find_tensor(bias)) w->bias = vector_f32(f, bias, w->rows);
         }
         L.ffn_norm = vector_f32(f, b + "ffn_norm.weight", c.n_embd);
         L.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
         L.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
         L.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+        for (const char * name : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
+            if (f.find_tensor(b + name))
+                throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
+                                       b.c_str(), name));
     }
 }
 

@@ -28,6 +28,7 @@ struct ModelParams {
     bool op_offload = true;    // large CPU-layer batches may run their matmuls on the GPU
     QType type_k = QType::F16;
     QType type_v = QType::F16;
+    bool kv_rotate = true;     // Hadamard-rotate q, k (and v) for a quantized K (V) cache
 };
 
 struct LayerWeights {

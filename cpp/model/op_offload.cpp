@@ -31,6 +31,7 @@ void OpOffload::attention(const KVLayout & kv, void * k_cache, void * v_cache, c
                           const float * v, float * out, int n_tok) {
     cpu_.attention(kv, k_cache, v_cache, q, k, v, out, n_tok);
 }
+void OpOffload::hadamard(float * x, int64_t n_rows, int row) { cpu_.hadamard(x, n_rows, row); }
 void OpOffload::get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) {
     cpu_.get_rows(table, tokens, n_tok, out);
 }

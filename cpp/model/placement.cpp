@@ -22,9 +22,9 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 double mib(size_t n) { return double(n) / 1048576.0; }
 
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c) {
-    size_t bytes = L.wq.nbytes() + L.wk.nbytes() + L.wv.nbytes() + L.wo.nbytes() + L.w_gate.nbytes() +
-                   L.w_up.nbytes() + L.w_down.nbytes() + sizeof(float) * 2 * c.n_embd;
-    if (c.has_qkv_bias) bytes += sizeof(float) * (c.q_dim() + 2 * c.kv_dim());
+    size_t bytes = sizeof(float) * 2 * c.n_embd;  // the two norms
+    for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+        bytes += w->nbytes() + (w->bias ? sizeof(float) * size_t(w->rows) : 0);
     return bytes;
 }
 

@@ -131,6 +131,19 @@ pyb::tuple op_rope(const std::string & dev, const F32 & q, const F32 & k, const 
     return pyb::make_tuple(qo, ko);
 }
 
+F32 op_hadamard(const std::string & dev, const F32 & x) {
+    need_2d(x, "x");
+    if (x.shape(1) < 2 || x.shape(1) > 1024 || x.shape(1) % 2 != 0)
+        throw pyb::value_error("x: rows of an even number of values, at most 1024");
+    F32 out({x.shape(0), x.shape(1)});
+    std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+    {
+        pyb::gil_scoped_release nogil;
+        gpucheck::hadamard(device(dev, 8, 8, false), out.mutable_data(), x.shape(0), int(x.shape(1)));
+    }
+    return out;
+}
+
 pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, const F32 & v, const I32 & pos,
                         const I32 & slot, const U8 & k_cache, const U8 & v_cache, int n_head, int n_head_kv,
                         int head_dim, int n_slots, int slot_ctx, const std::string & type_k,
@@ -217,6 +230,8 @@ void bind_cuda(pyb::module_ & m) {
           pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("attn_vec_tokens") = 8,
           pyb::arg("graphs") = false,
           "Stores k, v at (slot, pos) and attends: (out, k_cache, v_cache); caches are flat uint8 arrays.");
+    m.def("gpu_op_hadamard", &op_hadamard, pyb::arg("device"), pyb::arg("x"),
+          "Each row rotated block by block by the orthonormal Hadamard matrix (KV cache rotation).");
     m.def("gpu_op_get_rows", &op_get_rows, pyb::arg("device"), pyb::arg("qtype"), pyb::arg("table"),
           pyb::arg("tokens"));
     m.def("gpu_blocks_dequantize", &blocks_dequantize, pyb::arg("qtype"), pyb::arg("rows"),

@@ -37,7 +37,8 @@ int64_t check_batch(const Model & m, const I32 & tokens, const I32 & pos, const 
 }
 
 ModelParams make_params(int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
-                        const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload) {
+                        const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload,
+                        bool kv_rotate) {
     ModelParams p;
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
@@ -48,6 +49,7 @@ ModelParams make_params(int n_ctx, int n_batch, int n_threads, int n_seq_max, in
     p.type_v = kv_type(type_v);
     p.offload_kqv = offload_kqv;
     p.op_offload = op_offload;
+    p.kv_rotate = kv_rotate;
     return p;
 }
 
@@ -79,7 +81,7 @@ void bind_model(pyb::module_ & m) {
         [](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
            const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload) {
             const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k, type_v,
-                                              offload_kqv, op_offload);
+                                              offload_kqv, op_offload, true);
             MemoryEstimate e;
             {
                 pyb::gil_scoped_release nogil;
@@ -100,16 +102,16 @@ void bind_model(pyb::module_ & m) {
     pyb::class_<Model>(m, "Model")
         .def(pyb::init([](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max,
                           int n_gpu_layers, const std::string & type_k, const std::string & type_v, bool offload_kqv,
-                          bool op_offload) {
+                          bool op_offload, bool kv_rotate) {
                  const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k,
-                                                   type_v, offload_kqv, op_offload);
+                                                   type_v, offload_kqv, op_offload, kv_rotate);
                  pyb::gil_scoped_release nogil;
                  return new Model(path, p);
              }),
              pyb::arg("path"), pyb::kw_only(), pyb::arg("n_ctx") = 4096, pyb::arg("n_batch") = 512,
              pyb::arg("n_threads") = 0, pyb::arg("n_seq_max") = 1, pyb::arg("n_gpu_layers") = 0,
              pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("offload_kqv") = true,
-             pyb::arg("op_offload") = true)
+             pyb::arg("op_offload") = true, pyb::arg("kv_rotate") = true)
         .def(
             "decode",
             [](Model & self, const I32 & tokens, const I32 & pos, const I32 & slot, std::optional<U8> want,

@@ -113,6 +113,14 @@ def test_rope(neox, head_dim, n_rot, factors):
     np.testing.assert_array_equal(gq.reshape(heads)[..., n_rot:], q.reshape(heads)[..., n_rot:])
 
 
+@pytest.mark.parametrize("row", [64, 96, 128, 256])
+def test_hadamard(row):
+    x = np.random.default_rng(row).normal(size=(300, row)).astype(np.float32)
+    cpu = _core.gpu_op_hadamard("cpu", x)
+    gpu = _core.gpu_op_hadamard("gpu", x)
+    assert nmse(gpu, cpu) <= OTHER_NMSE
+
+
 @pytest.mark.parametrize("wtype", WEIGHT_TYPES)
 def test_get_rows(wtype):
     K = 512 if wtype not in ("F32", "F16", "BF16") else 72
