@@ -222,3 +222,14 @@ def test_kv_memory_halves_and_quarters(smollm2_path):
     assert f16 == 2 * 30 * 3 * 64 * 2
     assert plans["q8_0"].kv_bytes_per_token / f16 == pytest.approx(34 / 64)
     assert plans["q4_0"].kv_bytes_per_token / f16 == pytest.approx(18 / 64)
+
+
+def test_parallel_slots(synthetic, capsys):
+    """--parallel N: N sequence slots share n_ctx; the largest context is searched from N cells
+    up, and a context smaller than the slot count is a clear error (exit code 2)."""
+    _, path = synthetic
+    assert cli_main(["plan", str(path), "-c", "512", "--parallel", "4", "--cpu-memory", "1GiB", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] and out["max_ctx"] > 512
+    assert cli_main(["plan", str(path), "-c", "2", "--parallel", "4"]) == 2
+    assert "n_seq_max" in capsys.readouterr().err

@@ -134,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from splitllm import _core
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, _core.Error) as e:
         print(f"splitllm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -185,6 +185,8 @@ def plan(
         raise ValueError(f"cache_fraction must be in (0, 1] (got {cache_fraction})")
     if not isinstance(n_ctx, int) or n_ctx < 1:
         raise ValueError(f"n_ctx must be a positive integer (got {n_ctx!r})")
+    if not isinstance(n_seq_max, int) or not 1 <= n_seq_max <= n_ctx:
+        raise ValueError(f"n_seq_max (parallel sequences) must be in [1, n_ctx] (got {n_seq_max!r})")
     threads = n_threads or _core.hardware_threads()
     base = dict(
         n_batch=n_batch,
@@ -233,7 +235,7 @@ def plan(
         budgets[gname] = gpu_budget
     result = _to_plan(path, raw, n_ctx, n_batch, type_k, type_v, budgets, gpu)
     result.cache_tokens = cache_tokens
-    result.max_ctx = _max_ctx(raw_plan, ngl, budgets, margin_b)
+    result.max_ctx = _max_ctx(raw_plan, ngl, budgets, margin_b, n_seq_max)
     result.notes = notes + [
         f"{d.name}: needs {d.total / MiB:.1f} MiB but {d.budget / MiB:.1f} MiB is available"
         for d in result.devices
@@ -330,8 +332,9 @@ def _cache_tokens(
     return int(fraction * left // per_token) if left > 0 and per_token > 0 else 0
 
 
-def _max_ctx(raw_plan, ngl: int, budgets: dict[str, int | None], margin: int) -> int | None:
-    """Largest n_ctx whose plan fits every budget (binary search; buffers grow with n_ctx too)."""
+def _max_ctx(raw_plan, ngl: int, budgets: dict[str, int | None], margin: int, min_ctx: int) -> int | None:
+    """Largest n_ctx (at least min_ctx, one cell per sequence slot) whose plan fits every budget
+    (binary search; buffers grow with n_ctx too); 0 if not even min_ctx fits."""
 
     def fits(ctx: int) -> bool:
         raw = raw_plan(ctx, ngl)
@@ -344,9 +347,9 @@ def _max_ctx(raw_plan, ngl: int, budgets: dict[str, int | None], margin: int) ->
                 return False
         return True
 
-    if not fits(1):
+    if not fits(min_ctx):
         return 0
-    hi = 1
+    hi = min_ctx
     while hi < (1 << 24) and fits(hi * 2):
         hi *= 2
     if hi >= (1 << 24):
