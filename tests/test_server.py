@@ -3,18 +3,28 @@
 Greedy results must equal ``Model`` called directly (a separate Model with one sequence slot of the
 same size as the server's slots); concurrent requests must share forward passes; a chat's next
 turn must reuse the previous turn's KV cache; bad input must get an OpenAI-style 4xx and leave
-the server working; a client that goes away must free its sequence.
+the server working; a client that goes away must free its sequence. One test runs the real
+``splitllm serve`` command in a child process.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import splitllm
 from splitllm.api import create_app
 from splitllm.engine import BatchEngine
 from splitllm.model import Model
@@ -61,6 +71,26 @@ def keyed_server(engine):
 def client(server):
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def still_answers(ref) -> Callable[..., None]:
+    """``still_answers(url, headers=None)`` asserts that the server at ``url`` answers a normal
+    request as Model does: each bad-input test calls it, so none depends on the order of tests."""
+    body = {"model": ALIAS, "prompt": "The sky is", "max_tokens": 2, "temperature": 0}
+    want = ref.create_completion(body["prompt"], max_tokens=2, temperature=0)["choices"][0]["text"]
+
+    def check(url: str, headers: dict[str, str] | None = None) -> None:
+        r = httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=600)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == want
+
+    return check
+
+
+def no_eog(model: Model) -> dict[str, int]:
+    """A logit_bias that bans the end-of-generation tokens (a request then runs to its limit)."""
+    return {str(t): -100 for t in model.tokenizer.eog_ids}
 
 
 def wait_idle(engine: BatchEngine, timeout: float = 120.0) -> None:
@@ -135,6 +165,66 @@ def test_stream_is_server_sent_events_ending_with_done(server):
     assert '"choices": []' in lines[-2] and '"usage"' in lines[-2]  # include_usage: a last chunk with usage
 
 
+def test_chat_stream_is_server_sent_events_ending_with_done(server, ref):
+    messages = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
+    want = ref.create_chat_completion(messages, max_tokens=MAX, temperature=0)["choices"][0]
+    body = {"model": ALIAS, "messages": messages, "max_tokens": MAX, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=600) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    assert lines.count("data: [DONE]") == 1
+    chunks = [json.loads(line[len("data: "):]) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == want["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == want["finish_reason"]
+
+
+def test_chat_stop_string(client, ref):
+    messages = [SYSTEM, {"role": "user", "content": "List the days of the week."}]
+    full = ref.create_chat_completion(messages, max_tokens=MAX, temperature=0)
+    full = full["choices"][0]["message"]["content"]
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]
+    want = ref.create_chat_completion(messages, max_tokens=MAX, temperature=0, stop=[stop])["choices"][0]
+    r = client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=MAX, temperature=0,
+                                       stop=[stop])
+    assert r.choices[0].message.content == want["message"]["content"] == full[: full.index(stop)]
+    assert r.choices[0].finish_reason == want["finish_reason"] == "stop"
+
+
+# Each field varied alone, the other settings fixed: (field, values, other settings, prompt). The
+# values are chosen so that they give different tokens on SmolLM2 (for the penalties, a prompt the
+# model repeats; a frequency penalty of 1.0 differs from a presence penalty of 1.0 there).
+SAMPLING_FIELDS = [
+    ("temperature", [0.0, 1.5], {"seed": 7}, "My favourite food is"),
+    ("top_p", [0.01, 1.0], {"temperature": 1.5, "seed": 7}, "My favourite food is"),
+    ("seed", [1, 2], {"temperature": 1.5}, "My favourite food is"),
+    ("presence_penalty", [0.0, 1.5], {"temperature": 0}, "1 1 1 1 1 1"),
+    ("frequency_penalty", [0.0, 1.0], {"temperature": 0}, "1 1 1 1 1 1"),
+]
+
+
+@pytest.mark.parametrize(("field", "values", "base", "prompt"), SAMPLING_FIELDS,
+                         ids=[f[0] for f in SAMPLING_FIELDS])
+def test_each_sampling_field_acts_as_in_model(client, ref, field, values, base, prompt):
+    greedy = ref.create_completion(prompt, max_tokens=MAX, temperature=0)["choices"][0]["text"]
+    got = []
+    for value in values:
+        opts = {**base, field: value}
+        want = ref.create_completion(prompt, max_tokens=MAX, **opts)["choices"][0]["text"]
+        r = client.completions.create(model=ALIAS, prompt=prompt, max_tokens=MAX, **opts)
+        got.append(r.choices[0].text)
+        assert got[-1] == want, opts
+    assert got[0] != got[1], f"{field} made no difference"
+    assert any(g != greedy for g in got)
+
+
 def test_sampling_options_equal_model(client, ref):
     """Seeded sampling with penalties gives Model's tokens: the options reach the same sampler."""
     prompt = "My favourite food is"
@@ -163,6 +253,38 @@ def test_stop_string(client, ref):
     r = client.completions.create(model=ALIAS, prompt=prompt, max_tokens=MAX, temperature=0, stop=[stop])
     assert r.choices[0].text == full[: full.index(stop)]
     assert r.choices[0].finish_reason == "stop"
+
+
+NULLS = {k: None for k in ("top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+                           "frequency_penalty", "seed", "stop", "logit_bias", "n", "stream", "stream_options",
+                           "logprobs", "user", "model")}
+
+
+def test_null_means_default(server, ref):
+    """JSON null for an optional field is its default, as with OpenAI (LangChain sends nulls)."""
+    url = f"{server.url}/v1"
+    prompt = "The capital of France is"
+    # Greedy; everything else, max_tokens included, null: Model's defaults.
+    body = {**NULLS, "prompt": prompt, "temperature": 0, "max_tokens": None, "echo": None, "suffix": None}
+    r = httpx.post(f"{url}/completions", json=body, timeout=600)
+    assert r.status_code == 200, r.text
+    want = ref.create_completion(prompt, temperature=0)
+    assert r.json()["choices"][0]["text"] == want["choices"][0]["text"]
+    assert r.json()["usage"]["completion_tokens"] == want["usage"]["completion_tokens"] == 16
+    # temperature null: the default temperature, seeded.
+    body = {**NULLS, "prompt": prompt, "temperature": None, "seed": 11, "max_tokens": MAX}
+    r = httpx.post(f"{url}/completions", json=body, timeout=600)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == ref.create_completion(prompt, max_tokens=MAX,
+                                                                   seed=11)["choices"][0]["text"]
+    # Chat: the same, with max_tokens null beside max_completion_tokens.
+    messages = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
+    body = {**NULLS, "messages": messages, "temperature": None, "seed": 11, "max_tokens": None,
+            "max_completion_tokens": MAX}
+    r = httpx.post(f"{url}/chat/completions", json=body, timeout=600)
+    assert r.status_code == 200, r.text
+    want = ref.create_chat_completion(messages, max_tokens=MAX, seed=11)["choices"][0]["message"]["content"]
+    assert r.json()["choices"][0]["message"]["content"] == want
 
 
 # ---- batching and prefix reuse ----
@@ -231,12 +353,29 @@ BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": "x", "n": 2}', 400, "n"),
     ("/v1/completions", b'{"prompt": "x", "logit_bias": {"banana": 1}}', 400, "logit_bias"),
     ("/v1/completions", b'{"prompt": "x", "logit_bias": {"99999999": 1}}', 400, "logit_bias"),
+    ("/v1/completions", b'{"prompt": "x", "logit_bias": {"5": 100.5}}', 400, "logit_bias"),
+    ("/v1/completions", b'{"prompt": "x", "logit_bias": {"5": -101}}', 400, "logit_bias"),
+    ("/v1/completions", b'{"prompt": null}', 400, "prompt"),
     ("/v1/completions", b'{"prompt": [1, 99999999]}', 400, "prompt"),
     ("/v1/completions", b'{"prompt": "x", "model": "gpt-4"}', 404, "model"),
     ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
     ("/v1/chat/completions", b'{"messages": "hi"}', 400, "messages"),
     ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 7}]}', 400, "messages"),
+    ("/v1/chat/completions", b'{"messages": null}', 400, "messages"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', 400,
+     "max_tokens"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400,
+     "max_tokens"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}', 400,
+     "max_tokens"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1e30}', 400,
+     "max_tokens"),
+    ("/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 100000}', 400,
+     "max_completion_tokens"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 1000}}',
+     400, "logit_bias"),
     ("/v1/chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}', 404,
      "model"),
     ("/v1/nowhere", b"{}", 404, None),
@@ -245,7 +384,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("path", "body", "status", "param"), BAD_REQUESTS,
                          ids=[f"{i}-{b[:30]!r}" for i, (_, b, _, _) in enumerate(BAD_REQUESTS)])
-def test_bad_input_gets_openai_error(server, path, body, status, param):
+def test_bad_input_gets_openai_error(server, still_answers, path, body, status, param):
     r = httpx.post(f"{server.url}{path}", content=body, headers={"Content-Type": "application/json"},
                    timeout=60)
     assert r.status_code == status, r.text
@@ -253,9 +392,55 @@ def test_bad_input_gets_openai_error(server, path, body, status, param):
     assert set(err) == {"message", "type", "param", "code"}
     assert err["type"] == "invalid_request_error" and err["message"]
     assert err["param"] == param
+    still_answers(server.url)
 
 
-def test_prompt_longer_than_context(client, engine):
+def chat_filling(ref: Model, room: int) -> tuple[list[dict[str, str]], int]:
+    """Chat messages whose prompt leaves between 2 and ``room`` cells of a slot, and that number."""
+    for k in range(SLOT_CTX, 0, -1):
+        messages = [{"role": "user", "content": "hi " * k}]
+        left = SLOT_CTX - len(ref.apply_chat_template(messages))
+        if 2 <= left <= room:
+            return messages, left
+    raise AssertionError("no chat prompt of the wanted length")
+
+
+def test_explicit_max_tokens_must_fit_after_the_prompt(server, ref, still_answers):
+    """OpenAI's rule: prompt + max_tokens beyond the context is a 400 (context_length_exceeded);
+    without max_tokens (or with null) the request generates until the context is full."""
+    url = f"{server.url}/v1"
+    left = 4
+    prompt = ref.tokenize(b" the", add_bos=False) * (SLOT_CTX - left)
+    ban = no_eog(ref)
+    r = httpx.post(f"{url}/completions", json={"prompt": prompt, "max_tokens": left + 1, "logit_bias": ban},
+                   timeout=600)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert r.json()["error"]["param"] == "prompt"
+    # max_tokens that just fits, then the default (16, more than fits: only a cap), then null.
+    for extra in ({"max_tokens": left}, {}, {"max_tokens": None}):
+        r = httpx.post(f"{url}/completions", json={"prompt": prompt, "temperature": 0, "logit_bias": ban,
+                                                   **extra}, timeout=600)
+        assert r.status_code == 200, (extra, r.text)
+        assert r.json()["choices"][0]["finish_reason"] == "length"
+        assert r.json()["usage"]["completion_tokens"] == left, extra
+
+    messages, left = chat_filling(ref, 8)
+    for limit in ("max_tokens", "max_completion_tokens"):
+        r = httpx.post(f"{url}/chat/completions", json={"messages": messages, limit: left + 1}, timeout=600)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "context_length_exceeded"
+        assert r.json()["error"]["param"] == "messages"
+    for extra in ({}, {"max_tokens": None}, {"max_tokens": left}):
+        r = httpx.post(f"{url}/chat/completions", json={"messages": messages, "temperature": 0,
+                                                        "logit_bias": ban, **extra}, timeout=600)
+        assert r.status_code == 200, (extra, r.text)
+        assert r.json()["choices"][0]["finish_reason"] == "length"
+        assert r.json()["usage"]["completion_tokens"] == left, extra
+    still_answers(server.url)
+
+
+def test_prompt_longer_than_context(client, engine, server, still_answers):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=ALIAS, prompt="hello " * SLOT_CTX, max_tokens=1)
     assert e.value.code == "context_length_exceeded"
@@ -265,9 +450,10 @@ def test_prompt_longer_than_context(client, engine):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="hi", max_tokens=1)
     assert engine.n_active == 0 and engine.n_pending == 0
+    still_answers(server.url)
 
 
-def test_api_key(keyed_server, server, ref):
+def test_api_key(keyed_server, ref, still_answers):
     url = f"{keyed_server.url}/v1/completions"
     body = {"model": ALIAS, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
@@ -283,13 +469,7 @@ def test_api_key(keyed_server, server, ref):
     with openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=KEY, max_retries=0, timeout=600) as c:
         got = c.completions.create(**body).choices[0].text
     assert got == ref.create_completion("Hi", max_tokens=1, temperature=0)["choices"][0]["text"]
-
-
-def test_server_still_answers_after_bad_input(client, ref):
-    """Runs after the bad-input tests: a normal request is answered as before."""
-    want = ref.create_completion("The sky is", max_tokens=MAX, temperature=0)["choices"][0]["text"]
-    assert client.completions.create(model=ALIAS, prompt="The sky is", max_tokens=MAX,
-                                     temperature=0).choices[0].text == want
+    still_answers(keyed_server.url, {"Authorization": f"Bearer {KEY}"})
 
 
 def test_body_is_json_whatever_the_content_type(server, ref):
@@ -306,9 +486,8 @@ def test_body_is_json_whatever_the_content_type(server, ref):
 
 def long_request(engine: BatchEngine, **extra: object) -> dict:
     """A request that runs until its slot is full (end-of-generation tokens banned)."""
-    ban = {str(t): -100 for t in engine.model.tokenizer.eog_ids}
     return {"model": ALIAS, "prompt": "Once upon a time", "max_tokens": LONG, "temperature": 0,
-            "logit_bias": ban, **extra}
+            "logit_bias": no_eog(engine.model), **extra}
 
 
 def test_disconnect_mid_stream_frees_the_sequence(server, engine):
@@ -336,3 +515,64 @@ def test_disconnect_while_waiting_for_whole_response(server, engine):
     after = engine.stats
     assert after.cancelled - before.cancelled == 1
     assert after.generated_evaluated - before.generated_evaluated < LONG - 1
+
+
+# ---- the real command ----
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"splitllm serve exited with {proc.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"splitllm serve did not become healthy:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def test_serve_command(smollm2_path, tmp_path):
+    """``splitllm serve`` in a child process, with its options, talked to with the openai client."""
+    # The child imports the splitllm this process imported (the installed one in CI, the source
+    # tree with an in-place build in development).
+    src = Path(splitllm.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    port, name, key = free_port(), "served-smol", "k3y-for-test"
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "splitllm.cli", "serve", str(smollm2_path), "--host", "127.0.0.1",
+            "--port", str(port), "--parallel", "2", "-c", "1024", "-ctk", "q8_0", "-ctv", "q8_0",
+            "--api-key", key, "--model-alias", name, "-t", "2", "--log-level", "warning"]
+    log = tmp_path / "serve.log"
+    messages = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(proc, url, log)
+            with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120) as c:
+                models = c.models.list().data
+                assert [m.id for m in models] == [name]
+                assert models[0].meta["n_parallel"] == 2 and models[0].meta["n_ctx_per_seq"] == 512
+                r = c.chat.completions.create(model=name, messages=messages, max_tokens=4, temperature=0)
+            assert r.choices[0].message.role == "assistant" and r.choices[0].message.content
+            assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
+            r = httpx.post(f"{url}/v1/chat/completions", json={"model": name, "messages": messages},
+                           timeout=60)  # no key
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "invalid_api_key"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (so the exit status says
+    # how the process ended); a process that had to be killed fails here.
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()

@@ -8,8 +8,10 @@ them with every other request in flight.
 The body is read as JSON whatever its Content-Type (``curl -d`` sends a form type). Errors never
 stop the server and always have OpenAI's shape, ``{"error": {"message", "type", "param",
 "code"}}``: 400 for a malformed body, a wrong type or value (validation errors are answered as
-400, as OpenAI does, not FastAPI's 422), a prompt that does not fit the context or
-``max_tokens`` beyond it; 401 for a missing or wrong API key (``Authorization: Bearer KEY``, on
+400, as OpenAI does, not FastAPI's 422), a prompt that does not fit the context, or an explicit
+``max_tokens`` that does not fit after the prompt (code ``context_length_exceeded``, OpenAI's
+rule; without ``max_tokens`` a request generates until its context is full, finish reason
+``length``); 401 for a missing or wrong API key (``Authorization: Bearer KEY``, on
 ``/v1/*`` only); 404 for an unknown model or path; 500 for an internal failure. A client that
 disconnects, mid-stream or while waiting for a whole response, cancels its job and frees its
 sequence slot.
@@ -114,15 +116,24 @@ class _Service:
     # ---- requests ----
 
     def _submit(self, tokens: list[int], body: CompletionRequest | ChatRequest, max_tokens: int | None,
-                stop: list[str], param: str) -> ChunkStream:
+                stop: list[str], param: str, *, explicit: bool,
+                limit_param: str = "max_tokens") -> ChunkStream:
+        """Checks the request against a sequence's context and queues it. An ``explicit``
+        ``max_tokens`` must fit after the prompt (OpenAI's rule); the default is only a cap."""
         ctx = self.engine.slot_ctx
         if len(tokens) >= ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the {param} has "
                            f"{len(tokens)} tokens (at least one must be left to generate)", param=param,
                            code="context_length_exceeded")
         if max_tokens is not None and max_tokens > ctx:
-            raise APIError(400, f"max_tokens is too large: {max_tokens}. This model's maximum context "
-                           f"length is {ctx} tokens", param="max_tokens", code="invalid_value")
+            raise APIError(400, f"{limit_param} is too large: {max_tokens}. This model's maximum context "
+                           f"length is {ctx} tokens", param=limit_param, code="invalid_value")
+        n = len(tokens)
+        if explicit and max_tokens is not None and n + max_tokens > ctx:
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you "
+                           f"requested {n + max_tokens} tokens ({n} in the {param}, {max_tokens} in the "
+                           f"completion). Please reduce the length of the {param} or completion.",
+                           param=param, code="context_length_exceeded")
         try:
             tokens = self.model.check_prompt(tokens)
         except ValueError as e:
@@ -141,7 +152,8 @@ class _Service:
             tokens = self.model._prompt_tokens(prompt)
         except ValueError as e:
             raise APIError(400, str(e), param="prompt") from None
-        stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt")
+        stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt",
+                              explicit="max_tokens" in body.model_fields_set)
         head = completion_head(name)
         prefix = self.model.echo_text(prompt, tokens) if body.echo else ""
         if body.stream:
@@ -158,7 +170,8 @@ class _Service:
             tokens, stops = self.model.chat_prompt(messages, body.stop)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
-        stream = self._submit(tokens, body, body.token_limit, stops, "messages")
+        stream = self._submit(tokens, body, body.token_limit, stops, "messages",
+                              explicit=body.token_limit is not None, limit_param=body.token_limit_param)
         head = chat_head(name)
         if body.stream:
             return _sse(stream, _chat_events(stream, head, body.include_usage))

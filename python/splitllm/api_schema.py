@@ -1,16 +1,18 @@
 """Request bodies of the OpenAI-compatible server, and its error type.
 
 Types are checked strictly (a string where a number belongs is an error, as with OpenAI);
-fields this server does not know are ignored, so clients may send the full OpenAI set.
+fields this server does not know are ignored, so clients may send the full OpenAI set. JSON
+``null`` for an optional field means its default, as with OpenAI (clients such as LangChain send
+every field, unset ones as null); only ``prompt`` and ``messages`` are required.
 Defaults are those of ``Model.create_completion`` and ``Model.create_chat_completion``, so a
 request and a direct call with the same arguments give the same result.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from splitllm.sampling import SamplingParams
 
@@ -36,12 +38,28 @@ def error_body(message: str, *, type: str = "invalid_request_error", param: str 
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-class StreamOptions(BaseModel):
+class _NullIsDefault(BaseModel):
+    """A request body in which ``null`` for a field that has a default means that default (the
+    field then counts as unset, as if it were absent)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+
+
+LogitBias = dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]]  # OpenAI's range of a bias
+
+
+class StreamOptions(_NullIsDefault):
     model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class _Sampling(_NullIsDefault):
     """Fields shared by both endpoints (llama-cpp-python's extensions included)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -54,7 +72,7 @@ class _Sampling(BaseModel):
     repeat_penalty: float = Field(1.0, gt=0.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -86,7 +104,7 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
     prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int = Field(16, ge=1)
     echo: bool = False
     suffix: str | None = None
 
@@ -137,3 +155,7 @@ class ChatRequest(_Sampling):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def token_limit_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
