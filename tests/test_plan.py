@@ -228,7 +228,8 @@ def test_parallel_slots(synthetic, capsys):
     """--parallel N: N sequence slots share n_ctx; the largest context is searched from N cells
     up, and a context smaller than the slot count is a clear error (exit code 2)."""
     _, path = synthetic
-    assert cli_main(["plan", str(path), "-c", "512", "--parallel", "4", "--cpu-memory", "1GiB", "--json"]) == 0
+    args = ["plan", str(path), "-c", "512", "--parallel", "4", "--cpu-memory", "1GiB", "--json"]
+    assert cli_main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] and out["max_ctx"] > 512
     assert cli_main(["plan", str(path), "-c", "2", "--parallel", "4"]) == 2

@@ -4,7 +4,7 @@ GGUF files with k-quant weights, a C++/CUDA core, and a Python API that follows
 llama-cpp-python's ``Llama``.
 """
 
-from splitllm import _core
+from splitllm import _core, quants
 from splitllm._core import CudaError, Error, GGUFError
 from splitllm.gguf_file import GGUFFile, GGUFTensorInfo
 from splitllm.model import LLAMA_DEFAULT_SEED, CompletionChunk, Model
@@ -24,4 +24,5 @@ __all__ = [
     "SamplingParams",
     "__version__",
     "_core",
+    "quants",
 ]

@@ -46,6 +46,101 @@ class GGUFFile:
     def get_bool(self, key: str, fallback: bool) -> bool: ...
     def get_str(self, key: str) -> str: ...
 
+# --- bind_quant.cpp ----------------------------------------------------------------------------
+# Block formats: the type table and the row-parallel quantizers. splitllm.quants wraps these with
+# gguf-py's shape conventions.
+
+def quant_type_info(type_id: int) -> tuple[str, int, int, bool, bool, bool] | None:
+    """(name, block_size, type_size, is_quantized, can_quantize, can_dequantize) of a ggml type id,
+    or None."""
+def quant_type_from_name(name: str) -> int | None:
+    """ggml type id of a type name in any case ('q4_k', 'BF16'), or None."""
+def quantize_rows(src: np.ndarray, type_id: int, n_threads: int = 0) -> np.ndarray:
+    """Quantizes a (rows, n) float32 array to a (rows, row bytes) uint8 array; n_threads 0 = all."""
+def dequantize_rows(src: np.ndarray, type_id: int, n_threads: int = 0) -> np.ndarray:
+    """Dequantizes a (rows, row bytes) uint8 array to a (rows, n) float32 array; n_threads 0 = all."""
+
+# --- bind_model.cpp ----------------------------------------------------------------------------
+# type_k / type_v name a KV cache type ("f16", "q8_0", ...); memory dicts are {name, weights, kv,
+# buffers, overhead} per device, placement dicts {name, device, weight_bytes, kv_bytes, kv_device}.
+
+def plan_memory(path: str | bytes, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
+                n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
+                offload_kqv: bool = True, op_offload: bool = True) -> dict[str, Any]:
+    """What a Model with these settings would hold per device, from the GGUF header alone."""
+
+class Model:
+    def __init__(self, path: str | bytes, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
+                 n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
+                 offload_kqv: bool = True, op_offload: bool = True, kv_rotate: bool = True) -> None: ...
+    def decode(self, tokens: np.ndarray, pos: np.ndarray, slot: np.ndarray,
+               want_logits: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Evaluates tokens at positions pos of sequence slots slot; returns float32 logits
+        (n_wanted, n_vocab) for the tokens flagged in want_logits (all when None)."""
+    @property
+    def memory(self) -> list[dict[str, Any]]:
+        """Bytes held per device: weights, kv, buffers, overhead."""
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def slot_ctx(self) -> int: ...
+    @property
+    def n_eval(self) -> int: ...
+    @property
+    def n_forward(self) -> int: ...
+    @property
+    def n_op_offload(self) -> int: ...
+    @property
+    def warnings(self) -> list[str]: ...
+    @property
+    def placement(self) -> list[dict[str, Any]]: ...
+    @property
+    def config(self) -> dict[str, Any]:
+        """arch, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train, rms_eps,
+        n_rot, rope_base, rope_freq_scale, rope_neox."""
+
+# --- bind_cpu.cpp ------------------------------------------------------------------------------
+# CPU kernels on numpy arrays, for tests and benchmarks: weight and cache rows are uint8 arrays
+# of raw GGUF blocks, activations float32. `isa` is "scalar", "avx2", "avx512" or None (the
+# active set); it is clamped to what the CPU supports.
+
+def cpu_features() -> str:
+    """CPU features the kernels can use, as a space-separated list."""
+def cpu_isa() -> str:
+    """Instruction set the CPU kernels use now."""
+def cpu_detect_isa() -> str:
+    """Best instruction set this CPU supports."""
+def cpu_set_isa(isa: str) -> str:
+    """Selects the kernels' instruction set (clamped to the CPU's); returns the one in effect."""
+def cpu_usable_isa(isa: str) -> str:
+    """The instruction set a call with this isa would run."""
+def cpu_supports_weight_type(qtype: int) -> bool: ...
+def cpu_act_type(qtype: int) -> int:
+    """Type id of the activation format used with weights of this type."""
+def cpu_act_row_bytes(qtype: int, K: int) -> int: ...
+def cpu_quantize_acts(qtype: int, x: np.ndarray, *, isa: str | None = None) -> np.ndarray:
+    """Float activations (n_tok, K) to the kernel format: uint8 (n_tok, row bytes)."""
+def cpu_gemm(qtype: int, w: np.ndarray, acts: np.ndarray, *, isa: str | None = None, r0: int = 0,
+             r1: int | None = None) -> np.ndarray:
+    """Weight rows (uint8 blocks) times converted activations: (n_tok, n_rows); rows outside [r0, r1)
+    are 0."""
+def cpu_matmul(qtype: int, w: np.ndarray, x: np.ndarray, *, isa: str | None = None) -> np.ndarray:
+    """x (n_tok, K) float32 times the weight rows: (n_tok, n_rows)."""
+def cpu_attn_scores(qtype: int, q: np.ndarray, k_cache: np.ndarray, head_dim: int, *, scale: float = 1.0,
+                    isa: str | None = None) -> np.ndarray:
+    """scale * q (n_q, head_dim) . cache rows: (n_q, n_kv)."""
+def cpu_attn_values(qtype: int, w: np.ndarray, v_cache: np.ndarray, head_dim: int, out: np.ndarray, *,
+                    isa: str | None = None) -> np.ndarray:
+    """out + w (n_q, n_kv) @ cache rows: (n_q, head_dim)."""
+def cpu_store_kv(qtype: int, x: np.ndarray, *, isa: str | None = None) -> np.ndarray:
+    """Float rows (n, head_dim) to KV-cache rows: uint8 (n, row bytes)."""
+def cpu_time_gemm(qtype: int, w: np.ndarray, n_tok: int, *, isa: str | None = None, threads: int = 1,
+                  copies: int = 1, min_seconds: float = 0.1, reps: int = 3) -> tuple[float, float]:
+    """Best (gemm seconds, activation conversion seconds) for the weight rows and n_tok random tokens."""
+def cpu_time_attention(qtype: int, n_q: int, n_kv: int, head_dim: int, *, isa: str | None = None,
+                       min_seconds: float = 0.1, reps: int = 3) -> float:
+    """Best seconds of attn_scores + attn_values over one KV head."""
+
 # --- bind_cuda.cpp -----------------------------------------------------------------------------
 # GPU information, and single backend operations on device "cpu" or "gpu" (CUDA0, or FAKEGPU0
 # with SPLITLLM_FAKE_GPU=1) for the op-by-op tests in tests/gpu. Weights and caches are uint8
@@ -66,8 +161,41 @@ def gpu_op_attention(device: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, p
                      n_head_kv: int, head_dim: int, n_slots: int, slot_ctx: int, type_k: str = "f16",
                      type_v: str = "f16", attn_vec_tokens: int = 8,
                      graphs: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def gpu_op_hadamard(device: str, x: np.ndarray) -> np.ndarray:
+    """Each row rotated block by block by the orthonormal Hadamard matrix (KV cache rotation)."""
 def gpu_op_get_rows(device: str, qtype: int, table: np.ndarray, tokens: np.ndarray) -> np.ndarray: ...
 def gpu_blocks_dequantize(qtype: int, rows: np.ndarray) -> np.ndarray:
     """Rows decoded by the CUDA block readers compiled for the host: (n_rows, K)."""
 def gpu_blocks_matvec(qtype: int, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The CUDA mat-vec arithmetic (int8 activations, dp4a groups) on the host: (n_tok, n_rows)."""
+
+# --- bind_sample.cpp ---------------------------------------------------------------------------
+
+class SamplerParams:
+    """Sampler settings (see cpp/sample/sampler.h)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    frequency_penalty: float
+    presence_penalty: float
+    logit_bias: list[tuple[int, float]]
+    def __init__(self) -> None: ...
+
+class Sampler:
+    """Token sampler: penalty history and random state."""
+
+    def __init__(self, params: SamplerParams, n_vocab: int, seed: int) -> None: ...
+    def reset(self, seed: int) -> None:
+        """Clears the penalty history and reseeds the generator."""
+    def accept(self, token: int) -> None:
+        """Adds a token to the penalty history (the window keeps the last repeat_last_n)."""
+    def sample(self, logits: np.ndarray) -> int:
+        """Picks the next token from logits (n_vocab float32, left untouched). Does not accept it."""
+    def probs(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(int32 ids, float32 probabilities) the draw would use, most probable first."""
+    @property
+    def n_vocab(self) -> int: ...
