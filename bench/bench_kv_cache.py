@@ -16,14 +16,9 @@ import sys
 from pathlib import Path
 
 from benchinfo import REPO, header_lines
+from compare import bench_binary
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
-
-
-def bench_binary() -> Path:
-    import splitllm
-
-    return Path(splitllm.__file__).resolve().parent / "splitllm-bench"
 
 
 def decode_speed(model: str, kv: str, depths: list[int], n_gen: int, threads: int, reps: int) -> dict:
