@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from splitllm import Model
 from splitllm.quants import quantize
-from tiny_model import TinyConfig, make_weights, reference_logits, write_gguf
+from tiny_model import (
+    TinyConfig,
+    llama3_rope_factors,
+    make_weights,
+    reference_logits,
+    rope_inv_freq,
+    write_gguf,
+)
 
 TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11]
 
@@ -34,6 +41,43 @@ def test_f32_logits_match_float64_reference(tmp_path, cfg):
         ours = m.logits(TOKENS)
     assert ours.shape == ref.shape
     assert rel_err(ours, ref).max() < 1e-4
+
+
+LLAMA3_SCALING = {  # wavelengths 6 .. 20000 tokens: one unscaled, two smoothed, five divided by 8
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "scaling", [{"rope_type": "linear", "factor": 4.0}, LLAMA3_SCALING], ids=["linear", "llama3"]
+)
+def test_rope_scaling_matches_float64_reference(tmp_path, arch, scaling):
+    """Linear scaling (rope.scaling.type/.factor keys) and llama3 frequency factors (the
+    rope_freqs.weight tensor) against the reference's Hugging Face rotary frequencies."""
+    cfg = TinyConfig(arch=arch, rope_scaling=scaling, seed=21)
+    path = tmp_path / "tiny.gguf"
+    held = write_gguf(make_weights(cfg), path)
+    ref = reference_logits(cfg, held, TOKENS)
+    unscaled = reference_logits(TinyConfig(arch=arch, seed=21), held, TOKENS)
+    assert rel_err(unscaled, ref).max() > 1e-2  # the scaling is visible at these positions
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(TOKENS)
+    assert rel_err(ours, ref).max() < 1e-4
+
+
+def test_llama3_rope_factors_cover_every_band():
+    """The converter's factors (written to the file) equal the ratio of default to llama3
+    frequencies in Hugging Face's formula, and the test's config reaches all three bands."""
+    cfg = TinyConfig(rope_scaling=LLAMA3_SCALING)
+    factors = llama3_rope_factors(cfg)
+    plain = rope_inv_freq(TinyConfig())
+    np.testing.assert_allclose(factors, plain / rope_inv_freq(cfg), rtol=1e-6)
+    assert factors[0] == 1 and 1 < factors[1] < factors[2] < 8 and (factors[3:] == 8).all()
 
 
 def test_incremental_decode_matches_batch(tmp_path):

@@ -104,3 +104,9 @@ def test_greedy_completions_match(reference, ours):
         print(f"\n{prompt!r}: differs at step {step}, llama.cpp top-2 gap {gap:.4f}")
         assert gap < NOISE, f"{prompt!r}: first difference at step {step} is not a near-tie (gap {gap:.3f})"
     print(f"\ngreedy: {equal} of {len(PROMPTS)} completions equal llama.cpp's")
+
+
+def test_metadata_strings_equal_llama_cpp(reference, ours):
+    """``Model.metadata`` is ``Llama.metadata``: the same keys, numbers, booleans and floats
+    written as llama.cpp writes them."""
+    assert ours.metadata == reference.metadata

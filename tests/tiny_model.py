@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -40,6 +43,9 @@ class TinyConfig:
     n_ctx_train: int = 256
     tied_output: bool = False
     seed: int = 0
+    # Hugging Face's ``rope_scaling``: None, {"rope_type": "linear", "factor": f} or {"rope_type":
+    # "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}.
+    rope_scaling: dict[str, Any] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -85,13 +91,61 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
     return TinyModel(cfg, w)
 
 
+def llama3_rope_factors(cfg: TinyConfig) -> np.ndarray:
+    """``rope_freqs.weight`` for ``rope_type`` llama3, as llama.cpp's convert_hf_to_gguf.py writes it
+    (LlamaModel.generate_extra_tensors): one divisor per rotary frequency."""
+    rs = cfg.rope_scaling or {}
+    dim = cfg.head_dim
+    freqs = 1.0 / (cfg.rope_base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = rs.get("factor", 8.0)
+    low_freq_factor = rs.get("low_freq_factor", 1.0)
+    high_freq_factor = rs.get("high_freq_factor", 4.0)
+    old_context_len = rs.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    rope_factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            rope_factors.append(1)
+        elif wavelen > low_freq_wavelen:
+            rope_factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            rope_factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(rope_factors, dtype=np.float32)
+
+
+_VALUE_TYPES = {bool: gguf.GGUFValueType.BOOL, int: gguf.GGUFValueType.UINT32,
+                float: gguf.GGUFValueType.FLOAT32, str: gguf.GGUFValueType.STRING}
+
+
+def _override_metadata(wr: gguf.GGUFWriter, changes: Mapping[str, Any]) -> None:
+    """Sets (keeping a present key's value type) or, for None, removes metadata keys."""
+    kv = wr.kv_data[0]
+    for key, value in changes.items():
+        if value is None:
+            del kv[key]
+        else:
+            vtype = kv[key].type if key in kv else _VALUE_TYPES[type(value)]
+            kv[key] = gguf.GGUFValue(value, vtype)
+
+
 def write_gguf(
-    model: TinyModel, path: Path, *, weight_type: str = "F32", quantize=None
+    model: TinyModel,
+    path: Path,
+    *,
+    weight_type: str = "F32",
+    quantize=None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes the model; 2-D weights in ``weight_type`` (norms and biases stay F32).
 
-    ``quantize(x, type_name) -> bytes array`` quantizes (default: gguf.quants). Returns the weights
-    as the file holds them, dequantized with gguf.quants (float64), for the reference forward.
+    ``quantize(x, type_name) -> bytes array`` quantizes (default: gguf.quants). ``metadata``
+    changes keys after the model's own are set (a None value removes the key): for files with bad
+    metadata. Returns the weights as the file holds them, dequantized with gguf.quants (float64),
+    for the reference forward (``rope_freqs.weight`` is left out: the reference takes the rotary
+    frequencies from ``cfg.rope_scaling``).
     """
     cfg = model.cfg
     arch = cfg.arch
@@ -107,6 +161,14 @@ def write_gguf(
     wr.add_layer_norm_rms_eps(cfg.rms_eps)
     wr.add_rope_dimension_count(cfg.head_dim)
     wr.add_vocab_size(cfg.n_vocab)
+    scaling = (cfg.rope_scaling or {}).get("rope_type", "default")
+    if scaling == "linear":  # as convert_hf_to_gguf.py writes it
+        wr.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        wr.add_rope_scaling_factor(cfg.rope_scaling["factor"])
+    elif scaling == "llama3":
+        wr.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
+    elif scaling != "default":
+        raise ValueError(f"rope_type {scaling!r} is not supported here")
     merges = ["t h", "h e", "i n", "e r", "a n"]
     tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
     n_normal = len(tokens)
@@ -121,6 +183,7 @@ def write_gguf(
     wr.add_bos_token_id(n_normal)
     wr.add_eos_token_id(n_normal + 1)
     wr.add_add_bos_token(False)
+    _override_metadata(wr, metadata or {})
     held: dict[str, np.ndarray] = {}
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]
     for name, x in model.weights.items():
@@ -142,11 +205,38 @@ def write_gguf(
     return held
 
 
-def rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool) -> np.ndarray:
-    """Rotary embedding of x (n_tok, n_heads, head_dim) at positions pos (n_tok)."""
-    hd = x.shape[-1]
-    half = hd // 2
-    inv = base ** (-np.arange(half, dtype=np.float64) * 2 / hd)
+def rope_inv_freq(cfg: TinyConfig) -> np.ndarray:
+    """Inverse frequencies of the rotary embedding (head_dim / 2), float64, as Hugging Face
+    transformers' rope init functions compute them (default, linear, llama3)."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    rs = cfg.rope_scaling or {}
+    rope_type = rs.get("rope_type", "default")
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":  # _compute_linear_scaling_rope_parameters
+        return inv_freq / rs["factor"]
+    if rope_type != "llama3":
+        raise ValueError(f"rope_type {rope_type!r} is not supported here")
+    # _compute_llama3_parameters
+    factor = rs["factor"]
+    low_freq_factor = rs["low_freq_factor"]
+    high_freq_factor = rs["high_freq_factor"]
+    old_context_len = rs["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return np.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
+
+
+def rope(x: np.ndarray, pos: np.ndarray, inv: np.ndarray, neox: bool) -> np.ndarray:
+    """Rotary embedding of x (n_tok, n_heads, head_dim) at positions pos (n_tok), with inverse
+    frequencies inv (head_dim / 2)."""
+    half = x.shape[-1] // 2
     ang = pos[:, None].astype(np.float64) * inv[None, :]
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     out = x.copy()
@@ -172,6 +262,7 @@ def reference_logits(
     n, hd = len(tokens), cfg.head_dim
     gqa = cfg.n_head // cfg.n_head_kv
     pos = np.arange(n)
+    inv = rope_inv_freq(cfg)
 
     def rmsnorm(x: np.ndarray, g: np.ndarray) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.rms_eps) * g
@@ -182,8 +273,8 @@ def reference_logits(
         b = f"blk.{i}."
         h = rmsnorm(x, w[b + "attn_norm.weight"])
         q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
-        q = rope(q.reshape(n, cfg.n_head, hd), pos, cfg.rope_base, cfg.arch == "qwen2")
-        k = rope(k.reshape(n, cfg.n_head_kv, hd), pos, cfg.rope_base, cfg.arch == "qwen2")
+        q = rope(q.reshape(n, cfg.n_head, hd), pos, inv, cfg.arch == "qwen2")
+        k = rope(k.reshape(n, cfg.n_head_kv, hd), pos, inv, cfg.arch == "qwen2")
         v = v.reshape(n, cfg.n_head_kv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float64)

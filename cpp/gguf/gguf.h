@@ -50,8 +50,9 @@ const char * gguf_type_name(GGUFType t);  // "UINT8", ..., "FLOAT64"; "?" if out
 constexpr uint64_t kGGUFMaxNameLength = 65535;             // bytes in a key or tensor name
 constexpr int kGGUFMaxArrayDepth = 8;                      // arrays of arrays of ...
 // Summed over all arrays. Each element is a GGUFValue (64 bytes), so this bounds the metadata's
-// memory to about 1 GiB whatever the file says; real vocabularies hold well under 1M elements.
-constexpr uint64_t kGGUFMaxArrayElements = uint64_t(1) << 24;
+// memory to 256 MiB whatever the file says; real tokenizers hold under 1.5M elements in all
+// (a 262k vocabulary's tokens, scores and types; 128k tokens and 280k merges).
+constexpr uint64_t kGGUFMaxArrayElements = uint64_t(1) << 22;
 constexpr int kGGUFMaxDims = 4;
 
 // One metadata value. Scalars hold their value; strings a view into the mapping; arrays their

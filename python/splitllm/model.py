@@ -15,7 +15,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,7 @@ class Model:
         type_v: str = "f16",
         offload_kqv: bool = True,
         op_offload: bool = True,
+        kv_rotate: bool = True,
         chat_template: str | None = None,
         verbose: bool = False,
     ) -> None:
@@ -112,6 +113,7 @@ class Model:
             type_v=type_v.lower(),
             offload_kqv=offload_kqv,
             op_offload=op_offload,
+            kv_rotate=kv_rotate,
         )
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
@@ -131,8 +133,10 @@ class Model:
     # ---- lifetime ----
 
     def close(self) -> None:
-        """Frees the KV cache, buffers and the file mapping. Further calls raise ValueError."""
+        """Frees the KV cache, buffers and the file mapping. Any further call (other than
+        ``close``) raises ValueError."""
         self._core = None
+        self._chat = None
 
     def __enter__(self) -> Model:
         return self
@@ -144,37 +148,49 @@ class Model:
         self._core = None
 
     def _engine(self) -> Any:
+        """The native model; ValueError once the model is closed (every public method calls this)."""
         if self._core is None:
-            raise ValueError("the model is closed")
+            raise ValueError(f"the model is closed (close() was called on {self.model_path})")
         return self._core
 
     # ---- information ----
 
     def n_ctx(self) -> int:
+        self._engine()
         return self._n_ctx
 
     def n_vocab(self) -> int:
         return int(self._engine().n_vocab)
 
     def token_bos(self) -> int:
+        self._engine()
         return -1 if self.tokenizer.bos_id is None else self.tokenizer.bos_id
 
     def token_eos(self) -> int:
+        self._engine()
         return -1 if self.tokenizer.eos_id is None else self.tokenizer.eos_id
 
     @property
     def metadata(self) -> dict[str, str]:
-        """GGUF metadata as strings, like ``Llama.metadata`` (arrays left out)."""
+        """GGUF metadata as strings, like ``Llama.metadata`` (arrays left out; numbers, booleans
+        and floats written as llama.cpp writes them: ``"true"``, ``"0.000010"``)."""
+        self._engine()
         out = {}
         for k, v in self._metadata.items():
             if isinstance(v, list):
                 continue
-            out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            if isinstance(v, bool):
+                out[k] = "true" if v else "false"
+            elif isinstance(v, float):
+                out[k] = f"{v:f}"  # std::to_string
+            else:
+                out[k] = str(v)
         return out
 
     @property
     def gguf_metadata(self) -> Mapping[str, Any]:
         """GGUF metadata with typed values, arrays as lists (read from the file on each call)."""
+        self._engine()
         with GGUFFile(self.model_path) as gf:
             return gf.metadata
 
@@ -204,12 +220,14 @@ class Model:
     # ---- tokens ----
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        self._engine()
         return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
     def detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
         """Bytes of tokens; with prev_tokens, the bytes they add after prev_tokens."""
+        self._engine()
         tokens = list(tokens)
         if prev_tokens:
             prev = list(prev_tokens)
@@ -273,6 +291,7 @@ class Model:
 
     def reset(self) -> None:
         """Forgets the cached prompt (the next evaluation starts from scratch)."""
+        self._engine()
         self._history = []
 
     def _sampling(
@@ -323,16 +342,23 @@ class Model:
         presence_penalty: float = 0.0,
         logit_bias: Mapping[Any, float] | None = None,
         seed: int | None = None,
-    ) -> Iterator[int]:
+    ) -> Generator[int, None, None]:
         """Yields sampled token ids after ``tokens``, without end; stops when the context is full.
 
         Each yielded token is evaluated when the next one is requested, so a consumer that stops
-        after an end-of-generation token leaves it out of the cache.
+        after an end-of-generation token leaves it out of the cache. Arguments are checked when
+        this is called; the prompt is evaluated when the first token is requested.
         """
         params = self._sampling(
             temp, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, logit_bias
         )
+        toks = self._check_tokens(tokens)
+        if not toks:
+            raise ValueError("cannot evaluate an empty prompt")
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
+        return self._generate(toks, sampler)
+
+    def _generate(self, tokens: list[int], sampler: Sampler) -> Generator[int, None, None]:
         logits = self.eval_prompt(tokens)
         while True:
             token = sampler.sample(logits)
@@ -360,7 +386,9 @@ class Model:
         logit_bias: Mapping[Any, float] | None = None,
         seed: int | None = None,
     ) -> Iterator[CompletionChunk]:
-        """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason."""
+        """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason.
+
+        Arguments are checked when this is called."""
         prompt = self.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
         text = TokenText(
@@ -381,6 +409,10 @@ class Model:
             logit_bias=logit_bias,
             seed=seed,
         )
+        return self._stream(text, gen)
+
+    @staticmethod
+    def _stream(text: TokenText, gen: Generator[int, None, None]) -> Iterator[CompletionChunk]:
         try:
             for token in gen:
                 chunk = text.push(token)
@@ -464,6 +496,7 @@ class Model:
 
     def echo_text(self, prompt: str | Sequence[int], tokens: Sequence[int]) -> str:
         """The prompt as ``echo=True`` repeats it."""
+        self._engine()
         return prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
 
     def __call__(
@@ -474,6 +507,7 @@ class Model:
     # ---- chat ----
 
     def chat_template(self) -> ChatTemplate:
+        self._engine()
         if self._chat is None:
             tok = self.tokenizer
             bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""

@@ -27,7 +27,8 @@ class StopStream:
 
     ``push(data)`` returns the text now safe to emit and whether a stop string was found (in which
     case the text before it is returned and nothing more should be pushed). ``flush()`` returns
-    what is held back at the end of generation.
+    what is held back at the end of generation, less a character cut short by the end (as
+    llama-cpp-python leaves it out): the text of a shorter generation is a prefix of a longer one's.
     """
 
     def __init__(self, stop: Sequence[str] = ()) -> None:
@@ -60,4 +61,6 @@ class StopStream:
 
     def flush(self) -> str:
         out, self._buf = self._buf, b""
-        return "" if self.stopped else out.decode("utf-8", errors="replace")
+        if self.stopped:
+            return ""
+        return out[: utf8_complete_prefix(out)].decode("utf-8", errors="replace")
