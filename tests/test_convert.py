@@ -6,6 +6,9 @@
 - The per-tensor types of every ``--type`` equal those llama.cpp's own quantizer picks from
   our f32 file, and the quantized tensors are byte for byte the ones it writes.
 - gguf-py's GGUFReader reads back what we wrote; values are compared to the stored weights.
+- Special token ids, add_* flags and general.sampling.* equal what gguf-py's SpecialVocab and
+  Metadata (the code llama.cpp's converter writes them with) write for the same directory.
+- splitllm's own engine on our files gives the float64 reference's logits.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import gguf
 import hf_fixtures as F
 import numpy as np
 import pytest
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFWriter
 from splitllm_convert import FILE_TYPES, convert
 
 IDS = [5, 17, 200, 33, 150, 77, 9, 250, 3, 64]
@@ -78,9 +81,15 @@ def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
             "llama",
             {"attention_bias": True, "head_dim": 32, "num_attention_heads": 3, "num_key_value_heads": 1},
         ),
+        ("mistral", {"dtype": "bf16", "shards": 3}),
+        ("qwen2", {"dtype": "f16", "shards": 2, "tie_word_embeddings": True}),
+        ("qwen2", {"dtype": "bf16"}),
     ],
-    ids=["llama-bf16-sharded", "llama-spm-linear-rope", "mistral-f16-tied", "qwen2-biases", "llama-headdim"],
-)
+    ids=[
+        "llama-bf16-sharded", "llama-spm-linear-rope", "mistral-f16-tied", "qwen2-biases", "llama-headdim",
+        "mistral-bf16-sharded", "qwen2-f16-sharded-tied", "qwen2-bf16",
+    ],
+)  # fmt: skip
 def test_logits_match_float64_reference(
     tmp_path: Path, llama_cpp: Any, arch: str, kw: dict[str, Any]
 ) -> None:
@@ -91,6 +100,64 @@ def test_logits_match_float64_reference(
     ref = F.reference_logits(cfg, weights, ids)
     got = lcpp_logits(llama_cpp, out, ids)
     assert np.abs(got - ref).max() < 2e-3 * np.abs(ref).max()
+
+
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+
+
+@pytest.mark.reference
+def test_llama3_rope_scaling_logits_match_float64_reference(tmp_path: Path, llama_cpp: Any) -> None:
+    """Llama 3 rope scaling through a whole model: llama.cpp on our file (rope_freqs.weight)
+    against transformers' scaled inverse frequencies in the float64 reference."""
+    cfg, weights = F.tiny_model(
+        tmp_path / "hf", "llama", head_dim=32, num_attention_heads=2, rope_scaling=LLAMA3_SCALING
+    )
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    ids = [(7 * i + 3) % cfg["vocab_size"] for i in range(40)]  # past the scaled wavelengths' reach
+    ref = F.reference_logits(cfg, weights, ids)
+    tol = 2e-3 * np.abs(ref).max()
+    unscaled = F.reference_logits({**cfg, "rope_scaling": None}, weights, ids)
+    assert np.abs(unscaled - ref).max() > 20 * tol  # the scaling matters at these positions
+    got = lcpp_logits(llama_cpp, out, ids)
+    assert np.abs(got - ref).max() < tol
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Relative L2 error of each row (position)."""
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.mark.parametrize(
+    ("arch", "kw"),
+    [
+        ("llama", {"attention_bias": True}),
+        ("qwen2", {}),
+        ("llama", {"head_dim": 32, "num_attention_heads": 2, "rope_scaling": LLAMA3_SCALING}),
+    ],
+    ids=["llama-attention-bias", "qwen2-biases", "llama3-rope"],
+)
+def test_engine_logits_match_float64_reference(tmp_path: Path, arch: str, kw: dict[str, Any]) -> None:
+    """splitllm's own engine on our f32 file: biases (q, k, v and Llama's o) and rope_freqs applied."""
+    from splitllm import Model
+
+    cfg, weights = F.tiny_model(tmp_path / "hf", arch, **kw)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    ids = [(7 * i + 3) % cfg["vocab_size"] for i in range(40)]
+    ref = F.reference_logits(cfg, weights, ids)
+    # what the test can tell apart: the model without its biases / without its rope scaling
+    plain = {n: w for n, w in weights.items() if not n.endswith(".bias")}
+    assert rel_err(F.reference_logits({**cfg, "rope_scaling": None}, plain, ids), ref).max() > 0.1
+    with Model(out, n_ctx=64, n_threads=2) as m:
+        got = m.logits(ids)
+    assert rel_err(got, ref).max() < 1e-3  # f32 weights: the engine's own error only (f16 KV cache)
 
 
 @pytest.mark.reference
@@ -143,6 +210,134 @@ def test_spm_tokenizer_matches_sentencepiece(tmp_path: Path, llama_cpp: Any) -> 
     assert field(r, "tokenizer.ggml.merges") is None
     llm = lcpp_model(llama_cpp, out)
     assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == [1, *sp.encode(TEXT)]
+
+
+# -- metadata against gguf-py, the library llama.cpp's converter writes it with --------------------
+
+
+def _written(path: Path, keep: Any) -> dict[str, Any]:
+    return {k: f.contents() for k, f in GGUFReader(path).fields.items() if keep(k)}
+
+
+def _is_special(key: str) -> bool:
+    """What SpecialVocab writes: special token ids, add_*_token flags, the chat template."""
+    short = key.removeprefix("tokenizer.ggml.")
+    flag = short.startswith("add_") and short.endswith("_token")
+    return key == "tokenizer.chat_template" or (short != key and (short.endswith("_token_id") or flag))
+
+
+def _gguf_py_file(path: Path, add: Any) -> Path:
+    """A GGUF file holding only the key-values ``add(writer)`` adds."""
+    w = GGUFWriter(path, "llama")
+    add(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return path
+
+
+def _template(single: list[str | None], pair: list[str | None]) -> dict[str, Any]:
+    """A TemplateProcessing post-processor; ``None`` marks the sequence (A, then B in ``pair``)."""
+
+    def pieces(spec: list[str | None]) -> list[dict[str, Any]]:
+        seqs = iter("AB")
+        return [{"Sequence": {"id": next(seqs), "type_id": 0}} if t is None
+                else {"SpecialToken": {"id": t, "type_id": 0}} for t in spec]  # fmt: skip
+
+    names = {t for t in single + pair if t}
+    return {
+        "type": "TemplateProcessing",
+        "single": pieces(single),
+        "pair": pieces(pair),
+        "special_tokens": {t: {"id": t, "ids": [F.BPE_SPECIALS.index(t)], "tokens": [t]} for t in names},
+    }
+
+
+BOS, EOS, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"  # ids 1, 2, 0 in the BPE fixture
+SPECIAL_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    # id: (arch, tiny_model options, edits {file: changes or None to delete}, keys we expect)
+    "qwen2-bpe": ("qwen2", {}, {}, {"unknown_token_id": 0, "padding_token_id": 0, "add_bos_token": False}),
+    "llama3-template": ("llama", {}, {
+        "tokenizer.json": {"post_processor": _template([BOS, None], [BOS, None, BOS, None])},
+        "tokenizer_config.json": {"add_bos_token": None},
+    }, {"add_bos_token": True, "add_sep_token": False}),
+    "trailing-token-not-eos": ("qwen2", {}, {
+        "tokenizer.json": {"post_processor": _template([BOS, None, EOT], [BOS, None, None, EOT])},
+    }, {"eos_token_id": 0, "eot_token_id": 2, "add_eos_token": True}),
+    "sep-in-pair": ("qwen2", {}, {
+        "tokenizer.json": {"post_processor": _template([BOS, None], [BOS, None, EOS, None])},
+    }, {"seperator_token_id": 2, "add_sep_token": True}),
+    "dict-entries-and-config-ids": ("mistral", {}, {
+        "tokenizer_config.json": {
+            "unk_token": {"content": EOS, "lstrip": False}, "pad_token": {"content": BOS},
+            "add_eos_token": True,
+        },
+        "config.json": {"pad_token_id": 2, "unk_token_id": 1},
+    }, {"unknown_token_id": 2, "padding_token_id": 1, "add_eos_token": True}),
+    "special-tokens-map-only": ("qwen2", {}, {
+        "tokenizer_config.json": {"unk_token": None, "pad_token": None},
+        "special_tokens_map.json": {"unk_token": EOT, "pad_token": EOT},
+    }, {"unknown_token_id": None, "padding_token_id": None}),
+    "spm-config-ids": ("llama", {"tokenizer": "spm"}, {
+        "tokenizer_config.json": {"add_eos_token": True, "add_bos_token": False},
+        "config.json": {"pad_token_id": 3, "unk_token_id": 0},
+    }, {"unknown_token_id": 0, "padding_token_id": 3, "add_bos_token": False, "add_eos_token": True}),
+    "no-tokenizer-config": ("qwen2", {}, {
+        "tokenizer.json": {"post_processor": _template([EOT, None, EOS], [EOT, None, None, EOS])},
+        "tokenizer_config.json": None,
+    }, {"unknown_token_id": None, "add_bos_token": True, "add_eos_token": True}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SPECIAL_CASES))
+def test_special_tokens_match_llama_cpp_converter(tmp_path: Path, case: str) -> None:
+    """unk/pad/sep/eot ids, add_bos/add_eos/add_sep and the chat template equal what llama.cpp's
+    converter writes: gguf-py's SpecialVocab, called as its _set_vocab_sentencepiece (with the
+    vocab size) and _set_vocab_gpt2 (with merges) call it."""
+    arch, options, edits, expect = SPECIAL_CASES[case]
+    d = tmp_path / "hf"
+    cfg, _ = F.tiny_model(d, arch, **options)
+    for name, changes in edits.items():
+        if changes is None:
+            (d / name).unlink()
+            continue
+        data = json.loads((d / name).read_text()) if (d / name).is_file() else {}
+        data.update(changes)
+        (d / name).write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+    out = tmp_path / "m.gguf"
+    convert(d, out, type="f32", quiet=True)
+    spm = (d / "tokenizer.model").is_file()
+    special = gguf.SpecialVocab(d, load_merges=not spm, n_vocab=cfg["vocab_size"] if spm else None)
+    ref = _gguf_py_file(tmp_path / "ref.gguf", lambda w: special.add_to_gguf(w, quiet=True))
+    ours, theirs = _written(out, _is_special), _written(ref, _is_special)
+    assert ours == theirs
+    for key, value in expect.items():
+        assert ours.get(f"tokenizer.ggml.{key}") == value, key
+
+
+def test_generation_config_sampling_keys(tmp_path: Path) -> None:
+    """generation_config.json's sampling defaults become general.sampling.*, as llama.cpp's
+    converter writes them through gguf-py's Metadata; keys it does not map are left out."""
+    d = tmp_path / "hf"
+    F.tiny_model(d, "qwen2")
+    convert(d, tmp_path / "none.gguf", type="f32", quiet=True)
+    assert not _written(tmp_path / "none.gguf", lambda k: k.startswith("general.sampling."))
+    gen = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "min_p": 0.05,
+           "repetition_penalty": 1.05, "bos_token_id": 1, "eos_token_id": [2, 0]}  # fmt: skip
+    (d / "generation_config.json").write_text(json.dumps(gen))
+    out = tmp_path / "m.gguf"
+    convert(d, out, type="f32", quiet=True)
+    ours = _written(out, lambda k: k.startswith("general.sampling."))
+    meta = gguf.Metadata.load(None, d, None, 0)
+    theirs = _written(_gguf_py_file(tmp_path / "ref.gguf", meta.set_gguf_meta_model), lambda k: k in ours)
+    assert ours == theirs
+    assert ours == {
+        "general.sampling.temp": pytest.approx(0.7),
+        "general.sampling.top_k": 20,
+        "general.sampling.top_p": pytest.approx(0.8),
+        "general.sampling.min_p": pytest.approx(0.05),
+    }
 
 
 # -- values, layout, float output types -----------------------------------------------------------
@@ -229,38 +424,39 @@ def test_rope_scaling_metadata(
 
 # -- quantization mixes against llama.cpp's quantizer ------------------------------------------
 
-MIX_MODELS = {
+MIX_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # 16 layers so use_more_bits picks a pattern; ffn_down rows of 288 exercise the K fallbacks
-    "gqa4-untied": {
-        "hidden_size": 256,
-        "intermediate_size": 288,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 8,
+    "gqa4-untied": ("llama", {
+        "hidden_size": 256, "intermediate_size": 288, "num_hidden_layers": 16, "num_attention_heads": 8,
         "num_key_value_heads": 2,
-    },
-    "rows96-tied": {
-        "hidden_size": 96,
-        "intermediate_size": 256,
-        "num_hidden_layers": 8,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "tie_word_embeddings": True,
-    },
-    "rows80-f16-fallback": {
-        "hidden_size": 80,
-        "intermediate_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
+    }),
+    "rows96-tied": ("llama", {
+        "hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "tie_word_embeddings": True,
+    }),
+    "rows80-f16-fallback": ("llama", {
+        "hidden_size": 80, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
         "num_key_value_heads": 2,
-    },
-}
+    }),
+    # qwen2: q/k/v biases stay F32, its own arch name in llama.cpp's recipes; 8 layers, MQA
+    "qwen2-mqa-biases": ("qwen2", {
+        "hidden_size": 128, "intermediate_size": 320, "num_hidden_layers": 8, "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+    }),
+    # mistral: written as a llama model; tied output, 6 layers
+    "mistral-tied": ("mistral", {
+        "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "tie_word_embeddings": True,
+    }),
+}  # fmt: skip
 QUANT_TYPES = [t for t, ft in FILE_TYPES.items() if ft.is_quantized]
 
 
 @pytest.fixture(scope="module", params=list(MIX_MODELS))
 def mix_model(request: Any, tmp_path_factory: Any) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp(request.param)
-    F.tiny_model(d / "hf", "llama", **MIX_MODELS[request.param])
+    arch, kw = MIX_MODELS[request.param]
+    F.tiny_model(d / "hf", arch, **kw)
     convert(d / "hf", d / "f32.gguf", type="f32", quiet=True)
     return d / "hf", d / "f32.gguf"
 
@@ -295,10 +491,11 @@ LOGIT_ERROR = {
 
 
 @pytest.mark.reference
-def test_llama_cpp_loads_every_type(tmp_path: Path, llama_cpp: Any) -> None:
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_cpp_loads_every_type(tmp_path: Path, llama_cpp: Any, arch: str) -> None:
     cfg, weights = F.tiny_model(
         tmp_path / "hf",
-        "llama",
+        arch,
         hidden_size=256,
         intermediate_size=512,
         num_attention_heads=4,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -71,6 +71,15 @@ def _require(cfg: dict[str, Any], key: str, path: Path) -> int:
     return v
 
 
+def _describe(files: Sequence[Path]) -> str:
+    """The weight files searched, for an error message: the path, or the folder and the names."""
+    if len(files) == 1:
+        return str(files[0])
+    names = [f.name for f in files]
+    listed = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]}, ..., {names[-1]}"
+    return f"all {len(files)} weight files in {files[0].parent} ({listed})"
+
+
 class Architecture:
     """Base for llama-like decoder models; subclasses set the table and the defaults."""
 
@@ -126,8 +135,14 @@ class Architecture:
     def model_shape(self, has_output: bool) -> ModelShape:
         return ModelShape(self.n_layer, self.n_head, self.n_head_kv, not has_output, self.is_70b())
 
-    def plan(self, available: dict[str, tuple[int, ...]], where: Callable[[str], str]) -> list[PlannedSource]:
-        """Match the checkpoint's tensors to the table; ``available`` maps HF name -> shape, in file order."""
+    def plan(
+        self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
+    ) -> list[PlannedSource]:
+        """Match the checkpoint's tensors to the table.
+
+        ``available`` maps HF name -> shape, in file order; ``where`` names the file holding a
+        tensor; ``files`` are the weight files that were searched (named when a tensor is missing).
+        """
         dims = self.dims()
         expected: dict[str, tuple[TensorRule, str]] = {}
         for rule in self.rules:
@@ -146,7 +161,7 @@ class Architecture:
                 and rule.required
                 and not (gguf_name == "output.weight" and self.tied)
             ):
-                raise ConvertError(f"tensor {hf_name!r} ({gguf_name}) is missing from the model files")
+                raise ConvertError(f"tensor {hf_name!r} ({gguf_name}) is missing from {_describe(files)}")
         generated = self._generated()
         out = [generated] if generated else []
         for hf_name, shape in available.items():  # in file order, as llama.cpp writes them

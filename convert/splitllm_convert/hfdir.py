@@ -55,6 +55,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ConvertError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConvertError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise ConvertError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -107,7 +109,8 @@ def _entry(path: Path, name: str, info: Any, data_start: int, size: int) -> Tens
     return entry
 
 
-def _shard_files(model_dir: Path) -> list[Path]:
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of the model: the shards the index lists, or model.safetensors."""
     index = model_dir / INDEX_FILE
     if index.is_file():
         weight_map = read_json(index).get("weight_map")
@@ -129,7 +132,7 @@ def _shard_files(model_dir: Path) -> list[Path]:
 
 def index_tensors(model_dir: Path) -> dict[str, TensorEntry]:
     """Every tensor of the model by Hugging Face name, checked against the shard index if there is one."""
-    files = _shard_files(model_dir)
+    files = weight_files(model_dir)
     tensors: dict[str, TensorEntry] = {}
     for path in files:
         for entry in _read_header(path):

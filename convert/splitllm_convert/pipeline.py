@@ -88,7 +88,11 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None) -> _Job:
     arch = architecture(hfdir.read_json(config_path), config_path)
     ft = mix.file_type(ftype_name)
     entries = hfdir.index_tensors(model_dir)
-    sources = arch.plan({n: e.shape for n, e in entries.items()}, lambda n: str(entries[n].file))
+    sources = arch.plan(
+        {n: e.shape for n, e in entries.items()},
+        lambda n: str(entries[n].file),
+        hfdir.weight_files(model_dir),
+    )
     model = arch.model_shape(has_output=any(s.gguf_name == "output.weight" for s in sources))
     vocab = load_vocab(model_dir, arch.n_vocab, pre=pre, add_prefix_space_key=arch.gguf_arch == "llama")
     arch.adjust_vocab(vocab)
@@ -205,8 +209,11 @@ def _write(job: _Job, out: Path, *, n_threads: int | None, quiet: bool) -> None:
     w = job.writer
     try:
         w.fout = [open(tmp, "xb")]  # closed by w.close()
-    except OSError as e:
+    except OSError as e:  # nothing was created (or the name is someone else's): nothing to remove
         raise ConvertError(f"{out.parent}: cannot create the output file ({e})") from None
+    except BaseException:  # Ctrl-C as open() returns: the file exists, the handler below does not yet
+        tmp.unlink(missing_ok=True)
+        raise
     try:
         w.fout[0].write(job.meta)
         w.state = WriterState.TI_DATA  # write_tensor_data pads to the alignment before each tensor

@@ -63,7 +63,10 @@ def hf_tokenizer(path: Path) -> Any:
 def _load_tokenizer(path: str, mtime_ns: int, size: int) -> Any:
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(path)
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # the Rust library raises a bare Exception for a file it cannot parse
+        raise ConvertError(f"{path}: the tokenizers library cannot load it ({e})") from None
 
 
 def check_hash(tokenizer_json: Path) -> str:

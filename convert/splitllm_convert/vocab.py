@@ -3,9 +3,10 @@
 ``tokenizer.model`` (SentencePiece) wins when present and gives ``tokenizer.ggml.model = llama``
 with scores; otherwise a byte-level BPE ``tokenizer.json`` gives ``gpt2`` with merges and a
 ``pre`` name (see pretok.py). Both are padded to config.json's ``vocab_size`` with ``[PADn]``
-tokens. Special token ids, add_bos/add_eos and the chat template come from tokenizer_config.json
-(special_tokens_map.json fills entries it lacks), tokenizer.json's added tokens and
-post-processor, and config.json's ``*_token_id``, in llama.cpp's order of precedence.
+tokens. Special token ids, add_bos/add_eos/add_sep and the chat template come from
+tokenizer_config.json, tokenizer.json's added tokens and post-processor, and config.json's
+``*_token_id``, read as gguf-py's ``SpecialVocab`` (llama.cpp's converter) reads them.
+special_tokens_map.json is not read, as llama.cpp does not read it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,7 @@ from splitllm_convert.hfdir import read_json
 from splitllm_convert.pretok import detect_pre, hf_tokenizer
 
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
-_ID_KEYS = {
-    "bos": "bos",
-    "eos": "eos",
-    "unk": "unk",
-    "sep": "sep",
-    "pad": "pad",
-    "mask": "mask",
-}  # GGUF has no cls
+_ID_KEYS = ("bos", "eos", "unk", "sep", "pad", "mask", "eot", "eom")  # GGUF has no cls
 
 
 @dataclass
@@ -57,7 +51,7 @@ class Vocab:
             w.add_token_merges(self.merges)
         for typ, tid in self.special_ids.items():
             if typ in _ID_KEYS:
-                getattr(w, f"add_{_ID_KEYS[typ]}_token_id")(tid)
+                getattr(w, f"add_{typ}_token_id")(tid)
         for typ, value in self.add_special.items():
             if typ in ("bos", "eos", "sep"):
                 getattr(w, f"add_add_{typ}_token")(value)
@@ -199,51 +193,118 @@ def _content(entry: Any) -> str | None:
     return None
 
 
-def _post_processor_flags(tok_json: dict[str, Any], cfg: dict[str, Any], v: Vocab) -> None:
-    """add_bos/add_eos from a TemplateProcessing post-processor (simple templates only, as llama.cpp)."""
-    post = tok_json.get("post_processor") or {}
-    bos, cls_ = _content(cfg.get("bos_token")), _content(cfg.get("cls_token"))
+def _special_id(piece: Any) -> Any:
+    """The token text of a ``{"SpecialToken": {"id": ...}}`` template piece, else None."""
+    return piece.get("SpecialToken", {}).get("id") if isinstance(piece, dict) else None
+
+
+def _template_flags(
+    proc: dict[str, Any], tc: dict[str, Any], s: dict[str, Any], v: Vocab, types: list[str]
+) -> None:
+    """add_bos/add_eos/add_sep from a TemplateProcessing (simple templates only, as llama.cpp)."""
+    single, pair = proc.get("single") or [], proc.get("pair") or []
+    first = last = None
+    if len(single) > 1:
+        if first := _special_id(single[0]):
+            if not tc:
+                s["bos"] = first
+            v.add_special["bos"] = first in (s["bos"], s["cls"])
+        if last := _special_id(single[-1]):
+            if not tc:
+                s["eos"] = last
+            elif last != s["eos"]:  # the trailing token becomes the EOS; the old EOS the EOT (or EOM)
+                extra = next((t for t in ("eot", "eom") if t not in types), None)
+                if extra:
+                    types.append(extra)
+                    tc[f"{extra}_token"] = s["eos"]
+                tc["eos_token"] = s["eos"] = last
+            v.add_special["eos"] = last == s["eos"]
+    pair = pair[1 if first and _special_id(pair[0]) == first else 0 :] if pair else pair
+    pair = pair[:-1] if pair and last and _special_id(pair[-1]) == last else pair
+    if not pair or not all(isinstance(x, dict) for x in pair):
+        return
+    a, b = (x.get("Sequence", {}).get("id") for x in (pair[0], pair[-1]))
+    middle = pair[1:-1]
+    if a != "A" or b != "B" or not middle:
+        return
+    entry = _special_id(middle[0])
+    add_sep = bool(entry and entry in (s["sep"], s["eos"]) and not last)  # A [sep] B
+    if len(middle) == 2 and (entry := _special_id(middle[1])) and entry in (s["sep"], s["eos"]):
+        add_sep = True  # A [sep] [eos] B
+    v.add_special["sep"] = add_sep
+    if add_sep and not s["sep"] and tc:
+        tc["sep_token"] = s["eos"]
+
+
+def _post_processor_flags(tok_json: dict[str, Any], tc: dict[str, Any], v: Vocab, types: list[str]) -> None:
+    """add_bos/add_eos/add_sep from tokenizer.json's post-processor, as llama.cpp's converter reads it.
+
+    A port of gguf-py's ``SpecialVocab._try_load_from_tokenizer_json``, quirks included: entries
+    are compared as tokenizer_config.json (``tc``) spells them (a dict entry never equals a token
+    text), and ``tc`` and ``types`` are updated in place as that code does.
+    """
+    s = {k: tc.get(f"{k}_token") for k in ("bos", "cls", "eos", "sep")}
+    if not s["bos"] and s["cls"] and tc:
+        tc["bos_token"] = s["bos"] = s["cls"]
+    if not s["eos"] and s["sep"] and tc:
+        tc["eos_token"] = s["eos"] = s["sep"]
+    post = tok_json.get("post_processor")
     for proc in post.get("processors", [post]) if isinstance(post, dict) else []:
+        if not isinstance(proc, dict):
+            continue
         if proc.get("type") == "RobertaProcessing":
             v.add_special.update(bos=True, eos=True, sep=True)
-        if proc.get("type") != "TemplateProcessing":
-            continue
-        single = proc.get("single") or []
-        if len(single) > 1:
-            first = single[0].get("SpecialToken", {}).get("id")
-            last = single[-1].get("SpecialToken", {}).get("id")
-            if first:
-                v.add_special["bos"] = first in (bos, cls_) if cfg else True
-            if last:  # llama.cpp then treats the trailing token as the EOS, so this is always true
-                v.add_special["eos"] = True
+            if not s["cls"] and tc:
+                tc["cls_token"] = s["cls"] = proc.get("cls", [s["bos"]])[0]
+            if not s["sep"] and tc:
+                tc["sep_token"] = s["sep"] = proc.get("sep", [s["eos"]])[0]
+        elif proc.get("type") == "TemplateProcessing":
+            _template_flags(proc, tc, s, v, types)
+
+
+def _chat_template(model_dir: Path, tc: dict[str, Any]) -> Any:
+    """tokenizer_config.json's chat_template, else chat_template.jinja (with any additional
+    templates) or chat_template.json; a value that is not a string or a list is dropped."""
+    alt: Any = None
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        alt = jinja.read_text(encoding="utf-8")
+        if extra := list((model_dir / "additional_chat_templates").glob("*.jinja")):
+            alt = [{"name": "default", "template": alt}] + [
+                {"name": p.stem, "template": p.read_text(encoding="utf-8")} for p in extra
+            ]
+    elif (model_dir / "chat_template.json").is_file():
+        alt = read_json(model_dir / "chat_template.json").get("chat_template")
+    template = tc.get("chat_template", alt)
+    return template if isinstance(template, (str, list)) else None
 
 
 def _special_tokens(model_dir: Path, v: Vocab, n_vocab: int) -> None:
+    """Special token ids, add_* flags and the chat template, in llama.cpp's order of precedence.
+
+    special_tokens_map.json is not read: llama.cpp's converter does not read it either, and
+    reading it would write ids that llama.cpp's files lack.
+    """
     tok_path = model_dir / "tokenizer.json"
     tok_json = read_json(tok_path) if tok_path.is_file() else {}
-    cfg = {
-        **_optional_json(model_dir / "special_tokens_map.json"),
-        **_optional_json(model_dir / "tokenizer_config.json"),
-    }
+    tc = _optional_json(model_dir / "tokenizer_config.json")
+    types = list(SPECIAL_TYPES)
     added = [a for a in tok_json.get("added_tokens") or [] if isinstance(a, dict)]
     if tok_json:
-        _post_processor_flags(tok_json, cfg, v)
-    if cfg:
-        template = cfg.get("chat_template")
-        if template is None and (model_dir / "chat_template.jinja").is_file():
-            template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-        elif template is None and (model_dir / "chat_template.json").is_file():
-            template = read_json(model_dir / "chat_template.json").get("chat_template")
-        v.chat_template = template if isinstance(template, (str, list)) else None
-    for typ in SPECIAL_TYPES:
-        if isinstance(cfg.get(f"add_{typ}_token"), bool):
-            v.add_special[typ] = cfg[f"add_{typ}_token"]
-        text = _content(cfg.get(f"{typ}_token"))
-        tid = next((a.get("id") for a in added if text is not None and a.get("content") == text), None)
-        _set_id(v, typ, tid, n_vocab)
+        _post_processor_flags(tok_json, tc, v, types)
+    if tc:
+        v.chat_template = _chat_template(model_dir, tc)
+        for typ in types:
+            if isinstance(tc.get(f"add_{typ}_token"), bool):
+                v.add_special[typ] = tc[f"add_{typ}_token"]
+            text = _content(tc.get(f"{typ}_token"))
+            tid = next((a.get("id") for a in added if text is not None and a.get("content") == text), None)
+            _set_id(v, typ, tid, n_vocab)
     config = _optional_json(model_dir / "config.json")
-    for typ in SPECIAL_TYPES:
-        _set_id(v, typ, config.get(f"{typ}_token_id"), n_vocab)
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    for typ in types:
+        tid = config.get(f"{typ}_token_id")
+        _set_id(v, typ, text_config.get(f"{typ}_token_id") if tid is None else tid, n_vocab)
 
 
 def _set_id(v: Vocab, typ: str, tid: Any, n_vocab: int) -> None:

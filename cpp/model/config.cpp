@@ -17,6 +17,13 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
 
 }  // namespace
 
+std::string Config::shape_keys() const {
+    const std::string a = arch_name + ".";
+    return strfmt("%sembedding_length = %d, %sfeed_forward_length = %d, %sattention.head_count = %d, "
+                  "%sattention.head_count_kv = %d, head size %d, %d tokens", a.c_str(), n_embd, a.c_str(), n_ff,
+                  a.c_str(), n_head, a.c_str(), n_head_kv, head_dim, n_vocab);
+}
+
 Config Config::from_gguf(const GGUFFile & f) {
     Config c;
     c.arch_name = f.get_str("general.architecture");
@@ -27,8 +34,8 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.rope_neox = true;
         c.has_qkv_bias = true;
     } else {
-        throw GGUFError(strfmt("%s: architecture '%s' is not supported (supported: llama, qwen2)",
-                               f.path().c_str(), c.arch_name.c_str()));
+        throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
+                               "qwen2)", f.path().c_str(), c.arch_name.c_str()));
     }
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
@@ -36,8 +43,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.n_head = get_dim(f, a + "attention.head_count", 1, 4096);
     c.n_head_kv = int(f.get_int(a + "attention.head_count_kv", c.n_head));
     if (c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
-        throw GGUFError(strfmt("%s: attention.head_count_kv = %d does not divide head_count = %d",
-                               f.path().c_str(), c.n_head_kv, c.n_head));
+        throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide '%sattention.head_count'"
+                               " = %d", f.path().c_str(), a.c_str(), c.n_head_kv, a.c_str(), c.n_head));
     c.n_ff = get_dim(f, a + "feed_forward_length", 1, 1 << 20);
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
     c.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));

@@ -32,6 +32,9 @@ struct Config {
     int q_dim() const { return n_head * head_dim; }
     int kv_dim() const { return n_head_kv * head_dim; }
 
+    // The metadata keys (with their values) that tensor shapes are checked against, for errors.
+    std::string shape_keys() const;
+
     // Reads and checks the hyperparameters; throws GGUFError naming the file and key.
     static Config from_gguf(const GGUFFile & f);
 };

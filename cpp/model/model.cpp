@@ -15,28 +15,29 @@ namespace sl {
 
 namespace {
 
-// Checks a tensor's presence, shape (ggml order: ne0 = row length) and type.
-const GGUFTensor & require(const GGUFFile & f, const std::string & name, int64_t ne0, int64_t ne1) {
+// Checks a tensor's presence, shape (ggml order: ne0 = row length, from the metadata in c) and type.
+const GGUFTensor & require(const GGUFFile & f, const Config & c, const std::string & name, int64_t ne0, int64_t ne1) {
     const GGUFTensor * t = f.find_tensor(name);
     if (!t) throw GGUFError(strfmt("%s: tensor '%s' is missing", f.path().c_str(), name.c_str()));
     const int64_t want1 = ne1 < 0 ? 1 : ne1;
     if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1)
-        throw GGUFError(strfmt("%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
-                               f.path().c_str(), name.c_str(), (long long)t->ne[0], (long long)t->ne[1],
-                               (long long)t->ne[2], (long long)t->ne[3], (long long)ne0, (long long)want1));
+        throw GGUFError(strfmt("%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], but the metadata (%s) gives "
+                               "[%lld, %lld]", f.path().c_str(), name.c_str(), (long long)t->ne[0],
+                               (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], c.shape_keys().c_str(),
+                               (long long)ne0, (long long)want1));
     return *t;
 }
 
-const float * vector_f32(const GGUFFile & f, const std::string & name, int64_t n) {
-    const GGUFTensor & t = require(f, name, n, -1);
+const float * vector_f32(const GGUFFile & f, const Config & c, const std::string & name, int64_t n) {
+    const GGUFTensor & t = require(f, c, name, n, -1);
     if (t.type != QType::F32)
         throw GGUFError(strfmt("%s: tensor '%s' has type %s, expected F32", f.path().c_str(), name.c_str(),
                                qtype_traits(t.type)->name));
     return reinterpret_cast<const float *>(t.data);
 }
 
-WeightRef matrix(const GGUFFile & f, const std::string & name, int64_t rows, int64_t K) {
-    const GGUFTensor & t = require(f, name, K, rows);
+WeightRef matrix(const GGUFFile & f, const Config & c, const std::string & name, int64_t rows, int64_t K) {
+    const GGUFTensor & t = require(f, c, name, K, rows);
     if (!cpu::supports_weight_type(t.type))
         throw GGUFError(strfmt("%s: tensor '%s' has type %s, which splitllm cannot compute with",
                                f.path().c_str(), name.c_str(), qtype_traits(t.type)->name));
@@ -88,35 +89,35 @@ void Model::load_weights() {
         throw GGUFError(strfmt("%s: token_embd.weight has %lld rows but the vocabulary has %d tokens",
                                f.path().c_str(), (long long)emb->ne[1], c.n_vocab));
     cfg_.n_vocab = int(emb->ne[1]);
-    w_.tok_embd = matrix(f, "token_embd.weight", c.n_vocab > 0 ? c.n_vocab : emb->ne[1], c.n_embd);
+    w_.tok_embd = matrix(f, c, "token_embd.weight", c.n_vocab > 0 ? c.n_vocab : emb->ne[1], c.n_embd);
     const QTypeTraits * et = qtype_traits(w_.tok_embd.type);
     if (!et->to_float && w_.tok_embd.type != QType::F32)
         throw GGUFError(strfmt("%s: token_embd.weight type %s cannot be read", f.path().c_str(), et->name));
-    w_.output_norm = vector_f32(f, "output_norm.weight", c.n_embd);
-    w_.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
-    if (f.find_tensor("rope_freqs.weight")) w_.rope_freqs = vector_f32(f, "rope_freqs.weight", c.n_rot / 2);
+    w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
+    w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
+    if (f.find_tensor("rope_freqs.weight")) w_.rope_freqs = vector_f32(f, c, "rope_freqs.weight", c.n_rot / 2);
 
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
-        L.attn_norm = vector_f32(f, b + "attn_norm.weight", c.n_embd);
-        L.wq = matrix(f, b + "attn_q.weight", c.q_dim(), c.n_embd);
-        L.wk = matrix(f, b + "attn_k.weight", c.kv_dim(), c.n_embd);
-        L.wv = matrix(f, b + "attn_v.weight", c.kv_dim(), c.n_embd);
-        L.wo = matrix(f, b + "attn_output.weight", c.n_embd, c.q_dim());
+        L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
+        L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
+        L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
+        L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+        L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
         // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
         // checkpoints), as is the output projection's for both.
         for (auto [w, name] :
              {std::pair{&L.wq, "attn_q"}, {&L.wk, "attn_k"}, {&L.wv, "attn_v"}, {&L.wo, "attn_output"}}) {
             const std::string bias = b + name + ".bias";
             const bool required = c.has_qkv_bias && w != &L.wo;
-            if (required || f.find_tensor(bias)) w->bias = vector_f32(f, bias, w->rows);
+            if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
         }
-        L.ffn_norm = vector_f32(f, b + "ffn_norm.weight", c.n_embd);
-        L.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
-        L.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
-        L.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+        L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
+        L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+        L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
+        L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
         for (const char * name : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
             if (f.find_tensor(b + name))
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
