@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import hf_fixtures as F  # noqa: E402
+from benchinfo import commit, loadavg, machine  # noqa: E402
 
 BIG = {
     "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 20, "num_attention_heads": 16,
@@ -102,29 +103,6 @@ def params_and_largest(d: Path) -> tuple[int, int]:
     return sum(sizes), max(sizes)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} hardware threads, load average {os.getloadavg()[0]:.2f}"
-
-
-def commit(repo: Path = REPO) -> str:
-    """HEAD's short hash, with "-dirty" when files outside bench/results (untracked ones included)
-    differ from it: the numbers then come from code that no commit holds."""
-    git = ["git", "-C", str(repo)]
-    try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run([*git, "status", "--porcelain", "--", ".", ":!bench/results"],
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -143,7 +121,8 @@ def main() -> int:
     lines = [
         "# convert-hf benchmark",
         "",
-        f"{datetime.date.today()}, commit {commit()}, {machine()}, Python {platform.python_version()}.",
+        f"{datetime.date.today()}, commit {commit()}, {machine()}, load average {loadavg()}, "
+        f"Python {platform.python_version()}.",
         "Produced by `bench/bench_convert.py`; every run is a fresh process.",
         "",
         "## Peak memory",

@@ -16,7 +16,6 @@ import argparse
 import ctypes
 import datetime
 import os
-import platform
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from benchinfo import cpu_model
 from gguf import GGMLQuantizationType as T
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import quantize
@@ -209,15 +209,7 @@ def table(rows: list[Row], columns: list[str], first: str, fmt: str) -> str:
 
 
 def machine() -> str:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} hardware threads; kernels use: {_core.cpu_features()}"
+    return f"{cpu_model()}, {os.cpu_count()} hardware threads; kernels use: {_core.cpu_features()}"
 
 
 def main() -> None:

@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +29,8 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from splitllm import _core, quants
+from benchinfo import commit, loadavg, machine
+from splitllm import quants
 
 KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 LLAMA_FTYPE = {
@@ -42,34 +40,6 @@ LLAMA_FTYPE = {
 }  # fmt: skip
 MAX_RATIO = 1.02
 _LOG_SINK: list = []  # keeps the ctypes log callback alive
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    return f"{cpu}, {_core.hardware_threads()} hardware threads{load}"
-
-
-def commit() -> str:
-    """The checkout's commit (the one compiled into _core when git is not available)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return str(_core.commit)
 
 
 def write_f32_gguf(path: Path, mats: list[np.ndarray]) -> None:
@@ -204,7 +174,7 @@ def main() -> int:
     header = [
         "# Quantizer benchmark",
         "",
-        f"- machine: {machine()}",
+        f"- machine: {machine()}, load average {loadavg()}",
         f"- splitllm commit {commit()}, {datetime.date.today().isoformat()}",
         f"- llama.cpp: llama-cpp-python {getattr(llama_cpp, '__version__', 'not installed')}",
         f"- command: `python3 bench/bench_quantize.py --size {args.size} --tensors {args.tensors}"

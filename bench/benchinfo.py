@@ -34,13 +34,14 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} hardware threads{mem}, {platform.system()} {platform.release()}"
 
 
-def commit() -> str:
-    """HEAD's short hash, with "-dirty" when tracked files outside bench/results have changes."""
-    git = ["git", "-C", str(REPO)]
+def commit(repo: Path = REPO) -> str:
+    """HEAD's short hash, with "-dirty" when files outside bench/results (untracked ones included)
+    differ from it: the numbers then come from code that no commit holds; "unknown" without git."""
+    git = ["git", "-C", str(repo)]
     try:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        status = [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]
+        status = [*git, "status", "--porcelain", "--", ".", ":!bench/results"]
         dirty = subprocess.run(status, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 import openai
+from benchinfo import commit, machine
 
 REPO = Path(__file__).resolve().parent.parent
 ALIAS = "smol"
@@ -206,36 +206,6 @@ def completeness(url: str, clients: int, requests: int, max_tokens: int, comp: d
 
 
 # ---- report ----
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}"
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":!bench/results"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 def pass_times(args: argparse.Namespace, reps: int = 40) -> tuple[float, float]:
     """Fastest of ``reps`` forward passes decoding 1 and ``parallel`` sequences (seconds): what

@@ -63,43 +63,11 @@ def test_kl_against_itself_is_zero_and_cli(smollm2_path, tinyshakespeare, tmp_pa
     text = tmp_path / "text.txt"
     text.write_text(tinyshakespeare[:6000])
     base = tmp_path / "base.npz"
-    assert (
-        cli_main(
-            [
-                "perplexity",
-                str(smollm2_path),
-                "-f",
-                str(text),
-                "-c",
-                "64",
-                "--chunks",
-                "2",
-                "--save-logits",
-                str(base),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert cli_main(["perplexity", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "2",
+                     "--save-logits", str(base), "--json"]) == 0
     saved = json.loads(capsys.readouterr().out)
-    assert (
-        cli_main(
-            [
-                "perplexity",
-                str(smollm2_path),
-                "-f",
-                str(text),
-                "-c",
-                "64",
-                "--chunks",
-                "2",
-                "--kl-base",
-                str(base),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert cli_main(["perplexity", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "2",
+                     "--kl-base", str(base), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["kl_mean"] < 1e-5 and res["same_top"] == 1.0
     assert res["base_ppl"] == pytest.approx(saved["ppl"], rel=1e-3)

@@ -153,15 +153,21 @@ def test_chat_completion_equals_model(client, ref, stream):
                                                               want["usage"]["completion_tokens"])
 
 
-def test_stream_is_server_sent_events_ending_with_done(server):
-    body = {"model": ALIAS, "prompt": "Hello", "max_tokens": 2, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=600) as r:
+def sse_lines(url: str, body: dict) -> list[str]:
+    """The non-empty lines of a streamed answer: server-sent events ending with ``data: [DONE]``."""
+    with httpx.stream("POST", url, json=body, timeout=600) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
     assert lines[-1] == "data: [DONE]"
+    return lines
+
+
+def test_stream_is_server_sent_events_ending_with_done(server):
+    body = {"model": ALIAS, "prompt": "Hello", "max_tokens": 2, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    lines = sse_lines(f"{server.url}/v1/completions", body)
     assert '"choices": []' in lines[-2] and '"usage"' in lines[-2]  # include_usage: a last chunk with usage
 
 
@@ -169,12 +175,7 @@ def test_chat_stream_is_server_sent_events_ending_with_done(server, ref):
     messages = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
     want = ref.create_chat_completion(messages, max_tokens=MAX, temperature=0)["choices"][0]
     body = {"model": ALIAS, "messages": messages, "max_tokens": MAX, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=600) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in r.iter_lines() if line]
-    assert all(line.startswith("data: ") for line in lines)
-    assert lines[-1] == "data: [DONE]"
+    lines = sse_lines(f"{server.url}/v1/chat/completions", body)
     assert lines.count("data: [DONE]") == 1
     chunks = [json.loads(line[len("data: "):]) for line in lines[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)

@@ -64,17 +64,9 @@ def parse_gpu_layers(value: str) -> int | str:
 def load_model(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - avoids importing Model early
     from splitllm.model import Model
 
-    return Model(
-        args.model,
-        n_ctx=args.n_ctx,
-        n_batch=args.n_batch,
-        n_threads=args.threads,
-        n_gpu_layers=parse_gpu_layers(args.n_gpu_layers),
-        type_k=args.cache_type_k,
-        type_v=args.cache_type_v,
-        verbose=args.verbose,
-        **extra,
-    )
+    return Model(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_threads=args.threads,
+                 n_gpu_layers=parse_gpu_layers(args.n_gpu_layers), type_k=args.cache_type_k,
+                 type_v=args.cache_type_v, verbose=args.verbose, **extra)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

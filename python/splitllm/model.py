@@ -474,20 +474,10 @@ class Model:
         if not isinstance(prompt, (str, list, tuple)):
             raise ValueError("prompt must be a str or a list of token ids")
         tokens = self._prompt_tokens(prompt)
-        chunks = self.stream(
-            tokens,
-            max_tokens=max_tokens,
-            stop=stop,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            logit_bias=logit_bias,
-            seed=seed,
-        )
+        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
+                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                             logit_bias=logit_bias, seed=seed)
         head = completion_head(model if model is not None else self.model_path)
         prefix = self.echo_text(prompt, tokens) if echo else ""
         if stream:
@@ -541,20 +531,10 @@ class Model:
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``."""
         tokens, stops = self.chat_prompt(messages, stop)
-        chunks = self.stream(
-            tokens,
-            max_tokens=max_tokens,
-            stop=stops,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            logit_bias=logit_bias,
-            seed=seed,
-        )
+        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
+                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                             logit_bias=logit_bias, seed=seed)
         head = chat_head(model if model is not None else self.model_path)
         if stream:
             return chat_chunks(head, chunks)

@@ -392,19 +392,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     from splitllm.cli import parse_gpu_layers
 
-    result = plan(
-        args.model,
-        n_ctx=args.n_ctx,
-        n_batch=args.n_batch,
-        n_gpu_layers=parse_gpu_layers(args.n_gpu_layers),
-        gpu_memory=args.gpu_memory,
-        cpu_memory=args.cpu_memory,
-        type_k=args.cache_type_k,
-        type_v=args.cache_type_v,
-        cache_fraction=args.cache_fraction,
-        n_threads=args.threads,
-        n_seq_max=args.parallel,
-    )
+    ngl = parse_gpu_layers(args.n_gpu_layers)
+    result = plan(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_gpu_layers=ngl,
+                  gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory, type_k=args.cache_type_k,
+                  type_v=args.cache_type_v,
+                  cache_fraction=args.cache_fraction, n_threads=args.threads, n_seq_max=args.parallel)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

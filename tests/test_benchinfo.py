@@ -1,4 +1,5 @@
-"""bench/bench_convert.py's report header: the commit it measured, marked when the tree is dirty."""
+"""bench/benchinfo.py, the header of every results file: the commit measured, marked when the tree
+is dirty."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_convert.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "benchinfo.py"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("git") is None or not BENCH.is_file(), reason="needs git and the source tree's bench/"
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_convert", BENCH)
+    spec = importlib.util.spec_from_file_location("benchinfo", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
