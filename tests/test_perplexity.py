@@ -66,7 +66,8 @@ def test_kl_against_itself_is_zero_and_cli(smollm2_path, tinyshakespeare, tmp_pa
     assert cli_main(["perplexity", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "2",
                      "--save-logits", str(base), "--json"]) == 0
     saved = json.loads(capsys.readouterr().out)
-    assert cli_main(["perplexity", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "2",
+    # The context comes from the base file (no -c here: the default would be 512).
+    assert cli_main(["perplexity", str(smollm2_path), "-f", str(text), "--chunks", "2",
                      "--kl-base", str(base), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["kl_mean"] < 1e-5 and res["same_top"] == 1.0

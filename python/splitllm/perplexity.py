@@ -214,6 +214,9 @@ def _cmd(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{'KL' if args.kl_base else 'PPL'} {value:.4f}")
         bar.update(done - bar.n)
 
+    if args.kl_base:  # the context the base was scored with
+        with np.load(args.kl_base) as saved:
+            args.n_ctx = int(saved["n_ctx"])
     with load_model(args) as model:
         if args.kl_base:
             res = kl_divergence(model, text, args.kl_base, progress=progress)
