@@ -137,16 +137,21 @@ def throughput(url: str, n_streams: int, per_stream: int, max_tokens: int,
 # ---- completeness ----
 
 def references(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
-    """Greedy results of Model called directly (one slot as large as each of the server's)."""
+    """Greedy results of Model called directly (one slot as large as each of the server's), each
+    read from scratch: the server's answer to a request is the one it gets alone, whatever other
+    requests left in the cache (Model itself would reuse the previous call's prefix, and a pass
+    over the rest of a prompt may round differently from reading the prompt whole)."""
     from splitllm.model import Model
 
     with Model(args.model, n_ctx=args.n_ctx // args.parallel, n_threads=args.threads) as m:
         t0, n = time.perf_counter(), 0
         comp, chat = {}, {}
         for p in COMPLETION_PROMPTS:
+            m.reset()
             r = m.create_completion(p, max_tokens=args.max_tokens, temperature=0)
             comp[p], n = r["choices"][0]["text"], n + r["usage"]["completion_tokens"]
         for q in CHAT_QUESTIONS:
+            m.reset()
             r = m.create_chat_completion([SYSTEM, {"role": "user", "content": q}], max_tokens=args.max_tokens,
                                          temperature=0)
             chat[q], n = r["choices"][0]["message"]["content"], n + r["usage"]["completion_tokens"]

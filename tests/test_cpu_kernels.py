@@ -270,3 +270,22 @@ def test_hadamard_rotation(row: int, block: int) -> None:
     ref = (x.astype(np.float64).reshape(37, row // block, block) @ sylvester(block)).reshape(37, row)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.sqrt(block))
     np.testing.assert_allclose(_core.gpu_op_hadamard("cpu", got), x, rtol=0, atol=4e-6 * np.sqrt(block))
+
+
+@pytest.mark.parametrize("isa", ["scalar", *SIMD_ISAS])
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_decode_rows_do_not_depend_on_the_batch(qtype: T, isa: str) -> None:
+    """Below the packed kernels' threshold (passes of at most 9 tokens: decode), each token's row
+    of results is bitwise what a single-token pass gives, so a server can batch the decode steps
+    of concurrent requests without changing any of them."""
+    rng = np.random.default_rng(11 + int(qtype))
+    for k in (256, 576, 1536):
+        if k % GGML_QUANT_SIZES[qtype][0]:
+            continue
+        raw, _ = make_weights(qtype, 70, k, rng)
+        x = rng.standard_normal((9, k)).astype(np.float32)
+        acts = _core.cpu_quantize_acts(int(qtype), x, isa=isa)
+        single = np.concatenate([_core.cpu_gemm(int(qtype), raw, acts[t : t + 1], isa=isa) for t in range(9)])
+        for n_tok in range(2, 10):
+            batch = _core.cpu_gemm(int(qtype), raw, acts[:n_tok], isa=isa)
+            np.testing.assert_array_equal(batch, single[:n_tok], err_msg=f"{qtype.name} {isa} K={k} {n_tok}")

@@ -274,7 +274,9 @@ class Model:
 
     def eval_prompt(self, tokens: Sequence[int]) -> np.ndarray:
         """Brings the KV cache to ``tokens`` (reusing the longest cached prefix) and returns the
-        logits after the last one."""
+        logits after the last one. As with llama.cpp, a pass over only the rest of a prompt may
+        round differently from a pass over the whole prompt (the CPU kernels take another path for
+        passes of 10 tokens and more); call :meth:`reset` first for the from-scratch result."""
         toks = self._check_tokens(tokens)
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")

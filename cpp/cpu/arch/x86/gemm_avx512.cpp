@@ -1,5 +1,5 @@
-// The AVX-512 kernel table: per weight type, the blocks-as-stored kernel for a few tokens and
-// the repacking one from kPackMinTokens on.
+// The AVX-512 kernel table: per weight type, the kernel for a few tokens (blocks in lanes where
+// lanes_avx512.cpp has one, else blocks as stored) and the repacking one from kPackMinTokens on.
 #include "cpu/arch/x86/kernels_x86.h"
 
 namespace sl::cpu::impl {
@@ -18,7 +18,8 @@ void gemm(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_
 
 template <QType WT>
 void add(KernelTable & t) {
-    g_gemv[int(WT)] = avx512::gemv_kernel(WT);
+    const GemmFn lanes = avx512::lanes_kernel(WT);
+    g_gemv[int(WT)] = lanes ? lanes : avx512::gemv_kernel(WT);
     g_packed[int(WT)] = avx512::packed_kernel(WT);
     t.gemm[int(WT)] = gemm<WT>;
 }
