@@ -345,7 +345,8 @@ def header(title: str, *, load: tuple[float, float], build: dict[str, str], llam
     """The Markdown head of a results file: machine, commit, date, load, llama.cpp version."""
     head = commit()
     built = build.get("commit", "?")
-    stale = "" if built in ("?", head.split("-")[0]) else " (differs from HEAD: rebuild?)"
+    same = built == "?" or built.split("-")[0] == head.split("-")[0]
+    stale = "" if same else " (differs from HEAD: rebuild?)"
     today = datetime.date.today().isoformat()
     lines = [
         f"# {title}",

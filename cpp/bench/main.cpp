@@ -10,6 +10,7 @@
 #include <set>
 
 #include "bench/args.h"
+#include "build_info.h"
 #include "bench/report.h"
 #include "common/error.h"
 #include "cpu/matmul.h"
@@ -120,7 +121,7 @@ int run(const Args & a) {
     for (const Test & t : tests) n_ctx = std::max(n_ctx, t.depth + t.n_prompt + t.n_gen);
     n_ctx = (n_ctx + 255) / 256 * 256;
 
-    Report report(a.output, cpu::cpu_features(), SL_COMMIT);
+    Report report(a.output, cpu::cpu_features(), sl::build_commit());
     std::set<std::string> warned;
     for (const ModelInfo & info : infos)
         for (int threads : a.threads)

@@ -1,3 +1,4 @@
+#include "build_info.h"
 #include "common/threadpool.h"
 #include "python/bind.h"
 
@@ -5,7 +6,7 @@ namespace sl::py {
 
 void bind_system(pyb::module_ & m) {
     m.def("hardware_threads", &sl::hardware_threads, "Hardware threads available to this process.");
-    m.attr("commit") = SL_COMMIT;
+    m.attr("commit") = sl::build_commit();
 #ifdef SL_CUDA
     m.attr("cuda_built") = true;
 #else
