@@ -1,4 +1,5 @@
-// AVX-512 VNNI kernels for a few tokens (decode) over legacy blocks, with blocks in lanes.
+// AVX-512 VNNI kernels for a few tokens (decode) over legacy blocks (Q4_0, Q4_1, Q8_0), with
+// blocks in lanes.
 // Sixteen blocks of a weight row (a group) are rearranged once into 8 zmm of unsigned codes in
 // which lane j holds 4 codes of block j: vector g < 4 its values 4g..4g+3, vector 4 + g its
 // values 16 + 4g..16 + 4g + 3. Each token's activations are rearranged the same way once per
@@ -36,6 +37,10 @@ inline void transpose4(__m512i v[4]) {
     v[3] = _mm512_unpackhi_epi64(t1, t3);
 }
 
+// After transpose4 of four vectors, lane 4L + k holds item 4k + L; this permutation (lane j takes
+// lane 4(j % 4) + j / 4) puts item j in lane j.
+inline __m512i lane_order() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
+
 // How a row's blocks split into groups: `full` groups of 16, then `tail` blocks (< 16). A tail
 // of 1..kMaxShared blocks is computed for several rows at once: lane j of a shared group holds
 // block j % tail of row j / tail (per = 16 / tail rows), and the activations of the tail
@@ -68,7 +73,7 @@ void acts_to_lanes(const uint8_t * row, int64_t K, const Split & sp, uint8_t * o
     const int8_t * qs = ActQ8::qs(row);
     const float * d = ActQ8::d(row, K);
     const float * s = ActQ8::s(row, K);
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i order = lane_order();
     for (int G = 0; G < sp.groups(); ++G, out += kGroupBytes) {
         const int q0 = 4 * G;
         __m512i v[8];
@@ -169,6 +174,65 @@ struct LaneBlocks<QType::Q4_1> {
     }
 };
 
+// The f16 scales at the start of n <= 16 blocks of BYTES bytes, as floats in lanes 0..n-1 (zero
+// past n), inserted word by word (streams from memory faster than picking them out of 64-byte
+// loads by word permutes).
+template <int BYTES>
+inline __m512 block_scales(const uint8_t * b, int n) {
+    auto d16 = [&](int j) {
+        uint16_t h = 0;
+        if (j < n) memcpy(&h, b + BYTES * j, 2);
+        return int(h);
+    };
+    __m128i lo = _mm_cvtsi32_si128(d16(0)), hi = _mm_cvtsi32_si128(d16(8));
+    lo = _mm_insert_epi16(lo, d16(1), 1);
+    hi = _mm_insert_epi16(hi, d16(9), 1);
+    lo = _mm_insert_epi16(lo, d16(2), 2);
+    hi = _mm_insert_epi16(hi, d16(10), 2);
+    lo = _mm_insert_epi16(lo, d16(3), 3);
+    hi = _mm_insert_epi16(hi, d16(11), 3);
+    lo = _mm_insert_epi16(lo, d16(4), 4);
+    hi = _mm_insert_epi16(hi, d16(12), 4);
+    lo = _mm_insert_epi16(lo, d16(5), 5);
+    hi = _mm_insert_epi16(hi, d16(13), 5);
+    lo = _mm_insert_epi16(lo, d16(6), 6);
+    hi = _mm_insert_epi16(hi, d16(14), 6);
+    lo = _mm_insert_epi16(lo, d16(7), 7);
+    hi = _mm_insert_epi16(hi, d16(15), 7);
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+}
+
+// Q4_0: 18-byte blocks (d as f16, 16 code bytes: low nibbles values 0..15, high 16..31, offset
+// 8). Each block's code bytes go to a 128-bit lane (block 4k + L: vector k, lane L); the 4x4
+// dword transpose then leaves dword g of block 4k + L in lane 4L + k, and a permute puts it in
+// lane 4k + L.
+template <>
+struct LaneBlocks<QType::Q4_0> {
+    static constexpr int kBytes = 18, kOffset = 8;
+    static constexpr bool kHasMin = false;
+    static void load(const uint8_t * b, int n, Group * g) {
+        auto ld = [&](int j) {
+            if (j >= n) return _mm_setzero_si128();
+            return _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + kBytes * j + 2));
+        };
+        __m512i v[4];
+        for (int k = 0; k < 4; ++k) {
+            const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(4 * k)), ld(4 * k + 1), 1);
+            const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(4 * k + 2)), ld(4 * k + 3), 1);
+            v[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        }
+        transpose4(v);
+        const __m512i order = lane_order();
+        const __m512i m4 = _mm512_set1_epi8(15);
+        for (int c = 0; c < 4; ++c) {
+            const __m512i q = _mm512_permutexvar_epi32(order, v[c]);
+            g->w[c] = _mm512_and_si512(q, m4);
+            g->w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        }
+        g->d = block_scales<kBytes>(b, n);
+    }
+};
+
 // Q8_0: 34-byte blocks (d as f16, 32 int8 codes). The codes of blocks j and j + 8 go to the
 // halves of one zmm; an 8x8 dword transpose within 256-bit halves puts dword g of block j in
 // lane j of vector g. Codes are made unsigned (+128; the offset goes to the activation sums).
@@ -193,29 +257,7 @@ struct LaneBlocks<QType::Q8_0> {
             g->w[r] = _mm512_xor_si512(_mm512_permutex2var_epi64(v[r], lo_idx, v[4 + r]), flip);
             g->w[4 + r] = _mm512_xor_si512(_mm512_permutex2var_epi64(v[r], hi_idx, v[4 + r]), flip);
         }
-        // The 16 d words, inserted one by one (streams from memory faster than picking them out
-        // of 64-byte loads by word permutes).
-        auto d16 = [&](int j) {
-            uint16_t h = 0;
-            if (j < n) memcpy(&h, b + kBytes * j, 2);
-            return int(h);
-        };
-        __m128i lo = _mm_cvtsi32_si128(d16(0)), hi = _mm_cvtsi32_si128(d16(8));
-        lo = _mm_insert_epi16(lo, d16(1), 1);
-        hi = _mm_insert_epi16(hi, d16(9), 1);
-        lo = _mm_insert_epi16(lo, d16(2), 2);
-        hi = _mm_insert_epi16(hi, d16(10), 2);
-        lo = _mm_insert_epi16(lo, d16(3), 3);
-        hi = _mm_insert_epi16(hi, d16(11), 3);
-        lo = _mm_insert_epi16(lo, d16(4), 4);
-        hi = _mm_insert_epi16(hi, d16(12), 4);
-        lo = _mm_insert_epi16(lo, d16(5), 5);
-        hi = _mm_insert_epi16(hi, d16(13), 5);
-        lo = _mm_insert_epi16(lo, d16(6), 6);
-        hi = _mm_insert_epi16(hi, d16(14), 6);
-        lo = _mm_insert_epi16(lo, d16(7), 7);
-        hi = _mm_insert_epi16(hi, d16(15), 7);
-        g->d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+        g->d = block_scales<kBytes>(b, n);
     }
 };
 
@@ -422,7 +464,7 @@ struct RowSums4 {
     void finish(__m512 out[NT]) {
         v[3] = held;
         transpose4(v);
-        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        const __m512i order = lane_order();
         for (int t = 0; t < NT; ++t) out[t] = _mm512_permutexvar_ps(order, v[t]);
     }
 };
@@ -540,6 +582,7 @@ void gemv_lanes(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
 
 GemmFn lanes_kernel(QType wt) {
     switch (wt) {
+        case QType::Q4_0: return gemv_lanes<QType::Q4_0>;
         case QType::Q4_1: return gemv_lanes<QType::Q4_1>;
         case QType::Q8_0: return gemv_lanes<QType::Q8_0>;
         default: return nullptr;
