@@ -1,5 +1,5 @@
-// AVX-512 VNNI kernels for a few tokens (decode) over legacy blocks (Q4_0, Q4_1, Q8_0), with
-// blocks in lanes.
+// AVX-512 VNNI kernels for a few tokens (decode) over the legacy blocks (Q4_0, Q4_1, Q5_0, Q5_1,
+// Q8_0), with blocks in lanes.
 // Sixteen blocks of a weight row (a group) are rearranged once into 8 zmm of unsigned codes in
 // which lane j holds 4 codes of block j: vector g < 4 its values 4g..4g+3, vector 4 + g its
 // values 16 + 4g..16 + 4g + 3. Each token's activations are rearranged the same way once per
@@ -28,7 +28,7 @@ constexpr int kMaxBlockBytes = 34;  // the largest block of a format here (Q8_0)
 constexpr int kQ = 0, kD = 512, kS = 576, kC = 640, kGroupBytes = 704;
 
 // Per 128-bit lane, the 4x4 transpose of dwords: out[g] dword k = in[k] dword g.
-inline void transpose4(__m512i v[4]) {
+SL_FORCE_INLINE void transpose4(__m512i v[4]) {
     const __m512i t0 = _mm512_unpacklo_epi32(v[0], v[1]), t1 = _mm512_unpackhi_epi32(v[0], v[1]);
     const __m512i t2 = _mm512_unpacklo_epi32(v[2], v[3]), t3 = _mm512_unpackhi_epi32(v[2], v[3]);
     v[0] = _mm512_unpacklo_epi64(t0, t2);
@@ -39,7 +39,7 @@ inline void transpose4(__m512i v[4]) {
 
 // After transpose4 of four vectors, lane 4L + k holds item 4k + L; this permutation (lane j takes
 // lane 4(j % 4) + j / 4) puts item j in lane j.
-inline __m512i lane_order() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
+SL_FORCE_INLINE __m512i lane_order() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
 
 // How a row's blocks split into groups: `full` groups of 16, then `tail` blocks (< 16). A tail
 // of 1..kMaxShared blocks is computed for several rows at once: lane j of a shared group holds
@@ -119,69 +119,115 @@ struct Group {
 template <QType WT>
 struct LaneBlocks;
 
-// Q4_1: 20-byte blocks (d, m as f16, 16 code bytes) are 5 dwords each, so one dword
-// permutation over the group's 320 bytes picks dword c of every block: c = 0 the (d, m)
-// pair, c = 1..4 code bytes 4(c - 1).. (low nibbles: values 4(c - 1).., high: 16 + ...).
+// Blocks of DW dwords (Q4_1: 5, Q5_1: 6): the group's 16 * DW dwords are DW whole registers, and
+// one dword permutation over them picks dword C of every block (lane j: dword DW * j + C).
+template <int DW>
+struct DwordBlocks {
+    // Lanes j whose dword DW * j + C lies in [lo, hi).
+    template <int C>
+    static constexpr __mmask16 in(int lo, int hi) {
+        unsigned k = 0;
+        for (int j = 0; j < 16; ++j) k |= unsigned(DW * j + C >= lo && DW * j + C < hi) << j;
+        return __mmask16(k);
+    }
+    // Dword DW * j + C to lane j: from z[0..1], then z[2..3], then z[4] (and z[5]). Lanes not yet
+    // picked keep their index (mask2 permutes), which the next permute uses.
+    template <int C>
+    static SL_FORCE_INLINE __m512i pick(const __m512i z[DW]) {
+        const __m512i idx = _mm512_setr_epi32(C, DW + C, 2 * DW + C, 3 * DW + C, 4 * DW + C, 5 * DW + C, 6 * DW + C,
+                                              7 * DW + C, 8 * DW + C, 9 * DW + C, 10 * DW + C, 11 * DW + C,
+                                              12 * DW + C, 13 * DW + C, 14 * DW + C, 15 * DW + C);
+        __m512i v = _mm512_mask2_permutex2var_epi32(z[0], idx, in<C>(0, 32), z[1]);
+        v = _mm512_mask2_permutex2var_epi32(z[2], v, in<C>(32, 64), z[3]);
+        if constexpr (DW == 6) return _mm512_mask2_permutex2var_epi32(z[4], v, in<C>(64, 96), z[5]);
+        return _mm512_mask_permutexvar_epi32(v, in<C>(64, 80), v, z[4]);
+    }
+    // The group's dwords: whole 64-byte loads for 16 blocks (in this kernel they stream from
+    // memory as fast as narrower ones), masked ones for fewer (never past the row).
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, __m512i z[DW]) {
+        if (n == kGroup) {
+            for (int i = 0; i < DW; ++i) z[i] = _mm512_loadu_si512(b + 64 * i);
+        } else {
+            for (int i = 0; i < DW; ++i) {
+                const int left = imax(0, imin(16, DW * n - 16 * i));
+                z[i] = _mm512_maskz_loadu_epi32(__mmask16((1u << left) - 1), b + 64 * i);
+            }
+        }
+    }
+    // Code dwords C0 .. C0 + 3 (16 bytes: low nibbles values 0..15, high 16..31) into g->w.
+    template <int C0>
+    static SL_FORCE_INLINE void nibbles(const __m512i z[DW], Group * g) {
+        const __m512i m4 = _mm512_set1_epi8(15);
+        auto one = [&](auto c) {
+            const __m512i q = pick<C0 + decltype(c)::value>(z);
+            g->w[c] = _mm512_and_si512(q, m4);
+            g->w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        };
+        one(std::integral_constant<int, 0>());
+        one(std::integral_constant<int, 1>());
+        one(std::integral_constant<int, 2>());
+        one(std::integral_constant<int, 3>());
+    }
+    // Dword 0, (d, m) as f16, to g->d and g->m.
+    static SL_FORCE_INLINE void scales(const __m512i z[DW], Group * g) {
+        const __m512i dm = pick<0>(z);
+        g->d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+        g->m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
+    }
+};
+
+// Adds 16 to the codes whose fifth bit is set: lane j of qh holds block j's 32 fifth bits (bit i
+// for value i). Vector c holds values 4c .. 4c + 3 of block j in bytes 4j .. 4j + 3; their bits
+// are bits 4 (c % 2) .. of qh's byte c / 2, which a byte shuffle copies to those 4 bytes for a
+// bit test.
+SL_FORCE_INLINE void add_lane_fifth_bits(__m512i qh, Group * g) {
+    // Byte 4j' + i of each 128-bit lane (j' = j % 4) takes the lane's byte 4j' (+ c / 2).
+    const __m512i spread = _mm512_set4_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0x00000000);
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    for (int c = 0; c < 8; ++c) {
+        const __m512i rep = _mm512_shuffle_epi8(qh, _mm512_add_epi8(spread, _mm512_set1_epi8(char(c / 2))));
+        const __m512i bits = _mm512_set1_epi32(c % 2 ? int(0x80402010u) : 0x08040201);
+        g->w[c] = _mm512_mask_add_epi8(g->w[c], _mm512_test_epi8_mask(rep, bits), g->w[c], sixteen);
+    }
+}
+
+// Q4_1: 20-byte blocks (d, m as f16, 16 code bytes), 5 dwords.
 template <>
 struct LaneBlocks<QType::Q4_1> {
     static constexpr int kBytes = 20, kOffset = 0;
     static constexpr bool kHasMin = true;
-    // Lanes j whose dword 5j + C lies in [lo, hi).
-    template <int C>
-    static constexpr __mmask16 in(int lo, int hi) {
-        unsigned k = 0;
-        for (int j = 0; j < 16; ++j) k |= unsigned(5 * j + C >= lo && 5 * j + C < hi) << j;
-        return __mmask16(k);
-    }
-    // Dword 5j + C of the 80 in z[0..4], to lane j: from z[0..1], then z[2..3], then z[4].
-    template <int C>
-    static __m512i pick(const __m512i z[5]) {
-        const __m512i idx = _mm512_add_epi32(
-            _mm512_setr_epi32(0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75), _mm512_set1_epi32(C));
-        __m512i v = _mm512_mask2_permutex2var_epi32(z[0], idx, in<C>(0, 32), z[1]);
-        v = _mm512_mask2_permutex2var_epi32(z[2], v, in<C>(32, 64), z[3]);
-        return _mm512_mask_permutexvar_epi32(v, in<C>(64, 80), v, z[4]);
-    }
-    template <int C>
-    static void codes(const __m512i z[5], Group * g) {
-        const __m512i m4 = _mm512_set1_epi8(15);
-        const __m512i q = pick<C + 1>(z);
-        g->w[C] = _mm512_and_si512(q, m4);
-        g->w[4 + C] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-    }
-    static void from_dwords(const __m512i z[5], Group * g) {
-        const __m512i dm = pick<0>(z);
-        g->d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
-        g->m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
-        codes<0>(z, g);
-        codes<1>(z, g);
-        codes<2>(z, g);
-        codes<3>(z, g);
-    }
-    static void load(const uint8_t * b, int n, Group * g) {
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
+        using D = DwordBlocks<5>;
         __m512i z[5];
-        if (n == kGroup) {
-            // Whole 64-byte loads: in this kernel they stream from memory as fast as narrower ones.
-            for (int i = 0; i < 5; ++i) z[i] = _mm512_loadu_si512(b + 64 * i);
-        } else {
-            // 5n dwords: masked loads never touch memory past the row.
-            for (int i = 0; i < 5; ++i) {
-                const int left = imax(0, imin(16, 5 * n - 16 * i));
-                z[i] = _mm512_maskz_loadu_epi32(__mmask16((1u << left) - 1), b + 64 * i);
-            }
-        }
-        from_dwords(z, g);
+        D::load(b, n, z);
+        D::scales(z, g);
+        D::nibbles<1>(z, g);
     }
 };
 
-// The f16 scales at the start of n <= 16 blocks of BYTES bytes, as floats in lanes 0..n-1 (zero
-// past n), inserted word by word (streams from memory faster than picking them out of 64-byte
-// loads by word permutes).
-template <int BYTES>
-inline __m512 block_scales(const uint8_t * b, int n) {
+// Q5_1: 24-byte blocks (d, m as f16, the fifth bits, 16 code bytes), 6 dwords.
+template <>
+struct LaneBlocks<QType::Q5_1> {
+    static constexpr int kBytes = 24, kOffset = 0;
+    static constexpr bool kHasMin = true;
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
+        using D = DwordBlocks<6>;
+        __m512i z[6];
+        D::load(b, n, z);
+        D::scales(z, g);
+        D::nibbles<2>(z, g);
+        add_lane_fifth_bits(D::pick<1>(z), g);
+    }
+};
+
+// The f16 words at offset OFF of n <= 16 blocks of BYTES bytes (scales, mins), as floats in
+// lanes 0..n-1 (zero past n), inserted word by word (streams from memory faster than picking
+// them out of 64-byte loads by word permutes).
+template <int BYTES, int OFF = 0>
+SL_FORCE_INLINE __m512 block_scales(const uint8_t * b, int n) {
     auto d16 = [&](int j) {
         uint16_t h = 0;
-        if (j < n) memcpy(&h, b + BYTES * j, 2);
+        if (j < n) memcpy(&h, b + BYTES * j + OFF, 2);
         return int(h);
     };
     __m128i lo = _mm_cvtsi32_si128(d16(0)), hi = _mm_cvtsi32_si128(d16(8));
@@ -202,33 +248,59 @@ inline __m512 block_scales(const uint8_t * b, int n) {
     return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
 }
 
-// Q4_0: 18-byte blocks (d as f16, 16 code bytes: low nibbles values 0..15, high 16..31, offset
-// 8). Each block's code bytes go to a 128-bit lane (block 4k + L: vector k, lane L); the 4x4
-// dword transpose then leaves dword g of block 4k + L in lane 4L + k, and a permute puts it in
-// lane 4k + L.
+// The 16 code bytes at offset QS of n <= 16 blocks of BYTES bytes (low nibbles values 0..15,
+// high nibbles 16..31) into g->w. Each block's bytes go to a 128-bit lane (block 4k + L: vector
+// k, lane L); the 4x4 dword transpose then leaves dword c of block 4k + L in lane 4L + k, and
+// lane_order puts it in lane 4k + L.
+template <int BYTES, int QS>
+SL_FORCE_INLINE void nibble_codes(const uint8_t * b, int n, Group * g) {
+    auto ld = [&](int j) {
+        if (j >= n) return _mm_setzero_si128();
+        return _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + BYTES * j + QS));
+    };
+    __m512i v[4];
+    for (int k = 0; k < 4; ++k) {
+        const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(4 * k)), ld(4 * k + 1), 1);
+        const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(4 * k + 2)), ld(4 * k + 3), 1);
+        v[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    }
+    transpose4(v);
+    const __m512i order = lane_order();
+    const __m512i m4 = _mm512_set1_epi8(15);
+    for (int c = 0; c < 4; ++c) {
+        const __m512i q = _mm512_permutexvar_epi32(order, v[c]);
+        g->w[c] = _mm512_and_si512(q, m4);
+        g->w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    }
+}
+
+// The 32-bit words at offset OFF of n <= 16 blocks of BYTES bytes, in lanes 0..n-1 (zero past n).
+template <int BYTES, int OFF>
+SL_FORCE_INLINE __m512i block_words(const uint8_t * b, int n) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(BYTES));
+    const __mmask16 k = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, b + OFF, 1);
+}
+
 template <>
 struct LaneBlocks<QType::Q4_0> {
     static constexpr int kBytes = 18, kOffset = 8;
     static constexpr bool kHasMin = false;
-    static void load(const uint8_t * b, int n, Group * g) {
-        auto ld = [&](int j) {
-            if (j >= n) return _mm_setzero_si128();
-            return _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + kBytes * j + 2));
-        };
-        __m512i v[4];
-        for (int k = 0; k < 4; ++k) {
-            const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(4 * k)), ld(4 * k + 1), 1);
-            const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(4 * k + 2)), ld(4 * k + 3), 1);
-            v[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        }
-        transpose4(v);
-        const __m512i order = lane_order();
-        const __m512i m4 = _mm512_set1_epi8(15);
-        for (int c = 0; c < 4; ++c) {
-            const __m512i q = _mm512_permutexvar_epi32(order, v[c]);
-            g->w[c] = _mm512_and_si512(q, m4);
-            g->w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-        }
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
+        nibble_codes<kBytes, 2>(b, n, g);
+        g->d = block_scales<kBytes>(b, n);
+    }
+};
+
+// Q5_0: 22-byte blocks (d as f16, the fifth bits qh, 16 code bytes; offset 16).
+template <>
+struct LaneBlocks<QType::Q5_0> {
+    static constexpr int kBytes = 22, kOffset = 16;
+    static constexpr bool kHasMin = false;
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
+        nibble_codes<kBytes, 6>(b, n, g);
+        add_lane_fifth_bits(block_words<kBytes, 2>(b, n), g);
         g->d = block_scales<kBytes>(b, n);
     }
 };
@@ -240,7 +312,7 @@ template <>
 struct LaneBlocks<QType::Q8_0> {
     static constexpr int kBytes = 34, kOffset = 128;
     static constexpr bool kHasMin = false;
-    static void load(const uint8_t * b, int n, Group * g) {
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
         auto ld = [&](int j) {
             if (j >= n) return _mm256_setzero_si256();
             return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b + kBytes * j + 2));
@@ -264,7 +336,7 @@ struct LaneBlocks<QType::Q8_0> {
 // acc + the dot products of a group with one token's activation group `a`. The integer sums
 // are exact, so the number of chains (for latency) does not change the result.
 template <QType WT, int CHAINS>
-inline __m512 group_dot(const Group & g, const uint8_t * a, __m512 acc) {
+SL_FORCE_INLINE __m512 group_dot(const Group & g, const uint8_t * a, __m512 acc) {
     using B = LaneBlocks<WT>;
     __m512i s[CHAINS];
     for (int c = 0; c < CHAINS; ++c) s[c] = _mm512_setzero_si512();
@@ -291,7 +363,7 @@ constexpr int kPrefetchFrom = 5, kPrefetchRows = 8;
 // One row times NT tokens over the row's own groups: out[t] = vector whose lanes sum to the dot
 // product (the shared tail excluded).
 template <QType WT, int NT>
-inline void own_groups(const uint8_t * row, size_t ldw, const Split & sp, const uint8_t * lanes, size_t ldl,
+SL_FORCE_INLINE void own_groups(const uint8_t * row, size_t ldw, const Split & sp, const uint8_t * lanes, size_t ldl,
                        __m512 out[NT]) {
     using B = LaneBlocks<WT>;
     for (int t = 0; t < NT; ++t) out[t] = _mm512_setzero_ps();
@@ -331,7 +403,7 @@ inline void copy_tails(const uint8_t * W, size_t ldw, const Split & sp, int nr, 
 // The shared tails of nr <= 16 rows (copied to buf) for NT tokens: out[t] lane i = row i's tail
 // dot product.
 template <QType WT, int NT>
-inline void shared_tails(const uint8_t * buf, const Split & sp, int nr, const uint8_t * lanes, size_t ldl,
+SL_FORCE_INLINE void shared_tails(const uint8_t * buf, const Split & sp, int nr, const uint8_t * lanes, size_t ldl,
                          __m512 out[NT]) {
     using B = LaneBlocks<WT>;
     const int per = sp.per, n_sg = sp.n_sg;
@@ -366,7 +438,7 @@ inline void shared_tails(const uint8_t * buf, const Split & sp, int nr, const ui
 
 // The sums of r0..r3's lanes per 128-bit lane, in hsum16's order: lane 4c + t holds
 // (a[4c] + a[4c + 2]) + (a[4c + 1] + a[4c + 3]) of a = r_t.
-inline __m512 chunk_sums(__m512 r0, __m512 r1, __m512 r2, __m512 r3) {
+SL_FORCE_INLINE __m512 chunk_sums(__m512 r0, __m512 r1, __m512 r2, __m512 r3) {
     const __m512 x01 = _mm512_add_ps(_mm512_unpacklo_ps(r0, r1), _mm512_unpackhi_ps(r0, r1));
     const __m512 x23 = _mm512_add_ps(_mm512_unpacklo_ps(r2, r3), _mm512_unpackhi_ps(r2, r3));
     const __m512d p = _mm512_castps_pd(x01), q = _mm512_castps_pd(x23);
@@ -374,12 +446,12 @@ inline __m512 chunk_sums(__m512 r0, __m512 r1, __m512 r2, __m512 r3) {
 }
 
 // 128-bit lanes added in pairs: [a0 + a1, a2 + a3, b0 + b1, b2 + b3] (hsum16's last two levels).
-inline __m512 lane_pairs(__m512 a, __m512 b) {
+SL_FORCE_INLINE __m512 lane_pairs(__m512 a, __m512 b) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
 }
 
 // Per 128-bit lane, the 4x4 transpose of floats: out[g] lane k = in[k] lane g.
-inline void transpose4(__m512 v[4]) { transpose4(reinterpret_cast<__m512i *>(v)); }
+SL_FORCE_INLINE void transpose4(__m512 v[4]) { transpose4(reinterpret_cast<__m512i *>(v)); }
 
 // ---- the lane sums of 16 rows x NT tokens, fed a row at a time (row i = 4q + J) ----
 // Every (row, token) vector is summed in hsum16's order, whatever NT: chunk_sums, then two
@@ -391,7 +463,7 @@ inline void transpose4(__m512 v[4]) { transpose4(reinterpret_cast<__m512i *>(v))
 // One token: 4 rows to a chunk_sums (lane 4c + J: row 4q + J), everything in registers.
 struct RowSums1 {
     __m512 a0, a1, a2, ya, wa, res;
-    void push(int i, const __m512 r[1]) {
+    SL_FORCE_INLINE void push(int i, const __m512 r[1]) {
         const int q = i / 4, J = i % 4;
         if (J == 0) a0 = r[0];
         if (J == 1) a1 = r[0];
@@ -407,14 +479,14 @@ struct RowSums1 {
             }
         }
     }
-    void finish(__m512 out[1]) { out[0] = res; }
+    SL_FORCE_INLINE void finish(__m512 out[1]) { out[0] = res; }
 };
 
 // Two tokens: 2 rows to a chunk_sums (lane 4c + 2h + t: row 2u + h), rows 0..7 then 8..15 in
 // one vector each (lane 4k + 2h + t: row 8s + 2k + h).
 struct RowSums2 {
     __m512 a0, a1, ya, wa, v0, v1;
-    void push(int i, const __m512 r[2]) {
+    SL_FORCE_INLINE void push(int i, const __m512 r[2]) {
         const int q = i / 4, J = i % 4;
         if (J % 2 == 0) {
             a0 = r[0];
@@ -434,7 +506,7 @@ struct RowSums2 {
                 v1 = lane_pairs(wa, w);
         }
     }
-    void finish(__m512 out[2]) {
+    SL_FORCE_INLINE void finish(__m512 out[2]) {
         alignas(64) int32_t idx[16];
         for (int t = 0; t < 2; ++t) {
             for (int i = 0; i < 16; ++i) idx[i] = 16 * (i / 8) + 4 * ((i % 8) / 2) + 2 * (i % 2) + t;
@@ -449,7 +521,7 @@ template <int NT>
 struct RowSums4 {
     __m512 v[4];
     __m512 ya, wa, held;
-    void push(int i, const __m512 r[NT]) {
+    SL_FORCE_INLINE void push(int i, const __m512 r[NT]) {
         const int q = i / 4, J = i % 4;
         const __m512 y = chunk_sums(r[0], r[1], r[2], NT > 3 ? r[3] : _mm512_setzero_ps());
         if (J % 2 == 0) {
@@ -461,7 +533,7 @@ struct RowSums4 {
             held = lane_pairs(wa, lane_pairs(ya, y));
         }
     }
-    void finish(__m512 out[NT]) {
+    SL_FORCE_INLINE void finish(__m512 out[NT]) {
         v[3] = held;
         transpose4(v);
         const __m512i order = lane_order();
@@ -475,7 +547,7 @@ template <int NT>
 struct RowSums8 {
     __m512 v[8];
     __m512 half, held;
-    void push(int i, const __m512 r[NT]) {
+    SL_FORCE_INLINE void push(int i, const __m512 r[NT]) {
         const __m512 z = _mm512_setzero_ps();
         const __m512 w = lane_pairs(chunk_sums(r[0], r[1], r[2], r[3]),
                                     chunk_sums(r[4], NT > 5 ? r[5] : z, NT > 6 ? r[6] : z, NT > 7 ? r[7] : z));
@@ -487,7 +559,7 @@ struct RowSums8 {
             held = lane_pairs(half, w);
         }
     }
-    void finish(__m512 out[NT]) {
+    SL_FORCE_INLINE void finish(__m512 out[NT]) {
         v[7] = held;
         __m512 a[4] = {v[0], v[1], v[2], v[3]}, b[4] = {v[4], v[5], v[6], v[7]};
         transpose4(a);
@@ -584,6 +656,8 @@ GemmFn lanes_kernel(QType wt) {
     switch (wt) {
         case QType::Q4_0: return gemv_lanes<QType::Q4_0>;
         case QType::Q4_1: return gemv_lanes<QType::Q4_1>;
+        case QType::Q5_0: return gemv_lanes<QType::Q5_0>;
+        case QType::Q5_1: return gemv_lanes<QType::Q5_1>;
         case QType::Q8_0: return gemv_lanes<QType::Q8_0>;
         default: return nullptr;
     }
