@@ -48,7 +48,7 @@ constexpr int64_t kRowBlock = 64;
 
 namespace avx512 {
 GemmFn gemv_kernel(QType wt);    // any n_tok; reads weight blocks as stored
-GemmFn lanes_kernel(QType wt);   // any n_tok (meant for decode); legacy types, else null
+GemmFn lanes_kernel(QType wt);   // any n_tok (meant for decode); Q4_0, Q4_1, Q5_1, Q8_0, else null
 GemmFn packed_kernel(QType wt);  // n_tok >= kPackMinTokens; quantized types only
 void fill_act_attn(KernelTable & t);
 }  // namespace avx512
