@@ -206,26 +206,18 @@ struct LoadBF16 {
     static float one(const uint8_t * row, int64_t k) { return bf2f(reinterpret_cast<const uint16_t *>(row)[k]); }
 };
 
-// NR weight rows times NT tokens; two accumulators per (row, token) alternate over steps of 8.
-template <class L, int NR, int NT>
-void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
-    __m256 acc[2][NR][NT];
+// One weight row times NT tokens; two accumulators per token alternate over steps of 8.
+template <class L, int NT>
+void float_row(const uint8_t * W, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
+    __m256 acc[2][NT];
     for (int h = 0; h < 2; ++h)
-        for (int r = 0; r < NR; ++r)
-            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm256_setzero_ps();
-    auto step = [&](int h, auto load_w, auto load_x) {
-        __m256 x[NT];
-        for (int t = 0; t < NT; ++t) x[t] = load_x(t);
-        for (int r = 0; r < NR; ++r) {
-            const __m256 w = load_w(r);
-            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm256_fmadd_ps(w, x[t], acc[h][r][t]);
-        }
+        for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_setzero_ps();
+    auto step = [&](int h, __m256 w, auto load_x) {
+        for (int t = 0; t < NT; ++t) acc[h][t] = _mm256_fmadd_ps(w, load_x(t), acc[h][t]);
     };
     auto x_at = [&](int t, int64_t k) { return reinterpret_cast<const float *>(acts + t * lda) + k; };
     const int64_t K8 = K / 8 * 8;
-    auto full = [&](int h, int64_t k) {
-        step(h, [&](int r) { return L::load(W + r * ldw, k); }, [&](int t) { return _mm256_loadu_ps(x_at(t, k)); });
-    };
+    auto full = [&](int h, int64_t k) { step(h, L::load(W, k), [&](int t) { return _mm256_loadu_ps(x_at(t, k)); }); };
     // Unrolled by two steps so that the accumulators stay in registers (a run-time index into
     // acc would keep them in memory).
     int64_t k = 0;
@@ -235,27 +227,21 @@ void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, 
     }
     if (k < K8) full(0, k);
     if (K8 < K) {
-        step(
-            int((K8 >> 3) & 1),
-            [&](int r) {
-                alignas(32) float w[8] = {};
-                for (int64_t k = K8; k < K; ++k) w[k - K8] = L::one(W + r * ldw, k);
-                return _mm256_load_ps(w);
-            },
-            [&](int t) {
-                alignas(32) float x[8] = {};
-                for (int64_t k = K8; k < K; ++k) x[k - K8] = x_at(t, 0)[k];
-                return _mm256_load_ps(x);
-            });
+        alignas(32) float w[8] = {};
+        for (int64_t j = K8; j < K; ++j) w[j - K8] = L::one(W, j);
+        step(int((K8 >> 3) & 1), _mm256_load_ps(w), [&](int t) {
+            alignas(32) float x[8] = {};
+            for (int64_t j = K8; j < K; ++j) x[j - K8] = x_at(t, 0)[j];
+            return _mm256_load_ps(x);
+        });
     }
-    for (int r = 0; r < NR; ++r)
-        for (int t = 0; t < NT; ++t) {
-            const __m256 a = _mm256_add_ps(acc[0][r][t], acc[1][r][t]);
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            y[t * ldy + r] = _mm_cvtss_f32(s);
-        }
+    for (int t = 0; t < NT; ++t) {
+        const __m256 a = _mm256_add_ps(acc[0][t], acc[1][t]);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        y[t * ldy] = _mm_cvtss_f32(s);
+    }
 }
 
 template <class L, int NT>
@@ -263,7 +249,7 @@ void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 float * y, int64_t ldy) {
     // One row at a time (two rows side by side stream from memory more slowly when there are
     // several tokens: measured on Zen 4).
-    for (int64_t r = 0; r < n_rows; ++r) float_tile<L, 1, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+    for (int64_t r = 0; r < n_rows; ++r) float_row<L, NT>(W + r * ldw, K, acts, lda, y + r, ldy);
 }
 
 template <class L>

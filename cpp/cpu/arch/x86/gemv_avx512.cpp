@@ -192,20 +192,17 @@ struct LoadBF16 {
     }
 };
 
-// NR weight rows times NT tokens; K any length (the tail is masked). Two accumulators per
-// (row, token) alternate over steps of 16 values.
-template <class L, int NR, int NT>
-void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
-    __m512 acc[2][NR][NT];
+// One weight row times NT tokens; K any length (the tail is masked). Two accumulators per token
+// alternate over steps of 16 values.
+template <class L, int NT>
+void float_row(const uint8_t * W, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
+    __m512 acc[2][NT];
     for (int h = 0; h < 2; ++h)
-        for (int r = 0; r < NR; ++r)
-            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm512_setzero_ps();
+        for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_setzero_ps();
     auto x_at = [&](int t, int64_t k) { return reinterpret_cast<const float *>(acts + t * lda) + k; };
     auto step = [&](int h, int64_t k) {
-        for (int r = 0; r < NR; ++r) {
-            const __m512 w = L::load(W + r * ldw, k);
-            for (int t = 0; t < NT; ++t) acc[h][r][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x_at(t, k)), acc[h][r][t]);
-        }
+        const __m512 w = L::load(W, k);
+        for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x_at(t, k)), acc[h][t]);
     };
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
@@ -218,14 +215,10 @@ void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, 
     }
     if (k < K) {
         const __mmask16 m = __mmask16((1u << (K - k)) - 1);
-        for (int r = 0; r < NR; ++r) {
-            const __m512 w = L::load(W + r * ldw, k, m);
-            for (int t = 0; t < NT; ++t)
-                acc[1][r][t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x_at(t, k)), acc[1][r][t]);
-        }
+        const __m512 w = L::load(W, k, m);
+        for (int t = 0; t < NT; ++t) acc[1][t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x_at(t, k)), acc[1][t]);
     }
-    for (int r = 0; r < NR; ++r)
-        for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][t], acc[1][r][t]));
+    for (int t = 0; t < NT; ++t) y[t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][t], acc[1][t]));
 }
 
 // One row at a time (two rows side by side halve the speed of streaming them from memory when
@@ -233,7 +226,7 @@ void float_tile(const uint8_t * W, size_t ldw, int64_t K, const uint8_t * acts, 
 template <class L, int NT>
 void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 float * y, int64_t ldy) {
-    for (int64_t r = 0; r < n_rows; ++r) float_tile<L, 1, NT>(W + r * ldw, ldw, K, acts, lda, y + r, ldy);
+    for (int64_t r = 0; r < n_rows; ++r) float_row<L, NT>(W + r * ldw, K, acts, lda, y + r, ldy);
 }
 
 template <class L>

@@ -193,43 +193,34 @@ SL_FORCE_INLINE void add_lane_fifth_bits(__m512i qh, Group * g) {
     }
 }
 
-// Q4_1: 20-byte blocks (d, m as f16, 16 code bytes), 5 dwords.
-template <>
-struct LaneBlocks<QType::Q4_1> {
-    static constexpr int kBytes = 20, kOffset = 0;
+// Q4_1 (20-byte blocks: d, m as f16, 16 code bytes; 5 dwords) and Q5_1 (24 bytes: d, m, the fifth
+// bits, 16 code bytes; 6 dwords): value = d * code + m.
+template <int DW>
+struct MinBlocks {
+    static constexpr int kBytes = 4 * DW, kOffset = 0;
     static constexpr bool kHasMin = true;
     static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
-        using D = DwordBlocks<5>;
-        __m512i z[5];
+        using D = DwordBlocks<DW>;
+        __m512i z[DW];
         D::load(b, n, z);
         D::scales(z, g);
-        D::nibbles<1>(z, g);
+        D::template nibbles<DW - 4>(z, g);
+        if constexpr (DW == 6) add_lane_fifth_bits(D::template pick<1>(z), g);
     }
 };
-
-// Q5_1: 24-byte blocks (d, m as f16, the fifth bits, 16 code bytes), 6 dwords.
 template <>
-struct LaneBlocks<QType::Q5_1> {
-    static constexpr int kBytes = 24, kOffset = 0;
-    static constexpr bool kHasMin = true;
-    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
-        using D = DwordBlocks<6>;
-        __m512i z[6];
-        D::load(b, n, z);
-        D::scales(z, g);
-        D::nibbles<2>(z, g);
-        add_lane_fifth_bits(D::pick<1>(z), g);
-    }
-};
+struct LaneBlocks<QType::Q4_1> : MinBlocks<5> {};
+template <>
+struct LaneBlocks<QType::Q5_1> : MinBlocks<6> {};
 
-// The f16 words at offset OFF of n <= 16 blocks of BYTES bytes (scales, mins), as floats in
-// lanes 0..n-1 (zero past n), inserted word by word (streams from memory faster than picking
-// them out of 64-byte loads by word permutes).
-template <int BYTES, int OFF = 0>
+// The f16 scales at the start of n <= 16 blocks of BYTES bytes, as floats in lanes 0..n-1 (zero
+// past n), inserted word by word (streams from memory faster than picking them out of 64-byte
+// loads by word permutes).
+template <int BYTES>
 SL_FORCE_INLINE __m512 block_scales(const uint8_t * b, int n) {
     auto d16 = [&](int j) {
         uint16_t h = 0;
-        if (j < n) memcpy(&h, b + BYTES * j + OFF, 2);
+        if (j < n) memcpy(&h, b + BYTES * j, 2);
         return int(h);
     };
     __m128i lo = _mm_cvtsi32_si128(d16(0)), hi = _mm_cvtsi32_si128(d16(8));
