@@ -49,3 +49,6 @@ HOOK void __sanitizer_cov_trace_const_cmp2(uint16_t a, uint16_t b) { if (const_c
 HOOK void __sanitizer_cov_trace_const_cmp4(uint32_t a, uint32_t b) { if (const_cmp4) const_cmp4(a, b); }
 HOOK void __sanitizer_cov_trace_const_cmp8(uint64_t a, uint64_t b) { if (const_cmp8) const_cmp8(a, b); }
 HOOK void __sanitizer_cov_trace_switch(uint64_t v, uint64_t * cases) { if (trace_switch) trace_switch(v, cases); }
+// Float comparisons (GCC emits these too): libFuzzer has no use for them.
+HOOK void __sanitizer_cov_trace_cmpf(float a, float b) { (void)a; (void)b; }
+HOOK void __sanitizer_cov_trace_cmpd(double a, double b) { (void)a; (void)b; }
