@@ -153,6 +153,45 @@ def test_chat_completion_equals_model(client, ref, stream):
                                                               want["usage"]["completion_tokens"])
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("echo", [False, True], ids=["generated", "echo"])
+def test_completion_logprobs_equal_model(client, ref, stream, echo):
+    prompt = "The capital of France is"
+    ref.reset()  # from scratch, as the engine's rows are
+    want = ref.create_completion(prompt, max_tokens=MAX, temperature=0, logprobs=3, echo=echo)["choices"][0]
+    kw = dict(model=ALIAS, prompt=prompt, max_tokens=MAX, temperature=0, logprobs=3, echo=echo)
+    if stream:
+        chunks = list(client.completions.create(**kw, stream=True))
+        text = "".join(c.choices[0].text for c in chunks)
+        got: dict[str, list] = {k: [] for k in want["logprobs"]}
+        for c in chunks:
+            if c.choices[0].logprobs is not None:
+                for k, v in c.choices[0].logprobs.model_dump().items():
+                    got[k] += v
+    else:
+        r = client.completions.create(**kw)
+        text, got = r.choices[0].text, r.choices[0].logprobs.model_dump()
+    assert text == want["text"]
+    assert got == want["logprobs"]
+    assert len(got["tokens"]) >= MAX
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_chat_logprobs_equal_model(client, ref, stream):
+    messages = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
+    ref.reset()
+    want = ref.create_chat_completion(messages, max_tokens=MAX, temperature=0, logprobs=True,
+                                      top_logprobs=2)["choices"][0]["logprobs"]
+    kw = dict(model=ALIAS, messages=messages, max_tokens=MAX, temperature=0, logprobs=True, top_logprobs=2)
+    if stream:
+        content = [x.model_dump() for c in client.chat.completions.create(**kw, stream=True)
+                   if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.content]
+    else:
+        content = [x.model_dump() for x in client.chat.completions.create(**kw).choices[0].logprobs.content]
+    assert content == want["content"]
+    assert len(content) == MAX and all(len(c["top_logprobs"]) == 2 for c in content)
+
+
 def sse_lines(url: str, body: dict) -> list[str]:
     """The non-empty lines of a streamed answer: server-sent events ending with ``data: [DONE]``."""
     with httpx.stream("POST", url, json=body, timeout=600) as r:
@@ -359,6 +398,15 @@ BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": null}', 400, "prompt"),
     ("/v1/completions", b'{"prompt": [1, 99999999]}', 400, "prompt"),
     ("/v1/completions", b'{"prompt": "x", "model": "gpt-4"}', 404, "model"),
+    ("/v1/completions", b'{"prompt": "x", "logprobs": 21}', 400, "logprobs"),
+    ("/v1/completions", b'{"prompt": "x", "logprobs": -1}', 400, "logprobs"),
+    ("/v1/completions", b'{"prompt": "x", "logprobs": true}', 400, "logprobs"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}', 400,
+     "top_logprobs"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "logprobs": true, '
+     b'"top_logprobs": 21}', 400, "top_logprobs"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "logprobs": 3}', 400,
+     "logprobs"),
     ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
     ("/v1/chat/completions", b'{"messages": "hi"}', 400, "messages"),
     ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages"),

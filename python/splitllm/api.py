@@ -3,7 +3,8 @@
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
 ``data: [DONE]``). Requests are tokenized and checked here, then run by the engine, which batches
-them with every other request in flight.
+them with every other request in flight. Log-probabilities: ``logprobs`` (0..20 alternatives) on
+completions, the prompt's tokens too with ``echo``; ``logprobs`` / ``top_logprobs`` on chat.
 
 The body is read as JSON whatever its Content-Type (``curl -d`` sends a form type). Errors never
 stop the server and always have OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -38,13 +39,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from splitllm.api_schema import APIError, ChatRequest, CompletionRequest, error_body
 from splitllm.completions import (
     CompletionChunk,
+    Echo,
     chat_chunk_dicts,
     chat_head,
     chat_response,
     chat_role_chunk,
-    completion_chunk,
     completion_head,
     completion_response,
+    echo_chunk,
+    generated_chunk,
     stop_list,
     usage,
 )
@@ -116,8 +119,8 @@ class _Service:
     # ---- requests ----
 
     def _submit(self, tokens: list[int], body: CompletionRequest | ChatRequest, max_tokens: int | None,
-                stop: list[str], param: str, *, explicit: bool,
-                limit_param: str = "max_tokens") -> ChunkStream:
+                stop: list[str], param: str, *, explicit: bool, limit_param: str = "max_tokens",
+                prompt_logprobs: bool = False) -> ChunkStream:
         """Checks the request against a sequence's context and queues it. An ``explicit``
         ``max_tokens`` must fit after the prompt (OpenAI's rule); the default is only a cap."""
         ctx = self.engine.slot_ctx
@@ -141,7 +144,7 @@ class _Service:
         try:
             params = body.sampling_params()
             return self.engine.astream(tokens, params=params, seed=body.seed, max_tokens=max_tokens,
-                                       stop=stop)
+                                       stop=stop, logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs)
         except ValueError as e:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 
@@ -152,16 +155,20 @@ class _Service:
             tokens = self.model._prompt_tokens(prompt)
         except ValueError as e:
             raise APIError(400, str(e), param="prompt") from None
+        want_lps = body.n_logprobs is not None
         stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt",
-                              explicit="max_tokens" in body.model_fields_set)
+                              explicit="max_tokens" in body.model_fields_set,
+                              prompt_logprobs=body.echo and want_lps)
         head = completion_head(name)
-        prefix = self.model.echo_text(prompt, tokens) if body.echo else ""
+        prefix = self.model.echo_text(prompt, tokens) if body.echo or want_lps else ""
         if body.stream:
-            return _sse(stream, _completion_events(stream, head, prefix, body.include_usage))
+            return _sse(stream, _completion_events(stream, head, Echo(prefix, body.echo), want_lps,
+                                                   body.include_usage))
         chunks = await _collect(stream, request)
         if chunks is None:
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(_with_cached(completion_response(head, chunks, prefix), stream.job))
+        echo = Echo(prefix, body.echo, _prompt_entries(stream.job))
+        return JSONResponse(_with_cached(completion_response(head, chunks, echo, want_lps), stream.job))
 
     async def chat(self, body: ChatRequest, request: Request) -> Response:
         name = self._model_name(body.model)
@@ -173,12 +180,18 @@ class _Service:
         stream = self._submit(tokens, body, body.token_limit, stops, "messages",
                               explicit=body.token_limit is not None, limit_param=body.token_limit_param)
         head = chat_head(name)
+        want_lps = body.n_logprobs is not None
         if body.stream:
-            return _sse(stream, _chat_events(stream, head, body.include_usage))
+            return _sse(stream, _chat_events(stream, head, want_lps, body.include_usage))
         chunks = await _collect(stream, request)
         if chunks is None:
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(_with_cached(chat_response(head, chunks), stream.job))
+        return JSONResponse(_with_cached(chat_response(head, chunks, want_lps), stream.job))
+
+
+def _prompt_entries(job: Job) -> list[Any] | None:
+    """The prompt's log-probability entries of an echo job (set before its first event)."""
+    return None if job.prompt_logprobs is None else job.prompt_logprobs.entries
 
 
 def _with_cached(d: dict[str, Any], job: Job) -> dict[str, Any]:
@@ -193,22 +206,28 @@ def _usage_chunk(head: dict[str, Any], c: CompletionChunk, job: Job, obj: str) -
     return _with_cached({**head, "object": obj, "choices": [], "usage": usage(c)}, job)
 
 
-async def _completion_events(stream: ChunkStream, head: dict[str, Any], prefix: str,
+async def _completion_events(stream: ChunkStream, head: dict[str, Any], echo: Echo, want_logprobs: bool,
                              include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-    if prefix:
-        yield completion_chunk(head, prefix)
+    if stream.job.prompt_logprobs is None:
+        first = echo_chunk(head, echo)
+        if first is not None:
+            yield first
+    started = False
     async for c in stream:
-        last = c if c.finish_reason is not None else None
-        yield _with_cached(completion_chunk(head, c.text, last), stream.job)
-        if last is not None and include_usage:
+        if not started and stream.job.prompt_logprobs is not None:  # known once the prompt is read
+            echo = Echo(echo.text, echo.shown, stream.job.prompt_logprobs.entries)
+            yield echo_chunk(head, echo)  # type: ignore[misc]
+        started = True
+        yield _with_cached(generated_chunk(head, c, want_logprobs, echo), stream.job)
+        if c.finish_reason is not None and include_usage:
             yield _usage_chunk(head, c, stream.job, "text_completion")
 
 
-async def _chat_events(stream: ChunkStream, head: dict[str, Any],
+async def _chat_events(stream: ChunkStream, head: dict[str, Any], want_logprobs: bool,
                        include_usage: bool) -> AsyncIterator[dict[str, Any]]:
     yield chat_role_chunk(head)
     async for c in stream:
-        for d in chat_chunk_dicts(head, c):
+        for d in chat_chunk_dicts(head, c, want_logprobs):
             yield _with_cached(d, stream.job)
         if c.finish_reason is not None and include_usage:
             yield _usage_chunk(head, c, stream.job, "chat.completion.chunk")

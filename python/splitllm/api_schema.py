@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from splitllm.logprobs import MAX_TOP_LOGPROBS
 from splitllm.sampling import SamplingParams
 
 
@@ -78,15 +79,7 @@ class _Sampling(_NullIsDefault):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
-    logprobs: Any = None
     user: str | None = None
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: Any) -> Any:
-        if v not in (None, False, 0):
-            raise ValueError("logprobs are not supported by this server")
-        return v
 
     @property
     def include_usage(self) -> bool:
@@ -107,6 +100,12 @@ class CompletionRequest(_Sampling):
     max_tokens: int = Field(16, ge=1)
     echo: bool = False
     suffix: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @property
+    def n_logprobs(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else None."""
+        return self.logprobs
 
     @field_validator("suffix")
     @classmethod
@@ -151,6 +150,20 @@ class ChatRequest(_Sampling):
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs to be true")
+        return v
+
+    @property
+    def n_logprobs(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def token_limit(self) -> int | None:

@@ -16,18 +16,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from splitllm.logprobs import LogprobTracker, TokenLogprob, chat_logprobs, completion_logprobs
 from splitllm.textstream import StopStream
 
 
 @dataclass(frozen=True, slots=True)
 class CompletionChunk:
-    """One step of a generation stream. ``finish_reason`` is set on the last chunk only."""
+    """One step of a generation stream. ``finish_reason`` is set on the last chunk only.
+    ``logprobs``: the entries of the tokens whose text this chunk brings (when asked for)."""
 
     text: str
     token: int | None
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class _PieceSource(Protocol):
@@ -64,37 +67,54 @@ class TokenText:
 
     ``push(token)`` returns a chunk with the text that became safe to show (None when there is
     none yet); ``finish()`` returns the last chunk, with what was held back and the finish reason.
+    With ``logprobs``, each token comes with its entry (``push(token, entry)``), and each chunk
+    carries the entries of the tokens whose text it brings: tokens cut off by a stop string are
+    left out, as is an end-of-generation token.
     """
 
     def __init__(self, tokenizer: _PieceSource, *, n_prompt: int, limit: int,
-                 stop: Sequence[str] = ()) -> None:
+                 stop: Sequence[str] = (), logprobs: int | None = None) -> None:
         self._tokenizer = tokenizer
         self._eog = tokenizer.eog_ids
         self._text = StopStream(list(stop))
+        self.n_logprobs = logprobs
+        self._lp = LogprobTracker() if logprobs is not None else None
         self.n_prompt = n_prompt
         self.limit = limit
         self.n_done = 0
         self.finish_reason = "length"
         self.done = limit <= 0
 
-    def push(self, token: int) -> CompletionChunk | None:
+    def push(self, token: int, entry: TokenLogprob | None = None) -> CompletionChunk | None:
         if self.done:
             raise ValueError("the generation is already finished")
         if token in self._eog:
             self.finish_reason = "stop"
             self.done = True
             return None
+        if (entry is None) != (self._lp is None):
+            raise ValueError("a token's log-probability entry is given exactly when logprobs are asked for")
         self.n_done += 1
-        piece, stopped = self._text.push(self._tokenizer.token_to_piece(token))
+        data = self._tokenizer.token_to_piece(token)
+        if self._lp is not None:
+            self._lp.add(entry)  # type: ignore[arg-type]
+        piece, stopped = self._text.push(data)
         if stopped:
             self.finish_reason = "stop"
             self.done = True
         elif self.n_done >= self.limit:
             self.done = True
-        return CompletionChunk(piece, token, self.n_prompt, self.n_done) if piece else None
+        lps = self._released()
+        if not piece and not lps:
+            return None
+        return CompletionChunk(piece, token, self.n_prompt, self.n_done, logprobs=lps)
+
+    def _released(self) -> tuple[TokenLogprob, ...]:
+        return self._lp.release(self._text.emitted) if self._lp is not None else ()
 
     def finish(self) -> CompletionChunk:
-        return CompletionChunk(self._text.flush(), None, self.n_prompt, self.n_done, self.finish_reason)
+        text = self._text.flush()
+        return CompletionChunk(text, None, self.n_prompt, self.n_done, self.finish_reason, self._released())
 
 
 # ---- OpenAI shapes ----
@@ -113,34 +133,69 @@ def chat_head(model: str) -> dict[str, Any]:
     return {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": model}
 
 
-def completion_chunk(head: dict[str, Any], text: str, c: CompletionChunk | None = None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """The prompt as a completion shows it: its ``text``, put before the generated text when
+    ``shown`` (``echo=True``) and counted in the generated tokens' ``text_offset`` either way (as
+    llama-cpp-python and OpenAI count offsets from the start of the prompt); ``logprobs``: the
+    prompt tokens' entries when echoed with log-probabilities (None: not asked for)."""
+
+    text: str = ""
+    shown: bool = False
+    logprobs: Sequence[TokenLogprob] | None = None
+
+
+def completion_chunk(head: dict[str, Any], text: str, c: CompletionChunk | None = None,
+                     logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """A ``text_completion`` stream chunk; with the last CompletionChunk ``c``: its finish and usage."""
-    out = {**head, "choices": [{"text": text, "index": 0, "logprobs": None,
+    out = {**head, "choices": [{"text": text, "index": 0, "logprobs": logprobs,
                                 "finish_reason": None if c is None else c.finish_reason}]}
     if c is not None and c.finish_reason is not None:
         out["usage"] = usage(c)
     return out
 
 
-def completion_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk],
-                      prefix: str = "") -> Iterator[dict[str, Any]]:
-    if prefix:
-        yield completion_chunk(head, prefix)
+def echo_chunk(head: dict[str, Any], echo: Echo) -> dict[str, Any] | None:
+    """The stream chunk of the echoed prompt (None when there is nothing to echo)."""
+    if not echo.shown or (not echo.text and echo.logprobs is None):
+        return None
+    return completion_chunk(head, echo.text, logprobs=None if echo.logprobs is None
+                            else completion_logprobs(echo.logprobs))
+
+
+def generated_chunk(head: dict[str, Any], c: CompletionChunk, want_logprobs: bool,
+                    echo: Echo = Echo()) -> dict[str, Any]:
+    """The stream chunk of a CompletionChunk (offsets after the echoed text)."""
+    lps = None
+    if want_logprobs and (c.text or c.logprobs):
+        lps = completion_logprobs(c.logprobs, len(echo.text))
+    return completion_chunk(head, c.text, c if c.finish_reason is not None else None, lps)
+
+
+def completion_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk], echo: Echo = Echo(),
+                      want_logprobs: bool = False) -> Iterator[dict[str, Any]]:
+    first = echo_chunk(head, echo)
+    if first is not None:
+        yield first
     for c in chunks:
-        yield completion_chunk(head, c.text, c if c.finish_reason is not None else None)
+        yield generated_chunk(head, c, want_logprobs, echo)
 
 
-def completion_response(head: dict[str, Any], chunks: Iterable[CompletionChunk], prefix: str = "") -> dict:
-    parts = [prefix]
+def completion_response(head: dict[str, Any], chunks: Iterable[CompletionChunk], echo: Echo = Echo(),
+                        want_logprobs: bool = False) -> dict:
+    parts = [echo.text if echo.shown else ""]
+    entries = list(echo.logprobs or ()) if echo.shown else []
     last = None
     for c in chunks:
         parts.append(c.text)
+        entries += [e.at(e.offset + len(echo.text)) for e in c.logprobs]
         last = c
     if last is None or last.finish_reason is None:
         raise ValueError("the generation stream ended without a finish reason")
     return {
         **head,
-        "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
+        "choices": [{"text": "".join(parts), "index": 0,
+                     "logprobs": completion_logprobs(entries) if want_logprobs else None,
                      "finish_reason": last.finish_reason}],
         "usage": usage(last),
     }
@@ -153,12 +208,14 @@ def chat_role_chunk(head: dict[str, Any]) -> dict[str, Any]:
                          "finish_reason": None}]}
 
 
-def chat_chunk_dicts(head: dict[str, Any], c: CompletionChunk) -> list[dict[str, Any]]:
+def chat_chunk_dicts(head: dict[str, Any], c: CompletionChunk,
+                     want_logprobs: bool = False) -> list[dict[str, Any]]:
     """``chat.completion.chunk`` objects for one CompletionChunk: its text, then (last) the finish."""
     base = {**head, "object": "chat.completion.chunk"}
     out = []
-    if c.text:
-        out.append({**base, "choices": [{"index": 0, "delta": {"content": c.text}, "logprobs": None,
+    if c.text or c.logprobs:
+        lps = chat_logprobs(c.logprobs) if want_logprobs else None
+        out.append({**base, "choices": [{"index": 0, "delta": {"content": c.text}, "logprobs": lps,
                                          "finish_reason": None}]})
     if c.finish_reason is not None:
         out.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
@@ -166,18 +223,22 @@ def chat_chunk_dicts(head: dict[str, Any], c: CompletionChunk) -> list[dict[str,
     return out
 
 
-def chat_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk]) -> Iterator[dict[str, Any]]:
+def chat_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk],
+                want_logprobs: bool = False) -> Iterator[dict[str, Any]]:
     """OpenAI ``chat.completion.chunk`` objects from a generation stream."""
     yield chat_role_chunk(head)
     for c in chunks:
-        yield from chat_chunk_dicts(head, c)
+        yield from chat_chunk_dicts(head, c, want_logprobs)
 
 
-def chat_response(head: dict[str, Any], chunks: Iterable[CompletionChunk]) -> dict[str, Any]:
+def chat_response(head: dict[str, Any], chunks: Iterable[CompletionChunk],
+                  want_logprobs: bool = False) -> dict[str, Any]:
     parts = []
+    entries: list[TokenLogprob] = []
     last = None
     for c in chunks:
         parts.append(c.text)
+        entries += c.logprobs
         last = c
     if last is None or last.finish_reason is None:
         raise ValueError("the generation stream ended without a finish reason")
@@ -185,6 +246,7 @@ def chat_response(head: dict[str, Any], chunks: Iterable[CompletionChunk]) -> di
         **head,
         "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                     "logprobs": None, "finish_reason": last.finish_reason}],
+                     "logprobs": chat_logprobs(entries) if want_logprobs else None,
+                     "finish_reason": last.finish_reason}],
         "usage": usage(last),
     }

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
+from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
 from splitllm.model import Model
 from splitllm.sampling import Sampler, SamplingParams
 
@@ -83,6 +84,7 @@ class Job:
     finished: bool = False
     next_token: int | None = None     # sampled, to be evaluated in the next step
     first_logits: np.ndarray | None = None  # logits after the prompt, when the slot had them
+    prompt_logprobs: PromptLogprobs | None = None  # the prompt's entries, when asked for (echo)
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
 
     @property
@@ -158,16 +160,27 @@ class BatchEngine:
         seed: int | None = None,
         max_tokens: int | None = 16,
         stop: str | Sequence[str] | None = None,
+        logprobs: int | None = None,
+        prompt_logprobs: bool = False,
     ) -> Job:
         """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
-        (``max_tokens`` None or <= 0: until the sequence's context is full). Raises ValueError on
-        bad input."""
+        (``max_tokens`` None or <= 0: until the sequence's context is full). With
+        ``prompt_logprobs`` (and ``logprobs``), the prompt is read from scratch with the logits of
+        every position and its tokens' entries are in ``job.prompt_logprobs`` before the first
+        event, as ``Model.prompt_logprobs`` gives them. Raises ValueError on bad input."""
         prompt = self.model.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
+        n_top = check_n_top(logprobs)
+        if prompt_logprobs and n_top is None:
+            raise ValueError("prompt log-probabilities need logprobs")
         sampler = Sampler(params or SamplingParams(), self._n_vocab, self.model._seed_for(seed))
-        text = TokenText(self.model.tokenizer, n_prompt=len(prompt), stop=stop_list(stop),
-                         limit=completion_limit(max_tokens, len(prompt), self.slot_ctx))
+        tok = self.model.tokenizer
+        text = TokenText(tok, n_prompt=len(prompt), stop=stop_list(stop),
+                         limit=completion_limit(max_tokens, len(prompt), self.slot_ctx), logprobs=n_top)
         job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event)
+        if prompt_logprobs:
+            skip = frozenset([tok.bos_id]) if tok.bos_id is not None else frozenset()
+            job.prompt_logprobs = PromptLogprobs(prompt, n_top, tok.token_to_piece, skip)  # type: ignore[arg-type]
         with self._cv:
             if self._closed:
                 raise EngineClosed("the engine is closed")
@@ -275,7 +288,9 @@ class BatchEngine:
             slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
             free.remove(slot)
             keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt))
-            if keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
+            if job.prompt_logprobs is not None:
+                keep = 0  # every position's logits are wanted: read the prompt from scratch
+            elif keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
                 job.first_logits = slot.logits  # the same prompt again: nothing to evaluate
             else:
                 keep = self._read_from(min(keep, len(job.prompt) - 1), len(job.prompt))
@@ -315,24 +330,34 @@ class BatchEngine:
             budget -= n
             chunk = job.prompt[job.n_past: job.n_past + n]
             last = job.n_past + n == len(job.prompt)
-            rows = self._forward(chunk, list(range(job.n_past, job.n_past + n)), [job.slot] * n,
-                                 [0] * (n - 1) + [int(last)])
+            pos = list(range(job.n_past, job.n_past + n))
+            if job.prompt_logprobs is not None:  # every row, as Model.prompt_logprobs reads them
+                rows = self._forward(chunk, pos, [job.slot] * n, [1] * n,
+                                     np.empty((n, self._n_vocab), dtype=np.float32))
+                job.prompt_logprobs.feed(rows)
+            else:
+                rows = self._forward(chunk, pos, [job.slot] * n, [0] * (n - 1) + [int(last)])
             job.tokens += chunk
             job.n_prompt_evaluated += n
             self._count("prompt_evaluated", n)
             if last:
                 slot = self._slots[job.slot]
-                slot.logits, slot.n_logits = rows[0].copy(), len(job.prompt)
-                self._sample(job, rows[0])
+                if job.prompt_logprobs is None:
+                    slot.logits, slot.n_logits = rows[-1].copy(), len(job.prompt)
+                else:  # a pass with every row's logits may round its last row differently
+                    slot.logits, slot.n_logits = None, 0
+                self._sample(job, rows[-1])
         self._count("busy_seconds", time.perf_counter() - start)
 
-    def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int]) -> np.ndarray:
-        """One decode call; the logits rows of the flagged tokens (a view, valid until the next call)."""
+    def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int],
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """One decode call; the logits rows of the flagged tokens (in ``out``, or a view valid until
+        the next call)."""
         n_out = sum(want)
         t0 = time.perf_counter()
         out = self._core.decode(np.asarray(tokens, dtype=np.int32), np.asarray(pos, dtype=np.int32),
                                 np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
-                                self._logits[:n_out])
+                                self._logits[:n_out] if out is None else out)
         with self._cv:
             self._stats["steps"] += 1
             self._stats["decode_seconds"] += time.perf_counter() - t0
@@ -405,7 +430,10 @@ class BatchEngine:
     def _sample(self, job: Job, logits: np.ndarray) -> None:
         token = job.sampler.sample(logits)
         job.sampler.accept(token)
-        chunk = job.text.push(token)
+        n_top = job.text.n_logprobs
+        piece = self.model.tokenizer.token_to_piece
+        entry = None if n_top is None else token_logprob(logits, token, n_top, piece)
+        chunk = job.text.push(token, entry)
         if chunk is not None:
             self._emit(job, chunk)
         if job.text.done:

@@ -24,6 +24,7 @@ from splitllm import _core
 from splitllm.chat import CHATML_TEMPLATE, ChatTemplate
 from splitllm.completions import (
     CompletionChunk,
+    Echo,
     TokenText,
     chat_chunks,
     chat_head,
@@ -36,6 +37,7 @@ from splitllm.completions import (
     stop_list,
 )
 from splitllm.gguf_file import GGUFFile
+from splitllm.logprobs import PromptLogprobs, TokenLogprob, chat_n_top, check_n_top, token_logprob
 from splitllm.sampling import Sampler, SamplingParams
 from splitllm.tokenizer import Tokenizer
 
@@ -358,14 +360,17 @@ class Model:
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
-        return self._generate(toks, sampler)
+        return (token for token, _ in self._generate(toks, sampler))
 
-    def _generate(self, tokens: list[int], sampler: Sampler) -> Generator[int, None, None]:
-        logits = self.eval_prompt(tokens)
+    def _generate(self, tokens: list[int], sampler: Sampler,
+                  first: np.ndarray | None = None) -> Generator[tuple[int, np.ndarray], None, None]:
+        """Yields (token, the logits it was sampled from). ``first``: the logits after ``tokens``,
+        when the cache already holds them (``eval_prompt`` is then skipped)."""
+        logits = self.eval_prompt(tokens) if first is None else first
         while True:
             token = sampler.sample(logits)
             sampler.accept(token)
-            yield token
+            yield token, logits
             n = len(self._history)
             if n >= self._seq_ctx:
                 return
@@ -387,37 +392,46 @@ class Model:
         presence_penalty: float = 0.0,
         logit_bias: Mapping[Any, float] | None = None,
         seed: int | None = None,
+        logprobs: int | None = None,
     ) -> Iterator[CompletionChunk]:
         """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason.
+        With ``logprobs`` (0..20 alternatives), chunks carry their tokens' log-probabilities.
 
         Arguments are checked when this is called."""
+        return self._stream_from(
+            prompt_tokens, None, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
+            top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, logprobs=logprobs)
+
+    def _stream_from(self, prompt_tokens: Sequence[int], first: np.ndarray | None, *,
+                     max_tokens: int | None, stop: str | Sequence[str] | None, temperature: float, top_k: int,
+                     top_p: float, min_p: float, repeat_penalty: float, frequency_penalty: float,
+                     presence_penalty: float, logit_bias: Mapping[Any, float] | None, seed: int | None,
+                     logprobs: int | None) -> Iterator[CompletionChunk]:
+        """``stream``; ``first``: the logits after the prompt when its K/V are already cached."""
         prompt = self.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
+        n_top = check_n_top(logprobs)
         text = TokenText(
             self.tokenizer,
             n_prompt=len(prompt),
             stop=stop_list(stop),
             limit=completion_limit(max_tokens, len(prompt), self._seq_ctx),
+            logprobs=n_top,
         )
-        gen = self.generate(
-            prompt,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            temp=temperature,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            logit_bias=logit_bias,
-            seed=seed,
-        )
-        return self._stream(text, gen)
+        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty,
+                                presence_penalty, logit_bias)
+        sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
+        return self._stream(text, self._generate(prompt, sampler, first))
 
-    @staticmethod
-    def _stream(text: TokenText, gen: Generator[int, None, None]) -> Iterator[CompletionChunk]:
+    def _stream(self, text: TokenText, gen: Generator[tuple[int, np.ndarray], None, None]
+                ) -> Iterator[CompletionChunk]:
+        n_top = text.n_logprobs
+        piece = self.tokenizer.token_to_piece
         try:
-            for token in gen:
-                chunk = text.push(token)
+            for token, logits in gen:
+                entry = None if n_top is None else token_logprob(logits, token, n_top, piece)
+                chunk = text.push(token, entry)
                 if chunk is not None:
                     yield chunk
                 if text.done:
@@ -471,20 +485,50 @@ class Model:
         seed: int | None = None,
         model: str | None = None,
         logit_bias: Mapping[Any, float] | None = None,
+        logprobs: int | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``."""
+        """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``.
+
+        ``logprobs`` (0..20): each generated token's log-probability and that many most likely
+        alternatives (from the model's logits, before sampling settings); with ``echo``, the
+        prompt's tokens too (the prompt is then read from scratch with the logits of every position;
+        the first token has none)."""
         if not isinstance(prompt, (str, list, tuple)):
             raise ValueError("prompt must be a str or a list of token ids")
         tokens = self._prompt_tokens(prompt)
-        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
-                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed)
+        n_top = check_n_top(logprobs)
+        first = None
+        echo_lps = None
+        if echo and n_top is not None:
+            first, echo_lps = self.prompt_logprobs(tokens, n_top)
+        chunks = self._stream_from(tokens, first, max_tokens=max_tokens, stop=stop, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                                   frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                                   logit_bias=logit_bias, seed=seed, logprobs=n_top)
         head = completion_head(model if model is not None else self.model_path)
-        prefix = self.echo_text(prompt, tokens) if echo else ""
+        text = self.echo_text(prompt, tokens) if echo or n_top is not None else ""
+        echoed = Echo(text, echo, echo_lps)
         if stream:
-            return completion_chunks(head, chunks, prefix)
-        return completion_response(head, chunks, prefix)
+            return completion_chunks(head, chunks, echoed, n_top is not None)
+        return completion_response(head, chunks, echoed, n_top is not None)
+
+    def prompt_logprobs(self, tokens: Sequence[int], n_top: int) -> tuple[np.ndarray, list[TokenLogprob]]:
+        """Reads ``tokens`` from scratch with the logits of every position (``n_batch`` at a time)
+        and returns the logits after the last one and the prompt tokens' entries (a leading BOS
+        is left out; the first token has no log-probability)."""
+        toks = self.check_prompt(tokens)
+        tok = self.tokenizer
+        lps = PromptLogprobs(toks, n_top, tok.token_to_piece,
+                             frozenset([tok.bos_id]) if tok.bos_id is not None else frozenset())
+        self._history = []
+        last = np.empty(0, dtype=np.float32)
+        for i0 in range(0, len(toks), self._n_batch):
+            part = toks[i0: i0 + self._n_batch]
+            rows = self._decode(part, i0, all_logits=True)
+            self._history = toks[: i0 + len(part)]
+            lps.feed(rows)
+            last = rows[-1].copy()
+        return last, lps.entries
 
     def echo_text(self, prompt: str | Sequence[int], tokens: Sequence[int]) -> str:
         """The prompt as ``echo=True`` repeats it."""
@@ -530,17 +574,21 @@ class Model:
         repeat_penalty: float = 1.0,
         model: str | None = None,
         logit_bias: Mapping[Any, float] | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Chat completion, shaped like OpenAI's ``chat.completions.create``."""
+        """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
+        gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives."""
+        n_top = chat_n_top(logprobs, top_logprobs)
         tokens, stops = self.chat_prompt(messages, stop)
         chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
                              top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                              frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed)
+                             logit_bias=logit_bias, seed=seed, logprobs=n_top)
         head = chat_head(model if model is not None else self.model_path)
         if stream:
-            return chat_chunks(head, chunks)
-        return chat_response(head, chunks)
+            return chat_chunks(head, chunks, n_top is not None)
+        return chat_response(head, chunks, n_top is not None)
 
     def chat_prompt(
         self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None

@@ -35,6 +35,7 @@ class StopStream:
         self.stop = [s.encode("utf-8") for s in stop if s]
         self._buf = b""
         self.stopped = False
+        self.emitted = 0  # bytes of the generated text released so far
 
     def push(self, data: bytes) -> tuple[str, bool]:
         if self.stopped:
@@ -47,6 +48,7 @@ class StopStream:
             i = min(i for i, _ in hits)
             out, self._buf = self._buf[:i], b""
             self.stopped = True
+            self.emitted += len(out)
             return out.decode("utf-8", errors="replace"), True
         # Hold back a tail that may be the start of a stop string, and any partial character.
         hold = 0
@@ -57,10 +59,13 @@ class StopStream:
                     break
         end = utf8_complete_prefix(self._buf[: len(self._buf) - hold])
         out, self._buf = self._buf[:end], self._buf[end:]
+        self.emitted += len(out)
         return out.decode("utf-8", errors="replace"), False
 
     def flush(self) -> str:
         out, self._buf = self._buf, b""
         if self.stopped:
             return ""
-        return out[: utf8_complete_prefix(out)].decode("utf-8", errors="replace")
+        out = out[: utf8_complete_prefix(out)]
+        self.emitted += len(out)
+        return out.decode("utf-8", errors="replace")
