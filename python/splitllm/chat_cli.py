@@ -15,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from splitllm.cli import add_model_options, add_sampling_options, load_model, sampling_kwargs
+from splitllm.cli import (
+    add_draft_option,
+    add_model_options,
+    add_sampling_options,
+    load_model,
+    sampling_kwargs,
+)
 
 HELP = "commands: /reset (new conversation), /exit (or Ctrl-D); Ctrl-C stops an answer"
 
@@ -146,6 +152,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="most tokens per answer (default -1: until the context is full)")
     p.add_argument("--stats", action="store_true", help="print token counts and speed after each answer")
     add_model_options(p)
+    add_draft_option(p)
     add_sampling_options(p, temperature=0.2)
     p.set_defaults(func=_cmd_chat)
 

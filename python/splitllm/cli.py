@@ -21,6 +21,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
     add_model_options(p)
     add_sampling_options(p)
+    add_draft_option(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -37,6 +38,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"], help="V cache type"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print where each layer is placed")
+
+
+def add_draft_option(p: argparse.ArgumentParser) -> None:
+    """Speculative decoding by prompt lookup (run and chat: one sequence at a time)."""
+    p.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
+                   help="guess up to N tokens a step by looking the last tokens up in the context "
+                   "(speculative decoding: the same text, faster where it repeats its input; default 0: off)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, temperature: float = 0.8) -> None:
@@ -63,6 +71,14 @@ def parse_gpu_layers(value: str) -> int | str:
 
 def load_model(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - avoids importing Model early
     from splitllm.model import Model
+
+    n_lookup = getattr(args, "prompt_lookup", 0)
+    if n_lookup < 0:
+        raise ValueError(f"--prompt-lookup must be >= 0 (got {n_lookup})")
+    if n_lookup:
+        from splitllm.speculative import PromptLookupDecoding
+
+        extra["draft_model"] = PromptLookupDecoding(num_pred_tokens=n_lookup)
 
     return Model(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_threads=args.threads,
                  n_gpu_layers=parse_gpu_layers(args.n_gpu_layers), type_k=args.cache_type_k,

@@ -44,6 +44,7 @@ from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, c
 from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
 from splitllm.model import Model
 from splitllm.sampling import Sampler, SamplingParams
+from splitllm.speculative import single_pass_limit
 
 Event = CompletionChunk | BaseException
 """What a job reports: text chunks (the last one has a finish reason), or the error that ended it."""
@@ -380,27 +381,8 @@ class BatchEngine:
 
     def _probe_prefill_threshold(self, cap: int = 32) -> int | None:
         """The fewest tokens of one prompt pass whose rows differ from single-token passes (the
-        kernels' other path), or None if none up to ``cap``. Measured on slot 0: ``cap`` single
-        passes, then a binary search."""
-        cap = min(cap, self.slot_ctx - 1, self._n_batch)
-        if cap < 2:
-            return None
-        toks = np.asarray([(1000 + 7919 * i) % self._n_vocab for i in range(cap)], dtype=np.int32)
-        slot0 = np.zeros(cap, dtype=np.int32)
-        pos = np.arange(cap, dtype=np.int32)
-        single = np.concatenate([self._core.decode(toks[i: i + 1], pos[i: i + 1], slot0[:1])
-                                 for i in range(cap)])
-
-        def same(n: int) -> bool:
-            return bool(np.array_equal(self._core.decode(toks[:n], pos[:n], slot0[:n]), single[:n]))
-
-        if same(cap):
-            return None
-        lo, hi = 1, cap  # a pass of lo tokens equals single passes, one of hi does not
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if same(mid) else (lo, mid)
-        return hi
+        kernels' other path), or None if none up to ``cap`` (measured on slot 0)."""
+        return single_pass_limit(self._core, self._n_vocab, min(cap, self.slot_ctx - 1, self._n_batch))
 
     def _probe_decode_width(self) -> int:
         """The most decode rows one pass may hold with each row equal to a single-token pass (the

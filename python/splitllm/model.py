@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
@@ -39,9 +40,11 @@ from splitllm.completions import (
 from splitllm.gguf_file import GGUFFile
 from splitllm.logprobs import PromptLogprobs, TokenLogprob, chat_n_top, check_n_top, token_logprob
 from splitllm.sampling import Sampler, SamplingParams
+from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
+MAX_SPECULATIVE_PASS = 16  # tokens in one pass that checks a draft model's guesses
 
 
 class Model:
@@ -70,6 +73,7 @@ class Model:
         op_offload: bool = True,
         kv_rotate: bool = True,
         chat_template: str | None = None,
+        draft_model: DraftModel | None = None,
         verbose: bool = False,
     ) -> None:
         self._core: Any = None
@@ -129,6 +133,18 @@ class Model:
         template = chat_template or self._metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
         self._chat_template_source = template
         self._chat: ChatTemplate | None = None
+        if draft_model is not None and not callable(draft_model):
+            raise ValueError("draft_model must be callable (a splitllm.speculative.DraftModel)")
+        self.draft_model = draft_model
+        self._max_draft = 0
+        self._draft_policy: DraftPolicy | None = None
+        if draft_model is not None:
+            # Guesses and the token before them go in one pass no longer than the longest whose
+            # logits equal single-token passes, so the output does not depend on the guesses.
+            cap = min(MAX_SPECULATIVE_PASS, self._seq_ctx - 1, n_batch)
+            limit = single_pass_limit(self._core, self.n_vocab(), cap)
+            self._max_draft = (cap if limit is None else limit - 1) - 1
+            self._draft_policy = DraftPolicy(self._max_draft)
         if verbose:
             self._print_placement()
 
@@ -365,8 +381,13 @@ class Model:
     def _generate(self, tokens: list[int], sampler: Sampler,
                   first: np.ndarray | None = None) -> Generator[tuple[int, np.ndarray], None, None]:
         """Yields (token, the logits it was sampled from). ``first``: the logits after ``tokens``,
-        when the cache already holds them (``eval_prompt`` is then skipped)."""
+        when the cache already holds them (``eval_prompt`` is then skipped). With a draft model,
+        a pass evaluates the token and the draft's guesses; the logits after a guess are used as
+        long as the sampled tokens equal the guesses (see :mod:`splitllm.speculative`)."""
         logits = self.eval_prompt(tokens) if first is None else first
+        guessed: list[tuple[int, np.ndarray]] = []  # (guess, logits after it), K/V already cached
+        unused: int | None = None  # the draft's first guess when the pass held none
+        policy = self._draft_policy
         while True:
             token = sampler.sample(logits)
             sampler.accept(token)
@@ -374,8 +395,44 @@ class Model:
             n = len(self._history)
             if n >= self._seq_ctx:
                 return
-            logits = self._decode([token], n)[0]
+            if policy is not None:
+                if guessed:
+                    right = guessed[0][0] == token
+                    policy.outcome(int(right), wrong=not right)
+                elif unused is not None:
+                    policy.outcome(int(unused == token), wrong=unused != token)
+            if guessed and guessed[0][0] == token:
+                logits = guessed.pop(0)[1]
+                self._history.append(token)
+                continue
+            draft = self._draft(token, n)
+            unused = draft[0] if draft else None
+            if policy is not None:
+                draft = draft[: policy.length(len(draft))]
+                if draft:
+                    unused = None
+            t0 = time.perf_counter()
+            rows = self._decode([token, *draft], n, all_logits=bool(draft))
+            if policy is not None:
+                policy.timed(1 + len(draft), time.perf_counter() - t0)
             self._history.append(token)
+            logits = rows[0]
+            guessed = list(zip(draft, rows[1:], strict=True))
+
+    def _draft(self, token: int, n: int) -> list[int]:
+        """The draft model's guesses after the history and ``token`` (the token goes at position
+        ``n``), cut to the pass limit and to the room left in the sequence."""
+        room = min(self._max_draft, self._seq_ctx - n - 1)
+        if self.draft_model is None or room <= 0:
+            return []
+        ids = np.asarray([*self._history, token], dtype=np.intc)
+        n_vocab = self.n_vocab()
+        out: list[int] = []
+        for t in np.asarray(self.draft_model(ids)).ravel()[:room]:
+            if not 0 <= int(t) < n_vocab:
+                break  # the guesses after a bad one cannot be checked either
+            out.append(int(t))
+        return out
 
     def stream(
         self,
