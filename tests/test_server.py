@@ -327,6 +327,78 @@ def test_null_means_default(server, ref):
     assert r.json()["choices"][0]["message"]["content"] == want
 
 
+# ---- several prompts and choices per request ----
+
+def stream_by_index(chunks) -> dict[int, str]:
+    text: dict[int, str] = {}
+    for c in chunks:
+        for ch in c.choices:
+            piece = ch.text if hasattr(ch, "text") else ch.delta.content or ""
+            text[ch.index] = text.get(ch.index, "") + piece
+    return text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_several_prompts_in_one_request(client, ref, stream):
+    """A list of prompts (strings, or token lists) gets one choice each, in order, run together."""
+    texts = ["Once upon a time", "The best way to learn Python is", "Water boils at", "def fibonacci(n):"]
+    prompts: list = texts if not stream else [ref.tokenize(t.encode(), add_bos=False) for t in texts]
+    want = [ref.create_completion(p, max_tokens=MAX, temperature=0) for p in prompts]
+    kw = dict(model=ALIAS, prompt=prompts, max_tokens=MAX, temperature=0)
+    if stream:
+        chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+        got = stream_by_index(chunks)
+        usage_ = chunks[-1].usage
+        assert chunks[-1].choices == []
+    else:
+        r = client.completions.create(**kw)
+        assert [c.index for c in r.choices] == list(range(len(prompts)))
+        got = {c.index: c.text for c in r.choices}
+        usage_ = r.usage
+    assert got == {i: w["choices"][0]["text"] for i, w in enumerate(want)}
+    assert usage_.prompt_tokens == sum(w["usage"]["prompt_tokens"] for w in want)
+    assert usage_.completion_tokens == sum(w["usage"]["completion_tokens"] for w in want)
+
+
+def test_scoring_prompts_with_echo_and_no_tokens(client, ref):
+    """Scoring texts: several prompts, echo, logprobs, max_tokens 0 (nothing generated)."""
+    prompts = ["The capital of France is Paris", "The capital of France is Rome"]
+    r = client.completions.create(model=ALIAS, prompt=prompts, max_tokens=0, echo=True, logprobs=1,
+                                  temperature=0)
+    assert r.usage.completion_tokens == 0
+    for i, p in enumerate(prompts):
+        ref.reset()
+        want = ref.create_completion(p, max_tokens=1, temperature=0, echo=True, logprobs=1)["choices"][0]
+        n = len(ref.tokenize(p.encode(), add_bos=False))
+        lp = r.choices[i].logprobs.model_dump()
+        assert r.choices[i].text == p and r.choices[i].finish_reason == "length"
+        assert lp == {k: v[:n] for k, v in want["logprobs"].items()}
+    # The model prefers the true statement.
+    score = [sum(x for x in c.logprobs.token_logprobs if x is not None) for c in r.choices]
+    assert score[0] > score[1]
+
+
+def test_n_choices(client, ref):
+    """n choices per prompt, choice k seeded with seed + k (so each can be repeated alone)."""
+    prompt = "Once upon a time"
+    r = client.completions.create(model=ALIAS, prompt=[prompt, "Water boils at"], n=3, max_tokens=MAX,
+                                  seed=40)
+    assert [c.index for c in r.choices] == list(range(6))
+    for k in range(3):
+        want = ref.create_completion(prompt, max_tokens=MAX, seed=40 + k)["choices"][0]["text"]
+        assert r.choices[k].text == want
+    assert len({c.text for c in r.choices[:3]}) > 1
+    messages = [SYSTEM, {"role": "user", "content": "Tell me a joke."}]
+    chunks = list(client.chat.completions.create(model=ALIAS, messages=messages, n=2, max_tokens=MAX, seed=7,
+                                                 stream=True))
+    got = stream_by_index(chunks)
+    for k in range(2):
+        want = ref.create_chat_completion(messages, max_tokens=MAX, seed=7 + k)["choices"][0]["message"]
+        assert got[k] == want["content"]
+    roles = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.role == "assistant"]
+    assert sorted(roles) == [0, 1]
+
+
 # ---- batching and prefix reuse ----
 
 def test_concurrent_requests_share_forward_passes(server, engine, ref):
@@ -390,7 +462,13 @@ BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": "x", "max_tokens": -1}', 400, "max_tokens"),
     ("/v1/completions", b'{"prompt": "x", "max_tokens": 100000}', 400, "max_tokens"),
     ("/v1/completions", b'{"prompt": "x", "top_p": 1.5}', 400, "top_p"),
-    ("/v1/completions", b'{"prompt": "x", "n": 2}', 400, "n"),
+    ("/v1/completions", b'{"prompt": "x", "n": 0}', 400, "n"),
+    ("/v1/completions", b'{"prompt": "x", "n": 17}', 400, "n"),
+    ("/v1/completions", b'{"prompt": ["x", 5]}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": []}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": [' + b'"a", ' * 64 + b'"a"]}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": ["a", [1, 99999999]]}', 400, "prompt"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "n": 17}', 400, "n"),
     ("/v1/completions", b'{"prompt": "x", "logit_bias": {"banana": 1}}', 400, "logit_bias"),
     ("/v1/completions", b'{"prompt": "x", "logit_bias": {"99999999": 1}}', 400, "logit_bias"),
     ("/v1/completions", b'{"prompt": "x", "logit_bias": {"5": 100.5}}', 400, "logit_bias"),

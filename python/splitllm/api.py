@@ -3,8 +3,13 @@
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
 ``data: [DONE]``). Requests are tokenized and checked here, then run by the engine, which batches
-them with every other request in flight. Log-probabilities: ``logprobs`` (0..20 alternatives) on
-completions, the prompt's tokens too with ``echo``; ``logprobs`` / ``top_logprobs`` on chat.
+them with every other request in flight. A completions request may hold several prompts (a list of
+strings or of token lists, up to 64) and both endpoints take ``n`` (up to 16 choices per prompt,
+choice k seeded with ``seed + k``): each choice is a job of its own, run together, and the choices
+come back in order (streamed: interleaved, each chunk with its choice's ``index``).
+Log-probabilities: ``logprobs`` (0..20 alternatives) on completions, the prompt's tokens too with
+``echo`` (``max_tokens: 0`` with ``echo`` scores the prompt and generates nothing);
+``logprobs`` / ``top_logprobs`` on chat.
 
 The body is read as JSON whatever its Content-Type (``curl -d`` sends a form type). Errors never
 stop the server and always have OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -40,18 +45,17 @@ from splitllm.api_schema import APIError, ChatRequest, CompletionRequest, error_
 from splitllm.completions import (
     CompletionChunk,
     Echo,
+    chat_choice,
     chat_chunk_dicts,
     chat_head,
-    chat_response,
     chat_role_chunk,
+    completion_choice,
     completion_head,
-    completion_response,
     echo_chunk,
     generated_chunk,
     stop_list,
-    usage,
 )
-from splitllm.engine import BatchEngine, ChunkStream, Job
+from splitllm.engine import BatchEngine, ChunkStream
 
 _Body = TypeVar("_Body", CompletionRequest, ChatRequest)
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for a whole response checks its client
@@ -120,7 +124,7 @@ class _Service:
 
     def _submit(self, tokens: list[int], body: CompletionRequest | ChatRequest, max_tokens: int | None,
                 stop: list[str], param: str, *, explicit: bool, limit_param: str = "max_tokens",
-                prompt_logprobs: bool = False) -> ChunkStream:
+                prompt_logprobs: bool = False, seed: int | None = None, generate: bool = True) -> ChunkStream:
         """Checks the request against a sequence's context and queues it. An ``explicit``
         ``max_tokens`` must fit after the prompt (OpenAI's rule); the default is only a cap."""
         ctx = self.engine.slot_ctx
@@ -143,32 +147,46 @@ class _Service:
             raise APIError(400, str(e), param=param) from None
         try:
             params = body.sampling_params()
-            return self.engine.astream(tokens, params=params, seed=body.seed, max_tokens=max_tokens,
-                                       stop=stop, logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs)
+            return self.engine.astream(tokens, params=params, seed=seed, max_tokens=max_tokens, stop=stop,
+                                       logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs,
+                                       generate=generate)
         except ValueError as e:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
         name = self._model_name(body.model)
-        prompt = body.single_prompt()
-        try:
-            tokens = self.model._prompt_tokens(prompt)
-        except ValueError as e:
-            raise APIError(400, str(e), param="prompt") from None
         want_lps = body.n_logprobs is not None
-        stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt",
-                              explicit="max_tokens" in body.model_fields_set,
-                              prompt_logprobs=body.echo and want_lps)
+        prompts = []
+        for prompt in body.prompts():
+            try:
+                prompts.append((prompt, self.model._prompt_tokens(prompt)))
+            except ValueError as e:
+                raise APIError(400, str(e), param="prompt") from None
+        runs: list[_Run] = []
+        try:
+            for prompt, tokens in prompts:
+                text = self.model.echo_text(prompt, tokens) if body.echo or want_lps else ""
+                for k in range(body.n):
+                    stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt",
+                                          explicit="max_tokens" in body.model_fields_set,
+                                          prompt_logprobs=body.echo and want_lps,
+                                          seed=_choice_seed(body.seed, k), generate=body.generate)
+                    runs.append(_Run(len(runs), stream, k == 0, Echo(text, body.echo)))
+        except BaseException:
+            _close(runs)
+            raise
         head = completion_head(name)
-        prefix = self.model.echo_text(prompt, tokens) if body.echo or want_lps else ""
         if body.stream:
-            return _sse(stream, _completion_events(stream, head, Echo(prefix, body.echo), want_lps,
-                                                   body.include_usage))
-        chunks = await _collect(stream, request)
-        if chunks is None:
+            return _sse(runs, _completion_events(runs, head, want_lps, body.include_usage))
+        results = await _collect_all(runs, request)
+        if results is None:
             return Response(status_code=CLIENT_CLOSED)
-        echo = Echo(prefix, body.echo, _prompt_entries(stream.job))
-        return JSONResponse(_with_cached(completion_response(head, chunks, echo, want_lps), stream.job))
+        choices, lasts = [], []
+        for r, chunks in zip(runs, results, strict=True):
+            choice, last = completion_choice(chunks, r.with_prompt_entries(), want_lps, r.index)
+            choices.append(choice)
+            lasts.append(last)
+        return JSONResponse({**head, "choices": choices, "usage": _total_usage(runs, lasts)})
 
     async def chat(self, body: ChatRequest, request: Request) -> Response:
         name = self._model_name(body.model)
@@ -177,97 +195,160 @@ class _Service:
             tokens, stops = self.model.chat_prompt(messages, body.stop)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
-        stream = self._submit(tokens, body, body.token_limit, stops, "messages",
-                              explicit=body.token_limit is not None, limit_param=body.token_limit_param)
+        runs: list[_Run] = []
+        try:
+            for k in range(body.n):
+                stream = self._submit(tokens, body, body.token_limit, stops, "messages",
+                                      explicit=body.token_limit is not None,
+                                      limit_param=body.token_limit_param, seed=_choice_seed(body.seed, k))
+                runs.append(_Run(k, stream, k == 0))
+        except BaseException:
+            _close(runs)
+            raise
         head = chat_head(name)
         want_lps = body.n_logprobs is not None
         if body.stream:
-            return _sse(stream, _chat_events(stream, head, want_lps, body.include_usage))
-        chunks = await _collect(stream, request)
-        if chunks is None:
+            return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage))
+        results = await _collect_all(runs, request)
+        if results is None:
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(_with_cached(chat_response(head, chunks, want_lps), stream.job))
+        choices, lasts = [], []
+        for r, chunks in zip(runs, results, strict=True):
+            choice, last = chat_choice(chunks, want_lps, r.index)
+            choices.append(choice)
+            lasts.append(last)
+        return JSONResponse({**head, "object": "chat.completion", "choices": choices,
+                             "usage": _total_usage(runs, lasts)})
 
 
-def _prompt_entries(job: Job) -> list[Any] | None:
-    """The prompt's log-probability entries of an echo job (set before its first event)."""
-    return None if job.prompt_logprobs is None else job.prompt_logprobs.entries
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """One choice of a request: its job's stream; ``first`` for the first choice of its prompt
+    (which counts the prompt's tokens in the usage)."""
+
+    index: int
+    stream: ChunkStream
+    first: bool
+    echo: Echo = Echo()
+
+    def with_prompt_entries(self) -> Echo:
+        """The echo with the prompt's log-probability entries (set before the job's first event)."""
+        lps = self.stream.job.prompt_logprobs
+        return self.echo if lps is None else dataclasses.replace(self.echo, logprobs=lps.entries)
 
 
-def _with_cached(d: dict[str, Any], job: Job) -> dict[str, Any]:
-    """Adds how many prompt tokens came from the cache to a response's usage (OpenAI's field)."""
-    if "usage" in d:
-        d["usage"]["prompt_tokens_details"] = {"cached_tokens": job.n_cached}
-    return d
+def _choice_seed(seed: int | None, k: int) -> int | None:
+    """Choice k's seed: the request's plus k, so that the choices differ and each can be repeated."""
+    return None if seed is None else seed + k
 
 
-def _usage_chunk(head: dict[str, Any], c: CompletionChunk, job: Job, obj: str) -> dict[str, Any]:
+def _close(runs: Sequence[_Run]) -> None:
+    for r in runs:
+        r.stream.close()
+
+
+def _total_usage(runs: Sequence[_Run], lasts: Sequence[CompletionChunk]) -> dict[str, Any]:
+    """A request's usage: each prompt once, every choice's completion, and the prompt tokens that
+    came from the cache (OpenAI's ``prompt_tokens_details.cached_tokens``)."""
+    prompt = sum(c.prompt_tokens for r, c in zip(runs, lasts, strict=True) if r.first)
+    completion = sum(c.completion_tokens for c in lasts)
+    cached = sum(r.stream.job.n_cached for r in runs if r.first)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _usage_chunk(head: dict[str, Any], runs: Sequence[_Run], lasts: Sequence[CompletionChunk],
+                 obj: str) -> dict[str, Any]:
     """The extra last chunk of ``stream_options: {"include_usage": true}``: no choices, the usage."""
-    return _with_cached({**head, "object": obj, "choices": [], "usage": usage(c)}, job)
+    return {**head, "object": obj, "choices": [], "usage": _total_usage(runs, lasts)}
 
 
-async def _completion_events(stream: ChunkStream, head: dict[str, Any], echo: Echo, want_logprobs: bool,
+async def _merged(runs: Sequence[_Run]) -> AsyncIterator[tuple[_Run, CompletionChunk]]:
+    """The chunks of several jobs as they come (a job's in order); a failed job raises."""
+    waiting = {asyncio.ensure_future(r.stream.next_chunk()): r for r in runs}
+    try:
+        while waiting:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: waiting[f].index):
+                r = waiting.pop(fut)
+                yield r, fut.result()
+                if not r.stream.done:
+                    waiting[asyncio.ensure_future(r.stream.next_chunk())] = r
+    finally:
+        for fut in waiting:
+            fut.cancel()
+
+
+async def _completion_events(runs: Sequence[_Run], head: dict[str, Any], want_logprobs: bool,
                              include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-    if stream.job.prompt_logprobs is None:
-        first = echo_chunk(head, echo)
-        if first is not None:
-            yield first
-    started = False
-    async for c in stream:
-        if not started and stream.job.prompt_logprobs is not None:  # known once the prompt is read
-            echo = Echo(echo.text, echo.shown, stream.job.prompt_logprobs.entries)
-            yield echo_chunk(head, echo)  # type: ignore[misc]
-        started = True
-        yield _with_cached(generated_chunk(head, c, want_logprobs, echo), stream.job)
-        if c.finish_reason is not None and include_usage:
-            yield _usage_chunk(head, c, stream.job, "text_completion")
+    started: set[int] = set()
+    lasts: dict[int, CompletionChunk] = {}
+    for r in runs:
+        if r.stream.job.prompt_logprobs is None:
+            first = echo_chunk(head, r.echo, r.index)
+            if first is not None:
+                yield first
+    async for r, c in _merged(runs):
+        if r.index not in started and r.stream.job.prompt_logprobs is not None:  # known once it is read
+            yield echo_chunk(head, r.with_prompt_entries(), r.index)  # type: ignore[misc]
+        started.add(r.index)
+        yield generated_chunk(head, c, want_logprobs, r.echo, r.index)
+        if c.finish_reason is not None:
+            lasts[r.index] = c
+    if include_usage:
+        yield _usage_chunk(head, runs, [lasts[r.index] for r in runs], "text_completion")
 
 
-async def _chat_events(stream: ChunkStream, head: dict[str, Any], want_logprobs: bool,
+async def _chat_events(runs: Sequence[_Run], head: dict[str, Any], want_logprobs: bool,
                        include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-    yield chat_role_chunk(head)
-    async for c in stream:
-        for d in chat_chunk_dicts(head, c, want_logprobs):
-            yield _with_cached(d, stream.job)
-        if c.finish_reason is not None and include_usage:
-            yield _usage_chunk(head, c, stream.job, "chat.completion.chunk")
+    lasts: dict[int, CompletionChunk] = {}
+    for r in runs:
+        yield chat_role_chunk(head, r.index)
+    async for r, c in _merged(runs):
+        for d in chat_chunk_dicts(head, c, want_logprobs, r.index):
+            yield d
+        if c.finish_reason is not None:
+            lasts[r.index] = c
+    if include_usage:
+        yield _usage_chunk(head, runs, [lasts[r.index] for r in runs], "chat.completion.chunk")
 
 
-def _sse(stream: ChunkStream, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """Server-sent events: one ``data:`` line a chunk, then ``data: [DONE]``. The job is cancelled
+def _sse(runs: Sequence[_Run], events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events: one ``data:`` line a chunk, then ``data: [DONE]``. The jobs are cancelled
     when the stream ends early (the client went away: Starlette cancels the stream)."""
 
     async def lines() -> AsyncIterator[str]:
         try:
             async for d in events:
                 yield f"data: {json.dumps(d, ensure_ascii=False)}\n\n"
-        except Exception as e:  # the job failed mid-stream: tell the client in-band
+        except Exception as e:  # a job failed mid-stream: tell the client in-band
             body = error_body(f"generation failed: {e}", type="server_error")
             yield f"data: {json.dumps(body)}\n\n"
         finally:
-            stream.close()
+            _close(runs)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(lines(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _collect(stream: ChunkStream, request: Request) -> list[CompletionChunk] | None:
-    """All chunks of a job, or None if the client disconnects first (the job is cancelled)."""
-    chunks: list[CompletionChunk] = []
+async def _collect_all(runs: Sequence[_Run], request: Request) -> list[list[CompletionChunk]] | None:
+    """Every chunk of every job, or None if the client disconnects first (the jobs are cancelled)."""
+    chunks: list[list[CompletionChunk]] = [[] for _ in runs]
     checked = time.monotonic()
     try:
-        while not stream.done:
-            try:
-                chunks.append(await stream.next_chunk(DISCONNECT_POLL_S))
-            except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
-                pass
-            if time.monotonic() - checked >= DISCONNECT_POLL_S:
-                checked = time.monotonic()
-                if await request.is_disconnected():
-                    return None
+        for i, r in enumerate(runs):
+            while not r.stream.done:
+                try:
+                    chunks[i].append(await r.stream.next_chunk(DISCONNECT_POLL_S))
+                except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
+                    pass
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        return None
     finally:
-        stream.close()
+        _close(runs)
     return chunks
 
 

@@ -52,6 +52,8 @@ class _NullIsDefault(BaseModel):
         return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
 
 
+MAX_CHOICES = 16    # choices per prompt (n)
+MAX_PROMPTS = 64    # prompts in one completions request
 LogitBias = dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]]  # OpenAI's range of a bias
 
 
@@ -78,7 +80,7 @@ class _Sampling(_NullIsDefault):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices per prompt")
     user: str | None = None
 
     @property
@@ -97,8 +99,8 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
     prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int = Field(16, ge=1)
-    echo: bool = False
+    echo: bool = False  # before max_tokens, whose check reads it
+    max_tokens: int = Field(16, ge=0)
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -114,14 +116,28 @@ class CompletionRequest(_Sampling):
             raise ValueError("suffix is not supported by this server")
         return v
 
-    def single_prompt(self) -> str | list[int]:
-        """The one prompt of the request (a list of one prompt counts as that prompt)."""
+    @field_validator("max_tokens")
+    @classmethod
+    def _zero_needs_echo(cls, v: int, info: ValidationInfo) -> int:
+        if v == 0 and not info.data.get("echo"):
+            raise ValueError("max_tokens may be 0 only with echo (the prompt scored, nothing generated)")
+        return v
+
+    @property
+    def generate(self) -> bool:
+        """False for ``max_tokens: 0`` with ``echo``: the prompt is read (and scored), nothing added."""
+        return self.max_tokens > 0
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of the request: a string or a list of token ids is one prompt; a list of
+        strings or of token lists is several."""
         p = self.prompt
         if isinstance(p, list) and p and isinstance(p[0], (str, list)):
-            if len(p) != 1:
-                raise APIError(400, "only one prompt per request is supported", param="prompt")
-            return p[0]  # type: ignore[return-value]
-        return p  # type: ignore[return-value]
+            if len(p) > MAX_PROMPTS:
+                raise APIError(400, f"at most {MAX_PROMPTS} prompts per request (got {len(p)})",
+                               param="prompt")
+            return list(p)  # type: ignore[arg-type]
+        return [p]  # type: ignore[list-item]
 
 
 class ContentPart(BaseModel):

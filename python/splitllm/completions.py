@@ -146,30 +146,30 @@ class Echo:
 
 
 def completion_chunk(head: dict[str, Any], text: str, c: CompletionChunk | None = None,
-                     logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+                     logprobs: dict[str, Any] | None = None, index: int = 0) -> dict[str, Any]:
     """A ``text_completion`` stream chunk; with the last CompletionChunk ``c``: its finish and usage."""
-    out = {**head, "choices": [{"text": text, "index": 0, "logprobs": logprobs,
+    out = {**head, "choices": [{"text": text, "index": index, "logprobs": logprobs,
                                 "finish_reason": None if c is None else c.finish_reason}]}
     if c is not None and c.finish_reason is not None:
         out["usage"] = usage(c)
     return out
 
 
-def echo_chunk(head: dict[str, Any], echo: Echo) -> dict[str, Any] | None:
+def echo_chunk(head: dict[str, Any], echo: Echo, index: int = 0) -> dict[str, Any] | None:
     """The stream chunk of the echoed prompt (None when there is nothing to echo)."""
     if not echo.shown or (not echo.text and echo.logprobs is None):
         return None
     return completion_chunk(head, echo.text, logprobs=None if echo.logprobs is None
-                            else completion_logprobs(echo.logprobs))
+                            else completion_logprobs(echo.logprobs), index=index)
 
 
 def generated_chunk(head: dict[str, Any], c: CompletionChunk, want_logprobs: bool,
-                    echo: Echo = Echo()) -> dict[str, Any]:
+                    echo: Echo = Echo(), index: int = 0) -> dict[str, Any]:
     """The stream chunk of a CompletionChunk (offsets after the echoed text)."""
     lps = None
     if want_logprobs and (c.text or c.logprobs):
         lps = completion_logprobs(c.logprobs, len(echo.text))
-    return completion_chunk(head, c.text, c if c.finish_reason is not None else None, lps)
+    return completion_chunk(head, c.text, c if c.finish_reason is not None else None, lps, index)
 
 
 def completion_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk], echo: Echo = Echo(),
@@ -181,44 +181,49 @@ def completion_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk], e
         yield generated_chunk(head, c, want_logprobs, echo)
 
 
+def _last(chunks: Sequence[CompletionChunk]) -> CompletionChunk:
+    if not chunks or chunks[-1].finish_reason is None:
+        raise ValueError("the generation stream ended without a finish reason")
+    return chunks[-1]
+
+
+def completion_choice(chunks: Iterable[CompletionChunk], echo: Echo = Echo(), want_logprobs: bool = False,
+                      index: int = 0) -> tuple[dict[str, Any], CompletionChunk]:
+    """One choice of a ``text_completion`` from its whole stream, and the stream's last chunk."""
+    chunks = list(chunks)
+    last = _last(chunks)
+    entries = list(echo.logprobs or ()) if echo.shown else []
+    for c in chunks:
+        entries += [e.at(e.offset + len(echo.text)) for e in c.logprobs]
+    text = (echo.text if echo.shown else "") + "".join(c.text for c in chunks)
+    lps = completion_logprobs(entries) if want_logprobs else None
+    return {"text": text, "index": index, "logprobs": lps, "finish_reason": last.finish_reason}, last
+
+
 def completion_response(head: dict[str, Any], chunks: Iterable[CompletionChunk], echo: Echo = Echo(),
                         want_logprobs: bool = False) -> dict:
-    parts = [echo.text if echo.shown else ""]
-    entries = list(echo.logprobs or ()) if echo.shown else []
-    last = None
-    for c in chunks:
-        parts.append(c.text)
-        entries += [e.at(e.offset + len(echo.text)) for e in c.logprobs]
-        last = c
-    if last is None or last.finish_reason is None:
-        raise ValueError("the generation stream ended without a finish reason")
-    return {
-        **head,
-        "choices": [{"text": "".join(parts), "index": 0,
-                     "logprobs": completion_logprobs(entries) if want_logprobs else None,
-                     "finish_reason": last.finish_reason}],
-        "usage": usage(last),
-    }
+    choice, last = completion_choice(chunks, echo, want_logprobs)
+    return {**head, "choices": [choice], "usage": usage(last)}
 
 
-def chat_role_chunk(head: dict[str, Any]) -> dict[str, Any]:
+def chat_role_chunk(head: dict[str, Any], index: int = 0) -> dict[str, Any]:
     """The first ``chat.completion.chunk`` of a stream: the assistant role, no text."""
     return {**head, "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
+            "choices": [{"index": index, "delta": {"role": "assistant"}, "logprobs": None,
                          "finish_reason": None}]}
 
 
-def chat_chunk_dicts(head: dict[str, Any], c: CompletionChunk,
-                     want_logprobs: bool = False) -> list[dict[str, Any]]:
+def chat_chunk_dicts(head: dict[str, Any], c: CompletionChunk, want_logprobs: bool = False,
+                     index: int = 0) -> list[dict[str, Any]]:
     """``chat.completion.chunk`` objects for one CompletionChunk: its text, then (last) the finish."""
     base = {**head, "object": "chat.completion.chunk"}
     out = []
     if c.text or c.logprobs:
         lps = chat_logprobs(c.logprobs) if want_logprobs else None
-        out.append({**base, "choices": [{"index": 0, "delta": {"content": c.text}, "logprobs": lps,
+        out.append({**base, "choices": [{"index": index, "delta": {"content": c.text}, "logprobs": lps,
                                          "finish_reason": None}]})
     if c.finish_reason is not None:
-        out.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+        out.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
                                          "finish_reason": c.finish_reason}], "usage": usage(c)})
     return out
 
@@ -231,22 +236,18 @@ def chat_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk],
         yield from chat_chunk_dicts(head, c, want_logprobs)
 
 
+def chat_choice(chunks: Iterable[CompletionChunk], want_logprobs: bool = False,
+                index: int = 0) -> tuple[dict[str, Any], CompletionChunk]:
+    """One choice of a ``chat.completion`` from its whole stream, and the stream's last chunk."""
+    chunks = list(chunks)
+    last = _last(chunks)
+    entries = [e for c in chunks for e in c.logprobs]
+    return ({"index": index, "message": {"role": "assistant", "content": "".join(c.text for c in chunks)},
+             "logprobs": chat_logprobs(entries) if want_logprobs else None,
+             "finish_reason": last.finish_reason}, last)
+
+
 def chat_response(head: dict[str, Any], chunks: Iterable[CompletionChunk],
                   want_logprobs: bool = False) -> dict[str, Any]:
-    parts = []
-    entries: list[TokenLogprob] = []
-    last = None
-    for c in chunks:
-        parts.append(c.text)
-        entries += c.logprobs
-        last = c
-    if last is None or last.finish_reason is None:
-        raise ValueError("the generation stream ended without a finish reason")
-    return {
-        **head,
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                     "logprobs": chat_logprobs(entries) if want_logprobs else None,
-                     "finish_reason": last.finish_reason}],
-        "usage": usage(last),
-    }
+    choice, last = chat_choice(chunks, want_logprobs)
+    return {**head, "object": "chat.completion", "choices": [choice], "usage": usage(last)}

@@ -163,12 +163,14 @@ class BatchEngine:
         stop: str | Sequence[str] | None = None,
         logprobs: int | None = None,
         prompt_logprobs: bool = False,
+        generate: bool = True,
     ) -> Job:
         """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
         (``max_tokens`` None or <= 0: until the sequence's context is full). With
         ``prompt_logprobs`` (and ``logprobs``), the prompt is read from scratch with the logits of
         every position and its tokens' entries are in ``job.prompt_logprobs`` before the first
-        event, as ``Model.prompt_logprobs`` gives them. Raises ValueError on bad input."""
+        event, as ``Model.prompt_logprobs`` gives them. ``generate=False``: the prompt is only read
+        (and scored); the job ends with it, finish reason "length". Raises ValueError on bad input."""
         prompt = self.model.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
         n_top = check_n_top(logprobs)
@@ -177,7 +179,8 @@ class BatchEngine:
         sampler = Sampler(params or SamplingParams(), self._n_vocab, self.model._seed_for(seed))
         tok = self.model.tokenizer
         text = TokenText(tok, n_prompt=len(prompt), stop=stop_list(stop),
-                         limit=completion_limit(max_tokens, len(prompt), self.slot_ctx), logprobs=n_top)
+                         limit=completion_limit(max_tokens, len(prompt), self.slot_ctx) if generate else 0,
+                         logprobs=n_top)
         job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event)
         if prompt_logprobs:
             skip = frozenset([tok.bos_id]) if tok.bos_id is not None else frozenset()
@@ -410,6 +413,9 @@ class BatchEngine:
         return lo
 
     def _sample(self, job: Job, logits: np.ndarray) -> None:
+        if job.text.done:  # nothing to generate: the prompt was all
+            self._finish(job, job.text.finish())
+            return
         token = job.sampler.sample(logits)
         job.sampler.accept(token)
         n_top = job.text.n_logprobs
