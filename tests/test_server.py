@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import splitllm
@@ -399,6 +400,59 @@ def test_n_choices(client, ref):
     assert sorted(roles) == [0, 1]
 
 
+# ---- embeddings ----
+
+def test_embeddings_per_token(server, smollm2_path):
+    """SmolLM2 has no pooling type: each input gets one unit vector per token (llama.cpp's
+    embeddings normalized, as llama-server answers)."""
+    texts = ["The capital of France is Paris.", "Hello"]
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts, "model": ALIAS}, timeout=600)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == ALIAS
+    with Model(smollm2_path, n_ctx=SLOT_CTX, n_threads=2, embedding=True) as m:
+        want = m.embed(texts, normalize=True)
+        n = sum(len(m.tokenize(t.encode())) for t in texts)
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    for d, w in zip(body["data"], want, strict=True):
+        assert np.asarray(d["embedding"]) == pytest.approx(np.asarray(w), abs=1e-6)
+    assert body["usage"] == {"prompt_tokens": n, "total_tokens": n}
+
+
+@pytest.fixture(scope="module")
+def mean_server(smollm2_path):
+    model = Model(smollm2_path, n_ctx=SLOT_CTX * 2, n_seq_max=2, n_threads=2, pooling_type="mean")
+    with BatchEngine(model) as eng, BackgroundServer(create_app(eng, model_alias=ALIAS)) as srv:
+        yield srv, eng
+    model.close()
+
+
+def test_pooled_embeddings_with_the_openai_client(mean_server, smollm2_path):
+    """Mean pooling: one unit vector per input, equal to Model.embed; the openai client asks for
+    base64 by default, and token lists are inputs too. They share the engine with completions."""
+    srv, eng = mean_server
+    texts = ["The capital of France is Paris.", "def fibonacci(n):", "Water boils at 100 degrees."]
+    with Model(smollm2_path, n_ctx=SLOT_CTX, n_threads=2, embedding=True, pooling_type="mean") as m:
+        want = np.asarray(m.embed(texts, normalize=True))
+        toks = [m.tokenize(t.encode()) for t in texts]
+    with openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=600) as c:
+        with ThreadPoolExecutor(2) as ex:  # a completion runs alongside
+            gen = ex.submit(c.completions.create, model=ALIAS, prompt="Once upon a time", max_tokens=MAX)
+            r = c.embeddings.create(model=ALIAS, input=texts)
+            assert gen.result().choices[0].text
+        got = np.asarray([d.embedding for d in r.data])
+        assert got == pytest.approx(want, abs=1e-6)
+        assert np.linalg.norm(got, axis=1) == pytest.approx(np.ones(3))
+        assert r.usage.prompt_tokens == sum(map(len, toks))
+        r2 = c.embeddings.create(model=ALIAS, input=toks, encoding_format="float")
+        assert np.asarray([d.embedding for d in r2.data]) == pytest.approx(want, abs=1e-6)
+        # Related texts are closer than unrelated ones.
+        r3 = c.embeddings.create(model=ALIAS, input=["I love cats.", "I adore kittens.",
+                                                     "Quarterly tax filing deadlines."])
+        cat, kitten, tax = (np.asarray(d.embedding) for d in r3.data)
+        assert cat @ kitten > cat @ tax
+
+
 # ---- batching and prefix reuse ----
 
 def test_concurrent_requests_share_forward_passes(server, engine, ref):
@@ -505,6 +559,15 @@ BAD_REQUESTS = [
      400, "logit_bias"),
     ("/v1/chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}', 404,
      "model"),
+    ("/v1/embeddings", b'{"input": []}', 400, "input"),
+    ("/v1/embeddings", b'{"input": ""}', 400, "input"),
+    ("/v1/embeddings", b'{"input": 5}', 400, "input"),
+    ("/v1/embeddings", b'{"input": [1, 99999999]}', 400, "input"),
+    ("/v1/embeddings", b'{"input": "x", "dimensions": 64}', 400, "dimensions"),
+    ("/v1/embeddings", b'{"input": "x", "encoding_format": "base64"}', 400, "encoding_format"),
+    ("/v1/embeddings", b'{"input": "x", "encoding_format": "hex"}', 400, "encoding_format"),
+    ("/v1/embeddings", b'{"input": "' + b"hi " * 300 + b'"}', 400, "input"),
+    ("/v1/embeddings", b'{"input": "x", "model": "gpt-4"}', 404, "model"),
     ("/v1/nowhere", b"{}", 404, None),
 ]
 

@@ -259,6 +259,14 @@ def reference_logits(
     With kv_f16 the keys (after rotation) and values are rounded to float16, as a KV cache of
     that type stores them; everything else is float64.
     """
+    out = w.get("output.weight", w["token_embd.weight"])
+    return reference_hidden(cfg, w, tokens, kv_f16=kv_f16) @ out.T
+
+
+def reference_hidden(
+    cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True
+) -> np.ndarray:
+    """The final hidden states after the output norm (n, n_embd), float64 (see reference_logits)."""
     n, hd = len(tokens), cfg.head_dim
     gqa = cfg.n_head // cfg.n_head_kv
     pos = np.arange(n)
@@ -291,5 +299,4 @@ def reference_logits(
         g = h @ w[b + "ffn_gate.weight"].T
         u = h @ w[b + "ffn_up.weight"].T
         x = x + (g / (1 + np.exp(-g)) * u) @ w[b + "ffn_down.weight"].T
-    out = w.get("output.weight", w["token_embd.weight"])
-    return rmsnorm(x, w["output_norm.weight"]) @ out.T
+    return rmsnorm(x, w["output_norm.weight"])

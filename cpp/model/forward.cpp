@@ -9,7 +9,7 @@
 namespace sl {
 
 void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
-                    float * logits) {
+                    float * logits, bool embeddings) {
     const Config & c = cfg_;
     const BatchInfo batch{n, pos, slot};
     for (auto & [be, s] : scratch_) be->begin_batch(batch);
@@ -93,6 +93,14 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     ++n_forward_;
     if (n_out == 0 || !logits) return;
     output_backend_->rms_norm(s.x, w_.output_norm, s.h, n_out, c.n_embd, c.rms_eps);
+    if (embeddings) {  // the normed hidden states themselves
+        const size_t bytes = size_t(n_out) * c.n_embd * sizeof(float);
+        if (output_backend_->is_cpu())
+            std::memcpy(logits, s.h, bytes);
+        else
+            output_backend_->download(logits, s.h, bytes);
+        return;
+    }
     const WeightRef * wout = &w_.output;
     if (output_backend_->is_cpu()) {
         output_backend_->matmul(&wout, &logits, 1, s.h, n_out, false);

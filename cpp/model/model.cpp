@@ -228,7 +228,7 @@ void Model::allocate_state() {
 }
 
 void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
-                   int n, float * logits) {
+                   int n, float * logits, bool embeddings) {
     SL_CHECK(n >= 0, "negative token count");
     for (int i = 0; i < n; ++i) {
         SL_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "token %d: id %d is outside the vocabulary [0, %d)",
@@ -241,10 +241,10 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
     for (int i0 = 0; i0 < n; i0 += params_.n_batch) {
         const int m = std::min(params_.n_batch, n - i0);
         const uint8_t * w = want ? want + i0 : nullptr;
-        forward(tokens + i0, pos + i0, slot + i0, w, m, logits);
+        forward(tokens + i0, pos + i0, slot + i0, w, m, logits, embeddings);
         int n_out = 0;
         for (int i = 0; i < m; ++i) n_out += w ? (w[i] != 0) : 1;
-        if (logits) logits += size_t(n_out) * cfg_.n_vocab;
+        if (logits) logits += size_t(n_out) * (embeddings ? cfg_.n_embd : cfg_.n_vocab);
     }
 }
 

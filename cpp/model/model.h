@@ -94,6 +94,7 @@ public:
     const GGUFFile & file() const { return *file_; }
     const ModelParams & params() const { return params_; }
     int n_vocab() const { return cfg_.n_vocab; }
+    int n_embd() const { return cfg_.n_embd; }
     int slot_ctx() const { return kv_.slot_ctx; }
     const std::vector<Placement> & placement() const { return placement_; }
     const std::vector<std::string> & warnings() const { return warnings_; }
@@ -101,9 +102,10 @@ public:
     // Evaluates n tokens (any number; run in batches of n_batch). Token i of sequence slot
     // slot[i] is at position pos[i]; its K/V go to that cell and it attends to cells [0, pos[i]]
     // of its slot. For each i with want_logits[i] (all if null), a row of n_vocab logits is written
-    // to logits, in order.
+    // to out, in order; with embeddings, a row of n_embd values instead: the final hidden state
+    // after the output norm (what the output layer would multiply; llama.cpp's embeddings).
     void decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want_logits,
-                int n, float * logits);
+                int n, float * out, bool embeddings = false);
 
     // Tokens evaluated since load (for tests of prefix reuse) and forward passes run.
     int64_t n_eval() const { return n_eval_; }
@@ -139,7 +141,7 @@ private:
     void move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv);
     void allocate_state();
     void forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
-                 float * logits);
+                 float * out, bool embeddings);
 
     struct Scratch {  // activations of one backend, (n_batch, width) each
         float * x = nullptr;    // residual stream (n_embd)

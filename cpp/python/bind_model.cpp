@@ -115,27 +115,31 @@ void bind_model(pyb::module_ & m) {
         .def(
             "decode",
             [](Model & self, const I32 & tokens, const I32 & pos, const I32 & slot, std::optional<U8> want,
-               std::optional<F32> out) {
+               std::optional<F32> out, bool embeddings) {
                 const int64_t n = tokens.size();
                 const int64_t n_out = check_batch(self, tokens, pos, slot, want);
-                F32 result = out ? *out : F32({n_out, int64_t(self.n_vocab())});
-                if (result.ndim() != 2 || result.shape(0) != n_out || result.shape(1) != self.n_vocab())
-                    throw pyb::value_error("out must be a C-contiguous float32 array of shape (n_logits, n_vocab)");
+                const int64_t width = embeddings ? self.n_embd() : self.n_vocab();
+                F32 result = out ? *out : F32({n_out, width});
+                if (result.ndim() != 2 || result.shape(0) != n_out || result.shape(1) != width)
+                    throw pyb::value_error(embeddings ? "out must be a C-contiguous float32 array of shape (n_wanted, n_embd)"
+                                                      : "out must be a C-contiguous float32 array of shape (n_logits, n_vocab)");
                 float * dst = n_out ? result.mutable_data() : nullptr;
                 const uint8_t * w = want ? want->data() : nullptr;
                 {
                     pyb::gil_scoped_release nogil;
-                    self.decode(tokens.data(), pos.data(), slot.data(), w, int(n), dst);
+                    self.decode(tokens.data(), pos.data(), slot.data(), w, int(n), dst, embeddings);
                 }
                 return result;
             },
             pyb::arg("tokens"), pyb::arg("pos"), pyb::arg("slot"), pyb::arg("want_logits") = pyb::none(),
-            pyb::arg("out") = pyb::none(),
+            pyb::arg("out") = pyb::none(), pyb::arg("embeddings") = false,
             "Evaluates tokens at positions pos of sequence slots slot; returns float32 logits "
-            "(n_wanted, n_vocab) for the tokens flagged in want_logits (all when None).")
+            "(n_wanted, n_vocab) for the tokens flagged in want_logits (all when None), or with "
+            "embeddings the final hidden states after the output norm (n_wanted, n_embd).")
         .def_property_readonly("memory", [](const Model & self) { return devices_list(self.memory()); },
                                "Bytes held per device: weights, kv, buffers, overhead.")
         .def_property_readonly("n_vocab", &Model::n_vocab)
+        .def_property_readonly("n_embd", &Model::n_embd)
         .def_property_readonly("slot_ctx", &Model::slot_ctx)
         .def_property_readonly("n_eval", &Model::n_eval)
         .def_property_readonly("n_forward", &Model::n_forward)

@@ -74,14 +74,18 @@ class Model:
                  n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
                  offload_kqv: bool = True, op_offload: bool = True, kv_rotate: bool = True) -> None: ...
     def decode(self, tokens: np.ndarray, pos: np.ndarray, slot: np.ndarray,
-               want_logits: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+               want_logits: np.ndarray | None = None, out: np.ndarray | None = None,
+               embeddings: bool = False) -> np.ndarray:
         """Evaluates tokens at positions pos of sequence slots slot; returns float32 logits
-        (n_wanted, n_vocab) for the tokens flagged in want_logits (all when None)."""
+        (n_wanted, n_vocab) for the tokens flagged in want_logits (all when None), or with
+        embeddings the final hidden states after the output norm (n_wanted, n_embd)."""
     @property
     def memory(self) -> list[dict[str, Any]]:
         """Bytes held per device: weights, kv, buffers, overhead."""
     @property
     def n_vocab(self) -> int: ...
+    @property
+    def n_embd(self) -> int: ...
     @property
     def slot_ctx(self) -> int: ...
     @property

@@ -2,7 +2,9 @@
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
-``data: [DONE]``). Requests are tokenized and checked here, then run by the engine, which batches
+``data: [DONE]``), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
+``--pooling``, unit length as llama-server and OpenAI give them; per-token lists with pooling
+none). Requests are tokenized and checked here, then run by the engine, which batches
 them with every other request in flight. A completions request may hold several prompts (a list of
 strings or of token lists, up to 64) and both endpoints take ``n`` (up to 16 choices per prompt,
 choice k seeded with ``seed + k``): each choice is a job of its own, run together, and the choices
@@ -26,6 +28,7 @@ sequence slot.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hmac
 import json
@@ -34,6 +37,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -41,7 +45,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from splitllm.api_schema import APIError, ChatRequest, CompletionRequest, error_body
+from splitllm.api_schema import APIError, ChatRequest, CompletionRequest, EmbeddingRequest, error_body
 from splitllm.completions import (
     CompletionChunk,
     Echo,
@@ -56,6 +60,7 @@ from splitllm.completions import (
     stop_list,
 )
 from splitllm.engine import BatchEngine, ChunkStream
+from splitllm.model import LLAMA_POOLING_TYPE_NONE, pool_embeddings
 
 _Body = TypeVar("_Body", CompletionRequest, ChatRequest)
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for a whole response checks its client
@@ -87,6 +92,10 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await svc.chat(await _parse(request, ChatRequest), request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await svc.embeddings(await _parse(request, EmbeddingRequest), request)
 
     return app
 
@@ -219,6 +228,51 @@ class _Service:
             lasts.append(last)
         return JSONResponse({**head, "object": "chat.completion", "choices": choices,
                              "usage": _total_usage(runs, lasts)})
+
+
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        name = self._model_name(body.model)
+        pooling = self.model.pooling_type()
+        if pooling == LLAMA_POOLING_TYPE_NONE and body.encoding_format == "base64":
+            raise APIError(400, "this model's embeddings are per token (pooling none): ask for "
+                           "encoding_format 'float'", param="encoding_format")
+        token_lists = []
+        for x in body.inputs():
+            toks = self.model.tokenize(x.encode("utf-8")) if isinstance(x, str) else x
+            if not toks:
+                raise APIError(400, "an input is empty", param="input")
+            ctx = self.engine.slot_ctx
+            if len(toks) >= ctx:
+                raise APIError(400, f"This model's maximum context length is {ctx} tokens, but an input has "
+                               f"{len(toks)} tokens", param="input", code="context_length_exceeded")
+            token_lists.append(toks)
+        runs: list[_Run] = []
+        try:
+            for i, toks in enumerate(token_lists):
+                try:
+                    stream = self.engine.aembedding(toks)
+                except ValueError as e:
+                    raise APIError(400, str(e), param="input") from None
+                runs.append(_Run(i, stream, True))
+        except BaseException:
+            _close(runs)
+            raise
+        if await _collect_all(runs, request) is None:
+            return Response(status_code=CLIENT_CLOSED)
+        data = []
+        for r in runs:
+            rows = np.concatenate(r.stream.job.embeddings)  # type: ignore[arg-type]
+            vecs = pool_embeddings(rows, pooling, normalize=True)
+            if pooling == LLAMA_POOLING_TYPE_NONE:
+                emb: Any = vecs.tolist()
+            elif body.encoding_format == "base64":
+                emb = base64.b64encode(vecs[0].astype("<f4").tobytes()).decode("ascii")
+            else:
+                emb = vecs[0].tolist()
+            data.append({"object": "embedding", "embedding": emb, "index": r.index})
+        n = sum(len(t) for t in token_lists)
+        return JSONResponse({"object": "list", "data": data, "model": name,
+                             "usage": {"prompt_tokens": n, "total_tokens": n}})
 
 
 @dataclasses.dataclass(eq=False)

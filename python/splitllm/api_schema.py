@@ -54,6 +54,7 @@ class _NullIsDefault(BaseModel):
 
 MAX_CHOICES = 16    # choices per prompt (n)
 MAX_PROMPTS = 64    # prompts in one completions request
+MAX_EMBED_INPUTS = 2048  # inputs in one embeddings request (OpenAI's limit)
 LogitBias = dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]]  # OpenAI's range of a bias
 
 
@@ -188,3 +189,31 @@ class ChatRequest(_Sampling):
     @property
     def token_limit_param(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+
+class EmbeddingRequest(_NullIsDefault):
+    """``POST /v1/embeddings``."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _no_dimensions(cls, v: int | None) -> int | None:
+        if v is not None:
+            raise ValueError("dimensions is not supported (the model's embeddings have a fixed size)")
+        return v
+
+    def inputs(self) -> list[str | list[int]]:
+        """The texts (or token lists) to embed, one or several."""
+        x = self.input
+        items: list = list(x) if isinstance(x, list) and x and isinstance(x[0], (str, list)) else [x]
+        if len(items) > MAX_EMBED_INPUTS:
+            raise APIError(400, f"at most {MAX_EMBED_INPUTS} inputs per request (got {len(items)})",
+                           param="input")
+        return items

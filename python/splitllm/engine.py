@@ -86,6 +86,7 @@ class Job:
     next_token: int | None = None     # sampled, to be evaluated in the next step
     first_logits: np.ndarray | None = None  # logits after the prompt, when the slot had them
     prompt_logprobs: PromptLogprobs | None = None  # the prompt's entries, when asked for (echo)
+    embeddings: list[np.ndarray] | None = None  # an embedding job's hidden states, pass by pass
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
 
     @property
@@ -123,6 +124,7 @@ class BatchEngine:
         self.slot_ctx = int(self._core.slot_ctx)
         self._n_batch = int(model._n_batch)
         self._n_vocab = model.n_vocab()
+        self._n_embd = model.n_embd()
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
@@ -185,13 +187,31 @@ class BatchEngine:
         if prompt_logprobs:
             skip = frozenset([tok.bos_id]) if tok.bos_id is not None else frozenset()
             job.prompt_logprobs = PromptLogprobs(prompt, n_top, tok.token_to_piece, skip)  # type: ignore[arg-type]
+        self._queue(job)
+        return job
+
+    def submit_embedding(self, tokens: Sequence[int], *, on_event: Callable[[Event], None]) -> Job:
+        """Queues the reading of ``tokens`` for their embeddings (the final hidden states after the
+        output norm, every position, read from scratch): in ``job.embeddings`` when the job's one
+        chunk (finish reason "length") is reported. Raises ValueError on bad input."""
+        prompt = self.model.check_prompt(tokens)
+        text = TokenText(self.model.tokenizer, n_prompt=len(prompt), limit=0)
+        job = Job(prompt=prompt, sampler=Sampler(SamplingParams(), self._n_vocab, 0), text=text,
+                  on_event=on_event, embeddings=[])
+        self._queue(job)
+        return job
+
+    def aembedding(self, tokens: Sequence[int]) -> ChunkStream:
+        """``submit_embedding`` with the result on the running event loop (see :class:`ChunkStream`)."""
+        return self._astream(lambda put: self.submit_embedding(tokens, on_event=put))
+
+    def _queue(self, job: Job) -> None:
         with self._cv:
             if self._closed:
                 raise EngineClosed("the engine is closed")
             self._pending.append(job)
             self._stats["submitted"] += 1
             self._cv.notify()
-        return job
 
     def cancel(self, job: Job) -> None:
         """Stops a job (queued or running) and frees its slot; no more events are reported."""
@@ -217,6 +237,9 @@ class BatchEngine:
 
     def astream(self, prompt_tokens: Sequence[int], **kwargs: Any) -> ChunkStream:
         """Submits a job whose chunks arrive on the running event loop (see :class:`ChunkStream`)."""
+        return self._astream(lambda put: self.submit(prompt_tokens, on_event=put, **kwargs))
+
+    def _astream(self, submit: Callable[[Callable[[Event], None]], Job]) -> ChunkStream:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -226,8 +249,7 @@ class BatchEngine:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 pass
 
-        job = self.submit(prompt_tokens, on_event=put, **kwargs)
-        return ChunkStream(self, job, events)
+        return ChunkStream(self, submit(put), events)
 
     def close(self) -> None:
         """Stops the scheduler; queued and running jobs end with :class:`EngineClosed`."""
@@ -292,8 +314,8 @@ class BatchEngine:
             slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
             free.remove(slot)
             keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt))
-            if job.prompt_logprobs is not None:
-                keep = 0  # every position's logits are wanted: read the prompt from scratch
+            if job.prompt_logprobs is not None or job.embeddings is not None:
+                keep = 0  # every position's rows are wanted: read the prompt from scratch
             elif keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
                 job.first_logits = slot.logits  # the same prompt again: nothing to evaluate
             else:
@@ -339,6 +361,10 @@ class BatchEngine:
                 rows = self._forward(chunk, pos, [job.slot] * n, [1] * n,
                                      np.empty((n, self._n_vocab), dtype=np.float32))
                 job.prompt_logprobs.feed(rows)
+            elif job.embeddings is not None:
+                rows = self._forward(chunk, pos, [job.slot] * n, [1] * n,
+                                     np.empty((n, self._n_embd), dtype=np.float32), embeddings=True)
+                job.embeddings.append(rows)
             else:
                 rows = self._forward(chunk, pos, [job.slot] * n, [0] * (n - 1) + [int(last)])
             job.tokens += chunk
@@ -346,7 +372,7 @@ class BatchEngine:
             self._count("prompt_evaluated", n)
             if last:
                 slot = self._slots[job.slot]
-                if job.prompt_logprobs is None:
+                if job.prompt_logprobs is None and job.embeddings is None:
                     slot.logits, slot.n_logits = rows[-1].copy(), len(job.prompt)
                 else:  # a pass with every row's logits may round its last row differently
                     slot.logits, slot.n_logits = None, 0
@@ -354,14 +380,14 @@ class BatchEngine:
         self._count("busy_seconds", time.perf_counter() - start)
 
     def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int],
-                 out: np.ndarray | None = None) -> np.ndarray:
-        """One decode call; the logits rows of the flagged tokens (in ``out``, or a view valid until
-        the next call)."""
+                 out: np.ndarray | None = None, embeddings: bool = False) -> np.ndarray:
+        """One decode call; the logits rows (or with ``embeddings``, the hidden states) of the
+        flagged tokens (in ``out``, or a view valid until the next call)."""
         n_out = sum(want)
         t0 = time.perf_counter()
         out = self._core.decode(np.asarray(tokens, dtype=np.int32), np.asarray(pos, dtype=np.int32),
                                 np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
-                                self._logits[:n_out] if out is None else out)
+                                self._logits[:n_out] if out is None else out, embeddings)
         with self._cv:
             self._stats["steps"] += 1
             self._stats["decode_seconds"] += time.perf_counter() - t0

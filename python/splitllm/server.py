@@ -24,8 +24,8 @@ from splitllm.cli import add_model_options, load_model
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
                        description="Serve a model over HTTP with OpenAI's API: /v1/completions, "
-                       "/v1/chat/completions (streamed as server-sent events with stream: true), /v1/models, "
-                       "/health. Concurrent requests share each forward pass.")
+                       "/v1/chat/completions (streamed as server-sent events with stream: true), "
+                       "/v1/embeddings, /v1/models, /health. Concurrent requests share each forward pass.")
     p.add_argument("model", help="GGUF model file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=23333, help="port (default 23333)")
@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPLITLLM_API_KEY)")
     p.add_argument("--model-alias", "-a", default=None,
                    help="model name clients use (default: the file name without .gguf)")
+    p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last"],
+                   help="how /v1/embeddings pools a text's token vectors (default: the model's; none "
+                   "without one)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
@@ -50,7 +53,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--parallel must be at least 1 (got {args.parallel})")
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be in [0, 65535] (got {args.port})")
-    with load_model(args, n_seq_max=args.parallel) as model, BatchEngine(model) as engine:
+    pooling = args.pooling if args.pooling is not None else -1
+    with (load_model(args, n_seq_max=args.parallel, pooling_type=pooling) as model,
+          BatchEngine(model) as engine):
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key)
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
