@@ -97,6 +97,17 @@ def test_split_logits_equal_cpu(tmp_path, fake_gpu, config, ngl, offload_kqv):
     np.testing.assert_array_equal(logits(m, PROMPT), ref)
 
 
+@pytest.mark.parametrize("ngl", [1, -1])
+def test_split_embeddings_equal_cpu(tmp_path, fake_gpu, ngl):
+    """The hidden states come back from the output layer's device."""
+    path, _ = tiny(tmp_path, **CONFIGS["llama-gqa"])
+    n = len(PROMPT)
+    args = (np.asarray(PROMPT, np.int32), np.arange(n, dtype=np.int32), np.zeros(n, np.int32))
+    ref = cpu_model(path).decode(*args, embeddings=True)
+    got = _core.Model(path, n_ctx=64, n_threads=1, n_gpu_layers=ngl).decode(*args, embeddings=True)
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_placement_bytes(tmp_path, fake_gpu):
     cfg = TinyConfig(arch="llama", n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, seed=3)
     path = tmp_path / "tiny.gguf"

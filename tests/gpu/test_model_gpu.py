@@ -93,6 +93,18 @@ def test_op_offload(tiny_path):
     assert m.n_op_offload == 6
 
 
+def test_embeddings_from_the_gpu(tiny_path):
+    """The final hidden states come back from the GPU when the output layer is there."""
+    n = len(PROMPT)
+    args = (np.asarray(PROMPT, np.int32), np.arange(n, dtype=np.int32), np.zeros(n, np.int32))
+    cpu = _core.Model(tiny_path, n_ctx=256, op_offload=False).decode(*args, embeddings=True)
+    for ngl in (1, -1):
+        got = _core.Model(tiny_path, n_ctx=256, n_gpu_layers=ngl).decode(*args, embeddings=True)
+        assert got.shape == cpu.shape
+        cos = (got * cpu).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(cpu, axis=1)
+        assert cos.min() > 0.999, ngl
+
+
 def test_smollm2(smollm2_path):
     check_against_cpu(str(smollm2_path), [1] + PROMPT[1:])
 
