@@ -400,6 +400,28 @@ def test_n_choices(client, ref):
     assert sorted(roles) == [0, 1]
 
 
+# ---- grammars ----
+
+def test_grammar_and_json_schema(client, ref):
+    """The grammar field (completions) and response_format (chat) give what Model gives."""
+    g = 'root ::= " " ("yes" | "no") "."'
+    r = client.completions.create(model=ALIAS, prompt="Is the sky blue? Answer:", max_tokens=8, temperature=0,
+                                  extra_body={"grammar": g})
+    want = ref.create_completion("Is the sky blue? Answer:", max_tokens=8, temperature=0, grammar=g)
+    assert r.choices[0].text == want["choices"][0]["text"] in (" yes.", " no.")
+    assert r.choices[0].finish_reason == "stop"
+    schema = {"type": "object", "required": ["city", "population"],
+              "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer"}}}
+    messages = [SYSTEM, {"role": "user", "content": "Give the largest city of France as JSON."}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    r = client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=60, temperature=0,
+                                       response_format=fmt)
+    doc = json.loads(r.choices[0].message.content)
+    assert isinstance(doc["city"], str) and isinstance(doc["population"], int)
+    want = ref.create_chat_completion(messages, max_tokens=60, temperature=0, response_format=fmt)
+    assert r.choices[0].message.content == want["choices"][0]["message"]["content"]
+
+
 # ---- embeddings ----
 
 def test_embeddings_per_token(server, smollm2_path):
@@ -568,6 +590,13 @@ BAD_REQUESTS = [
     ("/v1/embeddings", b'{"input": "x", "encoding_format": "hex"}', 400, "encoding_format"),
     ("/v1/embeddings", b'{"input": "' + b"hi " * 300 + b'"}', 400, "input"),
     ("/v1/embeddings", b'{"input": "x", "model": "gpt-4"}', 404, "model"),
+    ("/v1/completions", b'{"prompt": "x", "grammar": "root ::= nothing"}', 400, "grammar"),
+    ("/v1/completions", b'{"prompt": "x", "grammar": 5}', 400, "grammar"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "response_format": '
+     b'{"type": "xml"}}', 400, "response_format"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "response_format": '
+     b'{"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a+"}}}}', 400,
+     "response_format"),
     ("/v1/nowhere", b"{}", 404, None),
 ]
 

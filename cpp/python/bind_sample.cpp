@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "python/bind.h"
+#include "sample/grammar.h"
 #include "sample/sampler.h"
 
 namespace sl::py {
@@ -42,6 +43,45 @@ void bind_sample(pyb::module_ & m) {
             },
             "logits"_a)
         .def_property_readonly("n_vocab", &sl::Sampler::n_vocab);
+
+    pyb::class_<sl::GrammarRules, std::shared_ptr<sl::GrammarRules>>(
+        m, "GrammarRules", "A parsed GBNF grammar (see cpp/sample/grammar.h); sl.Error on a bad one.")
+        .def(pyb::init([](const std::string & text, const std::string & root) {
+                 pyb::gil_scoped_release nogil;
+                 return std::make_shared<sl::GrammarRules>(text, root);
+             }),
+             "text"_a, "root"_a = "root")
+        .def_property_readonly("n_rules", &sl::GrammarRules::n_rules);
+
+    pyb::class_<sl::GrammarVocab, std::shared_ptr<sl::GrammarVocab>>(
+        m, "GrammarVocab", "Each token's text as the grammar sees it, and the end-of-generation tokens.")
+        .def(pyb::init([](const std::vector<pyb::bytes> & pieces, const std::vector<int32_t> & eog) {
+                 std::vector<std::string> p(pieces.begin(), pieces.end());
+                 pyb::gil_scoped_release nogil;
+                 return std::make_shared<sl::GrammarVocab>(p, eog);
+             }),
+             "pieces"_a, "eog"_a)
+        .def_property_readonly("n_vocab", &sl::GrammarVocab::n_vocab);
+
+    pyb::class_<sl::Grammar>(m, "Grammar", "The matching state of one generation.")
+        .def(pyb::init<std::shared_ptr<const sl::GrammarRules>>(), "rules"_a)
+        .def("copy", [](const sl::Grammar & g) { return sl::Grammar(g); })
+        .def("allows", &sl::Grammar::allows, "vocab"_a, "token"_a)
+        .def("accept", &sl::Grammar::accept, "vocab"_a, "token"_a)
+        .def(
+            "allowed",
+            [](const sl::Grammar & g, const sl::GrammarVocab & vocab) {
+                pyb::array_t<bool> out(vocab.n_vocab());
+                uint8_t * dst = reinterpret_cast<uint8_t *>(out.mutable_data());
+                {
+                    pyb::gil_scoped_release nogil;
+                    g.allowed(vocab, dst);
+                }
+                return out;
+            },
+            "vocab"_a, "Boolean mask over the vocabulary: the tokens that may come next.")
+        .def_property_readonly("complete", &sl::Grammar::complete)
+        .def_property_readonly("finished", &sl::Grammar::finished);
 }
 
 }  // namespace sl::py

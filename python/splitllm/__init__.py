@@ -7,6 +7,7 @@ llama-cpp-python's ``Llama``.
 from splitllm import _core, quants
 from splitllm._core import CudaError, Error, GGUFError
 from splitllm.gguf_file import GGUFFile, GGUFTensorInfo
+from splitllm.grammar import Grammar
 from splitllm.model import LLAMA_DEFAULT_SEED, CompletionChunk, Model
 from splitllm.sampling import SamplingParams
 
@@ -20,6 +21,7 @@ __all__ = [
     "GGUFError",
     "GGUFFile",
     "GGUFTensorInfo",
+    "Grammar",
     "Model",
     "SamplingParams",
     "__version__",

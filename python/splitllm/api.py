@@ -11,7 +11,8 @@ choice k seeded with ``seed + k``): each choice is a job of its own, run togethe
 come back in order (streamed: interleaved, each chunk with its choice's ``index``).
 Log-probabilities: ``logprobs`` (0..20 alternatives) on completions, the prompt's tokens too with
 ``echo`` (``max_tokens: 0`` with ``echo`` scores the prompt and generates nothing);
-``logprobs`` / ``top_logprobs`` on chat.
+``logprobs`` / ``top_logprobs`` on chat. Constrained output: ``grammar`` (GBNF) on both, chat's
+``response_format`` (``json_object``, optionally with a ``schema``, or ``json_schema``).
 
 The body is read as JSON whatever its Content-Type (``curl -d`` sends a form type). Errors never
 stop the server and always have OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -45,6 +46,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from splitllm import _core
 from splitllm.api_schema import APIError, ChatRequest, CompletionRequest, EmbeddingRequest, error_body
 from splitllm.completions import (
     CompletionChunk,
@@ -60,6 +62,7 @@ from splitllm.completions import (
     stop_list,
 )
 from splitllm.engine import BatchEngine, ChunkStream
+from splitllm.grammar import Grammar, response_grammar
 from splitllm.model import LLAMA_POOLING_TYPE_NONE, pool_embeddings
 
 _Body = TypeVar("_Body", CompletionRequest, ChatRequest)
@@ -133,7 +136,8 @@ class _Service:
 
     def _submit(self, tokens: list[int], body: CompletionRequest | ChatRequest, max_tokens: int | None,
                 stop: list[str], param: str, *, explicit: bool, limit_param: str = "max_tokens",
-                prompt_logprobs: bool = False, seed: int | None = None, generate: bool = True) -> ChunkStream:
+                prompt_logprobs: bool = False, seed: int | None = None, generate: bool = True,
+                grammar: Grammar | None = None) -> ChunkStream:
         """Checks the request against a sequence's context and queues it. An ``explicit``
         ``max_tokens`` must fit after the prompt (OpenAI's rule); the default is only a cap."""
         ctx = self.engine.slot_ctx
@@ -158,7 +162,7 @@ class _Service:
             params = body.sampling_params()
             return self.engine.astream(tokens, params=params, seed=seed, max_tokens=max_tokens, stop=stop,
                                        logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs,
-                                       generate=generate)
+                                       generate=generate, grammar=grammar)
         except ValueError as e:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 
@@ -171,6 +175,7 @@ class _Service:
                 prompts.append((prompt, self.model._prompt_tokens(prompt)))
             except ValueError as e:
                 raise APIError(400, str(e), param="prompt") from None
+        grammar = _grammar_of(body)
         runs: list[_Run] = []
         try:
             for prompt, tokens in prompts:
@@ -179,7 +184,8 @@ class _Service:
                     stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt",
                                           explicit="max_tokens" in body.model_fields_set,
                                           prompt_logprobs=body.echo and want_lps,
-                                          seed=_choice_seed(body.seed, k), generate=body.generate)
+                                          seed=_choice_seed(body.seed, k), generate=body.generate,
+                                          grammar=grammar)
                     runs.append(_Run(len(runs), stream, k == 0, Echo(text, body.echo)))
         except BaseException:
             _close(runs)
@@ -204,12 +210,14 @@ class _Service:
             tokens, stops = self.model.chat_prompt(messages, body.stop)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
+        grammar = _grammar_of(body)
         runs: list[_Run] = []
         try:
             for k in range(body.n):
                 stream = self._submit(tokens, body, body.token_limit, stops, "messages",
                                       explicit=body.token_limit is not None,
-                                      limit_param=body.token_limit_param, seed=_choice_seed(body.seed, k))
+                                      limit_param=body.token_limit_param, seed=_choice_seed(body.seed, k),
+                                      grammar=grammar)
                 runs.append(_Run(k, stream, k == 0))
         except BaseException:
             _close(runs)
@@ -289,6 +297,15 @@ class _Run:
         """The echo with the prompt's log-probability entries (set before the job's first event)."""
         lps = self.stream.job.prompt_logprobs
         return self.echo if lps is None else dataclasses.replace(self.echo, logprobs=lps.entries)
+
+
+def _grammar_of(body: CompletionRequest | ChatRequest) -> Grammar | None:
+    """The grammar a request asks for (``grammar``, or chat's ``response_format``); 400 if bad."""
+    fmt = getattr(body, "response_format", None)
+    try:
+        return response_grammar(fmt, body.grammar)
+    except (ValueError, _core.Error) as e:
+        raise APIError(400, str(e), param="response_format" if fmt is not None else "grammar") from None
 
 
 def _choice_seed(seed: int | None, k: int) -> int | None:

@@ -83,6 +83,7 @@ class _Sampling(_NullIsDefault):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices per prompt")
     user: str | None = None
+    grammar: str | None = None  # GBNF (llama.cpp's and llama-cpp-python's servers take it)
 
     @property
     def include_usage(self) -> bool:
@@ -169,6 +170,7 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: dict[str, Any] | None = None
 
     @field_validator("top_logprobs")
     @classmethod

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
+from splitllm.grammar import Grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
 from splitllm.model import Model
 from splitllm.sampling import Sampler, SamplingParams
@@ -87,6 +88,7 @@ class Job:
     first_logits: np.ndarray | None = None  # logits after the prompt, when the slot had them
     prompt_logprobs: PromptLogprobs | None = None  # the prompt's entries, when asked for (echo)
     embeddings: list[np.ndarray] | None = None  # an embedding job's hidden states, pass by pass
+    grammar: Any = None  # the grammar's matching state (_core.Grammar) when the text must follow one
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
 
     @property
@@ -166,6 +168,7 @@ class BatchEngine:
         logprobs: int | None = None,
         prompt_logprobs: bool = False,
         generate: bool = True,
+        grammar: Grammar | None = None,
     ) -> Job:
         """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
         (``max_tokens`` None or <= 0: until the sequence's context is full). With
@@ -184,6 +187,8 @@ class BatchEngine:
                          limit=completion_limit(max_tokens, len(prompt), self.slot_ctx) if generate else 0,
                          logprobs=n_top)
         job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event)
+        if grammar is not None:
+            job.grammar = grammar.state()
         if prompt_logprobs:
             skip = frozenset([tok.bos_id]) if tok.bos_id is not None else frozenset()
             job.prompt_logprobs = PromptLogprobs(prompt, n_top, tok.token_to_piece, skip)  # type: ignore[arg-type]
@@ -442,7 +447,10 @@ class BatchEngine:
         if job.text.done:  # nothing to generate: the prompt was all
             self._finish(job, job.text.finish())
             return
-        token = job.sampler.sample(logits)
+        if job.grammar is None:
+            token = job.sampler.sample(logits)
+        else:
+            token = sample_with_grammar(job.sampler, logits, job.grammar, self.model.grammar_vocab())
         job.sampler.accept(token)
         n_top = job.text.n_logprobs
         piece = self.model.tokenizer.token_to_piece

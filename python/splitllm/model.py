@@ -38,6 +38,7 @@ from splitllm.completions import (
     stop_list,
 )
 from splitllm.gguf_file import GGUFFile
+from splitllm.grammar import Grammar, as_grammar, response_grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, TokenLogprob, chat_n_top, check_n_top, token_logprob
 from splitllm.sampling import Sampler, SamplingParams
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
@@ -183,6 +184,7 @@ class Model:
         self.draft_model = draft_model
         self._max_draft = 0
         self._draft_policy: DraftPolicy | None = None
+        self._gvocab: Any = None
         if draft_model is not None:
             # Guesses and the token before them go in one pass no longer than the longest whose
             # logits equal single-token passes, so the output does not depend on the guesses.
@@ -479,8 +481,8 @@ class Model:
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
         return (token for token, _ in self._generate(toks, sampler))
 
-    def _generate(self, tokens: list[int], sampler: Sampler,
-                  first: np.ndarray | None = None) -> Generator[tuple[int, np.ndarray], None, None]:
+    def _generate(self, tokens: list[int], sampler: Sampler, first: np.ndarray | None = None,
+                  grammar: Grammar | None = None) -> Generator[tuple[int, np.ndarray], None, None]:
         """Yields (token, the logits it was sampled from). ``first``: the logits after ``tokens``,
         when the cache already holds them (``eval_prompt`` is then skipped). With a draft model,
         a pass evaluates the token and the draft's guesses; the logits after a guess are used as
@@ -489,8 +491,13 @@ class Model:
         guessed: list[tuple[int, np.ndarray]] = []  # (guess, logits after it), K/V already cached
         unused: int | None = None  # the draft's first guess when the pass held none
         policy = self._draft_policy
+        state = grammar.state() if grammar is not None else None
+        vocab = self.grammar_vocab() if grammar is not None else None
         while True:
-            token = sampler.sample(logits)
+            if state is None:
+                token = sampler.sample(logits)
+            else:
+                token = sample_with_grammar(sampler, logits, state, vocab)
             sampler.accept(token)
             yield token, logits
             n = len(self._history)
@@ -551,21 +558,24 @@ class Model:
         logit_bias: Mapping[Any, float] | None = None,
         seed: int | None = None,
         logprobs: int | None = None,
+        grammar: Grammar | str | None = None,
     ) -> Iterator[CompletionChunk]:
         """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason.
-        With ``logprobs`` (0..20 alternatives), chunks carry their tokens' log-probabilities.
+        With ``logprobs`` (0..20 alternatives), chunks carry their tokens' log-probabilities;
+        with ``grammar`` (a :class:`~splitllm.grammar.Grammar` or GBNF text), the text follows it.
 
         Arguments are checked when this is called."""
         return self._stream_from(
             prompt_tokens, None, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, logprobs=logprobs)
+            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, logprobs=logprobs,
+            grammar=grammar)
 
     def _stream_from(self, prompt_tokens: Sequence[int], first: np.ndarray | None, *,
                      max_tokens: int | None, stop: str | Sequence[str] | None, temperature: float, top_k: int,
                      top_p: float, min_p: float, repeat_penalty: float, frequency_penalty: float,
                      presence_penalty: float, logit_bias: Mapping[Any, float] | None, seed: int | None,
-                     logprobs: int | None) -> Iterator[CompletionChunk]:
+                     logprobs: int | None, grammar: Grammar | str | None = None) -> Iterator[CompletionChunk]:
         """``stream``; ``first``: the logits after the prompt when its K/V are already cached."""
         prompt = self.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
@@ -580,7 +590,15 @@ class Model:
         params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty,
                                 presence_penalty, logit_bias)
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
-        return self._stream(text, self._generate(prompt, sampler, first))
+        return self._stream(text, self._generate(prompt, sampler, first, as_grammar(grammar)))
+
+    def grammar_vocab(self) -> Any:
+        """The vocabulary as grammars see it (built once)."""
+        if self._gvocab is None:
+            tok = self.tokenizer
+            self._gvocab = _core.GrammarVocab([tok.token_to_piece(i) for i in range(self.n_vocab())],
+                                              sorted(tok.eog_ids))
+        return self._gvocab
 
     def _stream(self, text: TokenText, gen: Generator[tuple[int, np.ndarray], None, None]
                 ) -> Iterator[CompletionChunk]:
@@ -644,8 +662,10 @@ class Model:
         model: str | None = None,
         logit_bias: Mapping[Any, float] | None = None,
         logprobs: int | None = None,
+        grammar: Grammar | str | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``.
+        ``grammar``: the generated text follows it (:mod:`splitllm.grammar`).
 
         ``logprobs`` (0..20): each generated token's log-probability and that many most likely
         alternatives (from the model's logits, before sampling settings); with ``echo``, the
@@ -662,7 +682,7 @@ class Model:
         chunks = self._stream_from(tokens, first, max_tokens=max_tokens, stop=stop, temperature=temperature,
                                    top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                    frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                   logit_bias=logit_bias, seed=seed, logprobs=n_top)
+                                   logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=grammar)
         head = completion_head(model if model is not None else self.model_path)
         text = self.echo_text(prompt, tokens) if echo or n_top is not None else ""
         echoed = Echo(text, echo, echo_lps)
@@ -734,15 +754,21 @@ class Model:
         logit_bias: Mapping[Any, float] | None = None,
         logprobs: bool | None = None,
         top_logprobs: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        grammar: Grammar | str | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
-        gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives."""
+        gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
+        ``response_format``: ``{"type": "json_object"}`` (any JSON object, or one following a
+        ``"schema"`` given there, as llama-cpp-python takes it) or ``{"type": "json_schema",
+        "json_schema": {"schema": ...}}`` (OpenAI's); ``grammar``: any grammar."""
         n_top = chat_n_top(logprobs, top_logprobs)
+        constraint = response_grammar(response_format, grammar)
         tokens, stops = self.chat_prompt(messages, stop)
         chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
                              top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                              frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed, logprobs=n_top)
+                             logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=constraint)
         head = chat_head(model if model is not None else self.model_path)
         if stream:
             return chat_chunks(head, chunks, n_top is not None)

@@ -1,0 +1,281 @@
+"""Grammar-constrained generation: GBNF grammars (llama.cpp's format), JSON mode, JSON schemas.
+
+``Grammar.from_string(gbnf)`` parses a grammar (the C++ core does the matching, see
+cpp/sample/grammar.h); ``Grammar.json()`` is any JSON object; ``Grammar.from_json_schema(schema)``
+accepts the JSON documents a schema describes (object properties in the order given, required
+and optional ones; arrays with minItems / maxItems; strings with enum, const, minLength /
+maxLength; integers, numbers, booleans, null; anyOf / oneOf; type lists; local ``$ref`` into
+``$defs`` / ``definitions``). Keywords it cannot express (pattern, format, numeric bounds,
+additionalProperties with a schema) raise ValueError rather than being ignored.
+
+Generation takes the model's pick when the grammar allows it and otherwise picks again among the
+allowed tokens only (llama.cpp's common sampler does the same); the end of generation is allowed
+once the text is a complete sentence of the grammar, and forced when nothing else can follow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitllm import _core
+
+__all__ = ["JSON_GBNF", "Grammar", "as_grammar", "json_schema_to_gbnf", "response_grammar",
+           "sample_with_grammar"]
+
+# Any JSON value; whitespace kept short (a run of spaces cannot go on forever). The root is an
+# object, as OpenAI's JSON mode asks for.
+JSON_GBNF = r"""
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array  ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws
+ws     ::= | " " | "\n" [ \t]{0,20}
+"""
+
+
+class Grammar:
+    """A parsed grammar; ``text`` is its GBNF source. Raises ``splitllm.Error`` (naming the line and
+    column) for a grammar that does not parse, has an undefined rule or is left-recursive."""
+
+    def __init__(self, text: str, root: str = "root") -> None:
+        if not isinstance(text, str):
+            raise ValueError(f"a grammar is GBNF text (got {type(text).__name__})")
+        self.text = text
+        self.root = root
+        self._rules = _core.GrammarRules(text, root)
+
+    @classmethod
+    def from_string(cls, grammar: str, verbose: bool = False, root: str = "root") -> Grammar:
+        """llama-cpp-python's ``LlamaGrammar.from_string``."""
+        return cls(grammar, root)
+
+    @classmethod
+    def from_file(cls, path: str | Path, verbose: bool = False) -> Grammar:
+        return cls(Path(path).read_text(encoding="utf-8"))
+
+    @classmethod
+    def json(cls) -> Grammar:
+        """Any JSON object (OpenAI's ``response_format: {"type": "json_object"}``)."""
+        return cls(JSON_GBNF)
+
+    @classmethod
+    def from_json_schema(cls, schema: str | Mapping[str, Any], verbose: bool = False) -> Grammar:
+        """The JSON documents a schema (a dict or its JSON text) describes."""
+        return cls(json_schema_to_gbnf(schema))
+
+    def state(self) -> Any:
+        """A fresh matching state (``_core.Grammar``) for one generation."""
+        return _core.Grammar(self._rules)
+
+    def __repr__(self) -> str:
+        return f"Grammar({self._rules.n_rules} rules)"
+
+
+def sample_with_grammar(sampler: Any, logits: np.ndarray, state: Any, vocab: Any) -> int:
+    """The sampler's pick if the grammar allows it, else a pick among the allowed tokens; the
+    grammar state takes the token."""
+    token = sampler.sample(logits)
+    if not state.allows(vocab, token):
+        mask = state.allowed(vocab)
+        if not mask.any():
+            raise RuntimeError("the grammar allows no token here (not even the end of generation)")
+        token = sampler.sample(np.where(mask, logits, np.float32(-np.inf)).astype(np.float32, copy=False))
+    state.accept(vocab, token)
+    return token
+
+
+# ---- JSON schema ----
+
+_PRIMITIVES = {
+    "boolean": '("true" | "false") ws',
+    "null": '"null" ws',
+    "integer": '("-"? ([0-9] | [1-9] [0-9]{0,15})) ws',
+    "number": '("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws',
+    "string": '"\\"" char* "\\"" ws',
+}
+_SUPPORT = r"""
+char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
+ws ::= | " " | "\n" [ \t]{0,20}
+value ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" char* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws
+"""
+_UNSUPPORTED = ("pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                "multipleOf", "patternProperties", "allOf", "not", "if", "then", "else", "uniqueItems",
+                "minProperties", "maxProperties", "contains", "prefixItems")
+
+
+def _literal(value: Any) -> str:
+    """A GBNF literal matching the JSON text of value (compact)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class _SchemaConverter:
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.root = schema
+        self.rules: dict[str, str] = {}
+        self.refs: dict[str, str] = {}
+
+    def rule(self, hint: str, body: str) -> str:
+        base = "".join(c if c.isalnum() else "-" for c in hint).strip("-").lower() or "r"
+        name, i = base, 1
+        while name in self.rules and self.rules[name] != body:
+            i += 1
+            name = f"{base}-{i}"
+        self.rules[name] = body
+        return name
+
+    def resolve(self, ref: str) -> str:
+        if ref in self.refs:
+            return self.refs[ref]
+        if not ref.startswith("#/"):
+            raise ValueError(f"JSON schema: only local $ref ('#/...') is supported (got {ref!r})")
+        target: Any = self.root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, Mapping) or part not in target:
+                raise ValueError(f"JSON schema: $ref {ref!r} points nowhere")
+            target = target[part]
+        name = self.rule("ref-" + ref.rsplit("/", 1)[-1], "")  # reserved first: refs may recurse
+        self.refs[ref] = name
+        self.rules[name] = self.visit(target, name)
+        return name
+
+    def visit(self, s: Any, hint: str) -> str:
+        """A GBNF expression for the values of schema s."""
+        if s is True or s == {}:
+            return "value"
+        if not isinstance(s, Mapping):
+            raise ValueError(f"JSON schema: expected an object at {hint!r}")
+        bad = [k for k in _UNSUPPORTED if k in s]
+        if bad:
+            raise ValueError(f"JSON schema: {', '.join(bad)} at {hint!r} cannot be enforced by a grammar "
+                             "here")
+        if "$ref" in s:
+            return self.resolve(s["$ref"])
+        if "const" in s:
+            return _literal(s["const"]) + " ws"
+        if "enum" in s:
+            return "(" + " | ".join(_literal(v) for v in s["enum"]) + ") ws"
+        for key in ("anyOf", "oneOf"):
+            if key in s:
+                alts = [self.rule(f"{hint}-{i}", self.visit(a, f"{hint}-{i}")) for i, a in enumerate(s[key])]
+                return "(" + " | ".join(alts) + ")"
+        t = s.get("type")
+        if isinstance(t, list):
+            alts = [self.rule(f"{hint}-{x}", self.visit({**s, "type": x}, f"{hint}-{x}")) for x in t]
+            return "(" + " | ".join(alts) + ")"
+        if t is None:
+            t = "object" if "properties" in s else "array" if "items" in s else None
+        if t is None:
+            return "value"
+        if t == "object":
+            return self.object(s, hint)
+        if t == "array":
+            return self.array(s, hint)
+        if t == "string" and ("minLength" in s or "maxLength" in s):
+            lo, hi = int(s.get("minLength", 0)), s.get("maxLength")
+            return f'"\\"" char{{{lo},{"" if hi is None else int(hi)}}} "\\"" ws'
+        if t not in _PRIMITIVES:
+            raise ValueError(f"JSON schema: unknown type {t!r} at {hint!r}")
+        return _PRIMITIVES[t]
+
+    def object(self, s: Mapping[str, Any], hint: str) -> str:
+        props = s.get("properties")
+        extra = s.get("additionalProperties", False if props else True)
+        if extra not in (True, False):
+            raise ValueError(f"JSON schema: additionalProperties with a schema at {hint!r} is not supported")
+        if not props:
+            return "object"
+        if extra is True and "additionalProperties" in s:
+            raise ValueError(f"JSON schema: additionalProperties true beside properties at {hint!r} is not "
+                             "supported")
+        required = set(s.get("required", ()))
+        items = []
+        for k, v in props.items():
+            value = self.rule(f"{hint}-{k}-value", self.visit(v, f"{hint}-{k}"))
+            items.append((self.rule(f"{hint}-{k}", f'{_literal(k)} ws ":" ws {value}'), k in required))
+        # Properties in the order given; optional ones may be left out. tail(i): what may follow
+        # once some property has been written; head(i): the first property written is i or later.
+        tails: list[str] = [""] * (len(items) + 1)
+        for i in range(len(items) - 1, -1, -1):
+            r, req = items[i]
+            rest = tails[i + 1]
+            tails[i] = f'"," ws {r} {rest}'.strip() if req else f'("," ws {r})? {rest}'.strip()
+        heads: list[str] = [""] * (len(items) + 1)
+        for i in range(len(items) - 1, -1, -1):
+            r, req = items[i]
+            first = f"{r} {tails[i + 1]}".strip()
+            heads[i] = first if req else f"({first} | {heads[i + 1] or '()'})"
+        body = heads[0] if heads[0] else ""
+        return f'"{{" ws {body} "}}" ws'.replace("  ", " ")
+
+    def array(self, s: Mapping[str, Any], hint: str) -> str:
+        item = self.rule(f"{hint}-item", self.visit(s.get("items", {}), f"{hint}-item"))
+        lo, hi = int(s.get("minItems", 0)), s.get("maxItems")
+        if hi is not None and int(hi) < lo:
+            raise ValueError(f"JSON schema: maxItems below minItems at {hint!r}")
+        if hi is not None and int(hi) == 0:
+            return '"[" ws "]" ws'
+        more = f'("," ws {item}){{{max(lo - 1, 0)},{"" if hi is None else int(hi) - 1}}}'
+        seq = f"{item} {more}"
+        return f'"[" ws {seq} "]" ws' if lo > 0 else f'"[" ws ({seq})? "]" ws'
+
+
+def json_schema_to_gbnf(schema: str | Mapping[str, Any]) -> str:
+    """GBNF for the JSON documents of a schema (see the module's docstring for what is supported)."""
+    if isinstance(schema, str):
+        schema = json.loads(schema)
+    if not isinstance(schema, Mapping):
+        raise ValueError("a JSON schema must be an object")
+    conv = _SchemaConverter(schema)
+    root = conv.visit(schema, "root")
+    lines = [f"root ::= {root}"] + [f"{name} ::= {body}" for name, body in conv.rules.items()]
+    return "\n".join(lines) + "\n" + _SUPPORT
+
+
+def as_grammar(grammar: Grammar | str | None) -> Grammar | None:
+    """A Grammar from a Grammar, GBNF text or None."""
+    if grammar is None or isinstance(grammar, Grammar):
+        return grammar
+    if isinstance(grammar, str):
+        return Grammar(grammar)
+    # llama-cpp-python's LlamaGrammar keeps its GBNF source in _grammar
+    text = getattr(grammar, "_grammar", None)
+    if isinstance(text, str):
+        return Grammar(text, getattr(grammar, "_root", "root"))
+    raise ValueError(f"grammar must be a splitllm.grammar.Grammar or GBNF text (got "
+                     f"{type(grammar).__name__})")
+
+
+def response_grammar(response_format: Mapping[str, Any] | None,
+                     grammar: Grammar | str | None = None) -> Grammar | None:
+    """The grammar a chat request's ``response_format`` (and ``grammar``) asks for."""
+    if response_format is None:
+        return as_grammar(grammar)
+    if not isinstance(response_format, Mapping) or "type" not in response_format:
+        raise ValueError("response_format must be an object with a 'type'")
+    kind = response_format["type"]
+    if grammar is not None and kind != "text":
+        raise ValueError("give either grammar or a JSON response_format, not both")
+    if kind == "text":
+        return as_grammar(grammar)
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return Grammar.json() if schema is None else Grammar.from_json_schema(schema)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, Mapping) or "schema" not in spec:
+            raise ValueError("response_format json_schema needs json_schema.schema")
+        return Grammar.from_json_schema(spec["schema"])
+    raise ValueError(f"response_format type must be text, json_object or json_schema (got {kind!r})")
