@@ -109,8 +109,10 @@ def test_characters_split_between_tokens():
 
 def test_json_grammar(bytes_vocab):
     g = Grammar.json()
-    good = ['{}', '{"a": 1}', '{"a": [1, 2.5, -3e10, "x\\n\\u00e9", true, null, {}]}\n', '{"k":{"n":[]}}']
-    bad = ['[]', '{"a": 01}', '{"a": "\n"}', "{'a': 1}", '{"a": 1,}', '{"a" 1}', "1", '{"a": tru}']
+    good = ['{}', '{"a": 1}', '{"a": [1, 2.5, -3e10, "x\\n\\u00e9", true, null, {}]}', '{"k":{"n":[]}}',
+            '{\n  "a" : [ 1 ,\n\t2 ]\n}']
+    bad = ['[]', '{"a": 01}', '{"a": "\n"}', "{'a': 1}", '{"a": 1,}', '{"a" 1}', "1", '{"a": tru}',
+           '{} ', '{}\n']  # nothing after the end: generation stops there
     for text in good:
         assert matches(g, text, bytes_vocab), text
         json.loads(text)

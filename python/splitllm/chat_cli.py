@@ -17,8 +17,10 @@ from typing import Any, TextIO
 
 from splitllm.cli import (
     add_draft_option,
+    add_grammar_options,
     add_model_options,
     add_sampling_options,
+    grammar_of,
     load_model,
     sampling_kwargs,
 )
@@ -153,6 +155,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", action="store_true", help="print token counts and speed after each answer")
     add_model_options(p)
     add_draft_option(p)
+    add_grammar_options(p)
     add_sampling_options(p, temperature=0.2)
     p.set_defaults(func=_cmd_chat)
 
@@ -164,5 +167,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         pass
     with load_model(args) as model:
         limit = args.n_predict if args.n_predict > 0 else None
-        session = ChatSession(model, system=args.system, max_tokens=limit, sampling=sampling_kwargs(args))
+        sampling = sampling_kwargs(args)
+        grammar = grammar_of(args)
+        if grammar is not None:
+            sampling["grammar"] = grammar
+        session = ChatSession(model, system=args.system, max_tokens=limit, sampling=sampling)
         return repl(session, show_stats=args.stats)

@@ -22,6 +22,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     add_sampling_options(p)
     add_draft_option(p)
+    add_grammar_options(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -45,6 +46,27 @@ def add_draft_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
                    help="guess up to N tokens a step by looking the last tokens up in the context "
                    "(speculative decoding: the same text, faster where it repeats its input; default 0: off)")
+
+
+def add_grammar_options(p: argparse.ArgumentParser) -> None:
+    """Constrained output, with llama.cpp's option names."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--grammar", default=None, help="GBNF grammar the output must follow")
+    g.add_argument("--grammar-file", default=None, help="file with a GBNF grammar")
+    g.add_argument("-j", "--json-schema", default=None,
+                   help="JSON schema the output must follow ('{}': any JSON)")
+
+
+def grammar_of(args: argparse.Namespace):  # noqa: ANN201 - avoids importing the grammar module early
+    from splitllm.grammar import Grammar
+
+    if getattr(args, "grammar", None):
+        return Grammar(args.grammar)
+    if getattr(args, "grammar_file", None):
+        return Grammar.from_file(args.grammar_file)
+    if getattr(args, "json_schema", None):
+        return Grammar.from_json_schema(args.json_schema)
+    return None
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, temperature: float = 0.8) -> None:
@@ -99,8 +121,9 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 def _cmd_run(args: argparse.Namespace) -> int:
     with load_model(args) as model:
         sys.stdout.write(args.prompt)
+        grammar = grammar_of(args)
         for chunk in model.create_completion(
-            args.prompt, max_tokens=args.n_predict, stream=True, **sampling_kwargs(args)
+            args.prompt, max_tokens=args.n_predict, stream=True, grammar=grammar, **sampling_kwargs(args)
         ):
             sys.stdout.write(chunk["choices"][0]["text"])
             sys.stdout.flush()

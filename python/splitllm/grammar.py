@@ -27,15 +27,16 @@ from splitllm import _core
 __all__ = ["JSON_GBNF", "Grammar", "as_grammar", "json_schema_to_gbnf", "response_grammar",
            "sample_with_grammar"]
 
-# Any JSON value; whitespace kept short (a run of spaces cannot go on forever). The root is an
-# object, as OpenAI's JSON mode asks for.
+# Any JSON value; whitespace only between tokens and kept short (a run of spaces cannot go on
+# forever), none after the end, so generation stops there. The root is an object, as OpenAI's
+# JSON mode asks for.
 JSON_GBNF = r"""
 root   ::= object
 value  ::= object | array | string | number | ("true" | "false" | "null")
-object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
-array  ::= "[" ws ( value ("," ws value)* )? "]" ws
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
-number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws
+object ::= "{" ws ( string ws ":" ws value ws ("," ws string ws ":" ws value ws)* )? "}"
+array  ::= "[" ws ( value ws ("," ws value ws)* )? "]"
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?
 ws     ::= | " " | "\n" [ \t]{0,20}
 """
 
@@ -93,21 +94,23 @@ def sample_with_grammar(sampler: Any, logits: np.ndarray, state: Any, vocab: Any
 
 # ---- JSON schema ----
 
+# Values carry no whitespace of their own: containers put it between tokens (so that nothing may
+# follow the root value and generation stops there).
 _PRIMITIVES = {
-    "boolean": '("true" | "false") ws',
-    "null": '"null" ws',
-    "integer": '("-"? ([0-9] | [1-9] [0-9]{0,15})) ws',
-    "number": '("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws',
-    "string": '"\\"" char* "\\"" ws',
+    "boolean": '("true" | "false")',
+    "null": '"null"',
+    "integer": '("-"? ([0-9] | [1-9] [0-9]{0,15}))',
+    "number": '("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?',
+    "string": '"\\"" char* "\\""',
 }
 _SUPPORT = r"""
 char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
 ws ::= | " " | "\n" [ \t]{0,20}
-value ::= object | array | string | number | ("true" | "false" | "null") ws
-object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
-array ::= "[" ws ( value ("," ws value)* )? "]" ws
-string ::= "\"" char* "\"" ws
-number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws
+value ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ws ( string ws ":" ws value ws ("," ws string ws ":" ws value ws)* )? "}"
+array ::= "[" ws ( value ws ("," ws value ws)* )? "]"
+string ::= "\"" char* "\""
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?
 """
 _UNSUPPORTED = ("pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                 "multipleOf", "patternProperties", "allOf", "not", "if", "then", "else", "uniqueItems",
@@ -164,9 +167,9 @@ class _SchemaConverter:
         if "$ref" in s:
             return self.resolve(s["$ref"])
         if "const" in s:
-            return _literal(s["const"]) + " ws"
+            return _literal(s["const"])
         if "enum" in s:
-            return "(" + " | ".join(_literal(v) for v in s["enum"]) + ") ws"
+            return "(" + " | ".join(_literal(v) for v in s["enum"]) + ")"
         for key in ("anyOf", "oneOf"):
             if key in s:
                 alts = [self.rule(f"{hint}-{i}", self.visit(a, f"{hint}-{i}")) for i, a in enumerate(s[key])]
@@ -185,7 +188,7 @@ class _SchemaConverter:
             return self.array(s, hint)
         if t == "string" and ("minLength" in s or "maxLength" in s):
             lo, hi = int(s.get("minLength", 0)), s.get("maxLength")
-            return f'"\\"" char{{{lo},{"" if hi is None else int(hi)}}} "\\"" ws'
+            return f'"\\"" char{{{lo},{"" if hi is None else int(hi)}}} "\\""'
         if t not in _PRIMITIVES:
             raise ValueError(f"JSON schema: unknown type {t!r} at {hint!r}")
         return _PRIMITIVES[t]
@@ -211,14 +214,13 @@ class _SchemaConverter:
         for i in range(len(items) - 1, -1, -1):
             r, req = items[i]
             rest = tails[i + 1]
-            tails[i] = f'"," ws {r} {rest}'.strip() if req else f'("," ws {r})? {rest}'.strip()
+            tails[i] = f'"," ws {r} ws {rest}'.strip() if req else f'("," ws {r} ws)? {rest}'.strip()
         heads: list[str] = [""] * (len(items) + 1)
         for i in range(len(items) - 1, -1, -1):
             r, req = items[i]
-            first = f"{r} {tails[i + 1]}".strip()
+            first = f"{r} ws {tails[i + 1]}".strip()
             heads[i] = first if req else f"({first} | {heads[i + 1] or '()'})"
-        body = heads[0] if heads[0] else ""
-        return f'"{{" ws {body} "}}" ws'.replace("  ", " ")
+        return f'"{{" ws {heads[0]} "}}"'.replace("  ", " ")
 
     def array(self, s: Mapping[str, Any], hint: str) -> str:
         item = self.rule(f"{hint}-item", self.visit(s.get("items", {}), f"{hint}-item"))
@@ -226,10 +228,10 @@ class _SchemaConverter:
         if hi is not None and int(hi) < lo:
             raise ValueError(f"JSON schema: maxItems below minItems at {hint!r}")
         if hi is not None and int(hi) == 0:
-            return '"[" ws "]" ws'
-        more = f'("," ws {item}){{{max(lo - 1, 0)},{"" if hi is None else int(hi) - 1}}}'
-        seq = f"{item} {more}"
-        return f'"[" ws {seq} "]" ws' if lo > 0 else f'"[" ws ({seq})? "]" ws'
+            return '"[" ws "]"'
+        more = f'("," ws {item} ws){{{max(lo - 1, 0)},{"" if hi is None else int(hi) - 1}}}'
+        seq = f"{item} ws {more}"
+        return f'"[" ws {seq} "]"' if lo > 0 else f'"[" ws ({seq})? "]"'
 
 
 def json_schema_to_gbnf(schema: str | Mapping[str, Any]) -> str:
