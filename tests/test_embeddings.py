@@ -70,6 +70,12 @@ def test_embedding_errors(tmp_path):
             Model(path, n_ctx=64, embedding=True, pooling_type=bad)
     with pytest.raises(ValueError, match="rank"):
         Model(path, n_ctx=64, embedding=True, pooling_type="rank")
+    # A reranker's GGUF still loads and generates; only its embeddings are refused.
+    write_gguf(make_weights(cfg), tmp_path / "rank.gguf", metadata={"llama.pooling_type": 4})
+    with Model(tmp_path / "rank.gguf", n_ctx=64, n_threads=2, embedding=True) as m:
+        assert m.create_completion([1, 2, 3], max_tokens=2, temperature=0)["usage"]["completion_tokens"] == 2
+        with pytest.raises(ValueError, match="rank"):
+            m.embed("hi")
     with Model(path, n_ctx=16, n_threads=2, embedding=True, pooling_type="last") as m:
         long = "the " * 40
         assert len(m.embed(long)) == cfg.n_embd  # cut to the context

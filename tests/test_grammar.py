@@ -282,3 +282,62 @@ def test_llama_cpp_python_grammar_object_is_taken(model):
     text = model.create_completion("Is water wet? Answer:", grammar=g, max_tokens=5,
                                    temperature=0)["choices"][0]["text"]
     assert text in (" yes", " no")
+
+
+# ---- limits and edge cases ----
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('root ::= ("a"?){40000}', "repetition count above"),
+    ('root ::= ' + "(" * 500 + '"a"' + ")" * 500, "nested more than"),
+    ("root ::= r0\n" + "".join(f"r{i} ::= r{i + 1}\n" for i in range(150000)) + 'r150000 ::= "a"\n',
+     "too deeply nested"),
+    ('root ::= ("a"?){2000}', "too ambiguous"),
+])
+def test_grammars_beyond_the_limits_are_errors_not_crashes(text, message):
+    """A grammar from a request cannot crash the process or stall it (server safety)."""
+    with pytest.raises(Error, match=message):
+        Grammar(text).state()
+
+
+def test_generated_rule_names_do_not_clash(bytes_vocab):
+    g = Grammar('root ::= ("a") root_1 root-1\nroot_1 ::= "b"\nroot-1 ::= "c"{2}')
+    assert matches(g, "abcc", bytes_vocab) and not matches(g, "abc", bytes_vocab)
+
+
+def test_utf8_is_strict(bytes_vocab):
+    """Overlong forms, surrogates and lone continuation bytes never get through a grammar."""
+    g = Grammar.json()
+    for text in ('{"a": "\u00e9\u20ac\U0001f600"}',):
+        assert matches(g, text, bytes_vocab)
+    for bad in (b'{"a": "\xe0\x81\x81"}', b'{"a": "\xc0\xaf"}', b'{"a": "\xed\xa0\x80"}', b'{"a": "\x81"}',
+                b'{"a": "\xf4\x90\x80\x80"}'):
+        s = g.state()
+        ok = True
+        for b in bad:
+            if not s.allows(bytes_vocab, b):
+                ok = False
+                break
+            s.accept(bytes_vocab, b)
+        assert not ok, bad
+
+
+def test_json_schema_edge_cases(bytes_vocab):
+    # Property names outside ASCII; no properties and no others allowed; a recursive root.
+    g = Grammar.from_json_schema({"type": "object", "properties": {"名前": {"type": "string"}},
+                                  "required": ["名前"]})
+    assert matches(g, '{"名前": "x"}', bytes_vocab)
+    g = Grammar.from_json_schema({"type": "object", "additionalProperties": False})
+    assert matches(g, "{}", bytes_vocab) and not matches(g, '{"a": 1}', bytes_vocab)
+    tree = {"type": "object", "required": ["n"],
+            "properties": {"n": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#"}}}}
+    g = Grammar.from_json_schema(tree)
+    assert matches(g, '{"n": 1, "kids": [{"n": 2}, {"n": 3, "kids": []}]}', bytes_vocab)
+    # Two $refs whose paths end alike get rules of their own.
+    inner = {"properties": {"inner": {"$ref": "#/$defs/y/properties/value"}}}
+    y = {"properties": {"value": {"type": "integer"}}}
+    two = {"$defs": {"x": {"properties": {"value": inner}}, "y": y}, "$ref": "#/$defs/x/properties/value"}
+    assert matches(Grammar.from_json_schema(two), '{"inner": 5}', bytes_vocab)
+    for bad in ({"type": "string", "minLength": None}, {"enum": 5}, {"properties": [1]},
+                {"required": ["x"], "properties": {"a": {}}}):
+        with pytest.raises(ValueError, match="JSON schema"):
+            json_schema_to_gbnf(bad)

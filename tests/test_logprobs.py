@@ -338,3 +338,15 @@ def test_echo_logprobs_match_llama_cpp_logits(model, reference):
         want = np.array([ref[p - 1][toks[p]] for p in range(max(start, 1), len(toks))])
         got = np.array(lp["token_logprobs"][n - len(want): n], dtype=np.float64)
         assert np.abs(got - want).max() < TOL, prompt
+
+
+def test_echo_offsets_with_control_tokens_in_the_prompt(model):
+    """A control token typed in the prompt is one of its entries, shown as its text, and the
+    offsets point into the echoed text."""
+    prompt = "<|im_start|>user hi"
+    model.reset()
+    choice = model.create_completion(prompt, max_tokens=2, temperature=0, logprobs=0, echo=True)["choices"][0]
+    lp = choice["logprobs"]
+    assert lp["tokens"][:2] == ["<|im_start|>", "user"]
+    for tok, off in zip(lp["tokens"], lp["text_offset"], strict=True):
+        assert choice["text"][off: off + len(tok)] == tok

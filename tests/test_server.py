@@ -424,21 +424,30 @@ def test_grammar_and_json_schema(client, ref):
 
 # ---- embeddings ----
 
-def test_embeddings_per_token(server, smollm2_path):
-    """SmolLM2 has no pooling type: each input gets one unit vector per token (llama.cpp's
-    embeddings normalized, as llama-server answers)."""
-    texts = ["The capital of France is Paris.", "Hello"]
-    r = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts, "model": ALIAS}, timeout=600)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["object"] == "list" and body["model"] == ALIAS
-    with Model(smollm2_path, n_ctx=SLOT_CTX, n_threads=2, embedding=True) as m:
-        want = m.embed(texts, normalize=True)
-        n = sum(len(m.tokenize(t.encode())) for t in texts)
-    assert [d["index"] for d in body["data"]] == [0, 1]
-    for d, w in zip(body["data"], want, strict=True):
-        assert np.asarray(d["embedding"]) == pytest.approx(np.asarray(w), abs=1e-6)
-    assert body["usage"] == {"prompt_tokens": n, "total_tokens": n}
+def test_embeddings_need_pooling(server, still_answers):
+    """SmolLM2 has no pooling type: per-token vectors, which OpenAI's shape cannot carry; a 400
+    naming --pooling, as llama-server answers."""
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"input": "Hello", "model": ALIAS}, timeout=600)
+    assert r.status_code == 400, r.text
+    assert "--pooling" in r.json()["error"]["message"]
+    still_answers(server.url)
+
+
+def test_a_grammar_with_no_way_on_fails_its_request_only(server, engine, still_answers):
+    """A grammar whose next character no token can give (NUL) ends its own request with a 400;
+    another request running at the same time is not touched."""
+    body = {"model": ALIAS, "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0,
+            "logit_bias": {str(t): -100 for t in engine.model.tokenizer.eog_ids}}
+    with ThreadPoolExecutor(2) as ex:
+        other = ex.submit(httpx.post, f"{server.url}/v1/completions", json=body, timeout=600)
+        time.sleep(0.2)
+        dead_end = {"prompt": "x", "grammar": 'root ::= "a" "\\x00"'}
+        r = httpx.post(f"{server.url}/v1/completions", json=dead_end, timeout=600)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "grammar"
+        assert other.result().status_code == 200
+        assert other.result().json()["usage"]["completion_tokens"] == 40
+    still_answers(server.url)
 
 
 @pytest.fixture(scope="module")
@@ -586,7 +595,7 @@ BAD_REQUESTS = [
     ("/v1/embeddings", b'{"input": 5}', 400, "input"),
     ("/v1/embeddings", b'{"input": [1, 99999999]}', 400, "input"),
     ("/v1/embeddings", b'{"input": "x", "dimensions": 64}', 400, "dimensions"),
-    ("/v1/embeddings", b'{"input": "x", "encoding_format": "base64"}', 400, "encoding_format"),
+    ("/v1/embeddings", b'{"input": "x"}', 400, "model"),  # SmolLM2 has no pooling type
     ("/v1/embeddings", b'{"input": "x", "encoding_format": "hex"}', 400, "encoding_format"),
     ("/v1/embeddings", b'{"input": "' + b"hi " * 300 + b'"}', 400, "input"),
     ("/v1/embeddings", b'{"input": "x", "model": "gpt-4"}', 404, "model"),

@@ -14,37 +14,51 @@ using Elem = GrammarElem;
 
 // ---- UTF-8 ----
 
-// Decodes bytes after an unfinished sequence (partial value bits, n_missing continuation bytes
-// still to come). False on invalid UTF-8. A sequence left unfinished at the end goes to
-// partial / n_missing.
+// Decodes bytes after an unfinished sequence (partial: its length in bits 24.. and value bits
+// below; n_missing continuation bytes still to come). False on invalid UTF-8: bad lead or
+// continuation bytes, overlong forms, surrogates, values above U+10FFFF. A sequence left
+// unfinished at the end goes to partial / n_missing.
+constexpr uint32_t kValueBits = (1u << 24) - 1;
+
 bool decode_utf8(const std::string & bytes, uint32_t & partial, int & n_missing, std::vector<uint32_t> & cps) {
     for (unsigned char b : bytes) {
         if (n_missing > 0) {
             if ((b & 0xC0) != 0x80) return false;
-            partial = (partial << 6) | (b & 0x3F);
+            const uint32_t len = partial >> 24, v = ((partial & kValueBits) << 6) | (b & 0x3F);
+            partial = len << 24 | v;
             if (--n_missing == 0) {
-                cps.push_back(partial);
+                const uint32_t lo = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
+                if (v < lo || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return false;
+                cps.push_back(v);
                 partial = 0;
             }
         } else if (b < 0x80) {
             cps.push_back(b);
-        } else if ((b & 0xE0) == 0xC0) {
-            partial = b & 0x1F;
+        } else if (b >= 0xC2 && b <= 0xDF) {
+            partial = 2u << 24 | (b & 0x1F);
             n_missing = 1;
         } else if ((b & 0xF0) == 0xE0) {
-            partial = b & 0x0F;
+            partial = 3u << 24 | (b & 0x0F);
             n_missing = 2;
-        } else if ((b & 0xF8) == 0xF0) {
-            partial = b & 0x07;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            partial = 4u << 24 | (b & 0x07);
             n_missing = 3;
         } else {
-            return false;
+            return false;  // a stray continuation byte, C0, C1 or F5..FF
         }
     }
     return true;
 }
 
 // ---- parsing ----
+
+// Limits that keep a grammar from a request within bounds of memory, stack and time.
+constexpr size_t kMaxRules = 100000;
+constexpr size_t kMaxElems = 1000000;
+constexpr int kMaxDepth = 100;      // nested groups
+constexpr int kMaxRepeat = 10000;   // {m,n}
+constexpr size_t kMaxStacks = 512;  // ways to continue at once (see Grammar::expand)
+constexpr size_t kMaxExpand = 100000;  // rule references followed in one expansion
 
 bool is_word_char(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
@@ -73,6 +87,8 @@ private:
     const char * p_;
     std::vector<std::vector<Elem>> rules_;
     std::map<std::string, uint32_t> ids_;
+    size_t n_elems_ = 0;
+    int depth_ = 0;  // groups open
 
     [[noreturn]] void fail(const std::string & what) const {
         int line = 1, col = 1;
@@ -95,15 +111,17 @@ private:
         return id;
     }
 
+    // A rule for a group or a repetition, named so that no rule of the text can clash with it
+    // ('#' is not a name character).
     uint32_t new_rule(const std::string & base) {
-        for (int i = int(ids_.size());; ++i) {
-            const std::string name = base + "_" + std::to_string(i);
-            if (!ids_.count(name)) return id_of(name);
-        }
+        SL_CHECK(ids_.size() < kMaxRules, "grammar: more than %zu rules", kMaxRules);
+        return id_of(base + "#" + std::to_string(ids_.size()));
     }
 
     void set_rule(uint32_t id, std::vector<Elem> elems) {
         if (rules_.size() <= id) rules_.resize(id + 1);
+        n_elems_ += elems.size();
+        if (n_elems_ > kMaxElems) fail(strfmt("the grammar is too large (more than %zu elements)", kMaxElems));
         rules_[id] = std::move(elems);
     }
 
@@ -242,12 +260,14 @@ private:
                 out.push_back({Elem::RULE_REF, id_of(parse_name())});
                 have_last = true;
             } else if (*p_ == '(') {
+                if (++depth_ > kMaxDepth) fail(strfmt("groups nested more than %d deep", kMaxDepth));
                 ++p_;
                 skip_space(true);
                 const uint32_t sub = new_rule(name);
                 parse_alternates(name, sub, true);
                 if (*p_ != ')') fail("expected )");
                 ++p_;
+                --depth_;
                 last = out.size();
                 out.push_back({Elem::RULE_REF, sub});
                 have_last = true;
@@ -300,7 +320,7 @@ private:
         long v = 0;
         while (is_digit()) {
             v = v * 10 + (*p_++ - '0');
-            if (v > 100000) fail("a repetition count is too large");
+            if (v > kMaxRepeat) fail(strfmt("a repetition count above %d", kMaxRepeat));
         }
         return int(v);
     }
@@ -349,21 +369,43 @@ bool ends_alt(const Elem & e) { return e.type == Elem::END || e.type == Elem::AL
 // would make expansion endless.
 void check_left_recursion(const std::vector<std::vector<Elem>> & rules, const std::map<std::string, uint32_t> & ids) {
     const size_t n = rules.size();
+    // Nullable rules (those that can match nothing), by a worklist in linear time: an alternative
+    // made only of rule references is nullable once all of them are.
     std::vector<char> nullable(n, 0);
-    for (bool changed = true; changed;) {
-        changed = false;
-        for (size_t r = 0; r < n; ++r) {
-            if (nullable[r]) continue;
-            for (size_t s : alternatives(rules[r])) {
-                size_t i = s;
-                while (!ends_alt(rules[r][i]) && rules[r][i].type == Elem::RULE_REF && nullable[rules[r][i].value]) ++i;
-                if (ends_alt(rules[r][i])) {
-                    nullable[r] = 1;
-                    changed = true;
-                    break;
-                }
+    struct Alt {
+        uint32_t rule;
+        size_t pending;  // references not yet known nullable
+    };
+    std::vector<Alt> alts;
+    std::vector<std::vector<size_t>> users(n);  // rule -> alternatives referring to it (repeats kept)
+    std::vector<uint32_t> work;
+    for (size_t r = 0; r < n; ++r)
+        for (size_t s : alternatives(rules[r])) {
+            size_t refs = 0;
+            bool chars = false;
+            for (size_t i = s; !ends_alt(rules[r][i]); ++i) {
+                if (rules[r][i].type == Elem::RULE_REF)
+                    ++refs;
+                else
+                    chars = true;
+            }
+            if (chars) continue;
+            const size_t a = alts.size();
+            alts.push_back({uint32_t(r), refs});
+            for (size_t i = s; !ends_alt(rules[r][i]); ++i) users[rules[r][i].value].push_back(a);
+            if (refs == 0 && !nullable[r]) {
+                nullable[r] = 1;
+                work.push_back(uint32_t(r));
             }
         }
+    while (!work.empty()) {
+        const uint32_t r = work.back();
+        work.pop_back();
+        for (size_t a : users[r])
+            if (--alts[a].pending == 0 && !nullable[alts[a].rule]) {
+                nullable[alts[a].rule] = 1;
+                work.push_back(alts[a].rule);
+            }
     }
     // Edges r -> rules it may start with; a cycle is left recursion.
     std::vector<std::vector<uint32_t>> first(n);
@@ -491,21 +533,37 @@ Grammar::Grammar(std::shared_ptr<const GrammarRules> rules) : rules_(std::move(r
         expand(std::move(stack), stacks_);
     }
     dedup(stacks_);
+    SL_CHECK(stacks_.size() <= kMaxStacks, "grammar: too ambiguous (more than %zu ways to start)", kMaxStacks);
 }
 
+// Follows rule references at the tops of stacks until each top is a character element (or the
+// stack is empty: complete). Iterative, with limits: a grammar that nests nullable references
+// deeply, or has more ways to continue than kMaxStacks, is an error rather than a crash or a
+// stall.
 void Grammar::expand(Stack stack, std::vector<Stack> & out) const {
-    if (stack.empty() || stack.back()->type != Elem::RULE_REF) {
-        out.push_back(std::move(stack));
-        return;
-    }
-    const Elem * pos = stack.back();
-    stack.pop_back();
-    if (!ends_alt(pos[1])) stack.push_back(pos + 1);
-    const auto & rule = rules_->rules()[pos->value];
-    for (size_t s : alternatives(rule)) {
-        Stack next = stack;
-        if (!ends_alt(rule[s])) next.push_back(&rule[s]);
-        expand(std::move(next), out);
+    std::vector<Stack> work{std::move(stack)};
+    size_t n_followed = 0;
+    while (!work.empty()) {
+        Stack st = std::move(work.back());
+        work.pop_back();
+        if (st.empty() || st.back()->type != Elem::RULE_REF) {
+            out.push_back(std::move(st));
+            SL_CHECK(out.size() <= 4 * kMaxStacks, "grammar: too ambiguous (more than %zu ways to continue at once)",
+                     kMaxStacks);
+            continue;
+        }
+        SL_CHECK(++n_followed <= kMaxExpand, "grammar: too deeply nested (more than %zu rules entered at once)",
+                 kMaxExpand);
+        const Elem * pos = st.back();
+        st.pop_back();
+        if (!ends_alt(pos[1])) st.push_back(pos + 1);
+        const auto & rule = rules_->rules()[pos->value];
+        const std::vector<size_t> alts = alternatives(rule);
+        for (size_t k = alts.size(); k-- > 0;) {  // reversed: the first alternative is taken first
+            Stack next = st;
+            if (!ends_alt(rule[alts[k]])) next.push_back(&rule[alts[k]]);
+            work.push_back(std::move(next));
+        }
     }
 }
 
@@ -520,6 +578,7 @@ std::vector<Grammar::Stack> Grammar::step(const std::vector<Stack> & stacks, uin
         expand(std::move(next), out);
     }
     if (out.size() > 1) dedup(out);
+    SL_CHECK(out.size() <= kMaxStacks, "grammar: too ambiguous (more than %zu ways to continue at once)", kMaxStacks);
     return out;
 }
 
@@ -544,6 +603,7 @@ bool Grammar::allows_from(const std::vector<Stack> & stacks, uint32_t partial, i
     }
     std::vector<Stack> cur = stacks;
     for (uint32_t cp : *seq) {
+        if (cp == 0) return false;  // NUL: never, as in llama.cpp
         cur = step(cur, cp);
         if (cur.empty()) return false;
     }
@@ -650,11 +710,15 @@ void Grammar::walk(const GrammarVocab & vocab, int32_t node, int32_t set, WalkMe
 }
 
 bool Grammar::partial_fits(const std::vector<Stack> & stacks, uint32_t partial, int n_missing) const {
+    // The code points the unfinished sequence may still become: its value bits followed by any
+    // continuation bits, within the range of its length (no overlong forms, at most U+10FFFF).
+    const uint32_t len = partial >> 24;
     const int bits = 6 * n_missing;
-    uint32_t lo = partial << bits;
-    const uint32_t hi = lo | ((1u << bits) - 1);
-    if (lo == 0) lo = n_missing == 2 ? 0x800 : n_missing == 3 ? 0x10000 : lo;  // not an overlong form
-    return any_in_range(stacks, lo, hi);
+    uint32_t lo = (partial & kValueBits) << bits;
+    uint32_t hi = lo | ((1u << bits) - 1);
+    lo = std::max(lo, len == 2 ? 0x80u : len == 3 ? 0x800u : 0x10000u);
+    hi = std::min(hi, 0x10FFFFu);
+    return lo <= hi && any_in_range(stacks, lo, hi);
 }
 
 }  // namespace sl

@@ -3,12 +3,13 @@
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
 ``data: [DONE]``), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
-``--pooling``, unit length as llama-server and OpenAI give them; per-token lists with pooling
-none). Requests are tokenized and checked here, then run by the engine, which batches
-them with every other request in flight. A completions request may hold several prompts (a list of
-strings or of token lists, up to 64) and both endpoints take ``n`` (up to 16 choices per prompt,
-choice k seeded with ``seed + k``): each choice is a job of its own, run together, and the choices
-come back in order (streamed: interleaved, each chunk with its choice's ``index``).
+``--pooling``, unit length as llama-server and OpenAI give them; a 400 for a model without
+pooling, as llama-server answers). Requests are tokenized and checked here, then run by the
+engine, which batches them with every other request in flight. A completions request may hold
+several prompts (a list of strings or of token lists, up to 64) and both endpoints take ``n`` (up
+to 16 choices per prompt, choice k seeded with ``seed + k``): each choice is a job of its own,
+run together, and the choices come back in order (streamed: interleaved, each chunk with its
+choice's ``index``).
 Log-probabilities: ``logprobs`` (0..20 alternatives) on completions, the prompt's tokens too with
 ``echo`` (``max_tokens: 0`` with ``echo`` scores the prompt and generates nothing);
 ``logprobs`` / ``top_logprobs`` on chat. Constrained output: ``grammar`` (GBNF) on both, chat's
@@ -193,7 +194,7 @@ class _Service:
         head = completion_head(name)
         if body.stream:
             return _sse(runs, _completion_events(runs, head, want_lps, body.include_usage))
-        results = await _collect_all(runs, request)
+        results = await _collect_all(runs, request, body)
         if results is None:
             return Response(status_code=CLIENT_CLOSED)
         choices, lasts = [], []
@@ -226,7 +227,7 @@ class _Service:
         want_lps = body.n_logprobs is not None
         if body.stream:
             return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage))
-        results = await _collect_all(runs, request)
+        results = await _collect_all(runs, request, body)
         if results is None:
             return Response(status_code=CLIENT_CLOSED)
         choices, lasts = [], []
@@ -240,10 +241,6 @@ class _Service:
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
         name = self._model_name(body.model)
-        pooling = self.model.pooling_type()
-        if pooling == LLAMA_POOLING_TYPE_NONE and body.encoding_format == "base64":
-            raise APIError(400, "this model's embeddings are per token (pooling none): ask for "
-                           "encoding_format 'float'", param="encoding_format")
         token_lists = []
         for x in body.inputs():
             toks = self.model.tokenize(x.encode("utf-8")) if isinstance(x, str) else x
@@ -253,7 +250,17 @@ class _Service:
             if len(toks) >= ctx:
                 raise APIError(400, f"This model's maximum context length is {ctx} tokens, but an input has "
                                f"{len(toks)} tokens", param="input", code="context_length_exceeded")
-            token_lists.append(toks)
+            try:
+                token_lists.append(self.model.check_prompt(toks))
+            except ValueError as e:
+                raise APIError(400, str(e), param="input") from None
+        try:
+            pooling = self.model.pooling_type()
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        if pooling == LLAMA_POOLING_TYPE_NONE:  # as llama-server answers
+            raise APIError(400, "this model's embeddings are per token (pooling none), which OpenAI's API "
+                           "cannot carry: serve it with --pooling mean (or last, cls)", param="model")
         runs: list[_Run] = []
         try:
             for i, toks in enumerate(token_lists):
@@ -271,12 +278,10 @@ class _Service:
         for r in runs:
             rows = np.concatenate(r.stream.job.embeddings)  # type: ignore[arg-type]
             vecs = pool_embeddings(rows, pooling, normalize=True)
-            if pooling == LLAMA_POOLING_TYPE_NONE:
-                emb: Any = vecs.tolist()
-            elif body.encoding_format == "base64":
+            if body.encoding_format == "base64":
                 emb = base64.b64encode(vecs[0].astype("<f4").tobytes()).decode("ascii")
             else:
-                emb = vecs[0].tolist()
+                emb: Any = vecs[0].tolist()
             data.append({"object": "embedding", "embedding": emb, "index": r.index})
         n = sum(len(t) for t in token_lists)
         return JSONResponse({"object": "list", "data": data, "model": name,
@@ -403,8 +408,13 @@ def _sse(runs: Sequence[_Run], events: AsyncIterator[dict[str, Any]]) -> Streami
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _collect_all(runs: Sequence[_Run], request: Request) -> list[list[CompletionChunk]] | None:
-    """Every chunk of every job, or None if the client disconnects first (the jobs are cancelled)."""
+_Chunks = list[list[CompletionChunk]]
+
+
+async def _collect_all(runs: Sequence[_Run], request: Request,
+                       body: CompletionRequest | ChatRequest | None = None) -> _Chunks | None:
+    """Every chunk of every job, or None if the client disconnects first (the jobs are cancelled).
+    A job that ended on its request's grammar (no token could continue) is a 400."""
     chunks: list[list[CompletionChunk]] = [[] for _ in runs]
     checked = time.monotonic()
     try:
@@ -414,6 +424,10 @@ async def _collect_all(runs: Sequence[_Run], request: Request) -> list[list[Comp
                     chunks[i].append(await r.stream.next_chunk(DISCONNECT_POLL_S))
                 except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
                     pass
+                except ValueError as e:
+                    fmt = getattr(body, "response_format", None)
+                    param = "response_format" if fmt is not None else "grammar"
+                    raise APIError(400, str(e), param=param) from None
                 if time.monotonic() - checked >= DISCONNECT_POLL_S:
                     checked = time.monotonic()
                     if await request.is_disconnected():

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from splitllm import _core
 from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
 from splitllm.grammar import Grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
@@ -190,8 +191,7 @@ class BatchEngine:
         if grammar is not None:
             job.grammar = grammar.state()
         if prompt_logprobs:
-            skip = frozenset([tok.bos_id]) if tok.bos_id is not None else frozenset()
-            job.prompt_logprobs = PromptLogprobs(prompt, n_top, tok.token_to_piece, skip)  # type: ignore[arg-type]
+            job.prompt_logprobs = PromptLogprobs.of_prompt(prompt, n_top, tok)  # type: ignore[arg-type]
         self._queue(job)
         return job
 
@@ -450,7 +450,11 @@ class BatchEngine:
         if job.grammar is None:
             token = job.sampler.sample(logits)
         else:
-            token = sample_with_grammar(job.sampler, logits, job.grammar, self.model.grammar_vocab())
+            try:
+                token = sample_with_grammar(job.sampler, logits, job.grammar, self.model.grammar_vocab())
+            except (ValueError, _core.Error) as e:  # this job's grammar failed: it alone ends
+                self._finish(job, e if isinstance(e, ValueError) else ValueError(str(e)))
+                return
         job.sampler.accept(token)
         n_top = job.text.n_logprobs
         piece = self.model.tokenizer.token_to_piece

@@ -24,7 +24,7 @@ import numpy as np
 
 from splitllm import _core
 
-__all__ = ["JSON_GBNF", "Grammar", "as_grammar", "json_schema_to_gbnf", "response_grammar",
+__all__ = ["JSON_GBNF", "Grammar", "GrammarDeadEnd", "as_grammar", "json_schema_to_gbnf", "response_grammar",
            "sample_with_grammar"]
 
 # Any JSON value; whitespace only between tokens and kept short (a run of spaces cannot go on
@@ -79,6 +79,10 @@ class Grammar:
         return f"Grammar({self._rules.n_rules} rules)"
 
 
+class GrammarDeadEnd(ValueError):
+    """No token of the vocabulary can continue the text under the grammar."""
+
+
 def sample_with_grammar(sampler: Any, logits: np.ndarray, state: Any, vocab: Any) -> int:
     """The sampler's pick if the grammar allows it, else a pick among the allowed tokens; the
     grammar state takes the token."""
@@ -86,7 +90,7 @@ def sample_with_grammar(sampler: Any, logits: np.ndarray, state: Any, vocab: Any
     if not state.allows(vocab, token):
         mask = state.allowed(vocab)
         if not mask.any():
-            raise RuntimeError("the grammar allows no token here (not even the end of generation)")
+            raise GrammarDeadEnd("the grammar allows no token here (not even the end of generation)")
         token = sampler.sample(np.where(mask, logits, np.float32(-np.inf)).astype(np.float32, copy=False))
     state.accept(vocab, token)
     return token
@@ -112,6 +116,7 @@ array ::= "[" ws ( value ws ("," ws value ws)* )? "]"
 string ::= "\"" char* "\""
 number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?
 """
+_RESERVED = {"root", "char", "ws", "value", "object", "array", "string", "number"}  # rules written here
 _UNSUPPORTED = ("pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                 "multipleOf", "patternProperties", "allOf", "not", "if", "then", "else", "uniqueItems",
                 "minProperties", "maxProperties", "contains", "prefixItems")
@@ -129,27 +134,28 @@ class _SchemaConverter:
         self.rules: dict[str, str] = {}
         self.refs: dict[str, str] = {}
 
-    def rule(self, hint: str, body: str) -> str:
-        base = "".join(c if c.isalnum() else "-" for c in hint).strip("-").lower() or "r"
+    def rule(self, hint: str, body: str | None) -> str:
+        """A rule with this body (an existing one if the same); body None: a fresh name, reserved."""
+        base = "".join(c if c.isascii() and c.isalnum() else "-" for c in hint).strip("-").lower() or "r"
         name, i = base, 1
-        while name in self.rules and self.rules[name] != body:
+        while name in _RESERVED or (name in self.rules and (body is None or self.rules[name] != body)):
             i += 1
             name = f"{base}-{i}"
-        self.rules[name] = body
+        self.rules[name] = body if body is not None else ""
         return name
 
     def resolve(self, ref: str) -> str:
         if ref in self.refs:
             return self.refs[ref]
-        if not ref.startswith("#/"):
+        if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
             raise ValueError(f"JSON schema: only local $ref ('#/...') is supported (got {ref!r})")
         target: Any = self.root
-        for part in ref[2:].split("/"):
+        for part in ref[2:].split("/") if ref != "#" else ():
             part = part.replace("~1", "/").replace("~0", "~")
             if not isinstance(target, Mapping) or part not in target:
                 raise ValueError(f"JSON schema: $ref {ref!r} points nowhere")
             target = target[part]
-        name = self.rule("ref-" + ref.rsplit("/", 1)[-1], "")  # reserved first: refs may recurse
+        name = self.rule("ref-" + ref.rsplit("/", 1)[-1], None)  # reserved first: refs may recurse
         self.refs[ref] = name
         self.rules[name] = self.visit(target, name)
         return name
@@ -194,12 +200,17 @@ class _SchemaConverter:
         return _PRIMITIVES[t]
 
     def object(self, s: Mapping[str, Any], hint: str) -> str:
-        props = s.get("properties")
+        props = s.get("properties") or {}
+        if not isinstance(props, Mapping):
+            raise ValueError(f"JSON schema: properties at {hint!r} must be an object")
         extra = s.get("additionalProperties", False if props else True)
         if extra not in (True, False):
             raise ValueError(f"JSON schema: additionalProperties with a schema at {hint!r} is not supported")
+        missing = [k for k in s.get("required", ()) if k not in props]
+        if missing:
+            raise ValueError(f"JSON schema: required {missing} at {hint!r} are not among its properties")
         if not props:
-            return "object"
+            return "object" if extra else '"{" ws "}"'
         if extra is True and "additionalProperties" in s:
             raise ValueError(f"JSON schema: additionalProperties true beside properties at {hint!r} is not "
                              "supported")
@@ -241,7 +252,10 @@ def json_schema_to_gbnf(schema: str | Mapping[str, Any]) -> str:
     if not isinstance(schema, Mapping):
         raise ValueError("a JSON schema must be an object")
     conv = _SchemaConverter(schema)
-    root = conv.visit(schema, "root")
+    try:
+        root = conv.visit(schema, "root")
+    except (TypeError, AttributeError, KeyError, RecursionError) as e:  # a schema of the wrong shape
+        raise ValueError(f"JSON schema: malformed ({type(e).__name__}: {e})") from None
     lines = [f"root ::= {root}"] + [f"{name} ::= {body}" for name, body in conv.rules.items()]
     return "\n".join(lines) + "\n" + _SUPPORT
 

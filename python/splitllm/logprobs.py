@@ -103,6 +103,14 @@ class PromptLogprobs:
             t = self.tokens[0]
             self._add(TokenLogprob(t, piece(t), None, None))
 
+    @classmethod
+    def of_prompt(cls, tokens: Sequence[int], n_top: int, tokenizer: Any) -> PromptLogprobs:
+        """For a prompt as the model reads it: control tokens shown as their text (as a prompt
+        string holds them); a BOS the model adds itself is left out."""
+        bos = tokenizer.bos_id
+        skip = frozenset([bos]) if tokenizer.add_bos and bos is not None else frozenset()
+        return cls(tokens, n_top, lambda t: tokenizer.token_to_piece(t, special=True), skip)
+
     def _add(self, e: TokenLogprob) -> None:
         self.entries.append(e.at(self._chars.chars))
         self._chars.feed(e.piece)

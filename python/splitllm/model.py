@@ -143,7 +143,9 @@ class Model:
         del metadata
         arch = self._metadata.get("general.architecture", "")
         self._embedding = bool(embedding)
-        self._pooling = pooling_type_of(pooling_type, self._metadata)
+        if pooling_type not in (None, LLAMA_POOLING_TYPE_UNSPECIFIED):
+            pooling_type_of(pooling_type, {})  # a bad argument is an error now
+        self._pooling_arg = pooling_type
         if n_ctx == 0:
             n_ctx = int(self._metadata.get(f"{arch}.context_length", 4096))
         if n_gpu_layers == "auto":
@@ -363,8 +365,9 @@ class Model:
         return int(self._engine().n_embd)
 
     def pooling_type(self) -> int:
-        """How ``embed`` pools a text's token embeddings (``LLAMA_POOLING_TYPE_*``)."""
-        return self._pooling
+        """How ``embed`` pools a text's token embeddings (``LLAMA_POOLING_TYPE_*``): the argument, or
+        the model's own. ValueError for a reranker's (rank), which is not supported."""
+        return pooling_type_of(self._pooling_arg, self._metadata)
 
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """The final hidden state (after the output norm) at every position of ``tokens`` read from
@@ -398,8 +401,9 @@ class Model:
                                      f"{self._seq_ctx}")
                 toks = toks[: self._seq_ctx]
             total += len(toks)
-            out = pool_embeddings(self.token_embeddings(toks), self._pooling, normalize).tolist()
-            data.append(out if self._pooling == LLAMA_POOLING_TYPE_NONE else out[0])
+            pooling = self.pooling_type()
+            out = pool_embeddings(self.token_embeddings(toks), pooling, normalize).tolist()
+            data.append(out if pooling == LLAMA_POOLING_TYPE_NONE else out[0])
         result = data[0] if isinstance(input, str) else data
         return (result, total) if return_count else result
 
@@ -696,8 +700,7 @@ class Model:
         is left out; the first token has no log-probability)."""
         toks = self.check_prompt(tokens)
         tok = self.tokenizer
-        lps = PromptLogprobs(toks, n_top, tok.token_to_piece,
-                             frozenset([tok.bos_id]) if tok.bos_id is not None else frozenset())
+        lps = PromptLogprobs.of_prompt(toks, n_top, tok)
         self._history = []
         last = np.empty(0, dtype=np.float32)
         for i0 in range(0, len(toks), self._n_batch):
