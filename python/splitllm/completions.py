@@ -109,6 +109,11 @@ class TokenText:
             return None
         return CompletionChunk(piece, token, self.n_prompt, self.n_done, logprobs=lps)
 
+    def stop(self) -> None:
+        """Ends the generation here, finish reason "stop" (a stopping criterion said so)."""
+        self.finish_reason = "stop"
+        self.done = True
+
     def _released(self) -> tuple[TokenLogprob, ...]:
         return self._lp.release(self._text.emitted) if self._lp is not None else ()
 

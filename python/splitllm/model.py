@@ -16,7 +16,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,8 @@ from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
+LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, scores) -> scores
+StopHook = Callable[[np.ndarray, np.ndarray], bool]  # (input_ids, logits) -> stop
 MAX_SPECULATIVE_PASS = 16  # tokens in one pass that checks a draft model's guesses
 
 # Pooling of embeddings, with llama.cpp's values (llama_pooling_type).
@@ -469,8 +471,12 @@ class Model:
         presence_penalty: float = 0.0,
         logit_bias: Mapping[Any, float] | None = None,
         seed: int | None = None,
+        grammar: Grammar | str | None = None,
+        logits_processor: LogitsHook | None = None,
+        stopping_criteria: StopHook | None = None,
     ) -> Generator[int, None, None]:
-        """Yields sampled token ids after ``tokens``, without end; stops when the context is full.
+        """Yields sampled token ids after ``tokens``, without end; stops when the context is full
+        (or ``stopping_criteria`` says so: see :meth:`stream` for it and ``logits_processor``).
 
         Each yielded token is evaluated when the next one is requested, so a consumer that stops
         after an end-of-generation token leaves it out of the cache. Arguments are checked when
@@ -483,10 +489,23 @@ class Model:
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
-        return (token for token, _ in self._generate(toks, sampler))
+        return self._tokens(self._generate(toks, sampler, None, as_grammar(grammar), logits_processor),
+                            stopping_criteria)
+
+    def _tokens(self, gen: Generator[tuple[int, np.ndarray], None, None],
+                stopping_criteria: StopHook | None) -> Generator[int, None, None]:
+        try:
+            for token, logits in gen:
+                if stopping_criteria is not None and stopping_criteria(
+                        np.asarray([*self._history, token], dtype=np.intc), logits):
+                    return
+                yield token
+        finally:
+            gen.close()
 
     def _generate(self, tokens: list[int], sampler: Sampler, first: np.ndarray | None = None,
-                  grammar: Grammar | None = None) -> Generator[tuple[int, np.ndarray], None, None]:
+                  grammar: Grammar | None = None, logits_processor: LogitsHook | None = None
+                  ) -> Generator[tuple[int, np.ndarray], None, None]:
         """Yields (token, the logits it was sampled from). ``first``: the logits after ``tokens``,
         when the cache already holds them (``eval_prompt`` is then skipped). With a draft model,
         a pass evaluates the token and the draft's guesses; the logits after a guess are used as
@@ -498,6 +517,8 @@ class Model:
         state = grammar.state() if grammar is not None else None
         vocab = self.grammar_vocab() if grammar is not None else None
         while True:
+            if logits_processor is not None:
+                logits = self._processed(logits_processor, logits)
             if state is None:
                 token = sampler.sample(logits)
             else:
@@ -531,6 +552,13 @@ class Model:
             logits = rows[0]
             guessed = list(zip(draft, rows[1:], strict=True))
 
+    def _processed(self, hook: LogitsHook, logits: np.ndarray) -> np.ndarray:
+        """``hook(input_ids, scores)`` on a copy of the logits (the tokens so far as input_ids)."""
+        out = np.asarray(hook(np.asarray(self._history, dtype=np.intc), logits.copy()), dtype=np.float32)
+        if out.shape != logits.shape:
+            raise ValueError(f"logits_processor returned shape {out.shape}, expected {logits.shape}")
+        return out
+
     def _draft(self, token: int, n: int) -> list[int]:
         """The draft model's guesses after the history and ``token`` (the token goes at position
         ``n``), cut to the pass limit and to the room left in the sequence."""
@@ -563,23 +591,31 @@ class Model:
         seed: int | None = None,
         logprobs: int | None = None,
         grammar: Grammar | str | None = None,
+        logits_processor: LogitsHook | None = None,
+        stopping_criteria: StopHook | None = None,
     ) -> Iterator[CompletionChunk]:
         """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason.
         With ``logprobs`` (0..20 alternatives), chunks carry their tokens' log-probabilities;
         with ``grammar`` (a :class:`~splitllm.grammar.Grammar` or GBNF text), the text follows it.
+        ``logits_processor(input_ids, scores) -> scores`` changes the logits before each pick
+        (log-probabilities are then of the changed ones, as in llama-cpp-python);
+        ``stopping_criteria(input_ids, logits) -> bool`` is asked after each pick, with the picked
+        token last in input_ids: true ends the text before that token (finish reason "stop").
 
         Arguments are checked when this is called."""
         return self._stream_from(
             prompt_tokens, None, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, logprobs=logprobs,
-            grammar=grammar)
+            grammar=grammar, logits_processor=logits_processor, stopping_criteria=stopping_criteria)
 
     def _stream_from(self, prompt_tokens: Sequence[int], first: np.ndarray | None, *,
                      max_tokens: int | None, stop: str | Sequence[str] | None, temperature: float, top_k: int,
                      top_p: float, min_p: float, repeat_penalty: float, frequency_penalty: float,
                      presence_penalty: float, logit_bias: Mapping[Any, float] | None, seed: int | None,
-                     logprobs: int | None, grammar: Grammar | str | None = None) -> Iterator[CompletionChunk]:
+                     logprobs: int | None, grammar: Grammar | str | None = None,
+                     logits_processor: LogitsHook | None = None,
+                     stopping_criteria: StopHook | None = None) -> Iterator[CompletionChunk]:
         """``stream``; ``first``: the logits after the prompt when its K/V are already cached."""
         prompt = self.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
@@ -594,7 +630,8 @@ class Model:
         params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty,
                                 presence_penalty, logit_bias)
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
-        return self._stream(text, self._generate(prompt, sampler, first, as_grammar(grammar)))
+        gen = self._generate(prompt, sampler, first, as_grammar(grammar), logits_processor)
+        return self._stream(text, gen, stopping_criteria)
 
     def grammar_vocab(self) -> Any:
         """The vocabulary as grammars see it (built once)."""
@@ -604,12 +641,16 @@ class Model:
                                               sorted(tok.eog_ids))
         return self._gvocab
 
-    def _stream(self, text: TokenText, gen: Generator[tuple[int, np.ndarray], None, None]
-                ) -> Iterator[CompletionChunk]:
+    def _stream(self, text: TokenText, gen: Generator[tuple[int, np.ndarray], None, None],
+                stopping_criteria: StopHook | None = None) -> Iterator[CompletionChunk]:
         n_top = text.n_logprobs
         piece = self.tokenizer.token_to_piece
         try:
             for token, logits in gen:
+                if stopping_criteria is not None and stopping_criteria(
+                        np.asarray([*self._history, token], dtype=np.intc), logits):
+                    text.stop()
+                    break
                 entry = None if n_top is None else token_logprob(logits, token, n_top, piece)
                 chunk = text.push(token, entry)
                 if chunk is not None:
@@ -667,6 +708,8 @@ class Model:
         logit_bias: Mapping[Any, float] | None = None,
         logprobs: int | None = None,
         grammar: Grammar | str | None = None,
+        logits_processor: LogitsHook | None = None,
+        stopping_criteria: StopHook | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``.
         ``grammar``: the generated text follows it (:mod:`splitllm.grammar`).
@@ -686,7 +729,8 @@ class Model:
         chunks = self._stream_from(tokens, first, max_tokens=max_tokens, stop=stop, temperature=temperature,
                                    top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                    frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                   logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=grammar)
+                                   logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=grammar,
+                                   logits_processor=logits_processor, stopping_criteria=stopping_criteria)
         head = completion_head(model if model is not None else self.model_path)
         text = self.echo_text(prompt, tokens) if echo or n_top is not None else ""
         echoed = Echo(text, echo, echo_lps)
@@ -759,6 +803,8 @@ class Model:
         top_logprobs: int | None = None,
         response_format: Mapping[str, Any] | None = None,
         grammar: Grammar | str | None = None,
+        logits_processor: LogitsHook | None = None,
+        stopping_criteria: StopHook | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
         gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
@@ -771,7 +817,8 @@ class Model:
         chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
                              top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                              frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=constraint)
+                             logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=constraint,
+                             logits_processor=logits_processor, stopping_criteria=stopping_criteria)
         head = chat_head(model if model is not None else self.model_path)
         if stream:
             return chat_chunks(head, chunks, n_top is not None)

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from splitllm import _core
 
-__all__ = ["Sampler", "SamplingParams", "random_seed"]
+__all__ = ["LogitsProcessorList", "Sampler", "SamplingParams", "StoppingCriteriaList", "random_seed"]
 
 _U64 = 1 << 64
 
@@ -217,3 +217,21 @@ class Sampler:
         """
         ids, p = self._core.probs(self._logits(logits))
         return ids, p
+
+
+class LogitsProcessorList(list):  # type: ignore[type-arg]
+    """llama-cpp-python's list of logits processors: each ``f(input_ids, scores) -> scores`` in
+    turn (``input_ids``: the tokens so far, int32; ``scores``: the next token's logits, float32)."""
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        for f in self:
+            scores = f(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(list):  # type: ignore[type-arg]
+    """llama-cpp-python's list of stopping criteria: ``f(input_ids, logits) -> bool``; any true
+    stops the generation."""
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> bool:
+        return any(f(input_ids, logits) for f in self)
