@@ -400,6 +400,31 @@ def test_n_choices(client, ref):
     assert sorted(roles) == [0, 1]
 
 
+# ---- tokens ----
+
+def test_tokenize_and_detokenize(server, ref):
+    """llama-server's /tokenize and /detokenize, and llama-cpp-python's /extras/* forms."""
+    text = "<|im_start|>user Héllo wörld"
+    want = ref.tokenize(text.encode(), add_bos=False, special=True)
+    r = httpx.post(f"{server.url}/tokenize", json={"content": text}, timeout=60)
+    assert r.status_code == 200 and r.json() == {"tokens": want}
+    r = httpx.post(f"{server.url}/tokenize", json={"content": text, "with_pieces": True}, timeout=60)
+    pieces = r.json()["tokens"]
+    assert [p["id"] for p in pieces] == want
+    assert "".join(p["piece"] for p in pieces if isinstance(p["piece"], str)) == text
+    r = httpx.post(f"{server.url}/detokenize", json={"tokens": want}, timeout=60)
+    assert r.json() == {"content": text}
+    assert httpx.post(f"{server.url}/extras/tokenize", json={"input": text}).json() == {"tokens": want}
+    count = httpx.post(f"{server.url}/extras/tokenize/count", json={"input": text}).json()
+    assert count == {"count": len(want)}
+    assert httpx.post(f"{server.url}/extras/detokenize", json={"tokens": want}).json() == {"text": text}
+    bad = (("/tokenize", {}, "content"), ("/detokenize", {"tokens": [-1]}, "tokens"),
+           ("/detokenize", {"tokens": "x"}, "tokens"), ("/tokenize", {"content": 5}, "content"))
+    for path, body, param in bad:
+        r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.text)
+
+
 # ---- grammars ----
 
 def test_grammar_and_json_schema(client, ref):
@@ -691,6 +716,8 @@ def test_api_key(keyed_server, ref, still_answers):
     r = httpx.post(url, content=b"{broken", headers={"Authorization": "Bearer nope"}, timeout=60)
     assert r.status_code == 401  # the key is checked before the body
     assert httpx.get(f"{keyed_server.url}/health").status_code == 200  # health needs no key
+    r = httpx.post(f"{keyed_server.url}/tokenize", json={"content": "Hi"}, timeout=60)
+    assert r.status_code == 401  # every other path does
     with openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="wrong", max_retries=0) as c:
         with pytest.raises(openai.AuthenticationError):
             c.models.list()

@@ -1,6 +1,8 @@
 """The OpenAI-compatible HTTP API over a :class:`~splitllm.engine.BatchEngine` (FastAPI).
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
+Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /tokenize`` / ``/detokenize`` (llama-server's;
+``/extras/tokenize``, ``/extras/tokenize/count``, ``/extras/detokenize`` as llama-cpp-python's
+server has them), ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
 ``data: [DONE]``), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
 ``--pooling``, unit length as llama-server and OpenAI give them; a 400 for a model without
@@ -21,8 +23,8 @@ stop the server and always have OpenAI's shape, ``{"error": {"message", "type", 
 400, as OpenAI does, not FastAPI's 422), a prompt that does not fit the context, or an explicit
 ``max_tokens`` that does not fit after the prompt (code ``context_length_exceeded``, OpenAI's
 rule; without ``max_tokens`` a request generates until its context is full, finish reason
-``length``); 401 for a missing or wrong API key (``Authorization: Bearer KEY``, on
-``/v1/*`` only); 404 for an unknown model or path; 500 for an internal failure. A client that
+``length``); 401 for a missing or wrong API key (``Authorization: Bearer KEY``, on every
+path but ``/health``); 404 for an unknown model or path; 500 for an internal failure. A client that
 disconnects, mid-stream or while waiting for a whole response, cancels its job and frees its
 sequence slot.
 """
@@ -48,7 +50,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitllm import _core
-from splitllm.api_schema import APIError, ChatRequest, CompletionRequest, EmbeddingRequest, error_body
+from splitllm.api_schema import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    error_body,
+)
 from splitllm.completions import (
     CompletionChunk,
     Echo,
@@ -73,7 +83,7 @@ CLIENT_CLOSED = 499      # status logged for a request whose client went away (n
 
 def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None) -> FastAPI:
     """The FastAPI application serving ``engine``'s model under ``model_alias`` (default: the file
-    name without ``.gguf``). With ``api_key``, ``/v1/*`` requests must carry it as a bearer token."""
+    name without ``.gguf``). With ``api_key``, requests (but ``/health``) must carry it as a bearer token."""
     svc = _Service(engine, model_alias)
     app = FastAPI(title="splitllm", summary="OpenAI-compatible API", docs_url=None, redoc_url=None)
     app.state.service = svc
@@ -100,6 +110,26 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         return await svc.embeddings(await _parse(request, EmbeddingRequest), request)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        return svc.tokenize(await _parse(request, TokenizeRequest))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        return {"content": svc.detokenize(await _parse(request, DetokenizeRequest))}
+
+    @app.post("/extras/tokenize")
+    async def extras_tokenize(request: Request) -> dict[str, Any]:
+        return {"tokens": svc.tokenize(await _parse(request, TokenizeRequest))["tokens"]}
+
+    @app.post("/extras/tokenize/count")
+    async def extras_count(request: Request) -> dict[str, Any]:
+        return {"count": len(svc.tokenize(await _parse(request, TokenizeRequest))["tokens"])}
+
+    @app.post("/extras/detokenize")
+    async def extras_detokenize(request: Request) -> dict[str, Any]:
+        return {"text": svc.detokenize(await _parse(request, DetokenizeRequest))}
 
     return app
 
@@ -132,6 +162,34 @@ class _Service:
             return self.alias
         raise APIError(404, f"The model `{name}` does not exist (this server has `{self.alias}`)",
                        param="model", code="model_not_found")
+
+    # ---- tokens ----
+
+    def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
+        """The text's token ids (``add_special``: with BOS/EOS where the model adds them; special
+        tokens written in the text are parsed as such); ``with_pieces``: each with its text."""
+        self._model_name(body.model)
+        tok = self.model.tokenizer
+        ids = tok.tokenize(body.text().encode("utf-8"), add_bos=body.add_special, special=True)
+        if not body.with_pieces:
+            return {"tokens": ids}
+        pieces = []
+        for t in ids:
+            b = tok.token_to_piece(t, special=True)
+            try:
+                piece: str | list[int] = b.decode("utf-8")
+            except UnicodeDecodeError:  # part of a character: its bytes, as llama-server gives them
+                piece = list(b)
+            pieces.append({"id": t, "piece": piece})
+        return {"tokens": pieces}
+
+    def detokenize(self, body: DetokenizeRequest) -> str:
+        self._model_name(body.model)
+        n = self.model.n_vocab()
+        bad = [t for t in body.tokens if not 0 <= t < n]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {n})", param="tokens")
+        return self.model.tokenizer.detokenize(body.tokens, special=True).decode("utf-8", errors="replace")
 
     # ---- requests ----
 
@@ -491,7 +549,7 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "ContentPar
 
 
 class _APIKeyCheck:
-    """ASGI middleware: ``/v1/*`` requests must carry ``Authorization: Bearer KEY`` (before the body
+    """ASGI middleware: requests but ``/health`` must carry ``Authorization: Bearer KEY`` (before the body
     is read, so a request without the key gets 401 whatever its body)."""
 
     def __init__(self, app: ASGIApp, key: str) -> None:
@@ -499,7 +557,7 @@ class _APIKeyCheck:
         self.key = key.encode("utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and scope["path"] != "/health":
             auth = dict(scope["headers"]).get(b"authorization", b"")
             token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(token, self.key):

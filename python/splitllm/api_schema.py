@@ -219,3 +219,31 @@ class EmbeddingRequest(_NullIsDefault):
             raise APIError(400, f"at most {MAX_EMBED_INPUTS} inputs per request (got {len(items)})",
                            param="input")
         return items
+
+
+class TokenizeRequest(_NullIsDefault):
+    """``POST /tokenize`` (llama-server's) and ``POST /extras/tokenize`` (llama-cpp-python's,
+    ``input``)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    content: str | None = None
+    input: str | None = None
+    add_special: bool = False
+    with_pieces: bool = False
+    model: str | None = None
+
+    def text(self) -> str:
+        t = self.content if self.content is not None else self.input
+        if t is None:
+            raise APIError(400, "give the text as 'content' (or 'input')", param="content")
+        return t
+
+
+class DetokenizeRequest(_NullIsDefault):
+    """``POST /detokenize`` and ``POST /extras/detokenize``."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    tokens: list[int]
+    model: str | None = None

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-np", "--parallel", type=int, default=8,
                    help="requests run at once (sequence slots); --n-ctx is split between them (default 8)")
     p.add_argument("--api-key", default=os.environ.get("SPLITLLM_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPLITLLM_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on all but /health (default: $SPLITLLM_API_KEY)")
     p.add_argument("--model-alias", "-a", default=None,
                    help="model name clients use (default: the file name without .gguf)")
     p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last"],
