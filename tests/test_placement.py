@@ -108,6 +108,26 @@ def test_split_embeddings_equal_cpu(tmp_path, fake_gpu, ngl):
     np.testing.assert_array_equal(got, ref)
 
 
+def test_state_moves_between_gpu_and_cpu_caches(tmp_path, fake_gpu):
+    """A state saved from caches on the (fake) GPU goes back into CPU caches, and back."""
+    from splitllm import Model
+
+    path, _ = tiny(tmp_path, **CONFIGS["llama-gqa"])
+    with (Model(path, n_ctx=64, n_threads=1, n_gpu_layers=-1) as gpu,
+          Model(path, n_ctx=64, n_threads=1) as cpu):
+        cpu.eval_prompt(PROMPT)
+        want = cpu.eval_prompt(PROMPT + [7])  # token 7 read alone, as below
+        gpu.eval_prompt(PROMPT)
+        cpu.reset()
+        cpu.eval_prompt([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])  # other contents
+        cpu.load_state(gpu.save_state())
+        np.testing.assert_array_equal(cpu.eval_prompt(PROMPT + [7]), want)  # reads only token 7
+        gpu.reset()
+        gpu.eval_prompt([3, 2, 1])
+        gpu.load_state(cpu.save_state())
+        np.testing.assert_array_equal(gpu.eval_prompt(PROMPT + [7]), want)
+
+
 def test_placement_bytes(tmp_path, fake_gpu):
     cfg = TinyConfig(arch="llama", n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, seed=3)
     path = tmp_path / "tiny.gguf"

@@ -248,4 +248,41 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
     }
 }
 
+size_t Model::kv_state_bytes(int n) const {
+    return size_t(cfg_.n_layer) * kv_.n_head_kv * size_t(n) * (kv_.k_row() + kv_.v_row());
+}
+
+// Calls f(backend, cache byte offset, state byte offset, bytes) for each run of the state.
+template <class F>
+static void kv_runs(const KVLayout & kv, int n_layer, int slot, int n, F && f) {
+    size_t at = 0;
+    for (int l = 0; l < n_layer; ++l)
+        for (int which = 0; which < 2; ++which) {
+            const size_t row = which == 0 ? kv.k_row() : kv.v_row();
+            for (int h = 0; h < kv.n_head_kv; ++h) {
+                const size_t off = (size_t(slot) * kv.n_head_kv + size_t(h)) * size_t(kv.slot_ctx) * row;
+                f(l, which, off, at, size_t(n) * row);
+                at += size_t(n) * row;
+            }
+        }
+}
+
+void Model::kv_read(int slot, int n, uint8_t * dst) const {
+    SL_CHECK(slot >= 0 && slot < kv_.n_slots, "sequence slot %d outside [0, %d)", slot, kv_.n_slots);
+    SL_CHECK(n >= 0 && n <= kv_.slot_ctx, "%d cells: outside the slot's %d", n, kv_.slot_ctx);
+    kv_runs(kv_, cfg_.n_layer, slot, n, [&](int l, int which, size_t off, size_t at, size_t bytes) {
+        const auto * cache = static_cast<const uint8_t *>(which == 0 ? k_cache_[size_t(l)] : v_cache_[size_t(l)]);
+        kv_backend_[size_t(l)]->download(dst + at, cache + off, bytes);
+    });
+}
+
+void Model::kv_write(int slot, int n, const uint8_t * src) {
+    SL_CHECK(slot >= 0 && slot < kv_.n_slots, "sequence slot %d outside [0, %d)", slot, kv_.n_slots);
+    SL_CHECK(n >= 0 && n <= kv_.slot_ctx, "%d cells: outside the slot's %d", n, kv_.slot_ctx);
+    kv_runs(kv_, cfg_.n_layer, slot, n, [&](int l, int which, size_t off, size_t at, size_t bytes) {
+        auto * cache = static_cast<uint8_t *>(which == 0 ? k_cache_[size_t(l)] : v_cache_[size_t(l)]);
+        kv_backend_[size_t(l)]->upload(cache + off, src + at, bytes);
+    });
+}
+
 }  // namespace sl

@@ -107,6 +107,14 @@ public:
     void decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want_logits,
                 int n, float * out, bool embeddings = false);
 
+    // The K/V of cells [0, n) of a sequence slot, every layer (K of each head, then V of each
+    // head, layer by layer), as bytes in the cache types: to save a prompt's state and put it
+    // back (in this or another slot of a model with the same cache geometry) without reading it
+    // again. Caches on the GPU are copied through the host.
+    size_t kv_state_bytes(int n) const;
+    void kv_read(int slot, int n, uint8_t * dst) const;
+    void kv_write(int slot, int n, const uint8_t * src);
+
     // Tokens evaluated since load (for tests of prefix reuse) and forward passes run.
     int64_t n_eval() const { return n_eval_; }
     int64_t n_forward() const { return n_forward_; }

@@ -140,6 +140,29 @@ void bind_model(pyb::module_ & m) {
                                "Bytes held per device: weights, kv, buffers, overhead.")
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("n_embd", &Model::n_embd)
+        .def(
+            "kv_read",
+            [](const Model & self, int slot, int n) {
+                SL_CHECK(n >= 0, "negative cell count %d", n);
+                std::string out(self.kv_state_bytes(n), '\0');
+                {
+                    pyb::gil_scoped_release nogil;
+                    self.kv_read(slot, n, reinterpret_cast<uint8_t *>(out.data()));
+                }
+                return pyb::bytes(out);
+            },
+            pyb::arg("slot"), pyb::arg("n"), "The K/V of cells [0, n) of a slot, every layer, as bytes.")
+        .def(
+            "kv_write",
+            [](Model & self, int slot, int n, const pyb::bytes & data) {
+                SL_CHECK(n >= 0, "negative cell count %d", n);
+                const std::string_view v(data);
+                SL_CHECK(v.size() == self.kv_state_bytes(n), "a KV state of %zu bytes; %d cells of this model take %zu",
+                         v.size(), n, self.kv_state_bytes(n));
+                pyb::gil_scoped_release nogil;
+                self.kv_write(slot, n, reinterpret_cast<const uint8_t *>(v.data()));
+            },
+            pyb::arg("slot"), pyb::arg("n"), pyb::arg("data"), "Puts back what kv_read gave (cells [0, n)).")
         .def_property_readonly("slot_ctx", &Model::slot_ctx)
         .def_property_readonly("n_eval", &Model::n_eval)
         .def_property_readonly("n_forward", &Model::n_forward)

@@ -86,6 +86,10 @@ class Model:
     def n_vocab(self) -> int: ...
     @property
     def n_embd(self) -> int: ...
+    def kv_read(self, slot: int, n: int) -> bytes:
+        """The K/V of cells [0, n) of a slot, every layer, as bytes."""
+    def kv_write(self, slot: int, n: int, data: bytes) -> None:
+        """Puts back what kv_read gave (cells [0, n))."""
     @property
     def slot_ctx(self) -> int: ...
     @property

@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,20 @@ LLAMA_POOLING_TYPE_CLS = 2  # the first token's
 LLAMA_POOLING_TYPE_LAST = 3
 LLAMA_POOLING_TYPE_RANK = 4  # a reranker's score: needs a classifier head, not supported
 POOLING_NAMES = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A saved prompt state, as llama-cpp-python's ``LlamaState``: the tokens in the cache
+    (``input_ids``, ``n_tokens``), their K/V (``llama_state``, ``llama_state_size`` bytes), the seed,
+    and what a model must match to take it back."""
+
+    input_ids: np.ndarray
+    n_tokens: int
+    llama_state: bytes
+    llama_state_size: int
+    seed: int
+    signature: tuple[Any, ...]
 
 
 def pooling_type_of(value: int | str | None, metadata: Mapping[str, Any]) -> int:
@@ -171,6 +186,7 @@ class Model:
             op_offload=op_offload,
             kv_rotate=kv_rotate,
         )
+        self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         self._n_ctx = n_ctx
@@ -417,6 +433,35 @@ class Model:
         return {"object": "list", "model": model if model is not None else self.model_path,
                 "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
                 "usage": {"prompt_tokens": total, "total_tokens": total}}
+
+    # ---- saved states ----
+
+    def _state_signature(self) -> tuple[Any, ...]:
+        """What must match for a saved state to fit: the model file and the cache's geometry."""
+        c = self.config
+        return (os.path.getsize(self.model_path), self._metadata.get("general.name", ""),
+                c.get("n_layer"), c.get("n_head_kv"), c.get("head_dim"), self._n_ctx, self._n_seq_max,
+                self._type_k, self._type_v, self._kv_rotate)
+
+    def save_state(self) -> ModelState:
+        """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back
+        later with :meth:`load_state` instead of reading them again. Picklable."""
+        toks = list(self._history)
+        data = self._engine().kv_read(0, len(toks))
+        return ModelState(np.asarray(toks, dtype=np.intc), len(toks), data, len(data), self._seed,
+                          self._state_signature())
+
+    def load_state(self, state: ModelState) -> None:
+        """Puts back a state from :meth:`save_state` of this model (same file, context and cache
+        settings): the next prompt that starts with its tokens reuses them."""
+        if not isinstance(state, ModelState):
+            raise ValueError(f"expected a ModelState from save_state (got {type(state).__name__})")
+        if state.signature != self._state_signature():
+            raise ValueError("the state was saved by another model or with other context / cache settings")
+        toks = [int(t) for t in state.input_ids]
+        self._history = []
+        self._engine().kv_write(0, len(toks), state.llama_state)
+        self._history = toks
 
     def reset(self) -> None:
         """Forgets the cached prompt (the next evaluation starts from scratch)."""
