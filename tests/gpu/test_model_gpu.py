@@ -105,6 +105,22 @@ def test_embeddings_from_the_gpu(tiny_path):
         assert cos.min() > 0.999, ngl
 
 
+def test_state_from_gpu_caches(tiny_path):
+    """K/V saved from caches on the GPU (kv_read through the host) continue a CPU model's text."""
+    n = len(PROMPT)
+    gpu = _core.Model(tiny_path, n_ctx=256, n_gpu_layers=-1)
+    cpu = _core.Model(tiny_path, n_ctx=256, op_offload=False)
+    ref = logits(cpu, PROMPT)
+    logits(gpu, PROMPT)
+    cpu.kv_write(0, n, gpu.kv_read(0, n))
+    nxt = int(np.argmax(ref[-1]))
+    assert mean_kl(logits(_core.Model(tiny_path, n_ctx=256, op_offload=False), PROMPT + [nxt])[-1:],
+                   logits(cpu, [nxt], start=n)) <= KL_MAX
+    gpu2 = _core.Model(tiny_path, n_ctx=256, n_gpu_layers=-1)
+    gpu2.kv_write(0, n, cpu.kv_read(0, n))
+    assert mean_kl(logits(cpu, [nxt], start=n), logits(gpu2, [nxt], start=n)) <= KL_MAX
+
+
 def test_smollm2(smollm2_path):
     check_against_cpu(str(smollm2_path), [1] + PROMPT[1:])
 
