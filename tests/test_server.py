@@ -400,6 +400,23 @@ def test_n_choices(client, ref):
     assert sorted(roles) == [0, 1]
 
 
+def test_metrics(server, engine, client):
+    """Prometheus' text format, llama-server's names; the counters follow the engine's."""
+    client.completions.create(model=ALIAS, prompt="Hello", max_tokens=2, temperature=0)
+    r = httpx.get(f"{server.url}/metrics", timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    values = {}
+    for line in r.text.splitlines():
+        if not line.startswith("#"):
+            name, value = line.split()
+            values[name] = float(value)
+    st = engine.stats
+    assert values["llamacpp:tokens_predicted_total"] >= 1
+    assert values["llamacpp:n_decode_total"] <= st.steps
+    assert values["llamacpp:requests_processing"] == 0
+    assert {"llamacpp:prompt_tokens_total", "llamacpp:requests_deferred"} <= set(values)
+
+
 # ---- tokens ----
 
 def test_tokenize_and_detokenize(server, ref):

@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP API over a :class:`~splitllm.engine.BatchEngine` (FastAPI).
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /tokenize`` / ``/detokenize`` (llama-server's;
-``/extras/tokenize``, ``/extras/tokenize/count``, ``/extras/detokenize`` as llama-cpp-python's
-server has them), ``POST /v1/completions``,
+Endpoints: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /tokenize``
+/ ``/detokenize`` (llama-server's; ``/extras/tokenize``, ``/extras/tokenize/count``,
+``/extras/detokenize`` as llama-cpp-python's server has them), ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
 ``data: [DONE]``), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
 ``--pooling``, unit length as llama-server and OpenAI give them; a 400 for a model without
@@ -99,6 +99,10 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     async def models() -> dict[str, Any]:
         return svc.models()
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(svc.metrics(), media_type="text/plain; version=0.0.4")
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await svc.completion(await _parse(request, CompletionRequest), request)
@@ -150,6 +154,32 @@ class _Service:
         e = self.engine
         return {"status": "ok", "slots_idle": e.n_parallel - e.n_active, "slots_processing": e.n_active,
                 "requests_pending": e.n_pending, "stats": dataclasses.asdict(e.stats)}
+
+    def metrics(self) -> str:
+        """The engine's counters in Prometheus' text format, under llama-server's metric names
+        where it has them."""
+        e = self.engine
+        st = e.stats
+        rows = [
+            ("counter", "prompt_tokens_total", "Prompt tokens evaluated.", st.prompt_evaluated),
+            ("counter", "prompt_tokens_cached_total", "Prompt tokens taken from slot caches.",
+             st.prompt_tokens - st.prompt_evaluated),
+            ("counter", "tokens_predicted_total", "Generated tokens evaluated.", st.generated_evaluated),
+            ("counter", "n_decode_total", "Forward passes.", st.steps),
+            ("counter", "decode_seconds_total", "Time in forward passes.", st.decode_seconds),
+            ("counter", "requests_submitted_total", "Jobs submitted.", st.submitted),
+            ("counter", "requests_finished_total", "Jobs ended (finished, cancelled or failed).",
+             st.finished),
+            ("counter", "requests_cancelled_total", "Jobs cancelled.", st.cancelled),
+            ("gauge", "requests_processing", "Jobs in a slot.", e.n_active),
+            ("gauge", "requests_deferred", "Jobs waiting for a slot.", e.n_pending),
+            ("gauge", "n_busy_slots_per_decode", "Most sequences decoded in one pass.", st.max_batch_seqs),
+        ]
+        out = []
+        for kind, name, help_, value in rows:
+            out += [f"# HELP llamacpp:{name} {help_}", f"# TYPE llamacpp:{name} {kind}",
+                    f"llamacpp:{name} {value}"]
+        return "\n".join(out) + "\n"
 
     def models(self) -> dict[str, Any]:
         meta = {"n_ctx": self.model.n_ctx(), "n_parallel": self.engine.n_parallel,
