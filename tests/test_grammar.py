@@ -321,6 +321,31 @@ def test_utf8_is_strict(bytes_vocab):
         assert not ok, bad
 
 
+def test_costly_grammars_are_refused(bytes_vocab):
+    """Deep chains kept alive by ambiguity: refused when they would stall the engine."""
+    n = 1000
+    rules = ["root ::= r0"] + [f"r{i} ::= r{i + 1} x" for i in range(n)] + [f"r{n} ::= x"]
+    rules.append("x ::= " + " | ".join(f"a{j}" for j in range(40)))
+    rules += [f"a{j} ::= [^a-z ] [^a-z ]" for j in range(40)]
+    with pytest.raises(Error, match="too deeply nested|too costly"):
+        g = Grammar("\n".join(rules))
+        g.state().allowed(bytes_vocab)
+
+
+def test_big_schemas_stay_small():
+    """Optional properties give a grammar linear in their number (it was cubic)."""
+    props = {f"p{i}": {"type": "integer"} for i in range(500)}
+    text = json_schema_to_gbnf({"type": "object", "properties": props})
+    assert len(text) < 200_000
+    Grammar(text)
+    with pytest.raises(ValueError, match="more than 1000 properties"):
+        json_schema_to_gbnf({"type": "object", "properties": {f"p{i}": {} for i in range(1001)}})
+    for bad in ('{"type": "string", "maxLength": Infinity}', '{"type": "array", "minItems": 1e400}',
+                "[" * 50000 + "]" * 50000, '{"type": "array", "maxItems": true}'):
+        with pytest.raises(ValueError, match="JSON schema"):
+            json_schema_to_gbnf(bad)
+
+
 def test_json_schema_edge_cases(bytes_vocab):
     # Property names outside ASCII; no properties and no others allowed; a recursive root.
     g = Grammar.from_json_schema({"type": "object", "properties": {"名前": {"type": "string"}},
@@ -337,7 +362,7 @@ def test_json_schema_edge_cases(bytes_vocab):
     y = {"properties": {"value": {"type": "integer"}}}
     two = {"$defs": {"x": {"properties": {"value": inner}}, "y": y}, "$ref": "#/$defs/x/properties/value"}
     assert matches(Grammar.from_json_schema(two), '{"inner": 5}', bytes_vocab)
-    for bad in ({"type": "string", "minLength": None}, {"enum": 5}, {"properties": [1]},
+    for bad in ({"type": "string", "minLength": -1}, {"enum": 5}, {"properties": [1]},
                 {"required": ["x"], "properties": {"a": {}}}):
         with pytest.raises(ValueError, match="JSON schema"):
             json_schema_to_gbnf(bad)

@@ -55,14 +55,14 @@ def test_stopping_criteria_end_before_the_token(model):
     def after_three(input_ids: np.ndarray, logits: np.ndarray) -> bool:
         calls.append(len(input_ids))
         assert logits.shape == (model.n_vocab(),)
-        return len(input_ids) - len(prompt) > 3
+        return len(input_ids) - len(prompt) >= 3  # input_ids: the tokens evaluated so far
 
     model.reset()
     out = model.create_completion(PROMPT, max_tokens=8, temperature=0,
                                   stopping_criteria=StoppingCriteriaList([after_three]))["choices"][0]
     assert out["finish_reason"] == "stop"
     assert out["text"] == model.detokenize(gen[:3]).decode()
-    assert calls == [len(prompt) + i for i in range(1, 5)]
+    assert calls == [len(prompt) + i for i in range(4)]
     model.reset()
     toks = list(model.generate(prompt, temp=0.0, stopping_criteria=after_three))
     assert toks == gen[:3]

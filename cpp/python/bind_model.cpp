@@ -143,7 +143,7 @@ void bind_model(pyb::module_ & m) {
         .def(
             "kv_read",
             [](const Model & self, int slot, int n) {
-                SL_CHECK(n >= 0, "negative cell count %d", n);
+                SL_CHECK(n >= 0 && n <= self.slot_ctx(), "%d cells: outside the slot's %d", n, self.slot_ctx());
                 std::string out(self.kv_state_bytes(n), '\0');
                 {
                     pyb::gil_scoped_release nogil;

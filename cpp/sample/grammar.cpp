@@ -59,6 +59,8 @@ constexpr int kMaxDepth = 100;      // nested groups
 constexpr int kMaxRepeat = 10000;   // {m,n}
 constexpr size_t kMaxStacks = 512;  // ways to continue at once (see Grammar::expand)
 constexpr size_t kMaxExpand = 100000;  // rule references followed in one expansion
+constexpr size_t kMaxStackDepth = 1000;  // nested positions one stack holds
+constexpr size_t kMaxWork = 20000000;    // stack entries handled in one call (allowed, allows, accept)
 
 bool is_word_char(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
@@ -559,9 +561,12 @@ void Grammar::expand(Stack stack, std::vector<Stack> & out) const {
         if (!ends_alt(pos[1])) st.push_back(pos + 1);
         const auto & rule = rules_->rules()[pos->value];
         const std::vector<size_t> alts = alternatives(rule);
+        SL_CHECK(st.size() < kMaxStackDepth, "grammar: too deeply nested (more than %zu rules open at once)",
+                 kMaxStackDepth);
         for (size_t k = alts.size(); k-- > 0;) {  // reversed: the first alternative is taken first
             Stack next = st;
             if (!ends_alt(rule[alts[k]])) next.push_back(&rule[alts[k]]);
+            spend(next.size());
             work.push_back(std::move(next));
         }
     }
@@ -573,6 +578,7 @@ std::vector<Grammar::Stack> Grammar::step(const std::vector<Stack> & stacks, uin
         if (st.empty()) continue;
         const Elem * after = nullptr;
         if (!match_char(st.back(), cp, &after)) continue;
+        spend(st.size());
         Stack next(st.begin(), st.end() - 1);
         if (!ends_alt(*after)) next.push_back(after);
         expand(std::move(next), out);
@@ -628,6 +634,7 @@ bool Grammar::finished() const {
 }
 
 bool Grammar::allows(const GrammarVocab & vocab, int32_t token) const {
+    if (!in_allowed_) work_ = 0;
     SL_CHECK(token >= 0 && token < vocab.n_vocab(), "token %d is outside the vocabulary", token);
     const GrammarVocab::Token & t = vocab.token(token);
     if (t.eog) return complete();
@@ -636,6 +643,7 @@ bool Grammar::allows(const GrammarVocab & vocab, int32_t token) const {
 }
 
 void Grammar::accept(const GrammarVocab & vocab, int32_t token) {
+    work_ = 0;
     SL_CHECK(token >= 0 && token < vocab.n_vocab(), "token %d is outside the vocabulary", token);
     const GrammarVocab::Token & t = vocab.token(token);
     if (t.eog) {
@@ -669,11 +677,25 @@ struct Grammar::WalkMemo {
     }
 };
 
+void Grammar::spend(size_t n) const {
+    work_ += n;
+    SL_CHECK(work_ <= kMaxWork, "grammar: too costly to follow (more than %zu stack entries handled for one token)",
+             kMaxWork);
+}
+
 void Grammar::allowed(const GrammarVocab & vocab, uint8_t * allowed) const {
+    work_ = 0;
     const int n = vocab.n_vocab();
     std::fill(allowed, allowed + n, uint8_t(0));
     if (n_missing_ > 0) {  // after an unfinished character: token by token (rare)
-        for (int32_t id = 0; id < n; ++id) allowed[id] = allows(vocab, id);
+        in_allowed_ = true;
+        try {
+            for (int32_t id = 0; id < n; ++id) allowed[id] = allows(vocab, id);
+        } catch (...) {
+            in_allowed_ = false;
+            throw;
+        }
+        in_allowed_ = false;
     } else {
         WalkMemo memo;
         std::vector<Stack> start = stacks_;
@@ -718,7 +740,10 @@ bool Grammar::partial_fits(const std::vector<Stack> & stacks, uint32_t partial, 
     uint32_t hi = lo | ((1u << bits) - 1);
     lo = std::max(lo, len == 2 ? 0x80u : len == 3 ? 0x800u : 0x10000u);
     hi = std::min(hi, 0x10FFFFu);
-    return lo <= hi && any_in_range(stacks, lo, hi);
+    if (lo > hi) return false;
+    // Surrogates (U+D800..DFFF) are not characters: only the parts of the range outside them.
+    if (lo < 0xD800 && any_in_range(stacks, lo, std::min(hi, 0xD7FFu))) return true;
+    return hi > 0xDFFF && any_in_range(stacks, std::max(lo, 0xE000u), hi);
 }
 
 }  // namespace sl

@@ -105,6 +105,10 @@ private:
     std::vector<Stack> stacks_;
     uint32_t partial_ = 0;  // an unfinished UTF-8 sequence of accepted tokens
     int n_missing_ = 0;
+    mutable size_t work_ = 0;          // stack entries handled in this call (see spend)
+    mutable bool in_allowed_ = false;  // allows() called from allowed(): one budget for both
+
+    void spend(size_t n) const;
 
     // The stacks after code point cp (empty: cp cannot come next).
     std::vector<Stack> step(const std::vector<Stack> & stacks, uint32_t cp) const;

@@ -125,11 +125,11 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
 
     @app.post("/extras/tokenize")
     async def extras_tokenize(request: Request) -> dict[str, Any]:
-        return {"tokens": svc.tokenize(await _parse(request, TokenizeRequest))["tokens"]}
+        return {"tokens": svc.tokenize(_with_bos(await _parse(request, TokenizeRequest)))["tokens"]}
 
     @app.post("/extras/tokenize/count")
     async def extras_count(request: Request) -> dict[str, Any]:
-        return {"count": len(svc.tokenize(await _parse(request, TokenizeRequest))["tokens"])}
+        return {"count": len(svc.tokenize(_with_bos(await _parse(request, TokenizeRequest)))["tokens"])}
 
     @app.post("/extras/detokenize")
     async def extras_detokenize(request: Request) -> dict[str, Any]:
@@ -162,8 +162,7 @@ class _Service:
         st = e.stats
         rows = [
             ("counter", "prompt_tokens_total", "Prompt tokens evaluated.", st.prompt_evaluated),
-            ("counter", "prompt_tokens_cached_total", "Prompt tokens taken from slot caches.",
-             st.prompt_tokens - st.prompt_evaluated),
+            ("counter", "prompt_tokens_cached_total", "Prompt tokens from slot caches.", st.prompt_cached),
             ("counter", "tokens_predicted_total", "Generated tokens evaluated.", st.generated_evaluated),
             ("counter", "n_decode_total", "Forward passes.", st.steps),
             ("counter", "decode_seconds_total", "Time in forward passes.", st.decode_seconds),
@@ -390,6 +389,13 @@ class _Run:
         """The echo with the prompt's log-probability entries (set before the job's first event)."""
         lps = self.stream.job.prompt_logprobs
         return self.echo if lps is None else dataclasses.replace(self.echo, logprobs=lps.entries)
+
+
+def _with_bos(body: TokenizeRequest) -> TokenizeRequest:
+    """llama-cpp-python's /extras routes add BOS (where the model does) unless told otherwise."""
+    if "add_special" in body.model_fields_set:
+        return body
+    return body.model_copy(update={"add_special": True})
 
 
 def _grammar_of(body: CompletionRequest | ChatRequest) -> Grammar | None:

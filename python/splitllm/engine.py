@@ -66,6 +66,7 @@ class EngineStats:
     steps: int = 0               # forward passes (decode calls)
     prompt_tokens: int = 0       # prompt tokens of the jobs admitted to a slot
     prompt_evaluated: int = 0    # of those, evaluated (the rest came from a slot's cache)
+    prompt_cached: int = 0       # of those, taken from a slot's cache (counted at admission)
     generated_evaluated: int = 0  # generated tokens evaluated (fed back for the next one)
     max_batch_seqs: int = 0      # most sequences decoding together in one step
     decode_seconds: float = 0.0  # time spent in forward passes (the rest of a step is Python)
@@ -331,6 +332,7 @@ class BatchEngine:
             job.slot = slot.index
             job.tokens = job.prompt[:keep]
             job.n_cached = keep
+            self._stats["prompt_cached"] += keep
             self._active.append(job)
             self._stats["prompt_tokens"] += len(job.prompt)
 

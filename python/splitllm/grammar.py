@@ -116,6 +116,7 @@ array ::= "[" ws ( value ws ("," ws value ws)* )? "]"
 string ::= "\"" char* "\""
 number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?
 """
+MAX_SCHEMA_PROPERTIES = 1000  # per object: beyond, a request's schema is refused
 _RESERVED = {"root", "char", "ws", "value", "object", "array", "string", "number"}  # rules written here
 _UNSUPPORTED = ("pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                 "multipleOf", "patternProperties", "allOf", "not", "if", "then", "else", "uniqueItems",
@@ -193,8 +194,8 @@ class _SchemaConverter:
         if t == "array":
             return self.array(s, hint)
         if t == "string" and ("minLength" in s or "maxLength" in s):
-            lo, hi = int(s.get("minLength", 0)), s.get("maxLength")
-            return f'"\\"" char{{{lo},{"" if hi is None else int(hi)}}} "\\""'
+            lo, hi = _count(s, "minLength", 0), _count(s, "maxLength", None)
+            return f'"\\"" char{{{lo},{"" if hi is None else hi}}} "\\""'
         if t not in _PRIMITIVES:
             raise ValueError(f"JSON schema: unknown type {t!r} at {hint!r}")
         return _PRIMITIVES[t]
@@ -214,47 +215,66 @@ class _SchemaConverter:
         if extra is True and "additionalProperties" in s:
             raise ValueError(f"JSON schema: additionalProperties true beside properties at {hint!r} is not "
                              "supported")
+        if len(props) > MAX_SCHEMA_PROPERTIES:
+            raise ValueError(f"JSON schema: more than {MAX_SCHEMA_PROPERTIES} properties at {hint!r}")
         required = set(s.get("required", ()))
         items = []
         for k, v in props.items():
             value = self.rule(f"{hint}-{k}-value", self.visit(v, f"{hint}-{k}"))
             items.append((self.rule(f"{hint}-{k}", f'{_literal(k)} ws ":" ws {value}'), k in required))
-        # Properties in the order given; optional ones may be left out. tail(i): what may follow
-        # once some property has been written; head(i): the first property written is i or later.
-        tails: list[str] = [""] * (len(items) + 1)
-        for i in range(len(items) - 1, -1, -1):
+        # Properties in the order given; optional ones may be left out. Rule tail-i: what may follow
+        # once some property before i has been written; head-i: the first property written is i or
+        # later. Each refers to the next by name, so the grammar grows linearly with the properties.
+        n = len(items)
+        tail: list[str] = [""] * (n + 1)
+        for i in range(n - 1, -1, -1):
             r, req = items[i]
-            rest = tails[i + 1]
-            tails[i] = f'"," ws {r} ws {rest}'.strip() if req else f'("," ws {r} ws)? {rest}'.strip()
-        heads: list[str] = [""] * (len(items) + 1)
-        for i in range(len(items) - 1, -1, -1):
+            body = f'"," ws {r} ws {tail[i + 1]}' if req else f'("," ws {r} ws)? {tail[i + 1]}'
+            tail[i] = self.rule(f"{hint}-tail-{i}", body.strip())
+        head = ""
+        for i in range(n - 1, -1, -1):
             r, req = items[i]
-            first = f"{r} ws {tails[i + 1]}".strip()
-            heads[i] = first if req else f"({first} | {heads[i + 1] or '()'})"
-        return f'"{{" ws {heads[0]} "}}"'.replace("  ", " ")
+            first = f"{r} ws {tail[i + 1]}".strip()
+            head = self.rule(f"{hint}-head-{i}", first if req else f"{first} | {head or '()'}")
+        return f'"{{" ws {head} "}}"'.replace("  ", " ")
 
     def array(self, s: Mapping[str, Any], hint: str) -> str:
         item = self.rule(f"{hint}-item", self.visit(s.get("items", {}), f"{hint}-item"))
-        lo, hi = int(s.get("minItems", 0)), s.get("maxItems")
-        if hi is not None and int(hi) < lo:
+        lo, hi = _count(s, "minItems", 0), _count(s, "maxItems", None)
+        assert lo is not None
+        if hi is not None and hi < lo:
             raise ValueError(f"JSON schema: maxItems below minItems at {hint!r}")
-        if hi is not None and int(hi) == 0:
+        if hi == 0:
             return '"[" ws "]"'
-        more = f'("," ws {item} ws){{{max(lo - 1, 0)},{"" if hi is None else int(hi) - 1}}}'
+        more = f'("," ws {item} ws){{{max(lo - 1, 0)},{"" if hi is None else hi - 1}}}'
         seq = f"{item} ws {more}"
         return f'"[" ws {seq} "]"' if lo > 0 else f'"[" ws ({seq})? "]"'
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"JSON schema: {name} is not JSON")
+
+
+def _count(s: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    """A non-negative integer keyword (minItems, maxLength, ...)."""
+    v = s.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100000:
+        raise ValueError(f"JSON schema: {key} must be an integer in [0, 100000] (got {v!r})")
+    return v
+
+
 def json_schema_to_gbnf(schema: str | Mapping[str, Any]) -> str:
     """GBNF for the JSON documents of a schema (see the module's docstring for what is supported)."""
-    if isinstance(schema, str):
-        schema = json.loads(schema)
-    if not isinstance(schema, Mapping):
-        raise ValueError("a JSON schema must be an object")
-    conv = _SchemaConverter(schema)
     try:
+        if isinstance(schema, str):
+            schema = json.loads(schema, parse_constant=_no_constant)
+        if not isinstance(schema, Mapping):
+            raise ValueError("JSON schema: a schema must be an object")
+        conv = _SchemaConverter(schema)
         root = conv.visit(schema, "root")
-    except (TypeError, AttributeError, KeyError, RecursionError) as e:  # a schema of the wrong shape
+    except (TypeError, AttributeError, KeyError, RecursionError, OverflowError) as e:  # a malformed schema
         raise ValueError(f"JSON schema: malformed ({type(e).__name__}: {e})") from None
     lines = [f"root ::= {root}"] + [f"{name} ::= {body}" for name, body in conv.rules.items()]
     return "\n".join(lines) + "\n" + _SUPPORT

@@ -97,8 +97,8 @@ class PromptLogprobs:
         self._chars = _CharCounter()
         self._n_rows = 0
         self._start = 0
-        while self._start < len(self.tokens) and self.tokens[self._start] in skip:
-            self._start += 1
+        if self.tokens and self.tokens[0] in skip:  # the one BOS the model adds, not a typed one after it
+            self._start = 1
         if self._start == 0 and self.tokens:
             t = self.tokens[0]
             self._add(TokenLogprob(t, piece(t), None, None))

@@ -187,6 +187,8 @@ class Model:
             kv_rotate=kv_rotate,
         )
         self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
+        st = os.stat(path)  # which file a saved state belongs to
+        self._file_identity = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         self._n_ctx = n_ctx
@@ -439,9 +441,8 @@ class Model:
     def _state_signature(self) -> tuple[Any, ...]:
         """What must match for a saved state to fit: the model file and the cache's geometry."""
         c = self.config
-        return (os.path.getsize(self.model_path), self._metadata.get("general.name", ""),
-                c.get("n_layer"), c.get("n_head_kv"), c.get("head_dim"), self._n_ctx, self._n_seq_max,
-                self._type_k, self._type_v, self._kv_rotate)
+        return (self._file_identity, c.get("n_layer"), c.get("n_head_kv"), c.get("head_dim"), self._n_ctx,
+                self._n_seq_max, self._type_k, self._type_v, self._kv_rotate)
 
     def save_state(self) -> ModelState:
         """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back
@@ -458,7 +459,7 @@ class Model:
             raise ValueError(f"expected a ModelState from save_state (got {type(state).__name__})")
         if state.signature != self._state_signature():
             raise ValueError("the state was saved by another model or with other context / cache settings")
-        toks = [int(t) for t in state.input_ids]
+        toks = self._check_tokens([int(t) for t in state.input_ids])
         self._history = []
         self._engine().kv_write(0, len(toks), state.llama_state)
         self._history = toks
@@ -542,7 +543,7 @@ class Model:
         try:
             for token, logits in gen:
                 if stopping_criteria is not None and stopping_criteria(
-                        np.asarray([*self._history, token], dtype=np.intc), logits):
+                        np.asarray(self._history, dtype=np.intc), logits):
                     return
                 yield token
         finally:
@@ -644,8 +645,9 @@ class Model:
         with ``grammar`` (a :class:`~splitllm.grammar.Grammar` or GBNF text), the text follows it.
         ``logits_processor(input_ids, scores) -> scores`` changes the logits before each pick
         (log-probabilities are then of the changed ones, as in llama-cpp-python);
-        ``stopping_criteria(input_ids, logits) -> bool`` is asked after each pick, with the picked
-        token last in input_ids: true ends the text before that token (finish reason "stop").
+        ``stopping_criteria(input_ids, logits) -> bool`` is asked after each pick, with the tokens
+        evaluated so far and the logits of the pick (llama-cpp-python's arguments): true ends the
+        text before the picked token (finish reason "stop").
 
         Arguments are checked when this is called."""
         return self._stream_from(
@@ -693,7 +695,7 @@ class Model:
         try:
             for token, logits in gen:
                 if stopping_criteria is not None and stopping_criteria(
-                        np.asarray([*self._history, token], dtype=np.intc), logits):
+                        np.asarray(self._history, dtype=np.intc), logits):
                     text.stop()
                     break
                 entry = None if n_top is None else token_logprob(logits, token, n_top, piece)
@@ -801,9 +803,12 @@ class Model:
         return last, lps.entries
 
     def echo_text(self, prompt: str | Sequence[int], tokens: Sequence[int]) -> str:
-        """The prompt as ``echo=True`` repeats it."""
+        """The prompt as ``echo=True`` repeats it (control tokens of a token list as their text, as
+        the log-probability entries show them)."""
         self._engine()
-        return prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
+        if isinstance(prompt, str):
+            return prompt
+        return self.detokenize(tokens, special=True).decode("utf-8", "replace")
 
     def __call__(
         self, prompt: str | Sequence[int], **kwargs: Any
