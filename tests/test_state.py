@@ -53,3 +53,36 @@ def test_state_from_another_model_is_refused(smollm2_path, tmp_path):
         same.load_state(state)
         with pytest.raises(ValueError, match="ModelState"):
             same.load_state({"input_ids": np.zeros(3)})  # type: ignore[arg-type]
+
+
+def test_state_file_and_run_prompt_cache(smollm2_path, tmp_path, capsys):
+    """ModelState.save / load (no pickle), and `splitllm run --prompt-cache FILE` (llama-cli's
+    option): the second run reuses the shared start of its prompt."""
+    from splitllm.cli import main
+    from splitllm.model import ModelState
+
+    with Model(smollm2_path, n_ctx=128, n_threads=2) as m:
+        n_system = len(m.tokenize(SYSTEM.encode(), add_bos=True, special=True))
+        m.eval_prompt(m.tokenize(SYSTEM.encode(), add_bos=True, special=True))
+        state = m.save_state()
+        state.save(tmp_path / "s.npz")
+        back = ModelState.load(tmp_path / "s.npz")
+        assert back.input_ids.tolist() == state.input_ids.tolist() and back.llama_state == state.llama_state
+        m.reset()
+        m.load_state(back)  # the signature survives the file
+    (tmp_path / "bad.npz").write_bytes(b"not a state")
+    with pytest.raises(ValueError, match="bad.npz: not a saved model state"):
+        ModelState.load(tmp_path / "bad.npz")
+
+    cache = tmp_path / "prompt.cache"
+    args = [str(smollm2_path), "-c", "128", "-t", "2", "-n", "4", "--temp", "0", "--prompt-cache", str(cache)]
+    assert main(["run", *args, "-p", SYSTEM + " Question one?"]) == 0
+    first = capsys.readouterr()
+    assert "0 of" in first.err and cache.exists()
+    assert main(["run", *args, "-p", SYSTEM + " Question two?"]) == 0
+    second = capsys.readouterr()
+    reused = int(second.err.split("prompt cache")[1].split(":")[1].split()[0])
+    assert n_system - 2 <= reused < n_system + 3
+    (tmp_path / "other.cache").write_bytes(b"junk")
+    assert main(["run", *args[:-1], str(tmp_path / "other.cache"), "-p", "Hi"]) == 0
+    assert "prompt cache not used" in capsys.readouterr().err

@@ -23,6 +23,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     add_sampling_options(p)
     add_draft_option(p)
     add_grammar_options(p)
+    p.add_argument("--prompt-cache", default=None, metavar="FILE",
+                   help="keep the prompt's state in FILE: a later run whose prompt starts the same reads "
+                   "only the rest")
     p.set_defaults(func=_cmd_run)
 
 
@@ -120,8 +123,10 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     with load_model(args) as model:
-        sys.stdout.write(args.prompt)
         grammar = grammar_of(args)
+        if args.prompt_cache:
+            _prompt_cache(model, args.prompt, args.prompt_cache)
+        sys.stdout.write(args.prompt)
         for chunk in model.create_completion(
             args.prompt, max_tokens=args.n_predict, stream=True, grammar=grammar, **sampling_kwargs(args)
         ):
@@ -129,6 +134,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
     return 0
+
+
+def _prompt_cache(model, prompt: str, path: str) -> None:  # noqa: ANN001 - Model imported late
+    """llama-cli's --prompt-cache: the saved state's tokens that the prompt starts with are not read
+    again; the prompt's state is saved for the next run (the generated text is not)."""
+    import os
+
+    from splitllm.model import ModelState
+
+    tokens = model._prompt_tokens(prompt)
+    reused = 0
+    if os.path.exists(path):
+        try:
+            state = ModelState.load(path)
+            model.load_state(state)
+            for a, b in zip(state.input_ids.tolist(), tokens, strict=False):
+                if a != b:
+                    break
+                reused += 1
+        except ValueError as e:
+            print(f"splitllm: prompt cache not used: {e}", file=sys.stderr)
+    model.eval_prompt(tokens)
+    model.save_state().save(path)
+    print(f"splitllm: prompt cache {path}: {reused} of {len(tokens)} prompt tokens reused", file=sys.stderr)
 
 
 def _add_fetch(sub: argparse._SubParsersAction) -> None:

@@ -11,6 +11,7 @@ Three tiers of generation, each built on the one below:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -72,6 +73,28 @@ class ModelState:
     llama_state_size: int
     seed: int
     signature: tuple[Any, ...]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the state to a file (numpy's .npz, no pickled objects), through a temporary file
+        renamed at the end."""
+        tmp = f"{os.fspath(path)}.part"
+        with open(tmp, "wb") as f:
+            np.savez(f, input_ids=self.input_ids.astype(np.int32), seed=np.uint64(self.seed),
+                     state=np.frombuffer(self.llama_state, dtype=np.uint8),
+                     signature=np.array(json.dumps(list(self.signature))))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ModelState:
+        """A state written by :meth:`save`; ValueError naming the file if it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                state = z["state"].tobytes()
+                sig = json.loads(str(z["signature"]))
+                return cls(z["input_ids"].astype(np.intc), len(z["input_ids"]), state, len(state),
+                           int(z["seed"]), tuple(tuple(x) if isinstance(x, list) else x for x in sig))
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{os.fspath(path)}: not a saved model state ({e})") from None
 
 
 def pooling_type_of(value: int | str | None, metadata: Mapping[str, Any]) -> int:
