@@ -495,6 +495,7 @@ GrammarRules::GrammarRules(const std::string & text, const std::string & root) {
     if (it == ids.end()) throw Error(strfmt("grammar: no rule '%s' (the root)", root.c_str()));
     root_ = it->second;
     check_left_recursion(rules_, ids);
+    for (const auto & rule : rules_) alts_.push_back(sl::alternatives(rule));
 }
 
 GrammarVocab::GrammarVocab(const std::vector<std::string> & pieces, const std::vector<int32_t> & eog) {
@@ -529,7 +530,7 @@ GrammarVocab::GrammarVocab(const std::vector<std::string> & pieces, const std::v
 
 Grammar::Grammar(std::shared_ptr<const GrammarRules> rules) : rules_(std::move(rules)) {
     const auto & root = rules_->rules()[rules_->root()];
-    for (size_t s : alternatives(root)) {
+    for (size_t s : rules_->alternatives(rules_->root())) {
         Stack stack;
         if (!ends_alt(root[s])) stack.push_back(&root[s]);
         expand(std::move(stack), stacks_);
@@ -560,7 +561,7 @@ void Grammar::expand(Stack stack, std::vector<Stack> & out) const {
         st.pop_back();
         if (!ends_alt(pos[1])) st.push_back(pos + 1);
         const auto & rule = rules_->rules()[pos->value];
-        const std::vector<size_t> alts = alternatives(rule);
+        const std::vector<size_t> & alts = rules_->alternatives(pos->value);
         SL_CHECK(st.size() < kMaxStackDepth, "grammar: too deeply nested (more than %zu rules open at once)",
                  kMaxStackDepth);
         for (size_t k = alts.size(); k-- > 0;) {  // reversed: the first alternative is taken first

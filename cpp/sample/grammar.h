@@ -47,9 +47,12 @@ public:
     const std::vector<std::vector<GrammarElem>> & rules() const { return rules_; }
     uint32_t root() const { return root_; }
     int n_rules() const { return int(rules_.size()); }
+    // Where each alternative of rule r starts (found once here, not at every expansion).
+    const std::vector<size_t> & alternatives(uint32_t r) const { return alts_[r]; }
 
 private:
     std::vector<std::vector<GrammarElem>> rules_;
+    std::vector<std::vector<size_t>> alts_;
     uint32_t root_ = 0;
 };
 

@@ -565,8 +565,7 @@ class Model:
                 stopping_criteria: StopHook | None) -> Generator[int, None, None]:
         try:
             for token, logits in gen:
-                if stopping_criteria is not None and stopping_criteria(
-                        np.asarray(self._history, dtype=np.intc), logits):
+                if self._stops(stopping_criteria, logits):
                     return
                 yield token
         finally:
@@ -620,6 +619,11 @@ class Model:
             self._history.append(token)
             logits = rows[0]
             guessed = list(zip(draft, rows[1:], strict=True))
+
+    def _stops(self, criteria: StopHook | None, logits: np.ndarray) -> bool:
+        """Whether a stopping criterion ends the text before the token just picked (asked with the
+        tokens evaluated so far and the pick's logits, as llama-cpp-python asks)."""
+        return criteria is not None and bool(criteria(np.asarray(self._history, dtype=np.intc), logits))
 
     def _processed(self, hook: LogitsHook, logits: np.ndarray) -> np.ndarray:
         """``hook(input_ids, scores)`` on a copy of the logits (the tokens so far as input_ids)."""
@@ -717,8 +721,7 @@ class Model:
         piece = self.tokenizer.token_to_piece
         try:
             for token, logits in gen:
-                if stopping_criteria is not None and stopping_criteria(
-                        np.asarray(self._history, dtype=np.intc), logits):
+                if self._stops(stopping_criteria, logits):
                     text.stop()
                     break
                 entry = None if n_top is None else token_logprob(logits, token, n_top, piece)
