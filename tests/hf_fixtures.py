@@ -179,6 +179,9 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
             w[p + "self_attn.v_proj.bias"] = vec(nkv * hd, 0.0, 0.3)
         if cfg.get("attention_bias"):
             w[p + "self_attn.o_proj.bias"] = vec(e, 0.0, 0.3)
+        if cfg.get("architectures") == ["Qwen3ForCausalLM"]:
+            w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.5)
+            w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.5)
         w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.1)
         w[p + "mlp.gate_proj.weight"] = mat(ff, e)
         w[p + "mlp.up_proj.weight"] = mat(ff, e)
@@ -227,8 +230,9 @@ def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int =
 
 
 def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
-    """config.json of a small model; ``arch`` is llama, mistral or qwen2."""
-    hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]
+    """config.json of a small model; ``arch`` is llama, mistral, qwen2 or qwen3."""
+    hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+          "qwen3": "Qwen3ForCausalLM"}[arch]
     cfg: dict[str, Any] = {
         "architectures": [hf],
         "model_type": arch,
@@ -269,7 +273,7 @@ def tiny_model(
     is the tokenizer's plus ``extra_vocab`` unused ids.
     """
     d.mkdir(parents=True, exist_ok=True)
-    default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "qwen2": "qwen2"}[arch]
+    default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "qwen2": "qwen2", "qwen3": "qwen2"}[arch]
     n_tok = 0
     if tokenizer in ("bpe", "both"):
         n_tok = write_bpe_tokenizer(d, pre=pre or default_pre)
@@ -339,8 +343,11 @@ def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndar
             h @ g[p + f"self_attn.{n}_proj.weight"].T + g.get(p + f"self_attn.{n}_proj.bias", 0.0)
             for n in "qkv"
         )
-        q = _rope(q.reshape(t, nh, hd).transpose(1, 0, 2), pos, inv)
-        k = _rope(k.reshape(t, nkv, hd).transpose(1, 0, 2), pos, inv)
+        q, k = q.reshape(t, nh, hd).transpose(1, 0, 2), k.reshape(t, nkv, hd).transpose(1, 0, 2)
+        if p + "self_attn.q_norm.weight" in g:  # Qwen3: per-head RMSNorm before the rotation
+            q = _rms(q, g[p + "self_attn.q_norm.weight"], eps)
+            k = _rms(k, g[p + "self_attn.k_norm.weight"], eps)
+        q, k = _rope(q, pos, inv), _rope(k, pos, inv)
         v = v.reshape(t, nkv, hd).transpose(1, 0, 2)
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         s = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + mask

@@ -84,10 +84,13 @@ def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
         ("mistral", {"dtype": "bf16", "shards": 3}),
         ("qwen2", {"dtype": "f16", "shards": 2, "tie_word_embeddings": True}),
         ("qwen2", {"dtype": "bf16"}),
+        ("qwen3", {"head_dim": 32, "num_key_value_heads": 1, "rope_theta": 1e6}),
+        ("qwen3", {"dtype": "bf16", "shards": 2, "tie_word_embeddings": True}),
     ],
     ids=[
         "llama-bf16-sharded", "llama-spm-linear-rope", "mistral-f16-tied", "qwen2-biases", "llama-headdim",
-        "mistral-bf16-sharded", "qwen2-f16-sharded-tied", "qwen2-bf16",
+        "mistral-bf16-sharded", "qwen2-f16-sharded-tied", "qwen2-bf16", "qwen3-headdim-mqa",
+        "qwen3-bf16-tied",
     ],
 )  # fmt: skip
 def test_logits_match_float64_reference(
@@ -140,8 +143,9 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ("llama", {"attention_bias": True}),
         ("qwen2", {}),
         ("llama", {"head_dim": 32, "num_attention_heads": 2, "rope_scaling": LLAMA3_SCALING}),
+        ("qwen3", {"head_dim": 32}),
     ],
-    ids=["llama-attention-bias", "qwen2-biases", "llama3-rope"],
+    ids=["llama-attention-bias", "qwen2-biases", "llama3-rope", "qwen3-head-norms"],
 )
 def test_engine_logits_match_float64_reference(tmp_path: Path, arch: str, kw: dict[str, Any]) -> None:
     """splitllm's own engine on our f32 file: biases (q, k, v and Llama's o) and rope_freqs applied."""
@@ -153,7 +157,7 @@ def test_engine_logits_match_float64_reference(tmp_path: Path, arch: str, kw: di
     ids = [(7 * i + 3) % cfg["vocab_size"] for i in range(40)]
     ref = F.reference_logits(cfg, weights, ids)
     # what the test can tell apart: the model without its biases / without its rope scaling
-    plain = {n: w for n, w in weights.items() if not n.endswith(".bias")}
+    plain = {n: w for n, w in weights.items() if not n.endswith((".bias", "_norm.weight"))}
     assert rel_err(F.reference_logits({**cfg, "rope_scaling": None}, plain, ids), ref).max() > 0.1
     with Model(out, n_ctx=64, n_threads=2) as m:
         got = m.logits(ids)
@@ -443,6 +447,11 @@ MIX_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
         "hidden_size": 128, "intermediate_size": 320, "num_hidden_layers": 8, "num_attention_heads": 4,
         "num_key_value_heads": 1,
     }),
+    # qwen3: per-head q/k norms stay F32; head size 64 with width 128 (q rows 256)
+    "qwen3-headdim": ("qwen3", {
+        "hidden_size": 128, "intermediate_size": 320, "num_hidden_layers": 6, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 64,
+    }),
     # mistral: written as a llama model; tied output, 6 layers
     "mistral-tied": ("mistral", {
         "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4,
@@ -491,7 +500,7 @@ LOGIT_ERROR = {
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_llama_cpp_loads_every_type(tmp_path: Path, llama_cpp: Any, arch: str) -> None:
     cfg, weights = F.tiny_model(
         tmp_path / "hf",

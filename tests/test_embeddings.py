@@ -15,8 +15,15 @@ from tiny_model import TinyConfig, make_weights, reference_hidden, write_gguf
 TOKENS = [3, 17, 42, 99, 5, 64, 23, 8, 77, 1]
 
 
-@pytest.mark.parametrize("cfg", [TinyConfig(arch="llama", seed=4), TinyConfig(arch="qwen2", seed=5)],
-                         ids=["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TinyConfig(arch="llama", seed=4),
+        TinyConfig(arch="qwen2", seed=5),
+        TinyConfig(arch="qwen3", key_length=32, seed=6),
+    ],
+    ids=["llama", "qwen2", "qwen3"],
+)
 def test_token_embeddings_match_float64_reference(tmp_path, cfg):
     path = tmp_path / "tiny.gguf"
     held = write_gguf(make_weights(cfg), path)

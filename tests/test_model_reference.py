@@ -30,8 +30,10 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         TinyConfig(arch="llama", n_head=8, n_head_kv=2, tied_output=True, seed=1),
         TinyConfig(arch="qwen2", seed=2),
         TinyConfig(arch="qwen2", n_head=4, n_head_kv=1, tied_output=True, seed=3),
+        TinyConfig(arch="qwen3", seed=4),
+        TinyConfig(arch="qwen3", n_head=4, n_head_kv=1, key_length=32, tied_output=True, seed=5),
     ],
-    ids=["llama-gqa2", "llama-gqa4-tied", "qwen2-gqa2", "qwen2-mqa-tied"],
+    ids=["llama-gqa2", "llama-gqa4-tied", "qwen2-gqa2", "qwen2-mqa-tied", "qwen3-gqa2", "qwen3-headdim-tied"],
 )
 def test_f32_logits_match_float64_reference(tmp_path, cfg):
     path = tmp_path / "tiny.gguf"
@@ -52,7 +54,7 @@ LLAMA3_SCALING = {  # wavelengths 6 .. 20000 tokens: one unscaled, two smoothed,
 }
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize(
     "scaling", [{"rope_type": "linear", "factor": 4.0}, LLAMA3_SCALING], ids=["linear", "llama3"]
 )
@@ -116,7 +118,7 @@ BUDGETS = {
 
 
 @pytest.mark.parametrize("wtype", list(BUDGETS))
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_quantized_weights_within_budget(tmp_path, wtype, arch):
     cfg = TinyConfig(arch=arch, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, seed=11)
     model = make_weights(cfg)
@@ -131,3 +133,19 @@ def test_quantized_weights_within_budget(tmp_path, wtype, arch):
     engine_budget, model_budget = BUDGETS[wtype]
     assert rel_err(ours, ref_held).max() < engine_budget
     assert rel_err(ours, f32).max() < model_budget
+
+
+def test_qwen3_head_norms_matter(tmp_path):
+    """The per-head query/key norms are applied: the reference without them is far from the engine."""
+    cfg = TinyConfig(arch="qwen3", key_length=32, seed=7)
+    model = make_weights(cfg)
+    for name, w in model.weights.items():  # norms far from 1, so that leaving them out shows
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            model.weights[name] = 3 * w
+    path = tmp_path / "tiny.gguf"
+    held = write_gguf(model, path)
+    ref = reference_logits(cfg, held, TOKENS)
+    plain = reference_logits(TinyConfig(arch="qwen2", key_length=32, seed=7), held, TOKENS)
+    assert rel_err(plain, ref).max() > 0.1
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4

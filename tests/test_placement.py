@@ -76,6 +76,7 @@ def test_no_gpu_warns_once_and_runs_on_cpu(tmp_path, no_gpu):
 CONFIGS = {
     "llama-gqa": dict(arch="llama", n_layer=4, seed=1),
     "qwen2-bias-tied": dict(arch="qwen2", n_layer=4, n_head=4, n_head_kv=1, tied_output=True, seed=2),
+    "qwen3-headnorm": dict(arch="qwen3", n_layer=4, n_head=4, n_head_kv=2, key_length=32, seed=3),
 }
 
 
@@ -128,8 +129,9 @@ def test_state_moves_between_gpu_and_cpu_caches(tmp_path, fake_gpu):
         np.testing.assert_array_equal(gpu.eval_prompt(PROMPT + [7]), want)
 
 
-def test_placement_bytes(tmp_path, fake_gpu):
-    cfg = TinyConfig(arch="llama", n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, seed=3)
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_placement_bytes(tmp_path, fake_gpu, arch):
+    cfg = TinyConfig(arch=arch, n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, seed=3)
     path = tmp_path / "tiny.gguf"
     write_gguf(make_weights(cfg), path, weight_type="Q8_0")
     tensor_bytes: dict[str, int] = {}

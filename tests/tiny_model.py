@@ -1,4 +1,4 @@
-"""Tiny random llama/qwen2 models written to GGUF with gguf-py, and a numpy float64 forward pass
+"""Tiny random llama/qwen2/qwen3 models written to GGUF with gguf-py, and a numpy float64 forward pass
 (written from the architecture's definition, independent of splitllm's engine) to check them."""
 
 from __future__ import annotations
@@ -46,10 +46,15 @@ class TinyConfig:
     # Hugging Face's ``rope_scaling``: None, {"rope_type": "linear", "factor": f} or {"rope_type":
     # "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}.
     rope_scaling: dict[str, Any] | None = None
+    key_length: int | None = None  # head size, if not n_embd / n_head (written as attention.key_length)
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.key_length or self.n_embd // self.n_head
+
+    @property
+    def neox(self) -> bool:
+        return self.arch in ("qwen2", "qwen3")
 
 
 @dataclass
@@ -80,6 +85,9 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
             w[b + "attn_q.bias"] = 0.1 * rng.normal(size=q_dim)
             w[b + "attn_k.bias"] = 0.1 * rng.normal(size=kv_dim)
             w[b + "attn_v.bias"] = 0.1 * rng.normal(size=kv_dim)
+        if cfg.arch == "qwen3":
+            w[b + "attn_q_norm.weight"] = norm(hd)
+            w[b + "attn_k_norm.weight"] = norm(hd)
         w[b + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
         w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
         w[b + "ffn_gate.weight"] = mat(cfg.n_ff, cfg.n_embd)
@@ -160,6 +168,9 @@ def write_gguf(
     wr.add_rope_freq_base(cfg.rope_base)
     wr.add_layer_norm_rms_eps(cfg.rms_eps)
     wr.add_rope_dimension_count(cfg.head_dim)
+    if cfg.key_length:
+        wr.add_key_length(cfg.key_length)
+        wr.add_value_length(cfg.key_length)
     wr.add_vocab_size(cfg.n_vocab)
     scaling = (cfg.rope_scaling or {}).get("rope_type", "default")
     if scaling == "linear":  # as convert_hf_to_gguf.py writes it
@@ -281,8 +292,11 @@ def reference_hidden(
         b = f"blk.{i}."
         h = rmsnorm(x, w[b + "attn_norm.weight"])
         q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
-        q = rope(q.reshape(n, cfg.n_head, hd), pos, inv, cfg.arch == "qwen2")
-        k = rope(k.reshape(n, cfg.n_head_kv, hd), pos, inv, cfg.arch == "qwen2")
+        q, k = q.reshape(n, cfg.n_head, hd), k.reshape(n, cfg.n_head_kv, hd)
+        if cfg.arch == "qwen3":  # each head RMS-normed before the rotation
+            q, k = rmsnorm(q, w[b + "attn_q_norm.weight"]), rmsnorm(k, w[b + "attn_k_norm.weight"])
+        q = rope(q, pos, inv, cfg.neox)
+        k = rope(k, pos, inv, cfg.neox)
         v = v.reshape(n, cfg.n_head_kv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float64)

@@ -124,6 +124,7 @@ class Architecture:
             "ff": self.n_ff,
             "q": self.n_head * self.head_dim,
             "kv": self.n_head_kv * self.head_dim,
+            "head": self.head_dim,
         }
 
     def transforms(self) -> dict[str, Callable[[Array], Array]]:
@@ -342,8 +343,21 @@ class Qwen2(Architecture):
         return self.n_layer == 80
 
 
+class Qwen3(Architecture):
+    """Qwen3ForCausalLM: no biases, each query/key head RMS-normed before the NEOX rotation."""
+
+    hf_names = ("Qwen3ForCausalLM",)
+    gguf_arch = "qwen3"
+    rules = (
+        *_llama_rules(permute=False, biases=""),
+        TensorRule("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", ("head",)),
+        TensorRule("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", ("head",)),
+    )
+    default_ctx = 32768
+
+
 ARCHITECTURES: dict[str, type[Architecture]] = {
-    n: cls for cls in (Llama, Mistral, Qwen2) for n in cls.hf_names
+    n: cls for cls in (Llama, Mistral, Qwen2, Qwen3) for n in cls.hf_names
 }
 
 

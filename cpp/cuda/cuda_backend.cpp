@@ -262,7 +262,9 @@ void CudaBackend::check_batch(int n_tok, const char * op) const {
 // ---- operations ----
 
 void CudaBackend::rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
-    check_batch(n_tok, "rms_norm");
+    // rows: the batch's tokens, or (per-head norms, qwen3) its query heads
+    SL_CHECK(n_tok >= 0 && int64_t(n_tok) <= int64_t(opt_.n_batch) * std::max(opt_.n_head, 1),
+             "cuda rms_norm: %d rows (n_batch is %d)", n_tok, opt_.n_batch);
     enqueue([&] { cuda::rms_norm(x, w, y, n_tok, n, eps, stream_); });
 }
 

@@ -7,9 +7,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// One block per row; the sum of squares in double, as the CPU backend does.
-__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const float * __restrict__ x, const float * __restrict__ w,
-                                                            float * __restrict__ y, int n, float eps) {
+// One block per row; the sum of squares in double, as the CPU backend does. y may be x (no
+// __restrict__ on them): each element is read, then written by the same thread.
+__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const float * x, const float * __restrict__ w, float * y,
+                                                            int n, float eps) {
     const float * xr = x + size_t(blockIdx.x) * n;
     float * yr = y + size_t(blockIdx.x) * n;
     double ss = 0.0;

@@ -67,7 +67,7 @@ public:
     // ---- forward-pass operations; every pointer is in this backend's memory ----
     virtual void begin_batch(const BatchInfo & b) = 0;
 
-    // y = x * w / rms(x) per row: x, y (n_tok, n)
+    // y = x * w / rms(x) per row: x, y (n_tok, n); y may be x
     virtual void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) = 0;
 
     // y_i (n_tok, w_i.rows) = x (n_tok, K) . w_i^T + bias_i, for the n_w matrices sharing the input;

@@ -33,9 +33,13 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.arch = Arch::Qwen2;
         c.rope_neox = true;
         c.has_qkv_bias = true;
+    } else if (c.arch_name == "qwen3") {
+        c.arch = Arch::Qwen3;
+        c.rope_neox = true;
+        c.has_qk_norm = true;
     } else {
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2)", f.path().c_str(), c.arch_name.c_str()));
+                               "qwen2, qwen3)", f.path().c_str(), c.arch_name.c_str()));
     }
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);

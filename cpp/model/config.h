@@ -7,11 +7,11 @@ namespace sl {
 
 class GGUFFile;
 
-enum class Arch { Llama, Qwen2 };
+enum class Arch { Llama, Qwen2, Qwen3 };
 
 struct Config {
     Arch arch = Arch::Llama;
-    std::string arch_name;      // "llama", "qwen2"
+    std::string arch_name;      // "llama", "qwen2", "qwen3"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -27,6 +27,7 @@ struct Config {
     float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
     bool rope_neox = false;     // NeoX layout pairs (i, i + n_rot/2); else (2i, 2i + 1)
     bool has_qkv_bias = false;
+    bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
 
     int n_gqa() const { return n_head / n_head_kv; }
     int q_dim() const { return n_head * head_dim; }

@@ -50,6 +50,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
         mm->matmul(qkv, qkv_out, 3, s.h, n, false);
+        if (L.attn_q_norm) {  // qwen3: each query and key head RMS-normed before the rotation
+            be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
+            be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
+        }
         be->rope(s.q, s.k, n);
         // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
         // the output, a mix of rotated values, is rotated back.

@@ -114,6 +114,10 @@ void Model::load_weights() {
             const bool required = c.has_qkv_bias && w != &L.wo;
             if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
         }
+        if (c.has_qk_norm) {
+            L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.head_dim);
+            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.head_dim);
+        }
         L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
         L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
         L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);

@@ -34,6 +34,8 @@ struct ModelParams {
 struct LayerWeights {
     const float * attn_norm = nullptr;  // (n_embd)
     WeightRef wq, wk, wv, wo;           // (q_dim, n_embd) (kv_dim, n_embd) (kv_dim, n_embd) (n_embd, q_dim)
+    const float * attn_q_norm = nullptr;  // (head_dim) per-head query RMSNorm (qwen3), or null
+    const float * attn_k_norm = nullptr;  // (head_dim) per-head key RMSNorm (qwen3), or null
     const float * ffn_norm = nullptr;   // (n_embd)
     WeightRef w_gate, w_up, w_down;     // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff)
 };

@@ -21,8 +21,13 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 double mib(size_t n) { return double(n) / 1048576.0; }
 
+// The per-head query and key norms of a layer (qwen3), in floats.
+size_t qk_norm_floats(const LayerWeights & L, const Config & c) {
+    return L.attn_q_norm ? 2 * size_t(c.head_dim) : 0;
+}
+
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c) {
-    size_t bytes = sizeof(float) * 2 * c.n_embd;  // the two norms
+    size_t bytes = sizeof(float) * (2 * size_t(c.n_embd) + qk_norm_floats(L, c));  // the norms
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
         bytes += w->nbytes() + (w->bias ? sizeof(float) * size_t(w->rows) : 0);
     return bytes;
@@ -35,6 +40,7 @@ size_t gpu_matrix_bytes(const WeightRef & w) {
 
 size_t gpu_layer_bytes(const LayerWeights & L, const Config & c) {
     size_t bytes = 2 * align256(sizeof(float) * c.n_embd);  // the two norms
+    if (L.attn_q_norm) bytes += 2 * align256(sizeof(float) * c.head_dim);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bytes += gpu_matrix_bytes(*w);
     return bytes;
 }
@@ -89,6 +95,8 @@ void Model::move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv) {
         LayerWeights & L = w_.layers[l];
         vec(L.attn_norm, c.n_embd);
         for (WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo}) mat(*w);
+        vec(L.attn_q_norm, c.head_dim);
+        vec(L.attn_k_norm, c.head_dim);
         vec(L.ffn_norm, c.n_embd);
         for (WeightRef * w : {&L.w_gate, &L.w_up, &L.w_down}) mat(*w);
     }

@@ -55,6 +55,15 @@ def test_tiny_model(tiny_path):
     check_against_cpu(tiny_path, PROMPT)
 
 
+def test_tiny_qwen3_model(tmp_path):
+    """Per-head query/key norms (rows = tokens x heads through the CUDA rms_norm, in place)."""
+    cfg = TinyConfig(arch="qwen3", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, key_length=64,
+                     seed=8)
+    path = tmp_path / "tiny-qwen3-q4k.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
+    check_against_cpu(str(path), PROMPT)
+
+
 def test_tiny_model_kv_on_cpu(tiny_path):
     check_against_cpu(tiny_path, PROMPT, offload_kqv=False)
 
