@@ -129,9 +129,22 @@ def test_state_moves_between_gpu_and_cpu_caches(tmp_path, fake_gpu):
         np.testing.assert_array_equal(gpu.eval_prompt(PROMPT + [7]), want)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_experts_stay_on_the_cpu(tmp_path, fake_gpu, ngl):
+    """Mixture-of-experts blocks have no GPU kernels yet: n_gpu_layers puts only the output layer
+    on the GPU, says so once, and the logits are the CPU's."""
+    path, cfg = tiny(tmp_path, arch="qwen3moe", n_layer=3, n_expert=4, n_expert_used=2, seed=9)
+    m = _core.Model(path, n_ctx=64, n_threads=1, n_gpu_layers=ngl)
+    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
+    assert devices(m) == [("token_embd", "CPU", "")] + [(f"blk.{i}", "CPU", "CPU") for i in range(3)] + [
+        ("output", "FAKEGPU0", "")]
+    np.testing.assert_array_equal(logits(m, PROMPT), logits(cpu_model(path), PROMPT))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3moe"])
 def test_placement_bytes(tmp_path, fake_gpu, arch):
-    cfg = TinyConfig(arch=arch, n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, seed=3)
+    moe = dict(n_expert=4, n_expert_used=2) if arch == "qwen3moe" else {}
+    cfg = TinyConfig(arch=arch, n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, seed=3, **moe)
     path = tmp_path / "tiny.gguf"
     write_gguf(make_weights(cfg), path, weight_type="Q8_0")
     tensor_bytes: dict[str, int] = {}
@@ -146,7 +159,8 @@ def test_placement_bytes(tmp_path, fake_gpu, arch):
         for p in m.placement:
             assert p["weight_bytes"] == tensor_bytes[p["name"]], p["name"]
             assert p["kv_bytes"] == (kv if p["name"].startswith("blk.") else 0), p["name"]
-        assert devices(m)[-2:] == [("blk.3", "FAKEGPU0", "CPU"), ("output", "FAKEGPU0", "")]
+        blk3 = "CPU" if moe else "FAKEGPU0"  # experts stay on the CPU
+        assert devices(m)[-2:] == [("blk.3", blk3, "CPU"), ("output", "FAKEGPU0", "")]
 
 
 def test_tied_output_on_gpu_counts_its_copy(tmp_path, fake_gpu):

@@ -47,6 +47,11 @@ class TinyConfig:
     # "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}.
     rope_scaling: dict[str, Any] | None = None
     key_length: int | None = None  # head size, if not n_embd / n_head (written as attention.key_length)
+    # Mixture of experts (qwen3moe, or llama as Mixtral): n_expert > 0 replaces every feed-forward
+    # by n_expert experts of width n_ff_exp (n_ff if None), n_expert_used per token.
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -54,7 +59,15 @@ class TinyConfig:
 
     @property
     def neox(self) -> bool:
-        return self.arch in ("qwen2", "qwen3")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe")
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.arch in ("qwen3", "qwen3moe")
+
+    @property
+    def ff_exp(self) -> int:
+        return self.n_ff_exp or self.n_ff
 
 
 @dataclass
@@ -85,11 +98,18 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
             w[b + "attn_q.bias"] = 0.1 * rng.normal(size=q_dim)
             w[b + "attn_k.bias"] = 0.1 * rng.normal(size=kv_dim)
             w[b + "attn_v.bias"] = 0.1 * rng.normal(size=kv_dim)
-        if cfg.arch == "qwen3":
+        if cfg.qk_norm:
             w[b + "attn_q_norm.weight"] = norm(hd)
             w[b + "attn_k_norm.weight"] = norm(hd)
         w[b + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
         w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
+        if cfg.n_expert:
+            ne, ff = cfg.n_expert, cfg.ff_exp
+            w[b + "ffn_gate_inp.weight"] = mat(ne, cfg.n_embd)
+            w[b + "ffn_gate_exps.weight"] = np.stack([mat(ff, cfg.n_embd) for _ in range(ne)])
+            w[b + "ffn_up_exps.weight"] = np.stack([mat(ff, cfg.n_embd) for _ in range(ne)])
+            w[b + "ffn_down_exps.weight"] = np.stack([mat(cfg.n_embd, ff) for _ in range(ne)])
+            continue
         w[b + "ffn_gate.weight"] = mat(cfg.n_ff, cfg.n_embd)
         w[b + "ffn_up.weight"] = mat(cfg.n_ff, cfg.n_embd)
         w[b + "ffn_down.weight"] = mat(cfg.n_embd, cfg.n_ff)
@@ -171,6 +191,11 @@ def write_gguf(
     if cfg.key_length:
         wr.add_key_length(cfg.key_length)
         wr.add_value_length(cfg.key_length)
+    if cfg.n_expert:
+        wr.add_expert_count(cfg.n_expert)
+        wr.add_expert_used_count(cfg.n_expert_used)
+        if cfg.n_ff_exp:
+            wr.add_expert_feed_forward_length(cfg.n_ff_exp)
     wr.add_vocab_size(cfg.n_vocab)
     scaling = (cfg.rope_scaling or {}).get("rope_type", "default")
     if scaling == "linear":  # as convert_hf_to_gguf.py writes it
@@ -199,14 +224,17 @@ def write_gguf(
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]
     for name, x in model.weights.items():
         x32 = x.astype(np.float32)
-        if x.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+        # vectors and the MoE router stay F32, as llama.cpp's quantize keeps them
+        if x.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32 or name.endswith("ffn_gate_inp.weight"):
             wr.add_tensor(name, x32)
             held[name] = x32.astype(np.float64)
             continue
+        rows = x32.reshape(-1, x32.shape[-1])  # stacked experts: quantized as rows
         if quantize is None:
-            data = gguf.quants.quantize(x32, qtype)
+            data = gguf.quants.quantize(rows, qtype)
         else:
-            data = np.asarray(quantize(x32, weight_type))
+            data = np.asarray(quantize(rows, weight_type))
+        data = data.reshape(*x.shape[:-1], data.shape[-1])
         wr.add_tensor(name, data, raw_dtype=qtype)
         held[name] = gguf.quants.dequantize(data, qtype).astype(np.float64).reshape(x.shape)
     wr.write_header_to_file()
@@ -293,7 +321,7 @@ def reference_hidden(
         h = rmsnorm(x, w[b + "attn_norm.weight"])
         q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
         q, k = q.reshape(n, cfg.n_head, hd), k.reshape(n, cfg.n_head_kv, hd)
-        if cfg.arch == "qwen3":  # each head RMS-normed before the rotation
+        if cfg.qk_norm:  # each head RMS-normed before the rotation
             q, k = rmsnorm(q, w[b + "attn_q_norm.weight"]), rmsnorm(k, w[b + "attn_k_norm.weight"])
         q = rope(q, pos, inv, cfg.neox)
         k = rope(k, pos, inv, cfg.neox)
@@ -310,7 +338,26 @@ def reference_hidden(
             att[:, hh] = p @ v[:, kv]
         x = x + att.reshape(n, -1) @ w[b + "attn_output.weight"].T
         h = rmsnorm(x, w[b + "ffn_norm.weight"])
+        if cfg.n_expert:
+            x = x + _moe(cfg, w, b, h)
+            continue
         g = h @ w[b + "ffn_gate.weight"].T
         u = h @ w[b + "ffn_up.weight"].T
         x = x + (g / (1 + np.exp(-g)) * u) @ w[b + "ffn_down.weight"].T
     return rmsnorm(x, w["output_norm.weight"])
+
+
+def _moe(cfg: TinyConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
+    """Mixture of experts as transformers' Qwen3MoeSparseMoeBlock / MixtralSparseMoeBlock: softmax
+    of the router logits, the top n_expert_used, their probabilities renormalized to sum 1."""
+    z = h @ w[b + "ffn_gate_inp.weight"].T
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        top = np.argsort(-p[t], kind="stable")[: cfg.n_expert_used]
+        for e, weight in zip(top, p[t, top] / p[t, top].sum(), strict=True):
+            g = w[b + "ffn_gate_exps.weight"][e] @ h[t]
+            u = w[b + "ffn_up_exps.weight"][e] @ h[t]
+            out[t] += weight * (w[b + "ffn_down_exps.weight"][e] @ (g / (1 + np.exp(-g)) * u))
+    return out

@@ -37,9 +37,13 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.arch = Arch::Qwen3;
         c.rope_neox = true;
         c.has_qk_norm = true;
+    } else if (c.arch_name == "qwen3moe") {
+        c.arch = Arch::Qwen3Moe;
+        c.rope_neox = true;
+        c.has_qk_norm = true;
     } else {
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2, qwen3)", f.path().c_str(), c.arch_name.c_str()));
+                               "qwen2, qwen3, qwen3moe)", f.path().c_str(), c.arch_name.c_str()));
     }
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
@@ -50,6 +54,17 @@ Config Config::from_gguf(const GGUFFile & f) {
         throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide '%sattention.head_count'"
                                " = %d", f.path().c_str(), a.c_str(), c.n_head_kv, a.c_str(), c.n_head));
     c.n_ff = get_dim(f, a + "feed_forward_length", 1, 1 << 20);
+    c.n_expert = int(f.get_int(a + "expert_count", 0));
+    if (c.n_expert < 0 || c.n_expert > 4096 || (c.arch == Arch::Qwen3Moe && c.n_expert == 0))
+        throw GGUFError(strfmt("%s: metadata '%sexpert_count' = %d is out of range", f.path().c_str(), a.c_str(),
+                               c.n_expert));
+    if (c.n_expert > 0) {
+        c.n_expert_used = get_dim(f, a + "expert_used_count", 1, c.n_expert);
+        c.n_ff_exp = int(f.get_int(a + "expert_feed_forward_length", c.n_ff));
+        if (c.n_ff_exp < 1 || c.n_ff_exp > (1 << 20))
+            throw GGUFError(strfmt("%s: bad %sexpert_feed_forward_length", f.path().c_str(), a.c_str()));
+        c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
+    }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
     c.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)

@@ -7,17 +7,23 @@ namespace sl {
 
 class GGUFFile;
 
-enum class Arch { Llama, Qwen2, Qwen3 };
+enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe };
 
 struct Config {
     Arch arch = Arch::Llama;
-    std::string arch_name;      // "llama", "qwen2", "qwen3"
+    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
     int n_head_kv = 0;          // key/value heads (GQA: n_head is a multiple of it)
     int head_dim = 0;           // n_embd / n_head unless attention.key_length says otherwise
-    int n_ff = 0;               // feed-forward width
+    int n_ff = 0;               // feed-forward width (of a dense block)
+    // Mixture of experts (0 experts: a dense model): a router picks n_expert_used of n_expert
+    // feed-forward experts per token, each n_ff_exp wide, and mixes their outputs.
+    int n_expert = 0;
+    int n_expert_used = 0;
+    int n_ff_exp = 0;
+    bool expert_weights_norm = true;  // the chosen experts' weights rescaled to sum to 1
     int n_vocab = 0;
     int n_ctx_train = 0;        // context length the model was trained with
     float rms_eps = 1e-5f;
@@ -32,6 +38,7 @@ struct Config {
     int n_gqa() const { return n_head / n_head_kv; }
     int q_dim() const { return n_head * head_dim; }
     int kv_dim() const { return n_head_kv * head_dim; }
+    int ff_max() const { return n_ff > n_ff_exp ? n_ff : n_ff_exp; }  // widest feed-forward activation
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
     std::string shape_keys() const;

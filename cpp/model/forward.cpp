@@ -71,6 +71,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         mm->matmul(&wo, &s.x, 1, s.att, n, true);
         // Feed-forward: x += W_down . (silu(W_gate h) * W_up h), h = rmsnorm(x)
         be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
+        if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
+            moe_ffn(be, L, s, n);
+            continue;
+        }
         mm->swiglu(L.w_gate, L.w_up, s.h, s.ff, n);
         const WeightRef * wd = &L.w_down;
         mm->matmul(&wd, &s.x, 1, s.ff, n, true);

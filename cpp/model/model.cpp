@@ -16,15 +16,16 @@ namespace sl {
 namespace {
 
 // Checks a tensor's presence, shape (ggml order: ne0 = row length, from the metadata in c) and type.
-const GGUFTensor & require(const GGUFFile & f, const Config & c, const std::string & name, int64_t ne0, int64_t ne1) {
+const GGUFTensor & require(const GGUFFile & f, const Config & c, const std::string & name, int64_t ne0, int64_t ne1,
+                           int64_t ne2 = 1) {
     const GGUFTensor * t = f.find_tensor(name);
     if (!t) throw GGUFError(strfmt("%s: tensor '%s' is missing", f.path().c_str(), name.c_str()));
     const int64_t want1 = ne1 < 0 ? 1 : ne1;
-    if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1)
+    if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != ne2 || t->ne[3] != 1)
         throw GGUFError(strfmt("%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], but the metadata (%s) gives "
-                               "[%lld, %lld]", f.path().c_str(), name.c_str(), (long long)t->ne[0],
+                               "[%lld, %lld, %lld]", f.path().c_str(), name.c_str(), (long long)t->ne[0],
                                (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], c.shape_keys().c_str(),
-                               (long long)ne0, (long long)want1));
+                               (long long)ne0, (long long)want1, (long long)ne2));
     return *t;
 }
 
@@ -36,20 +37,29 @@ const float * vector_f32(const GGUFFile & f, const Config & c, const std::string
     return reinterpret_cast<const float *>(t.data);
 }
 
-WeightRef matrix(const GGUFFile & f, const Config & c, const std::string & name, int64_t rows, int64_t K) {
-    const GGUFTensor & t = require(f, c, name, K, rows);
+// A matrix (rows, K), or n_stack of them stacked (a 3-D tensor, experts): rows * n_stack rows.
+WeightRef matrix(const GGUFFile & f, const Config & c, const std::string & name, int64_t rows, int64_t K,
+                 int64_t n_stack = 1) {
+    const GGUFTensor & t = require(f, c, name, K, rows, n_stack);
     if (!cpu::supports_weight_type(t.type))
         throw GGUFError(strfmt("%s: tensor '%s' has type %s, which splitllm cannot compute with",
                                f.path().c_str(), name.c_str(), qtype_traits(t.type)->name));
     WeightRef w;
     w.type = t.type;
-    w.rows = rows;
+    w.rows = rows * n_stack;
     w.K = K;
     w.data = t.data;
     return w;
 }
 
 }  // namespace
+
+WeightRef expert_slice(const WeightRef & w, int e, int n_expert) {
+    WeightRef s = w;
+    s.rows = w.rows / n_expert;
+    s.data = static_cast<const uint8_t *>(w.data) + w.nbytes() / size_t(n_expert) * size_t(e);
+    return s;
+}
 
 Model::Model(const std::string & path, const ModelParams & params, DryRun) : params_(params) {
     SL_CHECK(params.n_ctx >= 1, "n_ctx must be at least 1 (got %d)", params.n_ctx);
@@ -119,9 +129,16 @@ void Model::load_weights() {
             L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.head_dim);
         }
         L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
-        L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
-        L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
-        L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
+        if (c.n_expert > 0 && f.find_tensor(b + "ffn_gate_inp.weight")) {  // a mixture-of-experts block
+            L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
+            L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
+            L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
+            L.down_exps = matrix(f, c, b + "ffn_down_exps.weight", c.n_embd, c.n_ff_exp, c.n_expert);
+        } else {
+            L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+            L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
+            L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
+        }
         for (const char * name : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
             if (f.find_tensor(b + name))
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
@@ -148,8 +165,8 @@ CpuBackendOptions Model::cpu_options() const {
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
-    o.max_k = std::max({c.n_embd, c.q_dim(), c.n_ff});
-    o.max_rows = std::max({c.n_vocab, c.n_ff, c.q_dim()});
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max()});
+    o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert});
     o.n_head = c.n_head;
     o.n_head_kv = c.n_head_kv;
     o.head_dim = c.head_dim;
@@ -174,6 +191,9 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.wo});
         group({&L.w_gate, &L.w_up});
         group({&L.w_down});
+        group({&L.gate_inp});
+        group({&L.gate_exps, &L.up_exps});
+        group({&L.down_exps});
     }
     group({&w_.output});
     return o;
@@ -199,8 +219,9 @@ Model::Scratch & Model::scratch(Backend * be) {
 
 size_t Model::activation_bytes() const {
     const Config & c = cfg_;
+    const size_t moe = c.n_expert > 0 ? 2 * size_t(c.n_embd) + size_t(c.n_expert) : 0;  // moe_in, moe_out, router
     return sizeof(float) * size_t(params_.n_batch) *
-           (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.n_ff));
+           (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe);
 }
 
 void Model::allocate_state() {
@@ -218,7 +239,12 @@ void Model::allocate_state() {
         s.k = static_cast<float *>(alloc_on(be, nb * c.kv_dim() * sizeof(float)));
         s.v = static_cast<float *>(alloc_on(be, nb * c.kv_dim() * sizeof(float)));
         s.att = static_cast<float *>(alloc_on(be, nb * c.q_dim() * sizeof(float)));
-        s.ff = static_cast<float *>(alloc_on(be, nb * c.n_ff * sizeof(float)));
+        s.ff = static_cast<float *>(alloc_on(be, nb * c.ff_max() * sizeof(float)));
+        if (c.n_expert > 0) {
+            s.moe_in = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
+            s.moe_out = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
+            s.router = static_cast<float *>(alloc_on(be, nb * c.n_expert * sizeof(float)));
+        }
         scratch_.push_back({be, s});
     }
     if (used.size() > 1) host_x_ = static_cast<float *>(alloc_on(cpu_.get(), nb * c.n_embd * sizeof(float)));
@@ -229,6 +255,7 @@ void Model::allocate_state() {
         v_cache_[l] = alloc_on(kv_backend_[l], kv_.v_bytes(), Kind::KV);
     }
     want_all_.assign(nb, 1);
+    if (c.n_expert > 0) routes_.reserve(nb, c.n_expert, c.n_expert_used);
 }
 
 void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,

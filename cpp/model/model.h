@@ -37,8 +37,17 @@ struct LayerWeights {
     const float * attn_q_norm = nullptr;  // (head_dim) per-head query RMSNorm (qwen3), or null
     const float * attn_k_norm = nullptr;  // (head_dim) per-head key RMSNorm (qwen3), or null
     const float * ffn_norm = nullptr;   // (n_embd)
-    WeightRef w_gate, w_up, w_down;     // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff)
+    WeightRef w_gate, w_up, w_down;     // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff); empty in a MoE block
+    // Mixture-of-experts block (gate_inp.rows > 0): the router and the experts stacked, expert e's
+    // rows at e * rows-per-expert (see expert_slice).
+    WeightRef gate_inp;                 // (n_expert, n_embd)
+    WeightRef gate_exps, up_exps;       // (n_expert * n_ff_exp, n_embd)
+    WeightRef down_exps;                // (n_expert * n_embd, n_ff_exp)
+    bool moe() const { return gate_inp.rows > 0; }
 };
+
+// Expert e of a stacked expert matrix of n_expert experts.
+WeightRef expert_slice(const WeightRef & w, int e, int n_expert);
 
 struct Weights {
     WeightRef tok_embd;                 // (n_vocab, n_embd), always on the CPU
@@ -160,7 +169,20 @@ private:
         float * k = nullptr;    // (kv_dim)
         float * v = nullptr;    // (kv_dim)
         float * att = nullptr;  // attention output (q_dim)
-        float * ff = nullptr;   // swiglu output (n_ff)
+        float * ff = nullptr;   // swiglu output (ff_max)
+        float * moe_in = nullptr;   // MoE: the tokens routed to one expert, gathered (n_embd)
+        float * moe_out = nullptr;  // MoE: that expert's output for them (n_embd)
+        float * router = nullptr;   // MoE: router logits (n_expert)
+    };
+    // Which experts each token of a batch goes to, grouped by expert (sized once, at load).
+    struct Routes {
+        std::vector<float> probs;      // (n_expert) one token's router probabilities
+        std::vector<int32_t> pick;     // (n_batch, n_expert_used) chosen experts
+        std::vector<float> weight;     // (n_batch, n_expert_used) their mixing weights
+        std::vector<int32_t> start;    // (n_expert + 1) offsets of each expert's list in order
+        std::vector<int32_t> order;    // (n_batch * n_expert_used) entries t * n_expert_used + k, by expert
+        std::vector<int32_t> idx;      // (n_expert) order: experts by probability
+        void reserve(size_t n_batch, int n_expert, int n_used);
     };
 
     ModelParams params_;
@@ -199,6 +221,10 @@ private:
     void * alloc_on(Backend * be, size_t bytes, Kind kind = Kind::Buffers);
     // Attention of layer l on kvb (its KV cache's backend) when the layer runs elsewhere.
     void attention_via(Backend * kvb, int l, Scratch & s, int n);
+    // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU).
+    void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
+    void route(const float * logits, int n);
+    Routes routes_;
 };
 
 }  // namespace sl

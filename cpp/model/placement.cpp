@@ -28,7 +28,8 @@ size_t qk_norm_floats(const LayerWeights & L, const Config & c) {
 
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c) {
     size_t bytes = sizeof(float) * (2 * size_t(c.n_embd) + qk_norm_floats(L, c));  // the norms
-    for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+    for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
+                                &L.up_exps, &L.down_exps})
         bytes += w->nbytes() + (w->bias ? sizeof(float) * size_t(w->rows) : 0);
     return bytes;
 }
@@ -111,6 +112,11 @@ Model::PlacementPlan Model::plan_placement() const {
     PlacementPlan pp;
     const int ngl = params_.n_gpu_layers;
     pp.n_gpu = ngl < 0 ? c.n_layer + 1 : std::min(ngl, c.n_layer + 1);  // parts: output + blocks
+    if (c.n_expert > 0 && pp.n_gpu > 1) {  // no CUDA mixture-of-experts kernels yet
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of a mixture-of-experts model run on the CPU in this "
+                            "version; only the output layer goes to the GPU", ngl);
+        pp.n_gpu = 1;
+    }
     pp.output_gpu = pp.n_gpu >= 1;
     pp.first_gpu = c.n_layer - std::max(pp.n_gpu - 1, 0);  // first block on the GPU
     pp.offload = params_.op_offload && pp.first_gpu > 0;

@@ -1,0 +1,85 @@
+// The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE): a router scores every expert for each
+// token, the n_expert_used best are run, and their outputs are mixed by the router's softmax
+// probabilities (renormalized over the chosen ones when expert_weights_norm). Tokens are grouped
+// by expert so that each expert runs once per batch, over all the tokens routed to it.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/error.h"
+#include "model/model.h"
+
+namespace sl {
+
+void Model::Routes::reserve(size_t n_batch, int n_expert, int n_used) {
+    probs.assign(size_t(n_expert), 0.0f);
+    pick.assign(n_batch * size_t(n_used), 0);
+    weight.assign(n_batch * size_t(n_used), 0.0f);
+    start.assign(size_t(n_expert) + 1, 0);
+    order.assign(n_batch * size_t(n_used), 0);
+    idx.assign(size_t(n_expert), 0);
+}
+
+void Model::route(const float * logits, int n) {
+    const Config & c = cfg_;
+    const int ne = c.n_expert, k = c.n_expert_used;
+    Routes & r = routes_;
+    std::fill(r.start.begin(), r.start.end(), 0);
+    for (int t = 0; t < n; ++t) {
+        // softmax over the experts, in double; then the k most probable (ties: the lower index)
+        const float * z = logits + size_t(t) * ne;
+        const float zmax = *std::max_element(z, z + ne);
+        double sum = 0;
+        for (int e = 0; e < ne; ++e) sum += std::exp(double(z[e]) - zmax);
+        for (int e = 0; e < ne; ++e) r.probs[e] = float(std::exp(double(z[e]) - zmax) / sum);
+        for (int e = 0; e < ne; ++e) r.idx[e] = e;
+        std::partial_sort(r.idx.begin(), r.idx.begin() + k, r.idx.end(), [&](int a, int b) {
+            return r.probs[a] > r.probs[b] || (r.probs[a] == r.probs[b] && a < b);
+        });
+        double chosen = 0;
+        for (int j = 0; j < k; ++j) chosen += r.probs[r.idx[j]];
+        const double scale = c.expert_weights_norm ? 1.0 / chosen : 1.0;
+        for (int j = 0; j < k; ++j) {
+            const int e = r.idx[j];
+            r.pick[size_t(t) * k + j] = e;
+            r.weight[size_t(t) * k + j] = float(r.probs[e] * scale);
+            ++r.start[e + 1];
+        }
+    }
+    // Counting sort of the (token, choice) entries by expert.
+    for (int e = 0; e < ne; ++e) r.start[e + 1] += r.start[e];
+    std::vector<int32_t> & fill = r.idx;  // reused as the write cursor of each expert
+    std::copy(r.start.begin(), r.start.end() - 1, fill.begin());
+    for (int i = 0; i < n * k; ++i) r.order[fill[r.pick[i]]++] = i;
+}
+
+void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
+    const Config & c = cfg_;
+    SL_CHECK(be->is_cpu(), "internal: mixture-of-experts blocks run on the CPU");
+    const int k = c.n_expert_used;
+    const WeightRef * gi = &L.gate_inp;
+    be->matmul(&gi, &s.router, 1, s.h, n, false);
+    route(s.router, n);
+    const size_t row = size_t(c.n_embd);
+    for (int e = 0; e < c.n_expert; ++e) {
+        const int b = routes_.start[e], m = routes_.start[e + 1] - b;
+        if (m == 0) continue;
+        for (int j = 0; j < m; ++j)  // gather the tokens routed to e
+            std::memcpy(s.moe_in + j * row, s.h + size_t(routes_.order[b + j] / k) * row, row * sizeof(float));
+        const WeightRef gate = expert_slice(L.gate_exps, e, c.n_expert);
+        const WeightRef up = expert_slice(L.up_exps, e, c.n_expert);
+        const WeightRef down = expert_slice(L.down_exps, e, c.n_expert);
+        const WeightRef * wd = &down;
+        be->swiglu(gate, up, s.moe_in, s.ff, m);
+        be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
+        for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
+            const int entry = routes_.order[b + j];
+            const float w = routes_.weight[entry];
+            float * x = s.x + size_t(entry / k) * row;
+            const float * y = s.moe_out + j * row;
+            for (size_t i = 0; i < row; ++i) x[i] += w * y[i];
+        }
+    }
+}
+
+}  // namespace sl
