@@ -179,10 +179,17 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
             w[p + "self_attn.v_proj.bias"] = vec(nkv * hd, 0.0, 0.3)
         if cfg.get("attention_bias"):
             w[p + "self_attn.o_proj.bias"] = vec(e, 0.0, 0.3)
-        if cfg.get("architectures") == ["Qwen3ForCausalLM"]:
+        if cfg.get("architectures") in (["Qwen3ForCausalLM"], ["Qwen3MoeForCausalLM"]):
             w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.5)
             w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.5)
         w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.1)
+        if moe := _moe_names(cfg):
+            router, names, n_expert, fx = moe
+            w[p + router] = mat(n_expert, e)
+            for x in range(n_expert):
+                gate, up, down = (p + n.format(xid=x) for n in names)
+                w[gate], w[up], w[down] = mat(fx, e), mat(fx, e), mat(e, fx)
+            continue
         w[p + "mlp.gate_proj.weight"] = mat(ff, e)
         w[p + "mlp.up_proj.weight"] = mat(ff, e)
         w[p + "mlp.down_proj.weight"] = mat(e, ff)
@@ -190,6 +197,18 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = mat(v, e)
     return w
+
+
+def _moe_names(cfg: dict[str, Any]) -> tuple[str, tuple[str, str, str], int, int] | None:
+    """(router, (gate, up, down) with {xid}, experts, expert width) of a MoE config, else None."""
+    arch = cfg.get("architectures", [""])[0]
+    if arch == "Qwen3MoeForCausalLM":
+        names = tuple(f"mlp.experts.{{xid}}.{n}_proj.weight" for n in ("gate", "up", "down"))
+        return "mlp.gate.weight", names, cfg["num_experts"], cfg["moe_intermediate_size"]
+    if arch == "MixtralForCausalLM":
+        names = tuple(f"block_sparse_moe.experts.{{xid}}.{n}.weight" for n in ("w1", "w3", "w2"))
+        return "block_sparse_moe.gate.weight", names, cfg["num_local_experts"], cfg["intermediate_size"]
+    return None
 
 
 def as_dtype(x: np.ndarray, dtype: str) -> tuple[np.ndarray, str, np.ndarray]:
@@ -230,9 +249,9 @@ def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int =
 
 
 def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
-    """config.json of a small model; ``arch`` is llama, mistral, qwen2 or qwen3."""
-    hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-          "qwen3": "Qwen3ForCausalLM"}[arch]
+    """config.json of a small model; ``arch`` is llama, mistral, mixtral, qwen2, qwen3 or qwen3_moe."""
+    hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
+          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[arch]
     cfg: dict[str, Any] = {
         "architectures": [hf],
         "model_type": arch,
@@ -249,8 +268,13 @@ def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
         "bos_token_id": 1,
         "eos_token_id": 2,
     }
-    if arch == "mistral":
+    if arch in ("mistral", "mixtral"):
         cfg["sliding_window"] = None
+    if arch == "mixtral":
+        cfg.update(num_local_experts=4, num_experts_per_tok=2)
+    if arch == "qwen3_moe":
+        cfg.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True,
+                   decoder_sparse_step=1, mlp_only_layers=[])
     cfg.update(over)
     return cfg
 
@@ -273,7 +297,8 @@ def tiny_model(
     is the tokenizer's plus ``extra_vocab`` unused ids.
     """
     d.mkdir(parents=True, exist_ok=True)
-    default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "qwen2": "qwen2", "qwen3": "qwen2"}[arch]
+    default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "mixtral": "gpt-2", "qwen2": "qwen2",
+                   "qwen3": "qwen2", "qwen3_moe": "qwen2"}[arch]
     n_tok = 0
     if tokenizer in ("bpe", "both"):
         n_tok = write_bpe_tokenizer(d, pre=pre or default_pre)
@@ -356,6 +381,9 @@ def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndar
         x = x + a.transpose(1, 0, 2).reshape(t, nh * hd) @ g[p + "self_attn.o_proj.weight"].T
         x = x + g.get(p + "self_attn.o_proj.bias", 0.0)
         h = _rms(x, g[p + "post_attention_layernorm.weight"], eps)
+        if moe := _moe_names(cfg):
+            x = x + _moe_ffn(cfg, g, p, h, moe)
+            continue
         gate = h @ g[p + "mlp.gate_proj.weight"].T
         x = (
             x
@@ -365,6 +393,25 @@ def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndar
     x = _rms(x, g["model.norm.weight"], eps)
     return x @ g.get("lm_head.weight", g["model.embed_tokens.weight"]).T
 
+
+
+def _moe_ffn(cfg: dict[str, Any], g: Weights, p: str, h: np.ndarray, moe: tuple[Any, ...]) -> np.ndarray:
+    """transformers' Qwen3MoeSparseMoeBlock / MixtralSparseMoeBlock: softmax router, top-k experts,
+    weights renormalized (Mixtral always; Qwen3-MoE when norm_topk_prob)."""
+    router, (gate, up, down), _, _ = moe
+    z = h @ g[p + router].T
+    prob = np.exp(z - z.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    k = cfg["num_experts_per_tok"]
+    renorm = cfg.get("norm_topk_prob", False) or "num_local_experts" in cfg
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        top = np.argsort(-prob[t], kind="stable")[:k]
+        wts = prob[t, top] / prob[t, top].sum() if renorm else prob[t, top]
+        for x, wt in zip(top, wts, strict=True):
+            a, b = g[p + gate.format(xid=x)] @ h[t], g[p + up.format(xid=x)] @ h[t]
+            out[t] += wt * (g[p + down.format(xid=x)] @ (a / (1 + np.exp(-a)) * b))
+    return out
 
 # -- SmolLM2 rebuilt from its GGUF ---------------------------------------------------------------
 

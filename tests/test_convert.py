@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter
 from splitllm_convert import FILE_TYPES, convert
+from splitllm_convert.errors import ConvertError
 
 IDS = [5, 17, 200, 33, 150, 77, 9, 250, 3, 64]
 TEXT = "hello world it's 12345 the model über 東京! \n  quantize  the   block?"
@@ -86,11 +87,13 @@ def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
         ("qwen2", {"dtype": "bf16"}),
         ("qwen3", {"head_dim": 32, "num_key_value_heads": 1, "rope_theta": 1e6}),
         ("qwen3", {"dtype": "bf16", "shards": 2, "tie_word_embeddings": True}),
+        ("qwen3_moe", {"head_dim": 32}),
+        ("mixtral", {"dtype": "bf16", "shards": 2}),
     ],
     ids=[
         "llama-bf16-sharded", "llama-spm-linear-rope", "mistral-f16-tied", "qwen2-biases", "llama-headdim",
         "mistral-bf16-sharded", "qwen2-f16-sharded-tied", "qwen2-bf16", "qwen3-headdim-mqa",
-        "qwen3-bf16-tied",
+        "qwen3-bf16-tied", "qwen3moe-8x2", "mixtral-bf16-sharded",
     ],
 )  # fmt: skip
 def test_logits_match_float64_reference(
@@ -144,11 +147,18 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ("qwen2", {}),
         ("llama", {"head_dim": 32, "num_attention_heads": 2, "rope_scaling": LLAMA3_SCALING}),
         ("qwen3", {"head_dim": 32}),
+        ("qwen3_moe", {}),
+        ("qwen3_moe", {"norm_topk_prob": False}),
+        ("mixtral", {"shards": 3}),
     ],
-    ids=["llama-attention-bias", "qwen2-biases", "llama3-rope", "qwen3-head-norms"],
+    ids=[
+        "llama-attention-bias", "qwen2-biases", "llama3-rope", "qwen3-head-norms", "qwen3moe",
+        "qwen3moe-no-renorm", "mixtral",
+    ],
 )
 def test_engine_logits_match_float64_reference(tmp_path: Path, arch: str, kw: dict[str, Any]) -> None:
-    """splitllm's own engine on our f32 file: biases (q, k, v and Llama's o) and rope_freqs applied."""
+    """splitllm's own engine on our f32 file: biases (q, k, v and Llama's o), rope_freqs, head norms
+    and experts (routing, renormalized or not) applied."""
     from splitllm import Model
 
     cfg, weights = F.tiny_model(tmp_path / "hf", arch, **kw)
@@ -156,9 +166,15 @@ def test_engine_logits_match_float64_reference(tmp_path: Path, arch: str, kw: di
     convert(tmp_path / "hf", out, type="f32", quiet=True)
     ids = [(7 * i + 3) % cfg["vocab_size"] for i in range(40)]
     ref = F.reference_logits(cfg, weights, ids)
-    # what the test can tell apart: the model without its biases / without its rope scaling
+    # what the test can tell apart: the model without its biases / rope scaling / head norms, or
+    # with the other choice of experts' weights
     plain = {n: w for n, w in weights.items() if not n.endswith((".bias", "_norm.weight"))}
-    assert rel_err(F.reference_logits({**cfg, "rope_scaling": None}, plain, ids), ref).max() > 0.1
+    other = {**cfg, "rope_scaling": None}
+    if "norm_topk_prob" in cfg:
+        plain, other = weights, {**cfg, "norm_topk_prob": not cfg["norm_topk_prob"]}
+    elif "num_local_experts" in cfg:
+        plain, other = weights, {**cfg, "num_experts_per_tok": 1}
+    assert rel_err(F.reference_logits(other, plain, ids), ref).max() > 0.1
     with Model(out, n_ctx=64, n_threads=2) as m:
         got = m.logits(ids)
     assert rel_err(got, ref).max() < 1e-3  # f32 weights: the engine's own error only (f16 KV cache)
@@ -452,6 +468,16 @@ MIX_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
         "hidden_size": 128, "intermediate_size": 320, "num_hidden_layers": 6, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 64,
     }),
+    # mixtures of experts: the router stays F32, the stacked experts follow the dense rules; with
+    # exactly 8 experts llama.cpp bumps attn_k/attn_v to Q8_0 and attn_output to Q5_K
+    "qwen3moe-8x": ("qwen3_moe", {
+        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "moe_intermediate_size": 256,
+    }),
+    "mixtral-4x": ("mixtral", {
+        "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }),
     # mistral: written as a llama model; tied output, 6 layers
     "mistral-tied": ("mistral", {
         "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4,
@@ -526,3 +552,31 @@ def test_read_f32_in_chunks(tmp_path: Path, dtype: str) -> None:
     _, weights = F.tiny_model(tmp_path / "hf", "llama", dtype=dtype)
     for name, entry in index_tensors(tmp_path / "hf").items():
         np.testing.assert_array_equal(read_f32(entry, chunk=7), weights[name], err_msg=name)
+
+
+def test_missing_expert_is_named(tmp_path: Path) -> None:
+    d = tmp_path / "hf"
+    _, weights = F.tiny_model(d, "qwen3_moe")
+    gone = "model.layers.1.mlp.experts.3.up_proj.weight"
+    F.save_weights(d, {n: w for n, w in weights.items() if n != gone})
+    with pytest.raises(ConvertError, match=f"tensor '{gone}' \\(blk.1.ffn_up_exps.weight\\) is missing"):
+        convert(d, tmp_path / "m.gguf", quiet=True)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.part"))
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"mlp_only_layers": [1]}, "dense blocks among the experts"),
+        ({"decoder_sparse_step": 2}, "dense blocks among the experts"),
+        ({"num_experts_per_tok": 9}, "num_experts_per_tok 9 is more than num_experts 8"),
+        ({"moe_intermediate_size": 0}, "'moe_intermediate_size' must be a positive integer"),
+    ],
+)
+def test_bad_expert_config(tmp_path: Path, over: dict[str, Any], match: str) -> None:
+    d = tmp_path / "hf"
+    F.tiny_model(d, "qwen3_moe")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **over}))
+    with pytest.raises(ConvertError, match=match):
+        convert(d, tmp_path / "m.gguf", quiet=True)

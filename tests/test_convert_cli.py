@@ -206,7 +206,9 @@ def _edit_config(d: Path, **changes: object) -> None:
 def test_unknown_architecture_lists_supported(model: Path, tmp_path: Path) -> None:
     _edit_config(model, architectures=["GPTNeoXForCausalLM"])
     with pytest.raises(
-        ConvertError, match="GPTNeoXForCausalLM.*LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+        ConvertError,
+        match="GPTNeoXForCausalLM.*LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, "
+        "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM",
     ):
         convert(model, tmp_path / "m.gguf", quiet=True)
 

@@ -44,7 +44,9 @@ def rope_unpermute(w: Array, n_head: int) -> Array:
 
 @dataclass(frozen=True)
 class TensorRule:
-    """One HF tensor and its GGUF counterpart; ``{bid}`` stands for the layer index."""
+    """One HF tensor and its GGUF counterpart; ``{bid}`` stands for the layer index. A rule whose
+    HF name holds ``{xid}`` (the expert index) stacks the n_expert experts into one GGUF tensor of
+    shape (n_expert, *shape)."""
 
     hf: str
     gguf: str
@@ -62,6 +64,7 @@ class PlannedSource:
     hf_name: str | None = None
     transform: str | None = None
     generate: Callable[[], Array] | None = None
+    hf_stack: tuple[str, ...] = ()  # experts: these HF tensors stacked along a new first axis
 
 
 def _require(cfg: dict[str, Any], key: str, path: Path) -> int:
@@ -114,6 +117,11 @@ class Architecture:
             )
         self.tied = bool(cfg.get("tie_word_embeddings", False))
         self.rope = self._rope_params(config_path)
+        self.n_expert, self.n_expert_used, self.n_ff_exp = self._experts(config_path)
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        """(n_expert, n_expert_used, expert width) of a mixture-of-experts model; zeros if dense."""
+        return 0, 0, 0
 
     # -- tensors ---------------------------------------------------------------------------
 
@@ -125,6 +133,8 @@ class Architecture:
             "q": self.n_head * self.head_dim,
             "kv": self.n_head_kv * self.head_dim,
             "head": self.head_dim,
+            "n_expert": self.n_expert,
+            "ff_exp": self.n_ff_exp,
         }
 
     def transforms(self) -> dict[str, Callable[[Array], Array]]:
@@ -134,7 +144,9 @@ class Architecture:
         return False
 
     def model_shape(self, has_output: bool) -> ModelShape:
-        return ModelShape(self.n_layer, self.n_head, self.n_head_kv, not has_output, self.is_70b())
+        return ModelShape(
+            self.n_layer, self.n_head, self.n_head_kv, not has_output, self.is_70b(), self.n_expert
+        )
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
@@ -146,9 +158,15 @@ class Architecture:
         """
         dims = self.dims()
         expected: dict[str, tuple[TensorRule, str]] = {}
+        stacks: dict[str, tuple[str, ...]] = {}  # GGUF name -> its experts' HF names
         for rule in self.rules:
             for bid in range(self.n_layer) if "{bid}" in rule.hf else [None]:
-                expected[rule.hf.format(bid=bid)] = (rule, rule.gguf.format(bid=bid))
+                if "{xid}" in rule.hf:
+                    names = tuple(rule.hf.format(bid=bid, xid=x) for x in range(self.n_expert))
+                    stacks[rule.gguf.format(bid=bid)] = names
+                    expected.update((n, (rule, rule.gguf.format(bid=bid))) for n in names)
+                else:
+                    expected[rule.hf.format(bid=bid)] = (rule, rule.gguf.format(bid=bid))
         ignored = {p.format(bid=b) for p in self.ignored for b in range(self.n_layer)}
         unknown = sorted(n for n in available if n not in expected and n not in ignored)
         if unknown:
@@ -163,6 +181,8 @@ class Architecture:
                 and not (gguf_name == "output.weight" and self.tied)
             ):
                 raise ConvertError(f"tensor {hf_name!r} ({gguf_name}) is missing from {_describe(files)}")
+        position = {n: i for i, n in enumerate(available)}
+        first = {min(names, key=position.__getitem__): g for g, names in stacks.items()}  # where a stack goes
         generated = self._generated()
         out = [generated] if generated else []
         for hf_name, shape in available.items():  # in file order, as llama.cpp writes them
@@ -175,7 +195,11 @@ class Architecture:
                     f"tensor {hf_name!r} in {where(hf_name)} has shape {list(shape)}, "
                     f"config.json implies {list(want)}"
                 )
-            out.append(PlannedSource(gguf_name, want, hf_name, rule.transform))
+            if gguf_name not in stacks:
+                out.append(PlannedSource(gguf_name, want, hf_name, rule.transform))
+            elif hf_name in first:
+                out.append(PlannedSource(gguf_name, (self.n_expert, *want), transform=rule.transform,
+                                         hf_stack=stacks[gguf_name]))
         return out
 
     def _generated(self) -> PlannedSource | None:
@@ -235,10 +259,33 @@ class Architecture:
             w.add_value_length(self.head_dim)
 
 
-def _llama_rules(permute: bool, biases: str) -> tuple[TensorRule, ...]:
+# The feed-forward of a block: dense, or a mixture of experts (router, then expert e's matrices).
+_FFN_RULES = {
+    "dense": (
+        ("mlp.down_proj.weight", "ffn_down.weight", ("embd", "ff")),
+        ("mlp.gate_proj.weight", "ffn_gate.weight", ("ff", "embd")),
+        ("mlp.up_proj.weight", "ffn_up.weight", ("ff", "embd")),
+    ),
+    "qwen-moe": (
+        ("mlp.gate.weight", "ffn_gate_inp.weight", ("n_expert", "embd")),
+        ("mlp.experts.{xid}.down_proj.weight", "ffn_down_exps.weight", ("embd", "ff_exp")),
+        ("mlp.experts.{xid}.gate_proj.weight", "ffn_gate_exps.weight", ("ff_exp", "embd")),
+        ("mlp.experts.{xid}.up_proj.weight", "ffn_up_exps.weight", ("ff_exp", "embd")),
+    ),
+    "mixtral": (
+        ("block_sparse_moe.gate.weight", "ffn_gate_inp.weight", ("n_expert", "embd")),
+        ("block_sparse_moe.experts.{xid}.w1.weight", "ffn_gate_exps.weight", ("ff_exp", "embd")),
+        ("block_sparse_moe.experts.{xid}.w2.weight", "ffn_down_exps.weight", ("embd", "ff_exp")),
+        ("block_sparse_moe.experts.{xid}.w3.weight", "ffn_up_exps.weight", ("ff_exp", "embd")),
+    ),
+}
+
+
+def _llama_rules(permute: bool, biases: str, ffn: str = "dense") -> tuple[TensorRule, ...]:
     """The llama-family table.
 
     ``biases``: "" (none), "qkv" (required, Qwen2) or "optional" (Llama's ``attention_bias``).
+    ``ffn``: a key of _FFN_RULES.
     """
     L = "model.layers.{bid}."
     B = "blk.{bid}."
@@ -246,9 +293,7 @@ def _llama_rules(permute: bool, biases: str) -> tuple[TensorRule, ...]:
     rules = [
         TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
         TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
-        TensorRule(L + "mlp.down_proj.weight", B + "ffn_down.weight", ("embd", "ff")),
-        TensorRule(L + "mlp.gate_proj.weight", B + "ffn_gate.weight", ("ff", "embd")),
-        TensorRule(L + "mlp.up_proj.weight", B + "ffn_up.weight", ("ff", "embd")),
+        *(TensorRule(L + hf, B + g, shape) for hf, g, shape in _FFN_RULES[ffn]),
         TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
         TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd"), pk),
         TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
@@ -324,6 +369,31 @@ class Llama(Architecture):
         return out
 
 
+def _moe_config(cfg: dict[str, Any], config_path: Path, n_key: str, width_key: str) -> tuple[int, int, int]:
+    n = _require(cfg, n_key, config_path)
+    used = _require(cfg, "num_experts_per_tok", config_path)
+    if used > n:
+        raise ConvertError(f"{config_path}: num_experts_per_tok {used} is more than {n_key} {n}")
+    return n, used, _require(cfg, width_key, config_path)
+
+
+class Mixtral(Llama):
+    """MixtralForCausalLM: a llama whose feed-forward is a mixture of experts (llama.cpp writes it
+    as a ``llama`` model with ``expert_count``)."""
+
+    hf_names = ("MixtralForCausalLM",)
+    rules = _llama_rules(permute=True, biases="", ffn="mixtral")
+    default_ctx = 4096 * 32
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        return _moe_config(self.cfg, config_path, "num_local_experts", "intermediate_size")
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+
+
 class Mistral(Llama):
     """MistralForCausalLM: written as llama.cpp writes it, a ``llama`` model."""
 
@@ -356,8 +426,37 @@ class Qwen3(Architecture):
     default_ctx = 32768
 
 
+class Qwen3Moe(Architecture):
+    """Qwen3MoeForCausalLM: Qwen3's attention and a mixture of experts in every block."""
+
+    hf_names = ("Qwen3MoeForCausalLM",)
+    gguf_arch = "qwen3moe"
+    rules = (
+        *_llama_rules(permute=False, biases="", ffn="qwen-moe"),
+        *Qwen3.rules[-2:],  # the per-head q/k norms
+    )
+    default_ctx = 32768
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        cfg = self.cfg
+        if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
+            raise ConvertError(
+                f"{config_path}: dense blocks among the experts (mlp_only_layers / decoder_sparse_step) "
+                "are not supported"
+            )
+        return _moe_config(cfg, config_path, "num_experts", "moe_intermediate_size")
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        if not self.cfg.get("norm_topk_prob", False):  # transformers' default; llama.cpp's is to renormalize
+            w.add_expert_weights_norm(False)
+
+
 ARCHITECTURES: dict[str, type[Architecture]] = {
-    n: cls for cls in (Llama, Mistral, Qwen2, Qwen3) for n in cls.hf_names
+    n: cls for cls in (Llama, Mistral, Mixtral, Qwen2, Qwen3, Qwen3Moe) for n in cls.hf_names
 }
 
 

@@ -1,7 +1,7 @@
 """Output types: the ``--type`` choices and llama.cpp's rules for which tensor gets which type.
 
-The rules follow llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp) for the dense
-llama-like models this converter reads, without an importance matrix:
+The rules follow llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp) for the llama-like
+models this converter reads, without an importance matrix:
 
 - 1-D tensors (norms, biases, rope factors) and ``*_norm.weight`` stay F32.
 - The output matrix, or the token embedding when the output is tied to it, becomes Q6_K
@@ -12,6 +12,9 @@ llama-like models this converter reads, without an importance matrix:
 - ``ffn_down``: Q2_K -> Q3_K; Q3_K_M -> Q5_K on the first n/16 layers, else Q4_K; Q4_K_M and
   Q5_K_M -> Q6_K where ``use_more_bits``; Q4_K_S -> Q5_K on the first n/8 layers.
 - ``attn_output``: Q2_K -> Q3_K; Q3_K_M -> Q4_K.
+- Mixtures of experts: the router (``ffn_gate_inp``) stays F32; the stacked experts follow the
+  rules of their dense counterparts (the layer read from the name). With exactly 8 experts,
+  ``attn_v`` and ``attn_k`` become Q8_0 and ``attn_output`` Q5_K (Q2_K, Q3_K_M, Q4_K_S, Q4_K_M).
 - A row length that the chosen type's block does not divide falls back: Q2_K and Q3_K -> Q4_0,
   Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; a 32-block type, or a fallback that still does not
   divide, becomes F16.
@@ -97,6 +100,7 @@ class ModelShape:
     n_head_kv: int
     tied_output: bool  # no output.weight: the token embedding doubles as the output
     is_70b: bool = False
+    n_expert: int = 0  # experts per block (0: dense)
 
     @property
     def n_gqa(self) -> int:
@@ -109,7 +113,12 @@ def use_more_bits(i_layer: int, n_layer: int) -> bool:
 
 
 def _is_quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    return len(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
+    return (
+        len(shape) >= 2
+        and name.endswith("weight")
+        and "_norm.weight" not in name
+        and "ffn_gate_inp.weight" not in name  # the experts' router
+    )
 
 
 def _layer(name: str) -> int:
@@ -138,6 +147,11 @@ def _mix_rule(ft: FileType, model: ModelShape, name: str, ncols: int) -> GGMLQua
             t = Q.Q5_K
         if model.is_70b and t in (Q.Q3_K, Q.Q4_K):
             t = Q.Q5_K
+        if model.n_expert == 8:
+            t = Q.Q8_0
+    elif name.endswith("attn_k.weight"):
+        if model.n_expert == 8:
+            t = Q.Q8_0
     elif "ffn_down" in name:
         i, n = _layer(name), model.n_layer
         if f == LlamaFileType.MOSTLY_Q2_K:
@@ -149,7 +163,11 @@ def _mix_rule(ft: FileType, model: ModelShape, name: str, ncols: int) -> GGMLQua
         elif f == LlamaFileType.MOSTLY_Q4_K_S and i < n // 8:
             t = Q.Q5_K
     elif name.endswith("attn_output.weight"):
-        if f == LlamaFileType.MOSTLY_Q2_K:
+        if model.n_expert == 8:
+            if f in (LlamaFileType.MOSTLY_Q2_K, LlamaFileType.MOSTLY_Q3_K_M, LlamaFileType.MOSTLY_Q4_K_S,
+                     LlamaFileType.MOSTLY_Q4_K_M):  # fmt: skip
+                t = Q.Q5_K
+        elif f == LlamaFileType.MOSTLY_Q2_K:
             t = Q.Q3_K
         elif f == LlamaFileType.MOSTLY_Q3_K_M:
             t = Q.Q4_K

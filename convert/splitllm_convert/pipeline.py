@@ -102,9 +102,12 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None) -> _Job:
     for s in sources:
         t = mix.tensor_type(ft, model, s.gguf_name, s.shape)
         nbytes = mix.tensor_nbytes(t, s.shape)
-        entry = entries.get(s.hf_name) if s.hf_name else None
+        entry = entries.get(s.hf_name or (s.hf_stack[0] if s.hf_stack else ""))
         src = f"{entry.file.name}:{entry.name}" if entry else "generated"
-        tensors.append(TensorPlan(s.gguf_name, s.shape, t, nbytes, src, entry.nbytes if entry else 0))
+        in_bytes = sum(entries[n].nbytes for n in s.hf_stack) if s.hf_stack else entry.nbytes if entry else 0
+        if s.hf_stack:
+            src += f" (+{len(s.hf_stack) - 1} experts)"
+        tensors.append(TensorPlan(s.gguf_name, s.shape, t, nbytes, src, in_bytes))
         writer.add_tensor_info(s.gguf_name, s.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
     _add_metadata(writer, model_dir, arch, ft, vocab)
     meta = _metadata_bytes(writer)
@@ -184,6 +187,12 @@ def _produce(
 ) -> np.ndarray[Any, Any]:
     if s.generate is not None:
         x = s.generate()
+    elif s.hf_stack:  # experts, stacked
+        x = np.empty(s.shape, dtype=np.float32)
+        for i, name in enumerate(s.hf_stack):
+            entry = job.entries[name]
+            x[i] = hfdir.read_f32(entry)
+            hfdir.check_finite(x[i], entry)
     else:
         assert s.hf_name is not None
         entry = job.entries[s.hf_name]
