@@ -11,11 +11,12 @@ Python::
     print(plan.format())
 
 Input: ``config.json`` (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM,
-Qwen3ForCausalLM, Qwen3MoeForCausalLM), weights in ``model.safetensors`` or shards with ``model.safetensors.index.json`` (F32, F16 or BF16), and
-the tokenizer: ``tokenizer.model`` (SentencePiece, preferred when present, as llama.cpp does) or
-a byte-level BPE ``tokenizer.json``; tokenizer_config.json, generation_config.json (sampling
-defaults) and README.md (model card) are read when present. special_tokens_map.json is not read:
-llama.cpp's converter ignores it, and the special token ids must be the ones llama.cpp writes.
+Qwen3ForCausalLM, Qwen3MoeForCausalLM), weights in ``model.safetensors`` or shards with
+``model.safetensors.index.json`` (F32, F16 or BF16), and the tokenizer: ``tokenizer.model``
+(SentencePiece, preferred when present, as llama.cpp does) or a byte-level BPE ``tokenizer.json``;
+tokenizer_config.json, generation_config.json (sampling defaults) and README.md (model card) are
+read when present. special_tokens_map.json is not read: llama.cpp's converter ignores it, and the
+special token ids must be the ones llama.cpp writes.
 
 Output: GGUF v3 with llama.cpp's tensor names, metadata keys and q/k row order (its
 convert_hf_to_gguf.py), Llama 3 rope scaling as the ``rope_freqs.weight`` tensor, and the
