@@ -648,6 +648,10 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "response_format": '
      b'{"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a+"}}}}', 400,
      "response_format"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "tools": 5}', 400, "tools"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": '
+     b'"function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": '
+     b'{"name": "g"}}}', 400, "tool_choice"),
     ("/v1/nowhere", b"{}", 404, None),
 ]
 

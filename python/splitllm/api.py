@@ -15,7 +15,9 @@ choice's ``index``).
 Log-probabilities: ``logprobs`` (0..20 alternatives) on completions, the prompt's tokens too with
 ``echo`` (``max_tokens: 0`` with ``echo`` scores the prompt and generates nothing);
 ``logprobs`` / ``top_logprobs`` on chat. Constrained output: ``grammar`` (GBNF) on both, chat's
-``response_format`` (``json_object``, optionally with a ``schema``, or ``json_schema``).
+``response_format`` (``json_object``, optionally with a ``schema``, or ``json_schema``). Chat's
+``tools`` / ``tool_choice`` / ``parallel_tool_calls`` (and the legacy ``functions`` /
+``function_call``) answer tool calls as OpenAI does (:mod:`splitllm.tools`).
 
 The body is read as JSON whatever its Content-Type (``curl -d`` sends a form type). Errors never
 stop the server and always have OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -75,6 +77,7 @@ from splitllm.completions import (
 from splitllm.engine import BatchEngine, ChunkStream
 from splitllm.grammar import Grammar, response_grammar
 from splitllm.model import LLAMA_POOLING_TYPE_NONE, pool_embeddings
+from splitllm.tools import ToolChunks, ToolError, ToolPlan, tool_chat_choice, tool_plan
 
 _Body = TypeVar("_Body", CompletionRequest, ChatRequest)
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for a whole response checks its client
@@ -294,11 +297,14 @@ class _Service:
     async def chat(self, body: ChatRequest, request: Request) -> Response:
         name = self._model_name(body.model)
         messages = [m.as_dict() for m in body.messages]
-        try:
-            tokens, stops = self.model.chat_prompt(messages, body.stop)
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages") from None
         grammar = _grammar_of(body)
+        plan = _tools_of(body, grammar is not None)
+        try:
+            tokens, stops = self.model.chat_prompt(messages, body.stop, tools=plan.tools if plan else None)
+        except ValueError as e:
+            raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
+        if plan is not None and plan.grammar is not None:
+            grammar = plan.grammar
         runs: list[_Run] = []
         try:
             for k in range(body.n):
@@ -313,13 +319,16 @@ class _Service:
         head = chat_head(name)
         want_lps = body.n_logprobs is not None
         if body.stream:
-            return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage))
+            return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage, plan))
         results = await _collect_all(runs, request, body)
         if results is None:
             return Response(status_code=CLIENT_CLOSED)
         choices, lasts = [], []
         for r, chunks in zip(runs, results, strict=True):
-            choice, last = chat_choice(chunks, want_lps, r.index)
+            if plan is not None:
+                choice, last = tool_chat_choice(plan, chunks, want_lps, r.index)
+            else:
+                choice, last = chat_choice(chunks, want_lps, r.index)
             choices.append(choice)
             lasts.append(last)
         return JSONResponse({**head, "object": "chat.completion", "choices": choices,
@@ -407,6 +416,24 @@ def _grammar_of(body: CompletionRequest | ChatRequest) -> Grammar | None:
         raise APIError(400, str(e), param="response_format" if fmt is not None else "grammar") from None
 
 
+def _constraint_param(body: CompletionRequest | ChatRequest | None) -> str:
+    """The field whose grammar a request's output follows (named when the grammar finds no way on)."""
+    for name in ("tool_choice", "function_call"):  # forced calls
+        if getattr(body, name, None) not in (None, "none", "auto"):
+            return name
+    return "response_format" if getattr(body, "response_format", None) is not None else "grammar"
+
+
+def _tools_of(body: ChatRequest, constrained: bool) -> ToolPlan | None:
+    """What a chat request's tools ask for; 400 naming the field if they are bad."""
+    try:
+        return tool_plan(tools=body.tools, tool_choice=body.tool_choice, functions=body.functions,
+                         function_call=body.function_call, parallel_tool_calls=body.parallel_tool_calls,
+                         constrained=constrained)
+    except ToolError as e:
+        raise APIError(400, str(e), param=e.param) from None
+
+
 def _choice_seed(seed: int | None, k: int) -> int | None:
     """Choice k's seed: the request's plus k, so that the choices differ and each can be repeated."""
     return None if seed is None else seed + k
@@ -470,12 +497,14 @@ async def _completion_events(runs: Sequence[_Run], head: dict[str, Any], want_lo
 
 
 async def _chat_events(runs: Sequence[_Run], head: dict[str, Any], want_logprobs: bool,
-                       include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+                       include_usage: bool, plan: ToolPlan | None = None) -> AsyncIterator[dict[str, Any]]:
     lasts: dict[int, CompletionChunk] = {}
+    shapers = {r.index: ToolChunks(plan, head, want_logprobs, r.index) for r in runs} if plan else {}
     for r in runs:
         yield chat_role_chunk(head, r.index)
     async for r, c in _merged(runs):
-        for d in chat_chunk_dicts(head, c, want_logprobs, r.index):
+        dicts = shapers[r.index].dicts(c) if plan else chat_chunk_dicts(head, c, want_logprobs, r.index)
+        for d in dicts:
             yield d
         if c.finish_reason is not None:
             lasts[r.index] = c
@@ -519,9 +548,7 @@ async def _collect_all(runs: Sequence[_Run], request: Request,
                 except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
                     pass
                 except ValueError as e:
-                    fmt = getattr(body, "response_format", None)
-                    param = "response_format" if fmt is not None else "grammar"
-                    raise APIError(400, str(e), param=param) from None
+                    raise APIError(400, str(e), param=_constraint_param(body)) from None
                 if time.monotonic() - checked >= DISCONNECT_POLL_S:
                     checked = time.monotonic()
                     if await request.is_disconnected():

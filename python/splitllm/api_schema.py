@@ -171,6 +171,12 @@ class ChatRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: dict[str, Any] | None = None
+    # Checked by splitllm.tools.tool_plan (a 400 that names the field):
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    functions: list[Any] | None = None  # the legacy names of tools and tool_choice
+    function_call: str | dict[str, Any] | None = None
 
     @field_validator("top_logprobs")
     @classmethod

@@ -10,7 +10,10 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from splitllm.tools import prompt_messages
 
 # llama.cpp uses ChatML when a model carries no template.
 CHATML_TEMPLATE = (
@@ -48,7 +51,10 @@ def _raise(message: str) -> None:
 
 
 class ChatTemplate:
-    """A compiled chat template. ``render(messages)`` returns the prompt text."""
+    """A compiled chat template. ``render(messages)`` returns the prompt text. ``uses_tools``:
+    the template reads the ``tools`` variable; ``knows_tool_calls``: it renders assistant messages'
+    ``tool_calls`` (for a template without them, :func:`splitllm.tools.prompt_messages` writes
+    tools, calls and results into the messages' text)."""
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(
@@ -60,19 +66,26 @@ class ChatTemplate:
         env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(source)
+            self.uses_tools = "tools" in jinja2.meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateError as e:
             raise ValueError(f"chat template does not compile: {e}") from e
+        self.knows_tool_calls = "tool_calls" in source
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
 
     def render(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **kwargs: Any
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
     ) -> str:
+        """The prompt text; ``tools`` (OpenAI's shape, already checked) are offered to the model."""
         check_messages(messages)
+        messages = prompt_messages(messages, tools, uses_tools=self.uses_tools,
+                                   knows_tool_calls=self.knows_tool_calls)
         try:
             return self._template.render(
-                messages=[dict(m) for m in messages],
+                messages=messages,
+                tools=list(tools) if tools else None,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 add_generation_prompt=add_generation_prompt,
@@ -80,7 +93,7 @@ class ChatTemplate:
                 strftime_now=lambda f: datetime.now().strftime(f),
                 **kwargs,
             )
-        except jinja2.TemplateError as e:
+        except (jinja2.TemplateError, TypeError) as e:  # TypeError: e.g. a message's content left out
             raise ValueError(f"chat template failed to render: {e}") from e
 
 

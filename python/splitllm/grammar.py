@@ -24,8 +24,8 @@ import numpy as np
 
 from splitllm import _core
 
-__all__ = ["JSON_GBNF", "Grammar", "GrammarDeadEnd", "as_grammar", "json_schema_to_gbnf", "response_grammar",
-           "sample_with_grammar"]
+__all__ = ["JSON_GBNF", "Grammar", "GrammarDeadEnd", "as_grammar", "gbnf_literal", "json_schema_rules",
+           "json_schema_to_gbnf", "response_grammar", "sample_with_grammar"]
 
 # Any JSON value; whitespace only between tokens and kept short (a run of spaces cannot go on
 # forever), none after the end, so generation stops there. The root is an object, as OpenAI's
@@ -123,10 +123,14 @@ _UNSUPPORTED = ("pattern", "format", "minimum", "maximum", "exclusiveMinimum", "
                 "minProperties", "maxProperties", "contains", "prefixItems")
 
 
+def gbnf_literal(text: str) -> str:
+    """A GBNF literal matching ``text`` exactly."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def _literal(value: Any) -> str:
     """A GBNF literal matching the JSON text of value (compact)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return gbnf_literal(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 class _SchemaConverter:
@@ -265,19 +269,35 @@ def _count(s: Mapping[str, Any], key: str, default: int | None) -> int | None:
     return v
 
 
-def json_schema_to_gbnf(schema: str | Mapping[str, Any]) -> str:
-    """GBNF for the JSON documents of a schema (see the module's docstring for what is supported)."""
+def _schema_expression(schema: str | Mapping[str, Any], hint: str, rules: dict[str, str]) -> str:
+    """A GBNF expression for the documents of a schema; the rules it needs are added to ``rules``."""
     try:
         if isinstance(schema, str):
             schema = json.loads(schema, parse_constant=_no_constant)
         if not isinstance(schema, Mapping):
             raise ValueError("JSON schema: a schema must be an object")
         conv = _SchemaConverter(schema)
-        root = conv.visit(schema, "root")
+        conv.rules = rules  # shared: names already taken by other schemas are not reused
+        return conv.visit(schema, hint)
     except (TypeError, AttributeError, KeyError, RecursionError, OverflowError) as e:  # a malformed schema
         raise ValueError(f"JSON schema: malformed ({type(e).__name__}: {e})") from None
-    lines = [f"root ::= {root}"] + [f"{name} ::= {body}" for name, body in conv.rules.items()]
+
+
+def json_schema_to_gbnf(schema: str | Mapping[str, Any]) -> str:
+    """GBNF for the JSON documents of a schema (see the module's docstring for what is supported)."""
+    rules: dict[str, str] = {}
+    root = _schema_expression(schema, "root", rules)
+    lines = [f"root ::= {root}"] + [f"{name} ::= {body}" for name, body in rules.items()]
     return "\n".join(lines) + "\n" + _SUPPORT
+
+
+def json_schema_rules(schemas: Mapping[str, str | Mapping[str, Any]]) -> tuple[dict[str, str], str]:
+    """Several schemas in one grammar: for each key (a rule-name prefix, letters, digits and dashes,
+    not ``root``), a GBNF expression for its documents; and the GBNF lines of the rules they use
+    (support rules included, no ``root``). Rule names start with a key or with ``ref-``."""
+    rules: dict[str, str] = {}
+    exprs = {key: _schema_expression(s, key, rules) for key, s in schemas.items()}
+    return exprs, "\n".join(f"{name} ::= {body}" for name, body in rules.items()) + "\n" + _SUPPORT
 
 
 def as_grammar(grammar: Grammar | str | None) -> Grammar | None:

@@ -45,6 +45,7 @@ from splitllm.logprobs import PromptLogprobs, TokenLogprob, chat_n_top, check_n_
 from splitllm.sampling import Sampler, SamplingParams
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
+from splitllm.tools import tool_chat_chunks, tool_chat_response, tool_plan
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
 LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, scores) -> scores
@@ -853,10 +854,11 @@ class Model:
         return self._chat
 
     def apply_chat_template(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
-        """Renders messages with the model's chat template and tokenizes the result."""
-        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt)
+        """Renders messages (and ``tools``) with the model's chat template and tokenizes the result."""
+        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def create_chat_completion(
@@ -881,31 +883,47 @@ class Model:
         grammar: Grammar | str | None = None,
         logits_processor: LogitsHook | None = None,
         stopping_criteria: StopHook | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        functions: Sequence[Mapping[str, Any]] | None = None,
+        function_call: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
         gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
         ``response_format``: ``{"type": "json_object"}`` (any JSON object, or one following a
         ``"schema"`` given there, as llama-cpp-python takes it) or ``{"type": "json_schema",
-        "json_schema": {"schema": ...}}`` (OpenAI's); ``grammar``: any grammar."""
+        "json_schema": {"schema": ...}}`` (OpenAI's); ``grammar``: any grammar. ``tools`` /
+        ``tool_choice`` (or the legacy ``functions`` / ``function_call``): tool calls in the answer's
+        ``message.tool_calls`` (see :mod:`splitllm.tools`)."""
         n_top = chat_n_top(logprobs, top_logprobs)
         constraint = response_grammar(response_format, grammar)
-        tokens, stops = self.chat_prompt(messages, stop)
+        plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
+                         function_call=function_call, parallel_tool_calls=parallel_tool_calls,
+                         constrained=constraint is not None)
+        tokens, stops = self.chat_prompt(messages, stop, tools=plan.tools if plan else None)
         chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
                              top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                              frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=constraint,
+                             logit_bias=logit_bias, seed=seed, logprobs=n_top,
+                             grammar=plan.grammar if plan and plan.grammar else constraint,
                              logits_processor=logits_processor, stopping_criteria=stopping_criteria)
         head = chat_head(model if model is not None else self.model_path)
+        if plan is not None:
+            shape = tool_chat_chunks if stream else tool_chat_response
+            return shape(plan, head, chunks, n_top is not None)
         if stream:
             return chat_chunks(head, chunks, n_top is not None)
         return chat_response(head, chunks, n_top is not None)
 
     def chat_prompt(
-        self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None
+        self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None, *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> tuple[list[int], list[str]]:
         """The prompt tokens of a chat completion and its stop strings (``stop`` and the
-        template's end-of-sequence text)."""
-        tokens = self.apply_chat_template(messages)
+        template's end-of-sequence text); ``tools``: offered to the model (already checked)."""
+        tokens = self.apply_chat_template(messages, tools=tools)
         stops = stop_list(stop)
         eos_text = self.chat_template().eos_token
         if eos_text and eos_text not in stops:
