@@ -7,10 +7,15 @@ a time, so a Llama-2-7B-shaped Q4_K_M file (3.8 GiB) takes seconds and little me
 
     python3 bench/make_random_model.py out.gguf --shape llama2-7b --type q4_k_m
     python3 bench/make_random_model.py tiny.gguf --n-layer 4 --n-embd 256 --n-ff 512 --type q4_0
+    python3 bench/make_random_model.py moe.gguf --shape mixtral-mini --type q4_k_m
+
+With --n-expert (a Mixtral-style llama), every feed-forward is n_expert experts of width n_ff, a
+router (F32) choosing --n-expert-used of them per token.
 
 Type mixes follow llama.cpp's llama_tensor_get_type for the file types offered: q4_k_m puts
 attn_v and ffn_down in Q6_K on the layers where ``use_more_bits`` holds, the output matrix is
-Q6_K for every quantized file type, and everything else is the file type's own block type.
+Q6_K for every quantized file type, and everything else is the file type's own block type; with
+exactly 8 experts attn_k and attn_v are Q8_0 and (q4_k_m) attn_output Q5_K.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ SHAPES = {
     "llama2-7b": (32, 4096, 11008, 32, 32, 32000),
     "llama2-13b": (40, 5120, 13824, 40, 40, 32000),
     "smollm2-135m": (30, 576, 1536, 9, 3, 49152),
+    "mixtral-mini": (16, 1024, 1024, 16, 4, 32000),  # with --n-expert 8 --n-expert-used 2 (the default)
 }
+DEFAULT_EXPERTS = {"mixtral-mini": (8, 2)}
 
 FILE_TYPES = {
     "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
@@ -113,6 +120,8 @@ class Shape:
     n_head_kv: int
     n_vocab: int
     n_ctx_train: int = 4096
+    n_expert: int = 0  # experts per feed-forward (0: dense); n_ff is an expert's width
+    n_expert_used: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -128,29 +137,49 @@ def tensor_types(shape: Shape, file_type: str) -> dict[str, Q]:
     base = FILE_TYPES[file_type]
     quantized = base not in (Q.F32, Q.F16, Q.BF16)
     out = {"token_embd.weight": base, "output.weight": Q.Q6_K if quantized and base != Q.Q8_0 else base}
+    ffn = "_exps" if shape.n_expert else ""
+    eight = quantized and shape.n_expert == 8
     for i in range(shape.n_layer):
         more = file_type == "q4_k_m" and use_more_bits(i, shape.n_layer)
-        for name in ("attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"):
+        for name in ("attn_q", "attn_k", "attn_output", f"ffn_gate{ffn}", f"ffn_up{ffn}"):
             out[f"blk.{i}.{name}.weight"] = base
         out[f"blk.{i}.attn_v.weight"] = Q.Q6_K if more else base
-        out[f"blk.{i}.ffn_down.weight"] = Q.Q6_K if more else base
-    cols = {name: c for name, (_, c) in tensor_shapes(shape).items()}
+        out[f"blk.{i}.ffn_down{ffn}.weight"] = Q.Q6_K if more else base
+        if eight:
+            out[f"blk.{i}.attn_k.weight"] = out[f"blk.{i}.attn_v.weight"] = Q.Q8_0
+            if file_type == "q4_k_m":
+                out[f"blk.{i}.attn_output.weight"] = Q.Q5_K
+        if shape.n_expert:
+            out[f"blk.{i}.ffn_gate_inp.weight"] = Q.F32
+    cols = {name: dims[-1] for name, dims in tensor_shapes(shape).items()}
     for name, t in out.items():
         if cols[name] % gguf.GGML_QUANT_SIZES[t][0]:
             out[name] = K_FALLBACK.get(t, Q.F16)
     return out
 
 
-def tensor_shapes(s: Shape) -> dict[str, tuple[int, int]]:
-    """(rows, row length) of every matrix; norms are (1, n)."""
+def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
+    """(rows, row length) of every matrix, (n_expert, rows, row length) of stacked experts; norms
+    are (1, n)."""
     kv = s.n_head_kv * s.head_dim
-    out: dict[str, tuple[int, int]] = {"token_embd.weight": (s.n_vocab, s.n_embd)}
+    out: dict[str, tuple[int, ...]] = {"token_embd.weight": (s.n_vocab, s.n_embd)}
     for i in range(s.n_layer):
         b = f"blk.{i}."
         out.update({
             b + "attn_norm.weight": (1, s.n_embd), b + "attn_q.weight": (s.n_embd, s.n_embd),
             b + "attn_k.weight": (kv, s.n_embd), b + "attn_v.weight": (kv, s.n_embd),
             b + "attn_output.weight": (s.n_embd, s.n_embd), b + "ffn_norm.weight": (1, s.n_embd),
+        })  # fmt: skip
+        if s.n_expert:
+            e = (s.n_expert,)
+            out.update({
+                b + "ffn_gate_inp.weight": (s.n_expert, s.n_embd),
+                b + "ffn_gate_exps.weight": (*e, s.n_ff, s.n_embd),
+                b + "ffn_up_exps.weight": (*e, s.n_ff, s.n_embd),
+                b + "ffn_down_exps.weight": (*e, s.n_embd, s.n_ff),
+            })  # fmt: skip
+            continue
+        out.update({
             b + "ffn_gate.weight": (s.n_ff, s.n_embd), b + "ffn_up.weight": (s.n_ff, s.n_embd),
             b + "ffn_down.weight": (s.n_embd, s.n_ff),
         })  # fmt: skip
@@ -193,24 +222,31 @@ def write_model(path: Path, shape: Shape, file_type: str, *, seed: int = 0) -> N
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(shape.n_vocab)
+    if shape.n_expert:
+        w.add_expert_count(shape.n_expert)
+        w.add_expert_used_count(shape.n_expert_used)
     _add_vocab(w, shape.n_vocab)
-    for name, (rows, cols) in shapes.items():
-        if rows == 1:
+    for name, dims in shapes.items():
+        *lead, cols = dims
+        if lead == [1]:
             w.add_tensor_info(name, (cols,), np.dtype(np.float32), 4 * cols)
         else:
             t = types[name]
             blck, size = gguf.GGML_QUANT_SIZES[t]
             row_bytes = cols // blck * size
-            w.add_tensor_info(name, (rows, row_bytes), np.dtype(np.uint8), rows * row_bytes, raw_dtype=t)
+            n = int(np.prod(lead)) * row_bytes
+            w.add_tensor_info(name, (*lead, row_bytes), np.dtype(np.uint8), n, raw_dtype=t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for name, (rows, cols) in shapes.items():
-        if rows == 1:
+    for name, dims in shapes.items():
+        *lead, cols = dims
+        if lead == [1]:
             w.write_tensor_data((1.0 + 0.05 * rng.standard_normal(cols)).astype(np.float32))
         else:
             sigma = 1.0 if name == "token_embd.weight" else 1.0 / np.sqrt(cols)
-            w.write_tensor_data(random_blocks(types[name], rows, cols, sigma, rng))
+            rows = int(np.prod(lead))
+            w.write_tensor_data(random_blocks(types[name], rows, cols, sigma, rng).reshape(*lead, -1))
     w.close()
 
 
@@ -219,18 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--shape", choices=sorted(SHAPES), help="a named shape (the options below override it)")
     p.add_argument("--type", default="q4_k_m", choices=sorted(FILE_TYPES))
-    for opt in ("n-layer", "n-embd", "n-ff", "n-head", "n-head-kv", "n-vocab"):
+    for opt in ("n-layer", "n-embd", "n-ff", "n-head", "n-head-kv", "n-vocab", "n-expert", "n-expert-used"):
         p.add_argument(f"--{opt}", type=int)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     base = dict(zip(("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "n_vocab"),
                     SHAPES[a.shape] if a.shape else (2, 256, 512, 4, 4, 512), strict=True))
+    base["n_expert"], base["n_expert_used"] = DEFAULT_EXPERTS.get(a.shape or "", (0, 0))
     for k in base:
         v = getattr(a, k)
         if v is not None:
             base[k] = v
     if base["n_embd"] % base["n_head"] or base["n_head"] % base["n_head_kv"]:
         p.error("n_embd must be a multiple of n_head, and n_head of n_head_kv")
+    if base["n_expert"] and not 1 <= base["n_expert_used"] <= base["n_expert"]:
+        p.error("--n-expert-used must be in [1, --n-expert]")
     write_model(a.out, Shape(**base), a.type, seed=a.seed)
     print(f"wrote {a.out} ({a.out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
     return 0
