@@ -82,6 +82,27 @@ def test_seed_reproducible(model):
     assert len(texts) > 1
 
 
+def test_repeated_request_repeats_its_answer(model):
+    """A long prompt asked again with its seed gets the same answer as from an empty cache: the
+    prompt is not read again (its last token alone would take the few-token kernels, whose rounding
+    differs from the many-token pass that read it)."""
+    messages = [{"role": "user", "content": "Write a short poem about the sea, in four lines."}]
+    kw = dict(max_tokens=24, temperature=0.8, seed=42)
+    model.reset()
+    def answer() -> str:
+        return model.create_chat_completion(messages, **kw)["choices"][0]["message"]["content"]
+
+    first = answer()
+    before = model.n_eval
+    again = [answer(), answer()]
+    assert again == [first, first]
+    assert model.n_eval - before <= 2 * 24  # only the generated tokens were evaluated
+    toks = model.apply_chat_template(messages)
+    model.reset()
+    fresh = model.eval_prompt(toks)
+    np.testing.assert_array_equal(model.eval_prompt(toks), fresh)
+
+
 def test_logit_bias_forces_token(model):
     target = model.tokenize(b" banana", add_bos=False)[0]
     out = model("The capital of France is", max_tokens=3, temperature=0, logit_bias={target: 100.0})

@@ -220,6 +220,10 @@ class Model:
         self._n_seq_max = n_seq_max
         self._seq_ctx = int(self._core.slot_ctx)  # cells of one sequence slot
         self._history: list[int] = []  # tokens whose K/V are in the cache, at positions 0..len-1
+        # The last prompt evaluated and the logits after it: (that history list, its length, logits).
+        # Valid while self._history is that same list (generation only appends to it; any other
+        # change of the cache assigns a new list).
+        self._prompt_end: tuple[list[int], int, np.ndarray] | None = None
         self._seed = seed
         self._rng = random.Random(None if seed == LLAMA_DEFAULT_SEED else seed)
         template = chat_template or self._metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
@@ -388,10 +392,17 @@ class Model:
         """Brings the KV cache to ``tokens`` (reusing the longest cached prefix) and returns the
         logits after the last one. As with llama.cpp, a pass over only the rest of a prompt may
         round differently from a pass over the whole prompt (the CPU kernels take another path for
-        passes of 10 tokens and more); call :meth:`reset` first for the from-scratch result."""
+        passes of 10 tokens and more); call :meth:`reset` first for the from-scratch result. The
+        same prompt asked again, with the cache still holding it, gets the logits it got the
+        first time (so that a request repeated with its seed repeats its answer)."""
         toks = self._check_tokens(tokens)
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")
+        if self._prompt_end is not None:
+            held, n, logits = self._prompt_end
+            if held is self._history and n == len(toks) and held[:n] == toks:
+                del held[n:]  # the cache's cells past the prompt are free again
+                return logits.copy()
         keep = 0
         for a, b in zip(self._history, toks, strict=False):
             if a != b:
@@ -401,6 +412,7 @@ class Model:
         self._history = self._history[:keep]
         logits = self._decode(toks[keep:], keep)[0]
         self._history = toks
+        self._prompt_end = (toks, len(toks), logits.copy())
         return logits
 
     # ---- embeddings ----
