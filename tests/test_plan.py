@@ -70,6 +70,23 @@ def test_cpu_plan_is_exact(synthetic, kv):
     assert p.fits and p.max_ctx is not None and p.max_ctx > n_ctx
 
 
+def test_experts_plan_matches_engine(tmp_path):
+    """A mixture of experts: the stacked experts' bytes, and the buffers of the expert passes."""
+    from splitllm.quants import quantize
+
+    cfg = TinyConfig(arch="qwen3moe", n_layer=3, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_expert=8,
+                     n_expert_used=2, n_ff_exp=256, seed=4)
+    path = tmp_path / "moe.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
+    p = plan(path, n_ctx=128, n_batch=64, n_threads=2, cpu_memory="256MiB")
+    cpu = p.device("CPU")
+    assert cpu.weights == sum(tensor_bytes(path).values())
+    with Model(path, n_ctx=128, n_batch=64, n_threads=2) as m:
+        mem = {d["name"]: d for d in m._engine().memory}
+    engine = mem["CPU"]
+    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (engine["buffers"], engine["weights"], engine["kv"])
+
+
 def test_gpu_split_plan_matches_engine(synthetic, fake_gpu):
     cfg, path = synthetic
     sizes = tensor_bytes(path)

@@ -20,6 +20,11 @@ constexpr size_t kAttnBudget = 1 << 20;  // floats of attention scores per threa
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Bytes of one row of k activations in the widest format a matmul may take (f32 or 8-bit blocks).
+size_t moe_act_row(int64_t k) {
+    return std::max(cpu::act_row_bytes(QType::F32, k), cpu::act_row_bytes(QType::Q8_0, round_up(k, 256)));
+}
+
 // Weight rows per work item: a few items per thread for load balance, multiples of 16 rows.
 int64_t chunk_rows(int64_t total_rows, int n_tok, int nth) {
     if (n_tok > 1) {
@@ -55,6 +60,12 @@ CpuBackend::CpuBackend(const CpuBackendOptions & opt) : opt_(opt), pool_(opt.n_t
     slot_.resize(opt.n_batch);
     chunk_start_.resize(opt.n_batch + 1);
     for (int j = 0; j < 3; ++j) acts_[j].resize(size_t(opt.n_batch) * opt.act_slot_row[j]);
+    if (opt.moe_ff > 0) {
+        moe_qx_.resize(kMoeEntries * moe_act_row(opt.moe_embd));
+        moe_qa_.resize(kMoeEntries * moe_act_row(opt.moe_ff));
+        moe_act_.resize(size_t(kMoeEntries) * opt.moe_ff);
+        moe_out_.resize(size_t(kMoeEntries) * opt.moe_embd);
+    }
     inv_freq_.resize(opt.n_rot / 2);
     cos_.resize(size_t(opt.n_batch) * (opt.n_rot / 2));
     sin_.resize(cos_.size());
@@ -70,6 +81,9 @@ size_t CpuBackend::scratch_bytes(const CpuBackendOptions & opt) {
     bytes += sizeof(float) * (opt.n_rot / 2) * (1 + 2 * nb);             // inverse frequencies, cos, sin
     bytes += nb * (2 * sizeof(int32_t) + sizeof(int64_t)) + sizeof(int64_t);  // batch positions, chunks
     for (size_t row : opt.act_slot_row) bytes += nb * row;
+    if (opt.moe_ff > 0)
+        bytes += kMoeEntries * (moe_act_row(opt.moe_embd) + moe_act_row(opt.moe_ff) +
+                                sizeof(float) * size_t(opt.moe_ff + opt.moe_embd));
     return bytes;
 }
 
@@ -80,6 +94,7 @@ size_t CpuBackend::scratch_bytes() const {
     bytes += sizeof(float) * (inv_freq_.size() + cos_.size() + sin_.size());
     bytes += sizeof(int32_t) * (pos_.size() + slot_.size()) + sizeof(int64_t) * chunk_start_.size();
     for (const auto & a : acts_) bytes += a.size();
+    bytes += moe_qx_.size() + moe_qa_.size() + sizeof(float) * (moe_act_.size() + moe_out_.size());
     return bytes;
 }
 

@@ -21,6 +21,9 @@ struct CpuBackendOptions {
     int head_dim = 0;
     int max_slot_ctx = 0;     // longest sequence the attention scratch must cover
     int n_rot = 0;            // rotated dimensions per head (rotary tables)
+    // Mixture of experts (moe_ff > 0): expert width and model width, for moe_small's buffers.
+    int moe_ff = 0;
+    int moe_embd = 0;
     // Converted-activation buffers: act_slot_row[j] is the widest row (at max_k) that a matmul's
     // j-th distinct activation format needs; 0 for slots no matmul uses.
     size_t act_slot_row[3] = {0, 0, 0};
@@ -58,6 +61,17 @@ public:
     void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) override;
     void init_rope(const Config & c, const float * freq_factors) override;
 
+    // A mixture-of-experts feed-forward for a few tokens in one pass of the thread pool:
+    //   y[t] += sum_j weight[t k + j] * down_e(silu(gate_e x_t) * up_e x_t),  e = pick[t k + j],
+    // expert e being rows e * rows / n_expert.. of each stacked matrix; a token's terms are added
+    // in the order of its picks. The arithmetic of every term is that of the same expert's
+    // swiglu and matmul over a few tokens, so the result does not depend on the batch. Returns
+    // false, having done nothing, for more than kMoeEntries (token, expert) pairs or matrices
+    // whose activation formats differ (the caller runs the experts one by one).
+    static constexpr int kMoeEntries = 32;
+    bool moe_small(const WeightRef & gate_exps, const WeightRef & up_exps, const WeightRef & down_exps, int n_expert,
+                   const float * x, int n_tok, const int32_t * pick, const float * weight, int k, float * y);
+
     ThreadPool & pool() { return pool_; }
 
     // Bytes of scratch a backend with these options holds: per-thread buffers, the rotary tables,
@@ -82,6 +96,10 @@ private:
     std::vector<uint8_t> acts_[3];       // (n_batch, act_row_bytes) per activation format in use
     std::vector<std::vector<float>> tmp_;  // per thread: gemm chunk outputs
     std::vector<std::vector<float>> att_;  // per thread: attention scores and query/output staging
+    // moe_small: quantized inputs, then per (token, expert) pair the swiglu activations (moe_ff),
+    // their quantized form, and the expert's output (moe_embd). Empty for dense models.
+    std::vector<uint8_t> moe_qx_, moe_qa_;
+    std::vector<float> moe_act_, moe_out_;
 
     // Rotary embedding: inverse frequencies (n_rot / 2) and per-batch cos/sin (n_tok, n_rot / 2).
     int n_rot_ = 0;

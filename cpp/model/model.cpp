@@ -172,6 +172,10 @@ CpuBackendOptions Model::cpu_options() const {
     o.head_dim = c.head_dim;
     o.max_slot_ctx = kv_.slot_ctx;
     o.n_rot = c.n_rot;
+    if (c.n_expert > 0) {
+        o.moe_ff = c.n_ff_exp;
+        o.moe_embd = c.n_embd;
+    }
     // Activation buffers: a matmul's j-th distinct activation format goes to slot j; each slot is
     // sized for the widest format any CPU-side matmul puts there.
     auto group = [&](std::initializer_list<const WeightRef *> ws) {

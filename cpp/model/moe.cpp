@@ -1,12 +1,15 @@
 // The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE): a router scores every expert for each
 // token, the n_expert_used best are run, and their outputs are mixed by the router's softmax
-// probabilities (renormalized over the chosen ones when expert_weights_norm). Tokens are grouped
-// by expert so that each expert runs once per batch, over all the tokens routed to it.
+// probabilities (renormalized over the chosen ones when expert_weights_norm). A few tokens go
+// through the CPU backend's moe_small in one pass; more are grouped by expert so that each expert
+// runs once per batch, over all the tokens routed to it. Either way a token's expert outputs are
+// added in the order of the experts' indices, so both give the same sums.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "common/error.h"
+#include "model/cpu_backend.h"
 #include "model/model.h"
 
 namespace sl {
@@ -36,6 +39,7 @@ void Model::route(const float * logits, int n) {
         std::partial_sort(r.idx.begin(), r.idx.begin() + k, r.idx.end(), [&](int a, int b) {
             return r.probs[a] > r.probs[b] || (r.probs[a] == r.probs[b] && a < b);
         });
+        std::sort(r.idx.begin(), r.idx.begin() + k);  // the chosen ones in index order (see above)
         double chosen = 0;
         for (int j = 0; j < k; ++j) chosen += r.probs[r.idx[j]];
         const double scale = c.expert_weights_norm ? 1.0 / chosen : 1.0;
@@ -60,6 +64,9 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     const WeightRef * gi = &L.gate_inp;
     be->matmul(&gi, &s.router, 1, s.h, n, false);
     route(s.router, n);
+    if (be == static_cast<Backend *>(cpu_.get()) && cpu_->moe_small(L.gate_exps, L.up_exps, L.down_exps, c.n_expert, s.h, n,
+                                            routes_.pick.data(), routes_.weight.data(), k, s.x))
+        return;
     const size_t row = size_t(c.n_embd);
     for (int e = 0; e < c.n_expert; ++e) {
         const int b = routes_.start[e], m = routes_.start[e + 1] - b;
