@@ -115,3 +115,20 @@ def test_chat_command_in_a_terminal(smollm2_path):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_chat_template_kwargs_option(smollm2_path):
+    from splitllm.cli import build_parser
+    from test_model_api import THINKING_TEMPLATE
+
+    option = ["--chat-template-kwargs", '{"enable_thinking": false}']
+    args = build_parser().parse_args(["chat", str(smollm2_path), *option])
+    assert args.chat_template_kwargs == {"enable_thinking": False}
+    for bad in ("[1]", "{nope"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["chat", str(smollm2_path), "--chat-template-kwargs", bad])
+    with Model(smollm2_path, n_ctx=256, n_threads=2, chat_template=THINKING_TEMPLATE) as m:
+        session = ChatSession(m, max_tokens=1, template_kwargs=args.chat_template_kwargs)
+        session.messages.append({"role": "user", "content": "Hi!"})
+        tokens, _, _ = session._prompt()
+        assert m.detokenize(tokens, special=True).endswith(b"<think>\n\n</think>\n\n")

@@ -379,3 +379,29 @@ def test_rss_after_load_is_mapping_plus_kv(smollm2_path):
     resident = sum(new.values()) * 1024  # the new model's mapping(s) of the file
     assert 0.98 * file_bytes < resident < file_bytes + 2**16, (resident, file_bytes)
     assert anon < kv + 64 * 2**20, f"anonymous memory grew {anon / 2**20:.1f} MiB (KV {kv / 2**20:.1f} MiB)"
+
+
+# The end of Qwen3's template: enable_thinking=False closes an empty thinking block up front.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+
+
+def test_chat_template_kwargs(smollm2_path):
+    messages = [{"role": "user", "content": "Hi!"}]
+    with Model(smollm2_path, n_ctx=128, n_threads=2, chat_template=THINKING_TEMPLATE) as m:
+        plain = m.apply_chat_template(messages)
+        off = m.apply_chat_template(messages, chat_template_kwargs={"enable_thinking": False})
+        assert off[: len(plain)] == plain
+        assert m.detokenize(off[len(plain):], special=True) == b"<think>\n\n</think>\n\n"
+        assert m.apply_chat_template(messages, chat_template_kwargs={"enable_thinking": True}) == plain
+        out = m.create_chat_completion(messages, max_tokens=1, temperature=0,
+                                       chat_template_kwargs={"enable_thinking": False})
+        assert out["usage"]["prompt_tokens"] == len(off)
+        for bad, match in (({"messages": []}, "'messages' is set by splitllm"), ([("a", 1)], "string keys"),
+                           ({1: 2}, "string keys")):
+            with pytest.raises(ValueError, match=match):
+                m.create_chat_completion(messages, max_tokens=1, chat_template_kwargs=bad)

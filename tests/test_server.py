@@ -652,6 +652,10 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": '
      b'"function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": '
      b'{"name": "g"}}}', 400, "tool_choice"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": 5}',
+     400, "chat_template_kwargs"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": '
+     b'{"messages": []}}', 400, "chat_template_kwargs"),
     ("/v1/nowhere", b"{}", 404, None),
 ]
 
@@ -852,3 +856,28 @@ def test_serve_command(smollm2_path, tmp_path):
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (so the exit status says
     # how the process ended); a process that had to be killed fails here.
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
+
+
+def test_chat_template_kwargs_defaults_and_request(smollm2_path):
+    """--chat-template-kwargs sets variables for every chat request; a request's own win."""
+    from test_model_api import THINKING_TEMPLATE
+
+    messages = [{"role": "user", "content": "Hi!"}]
+    with Model(smollm2_path, n_ctx=256, n_threads=2, chat_template=THINKING_TEMPLATE) as model:
+        n_plain = len(model.apply_chat_template(messages))
+        n_off = len(model.apply_chat_template(messages, chat_template_kwargs={"enable_thinking": False}))
+        assert n_off > n_plain
+        eng = BatchEngine(model)
+        try:
+            app = create_app(eng, model_alias=ALIAS, chat_template_kwargs={"enable_thinking": False})
+            with BackgroundServer(app) as srv:
+                def prompt_tokens(**extra: object) -> int:
+                    body = {"messages": messages, "max_tokens": 1, "temperature": 0, **extra}
+                    r = httpx.post(f"{srv.url}/v1/chat/completions", json=body, timeout=600)
+                    assert r.status_code == 200, r.text
+                    return r.json()["usage"]["prompt_tokens"]
+
+                assert prompt_tokens() == n_off
+                assert prompt_tokens(chat_template_kwargs={"enable_thinking": True}) == n_plain
+        finally:
+            eng.close()

@@ -61,6 +61,7 @@ from splitllm.api_schema import (
     TokenizeRequest,
     error_body,
 )
+from splitllm.chat import template_variables
 from splitllm.completions import (
     CompletionChunk,
     Echo,
@@ -84,10 +85,13 @@ DISCONNECT_POLL_S = 0.5  # how often a request waiting for a whole response chec
 CLIENT_CLOSED = 499      # status logged for a request whose client went away (nginx's convention)
 
 
-def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None,
+               chat_template_kwargs: dict[str, Any] | None = None) -> FastAPI:
     """The FastAPI application serving ``engine``'s model under ``model_alias`` (default: the file
-    name without ``.gguf``). With ``api_key``, requests (but ``/health``) must carry it as a bearer token."""
-    svc = _Service(engine, model_alias)
+    name without ``.gguf``). With ``api_key``, requests (but ``/health``) must carry it as a bearer
+    token. ``chat_template_kwargs``: chat template variables for every chat request (a request's
+    own ``chat_template_kwargs`` take precedence), as llama-server's option."""
+    svc = _Service(engine, model_alias, template_variables(chat_template_kwargs))
     app = FastAPI(title="splitllm", summary="OpenAI-compatible API", docs_url=None, redoc_url=None)
     app.state.service = svc
     if api_key:
@@ -142,8 +146,9 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
 
 
 class _Service:
-    def __init__(self, engine: BatchEngine, model_alias: str | None) -> None:
+    def __init__(self, engine: BatchEngine, model_alias: str | None, template_kwargs: dict[str, Any]) -> None:
         self.engine = engine
+        self.template_kwargs = template_kwargs
         self.model = engine.model
         path = self.model.model_path
         base = os.path.basename(path)
@@ -300,7 +305,9 @@ class _Service:
         grammar = _grammar_of(body)
         plan = _tools_of(body, grammar is not None)
         try:
-            tokens, stops = self.model.chat_prompt(messages, body.stop, tools=plan.tools if plan else None)
+            variables = {**self.template_kwargs, **template_variables(body.chat_template_kwargs)}
+            tokens, stops = self.model.chat_prompt(messages, body.stop, tools=plan.tools if plan else None,
+                                                   chat_template_kwargs=variables)
         except ValueError as e:
             raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
         if plan is not None and plan.grammar is not None:

@@ -177,6 +177,7 @@ class ChatRequest(_Sampling):
     parallel_tool_calls: bool = True
     functions: list[Any] | None = None  # the legacy names of tools and tool_choice
     function_call: str | dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # more chat template variables (llama-server's)
 
     @field_validator("top_logprobs")
     @classmethod

@@ -24,6 +24,15 @@ CHATML_TEMPLATE = (
 )
 
 _ROLES = ("system", "user", "assistant", "tool", "function", "developer")
+class TemplateVariableError(ValueError):
+    """Bad extra template variables (``chat_template_kwargs``, the request field it is about)."""
+
+    param = "chat_template_kwargs"
+
+
+# Variables render() sets itself; extra template variables may not take these names.
+RESERVED_VARIABLES = frozenset({"messages", "tools", "bos_token", "eos_token", "add_generation_prompt",
+                                "raise_exception", "strftime_now"})
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -78,8 +87,10 @@ class ChatTemplate:
         self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
         tools: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
     ) -> str:
-        """The prompt text; ``tools`` (OpenAI's shape, already checked) are offered to the model."""
+        """The prompt text; ``tools`` (OpenAI's shape, already checked) are offered to the model;
+        ``kwargs`` are more variables for the template (e.g. Qwen3's ``enable_thinking``)."""
         check_messages(messages)
+        template_variables(kwargs)
         messages = prompt_messages(messages, tools, uses_tools=self.uses_tools,
                                    knows_tool_calls=self.knows_tool_calls)
         try:
@@ -95,6 +106,20 @@ class ChatTemplate:
             )
         except (jinja2.TemplateError, TypeError) as e:  # TypeError: e.g. a message's content left out
             raise ValueError(f"chat template failed to render: {e}") from e
+
+
+def template_variables(variables: Any) -> dict[str, Any]:
+    """Extra template variables (``chat_template_kwargs``) checked: an object with string keys
+    other than the variables render() sets (TemplateVariableError otherwise). None: none."""
+    if variables is None:
+        return {}
+    if not isinstance(variables, Mapping) or not all(isinstance(k, str) for k in variables):
+        raise TemplateVariableError("chat_template_kwargs must be an object with string keys")
+    taken = RESERVED_VARIABLES.intersection(variables)
+    if taken:
+        name = sorted(taken)[0]
+        raise TemplateVariableError(f"chat template variable {name!r} is set by splitllm itself")
+    return dict(variables)
 
 
 def check_messages(messages: Any) -> None:

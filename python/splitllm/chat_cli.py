@@ -21,6 +21,7 @@ from splitllm.cli import (
     add_model_options,
     add_sampling_options,
     grammar_of,
+    json_object,
     load_model,
     sampling_kwargs,
 )
@@ -44,9 +45,11 @@ class ChatSession:
     """A conversation with a model, kept in its KV cache between turns."""
 
     def __init__(self, model: Any, *, system: str | None = None, max_tokens: int | None = None,
-                 sampling: dict[str, Any] | None = None) -> None:
+                 sampling: dict[str, Any] | None = None,
+                 template_kwargs: dict[str, Any] | None = None) -> None:
         self.model = model
         self.system = system
+        self.template_kwargs = template_kwargs
         self.max_tokens = max_tokens
         self.sampling = dict(sampling or {})
         self.messages: list[dict[str, str]] = []
@@ -61,7 +64,7 @@ class ChatSession:
         first = 1 if self.system else 0
         dropped = 0
         while True:
-            tokens, stops = self.model.chat_prompt(self.messages)
+            tokens, stops = self.model.chat_prompt(self.messages, chat_template_kwargs=self.template_kwargs)
             if len(tokens) < self.model._seq_ctx or len(self.messages) - first <= 1:
                 return tokens, stops, dropped
             del self.messages[first: first + 2]  # one user message and its answer
@@ -153,6 +156,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--n-predict", type=int, default=-1,
                    help="most tokens per answer (default -1: until the context is full)")
     p.add_argument("--stats", action="store_true", help="print token counts and speed after each answer")
+    p.add_argument("--chat-template-kwargs", type=json_object, default=None, metavar="JSON",
+                   help='chat template variables, e.g. \'{"enable_thinking": false}\' for Qwen3')
     add_model_options(p)
     add_draft_option(p)
     add_grammar_options(p)
@@ -171,5 +176,6 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         grammar = grammar_of(args)
         if grammar is not None:
             sampling["grammar"] = grammar
-        session = ChatSession(model, system=args.system, max_tokens=limit, sampling=sampling)
+        session = ChatSession(model, system=args.system, max_tokens=limit, sampling=sampling,
+                              template_kwargs=args.chat_template_kwargs)
         return repl(session, show_stats=args.stats)

@@ -6,6 +6,7 @@ Each subcommand lives in its own module and registers itself here with ``add_par
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -81,6 +82,17 @@ def add_sampling_options(p: argparse.ArgumentParser, *, temperature: float = 0.8
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+
+
+def json_object(value: str) -> dict:
+    """An argparse type: a JSON object with string keys (chat template variables)."""
+    try:
+        obj = json.loads(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed (got {value!r})")
+    return obj
 
 
 def parse_gpu_layers(value: str) -> int | str:

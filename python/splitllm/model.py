@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from splitllm import _core
-from splitllm.chat import CHATML_TEMPLATE, ChatTemplate
+from splitllm.chat import CHATML_TEMPLATE, ChatTemplate, template_variables
 from splitllm.completions import (
     CompletionChunk,
     Echo,
@@ -868,9 +868,13 @@ class Model:
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> list[int]:
-        """Renders messages (and ``tools``) with the model's chat template and tokenizes the result."""
-        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        """Renders messages (and ``tools``) with the model's chat template and tokenizes the result;
+        ``chat_template_kwargs``: more template variables (llama-server's name), e.g.
+        ``{"enable_thinking": False}`` for Qwen3."""
+        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                           **template_variables(chat_template_kwargs))
         return self.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def create_chat_completion(
@@ -901,6 +905,7 @@ class Model:
         functions: Sequence[Mapping[str, Any]] | None = None,
         function_call: str | Mapping[str, Any] | None = None,
         parallel_tool_calls: bool = True,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
         gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
@@ -908,13 +913,15 @@ class Model:
         ``"schema"`` given there, as llama-cpp-python takes it) or ``{"type": "json_schema",
         "json_schema": {"schema": ...}}`` (OpenAI's); ``grammar``: any grammar. ``tools`` /
         ``tool_choice`` (or the legacy ``functions`` / ``function_call``): tool calls in the answer's
-        ``message.tool_calls`` (see :mod:`splitllm.tools`)."""
+        ``message.tool_calls`` (see :mod:`splitllm.tools`). ``chat_template_kwargs``: more variables
+        for the chat template (see :meth:`apply_chat_template`)."""
         n_top = chat_n_top(logprobs, top_logprobs)
         constraint = response_grammar(response_format, grammar)
         plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
                          function_call=function_call, parallel_tool_calls=parallel_tool_calls,
                          constrained=constraint is not None)
-        tokens, stops = self.chat_prompt(messages, stop, tools=plan.tools if plan else None)
+        tokens, stops = self.chat_prompt(messages, stop, tools=plan.tools if plan else None,
+                                         chat_template_kwargs=chat_template_kwargs)
         chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
                              top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                              frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
@@ -932,10 +939,11 @@ class Model:
     def chat_prompt(
         self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None, *,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> tuple[list[int], list[str]]:
         """The prompt tokens of a chat completion and its stop strings (``stop`` and the
         template's end-of-sequence text); ``tools``: offered to the model (already checked)."""
-        tokens = self.apply_chat_template(messages, tools=tools)
+        tokens = self.apply_chat_template(messages, tools=tools, chat_template_kwargs=chat_template_kwargs)
         stops = stop_list(stop)
         eos_text = self.chat_template().eos_token
         if eos_text and eos_text not in stops:

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from splitllm.cli import add_model_options, load_model
+from splitllm.cli import add_model_options, json_object, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last"],
                    help="how /v1/embeddings pools a text's token vectors (default: the model's; none "
                    "without one)")
+    p.add_argument("--chat-template-kwargs", type=json_object, default=None, metavar="JSON",
+                   help='chat template variables for every request, e.g. \'{"enable_thinking": false}\'')
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
@@ -56,7 +58,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     pooling = args.pooling if args.pooling is not None else -1
     with (load_model(args, n_seq_max=args.parallel, pooling_type=pooling) as model,
           BatchEngine(model) as engine):
-        app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key)
+        app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key,
+                         chat_template_kwargs=args.chat_template_kwargs)
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
               f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"
