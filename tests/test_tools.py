@@ -265,6 +265,8 @@ PARSE_CASES = [
     ("  Hello, <b>world</b> \n", None, "Hello, <b>world</b> \n", []),
     ("<tool_call> </tool_call> x", None, "<tool_call> </tool_call> x", []),
     ("", None, "", []),
+    (block('{"name": ["get_weather"]}'), None, block('{"name": ["get_weather"]}'), []),
+    (block('{"name": "shopping_list", "parameters": {"items": ["milk"]}}'), None, None, [M]),
 ]
 
 
@@ -278,7 +280,7 @@ def calls_of(calls: list[dict]) -> list[tuple[str, dict]]:
 
 PARSE_IDS = ["one", "text-before", "two", "list", "text-around", "arguments-text", "no-arguments", "bad-json",
              "unknown-name", "unknown-in-list", "arguments-not-object", "not-parallel", "cut", "partial-open",
-             "no-call", "empty-block", "empty"]
+             "no-call", "empty-block", "empty", "name-not-a-string", "parameters-key"]
 
 
 @pytest.mark.parametrize(("text", "max_calls", "content", "calls"), PARSE_CASES, ids=PARSE_IDS)
@@ -369,7 +371,10 @@ def forced(name: str) -> dict:
     ({"tool_choice": "required"}, r"tool_choice 'required' needs tools"),
     ({"tools": [tool("f", "", {"s": {"type": "string", "pattern": "a+"}}, [])], "tool_choice": "required"},
      r"tools\[0\]\.function\.parameters: JSON schema: pattern"),
-    ({"tools": TOOLS, "tool_choice": "auto", "constrained": True}, r"tool_choice cannot be combined"),
+    ({"tools": TOOLS, "tool_choice": "required", "constrained": True}, r"tool_choice cannot be combined"),
+    ({"tools": TOOLS, "tool_choice": forced("book_table"), "constrained": True}, r"tool_choice cannot be"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": ["f"]}}}, r"tool_choice name"),
+    ({"functions": [{"name": "f"}], "function_call": {"name": {"x": 1}}}, r"function_call names"),
     ({"tools": TOOLS, "functions": [TOOLS[0]["function"]]}, r"not both"),
     ({"functions": [{"name": "f"}], "function_call": {"name": "g"}}, r"function_call names"),
     ({"tools": TOOLS, "parallel_tool_calls": "yes"}, r"parallel_tool_calls must be a boolean"),
@@ -382,6 +387,9 @@ def test_bad_tool_requests_name_the_field(kwargs, message):
 def test_tool_choice_none_offers_nothing():
     assert tool_plan(tools=TOOLS, tool_choice="none") is None
     assert tool_plan(tools=TOOLS, tool_choice="none", constrained=True) is None
+    # "auto" is what no tool_choice means, with a grammar too (OpenAI takes it with response_format)
+    auto = tool_plan(tools=TOOLS, tool_choice="auto", constrained=True)
+    assert auto == tool_plan(tools=TOOLS, constrained=True) and auto is not None and auto.grammar is None
     plan = tool_plan(tools=TOOLS)
     assert plan is not None and plan.grammar is None and plan.names == NAMES and plan.max_calls is None
 
@@ -492,7 +500,7 @@ def test_prompt_holds_the_tools(model, smollm2_template):
     assert model.apply_chat_template(messages, tools=TOOLS) == model.tokenize(want.encode(), add_bos=False,
                                                                               special=True)
     with pytest.raises(ValueError, match="tool_choice cannot be combined"):
-        model.create_chat_completion(messages, tools=TOOLS, tool_choice="auto",
+        model.create_chat_completion(messages, tools=TOOLS, tool_choice="required",
                                      response_format={"type": "json_object"})
 
 
@@ -555,7 +563,10 @@ BAD_TOOL_REQUESTS = [
     ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}, "tools"),
     ({"tools": TOOLS, "tool_choice": forced("nope")}, "tool_choice"),
-    ({"tools": TOOLS, "tool_choice": "auto", "response_format": {"type": "json_object"}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": forced("get_weather"), "response_format": {"type": "json_object"}},
+     "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": ["get_weather"]}}},
+     "tool_choice"),
     ({"tools": TOOLS, "tool_choice": "required", "grammar": 'root ::= "x"'}, "tool_choice"),
     ({"tools": [tool("f", "", {"s": {"type": "string", "format": "date"}}, [])], "tool_choice": "required"},
      "tools"),

@@ -185,7 +185,9 @@ class Architecture:
         first = {min(names, key=position.__getitem__): g for g, names in stacks.items()}  # where a stack goes
         generated = self._generated()
         out = [generated] if generated else []
-        for hf_name, shape in available.items():  # in file order, as llama.cpp writes them
+        # in file order, as llama.cpp writes them (a stack of experts where its first expert is;
+        # llama.cpp writes it after its last: the order of tensors in a GGUF carries no meaning)
+        for hf_name, shape in available.items():
             if hf_name in ignored:
                 continue
             rule, gguf_name = expected[hf_name]
@@ -369,6 +371,11 @@ class Llama(Architecture):
         return out
 
 
+def _add_expert_hparams(w: GGUFWriter, arch: Architecture) -> None:
+    w.add_expert_count(arch.n_expert)
+    w.add_expert_used_count(arch.n_expert_used)
+
+
 def _moe_config(cfg: dict[str, Any], config_path: Path, n_key: str, width_key: str) -> tuple[int, int, int]:
     n = _require(cfg, n_key, config_path)
     used = _require(cfg, "num_experts_per_tok", config_path)
@@ -390,8 +397,7 @@ class Mixtral(Llama):
 
     def add_hparams(self, w: GGUFWriter) -> None:
         super().add_hparams(w)
-        w.add_expert_count(self.n_expert)
-        w.add_expert_used_count(self.n_expert_used)
+        _add_expert_hparams(w, self)
 
 
 class Mistral(Llama):
@@ -448,8 +454,7 @@ class Qwen3Moe(Architecture):
 
     def add_hparams(self, w: GGUFWriter) -> None:
         super().add_hparams(w)
-        w.add_expert_count(self.n_expert)
-        w.add_expert_used_count(self.n_expert_used)
+        _add_expert_hparams(w, self)
         w.add_expert_feed_forward_length(self.n_ff_exp)
         if not self.cfg.get("norm_topk_prob", False):  # transformers' default; llama.cpp's is to renormalize
             w.add_expert_weights_norm(False)

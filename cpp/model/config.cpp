@@ -19,9 +19,12 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
 
 std::string Config::shape_keys() const {
     const std::string a = arch_name + ".";
-    return strfmt("%sembedding_length = %d, %sfeed_forward_length = %d, %sattention.head_count = %d, "
-                  "%sattention.head_count_kv = %d, head size %d, %d tokens", a.c_str(), n_embd, a.c_str(), n_ff,
-                  a.c_str(), n_head, a.c_str(), n_head_kv, head_dim, n_vocab);
+    std::string keys = strfmt("%sembedding_length = %d, %sfeed_forward_length = %d, %sattention.head_count = %d, "
+                              "%sattention.head_count_kv = %d, head size %d, %d tokens", a.c_str(), n_embd, a.c_str(),
+                              n_ff, a.c_str(), n_head, a.c_str(), n_head_kv, head_dim, n_vocab);
+    if (n_expert > 0)
+        keys += strfmt(", %sexpert_count = %d, expert width %d", a.c_str(), n_expert, n_ff_exp);
+    return keys;
 }
 
 Config Config::from_gguf(const GGUFFile & f) {
@@ -54,15 +57,13 @@ Config Config::from_gguf(const GGUFFile & f) {
         throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide '%sattention.head_count'"
                                " = %d", f.path().c_str(), a.c_str(), c.n_head_kv, a.c_str(), c.n_head));
     c.n_ff = get_dim(f, a + "feed_forward_length", 1, 1 << 20);
-    c.n_expert = int(f.get_int(a + "expert_count", 0));
-    if (c.n_expert < 0 || c.n_expert > 4096 || (c.arch == Arch::Qwen3Moe && c.n_expert == 0))
-        throw GGUFError(strfmt("%s: metadata '%sexpert_count' = %d is out of range", f.path().c_str(), a.c_str(),
-                               c.n_expert));
+    if (c.arch == Arch::Qwen3Moe || f.find(a + "expert_count")) {
+        c.n_expert = get_dim(f, a + "expert_count", c.arch == Arch::Qwen3Moe ? 1 : 0, 4096);
+    }
     if (c.n_expert > 0) {
         c.n_expert_used = get_dim(f, a + "expert_used_count", 1, c.n_expert);
-        c.n_ff_exp = int(f.get_int(a + "expert_feed_forward_length", c.n_ff));
-        if (c.n_ff_exp < 1 || c.n_ff_exp > (1 << 20))
-            throw GGUFError(strfmt("%s: bad %sexpert_feed_forward_length", f.path().c_str(), a.c_str()));
+        c.n_ff_exp = f.find(a + "expert_feed_forward_length") ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
+                                                               : c.n_ff;
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));

@@ -182,6 +182,7 @@ CpuBackendOptions Model::cpu_options() const {
         QType seen[3];
         int n = 0;
         for (const WeightRef * w : ws) {
+            if (w->rows == 0) continue;  // absent in this block (dense vs mixture-of-experts)
             const QType at = cpu::act_type(w->type);
             int j = 0;
             while (j < n && seen[j] != at) ++j;
@@ -221,9 +222,9 @@ Model::Scratch & Model::scratch(Backend * be) {
     throw Error("internal: no scratch buffers for backend " + be->name());
 }
 
-size_t Model::activation_bytes() const {
+size_t Model::activation_bytes(bool cpu) const {
     const Config & c = cfg_;
-    const size_t moe = c.n_expert > 0 ? 2 * size_t(c.n_embd) + size_t(c.n_expert) : 0;  // moe_in, moe_out, router
+    const size_t moe = cpu && c.n_expert > 0 ? 2 * size_t(c.n_embd) + size_t(c.n_expert) : 0;  // moe_in, moe_out, router
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe);
 }
@@ -244,7 +245,7 @@ void Model::allocate_state() {
         s.v = static_cast<float *>(alloc_on(be, nb * c.kv_dim() * sizeof(float)));
         s.att = static_cast<float *>(alloc_on(be, nb * c.q_dim() * sizeof(float)));
         s.ff = static_cast<float *>(alloc_on(be, nb * c.ff_max() * sizeof(float)));
-        if (c.n_expert > 0) {
+        if (c.n_expert > 0 && be->is_cpu()) {  // experts run on the CPU only
             s.moe_in = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
             s.moe_out = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
             s.router = static_cast<float *>(alloc_on(be, nb * c.n_expert * sizeof(float)));

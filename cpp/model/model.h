@@ -149,7 +149,7 @@ private:
     PlacementPlan plan_placement() const;
     void setup_kv();
     CpuBackendOptions cpu_options() const;
-    size_t activation_bytes() const;         // one backend's Scratch
+    size_t activation_bytes(bool cpu) const;  // one backend's Scratch (the CPU's holds the experts' too)
 
     void load_weights();
     void place_layers();

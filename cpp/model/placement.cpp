@@ -136,7 +136,7 @@ Model::PlacementPlan Model::plan_placement() const {
     if (pp.output_gpu) pp.gpu_weights += align256(sizeof(float) * c.n_embd) + gpu_matrix_bytes(w_.output);
     if (params_.offload_kqv)
         pp.gpu_kv = size_t(c.n_layer - pp.first_gpu) * (kv_.k_bytes() + kv_.v_bytes());
-    if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes() + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
+    if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes(false) + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
     if (pp.offload) {
         const OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
         pp.gpu_buffers += ob.weight_bytes + sizeof(float) * (ob.y_floats + nb * go.max_k);
@@ -239,7 +239,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     const size_t out_bytes = (shared ? 0 : m.w_.output.nbytes()) + sizeof(float) * c.n_embd;
     if (!output_gpu) cpu.weights += out_bytes;
     e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
-    cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes();
+    cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes(true);
     if (first_gpu < c.n_layer || output_gpu) cpu.buffers += sizeof(float) * size_t(params.n_batch) * c.n_embd;
     cpu.overhead = m.file_->data_offset();
     e.devices.push_back(cpu);

@@ -186,7 +186,8 @@ def completion_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk], e
         yield generated_chunk(head, c, want_logprobs, echo)
 
 
-def _last(chunks: Sequence[CompletionChunk]) -> CompletionChunk:
+def last_chunk(chunks: Sequence[CompletionChunk]) -> CompletionChunk:
+    """The final chunk of a finished stream (ValueError if the stream did not finish)."""
     if not chunks or chunks[-1].finish_reason is None:
         raise ValueError("the generation stream ended without a finish reason")
     return chunks[-1]
@@ -196,7 +197,7 @@ def completion_choice(chunks: Iterable[CompletionChunk], echo: Echo = Echo(), wa
                       index: int = 0) -> tuple[dict[str, Any], CompletionChunk]:
     """One choice of a ``text_completion`` from its whole stream, and the stream's last chunk."""
     chunks = list(chunks)
-    last = _last(chunks)
+    last = last_chunk(chunks)
     entries = list(echo.logprobs or ()) if echo.shown else []
     for c in chunks:
         entries += [e.at(e.offset + len(echo.text)) for e in c.logprobs]
@@ -245,7 +246,7 @@ def chat_choice(chunks: Iterable[CompletionChunk], want_logprobs: bool = False,
                 index: int = 0) -> tuple[dict[str, Any], CompletionChunk]:
     """One choice of a ``chat.completion`` from its whole stream, and the stream's last chunk."""
     chunks = list(chunks)
-    last = _last(chunks)
+    last = last_chunk(chunks)
     entries = [e for c in chunks for e in c.logprobs]
     return ({"index": index, "message": {"role": "assistant", "content": "".join(c.text for c in chunks)},
              "logprobs": chat_logprobs(entries) if want_logprobs else None,

@@ -119,7 +119,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 class BatchEngine:
     """Runs many generations on one model at once. ``submit`` is thread-safe; chunks are reported
-    through each job's ``on_event`` from the engine thread (``stream`` / ``astream`` wrap that)."""
+    through each job's ``on_event`` from the engine thread (``stream`` / ``astream`` wrap that).
+    The engine owns the model's KV cache while it runs: the model's own generation calls
+    (``eval_prompt``, ``create_completion``, ...) would find their cache overwritten."""
 
     def __init__(self, model: Model) -> None:
         self.model = model

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from splitllm import _core
-from splitllm.completions import CompletionChunk, chat_role_chunk, usage
+from splitllm.completions import CompletionChunk, chat_role_chunk, last_chunk, usage
 from splitllm.grammar import Grammar, gbnf_literal, json_schema_rules, json_schema_to_gbnf
 from splitllm.logprobs import chat_logprobs
 
@@ -65,7 +65,8 @@ class ToolPlan:
 def tool_plan(*, tools: Any = None, tool_choice: Any = None, functions: Any = None, function_call: Any = None,
               parallel_tool_calls: bool = True, constrained: bool = False) -> ToolPlan | None:
     """The plan of a request (None: no tools, or ``tool_choice`` "none"). ``constrained``: the
-    request has its own grammar or response_format, which a ``tool_choice`` conflicts with.
+    request has its own grammar or response_format, which a forced ``tool_choice`` ("required" or
+    a named tool) conflicts with; "auto" is the default and then follows that grammar.
     Raises :class:`ToolError` naming the field."""
     legacy = functions is not None or function_call is not None
     if legacy and (tools is not None or tool_choice is not None):
@@ -77,7 +78,7 @@ def tool_plan(*, tools: Any = None, tool_choice: Any = None, functions: Any = No
     list_param, choice_param = ("functions", "function_call") if legacy else ("tools", "tool_choice")
     if not isinstance(parallel_tool_calls, bool):
         raise ToolError("parallel_tool_calls must be a boolean", "parallel_tool_calls")
-    if tool_choice not in (None, "none") and constrained:
+    if tool_choice not in (None, "none", "auto") and constrained:
         raise ToolError(f"{choice_param} cannot be combined with grammar or response_format", choice_param)
     offered = check_tools(tools, list_param, legacy=legacy) if tools is not None else ()
     forced = _forced_name(tool_choice, offered, choice_param)
@@ -151,7 +152,7 @@ def _forced_name(choice: Any, tools: Sequence[Mapping[str, Any]], param: str) ->
         raise ToolError(f"{param} must be 'none', 'auto', 'required' or {{'type': 'function', 'function': "
                         f"{{'name': ...}}}} (got {choice!r})", param)
     name = fn.get("name")
-    if name not in {_name(t) for t in tools}:
+    if not isinstance(name, str) or name not in {_name(t) for t in tools}:
         raise ToolError(f"{param} names the function {name!r}, which is not among the tools", param)
     return name
 
@@ -300,9 +301,10 @@ def parse_block(inner: str, names: frozenset[str]) -> list[dict[str, Any]] | Non
     items = value if isinstance(value, list) else [value]
     calls = []
     for item in items:
-        if not isinstance(item, dict) or item.get("name") not in names:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item["name"] not in names:
             return None
-        args = item.get("arguments", {})
+        # Llama 3.1's prompts ask for "parameters"
+        args = item["arguments"] if "arguments" in item else item.get("parameters", {})
         if isinstance(args, str):  # some models write the arguments as JSON text
             try:
                 args = json.loads(args)
@@ -419,9 +421,7 @@ def tool_chat_choice(plan: ToolPlan, chunks: Iterable[CompletionChunk], want_log
                      index: int = 0) -> tuple[dict[str, Any], CompletionChunk]:
     """One choice of a ``chat.completion`` with its tool calls parsed, and the stream's last chunk."""
     chunks = list(chunks)
-    last = chunks[-1]
-    if last.finish_reason is None:
-        raise ValueError("the generation stream ended without a finish reason")
+    last = last_chunk(chunks)
     content, calls = parse_tool_calls("".join(c.text for c in chunks), plan.names, plan.max_calls)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls and plan.legacy:
