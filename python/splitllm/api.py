@@ -78,6 +78,7 @@ from splitllm.completions import (
 from splitllm.engine import BatchEngine, ChunkStream
 from splitllm.grammar import Grammar, response_grammar
 from splitllm.model import LLAMA_POOLING_TYPE_NONE, pool_embeddings
+from splitllm.reasoning import ReasoningSplitter, check_reasoning_format
 from splitllm.tools import ToolChunks, ToolError, ToolPlan, tool_chat_choice, tool_plan
 
 _Body = TypeVar("_Body", CompletionRequest, ChatRequest)
@@ -86,12 +87,16 @@ CLIENT_CLOSED = 499      # status logged for a request whose client went away (n
 
 
 def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None,
-               chat_template_kwargs: dict[str, Any] | None = None) -> FastAPI:
+               chat_template_kwargs: dict[str, Any] | None = None,
+               reasoning_format: str = "deepseek") -> FastAPI:
     """The FastAPI application serving ``engine``'s model under ``model_alias`` (default: the file
     name without ``.gguf``). With ``api_key``, requests (but ``/health``) must carry it as a bearer
     token. ``chat_template_kwargs``: chat template variables for every chat request (a request's
-    own ``chat_template_kwargs`` take precedence), as llama-server's option."""
-    svc = _Service(engine, model_alias, template_variables(chat_template_kwargs))
+    own ``chat_template_kwargs`` take precedence), as llama-server's option. ``reasoning_format``:
+    the default of chat requests' ``reasoning_format`` ("deepseek": a thinking block opening the
+    answer goes to ``reasoning_content``, as llama-server does by default; "none")."""
+    svc = _Service(engine, model_alias, template_variables(chat_template_kwargs),
+                   check_reasoning_format(reasoning_format))
     app = FastAPI(title="splitllm", summary="OpenAI-compatible API", docs_url=None, redoc_url=None)
     app.state.service = svc
     if api_key:
@@ -146,9 +151,11 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
 
 
 class _Service:
-    def __init__(self, engine: BatchEngine, model_alias: str | None, template_kwargs: dict[str, Any]) -> None:
+    def __init__(self, engine: BatchEngine, model_alias: str | None, template_kwargs: dict[str, Any],
+                 reasoning_format: str) -> None:
         self.engine = engine
         self.template_kwargs = template_kwargs
+        self.reasoning_format = reasoning_format
         self.model = engine.model
         path = self.model.model_path
         base = os.path.basename(path)
@@ -325,13 +332,18 @@ class _Service:
             raise
         head = chat_head(name)
         want_lps = body.n_logprobs is not None
+        thinking = (body.reasoning_format or self.reasoning_format) == "deepseek"
+        inside = thinking and self.model.opens_thinking(tokens)
+        splitters = {r.index: ReasoningSplitter(inside=inside) for r in runs} if thinking else {}
         if body.stream:
-            return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage, plan))
+            return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage, plan, splitters))
         results = await _collect_all(runs, request, body)
         if results is None:
             return Response(status_code=CLIENT_CLOSED)
         choices, lasts = [], []
         for r, chunks in zip(runs, results, strict=True):
+            if thinking:
+                chunks = [splitters[r.index].chunk(c) for c in chunks]
             if plan is not None:
                 choice, last = tool_chat_choice(plan, chunks, want_lps, r.index)
             else:
@@ -504,12 +516,16 @@ async def _completion_events(runs: Sequence[_Run], head: dict[str, Any], want_lo
 
 
 async def _chat_events(runs: Sequence[_Run], head: dict[str, Any], want_logprobs: bool,
-                       include_usage: bool, plan: ToolPlan | None = None) -> AsyncIterator[dict[str, Any]]:
+                       include_usage: bool, plan: ToolPlan | None = None,
+                       splitters: dict[int, ReasoningSplitter] | None = None,
+                       ) -> AsyncIterator[dict[str, Any]]:
     lasts: dict[int, CompletionChunk] = {}
     shapers = {r.index: ToolChunks(plan, head, want_logprobs, r.index) for r in runs} if plan else {}
     for r in runs:
         yield chat_role_chunk(head, r.index)
     async for r, c in _merged(runs):
+        if splitters:
+            c = splitters[r.index].chunk(c)
         dicts = shapers[r.index].dicts(c) if plan else chat_chunk_dicts(head, c, want_logprobs, r.index)
         for d in dicts:
             yield d

@@ -178,6 +178,7 @@ class ChatRequest(_Sampling):
     functions: list[Any] | None = None  # the legacy names of tools and tool_choice
     function_call: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # more chat template variables (llama-server's)
+    reasoning_format: Literal["none", "deepseek"] | None = None  # None: the server's --reasoning-format
 
     @field_validator("top_logprobs")
     @classmethod

@@ -23,7 +23,8 @@ from splitllm.textstream import StopStream
 @dataclass(frozen=True, slots=True)
 class CompletionChunk:
     """One step of a generation stream. ``finish_reason`` is set on the last chunk only.
-    ``logprobs``: the entries of the tokens whose text this chunk brings (when asked for)."""
+    ``logprobs``: the entries of the tokens whose text this chunk brings (when asked for);
+    ``reasoning``: text of a thinking block, split from ``text`` (see :mod:`splitllm.reasoning`)."""
 
     text: str
     token: int | None
@@ -31,6 +32,7 @@ class CompletionChunk:
     completion_tokens: int
     finish_reason: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    reasoning: str = ""
 
 
 class _PieceSource(Protocol):
@@ -224,14 +226,33 @@ def chat_chunk_dicts(head: dict[str, Any], c: CompletionChunk, want_logprobs: bo
     """``chat.completion.chunk`` objects for one CompletionChunk: its text, then (last) the finish."""
     base = {**head, "object": "chat.completion.chunk"}
     out = []
-    if c.text or c.logprobs:
-        lps = chat_logprobs(c.logprobs) if want_logprobs else None
+    lps = chat_logprobs(c.logprobs) if want_logprobs else None
+    if c.reasoning:  # the tokens' entries go with the first piece of text they brought
+        out.append(reasoning_chunk(base, c.reasoning, index, lps))
+        lps = None
+    if c.text or (c.logprobs and not c.reasoning):
         out.append({**base, "choices": [{"index": index, "delta": {"content": c.text}, "logprobs": lps,
                                          "finish_reason": None}]})
     if c.finish_reason is not None:
         out.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
                                          "finish_reason": c.finish_reason}], "usage": usage(c)})
     return out
+
+
+def reasoning_chunk(base: dict[str, Any], text: str, index: int = 0,
+                    logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` carrying reasoning text (``delta.reasoning_content``)."""
+    return {**base, "choices": [{"index": index, "delta": {"reasoning_content": text}, "logprobs": logprobs,
+                                 "finish_reason": None}]}
+
+
+def chat_message(content: str | None, chunks: Sequence[CompletionChunk]) -> dict[str, Any]:
+    """The assistant message of a whole answer: its content and, when there is any, the reasoning."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    reasoning = "".join(c.reasoning for c in chunks)
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return message
 
 
 def chat_chunks(head: dict[str, Any], chunks: Iterable[CompletionChunk],
@@ -248,7 +269,7 @@ def chat_choice(chunks: Iterable[CompletionChunk], want_logprobs: bool = False,
     chunks = list(chunks)
     last = last_chunk(chunks)
     entries = [e for c in chunks for e in c.logprobs]
-    return ({"index": index, "message": {"role": "assistant", "content": "".join(c.text for c in chunks)},
+    return ({"index": index, "message": chat_message("".join(c.text for c in chunks), chunks),
              "logprobs": chat_logprobs(entries) if want_logprobs else None,
              "finish_reason": last.finish_reason}, last)
 

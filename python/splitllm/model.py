@@ -42,6 +42,7 @@ from splitllm.completions import (
 from splitllm.gguf_file import GGUFFile
 from splitllm.grammar import Grammar, as_grammar, response_grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, TokenLogprob, chat_n_top, check_n_top, token_logprob
+from splitllm.reasoning import check_reasoning_format, prompt_opens_thinking, split_reasoning
 from splitllm.sampling import Sampler, SamplingParams
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
@@ -906,6 +907,7 @@ class Model:
         function_call: str | Mapping[str, Any] | None = None,
         parallel_tool_calls: bool = True,
         chat_template_kwargs: Mapping[str, Any] | None = None,
+        reasoning_format: str = "none",
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
         gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
@@ -914,7 +916,10 @@ class Model:
         "json_schema": {"schema": ...}}`` (OpenAI's); ``grammar``: any grammar. ``tools`` /
         ``tool_choice`` (or the legacy ``functions`` / ``function_call``): tool calls in the answer's
         ``message.tool_calls`` (see :mod:`splitllm.tools`). ``chat_template_kwargs``: more variables
-        for the chat template (see :meth:`apply_chat_template`)."""
+        for the chat template (see :meth:`apply_chat_template`). ``reasoning_format="deepseek"``:
+        a ``<think>`` block opening the answer goes to ``message.reasoning_content`` (llama-server's
+        option; see :mod:`splitllm.reasoning`); ``"none"`` (llama-cpp-python's behaviour) keeps it."""
+        check_reasoning_format(reasoning_format)
         n_top = chat_n_top(logprobs, top_logprobs)
         constraint = response_grammar(response_format, grammar)
         plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
@@ -928,6 +933,8 @@ class Model:
                              logit_bias=logit_bias, seed=seed, logprobs=n_top,
                              grammar=plan.grammar if plan and plan.grammar else constraint,
                              logits_processor=logits_processor, stopping_criteria=stopping_criteria)
+        if reasoning_format == "deepseek":
+            chunks = split_reasoning(chunks, inside=self.opens_thinking(tokens))
         head = chat_head(model if model is not None else self.model_path)
         if plan is not None:
             shape = tool_chat_chunks if stream else tool_chat_response
@@ -935,6 +942,11 @@ class Model:
         if stream:
             return chat_chunks(head, chunks, n_top is not None)
         return chat_response(head, chunks, n_top is not None)
+
+    def opens_thinking(self, prompt_tokens: Sequence[int]) -> bool:
+        """Whether a chat prompt leaves a ``<think>`` block open for the answer."""
+        tail = self.detokenize(list(prompt_tokens)[-8:], special=True)
+        return prompt_opens_thinking(tail.decode("utf-8", errors="replace"))
 
     def chat_prompt(
         self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None, *,

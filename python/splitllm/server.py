@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "without one)")
     p.add_argument("--chat-template-kwargs", type=json_object, default=None, metavar="JSON",
                    help='chat template variables for every request, e.g. \'{"enable_thinking": false}\'')
+    p.add_argument("--reasoning-format", default="deepseek", choices=["none", "deepseek"],
+                   help="deepseek (default): a <think> block opening an answer goes to reasoning_content; "
+                        "none: it stays in the content")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
@@ -59,7 +62,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with (load_model(args, n_seq_max=args.parallel, pooling_type=pooling) as model,
           BatchEngine(model) as engine):
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key,
-                         chat_template_kwargs=args.chat_template_kwargs)
+                         chat_template_kwargs=args.chat_template_kwargs,
+                         reasoning_format=args.reasoning_format)
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
               f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from splitllm import _core
-from splitllm.completions import CompletionChunk, chat_role_chunk, last_chunk, usage
+from splitllm.completions import (
+    CompletionChunk,
+    chat_message,
+    chat_role_chunk,
+    last_chunk,
+    reasoning_chunk,
+    usage,
+)
 from splitllm.grammar import Grammar, gbnf_literal, json_schema_rules, json_schema_to_gbnf
 from splitllm.logprobs import chat_logprobs
 
@@ -423,7 +430,7 @@ def tool_chat_choice(plan: ToolPlan, chunks: Iterable[CompletionChunk], want_log
     chunks = list(chunks)
     last = last_chunk(chunks)
     content, calls = parse_tool_calls("".join(c.text for c in chunks), plan.names, plan.max_calls)
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    message = chat_message(content, chunks)
     if calls and plan.legacy:
         message["function_call"] = calls[0]["function"]
     elif calls:
@@ -463,6 +470,9 @@ class ToolChunks:
             events += self.calls.finish()
         out = []
         lps = chat_logprobs(c.logprobs) if self.want_logprobs and c.logprobs else None
+        if c.reasoning:
+            out.append(reasoning_chunk(self.base, c.reasoning, self.index, lps))
+            lps = None
         if lps is not None and not any(kind == "text" for kind, _ in events):
             out.append(self._chunk({"content": ""}, lps))
         n = self.calls.n_calls - sum(kind == "call" for kind, _ in events)
