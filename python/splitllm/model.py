@@ -180,6 +180,10 @@ class Model:
         # arrays are tens of MB of Python objects for a large vocabulary).
         with GGUFFile(path) as gf:
             metadata = gf.metadata
+            if int(metadata.get("split.count", 1)) > 1:
+                part = int(metadata.get("split.no", 0)) + 1
+                raise ValueError(f"{path}: part {part} of a GGUF split in {metadata['split.count']} files; "
+                                 "splitllm reads whole files (join them with llama-gguf-split --merge)")
             self.tokenizer = Tokenizer.from_metadata(metadata)
         self._metadata = {k: v for k, v in metadata.items() if not isinstance(v, list)}
         del metadata
@@ -247,6 +251,20 @@ class Model:
             self._print_placement()
 
     # ---- lifetime ----
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id: str, filename: str, *, revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None, local_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> Model:
+        """A model from a GGUF file on the Hugging Face Hub (llama-cpp-python's
+        ``Llama.from_pretrained``): ``filename`` is a name or a glob matching one file of
+        ``repo_id``, downloaded once (see :mod:`splitllm.hub`); ``kwargs`` go to ``Model``."""
+        from splitllm.hub import download
+
+        return cls(download(repo_id, filename, revision=revision, cache_dir=cache_dir, local_dir=local_dir),
+                   **kwargs)
 
     def close(self) -> None:
         """Frees the KV cache, buffers and the file mapping. Any further call (other than
