@@ -193,6 +193,13 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
         w[p + "mlp.gate_proj.weight"] = mat(ff, e)
         w[p + "mlp.up_proj.weight"] = mat(ff, e)
         w[p + "mlp.down_proj.weight"] = mat(e, ff)
+    if cfg.get("architectures") == ["Phi3ForCausalLM"]:  # fused as Phi-3 stores them
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            qkv = [w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"]
+            w[p + "self_attn.qkv_proj.weight"] = np.concatenate(qkv)
+            w[p + "mlp.gate_up_proj.weight"] = np.concatenate([w.pop(p + "mlp.gate_proj.weight"),
+                                                               w.pop(p + "mlp.up_proj.weight")])
     w["model.norm.weight"] = vec(e, 1.0, 0.1)
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = mat(v, e)
@@ -249,9 +256,10 @@ def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int =
 
 
 def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
-    """config.json of a small model; ``arch`` is llama, mistral, mixtral, qwen2, qwen3 or qwen3_moe."""
+    """config.json of a small model; ``arch`` is llama, mistral, mixtral, phi3, qwen2, qwen3 or qwen3_moe."""
     hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
-          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[arch]
+          "phi3": "Phi3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+          "qwen3_moe": "Qwen3MoeForCausalLM"}[arch]
     cfg: dict[str, Any] = {
         "architectures": [hf],
         "model_type": arch,
@@ -297,8 +305,8 @@ def tiny_model(
     is the tokenizer's plus ``extra_vocab`` unused ids.
     """
     d.mkdir(parents=True, exist_ok=True)
-    default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "mixtral": "gpt-2", "qwen2": "qwen2",
-                   "qwen3": "qwen2", "qwen3_moe": "qwen2"}[arch]
+    default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "mixtral": "gpt-2", "phi3": "gpt-2",
+                   "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2"}[arch]
     n_tok = 0
     if tokenizer in ("bpe", "both"):
         n_tok = write_bpe_tokenizer(d, pre=pre or default_pre)
@@ -356,13 +364,27 @@ def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndar
     g = {k: v.astype(np.float64) for k, v in w.items()}
     nh, nkv, e = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
     hd, eps = cfg.get("head_dim") or e // nh, cfg["rms_norm_eps"]
-    inv = rope_inv_freq(cfg, hd)
+    rot = int(hd * cfg.get("partial_rotary_factor", 1.0))  # Phi-3/4: the first dimensions of a head
+    inv = rope_inv_freq(cfg, rot)
     x = g["model.embed_tokens.weight"][ids]
+    mscale = 1.0
+    scaling = cfg.get("rope_scaling") or {}
+    if scaling.get("rope_type", scaling.get("type")) == "longrope":  # transformers' Phi-3 LongRoPE
+        orig = cfg["original_max_position_embeddings"]
+        inv = inv / np.asarray(scaling["long_factor" if len(ids) > orig else "short_factor"], np.float64)
+        mscale = math.sqrt(1 + math.log(cfg["max_position_embeddings"] / orig) / math.log(orig))
     t = len(ids)
     pos = np.arange(t, dtype=np.float64)
     mask = np.triu(np.full((t, t), -np.inf), 1)
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
+        if p + "self_attn.qkv_proj.weight" in g:  # Phi-3's fused projections
+            qkv, gate_up, qd = g[p + "self_attn.qkv_proj.weight"], g[p + "mlp.gate_up_proj.weight"], nh * hd
+            g.update({p + "self_attn.q_proj.weight": qkv[:qd],
+                      p + "self_attn.k_proj.weight": qkv[qd: qd + nkv * hd],
+                      p + "self_attn.v_proj.weight": qkv[qd + nkv * hd:],
+                      p + "mlp.gate_proj.weight": gate_up[: len(gate_up) // 2],
+                      p + "mlp.up_proj.weight": gate_up[len(gate_up) // 2:]})
         h = _rms(x, g[p + "input_layernorm.weight"], eps)
         q, k, v = (
             h @ g[p + f"self_attn.{n}_proj.weight"].T + g.get(p + f"self_attn.{n}_proj.bias", 0.0)
@@ -372,7 +394,8 @@ def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndar
         if p + "self_attn.q_norm.weight" in g:  # Qwen3: per-head RMSNorm before the rotation
             q = _rms(q, g[p + "self_attn.q_norm.weight"], eps)
             k = _rms(k, g[p + "self_attn.k_norm.weight"], eps)
-        q, k = _rope(q, pos, inv), _rope(k, pos, inv)
+        q[..., :rot] = mscale * _rope(q[..., :rot], pos, inv)
+        k[..., :rot] = mscale * _rope(k[..., :rot], pos, inv)
         v = v.reshape(t, nkv, hd).transpose(1, 0, 2)
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         s = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + mask

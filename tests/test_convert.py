@@ -69,6 +69,11 @@ def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
 
 # -- against llama.cpp and a float64 reference --------------------------------------------------
 
+# LongRoPE factors of a head of 16 (the tiny models' size) rotated dimensions. With an original
+# context of 8 both transformers (by the text's length) and the engines (by n_ctx) take the long ones.
+PHI3_LONGROPE = {"rope_type": "longrope", "short_factor": [1.0 + 0.05 * i for i in range(8)],
+                 "long_factor": [1.0 + 1.5 * i for i in range(8)]}
+
 
 @pytest.mark.reference
 @pytest.mark.parametrize(
@@ -89,11 +94,16 @@ def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
         ("qwen3", {"dtype": "bf16", "shards": 2, "tie_word_embeddings": True}),
         ("qwen3_moe", {"head_dim": 32}),
         ("mixtral", {"dtype": "bf16", "shards": 2}),
+        ("phi3", {"partial_rotary_factor": 0.5, "dtype": "bf16"}),
+        ("phi3", {"tie_word_embeddings": True, "sliding_window": 2047}),
+        ("phi3", {"rope_scaling": PHI3_LONGROPE, "original_max_position_embeddings": 8,
+                  "max_position_embeddings": 256}),
     ],
     ids=[
         "llama-bf16-sharded", "llama-spm-linear-rope", "mistral-f16-tied", "qwen2-biases", "llama-headdim",
         "mistral-bf16-sharded", "qwen2-f16-sharded-tied", "qwen2-bf16", "qwen3-headdim-mqa",
-        "qwen3-bf16-tied", "qwen3moe-8x2", "mixtral-bf16-sharded",
+        "qwen3-bf16-tied", "qwen3moe-8x2", "mixtral-bf16-sharded", "phi3-partial-rope-bf16", "phi3-tied",
+        "phi3-longrope",
     ],
 )  # fmt: skip
 def test_logits_match_float64_reference(
@@ -150,10 +160,13 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ("qwen3_moe", {}),
         ("qwen3_moe", {"norm_topk_prob": False}),
         ("mixtral", {"shards": 3}),
+        ("phi3", {"partial_rotary_factor": 0.5}),
+        ("phi3", {"rope_scaling": PHI3_LONGROPE, "original_max_position_embeddings": 8,
+                  "max_position_embeddings": 256}),
     ],
     ids=[
         "llama-attention-bias", "qwen2-biases", "llama3-rope", "qwen3-head-norms", "qwen3moe",
-        "qwen3moe-no-renorm", "mixtral",
+        "qwen3moe-no-renorm", "mixtral", "phi3-partial-rope", "phi3-longrope",
     ],
 )
 def test_engine_logits_match_float64_reference(tmp_path: Path, arch: str, kw: dict[str, Any]) -> None:
@@ -174,6 +187,10 @@ def test_engine_logits_match_float64_reference(tmp_path: Path, arch: str, kw: di
         plain, other = weights, {**cfg, "norm_topk_prob": not cfg["norm_topk_prob"]}
     elif "num_local_experts" in cfg:
         plain, other = weights, {**cfg, "num_experts_per_tok": 1}
+    elif cfg.get("rope_scaling"):  # LongRoPE: the short factors, no attention factor
+        plain, other = weights, {**cfg, "rope_scaling": None}
+    elif "partial_rotary_factor" in cfg:
+        plain, other = weights, {**cfg, "partial_rotary_factor": 1.0}
     assert rel_err(F.reference_logits(other, plain, ids), ref).max() > 0.1
     with Model(out, n_ctx=64, n_threads=2) as m:
         got = m.logits(ids)
@@ -477,6 +494,11 @@ MIX_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixtral-4x": ("mixtral", {
         "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
         "num_key_value_heads": 2,
+    }),
+    # phi3: q/k/v and gate/up fused (attn_qkv takes the attn_v rules), half of each head rotated
+    "phi3-fused": ("phi3", {
+        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 8, "num_attention_heads": 4,
+        "num_key_value_heads": 1, "partial_rotary_factor": 0.5,
     }),
     # mistral: written as a llama model; tied output, 6 layers
     "mistral-tied": ("mistral", {

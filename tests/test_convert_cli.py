@@ -208,7 +208,7 @@ def test_unknown_architecture_lists_supported(model: Path, tmp_path: Path) -> No
     with pytest.raises(
         ConvertError,
         match="GPTNeoXForCausalLM.*LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, "
-        "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM",
+        "Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM",
     ):
         convert(model, tmp_path / "m.gguf", quiet=True)
 

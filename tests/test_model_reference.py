@@ -37,10 +37,12 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         TinyConfig(arch="qwen3", n_head=4, n_head_kv=1, key_length=32, tied_output=True, seed=5),
         QWEN3MOE,
         MIXTRAL,
+        TinyConfig(arch="phi3", seed=14),
+        TinyConfig(arch="phi3", n_rot=8, n_head_kv=1, tied_output=True, seed=15),
     ],
     ids=[
         "llama-gqa2", "llama-gqa4-tied", "qwen2-gqa2", "qwen2-mqa-tied", "qwen3-gqa2", "qwen3-headdim-tied",
-        "qwen3moe-8x2", "mixtral-4x2",
+        "qwen3moe-8x2", "mixtral-4x2", "phi3-fused", "phi3-partial-rope-mqa-tied",
     ],
 )
 def test_f32_logits_match_float64_reference(tmp_path, cfg):
@@ -127,7 +129,7 @@ BUDGETS = {
 
 
 @pytest.mark.parametrize("wtype", list(BUDGETS))
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "qwen3moe"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "qwen3moe", "phi3"])
 def test_quantized_weights_within_budget(tmp_path, wtype, arch):
     moe = dict(n_expert=4, n_expert_used=2, n_ff_exp=256) if arch == "qwen3moe" else {}
     cfg = TinyConfig(arch=arch, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, seed=11, **moe)
@@ -181,3 +183,32 @@ def test_experts_match_llama_cpp(tmp_path, cfg):
     assert rel_err(theirs, ref).max() < 1e-3  # llama.cpp's f16 KV cache and f16 attention
     assert rel_err(ours, ref).max() < 1e-4
     assert rel_err(ours, theirs).max() < 1e-3
+
+
+PHI3_LONGROPE = {"rope_type": "longrope", "original_max_position_embeddings": 32,
+                 "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                 "long_factor": [1.0 + 2.0 * i for i in range(8)]}
+
+
+@pytest.mark.parametrize("n_ctx", [32, 64], ids=["short-factors", "long-factors"])
+def test_phi3_longrope_factors_by_context(tmp_path, n_ctx):
+    """LongRoPE: the short factors up to the original context, the long ones past it (llama.cpp's
+    choice, by n_ctx), cos and sin scaled by the attention factor."""
+    cfg = TinyConfig(arch="phi3", rope_scaling=PHI3_LONGROPE, n_ctx_train=256, seed=16)
+    path = tmp_path / "tiny.gguf"
+    held = write_gguf(make_weights(cfg), path)
+    ref = reference_logits(cfg, held, TOKENS, n_ctx=n_ctx)
+    other = reference_logits(cfg, held, TOKENS, n_ctx=96 - n_ctx)  # the other factors
+    assert rel_err(other, ref).max() > 1e-2
+    with Model(path, n_ctx=n_ctx, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
+
+
+def test_sliding_window_beyond_its_reach_is_refused(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    window = {"phi3.attention.sliding_window": 31}
+    write_gguf(make_weights(TinyConfig(arch="phi3", seed=17)), path, metadata=window)
+    with Model(path, n_ctx=32, n_threads=2) as m:  # every token sees the whole window: no difference
+        m.logits(TOKENS)
+    with pytest.raises(Exception, match=r"sliding-window attention \(a window of 31 tokens\).*at most 32"):
+        Model(path, n_ctx=64, n_threads=2)

@@ -77,6 +77,7 @@ CONFIGS = {
     "llama-gqa": dict(arch="llama", n_layer=4, seed=1),
     "qwen2-bias-tied": dict(arch="qwen2", n_layer=4, n_head=4, n_head_kv=1, tied_output=True, seed=2),
     "qwen3-headnorm": dict(arch="qwen3", n_layer=4, n_head=4, n_head_kv=2, key_length=32, seed=3),
+    "phi3-fused": dict(arch="phi3", n_layer=4, n_rot=8, seed=4),
 }
 
 

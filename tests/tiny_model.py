@@ -52,14 +52,22 @@ class TinyConfig:
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int | None = None
+    n_rot: int | None = None  # rotated dimensions of a head (partial rotary), head_dim if None
+    # phi3's LongRoPE (rope_scaling {"rope_type": "longrope", "short_factor", "long_factor",
+    # "original_max_position_embeddings"}): the factors used are the long ones when the context
+    # (the reference's n_ctx argument) exceeds the original one.
 
     @property
     def head_dim(self) -> int:
         return self.key_length or self.n_embd // self.n_head
 
     @property
+    def rot(self) -> int:
+        return self.n_rot or self.head_dim
+
+    @property
     def neox(self) -> bool:
-        return self.arch in ("qwen2", "qwen3", "qwen3moe")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3")
 
     @property
     def qk_norm(self) -> bool:
@@ -101,6 +109,8 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
         if cfg.qk_norm:
             w[b + "attn_q_norm.weight"] = norm(hd)
             w[b + "attn_k_norm.weight"] = norm(hd)
+        if cfg.arch == "phi3":  # fused as phi3 stores them: q, k, v rows in one tensor
+            w[b + "attn_qkv.weight"] = np.concatenate([w.pop(b + f"attn_{t}.weight") for t in "qkv"])
         w[b + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
         w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
         if cfg.n_expert:
@@ -113,6 +123,8 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
         w[b + "ffn_gate.weight"] = mat(cfg.n_ff, cfg.n_embd)
         w[b + "ffn_up.weight"] = mat(cfg.n_ff, cfg.n_embd)
         w[b + "ffn_down.weight"] = mat(cfg.n_embd, cfg.n_ff)
+        if cfg.arch == "phi3":  # gate rows, then up rows, in ffn_up
+            w[b + "ffn_up.weight"] = np.concatenate([w.pop(b + "ffn_gate.weight"), w[b + "ffn_up.weight"]])
     w["output_norm.weight"] = norm(cfg.n_embd)
     if not cfg.tied_output:
         w["output.weight"] = mat(cfg.n_vocab, cfg.n_embd)
@@ -187,7 +199,7 @@ def write_gguf(
     wr.add_head_count_kv(cfg.n_head_kv)
     wr.add_rope_freq_base(cfg.rope_base)
     wr.add_layer_norm_rms_eps(cfg.rms_eps)
-    wr.add_rope_dimension_count(cfg.head_dim)
+    wr.add_rope_dimension_count(cfg.rot)
     if cfg.key_length:
         wr.add_key_length(cfg.key_length)
         wr.add_value_length(cfg.key_length)
@@ -203,6 +215,13 @@ def write_gguf(
         wr.add_rope_scaling_factor(cfg.rope_scaling["factor"])
     elif scaling == "llama3":
         wr.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
+    elif scaling == "longrope":  # as convert_hf_to_gguf.py's Phi3MiniModel writes it
+        rs = cfg.rope_scaling
+        orig = rs["original_max_position_embeddings"]
+        wr.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(cfg.n_ctx_train / orig) / math.log(orig)))
+        wr.add_rope_scaling_orig_ctx_len(orig)
+        wr.add_tensor("rope_factors_long.weight", np.asarray(rs["long_factor"], np.float32))
+        wr.add_tensor("rope_factors_short.weight", np.asarray(rs["short_factor"], np.float32))
     elif scaling != "default":
         raise ValueError(f"rope_type {scaling!r} is not supported here")
     merges = ["t h", "h e", "i n", "e r", "a n"]
@@ -244,15 +263,19 @@ def write_gguf(
     return held
 
 
-def rope_inv_freq(cfg: TinyConfig) -> np.ndarray:
-    """Inverse frequencies of the rotary embedding (head_dim / 2), float64, as Hugging Face
-    transformers' rope init functions compute them (default, linear, llama3)."""
-    dim = cfg.head_dim
+def rope_inv_freq(cfg: TinyConfig, n_ctx: int | None = None) -> np.ndarray:
+    """Inverse frequencies of the rotary embedding (rotated dimensions / 2), float64, as Hugging
+    Face transformers' rope init functions compute them (default, linear, llama3, longrope: its
+    long factors when ``n_ctx`` is past the original context)."""
+    dim = cfg.rot
     inv_freq = 1.0 / (cfg.rope_base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
     rs = cfg.rope_scaling or {}
     rope_type = rs.get("rope_type", "default")
     if rope_type == "default":
         return inv_freq
+    if rope_type == "longrope":  # _compute_longrope_parameters
+        longer = n_ctx is not None and n_ctx > rs["original_max_position_embeddings"]
+        return inv_freq / np.asarray(rs["long_factor" if longer else "short_factor"], np.float64)
     if rope_type == "linear":  # _compute_linear_scaling_rope_parameters
         return inv_freq / rs["factor"]
     if rope_type != "llama3":
@@ -272,12 +295,17 @@ def rope_inv_freq(cfg: TinyConfig) -> np.ndarray:
     return np.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
 
 
-def rope(x: np.ndarray, pos: np.ndarray, inv: np.ndarray, neox: bool) -> np.ndarray:
+def rope(x: np.ndarray, pos: np.ndarray, inv: np.ndarray, neox: bool, mscale: float = 1.0) -> np.ndarray:
     """Rotary embedding of x (n_tok, n_heads, head_dim) at positions pos (n_tok), with inverse
-    frequencies inv (head_dim / 2)."""
+    frequencies inv (rotated dimensions / 2; the dimensions past them are left as they are), cos
+    and sin times mscale."""
+    if 2 * len(inv) < x.shape[-1]:  # partial rotary: the first dimensions only
+        out = x.copy()
+        out[..., : 2 * len(inv)] = rope(x[..., : 2 * len(inv)], pos, inv, neox, mscale)
+        return out
     half = x.shape[-1] // 2
     ang = pos[:, None].astype(np.float64) * inv[None, :]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    cos, sin = mscale * np.cos(ang)[:, None, :], mscale * np.sin(ang)[:, None, :]
     out = x.copy()
     if neox:
         a, b = x[..., :half], x[..., half:]
@@ -291,25 +319,43 @@ def rope(x: np.ndarray, pos: np.ndarray, inv: np.ndarray, neox: bool) -> np.ndar
 
 
 def reference_logits(
-    cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True
+    cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True,
+    n_ctx: int | None = None,
 ) -> np.ndarray:
     """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab).
 
     With kv_f16 the keys (after rotation) and values are rounded to float16, as a KV cache of
-    that type stores them; everything else is float64.
+    that type stores them; everything else is float64. ``n_ctx``: the context the model is run
+    with (LongRoPE picks its factors by it).
     """
     out = w.get("output.weight", w["token_embd.weight"])
-    return reference_hidden(cfg, w, tokens, kv_f16=kv_f16) @ out.T
+    return reference_hidden(cfg, w, tokens, kv_f16=kv_f16, n_ctx=n_ctx) @ out.T
+
+
+def _split_fused(cfg: TinyConfig, w: dict[str, np.ndarray], b: str) -> dict[str, np.ndarray]:
+    """A block's weights under the separate names (phi3 fuses q/k/v, and gate/up)."""
+    if b + "attn_qkv.weight" not in w:
+        return w
+    q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    qkv, gate_up = w[b + "attn_qkv.weight"], w[b + "ffn_up.weight"]
+    return {**w, b + "attn_q.weight": qkv[:q_dim], b + "attn_k.weight": qkv[q_dim: q_dim + kv_dim],
+            b + "attn_v.weight": qkv[q_dim + kv_dim:], b + "ffn_gate.weight": gate_up[: cfg.n_ff],
+            b + "ffn_up.weight": gate_up[cfg.n_ff:]}
 
 
 def reference_hidden(
-    cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True
+    cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True,
+    n_ctx: int | None = None,
 ) -> np.ndarray:
     """The final hidden states after the output norm (n, n_embd), float64 (see reference_logits)."""
     n, hd = len(tokens), cfg.head_dim
     gqa = cfg.n_head // cfg.n_head_kv
     pos = np.arange(n)
-    inv = rope_inv_freq(cfg)
+    inv = rope_inv_freq(cfg, n_ctx)
+    mscale = 1.0
+    if (cfg.rope_scaling or {}).get("rope_type") == "longrope":  # transformers' longrope attention factor
+        orig = cfg.rope_scaling["original_max_position_embeddings"]
+        mscale = math.sqrt(1 + math.log(cfg.n_ctx_train / orig) / math.log(orig))
 
     def rmsnorm(x: np.ndarray, g: np.ndarray) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.rms_eps) * g
@@ -318,13 +364,14 @@ def reference_hidden(
     mask = np.triu(np.full((n, n), -np.inf), k=1)
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
+        w = _split_fused(cfg, w, b)
         h = rmsnorm(x, w[b + "attn_norm.weight"])
         q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
         q, k = q.reshape(n, cfg.n_head, hd), k.reshape(n, cfg.n_head_kv, hd)
         if cfg.qk_norm:  # each head RMS-normed before the rotation
             q, k = rmsnorm(q, w[b + "attn_q_norm.weight"]), rmsnorm(k, w[b + "attn_k_norm.weight"])
-        q = rope(q, pos, inv, cfg.neox)
-        k = rope(k, pos, inv, cfg.neox)
+        q = rope(q, pos, inv, cfg.neox, mscale)
+        k = rope(k, pos, inv, cfg.neox, mscale)
         v = v.reshape(n, cfg.n_head_kv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float64)

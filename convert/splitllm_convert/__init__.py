@@ -10,9 +10,9 @@ Python::
     plan = convert("path/to/hf-model", "model.gguf", type="q4_k_m")
     print(plan.format())
 
-Input: ``config.json`` (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM,
-Qwen3ForCausalLM, Qwen3MoeForCausalLM), weights in ``model.safetensors`` or shards with
-``model.safetensors.index.json`` (F32, F16 or BF16), and the tokenizer: ``tokenizer.model``
+Input: ``config.json`` (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Phi3ForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM), weights in ``model.safetensors`` or shards
+with ``model.safetensors.index.json`` (F32, F16 or BF16), and the tokenizer: ``tokenizer.model``
 (SentencePiece, preferred when present, as llama.cpp does) or a byte-level BPE ``tokenizer.json``;
 tokenizer_config.json, generation_config.json (sampling defaults) and README.md (model card) are
 read when present. special_tokens_map.json is not read: llama.cpp's converter ignores it, and the

@@ -94,6 +94,7 @@ class Architecture:
     default_ctx: ClassVar[int] = 2048
     default_rope_theta: ClassVar[float] = 10000.0
     default_rms_eps: ClassVar[float] = 1e-6
+    extra_rope_types: ClassVar[tuple[str, ...]] = ()  # rope scaling types only this architecture has
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         self.cfg = cfg
@@ -183,8 +184,7 @@ class Architecture:
                 raise ConvertError(f"tensor {hf_name!r} ({gguf_name}) is missing from {_describe(files)}")
         position = {n: i for i, n in enumerate(available)}
         first = {min(names, key=position.__getitem__): g for g, names in stacks.items()}  # where a stack goes
-        generated = self._generated()
-        out = [generated] if generated else []
+        out = self._generated()
         # in file order, as llama.cpp writes them (a stack of experts where its first expert is;
         # llama.cpp writes it after its last: the order of tensors in a GGUF carries no meaning)
         for hf_name, shape in available.items():
@@ -204,8 +204,9 @@ class Architecture:
                                          hf_stack=stacks[gguf_name]))
         return out
 
-    def _generated(self) -> PlannedSource | None:
-        return None
+    def _generated(self) -> list[PlannedSource]:
+        """Tensors written that the checkpoint does not hold (rotary factors)."""
+        return []
 
     def adjust_vocab(self, vocab: Vocab) -> None:
         """Architecture-specific tokenizer fix-ups llama.cpp applies; none by default."""
@@ -219,7 +220,7 @@ class Architecture:
         kind = str(rope.get("rope_type", rope.get("type", "default"))).lower()
         if kind == "dynamic":  # NTK scaling applied at inference time; llama.cpp's converter ignores it too
             logger.warning("%s: rope scaling type 'dynamic' is not carried into GGUF", config_path)
-        elif kind not in ("default", "linear", "llama3", "yarn"):
+        elif kind not in ("default", "linear", "llama3", "yarn", *self.extra_rope_types):
             raise ConvertError(
                 f"{config_path}: rope scaling type {kind!r} is not supported "
                 "(supported: linear, llama3, yarn)"
@@ -344,10 +345,10 @@ class Llama(Architecture):
         w.add_vocab_size(self.n_vocab)
         w.add_rope_dimension_count(self.head_dim)
 
-    def _generated(self) -> PlannedSource | None:
+    def _generated(self) -> list[PlannedSource]:
         if self.rope["rope_type"] != "llama3":
-            return None
-        return PlannedSource("rope_freqs.weight", (self.head_dim // 2,), generate=self._llama3_factors)
+            return []
+        return [PlannedSource("rope_freqs.weight", (self.head_dim // 2,), generate=self._llama3_factors)]
 
     def _llama3_factors(self) -> Array:
         """Per-frequency divisors of Llama 3.1 rope scaling (llama.cpp reads them from rope_freqs.weight)."""
@@ -460,8 +461,78 @@ class Qwen3Moe(Architecture):
             w.add_expert_weights_norm(False)
 
 
+class Phi3(Architecture):
+    """Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4-mini): q/k/v in one projection and gate/up in
+    another (kept fused, as llama.cpp's phi3 reads them), NEOX rope over ``partial_rotary_factor``
+    of each head, LongRoPE's factors as the rope_factors_short/long tensors with the attention
+    factor transformers computes for them."""
+
+    hf_names = ("Phi3ForCausalLM",)
+    gguf_arch = "phi3"
+    L, B = "model.layers.{bid}.", "blk.{bid}."
+    rules = (
+        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
+        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
+        TensorRule(L + "self_attn.qkv_proj.weight", B + "attn_qkv.weight", ("qkv", "embd")),
+        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
+        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        TensorRule(L + "mlp.gate_up_proj.weight", B + "ffn_up.weight", ("ff2", "embd")),
+        TensorRule(L + "mlp.down_proj.weight", B + "ffn_down.weight", ("embd", "ff")),
+        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+    )
+    del L, B
+    default_ctx = 4096
+    extra_rope_types = ("longrope", "su")
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        factor = cfg.get("partial_rotary_factor", 1.0)
+        if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+            raise ConvertError(f"{config_path}: 'partial_rotary_factor' must be in (0, 1], got {factor!r}")
+        self.n_rot = int(self.head_dim * factor)
+        if self.n_rot % 2:
+            raise ConvertError(f"{config_path}: {self.n_rot} rotated dimensions per head (must be even)")
+        if self.rope["rope_type"] in ("longrope", "su"):
+            for key in ("long_factor", "short_factor"):
+                f = self.rope.get(key)
+                if not isinstance(f, list) or len(f) != self.n_rot // 2:
+                    raise ConvertError(
+                        f"{config_path}: rope_scaling.{key} must be a list of {self.n_rot // 2} numbers"
+                    )
+            if not isinstance(cfg.get("original_max_position_embeddings", self.rope.get(
+                    "original_max_position_embeddings")), int):
+                raise ConvertError(f"{config_path}: LongRoPE needs 'original_max_position_embeddings'")
+
+    def dims(self) -> dict[str, int]:
+        d = super().dims()
+        return {**d, "qkv": d["q"] + 2 * d["kv"], "ff2": 2 * self.n_ff}
+
+    def _orig_ctx(self) -> int:
+        return int(self.cfg.get("original_max_position_embeddings",
+                                self.rope.get("original_max_position_embeddings", self.default_ctx)))
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_rope_dimension_count(self.n_rot)
+        w.add_rope_scaling_orig_ctx_len(self._orig_ctx())
+        w.add_sliding_window(int(self.cfg.get("sliding_window") or 0))
+        if self.rope["rope_type"] in ("longrope", "su"):
+            ctx, orig = int(self.cfg.get("max_position_embeddings", self.default_ctx)), self._orig_ctx()
+            scale = ctx / orig  # transformers' Phi3 LongRoPE attention factor
+            attn = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0
+            w.add_rope_scaling_attn_factors(attn)
+
+    def _generated(self) -> list[PlannedSource]:
+        if self.rope["rope_type"] not in ("longrope", "su"):
+            return []
+        return [PlannedSource(f"rope_factors_{k}.weight", (self.n_rot // 2,),
+                              generate=lambda k=k: np.asarray(self.rope[f"{k}_factor"], dtype=np.float32))
+                for k in ("long", "short")]
+
+
 ARCHITECTURES: dict[str, type[Architecture]] = {
-    n: cls for cls in (Llama, Mistral, Mixtral, Qwen2, Qwen3, Qwen3Moe) for n in cls.hf_names
+    n: cls for cls in (Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe) for n in cls.hf_names
 }
 
 

@@ -6,9 +6,10 @@ models this converter reads, without an importance matrix:
 - 1-D tensors (norms, biases, rope factors) and ``*_norm.weight`` stay F32.
 - The output matrix, or the token embedding when the output is tied to it, becomes Q6_K
   (Q8_0 stays Q8_0; a row that does not divide the file type's block gives Q8_0).
-- ``attn_v``: Q2_K -> Q4_K if n_head/n_head_kv >= 4 else Q3_K; Q3_K_M -> Q5_K on the first two
-  layers, else Q4_K; Q4_K_M and Q5_K_M -> Q6_K where ``use_more_bits``; Q4_K_S -> Q5_K on the
-  first four layers; a 70B-class model bumps a Q3_K/Q4_K result to Q5_K.
+- ``attn_v`` (and phi3's fused ``attn_qkv``): Q2_K -> Q4_K if n_head/n_head_kv >= 4 else Q3_K;
+  Q3_K_M -> Q5_K on the first two layers, else Q4_K; Q4_K_M and Q5_K_M -> Q6_K where
+  ``use_more_bits``; Q4_K_S -> Q5_K on the first four layers; a 70B-class model bumps a Q3_K/Q4_K
+  result to Q5_K.
 - ``ffn_down``: Q2_K -> Q3_K; Q3_K_M -> Q5_K on the first n/16 layers, else Q4_K; Q4_K_M and
   Q5_K_M -> Q6_K where ``use_more_bits``; Q4_K_S -> Q5_K on the first n/8 layers.
 - ``attn_output``: Q2_K -> Q3_K; Q3_K_M -> Q4_K.
@@ -133,7 +134,7 @@ def _mix_rule(ft: FileType, model: ModelShape, name: str, ncols: int) -> GGMLQua
         if ncols % block_size(t) != 0:
             return Q.Q8_0
         return t if t == Q.Q8_0 else Q.Q6_K
-    if name.endswith("attn_v.weight"):
+    if name.endswith(("attn_v.weight", "attn_qkv.weight")):  # a fused q/k/v (phi3) counts as attn_v
         i = _layer(name)
         if f == LlamaFileType.MOSTLY_Q2_K:
             t = Q.Q4_K if model.n_gqa >= 4 else Q.Q3_K

@@ -209,6 +209,7 @@ void CudaBackend::init_rope(const Config & c, const float * freq_factors) {
              opt_.head_dim);
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
+    rope_mscale_ = c.rope_attn_factor;
     std::vector<float> inv(size_t(std::max(c.n_rot / 2, 1)));
     for (int i = 0; i < c.n_rot / 2; ++i) {  // as the CPU backend computes them
         double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
@@ -251,7 +252,7 @@ void CudaBackend::begin_batch(const BatchInfo & b) {
     SL_CUDA_CHECK(cudaMemcpyAsync(d_batch_ + 2 * opt_.n_batch, chunks, sizeof(int32_t) * (nc + 1),
                                   cudaMemcpyHostToDevice, stream_));
     SL_CUDA_CHECK(cudaEventRecord(batch_copied_, stream_));
-    rope_tables(d_batch_, d_inv_freq_, n, n_rot_, d_cos_, d_sin_, stream_);
+    rope_tables(d_batch_, d_inv_freq_, n, n_rot_, rope_mscale_, d_cos_, d_sin_, stream_);
     n_tok_ = n;
 }
 

@@ -78,6 +78,7 @@ private:
 
     int n_rot_ = 0;
     bool rope_neox_ = false;
+    float rope_mscale_ = 1.0f;  // Config::rope_attn_factor
     int chunk_tokens_ = 1;
 
     // Current batch.

@@ -6,14 +6,14 @@ namespace sl::cuda {
 namespace {
 
 __global__ void rope_tables_kernel(const int * __restrict__ pos, const float * __restrict__ inv_freq, int n, int half,
-                                   float * __restrict__ cos_t, float * __restrict__ sin_t) {
+                                   double mscale, float * __restrict__ cos_t, float * __restrict__ sin_t) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const int t = i / half, j = i % half;
     double s, c;
     sincos(double(pos[t]) * double(inv_freq[j]), &s, &c);  // double: unaffected by fast math
-    cos_t[i] = float(c);
-    sin_t[i] = float(s);
+    cos_t[i] = float(c * mscale);
+    sin_t[i] = float(s * mscale);
 }
 
 // One block per token; threads over (head, pair).
@@ -36,11 +36,11 @@ __global__ void rope_kernel(float * __restrict__ q, float * __restrict__ k, cons
 
 }  // namespace
 
-void rope_tables(const int * pos, const float * inv_freq, int n_tok, int n_rot, float * cos_t, float * sin_t,
-                 cudaStream_t stream) {
+void rope_tables(const int * pos, const float * inv_freq, int n_tok, int n_rot, float mscale, float * cos_t,
+                 float * sin_t, cudaStream_t stream) {
     const int n = n_tok * (n_rot / 2);
     if (n <= 0) return;
-    rope_tables_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(pos, inv_freq, n, n_rot / 2, cos_t, sin_t);
+    rope_tables_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(pos, inv_freq, n, n_rot / 2, double(mscale), cos_t, sin_t);
     SL_CUDA_LAUNCHED("rope_tables");
 }
 

@@ -1,5 +1,6 @@
 // Rotary embedding on the GPU. rope_tables fills cos/sin (n_tok, n_rot / 2) for the batch's
-// positions (theta = pos * inv_freq[i], evaluated in double as the CPU backend does); rope
+// positions (theta = pos * inv_freq[i], evaluated in double as the CPU backend does, both times
+// mscale); rope
 // rotates q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim) in place: NEOX
 // pairs (i, i + n_rot / 2), NORM pairs (2i, 2i + 1); dimensions past n_rot are left alone.
 #pragma once
@@ -8,8 +9,8 @@
 
 namespace sl::cuda {
 
-void rope_tables(const int * pos, const float * inv_freq, int n_tok, int n_rot, float * cos_t, float * sin_t,
-                 cudaStream_t stream);
+void rope_tables(const int * pos, const float * inv_freq, int n_tok, int n_rot, float mscale, float * cos_t,
+                 float * sin_t, cudaStream_t stream);
 
 struct RopeShape {
     int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;

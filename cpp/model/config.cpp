@@ -40,13 +40,17 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.arch = Arch::Qwen3;
         c.rope_neox = true;
         c.has_qk_norm = true;
+    } else if (c.arch_name == "phi3") {
+        c.arch = Arch::Phi3;
+        c.rope_neox = true;
+        c.fused_qkv = true;
     } else if (c.arch_name == "qwen3moe") {
         c.arch = Arch::Qwen3Moe;
         c.rope_neox = true;
         c.has_qk_norm = true;
     } else {
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2, qwen3, qwen3moe)", f.path().c_str(), c.arch_name.c_str()));
+                               "qwen2, qwen3, qwen3moe, phi3)", f.path().c_str(), c.arch_name.c_str()));
     }
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
@@ -67,6 +71,13 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
+    c.n_ctx_orig = f.find(a + "rope.scaling.original_context_length")
+                       ? get_dim(f, a + "rope.scaling.original_context_length", 1, 1 << 24)
+                       : c.n_ctx_train;
+    c.rope_attn_factor = float(f.get_float(a + "rope.scaling.attn_factor", 1.0));
+    if (!(c.rope_attn_factor > 0) || c.rope_attn_factor > 100)
+        throw GGUFError(strfmt("%s: bad %srope.scaling.attn_factor", f.path().c_str(), a.c_str()));
+    if (f.find(a + "attention.sliding_window")) c.n_swa = get_dim(f, a + "attention.sliding_window", 0, 1 << 30);
     c.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
         throw GGUFError(strfmt("%s: bad %sattention.layer_norm_rms_epsilon", f.path().c_str(), a.c_str()));

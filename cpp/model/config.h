@@ -7,11 +7,11 @@ namespace sl {
 
 class GGUFFile;
 
-enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe };
+enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3 };
 
 struct Config {
     Arch arch = Arch::Llama;
-    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe"
+    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -31,9 +31,13 @@ struct Config {
     int n_rot = 0;              // rotated dimensions of each head
     float rope_base = 10000.0f;
     float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
+    float rope_attn_factor = 1.0f;  // cos and sin scaled by it (LongRoPE's magnitude correction)
+    int n_ctx_orig = 0;         // context of the short rotary factors (LongRoPE; rope_factors_short/long)
+    int n_swa = 0;              // sliding attention window (0: none)
     bool rope_neox = false;     // NeoX layout pairs (i, i + n_rot/2); else (2i, 2i + 1)
     bool has_qkv_bias = false;
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
+    bool fused_qkv = false;     // attn_qkv (q; k; v rows) and ffn_up (gate; up rows) tensors (phi3)
 
     int n_gqa() const { return n_head / n_head_kv; }
     int q_dim() const { return n_head * head_dim; }

@@ -123,6 +123,7 @@ void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
     }
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
+    rope_mscale_ = double(c.rope_attn_factor);
     for (int i = 0; i < c.n_rot / 2; ++i) {
         double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
         if (freq_factors) f /= double(freq_factors[i]);
@@ -139,8 +140,8 @@ void CpuBackend::begin_batch(const BatchInfo & b) {
     for (int t = 0; t < b.n_tok; ++t) {
         for (int i = 0; i < half; ++i) {
             const double theta = double(b.pos[t]) * double(inv_freq_[i]);
-            cos_[size_t(t) * half + i] = float(std::cos(theta));
-            sin_[size_t(t) * half + i] = float(std::sin(theta));
+            cos_[size_t(t) * half + i] = float(std::cos(theta) * rope_mscale_);
+            sin_[size_t(t) * half + i] = float(std::sin(theta) * rope_mscale_);
         }
     }
 }

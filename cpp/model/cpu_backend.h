@@ -104,6 +104,7 @@ private:
     // Rotary embedding: inverse frequencies (n_rot / 2) and per-batch cos/sin (n_tok, n_rot / 2).
     int n_rot_ = 0;
     bool rope_neox_ = false;
+    double rope_mscale_ = 1.0;  // cos and sin scaled by it (Config::rope_attn_factor)
     int q_heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
     std::vector<float> inv_freq_;
     std::vector<float> cos_, sin_;

@@ -54,11 +54,15 @@ WeightRef matrix(const GGUFFile & f, const Config & c, const std::string & name,
 
 }  // namespace
 
-WeightRef expert_slice(const WeightRef & w, int e, int n_expert) {
+WeightRef row_slice(const WeightRef & w, int64_t r0, int64_t n) {
     WeightRef s = w;
-    s.rows = w.rows / n_expert;
-    s.data = static_cast<const uint8_t *>(w.data) + w.nbytes() / size_t(n_expert) * size_t(e);
+    s.rows = n;
+    s.data = static_cast<const uint8_t *>(w.data) + row_size(w.type, w.K) * size_t(r0);
     return s;
+}
+
+WeightRef expert_slice(const WeightRef & w, int e, int n_expert) {
+    return row_slice(w, w.rows / n_expert * e, w.rows / n_expert);
 }
 
 Model::Model(const std::string & path, const ModelParams & params, DryRun) : params_(params) {
@@ -106,15 +110,29 @@ void Model::load_weights() {
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
     w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
     if (f.find_tensor("rope_freqs.weight")) w_.rope_freqs = vector_f32(f, c, "rope_freqs.weight", c.n_rot / 2);
+    if (f.find_tensor("rope_factors_long.weight")) {  // LongRoPE: the long factors past the original context
+        const bool longer = params_.n_ctx / params_.n_seq_max > c.n_ctx_orig;
+        w_.rope_freqs = vector_f32(f, c, longer ? "rope_factors_long.weight" : "rope_factors_short.weight", c.n_rot / 2);
+    }
+    if (c.n_swa > 0 && params_.n_ctx / params_.n_seq_max > c.n_swa + 1)
+        throw Error(strfmt("%s: sliding-window attention (a window of %d tokens) is not supported; load it with a "
+                           "context of at most %d tokens per sequence", f.path().c_str(), c.n_swa, c.n_swa + 1));
 
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
-        L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
-        L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+        if (c.fused_qkv) {  // one tensor, its rows q, then k, then v
+            const WeightRef qkv = matrix(f, c, b + "attn_qkv.weight", c.q_dim() + 2 * c.kv_dim(), c.n_embd);
+            L.wq = row_slice(qkv, 0, c.q_dim());
+            L.wk = row_slice(qkv, c.q_dim(), c.kv_dim());
+            L.wv = row_slice(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
+        } else {
+            L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
+            L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
+            L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+        }
         L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
         // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
         // checkpoints), as is the output projection's for both.
@@ -134,6 +152,11 @@ void Model::load_weights() {
             L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
             L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
             L.down_exps = matrix(f, c, b + "ffn_down_exps.weight", c.n_embd, c.n_ff_exp, c.n_expert);
+        } else if (c.fused_qkv) {  // ffn_up holds the gate rows, then the up rows
+            const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
+            L.w_gate = row_slice(gate_up, 0, c.n_ff);
+            L.w_up = row_slice(gate_up, c.n_ff, c.n_ff);
+            L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
         } else {
             L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
             L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);

@@ -46,7 +46,8 @@ struct LayerWeights {
     bool moe() const { return gate_inp.rows > 0; }
 };
 
-// Expert e of a stacked expert matrix of n_expert experts.
+// Rows [r0, r0 + n) of a matrix (a part of a fused tensor); expert e of a stacked expert matrix.
+WeightRef row_slice(const WeightRef & w, int64_t r0, int64_t n);
 WeightRef expert_slice(const WeightRef & w, int e, int n_expert);
 
 struct Weights {

@@ -64,6 +64,14 @@ def test_tiny_qwen3_model(tmp_path):
     check_against_cpu(str(path), PROMPT)
 
 
+def test_tiny_phi3_model(tmp_path):
+    """Fused q/k/v and gate/up matrices (row slices of one tensor), partial rotary."""
+    cfg = TinyConfig(arch="phi3", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, n_rot=16, seed=9)
+    path = tmp_path / "tiny-phi3-q4k.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
+    check_against_cpu(str(path), PROMPT)
+
+
 def test_tiny_model_kv_on_cpu(tiny_path):
     check_against_cpu(tiny_path, PROMPT, offload_kqv=False)
 
