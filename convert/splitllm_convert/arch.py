@@ -462,7 +462,7 @@ class Qwen3Moe(Architecture):
 
 
 class Phi3(Architecture):
-    """Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4-mini): q/k/v in one projection and gate/up in
+    """Phi3ForCausalLM (Phi-3, Phi-3.5-mini): q/k/v in one projection and gate/up in
     another (kept fused, as llama.cpp's phi3 reads them), NEOX rope over ``partial_rotary_factor``
     of each head, LongRoPE's factors as the rope_factors_short/long tensors with the attention
     factor transformers computes for them."""
