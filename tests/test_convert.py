@@ -596,8 +596,32 @@ def test_missing_expert_is_named(tmp_path: Path) -> None:
     ],
 )
 def test_bad_expert_config(tmp_path: Path, over: dict[str, Any], match: str) -> None:
+    _bad_config(tmp_path, "qwen3_moe", over, match)
+
+
+ORIG8 = {"original_max_position_embeddings": 8}
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"partial_rotary_factor": 1.5}, "'partial_rotary_factor' must be in"),
+        ({"rope_scaling": {**PHI3_LONGROPE, "long_factor": [1.0] * 3}, **ORIG8},
+         r"rope_scaling.long_factor must be a list of 8 positive numbers"),
+        ({"rope_scaling": {**PHI3_LONGROPE, "short_factor": [0.0] * 8}, **ORIG8},
+         r"rope_scaling.short_factor must be a list of 8 positive numbers"),
+        ({"rope_scaling": PHI3_LONGROPE, "original_max_position_embeddings": 1},
+         "needs 'original_max_position"),
+        ({"rope_scaling": {"rope_type": "ntk"}}, r"'ntk' is not supported \(supported: .*longrope"),
+    ],
+)
+def test_bad_phi3_config(tmp_path: Path, over: dict[str, Any], match: str) -> None:
+    _bad_config(tmp_path, "phi3", over, match)
+
+
+def _bad_config(tmp_path: Path, arch: str, over: dict[str, Any], match: str) -> None:
     d = tmp_path / "hf"
-    F.tiny_model(d, "qwen3_moe")
+    F.tiny_model(d, arch)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **over}))
     with pytest.raises(ConvertError, match=match):

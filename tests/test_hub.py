@@ -117,8 +117,14 @@ def test_from_pretrained_needs_one_match(hub, tmp_path, pattern, match):
     assert hub.downloads == []
 
 
-def test_split_gguf_is_refused_by_name(tmp_path):
+def test_split_gguf_is_refused_by_name(hub, tmp_path):
     path = tmp_path / "tiny-00001-of-00003.gguf"
     write_gguf(make_weights(TinyConfig()), path, metadata={"split.count": 3, "split.no": 0})
     with pytest.raises(ValueError, match=r"tiny-00001-of-00003.gguf: part 1 of a GGUF split in 3 files"):
         Model(path, n_ctx=64)
+    write_gguf(make_weights(TinyConfig()), path, metadata={"split.count": "two"})
+    with pytest.raises(ValueError, match=r"metadata 'split.count' must be an integer"):
+        Model(path, n_ctx=64)
+    with pytest.raises(ValueError, match="additional_files: splitllm reads whole GGUF files"):
+        Model.from_pretrained(REPO, "*Q8_0.gguf", additional_files=["*-00002-of-00002.gguf"])
+    assert hub.downloads == []

@@ -223,7 +223,7 @@ class Architecture:
         elif kind not in ("default", "linear", "llama3", "yarn", *self.extra_rope_types):
             raise ConvertError(
                 f"{config_path}: rope scaling type {kind!r} is not supported "
-                "(supported: linear, llama3, yarn)"
+                f"(supported: {', '.join(('linear', 'llama3', 'yarn', *self.extra_rope_types))})"
             )
         if kind == "yarn" and "original_max_position_embeddings" not in rope:
             raise ConvertError(f"{config_path}: yarn rope scaling needs 'original_max_position_embeddings'")
@@ -496,13 +496,17 @@ class Phi3(Architecture):
         if self.rope["rope_type"] in ("longrope", "su"):
             for key in ("long_factor", "short_factor"):
                 f = self.rope.get(key)
-                if not isinstance(f, list) or len(f) != self.n_rot // 2:
+                if not isinstance(f, list) or len(f) != self.n_rot // 2 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in f
+                ):
                     raise ConvertError(
-                        f"{config_path}: rope_scaling.{key} must be a list of {self.n_rot // 2} numbers"
+                        f"{config_path}: rope_scaling.{key} must be a list of {self.n_rot // 2} positive "
+                        "numbers"
                     )
-            if not isinstance(cfg.get("original_max_position_embeddings", self.rope.get(
-                    "original_max_position_embeddings")), int):
-                raise ConvertError(f"{config_path}: LongRoPE needs 'original_max_position_embeddings'")
+            key = "original_max_position_embeddings"
+            orig = cfg.get(key, self.rope.get(key))
+            if not isinstance(orig, int) or isinstance(orig, bool) or orig < 2:
+                raise ConvertError(f"{config_path}: LongRoPE needs 'original_max_position_embeddings' (>= 2)")
 
     def dims(self) -> dict[str, int]:
         d = super().dims()

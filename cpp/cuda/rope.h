@@ -1,8 +1,8 @@
 // Rotary embedding on the GPU. rope_tables fills cos/sin (n_tok, n_rot / 2) for the batch's
-// positions (theta = pos * inv_freq[i], evaluated in double as the CPU backend does, both times
-// mscale); rope
-// rotates q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim) in place: NEOX
-// pairs (i, i + n_rot / 2), NORM pairs (2i, 2i + 1); dimensions past n_rot are left alone.
+// positions (theta = pos * inv_freq[i], evaluated in double as the CPU backend does; both times
+// mscale); rope rotates q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim) in
+// place: NEOX pairs (i, i + n_rot / 2), NORM pairs (2i, 2i + 1); dimensions past n_rot are left
+// alone.
 #pragma once
 
 #include <cuda_runtime_api.h>

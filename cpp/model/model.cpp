@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -109,14 +110,24 @@ void Model::load_weights() {
         throw GGUFError(strfmt("%s: token_embd.weight type %s cannot be read", f.path().c_str(), et->name));
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
     w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
-    if (f.find_tensor("rope_freqs.weight")) w_.rope_freqs = vector_f32(f, c, "rope_freqs.weight", c.n_rot / 2);
-    if (f.find_tensor("rope_factors_long.weight")) {  // LongRoPE: the long factors past the original context
-        const bool longer = params_.n_ctx / params_.n_seq_max > c.n_ctx_orig;
-        w_.rope_freqs = vector_f32(f, c, longer ? "rope_factors_long.weight" : "rope_factors_short.weight", c.n_rot / 2);
+    // Rotary frequency divisors: llama3's rope_freqs, or LongRoPE's long factors past the original
+    // context and its short ones within it (llama.cpp's choice, by the context of a sequence).
+    const char * factors = f.find_tensor("rope_factors_long.weight")
+                               ? (params_.n_ctx / params_.n_seq_max > c.n_ctx_orig ? "rope_factors_long.weight"
+                                                                                    : "rope_factors_short.weight")
+                               : "rope_freqs.weight";
+    if (f.find_tensor(factors)) {
+        w_.rope_freqs = vector_f32(f, c, factors, c.n_rot / 2);
+        for (int i = 0; i < c.n_rot / 2; ++i)
+            if (!(w_.rope_freqs[i] > 0) || !std::isfinite(w_.rope_freqs[i]))
+                throw GGUFError(strfmt("%s: tensor '%s' holds %g at %d; rotary factors must be positive",
+                                       f.path().c_str(), factors, double(w_.rope_freqs[i]), i));
     }
-    if (c.n_swa > 0 && params_.n_ctx / params_.n_seq_max > c.n_swa + 1)
-        throw Error(strfmt("%s: sliding-window attention (a window of %d tokens) is not supported; load it with a "
-                           "context of at most %d tokens per sequence", f.path().c_str(), c.n_swa, c.n_swa + 1));
+    // phi3's sliding window is not applied: llama.cpp runs these models with full attention too.
+    if (c.n_swa > 0 && params_.n_ctx / params_.n_seq_max > c.n_swa)
+        warnings_.push_back(strfmt("%s: the model's sliding attention window (%d tokens) is not applied: past it "
+                                   "every token attends to the whole context, as in llama.cpp", f.path().c_str(),
+                                   c.n_swa));
 
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {

@@ -319,6 +319,8 @@ class _Service:
             raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
         if plan is not None and plan.grammar is not None:
             grammar = plan.grammar
+        thinking = (body.reasoning_format or self.reasoning_format) == "deepseek"
+        inside = thinking and self.model.opens_thinking(tokens)
         runs: list[_Run] = []
         try:
             for k in range(body.n):
@@ -332,8 +334,6 @@ class _Service:
             raise
         head = chat_head(name)
         want_lps = body.n_logprobs is not None
-        thinking = (body.reasoning_format or self.reasoning_format) == "deepseek"
-        inside = thinking and self.model.opens_thinking(tokens)
         splitters = {r.index: ReasoningSplitter(inside=inside) for r in runs} if thinking else {}
         if body.stream:
             return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage, plan, splitters))

@@ -180,7 +180,10 @@ class Model:
         # arrays are tens of MB of Python objects for a large vocabulary).
         with GGUFFile(path) as gf:
             metadata = gf.metadata
-            if int(metadata.get("split.count", 1)) > 1:
+            count = metadata.get("split.count", 1)
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise ValueError(f"{path}: metadata 'split.count' must be an integer (got {count!r})")
+            if count > 1:
                 part = int(metadata.get("split.no", 0)) + 1
                 raise ValueError(f"{path}: part {part} of a GGUF split in {metadata['split.count']} files; "
                                  "splitllm reads whole files (join them with llama-gguf-split --merge)")
@@ -256,13 +259,18 @@ class Model:
     def from_pretrained(
         cls, repo_id: str, filename: str, *, revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None, local_dir: str | os.PathLike[str] | None = None,
-        **kwargs: Any,
+        additional_files: Sequence[str] | None = None, **kwargs: Any,
     ) -> Model:
         """A model from a GGUF file on the Hugging Face Hub (llama-cpp-python's
         ``Llama.from_pretrained``): ``filename`` is a name or a glob matching one file of
-        ``repo_id``, downloaded once (see :mod:`splitllm.hub`); ``kwargs`` go to ``Model``."""
+        ``repo_id``, downloaded once (see :mod:`splitllm.hub`); ``kwargs`` go to ``Model``.
+        ``additional_files`` (the other parts of a split model) are refused: splitllm reads
+        whole GGUF files."""
         from splitllm.hub import download
 
+        if additional_files:
+            raise ValueError("additional_files: splitllm reads whole GGUF files, not the parts of a split "
+                             "one (join them with llama-gguf-split --merge)")
         return cls(download(repo_id, filename, revision=revision, cache_dir=cache_dir, local_dir=local_dir),
                    **kwargs)
 

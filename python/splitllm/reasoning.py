@@ -11,7 +11,7 @@ it is.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from splitllm.completions import CompletionChunk
@@ -21,6 +21,7 @@ OPEN, CLOSE = "<think>", "</think>"
 
 
 def check_reasoning_format(fmt: Any) -> str:
+    """``fmt`` if it is a reasoning format (ValueError otherwise)."""
     if fmt not in REASONING_FORMATS:
         raise ValueError(f"reasoning_format must be one of {', '.join(REASONING_FORMATS)} (got {fmt!r})")
     return fmt
@@ -60,6 +61,7 @@ class ReasoningSplitter:
         return body
 
     def push(self, text: str) -> tuple[str, str]:
+        """The (reasoning, content) that ``text`` makes safe to give out (some may be held back)."""
         self._buf += text
         reasoning = content = ""
         if self._mode == "start":
@@ -106,8 +108,3 @@ def split_reasoning(chunks: Iterable[CompletionChunk], *, inside: bool = False) 
     splitter = ReasoningSplitter(inside=inside)
     for c in chunks:
         yield splitter.chunk(c)
-
-
-def reasoning_of(chunks: Sequence[CompletionChunk]) -> str | None:
-    """A whole answer's reasoning_content (None when there is none)."""
-    return "".join(c.reasoning for c in chunks) or None

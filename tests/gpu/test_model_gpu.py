@@ -65,8 +65,13 @@ def test_tiny_qwen3_model(tmp_path):
 
 
 def test_tiny_phi3_model(tmp_path):
-    """Fused q/k/v and gate/up matrices (row slices of one tensor), partial rotary."""
-    cfg = TinyConfig(arch="phi3", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, n_rot=16, seed=9)
+    """Fused q/k/v and gate/up matrices (row slices of one tensor), partial rotary, LongRoPE's
+    factors and attention factor (cos/sin scaled on the GPU)."""
+    longrope = {"rope_type": "longrope", "original_max_position_embeddings": 32,  # long factors at n_ctx 256
+                "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                "long_factor": [1.0 + 2.0 * i for i in range(8)]}
+    cfg = TinyConfig(arch="phi3", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, n_rot=16,
+                     rope_scaling=longrope, n_ctx_train=1024, seed=9)
     path = tmp_path / "tiny-phi3-q4k.gguf"
     write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
     check_against_cpu(str(path), PROMPT)
