@@ -17,21 +17,18 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from splitllm import _core
-from splitllm.chat import CHATML_TEMPLATE, ChatTemplate, template_variables
+from splitllm.chat import CHATML_TEMPLATE, ChatTemplate
 from splitllm.completions import (
     CompletionChunk,
     Echo,
     TokenText,
-    chat_chunks,
-    chat_head,
-    chat_response,
     check_max_tokens,
     completion_chunks,
     completion_head,
@@ -40,27 +37,28 @@ from splitllm.completions import (
     stop_list,
 )
 from splitllm.gguf_file import GGUFFile
-from splitllm.grammar import Grammar, as_grammar, response_grammar, sample_with_grammar
-from splitllm.logprobs import PromptLogprobs, TokenLogprob, chat_n_top, check_n_top, token_logprob
-from splitllm.reasoning import check_reasoning_format, prompt_opens_thinking, split_reasoning
-from splitllm.sampling import Sampler, SamplingParams
+from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
+from splitllm.logprobs import PromptLogprobs, TokenLogprob, check_n_top, token_logprob
+from splitllm.model_chat import ChatMethods
+from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitllm.model's too
+    LLAMA_POOLING_TYPE_CLS,
+    LLAMA_POOLING_TYPE_LAST,
+    LLAMA_POOLING_TYPE_MEAN,
+    LLAMA_POOLING_TYPE_NONE,
+    LLAMA_POOLING_TYPE_RANK,
+    LLAMA_POOLING_TYPE_UNSPECIFIED,
+    POOLING_NAMES,
+    EmbeddingMethods,
+    pool_embeddings,
+    pooling_type_of,
+)
+from splitllm.sampling import LogitsHook, Sampler, SamplingParams, StopHook
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
-from splitllm.tools import tool_chat_chunks, tool_chat_response, tool_plan
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
-LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, scores) -> scores
-StopHook = Callable[[np.ndarray, np.ndarray], bool]  # (input_ids, logits) -> stop
 MAX_SPECULATIVE_PASS = 16  # tokens in one pass that checks a draft model's guesses
 
-# Pooling of embeddings, with llama.cpp's values (llama_pooling_type).
-LLAMA_POOLING_TYPE_UNSPECIFIED = -1  # the model's own (GGUF ``{arch}.pooling_type``; none without it)
-LLAMA_POOLING_TYPE_NONE = 0  # one embedding per token
-LLAMA_POOLING_TYPE_MEAN = 1
-LLAMA_POOLING_TYPE_CLS = 2  # the first token's
-LLAMA_POOLING_TYPE_LAST = 3
-LLAMA_POOLING_TYPE_RANK = 4  # a reranker's score: needs a classifier head, not supported
-POOLING_NAMES = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 
 
 @dataclass(frozen=True)
@@ -99,39 +97,7 @@ class ModelState:
             raise ValueError(f"{os.fspath(path)}: not a saved model state ({e})") from None
 
 
-def pooling_type_of(value: int | str | None, metadata: Mapping[str, Any]) -> int:
-    """A pooling type (a llama.cpp value or its name); unspecified: the model's, none without one."""
-    if isinstance(value, str):
-        if value.lower() not in POOLING_NAMES:
-            raise ValueError(f"pooling_type must be one of {sorted(POOLING_NAMES)} or -1..4 (got {value!r})")
-        value = POOLING_NAMES[value.lower()]
-    if value is None or value == LLAMA_POOLING_TYPE_UNSPECIFIED:
-        arch = metadata.get("general.architecture", "")
-        value = int(metadata.get(f"{arch}.pooling_type", LLAMA_POOLING_TYPE_NONE))
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4:
-        raise ValueError(f"pooling_type must be -1..4 or a name (got {value!r})")
-    if value == LLAMA_POOLING_TYPE_RANK:
-        raise ValueError("pooling_type rank (a reranker's score) is not supported")
-    return value
-
-
-def pool_embeddings(rows: np.ndarray, pooling: int, normalize: bool) -> np.ndarray:
-    """A text's token embeddings (n, n_embd) pooled (float64): all of them (none), their mean, the
-    first or the last; ``normalize``: each vector to unit length."""
-    x = np.asarray(rows, dtype=np.float64)
-    if pooling == LLAMA_POOLING_TYPE_MEAN:
-        x = x.mean(axis=0, keepdims=True)
-    elif pooling == LLAMA_POOLING_TYPE_CLS:
-        x = x[:1]
-    elif pooling == LLAMA_POOLING_TYPE_LAST:
-        x = x[-1:]
-    if normalize:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms == 0.0, 1.0, norms)
-    return x
-
-
-class Model:
+class Model(EmbeddingMethods, ChatMethods):
     """A GGUF model loaded for inference.
 
     Follows ``llama_cpp.Llama``: same argument names, same result shapes. Weights stay in the
@@ -441,63 +407,6 @@ class Model:
         self._history = toks
         self._prompt_end = (toks, len(toks), logits.copy())
         return logits
-
-    # ---- embeddings ----
-
-    def n_embd(self) -> int:
-        return int(self._engine().n_embd)
-
-    def pooling_type(self) -> int:
-        """How ``embed`` pools a text's token embeddings (``LLAMA_POOLING_TYPE_*``): the argument, or
-        the model's own. ValueError for a reranker's (rank), which is not supported."""
-        return pooling_type_of(self._pooling_arg, self._metadata)
-
-    def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
-        """The final hidden state (after the output norm) at every position of ``tokens`` read from
-        scratch: (len, n_embd) float32, what llama.cpp returns as embeddings."""
-        toks = self._check_tokens(tokens)
-        if not toks:
-            raise ValueError("cannot embed an empty text")
-        self._history = []
-        rows = self._decode(toks, 0, all_logits=True, embeddings=True)
-        self._history = toks
-        return rows
-
-    def embed(self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
-              return_count: bool = False) -> Any:
-        """Embeddings of a text or a list of texts, as llama-cpp-python's ``Llama.embed``: with pooling
-        none, a list of per-token vectors per text; otherwise one vector per text (mean, first or last
-        token). ``normalize``: unit length (L2). ``truncate``: texts longer than the context are cut
-        (else ValueError). ``return_count``: also the number of tokens read."""
-        if not self._embedding:
-            raise RuntimeError("Model must be created with embedding=True to call embed()")
-        texts = [input] if isinstance(input, str) else list(input)
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("input must be a string or a list of strings")
-        data: list[Any] = []
-        total = 0
-        for text in texts:
-            toks = self.tokenize(text.encode("utf-8"))
-            if len(toks) > self._seq_ctx:
-                if not truncate:
-                    raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of "
-                                     f"{self._seq_ctx}")
-                toks = toks[: self._seq_ctx]
-            total += len(toks)
-            pooling = self.pooling_type()
-            out = pool_embeddings(self.token_embeddings(toks), pooling, normalize).tolist()
-            data.append(out if pooling == LLAMA_POOLING_TYPE_NONE else out[0])
-        result = data[0] if isinstance(input, str) else data
-        return (result, total) if return_count else result
-
-    def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:
-        """OpenAI's (and llama-cpp-python's) embeddings response for a text or a list of texts."""
-        data, total = self.embed(input, return_count=True)
-        if isinstance(input, str):
-            data = [data]
-        return {"object": "list", "model": model if model is not None else self.model_path,
-                "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
-                "usage": {"prompt_tokens": total, "total_tokens": total}}
 
     # ---- saved states ----
 
@@ -880,110 +789,3 @@ class Model:
         self, prompt: str | Sequence[int], **kwargs: Any
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         return self.create_completion(prompt, **kwargs)
-
-    # ---- chat ----
-
-    def chat_template(self) -> ChatTemplate:
-        self._engine()
-        if self._chat is None:
-            tok = self.tokenizer
-            bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
-            eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
-            self._chat = ChatTemplate(self._chat_template_source, bos_token=bos, eos_token=eos)
-        return self._chat
-
-    def apply_chat_template(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
-    ) -> list[int]:
-        """Renders messages (and ``tools``) with the model's chat template and tokenizes the result;
-        ``chat_template_kwargs``: more template variables (llama-server's name), e.g.
-        ``{"enable_thinking": False}`` for Qwen3."""
-        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                           **template_variables(chat_template_kwargs))
-        return self.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-
-    def create_chat_completion(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        temperature: float = 0.2,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        min_p: float = 0.05,
-        stream: bool = False,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        max_tokens: int | None = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        model: str | None = None,
-        logit_bias: Mapping[Any, float] | None = None,
-        logprobs: bool | None = None,
-        top_logprobs: int | None = None,
-        response_format: Mapping[str, Any] | None = None,
-        grammar: Grammar | str | None = None,
-        logits_processor: LogitsHook | None = None,
-        stopping_criteria: StopHook | None = None,
-        *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: str | Mapping[str, Any] | None = None,
-        functions: Sequence[Mapping[str, Any]] | None = None,
-        function_call: str | Mapping[str, Any] | None = None,
-        parallel_tool_calls: bool = True,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
-        reasoning_format: str = "none",
-    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
-        gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
-        ``response_format``: ``{"type": "json_object"}`` (any JSON object, or one following a
-        ``"schema"`` given there, as llama-cpp-python takes it) or ``{"type": "json_schema",
-        "json_schema": {"schema": ...}}`` (OpenAI's); ``grammar``: any grammar. ``tools`` /
-        ``tool_choice`` (or the legacy ``functions`` / ``function_call``): tool calls in the answer's
-        ``message.tool_calls`` (see :mod:`splitllm.tools`). ``chat_template_kwargs``: more variables
-        for the chat template (see :meth:`apply_chat_template`). ``reasoning_format="deepseek"``:
-        a ``<think>`` block opening the answer goes to ``message.reasoning_content`` (llama-server's
-        option; see :mod:`splitllm.reasoning`); ``"none"`` (llama-cpp-python's behaviour) keeps it."""
-        check_reasoning_format(reasoning_format)
-        n_top = chat_n_top(logprobs, top_logprobs)
-        constraint = response_grammar(response_format, grammar)
-        plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
-                         function_call=function_call, parallel_tool_calls=parallel_tool_calls,
-                         constrained=constraint is not None)
-        tokens, stops = self.chat_prompt(messages, stop, tools=plan.tools if plan else None,
-                                         chat_template_kwargs=chat_template_kwargs)
-        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
-                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed, logprobs=n_top,
-                             grammar=plan.grammar if plan and plan.grammar else constraint,
-                             logits_processor=logits_processor, stopping_criteria=stopping_criteria)
-        if reasoning_format == "deepseek":
-            chunks = split_reasoning(chunks, inside=self.opens_thinking(tokens))
-        head = chat_head(model if model is not None else self.model_path)
-        if plan is not None:
-            shape = tool_chat_chunks if stream else tool_chat_response
-            return shape(plan, head, chunks, n_top is not None)
-        if stream:
-            return chat_chunks(head, chunks, n_top is not None)
-        return chat_response(head, chunks, n_top is not None)
-
-    def opens_thinking(self, prompt_tokens: Sequence[int]) -> bool:
-        """Whether a chat prompt leaves a ``<think>`` block open for the answer."""
-        tail = self.detokenize(list(prompt_tokens)[-8:], special=True)
-        return prompt_opens_thinking(tail.decode("utf-8", errors="replace"))
-
-    def chat_prompt(
-        self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None, *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
-    ) -> tuple[list[int], list[str]]:
-        """The prompt tokens of a chat completion and its stop strings (``stop`` and the
-        template's end-of-sequence text); ``tools``: offered to the model (already checked)."""
-        tokens = self.apply_chat_template(messages, tools=tools, chat_template_kwargs=chat_template_kwargs)
-        stops = stop_list(stop)
-        eos_text = self.chat_template().eos_token
-        if eos_text and eos_text not in stops:
-            stops.append(eos_text)
-        return tokens, stops

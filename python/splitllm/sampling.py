@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from splitllm import _core
+
+LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, scores) -> scores
+StopHook = Callable[[np.ndarray, np.ndarray], bool]  # (input_ids, logits) -> stop
 
 __all__ = ["LogitsProcessorList", "Sampler", "SamplingParams", "StoppingCriteriaList", "random_seed"]
 

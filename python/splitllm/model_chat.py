@@ -1,0 +1,124 @@
+"""Chat completions of a :class:`~splitllm.model.Model`: the chat template, tools, reasoning
+and the OpenAI-shaped ``create_chat_completion``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from splitllm.chat import ChatTemplate, template_variables
+from splitllm.completions import chat_chunks, chat_head, chat_response, stop_list
+from splitllm.grammar import Grammar, response_grammar
+from splitllm.logprobs import chat_n_top
+from splitllm.reasoning import check_reasoning_format, prompt_opens_thinking, split_reasoning
+from splitllm.sampling import LogitsHook, StopHook
+from splitllm.tools import tool_chat_chunks, tool_chat_response, tool_plan
+
+
+class ChatMethods:
+    """The chat calls of :class:`~splitllm.model.Model` (which holds the state they use)."""
+
+    def chat_template(self) -> ChatTemplate:
+        self._engine()
+        if self._chat is None:
+            tok = self.tokenizer
+            bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
+            eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
+            self._chat = ChatTemplate(self._chat_template_source, bos_token=bos, eos_token=eos)
+        return self._chat
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """Renders messages (and ``tools``) with the model's chat template and tokenizes the result;
+        ``chat_template_kwargs``: more template variables (llama-server's name), e.g.
+        ``{"enable_thinking": False}`` for Qwen3."""
+        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                           **template_variables(chat_template_kwargs))
+        return self.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def create_chat_completion(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        stream: bool = False,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        model: str | None = None,
+        logit_bias: Mapping[Any, float] | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        grammar: Grammar | str | None = None,
+        logits_processor: LogitsHook | None = None,
+        stopping_criteria: StopHook | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        functions: Sequence[Mapping[str, Any]] | None = None,
+        function_call: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+        reasoning_format: str = "none",
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
+        gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
+        ``response_format``: ``{"type": "json_object"}`` (any JSON object, or one following a
+        ``"schema"`` given there, as llama-cpp-python takes it) or ``{"type": "json_schema",
+        "json_schema": {"schema": ...}}`` (OpenAI's); ``grammar``: any grammar. ``tools`` /
+        ``tool_choice`` (or the legacy ``functions`` / ``function_call``): tool calls in the answer's
+        ``message.tool_calls`` (see :mod:`splitllm.tools`). ``chat_template_kwargs``: more variables
+        for the chat template (see :meth:`apply_chat_template`). ``reasoning_format="deepseek"``:
+        a ``<think>`` block opening the answer goes to ``message.reasoning_content`` (llama-server's
+        option; see :mod:`splitllm.reasoning`); ``"none"`` (llama-cpp-python's behaviour) keeps it."""
+        check_reasoning_format(reasoning_format)
+        n_top = chat_n_top(logprobs, top_logprobs)
+        constraint = response_grammar(response_format, grammar)
+        plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
+                         function_call=function_call, parallel_tool_calls=parallel_tool_calls,
+                         constrained=constraint is not None)
+        tokens, stops = self.chat_prompt(messages, stop, tools=plan.tools if plan else None,
+                                         chat_template_kwargs=chat_template_kwargs)
+        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
+                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                             logit_bias=logit_bias, seed=seed, logprobs=n_top,
+                             grammar=plan.grammar if plan and plan.grammar else constraint,
+                             logits_processor=logits_processor, stopping_criteria=stopping_criteria)
+        if reasoning_format == "deepseek":
+            chunks = split_reasoning(chunks, inside=self.opens_thinking(tokens))
+        head = chat_head(model if model is not None else self.model_path)
+        if plan is not None:
+            shape = tool_chat_chunks if stream else tool_chat_response
+            return shape(plan, head, chunks, n_top is not None)
+        if stream:
+            return chat_chunks(head, chunks, n_top is not None)
+        return chat_response(head, chunks, n_top is not None)
+
+    def opens_thinking(self, prompt_tokens: Sequence[int]) -> bool:
+        """Whether a chat prompt leaves a ``<think>`` block open for the answer."""
+        tail = self.detokenize(list(prompt_tokens)[-8:], special=True)
+        return prompt_opens_thinking(tail.decode("utf-8", errors="replace"))
+
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None, *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[list[int], list[str]]:
+        """The prompt tokens of a chat completion and its stop strings (``stop`` and the
+        template's end-of-sequence text); ``tools``: offered to the model (already checked)."""
+        tokens = self.apply_chat_template(messages, tools=tools, chat_template_kwargs=chat_template_kwargs)
+        stops = stop_list(stop)
+        eos_text = self.chat_template().eos_token
+        if eos_text and eos_text not in stops:
+            stops.append(eos_text)
+        return tokens, stops

@@ -1,0 +1,109 @@
+"""Embeddings of a :class:`~splitllm.model.Model` (``embedding=True``): the final hidden states,
+pooled as llama.cpp pools them, in llama-cpp-python's ``embed`` / ``create_embedding`` shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# Pooling of embeddings, with llama.cpp's values (llama_pooling_type).
+LLAMA_POOLING_TYPE_UNSPECIFIED = -1  # the model's own (GGUF ``{arch}.pooling_type``; none without it)
+LLAMA_POOLING_TYPE_NONE = 0  # one embedding per token
+LLAMA_POOLING_TYPE_MEAN = 1
+LLAMA_POOLING_TYPE_CLS = 2  # the first token's
+LLAMA_POOLING_TYPE_LAST = 3
+LLAMA_POOLING_TYPE_RANK = 4  # a reranker's score: needs a classifier head, not supported
+POOLING_NAMES = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+
+
+def pooling_type_of(value: int | str | None, metadata: Mapping[str, Any]) -> int:
+    """A pooling type (a llama.cpp value or its name); unspecified: the model's, none without one."""
+    if isinstance(value, str):
+        if value.lower() not in POOLING_NAMES:
+            raise ValueError(f"pooling_type must be one of {sorted(POOLING_NAMES)} or -1..4 (got {value!r})")
+        value = POOLING_NAMES[value.lower()]
+    if value is None or value == LLAMA_POOLING_TYPE_UNSPECIFIED:
+        arch = metadata.get("general.architecture", "")
+        value = int(metadata.get(f"{arch}.pooling_type", LLAMA_POOLING_TYPE_NONE))
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4:
+        raise ValueError(f"pooling_type must be -1..4 or a name (got {value!r})")
+    if value == LLAMA_POOLING_TYPE_RANK:
+        raise ValueError("pooling_type rank (a reranker's score) is not supported")
+    return value
+
+
+def pool_embeddings(rows: np.ndarray, pooling: int, normalize: bool) -> np.ndarray:
+    """A text's token embeddings (n, n_embd) pooled (float64): all of them (none), their mean, the
+    first or the last; ``normalize``: each vector to unit length."""
+    x = np.asarray(rows, dtype=np.float64)
+    if pooling == LLAMA_POOLING_TYPE_MEAN:
+        x = x.mean(axis=0, keepdims=True)
+    elif pooling == LLAMA_POOLING_TYPE_CLS:
+        x = x[:1]
+    elif pooling == LLAMA_POOLING_TYPE_LAST:
+        x = x[-1:]
+    if normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms == 0.0, 1.0, norms)
+    return x
+
+
+class EmbeddingMethods:
+    """The embedding calls of :class:`~splitllm.model.Model` (which holds the state they use)."""
+
+    def n_embd(self) -> int:
+        return int(self._engine().n_embd)
+
+    def pooling_type(self) -> int:
+        """How ``embed`` pools a text's token embeddings (``LLAMA_POOLING_TYPE_*``): the argument, or
+        the model's own. ValueError for a reranker's (rank), which is not supported."""
+        return pooling_type_of(self._pooling_arg, self._metadata)
+
+    def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
+        """The final hidden state (after the output norm) at every position of ``tokens`` read from
+        scratch: (len, n_embd) float32, what llama.cpp returns as embeddings."""
+        toks = self._check_tokens(tokens)
+        if not toks:
+            raise ValueError("cannot embed an empty text")
+        self._history = []
+        rows = self._decode(toks, 0, all_logits=True, embeddings=True)
+        self._history = toks
+        return rows
+
+    def embed(self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
+              return_count: bool = False) -> Any:
+        """Embeddings of a text or a list of texts, as llama-cpp-python's ``Llama.embed``: with pooling
+        none, a list of per-token vectors per text; otherwise one vector per text (mean, first or last
+        token). ``normalize``: unit length (L2). ``truncate``: texts longer than the context are cut
+        (else ValueError). ``return_count``: also the number of tokens read."""
+        if not self._embedding:
+            raise RuntimeError("Model must be created with embedding=True to call embed()")
+        texts = [input] if isinstance(input, str) else list(input)
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("input must be a string or a list of strings")
+        data: list[Any] = []
+        total = 0
+        for text in texts:
+            toks = self.tokenize(text.encode("utf-8"))
+            if len(toks) > self._seq_ctx:
+                if not truncate:
+                    raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of "
+                                     f"{self._seq_ctx}")
+                toks = toks[: self._seq_ctx]
+            total += len(toks)
+            pooling = self.pooling_type()
+            out = pool_embeddings(self.token_embeddings(toks), pooling, normalize).tolist()
+            data.append(out if pooling == LLAMA_POOLING_TYPE_NONE else out[0])
+        result = data[0] if isinstance(input, str) else data
+        return (result, total) if return_count else result
+
+    def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:
+        """OpenAI's (and llama-cpp-python's) embeddings response for a text or a list of texts."""
+        data, total = self.embed(input, return_count=True)
+        if isinstance(input, str):
+            data = [data]
+        return {"object": "list", "model": model if model is not None else self.model_path,
+                "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
+                "usage": {"prompt_tokens": total, "total_tokens": total}}
