@@ -1,11 +1,29 @@
 #include "model/config.h"
 
+#include <algorithm>
+#include <iterator>
+
 #include "common/error.h"
 #include "gguf/gguf.h"
 
 namespace sl {
 
 namespace {
+
+// What sets the architectures apart, by their GGUF name.
+struct ArchTraits {
+    const char * name;
+    Arch arch;
+    bool rope_neox, qkv_bias, qk_norm, fused_qkv;
+};
+constexpr ArchTraits kArchs[] = {
+    //  name        arch             neox   qkv_bias qk_norm fused_qkv
+    {"llama",    Arch::Llama,    false, false, false, false},
+    {"qwen2",    Arch::Qwen2,    true,  true,  false, false},
+    {"qwen3",    Arch::Qwen3,    true,  false, true,  false},
+    {"qwen3moe", Arch::Qwen3Moe, true,  false, true,  false},
+    {"phi3",     Arch::Phi3,     true,  false, false, true},
+};
 
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
     const int64_t v = f.get_int(key);
@@ -30,28 +48,16 @@ std::string Config::shape_keys() const {
 Config Config::from_gguf(const GGUFFile & f) {
     Config c;
     c.arch_name = f.get_str("general.architecture");
-    if (c.arch_name == "llama") {
-        c.arch = Arch::Llama;
-    } else if (c.arch_name == "qwen2") {
-        c.arch = Arch::Qwen2;
-        c.rope_neox = true;
-        c.has_qkv_bias = true;
-    } else if (c.arch_name == "qwen3") {
-        c.arch = Arch::Qwen3;
-        c.rope_neox = true;
-        c.has_qk_norm = true;
-    } else if (c.arch_name == "phi3") {
-        c.arch = Arch::Phi3;
-        c.rope_neox = true;
-        c.fused_qkv = true;
-    } else if (c.arch_name == "qwen3moe") {
-        c.arch = Arch::Qwen3Moe;
-        c.rope_neox = true;
-        c.has_qk_norm = true;
-    } else {
+    const ArchTraits * t = std::find_if(std::begin(kArchs), std::end(kArchs),
+                                        [&](const ArchTraits & a) { return c.arch_name == a.name; });
+    if (t == std::end(kArchs))
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
                                "qwen2, qwen3, qwen3moe, phi3)", f.path().c_str(), c.arch_name.c_str()));
-    }
+    c.arch = t->arch;
+    c.rope_neox = t->rope_neox;
+    c.has_qkv_bias = t->qkv_bias;
+    c.has_qk_norm = t->qk_norm;
+    c.fused_qkv = t->fused_qkv;
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);

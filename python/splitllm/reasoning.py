@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from splitllm.completions import CompletionChunk
+from splitllm.textstream import StrippedText
 
 REASONING_FORMATS = ("none", "deepseek")
 OPEN, CLOSE = "<think>", "</think>"
@@ -47,18 +48,7 @@ class ReasoningSplitter:
     def __init__(self, *, inside: bool = False) -> None:
         self._mode = "reasoning" if inside else "start"
         self._buf = ""
-        self._space = ""  # whitespace at the end of the reasoning so far, held back
-        self._started = False  # reasoning text was given out (leading whitespace is dropped)
-
-    def _reasoning(self, text: str) -> str:
-        """Reasoning text to give out now: stripped at the start, trailing whitespace held."""
-        text = self._space + text
-        if not self._started:
-            text = text.lstrip()
-        body = text.rstrip()
-        self._space = text[len(body):]
-        self._started = self._started or bool(body)
-        return body
+        self._reasoning = StrippedText().push  # the reasoning is given out stripped
 
     def push(self, text: str) -> tuple[str, str]:
         """The (reasoning, content) that ``text`` makes safe to give out (some may be held back)."""

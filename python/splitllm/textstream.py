@@ -69,3 +69,23 @@ class StopStream:
         out = out[: utf8_complete_prefix(out)]
         self.emitted += len(out)
         return out.decode("utf-8", errors="replace")
+
+
+class StrippedText:
+    """Text given out piece by piece as if the whole were stripped of whitespace at both ends:
+    leading whitespace is dropped, trailing whitespace held back until more text follows
+    (``held``), however the text is cut."""
+
+    def __init__(self) -> None:
+        self.held = ""
+        self._started = False
+
+    def push(self, text: str) -> str:
+        """What of ``held`` + ``text`` is safe to give out now."""
+        text = self.held + text
+        if not self._started:
+            text = text.lstrip()
+        body = text.rstrip()
+        self.held = text[len(body):]
+        self._started = self._started or bool(body)
+        return body

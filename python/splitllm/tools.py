@@ -34,6 +34,7 @@ from splitllm.completions import (
 )
 from splitllm.grammar import Grammar, gbnf_literal, json_schema_rules, json_schema_to_gbnf
 from splitllm.logprobs import chat_logprobs
+from splitllm.textstream import StrippedText
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
@@ -346,8 +347,7 @@ class ToolCallStream:
         self.max_calls = max_calls
         self.n_calls = 0
         self._buf = ""
-        self._space = ""
-        self._started = False
+        self._content = StrippedText()  # no leading whitespace; trailing held until text follows
         self._events: list[tuple[str, Any]] = []
 
     def push(self, text: str) -> list[tuple[str, Any]]:
@@ -373,9 +373,9 @@ class ToolCallStream:
         """The rest: held text (and an unfinished block) as text; trailing whitespace without calls."""
         self._text(self._buf)
         self._buf = ""
-        if not self.n_calls and self._space:
-            self._emit_text(self._space)
-        self._space = ""
+        if not self.n_calls and self._content.held:
+            self._emit_text(self._content.held)
+        self._content.held = ""
         return self._take()
 
     def _block(self, block: str) -> None:
@@ -388,13 +388,8 @@ class ToolCallStream:
         self._events += [("call", c) for c in calls]
 
     def _text(self, text: str) -> None:
-        text = self._space + text
-        if not self._started:
-            text = text.lstrip()
-        body = text.rstrip()
-        self._space = text[len(body):]
+        body = self._content.push(text)
         if body:
-            self._started = True
             self._emit_text(body)
 
     def _emit_text(self, text: str) -> None:
