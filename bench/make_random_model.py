@@ -1,4 +1,4 @@
-"""Writes a llama-architecture GGUF with random weights, straight as random quantized blocks.
+"""Writes a llama-architecture (or gemma3) GGUF with random weights, straight as random quantized blocks.
 
 No float intermediate: each matrix is random bytes of its block type, with the block scales
 (the f16 ``d``/``dmin``/``m`` fields) overwritten so that the values have a chosen standard
@@ -8,6 +8,7 @@ a time, so a Llama-2-7B-shaped Q4_K_M file (3.8 GiB) takes seconds and little me
     python3 bench/make_random_model.py out.gguf --shape llama2-7b --type q4_k_m
     python3 bench/make_random_model.py tiny.gguf --n-layer 4 --n-embd 256 --n-ff 512 --type q4_0
     python3 bench/make_random_model.py moe.gguf --shape mixtral-mini --type q4_k_m
+    python3 bench/make_random_model.py g3.gguf --shape gemma3-1b --type q4_k_m
 
 With --n-expert (a Mixtral-style llama), every feed-forward is n_expert experts of width n_ff, a
 router (F32) choosing --n-expert-used of them per token.
@@ -56,6 +57,10 @@ SHAPES = {
     "mixtral-mini": (16, 1024, 1024, 16, 4, 32000),  # with --n-expert 8 --n-expert-used 2 (the default)
 }
 DEFAULT_EXPERTS = {"mixtral-mini": (8, 2)}
+# Shapes of other architectures: gemma3-1b is Gemma 3 1B (head size 256, a window of 512 on five
+# layers of six, tied embeddings of 262144 tokens).
+SHAPES["gemma3-1b"] = (26, 1152, 6912, 4, 1, 262144)
+ARCH_OPTIONS = {"gemma3-1b": dict(arch="gemma3", key_length=256, sliding_window=512)}
 
 FILE_TYPES = {
     "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
@@ -122,10 +127,17 @@ class Shape:
     n_ctx_train: int = 4096
     n_expert: int = 0  # experts per feed-forward (0: dense); n_ff is an expert's width
     n_expert_used: int = 0
+    arch: str = "llama"  # or gemma3: q/k head norms, post-norms, tied output, sliding window
+    key_length: int = 0  # head size, if not n_embd / n_head
+    sliding_window: int = 0
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.key_length or self.n_embd // self.n_head
+
+    @property
+    def tied(self) -> bool:
+        return self.arch == "gemma3"
 
 
 # llama.cpp's fallback when a row is not a whole number of 256-value super-blocks.
@@ -136,7 +148,11 @@ def tensor_types(shape: Shape, file_type: str) -> dict[str, Q]:
     """The block type of each matrix (llama.cpp's rules for the offered file types)."""
     base = FILE_TYPES[file_type]
     quantized = base not in (Q.F32, Q.F16, Q.BF16)
-    out = {"token_embd.weight": base, "output.weight": Q.Q6_K if quantized and base != Q.Q8_0 else base}
+    out_type = Q.Q6_K if quantized and base != Q.Q8_0 else base
+    # A tied embedding takes the output layer's type (llama.cpp's quantize).
+    out = {"token_embd.weight": out_type if shape.tied else base}
+    if not shape.tied:
+        out["output.weight"] = out_type
     ffn = "_exps" if shape.n_expert else ""
     eight = quantized and shape.n_expert == 8
     for i in range(shape.n_layer):
@@ -161,15 +177,20 @@ def tensor_types(shape: Shape, file_type: str) -> dict[str, Q]:
 def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
     """(rows, row length) of every matrix, (n_expert, rows, row length) of stacked experts; norms
     are (1, n)."""
-    kv = s.n_head_kv * s.head_dim
+    q, kv = s.n_head * s.head_dim, s.n_head_kv * s.head_dim
     out: dict[str, tuple[int, ...]] = {"token_embd.weight": (s.n_vocab, s.n_embd)}
     for i in range(s.n_layer):
         b = f"blk.{i}."
         out.update({
-            b + "attn_norm.weight": (1, s.n_embd), b + "attn_q.weight": (s.n_embd, s.n_embd),
+            b + "attn_norm.weight": (1, s.n_embd), b + "attn_q.weight": (q, s.n_embd),
             b + "attn_k.weight": (kv, s.n_embd), b + "attn_v.weight": (kv, s.n_embd),
-            b + "attn_output.weight": (s.n_embd, s.n_embd), b + "ffn_norm.weight": (1, s.n_embd),
+            b + "attn_output.weight": (s.n_embd, q), b + "ffn_norm.weight": (1, s.n_embd),
         })  # fmt: skip
+        if s.arch == "gemma3":
+            out.update({
+                b + "attn_q_norm.weight": (1, s.head_dim), b + "attn_k_norm.weight": (1, s.head_dim),
+                b + "post_attention_norm.weight": (1, s.n_embd), b + "post_ffw_norm.weight": (1, s.n_embd),
+            })  # fmt: skip
         if s.n_expert:
             e = (s.n_expert,)
             out.update({
@@ -184,7 +205,8 @@ def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
             b + "ffn_down.weight": (s.n_embd, s.n_ff),
         })  # fmt: skip
     out["output_norm.weight"] = (1, s.n_embd)
-    out["output.weight"] = (s.n_vocab, s.n_embd)
+    if not s.tied:
+        out["output.weight"] = (s.n_vocab, s.n_embd)
     return out
 
 
@@ -210,7 +232,7 @@ def write_model(path: Path, shape: Shape, file_type: str, *, seed: int = 0) -> N
     rng = np.random.default_rng(seed)
     types = tensor_types(shape, file_type)
     shapes = tensor_shapes(shape)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), shape.arch)
     w.add_name(f"random-{file_type}")
     w.add_block_count(shape.n_layer)
     w.add_context_length(shape.n_ctx_train)
@@ -219,8 +241,13 @@ def write_model(path: Path, shape: Shape, file_type: str, *, seed: int = 0) -> N
     w.add_head_count(shape.n_head)
     w.add_head_count_kv(shape.n_head_kv)
     w.add_rope_dimension_count(shape.head_dim)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(1e6 if shape.arch == "gemma3" else 10000.0)
+    w.add_layer_norm_rms_eps(1e-6 if shape.arch == "gemma3" else 1e-5)
+    if shape.key_length:
+        w.add_key_length(shape.key_length)
+        w.add_value_length(shape.key_length)
+    if shape.sliding_window:
+        w.add_sliding_window(shape.sliding_window)
     w.add_vocab_size(shape.n_vocab)
     if shape.n_expert:
         w.add_expert_count(shape.n_expert)
@@ -262,15 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(zip(("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "n_vocab"),
                     SHAPES[a.shape] if a.shape else (2, 256, 512, 4, 4, 512), strict=True))
     base["n_expert"], base["n_expert_used"] = DEFAULT_EXPERTS.get(a.shape or "", (0, 0))
+    extra = ARCH_OPTIONS.get(a.shape or "", {})
     for k in base:
         v = getattr(a, k)
         if v is not None:
             base[k] = v
-    if base["n_embd"] % base["n_head"] or base["n_head"] % base["n_head_kv"]:
+    uneven = base["n_embd"] % base["n_head"] and not extra.get("key_length")
+    if uneven or base["n_head"] % base["n_head_kv"]:
         p.error("n_embd must be a multiple of n_head, and n_head of n_head_kv")
     if base["n_expert"] and not 1 <= base["n_expert_used"] <= base["n_expert"]:
         p.error("--n-expert-used must be in [1, --n-expert]")
-    write_model(a.out, Shape(**base), a.type, seed=a.seed)
+    write_model(a.out, Shape(**base, **extra), a.type, seed=a.seed)
     print(f"wrote {a.out} ({a.out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
     return 0
 

@@ -1,5 +1,6 @@
-"""Tiny random llama/qwen2/qwen3 models written to GGUF with gguf-py, and a numpy float64 forward pass
-(written from the architecture's definition, independent of splitllm's engine) to check them."""
+"""Tiny random llama/qwen2/qwen3/phi3/gemma models written to GGUF with gguf-py, and a numpy float64
+forward pass (written from the architecture's definition, independent of splitllm's engine) to
+check them."""
 
 from __future__ import annotations
 
@@ -56,6 +57,18 @@ class TinyConfig:
     # phi3's LongRoPE (rope_scaling {"rope_type": "longrope", "short_factor", "long_factor",
     # "original_max_position_embeddings"}): the factors used are the long ones when the context
     # (the reference's n_ctx argument) exceeds the original one.
+    # Gemma 2/3 (transformers' Gemma2/Gemma3 models): sliding-window layers (every layer l with
+    # l % swa_pattern < swa_pattern - 1; gemma2's pattern 2, gemma3's 6) see the last
+    # sliding_window positions (0: no window, written as the key's absence for gemma3); gemma3's
+    # sliding layers rotate with base rope_base_swa and no scaling; gemma2 soft-caps attention
+    # scores and logits. query_scale: gemma's query_pre_attn_scalar ** -0.5 (None: head_dim's).
+    sliding_window: int = 0
+    swa_pattern: int | None = None
+    write_swa_pattern: bool = False  # the pattern as metadata (else the architecture's default)
+    rope_base_swa: float = 10000.0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    query_scale: float | None = None
 
     @property
     def head_dim(self) -> int:
@@ -67,11 +80,25 @@ class TinyConfig:
 
     @property
     def neox(self) -> bool:
-        return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3")
 
     @property
     def qk_norm(self) -> bool:
-        return self.arch in ("qwen3", "qwen3moe")
+        return self.arch in ("qwen3", "qwen3moe", "gemma3")
+
+    @property
+    def gemma(self) -> bool:
+        return self.arch in ("gemma", "gemma2", "gemma3")
+
+    @property
+    def post_norms(self) -> bool:
+        return self.arch in ("gemma2", "gemma3")
+
+    def is_swa(self, layer: int) -> bool:
+        if not self.sliding_window or self.arch not in ("gemma2", "gemma3"):
+            return False
+        n = self.swa_pattern or (2 if self.arch == "gemma2" else 6)
+        return layer % n < n - 1
 
     @property
     def ff_exp(self) -> int:
@@ -112,6 +139,9 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
         if cfg.arch == "phi3":  # fused as phi3 stores them: q, k, v rows in one tensor
             w[b + "attn_qkv.weight"] = np.concatenate([w.pop(b + f"attn_{t}.weight") for t in "qkv"])
         w[b + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
+        if cfg.post_norms:
+            w[b + "post_attention_norm.weight"] = norm(cfg.n_embd)
+            w[b + "post_ffw_norm.weight"] = norm(cfg.n_embd)
         w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
         if cfg.n_expert:
             ne, ff = cfg.n_expert, cfg.ff_exp
@@ -209,6 +239,16 @@ def write_gguf(
         if cfg.n_ff_exp:
             wr.add_expert_feed_forward_length(cfg.n_ff_exp)
     wr.add_vocab_size(cfg.n_vocab)
+    if cfg.sliding_window:
+        wr.add_sliding_window(cfg.sliding_window)
+        if cfg.write_swa_pattern:
+            wr.add_sliding_window_pattern([cfg.is_swa(i) for i in range(cfg.n_layer)])
+        if cfg.arch == "gemma3" and cfg.rope_base_swa != 10000.0:
+            wr.add_rope_freq_base_swa(cfg.rope_base_swa)
+    if cfg.attn_softcap:
+        wr.add_attn_logit_softcapping(cfg.attn_softcap)
+    if cfg.final_softcap:
+        wr.add_final_logit_softcapping(cfg.final_softcap)
     scaling = (cfg.rope_scaling or {}).get("rope_type", "default")
     if scaling == "linear":  # as convert_hf_to_gguf.py writes it
         wr.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -329,7 +369,10 @@ def reference_logits(
     with (LongRoPE picks its factors by it).
     """
     out = w.get("output.weight", w["token_embd.weight"])
-    return reference_hidden(cfg, w, tokens, kv_f16=kv_f16, n_ctx=n_ctx) @ out.T
+    logits = reference_hidden(cfg, w, tokens, kv_f16=kv_f16, n_ctx=n_ctx) @ out.T
+    if cfg.final_softcap:
+        logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
+    return logits
 
 
 def _split_fused(cfg: TinyConfig, w: dict[str, np.ndarray], b: str) -> dict[str, np.ndarray]:
@@ -361,17 +404,27 @@ def reference_hidden(
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.rms_eps) * g
 
     x = w["token_embd.weight"][tokens]
-    mask = np.triu(np.full((n, n), -np.inf), k=1)
+    if cfg.gemma:  # transformers' Gemma*Model: embeddings times sqrt(hidden_size)
+        x = x * np.sqrt(cfg.n_embd)
+    # Gemma's sliding layers rotate with their own base (gemma3: rope_local_base_freq, unscaled).
+    inv_swa = inv
+    if cfg.arch == "gemma3":
+        inv_swa = 1.0 / (cfg.rope_base_swa ** (np.arange(0, cfg.rot, 2, dtype=np.float64) / cfg.rot))
+    dist = pos[:, None] - pos[None, :]  # query position - key position
+    causal = np.where(dist >= 0, 0.0, -np.inf)
+    windowed = np.where((dist >= 0) & (dist < max(cfg.sliding_window, 1)), 0.0, -np.inf)
+    scale = cfg.query_scale if cfg.query_scale is not None else 1 / np.sqrt(hd)
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
         w = _split_fused(cfg, w, b)
+        swa = cfg.is_swa(i)
         h = rmsnorm(x, w[b + "attn_norm.weight"])
         q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
         q, k = q.reshape(n, cfg.n_head, hd), k.reshape(n, cfg.n_head_kv, hd)
         if cfg.qk_norm:  # each head RMS-normed before the rotation
             q, k = rmsnorm(q, w[b + "attn_q_norm.weight"]), rmsnorm(k, w[b + "attn_k_norm.weight"])
-        q = rope(q, pos, inv, cfg.neox, mscale)
-        k = rope(k, pos, inv, cfg.neox, mscale)
+        q = rope(q, pos, inv_swa if swa else inv, cfg.neox, mscale)
+        k = rope(k, pos, inv_swa if swa else inv, cfg.neox, mscale)
         v = v.reshape(n, cfg.n_head_kv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float64)
@@ -379,18 +432,31 @@ def reference_hidden(
         att = np.empty((n, cfg.n_head, hd))
         for hh in range(cfg.n_head):
             kv = hh // gqa
-            s = q[:, hh] @ k[:, kv].T / np.sqrt(hd) + mask
+            s = q[:, hh] @ k[:, kv].T * scale
+            if cfg.attn_softcap:
+                s = cfg.attn_softcap * np.tanh(s / cfg.attn_softcap)
+            s = s + (windowed if swa else causal)
             p = np.exp(s - s.max(axis=-1, keepdims=True))
             p /= p.sum(axis=-1, keepdims=True)
             att[:, hh] = p @ v[:, kv]
-        x = x + att.reshape(n, -1) @ w[b + "attn_output.weight"].T
+        a = att.reshape(n, -1) @ w[b + "attn_output.weight"].T
+        if cfg.post_norms:
+            a = rmsnorm(a, w[b + "post_attention_norm.weight"])
+        x = x + a
         h = rmsnorm(x, w[b + "ffn_norm.weight"])
         if cfg.n_expert:
             x = x + _moe(cfg, w, b, h)
             continue
         g = h @ w[b + "ffn_gate.weight"].T
         u = h @ w[b + "ffn_up.weight"].T
-        x = x + (g / (1 + np.exp(-g)) * u) @ w[b + "ffn_down.weight"].T
+        if cfg.gemma:  # gelu_pytorch_tanh
+            act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        else:
+            act = g / (1 + np.exp(-g))
+        f = (act * u) @ w[b + "ffn_down.weight"].T
+        if cfg.post_norms:
+            f = rmsnorm(f, w[b + "post_ffw_norm.weight"])
+        x = x + f
     return rmsnorm(x, w["output_norm.weight"])
 
 

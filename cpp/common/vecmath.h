@@ -121,6 +121,29 @@ inline void silu_mul(const float * g, const float * u, float * out, size_t n) {
     }
 }
 
+// out[i] = gelu(g[i]) * u[i] with gelu's tanh approximation (GeGLU):
+//   gelu(x) = x / 2 * (1 + tanh(z)) = x * sigmoid(2 z),  z = sqrt(2 / pi) * (x + 0.044715 x^3).
+// out may alias g or u.
+inline void gelu_mul(const float * g, const float * u, float * out, size_t n) {
+    constexpr float kA = 2.0f * 0.7978845608028654f, kB = 2.0f * 0.7978845608028654f * 0.044715f;
+    const f4 one = splat(1.0f), zero = splat(0.0f), a = splat(kA), b = splat(kB);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const f4 x = load(g + i);
+        const f4 z2 = x * (a + b * x * x);  // 2 z
+        const i4 pos = z2 >= zero;
+        const f4 e = exp_nonpos(select(pos, -z2, z2));  // exp(-|2 z|)
+        const f4 sig = select(pos, one / (one + e), e / (one + e));
+        store(out + i, x * sig * load(u + i));
+    }
+    for (; i < n; ++i) {
+        const float x = g[i];
+        const float z2 = x * (kA + kB * x * x);
+        const float e = exp_nonpos(z2 >= 0 ? -z2 : z2);
+        out[i] = x * (z2 >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e)) * u[i];
+    }
+}
+
 // True when one of x[0, 16) is greater than t.
 inline bool any_greater16(const float * x, float t) {
     const f4 vt = splat(t);

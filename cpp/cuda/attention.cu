@@ -156,13 +156,24 @@ struct RowState {
     }
 };
 
+// The score of a key: scale * dot, soft-capped if asked.
+__device__ __forceinline__ float score(const AttnScore & sc, float dot) {
+    const float s = sc.scale * dot;
+    return sc.softcap > 0.0f ? sc.softcap * tanhf(s / sc.softcap) : s;
+}
+
+// First cell a query at position p sees.
+__device__ __forceinline__ int first_cell(const AttnScore & sc, int p) {
+    return sc.window > 0 ? max(0, p - sc.window + 1) : 0;
+}
+
 // ---- decode: one block per (token, query head) ----
 
 template <QType TK, int ND>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(KvShape s, const int32_t * __restrict__ pos, const int32_t * __restrict__ slot,
                   const float * __restrict__ q, const uint8_t * __restrict__ kc, const uint8_t * __restrict__ vc,
-                  float * __restrict__ out, float scale) {
+                  float * __restrict__ out, AttnScore sc_p) {
     extern __shared__ float sm[];  // q (hd), then per warp m, l and o (hd)
     const int t = blockIdx.x, hq = blockIdx.y, hd = s.head_dim;
     const int hk = hq / (s.n_head / s.n_head_kv);
@@ -170,16 +181,16 @@ __global__ void __launch_bounds__(kThreads)
     float * qs = sm;
     for (int d = threadIdx.x; d < hd; d += kThreads) qs[d] = q[(size_t(t) * s.n_head + hq) * hd + d];
     __syncthreads();
-    const int n_kv = pos[t] + 1;
+    const int n_kv = pos[t] + 1, lo = first_cell(sc_p, pos[t]);
     const size_t head = (size_t(slot[t]) * s.n_head_kv + hk) * s.slot_ctx;
     const uint8_t * kh = kc + head * s.k_row;
     const uint8_t * vh = vc + head * s.v_row;
 
     RowState<ND> st;
     st.clear();
-    for (int base = warp * kWarp; base < n_kv; base += kThreads) {
+    for (int base = lo + warp * kWarp; base < n_kv; base += kThreads) {
         const int j = base + lane;
-        const float sc = j < n_kv ? scale * kv_dot<TK>(kh + size_t(j) * s.k_row, qs, hd) : -INFINITY;
+        const float sc = j < n_kv ? score(sc_p, kv_dot<TK>(kh + size_t(j) * s.k_row, qs, hd)) : -INFINITY;
         const float p = st.add_scores(sc);
         const int n_valid = min(kWarp, n_kv - base);
         for (int jj = 0; jj < n_valid; ++jj) {
@@ -242,7 +253,7 @@ __global__ void __launch_bounds__(kThreads)
     prefill_kernel(KvShape s, const int32_t * __restrict__ pos, const int32_t * __restrict__ slot,
                    const int32_t * __restrict__ chunk_start, const float * __restrict__ q,
                    const uint8_t * __restrict__ kc, const uint8_t * __restrict__ vc, float * __restrict__ out,
-                   float scale, int gq) {
+                   AttnScore sc_p, int gq) {
     extern __shared__ float sm[];
     const int hd = s.head_dim, ks = key_stride(hd);
     float * qs = sm;                          // (kMaxRows, hd)
@@ -260,22 +271,23 @@ __global__ void __launch_bounds__(kThreads)
         const int r = e / hd, d = e % hd;
         qs[e] = q[(size_t(t0 + r / nh) * s.n_head + hq0 + r % nh) * hd + d];
     }
-    const int n_kv = pos[t0 + nt - 1] + 1;
+    const int n_kv = pos[t0 + nt - 1] + 1, lo = first_cell(sc_p, pos[t0]);
     const size_t head = (size_t(slot[t0]) * s.n_head_kv + hk) * s.slot_ctx;
     const uint8_t * kh = kc + head * s.k_row;
     const uint8_t * vh = vc + head * s.v_row;
 
     constexpr int R = kMaxRows / kWarps;  // rows per warp: warp + kWarps * i
     RowState<ND> st[R];
-    int rpos[R];
+    int rpos[R], rlo[R];  // the cells [rlo, rpos] each row sees
 #pragma unroll
     for (int i = 0; i < R; ++i) {
         st[i].clear();
         const int r = warp + kWarps * i;
         rpos[i] = r < nq ? pos[t0 + r / nh] : -1;
+        rlo[i] = r < nq ? first_cell(sc_p, rpos[i]) : 0;
     }
 
-    for (int c0 = 0; c0 < n_kv; c0 += kTile) {
+    for (int c0 = lo; c0 < n_kv; c0 += kTile) {
         __syncthreads();  // the previous tile is consumed (and the queries are loaded)
         for (int e = threadIdx.x; e < kTile * hd; e += kThreads) {
             const int j = e / hd, d = e % hd, cell = c0 + j;
@@ -287,14 +299,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int i = 0; i < R; ++i) {
             const int r = warp + kWarps * i;
-            if (r >= nq || c0 > rpos[i]) continue;  // warp-uniform
+            if (r >= nq || c0 > rpos[i] || c0 + kTile <= rlo[i]) continue;  // warp-uniform
             const float * qr = qs + r * hd;
             float sc = -INFINITY;
-            if (c0 + lane <= rpos[i]) {
+            if (c0 + lane <= rpos[i] && c0 + lane >= rlo[i]) {
                 const float * kr = kt + lane * ks;
                 float acc = 0.0f;
                 for (int d = 0; d < hd; ++d) acc += qr[d] * kr[d];
-                sc = scale * acc;
+                sc = score(sc_p, acc);
             }
             const float p = st[i].add_scores(sc);
             const int n_valid = min(kTile, rpos[i] - c0 + 1);
@@ -374,7 +386,7 @@ void store_kv(const KvShape & s, const AttnBatch & b, const float * k, const flo
 }
 
 void attention_decode(const KvShape & s, const AttnBatch & b, const float * q, const void * k_cache,
-                      const void * v_cache, float * out, float scale, cudaStream_t stream) {
+                      const void * v_cache, float * out, const AttnScore & sc, cudaStream_t stream) {
     attention_check(s);
     if (b.n_tok <= 0) return;
     const dim3 grid(b.n_tok, s.n_head);
@@ -384,17 +396,17 @@ void attention_decode(const KvShape & s, const AttnBatch & b, const float * q, c
     with_nd(s.head_dim, [&](auto nd) {
         constexpr int ND = decltype(nd)::value;
         if (s.type_k == QType::F16)
-            decode_kernel<QType::F16, ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, q, kc, vc, out, scale);
+            decode_kernel<QType::F16, ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, q, kc, vc, out, sc);
         else if (s.type_k == QType::Q8_0)
-            decode_kernel<QType::Q8_0, ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, q, kc, vc, out, scale);
+            decode_kernel<QType::Q8_0, ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, q, kc, vc, out, sc);
         else
-            decode_kernel<QType::Q4_0, ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, q, kc, vc, out, scale);
+            decode_kernel<QType::Q4_0, ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, q, kc, vc, out, sc);
         SL_CUDA_LAUNCHED("attention_decode");
     });
 }
 
 void attention_prefill(const KvShape & s, const AttnBatch & b, const float * q, const void * k_cache,
-                       const void * v_cache, float * out, float scale, cudaStream_t stream) {
+                       const void * v_cache, float * out, const AttnScore & sc, cudaStream_t stream) {
     attention_check(s);
     if (b.n_chunks <= 0) return;
     const PrefillLayout lay = prefill_layout(s);
@@ -407,7 +419,7 @@ void attention_prefill(const KvShape & s, const AttnBatch & b, const float * q, 
         if (smem > 48 * 1024)
             SL_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                int(smem)));
-        prefill_kernel<ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, b.chunk_start, q, kc, vc, out, scale,
+        prefill_kernel<ND><<<grid, kThreads, smem, stream>>>(s, b.pos, b.slot, b.chunk_start, q, kc, vc, out, sc,
                                                              lay.rows_heads);
         SL_CUDA_LAUNCHED("attention_prefill");
     });

@@ -1,7 +1,8 @@
 // Attention over the KV cache on the GPU, with the CPU backend's semantics: the cache of a layer
 // is head-major, (n_slots, n_head_kv, slot_ctx, head_dim) rows of type_k / type_v (F16, Q8_0 or
 // Q4_0; ggml's block layouts); token t's keys and values go to cell pos[t] of slot slot[t], and
-// its query attends causally to cells [0, pos[t]] of that slot.
+// its query attends causally to cells [0, pos[t]] of that slot (the last `window` of them for a
+// sliding-window layer).
 //
 //   store_kv:          writes the batch's k, v (n_tok, n_head_kv * head_dim) into the cache
 //                      (Q8_0 / Q4_0 rows quantized as the CPU reference quantizes them);
@@ -38,6 +39,14 @@ struct AttnBatch {
     int n_chunks = 0;
 };
 
+// How scores are formed: scale * q . k, then softcap * tanh(score / softcap) if softcap > 0;
+// with window > 0 a query at position p sees cells (p - window, p] only.
+struct AttnScore {
+    float scale = 1.0f;
+    float softcap = 0.0f;
+    int window = 0;
+};
+
 // Throws unless the cache types and head size are supported (head_dim <= 256; a multiple of 32
 // for quantized caches; n_head a multiple of n_head_kv).
 void attention_check(const KvShape & s);
@@ -46,8 +55,8 @@ int attention_chunk_tokens(const KvShape & s);
 void store_kv(const KvShape & s, const AttnBatch & b, const float * k, const float * v, void * k_cache,
               void * v_cache, cudaStream_t stream);
 void attention_decode(const KvShape & s, const AttnBatch & b, const float * q, const void * k_cache,
-                      const void * v_cache, float * out, float scale, cudaStream_t stream);
+                      const void * v_cache, float * out, const AttnScore & sc, cudaStream_t stream);
 void attention_prefill(const KvShape & s, const AttnBatch & b, const float * q, const void * k_cache,
-                       const void * v_cache, float * out, float scale, cudaStream_t stream);
+                       const void * v_cache, float * out, const AttnScore & sc, cudaStream_t stream);
 
 }  // namespace sl::cuda

@@ -26,7 +26,8 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 // Offsets of the scratch buffers inside the one scratch allocation.
 struct ScratchLayout {
-    size_t act_q8 = 0, act_f16 = 0, ff = 0, batch = 0, cos = 0, sin = 0, inv_freq = 0, total = 0;
+    size_t act_q8 = 0, act_f16 = 0, ff = 0, batch = 0, total = 0;
+    size_t cos[2] = {0, 0}, sin[2] = {0, 0}, inv_freq[2] = {0, 0};  // [1]: sliding-window layers
 
     explicit ScratchLayout(const GpuBackendOptions & o) {
         const size_t nb = size_t(std::max(o.n_batch, 1));
@@ -42,9 +43,11 @@ struct ScratchLayout {
         act_f16 = take(nb * size_t(act_f16_ld(k32)) * 2);
         ff = take(nb * size_t(std::max(o.n_ff, 1)) * sizeof(float));
         batch = take((3 * nb + 1) * sizeof(int32_t));
-        cos = take(nb * half_rot * sizeof(float));
-        sin = take(nb * half_rot * sizeof(float));
-        inv_freq = take(half_rot * sizeof(float));
+        for (int k = 0; k < (o.rope_swa ? 2 : 1); ++k) {
+            cos[k] = take(nb * half_rot * sizeof(float));
+            sin[k] = take(nb * half_rot * sizeof(float));
+            inv_freq[k] = take(half_rot * sizeof(float));
+        }
         total = off;
     }
 };
@@ -69,9 +72,11 @@ CudaBackend::CudaBackend(const GpuBackendOptions & opt) : opt_(opt) {
         act_f16_ = base + lay.act_f16;
         ff_tmp_ = reinterpret_cast<float *>(base + lay.ff);
         d_batch_ = reinterpret_cast<int32_t *>(base + lay.batch);
-        d_cos_ = reinterpret_cast<float *>(base + lay.cos);
-        d_sin_ = reinterpret_cast<float *>(base + lay.sin);
-        d_inv_freq_ = reinterpret_cast<float *>(base + lay.inv_freq);
+        for (int k = 0; k < (opt.rope_swa ? 2 : 1); ++k) {
+            rope_[k].cos = reinterpret_cast<float *>(base + lay.cos[k]);
+            rope_[k].sin = reinterpret_cast<float *>(base + lay.sin[k]);
+            rope_[k].inv_freq = reinterpret_cast<float *>(base + lay.inv_freq[k]);
+        }
         SL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void **>(&h_batch_), batch_bytes(opt.n_batch)));
     } catch (...) {
         release();
@@ -207,18 +212,23 @@ void CudaBackend::synchronize() {
 void CudaBackend::init_rope(const Config & c, const float * freq_factors) {
     SL_CHECK(c.n_rot % 2 == 0 && c.n_rot <= opt_.head_dim, "cuda backend: n_rot %d for head_dim %d", c.n_rot,
              opt_.head_dim);
+    SL_CHECK(c.swa_layers.empty() || opt_.rope_swa, "cuda backend: built without sliding-window rotary tables");
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
     rope_mscale_ = c.rope_attn_factor;
-    std::vector<float> inv(size_t(std::max(c.n_rot / 2, 1)));
-    for (int i = 0; i < c.n_rot / 2; ++i) {  // as the CPU backend computes them
+    const int half = c.n_rot / 2;
+    std::vector<float> inv(size_t(std::max(2 * half, 2)));
+    for (int i = 0; i < half; ++i) {  // as the CPU backend computes them
         double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
         if (freq_factors) f /= double(freq_factors[i]);
-        inv[i] = float(f);
+        inv[size_t(i)] = float(f);
+        inv[size_t(half + i)] =
+            float(double(c.rope_freq_scale_swa) * std::pow(double(c.rope_base_swa), -2.0 * i / c.n_rot));
     }
     end_capture_and_launch();
-    SL_CUDA_CHECK(cudaMemcpyAsync(d_inv_freq_, inv.data(), sizeof(float) * (c.n_rot / 2), cudaMemcpyHostToDevice,
-                                  stream_));
+    for (int k = 0; k < (opt_.rope_swa ? 2 : 1); ++k)
+        SL_CUDA_CHECK(cudaMemcpyAsync(rope_[k].inv_freq, inv.data() + size_t(k) * half, sizeof(float) * half,
+                                      cudaMemcpyHostToDevice, stream_));
     SL_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
@@ -252,7 +262,8 @@ void CudaBackend::begin_batch(const BatchInfo & b) {
     SL_CUDA_CHECK(cudaMemcpyAsync(d_batch_ + 2 * opt_.n_batch, chunks, sizeof(int32_t) * (nc + 1),
                                   cudaMemcpyHostToDevice, stream_));
     SL_CUDA_CHECK(cudaEventRecord(batch_copied_, stream_));
-    rope_tables(d_batch_, d_inv_freq_, n, n_rot_, rope_mscale_, d_cos_, d_sin_, stream_);
+    for (int k = 0; k < (opt_.rope_swa ? 2 : 1); ++k)
+        rope_tables(d_batch_, rope_[k].inv_freq, n, n_rot_, rope_mscale_, rope_[k].cos, rope_[k].sin, stream_);
     n_tok_ = n;
 }
 
@@ -320,12 +331,16 @@ void CudaBackend::matmul(const WeightRef * const * w, float * const * y, int n_w
     });
 }
 
-void CudaBackend::swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
+void CudaBackend::add(float * y, const float * x, int64_t n) {
+    enqueue([&] { cuda::add(y, x, n, stream_); });
+}
+
+void CudaBackend::glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
     SL_CHECK(gate.rows == up.rows && gate.K == up.K, "gate and up projections differ in shape");
-    SL_CHECK(gate.rows <= opt_.n_ff && gate.K <= opt_.max_k, "cuda swiglu: shape (%lld, %lld) beyond the scratch",
+    SL_CHECK(gate.rows <= opt_.n_ff && gate.K <= opt_.max_k, "cuda glu: shape (%lld, %lld) beyond the scratch",
              (long long)gate.rows, (long long)gate.K);
-    SL_CHECK(matmul_supports(gate.type) && matmul_supports(up.type), "cuda swiglu: unsupported weight type");
-    check_batch(n_tok, "swiglu");
+    SL_CHECK(matmul_supports(gate.type) && matmul_supports(up.type), "cuda glu: unsupported weight type");
+    check_batch(n_tok, "glu");
     if (n_tok == 0) return;
     const bool gemm = n_tok > opt_.vec_tokens;
     const WeightRef * w[2] = {&gate, &up};
@@ -333,19 +348,23 @@ void CudaBackend::swiglu(const WeightRef & gate, const WeightRef & up, const flo
         prepare_input(w, 2, x, n_tok, gemm);
         matmul_one(gate, act, x, n_tok, false, gemm);
         matmul_one(up, ff_tmp_, x, n_tok, false, gemm);
-        silu_mul(act, ff_tmp_, int64_t(n_tok) * gate.rows, stream_);
+        if (f == Glu::Silu)
+            silu_mul(act, ff_tmp_, int64_t(n_tok) * gate.rows, stream_);
+        else
+            gelu_mul(act, ff_tmp_, int64_t(n_tok) * gate.rows, stream_);
     });
 }
 
-void CudaBackend::rope(float * q, float * k, int n_tok) {
+void CudaBackend::rope(float * q, float * k, int n_tok, bool swa) {
     SL_CHECK(n_tok == n_tok_, "cuda rope: %d tokens in a batch of %d", n_tok, n_tok_);
+    const RopeTables & tab = rope_[swa && opt_.rope_swa ? 1 : 0];
     RopeShape s;
     s.n_head = opt_.n_head;
     s.n_head_kv = opt_.n_head_kv;
     s.head_dim = opt_.head_dim;
     s.n_rot = n_rot_;
     s.neox = rope_neox_;
-    enqueue([&] { cuda::rope(q, k, d_cos_, d_sin_, n_tok, s, stream_); });
+    enqueue([&] { cuda::rope(q, k, tab.cos, tab.sin, n_tok, s, stream_); });
 }
 
 void CudaBackend::hadamard(float * x, int64_t n_rows, int row) {
@@ -355,7 +374,7 @@ void CudaBackend::hadamard(float * x, int64_t n_rows, int row) {
 }
 
 void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                            const float * v, float * out, int n_tok) {
+                            const float * v, float * out, int n_tok, const AttnParams & p) {
     SL_CHECK(n_tok == n_tok_, "cuda attention: %d tokens in a batch of %d", n_tok, n_tok_);
     SL_CHECK(kv.head_dim == opt_.head_dim && kv.n_head_kv == opt_.n_head_kv && kv.slot_ctx <= opt_.max_slot_ctx,
              "cuda attention: cache geometry differs from the backend's");
@@ -380,13 +399,16 @@ void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache,
     b.n_tok = n_tok;
     b.chunk_start = d_batch_ + 2 * opt_.n_batch;
     b.n_chunks = n_chunks_;
-    const float scale = 1.0f / std::sqrt(float(kv.head_dim));
+    AttnScore sc;
+    sc.scale = p.scale > 0 ? p.scale : 1.0f / std::sqrt(float(kv.head_dim));
+    sc.softcap = p.softcap;
+    sc.window = p.window;
     enqueue([&] {
         store_kv(s, b, k, v, k_cache, v_cache, stream_);
         if (n_tok <= opt_.attn_vec_tokens)
-            attention_decode(s, b, q, k_cache, v_cache, out, scale, stream_);
+            attention_decode(s, b, q, k_cache, v_cache, out, sc, stream_);
         else
-            attention_prefill(s, b, q, k_cache, v_cache, out, scale, stream_);
+            attention_prefill(s, b, q, k_cache, v_cache, out, sc, stream_);
     });
 }
 

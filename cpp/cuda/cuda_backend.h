@@ -40,10 +40,11 @@ public:
     void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override;
-    void swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
-    void rope(float * q, float * k, int n_tok) override;
+    void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
+    void add(float * y, const float * x, int64_t n) override;
+    void rope(float * q, float * k, int n_tok, bool swa) override;
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                   const float * v, float * out, int n_tok) override;
+                   const float * v, float * out, int n_tok, const AttnParams & p) override;
     void hadamard(float * x, int64_t n_rows, int row) override;
     void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) override;
     void init_rope(const Config & c, const float * freq_factors) override;
@@ -71,9 +72,13 @@ private:
     void * act_f16_ = nullptr;      // (n_batch, act_f16_ld(max_k)) halves
     float * ff_tmp_ = nullptr;      // (n_batch, n_ff) the up projection beside the gate
     int32_t * d_batch_ = nullptr;   // pos (n_batch), slot (n_batch), chunk starts (n_batch + 1)
-    float * d_cos_ = nullptr;       // (n_batch, head_dim / 2)
-    float * d_sin_ = nullptr;
-    float * d_inv_freq_ = nullptr;  // (head_dim / 2)
+    // Rotary tables of the global layers ([0]) and, with opt_.rope_swa, of the sliding-window ones.
+    struct RopeTables {
+        float * cos = nullptr;       // (n_batch, head_dim / 2)
+        float * sin = nullptr;
+        float * inv_freq = nullptr;  // (head_dim / 2)
+    };
+    RopeTables rope_[2];
     int32_t * h_batch_ = nullptr;   // pinned staging of d_batch_
 
     int n_rot_ = 0;

@@ -39,6 +39,16 @@ struct KVLayout {
     size_t v_bytes() const { return v_row() * size_t(slot_ctx) * n_head_kv * n_slots; }
 };
 
+// The gated feed-forward's activation: SwiGLU's silu, or GeGLU's tanh-approximated gelu (gemma).
+enum class Glu { Silu, Gelu };
+
+// How one layer's attention scores its keys.
+struct AttnParams {
+    float scale = 0.0f;    // score = scale * q . k (0: 1 / sqrt(head_dim))
+    float softcap = 0.0f;  // score -> softcap * tanh(score / softcap) (gemma2); 0: none
+    int window = 0;        // sliding window: a query at position p sees cells (p - window, p]; 0: all of [0, p]
+};
+
 // Host-side description of the tokens of a batch, handed to each backend before the layers run.
 struct BatchInfo {
     int n_tok = 0;
@@ -75,18 +85,23 @@ public:
     virtual void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                         bool accumulate) = 0;
 
-    // act (n_tok, n_ff) = silu(x . gate^T) * (x . up^T)
-    virtual void swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act,
-                        int n_tok) = 0;
+    // act (n_tok, n_ff) = f(x . gate^T) * (x . up^T), f = silu or gelu (tanh approximation)
+    virtual void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act,
+                     int n_tok) = 0;
+
+    // y[i] += x[i] for i < n
+    virtual void add(float * y, const float * x, int64_t n) = 0;
 
     // Rotary embedding in place on q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim)
-    // at the positions of the current batch.
-    virtual void rope(float * q, float * k, int n_tok) = 0;
+    // at the positions of the current batch, with the frequencies of the global layers (swa
+    // false) or of the sliding-window layers (Config::rope_base_swa, rope_freq_scale_swa).
+    virtual void rope(float * q, float * k, int n_tok, bool swa) = 0;
 
     // Stores k, v (n_tok, n_head_kv * head_dim) into the layer's cache at each token's slot and
-    // position, then out (n_tok, n_head * head_dim) = causal attention of q over the slot's cells.
+    // position, then out (n_tok, n_head * head_dim) = causal attention of q over the slot's cells
+    // (within p.window of each query's position, if set).
     virtual void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                           const float * v, float * out, int n_tok) = 0;
+                           const float * v, float * out, int n_tok, const AttnParams & p) = 0;
 
     // Orthonormal Hadamard rotation in place: every row of x (n_rows, row) becomes, block by block
     // of n = hadamard_block(row) values, the block times H_n / sqrt(n) (H_n Sylvester's Hadamard
@@ -98,7 +113,8 @@ public:
     // out[i] = embedding row tokens[i] converted to f32 (table (n_vocab, n) in its GGUF type).
     virtual void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) = 0;
 
-    // Prepares the rotary tables (called once at load).
+    // Prepares the rotary tables of both layer kinds (called once at load; freq_factors apply to
+    // the global layers).
     virtual void init_rope(const Config & c, const float * freq_factors) = 0;
 };
 

@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <iterator>
 
 #include "common/error.h"
@@ -23,6 +24,9 @@ constexpr ArchTraits kArchs[] = {
     {"qwen3",    Arch::Qwen3,    true,  false, true,  false},
     {"qwen3moe", Arch::Qwen3Moe, true,  false, true,  false},
     {"phi3",     Arch::Phi3,     true,  false, false, true},
+    {"gemma",    Arch::Gemma,    true,  false, false, false},
+    {"gemma2",   Arch::Gemma2,   true,  false, false, false},
+    {"gemma3",   Arch::Gemma3,   true,  false, true,  false},
 };
 
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
@@ -31,6 +35,66 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
         throw GGUFError(strfmt("%s: metadata '%s' = %lld is out of range [%lld, %lld]", f.path().c_str(),
                                key.c_str(), (long long)v, (long long)lo, (long long)hi));
     return int(v);
+}
+
+// A positive float key, or the fallback when absent.
+float get_positive(const GGUFFile & f, const std::string & key, double fallback) {
+    const double v = f.get_float(key, fallback);
+    if (!(v > 0) || !std::isfinite(v))
+        throw GGUFError(strfmt("%s: metadata '%s' = %g must be positive", f.path().c_str(), key.c_str(), v));
+    return float(v);
+}
+
+// Which layers use the sliding window (as llama.cpp's load_swa_pattern): the key
+// attention.sliding_window_pattern as one flag per layer, or as a period n (layer l slides
+// unless l % n == n - 1; n = 0: every layer), else the architecture's period.
+std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, int n_layer, int period) {
+    std::vector<uint8_t> swa(size_t(n_layer), 0);
+    if (const GGUFValue * v = f.find(key); v && v->type == GGUFType::ARRAY) {
+        if (int64_t(v->arr.size()) != n_layer)
+            throw GGUFError(strfmt("%s: metadata '%s' has %zu flags for %d layers", f.path().c_str(), key.c_str(),
+                                   v->arr.size(), n_layer));
+        for (int l = 0; l < n_layer; ++l) {
+            const GGUFValue & e = v->arr[size_t(l)];
+            if (e.type != GGUFType::BOOL)
+                throw GGUFError(strfmt("%s: metadata '%s' must hold booleans", f.path().c_str(), key.c_str()));
+            swa[size_t(l)] = e.num.b;
+        }
+        return swa;
+    }
+    if (f.find(key)) period = get_dim(f, key, 0, 1 << 20);
+    for (int l = 0; l < n_layer; ++l) swa[size_t(l)] = period == 0 || l % period < period - 1;
+    return swa;
+}
+
+// Gemma's differences from llama (llama.cpp's llm_build_gemma*, gemma_pytorch's config).
+void read_gemma(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.embd_scale = std::sqrt(float(c.n_embd));
+    c.ffn_gelu = true;
+    if (c.arch == Arch::Gemma) return;
+    c.post_norms = true;
+    // The 27B models scale queries by 1 / sqrt(n_embd / n_head), not by the head size (recognised by
+    // their depth, as llama.cpp does).
+    const int n_layer_27b = c.arch == Arch::Gemma2 ? 46 : 62;
+    if (c.n_layer == n_layer_27b) c.attn_scale = 1.0f / std::sqrt(float(c.n_embd / c.n_head));
+    const std::string window_key = a + "attention.sliding_window";
+    if (c.arch == Arch::Gemma2) {
+        c.n_swa = f.find(window_key) ? get_dim(f, window_key, 1, 1 << 30) : 4096;
+        c.swa_layers = swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 2);
+        c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", c.rope_base);
+        c.rope_freq_scale_swa = c.rope_freq_scale;
+        c.attn_softcap = get_positive(f, a + "attn_logit_softcapping", 50.0);
+        c.final_softcap = get_positive(f, a + "final_logit_softcapping", 30.0);
+        return;
+    }
+    c.n_swa = f.find(window_key) ? get_dim(f, window_key, 0, 1 << 30) : 0;
+    if (c.n_swa > 0) {  // without a window every layer is global
+        c.swa_layers = swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 6);
+        c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", 10000.0);
+        c.rope_freq_scale_swa = 1.0f;
+    }
+    if (f.find(a + "final_logit_softcapping")) c.final_softcap = get_positive(f, a + "final_logit_softcapping", 0);
 }
 
 }  // namespace
@@ -52,7 +116,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                         [&](const ArchTraits & a) { return c.arch_name == a.name; });
     if (t == std::end(kArchs))
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2, qwen3, qwen3moe, phi3)", f.path().c_str(), c.arch_name.c_str()));
+                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3)", f.path().c_str(), c.arch_name.c_str()));
     c.arch = t->arch;
     c.rope_neox = t->rope_neox;
     c.has_qkv_bias = t->qkv_bias;
@@ -113,6 +177,7 @@ Config Config::from_gguf(const GGUFFile & f) {
         (void)v;
         c.rope_freq_scale = float(1.0 / f.get_float(a + "rope.scale_linear"));
     }
+    if (c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Gemma3) read_gemma(f, c);
     // Vocabulary size: the token list is authoritative; vocab_size is optional.
     if (const GGUFValue * toks = f.find("tokenizer.ggml.tokens"); toks && toks->type == GGUFType::ARRAY)
         c.n_vocab = int(toks->arr.size());

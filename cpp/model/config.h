@@ -1,17 +1,19 @@
 // Hyperparameters of a decoder-only transformer, read from GGUF metadata.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sl {
 
 class GGUFFile;
 
-enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3 };
+enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3 };
 
 struct Config {
     Arch arch = Arch::Llama;
-    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3"
+    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -34,14 +36,28 @@ struct Config {
     float rope_attn_factor = 1.0f;  // cos and sin scaled by it (LongRoPE's magnitude correction)
     int n_ctx_orig = 0;         // context of the short rotary factors (LongRoPE; rope_factors_short/long)
     int n_swa = 0;              // sliding attention window (0: none)
+    // Layers that attend within the last n_swa positions only (gemma2/3: interleaved with global
+    // ones); empty: none (phi3's window is in its metadata but not applied, as in llama.cpp).
+    std::vector<uint8_t> swa_layers;
+    float rope_base_swa = 10000.0f;     // rotary base and scale of the sliding-window layers
+    float rope_freq_scale_swa = 1.0f;
     bool rope_neox = false;     // NeoX layout pairs (i, i + n_rot/2); else (2i, 2i + 1)
     bool has_qkv_bias = false;
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
     bool fused_qkv = false;     // attn_qkv (q; k; v rows) and ffn_up (gate; up rows) tensors (phi3)
+    // Gemma: token embeddings times sqrt(n_embd), GeGLU feed-forward; gemma2/3 also RMS-norm the
+    // attention and feed-forward outputs (post_attention_norm, post_ffw_norm) before adding them.
+    float embd_scale = 1.0f;
+    bool ffn_gelu = false;
+    bool post_norms = false;
+    float attn_scale = 0.0f;    // query-key scale; 0: 1 / sqrt(head_dim)
+    float attn_softcap = 0.0f;  // attention scores s -> cap * tanh(s / cap) (gemma2); 0: none
+    float final_softcap = 0.0f; // the same on the logits
 
     int n_gqa() const { return n_head / n_head_kv; }
     int q_dim() const { return n_head * head_dim; }
     int kv_dim() const { return n_head_kv * head_dim; }
+    bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
     int ff_max() const { return n_ff > n_ff_exp ? n_ff : n_ff_exp; }  // widest feed-forward activation
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.

@@ -66,9 +66,17 @@ CpuBackend::CpuBackend(const CpuBackendOptions & opt) : opt_(opt), pool_(opt.n_t
         moe_act_.resize(size_t(kMoeEntries) * opt.moe_ff);
         moe_out_.resize(size_t(kMoeEntries) * opt.moe_embd);
     }
-    inv_freq_.resize(opt.n_rot / 2);
-    cos_.resize(size_t(opt.n_batch) * (opt.n_rot / 2));
-    sin_.resize(cos_.size());
+    size_rope();
+}
+
+void CpuBackend::size_rope() {
+    const size_t half = size_t(opt_.n_rot / 2);
+    for (int k = 0; k < 2; ++k) {
+        const size_t n = k == 0 || opt_.rope_swa ? half : 0;
+        rope_[k].inv_freq.resize(n);
+        rope_[k].cos.resize(size_t(opt_.n_batch) * n);
+        rope_[k].sin.resize(size_t(opt_.n_batch) * n);
+    }
 }
 
 CpuBackend::~CpuBackend() = default;
@@ -78,7 +86,7 @@ size_t CpuBackend::scratch_bytes(const CpuBackendOptions & opt) {
     const size_t gqa = size_t(opt.n_head / std::max(1, opt.n_head_kv));
     const size_t att = std::max(kAttnBudget, gqa * opt.max_slot_ctx) + 2 * kAttnChunk * gqa * opt.head_dim;
     size_t bytes = nth * sizeof(float) * (2 * kMaxChunk * nb + att);
-    bytes += sizeof(float) * (opt.n_rot / 2) * (1 + 2 * nb);             // inverse frequencies, cos, sin
+    bytes += sizeof(float) * (opt.n_rot / 2) * (1 + 2 * nb) * (opt.rope_swa ? 2 : 1);  // inverse frequencies, cos, sin
     bytes += nb * (2 * sizeof(int32_t) + sizeof(int64_t)) + sizeof(int64_t);  // batch positions, chunks
     for (size_t row : opt.act_slot_row) bytes += nb * row;
     if (opt.moe_ff > 0)
@@ -91,7 +99,7 @@ size_t CpuBackend::scratch_bytes() const {
     size_t bytes = 0;
     for (const auto & t : tmp_) bytes += t.size() * sizeof(float);
     for (const auto & a : att_) bytes += a.size() * sizeof(float);
-    bytes += sizeof(float) * (inv_freq_.size() + cos_.size() + sin_.size());
+    for (const RopeTables & r : rope_) bytes += sizeof(float) * (r.inv_freq.size() + r.cos.size() + r.sin.size());
     bytes += sizeof(int32_t) * (pos_.size() + slot_.size()) + sizeof(int64_t) * chunk_start_.size();
     for (const auto & a : acts_) bytes += a.size();
     bytes += moe_qx_.size() + moe_qa_.size() + sizeof(float) * (moe_act_.size() + moe_out_.size());
@@ -115,11 +123,11 @@ void CpuBackend::memset0(void * dst, size_t n) { std::memset(dst, 0, n); }
 void CpuBackend::copy(void * dst, const void * src, size_t n) { std::memmove(dst, src, n); }
 
 void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
-    if (c.n_rot != opt_.n_rot) {  // backends built without the model's rotary size (tests)
+    const bool swa = !c.swa_layers.empty();
+    if (c.n_rot != opt_.n_rot || swa != opt_.rope_swa) {  // backends built without the model's rotary shape (tests)
         opt_.n_rot = c.n_rot;
-        inv_freq_.resize(c.n_rot / 2);
-        cos_.resize(size_t(opt_.n_batch) * (c.n_rot / 2));
-        sin_.resize(cos_.size());
+        opt_.rope_swa = swa;
+        size_rope();
     }
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
@@ -127,7 +135,21 @@ void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
     for (int i = 0; i < c.n_rot / 2; ++i) {
         double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
         if (freq_factors) f /= double(freq_factors[i]);
-        inv_freq_[i] = float(f);
+        rope_[0].inv_freq[i] = float(f);
+        if (swa)
+            rope_[1].inv_freq[i] =
+                float(double(c.rope_freq_scale_swa) * std::pow(double(c.rope_base_swa), -2.0 * i / c.n_rot));
+    }
+}
+
+void CpuBackend::RopeTables::fill(const int32_t * pos, int n_tok, double mscale) {
+    const size_t half = inv_freq.size();
+    for (int t = 0; t < n_tok; ++t) {
+        for (size_t i = 0; i < half; ++i) {
+            const double theta = double(pos[t]) * double(inv_freq[i]);
+            cos[size_t(t) * half + i] = float(std::cos(theta) * mscale);
+            sin[size_t(t) * half + i] = float(std::sin(theta) * mscale);
+        }
     }
 }
 
@@ -136,14 +158,7 @@ void CpuBackend::begin_batch(const BatchInfo & b) {
     n_tok_ = b.n_tok;
     std::copy(b.pos, b.pos + b.n_tok, pos_.begin());
     std::copy(b.slot, b.slot + b.n_tok, slot_.begin());
-    const int half = n_rot_ / 2;
-    for (int t = 0; t < b.n_tok; ++t) {
-        for (int i = 0; i < half; ++i) {
-            const double theta = double(b.pos[t]) * double(inv_freq_[i]);
-            cos_[size_t(t) * half + i] = float(std::cos(theta) * rope_mscale_);
-            sin_[size_t(t) * half + i] = float(std::sin(theta) * rope_mscale_);
-        }
-    }
+    for (RopeTables & r : rope_) r.fill(b.pos, b.n_tok, rope_mscale_);
 }
 
 void CpuBackend::rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
@@ -246,7 +261,17 @@ void CpuBackend::matmul(const WeightRef * const * w, float * const * y, int n_w,
     });
 }
 
-void CpuBackend::swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
+void CpuBackend::add(float * y, const float * x, int64_t n) {
+    auto range = [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) y[i] += x[i];
+    };
+    if (n < (1 << 16))
+        range(0, n);
+    else
+        pool_.parallel_for(n, range);
+}
+
+void CpuBackend::glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
     SL_CHECK(gate.rows == up.rows && gate.K == up.K, "gate and up projections differ in shape");
     const WeightRef * w[2] = {&gate, &up};
     const void * acts[2];
@@ -273,13 +298,17 @@ void CpuBackend::swiglu(const WeightRef & gate, const WeightRef & up, const floa
                 float * dst = act + int64_t(t) * n_ff + r0;
                 const float * gt = g + int64_t(t) * nr;
                 const float * ut = u + int64_t(t) * nr;
-                vec::silu_mul(gt, ut, dst, size_t(nr));
+                if (f == Glu::Silu)
+                    vec::silu_mul(gt, ut, dst, size_t(nr));
+                else
+                    vec::gelu_mul(gt, ut, dst, size_t(nr));
             }
         }
     });
 }
 
-void CpuBackend::rope(float * q, float * k, int n_tok) {
+void CpuBackend::rope(float * q, float * k, int n_tok, bool swa) {
+    const RopeTables & tab = rope_[swa && !rope_[1].inv_freq.empty() ? 1 : 0];
     const int half = n_rot_ / 2;
     const int hd = head_dim_;
     auto rotate = [&](float * head, const float * c, const float * s) {
@@ -299,8 +328,8 @@ void CpuBackend::rope(float * q, float * k, int n_tok) {
     };
     auto rows = [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
-            const float * c = cos_.data() + t * half;
-            const float * s = sin_.data() + t * half;
+            const float * c = tab.cos.data() + t * half;
+            const float * s = tab.sin.data() + t * half;
             for (int h = 0; h < q_heads_; ++h) rotate(q + (t * q_heads_ + h) * hd, c, s);
             for (int h = 0; h < kv_heads_; ++h) rotate(k + (t * kv_heads_ + h) * hd, c, s);
         }
@@ -352,7 +381,7 @@ void CpuBackend::get_rows(const WeightRef & table, const int32_t * tokens, int n
 }
 
 void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                           const float * v, float * out, int n_tok) {
+                           const float * v, float * out, int n_tok, const AttnParams & p) {
     const int hd = head_dim_, n_kv_h = kv.n_head_kv, gqa = q_heads_ / n_kv_h;
     const int64_t q_dim = int64_t(q_heads_) * hd, kv_dim = int64_t(n_kv_h) * hd;
     const size_t k_row = kv.k_row(), v_row = kv.v_row();
@@ -381,7 +410,10 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
     }
     chunk_start[n_chunks] = n_tok;
     const int64_t n_tasks = int64_t(n_chunks) * n_kv_h;
-    const float scale = 1.0f / std::sqrt(float(hd));
+    const float scale = p.scale > 0 ? p.scale : 1.0f / std::sqrt(float(hd));
+    const float cap = p.softcap;
+    // Query token t sees cells [lo(t), pos_t]: everything, or the last `window` positions.
+    auto first_seen = [&](int t) { return p.window > 0 ? std::max(0, pos_[t] - p.window + 1) : 0; };
     next_chunk_.store(pool_.size(), std::memory_order_relaxed);
 
     pool_.run([&](int ith, int nth) {
@@ -399,25 +431,32 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
             const int c = int(task / n_kv_h), h = int(task % n_kv_h);
             const int t0 = int(chunk_start[c]), t1 = int(chunk_start[c + 1]);
             const int nq = (t1 - t0) * gqa;
-            const int n_kv = pos_[t1 - 1] + 1;
+            // The chunk's cells: [lo, n_kv) (positions increase along a chunk)
+            const int lo = first_seen(t0), n_kv = pos_[t1 - 1] + 1 - lo;
             float * qs = S + size_t(nq) * n_kv;
             float * os = qs + size_t(nq) * hd;
             for (int t = t0; t < t1; ++t)
                 std::memcpy(qs + size_t(t - t0) * gqa * hd, q + t * q_dim + int64_t(h) * gqa * hd,
                             sizeof(float) * gqa * hd);
             const size_t head = size_t(slot_[t0]) * n_kv_h + h;
-            cpu::attn_scores(kv.type_k, qs, hd, nq, kc + head * head_k, k_row, n_kv, hd, scale, S, n_kv);
-            // Causal softmax: query token t sees cells [0, pos_t].
+            cpu::attn_scores(kv.type_k, qs, hd, nq, kc + head * head_k + size_t(lo) * k_row, k_row, n_kv, hd, scale,
+                             S, n_kv);
+            // Causal softmax over the cells each query token sees.
             for (int i = 0; i < nq; ++i) {
                 float * row = S + size_t(i) * n_kv;
-                const int seen = pos_[t0 + i / gqa] + 1;
-                const float mx = vec::max_value(row, size_t(seen));
-                const float inv = float(1.0 / vec::sum_exp(row, row, size_t(seen), mx, 1.0f));
-                for (int j = 0; j < seen; ++j) row[j] *= inv;
-                for (int j = seen; j < n_kv; ++j) row[j] = 0;
+                const int t = t0 + i / gqa;
+                const int first = first_seen(t) - lo, end = pos_[t] + 1 - lo;
+                if (cap > 0)
+                    for (int j = first; j < end; ++j) row[j] = cap * std::tanh(row[j] / cap);
+                const float mx = vec::max_value(row + first, size_t(end - first));
+                const float inv = float(1.0 / vec::sum_exp(row + first, row + first, size_t(end - first), mx, 1.0f));
+                for (int j = 0; j < first; ++j) row[j] = 0;
+                for (int j = first; j < end; ++j) row[j] *= inv;
+                for (int j = end; j < n_kv; ++j) row[j] = 0;
             }
             std::memset(os, 0, sizeof(float) * nq * hd);
-            cpu::attn_values(kv.type_v, S, n_kv, nq, vc + head * head_v, v_row, n_kv, hd, os, hd);
+            cpu::attn_values(kv.type_v, S, n_kv, nq, vc + head * head_v + size_t(lo) * v_row, v_row, n_kv, hd, os,
+                             hd);
             for (int t = t0; t < t1; ++t)
                 std::memcpy(out + t * q_dim + int64_t(h) * gqa * hd, os + size_t(t - t0) * gqa * hd,
                             sizeof(float) * gqa * hd);

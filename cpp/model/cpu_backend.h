@@ -21,6 +21,7 @@ struct CpuBackendOptions {
     int head_dim = 0;
     int max_slot_ctx = 0;     // longest sequence the attention scratch must cover
     int n_rot = 0;            // rotated dimensions per head (rotary tables)
+    bool rope_swa = false;    // a second set of rotary tables, for sliding-window layers
     // Mixture of experts (moe_ff > 0): expert width and model width, for moe_small's buffers.
     int moe_ff = 0;
     int moe_embd = 0;
@@ -53,10 +54,11 @@ public:
     void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override;
-    void swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
-    void rope(float * q, float * k, int n_tok) override;
+    void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
+    void add(float * y, const float * x, int64_t n) override;
+    void rope(float * q, float * k, int n_tok, bool swa) override;
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                   const float * v, float * out, int n_tok) override;
+                   const float * v, float * out, int n_tok, const AttnParams & p) override;
     void hadamard(float * x, int64_t n_rows, int row) override;
     void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) override;
     void init_rope(const Config & c, const float * freq_factors) override;
@@ -101,13 +103,18 @@ private:
     std::vector<uint8_t> moe_qx_, moe_qa_;
     std::vector<float> moe_act_, moe_out_;
 
-    // Rotary embedding: inverse frequencies (n_rot / 2) and per-batch cos/sin (n_tok, n_rot / 2).
+    // Rotary embedding: inverse frequencies (n_rot / 2) and per-batch cos/sin (n_tok, n_rot / 2),
+    // of the global layers and, for models with sliding-window layers of other frequencies, theirs.
     int n_rot_ = 0;
     bool rope_neox_ = false;
     double rope_mscale_ = 1.0;  // cos and sin scaled by it (Config::rope_attn_factor)
     int q_heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
-    std::vector<float> inv_freq_;
-    std::vector<float> cos_, sin_;
+    struct RopeTables {
+        std::vector<float> inv_freq, cos, sin;
+        void fill(const int32_t * pos, int n_tok, double mscale);
+    };
+    RopeTables rope_[2];
+    void size_rope();  // the tables for opt_.n_rot, opt_.n_batch, opt_.rope_swa
 
     // Current batch.
     int n_tok_ = 0;

@@ -1,4 +1,5 @@
 // The forward pass of a llama-style decoder, written once against the Backend interface.
+#include <cmath>
 #include <cstring>
 
 #include "common/error.h"
@@ -20,6 +21,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     // Token embedding, on the CPU.
     Backend * cur = cpu_.get();
     cpu_->get_rows(w_.tok_embd, tokens, n, scratch(cur).x);
+    if (c.embd_scale != 1.0f) {  // gemma: sqrt(n_embd)
+        float * x = scratch(cur).x;
+        for (size_t i = 0; i < size_t(n) * c.n_embd; ++i) x[i] *= c.embd_scale;
+    }
 
     // Moves the residual stream to another device at a split boundary.
     auto move_to = [&](Backend * be) {
@@ -54,7 +59,8 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
             be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
         }
-        be->rope(s.q, s.k, n);
+        const bool swa = c.is_swa(l);
+        be->rope(s.q, s.k, n, swa);
         // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
         // the output, a mix of rotated values, is rotated back.
         if (rotate_k) {
@@ -62,22 +68,23 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
         }
         if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
+        const AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0};
         if (kv_backend_[l] == be)
-            be->attention(kv_, k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n);
+            be->attention(kv_, k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
         else
-            attention_via(kv_backend_[l], l, s, n);
+            attention_via(kv_backend_[l], l, s, n, ap);
         if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
+        // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
         const WeightRef * wo = &L.wo;
-        mm->matmul(&wo, &s.x, 1, s.att, n, true);
-        // Feed-forward: x += W_down . (silu(W_gate h) * W_up h), h = rmsnorm(x)
+        add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
+        // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x), f = silu or gelu
         be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
             moe_ffn(be, L, s, n);
             continue;
         }
-        mm->swiglu(L.w_gate, L.w_up, s.h, s.ff, n);
-        const WeightRef * wd = &L.w_down;
-        mm->matmul(&wd, &s.x, 1, s.ff, n, true);
+        mm->glu(c.ffn_gelu ? Glu::Gelu : Glu::Silu, L.w_gate, L.w_up, s.h, s.ff, n);
+        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n);
     }
 
     // Output: logits = W_out . rmsnorm(x) for the rows that want them.
@@ -116,9 +123,24 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         output_backend_->matmul(&wout, &dev_logits_, 1, s.h, n_out, false);
         output_backend_->download(logits, dev_logits_, size_t(n_out) * c.n_vocab * sizeof(float));
     }
+    if (c.final_softcap > 0) {  // gemma2: logits -> cap * tanh(logits / cap)
+        const float cap = c.final_softcap;
+        for (size_t i = 0; i < size_t(n_out) * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+    }
 }
 
-void Model::attention_via(Backend * kvb, int l, Scratch & s, int n) {
+void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
+                       Scratch & s, int n) {
+    if (!post_norm) {
+        mm->matmul(&w, &s.x, 1, in, n, true);
+        return;
+    }
+    mm->matmul(&w, &s.h, 1, in, n, false);
+    be->rms_norm(s.h, post_norm, s.h, n, cfg_.n_embd, cfg_.rms_eps);
+    be->add(s.x, s.h, int64_t(n) * cfg_.n_embd);
+}
+
+void Model::attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnParams & ap) {
     // offload_kqv=False: the layer's q, k, v go to its KV cache's backend and the output comes back.
     const Config & c = cfg_;
     Backend * be = layer_backend_[l];
@@ -128,7 +150,7 @@ void Model::attention_via(Backend * kvb, int l, Scratch & s, int n) {
     be->download(h.q, s.q, q_bytes);
     be->download(h.k, s.k, kv_bytes);
     be->download(h.v, s.v, kv_bytes);
-    kvb->attention(kv_, k_cache_[l], v_cache_[l], h.q, h.k, h.v, h.att, n);
+    kvb->attention(kv_, k_cache_[l], v_cache_[l], h.q, h.k, h.v, h.att, n, ap);
     be->upload(s.att, h.att, q_bytes);
 }
 

@@ -32,6 +32,7 @@ struct GpuBackendOptions {
     int n_head_kv = 0;
     int head_dim = 0;
     int max_slot_ctx = 0;
+    bool rope_swa = false;      // rotary tables for sliding-window layers too
     // Kernel choice (tests force each path): mat-vec kernels up to this many tokens, GEMM above;
     // decode attention up to attn_vec_tokens tokens, prefill attention above.
     int vec_tokens = 8;

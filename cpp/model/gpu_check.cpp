@@ -122,8 +122,8 @@ std::vector<float> matmul(const Device & d, QType type, const uint8_t * W, int64
     return s.get(dy, size_t(n_tok) * rows);
 }
 
-std::vector<float> swiglu(const Device & d, QType type_gate, const uint8_t * gate, QType type_up, const uint8_t * up,
-                          int64_t rows, int64_t K, const float * x, int n_tok) {
+std::vector<float> glu(const Device & d, Glu f, QType type_gate, const uint8_t * gate, QType type_up,
+                       const uint8_t * up, int64_t rows, int64_t K, const float * x, int n_tok) {
     check_type(type_gate, K);
     check_type(type_up, K);
     GpuBackendOptions o;
@@ -136,8 +136,17 @@ std::vector<float> swiglu(const Device & d, QType type_gate, const uint8_t * gat
     const WeightRef u = weight_on(s, type_up, up, rows, K, nullptr);
     const float * dx = s.put<float>(x, sizeof(float) * size_t(n_tok) * K);
     float * act = s.put<float>(nullptr, sizeof(float) * size_t(n_tok) * rows);
-    s.be().swiglu(g, u, dx, act, n_tok);
+    s.be().glu(f, g, u, dx, act, n_tok);
     return s.get(act, size_t(n_tok) * rows);
+}
+
+std::vector<float> add(const Device & d, const float * y, const float * x, int64_t n) {
+    GpuBackendOptions o;
+    Session s(d, o);
+    float * dy = s.put<float>(y, sizeof(float) * size_t(n));
+    const float * dx = s.put<float>(x, sizeof(float) * size_t(n));
+    s.be().add(dy, dx, n);
+    return s.get(dy, size_t(n));
 }
 
 void rope(const Device & d, const RopeSpec & r, const int32_t * pos, int n_tok, float * q, float * k) {
@@ -155,13 +164,18 @@ void rope(const Device & d, const RopeSpec & r, const int32_t * pos, int n_tok, 
     c.rope_base = r.base;
     c.rope_freq_scale = r.freq_scale;
     c.rope_neox = r.neox;
+    if (r.swa) {
+        c.swa_layers = {1};
+        c.rope_base_swa = r.base_swa;
+        c.rope_freq_scale_swa = r.freq_scale_swa;
+    }
     s.be().init_rope(c, r.freq_factors);
     const std::vector<int32_t> slot(size_t(n_tok), 0);
     s.be().begin_batch(BatchInfo{n_tok, pos, slot.data()});
     const size_t nq = size_t(n_tok) * r.n_head * r.head_dim, nk = size_t(n_tok) * r.n_head_kv * r.head_dim;
     float * dq = s.put<float>(q, nq * sizeof(float));
     float * dk = s.put<float>(k, nk * sizeof(float));
-    s.be().rope(dq, dk, n_tok);
+    s.be().rope(dq, dk, n_tok, r.swa);
     const std::vector<float> oq = s.get(dq, nq), ok = s.get(dk, nk);
     std::copy(oq.begin(), oq.end(), q);
     std::copy(ok.begin(), ok.end(), k);
@@ -169,7 +183,7 @@ void rope(const Device & d, const RopeSpec & r, const int32_t * pos, int n_tok, 
 
 std::vector<float> attention(const Device & d, const KVLayout & kv, int n_head, const int32_t * pos,
                              const int32_t * slot, int n_tok, const float * q, const float * k, const float * v,
-                             uint8_t * k_cache, uint8_t * v_cache) {
+                             uint8_t * k_cache, uint8_t * v_cache, const AttnParams & p) {
     GpuBackendOptions o;
     o.n_batch = n_tok;
     o.n_head = n_head;
@@ -188,7 +202,7 @@ std::vector<float> attention(const Device & d, const KVLayout & kv, int n_head, 
     void * kc = s.put(k_cache, kv.k_bytes());
     void * vc = s.put(v_cache, kv.v_bytes());
     float * out = s.put<float>(nullptr, nq * sizeof(float));
-    s.be().attention(kv, kc, vc, dq, dk, dv, out, n_tok);
+    s.be().attention(kv, kc, vc, dq, dk, dv, out, n_tok, p);
     std::vector<float> result = s.get(out, nq);
     s.be().download(k_cache, kc, kv.k_bytes());
     s.be().download(v_cache, vc, kv.v_bytes());

@@ -30,15 +30,22 @@ std::vector<float> rms_norm(const Device & d, const float * x, const float * w, 
 std::vector<float> matmul(const Device & d, QType type, const uint8_t * W, int64_t rows, int64_t K,
                           const float * bias, const float * x, int n_tok, const float * y0);
 
-// act (n_tok, rows) = silu(x . gate^T) * (x . up^T).
-std::vector<float> swiglu(const Device & d, QType type_gate, const uint8_t * gate, QType type_up, const uint8_t * up,
-                          int64_t rows, int64_t K, const float * x, int n_tok);
+// act (n_tok, rows) = f(x . gate^T) * (x . up^T), f = silu or gelu.
+std::vector<float> glu(const Device & d, Glu f, QType type_gate, const uint8_t * gate, QType type_up,
+                       const uint8_t * up, int64_t rows, int64_t K, const float * x, int n_tok);
+
+// y + x (n values each), by Backend::add.
+std::vector<float> add(const Device & d, const float * y, const float * x, int64_t n);
 
 struct RopeSpec {
     int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
     float base = 10000.0f, freq_scale = 1.0f;
     bool neox = false;
     const float * freq_factors = nullptr;  // (n_rot / 2) or null
+    // With swa, the rotation of a sliding-window layer of a model whose global layers use the
+    // values above: base_swa and freq_scale_swa, no factors.
+    bool swa = false;
+    float base_swa = 10000.0f, freq_scale_swa = 1.0f;
 };
 
 // Rotates q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim) in place.
@@ -48,7 +55,7 @@ void rope(const Device & d, const RopeSpec & r, const int32_t * pos, int n_tok, 
 // attention output (n_tok, n_head * head_dim).
 std::vector<float> attention(const Device & d, const KVLayout & kv, int n_head, const int32_t * pos,
                              const int32_t * slot, int n_tok, const float * q, const float * k, const float * v,
-                             uint8_t * k_cache, uint8_t * v_cache);
+                             uint8_t * k_cache, uint8_t * v_cache, const AttnParams & p);
 
 // x (n_rows, row) rotated in place by Backend::hadamard.
 void hadamard(const Device & d, float * x, int64_t n_rows, int row);

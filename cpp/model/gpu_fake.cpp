@@ -67,26 +67,31 @@ public:
         need(x, sizeof(float) * size_t(n_tok) * w[0]->K, "matmul input");
         cpu_.matmul(w, y, n_w, x, n_tok, accumulate);
     }
-    void swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override {
-        need(gate, "swiglu gate");
-        need(up, "swiglu up");
-        need(x, sizeof(float) * size_t(n_tok) * gate.K, "swiglu input");
-        need(act, sizeof(float) * size_t(n_tok) * gate.rows, "swiglu output");
-        cpu_.swiglu(gate, up, x, act, n_tok);
+    void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override {
+        need(gate, "glu gate");
+        need(up, "glu up");
+        need(x, sizeof(float) * size_t(n_tok) * gate.K, "glu input");
+        need(act, sizeof(float) * size_t(n_tok) * gate.rows, "glu output");
+        cpu_.glu(f, gate, up, x, act, n_tok);
     }
-    void rope(float * q, float * k, int n_tok) override {
+    void add(float * y, const float * x, int64_t n) override {
+        need(y, sizeof(float) * size_t(n), "add y");
+        need(x, sizeof(float) * size_t(n), "add x");
+        cpu_.add(y, x, n);
+    }
+    void rope(float * q, float * k, int n_tok, bool swa) override {
         need(q, sizeof(float), "rope q");
         need(k, sizeof(float), "rope k");
-        cpu_.rope(q, k, n_tok);
+        cpu_.rope(q, k, n_tok, swa);
     }
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                   const float * v, float * out, int n_tok) override {
+                   const float * v, float * out, int n_tok, const AttnParams & p) override {
         need(k_cache, kv.k_bytes(), "K cache");
         need(v_cache, kv.v_bytes(), "V cache");
         for (const void * p : {static_cast<const void *>(q), static_cast<const void *>(k),
                                static_cast<const void *>(v), static_cast<const void *>(out)})
             need(p, sizeof(float), "attention operand");
-        cpu_.attention(kv, k_cache, v_cache, q, k, v, out, n_tok);
+        cpu_.attention(kv, k_cache, v_cache, q, k, v, out, n_tok, p);
     }
     void hadamard(float * x, int64_t n_rows, int row) override {
         need(x, sizeof(float) * size_t(n_rows) * row, "hadamard rows");
@@ -153,6 +158,7 @@ std::unique_ptr<Backend> make_fake_gpu_backend(const GpuBackendOptions & opt) {
     o.n_head_kv = opt.n_head_kv;
     o.head_dim = opt.head_dim;
     o.max_slot_ctx = opt.max_slot_ctx;
+    o.rope_swa = opt.rope_swa;
     o.allow_any_weights();
     return std::make_unique<FakeGpuBackend>(o);
 }

@@ -109,6 +109,9 @@ void Model::load_weights() {
     if (!et->to_float && w_.tok_embd.type != QType::F32)
         throw GGUFError(strfmt("%s: token_embd.weight type %s cannot be read", f.path().c_str(), et->name));
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
+    if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2) && f.find_tensor("output.weight"))  // as llama.cpp
+        throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
+                               "token_embd.weight", f.path().c_str(), c.arch_name.c_str()));
     w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
     // Rotary frequency divisors: llama3's rope_freqs, or LongRoPE's long factors past the original
     // context and its short ones within it (llama.cpp's choice, by the context of a sequence).
@@ -124,7 +127,7 @@ void Model::load_weights() {
                                        f.path().c_str(), factors, double(w_.rope_freqs[i]), i));
     }
     // phi3's sliding window is not applied: llama.cpp runs these models with full attention too.
-    if (c.n_swa > 0 && params_.n_ctx / params_.n_seq_max > c.n_swa)
+    if (c.n_swa > 0 && c.swa_layers.empty() && params_.n_ctx / params_.n_seq_max > c.n_swa)
         warnings_.push_back(strfmt("%s: the model's sliding attention window (%d tokens) is not applied: past it "
                                    "every token attends to the whole context, as in llama.cpp", f.path().c_str(),
                                    c.n_swa));
@@ -156,6 +159,10 @@ void Model::load_weights() {
         if (c.has_qk_norm) {
             L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.head_dim);
             L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.head_dim);
+        }
+        if (c.post_norms) {
+            L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
+            L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
         L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
         if (c.n_expert > 0 && f.find_tensor(b + "ffn_gate_inp.weight")) {  // a mixture-of-experts block

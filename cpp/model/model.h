@@ -37,6 +37,10 @@ struct LayerWeights {
     const float * attn_q_norm = nullptr;  // (head_dim) per-head query RMSNorm (qwen3), or null
     const float * attn_k_norm = nullptr;  // (head_dim) per-head key RMSNorm (qwen3), or null
     const float * ffn_norm = nullptr;   // (n_embd)
+    // gemma2/3: RMSNorm of the attention output and of the feed-forward output before each is
+    // added to the residual stream; null otherwise.
+    const float * attn_post_norm = nullptr;  // (n_embd)
+    const float * ffn_post_norm = nullptr;   // (n_embd)
     WeightRef w_gate, w_up, w_down;     // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff); empty in a MoE block
     // Mixture-of-experts block (gate_inp.rows > 0): the router and the experts stacked, expert e's
     // rows at e * rows-per-expert (see expert_slice).
@@ -221,7 +225,10 @@ private:
     Scratch & scratch(Backend * be);
     void * alloc_on(Backend * be, size_t bytes, Kind kind = Kind::Buffers);
     // Attention of layer l on kvb (its KV cache's backend) when the layer runs elsewhere.
-    void attention_via(Backend * kvb, int l, Scratch & s, int n);
+    void attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnParams & ap);
+    // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h).
+    void add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
+                    Scratch & s, int n);
     // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU).
     void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
     void route(const float * logits, int n);

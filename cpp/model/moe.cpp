@@ -77,7 +77,7 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
         const WeightRef up = expert_slice(L.up_exps, e, c.n_expert);
         const WeightRef down = expert_slice(L.down_exps, e, c.n_expert);
         const WeightRef * wd = &down;
-        be->swiglu(gate, up, s.moe_in, s.ff, m);
+        be->glu(Glu::Silu, gate, up, s.moe_in, s.ff, m);
         be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
         for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
             const int entry = routes_.order[b + j];

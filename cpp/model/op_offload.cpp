@@ -26,10 +26,11 @@ void OpOffload::begin_batch(const BatchInfo & b) { cpu_.begin_batch(b); }
 void OpOffload::rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
     cpu_.rms_norm(x, w, y, n_tok, n, eps);
 }
-void OpOffload::rope(float * q, float * k, int n_tok) { cpu_.rope(q, k, n_tok); }
+void OpOffload::add(float * y, const float * x, int64_t n) { cpu_.add(y, x, n); }
+void OpOffload::rope(float * q, float * k, int n_tok, bool swa) { cpu_.rope(q, k, n_tok, swa); }
 void OpOffload::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                          const float * v, float * out, int n_tok) {
-    cpu_.attention(kv, k_cache, v_cache, q, k, v, out, n_tok);
+                          const float * v, float * out, int n_tok, const AttnParams & p) {
+    cpu_.attention(kv, k_cache, v_cache, q, k, v, out, n_tok, p);
 }
 void OpOffload::hadamard(float * x, int64_t n_rows, int row) { cpu_.hadamard(x, n_rows, row); }
 void OpOffload::get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) {
@@ -86,15 +87,15 @@ void OpOffload::matmul(const WeightRef * const * w, float * const * y, int n_w, 
     for (int i = 0; i < n_w; ++i) gpu_.download(y[i], dy[i], sizeof(float) * size_t(n_tok) * w[i]->rows);
 }
 
-void OpOffload::swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
+void OpOffload::glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
     const WeightRef * w[2] = {&gate, &up};
     WeightRef dev[2];
     if (size_t(n_tok) * gate.rows > buf_.y_floats || !stage(w, 2, dev)) {
-        cpu_.swiglu(gate, up, x, act, n_tok);
+        cpu_.glu(f, gate, up, x, act, n_tok);
         return;
     }
     gpu_.upload(buf_.x, x, sizeof(float) * size_t(n_tok) * gate.K);
-    gpu_.swiglu(dev[0], dev[1], buf_.x, buf_.y, n_tok);
+    gpu_.glu(f, dev[0], dev[1], buf_.x, buf_.y, n_tok);
     gpu_.download(act, buf_.y, sizeof(float) * size_t(n_tok) * gate.rows);
 }
 

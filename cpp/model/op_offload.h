@@ -44,10 +44,11 @@ public:
     void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override;
-    void swiglu(const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
-    void rope(float * q, float * k, int n_tok) override;
+    void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
+    void add(float * y, const float * x, int64_t n) override;
+    void rope(float * q, float * k, int n_tok, bool swa) override;
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
-                   const float * v, float * out, int n_tok) override;
+                   const float * v, float * out, int n_tok, const AttnParams & p) override;
     void hadamard(float * x, int64_t n_rows, int row) override;
     void get_rows(const WeightRef & table, const int32_t * tokens, int n_tok, float * out) override;
     void init_rope(const Config & c, const float * freq_factors) override;

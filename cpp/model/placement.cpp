@@ -21,13 +21,14 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 double mib(size_t n) { return double(n) / 1048576.0; }
 
-// The per-head query and key norms of a layer (qwen3), in floats.
-size_t qk_norm_floats(const LayerWeights & L, const Config & c) {
-    return L.attn_q_norm ? 2 * size_t(c.head_dim) : 0;
+// The norms of a layer beyond its two input norms, in floats: per-head query and key norms
+// (qwen3, gemma3), post-norms (gemma2/3).
+size_t extra_norm_floats(const LayerWeights & L, const Config & c) {
+    return (L.attn_q_norm ? 2 * size_t(c.head_dim) : 0) + (L.attn_post_norm ? 2 * size_t(c.n_embd) : 0);
 }
 
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c) {
-    size_t bytes = sizeof(float) * (2 * size_t(c.n_embd) + qk_norm_floats(L, c));  // the norms
+    size_t bytes = sizeof(float) * (2 * size_t(c.n_embd) + extra_norm_floats(L, c));  // the norms
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
                                 &L.up_exps, &L.down_exps})
         bytes += w->nbytes() + (w->bias ? sizeof(float) * size_t(w->rows) : 0);
@@ -42,6 +43,7 @@ size_t gpu_matrix_bytes(const WeightRef & w) {
 size_t gpu_layer_bytes(const LayerWeights & L, const Config & c) {
     size_t bytes = 2 * align256(sizeof(float) * c.n_embd);  // the two norms
     if (L.attn_q_norm) bytes += 2 * align256(sizeof(float) * c.head_dim);
+    if (L.attn_post_norm) bytes += 2 * align256(sizeof(float) * c.n_embd);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bytes += gpu_matrix_bytes(*w);
     return bytes;
 }
@@ -67,6 +69,7 @@ GpuBackendOptions gpu_options(const Config & c, const ModelParams & p, int slot_
     go.n_head_kv = c.n_head_kv;
     go.head_dim = c.head_dim;
     go.max_slot_ctx = slot_ctx;
+    go.rope_swa = !c.swa_layers.empty();
     return go;
 }
 
@@ -98,8 +101,10 @@ void Model::move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv) {
         for (WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo}) mat(*w);
         vec(L.attn_q_norm, c.head_dim);
         vec(L.attn_k_norm, c.head_dim);
+        vec(L.attn_post_norm, c.n_embd);
         vec(L.ffn_norm, c.n_embd);
         for (WeightRef * w : {&L.w_gate, &L.w_up, &L.w_down}) mat(*w);
+        vec(L.ffn_post_norm, c.n_embd);
     }
     if (output_gpu) {
         vec(w_.output_norm, c.n_embd);

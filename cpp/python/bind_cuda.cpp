@@ -76,7 +76,8 @@ F32 op_matmul(const std::string & dev, int t, const U8 & w, const F32 & x, const
     return to_array(y, n, rows);
 }
 
-F32 op_swiglu(const std::string & dev, int tg, const U8 & gate, int tu, const U8 & up, const F32 & x, int vec_tokens) {
+F32 op_glu(const std::string & dev, int tg, const U8 & gate, int tu, const U8 & up, const F32 & x, int vec_tokens,
+           bool gelu) {
     const QType type_g = qtype(tg), type_u = qtype(tu);
     const int64_t K = row_values(type_g, gate, "gate"), rows = gate.shape(0);
     if (row_values(type_u, up, "up") != K || up.shape(0) != rows) throw pyb::value_error("up: shape differs from gate");
@@ -85,10 +86,22 @@ F32 op_swiglu(const std::string & dev, int tg, const U8 & gate, int tu, const U8
     std::vector<float> y;
     {
         pyb::gil_scoped_release nogil;
-        y = gpucheck::swiglu(device(dev, vec_tokens, 8, false), type_g, gate.data(), type_u, up.data(), rows, K,
-                             x.data(), int(x.shape(0)));
+        y = gpucheck::glu(device(dev, vec_tokens, 8, false), gelu ? Glu::Gelu : Glu::Silu, type_g, gate.data(), type_u,
+                          up.data(), rows, K, x.data(), int(x.shape(0)));
     }
     return to_array(y, x.shape(0), rows);
+}
+
+F32 op_add(const std::string & dev, const F32 & y, const F32 & x) {
+    need_2d(y, "y");
+    if (x.ndim() != 2 || x.shape(0) != y.shape(0) || x.shape(1) != y.shape(1))
+        throw pyb::value_error("x: the shape of y");
+    std::vector<float> out;
+    {
+        pyb::gil_scoped_release nogil;
+        out = gpucheck::add(device(dev, 8, 8, false), y.data(), x.data(), y.size());
+    }
+    return to_array(out, y.shape(0), y.shape(1));
 }
 
 F32 op_rms_norm(const std::string & dev, const F32 & x, const F32 & w, float eps) {
@@ -104,7 +117,7 @@ F32 op_rms_norm(const std::string & dev, const F32 & x, const F32 & w, float eps
 
 pyb::tuple op_rope(const std::string & dev, const F32 & q, const F32 & k, const I32 & pos, int n_head, int n_head_kv,
                    int head_dim, int n_rot, float base, float freq_scale, bool neox,
-                   const std::optional<F32> & freq_factors) {
+                   const std::optional<F32> & freq_factors, bool swa, float base_swa, float freq_scale_swa) {
     need_2d(q, "q");
     need_2d(k, "k");
     const int64_t n = q.shape(0);
@@ -121,6 +134,9 @@ pyb::tuple op_rope(const std::string & dev, const F32 & q, const F32 & k, const 
     r.freq_scale = freq_scale;
     r.neox = neox;
     r.freq_factors = freq_factors ? freq_factors->data() : nullptr;
+    r.swa = swa;
+    r.base_swa = base_swa;
+    r.freq_scale_swa = freq_scale_swa;
     F32 qo({n, q.shape(1)}), ko({n, k.shape(1)});
     std::copy(q.data(), q.data() + q.size(), qo.mutable_data());
     std::copy(k.data(), k.data() + k.size(), ko.mutable_data());
@@ -147,7 +163,8 @@ F32 op_hadamard(const std::string & dev, const F32 & x) {
 pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, const F32 & v, const I32 & pos,
                         const I32 & slot, const U8 & k_cache, const U8 & v_cache, int n_head, int n_head_kv,
                         int head_dim, int n_slots, int slot_ctx, const std::string & type_k,
-                        const std::string & type_v, int attn_vec_tokens, bool graphs) {
+                        const std::string & type_v, int attn_vec_tokens, bool graphs, float scale, float softcap,
+                        int window) {
     KVLayout kv;
     kv.type_k = qtype_named(type_k);
     kv.type_v = qtype_named(type_v);
@@ -169,7 +186,8 @@ pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, c
     {
         pyb::gil_scoped_release nogil;
         out = gpucheck::attention(device(dev, 8, attn_vec_tokens, graphs), kv, n_head, pos.data(), slot.data(), int(n),
-                                  q.data(), k.data(), v.data(), kc.mutable_data(), vc.mutable_data());
+                                  q.data(), k.data(), v.data(), kc.mutable_data(), vc.mutable_data(),
+                                  AttnParams{scale, softcap, window});
     }
     return pyb::make_tuple(to_array(out, n, q.shape(1)), kc, vc);
 }
@@ -216,19 +234,21 @@ void bind_cuda(pyb::module_ & m) {
     m.def("gpu_op_matmul", &op_matmul, pyb::arg("device"), pyb::arg("qtype"), pyb::arg("w"), pyb::arg("x"),
           pyb::kw_only(), pyb::arg("bias") = pyb::none(), pyb::arg("y0") = pyb::none(), pyb::arg("vec_tokens") = 8,
           "x (n_tok, K) . w^T (+ bias, + y0) on device 'cpu' or 'gpu': (n_tok, rows).");
-    m.def("gpu_op_swiglu", &op_swiglu, pyb::arg("device"), pyb::arg("type_gate"), pyb::arg("gate"),
+    m.def("gpu_op_glu", &op_glu, pyb::arg("device"), pyb::arg("type_gate"), pyb::arg("gate"),
           pyb::arg("type_up"), pyb::arg("up"), pyb::arg("x"), pyb::kw_only(), pyb::arg("vec_tokens") = 8,
-          "silu(x . gate^T) * (x . up^T): (n_tok, rows).");
+          pyb::arg("gelu") = false, "f(x . gate^T) * (x . up^T), f = silu (or gelu): (n_tok, rows).");
+    m.def("gpu_op_add", &op_add, pyb::arg("device"), pyb::arg("y"), pyb::arg("x"), "y + x by Backend::add.");
     m.def("gpu_op_rms_norm", &op_rms_norm, pyb::arg("device"), pyb::arg("x"), pyb::arg("w"), pyb::arg("eps"));
     m.def("gpu_op_rope", &op_rope, pyb::arg("device"), pyb::arg("q"), pyb::arg("k"), pyb::arg("pos"), pyb::kw_only(),
           pyb::arg("n_head"), pyb::arg("n_head_kv"), pyb::arg("head_dim"), pyb::arg("n_rot"), pyb::arg("base"),
           pyb::arg("freq_scale") = 1.0f, pyb::arg("neox") = false, pyb::arg("freq_factors") = pyb::none(),
-          "Rotated (q, k).");
+          pyb::arg("swa") = false, pyb::arg("base_swa") = 10000.0f, pyb::arg("freq_scale_swa") = 1.0f,
+          "Rotated (q, k); with swa, as a sliding-window layer (base_swa, freq_scale_swa) rotates them.");
     m.def("gpu_op_attention", &op_attention, pyb::arg("device"), pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
           pyb::arg("pos"), pyb::arg("slot"), pyb::arg("k_cache"), pyb::arg("v_cache"), pyb::kw_only(),
           pyb::arg("n_head"), pyb::arg("n_head_kv"), pyb::arg("head_dim"), pyb::arg("n_slots"), pyb::arg("slot_ctx"),
           pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("attn_vec_tokens") = 8,
-          pyb::arg("graphs") = false,
+          pyb::arg("graphs") = false, pyb::arg("scale") = 0.0f, pyb::arg("softcap") = 0.0f, pyb::arg("window") = 0,
           "Stores k, v at (slot, pos) and attends: (out, k_cache, v_cache); caches are flat uint8 arrays.");
     m.def("gpu_op_hadamard", &op_hadamard, pyb::arg("device"), pyb::arg("x"),
           "Each row rotated block by block by the orthonormal Hadamard matrix (KV cache rotation).");

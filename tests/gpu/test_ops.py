@@ -72,13 +72,23 @@ def test_matmul_large_shape():
 
 @pytest.mark.parametrize("wtype", ["F32", "BF16", "Q5_1", "Q3_K", "Q5_K"])
 @pytest.mark.parametrize("n_tok", [1, 33])
-def test_swiglu(wtype, n_tok):
+@pytest.mark.parametrize("gelu", [False, True], ids=["swiglu", "geglu"])
+def test_glu(wtype, n_tok, gelu):
     K = 256
     gate, up = weights(wtype, 200, K, 8), weights("Q8_0", 200, K, 9)
     x = acts(n_tok, K, 10)
-    cpu = _core.gpu_op_swiglu("cpu", int(Q[wtype]), gate, int(Q.Q8_0), up, x)
-    gpu = _core.gpu_op_swiglu("gpu", int(Q[wtype]), gate, int(Q.Q8_0), up, x)
+    cpu = _core.gpu_op_glu("cpu", int(Q[wtype]), gate, int(Q.Q8_0), up, x, gelu=gelu)
+    gpu = _core.gpu_op_glu("gpu", int(Q[wtype]), gate, int(Q.Q8_0), up, x, gelu=gelu)
     assert nmse(gpu, cpu) <= MATMUL_NMSE
+    if gelu:  # not silu's result
+        assert nmse(_core.gpu_op_glu("cpu", int(Q[wtype]), gate, int(Q.Q8_0), up, x), cpu) > 1e-3
+
+
+def test_add():
+    rng = np.random.default_rng(14)
+    y, x = (rng.normal(size=(37, 300)).astype(np.float32) for _ in range(2))
+    np.testing.assert_array_equal(_core.gpu_op_add("gpu", y, x), y + x)
+    np.testing.assert_array_equal(_core.gpu_op_add("cpu", y, x), y + x)
 
 
 # ---- elementwise and small ops ----
@@ -111,6 +121,25 @@ def test_rope(neox, head_dim, n_rot, factors):
     # Dimensions past n_rot are left alone.
     heads = (n, nh, head_dim)
     np.testing.assert_array_equal(gq.reshape(heads)[..., n_rot:], q.reshape(heads)[..., n_rot:])
+
+
+def test_rope_sliding_window_tables():
+    """A model with sliding-window layers keeps a second set of rotary tables (gemma3: base 10000,
+    unscaled, beside the global layers' 1e6 scaled by 1/8)."""
+    rng = np.random.default_rng(15)
+    n, nh, nkv, hd = 9, 4, 2, 64
+    q = rng.normal(size=(n, nh * hd)).astype(np.float32)
+    k = rng.normal(size=(n, nkv * hd)).astype(np.float32)
+    pos = np.array([0, 1, 2, 17, 100, 511, 1000, 4000, 32000], np.int32)
+    kw = dict(n_head=nh, n_head_kv=nkv, head_dim=hd, n_rot=hd, base=1e6, freq_scale=0.125, neox=True)
+    for swa in (False, True):
+        cq, ck = _core.gpu_op_rope("cpu", q, k, pos, swa=swa, base_swa=10000.0, **kw)
+        gq, gk = _core.gpu_op_rope("gpu", q, k, pos, swa=swa, base_swa=10000.0, **kw)
+        assert nmse(gq, cq) <= OTHER_NMSE and nmse(gk, ck) <= OTHER_NMSE
+    plain = dict(kw, base=10000.0, freq_scale=1.0)
+    lq, lk = _core.gpu_op_rope("cpu", q, k, pos, **plain)  # what the sliding layers' tables are
+    np.testing.assert_array_equal(cq, lq)
+    np.testing.assert_array_equal(ck, lk)
 
 
 @pytest.mark.parametrize("row", [64, 96, 128, 256])
@@ -146,7 +175,7 @@ def dequant_cache(raw: np.ndarray, t: str, head_dim: int) -> np.ndarray:
 
 
 def run_attention(device, *, types, head_dim, n_head, n_head_kv, n_slots, slot_ctx, batches,
-                  attn_vec_tokens=8, graphs=False):
+                  attn_vec_tokens=8, graphs=False, **score):
     """Feeds the batches (pos, slot) one after another through the same caches; returns the
     last batch's output and the caches."""
     tk, tv = types
@@ -162,7 +191,7 @@ def run_attention(device, *, types, head_dim, n_head, n_head_kv, n_slots, slot_c
         out, kc, vc = _core.gpu_op_attention(
             device, q, k, v, np.asarray(pos, np.int32), np.asarray(slot, np.int32), kc, vc, n_head=n_head,
             n_head_kv=n_head_kv, head_dim=head_dim, n_slots=n_slots, slot_ctx=slot_ctx, type_k=tk, type_v=tv,
-            attn_vec_tokens=attn_vec_tokens, graphs=graphs)
+            attn_vec_tokens=attn_vec_tokens, graphs=graphs, **score)
     return out, kc, vc
 
 
@@ -203,6 +232,25 @@ def test_attention(types, heads, scenario, kernel):
     for ours, ref, t in ((gpu_k, cpu_k, types[0]), (gpu_v, cpu_v, types[1])):
         assert nmse(dequant_cache(ours, t, head_dim), dequant_cache(ref, t, head_dim)) <= OTHER_NMSE
     assert np.mean(gpu_k == cpu_k) > 0.99 and np.mean(gpu_v == cpu_v) > 0.99
+
+
+@pytest.mark.parametrize("window", [1, 5, 40, 200])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("kernel", ["decode", "prefill"])
+@pytest.mark.parametrize("types", [("f16", "f16"), ("q8_0", "q4_0")])
+def test_attention_window_and_softcap(window, scenario, kernel, types):
+    """Sliding-window layers (gemma2/3) and soft-capped scores (gemma2) with a query scale of
+    their own, in both kernels: windows of one cell, shorter and longer than a prefill tile, and
+    longer than the context."""
+    score = dict(scale=0.3, softcap=5.0, window=window)
+    kw = dict(types=types, head_dim=128, n_head=8, n_head_kv=2, **SCENARIOS[scenario])
+    vec = {"decode": 1 << 20, "prefill": 0}[kernel]
+    cpu_out, _, _ = run_attention("cpu", **kw, **score)
+    gpu_out, _, _ = run_attention("gpu", attn_vec_tokens=vec, **kw, **score)
+    assert nmse(gpu_out, cpu_out) <= OTHER_NMSE
+    full, _, _ = run_attention("cpu", **kw, scale=0.3, softcap=5.0)
+    last_pos = max(SCENARIOS[scenario]["batches"][-1][0])
+    assert (nmse(cpu_out, full) > 1e-3) == (window <= last_pos)  # the window is applied where it bites
 
 
 def test_attention_graphs():

@@ -1,0 +1,231 @@
+"""Gemma, Gemma 2 and Gemma 3 in the engine, on tiny random models: against the numpy float64
+re-implementation of transformers' Gemma models (tests/tiny_model.py) and against llama.cpp on
+the same files.
+
+What sets them apart from llama: embeddings times sqrt(n_embd), GeGLU (tanh gelu), NEOX rotation;
+gemma2/3 RMS-norm the attention and feed-forward outputs before adding them, and interleave
+sliding-window layers (a query sees the last n_swa positions) with global ones; gemma3 norms each
+query/key head and rotates its sliding layers with a base of their own; gemma2 soft-caps the
+attention scores and the logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from splitllm import GGUFError, Model
+from splitllm.quants import quantize
+from tiny_model import TinyConfig, make_weights, reference_logits, write_gguf
+
+# 24 tokens: past every window below, so the windows bite.
+TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
+
+GEMMA = TinyConfig(arch="gemma", key_length=32, tied_output=True, seed=31)
+GEMMA2 = TinyConfig(arch="gemma2", n_layer=4, sliding_window=5, attn_softcap=1.5, final_softcap=5.0,
+                    tied_output=True, seed=32)
+GEMMA3 = TinyConfig(arch="gemma3", n_layer=7, sliding_window=5, rope_base=1e6, key_length=32, seed=33)
+GEMMA3_SCALED = TinyConfig(arch="gemma3", n_layer=7, sliding_window=6, rope_base=1e6, tied_output=True,
+                           rope_scaling={"rope_type": "linear", "factor": 8.0}, n_head_kv=1, seed=34)
+CONFIGS = [GEMMA, GEMMA2, GEMMA3, GEMMA3_SCALED]
+IDS = ["gemma", "gemma2-softcap", "gemma3", "gemma3-linear-mqa-tied"]
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Relative L2 error of each row."""
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def tiny(tmp_path, cfg: TinyConfig, **kw) -> tuple[str, dict[str, np.ndarray]]:
+    path = tmp_path / f"tiny-{cfg.arch}.gguf"
+    held = write_gguf(make_weights(cfg), path, **kw)
+    return str(path), held
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_f32_logits_match_float64_reference(tmp_path, cfg):
+    path, held = tiny(tmp_path, cfg)
+    ref = reference_logits(cfg, held, TOKENS)
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(TOKENS)
+    assert rel_err(ours, ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[1:], ids=IDS[1:])
+def test_each_difference_is_visible(cfg):
+    """The reference without the window, with gemma3's sliding layers at the global base, without
+    the soft caps: each far from the real thing on TOKENS, so the tests above can fail."""
+    held = make_weights(cfg).weights
+    ref = reference_logits(cfg, held, TOKENS)
+    variants = [TinyConfig(**{**cfg.__dict__, "sliding_window": 0})]
+    if cfg.arch == "gemma3":
+        variants.append(TinyConfig(**{**cfg.__dict__, "rope_base_swa": cfg.rope_base}))
+    if cfg.attn_softcap:
+        variants.append(TinyConfig(**{**cfg.__dict__, "attn_softcap": 0.0}))
+        variants.append(TinyConfig(**{**cfg.__dict__, "final_softcap": 0.0}))
+    for v in variants:
+        assert rel_err(reference_logits(v, held, TOKENS), ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("cfg", [GEMMA2, GEMMA3], ids=["gemma2", "gemma3"])
+@pytest.mark.parametrize("n_batch", [1, 4, 64])
+def test_decode_paths_agree(tmp_path, cfg, n_batch):
+    """Token by token through the KV cache (a window then slides over the cache), prompts cut into
+    small batches (a batch's queries see different windows), and two sequences at once."""
+    path, held = tiny(tmp_path, cfg)
+    ref = reference_logits(cfg, held, TOKENS)
+    with Model(path, n_ctx=64, n_batch=n_batch, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
+        m.reset()
+        steps = np.stack([m.eval_prompt(TOKENS[: i + 1]) for i in range(len(TOKENS))])
+    assert rel_err(steps, ref).max() < 1e-4
+
+
+def test_two_sequences_in_one_batch(tmp_path):
+    from splitllm import _core
+
+    path, held = tiny(tmp_path, GEMMA3)
+    other = TOKENS[::-1]
+    m = _core.Model(path, n_ctx=128, n_seq_max=2, n_threads=2)
+    n = len(TOKENS)
+    tokens = np.array(TOKENS + other, np.int32)
+    pos = np.concatenate([np.arange(n), np.arange(n)]).astype(np.int32)
+    slot = np.array([0] * n + [1] * n, np.int32)
+    out = m.decode(tokens, pos, slot)
+    assert rel_err(out[:n], reference_logits(GEMMA3, held, TOKENS)).max() < 1e-4
+    assert rel_err(out[n:], reference_logits(GEMMA3, held, other)).max() < 1e-4
+
+
+@pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
+def test_quantized_kv_cache(tmp_path, kv):
+    """Sliding windows over a quantized cache (rows read from the window's first cell)."""
+    cfg = TinyConfig(arch="gemma3", n_layer=7, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, sliding_window=5,
+                     rope_base=1e6, seed=35)
+    path, held = tiny(tmp_path, cfg)
+    ref = reference_logits(cfg, held, TOKENS)
+    with Model(path, n_ctx=64, n_threads=2, type_k=kv, type_v=kv) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < {"q8_0": 2e-2, "q4_0": 1e-1}[kv]
+
+
+# Budgets as tests/test_model_reference.py's: the engine's error on the weights the file holds.
+BUDGETS = {"F16": 2e-3, "BF16": 2e-3, "Q8_0": 2e-2, "Q6_K": 2e-2, "Q5_K": 2e-2, "Q5_0": 2e-2, "Q4_K": 2e-2,
+           "Q4_0": 2e-2, "Q3_K": 3e-2, "Q2_K": 3e-2}
+
+
+@pytest.mark.parametrize("wtype", list(BUDGETS))
+def test_quantized_weights_within_budget(tmp_path, wtype):
+    cfg = TinyConfig(arch="gemma3", n_layer=7, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, sliding_window=6,
+                     rope_base=1e6, seed=36)
+    path, held = tiny(tmp_path, cfg, weight_type=wtype, quantize=quantize)
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(TOKENS)
+    assert rel_err(ours, reference_logits(cfg, held, TOKENS)).max() < BUDGETS[wtype]
+
+
+def test_swa_pattern_from_metadata(tmp_path):
+    """attention.sliding_window_pattern as one flag per layer (llama.cpp's array form) and as a
+    period; the reference follows the same layers."""
+    cfg = TinyConfig(arch="gemma3", n_layer=6, sliding_window=4, swa_pattern=3, write_swa_pattern=True,
+                     rope_base=1e6, seed=37)
+    path, held = tiny(tmp_path, cfg)
+    ref = reference_logits(cfg, held, TOKENS)
+    other = TinyConfig(**{**cfg.__dict__, "swa_pattern": 6})
+    assert rel_err(reference_logits(other, held, TOKENS), ref).max() > 1e-2
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
+    period = str(tmp_path / "period.gguf")
+    no_flags = TinyConfig(**{**cfg.__dict__, "write_swa_pattern": False})
+    write_gguf(make_weights(no_flags), period, metadata={"gemma3.attention.sliding_window_pattern": 3})
+    with Model(period, n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
+
+
+def test_config_reports_sliding_layers(tmp_path):
+    from splitllm import _core
+
+    path, _ = tiny(tmp_path, GEMMA3)
+    c = _core.Model(path, n_ctx=64).config
+    assert (c["arch"], c["n_swa"], c["swa_layers"]) == ("gemma3", 5, [0, 1, 2, 3, 4, 6])
+    path, _ = tiny(tmp_path, GEMMA2)
+    assert _core.Model(path, n_ctx=64).config["swa_layers"] == [0, 2]
+
+
+def test_gemma3_without_window_is_global(tmp_path):
+    """No attention.sliding_window (or 0): every layer global, at the global base (llama.cpp)."""
+    cfg = TinyConfig(arch="gemma3", n_layer=7, rope_base=1e6, seed=38)
+    path, held = tiny(tmp_path, cfg)
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), reference_logits(cfg, held, TOKENS)).max() < 1e-4
+
+
+def test_bad_metadata_and_tensors_are_named(tmp_path):
+    path = tmp_path / "bad.gguf"
+    cfg = TinyConfig(arch="gemma3", n_layer=6, sliding_window=4, swa_pattern=3, write_swa_pattern=True,
+                     seed=39)
+    model = make_weights(cfg)
+    write_gguf(model, path, metadata={"gemma3.attention.sliding_window_pattern": [True, False]})
+    with pytest.raises(GGUFError, match=r"sliding_window_pattern' has 2 flags for 6 layers"):
+        Model(path, n_ctx=64)
+    write_gguf(model, path, metadata={"gemma3.rope.freq_base_swa": -1.0})
+    with pytest.raises(GGUFError, match=r"gemma3.rope.freq_base_swa' = -1 must be positive"):
+        Model(path, n_ctx=64)
+    del model.weights["blk.2.post_ffw_norm.weight"]
+    write_gguf(model, path)
+    with pytest.raises(GGUFError, match=r"tensor 'blk.2.post_ffw_norm.weight' is missing"):
+        Model(path, n_ctx=64)
+    untied = make_weights(TinyConfig(arch="gemma2", seed=40))
+    write_gguf(untied, path)
+    with pytest.raises(GGUFError, match=r"'output.weight' is not expected: gemma2 ties"):
+        Model(path, n_ctx=64)
+
+
+def test_split_across_devices_is_bitwise(tmp_path, monkeypatch):
+    """Through the fake GPU (the CPU kernels behind the GPU interface): post-norms, adds, both
+    rotary tables and the windows on the device side give the CPU's logits exactly."""
+    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
+    path, _ = tiny(tmp_path, GEMMA3)
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        cpu = m.logits(TOKENS)
+    for ngl in (3, -1):
+        with Model(path, n_ctx=64, n_threads=2, n_gpu_layers=ngl) as m:
+            assert {p["device"] for p in m.placement} == {"CPU", "FAKEGPU0"}
+            np.testing.assert_array_equal(m.logits(TOKENS), cpu)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_matches_llama_cpp(tmp_path, cfg):
+    """llama.cpp reads the same file: its logits agree with ours and with the float64 reference
+    (so the reference's windows, rotary bases and caps are llama.cpp's)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path, held = tiny(tmp_path, cfg)
+    ref = reference_logits(cfg, held, TOKENS)
+    llm = llama_cpp.Llama(path, n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(TOKENS)
+    theirs = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
+    llm.close()
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(TOKENS)
+    assert rel_err(theirs, ref).max() < 1e-3  # llama.cpp's f16 KV cache and f16 gelu table
+    assert rel_err(ours, theirs).max() < 1e-3
+
+
+@pytest.mark.reference
+def test_27b_query_scale(tmp_path):
+    """Gemma 2 27B (46 layers) scales queries by 1 / sqrt(n_embd / n_head), not by the head size:
+    llama.cpp recognises the model by its depth, and so does splitllm (a 46-layer tiny model whose
+    head size is not n_embd / n_head)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    cfg = TinyConfig(arch="gemma2", n_layer=46, n_embd=64, n_head=2, n_head_kv=1, key_length=16, n_ff=64,
+                     sliding_window=5, attn_softcap=20.0, final_softcap=10.0, tied_output=True,
+                     query_scale=1 / np.sqrt(32), seed=41)
+    path, held = tiny(tmp_path, cfg)
+    ref = reference_logits(cfg, held, TOKENS)
+    assert rel_err(reference_logits(TinyConfig(**{**cfg.__dict__, "query_scale": None}), held, TOKENS),
+                   ref).max() > 1e-2
+    llm = llama_cpp.Llama(path, n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(TOKENS)
+    theirs = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
+    llm.close()
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(TOKENS)
+    assert rel_err(theirs, ref).max() < 1e-3
+    assert rel_err(ours, ref).max() < 1e-4
