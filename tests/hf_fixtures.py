@@ -1,14 +1,17 @@
 """Hugging Face model directories for converter tests and benchmarks, built without downloads.
 
-- ``tiny_model``: a random Llama / Mistral / Qwen2 model (config.json, safetensors in f32, f16
-  or bf16, one file or shards with an index) with a byte-level BPE ``tokenizer.json`` trained
-  with ``tokenizers`` and/or a SentencePiece ``tokenizer.model`` trained with ``sentencepiece``.
+- ``tiny_model``: a random Llama / Mistral / Qwen / Phi-3 / Gemma 2 / Gemma 3 model (config.json,
+  safetensors in f32, f16 or bf16, one file or shards with an index) with a byte-level BPE
+  ``tokenizer.json`` trained with ``tokenizers`` and/or a SentencePiece ``tokenizer.model`` trained
+  with ``sentencepiece``. ``gemma3_multimodal`` rewrites a Gemma 3 one as the text part of a
+  Gemma3ForConditionalGeneration checkpoint, beside a stand-in vision tower.
 - ``smollm2_hf_dir``: the real SmolLM2-135M-Instruct rebuilt as a Hugging Face directory from
   its Q4_1 GGUF: weights dequantized with gguf-py (the reference), the rotary permutation of
   q/k undone, tokenizer.json from the GGUF vocabulary and merges. Cached under
   ``splitllm.assets.cache_dir()``; ``smollm2_gguf(type)`` caches our conversions of it.
 - ``reference_logits``: a numpy float64 forward pass with Hugging Face's semantics (rotate-half
-  rope, GQA, SwiGLU, RMSNorm), independent of the converter and of llama.cpp.
+  rope, GQA, SwiGLU, RMSNorm; Gemma's scaled embedding, (1 + w) norms, GeGLU, sliding windows and
+  soft-capping), independent of the converter and of llama.cpp.
 
 The builders do not use the converter's code (only ``smollm2_gguf`` calls it): the fixtures stay
 an independent description of the Hugging Face format.
@@ -165,10 +168,12 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     def vec(n: int, base: float, scale: float) -> np.ndarray:
         return (base + scale * rng.standard_normal(n)).astype(np.float32)
 
+    gemma = is_gemma(cfg)
+    base = 0.0 if gemma else 1.0  # Gemma's norms multiply by (1 + w)
     w: Weights = {"model.embed_tokens.weight": rng.standard_normal((v, e)).astype(np.float32)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        w[p + "input_layernorm.weight"] = vec(e, 1.0, 0.1)
+        w[p + "input_layernorm.weight"] = vec(e, base, 0.1 + 0.2 * gemma)
         w[p + "self_attn.q_proj.weight"] = mat(nh * hd, e)
         w[p + "self_attn.k_proj.weight"] = mat(nkv * hd, e)
         w[p + "self_attn.v_proj.weight"] = mat(nkv * hd, e)
@@ -179,10 +184,13 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
             w[p + "self_attn.v_proj.bias"] = vec(nkv * hd, 0.0, 0.3)
         if cfg.get("attention_bias"):
             w[p + "self_attn.o_proj.bias"] = vec(e, 0.0, 0.3)
-        if cfg.get("architectures") in (["Qwen3ForCausalLM"], ["Qwen3MoeForCausalLM"]):
-            w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.5)
-            w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.5)
-        w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.1)
+        if cfg.get("architectures") in (["Qwen3ForCausalLM"], ["Qwen3MoeForCausalLM"], ["Gemma3ForCausalLM"]):
+            w[p + "self_attn.q_norm.weight"] = vec(hd, base, 0.5)
+            w[p + "self_attn.k_norm.weight"] = vec(hd, base, 0.5)
+        w[p + "post_attention_layernorm.weight"] = vec(e, base, 0.1 + 0.2 * gemma)
+        if gemma:
+            w[p + "pre_feedforward_layernorm.weight"] = vec(e, 0.0, 0.3)
+            w[p + "post_feedforward_layernorm.weight"] = vec(e, 0.0, 0.3)
         if moe := _moe_names(cfg):
             router, names, n_expert, fx = moe
             w[p + router] = mat(n_expert, e)
@@ -200,7 +208,7 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
             w[p + "self_attn.qkv_proj.weight"] = np.concatenate(qkv)
             w[p + "mlp.gate_up_proj.weight"] = np.concatenate([w.pop(p + "mlp.gate_proj.weight"),
                                                                w.pop(p + "mlp.up_proj.weight")])
-    w["model.norm.weight"] = vec(e, 1.0, 0.1)
+    w["model.norm.weight"] = vec(e, base, 0.1 + 0.2 * gemma)
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = mat(v, e)
     return w
@@ -256,10 +264,12 @@ def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int =
 
 
 def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
-    """config.json of a small model; ``arch`` is llama, mistral, mixtral, phi3, qwen2, qwen3 or qwen3_moe."""
+    """config.json of a small model; ``arch`` is llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe,
+    gemma2 or gemma3."""
     hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
           "phi3": "Phi3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-          "qwen3_moe": "Qwen3MoeForCausalLM"}[arch]
+          "qwen3_moe": "Qwen3MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
+          "gemma3": "Gemma3ForCausalLM"}[arch]
     cfg: dict[str, Any] = {
         "architectures": [hf],
         "model_type": arch,
@@ -280,6 +290,16 @@ def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
         cfg["sliding_window"] = None
     if arch == "mixtral":
         cfg.update(num_local_experts=4, num_experts_per_tok=2)
+    if arch in ("gemma2", "gemma3"):  # heads wider than hidden_size / n_head, as Gemma's are
+        cfg.update(rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32)
+    if arch == "gemma2":  # even layers local; transformers' default soft-caps
+        cfg.update(num_hidden_layers=4, sliding_window=6, attn_logit_softcapping=50.0,
+                   final_logit_softcapping=30.0)
+    if arch == "gemma3":  # layers 0-4 local, layer 5 global, layer 6 local
+        cfg.update(model_type="gemma3_text", num_hidden_layers=7, sliding_window=4, sliding_window_pattern=6,
+                   rope_theta=1_000_000.0, rope_local_base_freq=10000.0, rope_scaling=None,
+                   final_logit_softcapping=None, attn_logit_softcapping=None)
     if arch == "qwen3_moe":
         cfg.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True,
                    decoder_sparse_step=1, mlp_only_layers=[])
@@ -306,7 +326,8 @@ def tiny_model(
     """
     d.mkdir(parents=True, exist_ok=True)
     default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "mixtral": "gpt-2", "phi3": "gpt-2",
-                   "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2"}[arch]
+                   "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "gemma2": "gpt-2",
+                   "gemma3": "gpt-2"}[arch]
     n_tok = 0
     if tokenizer in ("bpe", "both"):
         n_tok = write_bpe_tokenizer(d, pre=pre or default_pre)
@@ -361,6 +382,8 @@ def _rope(x: np.ndarray, pos: np.ndarray, inv: np.ndarray) -> np.ndarray:
 
 def reference_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
     """Logits (T, vocab) of a llama-like model in float64, following transformers' modeling code."""
+    if is_gemma(cfg):
+        return _gemma_logits(cfg, w, ids)
     g = {k: v.astype(np.float64) for k, v in w.items()}
     nh, nkv, e = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
     hd, eps = cfg.get("head_dim") or e // nh, cfg["rms_norm_eps"]
@@ -435,6 +458,124 @@ def _moe_ffn(cfg: dict[str, Any], g: Weights, p: str, h: np.ndarray, moe: tuple[
             a, b = g[p + gate.format(xid=x)] @ h[t], g[p + up.format(xid=x)] @ h[t]
             out[t] += wt * (g[p + down.format(xid=x)] @ (a / (1 + np.exp(-a)) * b))
     return out
+
+# -- Gemma 2 and Gemma 3 ----------------------------------------------------------------------------
+
+
+def is_gemma(cfg: dict[str, Any]) -> bool:
+    return cfg.get("architectures", [""])[0] in ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+
+def gemma_sliding_layers(cfg: dict[str, Any]) -> list[bool]:
+    """Which layers attend through a sliding window: ``layer_types``, else transformers' pattern
+    (Gemma 2: the even layers; Gemma 3: all but every ``sliding_window_pattern``-th)."""
+    if cfg.get("layer_types"):
+        return [t == "sliding_attention" for t in cfg["layer_types"]]
+    n = 2 if cfg["architectures"] == ["Gemma2ForCausalLM"] else cfg.get("sliding_window_pattern", 6)
+    return [(i + 1) % n != 0 for i in range(cfg["num_hidden_layers"])]
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """transformers' gelu_pytorch_tanh."""
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    return np.tanh(x / cap) * cap if cap else x
+
+
+def _gemma_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
+    """transformers' Gemma2ForCausalLM / Gemma3ForCausalLM in float64: the embedding times
+    sqrt(hidden_size) (in float32, the model's dtype), norms ``x * (1 + w)`` before and after
+    attention and feed-forward, per-head q/k norms (Gemma 3), queries scaled by
+    query_pre_attn_scalar**-0.5, attention soft-capped (Gemma 2), local layers masking keys
+    ``sliding_window`` or more positions back (Gemma 3's with rope_local_base_freq, unscaled),
+    a GeGLU feed-forward (gelu_pytorch_tanh), the final logits soft-capped."""
+    g = {k: v.astype(np.float64) for k, v in w.items()}
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    eps = cfg["rms_norm_eps"]
+    t = len(ids)
+
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        return _rms(x, 1.0 + g[name], eps)
+
+    x = g["model.embed_tokens.weight"][ids] * float(np.float32(math.sqrt(cfg["hidden_size"])))
+    pos = np.arange(t, dtype=np.float64)
+    back = pos[:, None] - pos[None, :]  # how far back each key is from each query
+    full = np.where(back >= 0, 0.0, -np.inf)
+    local = np.where((back >= 0) & (back < cfg["sliding_window"]), 0.0, -np.inf)
+    inv_full = rope_inv_freq(cfg, hd)
+    inv_local = rope_inv_freq({"rope_theta": cfg.get("rope_local_base_freq", cfg.get("rope_theta"))}, hd)
+    if cfg["architectures"] == ["Gemma2ForCausalLM"]:
+        inv_local = inv_full
+    for i, sliding in enumerate(gemma_sliding_layers(cfg)):
+        p = f"model.layers.{i}."
+        h = norm(x, p + "input_layernorm.weight")
+        q, k, v = (h @ g[p + f"self_attn.{n}_proj.weight"].T for n in "qkv")
+        q, k = q.reshape(t, nh, hd).transpose(1, 0, 2), k.reshape(t, nkv, hd).transpose(1, 0, 2)
+        v = v.reshape(t, nkv, hd).transpose(1, 0, 2)
+        if p + "self_attn.q_norm.weight" in g:
+            q, k = norm(q, p + "self_attn.q_norm.weight"), norm(k, p + "self_attn.k_norm.weight")
+        inv = inv_local if sliding else inv_full
+        q, k = _rope(q, pos, inv), _rope(k, pos, inv)
+        k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
+        s = q @ k.transpose(0, 2, 1) * cfg["query_pre_attn_scalar"] ** -0.5
+        s = _softcap(s, cfg.get("attn_logit_softcapping")) + (local if sliding else full)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(t, nh * hd)
+        x = x + norm(a @ g[p + "self_attn.o_proj.weight"].T, p + "post_attention_layernorm.weight")
+        h = norm(x, p + "pre_feedforward_layernorm.weight")
+        f = _gelu_tanh(h @ g[p + "mlp.gate_proj.weight"].T) * (h @ g[p + "mlp.up_proj.weight"].T)
+        x = x + norm(f @ g[p + "mlp.down_proj.weight"].T, p + "post_feedforward_layernorm.weight")
+    x = norm(x, "model.norm.weight")
+    logits = x @ g.get("lm_head.weight", g["model.embed_tokens.weight"]).T
+    return _softcap(logits, cfg.get("final_logit_softcapping"))
+
+
+# transformers' Gemma3TextConfig defaults: gemma3_multimodal leaves keys holding them out of text_config
+GEMMA3_TEXT_DEFAULTS = {
+    "rms_norm_eps": 1e-6, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
+    "tie_word_embeddings": True, "final_logit_softcapping": None, "attn_logit_softcapping": None,
+    "rope_scaling": None, "hidden_activation": "gelu_pytorch_tanh",
+}  # fmt: skip
+
+
+def gemma3_multimodal(src: Path, d: Path, weights: Weights, *, layout: str = "new", shards: int = 1) -> None:
+    """Write the Gemma 3 model of directory ``src`` (stored ``weights``) to ``d`` as
+    Gemma3ForConditionalGeneration saves it: the text settings in ``text_config`` (keys at their
+    transformers default left out, as in Google's config.json), token ids at the top level, the
+    decoder under ``model.language_model.`` (``layout`` "new", transformers >= 4.52) or
+    ``language_model.model.`` ("old"), and a small stand-in vision tower and projector."""
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / name, d / name)
+    cfg = json.loads((src / "config.json").read_text())
+    top = {k: cfg.pop(k) for k in ("bos_token_id", "eos_token_id")}
+    for key in ("architectures", "torch_dtype"):
+        cfg.pop(key)
+    text = {k: v for k, v in cfg.items() if k not in GEMMA3_TEXT_DEFAULTS or GEMMA3_TEXT_DEFAULTS[k] != v}
+    _write_json(d / "config.json", {
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", **top,
+        "text_config": text, "image_token_index": 262144, "mm_tokens_per_image": 4,
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 16, "image_size": 8,
+                          "patch_size": 4, "num_hidden_layers": 1},
+    })  # fmt: skip
+    rng = np.random.default_rng(1)
+    head = "model." if layout == "new" else ""
+    vision = {
+        "vision_tower.vision_model.embeddings.patch_embedding.weight": (16, 3, 4, 4),
+        "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight": (16, 16),
+        "vision_tower.vision_model.post_layernorm.weight": (16,),
+        "multi_modal_projector.mm_input_projection_weight": (16, cfg["hidden_size"]),
+        "multi_modal_projector.mm_soft_emb_norm.weight": (16,),
+    }
+    decoder = "model.language_model." if layout == "new" else "language_model.model."
+    lm_head = "lm_head.weight" if layout == "new" else "language_model.lm_head.weight"
+    out = {head + n: rng.standard_normal(shape).astype(np.float32) for n, shape in vision.items()}
+    for n, x in weights.items():
+        out[lm_head if n == "lm_head.weight" else decoder + n.removeprefix("model.")] = x
+    save_weights(d, out, shards=shards)
+
 
 # -- SmolLM2 rebuilt from its GGUF ---------------------------------------------------------------
 

@@ -10,13 +10,14 @@ Python::
     plan = convert("path/to/hf-model", "model.gguf", type="q4_k_m")
     print(plan.format())
 
-Input: ``config.json`` (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Phi3ForCausalLM,
-Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM), weights in ``model.safetensors`` or shards
-with ``model.safetensors.index.json`` (F32, F16 or BF16), and the tokenizer: ``tokenizer.model``
-(SentencePiece, preferred when present, as llama.cpp does) or a byte-level BPE ``tokenizer.json``;
-tokenizer_config.json, generation_config.json (sampling defaults) and README.md (model card) are
-read when present. special_tokens_map.json is not read: llama.cpp's converter ignores it, and the
-special token ids must be the ones llama.cpp writes.
+Input: ``config.json`` (Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its
+text model; the vision tower is left out), LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM,
+Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM; see ``registry``), weights
+in ``model.safetensors`` or shards with ``model.safetensors.index.json`` (F32, F16 or BF16), and the
+tokenizer: ``tokenizer.model`` (SentencePiece, preferred when present, as llama.cpp does) or a
+byte-level BPE ``tokenizer.json``; tokenizer_config.json, generation_config.json (sampling defaults)
+and README.md (model card) are read when present. special_tokens_map.json is not read: llama.cpp's
+converter ignores it, and the special token ids must be the ones llama.cpp writes.
 
 Output: GGUF v3 with llama.cpp's tensor names, metadata keys and q/k row order (its
 convert_hf_to_gguf.py), Llama 3 rope scaling as the ``rope_freqs.weight`` tensor, and the
@@ -32,9 +33,9 @@ errors and Ctrl-C leave nothing behind. Bad input raises ``ConvertError`` naming
 tensor or key.
 """
 
-from splitllm_convert.arch import ARCHITECTURES
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.mix import FILE_TYPES
 from splitllm_convert.pipeline import ConvertPlan, TensorPlan, convert
+from splitllm_convert.registry import ARCHITECTURES
 
 __all__ = ["ARCHITECTURES", "FILE_TYPES", "ConvertError", "ConvertPlan", "TensorPlan", "convert"]

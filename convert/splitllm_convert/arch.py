@@ -3,14 +3,15 @@
 Name mapping is data: each architecture lists ``TensorRule`` rows (HF name pattern, GGUF name
 pattern, expected shape in config symbols, an optional named transform). Adding an architecture
 is one small class. Metadata keys and the q/k layout are those llama.cpp's convert_hf_to_gguf.py
-writes, so llama.cpp loads these files and splitllm loads llama.cpp's.
+writes, so llama.cpp loads these files and splitllm loads llama.cpp's. Gemma 2 and 3 are in
+``gemma``; ``registry`` maps config.json's architecture names to the classes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -90,6 +91,7 @@ class Architecture:
     gguf_arch: ClassVar[str]
     rules: ClassVar[tuple[TensorRule, ...]]
     ignored: ClassVar[tuple[str, ...]] = ("model.layers.{bid}.self_attn.rotary_emb.inv_freq",)
+    skipped: ClassVar[tuple[str, ...]] = ()  # name prefixes of another model's tensors (a vision tower)
     # transformers' config defaults where config.json leaves a key out
     default_ctx: ClassVar[int] = 2048
     default_rope_theta: ClassVar[float] = 10000.0
@@ -158,9 +160,11 @@ class Architecture:
         tensor; ``files`` are the weight files that were searched (named when a tensor is missing).
         """
         dims = self.dims()
+        rules, ignored_patterns = self.table(available)
+        available = {n: s for n, s in available.items() if not n.startswith(self.skipped)}
         expected: dict[str, tuple[TensorRule, str]] = {}
         stacks: dict[str, tuple[str, ...]] = {}  # GGUF name -> its experts' HF names
-        for rule in self.rules:
+        for rule in rules:
             for bid in range(self.n_layer) if "{bid}" in rule.hf else [None]:
                 if "{xid}" in rule.hf:
                     names = tuple(rule.hf.format(bid=bid, xid=x) for x in range(self.n_expert))
@@ -168,7 +172,7 @@ class Architecture:
                     expected.update((n, (rule, rule.gguf.format(bid=bid))) for n in names)
                 else:
                     expected[rule.hf.format(bid=bid)] = (rule, rule.gguf.format(bid=bid))
-        ignored = {p.format(bid=b) for p in self.ignored for b in range(self.n_layer)}
+        ignored = {p.format(bid=b) for p in ignored_patterns for b in range(self.n_layer)}
         unknown = sorted(n for n in available if n not in expected and n not in ignored)
         if unknown:
             raise ConvertError(
@@ -203,6 +207,11 @@ class Architecture:
                 out.append(PlannedSource(gguf_name, (self.n_expert, *want), transform=rule.transform,
                                          hf_stack=stacks[gguf_name]))
         return out
+
+    def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
+        """The rules and ignored names for a checkpoint holding tensors ``available``: the class's own,
+        unless the names depend on how the checkpoint was saved (a multimodal model's text part)."""
+        return self.rules, self.ignored
 
     def _generated(self) -> list[PlannedSource]:
         """Tensors written that the checkpoint does not hold (rotary factors)."""
@@ -533,25 +542,6 @@ class Phi3(Architecture):
         return [PlannedSource(f"rope_factors_{k}.weight", (self.n_rot // 2,),
                               generate=lambda k=k: np.asarray(self.rope[f"{k}_factor"], dtype=np.float32))
                 for k in ("long", "short")]
-
-
-ARCHITECTURES: dict[str, type[Architecture]] = {
-    n: cls for cls in (Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe) for n in cls.hf_names
-}
-
-
-def architecture(cfg: dict[str, Any], config_path: Path) -> Architecture:
-    """The Architecture for config.json's ``architectures[0]``; a clear error for anything else."""
-    names = cfg.get("architectures")
-    if not isinstance(names, list) or not names:
-        raise ConvertError(f"{config_path}: no 'architectures' list; supported: {', '.join(ARCHITECTURES)}")
-    cls = ARCHITECTURES.get(str(names[0]))
-    if cls is None:
-        raise ConvertError(
-            f"{config_path}: architecture {names[0]!r} is not supported; "
-            f"supported: {', '.join(ARCHITECTURES)}"
-        )
-    return cls(cfg, config_path)
 
 
 def total_params(shapes: list[tuple[int, ...]]) -> int:

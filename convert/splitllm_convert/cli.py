@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from splitllm_convert.arch import ARCHITECTURES
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.mix import FILE_TYPES
 from splitllm_convert.pipeline import convert
+from splitllm_convert.registry import ARCHITECTURES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,9 +23,10 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.gguf_writer import WriterState
 
 from splitllm_convert import hfdir, mix
-from splitllm_convert.arch import Architecture, PlannedSource, architecture
+from splitllm_convert.arch import Architecture, PlannedSource
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import TensorEntry
+from splitllm_convert.registry import architecture
 from splitllm_convert.vocab import Vocab, load_vocab
 
 Q = GGMLQuantizationType

@@ -1,0 +1,283 @@
+"""Gemma 2 and Gemma 3 (text): the table and the metadata llama.cpp's Gemma2Model / Gemma3Model
+(convert_hf_to_gguf.py) write, on the Architecture machinery of ``arch``.
+
+Gemma's RMSNorm multiplies by ``1 + w``; llama.cpp's by its weight, so every norm weight is
+written as ``w + 1`` (computed in float32, as llama.cpp does for BF16 and F32 checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from gguf import GGUFWriter
+
+from splitllm_convert.arch import Architecture, Array, TensorRule, _require
+from splitllm_convert.errors import ConvertError
+from splitllm_convert.vocab import Vocab
+
+
+def _gemma_rules(prefix: str, lm_head: str | None, head_norms: bool) -> tuple[TensorRule, ...]:
+    """Gemma's table: four RMSNorms a block, each stored as ``w`` of ``x * (1 + w)`` and written as
+    ``1 + w`` (what llama.cpp's plain RMSNorm multiplies by); q/k in HF order (NEOX rope).
+
+    ``prefix``: where the decoder's tensors live ("model." or a multimodal model's text part).
+    ``lm_head``: the HF name written as output.weight, or None to leave it out (Gemma 2).
+    """
+    L, B = prefix + "layers.{bid}.", "blk.{bid}."
+    rules = [
+        TensorRule(prefix + "embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
+        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",), "plus_one"),
+        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd")),
+        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
+        TensorRule(
+            L + "post_attention_layernorm.weight", B + "post_attention_norm.weight", ("embd",), "plus_one"
+        ),
+        TensorRule(L + "pre_feedforward_layernorm.weight", B + "ffn_norm.weight", ("embd",), "plus_one"),
+        TensorRule(L + "mlp.gate_proj.weight", B + "ffn_gate.weight", ("ff", "embd")),
+        TensorRule(L + "mlp.up_proj.weight", B + "ffn_up.weight", ("ff", "embd")),
+        TensorRule(L + "mlp.down_proj.weight", B + "ffn_down.weight", ("embd", "ff")),
+        TensorRule(
+            L + "post_feedforward_layernorm.weight", B + "post_ffw_norm.weight", ("embd",), "plus_one"
+        ),
+        TensorRule(prefix + "norm.weight", "output_norm.weight", ("embd",), "plus_one"),
+    ]
+    if head_norms:
+        rules += [
+            TensorRule(L + "self_attn.q_norm.weight", B + "attn_q_norm.weight", ("head",), "plus_one"),
+            TensorRule(L + "self_attn.k_norm.weight", B + "attn_k_norm.weight", ("head",), "plus_one"),
+        ]
+    if lm_head:
+        rules.append(TensorRule(lm_head, "output.weight", ("vocab", "embd")))
+    return tuple(rules)
+
+
+def _positive(cfg: dict[str, Any], key: str, path: Path) -> float:
+    v = cfg.get(key)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
+        raise ConvertError(f"{path}: '{key}' must be a positive number, got {v!r}")
+    return float(v)
+
+
+class _Gemma(Architecture):
+    """What Gemma 2 and Gemma 3 share: the embedding scaled by sqrt(n_embd), norms before and after
+    attention and feed-forward, a GeGLU feed-forward, queries scaled by query_pre_attn_scalar**-0.5,
+    sliding-window attention on some layers, tied embeddings.
+
+    config.json is read as llama.cpp's converter reads it through transformers' AutoConfig: keys it
+    leaves out take the config class's defaults (``defaults``). Layers attend locally as
+    ``layer_types`` says (else transformers' fixed pattern); llama.cpp assumes a pattern of
+    ``lcpp_pattern`` and is told only of a different one (``attention.sliding_window_pattern``).
+    """
+
+    defaults: ClassVar[dict[str, Any]]
+    lcpp_pattern: ClassVar[int]  # llama.cpp's SWA pattern: layer i is local unless (i + 1) % n == 0
+    n_layer_27b: ClassVar[int]  # the 27B model, whose queries llama.cpp scales by n_embd / n_head
+    always_swa: ClassVar[bool]  # llama.cpp's arch has sliding-window layers whatever the file says
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__({**self.defaults, **cfg}, config_path)
+        self.n_ctx = _require(self.cfg, "max_position_embeddings", config_path)
+        self.rms_eps = _positive(self.cfg, "rms_norm_eps", config_path)
+        self.swa = self._swa_layers(config_path)
+        use_swa = any(self.swa) or self.always_swa
+        self.n_swa = _require(self.cfg, "sliding_window", config_path) if use_swa else 0
+        self._check_query_scale(config_path)
+
+    def _pattern(self, config_path: Path) -> int:
+        """transformers' local/global pattern when config.json has no ``layer_types``."""
+        return self.lcpp_pattern
+
+    def _swa_layers(self, config_path: Path) -> list[bool]:
+        """Which layers use sliding-window attention."""
+        types = self.cfg.get("layer_types")
+        if types is None:
+            n = self._pattern(config_path)
+            return [(i + 1) % n != 0 for i in range(self.n_layer)]
+        kinds = ("sliding_attention", "full_attention")
+        if not isinstance(types, list) or len(types) != self.n_layer or any(t not in kinds for t in types):
+            raise ConvertError(
+                f"{config_path}: 'layer_types' must list {self.n_layer} entries, each 'sliding_attention' "
+                f"or 'full_attention', got {types!r}"
+            )
+        return [t == "sliding_attention" for t in types]
+
+    def _check_query_scale(self, config_path: Path) -> None:
+        """llama.cpp has no key for the query scale: it takes 1/sqrt(head_dim), or 1/sqrt(n_embd / n_head)
+        for the 27B models (known by their layer count). A model that differs would run wrong."""
+        big = self.n_layer == self.n_layer_27b
+        want = self.n_embd // self.n_head if big else self.head_dim
+        v = self.cfg.get("query_pre_attn_scalar")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != want:
+            basis = f"n_embd / n_head for a {self.n_layer}-layer model" if big else "head_dim"
+            raise ConvertError(
+                f"{config_path}: 'query_pre_attn_scalar' is {v!r}; llama.cpp's {self.gguf_arch} scales "
+                f"queries by 1/sqrt({want}) ({basis}), so this model would not run as trained"
+            )
+
+    def transforms(self) -> dict[str, Callable[[Array], Array]]:
+        return {"plus_one": lambda w: w + np.float32(1.0)}
+
+    def adjust_vocab(self, vocab: Vocab) -> None:
+        vocab.add_space_prefix = False  # llama.cpp's Gemma converters
+
+    def _add_swa(self, w: GGUFWriter) -> None:
+        if not self.n_swa:  # no sliding-window layers: llama.cpp's gemma3 then has none either
+            return
+        w.add_sliding_window(self.n_swa)
+        if self.swa != [(i + 1) % self.lcpp_pattern != 0 for i in range(self.n_layer)]:
+            w.add_sliding_window_pattern(self.swa)  # llama.cpp reads it; its converter never differs
+
+
+class Gemma2(_Gemma):
+    """Gemma2ForCausalLM: attention and final logits soft-capped, every other layer (the even ones)
+    local; the output is the token embedding (llama.cpp's gemma2 has no output tensor)."""
+
+    hf_names = ("Gemma2ForCausalLM",)
+    gguf_arch = "gemma2"
+    rules = _gemma_rules("model.", None, head_norms=False)
+    ignored = (*Architecture.ignored, "lm_head.weight")  # a copy of the tied embedding
+    defaults = {  # transformers' Gemma2Config (rope_theta: default_rope_theta)
+        "vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
+        "sliding_window": 4096, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
+        "tie_word_embeddings": True,
+    }  # fmt: skip
+    lcpp_pattern = 2
+    n_layer_27b = 46
+    always_swa = True
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        if not self.tied:
+            raise ConvertError(
+                f"{config_path}: 'tie_word_embeddings' is false, but llama.cpp's gemma2 always uses the "
+                "token embedding as the output matrix"
+            )
+        if self.rope["rope_type"] not in ("default", "dynamic"):
+            raise ConvertError(
+                f"{config_path}: rope scaling is not supported for Gemma 2 (llama.cpp's has none)"
+            )
+        # llama.cpp's gemma2 always soft-caps; transformers' null (no capping) cannot be written
+        self.attn_softcap = _positive(self.cfg, "attn_logit_softcapping", config_path)
+        self.final_softcap = _positive(self.cfg, "final_logit_softcapping", config_path)
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        """As llama.cpp's Gemma2Model.set_gguf_parameters; it writes no rope.freq_base (llama.cpp's
+        default, 10000, is Gemma 2's), so the key is written only for a model with another base."""
+        w.add_context_length(self.n_ctx)
+        w.add_embedding_length(self.n_embd)
+        w.add_block_count(self.n_layer)
+        w.add_feed_forward_length(self.n_ff)
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        if self.rope_theta() != 10000.0:
+            w.add_rope_freq_base(self.rope_theta())
+        w.add_layer_norm_rms_eps(self.rms_eps)
+        w.add_key_length(self.head_dim)
+        w.add_value_length(self.head_dim)
+        w.add_attn_logit_softcapping(self.attn_softcap)
+        w.add_final_logit_softcapping(self.final_softcap)
+        self._add_swa(w)
+
+
+class Gemma3(_Gemma):
+    """Gemma3ForCausalLM: q/k RMS-normed per head, five local layers to one global (the global ones
+    with rope_theta and any linear rope scaling, the local ones with rope_local_base_freq and none),
+    final logits soft-capped only when final_logit_softcapping is set."""
+
+    hf_names = ("Gemma3ForCausalLM",)
+    gguf_arch = "gemma3"
+    rules = _gemma_rules("model.", "lm_head.weight", head_norms=True)
+    defaults = {  # transformers' Gemma3TextConfig (rope_theta: default_rope_theta)
+        "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_local_base_freq": 10000.0,
+        "query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None,
+        "attn_logit_softcapping": None, "tie_word_embeddings": True,
+    }  # fmt: skip
+    lcpp_pattern = 6
+    n_layer_27b = 62
+    always_swa = False
+    default_rope_theta = 1_000_000.0
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        rope = cfg.get("rope_parameters")
+        if isinstance(rope, dict) and ("full_attention" in rope or "sliding_attention" in rope):
+            cfg = self._split_rope(cfg, rope, config_path)
+        super().__init__(cfg, config_path)
+        if self.rope["rope_type"] not in ("default", "linear", "dynamic"):
+            raise ConvertError(
+                f"{config_path}: rope scaling type {self.rope['rope_type']!r} is not supported for Gemma 3 "
+                "(supported: linear)"
+            )
+        if self.cfg.get("attn_logit_softcapping") is not None:
+            raise ConvertError(
+                f"{config_path}: 'attn_logit_softcapping' is set, but llama.cpp's gemma3 does not soft-cap "
+                "attention"
+            )
+        cap = self.cfg.get("final_logit_softcapping")
+        self.final_softcap = _positive(self.cfg, "final_logit_softcapping", config_path) if cap else None
+        self.rope_local_theta = _positive(self.cfg, "rope_local_base_freq", config_path)
+
+    @staticmethod
+    def _split_rope(cfg: dict[str, Any], rope: dict[str, Any], config_path: Path) -> dict[str, Any]:
+        """transformers >= 5 keeps rope settings per layer type: the global ones become this
+        model's rope_parameters, the local base its rope_local_base_freq (the local layers are unscaled)."""
+        full, local = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
+        if not isinstance(full, dict) or not isinstance(local, dict):
+            raise ConvertError(f"{config_path}: 'rope_parameters' per layer type must be objects: {rope!r}")
+        if local.get("rope_type", "default") != "default":
+            raise ConvertError(f"{config_path}: rope scaling of the sliding-window layers is not supported")
+        out = {**cfg, "rope_parameters": full}
+        if "rope_theta" in local:
+            out["rope_local_base_freq"] = local["rope_theta"]
+        return out
+
+    def _pattern(self, config_path: Path) -> int:
+        n = self.cfg.get("sliding_window_pattern", self.lcpp_pattern)
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise ConvertError(f"{config_path}: 'sliding_window_pattern' must be a positive integer: {n!r}")
+        return n
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        """As llama.cpp's Gemma3Model.set_gguf_parameters (after TextModel's): rope.freq_base for the
+        global layers, rope.freq_base_swa for the local ones, linear rope scaling if any."""
+        super().add_hparams(w)
+        w.add_rope_freq_base_swa(self.rope_local_theta)
+        if self.final_softcap:
+            w.add_final_logit_softcapping(self.final_softcap)
+        self._add_swa(w)
+
+
+class Gemma3Multimodal(Gemma3):
+    """Gemma3ForConditionalGeneration, its text model only: the settings in ``text_config``, the
+    tensors under ``language_model.model.`` (or ``model.language_model.`` as transformers >= 4.52
+    saves them); the vision tower and projector are left out (llama.cpp writes them to an mmproj file)."""
+
+    hf_names = ("Gemma3ForConditionalGeneration",)
+    skipped = ("vision_tower.", "multi_modal_projector.",
+               "model.vision_tower.", "model.multi_modal_projector.")  # fmt: skip
+    # (decoder prefix, lm_head name) of each way the checkpoint may be saved
+    layouts = (("model.language_model.", "lm_head.weight"),
+               ("language_model.model.", "language_model.lm_head.weight"))  # fmt: skip
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        text = cfg.get("text_config")
+        if not isinstance(text, dict):
+            raise ConvertError(f"{config_path}: 'text_config' must be an object, got {text!r}")
+        # as AutoConfig's text_config merged over the top level (llama.cpp's TextModel)
+        super().__init__({**cfg, **self.defaults, **text}, config_path)
+
+    def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
+        prefix, lm_head = next(
+            (layout for layout in self.layouts if layout[0] + "embed_tokens.weight" in available),
+            self.layouts[0],
+        )
+        return _gemma_rules(prefix, lm_head, head_norms=True), ()

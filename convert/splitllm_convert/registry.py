@@ -1,0 +1,30 @@
+"""Which Architecture reads a config.json: the ``architectures`` it names, mapped to their classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from splitllm_convert.arch import Architecture, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe
+from splitllm_convert.errors import ConvertError
+from splitllm_convert.gemma import Gemma2, Gemma3, Gemma3Multimodal
+
+ARCHITECTURES: dict[str, type[Architecture]] = {
+    n: cls
+    for cls in (Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe)
+    for n in cls.hf_names
+}
+
+
+def architecture(cfg: dict[str, Any], config_path: Path) -> Architecture:
+    """The Architecture for config.json's ``architectures[0]``; a clear error for anything else."""
+    names = cfg.get("architectures")
+    if not isinstance(names, list) or not names:
+        raise ConvertError(f"{config_path}: no 'architectures' list; supported: {', '.join(ARCHITECTURES)}")
+    cls = ARCHITECTURES.get(str(names[0]))
+    if cls is None:
+        raise ConvertError(
+            f"{config_path}: architecture {names[0]!r} is not supported; "
+            f"supported: {', '.join(ARCHITECTURES)}"
+        )
+    return cls(cfg, config_path)
