@@ -10,6 +10,8 @@ attention scores and the logits."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from splitllm import GGUFError, Model
@@ -229,3 +231,138 @@ def test_27b_query_scale(tmp_path):
         ours = m.logits(TOKENS)
     assert rel_err(theirs, ref).max() < 1e-3
     assert rel_err(ours, ref).max() < 1e-4
+
+
+# ---- the sliding-window layers' own small cache (a ring of n_swa + n_batch cells) ----
+
+
+def wait(job: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not job.finished:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+RING = dict(n_ctx=64, n_batch=4, n_threads=2)  # GEMMA3's layers: rings of 5 + 4 cells, global 64
+
+
+def test_ring_cache_sizes_and_plan(tmp_path):
+    """The sliding-window layers hold n_swa + n_batch cells, the global ones n_ctx, in the model
+    and in the plan made from the header; swa_full gives every layer n_ctx; the plan's largest
+    context grows accordingly."""
+    from splitllm.plan import plan
+
+    path, _ = tiny(tmp_path, GEMMA3)
+    row = 2 * GEMMA3.head_dim * GEMMA3.n_head_kv * 2  # K and V rows of every KV head, f16
+    for swa_full, ring in ((False, 9), (True, 64)):
+        with Model(path, swa_full=swa_full, **RING) as m:
+            kv = {p["name"]: p["kv_bytes"] for p in m.placement if p["kv_bytes"]}
+            p = plan(path, n_ctx=64, n_batch=4, swa_full=swa_full, cpu_memory="1GiB")
+        want = {f"blk.{i}": row * (ring if GEMMA3.is_swa(i) else 64) for i in range(GEMMA3.n_layer)}
+        assert kv == want
+        assert {lp.name: lp.kv_bytes for lp in p.layers if lp.kv_bytes} == want
+        assert p.kv_bytes == sum(want.values())
+        assert p.swa_cells == (0 if swa_full else 9)
+        assert p.kv_bytes_per_token == row * (1 if not swa_full else GEMMA3.n_layer)
+    small = plan(path, n_ctx=64, n_batch=4, cpu_memory="40MiB").max_ctx
+    full = plan(path, n_ctx=64, n_batch=4, cpu_memory="40MiB", swa_full=True).max_ctx
+    assert small is not None and full is not None and small > 4 * full
+
+
+def test_plan_cli_swa_full(tmp_path, capsys):
+    import json
+
+    from splitllm.cli import main
+
+    path, _ = tiny(tmp_path, GEMMA3)
+    for extra, cells in (([], 9), (["--swa-full"], 0)):
+        assert main(["plan", path, "-c", "64", "-b", "4", "--cpu-memory", "1GiB", "--json", *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["swa_cells"] == cells
+    assert main(["plan", path, "-c", "64", "-b", "4", "--cpu-memory", "1GiB"]) == 0
+    assert "the sliding-window layers hold 9 cells each" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("swa_full", [False, True])
+def test_prefix_reuse_with_a_ring(tmp_path, swa_full):
+    """A prompt sharing a prefix with the cached one: with swa_full the prefix is reused; with the
+    ring, positions past the prefix have taken the cells the next token attends to, so the prompt is
+    read again from the start. Either way the logits are the reference's."""
+    path, held = tiny(tmp_path, GEMMA3)
+    other = TOKENS[:16] + [5, 6, 7, 8]
+    with Model(path, swa_full=swa_full, **RING) as m:
+        m.eval_prompt(TOKENS)
+        n0 = m.n_eval
+        got = m.eval_prompt(other)
+        assert m.n_eval - n0 == (4 if swa_full else len(other))
+        # appending to the cached prompt always continues it
+        n1 = m.n_eval
+        longer = other + [9, 10, 11]
+        got_longer = m.eval_prompt(longer)
+        assert m.n_eval - n1 == 3
+    assert rel_err(got, reference_logits(GEMMA3, held, other)[-1]).max() < 1e-4
+    assert rel_err(got_longer, reference_logits(GEMMA3, held, longer)[-1]).max() < 1e-4
+
+
+def test_ring_refuses_what_it_no_longer_holds(tmp_path):
+    """The engine itself refuses a batch attending to positions its rings have lost (a caller that
+    does not ask kv_reusable first), and continuing a sequence is allowed."""
+    from splitllm import Error, _core
+
+    path, _ = tiny(tmp_path, GEMMA3)
+    m = _core.Model(path, **RING)
+    assert m.swa_cells == 9
+    toks = np.array(TOKENS, np.int32)
+    m.decode(toks[:20], np.arange(20, dtype=np.int32), np.zeros(20, np.int32))
+    assert m.kv_reusable(0, 20) == 20 and m.kv_reusable(0, 12) == 0
+    with pytest.raises(Error, match=r"no longer holds"):
+        m.decode(toks[12:13], np.array([12], np.int32), np.zeros(1, np.int32))
+    with pytest.raises(Error, match=r"must be consecutive"):
+        m.decode(toks[20:22], np.array([20, 22], np.int32), np.zeros(2, np.int32))
+    m.decode(toks[20:21], np.array([20], np.int32), np.zeros(1, np.int32))
+
+
+def test_state_with_a_ring(tmp_path):
+    """A saved state holds the last positions its rings still hold (here 5 of the 9 cells: the
+    cache went 4 positions further before coming back); loaded into another model it continues the
+    text as the reference does, and its bytes are fewer than swa_full's."""
+    path, held = tiny(tmp_path, GEMMA3)
+    with Model(path, **RING) as m:
+        m.eval_prompt(TOKENS[:20])
+        m.eval_prompt(TOKENS[:24])
+        m.eval_prompt(TOKENS[:20])  # continued from position 19: the rings now hold 15..19 of the 20
+        state = m.save_state()
+    with Model(path, swa_full=True, **RING) as m:
+        m.eval_prompt(TOKENS[:20])
+        assert len(m.save_state().llama_state) > len(state.llama_state)
+    with Model(path, **RING) as m:
+        m.load_state(state)
+        n0 = m.n_eval
+        got = m.eval_prompt(TOKENS)
+        assert m.n_eval - n0 == 4
+    assert rel_err(got, reference_logits(GEMMA3, held, TOKENS)[-1]).max() < 1e-4
+
+
+def test_batch_engine_with_rings(tmp_path):
+    """Two sequences at once in the batching engine, each slot with its own rings, then a prompt
+    that shares a prefix with a slot's (read again from the start where the ring lost it): the
+    first logits of each are the reference's."""
+    from splitllm.engine import BatchEngine
+    from splitllm.sampling import SamplingParams
+
+    path, held = tiny(tmp_path, GEMMA3)
+    prompts = [TOKENS, TOKENS[::-1][:18], TOKENS[:14] + [3, 4]]
+    with Model(path, n_ctx=128, n_batch=4, n_seq_max=2, n_threads=2) as m:
+        eng = BatchEngine(m)
+        try:
+            greedy = SamplingParams(temperature=0)
+            jobs = [eng.submit(p, on_event=lambda ev: None, params=greedy, max_tokens=1) for p in prompts[:2]]
+            firsts = []
+            for job in jobs:
+                wait(job)
+                firsts.append(eng._slots[job.slot].logits.copy())
+            job = eng.submit(prompts[2], on_event=lambda ev: None, params=greedy, max_tokens=1)
+            wait(job)
+            firsts.append(eng._slots[job.slot].logits.copy())
+        finally:
+            eng.close()
+    for p, got in zip(prompts, firsts, strict=True):
+        assert rel_err(got, reference_logits(GEMMA3, held, p)[-1]).max() < 1e-4

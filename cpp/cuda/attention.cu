@@ -84,6 +84,9 @@ __device__ __forceinline__ float kv_dot(const uint8_t * row, const float * q, in
     return acc;
 }
 
+// Cell of position p (a ring: p % slot_ctx).
+__device__ __forceinline__ size_t kv_cell(const KvShape & s, int p) { return size_t(s.ring ? p % s.slot_ctx : p); }
+
 // ---- storing the batch's keys and values ----
 
 // One warp per (token, KV head): the row of head_dim floats to a cache row of type T.
@@ -92,10 +95,10 @@ __global__ void store_kernel(KvShape s, const int32_t * __restrict__ pos, const 
                              const float * __restrict__ src, uint8_t * __restrict__ cache, size_t row_bytes) {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
     const int p = pos[t], sl = slot[t];
-    if (p < 0 || p >= s.slot_ctx || sl < 0 || sl >= s.n_slots) return;  // checked on the host
+    if (p < 0 || (!s.ring && p >= s.slot_ctx) || sl < 0 || sl >= s.n_slots) return;  // checked on the host
     const int hd = s.head_dim;
     const float * x = src + (size_t(t) * s.n_head_kv + h) * hd;
-    uint8_t * dst = cache + ((size_t(sl) * s.n_head_kv + h) * s.slot_ctx + p) * row_bytes;
+    uint8_t * dst = cache + ((size_t(sl) * s.n_head_kv + h) * s.slot_ctx + kv_cell(s, p)) * row_bytes;
     if constexpr (T == QType::F16) {
         for (int d = lane; d < hd; d += kWarp) reinterpret_cast<__half *>(dst)[d] = __float2half_rn(x[d]);
     } else if constexpr (T == QType::Q8_0) {
@@ -190,12 +193,12 @@ __global__ void __launch_bounds__(kThreads)
     st.clear();
     for (int base = lo + warp * kWarp; base < n_kv; base += kThreads) {
         const int j = base + lane;
-        const float sc = j < n_kv ? score(sc_p, kv_dot<TK>(kh + size_t(j) * s.k_row, qs, hd)) : -INFINITY;
+        const float sc = j < n_kv ? score(sc_p, kv_dot<TK>(kh + kv_cell(s, j) * s.k_row, qs, hd)) : -INFINITY;
         const float p = st.add_scores(sc);
         const int n_valid = min(kWarp, n_kv - base);
         for (int jj = 0; jj < n_valid; ++jj) {
             const float pj = __shfl_sync(0xffffffffu, p, jj);
-            const uint8_t * vrow = vh + size_t(base + jj) * s.v_row;
+            const uint8_t * vrow = vh + kv_cell(s, base + jj) * s.v_row;
 #pragma unroll
             for (int i = 0; i < ND; ++i) {
                 const int d = lane + kWarp * i;
@@ -292,8 +295,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = threadIdx.x; e < kTile * hd; e += kThreads) {
             const int j = e / hd, d = e % hd, cell = c0 + j;
             const bool ok = cell < n_kv;
-            kt[j * ks + d] = ok ? kv_value(s.type_k, kh + size_t(cell) * s.k_row, d) : 0.0f;
-            vt[j * hd + d] = ok ? kv_value(s.type_v, vh + size_t(cell) * s.v_row, d) : 0.0f;
+            kt[j * ks + d] = ok ? kv_value(s.type_k, kh + kv_cell(s, cell) * s.k_row, d) : 0.0f;
+            vt[j * hd + d] = ok ? kv_value(s.type_v, vh + kv_cell(s, cell) * s.v_row, d) : 0.0f;
         }
         __syncthreads();
 #pragma unroll

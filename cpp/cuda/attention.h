@@ -26,6 +26,7 @@ struct KvShape {
     int n_slots = 1, slot_ctx = 0;
     int n_head = 0, n_head_kv = 0, head_dim = 0;
     size_t k_row = 0, v_row = 0;  // bytes of one cache row
+    bool ring = false;            // position p at cell p % slot_ctx (KVLayout::ring)
 };
 
 // Device arrays describing the batch. chunk_start (n_chunks + 1) is only read by the prefill

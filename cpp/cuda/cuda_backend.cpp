@@ -379,7 +379,7 @@ void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache,
     SL_CHECK(kv.head_dim == opt_.head_dim && kv.n_head_kv == opt_.n_head_kv && kv.slot_ctx <= opt_.max_slot_ctx,
              "cuda attention: cache geometry differs from the backend's");
     for (int t = 0; t < n_tok; ++t)
-        SL_CHECK(slot_[t] >= 0 && slot_[t] < kv.n_slots && pos_[t] >= 0 && pos_[t] < kv.slot_ctx,
+        SL_CHECK(slot_[t] >= 0 && slot_[t] < kv.n_slots && kv.holds(pos_[t]),
                  "token %d: slot %d / position %d outside the KV cache (%d slots of %d cells)", t, slot_[t], pos_[t],
                  kv.n_slots, kv.slot_ctx);
     KvShape s;
@@ -392,6 +392,7 @@ void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache,
     s.head_dim = kv.head_dim;
     s.k_row = kv.k_row();
     s.v_row = kv.v_row();
+    s.ring = kv.ring;
     attention_check(s);
     AttnBatch b;
     b.pos = d_batch_;

@@ -25,6 +25,8 @@ struct WeightRef {
 
 // KV cache geometry of one layer. Storage is head-major:
 // K, V: (n_slots, n_head_kv, slot_ctx, head_dim) in type_k / type_v, one row per cell and head.
+// Position p of a sequence is at cell p, or in a ring (the cache of a sliding-window layer, which
+// needs only the last positions) at cell p % slot_ctx.
 struct KVLayout {
     QType type_k = QType::F16;
     QType type_v = QType::F16;
@@ -32,6 +34,10 @@ struct KVLayout {
     int slot_ctx = 0;
     int n_head_kv = 0;
     int head_dim = 0;
+    bool ring = false;
+
+    int cell(int pos) const { return ring ? pos % slot_ctx : pos; }
+    bool holds(int pos) const { return pos >= 0 && (ring || pos < slot_ctx); }  // a position it can store
 
     size_t k_row() const;  // bytes of one head's key at one cell
     size_t v_row() const;

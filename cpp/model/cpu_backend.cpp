@@ -389,7 +389,7 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
     uint8_t * kc = static_cast<uint8_t *>(k_cache);
     uint8_t * vc = static_cast<uint8_t *>(v_cache);
     for (int t = 0; t < n_tok; ++t)
-        SL_CHECK(slot_[t] >= 0 && slot_[t] < kv.n_slots && pos_[t] >= 0 && pos_[t] < kv.slot_ctx,
+        SL_CHECK(slot_[t] >= 0 && slot_[t] < kv.n_slots && kv.holds(pos_[t]),
                  "token %d: slot %d / position %d outside the KV cache (%d slots of %d cells)", t, slot_[t],
                  pos_[t], kv.n_slots, kv.slot_ctx);
 
@@ -420,7 +420,7 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
         // 1. Append this batch's keys and values to the cache.
         for (int64_t r = ith; r < int64_t(n_tok) * n_kv_h; r += nth) {
             const int t = int(r / n_kv_h), h = int(r % n_kv_h);
-            const size_t cell = (size_t(slot_[t]) * n_kv_h + h) * kv.slot_ctx + pos_[t];
+            const size_t cell = (size_t(slot_[t]) * n_kv_h + h) * kv.slot_ctx + kv.cell(pos_[t]);
             cpu::store_kv(kv.type_k, k + t * kv_dim + h * hd, hd, 1, hd, kc + cell * k_row, k_row);
             cpu::store_kv(kv.type_v, v + t * kv_dim + h * hd, hd, 1, hd, vc + cell * v_row, v_row);
         }
@@ -439,8 +439,12 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
                 std::memcpy(qs + size_t(t - t0) * gqa * hd, q + t * q_dim + int64_t(h) * gqa * hd,
                             sizeof(float) * gqa * hd);
             const size_t head = size_t(slot_[t0]) * n_kv_h + h;
-            cpu::attn_scores(kv.type_k, qs, hd, nq, kc + head * head_k + size_t(lo) * k_row, k_row, n_kv, hd, scale,
-                             S, n_kv);
+            // Cells of positions [lo, lo + n_kv): one run, or two where a ring wraps around.
+            const int c0 = kv.cell(lo), run0 = std::min(n_kv, kv.slot_ctx - c0);
+            const uint8_t * kh = kc + head * head_k;
+            cpu::attn_scores(kv.type_k, qs, hd, nq, kh + size_t(c0) * k_row, k_row, run0, hd, scale, S, n_kv);
+            if (run0 < n_kv)
+                cpu::attn_scores(kv.type_k, qs, hd, nq, kh, k_row, n_kv - run0, hd, scale, S + run0, n_kv);
             // Causal softmax over the cells each query token sees.
             for (int i = 0; i < nq; ++i) {
                 float * row = S + size_t(i) * n_kv;
@@ -455,8 +459,9 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
                 for (int j = end; j < n_kv; ++j) row[j] = 0;
             }
             std::memset(os, 0, sizeof(float) * nq * hd);
-            cpu::attn_values(kv.type_v, S, n_kv, nq, vc + head * head_v + size_t(lo) * v_row, v_row, n_kv, hd, os,
-                             hd);
+            const uint8_t * vh = vc + head * head_v;
+            cpu::attn_values(kv.type_v, S, n_kv, nq, vh + size_t(c0) * v_row, v_row, run0, hd, os, hd);
+            if (run0 < n_kv) cpu::attn_values(kv.type_v, S + run0, n_kv, nq, vh, v_row, n_kv - run0, hd, os, hd);
             for (int t = t0; t < t1; ++t)
                 std::memcpy(out + t * q_dim + int64_t(h) * gqa * hd, os + size_t(t - t0) * gqa * hd,
                             sizeof(float) * gqa * hd);

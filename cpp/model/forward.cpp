@@ -70,7 +70,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
         const AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0};
         if (kv_backend_[l] == be)
-            be->attention(kv_, k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
+            be->attention(layer_kv(l), k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
         else
             attention_via(kv_backend_[l], l, s, n, ap);
         if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
@@ -150,7 +150,7 @@ void Model::attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnPa
     be->download(h.q, s.q, q_bytes);
     be->download(h.k, s.k, kv_bytes);
     be->download(h.v, s.v, kv_bytes);
-    kvb->attention(kv_, k_cache_[l], v_cache_[l], h.q, h.k, h.v, h.att, n, ap);
+    kvb->attention(layer_kv(l), k_cache_[l], v_cache_[l], h.q, h.k, h.v, h.att, n, ap);
     be->upload(s.att, h.att, q_bytes);
 }
 

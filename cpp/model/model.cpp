@@ -199,6 +199,56 @@ void Model::setup_kv() {
         SL_CHECK(c.head_dim % qtype_traits(t)->blck_size == 0,
                  "KV cache type %s needs a head size divisible by %lld (head size %d)", qtype_traits(t)->name,
                  (long long)qtype_traits(t)->blck_size, c.head_dim);
+    // A sliding-window layer needs the last n_swa positions: a ring of n_swa + n_batch cells holds
+    // them for every token of a batch while the batch's own keys are stored (llama.cpp's SWA cache).
+    kv_swa_ = kv_;
+    const int64_t ring = int64_t(c.n_swa) + params_.n_batch;
+    if (!c.swa_layers.empty() && !params_.swa_full && ring < kv_.slot_ctx) {
+        kv_swa_.slot_ctx = int(ring);
+        kv_swa_.ring = true;
+        ring_high_.assign(size_t(kv_.n_slots), -1);
+        ring_low_.assign(size_t(kv_.n_slots), 0);
+    }
+}
+
+bool Model::ring_holds(int slot, int pos) const {
+    return pos >= ring_low_[size_t(slot)] && pos > ring_high_[size_t(slot)] - kv_swa_.slot_ctx;
+}
+
+void Model::check_rings(const int32_t * pos, const int32_t * slot, int n) {
+    // A slot's tokens in a batch: consecutive positions (so that they fit the ring's margin), the
+    // first attending to positions the ring still holds, unless the slot starts over at 0.
+    std::vector<int> last(size_t(kv_.n_slots), -1);
+    for (int i = 0; i < n; ++i) {
+        int & prev = last[size_t(slot[i])];
+        if (prev >= 0) {
+            SL_CHECK(pos[i] == prev + 1, "token %d: position %d after %d in sequence slot %d; with a sliding-window "
+                     "cache a batch's positions of one sequence must be consecutive", i, pos[i], prev, slot[i]);
+        } else if (pos[i] > 0) {
+            const int lo = std::max(0, pos[i] - cfg_.n_swa + 1);
+            SL_CHECK(ring_holds(slot[i], lo) && pos[i] - 1 <= ring_high_[size_t(slot[i])],
+                     "token %d: position %d of sequence slot %d attends to positions from %d, which the "
+                     "sliding-window cache (%d cells) no longer holds; evaluate the sequence again from position 0 "
+                     "(or load with swa_full)", i, pos[i], slot[i], lo, kv_swa_.slot_ctx);
+        }
+        prev = pos[i];
+    }
+}
+
+void Model::note_rings(const int32_t * pos, const int32_t * slot, int n) {
+    for (int i = 0; i < n; ++i) {
+        const size_t s = size_t(slot[i]);
+        if (pos[i] == 0) ring_high_[s] = -1, ring_low_[s] = 0;  // the slot starts over
+        ring_high_[s] = std::max(ring_high_[s], int(pos[i]));
+    }
+}
+
+int Model::kv_reusable(int slot, int n) const {
+    SL_CHECK(slot >= 0 && slot < kv_.n_slots, "sequence slot %d outside [0, %d)", slot, kv_.n_slots);
+    if (!kv_swa_.ring || n <= 0) return std::max(n, 0);
+    // the token at position n attends to [n - n_swa + 1, n]: the cells of [.., n - 1] must be held
+    const bool held = n - 1 <= ring_high_[size_t(slot)] && ring_holds(slot, std::max(0, n - cfg_.n_swa + 1));
+    return held ? n : 0;
 }
 
 CpuBackendOptions Model::cpu_options() const {
@@ -297,8 +347,8 @@ void Model::allocate_state() {
     k_cache_.resize(c.n_layer);
     v_cache_.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
-        k_cache_[l] = alloc_on(kv_backend_[l], kv_.k_bytes(), Kind::KV);
-        v_cache_[l] = alloc_on(kv_backend_[l], kv_.v_bytes(), Kind::KV);
+        k_cache_[l] = alloc_on(kv_backend_[l], layer_kv(l).k_bytes(), Kind::KV);
+        v_cache_[l] = alloc_on(kv_backend_[l], layer_kv(l).v_bytes(), Kind::KV);
     }
     want_all_.assign(nb, 1);
     if (c.n_expert > 0) routes_.reserve(nb, c.n_expert, c.n_expert_used);
@@ -318,7 +368,9 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
     for (int i0 = 0; i0 < n; i0 += params_.n_batch) {
         const int m = std::min(params_.n_batch, n - i0);
         const uint8_t * w = want ? want + i0 : nullptr;
+        if (kv_swa_.ring) check_rings(pos + i0, slot + i0, m);
         forward(tokens + i0, pos + i0, slot + i0, w, m, logits, embeddings);
+        if (kv_swa_.ring) note_rings(pos + i0, slot + i0, m);
         int n_out = 0;
         for (int i = 0; i < m; ++i) n_out += w ? (w[i] != 0) : 1;
         if (logits) logits += size_t(n_out) * (embeddings ? cfg_.n_embd : cfg_.n_vocab);
@@ -326,28 +378,55 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
 }
 
 size_t Model::kv_state_bytes(int n) const {
-    return size_t(cfg_.n_layer) * kv_.n_head_kv * size_t(n) * (kv_.k_row() + kv_.v_row());
+    size_t bytes = kv_swa_.ring ? sizeof(int64_t) : 0;
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+        const KVLayout & kv = layer_kv(l);
+        const int cells = kv.ring ? std::min(n, kv.slot_ctx) : n;
+        bytes += size_t(kv.n_head_kv) * size_t(cells) * (kv.k_row() + kv.v_row());
+    }
+    return bytes;
 }
 
-// Calls f(backend, cache byte offset, state byte offset, bytes) for each run of the state.
+// Calls f(layer, which, cache byte offset, state byte offset, bytes) for each run of the state of
+// the first n positions of a slot: cells [0, n) of each head of a layer; of a ring, the cells of
+// the last `held` positions of the min(n, ring) it has room for (state rows before them unused),
+// one run or two where the ring wraps.
 template <class F>
-static void kv_runs(const KVLayout & kv, int n_layer, int slot, int n, F && f) {
-    size_t at = 0;
-    for (int l = 0; l < n_layer; ++l)
+void Model::kv_runs(int slot, int n, int held, F && f) const {
+    size_t at = kv_swa_.ring ? sizeof(int64_t) : 0;
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+        const KVLayout & kv = layer_kv(l);
+        const int cells = kv.ring ? std::min(n, kv.slot_ctx) : n;
         for (int which = 0; which < 2; ++which) {
             const size_t row = which == 0 ? kv.k_row() : kv.v_row();
             for (int h = 0; h < kv.n_head_kv; ++h) {
-                const size_t off = (size_t(slot) * kv.n_head_kv + size_t(h)) * size_t(kv.slot_ctx) * row;
-                f(l, which, off, at, size_t(n) * row);
-                at += size_t(n) * row;
+                const size_t head = (size_t(slot) * kv.n_head_kv + size_t(h)) * size_t(kv.slot_ctx) * row;
+                if (!kv.ring) {
+                    f(l, which, head, at, size_t(n) * row);
+                } else if (held > 0) {
+                    const int first = n - held, c0 = kv.cell(first), run0 = std::min(held, kv.slot_ctx - c0);
+                    const size_t skip = size_t(cells - held) * row;
+                    f(l, which, head + size_t(c0) * row, at + skip, size_t(run0) * row);
+                    if (run0 < held) f(l, which, head, at + skip + size_t(run0) * row, size_t(held - run0) * row);
+                }
+                at += size_t(cells) * row;
             }
         }
+    }
 }
 
 void Model::kv_read(int slot, int n, uint8_t * dst) const {
     SL_CHECK(slot >= 0 && slot < kv_.n_slots, "sequence slot %d outside [0, %d)", slot, kv_.n_slots);
     SL_CHECK(n >= 0 && n <= kv_.slot_ctx, "%d cells: outside the slot's %d", n, kv_.slot_ctx);
-    kv_runs(kv_, cfg_.n_layer, slot, n, [&](int l, int which, size_t off, size_t at, size_t bytes) {
+    int held = 0;
+    if (kv_swa_.ring) {  // the last positions the rings still hold
+        const int room = std::min(n, kv_swa_.slot_ctx);
+        while (held < room && ring_holds(slot, n - 1 - held) && n - 1 - held <= ring_high_[size_t(slot)]) ++held;
+        std::memset(dst, 0, kv_state_bytes(n));
+        const int64_t h64 = held;
+        std::memcpy(dst, &h64, sizeof h64);
+    }
+    kv_runs(slot, n, held, [&](int l, int which, size_t off, size_t at, size_t bytes) {
         const auto * cache = static_cast<const uint8_t *>(which == 0 ? k_cache_[size_t(l)] : v_cache_[size_t(l)]);
         kv_backend_[size_t(l)]->download(dst + at, cache + off, bytes);
     });
@@ -356,10 +435,22 @@ void Model::kv_read(int slot, int n, uint8_t * dst) const {
 void Model::kv_write(int slot, int n, const uint8_t * src) {
     SL_CHECK(slot >= 0 && slot < kv_.n_slots, "sequence slot %d outside [0, %d)", slot, kv_.n_slots);
     SL_CHECK(n >= 0 && n <= kv_.slot_ctx, "%d cells: outside the slot's %d", n, kv_.slot_ctx);
-    kv_runs(kv_, cfg_.n_layer, slot, n, [&](int l, int which, size_t off, size_t at, size_t bytes) {
+    int held = 0;
+    if (kv_swa_.ring) {
+        int64_t h64 = 0;
+        std::memcpy(&h64, src, sizeof h64);
+        SL_CHECK(h64 >= 0 && h64 <= std::min(n, kv_swa_.slot_ctx), "a KV state holding %lld ring cells of %d",
+                 (long long)h64, std::min(n, kv_swa_.slot_ctx));
+        held = int(h64);
+    }
+    kv_runs(slot, n, held, [&](int l, int which, size_t off, size_t at, size_t bytes) {
         auto * cache = static_cast<uint8_t *>(which == 0 ? k_cache_[size_t(l)] : v_cache_[size_t(l)]);
         kv_backend_[size_t(l)]->upload(cache + off, src + at, bytes);
     });
+    if (kv_swa_.ring) {  // the rings hold the last `held` of the n positions
+        ring_high_[size_t(slot)] = n - 1;
+        ring_low_[size_t(slot)] = n - held;
+    }
 }
 
 }  // namespace sl

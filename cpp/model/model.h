@@ -29,6 +29,9 @@ struct ModelParams {
     QType type_k = QType::F16;
     QType type_v = QType::F16;
     bool kv_rotate = true;     // Hadamard-rotate q, k (and v) for a quantized K (V) cache
+    // Sliding-window layers keep a cache of their own of n_swa + n_batch cells (a ring) unless
+    // swa_full (then n_ctx cells, like the global layers; llama.cpp's swa_full).
+    bool swa_full = false;
 };
 
 struct LayerWeights {
@@ -86,7 +89,8 @@ struct DeviceMemory {
 struct MemoryEstimate {
     int n_layer = 0;
     int n_gpu_layers = 0;             // parts on the GPU as placed (0 without a usable GPU)
-    size_t kv_bytes_per_token = 0;    // all layers, keys and values
+    size_t kv_bytes_per_token = 0;    // keys and values of the layers whose cache grows with the context
+    int swa_cells = 0;                // cells of the sliding-window layers' rings (0: none)
     std::vector<DeviceMemory> devices;  // CPU first
     std::vector<Placement> parts;
     std::string gpu_warning;          // why a requested GPU placement falls back to the CPU
@@ -112,6 +116,10 @@ public:
     int n_vocab() const { return cfg_.n_vocab; }
     int n_embd() const { return cfg_.n_embd; }
     int slot_ctx() const { return kv_.slot_ctx; }
+    // The cache geometry of layer l (a sliding-window layer's may be a ring).
+    const KVLayout & layer_kv(int l) const { return cfg_.is_swa(l) ? kv_swa_ : kv_; }
+    // Cells of the sliding-window layers' rings (0: no ring).
+    int swa_cells() const { return kv_swa_.ring ? kv_swa_.slot_ctx : 0; }
     const std::vector<Placement> & placement() const { return placement_; }
     const std::vector<std::string> & warnings() const { return warnings_; }
 
@@ -127,9 +135,17 @@ public:
     // head, layer by layer), as bytes in the cache types: to save a prompt's state and put it
     // back (in this or another slot of a model with the same cache geometry) without reading it
     // again. Caches on the GPU are copied through the host.
+    //
+    // With rings, a state holds the rings' cells of the last min(n, swa_cells) positions (after
+    // an 8-byte count of those still held, which kv_write puts back as all a ring holds).
     size_t kv_state_bytes(int n) const;
     void kv_read(int slot, int n, uint8_t * dst) const;
     void kv_write(int slot, int n, const uint8_t * src);
+
+    // The longest prefix of the n cached positions of a slot that evaluation may continue from:
+    // n, or 0 when the rings no longer hold the last positions the next token would attend to
+    // (written over by positions past n since). Without rings, n.
+    int kv_reusable(int slot, int n) const;
 
     // Tokens evaluated since load (for tests of prefix reuse) and forward passes run.
     int64_t n_eval() const { return n_eval_; }
@@ -194,7 +210,18 @@ private:
     std::unique_ptr<GGUFFile> file_;
     Config cfg_;
     Weights w_;
-    KVLayout kv_;
+    KVLayout kv_;       // the global layers' cache
+    KVLayout kv_swa_;   // the sliding-window layers' (kv_, or a ring)
+    // Per slot, for rings: the highest position written since the slot restarted at position 0
+    // (or was loaded), and the lowest one written since; a ring holds position p (<= high) if
+    // p >= low and p > high - swa_cells (nothing written since took its cell).
+    std::vector<int> ring_high_, ring_low_;
+    // Checks that the rings hold what the tokens of a batch attend to; then records the positions.
+    void check_rings(const int32_t * pos, const int32_t * slot, int n);
+    void note_rings(const int32_t * pos, const int32_t * slot, int n);
+    bool ring_holds(int slot, int pos) const;
+    template <class F>
+    void kv_runs(int slot, int n, int held, F && f) const;
 
     std::unique_ptr<CpuBackend> cpu_;
     std::vector<Backend *> layer_backend_;   // (n_layer)

@@ -140,7 +140,7 @@ Model::PlacementPlan Model::plan_placement() const {
     for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_weights += gpu_layer_bytes(w_.layers[l], c);
     if (pp.output_gpu) pp.gpu_weights += align256(sizeof(float) * c.n_embd) + gpu_matrix_bytes(w_.output);
     if (params_.offload_kqv)
-        pp.gpu_kv = size_t(c.n_layer - pp.first_gpu) * (kv_.k_bytes() + kv_.v_bytes());
+        for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_kv += layer_kv(l).k_bytes() + layer_kv(l).v_bytes();
     if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes(false) + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
     if (pp.offload) {
         const OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
@@ -222,12 +222,13 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     MemoryEstimate e;
     e.n_layer = c.n_layer;
     e.n_gpu_layers = pp.use_gpu ? pp.n_gpu : 0;
-    e.kv_bytes_per_token = size_t(c.n_layer) * c.n_head_kv * (m.kv_.k_row() + m.kv_.v_row());
+    for (int l = 0; l < c.n_layer; ++l)  // the layers whose cache grows with the context
+        if (!m.layer_kv(l).ring) e.kv_bytes_per_token += size_t(c.n_head_kv) * (m.kv_.k_row() + m.kv_.v_row());
+    e.swa_cells = m.swa_cells();
     e.gpu_warning = pp.warning;
     for (const char * key : {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"})
         if (const GGUFValue * v = m.file_->find(key); v && v->type == GGUFType::ARRAY) e.tokenizer_entries += v->arr.size();
 
-    const size_t layer_kv = m.kv_.k_bytes() + m.kv_.v_bytes();
     const bool kv_gpu = params.offload_kqv;
     DeviceMemory cpu{"CPU"};
     cpu.weights = m.w_.tok_embd.nbytes();
@@ -235,6 +236,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     for (int l = 0; l < c.n_layer; ++l) {
         const bool on_gpu = l >= first_gpu;
         const size_t bytes = layer_weight_bytes(m.w_.layers[l], c);
+        const size_t layer_kv = m.layer_kv(l).k_bytes() + m.layer_kv(l).v_bytes();
         const std::string dev = on_gpu ? gpu_name : "CPU", kvdev = on_gpu && kv_gpu ? gpu_name : "CPU";
         if (!on_gpu) cpu.weights += bytes;
         if (kvdev == "CPU") cpu.kv += layer_kv;
@@ -279,7 +281,7 @@ void Model::describe_placement() {
     placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes(), 0, ""});
     for (int l = 0; l < c.n_layer; ++l)
         placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(),
-                              layer_weight_bytes(w_.layers[l], c), kv_.k_bytes() + kv_.v_bytes(),
+                              layer_weight_bytes(w_.layers[l], c), layer_kv(l).k_bytes() + layer_kv(l).v_bytes(),
                               kv_backend_[l]->name()});
     // A tied output layer on the CPU reads the embedding; on the GPU it has its own copy.
     const bool shared = output_backend_->is_cpu() && w_.output.data == w_.tok_embd.data;

@@ -164,7 +164,7 @@ pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, c
                         const I32 & slot, const U8 & k_cache, const U8 & v_cache, int n_head, int n_head_kv,
                         int head_dim, int n_slots, int slot_ctx, const std::string & type_k,
                         const std::string & type_v, int attn_vec_tokens, bool graphs, float scale, float softcap,
-                        int window) {
+                        int window, bool ring) {
     KVLayout kv;
     kv.type_k = qtype_named(type_k);
     kv.type_v = qtype_named(type_v);
@@ -172,6 +172,7 @@ pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, c
     kv.slot_ctx = slot_ctx;
     kv.n_head_kv = n_head_kv;
     kv.head_dim = head_dim;
+    kv.ring = ring;
     need_2d(q, "q");
     const int64_t n = q.shape(0);
     if (q.shape(1) != int64_t(n_head) * head_dim || k.size() != n * n_head_kv * head_dim ||
@@ -249,6 +250,7 @@ void bind_cuda(pyb::module_ & m) {
           pyb::arg("n_head"), pyb::arg("n_head_kv"), pyb::arg("head_dim"), pyb::arg("n_slots"), pyb::arg("slot_ctx"),
           pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("attn_vec_tokens") = 8,
           pyb::arg("graphs") = false, pyb::arg("scale") = 0.0f, pyb::arg("softcap") = 0.0f, pyb::arg("window") = 0,
+          pyb::arg("ring") = false,
           "Stores k, v at (slot, pos) and attends: (out, k_cache, v_cache); caches are flat uint8 arrays.");
     m.def("gpu_op_hadamard", &op_hadamard, pyb::arg("device"), pyb::arg("x"),
           "Each row rotated block by block by the orthonormal Hadamard matrix (KV cache rotation).");

@@ -38,7 +38,7 @@ int64_t check_batch(const Model & m, const I32 & tokens, const I32 & pos, const 
 
 ModelParams make_params(int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
                         const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload,
-                        bool kv_rotate) {
+                        bool kv_rotate, bool swa_full) {
     ModelParams p;
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
@@ -50,6 +50,7 @@ ModelParams make_params(int n_ctx, int n_batch, int n_threads, int n_seq_max, in
     p.offload_kqv = offload_kqv;
     p.op_offload = op_offload;
     p.kv_rotate = kv_rotate;
+    p.swa_full = swa_full;
     return p;
 }
 
@@ -79,9 +80,10 @@ void bind_model(pyb::module_ & m) {
     m.def(
         "plan_memory",
         [](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
-           const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload) {
+           const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload,
+           bool swa_full) {
             const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k, type_v,
-                                              offload_kqv, op_offload, true);
+                                              offload_kqv, op_offload, true, swa_full);
             MemoryEstimate e;
             {
                 pyb::gil_scoped_release nogil;
@@ -89,6 +91,7 @@ void bind_model(pyb::module_ & m) {
             }
             return pyb::dict(pyb::arg("n_layer") = e.n_layer, pyb::arg("n_gpu_layers") = e.n_gpu_layers,
                              pyb::arg("n_ctx") = n_ctx, pyb::arg("kv_bytes_per_token") = e.kv_bytes_per_token,
+                             pyb::arg("swa_cells") = e.swa_cells,
                              pyb::arg("devices") = devices_list(e.devices), pyb::arg("parts") = parts_list(e.parts),
                              pyb::arg("gpu_warning") = e.gpu_warning,
                              pyb::arg("tokenizer_entries") = e.tokenizer_entries);
@@ -96,22 +99,22 @@ void bind_model(pyb::module_ & m) {
         pyb::arg("path"), pyb::kw_only(), pyb::arg("n_ctx") = 4096, pyb::arg("n_batch") = 512,
         pyb::arg("n_threads") = 0, pyb::arg("n_seq_max") = 1, pyb::arg("n_gpu_layers") = 0,
         pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("offload_kqv") = true,
-        pyb::arg("op_offload") = true,
+        pyb::arg("op_offload") = true, pyb::arg("swa_full") = false,
         "What a Model with these settings would hold per device, from the GGUF header alone.");
 
     pyb::class_<Model>(m, "Model")
         .def(pyb::init([](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max,
                           int n_gpu_layers, const std::string & type_k, const std::string & type_v, bool offload_kqv,
-                          bool op_offload, bool kv_rotate) {
+                          bool op_offload, bool kv_rotate, bool swa_full) {
                  const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k,
-                                                   type_v, offload_kqv, op_offload, kv_rotate);
+                                                   type_v, offload_kqv, op_offload, kv_rotate, swa_full);
                  pyb::gil_scoped_release nogil;
                  return new Model(path, p);
              }),
              pyb::arg("path"), pyb::kw_only(), pyb::arg("n_ctx") = 4096, pyb::arg("n_batch") = 512,
              pyb::arg("n_threads") = 0, pyb::arg("n_seq_max") = 1, pyb::arg("n_gpu_layers") = 0,
              pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("offload_kqv") = true,
-             pyb::arg("op_offload") = true, pyb::arg("kv_rotate") = true)
+             pyb::arg("op_offload") = true, pyb::arg("kv_rotate") = true, pyb::arg("swa_full") = false)
         .def(
             "decode",
             [](Model & self, const I32 & tokens, const I32 & pos, const I32 & slot, std::optional<U8> want,
@@ -163,6 +166,10 @@ void bind_model(pyb::module_ & m) {
                 self.kv_write(slot, n, reinterpret_cast<const uint8_t *>(v.data()));
             },
             pyb::arg("slot"), pyb::arg("n"), pyb::arg("data"), "Puts back what kv_read gave (cells [0, n)).")
+        .def("kv_reusable", &Model::kv_reusable, pyb::arg("slot"), pyb::arg("n"),
+             "The longest prefix of a slot's n cached positions evaluation may continue from: n, or 0 "
+             "when the sliding-window cache no longer holds what the next token attends to.")
+        .def_property_readonly("swa_cells", &Model::swa_cells)
         .def_property_readonly("slot_ctx", &Model::slot_ctx)
         .def_property_readonly("n_eval", &Model::n_eval)
         .def_property_readonly("n_forward", &Model::n_forward)

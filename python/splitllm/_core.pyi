@@ -66,13 +66,14 @@ def dequantize_rows(src: np.ndarray, type_id: int, n_threads: int = 0) -> np.nda
 
 def plan_memory(path: str | bytes, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                 n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
-                offload_kqv: bool = True, op_offload: bool = True) -> dict[str, Any]:
+                offload_kqv: bool = True, op_offload: bool = True, swa_full: bool = False) -> dict[str, Any]:
     """What a Model with these settings would hold per device, from the GGUF header alone."""
 
 class Model:
     def __init__(self, path: str | bytes, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                  n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
-                 offload_kqv: bool = True, op_offload: bool = True, kv_rotate: bool = True) -> None: ...
+                 offload_kqv: bool = True, op_offload: bool = True, kv_rotate: bool = True,
+                 swa_full: bool = False) -> None: ...
     def decode(self, tokens: np.ndarray, pos: np.ndarray, slot: np.ndarray,
                want_logits: np.ndarray | None = None, out: np.ndarray | None = None,
                embeddings: bool = False) -> np.ndarray:
@@ -90,6 +91,12 @@ class Model:
         """The K/V of cells [0, n) of a slot, every layer, as bytes."""
     def kv_write(self, slot: int, n: int, data: bytes) -> None:
         """Puts back what kv_read gave (cells [0, n))."""
+    def kv_reusable(self, slot: int, n: int) -> int:
+        """The longest prefix of a slot's n cached positions evaluation may continue from: n, or 0
+        when the sliding-window cache no longer holds what the next token attends to."""
+    @property
+    def swa_cells(self) -> int:
+        """Cells of the sliding-window layers' ring caches (0: none)."""
     @property
     def slot_ctx(self) -> int: ...
     @property
@@ -170,8 +177,8 @@ def gpu_op_attention(device: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, p
                      slot: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, *, n_head: int,
                      n_head_kv: int, head_dim: int, n_slots: int, slot_ctx: int, type_k: str = "f16",
                      type_v: str = "f16", attn_vec_tokens: int = 8, graphs: bool = False,
-                     scale: float = 0.0, softcap: float = 0.0,
-                     window: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+                     scale: float = 0.0, softcap: float = 0.0, window: int = 0,
+                     ring: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def gpu_op_hadamard(device: str, x: np.ndarray) -> np.ndarray:
     """Each row rotated block by block by the orthonormal Hadamard matrix (KV cache rotation)."""
 def gpu_op_get_rows(device: str, qtype: int, table: np.ndarray, tokens: np.ndarray) -> np.ndarray: ...

@@ -42,6 +42,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"], help="V cache type"
     )
+    p.add_argument("--swa-full", action="store_true",
+                   help="full-size cache for sliding-window layers (Gemma 2/3): more memory, any cached "
+                   "prefix reusable (default: n_swa + n_batch cells, as llama-server)")
     p.add_argument("-v", "--verbose", action="store_true", help="print where each layer is placed")
 
 
@@ -119,7 +122,7 @@ def load_model(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - avo
 
     return Model(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_threads=args.threads,
                  n_gpu_layers=parse_gpu_layers(args.n_gpu_layers), type_k=args.cache_type_k,
-                 type_v=args.cache_type_v, verbose=args.verbose, **extra)
+                 type_v=args.cache_type_v, swa_full=args.swa_full, verbose=args.verbose, **extra)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

@@ -326,8 +326,9 @@ class BatchEngine:
                 keep = 0  # every position's rows are wanted: read the prompt from scratch
             elif keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
                 job.first_logits = slot.logits  # the same prompt again: nothing to evaluate
-            else:
+            else:  # (a sliding-window cache may no longer hold what continuing from there attends to)
                 keep = self._read_from(min(keep, len(job.prompt) - 1), len(job.prompt))
+                keep = self._core.kv_reusable(slot.index, keep)
             if keep < slot.n_logits:
                 slot.logits, slot.n_logits = None, 0  # its cells are about to be overwritten
             slot.job = job

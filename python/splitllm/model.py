@@ -104,7 +104,10 @@ class Model(EmbeddingMethods, ChatMethods):
     memory-mapped file (or are uploaded once to the GPU for offloaded layers); the KV cache is
     allocated once for ``n_ctx`` tokens. ``n_seq_max`` splits the cache into that many sequence
     slots of ``n_ctx // n_seq_max`` cells (for :class:`splitllm.engine.BatchEngine`); the methods
-    here use slot 0, so one generation holds at most that many tokens.
+    here use slot 0, so one generation holds at most that many tokens. The sliding-window layers
+    of a model that has them (Gemma 2/3) keep only ``n_swa + n_batch`` cells per slot, as
+    llama-server does; ``swa_full=True`` gives them ``n_ctx`` cells like the others (more memory,
+    but any cached prefix can be continued, where the small cache may have to read a prompt again).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Model(EmbeddingMethods, ChatMethods):
         offload_kqv: bool = True,
         op_offload: bool = True,
         kv_rotate: bool = True,
+        swa_full: bool = False,
         chat_template: str | None = None,
         draft_model: DraftModel | None = None,
         embedding: bool = False,
@@ -167,7 +171,8 @@ class Model(EmbeddingMethods, ChatMethods):
             from splitllm.plan import plan
 
             n_gpu_layers = plan(
-                path, n_ctx=n_ctx, n_batch=n_batch, n_gpu_layers="auto", type_k=type_k, type_v=type_v
+                path, n_ctx=n_ctx, n_batch=n_batch, n_gpu_layers="auto", type_k=type_k, type_v=type_v,
+                swa_full=swa_full,
             ).n_gpu_layers
         if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an integer >= -1 or 'auto' (got {n_gpu_layers!r})")
@@ -183,6 +188,7 @@ class Model(EmbeddingMethods, ChatMethods):
             offload_kqv=offload_kqv,
             op_offload=op_offload,
             kv_rotate=kv_rotate,
+            swa_full=bool(swa_full),
         )
         self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
         st = os.stat(path)  # which file a saved state belongs to
@@ -402,6 +408,8 @@ class Model(EmbeddingMethods, ChatMethods):
                 break
             keep += 1
         keep = min(keep, len(toks) - 1)  # the last token is evaluated again for its logits
+        # A sliding-window cache may no longer hold what continuing from there attends to.
+        keep = self._engine().kv_reusable(0, keep)
         self._history = self._history[:keep]
         logits = self._decode(toks[keep:], keep)[0]
         self._history = toks
@@ -414,7 +422,7 @@ class Model(EmbeddingMethods, ChatMethods):
         """What must match for a saved state to fit: the model file and the cache's geometry."""
         c = self.config
         return (self._file_identity, c.get("n_layer"), c.get("n_head_kv"), c.get("head_dim"), self._n_ctx,
-                self._n_seq_max, self._type_k, self._type_v, self._kv_rotate)
+                self._n_seq_max, self._type_k, self._type_v, self._kv_rotate, int(self._core.swa_cells))
 
     def save_state(self) -> ModelState:
         """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back

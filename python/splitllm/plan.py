@@ -4,7 +4,9 @@
 settings would allocate (the same code decides placement and sizes buffers when a model loads):
 per device the weight bytes (from the real tensor types), the KV cache (2 x layers x kv_heads x
 head_dim x bytes of the cache type, per token), scratch buffers and a fixed overhead; per layer
-its device and bytes; and the largest context that fits the memory budgets.
+its device and bytes; and the largest context that fits the memory budgets. The sliding-window
+layers of a model that has them (Gemma 2/3) hold ``n_swa + n_batch`` cells whatever the context
+(unless ``swa_full``), so their cache does not grow with ``n_ctx``.
 
 ``n_gpu_layers="auto"`` picks the most layers whose GPU total fits in ``gpu_memory`` (default:
 the free memory the GPU reports) minus a margin, keeping room for the KV cache of ``n_ctx``.
@@ -74,13 +76,19 @@ class MemoryPlan:
     n_gpu_layers: int
     type_k: str
     type_v: str
-    kv_bytes_per_token: int  # all layers, keys and values
+    kv_bytes_per_token: int  # keys and values of the layers whose cache grows with the context
     devices: list[DevicePlan]
     layers: list[LayerPlan]
     max_ctx: int | None = None  # largest n_ctx that fits the budgets (None: no budget limits it)
     cache_tokens: int | None = None  # with cache_fraction: tokens the KV cache holds
     gpu: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    swa_cells: int = 0  # cells of each sliding-window layer's cache (0: none, or swa_full)
+
+    @property
+    def kv_bytes(self) -> int:
+        """The whole KV cache, every device."""
+        return sum(d.kv_cache for d in self.devices)
 
     @property
     def total(self) -> int:
@@ -133,6 +141,7 @@ def _engine_plan(
     type_v: str,
     offload_kqv: bool,
     op_offload: bool,
+    swa_full: bool,
 ) -> dict[str, Any]:
     return _core.plan_memory(
         path,
@@ -145,6 +154,7 @@ def _engine_plan(
         type_v=type_v,
         offload_kqv=offload_kqv,
         op_offload=op_offload,
+        swa_full=swa_full,
     )
 
 
@@ -174,6 +184,7 @@ def plan(
     offload_kqv: bool = True,
     op_offload: bool = True,
     margin: int | str = DEFAULT_MARGIN,
+    swa_full: bool = False,
 ) -> MemoryPlan:
     """What a Model(path, ...) with these settings would need, per device; see the module doc."""
     path = os.fspath(path)
@@ -196,6 +207,7 @@ def plan(
         type_v=type_v,
         offload_kqv=offload_kqv,
         op_offload=op_offload,
+        swa_full=swa_full,
     )
     margin_b = parse_size(margin) or 0
     gpu = _core.gpu_info()
@@ -222,7 +234,7 @@ def plan(
     raw = raw_plan(n_ctx, ngl)
     cache_tokens = None
     if cache_fraction is not None:
-        cache_tokens = _cache_tokens(raw, cache_fraction, gpu_budget, cpu_budget, margin_b)
+        cache_tokens = _cache_tokens(raw_plan, ngl, raw, cache_fraction, gpu_budget, cpu_budget, margin_b)
         if cache_tokens < 1:
             notes.append("cache_fraction leaves no room for the KV cache after weights and buffers")
         else:
@@ -276,6 +288,7 @@ def _to_plan(
         devices,
         layers,
         gpu=dict(gpu),
+        swa_cells=int(raw.get("swa_cells", 0)),
     )
 
 
@@ -315,9 +328,11 @@ def _kv_device(raw: dict[str, Any]) -> str:
 
 
 def _cache_tokens(
-    raw: dict[str, Any], fraction: float, gpu_budget: int | None, cpu_budget: int, margin: int
+    raw_plan, ngl: int, raw: dict[str, Any], fraction: float, gpu_budget: int | None, cpu_budget: int,
+    margin: int,
 ) -> int:
-    """Tokens the KV cache holds when it takes `fraction` of what its device has left."""
+    """Tokens the KV cache holds when it takes `fraction` of what its device has left (the most
+    tokens whose cache there fits: sliding-window layers' caches stop growing past their size)."""
     name = _kv_device(raw)
     dev = next(d for d in raw["devices"] if d["name"] == name)
     budget = cpu_budget if name == "CPU" else (gpu_budget or 0) - margin
@@ -328,8 +343,23 @@ def _cache_tokens(
         - dev["overhead"]
         - (python_overhead(raw) if name == "CPU" else 0)
     )
-    per_token = sum(p["kv_bytes"] for p in raw["parts"] if p["kv_device"] == name) / max(raw["n_ctx"], 1)
-    return int(fraction * left // per_token) if left > 0 and per_token > 0 else 0
+    room = fraction * left
+
+    def kv(ctx: int) -> int:
+        return sum(p["kv_bytes"] for p in raw_plan(ctx, ngl)["parts"] if p["kv_device"] == name)
+
+    if room <= 0 or kv(1) > room:
+        return 0
+    lo = 1
+    while lo < (1 << 24) and kv(2 * lo) <= room:
+        lo *= 2
+    if lo >= (1 << 24):
+        return lo
+    hi = 2 * lo  # kv(lo) fits, kv(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if kv(mid) <= room else (lo, mid)
+    return lo
 
 
 def _max_ctx(raw_plan, ngl: int, budgets: dict[str, int | None], margin: int, min_ctx: int) -> int | None:
@@ -385,6 +415,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "-t", "--threads", type=int, default=None, help="CPU threads (scratch buffers are per thread)"
     )
     p.add_argument("--parallel", type=int, default=1, help="sequence slots (as splitllm serve --parallel)")
+    p.add_argument("--swa-full", action="store_true", help="full-size cache for sliding-window layers")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd)
 
@@ -396,7 +427,8 @@ def _cmd(args: argparse.Namespace) -> int:
     result = plan(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_gpu_layers=ngl,
                   gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory, type_k=args.cache_type_k,
                   type_v=args.cache_type_v,
-                  cache_fraction=args.cache_fraction, n_threads=args.threads, n_seq_max=args.parallel)
+                  cache_fraction=args.cache_fraction, n_threads=args.threads, n_seq_max=args.parallel,
+                  swa_full=args.swa_full)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -440,10 +472,16 @@ def print_table(p: MemoryPlan) -> None:
         style="bold",
     )
     console.print(t)
-    console.print(
-        f"KV cache: {p.kv_bytes_per_token:,} bytes per token ({_mib(p.kv_bytes_per_token * p.n_ctx)} "
-        f"for {p.n_ctx} tokens)"
-    )
+    if p.swa_cells:
+        console.print(
+            f"KV cache: {_mib(p.kv_bytes)} for {p.n_ctx} tokens ({p.kv_bytes_per_token:,} bytes per token in "
+            f"the global layers; the sliding-window layers hold {p.swa_cells} cells each)"
+        )
+    else:
+        console.print(
+            f"KV cache: {p.kv_bytes_per_token:,} bytes per token ({_mib(p.kv_bytes_per_token * p.n_ctx)} "
+            f"for {p.n_ctx} tokens)"
+        )
     if p.max_ctx is not None:
         console.print(f"Largest context that fits: {p.max_ctx:,} tokens")
     if p.cache_tokens is not None:

@@ -78,16 +78,18 @@ def test_tiny_phi3_model(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
-def test_tiny_gemma_models(tmp_path, arch):
+@pytest.mark.parametrize("n_batch", [512, 16], ids=["full-cache", "ring-cache"])
+def test_tiny_gemma_models(tmp_path, arch, n_batch):
     """Gemma: scaled embeddings, GeGLU, post-norms (the residual adds on the GPU), sliding-window
     layers with their own rotary tables (gemma3) and soft-capped scores and logits (gemma2); a
-    window of 16 on a 48-token prompt and its 32-token completion."""
+    window of 16 on a 48-token prompt and its 32-token completion; with n_batch 16 the sliding
+    layers' caches are rings of 32 cells (against a CPU model with full-size ones)."""
     extra = dict(attn_softcap=20.0, final_softcap=15.0) if arch == "gemma2" else dict(rope_base=1e6)
     cfg = TinyConfig(arch=arch, n_layer=7, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, key_length=64,
                      sliding_window=16, tied_output=True, seed=10, **extra)
     path = tmp_path / f"tiny-{arch}-q4k.gguf"
     write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
-    check_against_cpu(str(path), PROMPT)
+    check_against_cpu(str(path), PROMPT, n_batch=n_batch)
 
 
 def test_tiny_model_kv_on_cpu(tiny_path):

@@ -253,6 +253,21 @@ def test_attention_window_and_softcap(window, scenario, kernel, types):
     assert (nmse(cpu_out, full) > 1e-3) == (window <= last_pos)  # the window is applied where it bites
 
 
+@pytest.mark.parametrize("kernel", ["decode", "prefill"])
+@pytest.mark.parametrize("types", [("f16", "f16"), ("q8_0", "q4_0")])
+def test_attention_ring(kernel, types):
+    """A sliding-window layer's ring cache (position p at cell p % slot_ctx) of window + batch
+    cells, wrapped around by the prompt: the result of a full-size cache."""
+    sc = SCENARIOS["prompt-then-decode"]  # batches of 60, 37 and 1 tokens up to position 97
+    score = dict(scale=0.2, window=5)
+    kw = dict(types=types, head_dim=64, n_head=4, n_head_kv=2, n_slots=1, batches=sc["batches"])
+    vec = {"decode": 1 << 20, "prefill": 0}[kernel]
+    full, _, _ = run_attention("cpu", slot_ctx=128, **kw, **score)
+    for device in ("cpu", "gpu"):
+        out, _, _ = run_attention(device, slot_ctx=65, ring=True, attn_vec_tokens=vec, **kw, **score)
+        assert nmse(out, full) <= OTHER_NMSE
+
+
 def test_attention_graphs():
     """A single-token batch runs through a CUDA graph: the same result as without."""
     kw = dict(types=("f16", "f16"), head_dim=128, n_head=8, n_head_kv=2, **SCENARIOS["prompt-then-decode"])
