@@ -28,6 +28,7 @@ GEMMA3 = TinyConfig(arch="gemma3", n_layer=7, sliding_window=5, rope_base=1e6, k
 GEMMA3_SCALED = TinyConfig(arch="gemma3", n_layer=7, sliding_window=6, rope_base=1e6, tied_output=True,
                            rope_scaling={"rope_type": "linear", "factor": 8.0}, n_head_kv=1, seed=34)
 CONFIGS = [GEMMA, GEMMA2, GEMMA3, GEMMA3_SCALED]
+RING = dict(n_ctx=64, n_batch=4, n_threads=2)  # GEMMA3's sliding layers: rings of 5 + 4 cells, global 64
 IDS = ["gemma", "gemma2-softcap", "gemma3", "gemma3-linear-mqa-tied"]
 
 
@@ -70,8 +71,9 @@ def test_each_difference_is_visible(cfg):
 @pytest.mark.parametrize("cfg", [GEMMA2, GEMMA3], ids=["gemma2", "gemma3"])
 @pytest.mark.parametrize("n_batch", [1, 4, 64])
 def test_decode_paths_agree(tmp_path, cfg, n_batch):
-    """Token by token through the KV cache (a window then slides over the cache), prompts cut into
-    small batches (a batch's queries see different windows), and two sequences at once."""
+    """Token by token through the KV cache (a window then slides over the cache) and prompts cut
+    into small batches (a batch's queries see different windows; with n_batch 1 and 4 the sliding
+    layers' caches are rings of 6 and 9 cells)."""
     path, held = tiny(tmp_path, cfg)
     ref = reference_logits(cfg, held, TOKENS)
     with Model(path, n_ctx=64, n_batch=n_batch, n_threads=2) as m:
@@ -184,10 +186,10 @@ def test_split_across_devices_is_bitwise(tmp_path, monkeypatch):
     rotary tables and the windows on the device side give the CPU's logits exactly."""
     monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
     path, _ = tiny(tmp_path, GEMMA3)
-    with Model(path, n_ctx=64, n_threads=2) as m:
+    with Model(path, **RING) as m:
         cpu = m.logits(TOKENS)
     for ngl in (3, -1):
-        with Model(path, n_ctx=64, n_threads=2, n_gpu_layers=ngl) as m:
+        with Model(path, n_gpu_layers=ngl, **RING) as m:  # rings on the device side too
             assert {p["device"] for p in m.placement} == {"CPU", "FAKEGPU0"}
             np.testing.assert_array_equal(m.logits(TOKENS), cpu)
 
@@ -242,7 +244,6 @@ def wait(job: object, timeout: float = 60) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.005)
 
-RING = dict(n_ctx=64, n_batch=4, n_threads=2)  # GEMMA3's layers: rings of 5 + 4 cells, global 64
 
 
 def test_ring_cache_sizes_and_plan(tmp_path):
@@ -366,3 +367,70 @@ def test_batch_engine_with_rings(tmp_path):
             eng.close()
     for p, got in zip(prompts, firsts, strict=True):
         assert rel_err(got, reference_logits(GEMMA3, held, p)[-1]).max() < 1e-4
+
+
+def test_repeated_prompt_after_generating_past_the_ring(tmp_path):
+    """The same prompt asked again after a completion longer than the ring: its first logits are
+    not taken from the cache when the rings have lost what the next token attends to (the prompt is
+    read again), in Model and in the batching engine; the second completion equals the first."""
+    from itertools import islice
+
+    from splitllm.engine import BatchEngine
+    from splitllm.sampling import SamplingParams
+
+    path, held = tiny(tmp_path, GEMMA3)
+    prompt = TOKENS[:8]
+    with Model(path, **RING) as m:
+        runs = []
+        for _ in range(2):  # 12 tokens: positions 8..19 take every cell of the 9-cell rings
+            assert rel_err(m.eval_prompt(prompt), reference_logits(GEMMA3, held, prompt)[-1]) < 1e-4
+            runs.append(list(islice(m.generate(prompt, temp=0.0), 12)))
+        assert runs[0] == runs[1] and len(runs[0]) == 12
+    with Model(path, n_ctx=128, n_batch=4, n_threads=2) as m:
+        eng = BatchEngine(m)
+        try:
+            texts = []
+            for _ in range(2):
+                events: list = []
+                job = eng.submit(prompt, on_event=events.append, params=SamplingParams(temperature=0),
+                                 max_tokens=12)
+                wait(job)
+                assert not any(isinstance(e, BaseException) for e in events), events
+                texts.append(("".join(e.text for e in events), job.n_past))
+        finally:
+            eng.close()
+    assert texts[0] == texts[1] and texts[0][1] >= len(prompt) + 11
+
+
+def test_plan_with_rings_matches_the_model(tmp_path):
+    """Buffers (the second rotary tables), KV caches and weights of a Gemma 3 plan equal what the
+    model holds; cache_fraction with several sequence slots sizes the context."""
+    from splitllm.plan import plan
+
+    path, _ = tiny(tmp_path, GEMMA3)
+    p = plan(path, n_ctx=64, n_batch=4, n_threads=2, cpu_memory="1GiB")
+    with Model(path, **RING) as m:
+        mem = {d["name"]: d for d in m._engine().memory}
+    cpu = p.device("CPU")
+    got = mem["CPU"]
+    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
+    q = plan(path, n_ctx=64, n_batch=4, n_threads=2, n_seq_max=2, cpu_memory="64MiB", cache_fraction=0.5)
+    assert q.cache_tokens is not None and q.cache_tokens >= 2 and q.n_ctx == q.cache_tokens
+
+
+@pytest.mark.parametrize("metadata,swa_layers", [
+    ({"gemma3.attention.sliding_window_pattern": 1}, []),   # a period of 1: no layer slides
+    ({"gemma3.final_logit_softcapping": 0.0}, [0, 1, 2, 3, 4]),  # 0: no capping, as llama.cpp
+])
+def test_metadata_edge_cases(tmp_path, metadata, swa_layers):
+    from splitllm import _core
+
+    cfg = TinyConfig(arch="gemma3", n_layer=6, sliding_window=4, rope_base=1e6, seed=42)
+    path = tmp_path / "edge.gguf"
+    held = write_gguf(make_weights(cfg), path, metadata=metadata)
+    m = _core.Model(str(path), n_ctx=64, n_batch=4)
+    assert m.config["swa_layers"] == swa_layers
+    assert m.swa_cells == (4 + 4 if swa_layers else 0)
+    ref_cfg = cfg if swa_layers else TinyConfig(**{**cfg.__dict__, "sliding_window": 0})
+    with Model(path, **RING) as mm:
+        assert rel_err(mm.logits(TOKENS), reference_logits(ref_cfg, held, TOKENS)).max() < 1e-4

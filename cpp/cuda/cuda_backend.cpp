@@ -15,7 +15,7 @@
 #include "cuda/matmul.h"
 #include "cuda/rms_norm.h"
 #include "cuda/rope.h"
-#include "cuda/swiglu.h"
+#include "cuda/glu.h"
 #include "model/config.h"
 
 namespace sl::cuda {
@@ -219,11 +219,8 @@ void CudaBackend::init_rope(const Config & c, const float * freq_factors) {
     const int half = c.n_rot / 2;
     std::vector<float> inv(size_t(std::max(2 * half, 2)));
     for (int i = 0; i < half; ++i) {  // as the CPU backend computes them
-        double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
-        if (freq_factors) f /= double(freq_factors[i]);
-        inv[size_t(i)] = float(f);
-        inv[size_t(half + i)] =
-            float(double(c.rope_freq_scale_swa) * std::pow(double(c.rope_base_swa), -2.0 * i / c.n_rot));
+        inv[size_t(i)] = float(c.inv_freq(i, false) / (freq_factors ? double(freq_factors[i]) : 1.0));
+        inv[size_t(half + i)] = float(c.inv_freq(i, true));
     }
     end_capture_and_launch();
     for (int k = 0; k < (opt_.rope_swa ? 2 : 1); ++k)
@@ -382,6 +379,7 @@ void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache,
         SL_CHECK(slot_[t] >= 0 && slot_[t] < kv.n_slots && kv.holds(pos_[t]),
                  "token %d: slot %d / position %d outside the KV cache (%d slots of %d cells)", t, slot_[t], pos_[t],
                  kv.n_slots, kv.slot_ctx);
+    check_ring_batch(kv, p, pos_.data(), slot_.data(), n_tok);
     KvShape s;
     s.type_k = kv.type_k;
     s.type_v = kv.type_v;

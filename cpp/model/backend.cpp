@@ -1,5 +1,10 @@
 #include "model/backend.h"
 
+#include <algorithm>
+#include <vector>
+
+#include "common/error.h"
+
 namespace sl {
 
 size_t WeightRef::nbytes() const { return row_size(type, K) * size_t(rows); }
@@ -7,5 +12,25 @@ size_t WeightRef::nbytes() const { return row_size(type, K) * size_t(rows); }
 size_t KVLayout::k_row() const { return row_size(type_k, head_dim); }
 
 size_t KVLayout::v_row() const { return row_size(type_v, head_dim); }
+
+void check_ring_batch(const KVLayout & kv, const AttnParams & p, const int32_t * pos, const int32_t * slot,
+                      int n_tok) {
+    if (!kv.ring) return;
+    SL_CHECK(p.window > 0 && p.window < kv.slot_ctx, "a ring KV cache of %d cells for a window of %d",
+             kv.slot_ctx, p.window);
+    // Per slot, the positions the batch reads and writes: [min pos - window + 1, max pos].
+    std::vector<std::pair<int, int>> span(size_t(kv.n_slots), {1 << 30, -1});
+    for (int t = 0; t < n_tok; ++t) {
+        auto & [lo, hi] = span[size_t(slot[t])];
+        lo = std::min(lo, int(pos[t]));
+        hi = std::max(hi, int(pos[t]));
+    }
+    for (int s = 0; s < kv.n_slots; ++s) {
+        const auto [lo, hi] = span[size_t(s)];
+        SL_CHECK(hi < 0 || hi - lo + p.window <= kv.slot_ctx,
+                 "sequence slot %d: positions %d..%d of one batch and their window of %d overflow the %d cells of "
+                 "its ring KV cache", s, lo, hi, p.window, kv.slot_ctx);
+    }
+}
 
 }  // namespace sl

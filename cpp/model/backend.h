@@ -55,6 +55,11 @@ struct AttnParams {
     int window = 0;        // sliding window: a query at position p sees cells (p - window, p]; 0: all of [0, p]
 };
 
+// Throws unless a ring cache (kv.ring) can take a batch: a window, and per slot the batch's
+// positions and the window before the first fit the ring (no cell read is overwritten).
+void check_ring_batch(const KVLayout & kv, const AttnParams & p, const int32_t * pos, const int32_t * slot,
+                      int n_tok);
+
 // Host-side description of the tokens of a batch, handed to each backend before the layers run.
 struct BatchInfo {
     int n_tok = 0;

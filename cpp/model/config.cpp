@@ -37,11 +37,12 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
     return int(v);
 }
 
-// A positive float key, or the fallback when absent.
-float get_positive(const GGUFFile & f, const std::string & key, double fallback) {
+// A positive (or with zero_ok, non-negative) float key, or the fallback when absent.
+float get_positive(const GGUFFile & f, const std::string & key, double fallback, bool zero_ok = false) {
     const double v = f.get_float(key, fallback);
-    if (!(v > 0) || !std::isfinite(v))
-        throw GGUFError(strfmt("%s: metadata '%s' = %g must be positive", f.path().c_str(), key.c_str(), v));
+    if (!(v > 0 || (zero_ok && v == 0)) || !std::isfinite(v))
+        throw GGUFError(strfmt("%s: metadata '%s' = %g must be %s", f.path().c_str(), key.c_str(), v,
+                               zero_ok ? "positive or 0" : "positive"));
     return float(v);
 }
 
@@ -67,6 +68,12 @@ std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, in
     return swa;
 }
 
+// The flags, or none at all when no layer slides.
+std::vector<uint8_t> any_swa(std::vector<uint8_t> swa) {
+    if (std::find(swa.begin(), swa.end(), 1) == swa.end()) swa.clear();
+    return swa;
+}
+
 // Gemma's differences from llama (llama.cpp's llm_build_gemma*, gemma_pytorch's config).
 void read_gemma(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
@@ -81,23 +88,30 @@ void read_gemma(const GGUFFile & f, Config & c) {
     const std::string window_key = a + "attention.sliding_window";
     if (c.arch == Arch::Gemma2) {
         c.n_swa = f.find(window_key) ? get_dim(f, window_key, 1, 1 << 30) : 4096;
-        c.swa_layers = swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 2);
+        c.swa_layers = any_swa(swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 2));
         c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", c.rope_base);
         c.rope_freq_scale_swa = c.rope_freq_scale;
+        if (c.swa_layers.empty()) c.n_swa = 0;
         c.attn_softcap = get_positive(f, a + "attn_logit_softcapping", 50.0);
-        c.final_softcap = get_positive(f, a + "final_logit_softcapping", 30.0);
+        c.final_softcap = get_positive(f, a + "final_logit_softcapping", 30.0, true);  // 0: none (llama.cpp)
         return;
     }
     c.n_swa = f.find(window_key) ? get_dim(f, window_key, 0, 1 << 30) : 0;
     if (c.n_swa > 0) {  // without a window every layer is global
-        c.swa_layers = swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 6);
+        c.swa_layers = any_swa(swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 6));
         c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", 10000.0);
         c.rope_freq_scale_swa = 1.0f;
+        if (c.swa_layers.empty()) c.n_swa = 0;
     }
-    if (f.find(a + "final_logit_softcapping")) c.final_softcap = get_positive(f, a + "final_logit_softcapping", 0);
+    c.final_softcap = get_positive(f, a + "final_logit_softcapping", 0.0, true);
 }
 
 }  // namespace
+
+double Config::inv_freq(int i, bool swa) const {
+    return double(swa ? rope_freq_scale_swa : rope_freq_scale) *
+           std::pow(double(swa ? rope_base_swa : rope_base), -2.0 * i / n_rot);
+}
 
 std::string Config::shape_keys() const {
     const std::string a = arch_name + ".";

@@ -58,6 +58,9 @@ struct Config {
     int q_dim() const { return n_head * head_dim; }
     int kv_dim() const { return n_head_kv * head_dim; }
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
+    // Inverse frequency i of the rotation (of the sliding-window layers with swa), before any
+    // frequency factors: freq_scale * base^(-2i / n_rot).
+    double inv_freq(int i, bool swa) const;
     int ff_max() const { return n_ff > n_ff_exp ? n_ff : n_ff_exp; }  // widest feed-forward activation
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.

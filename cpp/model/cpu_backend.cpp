@@ -133,12 +133,8 @@ void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
     rope_neox_ = c.rope_neox;
     rope_mscale_ = double(c.rope_attn_factor);
     for (int i = 0; i < c.n_rot / 2; ++i) {
-        double f = double(c.rope_freq_scale) * std::pow(double(c.rope_base), -2.0 * i / c.n_rot);
-        if (freq_factors) f /= double(freq_factors[i]);
-        rope_[0].inv_freq[i] = float(f);
-        if (swa)
-            rope_[1].inv_freq[i] =
-                float(double(c.rope_freq_scale_swa) * std::pow(double(c.rope_base_swa), -2.0 * i / c.n_rot));
+        rope_[0].inv_freq[i] = float(c.inv_freq(i, false) / (freq_factors ? double(freq_factors[i]) : 1.0));
+        if (swa) rope_[1].inv_freq[i] = float(c.inv_freq(i, true));
     }
 }
 
@@ -392,6 +388,7 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
         SL_CHECK(slot_[t] >= 0 && slot_[t] < kv.n_slots && kv.holds(pos_[t]),
                  "token %d: slot %d / position %d outside the KV cache (%d slots of %d cells)", t, slot_[t],
                  pos_[t], kv.n_slots, kv.slot_ctx);
+    check_ring_batch(kv, p, pos_.data(), slot_.data(), n_tok);
 
     // Query chunks: runs of consecutive tokens of one sequence (a prompt), at most kAttnChunk long
     // and small enough for the per-thread score buffer.

@@ -125,7 +125,9 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     }
     if (c.final_softcap > 0) {  // gemma2: logits -> cap * tanh(logits / cap)
         const float cap = c.final_softcap;
-        for (size_t i = 0; i < size_t(n_out) * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+        cpu_->pool().parallel_for(n_out, [&](int64_t r0, int64_t r1) {
+            for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x = cap * std::tanh(*x / cap);
+        });
     }
 }
 

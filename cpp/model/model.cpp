@@ -226,7 +226,10 @@ void Model::check_rings(const int32_t * pos, const int32_t * slot, int n) {
                      "cache a batch's positions of one sequence must be consecutive", i, pos[i], prev, slot[i]);
         } else if (pos[i] > 0) {
             const int lo = std::max(0, pos[i] - cfg_.n_swa + 1);
-            SL_CHECK(ring_holds(slot[i], lo) && pos[i] - 1 <= ring_high_[size_t(slot[i])],
+            SL_CHECK(pos[i] - 1 <= ring_high_[size_t(slot[i])], "token %d: position %d of sequence slot %d follows "
+                     "positions never evaluated (the slot holds up to %d)", i, pos[i], slot[i],
+                     ring_high_[size_t(slot[i])]);
+            SL_CHECK(ring_holds(slot[i], lo),
                      "token %d: position %d of sequence slot %d attends to positions from %d, which the "
                      "sliding-window cache (%d cells) no longer holds; evaluate the sequence again from position 0 "
                      "(or load with swa_full)", i, pos[i], slot[i], lo, kv_swa_.slot_ctx);
@@ -263,6 +266,7 @@ CpuBackendOptions Model::cpu_options() const {
     o.head_dim = c.head_dim;
     o.max_slot_ctx = kv_.slot_ctx;
     o.n_rot = c.n_rot;
+    o.rope_swa = !c.swa_layers.empty();
     if (c.n_expert > 0) {
         o.moe_ff = c.n_ff_exp;
         o.moe_embd = c.n_embd;

@@ -324,7 +324,8 @@ class BatchEngine:
             keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt))
             if job.prompt_logprobs is not None or job.embeddings is not None:
                 keep = 0  # every position's rows are wanted: read the prompt from scratch
-            elif keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep:
+            elif (keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep
+                  and self._core.kv_reusable(slot.index, keep) == keep):
                 job.first_logits = slot.logits  # the same prompt again: nothing to evaluate
             else:  # (a sliding-window cache may no longer hold what continuing from there attends to)
                 keep = self._read_from(min(keep, len(job.prompt) - 1), len(job.prompt))

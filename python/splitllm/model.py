@@ -399,7 +399,10 @@ class Model(EmbeddingMethods, ChatMethods):
             raise ValueError("cannot evaluate an empty prompt")
         if self._prompt_end is not None:
             held, n, logits = self._prompt_end
-            if held is self._history and n == len(toks) and held[:n] == toks:
+            # (and the cache can still continue from there: a sliding-window cache may have lost
+            # what the next token attends to while tokens were generated past the prompt)
+            if (held is self._history and n == len(toks) and held[:n] == toks
+                    and self._engine().kv_reusable(0, n) == n):
                 del held[n:]  # the cache's cells past the prompt are free again
                 return logits.copy()
         keep = 0
@@ -422,7 +425,8 @@ class Model(EmbeddingMethods, ChatMethods):
         """What must match for a saved state to fit: the model file and the cache's geometry."""
         c = self.config
         return (self._file_identity, c.get("n_layer"), c.get("n_head_kv"), c.get("head_dim"), self._n_ctx,
-                self._n_seq_max, self._type_k, self._type_v, self._kv_rotate, int(self._core.swa_cells))
+                self._n_seq_max, self._type_k, self._type_v, self._kv_rotate) + (
+                    (int(self._core.swa_cells),) if self._core.swa_cells else ())
 
     def save_state(self) -> ModelState:
         """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back

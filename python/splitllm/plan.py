@@ -234,7 +234,8 @@ def plan(
     raw = raw_plan(n_ctx, ngl)
     cache_tokens = None
     if cache_fraction is not None:
-        cache_tokens = _cache_tokens(raw_plan, ngl, raw, cache_fraction, gpu_budget, cpu_budget, margin_b)
+        cache_tokens = _cache_tokens(raw_plan, ngl, raw, cache_fraction, gpu_budget, cpu_budget, margin_b,
+                                     n_seq_max)
         if cache_tokens < 1:
             notes.append("cache_fraction leaves no room for the KV cache after weights and buffers")
         else:
@@ -329,10 +330,11 @@ def _kv_device(raw: dict[str, Any]) -> str:
 
 def _cache_tokens(
     raw_plan, ngl: int, raw: dict[str, Any], fraction: float, gpu_budget: int | None, cpu_budget: int,
-    margin: int,
+    margin: int, min_ctx: int,
 ) -> int:
     """Tokens the KV cache holds when it takes `fraction` of what its device has left (the most
-    tokens whose cache there fits: sliding-window layers' caches stop growing past their size)."""
+    tokens, at least min_ctx (a cell per sequence slot), whose cache there fits: sliding-window
+    layers' caches stop growing past their size); 0 if not even min_ctx fits."""
     name = _kv_device(raw)
     dev = next(d for d in raw["devices"] if d["name"] == name)
     budget = cpu_budget if name == "CPU" else (gpu_budget or 0) - margin
@@ -348,9 +350,9 @@ def _cache_tokens(
     def kv(ctx: int) -> int:
         return sum(p["kv_bytes"] for p in raw_plan(ctx, ngl)["parts"] if p["kv_device"] == name)
 
-    if room <= 0 or kv(1) > room:
+    if room <= 0 or kv(min_ctx) > room:
         return 0
-    lo = 1
+    lo = min_ctx
     while lo < (1 << 24) and kv(2 * lo) <= room:
         lo *= 2
     if lo >= (1 << 24):

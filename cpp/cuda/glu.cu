@@ -1,5 +1,5 @@
 #include "cuda/common.cuh"
-#include "cuda/swiglu.h"
+#include "cuda/glu.h"
 
 namespace sl::cuda {
 
