@@ -99,13 +99,15 @@ def test_two_sequences_in_one_batch(tmp_path):
 
 
 @pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
-def test_quantized_kv_cache(tmp_path, kv):
-    """Sliding windows over a quantized cache (rows read from the window's first cell)."""
+@pytest.mark.parametrize("n_batch", [512, 4], ids=["full-cache", "ring-cache"])
+def test_quantized_kv_cache(tmp_path, kv, n_batch):
+    """Sliding windows over a quantized cache (rows read from the window's first cell; with n_batch
+    4 from rings of 9 cells that the prompt wraps around)."""
     cfg = TinyConfig(arch="gemma3", n_layer=7, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, sliding_window=5,
                      rope_base=1e6, seed=35)
     path, held = tiny(tmp_path, cfg)
     ref = reference_logits(cfg, held, TOKENS)
-    with Model(path, n_ctx=64, n_threads=2, type_k=kv, type_v=kv) as m:
+    with Model(path, n_ctx=64, n_batch=n_batch, n_threads=2, type_k=kv, type_v=kv) as m:
         assert rel_err(m.logits(TOKENS), ref).max() < {"q8_0": 2e-2, "q4_0": 1e-1}[kv]
 
 
