@@ -23,6 +23,16 @@ QWEN2 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r
          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# o200k (GPT-4o, Phi-4-mini, Llama 4), as llama.cpp writes it. Hugging Face's original cuts words
+# at case changes with \p{Lu}/\p{Ll} and keeps marks (\p{M}) in words; llama.cpp's has ASCII case
+# classes behind a letter lookahead and no marks, so a non-ASCII letter counts as both cases ("мирМИР"
+# is one piece) and a combining mark is cut from its letter. llama.cpp runs it with std::regex on a
+# copy of the text where each non-ASCII code point is one byte for its category (0xD2 letter, 0xD1
+# number, 0x0B whitespace, others); that byte is in [^a-z] and [^A-Z], as a non-ASCII letter is here
+# on the real text, so the splits agree wherever the two Unicode tables do.
+_CASED_WORDS = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+" + _CONTRACTIONS + "?"
+                r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*" + _CONTRACTIONS + "?")
+GPT4O = _CASED_WORDS + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")
 STARCODER = (r"\p{N}", GPT2)
 FALCON = (r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]")
@@ -59,6 +69,7 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     **_group("dbrx smaug-bpe", (LLAMA3,)),
     **_group("chatglm-bpe glm4", (LLAMA3,), no_bos=True),
     **_group("falcon", FALCON),
+    **_group("gpt-4o llama4 kanana2 talkie minimax-m2", (GPT4O,), clean_spaces=False),
 }
 
 
