@@ -332,6 +332,15 @@ void CudaBackend::add(float * y, const float * x, int64_t n) {
     enqueue([&] { cuda::add(y, x, n, stream_); });
 }
 
+void CudaBackend::act_mul(Glu f, float * g, const float * u, int64_t n) {
+    enqueue([&] {
+        if (f == Glu::Silu)
+            silu_mul(g, u, n, stream_);
+        else
+            gelu_mul(g, u, n, stream_);
+    });
+}
+
 void CudaBackend::glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
     SL_CHECK(gate.rows == up.rows && gate.K == up.K, "gate and up projections differ in shape");
     SL_CHECK(gate.rows <= opt_.n_ff && gate.K <= opt_.max_k, "cuda glu: shape (%lld, %lld) beyond the scratch",

@@ -476,6 +476,12 @@ std::string GGUFFile::get_str(std::string_view key, const std::string & fallback
     return v ? as_str(*this, key, *v) : fallback;
 }
 
+bool GGUFFile::contains(const void * ptr, size_t n) const {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(base_);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+    return base_ && p >= b && p - b <= size_ && n <= size_ - (p - b);
+}
+
 void GGUFFile::advise_dontneed(const void * ptr, size_t n) const {
     if (n == 0) return;
     const uintptr_t b = reinterpret_cast<uintptr_t>(base_);

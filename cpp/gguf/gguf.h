@@ -129,6 +129,8 @@ public:
     // hold a neighbour's bytes), except that a range reaching the end of the file includes the
     // file's last page. Throws sl::Error if the range is not inside the mapping.
     void advise_dontneed(const void * ptr, size_t n) const;
+    // Whether [ptr, ptr + n) lies inside the mapping.
+    bool contains(const void * ptr, size_t n) const;
 
 private:
     void parse();

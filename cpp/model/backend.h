@@ -20,6 +20,7 @@ struct WeightRef {
     int64_t K = 0;
     const void * data = nullptr;
     const float * bias = nullptr;
+    int lora = -1;  // the model's LoRA updates of this matrix (an index into them), or -1
     size_t nbytes() const;
 };
 
@@ -102,6 +103,9 @@ public:
 
     // y[i] += x[i] for i < n
     virtual void add(float * y, const float * x, int64_t n) = 0;
+
+    // g[i] = f(g[i]) * u[i] for i < n (glu's elementwise step, for gate and up computed apart)
+    virtual void act_mul(Glu f, float * g, const float * u, int64_t n) = 0;
 
     // Rotary embedding in place on q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim)
     // at the positions of the current batch, with the frequencies of the global layers (swa

@@ -267,6 +267,19 @@ void CpuBackend::add(float * y, const float * x, int64_t n) {
         pool_.parallel_for(n, range);
 }
 
+void CpuBackend::act_mul(Glu f, float * g, const float * u, int64_t n) {
+    auto range = [&](int64_t i0, int64_t i1) {
+        if (f == Glu::Silu)
+            vec::silu_mul(g + i0, u + i0, g + i0, size_t(i1 - i0));
+        else
+            vec::gelu_mul(g + i0, u + i0, g + i0, size_t(i1 - i0));
+    };
+    if (n < (1 << 14))
+        range(0, n);
+    else
+        pool_.parallel_for(n, range);
+}
+
 void CpuBackend::glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
     SL_CHECK(gate.rows == up.rows && gate.K == up.K, "gate and up projections differ in shape");
     const WeightRef * w[2] = {&gate, &up};

@@ -56,6 +56,7 @@ public:
                 bool accumulate) override;
     void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
     void add(float * y, const float * x, int64_t n) override;
+    void act_mul(Glu f, float * g, const float * u, int64_t n) override;
     void rope(float * q, float * k, int n_tok, bool swa) override;
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                    const float * v, float * out, int n_tok, const AttnParams & p) override;

@@ -55,6 +55,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
         mm->matmul(qkv, qkv_out, 3, s.h, n, false);
+        apply_lora(be, qkv, qkv_out, 3, s.h, s, n);
         if (L.attn_q_norm) {  // qwen3: each query and key head RMS-normed before the rotation
             be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
             be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
@@ -83,7 +84,16 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             moe_ffn(be, L, s, n);
             continue;
         }
-        mm->glu(c.ffn_gelu ? Glu::Gelu : Glu::Silu, L.w_gate, L.w_up, s.h, s.ff, n);
+        const Glu act = c.ffn_gelu ? Glu::Gelu : Glu::Silu;
+        if (L.w_gate.lora >= 0 || L.w_up.lora >= 0) {  // the projections, their updates, then the activation
+            const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
+            float * gu_out[2] = {s.ff, s.up};
+            for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, s.h, n, false);  // (op offload's buffers)
+            apply_lora(be, gu, gu_out, 2, s.h, s, n);
+            be->act_mul(act, s.ff, s.up, int64_t(n) * L.w_gate.rows);
+        } else {
+            mm->glu(act, L.w_gate, L.w_up, s.h, s.ff, n);
+        }
         add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n);
     }
 
@@ -117,12 +127,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         return;
     }
     const WeightRef * wout = &w_.output;
-    if (output_backend_->is_cpu()) {
-        output_backend_->matmul(&wout, &logits, 1, s.h, n_out, false);
-    } else {
-        output_backend_->matmul(&wout, &dev_logits_, 1, s.h, n_out, false);
+    float * out = output_backend_->is_cpu() ? logits : dev_logits_;
+    output_backend_->matmul(&wout, &out, 1, s.h, n_out, false);
+    apply_lora(output_backend_, &wout, &out, 1, s.h, s, n_out);
+    if (!output_backend_->is_cpu())
         output_backend_->download(logits, dev_logits_, size_t(n_out) * c.n_vocab * sizeof(float));
-    }
     if (c.final_softcap > 0) {  // gemma2: logits -> cap * tanh(logits / cap)
         const float cap = c.final_softcap;
         cpu_->pool().parallel_for(n_out, [&](int64_t r0, int64_t r1) {
@@ -135,9 +144,11 @@ void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const fl
                        Scratch & s, int n) {
     if (!post_norm) {
         mm->matmul(&w, &s.x, 1, in, n, true);
+        apply_lora(be, &w, &s.x, 1, in, s, n);
         return;
     }
     mm->matmul(&w, &s.h, 1, in, n, false);
+    apply_lora(be, &w, &s.h, 1, in, s, n);
     be->rms_norm(s.h, post_norm, s.h, n, cfg_.n_embd, cfg_.rms_eps);
     be->add(s.x, s.h, int64_t(n) * cfg_.n_embd);
 }

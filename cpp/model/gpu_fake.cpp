@@ -79,6 +79,11 @@ public:
         need(x, sizeof(float) * size_t(n), "add x");
         cpu_.add(y, x, n);
     }
+    void act_mul(Glu f, float * g, const float * u, int64_t n) override {
+        need(g, sizeof(float) * size_t(n), "act_mul g");
+        need(u, sizeof(float) * size_t(n), "act_mul u");
+        cpu_.act_mul(f, g, u, n);
+    }
     void rope(float * q, float * k, int n_tok, bool swa) override {
         need(q, sizeof(float), "rope q");
         need(k, sizeof(float), "rope k");

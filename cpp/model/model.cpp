@@ -78,11 +78,13 @@ Model::Model(const std::string & path, const ModelParams & params, DryRun) : par
     file_ = std::make_unique<GGUFFile>(path);
     cfg_ = Config::from_gguf(*file_);
     load_weights();
+    load_loras();
     setup_kv();
 }
 
 Model::Model(const std::string & path, const ModelParams & params) : Model(path, params, DryRun{}) {
     try {
+        build_lora_b();
         place_layers();
         allocate_state();
     } catch (...) {  // the destructor will not run: free what was allocated (device memory too)
@@ -286,6 +288,11 @@ CpuBackendOptions Model::cpu_options() const {
             o.act_slot_row[j] = std::max(o.act_slot_row[j], cpu::act_row_bytes(w->type, o.max_k));
         }
     };
+    for (const auto & terms : lora_)
+        for (const LoraTerm & t : terms) {
+            group({&t.a});
+            group({&t.b});
+        }
     for (const LayerWeights & L : w_.layers) {
         group({&L.wq, &L.wk, &L.wv});
         group({&L.wo});
@@ -320,8 +327,9 @@ Model::Scratch & Model::scratch(Backend * be) {
 size_t Model::activation_bytes(bool cpu) const {
     const Config & c = cfg_;
     const size_t moe = cpu && c.n_expert > 0 ? 2 * size_t(c.n_embd) + size_t(c.n_expert) : 0;  // moe_in, moe_out, router
+    const size_t lora = size_t(lora_rank_) + (lora_ffn_ ? size_t(c.ff_max()) : 0);        // lora, up
     return sizeof(float) * size_t(params_.n_batch) *
-           (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe);
+           (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora);
 }
 
 void Model::allocate_state() {
@@ -345,6 +353,8 @@ void Model::allocate_state() {
             s.moe_out = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
             s.router = static_cast<float *>(alloc_on(be, nb * c.n_expert * sizeof(float)));
         }
+        if (lora_rank_ > 0) s.lora = static_cast<float *>(alloc_on(be, nb * size_t(lora_rank_) * sizeof(float)));
+        if (lora_ffn_) s.up = static_cast<float *>(alloc_on(be, nb * c.ff_max() * sizeof(float)));
         scratch_.push_back({be, s});
     }
     if (used.size() > 1) host_x_ = static_cast<float *>(alloc_on(cpu_.get(), nb * c.n_embd * sizeof(float)));

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "model/backend.h"
@@ -14,6 +15,7 @@
 namespace sl {
 
 class GGUFFile;
+struct GGUFTensor;
 class CpuBackend;
 struct CpuBackendOptions;
 class OpOffload;
@@ -32,6 +34,15 @@ struct ModelParams {
     // Sliding-window layers keep a cache of their own of n_swa + n_batch cells (a ring) unless
     // swa_full (then n_ctx cells, like the global layers; llama.cpp's swa_full).
     bool swa_full = false;
+    // LoRA adapters (GGUF files of llama.cpp's convert_lora_to_gguf.py) and their scales, applied at
+    // run time: W x + scale * alpha / rank * B (A x) for every matrix an adapter updates.
+    std::vector<std::pair<std::string, float>> loras;
+};
+
+// One adapter's update of a matrix: y += b . (a . x), b already multiplied by the scale.
+struct LoraTerm {
+    WeightRef a;  // (rank, K), in the adapter file's type
+    WeightRef b;  // (rows, rank) F32
 };
 
 struct LayerWeights {
@@ -173,6 +184,7 @@ private:
     size_t activation_bytes(bool cpu) const;  // one backend's Scratch (the CPU's holds the experts' too)
 
     void load_weights();
+    void load_loras();  // lora.cpp
     void place_layers();
     // placement.cpp: the GPU side of place_layers (devices per layer, memory check, uploads).
     void place_on_devices();
@@ -194,6 +206,8 @@ private:
         float * moe_in = nullptr;   // MoE: the tokens routed to one expert, gathered (n_embd)
         float * moe_out = nullptr;  // MoE: that expert's output for them (n_embd)
         float * router = nullptr;   // MoE: router logits (n_expert)
+        float * lora = nullptr;     // LoRA: a . x of one matrix (lora_rank_)
+        float * up = nullptr;       // LoRA on gate/up: the up projection beside the gate's (ff_max)
     };
     // Which experts each token of a batch goes to, grouped by expert (sized once, at load).
     struct Routes {
@@ -260,6 +274,30 @@ private:
     void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
     void route(const float * logits, int n);
     Routes routes_;
+
+    // LoRA adapters: the files (mapped), per updated matrix its terms (WeightRef::lora), the
+    // scaled B matrices (host copies), the widest rank.
+    std::vector<std::unique_ptr<GGUFFile>> lora_files_;
+    std::vector<std::vector<LoraTerm>> lora_;
+    struct LoraPair {  // one .lora_a / .lora_b pair of an adapter
+        const GGUFTensor * b = nullptr;
+        float scale = 1.0f;
+        int64_t rows = 0, rank = 0;
+        int layer = -1;                                   // its block (-1: the output layer)
+        std::vector<std::tuple<int, int, int64_t>> uses;  // (lora_ index, term, first row of B)
+        std::vector<float> host;                          // B times the scale, while the CPU needs it
+    };
+    std::vector<LoraPair> lora_pairs_;
+    void build_lora_b();                                  // the scaled B copies (not for a plan)
+    void drop_uploaded_lora_b(int first_gpu, bool output_gpu);  // frees those uploaded to the GPU
+    int lora_rank_ = 0;
+    bool lora_ffn_ = false;  // some gate or up projection has an update (glu runs in two steps)
+    // y_i += the LoRA updates of matrix w_i for input x (lora.cpp), on be with s.lora (rank-sized
+    // work: on the layer's own backend even when its big matmuls go to the GPU by op offload).
+    void apply_lora(Backend * be, const WeightRef * const * w, float * const * y, int n_w, const float * x,
+                    Scratch & s, int n);
+    // Bytes of the updates of a matrix (the adapter's A and the scaled B).
+    size_t lora_bytes(const WeightRef & w) const;
 };
 
 }  // namespace sl

@@ -27,11 +27,22 @@ size_t extra_norm_floats(const LayerWeights & L, const Config & c) {
     return (L.attn_q_norm ? 2 * size_t(c.head_dim) : 0) + (L.attn_post_norm ? 2 * size_t(c.n_embd) : 0);
 }
 
-size_t layer_weight_bytes(const LayerWeights & L, const Config & c) {
+using LoraTable = std::vector<std::vector<LoraTerm>>;
+
+// Calls f on each LoRA term of the matrices of a layer.
+template <class F>
+void for_lora(const LayerWeights & L, const LoraTable & lora, F && f) {
+    for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+        if (w->lora >= 0)
+            for (const LoraTerm & t : lora[size_t(w->lora)]) f(t);
+}
+
+size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
     size_t bytes = sizeof(float) * (2 * size_t(c.n_embd) + extra_norm_floats(L, c));  // the norms
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
                                 &L.up_exps, &L.down_exps})
         bytes += w->nbytes() + (w->bias ? sizeof(float) * size_t(w->rows) : 0);
+    for_lora(L, lora, [&](const LoraTerm & t) { bytes += t.a.nbytes() + t.b.nbytes(); });
     return bytes;
 }
 
@@ -40,11 +51,12 @@ size_t gpu_matrix_bytes(const WeightRef & w) {
     return align256(w.nbytes()) + (w.bias ? align256(sizeof(float) * size_t(w.rows)) : 0);
 }
 
-size_t gpu_layer_bytes(const LayerWeights & L, const Config & c) {
+size_t gpu_layer_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
     size_t bytes = 2 * align256(sizeof(float) * c.n_embd);  // the two norms
     if (L.attn_q_norm) bytes += 2 * align256(sizeof(float) * c.head_dim);
     if (L.attn_post_norm) bytes += 2 * align256(sizeof(float) * c.n_embd);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bytes += gpu_matrix_bytes(*w);
+    for_lora(L, lora, [&](const LoraTerm & t) { bytes += align256(t.a.nbytes()) + align256(t.b.nbytes()); });
     return bytes;
 }
 
@@ -94,6 +106,11 @@ void Model::move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv) {
     auto mat = [&](WeightRef & w) {
         w.data = mv(w.data, w.nbytes());
         vec(w.bias, w.rows);
+        if (w.lora >= 0)
+            for (LoraTerm & t : lora_[size_t(w.lora)]) {
+                t.a.data = mv(t.a.data, t.a.nbytes());
+                t.b.data = mv(t.b.data, t.b.nbytes());
+            }
     };
     for (int l = first_gpu; l < c.n_layer; ++l) {
         LayerWeights & L = w_.layers[l];
@@ -137,8 +154,11 @@ Model::PlacementPlan Model::plan_placement() const {
     const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx);
     const size_t nb = size_t(params_.n_batch);
     pp.gpu_buffers = gpu_backend_overhead(go);
-    for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_weights += gpu_layer_bytes(w_.layers[l], c);
+    for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_weights += gpu_layer_bytes(w_.layers[l], c, lora_);
     if (pp.output_gpu) pp.gpu_weights += align256(sizeof(float) * c.n_embd) + gpu_matrix_bytes(w_.output);
+    if (pp.output_gpu && w_.output.lora >= 0)
+        for (const LoraTerm & t : lora_[size_t(w_.output.lora)])
+            pp.gpu_weights += align256(t.a.nbytes()) + align256(t.b.nbytes());
     if (params_.offload_kqv)
         for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_kv += layer_kv(l).k_bytes() + layer_kv(l).v_bytes();
     if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes(false) + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
@@ -194,11 +214,12 @@ void Model::place_on_devices() {
             void * d = arena + off;
             off += align256(n);
             gpu->upload(d, p, n);
-            if (p != embd) file_->advise_dontneed(p, n);
+            if (p != embd && file_->contains(p, n)) file_->advise_dontneed(p, n);  // (not an adapter's)
             return d;
         });
         SL_CHECK(off == pp.gpu_weights, "internal: uploaded %zu bytes of weights, planned %zu", off, pp.gpu_weights);
         gpu->synchronize();
+        drop_uploaded_lora_b(pp.first_gpu, pp.output_gpu);
     }
     if (pp.output_gpu)
         dev_logits_ = static_cast<float *>(alloc_on(gpu, sizeof(float) * nb * size_t(c.n_vocab)));
@@ -235,7 +256,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     e.parts.push_back({"token_embd", "CPU", m.w_.tok_embd.nbytes(), 0, ""});
     for (int l = 0; l < c.n_layer; ++l) {
         const bool on_gpu = l >= first_gpu;
-        const size_t bytes = layer_weight_bytes(m.w_.layers[l], c);
+        const size_t bytes = layer_weight_bytes(m.w_.layers[l], c, m.lora_);
         const size_t layer_kv = m.layer_kv(l).k_bytes() + m.layer_kv(l).v_bytes();
         const std::string dev = on_gpu ? gpu_name : "CPU", kvdev = on_gpu && kv_gpu ? gpu_name : "CPU";
         if (!on_gpu) cpu.weights += bytes;
@@ -243,7 +264,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
         e.parts.push_back({"blk." + std::to_string(l), dev, bytes, layer_kv, kvdev});
     }
     const bool shared = !output_gpu && m.w_.output.data == m.w_.tok_embd.data;
-    const size_t out_bytes = (shared ? 0 : m.w_.output.nbytes()) + sizeof(float) * c.n_embd;
+    const size_t out_bytes = (shared ? 0 : m.w_.output.nbytes()) + sizeof(float) * c.n_embd + m.lora_bytes(m.w_.output);
     if (!output_gpu) cpu.weights += out_bytes;
     e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
     cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes(true);
@@ -281,12 +302,13 @@ void Model::describe_placement() {
     placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes(), 0, ""});
     for (int l = 0; l < c.n_layer; ++l)
         placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(),
-                              layer_weight_bytes(w_.layers[l], c), layer_kv(l).k_bytes() + layer_kv(l).v_bytes(),
+                              layer_weight_bytes(w_.layers[l], c, lora_), layer_kv(l).k_bytes() + layer_kv(l).v_bytes(),
                               kv_backend_[l]->name()});
     // A tied output layer on the CPU reads the embedding; on the GPU it has its own copy.
     const bool shared = output_backend_->is_cpu() && w_.output.data == w_.tok_embd.data;
     placement_.push_back({"output", output_backend_->name(),
-                          (shared ? 0 : w_.output.nbytes()) + sizeof(float) * c.n_embd, 0, ""});
+                          (shared ? 0 : w_.output.nbytes()) + sizeof(float) * c.n_embd + lora_bytes(w_.output), 0,
+                          ""});
 }
 
 }  // namespace sl

@@ -38,7 +38,7 @@ int64_t check_batch(const Model & m, const I32 & tokens, const I32 & pos, const 
 
 ModelParams make_params(int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
                         const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload,
-                        bool kv_rotate, bool swa_full) {
+                        bool kv_rotate, bool swa_full, const std::vector<std::pair<std::string, float>> & loras) {
     ModelParams p;
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
@@ -51,6 +51,7 @@ ModelParams make_params(int n_ctx, int n_batch, int n_threads, int n_seq_max, in
     p.op_offload = op_offload;
     p.kv_rotate = kv_rotate;
     p.swa_full = swa_full;
+    p.loras = loras;
     return p;
 }
 
@@ -81,9 +82,9 @@ void bind_model(pyb::module_ & m) {
         "plan_memory",
         [](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max, int n_gpu_layers,
            const std::string & type_k, const std::string & type_v, bool offload_kqv, bool op_offload,
-           bool swa_full) {
+           bool swa_full, const std::vector<std::pair<std::string, float>> & loras) {
             const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k, type_v,
-                                              offload_kqv, op_offload, true, swa_full);
+                                              offload_kqv, op_offload, true, swa_full, loras);
             MemoryEstimate e;
             {
                 pyb::gil_scoped_release nogil;
@@ -100,21 +101,24 @@ void bind_model(pyb::module_ & m) {
         pyb::arg("n_threads") = 0, pyb::arg("n_seq_max") = 1, pyb::arg("n_gpu_layers") = 0,
         pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("offload_kqv") = true,
         pyb::arg("op_offload") = true, pyb::arg("swa_full") = false,
+        pyb::arg("loras") = std::vector<std::pair<std::string, float>>{},
         "What a Model with these settings would hold per device, from the GGUF header alone.");
 
     pyb::class_<Model>(m, "Model")
         .def(pyb::init([](const std::string & path, int n_ctx, int n_batch, int n_threads, int n_seq_max,
                           int n_gpu_layers, const std::string & type_k, const std::string & type_v, bool offload_kqv,
-                          bool op_offload, bool kv_rotate, bool swa_full) {
+                          bool op_offload, bool kv_rotate, bool swa_full,
+                          const std::vector<std::pair<std::string, float>> & loras) {
                  const ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k,
-                                                   type_v, offload_kqv, op_offload, kv_rotate, swa_full);
+                                                   type_v, offload_kqv, op_offload, kv_rotate, swa_full, loras);
                  pyb::gil_scoped_release nogil;
                  return new Model(path, p);
              }),
              pyb::arg("path"), pyb::kw_only(), pyb::arg("n_ctx") = 4096, pyb::arg("n_batch") = 512,
              pyb::arg("n_threads") = 0, pyb::arg("n_seq_max") = 1, pyb::arg("n_gpu_layers") = 0,
              pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("offload_kqv") = true,
-             pyb::arg("op_offload") = true, pyb::arg("kv_rotate") = true, pyb::arg("swa_full") = false)
+             pyb::arg("op_offload") = true, pyb::arg("kv_rotate") = true, pyb::arg("swa_full") = false,
+             pyb::arg("loras") = std::vector<std::pair<std::string, float>>{})
         .def(
             "decode",
             [](Model & self, const I32 & tokens, const I32 & pos, const I32 & slot, std::optional<U8> want,

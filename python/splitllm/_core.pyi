@@ -66,14 +66,15 @@ def dequantize_rows(src: np.ndarray, type_id: int, n_threads: int = 0) -> np.nda
 
 def plan_memory(path: str | bytes, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                 n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
-                offload_kqv: bool = True, op_offload: bool = True, swa_full: bool = False) -> dict[str, Any]:
+                offload_kqv: bool = True, op_offload: bool = True, swa_full: bool = False,
+                loras: list[tuple[str, float]] = []) -> dict[str, Any]:
     """What a Model with these settings would hold per device, from the GGUF header alone."""
 
 class Model:
     def __init__(self, path: str | bytes, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                  n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
                  offload_kqv: bool = True, op_offload: bool = True, kv_rotate: bool = True,
-                 swa_full: bool = False) -> None: ...
+                 swa_full: bool = False, loras: list[tuple[str, float]] = []) -> None: ...
     def decode(self, tokens: np.ndarray, pos: np.ndarray, slot: np.ndarray,
                want_logits: np.ndarray | None = None, out: np.ndarray | None = None,
                embeddings: bool = False) -> np.ndarray:

@@ -45,7 +45,31 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swa-full", action="store_true",
                    help="full-size cache for sliding-window layers (Gemma 2/3): more memory, any cached "
                    "prefix reusable (default: n_swa + n_batch cells, as llama-server)")
+    add_lora_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="print where each layer is placed")
+
+
+def add_lora_options(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's adapter options: --lora FNAME[,FNAME...], --lora-scaled FNAME:SCALE[,...]."""
+    p.add_argument("--lora", action="append", default=[], metavar="FNAME[,...]",
+                   help="apply LoRA adapters (GGUF; comma-separated, repeatable)")
+    p.add_argument("--lora-scaled", action="append", default=[], metavar="FNAME:SCALE[,...]",
+                   help="apply LoRA adapters with their scales (comma-separated, repeatable)")
+
+
+def lora_list(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """The (path, scale) pairs of --lora and --lora-scaled."""
+    loras = [(f, 1.0) for item in args.lora for f in item.split(",") if f]
+    for item in args.lora_scaled:
+        for entry in item.split(","):
+            f, sep, scale = entry.rpartition(":")
+            try:
+                if not sep or not f:
+                    raise ValueError
+                loras.append((f, float(scale)))
+            except ValueError:
+                raise ValueError(f"--lora-scaled {entry!r}: expected FNAME:SCALE") from None
+    return loras
 
 
 def add_draft_option(p: argparse.ArgumentParser) -> None:
@@ -120,9 +144,10 @@ def load_model(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - avo
 
         extra["draft_model"] = PromptLookupDecoding(num_pred_tokens=n_lookup)
 
+    loras = lora_list(args)
     return Model(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_threads=args.threads,
                  n_gpu_layers=parse_gpu_layers(args.n_gpu_layers), type_k=args.cache_type_k,
-                 type_v=args.cache_type_v, swa_full=args.swa_full, verbose=args.verbose, **extra)
+                 type_v=args.cache_type_v, swa_full=args.swa_full, loras=loras, verbose=args.verbose, **extra)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

@@ -12,6 +12,7 @@ Three tiers of generation, each built on the one below:
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -108,6 +109,8 @@ class Model(EmbeddingMethods, ChatMethods):
     of a model that has them (Gemma 2/3) keep only ``n_swa + n_batch`` cells per slot, as
     llama-server does; ``swa_full=True`` gives them ``n_ctx`` cells like the others (more memory,
     but any cached prefix can be continued, where the small cache may have to read a prompt again).
+    ``lora_path`` / ``lora_scale`` (llama-cpp-python's) apply a LoRA adapter GGUF at run time, as
+    llama.cpp does; ``loras`` takes several ``(path, scale)`` pairs.
     """
 
     def __init__(
@@ -126,6 +129,10 @@ class Model(EmbeddingMethods, ChatMethods):
         op_offload: bool = True,
         kv_rotate: bool = True,
         swa_full: bool = False,
+        lora_path: str | os.PathLike[str] | None = None,
+        lora_scale: float = 1.0,
+        lora_base: str | None = None,
+        loras: Sequence[tuple[str | os.PathLike[str], float]] | None = None,
         chat_template: str | None = None,
         draft_model: DraftModel | None = None,
         embedding: bool = False,
@@ -145,6 +152,15 @@ class Model(EmbeddingMethods, ChatMethods):
             raise ValueError(f"n_threads must be a positive integer or None (got {n_threads!r})")
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an integer (got {seed!r})")
+        if lora_base is not None:  # llama-cpp-python keeps it and uses it for nothing
+            warnings.warn("lora_base is ignored: adapters are applied at run time to the loaded model, as "
+                          "llama.cpp does", RuntimeWarning, stacklevel=2)
+        adapters = [(os.fspath(p), float(s)) for p, s in (loras or [])]
+        if lora_path is not None:
+            adapters.insert(0, (os.fspath(lora_path), float(lora_scale)))
+        for p, s in adapters:
+            if not math.isfinite(s):
+                raise ValueError(f"{p}: LoRA scale must be a finite number (got {s})")
 
         # The tokenizer needs the vocabulary arrays; the model keeps only the scalar metadata (the
         # arrays are tens of MB of Python objects for a large vocabulary).
@@ -172,7 +188,7 @@ class Model(EmbeddingMethods, ChatMethods):
 
             n_gpu_layers = plan(
                 path, n_ctx=n_ctx, n_batch=n_batch, n_gpu_layers="auto", type_k=type_k, type_v=type_v,
-                swa_full=swa_full,
+                swa_full=swa_full, loras=adapters,
             ).n_gpu_layers
         if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an integer >= -1 or 'auto' (got {n_gpu_layers!r})")
@@ -189,7 +205,10 @@ class Model(EmbeddingMethods, ChatMethods):
             op_offload=op_offload,
             kv_rotate=kv_rotate,
             swa_full=bool(swa_full),
+            loras=adapters,
         )
+        self._loras = [(os.path.realpath(p), s, os.stat(p).st_size, os.stat(p).st_mtime_ns)
+                       for p, s in adapters]
         self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
         st = os.stat(path)  # which file a saved state belongs to
         self._file_identity = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
@@ -426,7 +445,8 @@ class Model(EmbeddingMethods, ChatMethods):
         c = self.config
         return (self._file_identity, c.get("n_layer"), c.get("n_head_kv"), c.get("head_dim"), self._n_ctx,
                 self._n_seq_max, self._type_k, self._type_v, self._kv_rotate) + (
-                    (int(self._core.swa_cells),) if self._core.swa_cells else ())
+                    (int(self._core.swa_cells),) if self._core.swa_cells else ()) + (
+                    (tuple(self._loras),) if self._loras else ())
 
     def save_state(self) -> ModelState:
         """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back

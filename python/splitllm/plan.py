@@ -142,6 +142,7 @@ def _engine_plan(
     offload_kqv: bool,
     op_offload: bool,
     swa_full: bool,
+    loras: list[tuple[str, float]],
 ) -> dict[str, Any]:
     return _core.plan_memory(
         path,
@@ -155,6 +156,7 @@ def _engine_plan(
         offload_kqv=offload_kqv,
         op_offload=op_offload,
         swa_full=swa_full,
+        loras=loras,
     )
 
 
@@ -185,6 +187,7 @@ def plan(
     op_offload: bool = True,
     margin: int | str = DEFAULT_MARGIN,
     swa_full: bool = False,
+    loras: list[tuple[str, float]] | tuple[()] = (),
 ) -> MemoryPlan:
     """What a Model(path, ...) with these settings would need, per device; see the module doc."""
     path = os.fspath(path)
@@ -208,6 +211,7 @@ def plan(
         offload_kqv=offload_kqv,
         op_offload=op_offload,
         swa_full=swa_full,
+        loras=[(os.fspath(p), float(sc)) for p, sc in loras],
     )
     margin_b = parse_size(margin) or 0
     gpu = _core.gpu_info()
@@ -418,19 +422,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--parallel", type=int, default=1, help="sequence slots (as splitllm serve --parallel)")
     p.add_argument("--swa-full", action="store_true", help="full-size cache for sliding-window layers")
+    from splitllm.cli import add_lora_options
+
+    add_lora_options(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from splitllm.cli import parse_gpu_layers
+    from splitllm.cli import lora_list, parse_gpu_layers
 
     ngl = parse_gpu_layers(args.n_gpu_layers)
     result = plan(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_gpu_layers=ngl,
                   gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory, type_k=args.cache_type_k,
                   type_v=args.cache_type_v,
                   cache_fraction=args.cache_fraction, n_threads=args.threads, n_seq_max=args.parallel,
-                  swa_full=args.swa_full)
+                  swa_full=args.swa_full, loras=lora_list(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
