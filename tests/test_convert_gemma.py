@@ -123,6 +123,9 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str, kw: dict[str, Any], key
     convert(tmp_path / "hf", out, type="f32", quiet=True)
     got = _arch_keys(out, arch)
     assert got.pop("attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
+    keys = dict(keys)
+    key = "attention.sliding_window_pattern"  # a list: compared apart (pytest.approx takes flat mappings)
+    assert got.pop(key, None) == keys.pop(key, None)
     assert got == pytest.approx(keys)
     r = GGUFReader(out)
     assert TC.field(r, "tokenizer.ggml.add_space_prefix") is False
