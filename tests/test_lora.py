@@ -290,3 +290,17 @@ def test_attention_lora_on_a_mixture_of_experts(tmp_path):
     write_lora(tmp_path / "b.gguf", "qwen3moe", experts)
     with pytest.raises(GGUFError, match=r"mixture-of-experts tensors are not supported"):
         Model(path, n_ctx=64, lora_path=tmp_path / "b.gguf")
+
+
+def test_norm_pairs_are_skipped_with_a_warning(tmp_path, llama):
+    """mergekit's adapters carry norm deltas as pairs: llama.cpp skips them, and so does splitllm,
+    saying so; the matrices' updates still apply."""
+    path, held = llama
+    pairs = random_pairs(held, LLAMA_NAMES[:1], 4, 14)
+    norm = {"blk.0.attn_norm.weight": (np.ones((1, 64)), np.ones((1, 1)))}
+    write_lora(tmp_path / "a.gguf", "llama", {**pairs, **norm})
+    with pytest.warns(RuntimeWarning, match=r"1 LoRA pairs of norm weights are skipped"):
+        m = Model(path, n_ctx=64, n_threads=2, lora_path=tmp_path / "a.gguf")
+    with m:
+        ref = reference_logits(LLAMA, merged(held, [(pairs, 1.0, 0.0)]), TOKENS)
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4

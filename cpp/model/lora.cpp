@@ -147,7 +147,8 @@ void Model::load_loras() {
             lora_rank_ = std::max(lora_rank_, int(rank));
             ++n_pairs;
         }
-        if (n_pairs == 0) throw GGUFError(strfmt("%s: a LoRA adapter without any .lora_a / .lora_b pair", p));
+        if (n_pairs + n_norms == 0)
+            throw GGUFError(strfmt("%s: a LoRA adapter without any .lora_a / .lora_b pair", p));
         if (n_norms > 0)
             warnings_.push_back(strfmt("%s: %d LoRA pairs of norm weights are skipped (as llama.cpp skips them)", p,
                                        n_norms));
