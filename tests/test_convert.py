@@ -23,6 +23,7 @@ import hf_fixtures as F
 import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter
+from lcpp import llama_cpp_logits
 from splitllm_convert import FILE_TYPES, convert
 from splitllm_convert.errors import ConvertError
 
@@ -54,11 +55,7 @@ def lcpp_model(llama_cpp: Any, path: Path) -> Any:
 
 
 def lcpp_logits(llama_cpp: Any, path: Path, ids: list[int]) -> np.ndarray:
-    llm = lcpp_model(llama_cpp, path)
-    llm.eval(ids)
-    out = np.array(llm.scores[: len(ids)], dtype=np.float64)
-    llm.close()
-    return out
+    return llama_cpp_logits(path, ids)
 
 
 def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:

@@ -10,12 +10,14 @@ attention scores and the logits."""
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from lcpp import llama_cpp_logits
 from splitllm import GGUFError, Model
 from splitllm.quants import quantize
+from test_engine import wait_finished
 from tiny_model import TinyConfig, make_weights, reference_logits, write_gguf
 
 # 24 tokens: past every window below, so the windows bite.
@@ -58,12 +60,12 @@ def test_each_difference_is_visible(cfg):
     the soft caps: each far from the real thing on TOKENS, so the tests above can fail."""
     held = make_weights(cfg).weights
     ref = reference_logits(cfg, held, TOKENS)
-    variants = [TinyConfig(**{**cfg.__dict__, "sliding_window": 0})]
+    variants = [replace(cfg, sliding_window=0)]
     if cfg.arch == "gemma3":
-        variants.append(TinyConfig(**{**cfg.__dict__, "rope_base_swa": cfg.rope_base}))
+        variants.append(replace(cfg, rope_base_swa=cfg.rope_base))
     if cfg.attn_softcap:
-        variants.append(TinyConfig(**{**cfg.__dict__, "attn_softcap": 0.0}))
-        variants.append(TinyConfig(**{**cfg.__dict__, "final_softcap": 0.0}))
+        variants.append(replace(cfg, attn_softcap=0.0))
+        variants.append(replace(cfg, final_softcap=0.0))
     for v in variants:
         assert rel_err(reference_logits(v, held, TOKENS), ref).max() > 1e-2
 
@@ -133,12 +135,12 @@ def test_swa_pattern_from_metadata(tmp_path):
                      rope_base=1e6, seed=37)
     path, held = tiny(tmp_path, cfg)
     ref = reference_logits(cfg, held, TOKENS)
-    other = TinyConfig(**{**cfg.__dict__, "swa_pattern": 6})
+    other = replace(cfg, swa_pattern=6)
     assert rel_err(reference_logits(other, held, TOKENS), ref).max() > 1e-2
     with Model(path, n_ctx=64, n_threads=2) as m:
         assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
     period = str(tmp_path / "period.gguf")
-    no_flags = TinyConfig(**{**cfg.__dict__, "write_swa_pattern": False})
+    no_flags = replace(cfg, write_swa_pattern=False)
     write_gguf(make_weights(no_flags), period, metadata={"gemma3.attention.sliding_window_pattern": 3})
     with Model(period, n_ctx=64, n_threads=2) as m:
         assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
@@ -201,13 +203,9 @@ def test_split_across_devices_is_bitwise(tmp_path, monkeypatch):
 def test_matches_llama_cpp(tmp_path, cfg):
     """llama.cpp reads the same file: its logits agree with ours and with the float64 reference
     (so the reference's windows, rotary bases and caps are llama.cpp's)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     path, held = tiny(tmp_path, cfg)
     ref = reference_logits(cfg, held, TOKENS)
-    llm = llama_cpp.Llama(path, n_ctx=64, logits_all=True, verbose=False, n_threads=2)
-    llm.eval(TOKENS)
-    theirs = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
-    llm.close()
+    theirs = llama_cpp_logits(path, TOKENS)
     with Model(path, n_ctx=64, n_threads=2) as m:
         ours = m.logits(TOKENS)
     assert rel_err(theirs, ref).max() < 1e-3  # llama.cpp's f16 KV cache and f16 gelu table
@@ -219,18 +217,14 @@ def test_27b_query_scale(tmp_path):
     """Gemma 2 27B (46 layers) scales queries by 1 / sqrt(n_embd / n_head), not by the head size:
     llama.cpp recognises the model by its depth, and so does splitllm (a 46-layer tiny model whose
     head size is not n_embd / n_head)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     cfg = TinyConfig(arch="gemma2", n_layer=46, n_embd=64, n_head=2, n_head_kv=1, key_length=16, n_ff=64,
                      sliding_window=5, attn_softcap=20.0, final_softcap=10.0, tied_output=True,
                      query_scale=1 / np.sqrt(32), seed=41)
     path, held = tiny(tmp_path, cfg)
     ref = reference_logits(cfg, held, TOKENS)
-    assert rel_err(reference_logits(TinyConfig(**{**cfg.__dict__, "query_scale": None}), held, TOKENS),
+    assert rel_err(reference_logits(replace(cfg, query_scale=None), held, TOKENS),
                    ref).max() > 1e-2
-    llm = llama_cpp.Llama(path, n_ctx=64, logits_all=True, verbose=False, n_threads=2)
-    llm.eval(TOKENS)
-    theirs = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
-    llm.close()
+    theirs = llama_cpp_logits(path, TOKENS)
     with Model(path, n_ctx=64, n_threads=2) as m:
         ours = m.logits(TOKENS)
     assert rel_err(theirs, ref).max() < 1e-3
@@ -238,13 +232,6 @@ def test_27b_query_scale(tmp_path):
 
 
 # ---- the sliding-window layers' own small cache (a ring of n_swa + n_batch cells) ----
-
-
-def wait(job: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not job.finished:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
 
 
 
@@ -360,10 +347,10 @@ def test_batch_engine_with_rings(tmp_path):
             jobs = [eng.submit(p, on_event=lambda ev: None, params=greedy, max_tokens=1) for p in prompts[:2]]
             firsts = []
             for job in jobs:
-                wait(job)
+                wait_finished(job)
                 firsts.append(eng._slots[job.slot].logits.copy())
             job = eng.submit(prompts[2], on_event=lambda ev: None, params=greedy, max_tokens=1)
-            wait(job)
+            wait_finished(job)
             firsts.append(eng._slots[job.slot].logits.copy())
         finally:
             eng.close()
@@ -396,7 +383,7 @@ def test_repeated_prompt_after_generating_past_the_ring(tmp_path):
                 events: list = []
                 job = eng.submit(prompt, on_event=events.append, params=SamplingParams(temperature=0),
                                  max_tokens=12)
-                wait(job)
+                wait_finished(job)
                 assert not any(isinstance(e, BaseException) for e in events), events
                 texts.append(("".join(e.text for e in events), job.n_past))
         finally:
@@ -433,6 +420,6 @@ def test_metadata_edge_cases(tmp_path, metadata, swa_layers):
     m = _core.Model(str(path), n_ctx=64, n_batch=4)
     assert m.config["swa_layers"] == swa_layers
     assert m.swa_cells == (4 + 4 if swa_layers else 0)
-    ref_cfg = cfg if swa_layers else TinyConfig(**{**cfg.__dict__, "sliding_window": 0})
+    ref_cfg = cfg if swa_layers else replace(cfg, sliding_window=0)
     with Model(path, **RING) as mm:
         assert rel_err(mm.logits(TOKENS), reference_logits(ref_cfg, held, TOKENS)).max() < 1e-4

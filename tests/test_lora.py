@@ -9,6 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from lcpp import llama_cpp_logits
 from splitllm import GGUFError, Model
 from tiny_model import TinyConfig, make_weights, reference_logits, write_gguf
 
@@ -233,18 +234,13 @@ def lora_of(tmp_path: Path, held: dict) -> Path:
 def test_matches_llama_cpp(tmp_path, cfg, names):
     """llama.cpp applies the same adapter file (llama-cpp-python's lora_path / lora_scale): its
     logits agree with ours and with the float64 reference on the merged weights."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     path = tmp_path / "base.gguf"
     held = write_gguf(make_weights(cfg), path)
     pairs = random_pairs(held, names, 4, 9)
     lora = tmp_path / "a.gguf"
     write_lora(lora, cfg.arch, pairs, alpha=16.0)
     ref = reference_logits(cfg, merged(held, [(pairs, 0.7, 16.0)]), TOKENS)
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
-                          lora_path=str(lora), lora_scale=0.7)
-    llm.eval(TOKENS)
-    theirs = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
-    llm.close()
+    theirs = llama_cpp_logits(path, TOKENS, lora_path=str(lora), lora_scale=0.7)
     with Model(path, n_ctx=64, n_threads=2, lora_path=lora, lora_scale=0.7) as m:
         ours = m.logits(TOKENS)
     assert rel_err(theirs, ref).max() < 1e-3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lcpp import llama_cpp_logits
 from splitllm import Model
 from splitllm.quants import quantize
 from tiny_model import (
@@ -170,14 +171,10 @@ def test_experts_match_llama_cpp(tmp_path, cfg):
     """llama.cpp reads the same mixture of experts from the file: its logits and ours agree, and
     both agree with the float64 reference (so the reference's routing is llama.cpp's). F32
     weights: with quantized ones each engine's own rounding may flip a near tie of the router."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     path = tmp_path / "moe.gguf"
     held = write_gguf(make_weights(cfg), path)
     ref = reference_logits(cfg, held, TOKENS)
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
-    llm.eval(TOKENS)
-    theirs = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
-    llm.close()
+    theirs = llama_cpp_logits(path, TOKENS)
     with Model(path, n_ctx=64, n_threads=2) as m:
         ours = m.logits(TOKENS)
     assert rel_err(theirs, ref).max() < 1e-3  # llama.cpp's f16 KV cache and f16 attention
