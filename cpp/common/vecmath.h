@@ -121,7 +121,7 @@ inline void silu_mul(const float * g, const float * u, float * out, size_t n) {
     }
 }
 
-// out[i] = gelu(g[i]) * u[i] with gelu's tanh approximation (GeGLU):
+// out[i] = gelu(g[i]) * u[i] (GeGLU), or gelu(g[i]) without u, with gelu's tanh approximation:
 //   gelu(x) = x / 2 * (1 + tanh(z)) = x * sigmoid(2 z),  z = sqrt(2 / pi) * (x + 0.044715 x^3).
 // out may alias g or u.
 inline void gelu_mul(const float * g, const float * u, float * out, size_t n) {
@@ -134,14 +134,24 @@ inline void gelu_mul(const float * g, const float * u, float * out, size_t n) {
         const i4 pos = z2 >= zero;
         const f4 e = exp_nonpos(select(pos, -z2, z2));  // exp(-|2 z|)
         const f4 sig = select(pos, one / (one + e), e / (one + e));
-        store(out + i, x * sig * load(u + i));
+        store(out + i, u ? x * sig * load(u + i) : x * sig);
     }
     for (; i < n; ++i) {
         const float x = g[i];
         const float z2 = x * (kA + kB * x * x);
         const float e = exp_nonpos(z2 >= 0 ? -z2 : z2);
-        out[i] = x * (z2 >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e)) * u[i];
+        out[i] = x * (z2 >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e)) * (u ? u[i] : 1.0f);
     }
+}
+
+// x . y over n floats, in four float lanes.
+inline float dot(const float * x, const float * y, size_t n) {
+    f4 acc = splat(0.0f);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) acc += load(x + i) * load(y + i);
+    float r = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (; i < n; ++i) r += x[i] * y[i];
+    return r;
 }
 
 // True when one of x[0, 16) is greater than t.

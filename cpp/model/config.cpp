@@ -27,6 +27,7 @@ constexpr ArchTraits kArchs[] = {
     {"gemma",    Arch::Gemma,    true,  false, false, false},
     {"gemma2",   Arch::Gemma2,   true,  false, false, false},
     {"gemma3",   Arch::Gemma3,   true,  false, true,  false},
+    {"bert",     Arch::Bert,     false, true,  false, false},
 };
 
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
@@ -130,7 +131,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                         [&](const ArchTraits & a) { return c.arch_name == a.name; });
     if (t == std::end(kArchs))
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3)", f.path().c_str(), c.arch_name.c_str()));
+                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, bert)", f.path().c_str(), c.arch_name.c_str()));
     c.arch = t->arch;
     c.rope_neox = t->rope_neox;
     c.has_qkv_bias = t->qkv_bias;
@@ -162,9 +163,14 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (!(c.rope_attn_factor > 0) || c.rope_attn_factor > 100)
         throw GGUFError(strfmt("%s: bad %srope.scaling.attn_factor", f.path().c_str(), a.c_str()));
     if (f.find(a + "attention.sliding_window")) c.n_swa = get_dim(f, a + "attention.sliding_window", 0, 1 << 30);
-    c.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
+    c.encoder = c.arch == Arch::Bert;
+    const std::string eps_key = a + (c.encoder ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
+    c.rms_eps = float(c.encoder ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
-        throw GGUFError(strfmt("%s: bad %sattention.layer_norm_rms_epsilon", f.path().c_str(), a.c_str()));
+        throw GGUFError(strfmt("%s: bad %s", f.path().c_str(), eps_key.c_str()));
+    if (c.encoder && f.get_bool(a + "attention.causal", true))
+        throw GGUFError(strfmt("%s: metadata '%sattention.causal' is true or absent: splitllm runs %s models as "
+                               "encoders (non-causal) only", f.path().c_str(), a.c_str(), c.arch_name.c_str()));
     const int64_t key_len = f.get_int(a + "attention.key_length", c.n_embd / c.n_head);
     const int64_t val_len = f.get_int(a + "attention.value_length", key_len);
     if (key_len != val_len || key_len < 2 || key_len > 1024 || key_len % 2 != 0)

@@ -110,6 +110,7 @@ void Model::load_weights() {
     const QTypeTraits * et = qtype_traits(w_.tok_embd.type);
     if (!et->to_float && w_.tok_embd.type != QType::F32)
         throw GGUFError(strfmt("%s: token_embd.weight type %s cannot be read", f.path().c_str(), et->name));
+    if (c.encoder) return load_encoder_weights();
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
     if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2) && f.find_tensor("output.weight"))  // as llama.cpp
         throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
@@ -189,13 +190,76 @@ void Model::load_weights() {
     }
 }
 
+void Model::load_encoder_weights() {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    auto readable = [&](const WeightRef & w, const char * name) {
+        const QTypeTraits * t = qtype_traits(w.type);
+        if (!t->to_float && w.type != QType::F32)
+            throw GGUFError(strfmt("%s: %s type %s cannot be read", f.path().c_str(), name, t->name));
+    };
+    w_.pos_embd = matrix(f, c, "position_embd.weight", c.n_ctx_train, c.n_embd);
+    readable(w_.pos_embd, "position_embd.weight");
+    if (const GGUFTensor * t = f.find_tensor("token_types.weight")) {  // only type 0 ("sentence A") is used
+        const WeightRef types = matrix(f, c, "token_types.weight", t->ne[1], c.n_embd);
+        readable(types, "token_types.weight");
+        w_.type_row.resize(size_t(c.n_embd));
+        if (types.type == QType::F32)
+            std::memcpy(w_.type_row.data(), types.data, sizeof(float) * size_t(c.n_embd));
+        else
+            qtype_traits(types.type)->to_float(types.data, w_.type_row.data(), c.n_embd);
+    }
+    w_.embd_norm = vector_f32(f, c, "token_embd_norm.weight", c.n_embd);
+    w_.embd_norm_b = vector_f32(f, c, "token_embd_norm.bias", c.n_embd);
+    auto bias = [&](WeightRef & w, const std::string & name) {
+        if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
+    };
+    w_.layers.resize(c.n_layer);
+    for (int l = 0; l < c.n_layer; ++l) {
+        const std::string b = "blk." + std::to_string(l) + ".";
+        LayerWeights & L = w_.layers[l];
+        if (f.find_tensor(b + "attn_qkv.weight")) {  // fused: rows q, then k, then v
+            WeightRef qkv = matrix(f, c, b + "attn_qkv.weight", c.q_dim() + 2 * c.kv_dim(), c.n_embd);
+            bias(qkv, b + "attn_qkv.bias");
+            L.wq = row_slice(qkv, 0, c.q_dim());
+            L.wk = row_slice(qkv, c.q_dim(), c.kv_dim());
+            L.wv = row_slice(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
+            if (qkv.bias) L.wk.bias = qkv.bias + c.q_dim(), L.wv.bias = qkv.bias + c.q_dim() + c.kv_dim();
+        } else {
+            L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
+            L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
+            L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+            bias(L.wq, b + "attn_q.bias");
+            bias(L.wk, b + "attn_k.bias");
+            bias(L.wv, b + "attn_v.bias");
+        }
+        L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
+        bias(L.wo, b + "attn_output.bias");
+        L.attn_ln = vector_f32(f, c, b + "attn_output_norm.weight", c.n_embd);
+        L.attn_ln_b = vector_f32(f, c, b + "attn_output_norm.bias", c.n_embd);
+        if (f.find_tensor(b + "ffn_gate.weight"))
+            throw GGUFError(strfmt("%s: tensor '%sffn_gate.weight': a gated feed-forward in a %s model is not "
+                                   "supported", f.path().c_str(), b.c_str(), c.arch_name.c_str()));
+        L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
+        bias(L.w_up, b + "ffn_up.bias");
+        L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
+        bias(L.w_down, b + "ffn_down.bias");
+        L.ffn_ln = vector_f32(f, c, b + "layer_output_norm.weight", c.n_embd);
+        L.ffn_ln_b = vector_f32(f, c, b + "layer_output_norm.bias", c.n_embd);
+    }
+}
+
+size_t Weights::input_bytes() const {
+    return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * size_t(pos_embd.K) : 0);
+}
+
 void Model::setup_kv() {
     const Config & c = cfg_;
     kv_.type_k = params_.type_k;
     kv_.type_v = params_.type_v;
     kv_.n_slots = params_.n_seq_max;
     kv_.slot_ctx = params_.n_ctx / params_.n_seq_max;
-    kv_.n_head_kv = c.n_head_kv;
+    kv_.n_head_kv = c.encoder ? 0 : c.n_head_kv;  // an encoder keeps no cache
     kv_.head_dim = c.head_dim;
     for (QType t : {kv_.type_k, kv_.type_v})
         SL_CHECK(c.head_dim % qtype_traits(t)->blck_size == 0,
@@ -378,6 +442,11 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
                  kv_.n_slots);
         SL_CHECK(pos[i] >= 0 && pos[i] < kv_.slot_ctx,
                  "token %d: position %d is outside the context of %d tokens (n_ctx)", i, pos[i], kv_.slot_ctx);
+    }
+    if (cfg_.encoder) {
+        check_encoder_batch(pos, slot, n, embeddings);
+        if (n > 0) forward_encoder(tokens, pos, slot, want, n, logits);
+        return;
     }
     for (int i0 = 0; i0 < n; i0 += params_.n_batch) {
         const int m = std::min(params_.n_batch, n - i0);

@@ -55,7 +55,12 @@ struct LayerWeights {
     // added to the residual stream; null otherwise.
     const float * attn_post_norm = nullptr;  // (n_embd)
     const float * ffn_post_norm = nullptr;   // (n_embd)
-    WeightRef w_gate, w_up, w_down;     // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff); empty in a MoE block
+    // An encoder's LayerNorms (weight, bias) of the residual stream after the attention's sum and
+    // after the feed-forward's (attn_output_norm, layer_output_norm); null otherwise.
+    const float * attn_ln = nullptr, * attn_ln_b = nullptr;  // (n_embd) each
+    const float * ffn_ln = nullptr, * ffn_ln_b = nullptr;    // (n_embd) each
+    // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff); empty in a MoE block; an encoder has no gate
+    WeightRef w_gate, w_up, w_down;
     // Mixture-of-experts block (gate_inp.rows > 0): the router and the experts stacked, expert e's
     // rows at e * rows-per-expert (see expert_slice).
     WeightRef gate_inp;                 // (n_expert, n_embd)
@@ -74,6 +79,12 @@ struct Weights {
     const float * output_norm = nullptr;  // (n_embd)
     WeightRef output;                   // (n_vocab, n_embd); the embedding when tied
     const float * rope_freqs = nullptr; // (n_rot / 2) llama3 frequency factors, or null
+    // An encoder's input: position embeddings, token type 0's row, the LayerNorm after their sum
+    // (no output layer or output norm).
+    WeightRef pos_embd;                 // (n_ctx_train, n_embd)
+    std::vector<float> type_row;        // (n_embd), or empty without token types
+    const float * embd_norm = nullptr, * embd_norm_b = nullptr;  // (n_embd) each
+    size_t input_bytes() const;         // the encoder input's weights beside the token embedding
 };
 
 // Where one part of the model lives, for users to print.
@@ -139,6 +150,9 @@ public:
     // of its slot. For each i with want_logits[i] (all if null), a row of n_vocab logits is written
     // to out, in order; with embeddings, a row of n_embd values instead: the final hidden state
     // after the output norm (what the output layer would multiply; llama.cpp's embeddings).
+    // An encoder (Config::encoder) gives embeddings only (the last layer's output), reads at most
+    // n_batch tokens per call, and each slot's tokens in a call are one whole text at positions
+    // 0, 1, ..., every token attending to all of them.
     void decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want_logits,
                 int n, float * out, bool embeddings = false);
 
@@ -189,11 +203,18 @@ private:
     // placement.cpp: the GPU side of place_layers (devices per layer, memory check, uploads).
     void place_on_devices();
     void describe_placement();
+    size_t output_bytes(bool shared) const;  // the output layer's (its matrix unless shared with the embedding)
     template <class Move>
     void move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv);
     void allocate_state();
     void forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
                  float * out, bool embeddings);
+    // encoder.cpp: an encoder's weights and forward pass (on the CPU; each slot's tokens in the
+    // batch are one whole text, attending to each other).
+    void load_encoder_weights();
+    void check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings) const;
+    void forward_encoder(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
+                         int n, float * out);
 
     struct Scratch {  // activations of one backend, (n_batch, width) each
         float * x = nullptr;    // residual stream (n_embd)

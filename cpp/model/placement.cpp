@@ -21,10 +21,14 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 double mib(size_t n) { return double(n) / 1048576.0; }
 
-// The norms of a layer beyond its two input norms, in floats: per-head query and key norms
-// (qwen3, gemma3), post-norms (gemma2/3).
-size_t extra_norm_floats(const LayerWeights & L, const Config & c) {
-    return (L.attn_q_norm ? 2 * size_t(c.head_dim) : 0) + (L.attn_post_norm ? 2 * size_t(c.n_embd) : 0);
+// The norms of a layer, in floats: input norms, per-head query and key norms (qwen3, gemma3),
+// post-norms (gemma2/3), an encoder's LayerNorms with their biases.
+size_t norm_floats(const LayerWeights & L, const Config & c) {
+    size_t n = 0;
+    for (const float * v : {L.attn_norm, L.ffn_norm, L.attn_post_norm, L.ffn_post_norm, L.attn_ln, L.attn_ln_b,
+                            L.ffn_ln, L.ffn_ln_b})
+        n += v ? size_t(c.n_embd) : 0;
+    return n + (L.attn_q_norm ? 2 * size_t(c.head_dim) : 0);
 }
 
 using LoraTable = std::vector<std::vector<LoraTerm>>;
@@ -38,7 +42,7 @@ void for_lora(const LayerWeights & L, const LoraTable & lora, F && f) {
 }
 
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
-    size_t bytes = sizeof(float) * (2 * size_t(c.n_embd) + extra_norm_floats(L, c));  // the norms
+    size_t bytes = sizeof(float) * norm_floats(L, c);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
                                 &L.up_exps, &L.down_exps})
         bytes += w->nbytes() + (w->bias ? sizeof(float) * size_t(w->rows) : 0);
@@ -134,6 +138,12 @@ Model::PlacementPlan Model::plan_placement() const {
     PlacementPlan pp;
     const int ngl = params_.n_gpu_layers;
     pp.n_gpu = ngl < 0 ? c.n_layer + 1 : std::min(ngl, c.n_layer + 1);  // parts: output + blocks
+    if (c.encoder && pp.n_gpu > 0) {  // no CUDA encoder (LayerNorm, non-causal attention) yet
+        pp.warning = strfmt("n_gpu_layers=%d: a %s model (an encoder) runs on the CPU in this version", ngl,
+                            c.arch_name.c_str());
+        return pp;
+    }
+    if (c.encoder) return pp;  // (and no op offload)
     if (c.n_expert > 0 && pp.n_gpu > 1) {  // no CUDA mixture-of-experts kernels yet
         pp.warning = strfmt("n_gpu_layers=%d: the blocks of a mixture-of-experts model run on the CPU in this "
                             "version; only the output layer goes to the GPU", ngl);
@@ -244,7 +254,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     e.n_layer = c.n_layer;
     e.n_gpu_layers = pp.use_gpu ? pp.n_gpu : 0;
     for (int l = 0; l < c.n_layer; ++l)  // the layers whose cache grows with the context
-        if (!m.layer_kv(l).ring) e.kv_bytes_per_token += size_t(c.n_head_kv) * (m.kv_.k_row() + m.kv_.v_row());
+        if (!m.layer_kv(l).ring) e.kv_bytes_per_token += size_t(m.kv_.n_head_kv) * (m.kv_.k_row() + m.kv_.v_row());
     e.swa_cells = m.swa_cells();
     e.gpu_warning = pp.warning;
     for (const char * key : {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"})
@@ -252,8 +262,8 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
 
     const bool kv_gpu = params.offload_kqv;
     DeviceMemory cpu{"CPU"};
-    cpu.weights = m.w_.tok_embd.nbytes();
-    e.parts.push_back({"token_embd", "CPU", m.w_.tok_embd.nbytes(), 0, ""});
+    cpu.weights = m.w_.tok_embd.nbytes() + m.w_.input_bytes();
+    e.parts.push_back({"token_embd", "CPU", cpu.weights, 0, ""});
     for (int l = 0; l < c.n_layer; ++l) {
         const bool on_gpu = l >= first_gpu;
         const size_t bytes = layer_weight_bytes(m.w_.layers[l], c, m.lora_);
@@ -264,9 +274,9 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
         e.parts.push_back({"blk." + std::to_string(l), dev, bytes, layer_kv, kvdev});
     }
     const bool shared = !output_gpu && m.w_.output.data == m.w_.tok_embd.data;
-    const size_t out_bytes = (shared ? 0 : m.w_.output.nbytes()) + sizeof(float) * c.n_embd + m.lora_bytes(m.w_.output);
+    const size_t out_bytes = m.output_bytes(shared);
     if (!output_gpu) cpu.weights += out_bytes;
-    e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
+    if (!c.encoder) e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
     cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes(true);
     if (first_gpu < c.n_layer || output_gpu) cpu.buffers += sizeof(float) * size_t(params.n_batch) * c.n_embd;
     cpu.overhead = m.file_->data_offset();
@@ -299,16 +309,19 @@ std::vector<DeviceMemory> Model::memory() const {
 void Model::describe_placement() {
     const Config & c = cfg_;
     placement_.clear();
-    placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes(), 0, ""});
+    placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes() + w_.input_bytes(), 0, ""});
     for (int l = 0; l < c.n_layer; ++l)
         placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(),
                               layer_weight_bytes(w_.layers[l], c, lora_), layer_kv(l).k_bytes() + layer_kv(l).v_bytes(),
                               kv_backend_[l]->name()});
     // A tied output layer on the CPU reads the embedding; on the GPU it has its own copy.
     const bool shared = output_backend_->is_cpu() && w_.output.data == w_.tok_embd.data;
-    placement_.push_back({"output", output_backend_->name(),
-                          (shared ? 0 : w_.output.nbytes()) + sizeof(float) * c.n_embd + lora_bytes(w_.output), 0,
-                          ""});
+    if (!c.encoder) placement_.push_back({"output", output_backend_->name(), output_bytes(shared), 0, ""});
+}
+
+size_t Model::output_bytes(bool shared) const {
+    if (cfg_.encoder) return 0;  // no output layer
+    return (shared ? 0 : w_.output.nbytes()) + sizeof(float) * cfg_.n_embd + lora_bytes(w_.output);
 }
 
 }  // namespace sl

@@ -61,12 +61,24 @@ class EmbeddingMethods:
         the model's own. ValueError for a reranker's (rank), which is not supported."""
         return pooling_type_of(self._pooling_arg, self._metadata)
 
+    def _embed_limit(self) -> int:
+        """The most tokens of one text: the context; an encoder (bert) reads a text in one batch and
+        has position embeddings for n_ctx_train positions."""
+        cfg = self._engine().config
+        if not cfg["encoder"]:
+            return self._seq_ctx
+        return min(self._seq_ctx, self._n_batch, int(cfg["n_ctx_train"]))
+
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """The final hidden state (after the output norm) at every position of ``tokens`` read from
         scratch: (len, n_embd) float32, what llama.cpp returns as embeddings."""
         toks = self._check_tokens(tokens)
         if not toks:
             raise ValueError("cannot embed an empty text")
+        limit = self._embed_limit()
+        if len(toks) > limit:
+            raise ValueError(f"Requested tokens ({len(toks)}) exceed the {limit} an encoder reads in one "
+                             "batch (n_batch, n_ctx and the model's positions)")
         self._history = []
         rows = self._decode(toks, 0, all_logits=True, embeddings=True)
         self._history = toks
@@ -87,11 +99,11 @@ class EmbeddingMethods:
         total = 0
         for text in texts:
             toks = self.tokenize(text.encode("utf-8"))
-            if len(toks) > self._seq_ctx:
+            limit = self._embed_limit()
+            if len(toks) > limit:
                 if not truncate:
-                    raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of "
-                                     f"{self._seq_ctx}")
-                toks = toks[: self._seq_ctx]
+                    raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of {limit}")
+                toks = toks[:limit]
             total += len(toks)
             pooling = self.pooling_type()
             out = pool_embeddings(self.token_embeddings(toks), pooling, normalize).tolist()

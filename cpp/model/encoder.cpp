@@ -1,0 +1,129 @@
+// The forward pass of an encoder (bert): the embeddings of whole texts, every token attending to
+// all the tokens of its text, on the CPU. As llama.cpp's bert graph: x = LayerNorm(token + position
+// + token type 0 embeddings); per layer x = LayerNorm(x + W_o attn(x) + b_o), then
+// x = LayerNorm(x + W_down gelu(W_up x + b_up) + b_down); the output is x (no output norm).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/error.h"
+#include "common/vecmath.h"
+#include "gguf/gguf.h"
+#include "model/cpu_backend.h"
+#include "model/model.h"
+
+namespace sl {
+
+namespace {
+
+// y = (x - mean(x)) / sqrt(var(x) + eps) * w + b per row of n; y may be x.
+void layer_norm(ThreadPool & pool, const float * x, const float * w, const float * b, float * y, int n_tok, int n,
+                float eps) {
+    pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            const float * xr = x + t * n;
+            float * yr = y + t * n;
+            double mean = 0.0, var = 0.0;
+            for (int i = 0; i < n; ++i) mean += xr[i];
+            mean /= n;
+            for (int i = 0; i < n; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+            const float inv = float(1.0 / std::sqrt(var / n + eps)), m = float(mean);
+            for (int i = 0; i < n; ++i) yr[i] = (xr[i] - m) * inv * w[i] + b[i];
+        }
+    });
+}
+
+}  // namespace
+
+void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings) const {
+    const Config & c = cfg_;
+    SL_CHECK(embeddings, "%s: a %s model is an encoder: it computes embeddings (embed / create_embedding, "
+             "loaded with embedding=True), not logits", file_->path().c_str(), c.arch_name.c_str());
+    SL_CHECK(n <= params_.n_batch, "an encoder reads each text in one batch: %d tokens exceed n_batch = %d", n,
+             params_.n_batch);
+    std::vector<int> next(size_t(kv_.n_slots), 0);
+    for (int i = 0; i < n; ++i) {
+        int & want = next[size_t(slot[i])];
+        SL_CHECK(pos[i] == want, "token %d: position %d in sequence slot %d, expected %d: an encoder reads a text "
+                 "whole, at positions 0, 1, ... in one call", i, pos[i], slot[i], want);
+        SL_CHECK(pos[i] < c.n_ctx_train, "token %d: position %d is past the %d positions the model has embeddings "
+                 "for (%s.context_length)", i, pos[i], c.n_ctx_train, c.arch_name.c_str());
+        ++want;
+    }
+}
+
+void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
+                            int n, float * out) {
+    const Config & c = cfg_;
+    CpuBackend & be = *cpu_;
+    ThreadPool & pool = be.pool();
+    Scratch & s = scratch(&be);
+    const int64_t D = c.n_embd;
+
+    be.get_rows(w_.tok_embd, tokens, n, s.x);
+    be.get_rows(w_.pos_embd, pos, n, s.h);
+    be.add(s.x, s.h, n * D);
+    if (!w_.type_row.empty())
+        for (int t = 0; t < n; ++t) be.add(s.x + t * D, w_.type_row.data(), D);
+    layer_norm(pool, s.x, w_.embd_norm, w_.embd_norm_b, s.x, n, c.n_embd, c.rms_eps);
+
+    // The texts of the batch: each slot's tokens, in order.
+    std::vector<std::vector<int>> texts(size_t(kv_.n_slots));
+    for (int t = 0; t < n; ++t) texts[size_t(slot[t])].push_back(t);
+    const int hd = c.head_dim, gqa = c.n_gqa();
+    const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim();
+    const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(hd));
+
+    for (int l = 0; l < c.n_layer; ++l) {
+        const LayerWeights & L = w_.layers[l];
+        const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
+        float * qkv_out[3] = {s.q, s.k, s.v};
+        be.matmul(qkv, qkv_out, 3, s.x, n, false);
+        // att[t, head] = softmax_j(scale q[t, head] . k[j, head / gqa]) v[j, head / gqa] over the
+        // tokens j of t's text
+        pool.parallel_for(int64_t(n) * c.n_head, [&](int64_t r0, int64_t r1) {
+            std::vector<float> p(static_cast<size_t>(n));
+            for (int64_t r = r0; r < r1; ++r) {
+                const int t = int(r / c.n_head), head = int(r % c.n_head);
+                const std::vector<int> & text = texts[size_t(slot[t])];
+                const float * q = s.q + t * q_dim + int64_t(head) * hd;
+                const int64_t kv_off = int64_t(head / gqa) * hd;
+                float mx = -INFINITY;
+                for (size_t j = 0; j < text.size(); ++j) {
+                    p[j] = scale * vec::dot(q, s.k + text[j] * kv_dim + kv_off, size_t(hd));
+                    mx = std::max(mx, p[j]);
+                }
+                const float inv = float(1.0 / vec::sum_exp(p.data(), p.data(), text.size(), mx, 1.0f));
+                float * o = s.att + t * q_dim + int64_t(head) * hd;
+                std::fill(o, o + hd, 0.0f);
+                for (size_t j = 0; j < text.size(); ++j) {
+                    const float * v = s.v + text[j] * kv_dim + kv_off;
+                    const float pj = p[j] * inv;
+                    for (int d = 0; d < hd; ++d) o[d] += pj * v[d];
+                }
+            }
+        });
+        const WeightRef * wo = &L.wo;
+        be.matmul(&wo, &s.x, 1, s.att, n, true);  // x += W_o att + b_o
+        layer_norm(pool, s.x, L.attn_ln, L.attn_ln_b, s.x, n, c.n_embd, c.rms_eps);
+        const WeightRef * up = &L.w_up;
+        const WeightRef * down = &L.w_down;
+        be.matmul(&up, &s.ff, 1, s.x, n, false);
+        const int64_t n_act = int64_t(n) * c.n_ff;
+        pool.parallel_for((n_act + 1023) / 1024, [&](int64_t b0, int64_t b1) {
+            const int64_t i0 = b0 * 1024, i1 = std::min(b1 * 1024, n_act);
+            vec::gelu_mul(s.ff + i0, nullptr, s.ff + i0, size_t(i1 - i0));
+        });
+        be.matmul(&down, &s.x, 1, s.ff, n, true);  // x += W_down gelu(...) + b_down
+        layer_norm(pool, s.x, L.ffn_ln, L.ffn_ln_b, s.x, n, c.n_embd, c.rms_eps);
+    }
+
+    int n_out = 0;
+    for (int t = 0; t < n && out; ++t)
+        if (!want || want[t]) std::memcpy(out + int64_t(n_out++) * D, s.x + t * D, sizeof(float) * size_t(D));
+    n_eval_ += n;
+    ++n_forward_;
+}
+
+}  // namespace sl

@@ -1,0 +1,149 @@
+"""BERT encoders (GGUF architecture ``bert``: all-MiniLM, bge, e5, ...) in the engine: embeddings of
+tiny random models against the numpy float64 re-implementation of transformers' BertModel
+(tests/tiny_bert.py) and against llama.cpp on the same files.
+
+What sets an encoder apart: every token attends to every token of its text (no causal mask, no
+KV cache), learned position embeddings plus token type 0's, LayerNorm with bias after each
+residual sum, a GELU feed-forward, biases on every matrix, and no output layer: the embeddings
+are the last layer's output."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import splitllm._core as core
+from lcpp import llama_cpp_embeddings
+from splitllm import GGUFError
+from tiny_bert import BertConfig, make_weights, reference_hidden, write_gguf
+
+CFG = BertConfig()
+WIDE = BertConfig(n_embd=256, n_ff=512, n_head=4, n_vocab=160, n_ctx_train=64, seed=3)  # for k-quant blocks
+TEXTS = [[2, 10, 11, 12, 5, 6, 30, 40, 3], [2, 7, 8, 9, 3],
+         [2, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 99, 3]]
+NONE, MEAN, CLS = 0, 1, 2  # llama.cpp's pooling types
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def tiny(tmp_path, cfg: BertConfig = CFG, **kw) -> tuple[str, dict[str, np.ndarray]]:
+    path = tmp_path / f"tiny-bert-{cfg.seed}.gguf"
+    held = write_gguf(cfg, make_weights(cfg), path, **kw)
+    return str(path), held
+
+
+def ours(path: str, texts: list[list[int]], **kw) -> list[np.ndarray]:
+    """Our engine's per-token embeddings of the texts, read in one batch, text i in slot i."""
+    kw = {"n_ctx": 64 * len(texts), "n_batch": 64, "n_threads": 2, "n_seq_max": len(texts), **kw}
+    m = core.Model(path, **kw)
+    toks = np.concatenate([np.asarray(t, np.int32) for t in texts])
+    pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in texts])
+    slot = np.concatenate([np.full(len(t), i, np.int32) for i, t in enumerate(texts)])
+    out = m.decode(toks, pos, slot, None, None, True)
+    return np.split(out.astype(np.float64), np.cumsum([len(t) for t in texts])[:-1])
+
+
+@pytest.mark.parametrize("cfg", [CFG, replace(CFG, fused_qkv=True, n_layer=3, seed=1)],
+                         ids=["bert", "fused-qkv"])
+def test_f32_embeddings_match_float64_reference(tmp_path, cfg):
+    path, held = tiny(tmp_path, cfg)
+    for text, got in zip(TEXTS, ours(path, TEXTS), strict=True):
+        assert rel_err(got, reference_hidden(cfg, held, text)) < 1e-5  # measured 2.8e-7
+
+
+def test_attention_sees_the_whole_text_and_only_it(tmp_path):
+    """Changing a text's last token moves its first token's embedding (no causal mask); texts
+    read together in one batch give what each gives alone (no attention across them)."""
+    path, held = tiny(tmp_path)
+    a = ours(path, [TEXTS[0]])[0]
+    b = ours(path, [TEXTS[0][:-2] + [77, 3]])[0]
+    assert rel_err(b[0], a[0]) > 1e-2
+    together = ours(path, TEXTS)
+    for text, got in zip(TEXTS, together, strict=True):
+        np.testing.assert_allclose(got, ours(path, [text])[0], rtol=0, atol=1e-5)
+    # the reference with a causal mask is far from the real thing: the comparison above can fail
+    causal = [reference_hidden(CFG, held, TEXTS[0][: i + 1])[-1] for i in range(len(TEXTS[0]))]
+    assert rel_err(np.array(causal), reference_hidden(CFG, held, TEXTS[0])) > 1e-1
+
+
+@pytest.mark.parametrize(("cfg", "wtype", "bound"), [
+    (CFG, "F32", 1e-3), (CFG, "F16", 2e-3), (CFG, "Q8_0", 3e-2), (WIDE, "Q4_K", 5e-2), (WIDE, "Q6_K", 3e-2),
+], ids=["f32", "f16", "q8_0", "q4_k", "q6_k"])
+def test_matches_llama_cpp(tmp_path, cfg, wtype, bound):
+    """Per-token embeddings of three texts in one batch against llama.cpp on the same file. Both
+    engines quantize the activations of quantized matmuls (8-bit blocks), which the LayerNorms of
+    a random model amplify; ours is held to llama.cpp's own distance from the float64 reference on
+    the weights the file holds. (At f32, llama.cpp's GELU reads a float16 table: 3e-4 from it.)"""
+    path, held = tiny(tmp_path, cfg, weight_type=wtype)
+    theirs = llama_cpp_embeddings(path, TEXTS, pooling=NONE)
+    got = ours(path, TEXTS)
+    for text, g, t in zip(TEXTS, got, theirs, strict=True):
+        exact = reference_hidden(cfg, held, text)
+        assert rel_err(g, t) < bound
+        assert rel_err(g, exact) < max(1.5 * rel_err(t, exact), 1e-5)
+
+
+@pytest.mark.parametrize("pooling", [MEAN, CLS], ids=["mean", "cls"])
+def test_pooled_like_llama_cpp(tmp_path, pooling):
+    path, _ = tiny(tmp_path)
+    ref = llama_cpp_embeddings(path, TEXTS, pooling=pooling)
+    got = [g.mean(axis=0) if pooling == MEAN else g[0] for g in ours(path, TEXTS)]
+    for g, r in zip(got, ref, strict=True):
+        assert rel_err(g, r) < 1e-3
+
+
+def test_encoder_errors(tmp_path):
+    path, _ = tiny(tmp_path)
+    m = core.Model(path, n_ctx=128, n_batch=16, n_threads=2)
+
+    def run(n: int, start: int = 0, embeddings: bool = True) -> None:
+        pos = np.arange(start, start + n, dtype=np.int32)
+        m.decode(np.full(n, 5, np.int32), pos, np.zeros(n, np.int32), None, None, embeddings)
+
+    with pytest.raises(core.Error, match="encoder: it computes embeddings"):
+        run(1, embeddings=False)
+    with pytest.raises(core.Error, match="exceed n_batch = 16"):
+        run(17)
+    with pytest.raises(core.Error, match="positions 0, 1"):  # a text continued in a second call
+        run(2, start=4)
+    m = core.Model(path, n_ctx=128, n_batch=128, n_threads=2)
+    with pytest.raises(core.Error, match="past the 48 positions"):
+        run(CFG.n_ctx_train + 1)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"bert.attention.causal": True}, "attention.causal"),
+    ({"bert.attention.layer_norm_epsilon": None}, "layer_norm_epsilon"),
+])
+def test_bad_metadata_is_an_error(tmp_path, change, match):
+    path, _ = tiny(tmp_path, metadata=change)
+    with pytest.raises(GGUFError, match=match):
+        core.Model(path, n_ctx=64, n_threads=2)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    cfg = CFG
+    w = make_weights(cfg)
+    del w["blk.1.layer_output_norm.bias"]
+    path = tmp_path / "broken.gguf"
+    write_gguf(cfg, w, path)
+    with pytest.raises(GGUFError, match="blk.1.layer_output_norm.bias' is missing"):
+        core.Model(str(path), n_ctx=64, n_threads=2)
+
+
+def test_placement_and_memory(tmp_path):
+    """No KV cache; the weights counted are the file's tensors; GPU layers requested: the CPU,
+    with a warning."""
+    path, _ = tiny(tmp_path)
+    m = core.Model(path, n_ctx=64, n_threads=2, n_gpu_layers=-1)
+    assert any("encoder" in w and "CPU" in w for w in m.warnings)
+    parts = m.placement
+    assert [p["name"] for p in parts] == ["token_embd", "blk.0", "blk.1"]
+    assert all(p["device"] == "CPU" and p["kv_bytes"] == 0 for p in parts)
+    sizes = {info[0]: info[4] for info in core.GGUFFile(path).tensor_infos()}
+    # the token type table is read once, at load, for a copy of type 0's row
+    expected = sum(sizes.values()) - sizes["token_types.weight"] + 4 * CFG.n_embd
+    assert sum(p["weight_bytes"] for p in parts) == expected
