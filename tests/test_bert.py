@@ -1,11 +1,12 @@
-"""BERT encoders (GGUF architecture ``bert``: all-MiniLM, bge, e5, ...) in the engine: embeddings of
-tiny random models against the numpy float64 re-implementation of transformers' BertModel
-(tests/tiny_bert.py) and against llama.cpp on the same files.
+"""BERT encoders (GGUF architectures ``bert``: all-MiniLM, bge, e5, ...; ``nomic-bert``:
+nomic-embed-text) in the engine: embeddings of tiny random models against the numpy float64
+re-implementations of transformers' BertModel and Nomic's NomicBertModel (tests/tiny_bert.py) and
+against llama.cpp on the same files.
 
 What sets an encoder apart: every token attends to every token of its text (no causal mask, no
-KV cache), learned position embeddings plus token type 0's, LayerNorm with bias after each
-residual sum, a GELU feed-forward, biases on every matrix, and no output layer: the embeddings
-are the last layer's output."""
+KV cache), token type 0's embedding added, LayerNorm with bias after each residual sum, and no
+output layer: the embeddings are the last layer's output. bert: learned position embeddings, a
+GELU feed-forward, biases on every matrix; nomic-bert: rotary positions, SwiGLU, no biases."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from splitllm import GGUFError
 from tiny_bert import BertConfig, make_weights, reference_hidden, write_gguf
 
 CFG = BertConfig()
+NOMIC = BertConfig(arch="nomic-bert", fused_qkv=True, n_ctx_train=64, seed=5)
 WIDE = BertConfig(n_embd=256, n_ff=512, n_head=4, n_vocab=160, n_ctx_train=64, seed=3)  # for k-quant blocks
 TEXTS = [[2, 10, 11, 12, 5, 6, 30, 40, 3], [2, 7, 8, 9, 3],
          [2, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 99, 3]]
@@ -46,12 +48,19 @@ def ours(path: str, texts: list[list[int]], **kw) -> list[np.ndarray]:
     return np.split(out.astype(np.float64), np.cumsum([len(t) for t in texts])[:-1])
 
 
-@pytest.mark.parametrize("cfg", [CFG, replace(CFG, fused_qkv=True, n_layer=3, seed=1)],
-                         ids=["bert", "fused-qkv"])
+@pytest.mark.parametrize("cfg", [CFG, replace(CFG, fused_qkv=True, n_layer=3, seed=1), NOMIC],
+                         ids=["bert", "fused-qkv", "nomic-bert"])
 def test_f32_embeddings_match_float64_reference(tmp_path, cfg):
     path, held = tiny(tmp_path, cfg)
     for text, got in zip(TEXTS, ours(path, TEXTS), strict=True):
-        assert rel_err(got, reference_hidden(cfg, held, text)) < 1e-5  # measured 2.8e-7
+        assert rel_err(got, reference_hidden(cfg, held, text)) < 1e-5  # measured 2.8e-7 / 3.2e-7
+
+
+def test_nomic_rotary_positions_matter(tmp_path):
+    """nomic-bert has no position embeddings: without the rotation the reference is far off."""
+    path, held = tiny(tmp_path, NOMIC)
+    got = ours(path, [TEXTS[2]])[0]
+    assert rel_err(got, reference_hidden(NOMIC, held, TEXTS[2], rotate=False)) > 1e-2
 
 
 def test_attention_sees_the_whole_text_and_only_it(tmp_path):
@@ -71,7 +80,8 @@ def test_attention_sees_the_whole_text_and_only_it(tmp_path):
 
 @pytest.mark.parametrize(("cfg", "wtype", "bound"), [
     (CFG, "F32", 1e-3), (CFG, "F16", 2e-3), (CFG, "Q8_0", 3e-2), (WIDE, "Q4_K", 5e-2), (WIDE, "Q6_K", 3e-2),
-], ids=["f32", "f16", "q8_0", "q4_k", "q6_k"])
+    (NOMIC, "F32", 1e-5), (replace(WIDE, arch="nomic-bert"), "Q4_K", 5e-2),
+], ids=["f32", "f16", "q8_0", "q4_k", "q6_k", "nomic-f32", "nomic-q4_k"])
 def test_matches_llama_cpp(tmp_path, cfg, wtype, bound):
     """Per-token embeddings of three texts in one batch against llama.cpp on the same file. Both
     engines quantize the activations of quantized matmuls (8-bit blocks), which the LayerNorms of

@@ -1,5 +1,6 @@
-"""Tiny random BERT encoders as GGUF files (llama.cpp's ``bert`` layout, as its convert_hf_to_gguf.py
-writes them), and a numpy float64 re-implementation of transformers' BertModel for reference.
+"""Tiny random BERT encoders as GGUF files (llama.cpp's ``bert`` and ``nomic-bert`` layouts, as its
+convert_hf_to_gguf.py writes them), and a numpy float64 re-implementation of transformers' BertModel
+(and of Nomic's NomicBertModel) for reference.
 
 The reference follows transformers (modeling_bert.py): embeddings = word + position + token type 0,
 LayerNorm; per layer self-attention with biases and no mask within a text, output dense, residual,
@@ -40,6 +41,8 @@ def wpm_vocab(n_vocab: int) -> list[str]:
 
 @dataclass
 class BertConfig:
+    arch: str = "bert"  # or "nomic-bert": rotary positions (NEOX pairs), SwiGLU, fused qkv, no biases
+    rope_base: float = 1000.0
     n_vocab: int = 120
     n_embd: int = 64
     n_head: int = 4
@@ -76,12 +79,17 @@ def make_weights(cfg: BertConfig) -> dict[str, np.ndarray]:
         "token_embd_norm.weight": vec(E, mean=1.0),
         "token_embd_norm.bias": vec(E),
     }
+    nomic = cfg.arch == "nomic-bert"
+    if nomic:
+        del w["position_embd.weight"]
+    mats = [("attn_q", E, E), ("attn_k", E, E), ("attn_v", E, E), ("attn_output", E, E), ("ffn_up", F, E),
+            ("ffn_down", E, F)] + ([("ffn_gate", F, E)] if nomic else [])
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
-        for name, rows, cols in (("attn_q", E, E), ("attn_k", E, E), ("attn_v", E, E), ("attn_output", E, E),
-                                 ("ffn_up", F, E), ("ffn_down", E, F)):
+        for name, rows, cols in mats:
             w[b + name + ".weight"] = mat(rows, cols, 2.0 if name in ("attn_q", "attn_k") else 1.0)
-            w[b + name + ".bias"] = vec(rows)
+            if not nomic:
+                w[b + name + ".bias"] = vec(rows)
         for name in ("attn_output_norm", "layer_output_norm"):
             w[b + name + ".weight"] = vec(E, mean=1.0)
             w[b + name + ".bias"] = vec(E)
@@ -92,7 +100,7 @@ def write_gguf(cfg: BertConfig, w: dict[str, np.ndarray], path: Path, *, weight_
                metadata: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Writes the model (2-D weights in weight_type, quantized by gguf.quants; 1-D F32) with a
     WordPiece vocabulary; returns the weights as the file holds them (dequantized, float64)."""
-    wr = gguf.GGUFWriter(str(path), "bert")
+    wr = gguf.GGUFWriter(str(path), cfg.arch)
     wr.add_name("tiny-bert")
     wr.add_block_count(cfg.n_layer)
     wr.add_context_length(cfg.n_ctx_train)
@@ -101,6 +109,8 @@ def write_gguf(cfg: BertConfig, w: dict[str, np.ndarray], path: Path, *, weight_
     wr.add_head_count(cfg.n_head)
     wr.add_layer_norm_eps(cfg.eps)
     wr.add_causal_attention(False)
+    if cfg.arch == "nomic-bert":
+        wr.add_rope_freq_base(cfg.rope_base)
     wr.add_pooling_type(gguf.PoolingType(cfg.pooling))
     wr.add_file_type(gguf.LlamaFileType.ALL_F32 if weight_type == "F32" else gguf.LlamaFileType.MOSTLY_F16)
     wr.add_tokenizer_model("bert")
@@ -130,7 +140,7 @@ def write_gguf(cfg: BertConfig, w: dict[str, np.ndarray], path: Path, *, weight_
     if cfg.fused_qkv:
         for i in range(cfg.n_layer):
             b = f"blk.{i}."
-            for kind in ("weight", "bias"):
+            for kind in ("weight", "bias") if f"{b}attn_q.bias" in w else ("weight",):
                 parts = [w[f"{b}attn_{x}.{kind}"] for x in "qkv"]
                 _add(wr, held, f"{b}attn_qkv.{kind}", np.concatenate(parts, axis=0), weight_type)
                 E = cfg.n_embd
@@ -172,25 +182,42 @@ def gelu(x: np.ndarray, kind: str) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
+def _rotate_neox(t: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    half = t.shape[-1] // 2
+    a, c = t[..., :half], t[..., half:]
+    return np.concatenate([a * cos - c * sin, a * sin + c * cos], axis=-1)
+
+
 def reference_hidden(cfg: BertConfig, w: dict[str, np.ndarray], ids: list[int], *,
-                     gelu_kind: str = "tanh") -> np.ndarray:
-    """The last hidden states (len(ids), n_embd), float64, of one text."""
+                     gelu_kind: str = "tanh", rotate: bool = True) -> np.ndarray:
+    """The last hidden states (len(ids), n_embd), float64, of one text (nomic-bert without its
+    rotation: ``rotate`` False)."""
     n, E, H, D = len(ids), cfg.n_embd, cfg.n_head, cfg.head_dim
-    x = w["token_embd.weight"][ids] + w["position_embd.weight"][:n] + w["token_types.weight"][0]
+    nomic = cfg.arch == "nomic-bert"
+    x = w["token_embd.weight"][ids] + w["token_types.weight"][0]
+    if not nomic:
+        x = x + w["position_embd.weight"][:n]
     x = _layer_norm(x, w["token_embd_norm.weight"], w["token_embd_norm.bias"], cfg.eps)
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
 
         def lin(name: str, h: np.ndarray, b: str = b) -> np.ndarray:
-            return h @ w[b + name + ".weight"].T + w[b + name + ".bias"]
+            return h @ w[b + name + ".weight"].T + w.get(b + name + ".bias", 0.0)
 
         q, k, v = (lin(p, x).reshape(n, H, D).transpose(1, 0, 2) for p in ("attn_q", "attn_k", "attn_v"))
+        if nomic and rotate:  # rotary, NEOX pairs (j, j + D/2), theta = pos * base^(-2j/D)
+            ang = np.arange(n)[:, None] * cfg.rope_base ** (-np.arange(0, D, 2) / D)[None, :]
+            q, k = (_rotate_neox(t, np.cos(ang), np.sin(ang)) for t in (q, k))
         s = q @ k.transpose(0, 2, 1) / math.sqrt(D)
         p = np.exp(s - s.max(axis=-1, keepdims=True))
         p /= p.sum(axis=-1, keepdims=True)
         att = (p @ v).transpose(1, 0, 2).reshape(n, E)
         x = _layer_norm(x + lin("attn_output", att), w[b + "attn_output_norm.weight"],
                         w[b + "attn_output_norm.bias"], cfg.eps)
-        ff = lin("ffn_down", gelu(lin("ffn_up", x), gelu_kind))
+        if nomic:
+            g = lin("ffn_gate", x)
+            ff = lin("ffn_down", g / (1.0 + np.exp(-g)) * lin("ffn_up", x))
+        else:
+            ff = lin("ffn_down", gelu(lin("ffn_up", x), gelu_kind))
         x = _layer_norm(x + ff, w[b + "layer_output_norm.weight"], w[b + "layer_output_norm.bias"], cfg.eps)
     return x

@@ -27,7 +27,8 @@ constexpr ArchTraits kArchs[] = {
     {"gemma",    Arch::Gemma,    true,  false, false, false},
     {"gemma2",   Arch::Gemma2,   true,  false, false, false},
     {"gemma3",   Arch::Gemma3,   true,  false, true,  false},
-    {"bert",     Arch::Bert,     false, true,  false, false},
+    {"bert",       Arch::Bert,      false, false, false, false},
+    {"nomic-bert", Arch::NomicBert, true,  false, false, false},
 };
 
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
@@ -131,7 +132,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                         [&](const ArchTraits & a) { return c.arch_name == a.name; });
     if (t == std::end(kArchs))
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, bert)", f.path().c_str(), c.arch_name.c_str()));
+                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, bert, nomic-bert)", f.path().c_str(), c.arch_name.c_str()));
     c.arch = t->arch;
     c.rope_neox = t->rope_neox;
     c.has_qkv_bias = t->qkv_bias;
@@ -163,7 +164,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (!(c.rope_attn_factor > 0) || c.rope_attn_factor > 100)
         throw GGUFError(strfmt("%s: bad %srope.scaling.attn_factor", f.path().c_str(), a.c_str()));
     if (f.find(a + "attention.sliding_window")) c.n_swa = get_dim(f, a + "attention.sliding_window", 0, 1 << 30);
-    c.encoder = c.arch == Arch::Bert;
+    c.encoder = c.arch == Arch::Bert || c.arch == Arch::NomicBert;
+    c.learned_pos = c.arch == Arch::Bert;
     const std::string eps_key = a + (c.encoder ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
     c.rms_eps = float(c.encoder ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)

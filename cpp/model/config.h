@@ -9,11 +9,11 @@ namespace sl {
 
 class GGUFFile;
 
-enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, Bert };
+enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, Bert, NomicBert };
 
 struct Config {
     Arch arch = Arch::Llama;
-    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "bert"
+    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "bert", "nomic-bert"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -29,10 +29,12 @@ struct Config {
     int n_vocab = 0;
     int n_ctx_train = 0;        // context length the model was trained with
     float rms_eps = 1e-5f;      // the norms' epsilon (an encoder's LayerNorm's too)
-    // An encoder (bert): embeddings only, every token of a text attending to all of it (no
-    // causal mask, no KV cache); learned position embeddings, token type 0's embedding added,
-    // LayerNorm (with bias) after each residual sum, GELU feed-forward, biases everywhere.
+    // An encoder (bert, nomic-bert): embeddings only, every token of a text attending to all of it
+    // (no causal mask, no KV cache); token type 0's embedding added, LayerNorm (with bias) after
+    // each residual sum. bert: learned position embeddings (learned_pos), GELU feed-forward, biases;
+    // nomic-bert: rotary positions, SwiGLU feed-forward, no biases.
     bool encoder = false;
+    bool learned_pos = false;
     // Rotary embedding: theta_i = pos * freq_scale * base^(-2i / n_rot) / freq_factor_i
     int n_rot = 0;              // rotated dimensions of each head
     float rope_base = 10000.0f;

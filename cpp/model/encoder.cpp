@@ -1,7 +1,9 @@
-// The forward pass of an encoder (bert): the embeddings of whole texts, every token attending to
-// all the tokens of its text, on the CPU. As llama.cpp's bert graph: x = LayerNorm(token + position
-// + token type 0 embeddings); per layer x = LayerNorm(x + W_o attn(x) + b_o), then
-// x = LayerNorm(x + W_down gelu(W_up x + b_up) + b_down); the output is x (no output norm).
+// The forward pass of an encoder (bert, nomic-bert): the embeddings of whole texts, every token
+// attending to all the tokens of its text, on the CPU. As llama.cpp's bert graph:
+// x = LayerNorm(token + position (bert) + token type 0 embeddings); per layer
+// x = LayerNorm(x + W_o attn(x) + b_o) (nomic-bert rotates queries and keys), then
+// x = LayerNorm(x + ffn(x)), ffn = W_down gelu(W_up x + b_up) + b_down (bert) or
+// W_down (silu(W_gate x) * W_up x) (nomic-bert); the output is x (no output norm).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -47,7 +49,7 @@ void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n
         int & want = next[size_t(slot[i])];
         SL_CHECK(pos[i] == want, "token %d: position %d in sequence slot %d, expected %d: an encoder reads a text "
                  "whole, at positions 0, 1, ... in one call", i, pos[i], slot[i], want);
-        SL_CHECK(pos[i] < c.n_ctx_train, "token %d: position %d is past the %d positions the model has embeddings "
+        SL_CHECK(!c.learned_pos || pos[i] < c.n_ctx_train, "token %d: position %d is past the %d positions the model has embeddings "
                  "for (%s.context_length)", i, pos[i], c.n_ctx_train, c.arch_name.c_str());
         ++want;
     }
@@ -61,9 +63,12 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
     Scratch & s = scratch(&be);
     const int64_t D = c.n_embd;
 
+    be.begin_batch(BatchInfo{n, pos, slot});
     be.get_rows(w_.tok_embd, tokens, n, s.x);
-    be.get_rows(w_.pos_embd, pos, n, s.h);
-    be.add(s.x, s.h, n * D);
+    if (c.learned_pos) {
+        be.get_rows(w_.pos_embd, pos, n, s.h);
+        be.add(s.x, s.h, n * D);
+    }
     if (!w_.type_row.empty())
         for (int t = 0; t < n; ++t) be.add(s.x + t * D, w_.type_row.data(), D);
     layer_norm(pool, s.x, w_.embd_norm, w_.embd_norm_b, s.x, n, c.n_embd, c.rms_eps);
@@ -80,6 +85,7 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
         be.matmul(qkv, qkv_out, 3, s.x, n, false);
+        if (!c.learned_pos) be.rope(s.q, s.k, n, false);
         // att[t, head] = softmax_j(scale q[t, head] . k[j, head / gqa]) v[j, head / gqa] over the
         // tokens j of t's text
         pool.parallel_for(int64_t(n) * c.n_head, [&](int64_t r0, int64_t r1) {
@@ -109,12 +115,16 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
         layer_norm(pool, s.x, L.attn_ln, L.attn_ln_b, s.x, n, c.n_embd, c.rms_eps);
         const WeightRef * up = &L.w_up;
         const WeightRef * down = &L.w_down;
-        be.matmul(&up, &s.ff, 1, s.x, n, false);
-        const int64_t n_act = int64_t(n) * c.n_ff;
-        pool.parallel_for((n_act + 1023) / 1024, [&](int64_t b0, int64_t b1) {
-            const int64_t i0 = b0 * 1024, i1 = std::min(b1 * 1024, n_act);
-            vec::gelu_mul(s.ff + i0, nullptr, s.ff + i0, size_t(i1 - i0));
-        });
+        if (L.w_gate.rows > 0) {
+            be.glu(Glu::Silu, L.w_gate, L.w_up, s.x, s.ff, n);
+        } else {
+            be.matmul(&up, &s.ff, 1, s.x, n, false);
+            const int64_t n_act = int64_t(n) * c.n_ff;
+            pool.parallel_for((n_act + 1023) / 1024, [&](int64_t b0, int64_t b1) {
+                const int64_t i0 = b0 * 1024, i1 = std::min(b1 * 1024, n_act);
+                vec::gelu_mul(s.ff + i0, nullptr, s.ff + i0, size_t(i1 - i0));
+            });
+        }
         be.matmul(&down, &s.x, 1, s.ff, n, true);  // x += W_down gelu(...) + b_down
         layer_norm(pool, s.x, L.ffn_ln, L.ffn_ln_b, s.x, n, c.n_embd, c.rms_eps);
     }

@@ -198,8 +198,10 @@ void Model::load_encoder_weights() {
         if (!t->to_float && w.type != QType::F32)
             throw GGUFError(strfmt("%s: %s type %s cannot be read", f.path().c_str(), name, t->name));
     };
-    w_.pos_embd = matrix(f, c, "position_embd.weight", c.n_ctx_train, c.n_embd);
-    readable(w_.pos_embd, "position_embd.weight");
+    if (c.learned_pos) {
+        w_.pos_embd = matrix(f, c, "position_embd.weight", c.n_ctx_train, c.n_embd);
+        readable(w_.pos_embd, "position_embd.weight");
+    }
     if (const GGUFTensor * t = f.find_tensor("token_types.weight")) {  // only type 0 ("sentence A") is used
         const WeightRef types = matrix(f, c, "token_types.weight", t->ne[1], c.n_embd);
         readable(types, "token_types.weight");
@@ -229,6 +231,8 @@ void Model::load_encoder_weights() {
             L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
             L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
             L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+        }
+        if (!L.wq.bias) {  // separate biases (also beside a fused matrix, as llama.cpp allows)
             bias(L.wq, b + "attn_q.bias");
             bias(L.wk, b + "attn_k.bias");
             bias(L.wv, b + "attn_v.bias");
@@ -237,13 +241,19 @@ void Model::load_encoder_weights() {
         bias(L.wo, b + "attn_output.bias");
         L.attn_ln = vector_f32(f, c, b + "attn_output_norm.weight", c.n_embd);
         L.attn_ln_b = vector_f32(f, c, b + "attn_output_norm.bias", c.n_embd);
-        if (f.find_tensor(b + "ffn_gate.weight"))
+        // bert: W_down gelu(W_up x + b) + b; nomic-bert: W_down (silu(W_gate x) * W_up x)
+        const bool gated = c.arch == Arch::NomicBert;
+        if (!gated && f.find_tensor(b + "ffn_gate.weight"))
             throw GGUFError(strfmt("%s: tensor '%sffn_gate.weight': a gated feed-forward in a %s model is not "
                                    "supported", f.path().c_str(), b.c_str(), c.arch_name.c_str()));
+        if (gated) L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
         L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
         bias(L.w_up, b + "ffn_up.bias");
         L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
         bias(L.w_down, b + "ffn_down.bias");
+        if (gated && L.w_up.bias)
+            throw GGUFError(strfmt("%s: tensor '%sffn_up.bias': a bias in a gated feed-forward is not supported",
+                                   f.path().c_str(), b.c_str()));
         L.ffn_ln = vector_f32(f, c, b + "layer_output_norm.weight", c.n_embd);
         L.ffn_ln_b = vector_f32(f, c, b + "layer_output_norm.bias", c.n_embd);
     }

@@ -193,7 +193,7 @@ void bind_model(pyb::module_ & m) {
                              pyb::arg("n_ctx_train") = c.n_ctx_train, pyb::arg("rms_eps") = c.rms_eps,
                              pyb::arg("n_rot") = c.n_rot, pyb::arg("rope_base") = c.rope_base,
                              pyb::arg("rope_freq_scale") = c.rope_freq_scale, pyb::arg("rope_neox") = c.rope_neox,
-                             pyb::arg("encoder") = c.encoder);
+                             pyb::arg("encoder") = c.encoder, pyb::arg("learned_pos") = c.learned_pos);
         });
 }
 

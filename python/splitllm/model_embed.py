@@ -62,12 +62,13 @@ class EmbeddingMethods:
         return pooling_type_of(self._pooling_arg, self._metadata)
 
     def _embed_limit(self) -> int:
-        """The most tokens of one text: the context; an encoder (bert) reads a text in one batch and
-        has position embeddings for n_ctx_train positions."""
+        """The most tokens of one text: the context; an encoder reads a text in one batch, and
+        bert has position embeddings for n_ctx_train positions only."""
         cfg = self._engine().config
         if not cfg["encoder"]:
             return self._seq_ctx
-        return min(self._seq_ctx, self._n_batch, int(cfg["n_ctx_train"]))
+        positions = int(cfg["n_ctx_train"]) if cfg["learned_pos"] else self._seq_ctx
+        return min(self._seq_ctx, self._n_batch, positions)
 
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """The final hidden state (after the output norm) at every position of ``tokens`` read from
