@@ -17,6 +17,7 @@ import pytest
 import splitllm._core as core
 from lcpp import llama_cpp_embeddings
 from splitllm import GGUFError
+from splitllm.plan import plan
 from tiny_bert import BertConfig, make_weights, reference_hidden, write_gguf
 
 CFG = BertConfig()
@@ -152,7 +153,11 @@ def test_placement_and_memory(tmp_path):
     assert any("encoder" in w and "CPU" in w for w in m.warnings)
     parts = m.placement
     assert [p["name"] for p in parts] == ["token_embd", "blk.0", "blk.1"]
-    assert all(p["device"] == "CPU" and p["kv_bytes"] == 0 for p in parts)
+    assert all(p["device"] == "CPU" and p["kv_bytes"] == 0 and p["kv_device"] == "" for p in parts)
+    planned = plan(path, n_ctx=64)  # the planner reads the header alone: the same parts
+    assert [(x.name, x.weight_bytes, x.kv_bytes) for x in planned.layers] == [
+        (p["name"], p["weight_bytes"], p["kv_bytes"]) for p in parts]
+    assert planned.kv_bytes_per_token == 0 and planned.devices[0].kv_cache == 0
     sizes = {info[0]: info[4] for info in core.GGUFFile(path).tensor_infos()}
     # the token type table is read once, at load, for a copy of type 0's row
     expected = sum(sizes.values()) - sizes["token_types.weight"] + 4 * CFG.n_embd

@@ -271,7 +271,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
         const std::string dev = on_gpu ? gpu_name : "CPU", kvdev = on_gpu && kv_gpu ? gpu_name : "CPU";
         if (!on_gpu) cpu.weights += bytes;
         if (kvdev == "CPU") cpu.kv += layer_kv;
-        e.parts.push_back({"blk." + std::to_string(l), dev, bytes, layer_kv, kvdev});
+        e.parts.push_back({"blk." + std::to_string(l), dev, bytes, layer_kv, c.encoder ? "" : kvdev});  // (no cache)
     }
     const bool shared = !output_gpu && m.w_.output.data == m.w_.tok_embd.data;
     const size_t out_bytes = m.output_bytes(shared);
@@ -313,7 +313,7 @@ void Model::describe_placement() {
     for (int l = 0; l < c.n_layer; ++l)
         placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(),
                               layer_weight_bytes(w_.layers[l], c, lora_), layer_kv(l).k_bytes() + layer_kv(l).v_bytes(),
-                              kv_backend_[l]->name()});
+                              c.encoder ? "" : kv_backend_[l]->name()});
     // A tied output layer on the CPU reads the embedding; on the GPU it has its own copy.
     const bool shared = output_backend_->is_cpu() && w_.output.data == w_.tok_embd.data;
     if (!c.encoder) placement_.push_back({"output", output_backend_->name(), output_bytes(shared), 0, ""});
