@@ -44,8 +44,13 @@ void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n
              "loaded with embedding=True), not logits", file_->path().c_str(), c.arch_name.c_str());
     SL_CHECK(n <= params_.n_batch, "an encoder reads each text in one batch: %d tokens exceed n_batch = %d", n,
              params_.n_batch);
-    std::vector<int> next(size_t(kv_.n_slots), 0);
+    // Slots only tell the texts of a batch apart (there is no cache): any of [0, n_batch).
+    std::vector<int> next(size_t(params_.n_batch), 0);
     for (int i = 0; i < n; ++i) {
+        SL_CHECK(slot[i] >= 0 && slot[i] < params_.n_batch, "token %d: sequence %d outside [0, n_batch = %d)", i,
+                 slot[i], params_.n_batch);
+        SL_CHECK(pos[i] < params_.n_ctx, "token %d: position %d is outside the context of %d tokens (n_ctx)", i,
+                 pos[i], params_.n_ctx);
         int & want = next[size_t(slot[i])];
         SL_CHECK(pos[i] == want, "token %d: position %d in sequence slot %d, expected %d: an encoder reads a text "
                  "whole, at positions 0, 1, ... in one call", i, pos[i], slot[i], want);
@@ -74,7 +79,7 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
     layer_norm(pool, s.x, w_.embd_norm, w_.embd_norm_b, s.x, n, c.n_embd, c.rms_eps);
 
     // The texts of the batch: each slot's tokens, in order.
-    std::vector<std::vector<int>> texts(size_t(kv_.n_slots));
+    std::vector<std::vector<int>> texts(size_t(params_.n_batch));
     for (int t = 0; t < n; ++t) texts[size_t(slot[t])].push_back(t);
     const int hd = c.head_dim, gqa = c.n_gqa();
     const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim();

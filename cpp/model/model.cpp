@@ -445,6 +445,14 @@ void Model::allocate_state() {
 void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
                    int n, float * logits, bool embeddings) {
     SL_CHECK(n >= 0, "negative token count");
+    if (cfg_.encoder) {
+        for (int i = 0; i < n; ++i)
+            SL_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "token %d: id %d is outside the vocabulary [0, %d)",
+                     i, tokens[i], cfg_.n_vocab);
+        check_encoder_batch(pos, slot, n, embeddings);
+        if (n > 0) forward_encoder(tokens, pos, slot, want, n, logits);
+        return;
+    }
     for (int i = 0; i < n; ++i) {
         SL_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "token %d: id %d is outside the vocabulary [0, %d)",
                  i, tokens[i], cfg_.n_vocab);
@@ -452,11 +460,6 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
                  kv_.n_slots);
         SL_CHECK(pos[i] >= 0 && pos[i] < kv_.slot_ctx,
                  "token %d: position %d is outside the context of %d tokens (n_ctx)", i, pos[i], kv_.slot_ctx);
-    }
-    if (cfg_.encoder) {
-        check_encoder_batch(pos, slot, n, embeddings);
-        if (n > 0) forward_encoder(tokens, pos, slot, want, n, logits);
-        return;
     }
     for (int i0 = 0; i0 < n; i0 += params_.n_batch) {
         const int m = std::min(params_.n_batch, n - i0);

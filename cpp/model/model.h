@@ -152,7 +152,8 @@ public:
     // after the output norm (what the output layer would multiply; llama.cpp's embeddings).
     // An encoder (Config::encoder) gives embeddings only (the last layer's output), reads at most
     // n_batch tokens per call, and each slot's tokens in a call are one whole text at positions
-    // 0, 1, ..., every token attending to all of them.
+    // 0, 1, ..., every token attending to all of them; slots [0, n_batch) tell texts apart (no
+    // cache: n_seq_max does not limit them) and positions stop at n_ctx.
     void decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want_logits,
                 int n, float * out, bool embeddings = false);
 

@@ -207,6 +207,14 @@ class _Service:
         raise APIError(404, f"The model `{name}` does not exist (this server has `{self.alias}`)",
                        param="model", code="model_not_found")
 
+    def _generative_model(self, name: str | None) -> str:
+        """The model's name, for a request that generates text: not an encoder's (an embedding model)."""
+        alias = self._model_name(name)
+        if self.model.config["encoder"]:
+            raise APIError(400, f"`{alias}` is an embedding model ({self.model.config['arch']}): it serves "
+                           "/v1/embeddings only", param="model")
+        return alias
+
     # ---- tokens ----
 
     def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
@@ -270,7 +278,7 @@ class _Service:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
-        name = self._model_name(body.model)
+        name = self._generative_model(body.model)
         want_lps = body.n_logprobs is not None
         prompts = []
         for prompt in body.prompts():
@@ -307,7 +315,7 @@ class _Service:
         return JSONResponse({**head, "choices": choices, "usage": _total_usage(runs, lasts)})
 
     async def chat(self, body: ChatRequest, request: Request) -> Response:
-        name = self._model_name(body.model)
+        name = self._generative_model(body.model)
         messages = [m.as_dict() for m in body.messages]
         grammar = _grammar_of(body)
         plan = _tools_of(body, grammar is not None)
@@ -365,6 +373,11 @@ class _Service:
             if len(toks) >= ctx:
                 raise APIError(400, f"This model's maximum context length is {ctx} tokens, but an input has "
                                f"{len(toks)} tokens", param="input", code="context_length_exceeded")
+            limit = self.model.embed_limit()  # an encoder reads a text in one batch
+            if len(toks) > limit:
+                raise APIError(400, f"This model reads at most {limit} tokens of a text (n_batch and its "
+                               f"positions), but an input has {len(toks)} tokens", param="input",
+                               code="context_length_exceeded")
             try:
                 token_lists.append(self.model.check_prompt(toks))
             except ValueError as e:

@@ -61,14 +61,34 @@ class EmbeddingMethods:
         the model's own. ValueError for a reranker's (rank), which is not supported."""
         return pooling_type_of(self._pooling_arg, self._metadata)
 
-    def _embed_limit(self) -> int:
-        """The most tokens of one text: the context; an encoder reads a text in one batch, and
-        bert has position embeddings for n_ctx_train positions only."""
+    def embed_limit(self) -> int:
+        """The most tokens of one text ``embed`` reads: the context; an encoder reads a text in one
+        batch, and bert has position embeddings for n_ctx_train positions only."""
         cfg = self._engine().config
         if not cfg["encoder"]:
             return self._seq_ctx
         positions = int(cfg["n_ctx_train"]) if cfg["learned_pos"] else self._seq_ctx
         return min(self._seq_ctx, self._n_batch, positions)
+
+    def _encode_texts(self, token_lists: list[list[int]]) -> list[np.ndarray]:
+        """An encoder's token embeddings of each text, the texts packed into batches of up to n_batch
+        tokens (each its own sequence, as llama-cpp-python's ``embed`` packs them)."""
+        out: list[np.ndarray] = []
+        i = 0
+        while i < len(token_lists):
+            group = [self._check_tokens(token_lists[i])]
+            while i + len(group) < len(token_lists) and \
+                    sum(map(len, group)) + len(token_lists[i + len(group)]) <= self._n_batch:
+                group.append(self._check_tokens(token_lists[i + len(group)]))
+            if not all(group):
+                raise ValueError("cannot embed an empty text")
+            toks = np.concatenate([np.asarray(t, dtype=np.int32) for t in group])
+            pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in group])
+            slot = np.concatenate([np.full(len(t), j, dtype=np.int32) for j, t in enumerate(group)])
+            rows = self._engine().decode(toks, pos, slot, None, None, True)
+            out += np.split(rows, np.cumsum([len(t) for t in group])[:-1])
+            i += len(group)
+        return out
 
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """The final hidden state (after the output norm) at every position of ``tokens`` read from
@@ -76,7 +96,7 @@ class EmbeddingMethods:
         toks = self._check_tokens(tokens)
         if not toks:
             raise ValueError("cannot embed an empty text")
-        limit = self._embed_limit()
+        limit = self.embed_limit()
         if len(toks) > limit:
             raise ValueError(f"Requested tokens ({len(toks)}) exceed the {limit} an encoder reads in one "
                              "batch (n_batch, n_ctx and the model's positions)")
@@ -96,18 +116,24 @@ class EmbeddingMethods:
         texts = [input] if isinstance(input, str) else list(input)
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("input must be a string or a list of strings")
-        data: list[Any] = []
-        total = 0
+        pooling = self.pooling_type()
+        limit = self.embed_limit()
+        token_lists = []
         for text in texts:
             toks = self.tokenize(text.encode("utf-8"))
-            limit = self._embed_limit()
             if len(toks) > limit:
                 if not truncate:
                     raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of {limit}")
                 toks = toks[:limit]
-            total += len(toks)
-            pooling = self.pooling_type()
-            out = pool_embeddings(self.token_embeddings(toks), pooling, normalize).tolist()
+            token_lists.append(toks)
+        total = sum(len(t) for t in token_lists)
+        if self._engine().config["encoder"]:
+            rows = self._encode_texts(token_lists)
+        else:
+            rows = [self.token_embeddings(toks) for toks in token_lists]
+        data: list[Any] = []
+        for r in rows:
+            out = pool_embeddings(r, pooling, normalize).tolist()
             data.append(out if pooling == LLAMA_POOLING_TYPE_NONE else out[0])
         result = data[0] if isinstance(input, str) else data
         return (result, total) if return_count else result
