@@ -19,6 +19,7 @@ an independent description of the Hugging Face format.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -766,3 +767,224 @@ def smollm2_gguf(type: str, cache: Path | None = None) -> Path:
         convert(src, out, type=type, force=True, quiet=True)
         stamp.write_text(REBUILD_VERSION)
     return out
+
+
+# -- BERT encoders (embedding models) -------------------------------------------------------------
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in write_wordpiece_tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_wordpiece(lowercase: bool, vocab_size: int) -> str:
+    """A WordPiece tokenizer.json trained on ``corpus()``, once a process: the trainer breaks ties
+    in hash-map order, so two trainings may differ. Ids: BERT_SPECIALS, then the rest sorted."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )  # fmt: skip
+    tok.decoder = decoders.WordPiece(prefix="##")
+    data = json.loads(tok.to_str())
+    rest = sorted(t for t in data["model"]["vocab"] if t not in BERT_SPECIALS)
+    data["model"]["vocab"] = {t: i for i, t in enumerate(BERT_SPECIALS + rest)}
+    return json.dumps(data, ensure_ascii=False)
+
+
+def write_wordpiece_tokenizer(
+    d: Path,
+    *,
+    lowercase: bool = True,
+    vocab_size: int = 500,
+    files: tuple[str, ...] = ("tokenizer.json", "vocab.txt"),
+) -> int:
+    """Write a WordPiece vocabulary trained with ``tokenizers`` on ``corpus()`` as a BERT tokenizer
+    is saved: tokenizer.json (BertNormalizer, BertPreTokenizer, ``[CLS] $A [SEP]`` template,
+    WordPiece decoder) and/or vocab.txt, and tokenizer_config.json. Returns its size."""
+    data = json.loads(_trained_wordpiece(lowercase, vocab_size))
+    if "tokenizer.json" in files:
+        _write_json(d / "tokenizer.json", data)
+    vocab = data["model"]["vocab"]
+    if "vocab.txt" in files:
+        (d / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.__getitem__)), "utf-8")
+    config = {
+        "do_lower_case": lowercase, "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+        "cls_token": "[CLS]", "mask_token": "[MASK]", "tokenize_chinese_chars": True, "strip_accents": None,
+        "model_max_length": 512, "tokenizer_class": "BertTokenizer",
+    }  # fmt: skip
+    _write_json(d / "tokenizer_config.json", config)
+    return len(vocab)
+
+
+def bert_config(arch: str = "BertModel", **over: Any) -> dict[str, Any]:
+    """config.json of a small BERT (as transformers' BertConfig saves it)."""
+    cfg: dict[str, Any] = {
+        "architectures": [arch], "model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 128, "hidden_act": "gelu",
+        "max_position_embeddings": 128, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+        "position_embedding_type": "absolute", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
+        "use_cache": True, "torch_dtype": "float32", "vocab_size": 30522,
+    }  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+def bert_weights(cfg: dict[str, Any], *, seed: int = 0, pooler: bool = True) -> Weights:
+    """Random float32 weights of transformers' BertModel, in its names (no ``bert.`` prefix)."""
+    rng = np.random.default_rng(seed)
+    e, ff = cfg["hidden_size"], cfg["intermediate_size"]
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
+
+    def vec(n: int, base: float, scale: float) -> np.ndarray:
+        return (base + scale * rng.standard_normal(n)).astype(np.float32)
+
+    def embedding(n: int) -> np.ndarray:
+        return (0.5 * rng.standard_normal((n, e))).astype(np.float32)
+
+    w: Weights = {
+        "embeddings.word_embeddings.weight": embedding(cfg["vocab_size"]),
+        "embeddings.position_embeddings.weight": embedding(cfg["max_position_embeddings"]),
+        "embeddings.token_type_embeddings.weight": embedding(cfg["type_vocab_size"]),
+        "embeddings.LayerNorm.weight": vec(e, 1.0, 0.2),
+        "embeddings.LayerNorm.bias": vec(e, 0.0, 0.2),
+    }
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        for name, rows, cols in (("attention.self.query", e, e), ("attention.self.key", e, e),
+                                 ("attention.self.value", e, e), ("attention.output.dense", e, e),
+                                 ("intermediate.dense", ff, e), ("output.dense", e, ff)):  # fmt: skip
+            w[p + name + ".weight"], w[p + name + ".bias"] = mat(rows, cols), vec(rows, 0.0, 0.2)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            w[p + name + ".weight"], w[p + name + ".bias"] = vec(e, 1.0, 0.2), vec(e, 0.0, 0.2)
+    if pooler:
+        w["pooler.dense.weight"], w["pooler.dense.bias"] = mat(e, e), vec(e, 0.0, 0.2)
+    return w
+
+
+def _save_with_position_ids(d: Path, weights: Weights, dtype: str, n_ctx: int) -> Weights:
+    """model.safetensors holding ``weights`` and the int64 ``embeddings.position_ids`` buffer that
+    older transformers saved (one file)."""
+    arrays, specs, stored = [], {}, {}
+    for n, x in weights.items():
+        arr, dt, stored[n] = as_dtype(np.ascontiguousarray(x, dtype=np.float32), dtype)
+        arrays.append(arr)
+        specs[n] = TensorSpec(dtype=dt, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
+    pos = np.arange(n_ctx, dtype=np.int64)[None]
+    specs["embeddings.position_ids"] = TensorSpec(dtype="int64", shape=pos.shape, data_ptr=pos.ctypes.data,
+                                                  data_len=pos.nbytes)  # fmt: skip
+    serialize_file(specs, str(d / "model.safetensors"), metadata={"format": "pt"})
+    del arrays
+    return stored
+
+
+def write_pooling(d: Path, mode: str) -> None:
+    """sentence-transformers' modules.json and 1_Pooling/config.json pooling by ``mode`` (mean, cls,
+    lasttoken, max, mean_sqrt_len, weightedmean), a Normalize module after it, as all-MiniLM-L6-v2
+    ships them."""
+    _write_json(d / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ])  # fmt: skip
+    (d / "1_Pooling").mkdir(exist_ok=True)
+    (d / "2_Normalize").mkdir(exist_ok=True)
+    modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens",
+             "mean_sqrt_len": "mean_sqrt_len_tokens", "weightedmean": "weightedmean_tokens",
+             "lasttoken": "lasttoken"}  # fmt: skip
+    pooling = {"word_embedding_dimension": 64, **{f"pooling_mode_{m}": k == mode for k, m in modes.items()},
+               "include_prompt": True}  # fmt: skip
+    _write_json(d / "1_Pooling" / "config.json", pooling)
+    _write_json(d / "sentence_bert_config.json", {"max_seq_length": 128, "do_lower_case": False})
+
+
+def tiny_bert(
+    d: Path,
+    arch: str = "BertModel",
+    *,
+    dtype: str = "f32",
+    shards: int = 1,
+    lowercase: bool = True,
+    pooling: str | None = None,
+    tokenizer_files: tuple[str, ...] = ("tokenizer.json", "vocab.txt"),
+    position_ids: bool = False,
+    seed: int = 0,
+    **cfg_over: Any,
+) -> tuple[dict[str, Any], Weights]:
+    """A random BERT directory in ``d``; returns (config, stored weights as float32, in
+    BertModel's names). ``arch``: "BertModel" (names as BertModel saves them, pooler included) or
+    "BertForMaskedLM" (under ``bert.``, no pooler, with the masked-LM head ``cls.predictions.*``).
+    ``pooling``: write sentence-transformers' modules (see write_pooling)."""
+    d.mkdir(parents=True, exist_ok=True)
+    n_tok = write_wordpiece_tokenizer(d, lowercase=lowercase, files=tokenizer_files)
+    cfg = bert_config(arch, vocab_size=n_tok, **cfg_over)
+    _write_json(d / "config.json", cfg)
+    if pooling:
+        write_pooling(d, pooling)
+    w = bert_weights(cfg, seed=seed, pooler=arch == "BertModel")
+    if arch == "BertForMaskedLM":
+        rng = np.random.default_rng(seed + 1)
+        e = cfg["hidden_size"]
+        t = "cls.predictions.transform."
+        head = {"cls.predictions.bias": (cfg["vocab_size"],), t + "dense.weight": (e, e),
+                t + "dense.bias": (e,), t + "LayerNorm.weight": (e,), t + "LayerNorm.bias": (e,)}  # fmt: skip
+        saved = {"bert." + n: x for n, x in w.items()}
+        saved.update((n, rng.standard_normal(shape).astype(np.float32)) for n, shape in head.items())
+        stored = save_weights(d, saved, dtype=dtype, shards=shards)
+        return cfg, {n.removeprefix("bert."): x for n, x in stored.items() if not n.startswith("cls.")}
+    if position_ids:
+        return cfg, _save_with_position_ids(d, w, dtype, cfg["max_position_embeddings"])
+    return cfg, save_weights(d, w, dtype=dtype, shards=shards)
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * w + b
+
+
+def _gelu_erf(x: np.ndarray) -> np.ndarray:
+    """transformers' "gelu" (exact, with erf)."""
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def bert_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int], *, gelu: str = "erf") -> np.ndarray:
+    """The last hidden states (T, hidden) of transformers' BertModel in float64 for one sequence of
+    ``ids`` (attention to every token, token type 0 everywhere): word + position + token-type
+    embeddings, LayerNorm; per layer self-attention with biases, softmax(q k^T / sqrt(head_dim)),
+    output dense + residual + LayerNorm, intermediate dense + GELU + output dense + residual +
+    LayerNorm. ``gelu``: "erf" (BERT's) or "tanh" (the approximation llama.cpp computes)."""
+    g = {k: v.astype(np.float64) for k, v in w.items()}
+    nh, eps, t = cfg["num_attention_heads"], cfg["layer_norm_eps"], len(ids)
+    hd = cfg["hidden_size"] // nh
+    act = _gelu_erf if gelu == "erf" else _gelu_tanh
+
+    def dense(x: np.ndarray, name: str) -> np.ndarray:
+        return x @ g[name + ".weight"].T + g[name + ".bias"]
+
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        return _layer_norm(x, g[name + ".weight"], g[name + ".bias"], eps)
+
+    x = (g["embeddings.word_embeddings.weight"][ids] + g["embeddings.position_embeddings.weight"][:t]
+         + g["embeddings.token_type_embeddings.weight"][0])  # fmt: skip
+    x = norm(x, "embeddings.LayerNorm")
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        q, k, v = (dense(x, p + f"attention.self.{n}").reshape(t, nh, hd).transpose(1, 0, 2)
+                   for n in ("query", "key", "value"))  # fmt: skip
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(hd)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(t, nh * hd)
+        x = norm(dense(a, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        f = dense(act(dense(x, p + "intermediate.dense")), p + "output.dense")
+        x = norm(f + x, p + "output.LayerNorm")
+    return x

@@ -4,9 +4,9 @@ convert_hf_to_gguf.py writes them), and a numpy float64 re-implementation of tra
 
 The reference follows transformers (modeling_bert.py): embeddings = word + position + token type 0,
 LayerNorm; per layer self-attention with biases and no mask within a text, output dense, residual,
-LayerNorm; intermediate dense, GELU, output dense, residual, LayerNorm; the last hidden states.
-llama.cpp's bert graph uses the tanh approximation of GELU (ggml_gelu), so the reference takes
-``gelu`` = "tanh" for comparisons with engines and "erf" (BERT's own) where that is the point.
+LayerNorm; intermediate dense, GELU (exact, with erf: BERT's "gelu"), output dense, residual,
+LayerNorm; the last hidden states. (llama.cpp's bert graph reads a float16 table of GELU's tanh
+approximation instead: ``gelu_kind="tanh"`` gives that form.)
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def _rotate_neox(t: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 def reference_hidden(cfg: BertConfig, w: dict[str, np.ndarray], ids: list[int], *,
-                     gelu_kind: str = "tanh", rotate: bool = True) -> np.ndarray:
+                     gelu_kind: str = "erf", rotate: bool = True) -> np.ndarray:
     """The last hidden states (len(ids), n_embd), float64, of one text (nomic-bert without its
     rotation: ``rotate`` False)."""
     n, E, H, D = len(ids), cfg.n_embd, cfg.n_head, cfg.head_dim

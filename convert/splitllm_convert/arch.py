@@ -21,7 +21,7 @@ from gguf import GGUFWriter, RopeScalingType
 
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.mix import ModelShape
-from splitllm_convert.vocab import Vocab
+from splitllm_convert.vocab import Vocab, load_vocab
 
 logger = logging.getLogger("convert-hf")
 Array = np.ndarray[Any, np.dtype[np.float32]]
@@ -73,6 +73,13 @@ def _require(cfg: dict[str, Any], key: str, path: Path) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
         raise ConvertError(f"{path}: '{key}' must be a positive integer, got {v!r}")
     return v
+
+
+def _positive(cfg: dict[str, Any], key: str, path: Path) -> float:
+    v = cfg.get(key)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
+        raise ConvertError(f"{path}: '{key}' must be a positive number, got {v!r}")
+    return float(v)
 
 
 def _describe(files: Sequence[Path]) -> str:
@@ -216,6 +223,13 @@ class Architecture:
     def _generated(self) -> list[PlannedSource]:
         """Tensors written that the checkpoint does not hold (rotary factors)."""
         return []
+
+    def read_vocab(self, model_dir: Path, pre: str | None) -> Vocab:
+        """The tokenizer.* metadata: the SentencePiece or byte-level BPE tokenizer of ``model_dir``
+        padded to vocab_size, with ``adjust_vocab``'s fix-ups."""
+        vocab = load_vocab(model_dir, self.n_vocab, pre=pre, add_prefix_space_key=self.gguf_arch == "llama")
+        self.adjust_vocab(vocab)
+        return vocab
 
     def adjust_vocab(self, vocab: Vocab) -> None:
         """Architecture-specific tokenizer fix-ups llama.cpp applies; none by default."""

@@ -7,7 +7,6 @@ written as ``w + 1`` (computed in float32, as llama.cpp does for BF16 and F32 ch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 from gguf import GGUFWriter
 
-from splitllm_convert.arch import Architecture, Array, TensorRule, _require
+from splitllm_convert.arch import Architecture, Array, TensorRule, _positive, _require
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.vocab import Vocab
 
@@ -55,13 +54,6 @@ def _gemma_rules(prefix: str, lm_head: str | None, head_norms: bool) -> tuple[Te
     if lm_head:
         rules.append(TensorRule(lm_head, "output.weight", ("vocab", "embd")))
     return tuple(rules)
-
-
-def _positive(cfg: dict[str, Any], key: str, path: Path) -> float:
-    v = cfg.get(key)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
-        raise ConvertError(f"{path}: '{key}' must be a positive number, got {v!r}")
-    return float(v)
 
 
 class _Gemma(Architecture):

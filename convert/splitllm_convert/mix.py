@@ -3,7 +3,9 @@
 The rules follow llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp) for the llama-like
 models this converter reads, without an importance matrix:
 
-- 1-D tensors (norms, biases, rope factors) and ``*_norm.weight`` stay F32.
+- 1-D tensors (norms, biases, rope factors) and ``*_norm.weight`` stay F32, and so do BERT's
+  ``position_embd`` and ``token_types`` (llama.cpp's converter writes them in F32 and its quantizer
+  leaves them as they are).
 - The output matrix, or the token embedding when the output is tied to it, becomes Q6_K
   (Q8_0 stays Q8_0; a row that does not divide the file type's block gives Q8_0).
 - ``attn_v`` (and phi3's fused ``attn_qkv``): Q2_K -> Q4_K if n_head/n_head_kv >= 4 else Q3_K;
@@ -119,6 +121,7 @@ def _is_quantizable(name: str, shape: tuple[int, ...]) -> bool:
         and name.endswith("weight")
         and "_norm.weight" not in name
         and "ffn_gate_inp.weight" not in name  # the experts' router
+        and name not in ("position_embd.weight", "token_types.weight")  # BERT's embeddings
     )
 
 

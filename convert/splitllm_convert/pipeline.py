@@ -27,7 +27,7 @@ from splitllm_convert.arch import Architecture, PlannedSource
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import TensorEntry
 from splitllm_convert.registry import architecture
-from splitllm_convert.vocab import Vocab, load_vocab
+from splitllm_convert.vocab import Vocab
 
 Q = GGMLQuantizationType
 
@@ -95,8 +95,7 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None) -> _Job:
         hfdir.weight_files(model_dir),
     )
     model = arch.model_shape(has_output=any(s.gguf_name == "output.weight" for s in sources))
-    vocab = load_vocab(model_dir, arch.n_vocab, pre=pre, add_prefix_space_key=arch.gguf_arch == "llama")
-    arch.adjust_vocab(vocab)
+    vocab = arch.read_vocab(model_dir, pre)
 
     writer = GGUFWriter(path=None, arch=arch.gguf_arch)
     tensors = []

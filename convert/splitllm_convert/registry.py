@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from splitllm_convert.arch import Architecture, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe
+from splitllm_convert.bert import Bert
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.gemma import Gemma2, Gemma3, Gemma3Multimodal
 
 ARCHITECTURES: dict[str, type[Architecture]] = {
     n: cls
-    for cls in (Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe)
+    for cls in (Bert, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe)
     for n in cls.hf_names
 }
 

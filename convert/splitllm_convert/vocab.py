@@ -29,7 +29,7 @@ _ID_KEYS = ("bos", "eos", "unk", "sep", "pad", "mask", "eot", "eom")  # GGUF has
 class Vocab:
     """Everything ``tokenizer.*`` in the GGUF file, gathered before writing."""
 
-    model: str  # "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    model: str  # "llama" (SentencePiece), "gpt2" (byte-level BPE) or "bert" (WordPiece)
     pre: str
     tokens: list[str]
     types: list[int]
@@ -39,8 +39,12 @@ class Vocab:
     add_special: dict[str, bool] = field(default_factory=dict)
     add_space_prefix: bool | None = None
     chat_template: Any = None
+    token_type_count: int | None = None  # BERT's segment (token type) embeddings
+    normalizer: dict[str, bool] = field(default_factory=dict)  # lowercase / strip_accents (WordPiece)
 
     def add_to(self, w: GGUFWriter) -> None:
+        if self.token_type_count is not None:
+            w.add_token_type_count(self.token_type_count)
         w.add_tokenizer_model(self.model)
         w.add_tokenizer_pre(self.pre)
         w.add_token_list(self.tokens)
@@ -59,6 +63,9 @@ class Vocab:
             w.add_add_space_prefix(self.add_space_prefix)
         if self.chat_template:
             w.add_chat_template(self.chat_template)
+        for key in ("lowercase", "strip_accents"):  # gguf-py's add_normalizer_lowercase / _strip_accents
+            if key in self.normalizer:
+                w.add_bool(f"tokenizer.ggml.normalizer.{key}", self.normalizer[key])
 
 
 def _optional_json(path: Path) -> dict[str, Any]:
@@ -199,15 +206,21 @@ def _special_id(piece: Any) -> Any:
 
 
 def _template_flags(
-    proc: dict[str, Any], tc: dict[str, Any], s: dict[str, Any], v: Vocab, types: list[str]
+    proc: dict[str, Any], tc: dict[str, Any], s: dict[str, Any], v: Vocab, types: list[str], latest: bool
 ) -> None:
-    """add_bos/add_eos/add_sep from a TemplateProcessing (simple templates only, as llama.cpp)."""
+    """add_bos/add_eos/add_sep from a TemplateProcessing (simple templates only, as llama.cpp).
+    ``latest``: an unknown leading token becomes the BOS / CLS token where none is set."""
     single, pair = proc.get("single") or [], proc.get("pair") or []
     first = last = None
     if len(single) > 1:
         if first := _special_id(single[0]):
             if not tc:
                 s["bos"] = first
+            elif latest and first not in (s["bos"], s["cls"]):
+                if not s["bos"]:
+                    tc["bos_token"] = s["bos"] = first
+                if not s["cls"]:
+                    tc["cls_token"] = s["cls"] = first
             v.add_special["bos"] = first in (s["bos"], s["cls"])
         if last := _special_id(single[-1]):
             if not tc:
@@ -236,12 +249,16 @@ def _template_flags(
         tc["sep_token"] = s["eos"]
 
 
-def _post_processor_flags(tok_json: dict[str, Any], tc: dict[str, Any], v: Vocab, types: list[str]) -> None:
+def _post_processor_flags(
+    tok_json: dict[str, Any], tc: dict[str, Any], v: Vocab, types: list[str], latest: bool
+) -> None:
     """add_bos/add_eos/add_sep from tokenizer.json's post-processor, as llama.cpp's converter reads it.
 
     A port of gguf-py's ``SpecialVocab._try_load_from_tokenizer_json``, quirks included: entries
     are compared as tokenizer_config.json (``tc``) spells them (a dict entry never equals a token
-    text), and ``tc`` and ``types`` are updated in place as that code does.
+    text), and ``tc`` and ``types`` are updated in place as that code does. ``latest``: as the
+    gguf-py of llama-cpp-python 0.3.36's llama.cpp (a ByteLevel processor adds no BOS/EOS unless
+    told otherwise; see ``_template_flags``).
     """
     s = {k: tc.get(f"{k}_token") for k in ("bos", "cls", "eos", "sep")}
     if not s["bos"] and s["cls"] and tc:
@@ -252,14 +269,36 @@ def _post_processor_flags(tok_json: dict[str, Any], tc: dict[str, Any], v: Vocab
     for proc in post.get("processors", [post]) if isinstance(post, dict) else []:
         if not isinstance(proc, dict):
             continue
-        if proc.get("type") == "RobertaProcessing":
+        if latest and proc.get("type") == "ByteLevel":
+            v.add_special.setdefault("bos", False)
+            v.add_special.setdefault("eos", False)
+        elif proc.get("type") == "RobertaProcessing":
             v.add_special.update(bos=True, eos=True, sep=True)
             if not s["cls"] and tc:
                 tc["cls_token"] = s["cls"] = proc.get("cls", [s["bos"]])[0]
             if not s["sep"] and tc:
                 tc["sep_token"] = s["sep"] = proc.get("sep", [s["eos"]])[0]
         elif proc.get("type") == "TemplateProcessing":
-            _template_flags(proc, tc, s, v, types)
+            _template_flags(proc, tc, s, v, types, latest)
+
+
+def _normalizer_flags(normalizer: Any, out: dict[str, bool]) -> None:
+    """lowercase / strip_accents of a tokenizer.json normalizer (gguf-py's ``_parse_normalizer``):
+    a Lowercase or StripAccents step, a BertNormalizer's settings (null: not written), or a Sequence."""
+    if not isinstance(normalizer, dict):
+        return
+    kind = normalizer.get("type")
+    if kind in ("Lowercase", "StripAccents"):
+        out["lowercase" if kind == "Lowercase" else "strip_accents"] = True
+    elif kind == "BertNormalizer":
+        for key in ("lowercase", "strip_accents"):
+            if normalizer.get(key) is not None:
+                out[key] = bool(normalizer[key])
+            elif key in normalizer:
+                out.pop(key, None)
+    elif kind == "Sequence":
+        for step in normalizer.get("normalizers") or []:
+            _normalizer_flags(step, out)
 
 
 def _chat_template(model_dir: Path, tc: dict[str, Any]) -> Any:
@@ -279,24 +318,33 @@ def _chat_template(model_dir: Path, tc: dict[str, Any]) -> Any:
     return template if isinstance(template, (str, list)) else None
 
 
-def _special_tokens(model_dir: Path, v: Vocab, n_vocab: int) -> None:
+def _special_tokens(
+    model_dir: Path, v: Vocab, n_vocab: int, *, tok_json: dict[str, Any] | None = None, latest: bool = False
+) -> None:
     """Special token ids, add_* flags and the chat template, in llama.cpp's order of precedence.
 
     special_tokens_map.json is not read: llama.cpp's converter does not read it either, and
-    reading it would write ids that llama.cpp's files lack.
+    reading it would write ids that llama.cpp's files lack. ``tok_json``: the tokenizer.json to
+    read (default: the directory's, if any). ``latest``: as the gguf-py of llama-cpp-python
+    0.3.36's llama.cpp, which the WordPiece (BERT) vocabulary follows: the post-processor's add_*
+    flags win over tokenizer_config.json's, and the normalizer's lowercase / strip_accents are kept.
     """
     tok_path = model_dir / "tokenizer.json"
-    tok_json = read_json(tok_path) if tok_path.is_file() else {}
+    if tok_json is None:
+        tok_json = read_json(tok_path) if tok_path.is_file() else {}
     tc = _optional_json(model_dir / "tokenizer_config.json")
     types = list(SPECIAL_TYPES)
     added = [a for a in tok_json.get("added_tokens") or [] if isinstance(a, dict)]
     if tok_json:
-        _post_processor_flags(tok_json, tc, v, types)
+        if latest:
+            _normalizer_flags(tok_json.get("normalizer"), v.normalizer)
+        _post_processor_flags(tok_json, tc, v, types, latest)
     if tc:
         v.chat_template = _chat_template(model_dir, tc)
         for typ in types:
-            if isinstance(tc.get(f"add_{typ}_token"), bool):
-                v.add_special[typ] = tc[f"add_{typ}_token"]
+            flag = tc.get(f"add_{typ}_token")
+            if isinstance(flag, bool) and not (latest and typ in v.add_special):
+                v.add_special[typ] = flag
             text = _content(tc.get(f"{typ}_token"))
             tid = next((a.get("id") for a in added if text is not None and a.get("content") == text), None)
             _set_id(v, typ, tid, n_vocab)

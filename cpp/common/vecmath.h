@@ -121,7 +121,7 @@ inline void silu_mul(const float * g, const float * u, float * out, size_t n) {
     }
 }
 
-// out[i] = gelu(g[i]) * u[i] (GeGLU), or gelu(g[i]) without u, with gelu's tanh approximation:
+// out[i] = gelu(g[i]) * u[i] (GeGLU) with gelu's tanh approximation:
 //   gelu(x) = x / 2 * (1 + tanh(z)) = x * sigmoid(2 z),  z = sqrt(2 / pi) * (x + 0.044715 x^3).
 // out may alias g or u.
 inline void gelu_mul(const float * g, const float * u, float * out, size_t n) {
@@ -134,13 +134,13 @@ inline void gelu_mul(const float * g, const float * u, float * out, size_t n) {
         const i4 pos = z2 >= zero;
         const f4 e = exp_nonpos(select(pos, -z2, z2));  // exp(-|2 z|)
         const f4 sig = select(pos, one / (one + e), e / (one + e));
-        store(out + i, u ? x * sig * load(u + i) : x * sig);
+        store(out + i, x * sig * load(u + i));
     }
     for (; i < n; ++i) {
         const float x = g[i];
         const float z2 = x * (kA + kB * x * x);
         const float e = exp_nonpos(z2 >= 0 ? -z2 : z2);
-        out[i] = x * (z2 >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e)) * (u ? u[i] : 1.0f);
+        out[i] = x * (z2 >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e)) * u[i];
     }
 }
 

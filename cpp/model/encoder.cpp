@@ -2,7 +2,7 @@
 // attending to all the tokens of its text, on the CPU. As llama.cpp's bert graph:
 // x = LayerNorm(token + position (bert) + token type 0 embeddings); per layer
 // x = LayerNorm(x + W_o attn(x) + b_o) (nomic-bert rotates queries and keys), then
-// x = LayerNorm(x + ffn(x)), ffn = W_down gelu(W_up x + b_up) + b_down (bert) or
+// x = LayerNorm(x + ffn(x)), ffn = W_down gelu(W_up x + b_up) + b_down (bert; exact GELU) or
 // W_down (silu(W_gate x) * W_up x) (nomic-bert); the output is x (no output norm).
 #include <algorithm>
 #include <cmath>
@@ -123,11 +123,13 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
         if (L.w_gate.rows > 0) {
             be.glu(Glu::Silu, L.w_gate, L.w_up, s.x, s.ff, n);
         } else {
+            // BERT's GELU, exact: x / 2 * (1 + erf(x / sqrt 2)) (transformers' "gelu"; llama.cpp
+            // reads a float16 table of the tanh approximation, up to 1e-3 away in the embeddings)
             be.matmul(&up, &s.ff, 1, s.x, n, false);
             const int64_t n_act = int64_t(n) * c.n_ff;
             pool.parallel_for((n_act + 1023) / 1024, [&](int64_t b0, int64_t b1) {
-                const int64_t i0 = b0 * 1024, i1 = std::min(b1 * 1024, n_act);
-                vec::gelu_mul(s.ff + i0, nullptr, s.ff + i0, size_t(i1 - i0));
+                for (float * x = s.ff + b0 * 1024; x < s.ff + std::min(b1 * 1024, n_act); ++x)
+                    *x = 0.5f * *x * (1.0f + std::erf(*x * 0.70710678118654752f));
             });
         }
         be.matmul(&down, &s.x, 1, s.ff, n, true);  // x += W_down gelu(...) + b_down
