@@ -1,7 +1,8 @@
 """Tokenizers built from GGUF metadata, with llama.cpp's semantics.
 
 ``tokenizer.ggml.model`` ``llama`` is SentencePiece BPE (run by ``sentencepiece``), ``gpt2`` is
-byte-level BPE with the pre-tokenizer named by ``tokenizer.ggml.pre`` (run by ``tokenizers``).
+byte-level BPE with the pre-tokenizer named by ``tokenizer.ggml.pre`` (run by ``tokenizers``),
+``bert`` is WordPiece (llama.cpp's WPM, in ``wpm.py``).
 """
 
 from splitllm.tokenizer.core import StreamDecoder, Tokenizer

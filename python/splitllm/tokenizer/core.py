@@ -10,6 +10,7 @@ from splitllm.tokenizer.bpe import BpeEncoder, decode_byte_level
 from splitllm.tokenizer.errors import TokenizerError
 from splitllm.tokenizer.spm import SentencePieceEncoder, byte_token_text, merge_bytes
 from splitllm.tokenizer.vocab import TokenAttr, Vocab, load_vocab
+from splitllm.tokenizer.wpm import WordPieceEncoder
 
 _SPACE = "\u2581".encode()  # "▁", SentencePiece's visible space
 _UNKNOWN, _CONTROL, _USER = int(TokenAttr.UNKNOWN), int(TokenAttr.CONTROL), int(TokenAttr.USER_DEFINED)
@@ -24,6 +25,9 @@ class Tokenizer:
     ``tokenize`` is ``llama_tokenize``; ``token_to_piece`` is ``llama_token_to_piece``;
     ``detokenize`` is llama-cpp-python's ``Llama.detokenize`` (pieces joined, one leading space
     dropped after BOS); ``llama_detokenize`` is the C function of that name.
+
+    WordPiece vocabularies (``bert``) render "▁" as a space, as SPM does: "▁hello" "world" is
+    " helloworld", and ``detokenize`` drops the space in front after [CLS] (the BOS token).
     """
 
     def __init__(self, vocab: Vocab) -> None:
@@ -34,7 +38,11 @@ class Tokenizer:
         self._sp: SentencePieceEncoder | None = None
         self._spm_bytes: dict[bytes, int] | None = None
         self._byte_token: dict[int, int] = {}
-        if vocab.pre is not None:
+        self._wpm: WordPieceEncoder | None = None
+        if vocab.model == "bert":
+            self._wpm = WordPieceEncoder(vocab.token_to_id, vocab.special["unk"], lowercase=vocab.lowercase,
+                                         strip_accents=vocab.strip_accents)
+        elif vocab.pre is not None:
             self._bpe = BpeEncoder(vocab.tokens, vocab.token_to_id, vocab.merges, vocab.pre)
         else:
             self._init_spm()
@@ -64,7 +72,9 @@ class Tokenizer:
 
     @property
     def vocab_type(self) -> str:
-        """"spm" (tokenizer.ggml.model = llama) or "bpe" (gpt2)."""
+        """"spm" (tokenizer.ggml.model = llama), "bpe" (gpt2) or "wpm" (bert)."""
+        if self._wpm is not None:
+            return "wpm"
         return "spm" if self.vocab.pre is None else "bpe"
 
     @property
@@ -93,6 +103,15 @@ class Tokenizer:
         return self.vocab.special["pad"]
 
     @property
+    def sep_id(self) -> int | None:
+        """The separator ([SEP] in WordPiece vocabularies, which end every tokenized text with it)."""
+        return self.vocab.special["sep"]
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.vocab.special["mask"]
+
+    @property
     def eog_ids(self) -> frozenset[int]:
         """Tokens that end generation (EOS, EOT, <|im_end|>, ... as llama.cpp decides them)."""
         return self.vocab.eog_ids
@@ -104,6 +123,10 @@ class Tokenizer:
     @property
     def add_eos(self) -> bool:
         return self.vocab.add_eos
+
+    @property
+    def add_sep(self) -> bool:
+        return self.vocab.add_sep
 
     @property
     def add_space_prefix(self) -> bool:
@@ -132,8 +155,12 @@ class Tokenizer:
 
         ``add_bos`` adds BOS (and EOS) only where the vocabulary asks for them; ``special`` parses
         control tokens such as "<|im_start|>" in the text (user-defined tokens always are).
+        WordPiece vocabularies get [CLS] (BOS) in front and [SEP] at the end whenever ``add_bos``,
+        whatever their add_bos/add_eos/add_sep flags say, as in llama.cpp.
         """
         raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if self._wpm is not None:
+            return self._tokenize_wpm(raw, add_bos, special)
         v = self.vocab
         out: list[int] = []
         if add_bos and v.add_bos:
@@ -153,6 +180,21 @@ class Tokenizer:
         if add_bos and v.add_eos:
             out.append(v.special["eos"])  # type: ignore[arg-type]
         return out
+
+    def _tokenize_wpm(self, raw: bytes, add_special: bool, parse_special: bool) -> list[int]:
+        bos, sep = self.vocab.special["bos"], self.vocab.special["sep"]
+        if add_special and (bos is None or sep is None):  # llama.cpp asserts here
+            missing = "BOS ([CLS])" if bos is None else "separator ([SEP])"
+            raise TokenizerError(f"the WordPiece vocabulary has no {missing} token to add")
+        out = [bos] if add_special else []
+        for fragment in self._partition(raw, parse_special):
+            if isinstance(fragment, int):
+                out.append(fragment)
+            else:
+                out += self._wpm.encode(fragment)  # type: ignore[union-attr]
+        if add_special:
+            out.append(sep)
+        return out  # type: ignore[return-value]
 
     def _partition(self, raw: bytes, parse_special: bool) -> list[bytes | int]:
         """Splits out special-token texts, longest first (llama.cpp's tokenizer_st_partition)."""

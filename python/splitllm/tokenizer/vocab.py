@@ -2,8 +2,9 @@
 
 Everything here follows ``llama_vocab::impl::load`` in llama.cpp's ``src/llama-vocab.cpp``: the
 per-token attributes (from ``tokenizer.ggml.token_type`` plus the fix-ups llama.cpp applies by
-token text), the special token ids with their defaults, the add-BOS/EOS flags and the set of
-end-of-generation tokens. The tokenizers proper (SPM, BPE) are built on top of this.
+token text), the special token ids with their defaults, the add-BOS/EOS/SEP flags, the WordPiece
+normalizer options and the set of end-of-generation tokens. The tokenizers proper (SPM, BPE, WPM)
+are built on top of this.
 """
 
 from __future__ import annotations
@@ -78,14 +79,14 @@ _EOG_TEXTS = frozenset((
 # gpt-oss: always rendered, never treated as control.
 _FORCE_USER_DEFINED = frozenset(("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"))
 
-SUPPORTED_MODELS = ("llama", "gpt2")
+SUPPORTED_MODELS = ("llama", "gpt2", "bert")
 
 
 @dataclass
 class Vocab:
     """Token texts, scores and attributes, and the special-token configuration."""
 
-    model: str                       # "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    model: str                       # "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece)
     tokens: list[str]                # (n_vocab,) token text as stored in the GGUF
     scores: list[float]              # (n_vocab,) SentencePiece merge scores (0 when absent)
     attrs: list[int]                 # (n_vocab,) TokenAttr bits
@@ -95,8 +96,11 @@ class Vocab:
     special: dict[str, int | None] = field(default_factory=dict)  # bos, eos, eot, unk, ... -> id
     add_bos: bool = False
     add_eos: bool = False
+    add_sep: bool = False            # reported only: llama.cpp's WPM adds [CLS] and [SEP] whatever the flags
     add_space_prefix: bool = False
     clean_spaces: bool = False
+    lowercase: bool = False          # WordPiece normalizer (tokenizer.ggml.normalizer.*)
+    strip_accents: bool = False
     eog_ids: frozenset[int] = frozenset()
     special_cache: list[int] = field(default_factory=list)  # partitioned before tokenizing, longest first
 
@@ -238,15 +242,22 @@ def _strip_attributes(vocab: Vocab, md: Mapping[str, Any]) -> None:
         attrs[t2id["[MASK]"]] |= lstrip
 
 
-def _flags(md: Mapping[str, Any], pre: PreTokenizer | None) -> dict[str, bool]:
-    if pre is None:  # SentencePiece
+def _flags(md: Mapping[str, Any], model: str, pre: PreTokenizer | None) -> dict[str, bool]:
+    if model == "bert":
+        flags = {"add_bos": True, "add_eos": False, "add_sep": True, "add_space_prefix": False,
+                 "clean_spaces": True}
+    elif pre is None:  # SentencePiece
         flags = {"add_bos": True, "add_eos": False, "add_space_prefix": True, "clean_spaces": False}
     else:
         flags = {"add_bos": pre.add_bos, "add_eos": False, "add_space_prefix": False,
                  "clean_spaces": pre.clean_spaces}
+    flags.setdefault("add_sep", False)
     for name, key in (("add_space_prefix", "add_space_prefix"), ("add_bos", "add_bos_token"),
-                      ("add_eos", "add_eos_token")):
+                      ("add_eos", "add_eos_token"), ("add_sep", "add_sep_token")):
         flags[name] = _get(md, KEY + key, bool, flags[name])
+    # BertNormalizer options: lowercase by default, strip_accents as lowercase unless named
+    flags["lowercase"] = _get(md, KEY + "normalizer.lowercase", bool, True)
+    flags["strip_accents"] = _get(md, KEY + "normalizer.strip_accents", bool, flags["lowercase"])
     return flags
 
 
@@ -270,6 +281,12 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     special: dict[str, int | None] = {k: None for k, _ in _SPECIAL_KEYS}
     if model == "llama":
         special.update(bos=1, eos=2, unk=0)
+    elif model == "bert":
+        special.update(bos=101, unk=100, sep=102, pad=0, mask=103)
+        byte = int(TokenAttr.BYTE)
+        if any(a & byte for a in attrs):  # llama.cpp aborts on these (token_to_byte has no WPM case)
+            raise TokenizerError(f"GGUF metadata '{KEY}token_type' marks byte tokens, which a bert "
+                                 "(WordPiece) vocabulary cannot have")
     else:
         merges = _read_merges(md)
         pre_name = _get(md, KEY + "pre", str)
@@ -279,12 +296,13 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
             pre_name = "default"
         pre = pre_tokenizer_for(pre_name)
         special.update(bos=None if pre.no_bos else 11, eos=11)
-    flags = _flags(md, pre)
+    flags = _flags(md, model, pre)
     vocab = Vocab(model=model, tokens=tokens, scores=[float(s) for s in scores], attrs=attrs,
                   token_to_id=token_to_id, merges=merges, pre=pre, special=special, **flags)
     _read_special_ids(md, special, n)
     for flag, name in (("add_bos", "bos"), ("add_eos", "eos")):
-        if getattr(vocab, flag) and special[name] is None:
+        # WPM ignores the flags: its tokenize asks for [CLS] and [SEP] itself
+        if getattr(vocab, flag) and special[name] is None and model != "bert":
             raise TokenizerError(f"GGUF metadata '{KEY}{flag}_token' is true but there is no {name} token")
     _find_by_text(vocab)
     vocab.eog_ids = frozenset(_end_of_generation(vocab))
