@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import hf_fixtures as F
+import httpx
 import numpy as np
 import pytest
 import splitllm._core as core
 from lcpp import llama_cpp_embeddings
-from splitllm import GGUFError
+from splitllm import GGUFError, Model
+from splitllm.api import create_app
+from splitllm.engine import BatchEngine
 from splitllm.plan import plan
+from splitllm.server import BackgroundServer
+from splitllm_convert import convert
 from tiny_bert import BertConfig, make_weights, reference_hidden, write_gguf
 
 CFG = BertConfig()
@@ -162,3 +168,89 @@ def test_placement_and_memory(tmp_path):
     # the token type table is read once, at load, for a copy of type 0's row
     expected = sum(sizes.values()) - sizes["token_types.weight"] + 4 * CFG.n_embd
     assert sum(p["weight_bytes"] for p in parts) == expected
+
+
+# -- through Model and the server, on files from convert-hf ---------------------------------------
+
+SENTENCES = ["Hello World, the model's über café 12345!", "a short one", "Memory, thread -- fast small LARGE "
+             "matrix; attention 7 rope. quantize THE block: 東京 naïve? it'll   scale\tthe\nrow/column [key]"]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[str, dict, dict]:
+    """A BertModel directory with sentence-transformers' mean pooling, converted to f32."""
+    d = tmp_path_factory.mktemp("bert-hf")
+    cfg, weights = F.tiny_bert(d / "hf", pooling="mean", max_position_embeddings=96, seed=11)
+    out = d / "bert.gguf"
+    convert(d / "hf", out, type="f32", quiet=True)
+    return str(out), cfg, weights
+
+
+def test_model_embed_like_llama_cpp(converted):
+    """Model.embed (texts packed into one batch) against llama-cpp-python's Llama.embed on the same
+    file and against the float64 BertModel on llama.cpp's token ids."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path, cfg, weights = converted
+    theirs = llama_cpp.Llama(path, embedding=True, n_ctx=96, n_batch=96, n_ubatch=96, n_threads=2,
+                             verbose=False)
+    try:
+        want, want_count = theirs.embed(SENTENCES, return_count=True)
+        ids = [theirs.tokenize(s.encode()) for s in SENTENCES]
+        want_none = theirs.embed(SENTENCES[0], normalize=True)  # one text: its reading is right
+    finally:
+        theirs.close()
+    with Model(path, embedding=True, n_ctx=96, n_batch=96, n_threads=2) as m:
+        assert m.pooling_type() == MEAN and m.token_bos() == ids[0][0]
+        assert [m.tokenize(s.encode()) for s in SENTENCES] == ids
+        got, count = m.embed(SENTENCES, return_count=True)
+        assert count == want_count == sum(map(len, ids))
+        for g, w, toks in zip(got, want, ids, strict=True):
+            exact = F.bert_hidden_states(cfg, weights, toks).mean(axis=0)
+            assert rel_err(np.array(g), exact) < 1e-5
+            assert rel_err(np.array(w), exact) < 2e-3  # llama.cpp's GELU table (see test_convert_bert)
+        unit = np.array(m.embed(SENTENCES[0], normalize=True))
+        assert abs(np.linalg.norm(unit) - 1) < 1e-6 and rel_err(unit, np.array(want_none)) < 2e-3
+        res = m.create_embedding(SENTENCES[:2])
+        assert [d["index"] for d in res["data"]] == [0, 1]
+        assert res["usage"]["prompt_tokens"] == len(ids[0]) + len(ids[1])
+    with Model(path, embedding=True, n_ctx=96, n_batch=96, n_threads=2, pooling_type="none") as m:
+        rows = np.array(m.embed(SENTENCES[1]))
+        assert rows.shape == (len(ids[1]), cfg["hidden_size"])
+        assert rel_err(rows, F.bert_hidden_states(cfg, weights, ids[1])) < 1e-5
+
+
+def test_texts_packed_into_batches_give_what_each_gives_alone(converted):
+    path, _, _ = converted
+    texts = SENTENCES * 4  # ~ 130 tokens: three batches of at most 48
+    with Model(path, embedding=True, n_ctx=96, n_batch=48, n_threads=2) as m:
+        packed = np.array(m.embed(texts))
+        alone = np.array([m.embed(t) for t in texts])
+        np.testing.assert_allclose(packed, alone, rtol=0, atol=1e-6)
+        long = " ".join(["word"] * 60)
+        assert len(m.tokenize(long.encode())) > 48
+        assert np.array(m.embed(long)).shape == (m.n_embd(),)  # cut to n_batch, as llama-cpp-python
+        with pytest.raises(ValueError, match="exceed"):
+            m.embed(long, truncate=False)
+        with pytest.raises(Exception, match="encoder: it computes embeddings"):
+            m.create_completion("Hello", max_tokens=2)
+
+
+def test_server_embeddings_and_refusals(converted):
+    path, _, _ = converted
+    with Model(path, embedding=True, n_ctx=96, n_batch=96, n_threads=2) as m:
+        want = np.array(m.embed(SENTENCES, normalize=True))
+    model = Model(path, n_ctx=400, n_batch=96, n_seq_max=2, n_threads=2)
+    with BatchEngine(model) as eng, BackgroundServer(create_app(eng, model_alias="bert")) as srv:
+        r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": SENTENCES, "encoding_format": "float"},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(f"{srv.url}/v1/chat/completions", json=chat, timeout=60)
+        assert r.status_code == 400 and "embedding model" in r.text
+        r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": " ".join(["word"] * 60)}, timeout=60)
+        assert r.status_code == 400 and "at most 96 tokens" in r.text  # (within the slot's 200)
+        r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": SENTENCES[1]}, timeout=60)
+        assert r.status_code == 200  # still serving
+    model.close()

@@ -140,8 +140,11 @@ class BatchEngine:
         self._stats: dict[str, float] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
         self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
         model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
-        self.decode_width = self._probe_decode_width()
-        self.prefill_threshold = self._probe_prefill_threshold()
+        if model.config["encoder"]:  # an embedding model: no decoding, nothing to probe
+            self.decode_width, self.prefill_threshold = self.n_parallel, None
+        else:
+            self.decode_width = self._probe_decode_width()
+            self.prefill_threshold = self._probe_prefill_threshold()
         self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
         self._thread.start()
 
