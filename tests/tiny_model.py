@@ -69,6 +69,9 @@ class TinyConfig:
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     query_scale: float | None = None
+    # granite's multipliers (transformers' GraniteModel): embedding_multiplier, residual_multiplier,
+    # attention_multiplier (the query-key scale), logits_scaling (logits divided by it).
+    granite_scales: tuple[float, float, float, float] = (12.0, 0.22, 0.015625, 8.0)
 
     @property
     def head_dim(self) -> int:
@@ -80,11 +83,18 @@ class TinyConfig:
 
     @property
     def neox(self) -> bool:
-        return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2")
 
     @property
     def qk_norm(self) -> bool:
         return self.arch in ("qwen3", "qwen3moe", "gemma3")
+
+    @property
+    def olmo2(self) -> bool:  # no input norms; q/k RMS-normed over whole projections; post-norms
+        return self.arch == "olmo2"
+
+    def rotates(self, layer: int) -> bool:  # smollm3: every fourth layer has no rotary ("NoPE")
+        return self.arch != "smollm3" or (layer + 1) % 4 != 0
 
     @property
     def gemma(self) -> bool:
@@ -92,7 +102,7 @@ class TinyConfig:
 
     @property
     def post_norms(self) -> bool:
-        return self.arch in ("gemma2", "gemma3")
+        return self.arch in ("gemma2", "gemma3", "olmo2")
 
     def is_swa(self, layer: int) -> bool:
         if not self.sliding_window or self.arch not in ("gemma2", "gemma3"):
@@ -125,7 +135,8 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
     w: dict[str, np.ndarray] = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, cfg.n_embd))}
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
-        w[b + "attn_norm.weight"] = norm(cfg.n_embd)
+        if not cfg.olmo2:
+            w[b + "attn_norm.weight"] = norm(cfg.n_embd)
         w[b + "attn_q.weight"] = mat(q_dim, cfg.n_embd)
         w[b + "attn_k.weight"] = mat(kv_dim, cfg.n_embd)
         w[b + "attn_v.weight"] = mat(kv_dim, cfg.n_embd)
@@ -133,16 +144,17 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
             w[b + "attn_q.bias"] = 0.1 * rng.normal(size=q_dim)
             w[b + "attn_k.bias"] = 0.1 * rng.normal(size=kv_dim)
             w[b + "attn_v.bias"] = 0.1 * rng.normal(size=kv_dim)
-        if cfg.qk_norm:
-            w[b + "attn_q_norm.weight"] = norm(hd)
-            w[b + "attn_k_norm.weight"] = norm(hd)
+        if cfg.qk_norm or cfg.olmo2:
+            w[b + "attn_q_norm.weight"] = norm(q_dim if cfg.olmo2 else hd)
+            w[b + "attn_k_norm.weight"] = norm(kv_dim if cfg.olmo2 else hd)
         if cfg.arch == "phi3":  # fused as phi3 stores them: q, k, v rows in one tensor
             w[b + "attn_qkv.weight"] = np.concatenate([w.pop(b + f"attn_{t}.weight") for t in "qkv"])
         w[b + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
         if cfg.post_norms:
             w[b + "post_attention_norm.weight"] = norm(cfg.n_embd)
             w[b + "post_ffw_norm.weight"] = norm(cfg.n_embd)
-        w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
+        if not cfg.olmo2:
+            w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
         if cfg.n_expert:
             ne, ff = cfg.n_expert, cfg.ff_exp
             w[b + "ffn_gate_inp.weight"] = mat(ne, cfg.n_embd)
@@ -249,6 +261,12 @@ def write_gguf(
         wr.add_attn_logit_softcapping(cfg.attn_softcap)
     if cfg.final_softcap:
         wr.add_final_logit_softcapping(cfg.final_softcap)
+    if cfg.arch == "granite":  # as convert_hf_to_gguf.py's GraniteModel writes them
+        emb, res, att, logit = cfg.granite_scales
+        wr.add_embedding_scale(emb)
+        wr.add_residual_scale(res)
+        wr.add_attention_scale(att)
+        wr.add_logit_scale(logit)
     scaling = (cfg.rope_scaling or {}).get("rope_type", "default")
     if scaling == "linear":  # as convert_hf_to_gguf.py writes it
         wr.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -372,6 +390,8 @@ def reference_logits(
     logits = reference_hidden(cfg, w, tokens, kv_f16=kv_f16, n_ctx=n_ctx) @ out.T
     if cfg.final_softcap:
         logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
+    if cfg.arch == "granite":  # logits divided by logits_scaling
+        logits = logits / cfg.granite_scales[3]
     return logits
 
 
@@ -406,6 +426,10 @@ def reference_hidden(
     x = w["token_embd.weight"][tokens]
     if cfg.gemma:  # transformers' Gemma*Model: embeddings times sqrt(hidden_size)
         x = x * np.sqrt(cfg.n_embd)
+    granite = cfg.arch == "granite"
+    res_scale = cfg.granite_scales[1] if granite else 1.0
+    if granite:
+        x = x * cfg.granite_scales[0]
     # Gemma's sliding layers rotate with their own base (gemma3: rope_local_base_freq, unscaled).
     inv_swa = inv
     if cfg.arch == "gemma3":
@@ -414,17 +438,22 @@ def reference_hidden(
     causal = np.where(dist >= 0, 0.0, -np.inf)
     windowed = np.where((dist >= 0) & (dist < max(cfg.sliding_window, 1)), 0.0, -np.inf)
     scale = cfg.query_scale if cfg.query_scale is not None else 1 / np.sqrt(hd)
+    if granite:
+        scale = cfg.granite_scales[2]
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
         w = _split_fused(cfg, w, b)
         swa = cfg.is_swa(i)
-        h = rmsnorm(x, w[b + "attn_norm.weight"])
+        h = x if cfg.olmo2 else rmsnorm(x, w[b + "attn_norm.weight"])
         q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
+        if cfg.olmo2:  # the whole projections RMS-normed
+            q, k = rmsnorm(q, w[b + "attn_q_norm.weight"]), rmsnorm(k, w[b + "attn_k_norm.weight"])
         q, k = q.reshape(n, cfg.n_head, hd), k.reshape(n, cfg.n_head_kv, hd)
         if cfg.qk_norm:  # each head RMS-normed before the rotation
             q, k = rmsnorm(q, w[b + "attn_q_norm.weight"]), rmsnorm(k, w[b + "attn_k_norm.weight"])
-        q = rope(q, pos, inv_swa if swa else inv, cfg.neox, mscale)
-        k = rope(k, pos, inv_swa if swa else inv, cfg.neox, mscale)
+        if cfg.rotates(i):
+            q = rope(q, pos, inv_swa if swa else inv, cfg.neox, mscale)
+            k = rope(k, pos, inv_swa if swa else inv, cfg.neox, mscale)
         v = v.reshape(n, cfg.n_head_kv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float64)
@@ -442,8 +471,8 @@ def reference_hidden(
         a = att.reshape(n, -1) @ w[b + "attn_output.weight"].T
         if cfg.post_norms:
             a = rmsnorm(a, w[b + "post_attention_norm.weight"])
-        x = x + a
-        h = rmsnorm(x, w[b + "ffn_norm.weight"])
+        x = x + res_scale * a
+        h = x if cfg.olmo2 else rmsnorm(x, w[b + "ffn_norm.weight"])
         if cfg.n_expert:
             x = x + _moe(cfg, w, b, h)
             continue
@@ -456,7 +485,7 @@ def reference_hidden(
         f = (act * u) @ w[b + "ffn_down.weight"].T
         if cfg.post_norms:
             f = rmsnorm(f, w[b + "post_ffw_norm.weight"])
-        x = x + f
+        x = x + res_scale * f
     return rmsnorm(x, w["output_norm.weight"])
 
 

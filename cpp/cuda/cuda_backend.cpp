@@ -328,8 +328,8 @@ void CudaBackend::matmul(const WeightRef * const * w, float * const * y, int n_w
     });
 }
 
-void CudaBackend::add(float * y, const float * x, int64_t n) {
-    enqueue([&] { cuda::add(y, x, n, stream_); });
+void CudaBackend::add(float * y, const float * x, int64_t n, float scale) {
+    enqueue([&] { cuda::add(y, x, n, scale, stream_); });
 }
 
 void CudaBackend::act_mul(Glu f, float * g, const float * u, int64_t n) {

@@ -41,7 +41,7 @@ public:
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override;
     void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
-    void add(float * y, const float * x, int64_t n) override;
+    void add(float * y, const float * x, int64_t n, float scale) override;
     void act_mul(Glu f, float * g, const float * u, int64_t n) override;
     void rope(float * q, float * k, int n_tok, bool swa) override;
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,

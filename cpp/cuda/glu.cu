@@ -23,9 +23,9 @@ __global__ void act_mul_kernel(float * __restrict__ g, const float * __restrict_
         g[i] = f(g[i]) * u[i];
 }
 
-__global__ void add_kernel(float * __restrict__ y, const float * __restrict__ x, int64_t n) {
+__global__ void add_kernel(float * __restrict__ y, const float * __restrict__ x, int64_t n, float scale) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        y[i] += x[i];
+        y[i] += scale * x[i];
 }
 
 unsigned grid(int64_t n) {
@@ -47,9 +47,9 @@ void gelu_mul(float * g, const float * u, int64_t n, cudaStream_t stream) {
     SL_CUDA_LAUNCHED("gelu_mul");
 }
 
-void add(float * y, const float * x, int64_t n, cudaStream_t stream) {
+void add(float * y, const float * x, int64_t n, float scale, cudaStream_t stream) {
     if (n <= 0) return;
-    add_kernel<<<grid(n), 256, 0, stream>>>(y, x, n);
+    add_kernel<<<grid(n), 256, 0, stream>>>(y, x, n, scale);
     SL_CUDA_LAUNCHED("add");
 }
 

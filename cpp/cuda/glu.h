@@ -12,6 +12,6 @@ namespace sl::cuda {
 
 void silu_mul(float * g, const float * u, int64_t n, cudaStream_t stream);
 void gelu_mul(float * g, const float * u, int64_t n, cudaStream_t stream);
-void add(float * y, const float * x, int64_t n, cudaStream_t stream);
+void add(float * y, const float * x, int64_t n, float scale, cudaStream_t stream);
 
 }  // namespace sl::cuda

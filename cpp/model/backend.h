@@ -101,8 +101,8 @@ public:
     virtual void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act,
                      int n_tok) = 0;
 
-    // y[i] += x[i] for i < n
-    virtual void add(float * y, const float * x, int64_t n) = 0;
+    // y[i] += scale * x[i] for i < n
+    virtual void add(float * y, const float * x, int64_t n, float scale) = 0;
 
     // g[i] = f(g[i]) * u[i] for i < n (glu's elementwise step, for gate and up computed apart)
     virtual void act_mul(Glu f, float * g, const float * u, int64_t n) = 0;

@@ -29,6 +29,9 @@ constexpr ArchTraits kArchs[] = {
     {"gemma3",   Arch::Gemma3,   true,  false, true,  false},
     {"bert",       Arch::Bert,      false, false, false, false},
     {"nomic-bert", Arch::NomicBert, true,  false, false, false},
+    {"smollm3",    Arch::SmolLM3,   false, false, false, false},
+    {"granite",    Arch::Granite,   false, false, false, false},
+    {"olmo2",      Arch::Olmo2,     true,  false, true,  false},
 };
 
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
@@ -108,6 +111,24 @@ void read_gemma(const GGUFFile & f, Config & c) {
     c.final_softcap = get_positive(f, a + "final_logit_softcapping", 0.0, true);
 }
 
+// Granite's multipliers (llama.cpp's llm_build_granite): embeddings times embedding_scale, the
+// branch outputs times residual_scale, scores times attention.scale, logits over logit_scale (all
+// but the last optional); rope.scaling.finetuned false turns the rotation off.
+void read_granite(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    if (c.n_expert > 0)
+        throw GGUFError(strfmt("%s: a granite model with experts (granitemoe) is not supported", f.path().c_str()));
+    c.logit_scale = get_positive(f, a + "logit_scale", 1.0);
+    if (!f.find(a + "logit_scale"))
+        throw GGUFError(strfmt("%s: metadata '%slogit_scale' is missing", f.path().c_str(), a.c_str()));
+    for (auto [key, v] : {std::pair{"residual_scale", &c.residual_scale}, {"embedding_scale", &c.embd_scale}}) {
+        *v = get_positive(f, a + key, 1.0, true);
+        if (*v == 0) *v = 1.0f;  // 0: none, as llama.cpp reads it
+    }
+    c.attn_scale = get_positive(f, a + "attention.scale", 0.0, true);
+    if (!f.get_bool(a + "rope.scaling.finetuned", true)) c.nope_layers.assign(size_t(c.n_layer), 1);
+}
+
 }  // namespace
 
 double Config::inv_freq(int i, bool swa) const {
@@ -132,7 +153,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                         [&](const ArchTraits & a) { return c.arch_name == a.name; });
     if (t == std::end(kArchs))
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, bert, nomic-bert)", f.path().c_str(), c.arch_name.c_str()));
+                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, bert, nomic-bert, smollm3, granite, olmo2)", f.path().c_str(), c.arch_name.c_str()));
     c.arch = t->arch;
     c.rope_neox = t->rope_neox;
     c.has_qkv_bias = t->qkv_bias;
@@ -200,6 +221,17 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.rope_freq_scale = float(1.0 / f.get_float(a + "rope.scale_linear"));
     }
     if (c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Gemma3) read_gemma(f, c);
+    if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
+        for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
+    if (c.arch == Arch::Granite) read_granite(f, c);
+    if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
+        if (f.find(a + "attention.sliding_window"))
+            throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "
+                                   "not supported", f.path().c_str(), a.c_str()));
+        c.pre_norms = false;
+        c.post_norms = true;
+        c.qk_norm_full = true;
+    }
     // Vocabulary size: the token list is authoritative; vocab_size is optional.
     if (const GGUFValue * toks = f.find("tokenizer.ggml.tokens"); toks && toks->type == GGUFType::ARRAY)
         c.n_vocab = int(toks->arr.size());

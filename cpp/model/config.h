@@ -9,11 +9,12 @@ namespace sl {
 
 class GGUFFile;
 
-enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, Bert, NomicBert };
+enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, Bert, NomicBert, SmolLM3, Granite, Olmo2 };
 
 struct Config {
     Arch arch = Arch::Llama;
-    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "bert", "nomic-bert"
+    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "bert", "nomic-bert",
+                                // "smollm3", "granite", "olmo2"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -50,6 +51,14 @@ struct Config {
     bool rope_neox = false;     // NeoX layout pairs (i, i + n_rot/2); else (2i, 2i + 1)
     bool has_qkv_bias = false;
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
+    bool qk_norm_full = false;  // olmo2: of the whole query and key projections instead
+    bool pre_norms = true;      // RMSNorm of the attention's and feed-forward's inputs (olmo2: none)
+    // Layers whose queries and keys are not rotated (smollm3: every fourth, "NoPE"); empty: none.
+    std::vector<uint8_t> nope_layers;
+    // granite: the attention and feed-forward outputs times residual_scale before they are added,
+    // the logits divided by logit_scale (with embd_scale and attn_scale below).
+    float residual_scale = 1.0f;
+    float logit_scale = 1.0f;
     bool fused_qkv = false;     // attn_qkv (q; k; v rows) and ffn_up (gate; up rows) tensors (phi3)
     // Gemma: token embeddings times sqrt(n_embd), GeGLU feed-forward; gemma2/3 also RMS-norm the
     // attention and feed-forward outputs (post_attention_norm, post_ffw_norm) before adding them.
@@ -64,6 +73,7 @@ struct Config {
     int q_dim() const { return n_head * head_dim; }
     int kv_dim() const { return n_head_kv * head_dim; }
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
+    bool rotates(int l) const { return nope_layers.empty() || nope_layers[size_t(l)] == 0; }
     // Inverse frequency i of the rotation (of the sliding-window layers with swa), before any
     // frequency factors: freq_scale * base^(-2i / n_rot).
     double inv_freq(int i, bool swa) const;

@@ -257,9 +257,12 @@ void CpuBackend::matmul(const WeightRef * const * w, float * const * y, int n_w,
     });
 }
 
-void CpuBackend::add(float * y, const float * x, int64_t n) {
+void CpuBackend::add(float * y, const float * x, int64_t n, float scale) {
     auto range = [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) y[i] += x[i];
+        if (scale == 1.0f)
+            for (int64_t i = i0; i < i1; ++i) y[i] += x[i];
+        else
+            for (int64_t i = i0; i < i1; ++i) y[i] += scale * x[i];
     };
     if (n < (1 << 16))
         range(0, n);

@@ -72,10 +72,10 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
     be.get_rows(w_.tok_embd, tokens, n, s.x);
     if (c.learned_pos) {
         be.get_rows(w_.pos_embd, pos, n, s.h);
-        be.add(s.x, s.h, n * D);
+        be.add(s.x, s.h, n * D, 1.0f);
     }
     if (!w_.type_row.empty())
-        for (int t = 0; t < n; ++t) be.add(s.x + t * D, w_.type_row.data(), D);
+        for (int t = 0; t < n; ++t) be.add(s.x + t * D, w_.type_row.data(), D, 1.0f);
     layer_norm(pool, s.x, w_.embd_norm, w_.embd_norm_b, s.x, n, c.n_embd, c.rms_eps);
 
     // The texts of the batch: each slot's tokens, in order.

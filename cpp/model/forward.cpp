@@ -50,18 +50,22 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         // Matmuls of a CPU layer may run on the GPU for large batches (op offload).
         Backend * mm = offload_ && be->is_cpu() && n >= OpOffload::kMinBatch ? offload_.get() : be;
         n_op_offload_ += mm != be;
-        // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x)
-        be->rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
+        // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
+        const float * h = L.attn_norm ? s.h : s.x;
+        if (L.attn_norm) be->rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
-        mm->matmul(qkv, qkv_out, 3, s.h, n, false);
-        apply_lora(be, qkv, qkv_out, 3, s.h, s, n);
-        if (L.attn_q_norm) {  // qwen3: each query and key head RMS-normed before the rotation
+        mm->matmul(qkv, qkv_out, 3, h, n, false);
+        apply_lora(be, qkv, qkv_out, 3, h, s, n);
+        if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
+            be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
+            be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
+        } else if (L.attn_q_norm) {  // qwen3: each query and key head RMS-normed before the rotation
             be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
             be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
         }
         const bool swa = c.is_swa(l);
-        be->rope(s.q, s.k, n, swa);
+        if (c.rotates(l)) be->rope(s.q, s.k, n, swa);  // (smollm3's NoPE layers do not)
         // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
         // the output, a mix of rotated values, is rotated back.
         if (rotate_k) {
@@ -78,8 +82,9 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
         const WeightRef * wo = &L.wo;
         add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
-        // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x), f = silu or gelu
-        be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
+        // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
+        const float * hf = L.ffn_norm ? s.h : s.x;
+        if (L.ffn_norm) be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
             moe_ffn(be, L, s, n);
             continue;
@@ -88,11 +93,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (L.w_gate.lora >= 0 || L.w_up.lora >= 0) {  // the projections, their updates, then the activation
             const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
             float * gu_out[2] = {s.ff, s.up};
-            for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, s.h, n, false);  // (op offload's buffers)
-            apply_lora(be, gu, gu_out, 2, s.h, s, n);
+            for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, hf, n, false);  // (op offload's buffers)
+            apply_lora(be, gu, gu_out, 2, hf, s, n);
             be->act_mul(act, s.ff, s.up, int64_t(n) * L.w_gate.rows);
         } else {
-            mm->glu(act, L.w_gate, L.w_up, s.h, s.ff, n);
+            mm->glu(act, L.w_gate, L.w_up, hf, s.ff, n);
         }
         add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n);
     }
@@ -138,19 +143,26 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x = cap * std::tanh(*x / cap);
         });
     }
+    if (c.logit_scale != 1.0f) {  // granite: logits / logit_scale
+        const float inv = 1.0f / c.logit_scale;
+        cpu_->pool().parallel_for(n_out, [&](int64_t r0, int64_t r1) {
+            for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x *= inv;
+        });
+    }
 }
 
 void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
                        Scratch & s, int n) {
-    if (!post_norm) {
+    const float scale = cfg_.residual_scale;
+    if (!post_norm && scale == 1.0f) {
         mm->matmul(&w, &s.x, 1, in, n, true);
         apply_lora(be, &w, &s.x, 1, in, s, n);
         return;
     }
     mm->matmul(&w, &s.h, 1, in, n, false);
     apply_lora(be, &w, &s.h, 1, in, s, n);
-    be->rms_norm(s.h, post_norm, s.h, n, cfg_.n_embd, cfg_.rms_eps);
-    be->add(s.x, s.h, int64_t(n) * cfg_.n_embd);
+    if (post_norm) be->rms_norm(s.h, post_norm, s.h, n, cfg_.n_embd, cfg_.rms_eps);
+    be->add(s.x, s.h, int64_t(n) * cfg_.n_embd, scale);
 }
 
 void Model::attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnParams & ap) {

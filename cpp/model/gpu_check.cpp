@@ -140,12 +140,12 @@ std::vector<float> glu(const Device & d, Glu f, QType type_gate, const uint8_t *
     return s.get(act, size_t(n_tok) * rows);
 }
 
-std::vector<float> add(const Device & d, const float * y, const float * x, int64_t n) {
+std::vector<float> add(const Device & d, const float * y, const float * x, int64_t n, float scale) {
     GpuBackendOptions o;
     Session s(d, o);
     float * dy = s.put<float>(y, sizeof(float) * size_t(n));
     const float * dx = s.put<float>(x, sizeof(float) * size_t(n));
-    s.be().add(dy, dx, n);
+    s.be().add(dy, dx, n, scale);
     return s.get(dy, size_t(n));
 }
 

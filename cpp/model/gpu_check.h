@@ -35,7 +35,7 @@ std::vector<float> glu(const Device & d, Glu f, QType type_gate, const uint8_t *
                        const uint8_t * up, int64_t rows, int64_t K, const float * x, int n_tok);
 
 // y + x (n values each), by Backend::add.
-std::vector<float> add(const Device & d, const float * y, const float * x, int64_t n);
+std::vector<float> add(const Device & d, const float * y, const float * x, int64_t n, float scale);
 
 struct RopeSpec {
     int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;

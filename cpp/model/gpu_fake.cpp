@@ -74,10 +74,10 @@ public:
         need(act, sizeof(float) * size_t(n_tok) * gate.rows, "glu output");
         cpu_.glu(f, gate, up, x, act, n_tok);
     }
-    void add(float * y, const float * x, int64_t n) override {
+    void add(float * y, const float * x, int64_t n, float scale) override {
         need(y, sizeof(float) * size_t(n), "add y");
         need(x, sizeof(float) * size_t(n), "add x");
-        cpu_.add(y, x, n);
+        cpu_.add(y, x, n, scale);
     }
     void act_mul(Glu f, float * g, const float * u, int64_t n) override {
         need(g, sizeof(float) * size_t(n), "act_mul g");

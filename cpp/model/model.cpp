@@ -139,7 +139,7 @@ void Model::load_weights() {
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
-        L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
+        if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
         if (c.fused_qkv) {  // one tensor, its rows q, then k, then v
             const WeightRef qkv = matrix(f, c, b + "attn_qkv.weight", c.q_dim() + 2 * c.kv_dim(), c.n_embd);
             L.wq = row_slice(qkv, 0, c.q_dim());
@@ -159,15 +159,15 @@ void Model::load_weights() {
             const bool required = c.has_qkv_bias && w != &L.wo;
             if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
         }
-        if (c.has_qk_norm) {
-            L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.head_dim);
-            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.head_dim);
+        if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
+            L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.qk_norm_full ? c.q_dim() : c.head_dim);
+            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.qk_norm_full ? c.kv_dim() : c.head_dim);
         }
         if (c.post_norms) {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
-        L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
+        if (c.pre_norms) L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
         if (c.n_expert > 0 && f.find_tensor(b + "ffn_gate_inp.weight")) {  // a mixture-of-experts block
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
             L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);

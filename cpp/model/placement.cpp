@@ -21,14 +21,24 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 double mib(size_t n) { return double(n) / 1048576.0; }
 
-// The norms of a layer, in floats: input norms, per-head query and key norms (qwen3, gemma3),
-// post-norms (gemma2/3), an encoder's LayerNorms with their biases.
+// Calls f(pointer, floats) on each norm vector a layer has: input norms, query and key norms (per
+// head: qwen3, gemma3; whole projections: olmo2), post-norms (gemma2/3, olmo2), an encoder's
+// LayerNorms with their biases.
+template <class L_, class F>
+void for_norms(L_ & L, const Config & c, F && f) {
+    const int64_t qn = c.qk_norm_full ? c.q_dim() : c.head_dim, kn = c.qk_norm_full ? c.kv_dim() : c.head_dim;
+    for (auto [p, n] : {std::pair{&L.attn_norm, int64_t(c.n_embd)}, {&L.attn_q_norm, qn}, {&L.attn_k_norm, kn},
+                        {&L.attn_post_norm, int64_t(c.n_embd)}, {&L.ffn_norm, int64_t(c.n_embd)},
+                        {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},
+                        {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
+                        {&L.ffn_ln_b, int64_t(c.n_embd)}})
+        if (*p) f(*p, n);
+}
+
 size_t norm_floats(const LayerWeights & L, const Config & c) {
     size_t n = 0;
-    for (const float * v : {L.attn_norm, L.ffn_norm, L.attn_post_norm, L.ffn_post_norm, L.attn_ln, L.attn_ln_b,
-                            L.ffn_ln, L.ffn_ln_b})
-        n += v ? size_t(c.n_embd) : 0;
-    return n + (L.attn_q_norm ? 2 * size_t(c.head_dim) : 0);
+    for_norms(L, c, [&](const float *, int64_t k) { n += size_t(k); });
+    return n;
 }
 
 using LoraTable = std::vector<std::vector<LoraTerm>>;
@@ -56,9 +66,8 @@ size_t gpu_matrix_bytes(const WeightRef & w) {
 }
 
 size_t gpu_layer_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
-    size_t bytes = 2 * align256(sizeof(float) * c.n_embd);  // the two norms
-    if (L.attn_q_norm) bytes += 2 * align256(sizeof(float) * c.head_dim);
-    if (L.attn_post_norm) bytes += 2 * align256(sizeof(float) * c.n_embd);
+    size_t bytes = 0;
+    for_norms(L, c, [&](const float *, int64_t n) { bytes += align256(sizeof(float) * size_t(n)); });
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bytes += gpu_matrix_bytes(*w);
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += align256(t.a.nbytes()) + align256(t.b.nbytes()); });
     return bytes;
@@ -118,14 +127,8 @@ void Model::move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv) {
     };
     for (int l = first_gpu; l < c.n_layer; ++l) {
         LayerWeights & L = w_.layers[l];
-        vec(L.attn_norm, c.n_embd);
-        for (WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo}) mat(*w);
-        vec(L.attn_q_norm, c.head_dim);
-        vec(L.attn_k_norm, c.head_dim);
-        vec(L.attn_post_norm, c.n_embd);
-        vec(L.ffn_norm, c.n_embd);
-        for (WeightRef * w : {&L.w_gate, &L.w_up, &L.w_down}) mat(*w);
-        vec(L.ffn_post_norm, c.n_embd);
+        for_norms(L, c, [&](const float *& p, int64_t n) { vec(p, n); });
+        for (WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) mat(*w);
     }
     if (output_gpu) {
         vec(w_.output_norm, c.n_embd);

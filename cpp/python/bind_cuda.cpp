@@ -92,14 +92,14 @@ F32 op_glu(const std::string & dev, int tg, const U8 & gate, int tu, const U8 & 
     return to_array(y, x.shape(0), rows);
 }
 
-F32 op_add(const std::string & dev, const F32 & y, const F32 & x) {
+F32 op_add(const std::string & dev, const F32 & y, const F32 & x, float scale) {
     need_2d(y, "y");
     if (x.ndim() != 2 || x.shape(0) != y.shape(0) || x.shape(1) != y.shape(1))
         throw pyb::value_error("x: the shape of y");
     std::vector<float> out;
     {
         pyb::gil_scoped_release nogil;
-        out = gpucheck::add(device(dev, 8, 8, false), y.data(), x.data(), y.size());
+        out = gpucheck::add(device(dev, 8, 8, false), y.data(), x.data(), y.size(), scale);
     }
     return to_array(out, y.shape(0), y.shape(1));
 }
@@ -238,7 +238,8 @@ void bind_cuda(pyb::module_ & m) {
     m.def("gpu_op_glu", &op_glu, pyb::arg("device"), pyb::arg("type_gate"), pyb::arg("gate"),
           pyb::arg("type_up"), pyb::arg("up"), pyb::arg("x"), pyb::kw_only(), pyb::arg("vec_tokens") = 8,
           pyb::arg("gelu") = false, "f(x . gate^T) * (x . up^T), f = silu (or gelu): (n_tok, rows).");
-    m.def("gpu_op_add", &op_add, pyb::arg("device"), pyb::arg("y"), pyb::arg("x"), "y + x by Backend::add.");
+    m.def("gpu_op_add", &op_add, pyb::arg("device"), pyb::arg("y"), pyb::arg("x"), pyb::arg("scale") = 1.0f,
+          "y + scale * x by Backend::add.");
     m.def("gpu_op_rms_norm", &op_rms_norm, pyb::arg("device"), pyb::arg("x"), pyb::arg("w"), pyb::arg("eps"));
     m.def("gpu_op_rope", &op_rope, pyb::arg("device"), pyb::arg("q"), pyb::arg("k"), pyb::arg("pos"), pyb::kw_only(),
           pyb::arg("n_head"), pyb::arg("n_head_kv"), pyb::arg("head_dim"), pyb::arg("n_rot"), pyb::arg("base"),

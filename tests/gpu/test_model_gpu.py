@@ -92,6 +92,16 @@ def test_tiny_gemma_models(tmp_path, arch, n_batch):
     check_against_cpu(str(path), PROMPT, n_batch=n_batch)
 
 
+@pytest.mark.parametrize("arch", ["smollm3", "granite", "olmo2"])
+def test_tiny_llama_variants(tmp_path, arch):
+    """smollm3's unrotated layers, granite's multipliers (the scaled residual adds on the GPU),
+    olmo2's post-norms without input norms and its q/k norms over whole projections."""
+    cfg = TinyConfig(arch=arch, n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=11)
+    path = tmp_path / f"tiny-{arch}-q4k.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
+    check_against_cpu(str(path), PROMPT)
+
+
 def test_tiny_model_kv_on_cpu(tiny_path):
     check_against_cpu(tiny_path, PROMPT, offload_kqv=False)
 

@@ -89,6 +89,9 @@ def test_add():
     y, x = (rng.normal(size=(37, 300)).astype(np.float32) for _ in range(2))
     np.testing.assert_array_equal(_core.gpu_op_add("gpu", y, x), y + x)
     np.testing.assert_array_equal(_core.gpu_op_add("cpu", y, x), y + x)
+    # granite's residual scale: y + 0.22 x
+    want = y + np.float32(0.22) * x
+    np.testing.assert_allclose(_core.gpu_op_add("gpu", y, x, 0.22), want, rtol=1e-6, atol=1e-6)
 
 
 # ---- elementwise and small ops ----
