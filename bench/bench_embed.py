@@ -41,18 +41,20 @@ def write_hf_bert(d: Path, shape: tuple[int, ...], seed: int = 0) -> list[str]:
 
     n_layer, E, n_head, F, V, P = shape
     rng = np.random.default_rng(seed)
-    words = [w for w in dict.fromkeys("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), int(rng.integers(3, 9))))
-                                     for _ in range(V)) if w]
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    words = list(dict.fromkeys("".join(rng.choice(letters, int(rng.integers(3, 9)))) for _ in range(V)))
     vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab += words[: V - len(vocab)]
     vocab += [f"##x{i}" for i in range(V - len(vocab))]
     d.mkdir(parents=True, exist_ok=True)
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
+    tok_cfg = {"do_lower_case": True, "tokenizer_class": "BertTokenizer"}
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     (d / "config.json").write_text(json.dumps({
         "architectures": ["BertModel"], "model_type": "bert", "hidden_size": E, "num_hidden_layers": n_layer,
         "num_attention_heads": n_head, "intermediate_size": F, "vocab_size": V, "max_position_embeddings": P,
-        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "position_embedding_type": "absolute",
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
     }))
     (d / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -123,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(tmp) / f"{args.shape}-{qtype}.gguf"
             convert(hf, path, type=qtype, quiet=True)
             size = path.stat().st_size
-            ours_m = Model(str(path), embedding=True, n_ctx=args.batch, n_batch=args.batch, n_threads=args.threads,
-                           verbose=False)
+            ours_m = Model(str(path), embedding=True, n_ctx=args.batch, n_batch=args.batch,
+                           n_threads=args.threads, verbose=False)
             n_tok = sum(len(ours_m.tokenize(t.encode())) for t in texts)
             theirs_m = llama_cpp.Llama(str(path), embedding=True, n_ctx=args.batch, n_batch=args.batch,
-                                       n_ubatch=args.batch, n_threads=args.threads, n_threads_batch=args.threads,
-                                       verbose=False)
+                                       n_ubatch=args.batch, n_threads=args.threads,
+                                       n_threads_batch=args.threads, verbose=False)
             t_ours, e_ours = timed(lambda m=ours_m: m.embed(texts), args.reps)
             t_theirs, e_theirs = timed(lambda m=theirs_m: m.embed(texts), args.reps)
             a, b = np.array(e_ours), np.array(e_theirs)
@@ -140,14 +142,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"ratio {t_theirs / t_ours:.2f}, worst cosine {cos.min():.6f}", file=sys.stderr)
 
     lines = [f"# Embedding throughput: {args.shape}-shaped BERT (random weights), splitllm vs llama.cpp", ""]
-    lines += header_lines({"shape": f"{args.shape} {SHAPES[args.shape]}", "texts": f"{args.texts} x ~{args.tokens} "
-                           f"tokens, mean pooling, n_batch {args.batch}", "threads": str(args.threads),
-                           "repetitions": f"{args.reps} (median), one warm-up"})
+    lines += header_lines({"shape": f"{args.shape} {SHAPES[args.shape]}",
+                           "texts": f"{args.texts} x ~{args.tokens} tokens, mean pooling, "
+                                    f"n_batch {args.batch}",
+                           "threads": str(args.threads), "repetitions": f"{args.reps} (median), one warm-up"})
     lines += ["", "| type | file MiB | tokens | splitllm tok/s | llama.cpp tok/s | ratio | worst cosine |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for qtype, size, n_tok, ours, theirs, cos in rows:
-        lines.append(f"| {qtype} | {size / 2**20:.1f} | {n_tok} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}x "
-                     f"| {cos:.6f} |")
+        lines.append(f"| {qtype} | {size / 2**20:.1f} | {n_tok} | {ours:.0f} | {theirs:.0f} "
+                     f"| {ours / theirs:.2f}x | {cos:.6f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

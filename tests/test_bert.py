@@ -151,10 +151,52 @@ def test_missing_tensor_is_named(tmp_path):
         core.Model(str(path), n_ctx=64, n_threads=2)
 
 
-def test_placement_and_memory(tmp_path):
+def test_odd_encoder_files_and_options(tmp_path):
+    """A token type table without rows is refused (not read past); a nomic-bert with feed-forward
+    biases is refused (llama.cpp loads them and never adds them); cache types that would not fit
+    the head size are no matter for a model with no cache; slots up to n_seq_max tell texts apart
+    even past n_batch (a server's parallel sequences)."""
+    w = make_weights(CFG)
+    w["token_types.weight"] = np.zeros((0, CFG.n_embd), np.float32)
+    write_gguf(CFG, w, tmp_path / "no-types.gguf")
+    with pytest.raises(GGUFError, match="token_types.weight' has no rows"):
+        core.Model(str(tmp_path / "no-types.gguf"), n_ctx=64, n_threads=2)
+    w = make_weights(NOMIC)
+    w["blk.0.ffn_down.bias"] = np.ones(NOMIC.n_embd, np.float32)
+    write_gguf(NOMIC, w, tmp_path / "nomic-bias.gguf")
+    with pytest.raises(GGUFError, match="blk.0.ffn_down.bias': biases in a gated feed-forward"):
+        core.Model(str(tmp_path / "nomic-bias.gguf"), n_ctx=64, n_threads=2)
+    path, held = tiny(tmp_path)
+    core.Model(path, n_ctx=64, n_threads=2, type_k="q4_0", type_v="q4_0")  # head size 16
+    m = core.Model(path, n_ctx=64, n_batch=8, n_seq_max=16, n_threads=2)
+    text = TEXTS[1]
+    n = len(text)
+    slot = np.full(n, 12, np.int32)  # past n_batch = 8
+    got = m.decode(np.array(text, np.int32), np.arange(n, dtype=np.int32), slot, None, None, True)
+    assert rel_err(got, reference_hidden(CFG, held, text)) < 1e-5
+
+
+def test_embed_limits(tmp_path):
+    """An encoder's text may fill n_ctx whatever n_seq_max (no cache), within n_batch and the
+    model's positions; errors say which limit."""
+    path, _ = tiny(tmp_path)  # 48 positions
+    long = " ".join(["hello"] * 60)
+    with Model(path, embedding=True, n_ctx=64, n_batch=64, n_seq_max=4, n_threads=2) as m:
+        assert m.embed_limit() == 48
+        with pytest.raises(ValueError, match="position embeddings of 48"):
+            m.embed(long, truncate=False)
+    with Model(path, embedding=True, n_ctx=64, n_batch=16, n_threads=2) as m:
+        assert m.embed_limit() == 16
+        with pytest.raises(ValueError, match="batch size of 16"):
+            m.embed(long, truncate=False)
+        assert len(m.embed(long)) == CFG.n_embd  # cut to 16 tokens
+
+
+@pytest.mark.parametrize("cfg", [CFG, NOMIC], ids=["bert", "nomic-bert"])
+def test_placement_and_memory(tmp_path, cfg):
     """No KV cache; the weights counted are the file's tensors; GPU layers requested: the CPU,
     with a warning."""
-    path, _ = tiny(tmp_path)
+    path, _ = tiny(tmp_path, cfg)
     m = core.Model(path, n_ctx=64, n_threads=2, n_gpu_layers=-1)
     assert any("encoder" in w and "CPU" in w for w in m.warnings)
     parts = m.placement
@@ -166,7 +208,7 @@ def test_placement_and_memory(tmp_path):
     assert planned.kv_bytes_per_token == 0 and planned.devices[0].kv_cache == 0
     sizes = {info[0]: info[4] for info in core.GGUFFile(path).tensor_infos()}
     # the token type table is read once, at load, for a copy of type 0's row
-    expected = sum(sizes.values()) - sizes["token_types.weight"] + 4 * CFG.n_embd
+    expected = sum(sizes.values()) - sizes["token_types.weight"] + 4 * cfg.n_embd
     assert sum(p["weight_bytes"] for p in parts) == expected
 
 

@@ -119,6 +119,10 @@ class Bert(Architecture):
                 f"{config_path}: 'hidden_act' is {cfg['hidden_act']!r}; llama.cpp's bert computes GELU "
                 f"(supported: {', '.join(GELU_ACTS)})"
             )
+        if cfg["hidden_act"] not in ("gelu", "gelu_python"):  # GGUF has no key for the GELU's form
+            logger.warning("%s: 'hidden_act' is %r (tanh GELU); splitllm computes bert's GELU exactly (erf) "
+                           "and llama.cpp from a float16 table: about 1e-3 from this model's own outputs",
+                           config_path, cfg["hidden_act"])
         if cfg["is_decoder"]:
             raise ConvertError(f"{config_path}: 'is_decoder' is true; llama.cpp's bert attends both ways")
         self.pooling = pooling_type(config_path.parent)

@@ -44,18 +44,18 @@ void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n
              "loaded with embedding=True), not logits", file_->path().c_str(), c.arch_name.c_str());
     SL_CHECK(n <= params_.n_batch, "an encoder reads each text in one batch: %d tokens exceed n_batch = %d", n,
              params_.n_batch);
-    // Slots only tell the texts of a batch apart (there is no cache): any of [0, n_batch).
-    std::vector<int> next(size_t(params_.n_batch), 0);
+    // Slots only tell the texts of a batch apart (there is no cache): any of [0, encoder_slots()).
+    const int n_slots = encoder_slots();
+    std::vector<int> next(size_t(n_slots), 0);
     for (int i = 0; i < n; ++i) {
-        SL_CHECK(slot[i] >= 0 && slot[i] < params_.n_batch, "token %d: sequence %d outside [0, n_batch = %d)", i,
-                 slot[i], params_.n_batch);
+        SL_CHECK(slot[i] >= 0 && slot[i] < n_slots, "token %d: sequence %d outside [0, %d)", i, slot[i], n_slots);
         SL_CHECK(pos[i] < params_.n_ctx, "token %d: position %d is outside the context of %d tokens (n_ctx)", i,
                  pos[i], params_.n_ctx);
         int & want = next[size_t(slot[i])];
         SL_CHECK(pos[i] == want, "token %d: position %d in sequence slot %d, expected %d: an encoder reads a text "
                  "whole, at positions 0, 1, ... in one call", i, pos[i], slot[i], want);
-        SL_CHECK(!c.learned_pos || pos[i] < c.n_ctx_train, "token %d: position %d is past the %d positions the model has embeddings "
-                 "for (%s.context_length)", i, pos[i], c.n_ctx_train, c.arch_name.c_str());
+        SL_CHECK(!c.learned_pos || pos[i] < c.n_ctx_train, "token %d: position %d is past the %d positions the "
+                 "model has embeddings for (%s.context_length)", i, pos[i], c.n_ctx_train, c.arch_name.c_str());
         ++want;
     }
 }
@@ -78,9 +78,15 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
         for (int t = 0; t < n; ++t) be.add(s.x + t * D, w_.type_row.data(), D, 1.0f);
     layer_norm(pool, s.x, w_.embd_norm, w_.embd_norm_b, s.x, n, c.n_embd, c.rms_eps);
 
-    // The texts of the batch: each slot's tokens, in order.
-    std::vector<std::vector<int>> texts(size_t(params_.n_batch));
-    for (int t = 0; t < n; ++t) texts[size_t(slot[t])].push_back(t);
+    // The texts of the batch: the tokens grouped by slot, in order (a counting sort; buffers sized
+    // at load).
+    std::vector<int32_t> & start = enc_start_;
+    std::fill(start.begin(), start.end(), 0);
+    for (int t = 0; t < n; ++t) ++start[size_t(slot[t]) + 1];
+    for (size_t i = 1; i < start.size(); ++i) start[i] += start[i - 1];
+    for (int t = 0; t < n; ++t) enc_order_[size_t(start[size_t(slot[t])]++)] = t;  // starts become ends
+    for (size_t i = start.size() - 1; i > 0; --i) start[i] = start[i - 1];
+    start[0] = 0;
     const int hd = c.head_dim, gqa = c.n_gqa();
     const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim();
     const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(hd));
@@ -93,22 +99,25 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
         if (!c.learned_pos) be.rope(s.q, s.k, n, false);
         // att[t, head] = softmax_j(scale q[t, head] . k[j, head / gqa]) v[j, head / gqa] over the
         // tokens j of t's text
-        pool.parallel_for(int64_t(n) * c.n_head, [&](int64_t r0, int64_t r1) {
-            std::vector<float> p(static_cast<size_t>(n));
+        pool.run([&](int ith, int nth) {
+            const int64_t rows = int64_t(n) * c.n_head, per = (rows + nth - 1) / nth;
+            const int64_t r0 = per * ith, r1 = std::min(rows, r0 + per);
+            float * p = enc_scores_.data() + size_t(ith) * size_t(params_.n_batch);
             for (int64_t r = r0; r < r1; ++r) {
                 const int t = int(r / c.n_head), head = int(r % c.n_head);
-                const std::vector<int> & text = texts[size_t(slot[t])];
+                const int32_t * text = enc_order_.data() + start[size_t(slot[t])];
+                const size_t len = size_t(start[size_t(slot[t]) + 1] - start[size_t(slot[t])]);
                 const float * q = s.q + t * q_dim + int64_t(head) * hd;
                 const int64_t kv_off = int64_t(head / gqa) * hd;
                 float mx = -INFINITY;
-                for (size_t j = 0; j < text.size(); ++j) {
+                for (size_t j = 0; j < len; ++j) {
                     p[j] = scale * vec::dot(q, s.k + text[j] * kv_dim + kv_off, size_t(hd));
                     mx = std::max(mx, p[j]);
                 }
-                const float inv = float(1.0 / vec::sum_exp(p.data(), p.data(), text.size(), mx, 1.0f));
+                const float inv = float(1.0 / vec::sum_exp(p, p, len, mx, 1.0f));
                 float * o = s.att + t * q_dim + int64_t(head) * hd;
                 std::fill(o, o + hd, 0.0f);
-                for (size_t j = 0; j < text.size(); ++j) {
+                for (size_t j = 0; j < len; ++j) {
                     const float * v = s.v + text[j] * kv_dim + kv_off;
                     const float pj = p[j] * inv;
                     for (int d = 0; d < hd; ++d) o[d] += pj * v[d];

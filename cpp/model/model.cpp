@@ -16,6 +16,13 @@ namespace sl {
 
 namespace {
 
+// Throws unless rows of a table of this type can be read (get_rows).
+void check_readable(const GGUFFile & f, const WeightRef & w, const char * name) {
+    const QTypeTraits * t = qtype_traits(w.type);
+    if (!t->to_float && w.type != QType::F32)
+        throw GGUFError(strfmt("%s: %s type %s cannot be read", f.path().c_str(), name, t->name));
+}
+
 // Checks a tensor's presence, shape (ggml order: ne0 = row length, from the metadata in c) and type.
 const GGUFTensor & require(const GGUFFile & f, const Config & c, const std::string & name, int64_t ne0, int64_t ne1,
                            int64_t ne2 = 1) {
@@ -107,9 +114,7 @@ void Model::load_weights() {
                                f.path().c_str(), (long long)emb->ne[1], c.n_vocab));
     cfg_.n_vocab = int(emb->ne[1]);
     w_.tok_embd = matrix(f, c, "token_embd.weight", c.n_vocab > 0 ? c.n_vocab : emb->ne[1], c.n_embd);
-    const QTypeTraits * et = qtype_traits(w_.tok_embd.type);
-    if (!et->to_float && w_.tok_embd.type != QType::F32)
-        throw GGUFError(strfmt("%s: token_embd.weight type %s cannot be read", f.path().c_str(), et->name));
+    check_readable(f, w_.tok_embd, "token_embd.weight");
     if (c.encoder) return load_encoder_weights();
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
     if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2) && f.find_tensor("output.weight"))  // as llama.cpp
@@ -193,18 +198,15 @@ void Model::load_weights() {
 void Model::load_encoder_weights() {
     const GGUFFile & f = *file_;
     const Config & c = cfg_;
-    auto readable = [&](const WeightRef & w, const char * name) {
-        const QTypeTraits * t = qtype_traits(w.type);
-        if (!t->to_float && w.type != QType::F32)
-            throw GGUFError(strfmt("%s: %s type %s cannot be read", f.path().c_str(), name, t->name));
-    };
     if (c.learned_pos) {
         w_.pos_embd = matrix(f, c, "position_embd.weight", c.n_ctx_train, c.n_embd);
-        readable(w_.pos_embd, "position_embd.weight");
+        check_readable(f, w_.pos_embd, "position_embd.weight");
     }
     if (const GGUFTensor * t = f.find_tensor("token_types.weight")) {  // only type 0 ("sentence A") is used
+        if (t->ne[1] < 1)
+            throw GGUFError(strfmt("%s: tensor 'token_types.weight' has no rows", f.path().c_str()));
         const WeightRef types = matrix(f, c, "token_types.weight", t->ne[1], c.n_embd);
-        readable(types, "token_types.weight");
+        check_readable(f, types, "token_types.weight");
         w_.type_row.resize(size_t(c.n_embd));
         if (types.type == QType::F32)
             std::memcpy(w_.type_row.data(), types.data, sizeof(float) * size_t(c.n_embd));
@@ -248,19 +250,21 @@ void Model::load_encoder_weights() {
                                    "supported", f.path().c_str(), b.c_str(), c.arch_name.c_str()));
         if (gated) L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
         L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
-        bias(L.w_up, b + "ffn_up.bias");
         L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
-        bias(L.w_down, b + "ffn_down.bias");
-        if (gated && L.w_up.bias)
-            throw GGUFError(strfmt("%s: tensor '%sffn_up.bias': a bias in a gated feed-forward is not supported",
-                                   f.path().c_str(), b.c_str()));
+        for (auto [w, name] : {std::pair{&L.w_up, "ffn_up.bias"}, {&L.w_down, "ffn_down.bias"}}) {
+            // (llama.cpp loads a nomic-bert's but never adds them: refused rather than guessed)
+            if (gated && f.find_tensor(b + name))
+                throw GGUFError(strfmt("%s: tensor '%s%s': biases in a gated feed-forward are not supported",
+                                       f.path().c_str(), b.c_str(), name));
+            bias(*w, b + name);
+        }
         L.ffn_ln = vector_f32(f, c, b + "layer_output_norm.weight", c.n_embd);
         L.ffn_ln_b = vector_f32(f, c, b + "layer_output_norm.bias", c.n_embd);
     }
 }
 
 size_t Weights::input_bytes() const {
-    return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * size_t(pos_embd.K) : 0);
+    return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * size_t(tok_embd.K) : 0);
 }
 
 void Model::setup_kv() {
@@ -272,7 +276,7 @@ void Model::setup_kv() {
     kv_.n_head_kv = c.encoder ? 0 : c.n_head_kv;  // an encoder keeps no cache
     kv_.head_dim = c.head_dim;
     for (QType t : {kv_.type_k, kv_.type_v})
-        SL_CHECK(c.head_dim % qtype_traits(t)->blck_size == 0,
+        SL_CHECK(c.encoder || c.head_dim % qtype_traits(t)->blck_size == 0,  // (an encoder keeps no cache)
                  "KV cache type %s needs a head size divisible by %lld (head size %d)", qtype_traits(t)->name,
                  (long long)qtype_traits(t)->blck_size, c.head_dim);
     // A sliding-window layer needs the last n_swa positions: a ring of n_swa + n_batch cells holds
@@ -439,6 +443,11 @@ void Model::allocate_state() {
         v_cache_[l] = alloc_on(kv_backend_[l], layer_kv(l).v_bytes(), Kind::KV);
     }
     want_all_.assign(nb, 1);
+    if (c.encoder) {
+        enc_start_.assign(size_t(encoder_slots()) + 1, 0);
+        enc_order_.assign(nb, 0);
+        enc_scores_.assign(size_t(cpu_->pool().size()) * nb, 0.0f);
+    }
     if (c.n_expert > 0) routes_.reserve(nb, c.n_expert, c.n_expert_used);
 }
 

@@ -3,6 +3,7 @@
 // each layer on a backend.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -213,6 +214,11 @@ private:
     // encoder.cpp: an encoder's weights and forward pass (on the CPU; each slot's tokens in the
     // batch are one whole text, attending to each other).
     void load_encoder_weights();
+    int encoder_slots() const { return std::max(params_.n_batch, params_.n_seq_max); }
+    // A batch's texts: the tokens of slot s are enc_order_[enc_start_[s] .. enc_start_[s + 1]).
+    std::vector<int32_t> enc_start_;  // (encoder_slots + 1)
+    std::vector<int32_t> enc_order_;  // (n_batch)
+    std::vector<float> enc_scores_;   // (threads, n_batch) attention scores
     void check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings) const;
     void forward_encoder(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
                          int n, float * out);

@@ -80,7 +80,9 @@ class Model:
                embeddings: bool = False) -> np.ndarray:
         """Evaluates tokens at positions pos of sequence slots slot; returns float32 logits
         (n_wanted, n_vocab) for the tokens flagged in want_logits (all when None), or with
-        embeddings the final hidden states after the output norm (n_wanted, n_embd)."""
+        embeddings the final hidden states after the output norm (n_wanted, n_embd). An encoder
+        (config["encoder"]: bert, nomic-bert) gives embeddings only, each slot's tokens of one call
+        being one whole text at positions 0, 1, ... (slots < max(n_batch, n_seq_max))."""
     @property
     def memory(self) -> list[dict[str, Any]]:
         """Bytes held per device: weights, kv, buffers, overhead."""
@@ -113,7 +115,8 @@ class Model:
     @property
     def config(self) -> dict[str, Any]:
         """arch, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train, rms_eps,
-        n_rot, rope_base, rope_freq_scale, rope_neox."""
+        n_rot, rope_base, rope_freq_scale, rope_neox, n_swa, swa_layers, encoder (an embedding
+        model: bert, nomic-bert), learned_pos (position embeddings for n_ctx_train positions)."""
 
 # --- bind_cpu.cpp ------------------------------------------------------------------------------
 # CPU kernels on numpy arrays, for tests and benchmarks: weight and cache rows are uint8 arrays

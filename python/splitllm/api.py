@@ -370,7 +370,7 @@ class _Service:
             if not toks:
                 raise APIError(400, "an input is empty", param="input")
             ctx = self.engine.slot_ctx
-            if len(toks) >= ctx:
+            if len(toks) >= ctx and not self.model.config["encoder"]:  # (an encoder has no cache)
                 raise APIError(400, f"This model's maximum context length is {ctx} tokens, but an input has "
                                f"{len(toks)} tokens", param="input", code="context_length_exceeded")
             limit = self.model.embed_limit()  # an encoder reads a text in one batch

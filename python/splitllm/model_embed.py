@@ -62,13 +62,33 @@ class EmbeddingMethods:
         return pooling_type_of(self._pooling_arg, self._metadata)
 
     def embed_limit(self) -> int:
-        """The most tokens of one text ``embed`` reads: the context; an encoder reads a text in one
-        batch, and bert has position embeddings for n_ctx_train positions only."""
+        """The most tokens of one text ``embed`` reads: a sequence slot's context; an encoder (no
+        cache, so n_ctx whole) reads a text in one batch, and bert has position embeddings for
+        n_ctx_train positions only."""
+        return self._embed_limit_why()[0]
+
+    def _embed_limit_why(self) -> tuple[int, str]:
+        """embed_limit and what sets it, for errors."""
         cfg = self._engine().config
         if not cfg["encoder"]:
-            return self._seq_ctx
-        positions = int(cfg["n_ctx_train"]) if cfg["learned_pos"] else self._seq_ctx
-        return min(self._seq_ctx, self._n_batch, positions)
+            return self._seq_ctx, "context window"
+        limits = [(self._n_ctx, "context window"), (self._n_batch, "batch size")]
+        if cfg["learned_pos"]:
+            limits.append((int(cfg["n_ctx_train"]), "model's position embeddings"))
+        return min(limits)
+
+    def _encoder_tokens(self, tokens: Sequence[int]) -> list[int]:
+        """One text's ids for an encoder: in the vocabulary, not empty, within embed_limit."""
+        toks = [int(t) for t in tokens]
+        bad = [t for t in toks if not 0 <= t < self.n_vocab()]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.n_vocab()})")
+        if not toks:
+            raise ValueError("cannot embed an empty text")
+        limit, why = self._embed_limit_why()
+        if len(toks) > limit:
+            raise ValueError(f"Requested tokens ({len(toks)}) exceed {why} of {limit}")
+        return toks
 
     def _encode_texts(self, token_lists: list[list[int]]) -> list[np.ndarray]:
         """An encoder's token embeddings of each text, the texts packed into batches of up to n_batch
@@ -76,12 +96,10 @@ class EmbeddingMethods:
         out: list[np.ndarray] = []
         i = 0
         while i < len(token_lists):
-            group = [self._check_tokens(token_lists[i])]
+            group = [self._encoder_tokens(token_lists[i])]
             while i + len(group) < len(token_lists) and \
                     sum(map(len, group)) + len(token_lists[i + len(group)]) <= self._n_batch:
-                group.append(self._check_tokens(token_lists[i + len(group)]))
-            if not all(group):
-                raise ValueError("cannot embed an empty text")
+                group.append(self._encoder_tokens(token_lists[i + len(group)]))
             toks = np.concatenate([np.asarray(t, dtype=np.int32) for t in group])
             pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in group])
             slot = np.concatenate([np.full(len(t), j, dtype=np.int32) for j, t in enumerate(group)])
@@ -93,13 +111,11 @@ class EmbeddingMethods:
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """The final hidden state (after the output norm) at every position of ``tokens`` read from
         scratch: (len, n_embd) float32, what llama.cpp returns as embeddings."""
+        if self._engine().config["encoder"]:
+            return self._encode_texts([list(tokens)])[0]
         toks = self._check_tokens(tokens)
         if not toks:
             raise ValueError("cannot embed an empty text")
-        limit = self.embed_limit()
-        if len(toks) > limit:
-            raise ValueError(f"Requested tokens ({len(toks)}) exceed the {limit} an encoder reads in one "
-                             "batch (n_batch, n_ctx and the model's positions)")
         self._history = []
         rows = self._decode(toks, 0, all_logits=True, embeddings=True)
         self._history = toks
@@ -117,13 +133,13 @@ class EmbeddingMethods:
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("input must be a string or a list of strings")
         pooling = self.pooling_type()
-        limit = self.embed_limit()
+        limit, why = self._embed_limit_why()
         token_lists = []
         for text in texts:
             toks = self.tokenize(text.encode("utf-8"))
             if len(toks) > limit:
                 if not truncate:
-                    raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of {limit}")
+                    raise ValueError(f"Requested tokens ({len(toks)}) exceed {why} of {limit}")
                 toks = toks[:limit]
             token_lists.append(toks)
         total = sum(len(t) for t in token_lists)
