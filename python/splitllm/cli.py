@@ -1,4 +1,4 @@
-"""The ``splitllm`` command: run, chat, serve, plan, perplexity, fetch.
+"""The ``splitllm`` command: run, chat, serve, plan, perplexity, embed, fetch.
 
 Each subcommand lives in its own module and registers itself here with ``add_parser(sub)``.
 """
@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_fetch(sub)
-    for module in ("splitllm.plan", "splitllm.perplexity", "splitllm.server", "splitllm.chat_cli"):
+    for module in ("splitllm.plan", "splitllm.perplexity", "splitllm.server", "splitllm.chat_cli",
+                   "splitllm.embed_cli"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as e:
