@@ -988,3 +988,243 @@ def bert_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int], *, gelu:
         f = dense(act(dense(x, p + "intermediate.dense")), p + "output.dense")
         x = norm(f + x, p + "output.LayerNorm")
     return x
+
+
+# -- Nomic BERT (nomic-embed-text) ----------------------------------------------------------------
+
+
+def nomic_config(**over: Any) -> dict[str, Any]:
+    """config.json of a small NomicBertModel, with the keys nomic-embed-text-v1.5's holds (Nomic's
+    NomicBertConfig, a GPT2Config: n_embd, n_layer, n_head, n_inner, n_positions)."""
+    cfg: dict[str, Any] = {
+        "architectures": ["NomicBertModel"], "model_type": "nomic_bert",
+        "auto_map": {"AutoConfig": "nomic-ai/nomic-bert-2048--configuration_hf_nomic_bert.NomicBertConfig",
+                     "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"},
+        "activation_function": "swiglu", "attn_pdrop": 0.0, "bos_token_id": None, "causal": False,
+        "dense_seq_output": True, "embd_pdrop": 0.0, "eos_token_id": None, "fused_bias_fc": True,
+        "fused_dropout_add_ln": True, "initializer_range": 0.02, "layer_norm_epsilon": 1e-12,
+        "max_trained_positions": 2048, "mlp_fc1_bias": False, "mlp_fc2_bias": False, "n_embd": 64,
+        "n_head": 4, "n_inner": 128, "n_layer": 2, "n_positions": 8192, "pad_vocab_size_multiple": 64,
+        "parallel_block": False, "parallel_block_tied_norm": False, "prenorm": False, "qkv_proj_bias": False,
+        "reorder_and_upcast_attn": False, "resid_pdrop": 0.0, "rotary_emb_base": 1000,
+        "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False, "rotary_emb_scale_base": None,
+        "rotary_scaling_factor": None, "scale_attn_by_inverse_layer_idx": False, "scale_attn_weights": True,
+        "torch_dtype": "float32", "type_vocab_size": 2, "use_cache": True, "use_flash_attn": True,
+        "use_rms_norm": False, "use_xentropy": True, "vocab_size": 30528,
+    }  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+def nomic_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
+    """Random float32 weights of Nomic's NomicBertModel, in its names (no biases but the LayerNorms')."""
+    rng = np.random.default_rng(seed)
+    e, ff = cfg["n_embd"], cfg["n_inner"]
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
+
+    def vec(n: int, base: float, scale: float) -> np.ndarray:
+        return (base + scale * rng.standard_normal(n)).astype(np.float32)
+
+    def embedding(n: int) -> np.ndarray:
+        return (0.5 * rng.standard_normal((n, e))).astype(np.float32)
+
+    w: Weights = {
+        "embeddings.word_embeddings.weight": embedding(cfg["vocab_size"]),
+        "embeddings.token_type_embeddings.weight": embedding(cfg["type_vocab_size"]),
+        "emb_ln.weight": vec(e, 1.0, 0.2), "emb_ln.bias": vec(e, 0.0, 0.2),
+    }  # fmt: skip
+    for i in range(cfg["n_layer"]):
+        p = f"encoder.layers.{i}."
+        w[p + "attn.Wqkv.weight"] = mat(3 * e, e)
+        w[p + "attn.out_proj.weight"] = mat(e, e)
+        w[p + "norm1.weight"], w[p + "norm1.bias"] = vec(e, 1.0, 0.2), vec(e, 0.0, 0.2)
+        w[p + "mlp.fc11.weight"], w[p + "mlp.fc12.weight"] = mat(ff, e), mat(ff, e)
+        w[p + "mlp.fc2.weight"] = mat(e, ff)
+        w[p + "norm2.weight"], w[p + "norm2.bias"] = vec(e, 1.0, 0.2), vec(e, 0.0, 0.2)
+    return w
+
+
+def tiny_nomic(
+    d: Path,
+    *,
+    dtype: str = "f32",
+    shards: int = 1,
+    pooling: str | None = None,
+    prefix: str = "",
+    seed: int = 0,
+    **cfg_over: Any,
+) -> tuple[dict[str, Any], Weights]:
+    """A random NomicBertModel directory in ``d`` with the WordPiece tokenizer of tiny_bert (its
+    vocab_size rounded up to a multiple of 64, as Nomic pads it); returns (config, stored weights
+    as float32, in NomicBertModel's names). ``pooling``: write sentence-transformers' modules (see
+    write_pooling). ``prefix``: "bert." saves the weights under it (as NomicBertForPreTraining)."""
+    d.mkdir(parents=True, exist_ok=True)
+    n_tok = write_wordpiece_tokenizer(d, files=("tokenizer.json", "vocab.txt"))
+    cfg = nomic_config(vocab_size=-(-n_tok // 64) * 64, **cfg_over)
+    _write_json(d / "config.json", cfg)
+    if pooling:
+        write_pooling(d, pooling)
+    w = {prefix + n: x for n, x in nomic_weights(cfg, seed=seed).items()}
+    stored = save_weights(d, w, dtype=dtype, shards=shards)
+    return cfg, {n.removeprefix(prefix): x for n, x in stored.items()}
+
+
+def nomic_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int], *, gate: str = "fc12") -> np.ndarray:
+    """The last hidden states (T, n_embd) of Nomic's NomicBertModel in float64 for one sequence
+    (modeling_hf_nomic_bert.py, no padding, token type 0): word + token-type embeddings, emb_ln;
+    per layer the fused Wqkv split into q, k, v (in that order, heads contiguous), rotary over the
+    whole head with base rotary_emb_base, rotating the two halves (rotary_emb_interleaved false),
+    softmax(q k^T / sqrt(head_dim)) over every token, out_proj, residual, norm1; then Nomic's
+    gated MLP ``fc2(fc11(x) * silu(fc12(x)))`` (``gate``: which of fc11 / fc12 is the gate, to
+    show the reference tells them apart), residual, norm2."""
+    g = {k: v.astype(np.float64) for k, v in w.items()}
+    nh, e, t = cfg["n_head"], cfg["n_embd"], len(ids)
+    hd, eps = e // nh, cfg["layer_norm_epsilon"]
+    inv = 1.0 / float(cfg["rotary_emb_base"]) ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    pos = np.arange(t, dtype=np.float64)
+    up = "fc11" if gate == "fc12" else "fc12"
+
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        return _layer_norm(x, g[name + ".weight"], g[name + ".bias"], eps)
+
+    x = norm(g["embeddings.word_embeddings.weight"][ids] + g["embeddings.token_type_embeddings.weight"][0],
+             "emb_ln")  # fmt: skip
+    for i in range(cfg["n_layer"]):
+        p = f"encoder.layers.{i}."
+        qkv = (x @ g[p + "attn.Wqkv.weight"].T).reshape(t, 3, nh, hd).transpose(1, 2, 0, 3)  # (3, nh, t, hd)
+        q, k, v = _rope(qkv[0], pos, inv), _rope(qkv[1], pos, inv), qkv[2]
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(hd)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(t, e)
+        x = norm(x + a @ g[p + "attn.out_proj.weight"].T, p + "norm1")
+        z = x @ g[p + f"mlp.{gate}.weight"].T
+        f = (x @ g[p + f"mlp.{up}.weight"].T) * (z / (1 + np.exp(-z)))
+        x = norm(x + f @ g[p + "mlp.fc2.weight"].T, p + "norm2")
+    return x
+
+
+# -- XLM-RoBERTa (bge-m3, multilingual-e5) --------------------------------------------------------
+
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq's ids 0..3; <mask> is the last id
+
+
+def train_xlmr_spm(*, model_type: str = "unigram", vocab_size: int = 400, **spec: Any) -> bytes:
+    """A SentencePiece model trained on ``corpus()`` as XLM-R's sentencepiece.bpe.model is laid out
+    (<unk> 0, <s> 1, </s> 2, no <pad>; nmt_nfkc normalization, a dummy prefix, extra whitespace
+    removed; ``spec`` overrides these trainer settings: normalization_rule_name, add_dummy_prefix,
+    remove_extra_whitespaces, the special ids); the model proto's bytes. ("identity" leaves the
+    model without the 240 KB precompiled_charsmap, which gguf-py's reader takes seconds to read
+    element by element.)"""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    settings = {"normalization_rule_name": "nmt_nfkc", "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1,
+                **spec}
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus()), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=1.0, num_threads=1, minloglevel=2, hard_vocab_limit=False, **settings,
+    )  # fmt: skip
+    return buf.getvalue()
+
+
+def xlmr_tokenizer_json(proto: bytes) -> str:
+    """tokenizer.json as transformers' XLMRobertaConverter builds it from a sentencepiece.bpe.model:
+    a Unigram model over fairseq's ids (the four specials, pieces 3.. at their id + 1, <mask>
+    last), the model's precompiled normalizer and runs of spaces made one, Metaspace pre-tokenizer
+    and decoder, ``<s> $A </s>`` template; the five specials as added tokens."""
+    import tokenizers as tk
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+    m = pb.ModelProto()
+    m.ParseFromString(proto)
+    vocab = [(t, 0.0) for t in XLMR_SPECIALS] + [(p.piece, p.score) for p in m.pieces[3:]] + [("<mask>", 0.0)]
+    tok = tk.Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    steps = [normalizers.Precompiled(m.normalizer_spec.precompiled_charsmap)] if (
+        m.normalizer_spec.precompiled_charsmap) else []  # fmt: skip
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(tk.Regex(" {2,}"), " ")])
+    scheme = "always" if m.normalizer_spec.add_dummy_prefix else "never"
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+    added = [tk.AddedToken(t, special=True, normalized=False) for t in XLMR_SPECIALS]
+    tok.add_special_tokens([*added, tk.AddedToken("<mask>", special=True, lstrip=True, normalized=False)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return str(tok.to_str())
+
+
+def write_xlmr_tokenizer(
+    d: Path,
+    *,
+    model_type: str = "unigram",
+    files: tuple[str, ...] = ("sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"),
+    **spec: Any,
+) -> int:
+    """Write XLM-R's tokenizer files (as bge-m3 and multilingual-e5 ship them) for a SentencePiece
+    model trained here (``spec``: see train_xlmr_spm); returns the vocabulary size: pieces + 2
+    (fairseq's ids and <mask>)."""
+    proto = train_xlmr_spm(model_type=model_type, **spec)
+    if "sentencepiece.bpe.model" in files:
+        (d / "sentencepiece.bpe.model").write_bytes(proto)
+    if "tokenizer.json" in files:
+        (d / "tokenizer.json").write_text(xlmr_tokenizer_json(proto), encoding="utf-8")
+    if "tokenizer_config.json" in files:
+        _write_json(d / "tokenizer_config.json", {
+            "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+            "unk_token": "<unk>", "pad_token": "<pad>",
+            "mask_token": {"content": "<mask>", "lstrip": True, "normalized": True, "rstrip": False,
+                           "single_word": False, "special": True},
+            "model_max_length": 512, "tokenizer_class": "XLMRobertaTokenizer",
+        })  # fmt: skip
+    import sentencepiece as spm
+
+    return int(spm.SentencePieceProcessor(model_proto=proto).vocab_size()) + 2
+
+
+def xlmr_config(**over: Any) -> dict[str, Any]:
+    """config.json of a small XLMRobertaModel (as transformers' XLMRobertaConfig saves bge-m3's)."""
+    cfg = bert_config("XLMRobertaModel", model_type="xlm-roberta", max_position_embeddings=130,
+                      type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                      output_past=True)  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+def tiny_xlmr(
+    d: Path,
+    *,
+    dtype: str = "f32",
+    shards: int = 1,
+    pooling: str | None = None,
+    prefix: str = "",
+    tokenizer_files: tuple[str, ...] = ("sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"),
+    normalization: str = "nmt_nfkc",
+    seed: int = 0,
+    **cfg_over: Any,
+) -> tuple[dict[str, Any], Weights]:
+    """A random XLMRobertaModel directory in ``d``; returns (config, stored weights as float32, in
+    XLMRobertaModel's names: BertModel's). ``prefix``: "roberta." saves them under it, without the
+    pooler (as a checkpoint of a bigger model does). ``normalization``: the SentencePiece model's."""
+    d.mkdir(parents=True, exist_ok=True)
+    n_tok = write_xlmr_tokenizer(d, files=tokenizer_files, normalization_rule_name=normalization)
+    cfg = xlmr_config(vocab_size=n_tok, **cfg_over)
+    _write_json(d / "config.json", cfg)
+    if pooling:
+        write_pooling(d, pooling)
+    w = bert_weights(cfg, seed=seed, pooler=not prefix)
+    stored = save_weights(d, {prefix + n: x for n, x in w.items()}, dtype=dtype, shards=shards)
+    return cfg, {n.removeprefix(prefix): x for n, x in stored.items()}
+
+
+def xlmr_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
+    """The last hidden states (T, hidden) of transformers' XLMRobertaModel in float64: BertModel's
+    (bert_hidden_states) with the position ids of create_position_ids_from_input_ids, which count
+    the non-padding tokens from padding_idx + 1 (padding tokens get padding_idx)."""
+    pad = cfg["pad_token_id"]
+    mask = (np.asarray(ids) != pad).astype(np.int64)
+    positions = np.cumsum(mask) * mask + pad
+    name = "embeddings.position_embeddings.weight"
+    return bert_hidden_states(cfg, {**w, name: w[name][positions]}, ids)

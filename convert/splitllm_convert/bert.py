@@ -47,7 +47,9 @@ GELU_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python"
 # sha256 of the ids of pretok.CHECK_TEXT -> tokenizer.ggml.pre (llama.cpp's table); llama.cpp's
 # WordPiece tokenizer does not read the name, so another vocabulary is written as "default"
 BERT_HASHES = {
-    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": "bert-bge",  # bge-small-en-v1.5
+    # bge-small-en-v1.5's (and nomic-embed's) vocabulary: llama.cpp's table names it "bert-bge", then
+    # a later entry for the same hash "jina-v2-en", which is what its converter writes
+    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": "jina-v2-en",
     "8e62295832751ca1e8f92f2226f403dea30dc5165e448b5bfa05af5340c64ec7": "bert-bge-large",  # bge-large-zh-v1.5
 }
 POOLING_MODES = {"mean": PoolingType.MEAN, "cls": PoolingType.CLS, "lasttoken": PoolingType.LAST}
