@@ -53,6 +53,8 @@ class BertConfig:
     eps: float = 1e-12
     pooling: int = 1  # llama.cpp's pooling type: mean
     fused_qkv: bool = False
+    n_cls_out: int = 0  # a reranker's head: cls (dense + tanh, unless cls_dense False) and cls.output
+    cls_dense: bool = True
     seed: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +84,10 @@ def make_weights(cfg: BertConfig) -> dict[str, np.ndarray]:
     nomic = cfg.arch == "nomic-bert"
     if nomic:
         del w["position_embd.weight"]
+    if cfg.n_cls_out:
+        if cfg.cls_dense:
+            w["cls.weight"], w["cls.bias"] = mat(E, E), vec(E)
+        w["cls.output.weight"], w["cls.output.bias"] = mat(cfg.n_cls_out, E, 2.0), vec(cfg.n_cls_out)
     mats = [("attn_q", E, E), ("attn_k", E, E), ("attn_v", E, E), ("attn_output", E, E), ("ffn_up", F, E),
             ("ffn_down", E, F)] + ([("ffn_gate", F, E)] if nomic else [])
     for i in range(cfg.n_layer):
@@ -112,6 +118,8 @@ def write_gguf(cfg: BertConfig, w: dict[str, np.ndarray], path: Path, *, weight_
     if cfg.arch == "nomic-bert":
         wr.add_rope_freq_base(cfg.rope_base)
     wr.add_pooling_type(gguf.PoolingType(cfg.pooling))
+    if cfg.n_cls_out > 1:  # llama.cpp takes the head's width from the labels (else 1)
+        wr.add_classifier_output_labels([f"label_{i}" for i in range(cfg.n_cls_out)])
     wr.add_file_type(gguf.LlamaFileType.ALL_F32 if weight_type == "F32" else gguf.LlamaFileType.MOSTLY_F16)
     wr.add_tokenizer_model("bert")
     toks = wpm_vocab(cfg.n_vocab)
@@ -221,3 +229,12 @@ def reference_hidden(cfg: BertConfig, w: dict[str, np.ndarray], ids: list[int], 
             ff = lin("ffn_down", gelu(lin("ffn_up", x), gelu_kind))
         x = _layer_norm(x + ff, w[b + "layer_output_norm.weight"], w[b + "layer_output_norm.bias"], cfg.eps)
     return x
+
+
+def reference_scores(cfg: BertConfig, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
+    """A reranker's scores (n_cls_out,) for one text: cls_out(tanh(cls(h_0) + b)) + b of its first
+    token's last hidden state, as transformers' classification heads (and llama.cpp's rank pooling)."""
+    h = reference_hidden(cfg, w, ids)[0]
+    if "cls.weight" in w:
+        h = np.tanh(h @ w["cls.weight"].T + w["cls.bias"])
+    return h @ w["cls.output.weight"].T + w["cls.output.bias"]

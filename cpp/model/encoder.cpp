@@ -38,10 +38,13 @@ void layer_norm(ThreadPool & pool, const float * x, const float * w, const float
 
 }  // namespace
 
-void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings) const {
+void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings,
+                                bool classify) const {
     const Config & c = cfg_;
     SL_CHECK(embeddings, "%s: a %s model is an encoder: it computes embeddings (embed / create_embedding, "
              "loaded with embedding=True), not logits", file_->path().c_str(), c.arch_name.c_str());
+    SL_CHECK(!classify || w_.cls_out.rows > 0, "%s: the model has no classification head (cls.output.weight): "
+             "it is not a reranker", file_->path().c_str());
     SL_CHECK(n <= params_.n_batch, "an encoder reads each text in one batch: %d tokens exceed n_batch = %d", n,
              params_.n_batch);
     // Slots only tell the texts of a batch apart (there is no cache): any of [0, encoder_slots()).
@@ -61,7 +64,7 @@ void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n
 }
 
 void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
-                            int n, float * out) {
+                            int n, float * out, bool classify) {
     const Config & c = cfg_;
     CpuBackend & be = *cpu_;
     ThreadPool & pool = be.pool();
@@ -146,8 +149,20 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
     }
 
     int n_out = 0;
-    for (int t = 0; t < n && out; ++t)
-        if (!want || want[t]) std::memcpy(out + int64_t(n_out++) * D, s.x + t * D, sizeof(float) * size_t(D));
+    float * rows = classify ? s.h : out;  // a head's input, gathered
+    for (int t = 0; t < n && rows; ++t)
+        if (!want || want[t]) std::memcpy(rows + int64_t(n_out++) * D, s.x + t * D, sizeof(float) * size_t(D));
+    if (classify && n_out > 0 && out) {  // scores = cls_out(tanh(cls(x) + b)) + b, as llama.cpp's rank pooling
+        const float * in = s.h;
+        if (w_.cls.rows > 0) {
+            const WeightRef * cls = &w_.cls;
+            be.matmul(&cls, &s.q, 1, s.h, n_out, false);  // (s.q holds n_batch x n_embd)
+            for (float * x = s.q; x < s.q + int64_t(n_out) * D; ++x) *x = std::tanh(*x);
+            in = s.q;
+        }
+        const WeightRef * head = &w_.cls_out;
+        be.matmul(&head, &out, 1, in, n_out, false);
+    }
     n_eval_ += n;
     ++n_forward_;
 }

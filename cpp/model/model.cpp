@@ -218,6 +218,20 @@ void Model::load_encoder_weights() {
     auto bias = [&](WeightRef & w, const std::string & name) {
         if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
     };
+    if (const GGUFTensor * t = f.find_tensor("cls.output.weight")) {  // a reranker's head
+        if (t->ne[1] < 1 || t->ne[1] > 1 << 16)
+            throw GGUFError(strfmt("%s: tensor 'cls.output.weight' has %lld outputs", f.path().c_str(),
+                                   (long long)t->ne[1]));
+        w_.cls_out = matrix(f, c, "cls.output.weight", t->ne[1], c.n_embd);
+        bias(w_.cls_out, "cls.output.bias");
+        if (f.find_tensor("cls.weight")) {
+            w_.cls = matrix(f, c, "cls.weight", c.n_embd, c.n_embd);
+            bias(w_.cls, "cls.bias");
+        }
+    } else if (f.find_tensor("cls.weight")) {
+        throw GGUFError(strfmt("%s: tensor 'cls.weight' without 'cls.output.weight': not a classification head "
+                               "splitllm can run", f.path().c_str()));
+    }
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -264,7 +278,9 @@ void Model::load_encoder_weights() {
 }
 
 size_t Weights::input_bytes() const {
-    return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * size_t(tok_embd.K) : 0);
+    const auto with_bias = [](const WeightRef & w) { return w.nbytes() + (w.bias ? sizeof(float) * size_t(w.rows) : 0); };
+    return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * size_t(tok_embd.K) : 0) +
+           with_bias(cls) + with_bias(cls_out);
 }
 
 void Model::setup_kv() {
@@ -381,6 +397,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.down_exps});
     }
     group({&w_.output});
+    group({&w_.cls});
+    group({&w_.cls_out});
     return o;
 }
 
@@ -452,14 +470,16 @@ void Model::allocate_state() {
 }
 
 void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
-                   int n, float * logits, bool embeddings) {
+                   int n, float * logits, bool embeddings, bool classify) {
     SL_CHECK(n >= 0, "negative token count");
+    SL_CHECK(!classify || cfg_.encoder, "%s: classification scores come from an encoder with a classification head",
+             file_->path().c_str());
     if (cfg_.encoder) {
         for (int i = 0; i < n; ++i)
             SL_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "token %d: id %d is outside the vocabulary [0, %d)",
                      i, tokens[i], cfg_.n_vocab);
-        check_encoder_batch(pos, slot, n, embeddings);
-        if (n > 0) forward_encoder(tokens, pos, slot, want, n, logits);
+        check_encoder_batch(pos, slot, n, embeddings, classify);
+        if (n > 0) forward_encoder(tokens, pos, slot, want, n, logits, classify);
         return;
     }
     for (int i = 0; i < n; ++i) {

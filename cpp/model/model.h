@@ -85,6 +85,10 @@ struct Weights {
     WeightRef pos_embd;                 // (n_ctx_train, n_embd)
     std::vector<float> type_row;        // (n_embd), or empty without token types
     const float * embd_norm = nullptr, * embd_norm_b = nullptr;  // (n_embd) each
+    // A reranker's classification head (llama.cpp's rank pooling): scores = cls_out(tanh(cls(x)))
+    // of a text's first token, with their biases; cls may be absent (cls_out alone).
+    WeightRef cls;                      // (n_embd, n_embd)
+    WeightRef cls_out;                  // (n_cls_out, n_embd)
     size_t input_bytes() const;         // the encoder input's weights beside the token embedding
 };
 
@@ -155,8 +159,11 @@ public:
     // n_batch tokens per call, and each slot's tokens in a call are one whole text at positions
     // 0, 1, ..., every token attending to all of them; slots [0, n_batch) tell texts apart (no
     // cache: n_seq_max does not limit them) and positions stop at n_ctx.
+    // With classify (an encoder with a classification head, embeddings on), each wanted row is
+    // that token's scores (n_cls_out: the head applied to it) instead: ask for each text's first.
     void decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want_logits,
-                int n, float * out, bool embeddings = false);
+                int n, float * out, bool embeddings = false, bool classify = false);
+    int n_cls_out() const { return int(w_.cls_out.rows); }  // 0: no classification head
 
     // The K/V of cells [0, n) of a sequence slot, every layer (K of each head, then V of each
     // head, layer by layer), as bytes in the cache types: to save a prompt's state and put it
@@ -219,9 +226,9 @@ private:
     std::vector<int32_t> enc_start_;  // (encoder_slots + 1)
     std::vector<int32_t> enc_order_;  // (n_batch)
     std::vector<float> enc_scores_;   // (threads, n_batch) attention scores
-    void check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings) const;
+    void check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings, bool classify) const;
     void forward_encoder(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
-                         int n, float * out);
+                         int n, float * out, bool classify);
 
     struct Scratch {  // activations of one backend, (n_batch, width) each
         float * x = nullptr;    // residual stream (n_embd)

@@ -122,27 +122,29 @@ void bind_model(pyb::module_ & m) {
         .def(
             "decode",
             [](Model & self, const I32 & tokens, const I32 & pos, const I32 & slot, std::optional<U8> want,
-               std::optional<F32> out, bool embeddings) {
+               std::optional<F32> out, bool embeddings, bool classify) {
                 const int64_t n = tokens.size();
                 const int64_t n_out = check_batch(self, tokens, pos, slot, want);
-                const int64_t width = embeddings ? self.n_embd() : self.n_vocab();
+                const int64_t width = classify ? self.n_cls_out() : embeddings ? self.n_embd() : self.n_vocab();
                 F32 result = out ? *out : F32({n_out, width});
                 if (result.ndim() != 2 || result.shape(0) != n_out || result.shape(1) != width)
-                    throw pyb::value_error(embeddings ? "out must be a C-contiguous float32 array of shape (n_wanted, n_embd)"
-                                                      : "out must be a C-contiguous float32 array of shape (n_logits, n_vocab)");
+                    throw pyb::value_error(classify     ? "out must be a C-contiguous float32 array of shape (n_wanted, n_cls_out)"
+                                           : embeddings ? "out must be a C-contiguous float32 array of shape (n_wanted, n_embd)"
+                                                        : "out must be a C-contiguous float32 array of shape (n_logits, n_vocab)");
                 float * dst = n_out ? result.mutable_data() : nullptr;
                 const uint8_t * w = want ? want->data() : nullptr;
                 {
                     pyb::gil_scoped_release nogil;
-                    self.decode(tokens.data(), pos.data(), slot.data(), w, int(n), dst, embeddings);
+                    self.decode(tokens.data(), pos.data(), slot.data(), w, int(n), dst, embeddings, classify);
                 }
                 return result;
             },
             pyb::arg("tokens"), pyb::arg("pos"), pyb::arg("slot"), pyb::arg("want_logits") = pyb::none(),
-            pyb::arg("out") = pyb::none(), pyb::arg("embeddings") = false,
+            pyb::arg("out") = pyb::none(), pyb::arg("embeddings") = false, pyb::arg("classify") = false,
             "Evaluates tokens at positions pos of sequence slots slot; returns float32 logits "
             "(n_wanted, n_vocab) for the tokens flagged in want_logits (all when None), or with "
-            "embeddings the final hidden states after the output norm (n_wanted, n_embd).")
+            "embeddings the final hidden states after the output norm (n_wanted, n_embd); with classify "
+            "(a reranker) each flagged token's classification scores (n_wanted, n_cls_out).")
         .def_property_readonly("memory", [](const Model & self) { return devices_list(self.memory()); },
                                "Bytes held per device: weights, kv, buffers, overhead.")
         .def_property_readonly("n_vocab", &Model::n_vocab)
@@ -193,7 +195,8 @@ void bind_model(pyb::module_ & m) {
                              pyb::arg("n_ctx_train") = c.n_ctx_train, pyb::arg("rms_eps") = c.rms_eps,
                              pyb::arg("n_rot") = c.n_rot, pyb::arg("rope_base") = c.rope_base,
                              pyb::arg("rope_freq_scale") = c.rope_freq_scale, pyb::arg("rope_neox") = c.rope_neox,
-                             pyb::arg("encoder") = c.encoder, pyb::arg("learned_pos") = c.learned_pos);
+                             pyb::arg("encoder") = c.encoder, pyb::arg("learned_pos") = c.learned_pos,
+                             pyb::arg("n_cls_out") = self.n_cls_out());
         });
 }
 

@@ -77,12 +77,13 @@ class Model:
                  swa_full: bool = False, loras: list[tuple[str, float]] = []) -> None: ...
     def decode(self, tokens: np.ndarray, pos: np.ndarray, slot: np.ndarray,
                want_logits: np.ndarray | None = None, out: np.ndarray | None = None,
-               embeddings: bool = False) -> np.ndarray:
+               embeddings: bool = False, classify: bool = False) -> np.ndarray:
         """Evaluates tokens at positions pos of sequence slots slot; returns float32 logits
         (n_wanted, n_vocab) for the tokens flagged in want_logits (all when None), or with
         embeddings the final hidden states after the output norm (n_wanted, n_embd). An encoder
         (config["encoder"]: bert, nomic-bert) gives embeddings only, each slot's tokens of one call
-        being one whole text at positions 0, 1, ... (slots < max(n_batch, n_seq_max))."""
+        being one whole text at positions 0, 1, ... (slots < max(n_batch, n_seq_max)); with classify
+        (a reranker) each flagged token's classification scores (n_wanted, n_cls_out)."""
     @property
     def memory(self) -> list[dict[str, Any]]:
         """Bytes held per device: weights, kv, buffers, overhead."""
@@ -116,7 +117,8 @@ class Model:
     def config(self) -> dict[str, Any]:
         """arch, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train, rms_eps,
         n_rot, rope_base, rope_freq_scale, rope_neox, n_swa, swa_layers, encoder (an embedding
-        model: bert, nomic-bert), learned_pos (position embeddings for n_ctx_train positions)."""
+        model: bert, nomic-bert), learned_pos (position embeddings for n_ctx_train positions),
+        n_cls_out (a reranker's classification outputs; 0: none)."""
 
 # --- bind_cpu.cpp ------------------------------------------------------------------------------
 # CPU kernels on numpy arrays, for tests and benchmarks: weight and cache rows are uint8 arrays

@@ -58,6 +58,7 @@ from splitllm.api_schema import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    RerankRequest,
     TokenizeRequest,
     error_body,
 )
@@ -77,7 +78,7 @@ from splitllm.completions import (
 )
 from splitllm.engine import BatchEngine, ChunkStream
 from splitllm.grammar import Grammar, response_grammar
-from splitllm.model import LLAMA_POOLING_TYPE_NONE, pool_embeddings
+from splitllm.model import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_RANK, pool_embeddings
 from splitllm.reasoning import ReasoningSplitter, check_reasoning_format
 from splitllm.tools import ToolChunks, ToolError, ToolPlan, tool_chat_choice, tool_plan
 
@@ -126,6 +127,12 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         return await svc.embeddings(await _parse(request, EmbeddingRequest), request)
+
+    @app.post("/v1/rerank")
+    @app.post("/rerank")
+    @app.post("/v1/reranking")
+    async def rerank(request: Request) -> Response:
+        return await svc.rerank(await _parse(request, RerankRequest), request)
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
@@ -386,6 +393,8 @@ class _Service:
             pooling = self.model.pooling_type()
         except ValueError as e:
             raise APIError(400, str(e)) from None
+        if pooling == LLAMA_POOLING_TYPE_RANK:
+            raise APIError(400, "this model is a reranker (pooling rank): use /v1/rerank", param="model")
         if pooling == LLAMA_POOLING_TYPE_NONE:  # as llama-server answers
             raise APIError(400, "this model's embeddings are per token (pooling none), which OpenAI's API "
                            "cannot carry: serve it with --pooling mean (or last, cls)", param="model")
@@ -414,6 +423,55 @@ class _Service:
         n = sum(len(t) for t in token_lists)
         return JSONResponse({"object": "list", "data": data, "model": name,
                              "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+
+    async def rerank(self, body: RerankRequest, request: Request) -> Response:
+        """Each document's relevance score for the query (the reranker's first output on the pair
+        as llama-server joins it), best first, the first top_n."""
+        name = self._model_name(body.model)
+        docs = body.docs()
+        try:
+            pooling = self.model.pooling_type()
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        if pooling != LLAMA_POOLING_TYPE_RANK:
+            raise APIError(400, "this model is not a reranker (pooling rank, a classification head): serve a "
+                           "reranker, or pass --pooling rank", param="model")
+        limit = self.model.embed_limit()
+        pairs = [self.model.rerank_tokens(body.query, d) for d in docs]
+        for toks in pairs:
+            if len(toks) > limit:
+                raise APIError(400, f"This model reads at most {limit} tokens of a text, but a query and "
+                               f"document make {len(toks)}", param="documents",
+                               code="context_length_exceeded")
+        runs: list[_Run] = []
+        try:
+            for i, toks in enumerate(pairs):
+                try:
+                    runs.append(_Run(i, self.engine.aembedding(toks, classify=True), True))
+                except ValueError as e:
+                    raise APIError(400, str(e), param="documents") from None
+        except BaseException:
+            _close(runs)
+            raise
+        if await _collect_all(runs, request) is None:
+            return Response(status_code=CLIENT_CLOSED)
+        tei = body.documents is None  # TEI's request shape ("texts") gets TEI's answer
+        label = "score" if tei else "relevance_score"
+        results = []
+        for r in runs:
+            item: dict[str, Any] = {"index": r.index, label: float(r.stream.job.embeddings[0][0, 0])}  # type: ignore[index]
+            if tei and body.return_text:
+                item["text"] = docs[r.index]
+            results.append(item)
+        results.sort(key=lambda x: -x[label])
+        top_n = len(results) if body.top_n is None else max(body.top_n, 0)
+        results = results[:top_n]
+        if tei:
+            return JSONResponse(results)
+        n = sum(len(t) for t in pairs)
+        return JSONResponse({"model": body.model or name, "object": "list",
+                             "usage": {"prompt_tokens": n, "total_tokens": n}, "results": results})
 
 
 @dataclasses.dataclass(eq=False)

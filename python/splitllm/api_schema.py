@@ -229,6 +229,29 @@ class EmbeddingRequest(_NullIsDefault):
         return items
 
 
+class RerankRequest(_NullIsDefault):
+    """``POST /v1/rerank`` (also ``/rerank``, ``/v1/reranking``): llama-server's reranking, a query
+    and documents (or TEI's ``texts``, answered in TEI's shape)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    query: str
+    documents: list[str] | None = None
+    texts: list[str] | None = None
+    top_n: int | None = None
+    return_text: bool = False
+    model: str | None = None
+
+    def docs(self) -> list[str]:
+        docs = self.documents if self.documents is not None else self.texts
+        if not docs:
+            raise APIError(400, '"documents" must be a non-empty string array', param="documents")
+        if len(docs) > MAX_EMBED_INPUTS:
+            raise APIError(400, f"at most {MAX_EMBED_INPUTS} documents per request (got {len(docs)})",
+                           param="documents")
+        return docs
+
+
 class TokenizeRequest(_NullIsDefault):
     """``POST /tokenize`` (llama-server's) and ``POST /extras/tokenize`` (llama-cpp-python's,
     ``input``)."""

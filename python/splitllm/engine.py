@@ -90,6 +90,7 @@ class Job:
     first_logits: np.ndarray | None = None  # logits after the prompt, when the slot had them
     prompt_logprobs: PromptLogprobs | None = None  # the prompt's entries, when asked for (echo)
     embeddings: list[np.ndarray] | None = None  # an embedding job's hidden states, pass by pass
+    classify: bool = False  # a reranker's job: embeddings holds the scores of the text's first token
     grammar: Any = None  # the grammar's matching state (_core.Grammar) when the text must follow one
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
 
@@ -201,20 +202,25 @@ class BatchEngine:
         self._queue(job)
         return job
 
-    def submit_embedding(self, tokens: Sequence[int], *, on_event: Callable[[Event], None]) -> Job:
+    def submit_embedding(self, tokens: Sequence[int], *, on_event: Callable[[Event], None],
+                         classify: bool = False) -> Job:
         """Queues the reading of ``tokens`` for their embeddings (the final hidden states after the
         output norm, every position, read from scratch): in ``job.embeddings`` when the job's one
-        chunk (finish reason "length") is reported. Raises ValueError on bad input."""
+        chunk (finish reason "length") is reported; with classify (a reranker: an encoder with a
+        classification head, the text read in one pass), the scores (1, n_cls_out) instead. Raises
+        ValueError on bad input."""
         prompt = self.model.check_prompt(tokens)
+        if classify and not self.model.config["n_cls_out"]:
+            raise ValueError("the model has no classification head: it is not a reranker")
         text = TokenText(self.model.tokenizer, n_prompt=len(prompt), limit=0)
         job = Job(prompt=prompt, sampler=Sampler(SamplingParams(), self._n_vocab, 0), text=text,
-                  on_event=on_event, embeddings=[])
+                  on_event=on_event, embeddings=[], classify=classify)
         self._queue(job)
         return job
 
-    def aembedding(self, tokens: Sequence[int]) -> ChunkStream:
+    def aembedding(self, tokens: Sequence[int], classify: bool = False) -> ChunkStream:
         """``submit_embedding`` with the result on the running event loop (see :class:`ChunkStream`)."""
-        return self._astream(lambda put: self.submit_embedding(tokens, on_event=put))
+        return self._astream(lambda put: self.submit_embedding(tokens, on_event=put, classify=classify))
 
     def _queue(self, job: Job) -> None:
         with self._cv:
@@ -375,6 +381,11 @@ class BatchEngine:
                 rows = self._forward(chunk, pos, [job.slot] * n, [1] * n,
                                      np.empty((n, self._n_vocab), dtype=np.float32))
                 job.prompt_logprobs.feed(rows)
+            elif job.classify:  # (an encoder's text is one chunk, from position 0)
+                rows = self._forward(chunk, pos, [job.slot] * n, [1] + [0] * (n - 1),
+                                     np.empty((1, self.model.config["n_cls_out"]), dtype=np.float32),
+                                     embeddings=True, classify=True)
+                job.embeddings.append(rows)  # type: ignore[union-attr]
             elif job.embeddings is not None:
                 rows = self._forward(chunk, pos, [job.slot] * n, [1] * n,
                                      np.empty((n, self._n_embd), dtype=np.float32), embeddings=True)
@@ -394,14 +405,16 @@ class BatchEngine:
         self._count("busy_seconds", time.perf_counter() - start)
 
     def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int],
-                 out: np.ndarray | None = None, embeddings: bool = False) -> np.ndarray:
-        """One decode call; the logits rows (or with ``embeddings``, the hidden states) of the
-        flagged tokens (in ``out``, or a view valid until the next call)."""
+                 out: np.ndarray | None = None, embeddings: bool = False,
+                 classify: bool = False) -> np.ndarray:
+        """One decode call; the logits rows (or with ``embeddings``, the hidden states; with
+        ``classify``, a reranker's scores) of the flagged tokens (in ``out``, or a view valid until
+        the next call)."""
         n_out = sum(want)
         t0 = time.perf_counter()
         out = self._core.decode(np.asarray(tokens, dtype=np.int32), np.asarray(pos, dtype=np.int32),
                                 np.asarray(slots, dtype=np.int32), np.asarray(want, dtype=np.uint8),
-                                self._logits[:n_out] if out is None else out, embeddings)
+                                self._logits[:n_out] if out is None else out, embeddings, classify)
         with self._cv:
             self._stats["steps"] += 1
             self._stats["decode_seconds"] += time.perf_counter() - t0

@@ -212,6 +212,11 @@ class Model(EmbeddingMethods, ChatMethods):
         self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
         st = os.stat(path)  # which file a saved state belongs to
         self._file_identity = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+        if (pooling_type not in (None, LLAMA_POOLING_TYPE_UNSPECIFIED) and not self._core.config["n_cls_out"]
+                and pooling_type_of(pooling_type, {}) == LLAMA_POOLING_TYPE_RANK):
+            self.close()
+            raise ValueError("pooling_type rank needs a reranker: this model has no classification head "
+                             "(cls.output.weight)")
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         self._n_ctx = n_ctx

@@ -14,7 +14,7 @@ LLAMA_POOLING_TYPE_NONE = 0  # one embedding per token
 LLAMA_POOLING_TYPE_MEAN = 1
 LLAMA_POOLING_TYPE_CLS = 2  # the first token's
 LLAMA_POOLING_TYPE_LAST = 3
-LLAMA_POOLING_TYPE_RANK = 4  # a reranker's score: needs a classifier head, not supported
+LLAMA_POOLING_TYPE_RANK = 4  # a reranker's scores: its classification head on each text's first token
 POOLING_NAMES = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 
 
@@ -29,8 +29,6 @@ def pooling_type_of(value: int | str | None, metadata: Mapping[str, Any]) -> int
         value = int(metadata.get(f"{arch}.pooling_type", LLAMA_POOLING_TYPE_NONE))
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4:
         raise ValueError(f"pooling_type must be -1..4 or a name (got {value!r})")
-    if value == LLAMA_POOLING_TYPE_RANK:
-        raise ValueError("pooling_type rank (a reranker's score) is not supported")
     return value
 
 
@@ -58,8 +56,12 @@ class EmbeddingMethods:
 
     def pooling_type(self) -> int:
         """How ``embed`` pools a text's token embeddings (``LLAMA_POOLING_TYPE_*``): the argument, or
-        the model's own. ValueError for a reranker's (rank), which is not supported."""
-        return pooling_type_of(self._pooling_arg, self._metadata)
+        the model's own. Rank (a reranker's scores) needs a classification head: ValueError without."""
+        pooling = pooling_type_of(self._pooling_arg, self._metadata)
+        if pooling == LLAMA_POOLING_TYPE_RANK and not self._engine().config["n_cls_out"]:
+            raise ValueError("pooling_type rank needs a reranker: this model has no classification head "
+                             "(cls.output.weight)")
+        return pooling
 
     def embed_limit(self) -> int:
         """The most tokens of one text ``embed`` reads: a sequence slot's context; an encoder (no
@@ -90,9 +92,10 @@ class EmbeddingMethods:
             raise ValueError(f"Requested tokens ({len(toks)}) exceed {why} of {limit}")
         return toks
 
-    def _encode_texts(self, token_lists: list[list[int]]) -> list[np.ndarray]:
+    def _encode_texts(self, token_lists: list[list[int]], classify: bool = False) -> list[np.ndarray]:
         """An encoder's token embeddings of each text, the texts packed into batches of up to n_batch
-        tokens (each its own sequence, as llama-cpp-python's ``embed`` packs them)."""
+        tokens (each its own sequence, as llama-cpp-python's ``embed`` packs them); with classify, a
+        reranker's scores of each text instead, (1, n_cls_out)."""
         out: list[np.ndarray] = []
         i = 0
         while i < len(token_lists):
@@ -103,10 +106,42 @@ class EmbeddingMethods:
             toks = np.concatenate([np.asarray(t, dtype=np.int32) for t in group])
             pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in group])
             slot = np.concatenate([np.full(len(t), j, dtype=np.int32) for j, t in enumerate(group)])
-            rows = self._engine().decode(toks, pos, slot, None, None, True)
-            out += np.split(rows, np.cumsum([len(t) for t in group])[:-1])
+            if classify:  # each text's first token
+                want = (pos == 0).astype(np.uint8)
+                rows = self._engine().decode(toks, pos, slot, want, None, True, True)
+                out += [rows[j: j + 1] for j in range(len(group))]
+            else:
+                rows = self._engine().decode(toks, pos, slot, None, None, True)
+                out += np.split(rows, np.cumsum([len(t) for t in group])[:-1])
             i += len(group)
         return out
+
+    def rerank_tokens(self, query: str, document: str) -> list[int]:
+        """A (query, document) pair's tokens as llama-server's format_prompt_rerank builds them: the
+        model's "rerank" chat template with {query} and {document} put in, else [BOS] query [EOS]
+        [SEP] document [EOS], each special token where the vocabulary adds it (EOS: SEP without)."""
+        template = self._metadata.get("tokenizer.chat_template.rerank")
+        tok = self.tokenizer
+        if isinstance(template, str):
+            prompt = template.replace("{query}", query).replace("{document}", document)
+            return tok.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        q = tok.tokenize(query.encode("utf-8"), add_bos=False)
+        d = tok.tokenize(document.encode("utf-8"), add_bos=False)
+        eos = tok.eos_id if tok.eos_id is not None else tok.sep_id
+        bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+        end = [eos] if tok.add_eos and eos is not None else []
+        sep = [tok.sep_id] if tok.add_sep and tok.sep_id is not None else []
+        return bos + q + end + sep + d + end
+
+    def rerank(self, query: str, documents: Sequence[str]) -> list[float]:
+        """A reranker's relevance score of each document for the query (the first output of its
+        classification head, as llama-server's /rerank reports it), in the documents' order."""
+        if not self._embedding:
+            raise RuntimeError("Model must be created with embedding=True to call rerank()")
+        if self.pooling_type() != LLAMA_POOLING_TYPE_RANK:
+            raise ValueError("rerank needs pooling_type rank (a reranker's default)")
+        pairs = [self.rerank_tokens(query, d) for d in documents]
+        return [float(r[0, 0]) for r in self._encode_texts(pairs, classify=True)]
 
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """The final hidden state (after the output norm) at every position of ``tokens`` read from
@@ -143,6 +178,10 @@ class EmbeddingMethods:
                 toks = toks[:limit]
             token_lists.append(toks)
         total = sum(len(t) for t in token_lists)
+        if pooling == LLAMA_POOLING_TYPE_RANK:  # each text's scores, not normalized (as llama.cpp)
+            scores = [r[0].tolist() for r in self._encode_texts(token_lists, classify=True)]
+            result = scores[0] if isinstance(input, str) else scores
+            return (result, total) if return_count else result
         if self._engine().config["encoder"]:
             rows = self._encode_texts(token_lists)
         else:

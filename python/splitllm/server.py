@@ -35,9 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="require 'Authorization: Bearer KEY' on all but /health (default: $SPLITLLM_API_KEY)")
     p.add_argument("--model-alias", "-a", default=None,
                    help="model name clients use (default: the file name without .gguf)")
-    p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last"],
+    p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last", "rank"],
                    help="how /v1/embeddings pools a text's token vectors (default: the model's; none "
-                   "without one)")
+                   "without one); rank: a reranker's scores, for /v1/rerank")
+    p.add_argument("--reranking", "--rerank", dest="pooling", action="store_const", const="rank",
+                   help="serve a reranker on /v1/rerank (llama-server's flag; --pooling rank)")
     p.add_argument("--chat-template-kwargs", type=json_object, default=None, metavar="JSON",
                    help='chat template variables for every request, e.g. \'{"enable_thinking": false}\'')
     p.add_argument("--reasoning-format", default="deepseek", choices=["none", "deepseek"],

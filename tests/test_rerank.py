@@ -1,0 +1,133 @@
+"""Rerankers (cross-encoders: BERT / XLM-R with a classification head, GGUF pooling type rank):
+the engine's scores against a float64 re-implementation of transformers' classification head and
+against llama.cpp on the same files; Model.rerank's pair input as llama-server's
+format_prompt_rerank builds it; the server's /v1/rerank (llama-server's and TEI's shapes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import httpx
+import numpy as np
+import pytest
+import splitllm._core as core
+from lcpp import llama_cpp_embeddings
+from splitllm import Model
+from splitllm.api import create_app
+from splitllm.engine import BatchEngine
+from splitllm.server import BackgroundServer
+from tiny_bert import BertConfig, make_weights, reference_scores, write_gguf
+
+RANK = 4
+HEAD = BertConfig(n_cls_out=1, pooling=RANK, seed=7)  # dense + tanh, then one output
+WIDE_HEAD = BertConfig(n_cls_out=3, cls_dense=False, pooling=RANK, seed=8)  # one projection, 3 labels
+PAIRS = [[2, 10, 11, 12, 3, 5, 6, 30, 40], [2, 7, 8, 3, 9], [2, 44, 45, 46, 3, 47, 48, 49, 50, 51, 99]]
+
+
+def tiny(tmp_path, cfg: BertConfig, **kw) -> tuple[str, dict[str, np.ndarray]]:
+    path = tmp_path / f"rerank-{cfg.seed}-{kw.get('weight_type', 'F32')}.gguf"
+    return str(path), write_gguf(cfg, make_weights(cfg), path, **kw)
+
+
+def scores(path: str, texts: list[list[int]]) -> np.ndarray:
+    """Our engine's scores of the texts read in one batch (each text's first token classified)."""
+    m = core.Model(path, n_ctx=256, n_batch=64, n_threads=2)
+    toks = np.concatenate([np.asarray(t, np.int32) for t in texts])
+    pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in texts])
+    slot = np.concatenate([np.full(len(t), i, np.int32) for i, t in enumerate(texts)])
+    return m.decode(toks, pos, slot, (pos == 0).astype(np.uint8), None, True, True).astype(np.float64)
+
+
+@pytest.mark.parametrize("cfg", [HEAD, WIDE_HEAD], ids=["dense-tanh-1", "projection-3"])
+def test_scores_match_float64_and_llama_cpp(tmp_path, cfg):
+    path, held = tiny(tmp_path, cfg)
+    ours = scores(path, PAIRS)
+    assert ours.shape == (len(PAIRS), cfg.n_cls_out)
+    theirs = llama_cpp_embeddings(path, PAIRS, pooling=RANK)
+    for o, t, text in zip(ours, theirs, PAIRS, strict=True):
+        exact = reference_scores(cfg, held, text)
+        assert np.abs(o - exact).max() < 1e-5 * max(1.0, np.abs(exact).max())  # measured ~2e-7
+        assert np.abs(o - t[: cfg.n_cls_out]).max() < 3e-3  # llama.cpp's GELU table (measured 1.1e-3)
+
+
+def test_quantized_head_like_llama_cpp(tmp_path):
+    cfg = replace(HEAD, n_embd=256, n_ff=512, seed=9)
+    path, held = tiny(tmp_path, cfg, weight_type="Q8_0")
+    ours = scores(path, PAIRS)[:, 0]
+    theirs = np.array([t[0] for t in llama_cpp_embeddings(path, PAIRS, pooling=RANK)])
+    exact = np.array([reference_scores(cfg, held, t)[0] for t in PAIRS])
+    assert np.abs(ours - theirs).max() < 5e-2
+    assert np.abs(ours - exact).max() <= max(1.5 * np.abs(theirs - exact).max(), 1e-4)
+
+
+def test_model_rerank_and_embed(tmp_path):
+    """Model.embed with the file's pooling (rank) gives each text's scores; Model.rerank joins the
+    query and each document as llama-server does for a vocabulary adding [CLS] and [SEP] (no EOS):
+    [CLS] query [SEP] document."""
+    path, held = tiny(tmp_path, HEAD)
+    with Model(path, embedding=True, n_ctx=64, n_batch=64, n_threads=2) as m:
+        assert m.pooling_type() == RANK
+        q, docs = "the cat sat", ["on the mat", "hello world", "a dog ran to it"]
+        ids_q = m.tokenize(q.encode(), add_bos=False)
+        pairs = [[2, *ids_q, 3, *m.tokenize(d.encode(), add_bos=False)] for d in docs]
+        assert [m.rerank_tokens(q, d) for d in docs] == pairs
+        got = m.rerank(q, docs)
+        want = [reference_scores(HEAD, held, p)[0] for p in pairs]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        emb = m.embed(["the cat", "a dog"])
+        assert len(emb) == 2 and len(emb[0]) == 1
+        assert abs(emb[0][0] - reference_scores(HEAD, held, m.tokenize(b"the cat"))[0]) < 1e-5
+    with Model(path, embedding=True, n_ctx=64, n_threads=2, pooling_type="mean") as m:
+        with pytest.raises(ValueError, match="pooling_type rank"):
+            m.rerank(q, docs)
+
+
+def test_rerank_template(tmp_path):
+    """A "rerank" chat template (Qwen3-Reranker style) is filled in and tokenized with specials."""
+    template = "[CLS]{query}[SEP]{document}"
+    path, _ = tiny(tmp_path, HEAD, metadata={"tokenizer.chat_template.rerank": template})
+    with Model(path, embedding=True, n_ctx=64, n_threads=2) as m:
+        want = m.tokenize(b"[CLS]the cat[SEP]on it", add_bos=False, special=True)
+        assert m.rerank_tokens("the cat", "on it") == want and want[0] == 2
+
+
+def test_server_rerank(tmp_path):
+    path, held = tiny(tmp_path, HEAD)
+    q, docs = "the cat sat", ["on the mat", "hello world", "a dog ran to it", "it is"]
+    with Model(path, embedding=True, n_ctx=64, n_threads=2) as m:
+        want = m.rerank(q, docs)
+    model = Model(path, n_ctx=256, n_batch=64, n_seq_max=4, n_threads=2)
+    with BatchEngine(model) as eng, BackgroundServer(create_app(eng, model_alias="rr")) as srv:
+        r = httpx.post(f"{srv.url}/v1/rerank", json={"query": q, "documents": docs, "top_n": 3}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "list" and body["model"] == "rr" and len(body["results"]) == 3
+        order = sorted(range(len(docs)), key=lambda i: -want[i])[:3]
+        assert [x["index"] for x in body["results"]] == order
+        for x in body["results"]:
+            assert abs(x["relevance_score"] - want[x["index"]]) < 1e-5
+        assert body["usage"]["prompt_tokens"] == sum(len(model.rerank_tokens(q, d)) for d in docs)
+        tei_body = {"query": q, "texts": docs, "return_text": True}
+        tei = httpx.post(f"{srv.url}/rerank", json=tei_body, timeout=60).json()  # every text, no top_n
+        everything = sorted(range(len(docs)), key=lambda i: -want[i])
+        assert [(x["index"], x["text"]) for x in tei] == [(i, docs[i]) for i in everything]
+        for bad in ({"query": q, "documents": []}, {"documents": docs}, {"query": 3, "documents": docs}):
+            assert httpx.post(f"{srv.url}/v1/rerank", json=bad, timeout=60).status_code == 400
+        r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": "hi"}, timeout=60)
+        assert r.status_code == 400 and "/v1/rerank" in r.text
+    model.close()
+
+
+def test_not_a_reranker(tmp_path):
+    path, _ = tiny(tmp_path, replace(HEAD, n_cls_out=0, pooling=1))
+    with pytest.raises(ValueError, match="no classification head"):
+        Model(path, embedding=True, n_ctx=64, n_threads=2, pooling_type="rank")
+    m = core.Model(path, n_ctx=64, n_threads=2)
+    one = np.zeros(1, np.int32)
+    with pytest.raises(core.Error, match="not a reranker"):
+        m.decode(np.array([2], np.int32), one, one, None, None, True, True)
+    model = Model(path, n_ctx=128, n_seq_max=2, n_threads=2)
+    with BatchEngine(model) as eng, BackgroundServer(create_app(eng, model_alias="emb")) as srv:
+        r = httpx.post(f"{srv.url}/v1/rerank", json={"query": "a", "documents": ["b"]}, timeout=60)
+        assert r.status_code == 400 and "not a reranker" in r.text
+    model.close()
