@@ -571,7 +571,7 @@ def test_missing_pre_tokenizer_falls_back_to_default(gpt2_metadata) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({KEY + "model": "t5"}, "'t5' is not supported"),
+    ({KEY + "model": "rwkv"}, "'rwkv' is not supported"),
     ({KEY + "model": None}, "no 'tokenizer.ggml.model'"),
     ({KEY + "tokens": None}, "no 'tokenizer.ggml.tokens'"),
     ({KEY + "tokens": ["a", "b", "a"]}, "duplicate token 'a' at ids 0 and 2"),

@@ -9,6 +9,7 @@ from typing import Any
 from splitllm.tokenizer.bpe import BpeEncoder, decode_byte_level
 from splitllm.tokenizer.errors import TokenizerError
 from splitllm.tokenizer.spm import SentencePieceEncoder, byte_token_text, merge_bytes
+from splitllm.tokenizer.ugm import UnigramEncoder
 from splitllm.tokenizer.vocab import TokenAttr, Vocab, load_vocab
 from splitllm.tokenizer.wpm import WordPieceEncoder
 
@@ -28,6 +29,7 @@ class Tokenizer:
 
     WordPiece vocabularies (``bert``) render "▁" as a space, as SPM does: "▁hello" "world" is
     " helloworld", and ``detokenize`` drops the space in front after [CLS] (the BOS token).
+    Unigram vocabularies (``t5``) render their tokens as SPM does too.
     """
 
     def __init__(self, vocab: Vocab) -> None:
@@ -39,7 +41,13 @@ class Tokenizer:
         self._spm_bytes: dict[bytes, int] | None = None
         self._byte_token: dict[int, int] = {}
         self._wpm: WordPieceEncoder | None = None
-        if vocab.model == "bert":
+        self._ugm: UnigramEncoder | None = None
+        if vocab.model == "t5":
+            self._ugm = UnigramEncoder(vocab.tokens, vocab.scores, vocab.type_attrs, vocab.attrs,
+                                       vocab.special["unk"], vocab.precompiled_charsmap,
+                                       add_space_prefix=vocab.add_space_prefix,
+                                       remove_extra_whitespaces=vocab.remove_extra_whitespaces)
+        elif vocab.model == "bert":
             self._wpm = WordPieceEncoder(vocab.token_to_id, vocab.special["unk"], lowercase=vocab.lowercase,
                                          strip_accents=vocab.strip_accents)
         elif vocab.pre is not None:
@@ -72,9 +80,11 @@ class Tokenizer:
 
     @property
     def vocab_type(self) -> str:
-        """"spm" (tokenizer.ggml.model = llama), "bpe" (gpt2) or "wpm" (bert)."""
+        """"spm" (tokenizer.ggml.model = llama), "bpe" (gpt2), "wpm" (bert) or "ugm" (t5)."""
         if self._wpm is not None:
             return "wpm"
+        if self._ugm is not None:
+            return "ugm"
         return "spm" if self.vocab.pre is None else "bpe"
 
     @property
@@ -156,7 +166,8 @@ class Tokenizer:
         ``add_bos`` adds BOS (and EOS) only where the vocabulary asks for them; ``special`` parses
         control tokens such as "<|im_start|>" in the text (user-defined tokens always are).
         WordPiece vocabularies get [CLS] (BOS) in front and [SEP] at the end whenever ``add_bos``,
-        whatever their add_bos/add_eos/add_sep flags say, as in llama.cpp.
+        whatever their add_bos/add_eos/add_sep flags say, as in llama.cpp. Unigram vocabularies
+        normalize each piece of text between special tokens on its own (space prefix included).
         """
         raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         if self._wpm is not None:
@@ -172,6 +183,8 @@ class Tokenizer:
                 prev_special = True
             elif self._bpe is not None:
                 out += self._bpe.encode(fragment)
+            elif self._ugm is not None:
+                out += self._ugm.encode(fragment)
             else:
                 if v.add_space_prefix and prev_special:
                     fragment = b" " + fragment

@@ -3,8 +3,8 @@
 Everything here follows ``llama_vocab::impl::load`` in llama.cpp's ``src/llama-vocab.cpp``: the
 per-token attributes (from ``tokenizer.ggml.token_type`` plus the fix-ups llama.cpp applies by
 token text), the special token ids with their defaults, the add-BOS/EOS/SEP flags, the WordPiece
-normalizer options and the set of end-of-generation tokens. The tokenizers proper (SPM, BPE, WPM)
-are built on top of this.
+normalizer options, the unigram (UGM) normalization data and the set of end-of-generation tokens. The
+tokenizers proper (SPM, BPE, WPM, UGM) are built on top of this.
 """
 
 from __future__ import annotations
@@ -79,16 +79,17 @@ _EOG_TEXTS = frozenset((
 # gpt-oss: always rendered, never treated as control.
 _FORCE_USER_DEFINED = frozenset(("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"))
 
-SUPPORTED_MODELS = ("llama", "gpt2", "bert")
+SUPPORTED_MODELS = ("llama", "gpt2", "bert", "t5")
 
 
 @dataclass
 class Vocab:
     """Token texts, scores and attributes, and the special-token configuration."""
 
-    model: str                       # "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece)
+    model: str                       # "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece),
+                                     # "t5" (SentencePiece unigram)
     tokens: list[str]                # (n_vocab,) token text as stored in the GGUF
-    scores: list[float]              # (n_vocab,) SentencePiece merge scores (0 when absent)
+    scores: list[float]              # (n_vocab,) SentencePiece scores: merge priority or unigram log-prob
     attrs: list[int]                 # (n_vocab,) TokenAttr bits
     token_to_id: dict[str, int]
     merges: list[tuple[str, str]]    # BPE merges in rank order (empty for SPM)
@@ -101,6 +102,9 @@ class Vocab:
     clean_spaces: bool = False
     lowercase: bool = False          # WordPiece normalizer (tokenizer.ggml.normalizer.*)
     strip_accents: bool = False
+    remove_extra_whitespaces: bool = False  # unigram: one "▁" per run of spaces, none at the ends
+    precompiled_charsmap: bytes = b""  # unigram: SentencePiece's normalization rules (empty: none)
+    type_attrs: list[int] = field(default_factory=list)  # (n_vocab,) from token_type alone, before fix-ups
     eog_ids: frozenset[int] = frozenset()
     special_cache: list[int] = field(default_factory=list)  # partitioned before tokenizing, longest first
 
@@ -242,10 +246,32 @@ def _strip_attributes(vocab: Vocab, md: Mapping[str, Any]) -> None:
         attrs[t2id["[MASK]"]] |= lstrip
 
 
+def _read_charsmap(md: Mapping[str, Any]) -> bytes:
+    """tokenizer.ggml.precompiled_charsmap (a UINT8 or INT8 array), checked as llama.cpp checks it."""
+    key = KEY + "precompiled_charsmap"
+    value = md.get(key)
+    if value is None:
+        return b""
+    if isinstance(value, bytes | bytearray):
+        blob = bytes(value)
+    elif isinstance(value, Sequence) and not isinstance(value, str) and all(
+            isinstance(v, int) and not isinstance(v, bool) and -128 <= v <= 255 for v in value):
+        blob = bytes([v & 0xFF for v in value])
+    else:
+        raise TokenizerError(f"GGUF metadata '{key}' must be an array of bytes")
+    if len(blob) < 4:
+        raise TokenizerError(f"GGUF metadata '{key}' is too small for its header ({len(blob)} bytes)")
+    if int.from_bytes(blob[:4], "little") + 4 >= len(blob):
+        raise TokenizerError(f"GGUF metadata '{key}': its double array runs past its {len(blob)} bytes")
+    return blob
+
+
 def _flags(md: Mapping[str, Any], model: str, pre: PreTokenizer | None) -> dict[str, bool]:
     if model == "bert":
         flags = {"add_bos": True, "add_eos": False, "add_sep": True, "add_space_prefix": False,
                  "clean_spaces": True}
+    elif model == "t5":  # T5 ends every text with EOS; XLM-R vocabularies set add_bos_token too
+        flags = {"add_bos": False, "add_eos": True, "add_space_prefix": False, "clean_spaces": False}
     elif pre is None:  # SentencePiece
         flags = {"add_bos": True, "add_eos": False, "add_space_prefix": True, "clean_spaces": False}
     else:
@@ -258,6 +284,7 @@ def _flags(md: Mapping[str, Any], model: str, pre: PreTokenizer | None) -> dict[
     # BertNormalizer options: lowercase by default, strip_accents as lowercase unless named
     flags["lowercase"] = _get(md, KEY + "normalizer.lowercase", bool, True)
     flags["strip_accents"] = _get(md, KEY + "normalizer.strip_accents", bool, flags["lowercase"])
+    flags["remove_extra_whitespaces"] = _get(md, KEY + "remove_extra_whitespaces", bool, False)
     return flags
 
 
@@ -278,9 +305,13 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
 
     pre: PreTokenizer | None = None
     merges: list[tuple[str, str]] = []
+    charsmap = b""
     special: dict[str, int | None] = {k: None for k, _ in _SPECIAL_KEYS}
     if model == "llama":
         special.update(bos=1, eos=2, unk=0)
+    elif model == "t5":
+        special.update(eos=1, unk=2, pad=0)
+        charsmap = _read_charsmap(md)
     elif model == "bert":
         special.update(bos=101, unk=100, sep=102, pad=0, mask=103)
         byte = int(TokenAttr.BYTE)
@@ -298,7 +329,8 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
         special.update(bos=None if pre.no_bos else 11, eos=11)
     flags = _flags(md, model, pre)
     vocab = Vocab(model=model, tokens=tokens, scores=[float(s) for s in scores], attrs=attrs,
-                  token_to_id=token_to_id, merges=merges, pre=pre, special=special, **flags)
+                  token_to_id=token_to_id, merges=merges, pre=pre, special=special,
+                  precompiled_charsmap=charsmap, type_attrs=list(attrs), **flags)
     _read_special_ids(md, special, n)
     for flag, name in (("add_bos", "bos"), ("add_eos", "eos")):
         # WPM ignores the flags: its tokenize asks for [CLS] and [SEP] itself
