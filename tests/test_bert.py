@@ -296,3 +296,27 @@ def test_server_embeddings_and_refusals(converted):
         r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": SENTENCES[1]}, timeout=60)
         assert r.status_code == 200  # still serving
     model.close()
+
+
+@pytest.mark.parametrize("family", ["xlm-roberta", "nomic-bert"])
+def test_model_embed_of_other_families(tmp_path, family):
+    """Files from convert-hf of XLM-R (bge-m3 style: the t5/UGM vocabulary) and Nomic BERT through
+    Model.embed, texts and all, against llama-cpp-python's Llama.embed on the same file."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if family == "xlm-roberta":
+        F.tiny_xlmr(tmp_path / "hf", pooling="mean", seed=3)
+    else:
+        F.tiny_nomic(tmp_path / "hf", pooling="mean", seed=4)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    theirs = llama_cpp.Llama(str(out), embedding=True, n_ctx=96, n_batch=96, n_ubatch=96, n_threads=2,
+                             verbose=False)
+    try:
+        want = np.array(theirs.embed(SENTENCES, normalize=True))
+        ids = [theirs.tokenize(s.encode()) for s in SENTENCES]
+    finally:
+        theirs.close()
+    with Model(str(out), embedding=True, n_ctx=96, n_batch=96, n_threads=2) as m:
+        assert [m.tokenize(s.encode()) for s in SENTENCES] == ids
+        got = np.array(m.embed(SENTENCES, normalize=True))
+    assert np.abs(got - want).max() < 3e-3  # (XLM-R: llama.cpp's GELU table)
