@@ -125,3 +125,26 @@ def test_usage_errors_exit_2(models: dict[str, Path], tmp_path: Path, args: list
     assert first.startswith("splitllm-bench: error:") and message in first, p.stderr
     if "{missing}" in args or "{text}" in args:
         assert str(paths["missing" if "{missing}" in args else "text"]) in first  # names the file
+
+
+def test_embeddings(models: dict[str, Path], tmp_path: Path) -> None:
+    """-embd 1 times the hidden states (llama-bench's option); an encoder (bert) always gives them:
+    its pp tests run, each batch one text, and its tg and depth tests are skipped with a warning."""
+    p = run_bench("-m", models["F32"], "-t", "1", "-p", "16", "-n", "4", "-embd", "0,1", "-r", "1",
+                  "-o", "json")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert [r["test"] for r in json.loads(p.stdout)] == ["pp16", "tg4", "pp16 (embd)", "tg4 (embd)"]
+    from tiny_bert import BertConfig
+    from tiny_bert import make_weights as bert_weights
+    from tiny_bert import write_gguf as write_bert
+
+    cfg = BertConfig(n_ctx_train=64)
+    write_bert(cfg, bert_weights(cfg), tmp_path / "bert.gguf")
+    p = run_bench("-m", tmp_path / "bert.gguf", "-t", "1", "-p", "48", "-b", "16", "-n", "4", "-d", "0,8",
+                  "-r", "1", "-o", "json")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["test"] for r in rows] == ["pp48 (embd)"] and float(rows[0]["avg_ts"]) > 0
+    assert "an encoder has no tg or depth tests" in p.stderr
+    p = run_bench("-m", models["F32"], "-embd", "2")
+    assert p.returncode == 2 and "option -embd" in p.stderr

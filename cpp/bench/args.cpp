@@ -66,6 +66,8 @@ void print_usage(const char * prog) {
                  "  -b, --batch-size N        tokens per forward pass in pp (default 512)\n"
                  "  -ctk, --cache-type-k T    f16, q8_0, q4_0 (default f16)\n"
                  "  -ctv, --cache-type-v T    f16, q8_0, q4_0 (default f16)\n"
+                 "  -embd, --embeddings 0|1   embeddings instead of logits (default 0; an encoder: always,\n"
+                 "                            each pp batch one text, no tg or depth)\n"
                  "  -r, --repetitions N       timed runs per test (default 5), after one warm-up run\n"
                  "  -o, --output FMT          md, json or csv (default md)\n"
                  "  --progress                print progress to stderr\n"
@@ -76,7 +78,7 @@ void print_usage(const char * prog) {
 Args parse_args(int argc, char ** argv) {
     Args a;
     bool n_prompt_set = false, n_gen_set = false, depth_set = false, ngl_set = false, batch_set = false,
-         ctk_set = false, ctv_set = false;
+         ctk_set = false, ctv_set = false, embd_set = false;
     // A repeated option appends; the first use replaces the default.
     auto add_ints = [](std::vector<int> & dst, bool & set, const std::vector<int> & v) {
         if (!set) dst.clear();
@@ -119,6 +121,8 @@ Args parse_args(int argc, char ** argv) {
             add_strs(a.type_k, ctk_set, kv_type_list(opt, val));
         } else if (opt == "-ctv" || opt == "--cache-type-v") {
             add_strs(a.type_v, ctv_set, kv_type_list(opt, val));
+        } else if (opt == "-embd" || opt == "--embeddings") {
+            add_ints(a.embeddings, embd_set, int_list(opt, val, 0, 1));
         } else if (opt == "-r" || opt == "--repetitions") {
             a.reps = to_int(opt, val, 1, 100000);
         } else if (opt == "-o" || opt == "--output") {

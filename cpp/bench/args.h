@@ -17,6 +17,7 @@ struct Args {
     std::vector<int> n_batch = {512};
     std::vector<std::string> type_k = {"f16"};
     std::vector<std::string> type_v = {"f16"};
+    std::vector<int> embeddings = {0};  // 1: the final hidden states instead of logits (llama-bench's -embd)
     int reps = 5;
     std::string output = "md";          // md, json, csv
     bool progress = false;

@@ -55,26 +55,28 @@ double now_s() {
 }
 
 // Evaluates n random tokens at positions [start, start + n) in batches of n_batch
-// (logits for the last token of each batch only, as in prompt processing).
-void run_prompt(Model & m, std::mt19937 & rng, int start, int n, int n_batch, std::vector<float> & logits) {
+// (logits, or with embd the hidden states, for the last token of each batch only, as in prompt
+// processing). An encoder reads each batch as a text of its own, from position 0.
+void run_prompt(Model & m, std::mt19937 & rng, int start, int n, int n_batch, bool embd, std::vector<float> & logits) {
     std::uniform_int_distribution<int32_t> tok(0, m.n_vocab() - 1);
     std::vector<int32_t> tokens(n_batch), pos(n_batch), slot(n_batch, 0);
     std::vector<uint8_t> want(n_batch, 0);
+    const bool encoder = m.config().encoder;
     for (int i0 = 0; i0 < n; i0 += n_batch) {
         const int b = std::min(n_batch, n - i0);
-        for (int i = 0; i < b; ++i) tokens[i] = tok(rng), pos[i] = start + i0 + i, want[i] = 0;
+        for (int i = 0; i < b; ++i) tokens[i] = tok(rng), pos[i] = (encoder ? 0 : start + i0) + i, want[i] = 0;
         want[b - 1] = 1;
-        m.decode(tokens.data(), pos.data(), slot.data(), want.data(), b, logits.data());
+        m.decode(tokens.data(), pos.data(), slot.data(), want.data(), b, logits.data(), embd);
     }
 }
 
 // Generates n tokens one at a time at positions [start, start + n).
-void run_gen(Model & m, std::mt19937 & rng, int start, int n, std::vector<float> & logits) {
+void run_gen(Model & m, std::mt19937 & rng, int start, int n, bool embd, std::vector<float> & logits) {
     std::uniform_int_distribution<int32_t> tok(0, m.n_vocab() - 1);
     int32_t token = tok(rng), slot = 0;
     for (int i = 0; i < n; ++i) {
         const int32_t pos = start + i;
-        m.decode(&token, &pos, &slot, nullptr, 1, logits.data());
+        m.decode(&token, &pos, &slot, nullptr, 1, logits.data(), embd);
         token = tok(rng);
     }
 }
@@ -83,15 +85,15 @@ struct Test {
     int n_prompt = 0, n_gen = 0, depth = 0;
 };
 
-Row run_test(Model & m, const Args & a, int n_batch, const Test & t, std::vector<float> & logits) {
+Row run_test(Model & m, const Args & a, int n_batch, bool embd, const Test & t, std::vector<float> & logits) {
     std::mt19937 rng(a.seed);
     auto once = [&](bool warmup) {
-        if (t.depth > 0) run_prompt(m, rng, 0, t.depth, n_batch, logits);
+        if (t.depth > 0) run_prompt(m, rng, 0, t.depth, n_batch, embd, logits);
         const double t0 = now_s();
         if (t.n_prompt > 0) run_prompt(m, rng, t.depth, warmup ? std::min(t.n_prompt, n_batch) : t.n_prompt, n_batch,
-                                       logits);
+                                       embd, logits);
         else
-            run_gen(m, rng, t.depth, warmup ? 1 : t.n_gen, logits);
+            run_gen(m, rng, t.depth, warmup ? 1 : t.n_gen, embd, logits);
         return now_s() - t0;
     };
     once(true);
@@ -100,6 +102,7 @@ Row run_test(Model & m, const Args & a, int n_batch, const Test & t, std::vector
     for (int i = 0; i < a.reps; ++i) r.samples_ts.push_back(n / once(false));
     r.test = (t.n_prompt > 0 ? "pp" + std::to_string(t.n_prompt) : "tg" + std::to_string(t.n_gen));
     if (t.depth > 0) r.test += " @ d" + std::to_string(t.depth);
+    if (embd) r.test += " (embd)";
     r.n_prompt = t.n_prompt;
     r.n_gen = t.n_gen;
     r.depth = t.depth;
@@ -128,7 +131,8 @@ int run(const Args & a) {
             for (int ngl : a.n_gpu_layers)
                 for (int n_batch : a.n_batch)
                     for (const std::string & ctk : a.type_k)
-                        for (const std::string & ctv : a.type_v) {
+                        for (const std::string & ctv : a.type_v)
+                            for (int embd_arg : a.embeddings) {
                             ModelParams p;
                             p.n_ctx = n_ctx;
                             p.n_batch = n_batch;
@@ -142,13 +146,21 @@ int run(const Args & a) {
                             std::string backend = "CPU";
                             for (const Placement & pl : m.placement())
                                 if (pl.device != "CPU") backend = "CUDA";
-                            std::vector<float> logits(size_t(m.n_vocab()));
+                            // An encoder gives embeddings only: its pp tests run, its tg and depth tests
+                            // (which need a cache) are skipped with a warning.
+                            const bool encoder = m.config().encoder, embd = encoder || embd_arg != 0;
+                            std::vector<float> logits(size_t(std::max(m.n_vocab(), m.n_embd())));
                             for (const Test & t : tests) {
+                                if (encoder && (t.n_gen > 0 || t.depth > 0)) {
+                                    const std::string w = info.path + ": an encoder has no tg or depth tests";
+                                    if (warned.insert(w).second) std::fprintf(stderr, "warning: %s\n", w.c_str());
+                                    continue;
+                                }
                                 if (a.progress)
                                     std::fprintf(stderr, "splitllm-bench: %s t=%d ngl=%d %s%d d%d\n",
                                                  info.path.c_str(), threads, ngl, t.n_prompt ? "pp" : "tg",
                                                  t.n_prompt ? t.n_prompt : t.n_gen, t.depth);
-                                Row r = run_test(m, a, n_batch, t, logits);
+                                Row r = run_test(m, a, n_batch, embd, t, logits);
                                 r.model = info.desc;
                                 r.model_path = info.path;
                                 r.size = info.size;
