@@ -1228,3 +1228,241 @@ def xlmr_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.nd
     positions = np.cumsum(mask) * mask + pad
     name = "embeddings.position_embeddings.weight"
     return bert_hidden_states(cfg, {**w, name: w[name][positions]}, ids)
+
+
+# -- SmolLM3, Granite 3 and OLMo 2 ------------------------------------------------------------------
+
+VARIANT_ARCHS = {"smollm3": "SmolLM3ForCausalLM", "granite": "GraniteForCausalLM",
+                 "olmo2": "Olmo2ForCausalLM"}  # fmt: skip
+VARIANT_PRE = {"smollm3": "llama-bpe", "granite": "smollm", "olmo2": "llama-bpe"}  # as the real tokenizers
+
+
+def variant_config(arch: str, **over: Any) -> dict[str, Any]:
+    """config.json of a small SmolLM3 / Granite / OLMo 2 model (``arch``: smollm3, granite, olmo2),
+    with the keys transformers' SmolLM3Config / GraniteConfig / Olmo2Config save."""
+    cfg = tiny_config("llama", architectures=[VARIANT_ARCHS[arch]], model_type=arch, attention_bias=False)
+    if arch == "smollm3":  # layers 3 and 7 unrotated, as SmolLM3-3B's config.json lists them
+        n = over.get("num_hidden_layers", 8)
+        cfg.update(num_hidden_layers=n, tie_word_embeddings=True, mlp_bias=False, use_sliding_window=False,
+                   sliding_window=None, no_rope_layer_interval=4,
+                   no_rope_layers=[int((i + 1) % 4 != 0) for i in range(n)],
+                   layer_types=["full_attention"] * n)  # fmt: skip
+    if arch == "granite":  # Granite 3's residual and logit multipliers; the embedding's and attention's
+        # fitted to these unscaled random weights, so that every branch and score counts
+        cfg.update(num_hidden_layers=3, mlp_bias=False, embedding_multiplier=0.5, residual_multiplier=0.22,
+                   attention_multiplier=0.0625, logits_scaling=8.0)  # fmt: skip
+    if arch == "olmo2":
+        cfg.update(num_hidden_layers=3, rms_norm_eps=1e-6, pad_token_id=1)
+    cfg.update(over)
+    return cfg
+
+
+def variant_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
+    """Random float32 weights in the names and shapes of ``cfg``'s model: random_weights' llama
+    layout (biases of q, k, v, o with attention_bias); OLMo 2 without input norms, with q/k norms
+    over the whole projections and a norm after the feed-forward."""
+    w = random_weights(cfg, seed=seed)
+    if cfg["architectures"] != ["Olmo2ForCausalLM"]:
+        return w
+    rng = np.random.default_rng(seed + 1)
+    e, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or e // nh
+    out: Weights = {}
+    for name, x in w.items():
+        if name.endswith("input_layernorm.weight"):
+            continue
+        out[name] = x
+        if name.endswith("self_attn.k_proj.weight"):
+            p = name.removesuffix("k_proj.weight")
+            out[p + "q_norm.weight"] = (1.0 + 0.3 * rng.standard_normal(nh * hd)).astype(np.float32)
+            out[p + "k_norm.weight"] = (1.0 + 0.3 * rng.standard_normal(nkv * hd)).astype(np.float32)
+        if name.endswith("mlp.down_proj.weight"):
+            p = name.removesuffix("mlp.down_proj.weight")
+            norm = (1.0 + 0.2 * rng.standard_normal(e)).astype(np.float32)
+            out[p + "post_feedforward_layernorm.weight"] = norm
+    return out
+
+
+def tiny_variant(
+    d: Path,
+    arch: str,
+    *,
+    dtype: str = "f32",
+    shards: int = 1,
+    seed: int = 0,
+    drop: tuple[str, ...] = (),
+    **cfg_over: Any,
+) -> tuple[dict[str, Any], Weights]:
+    """A random SmolLM3 / Granite / OLMo 2 directory in ``d`` with a byte-level BPE tokenizer.json
+    (its pre-tokenizer as the real model's); returns (config.json as written, stored weights as
+    float32). ``drop``: config keys left out of config.json (left to transformers' defaults; the
+    weights are those of the full config)."""
+    d.mkdir(parents=True, exist_ok=True)
+    n_tok = write_bpe_tokenizer(d, pre=VARIANT_PRE[arch])
+    cfg = variant_config(arch, vocab_size=n_tok, **cfg_over)
+    written = {k: v for k, v in cfg.items() if k not in drop}
+    _write_json(d / "config.json", written)
+    return written, save_weights(d, variant_weights(cfg, seed=seed), dtype=dtype, shards=shards)
+
+
+def variant_rotated_layers(cfg: dict[str, Any]) -> list[bool]:
+    """The layers transformers rotates: SmolLM3's no_rope_layers (or every no_rope_layer_interval-th
+    left out), every layer for the others."""
+    n = cfg["num_hidden_layers"]
+    if cfg["architectures"] != ["SmolLM3ForCausalLM"]:
+        return [True] * n
+    if cfg.get("no_rope_layers") is not None:
+        return [bool(v) for v in cfg["no_rope_layers"][:n]]
+    step = cfg.get("no_rope_layer_interval", 4)
+    return [(i + 1) % step != 0 for i in range(n)]
+
+
+def variant_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
+    """Logits (T, vocab) in float64 of transformers' SmolLM3ForCausalLM (llama with q/k unrotated
+    on the layers variant_rotated_layers leaves out), GraniteForCausalLM (embeddings times
+    embedding_multiplier, scores times attention_multiplier instead of head_dim**-0.5, attention
+    and feed-forward outputs times residual_multiplier, logits divided by logits_scaling) or
+    Olmo2ForCausalLM (no input norms; q and k RMS-normed over the whole projections before the
+    rotation; RMSNorm of the attention and feed-forward outputs before their residual add)."""
+    g = {k: v.astype(np.float64) for k, v in w.items()}
+    arch = cfg["architectures"][0]
+    granite, olmo2 = arch == "GraniteForCausalLM", arch == "Olmo2ForCausalLM"
+    nh, nkv, e = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+    hd = e // nh if granite else cfg.get("head_dim") or e // nh
+    eps, t = cfg["rms_norm_eps"], len(ids)
+    inv, pos = rope_inv_freq(cfg, hd), np.arange(t, dtype=np.float64)
+    mask = np.triu(np.full((t, t), -np.inf), 1)
+    residual = cfg["residual_multiplier"] if granite else 1.0
+    scale = cfg["attention_multiplier"] if granite else hd**-0.5
+    x = g["model.embed_tokens.weight"][ids] * (cfg["embedding_multiplier"] if granite else 1.0)
+    for i, rotated in enumerate(variant_rotated_layers(cfg)):
+        p = f"model.layers.{i}."
+        h = x if olmo2 else _rms(x, g[p + "input_layernorm.weight"], eps)
+        q, k, v = (
+            h @ g[p + f"self_attn.{n}_proj.weight"].T + g.get(p + f"self_attn.{n}_proj.bias", 0.0)
+            for n in "qkv"
+        )
+        if olmo2:
+            q = _rms(q, g[p + "self_attn.q_norm.weight"], eps)
+            k = _rms(k, g[p + "self_attn.k_norm.weight"], eps)
+        q, k = q.reshape(t, nh, hd).transpose(1, 0, 2), k.reshape(t, nkv, hd).transpose(1, 0, 2)
+        v = v.reshape(t, nkv, hd).transpose(1, 0, 2)
+        if rotated:
+            q, k = _rope(q, pos, inv), _rope(k, pos, inv)
+        k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
+        s = q @ k.transpose(0, 2, 1) * scale + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(t, nh * hd)
+        a = a @ g[p + "self_attn.o_proj.weight"].T + g.get(p + "self_attn.o_proj.bias", 0.0)
+        if olmo2:
+            a = _rms(a, g[p + "post_attention_layernorm.weight"], eps)
+        x = x + a * residual
+        h = x if olmo2 else _rms(x, g[p + "post_attention_layernorm.weight"], eps)
+        gate = h @ g[p + "mlp.gate_proj.weight"].T
+        f = gate / (1 + np.exp(-gate)) * (h @ g[p + "mlp.up_proj.weight"].T)
+        f = f @ g[p + "mlp.down_proj.weight"].T
+        if olmo2:
+            f = _rms(f, g[p + "post_feedforward_layernorm.weight"], eps)
+        x = x + f * residual
+    x = _rms(x, g["model.norm.weight"], eps)
+    logits = x @ g.get("lm_head.weight", g["model.embed_tokens.weight"]).T
+    return logits / cfg["logits_scaling"] if granite else logits
+
+
+# -- cross-encoder rerankers (BertForSequenceClassification, XLMRobertaForSequenceClassification) -
+
+
+def classifier_config(cfg: dict[str, Any], arch: str, labels: list[str] | None) -> dict[str, Any]:
+    """``cfg`` as transformers saves a sequence classifier's config: ``arch``, id2label (string ids)
+    and label2id; ``labels`` None leaves them out (transformers then reads num_labels, else 2)."""
+    out = {**cfg, "architectures": [arch]}
+    if labels is not None:
+        out["id2label"] = {str(i): v for i, v in enumerate(labels)}
+        out["label2id"] = {v: i for i, v in enumerate(labels)}
+    return out
+
+
+def classifier_head(cfg: dict[str, Any], n_labels: int, kind: str, *, seed: int = 0) -> Weights:
+    """Random float32 head weights: ``kind`` "bert" (BertForSequenceClassification's ``classifier``
+    Linear; the pooler is BertModel's, see bert_weights) or "roberta" (RobertaClassificationHead:
+    ``classifier.dense`` and ``classifier.out_proj``)."""
+    rng = np.random.default_rng(seed + 100)
+    e = cfg["hidden_size"]
+
+    def linear(name: str, rows: int) -> Weights:
+        return {name + ".weight": (rng.standard_normal((rows, e)) / math.sqrt(e)).astype(np.float32),
+                name + ".bias": (0.2 * rng.standard_normal(rows)).astype(np.float32)}  # fmt: skip
+
+    if kind == "bert":
+        return linear("classifier", n_labels)
+    return {**linear("classifier.dense", e), **linear("classifier.out_proj", n_labels)}
+
+
+def tiny_bert_reranker(
+    d: Path,
+    labels: list[str] | None = None,
+    *,
+    n_labels: int = 1,
+    dtype: str = "f32",
+    prefix: str = "bert.",
+    seed: int = 0,
+    **kw: Any,
+) -> tuple[dict[str, Any], Weights]:
+    """A random BertForSequenceClassification directory (cross-encoder/ms-marco-MiniLM-L-6-v2's
+    layout: the encoder and its pooler under ``prefix``, ``classifier.*`` at the top level) on
+    tiny_bert's tokenizer and config (``kw``); ``labels`` (default LABEL_0 .. LABEL_{n_labels-1})
+    become id2label. Returns (config, stored weights as float32, without ``prefix``)."""
+    cfg, _ = tiny_bert(d, seed=seed, **kw)
+    labels = [f"LABEL_{i}" for i in range(n_labels)] if labels is None else labels
+    cfg = classifier_config(cfg, "BertForSequenceClassification", labels)
+    _write_json(d / "config.json", cfg)
+    w = {**bert_weights(cfg, seed=seed), **classifier_head(cfg, len(labels), "bert", seed=seed)}
+    saved = {(n if n.startswith("classifier.") else prefix + n): x for n, x in w.items()}
+    stored = save_weights(d, saved, dtype=dtype)
+    return cfg, {n.removeprefix(prefix): x for n, x in stored.items()}
+
+
+def tiny_xlmr_reranker(
+    d: Path,
+    labels: list[str] | None = None,
+    *,
+    n_labels: int = 1,
+    dtype: str = "f32",
+    prefix: str = "roberta.",
+    seed: int = 0,
+    **kw: Any,
+) -> tuple[dict[str, Any], Weights]:
+    """A random XLMRobertaForSequenceClassification directory (bge-reranker-v2-m3's layout: the
+    encoder, without a pooler, under ``prefix``; ``classifier.dense`` / ``classifier.out_proj`` at
+    the top level) on tiny_xlmr's tokenizer and config (``kw``). Returns (config, stored weights
+    as float32, without ``prefix``)."""
+    cfg, _ = tiny_xlmr(d, seed=seed, **kw)
+    labels = [f"LABEL_{i}" for i in range(n_labels)] if labels is None else labels
+    cfg = classifier_config(cfg, "XLMRobertaForSequenceClassification", labels)
+    _write_json(d / "config.json", cfg)
+    w = bert_weights(cfg, seed=seed, pooler=False)
+    w.update(classifier_head(cfg, len(labels), "roberta", seed=seed))
+    saved = {(n if n.startswith("classifier.") else prefix + n): x for n, x in w.items()}
+    stored = save_weights(d, saved, dtype=dtype)
+    return cfg, {n.removeprefix(prefix): x for n, x in stored.items()}
+
+
+def bert_rerank_scores(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
+    """transformers' BertForSequenceClassification logits (num_labels,) in float64 for one sequence,
+    in eval mode (no dropout): BertPooler (``tanh(pooler.dense(h))`` on the first token's last
+    hidden state), then ``classifier``. The encoder is bert_hidden_states: token type 0 for every
+    token, as llama.cpp feeds them (transformers' pair encoding gives the second text type 1)."""
+    g = {k: v.astype(np.float64) for k, v in w.items() if k.startswith(("pooler.", "classifier."))}
+    x = bert_hidden_states(cfg, w, ids)[0]
+    pooled = np.tanh(g["pooler.dense.weight"] @ x + g["pooler.dense.bias"])
+    return g["classifier.weight"] @ pooled + g["classifier.bias"]
+
+
+def xlmr_rerank_scores(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
+    """transformers' XLMRobertaForSequenceClassification logits (num_labels,) in float64, eval mode:
+    RobertaClassificationHead on the first token's last hidden state (xlmr_hidden_states),
+    ``out_proj(tanh(dense(h)))``."""
+    g = {k: v.astype(np.float64) for k, v in w.items() if k.startswith("classifier.")}
+    x = xlmr_hidden_states(cfg, w, ids)[0]
+    h = np.tanh(g["classifier.dense.weight"] @ x + g["classifier.dense.bias"])
+    return g["classifier.out_proj.weight"] @ h + g["classifier.out_proj.bias"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import hf_fixtures as F
 import httpx
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from splitllm import Model
 from splitllm.api import create_app
 from splitllm.engine import BatchEngine
 from splitllm.server import BackgroundServer
+from splitllm_convert import convert
 from tiny_bert import BertConfig, make_weights, reference_scores, write_gguf
 
 RANK = 4
@@ -131,3 +133,30 @@ def test_not_a_reranker(tmp_path):
         r = httpx.post(f"{srv.url}/v1/rerank", json={"query": "a", "documents": ["b"]}, timeout=60)
         assert r.status_code == 400 and "not a reranker" in r.text
     model.close()
+
+
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_converted_rerankers(tmp_path, family):
+    """BertForSequenceClassification / XLMRobertaForSequenceClassification from convert-hf:
+    Model.rerank's pairs equal the Hugging Face tokenizer's pair encoding, and its scores the float64
+    transformers head on them (token type 0 throughout, as llama.cpp feeds them)."""
+    from tokenizers import Tokenizer
+
+    d = tmp_path / "hf"
+    if family == "bert":
+        cfg, w = F.tiny_bert_reranker(d, seed=5)
+        ref = F.bert_rerank_scores
+    else:
+        cfg, w = F.tiny_xlmr_reranker(d, seed=6)
+        ref = F.xlmr_rerank_scores
+    out = tmp_path / "rr.gguf"
+    convert(d, out, type="f32", quiet=True)
+    hf = Tokenizer.from_file(str(d / "tokenizer.json"))
+    q, docs = "the memory of a thread", ["fast small matrix", "attention rope", "a LARGE block"]
+    with Model(str(out), embedding=True, n_ctx=64, n_batch=64, n_threads=2) as m:
+        assert m.pooling_type() == RANK
+        pairs = [m.rerank_tokens(q, doc) for doc in docs]
+        assert pairs == [hf.encode(q, doc).ids for doc in docs]
+        got = m.rerank(q, docs)
+    want = [ref(cfg, w, p)[0] for p in pairs]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

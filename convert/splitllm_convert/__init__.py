@@ -12,12 +12,14 @@ Python::
 
 Input: ``config.json`` (BertModel and BertForMaskedLM (BERT embedding models, the masked-LM head left
 out; see ``bert``), Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its text
-model; the vision tower is left out), LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM,
-NomicBertModel (nomic-embed-text; see ``nomic``), Phi3ForCausalLM, Qwen2ForCausalLM,
-Qwen3ForCausalLM, Qwen3MoeForCausalLM, XLMRobertaModel (bge-m3, multilingual-e5; see ``xlmr``); see
-``registry``), weights in ``model.safetensors`` or shards with ``model.safetensors.index.json``
-(F32, F16 or BF16), and the tokenizer: ``tokenizer.model`` (SentencePiece, preferred when present,
-as llama.cpp does) or a byte-level BPE ``tokenizer.json``; for BERT and Nomic BERT a WordPiece
+model; the vision tower is left out), GraniteForCausalLM (Granite 3.x dense), LlamaForCausalLM,
+MistralForCausalLM, MixtralForCausalLM, NomicBertModel (nomic-embed-text; see ``nomic``),
+Olmo2ForCausalLM, Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM,
+SmolLM3ForCausalLM (Granite, OLMo 2 and SmolLM3: see ``llama_variants``), XLMRobertaModel (bge-m3,
+multilingual-e5; see ``xlmr``); see ``registry``), weights in ``model.safetensors`` or shards with
+``model.safetensors.index.json`` (F32, F16 or BF16), and the tokenizer: ``tokenizer.model``
+(SentencePiece, preferred when present, as llama.cpp does; OLMo 2: tokenizer.json only) or a
+byte-level BPE ``tokenizer.json``; for BERT and Nomic BERT a WordPiece
 ``tokenizer.json`` (BERT: or ``vocab.txt``), for XLM-R its unigram ``sentencepiece.bpe.model``, and
 sentence-transformers' modules.json with its Pooling config (the pooling type);
 tokenizer_config.json, generation_config.json (sampling defaults) and README.md (model card) are

@@ -104,6 +104,8 @@ class Architecture:
     default_rope_theta: ClassVar[float] = 10000.0
     default_rms_eps: ClassVar[float] = 1e-6
     extra_rope_types: ClassVar[tuple[str, ...]] = ()  # rope scaling types only this architecture has
+    # tokenizer_config.json's add_prefix_space written as tokenizer.ggml.add_space_prefix (LlamaModel's)
+    space_prefix_key: ClassVar[bool] = False
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         self.cfg = cfg
@@ -227,7 +229,7 @@ class Architecture:
     def read_vocab(self, model_dir: Path, pre: str | None) -> Vocab:
         """The tokenizer.* metadata: the SentencePiece or byte-level BPE tokenizer of ``model_dir``
         padded to vocab_size, with ``adjust_vocab``'s fix-ups."""
-        vocab = load_vocab(model_dir, self.n_vocab, pre=pre, add_prefix_space_key=self.gguf_arch == "llama")
+        vocab = load_vocab(model_dir, self.n_vocab, pre=pre, add_prefix_space_key=self.space_prefix_key)
         self.adjust_vocab(vocab)
         return vocab
 
@@ -348,6 +350,7 @@ class Llama(Architecture):
     hf_names = ("LlamaForCausalLM",)
     gguf_arch = "llama"
     rules = _llama_rules(permute=True, biases="optional")
+    space_prefix_key = True
 
     def transforms(self) -> dict[str, Callable[[Array], Array]]:
         return {

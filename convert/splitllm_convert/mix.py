@@ -191,4 +191,6 @@ def tensor_type(ft: FileType, model: ModelShape, name: str, shape: tuple[int, ..
         return Q.F32
     if not ft.is_quantized:
         return ft.default
+    if all(n == 1 for n in shape[:-1]):  # ggml_n_dims 1 (a one-label head): llama-quantize leaves it as is
+        return Q.F32
     return _fallback(_mix_rule(ft, model, name, shape[-1]), shape[-1])

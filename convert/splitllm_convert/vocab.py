@@ -360,13 +360,21 @@ def _set_id(v: Vocab, typ: str, tid: Any, n_vocab: int) -> None:
         v.special_ids[typ] = tid
 
 
-def load_vocab(model_dir: Path, n_vocab: int, *, pre: str | None, add_prefix_space_key: bool) -> Vocab:
+def load_vocab(
+    model_dir: Path, n_vocab: int, *, pre: str | None, add_prefix_space_key: bool, spm: bool = True
+) -> Vocab:
     """The tokenizer of ``model_dir`` padded to ``n_vocab`` tokens.
 
     ``add_prefix_space_key``: copy tokenizer_config.json's ``add_prefix_space`` into
     ``tokenizer.ggml.add_space_prefix`` (llama.cpp does this for the llama architecture).
+    ``spm``: read ``tokenizer.model`` when present; False: tokenizer.json only (llama.cpp's
+    converters that know only byte-level BPE).
     """
-    if (model_dir / "tokenizer.model").is_file():
+    if not spm:
+        if not (model_dir / "tokenizer.json").is_file():
+            raise ConvertError(f"{model_dir}: no tokenizer.json (byte-level BPE)")
+        v = _bpe_vocab(model_dir, n_vocab, pre)
+    elif (model_dir / "tokenizer.model").is_file():
         v = _spm_vocab(model_dir, n_vocab)
     elif (model_dir / "tokenizer.json").is_file():
         v = _bpe_vocab(model_dir, n_vocab, pre)
