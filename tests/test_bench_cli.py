@@ -128,23 +128,30 @@ def test_usage_errors_exit_2(models: dict[str, Path], tmp_path: Path, args: list
 
 
 def test_embeddings(models: dict[str, Path], tmp_path: Path) -> None:
-    """-embd 1 times the hidden states (llama-bench's option); an encoder (bert) always gives them:
-    its pp tests run, each batch one text, and its tg and depth tests are skipped with a warning."""
+    """-embd 1 times the hidden states (llama-bench's option, its own field and column); an encoder
+    (bert) always gives them: its pp tests run, each batch one text, and its tg and depth tests, and
+    texts past its positions, are skipped with a warning."""
     p = run_bench("-m", models["F32"], "-t", "1", "-p", "16", "-n", "4", "-embd", "0,1", "-r", "1",
                   "-o", "json")  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert [r["test"] for r in json.loads(p.stdout)] == ["pp16", "tg4", "pp16 (embd)", "tg4 (embd)"]
+    rows = json.loads(p.stdout)
+    assert [(r["test"], r["embeddings"]) for r in rows] == [("pp16", False), ("tg4", False), ("pp16", True),
+                                                             ("tg4", True)]
+    p = run_bench("-m", models["F32"], "-t", "1", "-p", "16", "-n", "0", "-embd", "1", "-r", "1")
+    table = [ln for ln in p.stdout.splitlines() if ln.startswith("|")]
+    assert "embd" in table[0] and table[2].split("|")[-4].strip() == "1"
     from tiny_bert import BertConfig
     from tiny_bert import make_weights as bert_weights
     from tiny_bert import write_gguf as write_bert
 
     cfg = BertConfig(n_ctx_train=64)
     write_bert(cfg, bert_weights(cfg), tmp_path / "bert.gguf")
-    p = run_bench("-m", tmp_path / "bert.gguf", "-t", "1", "-p", "48", "-b", "16", "-n", "4", "-d", "0,8",
-                  "-r", "1", "-o", "json")  # fmt: skip
+    p = run_bench("-m", tmp_path / "bert.gguf", "-t", "1", "-p", "48,100", "-b", "16,128", "-n", "4",
+                  "-d", "0,8", "-r", "1", "-o", "csv")  # fmt: skip
     assert p.returncode == 0, p.stderr
-    rows = json.loads(p.stdout)
-    assert [r["test"] for r in rows] == ["pp48 (embd)"] and float(rows[0]["avg_ts"]) > 0
-    assert "an encoder has no tg or depth tests" in p.stderr
+    rows = list(csv.DictReader(io.StringIO(p.stdout)))
+    assert [(r["test"], r["n_batch"], r["embeddings"]) for r in rows] == [
+        ("pp48", "16", "1"), ("pp100", "16", "1"), ("pp48", "128", "1")]  # pp100 in one batch: past 64
+    assert "an encoder has no tg or depth tests" in p.stderr and "pp100 with n_batch 128 skipped" in p.stderr
     p = run_bench("-m", models["F32"], "-embd", "2")
     assert p.returncode == 2 and "option -embd" in p.stderr

@@ -90,3 +90,28 @@ def test_per_token_and_separator(capsys, bert):
 def test_bad_normalization(capsys, bert):
     assert main(["embed", bert, "-p", "x", "--embd-normalize", "-2"]) == 2
     assert "--embd-normalize -2" in capsys.readouterr().err
+
+
+def test_reranker_scores_and_file_input(capsys, tmp_path):
+    """A reranker: "rerank score j" per query<TAB>document line, llama-embedding's pair input
+    ([CLS] query [SEP] document [SEP] here: its parts joined by the SEP token's text, tokenized with
+    the specials), not normalized; -f drops one trailing newline, as llama.cpp's -f."""
+    from splitllm import Model
+    from tiny_bert import BertConfig, make_weights, reference_scores, write_gguf
+
+    cfg = BertConfig(n_cls_out=1, pooling=4, seed=7)
+    path = tmp_path / "rr.gguf"
+    held = write_gguf(cfg, make_weights(cfg), path)
+    (tmp_path / "pairs.txt").write_text("the cat\ton the mat\nhello world\ta dog ran\n")
+    assert main(["embed", str(path), "-f", str(tmp_path / "pairs.txt"), "-c", "64", "-t", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(ln.startswith(f"rerank score {j}: ") for j, ln in enumerate(lines))
+    pairs = [("the cat", "on the mat"), ("hello world", "a dog ran")]
+    with Model(str(path), embedding=True, n_ctx=64, n_threads=2) as m:
+        for line, (q, d) in zip(lines, pairs, strict=True):
+            ids = [2, *m.tokenize(q.encode(), add_bos=False), 3, *m.tokenize(d.encode(), add_bos=False), 3]
+            assert float(line.split(":")[1]) == pytest.approx(reference_scores(cfg, held, ids)[0], abs=1e-3)
+    (tmp_path / "texts.txt").write_text("a short one\nthe model's café\n")
+    assert main(["embed", str(path), "-f", str(tmp_path / "texts.txt"), "--pooling", "mean", "-c", "64",
+                 "--embd-output-format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["data"]) == 2

@@ -160,3 +160,42 @@ def test_converted_rerankers(tmp_path, family):
         got = m.rerank(q, docs)
     want = [ref(cfg, w, p)[0] for p in pairs]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_head_with_narrow_attention(tmp_path):
+    """Heads narrower than the model (q_dim 8 < n_embd 64): the head's hidden layer does not fit the
+    query buffer; a full batch of one-token texts is scored as the reference scores them."""
+    cfg = replace(HEAD, n_head=2, key_length=4, seed=12)
+    path, held = tiny(tmp_path, cfg)
+    texts = [[t] for t in range(5, 69)]
+    m = core.Model(path, n_ctx=64, n_batch=64, n_threads=2)
+    n = len(texts)
+    got = m.decode(np.arange(5, 69, dtype=np.int32), np.zeros(n, np.int32), np.arange(n, dtype=np.int32),
+                   None, None, True, True)
+    want = np.array([reference_scores(cfg, held, t) for t in texts])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_odd_requests_and_decoder_rerankers(tmp_path):
+    """A body with TEI's "texts" gets TEI's answer even beside "documents" (as llama-server reads
+    it); rerank() wants a list of strings; a decoder GGUF with a classification head (a causal
+    reranker, which llama.cpp scores on its last token) is refused as such."""
+    path, _ = tiny(tmp_path, HEAD)
+    with Model(path, embedding=True, n_ctx=64, n_threads=2) as m:
+        with pytest.raises(ValueError, match="list of strings"):
+            m.rerank("q", "abc")
+    model = Model(path, n_ctx=128, n_seq_max=2, n_threads=2)
+    with BatchEngine(model) as eng, BackgroundServer(create_app(eng, model_alias="rr")) as srv:
+        r = httpx.post(f"{srv.url}/v1/rerank", json={"query": "a", "texts": ["b", "c"], "documents": ["d"]},
+                       timeout=60)
+        assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 2
+    model.close()
+    from tiny_model import TinyConfig
+    from tiny_model import make_weights as decoder_weights
+    from tiny_model import write_gguf as write_decoder
+
+    tm = decoder_weights(TinyConfig(seed=3))
+    tm.weights["cls.output.weight"] = np.zeros((1, 64))
+    write_decoder(tm, tmp_path / "qwen-rr.gguf", metadata={"llama.pooling_type": 4})
+    with pytest.raises(ValueError, match="decoder scoring its last token"):
+        Model(str(tmp_path / "qwen-rr.gguf"), embedding=True, n_ctx=64, n_threads=2, pooling_type="rank")

@@ -53,6 +53,7 @@ class BertConfig:
     eps: float = 1e-12
     pooling: int = 1  # llama.cpp's pooling type: mean
     fused_qkv: bool = False
+    key_length: int | None = None  # head size, if not n_embd / n_head (written as attention.key_length)
     n_cls_out: int = 0  # a reranker's head: cls (dense + tanh, unless cls_dense False) and cls.output
     cls_dense: bool = True
     seed: int = 0
@@ -60,7 +61,7 @@ class BertConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.key_length or self.n_embd // self.n_head
 
 
 def make_weights(cfg: BertConfig) -> dict[str, np.ndarray]:
@@ -88,7 +89,8 @@ def make_weights(cfg: BertConfig) -> dict[str, np.ndarray]:
         if cfg.cls_dense:
             w["cls.weight"], w["cls.bias"] = mat(E, E), vec(E)
         w["cls.output.weight"], w["cls.output.bias"] = mat(cfg.n_cls_out, E, 2.0), vec(cfg.n_cls_out)
-    mats = [("attn_q", E, E), ("attn_k", E, E), ("attn_v", E, E), ("attn_output", E, E), ("ffn_up", F, E),
+    Q = cfg.n_head * cfg.head_dim
+    mats = [("attn_q", Q, E), ("attn_k", Q, E), ("attn_v", Q, E), ("attn_output", E, Q), ("ffn_up", F, E),
             ("ffn_down", E, F)] + ([("ffn_gate", F, E)] if nomic else [])
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
@@ -115,6 +117,9 @@ def write_gguf(cfg: BertConfig, w: dict[str, np.ndarray], path: Path, *, weight_
     wr.add_head_count(cfg.n_head)
     wr.add_layer_norm_eps(cfg.eps)
     wr.add_causal_attention(False)
+    if cfg.key_length:
+        wr.add_key_length(cfg.key_length)
+        wr.add_value_length(cfg.key_length)
     if cfg.arch == "nomic-bert":
         wr.add_rope_freq_base(cfg.rope_base)
     wr.add_pooling_type(gguf.PoolingType(cfg.pooling))
@@ -219,7 +224,7 @@ def reference_hidden(cfg: BertConfig, w: dict[str, np.ndarray], ids: list[int], 
         s = q @ k.transpose(0, 2, 1) / math.sqrt(D)
         p = np.exp(s - s.max(axis=-1, keepdims=True))
         p /= p.sum(axis=-1, keepdims=True)
-        att = (p @ v).transpose(1, 0, 2).reshape(n, E)
+        att = (p @ v).transpose(1, 0, 2).reshape(n, H * D)
         x = _layer_norm(x + lin("attn_output", att), w[b + "attn_output_norm.weight"],
                         w[b + "attn_output_norm.bias"], cfg.eps)
         if nomic:

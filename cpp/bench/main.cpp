@@ -24,6 +24,8 @@ namespace {
 struct ModelInfo {
     std::string path, desc;
     uint64_t size = 0, params = 0;
+    bool encoder = false;  // embeddings only (bert, nomic-bert)
+    int positions = 0;     // an encoder's learned positions (0: no limit)
 };
 
 ModelInfo describe(const std::string & path) {
@@ -47,6 +49,9 @@ ModelInfo describe(const std::string & path) {
     else
         std::snprintf(size_label, sizeof size_label, "%.0fM", p / 1e6);
     info.desc = f.get_str("general.architecture", "?") + " " + size_label + " " + main_type;
+    const Config c = Config::from_gguf(f);
+    info.encoder = c.encoder;
+    info.positions = c.learned_pos ? c.n_ctx_train : 0;
     return info;
 }
 
@@ -102,7 +107,7 @@ Row run_test(Model & m, const Args & a, int n_batch, bool embd, const Test & t, 
     for (int i = 0; i < a.reps; ++i) r.samples_ts.push_back(n / once(false));
     r.test = (t.n_prompt > 0 ? "pp" + std::to_string(t.n_prompt) : "tg" + std::to_string(t.n_gen));
     if (t.depth > 0) r.test += " @ d" + std::to_string(t.depth);
-    if (embd) r.test += " (embd)";
+    r.embeddings = embd;
     r.n_prompt = t.n_prompt;
     r.n_gen = t.n_gen;
     r.depth = t.depth;
@@ -124,7 +129,10 @@ int run(const Args & a) {
     for (const Test & t : tests) n_ctx = std::max(n_ctx, t.depth + t.n_prompt + t.n_gen);
     n_ctx = (n_ctx + 255) / 256 * 256;
 
-    Report report(a.output, cpu::cpu_features(), sl::build_commit());
+    bool show_embd = false;
+    for (int e : a.embeddings) show_embd |= e != 0;
+    for (const ModelInfo & info : infos) show_embd |= info.encoder;
+    Report report(a.output, cpu::cpu_features(), sl::build_commit(), show_embd);
     std::set<std::string> warned;
     for (const ModelInfo & info : infos)
         for (int threads : a.threads)
@@ -153,6 +161,13 @@ int run(const Args & a) {
                             for (const Test & t : tests) {
                                 if (encoder && (t.n_gen > 0 || t.depth > 0)) {
                                     const std::string w = info.path + ": an encoder has no tg or depth tests";
+                                    if (warned.insert(w).second) std::fprintf(stderr, "warning: %s\n", w.c_str());
+                                    continue;
+                                }
+                                if (encoder && info.positions > 0 && std::min(t.n_prompt, n_batch) > info.positions) {
+                                    const std::string w = strfmt("%s: pp%d with n_batch %d skipped: texts of more than "
+                                                                 "%d tokens are past the model's positions",
+                                                                 info.path.c_str(), t.n_prompt, n_batch, info.positions);
                                     if (warned.insert(w).second) std::fprintf(stderr, "warning: %s\n", w.c_str());
                                     continue;
                                 }

@@ -34,6 +34,12 @@ constexpr ArchTraits kArchs[] = {
     {"olmo2",      Arch::Olmo2,     true,  false, true,  false},
 };
 
+std::string supported_archs() {
+    std::string names;
+    for (const ArchTraits & a : kArchs) names += (names.empty() ? "" : ", ") + std::string(a.name);
+    return names;
+}
+
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
     const int64_t v = f.get_int(key);
     if (v < lo || v > hi)
@@ -152,8 +158,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     const ArchTraits * t = std::find_if(std::begin(kArchs), std::end(kArchs),
                                         [&](const ArchTraits & a) { return c.arch_name == a.name; });
     if (t == std::end(kArchs))
-        throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: llama, "
-                               "qwen2, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, bert, nomic-bert, smollm3, granite, olmo2)", f.path().c_str(), c.arch_name.c_str()));
+        throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: %s)",
+                               f.path().c_str(), c.arch_name.c_str(), supported_archs().c_str()));
     c.arch = t->arch;
     c.rope_neox = t->rope_neox;
     c.has_qkv_bias = t->qkv_bias;
@@ -225,7 +231,7 @@ Config Config::from_gguf(const GGUFFile & f) {
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
     if (c.arch == Arch::Granite) read_granite(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
-        if (f.find(a + "attention.sliding_window"))
+        if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "
                                    "not supported", f.path().c_str(), a.c_str()));
         c.pre_norms = false;

@@ -72,6 +72,9 @@ struct Config {
     int n_gqa() const { return n_head / n_head_kv; }
     int q_dim() const { return n_head * head_dim; }
     int kv_dim() const { return n_head_kv * head_dim; }
+    // Lengths of the query and key norm vectors: a head's, or (olmo2) the whole projection's.
+    int q_norm_len() const { return qk_norm_full ? q_dim() : head_dim; }
+    int k_norm_len() const { return qk_norm_full ? kv_dim() : head_dim; }
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
     bool rotates(int l) const { return nope_layers.empty() || nope_layers[size_t(l)] == 0; }
     // Inverse frequency i of the rotation (of the sliding-window layers with swa), before any

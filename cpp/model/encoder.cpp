@@ -154,11 +154,11 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
         if (!want || want[t]) std::memcpy(rows + int64_t(n_out++) * D, s.x + t * D, sizeof(float) * size_t(D));
     if (classify && n_out > 0 && out) {  // scores = cls_out(tanh(cls(x) + b)) + b, as llama.cpp's rank pooling
         const float * in = s.h;
-        if (w_.cls.rows > 0) {
+        if (w_.cls.rows > 0) {  // into s.x (n_batch x n_embd), free once the rows are gathered
             const WeightRef * cls = &w_.cls;
-            be.matmul(&cls, &s.q, 1, s.h, n_out, false);  // (s.q holds n_batch x n_embd)
-            for (float * x = s.q; x < s.q + int64_t(n_out) * D; ++x) *x = std::tanh(*x);
-            in = s.q;
+            be.matmul(&cls, &s.x, 1, s.h, n_out, false);
+            for (float * x = s.x; x < s.x + int64_t(n_out) * D; ++x) *x = std::tanh(*x);
+            in = s.x;
         }
         const WeightRef * head = &w_.cls_out;
         be.matmul(&head, &out, 1, in, n_out, false);

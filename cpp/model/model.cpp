@@ -165,8 +165,8 @@ void Model::load_weights() {
             if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
         }
         if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
-            L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.qk_norm_full ? c.q_dim() : c.head_dim);
-            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.qk_norm_full ? c.kv_dim() : c.head_dim);
+            L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
+            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
         }
         if (c.post_norms) {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);

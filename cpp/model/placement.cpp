@@ -26,7 +26,7 @@ double mib(size_t n) { return double(n) / 1048576.0; }
 // LayerNorms with their biases.
 template <class L_, class F>
 void for_norms(L_ & L, const Config & c, F && f) {
-    const int64_t qn = c.qk_norm_full ? c.q_dim() : c.head_dim, kn = c.qk_norm_full ? c.kv_dim() : c.head_dim;
+    const int64_t qn = c.q_norm_len(), kn = c.k_norm_len();
     for (auto [p, n] : {std::pair{&L.attn_norm, int64_t(c.n_embd)}, {&L.attn_q_norm, qn}, {&L.attn_k_norm, kn},
                         {&L.attn_post_norm, int64_t(c.n_embd)}, {&L.ffn_norm, int64_t(c.n_embd)},
                         {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},

@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "common/error.h"
+#include "gguf/gguf.h"
 #include "model/model.h"
 #include "python/bind.h"
 
@@ -196,7 +197,8 @@ void bind_model(pyb::module_ & m) {
                              pyb::arg("n_rot") = c.n_rot, pyb::arg("rope_base") = c.rope_base,
                              pyb::arg("rope_freq_scale") = c.rope_freq_scale, pyb::arg("rope_neox") = c.rope_neox,
                              pyb::arg("encoder") = c.encoder, pyb::arg("learned_pos") = c.learned_pos,
-                             pyb::arg("n_cls_out") = self.n_cls_out());
+                             pyb::arg("n_cls_out") = self.n_cls_out(),
+                             pyb::arg("has_cls_out") = self.file().find_tensor("cls.output.weight") != nullptr);
         });
 }
 

@@ -118,7 +118,8 @@ class Model:
         """arch, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train, rms_eps,
         n_rot, rope_base, rope_freq_scale, rope_neox, n_swa, swa_layers, encoder (an embedding
         model: bert, nomic-bert), learned_pos (position embeddings for n_ctx_train positions),
-        n_cls_out (a reranker's classification outputs; 0: none)."""
+        n_cls_out (a reranker's classification outputs; 0: none), has_cls_out (the file holds a
+        classification head, cls.output.weight, whether or not the model runs it)."""
 
 # --- bind_cpu.cpp ------------------------------------------------------------------------------
 # CPU kernels on numpy arrays, for tests and benchmarks: weight and cache rows are uint8 arrays

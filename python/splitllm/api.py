@@ -398,17 +398,7 @@ class _Service:
         if pooling == LLAMA_POOLING_TYPE_NONE:  # as llama-server answers
             raise APIError(400, "this model's embeddings are per token (pooling none), which OpenAI's API "
                            "cannot carry: serve it with --pooling mean (or last, cls)", param="model")
-        runs: list[_Run] = []
-        try:
-            for i, toks in enumerate(token_lists):
-                try:
-                    stream = self.engine.aembedding(toks)
-                except ValueError as e:
-                    raise APIError(400, str(e), param="input") from None
-                runs.append(_Run(i, stream, True))
-        except BaseException:
-            _close(runs)
-            raise
+        runs = self._embedding_runs(token_lists, "input")
         if await _collect_all(runs, request) is None:
             return Response(status_code=CLIENT_CLOSED)
         data = []
@@ -424,6 +414,21 @@ class _Service:
         return JSONResponse({"object": "list", "data": data, "model": name,
                              "usage": {"prompt_tokens": n, "total_tokens": n}})
 
+
+    def _embedding_runs(self, token_lists: Sequence[Sequence[int]], param: str, *,
+                        classify: bool = False) -> list[_Run]:
+        """One embedding job per token list (a bad one: 400 naming param, the queued ones closed)."""
+        runs: list[_Run] = []
+        try:
+            for i, toks in enumerate(token_lists):
+                try:
+                    runs.append(_Run(i, self.engine.aembedding(toks, classify=classify), True))
+                except ValueError as e:
+                    raise APIError(400, str(e), param=param) from None
+        except BaseException:
+            _close(runs)
+            raise
+        return runs
 
     async def rerank(self, body: RerankRequest, request: Request) -> Response:
         """Each document's relevance score for the query (the reranker's first output on the pair
@@ -444,19 +449,10 @@ class _Service:
                 raise APIError(400, f"This model reads at most {limit} tokens of a text, but a query and "
                                f"document make {len(toks)}", param="documents",
                                code="context_length_exceeded")
-        runs: list[_Run] = []
-        try:
-            for i, toks in enumerate(pairs):
-                try:
-                    runs.append(_Run(i, self.engine.aembedding(toks, classify=True), True))
-                except ValueError as e:
-                    raise APIError(400, str(e), param="documents") from None
-        except BaseException:
-            _close(runs)
-            raise
+        runs = self._embedding_runs(pairs, "documents", classify=True)
         if await _collect_all(runs, request) is None:
             return Response(status_code=CLIENT_CLOSED)
-        tei = body.documents is None  # TEI's request shape ("texts") gets TEI's answer
+        tei = body.texts is not None  # a request with TEI's "texts" gets TEI's answer (as llama-server)
         label = "score" if tei else "relevance_score"
         results = []
         for r in runs:

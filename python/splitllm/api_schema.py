@@ -243,7 +243,7 @@ class RerankRequest(_NullIsDefault):
     model: str | None = None
 
     def docs(self) -> list[str]:
-        docs = self.documents if self.documents is not None else self.texts
+        docs = self.texts if self.texts is not None else self.documents  # (llama-server's order)
         if not docs:
             raise APIError(400, '"documents" must be a non-empty string array', param="documents")
         if len(docs) > MAX_EMBED_INPUTS:

@@ -11,7 +11,6 @@ Three tiers of generation, each built on the one below:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -19,7 +18,6 @@ import sys
 import time
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,9 +48,11 @@ from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitll
     LLAMA_POOLING_TYPE_UNSPECIFIED,
     POOLING_NAMES,
     EmbeddingMethods,
+    check_reranker,
     pool_embeddings,
     pooling_type_of,
 )
+from splitllm.model_state import ModelState  # noqa: F401 - splitllm.model's too
 from splitllm.sampling import LogitsHook, Sampler, SamplingParams, StopHook
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
@@ -60,42 +60,6 @@ from splitllm.tokenizer import Tokenizer
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
 MAX_SPECULATIVE_PASS = 16  # tokens in one pass that checks a draft model's guesses
 
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """A saved prompt state, as llama-cpp-python's ``LlamaState``: the tokens in the cache
-    (``input_ids``, ``n_tokens``), their K/V (``llama_state``, ``llama_state_size`` bytes), the seed,
-    and what a model must match to take it back."""
-
-    input_ids: np.ndarray
-    n_tokens: int
-    llama_state: bytes
-    llama_state_size: int
-    seed: int
-    signature: tuple[Any, ...]
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the state to a file (numpy's .npz, no pickled objects), through a temporary file
-        renamed at the end."""
-        tmp = f"{os.fspath(path)}.part"
-        with open(tmp, "wb") as f:
-            np.savez(f, input_ids=self.input_ids.astype(np.int32), seed=np.uint64(self.seed),
-                     state=np.frombuffer(self.llama_state, dtype=np.uint8),
-                     signature=np.array(json.dumps(list(self.signature))))
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ModelState:
-        """A state written by :meth:`save`; ValueError naming the file if it is not one."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                state = z["state"].tobytes()
-                sig = json.loads(str(z["signature"]))
-                return cls(z["input_ids"].astype(np.intc), len(z["input_ids"]), state, len(state),
-                           int(z["seed"]), tuple(tuple(x) if isinstance(x, list) else x for x in sig))
-        except (OSError, KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{os.fspath(path)}: not a saved model state ({e})") from None
 
 
 class Model(EmbeddingMethods, ChatMethods):
@@ -212,11 +176,13 @@ class Model(EmbeddingMethods, ChatMethods):
         self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
         st = os.stat(path)  # which file a saved state belongs to
         self._file_identity = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-        if (pooling_type not in (None, LLAMA_POOLING_TYPE_UNSPECIFIED) and not self._core.config["n_cls_out"]
-                and pooling_type_of(pooling_type, {}) == LLAMA_POOLING_TYPE_RANK):
-            self.close()
-            raise ValueError("pooling_type rank needs a reranker: this model has no classification head "
-                             "(cls.output.weight)")
+        if pooling_type not in (None, LLAMA_POOLING_TYPE_UNSPECIFIED) and \
+                pooling_type_of(pooling_type, {}) == LLAMA_POOLING_TYPE_RANK:
+            try:
+                check_reranker(self._core.config)
+            except ValueError:
+                self.close()
+                raise
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         self._n_ctx = n_ctx

@@ -32,6 +32,18 @@ def pooling_type_of(value: int | str | None, metadata: Mapping[str, Any]) -> int
     return value
 
 
+def check_reranker(config: Mapping[str, Any]) -> None:
+    """ValueError unless the engine's model (its config) is a reranker splitllm can run: an encoder
+    with a classification head."""
+    if config["n_cls_out"]:
+        return
+    if not config["encoder"] and config.get("has_cls_out"):
+        raise ValueError(f"pooling_type rank: a {config['arch']} reranker (a decoder scoring its last token, "
+                         "as Qwen3-Reranker) is not supported; rerankers run as encoders (bert)")
+    raise ValueError("pooling_type rank needs a reranker: this model has no classification head "
+                     "(cls.output.weight)")
+
+
 def pool_embeddings(rows: np.ndarray, pooling: int, normalize: bool) -> np.ndarray:
     """A text's token embeddings (n, n_embd) pooled (float64): all of them (none), their mean, the
     first or the last; ``normalize``: each vector to unit length."""
@@ -58,9 +70,8 @@ class EmbeddingMethods:
         """How ``embed`` pools a text's token embeddings (``LLAMA_POOLING_TYPE_*``): the argument, or
         the model's own. Rank (a reranker's scores) needs a classification head: ValueError without."""
         pooling = pooling_type_of(self._pooling_arg, self._metadata)
-        if pooling == LLAMA_POOLING_TYPE_RANK and not self._engine().config["n_cls_out"]:
-            raise ValueError("pooling_type rank needs a reranker: this model has no classification head "
-                             "(cls.output.weight)")
+        if pooling == LLAMA_POOLING_TYPE_RANK:
+            check_reranker(self._engine().config)
         return pooling
 
     def embed_limit(self) -> int:
@@ -116,6 +127,11 @@ class EmbeddingMethods:
             i += len(group)
         return out
 
+    def rank_scores(self, token_lists: Sequence[Sequence[int]]) -> list[list[float]]:
+        """A reranker's scores (n_cls_out each) of token lists, each read as one text."""
+        check_reranker(self._engine().config)
+        return [r[0].tolist() for r in self._encode_texts([list(t) for t in token_lists], classify=True)]
+
     def rerank_tokens(self, query: str, document: str) -> list[int]:
         """A (query, document) pair's tokens as llama-server's format_prompt_rerank builds them: the
         model's "rerank" chat template with {query} and {document} put in, else [BOS] query [EOS]
@@ -138,10 +154,11 @@ class EmbeddingMethods:
         classification head, as llama-server's /rerank reports it), in the documents' order."""
         if not self._embedding:
             raise RuntimeError("Model must be created with embedding=True to call rerank()")
+        if isinstance(documents, (str, bytes)) or not all(isinstance(d, str) for d in documents):
+            raise ValueError("documents must be a list of strings")
         if self.pooling_type() != LLAMA_POOLING_TYPE_RANK:
             raise ValueError("rerank needs pooling_type rank (a reranker's default)")
-        pairs = [self.rerank_tokens(query, d) for d in documents]
-        return [float(r[0, 0]) for r in self._encode_texts(pairs, classify=True)]
+        return [s[0] for s in self.rank_scores([self.rerank_tokens(query, d) for d in documents])]
 
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """The final hidden state (after the output norm) at every position of ``tokens`` read from
@@ -179,7 +196,7 @@ class EmbeddingMethods:
             token_lists.append(toks)
         total = sum(len(t) for t in token_lists)
         if pooling == LLAMA_POOLING_TYPE_RANK:  # each text's scores, not normalized (as llama.cpp)
-            scores = [r[0].tolist() for r in self._encode_texts(token_lists, classify=True)]
+            scores = self.rank_scores(token_lists)
             result = scores[0] if isinstance(input, str) else scores
             return (result, total) if return_count else result
         if self._engine().config["encoder"]:
