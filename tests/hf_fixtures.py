@@ -27,6 +27,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +157,9 @@ def write_spm_tokenizer(d: Path, *, vocab_size: int = 400) -> int:
 # -- weights ------------------------------------------------------------------------------------
 
 
-def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
-    """Random float32 weights in Hugging Face names and shapes for a llama-like ``cfg``."""
-    rng = np.random.default_rng(seed)
-    e, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd = cfg.get("head_dim") or e // nh
+def _initializers(rng: np.random.Generator, e: int) -> tuple[Callable[..., np.ndarray], ...]:
+    """Random float32 initializers drawing from ``rng``: ``mat(rows, cols)`` (normal / sqrt(cols)),
+    ``vec(n, base, scale)`` (base + scale * normal) and ``embedding(n)`` ((n, e), 0.5 * normal)."""
 
     def mat(rows: int, cols: int) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
@@ -169,6 +167,19 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     def vec(n: int, base: float, scale: float) -> np.ndarray:
         return (base + scale * rng.standard_normal(n)).astype(np.float32)
 
+    def embedding(n: int) -> np.ndarray:
+        return (0.5 * rng.standard_normal((n, e))).astype(np.float32)
+
+    return mat, vec, embedding
+
+
+def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
+    """Random float32 weights in Hugging Face names and shapes for a llama-like ``cfg``."""
+    rng = np.random.default_rng(seed)
+    e, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or e // nh
+    mat, vec, _ = _initializers(rng, e)
     gemma = is_gemma(cfg)
     base = 0.0 if gemma else 1.0  # Gemma's norms multiply by (1 + w)
     w: Weights = {"model.embed_tokens.weight": rng.standard_normal((v, e)).astype(np.float32)}
@@ -842,15 +853,7 @@ def bert_weights(cfg: dict[str, Any], *, seed: int = 0, pooler: bool = True) -> 
     """Random float32 weights of transformers' BertModel, in its names (no ``bert.`` prefix)."""
     rng = np.random.default_rng(seed)
     e, ff = cfg["hidden_size"], cfg["intermediate_size"]
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
-
-    def vec(n: int, base: float, scale: float) -> np.ndarray:
-        return (base + scale * rng.standard_normal(n)).astype(np.float32)
-
-    def embedding(n: int) -> np.ndarray:
-        return (0.5 * rng.standard_normal((n, e))).astype(np.float32)
+    mat, vec, embedding = _initializers(rng, e)
 
     w: Weights = {
         "embeddings.word_embeddings.weight": embedding(cfg["vocab_size"]),
@@ -1020,15 +1023,7 @@ def nomic_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     """Random float32 weights of Nomic's NomicBertModel, in its names (no biases but the LayerNorms')."""
     rng = np.random.default_rng(seed)
     e, ff = cfg["n_embd"], cfg["n_inner"]
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
-
-    def vec(n: int, base: float, scale: float) -> np.ndarray:
-        return (base + scale * rng.standard_normal(n)).astype(np.float32)
-
-    def embedding(n: int) -> np.ndarray:
-        return (0.5 * rng.standard_normal((n, e))).astype(np.float32)
+    mat, vec, embedding = _initializers(rng, e)
 
     w: Weights = {
         "embeddings.word_embeddings.weight": embedding(cfg["vocab_size"]),
@@ -1264,9 +1259,9 @@ def variant_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     w = random_weights(cfg, seed=seed)
     if cfg["architectures"] != ["Olmo2ForCausalLM"]:
         return w
-    rng = np.random.default_rng(seed + 1)
     e, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim") or e // nh
+    _, vec, _ = _initializers(np.random.default_rng(seed + 1), e)
     out: Weights = {}
     for name, x in w.items():
         if name.endswith("input_layernorm.weight"):
@@ -1274,12 +1269,11 @@ def variant_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
         out[name] = x
         if name.endswith("self_attn.k_proj.weight"):
             p = name.removesuffix("k_proj.weight")
-            out[p + "q_norm.weight"] = (1.0 + 0.3 * rng.standard_normal(nh * hd)).astype(np.float32)
-            out[p + "k_norm.weight"] = (1.0 + 0.3 * rng.standard_normal(nkv * hd)).astype(np.float32)
+            out[p + "q_norm.weight"] = vec(nh * hd, 1.0, 0.3)
+            out[p + "k_norm.weight"] = vec(nkv * hd, 1.0, 0.3)
         if name.endswith("mlp.down_proj.weight"):
             p = name.removesuffix("mlp.down_proj.weight")
-            norm = (1.0 + 0.2 * rng.standard_normal(e)).astype(np.float32)
-            out[p + "post_feedforward_layernorm.weight"] = norm
+            out[p + "post_feedforward_layernorm.weight"] = vec(e, 1.0, 0.2)
     return out
 
 
@@ -1386,12 +1380,11 @@ def classifier_head(cfg: dict[str, Any], n_labels: int, kind: str, *, seed: int 
     """Random float32 head weights: ``kind`` "bert" (BertForSequenceClassification's ``classifier``
     Linear; the pooler is BertModel's, see bert_weights) or "roberta" (RobertaClassificationHead:
     ``classifier.dense`` and ``classifier.out_proj``)."""
-    rng = np.random.default_rng(seed + 100)
     e = cfg["hidden_size"]
+    mat, vec, _ = _initializers(np.random.default_rng(seed + 100), e)
 
     def linear(name: str, rows: int) -> Weights:
-        return {name + ".weight": (rng.standard_normal((rows, e)) / math.sqrt(e)).astype(np.float32),
-                name + ".bias": (0.2 * rng.standard_normal(rows)).astype(np.float32)}  # fmt: skip
+        return {name + ".weight": mat(rows, e), name + ".bias": vec(rows, 0.0, 0.2)}
 
     if kind == "bert":
         return linear("classifier", n_labels)

@@ -46,7 +46,9 @@ def llama_cpp_embeddings(
             rows = np.ctypeslib.as_array(ptr, shape=(total * n_embd,)).reshape(total, n_embd)
             rows = rows.astype(np.float64)
             return np.split(rows, np.cumsum([len(t) for t in texts])[:-1])
-        return [np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, i), shape=(n_embd,))
+        # a sequence's row: n_embd values, or a reranker's n_cls_out scores (rank pooling)
+        width = llama_cpp.llama_model_n_cls_out(llm._model.model) if pooling == 4 else n_embd
+        return [np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, i), shape=(width,))
                 .astype(np.float64) for i in range(len(texts))]
     finally:
         llm.close()

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,41 @@ CASES: dict[str, tuple[dict[str, Any], str, float]] = {
 }  # fmt: skip
 
 
+def engine_rows(engine: Any, ids: list[int]) -> np.ndarray:
+    """splitllm's engine: the last hidden states of ``ids`` (one sequence, every row out)."""
+    n = len(ids)
+    rows = engine.decode(np.array(ids, np.int32), np.arange(n, dtype=np.int32), np.zeros(n, np.int32), None,
+                         None, True)  # fmt: skip
+    return np.asarray(rows, dtype=np.float64)
+
+
+def check_embeddings(llama_cpp: Any, out: Path, texts: list[str], pooling: str | None, tol: float,
+                     engine_tol: float, ids_of: Any, ref_of: Any) -> None:  # fmt: skip
+    """llama.cpp per token (and pooled by ``pooling`` where the file says how) and splitllm's engine
+    against the float64 reference ``ref_of(ids)`` on ``texts``, with llama.cpp's token ids (checked
+    by ``ids_of(text, ids)``)."""
+    per_token = _lcpp(llama_cpp, out, llama_cpp.LLAMA_POOLING_TYPE_NONE)
+    pooled = _lcpp(llama_cpp, out, llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED) if pooling else None
+    engine = core.Model(str(out), n_ctx=128, n_batch=128, n_threads=2)
+    try:
+        for text in texts:
+            ids = per_token.tokenize(text.encode(), add_bos=True)
+            ids_of(text, ids)
+            ref = ref_of(ids)
+            got = np.array(per_token.embed(text), dtype=np.float64)
+            assert got.shape == ref.shape
+            assert np.abs(got - ref).max() < tol, (text, np.abs(got - ref).max())
+            ours = engine_rows(engine, ids)
+            assert np.abs(ours - ref).max() < engine_tol, (text, np.abs(ours - ref).max())
+            if pooled is not None:
+                want = _pool(ref, pooling)
+                assert np.abs(np.array(pooled.embed(text)) - want).max() < tol, text
+    finally:
+        per_token.close()
+        if pooled is not None:
+            pooled.close()
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("case", list(CASES))
 def test_embeddings_match_float64_reference(tmp_path: Path, llama_cpp: Any, case: str) -> None:
@@ -92,30 +128,14 @@ def test_embeddings_match_float64_reference(tmp_path: Path, llama_cpp: Any, case
     if tok_dir == tmp_path:
         F.write_wordpiece_tokenizer(tmp_path, lowercase=kw.get("lowercase", True), files=("tokenizer.json",))
     hf = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    per_token = _lcpp(llama_cpp, out, llama_cpp.LLAMA_POOLING_TYPE_NONE)
-    engine = core.Model(str(out), n_ctx=128, n_batch=128, n_threads=2)
-    pooled = _lcpp(llama_cpp, out, llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED) if kw.get("pooling") else None
-    try:
-        for text in TEXTS:
-            ids = per_token.tokenize(text.encode(), add_bos=True)
-            assert ids == hf.encode(text).ids, text  # [CLS] ... [SEP], lowercased (or not) alike
-            assert kw.get("lowercase", True) == (ids == hf.encode(text.lower()).ids)
-            ref = F.bert_hidden_states(cfg, weights, ids)
-            got = np.array(per_token.embed(text), dtype=np.float64)
-            assert got.shape == ref.shape
-            assert np.abs(got - ref).max() < tol, (text, np.abs(got - ref).max())
-            n = len(ids)  # and splitllm's engine on the same file (exact GELU, as BERT's)
-            ours = engine.decode(np.array(ids, np.int32), np.arange(n, dtype=np.int32), np.zeros(n, np.int32),
-                                 None, None, True)
-            worst = np.abs(ours - ref).max()
-            assert worst < (1e-4 if qtype == "f32" else tol), (text, worst)
-            if pooled is not None:
-                want = _pool(ref, kw["pooling"])
-                assert np.abs(np.array(pooled.embed(text)) - want).max() < tol, text
-    finally:
-        per_token.close()
-        if pooled is not None:
-            pooled.close()
+
+    def ids_of(text: str, ids: list[int]) -> None:
+        assert ids == hf.encode(text).ids, text  # [CLS] ... [SEP], lowercased (or not) alike
+        assert kw.get("lowercase", True) == (ids == hf.encode(text.lower()).ids)
+
+    # splitllm's engine computes BERT's exact GELU
+    check_embeddings(llama_cpp, out, TEXTS, kw.get("pooling"), tol, 1e-4 if qtype == "f32" else tol, ids_of,
+                     lambda ids: F.bert_hidden_states(cfg, weights, ids))
 
 
 def test_reference_tells_gelu_and_layers_apart() -> None:
@@ -144,11 +164,20 @@ GGUF_TO_HF = {
 }  # fmt: skip
 
 
-def _hf_name(gguf_name: str) -> str:
-    parts = gguf_name.split(".")
-    if parts[0] == "blk":
-        return f"encoder.layer.{parts[1]}.{GGUF_TO_HF[parts[2]]}.{parts[3]}"
-    return f"{GGUF_TO_HF[parts[0]]}.{parts[1]}"
+def hf_namer(table: dict[str, str], layers: str) -> Callable[[str], str]:
+    """GGUF tensor name -> Hugging Face name: ``blk.N.x.w`` -> ``{layers}.N.{table[x]}.w``, ``x.w`` ->
+    ``{table[x]}.w``."""
+
+    def hf_name(gguf_name: str) -> str:
+        parts = gguf_name.split(".")
+        if parts[0] == "blk":
+            return f"{layers}.{parts[1]}.{table[parts[2]]}.{parts[3]}"
+        return f"{table[parts[0]]}.{parts[1]}"
+
+    return hf_name
+
+
+_hf_name = hf_namer(GGUF_TO_HF, "encoder.layer")
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,6 @@ from typing import Any
 import hf_fixtures as F
 import numpy as np
 import pytest
-import splitllm._core as core
 import test_convert as TC
 import test_convert_bert as TB
 from gguf import GGMLQuantizationType, GGUFReader
@@ -54,42 +53,20 @@ def llama_cpp() -> Any:
     return pytest.importorskip("llama_cpp")
 
 
-def _pool(rows: np.ndarray, mode: str | None) -> np.ndarray:
-    return {"mean": rows.mean(0), "cls": rows[0], "lasttoken": rows[-1]}[mode or "mean"]
+def _convert(tmp_path: Path, make: Any, kw: dict[str, Any], qtype: str) -> tuple[Path, Path, Any, F.Weights]:
+    """A random model made by ``make`` (tiny_nomic, tiny_xlmr) with ``kw`` in tmp_path/hf, converted
+    to tmp_path/m.gguf as ``qtype``: (directory, GGUF, config, stored weights)."""
+    d, out = tmp_path / "hf", tmp_path / "m.gguf"
+    cfg, weights = make(d, **kw)
+    convert(d, out, type=qtype, quiet=True)
+    return d, out, cfg, weights
 
 
-def _engine_rows(engine: Any, ids: list[int]) -> np.ndarray:
-    n = len(ids)
-    rows = engine.decode(np.array(ids, np.int32), np.arange(n, dtype=np.int32), np.zeros(n, np.int32), None,
-                         None, True)  # fmt: skip
-    return np.asarray(rows, dtype=np.float64)
-
-
-def _check_embeddings(llama_cpp: Any, out: Path, kw: dict[str, Any], tol: float, engine_tol: float,
-                      ids_of: Any, ref_of: Any) -> None:  # fmt: skip
-    """llama.cpp per token (and pooled where the file says how) and splitllm's engine against the
-    float64 reference ``ref_of(ids)`` on TEXTS, with llama.cpp's token ids (checked by
-    ``ids_of(text, ids)``)."""
-    per_token = TB._lcpp(llama_cpp, out, llama_cpp.LLAMA_POOLING_TYPE_NONE)
-    pooled = TB._lcpp(llama_cpp, out, llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED) if kw.get("pooling") else None
-    engine = core.Model(str(out), n_ctx=128, n_batch=128, n_threads=2)
-    try:
-        for text in TEXTS:
-            ids = per_token.tokenize(text.encode(), add_bos=True)
-            ids_of(text, ids)
-            ref = ref_of(ids)
-            got = np.array(per_token.embed(text), dtype=np.float64)
-            assert got.shape == ref.shape
-            assert np.abs(got - ref).max() < tol, (text, np.abs(got - ref).max())
-            ours = _engine_rows(engine, ids)
-            assert np.abs(ours - ref).max() < engine_tol, (text, np.abs(ours - ref).max())
-            if pooled is not None:
-                want = _pool(ref, kw["pooling"])
-                assert np.abs(np.array(pooled.embed(text)) - want).max() < tol, text
-    finally:
-        per_token.close()
-        if pooled is not None:
-            pooled.close()
+def _check_embeddings(llama_cpp: Any, out: Path, kw: dict[str, Any], qtype: str, tol: float, ids_of: Any,
+                      ref_of: Any) -> None:  # fmt: skip
+    """TB.check_embeddings on TEXTS; the engine held to TOL_ENGINE on f32 files, else to ``tol``."""
+    TB.check_embeddings(llama_cpp, out, TEXTS, kw.get("pooling"), tol, TOL_ENGINE if qtype == "f32" else tol,
+                        ids_of, ref_of)
 
 
 # -- Nomic BERT: embeddings against the float64 reference ----------------------------------------
@@ -110,16 +87,13 @@ def test_nomic_embeddings_match_float64_reference(tmp_path: Path, llama_cpp: Any
     from tokenizers import Tokenizer
 
     kw, qtype, tol = NOMIC_CASES[case]
-    d = tmp_path / "hf"
-    cfg, weights = F.tiny_nomic(d, **kw)
-    out = tmp_path / "m.gguf"
-    convert(d, out, type=qtype, quiet=True)
+    d, out, cfg, weights = _convert(tmp_path, F.tiny_nomic, kw, qtype)
     hf = Tokenizer.from_file(str(d / "tokenizer.json"))
 
     def ids_of(text: str, ids: list[int]) -> None:
         assert ids == hf.encode(text).ids, text  # [CLS] ... [SEP], lowercased
 
-    _check_embeddings(llama_cpp, out, kw, tol, TOL_ENGINE if qtype == "f32" else tol, ids_of,
+    _check_embeddings(llama_cpp, out, kw, qtype, tol, ids_of,
                       lambda ids: F.nomic_hidden_states(cfg, weights, ids))
 
 
@@ -162,10 +136,7 @@ def test_xlmr_embeddings_match_float64_reference(tmp_path: Path, llama_cpp: Any,
     from tokenizers import Tokenizer
 
     kw, qtype, tol = XLMR_CASES[case]
-    d = tmp_path / "hf"
-    cfg, weights = F.tiny_xlmr(d, **kw)
-    out = tmp_path / "m.gguf"
-    convert(d, out, type=qtype, quiet=True)
+    d, out, cfg, weights = _convert(tmp_path, F.tiny_xlmr, kw, qtype)
     sp = spm.SentencePieceProcessor(model_file=str(d / "sentencepiece.bpe.model"))
     hf = Tokenizer.from_file(str(d / "tokenizer.json"))
 
@@ -174,7 +145,7 @@ def test_xlmr_embeddings_match_float64_reference(tmp_path: Path, llama_cpp: Any,
         if text == text.strip():  # transformers' converter strips no trailing space, sentencepiece does
             assert ids == hf.encode(text).ids, text
 
-    _check_embeddings(llama_cpp, out, kw, tol, TOL_ENGINE if qtype == "f32" else tol, ids_of,
+    _check_embeddings(llama_cpp, out, kw, qtype, tol, ids_of,
                       lambda ids: F.xlmr_hidden_states(cfg, weights, ids))
 
 
@@ -196,11 +167,7 @@ NOMIC_TO_HF = {
 }  # fmt: skip
 
 
-def _nomic_hf_name(gguf_name: str) -> str:
-    parts = gguf_name.split(".")
-    if parts[0] == "blk":
-        return f"encoder.layers.{parts[1]}.{NOMIC_TO_HF[parts[2]]}.{parts[3]}"
-    return f"{NOMIC_TO_HF[parts[0]]}.{parts[1]}"
+_nomic_hf_name = TB.hf_namer(NOMIC_TO_HF, "encoder.layers")
 
 
 def _check_values(got: dict[str, Any], weights: F.Weights, hf_name: Any, qtype: str, offset: int = 0) -> None:

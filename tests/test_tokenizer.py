@@ -59,7 +59,7 @@ def write_vocab_gguf(path: Path, md: dict[str, Any]) -> Path:
             w.add_uint32(key, value)
         elif isinstance(value, str):
             w.add_string(key, value)
-        elif isinstance(value, list):  # ints are written as INT32, floats as FLOAT32
+        elif isinstance(value, (list, bytes)):  # ints are written as INT32, floats as FLOAT32, bytes as UINT8
             w.add_array(key, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -93,6 +93,12 @@ class LlamaRef:
 
     def close(self) -> None:
         self.llm.close()
+
+    def __enter__(self) -> LlamaRef:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def tokenize(self, text: bytes, add_special: bool, parse_special: bool) -> list[int]:
         n = -self.lib.llama_tokenize(self.vocab, text, len(text), None, 0, add_special, parse_special)
@@ -188,6 +194,19 @@ def mismatches(tok: Tokenizer, ref: LlamaRef, strings: list[str]) -> list[str]:
                 got_b = tok.llama_detokenize(ids, remove_special=remove, unparse_special=special)
                 if want_b != got_b:
                     bad.append(f"llama_detokenize({ids}, {remove}, {special}): {got_b!r} != {want_b!r}")
+    return bad
+
+
+def token_mismatches(tok: Tokenizer, ref: LlamaRef) -> list[str]:
+    """Every token's attributes and pieces (plain and special) against llama.cpp's."""
+    lib, v = ref.lib, ref.vocab
+    bad = []
+    for t in range(tok.n_vocab):
+        if tok.vocab.attrs[t] != lib.llama_vocab_get_attr(v, t):
+            bad.append(f"attr {t}: {tok.vocab.attrs[t]} != {lib.llama_vocab_get_attr(v, t)}")
+        for special in (False, True):
+            if tok.token_to_piece(t, special=special) != ref.piece(t, special):
+                bad.append(f"piece {t} special={special}: {tok.token_to_piece(t, special=special)!r}")
     return bad
 
 
@@ -289,14 +308,7 @@ def test_vocabulary_matches_llama_cpp(real_vocab) -> None:
     assert tok.add_bos == lib.llama_vocab_get_add_bos(v)
     assert tok.add_eos == lib.llama_vocab_get_add_eos(v)
     assert tok.eog_ids == {t for t in range(tok.n_vocab) if lib.llama_vocab_is_eog(v, t)}
-    bad = []
-    for t in range(tok.n_vocab):
-        if tok.vocab.attrs[t] != lib.llama_vocab_get_attr(v, t):
-            bad.append(f"attr {t}: {tok.vocab.attrs[t]} != {lib.llama_vocab_get_attr(v, t)}")
-        for special in (False, True):
-            if tok.token_to_piece(t, special=special) != ref.piece(t, special):
-                bad.append(f"piece {t} special={special}: {tok.token_to_piece(t, special=special)!r}")
-    assert_none(bad)
+    assert_none(token_mismatches(tok, ref))
 
 
 @pytest.mark.reference
@@ -382,15 +394,12 @@ def spm_metadata(vocab_path) -> dict[str, Any]:
 
 
 def check_against_llama_cpp(tmp: Path, md: dict[str, Any], strings: list[str]) -> Tokenizer:
-    ref = LlamaRef(write_vocab_gguf(tmp / "vocab.gguf", md))
-    try:
+    with LlamaRef(write_vocab_gguf(tmp / "vocab.gguf", md)) as ref:
         tok = Tokenizer.from_metadata(md)
         assert_none(mismatches(tok, ref, strings))
         lib = ref.lib
         assert tok.eog_ids == {t for t in range(tok.n_vocab) if lib.llama_vocab_is_eog(ref.vocab, t)}
         assert tok.vocab.attrs == [lib.llama_vocab_get_attr(ref.vocab, t) for t in range(tok.n_vocab)]
-    finally:
-        ref.close()
     return tok
 
 

@@ -22,10 +22,6 @@ from __future__ import annotations
 
 import io
 import random
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,7 +188,7 @@ class Variant:
             model = train_unigram(**T5_IDS, **options)
             self.md = t5_metadata(model, added=ADDED if layout == "t5-added" else [],
                                   add_flags=layout != "t5-defaults")
-        self.path = W.write_gguf(folder / f"{name}.gguf", self.md)
+        self.path = TT.write_vocab_gguf(folder / f"{name}.gguf", self.md)
         self.tok = Tokenizer.from_metadata(read_metadata(self.path))
 
 
@@ -216,12 +212,6 @@ def specials_of(tok: Tokenizer) -> list[str]:
     return [tok.token_text(i) for i in range(tok.n_vocab) if tok.token_attr(i) & kinds][:40]
 
 
-def check(tok: Tokenizer, ref: TT.LlamaRef, texts: list[str], seed: int = 5) -> None:
-    TT.assert_none(W.vocabulary_mismatches(tok, ref))
-    TT.assert_none(TT.mismatches(tok, ref, texts))
-    TT.assert_none(W.random_id_mismatches(tok, ref, seed=seed))
-
-
 # ---- trained vocabularies against llama.cpp ----
 
 
@@ -234,11 +224,8 @@ def test_trained_vocabulary_matches_llama_cpp(trained, name: str) -> None:
     extra = specials_of(tok) + [" ", "a", "é"]
     texts = strings(seed=rnd.randrange(1 << 30)) + [
         "".join(rnd.choice(extra) for _ in range(rnd.randint(1, 8))) for _ in range(100)]
-    ref = TT.LlamaRef(v.path)
-    try:
-        check(tok, ref, texts)
-    finally:
-        ref.close()
+    with TT.LlamaRef(v.path) as ref:
+        W.compare(tok, ref, texts)
     assert tok.vocab_type == "ugm"
     words = " ".join(training_lines(20, seed=1))  # the vocabulary covers its training text
     ids = tok.tokenize(words, add_bos=False)
@@ -252,8 +239,7 @@ def test_invalid_utf8_matches_llama_cpp(trained, name: str) -> None:
     """Bad bytes become U+FFFD; surrogates and overlong forms pass (as llama.cpp reads UTF-8); a
     user-defined prefix may end inside a character."""
     v = trained(name)
-    ref = TT.LlamaRef(v.path)
-    try:
+    with TT.LlamaRef(v.path) as ref:
         rnd = random.Random(11)
         tails = [b"", b" the", b"\xc3\xa9t\xc3\xa9", b"caf\xc3", b"\xed\xa0\x80"]
         bad = []
@@ -265,8 +251,6 @@ def test_invalid_utf8_matches_llama_cpp(trained, name: str) -> None:
                 if want != got:
                     bad.append(f"{data!r}: {got} != {want}")
         TT.assert_none(bad)
-    finally:
-        ref.close()
 
 
 @pytest.mark.reference
@@ -275,29 +259,20 @@ def test_whole_text_viterbi_matches_llama_cpp(trained) -> None:
     v = trained("xlmr")
     tok = Tokenizer.from_metadata(v.md)
     tok._ugm._limit = 0.0
-    ref = TT.LlamaRef(v.path)
-    try:
+    with TT.LlamaRef(v.path) as ref:
         texts = strings(seed=3, n_mix=150, n_random=100)
         bad = [s for s in texts if tok.tokenize(s, special=True) != ref.tokenize(s.encode(), True, True)]
         TT.assert_none(bad)
-    finally:
-        ref.close()
 
 
 @pytest.mark.reference
 def test_long_text_matches_llama_cpp(trained, tinyshakespeare: str) -> None:
     """300 kB of real text and the multilingual lines, in one call."""
     v = trained("xlmr")
-    text = (tinyshakespeare[:300_000] + "\n".join(W.MULTILINGUAL)).encode("utf-8")
-    ref = TT.LlamaRef(v.path)
-    try:
-        ids = v.tok.tokenize(text)
-        assert ids == ref.tokenize(text, True, False)
-        assert v.tok.detokenize(ids) == ref.detokenize(ids, False)
+    with TT.LlamaRef(v.path) as ref:
+        ids = W.check_long_text(v.tok, ref, tinyshakespeare)
         head = ids[:4000]  # the reference's buffer holds 64 kB
         assert v.tok.llama_detokenize(head, remove_special=True) == ref.llama_detokenize(head, True, False)
-    finally:
-        ref.close()
 
 
 # ---- what the normalizer and the Viterbi do, and their shortcuts ----
@@ -407,44 +382,9 @@ def test_tokenize_speed(trained) -> None:
 # ---- llama.cpp's ggml-vocab-nomic-bert-moe.gguf (XLM-RoBERTa) ----
 
 
-def _fetch_llama_cpp_vocab(target: Path, name: str) -> None:
-    """Extracts models/``name`` from the llama-cpp-python source release."""
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", "--quiet", "-d", tmp, W.LLAMA_CPP_SDIST]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
-            raise RuntimeError(f"pip download failed: {' '.join(errors) or proc.stderr.strip()[-300:]}")
-        sdists = list(Path(tmp).glob("*.tar.gz"))
-        if not sdists:
-            raise RuntimeError(f"pip download {W.LLAMA_CPP_SDIST} gave no source archive")
-        with tarfile.open(sdists[0]) as tar:
-            for member in tar:
-                if member.name.split("/", 1)[-1] == f"vendor/llama.cpp/models/{name}" and member.isfile():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    (Path(tmp) / name).write_bytes(src.read())
-                    break
-            else:
-                raise RuntimeError(f"{sdists[0].name} lacks {name}")
-        target.mkdir(exist_ok=True)
-        (Path(tmp) / name).replace(target / name)
-
-
 @pytest.fixture(scope="module")
 def nomic_path() -> Path:
-    from splitllm.assets import cache_dir
-
-    target = cache_dir() / "llama.cpp-vocab"
-    if not (target / NOMIC).exists():
-        try:
-            _fetch_llama_cpp_vocab(target, NOMIC)
-        except (RuntimeError, OSError, subprocess.SubprocessError, tarfile.TarError) as e:
-            detail = " ".join(str(e).split())[:300]
-            pytest.skip(f"{NOMIC} not cached in {target} and {W.LLAMA_CPP_SDIST} could not be fetched: "
-                        f"{detail}")
-    return target / NOMIC
+    return W.llama_cpp_vocab(NOMIC)
 
 
 @pytest.fixture(scope="module")
@@ -470,20 +410,11 @@ def test_nomic_examples(nomic: Tokenizer) -> None:
 
 @pytest.mark.reference
 def test_nomic_matches_llama_cpp(nomic_path: Path, nomic: Tokenizer) -> None:
-    ref = TT.LlamaRef(nomic_path)
-    try:
-        check(nomic, ref, strings(seed=78), seed=6)
-    finally:
-        ref.close()
+    with TT.LlamaRef(nomic_path) as ref:
+        W.compare(nomic, ref, strings(seed=78), seed=6)
 
 
 @pytest.mark.reference
 def test_nomic_long_text_matches_llama_cpp(nomic_path: Path, nomic: Tokenizer, tinyshakespeare: str) -> None:
-    text = (tinyshakespeare[:300_000] + "\n".join(W.MULTILINGUAL)).encode("utf-8")
-    ref = TT.LlamaRef(nomic_path)
-    try:
-        ids = nomic.tokenize(text)
-        assert ids == ref.tokenize(text, True, False)
-        assert nomic.detokenize(ids) == ref.detokenize(ids, False)
-    finally:
-        ref.close()
+    with TT.LlamaRef(nomic_path) as ref:
+        W.check_long_text(nomic, ref, tinyshakespeare)

@@ -27,12 +27,12 @@ import tarfile
 import tempfile
 import time
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import test_tokenizer as TT
-from gguf import GGUFWriter
 from hf_fixtures import corpus as training_lines
 from splitllm.tokenizer import TokenAttr, Tokenizer, TokenizerError
 from splitllm.tokenizer.bpe import llama_codepoints
@@ -176,27 +176,6 @@ def bert_metadata(hf_tokens: list[str], *, lowercase: bool | None, strip_accents
     return {k: v for k, v in md.items() if v is not None}
 
 
-def write_gguf(path: Path, md: dict[str, Any]) -> Path:
-    """A vocabulary-only GGUF (what llama.cpp loads with vocab_only=True)."""
-    w = GGUFWriter(str(path), md["general.architecture"])
-    for key, value in md.items():
-        if key == "general.architecture":
-            continue
-        if isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        elif isinstance(value, str):
-            w.add_string(key, value)
-        else:
-            w.add_array(key, value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 # (lowercase, strip_accents) as tokenizers trains with them. The GGUF keys are written as
 # SpecialVocab writes them: strip_accents=None in a BertNormalizer is not written (llama.cpp then
 # strips accents when it lowercases). "legacy" writes no normalizer keys (llama.cpp's defaults).
@@ -241,13 +220,7 @@ def vocabulary_mismatches(tok: Tokenizer, ref: TT.LlamaRef) -> list[str]:
     eog = {t for t in range(tok.n_vocab) if lib.llama_vocab_is_eog(v, t)}
     if tok.eog_ids != eog:
         bad.append(f"eog: {sorted(tok.eog_ids)} != {sorted(eog)}")
-    for t in range(tok.n_vocab):
-        if tok.vocab.attrs[t] != lib.llama_vocab_get_attr(v, t):
-            bad.append(f"attr {t}: {tok.vocab.attrs[t]} != {lib.llama_vocab_get_attr(v, t)}")
-        for special in (False, True):
-            if tok.token_to_piece(t, special=special) != ref.piece(t, special):
-                bad.append(f"piece {t} special={special}: {tok.token_to_piece(t, special=special)!r}")
-    return bad
+    return bad + TT.token_mismatches(tok, ref)
 
 
 def random_id_mismatches(tok: Tokenizer, ref: TT.LlamaRef, n: int = 300, seed: int = 5) -> list[str]:
@@ -269,15 +242,17 @@ def random_id_mismatches(tok: Tokenizer, ref: TT.LlamaRef, n: int = 300, seed: i
     return bad
 
 
+def compare(tok: Tokenizer, ref: TT.LlamaRef, texts: list[str], seed: int = 5) -> None:
+    """``tok`` against llama.cpp's ``ref``: the vocabulary, ``texts`` and random id sequences."""
+    TT.assert_none(vocabulary_mismatches(tok, ref))
+    TT.assert_none(TT.mismatches(tok, ref, texts))
+    TT.assert_none(random_id_mismatches(tok, ref, seed=seed))
+
+
 def check(tmp: Path, md: dict[str, Any], texts: list[str]) -> Tokenizer:
-    ref = TT.LlamaRef(write_gguf(tmp / "vocab.gguf", md))
-    try:
+    with TT.LlamaRef(TT.write_vocab_gguf(tmp / "vocab.gguf", md)) as ref:
         tok = Tokenizer.from_metadata(md)
-        TT.assert_none(vocabulary_mismatches(tok, ref))
-        TT.assert_none(TT.mismatches(tok, ref, texts))
-        TT.assert_none(random_id_mismatches(tok, ref))
-    finally:
-        ref.close()
+        compare(tok, ref, texts)
     return tok
 
 
@@ -299,8 +274,7 @@ def test_trained_vocabulary_matches_llama_cpp(tmp_path: Path, trained, name: str
 def test_invalid_utf8_matches_llama_cpp(tmp_path: Path, trained) -> None:
     """Bad bytes read as U+FFFD (dropped), surrogates and overlong forms read as llama.cpp reads them."""
     md = variant_metadata(trained, "uncased")
-    ref = TT.LlamaRef(write_gguf(tmp_path / "vocab.gguf", md))
-    try:
+    with TT.LlamaRef(TT.write_vocab_gguf(tmp_path / "vocab.gguf", md)) as ref:
         tok = Tokenizer.from_metadata(md)
         rnd = random.Random(11)
         bad, tried = [], 0
@@ -314,8 +288,6 @@ def test_invalid_utf8_matches_llama_cpp(tmp_path: Path, trained) -> None:
                 if want != got:
                     bad.append(f"{data!r}: {got} != {want}")
         TT.assert_none(bad)
-    finally:
-        ref.close()
 
 
 def test_examples(trained) -> None:
@@ -403,8 +375,9 @@ def test_tokenize_speed(trained) -> None:
 # ---- llama.cpp's ggml-vocab-bert-bge.gguf and its golden cases ----
 
 
-def _fetch_llama_cpp_vocab(target: Path) -> None:
-    """Extracts ggml-vocab-bert-bge.gguf (+ .inp, .out) from the llama-cpp-python source release."""
+def fetch_llama_cpp_vocab(target: Path, names: Sequence[str]) -> None:
+    """Extracts ``names`` from the models folder of the llama-cpp-python source release into
+    ``target``, in that order (the last one's presence means complete)."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--no-build-isolation", "--quiet", "-d", tmp, LLAMA_CPP_SDIST]
@@ -415,36 +388,41 @@ def _fetch_llama_cpp_vocab(target: Path) -> None:
         sdists = list(Path(tmp).glob("*.tar.gz"))
         if not sdists:
             raise RuntimeError(f"pip download {LLAMA_CPP_SDIST} gave no source archive")
-        names = {f"vendor/llama.cpp/models/{BGE}{ext}": BGE + ext for ext in ("", ".inp", ".out")}
+        wanted = {f"vendor/llama.cpp/models/{name}": name for name in names}
         found: set[str] = set()
         with tarfile.open(sdists[0]) as tar:
             for member in tar:
                 rel = member.name.split("/", 1)[-1]
-                if rel in names and member.isfile():
+                if rel in wanted and member.isfile():
                     src = tar.extractfile(member)
                     assert src is not None
-                    part = Path(tmp) / names[rel]
-                    part.write_bytes(src.read())
+                    (Path(tmp) / wanted[rel]).write_bytes(src.read())
                     found.add(rel)
-        if found != set(names):
-            raise RuntimeError(f"{sdists[0].name} lacks {sorted(set(names) - found)}")
+        if found != set(wanted):
+            raise RuntimeError(f"{sdists[0].name} lacks {sorted(set(wanted) - found)}")
         target.mkdir(exist_ok=True)
-        for name in (BGE + ".inp", BGE + ".out", BGE):  # the GGUF last: its presence means complete
+        for name in names:
             (Path(tmp) / name).replace(target / name)
+
+
+def llama_cpp_vocab(name: str, extras: Sequence[str] = ()) -> Path:
+    """llama.cpp's models/``name`` (and ``extras`` beside it) in splitllm's cache, fetched from the
+    llama-cpp-python source release when missing; the test skips when it cannot be fetched."""
+    from splitllm.assets import cache_dir
+
+    target = cache_dir() / "llama.cpp-vocab"
+    if not (target / name).exists():
+        try:
+            fetch_llama_cpp_vocab(target, [*extras, name])
+        except (RuntimeError, OSError, subprocess.SubprocessError, tarfile.TarError) as e:
+            detail = " ".join(str(e).split())[:300]
+            pytest.skip(f"{name} not cached in {target} and {LLAMA_CPP_SDIST} could not be fetched: {detail}")
+    return target / name
 
 
 @pytest.fixture(scope="module")
 def bge_path() -> Path:
-    from splitllm.assets import cache_dir
-
-    target = cache_dir() / "llama.cpp-vocab"
-    if not (target / BGE).exists():
-        try:
-            _fetch_llama_cpp_vocab(target)
-        except (RuntimeError, OSError, subprocess.SubprocessError, tarfile.TarError) as e:
-            detail = " ".join(str(e).split())[:300]
-            pytest.skip(f"{BGE} not cached in {target} and {LLAMA_CPP_SDIST} could not be fetched: {detail}")
-    return target / BGE
+    return llama_cpp_vocab(BGE, (BGE + ".inp", BGE + ".out"))  # the GGUF last
 
 
 @pytest.fixture(scope="module")
@@ -464,25 +442,23 @@ def test_bge_golden_cases(bge_path: Path, bge: Tokenizer) -> None:
 
 @pytest.mark.reference
 def test_bge_matches_llama_cpp(bge_path: Path, bge: Tokenizer) -> None:
-    ref = TT.LlamaRef(bge_path)
-    try:
-        TT.assert_none(vocabulary_mismatches(bge, ref))
-        texts = strings(seed=78) + [text for text, _ in TT.read_golden(bge_path)]
-        TT.assert_none(TT.mismatches(bge, ref, texts))
-        TT.assert_none(random_id_mismatches(bge, ref, seed=6))
-    finally:
-        ref.close()
+    with TT.LlamaRef(bge_path) as ref:
+        compare(bge, ref, strings(seed=78) + [text for text, _ in TT.read_golden(bge_path)], seed=6)
 
 
 @pytest.mark.reference
 def test_bge_long_text_matches_llama_cpp(bge_path: Path, bge: Tokenizer, tinyshakespeare: str) -> None:
     """300 kB of real text (and the multilingual lines) in one call."""
+    with TT.LlamaRef(bge_path) as ref:
+        check_long_text(bge, ref, tinyshakespeare)
+
+
+def check_long_text(tok: Tokenizer, ref: TT.LlamaRef, tinyshakespeare: str) -> list[int]:
+    """300 kB of real text and the multilingual lines, tokenized and detokenized in one call as
+    llama.cpp does; the ids."""
     text = (tinyshakespeare[:300_000] + "\n".join(MULTILINGUAL)).encode("utf-8")
-    ref = TT.LlamaRef(bge_path)
-    try:
-        ids = bge.tokenize(text)
-        assert ids == ref.tokenize(text, True, False)
-        assert bge.detokenize(ids) == ref.detokenize(ids, False)
-    finally:
-        ref.close()
+    ids = tok.tokenize(text)
+    assert ids == ref.tokenize(text, True, False)
+    assert tok.detokenize(ids) == ref.detokenize(ids, False)
+    return ids
 

@@ -205,7 +205,7 @@ def reference_hidden(cfg: BertConfig, w: dict[str, np.ndarray], ids: list[int], 
                      gelu_kind: str = "erf", rotate: bool = True) -> np.ndarray:
     """The last hidden states (len(ids), n_embd), float64, of one text (nomic-bert without its
     rotation: ``rotate`` False)."""
-    n, E, H, D = len(ids), cfg.n_embd, cfg.n_head, cfg.head_dim
+    n, H, D = len(ids), cfg.n_head, cfg.head_dim
     nomic = cfg.arch == "nomic-bert"
     x = w["token_embd.weight"][ids] + w["token_types.weight"][0]
     if not nomic:

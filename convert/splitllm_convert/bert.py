@@ -84,7 +84,39 @@ def _bert_rules(prefix: str, norm: tuple[str, str]) -> tuple[TensorRule, ...]:
     )
 
 
-class Bert(Architecture):
+class EncoderHparams:
+    """add_hparams of the encoders, as llama.cpp's BertModel.set_gguf_parameters: TextModel's keys
+    (no num_key_value_heads; rope.freq_base only where ``theta`` is set, as Nomic's config.json
+    has it and BertConfig has not), then causal attention off, the pooling type and the
+    classifier's labels. Before Architecture in the bases."""
+
+    n_layer: int
+    n_ctx: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    norm_eps: float
+    pooling: PoolingType | None
+    labels: list[str]
+    theta: float | None = None
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        w.add_block_count(self.n_layer)
+        w.add_context_length(self.n_ctx)
+        w.add_embedding_length(self.n_embd)
+        w.add_feed_forward_length(self.n_ff)
+        w.add_head_count(self.n_head)
+        if self.theta is not None:
+            w.add_rope_freq_base(self.theta)
+        w.add_layer_norm_eps(self.norm_eps)
+        w.add_causal_attention(False)
+        if self.pooling is not None:
+            w.add_pooling_type(self.pooling)
+        if self.labels:
+            w.add_classifier_output_labels(self.labels)
+
+
+class Bert(EncoderHparams, Architecture):
     """BertModel / BertForMaskedLM: post-norm encoder layers, absolute position and token type
     embeddings, biases everywhere, bidirectional attention, GELU feed-forward."""
 
@@ -144,20 +176,6 @@ class Bert(Architecture):
     def read_vocab(self, model_dir: Path, pre: str | None) -> Vocab:
         return wordpiece_vocab(model_dir, self.n_vocab, self.n_types, pre)
 
-    def add_hparams(self, w: GGUFWriter) -> None:
-        """As llama.cpp's BertModel.set_gguf_parameters (TextModel's keys on BertConfig, which has no
-        num_key_value_heads or rope settings), then causal attention off and the pooling type."""
-        w.add_block_count(self.n_layer)
-        w.add_context_length(self.n_ctx)
-        w.add_embedding_length(self.n_embd)
-        w.add_feed_forward_length(self.n_ff)
-        w.add_head_count(self.n_head)
-        w.add_layer_norm_eps(self.norm_eps)
-        w.add_causal_attention(False)
-        if self.pooling is not None:
-            w.add_pooling_type(self.pooling)
-        if self.labels:
-            w.add_classifier_output_labels(self.labels)
 
 
 def _classifier_labels(cfg: dict[str, Any], config_path: Path) -> list[str]:

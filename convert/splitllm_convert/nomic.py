@@ -26,10 +26,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFWriter
-
 from splitllm_convert.arch import Architecture, TensorRule, _positive, _require, logger
-from splitllm_convert.bert import _classifier_labels, pooling_type, wordpiece_vocab
+from splitllm_convert.bert import EncoderHparams, _classifier_labels, pooling_type, wordpiece_vocab
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import read_json
 from splitllm_convert.vocab import Vocab
@@ -72,7 +70,7 @@ def _find(cfg: dict[str, Any], keys: tuple[str, ...], path: Path) -> int:
     return _require(cfg, key, path)
 
 
-class NomicBert(Architecture):
+class NomicBert(EncoderHparams, Architecture):
     """NomicBertModel: a BERT encoder with rotary positions, a fused q/k/v projection and SwiGLU."""
 
     hf_names = ("NomicBertModel",)
@@ -179,18 +177,3 @@ class NomicBert(Architecture):
         raise ConvertError(
             f"{path}: a {kind} tokenizer; llama.cpp's NomicBert reads WordPiece or Unigram (with {SPM_FILE})"
         )
-
-    def add_hparams(self, w: GGUFWriter) -> None:
-        """TextModel.set_gguf_parameters on Nomic's config.json, then BertModel's keys."""
-        w.add_block_count(self.n_layer)
-        w.add_context_length(self.n_ctx)
-        w.add_embedding_length(self.n_embd)
-        w.add_feed_forward_length(self.n_ff)
-        w.add_head_count(self.n_head)
-        w.add_rope_freq_base(self.theta)
-        w.add_layer_norm_eps(self.norm_eps)
-        w.add_causal_attention(False)
-        if self.pooling is not None:
-            w.add_pooling_type(self.pooling)
-        if self.labels:
-            w.add_classifier_output_labels(self.labels)

@@ -66,26 +66,27 @@ def id2label(cfg: dict[str, Any], config_path: Path) -> list[str]:
     return [v for _, v in by_id]
 
 
-def _head(arch: Bert, config_path: Path) -> None:
-    """Rank pooling and the labels, which Bert.add_hparams writes after the encoder's keys."""
-    if arch.pooling is not None:
-        logger.warning("%s: modules.json names a pooling (%s); a reranker's file says rank pooling",
-                       config_path.parent, arch.pooling.name.lower())
-    arch.pooling, arch.labels = PoolingType.RANK, id2label(arch.cfg, config_path)
+class _Reranker(Bert):
+    """What the classification head adds to an encoder (Bert's, or XLM-R's named after this in the
+    bases): rank pooling and the labels, which Bert.add_hparams writes after the encoder's keys,
+    and the labels' dimension."""
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        if self.pooling is not None:
+            logger.warning("%s: modules.json names a pooling (%s); a reranker's file says rank pooling",
+                           config_path.parent, self.pooling.name.lower())
+        self.pooling, self.labels = PoolingType.RANK, id2label(self.cfg, config_path)
+
+    def dims(self) -> dict[str, int]:
+        return {**super().dims(), "labels": len(self.labels)}
 
 
-class BertReranker(Bert):
+class BertReranker(_Reranker):
     """BertForSequenceClassification: BERT's encoder under ``bert.`` (or at the top level), its pooler
     as ``cls`` and the classifier as ``cls.output``."""
 
     hf_names = ("BertForSequenceClassification",)
-
-    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
-        super().__init__(cfg, config_path)
-        _head(self, config_path)
-
-    def dims(self) -> dict[str, int]:
-        return {**super().dims(), "labels": len(self.labels)}
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         rules, ignored = super().table(available)
@@ -95,19 +96,12 @@ class BertReranker(Bert):
         return (*rules, *head), tuple(n for n in ignored if not n.startswith(pooler))
 
 
-class XLMRobertaReranker(XLMRoberta):
+class XLMRobertaReranker(_Reranker, XLMRoberta):
     """XLMRobertaForSequenceClassification: XLM-R's encoder under ``roberta.`` (or at the top level;
     a pooler, which it does not use, left out), RobertaClassificationHead's ``classifier.dense`` as
     ``cls`` and ``classifier.out_proj`` as ``cls.output``."""
 
     hf_names = ("XLMRobertaForSequenceClassification",)
-
-    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
-        super().__init__(cfg, config_path)
-        _head(self, config_path)
-
-    def dims(self) -> dict[str, int]:
-        return {**super().dims(), "labels": len(self.labels)}
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         rules, ignored = super().table(available)

@@ -316,10 +316,7 @@ class UnigramEncoder:
         """Best tokenization of valid UTF-8 text (one character is one UTF-8 sequence) and its score."""
         n = len(text)
         unk, unk_score = self._unk, self._unk_score
-        best = [_NEG] * (n + 1)
-        best[0] = 0.0
-        token = [unk] * (n + 1)
-        start = [0] * (n + 1)
+        best, token, start = self._lattice(n)
         get, lens, score = self._match.get, self._lens2.get, self._score
         for i in range(n):
             here = best[i]
@@ -340,6 +337,13 @@ class UnigramEncoder:
                     if value > best[j]:
                         best[j], token[j], start[j] = value, tid, i
         return self._backtrack(token, start, n), best[n]
+
+    def _lattice(self, n: int) -> tuple[list[float], list[int], list[int]]:
+        """The Viterbi's tables over positions 0..n: the best score ending there (0.0 at 0), the
+        last token of that path and where it starts."""
+        best = [_NEG] * (n + 1)
+        best[0] = 0.0
+        return best, [self._unk] * (n + 1), [0] * (n + 1)
 
     def _backtrack(self, token: list[int], start: list[int], end: int) -> list[int]:
         """The best path's tokens, consecutive unknown tokens merged."""
@@ -365,10 +369,7 @@ class UnigramEncoder:
             self._bytes_lens = {k: tuple(sorted(v)) for k, v in lens.items()}
         n = len(text)
         unk, unk_score = self._unk, self._unk_score
-        best = [_NEG] * (n + 1)
-        best[0] = 0.0
-        token = [unk] * (n + 1)
-        start = [0] * (n + 1)
+        best, token, start = self._lattice(n)
         get, score = self._bytes_match.get, self._score
         i = 0
         while i < n:
