@@ -6,6 +6,7 @@ format_prompt_rerank builds it; the server's /v1/rerank (llama-server's and TEI'
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import hf_fixtures as F
 import httpx
@@ -176,10 +177,9 @@ def test_head_with_narrow_attention(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_odd_requests_and_decoder_rerankers(tmp_path):
+def test_odd_requests(tmp_path):
     """A body with TEI's "texts" gets TEI's answer even beside "documents" (as llama-server reads
-    it); rerank() wants a list of strings; a decoder GGUF with a classification head (a causal
-    reranker, which llama.cpp scores on its last token) is refused as such."""
+    it); rerank() wants a list of strings."""
     path, _ = tiny(tmp_path, HEAD)
     with Model(path, embedding=True, n_ctx=64, n_threads=2) as m:
         with pytest.raises(ValueError, match="list of strings"):
@@ -190,12 +190,61 @@ def test_odd_requests_and_decoder_rerankers(tmp_path):
                        timeout=60)
         assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 2
     model.close()
-    from tiny_model import TinyConfig
-    from tiny_model import make_weights as decoder_weights
-    from tiny_model import write_gguf as write_decoder
 
-    tm = decoder_weights(TinyConfig(seed=3))
-    tm.weights["cls.output.weight"] = np.zeros((1, 64))
-    write_decoder(tm, tmp_path / "qwen-rr.gguf", metadata={"llama.pooling_type": 4})
-    with pytest.raises(ValueError, match="decoder scoring its last token"):
-        Model(str(tmp_path / "qwen-rr.gguf"), embedding=True, n_ctx=64, n_threads=2, pooling_type="rank")
+
+QWEN3_RERANK = ("<|im_start|>system\nJudge whether the Document meets the requirements.<|im_end|>\n"
+                "<|im_start|>user\n<Query>: {query}\n<Document>: {document}<|im_end|>\n"
+                "<|im_start|>assistant\n")
+
+
+def qwen3_reranker(tmp_path) -> tuple[str, Any, dict[str, np.ndarray]]:
+    """A tiny Qwen3-Reranker as llama.cpp's converter writes one: qwen3 with cls.output.weight (the
+    output rows of "yes" and "no"), pooling rank, labels yes / no, a rerank chat template."""
+    from tiny_model import TinyConfig, write_gguf as write_decoder  # noqa: I001
+    from tiny_model import make_weights as decoder_weights
+
+    cfg = TinyConfig(arch="qwen3", n_layer=2, seed=21)
+    tm = decoder_weights(cfg)
+    tm.weights["cls.output.weight"] = tm.weights["output.weight"][[100, 101]]
+    meta = {"qwen3.pooling_type": 4, "qwen3.classifier.output_labels": ["yes", "no"],
+            "tokenizer.chat_template.rerank": QWEN3_RERANK}
+    path = tmp_path / "qwen3-rr.gguf"
+    held = write_decoder(tm, path, metadata=meta)
+    return str(path), cfg, held
+
+
+def test_causal_reranker_like_llama_cpp(tmp_path):
+    """Qwen3-Reranker (a decoder): its last token's normed hidden state through cls.output, then a
+    softmax over (yes, no), as llama.cpp's rank pooling for qwen3: against float64 and llama.cpp."""
+    from tiny_model import reference_hidden
+
+    path, cfg, held = qwen3_reranker(tmp_path)
+    texts = [[3, 77, 200, 15, 260, 1, 99], [42, 42, 131, 7], [300, 255, 18, 64, 5, 250, 33, 120, 11]]
+    theirs = llama_cpp_embeddings(path, texts, pooling=RANK)
+    with Model(path, embedding=True, n_ctx=64, n_threads=2) as m:
+        assert m.pooling_type() == RANK
+        ours = m.rank_scores(texts)
+    for o, t, toks in zip(ours, theirs, texts, strict=True):
+        z = reference_hidden(cfg, held, toks)[-1] @ held["cls.output.weight"].T
+        exact = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        assert np.abs(np.array(o) - exact).max() < 1e-4
+        assert np.abs(np.array(o) - t).max() < 1e-3
+
+
+def test_causal_reranker_through_rerank_and_server(tmp_path):
+    path, _, _ = qwen3_reranker(tmp_path)
+    q, docs = "the cat", ["on the mat", "hello world", "a dog"]
+    with Model(path, embedding=True, n_ctx=256, n_threads=2) as m:
+        pairs = [m.rerank_tokens(q, d) for d in docs]
+        want_ids = m.tokenize(QWEN3_RERANK.replace("{query}", q).replace("{document}", docs[0]).encode(),
+                              add_bos=False, special=True)
+        assert pairs[0] == want_ids
+        want = m.rerank(q, docs)
+        assert want == [s[0] for s in m.rank_scores(pairs)] and all(0 < s < 1 for s in want)
+    model = Model(path, n_ctx=512, n_batch=16, n_seq_max=2, n_threads=2)  # pairs longer than a batch
+    with BatchEngine(model) as eng, BackgroundServer(create_app(eng, model_alias="qrr")) as srv:
+        r = httpx.post(f"{srv.url}/v1/rerank", json={"query": q, "documents": docs}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        assert all(abs(got[i] - want[i]) < 1e-4 for i in range(len(docs)))
+    model.close()

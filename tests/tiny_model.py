@@ -199,7 +199,8 @@ def llama3_rope_factors(cfg: TinyConfig) -> np.ndarray:
 
 
 _VALUE_TYPES = {bool: gguf.GGUFValueType.BOOL, int: gguf.GGUFValueType.UINT32,
-                float: gguf.GGUFValueType.FLOAT32, str: gguf.GGUFValueType.STRING}
+                float: gguf.GGUFValueType.FLOAT32, str: gguf.GGUFValueType.STRING,
+                list: gguf.GGUFValueType.ARRAY}
 
 
 def _override_metadata(wr: gguf.GGUFWriter, changes: Mapping[str, Any]) -> None:

@@ -152,19 +152,34 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
     float * rows = classify ? s.h : out;  // a head's input, gathered
     for (int t = 0; t < n && rows; ++t)
         if (!want || want[t]) std::memcpy(rows + int64_t(n_out++) * D, s.x + t * D, sizeof(float) * size_t(D));
-    if (classify && n_out > 0 && out) {  // scores = cls_out(tanh(cls(x) + b)) + b, as llama.cpp's rank pooling
-        const float * in = s.h;
-        if (w_.cls.rows > 0) {  // into s.x (n_batch x n_embd), free once the rows are gathered
-            const WeightRef * cls = &w_.cls;
-            be.matmul(&cls, &s.x, 1, s.h, n_out, false);
-            for (float * x = s.x; x < s.x + int64_t(n_out) * D; ++x) *x = std::tanh(*x);
-            in = s.x;
-        }
-        const WeightRef * head = &w_.cls_out;
-        be.matmul(&head, &out, 1, in, n_out, false);
-    }
+    if (classify && n_out > 0 && out) classify_rows(s.h, n_out, out);  // (s.x is free now)
     n_eval_ += n;
     ++n_forward_;
+}
+
+void Model::classify_rows(const float * rows, int n, float * out) {
+    // scores = cls_out(tanh(cls(x) + b)) + b, as llama.cpp's rank pooling; qwen3 (a causal reranker
+    // scoring its last token): softmax over its outputs ("yes", "no")
+    CpuBackend & be = *cpu_;
+    float * tmp = scratch(&be).x;  // (n_batch x n_embd), free at the output
+    const float * in = rows;
+    if (w_.cls.rows > 0) {
+        const WeightRef * cls = &w_.cls;
+        be.matmul(&cls, &tmp, 1, rows, n, false);
+        for (float * x = tmp; x < tmp + int64_t(n) * cfg_.n_embd; ++x) *x = std::tanh(*x);
+        in = tmp;
+    }
+    const WeightRef * head = &w_.cls_out;
+    be.matmul(&head, &out, 1, in, n, false);
+    if (cfg_.arch == Arch::Qwen3) {
+        const int64_t k = w_.cls_out.rows;
+        for (float * r = out; r < out + int64_t(n) * k; r += k) {
+            const float mx = *std::max_element(r, r + k);
+            double sum = 0.0;
+            for (float * x = r; x < r + k; ++x) sum += (*x = std::exp(*x - mx));
+            for (float * x = r; x < r + k; ++x) *x = float(*x / sum);
+        }
+    }
 }
 
 }  // namespace sl

@@ -10,7 +10,7 @@
 namespace sl {
 
 void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
-                    float * logits, bool embeddings) {
+                    float * logits, bool embeddings, bool classify) {
     const Config & c = cfg_;
     const BatchInfo batch{n, pos, slot};
     for (auto & [be, s] : scratch_) be->begin_batch(batch);
@@ -123,12 +123,16 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     ++n_forward_;
     if (n_out == 0 || !logits) return;
     output_backend_->rms_norm(s.x, w_.output_norm, s.h, n_out, c.n_embd, c.rms_eps);
-    if (embeddings) {  // the normed hidden states themselves
+    if (embeddings) {  // the normed hidden states themselves (or a reranker's scores of them)
         const size_t bytes = size_t(n_out) * c.n_embd * sizeof(float);
-        if (output_backend_->is_cpu())
-            std::memcpy(logits, s.h, bytes);
-        else
-            output_backend_->download(logits, s.h, bytes);
+        float * rows = classify ? (output_backend_->is_cpu() ? s.h : host_x_) : logits;
+        if (rows != s.h) {
+            if (output_backend_->is_cpu())
+                std::memcpy(rows, s.h, bytes);
+            else
+                output_backend_->download(rows, s.h, bytes);
+        }
+        if (classify) classify_rows(rows, n_out, logits);
         return;
     }
     const WeightRef * wout = &w_.output;

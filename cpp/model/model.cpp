@@ -121,6 +121,7 @@ void Model::load_weights() {
         throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
                                "token_embd.weight", f.path().c_str(), c.arch_name.c_str()));
     w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
+    load_cls_out();
     // Rotary frequency divisors: llama3's rope_freqs, or LongRoPE's long factors past the original
     // context and its short ones within it (llama.cpp's choice, by the context of a sequence).
     const char * factors = f.find_tensor("rope_factors_long.weight")
@@ -218,20 +219,7 @@ void Model::load_encoder_weights() {
     auto bias = [&](WeightRef & w, const std::string & name) {
         if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
     };
-    if (const GGUFTensor * t = f.find_tensor("cls.output.weight")) {  // a reranker's head
-        if (t->ne[1] < 1 || t->ne[1] > 1 << 16)
-            throw GGUFError(strfmt("%s: tensor 'cls.output.weight' has %lld outputs", f.path().c_str(),
-                                   (long long)t->ne[1]));
-        w_.cls_out = matrix(f, c, "cls.output.weight", t->ne[1], c.n_embd);
-        bias(w_.cls_out, "cls.output.bias");
-        if (f.find_tensor("cls.weight")) {
-            w_.cls = matrix(f, c, "cls.weight", c.n_embd, c.n_embd);
-            bias(w_.cls, "cls.bias");
-        }
-    } else if (f.find_tensor("cls.weight")) {
-        throw GGUFError(strfmt("%s: tensor 'cls.weight' without 'cls.output.weight': not a classification head "
-                               "splitllm can run", f.path().c_str()));
-    }
+    load_cls_out();
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -274,6 +262,36 @@ void Model::load_encoder_weights() {
         }
         L.ffn_ln = vector_f32(f, c, b + "layer_output_norm.weight", c.n_embd);
         L.ffn_ln_b = vector_f32(f, c, b + "layer_output_norm.bias", c.n_embd);
+    }
+}
+
+void Model::load_cls_out() {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const GGUFTensor * t = f.find_tensor("cls.output.weight");
+    if (!t) {
+        if (f.find_tensor("cls.weight"))
+            throw GGUFError(strfmt("%s: tensor 'cls.weight' without 'cls.output.weight': not a classification head "
+                                   "splitllm can run", f.path().c_str()));
+        return;
+    }
+    if (t->ne[1] < 1 || t->ne[1] > 1 << 16)
+        throw GGUFError(strfmt("%s: tensor 'cls.output.weight' has %lld outputs", f.path().c_str(), (long long)t->ne[1]));
+    // llama.cpp takes the head's width from the labels (1 without): they must agree
+    const GGUFValue * labels = f.find(c.arch_name + ".classifier.output_labels");
+    const int64_t n_labels = labels && labels->type == GGUFType::ARRAY ? int64_t(labels->arr.size()) : 1;
+    if (t->ne[1] != n_labels)
+        throw GGUFError(strfmt("%s: tensor 'cls.output.weight' has %lld outputs but '%s.classifier.output_labels' "
+                               "names %lld", f.path().c_str(), (long long)t->ne[1], c.arch_name.c_str(),
+                               (long long)n_labels));
+    auto bias = [&](WeightRef & w, const std::string & name) {
+        if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
+    };
+    w_.cls_out = matrix(f, c, "cls.output.weight", t->ne[1], c.n_embd);
+    bias(w_.cls_out, "cls.output.bias");
+    if (f.find_tensor("cls.weight")) {
+        w_.cls = matrix(f, c, "cls.weight", c.n_embd, c.n_embd);
+        bias(w_.cls, "cls.bias");
     }
 }
 
@@ -472,8 +490,8 @@ void Model::allocate_state() {
 void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
                    int n, float * logits, bool embeddings, bool classify) {
     SL_CHECK(n >= 0, "negative token count");
-    SL_CHECK(!classify || cfg_.encoder, "%s: classification scores come from an encoder with a classification head",
-             file_->path().c_str());
+    SL_CHECK(!classify || (embeddings && w_.cls_out.rows > 0), "%s: the model has no classification head "
+             "(cls.output.weight): it is not a reranker", file_->path().c_str());
     if (cfg_.encoder) {
         for (int i = 0; i < n; ++i)
             SL_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "token %d: id %d is outside the vocabulary [0, %d)",
@@ -494,11 +512,11 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
         const int m = std::min(params_.n_batch, n - i0);
         const uint8_t * w = want ? want + i0 : nullptr;
         if (kv_swa_.ring) check_rings(pos + i0, slot + i0, m);
-        forward(tokens + i0, pos + i0, slot + i0, w, m, logits, embeddings);
+        forward(tokens + i0, pos + i0, slot + i0, w, m, logits, embeddings, classify);
         if (kv_swa_.ring) note_rings(pos + i0, slot + i0, m);
         int n_out = 0;
         for (int i = 0; i < m; ++i) n_out += w ? (w[i] != 0) : 1;
-        if (logits) logits += size_t(n_out) * (embeddings ? cfg_.n_embd : cfg_.n_vocab);
+        if (logits) logits += size_t(n_out) * (classify ? n_cls_out() : embeddings ? cfg_.n_embd : cfg_.n_vocab);
     }
 }
 

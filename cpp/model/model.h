@@ -164,6 +164,7 @@ public:
     void decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want_logits,
                 int n, float * out, bool embeddings = false, bool classify = false);
     int n_cls_out() const { return int(w_.cls_out.rows); }  // 0: no classification head
+    // (a decoder's head, cls.output: a causal reranker scoring its last token, as Qwen3-Reranker)
 
     // The K/V of cells [0, n) of a sequence slot, every layer (K of each head, then V of each
     // head, layer by layer), as bytes in the cache types: to save a prompt's state and put it
@@ -217,10 +218,13 @@ private:
     void move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv);
     void allocate_state();
     void forward(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want, int n,
-                 float * out, bool embeddings);
+                 float * out, bool embeddings, bool classify);
+    // out (n, n_cls_out) = the classification head on rows (n, n_embd) in host memory (encoder.cpp)
+    void classify_rows(const float * rows, int n, float * out);
     // encoder.cpp: an encoder's weights and forward pass (on the CPU; each slot's tokens in the
     // batch are one whole text, attending to each other).
     void load_encoder_weights();
+    void load_cls_out();  // a reranker's classification head (cls.output, cls), if the file has one
     int encoder_slots() const { return std::max(params_.n_batch, params_.n_seq_max); }
     // A batch's texts: the tokens of slot s are enc_order_[enc_start_[s] .. enc_start_[s + 1]).
     std::vector<int32_t> enc_start_;  // (encoder_slots + 1)

@@ -83,7 +83,8 @@ class Model:
         embeddings the final hidden states after the output norm (n_wanted, n_embd). An encoder
         (config["encoder"]: bert, nomic-bert) gives embeddings only, each slot's tokens of one call
         being one whole text at positions 0, 1, ... (slots < max(n_batch, n_seq_max)); with classify
-        (a reranker) each flagged token's classification scores (n_wanted, n_cls_out)."""
+        (a reranker: an encoder's first token, a causal reranker's last) each flagged token's
+        classification scores (n_wanted, n_cls_out; qwen3: their softmax)."""
     @property
     def memory(self) -> list[dict[str, Any]]:
         """Bytes held per device: weights, kv, buffers, overhead."""
@@ -119,7 +120,7 @@ class Model:
         n_rot, rope_base, rope_freq_scale, rope_neox, n_swa, swa_layers, encoder (an embedding
         model: bert, nomic-bert), learned_pos (position embeddings for n_ctx_train positions),
         n_cls_out (a reranker's classification outputs; 0: none), has_cls_out (the file holds a
-        classification head, cls.output.weight, whether or not the model runs it)."""
+        classification head, cls.output.weight)."""
 
 # --- bind_cpu.cpp ------------------------------------------------------------------------------
 # CPU kernels on numpy arrays, for tests and benchmarks: weight and cache rows are uint8 arrays

@@ -381,11 +381,15 @@ class BatchEngine:
                 rows = self._forward(chunk, pos, [job.slot] * n, [1] * n,
                                      np.empty((n, self._n_vocab), dtype=np.float32))
                 job.prompt_logprobs.feed(rows)
-            elif job.classify:  # (an encoder's text is one chunk, from position 0)
-                rows = self._forward(chunk, pos, [job.slot] * n, [1] + [0] * (n - 1),
-                                     np.empty((1, self.model.config["n_cls_out"]), dtype=np.float32),
-                                     embeddings=True, classify=True)
-                job.embeddings.append(rows)  # type: ignore[union-attr]
+            elif job.classify:  # an encoder's first token (its text is one chunk), a decoder's last
+                want = [1] + [0] * (n - 1) if self.model.config["encoder"] else [0] * (n - 1) + [int(last)]
+                if any(want):
+                    rows = self._forward(chunk, pos, [job.slot] * n, want,
+                                         np.empty((1, self.model.config["n_cls_out"]), dtype=np.float32),
+                                         embeddings=True, classify=True)
+                    job.embeddings.append(rows)  # type: ignore[union-attr]
+                else:  # (a decoder's earlier chunks fill the cache)
+                    rows = self._forward(chunk, pos, [job.slot] * n, want)
             elif job.embeddings is not None:
                 rows = self._forward(chunk, pos, [job.slot] * n, [1] * n,
                                      np.empty((n, self._n_embd), dtype=np.float32), embeddings=True)

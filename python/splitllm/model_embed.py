@@ -33,13 +33,10 @@ def pooling_type_of(value: int | str | None, metadata: Mapping[str, Any]) -> int
 
 
 def check_reranker(config: Mapping[str, Any]) -> None:
-    """ValueError unless the engine's model (its config) is a reranker splitllm can run: an encoder
-    with a classification head."""
+    """ValueError unless the engine's model (its config) is a reranker: it has a classification head
+    (an encoder's on its first token, a decoder's on its last)."""
     if config["n_cls_out"]:
         return
-    if not config["encoder"] and config.get("has_cls_out"):
-        raise ValueError(f"pooling_type rank: a {config['arch']} reranker (a decoder scoring its last token, "
-                         "as Qwen3-Reranker) is not supported; rerankers run as encoders (bert)")
     raise ValueError("pooling_type rank needs a reranker: this model has no classification head "
                      "(cls.output.weight)")
 
@@ -128,9 +125,25 @@ class EmbeddingMethods:
         return out
 
     def rank_scores(self, token_lists: Sequence[Sequence[int]]) -> list[list[float]]:
-        """A reranker's scores (n_cls_out each) of token lists, each read as one text."""
+        """A reranker's scores (n_cls_out each) of token lists, each read as one text: an encoder's
+        first token, or a causal reranker's (Qwen3-Reranker) last token, through the head."""
         check_reranker(self._engine().config)
-        return [r[0].tolist() for r in self._encode_texts([list(t) for t in token_lists], classify=True)]
+        if self._engine().config["encoder"]:
+            return [r[0].tolist() for r in self._encode_texts([list(t) for t in token_lists], classify=True)]
+        out = []
+        for tokens in token_lists:  # each from scratch in the cache
+            toks = self._check_tokens(tokens)
+            if not toks:
+                raise ValueError("cannot embed an empty text")
+            n = len(toks)
+            want = np.zeros(n, dtype=np.uint8)
+            want[-1] = 1
+            self._history = []
+            rows = self._engine().decode(np.asarray(toks, dtype=np.int32), np.arange(n, dtype=np.int32),
+                                         np.zeros(n, dtype=np.int32), want, None, True, True)
+            self._history = toks
+            out.append(rows[0].tolist())
+        return out
 
     def rerank_tokens(self, query: str, document: str) -> list[int]:
         """A (query, document) pair's tokens as llama-server's format_prompt_rerank builds them: the

@@ -179,3 +179,23 @@ def test_not_enough_memory_is_reported_before_allocating(smollm2_path, gpu):
     # the device is still usable
     m = _core.Model(str(smollm2_path), n_ctx=256, n_gpu_layers=-1)
     assert np.isfinite(logits(m, PROMPT[:8])).all()
+
+
+def test_causal_reranker_head_after_gpu_layers(tmp_path):
+    """A Qwen3-Reranker-style head (cls.output on the last token's normed state) when the output
+    layer is on the GPU: the rows come back to the host for the head, scores as on the CPU."""
+    cfg = TinyConfig(arch="qwen3", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=13)
+    tm = make_weights(cfg)
+    tm.weights["cls.output.weight"] = tm.weights["output.weight"][[100, 101]]
+    path = tmp_path / "qwen3-rr.gguf"
+    write_gguf(tm, path, weight_type="Q4_K", quantize=quantize,
+               metadata={"qwen3.pooling_type": 4, "qwen3.classifier.output_labels": ["yes", "no"]})
+    n = len(PROMPT)
+    want = np.zeros(n, np.uint8)
+    want[-1] = 1
+    args = (np.asarray(PROMPT, np.int32), np.arange(n, dtype=np.int32), np.zeros(n, np.int32), want, None,
+            True, True)  # embeddings, classify
+    cpu = _core.Model(str(path), n_ctx=256, op_offload=False).decode(*args)
+    gpu = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1).decode(*args)
+    assert cpu.shape == (1, 2) and abs(cpu.sum() - 1) < 1e-5
+    assert np.abs(gpu - cpu).max() < 2e-3
