@@ -1459,3 +1459,53 @@ def xlmr_rerank_scores(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.nd
     x = xlmr_hidden_states(cfg, w, ids)[0]
     h = np.tanh(g["classifier.dense.weight"] @ x + g["classifier.dense.bias"])
     return g["classifier.out_proj.weight"] @ h + g["classifier.out_proj.bias"]
+
+
+# -- causal rerankers (Qwen3-Reranker) -----------------------------------------------------------
+
+QWEN3_RERANKER_CARD = """---
+license: apache-2.0
+pipeline_tag: text-ranking
+---
+# Qwen3-Reranker-0.6B
+
+A tiny random stand-in.
+"""
+
+
+def tiny_qwen3_reranker(
+    d: Path, *, mark: str | None = "readme", tied: bool = False, seed: int = 0, **over: Any
+) -> tuple[dict[str, Any], Weights, tuple[int, int]]:
+    """A random Qwen3ForCausalLM directory laid out as Qwen/Qwen3-Reranker-0.6B, whose scores are the
+    softmax of the "yes" and "no" logits on the last token. ``mark`` says what names it a reranker:
+    "readme" (a model card headed "# Qwen3-Reranker-0.6B"), "name_or_path" (config.json's
+    _name_or_path) or None (nothing; the directory's name may). The byte-level BPE tokenizer gets
+    plain tokens "no" and "yes" after the trained ones (in that order: "yes" has the larger id); the
+    head's rows of those two (the embeddings' when tied) are scaled to lm_head's size, so the scores
+    stay away from 0 and 1. Returns (config, stored weights as float32, (id of "yes", id of "no"))."""
+    d.mkdir(parents=True, exist_ok=True)
+    n = write_bpe_tokenizer(d, pre="qwen2")
+    spec = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["model"]["vocab"].update({"no": n, "yes": n + 1})
+    _write_json(d / "tokenizer.json", spec)
+    yes, no = n + 1, n
+    cfg = tiny_config("qwen3", vocab_size=n + 2, tie_word_embeddings=tied, **over)
+    if mark == "name_or_path":
+        cfg["_name_or_path"] = "Qwen/Qwen3-Reranker-0.6B"
+    if mark == "readme":
+        (d / "README.md").write_text(QWEN3_RERANKER_CARD, encoding="utf-8")
+    _write_json(d / "config.json", cfg)
+    w = random_weights(cfg, seed=seed)
+    head = w["model.embed_tokens.weight" if tied else "lm_head.weight"]
+    head[[yes, no]] *= 1.0 / np.sqrt((head[[yes, no]] ** 2).mean() * cfg["hidden_size"])
+    return cfg, save_weights(d, w), (yes, no)
+
+
+def qwen3_rerank_scores(
+    cfg: dict[str, Any], w: Weights, ids: list[int], yes_no: tuple[int, int]
+) -> np.ndarray:
+    """A Qwen3-Reranker's scores in float64, as its model card computes them: the softmax of the
+    last token's logits (reference_logits) of "yes" and "no", in that order."""
+    z = reference_logits(cfg, w, ids)[-1][list(yes_no)]
+    e = np.exp(z - z.max())
+    return e / e.sum()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from gguf import GGUFWriter, RopeScalingType
+from gguf import GGUFWriter, PoolingType, RopeScalingType
 
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.mix import ModelShape
@@ -286,6 +286,10 @@ class Architecture:
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
 
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
+        """Keys a subclass's set_gguf_parameters adds in llama.cpp after TextModel's, whose last is
+        general.file_type (Qwen3-Reranker's); none by default."""
+
 
 # The feed-forward of a block: dense, or a mixture of experts (router, then expert e's matrices).
 _FFN_RULES = {
@@ -446,8 +450,43 @@ class Qwen2(Architecture):
         return self.n_layer == 80
 
 
+# The "rerank" chat template llama.cpp's Qwen3Model writes for a Qwen3-Reranker: llama-server puts a
+# pair's query and document in for {query} and {document}.
+QWEN3_RERANK_TEMPLATE = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n<Instruct>: Given a web search query, retrieve relevant passages that answer the "
+    "query\n<Query>: {query}\n<Document>: {document}<|im_end|>\n"
+    "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+
+
+def is_qwen3_reranker(cfg: dict[str, Any], model_dir: Path) -> bool:
+    """llama.cpp's Qwen3Model._is_qwen3_reranker: a model card with a "# Qwen3-Reranker" (or
+    "# Qwen3-VL-Reranker") heading; either name in the directory's name, config.json's _name_or_path,
+    model_type or architectures[0]; or a SequenceClassification architecture (case-insensitive)."""
+    card = model_dir / "README.md"
+    text = card.read_text(encoding="utf-8", errors="replace").lower() if card.is_file() else ""
+    if "# qwen3-reranker" in text or "# qwen3-vl-reranker" in text:
+        return True
+    names = cfg.get("architectures")
+    arch = str(names[0] or "") if isinstance(names, list) and names else ""
+    hints = (model_dir.name, str(cfg.get("_name_or_path", "")), str(cfg.get("model_type", "")), arch)
+    if any("qwen3-reranker" in h.lower() or "qwen3-vl-reranker" in h.lower() for h in hints):
+        return True
+    return "sequenceclassification" in arch.lower()
+
+
 class Qwen3(Architecture):
-    """Qwen3ForCausalLM: no biases, each query/key head RMS-normed before the NEOX rotation."""
+    """Qwen3ForCausalLM: no biases, each query/key head RMS-normed before the NEOX rotation.
+
+    A Qwen3-Reranker (``is_qwen3_reranker``) is written as llama.cpp's Qwen3Model writes one: the
+    rows of the "yes" and "no" tokens (the tokenizer's ids), in that order, of lm_head as
+    ``cls.output.weight`` in its place (no output.weight), or of the tied embeddings just before
+    token_embd; then, after general.file_type, pooling_type rank, labels ["yes", "no"] and the
+    "rerank" chat template (tokenizer.chat_template.rerank, listed in tokenizer.chat_templates).
+    llama.cpp scores a text by the softmax of the two rows on its last token's normed hidden state.
+    """
 
     hf_names = ("Qwen3ForCausalLM",)
     gguf_arch = "qwen3"
@@ -457,6 +496,49 @@ class Qwen3(Architecture):
         TensorRule("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", ("head",)),
     )
     default_ctx = 32768
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self.model_dir = config_path.parent
+        self.rerank = is_qwen3_reranker(cfg, self.model_dir)
+        self.rank_ids: tuple[int, int] | None = None  # the ids of "yes" and "no", from the vocabulary
+
+    def plan(
+        self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
+    ) -> list[PlannedSource]:
+        out = super().plan(available, where, files)
+        if self.rerank:
+            head = "model.embed_tokens.weight" if self.tied else "lm_head.weight"
+            i = next(i for i, s in enumerate(out) if s.hf_name == head)
+            cls_out = PlannedSource("cls.output.weight", (2, self.n_embd), head, "rank_rows")
+            out[i : i + (not self.tied)] = [cls_out]  # in lm_head's place, or before token_embd
+        return out
+
+    def transforms(self) -> dict[str, Callable[[Array], Array]]:
+        return {"rank_rows": self._rank_rows}
+
+    def _rank_rows(self, w: Array) -> Array:
+        assert self.rank_ids is not None  # set by read_vocab, before any tensor is produced
+        return np.stack([w[self.rank_ids[0]], w[self.rank_ids[1]]])
+
+    def adjust_vocab(self, vocab: Vocab) -> None:
+        if not self.rerank:
+            return
+        ids = []
+        for token in ("yes", "no"):  # as transformers' convert_tokens_to_ids finds them
+            if token not in vocab.tokens:
+                raise ConvertError(
+                    f"{self.model_dir}: the tokenizer has no token {token!r}; a Qwen3-Reranker's head is the "
+                    "rows of the 'yes' and 'no' tokens"
+                )
+            ids.append(vocab.tokens.index(token))
+        self.rank_ids = (ids[0], ids[1])
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
+        if self.rerank:
+            w.add_pooling_type(PoolingType.RANK)
+            w.add_classifier_output_labels(["yes", "no"])
+            w.add_chat_template([{"name": "rerank", "template": QWEN3_RERANK_TEMPLATE}])
 
 
 class Qwen3Moe(Architecture):

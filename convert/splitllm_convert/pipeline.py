@@ -135,6 +135,7 @@ def _add_metadata(w: GGUFWriter, model_dir: Path, arch: Architecture, ft: mix.Fi
     meta.set_gguf_meta_model(w)
     arch.add_hparams(w)
     w.add_file_type(int(ft.ftype))
+    arch.add_hparams_after_file_type(w)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to(w)
 
