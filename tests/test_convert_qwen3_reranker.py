@@ -192,3 +192,24 @@ def test_sequence_classification_is_not_supported(tmp_path: Path) -> None:
     F.tiny_qwen3_reranker(d, architectures=["Qwen3ForSequenceClassification"])
     with pytest.raises(ConvertError, match="'Qwen3ForSequenceClassification' is not supported"):
         convert(d, tmp_path / "m.gguf", quiet=True)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_sentence_transformers_pooling(tmp_path: Path, arch: str) -> None:
+    """A Qwen2 / Qwen3 embedding model (Qwen3-Embedding: sentence-transformers' last-token pooling)
+    gets {arch}.pooling_type right after general.file_type, as llama.cpp's Qwen2Model writes it; the
+    rest of the file is the plain conversion's, and Model.embed pools by the last token."""
+    from splitllm import Model
+
+    F.tiny_model(tmp_path / "hf", arch)
+    convert(tmp_path / "hf", tmp_path / "plain.gguf", type="q8_0", quiet=True)
+    F.write_pooling(tmp_path / "hf", "lasttoken")
+    convert(tmp_path / "hf", tmp_path / "st.gguf", type="q8_0", quiet=True)
+    plain, st = _fields(tmp_path / "plain.gguf"), _fields(tmp_path / "st.gguf")
+    keys = list(st)
+    assert keys[keys.index("general.file_type") + 1] == f"{arch}.pooling_type"
+    assert st[f"{arch}.pooling_type"] == 3
+    del st[f"{arch}.pooling_type"]
+    assert st == plain
+    with Model(str(tmp_path / "st.gguf"), embedding=True, n_ctx=64, n_threads=2) as m:
+        assert m.pooling_type() == 3

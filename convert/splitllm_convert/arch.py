@@ -438,13 +438,31 @@ class Mistral(Llama):
     default_ctx = 4096 * 32
 
 
+def write_st_pooling(w: GGUFWriter, model_dir: Path) -> None:
+    """llama.cpp's Qwen2Model._try_set_pooling_type: a sentence-transformers directory's pooling (an
+    embedding model such as Qwen3-Embedding: last token) as {arch}.pooling_type, when it names one."""
+    from splitllm_convert.bert import pooling_type  # noqa: PLC0415 - bert builds on this module
+
+    pooling = pooling_type(model_dir)
+    if pooling is not None:
+        w.add_pooling_type(pooling)
+
+
 class Qwen2(Architecture):
-    """Qwen2ForCausalLM: q/k/v biases, no rotary permute (llama.cpp's qwen2 uses NEOX rope)."""
+    """Qwen2ForCausalLM: q/k/v biases, no rotary permute (llama.cpp's qwen2 uses NEOX rope); a
+    sentence-transformers directory's pooling written after general.file_type, as llama.cpp does."""
 
     hf_names = ("Qwen2ForCausalLM",)
     gguf_arch = "qwen2"
     rules = _llama_rules(permute=False, biases="qkv")
     default_ctx = 32768
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self.model_dir = config_path.parent
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
+        write_st_pooling(w, self.model_dir)
 
     def is_70b(self) -> bool:
         return self.n_layer == 80
@@ -535,6 +553,8 @@ class Qwen3(Architecture):
         self.rank_ids = (ids[0], ids[1])
 
     def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
+        if not self.rerank:  # (Qwen2Model's pooling; a reranker's is rank)
+            write_st_pooling(w, self.model_dir)
         if self.rerank:
             w.add_pooling_type(PoolingType.RANK)
             w.add_classifier_output_labels(["yes", "no"])
