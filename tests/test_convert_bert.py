@@ -49,6 +49,17 @@ TEXTS = [
 TOL_F32 = 5e-3
 TOL_F16 = 1e-2
 
+# The tokenizer keys (beside tokens and types) of a lowercase WordPiece vocabulary of the fixtures,
+# as llama.cpp's converter writes them.
+WORDPIECE_KEYS = {
+    "tokenizer.ggml.token_type_count": 2, "tokenizer.ggml.model": "bert",
+    "tokenizer.ggml.pre": "default", "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 3,
+    "tokenizer.ggml.unknown_token_id": 1, "tokenizer.ggml.seperator_token_id": 3,
+    "tokenizer.ggml.padding_token_id": 0, "tokenizer.ggml.mask_token_id": 4,
+    "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": True,
+    "tokenizer.ggml.add_sep_token": False, "tokenizer.ggml.normalizer.lowercase": True,
+}  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def llama_cpp() -> Any:
@@ -236,15 +247,7 @@ def test_metadata(tmp_path: Path, pooling: str | None, want: int | None) -> None
         t if t in F.BERT_SPECIALS else t[2:] if t.startswith("##") else "\u2581" + t for t in by_id
     ]
     assert tok.pop("tokenizer.ggml.token_type") == [3] * 5 + [1] * (len(by_id) - 5)
-    assert tok == {
-        "tokenizer.ggml.token_type_count": 2, "tokenizer.ggml.model": "bert",
-        "tokenizer.ggml.pre": "default", "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 3,
-        "tokenizer.ggml.unknown_token_id": 1, "tokenizer.ggml.seperator_token_id": 3,
-        "tokenizer.ggml.padding_token_id": 0, "tokenizer.ggml.mask_token_id": 4,
-        "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": True,
-        "tokenizer.ggml.add_sep_token": False,
-        "tokenizer.ggml.normalizer.lowercase": True,
-    }  # fmt: skip
+    assert tok == WORDPIECE_KEYS
 
 
 def test_vocab_txt_reads_as_tokenizer_json(tmp_path: Path) -> None:

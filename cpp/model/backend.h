@@ -22,6 +22,7 @@ struct WeightRef {
     const float * bias = nullptr;
     int lora = -1;  // the model's LoRA updates of this matrix (an index into them), or -1
     size_t nbytes() const;
+    size_t bytes_with_bias() const { return nbytes() + (bias ? sizeof(float) * size_t(rows) : 0); }
 };
 
 // KV cache geometry of one layer. Storage is head-major:

@@ -60,12 +60,34 @@ WeightRef matrix(const GGUFFile & f, const Config & c, const std::string & name,
     return w;
 }
 
+// The bias of a matrix, where the file has one.
+void optional_bias(const GGUFFile & f, const Config & c, WeightRef & w, const std::string & name) {
+    if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
+}
+
+// A layer's q, k, v: the rows of one fused tensor attn_qkv (q, then k, then v; its bias likewise),
+// or three tensors.
+void load_qkv(const GGUFFile & f, const Config & c, const std::string & b, bool fused, LayerWeights & L) {
+    if (fused) {
+        WeightRef qkv = matrix(f, c, b + "attn_qkv.weight", c.q_dim() + 2 * c.kv_dim(), c.n_embd);
+        optional_bias(f, c, qkv, b + "attn_qkv.bias");
+        L.wq = row_slice(qkv, 0, c.q_dim());
+        L.wk = row_slice(qkv, c.q_dim(), c.kv_dim());
+        L.wv = row_slice(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
+    } else {
+        L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
+        L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
+        L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+    }
+}
+
 }  // namespace
 
 WeightRef row_slice(const WeightRef & w, int64_t r0, int64_t n) {
     WeightRef s = w;
     s.rows = n;
     s.data = static_cast<const uint8_t *>(w.data) + row_size(w.type, w.K) * size_t(r0);
+    if (w.bias) s.bias = w.bias + r0;
     return s;
 }
 
@@ -146,22 +168,14 @@ void Model::load_weights() {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        if (c.fused_qkv) {  // one tensor, its rows q, then k, then v
-            const WeightRef qkv = matrix(f, c, b + "attn_qkv.weight", c.q_dim() + 2 * c.kv_dim(), c.n_embd);
-            L.wq = row_slice(qkv, 0, c.q_dim());
-            L.wk = row_slice(qkv, c.q_dim(), c.kv_dim());
-            L.wv = row_slice(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
-        } else {
-            L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
-            L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
-            L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
-        }
+        load_qkv(f, c, b, c.fused_qkv, L);
         L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
         // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
         // checkpoints), as is the output projection's for both.
         for (auto [w, name] :
              {std::pair{&L.wq, "attn_q"}, {&L.wk, "attn_k"}, {&L.wv, "attn_v"}, {&L.wo, "attn_output"}}) {
             const std::string bias = b + name + ".bias";
+            if (w->bias) continue;  // (a fused tensor's)
             const bool required = c.has_qkv_bias && w != &L.wo;
             if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
         }
@@ -216,26 +230,13 @@ void Model::load_encoder_weights() {
     }
     w_.embd_norm = vector_f32(f, c, "token_embd_norm.weight", c.n_embd);
     w_.embd_norm_b = vector_f32(f, c, "token_embd_norm.bias", c.n_embd);
-    auto bias = [&](WeightRef & w, const std::string & name) {
-        if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
-    };
+    auto bias = [&](WeightRef & w, const std::string & name) { optional_bias(f, c, w, name); };
     load_cls_out();
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
-        if (f.find_tensor(b + "attn_qkv.weight")) {  // fused: rows q, then k, then v
-            WeightRef qkv = matrix(f, c, b + "attn_qkv.weight", c.q_dim() + 2 * c.kv_dim(), c.n_embd);
-            bias(qkv, b + "attn_qkv.bias");
-            L.wq = row_slice(qkv, 0, c.q_dim());
-            L.wk = row_slice(qkv, c.q_dim(), c.kv_dim());
-            L.wv = row_slice(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
-            if (qkv.bias) L.wk.bias = qkv.bias + c.q_dim(), L.wv.bias = qkv.bias + c.q_dim() + c.kv_dim();
-        } else {
-            L.wq = matrix(f, c, b + "attn_q.weight", c.q_dim(), c.n_embd);
-            L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
-            L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
-        }
+        load_qkv(f, c, b, f.find_tensor(b + "attn_qkv.weight") != nullptr, L);
         if (!L.wq.bias) {  // separate biases (also beside a fused matrix, as llama.cpp allows)
             bias(L.wq, b + "attn_q.bias");
             bias(L.wk, b + "attn_k.bias");
@@ -284,21 +285,17 @@ void Model::load_cls_out() {
         throw GGUFError(strfmt("%s: tensor 'cls.output.weight' has %lld outputs but '%s.classifier.output_labels' "
                                "names %lld", f.path().c_str(), (long long)t->ne[1], c.arch_name.c_str(),
                                (long long)n_labels));
-    auto bias = [&](WeightRef & w, const std::string & name) {
-        if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
-    };
     w_.cls_out = matrix(f, c, "cls.output.weight", t->ne[1], c.n_embd);
-    bias(w_.cls_out, "cls.output.bias");
+    optional_bias(f, c, w_.cls_out, "cls.output.bias");
     if (f.find_tensor("cls.weight")) {
         w_.cls = matrix(f, c, "cls.weight", c.n_embd, c.n_embd);
-        bias(w_.cls, "cls.bias");
+        optional_bias(f, c, w_.cls, "cls.bias");
     }
 }
 
 size_t Weights::input_bytes() const {
-    const auto with_bias = [](const WeightRef & w) { return w.nbytes() + (w.bias ? sizeof(float) * size_t(w.rows) : 0); };
     return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * size_t(tok_embd.K) : 0) +
-           with_bias(cls) + with_bias(cls_out);
+           cls.bytes_with_bias() + cls_out.bytes_with_bias();
 }
 
 void Model::setup_kv() {

@@ -55,7 +55,7 @@ size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTa
     size_t bytes = sizeof(float) * norm_floats(L, c);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
                                 &L.up_exps, &L.down_exps})
-        bytes += w->nbytes() + (w->bias ? sizeof(float) * size_t(w->rows) : 0);
+        bytes += w->bytes_with_bias();
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += t.a.nbytes() + t.b.nbytes(); });
     return bytes;
 }

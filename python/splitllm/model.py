@@ -356,14 +356,17 @@ class Model(EmbeddingMethods, ChatMethods):
             want[-1] = 1
         return self._engine().decode(toks, pos, slot, want, out, embeddings)
 
-    def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
+    def _check_tokens(self, tokens: Sequence[int], limit: tuple[int, str] | None = None) -> list[int]:
+        """Ids in the vocabulary, at most ``limit`` (a count and what sets it; default a slot's
+        context window) of them."""
         toks = [int(t) for t in tokens]
         n_vocab = self.n_vocab()
         bad = [t for t in toks if not 0 <= t < n_vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {n_vocab})")
-        if len(toks) > self._seq_ctx:
-            raise ValueError(f"Requested tokens ({len(toks)}) exceed context window of {self._seq_ctx}")
+        most, why = limit or (self._seq_ctx, "context window")
+        if len(toks) > most:
+            raise ValueError(f"Requested tokens ({len(toks)}) exceed {why} of {most}")
         return toks
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:

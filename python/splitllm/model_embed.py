@@ -89,15 +89,9 @@ class EmbeddingMethods:
 
     def _encoder_tokens(self, tokens: Sequence[int]) -> list[int]:
         """One text's ids for an encoder: in the vocabulary, not empty, within embed_limit."""
-        toks = [int(t) for t in tokens]
-        bad = [t for t in toks if not 0 <= t < self.n_vocab()]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.n_vocab()})")
+        toks = self._check_tokens(tokens, self._embed_limit_why())
         if not toks:
             raise ValueError("cannot embed an empty text")
-        limit, why = self._embed_limit_why()
-        if len(toks) > limit:
-            raise ValueError(f"Requested tokens ({len(toks)}) exceed {why} of {limit}")
         return toks
 
     def _encode_texts(self, token_lists: list[list[int]], classify: bool = False) -> list[np.ndarray]:
