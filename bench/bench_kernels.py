@@ -85,7 +85,7 @@ class Ggml:
     def time(self, qtype: T, w: np.ndarray, k: int, n_tok: int, *, copies: int, threads: int) -> float:
         """Best seconds of one (n_rows x K) x (K x n_tok) product, `copies` matrices per graph."""
         n_rows = w.shape[0]
-        mem = int(w.nbytes * copies + 4 * k * n_tok * (copies + 1) + 4 * n_rows * n_tok * copies + (1 << 27))
+        mem = int(w.nbytes * copies + 4 * k * n_tok * (copies + 1) + 4 * n_rows * n_tok * copies + (1 << 28))
         ctx = self.base.ggml_init(_InitParams(mem, None, False))
         try:
             x = self.base.ggml_new_tensor_2d(ctx, 0, k, n_tok)

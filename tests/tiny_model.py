@@ -30,6 +30,17 @@ def gpt2_byte_tokens() -> list[str]:
     return [mapping[b] for b in range(256)]
 
 
+# Relative error allowed between an F32 model's logits and the float64 reference (which rounds
+# the keys and values to float16 as the cache does). Float32 rounding in the engine puts a few
+# cached values on the other side of a float16 rounding step than float64 does, each a change of
+# 2^-11, and these add up over the tokens: 1.1e-4 to 1.3e-4 on some of the tiny models with the
+# scalar kernels (one chain of additions per dot product), less with the SIMD ones.
+F32_LOGITS_TOL = 2e-4
+# BF16 weights: on CPUs with AVX512_BF16 the prompt's activations are rounded to bfloat16 for
+# the matmuls, as llama.cpp does (about 3e-3 on the logits of the tiny models).
+BF16_ENGINE_TOL = 5e-3
+
+
 @dataclass
 class TinyConfig:
     arch: str = "llama"

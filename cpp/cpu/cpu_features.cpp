@@ -113,6 +113,8 @@ std::atomic<int> g_active{-1};
 
 Isa detect_isa() { return hardware_isa(); }
 
+bool has_avx512_bf16() { return hardware_isa() == Isa::AVX512 && features().avx512bf16; }
+
 Isa active_isa() {
     int v = g_active.load(std::memory_order_relaxed);
     if (v < 0) {

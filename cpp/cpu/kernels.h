@@ -24,7 +24,7 @@ struct alignas(64) Line64 {
 };
 
 // A 64-byte aligned per-thread buffer of at least `bytes` (slot 0: repacked weights, 1:
-// attention tiles); it keeps its largest size. Built in a baseline file.
+// attention tiles, 2: repacked activations); it keeps its largest size. Built in a baseline file.
 uint8_t * scratch(int slot, size_t bytes);
 
 // Quantized activations, one row per token, used with every block-quantized weight type

@@ -14,7 +14,7 @@ namespace sl::cpu {
 namespace impl {
 
 uint8_t * scratch(int slot, size_t bytes) {
-    thread_local std::vector<Line64> bufs[2];
+    thread_local std::vector<Line64> bufs[3];
     std::vector<Line64> & b = bufs[slot];
     const size_t n = (bytes + 63) / 64;
     if (b.size() < n) b.resize(n);

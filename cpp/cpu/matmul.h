@@ -28,6 +28,8 @@ Isa set_isa(Isa isa);
 const char * isa_name(Isa isa);
 // Human-readable feature list for logs and benchmarks ("AVX2 FMA F16C AVX512F AVX512_VNNI ...").
 const char * cpu_features();
+// Whether the CPU (and OS) run AVX512_BF16: BF16 weights then take bf16 activations in prefill.
+bool has_avx512_bf16();
 // "scalar" / "avx2" / "avx512" (any case) to an Isa; false if unknown.
 bool isa_from_name(const char * name, Isa * out);
 // isa clamped to what this CPU supports (what set_isa would select, without selecting it).

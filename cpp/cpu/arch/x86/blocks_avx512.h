@@ -14,6 +14,63 @@
 
 namespace sl::cpu::impl::avx512 {
 
+// In-register transpose of a 16 x 16 matrix of 32-bit values (row i in v[i]).
+inline void transpose16(__m512i v[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int j = 0; j < 4; ++j) {
+        u[4 * j + 0] = _mm512_unpacklo_epi64(t[4 * j], t[4 * j + 2]);
+        u[4 * j + 1] = _mm512_unpackhi_epi64(t[4 * j], t[4 * j + 2]);
+        u[4 * j + 2] = _mm512_unpacklo_epi64(t[4 * j + 1], t[4 * j + 3]);
+        u[4 * j + 3] = _mm512_unpackhi_epi64(t[4 * j + 1], t[4 * j + 3]);
+    }
+    // u[4j + c], 128-bit lane L = rows 4j..4j+3 of column 4L + c.
+    for (int c = 0; c < 4; ++c) {
+        const __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);
+        const __m512i x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+        const __m512i x2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+        const __m512i x3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+        v[c] = _mm512_shuffle_i32x4(x0, x2, 0x88);
+        v[4 + c] = _mm512_shuffle_i32x4(x0, x2, 0xDD);
+        v[8 + c] = _mm512_shuffle_i32x4(x1, x3, 0x88);
+        v[12 + c] = _mm512_shuffle_i32x4(x1, x3, 0xDD);
+    }
+}
+
+inline void transpose16(__m512 v[16]) { transpose16(reinterpret_cast<__m512i *>(v)); }
+
+// Float weights: 16 values from k on (masked: the first popcount(m)), widened to f32.
+struct LoadF32 {
+    static __m512 load(const uint8_t * row, int64_t k) {
+        // Two 32-byte loads: 64-byte ones that straddle cache lines stream more slowly.
+        const float * p = reinterpret_cast<const float *>(row) + k;
+        return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p)), _mm256_loadu_ps(p + 8), 1);
+    }
+    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+        return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(row) + k);
+    }
+};
+struct LoadF16 {
+    static __m512 load(const uint8_t * row, int64_t k) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
+    }
+    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
+    }
+};
+struct LoadBF16 {
+    static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+    static __m512 load(const uint8_t * row, int64_t k) {
+        return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
+    }
+    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+        return widen(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
+    }
+};
+
 struct Codes {
     __m512i lo, hi;
 };

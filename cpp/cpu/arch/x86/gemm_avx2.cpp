@@ -1,5 +1,5 @@
-// The AVX2 kernel table (AVX2 + FMA + F16C): per weight type, the blocks-as-stored kernel (the
-// only one so far: no repacking kernel for AVX2 yet).
+// The AVX2 kernel table (AVX2 + FMA + F16C): per weight type, the blocks-as-stored kernel, and
+// for float weights a repacking one from kPackMinTokens on.
 #include "cpu/arch/x86/kernels_x86.h"
 
 namespace sl::cpu::impl {
@@ -12,7 +12,10 @@ GemmFn g_packed[int(QType::COUNT)];
 template <QType WT>
 void gemm(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
           int64_t n_tok, float * y, int64_t ldy) {
-    const GemmFn f = n_tok >= kPackMinTokens && g_packed[int(WT)] ? g_packed[int(WT)] : g_gemv[int(WT)];
+    // The float kernels' panels are packed by 8 x 8 transposes, dearer than AVX-512's: below 16
+    // tokens the direct kernel is as fast on the small shapes (measured on Zen 4).
+    constexpr int64_t min_tokens = qtype_block_size(WT) == 1 ? 16 : kPackMinTokens;
+    const GemmFn f = n_tok >= min_tokens && g_packed[int(WT)] ? g_packed[int(WT)] : g_gemv[int(WT)];
     f(W, ldw, K, n_rows, acts, lda, n_tok, y, ldy);
 }
 

@@ -30,6 +30,7 @@ void fill_avx512(KernelTable & t) {
     add<QType::F32>(t);
     add<QType::F16>(t);
     add<QType::BF16>(t);
+    if (has_avx512_bf16()) g_packed[int(QType::BF16)] = avx512bf16::packed_kernel();
     add<QType::Q4_0>(t);
     add<QType::Q4_1>(t);
     add<QType::Q5_0>(t);

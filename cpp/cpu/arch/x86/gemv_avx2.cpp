@@ -264,6 +264,115 @@ void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
               f(Nt<3>()), f(Nt<4>()));
 }
 
+
+// ---- float weights, many tokens: a panel of 16 rows packed rows-in-lanes (two ymm per k, as in
+// packed_float_avx512.cpp) and the tokens in groups of 6, tokens-in-lanes; the micro-kernel
+// broadcasts each of the 6 tokens' values against the panel's two ymm (12 accumulators). Packing
+// is scalar: it costs a few percent of a prompt's fma work.
+
+constexpr int kFloatGroup = 6;
+
+// In-register transpose of an 8 x 8 matrix of floats (row i in v[i]).
+void transpose8(__m256 v[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    for (int j = 0; j < 2; ++j) {
+        u[4 * j + 0] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], 0x44);
+        u[4 * j + 1] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], 0xEE);
+        u[4 * j + 2] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0x44);
+        u[4 * j + 3] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+        v[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        v[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
+
+// Rows [0, nr) of W to P[k * 16 + r] (zero past nr), 8 values of 8 rows per transpose.
+template <class L>
+void pack_float(const uint8_t * W, size_t ldw, int64_t K, int nr, float * P) {
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        for (int h = 0; h < 2; ++h) {
+            __m256 v[8];
+            for (int r = 0; r < 8; ++r) v[r] = 8 * h + r < nr ? L::load(W + (8 * h + r) * ldw, k) : _mm256_setzero_ps();
+            transpose8(v);
+            for (int j = 0; j < 8; ++j) _mm256_store_ps(P + (k + j) * 16 + 8 * h, v[j]);
+        }
+    }
+    for (; k < K; ++k)
+        for (int r = 0; r < 16; ++r) P[k * 16 + r] = r < nr ? L::one(W + r * ldw, k) : 0.0f;
+}
+
+// X[(g * K + k) * 6 + t] = x[6 g + t][k], zero past nt.
+void pack_acts(const uint8_t * acts, size_t lda, int64_t K, int64_t nt, float * X) {
+    for (int64_t g = 0; g * kFloatGroup < nt; ++g) {
+        float * Xg = X + g * K * kFloatGroup;
+        for (int t = 0; t < kFloatGroup; ++t) {
+            const int64_t i = g * kFloatGroup + t;
+            const float * x = i < nt ? reinterpret_cast<const float *>(acts + i * lda) : nullptr;
+            for (int64_t k = 0; k < K; ++k) Xg[k * kFloatGroup + t] = x ? x[k] : 0.0f;
+        }
+    }
+}
+
+// A packed group of 6 tokens times a panel; tokens [0, n_t) and rows [0, nr) go to
+// y[t * ldy + r]. Twelve named accumulators (GCC 12 keeps an array of them in memory here); the
+// sums run over chunks of kFloatChunk values of K, added up in y, as in the AVX-512 kernel.
+void micro_float(const float * P, const float * X, int64_t K, float * y, int64_t ldy, int nr, int n_t) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
+    const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
+    for (int64_t k0 = 0; k0 < K; k0 += kFloatChunk) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0;
+        const float * p = P + k0 * 16;
+        const float * x = X + k0 * kFloatGroup;
+        for (int64_t k = k0; k < imin(K, k0 + kFloatChunk); ++k, p += 16, x += kFloatGroup) {
+            const __m256 w0 = _mm256_load_ps(p), w1 = _mm256_load_ps(p + 8);
+            auto step = [&](int t, __m256 & a, __m256 & b) {
+                const __m256 v = _mm256_broadcast_ss(x + t);
+                a = _mm256_fmadd_ps(w0, v, a);
+                b = _mm256_fmadd_ps(w1, v, b);
+            };
+            step(0, a0, b0);
+            step(1, a1, b1);
+            step(2, a2, b2);
+            step(3, a3, b3);
+            step(4, a4, b4);
+            step(5, a5, b5);
+        }
+        __m256 lo[kFloatGroup] = {a0, a1, a2, a3, a4, a5}, hi[kFloatGroup] = {b0, b1, b2, b3, b4, b5};
+        for (int t = 0; t < n_t; ++t) {
+            float * yt = y + t * ldy;
+            if (k0 > 0) {
+                lo[t] = _mm256_add_ps(lo[t], _mm256_maskload_ps(yt, m0));
+                hi[t] = _mm256_add_ps(hi[t], _mm256_maskload_ps(yt + 8, m1));
+            }
+            _mm256_maskstore_ps(yt, m0, lo[t]);
+            _mm256_maskstore_ps(yt + 8, m1, hi[t]);
+        }
+    }
+}
+
+template <class L>
+void gemm_packed_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                       int64_t n_tok, float * y, int64_t ldy) {
+    const int64_t tb = imax<int64_t>(kFloatGroup, int64_t(kFloatTokenBlockBytes / (K * 4)) / kFloatGroup * kFloatGroup);
+    const int64_t n_groups = (imin(tb, n_tok) + kFloatGroup - 1) / kFloatGroup;
+    float * P = reinterpret_cast<float *>(scratch(0, size_t(K) * 16 * sizeof(float)));
+    float * X = reinterpret_cast<float *>(scratch(2, size_t(n_groups * kFloatGroup * K) * sizeof(float)));
+    packed_passes(
+        n_rows, n_tok, tb, kFloatGroup, [&](int64_t t0, int64_t nt) { pack_acts(acts + t0 * lda, lda, K, nt, X); },
+        [&](int64_t r0, int nr) { pack_float<L>(W + r0 * ldw, ldw, K, nr, P); },
+        [&](int64_t t, int n_t, int64_t r0, int nr) {
+            micro_float(P, X + (t % tb) * K, K, y + t * ldy + r0, ldy, nr, n_t);  // (tb: whole groups)
+        });
+}
+
 }  // namespace
 
 GemmFn gemv_kernel(QType wt) {
@@ -285,6 +394,13 @@ GemmFn gemv_kernel(QType wt) {
     }
 }
 
-GemmFn packed_kernel(QType) { return nullptr; }
+GemmFn packed_kernel(QType wt) {
+    switch (wt) {
+        case QType::F32: return gemm_packed_float<LoadF32>;
+        case QType::F16: return gemm_packed_float<LoadF16>;
+        case QType::BF16: return gemm_packed_float<LoadBF16>;
+        default: return nullptr;
+    }
+}
 
 }  // namespace sl::cpu::impl::avx2

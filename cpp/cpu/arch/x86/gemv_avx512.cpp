@@ -164,34 +164,6 @@ void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
 
 // ---- float weights: 16 values per step, converted to f32 and fma'd with the float activations ----
 
-struct LoadF32 {
-    static __m512 load(const uint8_t * row, int64_t k) {
-        // Two 32-byte loads: 64-byte ones that straddle cache lines stream more slowly.
-        const float * p = reinterpret_cast<const float *>(row) + k;
-        return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p)), _mm256_loadu_ps(p + 8), 1);
-    }
-    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
-        return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(row) + k);
-    }
-};
-struct LoadF16 {
-    static __m512 load(const uint8_t * row, int64_t k) {
-        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
-    }
-    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
-        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
-    }
-};
-struct LoadBF16 {
-    static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-    static __m512 load(const uint8_t * row, int64_t k) {
-        return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
-    }
-    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
-        return widen(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
-    }
-};
-
 // One weight row times NT tokens; K any length (the tail is masked). Two accumulators per token
 // alternate over steps of 16 values.
 template <class L, int NT>

@@ -45,13 +45,56 @@ constexpr int64_t kPackMinTokens = 10;
 // The direct kernels walk this many rows for every group of tokens, so that the rows stay in
 // cache while several groups of 4 tokens pass over them.
 constexpr int64_t kRowBlock = 64;
+// Float weights, many tokens: the activations of a block of tokens (about this many bytes) pass
+// over each packed panel of 16 rows (packed_float_avx512.cpp).
+constexpr int64_t kFloatTokenBlockBytes = 4 * 1024 * 1024;
+// and sum over chunks of this many values of K, the chunks' sums added in the output.
+constexpr int64_t kFloatChunk = 512;
+
+// The passes of the float kernels for many tokens (packed_float_avx512.cpp, the BF16 and AVX2
+// ones): blocks of tb tokens, each packed once (pack_acts(t0, nt)); for each block, panels of 16
+// weight rows (pack_panel(r0, nr)); for each panel, the block's tokens in groups of `group`
+// (micro(t, n_t, r0, nr): tokens t .. t + n_t of the prompt, rows r0 .. r0 + nr).
+template <class PackActs, class PackPanel, class Micro>
+inline void packed_passes(int64_t n_rows, int64_t n_tok, int64_t tb, int64_t group, PackActs && pack_acts,
+                          PackPanel && pack_panel, Micro && micro) {
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tb) {
+        const int64_t nt = imin(tb, n_tok - t0);
+        pack_acts(t0, nt);
+        for (int64_t r0 = 0; r0 < n_rows; r0 += 16) {
+            const int nr = int(imin<int64_t>(16, n_rows - r0));
+            pack_panel(r0, nr);
+            for (int64_t t = 0; t < nt; t += group) micro(t0 + t, int(imin(group, nt - t)), r0, nr);
+        }
+    }
+}
+
+// f(Int<n>{}) for a run-time n in [1, N]: micro-kernels templated on their token count.
+template <int N>
+struct Int {
+    static constexpr int value = N;
+};
+template <int N, class F>
+inline void with_count(int n, F && f) {
+    if constexpr (N > 0) {
+        if (n == N)
+            f(Int<N>{});
+        else
+            with_count<N - 1>(n, f);
+    }
+}
 
 namespace avx512 {
 GemmFn gemv_kernel(QType wt);    // any n_tok; reads weight blocks as stored
 GemmFn lanes_kernel(QType wt);   // any n_tok (meant for decode); Q4_0, Q4_1, Q5_1, Q8_0, else null
-GemmFn packed_kernel(QType wt);  // n_tok >= kPackMinTokens; quantized types only
+GemmFn packed_kernel(QType wt);  // n_tok >= kPackMinTokens; quantized and float types
+GemmFn packed_float_kernel(QType wt);  // F32, F16, BF16 (packed_float_avx512.cpp), else null
 void fill_act_attn(KernelTable & t);
 }  // namespace avx512
+
+namespace avx512bf16 {
+GemmFn packed_kernel();  // BF16 weights, n_tok >= kPackMinTokens; needs AVX512_BF16
+}  // namespace avx512bf16
 
 namespace avx2 {
 GemmFn gemv_kernel(QType wt);

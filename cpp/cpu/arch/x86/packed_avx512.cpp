@@ -15,34 +15,6 @@ constexpr int kPanelRows = 16;
 constexpr int kBlockBytes = 8 * 64 + 4 * 64;
 constexpr int kDg = 512, kMg = 640;
 
-// In-register transpose of a 16 x 16 matrix of 32-bit values (row i in v[i]).
-void transpose16(__m512i v[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-    }
-    for (int j = 0; j < 4; ++j) {
-        u[4 * j + 0] = _mm512_unpacklo_epi64(t[4 * j], t[4 * j + 2]);
-        u[4 * j + 1] = _mm512_unpackhi_epi64(t[4 * j], t[4 * j + 2]);
-        u[4 * j + 2] = _mm512_unpacklo_epi64(t[4 * j + 1], t[4 * j + 3]);
-        u[4 * j + 3] = _mm512_unpackhi_epi64(t[4 * j + 1], t[4 * j + 3]);
-    }
-    // u[4j + c], 128-bit lane L = rows 4j..4j+3 of column 4L + c.
-    for (int c = 0; c < 4; ++c) {
-        const __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);
-        const __m512i x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
-        const __m512i x2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
-        const __m512i x3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
-        v[c] = _mm512_shuffle_i32x4(x0, x2, 0x88);
-        v[4 + c] = _mm512_shuffle_i32x4(x0, x2, 0xDD);
-        v[8 + c] = _mm512_shuffle_i32x4(x1, x3, 0x88);
-        v[12 + c] = _mm512_shuffle_i32x4(x1, x3, 0xDD);
-    }
-}
-
-void transpose16(__m512 v[16]) { transpose16(reinterpret_cast<__m512i *>(v)); }
-
 // Stores the transposed codes of 4 blocks (n valid): half 0 holds groups 0..3 (values 0..15),
 // half 1 groups 4..7 of each block.
 void store_codes(uint8_t * P, int64_t b, int n, int half, const __m512i v[16]) {
@@ -238,7 +210,7 @@ GemmFn packed_kernel(QType wt) {
         case QType::Q4_K: return gemm_packed<QType::Q4_K>;
         case QType::Q5_K: return gemm_packed<QType::Q5_K>;
         case QType::Q6_K: return gemm_packed<QType::Q6_K>;
-        default: return nullptr;
+        default: return packed_float_kernel(wt);
     }
 }
 
