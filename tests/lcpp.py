@@ -1,12 +1,21 @@
-"""llama.cpp (through llama-cpp-python) as the reference of many tests."""
+"""llama.cpp (through llama-cpp-python) as the reference of many tests, and llama.cpp's own
+vocabulary files (fetched from the llama-cpp-python source release)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 
 
 def llama_cpp_logits(
@@ -52,3 +61,51 @@ def llama_cpp_embeddings(
                 .astype(np.float64) for i in range(len(texts))]
     finally:
         llm.close()
+
+
+def fetch_llama_cpp_vocab(target: Path, names: Sequence[str]) -> None:
+    """Extracts ``names`` from the models folder of the llama-cpp-python source release into
+    ``target``, in that order (the last one's presence means complete)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--no-build-isolation", "--quiet", "-d", tmp, LLAMA_CPP_SDIST]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+            raise RuntimeError(f"pip download failed: {' '.join(errors) or proc.stderr.strip()[-300:]}")
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if not sdists:
+            raise RuntimeError(f"pip download {LLAMA_CPP_SDIST} gave no source archive")
+        wanted = {f"vendor/llama.cpp/models/{name}": name for name in names}
+        found: set[str] = set()
+        with tarfile.open(sdists[0]) as tar:
+            for member in tar:
+                rel = member.name.split("/", 1)[-1]
+                if rel in wanted and member.isfile():
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    (Path(tmp) / wanted[rel]).write_bytes(src.read())
+                    found.add(rel)
+        if found != set(wanted):
+            raise RuntimeError(f"{sdists[0].name} lacks {sorted(set(wanted) - found)}")
+        target.mkdir(exist_ok=True)
+        for name in names:
+            (Path(tmp) / name).replace(target / name)
+
+
+def llama_cpp_vocab(name: str, extras: Sequence[str] = ()) -> Path:
+    """llama.cpp's models/``name`` (and ``extras`` beside it) in splitllm's cache, fetched (those
+    missing, in one download) from the llama-cpp-python source release; the test skips when they
+    cannot be fetched."""
+    from splitllm.assets import cache_dir
+
+    target = cache_dir() / "llama.cpp-vocab"
+    missing = [n for n in [*extras, name] if not (target / n).exists()]
+    if missing:
+        try:
+            fetch_llama_cpp_vocab(target, missing)
+        except (RuntimeError, OSError, subprocess.SubprocessError, tarfile.TarError) as e:
+            detail = " ".join(str(e).split())[:300]
+            pytest.skip(f"{name} not cached in {target} and {LLAMA_CPP_SDIST} could not be fetched: {detail}")
+    return target / name

@@ -21,25 +21,20 @@ drawn from those Unicode 3.2 already had).
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 import unicodedata
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import test_tokenizer as TT
 from hf_fixtures import corpus as training_lines
+from lcpp import LLAMA_CPP_SDIST, fetch_llama_cpp_vocab, llama_cpp_vocab  # noqa: F401 - W.* in other tests
 from splitllm.tokenizer import TokenAttr, Tokenizer, TokenizerError
 from splitllm.tokenizer.bpe import llama_codepoints
 
 KEY = "tokenizer.ggml."
 HF_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 BGE = "ggml-vocab-bert-bge.gguf"
 
 MULTILINGUAL = [
@@ -373,51 +368,6 @@ def test_tokenize_speed(trained) -> None:
 
 
 # ---- llama.cpp's ggml-vocab-bert-bge.gguf and its golden cases ----
-
-
-def fetch_llama_cpp_vocab(target: Path, names: Sequence[str]) -> None:
-    """Extracts ``names`` from the models folder of the llama-cpp-python source release into
-    ``target``, in that order (the last one's presence means complete)."""
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", "--quiet", "-d", tmp, LLAMA_CPP_SDIST]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
-            raise RuntimeError(f"pip download failed: {' '.join(errors) or proc.stderr.strip()[-300:]}")
-        sdists = list(Path(tmp).glob("*.tar.gz"))
-        if not sdists:
-            raise RuntimeError(f"pip download {LLAMA_CPP_SDIST} gave no source archive")
-        wanted = {f"vendor/llama.cpp/models/{name}": name for name in names}
-        found: set[str] = set()
-        with tarfile.open(sdists[0]) as tar:
-            for member in tar:
-                rel = member.name.split("/", 1)[-1]
-                if rel in wanted and member.isfile():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    (Path(tmp) / wanted[rel]).write_bytes(src.read())
-                    found.add(rel)
-        if found != set(wanted):
-            raise RuntimeError(f"{sdists[0].name} lacks {sorted(set(wanted) - found)}")
-        target.mkdir(exist_ok=True)
-        for name in names:
-            (Path(tmp) / name).replace(target / name)
-
-
-def llama_cpp_vocab(name: str, extras: Sequence[str] = ()) -> Path:
-    """llama.cpp's models/``name`` (and ``extras`` beside it) in splitllm's cache, fetched from the
-    llama-cpp-python source release when missing; the test skips when it cannot be fetched."""
-    from splitllm.assets import cache_dir
-
-    target = cache_dir() / "llama.cpp-vocab"
-    if not (target / name).exists():
-        try:
-            fetch_llama_cpp_vocab(target, [*extras, name])
-        except (RuntimeError, OSError, subprocess.SubprocessError, tarfile.TarError) as e:
-            detail = " ".join(str(e).split())[:300]
-            pytest.skip(f"{name} not cached in {target} and {LLAMA_CPP_SDIST} could not be fetched: {detail}")
-    return target / name
 
 
 @pytest.fixture(scope="module")

@@ -225,6 +225,33 @@ def _override_metadata(wr: gguf.GGUFWriter, changes: Mapping[str, Any]) -> None:
             kv[key] = gguf.GGUFValue(value, vtype)
 
 
+_ARRAY_ITEM_TYPES = {"tokenizer.ggml.token_type": gguf.GGUFValueType.INT32,
+                     "tokenizer.ggml.scores": gguf.GGUFValueType.FLOAT32}
+
+
+def write_metadata(wr: gguf.GGUFWriter, metadata: Mapping[str, Any]) -> None:
+    """Writes metadata read with splitllm's GGUFFile (typed values) with the types llama.cpp's
+    converter gives them: integers as uint32 (token types int32), floats as float32, lists of
+    strings, ints or floats as arrays. ``general.architecture`` is left to the writer."""
+    t = gguf.GGUFValueType
+    for key, value in metadata.items():
+        if key == "general.architecture":
+            continue
+        if isinstance(value, list):
+            first = value[0] if value else ""
+            item = _ARRAY_ITEM_TYPES.get(key) or (t.STRING if isinstance(first, str) else
+                                                  t.FLOAT32 if isinstance(first, float) else t.UINT32)
+            wr.add_key_value(key, value, t.ARRAY, item)
+        elif isinstance(value, bool):
+            wr.add_key_value(key, value, t.BOOL)
+        elif isinstance(value, int):
+            wr.add_key_value(key, value, t.UINT32)
+        elif isinstance(value, float):
+            wr.add_key_value(key, value, t.FLOAT32)
+        else:
+            wr.add_key_value(key, value, t.STRING)
+
+
 def write_gguf(
     model: TinyModel,
     path: Path,
@@ -232,6 +259,7 @@ def write_gguf(
     weight_type: str = "F32",
     quantize=None,
     metadata: Mapping[str, Any] | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes the model; 2-D weights in ``weight_type`` (norms and biases stay F32).
 
@@ -239,7 +267,8 @@ def write_gguf(
     changes keys after the model's own are set (a None value removes the key): for files with bad
     metadata. Returns the weights as the file holds them, dequantized with gguf.quants (float64),
     for the reference forward (``rope_freqs.weight`` is left out: the reference takes the rotary
-    frequencies from ``cfg.rope_scaling``).
+    frequencies from ``cfg.rope_scaling``). ``tokenizer``: the ``tokenizer.*`` keys to write (a
+    real vocabulary, see :func:`write_metadata`) instead of the small byte-level one.
     """
     cfg = model.cfg
     arch = cfg.arch
@@ -294,20 +323,23 @@ def write_gguf(
         wr.add_tensor("rope_factors_short.weight", np.asarray(rs["short_factor"], np.float32))
     elif scaling != "default":
         raise ValueError(f"rope_type {scaling!r} is not supported here")
-    merges = ["t h", "h e", "i n", "e r", "a n"]
-    tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
-    n_normal = len(tokens)
-    tokens += [f"<extra_{i}>" for i in range(cfg.n_vocab - len(tokens))]
-    wr.add_tokenizer_model("gpt2")
-    wr.add_tokenizer_pre("default")
-    wr.add_token_list(tokens)
-    wr.add_token_types(
-        [gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (cfg.n_vocab - n_normal)
-    )
-    wr.add_token_merges(merges)
-    wr.add_bos_token_id(n_normal)
-    wr.add_eos_token_id(n_normal + 1)
-    wr.add_add_bos_token(False)
+    if tokenizer is not None:
+        write_metadata(wr, tokenizer)
+    else:
+        merges = ["t h", "h e", "i n", "e r", "a n"]
+        tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
+        n_normal = len(tokens)
+        tokens += [f"<extra_{i}>" for i in range(cfg.n_vocab - len(tokens))]
+        wr.add_tokenizer_model("gpt2")
+        wr.add_tokenizer_pre("default")
+        wr.add_token_list(tokens)
+        wr.add_token_types(
+            [gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (cfg.n_vocab - n_normal)
+        )
+        wr.add_token_merges(merges)
+        wr.add_bos_token_id(n_normal)
+        wr.add_eos_token_id(n_normal + 1)
+        wr.add_add_bos_token(False)
     _override_metadata(wr, metadata or {})
     held: dict[str, np.ndarray] = {}
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]

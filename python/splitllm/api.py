@@ -2,7 +2,9 @@
 
 Endpoints: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /tokenize``
 / ``/detokenize`` (llama-server's; ``/extras/tokenize``, ``/extras/tokenize/count``,
-``/extras/detokenize`` as llama-cpp-python's server has them), ``POST /v1/completions``,
+``/extras/detokenize`` as llama-cpp-python's server has them), llama-server's native ``POST
+/completion``, ``/infill``, ``GET /props`` and ``POST /apply-template`` (:mod:`splitllm.api_native`),
+``POST /v1/completions`` (``suffix``: fill-in-the-middle, :mod:`splitllm.infill`),
 ``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
 ``data: [DONE]``), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
 ``--pooling``, unit length as llama-server and OpenAI give them; a 400 for a model without
@@ -78,6 +80,7 @@ from splitllm.completions import (
 )
 from splitllm.engine import BatchEngine, ChunkStream
 from splitllm.grammar import Grammar, response_grammar
+from splitllm.infill import check_echo, completion_prompt, with_tail
 from splitllm.model import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_RANK, pool_embeddings
 from splitllm.reasoning import ReasoningSplitter, check_reasoning_format
 from splitllm.tools import ToolChunks, ToolError, ToolPlan, tool_chat_choice, tool_plan
@@ -154,6 +157,9 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     async def extras_detokenize(request: Request) -> dict[str, Any]:
         return {"text": svc.detokenize(await _parse(request, DetokenizeRequest))}
 
+    from splitllm.api_native import add_native_routes  # (it builds on this module)
+
+    add_native_routes(app, svc)
     return app
 
 
@@ -290,21 +296,23 @@ class _Service:
         prompts = []
         for prompt in body.prompts():
             try:
-                prompts.append((prompt, self.model._prompt_tokens(prompt)))
+                prompts.append((prompt, *completion_prompt(self.model, prompt, body.suffix)))
+                check_echo(body.suffix, body.echo, body.n_logprobs)
             except ValueError as e:
-                raise APIError(400, str(e), param="prompt") from None
+                raise APIError(400, str(e), param="suffix" if "suffix" in str(e) else "prompt") from None
         grammar = _grammar_of(body)
         runs: list[_Run] = []
         try:
-            for prompt, tokens in prompts:
-                text = self.model.echo_text(prompt, tokens) if body.echo or want_lps else ""
+            for prompt, tokens, tail in prompts:
+                shown = tokens if body.suffix is None else prompt  # (not the fill-in-the-middle prompt)
+                text = self.model.echo_text(prompt, shown) if body.echo or want_lps else ""
                 for k in range(body.n):
                     stream = self._submit(tokens, body, body.max_tokens, stop_list(body.stop), "prompt",
                                           explicit="max_tokens" in body.model_fields_set,
                                           prompt_logprobs=body.echo and want_lps,
                                           seed=_choice_seed(body.seed, k), generate=body.generate,
                                           grammar=grammar)
-                    runs.append(_Run(len(runs), stream, k == 0, Echo(text, body.echo)))
+                    runs.append(_Run(len(runs), stream, k == 0, Echo(text, body.echo), tail))
         except BaseException:
             _close(runs)
             raise
@@ -316,6 +324,7 @@ class _Service:
             return Response(status_code=CLIENT_CLOSED)
         choices, lasts = [], []
         for r, chunks in zip(runs, results, strict=True):
+            chunks = [with_tail(c, r.tail) for c in chunks]
             choice, last = completion_choice(chunks, r.with_prompt_entries(), want_lps, r.index)
             choices.append(choice)
             lasts.append(last)
@@ -479,6 +488,7 @@ class _Run:
     stream: ChunkStream
     first: bool
     echo: Echo = Echo()
+    tail: str = ""  # appended to the text (a suffix the model cannot fill in the middle of)
 
     def with_prompt_entries(self) -> Echo:
         """The echo with the prompt's log-probability entries (set before the job's first event)."""
@@ -575,6 +585,7 @@ async def _completion_events(runs: Sequence[_Run], head: dict[str, Any], want_lo
         if r.index not in started and r.stream.job.prompt_logprobs is not None:  # known once it is read
             yield echo_chunk(head, r.with_prompt_entries(), r.index)  # type: ignore[misc]
         started.add(r.index)
+        c = with_tail(c, r.tail)
         yield generated_chunk(head, c, want_logprobs, r.echo, r.index)
         if c.finish_reason is not None:
             lasts[r.index] = c

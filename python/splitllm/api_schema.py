@@ -103,20 +103,13 @@ class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False  # before max_tokens, whose check reads it
     max_tokens: int = Field(16, ge=0)
-    suffix: str | None = None
+    suffix: str | None = None  # fill-in-the-middle (see splitllm.infill)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @property
     def n_logprobs(self) -> int | None:
         """Alternatives per token when log-probabilities are asked for, else None."""
         return self.logprobs
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, v: str | None) -> str | None:
-        if v:
-            raise ValueError("suffix is not supported by this server")
-        return v
 
     @field_validator("max_tokens")
     @classmethod

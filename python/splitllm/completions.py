@@ -24,7 +24,8 @@ from splitllm.textstream import StopStream
 class CompletionChunk:
     """One step of a generation stream. ``finish_reason`` is set on the last chunk only.
     ``logprobs``: the entries of the tokens whose text this chunk brings (when asked for);
-    ``reasoning``: text of a thinking block, split from ``text`` (see :mod:`splitllm.reasoning`)."""
+    ``reasoning``: text of a thinking block, split from ``text`` (see :mod:`splitllm.reasoning`);
+    ``tokens``: the tokens sampled since the previous chunk (an end-of-generation token included)."""
 
     text: str
     token: int | None
@@ -33,6 +34,7 @@ class CompletionChunk:
     finish_reason: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     reasoning: str = ""
+    tokens: tuple[int, ...] = ()
 
 
 class _PieceSource(Protocol):
@@ -71,7 +73,9 @@ class TokenText:
     none yet); ``finish()`` returns the last chunk, with what was held back and the finish reason.
     With ``logprobs``, each token comes with its entry (``push(token, entry)``), and each chunk
     carries the entries of the tokens whose text it brings: tokens cut off by a stop string are
-    left out, as is an end-of-generation token.
+    left out, as is an end-of-generation token. ``stop_type`` says what ended the text, in
+    llama-server's words: "eos" (an end-of-generation token), "word" (the stop string
+    ``stop_word``), "limit" (``max_tokens`` or the context), "none" (a stopping criterion).
     """
 
     def __init__(self, tokenizer: _PieceSource, *, n_prompt: int, limit: int,
@@ -85,13 +89,20 @@ class TokenText:
         self.limit = limit
         self.n_done = 0
         self.finish_reason = "length"
+        self.stop_type = "limit"
         self.done = limit <= 0
+        self._unsent: list[int] = []  # tokens pushed since the last chunk
+
+    @property
+    def stop_word(self) -> str:
+        return self._text.word
 
     def push(self, token: int, entry: TokenLogprob | None = None) -> CompletionChunk | None:
         if self.done:
             raise ValueError("the generation is already finished")
+        self._unsent.append(token)
         if token in self._eog:
-            self.finish_reason = "stop"
+            self.finish_reason, self.stop_type = "stop", "eos"
             self.done = True
             return None
         if (entry is None) != (self._lp is None):
@@ -102,18 +113,23 @@ class TokenText:
             self._lp.add(entry)  # type: ignore[arg-type]
         piece, stopped = self._text.push(data)
         if stopped:
-            self.finish_reason = "stop"
+            self.finish_reason, self.stop_type = "stop", "word"
             self.done = True
         elif self.n_done >= self.limit:
             self.done = True
         lps = self._released()
         if not piece and not lps:
             return None
-        return CompletionChunk(piece, token, self.n_prompt, self.n_done, logprobs=lps)
+        return CompletionChunk(piece, token, self.n_prompt, self.n_done, logprobs=lps, tokens=self._take())
+
+    def _take(self) -> tuple[int, ...]:
+        out = tuple(self._unsent)
+        self._unsent.clear()
+        return out
 
     def stop(self) -> None:
         """Ends the generation here, finish reason "stop" (a stopping criterion said so)."""
-        self.finish_reason = "stop"
+        self.finish_reason, self.stop_type = "stop", "none"
         self.done = True
 
     def _released(self) -> tuple[TokenLogprob, ...]:
@@ -121,7 +137,8 @@ class TokenText:
 
     def finish(self) -> CompletionChunk:
         text = self._text.flush()
-        return CompletionChunk(text, None, self.n_prompt, self.n_done, self.finish_reason, self._released())
+        return CompletionChunk(text, None, self.n_prompt, self.n_done, self.finish_reason, self._released(),
+                               tokens=self._take())
 
 
 # ---- OpenAI shapes ----

@@ -93,6 +93,9 @@ class Job:
     classify: bool = False  # a reranker's job: embeddings holds the scores of the text's first token
     grammar: Any = None  # the grammar's matching state (_core.Grammar) when the text must follow one
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
+    t_start: float = 0.0   # perf_counter() when the job got its slot
+    t_prompt: float = 0.0  # ... when the prompt was read (its first token sampled)
+    t_last: float = 0.0    # ... when its last token was sampled
 
     @property
     def n_past(self) -> int:
@@ -343,6 +346,7 @@ class BatchEngine:
                 slot.logits, slot.n_logits = None, 0  # its cells are about to be overwritten
             slot.job = job
             job.slot = slot.index
+            job.t_start = time.perf_counter()
             job.tokens = job.prompt[:keep]
             job.n_cached = keep
             self._stats["prompt_cached"] += keep
@@ -470,6 +474,8 @@ class BatchEngine:
         return lo
 
     def _sample(self, job: Job, logits: np.ndarray) -> None:
+        job.t_last = time.perf_counter()
+        job.t_prompt = job.t_prompt or job.t_last
         if job.text.done:  # nothing to generate: the prompt was all
             self._finish(job, job.text.finish())
             return

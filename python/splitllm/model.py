@@ -37,6 +37,7 @@ from splitllm.completions import (
 )
 from splitllm.gguf_file import GGUFFile
 from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
+from splitllm.infill import append_tail, check_echo, completion_prompt
 from splitllm.logprobs import PromptLogprobs, TokenLogprob, check_n_top, token_logprob
 from splitllm.model_chat import ChatMethods
 from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitllm.model's too
@@ -74,7 +75,8 @@ class Model(EmbeddingMethods, ChatMethods):
     llama-server does; ``swa_full=True`` gives them ``n_ctx`` cells like the others (more memory,
     but any cached prefix can be continued, where the small cache may have to read a prompt again).
     ``lora_path`` / ``lora_scale`` (llama-cpp-python's) apply a LoRA adapter GGUF at run time, as
-    llama.cpp does; ``loras`` takes several ``(path, scale)`` pairs.
+    llama.cpp does; ``loras`` takes several ``(path, scale)`` pairs. ``spm_infill``: a completion
+    with a ``suffix`` puts the suffix before the prefix (see :mod:`splitllm.infill`).
     """
 
     def __init__(
@@ -101,9 +103,11 @@ class Model(EmbeddingMethods, ChatMethods):
         draft_model: DraftModel | None = None,
         embedding: bool = False,
         pooling_type: int | str = LLAMA_POOLING_TYPE_UNSPECIFIED,
+        spm_infill: bool = False,
         verbose: bool = False,
     ) -> None:
         self._core: Any = None
+        self.spm_infill = bool(spm_infill)
         path = os.fspath(model_path)
         self.model_path = path
         self.verbose = verbose
@@ -703,16 +707,10 @@ class Model(EmbeddingMethods, ChatMethods):
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
-            bos = (
-                [self.tokenizer.bos_id]
-                if self.tokenizer.add_bos and self.tokenizer.bos_id is not None
-                else []
-            )
+            bos = self.tokenizer.bos_id
             body = self.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
-            toks = bos + body
-            if not toks and self.tokenizer.bos_id is not None:
-                toks = [self.tokenizer.bos_id]
-            return toks
+            toks = ([bos] if self.tokenizer.add_bos and bos is not None else []) + body
+            return toks if toks or bos is None else [bos]
         if isinstance(prompt, (bytes, bytearray)):
             raise ValueError("prompt must be a str or a list of token ids, not bytes")
         return [int(t) for t in prompt]
@@ -738,18 +736,19 @@ class Model(EmbeddingMethods, ChatMethods):
         grammar: Grammar | str | None = None,
         logits_processor: LogitsHook | None = None,
         stopping_criteria: StopHook | None = None,
+        suffix: str | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``.
-        ``grammar``: the generated text follows it (:mod:`splitllm.grammar`).
+        ``grammar``: the generated text follows it (:mod:`splitllm.grammar`). ``suffix``: the text
+        comes between ``prompt`` and it (fill-in-the-middle, :mod:`splitllm.infill`).
 
         ``logprobs`` (0..20): each generated token's log-probability and that many most likely
         alternatives (from the model's logits, before sampling settings); with ``echo``, the
         prompt's tokens too (the prompt is then read from scratch with the logits of every position;
         the first token has none)."""
-        if not isinstance(prompt, (str, list, tuple)):
-            raise ValueError("prompt must be a str or a list of token ids")
-        tokens = self._prompt_tokens(prompt)
+        tokens, tail = completion_prompt(self, prompt, suffix)
         n_top = check_n_top(logprobs)
+        check_echo(suffix, echo, n_top)
         first = None
         echo_lps = None
         if echo and n_top is not None:
@@ -759,8 +758,10 @@ class Model(EmbeddingMethods, ChatMethods):
                                    frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                                    logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=grammar,
                                    logits_processor=logits_processor, stopping_criteria=stopping_criteria)
+        chunks = append_tail(chunks, tail)
         head = completion_head(model if model is not None else self.model_path)
-        text = self.echo_text(prompt, tokens) if echo or n_top is not None else ""
+        shown = tokens if suffix is None else prompt  # (not the fill-in-the-middle prompt)
+        text = self.echo_text(prompt, shown) if echo or n_top is not None else ""
         echoed = Echo(text, echo, echo_lps)
         if stream:
             return completion_chunks(head, chunks, echoed, n_top is not None)

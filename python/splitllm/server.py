@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
                        description="Serve a model over HTTP with OpenAI's API: /v1/completions, "
                        "/v1/chat/completions (streamed as server-sent events with stream: true), "
-                       "/v1/embeddings, /v1/models, /health. Concurrent requests share each forward pass.")
+                       "/v1/embeddings, /v1/rerank, /v1/models, /health; and llama-server's /completion, "
+                       "/infill (fill-in-the-middle for code completion clients), /props, /apply-template, "
+                       "/tokenize, /detokenize, /metrics. Concurrent requests share each forward pass.")
     p.add_argument("model", help="GGUF model file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=23333, help="port (default 23333)")
@@ -45,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reasoning-format", default="deepseek", choices=["none", "deepseek"],
                    help="deepseek (default): a <think> block opening an answer goes to reasoning_content; "
                         "none: it stays in the content")
+    p.add_argument("--spm-infill", action="store_true",
+                   help="fill-in-the-middle prompts (/infill, a completion's suffix) put the suffix before "
+                        "the prefix, as some code models want (llama-server's flag)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
@@ -61,7 +66,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be in [0, 65535] (got {args.port})")
     pooling = args.pooling if args.pooling is not None else -1
-    with (load_model(args, n_seq_max=args.parallel, pooling_type=pooling) as model,
+    extra = {"n_seq_max": args.parallel, "pooling_type": pooling, "spm_infill": args.spm_infill}
+    with (load_model(args, **extra) as model,
           BatchEngine(model) as engine):
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key,
                          chat_template_kwargs=args.chat_template_kwargs,

@@ -35,6 +35,7 @@ class StopStream:
         self.stop = [s.encode("utf-8") for s in stop if s]
         self._buf = b""
         self.stopped = False
+        self.word = ""  # the stop string found (the earliest; of those, the first listed)
         self.emitted = 0  # bytes of the generated text released so far
 
     def push(self, data: bytes) -> tuple[str, bool]:
@@ -46,6 +47,7 @@ class StopStream:
         hits = [(i, s) for i, s in hits if i >= 0]
         if hits:
             i = min(i for i, _ in hits)
+            self.word = next(s for j, s in hits if j == i).decode("utf-8")
             out, self._buf = self._buf[:i], b""
             self.stopped = True
             self.emitted += len(out)

@@ -160,7 +160,8 @@ class Tokenizer:
 
     # ---- text -> tokens ----
 
-    def tokenize(self, text: bytes | str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+    def tokenize(self, text: bytes | str, *, add_bos: bool = True, special: bool = False,
+                 space_prefix: bool = True) -> list[int]:
         """Token ids of ``text`` (``llama_tokenize``).
 
         ``add_bos`` adds BOS (and EOS) only where the vocabulary asks for them; ``special`` parses
@@ -168,6 +169,9 @@ class Tokenizer:
         WordPiece vocabularies get [CLS] (BOS) in front and [SEP] at the end whenever ``add_bos``,
         whatever their add_bos/add_eos/add_sep flags say, as in llama.cpp. Unigram vocabularies
         normalize each piece of text between special tokens on its own (space prefix included).
+        ``space_prefix=False`` leaves out the space a SentencePiece BPE vocabulary that adds one puts in
+        front of the text (not after special tokens inside it): the tokens of text that continues
+        other text, as Meta's CodeLlama tokenizes an infilling suffix.
         """
         raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         if self._wpm is not None:
@@ -176,7 +180,7 @@ class Tokenizer:
         out: list[int] = []
         if add_bos and v.add_bos:
             out.append(v.special["bos"])  # type: ignore[arg-type]
-        prev_special = True  # SPM: a space goes in front of text at the start and after a special token
+        prev_special = space_prefix  # SPM: a space goes in front of text at the start and after specials
         for fragment in self._partition(raw, special):
             if isinstance(fragment, int):
                 out.append(fragment)

@@ -1,0 +1,285 @@
+"""Request bodies of llama-server's native endpoints (``/completion``, ``/infill``,
+``/apply-template``), with llama-server's names and defaults (``server-schema.cpp``).
+
+As llama-server does, ``null`` means the default, ``n_predict`` may be given as ``max_tokens`` or
+``max_completion_tokens``, ``n_probs`` as ``logprobs`` and ``n_cmpl`` as ``n``, and
+``temperature``, ``top_k``, ``top_p`` and ``min_p`` are clamped to their ranges. The sampler chain
+is splitllm's (penalties, top_k, top_p, min_p, temperature, in that order, as llama-server's default
+order has them); ``samplers`` picks which of them run. Settings of samplers splitllm does not have
+(typical_p, mirostat, DRY, XTC, top-n-sigma, dynamic temperature) are refused unless they keep the
+sampler off; llama-server's ``infill`` sampler is skipped (splitllm does not implement it).
+Fields splitllm does not act on are ignored, as llama-server ignores unknown ones: among them
+``t_max_predict_ms``, ``t_max_prompt_ms`` and ``n_indent`` (code completion clients' time and
+indentation limits: the text then runs to ``n_predict``), ``id_slot``, ``n_keep`` (no context
+shift: a full context ends the text, ``truncated``), ``timings_per_token`` and ``return_progress``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from splitllm.api_schema import APIError, ChatRequest, _NullIsDefault
+from splitllm.grammar import Grammar, as_grammar
+from splitllm.logprobs import MAX_TOP_LOGPROBS
+from splitllm.sampling import SamplingParams
+from splitllm.tokenizer import Tokenizer
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
+
+# llama.cpp's sampler names (and its aliases: kebab-case, no dash, misc.) and one-letter codes.
+_CANONICAL = ("dry", "top_k", "top_p", "top_n_sigma", "typ_p", "min_p", "temperature", "xtc", "infill",
+              "penalties", "adaptive_p")
+SAMPLER_NAMES = {**{n: n for n in _CANONICAL}, **{n.replace("_", "-"): n for n in _CANONICAL if "_" in n},
+                 **{n.replace("_", ""): n for n in _CANONICAL if "_" in n},
+                 "nucleus": "top_p", "temp": "temperature", "typ": "typ_p"}
+SAMPLER_CHARS = {"d": "dry", "k": "top_k", "y": "typ_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
+                 "t": "temperature", "x": "xtc", "i": "infill", "e": "penalties", "a": "adaptive_p"}
+CHAIN = ("penalties", "top_k", "top_p", "min_p", "temperature")  # splitllm's samplers, in its order
+NO_OPS = frozenset(("dry", "top_n_sigma", "typ_p", "xtc", "adaptive_p", "infill"))  # skipped when listed
+
+# Settings of samplers splitllm lacks: accepted only with the value that leaves the sampler off.
+_OFF = {"typical_p": 1.0, "mirostat": 0, "dry_multiplier": 0.0, "xtc_probability": 0.0,
+        "dynatemp_range": 0.0, "post_sampling_probs": False}
+
+
+class NativeRequest(_NullIsDefault):
+    """``POST /completion`` (and the sampling fields of ``/infill``)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    prompt: Any = None  # checked by prompt_items()
+    n_predict: int = Field(-1, ge=-1)
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_last_n: int = Field(64, ge=0)
+    repeat_penalty: float = Field(1.0, gt=0.0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    stop: str | list[str] | None = None
+    stream: bool = False
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    n_probs: int = Field(0, ge=0)
+    min_keep: int = Field(0, ge=0, le=1)  # splitllm's top_p and min_p keep one token (0 and 1 alike)
+    ignore_eos: bool = False
+    logit_bias: list[Any] | dict[str, Any] | None = None
+    samplers: list[str] | str | None = None
+    return_tokens: bool = False
+    n_cmpl: int = Field(1, ge=1)
+    response_fields: list[str] | None = None
+    cache_prompt: bool = True  # (the slots' caches are always reused: results do not depend on it)
+    model: str | None = None
+    top_n_sigma: float = -1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        """llama-server's other names, used when the main one is absent (or null)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, aliases in (("n_predict", ("max_completion_tokens", "max_tokens")),
+                              ("n_probs", ("logprobs",)), ("n_cmpl", ("n",))):
+            if data.get(name) is None:
+                for a in aliases:
+                    if data.get(a) is not None:
+                        data[name] = data[a]
+                        break
+        for name, off in _OFF.items():
+            v = data.get(name)
+            if v is not None and v != off:
+                raise APIError(400, f"{name} is not supported by splitllm (only {str(off).lower()}, which "
+                               "turns that sampler off)", param=name)
+        sigma = data.get("top_n_sigma")
+        if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma >= 0:
+            raise APIError(400, "top_n_sigma is not supported by splitllm (only a negative value, off)",
+                           param="top_n_sigma")
+        return data
+
+    @field_validator("temperature", "top_k")
+    @classmethod
+    def _not_negative(cls, v: float) -> float:
+        return max(v, 0)
+
+    @field_validator("top_p", "min_p")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        return min(max(v, 0.0), 1.0)
+
+    @field_validator("n_probs")
+    @classmethod
+    def _n_probs(cls, v: int) -> int:
+        if v > MAX_TOP_LOGPROBS:
+            raise ValueError(f"splitllm gives at most {MAX_TOP_LOGPROBS} alternatives per token (got {v})")
+        return v
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return self.n_probs if self.n_probs > 0 else None
+
+    @property
+    def seed_value(self) -> int:
+        """The seed as llama-server keeps it (a uint32; 4294967295: random)."""
+        return self.seed % 2**32
+
+    @property
+    def sampling_seed(self) -> int | None:
+        return None if self.seed_value == LLAMA_DEFAULT_SEED else self.seed_value
+
+    @property
+    def max_tokens(self) -> int | None:
+        return None if self.n_predict < 0 else self.n_predict
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    def chain(self) -> tuple[str, ...]:
+        """The samplers that run, in splitllm's order (400 for an order it cannot follow)."""
+        if self.samplers is None:
+            return CHAIN
+        given = self.samplers
+        names = [SAMPLER_CHARS.get(c) for c in given] if isinstance(given, str) else \
+            [SAMPLER_NAMES.get(n) for n in given]
+        used = [n for n in names if n in CHAIN]
+        if used != sorted(used, key=CHAIN.index) or len(set(used)) != len(used):
+            raise APIError(400, f"samplers: splitllm runs {', '.join(CHAIN)} in this order, each at most "
+                           f"once (got {', '.join(used)})", param="samplers")
+        return tuple(used)
+
+    def sampling_params(self, tok: Tokenizer | None = None, n_vocab: int = 0) -> SamplingParams:
+        """The sampler settings: samplers left out of ``samplers`` are off; ``logit_bias`` and
+        ``ignore_eos`` need the tokenizer."""
+        chain = self.chain()
+        on = set(chain)
+        bias = native_logit_bias(self.logit_bias, tok, n_vocab) if tok is not None else {}
+        if self.ignore_eos and tok is not None:
+            for t in tok.eog_ids:
+                bias[t] = -math.inf
+        return SamplingParams(
+            temperature=self.temperature if "temperature" in on else 1.0,
+            top_k=self.top_k if "top_k" in on else 0,
+            top_p=self.top_p if "top_p" in on else 1.0, min_p=self.min_p if "min_p" in on else 0.0,
+            repeat_penalty=self.repeat_penalty if "penalties" in on else 1.0,
+            repeat_last_n=self.repeat_last_n,
+            presence_penalty=self.presence_penalty if "penalties" in on else 0.0,
+            frequency_penalty=self.frequency_penalty if "penalties" in on else 0.0, logit_bias=bias)
+
+    def grammar_of(self) -> Grammar | None:
+        """``grammar`` (GBNF), else ``json_schema`` (an empty schema: any object)."""
+        if self.grammar:
+            return as_grammar(self.grammar)
+        if self.json_schema is not None:
+            return Grammar.from_json_schema(self.json_schema or {"type": "object"})
+        return None
+
+    def settings(self, tok: Tokenizer | None = None, n_vocab: int = 0) -> dict[str, Any]:
+        """``generation_settings``: the request's settings that splitllm uses."""
+        bias = native_logit_bias(self.logit_bias, tok, n_vocab) if tok is not None else {}
+        return {
+            "seed": self.seed_value, "temperature": self.temperature, "top_k": self.top_k,
+            "top_p": self.top_p, "min_p": self.min_p, "typical_p": 1.0, "repeat_last_n": self.repeat_last_n,
+            "repeat_penalty": self.repeat_penalty, "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty, "mirostat": 0, "stop": self.stops(),
+            "max_tokens": self.n_predict, "n_predict": self.n_predict, "ignore_eos": self.ignore_eos,
+            "stream": self.stream, "logit_bias": [{"bias": b, "token": t} for t, b in bias.items()],
+            "n_probs": self.n_probs, "min_keep": self.min_keep, "grammar": self.grammar or "",
+            "samplers": list(self.chain()), "post_sampling_probs": False,
+        }
+
+
+class InfillRequest(NativeRequest):
+    """``POST /infill``: the code before and after the cursor, other files' text as context."""
+
+    input_prefix: str | list[int | str]
+    input_suffix: str | list[int | str]
+    input_extra: list[dict[str, Any]] = []
+    prompt: str = ""
+
+
+class ApplyTemplateRequest(ChatRequest):
+    """``POST /apply-template``: messages (and tools, chat_template_kwargs) rendered to text."""
+
+    add_generation_prompt: bool = True
+
+
+def check_infill_body(data: Any) -> None:
+    """llama-server's checks of an /infill body, with its messages (400)."""
+    if not isinstance(data, dict):
+        raise APIError(400, "request body: a JSON object is expected")
+    if data.get("prompt") is not None and not isinstance(data["prompt"], str):
+        raise APIError(400, '"prompt" must be a string', param="prompt")
+    for name in ("input_prefix", "input_suffix"):
+        if name not in data:
+            raise APIError(400, f'"{name}" is required', param=name)
+    extra = data.get("input_extra")
+    if extra is not None and not isinstance(extra, list):
+        raise APIError(400, '"input_extra" must be an array of {"filename": string, "text": string}',
+                       param="input_extra")
+    for chunk in extra or ():
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("text"), str):
+            raise APIError(400, 'extra_context chunk must contain a "text" field with a string value',
+                           param="input_extra")
+        if "filename" in chunk and not isinstance(chunk["filename"], str):
+            raise APIError(400, "extra_context chunk's \"filename\" field must be a string",
+                           param="input_extra")
+
+
+def prompt_items(prompt: Any) -> list[str | list[int | str]]:
+    """The prompts of a /completion request, as llama-server's tokenize_input_prompts reads
+    ``prompt``: a string, a list of token ids (and strings) is one prompt; any other list holds
+    several, each a string or such a list."""
+
+    def one(p: Any) -> str | list[int | str]:
+        if isinstance(p, str):
+            return p
+        if isinstance(p, list) and all(isinstance(x, str) or _is_token(x) for x in p):
+            return p
+        raise APIError(400, '"prompt" elements must be a string, a list of tokens, or a list of mixed '
+                       "strings & tokens", param="prompt")
+
+    if prompt is None:
+        raise APIError(400, '"prompt" is required', param="prompt")
+    if isinstance(prompt, list) and not any(_is_token(x) for x in prompt):
+        if not prompt:
+            raise APIError(400, '"prompt" must not be empty', param="prompt")
+        return [one(p) for p in prompt]
+    return [one(prompt)]
+
+
+def _is_token(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def native_logit_bias(value: Any, tok: Tokenizer, n_vocab: int) -> dict[int, float]:
+    """llama-server's ``logit_bias``: ``[[token, bias], ...]`` or ``{"token": bias}``, a token
+    given as an id or as text (each of its tokens biased), ``false`` for a bias that bans it.
+    Entries it would skip (bad shapes, ids outside the vocabulary) are skipped; biases add up."""
+    out: dict[int, float] = {}
+    if value is None:
+        return out
+    pairs = value.items() if isinstance(value, dict) else \
+        [tuple(el) for el in value if isinstance(el, list) and len(el) == 2]
+    for key, raw in pairs:
+        if raw is False:
+            bias = -math.inf
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool) and not math.isnan(raw):
+            bias = float(raw)
+        else:
+            continue
+        if _is_token(key) or (isinstance(key, str) and key.lstrip("-").isdigit() and isinstance(value, dict)):
+            ids = [int(key)] if 0 <= int(key) < n_vocab else []
+        elif isinstance(key, str):
+            ids = tok.tokenize(key, add_bos=False, special=False)
+        else:
+            continue
+        for t in ids:
+            out[t] = out.get(t, 0.0) + bias
+    return out
