@@ -85,6 +85,26 @@ def test_attention_sees_the_whole_text_and_only_it(tmp_path):
     assert rel_err(np.array(causal), reference_hidden(CFG, held, TEXTS[0])) > 1e-1
 
 
+@pytest.mark.parametrize("cfg", [replace(CFG, n_ctx_train=320, seed=7), replace(NOMIC, seed=8)],
+                         ids=["bert", "nomic-bert"])
+def test_long_interleaved_texts_match_float64_reference(tmp_path, cfg):
+    """Texts longer than the attention's tile of 128 queries (300 and 150 tokens), their tokens
+    interleaved in one batch: each as the float64 reference has it alone."""
+    path, held = tiny(tmp_path, cfg)
+    rng = np.random.default_rng(3)
+    texts = [[2, *rng.integers(4, cfg.n_vocab, n - 2).tolist(), 3] for n in (300, 150)]
+    rows = sorted((2 * i if i < 150 else 150 + i, k, i) for k, t in enumerate(texts) for i in range(len(t)))
+    toks = np.array([texts[k][i] for _, k, i in rows], np.int32)
+    pos = np.array([i for _, _, i in rows], np.int32)
+    slot = np.array([k for _, k, _ in rows], np.int32)
+    assert slot[:6].tolist() == [0, 1, 0, 1, 0, 1]  # interleaved
+    out = core.Model(path, n_ctx=512, n_batch=512, n_threads=2, n_seq_max=2).decode(toks, pos, slot, None, None,
+                                                                                   True)
+    for k, text in enumerate(texts):
+        got = np.float64(out[slot == k])  # in position order: each text's rows keep their order
+        assert rel_err(got, reference_hidden(cfg, held, text)) < 1e-5
+
+
 @pytest.mark.parametrize(("cfg", "wtype", "bound"), [
     (CFG, "F32", 1e-3), (CFG, "F16", 2e-3), (CFG, "Q8_0", 3e-2), (WIDE, "Q4_K", 5e-2), (WIDE, "Q6_K", 3e-2),
     (NOMIC, "F32", 1e-5), (replace(WIDE, arch="nomic-bert"), "Q4_K", 5e-2),

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/vecmath.h"
+#include "cpu/matmul.h"
 #include "gguf/gguf.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
@@ -36,7 +37,59 @@ void layer_norm(ThreadPool & pool, const float * x, const float * w, const float
     });
 }
 
+// Per-thread buffers of text_attention, carved from one vector.
+struct AttnWork {
+    float * k;   // (len, hd) the text's keys of the head
+    float * vt;  // (hd, len) its values, transposed
+    float * q;   // (tile, act row of hd) a tile of queries, as the CPU kernels' activation rows
+    float * p;   // (tile, act row of len) their scores, then probabilities
+    float * o;   // (tile, hd) their outputs
+
+    static constexpr int kTile = 128;  // queries per pass (the many-token kernels need >= 10)
+    static size_t floats(int64_t n_batch, int hd) {
+        return size_t(2 * n_batch * hd) + size_t(kTile) * (cpu::act_row_bytes(QType::F32, hd) / 4) +
+               size_t(kTile) * (cpu::act_row_bytes(QType::F32, n_batch) / 4) + size_t(kTile * hd);
+    }
+    AttnWork(float * base, int64_t n_batch, int hd)
+        : k(base), vt(k + n_batch * hd), q(vt + n_batch * hd),
+          p(q + size_t(kTile) * (cpu::act_row_bytes(QType::F32, hd) / 4)),
+          o(p + size_t(kTile) * (cpu::act_row_bytes(QType::F32, n_batch) / 4)) {}
+};
+
+// One head's attention over one text, whose tokens are text[0, len): for every query token t,
+// att[t] = softmax_j(scale q[t] . k[j]) v[j] over the text's tokens j, as two matrix products
+// on the CPU kernels (scores = K q for a tile of queries, then V^T p), float32 throughout.
+// q, k, v, att: the head's first column in rows of q_stride / kv_stride / q_stride floats.
+void text_attention(const float * q, const float * k, const float * v, int64_t q_stride, int64_t kv_stride,
+                    const int32_t * text, int len, int hd, float scale, const AttnWork & w, float * att) {
+    for (int j = 0; j < len; ++j) {
+        const float * kj = k + text[j] * kv_stride;
+        const float * vj = v + text[j] * kv_stride;
+        std::memcpy(w.k + int64_t(j) * hd, kj, size_t(hd) * sizeof(float));
+        for (int d = 0; d < hd; ++d) w.vt[int64_t(d) * len + j] = vj[d];
+    }
+    const int64_t q_row = int64_t(cpu::act_row_bytes(QType::F32, hd) / 4);
+    const int64_t p_row = int64_t(cpu::act_row_bytes(QType::F32, len) / 4);
+    for (int t0 = 0; t0 < len; t0 += AttnWork::kTile) {
+        const int nt = std::min(AttnWork::kTile, len - t0);
+        for (int i = 0; i < nt; ++i)
+            std::memcpy(w.q + i * q_row, q + text[t0 + i] * q_stride, size_t(hd) * sizeof(float));
+        cpu::gemm(QType::F32, w.k, hd, 0, len, w.q, nt, w.p, p_row);
+        for (int i = 0; i < nt; ++i) {
+            float * row = w.p + i * p_row;
+            const float mx = vec::max_value(row, size_t(len));
+            const float inv = float(1.0 / vec::sum_exp(row, row, size_t(len), mx, scale));
+            for (int j = 0; j < len; ++j) row[j] *= inv;
+        }
+        cpu::gemm(QType::F32, w.vt, len, 0, hd, w.p, nt, w.o, hd);
+        for (int i = 0; i < nt; ++i)
+            std::memcpy(att + text[t0 + i] * q_stride, w.o + int64_t(i) * hd, size_t(hd) * sizeof(float));
+    }
+}
+
 }  // namespace
+
+size_t encoder_attention_floats(int64_t n_batch, int head_dim) { return AttnWork::floats(n_batch, head_dim); }
 
 void Model::check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings,
                                 bool classify) const {
@@ -90,6 +143,9 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
     for (int t = 0; t < n; ++t) enc_order_[size_t(start[size_t(slot[t])]++)] = t;  // starts become ends
     for (size_t i = start.size() - 1; i > 0; --i) start[i] = start[i - 1];
     start[0] = 0;
+    enc_texts_.clear();
+    for (size_t sl = 0; sl + 1 < start.size(); ++sl)
+        if (start[sl + 1] > start[sl]) enc_texts_.push_back(int32_t(sl));
     const int hd = c.head_dim, gqa = c.n_gqa();
     const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim();
     const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(hd));
@@ -101,30 +157,16 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
         be.matmul(qkv, qkv_out, 3, s.x, n, false);
         if (!c.learned_pos) be.rope(s.q, s.k, n, false);
         // att[t, head] = softmax_j(scale q[t, head] . k[j, head / gqa]) v[j, head / gqa] over the
-        // tokens j of t's text
+        // tokens j of t's text: one (text, head) pair per task
         pool.run([&](int ith, int nth) {
-            const int64_t rows = int64_t(n) * c.n_head, per = (rows + nth - 1) / nth;
-            const int64_t r0 = per * ith, r1 = std::min(rows, r0 + per);
-            float * p = enc_scores_.data() + size_t(ith) * size_t(params_.n_batch);
-            for (int64_t r = r0; r < r1; ++r) {
-                const int t = int(r / c.n_head), head = int(r % c.n_head);
-                const int32_t * text = enc_order_.data() + start[size_t(slot[t])];
-                const size_t len = size_t(start[size_t(slot[t]) + 1] - start[size_t(slot[t])]);
-                const float * q = s.q + t * q_dim + int64_t(head) * hd;
-                const int64_t kv_off = int64_t(head / gqa) * hd;
-                float mx = -INFINITY;
-                for (size_t j = 0; j < len; ++j) {
-                    p[j] = scale * vec::dot(q, s.k + text[j] * kv_dim + kv_off, size_t(hd));
-                    mx = std::max(mx, p[j]);
-                }
-                const float inv = float(1.0 / vec::sum_exp(p, p, len, mx, 1.0f));
-                float * o = s.att + t * q_dim + int64_t(head) * hd;
-                std::fill(o, o + hd, 0.0f);
-                for (size_t j = 0; j < len; ++j) {
-                    const float * v = s.v + text[j] * kv_dim + kv_off;
-                    const float pj = p[j] * inv;
-                    for (int d = 0; d < hd; ++d) o[d] += pj * v[d];
-                }
+            const AttnWork w(enc_work_.data() + size_t(ith) * enc_work_floats_, params_.n_batch, hd);
+            const int64_t tasks = int64_t(enc_texts_.size()) * c.n_head;
+            for (int64_t u = ith; u < tasks; u += nth) {
+                const int32_t sl = enc_texts_[size_t(u / c.n_head)];
+                const int head = int(u % c.n_head);
+                const int64_t kv_off = int64_t(head / gqa) * hd, q_off = int64_t(head) * hd;
+                text_attention(s.q + q_off, s.k + kv_off, s.v + kv_off, q_dim, kv_dim, enc_order_.data() + start[size_t(sl)],
+                               start[size_t(sl) + 1] - start[size_t(sl)], hd, scale, w, s.att + q_off);
             }
         });
         const WeightRef * wo = &L.wo;

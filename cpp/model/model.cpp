@@ -479,7 +479,9 @@ void Model::allocate_state() {
     if (c.encoder) {
         enc_start_.assign(size_t(encoder_slots()) + 1, 0);
         enc_order_.assign(nb, 0);
-        enc_scores_.assign(size_t(cpu_->pool().size()) * nb, 0.0f);
+        enc_texts_.reserve(nb);
+        enc_work_floats_ = encoder_attention_floats(int64_t(nb), c.head_dim);
+        enc_work_.assign(size_t(cpu_->pool().size()) * enc_work_floats_, 0.0f);
     }
     if (c.n_expert > 0) routes_.reserve(nb, c.n_expert, c.n_expert_used);
 }

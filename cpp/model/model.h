@@ -124,6 +124,9 @@ struct MemoryEstimate {
     size_t tokenizer_entries = 0;     // tokens + merges of the vocabulary (the Python tokenizer's size)
 };
 
+// Floats of one thread's encoder attention buffers for texts of up to n_batch tokens (encoder.cpp).
+size_t encoder_attention_floats(int64_t n_batch, int head_dim);
+
 class Model {
 public:
     Model(const std::string & path, const ModelParams & params);
@@ -229,7 +232,9 @@ private:
     // A batch's texts: the tokens of slot s are enc_order_[enc_start_[s] .. enc_start_[s + 1]).
     std::vector<int32_t> enc_start_;  // (encoder_slots + 1)
     std::vector<int32_t> enc_order_;  // (n_batch)
-    std::vector<float> enc_scores_;   // (threads, n_batch) attention scores
+    std::vector<int32_t> enc_texts_;  // the slots with tokens in the batch (<= n_batch)
+    std::vector<float> enc_work_;     // (threads, enc_work_floats_) attention buffers (encoder.cpp)
+    size_t enc_work_floats_ = 0;
     void check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings, bool classify) const;
     void forward_encoder(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
                          int n, float * out, bool classify);
