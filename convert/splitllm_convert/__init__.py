@@ -38,11 +38,17 @@ hash of a fixed text for well-known models, else the tokenizer.json pre-tokenize
 The file is written tensor by tensor to a temporary file beside ``OUT`` and renamed at the end;
 errors and Ctrl-C leave nothing behind. Bad input raises ``ConvertError`` naming the file,
 tensor or key.
+
+``quantize(src, dst, type)`` (``requantize``) is llama-quantize's job: a GGUF file (F32, F16, BF16,
+or already quantized with ``allow_requantize``) to another file type, byte-identical to
+llama.cpp's output; ``splitllm quantize`` is its command line.
 """
 
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.mix import FILE_TYPES
 from splitllm_convert.pipeline import ConvertPlan, TensorPlan, convert
 from splitllm_convert.registry import ARCHITECTURES
+from splitllm_convert.requantize import QuantizeError, QuantizePlan, quantize
 
-__all__ = ["ARCHITECTURES", "FILE_TYPES", "ConvertError", "ConvertPlan", "TensorPlan", "convert"]
+__all__ = ["ARCHITECTURES", "FILE_TYPES", "ConvertError", "ConvertPlan", "QuantizeError", "QuantizePlan",
+           "TensorPlan", "convert", "quantize"]

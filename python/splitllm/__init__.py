@@ -13,6 +13,17 @@ from splitllm.sampling import SamplingParams
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):  # noqa: ANN202
+    # splitllm.quantize (llama-quantize's job) lives with the converter, which imports gguf-py:
+    # loaded on first use
+    if name == "quantize":
+        from splitllm_convert.requantize import quantize
+
+        return quantize
+    raise AttributeError(f"module 'splitllm' has no attribute {name!r}")
+
+
 __all__ = [
     "LLAMA_DEFAULT_SEED",
     "CompletionChunk",
@@ -26,5 +37,6 @@ __all__ = [
     "SamplingParams",
     "__version__",
     "_core",
+    "quantize",
     "quants",
 ]

@@ -1,4 +1,4 @@
-"""The ``splitllm`` command: run, chat, serve, plan, perplexity, embed, fetch.
+"""The ``splitllm`` command: run, chat, serve, plan, perplexity, embed, quantize, fetch.
 
 Each subcommand lives in its own module and registers itself here with ``add_parser(sub)``.
 """
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_fetch(sub)
     for module in ("splitllm.plan", "splitllm.perplexity", "splitllm.server", "splitllm.chat_cli",
-                   "splitllm.embed_cli"):
+                   "splitllm.embed_cli", "splitllm.quantize_cli"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as e:

@@ -1,0 +1,503 @@
+"""Quantize a GGUF file to another file type: llama.cpp's ``llama-quantize``.
+
+Python::
+
+    from splitllm_convert import quantize
+    plan = quantize("model-f16.gguf", "model-q4_k_m.gguf", "q4_k_m")
+
+Command line: ``splitllm quantize [options] IN.gguf [OUT.gguf] TYPE [NTHREADS]`` (see
+``splitllm.quantize_cli``).
+
+The output is the file llama.cpp's ``llama_model_quantize`` writes, byte for byte: every key-value
+pair of the input in its order, then ``general.quantization_version`` and ``general.file_type``
+moved to the end (ggml's setters remove a key and append it), the ``split.*`` keys removed; the
+tensors in llama.cpp's order (by layer number, then by name), each of the type llama.cpp's rules
+choose (``quant_rules``), quantized by splitllm's C++ quantizers (ggml's reference quantizers,
+byte-identical), GGUF version 3, data aligned to 32 bytes. The differences, all for inputs
+llama.cpp handles badly:
+
+- an input with ``general.alignment`` other than 32: llama.cpp keeps the key but aligns to 32
+  (its output is then unreadable); splitllm aligns the output to the key's value;
+- an input split into several files (``split.count`` > 1) is refused (llama.cpp merges them);
+- llama.cpp requires a known architecture and its hyper-parameters; splitllm reads only
+  ``general.architecture``, ``block_count``, ``expert_count``, ``nextn_predict_layers`` and the
+  head counts (what the rules use), so it also quantizes architectures llama.cpp does not know.
+
+Errors raise :class:`QuantizeError` (a ``ValueError``) naming the file and tensor before anything
+is written where possible: already-quantized tensors without ``allow_requantize`` (llama.cpp stops
+at the first one, half-way through its output), NaN or infinite values (llama.cpp's
+``ggml_validate_row_data``, on the input and on the result), a bad or truncated file
+(:class:`splitllm.GGUFError`). The input is memory-mapped and read a slab of rows at a time; the
+output goes to a temporary file beside ``dst`` that replaces ``dst`` at the end, and errors and
+Ctrl-C remove it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from splitllm_convert import gguf_meta, quant_rules
+from splitllm_convert.mix import FILE_TYPES, FileType
+from splitllm_convert.quant_rules import HParams, QuantizeRuleError, QuantOptions, TypeChooser
+
+Q = GGMLQuantizationType
+
+
+class QuantizeError(ValueError):
+    """An input file, option or tensor the quantizer cannot use; the message names it."""
+
+
+# llama-quantize's QUANT_OPTIONS (tools/quantize/quantize.cpp), in its order: a number names the
+# first entry with that file type ("12" is "Q3_K"). None: a type splitllm cannot write.
+QUANT_OPTIONS: tuple[tuple[str, int, str | None], ...] = (
+    ("Q1_0", 40, None), ("Q2_0", 41, None), ("Q4_0", 2, "q4_0"), ("Q4_1", 3, "q4_1"),
+    ("MXFP4_MOE", 38, None), ("Q5_0", 8, "q5_0"), ("Q5_1", 9, "q5_1"), ("IQ2_XXS", 19, None),
+    ("IQ2_XS", 20, None), ("IQ2_S", 28, None), ("IQ2_M", 29, None), ("IQ1_S", 24, None),
+    ("IQ1_M", 31, None), ("TQ1_0", 36, None), ("TQ2_0", 37, None), ("Q2_K", 10, "q2_k"),
+    ("Q2_K_S", 21, None), ("IQ3_XXS", 23, None), ("IQ3_S", 26, None), ("IQ3_M", 27, None),
+    ("Q3_K", 12, "q3_k_m"), ("IQ3_XS", 22, None), ("Q3_K_S", 11, None), ("Q3_K_M", 12, "q3_k_m"),
+    ("Q3_K_L", 13, None), ("IQ4_NL", 25, None), ("IQ4_XS", 30, None), ("Q4_K", 15, "q4_k_m"),
+    ("Q4_K_S", 14, "q4_k_s"), ("Q4_K_M", 15, "q4_k_m"), ("Q5_K", 17, "q5_k_m"),
+    ("Q5_K_S", 16, "q5_k_s"), ("Q5_K_M", 17, "q5_k_m"), ("Q6_K", 18, "q6_k"), ("Q8_0", 7, "q8_0"),
+    ("F16", 1, "f16"), ("BF16", 32, "bf16"), ("F32", 0, "f32"), ("COPY", 0, None),
+)  # fmt: skip
+SUPPORTED_NAMES = tuple(name for name, _, ours in QUANT_OPTIONS if ours)
+# the tensor types of --output-tensor-type, --token-embedding-type and --tensor-type
+TENSOR_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K,
+                Q.Q5_K, Q.Q6_K)  # fmt: skip
+_INT = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def parse_ftype(value: str | int) -> tuple[str, FileType] | None:
+    """llama-quantize's try_parse_ftype: a name in any case or a file type number -> (its name in
+    QUANT_OPTIONS, the FileType). None if llama.cpp knows no such type; QuantizeError for a type
+    llama.cpp knows and splitllm cannot write. A number must be the whole string (llama.cpp's stoi
+    would also read "7b.gguf" as type 7)."""
+    entry = None
+    if isinstance(value, str):
+        entry = next((e for e in QUANT_OPTIONS if e[0] == value.upper()), None)
+        if entry is None and _INT.fullmatch(value):
+            value = int(value)
+    if entry is None and isinstance(value, int):
+        entry = next((e for e in QUANT_OPTIONS if e[1] == value), None)
+    if entry is None:
+        return None
+    name, _, ours = entry
+    if ours is None:
+        raise QuantizeError(
+            f"type {name} is not supported by splitllm quantize (no quantizer for it here; use llama.cpp's "
+            f"llama-quantize); supported: {', '.join(SUPPORTED_NAMES)}"
+        )
+    return name, FILE_TYPES[ours]
+
+
+def parse_tensor_type(value: str | GGMLQuantizationType) -> GGMLQuantizationType:
+    """A ggml type by name in any case (llama-quantize's parse_ggml_type), among TENSOR_TYPES."""
+    if isinstance(value, GGMLQuantizationType):
+        t = value
+    else:
+        t = next((q for q in Q if q.name.lower() == value.lower()), None)
+        if t is None:
+            raise QuantizeError(f"invalid ggml_type {value!r}; supported: {_type_names()}")
+    if t not in TENSOR_TYPES:
+        raise QuantizeError(f"splitllm cannot quantize to {t.name}; supported: {_type_names()}")
+    return t
+
+
+def _type_names() -> str:
+    return ", ".join(t.name.lower() for t in TENSOR_TYPES)
+
+
+def row_bytes(t: GGMLQuantizationType, n: int) -> int:
+    blck, size = GGML_QUANT_SIZES[t]
+    return n // blck * size
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor of the output: name, shape (numpy order), input and output types and bytes."""
+
+    name: str
+    shape: tuple[int, ...]
+    src_type: GGMLQuantizationType
+    type: GGMLQuantizationType
+    src_nbytes: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    """What ``quantize`` writes (or, with ``dry_run``, would write)."""
+
+    src: Path
+    dst: Path | None
+    type_name: str  # as llama-quantize names it: "Q4_K_M"
+    tensors: tuple[TensorPlan, ...]
+    n_elements: int
+    output_bytes: int  # the whole file
+    n_fallback: int  # tensors whose rows the chosen type's block does not divide
+
+    @property
+    def src_tensor_bytes(self) -> int:
+        return sum(t.src_nbytes for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def summary(self) -> str:
+        """llama-quantize's closing lines: the sizes and bits per weight before and after."""
+        n = max(self.n_elements, 1)
+        a, b = self.src_tensor_bytes, self.tensor_bytes
+        lines = [f"model size = {a / 2**20:8.2f} MiB ({a * 8 / n:.2f} BPW)",
+                 f"quant size = {b / 2**20:8.2f} MiB ({b * 8 / n:.2f} BPW)"]  # fmt: skip
+        if self.n_fallback:
+            lines.append(f"WARNING: {self.n_fallback} of {len(self.tensors)} tensor(s) required fallback "
+                         "quantization")  # fmt: skip
+        return "\n".join(lines)
+
+    def format(self) -> str:
+        """One tensor a line (llama.cpp's order, ggml's shape order), then the summary."""
+        w = max((len(t.name) for t in self.tensors), default=10)
+        lines = [f"{'tensor':<{w}}  {'shape (ggml order)':<24} {'type':<13} {'bytes':>12}"]
+        for t in self.tensors:
+            shape = "{" + ", ".join(str(d) for d in reversed(t.shape)) + "}"
+            types = f"{t.src_type.name}->{t.type.name}" if t.type != t.src_type else t.type.name
+            lines.append(f"{t.name:<{w}}  {shape:<24} {types:<13} {t.nbytes:>12}")
+        return "\n".join(lines + [self.summary()])
+
+
+# -- reading and planning -------------------------------------------------------------------------
+
+
+@dataclass
+class _Input:
+    path: Path
+    gf: Any  # splitllm.GGUFFile
+    kvs: list[gguf_meta.KV]
+    meta: dict[str, Any]
+
+
+def _open(src: Path) -> _Input:
+    from splitllm import GGUFFile
+
+    gf = GGUFFile(src)  # checks every length and offset; GGUFError (a ValueError) names the file
+    with open(src, "rb") as f:
+        header = f.read(gf.data_offset)
+    kvs = gguf_meta.read_kvs(header, str(src))
+    meta = gf.metadata
+    n_split = meta.get("split.count", 1)
+    if isinstance(n_split, int) and n_split > 1:
+        raise QuantizeError(f"{src}: a split GGUF ({n_split} files) is not supported; merge it first "
+                            "(llama-gguf-split --merge)")  # fmt: skip
+    return _Input(src, gf, kvs, meta)
+
+
+def _output_kvs(inp: _Input, ftype: int, override_kv: Mapping[str, Any]) -> list[gguf_meta.KV]:
+    """llama_model_quantize_impl's metadata: the input's pairs, then its setters and removals."""
+    kvs = list(inp.kvs)
+    gguf_meta.set_kv(kvs, gguf_meta.kv_u32("general.quantization_version", 2))  # GGML_QNT_VERSION
+    gguf_meta.set_kv(kvs, gguf_meta.kv_u32("general.file_type", ftype))
+    for key in ("split.no", "split.count", "split.tensors.count"):
+        gguf_meta.remove_kv(kvs, key)
+    for key, value in override_kv.items():
+        gguf_meta.set_kv(kvs, _override(key, value))
+    return kvs
+
+
+def _override(key: str, value: Any) -> gguf_meta.KV:
+    """An --override-kv pair as llama.cpp writes it: int as u32 of its absolute value, float as f32."""
+    if key == "general.alignment":
+        raise QuantizeError("general.alignment cannot be overridden")
+    if isinstance(value, bool):
+        return gguf_meta.kv_bool(key, value)
+    if isinstance(value, int):
+        return gguf_meta.kv_u32(key, abs(value))
+    if isinstance(value, float):
+        return gguf_meta.kv_f32(key, value)
+    if isinstance(value, str):
+        return gguf_meta.kv_str(key, value)
+    raise QuantizeError(f"override of {key!r}: an int, float, bool or str is needed, "
+                        f"not {type(value).__name__}")
+
+
+def _overridden_value(value: Any) -> Any:
+    return abs(value) & 0xFFFFFFFF if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _plan_tensors(inp: _Input, opts: QuantOptions, override_kv: Mapping[str, Any],
+                  allow_requantize: bool) -> tuple[list[TensorPlan], int]:  # fmt: skip
+    meta = dict(inp.meta)
+    meta.update({k: _overridden_value(v) for k, v in override_kv.items()})
+    try:
+        hp = HParams.from_metadata(meta, str(inp.path))
+    except ValueError as e:
+        raise QuantizeError(str(e)) from None
+    infos = inp.gf.tensors
+    order = quant_rules.tensor_order(infos)
+    chooser = TypeChooser(hp, opts, order)
+    plans = []
+    for name in order:
+        info = infos[name]
+        try:
+            cur = Q[info.type]
+        except KeyError:
+            raise QuantizeError(f"{inp.path}: tensor {name!r} has a type splitllm does not know "
+                                f"({info.type})") from None
+        ne = tuple(reversed(info.shape))
+        try:
+            t = chooser.target(name, ne, cur)
+        except QuantizeRuleError as e:
+            raise QuantizeError(f"{inp.path}: {e}") from None
+        _check_conversion(inp.path, name, ne, cur, t, allow_requantize)
+        n_rows = math.prod(ne[1:])
+        plans.append(TensorPlan(name, info.shape, cur, t, info.nbytes, n_rows * row_bytes(t, ne[0])))
+    return plans, chooser.n_fallback
+
+
+def _check_conversion(path: Path, name: str, ne: tuple[int, ...], cur: GGMLQuantizationType,
+                      t: GGMLQuantizationType, allow_requantize: bool) -> None:  # fmt: skip
+    if t == cur:
+        return
+    where = f"{path}: tensor {name!r}"
+    if quant_rules.is_quantized(cur):
+        if not allow_requantize:
+            raise QuantizeError(f"{where} is already quantized ({cur.name}): requantizing from type "
+                                f"{cur.name} is disabled (--allow-requantize allows it, at a loss of "
+                                "quality)")  # fmt: skip
+        from splitllm import quants
+
+        if not quants.qtype_info(int(cur)).can_dequantize:
+            raise QuantizeError(f"{where}: type {cur.name} unsupported for requantization: splitllm cannot "
+                                "dequantize it")  # fmt: skip
+    elif cur not in quant_rules.FLOAT_TYPES:
+        raise QuantizeError(f"{where}: cannot dequantize/convert tensor type {cur.name}")
+    if t not in TENSOR_TYPES:
+        raise QuantizeError(f"{where}: splitllm cannot quantize to {t.name}")
+    if ne[0] % GGML_QUANT_SIZES[t][0]:
+        raise QuantizeError(f"{where}: rows of {ne[0]} values do not divide into {t.name} blocks of "
+                            f"{GGML_QUANT_SIZES[t][0]}")  # fmt: skip
+
+
+# -- tensor data ----------------------------------------------------------------------------------
+
+# byte offsets of the f16 scales ggml_validate_row_data checks in each block
+_F16_SCALES = {
+    Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q5_1: (0, 2), Q.Q8_0: (0,), Q.Q2_K: (80, 82),
+    Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.TQ1_0: (52,), Q.TQ2_0: (64,),
+    Q.IQ2_XXS: (0,), Q.IQ2_XS: (0,), Q.IQ2_S: (0,), Q.IQ3_XXS: (0,), Q.IQ3_S: (0,), Q.IQ1_S: (0,),
+    Q.IQ4_NL: (0,), Q.IQ4_XS: (0,),
+}  # fmt: skip
+
+
+def _valid(raw: np.ndarray, t: GGMLQuantizationType) -> bool:
+    """ggml_validate_row_data: no NaN or infinity among the values (float types) or the block scales.
+
+    ``raw``: contiguous uint8. Types without a check here (integers, IQ1_M, MXFP4) pass."""
+    if t == Q.F32:
+        return not ((raw.view(np.uint32) & 0x7F800000) == 0x7F800000).any()
+    if t == Q.F16:
+        return not ((raw.view(np.uint16) & 0x7C00) == 0x7C00).any()
+    if t == Q.BF16:
+        return not ((raw.view(np.uint16) & 0x7FFF) >= 0x7F80).any()
+    if t == Q.F64:
+        return bool(np.isfinite(raw.view(np.float64)).all())
+    blocks = raw.reshape(-1, GGML_QUANT_SIZES[t][1]) if t in _F16_SCALES or t == Q.Q8_K else None
+    if t == Q.Q8_K:
+        return bool(np.isfinite(blocks[:, :4].copy().view(np.float32)).all())
+    for off in _F16_SCALES.get(t, ()):
+        if ((blocks[:, off : off + 2].copy().view(np.uint16) & 0x7C00) == 0x7C00).any():
+            return False
+    return True
+
+
+def _slabs(inp: _Input, tp: TensorPlan, budget: int, n_threads: int | None) -> Iterator[np.ndarray]:
+    """The tensor's output bytes, a slab of rows at a time (at most ``budget`` bytes of buffers)."""
+    from splitllm import quants
+
+    raw = inp.gf.tensor(tp.name).reshape(-1).view(np.uint8)
+    ncols = tp.shape[-1] if tp.shape else 1
+    src_row, dst_row = row_bytes(tp.src_type, ncols), row_bytes(tp.type, ncols)
+    n_rows = len(raw) // src_row if src_row else 0
+    per_row = src_row + dst_row + (0 if tp.src_type == Q.F32 else 4 * ncols)
+    step = max(1, min(n_rows, budget // per_row))
+    where = f"{inp.path}: tensor {tp.name!r}"
+    invalid = QuantizeError(f"{where} has invalid data (NaN or infinity)")
+    for r in range(0, n_rows, step):
+        src = raw[r * src_row : min(n_rows, r + step) * src_row]
+        # the block quantizers refuse NaN and infinity themselves; the rest is checked here
+        if (tp.type == tp.src_type or not quant_rules.is_quantized(tp.type)) and not _valid(src, tp.src_type):
+            raise invalid
+        if tp.type == tp.src_type:
+            yield src
+            continue
+        rows = src.reshape(-1, src_row)
+        if tp.src_type == Q.F32:
+            x = rows.view(np.float32)
+        else:
+            x = quants.dequantize(rows, tp.src_type, n_threads=n_threads)
+        try:
+            out = quants.quantize(x, tp.type, n_threads=n_threads).reshape(-1)
+        except ValueError:  # a NaN or infinity in the input (or in its dequantized values)
+            raise invalid from None
+        if not _valid(out, tp.type):
+            raise QuantizeError(f"{where}: quantized data validation failed (out of the range of "
+                                f"{tp.type.name})")
+        yield out
+
+
+# -- the public entry point -----------------------------------------------------------------------
+
+
+def _optional_type(value: str | GGMLQuantizationType | None) -> GGMLQuantizationType | None:
+    return None if value is None else parse_tensor_type(value)
+
+
+def default_output(src: str | os.PathLike[str], type_name: str) -> Path:
+    """llama-quantize's output name when none is given: ggml-model-TYPE.gguf beside the input."""
+    s = os.fspath(src)
+    cut = max(s.rfind("/"), s.rfind("\\"))
+    return Path(s[: cut + 1] + f"ggml-model-{type_name}.gguf")
+
+
+def quantize(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None,
+    ftype: str | int,
+    *,
+    nthreads: int | None = None,
+    allow_requantize: bool = False,
+    leave_output_tensor: bool = False,
+    pure: bool = False,
+    output_tensor_type: str | GGMLQuantizationType | None = None,
+    token_embedding_type: str | GGMLQuantizationType | None = None,
+    tensor_types: Sequence[tuple[str, str | GGMLQuantizationType]] = (),
+    override_kv: Mapping[str, int | float | bool | str] | None = None,
+    dry_run: bool = False,
+    max_buffer_size: int | None = None,
+    quiet: bool = False,
+) -> QuantizePlan:
+    """Quantize GGUF file ``src`` to ``dst`` (None: ``ggml-model-TYPE.gguf`` beside ``src``) as file
+    type ``ftype`` (a name of :data:`SUPPORTED_NAMES` in any case, or llama.cpp's number); returns
+    the plan. The options are llama_model_quantize_params': ``nthreads`` (None or <= 0: all),
+    ``allow_requantize`` (dequantize already-quantized tensors, then quantize them),
+    ``leave_output_tensor`` (output.weight as it is), ``pure`` (no k-quant mixture: every
+    quantized tensor gets the file type's type, the rows' fallbacks aside),
+    ``output_tensor_type`` / ``token_embedding_type`` (a type for output.weight / token_embd.weight),
+    ``tensor_types`` ((regex, type) pairs: the first found in a tensor's name sets its type; Python's
+    ``re``, which reads ordinary patterns as llama.cpp's std::regex does),
+    ``override_kv`` (metadata to set: int is written as uint32, float as float32),
+    ``max_buffer_size`` (bytes of row buffers per slab; default 1 GiB), ``dry_run`` (plan only).
+    An existing ``dst`` is replaced, as llama-quantize does; ``dst`` may not be ``src``.
+    """
+    src_path = Path(src)
+    parsed = parse_ftype(ftype)
+    if parsed is None:
+        raise QuantizeError(f"invalid ftype {ftype!r}; supported: {', '.join(SUPPORTED_NAMES)}")
+    type_name, ft = parsed
+    if dst is not None:
+        dst_path: Path | None = Path(dst)
+    else:
+        dst_path = None if dry_run else default_output(src, type_name)
+    if dst_path is not None and not dry_run:
+        _check_output(src_path, dst_path)
+    opts = QuantOptions(
+        ft.ftype, ft.default, pure=pure, quantize_output_tensor=not leave_output_tensor,
+        output_tensor_type=_optional_type(output_tensor_type),
+        token_embedding_type=_optional_type(token_embedding_type),
+        tensor_types=tuple((p, parse_tensor_type(t)) for p, t in tensor_types),
+    )  # fmt: skip
+    for pattern, _ in opts.tensor_types:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise QuantizeError(f"--tensor-type {pattern!r}: not a regular expression ({e})") from None
+    override_kv = dict(override_kv or {})
+    for key, value in override_kv.items():
+        _override(key, value)  # checks the types before anything is read
+    inp = _open(src_path)
+    try:
+        plan, header = _plan(inp, src_path, dst_path, type_name, ft, opts, override_kv, allow_requantize)
+        if not dry_run:
+            assert dst_path is not None
+            threads = nthreads if nthreads is not None and nthreads > 0 else None
+            budget = max_buffer_size if max_buffer_size else 1 << 30
+            _write(inp, plan, header, dst_path, inp.gf.alignment, threads, budget, quiet)
+    finally:
+        inp.gf.close()
+    return plan
+
+
+def _plan(inp: _Input, src: Path, dst: Path | None, type_name: str, ft: FileType, opts: QuantOptions,
+          override_kv: Mapping[str, Any], allow_requantize: bool) -> tuple[QuantizePlan, bytes]:  # fmt: skip
+    """The plan and the output's header (key-values and tensor infos, padded)."""
+    kvs = _output_kvs(inp, int(ft.ftype), override_kv)
+    tensors, n_fallback = _plan_tensors(inp, opts, override_kv, allow_requantize)
+    alignment = inp.gf.alignment
+    infos, offset = [], 0
+    for tp in tensors:
+        infos.append(gguf_meta.TensorInfo(tp.name, tuple(reversed(tp.shape)), int(tp.type), offset))
+        offset += gguf_meta.pad(tp.nbytes, alignment)
+    header = gguf_meta.header_bytes(kvs, infos, [quant_rules.n_dims(i.ne) for i in infos], alignment)
+    n_elements = sum(math.prod(tp.shape) for tp in tensors)
+    plan = QuantizePlan(src, dst, type_name, tuple(tensors), n_elements, len(header) + offset, n_fallback)
+    return plan, header
+
+
+def _check_output(src: Path, dst: Path) -> None:
+    if dst.is_dir():
+        raise QuantizeError(f"{dst}: is a directory; give the output file name")
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise QuantizeError(f"input and output files are the same: '{src}'")
+    if not dst.parent.is_dir():
+        raise QuantizeError(f"{dst.parent}: output directory does not exist")
+
+
+def _progress(total: int, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="quantize", disable=quiet)
+
+
+def _write(inp: _Input, plan: QuantizePlan, header: bytes, dst: Path, alignment: int,
+           n_threads: int | None, budget: int, quiet: bool) -> None:  # fmt: skip
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    try:
+        f = open(tmp, "xb")
+    except OSError as e:
+        raise QuantizeError(f"{dst.parent}: cannot create the output file ({e})") from None
+    except BaseException:  # Ctrl-C as open() returns
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        with f, _progress(plan.src_tensor_bytes, quiet) as bar:
+            f.write(header)
+            for i, tp in enumerate(plan.tensors):
+                bar.set_postfix_str(f"{i + 1}/{len(plan.tensors)} {tp.name}", refresh=False)
+                written = 0
+                for data in _slabs(inp, tp, budget, n_threads):
+                    f.write(data)
+                    written += data.nbytes
+                if written != tp.nbytes:
+                    raise QuantizeError(f"{tp.name}: wrote {written} bytes, planned {tp.nbytes}")
+                f.write(bytes(gguf_meta.pad(written, alignment) - written))
+                advise = getattr(inp.gf._core, "advise_dontneed", None)
+                if advise is not None and tp.src_nbytes:
+                    advise(tp.name.encode("utf-8", "surrogateescape"))  # as llama.cpp unmaps each tensor
+                bar.update(tp.src_nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
