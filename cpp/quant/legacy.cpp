@@ -15,8 +15,8 @@ constexpr int QK = 32;
 
 // Truncates v + bias to an integer code in [0, hi]; NaN goes to 0 (no undefined conversion).
 inline uint8_t trunc_code(float v, float hi) {
-    v = std::fmax(v, 0.0f);
-    return uint8_t(std::fmin(v, hi));
+    v = v > 0.0f ? v : 0.0f;  // comparisons, not fmax / fmin: no libm calls
+    return uint8_t(v < hi ? v : hi);
 }
 
 // The value of largest magnitude (the first one on ties), with its sign.
