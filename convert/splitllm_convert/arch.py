@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGUFWriter, PoolingType, RopeScalingType
 
 from splitllm_convert.errors import ConvertError
-from splitllm_convert.mix import ModelShape
+from splitllm_convert.quant_rules import HParams
 from splitllm_convert.vocab import Vocab, load_vocab
 
 logger = logging.getLogger("convert-hf")
@@ -152,13 +152,9 @@ class Architecture:
     def transforms(self) -> dict[str, Callable[[Array], Array]]:
         return {}
 
-    def is_70b(self) -> bool:
-        return False
-
-    def model_shape(self, has_output: bool) -> ModelShape:
-        return ModelShape(
-            self.n_layer, self.n_head, self.n_head_kv, not has_output, self.is_70b(), self.n_expert
-        )
+    def hparams(self) -> HParams:
+        """What llama.cpp's quantizer reads from the metadata this writes (``quant_rules``)."""
+        return HParams.of(self.gguf_arch, self.n_layer, self.n_head, self.n_head_kv, self.n_expert)
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
@@ -362,9 +358,6 @@ class Llama(Architecture):
             "permute_k": lambda w: rope_permute(w, self.n_head_kv),
         }
 
-    def is_70b(self) -> bool:
-        return self.n_layer == 80 and self.n_head != self.n_head_kv
-
     def adjust_vocab(self, vocab: Vocab) -> None:
         # llama.cpp's LlamaModel.set_vocab: 49152-token vocabularies (SmolLM, Granite) add no BOS
         if self.n_vocab == 49152:
@@ -463,9 +456,6 @@ class Qwen2(Architecture):
 
     def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
         write_st_pooling(w, self.model_dir)
-
-    def is_70b(self) -> bool:
-        return self.n_layer == 80
 
 
 # The "rerank" chat template llama.cpp's Qwen3Model writes for a Qwen3-Reranker: llama-server puts a

@@ -120,9 +120,6 @@ class SmolLM3(Llama):
                 "(llama.cpp's smollm3 attends to the whole context)"
             )
 
-    def is_70b(self) -> bool:
-        return False  # llama.cpp's model types for smollm3 (and granite) have no 70B
-
 
 class Granite(Llama):
     """GraniteForCausalLM (Granite 3.x dense): a llama whose embeddings are multiplied by
@@ -157,9 +154,6 @@ class Granite(Llama):
         super().add_hparams(w)
         for key, add in self.multipliers:
             getattr(w, add)(self.scales[key])
-
-    def is_70b(self) -> bool:
-        return False
 
 
 class Olmo2(Architecture):

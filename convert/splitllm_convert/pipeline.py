@@ -94,13 +94,14 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None) -> _Job:
         lambda n: str(entries[n].file),
         hfdir.weight_files(model_dir),
     )
-    model = arch.model_shape(has_output=any(s.gguf_name == "output.weight" for s in sources))
+    # every tensor's type first: llama.cpp's quantizer visits them in its own order, not ours
+    types = mix.tensor_types(ft, arch.hparams(), {s.gguf_name: s.shape for s in sources})
     vocab = arch.read_vocab(model_dir, pre)
 
     writer = GGUFWriter(path=None, arch=arch.gguf_arch)
     tensors = []
     for s in sources:
-        t = mix.tensor_type(ft, model, s.gguf_name, s.shape)
+        t = types[s.gguf_name]
         nbytes = mix.tensor_nbytes(t, s.shape)
         entry = entries.get(s.hf_name or (s.hf_stack[0] if s.hf_stack else ""))
         src = f"{entry.file.name}:{entry.name}" if entry else "generated"

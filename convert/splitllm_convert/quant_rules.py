@@ -10,8 +10,9 @@ The choice depends on the order the tensors are visited in (llama.cpp counts the
 tensors it has seen, and, for dense models, the ``ffn_down`` ones): :class:`TypeChooser` is fed
 the tensors in the quantizer's order (:func:`tensor_order`) and keeps the same counters.
 
-``mix`` holds the converter's version of these rules (layers read from the names); this module is
-the quantizer's, counters and all, and also reads the options of ``llama-quantize``.
+The one copy of these rules: ``requantize`` (``splitllm quantize``) runs them over a GGUF file's
+tensors, with llama-quantize's options; the converter (``mix``) over the tensors it is about to
+write, as llama.cpp's quantizer would over the F32 file.
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gguf import GGMLQuantizationType, LlamaFileType
-
-from splitllm_convert.mix import block_size, use_more_bits
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 Q = GGMLQuantizationType
 F = LlamaFileType
 
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
+
+
+def block_size(t: GGMLQuantizationType) -> int:
+    return GGML_QUANT_SIZES[t][0]
+
+
+def use_more_bits(i_layer: int, n_layer: int) -> bool:
+    """llama.cpp's choice of layers that get more bits: the first and last eighth, every third between."""
+    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
 
 
 def is_quantized(t: GGMLQuantizationType) -> bool:
@@ -187,12 +195,18 @@ class HParams:
         n_layer_all = get("block_count")
         if not 0 < n_layer_all <= 512:  # LLAMA_MAX_LAYERS
             raise ValueError(f"{where}: {arch}.block_count {n_layer_all} is out of range (1..512)")
-        n_layer = n_layer_all - get("nextn_predict_layers", 0)
+        n_nextn = get("nextn_predict_layers", 0)
         n_expert = get("expert_count", 0)
         n_head = get("attention.head_count", 0, first=True)
         n_head_kv = get("attention.head_count_kv", n_head, first=True)
+        return cls.of(arch, n_layer_all, n_head, n_head_kv, n_expert, n_nextn=n_nextn)
+
+    @classmethod
+    def of(cls, arch: str, n_layer_all: int, n_head: int, n_head_kv: int, n_expert: int = 0, *,
+           n_nextn: int = 0) -> HParams:  # fmt: skip
+        """From the values of the metadata keys (``n_nextn``: {arch}.nextn_predict_layers)."""
         return cls(arch, n_layer_all, n_head, n_head_kv, n_expert,
-                   _is_70b(arch, n_layer, n_head, n_head_kv, n_expert))  # fmt: skip
+                   _is_70b(arch, n_layer_all - n_nextn, n_head, n_head_kv, n_expert))  # fmt: skip
 
 
 def _is_70b(arch: str, n_layer: int, n_head: int, n_head_kv: int, n_expert: int) -> bool:
