@@ -98,8 +98,8 @@ def test_long_interleaved_texts_match_float64_reference(tmp_path, cfg):
     pos = np.array([i for _, _, i in rows], np.int32)
     slot = np.array([k for _, k, _ in rows], np.int32)
     assert slot[:6].tolist() == [0, 1, 0, 1, 0, 1]  # interleaved
-    out = core.Model(path, n_ctx=512, n_batch=512, n_threads=2, n_seq_max=2).decode(toks, pos, slot, None, None,
-                                                                                   True)
+    m = core.Model(path, n_ctx=512, n_batch=512, n_threads=2, n_seq_max=2)
+    out = m.decode(toks, pos, slot, None, None, True)
     for k, text in enumerate(texts):
         got = np.float64(out[slot == k])  # in position order: each text's rows keep their order
         assert rel_err(got, reference_hidden(cfg, held, text)) < 1e-5
