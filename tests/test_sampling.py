@@ -1,6 +1,9 @@
 """The token sampler against a numpy float64 re-implementation of llama.cpp's sampler chain as
 llama-cpp-python 0.3.36 builds it (logit_bias, penalties, top_k, top_p, min_p, temperature,
-draw), written here from llama.cpp's documented semantics."""
+draw), written here from llama.cpp's documented semantics, and against llama.cpp's own samplers
+(through llama-cpp-python's low-level API, on the same logits): the fast chain, and the general
+path (typical_p, mirostat 1 / 2, XTC, top_n_sigma, dynamic temperature) in llama-cpp-python's
+and llama-server's chains."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from dataclasses import FrozenInstanceError, replace
 import numpy as np
 import pytest
 from splitllm import _core
-from splitllm.sampling import Sampler, SamplingParams
+from splitllm.sampling import Sampler, SamplingParams, check_tfs_z, sampling_params
 
 # ---------------------------------------------------------------- reference (numpy, float64)
 
@@ -93,6 +96,28 @@ def test_defaults_follow_llama_cpp_python() -> None:
     assert hash(SamplingParams(logit_bias={"3": 1.5})) == hash(SamplingParams(logit_bias=[(3, 1.5)]))
     assert SamplingParams(logit_bias={7: -1.0, 2: 4}).logit_bias == ((2, 4.0), (7, -1.0))
     assert replace(p, temperature=0).greedy
+    assert (p.typical_p, p.mirostat_mode, p.mirostat_tau, p.mirostat_eta) == (1.0, 0, 5.0, 0.1)
+    assert (p.xtc_probability, p.xtc_threshold, p.top_n_sigma, p.dynatemp_range, p.dynatemp_exponent) == \
+        (0.0, 0.1, -1.0, 0.0, 1.0)
+    assert p.chain == "llama-cpp-python" and not p.replayed
+    # llama-server's temperature 0 runs typical_p / XTC before keeping the highest logit left
+    assert replace(p, temperature=0, typical_p=0.5).greedy
+    assert not replace(p, temperature=0, typical_p=0.5, chain="llama-server").greedy
+    assert replace(p, temperature=0, chain="llama-server").greedy
+
+
+def test_tfs_z_only_off() -> None:
+    """Tail-free sampling is gone from llama.cpp: 1.0 (off) passes, anything else is refused."""
+    check_tfs_z(1.0)
+    check_tfs_z(1)
+    assert sampling_params(tfs_z=1.0, temperature=0.5) == SamplingParams(temperature=0.5)
+    for bad in (0.95, 0.0, 2.0, float("nan"), "x"):
+        with pytest.raises(ValueError, match="tfs_z"):
+            check_tfs_z(bad)
+    with pytest.raises(ValueError, match="tail-free sampling is not available"):
+        sampling_params(tfs_z=0.9)
+    with pytest.raises(ValueError, match="logit_bias must map"):
+        sampling_params(logit_bias=[(1, 2.0)])
 
 
 @pytest.mark.parametrize(
@@ -120,6 +145,18 @@ def test_defaults_follow_llama_cpp_python() -> None:
         {"logit_bias": {3: float("inf")}},
         {"logit_bias": {3: "a lot"}},
         {"logit_bias": [1, 2]},
+        {"typical_p": 1.5},
+        {"typical_p": -0.1},
+        {"mirostat_mode": 3},
+        {"mirostat_mode": 1.0},
+        {"mirostat_tau": float("nan")},
+        {"mirostat_eta": float("inf")},
+        {"xtc_probability": 1.5},
+        {"xtc_threshold": -0.5},
+        {"top_n_sigma": float("inf")},
+        {"dynatemp_range": -1.0},
+        {"dynatemp_exponent": float("nan")},
+        {"chain": "llama.cpp"},
     ],
 )
 def test_invalid_settings_raise(kwargs: dict) -> None:
@@ -165,6 +202,14 @@ def test_core_checks_its_own_input() -> None:
     with pytest.raises(ValueError, match="temperature"):
         _core.Sampler(cp, 5, 0)
     cp.temperature = 1.0
+    cp.mirostat = 3
+    with pytest.raises(ValueError, match="mirostat must be 0, 1 or 2"):
+        _core.Sampler(cp, 5, 0)
+    cp.mirostat = 0
+    cp.typical_p = float("nan")
+    with pytest.raises(ValueError, match="typical_p"):
+        _core.Sampler(cp, 5, 0)
+    cp.typical_p = 1.0
     s = _core.Sampler(cp, 5, 0)
     with pytest.raises(ValueError, match="expected 5 logits"):
         s.sample(np.zeros(4, np.float32))
@@ -451,7 +496,10 @@ def test_huge_penalty_window_is_not_allocated_up_front() -> None:
 class LlamaCppChain:
     """The sampler chain llama-cpp-python 0.3.36 builds in ``Llama._init_sampler`` (logit_bias is
     applied in Python before it, as ``_create_completion`` does), run on a token array through
-    the low-level API: no model needed."""
+    the low-level API: no model needed. top_n_sigma, XTC and the dynamic temperature (llama-server's,
+    not llama-cpp-python's) sit where llama-server's default order puts them. With
+    ``chain="llama-server"``, the chain common/sampling.cpp builds instead (min_keep 0, its default;
+    mirostat: temperature then mirostat, no penalties)."""
 
     def __init__(self, p: SamplingParams, n: int, seed: int) -> None:
         import llama_cpp as lc
@@ -459,18 +507,33 @@ class LlamaCppChain:
         self.lc, self.p, self.n = lc, p, n
         self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda s: lc.llama_sampler_chain_add(self.chain, s)  # noqa: E731
-        add(lc.llama_sampler_init_penalties(n, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
-                                            p.presence_penalty))
-        if p.temperature == 0:
+        server = p.chain == "llama-server"
+        keep = 0 if server else 1
+        if not (server and p.mirostat_mode):
+            add(lc.llama_sampler_init_penalties(n, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
+                                                p.presence_penalty))
+        if not server and p.temperature == 0:
             add(lc.llama_sampler_init_greedy())
-        elif p.temperature < 0:
+        elif not server and p.temperature < 0:
             add(lc.llama_sampler_init_dist(seed))
+        elif p.mirostat_mode:
+            if server:
+                add(lc.llama_sampler_init_temp(p.temperature))
+            if p.mirostat_mode == 1:
+                add(lc.llama_sampler_init_mirostat(n, seed, p.mirostat_tau, p.mirostat_eta, 100))
+            else:
+                add(lc.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta))
         else:
+            add(lc.llama_sampler_init_top_n_sigma(p.top_n_sigma))
             add(lc.llama_sampler_init_top_k(p.top_k))
-            add(lc.llama_sampler_init_typical(1.0, 1))
-            add(lc.llama_sampler_init_top_p(p.top_p, 1))
-            add(lc.llama_sampler_init_min_p(p.min_p, 1))
-            add(lc.llama_sampler_init_temp(p.temperature))
+            add(lc.llama_sampler_init_typical(p.typical_p, keep))
+            add(lc.llama_sampler_init_top_p(p.top_p, keep))
+            add(lc.llama_sampler_init_min_p(p.min_p, keep))
+            add(lc.llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, keep, seed))
+            if server or p.dynatemp_range > 0:
+                add(lc.llama_sampler_init_temp_ext(p.temperature, p.dynatemp_range, p.dynatemp_exponent))
+            else:
+                add(lc.llama_sampler_init_temp(p.temperature))
             add(lc.llama_sampler_init_dist(seed))
 
     def close(self) -> None:
@@ -493,8 +556,11 @@ class LlamaCppChain:
         cur = lc.llama_token_data_array(data=ctypes.cast(data, lc.llama_token_data_p), size=self.n,
                                         selected=-1, sorted=False)
         lc.llama_sampler_apply(self.chain, ctypes.byref(cur))
-        picked = int(view["id"][cur.selected])
-        kept = view[: cur.size]
+        # XTC drops the most likely tokens by moving the array's start
+        start = (ctypes.cast(cur.data, ctypes.c_void_p).value - ctypes.addressof(data)) // \
+            ctypes.sizeof(lc.llama_token_data)
+        kept = view[start: start + cur.size]
+        picked = int(kept["id"][cur.selected])
         return dict(zip(kept["id"].tolist(), kept["p"].astype(np.float64).tolist(), strict=True)), picked
 
 
@@ -513,16 +579,19 @@ def at_filter_edge(x: np.ndarray, p: SamplingParams, history: list[int], token: 
 
 
 @pytest.mark.reference
-def test_same_candidates_and_tokens_as_llama_cpp() -> None:
+@pytest.mark.parametrize("chain", ["llama-cpp-python", "llama-server"])
+def test_same_candidates_and_tokens_as_llama_cpp(chain: str) -> None:
     """Candidate sets and probabilities equal llama.cpp's (but for tokens on a top_p / min_p edge,
     where llama.cpp's float32 sums and the float64 reference may disagree); with the same seed
-    (below 2**32), the same logits and the picks fed back as history, the same tokens come out."""
+    (below 2**32), the same logits and the picks fed back as history, the same tokens come out.
+    Without the general path's samplers, llama-server's chain is llama-cpp-python's (its
+    temperature 0 keeps the highest logit, the greedy pick; below 0, it replays llama.cpp)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (the reference) is not installed")
     rng = np.random.default_rng(11)
     n = 1500
     compared = 0
     for case in range(60):
-        p = chain_params(rng, n)
+        p = replace(chain_params(rng, n), chain=chain)
         if case % 10 == 0:
             p = replace(p, temperature=0.0)
         seed = int(rng.integers(0, 2**32 - 1))  # 2**32 - 1 means "random" to llama.cpp
@@ -550,3 +619,119 @@ def test_same_candidates_and_tokens_as_llama_cpp() -> None:
         finally:
             ref.close()
     assert compared > 1000
+
+
+# ---------------------------------------------------------------- the general path
+
+
+GENERAL = {  # each sampler of the general path on its own, and all of them together
+    "typical": {"typical_p": (0.2, 0.5, 0.9, 0.99)},
+    "mirostat1": {"mirostat_mode": (1,), "mirostat_tau": (2.0, 5.0, 8.0), "mirostat_eta": (0.1, 0.5)},
+    "mirostat2": {"mirostat_mode": (2,), "mirostat_tau": (1.0, 3.0, 5.0), "mirostat_eta": (0.1, 0.5)},
+    "xtc": {"xtc_probability": (0.3, 1.0), "xtc_threshold": (0.01, 0.05, 0.1, 0.3)},
+    "top_n_sigma": {"top_n_sigma": (0.5, 1.0, 2.0)},
+    "dynatemp": {"dynatemp_range": (0.3, 0.8), "dynatemp_exponent": (0.5, 1.0, 2.0)},
+    "all": {"typical_p": (0.6, 0.95), "xtc_probability": (0.5,), "xtc_threshold": (0.05,),
+            "top_n_sigma": (1.5, 3.0), "dynatemp_range": (0.5,)},
+}
+
+
+def general_params(rng: np.random.Generator, n: int, kind: str, chain: str) -> SamplingParams:
+    """The sampler ``kind`` on, with or without top_k / top_p / min_p / penalties / a banned token."""
+    base = chain_params(rng, n)
+    picked = {k: v[int(rng.integers(len(v)))] for k, v in GENERAL[kind].items()}
+    bias = dict(base.logit_bias)
+    if rng.random() < 0.3:
+        bias[int(rng.integers(0, n))] = float("-inf")  # p = 0 candidates (typical's entropy turns NaN)
+    temps = [0.4, 0.8, 1.0, 1.7] + ([0.0] if chain == "llama-server" else [])
+    plain = rng.random() < 0.3  # no other filter
+    return replace(base, **picked, chain=chain, logit_bias=bias,
+                   temperature=float(rng.choice(temps)),
+                   top_k=0 if plain else base.top_k, top_p=1.0 if plain else base.top_p,
+                   min_p=0.0 if plain else base.min_p)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("chain", ["llama-cpp-python", "llama-server"])
+@pytest.mark.parametrize("kind", list(GENERAL))
+def test_general_path_is_llama_cpp(kind: str, chain: str) -> None:
+    """The samplers of the general path replay llama.cpp's: over multi-step runs with the picks fed
+    back (penalties, mirostat's mu, XTC's and the draw's generators all evolving), the candidates,
+    their probabilities (bit for bit: the same float operations in the same order, the same
+    standard sorts; llama-cpp-python built from source here, with the same libstdc++ and libm) and
+    the drawn tokens are llama.cpp's, with the same seed and logits. Banned tokens (-inf) and
+    llama-server's temperature 0 are among the cases."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (the reference) is not installed")
+    rng = np.random.default_rng(2 * list(GENERAL).index(kind) + (chain == "llama-server"))
+    compared = 0
+    for case in range(8):
+        n = int(rng.choice([100, 3000]))  # small: std::partial_sort; large: llama.cpp's bucket sort
+        p = general_params(rng, n, kind, chain)
+        seed = int(rng.integers(0, 2**32 - 1))
+        ref, mine = LlamaCppChain(p, n, seed), Sampler(p, n, seed)
+        assert mine._core.general
+        try:
+            for step in range(15):
+                x = random_logits(rng, n, float(rng.choice([0.5, 2.0, 5.0, 10.0])))
+                got = ours(mine, x)
+                want, t_ref = ref.apply(x)
+                where = f"case {case} step {step}: {p}, seed {seed}"
+                assert got == want, f"{where}: candidates or probabilities differ"
+                t_ours = mine.sample(x)
+                assert t_ours == t_ref, where
+                ref.accept(t_ref)
+                mine.accept(t_ours)
+                compared += 1
+        finally:
+            ref.close()
+    assert compared == 8 * 15
+
+
+def test_fast_path_stays_when_the_new_samplers_are_off() -> None:
+    """Settings that leave typical_p / mirostat / XTC / top_n_sigma / dynatemp off keep the fast
+    chain (llama-cpp-python's greedy and unfiltered draws ignore them: fast too)."""
+    n = 1000
+    off = [SamplingParams(), SamplingParams(typical_p=1.0, xtc_probability=0.5, xtc_threshold=0.6,
+                                            top_n_sigma=0.0, dynatemp_range=0.0),
+           SamplingParams(temperature=0, mirostat_mode=2, typical_p=0.5),
+           SamplingParams(temperature=-1, xtc_probability=1.0),
+           SamplingParams(chain="llama-server"), SamplingParams(chain="llama-server", temperature=0)]
+    for p in off:
+        assert not Sampler(p, n, 0)._core.general, p
+    on = [SamplingParams(typical_p=0.9), SamplingParams(mirostat_mode=1), SamplingParams(top_n_sigma=1.0),
+          SamplingParams(xtc_probability=0.1, xtc_threshold=0.5), SamplingParams(dynatemp_range=0.1),
+          SamplingParams(chain="llama-server", temperature=0, typical_p=0.5),
+          SamplingParams(chain="llama-server", temperature=-1)]
+    for p in on:
+        assert Sampler(p, n, 0)._core.general, p
+    # without the new samplers both chains are the same
+    a = generate(Sampler(SamplingParams(repeat_penalty=1.2), n, 3), 50, n)
+    assert generate(Sampler(SamplingParams(repeat_penalty=1.2, chain="llama-server"), n, 3), 50, n) == a
+
+
+@pytest.mark.parametrize("kw", [{"mirostat_mode": 1}, {"mirostat_mode": 2}, {"xtc_probability": 0.5},
+                                {"typical_p": 0.8, "dynatemp_range": 0.4}])
+def test_general_path_state(kw: dict) -> None:
+    """probs() leaves mu and the generators alone; reset() brings back mu = 2 * tau and the seeds;
+    mu moves with each draw."""
+    n = 2000
+    p = SamplingParams(**kw)
+    s1, s2 = Sampler(p, n, 9), Sampler(p, n, 9)
+    assert s1.mirostat_mu == 2 * p.mirostat_tau
+    x = random_logits(np.random.default_rng(1), n, 4.0)
+    seq = []
+    for _ in range(25):
+        before = s1.probs(x)
+        np.testing.assert_array_equal(s1.probs(x)[0], before[0])
+        seq.append(s1.sample(x))
+        s1.accept(seq[-1])
+    again = []
+    for _ in range(25):
+        again.append(s2.sample(x))
+        s2.accept(again[-1])
+    assert again == seq
+    if p.mirostat_mode:
+        assert s1.mirostat_mu != 2 * p.mirostat_tau
+    s1.reset(9)
+    assert s1.mirostat_mu == 2 * p.mirostat_tau
+    assert generate(s1, 30, n) == generate(Sampler(p, n, 9), 30, n)

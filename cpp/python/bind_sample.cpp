@@ -22,7 +22,17 @@ void bind_sample(pyb::module_ & m) {
         .def_readwrite("repeat_last_n", &sl::SamplerParams::repeat_last_n)
         .def_readwrite("frequency_penalty", &sl::SamplerParams::frequency_penalty)
         .def_readwrite("presence_penalty", &sl::SamplerParams::presence_penalty)
-        .def_readwrite("logit_bias", &sl::SamplerParams::logit_bias);
+        .def_readwrite("logit_bias", &sl::SamplerParams::logit_bias)
+        .def_readwrite("typical_p", &sl::SamplerParams::typical_p)
+        .def_readwrite("mirostat", &sl::SamplerParams::mirostat)
+        .def_readwrite("mirostat_tau", &sl::SamplerParams::mirostat_tau)
+        .def_readwrite("mirostat_eta", &sl::SamplerParams::mirostat_eta)
+        .def_readwrite("xtc_probability", &sl::SamplerParams::xtc_probability)
+        .def_readwrite("xtc_threshold", &sl::SamplerParams::xtc_threshold)
+        .def_readwrite("top_n_sigma", &sl::SamplerParams::top_n_sigma)
+        .def_readwrite("dynatemp_range", &sl::SamplerParams::dynatemp_range)
+        .def_readwrite("dynatemp_exponent", &sl::SamplerParams::dynatemp_exponent)
+        .def_readwrite("server_chain", &sl::SamplerParams::server_chain);
 
     pyb::class_<sl::Sampler>(m, "Sampler", "Token sampler: penalty history and random state.")
         .def(pyb::init<const sl::SamplerParams &, int32_t, uint64_t>(), "params"_a, "n_vocab"_a, "seed"_a)
@@ -42,7 +52,9 @@ void bind_sample(pyb::module_ & m) {
                                        pyb::array_t<float>(p.size(), p.data()));
             },
             "logits"_a)
-        .def_property_readonly("n_vocab", &sl::Sampler::n_vocab);
+        .def_property_readonly("n_vocab", &sl::Sampler::n_vocab)
+        .def_property_readonly("general", &sl::Sampler::general)
+        .def_property_readonly("mirostat_mu", &sl::Sampler::mirostat_mu);
 
     pyb::class_<sl::GrammarRules, std::shared_ptr<sl::GrammarRules>>(
         m, "GrammarRules", "A parsed GBNF grammar (see cpp/sample/grammar.h); sl.Error on a bad one.")

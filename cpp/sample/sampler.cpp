@@ -38,6 +38,16 @@ constexpr size_t kBlock = 16;  // top_k scan: block tested at once
 // buckets in all: distances beyond kBuckets / kBucketsPerUnit share the last one).
 constexpr size_t kBucketsPerUnit = 8;
 
+// As llama.cpp's samplers seed their generators (seeds of 2^32 and more: through std::seed_seq).
+void seed_rng(std::mt19937 & rng, uint64_t seed) {
+    if (seed >> 32 == 0) {
+        rng.seed(uint32_t(seed));
+    } else {
+        std::seed_seq seq{uint32_t(seed), uint32_t(seed >> 32)};
+        rng.seed(seq);
+    }
+}
+
 }  // namespace
 
 Sampler::Sampler(const SamplerParams & params, int32_t n_vocab, uint64_t seed)
@@ -52,12 +62,26 @@ Sampler::Sampler(const SamplerParams & params, int32_t n_vocab, uint64_t seed)
     require(p.repeat_last_n >= 0, strfmt("repeat_last_n must be >= 0, got %d", p.repeat_last_n));
     require(std::isfinite(p.frequency_penalty), "frequency_penalty must be finite");
     require(std::isfinite(p.presence_penalty), "presence_penalty must be finite");
+    for (const auto & [name, v] : {std::pair<const char *, float>{"typical_p", p.typical_p},
+                                   {"mirostat_tau", p.mirostat_tau}, {"mirostat_eta", p.mirostat_eta},
+                                   {"xtc_probability", p.xtc_probability}, {"xtc_threshold", p.xtc_threshold},
+                                   {"top_n_sigma", p.top_n_sigma}, {"dynatemp_range", p.dynatemp_range},
+                                   {"dynatemp_exponent", p.dynatemp_exponent}}) {
+        require(std::isfinite(v), strfmt("%s must be finite", name));
+    }
+    require(p.mirostat >= 0 && p.mirostat <= 2, strfmt("mirostat must be 0, 1 or 2, got %d", p.mirostat));
     for (const auto & [token, bias] : p.logit_bias) {
         require(token >= 0 && token < n_vocab,
                 strfmt("logit_bias token %d is outside the vocabulary [0, %d)", token, n_vocab));
         require(!std::isnan(bias) && bias != std::numeric_limits<float>::infinity(),
                 strfmt("logit_bias for token %d must be a number or -inf, got %g", token, bias));
     }
+    penalties_off_ = (p.repeat_penalty == 1.0f && p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f) ||
+                     (p.server_chain && p.mirostat != 0);
+    const bool extra = p.typical_p < 1.0f || p.mirostat != 0 || p.top_n_sigma > 0.0f ||
+                       (p.xtc_probability > 0.0f && p.xtc_threshold <= 0.5f) || p.dynatemp_range > 0.0f;
+    general_ = p.server_chain ? extra || p.temperature < 0.0f : extra && p.temperature > 0.0f;
+    if (general_) cand_data_.resize(size_t(n_vocab));
     ring_.reserve(std::min<size_t>(size_t(p.repeat_last_n), 4096));
     count_.assign(size_t(n_vocab), 0);
     scratch_.resize(size_t(n_vocab));
@@ -68,12 +92,9 @@ Sampler::Sampler(const SamplerParams & params, int32_t n_vocab, uint64_t seed)
 }
 
 void Sampler::reset(uint64_t seed) {
-    if (seed >> 32 == 0) {
-        rng_.seed(uint32_t(seed));  // as llama.cpp's dist sampler seeds it
-    } else {
-        std::seed_seq seq{uint32_t(seed), uint32_t(seed >> 32)};
-        rng_.seed(seq);
-    }
+    seed_rng(rng_, seed);
+    seed_rng(xtc_rng_, seed);  // llama-server gives XTC the same seed
+    mu_ = 2.0f * params_.mirostat_tau;
     for (int32_t t : ring_) count_[size_t(t)] = 0;
     ring_.clear();
     ring_head_ = 0;
@@ -110,9 +131,7 @@ void Sampler::apply_bias_and_penalties(const float * logits) {
     }
 
     const SamplerParams & p = params_;
-    const bool neutral = p.repeat_penalty == 1.0f && p.frequency_penalty == 0.0f &&
-                         p.presence_penalty == 0.0f;
-    if (ring_.empty() || neutral) return;
+    if (ring_.empty() || penalties_off_) return;
     // Each distinct token once: its count is negated while penalised, then restored.
     for (int32_t t : ring_) {
         const int32_t c = count_[size_t(t)];
@@ -319,6 +338,7 @@ double Sampler::uniform() {
 }
 
 int32_t Sampler::sample(const float * logits) {
+    if (general_) return sample_general(logits);
     apply_bias_and_penalties(logits);
     if (params_.temperature == 0.0f) return argmax();
     const size_t m = candidates();
@@ -343,6 +363,10 @@ int32_t Sampler::sample(const float * logits, size_t n) {
 
 void Sampler::probs(const float * logits, size_t n, std::vector<int32_t> & ids, std::vector<float> & p) {
     check_logits(n);
+    if (general_) {
+        probs_general(logits, ids, p);
+        return;
+    }
     apply_bias_and_penalties(logits);
     if (params_.temperature == 0.0f) {
         ids.assign(1, argmax());
@@ -361,6 +385,67 @@ void Sampler::probs(const float * logits, size_t n, std::vector<int32_t> & ids, 
     for (size_t i = 0; i < m; ++i) {
         ids[i] = cand_[order[i]].id;
         p[i] = float(double(prob_[order[i]]) / sum);
+    }
+}
+
+// ---- general path: llama.cpp's array operations (see sampler.h for the chains)
+
+void Sampler::run_general(const float * logits, replay::Array & cur) {
+    apply_bias_and_penalties(logits);  // (penalties_off_ under llama-server's mirostat)
+    const SamplerParams & p = params_;
+    const size_t n = size_t(n_vocab_);
+    replay::TokenData * d = cand_data_.data();
+    for (size_t i = 0; i < n; ++i) d[i] = {int32_t(i), scratch_[i], 0.0f};
+    cur = {d, n, -1, false};
+    replay::Scratch & s = replay_;
+    if (p.mirostat != 0) {
+        if (p.server_chain) replay::temp(cur, p.temperature);
+        if (p.mirostat == 1) {
+            replay::mirostat(cur, n_vocab_, p.mirostat_tau, p.mirostat_eta, 100, mu_, rng_, s);
+        } else {
+            replay::mirostat_v2(cur, p.mirostat_tau, p.mirostat_eta, mu_, rng_, s);
+        }
+        return;
+    }
+    replay::top_n_sigma(cur, p.top_n_sigma);
+    replay::top_k(cur, p.top_k, s);
+    replay::typical(cur, p.typical_p, 1, s);
+    replay::top_p(cur, p.top_p, 1, s);
+    replay::min_p(cur, p.min_p, 1, s);
+    replay::xtc(cur, p.xtc_probability, p.xtc_threshold, 1, xtc_rng_, s);
+    replay::temp_ext(cur, p.temperature, p.dynatemp_range, p.dynatemp_exponent, s);
+    replay::dist(cur, rng_);
+}
+
+int32_t Sampler::sample_general(const float * logits) {
+    replay::Array cur{};
+    run_general(logits, cur);
+    if (cur.selected < 0 || size_t(cur.selected) >= cur.size) return argmax();  // not reached
+    return cur.data[cur.selected].id;
+}
+
+void Sampler::probs_general(const float * logits, std::vector<int32_t> & ids, std::vector<float> & p) {
+    // Run the chain on copies of the state: the draws and mu move, then come back.
+    const std::mt19937 rng = rng_;
+    const std::mt19937 xtc_rng = xtc_rng_;
+    const float mu = mu_;
+    replay::Array cur{};
+    run_general(logits, cur);
+    rng_ = rng;
+    xtc_rng_ = xtc_rng;
+    mu_ = mu;
+    std::vector<size_t> order(cur.size);
+    for (size_t i = 0; i < cur.size; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+        const replay::TokenData & x = cur.data[a];
+        const replay::TokenData & y = cur.data[b];
+        return x.p > y.p || (x.p == y.p && x.id < y.id);
+    });
+    ids.resize(cur.size);
+    p.resize(cur.size);
+    for (size_t i = 0; i < cur.size; ++i) {
+        ids[i] = cur.data[order[i]].id;
+        p[i] = cur.data[order[i]].p;
     }
 }
 

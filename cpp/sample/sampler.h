@@ -13,7 +13,29 @@
 // more go through std::seed_seq), one double from two 32-bit outputs per sample (also when one
 // candidate is left), a scan of the candidates in llama.cpp's order. Given the same logits, a
 // seed below 2^32 picks what llama.cpp picks with that seed (up to float rounding at a boundary).
-// The settings are fixed at construction; the penalty history and the random state are the
+//
+// The other samplers (typical_p, mirostat 1 / 2, XTC, top-n-sigma, dynamic temperature) take a
+// general path that replays llama.cpp's operations on its candidate array (sample/replay.h): it
+// runs only when one of them is on, so the chain above keeps its fast path. Their places:
+//
+//   llama-cpp-python's chain (server_chain false; Llama._init_sampler, with llama-server's
+//   places for the samplers llama-cpp-python lacks):
+//     temperature > 0, mirostat off: logit_bias -> penalties -> top_n_sigma -> top_k -> typical
+//       -> top_p -> min_p -> xtc -> temperature (dynamic when dynatemp_range > 0) -> draw
+//     temperature > 0, mirostat on: logit_bias -> penalties -> mirostat (no temperature, no
+//       filters)
+//     temperature <= 0: as above (greedy, or the unfiltered draw), whatever else is set.
+//   llama-server's chain (server_chain true; common/sampling.cpp with its default order):
+//     mirostat off: as llama-cpp-python's, but temperature <= 0 is no shortcut: the filters run
+//       and the temperature step keeps the first highest logit left (or scales by the dynamic
+//       temperature), then the draw (so typical_p or XTC may move a "greedy" pick)
+//     mirostat on: logit_bias -> temperature -> mirostat (no penalties, no filters)
+//
+// min_keep is 1 (llama-server's 0 gives the same candidates for these samplers). XTC draws from
+// its own generator, seeded like the main one. Mirostat keeps mu (2 * tau after construction and
+// reset()), updated by each sample(): a draw the caller throws away (a grammar's rejection)
+// counts, as it does in llama.cpp.
+// The settings are fixed at construction; the penalty history, mu and the random states are the
 // Sampler's own and change through accept() / sample() / reset().
 #pragma once
 
@@ -22,6 +44,8 @@
 #include <random>
 #include <utility>
 #include <vector>
+
+#include "sample/replay.h"
 
 namespace sl {
 
@@ -35,6 +59,17 @@ struct SamplerParams {
     float frequency_penalty = 0.0f;  // logit -= count * frequency_penalty
     float presence_penalty = 0.0f;   // logit -= presence_penalty if count > 0
     std::vector<std::pair<int32_t, float>> logit_bias;  // (token, added to its logit)
+    // The general path's samplers (see above); these values leave them off.
+    float typical_p = 1.0f;          // >= 1: off
+    int32_t mirostat = 0;            // 0: off; 1: mirostat (m = 100); 2: mirostat 2.0
+    float mirostat_tau = 5.0f;       // target surprise
+    float mirostat_eta = 0.1f;       // learning rate
+    float xtc_probability = 0.0f;    // <= 0: off
+    float xtc_threshold = 0.1f;      // > 0.5: off
+    float top_n_sigma = -1.0f;       // <= 0: off
+    float dynatemp_range = 0.0f;     // <= 0: off; temperature +- range, from the entropy
+    float dynatemp_exponent = 1.0f;
+    bool server_chain = false;       // llama-server's chain instead of llama-cpp-python's
 };
 
 class Sampler {
@@ -42,10 +77,11 @@ public:
     static constexpr size_t kBuckets = 256;  // top_p mass histogram (see sampler.cpp)
 
     // Throws std::invalid_argument for n_vocab <= 0, a logit_bias token outside [0, n_vocab),
-    // a NaN or +inf bias, non-finite settings, repeat_penalty <= 0 or repeat_last_n < 0.
+    // a NaN or +inf bias, non-finite settings, repeat_penalty <= 0, repeat_last_n < 0 or a
+    // mirostat other than 0, 1, 2.
     Sampler(const SamplerParams & params, int32_t n_vocab, uint64_t seed);
 
-    // Clears the penalty history and reseeds the generator.
+    // Clears the penalty history, reseeds the generators and sets mirostat's mu to 2 * tau.
     void reset(uint64_t seed);
 
     // Adds a token to the penalty history (the window keeps the last repeat_last_n).
@@ -63,6 +99,10 @@ public:
     void probs(const float * logits, size_t n, std::vector<int32_t> & ids, std::vector<float> & p);
 
     const SamplerParams & params() const { return params_; }
+    // True when the general path (sample/replay.h) picks the tokens.
+    bool general() const { return general_; }
+    // Mirostat's current mu (2 * tau while mirostat is off).
+    float mirostat_mu() const { return mu_; }
     int32_t n_vocab() const { return n_vocab_; }
 
     // A candidate token (public for the helpers in sampler.cpp).
@@ -74,6 +114,7 @@ public:
 private:
     void check_logits(size_t n) const;
     void apply_bias_and_penalties(const float * logits);
+    void run_general(const float * logits, replay::Array & cur);  // the chain on cand_data_
     int32_t argmax() const;
     size_t candidates();                  // runs top_k / top_p / min_p (or none for temp < 0)
     size_t candidates_top_k();            // 0 < top_k < n_vocab
@@ -84,10 +125,18 @@ private:
     size_t top_p_cut(size_t m, float max_logit, double z) const;
     double softmax(size_t m);             // prob_[i] = exp(logit_i / T - max / T); returns sum
     double uniform();                     // [0, 1), the same on every platform
+    int32_t sample_general(const float * logits);
+    void probs_general(const float * logits, std::vector<int32_t> & ids, std::vector<float> & p);
 
     SamplerParams params_;
     int32_t n_vocab_;
     std::mt19937 rng_;             // seeded like llama.cpp's dist sampler (seeds < 2^32)
+    bool penalties_off_;           // neutral settings, or llama-server's mirostat chain
+    bool general_;                 // a sampler of the general path is on
+
+    // The general path's state: XTC's generator and mirostat's mu.
+    std::mt19937 xtc_rng_;
+    float mu_ = 0.0f;
 
     // Penalty history: the last repeat_last_n accepted tokens (a ring once full; it grows up to
     // that size as tokens come) and the count of each token in it.
@@ -100,6 +149,8 @@ private:
     std::vector<Cand> cand_;       // (n_vocab) surviving candidates
     std::vector<float> prob_;      // (n_vocab) unnormalised probabilities of cand_
     std::vector<double> mass_;     // (kBuckets) top_p histogram
+    std::vector<replay::TokenData> cand_data_;  // (n_vocab when general_) llama.cpp's array
+    replay::Scratch replay_;       // the general path's buffers
 };
 
 }  // namespace sl

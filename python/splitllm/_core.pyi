@@ -209,6 +209,16 @@ class SamplerParams:
     frequency_penalty: float
     presence_penalty: float
     logit_bias: list[tuple[int, float]]
+    typical_p: float
+    mirostat: int
+    mirostat_tau: float
+    mirostat_eta: float
+    xtc_probability: float
+    xtc_threshold: float
+    top_n_sigma: float
+    dynatemp_range: float
+    dynatemp_exponent: float
+    server_chain: bool
     def __init__(self) -> None: ...
 
 class Sampler:
@@ -216,7 +226,7 @@ class Sampler:
 
     def __init__(self, params: SamplerParams, n_vocab: int, seed: int) -> None: ...
     def reset(self, seed: int) -> None:
-        """Clears the penalty history and reseeds the generator."""
+        """Clears the penalty history, reseeds the generators and sets mirostat's mu to 2 * tau."""
     def accept(self, token: int) -> None:
         """Adds a token to the penalty history (the window keeps the last repeat_last_n)."""
     def sample(self, logits: np.ndarray) -> int:
@@ -225,6 +235,12 @@ class Sampler:
         """(int32 ids, float32 probabilities) the draw would use, most probable first."""
     @property
     def n_vocab(self) -> int: ...
+    @property
+    def general(self) -> bool:
+        """True when the general path (llama.cpp's array operations replayed) picks the tokens."""
+    @property
+    def mirostat_mu(self) -> float:
+        """Mirostat's current mu (2 * tau while mirostat is off)."""
 
 class GrammarRules:
     """A parsed GBNF grammar (see cpp/sample/grammar.h); sl.Error on a bad one."""

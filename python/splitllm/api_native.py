@@ -48,7 +48,7 @@ from splitllm.api import (
     _tools_of,
     _validation_message,
 )
-from splitllm.api_schema import MAX_PROMPTS, APIError
+from splitllm.api_schema import MAX_PROMPTS, APIError, sampling_error
 from splitllm.chat import template_variables
 from splitllm.completions import CompletionChunk
 from splitllm.infill import infill_prompt, missing_fim, tokenize_mixed
@@ -150,7 +150,7 @@ class NativeAPI:
         try:
             settings = _Settings(body.sampling_params(self.tok, n_vocab), body.n_logprobs)
         except ValueError as e:
-            raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
+            raise sampling_error(e) from None
         try:
             grammar = body.grammar_of()
         except (ValueError, _core.Error) as e:

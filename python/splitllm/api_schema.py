@@ -5,17 +5,23 @@ fields this server does not know are ignored, so clients may send the full OpenA
 ``null`` for an optional field means its default, as with OpenAI (clients such as LangChain send
 every field, unset ones as null); only ``prompt`` and ``messages`` are required.
 Defaults are those of ``Model.create_completion`` and ``Model.create_chat_completion``, so a
-request and a direct call with the same arguments give the same result.
+request and a direct call with the same arguments give the same result, but for the sampler
+chain: these endpoints run llama-server's (as llama-server does on its OpenAI endpoints, see
+:mod:`splitllm.sampling`), which differs from the Model's (llama-cpp-python's) only with mirostat
+(the temperature applies before it, the penalties do not) and with a temperature of 0 together
+with typical_p, XTC, top_n_sigma or dynatemp_range.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from splitllm.logprobs import MAX_TOP_LOGPROBS
-from splitllm.sampling import SamplingParams
+from splitllm.sampling import SamplingParams, check_tfs_z
 
 
 class APIError(Exception):
@@ -32,6 +38,19 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+_SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingParams)) | {"tfs_z"}
+
+
+def sampling_error(e: ValueError) -> APIError:
+    """The 400 for a sampler setting :class:`SamplingParams` refused, naming the field its message
+    starts with (``logit_bias`` when it mentions that)."""
+    message = str(e)
+    m = re.match(r"[a-z_]+", message)
+    param = m.group(0) if m and m.group(0) in _SAMPLING_FIELDS else \
+        "logit_bias" if "logit_bias" in message else None
+    return APIError(400, message, param=param)
 
 
 def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
@@ -84,17 +103,62 @@ class _Sampling(_NullIsDefault):
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices per prompt")
     user: str | None = None
     grammar: str | None = None  # GBNF (llama.cpp's and llama-cpp-python's servers take it)
+    # llama-cpp-python's server's samplers (its ranges), typical_p, and llama-server's (``mirostat``
+    # is its name of mirostat_mode; both may be given when they agree)
+    typical_p: float = Field(1.0, ge=0.0, le=1.0)
+    mirostat_mode: int = Field(0, ge=0, le=2)
+    mirostat: int | None = Field(None, ge=0, le=2)
+    mirostat_tau: float = Field(5.0, ge=0.0, le=10.0)
+    mirostat_eta: float = Field(0.1, ge=0.001, le=1.0)
+    tfs_z: float = 1.0  # tail-free sampling: gone from llama.cpp, only 1.0 (off)
+    xtc_probability: float = Field(0.0, ge=0.0, le=1.0)
+    xtc_threshold: float = Field(0.1, ge=0.0, le=1.0)
+    top_n_sigma: float = -1.0
+    dynatemp_range: float = Field(0.0, ge=0.0)
+    dynatemp_exponent: float = 1.0
+    dry_multiplier: float = 0.0  # DRY: not implemented, only 0.0 (off)
+
+    @field_validator("tfs_z")
+    @classmethod
+    def _tfs_z(cls, v: float) -> float:
+        check_tfs_z(v)
+        return v
+
+    @field_validator("dry_multiplier")
+    @classmethod
+    def _no_dry(cls, v: float) -> float:
+        if v != 0.0:
+            raise ValueError("DRY sampling is not implemented by splitllm (only 0.0, which turns it off)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_mirostat(self) -> _Sampling:
+        if self.mirostat is not None and "mirostat_mode" in self.model_fields_set and \
+                self.mirostat != self.mirostat_mode:
+            raise APIError(400, f"mirostat ({self.mirostat}) and mirostat_mode ({self.mirostat_mode}) are "
+                           "two names of one setting: give one, or the same value", param="mirostat")
+        return self
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def sampling_params(self) -> SamplingParams:
-        """The sampler settings (ValueError for a bad logit_bias)."""
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              min_p=self.min_p, repeat_penalty=self.repeat_penalty,
-                              presence_penalty=self.presence_penalty,
-                              frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias)
+        """The sampler settings, llama-server's chain (APIError 400 naming the field for a value
+        the sampler refuses)."""
+        mirostat = self.mirostat if self.mirostat is not None else self.mirostat_mode
+        try:
+            return SamplingParams(
+                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
+                typical_p=self.typical_p, mirostat_mode=mirostat,
+                mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
+                xtc_probability=self.xtc_probability, xtc_threshold=self.xtc_threshold,
+                top_n_sigma=self.top_n_sigma, dynatemp_range=self.dynatemp_range,
+                dynatemp_exponent=self.dynatemp_exponent, chain="llama-server")
+        except ValueError as e:
+            raise sampling_error(e) from None
 
 
 class CompletionRequest(_Sampling):

@@ -109,6 +109,21 @@ def add_sampling_options(p: argparse.ArgumentParser, *, temperature: float = 0.8
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    # llama-cli's names; the chain is the Model's (llama-cpp-python's: mirostat without temperature)
+    p.add_argument("--typical", "--typical-p", dest="typical_p", type=float, default=1.0,
+                   help="locally typical sampling p (default 1.0: off)")
+    p.add_argument("--mirostat", type=int, default=0, choices=[0, 1, 2],
+                   help="Mirostat 1 or 2.0 (default 0: off); replaces top-k/p, min-p and the temperature")
+    p.add_argument("--mirostat-lr", type=float, default=0.1, help="Mirostat learning rate eta (default 0.1)")
+    p.add_argument("--mirostat-ent", type=float, default=5.0, help="Mirostat target entropy tau (default 5)")
+    p.add_argument("--xtc-probability", type=float, default=0.0, help="XTC removal chance (default 0.0: off)")
+    p.add_argument("--xtc-threshold", type=float, default=0.1,
+                   help="XTC probability threshold (default 0.1; above 0.5: off)")
+    p.add_argument("--top-nsigma", "--top-n-sigma", dest="top_n_sigma", type=float, default=-1.0,
+                   help="keep logits within N standard deviations of the top one (default -1: off)")
+    p.add_argument("--dynatemp-range", type=float, default=0.0,
+                   help="dynamic temperature range: temp +- range by entropy (default 0.0: off)")
+    p.add_argument("--dynatemp-exp", type=float, default=1.0, help="dynamic temperature exponent (default 1)")
 
 
 def json_object(value: str) -> dict:
@@ -158,6 +173,15 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         "min_p": args.min_p,
         "repeat_penalty": args.repeat_penalty,
         "seed": args.seed,
+        "typical_p": args.typical_p,
+        "mirostat_mode": args.mirostat,
+        "mirostat_tau": args.mirostat_ent,
+        "mirostat_eta": args.mirostat_lr,
+        "xtc_probability": args.xtc_probability,
+        "xtc_threshold": args.xtc_threshold,
+        "top_n_sigma": args.top_n_sigma,
+        "dynatemp_range": args.dynatemp_range,
+        "dynatemp_exponent": args.dynatemp_exp,
     }
 
 

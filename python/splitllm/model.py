@@ -26,20 +26,16 @@ from splitllm import _core
 from splitllm.chat import CHATML_TEMPLATE, ChatTemplate
 from splitllm.completions import (
     CompletionChunk,
-    Echo,
     TokenText,
     check_max_tokens,
-    completion_chunks,
-    completion_head,
     completion_limit,
-    completion_response,
     stop_list,
 )
 from splitllm.gguf_file import GGUFFile
 from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
-from splitllm.infill import append_tail, check_echo, completion_prompt
-from splitllm.logprobs import PromptLogprobs, TokenLogprob, check_n_top, token_logprob
+from splitllm.logprobs import check_n_top, token_logprob
 from splitllm.model_chat import ChatMethods
+from splitllm.model_complete import CompletionMethods
 from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitllm.model's too
     LLAMA_POOLING_TYPE_CLS,
     LLAMA_POOLING_TYPE_LAST,
@@ -54,7 +50,7 @@ from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitll
     pooling_type_of,
 )
 from splitllm.model_state import ModelState  # noqa: F401 - splitllm.model's too
-from splitllm.sampling import LogitsHook, Sampler, SamplingParams, StopHook
+from splitllm.sampling import LogitsHook, Sampler, SamplingParams, StopHook, sampling_params
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
 
@@ -63,7 +59,7 @@ MAX_SPECULATIVE_PASS = 16  # tokens in one pass that checks a draft model's gues
 
 
 
-class Model(EmbeddingMethods, ChatMethods):
+class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
     """A GGUF model loaded for inference.
 
     Follows ``llama_cpp.Llama``: same argument names, same result shapes. Weights stay in the
@@ -451,34 +447,6 @@ class Model(EmbeddingMethods, ChatMethods):
         self._engine()
         self._history = []
 
-    def _sampling(
-        self,
-        temp: float,
-        top_k: int,
-        top_p: float,
-        min_p: float,
-        repeat_penalty: float,
-        frequency_penalty: float,
-        presence_penalty: float,
-        logit_bias: Mapping[Any, float] | None,
-    ) -> SamplingParams:
-        bias = None
-        if logit_bias:
-            try:
-                bias = {int(k): float(v) for k, v in logit_bias.items()}
-            except (TypeError, ValueError) as e:
-                raise ValueError("logit_bias must map token ids to numbers") from e
-        return SamplingParams(
-            temperature=temp,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            logit_bias=bias,
-        )
-
     def _seed_for(self, seed: int | None) -> int:
         if seed is not None:
             if not isinstance(seed, int) or isinstance(seed, bool):
@@ -493,15 +461,25 @@ class Model(EmbeddingMethods, ChatMethods):
         top_k: int = 40,
         top_p: float = 0.95,
         min_p: float = 0.05,
+        typical_p: float = 1.0,
         temp: float = 0.80,
         repeat_penalty: float = 1.0,
         frequency_penalty: float = 0.0,
         presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
         logit_bias: Mapping[Any, float] | None = None,
         seed: int | None = None,
         grammar: Grammar | str | None = None,
         logits_processor: LogitsHook | None = None,
         stopping_criteria: StopHook | None = None,
+        xtc_probability: float = 0.0,
+        xtc_threshold: float = 0.1,
+        top_n_sigma: float = -1.0,
+        dynatemp_range: float = 0.0,
+        dynatemp_exponent: float = 1.0,
     ) -> Generator[int, None, None]:
         """Yields sampled token ids after ``tokens``, without end; stops when the context is full
         (or ``stopping_criteria`` says so: see :meth:`stream` for it and ``logits_processor``).
@@ -510,9 +488,13 @@ class Model(EmbeddingMethods, ChatMethods):
         after an end-of-generation token leaves it out of the cache. Arguments are checked when
         this is called; the prompt is evaluated when the first token is requested.
         """
-        params = self._sampling(
-            temp, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, logit_bias
-        )
+        params = sampling_params(
+            temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
+            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent)
         toks = self._check_tokens(tokens)
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")
@@ -616,15 +598,25 @@ class Model(EmbeddingMethods, ChatMethods):
         top_k: int = 40,
         top_p: float = 0.95,
         min_p: float = 0.05,
+        typical_p: float = 1.0,
         repeat_penalty: float = 1.0,
         frequency_penalty: float = 0.0,
         presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
         logit_bias: Mapping[Any, float] | None = None,
         seed: int | None = None,
         logprobs: int | None = None,
         grammar: Grammar | str | None = None,
         logits_processor: LogitsHook | None = None,
         stopping_criteria: StopHook | None = None,
+        xtc_probability: float = 0.0,
+        xtc_threshold: float = 0.1,
+        top_n_sigma: float = -1.0,
+        dynatemp_range: float = 0.0,
+        dynatemp_exponent: float = 1.0,
     ) -> Iterator[CompletionChunk]:
         """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason.
         With ``logprobs`` (0..20 alternatives), chunks carry their tokens' log-probabilities;
@@ -633,23 +625,30 @@ class Model(EmbeddingMethods, ChatMethods):
         (log-probabilities are then of the changed ones, as in llama-cpp-python);
         ``stopping_criteria(input_ids, logits) -> bool`` is asked after each pick, with the tokens
         evaluated so far and the logits of the pick (llama-cpp-python's arguments): true ends the
-        text before the picked token (finish reason "stop").
+        text before the picked token (finish reason "stop"). The sampler settings are
+        llama-cpp-python's, and llama-server's ``xtc_probability``, ``xtc_threshold``,
+        ``top_n_sigma``, ``dynatemp_range`` and ``dynatemp_exponent`` (off by default; see
+        :mod:`splitllm.sampling` for the chain).
 
         Arguments are checked when this is called."""
-        return self._stream_from(
-            prompt_tokens, None, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k,
-            top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, logit_bias=logit_bias, seed=seed, logprobs=logprobs,
-            grammar=grammar, logits_processor=logits_processor, stopping_criteria=stopping_criteria)
+        params = sampling_params(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
+            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent)
+        return self._stream_from(prompt_tokens, None, params, max_tokens=max_tokens, stop=stop, seed=seed,
+                                 logprobs=logprobs, grammar=grammar, logits_processor=logits_processor,
+                                 stopping_criteria=stopping_criteria)
 
-    def _stream_from(self, prompt_tokens: Sequence[int], first: np.ndarray | None, *,
-                     max_tokens: int | None, stop: str | Sequence[str] | None, temperature: float, top_k: int,
-                     top_p: float, min_p: float, repeat_penalty: float, frequency_penalty: float,
-                     presence_penalty: float, logit_bias: Mapping[Any, float] | None, seed: int | None,
+    def _stream_from(self, prompt_tokens: Sequence[int], first: np.ndarray | None, params: SamplingParams, *,
+                     max_tokens: int | None, stop: str | Sequence[str] | None, seed: int | None,
                      logprobs: int | None, grammar: Grammar | str | None = None,
                      logits_processor: LogitsHook | None = None,
                      stopping_criteria: StopHook | None = None) -> Iterator[CompletionChunk]:
-        """``stream``; ``first``: the logits after the prompt when its K/V are already cached."""
+        """``stream`` with its settings made; ``first``: the logits after the prompt when its K/V
+        are already cached."""
         prompt = self.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
         n_top = check_n_top(logprobs)
@@ -660,8 +659,6 @@ class Model(EmbeddingMethods, ChatMethods):
             limit=completion_limit(max_tokens, len(prompt), self._seq_ctx),
             logprobs=n_top,
         )
-        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty,
-                                presence_penalty, logit_bias)
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
         gen = self._generate(prompt, sampler, first, as_grammar(grammar), logits_processor)
         return self._stream(text, gen, stopping_criteria)
@@ -702,97 +699,3 @@ class Model(EmbeddingMethods, ChatMethods):
         if len(prompt) >= self._seq_ctx:
             raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._seq_ctx}")
         return prompt
-
-    # ---- OpenAI-shaped completions ----
-
-    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
-        if isinstance(prompt, str):
-            bos = self.tokenizer.bos_id
-            body = self.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
-            toks = ([bos] if self.tokenizer.add_bos and bos is not None else []) + body
-            return toks if toks or bos is None else [bos]
-        if isinstance(prompt, (bytes, bytearray)):
-            raise ValueError("prompt must be a str or a list of token ids, not bytes")
-        return [int(t) for t in prompt]
-
-    def create_completion(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int | None = 16,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        echo: bool = False,
-        stop: str | Sequence[str] | None = None,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        top_k: int = 40,
-        stream: bool = False,
-        seed: int | None = None,
-        model: str | None = None,
-        logit_bias: Mapping[Any, float] | None = None,
-        logprobs: int | None = None,
-        grammar: Grammar | str | None = None,
-        logits_processor: LogitsHook | None = None,
-        stopping_criteria: StopHook | None = None,
-        suffix: str | None = None,
-    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``.
-        ``grammar``: the generated text follows it (:mod:`splitllm.grammar`). ``suffix``: the text
-        comes between ``prompt`` and it (fill-in-the-middle, :mod:`splitllm.infill`).
-
-        ``logprobs`` (0..20): each generated token's log-probability and that many most likely
-        alternatives (from the model's logits, before sampling settings); with ``echo``, the
-        prompt's tokens too (the prompt is then read from scratch with the logits of every position;
-        the first token has none)."""
-        tokens, tail = completion_prompt(self, prompt, suffix)
-        n_top = check_n_top(logprobs)
-        check_echo(suffix, echo, n_top)
-        first = None
-        echo_lps = None
-        if echo and n_top is not None:
-            first, echo_lps = self.prompt_logprobs(tokens, n_top)
-        chunks = self._stream_from(tokens, first, max_tokens=max_tokens, stop=stop, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                   frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                   logit_bias=logit_bias, seed=seed, logprobs=n_top, grammar=grammar,
-                                   logits_processor=logits_processor, stopping_criteria=stopping_criteria)
-        chunks = append_tail(chunks, tail)
-        head = completion_head(model if model is not None else self.model_path)
-        shown = tokens if suffix is None else prompt  # (not the fill-in-the-middle prompt)
-        text = self.echo_text(prompt, shown) if echo or n_top is not None else ""
-        echoed = Echo(text, echo, echo_lps)
-        if stream:
-            return completion_chunks(head, chunks, echoed, n_top is not None)
-        return completion_response(head, chunks, echoed, n_top is not None)
-
-    def prompt_logprobs(self, tokens: Sequence[int], n_top: int) -> tuple[np.ndarray, list[TokenLogprob]]:
-        """Reads ``tokens`` from scratch with the logits of every position (``n_batch`` at a time)
-        and returns the logits after the last one and the prompt tokens' entries (a leading BOS
-        is left out; the first token has no log-probability)."""
-        toks = self.check_prompt(tokens)
-        tok = self.tokenizer
-        lps = PromptLogprobs.of_prompt(toks, n_top, tok)
-        self._history = []
-        last = np.empty(0, dtype=np.float32)
-        for i0 in range(0, len(toks), self._n_batch):
-            part = toks[i0: i0 + self._n_batch]
-            rows = self._decode(part, i0, all_logits=True)
-            self._history = toks[: i0 + len(part)]
-            lps.feed(rows)
-            last = rows[-1].copy()
-        return last, lps.entries
-
-    def echo_text(self, prompt: str | Sequence[int], tokens: Sequence[int]) -> str:
-        """The prompt as ``echo=True`` repeats it (control tokens of a token list as their text, as
-        the log-probability entries show them)."""
-        self._engine()
-        if isinstance(prompt, str):
-            return prompt
-        return self.detokenize(tokens, special=True).decode("utf-8", "replace")
-
-    def __call__(
-        self, prompt: str | Sequence[int], **kwargs: Any
-    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        return self.create_completion(prompt, **kwargs)

@@ -11,7 +11,7 @@ from splitllm.completions import chat_chunks, chat_head, chat_response, stop_lis
 from splitllm.grammar import Grammar, response_grammar
 from splitllm.logprobs import chat_n_top
 from splitllm.reasoning import check_reasoning_format, prompt_opens_thinking, split_reasoning
-from splitllm.sampling import LogitsHook, StopHook
+from splitllm.sampling import LogitsHook, StopHook, sampling_params
 from splitllm.tools import tool_chat_chunks, tool_chat_response, tool_plan
 
 
@@ -69,6 +69,16 @@ class ChatMethods:
         parallel_tool_calls: bool = True,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         reasoning_format: str = "none",
+        typical_p: float = 1.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        xtc_probability: float = 0.0,
+        xtc_threshold: float = 0.1,
+        top_n_sigma: float = -1.0,
+        dynatemp_range: float = 0.0,
+        dynatemp_exponent: float = 1.0,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
         gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
@@ -79,8 +89,16 @@ class ChatMethods:
         ``message.tool_calls`` (see :mod:`splitllm.tools`). ``chat_template_kwargs``: more variables
         for the chat template (see :meth:`apply_chat_template`). ``reasoning_format="deepseek"``:
         a ``<think>`` block opening the answer goes to ``message.reasoning_content`` (llama-server's
-        option; see :mod:`splitllm.reasoning`); ``"none"`` (llama-cpp-python's behaviour) keeps it."""
+        option; see :mod:`splitllm.reasoning`); ``"none"`` (llama-cpp-python's behaviour) keeps it.
+        The sampler settings are those of :meth:`create_completion`."""
         check_reasoning_format(reasoning_format)
+        params = sampling_params(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
+            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent)
         n_top = chat_n_top(logprobs, top_logprobs)
         constraint = response_grammar(response_format, grammar)
         plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
@@ -88,12 +106,10 @@ class ChatMethods:
                          constrained=constraint is not None)
         tokens, stops = self.chat_prompt(messages, stop, tools=plan.tools if plan else None,
                                          chat_template_kwargs=chat_template_kwargs)
-        chunks = self.stream(tokens, max_tokens=max_tokens, stop=stops, temperature=temperature, top_k=top_k,
-                             top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                             logit_bias=logit_bias, seed=seed, logprobs=n_top,
-                             grammar=plan.grammar if plan and plan.grammar else constraint,
-                             logits_processor=logits_processor, stopping_criteria=stopping_criteria)
+        grammar = plan.grammar if plan and plan.grammar else constraint
+        chunks = self._stream_from(tokens, None, params, max_tokens=max_tokens, stop=stops, seed=seed,
+                                   logprobs=n_top, grammar=grammar, logits_processor=logits_processor,
+                                   stopping_criteria=stopping_criteria)
         if reasoning_format == "deepseek":
             chunks = split_reasoning(chunks, inside=self.opens_thinking(tokens))
         head = chat_head(model if model is not None else self.model_path)

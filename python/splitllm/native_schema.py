@@ -3,11 +3,14 @@
 
 As llama-server does, ``null`` means the default, ``n_predict`` may be given as ``max_tokens`` or
 ``max_completion_tokens``, ``n_probs`` as ``logprobs`` and ``n_cmpl`` as ``n``, and
-``temperature``, ``top_k``, ``top_p`` and ``min_p`` are clamped to their ranges. The sampler chain
-is splitllm's (penalties, top_k, top_p, min_p, temperature, in that order, as llama-server's default
-order has them); ``samplers`` picks which of them run. Settings of samplers splitllm does not have
-(typical_p, mirostat, DRY, XTC, top-n-sigma, dynamic temperature) are refused unless they keep the
-sampler off; llama-server's ``infill`` sampler is skipped (splitllm does not implement it).
+``temperature``, ``top_k``, ``top_p``, ``min_p``, ``xtc_probability``, ``xtc_threshold`` and ``mirostat``
+are clamped to their ranges. The sampler chain is llama-server's (``chain="llama-server"``, see
+:mod:`splitllm.sampling`) in its default order: penalties, top_n_sigma, top_k, typ_p, top_p, min_p,
+xtc, temperature (dynamic with ``dynatemp_range``), then the draw; ``samplers`` picks which of them
+run, in that order. With ``mirostat`` 1 or 2 the chain is temperature then mirostat, as in
+llama-server. DRY (splitllm does not implement it) is refused unless ``dry_multiplier`` keeps it off,
+and skipped when listed in ``samplers``, as is llama-server's ``infill``; ``adaptive_p`` (which would
+replace the draw) is refused.
 Fields splitllm does not act on are ignored, as llama-server ignores unknown ones: among them
 ``t_max_predict_ms``, ``t_max_prompt_ms`` and ``n_indent`` (code completion clients' time and
 indentation limits: the text then runs to ``n_predict``), ``id_slot``, ``n_keep`` (no context
@@ -37,12 +40,11 @@ SAMPLER_NAMES = {**{n: n for n in _CANONICAL}, **{n.replace("_", "-"): n for n i
                  "nucleus": "top_p", "temp": "temperature", "typ": "typ_p"}
 SAMPLER_CHARS = {"d": "dry", "k": "top_k", "y": "typ_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
                  "t": "temperature", "x": "xtc", "i": "infill", "e": "penalties", "a": "adaptive_p"}
-CHAIN = ("penalties", "top_k", "top_p", "min_p", "temperature")  # splitllm's samplers, in its order
-NO_OPS = frozenset(("dry", "top_n_sigma", "typ_p", "xtc", "adaptive_p", "infill"))  # skipped when listed
+# splitllm's samplers, in llama-server's default order (which is the only order splitllm runs)
+CHAIN = ("penalties", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
 
-# Settings of samplers splitllm lacks: accepted only with the value that leaves the sampler off.
-_OFF = {"typical_p": 1.0, "mirostat": 0, "dry_multiplier": 0.0, "xtc_probability": 0.0,
-        "dynatemp_range": 0.0, "post_sampling_probs": False}
+# Settings splitllm lacks: accepted only with the value that leaves them off.
+_OFF = {"dry_multiplier": 0.0, "post_sampling_probs": False}
 
 
 class NativeRequest(_NullIsDefault):
@@ -76,6 +78,14 @@ class NativeRequest(_NullIsDefault):
     cache_prompt: bool = True  # (the slots' caches are always reused: results do not depend on it)
     model: str | None = None
     top_n_sigma: float = -1.0
+    typical_p: float = 1.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -94,12 +104,10 @@ class NativeRequest(_NullIsDefault):
         for name, off in _OFF.items():
             v = data.get(name)
             if v is not None and v != off:
-                raise APIError(400, f"{name} is not supported by splitllm (only {str(off).lower()}, which "
-                               "turns that sampler off)", param=name)
-        sigma = data.get("top_n_sigma")
-        if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma >= 0:
-            raise APIError(400, "top_n_sigma is not supported by splitllm (only a negative value, off)",
-                           param="top_n_sigma")
+                what = f"{name}: DRY sampling is not implemented" if name.startswith("dry") else \
+                    f"{name} is not supported"
+                raise APIError(400, f"{what} by splitllm (only {str(off).lower()}, which turns it off)",
+                               param=name)
         return data
 
     @field_validator("temperature", "top_k")
@@ -107,10 +115,15 @@ class NativeRequest(_NullIsDefault):
     def _not_negative(cls, v: float) -> float:
         return max(v, 0)
 
-    @field_validator("top_p", "min_p")
+    @field_validator("top_p", "min_p", "xtc_probability", "xtc_threshold")
     @classmethod
     def _unit(cls, v: float) -> float:
         return min(max(v, 0.0), 1.0)
+
+    @field_validator("mirostat")
+    @classmethod
+    def _mirostat(cls, v: int) -> int:
+        return min(max(v, 0), 2)
 
     @field_validator("n_probs")
     @classmethod
@@ -148,6 +161,8 @@ class NativeRequest(_NullIsDefault):
         given = self.samplers
         names = [SAMPLER_CHARS.get(c) for c in given] if isinstance(given, str) else \
             [SAMPLER_NAMES.get(n) for n in given]
+        if "adaptive_p" in names:
+            raise APIError(400, "samplers: adaptive_p is not supported by splitllm", param="samplers")
         used = [n for n in names if n in CHAIN]
         if used != sorted(used, key=CHAIN.index) or len(set(used)) != len(used):
             raise APIError(400, f"samplers: splitllm runs {', '.join(CHAIN)} in this order, each at most "
@@ -155,22 +170,29 @@ class NativeRequest(_NullIsDefault):
         return tuple(used)
 
     def sampling_params(self, tok: Tokenizer | None = None, n_vocab: int = 0) -> SamplingParams:
-        """The sampler settings: samplers left out of ``samplers`` are off; ``logit_bias`` and
-        ``ignore_eos`` need the tokenizer."""
-        chain = self.chain()
-        on = set(chain)
+        """The sampler settings: samplers left out of ``samplers`` are off (mirostat ignores
+        ``samplers``: temperature, then mirostat); ``logit_bias`` and ``ignore_eos`` need the
+        tokenizer. ValueError (naming the field) for a value the sampler cannot take."""
+        on = set(self.chain())
         bias = native_logit_bias(self.logit_bias, tok, n_vocab) if tok is not None else {}
         if self.ignore_eos and tok is not None:
             for t in tok.eog_ids:
                 bias[t] = -math.inf
+        temp = "temperature" in on
         return SamplingParams(
-            temperature=self.temperature if "temperature" in on else 1.0,
+            temperature=self.temperature if temp or self.mirostat else 1.0,
             top_k=self.top_k if "top_k" in on else 0,
             top_p=self.top_p if "top_p" in on else 1.0, min_p=self.min_p if "min_p" in on else 0.0,
             repeat_penalty=self.repeat_penalty if "penalties" in on else 1.0,
             repeat_last_n=self.repeat_last_n,
             presence_penalty=self.presence_penalty if "penalties" in on else 0.0,
-            frequency_penalty=self.frequency_penalty if "penalties" in on else 0.0, logit_bias=bias)
+            frequency_penalty=self.frequency_penalty if "penalties" in on else 0.0, logit_bias=bias,
+            top_n_sigma=self.top_n_sigma if "top_n_sigma" in on else -1.0,
+            typical_p=min(max(self.typical_p, 0.0), 1.0) if "typ_p" in on else 1.0,
+            xtc_probability=self.xtc_probability if "xtc" in on else 0.0, xtc_threshold=self.xtc_threshold,
+            dynatemp_range=max(self.dynatemp_range, 0.0) if temp else 0.0,
+            dynatemp_exponent=self.dynatemp_exponent, mirostat_mode=self.mirostat,
+            mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta, chain="llama-server")
 
     def grammar_of(self) -> Grammar | None:
         """``grammar`` (GBNF), else ``json_schema`` (an empty schema: any object)."""
@@ -184,10 +206,14 @@ class NativeRequest(_NullIsDefault):
         """``generation_settings``: the request's settings that splitllm uses."""
         bias = native_logit_bias(self.logit_bias, tok, n_vocab) if tok is not None else {}
         return {
-            "seed": self.seed_value, "temperature": self.temperature, "top_k": self.top_k,
-            "top_p": self.top_p, "min_p": self.min_p, "typical_p": 1.0, "repeat_last_n": self.repeat_last_n,
-            "repeat_penalty": self.repeat_penalty, "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty, "mirostat": 0, "stop": self.stops(),
+            "seed": self.seed_value, "temperature": self.temperature, "dynatemp_range": self.dynatemp_range,
+            "dynatemp_exponent": self.dynatemp_exponent, "top_k": self.top_k, "top_p": self.top_p,
+            "min_p": self.min_p, "top_n_sigma": self.top_n_sigma, "xtc_probability": self.xtc_probability,
+            "xtc_threshold": self.xtc_threshold, "typical_p": self.typical_p,
+            "repeat_last_n": self.repeat_last_n, "repeat_penalty": self.repeat_penalty,
+            "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+            "mirostat": self.mirostat, "mirostat_tau": self.mirostat_tau, "mirostat_eta": self.mirostat_eta,
+            "stop": self.stops(),
             "max_tokens": self.n_predict, "n_predict": self.n_predict, "ignore_eos": self.ignore_eos,
             "stream": self.stream, "logit_bias": [{"bias": b, "token": t} for t, b in bias.items()],
             "n_probs": self.n_probs, "min_keep": self.min_keep, "grammar": self.grammar or "",

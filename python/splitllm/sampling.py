@@ -3,12 +3,27 @@
 The chain and its defaults follow llama-cpp-python 0.3.36's ``create_completion``::
 
     logit_bias -> penalties (repeat / frequency / presence over the last ``repeat_last_n``
-    accepted tokens) -> top_k -> top_p -> min_p -> temperature -> seeded draw
+    accepted tokens) -> top_n_sigma -> top_k -> typical_p -> top_p -> min_p -> xtc
+    -> temperature (dynamic with dynatemp_range) -> seeded draw
 
-``temperature == 0`` is greedy (argmax after logit_bias and penalties). ``temperature < 0`` draws
-from the softmax of all logits (after logit_bias and penalties) with no top_k / top_p / min_p
-and no scaling, as llama-cpp-python does. The settings never change; the penalty history and
-the random state belong to a :class:`Sampler`, one per generation.
+or, with ``mirostat_mode`` 1 or 2, ``logit_bias -> penalties -> mirostat`` (mirostat's own draw,
+no temperature and no filters, as llama-cpp-python builds it). ``temperature == 0`` is greedy
+(argmax after logit_bias and penalties) and ``temperature < 0`` draws from the softmax of all
+logits (after logit_bias and penalties), with no other sampler, as llama-cpp-python does.
+top_n_sigma, XTC and the dynamic temperature are llama-server's samplers, in its default order
+(llama-cpp-python has none of them). ``chain="llama-server"`` follows llama-server's chain
+(common/sampling.cpp) instead: mirostat is ``logit_bias -> temperature -> mirostat`` (no
+penalties), and a temperature of 0 keeps the highest logit left after the filters (typical_p
+and XTC may drop the most likely token) rather than skipping them.
+
+Given the same logits and a seed below 2**32, the tokens are llama.cpp's: typical_p, mirostat,
+XTC, top_n_sigma and the dynamic temperature replay llama.cpp's own array operations (see
+cpp/sample/replay.h), a slower path taken only when one of them is on. llama.cpp's tail-free
+sampling (``tfs_z``) is gone: llama-cpp-python ignores the setting, here only its off value
+1.0 is accepted (:func:`check_tfs_z`). DRY is not implemented.
+
+The settings never change; the penalty history, mirostat's ``mu`` and the random state belong
+to a :class:`Sampler`, one per generation.
 """
 
 from __future__ import annotations
@@ -28,9 +43,11 @@ from splitllm import _core
 LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, scores) -> scores
 StopHook = Callable[[np.ndarray, np.ndarray], bool]  # (input_ids, logits) -> stop
 
-__all__ = ["LogitsProcessorList", "Sampler", "SamplingParams", "StoppingCriteriaList", "random_seed"]
+__all__ = ["CHAINS", "LogitsProcessorList", "Sampler", "SamplingParams", "StoppingCriteriaList",
+           "check_tfs_z", "random_seed", "sampling_params"]
 
 _U64 = 1 << 64
+CHAINS = ("llama-cpp-python", "llama-server")  # SamplingParams.chain
 
 
 def _finite(name: str, value: Any) -> float:
@@ -85,6 +102,13 @@ class SamplingParams:
     filters off. ``logit_bias`` accepts a mapping (or pairs) from token id (int or numeric
     string) to a bias added to that logit (-inf bans the token); it is stored as a sorted tuple of
     ``(token, bias)`` pairs so that the settings stay hashable.
+
+    ``typical_p`` (1: off), ``mirostat_mode`` (0: off, 1: Mirostat with m = 100, 2: Mirostat 2.0),
+    ``mirostat_tau`` (target surprise; mu starts at twice it) and ``mirostat_eta`` (learning rate)
+    are llama-cpp-python's; ``xtc_probability`` (0: off) and ``xtc_threshold`` (above 0.5: off),
+    ``top_n_sigma`` (0 or less: off), ``dynatemp_range`` (0: off; the temperature then moves within
+    ``temperature`` +- range with the entropy) and ``dynatemp_exponent`` are llama-server's.
+    ``chain`` picks whose sampler chain runs (see the module's text).
     """
 
     temperature: float = 0.8
@@ -96,32 +120,56 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: Mapping[int, float] | Iterable[tuple[int, float]] | None = None
+    typical_p: float = 1.0
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_n_sigma: float = -1.0
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    chain: str = "llama-cpp-python"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
         for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty",
-                     "presence_penalty"):
+                     "presence_penalty", "typical_p", "mirostat_tau", "mirostat_eta", "xtc_probability",
+                     "xtc_threshold", "top_n_sigma", "dynatemp_range", "dynatemp_exponent"):
             put(name, _finite(name, getattr(self, name)))
-        put("top_k", _integer("top_k", self.top_k))
-        put("repeat_last_n", _integer("repeat_last_n", self.repeat_last_n))
+        for name in ("top_k", "repeat_last_n", "mirostat_mode"):
+            put(name, _integer(name, getattr(self, name)))
         if self.top_k < -1:
             raise ValueError(f"top_k must be >= -1 (0 or -1: whole vocabulary), got {self.top_k}")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("top_p", "min_p", "typical_p", "xtc_probability", "xtc_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.repeat_penalty <= 0.0:
             raise ValueError(f"repeat_penalty must be > 0 (1 is off), got {self.repeat_penalty}")
         if not 0 <= self.repeat_last_n < 1 << 31:
             raise ValueError(f"repeat_last_n must be >= 0 (0 is off), got {self.repeat_last_n}")
+        if self.mirostat_mode not in (0, 1, 2):
+            raise ValueError(f"mirostat_mode must be 0 (off), 1 or 2, got {self.mirostat_mode}")
+        if self.dynatemp_range < 0.0:
+            raise ValueError(f"dynatemp_range must be >= 0 (0 is off), got {self.dynatemp_range}")
+        if self.chain not in CHAINS:
+            raise ValueError(f"chain must be one of {', '.join(CHAINS)}, got {self.chain!r}")
         put("logit_bias", _bias_items(self.logit_bias))
 
     @property
+    def replayed(self) -> bool:
+        """True when a sampler of the general path is on (typical_p, mirostat, XTC, top_n_sigma,
+        dynamic temperature): llama.cpp's array operations then run step by step."""
+        return (self.typical_p < 1.0 or self.mirostat_mode != 0 or self.top_n_sigma > 0.0
+                or (self.xtc_probability > 0.0 and self.xtc_threshold <= 0.5) or self.dynatemp_range > 0.0)
+
+    @property
     def greedy(self) -> bool:
-        """True when the next token is the argmax (``temperature == 0``)."""
-        return self.temperature == 0.0
+        """True when the next token is the argmax of the logits after logit_bias and penalties
+        (``temperature == 0``, unless llama-server's chain runs samplers of the general path)."""
+        return self.temperature == 0.0 and (self.chain == "llama-cpp-python" or not self.replayed)
 
     def _to_core(self) -> Any:
         p = _core.SamplerParams()
@@ -134,7 +182,41 @@ class SamplingParams:
         p.frequency_penalty = self.frequency_penalty
         p.presence_penalty = self.presence_penalty
         p.logit_bias = list(self.logit_bias)  # type: ignore[arg-type]  # normalised to pairs
+        p.typical_p = self.typical_p
+        p.mirostat = self.mirostat_mode
+        p.mirostat_tau = self.mirostat_tau
+        p.mirostat_eta = self.mirostat_eta
+        p.xtc_probability = self.xtc_probability
+        p.xtc_threshold = self.xtc_threshold
+        p.top_n_sigma = self.top_n_sigma
+        p.dynatemp_range = self.dynatemp_range
+        p.dynatemp_exponent = self.dynatemp_exponent
+        p.server_chain = self.chain == "llama-server"
         return p
+
+
+def check_tfs_z(tfs_z: Any) -> None:
+    """llama-cpp-python's ``tfs_z``: tail-free sampling, which llama.cpp removed (llama-cpp-python
+    takes the argument and ignores it). 1.0 (off) is accepted; any other value is refused rather
+    than ignored, since it asks for sampling that does not happen."""
+    if _finite("tfs_z", tfs_z) != 1.0:
+        raise ValueError(f"tfs_z={tfs_z!r}: tail-free sampling is not available (llama.cpp removed it; "
+                         "llama-cpp-python ignores the setting): only 1.0, off, is accepted")
+
+
+def sampling_params(*, tfs_z: Any = 1.0, logit_bias: Mapping[Any, float] | None = None,
+                    **fields: Any) -> SamplingParams:
+    """The settings of a generation call (``Model.create_completion`` and the others): ``fields``
+    are :class:`SamplingParams` fields, ``tfs_z`` is checked (:func:`check_tfs_z`) and
+    ``logit_bias`` must map token ids to numbers, as llama-cpp-python takes it."""
+    check_tfs_z(tfs_z)
+    bias = None
+    if logit_bias:
+        try:
+            bias = {int(k): float(v) for k, v in logit_bias.items()}
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ValueError("logit_bias must map token ids to numbers") from e
+    return SamplingParams(logit_bias=bias, **fields)
 
 
 def random_seed() -> int:
@@ -157,10 +239,11 @@ class Sampler:
     """Picks tokens from logits under fixed :class:`SamplingParams`.
 
     Holds what changes during a generation: the penalty history (fed by :meth:`accept`; the
-    sampler does not accept its own picks) and the random generator (seeded with ``seed``;
-    ``None`` or -1 draws one from ``os.urandom``, readable afterwards as :attr:`seed`). The same
-    seed, settings and sequence of logits and accepted tokens give the same tokens; with a seed
-    below 2**32 the draws are those of llama.cpp's sampler chain with that seed.
+    sampler does not accept its own picks), mirostat's ``mu`` (moved by every :meth:`sample`,
+    as llama.cpp's mirostat moves it on every draw) and the random generators (seeded with
+    ``seed``; ``None`` or -1 draws one from ``os.urandom``, readable afterwards as :attr:`seed`).
+    The same seed, settings and sequence of logits and accepted tokens give the same tokens; with
+    a seed below 2**32 the draws are those of llama.cpp's sampler chain with that seed.
     """
 
     __slots__ = ("_core", "_seed", "params")
@@ -187,8 +270,14 @@ class Sampler:
         """The seed in use (the random one drawn when none was given)."""
         return self._seed
 
+    @property
+    def mirostat_mu(self) -> float:
+        """Mirostat's state: ``2 * mirostat_tau`` at the start, updated by each draw."""
+        return float(self._core.mirostat_mu)
+
     def reset(self, seed: int | None = None) -> None:
-        """Clears the penalty history and reseeds (``None`` or -1: a new random seed)."""
+        """Clears the penalty history, restarts mirostat (mu = 2 * tau) and reseeds (``None`` or
+        -1: a new random seed)."""
         self._seed = _check_seed(seed)
         self._core.reset(self._seed)
 
@@ -216,7 +305,8 @@ class Sampler:
     def probs(self, logits: npt.ArrayLike) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         """The final candidates and the probabilities the draw would use, most likely first.
 
-        For inspection and tests: neither the history nor the random state changes.
+        For inspection and tests: neither the history, mu nor the random state changes (XTC's
+        removal, a random event, is shown as the next :meth:`sample` would see it).
         """
         ids, p = self._core.probs(self._logits(logits))
         return ids, p
