@@ -196,7 +196,8 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
             w[p + "self_attn.v_proj.bias"] = vec(nkv * hd, 0.0, 0.3)
         if cfg.get("attention_bias"):
             w[p + "self_attn.o_proj.bias"] = vec(e, 0.0, 0.3)
-        if cfg.get("architectures") in (["Qwen3ForCausalLM"], ["Qwen3MoeForCausalLM"], ["Gemma3ForCausalLM"]):
+        if cfg.get("architectures") in (["Qwen3ForCausalLM"], ["Qwen3MoeForCausalLM"], ["Gemma3ForCausalLM"],
+                                        ["Gemma3TextModel"]):
             w[p + "self_attn.q_norm.weight"] = vec(hd, base, 0.5)
             w[p + "self_attn.k_norm.weight"] = vec(hd, base, 0.5)
         w[p + "post_attention_layernorm.weight"] = vec(e, base, 0.1 + 0.2 * gemma)
@@ -475,7 +476,7 @@ def _moe_ffn(cfg: dict[str, Any], g: Weights, p: str, h: np.ndarray, moe: tuple[
 
 
 def is_gemma(cfg: dict[str, Any]) -> bool:
-    return cfg.get("architectures", [""])[0] in ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+    return cfg.get("architectures", [""])[0] in ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3TextModel")
 
 
 def gemma_sliding_layers(cfg: dict[str, Any]) -> list[bool]:
@@ -497,12 +498,23 @@ def _softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
 
 
 def _gemma_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
-    """transformers' Gemma2ForCausalLM / Gemma3ForCausalLM in float64: the embedding times
-    sqrt(hidden_size) (in float32, the model's dtype), norms ``x * (1 + w)`` before and after
-    attention and feed-forward, per-head q/k norms (Gemma 3), queries scaled by
-    query_pre_attn_scalar**-0.5, attention soft-capped (Gemma 2), local layers masking keys
-    ``sliding_window`` or more positions back (Gemma 3's with rope_local_base_freq, unscaled),
-    a GeGLU feed-forward (gelu_pytorch_tanh), the final logits soft-capped."""
+    """transformers' Gemma2ForCausalLM / Gemma3ForCausalLM in float64 (see gemma_hidden_states),
+    the final logits soft-capped."""
+    g = {k: v.astype(np.float64) for k, v in w.items()}
+    logits = gemma_hidden_states(cfg, w, ids) @ g.get("lm_head.weight", g["model.embed_tokens.weight"]).T
+    return _softcap(logits, cfg.get("final_logit_softcapping"))
+
+
+def gemma_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
+    """The normed last hidden states (T, hidden) of transformers' Gemma2 / Gemma3 text models in
+    float64 (weights in Gemma*ForCausalLM's names): the embedding times sqrt(hidden_size) (in
+    float32, the model's dtype), norms ``x * (1 + w)`` before and after attention and
+    feed-forward, per-head q/k norms (Gemma 3), queries scaled by query_pre_attn_scalar**-0.5,
+    attention soft-capped (Gemma 2), local layers masking keys ``sliding_window`` or more positions
+    back (Gemma 3's with rope_local_base_freq, unscaled), a GeGLU feed-forward (gelu_pytorch_tanh).
+    With ``use_bidirectional_attention`` (EmbeddingGemma's Gemma3TextModel) no causal mask, and
+    transformers' config sets the window to sliding_window // 2 + 1, the local layers masking keys
+    that many positions or more away either side."""
     g = {k: v.astype(np.float64) for k, v in w.items()}
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     eps = cfg["rms_norm_eps"]
@@ -516,6 +528,9 @@ def _gemma_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray
     back = pos[:, None] - pos[None, :]  # how far back each key is from each query
     full = np.where(back >= 0, 0.0, -np.inf)
     local = np.where((back >= 0) & (back < cfg["sliding_window"]), 0.0, -np.inf)
+    if cfg.get("use_bidirectional_attention"):
+        full = np.zeros((t, t))
+        local = np.where(np.abs(back) < cfg["sliding_window"] // 2 + 1, 0.0, -np.inf)
     inv_full = rope_inv_freq(cfg, hd)
     inv_local = rope_inv_freq({"rope_theta": cfg.get("rope_local_base_freq", cfg.get("rope_theta"))}, hd)
     if cfg["architectures"] == ["Gemma2ForCausalLM"]:
@@ -539,9 +554,7 @@ def _gemma_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray
         h = norm(x, p + "pre_feedforward_layernorm.weight")
         f = _gelu_tanh(h @ g[p + "mlp.gate_proj.weight"].T) * (h @ g[p + "mlp.up_proj.weight"].T)
         x = x + norm(f @ g[p + "mlp.down_proj.weight"].T, p + "post_feedforward_layernorm.weight")
-    x = norm(x, "model.norm.weight")
-    logits = x @ g.get("lm_head.weight", g["model.embed_tokens.weight"]).T
-    return _softcap(logits, cfg.get("final_logit_softcapping"))
+    return norm(x, "model.norm.weight")
 
 
 # transformers' Gemma3TextConfig defaults: gemma3_multimodal leaves keys holding them out of text_config
@@ -587,6 +600,84 @@ def gemma3_multimodal(src: Path, d: Path, weights: Weights, *, layout: str = "ne
     for n, x in weights.items():
         out[lm_head if n == "lm_head.weight" else decoder + n.removeprefix("model.")] = x
     save_weights(d, out, shards=shards)
+
+
+# -- EmbeddingGemma (sentence-transformers' Gemma3TextModel) --------------------------------------
+
+# layers 0-4 local, 5 global, 6 local: EmbeddingGemma's pattern (its config.json lists layer_types)
+EMBEDDING_GEMMA_TYPES = ["sliding_attention"] * 5 + ["full_attention", "sliding_attention"]
+
+
+def embedding_gemma_config(**over: Any) -> dict[str, Any]:
+    """config.json of a small EmbeddingGemma: Gemma3TextModel with use_bidirectional_attention, the
+    window as Google's config.json has it (transformers halves it when it loads the config)."""
+    cfg = tiny_config("gemma3", architectures=["Gemma3TextModel"], sliding_window=8,
+                      layer_types=EMBEDDING_GEMMA_TYPES, use_bidirectional_attention=True,
+                      intermediate_size=96)  # fmt: skip
+    cfg.pop("sliding_window_pattern")
+    cfg.update(over)
+    return cfg
+
+
+def tiny_embedding_gemma(
+    d: Path,
+    *,
+    dtype: str = "f32",
+    pooling: str = "mean",
+    dense: int | None = 96,
+    prefix: str = "",
+    seed: int = 0,
+    **cfg_over: Any,
+) -> tuple[dict[str, Any], Weights, list[np.ndarray]]:
+    """A random EmbeddingGemma directory in ``d`` as sentence-transformers saves it: the
+    Gemma3TextModel weights (names without a prefix, or with ``prefix``), a SentencePiece
+    tokenizer adding BOS and EOS, modules.json with the Transformer, the Pooling (``pooling``),
+    the Dense modules 2_Dense (hidden -> ``dense``) and 3_Dense (back; none if ``dense`` is None,
+    no bias, Identity activation) and Normalize. Returns (config, stored weights in
+    Gemma3ForCausalLM's names, the Dense modules' weights)."""
+    d.mkdir(parents=True, exist_ok=True)
+    n_tok = write_spm_tokenizer(d)
+    _write_json(d / "tokenizer_config.json", {"add_bos_token": True, "add_eos_token": True})
+    cfg = embedding_gemma_config(vocab_size=n_tok, **cfg_over)
+    _write_json(d / "config.json", cfg)
+    w = random_weights(cfg, seed=seed)
+    stored = save_weights(d, {prefix + n.removeprefix("model."): x for n, x in w.items()}, dtype=dtype)
+    weights = {"model." + n.removeprefix(prefix): x for n, x in stored.items()}
+    write_pooling(d, pooling)  # (its modules.json is replaced below)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    denses: list[np.ndarray] = []
+    if dense:
+        rng = np.random.default_rng(seed + 1)
+        e = cfg["hidden_size"]
+        for k, (n_in, n_out) in enumerate([(e, dense), (dense, e)]):
+            path = f"{k + 2}_Dense"
+            modules.append({"idx": k + 2, "name": str(k + 2), "path": path,
+                            "type": "sentence_transformers.models.Dense"})  # fmt: skip
+            (d / path).mkdir()
+            _write_json(d / path / "config.json", {"in_features": n_in, "out_features": n_out, "bias": False,
+                                                   "activation_function": "torch.nn.modules.linear.Identity"})
+            x = (rng.standard_normal((n_out, n_in)) / math.sqrt(n_in)).astype(np.float32)
+            denses.append(save_weights(d / path, {"linear.weight": x}, dtype=dtype)["linear.weight"])
+    n = len(modules)
+    (d / "2_Normalize").rmdir()  # (write_pooling's, in another place here)
+    (d / f"{n}_Normalize").mkdir()
+    modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})  # fmt: skip
+    _write_json(d / "modules.json", modules)
+    return cfg, weights, denses
+
+
+def embedding_gemma_vectors(cfg: dict[str, Any], w: Weights, denses: list[np.ndarray], ids: list[int],
+                            pooling: str = "mean") -> np.ndarray:
+    """sentence-transformers' EmbeddingGemma in float64, before its Normalize module: the hidden
+    states of gemma_hidden_states, their mean (or first / last token's), then each Dense module
+    (x W^T)."""
+    h = gemma_hidden_states(cfg, w, ids)
+    x = {"mean": h.mean(axis=0), "cls": h[0], "lasttoken": h[-1]}[pooling]
+    for m in denses:
+        x = x @ m.astype(np.float64).T
+    return x
 
 
 # -- SmolLM2 rebuilt from its GGUF ---------------------------------------------------------------

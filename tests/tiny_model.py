@@ -1,6 +1,6 @@
-"""Tiny random llama/qwen2/qwen3/phi3/gemma models written to GGUF with gguf-py, and a numpy float64
-forward pass (written from the architecture's definition, independent of splitllm's engine) to
-check them."""
+"""Tiny random llama/qwen2/qwen3/phi3/gemma models (and EmbeddingGemma, gguf arch gemma-embedding)
+written to GGUF with gguf-py, and a numpy float64 forward pass (written from the architecture's
+definition, independent of splitllm's engine) to check them."""
 
 from __future__ import annotations
 
@@ -80,6 +80,14 @@ class TinyConfig:
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     query_scale: float | None = None
+    # gemma-embedding (transformers' Gemma3TextModel with use_bidirectional_attention, as
+    # EmbeddingGemma): gemma3's layers, no causal mask, the sliding layers seeing the keys within
+    # sliding_window // 2 positions either side; sentence-transformers' dense projections of the
+    # pooled embedding (dense_2: n_embd -> dense_out, with a bias if dense_bias, then dense_3:
+    # dense_out -> n_embd; dense_out 0: none) and the pooling type written to the file.
+    dense_out: int = 0
+    dense_bias: bool = False
+    pooling_type: int | None = None
     # granite's multipliers (transformers' GraniteModel): embedding_multiplier, residual_multiplier,
     # attention_multiplier (the query-key scale), logits_scaling (logits divided by it).
     granite_scales: tuple[float, float, float, float] = (12.0, 0.22, 0.015625, 8.0)
@@ -94,11 +102,12 @@ class TinyConfig:
 
     @property
     def neox(self) -> bool:
-        return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
+                             "gemma-embedding", "olmo2")
 
     @property
     def qk_norm(self) -> bool:
-        return self.arch in ("qwen3", "qwen3moe", "gemma3")
+        return self.arch in ("qwen3", "qwen3moe", "gemma3", "gemma-embedding")
 
     @property
     def olmo2(self) -> bool:  # no input norms; q/k RMS-normed over whole projections; post-norms
@@ -109,14 +118,18 @@ class TinyConfig:
 
     @property
     def gemma(self) -> bool:
-        return self.arch in ("gemma", "gemma2", "gemma3")
+        return self.arch in ("gemma", "gemma2", "gemma3", "gemma-embedding")
 
     @property
     def post_norms(self) -> bool:
-        return self.arch in ("gemma2", "gemma3", "olmo2")
+        return self.arch in ("gemma2", "gemma3", "gemma-embedding", "olmo2")
+
+    @property
+    def encoder(self) -> bool:  # every token attends to the whole text (and no output layer)
+        return self.arch == "gemma-embedding"
 
     def is_swa(self, layer: int) -> bool:
-        if not self.sliding_window or self.arch not in ("gemma2", "gemma3"):
+        if not self.sliding_window or self.arch not in ("gemma2", "gemma3", "gemma-embedding"):
             return False
         n = self.swa_pattern or (2 if self.arch == "gemma2" else 6)
         return layer % n < n - 1
@@ -179,8 +192,13 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
         if cfg.arch == "phi3":  # gate rows, then up rows, in ffn_up
             w[b + "ffn_up.weight"] = np.concatenate([w.pop(b + "ffn_gate.weight"), w[b + "ffn_up.weight"]])
     w["output_norm.weight"] = norm(cfg.n_embd)
-    if not cfg.tied_output:
+    if not cfg.tied_output and not cfg.encoder:
         w["output.weight"] = mat(cfg.n_vocab, cfg.n_embd)
+    if cfg.dense_out:  # sentence-transformers' Dense modules (no activation)
+        w["dense_2.weight"] = mat(cfg.dense_out, cfg.n_embd)
+        if cfg.dense_bias:
+            w["dense_2.bias"] = 0.3 * rng.normal(size=cfg.dense_out)
+        w["dense_3.weight"] = mat(cfg.n_embd, cfg.dense_out)
     return TinyModel(cfg, w)
 
 
@@ -296,8 +314,13 @@ def write_gguf(
         wr.add_sliding_window(cfg.sliding_window)
         if cfg.write_swa_pattern:
             wr.add_sliding_window_pattern([cfg.is_swa(i) for i in range(cfg.n_layer)])
-        if cfg.arch == "gemma3" and cfg.rope_base_swa != 10000.0:
+        if (cfg.arch == "gemma3" and cfg.rope_base_swa != 10000.0) or cfg.encoder:
             wr.add_rope_freq_base_swa(cfg.rope_base_swa)
+    if cfg.dense_out:  # as convert_hf_to_gguf.py's EmbeddingGemma writes them
+        wr.add_dense_features_dims("dense_2", cfg.n_embd, cfg.dense_out)
+        wr.add_dense_features_dims("dense_3", cfg.dense_out, cfg.n_embd)
+    if cfg.pooling_type is not None:
+        wr.add_pooling_type(gguf.PoolingType(cfg.pooling_type))
     if cfg.attn_softcap:
         wr.add_attn_logit_softcapping(cfg.attn_softcap)
     if cfg.final_softcap:
@@ -476,11 +499,14 @@ def reference_hidden(
         x = x * cfg.granite_scales[0]
     # Gemma's sliding layers rotate with their own base (gemma3: rope_local_base_freq, unscaled).
     inv_swa = inv
-    if cfg.arch == "gemma3":
+    if cfg.arch in ("gemma3", "gemma-embedding"):
         inv_swa = 1.0 / (cfg.rope_base_swa ** (np.arange(0, cfg.rot, 2, dtype=np.float64) / cfg.rot))
     dist = pos[:, None] - pos[None, :]  # query position - key position
     causal = np.where(dist >= 0, 0.0, -np.inf)
     windowed = np.where((dist >= 0) & (dist < max(cfg.sliding_window, 1)), 0.0, -np.inf)
+    if cfg.encoder:  # transformers' bidirectional masks: the window |dist| < sliding_window // 2 + 1
+        causal = np.zeros((n, n))
+        windowed = np.where(np.abs(dist) < cfg.sliding_window // 2 + 1, 0.0, -np.inf)
     scale = cfg.query_scale if cfg.query_scale is not None else 1 / np.sqrt(hd)
     if granite:
         scale = cfg.granite_scales[2]
@@ -531,6 +557,23 @@ def reference_hidden(
             f = rmsnorm(f, w[b + "post_ffw_norm.weight"])
         x = x + res_scale * f
     return rmsnorm(x, w["output_norm.weight"])
+
+
+def reference_embedding(
+    cfg: TinyConfig, w: dict[str, np.ndarray], tokens: list[int], pooling: int
+) -> np.ndarray:
+    """An embedding model's vector of one text (float64): the hidden states (no cache: not rounded)
+    pooled as sentence-transformers' Pooling (1 mean, 2 first token, 3 last token), then its Dense
+    modules, x @ W^T (+ b), where the model has them; pooling 0: the hidden states themselves."""
+    h = reference_hidden(cfg, w, tokens, kv_f16=False)
+    if pooling == 0:
+        return h
+    x = {1: h.mean(axis=0), 2: h[0], 3: h[-1]}[pooling]
+    if "dense_2.weight" in w:
+        x = x @ w["dense_2.weight"].T + w.get("dense_2.bias", 0)
+    if "dense_3.weight" in w:
+        x = x @ w["dense_3.weight"].T
+    return x
 
 
 def _moe(cfg: TinyConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:

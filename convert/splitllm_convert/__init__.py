@@ -3,6 +3,7 @@
 Command line::
 
     convert-hf MODEL_DIR -o OUT.gguf --type q4_k_m [--force] [--dry-run] [--quiet] [--pre NAME]
+               [--sentence-transformers-dense-modules]
 
 Python::
 
@@ -10,21 +11,22 @@ Python::
     plan = convert("path/to/hf-model", "model.gguf", type="q4_k_m")
     print(plan.format())
 
-Input: ``config.json`` (BertModel and BertForMaskedLM (BERT embedding models, the masked-LM head left
-out; see ``bert``), Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its text
-model; the vision tower is left out), GraniteForCausalLM (Granite 3.x dense), LlamaForCausalLM,
-MistralForCausalLM, MixtralForCausalLM, NomicBertModel (nomic-embed-text; see ``nomic``),
-Olmo2ForCausalLM, Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM,
-SmolLM3ForCausalLM (Granite, OLMo 2 and SmolLM3: see ``llama_variants``), XLMRobertaModel (bge-m3,
-multilingual-e5; see ``xlmr``); see ``registry``), weights in ``model.safetensors`` or shards with
-``model.safetensors.index.json`` (F32, F16 or BF16), and the tokenizer: ``tokenizer.model``
-(SentencePiece, preferred when present, as llama.cpp does; OLMo 2: tokenizer.json only) or a
-byte-level BPE ``tokenizer.json``; for BERT and Nomic BERT a WordPiece
-``tokenizer.json`` (BERT: or ``vocab.txt``), for XLM-R its unigram ``sentencepiece.bpe.model``, and
-sentence-transformers' modules.json with its Pooling config (the pooling type);
-tokenizer_config.json, generation_config.json (sampling defaults) and README.md (model card) are
-read when present. special_tokens_map.json is not read: llama.cpp's
-converter ignores it, and the special token ids must be the ones llama.cpp writes.
+Input: ``config.json`` (BertModel and BertForMaskedLM (BERT embedding models, the masked-LM head
+left out; see ``bert``), Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its
+text model; the vision tower is left out), Gemma3TextModel (EmbeddingGemma; its
+sentence-transformers Dense modules with ``sentence_transformers_dense_modules``, see ``gemma``),
+GraniteForCausalLM (Granite 3.x dense), LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM,
+NomicBertModel (nomic-embed-text; see ``nomic``), Olmo2ForCausalLM, Phi3ForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, SmolLM3ForCausalLM (Granite, OLMo 2 and
+SmolLM3: see ``llama_variants``), XLMRobertaModel (bge-m3, multilingual-e5; see ``xlmr``); see
+``registry``), weights in ``model.safetensors`` or shards with ``model.safetensors.index.json``
+(F32, F16 or BF16), and the tokenizer: ``tokenizer.model`` (SentencePiece, preferred when present,
+as llama.cpp does; OLMo 2: tokenizer.json only) or a byte-level BPE ``tokenizer.json``; for BERT and
+Nomic BERT a WordPiece ``tokenizer.json`` (BERT: or ``vocab.txt``), for XLM-R its unigram
+``sentencepiece.bpe.model``, and sentence-transformers' modules.json with its Pooling config (the
+pooling type); tokenizer_config.json, generation_config.json (sampling defaults) and README.md
+(model card) are read when present. special_tokens_map.json is not read: llama.cpp's converter
+ignores it, and the special token ids must be the ones llama.cpp writes.
 
 Output: GGUF v3 with llama.cpp's tensor names, metadata keys and q/k row order (its
 convert_hf_to_gguf.py), Llama 3 rope scaling as the ``rope_freqs.weight`` tensor, and the

@@ -20,6 +20,7 @@ import numpy as np
 from gguf import GGUFWriter, PoolingType, RopeScalingType
 
 from splitllm_convert.errors import ConvertError
+from splitllm_convert.hfdir import TensorEntry
 from splitllm_convert.quant_rules import HParams
 from splitllm_convert.vocab import Vocab, load_vocab
 
@@ -106,6 +107,9 @@ class Architecture:
     extra_rope_types: ClassVar[tuple[str, ...]] = ()  # rope scaling types only this architecture has
     # tokenizer_config.json's add_prefix_space written as tokenizer.ggml.add_space_prefix (LlamaModel's)
     space_prefix_key: ClassVar[bool] = False
+    # convert's sentence_transformers_dense_modules (llama.cpp's --sentence-transformers-dense-modules):
+    # include a sentence-transformers model's Dense modules (EmbeddingGemma reads it)
+    dense_modules: bool = False
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         self.cfg = cfg
@@ -212,6 +216,11 @@ class Architecture:
                 out.append(PlannedSource(gguf_name, (self.n_expert, *want), transform=rule.transform,
                                          hf_stack=stacks[gguf_name]))
         return out
+
+    def extra_tensors(self, model_dir: Path) -> dict[str, TensorEntry]:
+        """Tensors outside the model's weight files that are converted too (sentence-transformers'
+        modules), by a name the table knows them by; none by default."""
+        return {}
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         """The rules and ignored names for a checkpoint holding tensors ``available``: the class's own,

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(llama.cpp's names: gpt-2, llama-bpe, qwen2, smollm, ...)",
     )
     p.add_argument("--threads", type=int, default=None, metavar="N", help="quantizer threads (default: all)")
+    p.add_argument(
+        "--sentence-transformers-dense-modules",
+        action="store_true",
+        help="include a sentence-transformers model's Dense modules (EmbeddingGemma's projections of the "
+        "pooled embedding), as llama.cpp's converter does with this option",
+    )
     return p
 
 
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet=args.quiet,
             pre=args.pre,
             n_threads=args.threads,
+            sentence_transformers_dense_modules=args.sentence_transformers_dense_modules,
         )
     except (ConvertError, OSError) as e:  # OSError: disk full, I/O errors while writing
         print(f"convert-hf: error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Gemma 2 and Gemma 3 (text): the table and the metadata llama.cpp's Gemma2Model / Gemma3Model
-(convert_hf_to_gguf.py) write, on the Architecture machinery of ``arch``.
+"""Gemma 2 and Gemma 3 (text), and EmbeddingGemma: the table and the metadata llama.cpp's
+Gemma2Model / Gemma3Model / EmbeddingGemma (convert_hf_to_gguf.py) write, on the Architecture
+machinery of ``arch``.
 
 Gemma's RMSNorm multiplies by ``1 + w``; llama.cpp's by its weight, so every norm weight is
 written as ``w + 1`` (computed in float32, as llama.cpp does for BF16 and F32 checkpoints).
@@ -7,6 +8,7 @@ written as ``w + 1`` (computed in float32, as llama.cpp does for BF16 and F32 ch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,8 +16,17 @@ from typing import Any, ClassVar
 import numpy as np
 from gguf import GGUFWriter
 
-from splitllm_convert.arch import Architecture, Array, TensorRule, _positive, _require
+from splitllm_convert.arch import (
+    Architecture,
+    Array,
+    TensorRule,
+    _positive,
+    _require,
+    logger,
+    write_st_pooling,
+)
 from splitllm_convert.errors import ConvertError
+from splitllm_convert.hfdir import TensorEntry, file_tensors, read_json
 from splitllm_convert.vocab import Vocab
 
 
@@ -273,3 +284,110 @@ class Gemma3Multimodal(Gemma3):
             self.layouts[0],
         )
         return _gemma_rules(prefix, lm_head, head_norms=True), ()
+
+
+class EmbeddingGemma(Gemma3):
+    """Gemma3TextModel (EmbeddingGemma, saved by sentence-transformers): llama.cpp's EmbeddingGemma
+    writes it as ``gemma-embedding``, Gemma 3's layers that llama.cpp runs non-causally.
+
+    - The weights at the top level (as Gemma3TextModel saves them) or under ``model.``; no output
+      layer. Queries are scaled by 1/sqrt(head_dim) whatever the depth (llama.cpp's gemma-embedding).
+    - ``attention.sliding_window`` is config.json's own value, always written (transformers halves
+      it for a bidirectional model; llama.cpp's local layers see ``window / 2`` tokens either side).
+    - The pooling type from sentence-transformers' modules.json, after general.file_type.
+    - With ``dense_modules`` (llama.cpp's --sentence-transformers-dense-modules), the Dense modules
+      listed in modules.json that have a model.safetensors: the one at ``2_Dense`` as ``dense_2``,
+      another as ``dense_3``, their in/out widths as ``dense_{2,3}_feat_{in,out}``. llama.cpp keeps
+      only their ``.weight`` and applies no activation, so a bias or an activation other than
+      Identity is refused here. Without the option they are left out, with a warning.
+    - A model without ``use_bidirectional_attention`` true is converted all the same (llama.cpp
+      registers every Gemma3TextModel so), with a warning: it will not attend as it was trained.
+    """
+
+    hf_names = ("Gemma3TextModel",)
+    gguf_arch = "gemma-embedding"
+    ignored = ()
+    n_layer_27b = 0  # (llama.cpp's gemma-embedding has no 27B rule)
+    always_swa = True  # llama.cpp requires the key
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self.model_dir = config_path.parent
+        if self.cfg.get("use_bidirectional_attention") is not True:
+            logger.warning("%s: 'use_bidirectional_attention' is not true, but llama.cpp's gemma-embedding "
+                           "attends both ways: the embeddings will differ from this model's", config_path)
+        self.dense = _dense_modules(self.model_dir)  # ("dense_2" / "dense_3", path, (in, out))
+
+    def _included(self) -> list[tuple[str, str, tuple[int, int]]]:
+        return self.dense if self.dense_modules else []
+
+    def extra_tensors(self, model_dir: Path) -> dict[str, TensorEntry]:
+        if self.dense and not self.dense_modules:
+            logger.warning(
+                "%s: sentence-transformers' Dense modules (%s) are left out, as llama.cpp's converter leaves "
+                "them without --sentence-transformers-dense-modules: the embeddings will not be the model's",
+                model_dir, ", ".join(p for _, p, _ in self.dense),
+            )  # fmt: skip
+        out = {}
+        for _, path, _ in self._included():
+            for entry in file_tensors(model_dir / path / "model.safetensors"):
+                out[f"{path}/{entry.name}"] = entry
+        return out
+
+    def dims(self) -> dict[str, int]:
+        widths = {name: dims for name, _, dims in self.dense}
+        d2, d3 = widths.get("dense_2", (0, 0)), widths.get("dense_3", (0, 0))
+        return {**super().dims(), "dense_2_out": d2[1], "dense_3_in": d3[0]}
+
+    def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
+        prefix = "model." if "model.embed_tokens.weight" in available else ""
+        shapes = {"dense_2": ("dense_2_out", "embd"), "dense_3": ("embd", "dense_3_in")}
+        dense = tuple(TensorRule(f"{path}/linear.weight", f"{name}.weight", shapes[name])
+                      for name, path, _ in self._included())  # fmt: skip
+        return _gemma_rules(prefix, None, head_norms=True) + dense, ()
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        for name, _, (n_in, n_out) in self._included():
+            w.add_dense_features_dims(name, n_in, n_out)
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
+        write_st_pooling(w, self.model_dir)
+
+
+def _dense_modules(model_dir: Path) -> list[tuple[str, str, tuple[int, int]]]:
+    """sentence-transformers' Dense modules of ``model_dir`` (modules.json), as llama.cpp's
+    EmbeddingGemma picks them: (GGUF name, module path, (in_features, out_features)) of each whose
+    model.safetensors exists, ``dense_2`` for the path ``2_Dense`` and ``dense_3`` for another."""
+    path = model_dir / "modules.json"
+    if not path.is_file():
+        return []
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(f"{path}: cannot be read as JSON ({e})") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ConvertError(f"{path}: expected a list of modules")
+    out = []
+    for m in modules:
+        where = str(m.get("path", ""))
+        if not str(m.get("type", "")).endswith("Dense"):
+            continue
+        if not (model_dir / where / "model.safetensors").is_file():  # (llama.cpp skips it too)
+            logger.warning("%s: Dense module %r has no model.safetensors: left out", path, where)
+            continue
+        name = "dense_2" if where == "2_Dense" else "dense_3"
+        cfg_path = model_dir / where / "config.json"
+        cfg = read_json(cfg_path)
+        n_in, n_out = _require(cfg, "in_features", cfg_path), _require(cfg, "out_features", cfg_path)
+        if cfg.get("bias", True) is not False:
+            raise ConvertError(f"{cfg_path}: a Dense module with a bias; llama.cpp's converter leaves biases "
+                               "out and its gemma-embedding has none")
+        act = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity"))
+        if not act.endswith("Identity"):
+            raise ConvertError(f"{cfg_path}: activation_function {act!r}; llama.cpp applies none (Identity)")
+        if any(n == name for n, _, _ in out):
+            raise ConvertError(f"{path}: more than one Dense module would be written as {name} (llama.cpp "
+                               "names the one at 2_Dense dense_2 and any other dense_3)")
+        out.append((name, where, (n_in, n_out)))
+    return out

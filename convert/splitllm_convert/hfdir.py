@@ -109,6 +109,11 @@ def _entry(path: Path, name: str, info: Any, data_start: int, size: int) -> Tens
     return entry
 
 
+def file_tensors(path: Path) -> list[TensorEntry]:
+    """The tensors of one safetensors file, in its header's order (a sentence-transformers module's)."""
+    return _read_header(path)
+
+
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of the model: the shards the index lists, or model.safetensors."""
     index = model_dir / INDEX_FILE

@@ -82,13 +82,15 @@ class _Job:
     writer: GGUFWriter
 
 
-def _prepare(model_dir: Path, ftype_name: str, pre: str | None) -> _Job:
+def _prepare(model_dir: Path, ftype_name: str, pre: str | None, dense_modules: bool) -> _Job:
     if not model_dir.is_dir():
         raise ConvertError(f"{model_dir}: not a directory")
     config_path = model_dir / "config.json"
     arch = architecture(hfdir.read_json(config_path), config_path)
+    arch.dense_modules = dense_modules
     ft = mix.file_type(ftype_name)
     entries = hfdir.index_tensors(model_dir)
+    entries.update(arch.extra_tensors(model_dir))
     sources = arch.plan(
         {n: e.shape for n, e in entries.items()},
         lambda n: str(entries[n].file),
@@ -104,7 +106,7 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None) -> _Job:
         t = types[s.gguf_name]
         nbytes = mix.tensor_nbytes(t, s.shape)
         entry = entries.get(s.hf_name or (s.hf_stack[0] if s.hf_stack else ""))
-        src = f"{entry.file.name}:{entry.name}" if entry else "generated"
+        src = f"{entry.file.relative_to(model_dir).as_posix()}:{entry.name}" if entry else "generated"
         in_bytes = sum(entries[n].nbytes for n in s.hf_stack) if s.hf_stack else entry.nbytes if entry else 0
         if s.hf_stack:
             src += f" (+{len(s.hf_stack) - 1} experts)"
@@ -258,13 +260,17 @@ def convert(
     quiet: bool = False,
     pre: str | None = None,
     n_threads: int | None = None,
+    sentence_transformers_dense_modules: bool = False,
 ) -> ConvertPlan:
     """Convert the Hugging Face model in ``model_dir`` to GGUF file ``out``; returns the plan.
 
     ``type``: one of ``mix.FILE_TYPES`` (f32, f16, bf16, q8_0, q4_0, ... q4_k_m, q6_k).
     ``force``: overwrite an existing ``out``. ``dry_run``: plan only, write nothing.
     ``pre``: the tokenizer.ggml.pre name, overriding detection. ``n_threads``: quantizer
-    threads (default all). Raises ConvertError for bad input; ``out`` is never left half-written.
+    threads (default all). ``sentence_transformers_dense_modules``: include the Dense modules
+    of a sentence-transformers model (EmbeddingGemma's projections of the pooled embedding; off by
+    default, as in llama.cpp's converter). Raises ConvertError for bad input; ``out`` is never
+    left half-written.
     """
     model_path, out_path = Path(model_dir), Path(out)
     if not dry_run:
@@ -274,7 +280,7 @@ def convert(
             raise ConvertError(f"{out_path}: already exists (use --force to overwrite)")
         if not out_path.parent.is_dir():
             raise ConvertError(f"{out_path.parent}: output directory does not exist")
-    job = _prepare(model_path, type, pre)
+    job = _prepare(model_path, type, pre, sentence_transformers_dense_modules)
     if not dry_run:
         _write(job, out_path, n_threads=n_threads, quiet=quiet)
     return job.plan

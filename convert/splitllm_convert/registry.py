@@ -8,7 +8,7 @@ from typing import Any
 from splitllm_convert.arch import Architecture, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe
 from splitllm_convert.bert import Bert
 from splitllm_convert.errors import ConvertError
-from splitllm_convert.gemma import Gemma2, Gemma3, Gemma3Multimodal
+from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
 from splitllm_convert.nomic import NomicBert
 from splitllm_convert.rerank import BertReranker, XLMRobertaReranker
@@ -16,8 +16,9 @@ from splitllm_convert.xlmr import XLMRoberta
 
 ARCHITECTURES: dict[str, type[Architecture]] = {
     n: cls
-    for cls in (Bert, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe,
-                Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker, XLMRobertaReranker)
+    for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
+                Qwen3, Qwen3Moe, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
+                XLMRobertaReranker)
     for n in cls.hf_names
 }
 

@@ -27,6 +27,7 @@ constexpr ArchTraits kArchs[] = {
     {"gemma",    Arch::Gemma,    true,  false, false, false},
     {"gemma2",   Arch::Gemma2,   true,  false, false, false},
     {"gemma3",   Arch::Gemma3,   true,  false, true,  false},
+    {"gemma-embedding", Arch::GemmaEmbedding, true, false, true, false},
     {"bert",       Arch::Bert,      false, false, false, false},
     {"nomic-bert", Arch::NomicBert, true,  false, false, false},
     {"smollm3",    Arch::SmolLM3,   false, false, false, false},
@@ -85,6 +86,35 @@ std::vector<uint8_t> any_swa(std::vector<uint8_t> swa) {
     return swa;
 }
 
+// EmbeddingGemma (llama.cpp's llama_model_gemma_embedding): gemma3's layers with a window that is
+// required, queries always scaled by 1 / sqrt(head_dim), no soft-cap; sentence-transformers'
+// dense projections (dense_2: n_embd -> dense_2_feat_out, dense_3: dense_3_feat_in -> n_embd)
+// where the file has them.
+void read_gemma_embedding(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.n_swa = get_dim(f, a + "attention.sliding_window", 0, 1 << 30);
+    if (c.n_swa == 0)  // (llama.cpp would let each token of a local layer see itself alone)
+        throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window' = 0: a window of no tokens is not "
+                               "supported", f.path().c_str(), a.c_str()));
+    c.swa_layers = any_swa(swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 6));
+    if (c.swa_layers.empty()) c.n_swa = 0;  // every layer global
+    c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", 10000.0);
+    c.rope_freq_scale_swa = 1.0f;
+    auto dim = [&](const char * key, bool must_be_embd) {
+        const std::string k = a + key;
+        if (!f.find(k)) return 0;
+        const int v = get_dim(f, k, 1, 1 << 20);
+        if (must_be_embd && v != c.n_embd)
+            throw GGUFError(strfmt("%s: metadata '%s' = %d must equal %sembedding_length = %d", f.path().c_str(),
+                                   k.c_str(), v, a.c_str(), c.n_embd));
+        return v;
+    };
+    dim("dense_2_feat_in", true);
+    c.dense_2_out = dim("dense_2_feat_out", false);
+    c.dense_3_in = dim("dense_3_feat_in", false);
+    dim("dense_3_feat_out", true);
+}
+
 // Gemma's differences from llama (llama.cpp's llm_build_gemma*, gemma_pytorch's config).
 void read_gemma(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
@@ -94,9 +124,10 @@ void read_gemma(const GGUFFile & f, Config & c) {
     c.post_norms = true;
     // The 27B models scale queries by 1 / sqrt(n_embd / n_head), not by the head size (recognised by
     // their depth, as llama.cpp does).
-    const int n_layer_27b = c.arch == Arch::Gemma2 ? 46 : 62;
+    const int n_layer_27b = c.arch == Arch::Gemma2 ? 46 : c.arch == Arch::Gemma3 ? 62 : 0;
     if (c.n_layer == n_layer_27b) c.attn_scale = 1.0f / std::sqrt(float(c.n_embd / c.n_head));
     const std::string window_key = a + "attention.sliding_window";
+    if (c.arch == Arch::GemmaEmbedding) return read_gemma_embedding(f, c);
     if (c.arch == Arch::Gemma2) {
         c.n_swa = f.find(window_key) ? get_dim(f, window_key, 1, 1 << 30) : 4096;
         c.swa_layers = any_swa(swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 2));
@@ -191,13 +222,16 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (!(c.rope_attn_factor > 0) || c.rope_attn_factor > 100)
         throw GGUFError(strfmt("%s: bad %srope.scaling.attn_factor", f.path().c_str(), a.c_str()));
     if (f.find(a + "attention.sliding_window")) c.n_swa = get_dim(f, a + "attention.sliding_window", 0, 1 << 30);
-    c.encoder = c.arch == Arch::Bert || c.arch == Arch::NomicBert;
+    c.encoder = c.arch == Arch::Bert || c.arch == Arch::NomicBert || c.arch == Arch::GemmaEmbedding;
     c.learned_pos = c.arch == Arch::Bert;
-    const std::string eps_key = a + (c.encoder ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
+    // LayerNorm epsilon for bert and nomic-bert; RMSNorm's for the rest (required by gemma-embedding)
+    const bool layer_norm = c.encoder && c.arch != Arch::GemmaEmbedding;
+    const std::string eps_key = a + (layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
     c.rms_eps = float(c.encoder ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
         throw GGUFError(strfmt("%s: bad %s", f.path().c_str(), eps_key.c_str()));
-    if (c.encoder && f.get_bool(a + "attention.causal", true))
+    // (gemma-embedding is non-causal whatever the key says, as in llama.cpp)
+    if (layer_norm && f.get_bool(a + "attention.causal", true))
         throw GGUFError(strfmt("%s: metadata '%sattention.causal' is true or absent: splitllm runs %s models as "
                                "encoders (non-causal) only", f.path().c_str(), a.c_str(), c.arch_name.c_str()));
     const int64_t key_len = f.get_int(a + "attention.key_length", c.n_embd / c.n_head);
@@ -226,7 +260,8 @@ Config Config::from_gguf(const GGUFFile & f) {
         (void)v;
         c.rope_freq_scale = float(1.0 / f.get_float(a + "rope.scale_linear"));
     }
-    if (c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Gemma3) read_gemma(f, c);
+    if (c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Gemma3 || c.arch == Arch::GemmaEmbedding)
+        read_gemma(f, c);
     if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
     if (c.arch == Arch::Granite) read_granite(f, c);

@@ -9,12 +9,14 @@ namespace sl {
 
 class GGUFFile;
 
-enum class Arch { Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, Bert, NomicBert, SmolLM3, Granite, Olmo2 };
+enum class Arch {
+    Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2
+};
 
 struct Config {
     Arch arch = Arch::Llama;
-    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "bert", "nomic-bert",
-                                // "smollm3", "granite", "olmo2"
+    std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
+                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -30,12 +32,19 @@ struct Config {
     int n_vocab = 0;
     int n_ctx_train = 0;        // context length the model was trained with
     float rms_eps = 1e-5f;      // the norms' epsilon (an encoder's LayerNorm's too)
-    // An encoder (bert, nomic-bert): embeddings only, every token of a text attending to all of it
-    // (no causal mask, no KV cache); token type 0's embedding added, LayerNorm (with bias) after
-    // each residual sum. bert: learned position embeddings (learned_pos), GELU feed-forward, biases;
-    // nomic-bert: rotary positions, SwiGLU feed-forward, no biases.
+    // An encoder (bert, nomic-bert, gemma-embedding): embeddings only, every token of a text
+    // attending to all of it (no causal mask, no KV cache). bert and nomic-bert: token type 0's
+    // embedding added, LayerNorm (with bias) after each residual sum; bert: learned position
+    // embeddings (learned_pos), GELU feed-forward, biases; nomic-bert: rotary positions, SwiGLU
+    // feed-forward, no biases. gemma-embedding (EmbeddingGemma): gemma3's layers (the settings below)
+    // attending both ways, the sliding-window layers within |i - j| <= n_swa / 2 (llama.cpp's
+    // LLAMA_SWA_TYPE_SYMMETRIC), then the output norm.
     bool encoder = false;
     bool learned_pos = false;
+    // gemma-embedding: the widths of sentence-transformers' dense projections applied to a pooled
+    // embedding (dense_2: n_embd -> dense_2_out, dense_3: dense_3_in -> n_embd); 0: not given.
+    int dense_2_out = 0;
+    int dense_3_in = 0;
     // Rotary embedding: theta_i = pos * freq_scale * base^(-2i / n_rot) / freq_factor_i
     int n_rot = 0;              // rotated dimensions of each head
     float rope_base = 10000.0f;

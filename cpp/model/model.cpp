@@ -137,12 +137,17 @@ void Model::load_weights() {
     cfg_.n_vocab = int(emb->ne[1]);
     w_.tok_embd = matrix(f, c, "token_embd.weight", c.n_vocab > 0 ? c.n_vocab : emb->ne[1], c.n_embd);
     check_readable(f, w_.tok_embd, "token_embd.weight");
-    if (c.encoder) return load_encoder_weights();
+    // (gemma-embedding: gemma3's blocks and output norm, no output layer)
+    const bool embedding_only = c.arch == Arch::GemmaEmbedding;
+    if (c.encoder && !embedding_only) return load_encoder_weights();
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
+    if (embedding_only) load_dense();
     if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2) && f.find_tensor("output.weight"))  // as llama.cpp
         throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
                                "token_embd.weight", f.path().c_str(), c.arch_name.c_str()));
-    w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd) : w_.tok_embd;
+    if (!embedding_only)  // (a gemma-embedding file's output.weight, if any, is not used: llama.cpp's neither)
+        w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd)
+                                                   : w_.tok_embd;
     load_cls_out();
     // Rotary frequency divisors: llama3's rope_freqs, or LongRoPE's long factors past the original
     // context and its short ones within it (llama.cpp's choice, by the context of a sequence).
@@ -266,6 +271,33 @@ void Model::load_encoder_weights() {
     }
 }
 
+void Model::load_dense() {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const std::string a = c.arch_name + ".";
+    // Each needs its width from the metadata (llama.cpp's shapes); chained, the widths must agree.
+    for (auto [name, key, width] : {std::tuple{"dense_2.weight", "dense_2_feat_out", c.dense_2_out},
+                                    {"dense_3.weight", "dense_3_feat_in", c.dense_3_in}})
+        if (f.find_tensor(name) && width == 0)
+            throw GGUFError(strfmt("%s: tensor '%s' without metadata '%s%s'", f.path().c_str(), name, a.c_str(), key));
+    if (f.find_tensor("dense_2.bias") && !f.find_tensor("dense_2.weight"))
+        throw GGUFError(strfmt("%s: tensor 'dense_2.bias' without 'dense_2.weight'", f.path().c_str()));
+    if (f.find_tensor("dense_2.weight")) {
+        w_.dense_2 = matrix(f, c, "dense_2.weight", c.dense_2_out, c.n_embd);
+        optional_bias(f, c, w_.dense_2, "dense_2.bias");
+    }
+    if (f.find_tensor("dense_3.weight")) w_.dense_3 = matrix(f, c, "dense_3.weight", c.n_embd, c.dense_3_in);
+    const int64_t mid = w_.dense_2.rows > 0 ? w_.dense_2.rows : c.n_embd;  // what dense_3 reads
+    if (w_.dense_3.rows > 0 && w_.dense_3.K != mid)
+        throw GGUFError(strfmt("%s: tensor 'dense_3.weight' reads %lld values, but %s gives %lld", f.path().c_str(),
+                               (long long)w_.dense_3.K, w_.dense_2.rows > 0 ? "dense_2.weight" : "the model",
+                               (long long)mid));
+    // (llama.cpp reads n_embd values of the result whatever its width)
+    if (w_.dense_3.rows == 0 && mid != c.n_embd)
+        throw GGUFError(strfmt("%s: tensor 'dense_2.weight' gives %lld values and no 'dense_3.weight' maps them "
+                               "back to the %d of an embedding", f.path().c_str(), (long long)mid, c.n_embd));
+}
+
 void Model::load_cls_out() {
     const GGUFFile & f = *file_;
     const Config & c = cfg_;
@@ -294,8 +326,11 @@ void Model::load_cls_out() {
 }
 
 size_t Weights::input_bytes() const {
-    return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * size_t(tok_embd.K) : 0) +
-           cls.bytes_with_bias() + cls_out.bytes_with_bias();
+    const size_t n_embd = size_t(tok_embd.K);
+    // (a decoder's output norm belongs to its output layer; an encoder has none)
+    const size_t out_norm = output.rows == 0 && output_norm ? sizeof(float) * n_embd : 0;
+    return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * n_embd : 0) +
+           cls.bytes_with_bias() + cls_out.bytes_with_bias() + out_norm + dense_2.bytes_with_bias() + dense_3.nbytes();
 }
 
 void Model::setup_kv() {
@@ -314,7 +349,7 @@ void Model::setup_kv() {
     // them for every token of a batch while the batch's own keys are stored (llama.cpp's SWA cache).
     kv_swa_ = kv_;
     const int64_t ring = int64_t(c.n_swa) + params_.n_batch;
-    if (!c.swa_layers.empty() && !params_.swa_full && ring < kv_.slot_ctx) {
+    if (!c.encoder && !c.swa_layers.empty() && !params_.swa_full && ring < kv_.slot_ctx) {
         kv_swa_.slot_ctx = int(ring);
         kv_swa_.ring = true;
         ring_high_.assign(size_t(kv_.n_slots), -1);
@@ -480,7 +515,7 @@ void Model::allocate_state() {
         enc_start_.assign(size_t(encoder_slots()) + 1, 0);
         enc_order_.assign(nb, 0);
         enc_texts_.reserve(nb);
-        enc_work_floats_ = encoder_attention_floats(int64_t(nb), c.head_dim);
+        enc_work_floats_ = encoder_attention_floats(int64_t(nb), c.head_dim, c.n_swa > 0);
         enc_work_.assign(size_t(cpu_->pool().size()) * enc_work_floats_, 0.0f);
     }
     if (c.n_expert > 0) routes_.reserve(nb, c.n_expert, c.n_expert_used);

@@ -89,7 +89,13 @@ struct Weights {
     // of a text's first token, with their biases; cls may be absent (cls_out alone).
     WeightRef cls;                      // (n_embd, n_embd)
     WeightRef cls_out;                  // (n_cls_out, n_embd)
-    size_t input_bytes() const;         // the encoder input's weights beside the token embedding
+    // gemma-embedding: sentence-transformers' projections of a pooled embedding, applied by the
+    // Python side (splitllm.model_embed) after pooling; either may be absent (rows 0).
+    WeightRef dense_2;                  // (dense_2_out, n_embd), with an optional bias
+    WeightRef dense_3;                  // (n_embd, dense_3_in)
+    // An encoder's weights outside its blocks, beside the token embedding: its input's, a
+    // reranker's head, gemma-embedding's output norm and projections.
+    size_t input_bytes() const;
 };
 
 // Where one part of the model lives, for users to print.
@@ -124,8 +130,9 @@ struct MemoryEstimate {
     size_t tokenizer_entries = 0;     // tokens + merges of the vocabulary (the Python tokenizer's size)
 };
 
-// Floats of one thread's encoder attention buffers for texts of up to n_batch tokens (encoder.cpp).
-size_t encoder_attention_floats(int64_t n_batch, int head_dim);
+// Floats of one thread's encoder attention buffers for texts of up to n_batch tokens (encoder.cpp);
+// windowed: some layers attend within a window.
+size_t encoder_attention_floats(int64_t n_batch, int head_dim, bool windowed);
 
 class Model {
 public:
@@ -228,6 +235,7 @@ private:
     // batch are one whole text, attending to each other).
     void load_encoder_weights();
     void load_cls_out();  // a reranker's classification head (cls.output, cls), if the file has one
+    void load_dense();    // gemma-embedding's dense projections, if the file has them
     int encoder_slots() const { return std::max(params_.n_batch, params_.n_seq_max); }
     // A batch's texts: the tokens of slot s are enc_order_[enc_start_[s] .. enc_start_[s + 1]).
     std::vector<int32_t> enc_start_;  // (encoder_slots + 1)
@@ -314,6 +322,12 @@ private:
     // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h).
     void add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
                     Scratch & s, int n);
+    // encoder.cpp: s.att = attention of s.q over s.k, s.v within each text of the batch (within
+    // half_window positions either side of a query if >= 0); one bert / nomic-bert layer, one
+    // gemma-embedding layer, on s.x.
+    void encoder_attention(Scratch & s, int half_window);
+    void encoder_bert_layer(int l, Scratch & s, int n);
+    void encoder_gemma_layer(int l, Scratch & s, int n);
     // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU).
     void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
     void route(const float * logits, int n);

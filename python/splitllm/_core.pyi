@@ -81,7 +81,8 @@ class Model:
         """Evaluates tokens at positions pos of sequence slots slot; returns float32 logits
         (n_wanted, n_vocab) for the tokens flagged in want_logits (all when None), or with
         embeddings the final hidden states after the output norm (n_wanted, n_embd). An encoder
-        (config["encoder"]: bert, nomic-bert) gives embeddings only, each slot's tokens of one call
+        (config["encoder"]: bert, nomic-bert, gemma-embedding) gives embeddings only (gemma-embedding:
+        before its dense projections, which Model applies after pooling), each slot's tokens of one call
         being one whole text at positions 0, 1, ... (slots < max(n_batch, n_seq_max)); with classify
         (a reranker: an encoder's first token, a causal reranker's last) each flagged token's
         classification scores (n_wanted, n_cls_out; qwen3: their softmax)."""
@@ -118,8 +119,8 @@ class Model:
     def config(self) -> dict[str, Any]:
         """arch, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train, rms_eps,
         n_rot, rope_base, rope_freq_scale, rope_neox, n_swa, swa_layers, encoder (an embedding
-        model: bert, nomic-bert), learned_pos (position embeddings for n_ctx_train positions),
-        n_cls_out (a reranker's classification outputs; 0: none), has_cls_out (the file holds a
+        model: bert, nomic-bert, gemma-embedding), learned_pos (position embeddings for n_ctx_train
+        positions), n_cls_out (a reranker's classification outputs; 0: none), has_cls_out (the file holds a
         classification head, cls.output.weight)."""
 
 # --- bind_cpu.cpp ------------------------------------------------------------------------------

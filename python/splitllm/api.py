@@ -81,7 +81,7 @@ from splitllm.completions import (
 from splitllm.engine import BatchEngine, ChunkStream
 from splitllm.grammar import Grammar, response_grammar
 from splitllm.infill import check_echo, completion_prompt, with_tail
-from splitllm.model import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_RANK, pool_embeddings
+from splitllm.model import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_RANK
 from splitllm.reasoning import ReasoningSplitter, check_reasoning_format
 from splitllm.tools import ToolChunks, ToolError, ToolPlan, tool_chat_choice, tool_plan
 
@@ -413,7 +413,7 @@ class _Service:
         data = []
         for r in runs:
             rows = np.concatenate(r.stream.job.embeddings)  # type: ignore[arg-type]
-            vecs = pool_embeddings(rows, pooling, normalize=True)
+            vecs = self.model.pool(rows, pooling, normalize=True)
             if body.encoding_format == "base64":
                 emb = base64.b64encode(vecs[0].astype("<f4").tobytes()).decode("ascii")
             else:

@@ -44,10 +44,13 @@ from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitll
     LLAMA_POOLING_TYPE_RANK,
     LLAMA_POOLING_TYPE_UNSPECIFIED,
     POOLING_NAMES,
+    Dense,
     EmbeddingMethods,
     check_reranker,
+    dense_views,
     pool_embeddings,
     pooling_type_of,
+    read_dense,
 )
 from splitllm.model_state import ModelState  # noqa: F401 - splitllm.model's too
 from splitllm.sampling import LogitsHook, Sampler, SamplingParams, StopHook, sampling_params
@@ -138,6 +141,7 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
                 raise ValueError(f"{path}: part {part} of a GGUF split in {metadata['split.count']} files; "
                                  "splitllm reads whole files (join them with llama-gguf-split --merge)")
             self.tokenizer = Tokenizer.from_metadata(metadata)
+            dense = dense_views(gf)  # (gemma-embedding's projections, read once the engine has checked them)
         self._metadata = {k: v for k, v in metadata.items() if not isinstance(v, list)}
         del metadata
         arch = self._metadata.get("general.architecture", "")
@@ -183,6 +187,7 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
             except ValueError:
                 self.close()
                 raise
+        self._dense: list[Dense] = read_dense(dense)
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         self._n_ctx = n_ctx

@@ -1,5 +1,6 @@
 """Embeddings of a :class:`~splitllm.model.Model` (``embedding=True``): the final hidden states,
-pooled as llama.cpp pools them, in llama-cpp-python's ``embed`` / ``create_embedding`` shapes."""
+pooled as llama.cpp pools them (then, for EmbeddingGemma, through its dense projections), in
+llama-cpp-python's ``embed`` / ``create_embedding`` shapes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from splitllm.gguf_file import GGUFFile
+from splitllm.quants import dequantize
 
 # Pooling of embeddings, with llama.cpp's values (llama_pooling_type).
 LLAMA_POOLING_TYPE_UNSPECIFIED = -1  # the model's own (GGUF ``{arch}.pooling_type``; none without it)
@@ -41,9 +45,41 @@ def check_reranker(config: Mapping[str, Any]) -> None:
                      "(cls.output.weight)")
 
 
-def pool_embeddings(rows: np.ndarray, pooling: int, normalize: bool) -> np.ndarray:
+# A dense projection: weight (n_out, n_in) and bias (n_out) or None, float64.
+Dense = tuple[np.ndarray, np.ndarray | None]
+DENSE_TENSORS = ("dense_2.weight", "dense_2.bias", "dense_3.weight")  # gemma-embedding's, in order
+
+
+def dense_views(gf: GGUFFile) -> dict[str, tuple[np.ndarray, str, tuple[int, ...]]]:
+    """The file's dense projection tensors (views of the mapping, valid after ``gf`` closes), with
+    their type and shape."""
+    return {n: (gf.tensor(n), gf.tensors[n].type, gf.tensors[n].shape)
+            for n in DENSE_TENSORS if n in gf.tensors}  # fmt: skip
+
+
+def read_dense(views: dict[str, tuple[np.ndarray, str, tuple[int, ...]]]) -> list[Dense]:
+    """gemma-embedding's sentence-transformers projections (``dense_2`` with its bias if any, then
+    ``dense_3``), those of ``views`` (see dense_views), dequantized to float64: what llama.cpp
+    applies after pooling. (The engine checks their shapes when it loads the file.)"""
+
+    def values(name: str) -> np.ndarray:
+        data, qtype, shape = views[name]
+        return dequantize(data, qtype).astype(np.float64).reshape(shape)
+
+    out: list[Dense] = []
+    for name in ("dense_2", "dense_3"):
+        if f"{name}.weight" in views:
+            bias = f"{name}.bias"
+            out.append((values(f"{name}.weight"), values(bias) if bias in views else None))
+    return out
+
+
+def pool_embeddings(rows: np.ndarray, pooling: int, normalize: bool,
+                    dense: Sequence[Dense] = ()) -> np.ndarray:
     """A text's token embeddings (n, n_embd) pooled (float64): all of them (none), their mean, the
-    first or the last; ``normalize``: each vector to unit length."""
+    first or the last; then each vector through the ``dense`` projections in turn (x W^T + b, as
+    llama.cpp applies gemma-embedding's to the pooled vector, and with pooling none to every
+    token's); ``normalize``: each vector to unit length."""
     x = np.asarray(rows, dtype=np.float64)
     if pooling == LLAMA_POOLING_TYPE_MEAN:
         x = x.mean(axis=0, keepdims=True)
@@ -51,6 +87,8 @@ def pool_embeddings(rows: np.ndarray, pooling: int, normalize: bool) -> np.ndarr
         x = x[:1]
     elif pooling == LLAMA_POOLING_TYPE_LAST:
         x = x[-1:]
+    for w, b in dense:
+        x = x @ w.T if b is None else x @ w.T + b
     if normalize:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x = x / np.where(norms == 0.0, 1.0, norms)
@@ -60,8 +98,16 @@ def pool_embeddings(rows: np.ndarray, pooling: int, normalize: bool) -> np.ndarr
 class EmbeddingMethods:
     """The embedding calls of :class:`~splitllm.model.Model` (which holds the state they use)."""
 
+    _dense: list[Dense]  # the file's dense projections (read_dense), applied after pooling
+
     def n_embd(self) -> int:
         return int(self._engine().n_embd)
+
+    def pool(self, rows: np.ndarray, pooling: int, normalize: bool) -> np.ndarray:
+        """``pool_embeddings`` with this model's dense projections (gemma-embedding's, if any): a
+        text's vectors as ``embed`` returns them, (1, n_embd), or with pooling none (n, n_embd)."""
+        self._engine()
+        return pool_embeddings(rows, pooling, normalize, self._dense)
 
     def pooling_type(self) -> int:
         """How ``embed`` pools a text's token embeddings (``LLAMA_POOLING_TYPE_*``): the argument, or
@@ -212,7 +258,7 @@ class EmbeddingMethods:
             rows = [self.token_embeddings(toks) for toks in token_lists]
         data: list[Any] = []
         for r in rows:
-            out = pool_embeddings(r, pooling, normalize).tolist()
+            out = self.pool(r, pooling, normalize).tolist()
             data.append(out if pooling == LLAMA_POOLING_TYPE_NONE else out[0])
         result = data[0] if isinstance(input, str) else data
         return (result, total) if return_count else result
