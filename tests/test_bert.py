@@ -103,6 +103,9 @@ def test_long_interleaved_texts_match_float64_reference(tmp_path, cfg):
     for k, text in enumerate(texts):
         got = np.float64(out[slot == k])  # in position order: each text's rows keep their order
         assert rel_err(got, reference_hidden(cfg, held, text)) < 1e-5
+    # More threads than (heads x texts): each text's tiles of queries are split between tasks
+    many = core.Model(path, n_ctx=512, n_batch=512, n_threads=8, n_seq_max=2)
+    np.testing.assert_array_equal(many.decode(toks, pos, slot, None, None, True), out)
 
 
 @pytest.mark.parametrize(("cfg", "wtype", "bound"), [

@@ -19,10 +19,9 @@ KV_TYPES = [T.F16, T.Q8_0, T.Q4_0]
 # SIMD sets this CPU runs (a set the CPU lacks would silently fall back: not worth testing twice).
 SIMD_ISAS = [isa for isa in ("avx2", "avx512") if _core.cpu_usable_isa(isa) == isa]
 
-# With AVX512_BF16, the AVX-512 kernels take BF16 weights times activations rounded to bf16 from
-# this many tokens on (prefill), as llama.cpp does; below it (decode) the activations stay f32.
+# With AVX512_BF16, the AVX-512 kernels take BF16 weights times activations rounded to bf16 (any
+# token count), as llama.cpp does; from this many tokens on with vdpbf16ps.
 BF16_DOT = "AVX512_BF16" in _core.cpu_features().split()
-PACK_MIN_TOKENS = 10
 
 # Byte offsets of the f16 super-block scales (d, and dmin where there is one) of each k-quant.
 K_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
@@ -39,9 +38,9 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return u.astype(np.uint32).view(np.float32)
 
 
-def bf16_acts(qtype: T, isa: str, n_tok: int) -> bool:
+def bf16_acts(qtype: T, isa: str) -> bool:
     """Whether the kernel rounds the activations to bf16 (above)."""
-    return qtype == T.BF16 and isa == "avx512" and BF16_DOT and n_tok >= PACK_MIN_TOKENS
+    return qtype == T.BF16 and isa == "avx512" and BF16_DOT
 
 
 def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +177,7 @@ def test_gemm_simd_matches_scalar(qtype: T) -> None:
             x = rng.standard_normal((n_tok, k)).astype(np.float32)
             acts = _core.cpu_quantize_acts(int(qtype), x, isa="scalar")
             for isa in SIMD_ISAS:
-                xr = to_bf16(x) if bf16_acts(qtype, isa, n_tok) else x
+                xr = to_bf16(x) if bf16_acts(qtype, isa) else x
                 ref = np.float64(_core.cpu_matmul(int(qtype), raw, xr, isa="scalar"))
                 y = _core.cpu_gemm(int(qtype), raw, acts, isa=isa)
                 assert rel_err(y, ref) < 1e-5, (qtype.name, isa, n_rows, k, n_tok)
@@ -209,20 +208,20 @@ def test_float_prefill_token_blocks(qtype: T) -> None:
     raw, _ = make_weights(qtype, 19, 4099, rng)
     x = rng.standard_normal((600, 4099)).astype(np.float32)
     for isa in SIMD_ISAS:
-        xr = to_bf16(x) if bf16_acts(qtype, isa, len(x)) else x
+        xr = to_bf16(x) if bf16_acts(qtype, isa) else x
         ref = np.float64(_core.cpu_matmul(int(qtype), raw, xr, isa="scalar"))
         assert rel_err(_core.cpu_matmul(int(qtype), raw, x, isa=isa), ref) < 1e-5, (qtype.name, isa)
 
 
 @pytest.mark.skipif(not BF16_DOT, reason="this CPU has no AVX512_BF16")
-def test_bf16_prefill_against_reference() -> None:
-    """Prefill with BF16 weights on AVX512_BF16: exactly the float64 product of the weights with
-    the activations rounded to bf16 (up to float32 sums), and so about 2^-9 from the exact one,
-    as llama.cpp's BF16 matmul; every K tail and token tail of the packed layout."""
+def test_bf16_against_reference() -> None:
+    """BF16 weights on AVX512_BF16, decode and prefill: exactly the float64 product of the weights
+    with the activations rounded to bf16 (up to float32 sums), and so about 2^-9 from the exact
+    one, as llama.cpp's BF16 matmul; every K tail and token tail of the packed layout."""
     rng = np.random.default_rng(5)
     for n_rows, k in ((37, 100), (16, 32), (19, 33), (3, 4099), (40, 1536)):
         raw, w = make_weights(T.BF16, n_rows, k, rng)
-        for n_tok in (10, 16, 17, 31, 64):
+        for n_tok in (1, 3, 9, 10, 16, 17, 31, 64):
             x = rng.standard_normal((n_tok, k)).astype(np.float32)
             y = _core.cpu_matmul(int(T.BF16), raw, x, isa="avx512")
             assert rel_err(y, np.float64(to_bf16(x)) @ w.T) < 1e-6, (n_rows, k, n_tok)

@@ -266,9 +266,10 @@ OPTIONS = {  # name: (file type, llama.cpp's parameters, ours)
     "tensor-types": ("q4_k_m", {"tensor_types": [("attn_q", "q8_0"), ("ffn_.*", "q5_0")]},
                      {"tensor_types": [("attn_q", "q8_0"), ("ffn_.*", "q5_0")]}),
     "override-kv": ("q3_k_m", {"override_kv": {"general.name": "renamed", "llama.block_count": 8,
-                                               "x.f": 1.5, "x.b": True, "general.file_type": -3}},
+                                               "x.f": 1.5, "x.b": True, "general.file_type": -3,
+                                               "x.big": 1e39}},
                     {"override_kv": {"general.name": "renamed", "llama.block_count": 8, "x.f": 1.5,
-                                     "x.b": True, "general.file_type": -3}}),
+                                     "x.b": True, "general.file_type": -3, "x.big": 1e39}}),  # (float: inf)
 }  # fmt: skip
 
 

@@ -181,6 +181,15 @@ def test_prompt_shapes(server, ref) -> None:
     assert [r["content"] for r in two] == [want, want]
 
 
+def test_repeat_last_n_minus_one_is_the_context(server) -> None:
+    """llama-server's repeat_last_n -1: the penalty window is the whole context (here: the same
+    text as a window longer than the prompt and the answer)."""
+    body = {**GREEDY, "n_predict": 12, "repeat_penalty": 1.8}
+    whole = post(server, "/completion", {**body, "repeat_last_n": -1})["content"]
+    assert whole == post(server, "/completion", {**body, "repeat_last_n": 1000})["content"]
+    assert whole != post(server, "/completion", {**body, "repeat_last_n": 0})["content"]
+
+
 def test_samplers_and_fields(server, ref) -> None:
     """samplers picks which run: top_k alone with k = 1 is greedy whatever the temperature;
     response_fields keeps the fields named (a path for a nested one)."""

@@ -104,7 +104,10 @@ def kv_u32(key: str, value: int) -> KV:
 
 
 def kv_f32(key: str, value: float) -> KV:
-    return KV(key, _gstr(key) + struct.pack("<If", FLOAT32, value))
+    # As llama.cpp's (float) cast: out-of-range values become +-inf (struct.pack would raise)
+    with np.errstate(over="ignore"):
+        f = np.float32(value)
+    return KV(key, _gstr(key) + struct.pack("<I", FLOAT32) + f.tobytes())
 
 
 def kv_bool(key: str, value: bool) -> KV:

@@ -66,9 +66,11 @@ struct AttnWork {
 // kernels (scores = K q for a tile of queries, over the keys any of them sees, then V^T p),
 // float32 throughout. q, k, v, att: the head's first column in rows of q_stride / kv_stride /
 // q_stride floats.
+// Only the queries of tiles [tile0, tile1) (of AttnWork::kTile tokens) are computed: a long text's
+// tiles can go to different threads.
 void text_attention(const float * q, const float * k, const float * v, int64_t q_stride, int64_t kv_stride,
-                    const int32_t * text, int len, int hd, float scale, int half_window, const AttnWork & w,
-                    float * att) {
+                    const int32_t * text, int len, int hd, float scale, int half_window, int tile0, int tile1,
+                    const AttnWork & w, float * att) {
     for (int j = 0; j < len; ++j) {
         const float * kj = k + text[j] * kv_stride;
         const float * vj = v + text[j] * kv_stride;
@@ -77,7 +79,7 @@ void text_attention(const float * q, const float * k, const float * v, int64_t q
     }
     const int64_t q_row = int64_t(cpu::act_row_bytes(QType::F32, hd) / 4);
     const int reach = half_window < 0 ? len : half_window;  // how far a query sees either way
-    for (int t0 = 0; t0 < len; t0 += AttnWork::kTile) {
+    for (int t0 = tile0 * AttnWork::kTile; t0 < std::min(len, tile1 * AttnWork::kTile); t0 += AttnWork::kTile) {
         const int nt = std::min(AttnWork::kTile, len - t0);
         const int j0 = std::max(0, t0 - reach), j1 = std::min(len, t0 + nt + reach);  // the tile's keys
         const int nj = j1 - j0;
@@ -188,21 +190,39 @@ void Model::forward_encoder(const int32_t * tokens, const int32_t * pos, const i
 
 void Model::encoder_attention(Scratch & s, int half_window) {
     // att[t, head] = softmax_j(scale q[t, head] . k[j, head / gqa]) v[j, head / gqa] over the
-    // tokens j of t's text (within half_window of t, if >= 0): one (text, head) pair per task
+    // tokens j of t's text (within half_window of t, if >= 0). A task: one head of one text, for
+    // a run of tiles of queries (a long text is split so that a model with few heads still keeps
+    // every thread busy; each task gathers the text's keys and values again, a small cost).
     const Config & c = cfg_;
     const int hd = c.head_dim, gqa = c.n_gqa();
     const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim();
     const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(hd));
     const std::vector<int32_t> & start = enc_start_;
+    const int nth_all = cpu_->pool().size();
+    // Tiles per task: as many as keep the tasks at about two per thread, at least one.
+    int64_t n_tiles = 0;
+    for (int32_t sl : enc_texts_)
+        n_tiles += (start[size_t(sl) + 1] - start[size_t(sl)] + AttnWork::kTile - 1) / AttnWork::kTile;
+    const int64_t per_task = std::max<int64_t>(1, n_tiles * c.n_head / (2 * int64_t(nth_all)));
+    enc_tasks_.clear();  // (text index, first tile, end tile), heads expanded below
+    for (size_t i = 0; i < enc_texts_.size(); ++i) {
+        const int32_t sl = enc_texts_[i];
+        const int tiles = (start[size_t(sl) + 1] - start[size_t(sl)] + AttnWork::kTile - 1) / AttnWork::kTile;
+        for (int t = 0; t < tiles; t += int(per_task))
+            enc_tasks_.push_back({int32_t(i), t, int(std::min<int64_t>(tiles, t + per_task))});
+    }
     cpu_->pool().run([&](int ith, int nth) {
         const AttnWork w(enc_work_.data() + size_t(ith) * enc_work_floats_, params_.n_batch, hd, c.n_swa > 0);
-        const int64_t tasks = int64_t(enc_texts_.size()) * c.n_head;
+        const int64_t tasks = int64_t(enc_tasks_.size()) * c.n_head;
         for (int64_t u = ith; u < tasks; u += nth) {
-            const int32_t sl = enc_texts_[size_t(u / c.n_head)];
+            const EncTask & task = enc_tasks_[size_t(u / c.n_head)];
+            const int32_t sl = enc_texts_[size_t(task.text)];
             const int head = int(u % c.n_head);
             const int64_t kv_off = int64_t(head / gqa) * hd, q_off = int64_t(head) * hd;
-            text_attention(s.q + q_off, s.k + kv_off, s.v + kv_off, q_dim, kv_dim, enc_order_.data() + start[size_t(sl)],
-                           start[size_t(sl) + 1] - start[size_t(sl)], hd, scale, half_window, w, s.att + q_off);
+            const int32_t * text = enc_order_.data() + start[size_t(sl)];
+            text_attention(s.q + q_off, s.k + kv_off, s.v + kv_off, q_dim, kv_dim, text,
+                           start[size_t(sl) + 1] - start[size_t(sl)], hd, scale, half_window, task.tile0,
+                           task.tile1, w, s.att + q_off);
         }
     });
 }

@@ -515,6 +515,7 @@ void Model::allocate_state() {
         enc_start_.assign(size_t(encoder_slots()) + 1, 0);
         enc_order_.assign(nb, 0);
         enc_texts_.reserve(nb);
+        enc_tasks_.reserve(nb);
         enc_work_floats_ = encoder_attention_floats(int64_t(nb), c.head_dim, c.n_swa > 0);
         enc_work_.assign(size_t(cpu_->pool().size()) * enc_work_floats_, 0.0f);
     }

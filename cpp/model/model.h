@@ -241,6 +241,11 @@ private:
     std::vector<int32_t> enc_start_;  // (encoder_slots + 1)
     std::vector<int32_t> enc_order_;  // (n_batch)
     std::vector<int32_t> enc_texts_;  // the slots with tokens in the batch (<= n_batch)
+    struct EncTask {
+        int32_t text;  // index in enc_texts_
+        int tile0, tile1;  // the tiles of queries of the task (encoder.cpp)
+    };
+    std::vector<EncTask> enc_tasks_;  // (<= the tiles of a batch: n_batch)
     std::vector<float> enc_work_;     // (threads, enc_work_floats_) attention buffers (encoder.cpp)
     size_t enc_work_floats_ = 0;
     void check_encoder_batch(const int32_t * pos, const int32_t * slot, int n, bool embeddings, bool classify) const;

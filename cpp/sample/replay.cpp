@@ -82,6 +82,15 @@ int discrete(const Array & cur, std::mt19937 & rng, Scratch & s) {
     return int(std::lower_bound(cp.begin(), cp.end(), u) - cp.begin());
 }
 
+// The largest logit: the first one when the array is sorted (llama.cpp's softmax and dist).
+float max_logit(const Array & cur) {
+    float max_l = cur.data[0].logit;
+    if (!cur.sorted) {
+        for (size_t i = 1; i < cur.size; ++i) max_l = std::max(max_l, cur.data[i].logit);
+    }
+    return max_l;
+}
+
 }  // namespace
 
 int32_t x86_int(float v) {
@@ -116,10 +125,7 @@ void partial_sort_inplace(Array & cur, size_t npartial, Scratch & s) {
 void softmax(Array & cur, bool do_sort, Scratch & s) {
     if (cur.size == 0) return;  // (llama.cpp asserts)
     if (do_sort && !cur.sorted) partial_sort_inplace(cur, cur.size, s);
-    float max_l = cur.data[0].logit;
-    if (!cur.sorted) {
-        for (size_t i = 1; i < cur.size; ++i) max_l = std::max(max_l, cur.data[i].logit);
-    }
+    const float max_l = max_logit(cur);
     float cum_sum = 0.0f;
     for (size_t i = 0; i < cur.size; ++i) {
         const float p = std::exp(cur.data[i].logit - max_l);
@@ -333,10 +339,7 @@ void dist(Array & cur, std::mt19937 & rng) {
         cur.data[0].p = 1.0f;
         return;
     }
-    float max_l = cur.data[0].logit;
-    if (!cur.sorted) {
-        for (size_t i = 1; i < cur.size; ++i) max_l = std::max(max_l, cur.data[i].logit);
-    }
+    const float max_l = max_logit(cur);
     double sum_cum = 0.0;
     for (size_t i = 0; i < cur.size; ++i) {
         const float p = std::exp(cur.data[i].logit - max_l);

@@ -148,7 +148,7 @@ class NativeAPI:
                            f"{body.n_cmpl})", param="n_cmpl")
         n_vocab = self.model.n_vocab()
         try:
-            settings = _Settings(body.sampling_params(self.tok, n_vocab), body.n_logprobs)
+            settings = _Settings(body.sampling_params(self.tok, n_vocab, self.model.n_ctx()), body.n_logprobs)
         except ValueError as e:
             raise sampling_error(e) from None
         try:

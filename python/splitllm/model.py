@@ -141,7 +141,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
                 raise ValueError(f"{path}: part {part} of a GGUF split in {metadata['split.count']} files; "
                                  "splitllm reads whole files (join them with llama-gguf-split --merge)")
             self.tokenizer = Tokenizer.from_metadata(metadata)
-            dense = dense_views(gf)  # (gemma-embedding's projections, read once the engine has checked them)
+            # gemma-embedding's projections (read once the engine has checked them; other
+            # architectures' files are not read for them, as llama.cpp loads them for this one only)
+            is_gemma_embedding = metadata.get("general.architecture") == "gemma-embedding"
+            dense = dense_views(gf) if is_gemma_embedding else {}
         self._metadata = {k: v for k, v in metadata.items() if not isinstance(v, list)}
         del metadata
         arch = self._metadata.get("general.architecture", "")

@@ -20,6 +20,7 @@ shift: a full context ends the text, ``truncated``), ``timings_per_token`` and `
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -58,7 +59,7 @@ class NativeRequest(_NullIsDefault):
     top_k: int = 40
     top_p: float = 0.95
     min_p: float = 0.05
-    repeat_last_n: int = Field(64, ge=0)
+    repeat_last_n: int = Field(64, ge=-1)  # -1: the whole context (llama-server's)
     repeat_penalty: float = Field(1.0, gt=0.0)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -169,7 +170,8 @@ class NativeRequest(_NullIsDefault):
                            f"once (got {', '.join(used)})", param="samplers")
         return tuple(used)
 
-    def sampling_params(self, tok: Tokenizer | None = None, n_vocab: int = 0) -> SamplingParams:
+    def sampling_params(self, tok: Tokenizer | None = None, n_vocab: int = 0,
+                        n_ctx: int = 0) -> SamplingParams:
         """The sampler settings: samplers left out of ``samplers`` are off (mirostat ignores
         ``samplers``: temperature, then mirostat); ``logit_bias`` and ``ignore_eos`` need the
         tokenizer. ValueError (naming the field) for a value the sampler cannot take."""
@@ -184,7 +186,7 @@ class NativeRequest(_NullIsDefault):
             top_k=self.top_k if "top_k" in on else 0,
             top_p=self.top_p if "top_p" in on else 1.0, min_p=self.min_p if "min_p" in on else 0.0,
             repeat_penalty=self.repeat_penalty if "penalties" in on else 1.0,
-            repeat_last_n=self.repeat_last_n,
+            repeat_last_n=self.repeat_last_n if self.repeat_last_n >= 0 else n_ctx,
             presence_penalty=self.presence_penalty if "penalties" in on else 0.0,
             frequency_penalty=self.frequency_penalty if "penalties" in on else 0.0, logit_bias=bias,
             top_n_sigma=self.top_n_sigma if "top_n_sigma" in on else -1.0,
@@ -300,7 +302,8 @@ def native_logit_bias(value: Any, tok: Tokenizer, n_vocab: int) -> dict[int, flo
             bias = float(raw)
         else:
             continue
-        if _is_token(key) or (isinstance(key, str) and key.lstrip("-").isdigit() and isinstance(value, dict)):
+        numeric = isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key) is not None  # (ASCII digits)
+        if _is_token(key) or (numeric and isinstance(value, dict)):
             ids = [int(key)] if 0 <= int(key) < n_vocab else []
         elif isinstance(key, str):
             ids = tok.tokenize(key, add_bos=False, special=False)

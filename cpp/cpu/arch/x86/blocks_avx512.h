@@ -1,7 +1,9 @@
 // AVX-512 decoding of weight blocks into the form every kernel consumes: unsigned 8-bit codes
 // in the activation order (cpu/kernels.h, ActQ8: per 128 values, `lo` holds values 0..15 of 4
 // blocks of 32, `hi` their values 16..31) and affine terms (value = dg * code + mg), exactly as
-// the scalar unpackers in cpu/scalar_unpack.cpp define them. Include only from *_avx512.cpp.
+// the scalar unpackers in cpu/scalar_unpack.cpp define them; the float loads and the transpose of
+// the packed kernels. Include only from *_avx512.cpp, and *_avx512bf16.cpp for what is forced
+// inline (the transpose, the float loads: no out-of-line copy built with other flags to share).
 #pragma once
 
 #include <immintrin.h>
@@ -15,7 +17,7 @@
 namespace sl::cpu::impl::avx512 {
 
 // In-register transpose of a 16 x 16 matrix of 32-bit values (row i in v[i]).
-inline void transpose16(__m512i v[16]) {
+SL_FORCE_INLINE void transpose16(__m512i v[16]) {
     __m512i t[16], u[16];
     for (int i = 0; i < 8; ++i) {
         t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
@@ -40,33 +42,35 @@ inline void transpose16(__m512i v[16]) {
     }
 }
 
-inline void transpose16(__m512 v[16]) { transpose16(reinterpret_cast<__m512i *>(v)); }
+SL_FORCE_INLINE void transpose16(__m512 v[16]) { transpose16(reinterpret_cast<__m512i *>(v)); }
 
 // Float weights: 16 values from k on (masked: the first popcount(m)), widened to f32.
 struct LoadF32 {
-    static __m512 load(const uint8_t * row, int64_t k) {
+    static SL_FORCE_INLINE __m512 load(const uint8_t * row, int64_t k) {
         // Two 32-byte loads: 64-byte ones that straddle cache lines stream more slowly.
         const float * p = reinterpret_cast<const float *>(row) + k;
         return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p)), _mm256_loadu_ps(p + 8), 1);
     }
-    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+    static SL_FORCE_INLINE __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
         return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(row) + k);
     }
 };
 struct LoadF16 {
-    static __m512 load(const uint8_t * row, int64_t k) {
+    static SL_FORCE_INLINE __m512 load(const uint8_t * row, int64_t k) {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
     }
-    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+    static SL_FORCE_INLINE __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
         return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
     }
 };
 struct LoadBF16 {
-    static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-    static __m512 load(const uint8_t * row, int64_t k) {
+    static SL_FORCE_INLINE __m512 widen(__m256i h) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    static SL_FORCE_INLINE __m512 load(const uint8_t * row, int64_t k) {
         return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + 2 * k)));
     }
-    static __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
+    static SL_FORCE_INLINE __m512 load(const uint8_t * row, int64_t k, __mmask16 m) {
         return widen(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k));
     }
 };

@@ -30,7 +30,12 @@ void fill_avx512(KernelTable & t) {
     add<QType::F32>(t);
     add<QType::F16>(t);
     add<QType::BF16>(t);
-    if (has_avx512_bf16()) g_packed[int(QType::BF16)] = avx512bf16::packed_kernel();
+    if (has_avx512_bf16()) {
+        // BF16 activations rounded to bf16 whatever the token count, as llama.cpp does: a token's
+        // results do not depend on what else shares its batch (the server's decode steps).
+        g_packed[int(QType::BF16)] = avx512bf16::packed_kernel();
+        g_gemv[int(QType::BF16)] = avx512::gemv_bf16_rounding_kernel();
+    }
     add<QType::Q4_0>(t);
     add<QType::Q4_1>(t);
     add<QType::Q5_0>(t);

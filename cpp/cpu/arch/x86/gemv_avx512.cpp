@@ -164,17 +164,27 @@ void gemv_quant(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
 
 // ---- float weights: 16 values per step, converted to f32 and fma'd with the float activations ----
 
+// x rounded to the nearest bfloat16 (ties to even), as vcvtne2ps2bf16 rounds (NaN kept).
+inline __m512 round_bf16(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))),
+                                       _mm512_set1_epi32(int(0xFFFF0000u)));
+    return _mm512_mask_mov_ps(_mm512_castsi512_ps(r), _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+}
+
 // One weight row times NT tokens; K any length (the tail is masked). Two accumulators per token
-// alternate over steps of 16 values.
-template <class L, int NT>
+// alternate over steps of 16 values. R: the activations are rounded to bfloat16 first.
+template <class L, int NT, bool R = false>
 void float_row(const uint8_t * W, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
     __m512 acc[2][NT];
     for (int h = 0; h < 2; ++h)
         for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_setzero_ps();
     auto x_at = [&](int t, int64_t k) { return reinterpret_cast<const float *>(acts + t * lda) + k; };
+    auto act = [](__m512 x) { return R ? round_bf16(x) : x; };
     auto step = [&](int h, int64_t k) {
         const __m512 w = L::load(W, k);
-        for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x_at(t, k)), acc[h][t]);
+        for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_fmadd_ps(w, act(_mm512_loadu_ps(x_at(t, k))), acc[h][t]);
     };
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
@@ -188,20 +198,21 @@ void float_row(const uint8_t * W, int64_t K, const uint8_t * acts, size_t lda, f
     if (k < K) {
         const __mmask16 m = __mmask16((1u << (K - k)) - 1);
         const __m512 w = L::load(W, k, m);
-        for (int t = 0; t < NT; ++t) acc[1][t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x_at(t, k)), acc[1][t]);
+        for (int t = 0; t < NT; ++t)
+            acc[1][t] = _mm512_fmadd_ps(w, act(_mm512_maskz_loadu_ps(m, x_at(t, k))), acc[1][t]);
     }
     for (int t = 0; t < NT; ++t) y[t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][t], acc[1][t]));
 }
 
 // One row at a time (two rows side by side halve the speed of streaming them from memory when
 // there are several tokens: measured on Zen 4).
-template <class L, int NT>
+template <class L, int NT, bool R>
 void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 float * y, int64_t ldy) {
-    for (int64_t r = 0; r < n_rows; ++r) float_row<L, NT>(W + r * ldw, K, acts, lda, y + r, ldy);
+    for (int64_t r = 0; r < n_rows; ++r) float_row<L, NT, R>(W + r * ldw, K, acts, lda, y + r, ldy);
 }
 
-template <class L>
+template <class L, bool R = false>
 void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 int64_t n_tok, float * y, int64_t ldy) {
     const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
@@ -209,11 +220,11 @@ void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
         const int64_t nr = imin(rb, n_rows - r0);
         const uint8_t * w = W + r0 * ldw;
         int64_t t = 0;
-        for (; t + 4 <= n_tok; t += 4) float_rows<L, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        for (; t + 4 <= n_tok; t += 4) float_rows<L, 4, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
         switch (n_tok - t) {
-            case 3: float_rows<L, 3>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
-            case 2: float_rows<L, 2>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
-            case 1: float_rows<L, 1>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 3: float_rows<L, 3, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 2: float_rows<L, 2, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 1: float_rows<L, 1, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
             default: break;
         }
     }
@@ -239,5 +250,7 @@ GemmFn gemv_kernel(QType wt) {
         default: return nullptr;
     }
 }
+
+GemmFn gemv_bf16_rounding_kernel() { return gemm_float<LoadBF16, true>; }
 
 }  // namespace sl::cpu::impl::avx512
