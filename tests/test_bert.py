@@ -25,6 +25,7 @@ from splitllm.plan import plan
 from splitllm.server import BackgroundServer
 from splitllm_convert import convert
 from tiny_bert import BertConfig, make_weights, reference_hidden, write_gguf
+from tiny_model import interleaved_batch
 
 CFG = BertConfig()
 NOMIC = BertConfig(arch="nomic-bert", fused_qkv=True, n_ctx_train=64, seed=5)
@@ -93,11 +94,7 @@ def test_long_interleaved_texts_match_float64_reference(tmp_path, cfg):
     path, held = tiny(tmp_path, cfg)
     rng = np.random.default_rng(3)
     texts = [[2, *rng.integers(4, cfg.n_vocab, n - 2).tolist(), 3] for n in (300, 150)]
-    rows = sorted((2 * i if i < 150 else 150 + i, k, i) for k, t in enumerate(texts) for i in range(len(t)))
-    toks = np.array([texts[k][i] for _, k, i in rows], np.int32)
-    pos = np.array([i for _, _, i in rows], np.int32)
-    slot = np.array([k for _, k, _ in rows], np.int32)
-    assert slot[:6].tolist() == [0, 1, 0, 1, 0, 1]  # interleaved
+    toks, pos, slot = interleaved_batch(texts)
     m = core.Model(path, n_ctx=512, n_batch=512, n_threads=2, n_seq_max=2)
     out = m.decode(toks, pos, slot, None, None, True)
     for k, text in enumerate(texts):

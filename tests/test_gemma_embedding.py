@@ -34,7 +34,14 @@ from splitllm.server import BackgroundServer
 from splitllm_convert import convert
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.mix import FILE_TYPES
-from tiny_model import TinyConfig, make_weights, reference_embedding, reference_hidden, write_gguf
+from tiny_model import (
+    TinyConfig,
+    interleaved_batch,
+    make_weights,
+    reference_embedding,
+    reference_hidden,
+    write_gguf,
+)
 
 # 7 layers: 0-4 local, 5 global, 6 local (EmbeddingGemma's pattern); heads wider than n_embd / n_head
 CFG = TinyConfig(arch="gemma-embedding", n_layer=7, n_embd=64, n_head=4, n_head_kv=2, key_length=32, n_ff=96,
@@ -113,11 +120,7 @@ def test_long_interleaved_texts_match_float64_reference(tmp_path):
     path, held = tiny(tmp_path, cfg)
     rng = np.random.default_rng(3)
     texts = [rng.integers(3, 256, n).tolist() for n in (300, 150)]
-    rows = sorted((2 * i if i < 150 else 150 + i, k, i) for k, t in enumerate(texts) for i in range(len(t)))
-    toks = np.array([texts[k][i] for _, k, i in rows], np.int32)
-    pos = np.array([i for _, _, i in rows], np.int32)
-    slot = np.array([k for _, k, _ in rows], np.int32)
-    assert slot[:6].tolist() == [0, 1, 0, 1, 0, 1]  # interleaved
+    toks, pos, slot = interleaved_batch(texts)
     m = core.Model(path, n_ctx=512, n_batch=512, n_threads=2, n_seq_max=2)
     out = m.decode(toks, pos, slot, None, None, True)
     for k, text in enumerate(texts):

@@ -41,6 +41,18 @@ F32_LOGITS_TOL = 2e-4
 BF16_ENGINE_TOL = 5e-3
 
 
+def interleaved_batch(texts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, positions, slots) of two texts read in one batch, their tokens alternating while
+    the second lasts (text k in slot k; each text's tokens in position order)."""
+    n2 = len(texts[1])
+    rows = sorted((2 * i if i < n2 else n2 + i, k, i) for k, t in enumerate(texts) for i in range(len(t)))
+    toks = np.array([texts[k][i] for _, k, i in rows], np.int32)
+    pos = np.array([i for _, _, i in rows], np.int32)
+    slot = np.array([k for _, k, _ in rows], np.int32)
+    assert slot[:6].tolist() == [0, 1, 0, 1, 0, 1]
+    return toks, pos, slot
+
+
 @dataclass
 class TinyConfig:
     arch: str = "llama"

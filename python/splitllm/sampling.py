@@ -173,27 +173,19 @@ class SamplingParams:
 
     def _to_core(self) -> Any:
         p = _core.SamplerParams()
-        p.temperature = self.temperature
-        p.top_k = self.top_k
-        p.top_p = self.top_p
-        p.min_p = self.min_p
-        p.repeat_penalty = self.repeat_penalty
-        p.repeat_last_n = self.repeat_last_n
-        p.frequency_penalty = self.frequency_penalty
-        p.presence_penalty = self.presence_penalty
+        for name in _CORE_FIELDS:  # the same names on both sides
+            setattr(p, name, getattr(self, name))
         p.logit_bias = list(self.logit_bias)  # type: ignore[arg-type]  # normalised to pairs
-        p.typical_p = self.typical_p
         p.mirostat = self.mirostat_mode
-        p.mirostat_tau = self.mirostat_tau
-        p.mirostat_eta = self.mirostat_eta
-        p.xtc_probability = self.xtc_probability
-        p.xtc_threshold = self.xtc_threshold
-        p.top_n_sigma = self.top_n_sigma
-        p.dynatemp_range = self.dynatemp_range
-        p.dynatemp_exponent = self.dynatemp_exponent
         p.server_chain = self.chain == "llama-server"
         return p
 
+
+_CORE_FIELDS = (
+    "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "frequency_penalty",
+    "presence_penalty", "typical_p", "mirostat_tau", "mirostat_eta", "xtc_probability", "xtc_threshold",
+    "top_n_sigma", "dynatemp_range", "dynatemp_exponent",
+)
 
 def check_tfs_z(tfs_z: Any) -> None:
     """llama-cpp-python's ``tfs_z``: tail-free sampling, which llama.cpp removed (llama-cpp-python

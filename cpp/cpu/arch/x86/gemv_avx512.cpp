@@ -174,17 +174,16 @@ inline __m512 round_bf16(__m512 x) {
 }
 
 // One weight row times NT tokens; K any length (the tail is masked). Two accumulators per token
-// alternate over steps of 16 values. R: the activations are rounded to bfloat16 first.
-template <class L, int NT, bool R = false>
+// alternate over steps of 16 values.
+template <class L, int NT>
 void float_row(const uint8_t * W, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy) {
     __m512 acc[2][NT];
     for (int h = 0; h < 2; ++h)
         for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_setzero_ps();
     auto x_at = [&](int t, int64_t k) { return reinterpret_cast<const float *>(acts + t * lda) + k; };
-    auto act = [](__m512 x) { return R ? round_bf16(x) : x; };
     auto step = [&](int h, int64_t k) {
         const __m512 w = L::load(W, k);
-        for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_fmadd_ps(w, act(_mm512_loadu_ps(x_at(t, k))), acc[h][t]);
+        for (int t = 0; t < NT; ++t) acc[h][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x_at(t, k)), acc[h][t]);
     };
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
@@ -198,21 +197,20 @@ void float_row(const uint8_t * W, int64_t K, const uint8_t * acts, size_t lda, f
     if (k < K) {
         const __mmask16 m = __mmask16((1u << (K - k)) - 1);
         const __m512 w = L::load(W, k, m);
-        for (int t = 0; t < NT; ++t)
-            acc[1][t] = _mm512_fmadd_ps(w, act(_mm512_maskz_loadu_ps(m, x_at(t, k))), acc[1][t]);
+        for (int t = 0; t < NT; ++t) acc[1][t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x_at(t, k)), acc[1][t]);
     }
     for (int t = 0; t < NT; ++t) y[t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][t], acc[1][t]));
 }
 
 // One row at a time (two rows side by side halve the speed of streaming them from memory when
 // there are several tokens: measured on Zen 4).
-template <class L, int NT, bool R>
+template <class L, int NT>
 void float_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 float * y, int64_t ldy) {
-    for (int64_t r = 0; r < n_rows; ++r) float_row<L, NT, R>(W + r * ldw, K, acts, lda, y + r, ldy);
+    for (int64_t r = 0; r < n_rows; ++r) float_row<L, NT>(W + r * ldw, K, acts, lda, y + r, ldy);
 }
 
-template <class L, bool R = false>
+template <class L>
 void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
                 int64_t n_tok, float * y, int64_t ldy) {
     const int64_t rb = n_tok > 4 ? kRowBlock : n_rows;
@@ -220,11 +218,11 @@ void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
         const int64_t nr = imin(rb, n_rows - r0);
         const uint8_t * w = W + r0 * ldw;
         int64_t t = 0;
-        for (; t + 4 <= n_tok; t += 4) float_rows<L, 4, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
+        for (; t + 4 <= n_tok; t += 4) float_rows<L, 4>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy);
         switch (n_tok - t) {
-            case 3: float_rows<L, 3, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
-            case 2: float_rows<L, 2, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
-            case 1: float_rows<L, 1, R>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 3: float_rows<L, 3>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 2: float_rows<L, 2>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
+            case 1: float_rows<L, 1>(w, ldw, K, nr, acts + t * lda, lda, y + t * ldy + r0, ldy); break;
             default: break;
         }
     }
@@ -251,6 +249,26 @@ GemmFn gemv_kernel(QType wt) {
     }
 }
 
-GemmFn gemv_bf16_rounding_kernel() { return gemm_float<LoadBF16, true>; }
+namespace {
+
+// BF16 weights, few tokens, the activations rounded to bf16 once (a copy in scratch slot 2), then
+// the float kernel: as the packed avx512bf16 kernel rounds them.
+void gemm_bf16_rounding(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
+                        int64_t n_tok, float * y, int64_t ldy) {
+    uint8_t * r = scratch(2, size_t(n_tok) * lda);
+    for (int64_t t = 0; t < n_tok; ++t) {
+        const float * x = reinterpret_cast<const float *>(acts + t * lda);
+        float * o = reinterpret_cast<float *>(r + t * lda);
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 m = __mmask16((1u << imin<int64_t>(16, K - k)) - 1);
+            _mm512_mask_storeu_ps(o + k, m, round_bf16(_mm512_maskz_loadu_ps(m, x + k)));
+        }
+    }
+    gemm_float<LoadBF16>(W, ldw, K, n_rows, r, lda, n_tok, y, ldy);
+}
+
+}  // namespace
+
+GemmFn gemv_bf16_rounding_kernel() { return gemm_bf16_rounding; }
 
 }  // namespace sl::cpu::impl::avx512
