@@ -47,4 +47,8 @@ void dequantize_row_q6_K(const void * x, float * y, int64_t n);
 void quantize_row_q8_K(const float * x, void * y, int64_t n);
 void dequantize_row_q8_K(const void * x, float * y, int64_t n);
 
+// I-quants (quant/iquants.h).
+void dequantize_row_iq4_nl(const void * x, float * y, int64_t n);
+void dequantize_row_iq4_xs(const void * x, float * y, int64_t n);
+
 }  // namespace sl
