@@ -30,10 +30,12 @@ from gguf.quants import quantize
 from splitllm import _core
 
 REPO = Path(__file__).resolve().parent.parent
-K_TYPES = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
-K_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+# Types gguf-py cannot quantize: random codes, and these f16 scale fields set to sane values.
+RANDOM_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+                       T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]
-TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
+         T.IQ4_NL, T.IQ4_XS]
 COLD_BYTES = 64e6
 
 
@@ -44,10 +46,10 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.
         return w.view(np.uint8)
     if qtype == T.F16:
         return w.astype(np.float16).view(np.uint8)
-    if qtype in K_TYPES:
+    if qtype in RANDOM_SCALE_FIELDS:
         blck, size = GGML_QUANT_SIZES[qtype]
         raw = rng.integers(0, 256, size=(n_rows, k // blck, size), dtype=np.uint8)
-        for off in K_SCALE_FIELDS[qtype]:
+        for off in RANDOM_SCALE_FIELDS[qtype]:
             d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
             raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
         return raw.reshape(n_rows, -1)
@@ -134,7 +136,7 @@ def bench_matmul(types: list[T], isas: list[str], ggml: Ggml | None, *, n_tok: i
     rows = []
     for qtype in types:
         for n_rows, k in SHAPES:
-            if qtype in K_TYPES and k % 256:
+            if k % GGML_QUANT_SIZES[qtype][0]:
                 continue
             if quick and n_rows * k > 1536 * 576:
                 continue
@@ -217,6 +219,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="SmolLM2 576x576 / 1536x576 shapes and a few types")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
+    ap.add_argument("--types", help="comma-separated weight types: only their decode and prefill tables")
     args = ap.parse_args()
 
     isas = [i for i in ("scalar", "avx2", "avx512") if _core.cpu_usable_isa(i) == i]
@@ -226,16 +229,18 @@ def main() -> None:
     except (ImportError, OSError) as e:
         print(f"llama.cpp comparison skipped: {e}")
         ggml = None
-    types = [T.Q4_1, T.Q8_0, T.Q4_K] if args.quick else TYPES
+    types = [T[t.strip().upper()] for t in args.types.split(",")] if args.types else (
+        [T.Q4_1, T.Q8_0, T.Q4_K] if args.quick else TYPES)
+    only_matmul = bool(args.types)
     cols = isas + (["llama.cpp"] if ggml else [])
 
     load = os.getloadavg()
     decode = bench_matmul(types, isas, ggml, n_tok=1, threads=1, quick=args.quick)
     prefill = bench_matmul(types, isas, ggml, n_tok=512, threads=1, quick=args.quick)
-    decode2 = bench_matmul([T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_0, T.Q6_K], simd[-1:], ggml, n_tok=1, threads=2,
-                           quick=args.quick)
-    attn = bench_attention(simd)
-    smol = bench_smollm2(simd[-1], ggml) if simd else []
+    decode2 = [] if only_matmul else bench_matmul([T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_0, T.Q6_K], simd[-1:], ggml,
+                                                  n_tok=1, threads=2, quick=args.quick)
+    attn = [] if only_matmul else bench_attention(simd)
+    smol = bench_smollm2(simd[-1], ggml) if simd and not only_matmul else []
     smol_cols = [f"{w} {p}" for p in ("decode", "pp512") for w in simd[-1:] + (["llama.cpp"] if ggml else [])]
     load_after = os.getloadavg()
 

@@ -13,7 +13,8 @@ from splitllm import _core
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 LEGACY_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
-ALL_TYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES
+I_TYPES = [T.IQ4_NL, T.IQ4_XS]
+ALL_TYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES + I_TYPES
 KV_TYPES = [T.F16, T.Q8_0, T.Q4_0]
 
 # SIMD sets this CPU runs (a set the CPU lacks would silently fall back: not worth testing twice).
@@ -23,8 +24,10 @@ SIMD_ISAS = [isa for isa in ("avx2", "avx512") if _core.cpu_usable_isa(isa) == i
 # token count), as llama.cpp does; from this many tokens on with vdpbf16ps.
 BF16_DOT = "AVX512_BF16" in _core.cpu_features().split()
 
-# Byte offsets of the f16 super-block scales (d, and dmin where there is one) of each k-quant.
-K_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+# Byte offsets of the f16 block scales (d, and dmin where there is one) of the types gguf-py
+# cannot quantize: the tests fill their blocks with random bits and finite small scales.
+RANDOM_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+                       T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
 
 
 def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
@@ -50,11 +53,11 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tup
         raw = w.view(np.uint8)
     elif qtype == T.F16:
         raw = w.astype(np.float16).view(np.uint8)
-    elif qtype in K_TYPES:
-        # gguf-py cannot quantize k-quants: random codes and scales, finite small f16 maxima.
+    elif qtype in RANDOM_SCALE_FIELDS:
+        # gguf-py cannot quantize k-quants and i-quants: random codes and scales, finite small f16 maxima.
         blck, size = GGML_QUANT_SIZES[qtype]
         raw = rng.integers(0, 256, size=(n_rows, k // blck, size), dtype=np.uint8)
-        for off in K_SCALE_FIELDS[qtype]:
+        for off in RANDOM_SCALE_FIELDS[qtype]:
             d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
             raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
         raw = raw.reshape(n_rows, -1)
@@ -100,13 +103,13 @@ def test_features() -> None:
         _core.cpu_usable_isa("sse9")
     for t in ALL_TYPES:
         assert _core.cpu_supports_weight_type(int(t))
-    assert not _core.cpu_supports_weight_type(int(T.IQ2_XXS))
+    assert not _core.cpu_supports_weight_type(int(T.TQ1_0))
 
 
 def test_act_formats() -> None:
     for t in FLOAT_TYPES:
         assert _core.cpu_act_type(int(t)) == int(T.F32)
-    for t in LEGACY_TYPES + K_TYPES:
+    for t in LEGACY_TYPES + K_TYPES + I_TYPES:
         assert _core.cpu_act_type(int(t)) == int(T.Q8_0)
         assert _core.cpu_act_row_bytes(int(t), 256) % 64 == 0
 
@@ -141,7 +144,7 @@ def shapes_for(qtype: T) -> list[tuple[int, int]]:
     """(n_rows, K) pairs: K a multiple of 256 for k-quants, 32 x odd numbers for the legacy types,
     any K for float types. The largest K takes the many-token kernels through several blocks of
     tokens."""
-    if qtype in K_TYPES:
+    if GGML_QUANT_SIZES[qtype][0] == 256:
         return [(37, 256), (19, 768), (3, 4096)]
     if qtype in FLOAT_TYPES:
         return [(37, 100), (19, 32 * 19), (3, 4099)]

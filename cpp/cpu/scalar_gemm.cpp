@@ -117,6 +117,8 @@ void fill_scalar(KernelTable & t) {
     t.gemm[int(QType::Q4_K)] = gemm_quant<QType::Q4_K>;
     t.gemm[int(QType::Q5_K)] = gemm_quant<QType::Q5_K>;
     t.gemm[int(QType::Q6_K)] = gemm_quant<QType::Q6_K>;
+    t.gemm[int(QType::IQ4_NL)] = gemm_quant<QType::IQ4_NL>;
+    t.gemm[int(QType::IQ4_XS)] = gemm_quant<QType::IQ4_XS>;
     fill_scalar_attention(t);
 }
 

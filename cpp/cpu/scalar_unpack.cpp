@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cpu/kernels.h"
+#include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 
@@ -184,6 +185,33 @@ void unpack_q6_K(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, fl
     }
 }
 
+// IQ4 blocks of 32: code = level + 128 of each nibble's non-linear level, value = d * level.
+void iq4_codes32(const uint8_t * qs, uint8_t * codes) {
+    nibbles32(qs, codes);
+    for (int j = 0; j < 32; ++j) codes[j] = uint8_t(kvalues_iq4nl[codes[j]] + 128);
+}
+
+void unpack_iq4_nl(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq4_nl * b = reinterpret_cast<const block_iq4_nl *>(row);
+    for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
+        iq4_codes32(b[i].qs, codes);
+        const float d = fp16_to_fp32(b[i].d);
+        set_pair(dg, mg, d, -128.0f * d);
+    }
+}
+
+void unpack_iq4_xs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq4_xs * b = reinterpret_cast<const block_iq4_xs *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int ib = 0; ib < QK_K / 32; ++ib, codes += 32, dg += 2, mg += 2) {
+            iq4_codes32(b[i].qs + 16 * ib, codes);
+            const float dl = d * float(iq4_xs_scale(b[i], ib) - 32);
+            set_pair(dg, mg, dl, -128.0f * dl);
+        }
+    }
+}
+
 }  // namespace
 
 UnpackFn scalar_unpack(QType wt) {
@@ -198,6 +226,8 @@ UnpackFn scalar_unpack(QType wt) {
         case QType::Q4_K: return unpack_q4_K;
         case QType::Q5_K: return unpack_q5_K;
         case QType::Q6_K: return unpack_q6_K;
+        case QType::IQ4_NL: return unpack_iq4_nl;
+        case QType::IQ4_XS: return unpack_iq4_xs;
         default: return nullptr;
     }
 }

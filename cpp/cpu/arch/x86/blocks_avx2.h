@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "cpu/arch/x86/kernels_x86.h"
+#include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 
@@ -162,6 +163,27 @@ struct Legacy<QType::Q8_0> {
     }
 };
 
+// IQ4 codes: each nibble's non-linear level, signed (kSigned: pairs of products of codes up
+// to 241 would overflow vpmaddubsw's int16 sums).
+inline __m256i iq4_levels(__m256i nib) {
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_iq4nl));
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(t), nib);
+}
+
+inline Codes iq4_levels(Codes c) {
+    return {iq4_levels(c.lo01), iq4_levels(c.lo23), iq4_levels(c.hi01), iq4_levels(c.hi23)};
+}
+
+template <>
+struct Legacy<QType::IQ4_NL> {
+    static constexpr int kBytes = 18, kOffset = 0;
+    static constexpr bool kHasMin = false, kSigned = true;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = iq4_levels(nibbles4<kBytes, 2>(b, n));
+        *d = *m = halves4<kBytes, 0>(b, n);
+    }
+};
+
 // ---- k-quants: half a super-block (g = 0, 1: 4 blocks of 32) at a time ----
 // scales(): dg and mg of the 16 groups of 16 values, groups 0..7 in [0], 8..15 in [1].
 template <QType WT>
@@ -176,7 +198,7 @@ inline void two_bit_blocks(const uint8_t * qs32, __m256i c[4]) {
 template <>
 struct KQuant<QType::Q2_K> {
     static constexpr int kBytes = 84;
-    static constexpr bool kGroups16 = true;
+    static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         __m256i c[4];
         two_bit_blocks(reinterpret_cast<const block_q2_K *>(sb)->qs + 32 * g, c);
@@ -196,7 +218,7 @@ struct KQuant<QType::Q2_K> {
 template <>
 struct KQuant<QType::Q3_K> {
     static constexpr int kBytes = 110;
-    static constexpr bool kGroups16 = true;
+    static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
         __m256i c[4];
@@ -258,7 +280,7 @@ inline void k4_blocks(const uint8_t * qs64, __m256i c[4]) {
 template <>
 struct KQuant<QType::Q4_K> {
     static constexpr int kBytes = 144;
-    static constexpr bool kGroups16 = false;
+    static constexpr bool kGroups16 = false, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         __m256i c[4];
         k4_blocks(reinterpret_cast<const block_q4_K *>(sb)->qs + 64 * g, c);
@@ -273,7 +295,7 @@ struct KQuant<QType::Q4_K> {
 template <>
 struct KQuant<QType::Q5_K> {
     static constexpr int kBytes = 176;
-    static constexpr bool kGroups16 = false;
+    static constexpr bool kGroups16 = false, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q5_K * b = reinterpret_cast<const block_q5_K *>(sb);
         __m256i c[4];
@@ -294,7 +316,7 @@ struct KQuant<QType::Q5_K> {
 template <>
 struct KQuant<QType::Q6_K> {
     static constexpr int kBytes = 210;
-    static constexpr bool kGroups16 = true;
+    static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
         // Block k: nibble k >> 1 of ql[64g + 32(k & 1) + l], bits 2k of qh[32g + l].
@@ -315,6 +337,33 @@ struct KQuant<QType::Q6_K> {
             const __m256i s = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b->scales + 8 * h)));
             dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(s));
             mg[h] = _mm256_mul_ps(_mm256_set1_ps(-32.0f), dg[h]);
+        }
+    }
+};
+
+// IQ4_XS (kSigned, as IQ4_NL): block j of half g is qs[64g + 16j ..]; mg is zero.
+template <>
+struct KQuant<QType::IQ4_XS> {
+    static constexpr int kBytes = 136;
+    static constexpr bool kGroups16 = false, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        return iq4_levels(nibbles4<16, 0>(reinterpret_cast<const block_iq4_xs *>(sb)->qs + 64 * g, 4));
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_iq4_xs * b = reinterpret_cast<const block_iq4_xs *>(sb);
+        const __m256i blk = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        uint32_t sl;
+        memcpy(&sl, b->scales_l, 4);
+        const __m256 d = _mm256_set1_ps(h2f(b->d));
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ib = _mm256_add_epi32(blk, _mm256_set1_epi32(4 * h));
+            const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(sl)), _mm256_slli_epi32(ib, 2)),
+                                                _mm256_set1_epi32(15));
+            const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(b->scales_h), _mm256_slli_epi32(ib, 1)),
+                                                _mm256_set1_epi32(3));
+            const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+            dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(ls));
+            mg[h] = _mm256_setzero_ps();
         }
     }
 };

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "cpu/arch/x86/kernels_x86.h"
+#include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 
@@ -217,6 +218,26 @@ struct Legacy<QType::Q8_0> {
     }
 };
 
+// IQ4 codes: each nibble's non-linear level + 128, looked up in every 128-bit lane.
+inline Codes iq4_levels(Codes n) {
+    const __m512i table = _mm512_broadcast_i32x4(_mm_setr_epi8(
+        kvalues_iq4nl[0] + 128, kvalues_iq4nl[1] + 128, kvalues_iq4nl[2] + 128, kvalues_iq4nl[3] + 128,
+        kvalues_iq4nl[4] + 128, kvalues_iq4nl[5] + 128, kvalues_iq4nl[6] + 128, kvalues_iq4nl[7] + 128,
+        kvalues_iq4nl[8] + 128, kvalues_iq4nl[9] + 128, kvalues_iq4nl[10] + 128, kvalues_iq4nl[11] + 128,
+        kvalues_iq4nl[12] + 128, kvalues_iq4nl[13] + 128, kvalues_iq4nl[14] + 128, kvalues_iq4nl[15] + 128));
+    return {_mm512_shuffle_epi8(table, n.lo), _mm512_shuffle_epi8(table, n.hi)};
+}
+
+template <>
+struct Legacy<QType::IQ4_NL> {
+    static constexpr int kBytes = 18, kOffset = 128;
+    static constexpr bool kHasMin = false;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = iq4_levels(nibbles(lanes16<kBytes, 2>(b, n)));
+        *d = *m = _mm_cvtph_ps(words16<kBytes, 0>(b, n));
+    }
+};
+
 // Scales of up to 16 consecutive legacy blocks (n valid): d as floats, and m (or d again for
 // offset formats). Lanes past n are zero.
 template <QType WT>
@@ -384,6 +405,31 @@ struct KQuant<QType::Q6_K> {
         const __m512i s = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(b->scales)));
         *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), _mm512_cvtepi32_ps(s));
         *mg = _mm512_mul_ps(_mm512_set1_ps(-32.0f), *dg);
+    }
+};
+
+// IQ4_XS: block j of half g is qs[64g + 16j ..] (nibbles as IQ4_NL's), one block per lane.
+template <>
+struct KQuant<QType::IQ4_XS> {
+    static constexpr int kBytes = 136;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        return iq4_levels(nibbles(load64(reinterpret_cast<const block_iq4_xs *>(sb)->qs + 64 * g)));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        const block_iq4_xs * b = reinterpret_cast<const block_iq4_xs *>(sb);
+        // Scale of 16-value group j: low 4 bits from nibble j / 2 of scales_l, high 2 bits
+        // from bits 2 (j / 2) of scales_h.
+        const __m512i grp = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
+        uint32_t sl;
+        memcpy(&sl, b->scales_l, 4);
+        const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(int(sl)), _mm512_slli_epi32(grp, 2)),
+                                            _mm512_set1_epi32(15));
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(b->scales_h), _mm512_slli_epi32(grp, 1)),
+                                            _mm512_set1_epi32(3));
+        const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+        *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), _mm512_cvtepi32_ps(ls));
+        *mg = _mm512_mul_ps(_mm512_set1_ps(-128.0f), *dg);
     }
 };
 

@@ -42,6 +42,8 @@ void fill_avx2(KernelTable & t) {
     add<QType::Q4_K>(t);
     add<QType::Q5_K>(t);
     add<QType::Q6_K>(t);
+    add<QType::IQ4_NL>(t);
+    add<QType::IQ4_XS>(t);
     avx2::fill_act_attn(t);
 }
 

@@ -245,6 +245,8 @@ GemmFn gemv_kernel(QType wt) {
         case QType::Q4_K: return gemv_quant<QType::Q4_K>;
         case QType::Q5_K: return gemv_quant<QType::Q5_K>;
         case QType::Q6_K: return gemv_quant<QType::Q6_K>;
+        case QType::IQ4_NL: return gemv_quant<QType::IQ4_NL>;
+        case QType::IQ4_XS: return gemv_quant<QType::IQ4_XS>;
         default: return nullptr;
     }
 }

@@ -174,7 +174,13 @@ void micro_any(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, i
     if (t < n_tok) micro<1, G16>(P, K, acts + t * lda, lda, y + t * ldy, ldy, nr);
 }
 
-constexpr bool groups_of_16(QType wt) { return wt == QType::Q2_K || wt == QType::Q3_K || wt == QType::Q6_K; }
+template <QType WT>
+constexpr bool groups_of_16() {
+    if constexpr (qtype_block_size(WT) == 32)
+        return false;
+    else
+        return KQuant<WT>::kGroups16;
+}
 
 template <QType WT>
 void gemm_packed(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
@@ -191,7 +197,7 @@ void gemm_packed(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const
                 pack_legacy<WT>(W + r0 * ldw, ldw, K, nr, P);
             else
                 pack_kquant<WT>(W + r0 * ldw, ldw, K, nr, P);
-            micro_any<groups_of_16(WT)>(P, K, acts + t0 * lda, lda, nt, y + t0 * ldy + r0, ldy, nr);
+            micro_any<groups_of_16<WT>()>(P, K, acts + t0 * lda, lda, nt, y + t0 * ldy + r0, ldy, nr);
         }
     }
 }
@@ -210,6 +216,8 @@ GemmFn packed_kernel(QType wt) {
         case QType::Q4_K: return gemm_packed<QType::Q4_K>;
         case QType::Q5_K: return gemm_packed<QType::Q5_K>;
         case QType::Q6_K: return gemm_packed<QType::Q6_K>;
+        case QType::IQ4_NL: return gemm_packed<QType::IQ4_NL>;
+        case QType::IQ4_XS: return gemm_packed<QType::IQ4_XS>;
         default: return packed_float_kernel(wt);
     }
 }
