@@ -1,11 +1,11 @@
 """``splitllm quantize`` against llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize).
 
-Every file type of FILE_TYPES on tiny random models (llama tied and untied, qwen2, qwen3moe with 8
-experts, Mixtral-style llama with 4, gemma3, phi3's fused q/k/v, rows that need the fallback types,
-F32 / F16 / BF16 weights), a file written by convert-hf, sparse files that trigger the 70B and
-falcon rules, requantization from Q8_0 and of the real SmolLM2: the output files are byte for byte
-llama.cpp's. Then the options against the same llama.cpp parameters, the command line's grammar,
-and the errors.
+Every file type of FILE_TYPES (IQ4_NL and IQ4_XS included) on tiny random models (llama tied and
+untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gemma3, phi3's fused q/k/v, rows
+that need the fallback types, F32 / F16 / BF16 weights), a file written by convert-hf, sparse files
+that trigger the 70B and falcon rules, requantization from Q8_0 and of the real SmolLM2: the output
+files are byte for byte llama.cpp's. Then the options against the same llama.cpp parameters, the
+command line's grammar, and the errors.
 """
 
 from __future__ import annotations
@@ -213,7 +213,8 @@ SPARSE = {  # (arch, n_layer, n_head_kv): llama 70B (80 layers, grouped heads), 
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", ["q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_m", "q8_0"])
+@pytest.mark.parametrize("ftype", ["q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_m", "q8_0", "iq4_nl",
+                                   "iq4_xs"])
 @pytest.mark.parametrize("case", list(SPARSE))
 def test_arch_rules_match_llama_cpp(llama_cpp: Any, case: str, ftype: str, tmp_path: Path) -> None:
     arch, n_layer, n_head_kv = SPARSE[case]
@@ -227,13 +228,16 @@ def test_arch_rules_match_llama_cpp(llama_cpp: Any, case: str, ftype: str, tmp_p
         assert t["blk.1.attn_v.weight"] == ("Q5_K" if case == "llama-70b" else "Q4_K")
     if case == "falcon" and ftype != "q8_0":
         assert t["output.weight"] == "Q8_0"
+    if ftype.startswith("iq4") and case == "llama-16":  # 8 queries a key; the first eighth's ffn_down
+        assert t["blk.1.attn_v.weight"] == t["blk.1.ffn_down.weight"] == "Q5_K"
+        assert t["blk.5.ffn_down.weight"] == ftype.upper()
 
 
 # -- requantization and the options ------------------------------------------------------------------
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", ["q4_k_m", "q2_k", "q4_0", "q6_k", "q8_0", "f16", "bf16"])
+@pytest.mark.parametrize("ftype", ["q4_k_m", "q2_k", "q4_0", "q6_k", "q8_0", "iq4_xs", "f16", "bf16"])
 def test_requantize_q8_0_matches_llama_cpp(llama_cpp: Any, models: dict[str, Path], ftype: str,
                                            tmp_path: Path) -> None:  # fmt: skip
     src = models["q8_0"]
@@ -304,12 +308,19 @@ def test_alignment_other_than_32(llama_cpp: Any, tmp_path: Path) -> None:
 
 @pytest.mark.reference
 @pytest.mark.slow
-def test_real_model_requantized_matches_llama_cpp(llama_cpp: Any, smollm2_path: Path, tmp_path: Path) -> None:
-    """SmolLM2-135M Q4_1 (made by llama.cpp) to Q4_K_M, requantized by both."""
+@pytest.mark.parametrize("ftype", ["q4_k_m", "iq4_xs"])  # IQ4_XS covers IQ4_NL too: its fallback
+def test_real_model_requantized_matches_llama_cpp(llama_cpp: Any, smollm2_path: Path, ftype: str,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """SmolLM2-135M Q4_1 (made by llama.cpp) requantized by both. IQ4_XS: rows of 576 fall back to
+    IQ4_NL, the tied embeddings' to Q8_0; ffn_down (rows of 1536) IQ4_XS, Q5_K in layers 0..2."""
     src = smollm2_path
-    assert llama_quantize(llama_cpp, src, tmp_path / "theirs.gguf", "q4_k_m", allow_requantize=True) == 0
-    ours(src, tmp_path / "ours.gguf", "q4_k_m", allow_requantize=True)
+    assert llama_quantize(llama_cpp, src, tmp_path / "theirs.gguf", ftype, allow_requantize=True) == 0
+    plan = ours(src, tmp_path / "ours.gguf", ftype, allow_requantize=True)
     assert_same_file(tmp_path / "ours.gguf", tmp_path / "theirs.gguf")
+    if ftype == "iq4_xs":
+        t = types_of(tmp_path / "ours.gguf")
+        assert plan.n_fallback > 0 and t["blk.5.attn_q.weight"] == "IQ4_NL"
+        assert (t["blk.2.ffn_down.weight"], t["blk.3.ffn_down.weight"]) == ("Q5_K", "IQ4_XS")
 
 
 # -- the command line -------------------------------------------------------------------------------
@@ -366,12 +377,12 @@ def _cli_error(args: list[str], capsys: Any) -> str:
         (["{src}", "q9_9"], "missing ftype"),
         (["{src}", "{dst}", "q9_9"], "invalid ftype 'q9_9'"),
         (["{src}", "{dst}", "99"], "invalid ftype '99'"),
-        (["{src}", "IQ4_XS"], "type IQ4_XS is not supported"),
+        (["{src}", "IQ3_S"], "type IQ3_S is not supported"),
         (["{src}", "{dst}", "q4_k_m", "two"], "invalid nthread 'two'"),
         (["{src}", "{src}", "q8_0"], "input and output files are the same"),
         (["--imatrix", "x.dat", "{src}", "q4_k_m"], "--imatrix is not supported"),
         (["--keep-split", "{src}", "q4_k_m"], "--keep-split is not supported"),
-        (["--output-tensor-type", "iq4_nl", "{src}", "{dst}", "q4_k_m"], "cannot quantize to IQ4_NL"),
+        (["--output-tensor-type", "iq2_xs", "{src}", "{dst}", "q4_k_m"], "cannot quantize to IQ2_XS"),
         (["--output-tensor-type", "q7", "{src}", "{dst}", "q4_k_m"], "invalid ggml_type 'q7'"),
         (["--override-kv", "a=int:x", "{src}", "{dst}", "q4_k_m"], "not a valid int"),
         (["--tensor-type", "attn_q", "{src}", "{dst}", "q4_k_m"], "malformed"),

@@ -52,6 +52,8 @@ FILE_TYPES: dict[str, FileType] = {
         FileType("q5_k_s", LlamaFileType.MOSTLY_Q5_K_S, Q.Q5_K),
         FileType("q5_k_m", LlamaFileType.MOSTLY_Q5_K_M, Q.Q5_K),
         FileType("q6_k", LlamaFileType.MOSTLY_Q6_K, Q.Q6_K),
+        FileType("iq4_nl", LlamaFileType.MOSTLY_IQ4_NL, Q.IQ4_NL),
+        FileType("iq4_xs", LlamaFileType.MOSTLY_IQ4_XS, Q.IQ4_XS),
     )
 }
 

@@ -2,9 +2,9 @@
 
 A port of ``tensor_allows_quantization``, ``llama_tensor_get_type`` (with its ``_impl`` and
 ``tensor_type_fallback``) and the state they keep (src/llama-quant.cpp, llama.cpp as vendored by
-llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` and no
-importance matrix. The branches for the other file types (IQ*, TQ*, MXFP4, Q2_K_S, Q3_K_S,
-Q3_K_L) are left out.
+llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` (k-quants, legacy
+types, IQ4_NL and IQ4_XS) and no importance matrix. The branches for the other file types (the
+other IQ*, TQ*, MXFP4, Q2_K_S, Q3_K_S, Q3_K_L) are left out.
 
 The choice depends on the order the tensors are visited in (llama.cpp counts the ``attn_v``-like
 tensors it has seen, and, for dense models, the ``ffn_down`` ones): :class:`TypeChooser` is fed
@@ -220,7 +220,10 @@ class QuantizeRuleError(ValueError):
     """A tensor llama.cpp's rules refuse (its message)."""
 
 
-_FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+_FALLBACK = {
+    Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.IQ4_XS: Q.IQ4_NL,
+}  # fmt: skip
+_IQ4 = (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS)
 
 
 @dataclass
@@ -313,6 +316,8 @@ class TypeChooser:
                 t = Q.Q4_K if hp.n_gqa >= 4 else Q.Q3_K
             elif f == F.MOSTLY_Q3_K_M:
                 t = Q.Q5_K if i < 2 else Q.Q4_K
+            elif f in _IQ4 and hp.n_gqa >= 4:
+                t = Q.Q5_K
             elif f in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(i, n):
                 t = Q.Q6_K
             elif f == F.MOSTLY_Q4_K_S and i < 4:
@@ -336,6 +341,8 @@ class TypeChooser:
                     t = Q.Q6_K if i < n // 16 else Q.Q5_K if use_more_bits(i, n) else Q.Q4_K
                 elif use_more_bits(i, n):
                     t = Q.Q6_K
+            elif f in _IQ4 and i < n // 8:  # llama.cpp: without an importance matrix
+                t = Q.Q5_K
             elif f == F.MOSTLY_Q5_K_M and use_more_bits(i, n):
                 t = Q.Q6_K
             elif f == F.MOSTLY_Q4_K_S and not falcon and i < n // 8:
@@ -343,7 +350,7 @@ class TypeChooser:
             self.i_ffn_down += 1
         elif cat == Category.ATTENTION_OUTPUT and not falcon:
             if hp.n_expert == 8:
-                if f in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M):
+                if f in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, *_IQ4):
                     t = Q.Q5_K
             elif f == F.MOSTLY_Q2_K:
                 t = Q.Q3_K

@@ -66,7 +66,7 @@ QUANT_OPTIONS: tuple[tuple[str, int, str | None], ...] = (
     ("IQ1_M", 31, None), ("TQ1_0", 36, None), ("TQ2_0", 37, None), ("Q2_K", 10, "q2_k"),
     ("Q2_K_S", 21, None), ("IQ3_XXS", 23, None), ("IQ3_S", 26, None), ("IQ3_M", 27, None),
     ("Q3_K", 12, "q3_k_m"), ("IQ3_XS", 22, None), ("Q3_K_S", 11, None), ("Q3_K_M", 12, "q3_k_m"),
-    ("Q3_K_L", 13, None), ("IQ4_NL", 25, None), ("IQ4_XS", 30, None), ("Q4_K", 15, "q4_k_m"),
+    ("Q3_K_L", 13, None), ("IQ4_NL", 25, "iq4_nl"), ("IQ4_XS", 30, "iq4_xs"), ("Q4_K", 15, "q4_k_m"),
     ("Q4_K_S", 14, "q4_k_s"), ("Q4_K_M", 15, "q4_k_m"), ("Q5_K", 17, "q5_k_m"),
     ("Q5_K_S", 16, "q5_k_s"), ("Q5_K_M", 17, "q5_k_m"), ("Q6_K", 18, "q6_k"), ("Q8_0", 7, "q8_0"),
     ("F16", 1, "f16"), ("BF16", 32, "bf16"), ("F32", 0, "f32"), ("COPY", 0, None),
@@ -74,7 +74,7 @@ QUANT_OPTIONS: tuple[tuple[str, int, str | None], ...] = (
 SUPPORTED_NAMES = tuple(name for name, _, ours in QUANT_OPTIONS if ours)
 # the tensor types of --output-tensor-type, --token-embedding-type and --tensor-type
 TENSOR_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K,
-                Q.Q5_K, Q.Q6_K)  # fmt: skip
+                Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)  # fmt: skip
 _INT = re.compile(r"\s*[+-]?\d+\s*")
 
 

@@ -47,8 +47,12 @@ void dequantize_row_q6_K(const void * x, float * y, int64_t n);
 void quantize_row_q8_K(const float * x, void * y, int64_t n);
 void dequantize_row_q8_K(const void * x, float * y, int64_t n);
 
-// I-quants (quant/iquants.h).
+// I-quants (quant/iquants.h). The IQ4 quantizers are ggml's quantize_iq4_nl / quantize_iq4_xs
+// (what ggml_quantize_chunk and llama-quantize call), not quantize_row_iq4_nl_ref, which
+// searches no scales.
+void quantize_row_iq4_nl(const float * x, void * y, int64_t n);
 void dequantize_row_iq4_nl(const void * x, float * y, int64_t n);
+void quantize_row_iq4_xs(const float * x, void * y, int64_t n);
 void dequantize_row_iq4_xs(const void * x, float * y, int64_t n);
 
 }  // namespace sl

@@ -5,10 +5,13 @@ axis of a quantized array counts bytes, ``n // block_size * type_size`` for ``n`
 Unlike gguf-py, which returns F32 and F16 as float arrays, ``quantize`` always returns uint8
 bytes (the same bytes); ``dequantize`` takes any array and reads its bytes.
 
-Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-and Q8_K, named in any case (``"q4_k"``), by ``gguf.GGMLQuantizationType`` or by type id.
+Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+Q8_K, IQ4_NL and IQ4_XS, named in any case (``"q4_k"``), by ``gguf.GGMLQuantizationType`` or
+by type id.
 
-The quantizers are ggml's reference quantizers (no importance matrix); the work runs in C++
+The quantizers are ggml's quantizers without an importance matrix (the reference path; for
+IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` / ``quantize_iq4_xs``, which
+llama-quantize uses); the work runs in C++
 over ``n_threads`` threads (default: all hardware threads) with the GIL released, and the
 bytes do not depend on the thread count.
 
@@ -33,7 +36,7 @@ QTypeLike = str | int | IntEnum
 
 SUPPORTED = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS",
 )  # fmt: skip
 
 
