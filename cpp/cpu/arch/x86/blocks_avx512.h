@@ -218,15 +218,13 @@ struct Legacy<QType::Q8_0> {
     }
 };
 
-// IQ4 codes: each nibble's non-linear level + 128, looked up in every 128-bit lane.
-inline Codes iq4_levels(Codes n) {
-    const __m512i table = _mm512_broadcast_i32x4(_mm_setr_epi8(
-        kvalues_iq4nl[0] + 128, kvalues_iq4nl[1] + 128, kvalues_iq4nl[2] + 128, kvalues_iq4nl[3] + 128,
-        kvalues_iq4nl[4] + 128, kvalues_iq4nl[5] + 128, kvalues_iq4nl[6] + 128, kvalues_iq4nl[7] + 128,
-        kvalues_iq4nl[8] + 128, kvalues_iq4nl[9] + 128, kvalues_iq4nl[10] + 128, kvalues_iq4nl[11] + 128,
-        kvalues_iq4nl[12] + 128, kvalues_iq4nl[13] + 128, kvalues_iq4nl[14] + 128, kvalues_iq4nl[15] + 128));
-    return {_mm512_shuffle_epi8(table, n.lo), _mm512_shuffle_epi8(table, n.hi)};
+// IQ4 codes: each nibble's non-linear level + 128 (nibbles in bytes), looked up in every 128-bit lane.
+inline __m512i iq4_levels(__m512i nib) {
+    const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_iq4nl));
+    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(-128))), nib);
 }
+
+inline Codes iq4_levels(Codes n) { return {iq4_levels(n.lo), iq4_levels(n.hi)}; }
 
 template <>
 struct Legacy<QType::IQ4_NL> {

@@ -89,7 +89,7 @@ inline void with_count(int n, F && f) {
 
 namespace avx512 {
 GemmFn gemv_kernel(QType wt);    // any n_tok; reads weight blocks as stored
-GemmFn lanes_kernel(QType wt);   // any n_tok (meant for decode); Q4_0, Q4_1, Q5_1, Q8_0, else null
+GemmFn lanes_kernel(QType wt);   // any n_tok (meant for decode); Q4_0, Q4_1, Q5_1, Q8_0, IQ4_NL, else null
 GemmFn gemv_bf16_rounding_kernel();  // BF16, few tokens, activations rounded to bf16 (as the packed
                                      // avx512bf16 kernel rounds them)
 GemmFn packed_kernel(QType wt);  // n_tok >= kPackMinTokens; quantized and float types

@@ -1,4 +1,4 @@
-// AVX-512 VNNI kernels for a few tokens (decode) over legacy blocks (Q4_0, Q4_1, Q5_1, Q8_0), with
+// AVX-512 VNNI kernels for a few tokens (decode) over legacy blocks (Q4_0, Q4_1, Q5_1, Q8_0, IQ4_NL), with
 // blocks in lanes. (Q5_0, whose 22-byte blocks need a gather for their fifth bits, and Q4_K, whose
 // scales take longer to decode, ran up to 25% slower this way for one token, so they keep the
 // blocks-as-stored kernel.)
@@ -273,6 +273,18 @@ struct LaneBlocks<QType::Q4_0> {
     static constexpr bool kHasMin = false;
     static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
         nibble_codes<kBytes, 2>(b, n, g);
+        g->d = block_scales<kBytes>(b, n);
+    }
+};
+
+// IQ4_NL: Q4_0's layout, each nibble a non-linear level (code = level + 128).
+template <>
+struct LaneBlocks<QType::IQ4_NL> {
+    static constexpr int kBytes = 18, kOffset = 128;
+    static constexpr bool kHasMin = false;
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
+        nibble_codes<kBytes, 2>(b, n, g);
+        for (int c = 0; c < 8; ++c) g->w[c] = iq4_levels(g->w[c]);
         g->d = block_scales<kBytes>(b, n);
     }
 };
@@ -630,6 +642,7 @@ GemmFn lanes_kernel(QType wt) {
         case QType::Q4_1: return gemv_lanes<QType::Q4_1>;
         case QType::Q5_1: return gemv_lanes<QType::Q5_1>;
         case QType::Q8_0: return gemv_lanes<QType::Q8_0>;
+        case QType::IQ4_NL: return gemv_lanes<QType::IQ4_NL>;
         default: return nullptr;
     }
 }
