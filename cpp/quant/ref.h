@@ -50,5 +50,12 @@ void dequantize_row_q8_K(const void * x, float * y, int64_t n);
 // I-quants (quant/iquants.h).
 void dequantize_row_iq4_nl(const void * x, float * y, int64_t n);
 void dequantize_row_iq4_xs(const void * x, float * y, int64_t n);
+void dequantize_row_iq2_xxs(const void * x, float * y, int64_t n);
+void dequantize_row_iq2_xs(const void * x, float * y, int64_t n);
+void dequantize_row_iq2_s(const void * x, float * y, int64_t n);
+void dequantize_row_iq3_xxs(const void * x, float * y, int64_t n);
+void dequantize_row_iq3_s(const void * x, float * y, int64_t n);
+void dequantize_row_iq1_s(const void * x, float * y, int64_t n);
+void dequantize_row_iq1_m(const void * x, float * y, int64_t n);
 
 }  // namespace sl

@@ -5,8 +5,11 @@ axis of a quantized array counts bytes, ``n // block_size * type_size`` for ``n`
 Unlike gguf-py, which returns F32 and F16 as float arrays, ``quantize`` always returns uint8
 bytes (the same bytes); ``dequantize`` takes any array and reads its bytes.
 
-Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-and Q8_K, named in any case (``"q4_k"``), by ``gguf.GGMLQuantizationType`` or by type id.
+Types (``SUPPORTED``): F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K,
+Q5_K, Q6_K and Q8_K, named in any case (``"q4_k"``), by ``gguf.GGMLQuantizationType`` or by
+type id. The i-quants (``DEQUANTIZE_ONLY``: IQ4_NL, IQ4_XS and the grid types IQ2_XXS, IQ2_XS,
+IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) only dequantize: ggml quantizes the grid types against an
+importance matrix, which this module does not take.
 
 The quantizers are ggml's reference quantizers (no importance matrix); the work runs in C++
 over ``n_threads`` threads (default: all hardware threads) with the GIL released, and the
@@ -27,7 +30,7 @@ import numpy as np
 
 from splitllm import _core
 
-__all__ = ["QTypeInfo", "SUPPORTED", "dequantize", "qtype_info", "quantize"]
+__all__ = ["DEQUANTIZE_ONLY", "QTypeInfo", "SUPPORTED", "dequantize", "qtype_info", "quantize"]
 
 QTypeLike = str | int | IntEnum
 
@@ -35,6 +38,7 @@ SUPPORTED = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
 )  # fmt: skip
+DEQUANTIZE_ONLY = ("IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ def _supported(qtype: QTypeLike, *, for_quantize: bool) -> QTypeInfo:
     info = qtype_info(qtype)
     if not (info.can_quantize if for_quantize else info.can_dequantize):
         verb = "quantize to" if for_quantize else "dequantize"
-        raise NotImplementedError(f"splitllm cannot {verb} {info.name}; supported: {', '.join(SUPPORTED)}")
+        names = SUPPORTED if for_quantize else SUPPORTED + DEQUANTIZE_ONLY
+        raise NotImplementedError(f"splitllm cannot {verb} {info.name}; supported: {', '.join(names)}")
     return info
 
 
