@@ -164,6 +164,7 @@ struct Legacy<QType::Q8_0> {
 
 // ---- k-quants: half a super-block (g = 0, 1: 4 blocks of 32) at a time ----
 // scales(): dg and mg of the 16 groups of 16 values, groups 0..7 in [0], 8..15 in [1].
+// kSigned: the codes are signed (value = dg * code; products by the sign trick, no mg term).
 template <QType WT>
 struct KQuant;
 
@@ -176,7 +177,7 @@ inline void two_bit_blocks(const uint8_t * qs32, __m256i c[4]) {
 template <>
 struct KQuant<QType::Q2_K> {
     static constexpr int kBytes = 84;
-    static constexpr bool kGroups16 = true;
+    static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         __m256i c[4];
         two_bit_blocks(reinterpret_cast<const block_q2_K *>(sb)->qs + 32 * g, c);
@@ -196,7 +197,7 @@ struct KQuant<QType::Q2_K> {
 template <>
 struct KQuant<QType::Q3_K> {
     static constexpr int kBytes = 110;
-    static constexpr bool kGroups16 = true;
+    static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
         __m256i c[4];
@@ -258,7 +259,7 @@ inline void k4_blocks(const uint8_t * qs64, __m256i c[4]) {
 template <>
 struct KQuant<QType::Q4_K> {
     static constexpr int kBytes = 144;
-    static constexpr bool kGroups16 = false;
+    static constexpr bool kGroups16 = false, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         __m256i c[4];
         k4_blocks(reinterpret_cast<const block_q4_K *>(sb)->qs + 64 * g, c);
@@ -273,7 +274,7 @@ struct KQuant<QType::Q4_K> {
 template <>
 struct KQuant<QType::Q5_K> {
     static constexpr int kBytes = 176;
-    static constexpr bool kGroups16 = false;
+    static constexpr bool kGroups16 = false, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q5_K * b = reinterpret_cast<const block_q5_K *>(sb);
         __m256i c[4];
@@ -294,7 +295,7 @@ struct KQuant<QType::Q5_K> {
 template <>
 struct KQuant<QType::Q6_K> {
     static constexpr int kBytes = 210;
-    static constexpr bool kGroups16 = true;
+    static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
         // Block k: nibble k >> 1 of ql[64g + 32(k & 1) + l], bits 2k of qh[32g + l].

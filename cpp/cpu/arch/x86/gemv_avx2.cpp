@@ -4,6 +4,7 @@
 // in float by d_w * d_a; offsets and mins are an fma per 4 blocks against the block sums.
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx2.h"
+#include "cpu/arch/x86/blocks_iq_avx2.h"
 
 namespace sl::cpu::impl::avx2 {
 
@@ -104,8 +105,10 @@ inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m25
             const __m256 da = _mm256_loadu_ps(a.d[t] + 8 * i);
             c[t][0] = _mm256_mul_ps(dg[0], _mm256_permutevar8x32_ps(da, dlo));
             c[t][1] = _mm256_mul_ps(dg[1], _mm256_permutevar8x32_ps(da, dhi));
-            r.accm[t] = _mm256_fmadd_ps(mg[0], _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
-            r.accm[t] = _mm256_fmadd_ps(mg[1], _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
+            if constexpr (!B::kSigned) {
+                r.accm[t] = _mm256_fmadd_ps(mg[0], _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
+                r.accm[t] = _mm256_fmadd_ps(mg[1], _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
+            }
         }
         for (int g = 0; g < 2; ++g) {
             const Codes cd = B::codes(sb, g);
@@ -113,7 +116,17 @@ inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m25
                 const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
                 const __m256i a0 = load_acts(x), a1 = load_acts(x + 32), a2 = load_acts(x + 64), a3 = load_acts(x + 96);
                 __m256 & acc = r.acc[t][g];
-                if constexpr (B::kGroups16) {
+                if constexpr (B::kSigned && B::kGroups16) {
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4_signed(cd.lo01, a0)), _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4_signed(cd.lo23, a1)), _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4_signed(cd.hi01, a2)), _mm256_permutevar8x32_ps(c[t][g], e[2]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4_signed(cd.hi23, a3)), _mm256_permutevar8x32_ps(c[t][g], e[3]), acc);
+                } else if constexpr (B::kSigned) {
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(dot4_signed(cd.lo01, a0), dot4_signed(cd.hi01, a2))),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(dot4_signed(cd.lo23, a1), dot4_signed(cd.hi23, a3))),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
+                } else if constexpr (B::kGroups16) {
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(cd.lo01, a0)), _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(cd.lo23, a1)), _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(cd.hi01, a2)), _mm256_permutevar8x32_ps(c[t][g], e[2]), acc);
@@ -390,6 +403,13 @@ GemmFn gemv_kernel(QType wt) {
         case QType::Q4_K: return gemv_quant<QType::Q4_K>;
         case QType::Q5_K: return gemv_quant<QType::Q5_K>;
         case QType::Q6_K: return gemv_quant<QType::Q6_K>;
+        case QType::IQ2_XXS: return gemv_quant<QType::IQ2_XXS>;
+        case QType::IQ2_XS: return gemv_quant<QType::IQ2_XS>;
+        case QType::IQ2_S: return gemv_quant<QType::IQ2_S>;
+        case QType::IQ3_XXS: return gemv_quant<QType::IQ3_XXS>;
+        case QType::IQ3_S: return gemv_quant<QType::IQ3_S>;
+        case QType::IQ1_S: return gemv_quant<QType::IQ1_S>;
+        case QType::IQ1_M: return gemv_quant<QType::IQ1_M>;
         default: return nullptr;
     }
 }

@@ -33,9 +33,11 @@ static inline T imax(T a, T b) {
 }
 
 constexpr int qtype_block_size(QType t) {
-    return (t == QType::Q2_K || t == QType::Q3_K || t == QType::Q4_K || t == QType::Q5_K || t == QType::Q6_K) ? 256
-           : (t == QType::F32 || t == QType::F16 || t == QType::BF16)                                          ? 1
-                                                                                                               : 32;
+    return (t == QType::F32 || t == QType::F16 || t == QType::BF16) ? 1
+           : (t == QType::Q4_0 || t == QType::Q4_1 || t == QType::Q5_0 || t == QType::Q5_1 || t == QType::Q8_0 ||
+              t == QType::IQ4_NL)
+               ? 32
+               : 256;
 }
 
 // Below this many tokens the quantized kernels read the weight blocks as stored; from it on

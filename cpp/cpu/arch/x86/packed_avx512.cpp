@@ -5,6 +5,7 @@
 // block costs 8 vpdpbusd + 4 float ops per token and 16 rows, and the panel serves every token.
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
+#include "cpu/arch/x86/blocks_iq_avx512.h"
 
 namespace sl::cpu::impl::avx512 {
 
@@ -174,7 +175,13 @@ void micro_any(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, i
     if (t < n_tok) micro<1, G16>(P, K, acts + t * lda, lda, y + t * ldy, ldy, nr);
 }
 
-constexpr bool groups_of_16(QType wt) { return wt == QType::Q2_K || wt == QType::Q3_K || wt == QType::Q6_K; }
+template <QType WT>
+constexpr bool groups_of_16() {
+    if constexpr (qtype_block_size(WT) == 32)
+        return false;
+    else
+        return KQuant<WT>::kGroups16;
+}
 
 template <QType WT>
 void gemm_packed(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
@@ -191,7 +198,7 @@ void gemm_packed(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const
                 pack_legacy<WT>(W + r0 * ldw, ldw, K, nr, P);
             else
                 pack_kquant<WT>(W + r0 * ldw, ldw, K, nr, P);
-            micro_any<groups_of_16(WT)>(P, K, acts + t0 * lda, lda, nt, y + t0 * ldy + r0, ldy, nr);
+            micro_any<groups_of_16<WT>()>(P, K, acts + t0 * lda, lda, nt, y + t0 * ldy + r0, ldy, nr);
         }
     }
 }
@@ -210,6 +217,13 @@ GemmFn packed_kernel(QType wt) {
         case QType::Q4_K: return gemm_packed<QType::Q4_K>;
         case QType::Q5_K: return gemm_packed<QType::Q5_K>;
         case QType::Q6_K: return gemm_packed<QType::Q6_K>;
+        case QType::IQ2_XXS: return gemm_packed<QType::IQ2_XXS>;
+        case QType::IQ2_XS: return gemm_packed<QType::IQ2_XS>;
+        case QType::IQ2_S: return gemm_packed<QType::IQ2_S>;
+        case QType::IQ3_XXS: return gemm_packed<QType::IQ3_XXS>;
+        case QType::IQ3_S: return gemm_packed<QType::IQ3_S>;
+        case QType::IQ1_S: return gemm_packed<QType::IQ1_S>;
+        case QType::IQ1_M: return gemm_packed<QType::IQ1_M>;
         default: return packed_float_kernel(wt);
     }
 }
