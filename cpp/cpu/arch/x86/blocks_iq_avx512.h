@@ -49,9 +49,20 @@ inline __m512i signed_codes(__m512i v, __mmask64 neg) {
 }
 
 // Codes of 16 8-value grid entries in half order (idx: dword lanes), signs one byte an entry.
+inline __m512i lookup8(const uint64_t * grid, const uint32_t * i) {
+    const __m128i a = _mm_set_epi64x(int64_t(grid[i[1]]), int64_t(grid[i[0]]));
+    const __m128i b = _mm_set_epi64x(int64_t(grid[i[3]]), int64_t(grid[i[2]]));
+    const __m128i c = _mm_set_epi64x(int64_t(grid[i[5]]), int64_t(grid[i[4]]));
+    const __m128i d = _mm_set_epi64x(int64_t(grid[i[7]]), int64_t(grid[i[6]]));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1)),
+                              _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1), 1);
+}
+
 inline Codes grid8_codes(const uint64_t * grid, __m512i idx, __m128i signs) {
-    const __m512i lo = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), grid, 8);
-    const __m512i hi = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), grid, 8);
+    alignas(64) uint32_t ix[16];
+    _mm512_store_si512(ix, idx);
+    const __m512i lo = lookup8(grid, ix);
+    const __m512i hi = lookup8(grid, ix + 8);
     return {signed_codes(lo, __mmask64(_mm_cvtsi128_si64(signs))), signed_codes(hi, __mmask64(_mm_extract_epi64(signs, 1)))};
 }
 
