@@ -4,7 +4,8 @@
 // bytes are int8 (-1, 0, 1), the others unsigned magnitudes. ksigns_iq2xs[i] is the 7 sign
 // bits i plus an eighth that makes their count even (bit j set: value j negative).
 // Host code reads sl::NAME; under nvcc each translation unit also holds a copy in device
-// memory (sl::iq_dev::NAME); SL_IQ_TABLE(NAME) names the one the code being compiled reads.
+// memory (sl::iq_dev::NAME); SL_IQ_TABLE(NAME) names the one the code being compiled reads
+// (also for kvalues_iq4nl, whose host copy is quant/iquants.h's).
 #pragma once
 
 #include <cstdint>
@@ -751,6 +752,8 @@
     0x60, 0xe1, 0xe2, 0x63, 0xe4, 0x65, 0x66, 0xe7, 0xe8, 0x69, 0x6a, 0xeb, 0x6c, 0xed, 0xee, 0x6f, \
     0xf0, 0x71, 0x72, 0xf3, 0x74, 0xf5, 0xf6, 0x77, 0x78, 0xf9, 0xfa, 0x7b, 0xfc, 0x7d, 0x7e, 0xff
 
+#define SL_KVALUES_IQ4NL -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113
+
 namespace sl {
 
 inline constexpr uint64_t iq2xxs_grid[256] = {SL_IQ2XXS_GRID};
@@ -770,6 +773,7 @@ static __device__ const uint32_t iq3xxs_grid[256] = {SL_IQ3XXS_GRID};
 static __device__ const uint32_t iq3s_grid[512] = {SL_IQ3S_GRID};
 static __device__ const uint64_t iq1s_grid[2048] = {SL_IQ1S_GRID};
 static __device__ const uint8_t ksigns_iq2xs[128] = {SL_KSIGNS_IQ2XS};
+static __device__ const int8_t kvalues_iq4nl[16] = {SL_KVALUES_IQ4NL};
 }  // namespace iq_dev
 #endif
 

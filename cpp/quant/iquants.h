@@ -29,10 +29,8 @@ namespace sl {
 
 constexpr int QK4_NL = 32;
 
-// The 16 non-linear 4-bit levels of IQ4_NL and IQ4_XS.
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
+// The 16 non-linear 4-bit levels of IQ4_NL and IQ4_XS (host; device code reads
+// SL_IQ_TABLE(kvalues_iq4nl), quant/iq_grids.h).
 inline constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 struct block_iq4_nl {
