@@ -14,7 +14,8 @@ FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 LEGACY_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 I_TYPES = [T.IQ4_NL, T.IQ4_XS]
-ALL_TYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES + I_TYPES
+GRID_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]
+ALL_TYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES
 KV_TYPES = [T.F16, T.Q8_0, T.Q4_0]
 
 # SIMD sets this CPU runs (a set the CPU lacks would silently fall back: not worth testing twice).
@@ -46,6 +47,22 @@ def bf16_acts(qtype: T, isa: str) -> bool:
     return qtype == T.BF16 and isa == "avx512" and BF16_DOT
 
 
+def random_grid_rows(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Grid i-quant rows (gguf-py cannot quantize them): every bit random (so every grid index,
+    sign, delta and scale occurs) but a finite f16 super-block scale (IQ1_M spreads its scale
+    over the top nibbles of its four scale words)."""
+    blck, size = GGML_QUANT_SIZES[qtype]
+    b = rng.integers(0, 256, size=(n_rows * k // blck, size), dtype=np.uint8)
+    d = rng.uniform(0.002, 0.02, size=len(b)).astype(np.float16).view(np.uint16)
+    if qtype == T.IQ1_M:
+        words = b[:, 48:56].copy().view(np.uint16)
+        nibbles = (d[:, None] >> np.array([0, 4, 8, 12], np.uint16)) & 0xF
+        b[:, 48:56] = ((words & 0x0FFF) | (nibbles << 12).astype(np.uint16)).view(np.uint8)
+    else:
+        b[:, :2] = d.view(np.uint8).reshape(-1, 2)
+    return b.reshape(n_rows, -1)
+
+
 def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Raw weight rows (uint8, n_rows x row bytes) and their float64 values per gguf-py."""
     w = rng.standard_normal((n_rows, k)).astype(np.float32)
@@ -61,6 +78,8 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tup
             d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
             raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
         raw = raw.reshape(n_rows, -1)
+    elif qtype in GRID_TYPES:
+        raw = random_grid_rows(qtype, n_rows, k, rng)
     else:
         raw = quantize(w, qtype)
     raw = np.ascontiguousarray(raw).reshape(n_rows, -1)
@@ -109,7 +128,7 @@ def test_features() -> None:
 def test_act_formats() -> None:
     for t in FLOAT_TYPES:
         assert _core.cpu_act_type(int(t)) == int(T.F32)
-    for t in LEGACY_TYPES + K_TYPES + I_TYPES:
+    for t in LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES:
         assert _core.cpu_act_type(int(t)) == int(T.Q8_0)
         assert _core.cpu_act_row_bytes(int(t), 256) % 64 == 0
 
@@ -188,7 +207,9 @@ def test_gemm_simd_matches_scalar(qtype: T) -> None:
 
 
 @pytest.mark.parametrize("isa", ["scalar", *SIMD_ISAS])
-@pytest.mark.parametrize("qtype", [T.F16, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "qtype", [T.F16, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.IQ2_XS, T.IQ1_M], ids=lambda t: t.name
+)
 def test_gemm_row_split_is_bitwise_stable(qtype: T, isa: str) -> None:
     rng = np.random.default_rng(7)
     k = 512
@@ -236,7 +257,7 @@ def test_gemm_errors() -> None:
     with pytest.raises(_core.Error, match="multiple"):
         _core.cpu_quantize_acts(int(T.Q4_0), x)
     with pytest.raises(_core.Error, match="unsupported"):
-        _core.cpu_matmul(int(T.IQ2_XXS), np.zeros((1, 66), np.uint8), np.zeros((1, 256), np.float32))
+        _core.cpu_matmul(int(T.TQ1_0), np.zeros((1, 54), np.uint8), np.zeros((1, 256), np.float32))
     with pytest.raises(ValueError, match="whole number"):
         _core.cpu_matmul(int(T.Q4_0), np.zeros((1, 17), np.uint8), np.zeros((1, 32), np.float32))
 

@@ -190,6 +190,35 @@ def test_type_names_and_enums() -> None:
             assert GGML_QUANT_SIZES[GT[name]] == (info.block_size, info.type_size)
 
 
+def random_grid_blocks(name: str, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """Blocks of a grid i-quant with every bit random but a finite f16 super-block scale (IQ1_M
+    spreads its scale over the top nibbles of its four scale words)."""
+    size = GGML_QUANT_SIZES[GT[name]][1]
+    b = np.frombuffer(rng.bytes(n_blocks * size), np.uint8).reshape(n_blocks, size).copy()
+    d = rng.uniform(-0.1, 0.1, size=n_blocks).astype(np.float16).view(np.uint16)
+    if name == "IQ1_M":
+        words = b[:, 48:56].copy().view(np.uint16)
+        nibbles = (d[:, None] >> np.array([0, 4, 8, 12], np.uint16)) & 0xF
+        b[:, 48:56] = ((words & 0x0FFF) | (nibbles << 12).astype(np.uint16)).view(np.uint8)
+    else:
+        b[:, :2] = d.view(np.uint8).reshape(n_blocks, 2)
+    return b
+
+
+@pytest.mark.parametrize("name", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"])
+def test_grid_iquants_dequantize_as_gguf(name: str) -> None:
+    """The grid i-quants dequantize (only: ggml quantizes them against an importance matrix) to
+    exactly gguf-py's floats, on random blocks where every grid index, sign and scale occurs."""
+    assert name in quants.DEQUANTIZE_ONLY and name not in quants.SUPPORTED
+    info = quants.qtype_info(name)
+    assert info.can_dequantize and not info.can_quantize
+    raw = random_grid_blocks(name, 4096, np.random.default_rng(len(name))).reshape(64, -1)
+    ref = gguf.quants.dequantize(raw, GT[name])
+    ours = quants.dequantize(raw, name, n_threads=2)
+    assert ours.shape == ref.shape == (64, 64 * 256)
+    assert np.array_equal(bits(ours), bits(ref))
+
+
 def test_input_dtypes_and_layouts() -> None:
     rng = np.random.default_rng(3)
     x64 = rng.standard_normal((6, 512))
@@ -230,8 +259,10 @@ def test_bad_input_raises_clear_errors() -> None:
         quants.quantize(x, 77)
     with pytest.raises(NotImplementedError, match="IQ2_XXS"):
         quants.quantize(np.ones(256, np.float32), GT.IQ2_XXS)
-    with pytest.raises(NotImplementedError, match="IQ3_S"):
-        quants.dequantize(np.zeros(110, np.uint8), "iq3_s")
+    with pytest.raises(NotImplementedError, match="quantize to IQ1_M"):
+        quants.quantize(np.ones(256, np.float32), "iq1_m")
+    with pytest.raises(NotImplementedError, match="dequantize TQ2_0; supported: .*IQ1_M"):
+        quants.dequantize(np.zeros(66, np.uint8), "tq2_0")
     with pytest.raises(TypeError, match="qtype"):
         quants.quantize(x, 4.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="real numbers"):

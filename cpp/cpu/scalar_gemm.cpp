@@ -119,6 +119,13 @@ void fill_scalar(KernelTable & t) {
     t.gemm[int(QType::Q6_K)] = gemm_quant<QType::Q6_K>;
     t.gemm[int(QType::IQ4_NL)] = gemm_quant<QType::IQ4_NL>;
     t.gemm[int(QType::IQ4_XS)] = gemm_quant<QType::IQ4_XS>;
+    t.gemm[int(QType::IQ2_XXS)] = gemm_quant<QType::IQ2_XXS>;
+    t.gemm[int(QType::IQ2_XS)] = gemm_quant<QType::IQ2_XS>;
+    t.gemm[int(QType::IQ2_S)] = gemm_quant<QType::IQ2_S>;
+    t.gemm[int(QType::IQ3_XXS)] = gemm_quant<QType::IQ3_XXS>;
+    t.gemm[int(QType::IQ3_S)] = gemm_quant<QType::IQ3_S>;
+    t.gemm[int(QType::IQ1_S)] = gemm_quant<QType::IQ1_S>;
+    t.gemm[int(QType::IQ1_M)] = gemm_quant<QType::IQ1_M>;
     fill_scalar_attention(t);
 }
 

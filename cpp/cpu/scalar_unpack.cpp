@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cpu/kernels.h"
+#include "quant/iq_grids.h"
 #include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
@@ -212,6 +213,132 @@ void unpack_iq4_xs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, 
     }
 }
 
+// ---- grid i-quants: code = 128 + signed grid value, dg = the scale, mg = -128 dg ----
+
+// n grid values (bytes of `entry`) as codes, value j negated where bit j of signs is set.
+void grid_codes(uint64_t entry, int n, unsigned signs, uint8_t * codes) {
+    for (int j = 0; j < n; ++j) {
+        const int v = uint8_t(entry >> (8 * j));
+        codes[j] = uint8_t(128 + ((signs >> j) & 1 ? -v : v));
+    }
+}
+
+// IQ1: value = dl * (g + delta), g in {-1, 0, 1}, delta = +-1/8: code 128 + 8 g + 8 delta, dg = dl / 8.
+void iq1_codes(uint64_t entry, bool neg_delta, uint8_t * codes) {
+    for (int j = 0; j < 8; ++j) codes[j] = uint8_t(128 + 8 * int(int8_t(entry >> (8 * j))) + (neg_delta ? -1 : 1));
+}
+
+void set_grid_scales(float * dg, float * mg, int g, int n, float d) {
+    for (int i = g; i < g + n; ++i) {
+        dg[i] = d;
+        mg[i] = -128.0f * d;
+    }
+}
+
+uint32_t u32_at(const void * p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+void unpack_iq2_xxs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq2_xxs * b = reinterpret_cast<const block_iq2_xxs *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int ib = 0; ib < 8; ++ib) {
+            const uint32_t a0 = u32_at(b[i].qs + 4 * ib), a1 = u32_at(b[i].qs + 4 * ib + 2);
+            set_grid_scales(dg, mg, 2 * ib, 2, d * (0.5f + float(a1 >> 28)) * 0.25f);
+            for (int l = 0; l < 4; ++l, codes += 8)
+                grid_codes(iq2xxs_grid[(a0 >> (8 * l)) & 255], 8, ksigns_iq2xs[(a1 >> (7 * l)) & 127], codes);
+        }
+    }
+}
+
+void unpack_iq2_xs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq2_xs * b = reinterpret_cast<const block_iq2_xs *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int ib = 0; ib < 8; ++ib) {
+            set_grid_scales(dg, mg, 2 * ib, 1, d * (0.5f + float(b[i].scales[ib] & 15)) * 0.25f);
+            set_grid_scales(dg, mg, 2 * ib + 1, 1, d * (0.5f + float(b[i].scales[ib] >> 4)) * 0.25f);
+            for (int l = 0; l < 4; ++l, codes += 8) {
+                const uint16_t q = b[i].qs[4 * ib + l];
+                grid_codes(iq2xs_grid[q & 511], 8, ksigns_iq2xs[q >> 9], codes);
+            }
+        }
+    }
+}
+
+void unpack_iq2_s(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq2_s * b = reinterpret_cast<const block_iq2_s *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int ib = 0; ib < 8; ++ib) {
+            set_grid_scales(dg, mg, 2 * ib, 1, d * (0.5f + float(b[i].scales[ib] & 15)) * 0.25f);
+            set_grid_scales(dg, mg, 2 * ib + 1, 1, d * (0.5f + float(b[i].scales[ib] >> 4)) * 0.25f);
+            for (int l = 0; l < 4; ++l, codes += 8) {
+                const int idx = b[i].qs[4 * ib + l] | (((b[i].qh[ib] >> (2 * l)) & 3) << 8);
+                grid_codes(iq2s_grid[idx], 8, b[i].qs[QK_K / 8 + 4 * ib + l], codes);
+            }
+        }
+    }
+}
+
+void unpack_iq3_xxs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq3_xxs * b = reinterpret_cast<const block_iq3_xxs *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int ib = 0; ib < 8; ++ib) {
+            const uint32_t aux = u32_at(b[i].qs + QK_K / 4 + 4 * ib);
+            set_grid_scales(dg, mg, 2 * ib, 2, d * (0.5f + float(aux >> 28)) * 0.5f);
+            for (int l = 0; l < 4; ++l, codes += 8) {
+                const unsigned s = ksigns_iq2xs[(aux >> (7 * l)) & 127];
+                grid_codes(iq3xxs_grid[b[i].qs[8 * ib + 2 * l]], 4, s, codes);
+                grid_codes(iq3xxs_grid[b[i].qs[8 * ib + 2 * l + 1]], 4, s >> 4, codes + 4);
+            }
+        }
+    }
+}
+
+void unpack_iq3_s(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq3_s * b = reinterpret_cast<const block_iq3_s *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int ib = 0; ib < 8; ++ib) {
+            set_grid_scales(dg, mg, 2 * ib, 2, d * float(1 + 2 * ((b[i].scales[ib / 2] >> (4 * (ib % 2))) & 15)));
+            for (int e = 0; e < 8; ++e, codes += 4) {
+                const int idx = b[i].qs[8 * ib + e] | (((b[i].qh[ib] >> e) & 1) << 8);
+                grid_codes(iq3s_grid[idx], 4, b[i].signs[4 * ib + e / 2] >> (4 * (e % 2)), codes);
+            }
+        }
+    }
+}
+
+void unpack_iq1_s(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq1_s * b = reinterpret_cast<const block_iq1_s *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int ib = 0; ib < 8; ++ib) {
+            const unsigned qh = b[i].qh[ib];
+            set_grid_scales(dg, mg, 2 * ib, 2, d * float(2 * ((qh >> 12) & 7) + 1) * 0.125f);
+            for (int l = 0; l < 4; ++l, codes += 8)
+                iq1_codes(iq1s_grid[b[i].qs[4 * ib + l] | (((qh >> (3 * l)) & 7) << 8)], qh & 0x8000, codes);
+        }
+    }
+}
+
+void unpack_iq1_m(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_iq1_m * b = reinterpret_cast<const block_iq1_m *>(row);
+    for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(iq1_m_scale(b[i]));
+        for (int g = 0; g < 16; ++g) set_grid_scales(dg, mg, g, 1, d * float(2 * iq1_m_group_scale(b[i], g) + 1) * 0.125f);
+        for (int e = 0; e < 32; ++e, codes += 8) {
+            const unsigned h = (b[i].qh[e / 2] >> (4 * (e % 2))) & 15;
+            iq1_codes(iq1s_grid[b[i].qs[e] | ((h & 7) << 8)], h & 8, codes);
+        }
+    }
+}
+
 }  // namespace
 
 UnpackFn scalar_unpack(QType wt) {
@@ -228,6 +355,13 @@ UnpackFn scalar_unpack(QType wt) {
         case QType::Q6_K: return unpack_q6_K;
         case QType::IQ4_NL: return unpack_iq4_nl;
         case QType::IQ4_XS: return unpack_iq4_xs;
+        case QType::IQ2_XXS: return unpack_iq2_xxs;
+        case QType::IQ2_XS: return unpack_iq2_xs;
+        case QType::IQ2_S: return unpack_iq2_s;
+        case QType::IQ3_XXS: return unpack_iq3_xxs;
+        case QType::IQ3_S: return unpack_iq3_s;
+        case QType::IQ1_S: return unpack_iq1_s;
+        case QType::IQ1_M: return unpack_iq1_m;
         default: return nullptr;
     }
 }

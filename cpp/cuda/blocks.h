@@ -4,11 +4,14 @@
 //
 // Every block-quantized weight type is read as groups of 16 consecutive values, each an int8
 // code per value and one affine map, value = d * q + m (m = 0 for the symmetric types, whose
-// codes are centred: Q4_0 q - 8, Q5_0 q - 16, Q3_K q - 4, Q6_K q - 32, Q8_0 as stored). The
+// codes are centred: Q4_0 q - 8, Q5_0 q - 16, Q3_K q - 4, Q6_K q - 32, Q8_0 as stored, the
+// i-quants the signed grid or kvalues_iq4nl values; IQ1_S / IQ1_M 8 g + 8 delta with d / 8). The
 // mat-vec kernels dot the codes with int8 activations (dp4a); the GEMM turns them into halves.
 //
 // Alignment: rows start 16-byte aligned (device allocations are; row sizes of the k-quants
-// Q4_K/Q5_K are multiples of 16). Legacy blocks (18..34 bytes) are read with 2- or 4-byte loads.
+// Q4_K/Q5_K are multiples of 16). Legacy blocks (18..34 bytes) are read with 2- or 4-byte loads,
+// the i-quants (18..136 bytes) with 1-, 2- and 4-byte loads at 2-aligned addresses; their grid
+// tables come from quant/iq_grids.h (device memory in device code).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +24,8 @@
 #endif
 
 #include "common/fp16.h"
+#include "quant/iq_grids.h"
+#include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 #include "quant/qtype.h"
@@ -42,6 +47,14 @@ SL_HD float h2f(const uint8_t * p) {  // an f16 at a 2-aligned address
 #else
     uint16_t h;
     memcpy(&h, p, 2);
+    return fp16_to_fp32(h);
+#endif
+}
+
+SL_HD float h2f_bits(uint16_t h) {  // an f16 given by its bits
+#if defined(__CUDA_ARCH__)
+    return __half2float(__ushort_as_half(h));
+#else
     return fp16_to_fp32(h);
 #endif
 }
@@ -308,6 +321,205 @@ struct Blk<QType::Q6_K> {
     }
 };
 
+// ---- i-quants: codes are the signed values themselves (IQ1: 8 g + 8 delta, d = dl / 8), m = 0 ----
+
+SL_HD uint32_t ld2_a2(const uint8_t * p) {  // a u16 at a 2-aligned address
+#if defined(__CUDA_ARCH__)
+    return *reinterpret_cast<const unsigned short *>(p);
+#else
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+#endif
+}
+
+// n / 4 words of codes from the n (8 or 4) bytes of a grid entry, byte j negated where bit j of
+// signs is set.
+SL_HD void grid_codes(uint64_t entry, int n, uint32_t signs, int * q) {
+    for (int w = 0; w < n / 4; ++w) {
+        uint32_t r = 0;
+        for (int b = 0; b < 4; ++b) {
+            const int v = int((entry >> (32 * w + 8 * b)) & 0xFF);
+            r |= uint32_t(((signs >> (4 * w + b)) & 1 ? -v : v) & 0xFF) << (8 * b);
+        }
+        q[w] = int(r);
+    }
+}
+
+// IQ1 codes 8 g + 8 delta of the 8 int8 values of a grid entry (delta = -1/8 where neg).
+SL_HD void iq1_codes(uint64_t entry, bool neg, int * q) {
+    for (int w = 0; w < 2; ++w) {
+        uint32_t r = 0;
+        for (int b = 0; b < 4; ++b) {
+            const int g = int(int8_t(uint8_t(entry >> (32 * w + 8 * b))));
+            r |= uint32_t((8 * g + (neg ? -1 : 1)) & 0xFF) << (8 * b);
+        }
+        q[w] = int(r);
+    }
+}
+
+// Group g = values 16 g.. of a 256-value super-block row: block ib (of 32), half h, and
+// the super-block's first byte.
+struct IqGroup {
+    const uint8_t * b;
+    int gi, ib, h;
+    SL_HD IqGroup(const uint8_t * row, int g, int bytes) : b(row + (g >> 4) * bytes), gi(g & 15), ib(gi >> 1), h(g & 1) {}
+};
+
+template <>
+struct Blk<QType::IQ2_XXS> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq2_xxs));
+        const uint32_t a0 = ld4_a2(p.b + 2 + 8 * p.ib), a1 = ld4_a2(p.b + 6 + 8 * p.ib);
+        Group16 r;
+        for (int k = 0; k < 2; ++k) {
+            const int l = 2 * p.h + k;
+            grid_codes(SL_IQ_TABLE(iq2xxs_grid)[(a0 >> (8 * l)) & 255], 8, SL_IQ_TABLE(ksigns_iq2xs)[(a1 >> (7 * l)) & 127],
+                       r.q + 2 * k);
+        }
+        r.d = h2f(p.b) * (0.5f + float(a1 >> 28)) * 0.25f;
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+template <>
+struct Blk<QType::IQ2_XS> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq2_xs));
+        Group16 r;
+        for (int k = 0; k < 2; ++k) {
+            const uint32_t q = ld2_a2(p.b + 2 + 8 * p.ib + 4 * p.h + 2 * k);  // 9-bit index, 7 sign bits
+            grid_codes(SL_IQ_TABLE(iq2xs_grid)[q & 511], 8, SL_IQ_TABLE(ksigns_iq2xs)[q >> 9], r.q + 2 * k);
+        }
+        r.d = h2f(p.b) * (0.5f + float((p.b[66 + p.ib] >> (4 * p.h)) & 15)) * 0.25f;
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+template <>
+struct Blk<QType::IQ2_S> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq2_s));
+        Group16 r;
+        for (int k = 0; k < 2; ++k) {
+            const int l = 2 * p.h + k;
+            const int idx = p.b[2 + 4 * p.ib + l] | (((p.b[66 + p.ib] >> (2 * l)) & 3) << 8);
+            grid_codes(SL_IQ_TABLE(iq2s_grid)[idx], 8, p.b[34 + 4 * p.ib + l], r.q + 2 * k);
+        }
+        r.d = h2f(p.b) * (0.5f + float((p.b[74 + p.ib] >> (4 * p.h)) & 15)) * 0.25f;
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+template <>
+struct Blk<QType::IQ3_XXS> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq3_xxs));
+        const uint32_t aux = ld4_a2(p.b + 66 + 4 * p.ib);  // 4 x 7 sign bits, scale
+        Group16 r;
+        for (int k = 0; k < 4; ++k) {
+            const int e = 4 * p.h + k;  // entry of 4 values; its sign bits: nibble e % 2 of pair e / 2
+            const uint32_t s = SL_IQ_TABLE(ksigns_iq2xs)[(aux >> (7 * (e / 2))) & 127] >> (4 * (e % 2));
+            grid_codes(SL_IQ_TABLE(iq3xxs_grid)[p.b[2 + 8 * p.ib + e]], 4, s, r.q + k);
+        }
+        r.d = h2f(p.b) * (0.5f + float(aux >> 28)) * 0.5f;
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+template <>
+struct Blk<QType::IQ3_S> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq3_s));
+        Group16 r;
+        for (int k = 0; k < 4; ++k) {
+            const int e = 4 * p.h + k;
+            const int idx = p.b[2 + 8 * p.ib + e] | (((p.b[66 + p.ib] >> e) & 1) << 8);
+            grid_codes(SL_IQ_TABLE(iq3s_grid)[idx], 4, p.b[74 + 4 * p.ib + e / 2] >> (4 * (e % 2)), r.q + k);
+        }
+        r.d = h2f(p.b) * float(1 + 2 * ((p.b[106 + p.ib / 2] >> (4 * (p.ib % 2))) & 15));
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+template <>
+struct Blk<QType::IQ1_S> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq1_s));
+        const uint32_t qh = ld2_a2(p.b + 34 + 2 * p.ib);  // 4 x 3 index bits, scale, delta sign
+        Group16 r;
+        for (int k = 0; k < 2; ++k) {
+            const int l = 2 * p.h + k;
+            iq1_codes(SL_IQ_TABLE(iq1s_grid)[p.b[2 + 4 * p.ib + l] | (((qh >> (3 * l)) & 7) << 8)], qh & 0x8000,
+                      r.q + 2 * k);
+        }
+        r.d = h2f(p.b) * float(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+template <>
+struct Blk<QType::IQ1_M> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq1_m));
+        uint32_t sc[4];
+        for (int i = 0; i < 4; ++i) sc[i] = ld2_a2(p.b + 48 + 2 * i);
+        const uint32_t dh = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000);
+        const uint32_t qh = p.b[32 + p.gi];  // entries 2h, 2h + 1 of block ib: a nibble each
+        Group16 r;
+        for (int k = 0; k < 2; ++k) {
+            const uint32_t nib = (qh >> (4 * k)) & 15;
+            iq1_codes(SL_IQ_TABLE(iq1s_grid)[p.b[4 * p.ib + 2 * p.h + k] | ((nib & 7) << 8)], nib & 8, r.q + 2 * k);
+        }
+        const int s = (sc[p.gi / 4] >> (3 * (p.gi % 4))) & 7;
+        r.d = h2f_bits(uint16_t(dh)) * float(2 * s + 1) * 0.125f;
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+// 16 IQ4 codes: the nibbles (low: values 0..15, high: 16..31 of the block; half h) of 16 bytes
+// as kvalues_iq4nl.
+SL_HD void iq4_codes(const uint8_t * qs, int h, int * q) {
+    for (int w = 0; w < 4; ++w) {
+        uint32_t r = 0;
+        for (int b = 0; b < 4; ++b)
+            r |= uint32_t(uint8_t(SL_IQ_TABLE(kvalues_iq4nl)[(qs[4 * w + b] >> (4 * h)) & 15])) << (8 * b);
+        q[w] = int(r);
+    }
+}
+
+template <>
+struct Blk<QType::IQ4_NL> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const uint8_t * b = row + (g >> 1) * sizeof(block_iq4_nl);
+        Group16 r;
+        iq4_codes(b + 2, g & 1, r.q);
+        r.d = h2f(b);
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+template <>
+struct Blk<QType::IQ4_XS> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const IqGroup p(row, g, sizeof(block_iq4_xs));
+        Group16 r;
+        iq4_codes(p.b + 8 + 16 * p.ib, p.h, r.q);
+        const int ls = ((p.b[4 + p.ib / 2] >> (4 * (p.ib % 2))) & 15) | (((ld2_a2(p.b + 2) >> (2 * p.ib)) & 3) << 4);
+        r.d = h2f(p.b) * float(ls - 32);
+        r.m = 0.0f;
+        return r;
+    }
+};
+
 // Value i of group w as a float.
 SL_HD float group_value(const Group16 & w, int i) {
     return w.d * float(int8_t(uint32_t(w.q[i >> 2]) >> (8 * (i & 3)))) + w.m;
@@ -382,6 +594,15 @@ bool visit_weight_type(QType t, F && f) {
         case QType::Q4_K: f(QTag<QType::Q4_K>{}); return true;
         case QType::Q5_K: f(QTag<QType::Q5_K>{}); return true;
         case QType::Q6_K: f(QTag<QType::Q6_K>{}); return true;
+        case QType::IQ4_NL: f(QTag<QType::IQ4_NL>{}); return true;
+        case QType::IQ4_XS: f(QTag<QType::IQ4_XS>{}); return true;
+        case QType::IQ2_XXS: f(QTag<QType::IQ2_XXS>{}); return true;
+        case QType::IQ2_XS: f(QTag<QType::IQ2_XS>{}); return true;
+        case QType::IQ2_S: f(QTag<QType::IQ2_S>{}); return true;
+        case QType::IQ3_XXS: f(QTag<QType::IQ3_XXS>{}); return true;
+        case QType::IQ3_S: f(QTag<QType::IQ3_S>{}); return true;
+        case QType::IQ1_S: f(QTag<QType::IQ1_S>{}); return true;
+        case QType::IQ1_M: f(QTag<QType::IQ1_M>{}); return true;
         default: return false;
     }
 }

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "common/fp16.h"
 #include "quant/kquants.h"
@@ -28,10 +29,8 @@ namespace sl {
 
 constexpr int QK4_NL = 32;
 
-// The 16 non-linear 4-bit levels of IQ4_NL and IQ4_XS.
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
+// The 16 non-linear 4-bit levels of IQ4_NL and IQ4_XS (host; device code reads
+// SL_IQ_TABLE(kvalues_iq4nl), quant/iq_grids.h).
 inline constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 struct block_iq4_nl {
@@ -102,5 +101,19 @@ struct block_iq1_m {
     uint8_t scales[QK_K / 32];
 };
 static_assert(sizeof(block_iq1_m) == 56, "wrong iq1_m block size");
+
+// IQ1_M's f16 super-block scale: the top nibbles of the four u16 words of scales, low word first.
+inline fp16_t iq1_m_scale(const block_iq1_m & b) {
+    uint16_t sc[4];
+    memcpy(sc, b.scales, 8);
+    return fp16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000));
+}
+
+// IQ1_M's 3-bit scale of 16-value group g (0..15): value = d * (2 s + 1) * (grid + delta).
+inline int iq1_m_group_scale(const block_iq1_m & b, int g) {
+    uint16_t w;
+    memcpy(&w, b.scales + 2 * (g / 4), 2);
+    return (w >> (3 * (g % 4))) & 7;
+}
 
 }  // namespace sl

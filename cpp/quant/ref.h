@@ -54,5 +54,12 @@ void quantize_row_iq4_nl(const float * x, void * y, int64_t n);
 void dequantize_row_iq4_nl(const void * x, float * y, int64_t n);
 void quantize_row_iq4_xs(const float * x, void * y, int64_t n);
 void dequantize_row_iq4_xs(const void * x, float * y, int64_t n);
+void dequantize_row_iq2_xxs(const void * x, float * y, int64_t n);
+void dequantize_row_iq2_xs(const void * x, float * y, int64_t n);
+void dequantize_row_iq2_s(const void * x, float * y, int64_t n);
+void dequantize_row_iq3_xxs(const void * x, float * y, int64_t n);
+void dequantize_row_iq3_s(const void * x, float * y, int64_t n);
+void dequantize_row_iq1_s(const void * x, float * y, int64_t n);
+void dequantize_row_iq1_m(const void * x, float * y, int64_t n);
 
 }  // namespace sl

@@ -5,9 +5,11 @@ axis of a quantized array counts bytes, ``n // block_size * type_size`` for ``n`
 Unlike gguf-py, which returns F32 and F16 as float arrays, ``quantize`` always returns uint8
 bytes (the same bytes); ``dequantize`` takes any array and reads its bytes.
 
-Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
-Q8_K, IQ4_NL and IQ4_XS, named in any case (``"q4_k"``), by ``gguf.GGMLQuantizationType`` or
-by type id.
+Types (``SUPPORTED``, quantize and dequantize): F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL and IQ4_XS, named in any case (``"q4_k"``), by
+``gguf.GGMLQuantizationType`` or by type id. The grid i-quants (``DEQUANTIZE_ONLY``: IQ2_XXS,
+IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) only dequantize: ggml quantizes them against an
+importance matrix, which this module does not take.
 
 The quantizers are ggml's quantizers without an importance matrix (the reference path; for
 IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` / ``quantize_iq4_xs``, which
@@ -30,7 +32,7 @@ import numpy as np
 
 from splitllm import _core
 
-__all__ = ["QTypeInfo", "SUPPORTED", "dequantize", "qtype_info", "quantize"]
+__all__ = ["DEQUANTIZE_ONLY", "QTypeInfo", "SUPPORTED", "dequantize", "qtype_info", "quantize"]
 
 QTypeLike = str | int | IntEnum
 
@@ -38,6 +40,7 @@ SUPPORTED = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS",
 )  # fmt: skip
+DEQUANTIZE_ONLY = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def _supported(qtype: QTypeLike, *, for_quantize: bool) -> QTypeInfo:
     info = qtype_info(qtype)
     if not (info.can_quantize if for_quantize else info.can_dequantize):
         verb = "quantize to" if for_quantize else "dequantize"
-        raise NotImplementedError(f"splitllm cannot {verb} {info.name}; supported: {', '.join(SUPPORTED)}")
+        names = SUPPORTED if for_quantize else SUPPORTED + DEQUANTIZE_ONLY
+        raise NotImplementedError(f"splitllm cannot {verb} {info.name}; supported: {', '.join(names)}")
     return info
 
 

@@ -186,6 +186,7 @@ struct Legacy<QType::IQ4_NL> {
 
 // ---- k-quants: half a super-block (g = 0, 1: 4 blocks of 32) at a time ----
 // scales(): dg and mg of the 16 groups of 16 values, groups 0..7 in [0], 8..15 in [1].
+// kSigned: the codes are signed (value = dg * code; products by the sign trick, no mg term).
 template <QType WT>
 struct KQuant;
 

@@ -44,6 +44,13 @@ void fill_avx2(KernelTable & t) {
     add<QType::Q6_K>(t);
     add<QType::IQ4_NL>(t);
     add<QType::IQ4_XS>(t);
+    add<QType::IQ2_XXS>(t);
+    add<QType::IQ2_XS>(t);
+    add<QType::IQ2_S>(t);
+    add<QType::IQ3_XXS>(t);
+    add<QType::IQ3_S>(t);
+    add<QType::IQ1_S>(t);
+    add<QType::IQ1_M>(t);
     avx2::fill_act_attn(t);
 }
 

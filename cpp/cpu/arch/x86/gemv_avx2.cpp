@@ -4,6 +4,7 @@
 // in float by d_w * d_a; offsets and mins are an fma per 4 blocks against the block sums.
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx2.h"
+#include "cpu/arch/x86/blocks_iq_avx2.h"
 
 namespace sl::cpu::impl::avx2 {
 
@@ -404,6 +405,13 @@ GemmFn gemv_kernel(QType wt) {
         case QType::Q6_K: return gemv_quant<QType::Q6_K>;
         case QType::IQ4_NL: return gemv_quant<QType::IQ4_NL>;
         case QType::IQ4_XS: return gemv_quant<QType::IQ4_XS>;
+        case QType::IQ2_XXS: return gemv_quant<QType::IQ2_XXS>;
+        case QType::IQ2_XS: return gemv_quant<QType::IQ2_XS>;
+        case QType::IQ2_S: return gemv_quant<QType::IQ2_S>;
+        case QType::IQ3_XXS: return gemv_quant<QType::IQ3_XXS>;
+        case QType::IQ3_S: return gemv_quant<QType::IQ3_S>;
+        case QType::IQ1_S: return gemv_quant<QType::IQ1_S>;
+        case QType::IQ1_M: return gemv_quant<QType::IQ1_M>;
         default: return nullptr;
     }
 }

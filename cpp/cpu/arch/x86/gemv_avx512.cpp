@@ -8,6 +8,7 @@
 // of 16 whose final sums are one transposing reduction. Float weights: 16 values per fma.
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
+#include "cpu/arch/x86/blocks_iq_avx512.h"
 
 namespace sl::cpu::impl::avx512 {
 
@@ -247,6 +248,13 @@ GemmFn gemv_kernel(QType wt) {
         case QType::Q6_K: return gemv_quant<QType::Q6_K>;
         case QType::IQ4_NL: return gemv_quant<QType::IQ4_NL>;
         case QType::IQ4_XS: return gemv_quant<QType::IQ4_XS>;
+        case QType::IQ2_XXS: return gemv_quant<QType::IQ2_XXS>;
+        case QType::IQ2_XS: return gemv_quant<QType::IQ2_XS>;
+        case QType::IQ2_S: return gemv_quant<QType::IQ2_S>;
+        case QType::IQ3_XXS: return gemv_quant<QType::IQ3_XXS>;
+        case QType::IQ3_S: return gemv_quant<QType::IQ3_S>;
+        case QType::IQ1_S: return gemv_quant<QType::IQ1_S>;
+        case QType::IQ1_M: return gemv_quant<QType::IQ1_M>;
         default: return nullptr;
     }
 }

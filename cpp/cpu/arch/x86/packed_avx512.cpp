@@ -5,6 +5,7 @@
 // block costs 8 vpdpbusd + 4 float ops per token and 16 rows, and the panel serves every token.
 #include "cpu/arch/x86/kernels_x86.h"
 #include "cpu/arch/x86/blocks_avx512.h"
+#include "cpu/arch/x86/blocks_iq_avx512.h"
 
 namespace sl::cpu::impl::avx512 {
 
@@ -218,6 +219,13 @@ GemmFn packed_kernel(QType wt) {
         case QType::Q6_K: return gemm_packed<QType::Q6_K>;
         case QType::IQ4_NL: return gemm_packed<QType::IQ4_NL>;
         case QType::IQ4_XS: return gemm_packed<QType::IQ4_XS>;
+        case QType::IQ2_XXS: return gemm_packed<QType::IQ2_XXS>;
+        case QType::IQ2_XS: return gemm_packed<QType::IQ2_XS>;
+        case QType::IQ2_S: return gemm_packed<QType::IQ2_S>;
+        case QType::IQ3_XXS: return gemm_packed<QType::IQ3_XXS>;
+        case QType::IQ3_S: return gemm_packed<QType::IQ3_S>;
+        case QType::IQ1_S: return gemm_packed<QType::IQ1_S>;
+        case QType::IQ1_M: return gemm_packed<QType::IQ1_M>;
         default: return packed_float_kernel(wt);
     }
 }

@@ -1,0 +1,249 @@
+// AVX2 decoding of the grid i-quants (quant/iquants.h) into KQuant<T> form (blocks_avx2.h), as
+// blocks_iq_avx512.h but with signed codes (kSigned): the signed grid value itself (IQ1: 8 g +
+// 8 delta), dg the block scale and no offset term. vpmaddubsw sums pairs of products in int16,
+// which the unsigned codes 128 +- 62 would overflow; |code| <= 62 does not (the sign goes onto the
+// activations). The 16 grid entries of a half go in "half order" (blocks_iq_avx512.h): two ymm
+// of 8 indices, lo's entries then hi's; gathered 4 entries (one ymm of codes) at a time.
+#pragma once
+
+#include "cpu/arch/x86/blocks_avx2.h"
+#include "quant/iq_grids.h"
+#include "quant/iquants.h"
+
+namespace sl::cpu::impl::avx2 {
+
+// 16 dword lanes as two ymm (lanes 0..7, 8..15).
+struct Idx16 {
+    __m256i a, b;
+};
+
+// Bytes 0, 1 of each dword, then bytes 2, 3.
+inline __m128i half_order(__m128i v) {
+    return _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+}
+inline __m256i even_odd_dwords(__m256i v) { return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)); }
+inline Idx16 bytes_to_idx(__m128i v) { return {_mm256_cvtepu8_epi32(v), _mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))}; }
+// Dwords 0..3 of v as blocks 0,0,1,1,2,2,3,3 (the block of each half-order lane of lo or hi).
+inline __m256i per_block(__m128i v) {
+    return _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(v), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+}
+inline __m256i bits_at(__m256i v, __m256i sh, int mask) {
+    return _mm256_and_si256(_mm256_srlv_epi32(v, sh), _mm256_set1_epi32(mask));
+}
+
+// ksigns_iq2xs of 16 7-bit sign indices, one byte per lane.
+inline __m128i ksigns16(Idx16 s7) {
+    auto full = [](__m256i x) {
+        __m256i p = _mm256_xor_si256(x, _mm256_srli_epi32(x, 4));
+        p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 2));
+        p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 1));
+        return _mm256_or_si256(x, _mm256_slli_epi32(_mm256_and_si256(p, _mm256_set1_epi32(1)), 7));
+    };
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(full(s7.a), full(s7.b)), 0xD8);
+    return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+}
+
+// v with the bytes whose bit of the 32-bit `neg` is set negated.
+inline __m256i apply_signs(__m256i v, uint32_t neg) {
+    const __m256i m = bits_to_bytes(neg);
+    return _mm256_sub_epi8(_mm256_xor_si256(v, m), m);
+}
+
+inline __m256i gather8(const uint64_t * grid, __m128i idx) {
+    return _mm256_i32gather_epi64(reinterpret_cast<const long long *>(grid), idx, 8);
+}
+
+// Signed codes of 16 8-value grid entries in half order, one sign byte an entry.
+inline Codes grid8_codes(const uint64_t * grid, Idx16 idx, __m128i signs) {
+    return {apply_signs(gather8(grid, _mm256_castsi256_si128(idx.a)), uint32_t(_mm_cvtsi128_si32(signs))),
+            apply_signs(gather8(grid, _mm256_extracti128_si256(idx.a, 1)), uint32_t(_mm_extract_epi32(signs, 1))),
+            apply_signs(gather8(grid, _mm256_castsi256_si128(idx.b)), uint32_t(_mm_extract_epi32(signs, 2))),
+            apply_signs(gather8(grid, _mm256_extracti128_si256(idx.b, 1)), uint32_t(_mm_extract_epi32(signs, 3)))};
+}
+
+// 4-value grids: lo / hi each 16 entries (blocks 0..3 x entries 0..3 / 4..7) as two ymm.
+inline Codes grid4_codes(const uint32_t * grid, Idx16 lo, Idx16 hi, __m128i signs) {
+    auto g = [&](__m256i ix) { return _mm256_i32gather_epi32(reinterpret_cast<const int *>(grid), ix, 4); };
+    return {apply_signs(g(lo.a), uint32_t(_mm_cvtsi128_si32(signs))), apply_signs(g(lo.b), uint32_t(_mm_extract_epi32(signs, 1))),
+            apply_signs(g(hi.a), uint32_t(_mm_extract_epi32(signs, 2))), apply_signs(g(hi.b), uint32_t(_mm_extract_epi32(signs, 3)))};
+}
+
+// IQ1 codes 8 g + 8 delta of 16 entries in half order; neg: dword lanes, all ones where delta < 0.
+inline Codes iq1_codes(Idx16 idx, Idx16 neg) {
+    auto code = [](__m128i ix, __m128i n) {
+        const __m256i v = gather8(iq1s_grid, ix);
+        const __m256i c = _mm256_slli_epi16(_mm256_add_epi8(v, _mm256_set1_epi8(1)), 3);  // 8 (g + 1)
+        const __m256i nq = _mm256_cvtepi32_epi64(n);
+        return _mm256_add_epi8(c, _mm256_sub_epi8(_mm256_set1_epi8(-7), _mm256_and_si256(nq, _mm256_set1_epi8(2))));
+    };
+    auto lo = [](__m256i v) { return _mm256_castsi256_si128(v); };
+    auto hi = [](__m256i v) { return _mm256_extracti128_si256(v, 1); };
+    return {code(lo(idx.a), lo(neg.a)), code(hi(idx.a), hi(neg.a)), code(lo(idx.b), lo(neg.b)), code(hi(idx.b), hi(neg.b))};
+}
+
+inline void load_scales(const float s[16], __m256 dg[2], __m256 mg[2]) {
+    dg[0] = _mm256_loadu_ps(s);
+    dg[1] = _mm256_loadu_ps(s + 8);
+    mg[0] = mg[1] = _mm256_setzero_ps();
+}
+
+inline uint32_t u32_at(const uint8_t * p) { return load_u32(p); }
+
+template <>
+struct KQuant<QType::IQ2_XXS> {
+    static constexpr int kBytes = 66;
+    static constexpr bool kGroups16 = false, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        const __m256i v = even_odd_dwords(load32(sb + 2 + 32 * g));
+        const __m256i a1 = per_block(_mm256_extracti128_si256(v, 1));
+        const Idx16 s7 = {bits_at(a1, _mm256_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7), 127),
+                          bits_at(a1, _mm256_setr_epi32(14, 21, 14, 21, 14, 21, 14, 21), 127)};
+        return grid8_codes(iq2xxs_grid, bytes_to_idx(half_order(_mm256_castsi256_si128(v))), ksigns16(s7));
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const float d = h2f(reinterpret_cast<const block_iq2_xxs *>(sb)->d);
+        float s[16];
+        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * (0.5f + float(u32_at(sb + 6 + 8 * ib) >> 28)) * 0.25f;
+        load_scales(s, dg, mg);
+    }
+};
+
+// IQ2_XS / IQ2_S: a 4-bit scale per 16 values.
+inline void iq2_nibble_scales(float d, const uint8_t * sc, __m256 dg[2], __m256 mg[2]) {
+    float s[16];
+    for (int ib = 0; ib < 8; ++ib) {
+        s[2 * ib] = d * (0.5f + float(sc[ib] & 15)) * 0.25f;
+        s[2 * ib + 1] = d * (0.5f + float(sc[ib] >> 4)) * 0.25f;
+    }
+    load_scales(s, dg, mg);
+}
+
+template <>
+struct KQuant<QType::IQ2_XS> {
+    static constexpr int kBytes = 74;
+    static constexpr bool kGroups16 = true, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        const __m256i v = even_odd_dwords(load32(sb + 2 + 32 * g));
+        const Idx16 q = {_mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)), _mm256_cvtepu16_epi32(_mm256_extracti128_si256(v, 1))};
+        const __m256i m9 = _mm256_set1_epi32(511);
+        return grid8_codes(iq2xs_grid, {_mm256_and_si256(q.a, m9), _mm256_and_si256(q.b, m9)},
+                           ksigns16({_mm256_srli_epi32(q.a, 9), _mm256_srli_epi32(q.b, 9)}));
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        iq2_nibble_scales(h2f(reinterpret_cast<const block_iq2_xs *>(sb)->d), sb + 66, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ2_S> {
+    static constexpr int kBytes = 82;
+    static constexpr bool kGroups16 = true, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        Idx16 idx = bytes_to_idx(half_order(load16(sb + 2 + 16 * g)));
+        const __m256i qh = _mm256_set1_epi32(int(u32_at(sb + 66 + 4 * g)));
+        idx.a = _mm256_or_si256(idx.a, _mm256_slli_epi32(bits_at(qh, _mm256_setr_epi32(0, 2, 8, 10, 16, 18, 24, 26), 3), 8));
+        idx.b = _mm256_or_si256(idx.b, _mm256_slli_epi32(bits_at(qh, _mm256_setr_epi32(4, 6, 12, 14, 20, 22, 28, 30), 3), 8));
+        return grid8_codes(iq2s_grid, idx, half_order(load16(sb + 34 + 16 * g)));
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        iq2_nibble_scales(h2f(reinterpret_cast<const block_iq2_s *>(sb)->d), sb + 74, dg, mg);
+    }
+};
+
+// IQ3 grid indices of a half: lo (entries 0..3 of blocks 0..3), hi (4..7).
+inline void iq3_indices(const uint8_t * qs32, Idx16 * lo, Idx16 * hi) {
+    const __m256i v = even_odd_dwords(load32(qs32));
+    const __m128i l = _mm256_castsi256_si128(v), h = _mm256_extracti128_si256(v, 1);
+    *lo = {_mm256_cvtepu8_epi32(l), _mm256_cvtepu8_epi32(_mm_srli_si128(l, 8))};
+    *hi = {_mm256_cvtepu8_epi32(h), _mm256_cvtepu8_epi32(_mm_srli_si128(h, 8))};
+}
+
+template <>
+struct KQuant<QType::IQ3_XXS> {
+    static constexpr int kBytes = 98;
+    static constexpr bool kGroups16 = false, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        Idx16 lo, hi;
+        iq3_indices(sb + 2 + 32 * g, &lo, &hi);
+        const __m256i aux = per_block(load16(sb + 66 + 16 * g));
+        const Idx16 s7 = {bits_at(aux, _mm256_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7), 127),
+                          bits_at(aux, _mm256_setr_epi32(14, 21, 14, 21, 14, 21, 14, 21), 127)};
+        return grid4_codes(iq3xxs_grid, lo, hi, ksigns16(s7));
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const float d = h2f(reinterpret_cast<const block_iq3_xxs *>(sb)->d);
+        float s[16];
+        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * (0.5f + float(u32_at(sb + 66 + 4 * ib) >> 28)) * 0.5f;
+        load_scales(s, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ3_S> {
+    static constexpr int kBytes = 110;
+    static constexpr bool kGroups16 = false, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        Idx16 lo, hi;
+        iq3_indices(sb + 2 + 32 * g, &lo, &hi);
+        const __m256i qh = _mm256_set1_epi32(int(u32_at(sb + 66 + 4 * g)));
+        const __m256i s01 = _mm256_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11), s23 = _mm256_setr_epi32(16, 17, 18, 19, 24, 25, 26, 27);
+        const __m256i four = _mm256_set1_epi32(4);
+        auto add = [&](__m256i ix, __m256i sh) { return _mm256_or_si256(ix, _mm256_slli_epi32(bits_at(qh, sh, 1), 8)); };
+        lo = {add(lo.a, s01), add(lo.b, s23)};
+        hi = {add(hi.a, _mm256_add_epi32(s01, four)), add(hi.b, _mm256_add_epi32(s23, four))};
+        return grid4_codes(iq3s_grid, lo, hi, half_order(load16(sb + 74 + 16 * g)));
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const float d = h2f(reinterpret_cast<const block_iq3_s *>(sb)->d);
+        float s[16];
+        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * float(1 + 2 * ((sb[106 + ib / 2] >> (4 * (ib % 2))) & 15));
+        load_scales(s, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ1_S> {
+    static constexpr int kBytes = 50;
+    static constexpr bool kGroups16 = false, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        Idx16 idx = bytes_to_idx(half_order(load16(sb + 2 + 16 * g)));
+        const __m256i qh = per_block(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 34 + 8 * g))));
+        idx.a = _mm256_or_si256(idx.a, _mm256_slli_epi32(bits_at(qh, _mm256_setr_epi32(0, 3, 0, 3, 0, 3, 0, 3), 7), 8));
+        idx.b = _mm256_or_si256(idx.b, _mm256_slli_epi32(bits_at(qh, _mm256_setr_epi32(6, 9, 6, 9, 6, 9, 6, 9), 7), 8));
+        const __m256i neg = _mm256_cmpeq_epi32(_mm256_and_si256(qh, _mm256_set1_epi32(0x8000)), _mm256_set1_epi32(0x8000));
+        return iq1_codes(idx, {neg, neg});
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_iq1_s * b = reinterpret_cast<const block_iq1_s *>(sb);
+        const float d = h2f(b->d);
+        float s[16];
+        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * float(2 * ((b->qh[ib] >> 12) & 7) + 1) * 0.125f;
+        load_scales(s, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ1_M> {
+    static constexpr int kBytes = 56;
+    static constexpr bool kGroups16 = true, kSigned = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        Idx16 idx = bytes_to_idx(half_order(load16(sb + 16 * g)));
+        const __m256i qh = per_block(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 32 + 8 * g))));
+        const Idx16 nib = {bits_at(qh, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4), 15),
+                           bits_at(qh, _mm256_setr_epi32(8, 12, 8, 12, 8, 12, 8, 12), 15)};
+        const __m256i seven = _mm256_set1_epi32(7), eight = _mm256_set1_epi32(8);
+        idx.a = _mm256_or_si256(idx.a, _mm256_slli_epi32(_mm256_and_si256(nib.a, seven), 8));
+        idx.b = _mm256_or_si256(idx.b, _mm256_slli_epi32(_mm256_and_si256(nib.b, seven), 8));
+        return iq1_codes(idx, {_mm256_cmpeq_epi32(_mm256_and_si256(nib.a, eight), eight),
+                               _mm256_cmpeq_epi32(_mm256_and_si256(nib.b, eight), eight)});
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const block_iq1_m & b = *reinterpret_cast<const block_iq1_m *>(sb);
+        const float d = h2f(iq1_m_scale(b));
+        float s[16];
+        for (int gi = 0; gi < 16; ++gi) s[gi] = d * float(2 * iq1_m_group_scale(b, gi) + 1) * 0.125f;
+        load_scales(s, dg, mg);
+    }
+};
+
+}  // namespace sl::cpu::impl::avx2

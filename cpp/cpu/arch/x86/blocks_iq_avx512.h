@@ -1,0 +1,268 @@
+// AVX-512 decoding of the grid i-quants (quant/iquants.h) into KQuant<T> form (blocks_avx512.h):
+// codes(sb, g) gives half a super-block (4 blocks of 32) as unsigned codes 128 + signed grid
+// value in the ActQ8 order, scales(sb, ...) the 16 per-16 terms dg = the block scale, mg = -128 dg.
+// IQ1_S / IQ1_M: value = dl * (g + delta), g in {-1, 0, 1}, delta = +-1/8 per 8 values, so
+// code = 128 + 8 g + 8 delta and dg = dl / 8. The same as scalar_unpack.cpp's unpackers.
+//
+// Grid entries (8 values in a qword, or 4 in a dword) are gathered from quant/iq_grids.h. The 16
+// entries of a half (8 in lo, 8 in hi for 8-value grids) go in "half order": lo's entries
+// 0, 1 of blocks 0..3, then hi's entries 2, 3 (lane j of lo / hi = block j's values 0..15 /
+// 16..31); their sign bytes in the same order are the byte masks of lo and hi as they stand.
+#pragma once
+
+#include "cpu/arch/x86/blocks_avx512.h"
+#include "quant/iq_grids.h"
+#include "quant/iquants.h"
+
+namespace sl::cpu::impl::avx512 {
+
+inline __m256i load32(const uint8_t * p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)); }
+inline __m128i load16(const uint8_t * p) { return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)); }
+
+// Bytes 0, 1 of each dword, then bytes 2, 3 (4 blocks' entries 0, 1 then 2, 3: half order).
+inline __m128i half_order(__m128i v) {
+    return _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+}
+
+// Dwords 0, 2, 4, 6 then 1, 3, 5, 7.
+inline __m256i even_odd_dwords(__m256i v) { return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)); }
+
+// Word x of 4 blocks (dwords 0..3 of v) spread to half order: lane k holds block (k % 8) / 2's.
+inline __m512i per_block_half_order(__m128i v) {
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1, 2, 2, 3, 3),
+                                    _mm512_castsi128_si512(v));
+}
+
+// ggml's ksigns_iq2xs of 16 7-bit sign indices (dword lanes): the index plus an eighth bit that
+// makes the count of set bits even; one byte per lane.
+inline __m128i ksigns16(__m512i s7) {
+    __m512i p = _mm512_xor_si512(s7, _mm512_srli_epi32(s7, 4));
+    p = _mm512_xor_si512(p, _mm512_srli_epi32(p, 2));
+    p = _mm512_xor_si512(p, _mm512_srli_epi32(p, 1));
+    return _mm512_cvtepi32_epi8(_mm512_or_si512(s7, _mm512_slli_epi32(_mm512_and_si512(p, _mm512_set1_epi32(1)), 7)));
+}
+
+// 128 + v, or 128 - v in the bytes whose bit of neg is set.
+inline __m512i signed_codes(__m512i v, __mmask64 neg) {
+    const __m512i c128 = _mm512_set1_epi8(-128);
+    return _mm512_mask_sub_epi8(_mm512_add_epi8(v, c128), neg, c128, v);
+}
+
+// Codes of 16 8-value grid entries in half order (idx: dword lanes), signs one byte an entry.
+inline __m512i lookup8(const uint64_t * grid, const uint32_t * i) {
+    const __m128i a = _mm_set_epi64x(int64_t(grid[i[1]]), int64_t(grid[i[0]]));
+    const __m128i b = _mm_set_epi64x(int64_t(grid[i[3]]), int64_t(grid[i[2]]));
+    const __m128i c = _mm_set_epi64x(int64_t(grid[i[5]]), int64_t(grid[i[4]]));
+    const __m128i d = _mm_set_epi64x(int64_t(grid[i[7]]), int64_t(grid[i[6]]));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1)),
+                              _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1), 1);
+}
+
+inline Codes grid8_codes(const uint64_t * grid, __m512i idx, __m128i signs) {
+    alignas(64) uint32_t ix[16];
+    _mm512_store_si512(ix, idx);
+    const __m512i lo = lookup8(grid, ix);
+    const __m512i hi = lookup8(grid, ix + 8);
+    return {signed_codes(lo, __mmask64(_mm_cvtsi128_si64(signs))), signed_codes(hi, __mmask64(_mm_extract_epi64(signs, 1)))};
+}
+
+// Codes of 4-value grid entries: lo's 16 (blocks 0..3, entries 0..3 each), hi's 16 (4..7);
+// signs one byte per two entries, in half order.
+inline Codes grid4_codes(const uint32_t * grid, __m512i idx_lo, __m512i idx_hi, __m128i signs) {
+    const __m512i lo = _mm512_i32gather_epi32(idx_lo, grid, 4);
+    const __m512i hi = _mm512_i32gather_epi32(idx_hi, grid, 4);
+    return {signed_codes(lo, __mmask64(_mm_cvtsi128_si64(signs))), signed_codes(hi, __mmask64(_mm_extract_epi64(signs, 1)))};
+}
+
+// IQ1 codes of 16 entries in half order: 8 (g + 1) + 120 + (neg ? -1 : 1) = 128 + 8 g + 8 delta.
+inline Codes iq1_codes(__m512i idx, __mmask16 neg) {
+    const __m512i one = _mm512_set1_epi8(1), pos = _mm512_set1_epi8(121), negv = _mm512_set1_epi8(119);
+    auto code = [&](__m256i ix, __mmask8 n) {
+        const __m512i v = _mm512_i32gather_epi64(ix, iq1s_grid, 8);
+        // (g + 1) * 8 <= 16: the 16-bit shift leaves every byte in place.
+        const __m512i c = _mm512_slli_epi16(_mm512_add_epi8(v, one), 3);
+        return _mm512_add_epi8(c, _mm512_mask_mov_epi64(pos, n, negv));
+    };
+    return {code(_mm512_castsi512_si256(idx), __mmask8(neg)), code(_mm512_extracti64x4_epi64(idx, 1), __mmask8(neg >> 8))};
+}
+
+// dg = d * (0.5 + ls) * f (f = 0.25 for IQ2, 0.5 for IQ3_XXS), mg = -128 dg; ls int32 lanes.
+inline void half_scales(float d, __m512i ls, float f, __m512 * dg, __m512 * mg) {
+    const __m512 s = _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(ls));
+    *dg = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(d), s), _mm512_set1_ps(f));
+    *mg = _mm512_mul_ps(_mm512_set1_ps(-128.0f), *dg);
+}
+
+// dg = d * (2 s + 1) * f, mg = -128 dg.
+inline void odd_scales(float d, __m512i s, float f, __m512 * dg, __m512 * mg) {
+    const __m512 o = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(s, s), _mm512_set1_epi32(1)));
+    *dg = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(d), o), _mm512_set1_ps(f));
+    *mg = _mm512_mul_ps(_mm512_set1_ps(-128.0f), *dg);
+}
+
+// The 16 4-bit scales of 8 bytes (low nibble: values 0..15 of a block, high: 16..31).
+inline __m512i nibble_scales16(const uint8_t * p) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(p));
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+    return _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4)),
+                            _mm512_set1_epi32(15));
+}
+
+// Dwords 0..7 of v, each twice.
+inline __m512i dup8(__m256i v) {
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+                                    _mm512_castsi256_si512(v));
+}
+
+template <>
+struct KQuant<QType::IQ2_XXS> {
+    static constexpr int kBytes = 66;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        // Per block 8 bytes: a0 (4 grid indices), a1 (4 x 7 sign bits, scale).
+        const __m256i v = even_odd_dwords(load32(sb + 2 + 32 * g));
+        const __m512i idx = _mm512_cvtepu8_epi32(half_order(_mm256_castsi256_si128(v)));
+        const __m512i a1 = per_block_half_order(_mm256_extracti128_si256(v, 1));
+        const __m512i sh = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
+        const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(a1, sh), _mm512_set1_epi32(127));
+        return grid8_codes(iq2xxs_grid, idx, ksigns16(s7));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        const __m512i a1 = _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15), q);
+        half_scales(h2f(reinterpret_cast<const block_iq2_xxs *>(sb)->d), _mm512_srli_epi32(a1, 28), 0.25f, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ2_XS> {
+    static constexpr int kBytes = 74;
+    static constexpr bool kGroups16 = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        // u16 per entry: 9-bit grid index, 7 sign bits.
+        const __m512i q = _mm512_cvtepu16_epi32(even_odd_dwords(load32(sb + 2 + 32 * g)));
+        const __m512i idx = _mm512_and_si512(q, _mm512_set1_epi32(511));
+        return grid8_codes(iq2xs_grid, idx, ksigns16(_mm512_srli_epi32(q, 9)));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        half_scales(h2f(reinterpret_cast<const block_iq2_xs *>(sb)->d), nibble_scales16(sb + 66), 0.25f, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ2_S> {
+    static constexpr int kBytes = 82;
+    static constexpr bool kGroups16 = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        // Index bits 0..7 in qs[4 b + l], 8..9 at bits 2 l of qh[b]; sign bytes at qs[32 + 4 b + l].
+        __m512i idx = _mm512_cvtepu8_epi32(half_order(load16(sb + 2 + 16 * g)));
+        uint32_t qh;
+        memcpy(&qh, sb + 66 + 4 * g, 4);
+        const __m512i sh = _mm512_setr_epi32(0, 2, 8, 10, 16, 18, 24, 26, 4, 6, 12, 14, 20, 22, 28, 30);
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(int(qh)), sh), _mm512_set1_epi32(3));
+        idx = _mm512_or_si512(idx, _mm512_slli_epi32(hi, 8));
+        return grid8_codes(iq2s_grid, idx, half_order(load16(sb + 34 + 16 * g)));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        half_scales(h2f(reinterpret_cast<const block_iq2_s *>(sb)->d), nibble_scales16(sb + 74), 0.25f, dg, mg);
+    }
+};
+
+// Grid indices of the 4 blocks of a half of IQ3 types: lo (entries 0..3), hi (4..7) of each.
+inline void iq3_indices(const uint8_t * qs32, __m512i * lo, __m512i * hi) {
+    const __m256i v = even_odd_dwords(load32(qs32));
+    *lo = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(v));
+    *hi = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1));
+}
+
+template <>
+struct KQuant<QType::IQ3_XXS> {
+    static constexpr int kBytes = 98;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        __m512i lo, hi;
+        iq3_indices(sb + 2 + 32 * g, &lo, &hi);
+        // Per block a u32 of 4 x 7 sign bits (one per 8 values) and the scale.
+        const __m512i aux = per_block_half_order(load16(sb + 66 + 16 * g));
+        const __m512i sh = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
+        const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(aux, sh), _mm512_set1_epi32(127));
+        return grid4_codes(iq3xxs_grid, lo, hi, ksigns16(s7));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        const __m512i ls = _mm512_srli_epi32(dup8(load32(sb + 66)), 28);
+        half_scales(h2f(reinterpret_cast<const block_iq3_xxs *>(sb)->d), ls, 0.5f, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ3_S> {
+    static constexpr int kBytes = 110;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        __m512i lo, hi;
+        iq3_indices(sb + 2 + 32 * g, &lo, &hi);
+        // Index bit 8 of entry e of block b: bit e of qh[b].
+        uint32_t qh;
+        memcpy(&qh, sb + 66 + 4 * g, 4);
+        const __m512i q = _mm512_set1_epi32(int(qh)), one = _mm512_set1_epi32(1);
+        const __m512i sh = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+        lo = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srlv_epi32(q, sh), one), 8));
+        hi = _mm512_or_si512(hi, _mm512_slli_epi32(
+                                     _mm512_and_si512(_mm512_srlv_epi32(q, _mm512_add_epi32(sh, _mm512_set1_epi32(4))), one), 8));
+        return grid4_codes(iq3s_grid, lo, hi, half_order(load16(sb + 74 + 16 * g)));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        // Block ib: nibble ib % 2 of scales[ib / 2].
+        uint32_t s;
+        memcpy(&s, sb + 106, 4);
+        const __m512i sh = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+        const __m512i v = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(int(s)), sh), _mm512_set1_epi32(15));
+        odd_scales(h2f(reinterpret_cast<const block_iq3_s *>(sb)->d), v, 1.0f, dg, mg);
+    }
+};
+
+// IQ1: index bits 8..10 of entry l of a block at bits 3 l of its qh word (IQ1_S; bit 15 the
+// delta sign of the block) or in nibble l of its two qh bytes (IQ1_M; bit 3 the delta sign).
+template <>
+struct KQuant<QType::IQ1_S> {
+    static constexpr int kBytes = 50;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        __m512i idx = _mm512_cvtepu8_epi32(half_order(load16(sb + 2 + 16 * g)));
+        const __m512i qh = per_block_half_order(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 34 + 8 * g))));
+        const __m512i sh = _mm512_setr_epi32(0, 3, 0, 3, 0, 3, 0, 3, 6, 9, 6, 9, 6, 9, 6, 9);
+        idx = _mm512_or_si512(idx, _mm512_slli_epi32(_mm512_and_si512(_mm512_srlv_epi32(qh, sh), _mm512_set1_epi32(7)), 8));
+        return iq1_codes(idx, _mm512_test_epi32_mask(qh, _mm512_set1_epi32(0x8000)));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        const __m512i qh = dup8(_mm256_cvtepu16_epi32(load16(sb + 34)));
+        const __m512i s = _mm512_and_si512(_mm512_srli_epi32(qh, 12), _mm512_set1_epi32(7));
+        odd_scales(h2f(reinterpret_cast<const block_iq1_s *>(sb)->d), s, 0.125f, dg, mg);
+    }
+};
+
+template <>
+struct KQuant<QType::IQ1_M> {
+    static constexpr int kBytes = 56;
+    static constexpr bool kGroups16 = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        __m512i idx = _mm512_cvtepu8_epi32(half_order(load16(sb + 16 * g)));
+        // qh[2 b + l / 2], nibble l % 2: as a u16 per block, entry l's nibble at 4 l.
+        const __m512i qh = per_block_half_order(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 32 + 8 * g))));
+        const __m512i sh = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 8, 12, 8, 12, 8, 12, 8, 12);
+        const __m512i nib = _mm512_srlv_epi32(qh, sh);
+        idx = _mm512_or_si512(idx, _mm512_slli_epi32(_mm512_and_si512(nib, _mm512_set1_epi32(7)), 8));
+        return iq1_codes(idx, _mm512_test_epi32_mask(nib, _mm512_set1_epi32(8)));
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        // Group G: bits 3 (G % 4) of scale word G / 4.
+        const __m128i w = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 48)));
+        const __m512i v = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                                   _mm512_castsi128_si512(w));
+        const __m512i sh = _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
+        const __m512i s = _mm512_and_si512(_mm512_srlv_epi32(v, sh), _mm512_set1_epi32(7));
+        odd_scales(h2f(iq1_m_scale(*reinterpret_cast<const block_iq1_m *>(sb))), s, 0.125f, dg, mg);
+    }
+};
+
+}  // namespace sl::cpu::impl::avx512
