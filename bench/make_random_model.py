@@ -44,6 +44,8 @@ SCALE_FIELDS: dict[Q, list[tuple[int, str]]] = {
     Q.Q4_K: [(0, "d"), (2, "dmin")],
     Q.Q5_K: [(0, "d"), (2, "dmin")],
     Q.Q6_K: [(208, "d")],
+    **{t: [(0, "d")] for t in (Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ1_S)},
+    Q.IQ1_M: [(48, "d")],  # spread over the top nibbles of the four scale words (set_scale)
 }
 
 # Mean code of each type's unsigned codes: mins of this size (times d) centre the values.
@@ -65,7 +67,7 @@ ARCH_OPTIONS = {"gemma3-1b": dict(arch="gemma3", key_length=256, sliding_window=
 FILE_TYPES = {
     "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
     "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K, "q4_k_m": Q.Q4_K,
-    "q5_k": Q.Q5_K, "q6_k": Q.Q6_K,
+    "q5_k": Q.Q5_K, "q6_k": Q.Q6_K, "iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS,
 }  # fmt: skip
 
 
@@ -74,13 +76,24 @@ def use_more_bits(i_layer: int, n_layer: int) -> bool:
     return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
 
 
+def set_scale(qtype: Q, b: np.ndarray, off: int, value: float) -> None:
+    """Writes the f16 value into the scale field at off of every block of b (IQ1_M: the four
+    nibbles of the f16 into the top nibbles of the four 16-bit scale words at 48)."""
+    h = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint16)[0]
+    if qtype == Q.IQ1_M:
+        words = b[:, off:off + 8].copy().view(np.uint16)
+        nibbles = (np.uint16(h) >> np.array([0, 4, 8, 12], np.uint16)) & 0xF
+        b[:, off:off + 8] = ((words & 0x0FFF) | (nibbles << 12).astype(np.uint16)).view(np.uint8)
+    else:
+        b[:, off:off + 2] = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
+
+
 def _unit_scale_blocks(qtype: Q, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
     """Random blocks (n_blocks, type_size) with d = 1 and the mins centring the values."""
     blck, size = gguf.GGML_QUANT_SIZES[qtype]
     b = np.frombuffer(rng.bytes(n_blocks * size), dtype=np.uint8).reshape(n_blocks, size).copy()
     for off, role in SCALE_FIELDS[qtype]:
-        value = 1.0 if role == "d" else MEAN_CODE[qtype] * (1.0 if role == "dmin" else -1.0)
-        b[:, off:off + 2] = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
+        set_scale(qtype, b, off, 1.0 if role == "d" else MEAN_CODE[qtype] * (1.0 if role == "dmin" else -1.0))
     return b
 
 
@@ -111,8 +124,7 @@ def random_blocks(qtype: Q, rows: int, cols: int, sigma: float, rng: np.random.G
     b = _unit_scale_blocks(qtype, n_blocks, rng)
     d = sigma / unit_std(qtype)
     for off, role in SCALE_FIELDS[qtype]:
-        value = d if role == "d" else d * MEAN_CODE[qtype] * (1.0 if role == "dmin" else -1.0)
-        b[:, off:off + 2] = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
+        set_scale(qtype, b, off, d if role == "d" else d * MEAN_CODE[qtype] * (1.0 if role == "dmin" else -1.0))
     return b.reshape(rows, (cols // blck) * size)
 
 
