@@ -44,7 +44,8 @@ SCALE_FIELDS: dict[Q, list[tuple[int, str]]] = {
     Q.Q4_K: [(0, "d"), (2, "dmin")],
     Q.Q5_K: [(0, "d"), (2, "dmin")],
     Q.Q6_K: [(208, "d")],
-    **{t: [(0, "d")] for t in (Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ1_S)},
+    **{t: [(0, "d")] for t in (Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S,
+                               Q.IQ1_S)},
     Q.IQ1_M: [(48, "d")],  # spread over the top nibbles of the four scale words (set_scale)
 }
 
@@ -124,7 +125,8 @@ def random_blocks(qtype: Q, rows: int, cols: int, sigma: float, rng: np.random.G
     b = _unit_scale_blocks(qtype, n_blocks, rng)
     d = sigma / unit_std(qtype)
     for off, role in SCALE_FIELDS[qtype]:
-        set_scale(qtype, b, off, d if role == "d" else d * MEAN_CODE[qtype] * (1.0 if role == "dmin" else -1.0))
+        mean = 0.0 if role == "d" else MEAN_CODE[qtype] * (1.0 if role == "dmin" else -1.0)
+        set_scale(qtype, b, off, d if role == "d" else d * mean)
     return b.reshape(rows, (cols // blck) * size)
 
 
