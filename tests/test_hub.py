@@ -1,6 +1,6 @@
 """Model.from_pretrained against a local stand-in for the Hugging Face Hub (its HTTP API as
 huggingface_hub calls it: the repository's file list, then HEAD/GET of resolve/<revision>/<file>),
-and the error for a GGUF split in several files."""
+and the parts of a GGUF split in several files."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from splitllm import Model
+from split_gguf import write_split
 from tiny_model import TinyConfig, make_weights, write_gguf
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")
@@ -117,14 +118,24 @@ def test_from_pretrained_needs_one_match(hub, tmp_path, pattern, match):
     assert hub.downloads == []
 
 
-def test_split_gguf_is_refused_by_name(hub, tmp_path):
-    path = tmp_path / "tiny-00001-of-00003.gguf"
-    write_gguf(make_weights(TinyConfig()), path, metadata={"split.count": 3, "split.no": 0})
-    with pytest.raises(ValueError, match=r"tiny-00001-of-00003.gguf: part 1 of a GGUF split in 3 files"):
-        Model(path, n_ctx=64)
-    write_gguf(make_weights(TinyConfig()), path, metadata={"split.count": "two"})
-    with pytest.raises(ValueError, match=r"metadata 'split.count' must be an integer"):
-        Model(path, n_ctx=64)
-    with pytest.raises(ValueError, match="additional_files: splitllm reads whole GGUF files"):
-        Model.from_pretrained(REPO, "*Q8_0.gguf", additional_files=["*-00002-of-00002.gguf"])
-    assert hub.downloads == []
+def test_split_gguf_parts_come_along(hub, tmp_path):
+    """The first part of a split brings the others (as llama.cpp's -hf does); additional_files
+    takes globs of more files; a missing part or a glob matching nothing is an error."""
+    parts = write_split(tmp_path / "tiny-Q8_0.gguf", tmp_path / "tiny-split", 3)
+    for p in parts:
+        hub.files[p.name] = p.read_bytes()
+    with Model(tmp_path / "tiny-Q8_0.gguf", n_ctx=64, n_threads=2) as m:
+        ref = m.logits([5, 17, 99, 3])
+    cache = tmp_path / "cache"
+    with Model.from_pretrained(REPO, "*-00001-of-00003.gguf", cache_dir=cache, n_ctx=64, n_threads=2) as m:
+        assert Path(m.model_path).name == "tiny-split-00001-of-00003.gguf"
+        np.testing.assert_array_equal(m.logits([5, 17, 99, 3]), ref)
+    assert sorted(hub.downloads) == sorted(p.name for p in parts)
+    Model.from_pretrained(REPO, "*F32.gguf", cache_dir=cache, additional_files=["README*"], n_ctx=64).close()
+    assert hub.downloads[-2:] == ["tiny-F32.gguf", "README.md"]
+    with pytest.raises(ValueError, match=r"no file of someone/tiny-GGUF match 'nothing\*'"):
+        Model.from_pretrained(REPO, "*F32.gguf", cache_dir=cache, additional_files=["nothing*"])
+    del hub.files[parts[2].name]
+    with pytest.raises(ValueError, match=r"tiny-split-00001-of-00003.gguf is the first of 3 parts, but "
+                                         r"tiny-split-00003-of-00003.gguf is not in the repository"):
+        Model.from_pretrained(REPO, "*-00001-of-00003.gguf", cache_dir=tmp_path / "cache2")

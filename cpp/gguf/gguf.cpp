@@ -375,10 +375,76 @@ void GGUFParser::check_overlaps() {
 GGUFFile::GGUFFile(const std::string & path) : path_(path) {
     try {
         parse();
+        open_parts();
+    } catch (...) {
+        parts_.clear();
+        release();
+        throw;
+    }
+}
+
+GGUFFile::GGUFFile(const std::string & path, OnePart) : path_(path) {
+    try {
+        parse();
     } catch (...) {
         release();
         throw;
     }
+}
+
+namespace {
+
+// A split key's value as an integer (any integer type), or `fallback` if absent.
+int64_t split_key(const GGUFFile & f, const char * key, int64_t fallback) {
+    const GGUFValue * v = f.find(key);
+    if (!v) return fallback;
+    if (!v->is_integer()) throw GGUFError(printable(f.path(), 4096) + ": metadata '" + key + "' must be an integer");
+    return f.get_int(key);
+}
+
+// llama.cpp's name of part `no` (0-based) of `count`: PREFIX-%05d-of-%05d.gguf.
+std::string split_name(const std::string & prefix, int64_t no, int64_t count) {
+    return prefix + strfmt("-%05d-of-%05d.gguf", int(no + 1), int(count));
+}
+
+}  // namespace
+
+void GGUFFile::open_parts() {
+    const int64_t count = split_key(*this, "split.count", 1);
+    if (count <= 1) return;
+    const std::string where = printable(path_, 4096);
+    if (count > 9999) throw GGUFError(where + strfmt(": split.count %lld is out of range", (long long)count));
+    const int64_t no = split_key(*this, "split.no", 0);
+    if (no != 0)
+        throw GGUFError(where + strfmt(": this is part %lld of a GGUF split in %lld files: open the first part "
+                                       "(...-00001-of-%05d.gguf), which reads the others",
+                                       (long long)no + 1, (long long)count, int(count)));
+    const std::string suffix = split_name("", 0, count);
+    if (path_.size() <= suffix.size() || path_.compare(path_.size() - suffix.size(), suffix.size(), suffix) != 0)
+        throw GGUFError(where + ": the first part of a GGUF split in " + std::to_string(count) +
+                        " files must be named PREFIX" + suffix + ", as llama.cpp's gguf-split names it, so that the "
+                        "other parts can be found");
+    const std::string prefix = path_.substr(0, path_.size() - suffix.size());
+    for (int64_t i = 1; i < count; ++i) {
+        const std::string part_path = split_name(prefix, i, count);
+        auto part = std::unique_ptr<GGUFFile>(new GGUFFile(part_path, OnePart{}));
+        const std::string pw = printable(part_path, 4096);
+        if (split_key(*part, "split.count", 1) != count || split_key(*part, "split.no", -1) != i)
+            throw GGUFError(pw + strfmt(": not part %lld of %lld of %s (its split.no / split.count differ)",
+                                        (long long)i + 1, (long long)count, where.c_str()));
+        parts_.push_back(std::move(part));
+        const GGUFFile & p = *parts_.back();
+        for (const GGUFTensor & t : p.tensors_) {
+            if (!tensor_index_.emplace(p.tensor_index_.find(t.name)->first, tensors_.size()).second)
+                throw GGUFError(pw + ": tensor '" + printable(t.name) + "' is in an earlier part too");
+            tensors_.push_back(t);
+            tensors_.back().part = int(i);
+        }
+    }
+    const int64_t want = split_key(*this, "split.tensors.count", int64_t(tensors_.size()));
+    if (want != int64_t(tensors_.size()))
+        throw GGUFError(where + strfmt(": split.tensors.count is %lld but the %lld parts hold %zu tensors",
+                                       (long long)want, (long long)count, tensors_.size()));
 }
 
 GGUFFile::~GGUFFile() { release(); }
@@ -476,18 +542,31 @@ std::string GGUFFile::get_str(std::string_view key, const std::string & fallback
     return v ? as_str(*this, key, *v) : fallback;
 }
 
-bool GGUFFile::contains(const void * ptr, size_t n) const {
+bool GGUFFile::contains_own(const void * ptr, size_t n) const {
     const uintptr_t b = reinterpret_cast<uintptr_t>(base_);
     const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
     return base_ && p >= b && p - b <= size_ && n <= size_ - (p - b);
 }
 
+bool GGUFFile::contains(const void * ptr, size_t n) const {
+    if (contains_own(ptr, n)) return true;
+    for (const auto & part : parts_)
+        if (part->contains_own(ptr, n)) return true;
+    return false;
+}
+
 void GGUFFile::advise_dontneed(const void * ptr, size_t n) const {
     if (n == 0) return;
+    for (const auto & part : parts_)
+        if (part->contains_own(ptr, n)) return part->advise_own(ptr, n);
+    if (!contains_own(ptr, n))
+        throw Error(printable(path_, 4096) + ": advise_dontneed: the range is not inside the mapping");
+    advise_own(ptr, n);
+}
+
+void GGUFFile::advise_own(const void * ptr, size_t n) const {
     const uintptr_t b = reinterpret_cast<uintptr_t>(base_);
     const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
-    if (!base_ || p < b || p - b > size_ || n > size_ - (p - b))
-        throw Error(printable(path_, 4096) + ": advise_dontneed: the range is not inside the mapping");
     const uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
     const uint64_t off = p - b;
     const uint64_t begin = (off + page - 1) / page * page;

@@ -15,6 +15,13 @@
 //     length that is a multiple of the block size, an element count and byte size that fit
 //     in 64 bits, an offset that is a multiple of the alignment, data inside the file, and
 //     no two tensors' bytes overlapping.
+//
+// Split files (llama.cpp's gguf-split: NAME-00001-of-0000N.gguf ... with split.no, split.count
+// and split.tensors.count in each part's metadata): opening the first part opens the others,
+// named as llama.cpp names them, beside it; the metadata is the first part's, the tensors are
+// those of all the parts (each pointing into its own part's mapping). Opening a later part, a
+// missing or mismatched part, a name twice across parts, or a tensor count other than
+// split.tensors.count is a GGUFError.
 #pragma once
 
 #include <cstddef>
@@ -83,7 +90,8 @@ struct GGUFTensor {
     QType type;
     int n_dims = 0;
     int64_t ne[4] = {1, 1, 1, 1};  // ne[0] is the row length (fastest-varying), as in ggml
-    uint64_t offset = 0;           // relative to the start of the data section
+    uint64_t offset = 0;           // relative to the start of its part's data section
+    int part = 0;                  // the split part holding the data (0: the file itself)
     uint64_t nbytes = 0;
     const uint8_t * data = nullptr;  // into the mapping
 
@@ -94,7 +102,7 @@ struct GGUFTensor {
 
 class GGUFFile {
 public:
-    // Maps and parses the file; throws GGUFError.
+    // Maps and parses the file (and the other parts of a split: see above); throws GGUFError.
     explicit GGUFFile(const std::string & path);
     ~GGUFFile();
     GGUFFile(const GGUFFile &) = delete;
@@ -106,6 +114,12 @@ public:
     uint64_t data_offset() const { return data_offset_; }
     uint64_t file_size() const { return size_; }
     const uint8_t * mapping() const { return base_; }
+
+    // Files of a split (1 for a whole file); part i's path (0: path()).
+    int n_parts() const { return 1 + int(parts_.size()); }
+    const std::string & part_path(int i) const { return i == 0 ? path_ : parts_[size_t(i - 1)]->path_; }
+    // The offset of part i's data section.
+    uint64_t part_data_offset(int i) const { return i == 0 ? data_offset_ : parts_[size_t(i - 1)]->data_offset_; }
 
     const std::vector<GGUFKV> & kvs() const { return kvs_; }
     const GGUFValue * find(std::string_view key) const;  // nullptr if absent
@@ -129,12 +143,17 @@ public:
     // hold a neighbour's bytes), except that a range reaching the end of the file includes the
     // file's last page. Throws sl::Error if the range is not inside the mapping.
     void advise_dontneed(const void * ptr, size_t n) const;
-    // Whether [ptr, ptr + n) lies inside the mapping.
+    // Whether [ptr, ptr + n) lies inside the mapping (of one of the parts).
     bool contains(const void * ptr, size_t n) const;
 
 private:
+    struct OnePart {};
+    GGUFFile(const std::string & path, OnePart);  // a part of a split, parsed on its own
     void parse();
+    void open_parts();  // the other parts of a split, when this is its first part
     void release();  // unmaps and closes
+    bool contains_own(const void * ptr, size_t n) const;
+    void advise_own(const void * ptr, size_t n) const;
 
     std::string path_;
     int fd_ = -1;
@@ -148,6 +167,7 @@ private:
     // Keys and names are views of the bytes in the mapping, so they stay valid as it does.
     std::unordered_map<std::string_view, size_t> kv_index_;
     std::unordered_map<std::string_view, size_t> tensor_index_;
+    std::vector<std::unique_ptr<GGUFFile>> parts_;  // parts 2.. of a split
 
     friend class GGUFParser;
 };

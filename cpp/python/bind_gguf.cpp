@@ -89,7 +89,7 @@ std::vector<int64_t> view_shape(const GGUFTensor & t) {
 
 pyb::tuple tensor_info(const GGUFFile & f, const GGUFTensor & t) {
     return pyb::make_tuple(to_str(t.name), qtype_traits(t.type)->name, pyb::tuple(pyb::cast(element_shape(t))),
-                           f.data_offset() + t.offset, t.nbytes);
+                           f.part_data_offset(t.part) + t.offset, t.nbytes, t.part);
 }
 
 pyb::list tensor_infos(const GGUFFile & f) {
@@ -126,9 +126,16 @@ void bind_gguf(pyb::module_ & m) {
         .def_property_readonly("alignment", &GGUFFile::alignment)
         .def_property_readonly("data_offset", &GGUFFile::data_offset)
         .def_property_readonly("file_size", &GGUFFile::file_size)
+        .def_property_readonly("part_paths",
+                               [](const GGUFFile & f) {
+                                   pyb::list out;
+                                   for (int i = 0; i < f.n_parts(); ++i) out.append(pyb::bytes(f.part_path(i)));
+                                   return out;
+                               })
         .def("metadata", &metadata, "All key/value pairs as a dict of Python values (arrays as lists).")
         .def("tensor_infos", &tensor_infos,
-             "(name, type name, numpy element shape, absolute byte offset, nbytes) per tensor, in file order.")
+             "(name, type name, numpy element shape, absolute byte offset in its part, nbytes, part) per tensor, "
+             "in file order (a split's parts one after the other).")
         .def("tensor", &tensor_view, pyb::arg("name"), "Read-only numpy view of a tensor's bytes in the mapping.")
         .def("advise_dontneed", &advise_dontneed, pyb::arg("name"),
              "Drops the tensor's whole pages from the resident set; the view stays valid.")

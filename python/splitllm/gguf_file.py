@@ -15,7 +15,10 @@ Conventions, chosen so that code written for ``gguf.GGUFReader`` carries over:
   for a token embedding with ``ne = [576, 49152]``. (``ReaderTensor.shape`` holds ggml's
   order, i.e. this tuple reversed.)
 * ``GGUFTensorInfo.offset`` is the absolute byte offset in the file, like
-  ``ReaderTensor.data_offset``.
+  ``ReaderTensor.data_offset`` (for a split, in the file of its ``part``).
+* A split (llama.cpp's ``NAME-00001-of-0000N.gguf`` ...) opens from its first part, which reads
+  the others beside it: ``part_paths`` lists them, ``tensors`` holds the tensors of all of
+  them, ``metadata`` is the first part's (where llama.cpp's gguf-split writes the model's).
 * Metadata values are Python ``int``, ``float``, ``bool``, ``str`` and ``list`` (arrays of
   arrays as nested lists). Strings are decoded as UTF-8 with ``errors="surrogateescape"``, so
   ``s.encode("utf-8", "surrogateescape")`` gives back the exact bytes of the file.
@@ -48,8 +51,9 @@ class GGUFTensorInfo:
     name: str
     type: str  # ggml type name as gguf-py spells it: "F32", "Q4_K", ...
     shape: tuple[int, ...]  # element shape, numpy order (ggml's ne reversed)
-    offset: int  # absolute byte offset of the data in the file
+    offset: int  # absolute byte offset of the data in the file (of its part)
     nbytes: int
+    part: int = 0  # the file of a split holding it (an index into GGUFFile.part_paths)
 
 
 class GGUFFile:
@@ -68,6 +72,7 @@ class GGUFFile:
         self.version: int = core.version
         self.alignment: int = core.alignment
         self.data_offset: int = core.data_offset
+        self.part_paths: list[str] = [os.fsdecode(p) for p in core.part_paths]
         self.metadata: dict[str, Any] = core.metadata()
         self.tensors: Mapping[str, GGUFTensorInfo] = MappingProxyType(
             {info[0]: GGUFTensorInfo(*info) for info in core.tensor_infos()}

@@ -133,13 +133,6 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         # arrays are tens of MB of Python objects for a large vocabulary).
         with GGUFFile(path) as gf:
             metadata = gf.metadata
-            count = metadata.get("split.count", 1)
-            if not isinstance(count, int) or isinstance(count, bool):
-                raise ValueError(f"{path}: metadata 'split.count' must be an integer (got {count!r})")
-            if count > 1:
-                part = int(metadata.get("split.no", 0)) + 1
-                raise ValueError(f"{path}: part {part} of a GGUF split in {metadata['split.count']} files; "
-                                 "splitllm reads whole files (join them with llama-gguf-split --merge)")
             self.tokenizer = Tokenizer.from_metadata(metadata)
             # gemma-embedding's projections (read once the engine has checked them; other
             # architectures' files are not read for them, as llama.cpp loads them for this one only)
@@ -234,15 +227,13 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         """A model from a GGUF file on the Hugging Face Hub (llama-cpp-python's
         ``Llama.from_pretrained``): ``filename`` is a name or a glob matching one file of
         ``repo_id``, downloaded once (see :mod:`splitllm.hub`); ``kwargs`` go to ``Model``.
-        ``additional_files`` (the other parts of a split model) are refused: splitllm reads
-        whole GGUF files."""
+        ``additional_files``: more names or globs, each matching one file, downloaded beside it
+        (the other parts of a split model; they are fetched without it when ``filename`` is
+        the first part, ``NAME-00001-of-0000N.gguf``)."""
         from splitllm.hub import download
 
-        if additional_files:
-            raise ValueError("additional_files: splitllm reads whole GGUF files, not the parts of a split "
-                             "one (join them with llama-gguf-split --merge)")
-        return cls(download(repo_id, filename, revision=revision, cache_dir=cache_dir, local_dir=local_dir),
-                   **kwargs)
+        return cls(download(repo_id, filename, revision=revision, cache_dir=cache_dir, local_dir=local_dir,
+                            additional_files=additional_files or ()), **kwargs)
 
     def close(self) -> None:
         """Frees the KV cache, buffers and the file mapping. Any further call (other than
