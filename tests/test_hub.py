@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from splitllm import Model
 from split_gguf import write_split
+from splitllm import Model
 from tiny_model import TinyConfig, make_weights, write_gguf
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")

@@ -67,8 +67,8 @@ def test_split_errors(whole, tmp_path):
     # the first part under another name: the others cannot be found
     other = tmp_path / "renamed.gguf"
     parts[0].rename(other)
-    with pytest.raises(GGUFError, match=r"renamed.gguf: the first part of a GGUF split in 3 files must be named "
-                                        r"PREFIX-00001-of-00003.gguf"):
+    with pytest.raises(GGUFError, match=r"renamed.gguf: the first part of a GGUF split in 3 files must be "
+                                        r"named PREFIX-00001-of-00003.gguf"):
         GGUFFile(other)
     # a part of another split (its count differs)
     b = write_split(whole, tmp_path / "b", 2)
