@@ -21,6 +21,7 @@ import hf_fixtures as F
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as GT
+from split_gguf import write_split
 from splitllm import GGUFError, GGUFFile
 from splitllm.cli import main
 from splitllm.quantize_cli import parse_override_kv
@@ -433,10 +434,26 @@ def test_bad_values_are_refused(llama_cpp: Any, tmp_path: Path, where: str, valu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf", "theirs.gguf"]  # no partial output
 
 
-def test_split_input_is_refused(tmp_path: Path) -> None:
-    sparse_gguf(tmp_path / "s.gguf", "llama", 2, ["token_embd.weight"], extra={"split.count": 2})
-    with pytest.raises(QuantizeError, match="split GGUF"):
-        ours(tmp_path / "s.gguf", tmp_path / "out.gguf", "q8_0")
+@pytest.mark.reference
+@pytest.mark.parametrize("ftype", ["q4_k_m", "iq4_xs"])
+def test_split_input_matches_llama_cpp(llama_cpp: Any, models: dict[str, Path], ftype: str,
+                                       tmp_path: Path) -> None:  # fmt: skip
+    """A split input (read from its first part) gives one output file, llama.cpp's bytes, with
+    the split keys removed (as llama-quantize without --keep-split)."""
+    parts = write_split(models["llama-f16"], tmp_path / "in", 3)
+    assert llama_quantize(llama_cpp, parts[0], tmp_path / "theirs.gguf", ftype) == 0
+    ours(parts[0], tmp_path / "ours.gguf", ftype)
+    assert_same_file(tmp_path / "ours.gguf", tmp_path / "theirs.gguf")
+    with GGUFFile(tmp_path / "ours.gguf") as f:
+        assert not any(k.startswith("split.") for k in f.metadata)
+    whole = _whole(llama_cpp, models["llama-f16"], tmp_path, ftype)
+    assert types_of(tmp_path / "ours.gguf") == types_of(whole)
+
+
+def _whole(llama_cpp: Any, src: Path, tmp_path: Path, ftype: str) -> Path:
+    out = tmp_path / "whole.gguf"
+    assert llama_quantize(llama_cpp, src, out, ftype) == 0
+    return out
 
 
 def test_parse_override_kv() -> None:

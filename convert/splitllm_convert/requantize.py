@@ -13,12 +13,13 @@ pair of the input in its order, then ``general.quantization_version`` and ``gene
 moved to the end (ggml's setters remove a key and append it), the ``split.*`` keys removed; the
 tensors in llama.cpp's order (by layer number, then by name), each of the type llama.cpp's rules
 choose (``quant_rules``), quantized by splitllm's C++ quantizers (ggml's reference quantizers,
-byte-identical), GGUF version 3, data aligned to 32 bytes. The differences, all for inputs
+byte-identical), GGUF version 3, data aligned to 32 bytes. An input split in several files is
+read from its first part and written as one file, as llama.cpp does without ``--keep-split``
+(which is refused). The differences, all for inputs
 llama.cpp handles badly:
 
 - an input with ``general.alignment`` other than 32: llama.cpp keeps the key but aligns to 32
   (its output is then unreadable); splitllm aligns the output to the key's value;
-- an input split into several files (``split.count`` > 1) is refused (llama.cpp merges them);
 - llama.cpp requires a known architecture and its hyper-parameters; splitllm reads only
   ``general.architecture``, ``block_count``, ``expert_count``, ``nextn_predict_layers`` and the
   head counts (what the rules use), so it also quantizes architectures llama.cpp does not know.
@@ -196,10 +197,6 @@ def _open(src: Path) -> _Input:
         header = f.read(gf.data_offset)
     kvs = gguf_meta.read_kvs(header, str(src))
     meta = gf.metadata
-    n_split = meta.get("split.count", 1)
-    if isinstance(n_split, int) and n_split > 1:
-        raise QuantizeError(f"{src}: a split GGUF ({n_split} files) is not supported; merge it first "
-                            "(llama-gguf-split --merge)")  # fmt: skip
     return _Input(src, gf, kvs, meta)
 
 
