@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import FrozenInstanceError, replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -496,12 +497,13 @@ def test_huge_penalty_window_is_not_allocated_up_front() -> None:
 class LlamaCppChain:
     """The sampler chain llama-cpp-python 0.3.36 builds in ``Llama._init_sampler`` (logit_bias is
     applied in Python before it, as ``_create_completion`` does), run on a token array through
-    the low-level API: no model needed. top_n_sigma, XTC and the dynamic temperature (llama-server's,
+    the low-level API: no model needed (but for DRY, which needs ``vocab``: a llama_vocab pointer).
+    DRY, top_n_sigma, XTC and the dynamic temperature (llama-server's,
     not llama-cpp-python's) sit where llama-server's default order puts them. With
     ``chain="llama-server"``, the chain common/sampling.cpp builds instead (min_keep 0, its default;
     mirostat: temperature then mirostat, no penalties)."""
 
-    def __init__(self, p: SamplingParams, n: int, seed: int) -> None:
+    def __init__(self, p: SamplingParams, n: int, seed: int, vocab: Any = None) -> None:
         import llama_cpp as lc
 
         self.lc, self.p, self.n = lc, p, n
@@ -512,6 +514,8 @@ class LlamaCppChain:
         if not (server and p.mirostat_mode):
             add(lc.llama_sampler_init_penalties(n, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
                                                 p.presence_penalty))
+        if vocab is not None and p.dry and not p.mirostat_mode:  # DRY: llama-server's place
+            add(llama_cpp_dry(vocab, p))
         if not server and p.temperature == 0:
             add(lc.llama_sampler_init_greedy())
         elif not server and p.temperature < 0:
@@ -562,6 +566,20 @@ class LlamaCppChain:
         kept = view[start: start + cur.size]
         picked = int(kept["id"][cur.selected])
         return dict(zip(kept["id"].tolist(), kept["p"].astype(np.float64).tolist(), strict=True)), picked
+
+
+def llama_cpp_dry(vocab: Any, p: SamplingParams) -> Any:
+    """llama.cpp's DRY sampler for p's settings (dry_penalty_last_n -1, "the whole context",
+    as a window longer than any history here)."""
+    import ctypes
+
+    import llama_cpp as lc
+
+    breakers = [b.encode("utf-8") for b in p.dry_sequence_breakers]
+    array = (ctypes.c_char_p * max(len(breakers), 1))(*breakers)
+    last_n = p.dry_penalty_last_n if p.dry_penalty_last_n >= 0 else 1 << 20
+    return lc.llama_sampler_init_dry(vocab, p.dry_multiplier, p.dry_base, p.dry_allowed_length, last_n,
+                                     array, len(breakers))
 
 
 def at_filter_edge(x: np.ndarray, p: SamplingParams, history: list[int], token: int) -> bool:

@@ -142,7 +142,7 @@ def test_model_takes_the_new_settings(model) -> None:
         with pytest.raises(ValueError, match=match):
             model.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=2, **bad)
     with pytest.raises(TypeError):
-        model(PROMPT, max_tokens=2, dry_multiplier=0.5)
+        model(PROMPT, max_tokens=2, adaptive_target=0.5)
 
 
 def test_mirostat_state_under_speculative_decoding(model, smollm2_path) -> None:
@@ -203,8 +203,8 @@ def test_native_endpoint_runs_llama_servers_samplers(server, model) -> None:
     assert out["tokens"] == replay_model(model, prompt, server_params(**extra), 7, 6)
     settings = out["generation_settings"]
     assert {k: settings[k] for k in extra} == extra
-    assert settings["samplers"] == ["penalties", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc",
-                                    "temperature"]
+    assert settings["samplers"] == ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p",
+                                    "xtc", "temperature"]
     # mirostat: temperature then mirostat, the penalties left out (llama-server's chain)
     miro = {"mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.2}
     out = post(server, "/completion", {"prompt": PROMPT, "n_predict": 6, "seed": 11, "temperature": 0.6,
@@ -255,11 +255,13 @@ def test_openai_endpoints_take_the_new_fields(server, model) -> None:
     ("/v1/completions", {"mirostat": 1, "mirostat_mode": 2}, "mirostat"),
     ("/v1/completions", {"mirostat_eta": 0.0}, "mirostat_eta"),
     ("/v1/completions", {"tfs_z": 0.5}, "tfs_z"),
-    ("/v1/completions", {"dry_multiplier": 0.8}, "dry_multiplier"),
+    ("/v1/completions", {"dry_allowed_length": -1}, "dry_allowed_length"),
+    ("/v1/completions", {"dry_sequence_breakers": "\n"}, "dry_sequence_breakers"),
     ("/v1/completions", {"xtc_probability": 1.5}, "xtc_probability"),
     ("/v1/completions", {"dynatemp_range": -1.0}, "dynatemp_range"),
     ("/v1/chat/completions", {"typical_p": -0.5}, "typical_p"),
-    ("/completion", {"dry_multiplier": 0.5}, "dry_multiplier"),
+    ("/completion", {"dry_penalty_last_n": -2}, "dry_penalty_last_n"),
+    ("/completion", {"dry_multiplier": "0.5"}, "dry_multiplier"),
     ("/completion", {"mirostat": "2"}, "mirostat"),
     ("/completion", {"mirostat_tau": math.nan}, "mirostat_tau"),
     ("/completion", {"dynatemp_exponent": math.inf}, "dynatemp_exponent"),

@@ -32,12 +32,21 @@ void bind_sample(pyb::module_ & m) {
         .def_readwrite("top_n_sigma", &sl::SamplerParams::top_n_sigma)
         .def_readwrite("dynatemp_range", &sl::SamplerParams::dynatemp_range)
         .def_readwrite("dynatemp_exponent", &sl::SamplerParams::dynatemp_exponent)
+        .def_readwrite("dry_multiplier", &sl::SamplerParams::dry_multiplier)
+        .def_readwrite("dry_base", &sl::SamplerParams::dry_base)
+        .def_readwrite("dry_allowed_length", &sl::SamplerParams::dry_allowed_length)
+        .def_readwrite("dry_penalty_last_n", &sl::SamplerParams::dry_penalty_last_n)
+        .def_readwrite("dry_breakers", &sl::SamplerParams::dry_breakers)
         .def_readwrite("server_chain", &sl::SamplerParams::server_chain);
 
     pyb::class_<sl::Sampler>(m, "Sampler", "Token sampler: penalty history and random state.")
         .def(pyb::init<const sl::SamplerParams &, int32_t, uint64_t>(), "params"_a, "n_vocab"_a, "seed"_a)
         .def("reset", &sl::Sampler::reset, "seed"_a)
         .def("accept", &sl::Sampler::accept, "token"_a)
+        .def(
+            "accept_prompt",
+            [](sl::Sampler & s, const std::vector<int32_t> & tokens) { s.accept_prompt(tokens.data(), tokens.size()); },
+            "tokens"_a)
         .def(
             "sample",
             [](sl::Sampler & s, const Logits & logits) { return s.sample(logits.data(), size_t(logits.size())); },
@@ -52,8 +61,17 @@ void bind_sample(pyb::module_ & m) {
                                        pyb::array_t<float>(p.size(), p.data()));
             },
             "logits"_a)
+        .def(
+            "adjusted",
+            [](sl::Sampler & s, const Logits & logits) {
+                pyb::array_t<float> out(logits.size());
+                s.adjusted(logits.data(), size_t(logits.size()), out.mutable_data());
+                return out;
+            },
+            "logits"_a)
         .def_property_readonly("n_vocab", &sl::Sampler::n_vocab)
         .def_property_readonly("general", &sl::Sampler::general)
+        .def_property_readonly("dry", &sl::Sampler::dry)
         .def_property_readonly("mirostat_mu", &sl::Sampler::mirostat_mu);
 
     pyb::class_<sl::GrammarRules, std::shared_ptr<sl::GrammarRules>>(

@@ -51,7 +51,9 @@ void seed_rng(std::mt19937 & rng, uint64_t seed) {
 }  // namespace
 
 Sampler::Sampler(const SamplerParams & params, int32_t n_vocab, uint64_t seed)
-    : params_(params), n_vocab_(n_vocab) {
+    : params_(params), n_vocab_(n_vocab),
+      dry_(params.dry_multiplier, params.dry_base, params.dry_allowed_length, params.dry_penalty_last_n,
+           params.dry_breakers, std::max(n_vocab, 1)) {
     const SamplerParams & p = params_;
     require(n_vocab > 0, strfmt("n_vocab must be positive, got %d", n_vocab));
     require(std::isfinite(p.temperature), "temperature must be finite");
@@ -80,6 +82,7 @@ Sampler::Sampler(const SamplerParams & params, int32_t n_vocab, uint64_t seed)
                      (p.server_chain && p.mirostat != 0);
     const bool extra = p.typical_p < 1.0f || p.mirostat != 0 || p.top_n_sigma > 0.0f ||
                        (p.xtc_probability > 0.0f && p.xtc_threshold <= 0.5f) || p.dynatemp_range > 0.0f;
+    dry_on_ = dry_.on() && p.mirostat == 0;
     general_ = p.server_chain ? extra || p.temperature < 0.0f : extra && p.temperature > 0.0f;
     if (general_) cand_data_.resize(size_t(n_vocab));
     ring_.reserve(std::min<size_t>(size_t(p.repeat_last_n), 4096));
@@ -98,11 +101,13 @@ void Sampler::reset(uint64_t seed) {
     for (int32_t t : ring_) count_[size_t(t)] = 0;
     ring_.clear();
     ring_head_ = 0;
+    dry_.reset();
 }
 
 void Sampler::accept(int32_t token) {
     require(token >= 0 && token < n_vocab_,
             strfmt("accepted token %d is outside the vocabulary [0, %d)", token, n_vocab_));
+    if (dry_on_) dry_.accept(token);
     const size_t cap = size_t(params_.repeat_last_n);
     if (cap == 0) return;
     if (ring_.size() < cap) {
@@ -114,6 +119,15 @@ void Sampler::accept(int32_t token) {
         ring_head_ = (ring_head_ + 1) % cap;
     }
     count_[size_t(token)]++;
+}
+
+void Sampler::accept_prompt(const int32_t * tokens, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+        require(tokens[i] >= 0 && tokens[i] < n_vocab_,
+                strfmt("prompt token %d is outside the vocabulary [0, %d)", tokens[i], n_vocab_));
+    }
+    if (!dry_on_) return;
+    for (size_t i = 0; i < n; ++i) dry_.accept(tokens[i]);
 }
 
 void Sampler::check_logits(size_t n) const {
@@ -130,6 +144,11 @@ void Sampler::apply_bias_and_penalties(const float * logits) {
         x[token] = std::isnan(l) ? -std::numeric_limits<float>::infinity() : l;
     }
 
+    apply_penalties(x);
+    if (dry_on_) dry_.apply(x);  // llama-server's place: after the penalties
+}
+
+void Sampler::apply_penalties(float * x) {
     const SamplerParams & p = params_;
     if (ring_.empty() || penalties_off_) return;
     // Each distinct token once: its count is negated while penalised, then restored.
@@ -386,6 +405,12 @@ void Sampler::probs(const float * logits, size_t n, std::vector<int32_t> & ids, 
         ids[i] = cand_[order[i]].id;
         p[i] = float(double(prob_[order[i]]) / sum);
     }
+}
+
+void Sampler::adjusted(const float * logits, size_t n, float * out) {
+    check_logits(n);
+    apply_bias_and_penalties(logits);
+    std::copy(scratch_.begin(), scratch_.end(), out);
 }
 
 // ---- general path: llama.cpp's array operations (see sampler.h for the chains)

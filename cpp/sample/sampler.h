@@ -31,6 +31,11 @@
 //       temperature), then the draw (so typical_p or XTC may move a "greedy" pick)
 //     mirostat on: logit_bias -> temperature -> mirostat (no penalties, no filters)
 //
+// DRY (sample/dry.h), when on, runs right after the penalties in both chains (llama-server's place;
+// llama-cpp-python has no DRY), also before a greedy pick, and not at all with mirostat (as in
+// llama-server). It only lowers logits, before any sort, so it needs no general path. Its history
+// is the prompt (accept_prompt) then the accepted tokens.
+//
 // min_keep is 1 (llama-server's 0 gives the same candidates for these samplers). XTC draws from
 // its own generator, seeded like the main one. Mirostat keeps mu (2 * tau after construction and
 // reset()), updated by each sample(): a draw the caller throws away (a grammar's rejection)
@@ -45,6 +50,7 @@
 #include <utility>
 #include <vector>
 
+#include "sample/dry.h"
 #include "sample/replay.h"
 
 namespace sl {
@@ -69,6 +75,12 @@ struct SamplerParams {
     float top_n_sigma = -1.0f;       // <= 0: off
     float dynatemp_range = 0.0f;     // <= 0: off; temperature +- range, from the entropy
     float dynatemp_exponent = 1.0f;
+    // DRY (sample/dry.h): after the penalties, in both chains (not with mirostat).
+    float dry_multiplier = 0.0f;     // 0: off
+    float dry_base = 1.75f;          // < 1: off
+    int32_t dry_allowed_length = 2;  // repeats longer than this are penalised
+    int32_t dry_penalty_last_n = 64; // window over accepted (and prompt) tokens; 0: off; -1: all
+    DryBreakers dry_breakers;        // the sequence breakers as tokens (splitllm/dry.py)
     bool server_chain = false;       // llama-server's chain instead of llama-cpp-python's
 };
 
@@ -84,9 +96,13 @@ public:
     // Clears the penalty history, reseeds the generators and sets mirostat's mu to 2 * tau.
     void reset(uint64_t seed);
 
-    // Adds a token to the penalty history (the window keeps the last repeat_last_n).
+    // Adds a token to the penalty history (the window keeps the last repeat_last_n) and DRY's.
     // Throws std::invalid_argument for a token outside [0, n_vocab).
     void accept(int32_t token);
+    // The prompt's tokens, before the first sample(): DRY's history takes them (llama-server
+    // accepts the prompt into its chain); the penalty window does not (llama-cpp-python's never
+    // sees the prompt). A no-op when DRY is off.
+    void accept_prompt(const int32_t * tokens, size_t n);
 
     // Picks the next token from logits (n_vocab floats, left untouched). Does not accept it.
     int32_t sample(const float * logits);
@@ -98,9 +114,15 @@ public:
     // the random state. Greedy gives the argmax with probability 1.
     void probs(const float * logits, size_t n, std::vector<int32_t> & ids, std::vector<float> & p);
 
+    // Debug and tests: the logits after logit_bias, the penalties and DRY (NaN as -inf) into out
+    // (n_vocab floats). Touches neither the histories nor the random state.
+    void adjusted(const float * logits, size_t n, float * out);
+
     const SamplerParams & params() const { return params_; }
     // True when the general path (sample/replay.h) picks the tokens.
     bool general() const { return general_; }
+    // True when DRY runs (its settings turn it on and mirostat is off).
+    bool dry() const { return dry_on_; }
     // Mirostat's current mu (2 * tau while mirostat is off).
     float mirostat_mu() const { return mu_; }
     int32_t n_vocab() const { return n_vocab_; }
@@ -113,7 +135,8 @@ public:
 
 private:
     void check_logits(size_t n) const;
-    void apply_bias_and_penalties(const float * logits);
+    void apply_bias_and_penalties(const float * logits);  // and DRY, into scratch_
+    void apply_penalties(float * x);
     void run_general(const float * logits, replay::Array & cur);  // the chain on cand_data_
     int32_t argmax() const;
     size_t candidates();                  // runs top_k / top_p / min_p (or none for temp < 0)
@@ -133,6 +156,8 @@ private:
     std::mt19937 rng_;             // seeded like llama.cpp's dist sampler (seeds < 2^32)
     bool penalties_off_;           // neutral settings, or llama-server's mirostat chain
     bool general_;                 // a sampler of the general path is on
+    Dry dry_;                      // DRY's settings and history
+    bool dry_on_;                  // dry_.on() and mirostat off
 
     // The general path's state: XTC's generator and mirostat's mu.
     std::mt19937 xtc_rng_;

@@ -219,6 +219,11 @@ class SamplerParams:
     top_n_sigma: float
     dynatemp_range: float
     dynatemp_exponent: float
+    dry_multiplier: float
+    dry_base: float
+    dry_allowed_length: int
+    dry_penalty_last_n: int
+    dry_breakers: list[tuple[int, list[int]]]
     server_chain: bool
     def __init__(self) -> None: ...
 
@@ -229,11 +234,15 @@ class Sampler:
     def reset(self, seed: int) -> None:
         """Clears the penalty history, reseeds the generators and sets mirostat's mu to 2 * tau."""
     def accept(self, token: int) -> None:
-        """Adds a token to the penalty history (the window keeps the last repeat_last_n)."""
+        """Adds a token to the penalty history (the window keeps the last repeat_last_n) and DRY's."""
+    def accept_prompt(self, tokens: list[int]) -> None:
+        """The prompt's tokens: DRY's history takes them (the penalty window does not)."""
     def sample(self, logits: np.ndarray) -> int:
         """Picks the next token from logits (n_vocab float32, left untouched). Does not accept it."""
     def probs(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(int32 ids, float32 probabilities) the draw would use, most probable first."""
+    def adjusted(self, logits: np.ndarray) -> np.ndarray:
+        """The logits after logit_bias, the penalties and DRY (float32, NaN as -inf)."""
     @property
     def n_vocab(self) -> int: ...
     @property
@@ -242,6 +251,9 @@ class Sampler:
     @property
     def mirostat_mu(self) -> float:
         """Mirostat's current mu (2 * tau while mirostat is off)."""
+    @property
+    def dry(self) -> bool:
+        """True when DRY runs (its settings turn it on and mirostat is off)."""
 
 class GrammarRules:
     """A parsed GBNF grammar (see cpp/sample/grammar.h); sl.Error on a bad one."""

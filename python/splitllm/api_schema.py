@@ -9,7 +9,10 @@ request and a direct call with the same arguments give the same result, but for 
 chain: these endpoints run llama-server's (as llama-server does on its OpenAI endpoints, see
 :mod:`splitllm.sampling`), which differs from the Model's (llama-cpp-python's) only with mirostat
 (the temperature applies before it, the penalties do not) and with a temperature of 0 together
-with typical_p, XTC, top_n_sigma or dynatemp_range.
+with typical_p, XTC, top_n_sigma or dynatemp_range. llama-server's DRY fields (``dry_multiplier``,
+``dry_base``, ``dry_allowed_length``, ``dry_penalty_last_n``, ``dry_sequence_breakers``) are taken
+with its defaults, ranges and rules (``dry_base`` below 1 means 1.75; an empty list of breakers is
+refused); DRY's history starts with the prompt, as llama-server's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.logprobs import MAX_TOP_LOGPROBS
 from splitllm.sampling import SamplingParams, check_tfs_z
 
@@ -116,7 +120,12 @@ class _Sampling(_NullIsDefault):
     top_n_sigma: float = -1.0
     dynatemp_range: float = Field(0.0, ge=0.0)
     dynatemp_exponent: float = 1.0
-    dry_multiplier: float = 0.0  # DRY: not implemented, only 0.0 (off)
+    # llama-server's DRY (dry_base below 1 means its default, as llama-server reads it)
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = Field(2, ge=0)
+    dry_penalty_last_n: int = Field(64, ge=-1)  # -1: the whole context
+    dry_sequence_breakers: list[str] = Field(default_factory=lambda: list(DEFAULT_BREAKERS), min_length=1)
 
     @field_validator("tfs_z")
     @classmethod
@@ -124,12 +133,10 @@ class _Sampling(_NullIsDefault):
         check_tfs_z(v)
         return v
 
-    @field_validator("dry_multiplier")
+    @field_validator("dry_base")
     @classmethod
-    def _no_dry(cls, v: float) -> float:
-        if v != 0.0:
-            raise ValueError("DRY sampling is not implemented by splitllm (only 0.0, which turns it off)")
-        return v
+    def _dry_base(cls, v: float) -> float:
+        return v if v >= 1.0 else 1.75
 
     @model_validator(mode="after")
     def _one_mirostat(self) -> _Sampling:
@@ -156,7 +163,10 @@ class _Sampling(_NullIsDefault):
                 mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
                 xtc_probability=self.xtc_probability, xtc_threshold=self.xtc_threshold,
                 top_n_sigma=self.top_n_sigma, dynatemp_range=self.dynatemp_range,
-                dynatemp_exponent=self.dynatemp_exponent, chain="llama-server")
+                dynatemp_exponent=self.dynatemp_exponent, dry_multiplier=self.dry_multiplier,
+                dry_base=self.dry_base, dry_allowed_length=self.dry_allowed_length,
+                dry_penalty_last_n=self.dry_penalty_last_n, dry_sequence_breakers=self.dry_sequence_breakers,
+                chain="llama-server")
         except ValueError as e:
             raise sampling_error(e) from None
 

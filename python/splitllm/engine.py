@@ -192,8 +192,10 @@ class BatchEngine:
         n_top = check_n_top(logprobs)
         if prompt_logprobs and n_top is None:
             raise ValueError("prompt log-probabilities need logprobs")
-        sampler = Sampler(params or SamplingParams(), self._n_vocab, self.model._seed_for(seed))
         tok = self.model.tokenizer
+        sampler = Sampler(params or SamplingParams(), self._n_vocab, self.model._seed_for(seed),
+                          tokenizer=tok)
+        sampler.accept_prompt(prompt)  # (DRY's history starts with the prompt, as llama-server's)
         text = TokenText(tok, n_prompt=len(prompt), stop=stop_list(stop),
                          limit=completion_limit(max_tokens, len(prompt), self.slot_ctx) if generate else 0,
                          logprobs=n_top)

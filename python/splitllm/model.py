@@ -31,6 +31,7 @@ from splitllm.completions import (
     completion_limit,
     stop_list,
 )
+from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.gguf_file import GGUFFile
 from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
 from splitllm.logprobs import check_n_top, token_logprob
@@ -479,6 +480,11 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         top_n_sigma: float = -1.0,
         dynatemp_range: float = 0.0,
         dynatemp_exponent: float = 1.0,
+        dry_multiplier: float = 0.0,
+        dry_base: float = 1.75,
+        dry_allowed_length: int = 2,
+        dry_penalty_last_n: int = 64,
+        dry_sequence_breakers: Sequence[str] = DEFAULT_BREAKERS,
     ) -> Generator[int, None, None]:
         """Yields sampled token ids after ``tokens``, without end; stops when the context is full
         (or ``stopping_criteria`` says so: see :meth:`stream` for it and ``logits_processor``).
@@ -493,11 +499,13 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
             presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
-            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent)
+            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent,
+            dry_multiplier=dry_multiplier, dry_base=dry_base, dry_allowed_length=dry_allowed_length,
+            dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers)
         toks = self._check_tokens(tokens)
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")
-        sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
+        sampler = Sampler(params, self.n_vocab(), self._seed_for(seed), tokenizer=self.tokenizer)
         return self._tokens(self._generate(toks, sampler, None, as_grammar(grammar), logits_processor),
                             stopping_criteria)
 
@@ -518,6 +526,7 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         when the cache already holds them (``eval_prompt`` is then skipped). With a draft model,
         a pass evaluates the token and the draft's guesses; the logits after a guess are used as
         long as the sampled tokens equal the guesses (see :mod:`splitllm.speculative`)."""
+        sampler.accept_prompt(tokens)  # (DRY's history starts with the prompt)
         logits = self.eval_prompt(tokens) if first is None else first
         guessed: list[tuple[int, np.ndarray]] = []  # (guess, logits after it), K/V already cached
         unused: int | None = None  # the draft's first guess when the pass held none
@@ -616,6 +625,11 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         top_n_sigma: float = -1.0,
         dynatemp_range: float = 0.0,
         dynatemp_exponent: float = 1.0,
+        dry_multiplier: float = 0.0,
+        dry_base: float = 1.75,
+        dry_allowed_length: int = 2,
+        dry_penalty_last_n: int = 64,
+        dry_sequence_breakers: Sequence[str] = DEFAULT_BREAKERS,
     ) -> Iterator[CompletionChunk]:
         """Generates after ``prompt_tokens`` and yields text chunks, then one with the finish reason.
         With ``logprobs`` (0..20 alternatives), chunks carry their tokens' log-probabilities;
@@ -626,8 +640,8 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         evaluated so far and the logits of the pick (llama-cpp-python's arguments): true ends the
         text before the picked token (finish reason "stop"). The sampler settings are
         llama-cpp-python's, and llama-server's ``xtc_probability``, ``xtc_threshold``,
-        ``top_n_sigma``, ``dynatemp_range`` and ``dynatemp_exponent`` (off by default; see
-        :mod:`splitllm.sampling` for the chain).
+        ``top_n_sigma``, ``dynatemp_range``, ``dynatemp_exponent`` and DRY's ``dry_*`` (off by
+        default; see :mod:`splitllm.sampling` for the chain).
 
         Arguments are checked when this is called."""
         params = sampling_params(
@@ -636,7 +650,9 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
             presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
-            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent)
+            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent,
+            dry_multiplier=dry_multiplier, dry_base=dry_base, dry_allowed_length=dry_allowed_length,
+            dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers)
         return self._stream_from(prompt_tokens, None, params, max_tokens=max_tokens, stop=stop, seed=seed,
                                  logprobs=logprobs, grammar=grammar, logits_processor=logits_processor,
                                  stopping_criteria=stopping_criteria)
@@ -658,7 +674,7 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
             limit=completion_limit(max_tokens, len(prompt), self._seq_ctx),
             logprobs=n_top,
         )
-        sampler = Sampler(params, self.n_vocab(), self._seed_for(seed))
+        sampler = Sampler(params, self.n_vocab(), self._seed_for(seed), tokenizer=self.tokenizer)
         gen = self._generate(prompt, sampler, first, as_grammar(grammar), logits_processor)
         return self._stream(text, gen, stopping_criteria)
 

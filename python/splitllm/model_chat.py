@@ -8,6 +8,7 @@ from typing import Any
 
 from splitllm.chat import ChatTemplate, template_variables
 from splitllm.completions import chat_chunks, chat_head, chat_response, stop_list
+from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.grammar import Grammar, response_grammar
 from splitllm.logprobs import chat_n_top
 from splitllm.reasoning import check_reasoning_format, prompt_opens_thinking, split_reasoning
@@ -79,6 +80,11 @@ class ChatMethods:
         top_n_sigma: float = -1.0,
         dynatemp_range: float = 0.0,
         dynatemp_exponent: float = 1.0,
+        dry_multiplier: float = 0.0,
+        dry_base: float = 1.75,
+        dry_allowed_length: int = 2,
+        dry_penalty_last_n: int = 64,
+        dry_sequence_breakers: Sequence[str] = DEFAULT_BREAKERS,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat completion, shaped like OpenAI's ``chat.completions.create``; ``logprobs=True``
         gives each generated token's log-probability and ``top_logprobs`` (0..20) alternatives.
@@ -98,7 +104,9 @@ class ChatMethods:
             presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
-            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent)
+            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent,
+            dry_multiplier=dry_multiplier, dry_base=dry_base, dry_allowed_length=dry_allowed_length,
+            dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers)
         n_top = chat_n_top(logprobs, top_logprobs)
         constraint = response_grammar(response_format, grammar)
         plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from splitllm.completions import Echo, completion_chunks, completion_head, completion_response
+from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.grammar import Grammar
 from splitllm.infill import append_tail, check_echo, completion_prompt
 from splitllm.logprobs import PromptLogprobs, TokenLogprob, check_n_top
@@ -61,12 +62,18 @@ class CompletionMethods:
         top_n_sigma: float = -1.0,
         dynatemp_range: float = 0.0,
         dynatemp_exponent: float = 1.0,
+        dry_multiplier: float = 0.0,
+        dry_base: float = 1.75,
+        dry_allowed_length: int = 2,
+        dry_penalty_last_n: int = 64,
+        dry_sequence_breakers: Sequence[str] = DEFAULT_BREAKERS,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Text completion, shaped like OpenAI's (and llama-cpp-python's) ``create_completion``.
         ``grammar``: the generated text follows it (:mod:`splitllm.grammar`). ``suffix``: the text
         comes between ``prompt`` and it (fill-in-the-middle, :mod:`splitllm.infill`). The sampler
         settings are llama-cpp-python's (``tfs_z``: only 1.0, see :func:`~splitllm.sampling.check_tfs_z`),
-        and llama-server's ``xtc_*``, ``top_n_sigma`` and ``dynatemp_*`` (see :mod:`splitllm.sampling`).
+        and llama-server's ``xtc_*``, ``top_n_sigma``, ``dynatemp_*`` and ``dry_*`` (DRY; see
+        :mod:`splitllm.sampling`).
 
         ``logprobs`` (0..20): each generated token's log-probability and that many most likely
         alternatives (from the model's logits, before sampling settings); with ``echo``, the
@@ -78,7 +85,9 @@ class CompletionMethods:
             presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
-            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent)
+            top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent,
+            dry_multiplier=dry_multiplier, dry_base=dry_base, dry_allowed_length=dry_allowed_length,
+            dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers)
         tokens, tail = completion_prompt(self, prompt, suffix)
         n_top = check_n_top(logprobs)
         check_echo(suffix, echo, n_top)

@@ -4,13 +4,14 @@
 As llama-server does, ``null`` means the default, ``n_predict`` may be given as ``max_tokens`` or
 ``max_completion_tokens``, ``n_probs`` as ``logprobs`` and ``n_cmpl`` as ``n``, and
 ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``xtc_probability``, ``xtc_threshold`` and ``mirostat``
-are clamped to their ranges. The sampler chain is llama-server's (``chain="llama-server"``, see
-:mod:`splitllm.sampling`) in its default order: penalties, top_n_sigma, top_k, typ_p, top_p, min_p,
-xtc, temperature (dynamic with ``dynatemp_range``), then the draw; ``samplers`` picks which of them
-run, in that order. With ``mirostat`` 1 or 2 the chain is temperature then mirostat, as in
-llama-server. DRY (splitllm does not implement it) is refused unless ``dry_multiplier`` keeps it off,
-and skipped when listed in ``samplers``, as is llama-server's ``infill``; ``adaptive_p`` (which would
-replace the draw) is refused.
+are clamped to their ranges (``dry_base`` below 1 means 1.75). The sampler chain is llama-server's
+(``chain="llama-server"``, see :mod:`splitllm.sampling`) in its default order: penalties, dry,
+top_n_sigma, top_k, typ_p, top_p, min_p, xtc, temperature (dynamic with ``dynatemp_range``), then
+the draw; ``samplers`` picks which of them run, in that order. With ``mirostat`` 1 or 2 the chain is
+temperature then mirostat, as in llama-server. DRY's history starts with the prompt, as
+llama-server's; ``dry_sequence_breakers`` must be a non-empty list of strings. llama-server's
+``infill`` sampler is skipped when listed in ``samplers``; ``adaptive_p`` (which would replace the
+draw) is refused.
 Fields splitllm does not act on are ignored, as llama-server ignores unknown ones: among them
 ``t_max_predict_ms``, ``t_max_prompt_ms`` and ``n_indent`` (code completion clients' time and
 indentation limits: the text then runs to ``n_predict``), ``id_slot``, ``n_keep`` (no context
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from splitllm.api_schema import APIError, ChatRequest, _NullIsDefault
+from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.grammar import Grammar, as_grammar
 from splitllm.logprobs import MAX_TOP_LOGPROBS
 from splitllm.sampling import SamplingParams
@@ -42,10 +44,10 @@ SAMPLER_NAMES = {**{n: n for n in _CANONICAL}, **{n.replace("_", "-"): n for n i
 SAMPLER_CHARS = {"d": "dry", "k": "top_k", "y": "typ_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
                  "t": "temperature", "x": "xtc", "i": "infill", "e": "penalties", "a": "adaptive_p"}
 # splitllm's samplers, in llama-server's default order (which is the only order splitllm runs)
-CHAIN = ("penalties", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
+CHAIN = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
 
 # Settings splitllm lacks: accepted only with the value that leaves them off.
-_OFF = {"dry_multiplier": 0.0, "post_sampling_probs": False}
+_OFF = {"post_sampling_probs": False}
 
 
 class NativeRequest(_NullIsDefault):
@@ -87,6 +89,11 @@ class NativeRequest(_NullIsDefault):
     xtc_threshold: float = 0.1
     dynatemp_range: float = 0.0
     dynatemp_exponent: float = 1.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = Field(2, ge=0)
+    dry_penalty_last_n: int = Field(64, ge=-1)  # -1: the whole context (as repeat_last_n)
+    dry_sequence_breakers: list[str] = Field(default_factory=lambda: list(DEFAULT_BREAKERS), min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -105,10 +112,8 @@ class NativeRequest(_NullIsDefault):
         for name, off in _OFF.items():
             v = data.get(name)
             if v is not None and v != off:
-                what = f"{name}: DRY sampling is not implemented" if name.startswith("dry") else \
-                    f"{name} is not supported"
-                raise APIError(400, f"{what} by splitllm (only {str(off).lower()}, which turns it off)",
-                               param=name)
+                raise APIError(400, f"{name} is not supported by splitllm (only {str(off).lower()}, "
+                               "which turns it off)", param=name)
         return data
 
     @field_validator("temperature", "top_k")
@@ -120,6 +125,11 @@ class NativeRequest(_NullIsDefault):
     @classmethod
     def _unit(cls, v: float) -> float:
         return min(max(v, 0.0), 1.0)
+
+    @field_validator("dry_base")
+    @classmethod
+    def _dry_base(cls, v: float) -> float:
+        return v if v >= 1.0 else 1.75
 
     @field_validator("mirostat")
     @classmethod
@@ -194,7 +204,10 @@ class NativeRequest(_NullIsDefault):
             xtc_probability=self.xtc_probability if "xtc" in on else 0.0, xtc_threshold=self.xtc_threshold,
             dynatemp_range=max(self.dynatemp_range, 0.0) if temp else 0.0,
             dynatemp_exponent=self.dynatemp_exponent, mirostat_mode=self.mirostat,
-            mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta, chain="llama-server")
+            mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
+            dry_multiplier=self.dry_multiplier if "dry" in on else 0.0, dry_base=self.dry_base,
+            dry_allowed_length=self.dry_allowed_length, dry_penalty_last_n=self.dry_penalty_last_n,
+            dry_sequence_breakers=self.dry_sequence_breakers, chain="llama-server")
 
     def grammar_of(self) -> Grammar | None:
         """``grammar`` (GBNF), else ``json_schema`` (an empty schema: any object)."""
@@ -215,7 +228,9 @@ class NativeRequest(_NullIsDefault):
             "repeat_last_n": self.repeat_last_n, "repeat_penalty": self.repeat_penalty,
             "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
             "mirostat": self.mirostat, "mirostat_tau": self.mirostat_tau, "mirostat_eta": self.mirostat_eta,
-            "stop": self.stops(),
+            "dry_multiplier": self.dry_multiplier, "dry_base": self.dry_base,
+            "dry_allowed_length": self.dry_allowed_length, "dry_penalty_last_n": self.dry_penalty_last_n,
+            "dry_sequence_breakers": list(self.dry_sequence_breakers), "stop": self.stops(),
             "max_tokens": self.n_predict, "n_predict": self.n_predict, "ignore_eos": self.ignore_eos,
             "stream": self.stream, "logit_bias": [{"bias": b, "token": t} for t, b in bias.items()],
             "n_probs": self.n_probs, "min_keep": self.min_keep, "grammar": self.grammar or "",

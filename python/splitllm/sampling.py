@@ -3,27 +3,37 @@
 The chain and its defaults follow llama-cpp-python 0.3.36's ``create_completion``::
 
     logit_bias -> penalties (repeat / frequency / presence over the last ``repeat_last_n``
-    accepted tokens) -> top_n_sigma -> top_k -> typical_p -> top_p -> min_p -> xtc
+    accepted tokens) -> dry -> top_n_sigma -> top_k -> typical_p -> top_p -> min_p -> xtc
     -> temperature (dynamic with dynatemp_range) -> seeded draw
 
 or, with ``mirostat_mode`` 1 or 2, ``logit_bias -> penalties -> mirostat`` (mirostat's own draw,
 no temperature and no filters, as llama-cpp-python builds it). ``temperature == 0`` is greedy
-(argmax after logit_bias and penalties) and ``temperature < 0`` draws from the softmax of all
-logits (after logit_bias and penalties), with no other sampler, as llama-cpp-python does.
-top_n_sigma, XTC and the dynamic temperature are llama-server's samplers, in its default order
-(llama-cpp-python has none of them). ``chain="llama-server"`` follows llama-server's chain
+(argmax after logit_bias, penalties and DRY) and ``temperature < 0`` draws from the softmax of all
+logits (after logit_bias, penalties and DRY), with no other sampler, as llama-cpp-python does.
+DRY, top_n_sigma, XTC and the dynamic temperature are llama-server's samplers, in its default
+order (llama-cpp-python has none of them). ``chain="llama-server"`` follows llama-server's chain
 (common/sampling.cpp) instead: mirostat is ``logit_bias -> temperature -> mirostat`` (no
-penalties), and a temperature of 0 keeps the highest logit left after the filters (typical_p
-and XTC may drop the most likely token) rather than skipping them.
+penalties, no DRY), and a temperature of 0 keeps the highest logit left after the filters
+(typical_p and XTC may drop the most likely token) rather than skipping them.
+
+DRY ("Don't Repeat Yourself", ``dry_multiplier`` not 0, ``dry_base`` >= 1, ``dry_penalty_last_n``
+not 0) lowers the logit of each token that would extend a sequence repeated within the last
+``dry_penalty_last_n`` tokens of the prompt and the accepted tokens (-1: all of them) by
+``dry_multiplier * dry_base ** (length - dry_allowed_length)``, for lengths of at least
+``dry_allowed_length``; ``dry_sequence_breakers`` (strings) end repeats (see
+:mod:`splitllm.dry`). It is llama.cpp's ``llama_sampler_dry``, and sits where llama-server puts
+it, after the penalties (with mirostat it is off, as in llama-server). Its history takes the
+prompt (:meth:`Sampler.accept_prompt`), as llama-server's sampler does; the penalty window does
+not, as llama-cpp-python's does not.
 
 Given the same logits and a seed below 2**32, the tokens are llama.cpp's: typical_p, mirostat,
 XTC, top_n_sigma and the dynamic temperature replay llama.cpp's own array operations (see
 cpp/sample/replay.h), a slower path taken only when one of them is on. llama.cpp's tail-free
 sampling (``tfs_z``) is gone: llama-cpp-python ignores the setting, here only its off value
-1.0 is accepted (:func:`check_tfs_z`). DRY is not implemented.
+1.0 is accepted (:func:`check_tfs_z`).
 
-The settings never change; the penalty history, mirostat's ``mu`` and the random state belong
-to a :class:`Sampler`, one per generation.
+The settings never change; the penalty and DRY histories, mirostat's ``mu`` and the random state
+belong to a :class:`Sampler`, one per generation.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ import numpy as np
 import numpy.typing as npt
 
 from splitllm import _core
+from splitllm.dry import DEFAULT_BREAKERS, sequence_breakers
+from splitllm.tokenizer import Tokenizer
 
 LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, scores) -> scores
 StopHook = Callable[[np.ndarray, np.ndarray], bool]  # (input_ids, logits) -> stop
@@ -108,7 +120,10 @@ class SamplingParams:
     are llama-cpp-python's; ``xtc_probability`` (0: off) and ``xtc_threshold`` (above 0.5: off),
     ``top_n_sigma`` (0 or less: off), ``dynatemp_range`` (0: off; the temperature then moves within
     ``temperature`` +- range with the entropy) and ``dynatemp_exponent`` are llama-server's.
-    ``chain`` picks whose sampler chain runs (see the module's text).
+    ``dry_multiplier`` (0: off), ``dry_base`` (below 1: off), ``dry_allowed_length``,
+    ``dry_penalty_last_n`` (0: off, -1: the whole prompt and generation) and
+    ``dry_sequence_breakers`` (strings, stored as a tuple) are llama-server's DRY settings, with its
+    defaults. ``chain`` picks whose sampler chain runs (see the module's text).
     """
 
     temperature: float = 0.8
@@ -129,6 +144,11 @@ class SamplingParams:
     top_n_sigma: float = -1.0
     dynatemp_range: float = 0.0
     dynatemp_exponent: float = 1.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+    dry_sequence_breakers: Iterable[str] = DEFAULT_BREAKERS
     chain: str = "llama-cpp-python"
 
     def __post_init__(self) -> None:
@@ -137,9 +157,10 @@ class SamplingParams:
 
         for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty",
                      "presence_penalty", "typical_p", "mirostat_tau", "mirostat_eta", "xtc_probability",
-                     "xtc_threshold", "top_n_sigma", "dynatemp_range", "dynatemp_exponent"):
+                     "xtc_threshold", "top_n_sigma", "dynatemp_range", "dynatemp_exponent", "dry_multiplier",
+                     "dry_base"):
             put(name, _finite(name, getattr(self, name)))
-        for name in ("top_k", "repeat_last_n", "mirostat_mode"):
+        for name in ("top_k", "repeat_last_n", "mirostat_mode", "dry_allowed_length", "dry_penalty_last_n"):
             put(name, _integer(name, getattr(self, name)))
         if self.top_k < -1:
             raise ValueError(f"top_k must be >= -1 (0 or -1: whole vocabulary), got {self.top_k}")
@@ -154,6 +175,12 @@ class SamplingParams:
             raise ValueError(f"mirostat_mode must be 0 (off), 1 or 2, got {self.mirostat_mode}")
         if self.dynatemp_range < 0.0:
             raise ValueError(f"dynatemp_range must be >= 0 (0 is off), got {self.dynatemp_range}")
+        if not 0 <= self.dry_allowed_length < 1 << 31:
+            raise ValueError(f"dry_allowed_length must be >= 0, got {self.dry_allowed_length}")
+        if not -1 <= self.dry_penalty_last_n < 1 << 31:
+            raise ValueError(f"dry_penalty_last_n must be >= -1 (0: off, -1: all), "
+                             f"got {self.dry_penalty_last_n}")
+        put("dry_sequence_breakers", _breakers(self.dry_sequence_breakers))
         if self.chain not in CHAINS:
             raise ValueError(f"chain must be one of {', '.join(CHAINS)}, got {self.chain!r}")
         put("logit_bias", _bias_items(self.logit_bias))
@@ -166,15 +193,21 @@ class SamplingParams:
                 or (self.xtc_probability > 0.0 and self.xtc_threshold <= 0.5) or self.dynatemp_range > 0.0)
 
     @property
+    def dry(self) -> bool:
+        """True when DRY's settings turn it on (it still does not run with mirostat)."""
+        return self.dry_multiplier != 0.0 and self.dry_base >= 1.0 and self.dry_penalty_last_n != 0
+
+    @property
     def greedy(self) -> bool:
         """True when the next token is the argmax of the logits after logit_bias and penalties
         (``temperature == 0``, unless llama-server's chain runs samplers of the general path)."""
         return self.temperature == 0.0 and (self.chain == "llama-cpp-python" or not self.replayed)
 
-    def _to_core(self) -> Any:
+    def _to_core(self, breakers: Iterable[tuple[int, Iterable[int]]] = ()) -> Any:
         p = _core.SamplerParams()
         for name in _CORE_FIELDS:  # the same names on both sides
             setattr(p, name, getattr(self, name))
+        p.dry_breakers = [(h, list(tail)) for h, tail in breakers]
         p.logit_bias = list(self.logit_bias)  # type: ignore[arg-type]  # normalised to pairs
         p.mirostat = self.mirostat_mode
         p.server_chain = self.chain == "llama-server"
@@ -184,8 +217,20 @@ class SamplingParams:
 _CORE_FIELDS = (
     "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "frequency_penalty",
     "presence_penalty", "typical_p", "mirostat_tau", "mirostat_eta", "xtc_probability", "xtc_threshold",
-    "top_n_sigma", "dynatemp_range", "dynatemp_exponent",
+    "top_n_sigma", "dynatemp_range", "dynatemp_exponent", "dry_multiplier", "dry_base", "dry_allowed_length",
+    "dry_penalty_last_n",
 )
+
+
+def _breakers(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"dry_sequence_breakers must be a list of strings, got {value!r}")
+    out = tuple(value)
+    for b in out:
+        if not isinstance(b, str):
+            raise ValueError(f"dry_sequence_breakers must be a list of strings, got {b!r} in it")
+    return out
+
 
 def check_tfs_z(tfs_z: Any) -> None:
     """llama-cpp-python's ``tfs_z``: tail-free sampling, which llama.cpp removed (llama-cpp-python
@@ -236,11 +281,16 @@ class Sampler:
     ``seed``; ``None`` or -1 draws one from ``os.urandom``, readable afterwards as :attr:`seed`).
     The same seed, settings and sequence of logits and accepted tokens give the same tokens; with
     a seed below 2**32 the draws are those of llama.cpp's sampler chain with that seed.
+
+    With DRY on, ``tokenizer`` (the model's) turns ``dry_sequence_breakers`` into tokens; it may be
+    left out only when there are no breakers. Feed the prompt to :meth:`accept_prompt` before the
+    first :meth:`sample`.
     """
 
     __slots__ = ("_core", "_seed", "params")
 
-    def __init__(self, params: SamplingParams, n_vocab: int, seed: int | None = None) -> None:
+    def __init__(self, params: SamplingParams, n_vocab: int, seed: int | None = None, *,
+                 tokenizer: Tokenizer | None = None) -> None:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         n = _integer("n_vocab", n_vocab)
@@ -249,9 +299,14 @@ class Sampler:
         for token, _ in params.logit_bias:  # type: ignore[union-attr]
             if token >= n:
                 raise ValueError(f"logit_bias token {token} is outside the vocabulary [0, {n})")
+        breakers: Iterable[tuple[int, Iterable[int]]] = ()
+        if params.dry and params.mirostat_mode == 0 and params.dry_sequence_breakers:
+            if tokenizer is None:
+                raise ValueError("dry_sequence_breakers need the model's tokenizer (Sampler(tokenizer=...))")
+            breakers = sequence_breakers(tokenizer, params.dry_sequence_breakers)
         self.params = params
         self._seed = _check_seed(seed)
-        self._core = _core.Sampler(params._to_core(), n, self._seed)
+        self._core = _core.Sampler(params._to_core(breakers), n, self._seed)
 
     @property
     def n_vocab(self) -> int:
@@ -268,7 +323,7 @@ class Sampler:
         return float(self._core.mirostat_mu)
 
     def reset(self, seed: int | None = None) -> None:
-        """Clears the penalty history, restarts mirostat (mu = 2 * tau) and reseeds (``None`` or
+        """Clears the penalty and DRY histories, restarts mirostat (mu = 2 * tau) and reseeds (``None`` or
         -1: a new random seed)."""
         self._seed = _check_seed(seed)
         self._core.reset(self._seed)
@@ -280,6 +335,18 @@ class Sampler:
     def accept_many(self, tokens: Iterable[int]) -> None:
         for token in tokens:
             self.accept(token)
+
+    def accept_prompt(self, tokens: Iterable[int]) -> None:
+        """The prompt's tokens, before the first :meth:`sample`: DRY's history starts with them, as
+        llama-server's sampler takes the prompt (the penalty window does not, as in
+        llama-cpp-python). A no-op when DRY is off."""
+        if self._core.dry:
+            self._core.accept_prompt([_integer("token", t) for t in tokens])
+
+    @property
+    def dry(self) -> bool:
+        """True when DRY runs (its settings turn it on and mirostat is off)."""
+        return bool(self._core.dry)
 
     def _logits(self, logits: npt.ArrayLike) -> np.ndarray:
         a = np.asarray(logits)
@@ -293,6 +360,11 @@ class Sampler:
         Does not add the token to the penalty history: call :meth:`accept` for that.
         """
         return int(self._core.sample(self._logits(logits)))
+
+    def adjusted(self, logits: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """The logits after logit_bias, the penalties and DRY (NaN as -inf), for inspection and
+        tests: neither history changes."""
+        return self._core.adjusted(self._logits(logits))
 
     def probs(self, logits: npt.ArrayLike) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         """The final candidates and the probabilities the draw would use, most likely first.
