@@ -1,11 +1,11 @@
 """``splitllm quantize`` against llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize).
 
-Every file type of FILE_TYPES (IQ4_NL and IQ4_XS included) on tiny random models (llama tied and
-untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gemma3, phi3's fused q/k/v, rows
-that need the fallback types, F32 / F16 / BF16 weights), a file written by convert-hf, sparse files
-that trigger the 70B and falcon rules, requantization from Q8_0 and of the real SmolLM2: the output
-files are byte for byte llama.cpp's. Then the options against the same llama.cpp parameters, the
-command line's grammar, and the errors.
+Every file type of FILE_TYPES (Q3_K_S / Q3_K_L, IQ4_NL and IQ4_XS included) on tiny random models
+(llama tied and untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gemma3, phi3's
+fused q/k/v, rows that need the fallback types, F32 / F16 / BF16 weights), a file written by
+convert-hf, sparse files that trigger the 70B and falcon rules, requantization from Q8_0 and of the
+real SmolLM2: the output files are byte for byte llama.cpp's. Then the options against the same
+llama.cpp parameters, the command line's grammar, and the errors.
 """
 
 from __future__ import annotations
@@ -213,8 +213,8 @@ SPARSE = {  # (arch, n_layer, n_head_kv): llama 70B (80 layers, grouped heads), 
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", ["q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_m", "q8_0", "iq4_nl",
-                                   "iq4_xs"])
+@pytest.mark.parametrize("ftype", ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_m", "q8_0",
+                                   "iq4_nl", "iq4_xs"])
 @pytest.mark.parametrize("case", list(SPARSE))
 def test_arch_rules_match_llama_cpp(llama_cpp: Any, case: str, ftype: str, tmp_path: Path) -> None:
     arch, n_layer, n_head_kv = SPARSE[case]
@@ -228,6 +228,10 @@ def test_arch_rules_match_llama_cpp(llama_cpp: Any, case: str, ftype: str, tmp_p
         assert t["blk.1.attn_v.weight"] == ("Q5_K" if case == "llama-70b" else "Q4_K")
     if case == "falcon" and ftype != "q8_0":
         assert t["output.weight"] == "Q8_0"
+    if ftype in ("q3_k_s", "q3_k_l") and case in ("llama-70b", "llama-65b"):  # the 70B bump of Q3_K
+        assert t["blk.1.attn_v.weight"] == ("Q5_K" if case == "llama-70b" or ftype == "q3_k_l" else "Q3_K")
+    if ftype == "q3_k_l" and case == "falcon":  # falcon's Q4_K where others get Q5_K
+        assert t["blk.1.attn_output.weight"] == t["blk.1.ffn_down.weight"] == "Q4_K"
     if ftype.startswith("iq4") and case == "llama-16":  # 8 queries a key; the first eighth's ffn_down
         assert t["blk.1.attn_v.weight"] == t["blk.1.ffn_down.weight"] == "Q5_K"
         assert t["blk.5.ffn_down.weight"] == ftype.upper()
