@@ -1,11 +1,12 @@
 """``splitllm quantize`` against llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize).
 
-Every file type of FILE_TYPES (IQ4_NL and IQ4_XS included) on tiny random models (llama tied and
-untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gemma3, phi3's fused q/k/v, rows
-that need the fallback types, F32 / F16 / BF16 weights), a file written by convert-hf, sparse files
-that trigger the 70B and falcon rules, requantization from Q8_0 and of the real SmolLM2: the output
-files are byte for byte llama.cpp's. Then the options against the same llama.cpp parameters, the
-command line's grammar, and the errors.
+Every file type of FILE_TYPES (Q3_K_S / Q3_K_L, IQ4_NL and IQ4_XS included) on tiny random models
+(llama tied and untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gemma3, phi3's
+fused q/k/v, rows that need the fallback types, F32 / F16 / BF16 weights), a file written by
+convert-hf, sparse files that trigger the 70B and falcon rules, requantization from Q8_0 and of the
+real SmolLM2: the output files are byte for byte llama.cpp's. Then the options against the same
+llama.cpp parameters, the command line's grammar, and the errors (the types llama.cpp refuses
+without an importance matrix among them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from splitllm import GGUFError, GGUFFile
 from splitllm.cli import main
 from splitllm.quantize_cli import parse_override_kv
 from splitllm_convert import FILE_TYPES, QuantizeError, convert, quantize
+from splitllm_convert.requantize import NEEDS_IMATRIX, QUANT_OPTIONS
 from tiny_model import TinyConfig, make_weights, write_gguf
 
 _LOG_SINK: list[Any] = []  # keeps the ctypes log callback alive while llama.cpp may call it
@@ -214,8 +216,8 @@ SPARSE = {  # (arch, n_layer, n_head_kv): llama 70B (80 layers, grouped heads), 
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", ["q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_m", "q8_0", "iq4_nl",
-                                   "iq4_xs"])
+@pytest.mark.parametrize("ftype", ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_m", "q8_0",
+                                   "iq4_nl", "iq4_xs"])
 @pytest.mark.parametrize("case", list(SPARSE))
 def test_arch_rules_match_llama_cpp(llama_cpp: Any, case: str, ftype: str, tmp_path: Path) -> None:
     arch, n_layer, n_head_kv = SPARSE[case]
@@ -229,6 +231,10 @@ def test_arch_rules_match_llama_cpp(llama_cpp: Any, case: str, ftype: str, tmp_p
         assert t["blk.1.attn_v.weight"] == ("Q5_K" if case == "llama-70b" else "Q4_K")
     if case == "falcon" and ftype != "q8_0":
         assert t["output.weight"] == "Q8_0"
+    if ftype in ("q3_k_s", "q3_k_l") and case in ("llama-70b", "llama-65b"):  # the 70B bump of Q3_K
+        assert t["blk.1.attn_v.weight"] == ("Q5_K" if case == "llama-70b" or ftype == "q3_k_l" else "Q3_K")
+    if ftype == "q3_k_l" and case == "falcon":  # falcon's Q4_K where others get Q5_K
+        assert t["blk.1.attn_output.weight"] == t["blk.1.ffn_down.weight"] == "Q4_K"
     if ftype.startswith("iq4") and case == "llama-16":  # 8 queries a key; the first eighth's ffn_down
         assert t["blk.1.attn_v.weight"] == t["blk.1.ffn_down.weight"] == "Q5_K"
         assert t["blk.5.ffn_down.weight"] == ftype.upper()
@@ -379,6 +385,9 @@ def _cli_error(args: list[str], capsys: Any) -> str:
         (["{src}", "{dst}", "q9_9"], "invalid ftype 'q9_9'"),
         (["{src}", "{dst}", "99"], "invalid ftype '99'"),
         (["{src}", "IQ3_S"], "type IQ3_S is not supported"),
+        (["{src}", "{dst}", "Q2_K_S"], "type Q2_K_S needs an importance matrix"),
+        (["{src}", "{dst}", "iq2_xs"], "type IQ2_XS needs an importance matrix"),
+        (["{src}", "{dst}", "24"], "type IQ1_S needs an importance matrix"),
         (["{src}", "{dst}", "q4_k_m", "two"], "invalid nthread 'two'"),
         (["{src}", "{src}", "q8_0"], "input and output files are the same"),
         (["--imatrix", "x.dat", "{src}", "q4_k_m"], "--imatrix is not supported"),
@@ -399,6 +408,20 @@ def test_cli_errors(models: dict[str, Path], tmp_path: Path, capsys: Any, args: 
     err = _cli_error([a.format(**fill) for a in args], capsys)
     assert message in err, err
     assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", NEEDS_IMATRIX)
+def test_imatrix_types_are_refused_as_llama_cpp(llama_cpp: Any, models: dict[str, Path], name: str,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """llama.cpp refuses these without an importance matrix; so do we, saying why."""
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype, p.nthread = next(n for t, n, _ in QUANT_OPTIONS if t == name), 2
+    src = models["llama-f16"]
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(tmp_path / "theirs.gguf").encode(), p) != 0
+    with pytest.raises(QuantizeError, match=f"type {name} needs an importance matrix"):
+        ours(src, tmp_path / "ours.gguf", name)
+    assert not (tmp_path / "ours.gguf").exists()
 
 
 def test_truncated_input(models: dict[str, Path], tmp_path: Path, capsys: Any) -> None:

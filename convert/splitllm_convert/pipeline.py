@@ -264,7 +264,8 @@ def convert(
 ) -> ConvertPlan:
     """Convert the Hugging Face model in ``model_dir`` to GGUF file ``out``; returns the plan.
 
-    ``type``: one of ``mix.FILE_TYPES`` (f32, f16, bf16, q8_0, q4_0, ... q4_k_m, q6_k, iq4_nl, iq4_xs).
+    ``type``: one of ``mix.FILE_TYPES`` (f32, f16, bf16, q8_0, q4_0, ... q3_k_s, q3_k_m, q3_k_l,
+    ... q4_k_m, q6_k, iq4_nl, iq4_xs).
     ``force``: overwrite an existing ``out``. ``dry_run``: plan only, write nothing.
     ``pre``: the tokenizer.ggml.pre name, overriding detection. ``n_threads``: quantizer
     threads (default all). ``sentence_transformers_dense_modules``: include the Dense modules

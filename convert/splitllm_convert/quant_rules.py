@@ -2,9 +2,11 @@
 
 A port of ``tensor_allows_quantization``, ``llama_tensor_get_type`` (with its ``_impl`` and
 ``tensor_type_fallback``) and the state they keep (src/llama-quant.cpp, llama.cpp as vendored by
-llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` (k-quants, legacy
-types, IQ4_NL and IQ4_XS) and no importance matrix. The branches for the other file types (the
-other IQ*, TQ*, MXFP4, Q2_K_S, Q3_K_S, Q3_K_L) are left out.
+llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` (k-quants
+Q2_K to Q6_K with Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL and IQ4_XS) and no importance
+matrix. The branches for the other file types (the other IQ*, TQ*, MXFP4, Q2_K_S) are left out;
+so is the ``ATTENTION_QKV`` branch after the ``attn_v`` one, which llama.cpp never reaches
+(``attn_qkv`` is ``attn_v``-like).
 
 The choice depends on the order the tensors are visited in (llama.cpp counts the ``attn_v``-like
 tensors it has seen, and, for dense models, the ``ffn_down`` ones): :class:`TypeChooser` is fed
@@ -316,6 +318,8 @@ class TypeChooser:
                 t = Q.Q4_K if hp.n_gqa >= 4 else Q.Q3_K
             elif f == F.MOSTLY_Q3_K_M:
                 t = Q.Q5_K if i < 2 else Q.Q4_K
+            elif f == F.MOSTLY_Q3_K_L:
+                t = Q.Q5_K
             elif f in _IQ4 and hp.n_gqa >= 4:
                 t = Q.Q5_K
             elif f in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(i, n):
@@ -332,30 +336,10 @@ class TypeChooser:
                 t = Q.Q8_0
         elif cat == Category.FFN_DOWN:
             i, n = self._layer_info(self.i_ffn_down, name)
-            if f == F.MOSTLY_Q2_K:
-                t = Q.Q3_K
-            elif f == F.MOSTLY_Q3_K_M:
-                t = Q.Q5_K if i < n // 16 else Q.Q4_K if not falcon or use_more_bits(i, n) else Q.Q3_K
-            elif f == F.MOSTLY_Q4_K_M:
-                if falcon:
-                    t = Q.Q6_K if i < n // 16 else Q.Q5_K if use_more_bits(i, n) else Q.Q4_K
-                elif use_more_bits(i, n):
-                    t = Q.Q6_K
-            elif f in _IQ4 and i < n // 8:  # llama.cpp: without an importance matrix
-                t = Q.Q5_K
-            elif f == F.MOSTLY_Q5_K_M and use_more_bits(i, n):
-                t = Q.Q6_K
-            elif f == F.MOSTLY_Q4_K_S and not falcon and i < n // 8:
-                t = Q.Q5_K
+            t = _ffn_down_type(t, f, i, n, falcon)
             self.i_ffn_down += 1
-        elif cat == Category.ATTENTION_OUTPUT and not falcon:
-            if hp.n_expert == 8:
-                if f in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, *_IQ4):
-                    t = Q.Q5_K
-            elif f == F.MOSTLY_Q2_K:
-                t = Q.Q3_K
-            elif f == F.MOSTLY_Q3_K_M:
-                t = Q.Q4_K
+        elif cat == Category.ATTENTION_OUTPUT:
+            t = _attn_output_type(t, f, hp.n_expert, falcon)
         elif cat == Category.FFN_GATE:
             self._layer_info(self.i_ffn_gate, name)  # raises as llama.cpp does for a bad expert name
             self.i_ffn_gate += 1
@@ -363,3 +347,38 @@ class TypeChooser:
             self._layer_info(self.i_ffn_up, name)
             self.i_ffn_up += 1
         return t
+
+
+def _ffn_down_type(t: GGMLQuantizationType, f: LlamaFileType, i: int, n: int, falcon: bool) -> Q:
+    """The ffn_down branch of llama_tensor_get_type_impl: layer ``i`` of ``n``."""
+    if f == F.MOSTLY_Q2_K:
+        return Q.Q3_K
+    if f == F.MOSTLY_Q3_K_M:
+        return Q.Q5_K if i < n // 16 else Q.Q4_K if not falcon or use_more_bits(i, n) else Q.Q3_K
+    if f == F.MOSTLY_Q3_K_L:
+        return Q.Q4_K if falcon else Q.Q5_K
+    if f == F.MOSTLY_Q4_K_M:
+        if falcon:
+            return Q.Q6_K if i < n // 16 else Q.Q5_K if use_more_bits(i, n) else Q.Q4_K
+        return Q.Q6_K if use_more_bits(i, n) else t
+    if f in _IQ4 and i < n // 8:  # llama.cpp: without an importance matrix
+        return Q.Q5_K
+    if f == F.MOSTLY_Q5_K_M and use_more_bits(i, n):
+        return Q.Q6_K
+    if f == F.MOSTLY_Q4_K_S and not falcon and i < n // 8:
+        return Q.Q5_K
+    return t
+
+
+_Q5_K_OUTPUT_WITH_8_EXPERTS = (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S,
+                               F.MOSTLY_Q4_K_M, *_IQ4)  # fmt: skip
+_ATTN_OUTPUT_DENSE = {F.MOSTLY_Q2_K: Q.Q3_K, F.MOSTLY_Q3_K_M: Q.Q4_K, F.MOSTLY_Q3_K_L: Q.Q5_K}
+
+
+def _attn_output_type(t: GGMLQuantizationType, f: LlamaFileType, n_expert: int, falcon: bool) -> Q:
+    """The attn_output branch of llama_tensor_get_type_impl."""
+    if falcon:
+        return Q.Q4_K if f == F.MOSTLY_Q3_K_L else t
+    if n_expert == 8:
+        return Q.Q5_K if f in _Q5_K_OUTPUT_WITH_8_EXPERTS else t
+    return _ATTN_OUTPUT_DENSE.get(f, t)

@@ -66,13 +66,16 @@ QUANT_OPTIONS: tuple[tuple[str, int, str | None], ...] = (
     ("IQ2_XS", 20, None), ("IQ2_S", 28, None), ("IQ2_M", 29, None), ("IQ1_S", 24, None),
     ("IQ1_M", 31, None), ("TQ1_0", 36, None), ("TQ2_0", 37, None), ("Q2_K", 10, "q2_k"),
     ("Q2_K_S", 21, None), ("IQ3_XXS", 23, None), ("IQ3_S", 26, None), ("IQ3_M", 27, None),
-    ("Q3_K", 12, "q3_k_m"), ("IQ3_XS", 22, None), ("Q3_K_S", 11, None), ("Q3_K_M", 12, "q3_k_m"),
-    ("Q3_K_L", 13, None), ("IQ4_NL", 25, "iq4_nl"), ("IQ4_XS", 30, "iq4_xs"), ("Q4_K", 15, "q4_k_m"),
+    ("Q3_K", 12, "q3_k_m"), ("IQ3_XS", 22, None), ("Q3_K_S", 11, "q3_k_s"), ("Q3_K_M", 12, "q3_k_m"),
+    ("Q3_K_L", 13, "q3_k_l"), ("IQ4_NL", 25, "iq4_nl"), ("IQ4_XS", 30, "iq4_xs"), ("Q4_K", 15, "q4_k_m"),
     ("Q4_K_S", 14, "q4_k_s"), ("Q4_K_M", 15, "q4_k_m"), ("Q5_K", 17, "q5_k_m"),
     ("Q5_K_S", 16, "q5_k_s"), ("Q5_K_M", 17, "q5_k_m"), ("Q6_K", 18, "q6_k"), ("Q8_0", 7, "q8_0"),
     ("F16", 1, "f16"), ("BF16", 32, "bf16"), ("F32", 0, "f32"), ("COPY", 0, None),
 )  # fmt: skip
 SUPPORTED_NAMES = tuple(name for name, _, ours in QUANT_OPTIONS if ours)
+# the file types llama.cpp refuses to write without an importance matrix (tensor_requires_imatrix:
+# IQ1_*, IQ2_* and IQ3_XXS tensors, and Q2_K ones in a Q2_K_S file)
+NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "Q2_K_S", "IQ3_XXS")
 # the tensor types of --output-tensor-type, --token-embedding-type and --tensor-type
 TENSOR_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K,
                 Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)  # fmt: skip
@@ -94,6 +97,12 @@ def parse_ftype(value: str | int) -> tuple[str, FileType] | None:
     if entry is None:
         return None
     name, _, ours = entry
+    if name in NEEDS_IMATRIX:
+        raise QuantizeError(
+            f"type {name} needs an importance matrix (llama.cpp refuses it without --imatrix) and "
+            f"splitllm quantize takes none: use llama.cpp's llama-quantize --imatrix; supported: "
+            f"{', '.join(SUPPORTED_NAMES)}"
+        )
     if ours is None:
         raise QuantizeError(
             f"type {name} is not supported by splitllm quantize (no quantizer for it here; use llama.cpp's "
