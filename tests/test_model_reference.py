@@ -67,13 +67,20 @@ LLAMA3_SCALING = {  # wavelengths 6 .. 20000 tokens: one unscaled, two smoothed,
 }
 
 
+# YaRN over 64 original positions (16 rotary dims, base 10000): frequency 0 extrapolated, 1-2 on
+# the ramp (3/4, 1/2 of the way), 3-7 interpolated (divided by 4).
+YARN_SCALING = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize(
-    "scaling", [{"rope_type": "linear", "factor": 4.0}, LLAMA3_SCALING], ids=["linear", "llama3"]
+    "scaling", [{"rope_type": "linear", "factor": 4.0}, LLAMA3_SCALING, YARN_SCALING],
+    ids=["linear", "llama3", "yarn"],
 )
 def test_rope_scaling_matches_float64_reference(tmp_path, arch, scaling):
-    """Linear scaling (rope.scaling.type/.factor keys) and llama3 frequency factors (the
-    rope_freqs.weight tensor) against the reference's Hugging Face rotary frequencies."""
+    """Linear scaling (rope.scaling.type/.factor keys), llama3 frequency factors (the
+    rope_freqs.weight tensor) and YaRN (its type, factor and original context) against the
+    reference's Hugging Face rotary frequencies and attention factor."""
     cfg = TinyConfig(arch=arch, rope_scaling=scaling, seed=21)
     path = tmp_path / "tiny.gguf"
     held = write_gguf(make_weights(cfg), path)

@@ -347,6 +347,10 @@ def write_gguf(
     if scaling == "linear":  # as convert_hf_to_gguf.py writes it
         wr.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         wr.add_rope_scaling_factor(cfg.rope_scaling["factor"])
+    elif scaling == "yarn":  # as convert_hf_to_gguf.py writes it
+        wr.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        wr.add_rope_scaling_factor(cfg.rope_scaling["factor"])
+        wr.add_rope_scaling_orig_ctx_len(cfg.rope_scaling["original_max_position_embeddings"])
     elif scaling == "llama3":
         wr.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     elif scaling == "longrope":  # as convert_hf_to_gguf.py's Phi3MiniModel writes it
@@ -415,6 +419,16 @@ def rope_inv_freq(cfg: TinyConfig, n_ctx: int | None = None) -> np.ndarray:
         return inv_freq / np.asarray(rs["long_factor" if longer else "short_factor"], np.float64)
     if rope_type == "linear":  # _compute_linear_scaling_rope_parameters
         return inv_freq / rs["factor"]
+    if rope_type == "yarn":  # _compute_yarn_parameters
+        def correction_dim(n_rotations: float) -> float:
+            return dim * math.log(rs["original_max_position_embeddings"] / (n_rotations * 2 * math.pi)) / (
+                2 * math.log(cfg.rope_base))
+
+        low = max(math.floor(correction_dim(rs.get("beta_fast", 32))), 0)
+        high = min(math.ceil(correction_dim(rs.get("beta_slow", 1))), dim - 1)
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / max(high - low, 0.001), 0, 1)
+        extrapolation = 1 - ramp  # the share of the unscaled frequency
+        return inv_freq / rs["factor"] * (1 - extrapolation) + inv_freq * extrapolation
     if rope_type != "llama3":
         raise ValueError(f"rope_type {rope_type!r} is not supported here")
     # _compute_llama3_parameters
@@ -498,6 +512,8 @@ def reference_hidden(
     if (cfg.rope_scaling or {}).get("rope_type") == "longrope":  # transformers' longrope attention factor
         orig = cfg.rope_scaling["original_max_position_embeddings"]
         mscale = math.sqrt(1 + math.log(cfg.n_ctx_train / orig) / math.log(orig))
+    if (cfg.rope_scaling or {}).get("rope_type") == "yarn":  # transformers' yarn attention factor
+        mscale = 0.1 * math.log(cfg.rope_scaling["factor"]) + 1.0
 
     def rmsnorm(x: np.ndarray, g: np.ndarray) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.rms_eps) * g

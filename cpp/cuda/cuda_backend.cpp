@@ -215,7 +215,8 @@ void CudaBackend::init_rope(const Config & c, const float * freq_factors) {
     SL_CHECK(c.swa_layers.empty() || opt_.rope_swa, "cuda backend: built without sliding-window rotary tables");
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
-    rope_mscale_ = c.rope_attn_factor;
+    rope_mscale_[0] = c.rope_magnitude(false);
+    rope_mscale_[1] = c.rope_magnitude(true);
     const int half = c.n_rot / 2;
     std::vector<float> inv(size_t(std::max(2 * half, 2)));
     for (int i = 0; i < half; ++i) {  // as the CPU backend computes them
@@ -260,7 +261,7 @@ void CudaBackend::begin_batch(const BatchInfo & b) {
                                   cudaMemcpyHostToDevice, stream_));
     SL_CUDA_CHECK(cudaEventRecord(batch_copied_, stream_));
     for (int k = 0; k < (opt_.rope_swa ? 2 : 1); ++k)
-        rope_tables(d_batch_, rope_[k].inv_freq, n, n_rot_, rope_mscale_, rope_[k].cos, rope_[k].sin, stream_);
+        rope_tables(d_batch_, rope_[k].inv_freq, n, n_rot_, rope_mscale_[k], rope_[k].cos, rope_[k].sin, stream_);
     n_tok_ = n;
 }
 

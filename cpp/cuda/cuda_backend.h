@@ -84,7 +84,7 @@ private:
 
     int n_rot_ = 0;
     bool rope_neox_ = false;
-    float rope_mscale_ = 1.0f;  // Config::rope_attn_factor
+    float rope_mscale_[2] = {1.0f, 1.0f};  // Config::rope_magnitude ([1]: sliding-window layers)
     int chunk_tokens_ = 1;
 
     // Current batch.

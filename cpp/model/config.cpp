@@ -168,9 +168,60 @@ void read_granite(const GGUFFile & f, Config & c) {
 
 }  // namespace
 
+namespace {
+
+// YaRN's correction dimension for a wavelength of n_rot_turns turns over the original context
+// (ggml_rope_yarn_corr_dim), in float as ggml computes it.
+float yarn_corr_dim(int n_dims, int n_ctx_orig, float n_turns, float base) {
+    return float(n_dims) * std::log(float(n_ctx_orig) / (n_turns * 2.0f * float(M_PI))) / (2.0f * std::log(base));
+}
+
+}  // namespace
+
 double Config::inv_freq(int i, bool swa) const {
-    return double(swa ? rope_freq_scale_swa : rope_freq_scale) *
-           std::pow(double(swa ? rope_base_swa : rope_base), -2.0 * i / n_rot);
+    const double scale = swa ? rope_freq_scale_swa : rope_freq_scale;
+    const float base = swa ? rope_base_swa : rope_base;
+    const double theta = std::pow(double(base), -2.0 * i / n_rot);
+    if (yarn_ext_factor == 0.0f) return scale * theta;
+    // ggml's rope_yarn: ramp 1 below the fast correction dim, 0 above the slow one, linear between
+    const float lo = std::max(0.0f, std::floor(yarn_corr_dim(n_rot, n_ctx_orig_yarn, yarn_beta_fast, base)));
+    const float hi = std::min(float(n_rot - 1), std::ceil(yarn_corr_dim(n_rot, n_ctx_orig_yarn, yarn_beta_slow, base)));
+    const float y = (float(i) - lo) / std::max(0.001f, hi - lo);
+    const double mix = double((1.0f - std::min(1.0f, std::max(0.0f, y))) * yarn_ext_factor);
+    return theta * (scale * (1.0 - mix) + mix);
+}
+
+void Config::apply_rope(const RopeParams & p) {
+    SL_CHECK(p.scaling_type >= kRopeUnspecified && p.scaling_type <= kRopeLongRope,
+             "rope_scaling_type must be -1 (the model's), 0 (none), 1 (linear), 2 (yarn) or 3 (longrope); got %d",
+             p.scaling_type);
+    SL_CHECK(p.freq_base >= 0 && std::isfinite(p.freq_base), "rope_freq_base must be >= 0 (0: the model's)");
+    SL_CHECK(p.freq_scale >= 0 && std::isfinite(p.freq_scale), "rope_freq_scale must be >= 0 (0: the model's)");
+    SL_CHECK(p.orig_ctx >= 0, "yarn_orig_ctx must be >= 0 (0: the model's)");
+    for (float v : {p.ext_factor, p.attn_factor, p.beta_fast, p.beta_slow})
+        SL_CHECK(std::isfinite(v), "the yarn_* settings must be finite numbers");
+    rope_base = p.freq_base > 0 ? p.freq_base : rope_base_train;
+    rope_freq_scale = p.freq_scale > 0 ? p.freq_scale : rope_freq_scale_train;
+    n_ctx_orig_yarn = p.orig_ctx > 0 ? p.orig_ctx : n_ctx_orig;
+    rope_scaling = p.scaling_type != kRopeUnspecified ? p.scaling_type : rope_scaling_train;
+    if (rope_scaling == kRopeNone) rope_freq_scale = 1.0f;
+    yarn_ext_factor = p.ext_factor >= 0 ? p.ext_factor : rope_scaling == kRopeYarn ? 1.0f : 0.0f;
+    yarn_beta_fast = p.beta_fast >= 0 ? p.beta_fast : 32.0f;
+    yarn_beta_slow = p.beta_slow >= 0 ? p.beta_slow : 1.0f;
+    // llama_context: YaRN's attention factor 0.1 ln(factor) + 1, divided by what ggml's rope_yarn
+    // multiplies in again; then the model's attn_factor.
+    float attn = p.attn_factor >= 0 ? p.attn_factor : 1.0f;
+    if (yarn_ext_factor != 0.0f) {
+        const float factor = 1.0f / rope_freq_scale;
+        attn = (factor <= 1.0f ? 1.0f : 0.1f * std::log(factor) + 1.0f) / (1.0f + 0.1f * std::log(factor));
+    }
+    attn *= rope_attn_factor;
+    // ggml's rope_yarn: times 1 + 0.1 ln(1 / freq_scale) of the layer when ext_factor != 0
+    auto magnitude = [&](float scale) {
+        return yarn_ext_factor != 0.0f ? attn * (1.0f + 0.1f * std::log(1.0f / scale)) : attn;
+    };
+    rope_mscale = magnitude(rope_freq_scale);
+    rope_mscale_swa = magnitude(rope_freq_scale_swa);
 }
 
 std::string Config::shape_keys() const {
@@ -247,18 +298,26 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.rope_base = float(f.get_float(a + "rope.freq_base", 10000.0));
     if (!(c.rope_base > 1))
         throw GGUFError(strfmt("%s: bad %srope.freq_base", f.path().c_str(), a.c_str()));
-    const std::string scaling = f.get_str(a + "rope.scaling.type", "none");
-    if (scaling == "linear") {
-        const double factor = f.get_float(a + "rope.scaling.factor", 1.0);
-        if (!(factor > 0))
-            throw GGUFError(strfmt("%s: bad %srope.scaling.factor", f.path().c_str(), a.c_str()));
-        c.rope_freq_scale = float(1.0 / factor);
-    } else if (scaling != "none") {
-        throw GGUFError(strfmt("%s: rope scaling '%s' is not supported (none, linear; llama3 scaling comes as "
-                               "the rope_freqs tensor)", f.path().c_str(), scaling.c_str()));
-    } else if (const GGUFValue * v = f.find(a + "rope.scale_linear")) {
-        (void)v;
-        c.rope_freq_scale = float(1.0 / f.get_float(a + "rope.scale_linear"));
+    // llama.cpp: the type "linear" when absent; the factor from rope.scaling.factor (or the old
+    // rope.scale_linear); "none" keeps the factor but never applies it.
+    const std::string scaling = f.get_str(a + "rope.scaling.type", "linear");
+    if (scaling == "none")
+        c.rope_scaling_train = kRopeNone;
+    else if (scaling == "linear")
+        c.rope_scaling_train = kRopeLinear;
+    else if (scaling == "yarn")
+        c.rope_scaling_train = kRopeYarn;
+    else if (scaling == "longrope")
+        c.rope_scaling_train = kRopeLongRope;
+    else
+        throw GGUFError(strfmt("%s: rope scaling '%s' is not supported (none, linear, yarn, longrope; llama3 "
+                               "scaling comes as the rope_freqs tensor)", f.path().c_str(), scaling.c_str()));
+    const std::string factor_key = f.find(a + "rope.scaling.factor") ? a + "rope.scaling.factor" : a + "rope.scale_linear";
+    if (f.find(factor_key)) {
+        const double factor = f.get_float(factor_key);
+        if (!(factor >= 0) || !std::isfinite(factor))
+            throw GGUFError(strfmt("%s: bad %s", f.path().c_str(), factor_key.c_str()));
+        if (factor > 0) c.rope_freq_scale = float(1.0 / factor);
     }
     if (c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Gemma3 || c.arch == Arch::GemmaEmbedding)
         read_gemma(f, c);
@@ -273,6 +332,9 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.post_norms = true;
         c.qk_norm_full = true;
     }
+    c.rope_base_train = c.rope_base;
+    c.rope_freq_scale_train = c.rope_freq_scale;
+    c.apply_rope(RopeParams{});
     // Vocabulary size: the token list is authoritative; vocab_size is optional.
     if (const GGUFValue * toks = f.find("tokenizer.ggml.tokens"); toks && toks->type == GGUFType::ARRAY)
         c.n_vocab = int(toks->arr.size());

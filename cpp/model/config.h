@@ -9,6 +9,22 @@ namespace sl {
 
 class GGUFFile;
 
+// llama.cpp's rotary scaling types (llama_rope_scaling_type).
+enum RopeScaling : int { kRopeUnspecified = -1, kRopeNone = 0, kRopeLinear = 1, kRopeYarn = 2, kRopeLongRope = 3 };
+
+// Rotary settings a user may override at load time, llama-cpp-python's names (llama_context_params):
+// a negative (or zero, for the base, scale and original context) value keeps the model's.
+struct RopeParams {
+    int scaling_type = kRopeUnspecified;
+    float freq_base = 0.0f;     // rope_freq_base
+    float freq_scale = 0.0f;    // rope_freq_scale (1 / the context extension factor)
+    float ext_factor = -1.0f;   // yarn_ext_factor: YaRN's extrapolation mix (-1: 1 with YaRN, else 0)
+    float attn_factor = -1.0f;  // yarn_attn_factor
+    float beta_fast = -1.0f;    // yarn_beta_fast (model: 32)
+    float beta_slow = -1.0f;    // yarn_beta_slow (model: 1)
+    int orig_ctx = 0;           // yarn_orig_ctx: the context the model was trained at
+};
+
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2
 };
@@ -49,7 +65,17 @@ struct Config {
     int n_rot = 0;              // rotated dimensions of each head
     float rope_base = 10000.0f;
     float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
-    float rope_attn_factor = 1.0f;  // cos and sin scaled by it (LongRoPE's magnitude correction)
+    float rope_attn_factor = 1.0f;  // rope.scaling.attn_factor (LongRoPE's magnitude correction)
+    // Rotary scaling as llama.cpp's context computes it (apply_rope): the type, YaRN's ramp between
+    // interpolated and extrapolated frequencies (ext_factor 0: plain linear scaling) over the
+    // dimensions between its correction dims, and the magnitude cos and sin are scaled by.
+    int rope_scaling = kRopeLinear;
+    float yarn_ext_factor = 0.0f;
+    float yarn_beta_fast = 32.0f;
+    float yarn_beta_slow = 1.0f;
+    int n_ctx_orig_yarn = 0;
+    float rope_mscale = 1.0f;       // of the global layers
+    float rope_mscale_swa = 1.0f;   // of the sliding-window layers
     int n_ctx_orig = 0;         // context of the short rotary factors (LongRoPE; rope_factors_short/long)
     int n_swa = 0;              // sliding attention window (0: none)
     // Layers that attend within the last n_swa positions only (gemma2/3: interleaved with global
@@ -57,6 +83,9 @@ struct Config {
     std::vector<uint8_t> swa_layers;
     float rope_base_swa = 10000.0f;     // rotary base and scale of the sliding-window layers
     float rope_freq_scale_swa = 1.0f;
+    float rope_base_train = 10000.0f;   // the model's, before overrides
+    float rope_freq_scale_train = 1.0f;
+    int rope_scaling_train = kRopeLinear;
     bool rope_neox = false;     // NeoX layout pairs (i, i + n_rot/2); else (2i, 2i + 1)
     bool has_qkv_bias = false;
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
@@ -87,8 +116,13 @@ struct Config {
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
     bool rotates(int l) const { return nope_layers.empty() || nope_layers[size_t(l)] == 0; }
     // Inverse frequency i of the rotation (of the sliding-window layers with swa), before any
-    // frequency factors: freq_scale * base^(-2i / n_rot).
+    // frequency factors: freq_scale * base^(-2i / n_rot), or with YaRN base^(-2i / n_rot) times
+    // freq_scale (1 - r) + r, r = ext_factor * ramp_i.
     double inv_freq(int i, bool swa) const;
+    float rope_magnitude(bool swa) const { return swa ? rope_mscale_swa : rope_mscale; }
+    // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
+    // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
+    void apply_rope(const RopeParams & p);
     int ff_max() const { return n_ff > n_ff_exp ? n_ff : n_ff_exp; }  // widest feed-forward activation
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.

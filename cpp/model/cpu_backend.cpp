@@ -131,7 +131,8 @@ void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
     }
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
-    rope_mscale_ = double(c.rope_attn_factor);
+    rope_mscale_[0] = double(c.rope_magnitude(false));
+    rope_mscale_[1] = double(c.rope_magnitude(true));
     for (int i = 0; i < c.n_rot / 2; ++i) {
         rope_[0].inv_freq[i] = float(c.inv_freq(i, false) / (freq_factors ? double(freq_factors[i]) : 1.0));
         if (swa) rope_[1].inv_freq[i] = float(c.inv_freq(i, true));
@@ -154,7 +155,7 @@ void CpuBackend::begin_batch(const BatchInfo & b) {
     n_tok_ = b.n_tok;
     std::copy(b.pos, b.pos + b.n_tok, pos_.begin());
     std::copy(b.slot, b.slot + b.n_tok, slot_.begin());
-    for (RopeTables & r : rope_) r.fill(b.pos, b.n_tok, rope_mscale_);
+    for (int k = 0; k < 2; ++k) rope_[k].fill(b.pos, b.n_tok, rope_mscale_[k]);
 }
 
 void CpuBackend::rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {

@@ -108,7 +108,7 @@ private:
     // of the global layers and, for models with sliding-window layers of other frequencies, theirs.
     int n_rot_ = 0;
     bool rope_neox_ = false;
-    double rope_mscale_ = 1.0;  // cos and sin scaled by it (Config::rope_attn_factor)
+    double rope_mscale_[2] = {1.0, 1.0};  // cos and sin scaled by it (Config::rope_magnitude), [1]: swa
     int q_heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
     struct RopeTables {
         std::vector<float> inv_freq, cos, sin;

@@ -106,6 +106,7 @@ Model::Model(const std::string & path, const ModelParams & params, DryRun) : par
     if (params_.n_threads <= 0) params_.n_threads = hardware_threads();
     file_ = std::make_unique<GGUFFile>(path);
     cfg_ = Config::from_gguf(*file_);
+    cfg_.apply_rope(params.rope);
     load_weights();
     load_loras();
     setup_kv();

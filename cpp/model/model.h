@@ -38,6 +38,7 @@ struct ModelParams {
     // LoRA adapters (GGUF files of llama.cpp's convert_lora_to_gguf.py) and their scales, applied at
     // run time: W x + scale * alpha / rank * B (A x) for every matrix an adapter updates.
     std::vector<std::pair<std::string, float>> loras;
+    RopeParams rope;           // rotary overrides (rope_freq_base, YaRN, ...; none by default)
 };
 
 // One adapter's update of a matrix: y += b . (a . x), b already multiplied by the scale.

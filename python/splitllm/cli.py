@@ -45,8 +45,43 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swa-full", action="store_true",
                    help="full-size cache for sliding-window layers (Gemma 2/3): more memory, any cached "
                    "prefix reusable (default: n_swa + n_batch cells, as llama-server)")
+    add_rope_options(p)
     add_lora_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="print where each layer is placed")
+
+
+ROPE_SCALING = {"none": 0, "linear": 1, "yarn": 2}
+
+
+def add_rope_options(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's rotary options (the model's settings unless given)."""
+    p.add_argument("--rope-scaling", choices=list(ROPE_SCALING), default=None,
+                   help="RoPE frequency scaling method (default: the model's)")
+    p.add_argument("--rope-scale", type=float, default=None, metavar="N",
+                   help="RoPE context scaling factor: expands the context by N (rope-freq-scale 1/N)")
+    p.add_argument("--rope-freq-base", type=float, default=0.0, metavar="N", help="RoPE base frequency")
+    p.add_argument("--rope-freq-scale", type=float, default=0.0, metavar="N",
+                   help="RoPE frequency scaling factor")
+    p.add_argument("--yarn-orig-ctx", type=int, default=0, metavar="N",
+                   help="YaRN: the model's original context")
+    p.add_argument("--yarn-ext-factor", type=float, default=-1.0, metavar="N",
+                   help="YaRN: extrapolation mix factor (default -1: 1 with YaRN, else 0)")
+    p.add_argument("--yarn-attn-factor", type=float, default=1.0, metavar="N", help="YaRN: magnitude scale")
+    p.add_argument("--yarn-beta-slow", type=float, default=1.0, metavar="N", help="YaRN: high correction dim")
+    p.add_argument("--yarn-beta-fast", type=float, default=32.0, metavar="N", help="YaRN: low correction dim")
+
+
+def rope_kwargs(args: argparse.Namespace) -> dict:
+    """Model's rotary arguments from add_rope_options' (--rope-scale N is --rope-freq-scale 1/N)."""
+    scale = args.rope_freq_scale
+    if args.rope_scale is not None:
+        if not args.rope_scale > 0:
+            raise ValueError(f"--rope-scale must be positive (got {args.rope_scale})")
+        scale = 1.0 / args.rope_scale
+    return dict(rope_scaling_type=ROPE_SCALING.get(args.rope_scaling, -1), rope_freq_base=args.rope_freq_base,
+                rope_freq_scale=scale, yarn_orig_ctx=args.yarn_orig_ctx, yarn_ext_factor=args.yarn_ext_factor,
+                yarn_attn_factor=args.yarn_attn_factor, yarn_beta_slow=args.yarn_beta_slow,
+                yarn_beta_fast=args.yarn_beta_fast)
 
 
 def add_lora_options(p: argparse.ArgumentParser) -> None:
@@ -162,7 +197,8 @@ def load_model(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - avo
     loras = lora_list(args)
     return Model(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_threads=args.threads,
                  n_gpu_layers=parse_gpu_layers(args.n_gpu_layers), type_k=args.cache_type_k,
-                 type_v=args.cache_type_v, swa_full=args.swa_full, loras=loras, verbose=args.verbose, **extra)
+                 type_v=args.cache_type_v, swa_full=args.swa_full, loras=loras, verbose=args.verbose,
+                 **rope_kwargs(args), **extra)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

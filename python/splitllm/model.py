@@ -59,8 +59,36 @@ from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
 from splitllm.tokenizer import Tokenizer
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "random seed"
+# llama.cpp's rotary scaling types (llama_rope_scaling_type), as llama-cpp-python names them.
+LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED = -1  # the model's (rope.scaling.type; linear when absent)
+LLAMA_ROPE_SCALING_TYPE_NONE = 0
+LLAMA_ROPE_SCALING_TYPE_LINEAR = 1
+LLAMA_ROPE_SCALING_TYPE_YARN = 2
+LLAMA_ROPE_SCALING_TYPE_LONGROPE = 3
 MAX_SPECULATIVE_PASS = 16  # tokens in one pass that checks a draft model's guesses
 
+
+
+def rope_settings(scaling_type: int | None, freq_base: float, freq_scale: float, ext_factor: float,
+                  attn_factor: float, beta_fast: float, beta_slow: float, orig_ctx: int) -> dict[str, Any]:
+    """llama-cpp-python's rotary arguments, checked, as the core's keywords (llama_context_params'
+    meaning: 0 base / scale / original context and negative YaRN terms keep the model's)."""
+    scaling_type = LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED if scaling_type is None else scaling_type
+    if isinstance(scaling_type, bool) or not isinstance(scaling_type, int) or not -1 <= scaling_type <= 3:
+        raise ValueError(f"rope_scaling_type must be -1 (the model's), 0 (none), 1 (linear), 2 (yarn) or 3 "
+                         f"(longrope); got {scaling_type!r}")
+    floats = {"rope_freq_base": freq_base, "rope_freq_scale": freq_scale, "yarn_ext_factor": ext_factor,
+              "yarn_attn_factor": attn_factor, "yarn_beta_fast": beta_fast, "yarn_beta_slow": beta_slow}
+    for name, v in floats.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number (got {v!r})")
+    for name in ("rope_freq_base", "rope_freq_scale"):
+        if floats[name] < 0:
+            raise ValueError(f"{name} must be >= 0 (0: the model's; got {floats[name]!r})")
+    if isinstance(orig_ctx, bool) or not isinstance(orig_ctx, int) or orig_ctx < 0:
+        raise ValueError(f"yarn_orig_ctx must be a non-negative integer (0: the model's; got {orig_ctx!r})")
+    return {"rope_scaling_type": scaling_type, **{k: float(v) for k, v in floats.items()},
+            "yarn_orig_ctx": orig_ctx}
 
 
 class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
@@ -77,6 +105,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
     ``lora_path`` / ``lora_scale`` (llama-cpp-python's) apply a LoRA adapter GGUF at run time, as
     llama.cpp does; ``loras`` takes several ``(path, scale)`` pairs. ``spm_infill``: a completion
     with a ``suffix`` puts the suffix before the prefix (see :mod:`splitllm.infill`).
+    ``rope_scaling_type``, ``rope_freq_base``, ``rope_freq_scale`` and the ``yarn_*`` settings are
+    llama-cpp-python's (and llama.cpp's) rotary overrides, e.g. ``rope_scaling_type=2,
+    rope_freq_scale=0.25, yarn_orig_ctx=32768`` to run a model 4x past its trained context with
+    YaRN; a model whose file asks for YaRN (``rope.scaling.type = yarn``) gets it by default.
     """
 
     def __init__(
@@ -95,6 +127,14 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         op_offload: bool = True,
         kv_rotate: bool = True,
         swa_full: bool = False,
+        rope_scaling_type: int | None = LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+        rope_freq_base: float = 0.0,
+        rope_freq_scale: float = 0.0,
+        yarn_ext_factor: float = -1.0,
+        yarn_attn_factor: float = 1.0,
+        yarn_beta_fast: float = 32.0,
+        yarn_beta_slow: float = 1.0,
+        yarn_orig_ctx: int = 0,
         lora_path: str | os.PathLike[str] | None = None,
         lora_scale: float = 1.0,
         lora_base: str | None = None,
@@ -171,6 +211,8 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
             kv_rotate=kv_rotate,
             swa_full=bool(swa_full),
             loras=adapters,
+            **rope_settings(rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_ext_factor,
+                            yarn_attn_factor, yarn_beta_fast, yarn_beta_slow, yarn_orig_ctx),
         )
         self._loras = [(os.path.realpath(p), s, os.stat(p).st_size, os.stat(p).st_mtime_ns)
                        for p, s in adapters]
