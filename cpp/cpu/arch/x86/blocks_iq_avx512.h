@@ -114,6 +114,107 @@ inline __m512i dup8(__m256i v) {
                                     _mm512_castsi256_si512(v));
 }
 
+// ---- register-table decoding of the 256-entry grids (IQ2_XXS, IQ3_XXS), a super-block at once ----
+// Each grid entry is coded in 16 bits (IQ2_XXS: 8 values x 2 bits, levels 8, 25, 43; IQ3_XXS:
+// 4 values x 3 bits, levels 4, 12, .., 52, 62), held as a low-byte and a high-byte table of 256
+// bytes (4 zmm each, looked up by vpermi2b + a blend on the index's top bit). vpermi2b then
+// spreads each entry's two code bytes over its qword (dword), vpmultishiftqb moves each value's
+// code bits to its byte and vpermb maps them to the level. The sign bytes (ksigns, also a
+// vpermi2b table) are spread to their 8 values' qword and turned into a byte mask by vptestmb.
+struct GridTables {
+    alignas(64) uint8_t lo[256], hi[256];   // the entries' 16-bit codes
+    alignas(64) uint8_t levels[64];         // vpermb table: byte i = level of code i % (levels)
+    alignas(64) uint8_t code_ctl[4][64];    // [2 g + p]: code bytes of half g, part p (lo / hi)
+    alignas(64) uint8_t sign_ctl[4][64];    // [2 g + p]: its sign bytes, one a qword, repeated
+    alignas(64) uint8_t shift[64];          // vpmultishiftqb: value j's code bits
+};
+
+inline constexpr uint8_t kBitOfByte[64] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+                                           1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+                                           1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+                                           1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+
+// IQ2_XXS: entry e of block b (index byte 8 b + e of the 64 bytes of qs, e < 4); qword k of
+// half g, part p is block 4 g + k / 2's entry 2 p + k % 2; its sign byte at 8 b + e too.
+constexpr GridTables make_iq2xxs_tables() {
+    GridTables t{};
+    for (int i = 0; i < 256; ++i) {
+        uint32_t c = 0;
+        for (int j = 0; j < 8; ++j) {
+            const uint8_t v = uint8_t(iq2xxs_grid[i] >> (8 * j));
+            c |= uint32_t(v == 0x08 ? 0 : v == 0x19 ? 1 : 2) << (2 * j);
+        }
+        t.lo[i] = uint8_t(c);
+        t.hi[i] = uint8_t(c >> 8);
+    }
+    const uint8_t lv[4] = {8, 25, 43, 0};
+    for (int i = 0; i < 64; ++i) t.levels[i] = lv[i & 3];
+    for (int gp = 0; gp < 4; ++gp)
+        for (int k = 0; k < 8; ++k) {
+            const int pos = 8 * (4 * (gp >> 1) + k / 2) + 2 * (gp & 1) + k % 2;
+            for (int m = 0; m < 8; ++m) {
+                t.code_ctl[gp][8 * k + m] = uint8_t(m % 2 ? 64 + pos : pos);
+                t.sign_ctl[gp][8 * k + m] = uint8_t(pos);
+            }
+        }
+    for (int k = 0; k < 8; ++k)
+        for (int j = 0; j < 8; ++j) t.shift[8 * k + j] = uint8_t(2 * j);
+    return t;
+}
+
+// IQ3_XXS: entry e of block b at byte 8 b + e (all 64 bytes); dword k of half g, part p is
+// block 4 g + k / 4's entry 4 p + k % 4; sign field f (values 8 f..8 f + 7) of block b at byte
+// 8 b + f.
+constexpr GridTables make_iq3xxs_tables() {
+    GridTables t{};
+    for (int i = 0; i < 256; ++i) {
+        uint32_t c = 0;
+        for (int j = 0; j < 4; ++j) c |= uint32_t((uint8_t(iq3xxs_grid[i] >> (8 * j)) - 4) / 8) << (3 * j);
+        t.lo[i] = uint8_t(c);
+        t.hi[i] = uint8_t(c >> 8);
+    }
+    const uint8_t lv[8] = {4, 12, 20, 28, 36, 44, 52, 62};
+    for (int i = 0; i < 64; ++i) t.levels[i] = lv[i & 7];
+    for (int gp = 0; gp < 4; ++gp) {
+        for (int k = 0; k < 16; ++k) {
+            const int pos = 8 * (4 * (gp >> 1) + k / 4) + 4 * (gp & 1) + k % 4;
+            for (int m = 0; m < 4; ++m) t.code_ctl[gp][4 * k + m] = uint8_t(m % 2 ? 64 + pos : pos);
+        }
+        for (int k = 0; k < 8; ++k)
+            for (int m = 0; m < 8; ++m) t.sign_ctl[gp][8 * k + m] = uint8_t(8 * (4 * (gp >> 1) + k / 2) + 2 * (gp & 1) + k % 2);
+    }
+    for (int k = 0; k < 8; ++k)
+        for (int j = 0; j < 8; ++j) t.shift[8 * k + j] = uint8_t(32 * (j / 4) + 3 * (j % 4));
+    return t;
+}
+
+alignas(64) inline constexpr GridTables kIq2xxsTables = make_iq2xxs_tables();
+alignas(64) inline constexpr GridTables kIq3xxsTables = make_iq3xxs_tables();
+
+inline __m512i ld64(const uint8_t * p) { return _mm512_load_si512(p); }
+
+// The 16-bit codes (lo, hi bytes) of the grid entries whose indices are the bytes of idx.
+inline void entry_codes(const GridTables & t, __m512i idx, __m512i * lo, __m512i * hi) {
+    const __mmask64 top = _mm512_movepi8_mask(idx);
+    *lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(t.lo), idx, ld64(t.lo + 64)),
+                                 _mm512_permutex2var_epi8(ld64(t.lo + 128), idx, ld64(t.lo + 192)));
+    *hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(t.hi), idx, ld64(t.hi + 64)),
+                                 _mm512_permutex2var_epi8(ld64(t.hi + 128), idx, ld64(t.hi + 192)));
+}
+
+// Codes (128 +- level) of half g, part p from the entry codes and the sign bytes.
+inline __m512i table_codes(const GridTables & t, int gp, __m512i lo, __m512i hi, __m512i signs) {
+    const __m512i c = _mm512_permutex2var_epi8(lo, ld64(t.code_ctl[gp]), hi);
+    const __m512i v = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(ld64(t.shift), c), ld64(t.levels));
+    const __m512i s = _mm512_permutexvar_epi8(ld64(t.sign_ctl[gp]), signs);
+    return signed_codes(v, _mm512_test_epi8_mask(s, ld64(kBitOfByte)));
+}
+
+// ksigns of the 7-bit fields (bits 0..6 of each byte).
+inline __m512i ksigns64(__m512i s7) {
+    return _mm512_permutex2var_epi8(_mm512_loadu_si512(ksigns_iq2xs), s7, _mm512_loadu_si512(ksigns_iq2xs + 64));
+}
+
 template <>
 struct KQuant<QType::IQ2_XXS> {
     static constexpr int kBytes = 66;
@@ -126,6 +227,18 @@ struct KQuant<QType::IQ2_XXS> {
         const __m512i sh = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
         const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(a1, sh), _mm512_set1_epi32(127));
         return grid8_codes(iq2xxs_grid, idx, ksigns16(s7));
+    }
+    // Both halves (decode).
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        const GridTables & t = kIq2xxsTables;
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        __m512i lo, hi;
+        entry_codes(t, q, &lo, &hi);
+        // Sign field e of block b: bits 32 + 7 e of qword b, to byte 8 b + e.
+        const __m512i sh = _mm512_set1_epi64(0x352E2720);
+        const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(sh, q));
+        for (int g = 0; g < 2; ++g)
+            c[g] = {table_codes(t, 2 * g, lo, hi, signs), table_codes(t, 2 * g + 1, lo, hi, signs)};
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const __m512i q = _mm512_loadu_si512(sb + 2);
@@ -187,6 +300,16 @@ struct KQuant<QType::IQ3_XXS> {
         const __m512i sh = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
         const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(aux, sh), _mm512_set1_epi32(127));
         return grid4_codes(iq3xxs_grid, lo, hi, ksigns16(s7));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        const GridTables & t = kIq3xxsTables;
+        __m512i lo, hi;
+        entry_codes(t, _mm512_loadu_si512(sb + 2), &lo, &hi);
+        // Sign field f of block b (bits 7 f of its aux word) to byte 8 b + f.
+        const __m512i aux = _mm512_cvtepu32_epi64(load32(sb + 66));
+        const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x150e0700), aux));
+        for (int g = 0; g < 2; ++g)
+            c[g] = {table_codes(t, 2 * g, lo, hi, signs), table_codes(t, 2 * g + 1, lo, hi, signs)};
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const __m512i ls = _mm512_srli_epi32(dup8(load32(sb + 66)), 28);
