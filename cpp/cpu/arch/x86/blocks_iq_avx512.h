@@ -121,8 +121,9 @@ inline __m512i dup8(__m256i v) {
 // spreads each entry's two code bytes over its qword (dword), vpmultishiftqb moves each value's
 // code bits to its byte and vpermb maps them to the level. The sign bytes (ksigns, also a
 // vpermi2b table) are spread to their 8 values' qword and turned into a byte mask by vptestmb.
+template <int N>
 struct GridTables {
-    alignas(64) uint8_t lo[256], hi[256];   // the entries' 16-bit codes
+    alignas(64) uint8_t lo[N], hi[N];       // the entries' 16-bit codes
     alignas(64) uint8_t levels[64];         // vpermb table: byte i = level of code i % (levels)
     alignas(64) uint8_t code_ctl[4][64];    // [2 g + p]: code bytes of half g, part p (lo / hi)
     alignas(64) uint8_t sign_ctl[4][64];    // [2 g + p]: its sign bytes, one a qword, repeated
@@ -134,14 +135,16 @@ inline constexpr uint8_t kBitOfByte[64] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4,
                                            1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
                                            1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
 
-// IQ2_XXS: entry e of block b (index byte 8 b + e of the 64 bytes of qs, e < 4); qword k of
-// half g, part p is block 4 g + k / 2's entry 2 p + k % 2; its sign byte at 8 b + e too.
-constexpr GridTables make_iq2xxs_tables() {
-    GridTables t{};
-    for (int i = 0; i < 256; ++i) {
+// 8-value grids of levels 8, 25, 43 (IQ2_XXS, IQ2_XS): entry e of block b (index and sign byte)
+// at byte 8 b + step e of the looked-up vectors; qword k of half g, part p is block
+// 4 g + k / 2's entry 2 p + k % 2.
+template <int N>
+constexpr GridTables<N> make_grid8_tables(const uint64_t * grid, int step) {
+    GridTables<N> t{};
+    for (int i = 0; i < N; ++i) {
         uint32_t c = 0;
         for (int j = 0; j < 8; ++j) {
-            const uint8_t v = uint8_t(iq2xxs_grid[i] >> (8 * j));
+            const uint8_t v = uint8_t(grid[i] >> (8 * j));
             c |= uint32_t(v == 0x08 ? 0 : v == 0x19 ? 1 : 2) << (2 * j);
         }
         t.lo[i] = uint8_t(c);
@@ -151,7 +154,7 @@ constexpr GridTables make_iq2xxs_tables() {
     for (int i = 0; i < 64; ++i) t.levels[i] = lv[i & 3];
     for (int gp = 0; gp < 4; ++gp)
         for (int k = 0; k < 8; ++k) {
-            const int pos = 8 * (4 * (gp >> 1) + k / 2) + 2 * (gp & 1) + k % 2;
+            const int pos = 8 * (4 * (gp >> 1) + k / 2) + step * (2 * (gp & 1) + k % 2);
             for (int m = 0; m < 8; ++m) {
                 t.code_ctl[gp][8 * k + m] = uint8_t(m % 2 ? 64 + pos : pos);
                 t.sign_ctl[gp][8 * k + m] = uint8_t(pos);
@@ -162,18 +165,18 @@ constexpr GridTables make_iq2xxs_tables() {
     return t;
 }
 
-// IQ3_XXS: entry e of block b at byte 8 b + e (all 64 bytes); dword k of half g, part p is
-// block 4 g + k / 4's entry 4 p + k % 4; sign field f (values 8 f..8 f + 7) of block b at byte
-// 8 b + f.
-constexpr GridTables make_iq3xxs_tables() {
-    GridTables t{};
-    for (int i = 0; i < 256; ++i) {
+// 4-value grids of levels base + step c, c < 8 (IQ3_XXS: 4, 12, .., 52 and 62; IQ3_S: 1, 3, ..,
+// 15): entry e of block b at byte 8 b + e; dword k of half g, part p is block 4 g + k / 4's
+// entry 4 p + k % 4; sign field f (values 8 f..8 f + 7) of block b at byte 8 b + f.
+template <int N>
+constexpr GridTables<N> make_grid4_tables(const uint32_t * grid, int base, int step, const uint8_t (&lv)[8]) {
+    GridTables<N> t{};
+    for (int i = 0; i < N; ++i) {
         uint32_t c = 0;
-        for (int j = 0; j < 4; ++j) c |= uint32_t((uint8_t(iq3xxs_grid[i] >> (8 * j)) - 4) / 8) << (3 * j);
+        for (int j = 0; j < 4; ++j) c |= uint32_t((uint8_t(grid[i] >> (8 * j)) - base) / step) << (3 * j);
         t.lo[i] = uint8_t(c);
         t.hi[i] = uint8_t(c >> 8);
     }
-    const uint8_t lv[8] = {4, 12, 20, 28, 36, 44, 52, 62};
     for (int i = 0; i < 64; ++i) t.levels[i] = lv[i & 7];
     for (int gp = 0; gp < 4; ++gp) {
         for (int k = 0; k < 16; ++k) {
@@ -188,26 +191,45 @@ constexpr GridTables make_iq3xxs_tables() {
     return t;
 }
 
-alignas(64) inline constexpr GridTables kIq2xxsTables = make_iq2xxs_tables();
-alignas(64) inline constexpr GridTables kIq3xxsTables = make_iq3xxs_tables();
+inline constexpr uint8_t kIq3xxsLevels[8] = {4, 12, 20, 28, 36, 44, 52, 62};
+inline constexpr uint8_t kIq3sLevels[8] = {1, 3, 5, 7, 9, 11, 13, 15};
+alignas(64) inline constexpr GridTables<256> kIq2xxsTables = make_grid8_tables<256>(iq2xxs_grid, 1);
+alignas(64) inline constexpr GridTables<512> kIq2xsTables = make_grid8_tables<512>(iq2xs_grid, 2);
+alignas(64) inline constexpr GridTables<256> kIq3xxsTables = make_grid4_tables<256>(iq3xxs_grid, 4, 8, kIq3xxsLevels);
+alignas(64) inline constexpr GridTables<512> kIq3sTables = make_grid4_tables<512>(iq3s_grid, 1, 2, kIq3sLevels);
 
 inline __m512i ld64(const uint8_t * p) { return _mm512_load_si512(p); }
 
-// The 16-bit codes (lo, hi bytes) of the grid entries whose indices are the bytes of idx.
-inline void entry_codes(const GridTables & t, __m512i idx, __m512i * lo, __m512i * hi) {
+// One of the 16-bit code bytes (table tb: lo or hi) of the entries whose low 8 index bits are
+// the bytes of idx (top: their bit 7); b8: their bit 8 (512-entry grids).
+inline __m512i lookup256(const uint8_t * tb, __m512i idx, __mmask64 top) {
+    return _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(tb), idx, ld64(tb + 64)),
+                                  _mm512_permutex2var_epi8(ld64(tb + 128), idx, ld64(tb + 192)));
+}
+template <int N>
+inline void entry_codes(const GridTables<N> & t, __m512i idx, __mmask64 b8, __m512i * lo, __m512i * hi) {
     const __mmask64 top = _mm512_movepi8_mask(idx);
-    *lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(t.lo), idx, ld64(t.lo + 64)),
-                                 _mm512_permutex2var_epi8(ld64(t.lo + 128), idx, ld64(t.lo + 192)));
-    *hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(t.hi), idx, ld64(t.hi + 64)),
-                                 _mm512_permutex2var_epi8(ld64(t.hi + 128), idx, ld64(t.hi + 192)));
+    if constexpr (N == 256) {
+        *lo = lookup256(t.lo, idx, top);
+        *hi = lookup256(t.hi, idx, top);
+    } else {
+        *lo = _mm512_mask_blend_epi8(b8, lookup256(t.lo, idx, top), lookup256(t.lo + 256, idx, top));
+        *hi = _mm512_mask_blend_epi8(b8, lookup256(t.hi, idx, top), lookup256(t.hi + 256, idx, top));
+    }
 }
 
 // Codes (128 +- level) of half g, part p from the entry codes and the sign bytes.
-inline __m512i table_codes(const GridTables & t, int gp, __m512i lo, __m512i hi, __m512i signs) {
+template <int N>
+inline __m512i table_codes(const GridTables<N> & t, int gp, __m512i lo, __m512i hi, __m512i signs) {
     const __m512i c = _mm512_permutex2var_epi8(lo, ld64(t.code_ctl[gp]), hi);
     const __m512i v = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(ld64(t.shift), c), ld64(t.levels));
     const __m512i s = _mm512_permutexvar_epi8(ld64(t.sign_ctl[gp]), signs);
     return signed_codes(v, _mm512_test_epi8_mask(s, ld64(kBitOfByte)));
+}
+
+template <int N>
+inline void table_codes_sb(const GridTables<N> & t, __m512i lo, __m512i hi, __m512i signs, Codes c[2]) {
+    for (int g = 0; g < 2; ++g) c[g] = {table_codes(t, 2 * g, lo, hi, signs), table_codes(t, 2 * g + 1, lo, hi, signs)};
 }
 
 // ksigns of the 7-bit fields (bits 0..6 of each byte).
@@ -230,15 +252,13 @@ struct KQuant<QType::IQ2_XXS> {
     }
     // Both halves (decode).
     static void codes_sb(const uint8_t * sb, Codes c[2]) {
-        const GridTables & t = kIq2xxsTables;
+        const auto & t = kIq2xxsTables;
         const __m512i q = _mm512_loadu_si512(sb + 2);
         __m512i lo, hi;
-        entry_codes(t, q, &lo, &hi);
+        entry_codes(t, q, 0, &lo, &hi);
         // Sign field e of block b: bits 32 + 7 e of qword b, to byte 8 b + e.
-        const __m512i sh = _mm512_set1_epi64(0x352E2720);
-        const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(sh, q));
-        for (int g = 0; g < 2; ++g)
-            c[g] = {table_codes(t, 2 * g, lo, hi, signs), table_codes(t, 2 * g + 1, lo, hi, signs)};
+        const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E2720), q));
+        table_codes_sb(t, lo, hi, signs, c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const __m512i q = _mm512_loadu_si512(sb + 2);
@@ -256,6 +276,14 @@ struct KQuant<QType::IQ2_XS> {
         const __m512i q = _mm512_cvtepu16_epi32(even_odd_dwords(load32(sb + 2 + 32 * g)));
         const __m512i idx = _mm512_and_si512(q, _mm512_set1_epi32(511));
         return grid8_codes(iq2xs_grid, idx, ksigns16(_mm512_srli_epi32(q, 9)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // Entry e of block b: index bits 0..7 at byte 8 b + 2 e, bit 8 and the signs above.
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        const __mmask64 b8 = _mm512_test_epi8_mask(_mm512_srli_epi16(q, 8), _mm512_set1_epi16(1));
+        __m512i lo, hi;
+        entry_codes(kIq2xsTables, q, b8, &lo, &hi);
+        table_codes_sb(kIq2xsTables, lo, hi, ksigns64(_mm512_srli_epi16(q, 9)), c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         half_scales(h2f(reinterpret_cast<const block_iq2_xs *>(sb)->d), nibble_scales16(sb + 66), 0.25f, dg, mg);
@@ -302,14 +330,13 @@ struct KQuant<QType::IQ3_XXS> {
         return grid4_codes(iq3xxs_grid, lo, hi, ksigns16(s7));
     }
     static void codes_sb(const uint8_t * sb, Codes c[2]) {
-        const GridTables & t = kIq3xxsTables;
+        const auto & t = kIq3xxsTables;
         __m512i lo, hi;
-        entry_codes(t, _mm512_loadu_si512(sb + 2), &lo, &hi);
+        entry_codes(t, _mm512_loadu_si512(sb + 2), 0, &lo, &hi);
         // Sign field f of block b (bits 7 f of its aux word) to byte 8 b + f.
         const __m512i aux = _mm512_cvtepu32_epi64(load32(sb + 66));
         const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x150e0700), aux));
-        for (int g = 0; g < 2; ++g)
-            c[g] = {table_codes(t, 2 * g, lo, hi, signs), table_codes(t, 2 * g + 1, lo, hi, signs)};
+        table_codes_sb(t, lo, hi, signs, c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const __m512i ls = _mm512_srli_epi32(dup8(load32(sb + 66)), 28);
@@ -333,6 +360,14 @@ struct KQuant<QType::IQ3_S> {
         hi = _mm512_or_si512(hi, _mm512_slli_epi32(
                                      _mm512_and_si512(_mm512_srlv_epi32(q, _mm512_add_epi32(sh, _mm512_set1_epi32(4))), one), 8));
         return grid4_codes(iq3s_grid, lo, hi, half_order(load16(sb + 74 + 16 * g)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // Index bit 8 of entry e of block b: bit 8 b + e of qh; sign byte f of block b to 8 b + f.
+        uint64_t qh;
+        memcpy(&qh, sb + 66, 8);
+        __m512i lo, hi;
+        entry_codes(kIq3sTables, _mm512_loadu_si512(sb + 2), __mmask64(qh), &lo, &hi);
+        table_codes_sb(kIq3sTables, lo, hi, _mm512_cvtepu32_epi64(load32(sb + 74)), c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         // Block ib: nibble ib % 2 of scales[ib / 2].
