@@ -195,6 +195,7 @@ inline constexpr uint8_t kIq3xxsLevels[8] = {4, 12, 20, 28, 36, 44, 52, 62};
 inline constexpr uint8_t kIq3sLevels[8] = {1, 3, 5, 7, 9, 11, 13, 15};
 alignas(64) inline constexpr GridTables<256> kIq2xxsTables = make_grid8_tables<256>(iq2xxs_grid, 1);
 alignas(64) inline constexpr GridTables<512> kIq2xsTables = make_grid8_tables<512>(iq2xs_grid, 2);
+alignas(64) inline constexpr GridTables<1024> kIq2sTables = make_grid8_tables<1024>(iq2s_grid, 2);
 alignas(64) inline constexpr GridTables<256> kIq3xxsTables = make_grid4_tables<256>(iq3xxs_grid, 4, 8, kIq3xxsLevels);
 alignas(64) inline constexpr GridTables<512> kIq3sTables = make_grid4_tables<512>(iq3s_grid, 1, 2, kIq3sLevels);
 
@@ -206,15 +207,23 @@ inline __m512i lookup256(const uint8_t * tb, __m512i idx, __mmask64 top) {
     return _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(tb), idx, ld64(tb + 64)),
                                   _mm512_permutex2var_epi8(ld64(tb + 128), idx, ld64(tb + 192)));
 }
+inline __m512i lookup512(const uint8_t * tb, __m512i idx, __mmask64 top, __mmask64 b8) {
+    return _mm512_mask_blend_epi8(b8, lookup256(tb, idx, top), lookup256(tb + 256, idx, top));
+}
+// b9: bit 9 of the indices (1024-entry grid).
 template <int N>
-inline void entry_codes(const GridTables<N> & t, __m512i idx, __mmask64 b8, __m512i * lo, __m512i * hi) {
+inline void entry_codes(const GridTables<N> & t, __m512i idx, __mmask64 b8, __m512i * lo, __m512i * hi,
+                        __mmask64 b9 = 0) {
     const __mmask64 top = _mm512_movepi8_mask(idx);
     if constexpr (N == 256) {
         *lo = lookup256(t.lo, idx, top);
         *hi = lookup256(t.hi, idx, top);
+    } else if constexpr (N == 512) {
+        *lo = lookup512(t.lo, idx, top, b8);
+        *hi = lookup512(t.hi, idx, top, b8);
     } else {
-        *lo = _mm512_mask_blend_epi8(b8, lookup256(t.lo, idx, top), lookup256(t.lo + 256, idx, top));
-        *hi = _mm512_mask_blend_epi8(b8, lookup256(t.hi, idx, top), lookup256(t.hi + 256, idx, top));
+        *lo = _mm512_mask_blend_epi8(b9, lookup512(t.lo, idx, top, b8), lookup512(t.lo + 512, idx, top, b8));
+        *hi = _mm512_mask_blend_epi8(b9, lookup512(t.hi, idx, top, b8), lookup512(t.hi + 512, idx, top, b8));
     }
 }
 
@@ -303,6 +312,20 @@ struct KQuant<QType::IQ2_S> {
         const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(int(qh)), sh), _mm512_set1_epi32(3));
         idx = _mm512_or_si512(idx, _mm512_slli_epi32(hi, 8));
         return grid8_codes(iq2s_grid, idx, half_order(load16(sb + 34 + 16 * g)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // Entry n = 4 b + e to byte 2 n: index bits 0..7, and above them (vpmultishiftqb, bits
+        // 2 n.. of the 8 qh bytes) bits 8, 9.
+        const __m512i idx = _mm512_cvtepu8_epi16(load32(sb + 2));
+        uint64_t qh;
+        memcpy(&qh, sb + 66, 8);
+        const __m512i ctl = _mm512_set_epi64(0x3E3E3C3C3A3A3838, 0x3636343432323030, 0x2E2E2C2C2A2A2828, 0x2626242422222020,
+                                             0x1E1E1C1C1A1A1818, 0x1616141412121010, 0x0E0E0C0C0A0A0808, 0x0606040402020000);
+        const __m512i h = _mm512_multishift_epi64_epi8(ctl, _mm512_set1_epi64(int64_t(qh)));
+        __m512i lo, hi;
+        entry_codes(kIq2sTables, idx, _mm512_test_epi8_mask(h, _mm512_set1_epi16(1)), &lo, &hi,
+                    _mm512_test_epi8_mask(h, _mm512_set1_epi16(2)));
+        table_codes_sb(kIq2sTables, lo, hi, _mm512_cvtepu8_epi16(load32(sb + 34)), c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         half_scales(h2f(reinterpret_cast<const block_iq2_s *>(sb)->d), nibble_scales16(sb + 74), 0.25f, dg, mg);
