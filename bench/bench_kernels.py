@@ -35,8 +35,26 @@ RANDOM_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K:
                        T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]
 TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
-         T.IQ4_NL, T.IQ4_XS]
+         T.IQ4_NL, T.IQ4_XS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]
+# The grid i-quants: every bit random but the f16 super-block scale (random_grid_rows).
+GRID_TYPES = {T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M}
 COLD_BYTES = 64e6
+
+
+def random_grid_rows(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Grid i-quant rows (gguf-py cannot quantize them): every bit random (so every grid index,
+    sign, delta and scale occurs) but a finite f16 super-block scale (IQ1_M spreads its scale
+    over the top nibbles of its four scale words). As tests/test_cpu_kernels.py makes them."""
+    blck, size = GGML_QUANT_SIZES[qtype]
+    b = rng.integers(0, 256, size=(n_rows * k // blck, size), dtype=np.uint8)
+    d = rng.uniform(0.002, 0.02, size=len(b)).astype(np.float16).view(np.uint16)
+    if qtype == T.IQ1_M:
+        words = b[:, 48:56].copy().view(np.uint16)
+        nibbles = (d[:, None] >> np.array([0, 4, 8, 12], np.uint16)) & 0xF
+        b[:, 48:56] = ((words & 0x0FFF) | (nibbles << 12).astype(np.uint16)).view(np.uint8)
+    else:
+        b[:, :2] = d.view(np.uint8).reshape(-1, 2)
+    return b.reshape(n_rows, -1)
 
 
 def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,6 +71,8 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.
             d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
             raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
         return raw.reshape(n_rows, -1)
+    if qtype in GRID_TYPES:
+        return random_grid_rows(qtype, n_rows, k, rng)
     return np.ascontiguousarray(quantize(w, qtype))
 
 

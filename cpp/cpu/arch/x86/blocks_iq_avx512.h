@@ -114,6 +114,138 @@ inline __m512i dup8(__m256i v) {
                                     _mm512_castsi256_si512(v));
 }
 
+// ---- register-table decoding of the 256-entry grids (IQ2_XXS, IQ3_XXS), a super-block at once ----
+// Each grid entry is coded in 16 bits (IQ2_XXS: 8 values x 2 bits, levels 8, 25, 43; IQ3_XXS:
+// 4 values x 3 bits, levels 4, 12, .., 52, 62), held as a low-byte and a high-byte table of 256
+// bytes (4 zmm each, looked up by vpermi2b + a blend on the index's top bit). vpermi2b then
+// spreads each entry's two code bytes over its qword (dword), vpmultishiftqb moves each value's
+// code bits to its byte and vpermb maps them to the level. The sign bytes (ksigns, also a
+// vpermi2b table) are spread to their 8 values' qword and turned into a byte mask by vptestmb.
+template <int N>
+struct GridTables {
+    alignas(64) uint8_t lo[N], hi[N];       // the entries' 16-bit codes
+    alignas(64) uint8_t levels[64];         // vpermb table: byte i = level of code i % (levels)
+    alignas(64) uint8_t code_ctl[4][64];    // [2 g + p]: code bytes of half g, part p (lo / hi)
+    alignas(64) uint8_t sign_ctl[4][64];    // [2 g + p]: its sign bytes, one a qword, repeated
+    alignas(64) uint8_t shift[64];          // vpmultishiftqb: value j's code bits
+};
+
+inline constexpr uint8_t kBitOfByte[64] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+                                           1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+                                           1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+                                           1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+
+// 8-value grids of levels 8, 25, 43 (IQ2_XXS, IQ2_XS): entry e of block b (index and sign byte)
+// at byte 8 b + step e of the looked-up vectors; qword k of half g, part p is block
+// 4 g + k / 2's entry 2 p + k % 2.
+template <int N>
+constexpr GridTables<N> make_grid8_tables(const uint64_t * grid, int step) {
+    GridTables<N> t{};
+    for (int i = 0; i < N; ++i) {
+        uint32_t c = 0;
+        for (int j = 0; j < 8; ++j) {
+            const uint8_t v = uint8_t(grid[i] >> (8 * j));
+            c |= uint32_t(v == 0x08 ? 0 : v == 0x19 ? 1 : 2) << (2 * j);
+        }
+        t.lo[i] = uint8_t(c);
+        t.hi[i] = uint8_t(c >> 8);
+    }
+    const uint8_t lv[4] = {8, 25, 43, 0};
+    for (int i = 0; i < 64; ++i) t.levels[i] = lv[i & 3];
+    for (int gp = 0; gp < 4; ++gp)
+        for (int k = 0; k < 8; ++k) {
+            const int pos = 8 * (4 * (gp >> 1) + k / 2) + step * (2 * (gp & 1) + k % 2);
+            for (int m = 0; m < 8; ++m) {
+                t.code_ctl[gp][8 * k + m] = uint8_t(m % 2 ? 64 + pos : pos);
+                t.sign_ctl[gp][8 * k + m] = uint8_t(pos);
+            }
+        }
+    for (int k = 0; k < 8; ++k)
+        for (int j = 0; j < 8; ++j) t.shift[8 * k + j] = uint8_t(2 * j);
+    return t;
+}
+
+// 4-value grids of levels base + step c, c < 8 (IQ3_XXS: 4, 12, .., 52 and 62; IQ3_S: 1, 3, ..,
+// 15): entry e of block b at byte 8 b + e; dword k of half g, part p is block 4 g + k / 4's
+// entry 4 p + k % 4; sign field f (values 8 f..8 f + 7) of block b at byte 8 b + f.
+template <int N>
+constexpr GridTables<N> make_grid4_tables(const uint32_t * grid, int base, int step, const uint8_t (&lv)[8]) {
+    GridTables<N> t{};
+    for (int i = 0; i < N; ++i) {
+        uint32_t c = 0;
+        for (int j = 0; j < 4; ++j) c |= uint32_t((uint8_t(grid[i] >> (8 * j)) - base) / step) << (3 * j);
+        t.lo[i] = uint8_t(c);
+        t.hi[i] = uint8_t(c >> 8);
+    }
+    for (int i = 0; i < 64; ++i) t.levels[i] = lv[i & 7];
+    for (int gp = 0; gp < 4; ++gp) {
+        for (int k = 0; k < 16; ++k) {
+            const int pos = 8 * (4 * (gp >> 1) + k / 4) + 4 * (gp & 1) + k % 4;
+            for (int m = 0; m < 4; ++m) t.code_ctl[gp][4 * k + m] = uint8_t(m % 2 ? 64 + pos : pos);
+        }
+        for (int k = 0; k < 8; ++k)
+            for (int m = 0; m < 8; ++m) t.sign_ctl[gp][8 * k + m] = uint8_t(8 * (4 * (gp >> 1) + k / 2) + 2 * (gp & 1) + k % 2);
+    }
+    for (int k = 0; k < 8; ++k)
+        for (int j = 0; j < 8; ++j) t.shift[8 * k + j] = uint8_t(32 * (j / 4) + 3 * (j % 4));
+    return t;
+}
+
+inline constexpr uint8_t kIq3xxsLevels[8] = {4, 12, 20, 28, 36, 44, 52, 62};
+inline constexpr uint8_t kIq3sLevels[8] = {1, 3, 5, 7, 9, 11, 13, 15};
+alignas(64) inline constexpr GridTables<256> kIq2xxsTables = make_grid8_tables<256>(iq2xxs_grid, 1);
+alignas(64) inline constexpr GridTables<512> kIq2xsTables = make_grid8_tables<512>(iq2xs_grid, 2);
+alignas(64) inline constexpr GridTables<1024> kIq2sTables = make_grid8_tables<1024>(iq2s_grid, 2);
+alignas(64) inline constexpr GridTables<256> kIq3xxsTables = make_grid4_tables<256>(iq3xxs_grid, 4, 8, kIq3xxsLevels);
+alignas(64) inline constexpr GridTables<512> kIq3sTables = make_grid4_tables<512>(iq3s_grid, 1, 2, kIq3sLevels);
+
+inline __m512i ld64(const uint8_t * p) { return _mm512_load_si512(p); }
+
+// One of the 16-bit code bytes (table tb: lo or hi) of the entries whose low 8 index bits are
+// the bytes of idx (top: their bit 7); b8: their bit 8 (512-entry grids).
+inline __m512i lookup256(const uint8_t * tb, __m512i idx, __mmask64 top) {
+    return _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(tb), idx, ld64(tb + 64)),
+                                  _mm512_permutex2var_epi8(ld64(tb + 128), idx, ld64(tb + 192)));
+}
+inline __m512i lookup512(const uint8_t * tb, __m512i idx, __mmask64 top, __mmask64 b8) {
+    return _mm512_mask_blend_epi8(b8, lookup256(tb, idx, top), lookup256(tb + 256, idx, top));
+}
+// b9: bit 9 of the indices (1024-entry grid).
+template <int N>
+inline void entry_codes(const GridTables<N> & t, __m512i idx, __mmask64 b8, __m512i * lo, __m512i * hi,
+                        __mmask64 b9 = 0) {
+    const __mmask64 top = _mm512_movepi8_mask(idx);
+    if constexpr (N == 256) {
+        *lo = lookup256(t.lo, idx, top);
+        *hi = lookup256(t.hi, idx, top);
+    } else if constexpr (N == 512) {
+        *lo = lookup512(t.lo, idx, top, b8);
+        *hi = lookup512(t.hi, idx, top, b8);
+    } else {
+        *lo = _mm512_mask_blend_epi8(b9, lookup512(t.lo, idx, top, b8), lookup512(t.lo + 512, idx, top, b8));
+        *hi = _mm512_mask_blend_epi8(b9, lookup512(t.hi, idx, top, b8), lookup512(t.hi + 512, idx, top, b8));
+    }
+}
+
+// Codes (128 +- level) of half g, part p from the entry codes and the sign bytes.
+template <int N>
+inline __m512i table_codes(const GridTables<N> & t, int gp, __m512i lo, __m512i hi, __m512i signs) {
+    const __m512i c = _mm512_permutex2var_epi8(lo, ld64(t.code_ctl[gp]), hi);
+    const __m512i v = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(ld64(t.shift), c), ld64(t.levels));
+    const __m512i s = _mm512_permutexvar_epi8(ld64(t.sign_ctl[gp]), signs);
+    return signed_codes(v, _mm512_test_epi8_mask(s, ld64(kBitOfByte)));
+}
+
+template <int N>
+inline void table_codes_sb(const GridTables<N> & t, __m512i lo, __m512i hi, __m512i signs, Codes c[2]) {
+    for (int g = 0; g < 2; ++g) c[g] = {table_codes(t, 2 * g, lo, hi, signs), table_codes(t, 2 * g + 1, lo, hi, signs)};
+}
+
+// ksigns of the 7-bit fields (bits 0..6 of each byte).
+inline __m512i ksigns64(__m512i s7) {
+    return _mm512_permutex2var_epi8(_mm512_loadu_si512(ksigns_iq2xs), s7, _mm512_loadu_si512(ksigns_iq2xs + 64));
+}
+
 template <>
 struct KQuant<QType::IQ2_XXS> {
     static constexpr int kBytes = 66;
@@ -126,6 +258,16 @@ struct KQuant<QType::IQ2_XXS> {
         const __m512i sh = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
         const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(a1, sh), _mm512_set1_epi32(127));
         return grid8_codes(iq2xxs_grid, idx, ksigns16(s7));
+    }
+    // Both halves (decode).
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        const auto & t = kIq2xxsTables;
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        __m512i lo, hi;
+        entry_codes(t, q, 0, &lo, &hi);
+        // Sign field e of block b: bits 32 + 7 e of qword b, to byte 8 b + e.
+        const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E2720), q));
+        table_codes_sb(t, lo, hi, signs, c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const __m512i q = _mm512_loadu_si512(sb + 2);
@@ -143,6 +285,14 @@ struct KQuant<QType::IQ2_XS> {
         const __m512i q = _mm512_cvtepu16_epi32(even_odd_dwords(load32(sb + 2 + 32 * g)));
         const __m512i idx = _mm512_and_si512(q, _mm512_set1_epi32(511));
         return grid8_codes(iq2xs_grid, idx, ksigns16(_mm512_srli_epi32(q, 9)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // Entry e of block b: index bits 0..7 at byte 8 b + 2 e, bit 8 and the signs above.
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        const __mmask64 b8 = _mm512_test_epi8_mask(_mm512_srli_epi16(q, 8), _mm512_set1_epi16(1));
+        __m512i lo, hi;
+        entry_codes(kIq2xsTables, q, b8, &lo, &hi);
+        table_codes_sb(kIq2xsTables, lo, hi, ksigns64(_mm512_srli_epi16(q, 9)), c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         half_scales(h2f(reinterpret_cast<const block_iq2_xs *>(sb)->d), nibble_scales16(sb + 66), 0.25f, dg, mg);
@@ -162,6 +312,20 @@ struct KQuant<QType::IQ2_S> {
         const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(int(qh)), sh), _mm512_set1_epi32(3));
         idx = _mm512_or_si512(idx, _mm512_slli_epi32(hi, 8));
         return grid8_codes(iq2s_grid, idx, half_order(load16(sb + 34 + 16 * g)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // Entry n = 4 b + e to byte 2 n: index bits 0..7, and above them (vpmultishiftqb, bits
+        // 2 n.. of the 8 qh bytes) bits 8, 9.
+        const __m512i idx = _mm512_cvtepu8_epi16(load32(sb + 2));
+        uint64_t qh;
+        memcpy(&qh, sb + 66, 8);
+        const __m512i ctl = _mm512_set_epi64(0x3E3E3C3C3A3A3838, 0x3636343432323030, 0x2E2E2C2C2A2A2828, 0x2626242422222020,
+                                             0x1E1E1C1C1A1A1818, 0x1616141412121010, 0x0E0E0C0C0A0A0808, 0x0606040402020000);
+        const __m512i h = _mm512_multishift_epi64_epi8(ctl, _mm512_set1_epi64(int64_t(qh)));
+        __m512i lo, hi;
+        entry_codes(kIq2sTables, idx, _mm512_test_epi8_mask(h, _mm512_set1_epi16(1)), &lo, &hi,
+                    _mm512_test_epi8_mask(h, _mm512_set1_epi16(2)));
+        table_codes_sb(kIq2sTables, lo, hi, _mm512_cvtepu8_epi16(load32(sb + 34)), c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         half_scales(h2f(reinterpret_cast<const block_iq2_s *>(sb)->d), nibble_scales16(sb + 74), 0.25f, dg, mg);
@@ -188,6 +352,15 @@ struct KQuant<QType::IQ3_XXS> {
         const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(aux, sh), _mm512_set1_epi32(127));
         return grid4_codes(iq3xxs_grid, lo, hi, ksigns16(s7));
     }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        const auto & t = kIq3xxsTables;
+        __m512i lo, hi;
+        entry_codes(t, _mm512_loadu_si512(sb + 2), 0, &lo, &hi);
+        // Sign field f of block b (bits 7 f of its aux word) to byte 8 b + f.
+        const __m512i aux = _mm512_cvtepu32_epi64(load32(sb + 66));
+        const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x150e0700), aux));
+        table_codes_sb(t, lo, hi, signs, c);
+    }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const __m512i ls = _mm512_srli_epi32(dup8(load32(sb + 66)), 28);
         half_scales(h2f(reinterpret_cast<const block_iq3_xxs *>(sb)->d), ls, 0.5f, dg, mg);
@@ -210,6 +383,14 @@ struct KQuant<QType::IQ3_S> {
         hi = _mm512_or_si512(hi, _mm512_slli_epi32(
                                      _mm512_and_si512(_mm512_srlv_epi32(q, _mm512_add_epi32(sh, _mm512_set1_epi32(4))), one), 8));
         return grid4_codes(iq3s_grid, lo, hi, half_order(load16(sb + 74 + 16 * g)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // Index bit 8 of entry e of block b: bit 8 b + e of qh; sign byte f of block b to 8 b + f.
+        uint64_t qh;
+        memcpy(&qh, sb + 66, 8);
+        __m512i lo, hi;
+        entry_codes(kIq3sTables, _mm512_loadu_si512(sb + 2), __mmask64(qh), &lo, &hi);
+        table_codes_sb(kIq3sTables, lo, hi, _mm512_cvtepu32_epi64(load32(sb + 74)), c);
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         // Block ib: nibble ib % 2 of scales[ib / 2].

@@ -14,6 +14,16 @@ namespace sl::cpu::impl::avx512 {
 
 namespace {
 
+// KQuant types that decode a whole super-block at once for the decode kernel (codes_sb).
+template <class B, class = void>
+struct HasCodesSb {
+    static constexpr bool value = false;
+};
+template <class B>
+struct HasCodesSb<B, decltype(void(&B::codes_sb))> {
+    static constexpr bool value = true;
+};
+
 // Up to 4 tokens' activation rows.
 template <int NT>
 struct Acts {
@@ -100,8 +110,12 @@ inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m51
             c[t] = _mm512_mul_ps(dg, da);
             r.accm[t] = _mm512_fmadd_ps(mg, _mm512_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
         }
+        Codes whole[2];
+        if constexpr (HasCodesSb<B>::value) B::codes_sb(sb, whole);
         for (int g = 0; g < 2; ++g) {
-            const Codes cd = B::codes(sb, g);
+            Codes cd;
+            if constexpr (HasCodesSb<B>::value) cd = whole[g];
+            else cd = B::codes(sb, g);
             const __m512i ilo = _mm512_add_epi32(grp, _mm512_set1_epi32(8 * g));
             for (int t = 0; t < NT; ++t) {
                 const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
