@@ -27,7 +27,7 @@ from benchinfo import cpu_model
 from gguf import GGMLQuantizationType as T
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import quantize
-from splitllm import _core
+from splitllm import _core, quants
 
 REPO = Path(__file__).resolve().parent.parent
 # Types gguf-py cannot quantize: random codes, and these f16 scale fields set to sane values.
@@ -35,7 +35,7 @@ RANDOM_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K:
                        T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]
 TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
-         T.IQ4_NL, T.IQ4_XS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]
+         T.IQ4_NL, T.IQ4_XS, T.MXFP4, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]
 # The grid i-quants: every bit random but the f16 super-block scale (random_grid_rows).
 GRID_TYPES = {T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M}
 COLD_BYTES = 64e6
@@ -73,6 +73,8 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.
         return raw.reshape(n_rows, -1)
     if qtype in GRID_TYPES:
         return random_grid_rows(qtype, n_rows, k, rng)
+    if qtype == T.MXFP4:  # gguf-py's quantizer holds 16 errors per value: ours
+        return quants.quantize(w, "MXFP4")
     return np.ascontiguousarray(quantize(w, qtype))
 
 

@@ -47,6 +47,7 @@ SCALE_FIELDS: dict[Q, list[tuple[int, str]]] = {
     **{t: [(0, "d")] for t in (Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S,
                                Q.IQ1_S)},
     Q.IQ1_M: [(48, "d")],  # spread over the top nibbles of the four scale words (set_scale)
+    Q.MXFP4: [(0, "d")],  # one E8M0 byte: the power of two nearest the scale (set_scale)
 }
 
 # Mean code of each type's unsigned codes: mins of this size (times d) centre the values.
@@ -69,6 +70,7 @@ FILE_TYPES = {
     "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
     "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K, "q4_k_m": Q.Q4_K,
     "q5_k": Q.Q5_K, "q6_k": Q.Q6_K, "iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS,
+    "mxfp4": Q.MXFP4,
 }  # fmt: skip
 
 
@@ -79,9 +81,12 @@ def use_more_bits(i_layer: int, n_layer: int) -> bool:
 
 def set_scale(qtype: Q, b: np.ndarray, off: int, value: float) -> None:
     """Writes the f16 value into the scale field at off of every block of b (IQ1_M: the four
-    nibbles of the f16 into the top nibbles of the four 16-bit scale words at 48)."""
+    nibbles of the f16 into the top nibbles of the four 16-bit scale words at 48; MXFP4: the
+    E8M0 byte e of the power of two 2^(e - 128) nearest value)."""
     h = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint16)[0]
-    if qtype == Q.IQ1_M:
+    if qtype == Q.MXFP4:
+        b[:, off] = np.uint8(np.clip(128 + np.round(np.log2(value)), 2, 254))
+    elif qtype == Q.IQ1_M:
         words = b[:, off:off + 8].copy().view(np.uint16)
         nibbles = (np.uint16(h) >> np.array([0, 4, 8, 12], np.uint16)) & 0xF
         b[:, off:off + 8] = ((words & 0x0FFF) | (nibbles << 12).astype(np.uint16)).view(np.uint8)

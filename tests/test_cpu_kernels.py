@@ -13,7 +13,7 @@ from splitllm import _core
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 LEGACY_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
-I_TYPES = [T.IQ4_NL, T.IQ4_XS]
+I_TYPES = [T.IQ4_NL, T.IQ4_XS, T.MXFP4]
 GRID_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]
 ALL_TYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES
 KV_TYPES = [T.F16, T.Q8_0, T.Q4_0]
@@ -29,6 +29,9 @@ BF16_DOT = "AVX512_BF16" in _core.cpu_features().split()
 # cannot quantize: the tests fill their blocks with random bits and finite small scales.
 RANDOM_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
                        T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
+# Byte offsets of the E8M0 block scales (2^(e - 128) for MXFP4's doubled levels) of the types with
+# one: random bits elsewhere, exponents 118..130 (scales 2^-10 .. 2^2).
+E8M0_SCALE_FIELDS = {T.MXFP4: 0}
 
 
 def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
@@ -77,6 +80,11 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tup
         for off in RANDOM_SCALE_FIELDS[qtype]:
             d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
             raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
+        raw = raw.reshape(n_rows, -1)
+    elif qtype in E8M0_SCALE_FIELDS:
+        blck, size = GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(n_rows, k // blck, size), dtype=np.uint8)
+        raw[:, :, E8M0_SCALE_FIELDS[qtype]] = rng.integers(118, 131, size=(n_rows, k // blck), dtype=np.uint8)
         raw = raw.reshape(n_rows, -1)
     elif qtype in GRID_TYPES:
         raw = random_grid_rows(qtype, n_rows, k, rng)
@@ -359,3 +367,23 @@ def test_decode_rows_do_not_depend_on_the_batch(qtype: T, isa: str) -> None:
         for n_tok in range(2, 10):
             batch = _core.cpu_gemm(int(qtype), raw, acts[:n_tok], isa=isa)
             np.testing.assert_array_equal(batch, single[:n_tok], err_msg=f"{qtype.name} {isa} K={k} {n_tok}")
+
+
+@pytest.mark.parametrize("isa", ["scalar", *SIMD_ISAS])
+def test_mxfp4_scale_edges(isa: str) -> None:
+    """E8M0 bytes 0 and 1 (the denormal scales 2^-128, 2^-127 of ggml's e8m0_to_fp32_half) and 2
+    among ordinary and large ones, every ISA (decode, packed prefill) against the float64 product
+    on the quantized activations: a wrong edge (e - 1 = -1 is -inf as float bits) shows as inf."""
+    rng = np.random.default_rng(13)
+    for n_rows, k in ((37, 32 * 7), (19, 32 * 19)):
+        raw = rng.integers(0, 256, size=(n_rows, k // 32, 17), dtype=np.uint8)
+        exps = np.array([0, 1, 2, 3, 120, 127, 128, 160], np.uint8)
+        raw[:, :, 0] = rng.choice(exps, size=(n_rows, k // 32))
+        raw = raw.reshape(n_rows, -1)
+        w = np.float64(dequantize(raw, T.MXFP4))
+        for n_tok in (1, 3, 17, 64):
+            x = rng.standard_normal((n_tok, k)).astype(np.float32)
+            acts = _core.cpu_quantize_acts(int(T.MXFP4), x, isa="scalar")
+            y = _core.cpu_gemm(int(T.MXFP4), raw, acts, isa=isa)
+            assert np.isfinite(y).all()
+            assert rel_err(y, decode_acts(acts, k) @ w.T) < 2e-6, (isa, k, n_tok)

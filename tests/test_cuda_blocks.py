@@ -12,7 +12,7 @@ from splitllm.quants import quantize
 Q = gguf.GGMLQuantizationType
 QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 # splitllm does not quantize these: random blocks throughout.
-IQUANTS = ["IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+IQUANTS = ["IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4"]
 
 
 def random_rows(name: str, rows: int, K: int, seed: int) -> np.ndarray:
@@ -25,6 +25,9 @@ def random_rows(name: str, rows: int, K: int, seed: int) -> np.ndarray:
         words = b[:, 48:56].copy().view(np.uint16)
         nibbles = (h[:, None] >> np.array([0, 4, 8, 12], np.uint16)) & 0xF
         b[:, 48:56] = ((words & 0x0FFF) | (nibbles << 12).astype(np.uint16)).view(np.uint8)
+        return b.reshape(rows, -1)
+    if name == "MXFP4":  # E8M0 scale byte: 2^(e - 128), e = 118..130
+        b[:, 0] = rng.integers(118, 131, size=len(b), dtype=np.uint8)
         return b.reshape(rows, -1)
     scales = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q2_K": [80, 82],
               "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}.get(name, [0])
@@ -44,6 +47,16 @@ def test_dequantize_matches_gguf(name):
         rows = gguf.quants.quantize(x, Q[name]).view(np.uint8).reshape(9, -1)
     ours = _core.gpu_blocks_dequantize(int(Q[name]), rows)
     ref = gguf.quants.dequantize(rows, Q[name]).reshape(9, K)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_mxfp4_every_exponent_matches_gguf():
+    """Every E8M0 byte 0..255: the denormal scales of 0 and 1, 2^127 at 255 (times 12: inf)."""
+    rows = random_rows("MXFP4", 256, 64, 5)
+    rows.reshape(256, 2, 17)[:, :, 0] = np.arange(256, dtype=np.uint8)[:, None]
+    ours = _core.gpu_blocks_dequantize(int(Q.MXFP4), rows)
+    with np.errstate(over="ignore"):
+        ref = gguf.quants.dequantize(rows, Q.MXFP4).reshape(256, 64)
     np.testing.assert_array_equal(ours, ref)
 
 

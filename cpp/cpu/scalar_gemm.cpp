@@ -118,6 +118,7 @@ void fill_scalar(KernelTable & t) {
     t.gemm[int(QType::Q5_K)] = gemm_quant<QType::Q5_K>;
     t.gemm[int(QType::Q6_K)] = gemm_quant<QType::Q6_K>;
     t.gemm[int(QType::IQ4_NL)] = gemm_quant<QType::IQ4_NL>;
+    t.gemm[int(QType::MXFP4)] = gemm_quant<QType::MXFP4>;
     t.gemm[int(QType::IQ4_XS)] = gemm_quant<QType::IQ4_XS>;
     t.gemm[int(QType::IQ2_XXS)] = gemm_quant<QType::IQ2_XXS>;
     t.gemm[int(QType::IQ2_XS)] = gemm_quant<QType::IQ2_XS>;

@@ -8,6 +8,7 @@
 #include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
+#include "quant/mxfp4.h"
 
 namespace sl::cpu::impl {
 
@@ -339,6 +340,17 @@ void unpack_iq1_m(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, f
     }
 }
 
+// MXFP4: IQ4_NL's layout with the E2M1 levels (code = level + 128) and a power-of-two scale.
+void unpack_mxfp4(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_mxfp4 * b = reinterpret_cast<const block_mxfp4 *>(row);
+    for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
+        nibbles32(b[i].qs, codes);
+        for (int j = 0; j < 32; ++j) codes[j] = uint8_t(kvalues_mxfp4[codes[j]] + 128);
+        const float d = e8m0_to_fp32_half(b[i].e);
+        set_pair(dg, mg, d, -128.0f * d);
+    }
+}
+
 }  // namespace
 
 UnpackFn scalar_unpack(QType wt) {
@@ -355,6 +367,7 @@ UnpackFn scalar_unpack(QType wt) {
         case QType::Q6_K: return unpack_q6_K;
         case QType::IQ4_NL: return unpack_iq4_nl;
         case QType::IQ4_XS: return unpack_iq4_xs;
+        case QType::MXFP4: return unpack_mxfp4;
         case QType::IQ2_XXS: return unpack_iq2_xxs;
         case QType::IQ2_XS: return unpack_iq2_xs;
         case QType::IQ2_S: return unpack_iq2_s;

@@ -5,13 +5,15 @@
 // Every block-quantized weight type is read as groups of 16 consecutive values, each an int8
 // code per value and one affine map, value = d * q + m (m = 0 for the symmetric types, whose
 // codes are centred: Q4_0 q - 8, Q5_0 q - 16, Q3_K q - 4, Q6_K q - 32, Q8_0 as stored, the
-// i-quants the signed grid or kvalues_iq4nl values; IQ1_S / IQ1_M 8 g + 8 delta with d / 8). The
-// mat-vec kernels dot the codes with int8 activations (dp4a); the GEMM turns them into halves.
+// i-quants the signed grid or kvalues_iq4nl values, MXFP4 kvalues_mxfp4; IQ1_S / IQ1_M 8 g + 8
+// delta with d / 8). The mat-vec kernels dot the codes with int8 activations (dp4a); the GEMM
+// turns them into halves.
 //
 // Alignment: rows start 16-byte aligned (device allocations are; row sizes of the k-quants
 // Q4_K/Q5_K are multiples of 16). Legacy blocks (18..34 bytes) are read with 2- or 4-byte loads,
-// the i-quants (18..136 bytes) with 1-, 2- and 4-byte loads at 2-aligned addresses; their grid
-// tables come from quant/iq_grids.h (device memory in device code).
+// the i-quants (18..136 bytes) with 1-, 2- and 4-byte loads at 2-aligned addresses, MXFP4
+// (17 bytes) with byte loads; their tables come from quant/iq_grids.h (device memory in device
+// code).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,7 @@
 #include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
+#include "quant/mxfp4.h"
 #include "quant/qtype.h"
 
 namespace sl::cuda {
@@ -484,16 +487,17 @@ struct Blk<QType::IQ1_M> {
     }
 };
 
-// 16 IQ4 codes: the nibbles (low: values 0..15, high: 16..31 of the block; half h) of 16 bytes
-// as kvalues_iq4nl.
-SL_HD void iq4_codes(const uint8_t * qs, int h, int * q) {
+// 16 codes of a 4-bit non-linear type: the nibbles (low: values 0..15, high: 16..31 of the block;
+// half h) of 16 bytes as the 16 levels (kvalues_iq4nl, kvalues_mxfp4).
+SL_HD void level_codes(const int8_t * levels, const uint8_t * qs, int h, int * q) {
     for (int w = 0; w < 4; ++w) {
         uint32_t r = 0;
-        for (int b = 0; b < 4; ++b)
-            r |= uint32_t(uint8_t(SL_IQ_TABLE(kvalues_iq4nl)[(qs[4 * w + b] >> (4 * h)) & 15])) << (8 * b);
+        for (int b = 0; b < 4; ++b) r |= uint32_t(uint8_t(levels[(qs[4 * w + b] >> (4 * h)) & 15])) << (8 * b);
         q[w] = int(r);
     }
 }
+
+SL_HD void iq4_codes(const uint8_t * qs, int h, int * q) { level_codes(SL_IQ_TABLE(kvalues_iq4nl), qs, h, q); }
 
 template <>
 struct Blk<QType::IQ4_NL> {
@@ -515,6 +519,20 @@ struct Blk<QType::IQ4_XS> {
         iq4_codes(p.b + 8 + 16 * p.ib, p.h, r.q);
         const int ls = ((p.b[4 + p.ib / 2] >> (4 * (p.ib % 2))) & 15) | (((ld2_a2(p.b + 2) >> (2 * p.ib)) & 3) << 4);
         r.d = h2f(p.b) * float(ls - 32);
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+// MXFP4: IQ4_NL's nibbles as kvalues_mxfp4 after a one-byte E8M0 scale, 2^(e - 128) (17-byte
+// blocks at any address: byte loads only).
+template <>
+struct Blk<QType::MXFP4> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const uint8_t * b = row + (g >> 1) * sizeof(block_mxfp4);
+        Group16 r;
+        level_codes(SL_IQ_TABLE(kvalues_mxfp4), b + 1, g & 1, r.q);
+        r.d = e8m0_to_fp32_half(b[0]);
         r.m = 0.0f;
         return r;
     }
@@ -596,6 +614,7 @@ bool visit_weight_type(QType t, F && f) {
         case QType::Q6_K: f(QTag<QType::Q6_K>{}); return true;
         case QType::IQ4_NL: f(QTag<QType::IQ4_NL>{}); return true;
         case QType::IQ4_XS: f(QTag<QType::IQ4_XS>{}); return true;
+        case QType::MXFP4: f(QTag<QType::MXFP4>{}); return true;
         case QType::IQ2_XXS: f(QTag<QType::IQ2_XXS>{}); return true;
         case QType::IQ2_XS: f(QTag<QType::IQ2_XS>{}); return true;
         case QType::IQ2_S: f(QTag<QType::IQ2_S>{}); return true;

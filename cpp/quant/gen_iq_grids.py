@@ -50,7 +50,8 @@ def main() -> None:
         "// bits i plus an eighth that makes their count even (bit j set: value j negative).",
         "// Host code reads sl::NAME; under nvcc each translation unit also holds a copy in device",
         "// memory (sl::iq_dev::NAME); SL_IQ_TABLE(NAME) names the one the code being compiled reads",
-        "// (also for kvalues_iq4nl, whose host copy is quant/iquants.h's).",
+        "// (also for kvalues_iq4nl and kvalues_mxfp4, whose host copies are quant/iquants.h's and",
+        "// quant/mxfp4.h's).",
         "#pragma once",
         "",
         "#include <cstdint>",
@@ -64,6 +65,8 @@ def main() -> None:
     out.append(macro("ksigns_iq2xs", ksigns, 2, 16))
     kvalues = ", ".join(str(v) for v in quants.IQ4_NL.kvalues)
     out.append(f"#define SL_KVALUES_IQ4NL {kvalues}\n")
+    mxfp4 = ", ".join(str(v) for v in quants.MXFP4.kvalues)
+    out.append(f"#define SL_KVALUES_MXFP4 {mxfp4}\n")
     out.append("namespace sl {\n")
     decls = [(n, ctypes[w], len(entries(c, w))) for n, c, w in TABLES] + [("ksigns_iq2xs", "uint8_t", 128)]
     for n, t, size in decls:
@@ -71,8 +74,9 @@ def main() -> None:
     out.append("\n#if defined(__CUDACC__)\nnamespace iq_dev {")
     for n, t, size in decls:
         out.append(f"static __device__ const {t} {n}[{size}] = {{SL_{n.upper()}}};")
-    # The host copy of kvalues_iq4nl is quant/iquants.h's.
+    # The host copies of kvalues_iq4nl and kvalues_mxfp4 are quant/iquants.h's and quant/mxfp4.h's.
     out.append("static __device__ const int8_t kvalues_iq4nl[16] = {SL_KVALUES_IQ4NL};")
+    out.append("static __device__ const int8_t kvalues_mxfp4[16] = {SL_KVALUES_MXFP4};")
     out.append("}  // namespace iq_dev\n#endif\n")
     out.append("#if defined(__CUDA_ARCH__)\n#define SL_IQ_TABLE(name) ::sl::iq_dev::name\n#else")
     out.append("#define SL_IQ_TABLE(name) ::sl::name\n#endif\n")

@@ -5,7 +5,8 @@
 // bits i plus an eighth that makes their count even (bit j set: value j negative).
 // Host code reads sl::NAME; under nvcc each translation unit also holds a copy in device
 // memory (sl::iq_dev::NAME); SL_IQ_TABLE(NAME) names the one the code being compiled reads
-// (also for kvalues_iq4nl, whose host copy is quant/iquants.h's).
+// (also for kvalues_iq4nl and kvalues_mxfp4, whose host copies are quant/iquants.h's and
+// quant/mxfp4.h's).
 #pragma once
 
 #include <cstdint>
@@ -754,6 +755,8 @@
 
 #define SL_KVALUES_IQ4NL -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113
 
+#define SL_KVALUES_MXFP4 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12
+
 namespace sl {
 
 inline constexpr uint64_t iq2xxs_grid[256] = {SL_IQ2XXS_GRID};
@@ -774,6 +777,7 @@ static __device__ const uint32_t iq3s_grid[512] = {SL_IQ3S_GRID};
 static __device__ const uint64_t iq1s_grid[2048] = {SL_IQ1S_GRID};
 static __device__ const uint8_t ksigns_iq2xs[128] = {SL_KSIGNS_IQ2XS};
 static __device__ const int8_t kvalues_iq4nl[16] = {SL_KVALUES_IQ4NL};
+static __device__ const int8_t kvalues_mxfp4[16] = {SL_KVALUES_MXFP4};
 }  // namespace iq_dev
 #endif
 

@@ -48,7 +48,7 @@ const Entry kTable[] = {
     {30, {"BF16", 1, 2, false, dequantize_row_bf16, quantize_row_bf16}},
     {34, {"TQ1_0", 256, 54, true, nullptr, nullptr}},
     {35, {"TQ2_0", 256, 66, true, nullptr, nullptr}},
-    {39, {"MXFP4", 32, 17, true, nullptr, nullptr}},
+    {39, {"MXFP4", 32, 17, true, dequantize_row_mxfp4, quantize_row_mxfp4}},
 };
 
 }  // namespace

@@ -62,4 +62,8 @@ void dequantize_row_iq3_s(const void * x, float * y, int64_t n);
 void dequantize_row_iq1_s(const void * x, float * y, int64_t n);
 void dequantize_row_iq1_m(const void * x, float * y, int64_t n);
 
+// MXFP4 (quant/mxfp4.h): ggml's quantize_row_mxfp4_ref, which ggml_quantize_chunk calls too.
+void quantize_row_mxfp4(const float * x, void * y, int64_t n);
+void dequantize_row_mxfp4(const void * x, float * y, int64_t n);
+
 }  // namespace sl

@@ -6,14 +6,15 @@ Unlike gguf-py, which returns F32 and F16 as float arrays, ``quantize`` always r
 bytes (the same bytes); ``dequantize`` takes any array and reads its bytes.
 
 Types (``SUPPORTED``, quantize and dequantize): F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL and IQ4_XS, named in any case (``"q4_k"``), by
+Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS and MXFP4, named in any case (``"q4_k"``), by
 ``gguf.GGMLQuantizationType`` or by type id. The grid i-quants (``DEQUANTIZE_ONLY``: IQ2_XXS,
 IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) only dequantize: ggml quantizes them against an
 importance matrix, which this module does not take.
 
 The quantizers are ggml's quantizers without an importance matrix (the reference path; for
 IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` / ``quantize_iq4_xs``, which
-llama-quantize uses); the work runs in C++
+llama-quantize uses; for MXFP4 ``quantize_row_mxfp4_ref``, a power-of-two scale from the block's
+largest magnitude and the nearest E2M1 level); the work runs in C++
 over ``n_threads`` threads (default: all hardware threads) with the GIL released, and the
 bytes do not depend on the thread count.
 
@@ -38,7 +39,7 @@ QTypeLike = str | int | IntEnum
 
 SUPPORTED = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS", "MXFP4",
 )  # fmt: skip
 DEQUANTIZE_ONLY = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
 

@@ -12,6 +12,7 @@
 #include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
+#include "quant/mxfp4.h"
 
 namespace sl::cpu::impl::avx2 {
 
@@ -181,6 +182,41 @@ struct Legacy<QType::IQ4_NL> {
     static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
         *c = iq4_levels(nibbles4<kBytes, 2>(b, n));
         *d = *m = halves4<kBytes, 0>(b, n);
+    }
+};
+
+// MXFP4 codes: each nibble's E2M1 level (doubled), signed (kSigned, as IQ4_NL's).
+inline __m256i mxfp4_levels(__m256i nib) {
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_mxfp4));
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(t), nib);
+}
+
+inline Codes mxfp4_levels(Codes c) {
+    return {mxfp4_levels(c.lo01), mxfp4_levels(c.lo23), mxfp4_levels(c.hi01), mxfp4_levels(c.hi23)};
+}
+
+// The E8M0 byte at OFF of each of n <= 4 blocks as 2^(e - 128) (ggml's e8m0_to_fp32_half:
+// exponent field e - 1, or for e = 0, 1 the denormals 0x00200000 << e), zero past n.
+template <int BYTES, int OFF>
+inline __m128 e8m0_halves4(const uint8_t * b, int n) {
+    __m128i e = _mm_cvtsi32_si128(b[OFF]);
+    if (n > 1) e = _mm_insert_epi32(e, b[BYTES + OFF], 1);
+    if (n > 2) e = _mm_insert_epi32(e, b[2 * BYTES + OFF], 2);
+    if (n > 3) e = _mm_insert_epi32(e, b[3 * BYTES + OFF], 3);
+    const __m128i norm = _mm_slli_epi32(_mm_sub_epi32(e, _mm_set1_epi32(1)), 23);
+    const __m128i den = _mm_sllv_epi32(_mm_set1_epi32(0x00200000), e);
+    const __m128i bits = _mm_blendv_epi8(norm, den, _mm_cmplt_epi32(e, _mm_set1_epi32(2)));
+    const __m128i valid = _mm_cmpgt_epi32(_mm_set1_epi32(n), _mm_setr_epi32(0, 1, 2, 3));
+    return _mm_castsi128_ps(_mm_and_si128(bits, valid));
+}
+
+template <>
+struct Legacy<QType::MXFP4> {
+    static constexpr int kBytes = 17, kOffset = 0;
+    static constexpr bool kHasMin = false, kSigned = true;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = mxfp4_levels(nibbles4<kBytes, 1>(b, n));
+        *d = *m = e8m0_halves4<kBytes, 0>(b, n);
     }
 };
 

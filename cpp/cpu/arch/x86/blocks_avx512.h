@@ -14,6 +14,7 @@
 #include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
+#include "quant/mxfp4.h"
 
 namespace sl::cpu::impl::avx512 {
 
@@ -236,6 +237,49 @@ struct Legacy<QType::IQ4_NL> {
     }
 };
 
+// MXFP4 codes: each nibble's E2M1 level (doubled) + 128, looked up in every 128-bit lane.
+inline __m512i mxfp4_levels(__m512i nib) {
+    const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_mxfp4));
+    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(-128))), nib);
+}
+
+inline Codes mxfp4_levels(Codes n) { return {mxfp4_levels(n.lo), mxfp4_levels(n.hi)}; }
+
+// 2^(e - 128) of E8M0 bytes e (0..255) in 32-bit lanes, as ggml's e8m0_to_fp32_half: exponent
+// field e - 1, or for e = 0, 1 the denormals 2^-128, 2^-127 (bits 0x00200000 << e).
+inline __m512 e8m0_half(__m512i e) {
+    const __m512i norm = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+    const __mmask16 den = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
+    return _mm512_castsi512_ps(_mm512_mask_sllv_epi32(norm, den, _mm512_set1_epi32(0x00200000), e));
+}
+
+inline __m128 e8m0_half(__m128i e) {
+    const __m128i norm = _mm_slli_epi32(_mm_sub_epi32(e, _mm_set1_epi32(1)), 23);
+    const __mmask8 den = _mm_cmplt_epu32_mask(e, _mm_set1_epi32(2));
+    return _mm_castsi128_ps(_mm_mask_sllv_epi32(norm, den, _mm_set1_epi32(0x00200000), e));
+}
+
+// The byte at offset OFF of each of n <= 4 blocks, in 32-bit lanes (zero past n).
+template <int BYTES, int OFF>
+inline __m128i bytes4(const uint8_t * b, int n) {
+    __m128i v = _mm_cvtsi32_si128(b[OFF]);
+    if (n > 1) v = _mm_insert_epi32(v, b[BYTES + OFF], 1);
+    if (n > 2) v = _mm_insert_epi32(v, b[2 * BYTES + OFF], 2);
+    if (n > 3) v = _mm_insert_epi32(v, b[3 * BYTES + OFF], 3);
+    return v;
+}
+
+// MXFP4: IQ4_NL's nibbles in 17-byte blocks after the E8M0 byte (d zero past n).
+template <>
+struct Legacy<QType::MXFP4> {
+    static constexpr int kBytes = 17, kOffset = 128;
+    static constexpr bool kHasMin = false;
+    static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
+        *c = mxfp4_levels(nibbles(lanes16<kBytes, 1>(b, n)));
+        *d = *m = _mm_maskz_mov_ps(__mmask8((1u << n) - 1), e8m0_half(bytes4<kBytes, 0>(b, n)));
+    }
+};
+
 // Scales of up to 16 consecutive legacy blocks (n valid): d as floats, and m (or d again for
 // offset formats). Lanes past n are zero.
 template <QType WT>
@@ -244,6 +288,10 @@ inline void legacy_scales(const uint8_t * blocks, int n, __m512 * d, __m512 * m)
                                            _mm512_set1_epi32(Legacy<WT>::kBytes));
     const __mmask16 k = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
     const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, blocks, 1);
+    if constexpr (WT == QType::MXFP4) {  // the E8M0 byte
+        *d = *m = _mm512_maskz_mov_ps(k, e8m0_half(_mm512_and_si512(g, _mm512_set1_epi32(0xFF))));
+        return;
+    }
     *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
     *m = Legacy<WT>::kHasMin ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))) : *d;
 }

@@ -47,6 +47,7 @@ void fill_avx512(KernelTable & t) {
     add<QType::Q5_K>(t);
     add<QType::Q6_K>(t);
     add<QType::IQ4_NL>(t);
+    add<QType::MXFP4>(t);
     add<QType::IQ4_XS>(t);
     add<QType::IQ2_XXS>(t);
     add<QType::IQ2_XS>(t);

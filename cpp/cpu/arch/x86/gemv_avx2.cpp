@@ -404,6 +404,7 @@ GemmFn gemv_kernel(QType wt) {
         case QType::Q5_K: return gemv_quant<QType::Q5_K>;
         case QType::Q6_K: return gemv_quant<QType::Q6_K>;
         case QType::IQ4_NL: return gemv_quant<QType::IQ4_NL>;
+        case QType::MXFP4: return gemv_quant<QType::MXFP4>;
         case QType::IQ4_XS: return gemv_quant<QType::IQ4_XS>;
         case QType::IQ2_XXS: return gemv_quant<QType::IQ2_XXS>;
         case QType::IQ2_XS: return gemv_quant<QType::IQ2_XS>;

@@ -32,11 +32,11 @@ static inline T imax(T a, T b) {
     return a < b ? b : a;
 }
 
-// Values per block: 1 for the float types, 32 for the legacy ones and IQ4_NL, else 256.
+// Values per block: 1 for the float types, 32 for the legacy ones, IQ4_NL and MXFP4, else 256.
 constexpr int qtype_block_size(QType t) {
     return (t == QType::F32 || t == QType::F16 || t == QType::BF16) ? 1
            : (t == QType::Q4_0 || t == QType::Q4_1 || t == QType::Q5_0 || t == QType::Q5_1 || t == QType::Q8_0 ||
-              t == QType::IQ4_NL)
+              t == QType::IQ4_NL || t == QType::MXFP4)
                ? 32
                : 256;
 }
@@ -89,7 +89,7 @@ inline void with_count(int n, F && f) {
 
 namespace avx512 {
 GemmFn gemv_kernel(QType wt);    // any n_tok; reads weight blocks as stored
-GemmFn lanes_kernel(QType wt);   // any n_tok (meant for decode); Q4_0, Q4_1, Q5_1, Q8_0, IQ4_NL, else null
+GemmFn lanes_kernel(QType wt);   // any n_tok (meant for decode); Q4_0, Q4_1, Q5_1, Q8_0, IQ4_NL, MXFP4, else null
 GemmFn gemv_bf16_rounding_kernel();  // BF16, few tokens, activations rounded to bf16 (as the packed
                                      // avx512bf16 kernel rounds them)
 GemmFn packed_kernel(QType wt);  // n_tok >= kPackMinTokens; quantized and float types

@@ -1,4 +1,4 @@
-// AVX-512 VNNI kernels for a few tokens (decode) over legacy blocks (Q4_0, Q4_1, Q5_1, Q8_0, IQ4_NL), with
+// AVX-512 VNNI kernels for a few tokens (decode) over legacy blocks (Q4_0, Q4_1, Q5_1, Q8_0, IQ4_NL, MXFP4), with
 // blocks in lanes. (Q5_0, whose 22-byte blocks need a gather for their fifth bits, and Q4_K, whose
 // scales take longer to decode, ran up to 25% slower this way for one token, so they keep the
 // blocks-as-stored kernel.)
@@ -286,6 +286,43 @@ struct LaneBlocks<QType::IQ4_NL> {
         nibble_codes<kBytes, 2>(b, n, g);
         for (int c = 0; c < 8; ++c) g->w[c] = iq4_levels(g->w[c]);
         g->d = block_scales<kBytes>(b, n);
+    }
+};
+
+// The E8M0 scales at the start of n <= 16 blocks of BYTES bytes as floats 2^(e - 128) in lanes
+// 0..n-1 (zero past n), inserted byte by byte as block_scales does.
+template <int BYTES>
+SL_FORCE_INLINE __m512 block_e8m0_scales(const uint8_t * b, int n) {
+    auto e = [&](int j) { return j < n ? int(b[BYTES * j]) : 0; };
+    __m128i lo = _mm_cvtsi32_si128(e(0)), hi = _mm_cvtsi32_si128(e(8));
+    lo = _mm_insert_epi8(lo, e(1), 1);
+    hi = _mm_insert_epi8(hi, e(9), 1);
+    lo = _mm_insert_epi8(lo, e(2), 2);
+    hi = _mm_insert_epi8(hi, e(10), 2);
+    lo = _mm_insert_epi8(lo, e(3), 3);
+    hi = _mm_insert_epi8(hi, e(11), 3);
+    lo = _mm_insert_epi8(lo, e(4), 4);
+    hi = _mm_insert_epi8(hi, e(12), 4);
+    lo = _mm_insert_epi8(lo, e(5), 5);
+    hi = _mm_insert_epi8(hi, e(13), 5);
+    lo = _mm_insert_epi8(lo, e(6), 6);
+    hi = _mm_insert_epi8(hi, e(14), 6);
+    lo = _mm_insert_epi8(lo, e(7), 7);
+    hi = _mm_insert_epi8(hi, e(15), 7);
+    const __m512 d = e8m0_half(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(lo, hi)));
+    return _mm512_maskz_mov_ps(n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1), d);
+}
+
+// MXFP4: IQ4_NL's layout with a one-byte E8M0 scale (17-byte blocks), each nibble an E2M1
+// level (code = level + 128).
+template <>
+struct LaneBlocks<QType::MXFP4> {
+    static constexpr int kBytes = 17, kOffset = 128;
+    static constexpr bool kHasMin = false;
+    static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
+        nibble_codes<kBytes, 1>(b, n, g);
+        for (int c = 0; c < 8; ++c) g->w[c] = mxfp4_levels(g->w[c]);
+        g->d = block_e8m0_scales<kBytes>(b, n);
     }
 };
 
@@ -643,6 +680,7 @@ GemmFn lanes_kernel(QType wt) {
         case QType::Q5_1: return gemv_lanes<QType::Q5_1>;
         case QType::Q8_0: return gemv_lanes<QType::Q8_0>;
         case QType::IQ4_NL: return gemv_lanes<QType::IQ4_NL>;
+        case QType::MXFP4: return gemv_lanes<QType::MXFP4>;
         default: return nullptr;
     }
 }

@@ -218,6 +218,7 @@ GemmFn packed_kernel(QType wt) {
         case QType::Q5_K: return gemm_packed<QType::Q5_K>;
         case QType::Q6_K: return gemm_packed<QType::Q6_K>;
         case QType::IQ4_NL: return gemm_packed<QType::IQ4_NL>;
+        case QType::MXFP4: return gemm_packed<QType::MXFP4>;
         case QType::IQ4_XS: return gemm_packed<QType::IQ4_XS>;
         case QType::IQ2_XXS: return gemm_packed<QType::IQ2_XXS>;
         case QType::IQ2_XS: return gemm_packed<QType::IQ2_XS>;
