@@ -115,7 +115,7 @@ class TinyConfig:
     @property
     def neox(self) -> bool:
         return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
-                             "gemma-embedding", "olmo2")
+                             "gemma-embedding", "olmo2", "gpt-oss")
 
     @property
     def qk_norm(self) -> bool:
@@ -141,10 +141,14 @@ class TinyConfig:
         return self.arch == "gemma-embedding"
 
     def is_swa(self, layer: int) -> bool:
-        if not self.sliding_window or self.arch not in ("gemma2", "gemma3", "gemma-embedding"):
+        if not self.sliding_window or self.arch not in ("gemma2", "gemma3", "gemma-embedding", "gpt-oss"):
             return False
-        n = self.swa_pattern or (2 if self.arch == "gemma2" else 6)
+        n = self.swa_pattern or (2 if self.arch in ("gemma2", "gpt-oss") else 6)
         return layer % n < n - 1
+
+    @property
+    def gpt_oss(self) -> bool:  # transformers' GptOssModel (see _moe and reference_hidden)
+        return self.arch == "gpt-oss"
 
     @property
     def ff_exp(self) -> int:
@@ -176,7 +180,7 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
         w[b + "attn_q.weight"] = mat(q_dim, cfg.n_embd)
         w[b + "attn_k.weight"] = mat(kv_dim, cfg.n_embd)
         w[b + "attn_v.weight"] = mat(kv_dim, cfg.n_embd)
-        if cfg.arch == "qwen2":
+        if cfg.arch in ("qwen2", "gpt-oss"):
             w[b + "attn_q.bias"] = 0.1 * rng.normal(size=q_dim)
             w[b + "attn_k.bias"] = 0.1 * rng.normal(size=kv_dim)
             w[b + "attn_v.bias"] = 0.1 * rng.normal(size=kv_dim)
@@ -186,10 +190,14 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
         if cfg.arch == "phi3":  # fused as phi3 stores them: q, k, v rows in one tensor
             w[b + "attn_qkv.weight"] = np.concatenate([w.pop(b + f"attn_{t}.weight") for t in "qkv"])
         w[b + "attn_output.weight"] = mat(cfg.n_embd, q_dim)
+        if cfg.gpt_oss:  # the output projection's bias, one sink logit per head, the pre-MoE norm
+            w[b + "attn_output.bias"] = 0.1 * rng.normal(size=cfg.n_embd)
+            w[b + "attn_sinks.weight"] = rng.normal(0, 1, size=cfg.n_head)
+            w[b + "post_attention_norm.weight"] = norm(cfg.n_embd)
         if cfg.post_norms:
             w[b + "post_attention_norm.weight"] = norm(cfg.n_embd)
             w[b + "post_ffw_norm.weight"] = norm(cfg.n_embd)
-        if not cfg.olmo2:
+        if not cfg.olmo2 and not cfg.gpt_oss:
             w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
         if cfg.n_expert:
             ne, ff = cfg.n_expert, cfg.ff_exp
@@ -197,6 +205,11 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
             w[b + "ffn_gate_exps.weight"] = np.stack([mat(ff, cfg.n_embd) for _ in range(ne)])
             w[b + "ffn_up_exps.weight"] = np.stack([mat(ff, cfg.n_embd) for _ in range(ne)])
             w[b + "ffn_down_exps.weight"] = np.stack([mat(cfg.n_embd, ff) for _ in range(ne)])
+            if cfg.gpt_oss:  # biases of the router and of every expert's projections
+                w[b + "ffn_gate_inp.bias"] = 0.1 * rng.normal(size=ne)
+                w[b + "ffn_gate_exps.bias"] = 0.5 * rng.normal(size=(ne, ff))
+                w[b + "ffn_up_exps.bias"] = 0.5 * rng.normal(size=(ne, ff))
+                w[b + "ffn_down_exps.bias"] = 0.1 * rng.normal(size=(ne, cfg.n_embd))
             continue
         w[b + "ffn_gate.weight"] = mat(cfg.n_ff, cfg.n_embd)
         w[b + "ffn_up.weight"] = mat(cfg.n_ff, cfg.n_embd)
@@ -384,8 +397,9 @@ def write_gguf(
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]
     for name, x in model.weights.items():
         x32 = x.astype(np.float32)
-        # vectors and the MoE router stay F32, as llama.cpp's quantize keeps them
-        if x.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32 or name.endswith("ffn_gate_inp.weight"):
+        # vectors, biases and the MoE router stay F32, as llama.cpp's quantize keeps them
+        if (x.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32 or name.endswith("ffn_gate_inp.weight")
+                or name.endswith(".bias")):
             wr.add_tensor(name, x32)
             held[name] = x32.astype(np.float64)
             continue
@@ -563,14 +577,21 @@ def reference_hidden(
             if cfg.attn_softcap:
                 s = cfg.attn_softcap * np.tanh(s / cfg.attn_softcap)
             s = s + (windowed if swa else causal)
-            p = np.exp(s - s.max(axis=-1, keepdims=True))
-            p /= p.sum(axis=-1, keepdims=True)
+            if cfg.gpt_oss:  # the head's sink logit joins the softmax (and adds no value)
+                sink = w[b + "attn_sinks.weight"][hh]
+                m = np.maximum(s.max(axis=-1, keepdims=True), sink)
+                p = np.exp(s - m)
+                p /= p.sum(axis=-1, keepdims=True) + np.exp(sink - m)
+            else:
+                p = np.exp(s - s.max(axis=-1, keepdims=True))
+                p /= p.sum(axis=-1, keepdims=True)
             att[:, hh] = p @ v[:, kv]
-        a = att.reshape(n, -1) @ w[b + "attn_output.weight"].T
+        a = att.reshape(n, -1) @ w[b + "attn_output.weight"].T + w.get(b + "attn_output.bias", 0)
         if cfg.post_norms:
             a = rmsnorm(a, w[b + "post_attention_norm.weight"])
         x = x + res_scale * a
-        h = x if cfg.olmo2 else rmsnorm(x, w[b + "ffn_norm.weight"])
+        ffn_norm = b + ("post_attention_norm" if cfg.gpt_oss else "ffn_norm") + ".weight"
+        h = x if cfg.olmo2 else rmsnorm(x, w[ffn_norm])
         if cfg.n_expert:
             x = x + _moe(cfg, w, b, h)
             continue
@@ -604,9 +625,28 @@ def reference_embedding(
     return x
 
 
+def _gpt_oss_moe(cfg: TinyConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
+    """transformers' GptOssMLP: the router's top n_expert_used logits (bias included), weighted by
+    their softmax; each expert's gate and up projections with biases, the clamped SwiGLU
+    (gate <= 7, up in [-7, 7], gate * sigmoid(1.702 gate) * (up + 1)), the down projection's bias."""
+    z = h @ w[b + "ffn_gate_inp.weight"].T + w[b + "ffn_gate_inp.bias"]
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        top = np.argsort(-z[t], kind="stable")[: cfg.n_expert_used]
+        p = np.exp(z[t, top] - z[t, top].max())
+        for e, weight in zip(top, p / p.sum(), strict=True):
+            g = np.minimum(w[b + "ffn_gate_exps.weight"][e] @ h[t] + w[b + "ffn_gate_exps.bias"][e], 7.0)
+            u = np.clip(w[b + "ffn_up_exps.weight"][e] @ h[t] + w[b + "ffn_up_exps.bias"][e], -7.0, 7.0)
+            act = g / (1 + np.exp(-1.702 * g)) * (u + 1)
+            out[t] += weight * (w[b + "ffn_down_exps.weight"][e] @ act + w[b + "ffn_down_exps.bias"][e])
+    return out
+
+
 def _moe(cfg: TinyConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
     """Mixture of experts as transformers' Qwen3MoeSparseMoeBlock / MixtralSparseMoeBlock: softmax
     of the router logits, the top n_expert_used, their probabilities renormalized to sum 1."""
+    if cfg.gpt_oss:
+        return _gpt_oss_moe(cfg, w, b, h)
     z = h @ w[b + "ffn_gate_inp.weight"].T
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)

@@ -3,6 +3,7 @@
 // baseline, NEON on Arm) so that they need no per-ISA file and no -ffast-math.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -118,6 +119,22 @@ inline void silu_mul(const float * g, const float * u, float * out, size_t n) {
         const float x = g[i];
         const float e = exp_nonpos(x >= 0 ? -x : x);
         out[i] = x * (x >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e)) * u[i];
+    }
+}
+
+// y[i] += x[i].
+inline void add_to(float * y, const float * x, size_t n) {
+    for (size_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+// gpt-oss's clamped SwiGLU (ggml's swiglu_oai, alpha 1.702, limit 7): x = min(g, 7),
+// out = x * sigmoid(1.702 x) * (clamp(u, -7, 7) + 1). out may alias g or u.
+inline void swiglu_oai_mul(const float * g, const float * u, float * out, size_t n) {
+    constexpr float kAlpha = 1.702f, kLimit = 7.0f;
+    for (size_t i = 0; i < n; ++i) {
+        const float x = g[i] < kLimit ? g[i] : kLimit;
+        const float y = u[i] < -kLimit ? -kLimit : u[i] > kLimit ? kLimit : u[i];
+        out[i] = x / (1.0f + std::exp(kAlpha * -x)) * (y + 1.0f);
     }
 }
 

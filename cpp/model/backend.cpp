@@ -4,8 +4,17 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/vecmath.h"
 
 namespace sl {
+
+void glu_mul(Glu f, const float * g, const float * u, float * out, size_t n) {
+    switch (f) {
+        case Glu::Silu: return vec::silu_mul(g, u, out, n);
+        case Glu::Gelu: return vec::gelu_mul(g, u, out, n);
+        case Glu::SwigluOai: return vec::swiglu_oai_mul(g, u, out, n);
+    }
+}
 
 size_t WeightRef::nbytes() const { return row_size(type, K) * size_t(rows); }
 

@@ -48,13 +48,19 @@ struct KVLayout {
 };
 
 // The gated feed-forward's activation: SwiGLU's silu, or GeGLU's tanh-approximated gelu (gemma).
-enum class Glu { Silu, Gelu };
+enum class Glu { Silu, Gelu, SwigluOai };
+
+// out = f(g) * u for n values (out may alias g or u).
+void glu_mul(Glu f, const float * g, const float * u, float * out, size_t n);
 
 // How one layer's attention scores its keys.
 struct AttnParams {
     float scale = 0.0f;    // score = scale * q . k (0: 1 / sqrt(head_dim))
     float softcap = 0.0f;  // score -> softcap * tanh(score / softcap) (gemma2); 0: none
     int window = 0;        // sliding window: a query at position p sees cells (p - window, p]; 0: all of [0, p]
+    // gpt-oss: one learned logit per query head taking part in its softmax (a sink for attention
+    // that no cell's value receives); null: none.
+    const float * sinks = nullptr;
 };
 
 // Throws unless a ring cache (kv.ring) can take a batch: a window, and per slot the batch's

@@ -33,6 +33,7 @@ constexpr ArchTraits kArchs[] = {
     {"smollm3",    Arch::SmolLM3,   false, false, false, false},
     {"granite",    Arch::Granite,   false, false, false, false},
     {"olmo2",      Arch::Olmo2,     true,  false, true,  false},
+    {"gpt-oss",    Arch::GptOss,    true,  false, false, false},  // (q/k/v biases optional, as in llama.cpp)
 };
 
 std::string supported_archs() {
@@ -176,6 +177,23 @@ float yarn_corr_dim(int n_dims, int n_ctx_orig, float n_turns, float base) {
     return float(n_dims) * std::log(float(n_ctx_orig) / (n_turns * 2.0f * float(M_PI))) / (2.0f * std::log(base));
 }
 
+// gpt-oss (llama.cpp's llm_build_openai_moe_iswa): sliding-window layers every other one (the
+// even ones), the same rotary base and scale on both kinds (YaRN from the metadata), attention
+// sinks, and mixture-of-experts blocks whose router and experts have biases, gated by the softmax
+// of the chosen experts' logits, with the clamped SwiGLU.
+void read_gpt_oss(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.n_swa = get_dim(f, a + "attention.sliding_window", 1, 1 << 30);
+    c.swa_layers = any_swa(swa_pattern(f, a + "attention.sliding_window_pattern", c.n_layer, 2));
+    if (c.swa_layers.empty()) c.n_swa = 0;
+    c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", c.rope_base);
+    c.rope_freq_scale_swa = c.rope_freq_scale;
+    c.moe_softmax_weight = true;
+    c.expert_weights_norm = false;
+    c.swiglu_oai = true;
+    c.attn_sinks = true;
+}
+
 }  // namespace
 
 double Config::inv_freq(int i, bool swa) const {
@@ -255,14 +273,15 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
         throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide '%sattention.head_count'"
                                " = %d", f.path().c_str(), a.c_str(), c.n_head_kv, a.c_str(), c.n_head));
-    c.n_ff = get_dim(f, a + "feed_forward_length", 1, 1 << 20);
-    if (c.arch == Arch::Qwen3Moe || f.find(a + "expert_count")) {
-        c.n_expert = get_dim(f, a + "expert_count", c.arch == Arch::Qwen3Moe ? 1 : 0, 4096);
-    }
+    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
+    const std::string ff_key = a + "feed_forward_length";
+    c.n_ff = moe_only && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
+    if (moe_only || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", moe_only ? 1 : 0, 4096);
     if (c.n_expert > 0) {
         c.n_expert_used = get_dim(f, a + "expert_used_count", 1, c.n_expert);
-        c.n_ff_exp = f.find(a + "expert_feed_forward_length") ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
-                                                               : c.n_ff;
+        c.n_ff_exp = f.find(a + "expert_feed_forward_length") || c.n_ff == 0
+                         ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
+                         : c.n_ff;
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
@@ -324,6 +343,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
     if (c.arch == Arch::Granite) read_granite(f, c);
+    if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

@@ -26,13 +26,14 @@ struct RopeParams {
 };
 
 enum class Arch {
-    Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2
+    Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
+    GptOss
 };
 
 struct Config {
     Arch arch = Arch::Llama;
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
-                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2"
+                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -45,6 +46,12 @@ struct Config {
     int n_expert_used = 0;
     int n_ff_exp = 0;
     bool expert_weights_norm = true;  // the chosen experts' weights rescaled to sum to 1
+    // gpt-oss (llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT): the n_expert_used
+    // largest router logits are chosen and their softmax weighs them; else (softmax) the softmax
+    // over all experts.
+    bool moe_softmax_weight = false;
+    bool swiglu_oai = false;    // gpt-oss's clamped SwiGLU in the experts (vec::swiglu_oai_mul)
+    bool attn_sinks = false;    // gpt-oss: a learned sink logit per query head (attn_sinks.weight)
     int n_vocab = 0;
     int n_ctx_train = 0;        // context length the model was trained with
     float rms_eps = 1e-5f;      // the norms' epsilon (an encoder's LayerNorm's too)

@@ -272,12 +272,7 @@ void CpuBackend::add(float * y, const float * x, int64_t n, float scale) {
 }
 
 void CpuBackend::act_mul(Glu f, float * g, const float * u, int64_t n) {
-    auto range = [&](int64_t i0, int64_t i1) {
-        if (f == Glu::Silu)
-            vec::silu_mul(g + i0, u + i0, g + i0, size_t(i1 - i0));
-        else
-            vec::gelu_mul(g + i0, u + i0, g + i0, size_t(i1 - i0));
-    };
+    auto range = [&](int64_t i0, int64_t i1) { glu_mul(f, g + i0, u + i0, g + i0, size_t(i1 - i0)); };
     if (n < (1 << 14))
         range(0, n);
     else
@@ -309,12 +304,11 @@ void CpuBackend::glu(Glu f, const WeightRef & gate, const WeightRef & up, const 
                       nr);
             for (int t = 0; t < n_tok; ++t) {
                 float * dst = act + int64_t(t) * n_ff + r0;
-                const float * gt = g + int64_t(t) * nr;
-                const float * ut = u + int64_t(t) * nr;
-                if (f == Glu::Silu)
-                    vec::silu_mul(gt, ut, dst, size_t(nr));
-                else
-                    vec::gelu_mul(gt, ut, dst, size_t(nr));
+                float * gt = g + int64_t(t) * nr;
+                float * ut = u + int64_t(t) * nr;
+                if (gate.bias) vec::add_to(gt, gate.bias + r0, size_t(nr));
+                if (up.bias) vec::add_to(ut, up.bias + r0, size_t(nr));
+                glu_mul(f, gt, ut, dst, size_t(nr));
             }
         }
     });
@@ -459,15 +453,20 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
             cpu::attn_scores(kv.type_k, qs, hd, nq, kh + size_t(c0) * k_row, k_row, run0, hd, scale, S, n_kv);
             if (run0 < n_kv)
                 cpu::attn_scores(kv.type_k, qs, hd, nq, kh, k_row, n_kv - run0, hd, scale, S + run0, n_kv);
-            // Causal softmax over the cells each query token sees.
+            // Causal softmax over the cells each query token sees (and the head's sink, which takes
+            // part in the sum but adds no value).
             for (int i = 0; i < nq; ++i) {
                 float * row = S + size_t(i) * n_kv;
                 const int t = t0 + i / gqa;
                 const int first = first_seen(t) - lo, end = pos_[t] + 1 - lo;
                 if (cap > 0)
                     for (int j = first; j < end; ++j) row[j] = cap * std::tanh(row[j] / cap);
-                const float mx = vec::max_value(row + first, size_t(end - first));
-                const float inv = float(1.0 / vec::sum_exp(row + first, row + first, size_t(end - first), mx, 1.0f));
+                float mx = vec::max_value(row + first, size_t(end - first));
+                const float sink = p.sinks ? p.sinks[h * gqa + i % gqa] : 0.0f;
+                if (p.sinks) mx = std::max(mx, sink);
+                double sum = vec::sum_exp(row + first, row + first, size_t(end - first), mx, 1.0f);
+                if (p.sinks) sum += std::exp(double(sink) - double(mx));
+                const float inv = float(1.0 / sum);
                 for (int j = 0; j < first; ++j) row[j] = 0;
                 for (int j = first; j < end; ++j) row[j] *= inv;
                 for (int j = end; j < n_kv; ++j) row[j] = 0;

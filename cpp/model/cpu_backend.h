@@ -65,15 +65,17 @@ public:
     void init_rope(const Config & c, const float * freq_factors) override;
 
     // A mixture-of-experts feed-forward for a few tokens in one pass of the thread pool:
-    //   y[t] += sum_j weight[t k + j] * down_e(silu(gate_e x_t) * up_e x_t),  e = pick[t k + j],
-    // expert e being rows e * rows / n_expert.. of each stacked matrix; a token's terms are added
+    //   y[t] += sum_j weight[t k + j] * down_e(f(gate_e x_t) * up_e x_t),  e = pick[t k + j],
+    // expert e being rows e * rows / n_expert.. of each stacked matrix (and of its bias, if the
+    // matrix has one: added to its products); a token's terms are added
     // in the order of its picks. The arithmetic of every term is that of the same expert's
     // swiglu and matmul over a few tokens, so the result does not depend on the batch. Returns
     // false, having done nothing, for more than kMoeEntries (token, expert) pairs or matrices
     // whose activation formats differ (the caller runs the experts one by one).
     static constexpr int kMoeEntries = 32;
-    bool moe_small(const WeightRef & gate_exps, const WeightRef & up_exps, const WeightRef & down_exps, int n_expert,
-                   const float * x, int n_tok, const int32_t * pick, const float * weight, int k, float * y);
+    bool moe_small(Glu f, const WeightRef & gate_exps, const WeightRef & up_exps, const WeightRef & down_exps,
+                   int n_expert, const float * x, int n_tok, const int32_t * pick, const float * weight, int k,
+                   float * y);
 
     ThreadPool & pool() { return pool_; }
 

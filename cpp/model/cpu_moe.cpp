@@ -28,9 +28,9 @@ void share(int64_t n, int ith, int nth, int64_t & t0, int64_t & t1) {
 
 }  // namespace
 
-bool CpuBackend::moe_small(const WeightRef & gate_exps, const WeightRef & up_exps, const WeightRef & down_exps,
-                           int n_expert, const float * x, int n_tok, const int32_t * pick, const float * weight, int k,
-                           float * y) {
+bool CpuBackend::moe_small(Glu f, const WeightRef & gate_exps, const WeightRef & up_exps,
+                           const WeightRef & down_exps, int n_expert, const float * x, int n_tok, const int32_t * pick,
+                           const float * weight, int k, float * y) {
     const int n_pairs = n_tok * k;
     const int64_t ff = gate_exps.rows / n_expert, embd = down_exps.rows / n_expert;
     if (n_pairs > kMoeEntries || opt_.moe_ff != ff || opt_.moe_embd != embd || gate_exps.K != embd ||
@@ -54,7 +54,7 @@ bool CpuBackend::moe_small(const WeightRef & gate_exps, const WeightRef & up_exp
         share(n_tok, ith, nth_, t0, t1);  // 1. the tokens' activations in the experts' input format
         if (t0 < t1) cpu::quantize_acts(gt, x, embd, embd, t0, t1, moe_qx_.data());
         pool_.barrier();
-        float * g = tmp_[ith].data();  // 2. silu(gate x) * (up x), per pair and chunk of rows
+        float * g = tmp_[ith].data();  // 2. f(gate x + b) * (up x + b), per pair and chunk of rows
         float * u = g + 256;
         for (int64_t it = ith; it < n_pairs * nc1; it = next1.fetch_add(1, std::memory_order_relaxed)) {
             const int64_t i = it / nc1, r0 = it % nc1 * cs1, nr = std::min(cs1, ff - r0);
@@ -62,7 +62,9 @@ bool CpuBackend::moe_small(const WeightRef & gate_exps, const WeightRef & up_exp
             const uint8_t * xa = moe_qx_.data() + size_t(i / k) * xrow;
             cpu::gemm(gt, G + size_t(row) * gate_ld, embd, 0, nr, xa, 1, g, nr);
             cpu::gemm(ut, U + size_t(row) * up_ld, embd, 0, nr, xa, 1, u, nr);
-            vec::silu_mul(g, u, act + i * ff + r0, size_t(nr));
+            if (gate_exps.bias) vec::add_to(g, gate_exps.bias + row, size_t(nr));
+            if (up_exps.bias) vec::add_to(u, up_exps.bias + row, size_t(nr));
+            glu_mul(f, g, u, act + i * ff + r0, size_t(nr));
         }
         pool_.barrier();
         share(n_pairs, ith, nth_, t0, t1);  // 3. those activations in the down matrices' format
@@ -73,6 +75,7 @@ bool CpuBackend::moe_small(const WeightRef & gate_exps, const WeightRef & up_exp
             const int64_t row = int64_t(pick[i]) * embd + r0;
             cpu::gemm(dt, D + size_t(row) * down_ld, ff, 0, nr, moe_qa_.data() + size_t(i) * arow, 1, out + i * embd + r0,
                       nr);
+            if (down_exps.bias) vec::add_to(out + i * embd + r0, down_exps.bias + row, size_t(nr));
         }
         pool_.barrier();
         share(embd, ith, nth_, t0, t1);  // 5. y += the weighted outputs, each token's in pick order

@@ -73,7 +73,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
         }
         if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
-        const AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0};
+        const AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0, L.attn_sinks};
         if (kv_backend_[l] == be)
             be->attention(layer_kv(l), k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
         else

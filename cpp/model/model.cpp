@@ -60,6 +60,16 @@ WeightRef matrix(const GGUFFile & f, const Config & c, const std::string & name,
     return w;
 }
 
+// The biases of n_stack stacked matrices of rows_per rows (an F32 tensor [rows_per, n_stack]).
+void stacked_bias(const GGUFFile & f, const Config & c, WeightRef & w, const std::string & name, int64_t rows_per,
+                  int64_t n_stack) {
+    const GGUFTensor & t = require(f, c, name, rows_per, n_stack);
+    if (t.type != QType::F32)
+        throw GGUFError(strfmt("%s: tensor '%s' has type %s, expected F32", f.path().c_str(), name.c_str(),
+                               qtype_traits(t.type)->name));
+    w.bias = reinterpret_cast<const float *>(t.data);
+}
+
 // The bias of a matrix, where the file has one.
 void optional_bias(const GGUFFile & f, const Config & c, WeightRef & w, const std::string & name) {
     if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
@@ -193,12 +203,21 @@ void Model::load_weights() {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
-        if (c.pre_norms) L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
+        if (c.pre_norms)
+            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
+                                    c.n_embd);
+        if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         if (c.n_expert > 0 && f.find_tensor(b + "ffn_gate_inp.weight")) {  // a mixture-of-experts block
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
             L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
             L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
             L.down_exps = matrix(f, c, b + "ffn_down_exps.weight", c.n_embd, c.n_ff_exp, c.n_expert);
+            if (c.arch == Arch::GptOss) {  // the router's and every expert's biases
+                L.gate_inp.bias = vector_f32(f, c, b + "ffn_gate_inp.bias", c.n_expert);
+                stacked_bias(f, c, L.gate_exps, b + "ffn_gate_exps.bias", c.n_ff_exp, c.n_expert);
+                stacked_bias(f, c, L.up_exps, b + "ffn_up_exps.bias", c.n_ff_exp, c.n_expert);
+                stacked_bias(f, c, L.down_exps, b + "ffn_down_exps.bias", c.n_embd, c.n_expert);
+            }
         } else if (c.fused_qkv) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
             L.w_gate = row_slice(gate_up, 0, c.n_ff);

@@ -52,7 +52,8 @@ struct LayerWeights {
     WeightRef wq, wk, wv, wo;           // (q_dim, n_embd) (kv_dim, n_embd) (kv_dim, n_embd) (n_embd, q_dim)
     const float * attn_q_norm = nullptr;  // (head_dim) per-head query RMSNorm (qwen3), or null
     const float * attn_k_norm = nullptr;  // (head_dim) per-head key RMSNorm (qwen3), or null
-    const float * ffn_norm = nullptr;   // (n_embd)
+    const float * ffn_norm = nullptr;   // (n_embd) (gpt-oss: post_attention_norm)
+    const float * attn_sinks = nullptr;  // (n_head) gpt-oss's sink logits, or null
     // gemma2/3: RMSNorm of the attention output and of the feed-forward output before each is
     // added to the residual stream; null otherwise.
     const float * attn_post_norm = nullptr;  // (n_embd)

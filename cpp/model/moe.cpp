@@ -1,6 +1,7 @@
-// The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE): a router scores every expert for each
-// token, the n_expert_used best are run, and their outputs are mixed by the router's softmax
-// probabilities (renormalized over the chosen ones when expert_weights_norm). A few tokens go
+// The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE, gpt-oss): a router scores every expert
+// for each token, the n_expert_used best are run, and their outputs are mixed by the router's
+// softmax probabilities (renormalized over the chosen ones when expert_weights_norm; gpt-oss: the
+// softmax of the chosen ones' logits, and biases on the router and the experts). A few tokens go
 // through the CPU backend's moe_small in one pass; more are grouped by expert so that each expert
 // runs once per batch, over all the tokens routed to it. Either way a token's expert outputs are
 // added in the order of the experts' indices, so both give the same sums.
@@ -29,17 +30,24 @@ void Model::route(const float * logits, int n) {
     Routes & r = routes_;
     std::fill(r.start.begin(), r.start.end(), 0);
     for (int t = 0; t < n; ++t) {
-        // softmax over the experts, in double; then the k most probable (ties: the lower index)
+        // softmax over the experts, in double (or with softmax_weight the logits themselves); then
+        // the k most probable (ties: the lower index)
         const float * z = logits + size_t(t) * ne;
         const float zmax = *std::max_element(z, z + ne);
         double sum = 0;
         for (int e = 0; e < ne; ++e) sum += std::exp(double(z[e]) - zmax);
-        for (int e = 0; e < ne; ++e) r.probs[e] = float(std::exp(double(z[e]) - zmax) / sum);
+        for (int e = 0; e < ne; ++e)
+            r.probs[e] = c.moe_softmax_weight ? z[e] : float(std::exp(double(z[e]) - zmax) / sum);
         for (int e = 0; e < ne; ++e) r.idx[e] = e;
         std::partial_sort(r.idx.begin(), r.idx.begin() + k, r.idx.end(), [&](int a, int b) {
             return r.probs[a] > r.probs[b] || (r.probs[a] == r.probs[b] && a < b);
         });
         std::sort(r.idx.begin(), r.idx.begin() + k);  // the chosen ones in index order (see above)
+        if (c.moe_softmax_weight) {  // the chosen logits' softmax (the largest is among them)
+            double s = 0;
+            for (int j = 0; j < k; ++j) s += std::exp(double(r.probs[r.idx[j]]) - zmax);
+            for (int j = 0; j < k; ++j) r.probs[r.idx[j]] = float(std::exp(double(r.probs[r.idx[j]]) - zmax) / s);
+        }
         double chosen = 0;
         for (int j = 0; j < k; ++j) chosen += r.probs[r.idx[j]];
         const double scale = c.expert_weights_norm ? 1.0 / chosen : 1.0;
@@ -64,8 +72,10 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     const WeightRef * gi = &L.gate_inp;
     be->matmul(&gi, &s.router, 1, s.h, n, false);
     route(s.router, n);
-    if (be == static_cast<Backend *>(cpu_.get()) && cpu_->moe_small(L.gate_exps, L.up_exps, L.down_exps, c.n_expert, s.h, n,
-                                            routes_.pick.data(), routes_.weight.data(), k, s.x))
+    const Glu act = c.swiglu_oai ? Glu::SwigluOai : Glu::Silu;
+    if (be == static_cast<Backend *>(cpu_.get()) &&
+        cpu_->moe_small(act, L.gate_exps, L.up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
+                        routes_.weight.data(), k, s.x))
         return;
     const size_t row = size_t(c.n_embd);
     for (int e = 0; e < c.n_expert; ++e) {
@@ -77,7 +87,7 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
         const WeightRef up = expert_slice(L.up_exps, e, c.n_expert);
         const WeightRef down = expert_slice(L.down_exps, e, c.n_expert);
         const WeightRef * wd = &down;
-        be->glu(Glu::Silu, gate, up, s.moe_in, s.ff, m);
+        be->glu(act, gate, up, s.moe_in, s.ff, m);
         be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
         for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
             const int entry = routes_.order[b + j];
