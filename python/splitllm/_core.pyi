@@ -33,10 +33,14 @@ class GGUFFile:
     def data_offset(self) -> int: ...
     @property
     def file_size(self) -> int: ...
+    @property
+    def part_paths(self) -> list[bytes]:
+        """The files of a split (its first part first; one path for a whole file)."""
     def metadata(self) -> dict[str, Any]:
         """All key/value pairs as Python values (arrays as lists, strings with surrogateescape)."""
-    def tensor_infos(self) -> list[tuple[str, str, tuple[int, ...], int, int]]:
-        """(name, type name, numpy element shape, absolute byte offset, nbytes), in file order."""
+    def tensor_infos(self) -> list[tuple[str, str, tuple[int, ...], int, int, int]]:
+        """(name, type name, numpy element shape, absolute byte offset in its part, nbytes, part),
+        in file order (a split's parts one after the other)."""
     def tensor(self, name: str | bytes) -> np.ndarray:
         """Read-only numpy view of a tensor's bytes; it keeps the mapping alive."""
     def advise_dontneed(self, name: str | bytes) -> None:
@@ -74,7 +78,10 @@ class Model:
     def __init__(self, path: str | bytes, *, n_ctx: int = 4096, n_batch: int = 512, n_threads: int = 0,
                  n_seq_max: int = 1, n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16",
                  offload_kqv: bool = True, op_offload: bool = True, kv_rotate: bool = True,
-                 swa_full: bool = False, loras: list[tuple[str, float]] = []) -> None: ...
+                 swa_full: bool = False, loras: list[tuple[str, float]] = [], rope_scaling_type: int = -1,
+                 rope_freq_base: float = 0.0, rope_freq_scale: float = 0.0, yarn_ext_factor: float = -1.0,
+                 yarn_attn_factor: float = -1.0, yarn_beta_fast: float = -1.0, yarn_beta_slow: float = -1.0,
+                 yarn_orig_ctx: int = 0) -> None: ...
     def decode(self, tokens: np.ndarray, pos: np.ndarray, slot: np.ndarray,
                want_logits: np.ndarray | None = None, out: np.ndarray | None = None,
                embeddings: bool = False, classify: bool = False) -> np.ndarray:
