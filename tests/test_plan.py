@@ -87,6 +87,26 @@ def test_experts_plan_matches_engine(tmp_path):
     assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (engine["buffers"], engine["weights"], engine["kv"])
 
 
+@pytest.mark.parametrize("kind", ["encoder", "gpt-oss"])
+def test_encoder_and_gpt_oss_plans_match_engine(tmp_path, kind):
+    """An encoder (EmbeddingGemma: its attention buffers, one set per thread) and gpt-oss (sinks,
+    biased experts, sliding-window rings): the plan's bytes are the engine's."""
+    if kind == "encoder":
+        cfg = TinyConfig(arch="gemma-embedding", n_layer=2, n_embd=64, n_head=4, n_head_kv=1, key_length=32,
+                         sliding_window=8, seed=3)
+    else:
+        cfg = TinyConfig(arch="gpt-oss", n_layer=3, n_embd=64, n_head=4, n_head_kv=2, n_expert=4, n_expert_used=2,
+                         n_ff_exp=64, sliding_window=8, seed=3)
+    path = tmp_path / f"{kind}.gguf"
+    write_gguf(make_weights(cfg), path)
+    p = plan(path, n_ctx=128, n_batch=64, n_threads=2)
+    cpu = p.device("CPU")
+    with Model(path, n_ctx=128, n_batch=64, n_threads=2, embedding=kind == "encoder") as m:
+        engine = {d["name"]: d for d in m._engine().memory}["CPU"]
+    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (engine["buffers"], engine["weights"], engine["kv"])
+    assert cpu.weights == sum(tensor_bytes(path).values())
+
+
 def test_gpu_split_plan_matches_engine(synthetic, fake_gpu):
     cfg, path = synthetic
     sizes = tensor_bytes(path)

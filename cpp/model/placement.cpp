@@ -31,7 +31,7 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.attn_post_norm, int64_t(c.n_embd)}, {&L.ffn_norm, int64_t(c.n_embd)},
                         {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},
                         {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
-                        {&L.ffn_ln_b, int64_t(c.n_embd)}})
+                        {&L.ffn_ln_b, int64_t(c.n_embd)}, {&L.attn_sinks, int64_t(c.n_head)}})
         if (*p) f(*p, n);
 }
 
@@ -281,6 +281,9 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     if (!output_gpu) cpu.weights += out_bytes;
     if (!c.encoder) e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
     cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes(true);
+    if (c.encoder)  // the encoder's attention buffers, one set per thread (Model::enc_work_)
+        cpu.buffers += sizeof(float) * encoder_attention_floats(params.n_batch, c.head_dim, c.n_swa > 0) *
+                       size_t(std::max(1, m.cpu_options().n_threads));
     if (first_gpu < c.n_layer || output_gpu) cpu.buffers += sizeof(float) * size_t(params.n_batch) * c.n_embd;
     cpu.overhead = m.file_->data_offset();
     e.devices.push_back(cpu);
@@ -299,7 +302,7 @@ std::vector<DeviceMemory> Model::memory() const {
     DeviceMemory & cpu = dev("CPU");
     for (const Placement & p : placement_)
         if (p.device == "CPU") cpu.weights += p.weight_bytes;
-    cpu.buffers = cpu_->scratch_bytes();
+    cpu.buffers = cpu_->scratch_bytes() + enc_work_.size() * sizeof(float);
     cpu.overhead = file_->data_offset();
     for (const Owned & o : owned_) {
         DeviceMemory & d = dev(o.be->name());
