@@ -95,8 +95,8 @@ def test_encoder_and_gpt_oss_plans_match_engine(tmp_path, kind):
         cfg = TinyConfig(arch="gemma-embedding", n_layer=2, n_embd=64, n_head=4, n_head_kv=1, key_length=32,
                          sliding_window=8, seed=3)
     else:
-        cfg = TinyConfig(arch="gpt-oss", n_layer=3, n_embd=64, n_head=4, n_head_kv=2, n_expert=4, n_expert_used=2,
-                         n_ff_exp=64, sliding_window=8, seed=3)
+        cfg = TinyConfig(arch="gpt-oss", n_layer=3, n_embd=64, n_head=4, n_head_kv=2, n_expert=4,
+                         n_expert_used=2, n_ff_exp=64, sliding_window=8, seed=3)
     path = tmp_path / f"{kind}.gguf"
     write_gguf(make_weights(cfg), path)
     p = plan(path, n_ctx=128, n_batch=64, n_threads=2)
