@@ -13,6 +13,7 @@ import gguf
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from splitllm import _core
 from splitllm.api import create_app
 from splitllm.engine import BatchEngine
 from splitllm.harmony import HarmonyParser, harmony_messages, is_harmony
@@ -228,9 +229,25 @@ def test_model_tool_call(model):
     assert content == "<|channel|>analysis<|message|>Need the weather.<|end|>"
 
 
-def test_forced_call_grammar():
-    plan = tool_plan(tools=TOOLS, tool_choice="required", harmony=True)
-    assert plan is not None and plan.grammar is not None
+def matches(grammar, text: str) -> bool:
+    """Whether the grammar takes the whole text, fed byte by byte (token 256 ends it)."""
+    vocab = _core.GrammarVocab([bytes([b]) for b in range(256)] + [b""], [256])
+    state = grammar.state()
+    for b in text.encode("utf-8"):
+        if not state.allows(vocab, b):
+            return False
+        state.accept(vocab, b)
+    return state.allows(vocab, 256)
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_call_grammar(choice):
+    """A forced call in harmony: an optional analysis message, then the call header and arguments."""
+    grammar = tool_plan(tools=TOOLS, tool_choice=choice, harmony=True).grammar
+    assert matches(grammar, TOOL_CALL)
+    assert matches(grammar, TOOL_CALL[TOOL_CALL.index("<|start|>assistant") + len("<|start|>assistant"):])
+    assert not matches(grammar, THOUGHT)
+    assert not matches(grammar, TOOL_CALL.replace('"Paris"', "7"))  # the schema's string
 
 
 def test_server(harmony_path):
