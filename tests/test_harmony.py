@@ -15,6 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from splitllm import _core
 from splitllm.api import create_app
+from splitllm.chat_cli import ChatSession
 from splitllm.engine import BatchEngine
 from splitllm.harmony import HarmonyParser, harmony_messages, is_harmony
 from splitllm.model import Model
@@ -279,3 +280,14 @@ def test_server(harmony_path):
                 assert chunks[-1].choices[0].finish_reason == "tool_calls"
         finally:
             eng.close()
+
+
+def test_chat_cli_shows_the_final_answer(model):
+    """The chat CLI shows (and keeps in the history) the final message: the gpt-oss template
+    refuses an assistant content that holds harmony headers, so a second turn works."""
+    session = ChatSession(model, max_tokens=80, sampling={"temperature": 0, "grammar": pinned(THOUGHT)})
+    shown: list[str] = []
+    session.turn("Hi!", shown.append)
+    assert "".join(shown) == "Hello there!" and session.messages[-1]["content"] == "Hello there!"
+    session.turn("Again!", shown.append)
+    assert session.messages[-1]["content"] == "Hello there!"
