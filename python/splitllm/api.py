@@ -80,6 +80,7 @@ from splitllm.completions import (
 )
 from splitllm.engine import BatchEngine, ChunkStream
 from splitllm.grammar import Grammar, response_grammar
+from splitllm.harmony import HarmonySplitter
 from splitllm.infill import check_echo, completion_prompt, with_tail
 from splitllm.model import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_RANK
 from splitllm.reasoning import ReasoningSplitter, check_reasoning_format
@@ -334,7 +335,11 @@ class _Service:
         name = self._generative_model(body.model)
         messages = [m.as_dict() for m in body.messages]
         grammar = _grammar_of(body)
-        plan = _tools_of(body, grammar is not None)
+        try:
+            harmony = self.model.chat_template().harmony
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from None
+        plan = _tools_of(body, grammar is not None, harmony)
         try:
             variables = {**self.template_kwargs, **template_variables(body.chat_template_kwargs)}
             tokens, stops = self.model.chat_prompt(messages, body.stop, tools=plan.tools if plan else None,
@@ -344,7 +349,7 @@ class _Service:
         if plan is not None and plan.grammar is not None:
             grammar = plan.grammar
         thinking = (body.reasoning_format or self.reasoning_format) == "deepseek"
-        inside = thinking and self.model.opens_thinking(tokens)
+        inside = thinking and not harmony and self.model.opens_thinking(tokens)
         runs: list[_Run] = []
         try:
             for k in range(body.n):
@@ -358,18 +363,24 @@ class _Service:
             raise
         head = chat_head(name)
         want_lps = body.n_logprobs is not None
-        splitters = {r.index: ReasoningSplitter(inside=inside) for r in runs} if thinking else {}
+        splitters: dict[int, ReasoningSplitter | HarmonySplitter] = {}
+        if harmony:  # (always parsed: its analysis stays in the content as written with "none")
+            splitters = {r.index: HarmonySplitter(reasoning=thinking, names=plan.names if plan else None,
+                                                  max_calls=plan.max_calls if plan else None) for r in runs}
+        elif thinking:
+            splitters = {r.index: ReasoningSplitter(inside=inside) for r in runs}
         if body.stream:
-            return _sse(runs, _chat_events(runs, head, want_lps, body.include_usage, plan, splitters))
+            events = _chat_events(runs, head, want_lps, body.include_usage, plan, splitters, harmony)
+            return _sse(runs, events)
         results = await _collect_all(runs, request, body)
         if results is None:
             return Response(status_code=CLIENT_CLOSED)
         choices, lasts = [], []
         for r, chunks in zip(runs, results, strict=True):
-            if thinking:
+            if splitters:
                 chunks = [splitters[r.index].chunk(c) for c in chunks]
             if plan is not None:
-                choice, last = tool_chat_choice(plan, chunks, want_lps, r.index)
+                choice, last = tool_chat_choice(plan, chunks, want_lps, r.index, parsed=harmony)
             else:
                 choice, last = chat_choice(chunks, want_lps, r.index)
             choices.append(choice)
@@ -520,12 +531,12 @@ def _constraint_param(body: CompletionRequest | ChatRequest | None) -> str:
     return "response_format" if getattr(body, "response_format", None) is not None else "grammar"
 
 
-def _tools_of(body: ChatRequest, constrained: bool) -> ToolPlan | None:
+def _tools_of(body: ChatRequest, constrained: bool, harmony: bool = False) -> ToolPlan | None:
     """What a chat request's tools ask for; 400 naming the field if they are bad."""
     try:
         return tool_plan(tools=body.tools, tool_choice=body.tool_choice, functions=body.functions,
                          function_call=body.function_call, parallel_tool_calls=body.parallel_tool_calls,
-                         constrained=constrained)
+                         constrained=constrained, harmony=harmony)
     except ToolError as e:
         raise APIError(400, str(e), param=e.param) from None
 
@@ -595,10 +606,11 @@ async def _completion_events(runs: Sequence[_Run], head: dict[str, Any], want_lo
 
 async def _chat_events(runs: Sequence[_Run], head: dict[str, Any], want_logprobs: bool,
                        include_usage: bool, plan: ToolPlan | None = None,
-                       splitters: dict[int, ReasoningSplitter] | None = None,
-                       ) -> AsyncIterator[dict[str, Any]]:
+                       splitters: dict[int, ReasoningSplitter | HarmonySplitter] | None = None,
+                       parsed: bool = False) -> AsyncIterator[dict[str, Any]]:
     lasts: dict[int, CompletionChunk] = {}
-    shapers = {r.index: ToolChunks(plan, head, want_logprobs, r.index) for r in runs} if plan else {}
+    shapers = ({r.index: ToolChunks(plan, head, want_logprobs, r.index, parsed=parsed) for r in runs}
+               if plan else {})
     for r in runs:
         yield chat_role_chunk(head, r.index)
     async for r, c in _merged(runs):

@@ -13,6 +13,7 @@ import jinja2.ext
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from splitllm.harmony import harmony_messages, is_harmony
 from splitllm.tools import prompt_messages
 
 # llama.cpp uses ChatML when a model carries no template.
@@ -63,7 +64,8 @@ class ChatTemplate:
     """A compiled chat template. ``render(messages)`` returns the prompt text. ``uses_tools``:
     the template reads the ``tools`` variable; ``knows_tool_calls``: it renders assistant messages'
     ``tool_calls`` (for a template without them, :func:`splitllm.tools.prompt_messages` writes
-    tools, calls and results into the messages' text)."""
+    tools, calls and results into the messages' text); ``harmony``: it writes gpt-oss's harmony
+    messages (see :mod:`splitllm.harmony`), and takes an assistant's reasoning as ``thinking``."""
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(
@@ -79,6 +81,7 @@ class ChatTemplate:
         except jinja2.TemplateError as e:
             raise ValueError(f"chat template does not compile: {e}") from e
         self.knows_tool_calls = "tool_calls" in source
+        self.harmony = is_harmony(source)
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -93,6 +96,8 @@ class ChatTemplate:
         template_variables(kwargs)
         messages = prompt_messages(messages, tools, uses_tools=self.uses_tools,
                                    knows_tool_calls=self.knows_tool_calls)
+        if self.harmony:
+            messages = harmony_messages(messages)
         try:
             return self._template.render(
                 messages=messages,

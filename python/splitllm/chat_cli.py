@@ -25,6 +25,7 @@ from splitllm.cli import (
     load_model,
     sampling_kwargs,
 )
+from splitllm.harmony import split_harmony
 
 HELP = "commands: /reset (new conversation), /exit (or Ctrl-D); Ctrl-C stops an answer"
 
@@ -86,8 +87,9 @@ class ChatSession:
         parts: list[str] = []
         n_done = 0
         interrupted = False
+        shown = split_harmony(chunks) if self.model.chat_template().harmony else chunks  # the final answer
         try:
-            for c in chunks:
+            for c in shown:
                 n_done = c.completion_tokens
                 if c.text:
                     parts.append(c.text)

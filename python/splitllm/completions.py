@@ -25,7 +25,8 @@ class CompletionChunk:
     """One step of a generation stream. ``finish_reason`` is set on the last chunk only.
     ``logprobs``: the entries of the tokens whose text this chunk brings (when asked for);
     ``reasoning``: text of a thinking block, split from ``text`` (see :mod:`splitllm.reasoning`);
-    ``tokens``: the tokens sampled since the previous chunk (an end-of-generation token included)."""
+    ``tokens``: the tokens sampled since the previous chunk (an end-of-generation token included);
+    ``calls``: tool calls already parsed out of the text (OpenAI's shape; see :mod:`splitllm.harmony`)."""
 
     text: str
     token: int | None
@@ -35,6 +36,7 @@ class CompletionChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     reasoning: str = ""
     tokens: tuple[int, ...] = ()
+    calls: tuple[dict[str, Any], ...] = ()
 
 
 class _PieceSource(Protocol):

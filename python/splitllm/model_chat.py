@@ -10,6 +10,7 @@ from splitllm.chat import ChatTemplate, template_variables
 from splitllm.completions import chat_chunks, chat_head, chat_response, stop_list
 from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.grammar import Grammar, response_grammar
+from splitllm.harmony import split_harmony
 from splitllm.logprobs import chat_n_top
 from splitllm.reasoning import check_reasoning_format, prompt_opens_thinking, split_reasoning
 from splitllm.sampling import LogitsHook, StopHook, sampling_params
@@ -96,6 +97,9 @@ class ChatMethods:
         for the chat template (see :meth:`apply_chat_template`). ``reasoning_format="deepseek"``:
         a ``<think>`` block opening the answer goes to ``message.reasoning_content`` (llama-server's
         option; see :mod:`splitllm.reasoning`); ``"none"`` (llama-cpp-python's behaviour) keeps it.
+        A gpt-oss (harmony) template's answer is always parsed (:mod:`splitllm.harmony`): its final
+        and commentary messages are the content, a function call is a tool call, and its analysis
+        goes to ``reasoning_content`` ("deepseek") or stays in the content as written ("none").
         The sampler settings are those of :meth:`create_completion`."""
         check_reasoning_format(reasoning_format)
         params = sampling_params(
@@ -109,21 +113,26 @@ class ChatMethods:
             dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers)
         n_top = chat_n_top(logprobs, top_logprobs)
         constraint = response_grammar(response_format, grammar)
+        harmony = self.chat_template().harmony
         plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
                          function_call=function_call, parallel_tool_calls=parallel_tool_calls,
-                         constrained=constraint is not None)
+                         constrained=constraint is not None, harmony=harmony)
         tokens, stops = self.chat_prompt(messages, stop, tools=plan.tools if plan else None,
                                          chat_template_kwargs=chat_template_kwargs)
         grammar = plan.grammar if plan and plan.grammar else constraint
         chunks = self._stream_from(tokens, None, params, max_tokens=max_tokens, stop=stops, seed=seed,
                                    logprobs=n_top, grammar=grammar, logits_processor=logits_processor,
                                    stopping_criteria=stopping_criteria)
-        if reasoning_format == "deepseek":
+        if harmony:
+            names, most = (plan.names, plan.max_calls) if plan else (None, None)
+            chunks = split_harmony(chunks, reasoning=reasoning_format == "deepseek", names=names,
+                                   max_calls=most)
+        elif reasoning_format == "deepseek":
             chunks = split_reasoning(chunks, inside=self.opens_thinking(tokens))
         head = chat_head(model if model is not None else self.model_path)
         if plan is not None:
             shape = tool_chat_chunks if stream else tool_chat_response
-            return shape(plan, head, chunks, n_top is not None)
+            return shape(plan, head, chunks, n_top is not None, parsed=harmony)
         if stream:
             return chat_chunks(head, chunks, n_top is not None)
         return chat_response(head, chunks, n_top is not None)

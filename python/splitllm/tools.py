@@ -71,10 +71,13 @@ class ToolPlan:
 
 
 def tool_plan(*, tools: Any = None, tool_choice: Any = None, functions: Any = None, function_call: Any = None,
-              parallel_tool_calls: bool = True, constrained: bool = False) -> ToolPlan | None:
+              parallel_tool_calls: bool = True, constrained: bool = False,
+              harmony: bool = False) -> ToolPlan | None:
     """The plan of a request (None: no tools, or ``tool_choice`` "none"). ``constrained``: the
     request has its own grammar or response_format, which a forced ``tool_choice`` ("required" or
     a named tool) conflicts with; "auto" is the default and then follows that grammar.
+    ``harmony``: the model answers in gpt-oss's harmony format (one call a generation, see
+    :mod:`splitllm.harmony`), which a forced call's grammar follows.
     Raises :class:`ToolError` naming the field."""
     legacy = functions is not None or function_call is not None
     if legacy and (tools is not None or tool_choice is not None):
@@ -97,7 +100,7 @@ def tool_plan(*, tools: Any = None, tool_choice: Any = None, functions: Any = No
     grammar = None
     if forced is not None:  # a named tool is called once; "required": one call, or more if parallel
         grammar = calls_grammar(offered, only=forced or None, parallel=not forced and max_calls is None,
-                                param=list_param, legacy=legacy)
+                                param=list_param, legacy=legacy, harmony=harmony)
     return ToolPlan(tuple(offered), names, max_calls, legacy, grammar)
 
 
@@ -166,9 +169,11 @@ def _forced_name(choice: Any, tools: Sequence[Mapping[str, Any]], param: str) ->
 
 
 def calls_grammar(tools: Sequence[Mapping[str, Any]], *, only: str | None = None, parallel: bool = True,
-                  param: str = "tools", legacy: bool = False) -> Grammar:
+                  param: str = "tools", legacy: bool = False, harmony: bool = False) -> Grammar:
     """A grammar for one (``parallel``: one or more) ``<tool_call>`` blocks, each calling one of the
-    tools (``only``: that one) with arguments that follow its ``parameters`` schema."""
+    tools (``only``: that one) with arguments that follow its ``parameters`` schema. ``harmony``:
+    one gpt-oss call message instead (``<|channel|>commentary to=functions.NAME <|constrain|>json
+    <|message|>`` and the arguments), after an optional analysis message, as llama-server forces it."""
     chosen = [(i, t) for i, t in enumerate(tools) if only is None or _name(t) == only]
     schemas = {}
     for i, t in chosen:
@@ -182,10 +187,18 @@ def calls_grammar(tools: Sequence[Mapping[str, Any]], *, only: str | None = None
     exprs, support = json_schema_rules(schemas)
     calls = []
     for i, t in chosen:
+        if harmony:
+            head = gbnf_literal(f"<|channel|>commentary to=functions.{_name(t)} <|constrain|>json<|message|>")
+            calls.append(f"call-{i} ::= {head} {exprs[f'args-{i}']}")
+            continue
         head = gbnf_literal(f'{OPEN}\n{{"name": {json.dumps(_name(t))}, "arguments": ')
         calls.append(f"call-{i} ::= {head} {exprs[f'args-{i}']} {gbnf_literal('}' + chr(10) + CLOSE)}")
     alts = " | ".join(f"call-{i}" for i, _ in chosen)
     root = f'root ::= ({alts}) ("\\n" ({alts}))*' if parallel else f"root ::= {alts}"
+    if harmony:
+        analysis = " ".join((gbnf_literal("<|channel|>analysis<|message|>"), "[^<]*",
+                             gbnf_literal("<|end|><|start|>assistant")))
+        root = f"root ::= ({analysis})? ({alts})"
     try:
         return Grammar("\n".join([root, *calls, support]))
     except _core.Error as e:  # beyond the grammar engine's limits
@@ -420,11 +433,16 @@ def _finish_reason(reason: str | None, n_calls: int, legacy: bool) -> str | None
 
 
 def tool_chat_choice(plan: ToolPlan, chunks: Iterable[CompletionChunk], want_logprobs: bool = False,
-                     index: int = 0) -> tuple[dict[str, Any], CompletionChunk]:
-    """One choice of a ``chat.completion`` with its tool calls parsed, and the stream's last chunk."""
+                     index: int = 0, *, parsed: bool = False) -> tuple[dict[str, Any], CompletionChunk]:
+    """One choice of a ``chat.completion`` with its tool calls parsed, and the stream's last chunk
+    (``parsed``: the chunks carry their calls already, as :mod:`splitllm.harmony` gives them)."""
     chunks = list(chunks)
     last = last_chunk(chunks)
-    content, calls = parse_tool_calls("".join(c.text for c in chunks), plan.names, plan.max_calls)
+    if parsed:
+        text, calls = "".join(c.text for c in chunks), [x for c in chunks for x in c.calls]
+        content = (text or None) if calls else text
+    else:
+        content, calls = parse_tool_calls("".join(c.text for c in chunks), plan.names, plan.max_calls)
     message = chat_message(content, chunks)
     if calls and plan.legacy:
         message["function_call"] = calls[0]["function"]
@@ -436,23 +454,34 @@ def tool_chat_choice(plan: ToolPlan, chunks: Iterable[CompletionChunk], want_log
 
 
 def tool_chat_response(plan: ToolPlan, head: dict[str, Any], chunks: Iterable[CompletionChunk],
-                       want_logprobs: bool = False) -> dict[str, Any]:
-    choice, last = tool_chat_choice(plan, chunks, want_logprobs)
+                       want_logprobs: bool = False, *, parsed: bool = False) -> dict[str, Any]:
+    choice, last = tool_chat_choice(plan, chunks, want_logprobs, parsed=parsed)
     return {**head, "object": "chat.completion", "choices": [choice], "usage": usage(last)}
 
 
 class ToolChunks:
     """One choice's ``chat.completion.chunk`` objects with tool calls parsed out of its stream:
     content as it is safe to show, then each call as a ``delta.tool_calls`` entry (legacy:
-    ``delta.function_call``), and the finish."""
+    ``delta.function_call``), and the finish. ``parsed``: the chunks carry their calls already
+    (:mod:`splitllm.harmony`), their text is content."""
 
     def __init__(self, plan: ToolPlan, head: dict[str, Any], want_logprobs: bool = False,
-                 index: int = 0) -> None:
+                 index: int = 0, *, parsed: bool = False) -> None:
         self.plan = plan
         self.base = {**head, "object": "chat.completion.chunk"}
         self.want_logprobs = want_logprobs
         self.index = index
         self.calls = ToolCallStream(plan.names, plan.max_calls)
+        self.parsed = parsed
+
+    def _events(self, c: CompletionChunk) -> list[tuple[str, Any]]:
+        if self.parsed:
+            self.calls.n_calls += len(c.calls)
+            return ([("text", c.text)] if c.text else []) + [("call", x) for x in c.calls]
+        events = self.calls.push(c.text)
+        if c.finish_reason is not None:
+            events += self.calls.finish()
+        return events
 
     def _chunk(self, delta: dict[str, Any], logprobs: Any = None,
                finish: str | None = None) -> dict[str, Any]:
@@ -460,9 +489,7 @@ class ToolChunks:
                                           "finish_reason": finish}]}
 
     def dicts(self, c: CompletionChunk) -> list[dict[str, Any]]:
-        events = self.calls.push(c.text)
-        if c.finish_reason is not None:
-            events += self.calls.finish()
+        events = self._events(c)
         out = []
         lps = chat_logprobs(c.logprobs) if self.want_logprobs and c.logprobs else None
         if c.reasoning:
@@ -487,9 +514,9 @@ class ToolChunks:
 
 
 def tool_chat_chunks(plan: ToolPlan, head: dict[str, Any], chunks: Iterable[CompletionChunk],
-                     want_logprobs: bool = False) -> Iterator[dict[str, Any]]:
+                     want_logprobs: bool = False, *, parsed: bool = False) -> Iterator[dict[str, Any]]:
     """OpenAI ``chat.completion.chunk`` objects of a generation with tools."""
     yield chat_role_chunk(head)
-    shaper = ToolChunks(plan, head, want_logprobs)
+    shaper = ToolChunks(plan, head, want_logprobs, parsed=parsed)
     for c in chunks:
         yield from shaper.dicts(c)
