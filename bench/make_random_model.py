@@ -65,11 +65,17 @@ DEFAULT_EXPERTS = {"mixtral-mini": (8, 2)}
 # layers of six, tied embeddings of 262144 tokens).
 SHAPES["gemma3-1b"] = (26, 1152, 6912, 4, 1, 262144)
 ARCH_OPTIONS = {"gemma3-1b": dict(arch="gemma3", key_length=256, sliding_window=512)}
+# gpt-oss-20b: 24 blocks of 64 query / 8 key heads of 64, a window of 128 on every other block, 32
+# experts of 2880 (4 per token), biases, sinks; its o200k vocabulary (201088 tokens).
+SHAPES["gpt-oss-20b"] = (24, 2880, 2880, 64, 8, 201088)
+DEFAULT_EXPERTS["gpt-oss-20b"] = (32, 4)
+ARCH_OPTIONS["gpt-oss-20b"] = dict(arch="gpt-oss", key_length=64, sliding_window=128)
 
 FILE_TYPES = {
     "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
     "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K, "q4_k_m": Q.Q4_K,
     "q5_k": Q.Q5_K, "q6_k": Q.Q6_K, "iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS,
+    "mxfp4_moe": Q.MXFP4,  # gpt-oss's files: MXFP4 experts, Q8_0 elsewhere
     "mxfp4": Q.MXFP4,
 }  # fmt: skip
 
@@ -166,6 +172,9 @@ K_FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.
 def tensor_types(shape: Shape, file_type: str) -> dict[str, Q]:
     """The block type of each matrix (llama.cpp's rules for the offered file types)."""
     base = FILE_TYPES[file_type]
+    if file_type == "mxfp4_moe":
+        return {name: Q.MXFP4 if "_exps" in name else Q.Q8_0 for name, dims in tensor_shapes(shape).items()
+                if not name.endswith(".bias") and dims[0] != 1}
     quantized = base not in (Q.F32, Q.F16, Q.BF16)
     out_type = Q.Q6_K if quantized and base != Q.Q8_0 else base
     # A tied embedding takes the output layer's type (llama.cpp's quantize).
@@ -205,6 +214,15 @@ def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
             b + "attn_k.weight": (kv, s.n_embd), b + "attn_v.weight": (kv, s.n_embd),
             b + "attn_output.weight": (s.n_embd, q), b + "ffn_norm.weight": (1, s.n_embd),
         })  # fmt: skip
+        if s.arch == "gpt-oss":  # biases (F32, (n_stack, rows)), sinks, post_attention_norm for ffn_norm
+            del out[b + "ffn_norm.weight"]
+            out.update({
+                b + "attn_q.bias": (1, q), b + "attn_k.bias": (1, kv), b + "attn_v.bias": (1, kv),
+                b + "attn_output.bias": (1, s.n_embd), b + "attn_sinks.weight": (1, s.n_head),
+                b + "post_attention_norm.weight": (1, s.n_embd), b + "ffn_gate_inp.bias": (1, s.n_expert),
+                b + "ffn_gate_exps.bias": (s.n_expert, s.n_ff), b + "ffn_up_exps.bias": (s.n_expert, s.n_ff),
+                b + "ffn_down_exps.bias": (s.n_expert, s.n_embd),
+            })  # fmt: skip
         if s.arch == "gemma3":
             out.update({
                 b + "attn_q_norm.weight": (1, s.head_dim), b + "attn_k_norm.weight": (1, s.head_dim),
@@ -271,11 +289,13 @@ def write_model(path: Path, shape: Shape, file_type: str, *, seed: int = 0) -> N
     if shape.n_expert:
         w.add_expert_count(shape.n_expert)
         w.add_expert_used_count(shape.n_expert_used)
+        w.add_expert_feed_forward_length(shape.n_ff)
     _add_vocab(w, shape.n_vocab)
     for name, dims in shapes.items():
         *lead, cols = dims
-        if lead == [1]:
-            w.add_tensor_info(name, (cols,), np.dtype(np.float32), 4 * cols)
+        if lead == [1] or name.endswith(".bias"):
+            n = int(np.prod(lead)) * cols
+            w.add_tensor_info(name, (cols,) if lead == [1] else dims, np.dtype(np.float32), 4 * n)
         else:
             t = types[name]
             blck, size = gguf.GGML_QUANT_SIZES[t]
@@ -287,7 +307,9 @@ def write_model(path: Path, shape: Shape, file_type: str, *, seed: int = 0) -> N
     w.write_ti_data_to_file()
     for name, dims in shapes.items():
         *lead, cols = dims
-        if lead == [1]:
+        if name.endswith(".bias") or name.endswith("attn_sinks.weight"):
+            w.write_tensor_data((0.1 * rng.standard_normal(dims if lead != [1] else cols)).astype(np.float32))
+        elif lead == [1]:
             w.write_tensor_data((1.0 + 0.05 * rng.standard_normal(cols)).astype(np.float32))
         else:
             sigma = 1.0 if name == "token_embd.weight" else 1.0 / np.sqrt(cols)
