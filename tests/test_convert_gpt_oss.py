@@ -268,3 +268,21 @@ def test_nan_scale_is_refused(tmp_path: Path) -> None:
     save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ConvertError, match="down_proj_scales' has an MXFP4 scale of 255"):
         convert(d, tmp_path / "m.gguf", quiet=True)
+
+
+@pytest.mark.reference
+def test_quantize_converted_mxfp4_checkpoint(tmp_path: Path, llama_cpp: Any) -> None:
+    """splitllm quantize MXFP4_MOE of the default conversion of an MXFP4 checkpoint (bf16, experts
+    MXFP4): the experts copied, the rest Q8_0, byte for byte llama.cpp's quantizer's file."""
+    from splitllm_convert import quantize
+
+    F.tiny_gpt_oss(tmp_path / "hf", mxfp4=True, hidden_size=256, intermediate_size=256)
+    src = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", src, quiet=True)
+    theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    TC.lcpp_quantize(llama_cpp, src, theirs, 38)
+    quantize(src, ours, "MXFP4_MOE", nthreads=2, quiet=True)
+    assert ours.read_bytes() == theirs.read_bytes()
+    types = {t.name: t.tensor_type.name for t in GGUFReader(ours).tensors}
+    assert {types[n] for n in types if "_exps.weight" in n} == {"MXFP4"}
+    assert types["output.weight"] == types["blk.0.attn_q.weight"] == "Q8_0"

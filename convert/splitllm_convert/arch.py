@@ -309,6 +309,10 @@ class Architecture:
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
 
+    def add_expert_hparams(self, w: GGUFWriter) -> None:
+        """Expert counts where TextModel writes them (after the norm epsilon, before the head size), for
+        an architecture whose llama.cpp class leaves them to TextModel (gpt-oss); none by default."""
+
     def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
         """Keys a subclass's set_gguf_parameters adds in llama.cpp after TextModel's, whose last is
         general.file_type (Qwen3-Reranker's); none by default."""
