@@ -66,6 +66,21 @@ PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     },
 }
 
+# o200k's split (GPT-4o, gpt-oss's o200k_harmony) as their tokenizer.json holds it
+O200K_REGEX = (
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+PRE_TOKENIZERS["gpt-4o"] = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": O200K_REGEX}, "behavior": "Isolated", "invert": False},
+        {**_BYTE_LEVEL, "use_regex": False},
+    ],
+}
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{% endfor %}"
@@ -252,7 +267,9 @@ def as_dtype(x: np.ndarray, dtype: str) -> tuple[np.ndarray, str, np.ndarray]:
 
 
 def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int = 1) -> Weights:
-    """Write safetensors (sharded with an index when ``shards`` > 1); returns the stored values as float32."""
+    """Write safetensors (sharded with an index when ``shards`` > 1); returns the stored values as float32.
+
+    uint8 arrays (MXFP4 blocks and scales) are written as U8, as they are (and returned unchanged)."""
     names = list(weights)
     groups = [names[i::shards] for i in range(shards)]
     stored: Weights = {}
@@ -261,7 +278,11 @@ def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int =
         fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
         arrays, specs = [], {}
         for n in group:
-            arr, dt, as_f32 = as_dtype(np.ascontiguousarray(weights[n], dtype=np.float32), dtype)
+            if weights[n].dtype == np.uint8:
+                arr = np.ascontiguousarray(weights[n])
+                dt, as_f32 = "uint8", arr
+            else:
+                arr, dt, as_f32 = as_dtype(np.ascontiguousarray(weights[n], dtype=np.float32), dtype)
             arrays.append(arr)
             specs[n] = TensorSpec(dtype=dt, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
             stored[n] = as_f32
@@ -1600,3 +1621,94 @@ def qwen3_rerank_scores(
     z = reference_logits(cfg, w, ids)[-1][list(yes_no)]
     e = np.exp(z - z.max())
     return e / e.sum()
+
+
+# -- gpt-oss ---------------------------------------------------------------------------------------
+
+# transformers' FP4_VALUES (integrations/mxfp4.py): the E2M1 value of each 4-bit code
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                       -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])  # fmt: skip
+
+
+def gpt_oss_config(**over: Any) -> dict[str, Any]:
+    """config.json of a small GptOssForCausalLM (the keys openai/gpt-oss-20b's has, smaller)."""
+    cfg: dict[str, Any] = {
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "hidden_size": 64,
+        "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 6,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 150000.0,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "truncate": False, "original_max_position_embeddings": 16},
+        "attention_bias": True, "swiglu_limit": 7.0, "hidden_act": "silu", "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "eos_token_id": 2, "pad_token_id": 0,
+    }  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+def mxfp4_values(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """transformers' convert_moe_packed_tensors before its transpose: blocks (..., rows, n_block, 16)
+    and scales (..., rows, n_block) as float32 (..., rows, n_block * 32); element 2j of a block is the
+    low nibble of byte j, 2j + 1 the high one, times 2^(scale - 127)."""
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
+    x = FP4_VALUES[codes] * np.exp2(scales.astype(np.float64) - 127)[..., None]
+    return x.reshape(*blocks.shape[:-2], -1).astype(np.float32)
+
+
+def gpt_oss_weights(cfg: dict[str, Any], *, mxfp4: bool, seed: int = 0) -> tuple[Weights, Weights]:
+    """(weights to save, their float32 values under the dequantized names): random GptOss tensors.
+    With ``mxfp4`` the experts are random codes and exponents as ``*_blocks`` / ``*_scales`` (U8),
+    their values (``mxfp4_values``) transposed to transformers' (n_expert, in, out) as
+    ``gate_up_proj`` / ``down_proj``; otherwise those two are random floats."""
+    rng = np.random.default_rng(seed)
+    e, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    ne = cfg["num_local_experts"]
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    mat, vec, _ = _initializers(rng, e)
+    w: Weights = {"model.embed_tokens.weight": rng.standard_normal((v, e)).astype(np.float32)}
+    values: Weights = {}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = vec(e, 1.0, 0.1)
+        for n, rows in (("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd)):
+            w[p + f"self_attn.{n}_proj.weight"] = mat(rows, e)
+            w[p + f"self_attn.{n}_proj.bias"] = vec(rows, 0.0, 0.1)
+        w[p + "self_attn.o_proj.weight"] = mat(e, nh * hd)
+        w[p + "self_attn.o_proj.bias"] = vec(e, 0.0, 0.1)
+        w[p + "self_attn.sinks"] = vec(nh, 0.0, 1.0)
+        w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.1)
+        w[p + "mlp.router.weight"] = mat(ne, e)
+        w[p + "mlp.router.bias"] = vec(ne, 0.0, 0.1)
+        x = p + "mlp.experts."
+        for name, rows, cols in (("gate_up_proj", 2 * ff, e), ("down_proj", e, ff)):
+            if mxfp4:  # exponents around 2^-4.5: values of about the size mat() gives
+                blocks = rng.integers(0, 256, size=(ne, rows, cols // 32, 16), dtype=np.uint8)
+                scales = rng.integers(121, 124, size=(ne, rows, cols // 32), dtype=np.uint8)
+                w[x + name + "_blocks"], w[x + name + "_scales"] = blocks, scales
+                values[x + name] = mxfp4_values(blocks, scales).transpose(0, 2, 1)
+            else:
+                w[x + name] = np.stack([mat(rows, cols).T for _ in range(ne)])
+        w[x + "gate_up_proj_bias"] = (0.5 * rng.standard_normal((ne, 2 * ff))).astype(np.float32)
+        w[x + "down_proj_bias"] = (0.1 * rng.standard_normal((ne, e))).astype(np.float32)
+    w["model.norm.weight"] = vec(e, 1.0, 0.1)
+    w["lm_head.weight"] = mat(v, e)
+    return w, values
+
+
+def tiny_gpt_oss(d: Path, *, mxfp4: bool, dtype: str = "bf16", seed: int = 0,
+                 **cfg_over: Any) -> tuple[dict[str, Any], Weights]:  # fmt: skip
+    """A random gpt-oss directory (o200k-style BPE tokenizer, pre-tokenizer gpt-4o): experts as MXFP4
+    blocks (as OpenAI's checkpoints, the rest in ``dtype``) or dequantized in ``dtype``. Returns
+    (config, the stored values as float32, experts under the dequantized names)."""
+    d.mkdir(parents=True, exist_ok=True)
+    n_tok = write_bpe_tokenizer(d, pre="gpt-4o")
+    cfg = gpt_oss_config(vocab_size=n_tok, **cfg_over)
+    if mxfp4:
+        cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    _write_json(d / "config.json", cfg)
+    weights, values = gpt_oss_weights(cfg, mxfp4=mxfp4, seed=seed)
+    stored = save_weights(d, weights, dtype=dtype)
+    stored = {n: x for n, x in stored.items() if not n.endswith(("_blocks", "_scales"))}
+    return cfg, {**stored, **values}

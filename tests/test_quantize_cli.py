@@ -1,7 +1,8 @@
 """``splitllm quantize`` against llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize).
 
-Every file type of FILE_TYPES (Q3_K_S / Q3_K_L, IQ4_NL and IQ4_XS included) on tiny random models
-(llama tied and untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gemma3, phi3's
+Every file type of FILE_TYPES (Q3_K_S / Q3_K_L, IQ4_NL, IQ4_XS and MXFP4_MOE included) on tiny random
+models (llama tied and untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gpt-oss with
+4, gemma3, phi3's
 fused q/k/v, rows that need the fallback types, F32 / F16 / BF16 weights), a file written by
 convert-hf, sparse files that trigger the 70B and falcon rules, requantization from Q8_0 and of the
 real SmolLM2: the output files are byte for byte llama.cpp's. Then the options against the same
@@ -116,6 +117,9 @@ TINY = {  # n_embd 256 (or 288: rows that need the fallback types) so that the k
                                key_length=64, tied_output=True), "F16"),
     "phi3": (TinyConfig(arch="phi3", n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=4), "F16"),
     "fallback": (TinyConfig(n_layer=2, n_embd=288, n_ff=100, n_head=4, n_head_kv=2), "F16"),
+    # experts with biases, sinks, the router's bias (MXFP4_MOE's own model)
+    "gpt-oss-4x": (TinyConfig(arch="gpt-oss", n_layer=2, n_embd=256, n_ff=256, n_head=4, n_head_kv=2,
+                              n_expert=4, n_expert_used=2, n_ff_exp=256, sliding_window=6), "F32"),
 }  # fmt: skip
 
 

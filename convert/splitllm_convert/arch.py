@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from gguf import GGUFWriter, PoolingType, RopeScalingType
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, PoolingType, RopeScalingType
 
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import TensorEntry
@@ -67,6 +67,11 @@ class PlannedSource:
     transform: str | None = None
     generate: Callable[[], Array] | None = None
     hf_stack: tuple[str, ...] = ()  # experts: these HF tensors stacked along a new first axis
+    # already encoded in this type (MXFP4 experts): the raw (U8) HF tensors ``hf_name`` and
+    # ``hf_extra`` go through ``Architecture.packed_transforms()[transform]``, bits moved, never
+    # requantized; the file type's rules do not change its type
+    packed: GGMLQuantizationType | None = None
+    hf_extra: tuple[str, ...] = ()
 
 
 def _require(cfg: dict[str, Any], key: str, path: Path) -> int:
@@ -155,6 +160,18 @@ class Architecture:
 
     def transforms(self) -> dict[str, Callable[[Array], Array]]:
         return {}
+
+    def packed_transforms(self) -> dict[str, Callable[..., np.ndarray[Any, Any]]]:
+        """Transforms of raw inputs to the bytes of an already-encoded tensor (``PlannedSource.packed``)."""
+        return {}
+
+    def default_type(self, available: dict[str, tuple[str, tuple[int, ...]]]) -> str:
+        """The ``--type`` when none is given (``available``: HF name -> (dtype, shape), file order)."""
+        return "f16"
+
+    def written_file_type(self, ftype: LlamaFileType, quantized: bool) -> LlamaFileType:
+        """general.file_type for the ``--type`` whose file type is ``ftype``: that one by default."""
+        return ftype
 
     def hparams(self) -> HParams:
         """What llama.cpp's quantizer reads from the metadata this writes (``quant_rules``)."""
@@ -287,9 +304,14 @@ class Architecture:
                     add(float(self.rope[key]))
         w.add_rope_freq_base(self.rope_theta())
         w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", self.default_rms_eps)))
+        self.add_expert_hparams(w)
         if cfg.get("head_dim") is not None:
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
+
+    def add_expert_hparams(self, w: GGUFWriter) -> None:
+        """Expert counts where TextModel writes them (after the norm epsilon, before the head size), for
+        an architecture whose llama.cpp class leaves them to TextModel (gpt-oss); none by default."""
 
     def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
         """Keys a subclass's set_gguf_parameters adds in llama.cpp after TextModel's, whose last is

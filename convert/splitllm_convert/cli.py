@@ -21,10 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--outfile", help="output .gguf file (required unless --dry-run)")
     p.add_argument(
         "--type",
-        default="f16",
+        default=None,
         choices=list(FILE_TYPES),
         metavar="TYPE",
-        help=f"output type: {', '.join(FILE_TYPES)} (default: f16)",
+        help=f"output type: {', '.join(FILE_TYPES)} (default: f16; for a gpt-oss checkpoint with MXFP4 "
+        "experts, as llama.cpp's converter: its bf16, the experts in MXFP4 as stored)",
     )
     p.add_argument("--force", action="store_true", help="overwrite OUTFILE if it exists")
     p.add_argument(

@@ -28,6 +28,8 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),  # raw bits; widened to float32 on read
 }
+# dtypes read as they are stored (MXFP4 experts' packed codes and exponents), never as floats
+_RAW_DTYPES: dict[str, np.dtype[Any]] = {"U8": np.dtype("u1")}
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,11 @@ def _entry(path: Path, name: str, info: Any, data_start: int, size: int) -> Tens
             f"({size - data_start} bytes) or a negative dimension {shape}"
         )
     entry = TensorEntry(name, path, dtype, shape, data_start + begin, end - begin)
-    if dtype in _DTYPES and entry.n_elements * _DTYPES[dtype].itemsize != entry.nbytes:
+    known = _DTYPES.get(dtype, _RAW_DTYPES.get(dtype))
+    if known is not None and entry.n_elements * known.itemsize != entry.nbytes:
         raise ConvertError(
             f"{path}: tensor {name!r} holds {entry.nbytes} bytes, but shape {list(shape)} of {dtype} "
-            f"needs {entry.n_elements * _DTYPES[dtype].itemsize}"
+            f"needs {entry.n_elements * known.itemsize}"
         )
     return entry
 
@@ -189,6 +192,20 @@ def read_f32(entry: TensorEntry, *, chunk: int = 1 << 22) -> np.ndarray[Any, np.
                 bits[:] = part
                 bits <<= 16
     return out.reshape(entry.shape)
+
+
+def read_raw(entry: TensorEntry) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """A U8 tensor as stored, in its own shape (the blocks and scales of MXFP4 experts)."""
+    if entry.dtype not in _RAW_DTYPES:
+        raise ConvertError(
+            f"{entry.file}: tensor {entry.name!r} has dtype {entry.dtype}; packed MXFP4 blocks and "
+            "scales are U8"
+        )
+    out = np.empty(entry.shape, dtype=_RAW_DTYPES[entry.dtype])
+    with open(entry.file, "rb") as f:
+        f.seek(entry.begin)
+        _read_exact(f, out, entry)
+    return out
 
 
 def _read_exact(f: Any, arr: np.ndarray[Any, Any], entry: TensorEntry) -> None:

@@ -56,6 +56,7 @@ FILE_TYPES: dict[str, FileType] = {
         FileType("q6_k", LlamaFileType.MOSTLY_Q6_K, Q.Q6_K),
         FileType("iq4_nl", LlamaFileType.MOSTLY_IQ4_NL, Q.IQ4_NL),
         FileType("iq4_xs", LlamaFileType.MOSTLY_IQ4_XS, Q.IQ4_XS),
+        FileType("mxfp4_moe", LlamaFileType.MOSTLY_MXFP4_MOE, Q.MXFP4),
     )
 }
 
@@ -88,11 +89,17 @@ def _is_float_matrix(name: str, shape: tuple[int, ...]) -> bool:
 
 
 def tensor_types(
-    ft: FileType, hp: HParams, shapes: Mapping[str, tuple[int, ...]]
+    ft: FileType, hp: HParams, shapes: Mapping[str, tuple[int, ...]],
+    packed: Mapping[str, GGMLQuantizationType] | None = None,
 ) -> dict[str, GGMLQuantizationType]:
-    """The type of every tensor of a model (GGUF name -> row-major shape) for file type ``ft``."""
+    """The type of every tensor of a model (GGUF name -> row-major shape) for file type ``ft``;
+    ``packed`` tensors (MXFP4 experts as a checkpoint stores them) keep their type, as llama.cpp's
+    converter writes them whatever --outtype is (they still count in the quantizer's counters)."""
+    packed = packed or {}
     if not ft.is_quantized:
-        return {n: ft.default if _is_float_matrix(n, s) else Q.F32 for n, s in shapes.items()}
-    order = tensor_order(shapes)
-    chooser = TypeChooser(hp, QuantOptions(ft.ftype, ft.default), order)
-    return {n: chooser.target(n, tuple(reversed(shapes[n])), Q.F32) for n in order}
+        types = {n: ft.default if _is_float_matrix(n, s) else Q.F32 for n, s in shapes.items()}
+    else:
+        order = tensor_order(shapes)
+        chooser = TypeChooser(hp, QuantOptions(ft.ftype, ft.default), order)
+        types = {n: chooser.target(n, tuple(reversed(shapes[n])), Q.F32) for n in order}
+    return {**types, **packed}

@@ -82,13 +82,14 @@ class _Job:
     writer: GGUFWriter
 
 
-def _prepare(model_dir: Path, ftype_name: str, pre: str | None, dense_modules: bool) -> _Job:
+def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_modules: bool) -> _Job:
     if not model_dir.is_dir():
         raise ConvertError(f"{model_dir}: not a directory")
     config_path = model_dir / "config.json"
     arch = architecture(hfdir.read_json(config_path), config_path)
     arch.dense_modules = dense_modules
-    ft = mix.file_type(ftype_name)
+    if ftype_name is not None:
+        mix.file_type(ftype_name)  # an unknown --type before reading any weights
     entries = hfdir.index_tensors(model_dir)
     entries.update(arch.extra_tensors(model_dir))
     sources = arch.plan(
@@ -96,8 +97,12 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None, dense_modules: b
         lambda n: str(entries[n].file),
         hfdir.weight_files(model_dir),
     )
+    if ftype_name is None:
+        ftype_name = arch.default_type({n: (e.dtype, e.shape) for n, e in entries.items()})
+    ft = mix.file_type(ftype_name)
     # every tensor's type first: llama.cpp's quantizer visits them in its own order, not ours
-    types = mix.tensor_types(ft, arch.hparams(), {s.gguf_name: s.shape for s in sources})
+    packed = {s.gguf_name: s.packed for s in sources if s.packed is not None}
+    types = mix.tensor_types(ft, arch.hparams(), {s.gguf_name: s.shape for s in sources}, packed)
     vocab = arch.read_vocab(model_dir, pre)
 
     writer = GGUFWriter(path=None, arch=arch.gguf_arch)
@@ -108,6 +113,7 @@ def _prepare(model_dir: Path, ftype_name: str, pre: str | None, dense_modules: b
         entry = entries.get(s.hf_name or (s.hf_stack[0] if s.hf_stack else ""))
         src = f"{entry.file.relative_to(model_dir).as_posix()}:{entry.name}" if entry else "generated"
         in_bytes = sum(entries[n].nbytes for n in s.hf_stack) if s.hf_stack else entry.nbytes if entry else 0
+        in_bytes += sum(entries[n].nbytes for n in s.hf_extra)
         if s.hf_stack:
             src += f" (+{len(s.hf_stack) - 1} experts)"
         tensors.append(TensorPlan(s.gguf_name, s.shape, t, nbytes, src, in_bytes))
@@ -137,7 +143,7 @@ def _add_metadata(w: GGUFWriter, model_dir: Path, arch: Architecture, ft: mix.Fi
         meta.size_label = gguf.size_label(total, shared, expert, n_expert)
     meta.set_gguf_meta_model(w)
     arch.add_hparams(w)
-    w.add_file_type(int(ft.ftype))
+    w.add_file_type(int(arch.written_file_type(ft.ftype, ft.is_quantized)))
     arch.add_hparams_after_file_type(w)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to(w)
@@ -189,6 +195,13 @@ def encode(x: np.ndarray[Any, Any], t: GGMLQuantizationType, n_threads: int | No
 def _produce(
     job: _Job, s: PlannedSource, t: GGMLQuantizationType, n_threads: int | None
 ) -> np.ndarray[Any, Any]:
+    if s.packed is not None:  # already encoded: the bits rearranged, nothing requantized
+        assert s.hf_name is not None and s.transform is not None
+        raw = [hfdir.read_raw(job.entries[n]) for n in (s.hf_name, *s.hf_extra)]
+        if s.packed == Q.MXFP4 and (raw[-1] == 0xFF).any():  # E8M0 exponent 255: not a number
+            entry = job.entries[s.hf_extra[-1]]
+            raise ConvertError(f"{entry.file}: tensor {entry.name!r} has an MXFP4 scale of 255 (NaN)")
+        return job.arch.packed_transforms()[s.transform](*raw)
     if s.generate is not None:
         x = s.generate()
     elif s.hf_stack:  # experts, stacked
@@ -254,7 +267,7 @@ def convert(
     model_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    type: str = "f16",
+    type: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     quiet: bool = False,
@@ -265,7 +278,9 @@ def convert(
     """Convert the Hugging Face model in ``model_dir`` to GGUF file ``out``; returns the plan.
 
     ``type``: one of ``mix.FILE_TYPES`` (f32, f16, bf16, q8_0, q4_0, ... q3_k_s, q3_k_m, q3_k_l,
-    ... q4_k_m, q6_k, iq4_nl, iq4_xs).
+    ... q4_k_m, q6_k, iq4_nl, iq4_xs, mxfp4_moe); None: f16, or what llama.cpp's converter writes
+    for the model by default where that differs (a gpt-oss checkpoint with MXFP4 experts: the
+    checkpoint's bf16, experts in MXFP4 as stored, general.file_type MOSTLY_MXFP4_MOE).
     ``force``: overwrite an existing ``out``. ``dry_run``: plan only, write nothing.
     ``pre``: the tokenizer.ggml.pre name, overriding detection. ``n_threads``: quantizer
     threads (default all). ``sentence_transformers_dense_modules``: include the Dense modules

@@ -9,7 +9,7 @@ do not import that code. The order here:
    (copied as data from llama.cpp's table; each names its reference model).
 3. The pre-tokenizer structure in tokenizer.json: GPT-2's ByteLevel regex alone is ``gpt-2``;
    single digits split before it is ``smollm`` (the StarCoder/SmolLM regex set); a Split on
-   Llama 3's regex is ``llama-bpe``, on Qwen2's is ``qwen2``.
+   Llama 3's regex is ``llama-bpe``, on Qwen2's is ``qwen2``, on o200k's (GPT-4o, gpt-oss) is ``gpt-4o``.
 4. Otherwise an error asking for ``--pre``.
 """
 
@@ -41,6 +41,7 @@ KNOWN_HASHES: dict[str, str] = {
     "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM-135M
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
     "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral-Nemo-Base-2407
+    "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e": "gpt-4o",  # Xenova/gpt-4o
 }
 
 LLAMA3_REGEX = (
@@ -49,6 +50,14 @@ LLAMA3_REGEX = (
 )
 QWEN2_REGEX = (
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+
+# o200k (GPT-4o, gpt-oss's o200k_harmony) as its tokenizer.json spells it
+GPT4O_REGEX = (
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 )
 
@@ -97,7 +106,7 @@ def _from_structure(pre: Any) -> str | None:
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = steps[0].get("pattern", {})
         regex = pattern.get("Regex") if isinstance(pattern, dict) else None
-        return {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2"}.get(regex or "")
+        return {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", GPT4O_REGEX: "gpt-4o"}.get(regex or "")
     return None
 
 
@@ -112,6 +121,6 @@ def detect_pre(tokenizer_json: Path, data: dict[str, Any], override: str | None)
         raise ConvertError(
             f"{tokenizer_json}: the BPE pre-tokenizer is not one the converter recognizes "
             f"({data.get('pre_tokenizer')!r:.200}); pass --pre NAME with llama.cpp's name for it "
-            "(e.g. gpt-2, llama-bpe, qwen2, smollm)"
+            "(e.g. gpt-2, llama-bpe, qwen2, smollm, gpt-4o)"
         )
     return name

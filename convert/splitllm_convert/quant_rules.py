@@ -3,8 +3,8 @@
 A port of ``tensor_allows_quantization``, ``llama_tensor_get_type`` (with its ``_impl`` and
 ``tensor_type_fallback``) and the state they keep (src/llama-quant.cpp, llama.cpp as vendored by
 llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` (k-quants
-Q2_K to Q6_K with Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL and IQ4_XS) and no importance
-matrix. The branches for the other file types (the other IQ*, TQ*, MXFP4, Q2_K_S) are left out;
+Q2_K to Q6_K with Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL, IQ4_XS and MXFP4_MOE) and no
+importance matrix. The branches for the other file types (the other IQ*, TQ*, Q2_K_S) are left out;
 so is the ``ATTENTION_QKV`` branch after the ``attn_v`` one, which llama.cpp never reaches
 (``attn_qkv`` is ``attn_v``-like).
 
@@ -309,9 +309,14 @@ class TypeChooser:
         if cat == Category.OUTPUT or (self.tied_embeddings and cat == Category.TOKEN_EMBD):
             if self.opts.output_tensor_type is not None:
                 return self.opts.output_tensor_type
-            if falcon or ne[0] % block_size(t) != 0:
+            if f == F.MOSTLY_MXFP4_MOE or falcon or ne[0] % block_size(t) != 0:
                 return Q.Q8_0
             return t if t == Q.Q8_0 else Q.Q6_K
+        if f == F.MOSTLY_MXFP4_MOE:  # the experts (3-D, more than one) in MXFP4, the rest in Q8_0
+            expert_role = cat in (Category.FFN_UP, Category.FFN_GATE, Category.FFN_DOWN)
+            if len(ne) > 2 and ne[2] > 1 and (hp.arch != "bailingmoe3" or expert_role):
+                return Q.MXFP4
+            return Q.Q8_0
         if cat in _ATTN_V_LIKE:
             i, n = self.i_attention_wv, self.n_attention_wv
             if f == F.MOSTLY_Q2_K:

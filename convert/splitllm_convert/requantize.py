@@ -62,7 +62,7 @@ class QuantizeError(ValueError):
 # first entry with that file type ("12" is "Q3_K"). None: a type splitllm cannot write.
 QUANT_OPTIONS: tuple[tuple[str, int, str | None], ...] = (
     ("Q1_0", 40, None), ("Q2_0", 41, None), ("Q4_0", 2, "q4_0"), ("Q4_1", 3, "q4_1"),
-    ("MXFP4_MOE", 38, None), ("Q5_0", 8, "q5_0"), ("Q5_1", 9, "q5_1"), ("IQ2_XXS", 19, None),
+    ("MXFP4_MOE", 38, "mxfp4_moe"), ("Q5_0", 8, "q5_0"), ("Q5_1", 9, "q5_1"), ("IQ2_XXS", 19, None),
     ("IQ2_XS", 20, None), ("IQ2_S", 28, None), ("IQ2_M", 29, None), ("IQ1_S", 24, None),
     ("IQ1_M", 31, None), ("TQ1_0", 36, None), ("TQ2_0", 37, None), ("Q2_K", 10, "q2_k"),
     ("Q2_K_S", 21, None), ("IQ3_XXS", 23, None), ("IQ3_S", 26, None), ("IQ3_M", 27, None),
@@ -78,7 +78,7 @@ SUPPORTED_NAMES = tuple(name for name, _, ours in QUANT_OPTIONS if ours)
 NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "Q2_K_S", "IQ3_XXS")
 # the tensor types of --output-tensor-type, --token-embedding-type and --tensor-type
 TENSOR_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K,
-                Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)  # fmt: skip
+                Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.MXFP4)  # fmt: skip
 _INT = re.compile(r"\s*[+-]?\d+\s*")
 
 
@@ -309,7 +309,8 @@ _F16_SCALES = {
 def _valid(raw: np.ndarray, t: GGMLQuantizationType) -> bool:
     """ggml_validate_row_data: no NaN or infinity among the values (float types) or the block scales.
 
-    ``raw``: contiguous uint8. Types without a check here (integers, IQ1_M, MXFP4) pass."""
+    ``raw``: contiguous uint8. Types without a check here (integers, IQ1_M) pass; MXFP4's block
+    exponents must not be 0xFF (ggml's validate_e_e8m0)."""
     if t == Q.F32:
         return not ((raw.view(np.uint32) & 0x7F800000) == 0x7F800000).any()
     if t == Q.F16:
@@ -318,6 +319,8 @@ def _valid(raw: np.ndarray, t: GGMLQuantizationType) -> bool:
         return not ((raw.view(np.uint16) & 0x7FFF) >= 0x7F80).any()
     if t == Q.F64:
         return bool(np.isfinite(raw.view(np.float64)).all())
+    if t == Q.MXFP4:
+        return not (raw.reshape(-1, GGML_QUANT_SIZES[t][1])[:, 0] == 0xFF).any()
     blocks = raw.reshape(-1, GGML_QUANT_SIZES[t][1]) if t in _F16_SCALES or t == Q.Q8_K else None
     if t == Q.Q8_K:
         return bool(np.isfinite(blocks[:, :4].copy().view(np.float32)).all())

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         usage="splitllm quantize [options] IN.gguf [OUT.gguf] TYPE [NTHREADS]",
         description=__doc__.split("\n\n")[0],
         epilog="Options go before IN.gguf, as llama-quantize's. Types: Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, "
-        "Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, Q8_0, F16, BF16, F32 "
+        "Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, MXFP4_MOE, Q8_0, F16, "
+        "BF16, F32 "
         "(and the aliases Q3_K, Q4_K, Q5_K). Q2_K_S, IQ1_*, IQ2_* and IQ3_XXS need an importance "
         "matrix: not supported.",
     )
