@@ -77,8 +77,9 @@ def make_weights(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> tup
         # gguf-py cannot quantize k-quants and i-quants: random codes and scales, finite small f16 maxima.
         blck, size = GGML_QUANT_SIZES[qtype]
         raw = rng.integers(0, 256, size=(n_rows, k // blck, size), dtype=np.uint8)
-        for off in RANDOM_SCALE_FIELDS[qtype]:
-            d = rng.uniform(0.002, 0.02, size=(n_rows, k // blck)).astype(np.float16)
+        for off in RANDOM_SCALE_FIELDS[qtype]:  # (either sign: blocks hold negative scales too)
+            sign = rng.choice([-1, 1], size=(n_rows, k // blck))
+            d = (sign * rng.uniform(0.002, 0.02, size=(n_rows, k // blck))).astype(np.float16)
             raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, k // blck, 2)
         raw = raw.reshape(n_rows, -1)
     elif qtype in E8M0_SCALE_FIELDS:

@@ -42,7 +42,7 @@ def test_matches_float64_reference(tmp_path, cfg):
         steps = np.stack([m.eval_prompt(TOKENS[: i + 1]) for i in range(len(TOKENS))])
         assert rel_err(steps, ref) < F32_LOGITS_TOL
     # the sinks, the window and the experts' biases all matter at these positions
-    for name in ("attn_sinks", "ffn_up_exps.bias"):
+    for name in ("attn_sinks", "ffn_up_exps.bias", "ffn_down_exps.bias", "ffn_gate_inp.bias"):
         changed = {k: (v * 0 if name in k else v) for k, v in held.items()}
         assert rel_err(reference_logits(cfg, changed, TOKENS), ref) > 1e-2, name
     no_window = gpt_oss(**{**cfg.__dict__, "sliding_window": 0})

@@ -70,6 +70,7 @@ def test_yarn_from_the_file(tmp_path):
     (dict(rope_freq_base=-1.0), "rope_freq_base must be >= 0"),
     (dict(rope_freq_scale=float("nan")), "rope_freq_scale must be a finite number"),
     (dict(yarn_orig_ctx=-5), "yarn_orig_ctx must be a non-negative integer"),
+    (dict(rope_scaling_type=2, rope_freq_scale=1e-45), "rope_freq_scale .* is too small"),
     (dict(yarn_beta_fast="32"), "yarn_beta_fast must be a finite number"),
 ])
 def test_bad_settings(plain, kw, match):

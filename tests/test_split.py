@@ -4,6 +4,7 @@ bad cases (a later part, a missing or foreign part, a wrong count) are clear err
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
@@ -40,6 +41,9 @@ def test_split_reads_as_the_whole_file(whole, tmp_path):
     with Model(parts[0], n_ctx=64, n_threads=2) as m:
         np.testing.assert_array_equal(m.logits(TOKENS), ref)
         assert sum(p["weight_bytes"] for p in m.placement) > 0
+        cpu = {d["name"]: d for d in m._engine().memory}["CPU"]
+    headers = [gguf.GGUFReader(p).data_offset for p in parts]  # the overhead: every part's header
+    assert cpu["overhead"] == sum(headers) and len(headers) == 3
 
 
 @pytest.mark.reference

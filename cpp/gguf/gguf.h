@@ -118,8 +118,13 @@ public:
     // Files of a split (1 for a whole file); part i's path (0: path()).
     int n_parts() const { return 1 + int(parts_.size()); }
     const std::string & part_path(int i) const { return i == 0 ? path_ : parts_[size_t(i - 1)]->path_; }
-    // The offset of part i's data section.
+    // The offset of part i's data section; the headers of all the parts together.
     uint64_t part_data_offset(int i) const { return i == 0 ? data_offset_ : parts_[size_t(i - 1)]->data_offset_; }
+    uint64_t header_bytes() const {
+        uint64_t n = data_offset_;
+        for (const auto & p : parts_) n += p->data_offset_;
+        return n;
+    }
 
     const std::vector<GGUFKV> & kvs() const { return kvs_; }
     const GGUFValue * find(std::string_view key) const;  // nullptr if absent

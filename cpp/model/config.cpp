@@ -220,6 +220,8 @@ void Config::apply_rope(const RopeParams & p) {
         SL_CHECK(std::isfinite(v), "the yarn_* settings must be finite numbers");
     rope_base = p.freq_base > 0 ? p.freq_base : rope_base_train;
     rope_freq_scale = p.freq_scale > 0 ? p.freq_scale : rope_freq_scale_train;
+    SL_CHECK(std::isfinite(1.0f / rope_freq_scale), "rope_freq_scale %g is too small (its inverse overflows)",
+             double(rope_freq_scale));
     n_ctx_orig_yarn = p.orig_ctx > 0 ? p.orig_ctx : n_ctx_orig;
     rope_scaling = p.scaling_type != kRopeUnspecified ? p.scaling_type : rope_scaling_train;
     if (rope_scaling == kRopeNone) rope_freq_scale = 1.0f;

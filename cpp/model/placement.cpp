@@ -285,7 +285,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
         cpu.buffers += sizeof(float) * encoder_attention_floats(params.n_batch, c.head_dim, c.n_swa > 0) *
                        size_t(std::max(1, m.cpu_options().n_threads));
     if (first_gpu < c.n_layer || output_gpu) cpu.buffers += sizeof(float) * size_t(params.n_batch) * c.n_embd;
-    cpu.overhead = m.file_->data_offset();
+    cpu.overhead = m.file_->header_bytes();  // (every part of a split)
     e.devices.push_back(cpu);
     if (pp.use_gpu) e.devices.push_back({gpu_name, pp.gpu_weights, pp.gpu_kv, pp.gpu_buffers, 0});
     return e;
@@ -303,7 +303,7 @@ std::vector<DeviceMemory> Model::memory() const {
     for (const Placement & p : placement_)
         if (p.device == "CPU") cpu.weights += p.weight_bytes;
     cpu.buffers = cpu_->scratch_bytes() + enc_work_.size() * sizeof(float);
-    cpu.overhead = file_->data_offset();
+    cpu.overhead = file_->header_bytes();
     for (const Owned & o : owned_) {
         DeviceMemory & d = dev(o.be->name());
         (o.kind == Kind::Weights ? d.weights : o.kind == Kind::KV ? d.kv : d.buffers) += o.bytes;

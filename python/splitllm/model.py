@@ -85,6 +85,8 @@ def rope_settings(scaling_type: int | None, freq_base: float, freq_scale: float,
     for name in ("rope_freq_base", "rope_freq_scale"):
         if floats[name] < 0:
             raise ValueError(f"{name} must be >= 0 (0: the model's; got {floats[name]!r})")
+    if 0 < freq_scale < 1e-30:  # (as float32, YaRN's factor 1 / scale would overflow)
+        raise ValueError(f"rope_freq_scale {freq_scale!r} is too small (its inverse overflows)")
     if isinstance(orig_ctx, bool) or not isinstance(orig_ctx, int) or orig_ctx < 0:
         raise ValueError(f"yarn_orig_ctx must be a non-negative integer (0: the model's; got {orig_ctx!r})")
     return {"rope_scaling_type": scaling_type, **{k: float(v) for k, v in floats.items()},
