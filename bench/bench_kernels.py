@@ -268,7 +268,7 @@ def main() -> None:
 
     git = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, cwd=REPO, capture_output=True, text=True).stdout
-    report = f"""# CPU kernel benchmark
+    head = f"""# CPU kernel benchmark
 
 - machine: {machine()}
 - commit: {commit.strip() or _core.commit}, date: {datetime.date.today().isoformat()}
@@ -276,30 +276,23 @@ def main() -> None:
   single-thread figures are timed on the thread's CPU clock, two-thread ones on the wall clock, noisier)
 - llama.cpp: ggml from llama-cpp-python, plain `ggml_mul_mat` (no load-time repacking, which llama.cpp applies
   to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K in a model: lower bounds for those)
-
-## Decode: matrix x vector, GB/s of weight bytes read from memory (1 thread)
-
-{table(decode, cols, "rows x K", "{:.1f}")}
-
-## Decode, 2 threads (rows split evenly), GB/s
-
-{table(decode2, simd[-1:] + (["llama.cpp"] if ggml else []), "rows x K", "{:.1f}")}
-
-## Prefill: 512 tokens, GFLOP/s (1 thread, weights in cache)
-
-{table(prefill, cols, "rows x K", "{:.0f}")}
-
-## Attention over one KV head: 3 query rows (a GQA group), head_dim 64, scores then values, µs (1 thread)
-
-{table(attn, simd, "depth", "{:.1f}")}
-
-## SmolLM2-135M matmuls: one decode step (weights from memory), a 512-token prefill; ms, 1 thread
-
-Sums of per-shape timings (30 layers of q, k, v, o, gate, up, down; the 49152 x 576 Q8_0 output
-once). Not a model run: norms, rope, attention and threading are left out.
-
-{table(smol, smol_cols, "output", "{:.2f}")}
 """
+    cols2 = simd[-1:] + (["llama.cpp"] if ggml else [])
+    sections = [  # (empty ones left out: --types times the matmuls only)
+        ("Decode: matrix x vector, GB/s of weight bytes read from memory (1 thread)",
+         table(decode, cols, "rows x K", "{:.1f}")),
+        ("Decode, 2 threads (rows split evenly), GB/s",
+         table(decode2, cols2, "rows x K", "{:.1f}") if decode2 else ""),
+        ("Prefill: 512 tokens, GFLOP/s (1 thread, weights in cache)",
+         table(prefill, cols, "rows x K", "{:.0f}")),
+        ("Attention over one KV head: 3 query rows (a GQA group), head_dim 64, scores then values, "
+         "µs (1 thread)", table(attn, simd, "depth", "{:.1f}") if attn else ""),
+        ("SmolLM2-135M matmuls: one decode step (weights from memory), a 512-token prefill; ms, 1 thread",
+         "Sums of per-shape timings (30 layers of q, k, v, o, gate, up, down; the 49152 x 576 Q8_0 output\n"
+         "once). Not a model run: norms, rope, attention and threading are left out.\n\n"
+         + table(smol, smol_cols, "output", "{:.2f}") if smol else ""),
+    ]
+    report = head + "".join(f"\n## {title}\n\n{body}\n" for title, body in sections if body)
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
