@@ -70,7 +70,7 @@ float search_block_scale(const float * xb) {
         }
     }
     if (amax < kGroupMaxEps) return 0.0f;
-        float sumqx, sumq2;
+    float sumqx, sumq2;
     code_block(xb, w, 1.0f / (-max / kLevels[0]), sumqx, sumq2);
     float d = sumq2 > 0.0f ? sumqx / sumq2 : 0.0f;
     float best = d * sumqx;

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from splitllm.completions import CompletionChunk
+from splitllm.reasoning import held_back
 from splitllm.tools import new_call
 
 CHANNEL, MESSAGE, END, START = "<|channel|>", "<|message|>", "<|end|>", "<|start|>assistant"
@@ -61,14 +62,6 @@ def harmony_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, An
             m.pop("content", None)
         out.append(m)
     return out
-
-
-def _held(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that begins ``tag`` (kept back until more text comes)."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
 
 
 def _may_be_header(text: str) -> bool:
@@ -167,7 +160,7 @@ class HarmonyParser:
         end = self._buf.find(END)
         if end < 0:
             if self._kind in ("reasoning", "content"):
-                keep = _held(self._buf, END)
+                keep = held_back(self._buf, END)
                 self._emit(self._kind, self._buf[: len(self._buf) - keep])
                 self._buf = self._buf[len(self._buf) - keep:]
             return False

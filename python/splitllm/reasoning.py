@@ -33,7 +33,7 @@ def prompt_opens_thinking(prompt_text: str) -> bool:
     return prompt_text.rstrip().endswith(OPEN)
 
 
-def _held(text: str, tag: str) -> int:
+def held_back(text: str, tag: str) -> int:
     """Length of the longest end of ``text`` that begins ``tag`` (kept back until more text comes)."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:k]):
@@ -65,7 +65,7 @@ class ReasoningSplitter:
         if self._mode == "reasoning":
             end = self._buf.find(CLOSE)
             if end < 0:
-                keep = _held(self._buf, CLOSE)
+                keep = held_back(self._buf, CLOSE)
                 reasoning, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep:]
                 return self._reasoning(reasoning), ""
             reasoning, self._buf = self._reasoning(self._buf[:end]), self._buf[end + len(CLOSE):].lstrip()
