@@ -376,3 +376,23 @@ def test_bad_dry_fields_are_400(server, path: str, field: str, value: Any) -> No
     body: dict[str, Any] = chat if "chat" in path else {"prompt": "a"}
     err = post(server, path, {**body, "max_tokens": 2, field: value}, 400)["error"]
     assert err["param"] == field or field in err["message"], err
+
+
+def test_cli_dry_options(smollm2_path, capsys):
+    """`splitllm run --dry-*` (llama-cli's options; --dry-sequence-breaker replaces the defaults,
+    'none' clears them): the greedy text of the Model given the same settings, not the one without."""
+    from splitllm.cli import main
+    from splitllm.model import Model
+
+    prompt = "One two three, one two three, one two three,"
+    args = ["run", str(smollm2_path), "-p", prompt, "-n", "24", "--temp", "0", "-t", "2", "-c", "256"]
+    dry = ["--dry-multiplier", "2.0", "--dry-allowed-length", "1", "--dry-sequence-breaker", "none",
+           "--dry-sequence-breaker", ";"]
+    assert main([*args, *dry]) == 0
+    with_dry = capsys.readouterr().out
+    assert main(args) == 0
+    without = capsys.readouterr().out
+    with Model(smollm2_path, n_ctx=256, n_threads=2) as m:
+        text = m(prompt, max_tokens=24, temperature=0, dry_multiplier=2.0, dry_allowed_length=1,
+                 dry_sequence_breakers=[";"])["choices"][0]["text"]
+    assert with_dry == prompt + text + "\n" and with_dry != without  # (run ends with a newline)

@@ -159,6 +159,16 @@ def add_sampling_options(p: argparse.ArgumentParser, *, temperature: float = 0.8
     p.add_argument("--dynatemp-range", type=float, default=0.0,
                    help="dynamic temperature range: temp +- range by entropy (default 0.0: off)")
     p.add_argument("--dynatemp-exp", type=float, default=1.0, help="dynamic temperature exponent (default 1)")
+    p.add_argument("--dry-multiplier", type=float, default=0.0,
+                   help="DRY sampling multiplier (default 0.0: off)")
+    p.add_argument("--dry-base", type=float, default=1.75, help="DRY sampling base (default 1.75)")
+    p.add_argument("--dry-allowed-length", type=int, default=2,
+                   help="DRY: repeats this long go unpenalized (default 2)")
+    p.add_argument("--dry-penalty-last-n", type=int, default=64,
+                   help="DRY: tokens scanned for repeats (default 64, 0: off, -1: the whole context)")
+    p.add_argument("--dry-sequence-breaker", action="append", default=None, metavar="STRING",
+                   help="a DRY sequence breaker, replacing the defaults ('\\n', ':', '\"', '*'); "
+                   "repeatable; 'none' for none")
 
 
 def json_object(value: str) -> dict:
@@ -218,7 +228,23 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         "top_n_sigma": args.top_n_sigma,
         "dynatemp_range": args.dynatemp_range,
         "dynatemp_exponent": args.dynatemp_exp,
+        "dry_multiplier": args.dry_multiplier,
+        "dry_base": args.dry_base,
+        "dry_allowed_length": args.dry_allowed_length,
+        "dry_penalty_last_n": args.dry_penalty_last_n,
+        **dry_breakers(args.dry_sequence_breaker),
     }
+
+
+def dry_breakers(values: list[str] | None) -> dict:
+    """--dry-sequence-breaker as llama.cpp reads it: the first one replaces the defaults, "none"
+    clears them."""
+    if values is None:
+        return {}
+    out: list[str] = []
+    for v in values:
+        out = [] if v == "none" else out + [v]
+    return {"dry_sequence_breakers": out}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
