@@ -402,6 +402,54 @@ struct KQuant<QType::IQ3_S> {
     }
 };
 
+// ---- IQ1 decode of a whole super-block (codes_sb): scalar loads of precomputed codes ----
+// The 2048-entry grid is too large for register tables, and gathers are slow: each entry is
+// read as one qword of codes 128 + 8 g + 1 (delta +1/8) by a load whose index the scalar
+// units build (pdep of a block's 4 low index bytes and its qh bits, 4 16-bit indices in a
+// register); a negative delta takes 2 off its entries' bytes (a masked qword subtract).
+struct Iq1CodeTable {
+    alignas(64) uint64_t e[2048];
+};
+constexpr Iq1CodeTable make_iq1_codes() {
+    Iq1CodeTable t{};
+    for (int i = 0; i < 2048; ++i)
+        for (int j = 0; j < 8; ++j)
+            t.e[i] |= uint64_t(uint8_t(8 * int(int8_t(uint8_t(iq1s_grid[i] >> (8 * j)))) + 129)) << (8 * j);
+    return t;
+}
+alignas(64) inline constexpr Iq1CodeTable kIq1Codes = make_iq1_codes();
+
+// Entries at bits s and s + 16 of p (16-bit indices) as a 128-bit lane.
+inline __m128i iq1_pair(uint64_t p, int s) {
+    const __m128i a = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(kIq1Codes.e + ((p >> s) & 0xFFFF)));
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(a), reinterpret_cast<const double *>(kIq1Codes.e + ((p >> (s + 16)) & 0xFFFF))));
+}
+
+inline __m512i lanes4(__m128i a, __m128i b, __m128i c, __m128i d) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1)),
+                              _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1), 1);
+}
+
+// Codes of half g from the packed indices p[0..3] of its blocks (entries 0..3 at bits 16 l);
+// neg_lo / neg_hi: the qwords (entries) whose delta is negative.
+inline Codes iq1_half(const uint64_t * p, __mmask8 neg_lo, __mmask8 neg_hi) {
+    const __m512i two = _mm512_set1_epi64(0x0202020202020202);
+    const __m512i lo = lanes4(iq1_pair(p[0], 0), iq1_pair(p[1], 0), iq1_pair(p[2], 0), iq1_pair(p[3], 0));
+    const __m512i hi = lanes4(iq1_pair(p[0], 32), iq1_pair(p[1], 32), iq1_pair(p[2], 32), iq1_pair(p[3], 32));
+    return {_mm512_mask_sub_epi64(lo, neg_lo, lo, two), _mm512_mask_sub_epi64(hi, neg_hi, hi, two)};
+}
+
+inline uint32_t u32_at(const uint8_t * p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+inline uint64_t u64_at(const uint8_t * p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
 // IQ1: index bits 8..10 of entry l of a block at bits 3 l of its qh word (IQ1_S; bit 15 the
 // delta sign of the block) or in nibble l of its two qh bytes (IQ1_M; bit 3 the delta sign).
 template <>
@@ -414,6 +462,19 @@ struct KQuant<QType::IQ1_S> {
         const __m512i sh = _mm512_setr_epi32(0, 3, 0, 3, 0, 3, 0, 3, 6, 9, 6, 9, 6, 9, 6, 9);
         idx = _mm512_or_si512(idx, _mm512_slli_epi32(_mm512_and_si512(_mm512_srlv_epi32(qh, sh), _mm512_set1_epi32(7)), 8));
         return iq1_codes(idx, _mm512_test_epi32_mask(qh, _mm512_set1_epi32(0x8000)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        for (int g = 0; g < 2; ++g) {
+            // Block b's qh word: index bits 8..10 of entry l at bits 3 l, the delta sign at 15.
+            const uint64_t qh = u64_at(sb + 34 + 8 * g);
+            uint64_t p[4];
+            for (int j = 0; j < 4; ++j)
+                p[j] = _pdep_u64(u32_at(sb + 2 + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
+                       _pdep_u64(qh >> (16 * j), 0x0700070007000700);
+            const uint32_t neg = uint32_t(_pext_u64(qh, 0x8000800080008000));
+            const __mmask8 m = __mmask8(_pdep_u32(neg, 0x55) * 3);
+            c[g] = iq1_half(p, m, m);
+        }
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const __m512i qh = dup8(_mm256_cvtepu16_epi32(load16(sb + 34)));
@@ -434,6 +495,17 @@ struct KQuant<QType::IQ1_M> {
         const __m512i nib = _mm512_srlv_epi32(qh, sh);
         idx = _mm512_or_si512(idx, _mm512_slli_epi32(_mm512_and_si512(nib, _mm512_set1_epi32(7)), 8));
         return iq1_codes(idx, _mm512_test_epi32_mask(nib, _mm512_set1_epi32(8)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        for (int g = 0; g < 2; ++g) {
+            // Block b's qh bytes 2 b, 2 b + 1: entry l's nibble at 4 l (bit 3 the delta sign).
+            const uint64_t qh = u64_at(sb + 32 + 8 * g);
+            uint64_t p[4];
+            for (int j = 0; j < 4; ++j)
+                p[j] = _pdep_u64(u32_at(sb + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
+                       _pdep_u64((qh >> (16 * j)) & 0x7777, 0x0F000F000F000F00);
+            c[g] = iq1_half(p, __mmask8(_pext_u64(qh, 0x0088008800880088)), __mmask8(_pext_u64(qh, 0x8800880088008800)));
+        }
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         // Group G: bits 3 (G % 4) of scale word G / 4.
