@@ -4,7 +4,9 @@
 // IQ1_S / IQ1_M: value = dl * (g + delta), g in {-1, 0, 1}, delta = +-1/8 per 8 values, so
 // code = 128 + 8 g + 8 delta and dg = dl / 8. The same as scalar_unpack.cpp's unpackers.
 //
-// Grid entries (8 values in a qword, or 4 in a dword) are gathered from quant/iq_grids.h. The 16
+// codes(): grid entries (8 values in a qword, or 4 in a dword) are gathered from quant/iq_grids.h
+// (codes_sb, the decode kernel's whole super-block: register tables, or for IQ2_S and IQ1 scalar
+// loads of precomputed codes, below). The 16
 // entries of a half (8 in lo, 8 in hi for 8-value grids) go in "half order": lo's entries
 // 0, 1 of blocks 0..3, then hi's entries 2, 3 (lane j of lo / hi = block j's values 0..15 /
 // 16..31); their sign bytes in the same order are the byte masks of lo and hi as they stand.
@@ -195,7 +197,6 @@ inline constexpr uint8_t kIq3xxsLevels[8] = {4, 12, 20, 28, 36, 44, 52, 62};
 inline constexpr uint8_t kIq3sLevels[8] = {1, 3, 5, 7, 9, 11, 13, 15};
 alignas(64) inline constexpr GridTables<256> kIq2xxsTables = make_grid8_tables<256>(iq2xxs_grid, 1);
 alignas(64) inline constexpr GridTables<512> kIq2xsTables = make_grid8_tables<512>(iq2xs_grid, 2);
-alignas(64) inline constexpr GridTables<1024> kIq2sTables = make_grid8_tables<1024>(iq2s_grid, 2);
 alignas(64) inline constexpr GridTables<256> kIq3xxsTables = make_grid4_tables<256>(iq3xxs_grid, 4, 8, kIq3xxsLevels);
 alignas(64) inline constexpr GridTables<512> kIq3sTables = make_grid4_tables<512>(iq3s_grid, 1, 2, kIq3sLevels);
 
@@ -210,20 +211,15 @@ inline __m512i lookup256(const uint8_t * tb, __m512i idx, __mmask64 top) {
 inline __m512i lookup512(const uint8_t * tb, __m512i idx, __mmask64 top, __mmask64 b8) {
     return _mm512_mask_blend_epi8(b8, lookup256(tb, idx, top), lookup256(tb + 256, idx, top));
 }
-// b9: bit 9 of the indices (1024-entry grid).
 template <int N>
-inline void entry_codes(const GridTables<N> & t, __m512i idx, __mmask64 b8, __m512i * lo, __m512i * hi,
-                        __mmask64 b9 = 0) {
+inline void entry_codes(const GridTables<N> & t, __m512i idx, __mmask64 b8, __m512i * lo, __m512i * hi) {
     const __mmask64 top = _mm512_movepi8_mask(idx);
     if constexpr (N == 256) {
         *lo = lookup256(t.lo, idx, top);
         *hi = lookup256(t.hi, idx, top);
-    } else if constexpr (N == 512) {
+    } else {
         *lo = lookup512(t.lo, idx, top, b8);
         *hi = lookup512(t.hi, idx, top, b8);
-    } else {
-        *lo = _mm512_mask_blend_epi8(b9, lookup512(t.lo, idx, top, b8), lookup512(t.lo + 512, idx, top, b8));
-        *hi = _mm512_mask_blend_epi8(b9, lookup512(t.hi, idx, top, b8), lookup512(t.hi + 512, idx, top, b8));
     }
 }
 
@@ -299,6 +295,51 @@ struct KQuant<QType::IQ2_XS> {
     }
 };
 
+// ---- decode of a whole super-block by scalar loads of precomputed entry codes (IQ2_S, IQ1) ----
+// Each entry is one qword load from a table of its 8 codes; the scalar units build the indices
+// (pdep of a block's 4 low index bytes and its high bits: 4 16-bit indices in a register).
+// Cheaper than gathers, and than IQ2_S's 16 register-table lookups.
+template <int N>
+struct CodeTable {
+    alignas(64) uint64_t e[N];
+};
+
+// IQ2_S: 128 + level (8, 25, 43) per byte; a sign negates the byte.
+constexpr CodeTable<1024> make_iq2s_codes() {
+    CodeTable<1024> t{};
+    for (int i = 0; i < 1024; ++i) t.e[i] = iq2s_grid[i] ^ 0x8080808080808080ULL;
+    return t;
+}
+alignas(64) inline constexpr CodeTable<1024> kIq2sCodes = make_iq2s_codes();
+
+// Entries at bits s and s + 16 of p (16-bit indices) as a 128-bit lane.
+inline __m128i grid_pair(const uint64_t * tab, uint64_t p, int s) {
+    const __m128i a = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(tab + ((p >> s) & 0xFFFF)));
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(a), reinterpret_cast<const double *>(tab + ((p >> (s + 16)) & 0xFFFF))));
+}
+
+inline __m512i lanes4(__m128i a, __m128i b, __m128i c, __m128i d) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1)),
+                              _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1), 1);
+}
+
+// Entries 0, 1 (lo) and 2, 3 (hi) of the 4 blocks of a half, p[j] block j's packed indices.
+inline Codes grid_half(const uint64_t * tab, const uint64_t * p) {
+    return {lanes4(grid_pair(tab, p[0], 0), grid_pair(tab, p[1], 0), grid_pair(tab, p[2], 0), grid_pair(tab, p[3], 0)),
+            lanes4(grid_pair(tab, p[0], 32), grid_pair(tab, p[1], 32), grid_pair(tab, p[2], 32), grid_pair(tab, p[3], 32))};
+}
+
+inline uint32_t u32_at(const uint8_t * p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+inline uint64_t u64_at(const uint8_t * p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
 template <>
 struct KQuant<QType::IQ2_S> {
     static constexpr int kBytes = 82;
@@ -314,18 +355,19 @@ struct KQuant<QType::IQ2_S> {
         return grid8_codes(iq2s_grid, idx, half_order(load16(sb + 34 + 16 * g)));
     }
     static void codes_sb(const uint8_t * sb, Codes c[2]) {
-        // Entry n = 4 b + e to byte 2 n: index bits 0..7, and above them (vpmultishiftqb, bits
-        // 2 n.. of the 8 qh bytes) bits 8, 9.
-        const __m512i idx = _mm512_cvtepu8_epi16(load32(sb + 2));
-        uint64_t qh;
-        memcpy(&qh, sb + 66, 8);
-        const __m512i ctl = _mm512_set_epi64(0x3E3E3C3C3A3A3838, 0x3636343432323030, 0x2E2E2C2C2A2A2828, 0x2626242422222020,
-                                             0x1E1E1C1C1A1A1818, 0x1616141412121010, 0x0E0E0C0C0A0A0808, 0x0606040402020000);
-        const __m512i h = _mm512_multishift_epi64_epi8(ctl, _mm512_set1_epi64(int64_t(qh)));
-        __m512i lo, hi;
-        entry_codes(kIq2sTables, idx, _mm512_test_epi8_mask(h, _mm512_set1_epi16(1)), &lo, &hi,
-                    _mm512_test_epi8_mask(h, _mm512_set1_epi16(2)));
-        table_codes_sb(kIq2sTables, lo, hi, _mm512_cvtepu8_epi16(load32(sb + 34)), c);
+        // Entry l of block b: index bits 0..7 in qs[4 b + l], 8..9 at bits 2 l of qh[b]; its
+        // sign byte at qs[32 + 4 b + l] (bytes 0, 1 of each dword of a half's 16: lo, 2, 3: hi).
+        for (int g = 0; g < 2; ++g) {
+            uint64_t p[4];
+            for (int j = 0; j < 4; ++j)
+                p[j] = _pdep_u64(u32_at(sb + 2 + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
+                       _pdep_u64(sb[66 + 4 * g + j], 0x0300030003000300);
+            const __m128i s = half_order(load16(sb + 34 + 16 * g));
+            const Codes e = grid_half(kIq2sCodes.e, p);
+            const __m512i z = _mm512_setzero_si512();
+            c[g] = {_mm512_mask_sub_epi8(e.lo, __mmask64(_mm_cvtsi128_si64(s)), z, e.lo),
+                    _mm512_mask_sub_epi8(e.hi, __mmask64(_mm_extract_epi64(s, 1)), z, e.hi)};
+        }
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         half_scales(h2f(reinterpret_cast<const block_iq2_s *>(sb)->d), nibble_scales16(sb + 74), 0.25f, dg, mg);
@@ -402,52 +444,23 @@ struct KQuant<QType::IQ3_S> {
     }
 };
 
-// ---- IQ1 decode of a whole super-block (codes_sb): scalar loads of precomputed codes ----
-// The 2048-entry grid is too large for register tables, and gathers are slow: each entry is
-// read as one qword of codes 128 + 8 g + 1 (delta +1/8) by a load whose index the scalar
-// units build (pdep of a block's 4 low index bytes and its qh bits, 4 16-bit indices in a
-// register); a negative delta takes 2 off its entries' bytes (a masked qword subtract).
-struct Iq1CodeTable {
-    alignas(64) uint64_t e[2048];
-};
-constexpr Iq1CodeTable make_iq1_codes() {
-    Iq1CodeTable t{};
+// IQ1 entries (codes_sb) as codes 128 + 8 g + 1 (the delta +1/8); a negative delta takes 2 off
+// its entries' bytes (a masked qword subtract).
+constexpr CodeTable<2048> make_iq1_codes() {
+    CodeTable<2048> t{};
     for (int i = 0; i < 2048; ++i)
         for (int j = 0; j < 8; ++j)
             t.e[i] |= uint64_t(uint8_t(8 * int(int8_t(uint8_t(iq1s_grid[i] >> (8 * j)))) + 129)) << (8 * j);
     return t;
 }
-alignas(64) inline constexpr Iq1CodeTable kIq1Codes = make_iq1_codes();
-
-// Entries at bits s and s + 16 of p (16-bit indices) as a 128-bit lane.
-inline __m128i iq1_pair(uint64_t p, int s) {
-    const __m128i a = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(kIq1Codes.e + ((p >> s) & 0xFFFF)));
-    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(a), reinterpret_cast<const double *>(kIq1Codes.e + ((p >> (s + 16)) & 0xFFFF))));
-}
-
-inline __m512i lanes4(__m128i a, __m128i b, __m128i c, __m128i d) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1)),
-                              _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1), 1);
-}
+alignas(64) inline constexpr CodeTable<2048> kIq1Codes = make_iq1_codes();
 
 // Codes of half g from the packed indices p[0..3] of its blocks (entries 0..3 at bits 16 l);
 // neg_lo / neg_hi: the qwords (entries) whose delta is negative.
 inline Codes iq1_half(const uint64_t * p, __mmask8 neg_lo, __mmask8 neg_hi) {
     const __m512i two = _mm512_set1_epi64(0x0202020202020202);
-    const __m512i lo = lanes4(iq1_pair(p[0], 0), iq1_pair(p[1], 0), iq1_pair(p[2], 0), iq1_pair(p[3], 0));
-    const __m512i hi = lanes4(iq1_pair(p[0], 32), iq1_pair(p[1], 32), iq1_pair(p[2], 32), iq1_pair(p[3], 32));
-    return {_mm512_mask_sub_epi64(lo, neg_lo, lo, two), _mm512_mask_sub_epi64(hi, neg_hi, hi, two)};
-}
-
-inline uint32_t u32_at(const uint8_t * p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-inline uint64_t u64_at(const uint8_t * p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
+    const Codes e = grid_half(kIq1Codes.e, p);
+    return {_mm512_mask_sub_epi64(e.lo, neg_lo, e.lo, two), _mm512_mask_sub_epi64(e.hi, neg_hi, e.hi, two)};
 }
 
 // IQ1: index bits 8..10 of entry l of a block at bits 3 l of its qh word (IQ1_S; bit 15 the
