@@ -5,8 +5,8 @@
 // code = 128 + 8 g + 8 delta and dg = dl / 8. The same as scalar_unpack.cpp's unpackers.
 //
 // codes(): grid entries (8 values in a qword, or 4 in a dword) are gathered from quant/iq_grids.h
-// (codes_sb, the decode kernel's whole super-block: register tables, or for IQ2_S and IQ1 scalar
-// loads of precomputed codes, below). The 16
+// (codes_sb, the decode kernel's whole super-block: register tables, or scalar
+// loads of precomputed codes for IQ2_XS, IQ2_S and IQ1, below). The 16
 // entries of a half (8 in lo, 8 in hi for 8-value grids) go in "half order": lo's entries
 // 0, 1 of blocks 0..3, then hi's entries 2, 3 (lane j of lo / hi = block j's values 0..15 /
 // 16..31); their sign bytes in the same order are the byte masks of lo and hi as they stand.
@@ -137,7 +137,7 @@ inline constexpr uint8_t kBitOfByte[64] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4,
                                            1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
                                            1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
 
-// 8-value grids of levels 8, 25, 43 (IQ2_XXS, IQ2_XS): entry e of block b (index and sign byte)
+// 8-value grids of levels 8, 25, 43 (IQ2_XXS): entry e of block b (index and sign byte)
 // at byte 8 b + step e of the looked-up vectors; qword k of half g, part p is block
 // 4 g + k / 2's entry 2 p + k % 2.
 template <int N>
@@ -196,7 +196,6 @@ constexpr GridTables<N> make_grid4_tables(const uint32_t * grid, int base, int s
 inline constexpr uint8_t kIq3xxsLevels[8] = {4, 12, 20, 28, 36, 44, 52, 62};
 inline constexpr uint8_t kIq3sLevels[8] = {1, 3, 5, 7, 9, 11, 13, 15};
 alignas(64) inline constexpr GridTables<256> kIq2xxsTables = make_grid8_tables<256>(iq2xxs_grid, 1);
-alignas(64) inline constexpr GridTables<512> kIq2xsTables = make_grid8_tables<512>(iq2xs_grid, 2);
 alignas(64) inline constexpr GridTables<256> kIq3xxsTables = make_grid4_tables<256>(iq3xxs_grid, 4, 8, kIq3xxsLevels);
 alignas(64) inline constexpr GridTables<512> kIq3sTables = make_grid4_tables<512>(iq3s_grid, 1, 2, kIq3sLevels);
 
@@ -272,30 +271,7 @@ struct KQuant<QType::IQ2_XXS> {
     }
 };
 
-template <>
-struct KQuant<QType::IQ2_XS> {
-    static constexpr int kBytes = 74;
-    static constexpr bool kGroups16 = true;
-    static Codes codes(const uint8_t * sb, int g) {
-        // u16 per entry: 9-bit grid index, 7 sign bits.
-        const __m512i q = _mm512_cvtepu16_epi32(even_odd_dwords(load32(sb + 2 + 32 * g)));
-        const __m512i idx = _mm512_and_si512(q, _mm512_set1_epi32(511));
-        return grid8_codes(iq2xs_grid, idx, ksigns16(_mm512_srli_epi32(q, 9)));
-    }
-    static void codes_sb(const uint8_t * sb, Codes c[2]) {
-        // Entry e of block b: index bits 0..7 at byte 8 b + 2 e, bit 8 and the signs above.
-        const __m512i q = _mm512_loadu_si512(sb + 2);
-        const __mmask64 b8 = _mm512_test_epi8_mask(_mm512_srli_epi16(q, 8), _mm512_set1_epi16(1));
-        __m512i lo, hi;
-        entry_codes(kIq2xsTables, q, b8, &lo, &hi);
-        table_codes_sb(kIq2xsTables, lo, hi, ksigns64(_mm512_srli_epi16(q, 9)), c);
-    }
-    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
-        half_scales(h2f(reinterpret_cast<const block_iq2_xs *>(sb)->d), nibble_scales16(sb + 66), 0.25f, dg, mg);
-    }
-};
-
-// ---- decode of a whole super-block by scalar loads of precomputed entry codes (IQ2_S, IQ1) ----
+// ---- decode of a whole super-block by scalar loads of precomputed entry codes (IQ2_XS, IQ2_S, IQ1) ----
 // Each entry is one qword load from a table of its 8 codes; the scalar units build the indices
 // (pdep of a block's 4 low index bytes and its high bits: 4 16-bit indices in a register).
 // Cheaper than gathers, and than IQ2_S's 16 register-table lookups.
@@ -304,13 +280,19 @@ struct CodeTable {
     alignas(64) uint64_t e[N];
 };
 
-// IQ2_S: 128 + level (8, 25, 43) per byte; a sign negates the byte.
+// IQ2_S, IQ2_XS: 128 + level (8, 25, 43) per byte; a sign negates the byte.
 constexpr CodeTable<1024> make_iq2s_codes() {
     CodeTable<1024> t{};
     for (int i = 0; i < 1024; ++i) t.e[i] = iq2s_grid[i] ^ 0x8080808080808080ULL;
     return t;
 }
 alignas(64) inline constexpr CodeTable<1024> kIq2sCodes = make_iq2s_codes();
+constexpr CodeTable<512> make_iq2xs_codes() {
+    CodeTable<512> t{};
+    for (int i = 0; i < 512; ++i) t.e[i] = iq2xs_grid[i] ^ 0x8080808080808080ULL;
+    return t;
+}
+alignas(64) inline constexpr CodeTable<512> kIq2xsCodes = make_iq2xs_codes();
 
 // Entries at bits s and s + 16 of p (16-bit indices) as a 128-bit lane.
 inline __m128i grid_pair(const uint64_t * tab, uint64_t p, int s) {
@@ -339,6 +321,35 @@ inline uint64_t u64_at(const uint8_t * p) {
     memcpy(&v, p, 8);
     return v;
 }
+
+template <>
+struct KQuant<QType::IQ2_XS> {
+    static constexpr int kBytes = 74;
+    static constexpr bool kGroups16 = true;
+    static Codes codes(const uint8_t * sb, int g) {
+        // u16 per entry: 9-bit grid index, 7 sign bits.
+        const __m512i q = _mm512_cvtepu16_epi32(even_odd_dwords(load32(sb + 2 + 32 * g)));
+        const __m512i idx = _mm512_and_si512(q, _mm512_set1_epi32(511));
+        return grid8_codes(iq2xs_grid, idx, ksigns16(_mm512_srli_epi32(q, 9)));
+    }
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // u16 of entry n = 4 b + l: 9-bit grid index, 7 sign bits (ksigns).
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        const __m256i signs = _mm512_cvtepi16_epi8(ksigns64(_mm512_srli_epi16(q, 9)));
+        for (int g = 0; g < 2; ++g) {
+            uint64_t p[4];
+            for (int j = 0; j < 4; ++j) p[j] = u64_at(sb + 2 + 32 * g + 8 * j) & 0x01FF01FF01FF01FF;
+            const __m128i s = half_order(g ? _mm256_extracti128_si256(signs, 1) : _mm256_castsi256_si128(signs));
+            const Codes e = grid_half(kIq2xsCodes.e, p);
+            const __m512i z = _mm512_setzero_si512();
+            c[g] = {_mm512_mask_sub_epi8(e.lo, __mmask64(_mm_cvtsi128_si64(s)), z, e.lo),
+                    _mm512_mask_sub_epi8(e.hi, __mmask64(_mm_extract_epi64(s, 1)), z, e.hi)};
+        }
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        half_scales(h2f(reinterpret_cast<const block_iq2_xs *>(sb)->d), nibble_scales16(sb + 66), 0.25f, dg, mg);
+    }
+};
 
 template <>
 struct KQuant<QType::IQ2_S> {
