@@ -6,7 +6,7 @@
 //
 // codes(): grid entries (8 values in a qword, or 4 in a dword) are gathered from quant/iq_grids.h
 // (codes_sb, the decode kernel's whole super-block: register tables, or scalar
-// loads of precomputed codes for IQ2_XS, IQ2_S and IQ1, below). The 16
+// loads of precomputed codes for IQ2_XXS, IQ2_XS, IQ2_S and IQ1, below). The 16
 // entries of a half (8 in lo, 8 in hi for 8-value grids) go in "half order": lo's entries
 // 0, 1 of blocks 0..3, then hi's entries 2, 3 (lane j of lo / hi = block j's values 0..15 /
 // 16..31); their sign bytes in the same order are the byte masks of lo and hi as they stand.
@@ -116,11 +116,11 @@ inline __m512i dup8(__m256i v) {
                                     _mm512_castsi256_si512(v));
 }
 
-// ---- register-table decoding of the 256-entry grids (IQ2_XXS, IQ3_XXS), a super-block at once ----
-// Each grid entry is coded in 16 bits (IQ2_XXS: 8 values x 2 bits, levels 8, 25, 43; IQ3_XXS:
-// 4 values x 3 bits, levels 4, 12, .., 52, 62), held as a low-byte and a high-byte table of 256
-// bytes (4 zmm each, looked up by vpermi2b + a blend on the index's top bit). vpermi2b then
-// spreads each entry's two code bytes over its qword (dword), vpmultishiftqb moves each value's
+// ---- register-table decoding of the 4-value grids (IQ3_XXS, IQ3_S), a super-block at once ----
+// Each grid entry is coded in 16 bits (IQ3_XXS: 4 values x 3 bits, levels 4, 12, .., 52, 62),
+// held as a low-byte and a high-byte table of 256 bytes (4 zmm each, looked up by vpermi2b + a
+// blend on the index's top bit; a second pair and a blend on bit 8 for 512 entries). vpermi2b
+// then spreads each entry's two code bytes over its dword, vpmultishiftqb moves each value's
 // code bits to its byte and vpermb maps them to the level. The sign bytes (ksigns, also a
 // vpermi2b table) are spread to their 8 values' qword and turned into a byte mask by vptestmb.
 template <int N>
@@ -136,36 +136,6 @@ inline constexpr uint8_t kBitOfByte[64] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4,
                                            1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
                                            1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
                                            1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-
-// 8-value grids of levels 8, 25, 43 (IQ2_XXS): entry e of block b (index and sign byte)
-// at byte 8 b + step e of the looked-up vectors; qword k of half g, part p is block
-// 4 g + k / 2's entry 2 p + k % 2.
-template <int N>
-constexpr GridTables<N> make_grid8_tables(const uint64_t * grid, int step) {
-    GridTables<N> t{};
-    for (int i = 0; i < N; ++i) {
-        uint32_t c = 0;
-        for (int j = 0; j < 8; ++j) {
-            const uint8_t v = uint8_t(grid[i] >> (8 * j));
-            c |= uint32_t(v == 0x08 ? 0 : v == 0x19 ? 1 : 2) << (2 * j);
-        }
-        t.lo[i] = uint8_t(c);
-        t.hi[i] = uint8_t(c >> 8);
-    }
-    const uint8_t lv[4] = {8, 25, 43, 0};
-    for (int i = 0; i < 64; ++i) t.levels[i] = lv[i & 3];
-    for (int gp = 0; gp < 4; ++gp)
-        for (int k = 0; k < 8; ++k) {
-            const int pos = 8 * (4 * (gp >> 1) + k / 2) + step * (2 * (gp & 1) + k % 2);
-            for (int m = 0; m < 8; ++m) {
-                t.code_ctl[gp][8 * k + m] = uint8_t(m % 2 ? 64 + pos : pos);
-                t.sign_ctl[gp][8 * k + m] = uint8_t(pos);
-            }
-        }
-    for (int k = 0; k < 8; ++k)
-        for (int j = 0; j < 8; ++j) t.shift[8 * k + j] = uint8_t(2 * j);
-    return t;
-}
 
 // 4-value grids of levels base + step c, c < 8 (IQ3_XXS: 4, 12, .., 52 and 62; IQ3_S: 1, 3, ..,
 // 15): entry e of block b at byte 8 b + e; dword k of half g, part p is block 4 g + k / 4's
@@ -195,7 +165,6 @@ constexpr GridTables<N> make_grid4_tables(const uint32_t * grid, int base, int s
 
 inline constexpr uint8_t kIq3xxsLevels[8] = {4, 12, 20, 28, 36, 44, 52, 62};
 inline constexpr uint8_t kIq3sLevels[8] = {1, 3, 5, 7, 9, 11, 13, 15};
-alignas(64) inline constexpr GridTables<256> kIq2xxsTables = make_grid8_tables<256>(iq2xxs_grid, 1);
 alignas(64) inline constexpr GridTables<256> kIq3xxsTables = make_grid4_tables<256>(iq3xxs_grid, 4, 8, kIq3xxsLevels);
 alignas(64) inline constexpr GridTables<512> kIq3sTables = make_grid4_tables<512>(iq3s_grid, 1, 2, kIq3sLevels);
 
@@ -241,37 +210,7 @@ inline __m512i ksigns64(__m512i s7) {
     return _mm512_permutex2var_epi8(_mm512_loadu_si512(ksigns_iq2xs), s7, _mm512_loadu_si512(ksigns_iq2xs + 64));
 }
 
-template <>
-struct KQuant<QType::IQ2_XXS> {
-    static constexpr int kBytes = 66;
-    static constexpr bool kGroups16 = false;
-    static Codes codes(const uint8_t * sb, int g) {
-        // Per block 8 bytes: a0 (4 grid indices), a1 (4 x 7 sign bits, scale).
-        const __m256i v = even_odd_dwords(load32(sb + 2 + 32 * g));
-        const __m512i idx = _mm512_cvtepu8_epi32(half_order(_mm256_castsi256_si128(v)));
-        const __m512i a1 = per_block_half_order(_mm256_extracti128_si256(v, 1));
-        const __m512i sh = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
-        const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(a1, sh), _mm512_set1_epi32(127));
-        return grid8_codes(iq2xxs_grid, idx, ksigns16(s7));
-    }
-    // Both halves (decode).
-    static void codes_sb(const uint8_t * sb, Codes c[2]) {
-        const auto & t = kIq2xxsTables;
-        const __m512i q = _mm512_loadu_si512(sb + 2);
-        __m512i lo, hi;
-        entry_codes(t, q, 0, &lo, &hi);
-        // Sign field e of block b: bits 32 + 7 e of qword b, to byte 8 b + e.
-        const __m512i signs = ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E2720), q));
-        table_codes_sb(t, lo, hi, signs, c);
-    }
-    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
-        const __m512i q = _mm512_loadu_si512(sb + 2);
-        const __m512i a1 = _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15), q);
-        half_scales(h2f(reinterpret_cast<const block_iq2_xxs *>(sb)->d), _mm512_srli_epi32(a1, 28), 0.25f, dg, mg);
-    }
-};
-
-// ---- decode of a whole super-block by scalar loads of precomputed entry codes (IQ2_XS, IQ2_S, IQ1) ----
+// ---- decode of a whole super-block by scalar loads of precomputed entry codes (IQ2, IQ1) ----
 // Each entry is one qword load from a table of its 8 codes; the scalar units build the indices
 // (pdep of a block's 4 low index bytes and its high bits: 4 16-bit indices in a register).
 // Cheaper than gathers, and than IQ2_S's 16 register-table lookups.
@@ -280,13 +219,19 @@ struct CodeTable {
     alignas(64) uint64_t e[N];
 };
 
-// IQ2_S, IQ2_XS: 128 + level (8, 25, 43) per byte; a sign negates the byte.
+// IQ2_XXS, IQ2_XS, IQ2_S: 128 + level (8, 25, 43) per byte; a sign negates the byte.
 constexpr CodeTable<1024> make_iq2s_codes() {
     CodeTable<1024> t{};
     for (int i = 0; i < 1024; ++i) t.e[i] = iq2s_grid[i] ^ 0x8080808080808080ULL;
     return t;
 }
 alignas(64) inline constexpr CodeTable<1024> kIq2sCodes = make_iq2s_codes();
+constexpr CodeTable<256> make_iq2xxs_codes() {
+    CodeTable<256> t{};
+    for (int i = 0; i < 256; ++i) t.e[i] = iq2xxs_grid[i] ^ 0x8080808080808080ULL;
+    return t;
+}
+alignas(64) inline constexpr CodeTable<256> kIq2xxsCodes = make_iq2xxs_codes();
 constexpr CodeTable<512> make_iq2xs_codes() {
     CodeTable<512> t{};
     for (int i = 0; i < 512; ++i) t.e[i] = iq2xs_grid[i] ^ 0x8080808080808080ULL;
@@ -321,6 +266,45 @@ inline uint64_t u64_at(const uint8_t * p) {
     memcpy(&v, p, 8);
     return v;
 }
+
+template <>
+struct KQuant<QType::IQ2_XXS> {
+    static constexpr int kBytes = 66;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        // Per block 8 bytes: a0 (4 grid indices), a1 (4 x 7 sign bits, scale).
+        const __m256i v = even_odd_dwords(load32(sb + 2 + 32 * g));
+        const __m512i idx = _mm512_cvtepu8_epi32(half_order(_mm256_castsi256_si128(v)));
+        const __m512i a1 = per_block_half_order(_mm256_extracti128_si256(v, 1));
+        const __m512i sh = _mm512_setr_epi32(0, 7, 0, 7, 0, 7, 0, 7, 14, 21, 14, 21, 14, 21, 14, 21);
+        const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi32(a1, sh), _mm512_set1_epi32(127));
+        return grid8_codes(iq2xxs_grid, idx, ksigns16(s7));
+    }
+    // Both halves (decode).
+    static void codes_sb(const uint8_t * sb, Codes c[2]) {
+        // Sign field e of block b: bits 32 + 7 e of qword b (its ksigns to byte 8 b + e), then
+        // the sign bytes of each half's lo (entries 0, 1 of its blocks) and hi (2, 3) in half order.
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        const __m512i s8 = ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E2720), q));
+        const __m512i ctl = _mm512_castsi256_si512(_mm256_setr_epi64x(0x1918111009080100, 0x1B1A13120B0A0302,
+                                                                       0x3938313029282120, 0x3B3A33322B2A2322));
+        const __m256i signs = _mm512_castsi512_si256(_mm512_permutexvar_epi8(ctl, s8));
+        const __m512i z = _mm512_setzero_si512();
+        for (int g = 0; g < 2; ++g) {
+            uint64_t p[4];
+            for (int j = 0; j < 4; ++j) p[j] = _pdep_u64(u32_at(sb + 2 + 32 * g + 8 * j), 0x00FF00FF00FF00FF);
+            const __m128i sg = g ? _mm256_extracti128_si256(signs, 1) : _mm256_castsi256_si128(signs);
+            const Codes e = grid_half(kIq2xxsCodes.e, p);
+            c[g] = {_mm512_mask_sub_epi8(e.lo, __mmask64(_mm_cvtsi128_si64(sg)), z, e.lo),
+                    _mm512_mask_sub_epi8(e.hi, __mmask64(_mm_extract_epi64(sg, 1)), z, e.hi)};
+        }
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        const __m512i q = _mm512_loadu_si512(sb + 2);
+        const __m512i a1 = _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15), q);
+        half_scales(h2f(reinterpret_cast<const block_iq2_xxs *>(sb)->d), _mm512_srli_epi32(a1, 28), 0.25f, dg, mg);
+    }
+};
 
 template <>
 struct KQuant<QType::IQ2_XS> {
