@@ -187,16 +187,17 @@ void unpack_q6_K(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, fl
     }
 }
 
-// IQ4 blocks of 32: code = level + 128 of each nibble's non-linear level, value = d * level.
-void iq4_codes32(const uint8_t * qs, uint8_t * codes) {
+// Blocks of 32 4-bit indices into 16 levels (IQ4's non-linear ones, MXFP4's E2M1 ones, doubled):
+// code = level + 128, value = d * level.
+void level_codes32(const int8_t * table, const uint8_t * qs, uint8_t * codes) {
     nibbles32(qs, codes);
-    for (int j = 0; j < 32; ++j) codes[j] = uint8_t(kvalues_iq4nl[codes[j]] + 128);
+    for (int j = 0; j < 32; ++j) codes[j] = uint8_t(table[codes[j]] + 128);
 }
 
 void unpack_iq4_nl(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
     const block_iq4_nl * b = reinterpret_cast<const block_iq4_nl *>(row);
     for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
-        iq4_codes32(b[i].qs, codes);
+        level_codes32(kvalues_iq4nl, b[i].qs, codes);
         const float d = fp16_to_fp32(b[i].d);
         set_pair(dg, mg, d, -128.0f * d);
     }
@@ -207,7 +208,7 @@ void unpack_iq4_xs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, 
     for (int64_t i = 0; i < K / QK_K; ++i) {
         const float d = fp16_to_fp32(b[i].d);
         for (int ib = 0; ib < QK_K / 32; ++ib, codes += 32, dg += 2, mg += 2) {
-            iq4_codes32(b[i].qs + 16 * ib, codes);
+            level_codes32(kvalues_iq4nl, b[i].qs + 16 * ib, codes);
             const float dl = d * float(iq4_xs_scale(b[i], ib) - 32);
             set_pair(dg, mg, dl, -128.0f * dl);
         }
@@ -344,8 +345,7 @@ void unpack_iq1_m(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, f
 void unpack_mxfp4(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
     const block_mxfp4 * b = reinterpret_cast<const block_mxfp4 *>(row);
     for (int64_t i = 0; i < K / 32; ++i, codes += 32, dg += 2, mg += 2) {
-        nibbles32(b[i].qs, codes);
-        for (int j = 0; j < 32; ++j) codes[j] = uint8_t(kvalues_mxfp4[codes[j]] + 128);
+        level_codes32(kvalues_mxfp4, b[i].qs, codes);
         const float d = e8m0_to_fp32_half(b[i].e);
         set_pair(dg, mg, d, -128.0f * d);
     }

@@ -34,10 +34,13 @@ void Model::route(const float * logits, int n) {
         // the k most probable (ties: the lower index)
         const float * z = logits + size_t(t) * ne;
         const float zmax = *std::max_element(z, z + ne);
-        double sum = 0;
-        for (int e = 0; e < ne; ++e) sum += std::exp(double(z[e]) - zmax);
-        for (int e = 0; e < ne; ++e)
-            r.probs[e] = c.moe_softmax_weight ? z[e] : float(std::exp(double(z[e]) - zmax) / sum);
+        if (c.moe_softmax_weight) {
+            std::copy(z, z + ne, r.probs.begin());
+        } else {
+            double sum = 0;
+            for (int e = 0; e < ne; ++e) sum += std::exp(double(z[e]) - zmax);
+            for (int e = 0; e < ne; ++e) r.probs[e] = float(std::exp(double(z[e]) - zmax) / sum);
+        }
         for (int e = 0; e < ne; ++e) r.idx[e] = e;
         std::partial_sort(r.idx.begin(), r.idx.begin() + k, r.idx.end(), [&](int a, int b) {
             return r.probs[a] > r.probs[b] || (r.probs[a] == r.probs[b] && a < b);

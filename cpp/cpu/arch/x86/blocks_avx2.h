@@ -164,15 +164,17 @@ struct Legacy<QType::Q8_0> {
     }
 };
 
-// IQ4 codes: each nibble's non-linear level, signed (kSigned: pairs of products of codes up
-// to 241 would overflow vpmaddubsw's int16 sums).
-inline __m256i iq4_levels(__m256i nib) {
-    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_iq4nl));
+// Codes of 4-bit indices into a table of 16 int8 levels (IQ4's non-linear ones, MXFP4's doubled
+// E2M1 ones), signed (kSigned: pairs of products of unsigned codes up to 241 would overflow
+// vpmaddubsw's int16 sums).
+inline __m256i table_levels(const int8_t * table, __m256i nib) {
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i *>(table));
     return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(t), nib);
 }
 
-inline Codes iq4_levels(Codes c) {
-    return {iq4_levels(c.lo01), iq4_levels(c.lo23), iq4_levels(c.hi01), iq4_levels(c.hi23)};
+inline Codes table_levels(const int8_t * table, Codes c) {
+    return {table_levels(table, c.lo01), table_levels(table, c.lo23), table_levels(table, c.hi01),
+            table_levels(table, c.hi23)};
 }
 
 template <>
@@ -180,20 +182,10 @@ struct Legacy<QType::IQ4_NL> {
     static constexpr int kBytes = 18, kOffset = 0;
     static constexpr bool kHasMin = false, kSigned = true;
     static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
-        *c = iq4_levels(nibbles4<kBytes, 2>(b, n));
+        *c = table_levels(kvalues_iq4nl, nibbles4<kBytes, 2>(b, n));
         *d = *m = halves4<kBytes, 0>(b, n);
     }
 };
-
-// MXFP4 codes: each nibble's E2M1 level (doubled), signed (kSigned, as IQ4_NL's).
-inline __m256i mxfp4_levels(__m256i nib) {
-    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_mxfp4));
-    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(t), nib);
-}
-
-inline Codes mxfp4_levels(Codes c) {
-    return {mxfp4_levels(c.lo01), mxfp4_levels(c.lo23), mxfp4_levels(c.hi01), mxfp4_levels(c.hi23)};
-}
 
 // The E8M0 byte at OFF of each of n <= 4 blocks as 2^(e - 128) (ggml's e8m0_to_fp32_half:
 // exponent field e - 1, or for e = 0, 1 the denormals 0x00200000 << e), zero past n.
@@ -215,7 +207,7 @@ struct Legacy<QType::MXFP4> {
     static constexpr int kBytes = 17, kOffset = 0;
     static constexpr bool kHasMin = false, kSigned = true;
     static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
-        *c = mxfp4_levels(nibbles4<kBytes, 1>(b, n));
+        *c = table_levels(kvalues_mxfp4, nibbles4<kBytes, 1>(b, n));
         *d = *m = e8m0_halves4<kBytes, 0>(b, n);
     }
 };
@@ -384,7 +376,7 @@ struct KQuant<QType::IQ4_XS> {
     static constexpr int kBytes = 136;
     static constexpr bool kGroups16 = false, kSigned = true;
     static Codes codes(const uint8_t * sb, int g) {
-        return iq4_levels(nibbles4<16, 0>(reinterpret_cast<const block_iq4_xs *>(sb)->qs + 64 * g, 4));
+        return table_levels(kvalues_iq4nl, nibbles4<16, 0>(reinterpret_cast<const block_iq4_xs *>(sb)->qs + 64 * g, 4));
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
         const block_iq4_xs * b = reinterpret_cast<const block_iq4_xs *>(sb);

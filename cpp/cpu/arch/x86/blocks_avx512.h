@@ -219,31 +219,26 @@ struct Legacy<QType::Q8_0> {
     }
 };
 
-// IQ4 codes: each nibble's non-linear level + 128 (nibbles in bytes), looked up in every 128-bit lane.
-inline __m512i iq4_levels(__m512i nib) {
-    const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_iq4nl));
+// Codes of 4-bit indices (nibbles in bytes) into a table of 16 int8 levels (IQ4's non-linear
+// ones, MXFP4's doubled E2M1 ones): level + 128, looked up in every 128-bit lane.
+inline __m512i table_levels(const int8_t * table, __m512i nib) {
+    const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i *>(table));
     return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(-128))), nib);
 }
 
-inline Codes iq4_levels(Codes n) { return {iq4_levels(n.lo), iq4_levels(n.hi)}; }
+inline Codes table_levels(const int8_t * table, Codes n) {
+    return {table_levels(table, n.lo), table_levels(table, n.hi)};
+}
 
 template <>
 struct Legacy<QType::IQ4_NL> {
     static constexpr int kBytes = 18, kOffset = 128;
     static constexpr bool kHasMin = false;
     static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
-        *c = iq4_levels(nibbles(lanes16<kBytes, 2>(b, n)));
+        *c = table_levels(kvalues_iq4nl, nibbles(lanes16<kBytes, 2>(b, n)));
         *d = *m = _mm_cvtph_ps(words16<kBytes, 0>(b, n));
     }
 };
-
-// MXFP4 codes: each nibble's E2M1 level (doubled) + 128, looked up in every 128-bit lane.
-inline __m512i mxfp4_levels(__m512i nib) {
-    const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kvalues_mxfp4));
-    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_xor_si128(levels, _mm_set1_epi8(-128))), nib);
-}
-
-inline Codes mxfp4_levels(Codes n) { return {mxfp4_levels(n.lo), mxfp4_levels(n.hi)}; }
 
 // 2^(e - 128) of E8M0 bytes e (0..255) in 32-bit lanes, as ggml's e8m0_to_fp32_half: exponent
 // field e - 1, or for e = 0, 1 the denormals 2^-128, 2^-127 (bits 0x00200000 << e).
@@ -275,7 +270,7 @@ struct Legacy<QType::MXFP4> {
     static constexpr int kBytes = 17, kOffset = 128;
     static constexpr bool kHasMin = false;
     static void load4(const uint8_t * b, int n, Codes * c, __m128 * d, __m128 * m) {
-        *c = mxfp4_levels(nibbles(lanes16<kBytes, 1>(b, n)));
+        *c = table_levels(kvalues_mxfp4, nibbles(lanes16<kBytes, 1>(b, n)));
         *d = *m = _mm_maskz_mov_ps(__mmask8((1u << n) - 1), e8m0_half(bytes4<kBytes, 0>(b, n)));
     }
 };
@@ -460,7 +455,7 @@ struct KQuant<QType::IQ4_XS> {
     static constexpr int kBytes = 136;
     static constexpr bool kGroups16 = false;
     static Codes codes(const uint8_t * sb, int g) {
-        return iq4_levels(nibbles(load64(reinterpret_cast<const block_iq4_xs *>(sb)->qs + 64 * g)));
+        return table_levels(kvalues_iq4nl, nibbles(load64(reinterpret_cast<const block_iq4_xs *>(sb)->qs + 64 * g)));
     }
     static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
         const block_iq4_xs * b = reinterpret_cast<const block_iq4_xs *>(sb);

@@ -284,7 +284,7 @@ struct LaneBlocks<QType::IQ4_NL> {
     static constexpr bool kHasMin = false;
     static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
         nibble_codes<kBytes, 2>(b, n, g);
-        for (int c = 0; c < 8; ++c) g->w[c] = iq4_levels(g->w[c]);
+        for (int c = 0; c < 8; ++c) g->w[c] = table_levels(kvalues_iq4nl, g->w[c]);
         g->d = block_scales<kBytes>(b, n);
     }
 };
@@ -321,7 +321,7 @@ struct LaneBlocks<QType::MXFP4> {
     static constexpr bool kHasMin = false;
     static SL_FORCE_INLINE void load(const uint8_t * b, int n, Group * g) {
         nibble_codes<kBytes, 1>(b, n, g);
-        for (int c = 0; c < 8; ++c) g->w[c] = mxfp4_levels(g->w[c]);
+        for (int c = 0; c < 8; ++c) g->w[c] = table_levels(kvalues_mxfp4, g->w[c]);
         g->d = block_e8m0_scales<kBytes>(b, n);
     }
 };
