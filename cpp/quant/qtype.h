@@ -46,6 +46,9 @@ enum class QType : uint32_t {
 // Converts n values (a multiple of blck_size) between a packed row and floats.
 typedef void (*to_float_fn)(const void * src, float * dst, int64_t n);
 typedef void (*from_float_fn)(const float * src, void * dst, int64_t n);
+// The same with importance weights: qw[i] weighs the error of src[i] (an importance matrix's
+// entries for these columns, llama-imatrix's mean squared activations).
+typedef void (*from_float_w_fn)(const float * src, void * dst, int64_t n, const float * qw);
 
 struct QTypeTraits {
     const char * name;       // as gguf-py names it: "Q4_K", "F16", ...
@@ -54,6 +57,10 @@ struct QTypeTraits {
     bool is_quantized;       // block-quantized (not a plain number type)
     to_float_fn to_float;    // dequantizer, null where splitllm does not compute with the type
     from_float_fn from_float;  // reference quantizer, null likewise
+    // ggml's quantizer given an importance matrix (quantize_<type>(..., quant_weights)), null
+    // where ggml ignores the matrix (plain number types, Q8_0, MXFP4). A type with this and no
+    // from_float cannot be quantized without a matrix (IQ2_XXS, IQ2_XS, IQ1_S, IQ1_M).
+    from_float_w_fn from_float_w = nullptr;
 };
 
 // Traits of a type id, or nullptr for an id ggml does not define.

@@ -1,7 +1,9 @@
 #include "quant/quantize.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <string>
 
 #include "common/error.h"
 
@@ -18,10 +20,18 @@ int64_t first_non_finite(const float * x, int64_t n) {
 
 }  // namespace
 
-void check_quant_args(QType t, int64_t nrows, int64_t n_per_row, bool want_quantize, const char * what) {
+bool can_quantize(QType t, bool with_imatrix) {
+    const QTypeTraits * tr = qtype_traits(t);
+    return tr && (tr->from_float != nullptr || (with_imatrix && tr->from_float_w != nullptr));
+}
+
+void check_quant_args(QType t, int64_t nrows, int64_t n_per_row, bool want_quantize, const char * what,
+                      bool with_imatrix) {
     const QTypeTraits * tr = qtype_traits(t);
     SL_CHECK(tr, "%s: unknown type id %u", what, unsigned(t));
-    SL_CHECK(want_quantize ? tr->from_float != nullptr : tr->to_float != nullptr,
+    if (want_quantize && !can_quantize(t, with_imatrix) && tr->from_float_w)
+        throw Error(std::string(what) + ": type " + tr->name + " needs an importance matrix (imatrix) to be quantized");
+    SL_CHECK(want_quantize ? can_quantize(t, with_imatrix) : tr->to_float != nullptr,
              "%s: type %s has no %s in splitllm", what, tr->name, want_quantize ? "quantizer" : "dequantizer");
     SL_CHECK(nrows >= 0 && n_per_row >= 0, "%s: negative shape (%lld rows of %lld values)", what, (long long)nrows,
              (long long)n_per_row);
@@ -29,18 +39,20 @@ void check_quant_args(QType t, int64_t nrows, int64_t n_per_row, bool want_quant
              (long long)n_per_row, tr->name, (long long)tr->blck_size);
 }
 
-void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool) {
-    check_quant_args(t, nrows, n_per_row, true, "quantize");
+void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool,
+                   const float * imatrix) {
     const QTypeTraits * tr = qtype_traits(t);
+    const bool weighted = imatrix != nullptr && tr && tr->from_float_w != nullptr;
+    check_quant_args(t, nrows, n_per_row, true, "quantize", weighted);
     const int64_t bs = tr->blck_size;
-    const int64_t n_blocks = nrows * (n_per_row / bs);
+    const int64_t per_row = n_per_row / bs;
+    const int64_t n_blocks = nrows * per_row;
     const bool need_finite = tr->is_quantized;
     std::atomic<int64_t> bad{INT64_MAX};
     pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
         const float * x = src + b0 * bs;
-        const int64_t n = (b1 - b0) * bs;
         if (need_finite) {
-            const int64_t i = first_non_finite(x, n);
+            const int64_t i = first_non_finite(x, (b1 - b0) * bs);
             if (i >= 0) {
                 int64_t cur = bad.load();
                 while (b0 * bs + i < cur && !bad.compare_exchange_weak(cur, b0 * bs + i)) {
@@ -48,7 +60,19 @@ void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_
                 return;
             }
         }
-        tr->from_float(x, static_cast<char *>(dst) + size_t(b0) * tr->type_size, n);
+        char * y = static_cast<char *>(dst) + size_t(b0) * tr->type_size;
+        if (!weighted) {
+            tr->from_float(x, y, (b1 - b0) * bs);
+            return;
+        }
+        // The weights follow the column: cut the run of blocks at row ends.
+        for (int64_t b = b0; b < b1;) {
+            const int64_t col = b % per_row;
+            const int64_t n = std::min(b1 - b, per_row - col);
+            tr->from_float_w(src + b * bs, static_cast<char *>(dst) + size_t(b) * tr->type_size, n * bs,
+                             imatrix + col * bs);
+            b += n;
+        }
     });
     const int64_t i = bad.load();
     SL_CHECK(i == INT64_MAX, "quantize: value %g at row %lld, column %lld is not finite; %s needs finite input",
@@ -80,8 +104,9 @@ void with_pool(int n_threads, F && fn) {
 
 }  // namespace
 
-void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, int n_threads) {
-    with_pool(n_threads, [&](ThreadPool & pool) { quantize_rows(t, src, dst, nrows, n_per_row, pool); });
+void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, int n_threads,
+                   const float * imatrix) {
+    with_pool(n_threads, [&](ThreadPool & pool) { quantize_rows(t, src, dst, nrows, n_per_row, pool, imatrix); });
 }
 
 void dequantize_rows(QType t, const void * src, float * dst, int64_t nrows, int64_t n_per_row, int n_threads) {

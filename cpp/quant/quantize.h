@@ -18,19 +18,28 @@
 
 namespace sl {
 
-// dst receives nrows * row_size(t, n_per_row) bytes.
-void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool);
+// dst receives nrows * row_size(t, n_per_row) bytes. imatrix, when not null, holds n_per_row
+// importance weights (one per column, the same for every row), as ggml_quantize_chunk takes
+// them: types with a weighted quantizer use it, the others ignore it.
+void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool,
+                   const float * imatrix = nullptr);
 
 // src holds nrows * row_size(t, n_per_row) bytes; dst receives nrows * n_per_row floats.
 void dequantize_rows(QType t, const void * src, float * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool);
 
 // As above on a pool of n_threads threads: 0 means ThreadPool::global() (one thread per
 // hardware thread); otherwise a pool of that size lives for the call.
-void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, int n_threads);
+void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, int n_threads,
+                   const float * imatrix = nullptr);
 void dequantize_rows(QType t, const void * src, float * dst, int64_t nrows, int64_t n_per_row, int n_threads);
 
-// Throws sl::Error unless rows of n_per_row values of type t can be quantized (want_quantize)
-// or dequantized by the functions above; `what` starts the message ("quantize", a tensor name).
-void check_quant_args(QType t, int64_t nrows, int64_t n_per_row, bool want_quantize, const char * what);
+// Throws sl::Error unless rows of n_per_row values of type t can be quantized (want_quantize;
+// with_imatrix: given an importance matrix) or dequantized by the functions above; `what`
+// starts the message ("quantize", a tensor name).
+void check_quant_args(QType t, int64_t nrows, int64_t n_per_row, bool want_quantize, const char * what,
+                      bool with_imatrix = false);
+
+// Whether type t can be quantized without an importance matrix / with one.
+bool can_quantize(QType t, bool with_imatrix);
 
 }  // namespace sl

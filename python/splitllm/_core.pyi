@@ -54,13 +54,18 @@ class GGUFFile:
 # Block formats: the type table and the row-parallel quantizers. splitllm.quants wraps these with
 # gguf-py's shape conventions.
 
-def quant_type_info(type_id: int) -> tuple[str, int, int, bool, bool, bool] | None:
-    """(name, block_size, type_size, is_quantized, can_quantize, can_dequantize) of a ggml type id,
-    or None."""
+def quant_type_info(type_id: int) -> tuple[str, int, int, bool, bool, bool, bool] | None:
+    """(name, block_size, type_size, is_quantized, can_quantize, can_dequantize, takes_imatrix) of a
+    ggml type id, or None. can_quantize: without an importance matrix; takes_imatrix: ggml's
+    quantizer uses one."""
 def quant_type_from_name(name: str) -> int | None:
     """ggml type id of a type name in any case ('q4_k', 'BF16'), or None."""
-def quantize_rows(src: np.ndarray, type_id: int, n_threads: int = 0) -> np.ndarray:
-    """Quantizes a (rows, n) float32 array to a (rows, row bytes) uint8 array; n_threads 0 = all."""
+def quantize_rows(
+    src: np.ndarray, type_id: int, n_threads: int = 0, imatrix: np.ndarray | None = None
+) -> np.ndarray:
+    """Quantizes a (rows, n) float32 array to a (rows, row bytes) uint8 array; n_threads 0 = all.
+    imatrix: n importance weights (one per column) for the types whose ggml quantizer takes them,
+    ignored by the others."""
 def dequantize_rows(src: np.ndarray, type_id: int, n_threads: int = 0) -> np.ndarray:
     """Dequantizes a (rows, row bytes) uint8 array to a (rows, n) float32 array; n_threads 0 = all."""
 

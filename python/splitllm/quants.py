@@ -55,6 +55,7 @@ class QTypeInfo:
     is_quantized: bool
     can_quantize: bool
     can_dequantize: bool
+    takes_imatrix: bool = False
 
 
 def qtype_info(qtype: QTypeLike) -> QTypeInfo:
@@ -73,9 +74,12 @@ def qtype_info(qtype: QTypeLike) -> QTypeInfo:
     return QTypeInfo(type_id, *info)
 
 
-def _supported(qtype: QTypeLike, *, for_quantize: bool) -> QTypeInfo:
+def _supported(qtype: QTypeLike, *, for_quantize: bool, with_imatrix: bool = False) -> QTypeInfo:
     info = qtype_info(qtype)
-    if not (info.can_quantize if for_quantize else info.can_dequantize):
+    if for_quantize and not info.can_quantize and info.takes_imatrix and not with_imatrix:
+        raise ValueError(f"quantizing to {info.name} needs an importance matrix (imatrix=)")
+    can_quantize = info.can_quantize or (with_imatrix and info.takes_imatrix)
+    if not (can_quantize if for_quantize else info.can_dequantize):
         verb = "quantize to" if for_quantize else "dequantize"
         names = SUPPORTED if for_quantize else SUPPORTED + DEQUANTIZE_ONLY
         raise NotImplementedError(f"splitllm cannot {verb} {info.name}; supported: {', '.join(names)}")
@@ -90,13 +94,19 @@ def _threads(n_threads: int | None) -> int:
     return n_threads
 
 
-def quantize(data: np.ndarray, qtype: QTypeLike, *, n_threads: int | None = None) -> np.ndarray:
+def quantize(
+    data: np.ndarray, qtype: QTypeLike, *, n_threads: int | None = None, imatrix: np.ndarray | None = None
+) -> np.ndarray:
     """Quantizes ``data`` (any real dtype, converted to float32) along its last axis.
 
     Returns a uint8 array of ``data.shape[:-1] + (n // block_size * type_size,)``. The last
     axis must be a multiple of the type's block size (ValueError otherwise).
+
+    ``imatrix``: ``n`` importance weights, one per column (an importance matrix's entry for
+    this tensor, as ``ggml_quantize_chunk`` takes it); types whose ggml quantizer uses one
+    (``QTypeInfo.takes_imatrix``) weigh each value's error by it, the others ignore it.
     """
-    info = _supported(qtype, for_quantize=True)
+    info = _supported(qtype, for_quantize=True, with_imatrix=imatrix is not None)
     x = np.asarray(data)
     if x.dtype.kind not in "fiu":
         raise TypeError(f"quantize: data must hold real numbers, got dtype {x.dtype}")
@@ -108,8 +118,15 @@ def quantize(data: np.ndarray, qtype: QTypeLike, *, n_threads: int | None = None
             f"quantize: last axis ({n}) is not a multiple of the {info.name} block size ({info.block_size})"
         )
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(math.prod(x.shape[:-1]), n)
+    qw = None
+    if imatrix is not None:
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if qw.shape != (n,):
+            raise ValueError(f"quantize: imatrix must hold {n} weights (one per column), not {qw.shape}")
+        if not np.all(np.isfinite(qw)) or np.any(qw < 0):
+            raise ValueError("quantize: imatrix weights must be finite and >= 0")
     try:
-        out = _core.quantize_rows(rows, info.type_id, _threads(n_threads))
+        out = _core.quantize_rows(rows, info.type_id, _threads(n_threads), qw)
     except _core.Error as e:  # non-finite input to a block type
         raise ValueError(str(e)) from None
     return out.reshape(*x.shape[:-1], n // info.block_size * info.type_size)
