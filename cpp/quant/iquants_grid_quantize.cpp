@@ -387,14 +387,20 @@ void pack_iq3_xxs(const SuperBlockFit & f, float d, float id, block_iq3_xxs & b)
 }
 
 // IQ3_S: per 4 values an entry byte and a ninth bit in qh; sign bytes; 4-bit scales per 32.
+// ggml advances its qs and signs cursors only past groups it stored: after an all-zero group
+// the later groups' entry and sign bytes sit one group early (qh and scales stay in place),
+// which its dequantizer then misreads. Kept for byte-identity; real weights rarely have 32
+// exact zeros in a row.
 void pack_iq3_s(const SuperBlockFit & f, float d, float id, block_iq3_s & b) {
+    int slot = 0;
     for (int ib = 0; ib < QK_K / 32; ++ib) {
         if (!f.live[ib]) continue;
         for (int k = 0; k < 8; ++k) {
-            b.qs[8 * ib + k] = uint8_t(f.fit[ib].index[k] & 255);
+            b.qs[8 * slot + k] = uint8_t(f.fit[ib].index[k] & 255);
             b.qh[ib] |= uint8_t((f.fit[ib].index[k] >> 8) << k);
         }
-        for (int k = 0; k < 4; ++k) b.signs[4 * ib + k] = f.fit[ib].signs[k];
+        for (int k = 0; k < 4; ++k) b.signs[4 * slot + k] = f.fit[ib].signs[k];
+        ++slot;
     }
     if (f.max_scale == 0.0f) return;
     b.d = fp32_to_fp16(d * kIq3S.d_fudge);
