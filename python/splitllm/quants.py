@@ -6,17 +6,22 @@ Unlike gguf-py, which returns F32 and F16 as float arrays, ``quantize`` always r
 bytes (the same bytes); ``dequantize`` takes any array and reads its bytes.
 
 Types (``SUPPORTED``, quantize and dequantize): F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS and MXFP4, named in any case (``"q4_k"``), by
-``gguf.GGMLQuantizationType`` or by type id. The grid i-quants (``DEQUANTIZE_ONLY``: IQ2_XXS,
-IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) only dequantize: ggml quantizes them against an
-importance matrix, which this module does not take.
+Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4 and the grid i-quants IQ2_XXS,
+IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, named in any case (``"q4_k"``), by
+``gguf.GGMLQuantizationType`` or by type id. Of these, ``NEEDS_IMATRIX`` (IQ2_XXS, IQ2_XS,
+IQ1_S) quantize only given an importance matrix (``imatrix=``), as ggml's quantizers do;
+quantizing them without one raises ``ValueError``. ``DEQUANTIZE_ONLY`` is empty (kept for
+callers that read it).
 
-The quantizers are ggml's quantizers without an importance matrix (the reference path; for
-IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` / ``quantize_iq4_xs``, which
-llama-quantize uses; for MXFP4 ``quantize_row_mxfp4_ref``, a power-of-two scale from the block's
-largest magnitude and the nearest E2M1 level); the work runs in C++
-over ``n_threads`` threads (default: all hardware threads) with the GIL released, and the
-bytes do not depend on the thread count.
+The quantizers are ggml's (``ggml_quantize_chunk``'s bytes): without an importance matrix its
+reference path (for IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` /
+``quantize_iq4_xs``, which llama-quantize uses; for MXFP4 ``quantize_row_mxfp4_ref``, a
+power-of-two scale from the block's largest magnitude and the nearest E2M1 level); with one, the
+types whose ggml quantizer uses it (``QTypeInfo.takes_imatrix``) weigh each value's error by it.
+The grid i-quants search their lattices (``quantize_iq2_xxs`` ... ``quantize_iq1_m``); IQ2_S,
+IQ3_XXS, IQ3_S and IQ1_M quantize without a matrix too, with ggml's x^2 weights (IQ2_S:
+sigma^2 / 4 + x^2). The work runs in C++ over ``n_threads`` threads (default: all hardware
+threads) with the GIL released, and the bytes do not depend on the thread count.
 
 Non-finite input: F32, F16 and BF16 store it as it is (F16 overflows to infinity, BF16 keeps
 NaN quiet), as gguf-py does. The block types raise ``ValueError`` naming the first NaN or
@@ -33,15 +38,25 @@ import numpy as np
 
 from splitllm import _core
 
-__all__ = ["DEQUANTIZE_ONLY", "QTypeInfo", "SUPPORTED", "dequantize", "qtype_info", "quantize"]
+__all__ = [
+    "DEQUANTIZE_ONLY",
+    "NEEDS_IMATRIX",
+    "QTypeInfo",
+    "SUPPORTED",
+    "dequantize",
+    "qtype_info",
+    "quantize",
+]
 
 QTypeLike = str | int | IntEnum
 
 SUPPORTED = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS", "MXFP4",
+    "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
 )  # fmt: skip
-DEQUANTIZE_ONLY = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
+NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ1_S")
+DEQUANTIZE_ONLY: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
