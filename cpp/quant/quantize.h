@@ -20,7 +20,10 @@ namespace sl {
 
 // dst receives nrows * row_size(t, n_per_row) bytes. imatrix, when not null, holds n_per_row
 // importance weights (one per column, the same for every row), as ggml_quantize_chunk takes
-// them: types with a weighted quantizer use it, the others ignore it.
+// them: types with a weighted quantizer use it, the others ignore it. Threads get runs of
+// blocks that may start or end mid-row: no quantizer needs a whole row (the grid i-quants'
+// searches, whose weights use the mean square of the values around them, take it over one
+// 256-value super-block, as ggml's do).
 void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool,
                    const float * imatrix = nullptr);
 
