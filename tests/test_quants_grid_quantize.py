@@ -217,3 +217,15 @@ def test_round_trip(qtype: str) -> None:
     q_flat = quants.quantize(x, qtype, imatrix=np.ones(1024, np.float32))
     y_flat = quants.dequantize(q_flat, qtype).astype(np.float64)
     assert np.sum(w * (y64 - x64) ** 2) < np.sum(w * (y_flat - x64) ** 2)
+
+
+@pytest.mark.parametrize("qtype", GRID)
+def test_overflowing_input_returns(qtype: str) -> None:
+    """Where the weighted errors overflow float (|x| ~1e12 and up) ggml's neighbour searches find
+    no entry and abort the process (GGML_ASSERT); ours keep the first neighbour and return. The
+    f16 super-block scale cannot hold such values anyway."""
+    rng = np.random.default_rng(seed_of("overflow", qtype))
+    for scale in (1e12, 1e20, 1e38):
+        x = (rng.standard_normal((2, 512)) * scale).clip(-3e38, 3e38).astype(np.float32)
+        q = quants.quantize(x, qtype, imatrix=imatrix("random", 512, rng), n_threads=2)
+        assert q.shape == (2, 2 * GGML_QUANT_SIZES[GT[qtype]][1])
