@@ -6,7 +6,8 @@
 // by the mean square of its whole row.
 //
 // Errors (sl::Error, nothing is written past what the arguments describe):
-//   - a type without a quantizer / dequantizer (IQ*, TQ*, integer types, ...);
+//   - a type without a quantizer / dequantizer (TQ*, integer types, ...), or IQ2_XXS, IQ2_XS,
+//     IQ1_S without an importance matrix (ggml requires one for them);
 //   - n_per_row not a multiple of the type's block size, or a negative count;
 //   - quantize_rows of a block type (Q*) on input holding NaN or infinity: the scale
 //     searches are meaningless there. F32, F16 and BF16 store non-finite values as they are
