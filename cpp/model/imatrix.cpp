@@ -36,7 +36,15 @@ void ImatrixCollector::accumulate(int e, int mat, const float * x, int64_t n_row
     constexpr int64_t kCols = 64;
     pool.parallel_for((k + kCols - 1) / kCols, [&](int64_t b0, int64_t b1) {
         const int64_t c0 = b0 * kCols, c1 = std::min(b1 * kCols, k);
-        for (int64_t r = 0; r < n_rows; ++r) {
+        int64_t r = 0;
+        for (; r + 4 <= n_rows; r += 4) {  // four rows a pass: a quarter of the loads and stores of acc
+            const float * x0 = x + r * k, * x1 = x0 + k, * x2 = x1 + k, * x3 = x2 + k;
+            for (int64_t c = c0; c < c1; ++c) {
+                const double a = x0[c], b = x1[c], d = x2[c], e = x3[c];
+                acc[c] += (a * a + b * b) + (d * d + e * e);
+            }
+        }
+        for (; r < n_rows; ++r) {
             const float * row = x + r * k;
             for (int64_t c = c0; c < c1; ++c) acc[c] += double(row[c]) * double(row[c]);
         }
