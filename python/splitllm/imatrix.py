@@ -276,7 +276,8 @@ def compute(
     BOS; every matmul input of the blocks (and of ``output.weight`` with ``process_output``) is
     collected. With ``ppl``, each chunk's second half is scored as llama-perplexity does.
     ``dataset`` names the text in the file (``imatrix.datasets``). Sums accumulate in float64
-    (llama-imatrix: float32) and are stored as float32.
+    (llama-imatrix: float32) and are stored as float32. As llama-imatrix, a dense matmul of fewer
+    than 16 rows is not collected: keep the model's ``n_batch`` at 16 or more.
     """
     from splitllm.perplexity import _ppl_stats, log_softmax
 

@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--batch-size",
         type=int,
         default=2048,
-        help="most tokens per pass (default 2048; at most -c are used)",
+        help="tokens per pass (default 2048; at most 512 and -c: llama.cpp's micro-batches)",
     )
     p.add_argument(
         "-ngl",
@@ -101,7 +101,9 @@ def _cmd(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, text: str) -> ComputeResult:
     from splitllm.model import Model
 
-    n_batch = max(1, min(args.batch_size, args.ctx_size))
+    # passes as llama.cpp's micro-batches (512 at most by default): a chunk's last pass of fewer
+    # than 16 tokens is left out alike (see compute)
+    n_batch = max(1, min(args.batch_size, args.ctx_size, 512))
     with Model(args.model, n_ctx=args.ctx_size, n_batch=n_batch, n_threads=args.threads,
                n_gpu_layers=args.n_gpu_layers) as model:  # fmt: skip
 
