@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from splitllm import Model
 from splitllm.cli import main as cli_main
-from splitllm.imatrix import Imatrix, compute
-from tiny_model import TinyConfig, make_weights, reference_logits, write_gguf
+from splitllm.imatrix import Imatrix, compute, from_collected
+from tiny_model import TinyConfig, make_weights, reference_hidden, reference_logits, write_gguf
 
 SUMS_RTOL = 2e-4  # float32 engine activations (F32 weights, f16 cache) against float64
 
@@ -124,6 +124,36 @@ def test_sums_match_float64_reference(tmp_path: Path, cfg: TinyConfig) -> None:
         lp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         nll += [-lp[i, t] for i, t in enumerate(c[17:])]
     assert res.ppl == pytest.approx(np.exp(np.mean(nll)), rel=1e-4)
+
+
+def test_encoder_layers(tmp_path: Path) -> None:
+    """An embedding model's layers (gemma-embedding: bidirectional, no cache) collect the same way."""
+    from splitllm import _core
+
+    cfg = TinyConfig(arch="gemma-embedding", n_layer=3, key_length=32, sliding_window=8, rms_eps=1e-6,
+                     tied_output=True, pooling_type=1, seed=19)  # fmt: skip
+    path = tmp_path / "e.gguf"
+    held = write_gguf(make_weights(cfg), path)
+    toks = _tokens(40, seed=3)
+    m = _core.Model(str(path), n_ctx=64, n_batch=64, n_threads=2)
+    m.imatrix_start()
+    z = np.zeros(40, np.int32)
+    m.decode(np.asarray(toks, np.int32), np.arange(40, dtype=np.int32), z, None, None, True)
+    got = from_collected(m.imatrix_stop())
+    acc: dict[str, list[Any]] = {}
+
+    def log(name: str, _e: int, x: np.ndarray) -> None:
+        s = acc.setdefault(name, [np.zeros((1, x.shape[1])), np.zeros(1, np.int64)])
+        s[0][0] += (x * x).sum(axis=0)
+        s[1][0] += x.shape[0]
+
+    w: dict[str, Any] = dict(held)
+    for name, v in held.items():
+        if name.startswith("blk.") and v.ndim == 2:
+            w[name] = v.view(_Tracked)
+            w[name]._name, w[name]._expert, w[name]._log = name, 0, log
+    reference_hidden(cfg, w, toks, kv_f16=False)
+    _check(got, {k: (v[0], v[1]) for k, v in acc.items()})
 
 
 def test_no_output_without_process_output_and_small_batches(tmp_path: Path) -> None:
