@@ -19,7 +19,8 @@ Two file formats, both as llama.cpp's ``llama-imatrix`` writes them:
 :class:`Imatrix` keeps what the file holds (``legacy`` tells which form); :meth:`Imatrix.weights`
 is exactly what llama-quantize's ``load_imatrix`` computes from it, and :func:`combine` adds files
 as ``llama-imatrix --in-file a --in-file b`` does (a ``.dat`` is first scaled back to raw sums by
-the chunk size).
+the chunk size). :func:`compute` collects one with the engine (``Model.imatrix_start`` /
+``imatrix_stop``) over a text, as llama-imatrix does.
 """
 
 from __future__ import annotations
