@@ -62,66 +62,6 @@ struct GroupFit {
     uint8_t signs[kMaxGroup / 8];
 };
 
-// ggml's make_qp_quants for one group: codes in [0, nmax] for x >= 0 with a scale search and
-// single-code refinement; returns the scale. The codes are uint8 as ggml's, so a negative
-// rounding (the value whose sign parity flipped) wraps, and the refinement reads it so.
-float fit_positive_scale(int n, int nmax, const float * x, const float * w, uint8_t * L) {
-    float max = 0.0f;
-    for (int i = 0; i < n; ++i) max = max_f(max, x[i]);
-    if (max < 1e-15f) return 0.0f;
-    float iscale = float(nmax) / max;
-    for (int i = 0; i < n; ++i) L[i] = uint8_t(kq::nearest_int(iscale * x[i]));
-    const float scale = 1.0f / iscale;
-    float best_mse = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        const float diff = x[i] - scale * float(L[i]);
-        best_mse += w[i] * diff * diff;
-    }
-    for (int is = -4; is <= 4; ++is) {
-        if (is == 0) continue;
-        const float iscale_is = (0.1f * float(is) + float(nmax)) / max;
-        const float scale_is = 1.0f / iscale_is;
-        float mse = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            const int l = std::min(nmax, kq::nearest_int(iscale_is * x[i]));
-            const float diff = x[i] - scale_is * float(l);
-            mse += w[i] * diff * diff;
-        }
-        if (mse < best_mse) {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    float sumlx = 0.0f, suml2 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        const int l = std::min(nmax, kq::nearest_int(iscale * x[i]));
-        L[i] = uint8_t(l);
-        sumlx += w[i] * x[i] * float(l);
-        suml2 += w[i] * float(l) * float(l);
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            const float li = float(L[i]);
-            float slx = sumlx - w[i] * x[i] * li;
-            float sl2 = suml2 - w[i] * li * li;
-            if (!(slx > 0.0f && sl2 > 0.0f)) continue;
-            const int new_l = std::min(nmax, kq::nearest_int(x[i] * sl2 / slx));
-            if (new_l == int(L[i])) continue;
-            slx += w[i] * x[i] * float(new_l);
-            sl2 += w[i] * float(new_l) * float(new_l);
-            if (slx * slx * suml2 > sumlx * sumlx * sl2) {
-                L[i] = uint8_t(new_l);
-                sumlx = slx;
-                suml2 = sl2;
-                ++n_changed;
-            }
-        }
-        if (!n_changed) break;
-    }
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
-
 // Sign bits of 8 values (bit i: value i negative), their magnitudes into xval. With even
 // parity and an odd count, the value of least w x^2 keeps its sign: its xval is negative.
 uint8_t split_signs(const float * xb, const float * w, bool even, float * xval) {
@@ -251,7 +191,7 @@ bool fit_group(const SearchSpec & sp, const GridMap & g, const float * xb, const
     float scale = max / float(2 * sp.kmaxq - 1), top = max;
     if (sp.from_qp) {
         uint8_t Lqp[kMaxGroup];
-        scale = fit_positive_scale(n, sp.kmaxq + 1, xval, w, Lqp);
+        scale = kq::make_qp_quants(n, sp.kmaxq + 1, xval, Lqp, w);
         top = scale * float(sp.kmaxq);
         if (top <= 0) return false;
     }

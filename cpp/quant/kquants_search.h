@@ -62,7 +62,8 @@ void make_qkx_quants(int ngroups, int n, int nmax, const float * x, const float 
 // Non-negative codes in [0, nmax] for n (<= 32) values x >= 0 (the sub-block scales or mins of
 // a weighted k-quant super-block), value scale * L: the scale nmax / max x and 8 neighbours by
 // weighted squared error, then single-code moves while the weighted fit improves (ggml's
-// make_qp_quants). Returns the scale; all x < 1e-15 gives 0 and codes 0.
+// make_qp_quants). Returns the scale; all x < 1e-15 gives 0 and codes 0. IQ2_XXS passes one
+// negative x (the value whose sign parity flipped): its code wraps as a byte, as in ggml.
 float make_qp_quants(int n, int nmax, const float * x, uint8_t * L, const float * weights);
 
 }  // namespace sl::kq
