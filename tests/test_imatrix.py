@@ -186,6 +186,27 @@ def test_gpu_layers_through_the_backend(tmp_path: Path, monkeypatch: pytest.Monk
     _check(m, reference_sums(cfg, held, [toks[:32], toks[32:64]], process_output=True), rtol=2e-3)
 
 
+def test_sequence_slots_and_op_offload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model of two sequence slots (chunks in slot 0) and one whose CPU layers' matmuls run on a
+    GPU by op offload (FAKEGPU0) collect the reference's sums; a chunk longer than one slot is
+    refused before anything runs, naming the slot's size (the model's n_ctx is both slots')."""
+    cfg = TinyConfig(seed=19)
+    path = tmp_path / "m.gguf"
+    held = write_gguf(make_weights(cfg), path)
+    toks = _tokens(64, seed=3)
+    ref = reference_sums(cfg, held, [toks[:32], toks[32:64]], process_output=True)
+    with Model(path, n_ctx=64, n_seq_max=2, n_threads=2) as model:
+        with pytest.raises(ValueError, match="one sequence slot holds 32"):
+            compute(model, _tokens(128), n_ctx=64)
+        assert not model._engine().imatrix_active
+        _check(compute(model, toks, n_ctx=32, process_output=True).imatrix, ref)
+    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
+    with Model(path, n_ctx=32, n_threads=2, n_gpu_layers=0, op_offload=True) as model:
+        m = compute(model, toks, n_ctx=32, process_output=True).imatrix
+        assert model._engine().n_op_offload > 0
+    _check(m, ref)
+
+
 def test_collection_is_off_by_default_and_restarts(tmp_path: Path) -> None:
     cfg = TinyConfig(seed=16)
     path = tmp_path / "m.gguf"

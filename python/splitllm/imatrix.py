@@ -286,8 +286,12 @@ def compute(
         tokens = model.tokenize(text.encode("utf-8"), add_bos=True, special=parse_special)
     else:
         tokens = [int(t) for t in text]
-    if n_ctx > model.n_ctx():
-        raise ValueError(f"n_ctx {n_ctx} is larger than the model's context {model.n_ctx()}")
+    slot = model._seq_ctx  # a chunk runs in sequence slot 0: n_ctx / n_seq_max cells
+    if n_ctx > slot:
+        raise ValueError(
+            f"n_ctx {n_ctx} is larger than the model's context: one sequence slot holds {slot} tokens "
+            f"(n_ctx {model.n_ctx()} over n_seq_max slots)"
+        )
     chunks = chunk_tokens(model, tokens, n_ctx, n_chunks)
     t0 = time.perf_counter()
     nll_parts: list[np.ndarray] = []
