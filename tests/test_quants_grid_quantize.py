@@ -5,13 +5,12 @@ allows it; the round trip through our dequantizer against gguf-py's and against 
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+from ggml_quant import ggml_quantizer
 from gguf import GGMLQuantizationType as GT
 from gguf.constants import GGML_QUANT_SIZES
 from splitllm import quants
@@ -39,26 +38,7 @@ GGML_SHA256 = {
 @pytest.fixture(scope="module")
 def ggml_quantize():
     """ggml's quantizer: (rows of float32, type name, imatrix or None) -> its bytes."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
-
-    def run(x: np.ndarray, qtype: str, imatrix: np.ndarray | None) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        rows, n = x.shape
-        block, size = GGML_QUANT_SIZES[GT[qtype]]
-        out = np.zeros((rows, n // block * size), dtype=np.uint8)
-        qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-        # ggml_quantize_chunk calls ggml_quantize_init (grid maps, neighbour lists) itself.
-        written = lib.ggml_quantize_chunk(
-            int(GT[qtype]), x.ctypes.data, out.ctypes.data, 0, rows, n, None if qw is None else qw.ctypes.data
-        )
-        assert written == out.size
-        return out
-
-    return run
+    return ggml_quantizer()
 
 
 def sample(kind: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -6,12 +6,10 @@ the matrix, is below the plain quantizers' on average (gguf-py dequantizes, nump
 
 from __future__ import annotations
 
-import ctypes
-from pathlib import Path
-
 import gguf
 import numpy as np
 import pytest
+from ggml_quant import ggml_quantizer
 from gguf import GGMLQuantizationType as GT
 from gguf.constants import GGML_QUANT_SIZES
 from splitllm import quants
@@ -27,26 +25,7 @@ MATRICES = ["uniform", "random", "with_zeros", "one_huge", "all_zero"]
 @pytest.fixture(scope="module")
 def ggml_quantize():
     """ggml's quantizer: (rows of float32, type name, importance matrix or None) -> its bytes."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
-
-    def run(x: np.ndarray, qtype: str, qw: np.ndarray | None) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        rows, n = x.shape
-        block, size = GGML_QUANT_SIZES[GT[qtype]]
-        out = np.zeros((rows, n // block * size), dtype=np.uint8)
-        w = None if qw is None else np.ascontiguousarray(qw, dtype=np.float32)
-        lib.ggml_quantize_init(int(GT[qtype]))
-        written = lib.ggml_quantize_chunk(int(GT[qtype]), x.ctypes.data, out.ctypes.data, 0, rows, n,
-                                          None if w is None else w.ctypes.data)  # fmt: skip
-        assert written == out.size
-        return out
-
-    return run
+    return ggml_quantizer()
 
 
 def sample(kind: str, rows: int, n: int, seed: int) -> np.ndarray:
