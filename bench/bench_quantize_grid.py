@@ -12,43 +12,14 @@ neighbour lists there (ggml_quantize_init), splitllm on first use too.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import time
 from pathlib import Path
 
 import numpy as np
 from benchinfo import header_lines
-from gguf import GGMLQuantizationType as GT
-from gguf.constants import GGML_QUANT_SIZES
+from ggmlref import best_time, ggml_quantizer
 from splitllm import quants
 
 GRID = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
-
-
-def ggml_quantizer():
-    import llama_cpp
-
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
-
-    def run(x: np.ndarray, qtype: str, w: np.ndarray) -> np.ndarray:
-        block, size = GGML_QUANT_SIZES[GT[qtype]]
-        out = np.zeros((x.shape[0], x.shape[1] // block * size), dtype=np.uint8)
-        lib.ggml_quantize_chunk(int(GT[qtype]), x.ctypes.data, out.ctypes.data, 0, *x.shape, w.ctypes.data)
-        return out
-
-    return run
-
-
-def best_time(fn, repeats: int) -> tuple[float, np.ndarray]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:

@@ -9,44 +9,11 @@ a log-normal matrix; best of --repeats; M values/s. Also checks that the bytes a
 from __future__ import annotations
 
 import argparse
-import ctypes
-import time
-from pathlib import Path
 
 import numpy as np
 from benchinfo import commit, loadavg, machine
-from gguf import GGMLQuantizationType as GT
-from gguf.constants import GGML_QUANT_SIZES
+from ggmlref import best_time, ggml_quantizer
 from splitllm import quants
-
-
-def ggml_quantizer():
-    import llama_cpp
-
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
-
-    def run(x: np.ndarray, qtype: str, qw: np.ndarray) -> np.ndarray:
-        rows, n = x.shape
-        block, size = GGML_QUANT_SIZES[GT[qtype]]
-        out = np.zeros((rows, n // block * size), dtype=np.uint8)
-        lib.ggml_quantize_init(int(GT[qtype]))
-        lib.ggml_quantize_chunk(int(GT[qtype]), x.ctypes.data, out.ctypes.data, 0, rows, n, qw.ctypes.data)
-        return out
-
-    return run
-
-
-def best_time(fn, repeats: int) -> tuple[float, np.ndarray]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:
