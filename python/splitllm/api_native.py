@@ -238,7 +238,7 @@ class NativeAPI:
             "total_slots": engine.n_parallel, "model_alias": self.svc.alias,
             "model_path": self.model.model_path,
             "modalities": {"vision": False, "video": False, "audio": False},
-            "endpoint_slots": False, "endpoint_props": False, "endpoint_metrics": True,
+            "endpoint_slots": self.svc.slots_endpoint, "endpoint_props": False, "endpoint_metrics": True,
             "chat_template": self.model._chat_template_source, "bos_token": text(tok.bos_id),
             "eos_token": text(tok.eos_id), "build_info": f"splitllm {__version__}", "is_sleeping": False,
         }
