@@ -9,11 +9,11 @@ message; in ``messages``, ``text`` blocks stay text, ``thinking`` blocks become 
 ``reasoning_content``, ``tool_use`` blocks its ``tool_calls`` (``input`` as JSON arguments), and
 each ``tool_result`` block a ``tool`` message after it (its text joined); ``tools`` (``name``,
 ``description``, ``input_schema``) become functions; ``tool_choice`` ``auto`` / ``any`` / ``tool``
-(with its ``name``: that function) / ``none``; ``stop_sequences`` the stop strings; ``max_tokens``
-(optional, as llama-server is permissive) caps the answer at the context's end rather than being
-refused; ``temperature``, ``top_p``, ``top_k``; ``thinking: {"type": "disabled"}`` sets the
-template's ``enable_thinking`` to false (a budget is not enforced). Images are refused (400): the
-models served here read text only.
+(with its ``name``: that function) / ``none``, and its ``disable_parallel_tool_use``;
+``stop_sequences`` the stop strings; ``max_tokens`` (optional, as llama-server is permissive) caps
+the answer at the context's end rather than being refused; ``temperature``, ``top_p``,
+``top_k``; ``thinking: {"type": "disabled"}`` sets the template's ``enable_thinking`` to false (a
+budget is not enforced). Images are refused (400): the models served here read text only.
 
 The answer is a ``message``: ``content`` blocks ``thinking`` (with an empty ``signature``: a local
 model signs nothing), ``text``, ``tool_use``; ``stop_reason`` ``end_turn``, ``stop_sequence``
@@ -103,6 +103,8 @@ def chat_request(data: Any, *, stream: bool) -> LooseChatRequest:
         oai["tools"] = [_tool(t, i) for i, t in enumerate(_list(data["tools"], "tools"))]
     if data.get("tool_choice") is not None:
         oai["tool_choice"] = _tool_choice(data["tool_choice"])
+        if data["tool_choice"].get("disable_parallel_tool_use"):
+            oai["parallel_tool_calls"] = False
     if data.get("stop_sequences") is not None:
         oai["stop"] = data["stop_sequences"]
     if data.get("max_tokens") is not None:

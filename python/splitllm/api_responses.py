@@ -46,11 +46,12 @@ from splitllm.api_schema import APIError
 if TYPE_CHECKING:
     from splitllm.api import _Service
 
-# The Responses fields that have no chat counterpart, or one under another name (translated here).
+# The Responses fields that have no chat counterpart, or one under another name (translated here);
+# "model" is ignored, as llama-server does (clients name the model they were written for).
 RESPONSES_ONLY = {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "reasoning", "text",
                   "store", "metadata", "previous_response_id", "truncation", "include", "stream",
                   "stream_options", "background", "prompt", "service_tier", "messages", "max_tokens",
-                  "top_logprobs"}
+                  "top_logprobs", "model"}
 
 
 def add_responses_routes(app: FastAPI, svc: _Service) -> None:
