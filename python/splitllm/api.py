@@ -1,14 +1,19 @@
 """The OpenAI-compatible HTTP API over a :class:`~splitllm.engine.BatchEngine` (FastAPI).
 
-Endpoints: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /tokenize``
-/ ``/detokenize`` (llama-server's; ``/extras/tokenize``, ``/extras/tokenize/count``,
-``/extras/detokenize`` as llama-cpp-python's server has them), llama-server's native ``POST
+Endpoints: ``GET /health`` (also ``/v1/health``; public), ``GET /metrics`` (Prometheus),
+``GET /v1/models`` (also ``/models``), ``POST /tokenize`` / ``/detokenize`` (llama-server's;
+``/extras/tokenize``, ``/extras/tokenize/count``, ``/extras/detokenize`` as llama-cpp-python's
+server has them), llama-server's native ``POST
 /completion``, ``/infill``, ``GET /props`` and ``POST /apply-template`` (:mod:`splitllm.api_native`),
 ``POST /v1/completions`` (``suffix``: fill-in-the-middle, :mod:`splitllm.infill`),
-``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
-``data: [DONE]``), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
+``POST /v1/chat/completions`` (also ``/chat/completions``; ``stream: true`` answers server-sent
+events ending with ``data: [DONE]``; ``/v1/chat/completions/input_tokens`` counts a request's
+prompt tokens), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
 ``--pooling``, unit length as llama-server and OpenAI give them; a 400 for a model without
-pooling, as llama-server answers). Requests are tokenized and checked here, then run by the
+pooling, as llama-server answers). Built on these: Anthropic's ``/v1/messages``
+(:mod:`splitllm.api_anthropic`), OpenAI's ``/v1/responses`` (:mod:`splitllm.api_responses`),
+llama-server's ``/embedding`` (:mod:`splitllm.api_embedding`) and ``/slots``
+(:mod:`splitllm.api_slots`). Requests are tokenized and checked here, then run by the
 engine, which batches them with every other request in flight. A completions request may hold
 several prompts (a list of strings or of token lists, up to 64) and both endpoints take ``n`` (up
 to 16 choices per prompt, choice k seeded with ``seed + k``): each choice is a job of its own,
