@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import hmac
 import json
 import os
 import time
@@ -52,13 +51,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitllm import _core
+from splitllm.api_errors import APIKeyCheck, add_error_handlers, validation_message
 from splitllm.api_schema import (
     APIError,
     ChatRequest,
@@ -94,7 +91,6 @@ from splitllm.tools import ToolChunks, ToolError, ToolPlan, tool_chat_choice, to
 _Body = TypeVar("_Body", CompletionRequest, ChatRequest)
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for a whole response checks its client
 CLIENT_CLOSED = 499      # status logged for a request whose client went away (nginx's convention)
-PUBLIC_PATHS = ("/health", "/v1/health")  # answered without the API key (as llama-server)
 
 
 def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None,
@@ -115,8 +111,8 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     app.state.service = svc
     svc.slots_endpoint = slots_endpoint
     if api_key:
-        app.add_middleware(_APIKeyCheck, key=api_key)
-    _add_error_handlers(app)
+        app.add_middleware(APIKeyCheck, key=api_key)
+    add_error_handlers(app)
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -762,71 +758,5 @@ async def _parse(request: Request, cls: type[_Body]) -> _Body:
     try:
         return cls.model_validate_json(await request.body())
     except ValidationError as e:
-        message, param = _validation_message(e.errors())
+        message, param = validation_message(e.errors())
         raise APIError(400, message, param=param, code="invalid_value") from None
-
-
-# ---- errors ----
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(list(e.errors()))
-        return JSONResponse(error_body(message, param=param, code="invalid_value"), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        code = "not_found" if e.status_code == 404 else None
-        return JSONResponse(error_body(str(e.detail), type=kind, code=code), status_code=e.status_code,
-                            headers=getattr(e, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception) -> JSONResponse:
-        return JSONResponse(error_body(f"internal error: {e}", type="server_error"), status_code=500)
-
-
-def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """The first validation error as a sentence, and the top-level field it is about."""
-    if not errors:
-        return "invalid request", None
-    err = errors[0]
-    if err.get("type") == "json_invalid":
-        detail = err.get("ctx", {}).get("error", "")
-        return "the request body is not valid JSON" + (f" ({detail})" if detail else ""), None
-    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-    if not loc:
-        return f"request body: {err.get('msg', 'invalid')} (a JSON object is expected)", None
-    # The path to the value, without pydantic's names of union members ('str', 'list[int]', ...).
-    where = loc[0] + "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc[1:]
-                             if x.isdigit() or (x.isidentifier() and x not in _TYPE_TAGS))
-    return f"invalid value for '{where}': {err.get('msg', 'invalid')}", loc[0]
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "ContentPart", "StreamOptions"}
-
-
-class _APIKeyCheck:
-    """ASGI middleware: requests but ``/health`` must carry ``Authorization: Bearer KEY`` (before the body
-    is read, so a request without the key gets 401 whatever its body)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.key = key.encode("utf-8")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
-            auth = dict(scope["headers"]).get(b"authorization", b"")
-            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
-            if not hmac.compare_digest(token, self.key):
-                message = "Incorrect API key provided" if token else "Missing API key (Bearer token)"
-                resp = JSONResponse(error_body(message, code="invalid_api_key"), status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-                await resp(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-

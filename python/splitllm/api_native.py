@@ -46,8 +46,8 @@ from splitllm.api import (
     _parse,
     _Run,
     _tools_of,
-    _validation_message,
 )
+from splitllm.api_errors import validation_message
 from splitllm.api_schema import MAX_PROMPTS, APIError, sampling_error
 from splitllm.chat import template_variables
 from splitllm.completions import CompletionChunk
@@ -311,7 +311,7 @@ def _validated(cls: type[BaseModel], data: Any) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        message, param = _validation_message(e.errors())
+        message, param = validation_message(e.errors())
         raise APIError(400, message, param=param, code="invalid_value") from None
 
 
