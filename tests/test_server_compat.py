@@ -15,6 +15,7 @@ a restored slot's answer against the answer computed from scratch.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -518,3 +519,68 @@ def test_slots_switched_off(engine):
         assert post(srv, "/slots/0?action=erase", {}, 501)["error"]["message"]
         assert httpx.get(f"{srv.url}/slots").status_code == 501
         assert httpx.get(f"{srv.url}/props").json()["endpoint_slots"] is False
+
+
+# ---- thinking (test_anthropic_thinking_with_reasoning_model, on an answer pinned by a grammar) ----
+
+THOUGHT, ANSWER = "I should greet.", "Hello there!"
+PINNED = f'root ::= "<think>{THOUGHT}</think>{ANSWER}"'
+
+
+def test_anthropic_thinking_blocks(server):
+    """A reasoning answer: a thinking block (with a signature) first, then the text; streamed, the
+    thinking block at index 0 with thinking_delta pieces and a signature_delta before it stops,
+    the text block at index 1."""
+    body = {"max_tokens": 60, "messages": HELLO, "grammar": PINNED,
+            "thinking": {"type": "enabled", "budget_tokens": 50}}
+    res = post(server, "/v1/messages", body)
+    assert res["content"] == [{"type": "thinking", "thinking": THOUGHT, "signature": ""},
+                              {"type": "text", "text": ANSWER}]
+    assert res["stop_reason"] == "end_turn"
+    events = sse(server, "/v1/messages", {**body, "stream": True})
+    starts = [e for e in events if e["type"] == "content_block_start"]
+    assert [(e["index"], e["content_block"]["type"]) for e in starts] == [(0, "thinking"), (1, "text")]
+    deltas = [e for e in events if e["type"] == "content_block_delta"]
+    assert "".join(d["delta"].get("thinking", "") for d in deltas if d["index"] == 0) == THOUGHT
+    assert "".join(d["delta"].get("text", "") for d in deltas if d["index"] == 1) == ANSWER
+    kinds = [(e["type"], e.get("index"), e.get("delta", {}).get("type")) for e in events]
+    sign = kinds.index(("content_block_delta", 0, "signature_delta"))
+    assert kinds[sign + 1] == ("content_block_stop", 0, None)
+    assert all(k[2] == "thinking_delta" for k in kinds[2:sign])
+
+
+def test_responses_reasoning_item(server):
+    """A reasoning answer: a reasoning item (reasoning_text) before the message; streamed, its
+    deltas under its own item id."""
+    body = {"input": "Say hello", "max_output_tokens": 60, "grammar": PINNED}
+    res = post(server, "/v1/responses", body)
+    assert [o["type"] for o in res["output"]] == ["reasoning", "message"]
+    assert res["output"][0]["id"].startswith("rs_")
+    assert res["output"][0]["content"] == [{"type": "reasoning_text", "text": THOUGHT}]
+    assert res["output"][1]["content"][0]["text"] == ANSWER
+    events = sse(server, "/v1/responses", {**body, "stream": True})
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+    assert [(i["type"], e) for i, e in zip(added, [0, 1], strict=True)] == [("reasoning", 0), ("message", 1)]
+    thought = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_text.delta")
+    assert thought == THOUGHT and all(e["item_id"] == added[0]["id"] for e in events
+                                      if e["type"] == "response.reasoning_text.delta")
+    assert [o["type"] for o in events[-1]["response"]["output"]] == ["reasoning", "message"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/messages", {"max_tokens": 200, "messages": HELLO}),
+    ("/v1/responses", {"max_output_tokens": 200, "input": "Say hello"}),
+], ids=["anthropic", "responses"])
+def test_stream_client_gone(server, engine, path, body):
+    """A client that leaves mid-stream cancels its job and frees its slot."""
+    before = engine.stats.cancelled
+    long = {**body, "stream": True, "grammar": "root ::= [a-z]{150}"}  # (no early end)
+    with httpx.stream("POST", f"{server.url}{path}", json=long, timeout=300) as r:
+        for line in r.iter_lines():
+            if "delta" in line:  # (the first piece of text)
+                break
+    deadline = time.monotonic() + 60
+    while engine.n_active or engine.stats.cancelled == before:
+        assert time.monotonic() < deadline, "the job was not cancelled"
+        time.sleep(0.05)

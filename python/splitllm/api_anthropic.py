@@ -12,8 +12,9 @@ each ``tool_result`` block a ``tool`` message after it (its text joined); ``tool
 (with its ``name``: that function) / ``none``, and its ``disable_parallel_tool_use``;
 ``stop_sequences`` the stop strings; ``max_tokens`` (optional, as llama-server is permissive) caps
 the answer at the context's end rather than being refused; ``temperature``, ``top_p``,
-``top_k``; ``thinking: {"type": "disabled"}`` sets the template's ``enable_thinking`` to false (a
-budget is not enforced). Images are refused (400): the models served here read text only.
+``top_k`` (and llama.cpp's ``min_p``, ``seed``, ``grammar``, ``chat_template_kwargs``);
+``thinking: {"type": "disabled"}`` sets the template's ``enable_thinking`` to false (a budget is
+not enforced). Images are refused (400): the models served here read text only.
 
 The answer is a ``message``: ``content`` blocks ``thinking`` (with an empty ``signature``: a local
 model signs nothing), ``text``, ``tool_use``; ``stop_reason`` ``end_turn``, ``stop_sequence``
@@ -109,7 +110,7 @@ def chat_request(data: Any, *, stream: bool) -> LooseChatRequest:
         oai["stop"] = data["stop_sequences"]
     if data.get("max_tokens") is not None:
         oai["max_tokens"] = data["max_tokens"]
-    for key in ("temperature", "top_p", "top_k", "min_p", "seed", "chat_template_kwargs"):
+    for key in ("temperature", "top_p", "top_k", "min_p", "seed", "chat_template_kwargs", "grammar"):
         if data.get(key) is not None:
             oai[key] = data[key]
     thinking = data.get("thinking")
