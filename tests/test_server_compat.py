@@ -584,3 +584,35 @@ def test_stream_client_gone(server, engine, path, body):
     while engine.n_active or engine.stats.cancelled == before:
         assert time.monotonic() < deadline, "the job was not cancelled"
         time.sleep(0.05)
+
+
+def test_anthropic_with_anthropic_library(server, ref):
+    """Anthropic's own client reads the answers: whole, streamed (its stream helper builds the
+    message from the events: text, thinking with its signature, a tool call's input from the JSON
+    pieces) and counted."""
+    anthropic = pytest.importorskip("anthropic")
+    want = greedy(ref, HELLO)["choices"][0]["message"]["content"]
+    with anthropic.Anthropic(base_url=server.url, api_key="dummy", max_retries=0, timeout=300) as client:
+        greedy_ = {"extra_body": {"temperature": 0}}  # (this client no longer sends temperature itself)
+        msg = client.messages.create(model="test", max_tokens=N, messages=HELLO, **greedy_)
+        assert msg.content[0].text == want and msg.stop_reason in ("end_turn", "max_tokens")
+        with client.messages.stream(model="test", max_tokens=N, messages=HELLO, **greedy_) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text == final.content[0].text == want
+        assert final.usage.output_tokens == msg.usage.output_tokens
+        with client.messages.stream(model="test", max_tokens=60, messages=HELLO,
+                                    extra_body={"grammar": PINNED}) as stream:
+            final = stream.get_final_message()
+        blocks = [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in final.content]
+        assert blocks == [("thinking", THOUGHT), ("text", ANSWER)]
+        assert final.content[0].signature == ""
+        choice = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
+        ask = [{"role": "user", "content": "What's the weather in Paris?"}]
+        with client.messages.stream(model="test", max_tokens=60, tools=[WEATHER], tool_choice=choice,
+                                    messages=ask) as stream:
+            final = stream.get_final_message()
+        call = next(b for b in final.content if b.type == "tool_use")
+        assert call.name == "get_weather" and isinstance(call.input, dict) and final.stop_reason == "tool_use"
+        count = client.messages.count_tokens(model="test", messages=HELLO)
+        assert count.input_tokens == n_chat_tokens(server, HELLO)
