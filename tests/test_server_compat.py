@@ -616,3 +616,20 @@ def test_anthropic_with_anthropic_library(server, ref):
         assert call.name == "get_weather" and isinstance(call.input, dict) and final.stop_reason == "tool_use"
         count = client.messages.count_tokens(model="test", messages=HELLO)
         assert count.input_tokens == n_chat_tokens(server, HELLO)
+
+
+def test_slot_action_waits_for_its_job(server):
+    """An action on a busy slot waits for the job in it to end (as llama-server defers it): the
+    state saved then holds everything the job evaluated."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"prompt": "Count: one two", "n_predict": 40, "stream": True, "grammar": 'root ::= " a"{30}'}
+    with ThreadPoolExecutor(1) as pool, httpx.stream("POST", f"{server.url}/completion", json=body,
+                                                     timeout=300) as r:
+        lines = (line for line in r.iter_lines() if line.startswith("data: "))
+        first = json.loads(next(lines)[6:])
+        saving = pool.submit(post, server, f"/slots/{first['id_slot']}?action=save", {"filename": "busy.bin"})
+        last = [json.loads(line[6:]) for line in lines][-1]
+        saved = saving.result()
+    assert last["stop"] and last["tokens_predicted"] >= 30
+    assert saved["n_saved"] == last["tokens_cached"] >= first["tokens_evaluated"] + 29
