@@ -1,14 +1,19 @@
 """The OpenAI-compatible HTTP API over a :class:`~splitllm.engine.BatchEngine` (FastAPI).
 
-Endpoints: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /tokenize``
-/ ``/detokenize`` (llama-server's; ``/extras/tokenize``, ``/extras/tokenize/count``,
-``/extras/detokenize`` as llama-cpp-python's server has them), llama-server's native ``POST
+Endpoints: ``GET /health`` (also ``/v1/health``; public), ``GET /metrics`` (Prometheus),
+``GET /v1/models`` (also ``/models``), ``POST /tokenize`` / ``/detokenize`` (llama-server's;
+``/extras/tokenize``, ``/extras/tokenize/count``, ``/extras/detokenize`` as llama-cpp-python's
+server has them), llama-server's native ``POST
 /completion``, ``/infill``, ``GET /props`` and ``POST /apply-template`` (:mod:`splitllm.api_native`),
 ``POST /v1/completions`` (``suffix``: fill-in-the-middle, :mod:`splitllm.infill`),
-``POST /v1/chat/completions`` (``stream: true`` answers server-sent events ending with
-``data: [DONE]``), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
+``POST /v1/chat/completions`` (also ``/chat/completions``; ``stream: true`` answers server-sent
+events ending with ``data: [DONE]``; ``/v1/chat/completions/input_tokens`` counts a request's
+prompt tokens), ``POST /v1/embeddings`` (the final hidden states, pooled as the model says or
 ``--pooling``, unit length as llama-server and OpenAI give them; a 400 for a model without
-pooling, as llama-server answers). Requests are tokenized and checked here, then run by the
+pooling, as llama-server answers). Built on these: Anthropic's ``/v1/messages``
+(:mod:`splitllm.api_anthropic`), OpenAI's ``/v1/responses`` (:mod:`splitllm.api_responses`),
+llama-server's ``/embedding`` (:mod:`splitllm.api_embedding`) and ``/slots``
+(:mod:`splitllm.api_slots`). Requests are tokenized and checked here, then run by the
 engine, which batches them with every other request in flight. A completions request may hold
 several prompts (a list of strings or of token lists, up to 64) and both endpoints take ``n`` (up
 to 16 choices per prompt, choice k seeded with ``seed + k``): each choice is a job of its own,
@@ -38,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import hmac
 import json
 import os
 import time
@@ -47,13 +51,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitllm import _core
+from splitllm.api_errors import APIKeyCheck, add_error_handlers, validation_message
 from splitllm.api_schema import (
     APIError,
     ChatRequest,
@@ -93,26 +95,32 @@ CLIENT_CLOSED = 499      # status logged for a request whose client went away (n
 
 def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None,
                chat_template_kwargs: dict[str, Any] | None = None,
-               reasoning_format: str = "deepseek") -> FastAPI:
+               reasoning_format: str = "deepseek", slots_endpoint: bool = True,
+               slot_save_path: str | None = None) -> FastAPI:
     """The FastAPI application serving ``engine``'s model under ``model_alias`` (default: the file
     name without ``.gguf``). With ``api_key``, requests (but ``/health``) must carry it as a bearer
     token. ``chat_template_kwargs``: chat template variables for every chat request (a request's
     own ``chat_template_kwargs`` take precedence), as llama-server's option. ``reasoning_format``:
     the default of chat requests' ``reasoning_format`` ("deepseek": a thinking block opening the
-    answer goes to ``reasoning_content``, as llama-server does by default; "none")."""
+    answer goes to ``reasoning_content``, as llama-server does by default; "none").
+    ``slots_endpoint``: answer ``GET /slots``; ``slot_save_path``: the folder ``POST /slots/{id}``
+    saves slots to and restores them from (without one, that endpoint answers 501)."""
     svc = _Service(engine, model_alias, template_variables(chat_template_kwargs),
                    check_reasoning_format(reasoning_format))
     app = FastAPI(title="splitllm", summary="OpenAI-compatible API", docs_url=None, redoc_url=None)
     app.state.service = svc
+    svc.slots_endpoint = slots_endpoint
     if api_key:
-        app.add_middleware(_APIKeyCheck, key=api_key)
-    _add_error_handlers(app)
+        app.add_middleware(APIKeyCheck, key=api_key)
+    add_error_handlers(app)
 
     @app.get("/health")
+    @app.get("/v1/health")
     async def health() -> dict[str, Any]:
         return svc.health()
 
     @app.get("/v1/models")
+    @app.get("/models")
     async def models() -> dict[str, Any]:
         return svc.models()
 
@@ -125,6 +133,7 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
         return await svc.completion(await _parse(request, CompletionRequest), request)
 
     @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await svc.chat(await _parse(request, ChatRequest), request)
 
@@ -135,6 +144,7 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     @app.post("/v1/rerank")
     @app.post("/rerank")
     @app.post("/v1/reranking")
+    @app.post("/reranking")
     async def rerank(request: Request) -> Response:
         return await svc.rerank(await _parse(request, RerankRequest), request)
 
@@ -158,9 +168,24 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     async def extras_detokenize(request: Request) -> dict[str, Any]:
         return {"text": svc.detokenize(await _parse(request, DetokenizeRequest))}
 
-    from splitllm.api_native import add_native_routes  # (it builds on this module)
+    @app.post("/v1/chat/completions/input_tokens")
+    @app.post("/chat/completions/input_tokens")
+    async def chat_input_tokens(request: Request) -> dict[str, Any]:
+        body = await _parse(request, ChatRequest)
+        return {"object": "response.input_tokens", "input_tokens": len(svc.chat_prompt(body).tokens)}
+
+    # (these modules build on this one)
+    from splitllm.api_anthropic import add_anthropic_routes
+    from splitllm.api_embedding import add_embedding_routes
+    from splitllm.api_native import add_native_routes
+    from splitllm.api_responses import add_responses_routes
+    from splitllm.api_slots import add_slot_routes
 
     add_native_routes(app, svc)
+    add_embedding_routes(app, svc)
+    add_anthropic_routes(app, svc)
+    add_responses_routes(app, svc)
+    add_slot_routes(app, svc, endpoint=slots_endpoint, save_path=slot_save_path)
     return app
 
 
@@ -176,6 +201,7 @@ class _Service:
         self.alias = model_alias or (base[:-5] if base.endswith(".gguf") else base)
         self.names = {self.alias, path, base}
         self.created = int(time.time())
+        self.slots_endpoint = True  # (GET /slots answers)
 
     # ---- information ----
 
@@ -331,8 +357,10 @@ class _Service:
             lasts.append(last)
         return JSONResponse({**head, "choices": choices, "usage": _total_usage(runs, lasts)})
 
-    async def chat(self, body: ChatRequest, request: Request) -> Response:
-        name = self._generative_model(body.model)
+    def chat_prompt(self, body: ChatRequest) -> _ChatPrompt:
+        """A chat request's prompt tokens, stop strings, tool plan and grammar (400 if bad): what
+        /v1/chat/completions runs and the ``input_tokens`` endpoints count."""
+        self._generative_model(body.model)
         messages = [m.as_dict() for m in body.messages]
         grammar = _grammar_of(body)
         try:
@@ -348,67 +376,51 @@ class _Service:
             raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
         if plan is not None and plan.grammar is not None:
             grammar = plan.grammar
+        return _ChatPrompt(tokens, stops, plan, grammar, harmony)
+
+    def start_chat(self, body: ChatRequest) -> ChatRun:
+        """Queues a chat request's choices; the caller reads them through the returned run (which
+        the other chat-shaped APIs, Anthropic's and Responses, translate)."""
+        name = self._generative_model(body.model)
+        p = self.chat_prompt(body)
         thinking = (body.reasoning_format or self.reasoning_format) == "deepseek"
-        inside = thinking and not harmony and self.model.opens_thinking(tokens)
+        inside = thinking and not p.harmony and self.model.opens_thinking(p.tokens)
+        limit = body.token_limit
+        if limit is not None and body.limit_is_cap:
+            limit = min(limit, self.engine.slot_ctx)
         runs: list[_Run] = []
         try:
             for k in range(body.n):
-                stream = self._submit(tokens, body, body.token_limit, stops, "messages",
-                                      explicit=body.token_limit is not None,
+                stream = self._submit(p.tokens, body, limit, p.stops, "messages",
+                                      explicit=limit is not None and not body.limit_is_cap,
                                       limit_param=body.token_limit_param, seed=_choice_seed(body.seed, k),
-                                      grammar=grammar)
+                                      grammar=p.grammar)
                 runs.append(_Run(k, stream, k == 0))
         except BaseException:
             _close(runs)
             raise
-        head = chat_head(name)
-        want_lps = body.n_logprobs is not None
         splitters: dict[int, ReasoningSplitter | HarmonySplitter] = {}
-        if harmony:  # (always parsed: its analysis stays in the content as written with "none")
+        if p.harmony:  # (always parsed: its analysis stays in the content as written with "none")
+            plan = p.plan
             splitters = {r.index: HarmonySplitter(reasoning=thinking, names=plan.names if plan else None,
                                                   max_calls=plan.max_calls if plan else None) for r in runs}
         elif thinking:
             splitters = {r.index: ReasoningSplitter(inside=inside) for r in runs}
-        if body.stream:
-            events = _chat_events(runs, head, want_lps, body.include_usage, plan, splitters, harmony)
-            return _sse(runs, events)
-        results = await _collect_all(runs, request, body)
-        if results is None:
-            return Response(status_code=CLIENT_CLOSED)
-        choices, lasts = [], []
-        for r, chunks in zip(runs, results, strict=True):
-            if splitters:
-                chunks = [splitters[r.index].chunk(c) for c in chunks]
-            if plan is not None:
-                choice, last = tool_chat_choice(plan, chunks, want_lps, r.index, parsed=harmony)
-            else:
-                choice, last = chat_choice(chunks, want_lps, r.index)
-            choices.append(choice)
-            lasts.append(last)
-        return JSONResponse({**head, "object": "chat.completion", "choices": choices,
-                             "usage": _total_usage(runs, lasts)})
+        return ChatRun(runs, chat_head(name), body, p.plan, splitters, p.harmony)
 
+    async def chat(self, body: ChatRequest, request: Request) -> Response:
+        run = self.start_chat(body)
+        if body.stream:
+            return _sse(run.runs, run.events())
+        result = await run.result(request)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(result)
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
         name = self._model_name(body.model)
-        token_lists = []
-        for x in body.inputs():
-            toks = self.model.tokenize(x.encode("utf-8")) if isinstance(x, str) else x
-            if not toks:
-                raise APIError(400, "an input is empty", param="input")
-            ctx = self.engine.slot_ctx
-            if len(toks) >= ctx and not self.model.config["encoder"]:  # (an encoder has no cache)
-                raise APIError(400, f"This model's maximum context length is {ctx} tokens, but an input has "
-                               f"{len(toks)} tokens", param="input", code="context_length_exceeded")
-            limit = self.model.embed_limit()  # an encoder reads a text in one batch
-            if len(toks) > limit:
-                raise APIError(400, f"This model reads at most {limit} tokens of a text (n_batch and its "
-                               f"positions), but an input has {len(toks)} tokens", param="input",
-                               code="context_length_exceeded")
-            try:
-                token_lists.append(self.model.check_prompt(toks))
-            except ValueError as e:
-                raise APIError(400, str(e), param="input") from None
+        token_lists = self.embedding_tokens(
+            [self.model.tokenize(x.encode("utf-8")) if isinstance(x, str) else x for x in body.inputs()])
         try:
             pooling = self.model.pooling_type()
         except ValueError as e:
@@ -434,6 +446,27 @@ class _Service:
         return JSONResponse({"object": "list", "data": data, "model": name,
                              "usage": {"prompt_tokens": n, "total_tokens": n}})
 
+
+    def embedding_tokens(self, token_lists: Sequence[Sequence[int]], param: str = "input") -> list[list[int]]:
+        """Texts' tokens checked against what the model reads in one text (400 naming param)."""
+        out = []
+        for toks in token_lists:
+            if not toks:
+                raise APIError(400, "an input is empty", param=param)
+            ctx = self.engine.slot_ctx
+            if len(toks) >= ctx and not self.model.config["encoder"]:  # (an encoder has no cache)
+                raise APIError(400, f"This model's maximum context length is {ctx} tokens, but an input has "
+                               f"{len(toks)} tokens (too large)", param=param, code="context_length_exceeded")
+            limit = self.model.embed_limit()  # an encoder reads a text in one batch
+            if len(toks) > limit:
+                raise APIError(400, f"This model reads at most {limit} tokens of a text (n_batch and its "
+                               f"positions), but an input has {len(toks)} tokens (too large)", param=param,
+                               code="context_length_exceeded")
+            try:
+                out.append(self.model.check_prompt(toks))
+            except ValueError as e:
+                raise APIError(400, str(e), param=param) from None
+        return out
 
     def _embedding_runs(self, token_lists: Sequence[Sequence[int]], param: str, *,
                         classify: bool = False) -> list[_Run]:
@@ -505,6 +538,55 @@ class _Run:
         """The echo with the prompt's log-probability entries (set before the job's first event)."""
         lps = self.stream.job.prompt_logprobs
         return self.echo if lps is None else dataclasses.replace(self.echo, logprobs=lps.entries)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChatPrompt:
+    tokens: list[int]
+    stops: list[str]
+    plan: ToolPlan | None
+    grammar: Grammar | None
+    harmony: bool
+
+
+@dataclasses.dataclass(eq=False)
+class ChatRun:
+    """A chat request's queued choices: ``events()`` gives its stream's chunks (OpenAI's
+    ``chat.completion.chunk`` dicts), ``result()`` its whole ``chat.completion``."""
+
+    runs: list[_Run]
+    head: dict[str, Any]
+    body: ChatRequest
+    plan: ToolPlan | None
+    splitters: dict[int, ReasoningSplitter | HarmonySplitter]
+    harmony: bool
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        b = self.body
+        return _chat_events(self.runs, self.head, b.n_logprobs is not None, b.include_usage, self.plan,
+                            self.splitters, self.harmony)
+
+    async def result(self, request: Request) -> dict[str, Any] | None:
+        """The whole answer, or None if the client went away (the jobs are cancelled)."""
+        results = await _collect_all(self.runs, request, self.body)
+        if results is None:
+            return None
+        want_lps = self.body.n_logprobs is not None
+        choices, lasts = [], []
+        for r, chunks in zip(self.runs, results, strict=True):
+            if self.splitters:
+                chunks = [self.splitters[r.index].chunk(c) for c in chunks]
+            if self.plan is not None:
+                choice, last = tool_chat_choice(self.plan, chunks, want_lps, r.index, parsed=self.harmony)
+            else:
+                choice, last = chat_choice(chunks, want_lps, r.index)
+            choices.append(choice)
+            lasts.append(last)
+        return {**self.head, "object": "chat.completion", "choices": choices,
+                "usage": _total_usage(self.runs, lasts)}
+
+    def close(self) -> None:
+        _close(self.runs)
 
 
 def _with_bos(body: TokenizeRequest) -> TokenizeRequest:
@@ -676,71 +758,5 @@ async def _parse(request: Request, cls: type[_Body]) -> _Body:
     try:
         return cls.model_validate_json(await request.body())
     except ValidationError as e:
-        message, param = _validation_message(e.errors())
+        message, param = validation_message(e.errors())
         raise APIError(400, message, param=param, code="invalid_value") from None
-
-
-# ---- errors ----
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(list(e.errors()))
-        return JSONResponse(error_body(message, param=param, code="invalid_value"), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        code = "not_found" if e.status_code == 404 else None
-        return JSONResponse(error_body(str(e.detail), type=kind, code=code), status_code=e.status_code,
-                            headers=getattr(e, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception) -> JSONResponse:
-        return JSONResponse(error_body(f"internal error: {e}", type="server_error"), status_code=500)
-
-
-def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """The first validation error as a sentence, and the top-level field it is about."""
-    if not errors:
-        return "invalid request", None
-    err = errors[0]
-    if err.get("type") == "json_invalid":
-        detail = err.get("ctx", {}).get("error", "")
-        return "the request body is not valid JSON" + (f" ({detail})" if detail else ""), None
-    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-    if not loc:
-        return f"request body: {err.get('msg', 'invalid')} (a JSON object is expected)", None
-    # The path to the value, without pydantic's names of union members ('str', 'list[int]', ...).
-    where = loc[0] + "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc[1:]
-                             if x.isdigit() or (x.isidentifier() and x not in _TYPE_TAGS))
-    return f"invalid value for '{where}': {err.get('msg', 'invalid')}", loc[0]
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "ContentPart", "StreamOptions"}
-
-
-class _APIKeyCheck:
-    """ASGI middleware: requests but ``/health`` must carry ``Authorization: Bearer KEY`` (before the body
-    is read, so a request without the key gets 401 whatever its body)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.key = key.encode("utf-8")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            auth = dict(scope["headers"]).get(b"authorization", b"")
-            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
-            if not hmac.compare_digest(token, self.key):
-                message = "Incorrect API key provided" if token else "Missing API key (Bearer token)"
-                resp = JSONResponse(error_body(message, code="invalid_api_key"), status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-                await resp(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-

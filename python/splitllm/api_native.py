@@ -46,8 +46,8 @@ from splitllm.api import (
     _parse,
     _Run,
     _tools_of,
-    _validation_message,
 )
+from splitllm.api_errors import validation_message
 from splitllm.api_schema import MAX_PROMPTS, APIError, sampling_error
 from splitllm.chat import template_variables
 from splitllm.completions import CompletionChunk
@@ -238,7 +238,7 @@ class NativeAPI:
             "total_slots": engine.n_parallel, "model_alias": self.svc.alias,
             "model_path": self.model.model_path,
             "modalities": {"vision": False, "video": False, "audio": False},
-            "endpoint_slots": False, "endpoint_props": False, "endpoint_metrics": True,
+            "endpoint_slots": self.svc.slots_endpoint, "endpoint_props": False, "endpoint_metrics": True,
             "chat_template": self.model._chat_template_source, "bos_token": text(tok.bos_id),
             "eos_token": text(tok.eos_id), "build_info": f"splitllm {__version__}", "is_sleeping": False,
         }
@@ -311,7 +311,7 @@ def _validated(cls: type[BaseModel], data: Any) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        message, param = _validation_message(e.errors())
+        message, param = validation_message(e.errors())
         raise APIError(400, message, param=param, code="invalid_value") from None
 
 

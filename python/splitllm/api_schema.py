@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -246,6 +246,9 @@ class ChatRequest(_Sampling):
     function_call: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # more chat template variables (llama-server's)
     reasoning_format: Literal["none", "deepseek"] | None = None  # None: the server's --reasoning-format
+    # max_tokens caps the answer (at the context's end) rather than having to fit: for the APIs
+    # translated into chat requests, whose clients send large limits (as llama-server reads them)
+    limit_is_cap: ClassVar[bool] = False
 
     @field_validator("top_logprobs")
     @classmethod

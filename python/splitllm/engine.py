@@ -30,6 +30,7 @@ methods at the same time.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 import time
@@ -138,6 +139,7 @@ class BatchEngine:
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
+        self._controls: list[tuple[int, Callable[[_Slot], Any], concurrent.futures.Future[Any]]] = []
         self._cv = threading.Condition()
         self._closed = False
         self._clock = 0
@@ -287,17 +289,86 @@ class BatchEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ---- slot state (llama-server's /slots) ----
+
+    def slots(self) -> list[dict[str, Any]]:
+        """Each slot: its index, whether a job runs in it (and that job's prompt and tokens so
+        far), and the tokens whose K/V it holds."""
+        with self._cv:
+            out = []
+            for s in self._slots:
+                job = s.job
+                out.append({"id": s.index, "job": job, "cached": list(job.tokens if job else s.cached)})
+            return out
+
+    def slot_save(self, index: int) -> concurrent.futures.Future[tuple[list[int], bytes]]:
+        """The tokens a slot holds and their K/V (``kv_read``), once no job runs in it."""
+        return self._control(index, lambda s: (list(s.cached), self._core.kv_read(s.index, len(s.cached))))
+
+    def slot_restore(self, index: int, tokens: Sequence[int], data: bytes) -> concurrent.futures.Future[int]:
+        """Puts back what ``slot_save`` gave (of any slot) into a slot, once no job runs in it: a
+        prompt starting with those tokens then reuses them."""
+        toks = [int(t) for t in tokens]
+
+        def restore(s: _Slot) -> int:
+            if len(toks) >= self.slot_ctx:
+                raise ValueError(f"the state holds {len(toks)} tokens: more than a slot's context, "
+                                 f"{self.slot_ctx}")
+            s.cached, s.logits, s.n_logits = [], None, 0  # (unknown if the write fails half way)
+            self._core.kv_write(s.index, len(toks), data)
+            s.cached = toks
+            return len(toks)
+
+        return self._control(index, restore)
+
+    def slot_erase(self, index: int) -> concurrent.futures.Future[int]:
+        """Forgets a slot's cached tokens (once no job runs in it); the number forgotten."""
+
+        def erase(s: _Slot) -> int:
+            n = len(s.cached)
+            s.cached, s.logits, s.n_logits = [], None, 0
+            return n
+
+        return self._control(index, erase)
+
+    def _control(self, index: int, fn: Callable[[_Slot], Any]) -> concurrent.futures.Future[Any]:
+        if not 0 <= index < self.n_parallel:
+            raise ValueError(f"slot id {index} is out of range [0, {self.n_parallel})")
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            self._controls.append((index, fn, fut))
+            self._cv.notify()
+        return fut
+
+    def _run_controls(self) -> None:
+        """Under the lock, between passes: the slot operations whose slot is idle (the others wait
+        for their slot's job to end)."""
+        waiting = []
+        for index, fn, fut in self._controls:
+            slot = self._slots[index]
+            if slot.job is not None:
+                waiting.append((index, fn, fut))
+                continue
+            try:
+                fut.set_result(fn(slot))
+            except Exception as e:
+                fut.set_exception(e)
+        self._controls = waiting
+
     # ---- scheduler (engine thread) ----
 
     def _run(self) -> None:
         while True:
             with self._cv:
                 self._drop_cancelled()
-                while not self._closed and not self._pending and not self._active:
+                while not self._closed and not self._pending and not self._active and not self._controls:
                     self._cv.wait()
                     self._drop_cancelled()
                 if self._closed:
                     break
+                self._run_controls()
                 self._admit()
             try:
                 self._step()
@@ -307,6 +378,9 @@ class BatchEngine:
         with self._cv:
             jobs = list(self._pending) + list(self._active)
             self._pending.clear()
+            for _, _, fut in self._controls:
+                fut.set_exception(EngineClosed("the engine is closed"))
+            self._controls.clear()
         for job in jobs:
             if job.slot >= 0:
                 self._finish(job, EngineClosed("the engine is closed"))

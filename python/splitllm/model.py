@@ -471,17 +471,24 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back
         later with :meth:`load_state` instead of reading them again. Picklable."""
         toks = list(self._history)
-        data = self._engine().kv_read(0, len(toks))
-        return ModelState(np.asarray(toks, dtype=np.intc), len(toks), data, len(data), self._seed,
+        return self.state_of(toks, self._engine().kv_read(0, len(toks)))
+
+    def state_of(self, tokens: Sequence[int], data: bytes) -> ModelState:
+        """A state of tokens and their K/V as ``kv_read`` gives them (a server's sequence slot's)."""
+        return ModelState(np.asarray(tokens, dtype=np.intc), len(tokens), data, len(data), self._seed,
                           self._state_signature())
 
-    def load_state(self, state: ModelState) -> None:
-        """Puts back a state from :meth:`save_state` of this model (same file, context and cache
-        settings): the next prompt that starts with its tokens reuses them."""
+    def check_state(self, state: ModelState) -> None:
+        """ValueError unless ``state`` is a ModelState this model (file, context, cache) can take."""
         if not isinstance(state, ModelState):
             raise ValueError(f"expected a ModelState from save_state (got {type(state).__name__})")
         if state.signature != self._state_signature():
             raise ValueError("the state was saved by another model or with other context / cache settings")
+
+    def load_state(self, state: ModelState) -> None:
+        """Puts back a state from :meth:`save_state` of this model (same file, context and cache
+        settings): the next prompt that starts with its tokens reuses them."""
+        self.check_state(state)
         toks = self._check_tokens([int(t) for t in state.input_ids])
         self._history = []
         self._engine().kv_write(0, len(toks), state.llama_state)

@@ -25,9 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
                        description="Serve a model over HTTP with OpenAI's API: /v1/completions, "
                        "/v1/chat/completions (streamed as server-sent events with stream: true), "
-                       "/v1/embeddings, /v1/rerank, /v1/models, /health; and llama-server's /completion, "
-                       "/infill (fill-in-the-middle for code completion clients), /props, /apply-template, "
-                       "/tokenize, /detokenize, /metrics. Concurrent requests share each forward pass.")
+                       "/v1/embeddings, /v1/rerank, /v1/models, /v1/responses, /health; Anthropic's "
+                       "/v1/messages; and llama-server's /completion, /infill (fill-in-the-middle for code "
+                       "completion clients), /embedding, /props, /apply-template, /tokenize, /detokenize, "
+                       "/metrics, /slots. Concurrent requests share each forward pass.")
     p.add_argument("model", help="GGUF model file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=23333, help="port (default 23333)")
@@ -50,6 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spm-infill", action="store_true",
                    help="fill-in-the-middle prompts (/infill, a completion's suffix) put the suffix before "
                         "the prefix, as some code models want (llama-server's flag)")
+    p.add_argument("--no-slots", dest="slots", action="store_false",
+                   help="do not answer GET /slots (the slots' state), as llama-server's flag")
+    p.add_argument("--slots", dest="slots", action="store_true", default=True, help=argparse.SUPPRESS)
+    p.add_argument("--slot-save-path", default=None, metavar="DIR",
+                   help="folder where POST /slots/{id}?action=save|restore writes and reads slots' caches "
+                        "(without it, that endpoint answers 501)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
@@ -65,13 +72,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--parallel must be at least 1 (got {args.parallel})")
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be in [0, 65535] (got {args.port})")
+    if args.slot_save_path is not None and not os.path.isdir(args.slot_save_path):
+        raise ValueError(f"--slot-save-path {args.slot_save_path!r}: not a folder")
     pooling = args.pooling if args.pooling is not None else -1
     extra = {"n_seq_max": args.parallel, "pooling_type": pooling, "spm_infill": args.spm_infill}
     with (load_model(args, **extra) as model,
           BatchEngine(model) as engine):
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key,
                          chat_template_kwargs=args.chat_template_kwargs,
-                         reasoning_format=args.reasoning_format)
+                         reasoning_format=args.reasoning_format, slots_endpoint=args.slots,
+                         slot_save_path=args.slot_save_path)
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
               f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"
