@@ -1,0 +1,380 @@
+"""``splitllm quantize --imatrix`` against llama.cpp's llama_model_quantize with the same matrix.
+
+The matrices are random positive ones written here with gguf-py (llama-imatrix's GGUF layout:
+``NAME.in_sum2`` and ``NAME.counts`` per entry) or as legacy ``.dat`` files; llama.cpp gets the
+values llama-quantize's load_imatrix computes from them (sums / counts, in float32, computed
+here with numpy) through ``llama_model_quantize_params.imatrix``, and the four
+``quantize.imatrix.*`` keys llama-quantize adds as kv overrides. Tiny models: llama with GQA
+(dense), llama with tied embeddings, qwen3moe with 8 experts and Mixtral-style llama with 4
+(3-D expert tensors, a row of weights per expert), rows of 288 (the IQ types' fallback to
+IQ4_NL); every file type that needs a matrix, the weighted legacy / k-quant / IQ4 quantizers, and
+SmolLM2 requantized to IQ2_M and IQ3_XXS. The output files must be byte for byte llama.cpp's.
+Then the errors llama.cpp raises (no matrix, an entry of the wrong size, non-finite values) and
+the option checks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+from splitllm import GGUFFile, quants
+from splitllm.cli import main
+from splitllm_convert import FILE_TYPES, QuantizeError
+from test_quantize_cli import assert_same_file, llama_quantize, ours, types_of
+from tiny_model import TinyConfig, make_weights, write_gguf
+
+_LOG_SINK: list[Any] = []
+
+IMATRIX_FTYPES = ["iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m", "iq3_xxs", "iq3_xs", "iq3_s",
+                  "iq3_m", "q2_k_s"]  # fmt: skip
+WEIGHTED_FTYPES = ["q4_k_m", "q5_k_m", "q4_0", "iq4_xs", "q3_k_s"]
+
+MODELS = {
+    "llama-gqa": (TinyConfig(n_layer=4, n_embd=256, n_ff=512, n_head=4, n_head_kv=2), "F16"),
+    "llama-tied": (TinyConfig(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=1, tied_output=True),
+                   "F32"),
+    "qwen3moe-8x": (TinyConfig(arch="qwen3moe", n_layer=2, n_embd=256, n_ff=256, n_head=4, n_head_kv=2,
+                               n_expert=8, n_expert_used=2), "F16"),
+    "mixtral-4x": (TinyConfig(n_layer=2, n_embd=256, n_ff=256, n_head=4, n_head_kv=2, n_expert=4,
+                              n_expert_used=2), "F16"),
+    "fallback": (TinyConfig(n_layer=2, n_embd=288, n_ff=512, n_head=4, n_head_kv=2), "F16"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def llama_cpp() -> Any:
+    mod = pytest.importorskip("llama_cpp")
+    if not _LOG_SINK:
+        _LOG_SINK.append(mod.llama_log_callback(lambda level, text, user_data: None))
+    mod.llama_log_set(_LOG_SINK[-1], ctypes.c_void_p(0))
+    return mod
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: Any) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("imatrix_models")
+    out = {}
+    for name, (cfg, weight_type) in MODELS.items():
+        out[name] = d / f"{name}.gguf"
+        write_gguf(make_weights(cfg), out[name], weight_type=weight_type)
+    return out
+
+
+# -- importance matrices, written as llama-imatrix writes them ------------------------------------
+
+Entries = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (sums (n_mat, n_per_row), counts (n_mat,))
+
+
+def random_entries(model: Path, seed: int = 0) -> Entries:
+    """Sums of squares and counts for every matrix a forward pass multiplies by (not the token
+    embeddings), as llama-imatrix collects them; some expert never chosen (count 0)."""
+    rng = np.random.default_rng(seed)
+    out: Entries = {}
+    with GGUFFile(model) as f:
+        for name, info in f.tensors.items():
+            if len(info.shape) < 2 or not name.endswith(".weight") or "norm" in name or "token_embd" in name:
+                continue
+            if "ffn_gate_inp" in name:
+                continue
+            n_mat = info.shape[0] if len(info.shape) == 3 else 1
+            counts = rng.integers(1, 200, size=n_mat).astype(np.float32) * 512
+            if n_mat > 1:
+                counts[1] = 0
+            mean_sq = rng.gamma(2.0, 1.0, size=(n_mat, info.shape[-1])).astype(np.float32)
+            out[name] = ((mean_sq * counts[:, None]).astype(np.float32), counts)
+    return out
+
+
+def write_imatrix(path: Path, entries: Entries, datasets: list[str], chunk_count: int) -> None:
+    """llama-imatrix's GGUF file (general.type imatrix, the datasets, chunk count and size)."""
+    w = gguf.GGUFWriter(str(path), None)  # no architecture key
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", datasets)
+    w.add_uint32("imatrix.chunk_count", chunk_count)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for name, (sums, counts) in entries.items():
+        w.add_tensor(name + ".in_sum2", sums)
+        w.add_tensor(name + ".counts", counts.reshape(-1, 1))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_legacy(
+    path: Path, entries: dict[str, tuple[np.ndarray, int]], chunk_count: int, dataset: str
+) -> None:
+    """The legacy .dat layout: per entry its name, ncall and values (means times ncall), then the
+    chunk count and the dataset's name."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(entries)))
+        for name, (values, ncall) in entries.items():
+            raw = name.encode()
+            f.write(struct.pack("<i", len(raw)) + raw + struct.pack("<ii", ncall, values.size))
+            f.write(values.astype("<f4").tobytes())
+        f.write(struct.pack("<i", chunk_count))
+        f.write(struct.pack("<i", len(dataset.encode())) + dataset.encode())
+
+
+def mean_weights(entries: Entries) -> dict[str, np.ndarray]:
+    """load_imatrix's values: each expert's sums divided by its count (1 where the count is 0)."""
+    out = {}
+    for name, (sums, counts) in entries.items():
+        c = counts.astype(np.float32)[:, None]
+        out[name] = (
+            np.where(c > 0, sums / np.where(c > 0, c, 1), np.float32(1)).astype(np.float32).reshape(-1)
+        )
+    return out
+
+
+def imatrix_param(llama_cpp: Any, weights: dict[str, np.ndarray]) -> tuple[Any, list[Any]]:
+    """A llama_model_imatrix_data array ending in a NULL name, and what must stay alive with it."""
+    arr = (llama_cpp.llama_model_imatrix_data * (len(weights) + 1))()
+    keep: list[Any] = [arr]
+    for i, (name, values) in enumerate(weights.items()):
+        data = np.ascontiguousarray(values, dtype=np.float32)
+        keep += [data, name.encode()]
+        arr[i].name, arr[i].size = keep[-1], data.size
+        arr[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    arr[-1].name = None
+    return ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data)), keep
+
+
+def imatrix_kvs(path: Path, dataset: str | None, n_entries: int, chunk_count: int) -> dict[str, Any]:
+    """The kv overrides llama-quantize adds for its --imatrix file (strings cut at 127 bytes)."""
+    kvs: dict[str, Any] = {"quantize.imatrix.file": str(path).encode()[:127].decode()}
+    if dataset is not None:
+        kvs["quantize.imatrix.dataset"] = dataset.encode()[:127].decode()
+    kvs["quantize.imatrix.entries_count"] = n_entries
+    if chunk_count > 0:
+        kvs["quantize.imatrix.chunks_count"] = chunk_count
+    return kvs
+
+
+def theirs_with(llama_cpp: Any, src: Path, dst: Path, ftype: str, weights: dict[str, np.ndarray],
+                kvs: dict[str, Any] | None, **params: Any) -> int:  # fmt: skip
+    ptr, keep = imatrix_param(llama_cpp, weights)
+    rc = llama_quantize(llama_cpp, src, dst, ftype, override_kv=kvs, imatrix=ptr, **params)
+    del keep
+    return rc
+
+
+def need_quantizers(ftype: str, path: Path) -> None:
+    """Skip where splitllm lacks a quantizer for a type llama.cpp chose (the IQ ones come from
+    another branch); names the type."""
+    for name, t in types_of(path).items():
+        info = quants.qtype_info(t)
+        if info.is_quantized and not (info.can_quantize or info.takes_imatrix):
+            pytest.skip(f"{ftype}: splitllm has no {t} quantizer yet ({name})")
+
+
+# -- byte for byte ---------------------------------------------------------------------------------
+
+
+def _compare(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str, tmp_path: Path) -> Path:
+    entries = random_entries(models[model])
+    im = tmp_path / "imatrix.gguf"
+    write_imatrix(im, entries, ["wiki.train.raw"], 37)
+    weights = mean_weights(entries)
+    theirs, mine = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    kvs = imatrix_kvs(im, "wiki.train.raw", len(weights), 37)
+    assert theirs_with(llama_cpp, models[model], theirs, ftype, weights, kvs) == 0
+    need_quantizers(ftype, theirs)
+    plan = ours(models[model], mine, ftype, imatrix=im)
+    assert_same_file(mine, theirs)
+    assert plan.output_bytes == mine.stat().st_size
+    return mine
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("ftype", IMATRIX_FTYPES)
+@pytest.mark.parametrize("model", ["llama-gqa", "qwen3moe-8x"])
+def test_imatrix_file_types_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    _compare(llama_cpp, models, model, ftype, tmp_path)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(("model", "ftype"), [("llama-tied", "iq2_xxs"), ("llama-tied", "iq3_xxs"),
+                                              ("mixtral-4x", "iq2_m"), ("mixtral-4x", "iq1_m"),
+                                              ("fallback", "iq2_xs"), ("fallback", "iq3_m")])  # fmt: skip
+def test_imatrix_other_models_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str,
+                                              ftype: str, tmp_path: Path) -> None:  # fmt: skip
+    mine = _compare(llama_cpp, models, model, ftype, tmp_path)
+    if model == "fallback":  # rows of 288: no 256-block type fits, IQ4_NL does
+        assert types_of(mine)["blk.0.attn_q.weight"] == "IQ4_NL"
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("ftype", WEIGHTED_FTYPES)
+@pytest.mark.parametrize("model", ["llama-gqa", "mixtral-4x"])
+def test_weighted_quantizers_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """The legacy, k-quant and IQ4 types with a matrix: the weighted quantizers, and the rules a
+    matrix changes (Q4_0's first ffn_down layers in Q4_1, IQ4_XS's without Q5_K)."""
+    mine = _compare(llama_cpp, models, model, ftype, tmp_path)
+    if ftype == "q4_0" and model == "llama-gqa":
+        assert types_of(mine)["blk.0.ffn_down.weight"] == "Q4_1"
+
+
+@pytest.mark.reference
+def test_legacy_file_and_selection_match_llama_cpp(llama_cpp: Any, models: dict[str, Path],
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """A legacy .dat matrix (means times ncall; one entry's ncall 0: taken as it is), with
+    --exclude-weights; then --include-weights on the GGUF form."""
+    src = models["llama-gqa"]
+    rng = np.random.default_rng(5)
+    legacy = {}
+    for i, (name, (sums, counts)) in enumerate(random_entries(src, 3).items()):
+        ncall = 0 if i == 2 else int(rng.integers(1, 90))
+        legacy[name] = ((sums / counts[:, None]).reshape(-1).astype(np.float32) * max(ncall, 1), ncall)
+    dat = tmp_path / "imatrix.dat"
+    write_legacy(dat, legacy, 11, "calibration.txt")
+    weights = {n: v / np.float32(c) if c else v for n, (v, c) in legacy.items()}
+    kept = {n: v for n, v in weights.items() if "attn_k" not in n and "blk.3." not in n}
+    kvs = imatrix_kvs(dat, "calibration.txt", len(kept), 11)
+    assert theirs_with(llama_cpp, src, tmp_path / "theirs.gguf", "iq3_s", kept, kvs) == 0
+    need_quantizers("iq3_s", tmp_path / "theirs.gguf")
+    ours(src, tmp_path / "ours.gguf", "iq3_s", imatrix=dat, exclude_weights=["attn_k", "blk.3."])
+    assert_same_file(tmp_path / "ours.gguf", tmp_path / "theirs.gguf")
+
+    entries = random_entries(src, 4)
+    im = tmp_path / "im.gguf"
+    write_imatrix(im, entries, [], 0)  # no dataset, no chunk count: neither key is written
+    chosen = {n: v for n, v in mean_weights(entries).items() if "ffn" in n}
+    kvs = imatrix_kvs(im, None, len(chosen), 0)
+    assert theirs_with(llama_cpp, src, tmp_path / "theirs2.gguf", "q4_k_m", chosen, kvs) == 0
+    ours(src, tmp_path / "ours2.gguf", "q4_k_m", imatrix=im, include_weights=["ffn"])
+    assert_same_file(tmp_path / "ours2.gguf", tmp_path / "theirs2.gguf")
+
+
+@pytest.mark.reference
+def test_token_embd_entry_of_another_size_is_skipped(llama_cpp: Any, models: dict[str, Path],
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """llama.cpp ignores the token embeddings' entry when its size is not theirs (Q2_K without a
+    matrix), where any other tensor's is an error."""
+    src = models["llama-gqa"]
+    entries = random_entries(src, 6)
+    entries["token_embd.weight"] = (np.ones((1, 100), np.float32), np.ones(1, np.float32))
+    im = tmp_path / "im.gguf"
+    write_imatrix(im, entries, ["d"], 2)
+    weights = mean_weights(entries)
+    kvs = imatrix_kvs(im, "d", len(weights), 2)
+    assert theirs_with(llama_cpp, src, tmp_path / "theirs.gguf", "iq2_xxs", weights, kvs) == 0
+    need_quantizers("iq2_xxs", tmp_path / "theirs.gguf")
+    ours(src, tmp_path / "ours.gguf", "iq2_xxs", imatrix=im)
+    assert_same_file(tmp_path / "ours.gguf", tmp_path / "theirs.gguf")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("ftype", ["iq2_m", "iq3_xxs"])
+def test_real_model_with_imatrix_matches_llama_cpp(llama_cpp: Any, smollm2_path: Path, ftype: str,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    """SmolLM2-135M Q4_1 requantized by both with a random matrix: rows of 576 fall back to IQ4_NL,
+    ffn_down's (1536) keep the IQ types."""
+    entries = random_entries(smollm2_path, 7)
+    im = tmp_path / "smollm2.imatrix.gguf"
+    write_imatrix(im, entries, ["random"], 100)
+    weights = mean_weights(entries)
+    kvs = imatrix_kvs(im, "random", len(weights), 100)
+    theirs, mine = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    assert theirs_with(llama_cpp, smollm2_path, theirs, ftype, weights, kvs, allow_requantize=True) == 0
+    need_quantizers(ftype, theirs)
+    ours(smollm2_path, mine, ftype, imatrix=im, allow_requantize=True)
+    assert_same_file(mine, theirs)
+
+
+# -- the types each rule picks, whatever the quantizers -------------------------------------------
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("ftype", [*IMATRIX_FTYPES, "q4_0", "q5_0", "iq4_nl"])
+@pytest.mark.parametrize("model", ["llama-gqa", "llama-tied", "qwen3moe-8x", "fallback"])
+def test_rules_with_imatrix_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """Each tensor's type (a dry run here) against the file llama.cpp writes with a matrix."""
+    weights = mean_weights(random_entries(models[model]))
+    assert theirs_with(llama_cpp, models[model], tmp_path / "theirs.gguf", ftype, weights, None) == 0
+    plan = ours(models[model], None, ftype, imatrix=weights, dry_run=True)
+    assert {t.name: t.type.name for t in plan.tensors} == types_of(tmp_path / "theirs.gguf")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("ftype", ["iq3_s", "iq3_m", "iq3_xs", "iq3_xxs", "q2_k_s", "iq2_xxs"])
+def test_rules_without_imatrix_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], ftype: str,
+                                               tmp_path: Path) -> None:  # fmt: skip
+    """Without a matrix: the types llama.cpp writes, or its refusal (no file from either; a dry run
+    warns)."""
+    src, theirs = models["llama-gqa"], tmp_path / "theirs.gguf"
+    rc = llama_quantize(llama_cpp, src, theirs, ftype)
+    if FILE_TYPES[ftype].needs_imatrix:
+        assert rc != 0
+        with pytest.raises(QuantizeError, match="this quantization requires an importance matrix"):
+            ours(src, tmp_path / "ours.gguf", ftype)
+        assert not (tmp_path / "ours.gguf").exists()
+        plan = ours(src, None, ftype, dry_run=True)
+        assert plan.will_require_imatrix and "will require an imatrix" in plan.summary()
+        return
+    assert rc == 0
+    plan = ours(src, None, ftype, dry_run=True)
+    assert {t.name: t.type.name for t in plan.tensors} == types_of(theirs)
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.reference
+def test_missing_entry_for_a_low_bit_tensor(llama_cpp: Any, models: dict[str, Path], tmp_path: Path) -> None:
+    """A matrix without blk.1.attn_q's entry: llama.cpp stops at that tensor; we stop before
+    writing anything."""
+    src = models["llama-gqa"]
+    weights = {n: v for n, v in mean_weights(random_entries(src)).items() if n != "blk.1.attn_q.weight"}
+    assert theirs_with(llama_cpp, src, tmp_path / "theirs.gguf", "iq2_xxs", weights, None) != 0
+    with pytest.raises(QuantizeError, match=r"missing importance matrix for tensor 'blk\.1\.attn_q\.weight'"):
+        ours(src, tmp_path / "ours.gguf", "iq2_xxs", imatrix=weights)
+    assert not (tmp_path / "ours.gguf").exists()
+
+
+@pytest.mark.reference
+def test_wrong_size_and_non_finite_are_refused(
+    llama_cpp: Any, models: dict[str, Path], tmp_path: Path
+) -> None:
+    src = models["qwen3moe-8x"]
+    weights = mean_weights(random_entries(src))
+    short = dict(weights, **{"blk.0.ffn_up_exps.weight": weights["blk.0.ffn_up_exps.weight"][:256]})
+    assert theirs_with(llama_cpp, src, tmp_path / "theirs.gguf", "q4_k_m", short, None) != 0
+    with pytest.raises(QuantizeError, match=r"'blk\.0\.ffn_up_exps\.weight' has 256 values.*needs 2048"):
+        ours(src, tmp_path / "ours.gguf", "q4_k_m", imatrix=short)
+    bad = dict(weights)
+    bad["blk.1.attn_v.weight"] = weights["blk.1.attn_v.weight"].copy()
+    bad["blk.1.attn_v.weight"][3] = np.nan
+    assert theirs_with(llama_cpp, src, tmp_path / "theirs.gguf", "q4_k_m", bad, None) != 0
+    with pytest.raises(QuantizeError, match="non-finite value nan"):
+        ours(src, tmp_path / "ours.gguf", "q4_k_m", imatrix=bad)
+    assert not (tmp_path / "ours.gguf").exists()
+
+
+def test_cli_options(models: dict[str, Path], tmp_path: Path, capsys: Any) -> None:
+    """--include-weights with --exclude-weights is refused (llama-quantize prints its usage); a
+    file that is no matrix names itself; IQ2_XXS without a matrix names the tensor."""
+    src, dst = str(models["llama-gqa"]), str(tmp_path / "out.gguf")
+    im = tmp_path / "im.gguf"
+    write_imatrix(im, random_entries(models["llama-gqa"]), ["d"], 1)
+    cases = [
+        (["--imatrix", str(im), "--include-weights", "a", "--exclude-weights", "b", src, dst, "q4_k_m"],
+         "cannot be used together"),
+        (["--imatrix", str(tmp_path / "none.gguf"), src, dst, "q4_k_m"], "none.gguf"),
+        ([src, dst, "iq2_xxs"], "requires an importance matrix"),
+        ([src, dst, "tq1_0"], "no ternary (TQ1_0) quantizer"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(["quantize", "--quiet", *args]) != 0
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert not Path(dst).exists()
