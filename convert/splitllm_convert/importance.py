@@ -105,30 +105,23 @@ def select(entries: Mapping[str, np.ndarray], include: Sequence[str] = (),
 def load(path: str | os.PathLike[str], include: Sequence[str] = (),
          exclude: Sequence[str] = ()) -> Importance | None:  # fmt: skip
     """The file's entries, selected; None when none is left (llama-quantize then passes none)."""
-    from splitllm import imatrix
+    from splitllm.imatrix import Imatrix
 
     if include and exclude:
         raise ImatrixError("--include-weights and --exclude-weights cannot be used together")
+    where = os.fspath(path)
     try:
-        im = imatrix.load(path)
+        im = Imatrix.load(path)
     except (OSError, ValueError) as e:
-        raise ImatrixError(f"{os.fspath(path)}: cannot load the importance matrix ({e})") from None
-    entries = {name: np.ascontiguousarray(im.weights(name), dtype=np.float32).reshape(-1)
-               for name in _names(im)}  # fmt: skip
+        raise ImatrixError(f"{where}: cannot load the importance matrix ({e})") from None
+    if not im.legacy and not im.has_metadata:  # llama-quantize refuses these too
+        raise ImatrixError(f"{where}: missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, "
+                           "imatrix.chunk_size)")  # fmt: skip
+    entries = {name: im.weights(name).reshape(-1) for name in im.entries}
     chosen = select(entries, include, exclude)
     if not chosen:
         return None
-    datasets = list(getattr(im, "datasets", ()) or ())
-    return Importance(chosen, os.fspath(path), datasets[0] if datasets else None,
-                      int(getattr(im, "chunk_count", 0) or 0))  # fmt: skip
-
-
-def _names(im: object) -> list[str]:
-    for attr in ("names", "entries", "keys"):
-        v = getattr(im, attr, None)
-        if v is not None:
-            return list(v() if callable(v) else v)
-    raise ImatrixError("splitllm.imatrix: the loaded matrix lists no entry names")
+    return Importance(chosen, where, im.datasets[0] if im.datasets else None, im.chunk_count)
 
 
 def from_mapping(entries: Mapping[str, np.ndarray] | None) -> Importance | None:

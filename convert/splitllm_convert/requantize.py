@@ -275,8 +275,8 @@ def _plan_tensors(inp: _Input, rules: _Rules, override_kv: Sequence[tuple[str, A
     infos = inp.gf.tensors
     order = quant_rules.tensor_order(infos)
     chooser = TypeChooser(hp, rules.opts, order)
-    plans, weights = [], {}
-    for name in order:
+    plans = []
+    for name in order:  # llama.cpp's first pass: the types, and a missing matrix refused
         info = infos[name]
         try:
             cur = Q[info.type]
@@ -288,29 +288,37 @@ def _plan_tensors(inp: _Input, rules: _Rules, override_kv: Sequence[tuple[str, A
             t = chooser.target(name, ne, cur)
         except QuantizeRuleError as e:
             raise QuantizeError(f"{inp.path}: {e}") from None
-        rows = _imatrix_rows(inp.path, rules, hp.arch, name, ne, cur, t)
-        if rows is not None:
-            weights[name] = rows
-        _check_conversion(inp.path, name, ne, cur, t, rules.allow_requantize, rows is not None)
+        if rules.imatrix is None and quant_rules.allows_quantization(rules.opts, hp.arch, name, ne):
+            _refuse_without_imatrix(inp.path, rules, name, t)
         n_rows = math.prod(ne[1:])
         plans.append(TensorPlan(name, info.shape, cur, t, info.nbytes, n_rows * row_bytes(t, ne[0])))
+    weights = {}
+    for tp in plans:  # its second: each tensor's matrix, and conversions it cannot make
+        ne = tuple(reversed(tp.shape))
+        rows = _imatrix_rows(inp.path, rules, tp.name, ne, tp.src_type, tp.type)
+        if rows is not None:
+            weights[tp.name] = rows
+        # a dry run plans types splitllm has no quantizer for yet, as llama.cpp's does
+        weighted = None if rules.dry_run else rows is not None
+        _check_conversion(inp.path, tp.name, ne, tp.src_type, tp.type, rules.allow_requantize, weighted)
     return plans, chooser.n_fallback, weights
 
 
-def _imatrix_rows(path: Path, rules: _Rules, arch: str, name: str, ne: tuple[int, ...],
-                  cur: GGMLQuantizationType, t: GGMLQuantizationType) -> np.ndarray | None:  # fmt: skip
-    """The matrix rows tensor ``name`` is quantized with (None: none); llama.cpp's refusals of a
-    type that needs a matrix when there is none, or none for this tensor."""
-    needs = quant_rules.requires_imatrix(name, t, rules.opts.ftype)
-    if rules.imatrix is None:
-        if needs and quant_rules.allows_quantization(rules.opts, arch, name, ne):
-            if rules.dry_run:
-                rules.will_require_imatrix = True
-                return None
+def _refuse_without_imatrix(path: Path, rules: _Rules, name: str, t: GGMLQuantizationType) -> None:
+    """llama.cpp refuses a type that needs a matrix when there is none (a dry run warns)."""
+    if quant_rules.requires_imatrix(name, t, rules.opts.ftype):
+        if not rules.dry_run:
             raise QuantizeError(f"{path}: this quantization requires an importance matrix (--imatrix): "
                                 f"tensor {name!r} gets type {t.name}, which needs one")  # fmt: skip
-        return None
-    if t == cur:  # copied as it is
+        rules.will_require_imatrix = True
+
+
+def _imatrix_rows(path: Path, rules: _Rules, name: str, ne: tuple[int, ...], cur: GGMLQuantizationType,
+                  t: GGMLQuantizationType) -> np.ndarray | None:  # fmt: skip
+    """The matrix rows tensor ``name`` is quantized with (None: none); llama.cpp's refusal of a
+    type that needs a matrix when the matrix has no entry for this tensor."""
+    needs = quant_rules.requires_imatrix(name, t, rules.opts.ftype)
+    if rules.imatrix is None or t == cur:  # no matrix, or copied as it is
         return None
     try:
         rows = rules.imatrix.rows_for(name, ne)
@@ -330,7 +338,10 @@ def _has_quantizer(t: GGMLQuantizationType, weighted: bool) -> bool:
 
 
 def _check_conversion(path: Path, name: str, ne: tuple[int, ...], cur: GGMLQuantizationType,
-                      t: GGMLQuantizationType, allow_requantize: bool, weighted: bool) -> None:  # fmt: skip
+                      t: GGMLQuantizationType, allow_requantize: bool,
+                      weighted: bool | None) -> None:  # fmt: skip
+    """llama.cpp's refusals of a conversion, and splitllm's of a type it cannot write (``weighted``:
+    with an importance matrix or not; None: not checked)."""
     if t == cur:
         return
     where = f"{path}: tensor {name!r}"
@@ -346,7 +357,7 @@ def _check_conversion(path: Path, name: str, ne: tuple[int, ...], cur: GGMLQuant
                                 "dequantize it")  # fmt: skip
     elif cur not in quant_rules.FLOAT_TYPES:
         raise QuantizeError(f"{where}: cannot dequantize/convert tensor type {cur.name}")
-    if t not in TENSOR_TYPES or not _has_quantizer(t, weighted):
+    if t not in TENSOR_TYPES or (weighted is not None and not _has_quantizer(t, weighted)):
         raise QuantizeError(f"{where}: splitllm cannot quantize to {t.name}" +
                             ("" if weighted else " without an importance matrix"))
     if ne[0] % GGML_QUANT_SIZES[t][0]:
