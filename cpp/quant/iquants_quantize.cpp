@@ -1,14 +1,14 @@
 // Quantizers of IQ4_NL and IQ4_XS, the algorithm of ggml's quantize_iq4_nl / quantize_iq4_xs
-// without an importance matrix (the path ggml_quantize_chunk and llama-quantize take):
-//   1. per 32-value block, weights w = x^2; a first scale from the value of largest magnitude
+// (the path ggml_quantize_chunk and llama-quantize take), without and with an importance matrix:
+//   1. per 32-value block, weights w = x^2, or with an importance matrix qw * sqrt(sigma2 + x^2)
+//      (sigma2 = 2 * mean x^2 over the block for IQ4_NL, over the super-block for IQ4_XS); a first scale from the value of largest magnitude
 //      (max / 127, so that it maps to the level -127), refined by least squares over the codes
 //      it gives, then 15 more candidate scales (max / (-127 + t), t = -7..7) each refined the
 //      same way; the one with the largest sum(w q x)^2 / sum(w q^2) wins;
 //   2. IQ4_NL stores that scale (f16) and re-codes the block with it; IQ4_XS quantizes the 8
 //      block scales to 6 bits against d = -(the scale of largest magnitude) / 32 and re-codes
 //      every block with its stored scale d * l.
-// The float operations are ggml's in ggml's order, so the bytes are the same as ggml's. With
-// no importance matrix ggml's sigma2 (sum x^2 * 2 / n) does not reach the weights; it is left out.
+// The float operations are ggml's in ggml's order, so the bytes are the same as ggml's.
 #include <cmath>
 #include <cstring>
 
@@ -57,12 +57,10 @@ inline void code_block(const float * xb, const float * w, float inv_scale, float
     }
 }
 
-// Best scale of one 32-value block (step 1 above).
-float search_block_scale(const float * xb) {
-    float w[kBlock];
+// Best scale of one 32-value block with weights w (step 1 above).
+float search_block_scale(const float * xb, const float * w) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < kBlock; ++j) {
-        w[j] = xb[j] * xb[j];
         const float ax = std::fabs(xb[j]);
         if (ax > amax) {
             amax = ax;
@@ -92,25 +90,39 @@ void pack_block(const float * xb, float id, uint8_t * qs) {
     for (int j = 0; j < kBlock / 2; ++j) qs[j] = uint8_t(L[j] | (L[j + kBlock / 2] << 4));
 }
 
-}  // namespace
+// The search weights of nb blocks: x^2, or with importance weights qw * sqrt(sigma2 + x^2),
+// sigma2 = 2 * (sum of x^2 over the nb blocks) / (nb * 32).
+void search_weights(const float * x, const float * qw, int nb, float * w) {
+    const int len = nb * kBlock;
+    if (!qw) {
+        for (int j = 0; j < len; ++j) w[j] = x[j] * x[j];
+        return;
+    }
+    float sigma2 = 0.0f;
+    for (int j = 0; j < len; ++j) sigma2 += x[j] * x[j];
+    sigma2 *= 2.0f / float(len);
+    for (int j = 0; j < len; ++j) w[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
+}
 
-void quantize_row_iq4_nl(const float * x, void * y, int64_t n) {
-    block_iq4_nl * b = static_cast<block_iq4_nl *>(y);
+void quantize_iq4_nl_rows(const float * x, block_iq4_nl * b, int64_t n, const float * qw) {
+    float w[kBlock];
     for (int64_t i = 0; i < n / QK4_NL; ++i, x += QK4_NL) {
-        const float d = search_block_scale(x);
+        search_weights(x, qw ? qw + i * QK4_NL : nullptr, 1, w);
+        const float d = search_block_scale(x, w);
         b[i].d = fp32_to_fp16(d);
         pack_block(x, d != 0.0f ? 1.0f / d : 0.0f, b[i].qs);
     }
 }
 
-void quantize_row_iq4_xs(const float * x, void * y, int64_t n) {
+void quantize_iq4_xs_rows(const float * x, block_iq4_xs * b, int64_t n, const float * qw) {
     constexpr int nb = QK_K / kBlock;
-    block_iq4_xs * b = static_cast<block_iq4_xs *>(y);
+    float w[QK_K];
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        search_weights(x, qw ? qw + i * QK_K : nullptr, nb, w);
         float scales[nb];
         float max_scale = 0.0f, amax_scale = 0.0f;
         for (int ib = 0; ib < nb; ++ib) {
-            scales[ib] = search_block_scale(x + kBlock * ib);
+            scales[ib] = search_block_scale(x + kBlock * ib, w + kBlock * ib);
             if (std::fabs(scales[ib]) > amax_scale) {
                 amax_scale = std::fabs(scales[ib]);
                 max_scale = scales[ib];
@@ -133,6 +145,24 @@ void quantize_row_iq4_xs(const float * x, void * y, int64_t n) {
             b[i].scales_h = uint16_t(b[i].scales_h | ((ls >> 4) << (2 * ib)));
         }
     }
+}
+
+}  // namespace
+
+void quantize_row_iq4_nl(const float * x, void * y, int64_t n) {
+    quantize_iq4_nl_rows(x, static_cast<block_iq4_nl *>(y), n, nullptr);
+}
+
+void quantize_row_iq4_nl_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_iq4_nl_rows(x, static_cast<block_iq4_nl *>(y), n, qw);
+}
+
+void quantize_row_iq4_xs(const float * x, void * y, int64_t n) {
+    quantize_iq4_xs_rows(x, static_cast<block_iq4_xs *>(y), n, nullptr);
+}
+
+void quantize_row_iq4_xs_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_iq4_xs_rows(x, static_cast<block_iq4_xs *>(y), n, qw);
 }
 
 }  // namespace sl

@@ -15,7 +15,6 @@ constexpr float kGroupMaxEps = 1e-15f;
 constexpr int kLanes = 4;
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
-static_assert(kGroups % kLanes == 0, "whole vectors of groups");
 
 inline vf splat(float v) { return vf{} + v; }
 inline vi splat_i(int v) { return vi{} + v; }
@@ -49,24 +48,27 @@ void transpose_in(int n, const float * x, vf * out) {
 
 // ---- make_qx_quants ------------------------------------------------------------------------
 
-// Codes for the trial inverse scales, with sum(w x l) and sum(w l^2) (w = x^2).
-void qx_trial(int n, int nmax, const vf * x, vf iscale, vi * L, vf * sumlx_out, vf * suml2_out) {
+// Codes for the trial inverse scales, with sum(w x l) and sum(w l^2).
+void qx_trial(int n, int nmax, const vf * x, const vf * w, vf iscale, vi * L, vf * sumlx_out, vf * suml2_out) {
     vf sumlx = {}, suml2 = {};
     for (int i = 0; i < n; ++i) {
         const vi l = vclamp(vnearest(iscale * x[i]), -nmax, nmax - 1);
         L[i] = l;
-        const vf w = x[i] * x[i];
         const vf fl = to_float(l);
-        sumlx += w * x[i] * fl;
-        suml2 += w * fl * fl;
+        sumlx += w[i] * x[i] * fl;
+        suml2 += w[i] * fl * fl;
     }
     *sumlx_out = sumlx;
     *suml2_out = suml2;
 }
 
-void qx_quants_lanes(int n, int nmax, const float * xin, int8_t * Lout, float * scales) {
-    vf x[N];
+void qx_quants_lanes(int n, int nmax, const float * xin, const float * win, int8_t * Lout, float * scales) {
+    vf x[N], w[N];
     transpose_in(n, xin, x);
+    if (win)
+        transpose_in(n, win, w);
+    else
+        for (int i = 0; i < n; ++i) w[i] = x[i] * x[i];
     vf max = {}, amax = {};
     for (int i = 0; i < n; ++i) {
         const vf ax = vabs(x[i]);
@@ -76,13 +78,13 @@ void qx_quants_lanes(int n, int nmax, const float * xin, int8_t * Lout, float * 
     }
     vi L[N], trial[N];
     vf sumlx, suml2;
-    qx_trial(n, nmax, x, splat(float(-nmax)) / max, L, &sumlx, &suml2);
+    qx_trial(n, nmax, x, w, splat(float(-nmax)) / max, L, &sumlx, &suml2);
     vf scale = suml2 != 0.0f ? sumlx / suml2 : splat(0.0f);
     vf best = scale * sumlx;
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
         const vf iscale = splat(-(float(nmax) + 0.1f * float(is))) / max;
-        qx_trial(n, nmax, x, iscale, trial, &sumlx, &suml2);
+        qx_trial(n, nmax, x, w, iscale, trial, &sumlx, &suml2);
         const vi take = (suml2 > 0.0f) & (sumlx * sumlx > best * suml2);
         const vf s = sumlx / suml2;
         scale = take ? s : scale;
@@ -241,18 +243,125 @@ void qkx2_quants_lanes(int n, int nmax, const float * x, const float * weights, 
     }
 }
 
-}  // namespace
-
-void make_qx_quants_x8(int n, int nmax, const float * x, int8_t * L, float * scales) {
-    for (int g = 0; g < kGroups; g += kLanes) qx_quants_lanes(n, nmax, x + g * n, L + g * n, scales + g);
+// Runs a kLanes-group kernel over ngroups groups of n values: whole vectors in place, a last
+// partial vector on copies padded with its last group (the extra lanes' results are dropped).
+// lanes(x, w, L, out) reads kLanes groups of x and w (w may be null), writes their codes and
+// nout floats of results per group, at out[k * kLanes + g] for group g.
+template <class Code, class Lanes>
+void over_groups(int ngroups, int n, int nout, const float * x, const float * w, Code * L, float * const * outs,
+                 Lanes && lanes) {
+    int g = 0;
+    for (; g + kLanes <= ngroups; g += kLanes) {
+        float * o[2] = {outs[0] + g, nout > 1 ? outs[1] + g : nullptr};
+        lanes(x + g * n, w ? w + g * n : nullptr, L + g * n, o);
+    }
+    if (g == ngroups) return;
+    const int rest = ngroups - g;
+    float xp[kLanes * N], wp[kLanes * N], op[2][kLanes];
+    Code Lp[kLanes * N];
+    for (int k = 0; k < kLanes; ++k) {
+        const int src = g + (k < rest ? k : rest - 1);
+        std::memcpy(xp + k * n, x + src * n, sizeof(float) * n);
+        if (w) std::memcpy(wp + k * n, w + src * n, sizeof(float) * n);
+    }
+    float * o[2] = {op[0], op[1]};
+    lanes(xp, w ? wp : nullptr, Lp, o);
+    std::memcpy(L + g * n, Lp, sizeof(Code) * rest * n);
+    for (int k = 0; k < nout; ++k) std::memcpy(outs[k] + g, op[k], sizeof(float) * rest);
 }
 
-void make_qkx2_quants_x8(int n, int nmax, const float * x, const float * weights, uint8_t * L, float * scales,
-                         float * mins, float rmin, float rdelta, int nstep, bool use_mad) {
-    for (int g = 0; g < kGroups; g += kLanes) {
-        qkx2_quants_lanes(n, nmax, x + g * n, weights + g * n, L + g * n, scales + g, mins + g, rmin, rdelta, nstep,
-                          use_mad);
+}  // namespace
+
+void make_qx_quants(int ngroups, int n, int nmax, const float * x, const float * weights, int8_t * L,
+                    float * scales) {
+    float * outs[1] = {scales};
+    over_groups(ngroups, n, 1, x, weights, L, outs, [&](const float * xg, const float * wg, int8_t * Lg, float ** o) {
+        qx_quants_lanes(n, nmax, xg, wg, Lg, o[0]);
+    });
+}
+
+void make_qkx_quants(int ngroups, int n, int nmax, const float * x, const float * weights, uint8_t * L,
+                     float * scales, float * mins, float rmin, float rdelta, int nstep, bool use_mad) {
+    float * outs[2] = {scales, mins};
+    over_groups(ngroups, n, 2, x, weights, L, outs, [&](const float * xg, const float * wg, uint8_t * Lg, float ** o) {
+        qkx2_quants_lanes(n, nmax, xg, wg, Lg, o[0], o[1], rmin, rdelta, nstep, use_mad);
+    });
+}
+
+// ---- make_qp_quants ------------------------------------------------------------------------
+
+namespace {
+
+// Weighted squared error of x against scale * min(nmax, round(iscale * x)).
+float qp_error(int n, int nmax, const float * x, const float * w, float iscale, float scale) {
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * x[i]);
+        l = nmax < l ? nmax : l;
+        const float diff = x[i] - scale * float(l);
+        err += w[i] * diff * diff;
     }
+    return err;
+}
+
+}  // namespace
+
+float make_qp_quants(int n, int nmax, const float * x, uint8_t * L, const float * w) {
+    float max = 0.0f;
+    for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
+    if (max < kGroupMaxEps) {
+        std::memset(L, 0, size_t(n));
+        return 0.0f;
+    }
+    // The first error uses the codes unclamped, stored as bytes (as ggml's does).
+    float iscale = float(nmax) / max;
+    for (int i = 0; i < n; ++i) L[i] = uint8_t(nearest_int(iscale * x[i]));
+    const float scale = 1.0f / iscale;
+    float best = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        const float diff = x[i] - scale * float(L[i]);
+        best += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; ++is) {
+        if (is == 0) continue;
+        const float iscale_is = (0.1f * float(is) + float(nmax)) / max;
+        const float err = qp_error(n, nmax, x, w, iscale_is, 1.0f / iscale_is);
+        if (err < best) {
+            best = err;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0.0f, suml2 = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * x[i]);
+        l = nmax < l ? nmax : l;
+        L[i] = uint8_t(l);
+        sumlx += w[i] * x[i] * float(l);
+        suml2 += w[i] * float(l) * float(l);
+    }
+    // Coordinate descent as in make_q3_quants, with the given weights and codes >= 0 by type.
+    for (int sweep = 0; sweep < 5; ++sweep) {
+        int changed = 0;
+        for (int i = 0; i < n; ++i) {
+            const float li = float(L[i]);
+            float slx = sumlx - w[i] * x[i] * li;
+            float sl2 = suml2 - w[i] * li * li;
+            if (!(slx > 0.0f && sl2 > 0.0f)) continue;
+            int l = nearest_int(x[i] * sl2 / slx);
+            l = nmax < l ? nmax : l;
+            if (l == L[i]) continue;
+            slx += w[i] * x[i] * float(l);
+            sl2 += w[i] * float(l) * float(l);
+            if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                L[i] = uint8_t(l);
+                sumlx = slx;
+                suml2 = sl2;
+                ++changed;
+            }
+        }
+        if (!changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
 }  // namespace sl::kq

@@ -1,9 +1,11 @@
-// Reference quantizers and dequantizers of the legacy 32-value block formats (quant/legacy.h).
-// The arithmetic follows ggml's reference path step for step (same float operations in the
-// same order), so the bytes match ggml's and gguf-py's quantizers exactly.
+// Reference quantizers and dequantizers of the legacy 32-value block formats (quant/legacy.h),
+// and the weighted quantizers of ggml's quantize_q4_0 / q4_1 / q5_0 / q5_1 given an importance
+// matrix. The arithmetic follows ggml's step for step (same float operations in the same
+// order), so the bytes match ggml's (and for the reference path gguf-py's) exactly.
 #include <cmath>
 #include <cstring>
 
+#include "quant/kquants_search.h"
 #include "quant/legacy.h"
 #include "quant/ref.h"
 
@@ -228,6 +230,80 @@ void dequantize_row_q8_1(const void * x, float * y, int64_t n) {
         const float d = fp16_to_fp32(b[i].d);
         for (int j = 0; j < QK; ++j) y[j] = float(b[i].qs[j]) * d;
     }
+}
+
+// ---- weighted quantizers ---------------------------------------------------------------------
+
+namespace {
+
+// Runs search(first block, block count, values, weights) over the blocks of one whole row of n
+// values, kChunk blocks at a time, with ggml's weights qw * sqrt(sigma2 + x^2). sigma2 is the
+// row's mean square: these quantizers need whole rows (quantize_rows calls them so).
+template <class Search>
+void over_weighted_blocks(const float * x, const float * qw, int64_t n, Search && search) {
+    constexpr int kChunk = 8;
+    float sum_x2 = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
+    const float sigma2 = sum_x2 / float(n);
+    float w[kChunk * QK];
+    const int64_t nblocks = n / QK;
+    for (int64_t b0 = 0; b0 < nblocks; b0 += kChunk) {
+        const int nb = int(nblocks - b0 < kChunk ? nblocks - b0 : kChunk);
+        const float * xb = x + b0 * QK;
+        for (int j = 0; j < nb * QK; ++j) w[j] = qw[b0 * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+        search(b0, nb, xb, w);
+    }
+}
+
+// Q4_0 / Q5_0: symmetric codes by make_qx_quants (rmse_type 1 with the weights), L in [0, 2 half).
+template <class Block, bool kHigh>
+void quantize_symmetric_w(const float * x, Block * b, int64_t n, const float * qw, int half) {
+    over_weighted_blocks(x, qw, n, [&](int64_t b0, int nb, const float * xb, const float * w) {
+        int8_t L[8 * QK];
+        float d[8];
+        kq::make_qx_quants(nb, QK, half, xb, w, L, d);
+        for (int k = 0; k < nb; ++k) {
+            uint8_t q[QK];
+            for (int j = 0; j < QK; ++j) q[j] = uint8_t(L[k * QK + j]);
+            b[b0 + k].d = fp32_to_fp16(d[k]);
+            if constexpr (kHigh) pack_high_bits(q, b[b0 + k].qh);
+            pack_nibbles(q, b[b0 + k].qs);
+        }
+    });
+}
+
+// Q4_1 / Q5_1: codes with a minimum by make_qkx3_quants (-0.9 + 0.05 k, 37 steps).
+template <class Block, bool kHigh>
+void quantize_affine_w(const float * x, Block * b, int64_t n, const float * qw, int nmax) {
+    over_weighted_blocks(x, qw, n, [&](int64_t b0, int nb, const float * xb, const float * w) {
+        uint8_t L[8 * QK];
+        float d[8], mins[8];
+        kq::make_qkx_quants(nb, QK, nmax, xb, w, L, d, mins, -0.9f, 0.05f, 36, false);
+        for (int k = 0; k < nb; ++k) {
+            b[b0 + k].d = fp32_to_fp16(d[k]);
+            b[b0 + k].m = fp32_to_fp16(-mins[k]);
+            if constexpr (kHigh) pack_high_bits(L + k * QK, b[b0 + k].qh);
+            pack_nibbles(L + k * QK, b[b0 + k].qs);
+        }
+    });
+}
+
+}  // namespace
+
+void quantize_row_q4_0_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_symmetric_w<block_q4_0, false>(x, static_cast<block_q4_0 *>(y), n, qw, 8);
+}
+
+void quantize_row_q5_0_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_symmetric_w<block_q5_0, true>(x, static_cast<block_q5_0 *>(y), n, qw, 16);
+}
+
+void quantize_row_q4_1_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_affine_w<block_q4_1, false>(x, static_cast<block_q4_1 *>(y), n, qw, 15);
+}
+
+void quantize_row_q5_1_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_affine_w<block_q5_1, true>(x, static_cast<block_q5_1 *>(y), n, qw, 31);
 }
 
 }  // namespace sl

@@ -47,7 +47,9 @@ enum class QType : uint32_t {
 typedef void (*to_float_fn)(const void * src, float * dst, int64_t n);
 typedef void (*from_float_fn)(const float * src, void * dst, int64_t n);
 // The same with importance weights: qw[i] weighs the error of src[i] (an importance matrix's
-// entries for these columns, llama-imatrix's mean squared activations).
+// entries for these columns, llama-imatrix's mean squared activations). src is always one whole
+// row (n = the row length; quantize_rows calls it so): some weighted quantizers use statistics
+// of the whole row (ggml's Q4_0 .. Q5_1 weigh by the row's mean square).
 typedef void (*from_float_w_fn)(const float * src, void * dst, int64_t n, const float * qw);
 
 struct QTypeTraits {

@@ -49,31 +49,32 @@ void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_
     const int64_t n_blocks = nrows * per_row;
     const bool need_finite = tr->is_quantized;
     std::atomic<int64_t> bad{INT64_MAX};
-    pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
-        const float * x = src + b0 * bs;
-        if (need_finite) {
-            const int64_t i = first_non_finite(x, (b1 - b0) * bs);
-            if (i >= 0) {
-                int64_t cur = bad.load();
-                while (b0 * bs + i < cur && !bad.compare_exchange_weak(cur, b0 * bs + i)) {
-                }
-                return;
+    // Records the first non-finite value of [v0, v1) (flat indices); true if there is one.
+    auto non_finite = [&](int64_t v0, int64_t v1) {
+        if (!need_finite) return false;
+        const int64_t i = first_non_finite(src + v0, v1 - v0);
+        if (i < 0) return false;
+        int64_t cur = bad.load();
+        while (v0 + i < cur && !bad.compare_exchange_weak(cur, v0 + i)) {
+        }
+        return true;
+    };
+    if (weighted) {
+        // Whole rows, one call each: ggml's weighted legacy quantizers weigh by the row's mean
+        // square (the k-quants and IQ4 by the super-block's), so a call must see the whole row.
+        pool.parallel_for(nrows, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+                if (non_finite(r * n_per_row, (r + 1) * n_per_row)) return;
+                tr->from_float_w(src + r * n_per_row, static_cast<char *>(dst) + size_t(r * per_row) * tr->type_size,
+                                 n_per_row, imatrix);
             }
-        }
-        char * y = static_cast<char *>(dst) + size_t(b0) * tr->type_size;
-        if (!weighted) {
-            tr->from_float(x, y, (b1 - b0) * bs);
-            return;
-        }
-        // The weights follow the column: cut the run of blocks at row ends.
-        for (int64_t b = b0; b < b1;) {
-            const int64_t col = b % per_row;
-            const int64_t n = std::min(b1 - b, per_row - col);
-            tr->from_float_w(src + b * bs, static_cast<char *>(dst) + size_t(b) * tr->type_size, n * bs,
-                             imatrix + col * bs);
-            b += n;
-        }
-    });
+        });
+    } else {
+        pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
+            if (non_finite(b0 * bs, b1 * bs)) return;
+            tr->from_float(src + b0 * bs, static_cast<char *>(dst) + size_t(b0) * tr->type_size, (b1 - b0) * bs);
+        });
+    }
     const int64_t i = bad.load();
     SL_CHECK(i == INT64_MAX, "quantize: value %g at row %lld, column %lld is not finite; %s needs finite input",
              double(src[i]), (long long)(i / n_per_row), (long long)(i % n_per_row), tr->name);

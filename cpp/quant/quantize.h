@@ -1,6 +1,9 @@
 // Many rows at once: the reference quantizers and dequantizers of the traits table (ref.h)
 // run over a thread pool. Blocks are independent, so the work is split into contiguous runs
-// of blocks, one per thread; the bytes do not depend on the number of threads.
+// of blocks, one per thread; the bytes do not depend on the number of threads. Given an
+// importance matrix, the weighted quantizers (from_float_w) get whole rows instead, a run of
+// rows per thread: ggml's weighted legacy quantizers (Q4_0, Q4_1, Q5_0, Q5_1) weigh each value
+// by the mean square of its whole row.
 //
 // Errors (sl::Error, nothing is written past what the arguments describe):
 //   - a type without a quantizer / dequantizer (IQ*, TQ*, integer types, ...);

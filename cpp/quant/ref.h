@@ -47,6 +47,21 @@ void dequantize_row_q6_K(const void * x, float * y, int64_t n);
 void quantize_row_q8_K(const float * x, void * y, int64_t n);
 void dequantize_row_q8_K(const void * x, float * y, int64_t n);
 
+// Weighted quantizers (from_float_w): ggml's quantize_<type> given an importance matrix, qw
+// holding the matrix's entries for these n columns. Called on whole rows (n = the row length):
+// the legacy types' weights use the row's mean square; the others work per super-block.
+void quantize_row_q4_0_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q4_1_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q5_0_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q5_1_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q2_K_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q3_K_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q4_K_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q5_K_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_q6_K_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_iq4_nl_w(const float * x, void * y, int64_t n, const float * qw);
+void quantize_row_iq4_xs_w(const float * x, void * y, int64_t n, const float * qw);
+
 // I-quants (quant/iquants.h). The IQ4 quantizers are ggml's quantize_iq4_nl / quantize_iq4_xs
 // (what ggml_quantize_chunk and llama-quantize call), not quantize_row_iq4_nl_ref, which
 // searches no scales.

@@ -9,14 +9,22 @@ Types (``SUPPORTED``, quantize and dequantize): F32, F16, BF16, Q4_0, Q4_1, Q5_0
 Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS and MXFP4, named in any case (``"q4_k"``), by
 ``gguf.GGMLQuantizationType`` or by type id. The grid i-quants (``DEQUANTIZE_ONLY``: IQ2_XXS,
 IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) only dequantize: ggml quantizes them against an
-importance matrix, which this module does not take.
+importance matrix only, and splitllm has no quantizer for them.
 
-The quantizers are ggml's quantizers without an importance matrix (the reference path; for
-IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` / ``quantize_iq4_xs``, which
-llama-quantize uses; for MXFP4 ``quantize_row_mxfp4_ref``, a power-of-two scale from the block's
-largest magnitude and the nearest E2M1 level); the work runs in C++
-over ``n_threads`` threads (default: all hardware threads) with the GIL released, and the
-bytes do not depend on the thread count.
+Without ``imatrix`` the quantizers are ggml's quantizers without an importance matrix (the
+reference path; for IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` /
+``quantize_iq4_xs``, which llama-quantize uses; for MXFP4 ``quantize_row_mxfp4_ref``, a
+power-of-two scale from the block's largest magnitude and the nearest E2M1 level).
+
+Importance matrix (``quantize(..., imatrix=qw)``, one weight per column, what llama-quantize
+--imatrix passes): Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS take
+it (``QTypeInfo.takes_imatrix``) and give the bytes of ggml's weighted quantizers
+(``ggml_quantize_chunk`` with the matrix: each value's error weighed by
+``qw * sqrt(sigma2 + x^2)``, ``sigma2`` a mean square of its row or super-block; Q6_K by ``qw``);
+F32, F16, BF16, Q8_0, Q8_1, Q8_K and MXFP4 ignore it, as ggml does.
+
+The work runs in C++ over ``n_threads`` threads (default: all hardware threads) with the GIL
+released, and the bytes do not depend on the thread count.
 
 Non-finite input: F32, F16 and BF16 store it as it is (F16 overflows to infinity, BF16 keeps
 NaN quiet), as gguf-py does. The block types raise ``ValueError`` naming the first NaN or
