@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstring>
 
+#include "quant/iquants_grid_quantize.h"
 #include "quant/ref.h"
 
 namespace sl {
@@ -31,20 +32,20 @@ const Entry kTable[] = {
     {13, {"Q5_K", 256, 176, true, dequantize_row_q5_K, quantize_row_q5_K, quantize_row_q5_K_w}},
     {14, {"Q6_K", 256, 210, true, dequantize_row_q6_K, quantize_row_q6_K, quantize_row_q6_K_w}},
     {15, {"Q8_K", 256, 292, true, dequantize_row_q8_K, quantize_row_q8_K}},
-    {16, {"IQ2_XXS", 256, 66, true, dequantize_row_iq2_xxs, nullptr}},
-    {17, {"IQ2_XS", 256, 74, true, dequantize_row_iq2_xs, nullptr}},
-    {18, {"IQ3_XXS", 256, 98, true, dequantize_row_iq3_xxs, nullptr}},
-    {19, {"IQ1_S", 256, 50, true, dequantize_row_iq1_s, nullptr}},
+    {16, {"IQ2_XXS", 256, 66, true, dequantize_row_iq2_xxs, nullptr, quantize_row_iq2_xxs_w}},
+    {17, {"IQ2_XS", 256, 74, true, dequantize_row_iq2_xs, nullptr, quantize_row_iq2_xs_w}},
+    {18, {"IQ3_XXS", 256, 98, true, dequantize_row_iq3_xxs, quantize_row_iq3_xxs, quantize_row_iq3_xxs_w}},
+    {19, {"IQ1_S", 256, 50, true, dequantize_row_iq1_s, nullptr, quantize_row_iq1_s_w}},
     {20, {"IQ4_NL", 32, 18, true, dequantize_row_iq4_nl, quantize_row_iq4_nl, quantize_row_iq4_nl_w}},
-    {21, {"IQ3_S", 256, 110, true, dequantize_row_iq3_s, nullptr}},
-    {22, {"IQ2_S", 256, 82, true, dequantize_row_iq2_s, nullptr}},
+    {21, {"IQ3_S", 256, 110, true, dequantize_row_iq3_s, quantize_row_iq3_s, quantize_row_iq3_s_w}},
+    {22, {"IQ2_S", 256, 82, true, dequantize_row_iq2_s, quantize_row_iq2_s, quantize_row_iq2_s_w}},
     {23, {"IQ4_XS", 256, 136, true, dequantize_row_iq4_xs, quantize_row_iq4_xs, quantize_row_iq4_xs_w}},
     {24, {"I8", 1, 1, false, nullptr, nullptr}},
     {25, {"I16", 1, 2, false, nullptr, nullptr}},
     {26, {"I32", 1, 4, false, nullptr, nullptr}},
     {27, {"I64", 1, 8, false, nullptr, nullptr}},
     {28, {"F64", 1, 8, false, nullptr, nullptr}},
-    {29, {"IQ1_M", 256, 56, true, dequantize_row_iq1_m, nullptr}},
+    {29, {"IQ1_M", 256, 56, true, dequantize_row_iq1_m, quantize_row_iq1_m, quantize_row_iq1_m_w}},
     {30, {"BF16", 1, 2, false, dequantize_row_bf16, quantize_row_bf16}},
     {34, {"TQ1_0", 256, 54, true, nullptr, nullptr}},
     {35, {"TQ2_0", 256, 66, true, nullptr, nullptr}},
