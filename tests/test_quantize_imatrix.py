@@ -16,6 +16,7 @@ the option checks.
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,18 @@ import numpy as np
 import pytest
 from splitllm import GGUFFile, quants
 from splitllm.cli import main
+from splitllm.imatrix import Imatrix, ImatrixEntry
 from splitllm_convert import FILE_TYPES, QuantizeError
 from test_quantize_cli import assert_same_file, llama_quantize, ours, types_of
 from tiny_model import TinyConfig, make_weights, write_gguf
 
 _LOG_SINK: list[Any] = []
+_LOG: list[str] = []  # llama.cpp's log lines while a dry run is being read
+
+
+def _log(level: int, text: bytes, user_data: Any) -> None:
+    _LOG.append(text.decode("utf-8", "replace"))
+
 
 IMATRIX_FTYPES = ["iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m", "iq3_xxs", "iq3_xs", "iq3_s",
                   "iq3_m", "q2_k_s"]  # fmt: skip
@@ -44,6 +52,8 @@ MODELS = {
     "mixtral-4x": (TinyConfig(n_layer=2, n_embd=256, n_ff=256, n_head=4, n_head_kv=2, n_expert=4,
                               n_expert_used=2), "F16"),
     "fallback": (TinyConfig(n_layer=2, n_embd=288, n_ff=512, n_head=4, n_head_kv=2), "F16"),
+    # 8 layers: the first-eighth rules reach layer 0; 4 queries a key (n_gqa 4)
+    "llama-8l-gqa4": (TinyConfig(n_layer=8, n_embd=256, n_ff=256, n_head=4, n_head_kv=1), "F16"),
 }  # fmt: skip
 
 
@@ -51,7 +61,7 @@ MODELS = {
 def llama_cpp() -> Any:
     mod = pytest.importorskip("llama_cpp")
     if not _LOG_SINK:
-        _LOG_SINK.append(mod.llama_log_callback(lambda level, text, user_data: None))
+        _LOG_SINK.append(mod.llama_log_callback(_log))
     mod.llama_log_set(_LOG_SINK[-1], ctypes.c_void_p(0))
     return mod
 
@@ -192,35 +202,31 @@ def _compare(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str, tm
     return mine
 
 
+# each file type on one or two models: dense with GQA, 8 experts, 4 experts, tied embeddings,
+# rows of 288 (IQ types fall back to IQ4_NL), 8 layers with 4 queries a key
+BYTE_CASES = [
+    ("iq2_xxs", "llama-gqa"), ("iq2_xxs", "qwen3moe-8x"), ("iq2_xs", "mixtral-4x"), ("iq2_s", "llama-tied"),
+    ("iq2_m", "llama-8l-gqa4"), ("iq1_s", "qwen3moe-8x"), ("iq1_m", "llama-gqa"), ("iq3_xxs", "mixtral-4x"),
+    ("iq3_xxs", "llama-tied"), ("iq3_xs", "llama-gqa"), ("iq3_s", "fallback"), ("iq3_m", "qwen3moe-8x"),
+    ("q2_k_s", "llama-8l-gqa4"),
+    # the weighted legacy / k-quant / IQ4 quantizers, and the rules a matrix changes
+    ("q4_k_m", "llama-gqa"), ("q4_k_m", "mixtral-4x"), ("q5_k_m", "qwen3moe-8x"), ("q4_0", "llama-8l-gqa4"),
+    ("iq4_xs", "llama-8l-gqa4"), ("iq4_xs", "mixtral-4x"), ("q3_k_s", "llama-tied"),
+]  # fmt: skip
+
+
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", IMATRIX_FTYPES)
-@pytest.mark.parametrize("model", ["llama-gqa", "qwen3moe-8x"])
-def test_imatrix_file_types_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str,
+@pytest.mark.parametrize(("ftype", "model"), BYTE_CASES)
+def test_imatrix_quantize_matches_llama_cpp(llama_cpp: Any, models: dict[str, Path], ftype: str, model: str,
                                              tmp_path: Path) -> None:  # fmt: skip
-    _compare(llama_cpp, models, model, ftype, tmp_path)
-
-
-@pytest.mark.reference
-@pytest.mark.parametrize(("model", "ftype"), [("llama-tied", "iq2_xxs"), ("llama-tied", "iq3_xxs"),
-                                              ("mixtral-4x", "iq2_m"), ("mixtral-4x", "iq1_m"),
-                                              ("fallback", "iq2_xs"), ("fallback", "iq3_m")])  # fmt: skip
-def test_imatrix_other_models_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str,
-                                              ftype: str, tmp_path: Path) -> None:  # fmt: skip
     mine = _compare(llama_cpp, models, model, ftype, tmp_path)
+    types = types_of(mine)
     if model == "fallback":  # rows of 288: no 256-block type fits, IQ4_NL does
-        assert types_of(mine)["blk.0.attn_q.weight"] == "IQ4_NL"
-
-
-@pytest.mark.reference
-@pytest.mark.parametrize("ftype", WEIGHTED_FTYPES)
-@pytest.mark.parametrize("model", ["llama-gqa", "mixtral-4x"])
-def test_weighted_quantizers_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str,
-                                             tmp_path: Path) -> None:  # fmt: skip
-    """The legacy, k-quant and IQ4 types with a matrix: the weighted quantizers, and the rules a
-    matrix changes (Q4_0's first ffn_down layers in Q4_1, IQ4_XS's without Q5_K)."""
-    mine = _compare(llama_cpp, models, model, ftype, tmp_path)
-    if ftype == "q4_0" and model == "llama-gqa":
-        assert types_of(mine)["blk.0.ffn_down.weight"] == "Q4_1"
+        assert types["blk.0.attn_q.weight"] == "IQ4_NL"
+    if (ftype, model) == ("q4_0", "llama-8l-gqa4"):  # with a matrix, layer 0's ffn_down in Q4_1
+        assert (types["blk.0.ffn_down.weight"], types["blk.1.ffn_down.weight"]) == ("Q4_1", "Q4_0")
+    if (ftype, model) == ("iq4_xs", "llama-8l-gqa4"):  # and IQ4_XS's not in Q5_K
+        assert types["blk.0.ffn_down.weight"] == "IQ4_XS"
 
 
 @pytest.mark.reference
@@ -246,7 +252,10 @@ def test_legacy_file_and_selection_match_llama_cpp(llama_cpp: Any, models: dict[
 
     entries = random_entries(src, 4)
     im = tmp_path / "im.gguf"
-    write_imatrix(im, entries, [], 0)  # no dataset, no chunk count: neither key is written
+    # written by splitllm.imatrix this time: an empty dataset list (gguf-py would drop the key), chunk
+    # count 0; neither quantize.imatrix.dataset nor .chunks_count is written
+    raw = {n: ImatrixEntry(sums, counts.astype(np.int64)) for n, (sums, counts) in entries.items()}
+    Imatrix(raw, datasets=[], chunk_count=0, chunk_size=512).save(im)
     chosen = {n: v for n, v in mean_weights(entries).items() if "ffn" in n}
     kvs = imatrix_kvs(im, None, len(chosen), 0)
     assert theirs_with(llama_cpp, src, tmp_path / "theirs2.gguf", "q4_k_m", chosen, kvs) == 0
@@ -272,58 +281,92 @@ def test_token_embd_entry_of_another_size_is_skipped(llama_cpp: Any, models: dic
     assert_same_file(tmp_path / "ours.gguf", tmp_path / "theirs.gguf")
 
 
+@pytest.mark.slow
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", ["iq2_m", "iq3_xxs"])
-def test_real_model_with_imatrix_matches_llama_cpp(llama_cpp: Any, smollm2_path: Path, ftype: str,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize(("ftype", "prune"), [("iq2_m", ()), ("iq3_xxs", tuple(range(4, 30)))])
+def test_real_model_with_imatrix_matches_llama_cpp(
+    llama_cpp: Any, smollm2_path: Path, ftype: str, prune: tuple[int, ...], tmp_path: Path
+) -> None:
     """SmolLM2-135M Q4_1 requantized by both with a random matrix: rows of 576 fall back to IQ4_NL,
-    ffn_down's (1536) keep the IQ types."""
+    ffn_down's (1536) keep the IQ types. IQ3_XXS on its first 4 of 30 layers (--prune-layers 4..29:
+    a real model's names renumbered, the rules still on 30 layers), to keep the test short."""
     entries = random_entries(smollm2_path, 7)
     im = tmp_path / "smollm2.imatrix.gguf"
     write_imatrix(im, entries, ["random"], 100)
     weights = mean_weights(entries)
     kvs = imatrix_kvs(im, "random", len(weights), 100)
     theirs, mine = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
-    assert theirs_with(llama_cpp, smollm2_path, theirs, ftype, weights, kvs, allow_requantize=True) == 0
+    extra: dict[str, Any] = {}
+    if prune:
+        arr = (ctypes.c_int32 * (len(prune) + 1))(*prune, -1)
+        extra["prune_layers"] = ctypes.cast(arr, ctypes.POINTER(ctypes.c_int32))
+    assert (
+        theirs_with(llama_cpp, smollm2_path, theirs, ftype, weights, kvs, allow_requantize=True, **extra) == 0
+    )
     need_quantizers(ftype, theirs)
-    ours(smollm2_path, mine, ftype, imatrix=im, allow_requantize=True)
+    ours(smollm2_path, mine, ftype, imatrix=im, allow_requantize=True, prune_layers=prune)
     assert_same_file(mine, theirs)
+    t = types_of(mine)
+    assert t["blk.1.attn_q.weight"] == "IQ4_NL" and t["blk.3.ffn_down.weight"] != "IQ4_NL"
 
 
 # -- the types each rule picks, whatever the quantizers -------------------------------------------
 
 
+_DRY_RUN_LINE = re.compile(
+    r"\[\s*\d+/\s*\d+\] (\S+)\s+- \[[^\]]*\], type =\s*(\w+), size =[^\n(]*(?:\((\w+)\))?\n"
+)
+
+
+def llama_dry_run_types(llama_cpp: Any, src: Path, ftype: str, weights: dict[str, np.ndarray] | None) -> dict:
+    """Each tensor's type as llama.cpp's dry run logs it (no quantizing: fast)."""
+    _LOG.clear()
+    if weights is None:
+        rc = llama_quantize(llama_cpp, src, src.with_suffix(".none"), ftype, dry_run=True)
+    else:
+        rc = theirs_with(llama_cpp, src, src.with_suffix(".none"), ftype, weights, None, dry_run=True)
+    assert rc == 0
+    found = _DRY_RUN_LINE.findall("".join(_LOG))
+    assert found, "".join(_LOG)[-2000:]
+    return {name: (new or cur).upper() for name, cur, new in found}
+
+
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", [*IMATRIX_FTYPES, "q4_0", "q5_0", "iq4_nl"])
-@pytest.mark.parametrize("model", ["llama-gqa", "llama-tied", "qwen3moe-8x", "fallback"])
-def test_rules_with_imatrix_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str,
-                                            tmp_path: Path) -> None:  # fmt: skip
-    """Each tensor's type (a dry run here) against the file llama.cpp writes with a matrix."""
+@pytest.mark.parametrize(
+    "ftype", [*IMATRIX_FTYPES, "q2_k", "q3_k_m", "q4_k_m", "q4_0", "q5_0", "iq4_nl", "iq4_xs"]
+)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_rules_with_imatrix_match_llama_cpp(
+    llama_cpp: Any, models: dict[str, Path], model: str, ftype: str
+) -> None:
+    """Each tensor's type (dry runs) against llama.cpp's with a matrix."""
     weights = mean_weights(random_entries(models[model]))
-    assert theirs_with(llama_cpp, models[model], tmp_path / "theirs.gguf", ftype, weights, None) == 0
     plan = ours(models[model], None, ftype, imatrix=weights, dry_run=True)
-    assert {t.name: t.type.name for t in plan.tensors} == types_of(tmp_path / "theirs.gguf")
+    assert {t.name: t.type.name for t in plan.tensors} == llama_dry_run_types(
+        llama_cpp, models[model], ftype, weights
+    )
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", ["iq3_s", "iq3_m", "iq3_xs", "iq3_xxs", "q2_k_s", "iq2_xxs"])
-def test_rules_without_imatrix_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], ftype: str,
-                                               tmp_path: Path) -> None:  # fmt: skip
-    """Without a matrix: the types llama.cpp writes, or its refusal (no file from either; a dry run
-    warns)."""
-    src, theirs = models["llama-gqa"], tmp_path / "theirs.gguf"
-    rc = llama_quantize(llama_cpp, src, theirs, ftype)
+@pytest.mark.parametrize("ftype", ["iq3_s", "iq3_m", "iq3_xs", "iq3_xxs", "q2_k_s", "iq2_xxs", "iq1_m"])
+@pytest.mark.parametrize("model", ["llama-gqa", "llama-8l-gqa4"])
+def test_rules_without_imatrix_match_llama_cpp(
+    llama_cpp: Any, models: dict[str, Path], model: str, ftype: str, tmp_path: Path
+) -> None:
+    """Without a matrix: the types llama.cpp picks (dry runs), or its refusal (no file from either;
+    our dry run warns, as llama.cpp's)."""
+    src = models[model]
+    want = llama_dry_run_types(llama_cpp, src, ftype, None)
+    plan = ours(src, None, ftype, dry_run=True)
+    assert {t.name: t.type.name for t in plan.tensors} == want
     if FILE_TYPES[ftype].needs_imatrix:
-        assert rc != 0
+        assert llama_quantize(llama_cpp, src, tmp_path / "theirs.gguf", ftype) != 0
         with pytest.raises(QuantizeError, match="this quantization requires an importance matrix"):
             ours(src, tmp_path / "ours.gguf", ftype)
         assert not (tmp_path / "ours.gguf").exists()
-        plan = ours(src, None, ftype, dry_run=True)
         assert plan.will_require_imatrix and "will require an imatrix" in plan.summary()
-        return
-    assert rc == 0
-    plan = ours(src, None, ftype, dry_run=True)
-    assert {t.name: t.type.name for t in plan.tensors} == types_of(theirs)
+    else:
+        assert not plan.will_require_imatrix
 
 
 # -- errors ------------------------------------------------------------------------------------------

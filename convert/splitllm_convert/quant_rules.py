@@ -3,10 +3,12 @@
 A port of ``tensor_allows_quantization``, ``llama_tensor_get_type`` (with its ``_impl`` and
 ``tensor_type_fallback``) and the state they keep (src/llama-quant.cpp, llama.cpp as vendored by
 llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` (k-quants
-Q2_K to Q6_K with Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL, IQ4_XS and MXFP4_MOE) and no
-importance matrix. The branches for the other file types (the other IQ*, TQ*, Q2_K_S) are left out;
-so is the ``ATTENTION_QKV`` branch after the ``attn_v`` one, which llama.cpp never reaches
-(``attn_qkv`` is ``attn_v``-like).
+Q2_K to Q6_K with Q2_K_S and Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL, IQ4_XS, MXFP4_MOE,
+the IQ1 / IQ2 / IQ3 file types), with or without an importance matrix (``has_imatrix``: some
+rules change with one), and ``tensor_requires_imatrix`` (:func:`requires_imatrix`). Left out: the
+TQ1_0 / TQ2_0 / Q2_0 branches (splitllm has no such quantizer) and the ``ATTENTION_QKV`` branch
+after the ``attn_v`` one, which llama.cpp never reaches (``attn_qkv`` is ``attn_v``-like).
+``--prune-layers``' renumbering is :class:`LayerPruning`.
 
 The choice depends on the order the tensors are visited in (llama.cpp counts the ``attn_v``-like
 tensors it has seen, and, for dense models, the ``ffn_down`` ones): :class:`TypeChooser` is fed
@@ -477,3 +479,58 @@ def _attn_output_type(t: GGMLQuantizationType, f: LlamaFileType, n_expert: int, 
     if n_expert == 8:
         return Q.Q5_K if f in _Q5_K_OUTPUT_WITH_8_EXPERTS else t
     return _ATTN_OUTPUT_DENSE.get(f, t)
+
+
+# -- --prune-layers ---------------------------------------------------------------------------------
+
+_BLK_SEARCH = re.compile(r"blk\.([0-9]+)\.")
+
+
+@dataclass
+class LayerPruning:
+    """llama-quantize's --prune-layers (remap_layer / remap_imatrix): the listed layers' tensors are
+    dropped and the later layers renumbered, in the order the tensors are visited."""
+
+    prune: tuple[int, ...]  # sorted, without repeats
+    mapped: dict[int, str] = field(default_factory=dict)  # old layer -> new number ("": pruned)
+    next_id: int = 0  # the new block count once every tensor is visited
+
+    def rename(self, name: str) -> str | None:
+        """The tensor's new name, or None when it is pruned."""
+        m = _BLK_SEARCH.search(name)
+        if not self.prune or m is None:
+            return name
+        blk = int(m.group(1))
+        if blk not in self.mapped:
+            if blk in self.prune:
+                self.mapped[blk] = ""
+            elif blk < self.prune[0]:
+                self.mapped[blk] = str(blk)
+                self.next_id = blk + 1
+            else:
+                self.mapped[blk] = str(self.next_id)
+                self.next_id += 1
+        new = self.mapped[blk]
+        return None if not new else name[: m.start(1)] + new + name[m.end(1) :]
+
+    def original(self, name: str) -> str:
+        """The name a renamed tensor had (its importance-matrix entry's name)."""
+        m = _BLK_SEARCH.search(name)
+        if not self.mapped or m is None:
+            return name
+        old = next((k for k, v in sorted(self.mapped.items()) if v == m.group(1)), None)
+        if old is None:
+            raise QuantizeRuleError(f"imatrix mapping error for {name}")
+        return name[: m.start(1)] + str(old) + name[m.end(1) :]
+
+
+def parse_prune_layers(text: str) -> tuple[int, ...]:
+    """llama-quantize's L0,L1,...: each read as std::stoi does (a leading integer), none negative;
+    sorted, repeats dropped."""
+    out = []
+    for part in text.split(","):
+        m = re.match(r"[ \t\n\v\f\r]*([+-]?[0-9]+)", part)
+        if m is None or not 0 <= int(m.group(1)) < 2**31:
+            raise ValueError(f"--prune-layers: invalid layer id '{part}'")
+        out.append(int(m.group(1)))
+    return tuple(sorted(set(out)))

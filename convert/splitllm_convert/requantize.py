@@ -12,21 +12,25 @@ The output is the file llama.cpp's ``llama_model_quantize`` writes, byte for byt
 pair of the input in its order, then ``general.quantization_version`` and ``general.file_type``
 moved to the end (ggml's setters remove a key and append it), the ``split.*`` keys removed; the
 tensors in llama.cpp's order (by layer number, then by name), each of the type llama.cpp's rules
-choose (``quant_rules``), quantized by splitllm's C++ quantizers (ggml's reference quantizers,
-byte-identical), GGUF version 3, data aligned to 32 bytes. An input split in several files is
-read from its first part and written as one file, as llama.cpp does without ``--keep-split``
-(which is refused). The differences, all for inputs
-llama.cpp handles badly:
+choose (``quant_rules``), quantized by splitllm's C++ quantizers (ggml's quantizers,
+byte-identical; with an importance matrix its weighted ones, each expert of a 3-D tensor with its
+own row of the matrix; ``importance``), GGUF version 3, data aligned to 32 bytes. An input split
+in several files is read from its first part and written as one file, as llama.cpp does without
+``--keep-split`` (which is refused). The differences, all for inputs llama.cpp handles badly:
 
 - an input with ``general.alignment`` other than 32: llama.cpp keeps the key but aligns to 32
   (its output is then unreadable); splitllm aligns the output to the key's value;
 - llama.cpp requires a known architecture and its hyper-parameters; splitllm reads only
   ``general.architecture``, ``block_count``, ``expert_count``, ``nextn_predict_layers`` and the
-  head counts (what the rules use), so it also quantizes architectures llama.cpp does not know.
+  head counts (what the rules use), so it also quantizes architectures llama.cpp does not know;
+- an importance matrix with negative values (llama-imatrix writes none: they are means of
+  squares) is refused; llama.cpp would use it.
 
 Errors raise :class:`QuantizeError` (a ``ValueError``) naming the file and tensor before anything
 is written where possible: already-quantized tensors without ``allow_requantize`` (llama.cpp stops
-at the first one, half-way through its output), NaN or infinite values (llama.cpp's
+at the first one, half-way through its output), a type that needs an importance matrix without
+one, or a matrix entry missing for such a tensor or of the wrong size (llama.cpp: half-way, too),
+NaN or infinite values (in the matrix; in the tensors, llama.cpp's
 ``ggml_validate_row_data``, on the input and on the result), a bad or truncated file
 (:class:`splitllm.GGUFError`). The input is memory-mapped and read a slab of rows at a time; the
 output goes to a temporary file beside ``dst`` that replaces ``dst`` at the end, and errors and
@@ -50,7 +54,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from splitllm_convert import gguf_meta, importance, quant_rules
 from splitllm_convert.importance import ImatrixError, Importance
 from splitllm_convert.mix import FILE_TYPES, FileType
-from splitllm_convert.quant_rules import HParams, QuantizeRuleError, QuantOptions, TypeChooser
+from splitllm_convert.quant_rules import HParams, LayerPruning, QuantizeRuleError, QuantOptions, TypeChooser
 
 Q = GGMLQuantizationType
 
@@ -146,6 +150,7 @@ class TensorPlan:
     type: GGMLQuantizationType
     src_nbytes: int
     nbytes: int
+    source: str | None = None  # the input tensor's name, where --prune-layers renumbered it
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,7 @@ class _Rules:
     allow_requantize: bool
     imatrix: Importance | None
     dry_run: bool
+    pruning: LayerPruning
     will_require_imatrix: bool = False
 
 
@@ -273,11 +279,15 @@ def _plan_tensors(inp: _Input, rules: _Rules, override_kv: Sequence[tuple[str, A
     except ValueError as e:
         raise QuantizeError(str(e)) from None
     infos = inp.gf.tensors
-    order = quant_rules.tensor_order(infos)
-    chooser = TypeChooser(hp, rules.opts, order)
+    renamed = {}
+    for old in quant_rules.tensor_order(infos):
+        new = rules.pruning.rename(old)
+        if new is not None:
+            renamed[new] = old
+    chooser = TypeChooser(hp, rules.opts, list(renamed))
     plans = []
-    for name in order:  # llama.cpp's first pass: the types, and a missing matrix refused
-        info = infos[name]
+    for name, old in renamed.items():  # llama.cpp's first pass: the types, and a missing matrix refused
+        info = infos[old]
         try:
             cur = Q[info.type]
         except KeyError:
@@ -291,7 +301,8 @@ def _plan_tensors(inp: _Input, rules: _Rules, override_kv: Sequence[tuple[str, A
         if rules.imatrix is None and quant_rules.allows_quantization(rules.opts, hp.arch, name, ne):
             _refuse_without_imatrix(inp.path, rules, name, t)
         n_rows = math.prod(ne[1:])
-        plans.append(TensorPlan(name, info.shape, cur, t, info.nbytes, n_rows * row_bytes(t, ne[0])))
+        plans.append(TensorPlan(name, info.shape, cur, t, info.nbytes, n_rows * row_bytes(t, ne[0]),
+                                None if old == name else old))  # fmt: skip
     weights = {}
     for tp in plans:  # its second: each tensor's matrix, and conversions it cannot make
         ne = tuple(reversed(tp.shape))
@@ -321,8 +332,8 @@ def _imatrix_rows(path: Path, rules: _Rules, name: str, ne: tuple[int, ...], cur
     if rules.imatrix is None or t == cur:  # no matrix, or copied as it is
         return None
     try:
-        rows = rules.imatrix.rows_for(name, ne)
-    except ImatrixError as e:
+        rows = rules.imatrix.rows_for(name, ne, rules.pruning.original(name))
+    except (ImatrixError, QuantizeRuleError) as e:
         raise QuantizeError(str(e)) from None
     if rows is None and needs and not rules.dry_run:
         raise QuantizeError(f"{path}: missing importance matrix for tensor {name!r} in a very low-bit "
@@ -406,7 +417,7 @@ def _slabs(inp: _Input, tp: TensorPlan, budget: int, n_threads: int | None,
     ``weights``: the importance matrix's rows, one per expert (a slab then stays in one expert)."""
     from splitllm import quants
 
-    raw = inp.gf.tensor(tp.name).reshape(-1).view(np.uint8)
+    raw = inp.gf.tensor(tp.source or tp.name).reshape(-1).view(np.uint8)
     ncols = tp.shape[-1] if tp.shape else 1
     src_row, dst_row = row_bytes(tp.src_type, ncols), row_bytes(tp.type, ncols)
     n_rows = len(raw) // src_row if src_row else 0
@@ -473,6 +484,7 @@ def quantize(
     imatrix: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
     include_weights: Sequence[str] = (),
     exclude_weights: Sequence[str] = (),
+    prune_layers: Sequence[int] = (),
     dry_run: bool = False,
     max_buffer_size: int | None = None,
     quiet: bool = False,
@@ -490,9 +502,11 @@ def quantize(
     ``imatrix`` (an importance matrix: a file llama-imatrix wrote, GGUF or legacy, recorded in the
     ``quantize.imatrix.*`` keys as llama-quantize does; or name -> values, recorded only by its
     entry count), ``include_weights`` / ``exclude_weights`` (use only / not the entries whose name
-    contains one of these strings), ``max_buffer_size`` (bytes of row buffers per slab; default
-    1 GiB), ``dry_run`` (plan only). An existing ``dst`` is replaced, as llama-quantize does;
-    ``dst`` may not be ``src``.
+    contains one of these strings), ``prune_layers`` (layer numbers whose tensors are dropped,
+    the later layers renumbered and ``{arch}.block_count`` set, as llama-quantize's
+    --prune-layers; the rules still see the input's layer count), ``max_buffer_size`` (bytes of
+    row buffers per slab; default 1 GiB), ``dry_run`` (plan only). An existing ``dst`` is
+    replaced, as llama-quantize does; ``dst`` may not be ``src``.
     """
     src_path = Path(src)
     parsed = parse_ftype(ftype)
@@ -521,7 +535,9 @@ def quantize(
     kv_list = list((override_kv or {}).items()) + (matrix.override_kvs() if matrix else [])
     for key, value in kv_list:
         _override(key, value)  # checks the types before anything is read
-    rules = _Rules(opts, allow_requantize, matrix, dry_run)
+    if any(i < 0 for i in prune_layers):
+        raise QuantizeError(f"prune_layers: negative layer number in {list(prune_layers)}")
+    rules = _Rules(opts, allow_requantize, matrix, dry_run, LayerPruning(tuple(sorted(set(prune_layers)))))
     inp = _open(src_path)
     try:
         plan, header, weights = _plan(inp, src_path, dst_path, type_name, ft, rules, kv_list)
@@ -557,8 +573,11 @@ def _plan(inp: _Input, src: Path, dst: Path | None, type_name: str, ft: FileType
           override_kv: Sequence[tuple[str, Any]]) -> tuple[QuantizePlan, bytes, _Weights]:  # fmt: skip
     """The plan, the output's header (key-values and tensor infos, padded) and the tensors'
     importance-matrix rows."""
-    kvs = _output_kvs(inp, int(ft.ftype), override_kv)
     tensors, n_fallback, weights = _plan_tensors(inp, rules, override_kv)
+    kvs = _output_kvs(inp, int(ft.ftype), override_kv)
+    if rules.pruning.prune:  # set last, once the layers are renumbered
+        arch = inp.meta.get("general.architecture")
+        gguf_meta.set_kv(kvs, gguf_meta.kv_u32(f"{arch}.block_count", rules.pruning.next_id))
     alignment = inp.gf.alignment
     infos, offset = [], 0
     for tp in tensors:
@@ -611,7 +630,8 @@ def _write(inp: _Input, plan: QuantizePlan, header: bytes, dst: Path, weights: M
                 f.write(bytes(gguf_meta.pad(written, alignment) - written))
                 advise = getattr(inp.gf._core, "advise_dontneed", None)
                 if advise is not None and tp.src_nbytes:
-                    advise(tp.name.encode("utf-8", "surrogateescape"))  # as llama.cpp unmaps each tensor
+                    # as llama.cpp unmaps each tensor
+                    advise((tp.source or tp.name).encode("utf-8", "surrogateescape"))
                 bar.update(tp.src_nbytes)
             f.flush()
             os.fsync(f.fileno())
