@@ -314,6 +314,68 @@ def test_real_model_with_imatrix_matches_llama_cpp(
         assert f.metadata["llama.block_count"] == 30 - len(prune)
 
 
+@pytest.mark.reference
+def test_prune_layers_with_imatrix_match_llama_cpp(llama_cpp: Any, models: dict[str, Path],
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """--prune-layers 2,1 on the command line: layers 1 and 2 dropped, layer 3 renamed 1 (its
+    matrix entry still found under blk.3), block_count 2 set last; the rules keep the input's 4
+    layers."""
+    src = models["llama-gqa"]
+    entries = random_entries(src, 9)
+    im = tmp_path / "im.gguf"
+    write_imatrix(im, entries, ["d"], 3)
+    weights = mean_weights(entries)
+    prune = (ctypes.c_int32 * 3)(1, 2, -1)
+    kvs = imatrix_kvs(im, "d", len(weights), 3)
+    theirs, mine = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    ptr = ctypes.cast(prune, ctypes.POINTER(ctypes.c_int32))
+    assert theirs_with(llama_cpp, src, theirs, "iq2_xs", weights, kvs, prune_layers=ptr) == 0
+    need_quantizers("iq2_xs", theirs)
+    args = ["--imatrix", str(im), "--prune-layers", "2,1", str(src), str(mine), "iq2_xs", "2"]
+    assert main(["quantize", "--quiet", *args]) == 0
+    assert_same_file(mine, theirs)
+    with GGUFFile(mine) as f:
+        assert f.metadata["llama.block_count"] == 2 and "blk.2.attn_q.weight" not in f.tensors
+
+
+@pytest.mark.reference
+def test_convert_hf_with_imatrix_matches_llama_cpp(llama_cpp: Any, tmp_path: Path) -> None:
+    """convert-hf --type iq2_m --imatrix: the tensors llama.cpp's quantizer makes of the F32
+    conversion with the same matrix, and the quantize.imatrix.* keys; without a matrix, refused."""
+    import hf_fixtures as HF
+    from splitllm_convert import convert
+    from splitllm_convert.cli import main as convert_main
+
+    HF.tiny_model(tmp_path / "hf", "llama", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    f32 = tmp_path / "f32.gguf"
+    convert(tmp_path / "hf", f32, type="f32", quiet=True)
+    entries = random_entries(f32, 12)
+    im = tmp_path / "im.gguf"
+    write_imatrix(im, entries, ["cal"], 5)
+    weights = mean_weights(entries)
+    assert theirs_with(llama_cpp, f32, tmp_path / "theirs.gguf", "iq2_m", weights, None) == 0
+    need_quantizers("iq2_m", tmp_path / "theirs.gguf")
+    out = tmp_path / "ours.gguf"
+    args = [str(tmp_path / "hf"), "-o", str(out), "--type", "iq2_m", "--imatrix", str(im), "--quiet"]
+    assert convert_main(args) == 0
+    want = {t.name: t for t in gguf.GGUFReader(tmp_path / "theirs.gguf").tensors}
+    got = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    assert sorted(got) == sorted(want)
+    for name, t in got.items():
+        assert t.tensor_type == want[name].tensor_type, name
+        assert bytes(t.data) == bytes(want[name].data), name
+    with GGUFFile(out) as f:
+        meta = f.metadata
+    assert (meta["quantize.imatrix.file"], meta["quantize.imatrix.dataset"]) == (str(im), "cal")
+    assert (meta["quantize.imatrix.entries_count"], meta["quantize.imatrix.chunks_count"]) == (
+        len(weights),
+        5,
+    )
+    assert convert_main([str(tmp_path / "hf"), "-o", str(tmp_path / "x.gguf"), "--type", "iq2_xxs"]) == 1
+    assert not (tmp_path / "x.gguf").exists()
+
+
 # -- the types each rule picks, whatever the quantizers -------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """Importance matrices for the quantizer, as llama-quantize uses them.
 
 llama-quantize (tools/quantize/quantize.cpp) loads the file (``splitllm.imatrix``: GGUF or legacy
-``.dat``, each entry the mean of the squared activations of one matrix's input columns, one row a
+``.dat``, each entry the mean of the squared activations of one matrix's input columns, one row per
 expert), drops the entries ``--exclude-weights`` names and keeps those ``--include-weights`` names
 (substrings of the entry names; the two together are refused), and, if any entry is left, passes
 them to llama_model_quantize and records the file in four metadata keys. The quantizer

@@ -262,7 +262,8 @@ def _produce(
         hfdir.check_finite(x, entry)
         if s.transform:
             x = job.arch.transforms()[s.transform](x)
-    return encode(x, t, n_threads, job.weights.get(s.gguf_name))
+    w = job.weights.get(s.gguf_name)
+    return encode(x, t, n_threads) if w is None else encode(x, t, n_threads, w)
 
 
 # -- the public entry point -----------------------------------------------------------------------
