@@ -123,7 +123,7 @@ def test_weighted_bytes_match_ggml(ggml_quantize, qtype: str, kind: str) -> None
             ours = quants.quantize(x, qtype, imatrix=qw, n_threads=1)
             ref = ggml_quantize(x, qtype, qw)
             bad = np.flatnonzero((ours != ref).any(axis=1))
-            assert bad.size == 0, f"{qtype} {kind} n={n} imatrix={mkind}: rows {bad.tolist()} differ from ggml"
+            assert bad.size == 0, f"{qtype} {kind} n={n} imatrix={mkind}: rows {bad.tolist()} differ"
 
 
 @pytest.mark.parametrize("qtype", WEIGHTED)

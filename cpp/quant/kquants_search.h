@@ -1,6 +1,7 @@
-// Scale (and minimum) searches shared by the k-quant reference quantizers. These are the
-// searches of ggml's reference path without an importance matrix, with the same float
-// operations in the same order, so the codes and scales they pick are ggml's.
+// Scale (and minimum) searches shared by the k-quant quantizers and the weighted legacy ones:
+// ggml's searches (make_qx_quants, make_q3_quants, make_qkx2/3_quants, make_qp_quants), with and
+// without importance weights, with the same float operations in the same order, so the codes
+// and scales they pick are ggml's.
 #pragma once
 
 #include <cstdint>
