@@ -207,11 +207,12 @@ def random_grid_blocks(name: str, n_blocks: int, rng: np.random.Generator) -> np
 
 @pytest.mark.parametrize("name", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"])
 def test_grid_iquants_dequantize_as_gguf(name: str) -> None:
-    """The grid i-quants dequantize (only: ggml quantizes them against an importance matrix) to
-    exactly gguf-py's floats, on random blocks where every grid index, sign and scale occurs."""
-    assert name in quants.DEQUANTIZE_ONLY and name not in quants.SUPPORTED
+    """The grid i-quants dequantize to exactly gguf-py's floats, on random blocks where every
+    grid index, sign and scale occurs (their quantizers: test_quants_grid_quantize.py)."""
+    assert name in quants.SUPPORTED and name not in quants.DEQUANTIZE_ONLY
     info = quants.qtype_info(name)
-    assert info.can_dequantize and not info.can_quantize
+    assert info.can_dequantize and info.takes_imatrix
+    assert info.can_quantize == (name not in quants.NEEDS_IMATRIX)
     raw = random_grid_blocks(name, 4096, np.random.default_rng(len(name))).reshape(64, -1)
     ref = gguf.quants.dequantize(raw, GT[name])
     ours = quants.dequantize(raw, name, n_threads=2)
@@ -257,10 +258,10 @@ def test_bad_input_raises_clear_errors() -> None:
         quants.quantize(x, "Q4_Z")
     with pytest.raises(ValueError, match="unknown quantization type id 77"):
         quants.quantize(x, 77)
-    with pytest.raises(NotImplementedError, match="IQ2_XXS"):
+    with pytest.raises(ValueError, match="IQ2_XXS needs an importance matrix"):
         quants.quantize(np.ones(256, np.float32), GT.IQ2_XXS)
-    with pytest.raises(NotImplementedError, match="quantize to IQ1_M"):
-        quants.quantize(np.ones(256, np.float32), "iq1_m")
+    with pytest.raises(NotImplementedError, match="quantize to TQ1_0"):
+        quants.quantize(np.ones(256, np.float32), "tq1_0")
     with pytest.raises(NotImplementedError, match="dequantize TQ2_0; supported: .*IQ1_M"):
         quants.dequantize(np.zeros(66, np.uint8), "tq2_0")
     with pytest.raises(TypeError, match="qtype"):

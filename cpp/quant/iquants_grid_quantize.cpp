@@ -213,7 +213,8 @@ float search_levels(const SearchSpec & sp, const GridMap & g, const float * xval
         const float id = (float(2 * sp.kmaxq - 1) + float(is) * sp.step) / top;
         const float this_scale = 1.0f / id;
         for (int k = 0; k < ne; ++k)
-            on_aux[k] = code_entry(g, sp.kmaxq, xval + g.dims * k, waux + g.dims * k, id, this_scale, Laux + g.dims * k);
+            on_aux[k] =
+                code_entry(g, sp.kmaxq, xval + g.dims * k, waux + g.dims * k, id, this_scale, Laux + g.dims * k);
         float sumqx, sumq2;
         level_sums(n, w, xval, Laux, sumqx, sumq2);
         if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
@@ -316,41 +317,33 @@ void quantize_blocks(const SearchSpec & sp, const float * x, void * y, int64_t n
     }
 }
 
-}  // namespace
-
 // IQ2_XXS: per 32 values two u32 words: 4 entry bytes; 4 x 7 sign bits and the 4-bit scale.
-void quantize_row_iq2_xxs_w(const float * x, void * y, int64_t n, const float * qw) {
-    quantize_blocks<block_iq2_xxs>(kIq2Xxs, x, y, n, qw, [](const SuperBlockFit & f, float d, float id, block_iq2_xxs & b) {
-        if (f.max_scale == 0.0f) return;  // ggml stores nothing of the groups
-        uint32_t q2[2 * (QK_K / 32)] = {};
-        for (int ib = 0; ib < QK_K / 32; ++ib) {
-            if (f.live[ib])
-                for (int k = 0; k < 4; ++k) {
-                    q2[2 * ib] |= uint32_t(f.fit[ib].index[k]) << (8 * k);
-                    q2[2 * ib + 1] |= uint32_t(f.fit[ib].signs[k]) << (7 * k);
-                }
-            q2[2 * ib + 1] |= uint32_t(scale_code(id, f.fit[ib].scale, 15)) << 28;
-        }
-        b.d = fp32_to_fp16(d);
-        std::memcpy(b.qs, q2, sizeof q2);
-    });
+// Where every scale came out zero ggml stores nothing of the groups.
+void pack_iq2_xxs(const SuperBlockFit & f, float d, float id, block_iq2_xxs & b) {
+    if (f.max_scale == 0.0f) return;
+    uint32_t q2[2 * (QK_K / 32)] = {};
+    for (int ib = 0; ib < QK_K / 32; ++ib) {
+        if (f.live[ib])
+            for (int k = 0; k < 4; ++k) {
+                q2[2 * ib] |= uint32_t(f.fit[ib].index[k]) << (8 * k);
+                q2[2 * ib + 1] |= uint32_t(f.fit[ib].signs[k]) << (7 * k);
+            }
+        q2[2 * ib + 1] |= uint32_t(scale_code(id, f.fit[ib].scale, 15)) << 28;
+    }
+    b.d = fp32_to_fp16(d);
+    std::memcpy(b.qs, q2, sizeof q2);
 }
 
 // IQ2_XS: per 8 values a u16 of a 9-bit entry and 7 sign bits; a 4-bit scale per 16 values.
-void quantize_row_iq2_xs_w(const float * x, void * y, int64_t n, const float * qw) {
-    quantize_blocks<block_iq2_xs>(kIq2Xs, x, y, n, qw, [](const SuperBlockFit & f, float d, float id, block_iq2_xs & b) {
-        if (f.max_scale == 0.0f) return;
-        for (int ib = 0; ib < QK_K / 16; ++ib) {
-            if (f.live[ib])
-                for (int k = 0; k < 2; ++k)
-                    b.qs[2 * ib + k] = uint16_t(f.fit[ib].index[k] | (f.fit[ib].signs[k] << 9));
-            b.scales[ib / 2] |= uint8_t(scale_code(id, f.fit[ib].scale, 15) << (4 * (ib % 2)));
-        }
-        b.d = fp32_to_fp16(d);
-    });
+void pack_iq2_xs(const SuperBlockFit & f, float d, float id, block_iq2_xs & b) {
+    if (f.max_scale == 0.0f) return;
+    for (int ib = 0; ib < QK_K / 16; ++ib) {
+        if (f.live[ib])
+            for (int k = 0; k < 2; ++k) b.qs[2 * ib + k] = uint16_t(f.fit[ib].index[k] | (f.fit[ib].signs[k] << 9));
+        b.scales[ib / 2] |= uint8_t(scale_code(id, f.fit[ib].scale, 15) << (4 * (ib % 2)));
+    }
+    b.d = fp32_to_fp16(d);
 }
-
-namespace {
 
 // IQ2_S: per 8 values an entry byte (qs[0, 32)), 2 more bits in qh, a sign byte (qs[32, 64)).
 // ggml keeps the entries and signs even where every scale came out zero.
@@ -409,6 +402,14 @@ void pack_iq3_s(const SuperBlockFit & f, float d, float id, block_iq3_s & b) {
 }
 
 }  // namespace
+
+void quantize_row_iq2_xxs_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_blocks<block_iq2_xxs>(kIq2Xxs, x, y, n, qw, pack_iq2_xxs);
+}
+
+void quantize_row_iq2_xs_w(const float * x, void * y, int64_t n, const float * qw) {
+    quantize_blocks<block_iq2_xs>(kIq2Xs, x, y, n, qw, pack_iq2_xs);
+}
 
 void quantize_row_iq2_s_w(const float * x, void * y, int64_t n, const float * qw) {
     quantize_blocks<block_iq2_s>(kIq2S, x, y, n, qw, pack_iq2_s);

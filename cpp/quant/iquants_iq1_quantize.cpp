@@ -126,7 +126,8 @@ Iq1Group fit_iq1_s_group(const GridMap & g, const float * xb, const float * w) {
         for (int i2 = i1; i2 <= n; ++i2)
             for (int s = 1; s >= -1; s -= 2) {
                 const float * xs = s == 1 ? kUp : kDown;
-                const float sumqx = (sumx[i1] - sumx[0]) * xs[0] + (sumx[i2] - sumx[i1]) * xs[1] + (sumx[n] - sumx[i2]) * xs[2];
+                const float sumqx =
+                    (sumx[i1] - sumx[0]) * xs[0] + (sumx[i2] - sumx[i1]) * xs[1] + (sumx[n] - sumx[i2]) * xs[2];
                 const float sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0] + (sumw[i2] - sumw[i1]) * xs[1] * xs[1] +
                                     (sumw[n] - sumw[i2]) * xs[2] * xs[2];
                 if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {

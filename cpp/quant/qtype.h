@@ -61,7 +61,7 @@ struct QTypeTraits {
     from_float_fn from_float;  // reference quantizer, null likewise
     // ggml's quantizer given an importance matrix (quantize_<type>(..., quant_weights)), null
     // where ggml ignores the matrix (plain number types, Q8_0, MXFP4). A type with this and no
-    // from_float cannot be quantized without a matrix (IQ2_XXS, IQ2_XS, IQ1_S, IQ1_M).
+    // from_float cannot be quantized without a matrix (IQ2_XXS, IQ2_XS, IQ1_S: ggml asserts one).
     from_float_w_fn from_float_w = nullptr;
 };
 

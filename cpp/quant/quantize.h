@@ -6,7 +6,8 @@
 // by the mean square of its whole row.
 //
 // Errors (sl::Error, nothing is written past what the arguments describe):
-//   - a type without a quantizer / dequantizer (IQ*, TQ*, integer types, ...);
+//   - a type without a quantizer / dequantizer (TQ*, integer types, ...), or IQ2_XXS, IQ2_XS,
+//     IQ1_S without an importance matrix (ggml requires one for them);
 //   - n_per_row not a multiple of the type's block size, or a negative count;
 //   - quantize_rows of a block type (Q*) on input holding NaN or infinity: the scale
 //     searches are meaningless there. F32, F16 and BF16 store non-finite values as they are
@@ -23,7 +24,10 @@ namespace sl {
 
 // dst receives nrows * row_size(t, n_per_row) bytes. imatrix, when not null, holds n_per_row
 // importance weights (one per column, the same for every row), as ggml_quantize_chunk takes
-// them: types with a weighted quantizer use it, the others ignore it.
+// them: types with a weighted quantizer use it, the others ignore it. Threads get runs of
+// blocks that may start or end mid-row: no quantizer needs a whole row (the grid i-quants'
+// searches, whose weights use the mean square of the values around them, take it over one
+// 256-value super-block, as ggml's do).
 void quantize_rows(QType t, const float * src, void * dst, int64_t nrows, int64_t n_per_row, ThreadPool & pool,
                    const float * imatrix = nullptr);
 
