@@ -234,14 +234,21 @@ void Model::encoder_bert_layer(int l, Scratch & s, int n) {
     const LayerWeights & L = w_.layers[l];
     const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
     float * qkv_out[3] = {s.q, s.k, s.v};
+    if (imx_)
+        for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, s.x, n, &be);
     be.matmul(qkv, qkv_out, 3, s.x, n, false);
     if (!c.learned_pos) be.rope(s.q, s.k, n, false);
     encoder_attention(s, -1);
     const WeightRef * wo = &L.wo;
+    if (imx_) imx_observe(l, kImxO, s.att, n, &be);
     be.matmul(&wo, &s.x, 1, s.att, n, true);  // x += W_o att + b_o
     layer_norm(pool, s.x, L.attn_ln, L.attn_ln_b, s.x, n, c.n_embd, c.rms_eps);
     const WeightRef * up = &L.w_up;
     const WeightRef * down = &L.w_down;
+    if (imx_) {
+        imx_observe(l, kImxGate, s.x, n, &be);
+        imx_observe(l, kImxUp, s.x, n, &be);
+    }
     if (L.w_gate.rows > 0) {
         be.glu(Glu::Silu, L.w_gate, L.w_up, s.x, s.ff, n);
     } else {
@@ -254,6 +261,7 @@ void Model::encoder_bert_layer(int l, Scratch & s, int n) {
                 *x = 0.5f * *x * (1.0f + std::erf(*x * 0.70710678118654752f));
         });
     }
+    if (imx_) imx_observe(l, kImxDown, s.ff, n, &be);
     be.matmul(&down, &s.x, 1, s.ff, n, true);  // x += W_down gelu(...) + b_down
     layer_norm(pool, s.x, L.ffn_ln, L.ffn_ln_b, s.x, n, c.n_embd, c.rms_eps);
 }
@@ -267,15 +275,23 @@ void Model::encoder_gemma_layer(int l, Scratch & s, int n) {
     be.rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
     const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
     float * qkv_out[3] = {s.q, s.k, s.v};
+    if (imx_)
+        for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, s.h, n, &be);
     be.matmul(qkv, qkv_out, 3, s.h, n, false);
     be.rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
     be.rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
     be.rope(s.q, s.k, n, swa);  // (the local layers with their own base)
     encoder_attention(s, swa ? c.n_swa / 2 : -1);
+    if (imx_) imx_observe(l, kImxO, s.att, n, &be);
     add_output(&be, &be, &L.wo, L.attn_post_norm, s.att, s, n);
     // Feed-forward: x += rmsnorm(W_down (gelu(W_gate h) * W_up h)), h = rmsnorm(x)
     be.rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
+    if (imx_) {
+        imx_observe(l, kImxGate, s.h, n, &be);
+        imx_observe(l, kImxUp, s.h, n, &be);
+    }
     be.glu(Glu::Gelu, L.w_gate, L.w_up, s.h, s.ff, n);
+    if (imx_) imx_observe(l, kImxDown, s.ff, n, &be);
     add_output(&be, &be, &L.w_down, L.ffn_post_norm, s.ff, s, n);
 }
 

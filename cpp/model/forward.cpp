@@ -55,6 +55,8 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (L.attn_norm) be->rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
+        if (imx_)
+            for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, h, n, be);
         mm->matmul(qkv, qkv_out, 3, h, n, false);
         apply_lora(be, qkv, qkv_out, 3, h, s, n);
         if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
@@ -81,6 +83,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
         // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
         const WeightRef * wo = &L.wo;
+        if (imx_) imx_observe(l, kImxO, s.att, n, be);
         add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
         const float * hf = L.ffn_norm ? s.h : s.x;
@@ -90,6 +93,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             continue;
         }
         const Glu act = c.ffn_gelu ? Glu::Gelu : Glu::Silu;
+        if (imx_) {
+            imx_observe(l, kImxGate, hf, n, be);
+            imx_observe(l, kImxUp, hf, n, be);
+        }
         if (L.w_gate.lora >= 0 || L.w_up.lora >= 0) {  // the projections, their updates, then the activation
             const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
             float * gu_out[2] = {s.ff, s.up};
@@ -99,6 +106,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         } else {
             mm->glu(act, L.w_gate, L.w_up, hf, s.ff, n);
         }
+        if (imx_) imx_observe(l, kImxDown, s.ff, n, be);
         add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n);
     }
 
@@ -137,6 +145,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     }
     const WeightRef * wout = &w_.output;
     float * out = output_backend_->is_cpu() ? logits : dev_logits_;
+    if (imx_) imx_observe(-1, 0, s.h, n_out, output_backend_);
     output_backend_->matmul(&wout, &out, 1, s.h, n_out, false);
     apply_lora(output_backend_, &wout, &out, 1, s.h, s, n_out);
     if (!output_backend_->is_cpu())

@@ -10,6 +10,7 @@
 #include "cpu/matmul.h"
 #include "gguf/gguf.h"
 #include "model/cpu_backend.h"
+#include "model/imatrix.h"
 #include "model/op_offload.h"
 
 namespace sl {

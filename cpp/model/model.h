@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -20,6 +21,7 @@ struct GGUFTensor;
 class CpuBackend;
 struct CpuBackendOptions;
 class OpOffload;
+class ImatrixCollector;
 
 struct ModelParams {
     int n_ctx = 4096;          // KV cells in all (split evenly between the sequence slots)
@@ -200,6 +202,14 @@ public:
     // Layer evaluations whose matmuls ran on the GPU by op offload.
     int64_t n_op_offload() const { return n_op_offload_; }
 
+    // Importance-matrix collection (imatrix.cpp; llama-imatrix's statistics): after start, every
+    // decode adds the squared inputs of the blocks' matmuls (and of output.weight with
+    // process_output) to a collector keyed by the weights' GGUF names; stop hands it over and
+    // turns collection off. Off, the forward pass only tests a null pointer.
+    void imatrix_start(bool process_output);
+    std::unique_ptr<ImatrixCollector> imatrix_stop();
+    bool imatrix_active() const { return imx_ != nullptr; }
+
 private:
     struct DryRun {};
     Model(const std::string & path, const ModelParams & params, DryRun);
@@ -309,6 +319,23 @@ private:
         Kind kind;
     };
     std::vector<Owned> owned_;  // allocations to free, and the memory accounting
+    // Importance-matrix collection (null: off). The matmuls of a layer, and per layer and matmul the
+    // weight it reads: its name, its K, its stacked matrices, its collector entry (-1: not yet).
+    enum ImxSite { kImxQ, kImxK, kImxV, kImxO, kImxGate, kImxUp, kImxDown, kImxRouter, kImxGateExps, kImxUpExps,
+                   kImxDownExps, kImxSites };
+    struct ImxTarget {
+        std::string name;  // "" when the matmul reads no weight of its own (a slice of a fused one)
+        int64_t k = 0;
+        int n_mat = 1;
+        int entry = -1;
+    };
+    std::unique_ptr<ImatrixCollector> imx_;
+    std::vector<std::array<ImxTarget, kImxSites>> imx_sites_;  // (n_layer)
+    ImxTarget imx_output_;
+    ImxTarget imx_target(const std::string & name, const WeightRef & w, int n_mat = 1) const;
+    // Adds n rows of x (on backend be) entering a matmul of site (layer l) or the output layer
+    // (l < 0); matrix mat of a stack of experts.
+    void imx_observe(int l, int site, const float * x, int n, Backend * be, int mat = 0);
     std::unique_ptr<Backend> gpu_;           // CUDA0 / FAKEGPU0 when layers or op offload use one
     std::unique_ptr<OpOffload> offload_;     // large-batch matmuls of CPU layers on the GPU
     std::vector<Backend *> kv_backend_;      // (n_layer) where each layer's KV cache lives

@@ -73,10 +73,13 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     SL_CHECK(be->is_cpu(), "internal: mixture-of-experts blocks run on the CPU");
     const int k = c.n_expert_used;
     const WeightRef * gi = &L.gate_inp;
+    const int l = int(&L - w_.layers.data());
+    if (imx_) imx_observe(l, kImxRouter, s.h, n, be);
     be->matmul(&gi, &s.router, 1, s.h, n, false);
     route(s.router, n);
     const Glu act = c.swiglu_oai ? Glu::SwigluOai : Glu::Silu;
-    if (be == static_cast<Backend *>(cpu_.get()) &&
+    // (importance-matrix collection needs each expert's inputs: the grouped path below)
+    if (!imx_ && be == static_cast<Backend *>(cpu_.get()) &&
         cpu_->moe_small(act, L.gate_exps, L.up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
                         routes_.weight.data(), k, s.x))
         return;
@@ -90,7 +93,12 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
         const WeightRef up = expert_slice(L.up_exps, e, c.n_expert);
         const WeightRef down = expert_slice(L.down_exps, e, c.n_expert);
         const WeightRef * wd = &down;
+        if (imx_) {
+            imx_observe(l, kImxGateExps, s.moe_in, m, be, e);
+            imx_observe(l, kImxUpExps, s.moe_in, m, be, e);
+        }
         be->glu(act, gate, up, s.moe_in, s.ff, m);
+        if (imx_) imx_observe(l, kImxDownExps, s.ff, m, be, e);
         be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
         for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
             const int entry = routes_.order[b + j];

@@ -3,6 +3,7 @@
 
 #include "common/error.h"
 #include "gguf/gguf.h"
+#include "model/imatrix.h"
 #include "model/model.h"
 #include "python/bind.h"
 
@@ -188,6 +189,28 @@ void bind_model(pyb::module_ & m) {
         .def_property_readonly("n_eval", &Model::n_eval)
         .def_property_readonly("n_forward", &Model::n_forward)
         .def_property_readonly("n_op_offload", &Model::n_op_offload)
+        .def("imatrix_start", &Model::imatrix_start, pyb::arg("process_output") = false,
+             "Starts importance-matrix collection (llama-imatrix's): every decode adds the squared "
+             "matmul inputs per weight; process_output: output.weight's too. Restarting drops what "
+             "was collected.")
+        .def(
+            "imatrix_stop",
+            [](Model & self) {
+                const std::unique_ptr<ImatrixCollector> c = self.imatrix_stop();
+                pyb::list out;
+                if (!c) return out;
+                for (const ImatrixEntry & e : c->entries()) {
+                    pyb::array_t<double> sums({int64_t(e.n_mat), e.n_per_row});
+                    pyb::array_t<int64_t> counts(int64_t(e.n_mat));
+                    std::copy(e.sums.begin(), e.sums.end(), sums.mutable_data());
+                    std::copy(e.counts.begin(), e.counts.end(), counts.mutable_data());
+                    out.append(pyb::make_tuple(e.name, sums, counts));
+                }
+                return out;
+            },
+            "Stops collection; returns [(weight name, sums (n_mat, n_per_row) float64, counts (n_mat,) "
+            "int64)] in the order first seen ([] when collection was off).")
+        .def_property_readonly("imatrix_active", &Model::imatrix_active)
         .def_property_readonly("warnings", &Model::warnings)
         .def_property_readonly("placement", [](const Model & self) { return parts_list(self.placement()); })
         .def_property_readonly("config", [](const Model & self) {

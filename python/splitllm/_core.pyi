@@ -123,6 +123,13 @@ class Model:
     def n_forward(self) -> int: ...
     @property
     def n_op_offload(self) -> int: ...
+    def imatrix_start(self, process_output: bool = False) -> None:
+        """Starts importance-matrix collection (llama-imatrix's): every decode adds the squared
+        matmul inputs per weight; process_output: output.weight's too."""
+    def imatrix_stop(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Stops collection: [(weight name, sums (n_mat, n_per_row), counts (n_mat,))]."""
+    @property
+    def imatrix_active(self) -> bool: ...
     @property
     def warnings(self) -> list[str]: ...
     @property

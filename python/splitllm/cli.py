@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_fetch(sub)
     for module in ("splitllm.plan", "splitllm.perplexity", "splitllm.server", "splitllm.chat_cli",
-                   "splitllm.embed_cli", "splitllm.quantize_cli"):
+                   "splitllm.embed_cli", "splitllm.quantize_cli", "splitllm.imatrix_cli"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as e:

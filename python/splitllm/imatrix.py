@@ -19,21 +19,38 @@ Two file formats, both as llama.cpp's ``llama-imatrix`` writes them:
 :class:`Imatrix` keeps what the file holds (``legacy`` tells which form); :meth:`Imatrix.weights`
 is exactly what llama-quantize's ``load_imatrix`` computes from it, and :func:`combine` adds files
 as ``llama-imatrix --in-file a --in-file b`` does (a ``.dat`` is first scaled back to raw sums by
-the chunk size).
+the chunk size). :func:`compute` collects one with the engine (``Model.imatrix_start`` /
+``imatrix_stop``) over a text, as llama-imatrix does.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["Imatrix", "ImatrixEntry", "ImatrixError", "TensorStats", "combine", "statistics"]
+if TYPE_CHECKING:
+    from splitllm.model import Model
+
+__all__ = [
+    "ComputeResult",
+    "Imatrix",
+    "ImatrixEntry",
+    "ImatrixError",
+    "TensorStats",
+    "chunk_tokens",
+    "combine",
+    "compute",
+    "from_collected",
+    "statistics",
+]
 
 _IN_SUM2 = ".in_sum2"
 _COUNTS = ".counts"
@@ -198,6 +215,120 @@ def combine(imatrices: Iterable[Imatrix], *, chunk_size: int = 512) -> Imatrix:
         out.add(m, chunk_size=chunk_size)
     out.chunk_count = out._last_chunk()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing (llama-imatrix's compute_imatrix)
+
+
+@dataclass
+class ComputeResult:
+    """What :func:`compute` measured: the matrix, and the perplexity unless it was turned off."""
+
+    imatrix: Imatrix
+    n_chunks: int
+    n_ctx: int
+    seconds: float
+    chunk_ppl: list[float] = field(default_factory=list)  # running estimate after each chunk
+    ppl: float | None = None
+    ppl_error: float | None = None
+
+
+def chunk_tokens(
+    model: Model, tokens: Sequence[int], n_ctx: int, n_chunks: int | None = None
+) -> list[list[int]]:
+    """llama-imatrix's chunks of ``tokens`` (tokenized with BOS where the model adds it): at least
+    two chunks' worth required, ``n_ctx`` tokens each, the first of each set to BOS."""
+    if n_ctx < 4:
+        raise ValueError(f"n_ctx must be at least 4 (got {n_ctx})")
+    if len(tokens) < 2 * n_ctx:
+        raise ValueError(
+            f"the text has {len(tokens)} tokens: at least {2 * n_ctx} are needed for a context of {n_ctx} "
+            "tokens (as llama-imatrix)"
+        )
+    available = len(tokens) // n_ctx
+    n = available if n_chunks is None or n_chunks < 0 else min(n_chunks, available)
+    bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None
+    chunks = []
+    for i in range(n):
+        chunk = [int(t) for t in tokens[i * n_ctx : (i + 1) * n_ctx]]
+        if bos is not None:
+            chunk[0] = bos
+        chunks.append(chunk)
+    return chunks
+
+
+def compute(
+    model: Model,
+    text: str | Sequence[int],
+    *,
+    n_ctx: int = 512,
+    n_chunks: int | None = None,
+    process_output: bool = False,
+    ppl: bool = True,
+    parse_special: bool = False,
+    dataset: str | None = None,
+    progress: Callable[[int, int, float | None], None] | None = None,
+) -> ComputeResult:
+    """The importance matrix of ``model`` over ``text`` (or its tokens), as llama-imatrix computes it.
+
+    The text is tokenized (BOS first where the model adds one) and cut into chunks of ``n_ctx``
+    tokens (``n_chunks`` at most), each evaluated from an empty cache with its first token set to
+    BOS; every matmul input of the blocks (and of ``output.weight`` with ``process_output``) is
+    collected. With ``ppl``, each chunk's second half is scored as llama-perplexity does.
+    ``dataset`` names the text in the file (``imatrix.datasets``). Sums accumulate in float64
+    (llama-imatrix: float32) and are stored as float32. As llama-imatrix, a dense matmul of fewer
+    than 16 rows is not collected: keep the model's ``n_batch`` at 16 or more.
+    """
+    from splitllm.perplexity import _ppl_stats, log_softmax
+
+    if isinstance(text, str):
+        tokens = model.tokenize(text.encode("utf-8"), add_bos=True, special=parse_special)
+    else:
+        tokens = [int(t) for t in text]
+    if n_ctx > model.n_ctx():
+        raise ValueError(f"n_ctx {n_ctx} is larger than the model's context {model.n_ctx()}")
+    chunks = chunk_tokens(model, tokens, n_ctx, n_chunks)
+    t0 = time.perf_counter()
+    nll_parts: list[np.ndarray] = []
+    running: list[float] = []
+    model.imatrix_start(process_output=process_output)
+    try:
+        for i, chunk in enumerate(chunks):
+            if ppl or process_output:
+                logits = model.logits(chunk)  # every row: output.weight sees them all
+            else:
+                model.reset()
+                model.eval_prompt(chunk)
+            if ppl:
+                first = n_ctx // 2
+                lp = log_softmax(logits[first : n_ctx - 1])
+                tgt = np.asarray(chunk[first + 1 :], dtype=np.int64)
+                nll_parts.append(-lp[np.arange(len(tgt)), tgt])
+                running.append(math.exp(float(np.concatenate(nll_parts).mean())))
+            if progress:
+                progress(i + 1, len(chunks), running[-1] if ppl else None)
+    finally:
+        m = model.imatrix_stop()
+    m.chunk_size = n_ctx
+    m.chunk_count = m._last_chunk()
+    m.datasets = [dataset] if dataset else []
+    for name, e in m.entries.items():
+        if not np.all(np.isfinite(e.sums)):
+            raise ImatrixError(f"non-finite activations entering {name} (llama-imatrix stops there too)")
+    res = ComputeResult(m, len(chunks), n_ctx, time.perf_counter() - t0, running)
+    if ppl and nll_parts:
+        res.ppl, res.ppl_error = _ppl_stats(np.concatenate(nll_parts))
+    return res
+
+
+def from_collected(collected: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> Imatrix:
+    """An Imatrix of the engine's collected (name, float64 sums, counts), names sorted."""
+    entries = {
+        name: ImatrixEntry(np.asarray(sums, dtype=np.float32), np.asarray(counts, dtype=np.int64))
+        for name, sums, counts in sorted(collected, key=lambda t: t[0])
+    }
+    return Imatrix(entries)
 
 
 # ---------------------------------------------------------------------------------------------

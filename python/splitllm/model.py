@@ -34,6 +34,7 @@ from splitllm.completions import (
 from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.gguf_file import GGUFFile
 from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
+from splitllm.imatrix import Imatrix, from_collected
 from splitllm.logprobs import check_n_top, token_logprob
 from splitllm.model_chat import ChatMethods
 from splitllm.model_complete import CompletionMethods
@@ -485,6 +486,15 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         self._history = []
         self._engine().kv_write(0, len(toks), state.llama_state)
         self._history = toks
+
+    def imatrix_start(self, *, process_output: bool = False) -> None:
+        """Starts collecting an importance matrix (llama-imatrix's) over every evaluation that
+        follows; ``process_output``: output.weight's inputs too. See :mod:`splitllm.imatrix`."""
+        self._engine().imatrix_start(process_output)
+
+    def imatrix_stop(self) -> Imatrix:
+        """Stops collecting and returns the raw sums and counts (no chunk size or datasets set)."""
+        return from_collected(self._engine().imatrix_stop())
 
     def reset(self) -> None:
         """Forgets the cached prompt (the next evaluation starts from scratch)."""
