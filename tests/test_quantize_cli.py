@@ -1,13 +1,13 @@
 """``splitllm quantize`` against llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize).
 
-Every file type of FILE_TYPES (Q3_K_S / Q3_K_L, IQ4_NL, IQ4_XS and MXFP4_MOE included) on tiny random
-models (llama tied and untied, qwen2, qwen3moe with 8 experts, Mixtral-style llama with 4, gpt-oss with
-4, gemma3, phi3's
-fused q/k/v, rows that need the fallback types, F32 / F16 / BF16 weights), a file written by
-convert-hf, sparse files that trigger the 70B and falcon rules, requantization from Q8_0 and of the
-real SmolLM2: the output files are byte for byte llama.cpp's. Then the options against the same
-llama.cpp parameters, the command line's grammar, and the errors (the types llama.cpp refuses
-without an importance matrix among them).
+Every file type of FILE_TYPES but the IQ1/IQ2/IQ3 ones and Q2_K_S (Q3_K_S / Q3_K_L, IQ4_NL, IQ4_XS
+and MXFP4_MOE included) on tiny random models (llama tied and untied, qwen2, qwen3moe with 8 experts,
+Mixtral-style llama with 4, gpt-oss with 4, gemma3, phi3's fused q/k/v, rows that need the
+fallback types, F32 / F16 / BF16 weights), a file written by convert-hf, sparse files that
+trigger the 70B and falcon rules, requantization from Q8_0 and of the real SmolLM2: the output
+files are byte for byte llama.cpp's. Then the options against the same llama.cpp parameters, the
+command line's grammar, and the errors (the types llama.cpp refuses without an importance matrix
+among them). Importance matrices: test_quantize_imatrix.py.
 """
 
 from __future__ import annotations
@@ -143,9 +143,13 @@ def models(tmp_path_factory: Any) -> dict[str, Path]:
 
 # -- every file type, byte for byte ---------------------------------------------------------------
 
+# the file types of splitllm's first quantizers; the IQ1/IQ2/IQ3 ones and Q2_K_S, and importance
+# matrices, are tested in test_quantize_imatrix.py
+NO_IMATRIX_TYPES = [t for t in FILE_TYPES if t not in ("q2_k_s",) and not t.startswith(("iq1", "iq2", "iq3"))]
+
 
 @pytest.mark.reference
-@pytest.mark.parametrize("ftype", list(FILE_TYPES))
+@pytest.mark.parametrize("ftype", NO_IMATRIX_TYPES)
 @pytest.mark.parametrize("model", [*TINY, "converted-f16"])
 def test_file_types_match_llama_cpp(llama_cpp: Any, models: dict[str, Path], model: str, ftype: str,
                                     tmp_path: Path) -> None:  # fmt: skip
@@ -388,13 +392,16 @@ def _cli_error(args: list[str], capsys: Any) -> str:
         (["{src}", "q9_9"], "missing ftype"),
         (["{src}", "{dst}", "q9_9"], "invalid ftype 'q9_9'"),
         (["{src}", "{dst}", "99"], "invalid ftype '99'"),
-        (["{src}", "IQ3_S"], "type IQ3_S is not supported"),
-        (["{src}", "{dst}", "Q2_K_S"], "type Q2_K_S needs an importance matrix"),
-        (["{src}", "{dst}", "iq2_xs"], "type IQ2_XS needs an importance matrix"),
-        (["{src}", "{dst}", "24"], "type IQ1_S needs an importance matrix"),
+        (["{src}", "TQ2_0"], "no ternary (TQ2_0) quantizer"),
+        (["{src}", "{dst}", "Q2_K_S"], "this quantization requires an importance matrix"),
+        (["{src}", "{dst}", "iq2_xs"], "gets type IQ2_XS, which needs one"),
+        (["{src}", "{dst}", "24"], "gets type IQ1_S, which needs one"),
         (["{src}", "{dst}", "q4_k_m", "two"], "invalid nthread 'two'"),
         (["{src}", "{src}", "q8_0"], "input and output files are the same"),
-        (["--imatrix", "x.dat", "{src}", "q4_k_m"], "--imatrix is not supported"),
+        (["--imatrix", "x.dat", "{src}", "{dst}", "q4_k_m"], "x.dat: cannot load the importance matrix"),
+        (["--include-weights", "a", "--exclude-weights", "b", "{src}", "{dst}", "q4_k_m"],
+         "cannot be used together"),
+        (["--prune-layers", "1,x", "{src}", "{dst}", "q4_k_m"], "invalid layer id 'x'"),
         (["--keep-split", "{src}", "q4_k_m"], "--keep-split is not supported"),
         (["--output-tensor-type", "iq2_xs", "{src}", "{dst}", "q4_k_m"], "cannot quantize to IQ2_XS"),
         (["--output-tensor-type", "q7", "{src}", "{dst}", "q4_k_m"], "invalid ggml_type 'q7'"),
@@ -418,12 +425,12 @@ def test_cli_errors(models: dict[str, Path], tmp_path: Path, capsys: Any, args: 
 @pytest.mark.parametrize("name", NEEDS_IMATRIX)
 def test_imatrix_types_are_refused_as_llama_cpp(llama_cpp: Any, models: dict[str, Path], name: str,
                                                  tmp_path: Path) -> None:  # fmt: skip
-    """llama.cpp refuses these without an importance matrix; so do we, saying why."""
+    """llama.cpp refuses these without an importance matrix; so do we, naming a tensor."""
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype, p.nthread = next(n for t, n, _ in QUANT_OPTIONS if t == name), 2
     src = models["llama-f16"]
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(tmp_path / "theirs.gguf").encode(), p) != 0
-    with pytest.raises(QuantizeError, match=f"type {name} needs an importance matrix"):
+    with pytest.raises(QuantizeError, match="this quantization requires an importance matrix"):
         ours(src, tmp_path / "ours.gguf", name)
     assert not (tmp_path / "ours.gguf").exists()
 

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizer.ggml.pre name for a BPE tokenizer, overriding detection "
         "(llama.cpp's names: gpt-2, llama-bpe, qwen2, smollm, ...)",
     )
+    p.add_argument(
+        "--imatrix",
+        metavar="FILE",
+        help="importance matrix (llama-imatrix's GGUF or .dat file) for the quantizers, as llama-quantize "
+        "--imatrix; the iq1_*, iq2_*, iq3_xxs, iq3_xs and q2_k_s types need one",
+    )
     p.add_argument("--threads", type=int, default=None, metavar="N", help="quantizer threads (default: all)")
     p.add_argument(
         "--sentence-transformers-dense-modules",
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             pre=args.pre,
             n_threads=args.threads,
             sentence_transformers_dense_modules=args.sentence_transformers_dense_modules,
+            imatrix=args.imatrix,
         )
     except (ConvertError, OSError) as e:  # OSError: disk full, I/O errors while writing
         print(f"convert-hf: error: {e}", file=sys.stderr)

@@ -21,6 +21,13 @@ from splitllm_convert.quant_rules import HParams, QuantOptions, TypeChooser, ten
 Q = GGMLQuantizationType
 
 
+_NEEDS_IMATRIX = (
+    LlamaFileType.MOSTLY_IQ2_XXS, LlamaFileType.MOSTLY_IQ2_XS, LlamaFileType.MOSTLY_IQ2_S,
+    LlamaFileType.MOSTLY_IQ2_M, LlamaFileType.MOSTLY_IQ1_S, LlamaFileType.MOSTLY_IQ1_M,
+    LlamaFileType.MOSTLY_IQ3_XXS, LlamaFileType.MOSTLY_IQ3_XS, LlamaFileType.MOSTLY_Q2_K_S,
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class FileType:
     """One ``--type`` choice: its ``general.file_type`` value and the type most matrices get."""
@@ -32,6 +39,12 @@ class FileType:
     @property
     def is_quantized(self) -> bool:
         return self.default not in (Q.F32, Q.F16, Q.BF16)
+
+    @property
+    def needs_imatrix(self) -> bool:
+        """llama.cpp refuses this file type without an importance matrix: its rules give most
+        matrices a type that needs one (``quant_rules.requires_imatrix``)."""
+        return self.ftype in _NEEDS_IMATRIX
 
 
 FILE_TYPES: dict[str, FileType] = {
@@ -57,6 +70,17 @@ FILE_TYPES: dict[str, FileType] = {
         FileType("iq4_nl", LlamaFileType.MOSTLY_IQ4_NL, Q.IQ4_NL),
         FileType("iq4_xs", LlamaFileType.MOSTLY_IQ4_XS, Q.IQ4_XS),
         FileType("mxfp4_moe", LlamaFileType.MOSTLY_MXFP4_MOE, Q.MXFP4),
+        FileType("q2_k_s", LlamaFileType.MOSTLY_Q2_K_S, Q.Q2_K),
+        FileType("iq3_xxs", LlamaFileType.MOSTLY_IQ3_XXS, Q.IQ3_XXS),
+        FileType("iq3_xs", LlamaFileType.MOSTLY_IQ3_XS, Q.IQ3_S),
+        FileType("iq3_s", LlamaFileType.MOSTLY_IQ3_S, Q.IQ3_S),
+        FileType("iq3_m", LlamaFileType.MOSTLY_IQ3_M, Q.IQ3_S),
+        FileType("iq2_xxs", LlamaFileType.MOSTLY_IQ2_XXS, Q.IQ2_XXS),
+        FileType("iq2_xs", LlamaFileType.MOSTLY_IQ2_XS, Q.IQ2_XS),
+        FileType("iq2_s", LlamaFileType.MOSTLY_IQ2_S, Q.IQ2_XS),  # llama.cpp: IQ2_S files are mostly IQ2_XS
+        FileType("iq2_m", LlamaFileType.MOSTLY_IQ2_M, Q.IQ2_S),
+        FileType("iq1_s", LlamaFileType.MOSTLY_IQ1_S, Q.IQ1_S),
+        FileType("iq1_m", LlamaFileType.MOSTLY_IQ1_M, Q.IQ1_M),
     )
 }
 
@@ -90,16 +114,17 @@ def _is_float_matrix(name: str, shape: tuple[int, ...]) -> bool:
 
 def tensor_types(
     ft: FileType, hp: HParams, shapes: Mapping[str, tuple[int, ...]],
-    packed: Mapping[str, GGMLQuantizationType] | None = None,
+    packed: Mapping[str, GGMLQuantizationType] | None = None, *, has_imatrix: bool = False,
 ) -> dict[str, GGMLQuantizationType]:
     """The type of every tensor of a model (GGUF name -> row-major shape) for file type ``ft``;
     ``packed`` tensors (MXFP4 experts as a checkpoint stores them) keep their type, as llama.cpp's
-    converter writes them whatever --outtype is (they still count in the quantizer's counters)."""
+    converter writes them whatever --outtype is (they still count in the quantizer's counters).
+    ``has_imatrix``: an importance matrix will be used (some of llama.cpp's rules change then)."""
     packed = packed or {}
     if not ft.is_quantized:
         types = {n: ft.default if _is_float_matrix(n, s) else Q.F32 for n, s in shapes.items()}
     else:
         order = tensor_order(shapes)
-        chooser = TypeChooser(hp, QuantOptions(ft.ftype, ft.default), order)
+        chooser = TypeChooser(hp, QuantOptions(ft.ftype, ft.default, has_imatrix=has_imatrix), order)
         types = {n: chooser.target(n, tuple(reversed(shapes[n])), Q.F32) for n in order}
     return {**types, **packed}

@@ -22,7 +22,7 @@ import yaml
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.gguf_writer import WriterState
 
-from splitllm_convert import hfdir, mix
+from splitllm_convert import hfdir, importance, mix, quant_rules
 from splitllm_convert.arch import Architecture, PlannedSource
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import TensorEntry
@@ -80,9 +80,11 @@ class _Job:
     entries: dict[str, TensorEntry]
     arch: Architecture
     writer: GGUFWriter
+    weights: dict[str, np.ndarray]  # tensor name -> importance-matrix rows (experts, columns)
 
 
-def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_modules: bool) -> _Job:
+def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_modules: bool,
+             matrix: importance.Importance | None) -> _Job:  # fmt: skip
     if not model_dir.is_dir():
         raise ConvertError(f"{model_dir}: not a directory")
     config_path = model_dir / "config.json"
@@ -102,7 +104,9 @@ def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_mod
     ft = mix.file_type(ftype_name)
     # every tensor's type first: llama.cpp's quantizer visits them in its own order, not ours
     packed = {s.gguf_name: s.packed for s in sources if s.packed is not None}
-    types = mix.tensor_types(ft, arch.hparams(), {s.gguf_name: s.shape for s in sources}, packed)
+    types = mix.tensor_types(ft, arch.hparams(), {s.gguf_name: s.shape for s in sources}, packed,
+                             has_imatrix=matrix is not None)  # fmt: skip
+    weights = _imatrix_rows(matrix, ft, sources, types, packed)
     vocab = arch.read_vocab(model_dir, pre)
 
     writer = GGUFWriter(path=None, arch=arch.gguf_arch)
@@ -119,13 +123,47 @@ def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_mod
         tensors.append(TensorPlan(s.gguf_name, s.shape, t, nbytes, src, in_bytes))
         writer.add_tensor_info(s.gguf_name, s.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
     _add_metadata(writer, model_dir, arch, ft, vocab)
+    for key, value in matrix.override_kvs() if matrix else ():  # as llama-quantize adds them
+        writer.add_string(key, value) if isinstance(value, str) else writer.add_uint32(key, value)
     meta = _metadata_bytes(writer)
     size = GGUFWriter.ggml_pad(len(meta), writer.data_alignment)
     size += sum(GGUFWriter.ggml_pad(t.nbytes, writer.data_alignment) for t in tensors)
     plan = ConvertPlan(
         model_dir, arch.gguf_arch, ft.name, tuple(tensors), size, sum(t.in_bytes for t in tensors)
     )
-    return _Job(plan, meta, sources, entries, arch, writer)
+    return _Job(plan, meta, sources, entries, arch, writer, weights)
+
+
+def _imatrix_rows(
+    matrix: importance.Importance | None,
+    ft: mix.FileType,
+    sources: list[PlannedSource],
+    types: dict[str, GGMLQuantizationType],
+    packed: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """Each quantized tensor's importance-matrix rows; llama-quantize's refusals of a type that
+    needs a matrix without one."""
+    rows = {}
+    for s in sources:
+        name, t = s.gguf_name, types[s.gguf_name]
+        if name in packed or not quant_rules.is_quantized(t):
+            continue
+        needs = quant_rules.requires_imatrix(name, t, ft.ftype)
+        if matrix is None:
+            if needs:
+                raise ConvertError(f"--type {ft.name} requires an importance matrix (--imatrix): tensor "
+                                   f"{name!r} gets type {t.name}, which needs one")  # fmt: skip
+            continue
+        try:
+            r = matrix.rows_for(name, tuple(reversed(s.shape)))
+        except importance.ImatrixError as e:
+            raise ConvertError(str(e)) from None
+        if r is None and needs:
+            raise ConvertError(f"{matrix.file}: no importance matrix entry for tensor {name!r}, which gets "
+                               f"type {t.name} (a very low-bit quantization needs one)")  # fmt: skip
+        if r is not None:
+            rows[name] = r
+    return rows
 
 
 def _add_metadata(w: GGUFWriter, model_dir: Path, arch: Architecture, ft: mix.FileType, vocab: Vocab) -> None:
@@ -175,8 +213,10 @@ def _to_bf16(x: np.ndarray[Any, Any], chunk: int = 1 << 22) -> np.ndarray[Any, A
     return out.reshape(x.shape)
 
 
-def encode(x: np.ndarray[Any, Any], t: GGMLQuantizationType, n_threads: int | None) -> np.ndarray[Any, Any]:
-    """float32 ``x`` in GGUF type ``t``: float arrays as they are stored, block types as bytes."""
+def encode(x: np.ndarray[Any, Any], t: GGMLQuantizationType, n_threads: int | None,
+           weights: np.ndarray[Any, Any] | None = None) -> np.ndarray[Any, Any]:  # fmt: skip
+    """float32 ``x`` in GGUF type ``t``: float arrays as they are stored, block types as bytes;
+    ``weights``: importance-matrix rows, one per matrix of ``x`` (its experts)."""
     if t == Q.F32:
         return np.ascontiguousarray(x, dtype=np.float32)
     if t == Q.F16:
@@ -189,7 +229,12 @@ def encode(x: np.ndarray[Any, Any], t: GGMLQuantizationType, n_threads: int | No
         raise ConvertError(
             f"quantizing to {t.name} needs splitllm's C++ core (splitllm.quants): {e}"
         ) from None
-    return quantize(np.ascontiguousarray(x, dtype=np.float32), t, n_threads=n_threads)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if weights is None:
+        return quantize(x, t, n_threads=n_threads)
+    mats = x.reshape(len(weights), -1, x.shape[-1])
+    out = [quantize(m, t, n_threads=n_threads, imatrix=w) for m, w in zip(mats, weights, strict=True)]
+    return np.stack(out).reshape(*x.shape[:-1], -1)
 
 
 def _produce(
@@ -217,7 +262,8 @@ def _produce(
         hfdir.check_finite(x, entry)
         if s.transform:
             x = job.arch.transforms()[s.transform](x)
-    return encode(x, t, n_threads)
+    w = job.weights.get(s.gguf_name)
+    return encode(x, t, n_threads) if w is None else encode(x, t, n_threads, w)
 
 
 # -- the public entry point -----------------------------------------------------------------------
@@ -274,6 +320,7 @@ def convert(
     pre: str | None = None,
     n_threads: int | None = None,
     sentence_transformers_dense_modules: bool = False,
+    imatrix: str | os.PathLike[str] | None = None,
 ) -> ConvertPlan:
     """Convert the Hugging Face model in ``model_dir`` to GGUF file ``out``; returns the plan.
 
@@ -285,8 +332,10 @@ def convert(
     ``pre``: the tokenizer.ggml.pre name, overriding detection. ``n_threads``: quantizer
     threads (default all). ``sentence_transformers_dense_modules``: include the Dense modules
     of a sentence-transformers model (EmbeddingGemma's projections of the pooled embedding; off by
-    default, as in llama.cpp's converter). Raises ConvertError for bad input; ``out`` is never
-    left half-written.
+    default, as in llama.cpp's converter). ``imatrix``: an importance matrix file (llama-imatrix's
+    GGUF or legacy .dat) for the quantizers, used and recorded as llama-quantize does (the IQ1,
+    IQ2, IQ3_XXS, IQ3_XS and Q2_K_S types need one). Raises ConvertError for bad input; ``out``
+    is never left half-written.
     """
     model_path, out_path = Path(model_dir), Path(out)
     if not dry_run:
@@ -296,7 +345,15 @@ def convert(
             raise ConvertError(f"{out_path}: already exists (use --force to overwrite)")
         if not out_path.parent.is_dir():
             raise ConvertError(f"{out_path.parent}: output directory does not exist")
-    job = _prepare(model_path, type, pre, sentence_transformers_dense_modules)
+    matrix = None
+    if imatrix is not None:
+        try:
+            matrix = importance.load(imatrix)
+            if matrix is not None:
+                matrix.check_finite()
+        except importance.ImatrixError as e:
+            raise ConvertError(str(e)) from None
+    job = _prepare(model_path, type, pre, sentence_transformers_dense_modules, matrix)
     if not dry_run:
         _write(job, out_path, n_threads=n_threads, quiet=quiet)
     return job.plan

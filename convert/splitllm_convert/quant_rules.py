@@ -3,10 +3,12 @@
 A port of ``tensor_allows_quantization``, ``llama_tensor_get_type`` (with its ``_impl`` and
 ``tensor_type_fallback``) and the state they keep (src/llama-quant.cpp, llama.cpp as vendored by
 llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` (k-quants
-Q2_K to Q6_K with Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL, IQ4_XS and MXFP4_MOE) and no
-importance matrix. The branches for the other file types (the other IQ*, TQ*, Q2_K_S) are left out;
-so is the ``ATTENTION_QKV`` branch after the ``attn_v`` one, which llama.cpp never reaches
-(``attn_qkv`` is ``attn_v``-like).
+Q2_K to Q6_K with Q2_K_S and Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL, IQ4_XS, MXFP4_MOE,
+the IQ1 / IQ2 / IQ3 file types), with or without an importance matrix (``has_imatrix``: some
+rules change with one), and ``tensor_requires_imatrix`` (:func:`requires_imatrix`). Left out: the
+TQ1_0 / TQ2_0 / Q2_0 branches (splitllm has no such quantizer) and the ``ATTENTION_QKV`` branch
+after the ``attn_v`` one, which llama.cpp never reaches (``attn_qkv`` is ``attn_v``-like).
+``--prune-layers``' renumbering is :class:`LayerPruning`.
 
 The choice depends on the order the tensors are visited in (llama.cpp counts the ``attn_v``-like
 tensors it has seen, and, for dense models, the ``ffn_down`` ones): :class:`TypeChooser` is fed
@@ -147,6 +149,9 @@ class QuantOptions:
     token_embedding_type: GGMLQuantizationType | None = None
     # --tensor-type PATTERN=TYPE, in order: the first pattern found in a tensor's name wins
     tensor_types: tuple[tuple[str, GGMLQuantizationType], ...] = ()
+    # an importance matrix with at least one entry is passed (llama.cpp's qs.has_imatrix): some
+    # rules give other types then, whichever tensors the matrix covers
+    has_imatrix: bool = False
 
 
 def allows_quantization(opts: QuantOptions, arch: str, name: str, ne: Sequence[int]) -> bool:
@@ -224,8 +229,24 @@ class QuantizeRuleError(ValueError):
 
 _FALLBACK = {
     Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.IQ4_XS: Q.IQ4_NL,
+    Q.IQ1_S: Q.IQ4_NL, Q.IQ1_M: Q.IQ4_NL, Q.IQ2_XXS: Q.IQ4_NL, Q.IQ2_XS: Q.IQ4_NL, Q.IQ2_S: Q.IQ4_NL,
+    Q.IQ3_XXS: Q.IQ4_NL, Q.IQ3_S: Q.IQ4_NL, Q.TQ1_0: Q.Q4_0, Q.TQ2_0: Q.Q4_0,
 }  # fmt: skip
 _IQ4 = (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS)
+# the 1- and 2-bit IQ file types, which llama.cpp's rules treat as one family
+_IQ12 = (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M)
+_IQ2_SM = (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M)  # the family's members that use IQ3_S where the rest use Q2_K
+_IQ1 = (F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M)
+# types whose quantizer llama.cpp refuses to run without an importance matrix
+_NEEDS_IMATRIX = (Q.IQ3_XXS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_M, Q.IQ1_S)
+
+
+def requires_imatrix(name: str, t: GGMLQuantizationType, ftype: LlamaFileType) -> bool:
+    """tensor_requires_imatrix: the IQ1/IQ2/IQ3_XXS types, and Q2_K in a Q2_K_S file, need an
+    importance matrix, except in the token embeddings and the output matrix."""
+    if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
+        return False
+    return t in _NEEDS_IMATRIX or (t == Q.Q2_K and ftype == F.MOSTLY_Q2_K_S)
 
 
 @dataclass
@@ -300,90 +321,216 @@ class TypeChooser:
     def _impl(
         self, t: GGMLQuantizationType, name: str, ne: Sequence[int], cat: Category
     ) -> GGMLQuantizationType:
-        """llama_tensor_get_type_impl for the file types splitllm writes."""
+        """llama_tensor_get_type_impl: its branches in its order (the first that applies decides)."""
         hp, f = self.hp, self.opts.ftype
-        falcon = hp.arch == "falcon"
         if hp.arch == "glm5-next" and any(p in name for p in ("attn_q_a", "attn_q_b", "nextn.eh_proj")):
             if t not in FLOAT_TYPES:
                 return Q.Q8_0
         if cat == Category.OUTPUT or (self.tied_embeddings and cat == Category.TOKEN_EMBD):
-            if self.opts.output_tensor_type is not None:
-                return self.opts.output_tensor_type
-            if f == F.MOSTLY_MXFP4_MOE or falcon or ne[0] % block_size(t) != 0:
-                return Q.Q8_0
-            return t if t == Q.Q8_0 else Q.Q6_K
+            return self._output_type(t, f, ne[0])
         if f == F.MOSTLY_MXFP4_MOE:  # the experts (3-D, more than one) in MXFP4, the rest in Q8_0
             expert_role = cat in (Category.FFN_UP, Category.FFN_GATE, Category.FFN_DOWN)
             if len(ne) > 2 and ne[2] > 1 and (hp.arch != "bailingmoe3" or expert_role):
                 return Q.MXFP4
             return Q.Q8_0
+        if cat == Category.TOKEN_EMBD:
+            return _TOKEN_EMBD.get(f, t)
+        if f in _IQ12:
+            return self._iq12(t, f, cat)
         if cat in _ATTN_V_LIKE:
-            i, n = self.i_attention_wv, self.n_attention_wv
-            if f == F.MOSTLY_Q2_K:
-                t = Q.Q4_K if hp.n_gqa >= 4 else Q.Q3_K
-            elif f == F.MOSTLY_Q3_K_M:
-                t = Q.Q5_K if i < 2 else Q.Q4_K
-            elif f == F.MOSTLY_Q3_K_L:
-                t = Q.Q5_K
-            elif f in _IQ4 and hp.n_gqa >= 4:
-                t = Q.Q5_K
-            elif f in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(i, n):
-                t = Q.Q6_K
-            elif f == F.MOSTLY_Q4_K_S and i < 4:
-                t = Q.Q5_K
-            if hp.is_70b and t in (Q.Q3_K, Q.Q4_K):
-                t = Q.Q5_K
-            if hp.n_expert == 8:
-                t = Q.Q8_0
+            t = _attn_v_type(t, f, hp, self.i_attention_wv, self.n_attention_wv, self.opts.has_imatrix)
             self.i_attention_wv += 1
         elif cat == Category.ATTENTION_K:
-            if hp.n_expert == 8:
-                t = Q.Q8_0
+            t = Q.Q8_0 if hp.n_expert == 8 else _ATTN_QK_IQ3.get(f, t)
+        elif cat == Category.ATTENTION_Q:
+            t = _ATTN_QK_IQ3.get(f, t)
         elif cat == Category.FFN_DOWN:
             i, n = self._layer_info(self.i_ffn_down, name)
-            t = _ffn_down_type(t, f, i, n, falcon)
+            t = _ffn_down_type(t, f, i, n, hp, self.opts.has_imatrix)
             self.i_ffn_down += 1
         elif cat == Category.ATTENTION_OUTPUT:
-            t = _attn_output_type(t, f, hp.n_expert, falcon)
-        elif cat == Category.FFN_GATE:
-            self._layer_info(self.i_ffn_gate, name)  # raises as llama.cpp does for a bad expert name
-            self.i_ffn_gate += 1
-        elif cat == Category.FFN_UP:
-            self._layer_info(self.i_ffn_up, name)
-            self.i_ffn_up += 1
+            t = _attn_output_type(t, f, hp.n_expert, hp.arch == "falcon")
+        elif cat in (Category.FFN_GATE, Category.FFN_UP):
+            gate = cat == Category.FFN_GATE
+            i, n = self._layer_info(self.i_ffn_gate if gate else self.i_ffn_up, name)
+            if f == F.MOSTLY_IQ3_XS and n // 8 <= i < 7 * n // 8:
+                t = Q.IQ3_XXS
+            if gate:
+                self.i_ffn_gate += 1
+            else:
+                self.i_ffn_up += 1
+        return t
+
+    def _output_type(self, t: GGMLQuantizationType, f: LlamaFileType, ncols: int) -> GGMLQuantizationType:
+        """The output matrix (and the token embeddings when the two are tied)."""
+        if self.opts.output_tensor_type is not None:
+            return self.opts.output_tensor_type
+        if f == F.MOSTLY_MXFP4_MOE or self.hp.arch == "falcon" or ncols % block_size(t) != 0:
+            return Q.Q8_0
+        if f in _IQ12 or f == F.MOSTLY_IQ3_XXS:
+            return Q.Q5_K
+        return t if t == Q.Q8_0 else Q.Q6_K
+
+    def _iq12(self, t: GGMLQuantizationType, f: LlamaFileType, cat: Category) -> GGMLQuantizationType:
+        """The IQ1/IQ2 file types' own branch: a few roles get more bits, by counters only."""
+        hp = self.hp
+        low = Q.IQ3_S if f in _IQ2_SM else Q.Q2_K
+        if cat in _ATTN_V_LIKE:
+            t = Q.Q4_K if hp.n_gqa >= 4 or hp.n_expert >= 4 else low
+            self.i_attention_wv += 1
+        elif hp.n_expert == 8 and cat == Category.ATTENTION_K:
+            t = Q.Q4_K
+        elif cat == Category.FFN_DOWN:
+            if self.i_ffn_down < hp.n_layer_all // 8:
+                t = low
+            self.i_ffn_down += 1
+        elif cat == Category.ATTENTION_OUTPUT:
+            if hp.n_expert == 8:
+                t = Q.Q5_K
+            elif f in _IQ1:
+                t = Q.IQ2_XXS
+            elif f in _IQ2_SM:
+                t = Q.IQ3_S
         return t
 
 
-def _ffn_down_type(t: GGMLQuantizationType, f: LlamaFileType, i: int, n: int, falcon: bool) -> Q:
-    """The ffn_down branch of llama_tensor_get_type_impl: layer ``i`` of ``n``."""
+# the token embeddings (untied) of the low-bit file types
+_TOKEN_EMBD = {
+    F.MOSTLY_IQ2_XXS: Q.Q2_K, F.MOSTLY_IQ2_XS: Q.Q2_K, F.MOSTLY_IQ1_S: Q.Q2_K, F.MOSTLY_IQ1_M: Q.Q2_K,
+    F.MOSTLY_IQ2_S: Q.IQ3_S, F.MOSTLY_IQ2_M: Q.IQ3_S, F.MOSTLY_IQ3_XXS: Q.IQ3_S,
+}  # fmt: skip
+_ATTN_QK_IQ3 = {F.MOSTLY_IQ3_XS: Q.IQ3_XXS, F.MOSTLY_IQ3_XXS: Q.IQ2_S}  # attn_q, attn_k
+
+
+def _attn_v_type(t: GGMLQuantizationType, f: LlamaFileType, hp: HParams, i: int, n: int,
+                 has_imatrix: bool) -> GGMLQuantizationType:  # fmt: skip
+    """The attn_v branch (outside the IQ1/IQ2 family): the ``i``-th of ``n`` attn_v-like tensors."""
+    gqa4 = hp.n_gqa >= 4
+    if f == F.MOSTLY_Q2_K:
+        t = Q.Q4_K if gqa4 else Q.Q3_K
+    elif f == F.MOSTLY_Q2_K_S and gqa4:
+        t = Q.Q4_K
+    elif f == F.MOSTLY_IQ3_XXS:
+        t = Q.Q4_K if gqa4 else Q.IQ3_XXS if has_imatrix else Q.IQ3_S
+    elif f in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and gqa4:
+        t = Q.Q4_K
+    elif f == F.MOSTLY_IQ3_M:
+        t = Q.Q4_K
+    elif f == F.MOSTLY_Q3_K_M:
+        t = Q.Q5_K if i < 2 else Q.Q4_K
+    elif f == F.MOSTLY_Q3_K_L:
+        t = Q.Q5_K
+    elif f in _IQ4 and gqa4:
+        t = Q.Q5_K
+    elif f in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(i, n):
+        t = Q.Q6_K
+    elif f == F.MOSTLY_Q4_K_S and i < 4:
+        t = Q.Q5_K
+    if hp.is_70b and t in (Q.Q3_K, Q.Q4_K):
+        t = Q.Q5_K
+    return Q.Q8_0 if hp.n_expert == 8 else t
+
+
+def _ffn_down_type(t: GGMLQuantizationType, f: LlamaFileType, i: int, n: int, hp: HParams,
+                   has_imatrix: bool) -> GGMLQuantizationType:  # fmt: skip
+    """The ffn_down branch (outside the IQ1/IQ2 family): layer ``i`` of ``n``."""
+    falcon = hp.arch == "falcon"
+    first_eighth = i < n // 8
     if f == F.MOSTLY_Q2_K:
         return Q.Q3_K
+    if f == F.MOSTLY_Q2_K_S:
+        return Q.Q4_K if first_eighth else t
+    if f == F.MOSTLY_IQ3_XXS and not has_imatrix:
+        return Q.Q4_K if first_eighth else Q.Q3_K
     if f == F.MOSTLY_Q3_K_M:
         return Q.Q5_K if i < n // 16 else Q.Q4_K if not falcon or use_more_bits(i, n) else Q.Q3_K
+    if f == F.MOSTLY_IQ3_M and (first_eighth or (hp.n_expert == 8 and use_more_bits(i, n))):
+        return Q.Q4_K
     if f == F.MOSTLY_Q3_K_L:
         return Q.Q4_K if falcon else Q.Q5_K
     if f == F.MOSTLY_Q4_K_M:
         if falcon:
             return Q.Q6_K if i < n // 16 else Q.Q5_K if use_more_bits(i, n) else Q.Q4_K
         return Q.Q6_K if use_more_bits(i, n) else t
-    if f in _IQ4 and i < n // 8:  # llama.cpp: without an importance matrix
+    if first_eighth and f in _IQ4 and not has_imatrix:
         return Q.Q5_K
     if f == F.MOSTLY_Q5_K_M and use_more_bits(i, n):
         return Q.Q6_K
-    if f == F.MOSTLY_Q4_K_S and not falcon and i < n // 8:
+    if f == F.MOSTLY_Q4_K_S and not falcon and first_eighth:
         return Q.Q5_K
+    if f in (F.MOSTLY_Q4_0, F.MOSTLY_Q5_0) and has_imatrix and first_eighth:
+        # llama.cpp guards the first ffn_down layers of these two, with a matrix only
+        return Q.Q4_1 if f == F.MOSTLY_Q4_0 else Q.Q5_1
     return t
 
 
-_Q5_K_OUTPUT_WITH_8_EXPERTS = (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S,
-                               F.MOSTLY_Q4_K_M, *_IQ4)  # fmt: skip
-_ATTN_OUTPUT_DENSE = {F.MOSTLY_Q2_K: Q.Q3_K, F.MOSTLY_Q3_K_M: Q.Q4_K, F.MOSTLY_Q3_K_L: Q.Q5_K}
+_Q5_K_OUTPUT_WITH_8_EXPERTS = (
+    F.MOSTLY_Q2_K, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S,
+    F.MOSTLY_Q4_K_M, F.MOSTLY_IQ3_S, F.MOSTLY_IQ3_M, *_IQ4,
+)  # fmt: skip
+_ATTN_OUTPUT_DENSE = {F.MOSTLY_Q2_K: Q.Q3_K, F.MOSTLY_IQ3_XXS: Q.IQ3_S, F.MOSTLY_Q3_K_M: Q.Q4_K,
+                      F.MOSTLY_Q3_K_L: Q.Q5_K, F.MOSTLY_IQ3_M: Q.Q4_K}  # fmt: skip
 
 
 def _attn_output_type(t: GGMLQuantizationType, f: LlamaFileType, n_expert: int, falcon: bool) -> Q:
-    """The attn_output branch of llama_tensor_get_type_impl."""
+    """The attn_output branch (outside the IQ1/IQ2 family)."""
     if falcon:
         return Q.Q4_K if f == F.MOSTLY_Q3_K_L else t
     if n_expert == 8:
         return Q.Q5_K if f in _Q5_K_OUTPUT_WITH_8_EXPERTS else t
     return _ATTN_OUTPUT_DENSE.get(f, t)
+
+
+# -- --prune-layers ---------------------------------------------------------------------------------
+
+_BLK_SEARCH = re.compile(r"blk\.([0-9]+)\.")
+
+
+@dataclass
+class LayerPruning:
+    """llama-quantize's --prune-layers (remap_layer / remap_imatrix): the listed layers' tensors are
+    dropped and the later layers renumbered, in the order the tensors are visited."""
+
+    prune: tuple[int, ...]  # sorted, without repeats
+    mapped: dict[int, str] = field(default_factory=dict)  # old layer -> new number ("": pruned)
+    next_id: int = 0  # the new block count once every tensor is visited
+
+    def rename(self, name: str) -> str | None:
+        """The tensor's new name, or None when it is pruned."""
+        m = _BLK_SEARCH.search(name)
+        if not self.prune or m is None:
+            return name
+        blk = int(m.group(1))
+        if blk not in self.mapped:
+            if blk in self.prune:
+                self.mapped[blk] = ""
+            elif blk < self.prune[0]:
+                self.mapped[blk] = str(blk)
+                self.next_id = blk + 1
+            else:
+                self.mapped[blk] = str(self.next_id)
+                self.next_id += 1
+        new = self.mapped[blk]
+        return None if not new else name[: m.start(1)] + new + name[m.end(1) :]
+
+    def original(self, name: str) -> str:
+        """The name a renamed tensor had (its importance-matrix entry's name)."""
+        m = _BLK_SEARCH.search(name)
+        if not self.mapped or m is None:
+            return name
+        old = next((k for k, v in sorted(self.mapped.items()) if v == m.group(1)), None)
+        if old is None:
+            raise QuantizeRuleError(f"imatrix mapping error for {name}")
+        return name[: m.start(1)] + str(old) + name[m.end(1) :]
+
+
+def parse_prune_layers(text: str) -> tuple[int, ...]:
+    """llama-quantize's L0,L1,...: each read as std::stoi does (a leading integer), none negative;
+    sorted, repeats dropped."""
+    out = []
+    for part in text.split(","):
+        m = re.match(r"[ \t\n\v\f\r]*([+-]?[0-9]+)", part)
+        if m is None or not 0 <= int(m.group(1)) < 2**31:
+            raise ValueError(f"--prune-layers: invalid layer id '{part}'")
+        out.append(int(m.group(1)))
+    return tuple(sorted(set(out)))

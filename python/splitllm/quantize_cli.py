@@ -6,8 +6,8 @@ TYPE is a name (Q4_K_M, q8_0, ...; Q3_K, Q4_K, Q5_K are Q3_K_M, Q4_K_M, Q5_K_M) 
 file type number (15 is Q4_K_M); without OUT.gguf the output is ggml-model-TYPE.gguf beside the
 input. Options, with llama-quantize's names: --allow-requantize, --leave-output-tensor, --pure,
 --output-tensor-type, --token-embedding-type, --tensor-type, --tensor-type-file, --override-kv,
---dry-run, --max-buffer-size; --imatrix, --include-weights, --exclude-weights, --prune-layers and
---keep-split are refused. The output is byte-identical to llama-quantize's; see
+--dry-run, --max-buffer-size, --imatrix, --include-weights, --exclude-weights, --prune-layers;
+--keep-split is refused. The output is byte-identical to llama-quantize's; see
 ``splitllm_convert.requantize``.
 """
 
@@ -18,11 +18,6 @@ import sys
 from pathlib import Path
 
 _REFUSED = {
-    "imatrix": "--imatrix is not supported: splitllm's quantizers take no importance matrix (use llama.cpp's "
-    "llama-quantize for importance-matrix quantization)",
-    "include_weights": "--include-weights selects importance-matrix entries; --imatrix is not supported",
-    "exclude_weights": "--exclude-weights selects importance-matrix entries; --imatrix is not supported",
-    "prune_layers": "--prune-layers is not supported",
     "keep_split": "--keep-split is not supported (split GGUF files are not supported)",
 }
 
@@ -35,9 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
         epilog="Options go before IN.gguf, as llama-quantize's. Types: Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, "
         "Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, MXFP4_MOE, Q8_0, F16, "
-        "BF16, F32 "
-        "(and the aliases Q3_K, Q4_K, Q5_K). Q2_K_S, IQ1_*, IQ2_* and IQ3_XXS need an importance "
-        "matrix: not supported.",
+        "BF16, F32, Q2_K_S, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M "
+        "(and the aliases Q3_K, Q4_K, Q5_K). Q2_K_S, IQ1_*, IQ2_*, IQ3_XXS and IQ3_XS need an "
+        "importance matrix (--imatrix).",
     )
     p.add_argument("args", nargs="+", metavar="IN.gguf [OUT.gguf] TYPE [NTHREADS]",
                    help="input file, output file (default: ggml-model-TYPE.gguf beside the input), type "
@@ -62,10 +57,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-buffer-size", type=int, metavar="MiB",
                    help="memory for the rows of one tensor being quantized (default 1024)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
-    p.add_argument("--imatrix", metavar="FILE", help="refused: no importance matrix support")
-    p.add_argument("--include-weights", action="append", metavar="NAME", help="refused (needs --imatrix)")
-    p.add_argument("--exclude-weights", action="append", metavar="NAME", help="refused (needs --imatrix)")
-    p.add_argument("--prune-layers", metavar="L0,L1,...", help="refused")
+    p.add_argument("--imatrix", metavar="FILE",
+                   help="importance matrix (llama-imatrix's GGUF or legacy .dat file) for the quantizers")
+    p.add_argument("--include-weights", action="append", default=[], metavar="NAME",
+                   help="use the matrix only for the tensors whose name contains NAME; repeatable")
+    p.add_argument("--exclude-weights", action="append", default=[], metavar="NAME",
+                   help="do not use the matrix for the tensors whose name contains NAME; repeatable "
+                   "(not with --include-weights)")  # fmt: skip
+    p.add_argument("--prune-layers", metavar="L0,L1,...",
+                   help="drop these layers (comma-separated numbers) and renumber the rest")  # fmt: skip
     p.add_argument("--keep-split", action="store_true", help="refused")
     p.set_defaults(func=_cmd)
 
@@ -137,12 +137,14 @@ def parse_positionals(args: list[str]) -> tuple[str, str | None, str, int | None
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from splitllm_convert.quant_rules import parse_prune_layers
     from splitllm_convert.requantize import default_output, quantize
 
     for option, message in _REFUSED.items():
         if getattr(args, option):
             raise ValueError(message)
     inp, out, type_name, threads = parse_positionals(args.args)
+    prune = parse_prune_layers(args.prune_layers) if args.prune_layers is not None else ()
     tensor_types = [parse_tensor_type(t) for t in args.tensor_type]
     if args.tensor_type_file:
         with open(args.tensor_type_file, encoding="utf-8") as f:
@@ -159,7 +161,8 @@ def _cmd(args: argparse.Namespace) -> int:
         leave_output_tensor=args.leave_output_tensor, pure=args.pure,
         output_tensor_type=args.output_tensor_type, token_embedding_type=args.token_embedding_type,
         tensor_types=tensor_types, override_kv=dict(parse_override_kv(o) for o in args.override_kv),
-        dry_run=args.dry_run,
+        imatrix=args.imatrix, include_weights=args.include_weights, prune_layers=prune,
+        exclude_weights=args.exclude_weights, dry_run=args.dry_run,
         max_buffer_size=None if args.max_buffer_size is None else args.max_buffer_size << 20,
         quiet=args.quiet,
     )  # fmt: skip
