@@ -8,6 +8,10 @@ thread's CPU clock, so they stay meaningful on a shared machine. Decode reads th
 memory (copies of the matrix totalling 64 MB are cycled); prefill runs from cache.
 
     PYTHONPATH=python python3 bench/bench_kernels.py [--quick] [--out bench/results/kernels.md]
+
+--ggml-lib DIR (or SPLITLLM_GGML_LIB=DIR) compares against another ggml build instead, e.g. one
+configured for AVX2 only (-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF ...); DIR holds its
+libggml-base.so and libggml-cpu.so. One ggml per process: two would share one set of symbols.
 """
 
 from __future__ import annotations
@@ -84,10 +88,11 @@ class Ggml:
     Plain ggml tensors: no repacking into interleaved layouts, which llama.cpp also does at
     load time for some types (Q4_0, Q8_0, Q4_K, ...), so for those these are lower bounds."""
 
-    def __init__(self) -> None:
-        import llama_cpp
+    def __init__(self, lib: Path | None = None) -> None:
+        if lib is None:
+            import llama_cpp
 
-        lib = Path(llama_cpp.__file__).parent / "lib"
+            lib = Path(llama_cpp.__file__).parent / "lib"
         self.base = ctypes.CDLL(str(lib / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
         self.cpu = ctypes.CDLL(str(lib / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
         vp = ctypes.c_void_p
@@ -242,12 +247,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
     ap.add_argument("--types", help="comma-separated weight types: only their decode and prefill tables")
+    ap.add_argument("--ggml-lib", type=Path, default=os.environ.get("SPLITLLM_GGML_LIB") or None,
+                    help="directory of another ggml build's libggml-base.so / libggml-cpu.so to compare "
+                    "against (default: llama-cpp-python's; env SPLITLLM_GGML_LIB)")
     args = ap.parse_args()
 
     isas = [i for i in ("scalar", "avx2", "avx512") if _core.cpu_usable_isa(i) == i]
     simd = [i for i in isas if i != "scalar"]
     try:
-        ggml = None if args.no_llama else Ggml()
+        ggml = None if args.no_llama else Ggml(args.ggml_lib)
     except (ImportError, OSError) as e:
         print(f"llama.cpp comparison skipped: {e}")
         ggml = None
@@ -274,8 +282,8 @@ def main() -> None:
 - commit: {commit.strip() or _core.commit}, date: {datetime.date.today().isoformat()}
 - load average before / after: {load[0]:.1f} / {load_after[0]:.1f} (other jobs share this machine:
   single-thread figures are timed on the thread's CPU clock, two-thread ones on the wall clock, noisier)
-- llama.cpp: ggml from llama-cpp-python, plain `ggml_mul_mat` (no load-time repacking, which llama.cpp applies
-  to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K in a model: lower bounds for those)
+- llama.cpp: ggml from {args.ggml_lib or "llama-cpp-python"}, plain `ggml_mul_mat` (no load-time repacking,
+  which llama.cpp applies to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, IQ4_NL in a model: lower bounds for those)
 """
     cols2 = simd[-1:] + (["llama.cpp"] if ggml else [])
     sections = [  # (empty ones left out: --types times the matmuls only)

@@ -1,5 +1,5 @@
 // The AVX2 kernel table (AVX2 + FMA + F16C): per weight type, the blocks-as-stored kernel, and
-// for float weights a repacking one from kPackMinTokens on.
+// a repacking one from kPackMinTokens on (16 tokens for the float types).
 #include "cpu/arch/x86/kernels_x86.h"
 
 namespace sl::cpu::impl {

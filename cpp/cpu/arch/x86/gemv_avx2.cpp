@@ -422,7 +422,7 @@ GemmFn packed_kernel(QType wt) {
         case QType::F32: return gemm_packed_float<LoadF32>;
         case QType::F16: return gemm_packed_float<LoadF16>;
         case QType::BF16: return gemm_packed_float<LoadBF16>;
-        default: return nullptr;
+        default: return packed_quant_kernel(wt);
     }
 }
 
