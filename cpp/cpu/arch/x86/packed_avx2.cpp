@@ -7,8 +7,8 @@
 // Unsigned codes (the legacy and k-quants but Q8_0): pairs of products sum in int16, and runs of
 // groups add up in int16 as long as they cannot overflow (kRun below: 8 groups for codes <= 15,
 // 4 for <= 31, 2 for <= 63); a vpmaddwd per run widens them. Signed codes (Q8_0, IQ4, MXFP4, the
-// grid types) take the sign trick (|w| times a with w's sign) and widen every group; MXFP4's
-// small levels (|w| <= 12) still run 8 groups in int16.
+// grid types) take the sign trick (|w| times a with w's sign), in runs as their magnitudes allow
+// (Q8_0's and IQ4's: one group).
 #include "cpu/arch/x86/blocks_avx2.h"
 #include "cpu/arch/x86/blocks_iq_avx2.h"
 #include "cpu/arch/x86/kernels_x86.h"
@@ -51,7 +51,10 @@ constexpr int run_groups() {
     switch (WT) {
         case QType::Q5_0: case QType::Q5_1: case QType::Q5_K: return 4;
         case QType::Q6_K: return 2;
-        case QType::MXFP4: return 8;
+        // Signed codes' magnitudes: MXFP4's doubled levels <= 12, IQ1's 8 g + 8 delta <= 9, the
+        // IQ2 grids' <= 43, IQ3's <= 62; Q8_0 and IQ4 reach 127.
+        case QType::MXFP4: case QType::IQ1_S: case QType::IQ1_M: return 8;
+        case QType::IQ2_XXS: case QType::IQ2_XS: case QType::IQ2_S: case QType::IQ3_XXS: case QType::IQ3_S: return 2;
         default: return signed_codes<WT>() ? 1 : 8;
     }
 }
@@ -189,7 +192,7 @@ inline __m256 load_ps(const uint8_t * p) { return _mm256_load_ps(reinterpret_cas
 template <int RN, bool G16, bool SIGNED, int RUN>
 void micro(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy, int nr) {
     // Sums are turned into float (scaled by the half's dg and the token's d) every FLUSH groups.
-    constexpr int FLUSH = SIGNED ? (G16 ? 4 : 8) : (G16 && RUN > 4 ? 4 : RUN);
+    constexpr int FLUSH = SIGNED && RUN == 1 ? (G16 ? 4 : 8) : (G16 && RUN > 4 ? 4 : RUN);
     const int64_t nb = K / 32;
     const int8_t * qs[RN];
     const float * da[RN];
@@ -205,6 +208,8 @@ void micro(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, float
     for (int64_t b = 0; b < nb; ++b, P += kBlockBytes) {
         const int64_t base = ActQ8::pos(b, 0);
         __m256i s[RN][2];
+        // Unrolled whole: with run-time g the sums and accumulators live in memory (GCC 12).
+#pragma GCC unroll 8
         for (int g = 0; g < 8; ++g) {
             const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i *>(P + 64 * g));
             const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i *>(P + 64 * g + 32));
@@ -234,6 +239,9 @@ void micro(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, float
                     s[t][1] = g % FLUSH == 0 ? p1 : _mm256_add_epi16(s[t][1], p1);
                 }
             }
+            // Keeps the sums in order: GCC would otherwise reassociate them into a tree whose
+            // products all wait in memory.
+            for (int t = 0; t < RN; ++t) __asm__("" : "+x"(s[t][0]), "+x"(s[t][1]));
             if ((g + 1) % FLUSH != 0) continue;
             const int half = G16 ? g / 4 : 0;
             const __m256 dg0 = load_ps(P + kDg + 64 * half), dg1 = load_ps(P + kDg + 64 * half + 32);
@@ -273,8 +281,9 @@ void micro_any(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, i
                int64_t ldy, int nr) {
     constexpr bool G16 = groups_of_16<WT>(), SIGNED = signed_codes<WT>();
     constexpr int RUN = run_groups<WT>();
-    // Registers: per token two accumulators and two sums; the sign trick needs |w| besides w.
-    constexpr int RN = SIGNED ? 2 : 3;
+    // Per token two accumulators and two sums: 3 tokens fill the 16 ymm (measured on Zen 4:
+    // 2 tokens are slower for every type, even where the sign trick spills).
+    constexpr int RN = 3;
     int64_t t = 0;
     for (; t + RN <= n_tok; t += RN) micro<RN, G16, SIGNED, RUN>(P, K, acts + t * lda, lda, y + t * ldy, ldy, nr);
     if (n_tok - t == 2) micro<2, G16, SIGNED, RUN>(P, K, acts + t * lda, lda, y + t * ldy, ldy, nr);
