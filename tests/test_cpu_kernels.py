@@ -218,13 +218,13 @@ def test_gemm_simd_matches_scalar(qtype: T) -> None:
 @pytest.mark.skipif(not SIMD_ISAS, reason="this CPU has no AVX2")
 @pytest.mark.parametrize("qtype", LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES, ids=lambda t: t.name)
 def test_quant_prefill_tiles(qtype: T) -> None:
-    """The repacking (prefill) kernels, from 10 tokens on, against the scalar ones: token counts
-    that leave 1 and 2 tokens past the micro-kernels' groups (AVX2: 3 tokens, 2 for signed codes;
-    AVX-512: 16, 8, 4, 2, 1), 29 rows (a panel of 16 and one of 13, whose 8-row halves are both
-    partly empty), and at K = 4096 a prompt longer than one block of tokens (80 there)."""
+    """The repacking (prefill) kernels (from 10 tokens on; AVX2's for Q8_0 from 16)
+    against the scalar ones: token counts that leave 1 and 2 tokens past the micro-kernels' groups
+    (AVX2: 3 tokens; AVX-512: 16, 8, 4, 2, 1), 29 rows (a panel of 16 and one of 13, whose 8-row
+    halves are both partly empty), and at K = 4096 a prompt longer than one block of tokens (80)."""
     rng = np.random.default_rng(300 + int(qtype))
     k_short = 512 if GGML_QUANT_SIZES[qtype][0] == 256 else 32 * 7
-    for n_rows, k, counts in ((29, k_short, (10, 11, 13)), (21, 4096, (97,))):
+    for n_rows, k, counts in ((29, k_short, (16, 17, 19)), (21, 4096, (97,))):
         raw, _ = make_weights(qtype, n_rows, k, rng)
         for n_tok in counts:
             x = rng.standard_normal((n_tok, k)).astype(np.float32)
