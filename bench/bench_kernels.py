@@ -158,11 +158,11 @@ class Row:
 
 
 def bench_matmul(types: list[T], isas: list[str], ggml: Ggml | None, *, n_tok: int, threads: int,
-                 quick: bool) -> list[Row]:
+                 quick: bool, shapes: list[tuple[int, int]] = SHAPES) -> list[Row]:
     rng = np.random.default_rng(0)
     rows = []
     for qtype in types:
-        for n_rows, k in SHAPES:
+        for n_rows, k in shapes:
             if k % GGML_QUANT_SIZES[qtype][0]:
                 continue
             if quick and n_rows * k > 1536 * 576:
@@ -250,9 +250,16 @@ def main() -> None:
     ap.add_argument("--ggml-lib", type=Path, default=os.environ.get("SPLITLLM_GGML_LIB") or None,
                     help="directory of another ggml build's libggml-base.so / libggml-cpu.so to compare "
                     "against (default: llama-cpp-python's; env SPLITLLM_GGML_LIB)")
+    ap.add_argument("--shapes", help="comma-separated ROWSxK shapes for the matmul tables (default: all)")
+    ap.add_argument("--isas", help="comma-separated instruction sets to time (default: all this CPU runs)")
     args = ap.parse_args()
+    shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
 
     isas = [i for i in ("scalar", "avx2", "avx512") if _core.cpu_usable_isa(i) == i]
+    if args.isas:
+        isas = [i for i in isas if i in args.isas.split(",")]
     simd = [i for i in isas if i != "scalar"]
     try:
         ggml = None if args.no_llama else Ggml(args.ggml_lib)
@@ -265,8 +272,8 @@ def main() -> None:
     cols = isas + (["llama.cpp"] if ggml else [])
 
     load = os.getloadavg()
-    decode = bench_matmul(types, isas, ggml, n_tok=1, threads=1, quick=args.quick)
-    prefill = bench_matmul(types, isas, ggml, n_tok=512, threads=1, quick=args.quick)
+    decode = bench_matmul(types, isas, ggml, n_tok=1, threads=1, quick=args.quick, shapes=shapes)
+    prefill = bench_matmul(types, isas, ggml, n_tok=512, threads=1, quick=args.quick, shapes=shapes)
     decode2 = [] if only_matmul else bench_matmul([T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_0, T.Q6_K], simd[-1:], ggml,
                                                   n_tok=1, threads=2, quick=args.quick)
     attn = [] if only_matmul else bench_attention(simd)
