@@ -5,7 +5,7 @@
 // broadcasts 4 activation bytes of a token and vpmaddubsw's them against both ymm.
 //
 // Unsigned codes (the legacy and k-quants but Q8_0): pairs of products sum in int16, and runs of
-// groups add up in int16 as long as they cannot overflow (kRun below: 8 groups for codes <= 15,
+// groups add up in int16 as long as they cannot overflow (run_groups below: 8 groups for codes <= 15,
 // 4 for <= 31, 2 for <= 63); a vpmaddwd per run widens them. Signed codes (Q8_0, IQ4, MXFP4, the
 // grid types) take the sign trick (|w| times a with w's sign), in runs as their magnitudes allow
 // (Q8_0's and IQ4's: one group).
@@ -188,12 +188,52 @@ inline __m256i bcast4(const int8_t * p) {
 
 inline __m256 load_ps(const uint8_t * p) { return _mm256_load_ps(reinterpret_cast<const float *>(p)); }
 
+// Products of group g (values 4g .. 4g + 3 of the block) of the panel's two ymm (w0, w1) with
+// RN tokens' activation bytes at off, into the int16 (int32 for signed single-group runs) sums s.
+template <int RN, bool SIGNED, int RUN, int FLUSH>
+SL_FORCE_INLINE void group_products(int g, __m256i w0, __m256i w1, const int8_t * const qs[RN], int64_t off,
+                                    __m256i s[RN][2]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i u0 = SIGNED ? _mm256_sign_epi8(w0, w0) : w0, u1 = SIGNED ? _mm256_sign_epi8(w1, w1) : w1;
+    for (int t = 0; t < RN; ++t) {
+        const __m256i a = bcast4(qs[t] + off);
+        __m256i p0 = _mm256_maddubs_epi16(u0, SIGNED ? _mm256_sign_epi8(a, w0) : a);
+        __m256i p1 = _mm256_maddubs_epi16(u1, SIGNED ? _mm256_sign_epi8(a, w1) : a);
+        if constexpr (SIGNED && RUN == 1) {
+            p0 = _mm256_madd_epi16(p0, ones);
+            p1 = _mm256_madd_epi16(p1, ones);
+            s[t][0] = g % FLUSH == 0 ? p0 : _mm256_add_epi32(s[t][0], p0);
+            s[t][1] = g % FLUSH == 0 ? p1 : _mm256_add_epi32(s[t][1], p1);
+        } else {
+            s[t][0] = g % FLUSH == 0 ? p0 : _mm256_add_epi16(s[t][0], p0);
+            s[t][1] = g % FLUSH == 0 ? p1 : _mm256_add_epi16(s[t][1], p1);
+        }
+    }
+    // Keeps the sums in order: GCC would otherwise reassociate them into a tree whose products
+    // all wait in memory.
+    for (int t = 0; t < RN; ++t) __asm__("" : "+x"(s[t][0]), "+x"(s[t][1]));
+}
+
+// The end of a run: acc += float(sums) * dg * d_a (dg of the half at P + kDg + 64 half).
+template <int RN, bool WIDEN>
+SL_FORCE_INLINE void flush(const uint8_t * P, int half, const float * const da[RN], int64_t b, __m256i s[RN][2],
+                           __m256 acc[RN][2]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256 dg0 = load_ps(P + kDg + 64 * half), dg1 = load_ps(P + kDg + 64 * half + 32);
+    for (int t = 0; t < RN; ++t) {
+        const __m256 d = _mm256_set1_ps(da[t][b]);
+        const __m256i i0 = WIDEN ? _mm256_madd_epi16(s[t][0], ones) : s[t][0];
+        const __m256i i1 = WIDEN ? _mm256_madd_epi16(s[t][1], ones) : s[t][1];
+        acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(dg0, d), acc[t][0]);
+        acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(dg1, d), acc[t][1]);
+    }
+}
+
 // RN tokens times the 16 rows of a panel; nr valid rows go to y[t * ldy + r].
 template <int RN, bool G16, bool SIGNED, int RUN>
 void micro(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy, int nr) {
     // Sums are turned into float (scaled by the half's dg and the token's d) every FLUSH groups.
     constexpr int FLUSH = SIGNED && RUN == 1 ? (G16 ? 4 : 8) : (G16 && RUN > 4 ? 4 : RUN);
-    const int64_t nb = K / 32;
     const int8_t * qs[RN];
     const float * da[RN];
     const float * sa[RN];
@@ -204,59 +244,18 @@ void micro(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, float
         sa[t] = G16 ? ActQ8::s16(acts + t * lda, K) : ActQ8::s(acts + t * lda, K);
         acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     }
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = 0; b < nb; ++b, P += kBlockBytes) {
-        const int64_t base = ActQ8::pos(b, 0);
+    for (int64_t b = 0; b < K / 32; ++b, P += kBlockBytes) {
         __m256i s[RN][2];
         // Unrolled whole: with run-time g the sums and accumulators live in memory (GCC 12).
 #pragma GCC unroll 8
         for (int g = 0; g < 8; ++g) {
             const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i *>(P + 64 * g));
             const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i *>(P + 64 * g + 32));
-            // Value 4g of block b: ActQ8 byte base + 64 (g / 4) + 4 (g % 4).
-            const int64_t off = base + 64 * (g >> 2) + 4 * (g & 3);
-            if constexpr (SIGNED) {
-                const __m256i u0 = _mm256_sign_epi8(w0, w0), u1 = _mm256_sign_epi8(w1, w1);
-                for (int t = 0; t < RN; ++t) {
-                    const __m256i a = bcast4(qs[t] + off);
-                    __m256i p0 = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(a, w0));
-                    __m256i p1 = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(a, w1));
-                    if constexpr (RUN == 1) {
-                        p0 = _mm256_madd_epi16(p0, ones);
-                        p1 = _mm256_madd_epi16(p1, ones);
-                        s[t][0] = g % FLUSH == 0 ? p0 : _mm256_add_epi32(s[t][0], p0);
-                        s[t][1] = g % FLUSH == 0 ? p1 : _mm256_add_epi32(s[t][1], p1);
-                    } else {
-                        s[t][0] = g % FLUSH == 0 ? p0 : _mm256_add_epi16(s[t][0], p0);
-                        s[t][1] = g % FLUSH == 0 ? p1 : _mm256_add_epi16(s[t][1], p1);
-                    }
-                }
-            } else {
-                for (int t = 0; t < RN; ++t) {
-                    const __m256i a = bcast4(qs[t] + off);
-                    const __m256i p0 = _mm256_maddubs_epi16(w0, a), p1 = _mm256_maddubs_epi16(w1, a);
-                    s[t][0] = g % FLUSH == 0 ? p0 : _mm256_add_epi16(s[t][0], p0);
-                    s[t][1] = g % FLUSH == 0 ? p1 : _mm256_add_epi16(s[t][1], p1);
-                }
-            }
-            // Keeps the sums in order: GCC would otherwise reassociate them into a tree whose
-            // products all wait in memory.
-            for (int t = 0; t < RN; ++t) __asm__("" : "+x"(s[t][0]), "+x"(s[t][1]));
-            if ((g + 1) % FLUSH != 0) continue;
-            const int half = G16 ? g / 4 : 0;
-            const __m256 dg0 = load_ps(P + kDg + 64 * half), dg1 = load_ps(P + kDg + 64 * half + 32);
-            for (int t = 0; t < RN; ++t) {
-                const __m256 d = _mm256_set1_ps(da[t][b]);
-                __m256i i0 = s[t][0], i1 = s[t][1];
-                if constexpr (!(SIGNED && RUN == 1)) {
-                    i0 = _mm256_madd_epi16(i0, ones);
-                    i1 = _mm256_madd_epi16(i1, ones);
-                }
-                acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(dg0, d), acc[t][0]);
-                acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(dg1, d), acc[t][1]);
-            }
+            // Value 4g of block b: ActQ8 byte pos(b, 0) + 64 (g / 4) + 4 (g % 4).
+            group_products<RN, SIGNED, RUN, FLUSH>(g, w0, w1, qs, ActQ8::pos(b, 0) + 64 * (g >> 2) + 4 * (g & 3), s);
+            if ((g + 1) % FLUSH == 0) flush<RN, !(SIGNED && RUN == 1)>(P, G16 ? g / 4 : 0, da, b, s, acc);
         }
-        if constexpr (!SIGNED) {
+        if constexpr (!SIGNED) {  // the offset or min terms against the activations' block sums
             for (int half = 0; half < (G16 ? 2 : 1); ++half) {
                 const __m256 mg0 = load_ps(P + kMg + 64 * half), mg1 = load_ps(P + kMg + 64 * half + 32);
                 for (int t = 0; t < RN; ++t) {
