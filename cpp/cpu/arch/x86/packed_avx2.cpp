@@ -229,11 +229,25 @@ SL_FORCE_INLINE void flush(const uint8_t * P, int half, const float * const da[R
     }
 }
 
+// The end of an int16 run: s32 (+)= its int32 pair sums.
+template <int RN>
+SL_FORCE_INLINE void widen(bool first, const __m256i s[RN][2], __m256i s32[RN][2]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int t = 0; t < RN; ++t)
+        for (int v = 0; v < 2; ++v) {
+            const __m256i w = _mm256_madd_epi16(s[t][v], ones);
+            s32[t][v] = first ? w : _mm256_add_epi32(s32[t][v], w);
+        }
+}
+
 // RN tokens times the 16 rows of a panel; nr valid rows go to y[t * ldy + r].
 template <int RN, bool G16, bool SIGNED, int RUN>
 void micro(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, float * y, int64_t ldy, int nr) {
-    // Sums are turned into float (scaled by the half's dg and the token's d) every FLUSH groups.
-    constexpr int FLUSH = SIGNED && RUN == 1 ? (G16 ? 4 : 8) : (G16 && RUN > 4 ? 4 : RUN);
+    // Sums are turned into float (scaled by the half's dg and the token's d) once per scale: every
+    // FLUSH groups. int16 runs shorter than that (HOLD) are widened into int32 sums s32 at their
+    // ends (Q6_K, Q5, IQ2 / IQ3: 5-8% faster than a float step per run).
+    constexpr int FLUSH = G16 ? 4 : 8;
+    constexpr bool HOLD = !(SIGNED && RUN == 1) && RUN < FLUSH;
     const int8_t * qs[RN];
     const float * da[RN];
     const float * sa[RN];
@@ -245,15 +259,20 @@ void micro(const uint8_t * P, int64_t K, const uint8_t * acts, size_t lda, float
         acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < K / 32; ++b, P += kBlockBytes) {
-        __m256i s[RN][2];
+        __m256i s[RN][2], s32[RN][2];
         // Unrolled whole: with run-time g the sums and accumulators live in memory (GCC 12).
 #pragma GCC unroll 8
         for (int g = 0; g < 8; ++g) {
             const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i *>(P + 64 * g));
             const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i *>(P + 64 * g + 32));
             // Value 4g of block b: ActQ8 byte pos(b, 0) + 64 (g / 4) + 4 (g % 4).
-            group_products<RN, SIGNED, RUN, FLUSH>(g, w0, w1, qs, ActQ8::pos(b, 0) + 64 * (g >> 2) + 4 * (g & 3), s);
-            if ((g + 1) % FLUSH == 0) flush<RN, !(SIGNED && RUN == 1)>(P, G16 ? g / 4 : 0, da, b, s, acc);
+            group_products<RN, SIGNED, RUN, HOLD ? RUN : FLUSH>(g, w0, w1, qs, ActQ8::pos(b, 0) + 64 * (g >> 2) + 4 * (g & 3), s);
+            if constexpr (HOLD) {
+                if ((g + 1) % RUN == 0) widen<RN>((g + 1) % FLUSH == RUN, s, s32);
+                if ((g + 1) % FLUSH == 0) flush<RN, false>(P, G16 ? g / 4 : 0, da, b, s32, acc);
+            } else {
+                if ((g + 1) % FLUSH == 0) flush<RN, !(SIGNED && RUN == 1)>(P, G16 ? g / 4 : 0, da, b, s, acc);
+            }
         }
         if constexpr (!SIGNED) {  // the offset or min terms against the activations' block sums
             for (int half = 0; half < (G16 ? 2 : 1); ++half) {
