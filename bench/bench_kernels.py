@@ -8,6 +8,10 @@ thread's CPU clock, so they stay meaningful on a shared machine. Decode reads th
 memory (copies of the matrix totalling 64 MB are cycled); prefill runs from cache.
 
     PYTHONPATH=python python3 bench/bench_kernels.py [--quick] [--out bench/results/kernels.md]
+
+--ggml-lib DIR (or SPLITLLM_GGML_LIB=DIR) compares against another ggml build instead, e.g. one
+configured for AVX2 only (-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF ...); DIR holds its
+libggml-base.so and libggml-cpu.so. One ggml per process: two would share one set of symbols.
 """
 
 from __future__ import annotations
@@ -84,10 +88,11 @@ class Ggml:
     Plain ggml tensors: no repacking into interleaved layouts, which llama.cpp also does at
     load time for some types (Q4_0, Q8_0, Q4_K, ...), so for those these are lower bounds."""
 
-    def __init__(self) -> None:
-        import llama_cpp
+    def __init__(self, lib: Path | None = None) -> None:
+        if lib is None:
+            import llama_cpp
 
-        lib = Path(llama_cpp.__file__).parent / "lib"
+            lib = Path(llama_cpp.__file__).parent / "lib"
         self.base = ctypes.CDLL(str(lib / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
         self.cpu = ctypes.CDLL(str(lib / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
         vp = ctypes.c_void_p
@@ -153,11 +158,11 @@ class Row:
 
 
 def bench_matmul(types: list[T], isas: list[str], ggml: Ggml | None, *, n_tok: int, threads: int,
-                 quick: bool) -> list[Row]:
+                 quick: bool, shapes: list[tuple[int, int]] = SHAPES) -> list[Row]:
     rng = np.random.default_rng(0)
     rows = []
     for qtype in types:
-        for n_rows, k in SHAPES:
+        for n_rows, k in shapes:
             if k % GGML_QUANT_SIZES[qtype][0]:
                 continue
             if quick and n_rows * k > 1536 * 576:
@@ -242,12 +247,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
     ap.add_argument("--types", help="comma-separated weight types: only their decode and prefill tables")
+    ap.add_argument("--ggml-lib", type=Path, default=os.environ.get("SPLITLLM_GGML_LIB") or None,
+                    help="directory of another ggml build's libggml-base.so / libggml-cpu.so to compare "
+                    "against (default: llama-cpp-python's; env SPLITLLM_GGML_LIB)")
+    ap.add_argument("--shapes", help="comma-separated ROWSxK shapes for the matmul tables (default: all)")
+    ap.add_argument("--isas", help="comma-separated instruction sets to time (default: all this CPU runs)")
     args = ap.parse_args()
+    shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
 
     isas = [i for i in ("scalar", "avx2", "avx512") if _core.cpu_usable_isa(i) == i]
+    if args.isas:
+        isas = [i for i in isas if i in args.isas.split(",")]
     simd = [i for i in isas if i != "scalar"]
     try:
-        ggml = None if args.no_llama else Ggml()
+        ggml = None if args.no_llama else Ggml(args.ggml_lib)
     except (ImportError, OSError) as e:
         print(f"llama.cpp comparison skipped: {e}")
         ggml = None
@@ -257,8 +272,8 @@ def main() -> None:
     cols = isas + (["llama.cpp"] if ggml else [])
 
     load = os.getloadavg()
-    decode = bench_matmul(types, isas, ggml, n_tok=1, threads=1, quick=args.quick)
-    prefill = bench_matmul(types, isas, ggml, n_tok=512, threads=1, quick=args.quick)
+    decode = bench_matmul(types, isas, ggml, n_tok=1, threads=1, quick=args.quick, shapes=shapes)
+    prefill = bench_matmul(types, isas, ggml, n_tok=512, threads=1, quick=args.quick, shapes=shapes)
     decode2 = [] if only_matmul else bench_matmul([T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_0, T.Q6_K], simd[-1:], ggml,
                                                   n_tok=1, threads=2, quick=args.quick)
     attn = [] if only_matmul else bench_attention(simd)
@@ -274,8 +289,8 @@ def main() -> None:
 - commit: {commit.strip() or _core.commit}, date: {datetime.date.today().isoformat()}
 - load average before / after: {load[0]:.1f} / {load_after[0]:.1f} (other jobs share this machine:
   single-thread figures are timed on the thread's CPU clock, two-thread ones on the wall clock, noisier)
-- llama.cpp: ggml from llama-cpp-python, plain `ggml_mul_mat` (no load-time repacking, which llama.cpp applies
-  to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K in a model: lower bounds for those)
+- llama.cpp: ggml from {args.ggml_lib or "llama-cpp-python"}, plain `ggml_mul_mat` (no load-time repacking,
+  which llama.cpp applies to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, IQ4_NL in a model: lower bounds for those)
 """
     cols2 = simd[-1:] + (["llama.cpp"] if ggml else [])
     sections = [  # (empty ones left out: --types times the matmuls only)

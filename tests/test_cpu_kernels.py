@@ -215,6 +215,27 @@ def test_gemm_simd_matches_scalar(qtype: T) -> None:
                 np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.skipif(not SIMD_ISAS, reason="this CPU has no AVX2")
+@pytest.mark.parametrize("qtype", LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES, ids=lambda t: t.name)
+def test_quant_prefill_tiles(qtype: T) -> None:
+    """The repacking (prefill) kernels (from 10 tokens on; AVX2's for Q8_0 from 16)
+    against the scalar ones: token counts that leave 1 and 2 tokens past the micro-kernels' groups
+    (AVX2: 3 tokens; AVX-512: 16, 8, 4, 2, 1), 29 rows (a panel of 16 and one of 13, whose 8-row
+    halves are both partly empty), and at K = 4096 a prompt longer than one block of tokens (80)."""
+    rng = np.random.default_rng(300 + int(qtype))
+    k_short = 512 if GGML_QUANT_SIZES[qtype][0] == 256 else 32 * 7
+    for n_rows, k, counts in ((29, k_short, (16, 17, 19)), (21, 4096, (97,))):
+        raw, _ = make_weights(qtype, n_rows, k, rng)
+        for n_tok in counts:
+            x = rng.standard_normal((n_tok, k)).astype(np.float32)
+            acts = _core.cpu_quantize_acts(int(qtype), x, isa="scalar")
+            ref = np.float64(_core.cpu_gemm(int(qtype), raw, acts, isa="scalar"))
+            for isa in SIMD_ISAS:
+                y = _core.cpu_gemm(int(qtype), raw, acts, isa=isa)
+                assert rel_err(y, ref) < 1e-5, (qtype.name, isa, n_rows, k, n_tok)
+                np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("isa", ["scalar", *SIMD_ISAS])
 @pytest.mark.parametrize(
     "qtype", [T.F16, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.IQ2_XS, T.IQ1_M], ids=lambda t: t.name

@@ -409,7 +409,7 @@ inline __m256 hsum8(const __m256 a[8]) {
 // products must fit int16: codes up to 128).
 inline __m256i dot4(__m256i u, __m256i s) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)); }
 
-// As dot4 for two pairs whose int16 sums cannot overflow (codes up to 63 over both).
+// As dot4 for two pairs whose int16 sums cannot overflow (codes up to 64 over both).
 inline __m256i dot4x2(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
     return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),
                              _mm256_set1_epi16(1));
@@ -417,5 +417,17 @@ inline __m256i dot4x2(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
 
 // Signed codes w times signed activations s (|w| <= 128, s in -127..127).
 inline __m256i dot4_signed(__m256i w, __m256i s) { return dot4(_mm256_sign_epi8(w, w), _mm256_sign_epi8(s, w)); }
+
+// The sum of two dot4_signed for codes |w| <= 64 (four products per int16 lane fit): MXFP4 and
+// the grid types (their magnitudes: packed_avx2.cpp, run_groups).
+inline __m256i dot4x2_signed(__m256i w0, __m256i s0, __m256i w1, __m256i s1) {
+    return dot4x2(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(s0, w0), _mm256_sign_epi8(w1, w1), _mm256_sign_epi8(s1, w1));
+}
+
+template <QType WT>
+constexpr bool small_signed_codes() {
+    return WT == QType::MXFP4 || WT == QType::IQ2_XXS || WT == QType::IQ2_XS || WT == QType::IQ2_S ||
+           WT == QType::IQ3_XXS || WT == QType::IQ3_S || WT == QType::IQ1_S || WT == QType::IQ1_M;
+}
 
 }  // namespace sl::cpu::impl::avx2

@@ -49,8 +49,13 @@ inline __m256i apply_signs(__m256i v, uint32_t neg) {
     return _mm256_sub_epi8(_mm256_xor_si256(v, m), m);
 }
 
+// Four grid entries by scalar loads and inserts: about 5% faster decode than vpgatherqq on Zen 4
+// (and gathers are slower still on the Intel parts with the gather-data-sampling fix).
 inline __m256i gather8(const uint64_t * grid, __m128i idx) {
-    return _mm256_i32gather_epi64(reinterpret_cast<const long long *>(grid), idx, 8);
+    const uint64_t i01 = uint64_t(_mm_cvtsi128_si64(idx)), i23 = uint64_t(_mm_extract_epi64(idx, 1));
+    const __m128i a = _mm_insert_epi64(_mm_cvtsi64_si128(int64_t(grid[uint32_t(i01)])), int64_t(grid[i01 >> 32]), 1);
+    const __m128i b = _mm_insert_epi64(_mm_cvtsi64_si128(int64_t(grid[uint32_t(i23)])), int64_t(grid[i23 >> 32]), 1);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
 }
 
 // Signed codes of 16 8-value grid entries in half order, one sign byte an entry.
@@ -89,6 +94,20 @@ inline void load_scales(const float s[16], __m256 dg[2], __m256 mg[2]) {
 
 inline uint32_t u32_at(const uint8_t * p) { return load_u32(p); }
 
+// The 16 per-16 scales of 8 per-block ones (lane b of v: block b's, in the order of dg's lanes:
+// groups 2b and 2b + 1), times mul; no offset term.
+inline void block_scales(__m256 v, float mul, __m256 dg[2], __m256 mg[2]) {
+    const __m256 m = _mm256_mul_ps(v, _mm256_set1_ps(mul));
+    dg[0] = _mm256_permutevar8x32_ps(m, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    dg[1] = _mm256_permutevar8x32_ps(m, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+    mg[0] = mg[1] = _mm256_setzero_ps();
+}
+
+// 0.5 + the top 4 bits of 8 dwords, as floats (IQ2_XXS, IQ3_XXS block scales).
+inline __m256 top_nibble_half(__m256i v) {
+    return _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28)), _mm256_set1_ps(0.5f));
+}
+
 template <>
 struct KQuant<QType::IQ2_XXS> {
     static constexpr int kBytes = 66;
@@ -101,21 +120,22 @@ struct KQuant<QType::IQ2_XXS> {
         return grid8_codes(iq2xxs_grid, bytes_to_idx(half_order(_mm256_castsi256_si128(v))), ksigns16(s7));
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
-        const float d = h2f(reinterpret_cast<const block_iq2_xxs *>(sb)->d);
-        float s[16];
-        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * (0.5f + float(u32_at(sb + 6 + 8 * ib) >> 28)) * 0.25f;
-        load_scales(s, dg, mg);
+        // Block b's scale word: dword 2b + 1 from sb + 2 (odd dwords of blocks 0..3, then 4..7).
+        const __m256 odd = _mm256_shuffle_ps(_mm256_castsi256_ps(load32(sb + 2)), _mm256_castsi256_ps(load32(sb + 34)), 0xDD);
+        const __m256i v = _mm256_permute4x64_epi64(_mm256_castps_si256(odd), 0xD8);
+        block_scales(top_nibble_half(v), h2f(reinterpret_cast<const block_iq2_xxs *>(sb)->d) * 0.25f, dg, mg);
     }
 };
 
 // IQ2_XS / IQ2_S: a 4-bit scale per 16 values.
 inline void iq2_nibble_scales(float d, const uint8_t * sc, __m256 dg[2], __m256 mg[2]) {
-    float s[16];
-    for (int ib = 0; ib < 8; ++ib) {
-        s[2 * ib] = d * (0.5f + float(sc[ib] & 15)) * 0.25f;
-        s[2 * ib + 1] = d * (0.5f + float(sc[ib] >> 4)) * 0.25f;
+    const __m256i sh = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);
+    const __m256 dq = _mm256_set1_ps(d * 0.25f), half = _mm256_set1_ps(0.5f);
+    for (int h = 0; h < 2; ++h) {
+        const __m256i b = per_block(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(load_u32(sc + 4 * h)))));
+        dg[h] = _mm256_mul_ps(dq, _mm256_add_ps(_mm256_cvtepi32_ps(bits_at(b, sh, 15)), half));
+        mg[h] = _mm256_setzero_ps();
     }
-    load_scales(s, dg, mg);
 }
 
 template <>
@@ -171,10 +191,7 @@ struct KQuant<QType::IQ3_XXS> {
         return grid4_codes(iq3xxs_grid, lo, hi, ksigns16(s7));
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
-        const float d = h2f(reinterpret_cast<const block_iq3_xxs *>(sb)->d);
-        float s[16];
-        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * (0.5f + float(u32_at(sb + 66 + 4 * ib) >> 28)) * 0.5f;
-        load_scales(s, dg, mg);
+        block_scales(top_nibble_half(load32(sb + 66)), h2f(reinterpret_cast<const block_iq3_xxs *>(sb)->d) * 0.5f, dg, mg);
     }
 };
 
@@ -194,10 +211,12 @@ struct KQuant<QType::IQ3_S> {
         return grid4_codes(iq3s_grid, lo, hi, half_order(load16(sb + 74 + 16 * g)));
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
-        const float d = h2f(reinterpret_cast<const block_iq3_s *>(sb)->d);
-        float s[16];
-        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * float(1 + 2 * ((sb[106 + ib / 2] >> (4 * (ib % 2))) & 15));
-        load_scales(s, dg, mg);
+        // Block b's scale: nibble b % 2 of byte 106 + b / 2; value 1 + 2 x.
+        const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi32_si128(int(load_u32(sb + 106)))),
+                                                          _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+        const __m256i x = bits_at(bytes, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4), 15);
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(x, 1), _mm256_set1_epi32(1)));
+        block_scales(v, h2f(reinterpret_cast<const block_iq3_s *>(sb)->d), dg, mg);
     }
 };
 
@@ -215,10 +234,10 @@ struct KQuant<QType::IQ1_S> {
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
         const block_iq1_s * b = reinterpret_cast<const block_iq1_s *>(sb);
-        const float d = h2f(b->d);
-        float s[16];
-        for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * float(2 * ((b->qh[ib] >> 12) & 7) + 1) * 0.125f;
-        load_scales(s, dg, mg);
+        const __m256i qh = _mm256_cvtepu16_epi32(load16(reinterpret_cast<const uint8_t *>(b->qh)));
+        const __m256i x = _mm256_and_si256(_mm256_srli_epi32(qh, 12), _mm256_set1_epi32(7));
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(x, 1), _mm256_set1_epi32(1)));
+        block_scales(v, h2f(b->d) * 0.125f, dg, mg);
     }
 };
 

@@ -1,5 +1,5 @@
 // The AVX2 kernel table (AVX2 + FMA + F16C): per weight type, the blocks-as-stored kernel, and
-// for float weights a repacking one from kPackMinTokens on.
+// a repacking one from pack_min_tokens() on.
 #include "cpu/arch/x86/kernels_x86.h"
 
 namespace sl::cpu::impl {
@@ -9,12 +9,19 @@ namespace {
 GemmFn g_gemv[int(QType::COUNT)];
 GemmFn g_packed[int(QType::COUNT)];
 
+// From this many tokens on the repacking kernels run (measured on Zen 4, 576 x 1536 and 4096 x
+// 4096): the float panels are packed by 8 x 8 transposes, dearer than AVX-512's; Q8_0 takes the
+// sign trick in both kernels, and the direct one keeps up to about 16 tokens. The others' packed
+// kernels are ahead from about 6 tokens, but passes below kPackMinTokens must stay on the direct
+// kernels: there each token's results do not depend on the batch (the server's decode steps).
+constexpr int64_t pack_min_tokens(QType t) {
+    return qtype_block_size(t) == 1 || t == QType::Q8_0 ? 16 : kPackMinTokens;
+}
+
 template <QType WT>
 void gemm(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
           int64_t n_tok, float * y, int64_t ldy) {
-    // The float kernels' panels are packed by 8 x 8 transposes, dearer than AVX-512's: below 16
-    // tokens the direct kernel is as fast on the small shapes (measured on Zen 4).
-    constexpr int64_t min_tokens = qtype_block_size(WT) == 1 ? 16 : kPackMinTokens;
+    constexpr int64_t min_tokens = pack_min_tokens(WT);
     const GemmFn f = n_tok >= min_tokens && g_packed[int(WT)] ? g_packed[int(WT)] : g_gemv[int(WT)];
     f(W, ldw, K, n_rows, acts, lda, n_tok, y, ldy);
 }

@@ -59,7 +59,10 @@ inline void legacy_step(const uint8_t * row, int q, int n, const Acts<NT> & a, R
                 _mm_fmadd_ps(m, _mm_loadu_ps(a.s[t] + q), _mm256_castps256_ps128(r.accm[t])));
         const int8_t * x = a.qs[t] + 32 * q;
         __m256i d01, d23;
-        if constexpr (B::kSigned) {
+        if constexpr (small_signed_codes<WT>()) {
+            d01 = dot4x2_signed(c.lo01, load_acts(x), c.hi01, load_acts(x + 64));
+            d23 = dot4x2_signed(c.lo23, load_acts(x + 32), c.hi23, load_acts(x + 96));
+        } else if constexpr (B::kSigned) {
             d01 = _mm256_add_epi32(dot4_signed(c.lo01, load_acts(x)), dot4_signed(c.hi01, load_acts(x + 64)));
             d23 = _mm256_add_epi32(dot4_signed(c.lo23, load_acts(x + 32)), dot4_signed(c.hi23, load_acts(x + 96)));
         } else {
@@ -121,6 +124,11 @@ inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m25
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4_signed(cd.lo23, a1)), _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4_signed(cd.hi01, a2)), _mm256_permutevar8x32_ps(c[t][g], e[2]), acc);
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4_signed(cd.hi23, a3)), _mm256_permutevar8x32_ps(c[t][g], e[3]), acc);
+                } else if constexpr (small_signed_codes<WT>()) {
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4x2_signed(cd.lo01, a0, cd.hi01, a2)),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4x2_signed(cd.lo23, a1, cd.hi23, a3)),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
                 } else if constexpr (B::kSigned) {
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(dot4_signed(cd.lo01, a0), dot4_signed(cd.hi01, a2))),
                                           _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
@@ -422,7 +430,7 @@ GemmFn packed_kernel(QType wt) {
         case QType::F32: return gemm_packed_float<LoadF32>;
         case QType::F16: return gemm_packed_float<LoadF16>;
         case QType::BF16: return gemm_packed_float<LoadBF16>;
-        default: return nullptr;
+        default: return packed_quant_kernel(wt);
     }
 }
 

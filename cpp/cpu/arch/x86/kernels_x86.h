@@ -103,7 +103,8 @@ GemmFn packed_kernel();  // BF16 weights, n_tok >= kPackMinTokens; needs AVX512_
 
 namespace avx2 {
 GemmFn gemv_kernel(QType wt);
-GemmFn packed_kernel(QType wt);
+GemmFn packed_kernel(QType wt);        // many tokens (gemm_avx2.cpp: pack_min_tokens)
+GemmFn packed_quant_kernel(QType wt);  // the quantized types (packed_avx2.cpp), else null
 void fill_act_attn(KernelTable & t);
 }  // namespace avx2
 
