@@ -3,12 +3,17 @@ Q6_K, Q5_K_M, Q4_K_M and Q4_0; per type the file size, perplexity, the change in
 the mean KL divergence against F16, and pp/tg speed of splitllm and llama.cpp with the ratio.
 
     PYTHONPATH=python:convert python3 bench/quality.py [--chunks 16] [-r 5] [-t 2] \\
-        [--types q8_0,q4_k_m] [--out bench/results/quality.md]
+        [--types q8_0,q4_k_m] [--imatrix] [--out bench/results/quality.md]
 
 Source: the Hugging Face directory that tests/hf_fixtures.py rebuilds from the Q4_1 GGUF (the
 only SmolLM2 weights available offline), so F16 holds the Q4_1 model's weights (rounded to f16)
 and every other type re-quantizes them. Conversions are cached in ~/.cache/splitllm/quality/
 (--reconvert redoes them).
+
+With --imatrix, an importance matrix of the F16 model is computed (splitllm.imatrix.compute, as
+llama-imatrix does: chunks of 512 tokens) over calibration text that the scored chunks do not
+see (the last --calib-chunks chunks of the text), and every type is converted a second time with
+it (convert-hf --imatrix); the types that need a matrix (IQ2_XXS, IQ1_S, ...) only with it.
 
 Perplexity: splitllm.perplexity, as llama-perplexity computes it: chunks of 512 tokens of
 tinyshakespeare.txt, second half of each scored. F16's log-probabilities are the base for
@@ -35,6 +40,7 @@ import compare as C  # noqa: E402
 import hf_fixtures as F  # noqa: E402
 
 TYPES = ["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
+IMATRIX = " + imatrix"  # the label of a type converted with the importance matrix
 N_CTX = 512
 
 
@@ -63,16 +69,38 @@ def quality_dir() -> Path:
     return d
 
 
-def converted(qtype: str, *, reconvert: bool, threads: int) -> Path:
-    """SmolLM2 converted by convert-hf to ``qtype``, cached (stamped with the rebuild's version)."""
+def converted(qtype: str, *, reconvert: bool, threads: int, imatrix: Path | None = None) -> Path:
+    """SmolLM2 converted by convert-hf to ``qtype`` (with ``imatrix``), cached (stamped with the
+    rebuild's version and the matrix file's size and time)."""
     from splitllm_convert import convert
 
-    out = quality_dir() / f"SmolLM2-135M-Instruct.{qtype.upper()}.gguf"
+    tag = ".imatrix" if imatrix else ""
+    out = quality_dir() / f"SmolLM2-135M-Instruct.{qtype.upper()}{tag}.gguf"
     stamp = out.with_suffix(".stamp")
-    if reconvert or not (out.is_file() and stamp.is_file() and stamp.read_text() == F.REBUILD_VERSION):
-        log(f"converting to {qtype}")
-        convert(F.smollm2_hf_dir(), out, type=qtype, force=True, quiet=True, n_threads=threads)
-        stamp.write_text(F.REBUILD_VERSION)
+    version = F.REBUILD_VERSION
+    if imatrix:
+        st = imatrix.stat()
+        version += f" imatrix {st.st_size} {st.st_mtime_ns}"
+    if reconvert or not (out.is_file() and stamp.is_file() and stamp.read_text() == version):
+        log(f"converting to {qtype}{' with the importance matrix' if imatrix else ''}")
+        convert(
+            F.smollm2_hf_dir(), out, type=qtype, force=True, quiet=True, n_threads=threads, imatrix=imatrix
+        )
+        stamp.write_text(version)
+    return out
+
+
+def calibration_imatrix(base: Path, tokens: list[int], *, threads: int) -> Path:
+    """The importance matrix of ``base`` over ``tokens`` (llama-imatrix's chunks of N_CTX)."""
+    from splitllm import Model
+    from splitllm.imatrix import compute
+
+    out = quality_dir() / "SmolLM2-135M-Instruct.imatrix.gguf"
+    t0 = time.perf_counter()
+    with Model(base, n_ctx=N_CTX, n_batch=N_CTX, n_threads=threads) as model:
+        r = compute(model, tokens, n_ctx=N_CTX, dataset="tinyshakespeare (calibration part)")
+    r.imatrix.save(out)
+    log(f"importance matrix over {len(tokens)} tokens: {out} ({time.perf_counter() - t0:.0f} s)")
     return out
 
 
@@ -121,7 +149,7 @@ def table(qs: list[Quality], rows: list[C.Row], tests: list[C.Test]) -> str:
     lines = [head, rule]
     for q in qs:
         cells = [
-            q.type.upper(),
+            q.type.removesuffix(IMATRIX).upper() + (IMATRIX if q.type.endswith(IMATRIX) else ""),
             f"{q.path.stat().st_size / 2**20:.1f} MiB",
             f"{q.ppl:.4f} ± {q.ppl_error:.4f}",
         ]
@@ -137,6 +165,12 @@ def table(qs: list[Quality], rows: list[C.Row], tests: list[C.Test]) -> str:
             cells += speed_cell(groups.get((str(q.path), n)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def needs_imatrix(t: str) -> bool:
+    from splitllm_convert.mix import FILE_TYPES
+
+    return FILE_TYPES[t].needs_imatrix
 
 
 def parse_types(s: str) -> list[str]:
@@ -161,17 +195,39 @@ def main(argv: list[str] | None = None) -> int:
     C.add_bench_options(ap)
     ap.add_argument("--text", type=Path, default=default_text(), help="text to score (tinyshakespeare.txt)")
     ap.add_argument("--reconvert", action="store_true", help="convert again even when cached")
+    ap.add_argument("--imatrix", action="store_true",
+                    help="also convert every type with an importance matrix of the F16 model")  # fmt: skip
+    ap.add_argument("--calib-chunks", type=int, default=32,
+                    help="chunks of 512 tokens at the text's end for the matrix (default 32)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "quality.md", help="report file")
     args = ap.parse_args(argv)
     if not args.text.is_file():
         ap.error(f"{args.text}: no such file (set SPLITLLM_SHARED or give --text)")
-    if args.chunks < 1 or args.repetitions < 1:
-        ap.error("--chunks and -r must be at least 1")
+    if args.chunks < 1 or args.repetitions < 1 or args.calib_chunks < 1:
+        ap.error("--chunks, --calib-chunks and -r must be at least 1")
+    needs = [t for t in args.types if needs_imatrix(t)]
+    if needs and not args.imatrix:
+        ap.error(f"{', '.join(needs)} need an importance matrix: add --imatrix")
     llama = C.LlamaCpp(flash_attn=args.flash_attn)  # fails early when llama-cpp-python is missing
 
     load_before = C.loadavg()
-    paths = {t: converted(t, reconvert=args.reconvert, threads=args.threads) for t in args.types}
     text = args.text.read_text(encoding="utf-8", errors="replace")
+    paths = {}
+    for t in args.types:
+        if not needs_imatrix(t):
+            paths[t] = converted(t, reconvert=args.reconvert, threads=args.threads)
+    if args.imatrix:
+        from splitllm import Model
+
+        with Model(paths["f16"], n_ctx=N_CTX) as m:
+            tokens = m.tokenize(text.encode("utf-8"), add_bos=False)
+        n_calib = args.calib_chunks * N_CTX
+        if len(tokens) < (args.chunks + args.calib_chunks) * N_CTX:
+            ap.error(f"{args.text}: {len(tokens)} tokens, too few for {args.chunks} scored and "
+                     f"{args.calib_chunks} calibration chunks")  # fmt: skip
+        matrix = calibration_imatrix(paths["f16"], tokens[-n_calib:], threads=args.threads)
+        for t in args.types[1:]:
+            paths[t + IMATRIX] = converted(t, reconvert=args.reconvert, threads=args.threads, imatrix=matrix)
     qs = measure_quality(paths, text, chunks=args.chunks, threads=args.threads)
     tests = C.make_tests([args.n_prompt], [args.n_gen], [0])
     rows, build = C.measure(list(paths.values()), tests, threads=[args.threads], n_gpu_layers=[0],
@@ -188,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
         f"quality: {qs[0].path.parent}; perplexity over the first {args.chunks} chunk(s) of {N_CTX} tokens "
         f"of {args.text.name} (second half of each scored), ± standard error; ΔPPL, mean KL(F16 || type) "
         "and same top token against F16's log-probabilities",
+        *(
+            [
+                f"imatrix: an importance matrix of F16 over the last {args.calib_chunks} chunks of {N_CTX} "
+                f"tokens of {args.text.name} (not among the scored ones), "
+                "splitllm.imatrix.compute (llama-imatrix's method); '+ imatrix' types converted with it"
+            ]
+            if args.imatrix
+            else []
+        ),
         f"speed: tokens/s, mean ± std over {args.repetitions} repetition(s) after one warm-up, "
         f"{args.threads} threads, random tokens, n_batch = n_ubatch = {args.batch_size}; "
         f"ratio: splitllm / llama.cpp; engines one after the other; llama.cpp flash attention {fa}",
