@@ -97,7 +97,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             imx_observe(l, kImxGate, hf, n, be);
             imx_observe(l, kImxUp, hf, n, be);
         }
-        if (L.w_gate.lora >= 0 || L.w_up.lora >= 0) {  // the projections, their updates, then the activation
+        if (lora_on(L.w_gate) || lora_on(L.w_up)) {  // the projections, their updates, then the activation
             const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
             float * gu_out[2] = {s.ff, s.up};
             for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, hf, n, false);  // (op offload's buffers)

@@ -2,8 +2,10 @@
 // for some matrices W of the model (rows, K), a pair A (rank, K) and B (rows, rank), named after
 // W with the suffixes .lora_a / .lora_b; the layer computes W x + s * B (A x), s = scale * alpha /
 // rank (alpha 0: s = scale). B is kept as an F32 copy already multiplied by s; A is read from the
-// adapter's mapping (or uploaded with its layer to the GPU).
+// adapter's mapping (or uploaded with its layer to the GPU). A new scale fills B again from the
+// mapping (set_lora_scales), so a changed scale computes what a model loaded with it computes.
 #include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "common/error.h"
@@ -27,6 +29,7 @@ bool ends_with(const std::string & s, const char * suffix) {
 
 void Model::load_loras() {
     if (params_.loras.empty()) return;
+    for (const auto & pl : params_.loras) lora_scales_.push_back(pl.second);
     const Config & c = cfg_;
     // The matrices an adapter may update, by GGUF name: (matrix, its first row in the tensor);
     // a fused tensor (phi3) is several matrices.
@@ -125,7 +128,8 @@ void Model::load_loras() {
             // B becomes floats times the scale when the model is built (build_lora_b), not for a plan.
             LoraPair & pair = lora_pairs_.emplace_back();
             pair.b = tb;
-            pair.scale = float(alpha != 0 ? double(scale) * alpha / double(rank) : double(scale));
+            pair.adapter = int(lora_files_.size()) - 1;
+            pair.alpha = alpha;
             pair.rows = rows;
             pair.rank = rank;
             pair.layer = layer_of.at(base);
@@ -158,28 +162,68 @@ void Model::load_loras() {
         lora_ffn_ = lora_ffn_ || L.w_gate.lora >= 0 || L.w_up.lora >= 0;
 }
 
+void Model::fill_lora_b(LoraPair & pair, float adapter_scale, float * dst) const {
+    pair.scale = float(pair.alpha != 0 ? double(adapter_scale) * pair.alpha / double(pair.rank)
+                                       : double(adapter_scale));
+    const GGUFTensor & tb = *pair.b;
+    const size_t rb = row_size(tb.type, pair.rank);
+    for (int64_t r = 0; r < pair.rows; ++r) {
+        float * d = dst + r * pair.rank;
+        const uint8_t * src = tb.data + size_t(r) * rb;
+        if (tb.type == QType::F32)
+            std::copy_n(reinterpret_cast<const float *>(src), pair.rank, d);
+        else
+            qtype_traits(tb.type)->to_float(src, d, pair.rank);
+        for (int64_t i = 0; i < pair.rank; ++i) d[i] *= pair.scale;
+    }
+}
+
 void Model::build_lora_b() {
     for (LoraPair & pair : lora_pairs_) {
         pair.host.resize(size_t(pair.rows * pair.rank));
-        const GGUFTensor & tb = *pair.b;
-        const size_t rb = row_size(tb.type, pair.rank);
-        for (int64_t r = 0; r < pair.rows; ++r) {
-            float * dst = pair.host.data() + r * pair.rank;
-            const uint8_t * src = tb.data + size_t(r) * rb;
-            if (tb.type == QType::F32)
-                std::copy_n(reinterpret_cast<const float *>(src), pair.rank, dst);
-            else
-                qtype_traits(tb.type)->to_float(src, dst, pair.rank);
-            for (int64_t i = 0; i < pair.rank; ++i) dst[i] *= pair.scale;
+        fill_lora_b(pair, lora_scales_[size_t(pair.adapter)], pair.host.data());
+        for (const auto & [lora, term, r0] : pair.uses) {
+            LoraTerm & t = lora_[size_t(lora)][size_t(term)];
+            t.b.data = pair.host.data() + r0 * pair.rank;
+            t.off = lora_scales_[size_t(pair.adapter)] == 0.0f;
         }
-        for (const auto & [lora, term, r0] : pair.uses)
-            lora_[size_t(lora)][size_t(term)].b.data = pair.host.data() + r0 * pair.rank;
     }
+}
+
+void Model::set_lora_scales(const std::vector<float> & scales) {
+    SL_CHECK(scales.size() == lora_scales_.size(), "%zu LoRA scales given; the model has %zu adapters",
+             scales.size(), lora_scales_.size());
+    for (size_t i = 0; i < scales.size(); ++i)
+        SL_CHECK(std::isfinite(scales[i]), "%s: LoRA scale must be a finite number (got %g)",
+                 params_.loras[i].first.c_str(), double(scales[i]));
+    std::vector<float> staging;  // B of a pair whose copy is on the GPU
+    for (LoraPair & pair : lora_pairs_) {
+        const float s = scales[size_t(pair.adapter)];
+        if (s == lora_scales_[size_t(pair.adapter)]) continue;
+        const bool on_gpu = pair.host.empty();  // drop_uploaded_lora_b freed the host copy
+        if (on_gpu) staging.resize(size_t(pair.rows * pair.rank));
+        float * dst = on_gpu ? staging.data() : pair.host.data();
+        fill_lora_b(pair, s, dst);
+        for (const auto & [lora, term, r0] : pair.uses) {
+            LoraTerm & t = lora_[size_t(lora)][size_t(term)];
+            t.off = s == 0.0f;
+            if (on_gpu) gpu_->upload(const_cast<void *>(t.b.data), dst + r0 * pair.rank, t.b.nbytes());
+        }
+        if (on_gpu) gpu_->synchronize();  // (staging is reused by the next pair)
+    }
+    lora_scales_ = scales;
 }
 
 void Model::drop_uploaded_lora_b(int first_gpu, bool output_gpu) {
     for (LoraPair & pair : lora_pairs_)
         if (pair.layer < 0 ? output_gpu : pair.layer >= first_gpu) std::vector<float>().swap(pair.host);
+}
+
+bool Model::lora_on(const WeightRef & w) const {
+    if (w.lora < 0) return false;
+    for (const LoraTerm & t : lora_[size_t(w.lora)])
+        if (!t.off) return true;
+    return false;
 }
 
 size_t Model::lora_bytes(const WeightRef & w) const {
@@ -194,6 +238,7 @@ void Model::apply_lora(Backend * be, const WeightRef * const * w, float * const 
     for (int i = 0; i < n_w; ++i) {
         if (w[i]->lora < 0) continue;
         for (const LoraTerm & t : lora_[size_t(w[i]->lora)]) {
+            if (t.off) continue;
             const WeightRef * a = &t.a;
             const WeightRef * b = &t.b;
             float * yi = y[i];

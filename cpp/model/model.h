@@ -47,6 +47,7 @@ struct ModelParams {
 struct LoraTerm {
     WeightRef a;  // (rank, K), in the adapter file's type
     WeightRef b;  // (rows, rank) F32
+    bool off = false;  // its adapter's scale is 0: the forward pass skips it
 };
 
 struct LayerWeights {
@@ -163,6 +164,12 @@ public:
     int swa_cells() const { return kv_swa_.ring ? kv_swa_.slot_ctx : 0; }
     const std::vector<Placement> & placement() const { return placement_; }
     const std::vector<std::string> & warnings() const { return warnings_; }
+    // The LoRA adapters' scales (one per ModelParams::loras entry), changeable between decodes
+    // (llama_set_adapter_lora): B is filled again from the adapter file, re-uploaded where a GPU
+    // holds it; scale 0 skips the adapter. K/V computed under other scales stay in the cache: the
+    // caller decides what is still valid.
+    const std::vector<float> & lora_scales() const { return lora_scales_; }
+    void set_lora_scales(const std::vector<float> & scales);
 
     // Evaluates n tokens (any number; run in batches of n_batch). Token i of sequence slot
     // slot[i] is at position pos[i]; its K/V go to that cell and it attends to cells [0, pos[i]]
@@ -373,7 +380,9 @@ private:
     std::vector<std::vector<LoraTerm>> lora_;
     struct LoraPair {  // one .lora_a / .lora_b pair of an adapter
         const GGUFTensor * b = nullptr;
-        float scale = 1.0f;
+        int adapter = 0;     // its index in ModelParams::loras
+        double alpha = 0.0;  // adapter.lora.alpha (0: none)
+        float scale = 1.0f;  // scale * alpha / rank (alpha 0: scale)
         int64_t rows = 0, rank = 0;
         int layer = -1;                                   // its block (-1: the output layer)
         std::vector<std::tuple<int, int, int64_t>> uses;  // (lora_ index, term, first row of B)
@@ -381,6 +390,8 @@ private:
     };
     std::vector<LoraPair> lora_pairs_;
     void build_lora_b();                                  // the scaled B copies (not for a plan)
+    void fill_lora_b(LoraPair & pair, float adapter_scale, float * dst) const;  // B times the scale
+    std::vector<float> lora_scales_;                      // per adapter, as set last
     void drop_uploaded_lora_b(int first_gpu, bool output_gpu);  // frees those uploaded to the GPU
     int lora_rank_ = 0;
     bool lora_ffn_ = false;  // some gate or up projection has an update (glu runs in two steps)
@@ -388,6 +399,8 @@ private:
     // work: on the layer's own backend even when its big matmuls go to the GPU by op offload).
     void apply_lora(Backend * be, const WeightRef * const * w, float * const * y, int n_w, const float * x,
                     Scratch & s, int n);
+    // Whether some update of w is applied (an adapter of scale 0 is not: w runs as without it).
+    bool lora_on(const WeightRef & w) const;
     // Bytes of the updates of a matrix (the adapter's A and the scaled B).
     size_t lora_bytes(const WeightRef & w) const;
 };

@@ -212,6 +212,11 @@ void bind_model(pyb::module_ & m) {
             "int64)] in the order first seen ([] when collection was off).")
         .def_property_readonly("imatrix_active", &Model::imatrix_active)
         .def_property_readonly("warnings", &Model::warnings)
+        .def_property_readonly("lora_scales", &Model::lora_scales,
+                               "The LoRA adapters' scales, one per entry of loras, as set last.")
+        .def("set_lora_scales", &Model::set_lora_scales, pyb::arg("scales"),
+             "Sets every LoRA adapter's scale (one per entry of loras) for the decodes that follow; "
+             "0 skips an adapter. The K/V already cached are left as they are.")
         .def_property_readonly("placement", [](const Model & self) { return parts_list(self.placement()); })
         .def_property_readonly("config", [](const Model & self) {
             const Config & c = self.config();

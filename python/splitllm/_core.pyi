@@ -133,6 +133,12 @@ class Model:
     @property
     def warnings(self) -> list[str]: ...
     @property
+    def lora_scales(self) -> list[float]:
+        """The LoRA adapters' scales, one per entry of loras, as set last."""
+    def set_lora_scales(self, scales: list[float]) -> None:
+        """Sets every LoRA adapter's scale (one per entry of loras) for the decodes that follow;
+        0 skips an adapter. The K/V already cached are left as they are."""
+    @property
     def placement(self) -> list[dict[str, Any]]: ...
     @property
     def config(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from splitllm.imatrix import Imatrix, from_collected
 from splitllm.logprobs import check_n_top, token_logprob
 from splitllm.model_chat import ChatMethods
 from splitllm.model_complete import CompletionMethods
+from splitllm.model_lora import LoraMethods
 from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitllm.model's too
     LLAMA_POOLING_TYPE_CLS,
     LLAMA_POOLING_TYPE_LAST,
@@ -94,7 +95,7 @@ def rope_settings(scaling_type: int | None, freq_base: float, freq_scale: float,
             "yarn_orig_ctx": orig_ctx}
 
 
-class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
+class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     """A GGUF model loaded for inference.
 
     Follows ``llama_cpp.Llama``: same argument names, same result shapes. Weights stay in the
@@ -219,6 +220,8 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods):
         )
         self._loras = [(os.path.realpath(p), s, os.stat(p).st_size, os.stat(p).st_mtime_ns)
                        for p, s in adapters]
+        self._lora_paths = [p for p, _ in adapters]
+        self._lora_scales = [s for _, s in adapters]
         self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
         st = os.stat(path)  # which file a saved state belongs to
         self._file_identity = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
