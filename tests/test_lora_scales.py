@@ -30,7 +30,8 @@ def files(tmp_path_factory):
 
 
 def reference(held, adapters, scales):
-    return reference_logits(LLAMA, merged(held, [(p, s, a) for (p, a), s in zip(adapters, scales)]), TOKENS)
+    terms = [(p, s, a) for (p, a), s in zip(adapters, scales, strict=True)]
+    return reference_logits(LLAMA, merged(held, terms), TOKENS)
 
 
 def loras(d, scales):
@@ -109,9 +110,14 @@ def test_saved_state_remembers_the_scales(files):
 def test_bad_scales_are_refused_and_the_model_keeps_working(files):
     d, held, adapters = files
     with Model(d / "base.gguf", loras=loras(d, (1.0, 1.0)), **KW) as m:
-        for bad, match in [([1.0], r"expected 2 LoRA scales"), ({2: 1.0}, r"no LoRA adapter with id 2"),
-                           ({-1: 1.0}, r"id -1"), ([1.0, float("nan")], r"finite"),
-                           ({0: "1"}, r"finite number"), ({True: 1.0}, r"id True")]:
+        for bad, match in [
+            ([1.0], r"expected 2 LoRA scales"),
+            ({2: 1.0}, r"no LoRA adapter with id 2"),
+            ({-1: 1.0}, r"id -1"),
+            ([1.0, float("nan")], r"finite"),
+            ({0: "1"}, r"finite number"),
+            ({True: 1.0}, r"id True"),
+        ]:
             with pytest.raises(ValueError, match=match):
                 m.set_lora_scales(bad)
         assert [s for _, s in m.lora_adapters] == [1.0, 1.0]

@@ -38,7 +38,6 @@ from splitllm.imatrix import Imatrix, from_collected
 from splitllm.logprobs import check_n_top, token_logprob
 from splitllm.model_chat import ChatMethods
 from splitllm.model_complete import CompletionMethods
-from splitllm.model_lora import LoraMethods
 from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitllm.model's too
     LLAMA_POOLING_TYPE_CLS,
     LLAMA_POOLING_TYPE_LAST,
@@ -55,6 +54,7 @@ from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitll
     pooling_type_of,
     read_dense,
 )
+from splitllm.model_lora import LoraMethods
 from splitllm.model_state import ModelState  # noqa: F401 - splitllm.model's too
 from splitllm.sampling import LogitsHook, Sampler, SamplingParams, StopHook, sampling_params
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit

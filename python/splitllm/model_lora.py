@@ -9,8 +9,8 @@ from typing import Any
 
 
 class LoraMethods:
-    """Mixed into :class:`splitllm.Model` (which sets ``_loras``, ``_lora_paths``, ``_lora_scales``, ``_history``,
-    ``_prompt_end`` and ``_engine``)."""
+    """Mixed into :class:`splitllm.Model` (which sets ``_loras``, ``_lora_paths``, ``_lora_scales``,
+    ``_history``, ``_prompt_end`` and ``_engine``)."""
 
     _loras: list[tuple[Any, ...]]
     _lora_paths: list[str]
@@ -35,8 +35,9 @@ class LoraMethods:
         scales: a change forgets it (the next evaluation starts from scratch)."""
         self._apply_lora_scales(self.lora_scales_from(scales, keep_missing=True))
 
-    def lora_scales_from(self, scales: Mapping[int, float] | Sequence[float], *,
-                         keep_missing: bool) -> list[float]:
+    def lora_scales_from(
+        self, scales: Mapping[int, float] | Sequence[float], *, keep_missing: bool
+    ) -> list[float]:
         """Every adapter's scale from a full sequence or an ``{index: scale}`` mapping (adapters
         it leaves out: their current scale with ``keep_missing``, else 0 as llama-server's
         ``lora`` field has it); ValueError naming a bad index or scale."""
@@ -51,8 +52,11 @@ class LoraMethods:
             out, items = [0.0] * len(current), list(enumerate(scales))
         for i, s in items:
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(current):
-                raise ValueError(f"no LoRA adapter with id {i!r} (ids 0..{len(current) - 1})"
-                                 if current else f"no LoRA adapter with id {i!r}: none is loaded")
+                raise ValueError(
+                    f"no LoRA adapter with id {i!r} (ids 0..{len(current) - 1})"
+                    if current
+                    else f"no LoRA adapter with id {i!r}: none is loaded"
+                )
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
                 raise ValueError(f"LoRA adapter {i}: scale must be a finite number (got {s!r})")
             out[i] = float(s)
