@@ -56,6 +56,7 @@ from pydantic import ValidationError
 
 from splitllm import _core
 from splitllm.api_errors import APIKeyCheck, add_error_handlers, validation_message
+from splitllm.api_lora import lora_scales_of
 from splitllm.api_schema import (
     APIError,
     ChatRequest,
@@ -177,12 +178,14 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     # (these modules build on this one)
     from splitllm.api_anthropic import add_anthropic_routes
     from splitllm.api_embedding import add_embedding_routes
+    from splitllm.api_lora import add_lora_routes
     from splitllm.api_native import add_native_routes
     from splitllm.api_responses import add_responses_routes
     from splitllm.api_slots import add_slot_routes
 
     add_native_routes(app, svc)
     add_embedding_routes(app, svc)
+    add_lora_routes(app, svc)
     add_anthropic_routes(app, svc)
     add_responses_routes(app, svc)
     add_slot_routes(app, svc, endpoint=slots_endpoint, save_path=slot_save_path)
@@ -309,11 +312,14 @@ class _Service:
             tokens = self.model.check_prompt(tokens)
         except ValueError as e:
             raise APIError(400, str(e), param=param) from None
+        lora = getattr(body, "lora", None)
+        # (an empty list: the server's scales, as llama-server reads it)
+        scales = None if lora is None or lora == [] else lora_scales_of(self.model, lora)
         try:
             params = body.sampling_params()
             return self.engine.astream(tokens, params=params, seed=seed, max_tokens=max_tokens, stop=stop,
                                        logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs,
-                                       generate=generate, grammar=grammar)
+                                       generate=generate, grammar=grammar, lora=scales)
         except ValueError as e:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 

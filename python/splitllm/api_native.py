@@ -96,6 +96,7 @@ class _Settings:
 
     params: SamplingParams
     n_logprobs: int | None
+    lora: Any = None  # the request's "lora" field
 
     def sampling_params(self) -> SamplingParams:
         return self.params
@@ -148,7 +149,8 @@ class NativeAPI:
                            f"{body.n_cmpl})", param="n_cmpl")
         n_vocab = self.model.n_vocab()
         try:
-            settings = _Settings(body.sampling_params(self.tok, n_vocab, self.model.n_ctx()), body.n_logprobs)
+            settings = _Settings(body.sampling_params(self.tok, n_vocab, self.model.n_ctx()), body.n_logprobs,
+                                 body.lora)
         except ValueError as e:
             raise sampling_error(e) from None
         try:

@@ -107,6 +107,7 @@ class _Sampling(_NullIsDefault):
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices per prompt")
     user: str | None = None
     grammar: str | None = None  # GBNF (llama.cpp's and llama-cpp-python's servers take it)
+    lora: Any = None  # llama-server's per-request adapter scales (checked by api_lora.lora_scales_of)
     # llama-cpp-python's server's samplers (its ranges), typical_p, and llama-server's (``mirostat``
     # is its name of mirostat_mode; both may be given when they agree)
     typical_p: float = Field(1.0, ge=0.0, le=1.0)

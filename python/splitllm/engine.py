@@ -23,6 +23,13 @@ evaluates nothing). Where the rest would be a pass too short for the path readin
 takes, a few cached tokens are read again (:attr:`BatchEngine.prefill_threshold`), so a prompt
 gives the same logits whether or not part of it came from another request's prompt.
 
+LoRA adapters: each job runs under one set of adapter scales (its own, or the engine's
+:attr:`BatchEngine.lora_scales` when it was admitted). The model holds one set at a time, so
+jobs run together only with equal scales (llama-server batches only requests with equal LoRA
+configs): a queued job whose scales differ from the running jobs' waits until they end. A slot
+remembers the scales its cache was computed under and offers its prefix only to a job with the
+same scales.
+
 While an engine runs, it is the only user of the model: do not call the Model's own generation
 methods at the same time.
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import queue
 import threading
 import time
@@ -93,6 +101,7 @@ class Job:
     embeddings: list[np.ndarray] | None = None  # an embedding job's hidden states, pass by pass
     classify: bool = False  # a reranker's job: embeddings holds the scores of the text's first token
     grammar: Any = None  # the grammar's matching state (_core.Grammar) when the text must follow one
+    lora: tuple[float, ...] | None = None  # the adapters' scales it runs under (None: the engine's)
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
     t_start: float = 0.0   # perf_counter() when the job got its slot
     t_prompt: float = 0.0  # ... when the prompt was read (its first token sampled)
@@ -111,6 +120,7 @@ class _Slot:
     n_logits: int = 0
     last_used: int = 0
     job: Job | None = None
+    lora: tuple[float, ...] = ()  # the LoRA scales its cache was computed under
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -146,6 +156,9 @@ class BatchEngine:
         self._stats: dict[str, float] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
         self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
         model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
+        self._lora = tuple(model._lora_scales)  # for jobs without their own
+        for s in self._slots:
+            s.lora = self._lora
         if model.config["encoder"]:  # an embedding model: no decoding, nothing to probe
             self.decode_width, self.prefill_threshold = self.n_parallel, None
         else:
@@ -160,6 +173,27 @@ class BatchEngine:
     def stats(self) -> EngineStats:
         with self._cv:
             return EngineStats(**self._stats)
+
+    @property
+    def lora_scales(self) -> list[float]:
+        """The LoRA scales a job without its own runs under (llama-server's global ones)."""
+        with self._cv:
+            return list(self._lora)
+
+    def set_lora_scales(self, scales: Sequence[float]) -> None:
+        """Sets :attr:`lora_scales` (every adapter's, as ``Model.lora_scales_from`` gives them) for
+        the jobs admitted from now on; running jobs keep theirs."""
+        scales = self._check_lora(scales)
+        with self._cv:
+            self._lora = scales
+            self._cv.notify()
+
+    def _check_lora(self, scales: Sequence[float]) -> tuple[float, ...]:
+        """Every adapter's scale, checked here (a bad one would fail the engine thread's admission)."""
+        out = tuple(float(x) for x in scales)
+        if len(out) != len(self._lora) or not all(math.isfinite(x) for x in out):
+            raise ValueError(f"expected {len(self._lora)} finite LoRA scales (got {list(scales)!r})")
+        return out
 
     @property
     def n_active(self) -> int:
@@ -182,13 +216,16 @@ class BatchEngine:
         prompt_logprobs: bool = False,
         generate: bool = True,
         grammar: Grammar | None = None,
+        lora: Sequence[float] | None = None,
     ) -> Job:
         """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
         (``max_tokens`` None or <= 0: until the sequence's context is full). With
         ``prompt_logprobs`` (and ``logprobs``), the prompt is read from scratch with the logits of
         every position and its tokens' entries are in ``job.prompt_logprobs`` before the first
         event, as ``Model.prompt_logprobs`` gives them. ``generate=False``: the prompt is only read
-        (and scored); the job ends with it, finish reason "length". Raises ValueError on bad input."""
+        (and scored); the job ends with it, finish reason "length". ``lora``: every adapter's scale
+        for this job (``Model.lora_scales_from``); None: :attr:`lora_scales`. Raises ValueError on
+        bad input."""
         prompt = self.model.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
         n_top = check_n_top(logprobs)
@@ -202,6 +239,8 @@ class BatchEngine:
                          limit=completion_limit(max_tokens, len(prompt), self.slot_ctx) if generate else 0,
                          logprobs=n_top)
         job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event)
+        if lora is not None:
+            job.lora = self._check_lora(lora)
         if grammar is not None:
             job.grammar = grammar.state()
         if prompt_logprobs:
@@ -316,7 +355,7 @@ class BatchEngine:
                                  f"{self.slot_ctx}")
             s.cached, s.logits, s.n_logits = [], None, 0  # (unknown if the write fails half way)
             self._core.kv_write(s.index, len(toks), data)
-            s.cached = toks
+            s.cached, s.lora = toks, self._lora  # (a saved state does not say its scales)
             return len(toks)
 
         return self._control(index, restore)
@@ -406,10 +445,23 @@ class BatchEngine:
         free slot whose cache shares the longest prefix with its prompt (then the least recently used)."""
         free = [s for s in self._slots if s.job is None]
         while self._pending and free:
-            job = self._pending.popleft()
-            slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
+            job = self._pending[0]
+            lora = self._lora if job.lora is None else job.lora
+            if lora != self._applied_lora():
+                if self._active:
+                    break  # it waits (first come, first served) for the jobs under other scales
+                self.model._apply_lora_scales(list(lora))
+            self._pending.popleft()
+            job.lora = lora
+
+            def reusable(s: _Slot, job: Job = job) -> int:  # (a cache of other scales is not)
+                return common_prefix(s.cached, job.prompt) if s.lora == job.lora else 0
+
+            slot = max(free, key=lambda s: (reusable(s), -s.last_used))
             free.remove(slot)
-            keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt))
+            if slot.lora != lora:
+                slot.cached, slot.logits, slot.n_logits, slot.lora = [], None, 0, lora
+            keep = min(reusable(slot), len(job.prompt))
             if job.prompt_logprobs is not None or job.embeddings is not None:
                 keep = 0  # every position's rows are wanted: read the prompt from scratch
             elif (keep == len(job.prompt) and slot.logits is not None and slot.n_logits == keep
@@ -428,6 +480,9 @@ class BatchEngine:
             self._stats["prompt_cached"] += keep
             self._active.append(job)
             self._stats["prompt_tokens"] += len(job.prompt)
+
+    def _applied_lora(self) -> tuple[float, ...]:
+        return tuple(self.model._lora_scales)
 
     def _step(self) -> None:
         """Evaluates the next token of every decoding job, then prompt chunks of the others."""

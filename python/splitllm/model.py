@@ -107,7 +107,8 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     llama-server does; ``swa_full=True`` gives them ``n_ctx`` cells like the others (more memory,
     but any cached prefix can be continued, where the small cache may have to read a prompt again).
     ``lora_path`` / ``lora_scale`` (llama-cpp-python's) apply a LoRA adapter GGUF at run time, as
-    llama.cpp does; ``loras`` takes several ``(path, scale)`` pairs. ``spm_infill``: a completion
+    llama.cpp does; ``loras`` takes several ``(path, scale)`` pairs; :meth:`set_lora_scales` changes
+    their scales later (:attr:`lora_adapters` lists them). ``spm_infill``: a completion
     with a ``suffix`` puts the suffix before the prefix (see :mod:`splitllm.infill`).
     ``rope_scaling_type``, ``rope_freq_base``, ``rope_freq_scale`` and the ``yarn_*`` settings are
     llama-cpp-python's (and llama.cpp's) rotary overrides, e.g. ``rope_scaling_type=2,

@@ -78,6 +78,7 @@ class NativeRequest(_NullIsDefault):
     return_tokens: bool = False
     n_cmpl: int = Field(1, ge=1)
     response_fields: list[str] | None = None
+    lora: Any = None  # the adapters' scales for this request (api_lora.lora_scales_of)
     cache_prompt: bool = True  # (the slots' caches are always reused: results do not depend on it)
     model: str | None = None
     top_n_sigma: float = -1.0

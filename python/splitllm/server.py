@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "/v1/embeddings, /v1/rerank, /v1/models, /v1/responses, /health; Anthropic's "
                        "/v1/messages; and llama-server's /completion, /infill (fill-in-the-middle for code "
                        "completion clients), /embedding, /props, /apply-template, /tokenize, /detokenize, "
-                       "/metrics, /slots. Concurrent requests share each forward pass.")
+                       "/metrics, /slots, /lora-adapters. Concurrent requests share each forward pass.")
     p.add_argument("model", help="GGUF model file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=23333, help="port (default 23333)")
@@ -57,17 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slot-save-path", default=None, metavar="DIR",
                    help="folder where POST /slots/{id}?action=save|restore writes and reads slots' caches "
                         "(without it, that endpoint answers 501)")
+    p.add_argument("--lora-init-without-apply", action="store_true",
+                   help="load the LoRA adapters with scale 0 (set them later with POST /lora-adapters)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from splitllm.api import create_app
-    from splitllm.engine import BatchEngine
-
     if args.parallel < 1:
         raise ValueError(f"--parallel must be at least 1 (got {args.parallel})")
     if not 0 <= args.port < 65536:
@@ -76,8 +73,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--slot-save-path {args.slot_save_path!r}: not a folder")
     pooling = args.pooling if args.pooling is not None else -1
     extra = {"n_seq_max": args.parallel, "pooling_type": pooling, "spm_infill": args.spm_infill}
-    with (load_model(args, **extra) as model,
-          BatchEngine(model) as engine):
+    with load_model(args, **extra) as model:
+        if args.lora_init_without_apply:
+            model.set_lora_scales([0.0] * len(model.lora_adapters))
+        _serve(args, model)
+    return 0
+
+
+def _serve(args: argparse.Namespace, model: Any) -> None:
+    import uvicorn
+
+    from splitllm.api import create_app
+    from splitllm.engine import BatchEngine
+
+    with BatchEngine(model) as engine:
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key,
                          chat_template_kwargs=args.chat_template_kwargs,
                          reasoning_format=args.reasoning_format, slots_endpoint=args.slots,
@@ -88,7 +97,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"{', API key required' if args.api_key else ''}", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=5)
-    return 0
 
 
 class BackgroundServer:
