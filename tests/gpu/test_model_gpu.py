@@ -199,3 +199,25 @@ def test_causal_reranker_head_after_gpu_layers(tmp_path):
     gpu = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1).decode(*args)
     assert cpu.shape == (1, 2) and abs(cpu.sum() - 1) < 1e-5
     assert np.abs(gpu - cpu).max() < 2e-3
+
+
+def test_lora_scales_changed_on_the_gpu(tmp_path):
+    """An adapter's B held on the GPU is refreshed when its scale changes (after CUDA graphs were
+    captured with the old one): the GPU model then matches a CPU model loaded with the new scale."""
+    from test_lora import random_pairs, write_lora
+
+    cfg = TinyConfig(arch="llama", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=8)
+    path = tmp_path / "base.gguf"
+    held = write_gguf(make_weights(cfg), path)
+    names = ["blk.0.attn_q.weight", "blk.1.ffn_up.weight", "blk.3.attn_output.weight", "output.weight"]
+    lora = str(tmp_path / "a.gguf")
+    write_lora(tmp_path / "a.gguf", "llama", random_pairs(held, names, 8, 3), alpha=16.0)
+    gpu = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1, loras=[(lora, 1.0)])
+    greedy(gpu, PROMPT)
+    for scale in (0.5, 0.0, -1.0):
+        gpu.set_lora_scales([scale])
+        cpu = _core.Model(str(path), n_ctx=256, op_offload=False, loras=[(lora, scale)])
+        ref_logits, ref_text = greedy(cpu, PROMPT)
+        got_logits, got_text = greedy(gpu, PROMPT)
+        assert mean_kl(ref_logits, got_logits) <= KL_MAX, scale
+        assert got_text == ref_text, scale
