@@ -257,11 +257,149 @@ struct KQuant<QType::IQ1_M> {
                                _mm256_cmpeq_epi32(_mm256_and_si256(nib.b, eight), eight)});
     }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
-        const block_iq1_m & b = *reinterpret_cast<const block_iq1_m *>(sb);
-        const float d = h2f(iq1_m_scale(b));
-        float s[16];
-        for (int gi = 0; gi < 16; ++gi) s[gi] = d * float(2 * iq1_m_group_scale(b, gi) + 1) * 0.125f;
-        load_scales(s, dg, mg);
+        // Group G: bits 3 (G % 4) of scale word G / 4 (dg[h]: groups 8 h .. 8 h + 7).
+        const float d = h2f(iq1_m_scale(*reinterpret_cast<const block_iq1_m *>(sb))) * 0.125f;
+        const __m256i w = _mm256_castsi128_si256(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 48))));
+        const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i v = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(2 * h, 2 * h, 2 * h, 2 * h, 2 * h + 1, 2 * h + 1, 2 * h + 1, 2 * h + 1));
+            const __m256i x = bits_at(v, sh, 7);
+            dg[h] = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(x, 1), _mm256_set1_epi32(1))));
+            mg[h] = _mm256_setzero_ps();
+        }
+    }
+};
+
+
+// ---- decode (gemv_avx2.cpp, grid_row): half a super-block at a time ----
+// Each 8-value entry is one qword load from a table (IQ3: two dwords), the index bytes read by
+// the scalar units; the sign bytes are expanded in vector code to bytes +1 / -1 for vpsignb on
+// the activations, so the grid magnitudes (all nonzero) go to vpmaddubsw as they are. The
+// products equal dot4_signed's of the signed codes exactly: the sums are bitwise codes()'s.
+
+// IQ1 entries as 128 + 8 g + 1 per byte (delta +1/8); a negative delta takes 0x02 off each
+// byte (no borrow: bytes are 121..137), xor 0x80 then gives the signed code 8 g +- 1.
+struct Iq1Table {
+    alignas(64) uint64_t e[2048];
+};
+constexpr Iq1Table make_iq1_table() {
+    Iq1Table t{};
+    for (int i = 0; i < 2048; ++i)
+        for (int j = 0; j < 8; ++j)
+            t.e[i] |= uint64_t(uint8_t(8 * int(int8_t(uint8_t(iq1s_grid[i] >> (8 * j)))) + 129)) << (8 * j);
+    return t;
+}
+alignas(64) inline constexpr Iq1Table kIq1Entries = make_iq1_table();
+
+// Magnitudes of a half in the Codes order: f(j, e) gives entry e (8 values) of block j of the
+// half; lo01 = block 0's entries 0, 1 then block 1's, hi01 their entries 2, 3.
+template <class F>
+SL_FORCE_INLINE Codes entries_half(F f) {
+    auto ymm = [&](int j, int e) {
+        return _mm256_setr_epi64x(int64_t(f(j, e)), int64_t(f(j, e + 1)), int64_t(f(j + 1, e)), int64_t(f(j + 1, e + 1)));
+    };
+    return {ymm(0, 0), ymm(2, 0), ymm(0, 2), ymm(2, 2)};
+}
+
+// The 16 sign bytes of a half (byte 4 j + e: entry e of block j; bit i negates value i) as
+// vpsignb operands in the Codes order.
+SL_FORCE_INLINE Codes sign_masks(__m128i s16) {
+    const __m256i s = _mm256_broadcastsi128_si256(s16);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL), one = _mm256_set1_epi8(1);
+    auto m = [&](int b0, int b1) {
+        const __m256i ctl = _mm256_setr_epi64x(0x0101010101010101LL * b0, 0x0101010101010101LL * (b0 + 1),
+                                               0x0101010101010101LL * b1, 0x0101010101010101LL * (b1 + 1));
+        return _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(s, ctl), bit), bit), one);
+    };
+    return {m(0, 4), m(8, 12), m(2, 6), m(10, 14)};
+}
+
+// ksigns of 16 bytes of 7-bit indices (bit 7 clear): the eighth bit makes the count even.
+SL_FORCE_INLINE __m128i ksigns_bytes(__m128i x) {
+    __m128i p = _mm_xor_si128(x, _mm_srli_epi32(x, 4));  // bit 0 of each byte: that byte's parity
+    p = _mm_xor_si128(p, _mm_srli_epi32(p, 2));
+    p = _mm_xor_si128(p, _mm_srli_epi32(p, 1));
+    return _mm_or_si128(x, _mm_slli_epi32(_mm_and_si128(p, _mm_set1_epi8(1)), 7));
+}
+
+// The four 7-bit fields (bits 0, 7, 14, 21) of 4 dwords to bytes 4 j .. 4 j + 3.
+SL_FORCE_INLINE __m128i sign_fields(__m128i v) {
+    const __m128i f0 = _mm_and_si128(v, _mm_set1_epi32(0x7F));
+    const __m128i f1 = _mm_and_si128(_mm_slli_epi32(v, 1), _mm_set1_epi32(0x7F00));
+    const __m128i f2 = _mm_and_si128(_mm_slli_epi32(v, 2), _mm_set1_epi32(0x7F0000));
+    const __m128i f3 = _mm_and_si128(_mm_slli_epi32(v, 3), _mm_set1_epi32(0x7F000000));
+    return _mm_or_si128(_mm_or_si128(f0, f1), _mm_or_si128(f2, f3));
+}
+
+// Two 4-value entries joined into 8 values.
+SL_FORCE_INLINE uint64_t join4(const uint32_t * grid, uint32_t i0, uint32_t i1) { return grid[i0] | uint64_t(grid[i1]) << 32; }
+
+// IQ1: signed codes from the half's entries, as magnitude and sign operand.
+SL_FORCE_INLINE void iq1_split(Codes c, Codes * mag, Codes * sgn) {
+    const __m256i top = _mm256_set1_epi8(-128);
+    auto fix = [&](__m256i e, __m256i & m, __m256i & s) {
+        s = _mm256_xor_si256(e, top);
+        m = _mm256_sign_epi8(s, s);
+    };
+    fix(c.lo01, mag->lo01, sgn->lo01);
+    fix(c.lo23, mag->lo23, sgn->lo23);
+    fix(c.hi01, mag->hi01, sgn->hi01);
+    fix(c.hi23, mag->hi23, sgn->hi23);
+}
+
+struct GridDecode {
+    static SL_FORCE_INLINE void iq2_xxs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+        // Block: 4 index bytes, then a dword of 4 x 7 sign bits and the scale.
+        const uint8_t * h = sb + 2 + 32 * g;
+        *mag = entries_half([&](int j, int e) { return iq2xxs_grid[h[8 * j + e]]; });
+        const __m256i odd = _mm256_permutevar8x32_epi32(load32(h), _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
+        *sgn = sign_masks(ksigns_bytes(sign_fields(_mm256_castsi256_si128(odd))));
+    }
+    static SL_FORCE_INLINE void iq2_xs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+        // A u16 per entry: 9-bit index, 7 sign bits.
+        const uint8_t * h = sb + 2 + 32 * g;
+        *mag = entries_half([&](int j, int e) { return iq2xs_grid[load_u16(h + 8 * j + 2 * e) & 511]; });
+        const __m256i s7 = _mm256_srli_epi16(load32(h), 9);
+        *sgn = sign_masks(ksigns_bytes(_mm_packus_epi16(_mm256_castsi256_si128(s7), _mm256_extracti128_si256(s7, 1))));
+    }
+    static SL_FORCE_INLINE void iq2_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+        *mag = entries_half([&](int j, int e) {
+            const int b = 4 * g + j;
+            return iq2s_grid[sb[2 + 4 * b + e] | ((sb[66 + b] >> (2 * e)) & 3) << 8];
+        });
+        *sgn = sign_masks(load16(sb + 34 + 16 * g));
+    }
+    static SL_FORCE_INLINE void iq3_xxs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+        const uint8_t * q = sb + 2 + 32 * g;
+        *mag = entries_half([&](int j, int e) { return join4(iq3xxs_grid, q[8 * j + 2 * e], q[8 * j + 2 * e + 1]); });
+        *sgn = sign_masks(ksigns_bytes(sign_fields(load16(sb + 66 + 16 * g))));
+    }
+    static SL_FORCE_INLINE void iq3_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+        // Index bit 8 of 4-value entry i of block b: bit i of qh[b].
+        const uint8_t * q = sb + 2 + 32 * g;
+        *mag = entries_half([&](int j, int e) {
+            const uint32_t qh = uint32_t(sb[66 + 4 * g + j]) >> (2 * e);
+            return join4(iq3s_grid, q[8 * j + 2 * e] | (qh & 1) << 8, q[8 * j + 2 * e + 1] | (qh & 2) << 7);
+        });
+        *sgn = sign_masks(load16(sb + 74 + 16 * g));
+    }
+    static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+        // Block: 4 index bytes; a u16 of 3 high index bits per entry, the scale, the delta sign.
+        iq1_split(entries_half([&](int j, int e) {
+                      const int b = 4 * g + j;
+                      const uint32_t qh = uint32_t(load_u16(sb + 34 + 2 * b));
+                      return kIq1Entries.e[sb[2 + 4 * b + e] | ((qh >> (3 * e)) & 7) << 8] - (qh >> 15) * 0x0202020202020202ULL;
+                  }),
+                  mag, sgn);
+    }
+    static SL_FORCE_INLINE void iq1_m(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+        // Block: 4 index bytes; a u16 of a nibble per entry (3 high index bits, the delta sign).
+        iq1_split(entries_half([&](int j, int e) {
+                      const int b = 4 * g + j;
+                      const uint32_t nib = (uint32_t(load_u16(sb + 32 + 2 * b)) >> (4 * e)) & 15;
+                      return kIq1Entries.e[sb[4 * b + e] | (nib & 7) << 8] - (nib >> 3) * 0x0202020202020202ULL;
+                  }),
+                  mag, sgn);
     }
 };
 
