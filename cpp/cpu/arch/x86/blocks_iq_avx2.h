@@ -275,10 +275,11 @@ struct KQuant<QType::IQ1_M> {
 // Each 8-value entry is one qword load from a table (IQ3: two dwords), the index bytes read by
 // the scalar units; the sign bytes are expanded in vector code to bytes +1 / -1 for vpsignb on
 // the activations, so the grid magnitudes (all nonzero) go to vpmaddubsw as they are. The
-// products equal dot4_signed's of the signed codes exactly: the sums are bitwise codes()'s.
+// products equal dot4_signed's of the signed codes exactly. IQ1 takes biased codes instead.
 
-// IQ1 entries as 128 + 8 g + 1 per byte (delta +1/8); a negative delta takes 0x02 off each
-// byte (no borrow: bytes are 121..137), xor 0x80 then gives the signed code 8 g +- 1.
+// IQ1 entries as codes 16 + 8 g + 1 per byte (9, 17, 25; delta +1/8): unsigned and small, so
+// vpmaddubsw takes them with the activations as they are, and the bias 16 comes off through
+// the activation sums (grid_row). A negative delta takes 2 off each byte (no borrow).
 struct Iq1Table {
     alignas(64) uint64_t e[2048];
 };
@@ -286,7 +287,7 @@ constexpr Iq1Table make_iq1_table() {
     Iq1Table t{};
     for (int i = 0; i < 2048; ++i)
         for (int j = 0; j < 8; ++j)
-            t.e[i] |= uint64_t(uint8_t(8 * int(int8_t(uint8_t(iq1s_grid[i] >> (8 * j)))) + 129)) << (8 * j);
+            t.e[i] |= uint64_t(uint8_t(8 * int(int8_t(uint8_t(iq1s_grid[i] >> (8 * j)))) + 17)) << (8 * j);
     return t;
 }
 alignas(64) inline constexpr Iq1Table kIq1Entries = make_iq1_table();
@@ -334,19 +335,6 @@ SL_FORCE_INLINE __m128i sign_fields(__m128i v) {
 // Two 4-value entries joined into 8 values.
 SL_FORCE_INLINE uint64_t join4(const uint32_t * grid, uint32_t i0, uint32_t i1) { return grid[i0] | uint64_t(grid[i1]) << 32; }
 
-// IQ1: signed codes from the half's entries, as magnitude and sign operand.
-SL_FORCE_INLINE void iq1_split(Codes c, Codes * mag, Codes * sgn) {
-    const __m256i top = _mm256_set1_epi8(-128);
-    auto fix = [&](__m256i e, __m256i & m, __m256i & s) {
-        s = _mm256_xor_si256(e, top);
-        m = _mm256_sign_epi8(s, s);
-    };
-    fix(c.lo01, mag->lo01, sgn->lo01);
-    fix(c.lo23, mag->lo23, sgn->lo23);
-    fix(c.hi01, mag->hi01, sgn->hi01);
-    fix(c.hi23, mag->hi23, sgn->hi23);
-}
-
 struct GridDecode {
     static SL_FORCE_INLINE void iq2_xxs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes, then a dword of 4 x 7 sign bits and the scale.
@@ -385,21 +373,21 @@ struct GridDecode {
     }
     static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of 3 high index bits per entry, the scale, the delta sign.
-        iq1_split(entries_half([&](int j, int e) {
-                      const int b = 4 * g + j;
-                      const uint32_t qh = uint32_t(load_u16(sb + 34 + 2 * b));
-                      return kIq1Entries.e[sb[2 + 4 * b + e] | ((qh >> (3 * e)) & 7) << 8] - (qh >> 15) * 0x0202020202020202ULL;
-                  }),
-                  mag, sgn);
+        *mag = entries_half([&](int j, int e) {
+            const int b = 4 * g + j;
+            const uint32_t qh = uint32_t(load_u16(sb + 34 + 2 * b));
+            return kIq1Entries.e[sb[2 + 4 * b + e] | ((qh >> (3 * e)) & 7) << 8] - (qh >> 15) * 0x0202020202020202ULL;
+        });
+        *sgn = *mag;  // unused
     }
     static SL_FORCE_INLINE void iq1_m(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of a nibble per entry (3 high index bits, the delta sign).
-        iq1_split(entries_half([&](int j, int e) {
-                      const int b = 4 * g + j;
-                      const uint32_t nib = (uint32_t(load_u16(sb + 32 + 2 * b)) >> (4 * e)) & 15;
-                      return kIq1Entries.e[sb[4 * b + e] | (nib & 7) << 8] - (nib >> 3) * 0x0202020202020202ULL;
-                  }),
-                  mag, sgn);
+        *mag = entries_half([&](int j, int e) {
+            const int b = 4 * g + j;
+            const uint32_t nib = (uint32_t(load_u16(sb + 32 + 2 * b)) >> (4 * e)) & 15;
+            return kIq1Entries.e[sb[4 * b + e] | (nib & 7) << 8] - (nib >> 3) * 0x0202020202020202ULL;
+        });
+        *sgn = *mag;  // unused
     }
 };
 

@@ -164,12 +164,14 @@ constexpr auto grid_decoder() {
     else return nullptr;
 }
 
-// kquant_row for the grid types: magnitudes and sign bytes (the signs go onto the activations);
-// the same integer sums and float steps as kquant_row's signed-code branches. Flattened: GCC
+// kquant_row for the grid types: magnitudes and sign bytes (the signs go onto the activations):
+// the same integer sums and float steps as kquant_row's signed-code branches; IQ1 as unsigned
+// codes 16 + v (|v| <= 9: no sign step) and an offset term on the activation sums. Flattened: GCC
 // left the decoders' lambdas as calls, through memory (1.5 GB/s instead of 2.3 on IQ2_XXS).
 template <QType WT, int NT>
 __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m256 * fin) {
     using B = KQuant<WT>;
+    constexpr bool kBiased = WT == QType::IQ1_S || WT == QType::IQ1_M;  // unsigned codes 16 + v
     RowAcc<NT> r;
     const __m256i dlo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dhi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     const __m256i e[4] = {_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
@@ -184,14 +186,24 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
             const __m256 da = _mm256_loadu_ps(a.d[t] + 8 * i);
             c[t][0] = _mm256_mul_ps(dg[0], _mm256_permutevar8x32_ps(da, dlo));
             c[t][1] = _mm256_mul_ps(dg[1], _mm256_permutevar8x32_ps(da, dhi));
+            if constexpr (kBiased) {  // codes 16 + v: take 16 dg x (d_a x the 16 codes' sum) off
+                const __m256 m16 = _mm256_set1_ps(-16.0f);
+                r.accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(m16, dg[0]), _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
+                r.accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(m16, dg[1]), _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
+            }
         }
         for (int g = 0; g < 2; ++g) {
             Codes m, s;
             grid_decoder<WT>()(sb, g, &m, &s);
             for (int t = 0; t < NT; ++t) {
                 const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
-                const __m256i a0 = sg(load_acts(x), s.lo01), a1 = sg(load_acts(x + 32), s.lo23);
-                const __m256i a2 = sg(load_acts(x + 64), s.hi01), a3 = sg(load_acts(x + 96), s.hi23);
+                __m256i a0 = load_acts(x), a1 = load_acts(x + 32), a2 = load_acts(x + 64), a3 = load_acts(x + 96);
+                if constexpr (!kBiased) {
+                    a0 = sg(a0, s.lo01);
+                    a1 = sg(a1, s.lo23);
+                    a2 = sg(a2, s.hi01);
+                    a3 = sg(a3, s.hi23);
+                }
                 __m256 & acc = r.acc[t][g];
                 if constexpr (B::kGroups16) {
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(m.lo01, a0)), _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
