@@ -335,6 +335,26 @@ SL_FORCE_INLINE __m128i sign_fields(__m128i v) {
 // Two 4-value entries joined into 8 values.
 SL_FORCE_INLINE uint64_t join4(const uint32_t * grid, uint32_t i0, uint32_t i1) { return grid[i0] | uint64_t(grid[i1]) << 32; }
 
+// IQ1 entries of a half from its 16 index bytes q and their high bits hi (dword lanes: entry
+// 4 j + e of block j, blocks 0, 1 in .a, 2, 3 in .b), neg: all ones where the delta is negative.
+// The indices go through memory to the scalar units (1 load each instead of 6 ALU operations).
+SL_FORCE_INLINE Codes iq1_entries(const uint8_t * q, __m256i hi_a, __m256i hi_b, Idx16 neg) {
+    alignas(32) uint32_t ix[16];
+    const Idx16 lo = bytes_to_idx(load16(q));
+    _mm256_store_si256(reinterpret_cast<__m256i *>(ix), _mm256_or_si256(lo.a, _mm256_slli_epi32(hi_a, 8)));
+    _mm256_store_si256(reinterpret_cast<__m256i *>(ix + 8), _mm256_or_si256(lo.b, _mm256_slli_epi32(hi_b, 8)));
+    Codes c = entries_half([&](int j, int e) { return kIq1Entries.e[ix[4 * j + e]]; });
+    // Qword k of lo01 / hi01: entry (k / 2, k % 2) / (k / 2, 2 + k % 2) of blocks 0, 1 (.a).
+    const __m256i two = _mm256_set1_epi8(2);
+    const __m256i plo = _mm256_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5), phi = _mm256_setr_epi32(2, 2, 3, 3, 6, 6, 7, 7);
+    auto off = [&](__m256i n, __m256i p) { return _mm256_and_si256(_mm256_permutevar8x32_epi32(n, p), two); };
+    c.lo01 = _mm256_sub_epi8(c.lo01, off(neg.a, plo));
+    c.hi01 = _mm256_sub_epi8(c.hi01, off(neg.a, phi));
+    c.lo23 = _mm256_sub_epi8(c.lo23, off(neg.b, plo));
+    c.hi23 = _mm256_sub_epi8(c.hi23, off(neg.b, phi));
+    return c;
+}
+
 struct GridDecode {
     static SL_FORCE_INLINE void iq2_xxs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes, then a dword of 4 x 7 sign bits and the scale.
@@ -373,20 +393,24 @@ struct GridDecode {
     }
     static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of 3 high index bits per entry, the scale, the delta sign.
-        *mag = entries_half([&](int j, int e) {
-            const int b = 4 * g + j;
-            const uint32_t qh = uint32_t(load_u16(sb + 34 + 2 * b));
-            return kIq1Entries.e[sb[2 + 4 * b + e] | ((qh >> (3 * e)) & 7) << 8] - (qh >> 15) * 0x0202020202020202ULL;
-        });
+        const __m256i qh = _mm256_castsi128_si256(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 34 + 8 * g))));
+        const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9);
+        const __m256i neg = _mm256_srai_epi32(_mm256_slli_epi32(qh, 16), 31);  // lane j: block j's delta < 0
+        *mag = iq1_entries(sb + 2 + 16 * g, bits_at(_mm256_permutevar8x32_epi32(qh, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)), sh, 7),
+                           bits_at(_mm256_permutevar8x32_epi32(qh, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)), sh, 7),
+                           {_mm256_permutevar8x32_epi32(neg, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
+                            _mm256_permutevar8x32_epi32(neg, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3))});
         *sgn = *mag;  // unused
     }
     static SL_FORCE_INLINE void iq1_m(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of a nibble per entry (3 high index bits, the delta sign).
-        *mag = entries_half([&](int j, int e) {
-            const int b = 4 * g + j;
-            const uint32_t nib = (uint32_t(load_u16(sb + 32 + 2 * b)) >> (4 * e)) & 15;
-            return kIq1Entries.e[sb[4 * b + e] | (nib & 7) << 8] - (nib >> 3) * 0x0202020202020202ULL;
-        });
+        const __m256i qh = _mm256_castsi128_si256(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 32 + 8 * g))));
+        const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
+        const __m256i na = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(qh, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)), sh);
+        const __m256i nb = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(qh, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)), sh);
+        const __m256i seven = _mm256_set1_epi32(7);
+        auto neg = [](__m256i n) { return _mm256_srai_epi32(_mm256_slli_epi32(n, 28), 31); };
+        *mag = iq1_entries(sb + 16 * g, _mm256_and_si256(na, seven), _mm256_and_si256(nb, seven), {neg(na), neg(nb)});
         *sgn = *mag;  // unused
     }
 };
