@@ -315,22 +315,26 @@ SL_FORCE_INLINE Codes sign_masks(__m128i s16) {
     return {m(0, 4), m(8, 12), m(2, 6), m(10, 14)};
 }
 
-// ksigns of 16 bytes of 7-bit indices (bit 7 clear): the eighth bit makes the count even.
-SL_FORCE_INLINE __m128i ksigns_bytes(__m128i x) {
-    __m128i p = _mm_xor_si128(x, _mm_srli_epi32(x, 4));  // bit 0 of each byte: that byte's parity
-    p = _mm_xor_si128(p, _mm_srli_epi32(p, 2));
-    p = _mm_xor_si128(p, _mm_srli_epi32(p, 1));
-    return _mm_or_si128(x, _mm_slli_epi32(_mm_and_si128(p, _mm_set1_epi8(1)), 7));
+// ksigns of 32 bytes of 7-bit indices (bit 7 clear): the eighth bit makes the count even
+// (the parity of each nibble from a vpshufb table).
+SL_FORCE_INLINE __m256i ksigns_bytes(__m256i x) {
+    const __m256i par = _mm256_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0,
+                                         0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0);
+    const __m256i lo = _mm256_and_si256(x, _mm256_set1_epi8(15)), hi = _mm256_srli_epi16(x, 4);  // x < 128: hi < 8
+    return _mm256_or_si256(x, _mm256_xor_si256(_mm256_shuffle_epi8(par, lo), _mm256_shuffle_epi8(par, _mm256_and_si256(hi, _mm256_set1_epi8(15)))));
 }
 
-// The four 7-bit fields (bits 0, 7, 14, 21) of 4 dwords to bytes 4 j .. 4 j + 3.
-SL_FORCE_INLINE __m128i sign_fields(__m128i v) {
-    const __m128i f0 = _mm_and_si128(v, _mm_set1_epi32(0x7F));
-    const __m128i f1 = _mm_and_si128(_mm_slli_epi32(v, 1), _mm_set1_epi32(0x7F00));
-    const __m128i f2 = _mm_and_si128(_mm_slli_epi32(v, 2), _mm_set1_epi32(0x7F0000));
-    const __m128i f3 = _mm_and_si128(_mm_slli_epi32(v, 3), _mm_set1_epi32(0x7F000000));
-    return _mm_or_si128(_mm_or_si128(f0, f1), _mm_or_si128(f2, f3));
+// The four 7-bit fields (bits 0, 7, 14, 21) of 8 dwords to bytes 4 j .. 4 j + 3.
+SL_FORCE_INLINE __m256i sign_fields(__m256i v) {
+    const __m256i f0 = _mm256_and_si256(v, _mm256_set1_epi32(0x7F));
+    const __m256i f1 = _mm256_and_si256(_mm256_slli_epi32(v, 1), _mm256_set1_epi32(0x7F00));
+    const __m256i f2 = _mm256_and_si256(_mm256_slli_epi32(v, 2), _mm256_set1_epi32(0x7F0000));
+    const __m256i f3 = _mm256_and_si256(_mm256_slli_epi32(v, 3), _mm256_set1_epi32(0x7F000000));
+    return _mm256_or_si256(_mm256_or_si256(f0, f1), _mm256_or_si256(f2, f3));
 }
+
+// Half g's 16 bytes of a super-block's 32.
+SL_FORCE_INLINE __m128i half_of(__m256i v, int g) { return g ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v); }
 
 // Two 4-value entries joined into 8 values.
 SL_FORCE_INLINE uint64_t join4(const uint32_t * grid, uint32_t i0, uint32_t i1) { return grid[i0] | uint64_t(grid[i1]) << 32; }
@@ -356,42 +360,69 @@ SL_FORCE_INLINE Codes iq1_entries(const uint8_t * q, __m256i hi_a, __m256i hi_b,
 }
 
 struct GridDecode {
-    static SL_FORCE_INLINE void iq2_xxs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+    // The 32 sign bytes of a super-block (byte 4 b + e: entry e of block b), computed once.
+    static SL_FORCE_INLINE __m256i signs_iq2_xxs(const uint8_t * sb) {
+        // Block b's second dword: 4 x 7 sign bits and the scale (odd dwords from sb + 2).
+        const __m256 odd = _mm256_shuffle_ps(_mm256_castsi256_ps(load32(sb + 2)), _mm256_castsi256_ps(load32(sb + 34)), 0xDD);
+        return ksigns_bytes(sign_fields(_mm256_permute4x64_epi64(_mm256_castps_si256(odd), 0xD8)));
+    }
+    static SL_FORCE_INLINE __m256i signs_iq2_xs(const uint8_t * sb) {
+        const __m256i p = _mm256_packus_epi16(_mm256_srli_epi16(load32(sb + 2), 9), _mm256_srli_epi16(load32(sb + 34), 9));
+        return ksigns_bytes(_mm256_permute4x64_epi64(p, 0xD8));
+    }
+    static SL_FORCE_INLINE __m256i signs_iq2_s(const uint8_t * sb) { return load32(sb + 34); }
+    static SL_FORCE_INLINE __m256i signs_iq3_xxs(const uint8_t * sb) { return ksigns_bytes(sign_fields(load32(sb + 66))); }
+    static SL_FORCE_INLINE __m256i signs_iq3_s(const uint8_t * sb) { return load32(sb + 74); }
+    static SL_FORCE_INLINE __m256i signs_none(const uint8_t *) { return _mm256_setzero_si256(); }
+
+    static SL_FORCE_INLINE void iq2_xxs(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes, then a dword of 4 x 7 sign bits and the scale.
         const uint8_t * h = sb + 2 + 32 * g;
         *mag = entries_half([&](int j, int e) { return iq2xxs_grid[h[8 * j + e]]; });
-        const __m256i odd = _mm256_permutevar8x32_epi32(load32(h), _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
-        *sgn = sign_masks(ksigns_bytes(sign_fields(_mm256_castsi256_si128(odd))));
+        *sgn = sign_masks(half_of(s32, g));
     }
-    static SL_FORCE_INLINE void iq2_xs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+    static SL_FORCE_INLINE void iq2_xs(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
         // A u16 per entry: 9-bit index, 7 sign bits.
         const uint8_t * h = sb + 2 + 32 * g;
         *mag = entries_half([&](int j, int e) { return iq2xs_grid[load_u16(h + 8 * j + 2 * e) & 511]; });
-        const __m256i s7 = _mm256_srli_epi16(load32(h), 9);
-        *sgn = sign_masks(ksigns_bytes(_mm_packus_epi16(_mm256_castsi256_si128(s7), _mm256_extracti128_si256(s7, 1))));
+        *sgn = sign_masks(half_of(s32, g));
     }
-    static SL_FORCE_INLINE void iq2_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+    static SL_FORCE_INLINE void iq2_s(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
+        // Index of entry e of block b: byte 4 b + e, bits 8, 9 at bits 2 e of qh[b] (built by the
+        // scalar units: as IQ3_S's in vector code and back through memory, 15% slower).
         *mag = entries_half([&](int j, int e) {
             const int b = 4 * g + j;
             return iq2s_grid[sb[2 + 4 * b + e] | ((sb[66 + b] >> (2 * e)) & 3) << 8];
         });
-        *sgn = sign_masks(load16(sb + 34 + 16 * g));
+        *sgn = sign_masks(half_of(s32, g));
     }
-    static SL_FORCE_INLINE void iq3_xxs(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+    static SL_FORCE_INLINE void iq3_xxs(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
         const uint8_t * q = sb + 2 + 32 * g;
         *mag = entries_half([&](int j, int e) { return join4(iq3xxs_grid, q[8 * j + 2 * e], q[8 * j + 2 * e + 1]); });
-        *sgn = sign_masks(ksigns_bytes(sign_fields(load16(sb + 66 + 16 * g))));
+        *sgn = sign_masks(half_of(s32, g));
     }
-    static SL_FORCE_INLINE void iq3_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
-        // Index bit 8 of 4-value entry i of block b: bit i of qh[b].
-        const uint8_t * q = sb + 2 + 32 * g;
-        *mag = entries_half([&](int j, int e) {
-            const uint32_t qh = uint32_t(sb[66 + 4 * g + j]) >> (2 * e);
-            return join4(iq3s_grid, q[8 * j + 2 * e] | (qh & 1) << 8, q[8 * j + 2 * e + 1] | (qh & 2) << 7);
-        });
-        *sgn = sign_masks(load16(sb + 74 + 16 * g));
+    static SL_FORCE_INLINE void iq3_s(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
+        // Index of 4-value entry i of block j: byte 8 j + i, bit 8 = bit i of qh[j]; as u16 in
+        // vector code (qh byte j to the high byte of its 8 lanes, tested bit by bit).
+        const __m256i q = load32(sb + 2 + 32 * g);
+        const __m256i qh = _mm256_set1_epi32(int(load_u32(sb + 66 + 4 * g)));
+        const __m256i bit = _mm256_setr_epi16(0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000, 0x4000, -0x8000,
+                                              0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000, 0x4000, -0x8000);
+        auto idx = [&](__m128i lo, int j) {  // blocks j, j + 1
+            const int8_t z = -128, a = int8_t(j), b = int8_t(j + 1);
+            const __m256i ctl = _mm256_setr_epi8(z, a, z, a, z, a, z, a, z, a, z, a, z, a, z, a,
+                                                 z, b, z, b, z, b, z, b, z, b, z, b, z, b, z, b);
+            const __m256i t = _mm256_and_si256(_mm256_shuffle_epi8(qh, ctl), bit);
+            const __m256i h = _mm256_and_si256(_mm256_cmpeq_epi16(t, bit), _mm256_set1_epi16(0x100));
+            return _mm256_or_si256(_mm256_cvtepu8_epi16(lo), h);
+        };
+        alignas(32) uint16_t ix[32];
+        _mm256_store_si256(reinterpret_cast<__m256i *>(ix), idx(_mm256_castsi256_si128(q), 0));
+        _mm256_store_si256(reinterpret_cast<__m256i *>(ix + 16), idx(_mm256_extracti128_si256(q, 1), 2));
+        *mag = entries_half([&](int j, int e) { return join4(iq3s_grid, ix[8 * j + 2 * e], ix[8 * j + 2 * e + 1]); });
+        *sgn = sign_masks(half_of(s32, g));
     }
-    static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+    static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of 3 high index bits per entry, the scale, the delta sign.
         const __m256i qh = _mm256_castsi128_si256(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 34 + 8 * g))));
         const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9);
@@ -402,7 +433,7 @@ struct GridDecode {
                             _mm256_permutevar8x32_epi32(neg, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3))});
         *sgn = *mag;  // unused
     }
-    static SL_FORCE_INLINE void iq1_m(const uint8_t * sb, int g, Codes * mag, Codes * sgn) {
+    static SL_FORCE_INLINE void iq1_m(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of a nibble per entry (3 high index bits, the delta sign).
         const __m256i qh = _mm256_castsi128_si256(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 32 + 8 * g))));
         const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);

@@ -151,7 +151,7 @@ inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m25
     for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
 }
 
-// The whole-half decoder of a grid type (blocks_iq_avx2.h, GridDecode), or null.
+// The whole-half decoder of a grid type and its super-block signs (blocks_iq_avx2.h), or null.
 template <QType WT>
 constexpr auto grid_decoder() {
     if constexpr (WT == QType::IQ2_XXS) return &GridDecode::iq2_xxs;
@@ -162,6 +162,15 @@ constexpr auto grid_decoder() {
     else if constexpr (WT == QType::IQ1_S) return &GridDecode::iq1_s;
     else if constexpr (WT == QType::IQ1_M) return &GridDecode::iq1_m;
     else return nullptr;
+}
+template <QType WT>
+constexpr auto grid_signs() {
+    if constexpr (WT == QType::IQ2_XXS) return &GridDecode::signs_iq2_xxs;
+    else if constexpr (WT == QType::IQ2_XS) return &GridDecode::signs_iq2_xs;
+    else if constexpr (WT == QType::IQ2_S) return &GridDecode::signs_iq2_s;
+    else if constexpr (WT == QType::IQ3_XXS) return &GridDecode::signs_iq3_xxs;
+    else if constexpr (WT == QType::IQ3_S) return &GridDecode::signs_iq3_s;
+    else return &GridDecode::signs_none;
 }
 
 // kquant_row for the grid types: magnitudes and sign bytes (the signs go onto the activations):
@@ -192,9 +201,10 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
                 r.accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(m16, dg[1]), _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
             }
         }
+        const __m256i s32 = grid_signs<WT>()(sb);
         for (int g = 0; g < 2; ++g) {
             Codes m, s;
-            grid_decoder<WT>()(sb, g, &m, &s);
+            grid_decoder<WT>()(sb, g, s32, &m, &s);
             for (int t = 0; t < NT; ++t) {
                 const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
                 __m256i a0 = load_acts(x), a1 = load_acts(x + 32), a2 = load_acts(x + 64), a3 = load_acts(x + 96);
