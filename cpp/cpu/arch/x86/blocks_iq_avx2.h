@@ -375,6 +375,40 @@ struct GridDecode {
     static SL_FORCE_INLINE __m256i signs_iq3_s(const uint8_t * sb) { return load32(sb + 74); }
     static SL_FORCE_INLINE __m256i signs_none(const uint8_t *) { return _mm256_setzero_si256(); }
 
+    // Types with a scale per 16 values: the odd integers 2 s + 1 of the 16 groups (byte 2 b + h:
+    // values 16 h .. 16 h + 15 of block b) in both lanes, and the float factor d / 8 of them.
+    static SL_FORCE_INLINE __m256i odd_nibbles(const uint8_t * p) {
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(p));
+        const __m128i n = _mm_and_si128(_mm_unpacklo_epi8(b, _mm_srli_epi16(b, 4)), _mm_set1_epi8(15));
+        return _mm256_broadcastsi128_si256(_mm_add_epi8(_mm_add_epi8(n, n), _mm_set1_epi8(1)));
+    }
+    static SL_FORCE_INLINE __m256i int_scales_iq2_xs(const uint8_t * sb, float * f) {
+        *f = h2f(reinterpret_cast<const block_iq2_xs *>(sb)->d) * 0.125f;
+        return odd_nibbles(sb + 66);
+    }
+    static SL_FORCE_INLINE __m256i int_scales_iq2_s(const uint8_t * sb, float * f) {
+        *f = h2f(reinterpret_cast<const block_iq2_s *>(sb)->d) * 0.125f;
+        return odd_nibbles(sb + 74);
+    }
+    static SL_FORCE_INLINE __m256i int_scales_iq1_m(const uint8_t * sb, float * f) {
+        // Group G: bits 3 (G % 4) of scale word G / 4.
+        *f = h2f(iq1_m_scale(*reinterpret_cast<const block_iq1_m *>(sb))) * 0.125f;
+        const __m256i w = _mm256_castsi128_si256(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 48))));
+        const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9);
+        auto part = [&](int h) {
+            const __m256i v = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(2 * h, 2 * h, 2 * h, 2 * h, 2 * h + 1, 2 * h + 1, 2 * h + 1, 2 * h + 1));
+            const __m256i x = bits_at(v, sh, 7);
+            return _mm256_add_epi32(_mm256_add_epi32(x, x), _mm256_set1_epi32(1));
+        };
+        const __m256i p16 = _mm256_packus_epi32(part(0), part(1));  // lanes: G 0-3, 8-11 | 4-7, 12-15
+        const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
+        return _mm256_broadcastsi128_si256(_mm_shuffle_epi8(b, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)));
+    }
+    static SL_FORCE_INLINE __m256i int_scales_none(const uint8_t *, float * f) {
+        *f = 0.0f;
+        return _mm256_setzero_si256();
+    }
+
     static SL_FORCE_INLINE void iq2_xxs(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes, then a dword of 4 x 7 sign bits and the scale.
         const uint8_t * h = sb + 2 + 32 * g;
@@ -392,7 +426,7 @@ struct GridDecode {
         // scalar units: as IQ3_S's in vector code and back through memory, 15% slower).
         *mag = entries_half([&](int j, int e) {
             const int b = 4 * g + j;
-            return iq2s_grid[sb[2 + 4 * b + e] | ((sb[66 + b] >> (2 * e)) & 3) << 8];
+            return iq2s_grid[sb[2 + 4 * b + e] | ((uint32_t(sb[66 + b]) << (8 - 2 * e)) & 0x300)];
         });
         *sgn = sign_masks(half_of(s32, g));
     }

@@ -172,6 +172,22 @@ constexpr auto grid_signs() {
     else if constexpr (WT == QType::IQ3_S) return &GridDecode::signs_iq3_s;
     else return &GridDecode::signs_none;
 }
+template <QType WT>
+constexpr auto grid_int_scales() {
+    if constexpr (WT == QType::IQ2_XS) return &GridDecode::int_scales_iq2_xs;
+    else if constexpr (WT == QType::IQ2_S) return &GridDecode::int_scales_iq2_s;
+    else if constexpr (WT == QType::IQ1_M) return &GridDecode::int_scales_iq1_m;
+    else return &GridDecode::int_scales_none;
+}
+
+// int16 lanes of the group scales (bytes 2 b + h of s) for lo01, lo23, hi01, hi23 of half g:
+// lanes 0-7 block 4 g + 2 k's group h, lanes 8-15 the next block's.
+template <int G, int K, int H>
+inline __m256i group_scales16(__m256i s) {
+    constexpr char b0 = char(2 * (4 * G + 2 * K) + H), b1 = char(b0 + 2), z = char(-128);
+    return _mm256_shuffle_epi8(s, _mm256_setr_epi8(b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z,
+                                                   b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z));
+}
 
 // kquant_row for the grid types: magnitudes and sign bytes (the signs go onto the activations):
 // the same integer sums and float steps as kquant_row's signed-code branches; IQ1 as unsigned
@@ -188,13 +204,20 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
     auto sg = [](__m256i x, __m256i s) { return _mm256_sign_epi8(x, s); };
     for (int64_t i = 0; i < K / QK_K; ++i) {
         const uint8_t * sb = row + i * B::kBytes;
-        __m256 dg[2], mg[2];
-        B::scales(sb, dg, mg);
+        __m256 dg[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, mg[2];
+        if constexpr (!B::kGroups16 || kBiased) B::scales(sb, dg, mg);  // (IQ1_M: its offset term)
+        __m256i isc = _mm256_setzero_si256();
+        __m256 cs[2] = {dg[0], dg[1]};  // the float factor of the products
+        if constexpr (B::kGroups16) {   // integer group scales in the products, d / 8 in float
+            float f;
+            isc = grid_int_scales<WT>()(sb, &f);
+            cs[0] = cs[1] = _mm256_set1_ps(f);
+        }
         __m256 c[NT][2];
         for (int t = 0; t < NT; ++t) {
             const __m256 da = _mm256_loadu_ps(a.d[t] + 8 * i);
-            c[t][0] = _mm256_mul_ps(dg[0], _mm256_permutevar8x32_ps(da, dlo));
-            c[t][1] = _mm256_mul_ps(dg[1], _mm256_permutevar8x32_ps(da, dhi));
+            c[t][0] = _mm256_mul_ps(cs[0], _mm256_permutevar8x32_ps(da, dlo));
+            c[t][1] = _mm256_mul_ps(cs[1], _mm256_permutevar8x32_ps(da, dhi));
             if constexpr (kBiased) {  // codes 16 + v: take 16 dg x (d_a x the 16 codes' sum) off
                 const __m256 m16 = _mm256_set1_ps(-16.0f);
                 r.accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(m16, dg[0]), _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
@@ -216,10 +239,20 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
                 }
                 __m256 & acc = r.acc[t][g];
                 if constexpr (B::kGroups16) {
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(m.lo01, a0)), _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(m.lo23, a1)), _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(m.hi01, a2)), _mm256_permutevar8x32_ps(c[t][g], e[2]), acc);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4(m.hi23, a3)), _mm256_permutevar8x32_ps(c[t][g], e[3]), acc);
+                    auto dot = [](__m256i w0, __m256i x0, __m256i s0, __m256i w1, __m256i x1, __m256i s1) {
+                        return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), s0),
+                                                _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), s1));
+                    };
+                    __m256i d01, d23;
+                    if (g == 0) {
+                        d01 = dot(m.lo01, a0, group_scales16<0, 0, 0>(isc), m.hi01, a2, group_scales16<0, 0, 1>(isc));
+                        d23 = dot(m.lo23, a1, group_scales16<0, 1, 0>(isc), m.hi23, a3, group_scales16<0, 1, 1>(isc));
+                    } else {
+                        d01 = dot(m.lo01, a0, group_scales16<1, 0, 0>(isc), m.hi01, a2, group_scales16<1, 0, 1>(isc));
+                        d23 = dot(m.lo23, a1, group_scales16<1, 1, 0>(isc), m.hi23, a3, group_scales16<1, 1, 1>(isc));
+                    }
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
                 } else {
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4x2(m.lo01, a0, m.hi01, a2)),
                                           _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
