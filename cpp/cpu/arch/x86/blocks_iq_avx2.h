@@ -292,6 +292,15 @@ constexpr Iq1Table make_iq1_table() {
 }
 alignas(64) inline constexpr Iq1Table kIq1Entries = make_iq1_table();
 
+// IQ1_S entries as codes 8 g + 8 (0, 8, 16); bias and delta through the activation sums.
+constexpr Iq1Table make_iq1s_table() {
+    Iq1Table t{};
+    for (int i = 0; i < 2048; ++i)
+        for (int j = 0; j < 8; ++j) t.e[i] |= uint64_t(uint8_t(8 * int(int8_t(uint8_t(iq1s_grid[i] >> (8 * j)))) + 8)) << (8 * j);
+    return t;
+}
+alignas(64) inline constexpr Iq1Table kIq1sEntries = make_iq1s_table();
+
 // Magnitudes of a half in the Codes order: f(j, e) gives entry e (8 values) of block j of the
 // half; lo01 = block 0's entries 0, 1 then block 1's, hi01 their entries 2, 3.
 template <class F>
@@ -456,16 +465,29 @@ struct GridDecode {
         *mag = entries_half([&](int j, int e) { return join4(iq3s_grid, ix[8 * j + 2 * e], ix[8 * j + 2 * e + 1]); });
         *sgn = sign_masks(half_of(s32, g));
     }
-    static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
+    static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, __m256i, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of 3 high index bits per entry, the scale, the delta sign.
+        // Codes 8 g + 8: the delta (one per block) goes with the bias into iq1_s_offsets.
         const __m256i qh = _mm256_castsi128_si256(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(sb + 34 + 8 * g))));
         const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9);
-        const __m256i neg = _mm256_srai_epi32(_mm256_slli_epi32(qh, 16), 31);  // lane j: block j's delta < 0
-        *mag = iq1_entries(sb + 2 + 16 * g, bits_at(_mm256_permutevar8x32_epi32(qh, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)), sh, 7),
-                           bits_at(_mm256_permutevar8x32_epi32(qh, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)), sh, 7),
-                           {_mm256_permutevar8x32_epi32(neg, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
-                            _mm256_permutevar8x32_epi32(neg, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3))});
+        alignas(32) uint32_t ix[16];
+        const Idx16 lo = bytes_to_idx(load16(sb + 2 + 16 * g));
+        auto hi = [&](int j) {
+            const __m256i q = _mm256_permutevar8x32_epi32(qh, _mm256_setr_epi32(j, j, j, j, j + 1, j + 1, j + 1, j + 1));
+            return _mm256_slli_epi32(bits_at(q, sh, 7), 8);
+        };
+        _mm256_store_si256(reinterpret_cast<__m256i *>(ix), _mm256_or_si256(lo.a, hi(0)));
+        _mm256_store_si256(reinterpret_cast<__m256i *>(ix + 8), _mm256_or_si256(lo.b, hi(2)));
+        *mag = entries_half([&](int j, int e) { return kIq1sEntries.e[ix[4 * j + e]]; });
         *sgn = *mag;  // unused
+    }
+    // IQ1_S's offset factors per 16 values: value = dg (8 g + delta) = dg (code - 8 + delta).
+    static SL_FORCE_INLINE void iq1_s_offsets(const uint8_t * sb, const __m256 dg[2], __m256 off[2]) {
+        const __m256i qh = _mm256_cvtepu16_epi32(load16(sb + 34));
+        const __m256i neg = _mm256_srai_epi32(_mm256_slli_epi32(qh, 16), 31);
+        const __m256 k = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(-7), _mm256_add_epi32(neg, neg)));
+        off[0] = _mm256_mul_ps(dg[0], _mm256_permutevar8x32_ps(k, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
+        off[1] = _mm256_mul_ps(dg[1], _mm256_permutevar8x32_ps(k, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)));
     }
     static SL_FORCE_INLINE void iq1_m(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
         // Block: 4 index bytes; a u16 of a nibble per entry (3 high index bits, the delta sign).

@@ -213,15 +213,21 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
             isc = grid_int_scales<WT>()(sb, &f);
             cs[0] = cs[1] = _mm256_set1_ps(f);
         }
+        __m256 off[2];  // IQ1_M: codes 16 + v; IQ1_S: 8 + g, the delta per block in the offset
+        if constexpr (WT == QType::IQ1_S) {
+            GridDecode::iq1_s_offsets(sb, dg, off);
+        } else if constexpr (kBiased) {
+            off[0] = _mm256_mul_ps(_mm256_set1_ps(-16.0f), dg[0]);
+            off[1] = _mm256_mul_ps(_mm256_set1_ps(-16.0f), dg[1]);
+        }
         __m256 c[NT][2];
         for (int t = 0; t < NT; ++t) {
             const __m256 da = _mm256_loadu_ps(a.d[t] + 8 * i);
             c[t][0] = _mm256_mul_ps(cs[0], _mm256_permutevar8x32_ps(da, dlo));
             c[t][1] = _mm256_mul_ps(cs[1], _mm256_permutevar8x32_ps(da, dhi));
-            if constexpr (kBiased) {  // codes 16 + v: take 16 dg x (d_a x the 16 codes' sum) off
-                const __m256 m16 = _mm256_set1_ps(-16.0f);
-                r.accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(m16, dg[0]), _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
-                r.accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(m16, dg[1]), _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
+            if constexpr (kBiased) {  // IQ1: off x (d_a x the 16 codes' sum)
+                r.accm[t] = _mm256_fmadd_ps(off[0], _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
+                r.accm[t] = _mm256_fmadd_ps(off[1], _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
             }
         }
         const __m256i s32 = grid_signs<WT>()(sb);
