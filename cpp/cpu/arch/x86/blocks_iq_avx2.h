@@ -86,12 +86,6 @@ inline Codes iq1_codes(Idx16 idx, Idx16 neg) {
     return {code(lo(idx.a), lo(neg.a)), code(hi(idx.a), hi(neg.a)), code(lo(idx.b), lo(neg.b)), code(hi(idx.b), hi(neg.b))};
 }
 
-inline void load_scales(const float s[16], __m256 dg[2], __m256 mg[2]) {
-    dg[0] = _mm256_loadu_ps(s);
-    dg[1] = _mm256_loadu_ps(s + 8);
-    mg[0] = mg[1] = _mm256_setzero_ps();
-}
-
 inline uint32_t u32_at(const uint8_t * p) { return load_u32(p); }
 
 // The 16 per-16 scales of 8 per-block ones (lane b of v: block b's, in the order of dg's lanes:
@@ -275,11 +269,13 @@ struct KQuant<QType::IQ1_M> {
 // Each 8-value entry is one qword load from a table (IQ3: two dwords), the index bytes read by
 // the scalar units; the sign bytes are expanded in vector code to bytes +1 / -1 for vpsignb on
 // the activations, so the grid magnitudes (all nonzero) go to vpmaddubsw as they are. The
-// products equal dot4_signed's of the signed codes exactly. IQ1 takes biased codes instead.
+// products equal dot4_signed's of the signed codes exactly. IQ1 takes unsigned codes with a
+// bias instead (no sign step; the bias and IQ1_S's block delta go through the activation sums).
+// Index bits built in vector code reach the scalar units through a stack array.
 
-// IQ1 entries as codes 16 + 8 g + 1 per byte (9, 17, 25; delta +1/8): unsigned and small, so
-// vpmaddubsw takes them with the activations as they are, and the bias 16 comes off through
-// the activation sums (grid_row). A negative delta takes 2 off each byte (no borrow).
+// IQ1_M entries as codes 16 + 8 g + delta per byte, index bit 11 the delta's sign (7..25):
+// unsigned and small, so vpmaddubsw takes them with the activations as they are, and the bias
+// 16 comes off through the activation sums (grid_row). 32 KB, but one lookup an entry.
 template <int N>
 struct Iq1Table {
     alignas(64) uint64_t e[N];
@@ -346,8 +342,20 @@ SL_FORCE_INLINE __m256i sign_fields(__m256i v) {
 // Half g's 16 bytes of a super-block's 32.
 SL_FORCE_INLINE __m128i half_of(__m256i v, int g) { return g ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v); }
 
-// Two 4-value entries joined into 8 values.
-SL_FORCE_INLINE uint64_t join4(const uint32_t * grid, uint32_t i0, uint32_t i1) { return grid[i0] | uint64_t(grid[i1]) << 32; }
+// 4-value entries of a half in the Codes order from its 32 indices ix (8 j + i: entry i of
+// block j), four dword inserts per 16 values (cheaper than joining pairs in the scalar units,
+// or than vpgatherdd: 25% slower).
+template <class I>
+SL_FORCE_INLINE Codes grid4_half(const uint32_t * grid, const I * ix) {
+    auto four = [&](int k) {
+        __m128i v = _mm_cvtsi32_si128(int(grid[ix[k]]));
+        v = _mm_insert_epi32(v, int(grid[ix[k + 1]]), 1);
+        v = _mm_insert_epi32(v, int(grid[ix[k + 2]]), 2);
+        return _mm_insert_epi32(v, int(grid[ix[k + 3]]), 3);
+    };
+    auto ymm = [&](int k0, int k1) { return _mm256_inserti128_si256(_mm256_castsi128_si256(four(k0)), four(k1), 1); };
+    return {ymm(0, 8), ymm(16, 24), ymm(4, 12), ymm(20, 28)};
+}
 
 struct GridDecode {
     // The 32 sign bytes of a super-block (byte 4 b + e: entry e of block b), computed once.
@@ -421,9 +429,7 @@ struct GridDecode {
         *sgn = sign_masks(half_of(s32, g));
     }
     static SL_FORCE_INLINE void iq3_xxs(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
-        // (As IQ3_S's, 4 dword inserts per 16 values are slower here; vpgatherdd 25% slower.)
-        const uint8_t * q = sb + 2 + 32 * g;
-        *mag = entries_half([&](int j, int e) { return join4(iq3xxs_grid, q[8 * j + 2 * e], q[8 * j + 2 * e + 1]); });
+        *mag = grid4_half(iq3xxs_grid, sb + 2 + 32 * g);
         *sgn = sign_masks(half_of(s32, g));
     }
     static SL_FORCE_INLINE void iq3_s(const uint8_t * sb, int g, __m256i s32, Codes * mag, Codes * sgn) {
@@ -444,14 +450,7 @@ struct GridDecode {
         alignas(32) uint16_t ix[32];
         _mm256_store_si256(reinterpret_cast<__m256i *>(ix), idx(_mm256_castsi256_si128(q), 0));
         _mm256_store_si256(reinterpret_cast<__m256i *>(ix + 16), idx(_mm256_extracti128_si256(q, 1), 2));
-        auto four = [&](int k) {  // 4-value entries k .. k + 3
-            __m128i v = _mm_cvtsi32_si128(int(iq3s_grid[ix[k]]));
-            v = _mm_insert_epi32(v, int(iq3s_grid[ix[k + 1]]), 1);
-            v = _mm_insert_epi32(v, int(iq3s_grid[ix[k + 2]]), 2);
-            return _mm_insert_epi32(v, int(iq3s_grid[ix[k + 3]]), 3);
-        };
-        auto ymm = [&](int k0, int k1) { return _mm256_inserti128_si256(_mm256_castsi128_si256(four(k0)), four(k1), 1); };
-        *mag = {ymm(0, 8), ymm(16, 24), ymm(4, 12), ymm(20, 28)};
+        *mag = grid4_half(iq3s_grid, ix);
         *sgn = sign_masks(half_of(s32, g));
     }
     static SL_FORCE_INLINE void iq1_s(const uint8_t * sb, int g, __m256i, Codes * mag, Codes * sgn) {

@@ -190,8 +190,10 @@ inline __m256i group_scales16(__m256i s) {
 }
 
 // kquant_row for the grid types: magnitudes and sign bytes (the signs go onto the activations):
-// the same integer sums and float steps as kquant_row's signed-code branches; IQ1 as unsigned
-// codes 16 + v (|v| <= 9: no sign step) and an offset term on the activation sums. Flattened: GCC
+// the same integer sums as kquant_row's signed-code branches. Per-16 scales (IQ2_XS, IQ2_S,
+// IQ1_M) as integers in vpmaddwd, so one float step per block pair as for the others; IQ1 as
+// unsigned codes (no sign step) and an offset term on the activation sums. All token counts
+// of the decode kernel take this path: a token's result does not depend on the batch. Flattened: GCC
 // left the decoders' lambdas as calls, through memory (1.5 GB/s instead of 2.3 on IQ2_XXS).
 template <QType WT, int NT>
 __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m256 * fin) {
