@@ -207,20 +207,22 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
     for (int64_t i = 0; i < K / QK_K; ++i) {
         const uint8_t * sb = row + i * B::kBytes;
         __m256 dg[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, mg[2];
-        if constexpr (!B::kGroups16 || kBiased) B::scales(sb, dg, mg);  // (IQ1_M: its offset term)
+        if constexpr (!B::kGroups16) B::scales(sb, dg, mg);
         __m256i isc = _mm256_setzero_si256();
         __m256 cs[2] = {dg[0], dg[1]};  // the float factor of the products
-        if constexpr (B::kGroups16) {   // integer group scales in the products, d / 8 in float
-            float f;
+        float f = 0.0f;
+        if constexpr (B::kGroups16) {  // integer group scales in the products, d / 8 in float
             isc = grid_int_scales<WT>()(sb, &f);
             cs[0] = cs[1] = _mm256_set1_ps(f);
         }
         __m256 off[2];  // IQ1_M: codes 16 + v; IQ1_S: 8 + g, the delta per block in the offset
         if constexpr (WT == QType::IQ1_S) {
             GridDecode::iq1_s_offsets(sb, dg, off);
-        } else if constexpr (kBiased) {
-            off[0] = _mm256_mul_ps(_mm256_set1_ps(-16.0f), dg[0]);
-            off[1] = _mm256_mul_ps(_mm256_set1_ps(-16.0f), dg[1]);
+        } else if constexpr (kBiased) {  // -16 x the group scales d / 8 x (2 s + 1)
+            const __m128i b = _mm256_castsi256_si128(isc);
+            const __m256 m = _mm256_set1_ps(-16.0f * f);
+            off[0] = _mm256_mul_ps(m, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+            off[1] = _mm256_mul_ps(m, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))));
         }
         __m256 c[NT][2];
         for (int t = 0; t < NT; ++t) {
