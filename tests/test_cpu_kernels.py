@@ -52,11 +52,12 @@ def bf16_acts(qtype: T, isa: str) -> bool:
 
 def random_grid_rows(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Grid i-quant rows (gguf-py cannot quantize them): every bit random (so every grid index,
-    sign, delta and scale occurs) but a finite f16 super-block scale (IQ1_M spreads its scale
-    over the top nibbles of its four scale words)."""
+    sign, delta and scale occurs) but a finite f16 super-block scale of either sign (IQ1_M spreads
+    its scale over the top nibbles of its four scale words)."""
     blck, size = GGML_QUANT_SIZES[qtype]
     b = rng.integers(0, 256, size=(n_rows * k // blck, size), dtype=np.uint8)
-    d = rng.uniform(0.002, 0.02, size=len(b)).astype(np.float16).view(np.uint16)
+    d = rng.choice([-1.0, 1.0], size=len(b)) * rng.uniform(0.002, 0.02, size=len(b))
+    d = d.astype(np.float16).view(np.uint16)
     if qtype == T.IQ1_M:
         words = b[:, 48:56].copy().view(np.uint16)
         nibbles = (d[:, None] >> np.array([0, 4, 8, 12], np.uint16)) & 0xF

@@ -151,6 +151,130 @@ inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m25
     for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
 }
 
+// The whole-half decoder of a grid type and its super-block signs (blocks_iq_avx2.h), or null.
+template <QType WT>
+constexpr auto grid_decoder() {
+    if constexpr (WT == QType::IQ2_XXS) return &GridDecode::iq2_xxs;
+    else if constexpr (WT == QType::IQ2_XS) return &GridDecode::iq2_xs;
+    else if constexpr (WT == QType::IQ2_S) return &GridDecode::iq2_s;
+    else if constexpr (WT == QType::IQ3_XXS) return &GridDecode::iq3_xxs;
+    else if constexpr (WT == QType::IQ3_S) return &GridDecode::iq3_s;
+    else if constexpr (WT == QType::IQ1_S) return &GridDecode::iq1_s;
+    else if constexpr (WT == QType::IQ1_M) return &GridDecode::iq1_m;
+    else return nullptr;
+}
+template <QType WT>
+constexpr auto grid_signs() {
+    if constexpr (WT == QType::IQ2_XXS) return &GridDecode::signs_iq2_xxs;
+    else if constexpr (WT == QType::IQ2_XS) return &GridDecode::signs_iq2_xs;
+    else if constexpr (WT == QType::IQ2_S) return &GridDecode::signs_iq2_s;
+    else if constexpr (WT == QType::IQ3_XXS) return &GridDecode::signs_iq3_xxs;
+    else if constexpr (WT == QType::IQ3_S) return &GridDecode::signs_iq3_s;
+    else return &GridDecode::signs_none;
+}
+template <QType WT>
+constexpr auto grid_int_scales() {
+    if constexpr (WT == QType::IQ2_XS) return &GridDecode::int_scales_iq2_xs;
+    else if constexpr (WT == QType::IQ2_S) return &GridDecode::int_scales_iq2_s;
+    else if constexpr (WT == QType::IQ1_M) return &GridDecode::int_scales_iq1_m;
+    else return &GridDecode::int_scales_none;
+}
+
+// int16 lanes of the group scales (bytes 2 b + h of s) for lo01, lo23, hi01, hi23 of half g:
+// lanes 0-7 block 4 g + 2 k's group h, lanes 8-15 the next block's.
+template <int G, int K, int H>
+inline __m256i group_scales16(__m256i s) {
+    constexpr char b0 = char(2 * (4 * G + 2 * K) + H), b1 = char(b0 + 2), z = char(-128);
+    return _mm256_shuffle_epi8(s, _mm256_setr_epi8(b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z,
+                                                   b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z));
+}
+
+// kquant_row for the grid types: magnitudes and sign bytes (the signs go onto the activations):
+// the same integer sums as kquant_row's signed-code branches. Per-16 scales (IQ2_XS, IQ2_S,
+// IQ1_M) as integers in vpmaddwd, so one float step per block pair as for the others; IQ1 as
+// unsigned codes (no sign step) and an offset term on the activation sums. All token counts
+// of the decode kernel take this path: a token's result does not depend on the batch. Flattened: GCC
+// left the decoders' lambdas as calls, through memory (1.5 GB/s instead of 2.3 on IQ2_XXS).
+template <QType WT, int NT>
+__attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m256 * fin) {
+    using B = KQuant<WT>;
+    constexpr bool kBiased = WT == QType::IQ1_S || WT == QType::IQ1_M;  // unsigned codes 16 + v
+    RowAcc<NT> r;
+    const __m256i dlo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dhi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    const __m256i e[4] = {_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
+                          _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3), _mm256_setr_epi32(5, 5, 5, 5, 7, 7, 7, 7)};
+    auto sg = [](__m256i x, __m256i s) { return _mm256_sign_epi8(x, s); };
+    for (int64_t i = 0; i < K / QK_K; ++i) {
+        const uint8_t * sb = row + i * B::kBytes;
+        __m256 dg[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, mg[2];
+        if constexpr (!B::kGroups16) B::scales(sb, dg, mg);
+        __m256i isc = _mm256_setzero_si256();
+        __m256 cs[2] = {dg[0], dg[1]};  // the float factor of the products
+        float f = 0.0f;
+        if constexpr (B::kGroups16) {  // integer group scales in the products, d / 8 in float
+            isc = grid_int_scales<WT>()(sb, &f);
+            cs[0] = cs[1] = _mm256_set1_ps(f);
+        }
+        __m256 off[2];  // IQ1_M: codes 16 + v; IQ1_S: 8 + g, the delta per block in the offset
+        if constexpr (WT == QType::IQ1_S) {
+            GridDecode::iq1_s_offsets(sb, dg, off);
+        } else if constexpr (kBiased) {  // -16 x the group scales d / 8 x (2 s + 1)
+            const __m128i b = _mm256_castsi256_si128(isc);
+            const __m256 m = _mm256_set1_ps(-16.0f * f);
+            off[0] = _mm256_mul_ps(m, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+            off[1] = _mm256_mul_ps(m, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))));
+        }
+        __m256 c[NT][2];
+        for (int t = 0; t < NT; ++t) {
+            const __m256 da = _mm256_loadu_ps(a.d[t] + 8 * i);
+            c[t][0] = _mm256_mul_ps(cs[0], _mm256_permutevar8x32_ps(da, dlo));
+            c[t][1] = _mm256_mul_ps(cs[1], _mm256_permutevar8x32_ps(da, dhi));
+            if constexpr (kBiased) {  // IQ1: off x (d_a x the 16 codes' sum)
+                r.accm[t] = _mm256_fmadd_ps(off[0], _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
+                r.accm[t] = _mm256_fmadd_ps(off[1], _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
+            }
+        }
+        const __m256i s32 = grid_signs<WT>()(sb);
+        for (int g = 0; g < 2; ++g) {
+            Codes m, s;
+            grid_decoder<WT>()(sb, g, s32, &m, &s);
+            for (int t = 0; t < NT; ++t) {
+                const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
+                __m256i a0 = load_acts(x), a1 = load_acts(x + 32), a2 = load_acts(x + 64), a3 = load_acts(x + 96);
+                if constexpr (!kBiased) {
+                    a0 = sg(a0, s.lo01);
+                    a1 = sg(a1, s.lo23);
+                    a2 = sg(a2, s.hi01);
+                    a3 = sg(a3, s.hi23);
+                }
+                __m256 & acc = r.acc[t][g];
+                if constexpr (B::kGroups16) {
+                    auto dot = [](__m256i w0, __m256i x0, __m256i s0, __m256i w1, __m256i x1, __m256i s1) {
+                        return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), s0),
+                                                _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), s1));
+                    };
+                    __m256i d01, d23;
+                    if (g == 0) {
+                        d01 = dot(m.lo01, a0, group_scales16<0, 0, 0>(isc), m.hi01, a2, group_scales16<0, 0, 1>(isc));
+                        d23 = dot(m.lo23, a1, group_scales16<0, 1, 0>(isc), m.hi23, a3, group_scales16<0, 1, 1>(isc));
+                    } else {
+                        d01 = dot(m.lo01, a0, group_scales16<1, 0, 0>(isc), m.hi01, a2, group_scales16<1, 0, 1>(isc));
+                        d23 = dot(m.lo23, a1, group_scales16<1, 1, 0>(isc), m.hi23, a3, group_scales16<1, 1, 1>(isc));
+                    }
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
+                } else {
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4x2(m.lo01, a0, m.hi01, a2)),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[0]), acc);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot4x2(m.lo23, a1, m.hi23, a3)),
+                                          _mm256_permutevar8x32_ps(c[t][g], e[1]), acc);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
+}
+
 // Rows in groups of 8: their final sums are one transposing reduction.
 template <QType WT, int NT>
 void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
@@ -165,6 +289,8 @@ void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 for (int t = 0; t < NT; ++t) f[t] = _mm256_setzero_ps();
             } else if constexpr (qtype_block_size(WT) == 32) {
                 legacy_row<WT, NT>(W + (r0 + i) * ldw, int(K / 32), a, f);
+            } else if constexpr (grid_decoder<WT>() != nullptr) {
+                grid_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
             } else {
                 kquant_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
             }
