@@ -419,24 +419,6 @@ void gemm_float(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
 
 constexpr int kFloatGroup = 6;
 
-// In-register transpose of an 8 x 8 matrix of floats (row i in v[i]).
-void transpose8(__m256 v[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-    }
-    for (int j = 0; j < 2; ++j) {
-        u[4 * j + 0] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], 0x44);
-        u[4 * j + 1] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], 0xEE);
-        u[4 * j + 2] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0x44);
-        u[4 * j + 3] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; ++c) {
-        v[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
-        v[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
-    }
-}
 
 // Rows [0, nr) of W to P[k * 16 + r] (zero past nr), 8 values of 8 rows per transpose.
 template <class L>

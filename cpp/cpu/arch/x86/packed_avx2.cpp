@@ -63,24 +63,6 @@ constexpr int run_groups() {
 
 inline __m256 as_ps(__m256i v) { return _mm256_castsi256_ps(v); }
 
-// In-register transpose of an 8 x 8 matrix of dwords (row i in v[i]).
-void transpose8(__m256 v[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-    }
-    for (int j = 0; j < 2; ++j) {
-        u[4 * j + 0] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], 0x44);
-        u[4 * j + 1] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], 0xEE);
-        u[4 * j + 2] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0x44);
-        u[4 * j + 3] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; ++c) {
-        v[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
-        v[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
-    }
-}
 
 // One of a Codes' four ymm (which = 0 lo01, 1 lo23, 2 hi01, 3 hi23) of 8 rows, transposed: lane
 // k holds group k & 3 of the low (k < 4) or high block of the pair, values 0..15 or 16..31.
