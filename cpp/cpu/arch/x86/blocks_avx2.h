@@ -263,35 +263,43 @@ struct KQuant<QType::Q2_K> {
     }
 };
 
+// Q3_K and Q6_K also give their 16 group scales as signed bytes (int_scales, group k in byte k),
+// the super-block d (super_d) and their code offset (kOffset: value = d * scale * (code - kOffset)),
+// for kquant16_row (gemv_avx2.cpp), which keeps the group scales in the integer products.
 template <>
 struct KQuant<QType::Q3_K> {
-    static constexpr int kBytes = 110;
+    static constexpr int kBytes = 110, kOffset = 4;
     static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
         __m256i c[4];
         two_bit_blocks(b->qs + 32 * g, c);
-        // Bit 4g + j of hmask[l]: + 4.
+        // Bit 4g + j of hmask[l]: + 4, shifted into bit 2 (16-bit shifts: the and keeps one bit per byte).
         const __m256i h = load32(b->hmask), four = _mm256_set1_epi8(4);
-        for (int j = 0; j < 4; ++j) {
-            const __m256i bit = _mm256_set1_epi8(char(1 << (4 * g + j)));
-            c[j] = _mm256_add_epi8(c[j], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit), four));
-        }
+        const __m256i hs[4] = {g ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2),
+                               g ? _mm256_srli_epi16(h, 3) : _mm256_slli_epi16(h, 1),
+                               g ? _mm256_srli_epi16(h, 4) : h, g ? _mm256_srli_epi16(h, 5) : _mm256_srli_epi16(h, 1)};
+        for (int j = 0; j < 4; ++j) c[j] = _mm256_or_si256(c[j], _mm256_and_si256(hs[j], four));
         return from_blocks(c[0], c[1], c[2], c[3]);
     }
-    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+    static __m128i int_scales(const uint8_t * sb) {
         const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
         uint32_t a[3];
         memcpy(a, b->scales, 12);
         const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
-        const uint32_t s[4] = {(a[0] & m4) | ((a[2] & m2) << 4), (a[1] & m4) | (((a[2] >> 2) & m2) << 4),
-                               ((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4),
-                               ((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)};
-        const __m256 d = _mm256_set1_ps(h2f(b->d));
-        const __m128i sv = _mm_setr_epi32(int(s[0]), int(s[1]), int(s[2]), int(s[3]));
+        const __m128i sv = _mm_setr_epi32(int((a[0] & m4) | ((a[2] & m2) << 4)),
+                                          int((a[1] & m4) | (((a[2] >> 2) & m2) << 4)),
+                                          int(((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4)),
+                                          int(((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)));
+        return _mm_sub_epi8(sv, _mm_set1_epi8(32));
+    }
+    static float super_d(const uint8_t * sb) { return h2f(reinterpret_cast<const block_q3_K *>(sb)->d); }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        const __m128i sv = int_scales(sb);
+        const __m256 d = _mm256_set1_ps(super_d(sb));
         for (int h = 0; h < 2; ++h) {
-            const __m256i v = _mm256_cvtepu8_epi32(h ? _mm_unpackhi_epi64(sv, sv) : sv);
-            dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(32))));
+            const __m256i v = _mm256_cvtepi8_epi32(h ? _mm_unpackhi_epi64(sv, sv) : sv);
+            dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(v));
             mg[h] = _mm256_mul_ps(_mm256_set1_ps(-4.0f), dg[h]);
         }
     }
@@ -363,7 +371,7 @@ struct KQuant<QType::Q5_K> {
 
 template <>
 struct KQuant<QType::Q6_K> {
-    static constexpr int kBytes = 210;
+    static constexpr int kBytes = 210, kOffset = 32;
     static constexpr bool kGroups16 = true, kSigned = false;
     static Codes codes(const uint8_t * sb, int g) {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
@@ -378,6 +386,8 @@ struct KQuant<QType::Q6_K> {
             c[k] = _mm256_or_si256(lo[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * k), m3), 4));
         return from_blocks(c[0], c[1], c[2], c[3]);
     }
+    static __m128i int_scales(const uint8_t * sb) { return load16(reinterpret_cast<const uint8_t *>(reinterpret_cast<const block_q6_K *>(sb)->scales)); }
+    static float super_d(const uint8_t * sb) { return h2f(reinterpret_cast<const block_q6_K *>(sb)->d); }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
         const __m256 d = _mm256_set1_ps(h2f(b->d));

@@ -275,6 +275,70 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
     for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
 }
 
+// Byte pattern for group_scales_signed: the scale byte in the high byte of each int16 lane.
+template <int G, int K, int H>
+inline __m256i signed_scale_pattern() {
+    constexpr char b0 = char(2 * (4 * G + 2 * K) + H), b1 = char(b0 + 2), z = char(-128);
+    return _mm256_setr_epi8(z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0,
+                            z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1);
+}
+
+// As group_scales16 for signed scale bytes (s: the 16 bytes in both 128-bit lanes): shuffled
+// into the high byte, then an arithmetic shift sign-extends them.
+template <int G, int K, int H>
+inline __m256i group_scales_signed(__m256i s) {
+    return _mm256_srai_epi16(_mm256_shuffle_epi8(s, signed_scale_pattern<G, K, H>()), 8);
+}
+
+// kquant_row for Q3_K and Q6_K (unsigned codes, signed int8 scales per 16 values): the group
+// scales go into vpmaddwd (|code x act| pairs <= 2 x 63 x 127, times |scale| <= 128, summed over
+// a block: far inside int32), so one float step per block pair instead of one per group pair;
+// the code offset stays an fma against the activations' 16-value sums.
+template <QType WT, int NT>
+inline void kquant16_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m256 * fin) {
+    using B = KQuant<WT>;
+    RowAcc<NT> r;
+    const __m256i e[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+                          _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+    auto dot = [](__m256i w0, __m256i x0, __m256i s0, __m256i w1, __m256i x1, __m256i s1) {
+        return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), s0),
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), s1));
+    };
+    for (int64_t i = 0; i < K / QK_K; ++i) {
+        const uint8_t * sb = row + i * B::kBytes;
+        const __m128i s8 = B::int_scales(sb);
+        const __m256i s = _mm256_broadcastsi128_si256(s8);
+        const float d = B::super_d(sb);
+        const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(-float(B::kOffset) * d);
+        const __m256 mg0 = _mm256_mul_ps(mv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s8)));
+        const __m256 mg1 = _mm256_mul_ps(mv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(s8, s8))));
+        __m256i isc[2][4];
+        isc[0][0] = group_scales_signed<0, 0, 0>(s), isc[0][1] = group_scales_signed<0, 0, 1>(s);
+        isc[0][2] = group_scales_signed<0, 1, 0>(s), isc[0][3] = group_scales_signed<0, 1, 1>(s);
+        isc[1][0] = group_scales_signed<1, 0, 0>(s), isc[1][1] = group_scales_signed<1, 0, 1>(s);
+        isc[1][2] = group_scales_signed<1, 1, 0>(s), isc[1][3] = group_scales_signed<1, 1, 1>(s);
+        __m256 c[NT];
+        for (int t = 0; t < NT; ++t) {
+            c[t] = _mm256_mul_ps(dv, _mm256_loadu_ps(a.d[t] + 8 * i));
+            r.accm[t] = _mm256_fmadd_ps(mg0, _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
+            r.accm[t] = _mm256_fmadd_ps(mg1, _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
+        }
+        for (int g = 0; g < 2; ++g) {
+            const Codes cd = B::codes(sb, g);
+            for (int t = 0; t < NT; ++t) {
+                const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
+                const __m256i a0 = load_acts(x), a1 = load_acts(x + 32), a2 = load_acts(x + 64), a3 = load_acts(x + 96);
+                const __m256i d01 = dot(cd.lo01, a0, isc[g][0], cd.hi01, a2, isc[g][1]);
+                const __m256i d23 = dot(cd.lo23, a1, isc[g][2], cd.hi23, a3, isc[g][3]);
+                __m256 & acc = r.acc[t][g];
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(c[t], e[2 * g]), acc);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(c[t], e[2 * g + 1]), acc);
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
+}
+
 // Rows in groups of 8: their final sums are one transposing reduction.
 template <QType WT, int NT>
 void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
@@ -291,6 +355,8 @@ void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 legacy_row<WT, NT>(W + (r0 + i) * ldw, int(K / 32), a, f);
             } else if constexpr (grid_decoder<WT>() != nullptr) {
                 grid_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
+            } else if constexpr (WT == QType::Q3_K || WT == QType::Q6_K) {
+                kquant16_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
             } else {
                 kquant_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
             }
