@@ -6,6 +6,7 @@
 
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "cpu/arch/x86/kernels_x86.h"
@@ -270,28 +271,41 @@ template <>
 struct KQuant<QType::Q3_K> {
     static constexpr int kBytes = 110, kOffset = 4;
     static constexpr bool kGroups16 = true, kSigned = false;
+    // Straight into the Codes layout, no lane permutes: a 128-bit lane holds values 0..15 (or
+    // 16..31) of one block, so each lane shifts the same 16 bytes of qs / hmask by its block's
+    // count (32-bit shifts: the masks keep bits that stay within their byte).
     static Codes codes(const uint8_t * sb, int g) {
         const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
-        __m256i c[4];
-        two_bit_blocks(b->qs + 32 * g, c);
-        // Bit 4g + j of hmask[l]: + 4, shifted into bit 2 (16-bit shifts: the and keeps one bit per byte).
-        const __m256i h = load32(b->hmask), four = _mm256_set1_epi8(4);
-        const __m256i hs[4] = {g ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2),
-                               g ? _mm256_srli_epi16(h, 3) : _mm256_slli_epi16(h, 1),
-                               g ? _mm256_srli_epi16(h, 4) : h, g ? _mm256_srli_epi16(h, 5) : _mm256_srli_epi16(h, 1)};
-        for (int j = 0; j < 4; ++j) c[j] = _mm256_or_si256(c[j], _mm256_and_si256(hs[j], four));
-        return from_blocks(c[0], c[1], c[2], c[3]);
+        auto bcast = [](const uint8_t * p) { return _mm256_broadcastsi128_si256(load16(p)); };
+        const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+        const __m256i s01 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), s23 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
+        const __m256i ql = bcast(b->qs + 32 * g), qh = bcast(b->qs + 32 * g + 16);
+        const __m256i hl = bcast(b->hmask), hh = bcast(b->hmask + 16);
+        // Bit 4g + j of hmask (+ 4) to bit 2: shift by 4g + j - 2.
+        auto high = [&](__m256i h, int k) {
+            if (g == 0) {
+                return k == 0 ? _mm256_sllv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 1, 1, 1, 1))
+                              : _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+            }
+            return _mm256_srlv_epi32(h, k == 0 ? _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)
+                                               : _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5));
+        };
+        auto code = [&](__m256i q, __m256i sh, __m256i h, int k) {
+            return _mm256_or_si256(_mm256_and_si256(_mm256_srlv_epi32(q, sh), m3), _mm256_and_si256(high(h, k), four));
+        };
+        return {code(ql, s01, hl, 0), code(ql, s23, hl, 1), code(qh, s01, hh, 0), code(qh, s23, hh, 1)};
     }
+    // In vector code from the 16 bytes ending at d (scales at 2..13; no read past the block):
+    // groups 0-7 / 8-15 the low / high nibbles of scales[0..7], bits 4-5 from scales[8..11]
+    // shifted by 2 per 4 groups.
     static __m128i int_scales(const uint8_t * sb) {
-        const block_q3_K * b = reinterpret_cast<const block_q3_K *>(sb);
-        uint32_t a[3];
-        memcpy(a, b->scales, 12);
-        const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
-        const __m128i sv = _mm_setr_epi32(int((a[0] & m4) | ((a[2] & m2) << 4)),
-                                          int((a[1] & m4) | (((a[2] >> 2) & m2) << 4)),
-                                          int(((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4)),
-                                          int(((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4)));
-        return _mm_sub_epi8(sv, _mm_set1_epi8(32));
+        const __m128i v = load16(sb + offsetof(block_q3_K, scales) - 2);
+        const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3);
+        const __m128i lo = _mm_shuffle_epi8(v, _mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
+        const __m128i nib = _mm_and_si128(_mm_srlv_epi64(lo, _mm_setr_epi32(0, 0, 4, 0)), m4);
+        const __m128i hb = _mm_shuffle_epi8(v, _mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
+        const __m128i hi = _mm_slli_epi16(_mm_and_si128(_mm_srlv_epi32(hb, _mm_setr_epi32(0, 2, 4, 6)), m2), 4);
+        return _mm_sub_epi8(_mm_or_si128(nib, hi), _mm_set1_epi8(32));
     }
     static float super_d(const uint8_t * sb) { return h2f(reinterpret_cast<const block_q3_K *>(sb)->d); }
     static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {

@@ -275,19 +275,14 @@ __attribute__((flatten)) inline void grid_row(const uint8_t * row, int64_t K, co
     for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
 }
 
-// Byte pattern for group_scales_signed: the scale byte in the high byte of each int16 lane.
-template <int G, int K, int H>
-inline __m256i signed_scale_pattern() {
-    constexpr char b0 = char(2 * (4 * G + 2 * K) + H), b1 = char(b0 + 2), z = char(-128);
-    return _mm256_setr_epi8(z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0, z, b0,
-                            z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1, z, b1);
-}
-
-// As group_scales16 for signed scale bytes (s: the 16 bytes in both 128-bit lanes): shuffled
-// into the high byte, then an arithmetic shift sign-extends them.
-template <int G, int K, int H>
-inline __m256i group_scales_signed(__m256i s) {
-    return _mm256_srai_epi16(_mm256_shuffle_epi8(s, signed_scale_pattern<G, K, H>()), 8);
+// int16 lanes of the group scales for lo01, lo23, hi01, hi23 (K, H as group_scales16) from
+// s16 = the 8 int16 scales of the half in both 128-bit lanes.
+template <int K, int H>
+inline __m256i half_scales16(__m256i s16) {
+    constexpr char b0 = char(2 * (2 * K) + H), b1 = char(b0 + 2);
+    constexpr char l0 = char(2 * b0), h0 = char(2 * b0 + 1), l1 = char(2 * b1), h1 = char(2 * b1 + 1);
+    return _mm256_shuffle_epi8(s16, _mm256_setr_epi8(l0, h0, l0, h0, l0, h0, l0, h0, l0, h0, l0, h0, l0, h0, l0, h0,
+                                                     l1, h1, l1, h1, l1, h1, l1, h1, l1, h1, l1, h1, l1, h1, l1, h1));
 }
 
 // kquant_row for Q3_K and Q6_K (unsigned codes, signed int8 scales per 16 values): the group
@@ -307,16 +302,17 @@ inline void kquant16_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m
     for (int64_t i = 0; i < K / QK_K; ++i) {
         const uint8_t * sb = row + i * B::kBytes;
         const __m128i s8 = B::int_scales(sb);
-        const __m256i s = _mm256_broadcastsi128_si256(s8);
         const float d = B::super_d(sb);
         const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(-float(B::kOffset) * d);
         const __m256 mg0 = _mm256_mul_ps(mv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s8)));
         const __m256 mg1 = _mm256_mul_ps(mv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(s8, s8))));
+        const __m256i s16 = _mm256_cvtepi8_epi16(s8);
         __m256i isc[2][4];
-        isc[0][0] = group_scales_signed<0, 0, 0>(s), isc[0][1] = group_scales_signed<0, 0, 1>(s);
-        isc[0][2] = group_scales_signed<0, 1, 0>(s), isc[0][3] = group_scales_signed<0, 1, 1>(s);
-        isc[1][0] = group_scales_signed<1, 0, 0>(s), isc[1][1] = group_scales_signed<1, 0, 1>(s);
-        isc[1][2] = group_scales_signed<1, 1, 0>(s), isc[1][3] = group_scales_signed<1, 1, 1>(s);
+        for (int g = 0; g < 2; ++g) {
+            const __m256i h = g ? _mm256_permute2x128_si256(s16, s16, 0x11) : _mm256_permute2x128_si256(s16, s16, 0x00);
+            isc[g][0] = half_scales16<0, 0>(h), isc[g][1] = half_scales16<0, 1>(h);
+            isc[g][2] = half_scales16<1, 0>(h), isc[g][3] = half_scales16<1, 1>(h);
+        }
         __m256 c[NT];
         for (int t = 0; t < NT; ++t) {
             c[t] = _mm256_mul_ps(dv, _mm256_loadu_ps(a.d[t] + 8 * i));
