@@ -287,14 +287,14 @@ inline __m256i half_scales16(__m256i s16) {
 
 // kquant_row for Q3_K and Q6_K (unsigned codes, signed int8 scales per 16 values): the group
 // scales go into vpmaddwd (|code x act| pairs <= 2 x 63 x 127, times |scale| <= 128, summed over
-// a block: far inside int32), so one float step per block pair instead of one per group pair;
+// a block: far inside int32) instead of a float step per group pair;
 // the code offset stays an fma against the activations' 16-value sums.
 template <QType WT, int NT>
 inline void kquant16_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m256 * fin) {
     using B = KQuant<WT>;
     RowAcc<NT> r;
-    const __m256i e[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
-                          _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+    // Lane order of the block sums after two rounds of vphaddd over the four block pairs.
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     auto dot = [](__m256i w0, __m256i x0, __m256i s0, __m256i w1, __m256i x1, __m256i s1) {
         return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), s0),
                                 _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), s1));
@@ -315,10 +315,11 @@ inline void kquant16_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m
         }
         __m256 c[NT];
         for (int t = 0; t < NT; ++t) {
-            c[t] = _mm256_mul_ps(dv, _mm256_loadu_ps(a.d[t] + 8 * i));
+            c[t] = _mm256_mul_ps(dv, _mm256_permutevar8x32_ps(_mm256_loadu_ps(a.d[t] + 8 * i), order));
             r.accm[t] = _mm256_fmadd_ps(mg0, _mm256_loadu_ps(a.s16[t] + 16 * i), r.accm[t]);
             r.accm[t] = _mm256_fmadd_ps(mg1, _mm256_loadu_ps(a.s16[t] + 16 * i + 8), r.accm[t]);
         }
+        __m256i half[NT][2];
         for (int g = 0; g < 2; ++g) {
             const Codes cd = B::codes(sb, g);
             for (int t = 0; t < NT; ++t) {
@@ -326,10 +327,12 @@ inline void kquant16_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m
                 const __m256i a0 = load_acts(x), a1 = load_acts(x + 32), a2 = load_acts(x + 64), a3 = load_acts(x + 96);
                 const __m256i d01 = dot(cd.lo01, a0, isc[g][0], cd.hi01, a2, isc[g][1]);
                 const __m256i d23 = dot(cd.lo23, a1, isc[g][2], cd.hi23, a3, isc[g][3]);
-                __m256 & acc = r.acc[t][g];
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(c[t], e[2 * g]), acc);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(c[t], e[2 * g + 1]), acc);
+                half[t][g] = _mm256_hadd_epi32(d01, d23);  // blocks 4g + (0, 2, 1, 3), two lanes each
             }
+        }
+        for (int t = 0; t < NT; ++t) {  // one lane per block: |sum| <= 32 x 63 x 127 x 128 < 2^31
+            const __m256i sums = _mm256_hadd_epi32(half[t][0], half[t][1]);
+            r.acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), c[t], r.acc[t][0]);
         }
     }
     for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
