@@ -387,18 +387,26 @@ template <>
 struct KQuant<QType::Q6_K> {
     static constexpr int kBytes = 210, kOffset = 32;
     static constexpr bool kGroups16 = true, kSigned = false;
+    // Block k of half g: nibble k >> 1 of ql[64g + 32(k & 1) + l], bits 2k of qh[32g + l]. Built
+    // in the Codes layout (as Q3_K's): blocks 0 and 1 from two 16-byte loads, the high bits from
+    // qh shifted per lane to bits 4-5 (32-bit shifts; the mask keeps bits within their byte).
     static Codes codes(const uint8_t * sb, int g) {
         const block_q6_K * b = reinterpret_cast<const block_q6_K *>(sb);
-        // Block k: nibble k >> 1 of ql[64g + 32(k & 1) + l], bits 2k of qh[32g + l].
-        const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
-        const __m256i l0 = load32(b->ql + 64 * g), l1 = load32(b->ql + 64 * g + 32), h = load32(b->qh + 32 * g);
-        const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-                               _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                               _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
-        __m256i c[4];
-        for (int k = 0; k < 4; ++k)
-            c[k] = _mm256_or_si256(lo[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * k), m3), 4));
-        return from_blocks(c[0], c[1], c[2], c[3]);
+        const uint8_t * ql = b->ql + 64 * g;
+        auto pair = [](const uint8_t * p0, const uint8_t * p1) {
+            return _mm256_inserti128_si256(_mm256_castsi128_si256(load16(p0)), load16(p1), 1);
+        };
+        const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+        const __m256i lq = pair(ql, ql + 32), hq = pair(ql + 16, ql + 48);
+        const __m256i hl = _mm256_broadcastsi128_si256(load16(b->qh + 32 * g));
+        const __m256i hh = _mm256_broadcastsi128_si256(load16(b->qh + 32 * g + 16));
+        const __m256i up = _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2), down = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+        auto six = [&](__m256i low, __m256i h, bool first) {
+            const __m256i hb = first ? _mm256_sllv_epi32(h, up) : _mm256_srlv_epi32(h, down);
+            return _mm256_or_si256(_mm256_and_si256(low, m4), _mm256_and_si256(hb, m30));
+        };
+        return {six(lq, hl, true), six(_mm256_srli_epi16(lq, 4), hl, false), six(hq, hh, true),
+                six(_mm256_srli_epi16(hq, 4), hh, false)};
     }
     static __m128i int_scales(const uint8_t * sb) { return load16(reinterpret_cast<const uint8_t *>(reinterpret_cast<const block_q6_K *>(sb)->scales)); }
     static float super_d(const uint8_t * sb) { return h2f(reinterpret_cast<const block_q6_K *>(sb)->d); }
