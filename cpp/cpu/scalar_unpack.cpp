@@ -3,6 +3,7 @@
 // with the Q8 activations; the SIMD kernels compute the same sums from the packed blocks.
 #include <cstring>
 
+#include "common/unaligned.h"
 #include "cpu/kernels.h"
 #include "quant/iq_grids.h"
 #include "quant/iquants.h"
@@ -237,18 +238,12 @@ void set_grid_scales(float * dg, float * mg, int g, int n, float d) {
     }
 }
 
-uint32_t u32_at(const void * p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
 void unpack_iq2_xxs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
     const block_iq2_xxs * b = reinterpret_cast<const block_iq2_xxs *>(row);
     for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
         const float d = fp16_to_fp32(b[i].d);
         for (int ib = 0; ib < 8; ++ib) {
-            const uint32_t a0 = u32_at(b[i].qs + 4 * ib), a1 = u32_at(b[i].qs + 4 * ib + 2);
+            const uint32_t a0 = load_u32(b[i].qs + 4 * ib), a1 = load_u32(b[i].qs + 4 * ib + 2);
             set_grid_scales(dg, mg, 2 * ib, 2, d * (0.5f + float(a1 >> 28)) * 0.25f);
             for (int l = 0; l < 4; ++l, codes += 8)
                 grid_codes(iq2xxs_grid[(a0 >> (8 * l)) & 255], 8, ksigns_iq2xs[(a1 >> (7 * l)) & 127], codes);
@@ -291,7 +286,7 @@ void unpack_iq3_xxs(const uint8_t * row, int64_t K, uint8_t * codes, float * dg,
     for (int64_t i = 0; i < K / QK_K; ++i, dg += 16, mg += 16) {
         const float d = fp16_to_fp32(b[i].d);
         for (int ib = 0; ib < 8; ++ib) {
-            const uint32_t aux = u32_at(b[i].qs + QK_K / 4 + 4 * ib);
+            const uint32_t aux = load_u32(b[i].qs + QK_K / 4 + 4 * ib);
             set_grid_scales(dg, mg, 2 * ib, 2, d * (0.5f + float(aux >> 28)) * 0.5f);
             for (int l = 0; l < 4; ++l, codes += 8) {
                 const unsigned s = ksigns_iq2xs[(aux >> (7 * l)) & 127];

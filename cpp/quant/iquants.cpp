@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "common/unaligned.h"
 #include "quant/iq_grids.h"
 #include "quant/ref.h"
 
@@ -34,12 +35,6 @@ inline void iq1_values(uint64_t entry, float dl, float delta, float * y) {
 }
 
 constexpr float kIq1Delta = 0.125f;
-
-inline uint32_t load_u32(const void * p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 }  // namespace
 

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstring>
 
+#include "common/unaligned.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "quant/iquants.h"
 #include "quant/kquants.h"
@@ -56,18 +57,6 @@ inline __m256i bits_to_bytes(uint32_t x) {
     const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(x)), shuf);
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
     return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
-}
-
-inline uint32_t load_u32(const uint8_t * p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-inline int load_u16(const uint8_t * p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
 }
 
 // ---- legacy formats: 4 blocks at a time (n < 4 at a row's end; missing blocks are zero) ----

@@ -6,6 +6,7 @@
 // of 8 indices, lo's entries then hi's; gathered 4 entries (one ymm of codes) at a time.
 #pragma once
 
+#include "common/unaligned.h"
 #include "cpu/arch/x86/blocks_avx2.h"
 #include "quant/iq_grids.h"
 #include "quant/iquants.h"
@@ -86,8 +87,6 @@ inline Codes iq1_codes(Idx16 idx, Idx16 neg) {
     return {code(lo(idx.a), lo(neg.a)), code(hi(idx.a), hi(neg.a)), code(lo(idx.b), lo(neg.b)), code(hi(idx.b), hi(neg.b))};
 }
 
-inline uint32_t u32_at(const uint8_t * p) { return load_u32(p); }
-
 // The 16 per-16 scales of 8 per-block ones (lane b of v: block b's, in the order of dg's lanes:
 // groups 2b and 2b + 1), times mul; no offset term.
 inline void block_scales(__m256 v, float mul, __m256 dg[2], __m256 mg[2]) {
@@ -154,7 +153,7 @@ struct KQuant<QType::IQ2_S> {
     static constexpr bool kGroups16 = true, kSigned = true;
     static Codes codes(const uint8_t * sb, int g) {
         Idx16 idx = bytes_to_idx(half_order(load16(sb + 2 + 16 * g)));
-        const __m256i qh = _mm256_set1_epi32(int(u32_at(sb + 66 + 4 * g)));
+        const __m256i qh = _mm256_set1_epi32(int(load_u32(sb + 66 + 4 * g)));
         idx.a = _mm256_or_si256(idx.a, _mm256_slli_epi32(bits_at(qh, _mm256_setr_epi32(0, 2, 8, 10, 16, 18, 24, 26), 3), 8));
         idx.b = _mm256_or_si256(idx.b, _mm256_slli_epi32(bits_at(qh, _mm256_setr_epi32(4, 6, 12, 14, 20, 22, 28, 30), 3), 8));
         return grid8_codes(iq2s_grid, idx, half_order(load16(sb + 34 + 16 * g)));
@@ -196,7 +195,7 @@ struct KQuant<QType::IQ3_S> {
     static Codes codes(const uint8_t * sb, int g) {
         Idx16 lo, hi;
         iq3_indices(sb + 2 + 32 * g, &lo, &hi);
-        const __m256i qh = _mm256_set1_epi32(int(u32_at(sb + 66 + 4 * g)));
+        const __m256i qh = _mm256_set1_epi32(int(load_u32(sb + 66 + 4 * g)));
         const __m256i s01 = _mm256_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11), s23 = _mm256_setr_epi32(16, 17, 18, 19, 24, 25, 26, 27);
         const __m256i four = _mm256_set1_epi32(4);
         auto add = [&](__m256i ix, __m256i sh) { return _mm256_or_si256(ix, _mm256_slli_epi32(bits_at(qh, sh, 1), 8)); };

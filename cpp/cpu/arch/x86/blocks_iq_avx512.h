@@ -12,6 +12,7 @@
 // 16..31); their sign bytes in the same order are the byte masks of lo and hi as they stand.
 #pragma once
 
+#include "common/unaligned.h"
 #include "cpu/arch/x86/blocks_avx512.h"
 #include "quant/iq_grids.h"
 #include "quant/iquants.h"
@@ -256,17 +257,6 @@ inline Codes grid_half(const uint64_t * tab, const uint64_t * p) {
             lanes4(grid_pair(tab, p[0], 32), grid_pair(tab, p[1], 32), grid_pair(tab, p[2], 32), grid_pair(tab, p[3], 32))};
 }
 
-inline uint32_t u32_at(const uint8_t * p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-inline uint64_t u64_at(const uint8_t * p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
 template <>
 struct KQuant<QType::IQ2_XXS> {
     static constexpr int kBytes = 66;
@@ -292,7 +282,7 @@ struct KQuant<QType::IQ2_XXS> {
         const __m512i z = _mm512_setzero_si512();
         for (int g = 0; g < 2; ++g) {
             uint64_t p[4];
-            for (int j = 0; j < 4; ++j) p[j] = _pdep_u64(u32_at(sb + 2 + 32 * g + 8 * j), 0x00FF00FF00FF00FF);
+            for (int j = 0; j < 4; ++j) p[j] = _pdep_u64(load_u32(sb + 2 + 32 * g + 8 * j), 0x00FF00FF00FF00FF);
             const __m128i sg = g ? _mm256_extracti128_si256(signs, 1) : _mm256_castsi256_si128(signs);
             const Codes e = grid_half(kIq2xxsCodes.e, p);
             c[g] = {_mm512_mask_sub_epi8(e.lo, __mmask64(_mm_cvtsi128_si64(sg)), z, e.lo),
@@ -322,7 +312,7 @@ struct KQuant<QType::IQ2_XS> {
         const __m256i signs = _mm512_cvtepi16_epi8(ksigns64(_mm512_srli_epi16(q, 9)));
         for (int g = 0; g < 2; ++g) {
             uint64_t p[4];
-            for (int j = 0; j < 4; ++j) p[j] = u64_at(sb + 2 + 32 * g + 8 * j) & 0x01FF01FF01FF01FF;
+            for (int j = 0; j < 4; ++j) p[j] = load_u64(sb + 2 + 32 * g + 8 * j) & 0x01FF01FF01FF01FF;
             const __m128i s = half_order(g ? _mm256_extracti128_si256(signs, 1) : _mm256_castsi256_si128(signs));
             const Codes e = grid_half(kIq2xsCodes.e, p);
             const __m512i z = _mm512_setzero_si512();
@@ -355,7 +345,7 @@ struct KQuant<QType::IQ2_S> {
         for (int g = 0; g < 2; ++g) {
             uint64_t p[4];
             for (int j = 0; j < 4; ++j)
-                p[j] = _pdep_u64(u32_at(sb + 2 + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
+                p[j] = _pdep_u64(load_u32(sb + 2 + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
                        _pdep_u64(sb[66 + 4 * g + j], 0x0300030003000300);
             const __m128i s = half_order(load16(sb + 34 + 16 * g));
             const Codes e = grid_half(kIq2sCodes.e, p);
@@ -474,10 +464,10 @@ struct KQuant<QType::IQ1_S> {
     static void codes_sb(const uint8_t * sb, Codes c[2]) {
         for (int g = 0; g < 2; ++g) {
             // Block b's qh word: index bits 8..10 of entry l at bits 3 l, the delta sign at 15.
-            const uint64_t qh = u64_at(sb + 34 + 8 * g);
+            const uint64_t qh = load_u64(sb + 34 + 8 * g);
             uint64_t p[4];
             for (int j = 0; j < 4; ++j)
-                p[j] = _pdep_u64(u32_at(sb + 2 + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
+                p[j] = _pdep_u64(load_u32(sb + 2 + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
                        _pdep_u64(qh >> (16 * j), 0x0700070007000700);
             const uint32_t neg = uint32_t(_pext_u64(qh, 0x8000800080008000));
             const __mmask8 m = __mmask8(_pdep_u32(neg, 0x55) * 3);
@@ -507,10 +497,10 @@ struct KQuant<QType::IQ1_M> {
     static void codes_sb(const uint8_t * sb, Codes c[2]) {
         for (int g = 0; g < 2; ++g) {
             // Block b's qh bytes 2 b, 2 b + 1: entry l's nibble at 4 l (bit 3 the delta sign).
-            const uint64_t qh = u64_at(sb + 32 + 8 * g);
+            const uint64_t qh = load_u64(sb + 32 + 8 * g);
             uint64_t p[4];
             for (int j = 0; j < 4; ++j)
-                p[j] = _pdep_u64(u32_at(sb + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
+                p[j] = _pdep_u64(load_u32(sb + 16 * g + 4 * j), 0x00FF00FF00FF00FF) |
                        _pdep_u64((qh >> (16 * j)) & 0x7777, 0x0F000F000F000F00);
             c[g] = iq1_half(p, __mmask8(_pext_u64(qh, 0x0088008800880088)), __mmask8(_pext_u64(qh, 0x8800880088008800)));
         }
