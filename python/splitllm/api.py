@@ -427,12 +427,7 @@ class _Service:
         name = self._model_name(body.model)
         token_lists = self.embedding_tokens(
             [self.model.tokenize(x.encode("utf-8")) if isinstance(x, str) else x for x in body.inputs()])
-        try:
-            pooling = self.model.pooling_type()
-        except ValueError as e:
-            raise APIError(400, str(e)) from None
-        if pooling == LLAMA_POOLING_TYPE_RANK:
-            raise APIError(400, "this model is a reranker (pooling rank): use /v1/rerank", param="model")
+        pooling = self.embedding_pooling()
         if pooling == LLAMA_POOLING_TYPE_NONE:  # as llama-server answers
             raise APIError(400, "this model's embeddings are per token (pooling none), which OpenAI's API "
                            "cannot carry: serve it with --pooling mean (or last, cls)", param="model")
@@ -452,6 +447,20 @@ class _Service:
         return JSONResponse({"object": "list", "data": data, "model": name,
                              "usage": {"prompt_tokens": n, "total_tokens": n}})
 
+
+    def pooling(self) -> int:
+        """The model's pooling type; a 400 when it cannot serve one."""
+        try:
+            return self.model.pooling_type()
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+
+    def embedding_pooling(self) -> int:
+        """The pooling type of an embedding request: a reranker's is refused (it has /v1/rerank)."""
+        pooling = self.pooling()
+        if pooling == LLAMA_POOLING_TYPE_RANK:
+            raise APIError(400, "this model is a reranker (pooling rank): use /v1/rerank", param="model")
+        return pooling
 
     def embedding_tokens(self, token_lists: Sequence[Sequence[int]], param: str = "input") -> list[list[int]]:
         """Texts' tokens checked against what the model reads in one text (400 naming param)."""
@@ -494,11 +503,7 @@ class _Service:
         as llama-server joins it), best first, the first top_n."""
         name = self._model_name(body.model)
         docs = body.docs()
-        try:
-            pooling = self.model.pooling_type()
-        except ValueError as e:
-            raise APIError(400, str(e)) from None
-        if pooling != LLAMA_POOLING_TYPE_RANK:
+        if self.pooling() != LLAMA_POOLING_TYPE_RANK:
             raise APIError(400, "this model is not a reranker (pooling rank, a classification head): serve a "
                            "reranker, or pass --pooling rank", param="model")
         limit = self.model.embed_limit()

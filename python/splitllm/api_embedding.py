@@ -23,7 +23,7 @@ from splitllm.api import CLIENT_CLOSED, _collect_all
 from splitllm.api_native import _json_body
 from splitllm.api_schema import MAX_EMBED_INPUTS, APIError
 from splitllm.infill import tokenize_mixed
-from splitllm.model import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_RANK
+from splitllm.model import LLAMA_POOLING_TYPE_NONE
 
 if TYPE_CHECKING:
     from splitllm.api import _Service
@@ -48,12 +48,7 @@ async def native_embedding(svc: _Service, body: Any, request: Request) -> Respon
     if not isinstance(norm, int) or isinstance(norm, bool) or norm < -1:
         raise APIError(400, f"embd_normalize must be an integer, -1 or more (got {norm!r})",
                        param="embd_normalize")
-    try:
-        pooling = svc.model.pooling_type()
-    except ValueError as e:
-        raise APIError(400, str(e)) from None
-    if pooling == LLAMA_POOLING_TYPE_RANK:
-        raise APIError(400, "this model is a reranker (pooling rank): use /v1/rerank", param="model")
+    pooling = svc.embedding_pooling()
     tok = svc.model.tokenizer
     try:
         tokens = [tokenize_mixed(tok, p, add_special=True, special=True) for p in _prompts(body[key], key)]
