@@ -431,22 +431,19 @@ class _Service:
         if pooling == LLAMA_POOLING_TYPE_NONE:  # as llama-server answers
             raise APIError(400, "this model's embeddings are per token (pooling none), which OpenAI's API "
                            "cannot carry: serve it with --pooling mean (or last, cls)", param="model")
-        runs = self._embedding_runs(token_lists, "input")
-        if await _collect_all(runs, request) is None:
+        pooled = await self.pooled_embeddings(token_lists, "input", request, pooling, normalize=True)
+        if pooled is None:
             return Response(status_code=CLIENT_CLOSED)
         data = []
-        for r in runs:
-            rows = np.concatenate(r.stream.job.embeddings)  # type: ignore[arg-type]
-            vecs = self.model.pool(rows, pooling, normalize=True)
+        for index, vecs in pooled:
             if body.encoding_format == "base64":
                 emb = base64.b64encode(vecs[0].astype("<f4").tobytes()).decode("ascii")
             else:
                 emb: Any = vecs[0].tolist()
-            data.append({"object": "embedding", "embedding": emb, "index": r.index})
+            data.append({"object": "embedding", "embedding": emb, "index": index})
         n = sum(len(t) for t in token_lists)
         return JSONResponse({"object": "list", "data": data, "model": name,
                              "usage": {"prompt_tokens": n, "total_tokens": n}})
-
 
     def pooling(self) -> int:
         """The model's pooling type; a 400 when it cannot serve one."""
@@ -461,6 +458,20 @@ class _Service:
         if pooling == LLAMA_POOLING_TYPE_RANK:
             raise APIError(400, "this model is a reranker (pooling rank): use /v1/rerank", param="model")
         return pooling
+
+    async def pooled_embeddings(
+        self, token_lists: list[list[int]], param: str, request: Request, pooling: int, *, normalize: bool
+    ) -> list[tuple[int, np.ndarray]] | None:
+        """(input index, its vectors pooled by ``pooling``) of each text, evaluated as the engine's
+        embedding jobs; None when the client left."""
+        runs = self._embedding_runs(token_lists, param)
+        if await _collect_all(runs, request) is None:
+            return None
+        out = []
+        for r in runs:
+            rows = np.concatenate(r.stream.job.embeddings)  # type: ignore[arg-type]
+            out.append((r.index, self.model.pool(rows, pooling, normalize=normalize)))
+        return out
 
     def embedding_tokens(self, token_lists: Sequence[Sequence[int]], param: str = "input") -> list[list[int]]:
         """Texts' tokens checked against what the model reads in one text (400 naming param)."""

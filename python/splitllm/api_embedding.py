@@ -19,7 +19,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from splitllm.api import CLIENT_CLOSED, _collect_all
+from splitllm.api import CLIENT_CLOSED
 from splitllm.api_native import _json_body
 from splitllm.api_schema import MAX_EMBED_INPUTS, APIError
 from splitllm.infill import tokenize_mixed
@@ -54,16 +54,15 @@ async def native_embedding(svc: _Service, body: Any, request: Request) -> Respon
         tokens = [tokenize_mixed(tok, p, add_special=True, special=True) for p in _prompts(body[key], key)]
     except ValueError as e:
         raise APIError(400, str(e), param=key) from None
-    runs = svc._embedding_runs(svc.embedding_tokens(tokens, key), key)
-    if await _collect_all(runs, request) is None:
+    token_lists = svc.embedding_tokens(tokens, key)
+    pooled = await svc.pooled_embeddings(token_lists, key, request, pooling, normalize=False)
+    if pooled is None:
         return Response(status_code=CLIENT_CLOSED)
     out = []
-    for r in runs:
-        rows = np.concatenate(r.stream.job.embeddings)  # type: ignore[arg-type]
-        vecs = svc.model.pool(rows, pooling, normalize=False)
+    for index, vecs in pooled:
         if pooling != LLAMA_POOLING_TYPE_NONE:  # (llama-server normalizes pooled vectors only)
             vecs = normalized(vecs, norm)
-        out.append({"index": r.index, "embedding": vecs.astype(np.float32).tolist()})
+        out.append({"index": index, "embedding": vecs.astype(np.float32).tolist()})
     return JSONResponse(out)
 
 
