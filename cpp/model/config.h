@@ -1,6 +1,7 @@
 // Hyperparameters of a decoder-only transformer, read from GGUF metadata.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,13 +28,14 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss
+    GptOss, Qwen2Moe, Olmoe, GraniteMoe
 };
 
 struct Config {
     Arch arch = Arch::Llama;
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
-                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss"
+                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
+                                // "qwen2moe", "olmoe", "granitemoe"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -46,6 +48,11 @@ struct Config {
     int n_expert_used = 0;
     int n_ff_exp = 0;
     bool expert_weights_norm = true;  // the chosen experts' weights rescaled to sum to 1
+    // A shared expert beside the routed ones (qwen2moe, granitemoe with one): a feed-forward of
+    // this width every token goes through, its output added to theirs (0: none); with shexp_gate
+    // (qwen2moe) times sigmoid(ffn_gate_inp_shexp . h).
+    int n_ff_shexp = 0;
+    bool shexp_gate = false;
     // gpt-oss (llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT): the n_expert_used
     // largest router logits are chosen and their softmax weighs them; else (softmax) the softmax
     // over all experts.
@@ -130,7 +137,7 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    int ff_max() const { return n_ff > n_ff_exp ? n_ff : n_ff_exp; }  // widest feed-forward activation
+    int ff_max() const { return std::max({n_ff, n_ff_exp, n_ff_shexp}); }  // widest feed-forward activation
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
     std::string shape_keys() const;
