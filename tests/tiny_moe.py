@@ -130,7 +130,9 @@ def write_moe_gguf(cfg: MoeConfig, w: Weights, path: Path, *, metadata_changes: 
                       n_head_kv=cfg.n_head_kv, n_ff=cfg.n_ff, n_vocab=cfg.n_vocab, rope_base=cfg.rope_base,
                       rms_eps=cfg.rms_eps, n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used,
                       n_ff_exp=cfg.n_ff_exp if cfg.arch == "qwen2moe" else None)  # fmt: skip
-    return write_gguf(TinyModel(tiny, w), path, metadata={**metadata(cfg), **(metadata_changes or {})}, **kw)
+    own = metadata(cfg)  # (a key of its own removed by a change: never written)
+    changes = {k: v for k, v in {**own, **(metadata_changes or {})}.items() if v is not None or k not in own}
+    return write_gguf(TinyModel(tiny, w), path, metadata=changes, **kw)
 
 
 def _rms(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
