@@ -165,15 +165,17 @@ def _moe(cfg: MoeConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
     return out
 
 
-def reference_logits(cfg: MoeConfig, w: Weights, tokens: list[int], *, kv_f16: bool = True) -> np.ndarray:
+def reference_logits(cfg: MoeConfig, w: Weights, tokens: list[int], *, kv_f16: bool = True,
+                     rotate_half: bool = False) -> np.ndarray:  # fmt: skip
     """float64 logits (n, n_vocab) of tokens at positions 0..n-1; with kv_f16 the keys (rotated) and
-    values rounded to float16, as the engines' caches store them."""
+    values rounded to float16, as the engines' caches store them. ``rotate_half``: q/k rows in
+    Hugging Face's order, rotated as transformers does (else granitemoe's are GGUF's pairs)."""
     n, hd, nh, nkv = len(tokens), cfg.head_dim, cfg.n_head, cfg.n_head_kv
     pos = np.arange(n)
     inv = 1.0 / cfg.rope_base ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
     granite = cfg.arch == "granitemoe"
     emb, res, scale, logit_scale = cfg.granite_scales if granite else (1.0, 1.0, hd**-0.5, 1.0)
-    neox = not granite  # (granite: llama's interleaved pairs, the converter's permuted q/k rows)
+    neox = rotate_half or not granite  # (granite in GGUF: llama's interleaved pairs, q/k rows permuted)
     mask = np.triu(np.full((n, n), -np.inf), 1)
     x = w["token_embd.weight"][tokens] * emb
     for i in range(cfg.n_layer):
@@ -192,7 +194,7 @@ def reference_logits(cfg: MoeConfig, w: Weights, tokens: list[int], *, kv_f16: b
         s = np.einsum("qhd,khd->hqk", q, k) * scale + mask
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         a = np.einsum("hqk,khd->qhd", s / s.sum(axis=-1, keepdims=True), v).reshape(n, nh * hd)
-        x = x + res * (a @ w[b + "attn_output.weight"].T)
+        x = x + res * (a @ w[b + "attn_output.weight"].T + w.get(b + "attn_output.bias", 0.0))
         x = x + res * _moe(cfg, w, b, _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps))
     out = w.get("output.weight", w["token_embd.weight"])
     return _rms(x, w["output_norm.weight"], cfg.rms_eps) @ out.T / logit_scale
