@@ -91,10 +91,26 @@ def test_matches_llama_cpp(tmp_path, case):
         assert rel_err(m.logits(TOKENS), theirs) < 1e-3
 
 
+@pytest.fixture
+def lcpp_plain_buffers(monkeypatch):
+    """llama.cpp without its extra CPU buffer types (use_extra_bufts off, llama-cli's --no-repack):
+    with them, llama-cpp-python 0.3.36 crashes (SIGSEGV in decode) on quantized expert tensors on
+    CPUs with AMX (seen with qwen3moe too)."""
+    llama = pytest.importorskip("llama_cpp.llama")
+    default = llama.llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    monkeypatch.setattr(llama.llama_cpp, "llama_model_default_params", params)
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K"])
 @pytest.mark.parametrize("case", ["qwen2moe", "olmoe", "granitemoeshared-tied"])
-def test_quantized_matches_llama_cpp(tmp_path, case, wtype):
+def test_quantized_matches_llama_cpp(tmp_path, lcpp_plain_buffers, case, wtype):
     """Quantized weights (the router and the shared expert's gate stay F32): the reference's logits
     on the weights as the file holds them, and llama.cpp's on the same file, each token's within the
     engines' 8-bit activations (measured: about 1% of the largest logit, 1.3% at most), but where
@@ -170,3 +186,26 @@ def test_experts_stay_on_the_cpu(tmp_path, monkeypatch, case):
     assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
     np.testing.assert_allclose(run(m), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", ["qwen2moe", "granitemoeshared-tied"])
+def test_imatrix_names_the_shared_expert(tmp_path, case):
+    """Importance-matrix collection (llama-imatrix's names): the shared expert's gate and up
+    projections read the router's input, so their sums are the router's; its down projection has
+    an entry of its own; every routed expert's too."""
+    from splitllm.imatrix import compute
+
+    cfg = CASES[case]
+    path = tmp_path / "m.gguf"
+    write_moe_gguf(cfg, make_weights(cfg), path)
+    with Model(path, n_ctx=32, n_threads=2) as m:
+        entries = compute(m, TOKENS * 2, n_ctx=32).imatrix.entries
+    for layer in range(cfg.n_layer):
+        b = f"blk.{layer}."
+        router = entries[b + "ffn_gate_inp.weight"]
+        for name in ("ffn_gate_shexp", "ffn_up_shexp"):
+            np.testing.assert_array_equal(entries[b + name + ".weight"].sums, router.sums)
+            np.testing.assert_array_equal(entries[b + name + ".weight"].counts, router.counts)
+        assert entries[b + "ffn_down_shexp.weight"].sums.shape == (1, cfg.shared_width)
+        assert entries[b + "ffn_down_exps.weight"].sums.shape == (cfg.n_expert, cfg.expert_width)
+    assert not any(n.startswith("blk.0.ffn_gate.") or n.startswith("blk.0.ffn_up.") for n in entries)
