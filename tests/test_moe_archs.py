@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import gguf
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
 from splitllm import GGUFError, Model, _core
 from splitllm.quants import quantize
-from tiny_model import F32_LOGITS_TOL
+from tiny_model import F32_LOGITS_TOL, check_engine_passes
 from tiny_moe import MoeConfig, make_weights, reference_logits, write_moe_gguf
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2  # 32 positions
@@ -68,13 +69,7 @@ def test_matches_float64_reference(tmp_path, case):
     ref = reference_logits(cfg, held, TOKENS)
     for other_cfg, other_w in variants(cfg, held):
         assert rel_err(reference_logits(other_cfg, other_w, TOKENS), ref) > 50 * F32_LOGITS_TOL
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        assert rel_err(m.logits(TOKENS), ref) < F32_LOGITS_TOL
-    with Model(path, n_ctx=64, n_batch=5, n_threads=2) as m:
-        assert rel_err(m.logits(TOKENS), ref) < F32_LOGITS_TOL
-        m.reset()
-        steps = np.stack([m.eval_prompt(TOKENS[: i + 1]) for i in range(len(TOKENS))])
-        assert rel_err(steps, ref) < F32_LOGITS_TOL
+    check_engine_passes(path, TOKENS, ref)
 
 
 @pytest.mark.reference
@@ -185,6 +180,14 @@ def test_experts_stay_on_the_cpu(tmp_path, monkeypatch, case):
     m = _core.Model(path, n_ctx=64, n_threads=1, n_gpu_layers=-1)
     assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
+    part_bytes: dict[str, int] = {}  # the file's tensors by part (the shared expert's gate too)
+    for t in gguf.GGUFReader(path).tensors:
+        part = ".".join(t.name.split(".")[:2]) if t.name.startswith("blk.") else t.name.split(".")[0]
+        part = "output" if part == "output_norm" else part
+        part_bytes[part] = part_bytes.get(part, 0) + int(t.n_bytes)
+    if cfg.tied_output:  # (on the GPU the output layer holds a copy of the embedding)
+        part_bytes["output"] += part_bytes["token_embd"]
+    assert {p["name"]: p["weight_bytes"] for p in m.placement} == part_bytes
     np.testing.assert_allclose(run(m), want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
