@@ -209,6 +209,8 @@ def test_imatrix_names_the_shared_expert(tmp_path, case):
         for name in ("ffn_gate_shexp", "ffn_up_shexp"):
             np.testing.assert_array_equal(entries[b + name + ".weight"].sums, router.sums)
             np.testing.assert_array_equal(entries[b + name + ".weight"].counts, router.counts)
+        if cfg.arch == "qwen2moe":  # (its gate too, as llama-imatrix collects every matmul's)
+            np.testing.assert_array_equal(entries[b + "ffn_gate_inp_shexp.weight"].sums, router.sums)
         assert entries[b + "ffn_down_shexp.weight"].sums.shape == (1, cfg.shared_width)
         assert entries[b + "ffn_down_exps.weight"].sums.shape == (cfg.n_expert, cfg.expert_width)
     assert not any(n.startswith("blk.0.ffn_gate.") or n.startswith("blk.0.ffn_up.") for n in entries)

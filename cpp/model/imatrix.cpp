@@ -112,6 +112,12 @@ void Model::imatrix_start(bool process_output) {
         s[kImxDown] = imx_target(b + "ffn_down" + sh + ".weight", L.w_down);
         if (L.moe()) {
             s[kImxRouter] = imx_target(b + "ffn_gate_inp.weight", L.gate_inp);
+            if (L.ffn_gate_inp_shexp) {  // (a vector: one row of n_embd)
+                WeightRef gate;
+                gate.rows = 1;
+                gate.K = c.n_embd;
+                s[kImxShexpGate] = imx_target(b + "ffn_gate_inp_shexp.weight", gate);
+            }
             s[kImxGateExps] = imx_target(b + "ffn_gate_exps.weight", L.gate_exps, c.n_expert);
             s[kImxUpExps] = imx_target(b + "ffn_up_exps.weight", L.up_exps, c.n_expert);
             s[kImxDownExps] = imx_target(b + "ffn_down_exps.weight", L.down_exps, c.n_expert);

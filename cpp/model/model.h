@@ -330,8 +330,9 @@ private:
     std::vector<Owned> owned_;  // allocations to free, and the memory accounting
     // Importance-matrix collection (null: off). The matmuls of a layer, and per layer and matmul the
     // weight it reads: its name, its K, its stacked matrices, its collector entry (-1: not yet).
-    enum ImxSite { kImxQ, kImxK, kImxV, kImxO, kImxGate, kImxUp, kImxDown, kImxRouter, kImxGateExps, kImxUpExps,
-                   kImxDownExps, kImxSites };
+    // (kImxShexpGate: qwen2moe's shared-expert gate; the experts' sites last: see imx_observe)
+    enum ImxSite { kImxQ, kImxK, kImxV, kImxO, kImxGate, kImxUp, kImxDown, kImxRouter, kImxShexpGate, kImxGateExps,
+                   kImxUpExps, kImxDownExps, kImxSites };
     struct ImxTarget {
         std::string name;  // "" when the matmul reads no weight of its own (a slice of a fused one)
         int64_t k = 0;

@@ -73,6 +73,7 @@ void Model::route(const float * logits, int n) {
 
 const float * Model::shared_expert_gates(const LayerWeights & L, Scratch & s, int n) {
     const size_t row = size_t(cfg_.n_embd);
+    if (imx_) imx_observe(int(&L - w_.layers.data()), kImxShexpGate, s.h, n, cpu_.get());
     for (int t = 0; t < n; ++t) {
         const float * h = s.h + size_t(t) * row;
         double z = 0;
