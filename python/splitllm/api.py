@@ -86,7 +86,8 @@ from splitllm.grammar import Grammar, response_grammar
 from splitllm.harmony import HarmonySplitter
 from splitllm.infill import check_echo, completion_prompt, with_tail
 from splitllm.model import LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_RANK
-from splitllm.reasoning import ReasoningSplitter, check_reasoning_format
+from splitllm.reasoning import CLOSE, OPEN, ReasoningSplitter, check_reasoning_format
+from splitllm.reasoning_budget import ReasoningBudget, check_budget, thinking_budget
 from splitllm.tools import ToolChunks, ToolError, ToolPlan, tool_chat_choice, tool_plan
 
 _Body = TypeVar("_Body", CompletionRequest, ChatRequest)
@@ -97,7 +98,8 @@ CLIENT_CLOSED = 499      # status logged for a request whose client went away (n
 def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: str | None = None,
                chat_template_kwargs: dict[str, Any] | None = None,
                reasoning_format: str = "deepseek", slots_endpoint: bool = True,
-               slot_save_path: str | None = None) -> FastAPI:
+               slot_save_path: str | None = None, reasoning_budget: int = -1,
+               reasoning_budget_message: str = "") -> FastAPI:
     """The FastAPI application serving ``engine``'s model under ``model_alias`` (default: the file
     name without ``.gguf``). With ``api_key``, requests (but ``/health``) must carry it as a bearer
     token. ``chat_template_kwargs``: chat template variables for every chat request (a request's
@@ -105,9 +107,14 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     the default of chat requests' ``reasoning_format`` ("deepseek": a thinking block opening the
     answer goes to ``reasoning_content``, as llama-server does by default; "none").
     ``slots_endpoint``: answer ``GET /slots``; ``slot_save_path``: the folder ``POST /slots/{id}``
-    saves slots to and restores them from (without one, that endpoint answers 501)."""
+    saves slots to and restores them from (without one, that endpoint answers 501).
+    ``reasoning_budget`` (-1: none) and ``reasoning_budget_message``: llama-server's thinking budget
+    for chat answers of ``<think>`` models, which a request's ``reasoning_budget_tokens`` overrides
+    (see :mod:`splitllm.reasoning_budget`)."""
     svc = _Service(engine, model_alias, template_variables(chat_template_kwargs),
                    check_reasoning_format(reasoning_format))
+    svc.reasoning_budget = check_budget(reasoning_budget, "reasoning_budget")
+    svc.reasoning_budget_message = reasoning_budget_message
     app = FastAPI(title="splitllm", summary="OpenAI-compatible API", docs_url=None, redoc_url=None)
     app.state.service = svc
     svc.slots_endpoint = slots_endpoint
@@ -205,6 +212,7 @@ class _Service:
         self.names = {self.alias, path, base}
         self.created = int(time.time())
         self.slots_endpoint = True  # (GET /slots answers)
+        self.reasoning_budget, self.reasoning_budget_message = -1, ""  # (--reasoning-budget, its message)
 
     # ---- information ----
 
@@ -288,12 +296,34 @@ class _Service:
 
     # ---- requests ----
 
+    def _thinking_budget(self, body: ChatRequest, prompt: list[int]) -> ReasoningBudget | None:
+        """A chat answer's thinking budget: the request's (-1 or absent: the server's), for a model
+        whose chat template writes ``<think>`` blocks (as llama-server sets one up only for
+        templates with thinking tags)."""
+        n = body.reasoning_budget_tokens
+        if n is None or n == -1:
+            n = body.thinking_budget_tokens
+        if n is None or n == -1:
+            n = self.reasoning_budget
+        source = self.model._chat_template_source
+        if n < 0 or OPEN not in source or CLOSE not in source:
+            return None
+        tok = self.model.tokenizer
+        message = body.reasoning_budget_message
+        return thinking_budget(lambda text: tok.tokenize(text.encode(), add_bos=False, special=True),
+                               lambda t: tok.token_to_piece(t, special=False), prompt, n,
+                               self.reasoning_budget_message if message is None else message,
+                               prompt_opens=self.model.opens_thinking(prompt))
+
     def _submit(self, tokens: list[int], body: CompletionRequest | ChatRequest, max_tokens: int | None,
                 stop: list[str], param: str, *, explicit: bool, limit_param: str = "max_tokens",
                 prompt_logprobs: bool = False, seed: int | None = None, generate: bool = True,
-                grammar: Grammar | None = None) -> ChunkStream:
+                grammar: Grammar | None = None, pin: bool = True,
+                budget: ReasoningBudget | None = None) -> ChunkStream:
         """Checks the request against a sequence's context and queues it. An ``explicit``
-        ``max_tokens`` must fit after the prompt (OpenAI's rule); the default is only a cap."""
+        ``max_tokens`` must fit after the prompt (OpenAI's rule); the default is only a cap. With
+        ``pin`` (a prompt's first choice; llama-server gives the others free slots), the request's
+        ``id_slot`` picks the slot."""
         ctx = self.engine.slot_ctx
         if len(tokens) >= ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the {param} has "
@@ -319,7 +349,9 @@ class _Service:
             params = body.sampling_params()
             return self.engine.astream(tokens, params=params, seed=seed, max_tokens=max_tokens, stop=stop,
                                        logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs,
-                                       generate=generate, grammar=grammar, lora=scales)
+                                       generate=generate, grammar=grammar, lora=scales,
+                                       slot=getattr(body, "id_slot", -1) if pin else -1,
+                                       reasoning_budget=budget)
         except ValueError as e:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 
@@ -344,7 +376,7 @@ class _Service:
                                           explicit="max_tokens" in body.model_fields_set,
                                           prompt_logprobs=body.echo and want_lps,
                                           seed=_choice_seed(body.seed, k), generate=body.generate,
-                                          grammar=grammar)
+                                          grammar=grammar, pin=k == 0)
                     runs.append(_Run(len(runs), stream, k == 0, Echo(text, body.echo), tail))
         except BaseException:
             _close(runs)
@@ -400,7 +432,8 @@ class _Service:
                 stream = self._submit(p.tokens, body, limit, p.stops, "messages",
                                       explicit=limit is not None and not body.limit_is_cap,
                                       limit_param=body.token_limit_param, seed=_choice_seed(body.seed, k),
-                                      grammar=p.grammar)
+                                      grammar=p.grammar, pin=k == 0,
+                                      budget=None if p.harmony else self._thinking_budget(body, p.tokens))
                 runs.append(_Run(k, stream, k == 0))
         except BaseException:
             _close(runs)

@@ -97,6 +97,7 @@ class _Settings:
     params: SamplingParams
     n_logprobs: int | None
     lora: Any = None  # the request's "lora" field
+    id_slot: int = -1  # the request's "id_slot" field
 
     def sampling_params(self) -> SamplingParams:
         return self.params
@@ -150,7 +151,7 @@ class NativeAPI:
         n_vocab = self.model.n_vocab()
         try:
             settings = _Settings(body.sampling_params(self.tok, n_vocab, self.model.n_ctx()), body.n_logprobs,
-                                 body.lora)
+                                 body.lora, body.id_slot)
         except ValueError as e:
             raise sampling_error(e) from None
         try:
@@ -165,7 +166,7 @@ class NativeAPI:
                     seed = None if body.sampling_seed is None else body.sampling_seed + k
                     stream = self.svc._submit(tokens, settings, limit, body.stops(), "prompt",  # type: ignore[arg-type]
                                               explicit=False, seed=seed, generate=body.n_predict != 0,
-                                              grammar=grammar)
+                                              grammar=grammar, pin=k == 0)
                     runs.append(_Run(len(runs), stream, k == 0))
         except BaseException:
             _close(runs)

@@ -171,6 +171,17 @@ def add_sampling_options(p: argparse.ArgumentParser, *, temperature: float = 0.8
                    "repeatable; 'none' for none")
 
 
+def budget_arg(value: str) -> int:
+    """An argparse type: a token budget, -1 for none (``--reasoning-budget``)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -2
+    if n < -1:
+        raise argparse.ArgumentTypeError(f"an integer >= -1 is needed (got {value!r})")
+    return n
+
+
 def json_object(value: str) -> dict:
     """An argparse type: a JSON object with string keys (chat template variables)."""
     try:
