@@ -174,16 +174,18 @@ def _yarn_mscale(rs: dict[str, Any]) -> float:
 
 
 def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[int], *,
-                     kv_f16: bool = True) -> np.ndarray:
+                     kv_f16: bool = True, neox: bool | None = None) -> np.ndarray:
     """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab). With kv_f16 the
-    keys (rotated) and values are rounded to float16, as the KV cache stores them."""
+    keys (rotated) and values are rounded to float16, as the KV cache stores them. ``neox``: rotate
+    (i, i + n_rot / 2) pairs (Hugging Face's rotate_half on its own q/k rows) or (2i, 2i + 1) ones;
+    by default as llama.cpp's architecture does."""
     n, hd, ff = len(tokens), cfg.head_dim, cfg.n_ff
     gqa = cfg.n_head // cfg.n_head_kv
     pos = np.arange(n)
     inv = rope_inv_freq(cfg.tiny())
     rs = cfg.rope_scaling or {}
     mscale = _yarn_mscale(rs) if rs.get("rope_type") == "yarn" else 1.0
-    neox = cfg.arch in NEOX
+    neox = cfg.arch in NEOX if neox is None else neox
 
     def rms(x: np.ndarray, g: np.ndarray) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.eps) * g
