@@ -1,5 +1,5 @@
-"""mistral3, glm4, exaone4, ernie4_5 and cohere2 in the engine, on tiny random models, against the
-numpy float64 re-implementations of transformers' models (tests/tiny_dense.py) and against
+"""mistral3, glm4, exaone4, ernie4_5, cohere2 and qwen3vl (text) in the engine, on tiny random
+models, against the numpy float64 re-implementations of transformers' models (tests/tiny_dense.py) and against
 llama.cpp on the same files; each difference from llama shown to move the logits, so that the
 comparisons can fail; bad files refused with the file and the key or tensor named."""
 
@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from lcpp import llama_cpp_logits
+from lcpp import llama_cpp_logits, plain_cpu_buffers
 from splitllm import GGUFError, Model
 from tiny_dense import DenseConfig, make_weights, reference_logits, write_dense
 from tiny_model import F32_LOGITS_TOL
@@ -30,6 +30,7 @@ CASES = {
                                sliding_window=5, rope_scaling=LLAMA3, seed=5),
     "ernie4_5": DenseConfig("ernie4_5", tied=True, seed=6),
     "cohere2": DenseConfig("cohere2", n_layer=4, sliding_window=5, logit_scale=0.5, tied=True, seed=7),
+    "qwen3vl": DenseConfig("qwen3vl", seed=8),
 }
 
 
@@ -67,10 +68,14 @@ def test_matches_llama_cpp(tmp_path, case, wtype):
         cfg = replace(cfg, n_embd=256, n_ff=256 if cfg.arch == "exaone4" else 512,
                       n_layer=min(cfg.n_layer, 8) if cfg.n_layer != 64 else 64)
     path, held = tiny(tmp_path, cfg, weight_type=wtype)
-    theirs = llama_cpp_logits(path, TOKENS, **MODEL_BETAS)
+    with plain_cpu_buffers():  # (its AMX Q8_0 kernels crash on some machines)
+        theirs = llama_cpp_logits(path, TOKENS, **MODEL_BETAS)
     with Model(path, n_ctx=64, n_threads=2, **MODEL_BETAS) as m:
         ours = m.logits(TOKENS)
-    assert rel_err(ours, theirs).max() < (1e-3 if wtype == "F32" else 4e-2)
+    # (over exaone4-swa's 64 layers the engines drift apart 3x as far: 2.0e-3 at f32, where llama.cpp
+    # is 1.9e-3 from float64 and ours 7e-4; 5.5e-2 at q8_0, each 4.4-4.9e-2 from float64)
+    depth = 1 if cfg.n_layer < 24 else 3
+    assert rel_err(ours, theirs).max() < (1e-3 if wtype == "F32" else 4e-2) * depth
     exact = reference_logits(cfg, held, TOKENS)
     assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
 
@@ -118,6 +123,7 @@ BAD = [
     ("cohere2", {"cohere2.logit_scale": None}, "cohere2.logit_scale' is missing"),
     ("cohere2", {"cohere2.attention.sliding_window": None}, "cohere2.attention.sliding_window' is missing"),
     ("cohere2", {"cohere2.attention.layer_norm_epsilon": None}, "layer_norm_epsilon"),
+    ("qwen3vl", {"qwen3vl.rope.dimension_sections": None}, "qwen3vl.rope.dimension_sections' is missing"),
 ]  # fmt: skip
 
 

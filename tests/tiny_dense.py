@@ -14,6 +14,8 @@ What sets them apart from llama:
 - ernie4_5 (ERNIE-4.5 dense): llama with the interleaved rotation of Hugging Face's weights.
 - cohere2 (Command R7B): one LayerNorm (no bias) feeding attention and feed-forward in parallel,
   three of four layers sliding and rotated, the others global and unrotated, logits times a scale.
+- qwen3vl (Qwen3-VL's text model): qwen3's layers; for text tokens its M-RoPE (every section at the
+  token's position) is the plain NEOX rotation and the deepstack inputs are zero.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 import numpy as np
 from tiny_model import TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
-NEOX = {"exaone4"}  # the others rotate interleaved pairs (GGML's "normal" rope)
+NEOX = {"exaone4", "qwen3vl"}  # the others rotate interleaved pairs (GGML's "normal" rope)
+QK_NORM = {"exaone4", "qwen3vl"}  # each query and key head RMS-normed
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class DenseConfig:
             m[a + "rope.scaling.yarn_log_multiplier"] = float(rs.get("mscale_all_dim", 0.0))
         if self.temp_beta:
             m[a + "attention.temperature_scale"] = self.temp_beta
+        if self.arch == "qwen3vl":  # as Qwen3VLTextModel writes them (sections of the rotated half)
+            half = self.n_rot // 2
+            m[a + "rope.dimension_sections"] = [half - 2 * (half // 3), half // 3, half // 3, 0]
+            m[a + "n_deepstack_layers"] = 2
         if self.arch == "cohere2":
             m[a + "attention.layer_norm_epsilon"] = self.eps
             m[a + "attention.layer_norm_rms_epsilon"] = None
@@ -132,7 +139,7 @@ def make_weights(cfg: DenseConfig) -> dict[str, np.ndarray]:
         if cfg.qkv_bias:
             for t, n in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
                 w[b + f"attn_{t}.bias"] = 0.3 * rng.normal(size=n)
-        if cfg.arch == "exaone4":
+        if cfg.arch in QK_NORM:
             w[b + "attn_q_norm.weight"] = norm(hd)
             w[b + "attn_k_norm.weight"] = norm(hd)
         w[b + "attn_output.weight"] = mat(e, q_dim)
@@ -205,7 +212,7 @@ def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[in
         q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
         q, k = q.reshape(n, cfg.n_head, hd), k.reshape(n, cfg.n_head_kv, hd)
         v = v.reshape(n, cfg.n_head_kv, hd)
-        if cfg.arch == "exaone4":  # each head RMS-normed
+        if cfg.arch in QK_NORM:  # each head RMS-normed
             q, k = rms(q, w[b + "attn_q_norm.weight"]), rms(k, w[b + "attn_k_norm.weight"])
         if cfg.rotates(i):
             q, k = rope(q, pos, inv, neox, mscale), rope(k, pos, inv, neox, mscale)

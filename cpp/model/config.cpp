@@ -40,6 +40,7 @@ constexpr ArchTraits kArchs[] = {
     {"exaone4",    Arch::Exaone4,   true,  false, true,  false},
     {"ernie4_5",   Arch::Ernie4_5,  false, false, false, false},
     {"cohere2",    Arch::Cohere2,   false, false, false, false},
+    {"qwen3vl",    Arch::Qwen3VL,   true,  false, true,  false},  // (text only)
 };
 
 std::string supported_archs() {

@@ -28,7 +28,7 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2
+    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -41,7 +41,8 @@ struct Config {
     Arch arch = Arch::Llama;
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
-                                // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2" (config_dense.cpp)
+                                // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl"
+                                // (config_dense.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -158,7 +159,7 @@ struct Config {
 
     // Reads and checks the hyperparameters; throws GGUFError naming the file and key.
     static Config from_gguf(const GGUFFile & f);
-    // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2 (config_dense.cpp).
+    // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
     void read_dense(const GGUFFile & f);
 };
 

@@ -1,5 +1,6 @@
 // The dense decoders beside llama whose settings go past the architecture table (config.cpp):
-// mistral3, glm4, exaone4, ernie4_5 and cohere2, as llama.cpp's src/models/<arch>.cpp reads them.
+// mistral3, glm4, exaone4, ernie4_5, cohere2 and qwen3vl, as llama.cpp's src/models/<arch>.cpp reads
+// them.
 #include <cmath>
 
 #include "common/error.h"
@@ -43,7 +44,8 @@ void sliding_unrotated_globals(const GGUFFile & f, Config & c, int window) {
 
 void Config::read_dense(const GGUFFile & f) {
     const std::string a = arch_name + ".";
-    const bool rms = arch == Arch::Mistral3 || arch == Arch::Glm4 || arch == Arch::Exaone4 || arch == Arch::Ernie4_5;
+    const bool rms = arch == Arch::Mistral3 || arch == Arch::Glm4 || arch == Arch::Exaone4 || arch == Arch::Ernie4_5 ||
+                     arch == Arch::Qwen3VL;
     if (rms) require_key(f, a + "attention.layer_norm_rms_epsilon");
     if (rms && arch != Arch::Glm4 && n_rot != head_dim)  // (llama.cpp asserts it)
         throw GGUFError(strfmt("%s: metadata '%srope.dimension_count' = %d: %s rotates whole heads (%d)",
@@ -76,6 +78,11 @@ void Config::read_dense(const GGUFFile & f) {
         parallel_ffn = true;
         sliding_unrotated_globals(f, *this, 0);
         logit_scale = 1.0f / get_positive(f, a + "logit_scale", 1.0);
+        break;
+    case Arch::Qwen3VL:
+        // qwen3's layers. Text tokens: M-RoPE with every section at the token's position is the plain
+        // NEOX rotation, and the deepstack inputs (rows past n_embd of a vision embedding) are zeros.
+        require_key(f, a + "rope.dimension_sections");
         break;
     default:
         break;
