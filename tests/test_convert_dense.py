@@ -209,3 +209,27 @@ def test_exaone4_32b_layout_needs_a_window(tmp_path: Path) -> None:
                     num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
     with pytest.raises(ConvertError, match="no 'sliding_window', but llama.cpp's exaone4 gives a model of"):
         convert(tmp_path / "hf", tmp_path / "m.gguf", quiet=True)
+
+
+# -- quantization mixes against llama.cpp's quantizer ------------------------------------------
+
+MIX_TYPES = ["q8_0", "q6_k", "q4_k_m", "q3_k_m", "q2_k", "iq4_xs"]
+
+
+@pytest.fixture(scope="module", params=["mistral3", "glm4", "exaone4", "cohere2"])
+def dense_mix_model(request: Any, tmp_path_factory: Any) -> tuple[Path, Path]:
+    """Rows of 256 (the k-quants as they are), 8 query heads on 2 KV heads, 4 layers."""
+    d = tmp_path_factory.mktemp(request.param)
+    H.tiny_dense_hf(d / "hf", request.param, hidden_size=256, intermediate_size=256, num_hidden_layers=4,
+                    num_attention_heads=8, num_key_value_heads=2, head_dim=32)  # fmt: skip
+    convert(d / "hf", d / "f32.gguf", type="f32", quiet=True)
+    return d / "hf", d / "f32.gguf"
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", MIX_TYPES)
+def test_mix_and_bytes_match_llama_quantize(
+    tmp_path: Path, llama_cpp: Any, dense_mix_model: tuple[Path, Path], qtype: str
+) -> None:
+    """Every tensor's type and bytes as llama.cpp's quantizer gives them from our f32 file."""
+    TC.test_mix_and_bytes_match_llama_quantize(tmp_path, llama_cpp, dense_mix_model, qtype)
