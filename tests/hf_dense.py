@@ -17,7 +17,7 @@ from tiny_dense import DenseConfig, reference_logits
 Weights = dict[str, np.ndarray]
 HF_ARCHS = {"mistral3": "Ministral3ForCausalLM", "mistral3-vl": "Mistral3ForConditionalGeneration",
             "glm4": "Glm4ForCausalLM", "exaone4": "Exaone4ForCausalLM", "ernie4_5": "Ernie4_5ForCausalLM",
-            "cohere2": "Cohere2ForCausalLM"}  # fmt: skip
+            "cohere2": "Cohere2ForCausalLM", "qwen3vl": "Qwen3VLForConditionalGeneration"}  # fmt: skip
 # HF name (after model.layers.{bid}.) -> llama.cpp's (after blk.{bid}.), per architecture
 _BLOCK = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -52,6 +52,9 @@ def dense_config(arch: str, **over: Any) -> dict[str, Any]:
         cfg.update(model_type="exaone4", sliding_window=None, tie_word_embeddings=True)
     if arch == "ernie4_5":
         cfg.update(model_type="ernie4_5", use_bias=False, tie_word_embeddings=True, head_dim=16)
+    if arch == "qwen3vl":  # Qwen3-VL's text_config (its M-RoPE sections: of the 8 rotated pairs)
+        cfg.update(model_type="qwen3_vl_text", head_dim=16, tie_word_embeddings=True, rope_scaling={
+            "rope_type": "default", "mrope_section": [3, 3, 2], "mrope_interleaved": True})  # fmt: skip
     if arch == "cohere2":
         cfg.update(model_type="cohere2", num_hidden_layers=4, layer_norm_eps=1e-5, logit_scale=0.5,
                    sliding_window=5, sliding_window_pattern=4, attention_bias=False, tie_word_embeddings=True,
@@ -78,7 +81,7 @@ def dense_weights(cfg: dict[str, Any], arch: str, *, seed: int = 0) -> Weights:
             if arch == "glm4":
                 w[p + f"self_attn.{n}_proj.bias"] = vec(rows, 0.0, 0.3)
         w[p + "self_attn.o_proj.weight"] = mat(e, nh * hd)
-        if arch == "exaone4":
+        if arch in ("exaone4", "qwen3vl"):
             w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.3)
             w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.3)
         if arch == "glm4":
@@ -122,15 +125,21 @@ def tiny_dense_hf(d: Path, arch: str, *, dtype: str = "f32", shards: int = 1, se
         n_tok = F.write_bpe_tokenizer(d)
         if arch == "glm4":
             n_tok = _glm4_tokens(d)
-    if arch == "mistral3-vl":  # Ministral 3's text model in text_config, under model.language_model.
-        text = dense_config("mistral3", vocab_size=n_tok, **over)
-        cfg = {"architectures": [HF_ARCHS[arch]], "model_type": "mistral3", "text_config": text,
-               "vision_config": {"hidden_size": 8}, "torch_dtype": "float32"}  # fmt: skip
+    if arch in ("mistral3-vl", "qwen3vl"):  # the text model in text_config, under model.language_model.
+        text_arch = "mistral3" if arch == "mistral3-vl" else arch
+        text = dense_config(text_arch, vocab_size=n_tok, **over)
+        vision: dict[str, Any] = {"hidden_size": 8}
+        if arch == "qwen3vl":
+            vision["deepstack_visual_indexes"] = [1, 2]
+        cfg = {"architectures": [HF_ARCHS[arch]], "model_type": text_arch, "text_config": text,
+               "vision_config": vision, "torch_dtype": "float32"}  # fmt: skip
         F._write_json(d / "config.json", cfg)
-        w = {n.replace("model.", "model.language_model.", 1): x for n, x in dense_weights(text, "mistral3",
+        w = {n.replace("model.", "model.language_model.", 1): x for n, x in dense_weights(text, text_arch,
                                                                                          seed=seed).items()}
-        w["model.vision_tower.patch_conv.weight"] = np.ones((8, 3, 2, 2), np.float32)
-        w["model.multi_modal_projector.linear_1.weight"] = np.ones((8, 8), np.float32)
+        tower = "model.visual.patch_embed.proj" if arch == "qwen3vl" else "model.vision_tower.patch_conv"
+        w[tower + ".weight"] = np.ones((8, 3, 2, 2), np.float32)
+        if arch == "mistral3-vl":
+            w["model.multi_modal_projector.linear_1.weight"] = np.ones((8, 8), np.float32)
         stored = F.save_weights(d, w, dtype=dtype, shards=shards)
         return text, {n.replace("model.language_model.", "model.", 1): x for n, x in stored.items()
                       if n.startswith(("model.language_model.", "lm_head."))}
@@ -142,7 +151,7 @@ def tiny_dense_hf(d: Path, arch: str, *, dtype: str = "f32", shards: int = 1, se
 def hf_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
     """Logits (T, vocab) of the HF model ``cfg`` with weights ``w``, float64 (no cache rounding)."""
     arch = cfg.get("model_type", "")
-    arch = {"ministral3": "mistral3", "mistral": "mistral3"}.get(arch, arch)
+    arch = {"ministral3": "mistral3", "mistral": "mistral3", "qwen3_vl_text": "qwen3vl"}.get(arch, arch)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     assert hd == cfg["hidden_size"] // cfg["num_attention_heads"]  # (tiny_dense's head size)
@@ -167,7 +176,8 @@ def hf_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
             _, _, bid, rest = name.split(".", 3)
             module, kind = rest.rsplit(".", 1)
             g[f"blk.{bid}.{names[module]}.{kind}"] = x.astype(np.float64)
-    # Ministral 3 and EXAONE 4.0 rotate halves (rotate_half); the others interleaved pairs (a test may
-    # ask for the other layout with cfg["_halves"], to show that it matters)
-    halves = cfg.get("_halves", arch in ("mistral3", "exaone4"))
+    # Ministral 3, EXAONE 4.0 and Qwen3-VL rotate halves (rotate_half; Qwen3-VL's M-RoPE at text
+    # positions), the others interleaved pairs (a test may ask for the other layout with
+    # cfg["_halves"], to show that it matters)
+    halves = cfg.get("_halves", arch in ("mistral3", "exaone4", "qwen3vl"))
     return reference_logits(dc, g, ids, kv_f16=False, neox=halves)

@@ -55,6 +55,7 @@ CASES: dict[str, tuple[str, dict[str, Any], list[Change]]] = {
     "exaone4": ("exaone4", {}, [_change({"_halves": False})]),  # (the other pairs rotated)
     "ernie4_5": ("ernie4_5", {}, [_change({"_halves": True})]),
     "cohere2": ("cohere2", {}, [_change({"sliding_window": 64}), _change({"logit_scale": 1.0})]),
+    "qwen3vl": ("qwen3vl", {}, [_change({"_halves": False})]),
 }  # fmt: skip
 
 
@@ -115,6 +116,9 @@ KEYS = {
                 "logit_scale": 0.5, "attention.sliding_window": 5, "vocab_size": 320,
                 "rope.dimension_count": 16,
                 "rope.scaling.type": "none"},
+    "qwen3vl": {**SHAPE, "block_count": 3, "rope.freq_base": 1e4, "attention.layer_norm_rms_epsilon": 1e-5,
+                "attention.key_length": 16, "attention.value_length": 16,
+                "rope.dimension_sections": [3, 3, 2, 0], "n_deepstack_layers": 2},
 }  # fmt: skip
 
 

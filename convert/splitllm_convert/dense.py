@@ -12,6 +12,9 @@ What llama.cpp would run differently from transformers is refused rather than wr
 - ernie4_5: ``use_bias`` (llama.cpp's graph drops the attention output's bias).
 - cohere2: biases, an output matrix of its own, a partial rotation, another pattern of sliding
   layers than every fourth layer global (llama.cpp's default; the converter writes no pattern).
+
+Qwen3-VL's text model (Qwen3VLForConditionalGeneration) is written as llama.cpp's ``qwen3vl``; its
+vision tower goes to llama.cpp's mmproj file and is left out here. A Qwen3-VL reranker is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, ClassVar
 
 from gguf import GGUFWriter, RopeScalingType
 
-from splitllm_convert.arch import Architecture, Llama, TensorRule, _llama_rules, _positive, _require
+from splitllm_convert.arch import Architecture, Llama, Qwen3, TensorRule, _llama_rules, _positive, _require
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import _flag
 from splitllm_convert.vocab import Vocab, load_vocab
@@ -346,3 +349,53 @@ class Cohere2(Architecture):
         w.add_vocab_size(self.n_vocab)
         w.add_rope_dimension_count(self.n_embd // self.n_head)
         w.add_rope_scaling_type(RopeScalingType.NONE)
+
+
+class Qwen3VL(Qwen3):
+    """Qwen3VLForConditionalGeneration, its text model (Qwen3VLTextModel): qwen3's table under
+    ``model.language_model.``, ``text_config`` merged over the top level; rope_parameters'
+    mrope_section as rope.dimension_sections (padded to 4) and the number of the vision tower's
+    deepstack_visual_indexes as n_deepstack_layers."""
+
+    hf_names = ("Qwen3VLForConditionalGeneration",)
+    gguf_arch = "qwen3vl"
+    skipped = ("model.visual.", "visual.")
+    prefix = "model.language_model."
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        text = cfg.get("text_config")
+        if not isinstance(text, dict):
+            raise ConvertError(f"{config_path}: 'text_config' must be an object, got {text!r}")
+        super().__init__({**cfg, **text}, config_path)
+        if self.rerank:
+            raise ConvertError(f"{config_path}: a Qwen3-VL reranker is not supported")
+        sections = self.rope.get("mrope_section")
+        if (
+            not isinstance(sections, list)
+            or not 1 <= len(sections) <= 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sections)
+        ):
+            raise ConvertError(
+                f"{config_path}: rope 'mrope_section' must list up to 4 section sizes, got {sections!r}"
+            )
+        self.sections = [*sections, 0, 0, 0][:4]
+        vision = cfg.get("vision_config") or {}
+        self.n_deepstack = len(vision.get("deepstack_visual_indexes") or [])
+
+    def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
+        moved = tuple(
+            TensorRule(
+                r.hf if r.hf == "lm_head.weight" else self.prefix + r.hf.removeprefix("model."),
+                r.gguf,
+                r.shape,
+                r.transform,
+                r.required,
+            )
+            for r in self.rules
+        )
+        return moved, tuple(self.prefix + n.removeprefix("model.") for n in self.ignored)
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_rope_dimension_sections(self.sections)
+        w.add_num_deepstack_layers(self.n_deepstack)
