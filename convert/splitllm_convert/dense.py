@@ -25,7 +25,16 @@ from typing import Any, ClassVar
 
 from gguf import GGUFWriter, RopeScalingType
 
-from splitllm_convert.arch import Architecture, Llama, Qwen3, TensorRule, _llama_rules, _positive, _require
+from splitllm_convert.arch import (
+    Architecture,
+    Llama,
+    Qwen3,
+    TensorRule,
+    _llama_rules,
+    _positive,
+    _require,
+    text_config,
+)
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import _flag
 from splitllm_convert.vocab import Vocab, load_vocab
@@ -60,6 +69,16 @@ _MLP = _rules(
     ("mlp.up_proj.weight", "ffn_up.weight", ("ff", "embd")),
     ("mlp.down_proj.weight", "ffn_down.weight", ("embd", "ff")),
 )
+
+
+def _moved(arch: Architecture, prefix: str, lm_head: str) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
+    """The class's table and ignored names with the decoder under ``prefix`` (a multimodal model's text
+    part) instead of ``model.``, and lm_head.weight saved as ``lm_head``."""
+    def hf(name: str) -> str:
+        return lm_head if name == "lm_head.weight" else prefix + name.removeprefix("model.")
+
+    rules = tuple(TensorRule(hf(r.hf), r.gguf, r.shape, r.transform, r.required) for r in arch.rules)
+    return rules, tuple(prefix + n.removeprefix("model.") for n in arch.ignored)
 
 
 def _refuse_sliding(arch: Architecture, path: Path, why: str) -> None:
@@ -122,20 +141,13 @@ class Mistral3Multimodal(Mistral3):
                ("language_model.model.", "language_model.lm_head.weight"))  # fmt: skip
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
-        text = cfg.get("text_config")
-        if not isinstance(text, dict):
-            raise ConvertError(f"{config_path}: 'text_config' must be an object, got {text!r}")
-        super().__init__({**cfg, **text}, config_path)
+        super().__init__({**cfg, **text_config(cfg, config_path)}, config_path)
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         prefix, lm_head = next(
             (lay for lay in self.layouts if lay[0] + "embed_tokens.weight" in available), self.layouts[0]
         )
-        moved = []
-        for r in self.rules:
-            hf = lm_head if r.hf == "lm_head.weight" else prefix + r.hf.removeprefix("model.")
-            moved.append(TensorRule(hf, r.gguf, r.shape, r.transform, r.required))
-        return tuple(moved), tuple(prefix + n.removeprefix("model.") for n in self.ignored)
+        return _moved(self, prefix, lm_head)
 
 
 class Glm4(Architecture):
@@ -331,21 +343,13 @@ class Cohere2(Architecture):
                 f"{self.lcpp_period}th layer global): the converter writes no pattern"
             )
 
+    def add_norm_eps(self, w: GGUFWriter) -> None:
+        w.add_layer_norm_eps(float(self.cfg.get("layer_norm_eps", 1e-5)))
+
     def add_hparams(self, w: GGUFWriter) -> None:
-        cfg = self.cfg
-        w.add_block_count(self.n_layer)
-        w.add_context_length(int(cfg.get("max_position_embeddings", self.default_ctx)))
-        w.add_embedding_length(self.n_embd)
-        w.add_feed_forward_length(self.n_ff)
-        w.add_head_count(self.n_head)
-        w.add_head_count_kv(self.n_head_kv)
-        w.add_rope_freq_base(self.rope_theta())
-        w.add_layer_norm_eps(float(cfg.get("layer_norm_eps", 1e-5)))
-        if cfg.get("head_dim") is not None:
-            w.add_key_length(self.head_dim)
-            w.add_value_length(self.head_dim)
+        super().add_hparams(w)
         w.add_logit_scale(self.logit_scale)
-        w.add_sliding_window(int(cfg["sliding_window"]))
+        w.add_sliding_window(int(self.cfg["sliding_window"]))
         w.add_vocab_size(self.n_vocab)
         w.add_rope_dimension_count(self.n_embd // self.n_head)
         w.add_rope_scaling_type(RopeScalingType.NONE)
@@ -363,10 +367,7 @@ class Qwen3VL(Qwen3):
     prefix = "model.language_model."
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
-        text = cfg.get("text_config")
-        if not isinstance(text, dict):
-            raise ConvertError(f"{config_path}: 'text_config' must be an object, got {text!r}")
-        super().__init__({**cfg, **text}, config_path)
+        super().__init__({**cfg, **text_config(cfg, config_path)}, config_path)
         if self.rerank:
             raise ConvertError(f"{config_path}: a Qwen3-VL reranker is not supported")
         sections = self.rope.get("mrope_section")
@@ -383,17 +384,7 @@ class Qwen3VL(Qwen3):
         self.n_deepstack = len(vision.get("deepstack_visual_indexes") or [])
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
-        moved = tuple(
-            TensorRule(
-                r.hf if r.hf == "lm_head.weight" else self.prefix + r.hf.removeprefix("model."),
-                r.gguf,
-                r.shape,
-                r.transform,
-                r.required,
-            )
-            for r in self.rules
-        )
-        return moved, tuple(self.prefix + n.removeprefix("model.") for n in self.ignored)
+        return _moved(self, self.prefix, "lm_head.weight")
 
     def add_hparams(self, w: GGUFWriter) -> None:
         super().add_hparams(w)
