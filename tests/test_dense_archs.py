@@ -102,12 +102,16 @@ def test_each_difference_is_visible(case):
         assert rel_err(reference_logits(other, w, TOKENS), ref).max() > 1e-2, change
 
 
-@pytest.mark.parametrize("case", ["mistral3", "exaone4-swa", "cohere2"])
-def test_generation_reuses_the_cache(tmp_path, case):
-    """Token-by-token decoding after a prompt gives the logits of one pass over everything."""
+@pytest.mark.parametrize(("case", "n_batch"), [("mistral3", 512), ("exaone4-swa", 512), ("exaone4-swa", 8),
+                                              ("cohere2", 512), ("cohere2", 8)])  # fmt: skip
+def test_generation_reuses_the_cache(tmp_path, case, n_batch):
+    """Token-by-token decoding after a prompt gives the logits of one pass over everything (with
+    n_batch 8, the sliding-window layers' caches are rings of window + 8 cells)."""
     path, _ = tiny(tmp_path, CASES[case])
-    with Model(path, n_ctx=64, n_threads=2, **MODEL_BETAS) as m:
+    with Model(path, n_ctx=64, n_batch=512, n_threads=2, **MODEL_BETAS) as m:
         full = m.logits(TOKENS)
+    with Model(path, n_ctx=64, n_batch=n_batch, n_threads=2, **MODEL_BETAS) as m:
+        assert m._core.swa_cells == (5 + 8 if n_batch == 8 else 0)
         m.eval_prompt(TOKENS[:10])
         steps = [m.eval_prompt(TOKENS[: i + 1]) for i in range(10, len(TOKENS))]
     assert rel_err(np.array(steps), full[10:]).max() < F32_LOGITS_TOL * max(1, CASES[case].n_layer // 12)
