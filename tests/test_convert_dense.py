@@ -51,6 +51,9 @@ CASES: dict[str, tuple[str, dict[str, Any], list[Change]]] = {
     "mistral3": ("mistral3", {}, [_rope({"llama_4_scaling_beta": 0.0}), _rope({"mscale_all_dim": 1.0}),
                                   _rope({"beta_fast": 32.0, "beta_slow": 1.0})]),
     "mistral3-vl-bf16-sharded": ("mistral3-vl", {"dtype": "bf16", "shards": 2}, [_rope({"factor": 2.0})]),
+    # Mistral Small 3.x's text model: a plain llama under mistral3 (no YaRN, no temperature)
+    "mistral3-vl-small": ("mistral3-vl", {"model_type": "mistral", "rope_parameters": None,
+                                          "rope_theta": 1e6}, [_change({"rope_theta": 1e4})]),
     "glm4": ("glm4", {}, [_change({"partial_rotary_factor": 1.0})]),
     "exaone4": ("exaone4", {}, [_change({"_halves": False})]),  # (the other pairs rotated)
     "ernie4_5": ("ernie4_5", {}, [_change({"_halves": True})]),
