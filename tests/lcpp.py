@@ -3,13 +3,12 @@ vocabulary files (fetched from the llama-cpp-python source release)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +16,6 @@ import numpy as np
 import pytest
 
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
-
-
-@contextlib.contextmanager
-def plain_cpu_buffers() -> Iterator[None]:
-    """Models loaded inside load without llama.cpp's extra CPU buffer types (AMX, repacked
-    weights): on some machines its AMX Q8_0 path crashes the process (seen with llama-cpp-python
-    0.3.36 on a Sapphire Rapids sandbox). The results are llama.cpp's own plain CPU kernels'."""
-    module = pytest.importorskip("llama_cpp.llama")
-
-    default = module.llama_cpp.llama_model_default_params
-
-    def params() -> Any:
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    module.llama_cpp.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        module.llama_cpp.llama_model_default_params = default
 
 
 def llama_cpp_logits(
