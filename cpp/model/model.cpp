@@ -406,14 +406,10 @@ void Model::setup_kv() {
                                c.head_dim_v % qtype_traits(t)->blck_size == 0),
                  "KV cache type %s needs a head size divisible by %lld (head size %d, of values %d)",
                  qtype_traits(t)->name, (long long)qtype_traits(t)->blck_size, c.head_dim, c.head_dim_v);
-    if (c.mla) {  // values read inside the key rows: one type, whole blocks before them
-        SL_CHECK(kv_.type_k == kv_.type_v, "%s: the latent attention cache holds values inside the keys: type_k "
-                 "and type_v must be equal (%s, %s)", file_->path().c_str(), qtype_traits(kv_.type_k)->name,
-                 qtype_traits(kv_.type_v)->name);
-        SL_CHECK(c.n_rot % qtype_traits(kv_.type_k)->blck_size == 0, "KV cache type %s needs rotary dims divisible by "
-                 "%lld in a latent attention cache (%d)", qtype_traits(kv_.type_k)->name,
-                 (long long)qtype_traits(kv_.type_k)->blck_size, c.n_rot);
-    }
+    // values read inside the key rows (after whole blocks: both head sizes are of whole blocks)
+    SL_CHECK(!c.mla || kv_.type_k == kv_.type_v, "%s: the latent attention cache holds values inside the keys: "
+             "type_k and type_v must be equal (%s, %s)", file_->path().c_str(), qtype_traits(kv_.type_k)->name,
+             qtype_traits(kv_.type_v)->name);
     // A sliding-window layer needs the last n_swa positions: a ring of n_swa + n_batch cells holds
     // them for every token of a batch while the batch's own keys are stored (llama.cpp's SWA cache).
     kv_swa_ = kv_;
