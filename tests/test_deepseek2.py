@@ -195,3 +195,21 @@ def test_bad_files(tmp_path):
     write_gguf(temp, make_weights(temp), path)
     with pytest.raises(GGUFError, match="temperature_scale"):
         Model(path, n_ctx=32)
+
+
+@pytest.mark.parametrize("name", ["v3", "v2-kv-b"])
+def test_gpu_layers_fall_back_to_cpu(files, name, monkeypatch):
+    """With a (fake) GPU: the blocks stay on the CPU with a warning, the output layer goes to the
+    GPU, and a batch of 32 (op offload of the dense block's matmuls) gives the CPU's logits."""
+    from splitllm import _core
+
+    _, path, _ = files[name]
+    toks = np.asarray(TOKENS, np.int32)
+    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
+    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
+    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
+    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1)
+    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
+    assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
+    np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert m.n_op_offload == 3  # each block once (the dense one's feed-forward offloaded)
