@@ -307,3 +307,62 @@ def reference_logits(cfg: DeepSeekConfig, w: dict[str, np.ndarray], tokens: list
         else:
             x = x + _moe(cfg, w, b, h)
     return _rms(x, w["output_norm.weight"], cfg.rms_eps) @ w["output.weight"].T
+
+
+_HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor map, inverted)
+    "attn_norm.weight": "input_layernorm.weight", "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q_a.weight": "self_attn.q_a_proj.weight", "attn_q_a_norm.weight": "self_attn.q_a_layernorm.weight",
+    "attn_q_b.weight": "self_attn.q_b_proj.weight", "attn_kv_a_mqa.weight": "self_attn.kv_a_proj_with_mqa.weight",
+    "attn_kv_a_norm.weight": "self_attn.kv_a_layernorm.weight", "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight", "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight", "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate_inp.weight": "mlp.gate.weight", "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
+    "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
+    "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
+    "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
+}
+
+
+def hf_config(cfg: DeepSeekConfig) -> dict[str, Any]:
+    """The config.json of a DeepseekV2ForCausalLM (V3: DeepseekV3ForCausalLM) checkpoint of cfg."""
+    out = {
+        "architectures": ["DeepseekV3ForCausalLM" if cfg.scoring_func == "sigmoid" else "DeepseekV2ForCausalLM"],
+        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head, "intermediate_size": cfg.n_ff, "vocab_size": cfg.n_vocab,
+        "moe_intermediate_size": cfg.moe_intermediate_size, "q_lora_rank": cfg.q_lora_rank or None,
+        "kv_lora_rank": cfg.kv_lora_rank, "qk_nope_head_dim": cfg.qk_nope_head_dim,
+        "qk_rope_head_dim": cfg.qk_rope_head_dim, "v_head_dim": cfg.v_head_dim,
+        "n_routed_experts": cfg.n_routed_experts, "n_shared_experts": cfg.n_shared_experts,
+        "num_experts_per_tok": cfg.num_experts_per_tok, "first_k_dense_replace": cfg.first_k_dense_replace,
+        "scoring_func": cfg.scoring_func, "n_group": cfg.n_group, "topk_group": cfg.topk_group,
+        "topk_method": "noaux_tc" if cfg.score_bias else "greedy", "norm_topk_prob": cfg.norm_topk_prob,
+        "routed_scaling_factor": cfg.routed_scaling_factor, "rope_theta": cfg.rope_base,
+        "rms_norm_eps": cfg.rms_eps, "max_position_embeddings": cfg.n_ctx_train, "tie_word_embeddings": False,
+    }
+    if cfg.rope_scaling:
+        out["rope_scaling"] = {"type": "yarn", "beta_fast": 32, "beta_slow": 1, **cfg.rope_scaling}
+    return out
+
+
+def hf_weights(cfg: DeepSeekConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors holding the GGUF weights w (an MLA file's): kv_b_proj rebuilt from
+    attn_k_b / attn_v_b, the experts one by one."""
+    out = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"],
+           "lm_head.weight": w["output.weight"]}
+    for name, x in w.items():
+        if not name.startswith("blk."):
+            continue
+        _, bid, rest = name.split(".", 2)
+        p = f"model.layers.{bid}."
+        if rest in _HF_NAMES:
+            out[p + _HF_NAMES[rest]] = x
+        elif rest == "attn_k_b.weight":
+            k_b, v_b = x.transpose(0, 2, 1), w[f"blk.{bid}.attn_v_b.weight"]
+            out[p + "self_attn.kv_b_proj.weight"] = np.concatenate([k_b, v_b], axis=1).reshape(-1, cfg.kv_lora_rank)
+        elif rest.endswith("_exps.weight"):
+            kind = rest.split("_")[1]  # gate, up, down
+            for e in range(cfg.n_routed_experts):
+                out[p + f"mlp.experts.{e}.{kind}_proj.weight"] = x[e]
+        elif rest != "attn_v_b.weight":
+            raise ValueError(f"no checkpoint name for {name}")
+    return out
