@@ -213,3 +213,25 @@ def test_gpu_layers_fall_back_to_cpu(files, name, monkeypatch):
     assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
     np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())
     assert m.n_op_offload == 3  # each block once (the dense one's feed-forward offloaded)
+
+
+def test_state_round_trip_and_refusals(files):
+    """A saved state (the latent rows alone) goes back into the cache and decoding goes on as if
+    never interrupted; importance-matrix collection and LoRA adapters are refused clearly."""
+    _, path, _ = files["v3"]
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        m.eval_prompt(TOKENS[:10])
+        want = m.eval_prompt(TOKENS[:11])
+        m.reset()
+        m.eval_prompt(TOKENS[:10])
+        state = m.save_state()
+        m.reset()
+        m.eval_prompt(TOKENS[5:20])
+        m.load_state(state)
+        np.testing.assert_array_equal(m.eval_prompt(TOKENS[:11]), want)
+    from splitllm import _core
+
+    with pytest.raises(Error, match="importance-matrix collection is not supported"):
+        _core.Model(str(path), n_ctx=64, n_threads=1).imatrix_start()
+    with pytest.raises(Error, match="LoRA adapters are not supported on a deepseek2 model"):
+        _core.Model(str(path), n_ctx=64, n_threads=1, loras=[("adapter.gguf", 1.0)])
