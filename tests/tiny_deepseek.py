@@ -312,8 +312,10 @@ def reference_logits(cfg: DeepSeekConfig, w: dict[str, np.ndarray], tokens: list
 _HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor map, inverted)
     "attn_norm.weight": "input_layernorm.weight", "attn_q.weight": "self_attn.q_proj.weight",
     "attn_q_a.weight": "self_attn.q_a_proj.weight", "attn_q_a_norm.weight": "self_attn.q_a_layernorm.weight",
-    "attn_q_b.weight": "self_attn.q_b_proj.weight", "attn_kv_a_mqa.weight": "self_attn.kv_a_proj_with_mqa.weight",
-    "attn_kv_a_norm.weight": "self_attn.kv_a_layernorm.weight", "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_b.weight": "self_attn.q_b_proj.weight",
+    "attn_kv_a_mqa.weight": "self_attn.kv_a_proj_with_mqa.weight",
+    "attn_kv_a_norm.weight": "self_attn.kv_a_layernorm.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight", "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight", "ffn_down.weight": "mlp.down_proj.weight",
     "ffn_gate_inp.weight": "mlp.gate.weight", "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
@@ -326,7 +328,7 @@ _HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor ma
 def hf_config(cfg: DeepSeekConfig) -> dict[str, Any]:
     """The config.json of a DeepseekV2ForCausalLM (V3: DeepseekV3ForCausalLM) checkpoint of cfg."""
     out = {
-        "architectures": ["DeepseekV3ForCausalLM" if cfg.scoring_func == "sigmoid" else "DeepseekV2ForCausalLM"],
+        "architectures": [f"DeepseekV{3 if cfg.scoring_func == 'sigmoid' else 2}ForCausalLM"],
         "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head, "intermediate_size": cfg.n_ff, "vocab_size": cfg.n_vocab,
         "moe_intermediate_size": cfg.moe_intermediate_size, "q_lora_rank": cfg.q_lora_rank or None,
@@ -358,7 +360,8 @@ def hf_weights(cfg: DeepSeekConfig, w: dict[str, np.ndarray]) -> dict[str, np.nd
             out[p + _HF_NAMES[rest]] = x
         elif rest == "attn_k_b.weight":
             k_b, v_b = x.transpose(0, 2, 1), w[f"blk.{bid}.attn_v_b.weight"]
-            out[p + "self_attn.kv_b_proj.weight"] = np.concatenate([k_b, v_b], axis=1).reshape(-1, cfg.kv_lora_rank)
+            kv_b = np.concatenate([k_b, v_b], axis=1)  # per head [k_nope; v] rows
+            out[p + "self_attn.kv_b_proj.weight"] = kv_b.reshape(-1, cfg.kv_lora_rank)
         elif rest.endswith("_exps.weight"):
             kind = rest.split("_")[1]  # gate, up, down
             for e in range(cfg.n_routed_experts):

@@ -90,8 +90,8 @@ class DeepseekV2(Architecture):
         k = cfg.get("first_k_dense_replace")
         self.n_dense = (0 if self.n_expert else self.n_layer) if k is None else int(k)
         if not 0 <= self.n_dense <= self.n_layer or (self.n_dense < self.n_layer and not self.n_expert):
-            raise ConvertError(f"{config_path}: first_k_dense_replace {k!r} does not fit {self.n_layer} layers "
-                               f"and {self.n_expert} experts")
+            raise ConvertError(f"{config_path}: first_k_dense_replace {k!r} does not fit {self.n_layer} "
+                               f"layers and {self.n_expert} experts")
         scoring = cfg.get("scoring_func", "softmax")
         if scoring not in ("softmax", "sigmoid"):
             raise ConvertError(f"{config_path}: scoring_func {scoring!r} is not supported (softmax, sigmoid)")
@@ -104,13 +104,14 @@ class DeepseekV2(Architecture):
     def dims(self) -> dict[str, int]:
         qk, r = self.nope + self.n_rot, self.kv_lora_rank
         return {**super().dims(), "q": self.n_head * qk, "q_lora": self.q_lora_rank, "kv_a": r + self.n_rot,
-                "kv_lora": r, "kv_b": self.n_head * (self.nope + self.v_head_dim), "o": self.n_head * self.v_head_dim,
-                "ff_sh": self.n_ff_exp * self.n_shared}
+                "kv_lora": r, "kv_b": self.n_head * (self.nope + self.v_head_dim),
+                "o": self.n_head * self.v_head_dim, "ff_sh": self.n_ff_exp * self.n_shared}
 
     def _needed(self, bid: int) -> list[str]:
         """The HF tensors block bid must have (beside the ones every block has)."""
         p = L.format(bid=bid)
-        q = ("q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight") if self.q_lora_rank else ("q_proj.weight",)
+        lora = ("q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight")
+        q = lora if self.q_lora_rank else ("q_proj.weight",)
         names = [p + _ATTN + n for n in q]
         if bid < self.n_dense:
             return names + [p + n for n in _DENSE]
@@ -156,7 +157,8 @@ class DeepseekV2(Architecture):
         if self.n_expert:
             w.add_expert_count(self.n_expert)
             w.add_expert_used_count(self.n_expert_used)
-        for key, add in (("n_group", w.add_expert_group_count), ("topk_group", w.add_expert_group_used_count)):
+        groups = (("n_group", w.add_expert_group_count), ("topk_group", w.add_expert_group_used_count))
+        for key, add in groups:
             if cfg.get(key) is not None:
                 add(int(cfg[key]))
         if "scoring_func" in cfg:
