@@ -249,6 +249,7 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
         with GGUFFile(path) as gf:
             metadata = gf.metadata
             overrides = checked_overrides(kv_overrides, metadata, path)
+            self._file_values = {k: metadata.get(k) for k in overrides}  # (what `metadata` shows)
             metadata = {**metadata, **overrides}
             self.tokenizer = Tokenizer.from_metadata(metadata)
             # gemma-embedding's projections (read once the engine has checked them; other
@@ -442,11 +443,12 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
     @property
     def metadata(self) -> dict[str, str]:
         """GGUF metadata as strings, like ``Llama.metadata`` (arrays left out; numbers, booleans
-        and floats written as llama.cpp writes them: ``"true"``, ``"0.000010"``; kv_overrides in)."""
+        and floats written as llama.cpp writes them: ``"true"``, ``"0.000010"``). As there, the
+        file's values: kv_overrides change what the model reads, not this."""
         self._open()
         out = {}
-        for k, v in self._metadata.items():
-            if isinstance(v, list):
+        for k, v in {**self._metadata, **self._file_values}.items():
+            if isinstance(v, list) or v is None:
                 continue
             if isinstance(v, bool):
                 out[k] = "true" if v else "false"
@@ -458,11 +460,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
 
     @property
     def gguf_metadata(self) -> Mapping[str, Any]:
-        """GGUF metadata with typed values, arrays as lists (read from the file on each call;
-        kv_overrides in)."""
+        """GGUF metadata with typed values, arrays as lists (read from the file on each call)."""
         self._open()
         with GGUFFile(self.model_path) as gf:
-            return {**gf.metadata, **(self.kv_overrides or {})}
+            return gf.metadata
 
     @property
     def config(self) -> dict[str, Any]:
@@ -602,7 +603,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
         """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back
         later with :meth:`load_state` instead of reading them again. Picklable."""
         toks = list(self._history)
-        return self.state_of(toks, self._engine().kv_read(0, len(toks)))
+        state = self.state_of(toks, self._engine().kv_read(0, len(toks)))
+        if self._prompt_end is not None and self._prompt_end[0] is self._history:
+            state = dataclasses.replace(state, prompt_end=(self._prompt_end[1], self._prompt_end[2].copy()))
+        return state
 
     def state_of(self, tokens: Sequence[int], data: bytes) -> ModelState:
         """A state of tokens and their K/V as ``kv_read`` gives them (a server's sequence slot's)."""
@@ -624,6 +628,9 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
         self._history = []
         self._engine().kv_write(0, len(toks), state.llama_state)
         self._history = toks
+        self._last = None
+        if state.prompt_end is not None and state.prompt_end[0] <= len(toks):
+            self._prompt_end = (toks, state.prompt_end[0], np.array(state.prompt_end[1], dtype=np.float32))
 
     def imatrix_start(self, *, process_output: bool = False) -> None:
         """Starts collecting an importance matrix (llama-imatrix's) over every evaluation that

@@ -220,13 +220,13 @@ class LowLevelMethods:
 
     @staticmethod
     def logits_to_logprobs(logits: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.single]:
-        """log-softmax along ``axis`` in float32 (a row of -inf stays -inf; +inf rows give NaN, as
-        llama-cpp-python's)."""
+        """log-softmax along ``axis`` in float32, as llama-cpp-python's (a row that is all -inf, or
+        holds +inf, gives NaN)."""
         x = np.asarray(logits)
         top = np.amax(x, axis=axis, keepdims=True)
         top = np.where(np.isfinite(top), top, 0)
         shifted = np.subtract(x, top, dtype=np.single)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
     @staticmethod
