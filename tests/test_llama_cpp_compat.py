@@ -120,6 +120,22 @@ def test_eval_sample_greedy(ref, ours):
     assert equal >= 1
 
 
+def test_generate_continues_without_reset(ref, ours):
+    """generate([], reset=False) after eval samples from eval's logits and continues the cached
+    tokens, as llama-cpp-python's does: the same tokens, the same input_ids after 4 of them."""
+    toks = ref.tokenize(PROMPTS[0].encode(), add_bos=False)
+    got = []
+    for m in (ref, ours):
+        m.reset()
+        m.eval(toks)
+        gen = m.generate([], temp=0.0, reset=False)
+        got.append([next(gen) for _ in range(4)])
+        gen.close()
+    assert got[0] == got[1]
+    assert ours.n_tokens == ref.n_tokens == len(toks) + 3
+    assert ours.input_ids[: ours.n_tokens].tolist() == ref.input_ids[: ref.n_tokens].tolist()
+
+
 def test_scores_close(ref, ours):
     """With logits_all, scores[:n_tokens] after two evals (the second continuing the first) hold
     every position's logits: KL(llama.cpp || ours) small, top-1 equal where decided; sample(idx=i)
@@ -227,6 +243,12 @@ def test_chat_completion_with_format_and_handler(ref, ours):
             setattr(ours, attr, None)
         assert got["usage"]["prompt_tokens"] == want["usage"]["prompt_tokens"]
         assert got["choices"][0]["message"]["content"] == want["choices"][0]["message"]["content"]
+    ours.chat_handler = handler
+    try:
+        with pytest.raises(ValueError, match="reasoning_format"):  # (a handler would not see it)
+            ours.create_chat_completion(messages, reasoning_format="deepseek")
+    finally:
+        ours.chat_handler = None
 
 
 def test_constructor_arguments_accepted_by_both(path):

@@ -19,12 +19,13 @@ import numpy as np
 
 from splitllm.model_state import ModelState
 
-__all__ = ["BaseCache", "DiskCache", "RAMCache"]
+__all__ = ["BaseCache", "DiskCache", "RAMCache", "common_prefix"]
 
 Key = tuple[int, ...]
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share (llama-cpp-python's longest_token_prefix)."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -52,7 +53,7 @@ class BaseCache:
     def _find_longest_prefix_key(self, key: Key) -> Key | None:
         best, best_n = None, 0
         for k in self._keys():
-            n = _common(k, key)
+            n = common_prefix(k, key)
             if n > best_n:
                 best, best_n = k, n
         return best

@@ -25,7 +25,6 @@ import numpy as np
 
 from splitllm import _core
 from splitllm.chat import CHATML_TEMPLATE, ChatTemplate
-from splitllm.chat_formats import check_chat_format
 from splitllm.completions import (
     CompletionChunk,
     TokenText,
@@ -39,16 +38,7 @@ from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
 from splitllm.imatrix import Imatrix, from_collected
 from splitllm.logprobs import check_n_top, token_logprob
 from splitllm.model_chat import ChatMethods
-from splitllm.model_compat import (
-    LLAMA_SPLIT_MODE_LAYER,
-    check_chat_handler,
-    check_count,
-    check_devices,
-    check_numa,
-    checked_overrides,
-    kv_type_name,
-    warn_mlock,
-)
+from splitllm.model_compat import LLAMA_SPLIT_MODE_LAYER, check_llama_args, checked_overrides
 from splitllm.model_complete import CompletionMethods
 from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitllm.model's too
     LLAMA_POOLING_TYPE_CLS,
@@ -127,6 +117,25 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
     llama-cpp-python's (and llama.cpp's) rotary overrides, e.g. ``rope_scaling_type=2,
     rope_freq_scale=0.25, yarn_orig_ctx=32768`` to run a model 4x past its trained context with
     YaRN; a model whose file asks for YaRN (``rope.scaling.type = yarn``) gets it by default.
+
+    The rest of ``Llama``'s arguments: ``logits_all`` keeps every position's logits in ``scores``
+    (each pass then computes all of them); ``vocab_only`` loads the tokenizer and metadata only
+    (evaluating raises RuntimeError); ``kv_overrides`` ({key: bool/int/float/str}) replaces
+    metadata values before the engine and the tokenizer read them (``metadata`` still shows the
+    file's, as llama.cpp's); ``type_k`` / ``type_v`` also take GGML_TYPE_* ints (1 f16, 8 q8_0,
+    2 q4_0); ``last_n_tokens_size`` is the penalty window; ``chat_format`` picks one of
+    llama-cpp-python's named prompt formats (:mod:`splitllm.chat_formats`; default: the GGUF's
+    template); ``chat_handler`` (a llama-cpp-python handler, not a multimodal one) answers
+    ``create_chat_completion``; ``tokenizer`` (a llama-cpp-python tokenizer) replaces the GGUF's in
+    ``tokenize`` / ``detokenize`` and so reads every prompt (generated text is still decoded with
+    the GGUF's vocabulary); ``attention_type`` may only name the model's own. Accepted without
+    effect, since they change nothing here: ``use_mmap`` (the file is always mapped),
+    ``use_mlock`` (not locked: a warning), ``n_ubatch`` (a pass is ``n_batch`` tokens),
+    ``n_threads_batch`` (``n_threads`` serves both), ``flash_attn`` (one attention path),
+    ``numa``, ``no_perf``; ``split_mode`` 0/1, ``main_gpu`` 0 and a ``tensor_split`` giving
+    everything to the first GPU describe the one GPU splitllm uses; other values, and
+    ``rpc_servers``, are refused. The low-level calls (``eval``, ``sample``, ``input_ids``,
+    ``n_tokens``, ``set_cache``, pickling ...) are in :mod:`splitllm.model_lowlevel`.
     """
 
     def __init__(
@@ -210,28 +219,13 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
             if not math.isfinite(s):
                 raise ValueError(f"{p}: LoRA scale must be a finite number (got {s})")
         # llama-cpp-python's arguments without a splitllm counterpart (see splitllm.model_compat)
-        type_k, type_v = kv_type_name("type_k", type_k), kv_type_name("type_v", type_v)
+        type_k, type_v = check_llama_args(
+            type_k=type_k, type_v=type_v, split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split,
+            rpc_servers=rpc_servers, n_ubatch=n_ubatch, n_threads_batch=n_threads_batch, numa=numa,
+            attention_type=attention_type, last_n_tokens_size=last_n_tokens_size, chat_format=chat_format,
+            chat_handler=chat_handler, tokenizer=tokenizer, use_mlock=use_mlock)
         op_offload = True if op_offload is None else op_offload
         swa_full = False if swa_full is None else swa_full
-        check_devices(split_mode, main_gpu, tensor_split, rpc_servers)
-        check_count("n_ubatch", n_ubatch, allow_none=False)
-        check_count("n_threads_batch", n_threads_batch)
-        check_numa(numa)
-        if attention_type not in (-1, 0, 1):
-            raise ValueError(f"attention_type must be -1 (the model's), 0 (causal) or 1 (non-causal); "
-                             f"got {attention_type!r}")
-        if isinstance(last_n_tokens_size, bool) or not isinstance(last_n_tokens_size, int) \
-                or last_n_tokens_size < 0:
-            raise ValueError(f"last_n_tokens_size must be a non-negative integer (got "
-                             f"{last_n_tokens_size!r})")
-        if chat_format is not None:
-            check_chat_format(chat_format)
-        check_chat_handler(chat_handler)
-        if tokenizer is not None and not all(callable(getattr(tokenizer, f, None))
-                                             for f in ("tokenize", "detokenize")):
-            raise ValueError("tokenizer must have tokenize(text, add_bos, special) and detokenize(tokens, "
-                             "...) (a llama-cpp-python BaseLlamaTokenizer)")
-        warn_mlock(use_mlock)
         self.chat_format = chat_format
         self.chat_handler = chat_handler
         self.tokenizer_ = tokenizer
@@ -425,21 +419,6 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
         self._open()
         return -1 if self.tokenizer.eos_id is None else self.tokenizer.eos_id
 
-    def token_nl(self) -> int:
-        """The newline token as llama.cpp picks it: SentencePiece's <0x0A> byte token, WordPiece's
-        padding token, otherwise the first token of "\\n" (-1 when there is none)."""
-        self._open()
-        tok = self.tokenizer
-        if tok.vocab_type == "spm":
-            found = tok.vocab.token_to_id.get("<0x0A>", tok.vocab.token_to_id.get("\n"))
-        elif tok.vocab_type == "wpm":
-            found = None
-        else:
-            found = next(iter(tok.tokenize(b"\n", add_bos=False)), None)
-        if found is None:
-            found = tok.pad_id
-        return -1 if found is None else found
-
     @property
     def metadata(self) -> dict[str, str]:
         """GGUF metadata as strings, like ``Llama.metadata`` (arrays left out; numbers, booleans
@@ -575,12 +554,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
                     and self._engine().kv_reusable(0, n) == n):
                 del held[n:]  # the cache's cells past the prompt are free again
                 return logits.copy()
-        keep = 0
-        for a, b in zip(self._history, toks, strict=False):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(toks) - 1)  # the last token is evaluated again for its logits
+        if self._history == toks and (row := self._valid_last()) is not None:
+            return row.copy()  # (what eval() left: llama-cpp-python samples from it too)
+        # (the last token is evaluated again for its logits)
+        keep = min(self.longest_token_prefix(self._history, toks), len(toks) - 1)
         # A sliding-window cache may no longer hold what continuing from there attends to.
         keep = self._engine().kv_reusable(0, keep)
         self._history = self._history[:keep]

@@ -113,6 +113,16 @@ class ChatMethods:
         (llama-cpp-python's) is called instead with this model as its ``llama`` and
         llama-cpp-python's arguments."""
         if self.chat_handler is not None:
+            unsent = {"stopping_criteria": (stopping_criteria, None),
+                      "parallel_tool_calls": (parallel_tool_calls, True),
+                      "chat_template_kwargs": (chat_template_kwargs, None),
+                      "reasoning_format": (reasoning_format, "none"),
+                      "xtc_probability": (xtc_probability, 0.0), "top_n_sigma": (top_n_sigma, -1.0),
+                      "dynatemp_range": (dynatemp_range, 0.0), "dry_multiplier": (dry_multiplier, 0.0)}
+            refused = [name for name, (value, off) in unsent.items() if value != off]
+            if refused:
+                raise ValueError(f"{', '.join(refused)}: a chat_handler takes llama-cpp-python's arguments "
+                                 "only")
             return self.chat_handler(
                 llama=self, messages=messages, functions=functions, function_call=function_call, tools=tools,
                 tool_choice=tool_choice, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

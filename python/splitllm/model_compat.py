@@ -77,7 +77,7 @@ def check_numa(numa: Any) -> None:
 def warn_mlock(use_mlock: bool) -> None:
     if use_mlock:
         warnings.warn("use_mlock=True: splitllm does not lock the model in RAM (its pages may be swapped "
-                      "out); results are unaffected", RuntimeWarning, stacklevel=3)
+                      "out); results are unaffected", RuntimeWarning, stacklevel=4)
 
 
 # ---- kv_overrides ----
@@ -167,6 +167,36 @@ class LlamaTokenizer:
 
         with GGUFFile(path) as gf:
             return cls(Tokenizer.from_metadata(gf.metadata))
+
+
+def check_llama_args(*, type_k: Any, type_v: Any, split_mode: Any, main_gpu: Any, tensor_split: Any,
+                     rpc_servers: Any, n_ubatch: Any, n_threads_batch: Any, numa: Any, attention_type: Any,
+                     last_n_tokens_size: Any, chat_format: str | None, chat_handler: Any, tokenizer: Any,
+                     use_mlock: bool) -> tuple[str, str]:
+    """Checks ``Model``'s llama-cpp-python arguments (ValueError naming the one that is wrong) and
+    returns the KV cache type names of type_k and type_v."""
+    from splitllm.chat_formats import check_chat_format
+
+    check_devices(split_mode, main_gpu, tensor_split, rpc_servers)
+    check_count("n_ubatch", n_ubatch, allow_none=False)
+    check_count("n_threads_batch", n_threads_batch)
+    check_numa(numa)
+    if attention_type not in (LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_ATTENTION_TYPE_CAUSAL,
+                              LLAMA_ATTENTION_TYPE_NON_CAUSAL):
+        raise ValueError(f"attention_type must be -1 (the model's), 0 (causal) or 1 (non-causal); "
+                         f"got {attention_type!r}")
+    if isinstance(last_n_tokens_size, bool) or not isinstance(last_n_tokens_size, int) \
+            or last_n_tokens_size < 0:
+        raise ValueError(f"last_n_tokens_size must be a non-negative integer (got {last_n_tokens_size!r})")
+    if chat_format is not None:
+        check_chat_format(chat_format)
+    check_chat_handler(chat_handler)
+    if tokenizer is not None and not all(callable(getattr(tokenizer, f, None))
+                                         for f in ("tokenize", "detokenize")):
+        raise ValueError("tokenizer must have tokenize(text, add_bos, special) and detokenize(tokens, ...) "
+                         "(a llama-cpp-python BaseLlamaTokenizer)")
+    warn_mlock(use_mlock)
+    return kv_type_name("type_k", type_k), kv_type_name("type_v", type_v)
 
 
 def check_chat_handler(handler: Any) -> None:

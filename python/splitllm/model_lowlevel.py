@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from splitllm.cache import common_prefix
 from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
 from splitllm.model_state import ModelState
 from splitllm.sampling import LogitsHook, Sampler, sampling_params
@@ -145,14 +146,18 @@ class LowLevelMethods:
     def _last_logits(self) -> np.ndarray:
         """The logits after the last cached token (evaluated again when the last pass's are not
         those: after ``load_state`` or a lowered ``n_tokens``)."""
-        n = len(self._history)
-        if n == 0:
+        if not self._history:
             raise ValueError("no tokens evaluated: call eval(tokens) first")
-        if self._last is not None:
-            start, toks, row = self._last
-            if start + len(toks) == n and self._history[start:] == toks:
-                return row
-        return self.eval_prompt(list(self._history))
+        row = self._valid_last()
+        return row if row is not None else self.eval_prompt(list(self._history))
+
+    def _valid_last(self) -> np.ndarray | None:
+        """The last pass's logits if they follow the last cached token, else None."""
+        if self._last is None:
+            return None
+        start, toks, row = self._last
+        n = len(self._history)
+        return row if start + len(toks) == n and self._history[start:] == toks else None
 
     def sample(
         self,
@@ -216,6 +221,21 @@ class LowLevelMethods:
         self._seed = seed
         self._rng = random.Random(None if seed & 0xFFFFFFFF == LLAMA_DEFAULT_SEED else seed)
 
+    def token_nl(self) -> int:
+        """The newline token as llama.cpp picks it: SentencePiece's <0x0A> byte token, WordPiece's
+        padding token, otherwise the first token of "\\n" (-1 when there is none)."""
+        self._open()  # type: ignore[attr-defined]
+        tok = self.tokenizer  # type: ignore[attr-defined]
+        if tok.vocab_type == "spm":
+            found = tok.vocab.token_to_id.get("<0x0A>", tok.vocab.token_to_id.get("\n"))
+        elif tok.vocab_type == "wpm":
+            found = None
+        else:
+            found = next(iter(tok.tokenize(b"\n", add_bos=False)), None)
+        if found is None:
+            found = tok.pad_id
+        return -1 if found is None else found
+
     # ---- llama-cpp-python's static helpers ----
 
     @staticmethod
@@ -232,12 +252,7 @@ class LowLevelMethods:
     @staticmethod
     def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         """How many leading tokens ``a`` and ``b`` share."""
-        n = 0
-        for x, y in zip(a, b, strict=False):
-            if x != y:
-                break
-            n += 1
-        return n
+        return common_prefix(a, b)
 
     # ---- prompt cache ----
 
