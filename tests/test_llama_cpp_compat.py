@@ -71,7 +71,7 @@ def path(smollm2_path, plain_weights):
 
 @pytest.fixture(scope="module")
 def ref(path):
-    llm = llama_cpp.Llama(path, n_ctx=256, n_threads=1, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(path, n_ctx=256, n_threads=1, n_threads_batch=1, logits_all=True, verbose=False)
     yield llm
     llm.close()
 
@@ -309,7 +309,8 @@ def test_kv_overrides_reach_engine_and_tokenizer(path, ref, ours):
     (add BOS) changes tokenization as there."""
     toks = ref.tokenize(b"The quick brown fox jumps over the lazy dog because", add_bos=False)
     over = {"llama.rope.freq_base": 2000.0, "tokenizer.ggml.add_bos_token": True}
-    llm = llama_cpp.Llama(path, n_ctx=64, n_threads=1, logits_all=True, kv_overrides=over, verbose=False)
+    llm = llama_cpp.Llama(path, n_ctx=64, n_threads=1, n_threads_batch=1, logits_all=True, kv_overrides=over,
+                          verbose=False)
     try:
         with Model(path, n_ctx=64, n_threads=1, logits_all=True, kv_overrides=over) as m:
             assert m.tokenize(b"Hello") == llm.tokenize(b"Hello")
@@ -349,6 +350,24 @@ def test_vocab_only_tokenizes_as_llama_cpp(vocab):
         m.create_completion("Hi", max_tokens=2)
     with pytest.raises(RuntimeError, match="vocab_only"):
         m.eval([1, 2])
+
+
+def test_tokenizer_argument_replaces_tokenize(path, vocab):
+    """tokenizer= (a llama-cpp-python tokenizer object) is what tokenize / detokenize call."""
+    llm, _ = vocab
+    calls = []
+
+    class Counting(llama_cpp.llama_tokenizer.LlamaTokenizer):
+        def tokenize(self, text, add_bos=True, special=True):
+            calls.append(text)
+            return super().tokenize(text, add_bos, special)
+
+    with Model(path, vocab_only=True, tokenizer=Counting(llm)) as m:
+        assert m.tokenize(b"Hello there", False, True) == llm.tokenize(b"Hello there", False, True)
+        assert m.detokenize(m.tokenize(b"Hello there")) == b"Hello there"
+    assert calls == [b"Hello there", b"Hello there"]
+    with pytest.raises(ValueError, match="tokenizer must have"):
+        Model(path, vocab_only=True, tokenizer=object())
 
 
 def test_pickle_round_trip(ours):
