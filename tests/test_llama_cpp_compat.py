@@ -47,25 +47,8 @@ def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def plain_weights():
-    """llama.cpp with its extra weight buffer types off (llama_model_params.use_extra_bufts): on this
-    machine the AMX layout they pick crashes (SIGSEGV in ggml_backend_amx_mul_mat on any batch of
-    two tokens or more); the plain CPU layout runs the same model."""
-    module = llama_cpp.llama.llama_cpp
-    default = module.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    module.llama_model_default_params = params
-    yield
-    module.llama_model_default_params = default
-
-
-@pytest.fixture(scope="module")
-def path(smollm2_path, plain_weights):
+def path(smollm2_path):
+    """(llama.cpp runs without its AMX weight layout on AMX CPUs: see conftest.py)"""
     return str(smollm2_path)
 
 

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "gguf/gguf.h"
+#include "model/config_read.h"
 
 namespace sl {
 
@@ -34,6 +35,15 @@ constexpr ArchTraits kArchs[] = {
     {"granite",    Arch::Granite,   false, false, false, false},
     {"olmo2",      Arch::Olmo2,     true,  false, true,  false},
     {"gpt-oss",    Arch::GptOss,    true,  false, false, false},  // (q/k/v biases optional, as in llama.cpp)
+    {"mistral3",   Arch::Mistral3,  false, false, false, false},  // (the rest: config_dense.cpp)
+    {"glm4",       Arch::Glm4,      false, false, false, false},
+    {"exaone4",    Arch::Exaone4,   true,  false, true,  false},
+    {"ernie4_5",   Arch::Ernie4_5,  false, false, false, false},
+    {"cohere2",    Arch::Cohere2,   false, false, false, false},
+    {"qwen3vl",    Arch::Qwen3VL,   true,  false, true,  false},  // (text only)
+    {"qwen2moe",   Arch::Qwen2Moe,  true,  true,  false, false},
+    {"olmoe",      Arch::Olmoe,     true,  false, true,  false},
+    {"granitemoe", Arch::GraniteMoe, false, false, false, false},
 };
 
 std::string supported_archs() {
@@ -42,6 +52,9 @@ std::string supported_archs() {
     return names;
 }
 
+}  // namespace
+
+// (shared with config_dense.cpp through config_read.h)
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
     const int64_t v = f.get_int(key);
     if (v < lo || v > hi)
@@ -51,7 +64,7 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
 }
 
 // A positive (or with zero_ok, non-negative) float key, or the fallback when absent.
-float get_positive(const GGUFFile & f, const std::string & key, double fallback, bool zero_ok = false) {
+float get_positive(const GGUFFile & f, const std::string & key, double fallback, bool zero_ok) {
     const double v = f.get_float(key, fallback);
     if (!(v > 0 || (zero_ok && v == 0)) || !std::isfinite(v))
         throw GGUFError(strfmt("%s: metadata '%s' = %g must be %s", f.path().c_str(), key.c_str(), v,
@@ -86,6 +99,8 @@ std::vector<uint8_t> any_swa(std::vector<uint8_t> swa) {
     if (std::find(swa.begin(), swa.end(), 1) == swa.end()) swa.clear();
     return swa;
 }
+
+namespace {
 
 // EmbeddingGemma (llama.cpp's llama_model_gemma_embedding): gemma3's layers with a window that is
 // required, queries always scaled by 1 / sqrt(head_dim), no soft-cap; sentence-transformers'
@@ -154,8 +169,8 @@ void read_gemma(const GGUFFile & f, Config & c) {
 // but the last optional); rope.scaling.finetuned false turns the rotation off.
 void read_granite(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
-    if (c.n_expert > 0)
-        throw GGUFError(strfmt("%s: a granite model with experts (granitemoe) is not supported", f.path().c_str()));
+    if (c.arch == Arch::Granite && c.n_expert > 0)
+        throw GGUFError(strfmt("%s: a granite model with experts is not supported (granitemoe is)", f.path().c_str()));
     c.logit_scale = get_positive(f, a + "logit_scale", 1.0);
     if (!f.find(a + "logit_scale"))
         throw GGUFError(strfmt("%s: metadata '%slogit_scale' is missing", f.path().c_str(), a.c_str()));
@@ -194,6 +209,30 @@ void read_gpt_oss(const GGUFFile & f, Config & c) {
     c.attn_sinks = true;
 }
 
+// qwen2moe, olmoe, granitemoe (llama.cpp's llm_build_qwen2moe, llm_build_olmoe, llm_build_granite):
+// their graphs fix whether the chosen experts' softmax weights are renormalized (granitemoe only),
+// whatever expert_weights_norm says. qwen2moe: experts of expert_feed_forward_length (else
+// feed_forward_length / expert_used_count), a gated shared expert of
+// expert_shared_feed_forward_length (else feed_forward_length); olmoe and granitemoe: experts of
+// feed_forward_length; granitemoe's shared expert (granitemoeshared) where the key is given.
+void read_moe_variant(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.expert_weights_norm = c.arch == Arch::GraniteMoe;
+    const std::string exp_key = a + "expert_feed_forward_length", shexp_key = a + "expert_shared_feed_forward_length";
+    c.n_ff_exp = c.n_ff;
+    if (c.arch == Arch::Qwen2Moe) {
+        c.n_ff_exp = f.find(exp_key) ? get_dim(f, exp_key, 1, 1 << 20) : c.n_ff / c.n_expert_used;
+        if (c.n_ff_exp < 1)
+            throw GGUFError(strfmt("%s: metadata '%sfeed_forward_length' = %d over %d experts used leaves the experts "
+                                   "no width ('%s' is absent)", f.path().c_str(), a.c_str(), c.n_ff, c.n_expert_used,
+                                   exp_key.c_str()));
+        c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 1, 1 << 20) : c.n_ff;
+        c.shexp_gate = true;
+    } else if (c.arch == Arch::GraniteMoe && f.find(shexp_key)) {
+        c.n_ff_shexp = get_dim(f, shexp_key, 0, 1 << 20);
+    }
+}
+
 }  // namespace
 
 double Config::inv_freq(int i, bool swa) const {
@@ -226,14 +265,15 @@ void Config::apply_rope(const RopeParams & p) {
     rope_scaling = p.scaling_type != kRopeUnspecified ? p.scaling_type : rope_scaling_train;
     if (rope_scaling == kRopeNone) rope_freq_scale = 1.0f;
     yarn_ext_factor = p.ext_factor >= 0 ? p.ext_factor : rope_scaling == kRopeYarn ? 1.0f : 0.0f;
-    yarn_beta_fast = p.beta_fast >= 0 ? p.beta_fast : 32.0f;
-    yarn_beta_slow = p.beta_slow >= 0 ? p.beta_slow : 1.0f;
+    yarn_beta_fast = p.beta_fast >= 0 ? p.beta_fast : yarn_beta_fast_train;
+    yarn_beta_slow = p.beta_slow >= 0 ? p.beta_slow : yarn_beta_slow_train;
     // llama_context: YaRN's attention factor 0.1 ln(factor) + 1, divided by what ggml's rope_yarn
     // multiplies in again; then the model's attn_factor.
     float attn = p.attn_factor >= 0 ? p.attn_factor : 1.0f;
     if (yarn_ext_factor != 0.0f) {
         const float factor = 1.0f / rope_freq_scale;
-        attn = (factor <= 1.0f ? 1.0f : 0.1f * std::log(factor) + 1.0f) / (1.0f + 0.1f * std::log(factor));
+        auto mscale = [&](float m) { return factor <= 1.0f ? 1.0f : 0.1f * m * std::log(factor) + 1.0f; };
+        attn = mscale(1.0f) / (yarn_log_mul != 0.0f ? mscale(yarn_log_mul) : 1.0f) / (1.0f + 0.1f * std::log(factor));
     }
     attn *= rope_attn_factor;
     // ggml's rope_yarn: times 1 + 0.1 ln(1 / freq_scale) of the layer when ext_factor != 0
@@ -251,6 +291,7 @@ std::string Config::shape_keys() const {
                               n_ff, a.c_str(), n_head, a.c_str(), n_head_kv, head_dim, n_vocab);
     if (n_expert > 0)
         keys += strfmt(", %sexpert_count = %d, expert width %d", a.c_str(), n_expert, n_ff_exp);
+    if (n_ff_shexp > 0) keys += strfmt(", shared expert width %d", n_ff_shexp);
     return keys;
 }
 
@@ -276,15 +317,17 @@ Config Config::from_gguf(const GGUFFile & f) {
         throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide '%sattention.head_count'"
                                " = %d", f.path().c_str(), a.c_str(), c.n_head_kv, a.c_str(), c.n_head));
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
+    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
     const std::string ff_key = a + "feed_forward_length";
     c.n_ff = moe_only && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
-    if (moe_only || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", moe_only ? 1 : 0, 4096);
+    if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {
         c.n_expert_used = get_dim(f, a + "expert_used_count", 1, c.n_expert);
         c.n_ff_exp = f.find(a + "expert_feed_forward_length") || c.n_ff == 0
                          ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
                          : c.n_ff;
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
+        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe) read_moe_variant(f, c);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
     c.n_ctx_orig = f.find(a + "rope.scaling.original_context_length")
@@ -296,14 +339,16 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (f.find(a + "attention.sliding_window")) c.n_swa = get_dim(f, a + "attention.sliding_window", 0, 1 << 30);
     c.encoder = c.arch == Arch::Bert || c.arch == Arch::NomicBert || c.arch == Arch::GemmaEmbedding;
     c.learned_pos = c.arch == Arch::Bert;
-    // LayerNorm epsilon for bert and nomic-bert; RMSNorm's for the rest (required by gemma-embedding)
-    const bool layer_norm = c.encoder && c.arch != Arch::GemmaEmbedding;
+    // LayerNorm epsilon for bert, nomic-bert and cohere2; RMSNorm's for the rest (required by
+    // gemma-embedding)
+    const bool ln_encoder = c.encoder && c.arch != Arch::GemmaEmbedding;
+    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2;
     const std::string eps_key = a + (layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
-    c.rms_eps = float(c.encoder ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
+    c.rms_eps = float(c.encoder || layer_norm ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
         throw GGUFError(strfmt("%s: bad %s", f.path().c_str(), eps_key.c_str()));
     // (gemma-embedding is non-causal whatever the key says, as in llama.cpp)
-    if (layer_norm && f.get_bool(a + "attention.causal", true))
+    if (ln_encoder && f.get_bool(a + "attention.causal", true))
         throw GGUFError(strfmt("%s: metadata '%sattention.causal' is true or absent: splitllm runs %s models as "
                                "encoders (non-causal) only", f.path().c_str(), a.c_str(), c.arch_name.c_str()));
     const int64_t key_len = f.get_int(a + "attention.key_length", c.n_embd / c.n_head);
@@ -344,8 +389,10 @@ Config Config::from_gguf(const GGUFFile & f) {
         read_gemma(f, c);
     if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
-    if (c.arch == Arch::Granite) read_granite(f, c);
+    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe) read_granite(f, c);
+    if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
+    c.read_dense(f);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

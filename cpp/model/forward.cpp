@@ -52,7 +52,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         n_op_offload_ += mm != be;
         // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
         const float * h = L.attn_norm ? s.h : s.x;
-        if (L.attn_norm) be->rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
+        if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n);
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
         if (imx_)
@@ -67,7 +67,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
         }
         const bool swa = c.is_swa(l);
-        if (c.rotates(l)) be->rope(s.q, s.k, n, swa);  // (smollm3's NoPE layers do not)
+        if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
         // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
         // the output, a mix of rotated values, is rotated back.
         if (rotate_k) {
@@ -86,12 +86,16 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (imx_) imx_observe(l, kImxO, s.att, n, be);
         add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
-        const float * hf = L.ffn_norm ? s.h : s.x;
-        if (L.ffn_norm) be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
+        // (cohere2: the attention's normed input h, still in s.h)
+        const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;
+        if (L.ffn_norm) norm(be, s.x, L.ffn_norm, s.h, n);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
             moe_ffn(be, L, s, n);
-            continue;
+            if (L.w_gate.rows == 0) continue;
+            mm = be;  // then the shared expert's, below (on the CPU: the experts' layers run there)
         }
+        // (qwen2moe: the shared expert's output times a gate per token)
+        const float * gates = L.ffn_gate_inp_shexp ? shared_expert_gates(L, s, n) : nullptr;
         const Glu act = c.ffn_gelu ? Glu::Gelu : Glu::Silu;
         if (imx_) {
             imx_observe(l, kImxGate, hf, n, be);
@@ -107,7 +111,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             mm->glu(act, L.w_gate, L.w_up, hf, s.ff, n);
         }
         if (imx_) imx_observe(l, kImxDown, s.ff, n, be);
-        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n);
+        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n, gates);
     }
 
     // Output: logits = W_out . rmsnorm(x) for the rows that want them.
@@ -130,7 +134,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     n_eval_ += n;
     ++n_forward_;
     if (n_out == 0 || !logits) return;
-    output_backend_->rms_norm(s.x, w_.output_norm, s.h, n_out, c.n_embd, c.rms_eps);
+    norm(output_backend_, s.x, w_.output_norm, s.h, n_out);
     if (embeddings) {  // the normed hidden states themselves (or a reranker's scores of them)
         const size_t bytes = size_t(n_out) * c.n_embd * sizeof(float);
         float * rows = classify ? (output_backend_->is_cpu() ? s.h : host_x_) : logits;
@@ -156,7 +160,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x = cap * std::tanh(*x / cap);
         });
     }
-    if (c.logit_scale != 1.0f) {  // granite: logits / logit_scale
+    if (c.logit_scale != 1.0f) {  // granite: logits / logit_scale (cohere2: times its logit_scale)
         const float inv = 1.0f / c.logit_scale;
         cpu_->pool().parallel_for(n_out, [&](int64_t r0, int64_t r1) {
             for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x *= inv;
@@ -164,10 +168,17 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     }
 }
 
+void Model::norm(Backend * be, const float * x, const float * w, float * y, int n) {
+    if (cfg_.layer_norm)
+        be->layer_norm(x, w, y, n, cfg_.n_embd, cfg_.rms_eps);
+    else
+        be->rms_norm(x, w, y, n, cfg_.n_embd, cfg_.rms_eps);
+}
+
 void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
-                       Scratch & s, int n) {
+                       Scratch & s, int n, const float * row_scale) {
     const float scale = cfg_.residual_scale;
-    if (!post_norm && scale == 1.0f) {
+    if (!post_norm && scale == 1.0f && !row_scale) {
         mm->matmul(&w, &s.x, 1, in, n, true);
         apply_lora(be, &w, &s.x, 1, in, s, n);
         return;
@@ -175,6 +186,11 @@ void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const fl
     mm->matmul(&w, &s.h, 1, in, n, false);
     apply_lora(be, &w, &s.h, 1, in, s, n);
     if (post_norm) be->rms_norm(s.h, post_norm, s.h, n, cfg_.n_embd, cfg_.rms_eps);
+    if (row_scale) {
+        SL_CHECK(be->is_cpu(), "internal: rows scaled on the host for a CPU layer only");
+        for (int t = 0; t < n; ++t)
+            for (float * y = s.h + size_t(t) * cfg_.n_embd, * e = y + cfg_.n_embd; y < e; ++y) *y *= row_scale[t];
+    }
     be->add(s.x, s.h, int64_t(n) * cfg_.n_embd, scale);
 }
 

@@ -174,7 +174,8 @@ void Model::load_weights() {
     if (c.encoder && !embedding_only) return load_encoder_weights();
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
     if (embedding_only) load_dense();
-    if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2) && f.find_tensor("output.weight"))  // as llama.cpp
+    if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Cohere2) &&
+        f.find_tensor("output.weight"))  // as llama.cpp
         throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
                                "token_embd.weight", f.path().c_str(), c.arch_name.c_str()));
     if (!embedding_only)  // (a gemma-embedding file's output.weight, if any, is not used: llama.cpp's neither)
@@ -200,6 +201,9 @@ void Model::load_weights() {
                                    "every token attends to the whole context, as in llama.cpp", f.path().c_str(),
                                    c.n_swa));
 
+    // (glm4, exaone4, ernie4_5 and cohere2 read no attn_output.bias: llama.cpp's graphs have none)
+    const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
+                         c.arch != Arch::Cohere2;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -214,6 +218,9 @@ void Model::load_weights() {
             const std::string bias = b + name + ".bias";
             if (w->bias) continue;  // (a fused tensor's)
             const bool required = c.has_qkv_bias && w != &L.wo;
+            if (w == &L.wo && !wo_bias && f.find_tensor(bias))
+                throw GGUFError(strfmt("%s: tensor '%s': llama.cpp's %s has no attention output bias", f.path().c_str(),
+                                       bias.c_str(), c.arch_name.c_str()));
             if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
         }
         if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
@@ -224,11 +231,14 @@ void Model::load_weights() {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
-        if (c.pre_norms)
+        if (c.pre_norms && !c.parallel_ffn)  // (cohere2's feed-forward reads the attention's input)
             L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
-        if (c.n_expert > 0 && f.find_tensor(b + "ffn_gate_inp.weight")) {  // a mixture-of-experts block
+        // a mixture-of-experts block (these architectures have no other kind: its router is required)
+        const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
+                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
+        if (c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"))) {
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
             L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
             L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
@@ -239,7 +249,13 @@ void Model::load_weights() {
                 stacked_bias(f, c, L.up_exps, b + "ffn_up_exps.bias", c.n_ff_exp, c.n_expert);
                 stacked_bias(f, c, L.down_exps, b + "ffn_down_exps.bias", c.n_embd, c.n_expert);
             }
-        } else if (c.fused_qkv) {  // ffn_up holds the gate rows, then the up rows
+            if (c.n_ff_shexp > 0) {  // the shared expert, in the dense feed-forward's place
+                L.w_gate = matrix(f, c, b + "ffn_gate_shexp.weight", c.n_ff_shexp, c.n_embd);
+                L.w_up = matrix(f, c, b + "ffn_up_shexp.weight", c.n_ff_shexp, c.n_embd);
+                L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
+                if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
+            }
+        } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
             L.w_gate = row_slice(gate_up, 0, c.n_ff);
             L.w_up = row_slice(gate_up, c.n_ff, c.n_ff);
