@@ -476,6 +476,18 @@ const GGUFValue * GGUFFile::find(std::string_view key) const {
     return it == kv_index_.end() ? nullptr : &kvs_[it->second].value;
 }
 
+void GGUFFile::set_override(const std::string & key, GGUFValue value, const std::string & text) {
+    if (value.type == GGUFType::ARRAY)
+        throw GGUFError(printable(path_, 4096) + ": metadata key '" + printable(key) + "': arrays cannot be overridden");
+    if (value.type == GGUFType::STRING) value.str = owned_.emplace_back(text);
+    if (const auto it = kv_index_.find(key); it != kv_index_.end()) {
+        kvs_[it->second].value = std::move(value);
+        return;
+    }
+    kv_index_.emplace(std::string_view(owned_.emplace_back(key)), kvs_.size());
+    kvs_.push_back(GGUFKV{key, std::move(value)});
+}
+
 const GGUFTensor * GGUFFile::find_tensor(std::string_view name) const {
     const auto it = tensor_index_.find(name);
     return it == tensor_index_.end() ? nullptr : &tensors_[it->second];

@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -142,6 +143,10 @@ public:
     const std::vector<GGUFTensor> & tensors() const { return tensors_; }
     const GGUFTensor * find_tensor(std::string_view name) const;  // nullptr if absent
 
+    // llama.cpp's kv_overrides: replaces the value of `key` (or adds the key) for every later read.
+    // Scalars only; a STRING's bytes are `text` (kept by the file; value.str is set to them).
+    void set_override(const std::string & key, GGUFValue value, const std::string & text = {});
+
     // Releases the pages of [ptr, ptr+n) from this process's resident set (after an upload to
     // another device). The mapping stays valid: a later read faults the pages back in from the
     // file. Only whole pages inside the range are dropped (the partial pages at either end may
@@ -173,6 +178,7 @@ private:
     std::unordered_map<std::string_view, size_t> kv_index_;
     std::unordered_map<std::string_view, size_t> tensor_index_;
     std::vector<std::unique_ptr<GGUFFile>> parts_;  // parts 2.. of a split
+    std::deque<std::string> owned_;  // keys and strings of overrides (addresses stay valid)
 
     friend class GGUFParser;
 };

@@ -115,6 +115,25 @@ void load_mla(const GGUFFile & f, const Config & c, const std::string & b, Layer
     L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.n_head * vd);
 }
 
+void apply_override(GGUFFile & f, const std::string & key, const KVOverride & v) {
+    GGUFValue g;
+    if (const bool * b = std::get_if<bool>(&v)) {
+        g.type = GGUFType::BOOL;
+        g.num.b = *b;
+    } else if (const int64_t * i = std::get_if<int64_t>(&v)) {
+        g.type = GGUFType::INT64;
+        g.num.i64 = *i;
+    } else if (const double * x = std::get_if<double>(&v)) {
+        g.type = GGUFType::FLOAT64;
+        g.num.f64 = *x;
+    } else {
+        g.type = GGUFType::STRING;
+        f.set_override(key, g, std::get<std::string>(v));
+        return;
+    }
+    f.set_override(key, g);
+}
+
 }  // namespace
 
 WeightRef row_slice(const WeightRef & w, int64_t r0, int64_t n) {
@@ -139,6 +158,7 @@ Model::Model(const std::string & path, const ModelParams & params, DryRun) : par
                  "KV cache type %s is not supported (f16, q8_0, q4_0)", qtype_traits(t) ? qtype_traits(t)->name : "?");
     if (params_.n_threads <= 0) params_.n_threads = hardware_threads();
     file_ = std::make_unique<GGUFFile>(path);
+    for (const auto & [key, value] : params.kv_overrides) apply_override(*file_, key, value);
     cfg_ = Config::from_gguf(*file_);
     cfg_.apply_rope(params.rope);
     load_weights();

@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "model/backend.h"
@@ -22,6 +24,9 @@ class CpuBackend;
 struct CpuBackendOptions;
 class OpOffload;
 class ImatrixCollector;
+
+// A metadata value given in place of the file's (llama.cpp's llama_model_kv_override).
+using KVOverride = std::variant<bool, int64_t, double, std::string>;
 
 struct ModelParams {
     int n_ctx = 4096;          // KV cells in all (split evenly between the sequence slots)
@@ -41,6 +46,8 @@ struct ModelParams {
     // run time: W x + scale * alpha / rank * B (A x) for every matrix an adapter updates.
     std::vector<std::pair<std::string, float>> loras;
     RopeParams rope;           // rotary overrides (rope_freq_base, YaRN, ...; none by default)
+    // Metadata values that replace (or add to) the file's before anything is read from it.
+    std::vector<std::pair<std::string, KVOverride>> kv_overrides;
 };
 
 // One adapter's update of a matrix: y += b . (a . x), b already multiplied by the scale.

@@ -112,11 +112,13 @@ void bind_model(pyb::module_ & m) {
                           bool op_offload, bool kv_rotate, bool swa_full,
                           const std::vector<std::pair<std::string, float>> & loras, int rope_scaling_type,
                           float rope_freq_base, float rope_freq_scale, float yarn_ext_factor, float yarn_attn_factor,
-                          float yarn_beta_fast, float yarn_beta_slow, int yarn_orig_ctx) {
+                          float yarn_beta_fast, float yarn_beta_slow, int yarn_orig_ctx,
+                          const std::vector<std::pair<std::string, KVOverride>> & kv_overrides) {
                  ModelParams p = make_params(n_ctx, n_batch, n_threads, n_seq_max, n_gpu_layers, type_k, type_v,
                                              offload_kqv, op_offload, kv_rotate, swa_full, loras);
                  p.rope = {rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_ext_factor, yarn_attn_factor,
                            yarn_beta_fast, yarn_beta_slow, yarn_orig_ctx};
+                 p.kv_overrides = kv_overrides;
                  pyb::gil_scoped_release nogil;
                  return new Model(path, p);
              }),
@@ -127,7 +129,8 @@ void bind_model(pyb::module_ & m) {
              pyb::arg("loras") = std::vector<std::pair<std::string, float>>{},
              pyb::arg("rope_scaling_type") = -1, pyb::arg("rope_freq_base") = 0.0f, pyb::arg("rope_freq_scale") = 0.0f,
              pyb::arg("yarn_ext_factor") = -1.0f, pyb::arg("yarn_attn_factor") = -1.0f,
-             pyb::arg("yarn_beta_fast") = -1.0f, pyb::arg("yarn_beta_slow") = -1.0f, pyb::arg("yarn_orig_ctx") = 0)
+             pyb::arg("yarn_beta_fast") = -1.0f, pyb::arg("yarn_beta_slow") = -1.0f, pyb::arg("yarn_orig_ctx") = 0,
+             pyb::arg("kv_overrides") = std::vector<std::pair<std::string, KVOverride>>{})
         .def(
             "decode",
             [](Model & self, const I32 & tokens, const I32 & pos, const I32 & slot, std::optional<U8> want,

@@ -86,7 +86,8 @@ class Model:
                  swa_full: bool = False, loras: list[tuple[str, float]] = [], rope_scaling_type: int = -1,
                  rope_freq_base: float = 0.0, rope_freq_scale: float = 0.0, yarn_ext_factor: float = -1.0,
                  yarn_attn_factor: float = -1.0, yarn_beta_fast: float = -1.0, yarn_beta_slow: float = -1.0,
-                 yarn_orig_ctx: int = 0) -> None: ...
+                 yarn_orig_ctx: int = 0,
+                 kv_overrides: list[tuple[str, bool | int | float | str]] = []) -> None: ...
     def decode(self, tokens: np.ndarray, pos: np.ndarray, slot: np.ndarray,
                want_logits: np.ndarray | None = None, out: np.ndarray | None = None,
                embeddings: bool = False, classify: bool = False) -> np.ndarray:

@@ -432,6 +432,8 @@ class _Service:
         v = body.continue_final_message
         mode = "auto" if v is True else v if v in CONTINUE_MODES else None
         msgs = body.messages
+        if not msgs:  # (the template's own check refuses an empty list)
+            return None
         if mode is None and self.prefill_assistant and msgs[-1].role == "assistant":
             if len(msgs) >= 2 and msgs[-2].role == "assistant":
                 raise APIError(400, "Cannot have 2 or more assistant messages at the end of the list.",

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from splitllm import _core
+from splitllm.cache import common_prefix
 from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
 from splitllm.grammar import Grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
@@ -126,15 +127,6 @@ class _Slot:
     last_used: int = 0
     job: Job | None = None
     lora: tuple[float, ...] = ()  # the LoRA scales its cache was computed under
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class BatchEngine:

@@ -11,6 +11,7 @@ Three tiers of generation, each built on the one below:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -37,6 +38,7 @@ from splitllm.grammar import Grammar, as_grammar, sample_with_grammar
 from splitllm.imatrix import Imatrix, from_collected
 from splitllm.logprobs import check_n_top, token_logprob
 from splitllm.model_chat import ChatMethods
+from splitllm.model_compat import LLAMA_SPLIT_MODE_LAYER, check_llama_args, checked_overrides
 from splitllm.model_complete import CompletionMethods
 from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitllm.model's too
     LLAMA_POOLING_TYPE_CLS,
@@ -55,6 +57,7 @@ from splitllm.model_embed import (  # noqa: F401 - the pooling names are splitll
     read_dense,
 )
 from splitllm.model_lora import LoraMethods
+from splitllm.model_lowlevel import LowLevelMethods
 from splitllm.model_state import ModelState  # noqa: F401 - splitllm.model's too
 from splitllm.sampling import LogitsHook, Sampler, SamplingParams, StopHook, sampling_params
 from splitllm.speculative import DraftModel, DraftPolicy, single_pass_limit
@@ -95,7 +98,7 @@ def rope_settings(scaling_type: int | None, freq_base: float, freq_scale: float,
             "yarn_orig_ctx": orig_ctx}
 
 
-class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
+class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLevelMethods):
     """A GGUF model loaded for inference.
 
     Follows ``llama_cpp.Llama``: same argument names, same result shapes. Weights stay in the
@@ -114,6 +117,25 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     llama-cpp-python's (and llama.cpp's) rotary overrides, e.g. ``rope_scaling_type=2,
     rope_freq_scale=0.25, yarn_orig_ctx=32768`` to run a model 4x past its trained context with
     YaRN; a model whose file asks for YaRN (``rope.scaling.type = yarn``) gets it by default.
+
+    The rest of ``Llama``'s arguments: ``logits_all`` keeps every position's logits in ``scores``
+    (each pass then computes all of them); ``vocab_only`` loads the tokenizer and metadata only
+    (evaluating raises RuntimeError); ``kv_overrides`` ({key: bool/int/float/str}) replaces
+    metadata values before the engine and the tokenizer read them (``metadata`` still shows the
+    file's, as llama.cpp's); ``type_k`` / ``type_v`` also take GGML_TYPE_* ints (1 f16, 8 q8_0,
+    2 q4_0); ``last_n_tokens_size`` is the penalty window; ``chat_format`` picks one of
+    llama-cpp-python's named prompt formats (:mod:`splitllm.chat_formats`; default: the GGUF's
+    template); ``chat_handler`` (a llama-cpp-python handler, not a multimodal one) answers
+    ``create_chat_completion``; ``tokenizer`` (a llama-cpp-python tokenizer) replaces the GGUF's in
+    ``tokenize`` / ``detokenize`` and so reads every prompt (generated text is still decoded with
+    the GGUF's vocabulary); ``attention_type`` may only name the model's own. Accepted without
+    effect, since they change nothing here: ``use_mmap`` (the file is always mapped),
+    ``use_mlock`` (not locked: a warning), ``n_ubatch`` (a pass is ``n_batch`` tokens),
+    ``n_threads_batch`` (``n_threads`` serves both), ``flash_attn`` (one attention path),
+    ``numa``, ``no_perf``; ``split_mode`` 0/1, ``main_gpu`` 0 and a ``tensor_split`` giving
+    everything to the first GPU describe the one GPU splitllm uses; other values, and
+    ``rpc_servers``, are refused. The low-level calls (``eval``, ``sample``, ``input_ids``,
+    ``n_tokens``, ``set_cache``, pickling ...) are in :mod:`splitllm.model_lowlevel`.
     """
 
     def __init__(
@@ -126,12 +148,12 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         n_seq_max: int = 1,
         n_gpu_layers: int | str = 0,
         seed: int = LLAMA_DEFAULT_SEED,
-        type_k: str = "f16",
-        type_v: str = "f16",
+        type_k: str | int | None = "f16",
+        type_v: str | int | None = "f16",
         offload_kqv: bool = True,
-        op_offload: bool = True,
+        op_offload: bool | None = True,
         kv_rotate: bool = True,
-        swa_full: bool = False,
+        swa_full: bool | None = False,
         rope_scaling_type: int | None = LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
         rope_freq_base: float = 0.0,
         rope_freq_scale: float = 0.0,
@@ -145,13 +167,35 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         lora_base: str | None = None,
         loras: Sequence[tuple[str | os.PathLike[str], float]] | None = None,
         chat_template: str | None = None,
+        chat_format: str | None = None,
+        chat_handler: Any = None,
         draft_model: DraftModel | None = None,
         embedding: bool = False,
         pooling_type: int | str = LLAMA_POOLING_TYPE_UNSPECIFIED,
+        attention_type: int = -1,
         spm_infill: bool = False,
+        logits_all: bool = False,
+        vocab_only: bool = False,
+        kv_overrides: Mapping[str, bool | int | float | str] | None = None,
+        last_n_tokens_size: int = 64,
+        tokenizer: Any = None,
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+        n_ubatch: int = 512,
+        n_threads_batch: int | None = None,
+        flash_attn: bool = False,
+        no_perf: bool = False,
+        numa: bool | int = False,
+        split_mode: int = LLAMA_SPLIT_MODE_LAYER,
+        main_gpu: int = 0,
+        tensor_split: Sequence[float] | None = None,
+        rpc_servers: str | None = None,
         verbose: bool = False,
     ) -> None:
+        init_args = {k: v for k, v in locals().items() if k != "self"}  # (for pickling)
         self._core: Any = None
+        self._closed = False
+        self._init_args = init_args
         self.spm_infill = bool(spm_infill)
         path = os.fspath(model_path)
         self.model_path = path
@@ -174,16 +218,39 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         for p, s in adapters:
             if not math.isfinite(s):
                 raise ValueError(f"{p}: LoRA scale must be a finite number (got {s})")
+        # llama-cpp-python's arguments without a splitllm counterpart (see splitllm.model_compat)
+        type_k, type_v = check_llama_args(
+            type_k=type_k, type_v=type_v, split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split,
+            rpc_servers=rpc_servers, n_ubatch=n_ubatch, n_threads_batch=n_threads_batch, numa=numa,
+            attention_type=attention_type, last_n_tokens_size=last_n_tokens_size, chat_format=chat_format,
+            chat_handler=chat_handler, tokenizer=tokenizer, use_mlock=use_mlock)
+        op_offload = True if op_offload is None else op_offload
+        swa_full = False if swa_full is None else swa_full
+        self.chat_format = chat_format
+        self.chat_handler = chat_handler
+        self.tokenizer_ = tokenizer
+        self.last_n_tokens_size = last_n_tokens_size
+        self.n_batch = n_batch
+        self.lora_base, self.lora_path, self.lora_scale = lora_base, lora_path, lora_scale
+        self.cache: Any = None
+        self._logits_all = bool(logits_all)
+        self._vocab_only = bool(vocab_only)
+        self._scores: np.ndarray | None = None
+        self._last: tuple[int, list[int], np.ndarray] | None = None
 
         # The tokenizer needs the vocabulary arrays; the model keeps only the scalar metadata (the
         # arrays are tens of MB of Python objects for a large vocabulary).
         with GGUFFile(path) as gf:
             metadata = gf.metadata
+            overrides = checked_overrides(kv_overrides, metadata, path)
+            self._file_values = {k: metadata.get(k) for k in overrides}  # (what `metadata` shows)
+            metadata = {**metadata, **overrides}
             self.tokenizer = Tokenizer.from_metadata(metadata)
             # gemma-embedding's projections (read once the engine has checked them; other
             # architectures' files are not read for them, as llama.cpp loads them for this one only)
-            is_gemma_embedding = metadata.get("general.architecture") == "gemma-embedding"
+            is_gemma_embedding = metadata.get("general.architecture") == "gemma-embedding" and not vocab_only
             dense = dense_views(gf) if is_gemma_embedding else {}
+        self.kv_overrides = overrides or None
         self._metadata = {k: v for k, v in metadata.items() if not isinstance(v, list)}
         del metadata
         arch = self._metadata.get("general.architecture", "")
@@ -193,6 +260,32 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         self._pooling_arg = pooling_type
         if n_ctx == 0:
             n_ctx = int(self._metadata.get(f"{arch}.context_length", 4096))
+        self._n_ctx = n_ctx
+        self._n_batch = n_batch
+        self._n_seq_max = n_seq_max
+        self._history: list[int] = []  # tokens whose K/V are in the cache, at positions 0..len-1
+        # The last prompt evaluated and the logits after it: (that history list, its length, logits).
+        # Valid while self._history is that same list (generation only appends to it; any other
+        # change of the cache assigns a new list).
+        self._prompt_end: tuple[list[int], int, np.ndarray] | None = None
+        self._seed = seed
+        self._rng = random.Random(None if seed & 0xFFFFFFFF == LLAMA_DEFAULT_SEED else seed)
+        template = chat_template or self._metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        if chat_format is not None and chat_format.startswith("chat_template."):
+            name = chat_format[len("chat_template."):]
+            key = "tokenizer.chat_template" if name == "default" else f"tokenizer.chat_template.{name}"
+            if not isinstance(self._metadata.get(key), str):
+                raise ValueError(f"{path}: chat_format {chat_format!r}: the file has no {key}")
+            template, self.chat_format = self._metadata[key], None
+        self._chat_template_source = template
+        self._chat: ChatTemplate | None = None
+        self._gvocab: Any = None
+        self.draft_model = draft_model
+        self._max_draft = 0
+        self._draft_policy: DraftPolicy | None = None
+        if vocab_only:  # the tokenizer and the metadata only (llama.cpp's vocab_only)
+            self._seq_ctx = n_ctx // n_seq_max
+            return
         if n_gpu_layers == "auto":
             from splitllm.plan import plan
 
@@ -209,13 +302,14 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
             n_threads=n_threads or 0,
             n_seq_max=n_seq_max,
             n_gpu_layers=n_gpu_layers,
-            type_k=type_k.lower(),
-            type_v=type_v.lower(),
+            type_k=type_k,
+            type_v=type_v,
             offload_kqv=offload_kqv,
             op_offload=op_offload,
             kv_rotate=kv_rotate,
             swa_full=bool(swa_full),
             loras=adapters,
+            kv_overrides=list(overrides.items()),
             **rope_settings(rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_ext_factor,
                             yarn_attn_factor, yarn_beta_fast, yarn_beta_slow, yarn_orig_ctx),
         )
@@ -223,9 +317,16 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
                        for p, s in adapters]
         self._lora_paths = [p for p, _ in adapters]
         self._lora_scales = [s for _, s in adapters]
-        self._type_k, self._type_v, self._kv_rotate = type_k.lower(), type_v.lower(), kv_rotate
+        self._type_k, self._type_v, self._kv_rotate = type_k, type_v, kv_rotate
         st = os.stat(path)  # which file a saved state belongs to
-        self._file_identity = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+        self._file_identity = (os.path.realpath(path), st.st_size, st.st_mtime_ns) + (
+            (repr(sorted(overrides.items())),) if overrides else ())
+        encoder = bool(self._core.config["encoder"])
+        if attention_type != -1 and encoder != (attention_type == 1):
+            self.close()
+            kind = "non-causal" if encoder else "causal"
+            raise ValueError(f"attention_type={attention_type}: this model's attention is {kind}, and "
+                             "splitllm runs each model with its own")
         if pooling_type not in (None, LLAMA_POOLING_TYPE_UNSPECIFIED) and \
                 pooling_type_of(pooling_type, {}) == LLAMA_POOLING_TYPE_RANK:
             try:
@@ -236,26 +337,9 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         self._dense: list[Dense] = read_dense(dense)
         for message in self._core.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
-        self._n_ctx = n_ctx
-        self._n_batch = n_batch
-        self._n_seq_max = n_seq_max
         self._seq_ctx = int(self._core.slot_ctx)  # cells of one sequence slot
-        self._history: list[int] = []  # tokens whose K/V are in the cache, at positions 0..len-1
-        # The last prompt evaluated and the logits after it: (that history list, its length, logits).
-        # Valid while self._history is that same list (generation only appends to it; any other
-        # change of the cache assigns a new list).
-        self._prompt_end: tuple[list[int], int, np.ndarray] | None = None
-        self._seed = seed
-        self._rng = random.Random(None if seed == LLAMA_DEFAULT_SEED else seed)
-        template = chat_template or self._metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
-        self._chat_template_source = template
-        self._chat: ChatTemplate | None = None
         if draft_model is not None and not callable(draft_model):
             raise ValueError("draft_model must be callable (a splitllm.speculative.DraftModel)")
-        self.draft_model = draft_model
-        self._max_draft = 0
-        self._draft_policy: DraftPolicy | None = None
-        self._gvocab: Any = None
         if draft_model is not None:
             if (attach := getattr(draft_model, "attach", None)) is not None:  # (e.g. a vocabulary check)
                 try:
@@ -295,7 +379,9 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         """Frees the KV cache, buffers and the file mapping. Any further call (other than
         ``close``) raises ValueError."""
         self._core = None
+        self._closed = True
         self._chat = None
+        self._scores = self._last = None
 
     def __enter__(self) -> Model:
         return self
@@ -306,37 +392,48 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     def __del__(self) -> None:
         self._core = None
 
-    def _engine(self) -> Any:
-        """The native model; ValueError once the model is closed (every public method calls this)."""
-        if self._core is None:
+    def _open(self) -> None:
+        """ValueError once the model is closed (what needs only the vocabulary calls this)."""
+        if getattr(self, "_closed", True):
             raise ValueError(f"the model is closed (close() was called on {self.model_path})")
+
+    def _engine(self) -> Any:
+        """The native model; ValueError once the model is closed, RuntimeError when only its
+        vocabulary was loaded (every public method that evaluates calls this)."""
+        if self._core is None:
+            self._open()
+            raise RuntimeError(f"{self.model_path} was loaded with vocab_only=True: only the tokenizer "
+                               "and the metadata are there (tokenize, detokenize, token ids); evaluating "
+                               "needs the weights")
         return self._core
 
     # ---- information ----
 
     def n_ctx(self) -> int:
-        self._engine()
+        self._open()
         return self._n_ctx
 
     def n_vocab(self) -> int:
-        return int(self._engine().n_vocab)
+        self._open()
+        return int(self._core.n_vocab) if self._core is not None else self.tokenizer.n_vocab
 
     def token_bos(self) -> int:
-        self._engine()
+        self._open()
         return -1 if self.tokenizer.bos_id is None else self.tokenizer.bos_id
 
     def token_eos(self) -> int:
-        self._engine()
+        self._open()
         return -1 if self.tokenizer.eos_id is None else self.tokenizer.eos_id
 
     @property
     def metadata(self) -> dict[str, str]:
         """GGUF metadata as strings, like ``Llama.metadata`` (arrays left out; numbers, booleans
-        and floats written as llama.cpp writes them: ``"true"``, ``"0.000010"``)."""
-        self._engine()
+        and floats written as llama.cpp writes them: ``"true"``, ``"0.000010"``). As there, the
+        file's values: kv_overrides change what the model reads, not this."""
+        self._open()
         out = {}
-        for k, v in self._metadata.items():
-            if isinstance(v, list):
+        for k, v in {**self._metadata, **self._file_values}.items():
+            if isinstance(v, list) or v is None:
                 continue
             if isinstance(v, bool):
                 out[k] = "true" if v else "false"
@@ -349,7 +446,7 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     @property
     def gguf_metadata(self) -> Mapping[str, Any]:
         """GGUF metadata with typed values, arrays as lists (read from the file on each call)."""
-        self._engine()
+        self._open()
         with GGUFFile(self.model_path) as gf:
             return gf.metadata
 
@@ -379,14 +476,18 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     # ---- tokens ----
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        self._engine()
+        self._open()
+        if self.tokenizer_ is not None:
+            return list(self.tokenizer_.tokenize(text, add_bos, special))
         return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
     def detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
         """Bytes of tokens; with prev_tokens, the bytes they add after prev_tokens."""
-        self._engine()
+        self._open()
+        if self.tokenizer_ is not None:
+            return self.tokenizer_.detokenize(list(tokens), prev_tokens=prev_tokens, special=special)
         tokens = list(tokens)
         if prev_tokens:
             prev = list(prev_tokens)
@@ -406,10 +507,16 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         pos = np.arange(start, start + n, dtype=np.int32)
         slot = np.zeros(n, dtype=np.int32)
         want = None
-        if not all_logits:
+        every = all_logits or (self._logits_all and not embeddings)  # (logits_all: scores gets every row)
+        if not every:
             want = np.zeros(n, dtype=np.uint8)
             want[-1] = 1
-        return self._engine().decode(toks, pos, slot, want, out, embeddings)
+        rows = self._engine().decode(toks, pos, slot, want, out if all_logits else None, embeddings)
+        if embeddings:
+            self._last = None
+            return rows
+        self._keep_logits(tokens, start, rows, every)
+        return rows if all_logits else rows[-1:]
 
     def _check_tokens(self, tokens: Sequence[int], limit: tuple[int, str] | None = None) -> list[int]:
         """Ids in the vocabulary, at most ``limit`` (a count and what sets it; default a slot's
@@ -453,12 +560,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
                     and self._engine().kv_reusable(0, n) == n):
                 del held[n:]  # the cache's cells past the prompt are free again
                 return logits.copy()
-        keep = 0
-        for a, b in zip(self._history, toks, strict=False):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(toks) - 1)  # the last token is evaluated again for its logits
+        if self._history == toks and (row := self._valid_last()) is not None:
+            return row.copy()  # (what eval() left: llama-cpp-python samples from it too)
+        # (the last token is evaluated again for its logits)
+        keep = min(self.longest_token_prefix(self._history, toks), len(toks) - 1)
         # A sliding-window cache may no longer hold what continuing from there attends to.
         keep = self._engine().kv_reusable(0, keep)
         self._history = self._history[:keep]
@@ -481,7 +586,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         """The tokens in the cache and their K/V (llama-cpp-python's ``save_state``), to put back
         later with :meth:`load_state` instead of reading them again. Picklable."""
         toks = list(self._history)
-        return self.state_of(toks, self._engine().kv_read(0, len(toks)))
+        state = self.state_of(toks, self._engine().kv_read(0, len(toks)))
+        if self._prompt_end is not None and self._prompt_end[0] is self._history:
+            state = dataclasses.replace(state, prompt_end=(self._prompt_end[1], self._prompt_end[2].copy()))
+        return state
 
     def state_of(self, tokens: Sequence[int], data: bytes) -> ModelState:
         """A state of tokens and their K/V as ``kv_read`` gives them (a server's sequence slot's)."""
@@ -503,6 +611,9 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         self._history = []
         self._engine().kv_write(0, len(toks), state.llama_state)
         self._history = toks
+        self._last = None
+        if state.prompt_end is not None and state.prompt_end[0] <= len(toks):
+            self._prompt_end = (toks, state.prompt_end[0], np.array(state.prompt_end[1], dtype=np.float32))
 
     def imatrix_start(self, *, process_output: bool = False) -> None:
         """Starts collecting an importance matrix (llama-imatrix's) over every evaluation that
@@ -528,24 +639,26 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     def generate(
         self,
         tokens: Sequence[int],
-        *,
         top_k: int = 40,
         top_p: float = 0.95,
         min_p: float = 0.05,
         typical_p: float = 1.0,
         temp: float = 0.80,
         repeat_penalty: float = 1.0,
+        reset: bool = True,
         frequency_penalty: float = 0.0,
         presence_penalty: float = 0.0,
         tfs_z: float = 1.0,
         mirostat_mode: int = 0,
         mirostat_tau: float = 5.0,
         mirostat_eta: float = 0.1,
-        logit_bias: Mapping[Any, float] | None = None,
-        seed: int | None = None,
-        grammar: Grammar | str | None = None,
+        penalize_nl: bool = True,
         logits_processor: LogitsHook | None = None,
         stopping_criteria: StopHook | None = None,
+        grammar: Grammar | str | None = None,
+        *,
+        logit_bias: Mapping[Any, float] | None = None,
+        seed: int | None = None,
         xtc_probability: float = 0.0,
         xtc_threshold: float = 0.1,
         top_n_sigma: float = -1.0,
@@ -559,6 +672,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
     ) -> Generator[int, None, None]:
         """Yields sampled token ids after ``tokens``, without end; stops when the context is full
         (or ``stopping_criteria`` says so: see :meth:`stream` for it and ``logits_processor``).
+        The arguments are llama-cpp-python's, in its order: ``reset=True`` reuses the longest
+        cached prefix of ``tokens`` (the rest of the cache is dropped), ``reset=False`` continues
+        after the cached tokens (``input_ids[:n_tokens]``) with ``tokens``; ``penalize_nl`` has no
+        effect (as there).
 
         Each yielded token is evaluated when the next one is requested, so a consumer that stops
         after an end-of-generation token leaves it out of the cache. Arguments are checked when
@@ -572,8 +689,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
             logit_bias=logit_bias, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
             top_n_sigma=top_n_sigma, dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exponent,
             dry_multiplier=dry_multiplier, dry_base=dry_base, dry_allowed_length=dry_allowed_length,
-            dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers)
-        toks = self._check_tokens(tokens)
+            dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers,
+            repeat_last_n=self.last_n_tokens_size)
+        del penalize_nl  # (llama-cpp-python no longer applies it either)
+        toks = self._check_tokens(list(tokens) if reset else [*self._history, *tokens])
         if not toks:
             raise ValueError("cannot evaluate an empty prompt")
         sampler = Sampler(params, self.n_vocab(), self._seed_for(seed), tokenizer=self.tokenizer)
@@ -737,6 +856,10 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         are already cached."""
         prompt = self.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
+        if first is None:
+            self._cache_lookup(prompt)
+        if params.repeat_last_n != self.last_n_tokens_size:
+            params = dataclasses.replace(params, repeat_last_n=self.last_n_tokens_size)
         n_top = check_n_top(logprobs)
         text = TokenText(
             self.tokenizer,
@@ -774,7 +897,9 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
                     break
         finally:
             gen.close()
-        yield text.finish()
+        last = text.finish()
+        self._cache_save()
+        yield last
 
     def check_prompt(self, prompt_tokens: Sequence[int]) -> list[int]:
         """The prompt as a list of ints; ValueError if it is empty, holds ids outside the

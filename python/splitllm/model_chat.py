@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from splitllm.chat import ChatTemplate, Continuation, template_variables
+from splitllm.chat_formats import chat_prompt as format_prompt
 from splitllm.completions import chat_chunks, chat_head, chat_response, stop_list
 from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.grammar import Grammar, response_grammar
@@ -21,7 +22,7 @@ class ChatMethods:
     """The chat calls of :class:`~splitllm.model.Model` (which holds the state they use)."""
 
     def chat_template(self) -> ChatTemplate:
-        self._engine()
+        self._open()
         if self._chat is None:
             tok = self.tokenizer
             bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
@@ -38,7 +39,17 @@ class ChatMethods:
         """Renders messages (and ``tools``) with the model's chat template and tokenizes the result;
         ``chat_template_kwargs``: more template variables (llama-server's name), e.g.
         ``{"enable_thinking": False}`` for Qwen3. ``continuation``: an assistant message after
-        ``messages`` to go on with (see :meth:`ChatTemplate.render_continuation`)."""
+        ``messages`` to go on with (see :meth:`ChatTemplate.render_continuation`). With a
+        ``chat_format``, its prompt instead (tokenized with the vocabulary's BOS, as
+        llama-cpp-python's chat handlers do; ``tools`` and the kwargs are not part of those formats,
+        and a continuation is refused)."""
+        if self.chat_format is not None:
+            if continuation is not None or not add_generation_prompt:
+                raise ValueError(f"chat_format {self.chat_format!r} always opens the assistant's turn: "
+                                 "continuing a message (or leaving the turn closed) needs the model's chat "
+                                 "template")
+            text, _ = format_prompt(self.chat_format, messages)
+            return self.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         variables = template_variables(chat_template_kwargs)
         if continuation is not None:
             text = self.chat_template().render_continuation(messages, continuation, tools=tools, **variables)
@@ -106,7 +117,32 @@ class ChatMethods:
         A gpt-oss (harmony) template's answer is always parsed (:mod:`splitllm.harmony`): its final
         and commentary messages are the content, a function call is a tool call, and its analysis
         goes to ``reasoning_content`` ("deepseek") or stays in the content as written ("none").
-        The sampler settings are those of :meth:`create_completion`."""
+        The sampler settings are those of :meth:`create_completion`.
+
+        The prompt is the model's chat template (the GGUF's, or ``chat_template``), or with
+        ``chat_format`` that llama-cpp-python format's prompt and stop strings; a ``chat_handler``
+        (llama-cpp-python's) is called instead with this model as its ``llama`` and
+        llama-cpp-python's arguments."""
+        if self.chat_handler is not None:
+            unsent = {"stopping_criteria": (stopping_criteria, None),
+                      "parallel_tool_calls": (parallel_tool_calls, True),
+                      "chat_template_kwargs": (chat_template_kwargs, None),
+                      "reasoning_format": (reasoning_format, "none"),
+                      "xtc_probability": (xtc_probability, 0.0), "top_n_sigma": (top_n_sigma, -1.0),
+                      "dynatemp_range": (dynatemp_range, 0.0), "dry_multiplier": (dry_multiplier, 0.0)}
+            refused = [name for name, (value, off) in unsent.items() if value != off]
+            if refused:
+                raise ValueError(f"{', '.join(refused)}: a chat_handler takes llama-cpp-python's arguments "
+                                 "only")
+            return self.chat_handler(
+                llama=self, messages=messages, functions=functions, function_call=function_call, tools=tools,
+                tool_choice=tool_choice, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                typical_p=typical_p, logprobs=logprobs, top_logprobs=top_logprobs, stream=stream, stop=stop,
+                seed=seed, response_format=response_format, max_tokens=max_tokens,
+                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                repeat_penalty=repeat_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+                mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, model=model,
+                logits_processor=logits_processor, grammar=grammar, logit_bias=logit_bias)
         check_reasoning_format(reasoning_format)
         params = sampling_params(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
@@ -119,7 +155,7 @@ class ChatMethods:
             dry_penalty_last_n=dry_penalty_last_n, dry_sequence_breakers=dry_sequence_breakers)
         n_top = chat_n_top(logprobs, top_logprobs)
         constraint = response_grammar(response_format, grammar)
-        harmony = self.chat_template().harmony
+        harmony = self.chat_format is None and self.chat_template().harmony
         plan = tool_plan(tools=tools, tool_choice=tool_choice, functions=functions,
                          function_call=function_call, parallel_tool_calls=parallel_tool_calls,
                          constrained=constraint is not None, harmony=harmony)
@@ -162,6 +198,8 @@ class ChatMethods:
                                           add_generation_prompt=add_generation_prompt,
                                           continuation=continuation)
         stops = stop_list(stop)
+        if self.chat_format is not None:
+            return tokens, stops + format_prompt(self.chat_format, messages)[1]
         eos_text = self.chat_template().eos_token
         if eos_text and eos_text not in stops:
             stops.append(eos_text)

@@ -55,6 +55,14 @@ class Tokenizer:
         else:
             self._init_spm()
 
+    def __call__(self) -> Any:
+        """llama-cpp-python's ``Llama.tokenizer()``: ``Model.tokenizer`` is this object, and calling
+        it gives a :class:`splitllm.model_compat.LlamaTokenizer` over it (tokenize / detokenize /
+        encode / decode with llama-cpp-python's signatures)."""
+        from splitllm.model_compat import LlamaTokenizer
+
+        return LlamaTokenizer(self)
+
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """Builds the tokenizer from GGUF metadata (key -> int/float/bool/str/list)."""
