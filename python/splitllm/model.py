@@ -252,6 +252,11 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         self._chat: ChatTemplate | None = None
         if draft_model is not None and not callable(draft_model):
             raise ValueError("draft_model must be callable (a splitllm.speculative.DraftModel)")
+        if draft_model is not None and self.config["recurrent"]:
+            # (rejected guesses would have to be taken back out of the recurrent state)
+            warnings.warn(f"draft_model is ignored: speculative decoding of a recurrent model "
+                          f"({self.config['arch']}) is not supported", RuntimeWarning, stacklevel=2)
+            draft_model = None
         self.draft_model = draft_model
         self._max_draft = 0
         self._draft_policy: DraftPolicy | None = None
