@@ -10,6 +10,7 @@ from splitllm_convert.bert import Bert
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal
 from splitllm_convert.gpt_oss import GptOss
+from splitllm_convert.lfm2 import Lfm2
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
 from splitllm_convert.nomic import NomicBert
 from splitllm_convert.rerank import BertReranker, XLMRobertaReranker
@@ -19,7 +20,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     n: cls
     for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
-                XLMRobertaReranker)
+                XLMRobertaReranker, Lfm2)
     for n in cls.hf_names
 }
 
