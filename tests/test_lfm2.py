@@ -250,3 +250,58 @@ def test_speculative_decoding_is_turned_off(lfm2):
     with m:
         assert m.draft_model is None
         assert len(list(islice(m.generate(TOKENS[:8] * 2, temp=0.0), 8))) == 8
+
+
+class _Inputs:
+    """A weight W standing in the reference for ``x @ W.T``, keeping every x it meets."""
+
+    __array_ufunc__ = None  # (numpy defers ``x @ self`` to __rmatmul__)
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.w, self.seen = w, []
+
+    @property
+    def T(self) -> _Inputs:  # noqa: N802  (numpy's name)
+        return self
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        self.seen.append(x)
+        return x @ self.w.T
+
+
+def test_imatrix_collects_the_convolution_projections(lfm2):
+    """llama-imatrix's statistics of in_proj and out_proj (the squared inputs of each, summed over
+    the tokens) equal the float64 reference's, beside the other weights'."""
+    path, held = lfm2
+    with Model(path, **OPTS) as m:
+        m.imatrix_start()
+        m.logits(TOKENS)
+        imx = m.imatrix_stop()
+    names = [f"blk.{i}.shortconv.{p}.weight" for i in range(LFM2.n_layer) if LFM2.is_conv(i)
+             for p in ("in_proj", "out_proj")]
+    assert set(names) < set(imx.entries) and "blk.2.attn_q.weight" in imx.entries
+    tracked = {n: _Inputs(held[n]) for n in names}
+    lfm2_reference_logits(LFM2, {**held, **tracked}, TOKENS)
+    for n in names:
+        (x,) = tracked[n].seen
+        e = imx.entries[n]
+        assert e.counts.tolist() == [len(TOKENS)]
+        np.testing.assert_allclose(e.sums[0], (x * x).sum(axis=0), rtol=1e-4, err_msg=n)
+
+
+def test_plan_counts_the_states(lfm2):
+    """The memory plan (from the header) and the loaded model count the convolution states with
+    the KV cache: the attention layer's cells, and per slot l_cache - 1 inputs of each
+    convolution layer."""
+    from splitllm.plan import plan
+
+    path, _ = lfm2
+    opts = dict(n_ctx=64, n_batch=4, n_seq_max=2, n_threads=2)
+    p = plan(path, cpu_memory="1GiB", **opts)
+    with Model(path, **opts) as m:
+        got = {d["name"]: d for d in m._engine().memory}["CPU"]
+    cpu = p.device("CPU")
+    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
+    n_conv = sum(LFM2.is_conv(i) for i in range(LFM2.n_layer))
+    kv = 64 * LFM2.n_head_kv * LFM2.head_dim * 2 * 2  # one attention layer: K and V in f16
+    assert cpu.kv_cache == kv + n_conv * 2 * (LFM2.l_cache - 1) * LFM2.n_embd * 4

@@ -51,6 +51,7 @@ void Model::conv_block(int l, Scratch & s, int n, const int32_t * slot) {
     // (B; C; x) = in_proj h, one row of 3 n_embd per token
     const WeightRef * in = &L.conv_in;
     float * bcx = s.ff;
+    if (imx_) imx_observe(l, kImxQ, s.h, n, be);  // (the attention's sites, see imatrix_start)
     be->matmul(&in, &bcx, 1, s.h, n, false);
     // y = C * conv(B * x): per channel, the kernel over the slot's last d inputs (oldest first) and
     // this token's, which then joins the state; a slot's tokens in batch order (consecutive).
@@ -74,6 +75,7 @@ void Model::conv_block(int l, Scratch & s, int n, const int32_t * slot) {
         }
     });
     // x += out_proj y
+    if (imx_) imx_observe(l, kImxO, s.att, n, be);
     add_output(be, be, &L.conv_out, nullptr, s.att, s, n);
 }
 

@@ -318,6 +318,11 @@ private:
     std::vector<int> conv_index_;    // (n_layer) a layer's index among the convolution layers, or -1
     std::vector<int> conv_pos_;      // (n_slots)
     size_t conv_slot_floats() const { return size_t(cfg_.conv_l_cache - 1) * size_t(cfg_.n_embd); }
+    size_t conv_state_bytes() const {  // every slot's, on the CPU (counted with the KV cache)
+        if (!cfg_.recurrent()) return 0;
+        const auto n_conv = size_t(std::count(cfg_.conv_layers.begin(), cfg_.conv_layers.end(), 1));
+        return sizeof(float) * n_conv * size_t(kv_.n_slots) * conv_slot_floats();
+    }
     float * conv_state(int l, int slot) {
         return conv_state_.data() + (size_t(conv_index_[size_t(l)]) * kv_.n_slots + size_t(slot)) * conv_slot_floats();
     }

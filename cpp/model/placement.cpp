@@ -286,6 +286,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     const size_t out_bytes = m.output_bytes(shared);
     if (!output_gpu) cpu.weights += out_bytes;
     if (!c.encoder) e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
+    cpu.kv += m.conv_state_bytes();
     cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes(true);
     if (c.encoder)  // the encoder's attention buffers, one set per thread (Model::enc_work_)
         cpu.buffers += sizeof(float) * encoder_attention_floats(params.n_batch, c.head_dim, c.n_swa > 0) *
@@ -315,6 +316,7 @@ std::vector<DeviceMemory> Model::memory() const {
         (o.kind == Kind::Weights ? d.weights : o.kind == Kind::KV ? d.kv : d.buffers) += o.bytes;
     }
     if (gpu_) dev(gpu_->name()).buffers += gpu_backend_overhead(gpu_options(cfg_, params_, kv_.slot_ctx));
+    dev("CPU").kv += conv_state_bytes();
     return out;
 }
 
