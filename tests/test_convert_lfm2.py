@@ -19,6 +19,7 @@ from gguf import GGUFReader
 from splitllm import Model
 from splitllm_convert import convert
 from splitllm_convert.errors import ConvertError
+from splitllm_convert.requantize import quantize
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, make_lfm2_weights
 
 IDS = [(7 * i + 3) % 300 for i in range(24)]
@@ -129,10 +130,13 @@ def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str) -> Non
 
     TC.lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
     want = TC.tensors(ref)
-    assert sorted(got) == sorted(want)
-    for name, t in got.items():
-        assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
-        assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
+    requantized = tmp_path / "requantized.gguf"  # splitllm quantize (llama-quantize's job) on the f32 file
+    quantize(f32, requantized, qtype.upper(), nthreads=2)
+    for ours_file in (got, TC.tensors(requantized)):
+        assert sorted(ours_file) == sorted(want)
+        for name, t in ours_file.items():
+            assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
+            assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
 
 
 @pytest.mark.parametrize(
