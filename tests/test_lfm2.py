@@ -239,6 +239,13 @@ def test_bad_files_are_refused(tmp_path):
     path, _ = tiny(tmp_path, cfg, metadata={"lfm2.shortconv.l_cache": 5})  # the kernels have 3 taps
     with pytest.raises(GGUFError, match="shortconv.conv.weight"):
         Model(path, **OPTS)
+    heads32 = {"lfm2.attention.key_length": 32, "lfm2.attention.value_length": 32}  # 4 x 32 != 64
+    path, _ = tiny(tmp_path, cfg, metadata=heads32)
+    with pytest.raises(GGUFError, match="head size = embedding_length"):
+        Model(path, **OPTS)
+    path, _ = tiny(tmp_path, cfg, metadata={"lfm2.attention.sliding_window": 8})
+    with pytest.raises(GGUFError, match="sliding_window"):
+        Model(path, **OPTS)
 
 
 def test_speculative_decoding_is_turned_off(lfm2):

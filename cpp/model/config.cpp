@@ -229,6 +229,9 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
 void read_lfm2(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
     c.conv_l_cache = get_dim(f, a + "shortconv.l_cache", 2, 1024);
+    if (c.q_dim() != c.n_embd)  // (the convolution's output shares the attention's buffer; llama.cpp's too)
+        throw GGUFError(strfmt("%s: lfm2 needs head_count x head size = embedding_length (%d x %d != %d)",
+                               f.path().c_str(), c.n_head, c.head_dim, c.n_embd));
     if (c.n_swa > 0)
         throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': lfm2's sliding-window attention layers "
                                "are not supported", f.path().c_str(), a.c_str()));
