@@ -633,3 +633,90 @@ def test_slot_action_waits_for_its_job(server):
         saved = saving.result()
     assert last["stop"] and last["tokens_predicted"] >= 30
     assert saved["n_saved"] == last["tokens_cached"] >= first["tokens_evaluated"] + 29
+
+
+# ---- id_slot (test_slot_save.py, test_kv_keep_only_active.py) ----
+
+def erase_slots(server: Any) -> None:
+    for i in range(PARALLEL):
+        post(server, f"/slots/{i}?action=erase", {})
+
+
+def test_completion_id_slot_save_restore(server):
+    """llama-server's test_slot_save_restore: requests pinned with ``id_slot``; the second prompt
+    reuses the first one's cache in its slot, a state restored into the other slot serves the same
+    prompt there, and slot 1 is untouched by it. Answers against the same prompt read from scratch."""
+    erase_slots(server)
+    france = {"prompt": "What is the capital of France?", "n_predict": 8, "temperature": 0, "id_slot": 1}
+    germany = {**france, "prompt": "What is the capital of Germany?"}
+    first = post(server, "/completion", france)
+    assert first["id_slot"] == 1 and first["timings"]["prompt_n"] == first["tokens_evaluated"]
+    saved = post(server, "/slots/1?action=save", {"filename": "pinned.bin"})
+    assert saved["n_saved"] == first["tokens_cached"]
+    tok, ref_tok = (httpx.post(f"{server.url}/tokenize", json={"content": b["prompt"]}).json()["tokens"]
+                    for b in (germany, france))
+    n_common = next(i for i, (a, b) in enumerate(zip(tok, ref_tok, strict=False)) if a != b)
+    assert n_common >= 4  # "What is the capital of"
+    second = post(server, "/completion", germany)
+    assert second["id_slot"] == 1
+    assert 0 < second["timings"]["cache_n"] <= n_common
+    timings = second["timings"]
+    assert timings["cache_n"] + timings["prompt_n"] == second["tokens_evaluated"] == len(tok)
+    restored = post(server, "/slots/0?action=restore", {"filename": "pinned.bin"})
+    assert restored["n_restored"] == first["tokens_cached"]
+    in_zero = post(server, "/completion", {**germany, "id_slot": 0})
+    assert in_zero["id_slot"] == 0 and in_zero["content"] == second["content"]
+    assert 0 < in_zero["timings"]["cache_n"] <= n_common
+    again = post(server, "/completion", germany)  # slot 1 still holds the Germany prompt
+    assert again["id_slot"] == 1 and again["content"] == second["content"]
+    assert again["timings"]["prompt_n"] <= 1
+    erase_slots(server)
+    scratch = post(server, "/completion", {**germany, "id_slot": -1})
+    assert scratch["timings"]["cache_n"] == 0 and scratch["content"] == second["content"]
+
+
+def test_id_slot_wraps_and_pins_every_endpoint(server):
+    """As llama-server's get_slot_by_id, an id past the last slot wraps around; the OpenAI
+    endpoints take the field too (their answers do not name the slot: GET /slots shows where the
+    prompt went)."""
+    erase_slots(server)
+    wrapped = post(server, "/completion", {"prompt": "Hello", "n_predict": 2, "id_slot": PARALLEL + 1})
+    assert wrapped["id_slot"] == 1
+    for path, body in [("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 2}),
+                       ("/v1/chat/completions", {"messages": HELLO, "max_tokens": 2})]:
+        for pin in range(PARALLEL):
+            erase_slots(server)
+            post(server, path, {**body, "id_slot": pin, "temperature": 0})
+            cached = [s["n_cached"] for s in httpx.get(f"{server.url}/slots").json()]
+            assert [c > 0 for c in cached] == [i == pin for i in range(PARALLEL)], (path, pin, cached)
+    bad = post(server, "/completion", {"prompt": "x", "id_slot": "one"}, 400)
+    assert "id_slot" in bad["error"]["message"]
+    still_answers(server)
+
+
+def test_job_waits_for_its_slot_while_others_go_ahead(engine):
+    """A job pinned to a busy slot waits for it (llama-server defers the task); a job queued after
+    it takes the free slot meanwhile and ends first."""
+    import threading
+
+    done: dict[str, float] = {}
+    ended = threading.Event()
+
+    def on_event(name: str):
+        def f(ev: Any) -> None:
+            if isinstance(ev, BaseException) or ev.finish_reason is not None:
+                done[name] = time.monotonic()
+                if len(done) == 3:
+                    ended.set()
+        return f
+
+    from splitllm.sampling import SamplingParams
+
+    prompt = [1, 504, 3458, 282, 4457]
+    no_eos = SamplingParams(temperature=0, logit_bias={engine.model.tokenizer.eos_id: float("-inf")})
+    long = engine.submit(prompt, on_event=on_event("long"), max_tokens=48, slot=0, params=no_eos)
+    pinned = engine.submit(prompt[:3], on_event=on_event("pinned"), max_tokens=1, slot=0)
+    free = engine.submit(prompt[:4], on_event=on_event("free"), max_tokens=1)
+    assert ended.wait(300)
+    assert long.slot == pinned.slot == 0 and free.slot == 1
+    assert done["free"] < done["long"] < done["pinned"]

@@ -13,8 +13,9 @@ each ``tool_result`` block a ``tool`` message after it (its text joined); ``tool
 ``stop_sequences`` the stop strings; ``max_tokens`` (optional, as llama-server is permissive) caps
 the answer at the context's end rather than being refused; ``temperature``, ``top_p``,
 ``top_k`` (and llama.cpp's ``min_p``, ``seed``, ``grammar``, ``chat_template_kwargs``);
-``thinking: {"type": "disabled"}`` sets the template's ``enable_thinking`` to false (a budget is
-not enforced). Images are refused (400): the models served here read text only.
+``thinking: {"type": "disabled"}`` sets the template's ``enable_thinking`` to false, ``{"type":
+"enabled", "budget_tokens": N}`` the thinking budget (10000 when left out, as llama-server reads
+it; see :mod:`splitllm.reasoning_budget`). Images are refused (400): the models served here read text only.
 
 The answer is a ``message``: ``content`` blocks ``thinking`` (with an empty ``signature``: a local
 model signs nothing), ``text``, ``tool_use``; ``stop_reason`` ``end_turn``, ``stop_sequence``
@@ -116,6 +117,8 @@ def chat_request(data: Any, *, stream: bool) -> LooseChatRequest:
     thinking = data.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "disabled":
         oai["chat_template_kwargs"] = {**oai.get("chat_template_kwargs", {}), "enable_thinking": False}
+    elif isinstance(thinking, dict) and thinking.get("type") == "enabled":  # (llama-server's default)
+        oai["thinking_budget_tokens"] = thinking.get("budget_tokens", 10000)
     if stream and data.get("stream"):
         oai["stream"] = True
         oai["stream_options"] = {"include_usage": True}

@@ -19,8 +19,9 @@
   ``total_slots``, ``model_alias``, ``model_path``, ``chat_template``, ``bos_token``,
   ``eos_token``, ``build_info`` (splitllm's version).
 * ``POST /apply-template``: ``{"messages": [...]}`` (and ``tools``, ``chat_template_kwargs``,
-  ``add_generation_prompt``) rendered by the chat template to ``{"prompt": text}``: the text
-  ``/v1/chat/completions`` reads.
+  ``add_generation_prompt``, ``continue_final_message``) rendered by the chat template to
+  ``{"prompt": text}``: the text ``/v1/chat/completions`` reads (a last assistant message
+  continued, as there).
 
 Errors have the OpenAI shape of the other endpoints (see :mod:`splitllm.api`). As llama-server's,
 these endpoints ignore a request's ``model``.
@@ -97,6 +98,7 @@ class _Settings:
     params: SamplingParams
     n_logprobs: int | None
     lora: Any = None  # the request's "lora" field
+    id_slot: int = -1  # the request's "id_slot" field
 
     def sampling_params(self) -> SamplingParams:
         return self.params
@@ -150,7 +152,7 @@ class NativeAPI:
         n_vocab = self.model.n_vocab()
         try:
             settings = _Settings(body.sampling_params(self.tok, n_vocab, self.model.n_ctx()), body.n_logprobs,
-                                 body.lora)
+                                 body.lora, body.id_slot)
         except ValueError as e:
             raise sampling_error(e) from None
         try:
@@ -165,7 +167,7 @@ class NativeAPI:
                     seed = None if body.sampling_seed is None else body.sampling_seed + k
                     stream = self.svc._submit(tokens, settings, limit, body.stops(), "prompt",  # type: ignore[arg-type]
                                               explicit=False, seed=seed, generate=body.n_predict != 0,
-                                              grammar=grammar)
+                                              grammar=grammar, pin=k == 0)
                     runs.append(_Run(len(runs), stream, k == 0))
         except BaseException:
             _close(runs)
@@ -250,9 +252,15 @@ class NativeAPI:
         plan = _tools_of(body, False)
         try:
             variables = {**self.svc.template_kwargs, **template_variables(body.chat_template_kwargs)}
-            text = self.model.chat_template().render([m.as_dict() for m in body.messages],
-                                                     add_generation_prompt=body.add_generation_prompt,
-                                                     tools=plan.tools if plan else None, **variables)
+            messages = [m.as_dict() for m in body.messages]
+            cont = self.svc.continuation(body)
+            tools = plan.tools if plan else None
+            tmpl = self.model.chat_template()
+            if cont is not None:
+                text = tmpl.render_continuation(messages[:-1], cont, tools=tools, **variables)
+            else:
+                text = tmpl.render(messages, add_generation_prompt=body.add_generation_prompt, tools=tools,
+                                   **variables)
         except ValueError as e:
             raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
         return {"prompt": text}

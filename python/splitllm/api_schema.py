@@ -108,6 +108,7 @@ class _Sampling(_NullIsDefault):
     user: str | None = None
     grammar: str | None = None  # GBNF (llama.cpp's and llama-cpp-python's servers take it)
     lora: Any = None  # llama-server's per-request adapter scales (checked by api_lora.lora_scales_of)
+    id_slot: int = -1  # llama-server's: the slot to run in (modulo the slots; negative: any)
     # llama-cpp-python's server's samplers (its ranges), typical_p, and llama-server's (``mirostat``
     # is its name of mirostat_mode; both may be given when they agree)
     typical_p: float = Field(1.0, ge=0.0, le=1.0)
@@ -247,6 +248,14 @@ class ChatRequest(_Sampling):
     function_call: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # more chat template variables (llama-server's)
     reasoning_format: Literal["none", "deepseek"] | None = None  # None: the server's --reasoning-format
+    # llama-server's thinking budget (-1: the server's --reasoning-budget); see splitllm.reasoning_budget
+    reasoning_budget_tokens: int | None = Field(None, ge=-1)
+    thinking_budget_tokens: int | None = Field(None, ge=-1)
+    reasoning_budget_message: str | None = None
+    # llama-server's assistant prefill (splitllm.api._Service.continuation): true, "content" or
+    # "reasoning_content" (other values: none); add_generation_prompt false renders no header
+    continue_final_message: Any = None
+    add_generation_prompt: bool = True
     # max_tokens caps the answer (at the context's end) rather than having to fit: for the APIs
     # translated into chat requests, whose clients send large limits (as llama-server reads them)
     limit_is_cap: ClassVar[bool] = False

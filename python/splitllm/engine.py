@@ -19,9 +19,11 @@ does). Both sizes are measured when the engine starts.
 Every slot remembers the tokens whose K/V it holds, and the logits after its last prompt. A new
 request takes the free slot whose cache shares the longest prefix with its prompt and evaluates
 only the rest (the next turn of a chat reuses the previous turn's cache; a repeated prompt
-evaluates nothing). Where the rest would be a pass too short for the path reading from scratch
-takes, a few cached tokens are read again (:attr:`BatchEngine.prefill_threshold`), so a prompt
-gives the same logits whether or not part of it came from another request's prompt.
+evaluates nothing); a request pinned to a slot (llama-server's ``id_slot``) waits for that one,
+and the requests queued after it go ahead meanwhile. Where the rest would be a pass too short
+for the path reading from scratch takes, a few cached tokens are read again
+(:attr:`BatchEngine.prefill_threshold`), so a prompt gives the same logits whether or not part of
+it came from another request's prompt.
 
 LoRA adapters: each job runs under one set of adapter scales (its own, or the engine's
 :attr:`BatchEngine.lora_scales` when it was admitted). The model holds one set at a time, so
@@ -54,6 +56,7 @@ from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, c
 from splitllm.grammar import Grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
 from splitllm.model import Model
+from splitllm.reasoning_budget import ReasoningBudget
 from splitllm.sampling import Sampler, SamplingParams
 from splitllm.speculative import single_pass_limit
 
@@ -102,6 +105,8 @@ class Job:
     classify: bool = False  # a reranker's job: embeddings holds the scores of the text's first token
     grammar: Any = None  # the grammar's matching state (_core.Grammar) when the text must follow one
     lora: tuple[float, ...] | None = None  # the adapters' scales it runs under (None: the engine's)
+    want_slot: int = -1  # the slot it must run in (llama-server's id_slot), -1: any
+    budget: ReasoningBudget | None = None  # a thinking budget's state, when the answer has one
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
     t_start: float = 0.0   # perf_counter() when the job got its slot
     t_prompt: float = 0.0  # ... when the prompt was read (its first token sampled)
@@ -218,6 +223,8 @@ class BatchEngine:
         generate: bool = True,
         grammar: Grammar | None = None,
         lora: Sequence[float] | None = None,
+        slot: int = -1,
+        reasoning_budget: ReasoningBudget | None = None,
     ) -> Job:
         """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
         (``max_tokens`` None or <= 0: until the sequence's context is full). With
@@ -225,8 +232,11 @@ class BatchEngine:
         every position and its tokens' entries are in ``job.prompt_logprobs`` before the first
         event, as ``Model.prompt_logprobs`` gives them. ``generate=False``: the prompt is only read
         (and scored); the job ends with it, finish reason "length". ``lora``: every adapter's scale
-        for this job (``Model.lora_scales_from``); None: :attr:`lora_scales`. Raises ValueError on
-        bad input."""
+        for this job (``Model.lora_scales_from``); None: :attr:`lora_scales`. ``slot``: the slot
+        it must run in, as llama-server's ``id_slot`` (taken modulo the number of slots; negative:
+        any); while that slot is busy the job waits and later ones go ahead. ``reasoning_budget``:
+        forces the end of a thinking block that runs over it (see :mod:`splitllm.reasoning_budget`).
+        Raises ValueError on bad input."""
         prompt = self.model.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
         n_top = check_n_top(logprobs)
@@ -239,7 +249,8 @@ class BatchEngine:
         text = TokenText(tok, n_prompt=len(prompt), stop=stop_list(stop),
                          limit=completion_limit(max_tokens, len(prompt), self.slot_ctx) if generate else 0,
                          logprobs=n_top)
-        job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event)
+        job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event,
+                  want_slot=int(slot) % self.n_parallel if slot >= 0 else -1, budget=reasoning_budget)
         if lora is not None:
             job.lora = self._check_lora(lora)
         if grammar is not None:
@@ -443,22 +454,29 @@ class BatchEngine:
 
     def _admit(self) -> None:
         """Under the lock: moves queued jobs (first come, first served) into free slots, each into the
-        free slot whose cache shares the longest prefix with its prompt (then the least recently used)."""
+        free slot whose cache shares the longest prefix with its prompt (then the least recently used),
+        or the slot it asked for; a job whose slot is busy waits there while the next ones go ahead
+        (llama-server defers it)."""
         free = [s for s in self._slots if s.job is None]
-        while self._pending and free:
-            job = self._pending[0]
+        i = 0
+        while i < len(self._pending) and free:
+            job = self._pending[i]
             lora = self._lora if job.lora is None else job.lora
             if lora != self._applied_lora():
                 if self._active:
                     break  # it waits (first come, first served) for the jobs under other scales
                 self.model._apply_lora_scales(list(lora))
-            self._pending.popleft()
+            if job.want_slot >= 0 and all(s.index != job.want_slot for s in free):
+                i += 1
+                continue
+            del self._pending[i]
             job.lora = lora
 
             def reusable(s: _Slot, job: Job = job) -> int:  # (a cache of other scales is not)
                 return common_prefix(s.cached, job.prompt) if s.lora == job.lora else 0
 
-            slot = max(free, key=lambda s: (reusable(s), -s.last_used))
+            slot = next(s for s in free if s.index == job.want_slot) if job.want_slot >= 0 else \
+                max(free, key=lambda s: (reusable(s), -s.last_used))
             free.remove(slot)
             if slot.lora != lora:
                 slot.cached, slot.logits, slot.n_logits, slot.lora = [], None, 0, lora
@@ -611,15 +629,18 @@ class BatchEngine:
         if job.text.done:  # nothing to generate: the prompt was all
             self._finish(job, job.text.finish())
             return
+        drawn = logits if job.budget is None else job.budget.apply(logits)
         if job.grammar is None:
-            token = job.sampler.sample(logits)
+            token = job.sampler.sample(drawn)
         else:
             try:
-                token = sample_with_grammar(job.sampler, logits, job.grammar, self.model.grammar_vocab())
+                token = sample_with_grammar(job.sampler, drawn, job.grammar, self.model.grammar_vocab())
             except (ValueError, _core.Error) as e:  # this job's grammar failed: it alone ends
                 self._finish(job, e if isinstance(e, ValueError) else ValueError(str(e)))
                 return
         job.sampler.accept(token)
+        if job.budget is not None:
+            job.budget.accept(token)
         n_top = job.text.n_logprobs
         piece = self.model.tokenizer.token_to_piece
         entry = None if n_top is None else token_logprob(logits, token, n_top, piece)

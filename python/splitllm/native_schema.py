@@ -14,7 +14,7 @@ llama-server's; ``dry_sequence_breakers`` must be a non-empty list of strings. l
 draw) is refused.
 Fields splitllm does not act on are ignored, as llama-server ignores unknown ones: among them
 ``t_max_predict_ms``, ``t_max_prompt_ms`` and ``n_indent`` (code completion clients' time and
-indentation limits: the text then runs to ``n_predict``), ``id_slot``, ``n_keep`` (no context
+indentation limits: the text then runs to ``n_predict``), ``n_keep`` (no context
 shift: a full context ends the text, ``truncated``), ``timings_per_token`` and ``return_progress``.
 """
 
@@ -79,6 +79,7 @@ class NativeRequest(_NullIsDefault):
     n_cmpl: int = Field(1, ge=1)
     response_fields: list[str] | None = None
     lora: Any = None  # the adapters' scales for this request (api_lora.lora_scales_of)
+    id_slot: int = -1  # the slot to run in (modulo the slots; negative: any): its first choice
     cache_prompt: bool = True  # (the slots' caches are always reused: results do not depend on it)
     model: str | None = None
     top_n_sigma: float = -1.0
@@ -250,8 +251,6 @@ class InfillRequest(NativeRequest):
 
 class ApplyTemplateRequest(ChatRequest):
     """``POST /apply-template``: messages (and tools, chat_template_kwargs) rendered to text."""
-
-    add_generation_prompt: bool = True
 
 
 def check_infill_body(data: Any) -> None:

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from splitllm.cli import add_model_options, json_object, load_model
+from splitllm.cli import add_model_options, budget_arg, json_object, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reasoning-format", default="deepseek", choices=["none", "deepseek"],
                    help="deepseek (default): a <think> block opening an answer goes to reasoning_content; "
                         "none: it stays in the content")
+    p.add_argument("--reasoning-budget", type=budget_arg, default=-1, metavar="N",
+                   help="thinking budget of chat answers of <think> models: after N tokens the block's end "
+                        "is forced (-1: unrestricted, default; 0: end at once), as llama-server's")
+    p.add_argument("--reasoning-budget-message", default="", metavar="MESSAGE",
+                   help="text forced before </think> when the budget runs out (default: none)")
+    p.add_argument("--no-prefill-assistant", dest="prefill_assistant", action="store_false",
+                   help="a chat request ending with an assistant message starts a new answer instead of "
+                        "continuing that one (llama-server's flag)")
     p.add_argument("--spm-infill", action="store_true",
                    help="fill-in-the-middle prompts (/infill, a completion's suffix) put the suffix before "
                         "the prefix, as some code models want (llama-server's flag)")
@@ -90,7 +98,9 @@ def _serve(args: argparse.Namespace, model: Any) -> None:
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key,
                          chat_template_kwargs=args.chat_template_kwargs,
                          reasoning_format=args.reasoning_format, slots_endpoint=args.slots,
-                         slot_save_path=args.slot_save_path)
+                         slot_save_path=args.slot_save_path, reasoning_budget=args.reasoning_budget,
+                         reasoning_budget_message=args.reasoning_budget_message,
+                         prefill_assistant=args.prefill_assistant)
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
               f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"
