@@ -45,6 +45,7 @@ constexpr ArchTraits kArchs[] = {
     {"olmoe",      Arch::Olmoe,     true,  false, true,  false},
     {"granitemoe", Arch::GraniteMoe, false, false, false, false},
     {"deepseek2",  Arch::DeepSeek2, false, false, false, false},
+    {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
 };
 
 std::string supported_archs() {
@@ -298,6 +299,48 @@ void read_deepseek2(const GGUFFile & f, Config & c) {
                                c.n_expert_used));
 }
 
+// attention.head_count_kv: one count, or one per layer (llama.cpp's per-layer form); the layers
+// that attend must agree. lfm2's zeros mark its convolution layers (Config::conv_layers).
+int read_head_count_kv(const GGUFFile & f, Config & c) {
+    const std::string key = c.arch_name + ".attention.head_count_kv";
+    const GGUFValue * v = f.find(key);
+    if (!v || v->type != GGUFType::ARRAY) return int(f.get_int(key, c.n_head));
+    if (int64_t(v->arr.size()) != c.n_layer)
+        throw GGUFError(strfmt("%s: metadata '%s' has %zu entries for %d layers", f.path().c_str(), key.c_str(),
+                               v->arr.size(), c.n_layer));
+    int n_kv = 0;
+    std::vector<uint8_t> conv(size_t(c.n_layer), 0);
+    for (int l = 0; l < c.n_layer; ++l) {
+        const GGUFValue & e = v->arr[size_t(l)];
+        if (!e.is_integer())
+            throw GGUFError(strfmt("%s: metadata '%s' must hold integers", f.path().c_str(), key.c_str()));
+        const int64_t k = e.num.i64;  // (small values read alike as signed or unsigned)
+        if (k == 0 && c.arch == Arch::Lfm2) {
+            conv[size_t(l)] = 1;
+            continue;
+        }
+        if (k < 1 || k > 4096 || (n_kv != 0 && k != n_kv))
+            throw GGUFError(strfmt("%s: metadata '%s' = %lld at layer %d: splitllm needs the same number of "
+                                   "key/value heads in every attention layer (%d before)", f.path().c_str(),
+                                   key.c_str(), (long long)k, l, n_kv));
+        n_kv = int(k);
+    }
+    if (std::find(conv.begin(), conv.end(), 1) != conv.end()) c.conv_layers = conv;
+    return n_kv > 0 ? n_kv : c.n_head;  // (no attention layer: no cache either)
+}
+
+// lfm2 (llama.cpp's llama_model_lfm2): the convolution's length; no sliding window.
+void read_lfm2(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.conv_l_cache = get_dim(f, a + "shortconv.l_cache", 2, 1024);
+    if (c.q_dim() != c.n_embd)  // (the convolution's output shares the attention's buffer; llama.cpp's too)
+        throw GGUFError(strfmt("%s: lfm2 needs head_count x head size = embedding_length (%d x %d != %d)",
+                               f.path().c_str(), c.n_head, c.head_dim, c.n_embd));
+    if (c.n_swa > 0)
+        throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': lfm2's sliding-window attention layers "
+                               "are not supported", f.path().c_str(), a.c_str()));
+}
+
 }  // namespace
 
 double Config::inv_freq(int i, bool swa) const {
@@ -387,7 +430,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     c.n_head = get_dim(f, a + "attention.head_count", 1, 4096);
-    c.n_head_kv = int(f.get_int(a + "attention.head_count_kv", c.n_head));
+    c.n_head_kv = read_head_count_kv(f, c);
     if (c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
         throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide '%sattention.head_count'"
                                " = %d", f.path().c_str(), a.c_str(), c.n_head_kv, a.c_str(), c.n_head));
@@ -471,6 +514,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
+    if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

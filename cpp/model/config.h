@@ -29,7 +29,7 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2
+    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -42,7 +42,7 @@ struct Config {
     Arch arch = Arch::Llama;
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
-                                // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl"
+                                // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2"
     int n_layer = 0;            // transformer blocks
@@ -169,6 +169,12 @@ struct Config {
     float attn_scale = 0.0f;    // query-key scale; 0: 1 / sqrt(head_dim)
     float attn_softcap = 0.0f;  // attention scores s -> cap * tanh(s / cap) (gemma2); 0: none
     float final_softcap = 0.0f; // the same on the logits
+    // lfm2 (LiquidAI LFM2): the layers whose attention.head_count_kv entry is 0 mix tokens by a gated
+    // short convolution instead of attention (in_proj -> B, C, x; a depthwise causal convolution of
+    // length conv_l_cache over B * x; C * conv; out_proj), keeping per sequence the last
+    // conv_l_cache - 1 inputs of the convolution. Empty: no such layers.
+    std::vector<uint8_t> conv_layers;
+    int conv_l_cache = 0;       // shortconv.l_cache
 
     int n_gqa() const { return n_head / n_head_kv; }
     int q_dim() const { return n_head * head_dim; }
@@ -180,6 +186,8 @@ struct Config {
     int k_norm_len() const { return qk_norm_full ? kv_dim() : head_dim; }
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
     bool rotates(int l) const { return nope_layers.empty() || nope_layers[size_t(l)] == 0; }
+    bool is_conv(int l) const { return !conv_layers.empty() && conv_layers[size_t(l)] != 0; }
+    bool recurrent() const { return !conv_layers.empty(); }  // a per-sequence state beside the KV cache
     // Inverse frequency i of the rotation (of the sliding-window layers with swa), before any
     // frequency factors: freq_scale * base^(-2i / n_rot), or with YaRN base^(-2i / n_rot) times
     // freq_scale (1 - r) + r, r = ext_factor * ramp_i.
@@ -188,8 +196,11 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    int ff_max() const {  // widest feed-forward activation (deepseek2's shared experts: n_expert_shared x n_ff_exp)
-        return std::max({n_ff, n_ff_exp * std::max(n_expert_shared, 1), n_ff_shexp});
+    // Widest feed-forward activation (deepseek2's shared experts: n_expert_shared x n_ff_exp; lfm2's
+    // in_proj output, 3 n_embd, which shares its buffer).
+    int ff_max() const {
+        const int conv = recurrent() ? 3 * n_embd : 0;
+        return std::max({n_ff, n_ff_exp * std::max(n_expert_shared, 1), n_ff_shexp, conv});
     }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.

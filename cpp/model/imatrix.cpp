@@ -112,6 +112,10 @@ void Model::imatrix_start(bool process_output) {
             s[kImxUp] = imx_target(b + "ffn_up" + sh + ".weight", L.w_up);
         }
         s[kImxDown] = imx_target(b + "ffn_down" + sh + ".weight", L.w_down);
+        if (c.is_conv(l)) {  // lfm2's convolution layers: in_proj and out_proj at the attention's sites
+            s[kImxQ] = imx_target(b + "shortconv.in_proj.weight", L.conv_in);
+            s[kImxO] = imx_target(b + "shortconv.out_proj.weight", L.conv_out);
+        }
         if (L.moe()) {
             s[kImxRouter] = imx_target(b + "ffn_gate_inp.weight", L.gate_inp);
             if (L.ffn_gate_inp_shexp) {  // (a vector: one row of n_embd)

@@ -195,7 +195,8 @@ void Model::load_weights() {
     // (gemma-embedding: gemma3's blocks and output norm, no output layer)
     const bool embedding_only = c.arch == Arch::GemmaEmbedding;
     if (c.encoder && !embedding_only) return load_encoder_weights();
-    w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
+    // (lfm2's final norm is token_embd_norm, as its converter names it)
+    w_.output_norm = vector_f32(f, c, c.arch == Arch::Lfm2 ? "token_embd_norm.weight" : "output_norm.weight", c.n_embd);
     if (embedding_only) load_dense();
     if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Cohere2) &&
         f.find_tensor("output.weight"))  // as llama.cpp
@@ -232,27 +233,31 @@ void Model::load_weights() {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        if (c.arch == Arch::DeepSeek2) {
-            load_mla(f, c, b, L);
+        if (c.is_conv(l)) {  // lfm2: a convolution in place of attention
+            load_conv_layer(b, L);
         } else {
-            load_qkv(f, c, b, c.fused_qkv, L);
-            L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
-        }
-        // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
-        // checkpoints), as is the output projection's for both.
-        for (auto [w, name] :
-             {std::pair{&L.wq, "attn_q"}, {&L.wk, "attn_k"}, {&L.wv, "attn_v"}, {&L.wo, "attn_output"}}) {
-            const std::string bias = b + name + ".bias";
-            if (w->bias) continue;  // (a fused tensor's)
-            const bool required = c.has_qkv_bias && w != &L.wo;
-            if (w == &L.wo && !wo_bias && f.find_tensor(bias))
-                throw GGUFError(strfmt("%s: tensor '%s': llama.cpp's %s has no attention output bias", f.path().c_str(),
-                                       bias.c_str(), c.arch_name.c_str()));
-            if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
-        }
-        if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
-            L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
-            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
+            if (c.arch == Arch::DeepSeek2) {
+                load_mla(f, c, b, L);
+            } else {
+                load_qkv(f, c, b, c.fused_qkv, L);
+                L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
+            }
+            // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
+            // checkpoints), as is the output projection's for both.
+            for (auto [w, name] :
+                 {std::pair{&L.wq, "attn_q"}, {&L.wk, "attn_k"}, {&L.wv, "attn_v"}, {&L.wo, "attn_output"}}) {
+                const std::string bias = b + name + ".bias";
+                if (w->bias) continue;  // (a fused tensor's)
+                const bool required = c.has_qkv_bias && w != &L.wo;
+                if (w == &L.wo && !wo_bias && f.find_tensor(bias))
+                    throw GGUFError(strfmt("%s: tensor '%s': llama.cpp's %s has no attention output bias",
+                                           f.path().c_str(), bias.c_str(), c.arch_name.c_str()));
+                if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
+            }
+            if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
+                L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
+                L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
+            }
         }
         if (c.post_norms) {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
@@ -307,6 +312,22 @@ void Model::load_weights() {
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
                                        b.c_str(), name));
     }
+}
+
+void Model::load_conv_layer(const std::string & b, LayerWeights & L) {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    L.conv_in = matrix(f, c, b + "shortconv.in_proj.weight", 3 * int64_t(c.n_embd), c.n_embd);
+    L.conv_out = matrix(f, c, b + "shortconv.out_proj.weight", c.n_embd, c.n_embd);
+    const GGUFTensor & k = require(f, c, b + "shortconv.conv.weight", c.conv_l_cache, c.n_embd);
+    if (k.type != QType::F32)
+        throw GGUFError(strfmt("%s: tensor '%sshortconv.conv.weight' has type %s, expected F32", f.path().c_str(),
+                               b.c_str(), qtype_traits(k.type)->name));
+    L.conv_kernel = reinterpret_cast<const float *>(k.data);
+    for (const char * name : {"shortconv.in_proj.bias", "shortconv.out_proj.bias", "shortconv.conv.bias"})
+        if (f.find_tensor(b + name))
+            throw GGUFError(strfmt("%s: tensor '%s%s': convolution biases are not supported (nor by llama.cpp)",
+                                   f.path().c_str(), b.c_str(), name));
 }
 
 void Model::load_encoder_weights() {
@@ -449,6 +470,8 @@ void Model::setup_kv() {
     // A sliding-window layer needs the last n_swa positions: a ring of n_swa + n_batch cells holds
     // them for every token of a batch while the batch's own keys are stored (llama.cpp's SWA cache).
     kv_swa_ = kv_;
+    kv_conv_ = kv_;
+    kv_conv_.n_head_kv = 0;
     const int64_t ring = int64_t(c.n_swa) + params_.n_batch;
     if (!c.encoder && !c.swa_layers.empty() && !params_.swa_full && ring < kv_.slot_ctx) {
         kv_swa_.slot_ctx = int(ring);
@@ -495,6 +518,7 @@ void Model::note_rings(const int32_t * pos, const int32_t * slot, int n) {
 
 int Model::kv_reusable(int slot, int n) const {
     SL_CHECK(slot >= 0 && slot < kv_.n_slots, "sequence slot %d outside [0, %d)", slot, kv_.n_slots);
+    if (cfg_.recurrent()) return n > 0 && conv_pos_[size_t(slot)] == n ? n : 0;
     if (!kv_swa_.ring || n <= 0) return std::max(n, 0);
     // the token at position n attends to [n - n_swa + 1, n]: the cells of [.., n - 1] must be held
     const bool held = n - 1 <= ring_high_[size_t(slot)] && ring_holds(slot, std::max(0, n - cfg_.n_swa + 1));
@@ -550,6 +574,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.gate_inp});
         group({&L.gate_exps, &L.up_exps});
         group({&L.down_exps});
+        group({&L.conv_in});
+        group({&L.conv_out});
     }
     group({&w_.output});
     group({&w_.cls});
@@ -629,6 +655,14 @@ void Model::allocate_state() {
         enc_work_.assign(size_t(cpu_->pool().size()) * enc_work_floats_, 0.0f);
     }
     if (c.n_expert > 0) routes_.reserve(nb, c.n_expert, c.n_expert_used);
+    if (c.recurrent()) {  // lfm2's convolution states, on the CPU with their layers
+        conv_index_.assign(size_t(c.n_layer), -1);
+        int n_conv = 0;
+        for (int l = 0; l < c.n_layer; ++l)
+            if (c.is_conv(l)) conv_index_[size_t(l)] = n_conv++;
+        conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
+        conv_pos_.assign(size_t(kv_.n_slots), 0);
+    }
 }
 
 void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * slot, const uint8_t * want,
@@ -656,8 +690,10 @@ void Model::decode(const int32_t * tokens, const int32_t * pos, const int32_t * 
         const int m = std::min(params_.n_batch, n - i0);
         const uint8_t * w = want ? want + i0 : nullptr;
         if (kv_swa_.ring) check_rings(pos + i0, slot + i0, m);
+        if (cfg_.recurrent()) check_conv(pos + i0, slot + i0, m);
         forward(tokens + i0, pos + i0, slot + i0, w, m, logits, embeddings, classify);
         if (kv_swa_.ring) note_rings(pos + i0, slot + i0, m);
+        if (cfg_.recurrent()) note_conv(pos + i0, slot + i0, m);
         int n_out = 0;
         for (int i = 0; i < m; ++i) n_out += w ? (w[i] != 0) : 1;
         if (logits) logits += size_t(n_out) * (classify ? n_cls_out() : embeddings ? cfg_.n_embd : cfg_.n_vocab);
@@ -671,6 +707,7 @@ size_t Model::kv_state_bytes(int n) const {
         const int cells = kv.ring ? std::min(n, kv.slot_ctx) : n;
         bytes += size_t(kv.n_head_kv) * size_t(cells) * (kv.k_row() + kv.v_row());
     }
+    if (cfg_.recurrent()) bytes += sizeof(int64_t) + sizeof(float) * conv_state_.size() / size_t(kv_.n_slots);
     return bytes;
 }
 
@@ -717,6 +754,16 @@ void Model::kv_read(int slot, int n, uint8_t * dst) const {
         const auto * cache = static_cast<const uint8_t *>(which == 0 ? k_cache_[size_t(l)] : v_cache_[size_t(l)]);
         kv_backend_[size_t(l)]->download(dst + at, cache + off, bytes);
     });
+    if (cfg_.recurrent()) {  // the positions the states follow (n, or -1: not those of n), then the states
+        uint8_t * p = dst + kv_state_bytes(n) - sizeof(float) * conv_state_.size() / size_t(kv_.n_slots) -
+                      sizeof(int64_t);
+        const int64_t at = conv_pos_[size_t(slot)] == n ? n : -1;
+        std::memcpy(p, &at, sizeof at);
+        p += sizeof at;
+        for (int l = 0; l < cfg_.n_layer; ++l, p += sizeof(float) * (cfg_.is_conv(l) ? conv_slot_floats() : 0))
+            if (cfg_.is_conv(l))
+                std::memcpy(p, const_cast<Model *>(this)->conv_state(l, slot), sizeof(float) * conv_slot_floats());
+    }
 }
 
 void Model::kv_write(int slot, int n, const uint8_t * src) {
@@ -737,6 +784,17 @@ void Model::kv_write(int slot, int n, const uint8_t * src) {
     if (kv_swa_.ring) {  // the rings hold the last `held` of the n positions
         ring_high_[size_t(slot)] = n - 1;
         ring_low_[size_t(slot)] = n - held;
+    }
+    if (cfg_.recurrent()) {
+        const uint8_t * p = src + kv_state_bytes(n) - sizeof(float) * conv_state_.size() / size_t(kv_.n_slots) -
+                            sizeof(int64_t);
+        int64_t at = 0;
+        std::memcpy(&at, p, sizeof at);
+        SL_CHECK(at == -1 || at == n, "a recurrent state following %lld positions for %d cells", (long long)at, n);
+        p += sizeof at;
+        for (int l = 0; l < cfg_.n_layer; ++l, p += sizeof(float) * (cfg_.is_conv(l) ? conv_slot_floats() : 0))
+            if (cfg_.is_conv(l)) std::memcpy(conv_state(l, slot), p, sizeof(float) * conv_slot_floats());
+        conv_pos_[size_t(slot)] = int(at);
     }
 }
 

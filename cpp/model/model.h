@@ -95,6 +95,11 @@ struct LayerWeights {
     const float * q_a_norm = nullptr;
     const float * kv_a_norm = nullptr;
     bool moe() const { return gate_inp.rows > 0; }
+    // lfm2's convolution layer (in place of wq .. wo): in_proj's rows give B, C and x, the depthwise
+    // kernel mixes the last conv_l_cache values of B * x per channel (oldest first), out_proj.
+    WeightRef conv_in;                  // (3 n_embd, n_embd)
+    const float * conv_kernel = nullptr;  // (n_embd, conv_l_cache)
+    WeightRef conv_out;                 // (n_embd, n_embd)
 };
 
 // Rows [r0, r0 + n) of a matrix (a part of a fused tensor); expert e of a stacked expert matrix.
@@ -181,7 +186,7 @@ public:
     int n_embd() const { return cfg_.n_embd; }
     int slot_ctx() const { return kv_.slot_ctx; }
     // The cache geometry of layer l (a sliding-window layer's may be a ring).
-    const KVLayout & layer_kv(int l) const { return cfg_.is_swa(l) ? kv_swa_ : kv_; }
+    const KVLayout & layer_kv(int l) const { return cfg_.is_conv(l) ? kv_conv_ : cfg_.is_swa(l) ? kv_swa_ : kv_; }
     // Cells of the sliding-window layers' rings (0: no ring).
     int swa_cells() const { return kv_swa_.ring ? kv_swa_.slot_ctx : 0; }
     const std::vector<Placement> & placement() const { return placement_; }
@@ -216,13 +221,17 @@ public:
     //
     // With rings, a state holds the rings' cells of the last min(n, swa_cells) positions (after
     // an 8-byte count of those still held, which kv_write puts back as all a ring holds).
+    // A recurrent model's (lfm2) ends with its convolution states (after an 8-byte count of the
+    // positions they follow: n, or -1 when the slot's states are not those of its first n).
     size_t kv_state_bytes(int n) const;
     void kv_read(int slot, int n, uint8_t * dst) const;
     void kv_write(int slot, int n, const uint8_t * src);
 
     // The longest prefix of the n cached positions of a slot that evaluation may continue from:
     // n, or 0 when the rings no longer hold the last positions the next token would attend to
-    // (written over by positions past n since). Without rings, n.
+    // (written over by positions past n since). Without rings, n. A recurrent model (lfm2) can
+    // continue only where its convolution states are: n if they follow exactly n positions, else 0
+    // (llama.cpp's recurrent cache, which cannot be cut back either).
     int kv_reusable(int slot, int n) const;
 
     // Tokens evaluated since load (for tests of prefix reuse) and forward passes run.
@@ -327,6 +336,21 @@ private:
     Weights w_;
     KVLayout kv_;       // the global layers' cache
     KVLayout kv_swa_;   // the sliding-window layers' (kv_, or a ring)
+    KVLayout kv_conv_;  // lfm2's convolution layers': none (no heads)
+    // lfm2's convolution states: per convolution layer and slot the last conv_l_cache - 1 inputs
+    // B * x of the convolution, oldest first; per slot the positions they follow (-1: unknown).
+    std::vector<float> conv_state_;  // (n_conv_layers, n_slots, conv_l_cache - 1, n_embd)
+    std::vector<int> conv_index_;    // (n_layer) a layer's index among the convolution layers, or -1
+    std::vector<int> conv_pos_;      // (n_slots)
+    size_t conv_slot_floats() const { return size_t(cfg_.conv_l_cache - 1) * size_t(cfg_.n_embd); }
+    size_t conv_state_bytes() const {  // every slot's, on the CPU (counted with the KV cache)
+        if (!cfg_.recurrent()) return 0;
+        const auto n_conv = size_t(std::count(cfg_.conv_layers.begin(), cfg_.conv_layers.end(), 1));
+        return sizeof(float) * n_conv * size_t(kv_.n_slots) * conv_slot_floats();
+    }
+    float * conv_state(int l, int slot) {
+        return conv_state_.data() + (size_t(conv_index_[size_t(l)]) * kv_.n_slots + size_t(slot)) * conv_slot_floats();
+    }
     // Per slot, for rings: the highest position written since the slot restarted at position 0
     // (or was loaded), and the lowest one written since; a ring holds position p (<= high) if
     // p >= low and p > high - swa_cells (nothing written since took its cell).
@@ -398,6 +422,13 @@ private:
     void encoder_attention(Scratch & s, int half_window);
     void encoder_bert_layer(int l, Scratch & s, int n);
     void encoder_gemma_layer(int l, Scratch & s, int n);
+    // conv.cpp: the checks of a batch against the states (a slot continues where its states are,
+    // or starts over at position 0, which clears them), the positions recorded after it, and the
+    // convolution block on s.h (x += out_proj(C * conv(B * x))), on the CPU.
+    void check_conv(const int32_t * pos, const int32_t * slot, int n);
+    void note_conv(const int32_t * pos, const int32_t * slot, int n);
+    void conv_block(int l, Scratch & s, int n, const int32_t * slot);
+    void load_conv_layer(const std::string & b, LayerWeights & L);
     // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU),
     // and the shared experts' output if any. route: the picks and weights of n tokens' logits
     // (bias: deepseek2's selection bias, or null).

@@ -153,6 +153,11 @@ Model::PlacementPlan Model::plan_placement() const {
                             "version; only the output layer goes to the GPU", ngl);
         pp.n_gpu = 1;
     }
+    if (c.recurrent() && pp.n_gpu > 1) {  // no CUDA short convolution yet
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (short-convolution layers) run on the CPU "
+                            "in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
+        pp.n_gpu = 1;
+    }
     pp.output_gpu = pp.n_gpu >= 1;
     pp.first_gpu = c.n_layer - std::max(pp.n_gpu - 1, 0);  // first block on the GPU
     pp.offload = params_.op_offload && pp.first_gpu > 0;
@@ -258,7 +263,8 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     e.n_layer = c.n_layer;
     e.n_gpu_layers = pp.use_gpu ? pp.n_gpu : 0;
     for (int l = 0; l < c.n_layer; ++l)  // the layers whose cache grows with the context
-        if (!m.layer_kv(l).ring) e.kv_bytes_per_token += size_t(m.kv_.n_head_kv) * (m.kv_.k_row() + m.kv_.v_row());
+        if (const KVLayout & kv = m.layer_kv(l); !kv.ring)  // (none in lfm2's convolution layers)
+            e.kv_bytes_per_token += size_t(kv.n_head_kv) * (kv.k_row() + kv.v_row());
     e.swa_cells = m.swa_cells();
     e.gpu_warning = pp.warning;
     for (const char * key : {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"})
@@ -281,6 +287,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     const size_t out_bytes = m.output_bytes(shared);
     if (!output_gpu) cpu.weights += out_bytes;
     if (!c.encoder) e.parts.push_back({"output", output_gpu ? gpu_name : "CPU", out_bytes, 0, ""});
+    cpu.kv += m.conv_state_bytes();
     cpu.buffers = CpuBackend::scratch_bytes(m.cpu_options()) + m.activation_bytes(true);
     if (c.encoder)  // the encoder's attention buffers, one set per thread (Model::enc_work_)
         cpu.buffers += sizeof(float) * encoder_attention_floats(params.n_batch, c.head_dim, c.n_swa > 0) *
@@ -310,6 +317,7 @@ std::vector<DeviceMemory> Model::memory() const {
         (o.kind == Kind::Weights ? d.weights : o.kind == Kind::KV ? d.kv : d.buffers) += o.bytes;
     }
     if (gpu_) dev(gpu_->name()).buffers += gpu_backend_overhead(gpu_options(cfg_, params_, kv_.slot_ctx));
+    dev("CPU").kv += conv_state_bytes();
     return out;
 }
 

@@ -226,7 +226,12 @@ void bind_model(pyb::module_ & m) {
             std::vector<int> swa;  // the sliding-window layers
             for (int l = 0; l < c.n_layer; ++l)
                 if (c.is_swa(l)) swa.push_back(l);
+            std::vector<int> conv;  // lfm2's convolution layers (a recurrent state per sequence)
+            for (int l = 0; l < c.n_layer; ++l)
+                if (c.is_conv(l)) conv.push_back(l);
             return pyb::dict(pyb::arg("n_swa") = c.n_swa, pyb::arg("swa_layers") = swa,
+                             pyb::arg("conv_layers") = conv, pyb::arg("conv_l_cache") = c.conv_l_cache,
+                             pyb::arg("recurrent") = c.recurrent(),
                              pyb::arg("arch") = c.arch_name, pyb::arg("n_layer") = c.n_layer,
                              pyb::arg("n_embd") = c.n_embd, pyb::arg("n_head") = c.n_head,
                              pyb::arg("n_head_kv") = c.n_head_kv, pyb::arg("head_dim") = c.head_dim,

@@ -160,7 +160,8 @@ class BatchEngine:
             self.decode_width, self.prefill_threshold = self.n_parallel, None
         else:
             self.decode_width = self._probe_decode_width()
-            self.prefill_threshold = self._probe_prefill_threshold()
+            # (a recurrent state, lfm2's, continues only where it stopped: no cached token is read again)
+            self.prefill_threshold = None if model.config["recurrent"] else self._probe_prefill_threshold()
         self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
         self._thread.start()
 

@@ -340,6 +340,11 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
         self._seq_ctx = int(self._core.slot_ctx)  # cells of one sequence slot
         if draft_model is not None and not callable(draft_model):
             raise ValueError("draft_model must be callable (a splitllm.speculative.DraftModel)")
+        if draft_model is not None and self.config["recurrent"]:
+            # (rejected guesses would have to be taken back out of the recurrent state)
+            warnings.warn(f"draft_model is ignored: speculative decoding of a recurrent model "
+                          f"({self.config['arch']}) is not supported", RuntimeWarning, stacklevel=2)
+            self.draft_model = draft_model = None
         if draft_model is not None:
             if (attach := getattr(draft_model, "attach", None)) is not None:  # (e.g. a vocabulary check)
                 try:

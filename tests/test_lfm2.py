@@ -1,0 +1,298 @@
+"""LFM2 (gguf arch lfm2) on tiny random models: gated short-convolution layers between attention
+layers, against the float64 re-implementation of transformers' Lfm2ForCausalLM
+(tests/tiny_lfm2.py) and against llama.cpp on the same files; the convolution state each sequence
+keeps beside its KV cache across passes, sequences, saved states and reused prefixes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from itertools import islice
+
+import numpy as np
+import pytest
+from lcpp import llama_cpp_logits
+from splitllm import Error, GGUFError, Model
+from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
+from tiny_model import interleaved_batch
+
+TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
+LFM2 = Lfm2Config(seed=51)
+# LFM2-350M's pattern in small: two convolution layers, attention, ...; an untied output; l_cache 4
+CONV, ATTN = "conv", "full_attention"
+LFM2_WIDE = Lfm2Config(n_layer=6, layer_types=(CONV, CONV, ATTN, CONV, ATTN, CONV), n_head_kv=1, l_cache=4,
+                       tied_output=False, seed=52)
+OPTS = dict(n_ctx=64, n_threads=2)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def tiny(tmp_path, cfg: Lfm2Config, **kw) -> tuple[str, dict[str, np.ndarray]]:
+    path = tmp_path / f"tiny-lfm2-{cfg.seed}-{kw.get('weight_type', 'F32')}.gguf"
+    return str(path), write_lfm2_gguf(cfg, path, **kw)
+
+
+@pytest.fixture(scope="module")
+def lfm2(tmp_path_factory) -> tuple[str, dict[str, np.ndarray]]:
+    return tiny(tmp_path_factory.mktemp("lfm2"), LFM2)
+
+
+@pytest.mark.parametrize("cfg", [LFM2, LFM2_WIDE], ids=["lfm2", "lfm2-l4-mqa-untied"])
+def test_f32_logits_match_float64_reference(tmp_path, cfg):
+    path, held = tiny(tmp_path, cfg)
+    with Model(path, **OPTS) as m:
+        ours = m.logits(TOKENS)
+        c = m.config
+    assert (c["recurrent"], c["conv_l_cache"]) == (True, cfg.l_cache)
+    assert c["conv_layers"] == [i for i in range(cfg.n_layer) if cfg.is_conv(i)]
+    assert rel_err(ours, lfm2_reference_logits(cfg, held, TOKENS)).max() < 1e-4
+
+
+def test_the_convolution_state_is_visible(lfm2):
+    """Without the convolution's past inputs (a kernel of length 1), or with the kernel taps
+    reversed, the reference is far from the real one: the tests above see the state."""
+    _, held = lfm2
+    ref = lfm2_reference_logits(LFM2, held, TOKENS)
+    last = {k: (v[:, -1:] if k.endswith("shortconv.conv.weight") else v) for k, v in held.items()}
+    flipped = {k: (v[:, ::-1] if k.endswith("shortconv.conv.weight") else v) for k, v in held.items()}
+    assert rel_err(lfm2_reference_logits(replace(LFM2, l_cache=1), last, TOKENS), ref)[1:].min() > 1e-2
+    assert rel_err(lfm2_reference_logits(LFM2, flipped, TOKENS), ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("wtype", ["F32", "Q8_0"])
+def test_matches_llama_cpp(tmp_path, wtype):
+    """llama.cpp on the same file: within 1e-3 of ours at f32, and the same greedy continuation;
+    at q8_0 (a wider model) ours no farther from float64 than 1.5x llama.cpp's distance (no
+    greedy check: the tiny model's top two logits come within 0.02 of each other, inside both
+    engines' activation rounding)."""
+    cfg = LFM2_WIDE if wtype == "F32" else replace(LFM2_WIDE, n_embd=256, n_ff=512)
+    path, held = tiny(tmp_path, cfg, weight_type=wtype)
+    theirs = llama_cpp_logits(path, TOKENS)
+    with Model(path, **OPTS) as m:
+        ours = m.logits(TOKENS)
+        greedy = list(islice(m.generate(TOKENS[:8], temp=0.0), 24))
+    # (q8_0: measured 3.5e-2, each engine ~3.6e-2 from float64: the gates B * x and C * conv
+    # multiply two projections' rounding; f32: 2.1e-4, llama.cpp itself 2.1e-4 from float64)
+    assert rel_err(ours, theirs).max() < (1e-3 if wtype == "F32" else 6e-2)
+    exact = lfm2_reference_logits(cfg, held, TOKENS)
+    assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
+    if wtype != "F32":
+        return
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(path, n_ctx=64, verbose=False, n_threads=2)
+    try:
+        their_greedy = list(islice(llm.generate(TOKENS[:8], temp=0.0, top_k=1, reset=True), 24))
+    finally:
+        llm.close()
+    assert greedy == their_greedy
+
+
+@pytest.mark.parametrize("n_batch", [1, 5])
+def test_chunked_prefill_then_decode_equals_one_pass(lfm2, n_batch):
+    """A prompt in passes of n_batch tokens, then one token at a time: the logits of one pass over
+    everything (the state carried from pass to pass)."""
+    path, held = lfm2
+    ref = lfm2_reference_logits(LFM2, held, TOKENS)
+    with Model(path, n_batch=n_batch, **OPTS) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
+        m.eval_prompt(TOKENS[:12])
+        steps = [m.eval_prompt(TOKENS[: i + 1]) for i in range(12, len(TOKENS))]
+        assert m.n_eval == 2 * len(TOKENS)  # each step read one token
+    assert rel_err(np.array(steps), ref[12:]).max() < 1e-4
+
+
+def test_two_sequences_at_once_equal_each_alone(tmp_path):
+    """Two texts interleaved in one batch (and then decoded together a token each): each slot's
+    rows are those of the text alone."""
+    path, held = tiny(tmp_path, LFM2_WIDE)
+    texts = [TOKENS[:15], TOKENS[::-1][:11]]
+    with Model(path, n_ctx=128, n_seq_max=2, n_threads=2) as m:
+        core = m._engine()
+        toks, pos, slot = interleaved_batch(texts)
+        rows = core.decode(toks, pos, slot)
+        i32 = np.int32
+        nxt = core.decode(np.array([5, 9], i32), np.array([15, 11], i32), np.array([0, 1], i32))
+    for k, t in enumerate(texts):
+        ref = lfm2_reference_logits(LFM2_WIDE, held, t + [[5, 9][k]])
+        assert rel_err(rows[slot == k], ref[:-1]).max() < 1e-4
+        assert rel_err(nxt[k], ref[-1]) < 1e-4
+
+
+def test_a_slot_continues_only_where_it_stopped(lfm2):
+    """A recurrent state cannot be cut back: a pass that does not continue a slot's last position
+    (or skips one within a batch) is refused; position 0 starts the slot over."""
+    path, held = lfm2
+    with Model(path, n_ctx=64, n_seq_max=2, n_threads=2) as m:
+        core = m._engine()
+        core.decode(np.array(TOKENS[:6], np.int32), np.arange(6, dtype=np.int32), np.zeros(6, np.int32))
+        assert core.kv_reusable(0, 6) == 6 and core.kv_reusable(0, 5) == 0 and core.kv_reusable(1, 3) == 0
+        for p in (3, 7):
+            with pytest.raises(Error, match="recurrent state"):
+                core.decode(np.array([1], np.int32), np.array([p], np.int32), np.zeros(1, np.int32))
+        with pytest.raises(Error, match="consecutive"):
+            core.decode(np.array([1, 2], np.int32), np.array([6, 8], np.int32), np.zeros(2, np.int32))
+        row = core.decode(np.array(TOKENS[:3], np.int32), np.arange(3, dtype=np.int32), np.zeros(3, np.int32))
+    assert rel_err(row, lfm2_reference_logits(LFM2, held, TOKENS[:3])).max() < 1e-4
+
+
+def test_prefix_reuse_only_where_the_state_is(lfm2):
+    """A prompt extending the cached one reads only the rest; one that shares only part of it is
+    read again from the start (llama.cpp's recurrent cache: a full match or nothing)."""
+    path, held = lfm2
+    with Model(path, **OPTS) as m:
+        m.eval_prompt(TOKENS[:10])
+        before = m.n_eval
+        got = m.eval_prompt(TOKENS[:16])
+        assert m.n_eval - before == 6
+        assert rel_err(got, lfm2_reference_logits(LFM2, held, TOKENS[:16])[-1]) < 1e-4
+        other = TOKENS[:8] + [4, 5, 6]
+        before = m.n_eval
+        got = m.eval_prompt(other)
+        assert m.n_eval - before == len(other)
+        assert rel_err(got, lfm2_reference_logits(LFM2, held, other)[-1]) < 1e-4
+        # the same prompt after generating past it: its logits again, then the same continuation
+        runs = [list(islice(m.generate(TOKENS[:8], temp=0.0), 6)) for _ in range(2)]
+        assert runs[0] == runs[1]
+        assert rel_err(m.eval_prompt(TOKENS[:8]), lfm2_reference_logits(LFM2, held, TOKENS[:8])[-1]) < 1e-4
+
+
+def test_save_and_load_state(lfm2):
+    """save_state keeps the convolution states with the K/V; load_state puts them back, and a
+    prompt continuing the saved one reads only its new tokens. A state of other positions than
+    the saved tokens' is not reused."""
+    path, held = lfm2
+    with Model(path, **OPTS) as m:
+        m.eval_prompt(TOKENS[:12])
+        state = m.save_state()
+        m.eval_prompt(TOKENS[::-1][:9])  # another sequence in the cache
+        m.load_state(state)
+        before = m.n_eval
+        got = m.eval_prompt(TOKENS[:20])
+        assert m.n_eval - before == 8
+        assert rel_err(got, lfm2_reference_logits(LFM2, held, TOKENS[:20])[-1]) < 1e-4
+        data = m._engine().kv_read(0, 5)  # 5 of the 20 positions: the states are not those of 5
+        m._engine().kv_write(0, 5, data)
+        assert m._engine().kv_reusable(0, 5) == 0
+
+
+def test_batching_engine_slots(lfm2):
+    """Two prompts at once in the batching engine, then a next turn continuing a slot's text and a
+    prompt sharing only part of one: each first row is the reference's."""
+    from splitllm.engine import BatchEngine
+    from splitllm.sampling import SamplingParams
+
+    path, held = lfm2
+    greedy = SamplingParams(temperature=0)
+    firsts, cached = [], []
+    with Model(path, n_ctx=128, n_batch=4, n_seq_max=2, n_threads=2) as m:
+        eng = BatchEngine(m)
+        try:
+            def run(prompts):
+                jobs = [eng.submit(p, on_event=lambda ev: None, params=greedy, max_tokens=3) for p in prompts]
+                for job in jobs:
+                    deadline = time.monotonic() + 60
+                    while not job.finished:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.01)
+                    firsts.append((job.prompt, eng._slots[job.slot].logits.copy()))
+                    cached.append(job.n_cached)
+                return jobs
+
+            a, _ = run([TOKENS[:10], TOKENS[::-1][:7]])
+            turn = list(a.tokens) + [9, 8, 7]  # the slot's whole text, then more
+            run([turn])
+            run([TOKENS[:6] + [1, 2, 3]])
+        finally:
+            eng.close()
+    assert cached[2] == len(turn) - 3 and cached[3] == 0
+    for prompt, got in firsts:
+        assert rel_err(got, lfm2_reference_logits(LFM2, held, list(prompt))[-1]) < 1e-4
+
+
+def test_bad_files_are_refused(tmp_path):
+    cfg = LFM2
+    path, _ = tiny(tmp_path, cfg, metadata={"lfm2.shortconv.l_cache": None})
+    with pytest.raises(GGUFError, match="shortconv.l_cache"):
+        Model(path, **OPTS)
+    path, _ = tiny(tmp_path, replace(cfg, layer_types=("conv", "full_attention", "full_attention", "conv")),
+                   metadata={"lfm2.attention.head_count_kv": [0, 2, 1, 0]})
+    with pytest.raises(GGUFError, match="head_count_kv"):
+        Model(path, **OPTS)
+    path, _ = tiny(tmp_path, cfg, metadata={"lfm2.shortconv.l_cache": 5})  # the kernels have 3 taps
+    with pytest.raises(GGUFError, match="shortconv.conv.weight"):
+        Model(path, **OPTS)
+    heads32 = {"lfm2.attention.key_length": 32, "lfm2.attention.value_length": 32}  # 4 x 32 != 64
+    path, _ = tiny(tmp_path, cfg, metadata=heads32)
+    with pytest.raises(GGUFError, match="head size = embedding_length"):
+        Model(path, **OPTS)
+    path, _ = tiny(tmp_path, cfg, metadata={"lfm2.attention.sliding_window": 8})
+    with pytest.raises(GGUFError, match="sliding_window"):
+        Model(path, **OPTS)
+
+
+def test_speculative_decoding_is_turned_off(lfm2):
+    from splitllm.speculative import PromptLookupDecoding
+
+    path, _ = lfm2
+    with pytest.warns(RuntimeWarning, match="draft_model is ignored"):
+        m = Model(path, draft_model=PromptLookupDecoding(num_pred_tokens=4), **OPTS)
+    with m:
+        assert m.draft_model is None
+        assert len(list(islice(m.generate(TOKENS[:8] * 2, temp=0.0), 8))) == 8
+
+
+class _Inputs:
+    """A weight W standing in the reference for ``x @ W.T``, keeping every x it meets."""
+
+    __array_ufunc__ = None  # (numpy defers ``x @ self`` to __rmatmul__)
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.w, self.seen = w, []
+
+    @property
+    def T(self) -> _Inputs:  # noqa: N802  (numpy's name)
+        return self
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        self.seen.append(x)
+        return x @ self.w.T
+
+
+def test_imatrix_collects_the_convolution_projections(lfm2):
+    """llama-imatrix's statistics of in_proj and out_proj (the squared inputs of each, summed over
+    the tokens) equal the float64 reference's, beside the other weights'."""
+    path, held = lfm2
+    with Model(path, **OPTS) as m:
+        m.imatrix_start()
+        m.logits(TOKENS)
+        imx = m.imatrix_stop()
+    names = [f"blk.{i}.shortconv.{p}.weight" for i in range(LFM2.n_layer) if LFM2.is_conv(i)
+             for p in ("in_proj", "out_proj")]
+    assert set(names) < set(imx.entries) and "blk.2.attn_q.weight" in imx.entries
+    tracked = {n: _Inputs(held[n]) for n in names}
+    lfm2_reference_logits(LFM2, {**held, **tracked}, TOKENS)
+    for n in names:
+        (x,) = tracked[n].seen
+        e = imx.entries[n]
+        assert e.counts.tolist() == [len(TOKENS)]
+        np.testing.assert_allclose(e.sums[0], (x * x).sum(axis=0), rtol=1e-4, err_msg=n)
+
+
+def test_plan_counts_the_states(lfm2):
+    """The memory plan (from the header) and the loaded model count the convolution states with
+    the KV cache: the attention layer's cells, and per slot l_cache - 1 inputs of each
+    convolution layer."""
+    from splitllm.plan import plan
+
+    path, _ = lfm2
+    opts = dict(n_ctx=64, n_batch=4, n_seq_max=2, n_threads=2)
+    p = plan(path, cpu_memory="1GiB", **opts)
+    with Model(path, **opts) as m:
+        got = {d["name"]: d for d in m._engine().memory}["CPU"]
+    cpu = p.device("CPU")
+    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
+    n_conv = sum(LFM2.is_conv(i) for i in range(LFM2.n_layer))
+    kv = 64 * LFM2.n_head_kv * LFM2.head_dim * 2 * 2  # one attention layer: K and V in f16
+    assert cpu.kv_cache == kv + n_conv * 2 * (LFM2.l_cache - 1) * LFM2.n_embd * 4
