@@ -15,6 +15,7 @@
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 #include "quant/mxfp4.h"
+#include "quant/ternary.h"
 
 namespace sl::cpu::impl::avx2 {
 
@@ -434,6 +435,64 @@ struct KQuant<QType::IQ4_XS> {
             dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(ls));
             mg[h] = _mm256_setzero_ps();
         }
+    }
+};
+
+// ---- ternary TQ1_0 / TQ2_0: codes 0..2 (value = d * (code - 1)), one scale per super-block ----
+
+inline void ternary_scales(const fp16_t * dp, __m256 dg[2], __m256 mg[2]) {
+    const float d = h2f(*dp);
+    dg[0] = dg[1] = _mm256_set1_ps(d);
+    mg[0] = mg[1] = _mm256_set1_ps(-d);
+}
+
+// TQ2_0: Q2_K's order of 2-bit codes (quant/ternary.h).
+template <>
+struct KQuant<QType::TQ2_0> {
+    static constexpr int kBytes = 66;
+    static constexpr bool kGroups16 = false, kSigned = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        __m256i c[4];
+        two_bit_blocks(reinterpret_cast<const block_tq2_0 *>(sb)->qs + 32 * g, c);
+        return from_blocks(c[0], c[1], c[2], c[3]);
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        ternary_scales(&reinterpret_cast<const block_tq2_0 *>(sb)->d, dg, mg);
+    }
+};
+
+// 3 v in each byte (mod 256): the next trit of a TQ1_0 byte to the top.
+inline __m256i times3(__m256i v) { return _mm256_add_epi8(v, _mm256_add_epi8(v, v)); }
+
+// The top trit of each byte b, (b * 3) >> 8 = [b >= 86] + [b >= 171] (signed compares of b - 128).
+inline __m256i top_trit(__m256i b) {
+    const __m256i s = _mm256_xor_si256(b, _mm256_set1_epi8(char(0x80)));
+    return _mm256_abs_epi8(_mm256_add_epi8(_mm256_cmpgt_epi8(s, _mm256_set1_epi8(-43)),
+                                           _mm256_cmpgt_epi8(s, _mm256_set1_epi8(42))));
+}
+
+// TQ1_0 (order of values: quant/ternary.h): half 0 is trits 0..3 of qs[0..31]; half 1 trit 4 of
+// qs[0..31], then trits 0..4 of qs[32..47] (16 values each) and trits 0..3 of qh (4 each).
+template <>
+struct KQuant<QType::TQ1_0> {
+    static constexpr int kBytes = 54;
+    static constexpr bool kGroups16 = false, kSigned = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        const block_tq1_0 * b = reinterpret_cast<const block_tq1_0 *>(sb);
+        const __m256i a = load32(b->qs), a3 = times3(a), a9 = times3(a3), a27 = times3(a9);
+        if (g == 0) return from_blocks(top_trit(a), top_trit(a3), top_trit(a9), top_trit(a27));
+        const __m256i q = _mm256_broadcastsi128_si256(load16(b->qs + 32));
+        const __m256i q3 = times3(q), q9 = times3(q3), q27 = times3(q9), q81 = times3(q27);
+        // Upper lane of block 7: dword n holds qh[0..3] times 3^n.
+        const __m256i h = _mm256_set1_epi32(int(load_u32(b->qh))), h3 = times3(h), h9 = times3(h3);
+        __m256i b7 = _mm256_blend_epi32(q81, h, 0x10);
+        b7 = _mm256_blend_epi32(_mm256_blend_epi32(b7, h3, 0x20), h9, 0x40);
+        b7 = _mm256_blend_epi32(b7, times3(h9), 0x80);
+        return from_blocks(top_trit(times3(a27)), top_trit(_mm256_blend_epi32(q, q3, 0xF0)),
+                           top_trit(_mm256_blend_epi32(q9, q27, 0xF0)), top_trit(b7));
+    }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        ternary_scales(&reinterpret_cast<const block_tq1_0 *>(sb)->d, dg, mg);
     }
 };
 

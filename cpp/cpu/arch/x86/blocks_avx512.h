@@ -10,11 +10,13 @@
 
 #include <cstring>
 
+#include "common/unaligned.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 #include "quant/mxfp4.h"
+#include "quant/ternary.h"
 
 namespace sl::cpu::impl::avx512 {
 
@@ -471,6 +473,74 @@ struct KQuant<QType::IQ4_XS> {
         const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
         *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), _mm512_cvtepi32_ps(ls));
         *mg = _mm512_mul_ps(_mm512_set1_ps(-128.0f), *dg);
+    }
+};
+
+// ---- ternary TQ1_0 / TQ2_0: codes 0..2 (value = d * (code - 1)), one scale per super-block ----
+
+inline void ternary_scales(const fp16_t * dp, __m512 * dg, __m512 * mg) {
+    const float d = h2f(*dp);
+    *dg = _mm512_set1_ps(d);
+    *mg = _mm512_set1_ps(-d);
+}
+
+// TQ2_0: Q2_K's order of 2-bit codes (quant/ternary.h).
+template <>
+struct KQuant<QType::TQ2_0> {
+    static constexpr int kBytes = 66;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        return two_bit_codes(reinterpret_cast<const block_tq2_0 *>(sb)->qs + 32 * g);
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        ternary_scales(&reinterpret_cast<const block_tq2_0 *>(sb)->d, dg, mg);
+    }
+};
+
+// The top trit of each byte of x times its 16-bit word's multiplier in m (a power of 3, mod 256):
+// (b * 3) >> 8 = [b >= 86] + [b >= 171].
+inline __m512i trits_times(__m512i x, __m512i m) {
+    const __m512i even = _mm512_mullo_epi16(x, m);
+    const __m512i odd = _mm512_slli_epi16(_mm512_mullo_epi16(_mm512_srli_epi16(x, 8), m), 8);
+    const __m512i b = _mm512_mask_blend_epi8(__mmask64(0xAAAAAAAAAAAAAAAAull), even, odd);
+    const __m512i one = _mm512_set1_epi8(1);
+    const __m512i t = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(b, _mm512_set1_epi8(86)), one);
+    return _mm512_mask_add_epi8(t, _mm512_cmpge_epu8_mask(b, _mm512_set1_epi8(char(171))), t, one);
+}
+
+// Per-lane multipliers (lane j: m[j] in every 16-bit word).
+inline __m512i lane_mults(int m0, int m1, int m2, int m3) {
+    return _mm512_setr_epi32(m0 * 0x10001, m0 * 0x10001, m0 * 0x10001, m0 * 0x10001, m1 * 0x10001, m1 * 0x10001,
+                             m1 * 0x10001, m1 * 0x10001, m2 * 0x10001, m2 * 0x10001, m2 * 0x10001, m2 * 0x10001,
+                             m3 * 0x10001, m3 * 0x10001, m3 * 0x10001, m3 * 0x10001);
+}
+
+// TQ1_0 (order of values: quant/ternary.h), one block of 32 a lane: half 0 is trits 0..3 of
+// qs[0..31]; half 1 trit 4 of qs[0..31], then trits 0..4 of qs[32..47] (16 values each) and
+// trits 0..3 of qh (4 each).
+template <>
+struct KQuant<QType::TQ1_0> {
+    static constexpr int kBytes = 54;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        const block_tq1_0 * b = reinterpret_cast<const block_tq1_0 *>(sb);
+        auto ld = [](const uint8_t * p) { return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)); };
+        if (g == 0) {
+            const __m512i m = lane_mults(1, 3, 9, 27);
+            return {trits_times(bcast16(b->qs), m), trits_times(bcast16(b->qs + 16), m)};
+        }
+        const __m512i q = bcast16(b->qs + 32);
+        const __m512i lo = _mm512_inserti32x4(q, ld(b->qs), 0);
+        __m512i hi = _mm512_inserti32x4(q, ld(b->qs + 16), 0);
+        hi = _mm512_inserti32x4(hi, _mm_set1_epi32(int(load_u32(b->qh))), 3);
+        const __m512i mhi = _mm512_setr_epi32(81 * 0x10001, 81 * 0x10001, 81 * 0x10001, 81 * 0x10001, 3 * 0x10001,
+                                              3 * 0x10001, 3 * 0x10001, 3 * 0x10001, 27 * 0x10001, 27 * 0x10001,
+                                              27 * 0x10001, 27 * 0x10001, 0x10001, 3 * 0x10001, 9 * 0x10001,
+                                              27 * 0x10001);
+        return {trits_times(lo, lane_mults(81, 1, 9, 81)), trits_times(hi, mhi)};
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        ternary_scales(&reinterpret_cast<const block_tq1_0 *>(sb)->d, dg, mg);
     }
 };
 

@@ -594,6 +594,8 @@ GemmFn gemv_kernel(QType wt) {
         case QType::IQ3_S: return gemv_quant<QType::IQ3_S>;
         case QType::IQ1_S: return gemv_quant<QType::IQ1_S>;
         case QType::IQ1_M: return gemv_quant<QType::IQ1_M>;
+        case QType::TQ1_0: return gemv_quant<QType::TQ1_0>;
+        case QType::TQ2_0: return gemv_quant<QType::TQ2_0>;
         default: return nullptr;
     }
 }
