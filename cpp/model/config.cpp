@@ -34,6 +34,7 @@ constexpr ArchTraits kArchs[] = {
     {"granite",    Arch::Granite,   false, false, false, false},
     {"olmo2",      Arch::Olmo2,     true,  false, true,  false},
     {"gpt-oss",    Arch::GptOss,    true,  false, false, false},  // (q/k/v biases optional, as in llama.cpp)
+    {"bitnet",     Arch::Bitnet,    true,  false, false, false},
 };
 
 std::string supported_archs() {
@@ -353,6 +354,12 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.pre_norms = false;
         c.post_norms = true;
         c.qk_norm_full = true;
+    }
+    if (c.arch == Arch::Bitnet) {  // llama.cpp's: attn_sub_norm (n_embd) is applied to the attention output
+        c.sub_norms = true;
+        if (c.q_dim() != c.n_embd)
+            throw GGUFError(strfmt("%s: bitnet needs head_count x key_length = embedding_length (%d x %d != %d)",
+                                   f.path().c_str(), c.n_head, c.head_dim, c.n_embd));
     }
     c.rope_base_train = c.rope_base;
     c.rope_freq_scale_train = c.rope_freq_scale;

@@ -27,13 +27,13 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss
+    GptOss, Bitnet
 };
 
 struct Config {
     Arch arch = Arch::Llama;
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
-                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss"
+                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss", "bitnet"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -98,6 +98,9 @@ struct Config {
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
     bool qk_norm_full = false;  // olmo2: of the whole query and key projections instead
     bool pre_norms = true;      // RMSNorm of the attention's and feed-forward's inputs (olmo2: none)
+    // bitnet: RMSNorm of the attention output before W_o and of the gated activation before W_down
+    // (attn_sub_norm, ffn_sub_norm), and optional scalar scales of each matmul's output.
+    bool sub_norms = false;
     // Layers whose queries and keys are not rotated (smollm3: every fourth, "NoPE"); empty: none.
     std::vector<uint8_t> nope_layers;
     // granite: the attention and feed-forward outputs times residual_scale before they are added,
