@@ -48,6 +48,8 @@ SCALE_FIELDS: dict[Q, list[tuple[int, str]]] = {
                                Q.IQ1_S)},
     Q.IQ1_M: [(48, "d")],  # spread over the top nibbles of the four scale words (set_scale)
     Q.MXFP4: [(0, "d")],  # one E8M0 byte: the power of two nearest the scale (set_scale)
+    Q.TQ1_0: [(52, "d")],
+    Q.TQ2_0: [(64, "d")],  # (random bytes: code 3, value 2 d, occurs too)
 }
 
 # Mean code of each type's unsigned codes: mins of this size (times d) centre the values.
@@ -76,7 +78,7 @@ FILE_TYPES = {
     "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K, "q4_k_m": Q.Q4_K,
     "q5_k": Q.Q5_K, "q6_k": Q.Q6_K, "iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS,
     "mxfp4_moe": Q.MXFP4,  # gpt-oss's files: MXFP4 experts, Q8_0 elsewhere
-    "mxfp4": Q.MXFP4,
+    "mxfp4": Q.MXFP4, "tq1_0": Q.TQ1_0, "tq2_0": Q.TQ2_0,
 }  # fmt: skip
 
 

@@ -36,3 +36,33 @@ def ggml_quantizer() -> Callable[..., np.ndarray]:
         return out
 
     return run
+
+
+class _TypeTraits(ctypes.Structure):
+    """ggml.h's struct ggml_type_traits (the fields up to to_float)."""
+
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p)]  # fmt: skip
+
+
+def ggml_dequantizer() -> Callable[[np.ndarray, str], np.ndarray]:
+    """(rows of packed blocks as uint8, type name) -> ggml's floats (its type traits' to_float,
+    dequantize_row_<type>), (rows, values) float32. Skips the test without llama-cpp-python."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+    def run(q: np.ndarray, qtype: str) -> np.ndarray:
+        t = gguf.GGMLQuantizationType[qtype]
+        q = np.ascontiguousarray(q, dtype=np.uint8)
+        block, size = gguf.GGML_QUANT_SIZES[t]
+        rows, nbytes = q.shape
+        out = np.zeros((rows, nbytes // size * block), dtype=np.float32)
+        to_float = to_float_t(lib.ggml_get_type_traits(int(t)).contents.to_float)
+        to_float(q.ctypes.data, out.ctypes.data, out.size)
+        return out
+
+    return run

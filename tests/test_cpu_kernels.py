@@ -15,7 +15,9 @@ LEGACY_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 I_TYPES = [T.IQ4_NL, T.IQ4_XS, T.MXFP4]
 GRID_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]
-ALL_TYPES = FLOAT_TYPES + LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES
+TERNARY_TYPES = [T.TQ1_0, T.TQ2_0]
+QUANT_TYPES = LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES + TERNARY_TYPES
+ALL_TYPES = FLOAT_TYPES + QUANT_TYPES
 KV_TYPES = [T.F16, T.Q8_0, T.Q4_0]
 
 # SIMD sets this CPU runs (a set the CPU lacks would silently fall back: not worth testing twice).
@@ -28,7 +30,8 @@ BF16_DOT = "AVX512_BF16" in _core.cpu_features().split()
 # Byte offsets of the f16 block scales (d, and dmin where there is one) of the types gguf-py
 # cannot quantize: the tests fill their blocks with random bits and finite small scales.
 RANDOM_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
-                       T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
+                       T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.TQ1_0: (52,), T.TQ2_0: (64,)}
+# (TQ1_0's random bytes include 243..255, which no quantizer writes; TQ2_0's the code 3.)
 # Byte offsets of the E8M0 block scales (2^(e - 128) for MXFP4's doubled levels) of the types with
 # one: random bits elsewhere, exponents 118..130 (scales 2^-10 .. 2^2).
 E8M0_SCALE_FIELDS = {T.MXFP4: 0}
@@ -132,13 +135,13 @@ def test_features() -> None:
         _core.cpu_usable_isa("sse9")
     for t in ALL_TYPES:
         assert _core.cpu_supports_weight_type(int(t))
-    assert not _core.cpu_supports_weight_type(int(T.TQ1_0))
+    assert not _core.cpu_supports_weight_type(int(T.Q8_K))
 
 
 def test_act_formats() -> None:
     for t in FLOAT_TYPES:
         assert _core.cpu_act_type(int(t)) == int(T.F32)
-    for t in LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES:
+    for t in QUANT_TYPES:
         assert _core.cpu_act_type(int(t)) == int(T.Q8_0)
         assert _core.cpu_act_row_bytes(int(t), 256) % 64 == 0
 
@@ -217,7 +220,7 @@ def test_gemm_simd_matches_scalar(qtype: T) -> None:
 
 
 @pytest.mark.skipif(not SIMD_ISAS, reason="this CPU has no AVX2")
-@pytest.mark.parametrize("qtype", LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda t: t.name)
 def test_quant_prefill_tiles(qtype: T) -> None:
     """The repacking (prefill) kernels (from 10 tokens on; AVX2's for Q8_0 from 16)
     against the scalar ones: token counts that leave 1 and 2 tokens past the micro-kernels' groups
@@ -288,7 +291,7 @@ def test_gemm_errors() -> None:
     with pytest.raises(_core.Error, match="multiple"):
         _core.cpu_quantize_acts(int(T.Q4_0), x)
     with pytest.raises(_core.Error, match="unsupported"):
-        _core.cpu_matmul(int(T.TQ1_0), np.zeros((1, 54), np.uint8), np.zeros((1, 256), np.float32))
+        _core.cpu_matmul(int(T.Q8_K), np.zeros((1, 292), np.uint8), np.zeros((1, 256), np.float32))
     with pytest.raises(ValueError, match="whole number"):
         _core.cpu_matmul(int(T.Q4_0), np.zeros((1, 17), np.uint8), np.zeros((1, 32), np.float32))
 

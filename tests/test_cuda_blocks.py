@@ -12,7 +12,8 @@ from splitllm.quants import quantize
 Q = gguf.GGMLQuantizationType
 QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 # splitllm does not quantize these: random blocks throughout.
-IQUANTS = ["IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4"]
+IQUANTS = ["IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4",
+           "TQ1_0", "TQ2_0"]  # (and the ternary types: random bytes, TQ1_0's past 242 and TQ2_0's code 3 too)
 
 
 def random_rows(name: str, rows: int, K: int, seed: int) -> np.ndarray:
@@ -30,7 +31,8 @@ def random_rows(name: str, rows: int, K: int, seed: int) -> np.ndarray:
         b[:, 0] = rng.integers(118, 131, size=len(b), dtype=np.uint8)
         return b.reshape(rows, -1)
     scales = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q2_K": [80, 82],
-              "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}.get(name, [0])
+              "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "TQ1_0": [52],
+              "TQ2_0": [64]}.get(name, [0])
     for off in scales:
         h = rng.uniform(-0.1, 0.1, size=len(b)).astype(np.float16)
         b[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)

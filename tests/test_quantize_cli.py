@@ -392,7 +392,7 @@ def _cli_error(args: list[str], capsys: Any) -> str:
         (["{src}", "q9_9"], "missing ftype"),
         (["{src}", "{dst}", "q9_9"], "invalid ftype 'q9_9'"),
         (["{src}", "{dst}", "99"], "invalid ftype '99'"),
-        (["{src}", "TQ2_0"], "no ternary (TQ2_0) quantizer"),
+        (["{src}", "Q1_0"], "no Q1_0 format"),
         (["{src}", "{dst}", "Q2_K_S"], "this quantization requires an importance matrix"),
         (["{src}", "{dst}", "iq2_xs"], "gets type IQ2_XS, which needs one"),
         (["{src}", "{dst}", "24"], "gets type IQ1_S, which needs one"),

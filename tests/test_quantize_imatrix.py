@@ -480,7 +480,7 @@ def test_cli_options(models: dict[str, Path], tmp_path: Path, capsys: Any) -> No
          "cannot be used together"),
         (["--imatrix", str(tmp_path / "none.gguf"), src, dst, "q4_k_m"], "none.gguf"),
         ([src, dst, "iq2_xxs"], "requires an importance matrix"),
-        ([src, dst, "tq1_0"], "no ternary (TQ1_0) quantizer"),
+        ([src, dst, "q1_0"], "no Q1_0 format"),
     ]  # fmt: skip
     for args, message in cases:
         assert main(["quantize", "--quiet", *args]) != 0

@@ -131,7 +131,7 @@ class TinyConfig:
     @property
     def neox(self) -> bool:
         return self.arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
-                             "gemma-embedding", "olmo2", "gpt-oss")
+                             "gemma-embedding", "olmo2", "gpt-oss", "bitnet")
 
     @property
     def qk_norm(self) -> bool:
@@ -213,6 +213,11 @@ def make_weights(cfg: TinyConfig) -> TinyModel:
         if cfg.post_norms:
             w[b + "post_attention_norm.weight"] = norm(cfg.n_embd)
             w[b + "post_ffw_norm.weight"] = norm(cfg.n_embd)
+        if cfg.arch == "bitnet":  # llama.cpp's bitnet: sub-norms, a scalar scale of each matmul's output
+            w[b + "attn_sub_norm.weight"] = norm(cfg.n_embd)
+            w[b + "ffn_sub_norm.weight"] = norm(cfg.n_ff)
+            for t in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+                w[b + t + ".scale"] = rng.uniform(0.5, 2.0, size=1)
         if not cfg.olmo2 and not cfg.gpt_oss:
             w[b + "ffn_norm.weight"] = norm(cfg.n_embd)
         if cfg.n_expert:
@@ -585,7 +590,8 @@ def reference_hidden(
         w = _split_fused(cfg, w, b)
         swa = cfg.is_swa(i)
         h = x if cfg.olmo2 else rmsnorm(x, w[b + "attn_norm.weight"])
-        q, k, v = (h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
+        q, k, v = (h @ w[b + f"attn_{t}.weight"].T * w.get(b + f"attn_{t}.scale", 1)
+                   + w.get(b + f"attn_{t}.bias", 0) for t in "qkv")
         if cfg.olmo2:  # the whole projections RMS-normed
             q, k = rmsnorm(q, w[b + "attn_q_norm.weight"]), rmsnorm(k, w[b + "attn_k_norm.weight"])
         q, k = q.reshape(n, cfg.n_head, hd), k.reshape(n, cfg.n_head_kv, hd)
@@ -614,7 +620,11 @@ def reference_hidden(
                 p = np.exp(s - s.max(axis=-1, keepdims=True))
                 p /= p.sum(axis=-1, keepdims=True)
             att[:, hh] = p @ v[:, kv]
-        a = att.reshape(n, -1) @ w[b + "attn_output.weight"].T + w.get(b + "attn_output.bias", 0)
+        att = att.reshape(n, -1)
+        if cfg.arch == "bitnet":  # the attention output RMS-normed before W_o
+            att = rmsnorm(att, w[b + "attn_sub_norm.weight"])
+        a = att @ w[b + "attn_output.weight"].T * w.get(b + "attn_output.scale", 1)
+        a = a + w.get(b + "attn_output.bias", 0)
         if cfg.post_norms:
             a = rmsnorm(a, w[b + "post_attention_norm.weight"])
         x = x + res_scale * a
@@ -623,13 +633,16 @@ def reference_hidden(
         if cfg.n_expert:
             x = x + _moe(cfg, w, b, h)
             continue
-        g = h @ w[b + "ffn_gate.weight"].T
-        u = h @ w[b + "ffn_up.weight"].T
+        g = h @ w[b + "ffn_gate.weight"].T * w.get(b + "ffn_gate.scale", 1)
+        u = h @ w[b + "ffn_up.weight"].T * w.get(b + "ffn_up.scale", 1)
         if cfg.gemma:  # gelu_pytorch_tanh
             act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
         else:
             act = g / (1 + np.exp(-g))
-        f = (act * u) @ w[b + "ffn_down.weight"].T
+        act = act * u
+        if cfg.arch == "bitnet":  # the gated activation RMS-normed before W_down
+            act = rmsnorm(act, w[b + "ffn_sub_norm.weight"])
+        f = act @ w[b + "ffn_down.weight"].T * w.get(b + "ffn_down.scale", 1)
         if cfg.post_norms:
             f = rmsnorm(f, w[b + "post_ffw_norm.weight"])
         x = x + res_scale * f

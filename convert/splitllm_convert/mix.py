@@ -81,6 +81,8 @@ FILE_TYPES: dict[str, FileType] = {
         FileType("iq2_m", LlamaFileType.MOSTLY_IQ2_M, Q.IQ2_S),
         FileType("iq1_s", LlamaFileType.MOSTLY_IQ1_S, Q.IQ1_S),
         FileType("iq1_m", LlamaFileType.MOSTLY_IQ1_M, Q.IQ1_M),
+        FileType("tq1_0", LlamaFileType.MOSTLY_TQ1_0, Q.TQ1_0),
+        FileType("tq2_0", LlamaFileType.MOSTLY_TQ2_0, Q.TQ2_0),
     )
 }
 

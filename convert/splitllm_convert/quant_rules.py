@@ -4,10 +4,11 @@ A port of ``tensor_allows_quantization``, ``llama_tensor_get_type`` (with its ``
 ``tensor_type_fallback``) and the state they keep (src/llama-quant.cpp, llama.cpp as vendored by
 llama-cpp-python 0.3.36), for the file types of :data:`splitllm_convert.mix.FILE_TYPES` (k-quants
 Q2_K to Q6_K with Q2_K_S and Q3_K_S / Q3_K_M / Q3_K_L, legacy types, IQ4_NL, IQ4_XS, MXFP4_MOE,
-the IQ1 / IQ2 / IQ3 file types), with or without an importance matrix (``has_imatrix``: some
-rules change with one), and ``tensor_requires_imatrix`` (:func:`requires_imatrix`). Left out: the
-TQ1_0 / TQ2_0 / Q2_0 branches (splitllm has no such quantizer) and the ``ATTENTION_QKV`` branch
-after the ``attn_v`` one, which llama.cpp never reaches (``attn_qkv`` is ``attn_v``-like).
+the IQ1 / IQ2 / IQ3 file types, the ternary TQ1_0 / TQ2_0), with or without an importance matrix
+(``has_imatrix``: some rules change with one), and ``tensor_requires_imatrix``
+(:func:`requires_imatrix`). Left out: the Q2_0 branch (splitllm has no such format) and the
+``ATTENTION_QKV`` branch after the ``attn_v`` one, which llama.cpp never reaches (``attn_qkv`` is
+``attn_v``-like).
 ``--prune-layers``' renumbering is :class:`LayerPruning`.
 
 The choice depends on the order the tensors are visited in (llama.cpp counts the ``attn_v``-like
@@ -398,6 +399,7 @@ class TypeChooser:
 _TOKEN_EMBD = {
     F.MOSTLY_IQ2_XXS: Q.Q2_K, F.MOSTLY_IQ2_XS: Q.Q2_K, F.MOSTLY_IQ1_S: Q.Q2_K, F.MOSTLY_IQ1_M: Q.Q2_K,
     F.MOSTLY_IQ2_S: Q.IQ3_S, F.MOSTLY_IQ2_M: Q.IQ3_S, F.MOSTLY_IQ3_XXS: Q.IQ3_S,
+    F.MOSTLY_TQ1_0: Q.Q4_K, F.MOSTLY_TQ2_0: Q.Q4_K,
 }  # fmt: skip
 _ATTN_QK_IQ3 = {F.MOSTLY_IQ3_XS: Q.IQ3_XXS, F.MOSTLY_IQ3_XXS: Q.IQ2_S}  # attn_q, attn_k
 

@@ -69,7 +69,7 @@ QUANT_OPTIONS: tuple[tuple[str, int, str | None], ...] = (
     ("Q1_0", 40, None), ("Q2_0", 41, None), ("Q4_0", 2, "q4_0"), ("Q4_1", 3, "q4_1"),
     ("MXFP4_MOE", 38, "mxfp4_moe"), ("Q5_0", 8, "q5_0"), ("Q5_1", 9, "q5_1"), ("IQ2_XXS", 19, "iq2_xxs"),
     ("IQ2_XS", 20, "iq2_xs"), ("IQ2_S", 28, "iq2_s"), ("IQ2_M", 29, "iq2_m"), ("IQ1_S", 24, "iq1_s"),
-    ("IQ1_M", 31, "iq1_m"), ("TQ1_0", 36, None), ("TQ2_0", 37, None), ("Q2_K", 10, "q2_k"),
+    ("IQ1_M", 31, "iq1_m"), ("TQ1_0", 36, "tq1_0"), ("TQ2_0", 37, "tq2_0"), ("Q2_K", 10, "q2_k"),
     ("Q2_K_S", 21, "q2_k_s"), ("IQ3_XXS", 23, "iq3_xxs"), ("IQ3_S", 26, "iq3_s"), ("IQ3_M", 27, "iq3_m"),
     ("Q3_K", 12, "q3_k_m"), ("IQ3_XS", 22, "iq3_xs"), ("Q3_K_S", 11, "q3_k_s"), ("Q3_K_M", 12, "q3_k_m"),
     ("Q3_K_L", 13, "q3_k_l"), ("IQ4_NL", 25, "iq4_nl"), ("IQ4_XS", 30, "iq4_xs"), ("Q4_K", 15, "q4_k_m"),
@@ -83,15 +83,13 @@ SUPPORTED_NAMES = tuple(name for name, _, ours in QUANT_OPTIONS if ours)
 NEEDS_IMATRIX = tuple(name for name, _, ours in QUANT_OPTIONS if ours and FILE_TYPES[ours].needs_imatrix)
 # why splitllm refuses the other types llama-quantize offers
 _NO_QUANTIZER = {
-    "TQ1_0": "splitllm has no ternary (TQ1_0) quantizer",
-    "TQ2_0": "splitllm has no ternary (TQ2_0) quantizer",
     "Q1_0": "splitllm has no Q1_0 format", "Q2_0": "splitllm has no Q2_0 format",
     "COPY": "COPY (tensors copied as they are) is not supported",
 }  # fmt: skip
 # the tensor types of --output-tensor-type, --token-embedding-type and --tensor-type
 TENSOR_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K,
                 Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.MXFP4, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS,
-                Q.IQ3_S, Q.IQ1_S, Q.IQ1_M)  # fmt: skip
+                Q.IQ3_S, Q.IQ1_S, Q.IQ1_M, Q.TQ1_0, Q.TQ2_0)  # fmt: skip
 _INT = re.compile(r"\s*[+-]?\d+\s*")
 
 

@@ -83,7 +83,7 @@ bool supports_weight_type(QType wt) {
         case QType::Q2_K: case QType::Q3_K: case QType::Q4_K: case QType::Q5_K: case QType::Q6_K:
         case QType::IQ4_NL: case QType::IQ4_XS: case QType::MXFP4:
         case QType::IQ2_XXS: case QType::IQ2_XS: case QType::IQ2_S: case QType::IQ3_XXS: case QType::IQ3_S:
-        case QType::IQ1_S: case QType::IQ1_M:
+        case QType::IQ1_S: case QType::IQ1_M: case QType::TQ1_0: case QType::TQ2_0:
             return true;
         default:
             return false;

@@ -127,6 +127,8 @@ void fill_scalar(KernelTable & t) {
     t.gemm[int(QType::IQ3_S)] = gemm_quant<QType::IQ3_S>;
     t.gemm[int(QType::IQ1_S)] = gemm_quant<QType::IQ1_S>;
     t.gemm[int(QType::IQ1_M)] = gemm_quant<QType::IQ1_M>;
+    t.gemm[int(QType::TQ1_0)] = gemm_quant<QType::TQ1_0>;
+    t.gemm[int(QType::TQ2_0)] = gemm_quant<QType::TQ2_0>;
     fill_scalar_attention(t);
 }
 

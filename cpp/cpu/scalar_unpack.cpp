@@ -10,6 +10,7 @@
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 #include "quant/mxfp4.h"
+#include "quant/ternary.h"
 
 namespace sl::cpu::impl {
 
@@ -346,6 +347,32 @@ void unpack_mxfp4(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, f
     }
 }
 
+// Ternary: code = trit (0..2), value = d * (code - 1).
+void unpack_tq1_0(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_tq1_0 * b = reinterpret_cast<const block_tq1_0 *>(row);
+    for (int64_t i = 0; i < K / QK_TQ; ++i, codes += QK_TQ, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int g = 0; g < 16; ++g) dg[g] = d, mg[g] = -d;
+        for (int t = 0; t < 5; ++t) {
+            for (int m = 0; m < 32; ++m) codes[32 * t + m] = uint8_t(tq1_trit(b[i].qs[m], t));
+            for (int m = 0; m < 16; ++m) codes[160 + 16 * t + m] = uint8_t(tq1_trit(b[i].qs[32 + m], t));
+        }
+        for (int t = 0; t < 4; ++t)
+            for (int j = 0; j < 4; ++j) codes[240 + 4 * t + j] = uint8_t(tq1_trit(b[i].qh[j], t));
+    }
+}
+
+void unpack_tq2_0(const uint8_t * row, int64_t K, uint8_t * codes, float * dg, float * mg) {
+    const block_tq2_0 * b = reinterpret_cast<const block_tq2_0 *>(row);
+    for (int64_t i = 0; i < K / QK_TQ; ++i, codes += QK_TQ, dg += 16, mg += 16) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int g = 0; g < 16; ++g) dg[g] = d, mg[g] = -d;
+        for (int h = 0; h < 2; ++h)
+            for (int l = 0; l < 4; ++l)
+                for (int m = 0; m < 32; ++m) codes[128 * h + 32 * l + m] = (b[i].qs[32 * h + m] >> (2 * l)) & 3;
+    }
+}
+
 }  // namespace
 
 UnpackFn scalar_unpack(QType wt) {
@@ -370,6 +397,8 @@ UnpackFn scalar_unpack(QType wt) {
         case QType::IQ3_S: return unpack_iq3_s;
         case QType::IQ1_S: return unpack_iq1_s;
         case QType::IQ1_M: return unpack_iq1_m;
+        case QType::TQ1_0: return unpack_tq1_0;
+        case QType::TQ2_0: return unpack_tq2_0;
         default: return nullptr;
     }
 }

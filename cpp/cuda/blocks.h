@@ -6,14 +6,14 @@
 // code per value and one affine map, value = d * q + m (m = 0 for the symmetric types, whose
 // codes are centred: Q4_0 q - 8, Q5_0 q - 16, Q3_K q - 4, Q6_K q - 32, Q8_0 as stored, the
 // i-quants the signed grid or kvalues_iq4nl values, MXFP4 kvalues_mxfp4; IQ1_S / IQ1_M 8 g + 8
-// delta with d / 8). The mat-vec kernels dot the codes with int8 activations (dp4a); the GEMM
-// turns them into halves.
+// delta with d / 8; TQ1_0 / TQ2_0 trit - 1). The mat-vec kernels dot the codes with int8
+// activations (dp4a); the GEMM turns them into halves.
 //
 // Alignment: rows start 16-byte aligned (device allocations are; row sizes of the k-quants
 // Q4_K/Q5_K are multiples of 16). Legacy blocks (18..34 bytes) are read with 2- or 4-byte loads,
 // the i-quants (18..136 bytes) with 1-, 2- and 4-byte loads at 2-aligned addresses, MXFP4
-// (17 bytes) with byte loads; their tables come from quant/iq_grids.h (device memory in device
-// code).
+// (17 bytes) with byte loads, TQ2_0 (66) with 2-byte loads, TQ1_0 (54) with byte loads; the
+// i-quants' tables come from quant/iq_grids.h (device memory in device code).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +32,7 @@
 #include "quant/legacy.h"
 #include "quant/mxfp4.h"
 #include "quant/qtype.h"
+#include "quant/ternary.h"
 
 namespace sl::cuda {
 
@@ -538,6 +539,50 @@ struct Blk<QType::MXFP4> {
     }
 };
 
+// ---- ternary: codes trit - 1, one f16 scale per 256 values (quant/ternary.h), m = 0 ----
+
+// TQ2_0: Q2_K's 2-bit planes (qs at 0), the scale at 64.
+template <>
+struct Blk<QType::TQ2_0> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const uint8_t * b = row + (g >> 4) * sizeof(block_tq2_0);
+        const KPlane p(g & 15);
+        uint32_t v[4];
+        ld16_a2(b + p.n * 32 + p.l0, v);
+        Group16 r;
+        for (int i = 0; i < 4; ++i) r.q[i] = int(sub_bytes((v[i] >> (2 * p.j)) & 0x03030303u, 0x01010101u));
+        r.d = h2f(b + 64);
+        r.m = 0.0f;
+        return r;
+    }
+};
+
+// TQ1_0: group gi < 10 is trit gi / 2 of qs[16 (gi % 2) ..], gi < 15 trit gi - 10 of qs[32 ..],
+// group 15 value 4 n + j trit n of qh[j]. Byte loads (54-byte blocks); the scale at 52.
+template <>
+struct Blk<QType::TQ1_0> {
+    static SL_HD Group16 group(const uint8_t * row, int g) {
+        const uint8_t * b = row + (g >> 4) * sizeof(block_tq1_0);
+        const int gi = g & 15;
+        Group16 r;
+        for (int i = 0; i < 4; ++i) {
+            uint32_t q = 0;
+            for (int k = 0; k < 4; ++k) {
+                const int v = 4 * i + k;
+                int t;
+                if (gi < 10) t = tq1_trit(b[16 * (gi & 1) + v], gi >> 1);
+                else if (gi < 15) t = tq1_trit(b[32 + v], gi - 10);
+                else t = tq1_trit(b[48 + (v & 3)], v >> 2);
+                q |= uint32_t(uint8_t(t - 1)) << (8 * k);
+            }
+            r.q[i] = int(q);
+        }
+        r.d = h2f(b + 52);
+        r.m = 0.0f;
+        return r;
+    }
+};
+
 // Value i of group w as a float.
 SL_HD float group_value(const Group16 & w, int i) {
     return w.d * float(int8_t(uint32_t(w.q[i >> 2]) >> (8 * (i & 3)))) + w.m;
@@ -622,6 +667,8 @@ bool visit_weight_type(QType t, F && f) {
         case QType::IQ3_S: f(QTag<QType::IQ3_S>{}); return true;
         case QType::IQ1_S: f(QTag<QType::IQ1_S>{}); return true;
         case QType::IQ1_M: f(QTag<QType::IQ1_M>{}); return true;
+        case QType::TQ1_0: f(QTag<QType::TQ1_0>{}); return true;
+        case QType::TQ2_0: f(QTag<QType::TQ2_0>{}); return true;
         default: return false;
     }
 }

@@ -23,7 +23,8 @@ __global__ void act_mul_kernel(float * __restrict__ g, const float * __restrict_
         g[i] = f(g[i]) * u[i];
 }
 
-__global__ void add_kernel(float * __restrict__ y, const float * __restrict__ x, int64_t n, float scale) {
+// (y may be x: bitnet's matmul scales, y *= 1 + scale)
+__global__ void add_kernel(float * y, const float * x, int64_t n, float scale) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
         y[i] += scale * x[i];
 }

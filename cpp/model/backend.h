@@ -118,7 +118,7 @@ public:
     virtual void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act,
                      int n_tok) = 0;
 
-    // y[i] += scale * x[i] for i < n
+    // y[i] += scale * x[i] for i < n; y may be x (then y *= 1 + scale: bitnet's matmul scales)
     virtual void add(float * y, const float * x, int64_t n, float scale) = 0;
 
     // g[i] = f(g[i]) * u[i] for i < n (glu's elementwise step, for gate and up computed apart)

@@ -46,6 +46,7 @@ constexpr ArchTraits kArchs[] = {
     {"granitemoe", Arch::GraniteMoe, false, false, false, false},
     {"deepseek2",  Arch::DeepSeek2, false, false, false, false},
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
+    {"bitnet",     Arch::Bitnet,    true,  false, false, false},
 };
 
 std::string supported_archs() {
@@ -522,6 +523,12 @@ Config Config::from_gguf(const GGUFFile & f) {
         c.pre_norms = false;
         c.post_norms = true;
         c.qk_norm_full = true;
+    }
+    if (c.arch == Arch::Bitnet) {  // llama.cpp's: attn_sub_norm (n_embd) is applied to the attention output
+        c.sub_norms = true;
+        if (c.q_dim() != c.n_embd)
+            throw GGUFError(strfmt("%s: bitnet needs head_count x key_length = embedding_length (%d x %d != %d)",
+                                   f.path().c_str(), c.n_head, c.head_dim, c.n_embd));
     }
     c.rope_base_train = c.rope_base;
     c.rope_freq_scale_train = c.rope_freq_scale;

@@ -29,7 +29,8 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2
+    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
+    Bitnet
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -44,7 +45,7 @@ struct Config {
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
-                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2"
+                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -142,6 +143,9 @@ struct Config {
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
     bool qk_norm_full = false;  // olmo2: of the whole query and key projections instead
     bool pre_norms = true;      // RMSNorm of the attention's and feed-forward's inputs (olmo2: none)
+    // bitnet: RMSNorm of the attention output before W_o and of the gated activation before W_down
+    // (attn_sub_norm, ffn_sub_norm), and optional scalar scales of each matmul's output.
+    bool sub_norms = false;
     // Layers whose queries and keys are not rotated (smollm3: every fourth, "NoPE"); empty: none.
     std::vector<uint8_t> nope_layers;
     // granite: the attention and feed-forward outputs times residual_scale before they are added,

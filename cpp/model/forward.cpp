@@ -66,6 +66,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                     for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, h, n, be);
                 mm->matmul(qkv, qkv_out, 3, h, n, false);
                 apply_lora(be, qkv, qkv_out, 3, h, s, n);
+                if (c.sub_norms) {  // bitnet: each output times its scale (y += (scale - 1) y: no other op needed)
+                    const float sc[3] = {L.q_scale, L.k_scale, L.v_scale};
+                    for (int i = 0; i < 3; ++i)
+                        if (sc[i] != 1.0f) be->add(qkv_out[i], qkv_out[i], int64_t(n) * qkv[i]->rows, sc[i] - 1.0f);
+                }
                 if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
                     be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
                     be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
@@ -88,10 +93,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 else
                     attention_via(kv_backend_[l], l, s, n, ap);
                 if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
+                if (L.attn_sub_norm) be->rms_norm(s.att, L.attn_sub_norm, s.att, n, c.q_dim(), c.rms_eps);  // bitnet
                 // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
                 const WeightRef * wo = &L.wo;
                 if (imx_) imx_observe(l, kImxO, s.att, n, be);
-                add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
+                add_output(be, mm, wo, L.attn_post_norm, s.att, s, n, nullptr, L.o_scale);
             }
         }
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
@@ -110,17 +116,21 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             imx_observe(l, kImxGate, hf, n, be);
             imx_observe(l, kImxUp, hf, n, be);
         }
-        if (lora_on(L.w_gate) || lora_on(L.w_up)) {  // the projections, their updates, then the activation
+        const int64_t n_ff = int64_t(n) * L.w_gate.rows;
+        if (lora_on(L.w_gate) || lora_on(L.w_up) || c.sub_norms) {  // the projections, updates, activation
             const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
             float * gu_out[2] = {s.ff, s.up};
             for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, hf, n, false);  // (op offload's buffers)
             apply_lora(be, gu, gu_out, 2, hf, s, n);
-            be->act_mul(act, s.ff, s.up, int64_t(n) * L.w_gate.rows);
+            if (L.gate_scale != 1.0f) be->add(s.ff, s.ff, n_ff, L.gate_scale - 1.0f);  // bitnet's scales
+            if (L.up_scale != 1.0f) be->add(s.up, s.up, n_ff, L.up_scale - 1.0f);
+            be->act_mul(act, s.ff, s.up, n_ff);
         } else {
             mm->glu(act, L.w_gate, L.w_up, hf, s.ff, n);
         }
+        if (L.ffn_sub_norm) be->rms_norm(s.ff, L.ffn_sub_norm, s.ff, n, L.w_gate.rows, c.rms_eps);  // bitnet
         if (imx_) imx_observe(l, kImxDown, s.ff, n, be);
-        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n, gates);
+        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n, gates, L.down_scale);
     }
 
     // Output: logits = W_out . rmsnorm(x) for the rows that want them.
@@ -185,8 +195,8 @@ void Model::norm(Backend * be, const float * x, const float * w, float * y, int 
 }
 
 void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
-                       Scratch & s, int n, const float * row_scale) {
-    const float scale = cfg_.residual_scale;
+                       Scratch & s, int n, const float * row_scale, float out_scale) {
+    const float scale = cfg_.residual_scale * out_scale;
     if (!post_norm && scale == 1.0f && !row_scale) {
         mm->matmul(&w, &s.x, 1, in, n, true);
         apply_lora(be, &w, &s.x, 1, in, s, n);

@@ -202,9 +202,11 @@ void Model::load_weights() {
         f.find_tensor("output.weight"))  // as llama.cpp
         throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
                                "token_embd.weight", f.path().c_str(), c.arch_name.c_str()));
-    if (!embedding_only)  // (a gemma-embedding file's output.weight, if any, is not used: llama.cpp's neither)
-        w_.output = f.find_tensor("output.weight") ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd)
-                                                   : w_.tok_embd;
+    // (a gemma-embedding file's output.weight, if any, is not used, nor a bitnet one's: llama.cpp's neither)
+    if (!embedding_only)
+        w_.output = f.find_tensor("output.weight") && c.arch != Arch::Bitnet
+                        ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd)
+                        : w_.tok_embd;
     load_cls_out();
     // Rotary frequency divisors: llama3's rope_freqs, or LongRoPE's long factors past the original
     // context and its short ones within it (llama.cpp's choice, by the context of a sequence).
@@ -257,6 +259,19 @@ void Model::load_weights() {
             if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
                 L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
                 L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
+            }
+        }
+        if (c.sub_norms) {  // bitnet
+            L.attn_sub_norm = vector_f32(f, c, b + "attn_sub_norm.weight", c.n_embd);
+            L.ffn_sub_norm = vector_f32(f, c, b + "ffn_sub_norm.weight", c.n_ff);
+            for (auto [p, name] : {std::pair{&L.q_scale, "attn_q"}, {&L.k_scale, "attn_k"}, {&L.v_scale, "attn_v"},
+                                   {&L.o_scale, "attn_output"}, {&L.gate_scale, "ffn_gate"}, {&L.up_scale, "ffn_up"},
+                                   {&L.down_scale, "ffn_down"}}) {
+                const std::string scale = b + name + ".scale";
+                if (!f.find_tensor(scale)) continue;
+                *p = vector_f32(f, c, scale, 1)[0];
+                if (!std::isfinite(*p))
+                    throw GGUFError(strfmt("%s: tensor '%s' is not finite", f.path().c_str(), scale.c_str()));
             }
         }
         if (c.post_norms) {
@@ -604,7 +619,7 @@ Model::Scratch & Model::scratch(Backend * be) {
 size_t Model::activation_bytes(bool cpu) const {
     const Config & c = cfg_;
     const size_t moe = cpu && c.n_expert > 0 ? 2 * size_t(c.n_embd) + size_t(c.n_expert) : 0;  // moe_in, moe_out, router
-    const size_t lora = size_t(lora_rank_) + (lora_ffn_ ? size_t(c.ff_max()) : 0);        // lora, up
+    const size_t lora = size_t(lora_rank_) + (split_glu() ? size_t(c.ff_max()) : 0);     // lora, up
     const size_t mla = cpu ? mla_floats() : 0;
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
@@ -635,7 +650,7 @@ void Model::allocate_state() {
         if (c.arch == Arch::DeepSeek2 && be->is_cpu())  // (its blocks run on the CPU)
             s.mla = static_cast<float *>(alloc_on(be, nb * mla_floats() * sizeof(float)));
         if (lora_rank_ > 0) s.lora = static_cast<float *>(alloc_on(be, nb * size_t(lora_rank_) * sizeof(float)));
-        if (lora_ffn_) s.up = static_cast<float *>(alloc_on(be, nb * c.ff_max() * sizeof(float)));
+        if (split_glu()) s.up = static_cast<float *>(alloc_on(be, nb * c.ff_max() * sizeof(float)));
         scratch_.push_back({be, s});
     }
     if (used.size() > 1) host_x_ = static_cast<float *>(alloc_on(cpu_.get(), nb * c.n_embd * sizeof(float)));

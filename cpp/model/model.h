@@ -68,6 +68,12 @@ struct LayerWeights {
     // added to the residual stream; null otherwise.
     const float * attn_post_norm = nullptr;  // (n_embd)
     const float * ffn_post_norm = nullptr;   // (n_embd)
+    // bitnet: RMSNorm of the attention output before W_o, of the gated activation before W_down;
+    // and the scalars each matmul's output is multiplied by (the tensors <name>.scale, else 1).
+    const float * attn_sub_norm = nullptr;  // (n_embd)
+    const float * ffn_sub_norm = nullptr;   // (n_ff)
+    float q_scale = 1.0f, k_scale = 1.0f, v_scale = 1.0f, o_scale = 1.0f;
+    float gate_scale = 1.0f, up_scale = 1.0f, down_scale = 1.0f;
     // An encoder's LayerNorms (weight, bias) of the residual stream after the attention's sum and
     // after the feed-forward's (attn_output_norm, layer_output_norm); null otherwise.
     const float * attn_ln = nullptr, * attn_ln_b = nullptr;  // (n_embd) each
@@ -413,9 +419,10 @@ private:
     // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2).
     void norm(Backend * be, const float * x, const float * w, float * y, int n);
     // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h);
-    // with row_scale (n, host memory; a CPU layer) row t of w . in times row_scale[t].
+    // with row_scale (n, host memory; a CPU layer) row t of w . in times row_scale[t]; w's output
+    // times out_scale (bitnet's matmul scales).
     void add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
-                    Scratch & s, int n, const float * row_scale = nullptr);
+                    Scratch & s, int n, const float * row_scale = nullptr, float out_scale = 1.0f);
     // encoder.cpp: s.att = attention of s.q over s.k, s.v within each text of the batch (within
     // half_window positions either side of a query if >= 0); one bert / nomic-bert layer, one
     // gemma-embedding layer, on s.x.
@@ -463,6 +470,8 @@ private:
     void drop_uploaded_lora_b(int first_gpu, bool output_gpu);  // frees those uploaded to the GPU
     int lora_rank_ = 0;
     bool lora_ffn_ = false;  // some gate or up projection has an update (glu runs in two steps)
+    // glu runs in two steps (gate and up into s.ff and s.up): LoRA updates of them, bitnet's sub-norms
+    bool split_glu() const { return lora_ffn_ || cfg_.sub_norms; }
     // y_i += the LoRA updates of matrix w_i for input x (lora.cpp), on be with s.lora (rank-sized
     // work: on the layer's own backend even when its big matmuls go to the GPU by op offload).
     void apply_lora(Backend * be, const WeightRef * const * w, float * const * y, int n_w, const float * x,

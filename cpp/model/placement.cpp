@@ -23,7 +23,7 @@ double mib(size_t n) { return double(n) / 1048576.0; }
 
 // Calls f(pointer, floats) on each norm vector a layer has: input norms, query and key norms (per
 // head: qwen3, gemma3; whole projections: olmo2), post-norms (gemma2/3, olmo2), an encoder's
-// LayerNorms with their biases, gpt-oss's sinks, qwen2moe's shared-expert gate.
+// LayerNorms with their biases, gpt-oss's sinks, qwen2moe's shared-expert gate, bitnet's sub-norms.
 template <class L_, class F>
 void for_norms(L_ & L, const Config & c, F && f) {
     const int64_t qn = c.q_norm_len(), kn = c.k_norm_len();
@@ -32,7 +32,8 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},
                         {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
                         {&L.ffn_ln_b, int64_t(c.n_embd)}, {&L.attn_sinks, int64_t(c.n_head)},
-                        {&L.ffn_gate_inp_shexp, int64_t(c.n_embd)}})
+                        {&L.ffn_gate_inp_shexp, int64_t(c.n_embd)}, {&L.attn_sub_norm, int64_t(c.n_embd)},
+                        {&L.ffn_sub_norm, int64_t(c.n_ff)}})
         if (*p) f(*p, n);
 }
 

@@ -47,8 +47,8 @@ const Entry kTable[] = {
     {28, {"F64", 1, 8, false, nullptr, nullptr}},
     {29, {"IQ1_M", 256, 56, true, dequantize_row_iq1_m, quantize_row_iq1_m, quantize_row_iq1_m_w}},
     {30, {"BF16", 1, 2, false, dequantize_row_bf16, quantize_row_bf16}},
-    {34, {"TQ1_0", 256, 54, true, nullptr, nullptr}},
-    {35, {"TQ2_0", 256, 66, true, nullptr, nullptr}},
+    {34, {"TQ1_0", 256, 54, true, dequantize_row_tq1_0, quantize_row_tq1_0}},
+    {35, {"TQ2_0", 256, 66, true, dequantize_row_tq2_0, quantize_row_tq2_0}},
     {39, {"MXFP4", 32, 17, true, dequantize_row_mxfp4, quantize_row_mxfp4}},
 };
 

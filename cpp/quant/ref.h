@@ -81,4 +81,11 @@ void dequantize_row_iq1_m(const void * x, float * y, int64_t n);
 void quantize_row_mxfp4(const float * x, void * y, int64_t n);
 void dequantize_row_mxfp4(const void * x, float * y, int64_t n);
 
+// Ternary TQ1_0 / TQ2_0 (quant/ternary.h): ggml's quantize_row_tq*_0_ref, which
+// ggml_quantize_chunk calls too (it ignores an importance matrix for these types).
+void quantize_row_tq1_0(const float * x, void * y, int64_t n);
+void dequantize_row_tq1_0(const void * x, float * y, int64_t n);
+void quantize_row_tq2_0(const float * x, void * y, int64_t n);
+void dequantize_row_tq2_0(const void * x, float * y, int64_t n);
+
 }  // namespace sl

@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
         epilog="Options go before IN.gguf, as llama-quantize's. Types: Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, "
         "Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, MXFP4_MOE, Q8_0, F16, "
-        "BF16, F32, Q2_K_S, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M "
-        "(and the aliases Q3_K, Q4_K, Q5_K). Q2_K_S, IQ1_*, IQ2_*, IQ3_XXS and IQ3_XS need an "
+        "BF16, F32, Q2_K_S, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M, "
+        "TQ1_0, TQ2_0 (and the aliases Q3_K, Q4_K, Q5_K). Q2_K_S, IQ1_*, IQ2_*, IQ3_XXS and IQ3_XS need an "
         "importance matrix (--imatrix).",
     )
     p.add_argument("args", nargs="+", metavar="IN.gguf [OUT.gguf] TYPE [NTHREADS]",

@@ -6,8 +6,8 @@ Unlike gguf-py, which returns F32 and F16 as float arrays, ``quantize`` always r
 bytes (the same bytes); ``dequantize`` takes any array and reads its bytes.
 
 Types (``SUPPORTED``, quantize and dequantize): F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4 and the grid i-quants IQ2_XXS,
-IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, named in any case (``"q4_k"``), by
+Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4, the ternary TQ1_0 and TQ2_0 and
+the grid i-quants IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, named in any case (``"q4_k"``), by
 ``gguf.GGMLQuantizationType`` or by type id. Of these, ``NEEDS_IMATRIX`` (IQ2_XXS, IQ2_XS,
 IQ1_S) quantize only given an importance matrix (``imatrix=``), as ggml's quantizers do;
 quantizing them without one raises ``ValueError``. ``DEQUANTIZE_ONLY`` is empty (kept for
@@ -16,16 +16,17 @@ callers that read it).
 The quantizers give ``ggml_quantize_chunk``'s bytes. Without ``imatrix``: its reference path
 (for IQ4_NL and IQ4_XS the scale search of ``quantize_iq4_nl`` / ``quantize_iq4_xs``, which
 llama-quantize uses; for MXFP4 ``quantize_row_mxfp4_ref``, a power-of-two scale from the block's
-largest magnitude and the nearest E2M1 level; IQ2_S, IQ3_XXS, IQ3_S and IQ1_M search their
-lattices with ggml's x^2 weights, IQ2_S sigma^2 / 4 + x^2).
+largest magnitude and the nearest E2M1 level; for TQ1_0 / TQ2_0 ``quantize_row_tq*_0_ref``, the
+block's largest magnitude as the scale and each value rounded to -1, 0 or 1; IQ2_S, IQ3_XXS,
+IQ3_S and IQ1_M search their lattices with ggml's x^2 weights, IQ2_S sigma^2 / 4 + x^2).
 
 Importance matrix (``quantize(..., imatrix=qw)``, one weight per column, what llama-quantize
 --imatrix passes): Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and the
 grid i-quants take it (``QTypeInfo.takes_imatrix``) and give the bytes of ggml's weighted
 quantizers (each value's error weighed by ``qw * sqrt(sigma2 + x^2)``, ``sigma2`` a mean square
 of its row or super-block; Q6_K by ``qw``; the grid i-quants search their lattices,
-``quantize_iq2_xxs`` ... ``quantize_iq1_m``); F32, F16, BF16, Q8_0, Q8_1, Q8_K and MXFP4 ignore
-it, as ggml does.
+``quantize_iq2_xxs`` ... ``quantize_iq1_m``); F32, F16, BF16, Q8_0, Q8_1, Q8_K, MXFP4, TQ1_0 and
+TQ2_0 ignore it, as ggml does.
 
 The work runs in C++ over ``n_threads`` threads (default: all hardware threads) with the GIL
 released, and the bytes do not depend on the thread count.
@@ -59,7 +60,7 @@ QTypeLike = str | int | IntEnum
 
 SUPPORTED = (
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS", "MXFP4",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0",
     "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
 )  # fmt: skip
 NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ1_S")

@@ -102,6 +102,24 @@ def test_tiny_llama_variants(tmp_path, arch):
     check_against_cpu(str(path), PROMPT)
 
 
+@pytest.mark.parametrize("wtype", ["TQ1_0", "TQ2_0"])
+def test_tiny_ternary_model(tmp_path, wtype):
+    """Ternary weights (token embeddings and output too): the GPU's block readers and mat-vec."""
+    cfg = TinyConfig(arch="llama", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=12)
+    path = tmp_path / f"tiny-{wtype}.gguf"
+    write_gguf(make_weights(cfg), path, weight_type=wtype, quantize=quantize)
+    check_against_cpu(str(path), PROMPT)
+
+
+def test_tiny_bitnet_model(tmp_path):
+    """bitnet: the sub-norms (uploaded with the layer's norms) and the matmul scales on the GPU."""
+    cfg = TinyConfig(arch="bitnet", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512, tied_output=True,
+                     seed=13)
+    path = tmp_path / "tiny-bitnet-tq2.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="TQ2_0", quantize=quantize)
+    check_against_cpu(str(path), PROMPT)
+
+
 def test_tiny_model_kv_on_cpu(tiny_path):
     check_against_cpu(tiny_path, PROMPT, offload_kqv=False)
 

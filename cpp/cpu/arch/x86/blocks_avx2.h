@@ -15,6 +15,7 @@
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 #include "quant/mxfp4.h"
+#include "quant/ternary.h"
 
 namespace sl::cpu::impl::avx2 {
 
@@ -434,6 +435,83 @@ struct KQuant<QType::IQ4_XS> {
             dg[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(ls));
             mg[h] = _mm256_setzero_ps();
         }
+    }
+};
+
+// ---- ternary TQ1_0 / TQ2_0: codes 0..2 (value = d * (code - 1)), one scale per super-block ----
+
+inline void ternary_scales(const fp16_t * dp, __m256 dg[2], __m256 mg[2]) {
+    const float d = h2f(*dp);
+    dg[0] = dg[1] = _mm256_set1_ps(d);
+    mg[0] = mg[1] = _mm256_set1_ps(-d);
+}
+
+// Both ternary types build their codes straight in the Codes layout (no lane permutes, as Q3_K's):
+// a 128-bit lane holds values 0..15 (or 16..31) of one block of 32.
+inline __m256i bcast16(const uint8_t * p) { return _mm256_broadcastsi128_si256(load16(p)); }
+
+// TQ2_0: Q2_K's order of 2-bit codes (quant/ternary.h): block j of half g is bits 2j of
+// qs[32g + l]; each lane shifts the same 16 bytes by its block's count (32-bit shifts, masked
+// per byte).
+template <>
+struct KQuant<QType::TQ2_0> {
+    static constexpr int kBytes = 66;
+    static constexpr bool kGroups16 = false, kSigned = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        const uint8_t * qs = reinterpret_cast<const block_tq2_0 *>(sb)->qs + 32 * g;
+        const __m256i ql = bcast16(qs), qh = bcast16(qs + 16), m3 = _mm256_set1_epi8(3);
+        const __m256i s01 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), s23 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
+        return {_mm256_and_si256(_mm256_srlv_epi32(ql, s01), m3), _mm256_and_si256(_mm256_srlv_epi32(ql, s23), m3),
+                _mm256_and_si256(_mm256_srlv_epi32(qh, s01), m3), _mm256_and_si256(_mm256_srlv_epi32(qh, s23), m3)};
+    }
+    static float super_d(const uint8_t * sb) { return h2f(reinterpret_cast<const block_tq2_0 *>(sb)->d); }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        ternary_scales(&reinterpret_cast<const block_tq2_0 *>(sb)->d, dg, mg);
+    }
+};
+
+// 3 v in each byte (mod 256): the next trit of a TQ1_0 byte to the top.
+inline __m256i times3(__m256i v) { return _mm256_add_epi8(v, _mm256_add_epi8(v, v)); }
+
+// [v | 3 v]: the lower lane as it is, the upper one times 3.
+inline __m256i times13(__m256i v) { return _mm256_blend_epi32(v, times3(v), 0xF0); }
+
+// The top trit of each byte b, (b * 3) >> 8, without multiplies: with x = max(b - 1, 0),
+// avg(x, avg(x, 0)) >> 6 (vpavgb rounds up: the two averages give about 3 x / 4).
+inline __m256i top_trit(__m256i b) {
+    const __m256i x = _mm256_subs_epu8(b, _mm256_set1_epi8(1));
+    const __m256i y = _mm256_avg_epu8(x, _mm256_avg_epu8(x, _mm256_setzero_si256()));
+    return _mm256_and_si256(_mm256_srli_epi16(y, 6), _mm256_set1_epi8(3));
+}
+
+// TQ1_0 (order of values: quant/ternary.h): half 0 is trits 0..3 of qs[0..31] (lo01 = trits 0
+// and 1 of qs[0..15], ...); half 1 is trit 4 of qs[0..31], then trits 0..4 of qs[32..47] (16
+// values each) and trits 0..3 of qh (4 values each).
+template <>
+struct KQuant<QType::TQ1_0> {
+    static constexpr int kBytes = 54;
+    static constexpr bool kGroups16 = false, kSigned = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        const block_tq1_0 * b = reinterpret_cast<const block_tq1_0 *>(sb);
+        if (g == 0) {
+            const __m256i x = times13(bcast16(b->qs)), y = times13(bcast16(b->qs + 16));
+            return {top_trit(x), top_trit(times3(times3(x))), top_trit(y), top_trit(times3(times3(y)))};
+        }
+        const __m256i a81 = times3(times3(times3(times3(load32(b->qs)))));  // [81 qs[0..15] | 81 qs[16..31]]
+        const __m256i q = bcast16(b->qs + 32), q3 = times3(q), q9 = times3(q3), q27 = times3(q9);
+        // qh[0..3] times 1, 3, 9, 27 in dwords 0..3: the products' low bytes by 16-bit multiplies
+        const __m128i h = _mm_set1_epi32(int(load_u32(b->qh)));
+        const __m128i m = _mm_setr_epi32(0x10001, 0x30003, 0x90009, 0x1B001B);
+        const __m128i even = _mm_and_si128(_mm_mullo_epi16(h, m), _mm_set1_epi16(0xFF));
+        const __m128i odd = _mm_mullo_epi16(_mm_and_si128(h, _mm_set1_epi16(short(0xFF00))), m);
+        const __m128i hq = _mm_or_si128(even, odd);
+        return {top_trit(_mm256_blend_epi32(a81, q, 0xF0)), top_trit(_mm256_blend_epi32(q9, times3(q27), 0xF0)),
+                top_trit(_mm256_permute2x128_si256(a81, q3, 0x21)),
+                top_trit(_mm256_inserti128_si256(q27, hq, 1))};
+    }
+    static float super_d(const uint8_t * sb) { return h2f(reinterpret_cast<const block_tq1_0 *>(sb)->d); }
+    static void scales(const uint8_t * sb, __m256 dg[2], __m256 mg[2]) {
+        ternary_scales(&reinterpret_cast<const block_tq1_0 *>(sb)->d, dg, mg);
     }
 };
 

@@ -10,11 +10,13 @@
 
 #include <cstring>
 
+#include "common/unaligned.h"
 #include "cpu/arch/x86/kernels_x86.h"
 #include "quant/iquants.h"
 #include "quant/kquants.h"
 #include "quant/legacy.h"
 #include "quant/mxfp4.h"
+#include "quant/ternary.h"
 
 namespace sl::cpu::impl::avx512 {
 
@@ -471,6 +473,88 @@ struct KQuant<QType::IQ4_XS> {
         const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
         *dg = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), _mm512_cvtepi32_ps(ls));
         *mg = _mm512_mul_ps(_mm512_set1_ps(-128.0f), *dg);
+    }
+};
+
+// ---- ternary TQ1_0 / TQ2_0: codes 0..2 (value = d * (code - 1)), one scale per super-block ----
+
+inline void ternary_scales(const fp16_t * dp, __m512 * dg, __m512 * mg) {
+    const float d = h2f(*dp);
+    *dg = _mm512_set1_ps(d);
+    *mg = _mm512_set1_ps(-d);
+}
+
+// TQ2_0: Q2_K's order of 2-bit codes (quant/ternary.h).
+template <>
+struct KQuant<QType::TQ2_0> {
+    static constexpr int kBytes = 66;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        return two_bit_codes(reinterpret_cast<const block_tq2_0 *>(sb)->qs + 32 * g);
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        ternary_scales(&reinterpret_cast<const block_tq2_0 *>(sb)->d, dg, mg);
+    }
+};
+
+// The top trit of each byte b, (b * 3) >> 8 = [b >= 86] + [b >= 171].
+inline __m512i top_trit(__m512i b) {
+    const __m512i one = _mm512_set1_epi8(1);
+    const __m512i t = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(b, _mm512_set1_epi8(86)), one);
+    return _mm512_mask_add_epi8(t, _mm512_cmpge_epu8_mask(b, _mm512_set1_epi8(char(171))), t, one);
+}
+
+// 3 v in each byte (mod 256): the next trit of a TQ1_0 byte to the top.
+inline __m512i times3(__m512i v) { return _mm512_add_epi8(v, _mm512_add_epi8(v, v)); }
+
+// The top trit of each byte of x times its 16-bit word's multiplier in m (a power of 3, mod 256:
+// the products' low bytes by two 16-bit multiplies).
+inline __m512i trits_times(__m512i x, __m512i m) {
+    const __m512i even = _mm512_mullo_epi16(x, m);
+    const __m512i odd = _mm512_slli_epi16(_mm512_mullo_epi16(_mm512_srli_epi16(x, 8), m), 8);
+    return top_trit(_mm512_mask_blend_epi8(__mmask64(0xAAAAAAAAAAAAAAAAull), even, odd));
+}
+
+// The same multiplier in every 16-bit word of a 128-bit lane: m0 .. m3 for lanes 0..3.
+inline __m512i lane_mults(int m0, int m1, int m2, int m3) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_setr_epi32(
+                                  m0 * 0x10001, m0 * 0x10001, m0 * 0x10001, m0 * 0x10001, m1 * 0x10001,
+                                  m1 * 0x10001, m1 * 0x10001, m1 * 0x10001)),
+                              _mm256_setr_epi32(m2 * 0x10001, m2 * 0x10001, m2 * 0x10001, m2 * 0x10001,
+                                                m3 * 0x10001, m3 * 0x10001, m3 * 0x10001, m3 * 0x10001), 1);
+}
+
+// TQ1_0 (order of values: quant/ternary.h), one block of 32 a lane: half 0 is trits 0..3 of
+// qs[0..31]; half 1 trit 4 of qs[0..31], then trits 0..4 of qs[32..47] (16 values each) and
+// trits 0..3 of qh (4 each).
+template <>
+struct KQuant<QType::TQ1_0> {
+    static constexpr int kBytes = 54;
+    static constexpr bool kGroups16 = false;
+    static Codes codes(const uint8_t * sb, int g) {
+        const block_tq1_0 * b = reinterpret_cast<const block_tq1_0 *>(sb);
+        if (g == 0) {
+            // qs[0..31] times 1 and 3 (lanes 0-1, 2-3), then times 9 and 27, by byte adds; the
+            // lanes regrouped so that lane j holds 16 bytes times 3^j
+            const __m512i w = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(b->qs)));
+            const __m512i p = _mm512_mask_mov_epi64(w, 0xF0, times3(w)), p9 = times3(times3(p));
+            return {top_trit(_mm512_shuffle_i64x2(p, p9, 0x88)), top_trit(_mm512_shuffle_i64x2(p, p9, 0xDD))};
+        }
+        auto ld = [](const uint8_t * p) { return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)); };
+        const __m512i q = bcast16(b->qs + 32);
+        const __m512i lo = _mm512_inserti32x4(q, ld(b->qs), 0);
+        __m512i hi = _mm512_inserti32x4(q, ld(b->qs + 16), 0);
+        hi = _mm512_inserti32x4(hi, _mm_set1_epi32(int(load_u32(b->qh))), 3);
+        const __m512i mhi = _mm512_inserti32x4(lane_mults(81, 3, 27, 0), _mm_setr_epi32(0x10001, 0x30003, 0x90009, 0x1B001B), 3);
+        return {trits_times(lo, lane_mults(81, 1, 9, 81)), trits_times(hi, mhi)};
+    }
+    // Both halves (the decode kernel's: each half's code with its constant g).
+    static void codes_sb(const uint8_t * sb, Codes out[2]) {
+        out[0] = codes(sb, 0);
+        out[1] = codes(sb, 1);
+    }
+    static void scales(const uint8_t * sb, __m512 * dg, __m512 * mg) {
+        ternary_scales(&reinterpret_cast<const block_tq1_0 *>(sb)->d, dg, mg);
     }
 };
 

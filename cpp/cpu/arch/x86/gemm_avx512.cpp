@@ -56,6 +56,8 @@ void fill_avx512(KernelTable & t) {
     add<QType::IQ3_S>(t);
     add<QType::IQ1_S>(t);
     add<QType::IQ1_M>(t);
+    add<QType::TQ1_0>(t);
+    add<QType::TQ2_0>(t);
     avx512::fill_act_attn(t);
 }
 

@@ -338,6 +338,39 @@ inline void kquant16_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m
     for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
 }
 
+// kquant_row for the ternary types (codes 0..2, value = d (code - 1), one d per super-block): the
+// blocks' sums stay integers up to one float step per super-block (vphaddd gathers the 8 of
+// them, as kquant16_row's), the offset an fma against the activations' block sums.
+template <QType WT, int NT>
+inline void ternary_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m256 * fin) {
+    using B = KQuant<WT>;
+    RowAcc<NT> r;
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // block of each lane of the sums
+    for (int64_t i = 0; i < K / QK_K; ++i) {
+        const uint8_t * sb = row + i * B::kBytes;
+        _mm_prefetch(reinterpret_cast<const char *>(sb + kTernaryPrefetch), _MM_HINT_T0);
+        const __m256 dv = _mm256_set1_ps(B::super_d(sb));
+        // blocks 4g + (0, 2, 1, 3) of half g, two lanes each
+        auto half = [&](const Codes & cd, int t, int g) {
+            const int8_t * x = a.qs[t] + QK_K * i + 128 * g;
+            const __m256i d01 = dot4x2(cd.lo01, load_acts(x), cd.hi01, load_acts(x + 64));
+            const __m256i d23 = dot4x2(cd.lo23, load_acts(x + 32), cd.hi23, load_acts(x + 96));
+            return _mm256_hadd_epi32(d01, d23);
+        };
+        __m256i h0[NT];
+        const Codes c0 = B::codes(sb, 0);
+        for (int t = 0; t < NT; ++t) h0[t] = half(c0, t, 0);
+        const Codes c1 = B::codes(sb, 1);
+        for (int t = 0; t < NT; ++t) {
+            const __m256 c = _mm256_mul_ps(dv, _mm256_permutevar8x32_ps(_mm256_loadu_ps(a.d[t] + 8 * i), order));
+            const __m256i sums = _mm256_hadd_epi32(h0[t], half(c1, t, 1));
+            r.acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), c, r.acc[t][0]);
+            r.accm[t] = _mm256_fnmadd_ps(dv, _mm256_loadu_ps(a.s[t] + 8 * i), r.accm[t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) fin[t] = _mm256_add_ps(_mm256_add_ps(r.acc[t][0], r.acc[t][1]), r.accm[t]);
+}
+
 // Rows in groups of 8: their final sums are one transposing reduction.
 template <QType WT, int NT>
 void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_t * acts, size_t lda,
@@ -356,6 +389,8 @@ void quant_rows(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const 
                 grid_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
             } else if constexpr (WT == QType::Q3_K || WT == QType::Q6_K) {
                 kquant16_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
+            } else if constexpr (WT == QType::TQ1_0 || WT == QType::TQ2_0) {
+                ternary_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
             } else {
                 kquant_row<WT, NT>(W + (r0 + i) * ldw, K, a, f);
             }
@@ -594,6 +629,8 @@ GemmFn gemv_kernel(QType wt) {
         case QType::IQ3_S: return gemv_quant<QType::IQ3_S>;
         case QType::IQ1_S: return gemv_quant<QType::IQ1_S>;
         case QType::IQ1_M: return gemv_quant<QType::IQ1_M>;
+        case QType::TQ1_0: return gemv_quant<QType::TQ1_0>;
+        case QType::TQ2_0: return gemv_quant<QType::TQ2_0>;
         default: return nullptr;
     }
 }

@@ -102,6 +102,10 @@ inline void kquant_row(const uint8_t * row, int64_t K, const Acts<NT> & a, __m51
     const __m512i grp = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
     for (int64_t i = 0; i < K / QK_K; ++i) {
         const uint8_t * sb = row + i * B::kBytes;
+        // The ternary types read few bytes per value, and the hardware prefetcher falls behind
+        // (kTernaryPrefetch); the other types are timed without a prefetch.
+        if constexpr (WT == QType::TQ1_0 || WT == QType::TQ2_0)
+            _mm_prefetch(reinterpret_cast<const char *>(sb + kTernaryPrefetch), _MM_HINT_T0);
         __m512 dg, mg;
         B::scales(sb, &dg, &mg);
         __m512 c[NT];
@@ -270,6 +274,8 @@ GemmFn gemv_kernel(QType wt) {
         case QType::IQ3_S: return gemv_quant<QType::IQ3_S>;
         case QType::IQ1_S: return gemv_quant<QType::IQ1_S>;
         case QType::IQ1_M: return gemv_quant<QType::IQ1_M>;
+        case QType::TQ1_0: return gemv_quant<QType::TQ1_0>;
+        case QType::TQ2_0: return gemv_quant<QType::TQ2_0>;
         default: return nullptr;
     }
 }

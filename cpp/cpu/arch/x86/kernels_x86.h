@@ -48,6 +48,9 @@ constexpr int64_t kPackMinTokens = 10;
 // The direct kernels walk this many rows for every group of tokens, so that the rows stay in
 // cache while several groups of 4 tokens pass over them.
 constexpr int64_t kRowBlock = 64;
+// The decode kernels of the ternary types prefetch the weight bytes this far ahead (measured on
+// a Sapphire Rapids: TQ1_0 at 4096 x 4096 from 2.1 to 4.3 GB/s with AVX2, 3.4 to 5.5 with AVX-512).
+constexpr int64_t kTernaryPrefetch = 2048;
 // Float weights, many tokens: the activations of a block of tokens (about this many bytes) pass
 // over each packed panel of 16 rows (packed_float_avx512.cpp).
 constexpr int64_t kFloatTokenBlockBytes = 4 * 1024 * 1024;

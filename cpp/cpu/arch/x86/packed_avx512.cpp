@@ -227,6 +227,8 @@ GemmFn packed_kernel(QType wt) {
         case QType::IQ3_S: return gemm_packed<QType::IQ3_S>;
         case QType::IQ1_S: return gemm_packed<QType::IQ1_S>;
         case QType::IQ1_M: return gemm_packed<QType::IQ1_M>;
+        case QType::TQ1_0: return gemm_packed<QType::TQ1_0>;
+        case QType::TQ2_0: return gemm_packed<QType::TQ2_0>;
         default: return packed_float_kernel(wt);
     }
 }
