@@ -378,24 +378,40 @@ def write_gguf(
     if tokenizer is not None:
         write_metadata(wr, tokenizer)
     else:
-        merges = ["t h", "h e", "i n", "e r", "a n"]
-        tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
-        n_normal = len(tokens)
-        tokens += [f"<extra_{i}>" for i in range(cfg.n_vocab - len(tokens))]
-        wr.add_tokenizer_model("gpt2")
-        wr.add_tokenizer_pre("default")
-        wr.add_token_list(tokens)
-        wr.add_token_types(
-            [gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (cfg.n_vocab - n_normal)
-        )
-        wr.add_token_merges(merges)
-        wr.add_bos_token_id(n_normal)
-        wr.add_eos_token_id(n_normal + 1)
-        wr.add_add_bos_token(False)
+        write_byte_vocab(wr, cfg.n_vocab)
     _override_metadata(wr, metadata or {})
+    held = write_tensors(wr, model.weights, weight_type, quantize)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    return held
+
+
+def write_byte_vocab(wr: gguf.GGUFWriter, n_vocab: int) -> None:
+    """A small byte-level BPE vocabulary of n_vocab tokens (the bytes, five merges, then control
+    tokens; the first control token is BOS, the second EOS)."""
+    merges = ["t h", "h e", "i n", "e r", "a n"]
+    tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
+    n_normal = len(tokens)
+    tokens += [f"<extra_{i}>" for i in range(n_vocab - len(tokens))]
+    wr.add_tokenizer_model("gpt2")
+    wr.add_tokenizer_pre("default")
+    wr.add_token_list(tokens)
+    wr.add_token_types([gguf.TokenType.NORMAL] * n_normal + [gguf.TokenType.CONTROL] * (n_vocab - n_normal))
+    wr.add_token_merges(merges)
+    wr.add_bos_token_id(n_normal)
+    wr.add_eos_token_id(n_normal + 1)
+    wr.add_add_bos_token(False)
+
+
+def write_tensors(
+    wr: gguf.GGUFWriter, weights: Mapping[str, np.ndarray], weight_type: str = "F32", quantize=None
+) -> dict[str, np.ndarray]:
+    """Adds the tensors (see write_gguf) and returns them as the file holds them (float64)."""
     held: dict[str, np.ndarray] = {}
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]
-    for name, x in model.weights.items():
+    for name, x in weights.items():
         x32 = x.astype(np.float32)
         # vectors, biases and the MoE router stay F32, as llama.cpp's quantize keeps them
         if (x.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32 or name.endswith("ffn_gate_inp.weight")
@@ -411,10 +427,6 @@ def write_gguf(
         data = data.reshape(*x.shape[:-1], data.shape[-1])
         wr.add_tensor(name, data, raw_dtype=qtype)
         held[name] = gguf.quants.dequantize(data, qtype).astype(np.float64).reshape(x.shape)
-    wr.write_header_to_file()
-    wr.write_kv_data_to_file()
-    wr.write_tensors_to_file()
-    wr.close()
     return held
 
 

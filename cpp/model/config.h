@@ -1,6 +1,7 @@
 // Hyperparameters of a decoder-only transformer, read from GGUF metadata.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,13 +28,13 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss
+    GptOss, Gemma4
 };
 
 struct Config {
     Arch arch = Arch::Llama;
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
-                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss"
+                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss", "gemma4"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -113,10 +114,32 @@ struct Config {
     float attn_scale = 0.0f;    // query-key scale; 0: 1 / sqrt(head_dim)
     float attn_softcap = 0.0f;  // attention scores s -> cap * tanh(s / cap) (gemma2); 0: none
     float final_softcap = 0.0f; // the same on the logits
+    // Gemma 4 (model/gemma4.cpp): attention geometry per layer. n_head, n_head_kv, n_ff are then the
+    // largest of any layer (buffers are sized by them) and head_dim, n_rot the global layers'.
+    int head_dim_swa = 0;       // the sliding-window layers' head size (0: head_dim)
+    int n_rot_swa = 0;          // their rotated dimensions (0: n_rot)
+    std::vector<int> n_head_arr, n_head_kv_arr, n_ff_arr;  // (n_layer) per layer; empty: the same for all
+    // Layers [n_layer_kv, n_layer) keep no KV cache of their own: each reads that of the last
+    // earlier layer of its kind (sliding or global; gemma4's shared_kv_layers). 0: every layer has one.
+    int n_layer_kv = 0;
+    int n_embd_per_layer = 0;   // gemma4 E2B / E4B: width of each layer's token embedding (0: none)
 
     int n_gqa() const { return n_head / n_head_kv; }
-    int q_dim() const { return n_head * head_dim; }
-    int kv_dim() const { return n_head_kv * head_dim; }
+    // Widths of the queries and keys (the widest layer's with per-layer geometry).
+    int q_dim() const { return n_head * max_head_dim(); }
+    int kv_dim() const { return n_head_kv * max_head_dim(); }
+    int max_head_dim() const { return std::max(head_dim, head_dim_swa); }
+    // Layer l's head size, head counts, widths, rotated dimensions and feed-forward width.
+    int head_dim_of(int l) const { return is_swa(l) && head_dim_swa > 0 ? head_dim_swa : head_dim; }
+    int n_head_of(int l) const { return n_head_arr.empty() ? n_head : n_head_arr[size_t(l)]; }
+    int n_head_kv_of(int l) const { return n_head_kv_arr.empty() ? n_head_kv : n_head_kv_arr[size_t(l)]; }
+    int q_dim_of(int l) const { return n_head_of(l) * head_dim_of(l); }
+    int kv_dim_of(int l) const { return n_head_kv_of(l) * head_dim_of(l); }
+    int n_rot_of(bool swa) const { return swa && n_rot_swa > 0 ? n_rot_swa : n_rot; }
+    int n_ff_of(int l) const { return n_ff_arr.empty() ? n_ff : n_ff_arr[size_t(l)]; }
+    int max_gqa() const;        // the most query heads per key/value head of any layer
+    // The layer whose KV cache layer l reads (itself unless it shares an earlier layer's).
+    int kv_source(int l) const;
     // Lengths of the query and key norm vectors: a head's, or (olmo2) the whole projection's.
     int q_norm_len() const { return qk_norm_full ? q_dim() : head_dim; }
     int k_norm_len() const { return qk_norm_full ? kv_dim() : head_dim; }
@@ -130,7 +153,7 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    int ff_max() const { return n_ff > n_ff_exp ? n_ff : n_ff_exp; }  // widest feed-forward activation
+    int ff_max() const { return std::max({n_ff, n_ff_exp, n_embd_per_layer}); }  // widest feed-forward activation
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
     std::string shape_keys() const;

@@ -22,6 +22,7 @@ struct CpuBackendOptions {
     int max_slot_ctx = 0;     // longest sequence the attention scratch must cover
     int n_rot = 0;            // rotated dimensions per head (rotary tables)
     bool rope_swa = false;    // a second set of rotary tables, for sliding-window layers
+    int n_rot_swa = 0;        // their rotated dimensions (0: n_rot)
     // Mixture of experts (moe_ff > 0): expert width and model width, for moe_small's buffers.
     int moe_ff = 0;
     int moe_embd = 0;
@@ -58,6 +59,8 @@ public:
     void add(float * y, const float * x, int64_t n, float scale) override;
     void act_mul(Glu f, float * g, const float * u, int64_t n) override;
     void rope(float * q, float * k, int n_tok, bool swa) override;
+    // With p.n_head set, k and v may be null: the queries attend to what the cache holds (a layer
+    // reading another's cache) and nothing is stored.
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                    const float * v, float * out, int n_tok, const AttnParams & p) override;
     void hadamard(float * x, int64_t n_rows, int row) override;
@@ -76,6 +79,9 @@ public:
     bool moe_small(Glu f, const WeightRef & gate_exps, const WeightRef & up_exps, const WeightRef & down_exps,
                    int n_expert, const float * x, int n_tok, const int32_t * pick, const float * weight, int k,
                    float * y);
+
+    // rope() for a layer of its own shape: n_q, n_kv heads of head_dim values (k may be null).
+    void rope_heads(float * q, float * k, int n_tok, bool swa, int n_q, int n_kv, int head_dim);
 
     ThreadPool & pool() { return pool_; }
 
@@ -108,7 +114,7 @@ private:
 
     // Rotary embedding: inverse frequencies (n_rot / 2) and per-batch cos/sin (n_tok, n_rot / 2),
     // of the global layers and, for models with sliding-window layers of other frequencies, theirs.
-    int n_rot_ = 0;
+    int n_rot_[2] = {0, 0};  // rotated dimensions of the global and of the sliding-window layers
     bool rope_neox_ = false;
     double rope_mscale_[2] = {1.0, 1.0};  // cos and sin scaled by it (Config::rope_magnitude), [1]: swa
     int q_heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
