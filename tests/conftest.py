@@ -10,6 +10,38 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _llama_cpp_without_amx() -> None:
+    """On CPUs with AMX, llama.cpp's CPU backend (llama-cpp-python 0.3.36 built natively) puts
+    quantized weights in its AMX buffer type and its AMX matmul crashes (SIGSEGV in
+    ggml_backend_amx_mul_mat, seen on a virtual Xeon with amx_int8): there the reference loads
+    models without the extra buffer types (llama_model_params.use_extra_bufts, llama.cpp's
+    --no-repack), so its matmuls run ggml's plain AVX-512 kernels."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return
+    if " amx_int8" not in flags and " amx_tile" not in flags:
+        return
+    try:
+        import llama_cpp.llama_cpp as lib
+    except ImportError:
+        return
+    default = lib.llama_model_default_params
+    if getattr(default, "_splitllm_no_amx", False):
+        return
+
+    def params():  # noqa: ANN202 - ctypes struct
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    params._splitllm_no_amx = True  # type: ignore[attr-defined]
+    lib.llama_model_default_params = params
+
+
+_llama_cpp_without_amx()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     d = Path(os.environ.get("SPLITLLM_SHARED", REPO.parent / "shared"))

@@ -71,25 +71,10 @@ def test_each_difference_is_visible():
         assert rel_err(reference_logits(v, w, TOKENS), ref).max() > 1e-2
 
 
-@pytest.fixture
-def no_repack(monkeypatch):
-    """llama.cpp without its CPU weight repacking (use_extra_bufts): the llama-cpp-python 0.3.36
-    build here crashes (SIGSEGV) evaluating any repacked Q8_0 model, gemma3 and llama alike."""
-    llama = pytest.importorskip("llama_cpp.llama")
-    default = llama.llama_cpp.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    monkeypatch.setattr(llama.llama_cpp, "llama_model_default_params", params)
-
-
 @pytest.mark.reference
 @pytest.mark.parametrize("wtype", ["F32", "Q8_0"])
 @pytest.mark.parametrize("cfg", [*CONFIGS, MOE_SPLIT], ids=[*IDS, "moe-split"])
-def test_matches_llama_cpp(tmp_path, cfg, wtype, no_repack):
+def test_matches_llama_cpp(tmp_path, cfg, wtype):
     """llama.cpp reads the same file: its logits agree with ours and with the float64 reference on
     the weights the file holds (so the reference's layer shapes, ropes and norms are llama.cpp's)."""
     if wtype != "F32":  # (wider, as tests/test_model_reference.py's budgets)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from splitllm import Model
-from splitllm.speculative import DraftModel, PromptLookupDecoding
+from splitllm.speculative import DraftModel, ModelDraft, PromptLookupDecoding
 
 PROMPT = ("Repeat the following text exactly.\n\nText: The quick brown fox jumps over the lazy dog. "
           "A journey of a thousand miles begins with a single step. All that glitters is not gold.\n\n"
@@ -169,3 +169,75 @@ def test_draft_policy_guesses_only_when_it_pays():
     pol.timed(2, 0.010)
     pol.timed(2, 0.010)  # a measured two-token pass far dearer than its guess: no more guessing
     assert pol._cost[2] > 0.008 and pol.length(1) == 0
+
+
+# ---- a draft model (llama.cpp's --model-draft) ----
+
+@pytest.fixture(scope="module")
+def drafted(smollm2_path):
+    """SmolLM2 drafting for itself: every confident guess is right, so passes shrink."""
+    c = CountingModel(smollm2_path, draft_model=ModelDraft(smollm2_path, num_pred_tokens=8, n_ctx=512,
+                                                           n_threads=2))
+    yield c
+    c.m.draft_model.close()
+    c.m.close()
+
+
+@pytest.mark.parametrize("sampling", [dict(temp=0.0), dict(temp=0.8, seed=3)], ids=["greedy", "seeded"])
+def test_model_draft_same_tokens_fewer_passes(plain, drafted, sampling):
+    text, want, passes = plain.run(PROMPT, **sampling)
+    got_text, got, spec_passes = drafted.run(PROMPT, **sampling)
+    assert got == want and got_text == text
+    if sampling["temp"] == 0.0:
+        print(f"\npasses: {passes} without a draft, {spec_passes} with SmolLM2 drafting for itself")
+        assert spec_passes <= passes * 0.6
+
+
+def test_model_draft_guesses_are_its_greedy_continuation(smollm2_path, plain):
+    """p_min 0: the draft's guesses are the model's own greedy tokens; p_min 1: none (no token is
+    certain); p_min between: a prefix of them, each above the threshold."""
+    toks = plain.m.tokenize(PROMPT.encode(), add_bos=True, special=True)
+    plain.m.reset()
+    greedy = [t for t, _ in zip(plain.m.generate(toks, temp=0.0), range(6), strict=False)]
+    draft = ModelDraft(smollm2_path, num_pred_tokens=6, p_min=0.0, n_ctx=512, n_threads=2)
+    try:
+        ids = np.asarray(toks, dtype=np.intc)
+        assert draft(ids).tolist() == greedy
+        assert draft(np.asarray(toks + greedy[:2], dtype=np.intc)).tolist()[:4] == greedy[2:]
+        draft.p_min = 1.0
+        assert draft(ids).tolist() == []
+        draft.p_min = 0.5
+        got = draft(ids).tolist()
+        assert got == greedy[:len(got)]
+        for k in range(len(got) + (len(got) < 6)):  # each kept guess was above 0.5, the next not
+            logits = draft.model.eval_prompt(toks + greedy[:k]).astype(np.float64)
+            p = 1.0 / np.exp(logits - logits.max()).sum()
+            assert (p >= 0.5) == (k < len(got))
+    finally:
+        draft.close()
+
+
+def test_model_draft_vocabulary_must_match(smollm2_path, tmp_path):
+    from tiny_model import TinyConfig, make_weights, write_gguf
+
+    other = tmp_path / "other-vocab.gguf"
+    write_gguf(make_weights(TinyConfig(n_layer=1, seed=5)), other)
+    with pytest.raises(ValueError, match="other-vocab.gguf"):
+        Model(smollm2_path, n_ctx=64, n_threads=2, draft_model=ModelDraft(other, n_ctx=64))
+    with pytest.raises(ValueError, match="num_pred_tokens"):
+        ModelDraft(other, num_pred_tokens=0)
+    with pytest.raises(ValueError, match="p_min"):
+        ModelDraft(other, p_min=1.5)
+
+
+def test_cli_model_draft(smollm2_path, capsys):
+    from splitllm.cli import main
+
+    args = ["run", str(smollm2_path), "-p", "The capital of France is", "-n", "16", "--temp", "0",
+            "-c", "256"]
+    assert main(args) == 0
+    plain_out = capsys.readouterr().out
+    assert main([*args, "-md", str(smollm2_path), "--draft-max", "4"]) == 0
+    assert capsys.readouterr().out == plain_out
+    assert main([*args, "-md", str(smollm2_path), "--prompt-lookup", "3"]) != 0
+    assert "pick one" in capsys.readouterr().err

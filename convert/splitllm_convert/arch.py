@@ -303,11 +303,15 @@ class Architecture:
                 if self.rope.get(key) is not None:
                     add(float(self.rope[key]))
         w.add_rope_freq_base(self.rope_theta())
-        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", self.default_rms_eps)))
+        self.add_norm_eps(w)
         self.add_expert_hparams(w)
         if cfg.get("head_dim") is not None:
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
+
+    def add_norm_eps(self, w: GGUFWriter) -> None:
+        """The norms' epsilon: RMSNorm's (rms_norm_eps) by default."""
+        w.add_layer_norm_rms_eps(float(self.cfg.get("rms_norm_eps", self.default_rms_eps)))
 
     def add_expert_hparams(self, w: GGUFWriter) -> None:
         """Expert counts where TextModel writes them (after the norm epsilon, before the head size), for
@@ -460,6 +464,14 @@ class Mistral(Llama):
 
     hf_names = ("MistralForCausalLM",)
     default_ctx = 4096 * 32
+
+
+def text_config(cfg: dict[str, Any], config_path: Path) -> dict[str, Any]:
+    """A multimodal model's ``text_config`` (llama.cpp's TextModel merges it over the top level)."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise ConvertError(f"{config_path}: 'text_config' must be an object, got {text!r}")
+    return text
 
 
 def write_st_pooling(w: GGUFWriter, model_dir: Path) -> None:

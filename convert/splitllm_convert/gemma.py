@@ -23,6 +23,7 @@ from splitllm_convert.arch import (
     _positive,
     _require,
     logger,
+    text_config,
     write_st_pooling,
 )
 from splitllm_convert.errors import ConvertError
@@ -272,11 +273,8 @@ class Gemma3Multimodal(Gemma3):
                ("language_model.model.", "language_model.lm_head.weight"))  # fmt: skip
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
-        text = cfg.get("text_config")
-        if not isinstance(text, dict):
-            raise ConvertError(f"{config_path}: 'text_config' must be an object, got {text!r}")
         # as AutoConfig's text_config merged over the top level (llama.cpp's TextModel)
-        super().__init__({**cfg, **self.defaults, **text}, config_path)
+        super().__init__({**cfg, **self.defaults, **text_config(cfg, config_path)}, config_path)
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         prefix, lm_head = next(

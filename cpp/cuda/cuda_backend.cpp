@@ -215,6 +215,8 @@ void CudaBackend::init_rope(const Config & c, const float * freq_factors) {
     SL_CHECK(c.swa_layers.empty() || opt_.rope_swa, "cuda backend: built without sliding-window rotary tables");
     n_rot_ = c.n_rot;
     rope_neox_ = c.rope_neox;
+    temp_scale_ = c.attn_temp_scale;
+    temp_floor_ = c.attn_temp_floor;
     rope_mscale_[0] = c.rope_magnitude(false);
     rope_mscale_[1] = c.rope_magnitude(true);
     const int half = c.n_rot / 2;
@@ -276,6 +278,11 @@ void CudaBackend::rms_norm(const float * x, const float * w, float * y, int n_to
     SL_CHECK(n_tok >= 0 && int64_t(n_tok) <= int64_t(opt_.n_batch) * std::max(opt_.n_head, 1),
              "cuda rms_norm: %d rows (n_batch is %d)", n_tok, opt_.n_batch);
     enqueue([&] { cuda::rms_norm(x, w, y, n_tok, n, eps, stream_); });
+}
+
+void CudaBackend::layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
+    check_batch(n_tok, "layer_norm");
+    enqueue([&] { cuda::layer_norm(x, w, y, n_tok, n, eps, stream_); });
 }
 
 void CudaBackend::prepare_input(const WeightRef * const * w, int n_w, const float * x, int n_tok, bool gemm) {
@@ -374,7 +381,9 @@ void CudaBackend::rope(float * q, float * k, int n_tok, bool swa) {
     s.head_dim = opt_.head_dim;
     s.n_rot = n_rot_;
     s.neox = rope_neox_;
-    enqueue([&] { cuda::rope(q, k, tab.cos, tab.sin, n_tok, s, stream_); });
+    s.temp_scale = temp_scale_;
+    s.temp_floor = temp_floor_;
+    enqueue([&] { cuda::rope(q, k, tab.cos, tab.sin, d_batch_, n_tok, s, stream_); });
 }
 
 void CudaBackend::hadamard(float * x, int64_t n_rows, int row) {

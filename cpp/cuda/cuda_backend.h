@@ -38,6 +38,7 @@ public:
 
     void begin_batch(const BatchInfo & b) override;
     void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
+    void layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override;
     void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
@@ -84,6 +85,8 @@ private:
 
     int n_rot_ = 0;
     bool rope_neox_ = false;
+    float temp_scale_ = 0.0f;  // Config::attn_temp_scale, attn_temp_floor
+    int temp_floor_ = 1;
     float rope_mscale_[2] = {1.0f, 1.0f};  // Config::rope_magnitude ([1]: sliding-window layers)
     int chunk_tokens_ = 1;
 

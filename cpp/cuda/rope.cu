@@ -34,6 +34,15 @@ __global__ void rope_kernel(float * __restrict__ q, float * __restrict__ k, cons
     }
 }
 
+// One block per token: its query row times the temperature of its position (as the CPU backend
+// computes it, in double).
+__global__ void attn_temp_kernel(float * __restrict__ q, const int * __restrict__ pos, int row, float scale,
+                                 int floor_scale) {
+    const int t = blockIdx.x;
+    const float m = float(log(floor(double(pos[t]) / floor_scale) + 1.0) * scale + 1.0);
+    for (int i = threadIdx.x; i < row; i += blockDim.x) q[size_t(t) * row + i] *= m;
+}
+
 }  // namespace
 
 void rope_tables(const int * pos, const float * inv_freq, int n_tok, int n_rot, float mscale, float * cos_t,
@@ -44,8 +53,8 @@ void rope_tables(const int * pos, const float * inv_freq, int n_tok, int n_rot, 
     SL_CUDA_LAUNCHED("rope_tables");
 }
 
-void rope(float * q, float * k, const float * cos_t, const float * sin_t, int n_tok, const RopeShape & s,
-          cudaStream_t stream) {
+void rope(float * q, float * k, const float * cos_t, const float * sin_t, const int * pos, int n_tok,
+          const RopeShape & s, cudaStream_t stream) {
     SL_CHECK(s.n_rot >= 0 && s.n_rot % 2 == 0 && s.n_rot <= s.head_dim, "cuda rope: n_rot %d for head_dim %d",
              s.n_rot, s.head_dim);
     if (n_tok <= 0 || s.n_rot == 0) return;
@@ -53,6 +62,10 @@ void rope(float * q, float * k, const float * cos_t, const float * sin_t, int n_
     const int threads = work >= 256 ? 256 : (work + 31) / 32 * 32;
     rope_kernel<<<n_tok, threads, 0, stream>>>(q, k, cos_t, sin_t, s);
     SL_CUDA_LAUNCHED("rope");
+    if (s.temp_scale != 0.0f) {
+        attn_temp_kernel<<<n_tok, 128, 0, stream>>>(q, pos, s.n_head * s.head_dim, s.temp_scale, s.temp_floor);
+        SL_CUDA_LAUNCHED("attn_temp");
+    }
 }
 
 }  // namespace sl::cuda

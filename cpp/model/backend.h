@@ -102,6 +102,9 @@ public:
     // y = x * w / rms(x) per row: x, y (n_tok, n); y may be x
     virtual void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) = 0;
 
+    // LayerNorm without a bias (cohere2): y = (x - mean(x)) * w / sqrt(var(x) + eps) per row
+    virtual void layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) = 0;
+
     // y_i (n_tok, w_i.rows) = x (n_tok, K) . w_i^T + bias_i, for the n_w matrices sharing the input;
     // with accumulate the result is added to y_i instead.
     virtual void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
@@ -119,7 +122,8 @@ public:
 
     // Rotary embedding in place on q (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim)
     // at the positions of the current batch, with the frequencies of the global layers (swa
-    // false) or of the sliding-window layers (Config::rope_base_swa, rope_freq_scale_swa).
+    // false) or of the sliding-window layers (Config::rope_base_swa, rope_freq_scale_swa); then
+    // the queries times the attention temperature of their position (Config::attn_temp_scale).
     virtual void rope(float * q, float * k, int n_tok, bool swa) = 0;
 
     // Stores k, v (n_tok, n_head_kv * head_dim) into the layer's cache at each token's slot and

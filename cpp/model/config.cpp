@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "gguf/gguf.h"
+#include "model/config_read.h"
 
 namespace sl {
 
@@ -34,6 +35,12 @@ constexpr ArchTraits kArchs[] = {
     {"granite",    Arch::Granite,   false, false, false, false},
     {"olmo2",      Arch::Olmo2,     true,  false, true,  false},
     {"gpt-oss",    Arch::GptOss,    true,  false, false, false},  // (q/k/v biases optional, as in llama.cpp)
+    {"mistral3",   Arch::Mistral3,  false, false, false, false},  // (the rest: config_dense.cpp)
+    {"glm4",       Arch::Glm4,      false, false, false, false},
+    {"exaone4",    Arch::Exaone4,   true,  false, true,  false},
+    {"ernie4_5",   Arch::Ernie4_5,  false, false, false, false},
+    {"cohere2",    Arch::Cohere2,   false, false, false, false},
+    {"qwen3vl",    Arch::Qwen3VL,   true,  false, true,  false},  // (text only)
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
 };
 
@@ -43,6 +50,9 @@ std::string supported_archs() {
     return names;
 }
 
+}  // namespace
+
+// (shared with config_dense.cpp through config_read.h)
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi) {
     const int64_t v = f.get_int(key);
     if (v < lo || v > hi)
@@ -52,7 +62,7 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
 }
 
 // A positive (or with zero_ok, non-negative) float key, or the fallback when absent.
-float get_positive(const GGUFFile & f, const std::string & key, double fallback, bool zero_ok = false) {
+float get_positive(const GGUFFile & f, const std::string & key, double fallback, bool zero_ok) {
     const double v = f.get_float(key, fallback);
     if (!(v > 0 || (zero_ok && v == 0)) || !std::isfinite(v))
         throw GGUFError(strfmt("%s: metadata '%s' = %g must be %s", f.path().c_str(), key.c_str(), v,
@@ -87,6 +97,8 @@ std::vector<uint8_t> any_swa(std::vector<uint8_t> swa) {
     if (std::find(swa.begin(), swa.end(), 1) == swa.end()) swa.clear();
     return swa;
 }
+
+namespace {
 
 // EmbeddingGemma (llama.cpp's llama_model_gemma_embedding): gemma3's layers with a window that is
 // required, queries always scaled by 1 / sqrt(head_dim), no soft-cap; sentence-transformers'
@@ -325,14 +337,15 @@ void Config::apply_rope(const RopeParams & p) {
     rope_scaling = p.scaling_type != kRopeUnspecified ? p.scaling_type : rope_scaling_train;
     if (rope_scaling == kRopeNone) rope_freq_scale = 1.0f;
     yarn_ext_factor = p.ext_factor >= 0 ? p.ext_factor : rope_scaling == kRopeYarn ? 1.0f : 0.0f;
-    yarn_beta_fast = p.beta_fast >= 0 ? p.beta_fast : 32.0f;
-    yarn_beta_slow = p.beta_slow >= 0 ? p.beta_slow : 1.0f;
+    yarn_beta_fast = p.beta_fast >= 0 ? p.beta_fast : yarn_beta_fast_train;
+    yarn_beta_slow = p.beta_slow >= 0 ? p.beta_slow : yarn_beta_slow_train;
     // llama_context: YaRN's attention factor 0.1 ln(factor) + 1, divided by what ggml's rope_yarn
     // multiplies in again; then the model's attn_factor.
     float attn = p.attn_factor >= 0 ? p.attn_factor : 1.0f;
     if (yarn_ext_factor != 0.0f) {
         const float factor = 1.0f / rope_freq_scale;
-        attn = (factor <= 1.0f ? 1.0f : 0.1f * std::log(factor) + 1.0f) / (1.0f + 0.1f * std::log(factor));
+        auto mscale = [&](float m) { return factor <= 1.0f ? 1.0f : 0.1f * m * std::log(factor) + 1.0f; };
+        attn = mscale(1.0f) / (yarn_log_mul != 0.0f ? mscale(yarn_log_mul) : 1.0f) / (1.0f + 0.1f * std::log(factor));
     }
     attn *= rope_attn_factor;
     // ggml's rope_yarn: times 1 + 0.1 ln(1 / freq_scale) of the layer when ext_factor != 0
@@ -412,14 +425,16 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (f.find(a + "attention.sliding_window")) c.n_swa = get_dim(f, a + "attention.sliding_window", 0, 1 << 30);
     c.encoder = c.arch == Arch::Bert || c.arch == Arch::NomicBert || c.arch == Arch::GemmaEmbedding;
     c.learned_pos = c.arch == Arch::Bert;
-    // LayerNorm epsilon for bert and nomic-bert; RMSNorm's for the rest (required by gemma-embedding)
-    const bool layer_norm = c.encoder && c.arch != Arch::GemmaEmbedding;
+    // LayerNorm epsilon for bert, nomic-bert and cohere2; RMSNorm's for the rest (required by
+    // gemma-embedding)
+    const bool ln_encoder = c.encoder && c.arch != Arch::GemmaEmbedding;
+    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2;
     const std::string eps_key = a + (layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
-    c.rms_eps = float(c.encoder ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
+    c.rms_eps = float(c.encoder || layer_norm ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
         throw GGUFError(strfmt("%s: bad %s", f.path().c_str(), eps_key.c_str()));
     // (gemma-embedding is non-causal whatever the key says, as in llama.cpp)
-    if (layer_norm && f.get_bool(a + "attention.causal", true))
+    if (ln_encoder && f.get_bool(a + "attention.causal", true))
         throw GGUFError(strfmt("%s: metadata '%sattention.causal' is true or absent: splitllm runs %s models as "
                                "encoders (non-causal) only", f.path().c_str(), a.c_str(), c.arch_name.c_str()));
     const int64_t key_len = f.get_int(a + "attention.key_length", c.n_embd / c.n_head);
@@ -463,6 +478,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Granite) read_granite(f, c);
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
+    c.read_dense(f);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

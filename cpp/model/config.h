@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -28,13 +29,21 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss, Gemma4
+    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Gemma4
 };
+
+// mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
+// 1 + scale * ln(floor(pos / floor_scale) + 1).
+inline float attn_temperature(int pos, float scale, int floor_scale) {
+    return float(std::log(std::floor(double(pos) / floor_scale) + 1.0) * scale + 1.0);
+}
 
 struct Config {
     Arch arch = Arch::Llama;
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
-                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss", "gemma4"
+                                // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
+                                // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl"
+                                // (config_dense.cpp), "gemma4"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -91,6 +100,9 @@ struct Config {
     std::vector<uint8_t> swa_layers;
     float rope_base_swa = 10000.0f;     // rotary base and scale of the sliding-window layers
     float rope_freq_scale_swa = 1.0f;
+    bool swa_rope_global = false;       // they rotate as the global layers (exaone4, cohere2)
+    float yarn_beta_fast_train = 32.0f;  // the model's YaRN correction turns (rope.scaling.yarn_beta_*)
+    float yarn_beta_slow_train = 1.0f;
     float rope_base_train = 10000.0f;   // the model's, before overrides
     float rope_freq_scale_train = 1.0f;
     int rope_scaling_train = kRopeLinear;
@@ -106,6 +118,16 @@ struct Config {
     float residual_scale = 1.0f;
     float logit_scale = 1.0f;
     bool fused_qkv = false;     // attn_qkv (q; k; v rows) and ffn_up (gate; up rows) tensors (phi3)
+    bool fused_gate_up = false; // ffn_up alone holds the gate rows, then the up rows (glm4)
+    // mistral3 (Llama 4's attention temperature): queries times 1 + attn_temp_scale *
+    // ln(floor(pos / attn_temp_floor) + 1); 0: none.
+    float attn_temp_scale = 0.0f;
+    int attn_temp_floor = 1;
+    float yarn_log_mul = 0.0f;  // rope.scaling.yarn_log_multiplier: YaRN's magnitude is mscale(1) / mscale(it)
+    // cohere2: LayerNorm (mean removed, weight only) wherever the others RMS-norm, and the attention
+    // and the feed-forward both read the one normed input (x += attn(h) + ffn(h)).
+    bool layer_norm = false;
+    bool parallel_ffn = false;
     // Gemma: token embeddings times sqrt(n_embd), GeGLU feed-forward; gemma2/3 also RMS-norm the
     // attention and feed-forward outputs (post_attention_norm, post_ffw_norm) before adding them.
     float embd_scale = 1.0f;
@@ -160,6 +182,8 @@ struct Config {
 
     // Reads and checks the hyperparameters; throws GGUFError naming the file and key.
     static Config from_gguf(const GGUFFile & f);
+    // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
+    void read_dense(const GGUFFile & f);
 };
 
 }  // namespace sl

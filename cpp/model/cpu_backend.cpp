@@ -135,6 +135,8 @@ void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
     n_rot_[0] = c.n_rot_of(false);
     n_rot_[1] = c.n_rot_of(true);
     rope_neox_ = c.rope_neox;
+    temp_scale_ = c.attn_temp_scale;
+    temp_floor_ = c.attn_temp_floor;
     rope_mscale_[0] = double(c.rope_magnitude(false));
     rope_mscale_[1] = double(c.rope_magnitude(true));
     for (int i = 0; i < c.n_rot / 2; ++i)
@@ -170,6 +172,26 @@ void CpuBackend::rms_norm(const float * x, const float * w, float * y, int n_tok
             for (int i = 0; i < n; ++i) ss += double(xr[i]) * xr[i];
             const float scale = float(1.0 / std::sqrt(ss / n + double(eps)));
             for (int i = 0; i < n; ++i) yr[i] = xr[i] * scale * w[i];
+        }
+    };
+    if (int64_t(n_tok) * n < (1 << 16))
+        rows(0, n_tok);
+    else
+        pool_.parallel_for(n_tok, rows);
+}
+
+void CpuBackend::layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
+    auto rows = [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            const float * xr = x + t * n;
+            float * yr = y + t * n;
+            double sum = 0;
+            for (int i = 0; i < n; ++i) sum += xr[i];
+            const float mean = float(sum / n);
+            double ss = 0;
+            for (int i = 0; i < n; ++i) ss += double(xr[i] - mean) * (xr[i] - mean);
+            const float scale = float(1.0 / std::sqrt(ss / n + double(eps)));
+            for (int i = 0; i < n; ++i) yr[i] = (xr[i] - mean) * scale * w[i];
         }
     };
     if (int64_t(n_tok) * n < (1 << 16))
@@ -346,6 +368,10 @@ void CpuBackend::rope_heads(float * q, float * k, int n_tok, bool swa, int n_q, 
             const float * s = tab.sin.data() + t * half;
             for (int h = 0; h < n_q; ++h) rotate(q + (t * n_q + h) * hd, c, s);
             for (int h = 0; k && h < n_kv; ++h) rotate(k + (t * n_kv + h) * hd, c, s);
+            if (temp_scale_ != 0.0f) {  // mistral3's attention temperature
+                const float m = attn_temperature(pos_[size_t(t)], temp_scale_, temp_floor_);
+                for (float * x = q + t * n_q * hd; x < q + (t + 1) * n_q * hd; ++x) *x *= m;
+            }
         }
     };
     if (n_tok < 16)

@@ -53,6 +53,7 @@ public:
 
     void begin_batch(const BatchInfo & b) override;
     void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
+    void layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override;
     void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;
@@ -116,6 +117,8 @@ private:
     // of the global layers and, for models with sliding-window layers of other frequencies, theirs.
     int n_rot_[2] = {0, 0};  // rotated dimensions of the global and of the sliding-window layers
     bool rope_neox_ = false;
+    float temp_scale_ = 0.0f;  // Config::attn_temp_scale, attn_temp_floor
+    int temp_floor_ = 1;
     double rope_mscale_[2] = {1.0, 1.0};  // cos and sin scaled by it (Config::rope_magnitude), [1]: swa
     int q_heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
     struct RopeTables {

@@ -57,7 +57,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         }
         // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
         const float * h = L.attn_norm ? s.h : s.x;
-        if (L.attn_norm) be->rms_norm(s.x, L.attn_norm, s.h, n, c.n_embd, c.rms_eps);
+        if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n);
         const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
         float * qkv_out[3] = {s.q, s.k, s.v};
         if (imx_)
@@ -72,7 +72,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
         }
         const bool swa = c.is_swa(l);
-        if (c.rotates(l)) be->rope(s.q, s.k, n, swa);  // (smollm3's NoPE layers do not)
+        if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
         // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
         // the output, a mix of rotated values, is rotated back.
         if (rotate_k) {
@@ -91,8 +91,9 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (imx_) imx_observe(l, kImxO, s.att, n, be);
         add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
-        const float * hf = L.ffn_norm ? s.h : s.x;
-        if (L.ffn_norm) be->rms_norm(s.x, L.ffn_norm, s.h, n, c.n_embd, c.rms_eps);
+        // (cohere2: the attention's normed input h, still in s.h)
+        const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;
+        if (L.ffn_norm) norm(be, s.x, L.ffn_norm, s.h, n);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
             moe_ffn(be, L, s, n);
             continue;
@@ -135,7 +136,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     n_eval_ += n;
     ++n_forward_;
     if (n_out == 0 || !logits) return;
-    output_backend_->rms_norm(s.x, w_.output_norm, s.h, n_out, c.n_embd, c.rms_eps);
+    norm(output_backend_, s.x, w_.output_norm, s.h, n_out);
     if (embeddings) {  // the normed hidden states themselves (or a reranker's scores of them)
         const size_t bytes = size_t(n_out) * c.n_embd * sizeof(float);
         float * rows = classify ? (output_backend_->is_cpu() ? s.h : host_x_) : logits;
@@ -161,12 +162,19 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x = cap * std::tanh(*x / cap);
         });
     }
-    if (c.logit_scale != 1.0f) {  // granite: logits / logit_scale
+    if (c.logit_scale != 1.0f) {  // granite: logits / logit_scale (cohere2: times its logit_scale)
         const float inv = 1.0f / c.logit_scale;
         cpu_->pool().parallel_for(n_out, [&](int64_t r0, int64_t r1) {
             for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x *= inv;
         });
     }
+}
+
+void Model::norm(Backend * be, const float * x, const float * w, float * y, int n) {
+    if (cfg_.layer_norm)
+        be->layer_norm(x, w, y, n, cfg_.n_embd, cfg_.rms_eps);
+    else
+        be->rms_norm(x, w, y, n, cfg_.n_embd, cfg_.rms_eps);
 }
 
 void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,

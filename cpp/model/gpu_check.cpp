@@ -93,7 +93,8 @@ void check_type(QType t, int64_t K) {
 
 }  // namespace
 
-std::vector<float> rms_norm(const Device & d, const float * x, const float * w, int n_tok, int n, float eps) {
+std::vector<float> rms_norm(const Device & d, const float * x, const float * w, int n_tok, int n, float eps,
+                            bool layer) {
     GpuBackendOptions o;
     o.n_batch = n_tok;
     Session s(d, o);
@@ -101,7 +102,10 @@ std::vector<float> rms_norm(const Device & d, const float * x, const float * w, 
     const float * dx = s.put<float>(x, bytes);
     const float * dw = s.put<float>(w, sizeof(float) * size_t(n));
     float * dy = s.put<float>(nullptr, bytes);
-    s.be().rms_norm(dx, dw, dy, n_tok, n, eps);
+    if (layer)
+        s.be().layer_norm(dx, dw, dy, n_tok, n, eps);
+    else
+        s.be().rms_norm(dx, dw, dy, n_tok, n, eps);
     return s.get(dy, size_t(n_tok) * n);
 }
 

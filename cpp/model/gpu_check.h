@@ -23,8 +23,9 @@ struct Device {
     bool graphs = false;
 };
 
-// y (n_tok, n) = rmsnorm(x) * w.
-std::vector<float> rms_norm(const Device & d, const float * x, const float * w, int n_tok, int n, float eps);
+// y (n_tok, n) = rmsnorm(x) * w, or with layer the bias-free LayerNorm (Backend::layer_norm).
+std::vector<float> rms_norm(const Device & d, const float * x, const float * w, int n_tok, int n, float eps,
+                            bool layer = false);
 
 // y (n_tok, rows) = x (n_tok, K) . W^T + bias (+ y0 when given).
 std::vector<float> matmul(const Device & d, QType type, const uint8_t * W, int64_t rows, int64_t K,

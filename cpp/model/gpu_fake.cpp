@@ -58,6 +58,13 @@ public:
         need(y, row * n_tok, "rms_norm y");
         cpu_.rms_norm(x, w, y, n_tok, n, eps);
     }
+    void layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override {
+        const size_t row = sizeof(float) * size_t(n);
+        need(x, row * n_tok, "layer_norm x");
+        need(w, row, "layer_norm weight");
+        need(y, row * n_tok, "layer_norm y");
+        cpu_.layer_norm(x, w, y, n_tok, n, eps);
+    }
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override {
         for (int i = 0; i < n_w; ++i) {

@@ -154,7 +154,8 @@ void Model::load_weights() {
     if (c.encoder && !embedding_only) return load_encoder_weights();
     w_.output_norm = vector_f32(f, c, "output_norm.weight", c.n_embd);
     if (embedding_only) load_dense();
-    if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2) && f.find_tensor("output.weight"))  // as llama.cpp
+    if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Cohere2) &&
+        f.find_tensor("output.weight"))  // as llama.cpp
         throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
                                "token_embd.weight", f.path().c_str(), c.arch_name.c_str()));
     if (!embedding_only)  // (a gemma-embedding file's output.weight, if any, is not used: llama.cpp's neither)
@@ -181,6 +182,9 @@ void Model::load_weights() {
                                    c.n_swa));
 
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
+    // (glm4, exaone4, ernie4_5 and cohere2 read no attn_output.bias: llama.cpp's graphs have none)
+    const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
+                         c.arch != Arch::Cohere2;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -195,6 +199,9 @@ void Model::load_weights() {
             const std::string bias = b + name + ".bias";
             if (w->bias) continue;  // (a fused tensor's)
             const bool required = c.has_qkv_bias && w != &L.wo;
+            if (w == &L.wo && !wo_bias && f.find_tensor(bias))
+                throw GGUFError(strfmt("%s: tensor '%s': llama.cpp's %s has no attention output bias", f.path().c_str(),
+                                       bias.c_str(), c.arch_name.c_str()));
             if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
         }
         if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
@@ -205,7 +212,7 @@ void Model::load_weights() {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
-        if (c.pre_norms)
+        if (c.pre_norms && !c.parallel_ffn)  // (cohere2's feed-forward reads the attention's input)
             L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
@@ -220,7 +227,7 @@ void Model::load_weights() {
                 stacked_bias(f, c, L.up_exps, b + "ffn_up_exps.bias", c.n_ff_exp, c.n_expert);
                 stacked_bias(f, c, L.down_exps, b + "ffn_down_exps.bias", c.n_embd, c.n_expert);
             }
-        } else if (c.fused_qkv) {  // ffn_up holds the gate rows, then the up rows
+        } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
             L.w_gate = row_slice(gate_up, 0, c.n_ff);
             L.w_up = row_slice(gate_up, c.n_ff, c.n_ff);

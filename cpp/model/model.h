@@ -383,6 +383,8 @@ private:
     void * alloc_on(Backend * be, size_t bytes, Kind kind = Kind::Buffers);
     // Attention of layer l on kvb (its KV cache's backend) when the layer runs elsewhere.
     void attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnParams & ap);
+    // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2).
+    void norm(Backend * be, const float * x, const float * w, float * y, int n);
     // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h).
     void add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
                     Scratch & s, int n);

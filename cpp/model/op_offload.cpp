@@ -26,6 +26,9 @@ void OpOffload::begin_batch(const BatchInfo & b) { cpu_.begin_batch(b); }
 void OpOffload::rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
     cpu_.rms_norm(x, w, y, n_tok, n, eps);
 }
+void OpOffload::layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) {
+    cpu_.layer_norm(x, w, y, n_tok, n, eps);
+}
 void OpOffload::add(float * y, const float * x, int64_t n, float scale) { cpu_.add(y, x, n, scale); }
 void OpOffload::act_mul(Glu f, float * g, const float * u, int64_t n) { cpu_.act_mul(f, g, u, n); }
 void OpOffload::rope(float * q, float * k, int n_tok, bool swa) { cpu_.rope(q, k, n_tok, swa); }

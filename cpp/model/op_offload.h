@@ -42,6 +42,7 @@ public:
 
     void begin_batch(const BatchInfo & b) override;
     void rms_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
+    void layer_norm(const float * x, const float * w, float * y, int n_tok, int n, float eps) override;
     void matmul(const WeightRef * const * w, float * const * y, int n_w, const float * x, int n_tok,
                 bool accumulate) override;
     void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override;

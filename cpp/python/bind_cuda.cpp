@@ -104,13 +104,14 @@ F32 op_add(const std::string & dev, const F32 & y, const F32 & x, float scale) {
     return to_array(out, y.shape(0), y.shape(1));
 }
 
-F32 op_rms_norm(const std::string & dev, const F32 & x, const F32 & w, float eps) {
+F32 op_rms_norm(const std::string & dev, const F32 & x, const F32 & w, float eps, bool layer) {
     need_2d(x, "x");
     if (w.size() != x.shape(1)) throw pyb::value_error("w: one value per column of x");
     std::vector<float> y;
     {
         pyb::gil_scoped_release nogil;
-        y = gpucheck::rms_norm(device(dev, 8, 8, false), x.data(), w.data(), int(x.shape(0)), int(x.shape(1)), eps);
+        y = gpucheck::rms_norm(device(dev, 8, 8, false), x.data(), w.data(), int(x.shape(0)), int(x.shape(1)), eps,
+                               layer);
     }
     return to_array(y, x.shape(0), x.shape(1));
 }
@@ -240,7 +241,8 @@ void bind_cuda(pyb::module_ & m) {
           pyb::arg("gelu") = false, "f(x . gate^T) * (x . up^T), f = silu (or gelu): (n_tok, rows).");
     m.def("gpu_op_add", &op_add, pyb::arg("device"), pyb::arg("y"), pyb::arg("x"), pyb::arg("scale") = 1.0f,
           "y + scale * x by Backend::add.");
-    m.def("gpu_op_rms_norm", &op_rms_norm, pyb::arg("device"), pyb::arg("x"), pyb::arg("w"), pyb::arg("eps"));
+    m.def("gpu_op_rms_norm", &op_rms_norm, pyb::arg("device"), pyb::arg("x"), pyb::arg("w"), pyb::arg("eps"),
+          pyb::arg("layer") = false);
     m.def("gpu_op_rope", &op_rope, pyb::arg("device"), pyb::arg("q"), pyb::arg("k"), pyb::arg("pos"), pyb::kw_only(),
           pyb::arg("n_head"), pyb::arg("n_head_kv"), pyb::arg("head_dim"), pyb::arg("n_rot"), pyb::arg("base"),
           pyb::arg("freq_scale") = 1.0f, pyb::arg("neox") = false, pyb::arg("freq_factors") = pyb::none(),

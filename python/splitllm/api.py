@@ -67,7 +67,7 @@ from splitllm.api_schema import (
     TokenizeRequest,
     error_body,
 )
-from splitllm.chat import template_variables
+from splitllm.chat import CONTINUE_MODES, Continuation, template_variables
 from splitllm.completions import (
     CompletionChunk,
     Echo,
@@ -99,7 +99,7 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
                chat_template_kwargs: dict[str, Any] | None = None,
                reasoning_format: str = "deepseek", slots_endpoint: bool = True,
                slot_save_path: str | None = None, reasoning_budget: int = -1,
-               reasoning_budget_message: str = "") -> FastAPI:
+               reasoning_budget_message: str = "", prefill_assistant: bool = True) -> FastAPI:
     """The FastAPI application serving ``engine``'s model under ``model_alias`` (default: the file
     name without ``.gguf``). With ``api_key``, requests (but ``/health``) must carry it as a bearer
     token. ``chat_template_kwargs``: chat template variables for every chat request (a request's
@@ -110,11 +110,13 @@ def create_app(engine: BatchEngine, *, model_alias: str | None = None, api_key: 
     saves slots to and restores them from (without one, that endpoint answers 501).
     ``reasoning_budget`` (-1: none) and ``reasoning_budget_message``: llama-server's thinking budget
     for chat answers of ``<think>`` models, which a request's ``reasoning_budget_tokens`` overrides
-    (see :mod:`splitllm.reasoning_budget`)."""
+    (see :mod:`splitllm.reasoning_budget`). ``prefill_assistant``: a chat request ending with an
+    assistant message continues it (llama-server's default; see :meth:`_Service.continuation`)."""
     svc = _Service(engine, model_alias, template_variables(chat_template_kwargs),
                    check_reasoning_format(reasoning_format))
     svc.reasoning_budget = check_budget(reasoning_budget, "reasoning_budget")
     svc.reasoning_budget_message = reasoning_budget_message
+    svc.prefill_assistant = prefill_assistant
     app = FastAPI(title="splitllm", summary="OpenAI-compatible API", docs_url=None, redoc_url=None)
     app.state.service = svc
     svc.slots_endpoint = slots_endpoint
@@ -213,6 +215,7 @@ class _Service:
         self.created = int(time.time())
         self.slots_endpoint = True  # (GET /slots answers)
         self.reasoning_budget, self.reasoning_budget_message = -1, ""  # (--reasoning-budget, its message)
+        self.prefill_assistant = True  # a last assistant message is continued (--no-prefill-assistant)
 
     # ---- information ----
 
@@ -296,7 +299,7 @@ class _Service:
 
     # ---- requests ----
 
-    def _thinking_budget(self, body: ChatRequest, prompt: list[int]) -> ReasoningBudget | None:
+    def _thinking_budget(self, body: ChatRequest, p: _ChatPrompt) -> ReasoningBudget | None:
         """A chat answer's thinking budget: the request's (-1 or absent: the server's), for a model
         whose chat template writes ``<think>`` blocks (as llama-server sets one up only for
         templates with thinking tags)."""
@@ -311,9 +314,9 @@ class _Service:
         tok = self.model.tokenizer
         message = body.reasoning_budget_message
         return thinking_budget(lambda text: tok.tokenize(text.encode(), add_bos=False, special=True),
-                               lambda t: tok.token_to_piece(t, special=False), prompt, n,
+                               lambda t: tok.token_to_piece(t, special=False), p.tokens, n,
                                self.reasoning_budget_message if message is None else message,
-                               prompt_opens=self.model.opens_thinking(prompt))
+                               prompt_opens=p.opens_thinking(self.model))
 
     def _submit(self, tokens: list[int], body: CompletionRequest | ChatRequest, max_tokens: int | None,
                 stop: list[str], param: str, *, explicit: bool, limit_param: str = "max_tokens",
@@ -400,6 +403,9 @@ class _Service:
         /v1/chat/completions runs and the ``input_tokens`` endpoints count."""
         self._generative_model(body.model)
         messages = [m.as_dict() for m in body.messages]
+        cont = self.continuation(body)
+        if cont is not None:
+            messages.pop()
         grammar = _grammar_of(body)
         try:
             harmony = self.model.chat_template().harmony
@@ -409,12 +415,44 @@ class _Service:
         try:
             variables = {**self.template_kwargs, **template_variables(body.chat_template_kwargs)}
             tokens, stops = self.model.chat_prompt(messages, body.stop, tools=plan.tools if plan else None,
-                                                   chat_template_kwargs=variables)
+                                                   chat_template_kwargs=variables,
+                                                   add_generation_prompt=body.add_generation_prompt,
+                                                   continuation=cont)
         except ValueError as e:
             raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
         if plan is not None and plan.grammar is not None:
             grammar = plan.grammar
-        return _ChatPrompt(tokens, stops, plan, grammar, harmony)
+        return _ChatPrompt(tokens, stops, plan, grammar, harmony, None if cont is None else cont[0])
+
+    def continuation(self, body: ChatRequest) -> Continuation | None:
+        """The assistant message a chat request continues, as llama-server decides: its
+        ``continue_final_message`` (true: by the message, "content" or "reasoning_content"; with
+        ``add_generation_prompt`` false), or (unless --no-prefill-assistant) a last message from
+        the assistant. 400 for two assistant messages at the end, both options, or tool calls."""
+        v = body.continue_final_message
+        mode = "auto" if v is True else v if v in CONTINUE_MODES else None
+        msgs = body.messages
+        if mode is None and self.prefill_assistant and msgs[-1].role == "assistant":
+            if len(msgs) >= 2 and msgs[-2].role == "assistant":
+                raise APIError(400, "Cannot have 2 or more assistant messages at the end of the list.",
+                               param="messages")
+            mode = "auto"
+        elif mode is not None and body.add_generation_prompt:
+            raise APIError(400, "Cannot set both add_generation_prompt and continue_final_message to true.",
+                           param="continue_final_message")
+        if mode is None:
+            return None
+        last = msgs[-1].as_dict()
+        if last.get("role") == "assistant" and last.get("tool_calls"):
+            raise APIError(400, "Cannot continue an assistant message that contains tool calls.",
+                           param="messages")
+        reasoning = last.get("reasoning_content")
+        reasoning = reasoning if isinstance(reasoning, str) else ""
+        parts = msgs[-1].content
+        content = "\n\n".join(p.text for p in parts) if isinstance(parts, list) else parts or ""
+        if mode == "auto":
+            mode = "reasoning_content" if reasoning and not content else "content"
+        return mode, reasoning, content
 
     def start_chat(self, body: ChatRequest) -> ChatRun:
         """Queues a chat request's choices; the caller reads them through the returned run (which
@@ -422,7 +460,7 @@ class _Service:
         name = self._generative_model(body.model)
         p = self.chat_prompt(body)
         thinking = (body.reasoning_format or self.reasoning_format) == "deepseek"
-        inside = thinking and not p.harmony and self.model.opens_thinking(p.tokens)
+        inside = thinking and not p.harmony and p.opens_thinking(self.model)
         limit = body.token_limit
         if limit is not None and body.limit_is_cap:
             limit = min(limit, self.engine.slot_ctx)
@@ -433,7 +471,7 @@ class _Service:
                                       explicit=limit is not None and not body.limit_is_cap,
                                       limit_param=body.token_limit_param, seed=_choice_seed(body.seed, k),
                                       grammar=p.grammar, pin=k == 0,
-                                      budget=None if p.harmony else self._thinking_budget(body, p.tokens))
+                                      budget=None if p.harmony else self._thinking_budget(body, p))
                 runs.append(_Run(k, stream, k == 0))
         except BaseException:
             _close(runs)
@@ -441,8 +479,10 @@ class _Service:
         splitters: dict[int, ReasoningSplitter | HarmonySplitter] = {}
         if p.harmony:  # (always parsed: its analysis stays in the content as written with "none")
             plan = p.plan
+            inside = {None: "", "content": "content", "reasoning_content": "reasoning"}[p.continued]
             splitters = {r.index: HarmonySplitter(reasoning=thinking, names=plan.names if plan else None,
-                                                  max_calls=plan.max_calls if plan else None) for r in runs}
+                                                  max_calls=plan.max_calls if plan else None, inside=inside)
+                         for r in runs}
         elif thinking:
             splitters = {r.index: ReasoningSplitter(inside=inside) for r in runs}
         return ChatRun(runs, chat_head(name), body, p.plan, splitters, p.harmony)
@@ -602,6 +642,13 @@ class _ChatPrompt:
     plan: ToolPlan | None
     grammar: Grammar | None
     harmony: bool
+    continued: str | None = None  # the mode of the assistant message it continues (CONTINUE_MODES)
+
+    def opens_thinking(self, model: Any) -> bool:
+        """Whether the answer starts inside a thinking block (or harmony's analysis message)."""
+        if self.continued is not None:
+            return self.continued == "reasoning_content"
+        return not self.harmony and model.opens_thinking(self.tokens)
 
 
 @dataclasses.dataclass(eq=False)

@@ -19,8 +19,9 @@
   ``total_slots``, ``model_alias``, ``model_path``, ``chat_template``, ``bos_token``,
   ``eos_token``, ``build_info`` (splitllm's version).
 * ``POST /apply-template``: ``{"messages": [...]}`` (and ``tools``, ``chat_template_kwargs``,
-  ``add_generation_prompt``) rendered by the chat template to ``{"prompt": text}``: the text
-  ``/v1/chat/completions`` reads.
+  ``add_generation_prompt``, ``continue_final_message``) rendered by the chat template to
+  ``{"prompt": text}``: the text ``/v1/chat/completions`` reads (a last assistant message
+  continued, as there).
 
 Errors have the OpenAI shape of the other endpoints (see :mod:`splitllm.api`). As llama-server's,
 these endpoints ignore a request's ``model``.
@@ -251,9 +252,15 @@ class NativeAPI:
         plan = _tools_of(body, False)
         try:
             variables = {**self.svc.template_kwargs, **template_variables(body.chat_template_kwargs)}
-            text = self.model.chat_template().render([m.as_dict() for m in body.messages],
-                                                     add_generation_prompt=body.add_generation_prompt,
-                                                     tools=plan.tools if plan else None, **variables)
+            messages = [m.as_dict() for m in body.messages]
+            cont = self.svc.continuation(body)
+            tools = plan.tools if plan else None
+            tmpl = self.model.chat_template()
+            if cont is not None:
+                text = tmpl.render_continuation(messages[:-1], cont, tools=tools, **variables)
+            else:
+                text = tmpl.render(messages, add_generation_prompt=body.add_generation_prompt, tools=tools,
+                                   **variables)
         except ValueError as e:
             raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
         return {"prompt": text}

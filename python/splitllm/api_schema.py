@@ -252,6 +252,10 @@ class ChatRequest(_Sampling):
     reasoning_budget_tokens: int | None = Field(None, ge=-1)
     thinking_budget_tokens: int | None = Field(None, ge=-1)
     reasoning_budget_message: str | None = None
+    # llama-server's assistant prefill (splitllm.api._Service.continuation): true, "content" or
+    # "reasoning_content" (other values: none); add_generation_prompt false renders no header
+    continue_final_message: Any = None
+    add_generation_prompt: bool = True
     # max_tokens caps the answer (at the context's end) rather than having to fit: for the APIs
     # translated into chat requests, whose clients send large limits (as llama-server reads them)
     limit_is_cap: ClassVar[bool] = False

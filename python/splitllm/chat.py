@@ -13,8 +13,14 @@ import jinja2.ext
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from splitllm.harmony import harmony_messages, is_harmony
+from splitllm.harmony import CHANNEL, END, MESSAGE, START, harmony_messages, is_harmony
+from splitllm.reasoning import CLOSE as THINK_CLOSE
+from splitllm.reasoning import OPEN as THINK_OPEN
 from splitllm.tools import prompt_messages
+
+CONTINUE_MODES = ("content", "reasoning_content")
+Continuation = tuple[str, str, str]
+"""An assistant message to continue: (mode, its reasoning, its content); mode in CONTINUE_MODES."""
 
 # llama.cpp uses ChatML when a model carries no template.
 CHATML_TEMPLATE = (
@@ -111,6 +117,38 @@ class ChatTemplate:
             )
         except (jinja2.TemplateError, TypeError) as e:  # TypeError: e.g. a message's content left out
             raise ValueError(f"chat template failed to render: {e}") from e
+
+    def render_continuation(
+        self, messages: Sequence[Mapping[str, Any]], continuation: Continuation, *,
+        tools: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
+    ) -> str:
+        """The prompt text that continues an assistant message (llama-server's assistant prefill,
+        ``continue_final_message``): ``messages`` (those before it) without a generation prompt,
+        then the assistant's header and the message so far, left open. Mode "content": its
+        reasoning (in a closed thinking block, for templates that write one) and its content;
+        "reasoning_content": an open thinking block with its reasoning. As llama.cpp builds it:
+        the header is what the generation prompt adds (cut before a ``<think>`` it opens); harmony
+        writes an analysis message, then for "content" a final one."""
+        if not messages:
+            raise ValueError("an assistant message to continue needs a message before it")
+        text = self.render(messages, add_generation_prompt=False, tools=tools, **kwargs)
+        mode, reasoning, content = continuation
+        if self.harmony:
+            if (i := text.rfind("<|return|>")) >= 0:  # (a finished answer ends its turn with <|end|>)
+                text = text[:i] + END + text[i + len("<|return|>"):]
+            head = f"{START}{CHANNEL}analysis{MESSAGE}{reasoning}"
+            if mode == "content":
+                head += f"{END}{START}{CHANNEL}final{MESSAGE}{content}"
+            return text + head
+        full = self.render(messages, add_generation_prompt=True, tools=tools, **kwargs)
+        n = next((i for i, (a, b) in enumerate(zip(text, full, strict=False)) if a != b),
+                 min(len(text), len(full)))
+        head = full[n:]
+        if THINK_OPEN in self.source and THINK_CLOSE in self.source:
+            if (i := head.find(THINK_OPEN)) >= 0:
+                head = head[:i]
+            head += THINK_OPEN + reasoning + (THINK_CLOSE if mode == "content" else "")
+        return text + head + (content if mode == "content" else "")
 
 
 def template_variables(variables: Any) -> dict[str, Any]:

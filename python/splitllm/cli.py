@@ -108,10 +108,21 @@ def lora_list(args: argparse.Namespace) -> list[tuple[str, float]]:
 
 
 def add_draft_option(p: argparse.ArgumentParser) -> None:
-    """Speculative decoding by prompt lookup (run and chat: one sequence at a time)."""
+    """Speculative decoding by prompt lookup or a draft model (run and chat: one sequence at a time)."""
     p.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
                    help="guess up to N tokens a step by looking the last tokens up in the context "
                    "(speculative decoding: the same text, faster where it repeats its input; default 0: off)")
+    p.add_argument("-md", "--model-draft", default=None, metavar="FNAME",
+                   help="draft model for speculative decoding (a small GGUF with the same vocabulary): "
+                   "the same text, faster where it guesses right")
+    p.add_argument("--draft-max", "--draft", "--draft-n", dest="draft_max", type=int, default=16, metavar="N",
+                   help="tokens the draft model guesses at most per step (default 16)")
+    p.add_argument("--draft-p-min", type=float, default=0.75, metavar="P",
+                   help="the draft stops guessing where its top token's probability is below P "
+                   "(default 0.75)")
+    p.add_argument("-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft", dest="n_gpu_layers_draft",
+                   default="0", metavar="N",
+                   help="layers of the draft model on the GPU (an integer, -1 for all, or 'auto'; default 0)")
 
 
 def add_grammar_options(p: argparse.ArgumentParser) -> None:
@@ -210,10 +221,19 @@ def load_model(args: argparse.Namespace, **extra: object):  # noqa: ANN201 - avo
     n_lookup = getattr(args, "prompt_lookup", 0)
     if n_lookup < 0:
         raise ValueError(f"--prompt-lookup must be >= 0 (got {n_lookup})")
+    draft_path = getattr(args, "model_draft", None)
+    if n_lookup and draft_path:
+        raise ValueError("--prompt-lookup and --model-draft are two kinds of draft: pick one")
     if n_lookup:
         from splitllm.speculative import PromptLookupDecoding
 
         extra["draft_model"] = PromptLookupDecoding(num_pred_tokens=n_lookup)
+    elif draft_path:
+        from splitllm.speculative import ModelDraft
+
+        extra["draft_model"] = ModelDraft(draft_path, num_pred_tokens=args.draft_max, p_min=args.draft_p_min,
+                                          n_ctx=args.n_ctx, n_threads=args.threads,
+                                          n_gpu_layers=parse_gpu_layers(args.n_gpu_layers_draft))
 
     loras = lora_list(args)
     return Model(args.model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_threads=args.threads,

@@ -75,10 +75,11 @@ class HarmonyParser:
 
     ``reasoning``: analysis messages go to reasoning (False: kept in the content as written);
     ``names``: the tools a call may name (None: no tools, every call is dropped); ``max_calls``:
-    the most calls kept (None: any number)."""
+    the most calls kept (None: any number); ``inside``: the kind of the message the prompt left
+    open ("reasoning": an analysis message, "content": a final one), whose body the text goes on."""
 
     def __init__(self, *, reasoning: bool = True, names: frozenset[str] | None = None,
-                 max_calls: int | None = None) -> None:
+                 max_calls: int | None = None, inside: str = "") -> None:
         self.reasoning = reasoning
         self.names = names
         self.max_calls = max_calls
@@ -89,6 +90,11 @@ class HarmonyParser:
         self._raw = False  # the body is an analysis message kept as content
         self._buf = ""
         self._events: list[tuple[str, Any]] = []
+        if inside:  # the prompt left a message open (a continued answer): "reasoning" or "content"
+            self._mode, self._kind = "body", inside
+            self._raw = inside == "reasoning" and not reasoning
+            if self._raw:
+                self._kind = "content"
 
     def push(self, text: str) -> list[tuple[str, Any]]:
         self._buf += text
@@ -203,8 +209,8 @@ class HarmonySplitter:
     the analysis, ``calls`` the tool calls (held text is released with the last chunk)."""
 
     def __init__(self, *, reasoning: bool = True, names: frozenset[str] | None = None,
-                 max_calls: int | None = None) -> None:
-        self.parser = HarmonyParser(reasoning=reasoning, names=names, max_calls=max_calls)
+                 max_calls: int | None = None, inside: str = "") -> None:
+        self.parser = HarmonyParser(reasoning=reasoning, names=names, max_calls=max_calls, inside=inside)
 
     def chunk(self, c: CompletionChunk) -> CompletionChunk:
         events = self.parser.push(c.text)

@@ -257,6 +257,12 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods):
         self._draft_policy: DraftPolicy | None = None
         self._gvocab: Any = None
         if draft_model is not None:
+            if (attach := getattr(draft_model, "attach", None)) is not None:  # (e.g. a vocabulary check)
+                try:
+                    attach(self)
+                except BaseException:
+                    self.close()
+                    raise
             # Guesses and the token before them go in one pass no longer than the longest whose
             # logits equal single-token passes, so the output does not depend on the guesses.
             cap = min(MAX_SPECULATIVE_PASS, self._seq_ctx - 1, n_batch)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from splitllm.chat import ChatTemplate, template_variables
+from splitllm.chat import ChatTemplate, Continuation, template_variables
 from splitllm.completions import chat_chunks, chat_head, chat_response, stop_list
 from splitllm.dry import DEFAULT_BREAKERS
 from splitllm.grammar import Grammar, response_grammar
@@ -33,12 +33,18 @@ class ChatMethods:
         self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
         tools: Sequence[Mapping[str, Any]] | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
+        continuation: Continuation | None = None,
     ) -> list[int]:
         """Renders messages (and ``tools``) with the model's chat template and tokenizes the result;
         ``chat_template_kwargs``: more template variables (llama-server's name), e.g.
-        ``{"enable_thinking": False}`` for Qwen3."""
-        text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                           **template_variables(chat_template_kwargs))
+        ``{"enable_thinking": False}`` for Qwen3. ``continuation``: an assistant message after
+        ``messages`` to go on with (see :meth:`ChatTemplate.render_continuation`)."""
+        variables = template_variables(chat_template_kwargs)
+        if continuation is not None:
+            text = self.chat_template().render_continuation(messages, continuation, tools=tools, **variables)
+        else:
+            text = self.chat_template().render(messages, add_generation_prompt=add_generation_prompt,
+                                               tools=tools, **variables)
         return self.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def create_chat_completion(
@@ -146,10 +152,15 @@ class ChatMethods:
         self, messages: Sequence[Mapping[str, Any]], stop: str | Sequence[str] | None = None, *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+        continuation: Continuation | None = None,
     ) -> tuple[list[int], list[str]]:
         """The prompt tokens of a chat completion and its stop strings (``stop`` and the
-        template's end-of-sequence text); ``tools``: offered to the model (already checked)."""
-        tokens = self.apply_chat_template(messages, tools=tools, chat_template_kwargs=chat_template_kwargs)
+        template's end-of-sequence text); ``tools``: offered to the model (already checked);
+        ``add_generation_prompt`` and ``continuation`` as :meth:`apply_chat_template`'s."""
+        tokens = self.apply_chat_template(messages, tools=tools, chat_template_kwargs=chat_template_kwargs,
+                                          add_generation_prompt=add_generation_prompt,
+                                          continuation=continuation)
         stops = stop_list(stop)
         eos_text = self.chat_template().eos_token
         if eos_text and eos_text not in stops:

@@ -252,8 +252,6 @@ class InfillRequest(NativeRequest):
 class ApplyTemplateRequest(ChatRequest):
     """``POST /apply-template``: messages (and tools, chat_template_kwargs) rendered to text."""
 
-    add_generation_prompt: bool = True
-
 
 def check_infill_body(data: Any) -> None:
     """llama-server's checks of an /infill body, with its messages (400)."""

@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "is forced (-1: unrestricted, default; 0: end at once), as llama-server's")
     p.add_argument("--reasoning-budget-message", default="", metavar="MESSAGE",
                    help="text forced before </think> when the budget runs out (default: none)")
+    p.add_argument("--no-prefill-assistant", dest="prefill_assistant", action="store_false",
+                   help="a chat request ending with an assistant message starts a new answer instead of "
+                        "continuing that one (llama-server's flag)")
     p.add_argument("--spm-infill", action="store_true",
                    help="fill-in-the-middle prompts (/infill, a completion's suffix) put the suffix before "
                         "the prefix, as some code models want (llama-server's flag)")
@@ -96,7 +99,8 @@ def _serve(args: argparse.Namespace, model: Any) -> None:
                          chat_template_kwargs=args.chat_template_kwargs,
                          reasoning_format=args.reasoning_format, slots_endpoint=args.slots,
                          slot_save_path=args.slot_save_path, reasoning_budget=args.reasoning_budget,
-                         reasoning_budget_message=args.reasoning_budget_message)
+                         reasoning_budget_message=args.reasoning_budget_message,
+                         prefill_assistant=args.prefill_assistant)
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
               f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"

@@ -11,16 +11,25 @@ loads, see :func:`single_pass_limit`).
 
 :class:`PromptLookupDecoding` guesses by looking the last few tokens up earlier in the context
 and proposing what followed them there: no second model, and a large gain on text that repeats
-its input (summaries, code edits, extraction).
+its input (summaries, code edits, extraction). :class:`ModelDraft` guesses with a small model of
+the same vocabulary (llama.cpp's ``--model-draft``): its greedy continuation, as long as it is
+sure enough of each token.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from splitllm.model import Model
+
+SPEC_VOCAB_MAX_SIZE_DIFFERENCE = 128  # llama.cpp's limits on how far a draft's vocabulary may differ
+SPEC_VOCAB_CHECK_START_TOKEN_ID = 5
 
 
 class DraftModel(abc.ABC):
@@ -29,6 +38,69 @@ class DraftModel(abc.ABC):
     @abc.abstractmethod
     def __call__(self, input_ids: npt.NDArray[np.intc], /, **kwargs: Any) -> npt.NDArray[np.intc]:
         raise NotImplementedError
+
+
+class ModelDraft(DraftModel):
+    """A draft model: a small GGUF model with the target's vocabulary (llama.cpp's
+    ``--model-draft``), drafting its greedy continuation of the tokens so far, up to
+    ``num_pred_tokens`` (``--draft-max``) and only while its top token's probability is at least
+    ``p_min`` (``--draft-p-min``). Its KV cache follows the text: each call evaluates only what is
+    new since the last (the longest common prefix is kept). ``model``: a path (loaded with
+    ``model_kwargs``, e.g. ``n_ctx``, ``n_gpu_layers``) or a loaded :class:`~splitllm.Model`.
+    The target checks the vocabularies when it takes the draft (:meth:`attach`)."""
+
+    def __init__(self, model: str | os.PathLike[str] | Model, num_pred_tokens: int = 16, p_min: float = 0.75,
+                 **model_kwargs: Any) -> None:
+        if not isinstance(num_pred_tokens, int) or isinstance(num_pred_tokens, bool) or num_pred_tokens < 1:
+            raise ValueError(f"num_pred_tokens must be a positive integer (got {num_pred_tokens!r})")
+        if not 0.0 <= p_min <= 1.0:
+            raise ValueError(f"p_min must be in [0, 1] (got {p_min!r})")
+        if isinstance(model, (str, os.PathLike)):
+            from splitllm.model import Model
+
+            model = Model(model, **model_kwargs)
+        elif model_kwargs:
+            raise ValueError("model_kwargs apply only when the draft model is given as a path")
+        self.model = model
+        self.num_pred_tokens = num_pred_tokens
+        self.p_min = float(p_min)
+
+    def attach(self, target: Model) -> None:
+        """Refuses a draft whose vocabulary is not the target's, as llama.cpp does: the same kind
+        of vocabulary, BOS / EOS and their adding, sizes within 128 and the same text for every
+        token from id 5 on that both have."""
+        d, t = self.model.tokenizer, target.tokenizer
+        name = self.model.model_path
+        for what in ("vocab_type", "bos_id", "eos_id", "add_bos", "add_eos"):
+            if getattr(d, what, None) != getattr(t, what, None):
+                raise ValueError(f"{name}: the draft model's {what} ({getattr(d, what, None)}) differs from "
+                                 f"the target's ({getattr(t, what, None)})")
+        nd, nt = self.model.n_vocab(), target.n_vocab()
+        if abs(nd - nt) > SPEC_VOCAB_MAX_SIZE_DIFFERENCE:
+            raise ValueError(f"{name}: the draft model's vocabulary has {nd} tokens, the target's {nt} "
+                             f"(at most {SPEC_VOCAB_MAX_SIZE_DIFFERENCE} apart)")
+        for i in range(SPEC_VOCAB_CHECK_START_TOKEN_ID, min(nd, nt)):
+            if d.token_text(i) != t.token_text(i):
+                raise ValueError(f"{name}: the draft model's token {i} is {d.token_text(i)!r}, the target's "
+                                 f"{t.token_text(i)!r}")
+
+    def __call__(self, input_ids: npt.NDArray[np.intc], /, **kwargs: Any) -> npt.NDArray[np.intc]:
+        ids = [int(t) for t in np.asarray(input_ids).ravel()]
+        m = self.model
+        room = m.n_ctx() - len(ids)
+        out: list[int] = []
+        while len(out) < min(self.num_pred_tokens, room):
+            logits = m.eval_prompt(ids + out).astype(np.float64)
+            best = int(np.argmax(logits))
+            if self.p_min > 0:
+                p = 1.0 / np.exp(logits - logits[best]).sum()
+                if p < self.p_min:
+                    break
+            out.append(best)
+        return np.asarray(out, dtype=np.intc)
+
+    def close(self) -> None:
+        self.model.close()
 
 
 class PromptLookupDecoding(DraftModel):

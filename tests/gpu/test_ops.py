@@ -108,6 +108,20 @@ def test_rms_norm(n):
     assert nmse(gpu, cpu) <= OTHER_NMSE
 
 
+@pytest.mark.parametrize("n", [64, 4096, 5000])
+def test_layer_norm(n):
+    """cohere2's bias-free LayerNorm: GPU against CPU, and the CPU against numpy in float64."""
+    rng = np.random.default_rng(n)
+    x = (rng.normal(size=(7, n)) * 30 + 5).astype(np.float32)
+    w = rng.normal(size=n).astype(np.float32)
+    cpu = _core.gpu_op_rms_norm("cpu", x, w, 1e-5, layer=True)
+    gpu = _core.gpu_op_rms_norm("gpu", x, w, 1e-5, layer=True)
+    c = x.astype(np.float64) - x.mean(axis=1, keepdims=True, dtype=np.float64)
+    want = c / np.sqrt((c * c).mean(axis=1, keepdims=True) + 1e-5) * w
+    assert nmse(cpu, want) <= 1e-12
+    assert nmse(gpu, cpu) <= OTHER_NMSE
+
+
 @pytest.mark.parametrize("neox", [False, True])
 @pytest.mark.parametrize("head_dim,n_rot,factors", [(64, 64, False), (128, 96, False), (128, 128, True)])
 def test_rope(neox, head_dim, n_rot, factors):
