@@ -164,6 +164,19 @@ def test_shared_layers_hold_no_cache(tmp_path):
     assert p.kv_bytes_per_token == sum(row(i) for i in owners if not E2B.swa[i])
 
 
+@pytest.mark.parametrize("cfg", [E2B, MOE], ids=["e2b", "moe"])
+def test_plan_counts_every_weight(tmp_path, cfg):
+    """The plan's weights are the file's tensors (the per-layer embedding table and projection,
+    the per-layer input and expert matrices and norms), to within the few floats left out."""
+    from gguf import GGUFReader
+    from splitllm.plan import plan
+
+    path, _ = tiny(tmp_path, cfg, weight_type="Q8_0")
+    tensor_bytes = sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
+    weights = plan(path, n_ctx=64, n_batch=4, cpu_memory="1GiB").device("CPU").weights
+    assert abs(weights - tensor_bytes) < 0.002 * tensor_bytes
+
+
 def test_state_round_trip(tmp_path):
     """A saved state (the layers that own a cache) loaded into a fresh model continues the text."""
     path, held = tiny(tmp_path, E2B)

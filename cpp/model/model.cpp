@@ -443,8 +443,12 @@ size_t Weights::input_bytes() const {
     const size_t n_embd = size_t(tok_embd.K);
     // (a decoder's output norm belongs to its output layer; an encoder has none)
     const size_t out_norm = output.rows == 0 && output_norm ? sizeof(float) * n_embd : 0;
+    // (gemma4 E2B / E4B: the per-layer embedding table and its projection, read with the token
+    // embedding; their norm's few floats left out)
+    const size_t ple = ple_tok_embd.nbytes() + ple_model_proj.nbytes();
     return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * n_embd : 0) +
-           cls.bytes_with_bias() + cls_out.bytes_with_bias() + out_norm + dense_2.bytes_with_bias() + dense_3.nbytes();
+           cls.bytes_with_bias() + cls_out.bytes_with_bias() + out_norm + dense_2.bytes_with_bias() + dense_3.nbytes() +
+           ple;
 }
 
 void Model::setup_kv() {

@@ -31,7 +31,10 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.attn_post_norm, int64_t(c.n_embd)}, {&L.ffn_norm, int64_t(c.n_embd)},
                         {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},
                         {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
-                        {&L.ffn_ln_b, int64_t(c.n_embd)}, {&L.attn_sinks, int64_t(c.n_head)}})
+                        {&L.ffn_ln_b, int64_t(c.n_embd)}, {&L.attn_sinks, int64_t(c.n_head)},
+                        {&L.ple_post_norm, int64_t(c.n_embd)}, {&L.router_w, int64_t(c.n_embd)},
+                        {&L.ffn_pre_norm_2, int64_t(c.n_embd)}, {&L.ffn_post_norm_1, int64_t(c.n_embd)},
+                        {&L.ffn_post_norm_2, int64_t(c.n_embd)}, {&L.down_exps_scale, int64_t(c.n_expert)}})
         if (*p) f(*p, n);
 }
 
@@ -54,7 +57,7 @@ void for_lora(const LayerWeights & L, const LoraTable & lora, F && f) {
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
     size_t bytes = sizeof(float) * norm_floats(L, c);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
-                                &L.up_exps, &L.down_exps})
+                                &L.up_exps, &L.down_exps, &L.ple_gate, &L.ple_proj})
         bytes += w->bytes_with_bias();
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += t.a.nbytes() + t.b.nbytes(); });
     return bytes;
