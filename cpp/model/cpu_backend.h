@@ -71,7 +71,8 @@ public:
     // A mixture-of-experts feed-forward for a few tokens in one pass of the thread pool:
     //   y[t] += sum_j weight[t k + j] * down_e(f(gate_e x_t) * up_e x_t),  e = pick[t k + j],
     // expert e being rows e * rows / n_expert.. of each stacked matrix (and of its bias, if the
-    // matrix has one: added to its products); a token's terms are added
+    // matrix has one: added to its products; fused gate/up experts: gate_exps the whole tensor,
+    // up_exps its rows from the first expert's up rows on); a token's terms are added
     // in the order of its picks. The arithmetic of every term is that of the same expert's
     // swiglu and matmul over a few tokens, so the result does not depend on the batch. Returns
     // false, having done nothing, for more than kMoeEntries (token, expert) pairs or matrices

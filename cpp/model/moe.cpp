@@ -85,8 +85,9 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
     const int l = int(&L - w_.layers.data());
     const bool fused = L.up_exps.rows == 0;  // (gemma4's ffn_gate_up_exps: each expert's gate rows, then its up rows)
     // (importance-matrix collection needs each expert's inputs: the grouped path below)
-    if (!imx_ && !fused && be == static_cast<Backend *>(cpu_.get()) &&
-        cpu_->moe_small(act, L.gate_exps, L.up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
+    const WeightRef up_exps = fused ? row_slice(L.gate_exps, c.n_ff_exp, L.gate_exps.rows - c.n_ff_exp) : L.up_exps;
+    if (!imx_ && be == static_cast<Backend *>(cpu_.get()) &&
+        cpu_->moe_small(act, L.gate_exps, up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
                         routes_.weight.data(), k, s.x))
         return;
     const size_t row = size_t(c.n_embd);
