@@ -53,6 +53,22 @@ def interleaved_batch(texts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, n
     return toks, pos, slot
 
 
+def check_engine_passes(path: Path, tokens: list[int], ref: np.ndarray, tol: float = F32_LOGITS_TOL) -> None:
+    """splitllm's logits of ``tokens`` on the model at ``path``: in one pass, in passes of 5, then
+    token by token (the decode path), each within ``tol`` of ``ref`` (relative to its largest)."""
+    from splitllm import Model  # noqa: PLC0415 - the reference itself needs no engine
+
+    def err(a: np.ndarray) -> float:
+        return float(np.abs(np.float64(a) - ref).max() / np.abs(ref).max())
+
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        assert err(m.logits(tokens)) < tol
+    with Model(path, n_ctx=64, n_batch=5, n_threads=2) as m:
+        assert err(m.logits(tokens)) < tol
+        m.reset()
+        assert err(np.stack([m.eval_prompt(tokens[: i + 1]) for i in range(len(tokens))])) < tol
+
+
 @dataclass
 class TinyConfig:
     arch: str = "llama"

@@ -108,6 +108,7 @@ def _is_float_matrix(name: str, shape: tuple[int, ...]) -> bool:
         and name.endswith("weight")
         and "_norm.weight" not in name
         and "ffn_gate_inp.weight" not in name  # the experts' router
+        and "ffn_gate_inp_shexp.weight" not in name  # the shared expert's gate
         and name not in ("position_embd.weight", "token_types.weight")  # BERT's embeddings
     )
 

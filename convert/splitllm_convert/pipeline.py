@@ -120,8 +120,11 @@ def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_mod
         in_bytes += sum(entries[n].nbytes for n in s.hf_extra)
         if s.hf_stack:
             src += f" (+{len(s.hf_stack) - 1} experts)"
-        tensors.append(TensorPlan(s.gguf_name, s.shape, t, nbytes, src, in_bytes))
-        writer.add_tensor_info(s.gguf_name, s.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
+        shape = s.shape  # (llama-quantize writes ggml's dimensions: none past the last that is not 1)
+        if ft.is_quantized:
+            shape = shape[len(shape) - quant_rules.n_dims(shape[::-1]) :]
+        tensors.append(TensorPlan(s.gguf_name, shape, t, nbytes, src, in_bytes))
+        writer.add_tensor_info(s.gguf_name, shape, np.dtype(np.float32), nbytes, raw_dtype=t)
     _add_metadata(writer, model_dir, arch, ft, vocab)
     for key, value in matrix.override_kvs() if matrix else ():  # as llama-quantize adds them
         writer.add_string(key, value) if isinstance(value, str) else writer.add_uint32(key, value)

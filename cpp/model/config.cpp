@@ -41,6 +41,9 @@ constexpr ArchTraits kArchs[] = {
     {"ernie4_5",   Arch::Ernie4_5,  false, false, false, false},
     {"cohere2",    Arch::Cohere2,   false, false, false, false},
     {"qwen3vl",    Arch::Qwen3VL,   true,  false, true,  false},  // (text only)
+    {"qwen2moe",   Arch::Qwen2Moe,  true,  true,  false, false},
+    {"olmoe",      Arch::Olmoe,     true,  false, true,  false},
+    {"granitemoe", Arch::GraniteMoe, false, false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
 };
 
@@ -167,8 +170,8 @@ void read_gemma(const GGUFFile & f, Config & c) {
 // but the last optional); rope.scaling.finetuned false turns the rotation off.
 void read_granite(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
-    if (c.n_expert > 0)
-        throw GGUFError(strfmt("%s: a granite model with experts (granitemoe) is not supported", f.path().c_str()));
+    if (c.arch == Arch::Granite && c.n_expert > 0)
+        throw GGUFError(strfmt("%s: a granite model with experts is not supported (granitemoe is)", f.path().c_str()));
     c.logit_scale = get_positive(f, a + "logit_scale", 1.0);
     if (!f.find(a + "logit_scale"))
         throw GGUFError(strfmt("%s: metadata '%slogit_scale' is missing", f.path().c_str(), a.c_str()));
@@ -304,6 +307,30 @@ void read_gpt_oss(const GGUFFile & f, Config & c) {
     c.attn_sinks = true;
 }
 
+// qwen2moe, olmoe, granitemoe (llama.cpp's llm_build_qwen2moe, llm_build_olmoe, llm_build_granite):
+// their graphs fix whether the chosen experts' softmax weights are renormalized (granitemoe only),
+// whatever expert_weights_norm says. qwen2moe: experts of expert_feed_forward_length (else
+// feed_forward_length / expert_used_count), a gated shared expert of
+// expert_shared_feed_forward_length (else feed_forward_length); olmoe and granitemoe: experts of
+// feed_forward_length; granitemoe's shared expert (granitemoeshared) where the key is given.
+void read_moe_variant(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.expert_weights_norm = c.arch == Arch::GraniteMoe;
+    const std::string exp_key = a + "expert_feed_forward_length", shexp_key = a + "expert_shared_feed_forward_length";
+    c.n_ff_exp = c.n_ff;
+    if (c.arch == Arch::Qwen2Moe) {
+        c.n_ff_exp = f.find(exp_key) ? get_dim(f, exp_key, 1, 1 << 20) : c.n_ff / c.n_expert_used;
+        if (c.n_ff_exp < 1)
+            throw GGUFError(strfmt("%s: metadata '%sfeed_forward_length' = %d over %d experts used leaves the experts "
+                                   "no width ('%s' is absent)", f.path().c_str(), a.c_str(), c.n_ff, c.n_expert_used,
+                                   exp_key.c_str()));
+        c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 1, 1 << 20) : c.n_ff;
+        c.shexp_gate = true;
+    } else if (c.arch == Arch::GraniteMoe && f.find(shexp_key)) {
+        c.n_ff_shexp = get_dim(f, shexp_key, 0, 1 << 20);
+    }
+}
+
 }  // namespace
 
 double Config::inv_freq(int i, bool swa) const {
@@ -375,6 +402,7 @@ std::string Config::shape_keys() const {
                               n_ff, a.c_str(), n_head, a.c_str(), n_head_kv, head_dim, n_vocab);
     if (n_expert > 0)
         keys += strfmt(", %sexpert_count = %d, expert width %d", a.c_str(), n_expert, n_ff_exp);
+    if (n_ff_shexp > 0) keys += strfmt(", shared expert width %d", n_ff_shexp);
     return keys;
 }
 
@@ -395,6 +423,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
+    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else {
@@ -407,13 +436,14 @@ Config Config::from_gguf(const GGUFFile & f) {
         const std::string ff_key = a + "feed_forward_length";
         c.n_ff = moe_only && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
     }
-    if (moe_only || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", moe_only ? 1 : 0, 4096);
+    if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {
         c.n_expert_used = get_dim(f, a + "expert_used_count", 1, c.n_expert);
         c.n_ff_exp = f.find(a + "expert_feed_forward_length") || c.n_ff == 0
                          ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
                          : c.n_ff;
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
+        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe) read_moe_variant(f, c);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
     c.n_ctx_orig = f.find(a + "rope.scaling.original_context_length")
@@ -475,7 +505,8 @@ Config Config::from_gguf(const GGUFFile & f) {
         read_gemma(f, c);
     if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
-    if (c.arch == Arch::Granite) read_granite(f, c);
+    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe) read_granite(f, c);
+    if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);

@@ -29,7 +29,7 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Gemma4
+    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, Gemma4
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -43,7 +43,8 @@ struct Config {
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl"
-                                // (config_dense.cpp), "gemma4"
+                                // (config_dense.cpp)
+                                // "qwen2moe", "olmoe", "granitemoe", "gemma4"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -56,6 +57,11 @@ struct Config {
     int n_expert_used = 0;
     int n_ff_exp = 0;
     bool expert_weights_norm = true;  // the chosen experts' weights rescaled to sum to 1
+    // A shared expert beside the routed ones (qwen2moe, granitemoe with one): a feed-forward of
+    // this width every token goes through, its output added to theirs (0: none); with shexp_gate
+    // (qwen2moe) times sigmoid(ffn_gate_inp_shexp . h).
+    int n_ff_shexp = 0;
+    bool shexp_gate = false;
     // gpt-oss (llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT): the n_expert_used
     // largest router logits are chosen and their softmax weighs them; else (softmax) the softmax
     // over all experts.
@@ -175,7 +181,8 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    int ff_max() const { return std::max({n_ff, n_ff_exp, n_embd_per_layer}); }  // widest feed-forward activation
+    // widest feed-forward activation (gemma4's per-layer input gate included)
+    int ff_max() const { return std::max({n_ff, n_ff_exp, n_ff_shexp, n_embd_per_layer}); }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
     std::string shape_keys() const;

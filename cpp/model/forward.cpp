@@ -96,8 +96,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (L.ffn_norm) norm(be, s.x, L.ffn_norm, s.h, n);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
             moe_ffn(be, L, s, n);
-            continue;
+            if (L.w_gate.rows == 0) continue;
+            mm = be;  // then the shared expert's, below (on the CPU: the experts' layers run there)
         }
+        // (qwen2moe: the shared expert's output times a gate per token)
+        const float * gates = L.ffn_gate_inp_shexp ? shared_expert_gates(L, s, n) : nullptr;
         const Glu act = c.ffn_gelu ? Glu::Gelu : Glu::Silu;
         if (imx_) {
             imx_observe(l, kImxGate, hf, n, be);
@@ -113,7 +116,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             mm->glu(act, L.w_gate, L.w_up, hf, s.ff, n);
         }
         if (imx_) imx_observe(l, kImxDown, s.ff, n, be);
-        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n);
+        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n, gates);
     }
 
     // Output: logits = W_out . rmsnorm(x) for the rows that want them.
@@ -178,9 +181,9 @@ void Model::norm(Backend * be, const float * x, const float * w, float * y, int 
 }
 
 void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
-                       Scratch & s, int n) {
+                       Scratch & s, int n, const float * row_scale) {
     const float scale = cfg_.residual_scale;
-    if (!post_norm && scale == 1.0f) {
+    if (!post_norm && scale == 1.0f && !row_scale) {
         mm->matmul(&w, &s.x, 1, in, n, true);
         apply_lora(be, &w, &s.x, 1, in, s, n);
         return;
@@ -188,6 +191,11 @@ void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const fl
     mm->matmul(&w, &s.h, 1, in, n, false);
     apply_lora(be, &w, &s.h, 1, in, s, n);
     if (post_norm) be->rms_norm(s.h, post_norm, s.h, n, cfg_.n_embd, cfg_.rms_eps);
+    if (row_scale) {
+        SL_CHECK(be->is_cpu(), "internal: rows scaled on the host for a CPU layer only");
+        for (int t = 0; t < n; ++t)
+            for (float * y = s.h + size_t(t) * cfg_.n_embd, * e = y + cfg_.n_embd; y < e; ++y) *y *= row_scale[t];
+    }
     be->add(s.x, s.h, int64_t(n) * cfg_.n_embd, scale);
 }
 

@@ -102,15 +102,22 @@ void Model::imatrix_start(bool process_output) {
             s[kImxV] = imx_target(b + "attn_v.weight", L.wv);
         }
         s[kImxO] = imx_target(b + "attn_output.weight", L.wo);
-        if (L.w_gate.rows > 0 && !file_->find_tensor(b + "ffn_gate.weight")) {  // gate rows inside ffn_up
+        const std::string sh = L.moe() ? "_shexp" : "";  // (a MoE block's dense matrices: its shared expert)
+        if (!L.moe() && L.w_gate.rows > 0 && !file_->find_tensor(b + "ffn_gate.weight")) {  // gate rows in ffn_up
             s[kImxGate] = imx_target(b + "ffn_up.weight", L.w_gate);
         } else {
-            s[kImxGate] = imx_target(b + "ffn_gate.weight", L.w_gate);
-            s[kImxUp] = imx_target(b + "ffn_up.weight", L.w_up);
+            s[kImxGate] = imx_target(b + "ffn_gate" + sh + ".weight", L.w_gate);
+            s[kImxUp] = imx_target(b + "ffn_up" + sh + ".weight", L.w_up);
         }
-        s[kImxDown] = imx_target(b + "ffn_down.weight", L.w_down);
+        s[kImxDown] = imx_target(b + "ffn_down" + sh + ".weight", L.w_down);
         if (L.moe()) {
             s[kImxRouter] = imx_target(b + "ffn_gate_inp.weight", L.gate_inp);
+            if (L.ffn_gate_inp_shexp) {  // (a vector: one row of n_embd)
+                WeightRef gate;
+                gate.rows = 1;
+                gate.K = c.n_embd;
+                s[kImxShexpGate] = imx_target(b + "ffn_gate_inp_shexp.weight", gate);
+            }
             s[kImxGateExps] = imx_target(b + "ffn_gate_exps.weight", L.gate_exps, c.n_expert);
             s[kImxUpExps] = imx_target(b + "ffn_up_exps.weight", L.up_exps, c.n_expert);
             s[kImxDownExps] = imx_target(b + "ffn_down_exps.weight", L.down_exps, c.n_expert);

@@ -216,7 +216,10 @@ void Model::load_weights() {
             L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
-        if (c.n_expert > 0 && f.find_tensor(b + "ffn_gate_inp.weight")) {  // a mixture-of-experts block
+        // a mixture-of-experts block (these architectures have no other kind: its router is required)
+        const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
+                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
+        if (c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"))) {
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
             L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
             L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
@@ -226,6 +229,12 @@ void Model::load_weights() {
                 stacked_bias(f, c, L.gate_exps, b + "ffn_gate_exps.bias", c.n_ff_exp, c.n_expert);
                 stacked_bias(f, c, L.up_exps, b + "ffn_up_exps.bias", c.n_ff_exp, c.n_expert);
                 stacked_bias(f, c, L.down_exps, b + "ffn_down_exps.bias", c.n_embd, c.n_expert);
+            }
+            if (c.n_ff_shexp > 0) {  // the shared expert, in the dense feed-forward's place
+                L.w_gate = matrix(f, c, b + "ffn_gate_shexp.weight", c.n_ff_shexp, c.n_embd);
+                L.w_up = matrix(f, c, b + "ffn_up_shexp.weight", c.n_ff_shexp, c.n_embd);
+                L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
+                if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);

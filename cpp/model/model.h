@@ -65,8 +65,10 @@ struct LayerWeights {
     // after the feed-forward's (attn_output_norm, layer_output_norm); null otherwise.
     const float * attn_ln = nullptr, * attn_ln_b = nullptr;  // (n_embd) each
     const float * ffn_ln = nullptr, * ffn_ln_b = nullptr;    // (n_embd) each
-    // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff); empty in a MoE block; an encoder has no gate
+    // (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff); in a MoE block its shared expert's (n_ff_shexp
+    // rows / columns), or empty without one; an encoder has no gate
     WeightRef w_gate, w_up, w_down;
+    const float * ffn_gate_inp_shexp = nullptr;  // (n_embd) qwen2moe: the shared expert's gate, or null
     // Mixture-of-experts block (gate_inp.rows > 0): the router and the experts stacked, expert e's
     // rows at e * rows-per-expert (see expert_slice).
     WeightRef gate_inp;                 // (n_expert, n_embd)
@@ -351,8 +353,9 @@ private:
     std::vector<Owned> owned_;  // allocations to free, and the memory accounting
     // Importance-matrix collection (null: off). The matmuls of a layer, and per layer and matmul the
     // weight it reads: its name, its K, its stacked matrices, its collector entry (-1: not yet).
-    enum ImxSite { kImxQ, kImxK, kImxV, kImxO, kImxGate, kImxUp, kImxDown, kImxRouter, kImxGateExps, kImxUpExps,
-                   kImxDownExps, kImxSites };
+    // (kImxShexpGate: qwen2moe's shared-expert gate; the experts' sites last: see imx_observe)
+    enum ImxSite { kImxQ, kImxK, kImxV, kImxO, kImxGate, kImxUp, kImxDown, kImxRouter, kImxShexpGate, kImxGateExps,
+                   kImxUpExps, kImxDownExps, kImxSites };
     struct ImxTarget {
         std::string name;  // "" when the matmul reads no weight of its own (a slice of a fused one)
         int64_t k = 0;
@@ -385,9 +388,10 @@ private:
     void attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnParams & ap);
     // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2).
     void norm(Backend * be, const float * x, const float * w, float * y, int n);
-    // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h).
+    // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h);
+    // with row_scale (n, host memory; a CPU layer) row t of w . in times row_scale[t].
     void add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,
-                    Scratch & s, int n);
+                    Scratch & s, int n, const float * row_scale = nullptr);
     // encoder.cpp: s.att = attention of s.q over s.k, s.v within each text of the batch (within
     // half_window positions either side of a query if >= 0); one bert / nomic-bert layer, one
     // gemma-embedding layer, on s.x.
@@ -411,6 +415,8 @@ private:
     // x += the experts' mixture for the tokens of h as routes_ holds them (after route), f their activation.
     void run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act);
     void route(const float * logits, int n);
+    // qwen2moe: sigmoid(ffn_gate_inp_shexp . h) of each of the n tokens of s.h, in s.router.
+    const float * shared_expert_gates(const LayerWeights & L, Scratch & s, int n);
     Routes routes_;
 
     // LoRA adapters: the files (mapped), per updated matrix its terms (WeightRef::lora), the

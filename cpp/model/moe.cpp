@@ -1,10 +1,12 @@
-// The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE, gpt-oss): a router scores every expert
-// for each token, the n_expert_used best are run, and their outputs are mixed by the router's
-// softmax probabilities (renormalized over the chosen ones when expert_weights_norm; gpt-oss: the
-// softmax of the chosen ones' logits, and biases on the router and the experts). A few tokens go
-// through the CPU backend's moe_small in one pass; more are grouped by expert so that each expert
-// runs once per batch, over all the tokens routed to it. Either way a token's expert outputs are
-// added in the order of the experts' indices, so both give the same sums.
+// The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE, gpt-oss, Qwen2-MoE, OLMoE, Granite MoE):
+// a router scores every expert for each token, the n_expert_used best are run, and their outputs
+// are mixed by the router's softmax probabilities (renormalized over the chosen ones when
+// expert_weights_norm; gpt-oss: the softmax of the chosen ones' logits, and biases on the router
+// and the experts). A few tokens go through the CPU backend's moe_small in one pass; more are
+// grouped by expert so that each expert runs once per batch, over all the tokens routed to it.
+// Either way a token's expert outputs are added in the order of the experts' indices, so both give
+// the same sums. A shared expert (Qwen2-MoE, Granite MoE shared) runs as the dense feed-forward
+// of the block (forward.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -53,7 +55,8 @@ void Model::route(const float * logits, int n) {
         }
         double chosen = 0;
         for (int j = 0; j < k; ++j) chosen += r.probs[r.idx[j]];
-        const double scale = c.expert_weights_norm ? 1.0 / chosen : 1.0;
+        // (granitemoe: times residual_scale, as its branch outputs are)
+        const double scale = (c.expert_weights_norm ? 1.0 / chosen : 1.0) * c.residual_scale;
         for (int j = 0; j < k; ++j) {
             const int e = r.idx[j];
             r.pick[size_t(t) * k + j] = e;
@@ -66,6 +69,18 @@ void Model::route(const float * logits, int n) {
     std::vector<int32_t> & fill = r.idx;  // reused as the write cursor of each expert
     std::copy(r.start.begin(), r.start.end() - 1, fill.begin());
     for (int i = 0; i < n * k; ++i) r.order[fill[r.pick[i]]++] = i;
+}
+
+const float * Model::shared_expert_gates(const LayerWeights & L, Scratch & s, int n) {
+    const size_t row = size_t(cfg_.n_embd);
+    if (imx_) imx_observe(int(&L - w_.layers.data()), kImxShexpGate, s.h, n, cpu_.get());
+    for (int t = 0; t < n; ++t) {
+        const float * h = s.h + size_t(t) * row;
+        double z = 0;
+        for (size_t i = 0; i < row; ++i) z += double(L.ffn_gate_inp_shexp[i]) * h[i];
+        s.router[t] = float(1.0 / (1.0 + std::exp(-z)));
+    }
+    return s.router;
 }
 
 void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {

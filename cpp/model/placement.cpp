@@ -23,7 +23,7 @@ double mib(size_t n) { return double(n) / 1048576.0; }
 
 // Calls f(pointer, floats) on each norm vector a layer has: input norms, query and key norms (per
 // head: qwen3, gemma3; whole projections: olmo2), post-norms (gemma2/3, olmo2), an encoder's
-// LayerNorms with their biases.
+// LayerNorms with their biases, gpt-oss's sinks, qwen2moe's shared-expert gate.
 template <class L_, class F>
 void for_norms(L_ & L, const Config & c, F && f) {
     const int64_t qn = c.q_norm_len(), kn = c.k_norm_len();
@@ -32,6 +32,7 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},
                         {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
                         {&L.ffn_ln_b, int64_t(c.n_embd)}, {&L.attn_sinks, int64_t(c.n_head)},
+                        {&L.ffn_gate_inp_shexp, int64_t(c.n_embd)},
                         {&L.ple_post_norm, int64_t(c.n_embd)}, {&L.router_w, int64_t(c.n_embd)},
                         {&L.ffn_pre_norm_2, int64_t(c.n_embd)}, {&L.ffn_post_norm_1, int64_t(c.n_embd)},
                         {&L.ffn_post_norm_2, int64_t(c.n_embd)}, {&L.down_exps_scale, int64_t(c.n_expert)}})
