@@ -405,8 +405,7 @@ def write_gguf(
 
 
 def write_byte_vocab(wr: gguf.GGUFWriter, n_vocab: int) -> None:
-    """A small byte-level BPE vocabulary of n_vocab tokens (the bytes, five merges, then control
-    tokens; the first control token is BOS, the second EOS)."""
+    """A small byte-level BPE vocabulary of n_vocab tokens (the bytes, five merges, control tokens)."""
     merges = ["t h", "h e", "i n", "e r", "a n"]
     tokens = gpt2_byte_tokens() + [m.replace(" ", "") for m in merges]
     n_normal = len(tokens)
@@ -424,7 +423,8 @@ def write_byte_vocab(wr: gguf.GGUFWriter, n_vocab: int) -> None:
 def write_tensors(
     wr: gguf.GGUFWriter, weights: Mapping[str, np.ndarray], weight_type: str = "F32", quantize=None
 ) -> dict[str, np.ndarray]:
-    """Adds the tensors (see write_gguf) and returns them as the file holds them (float64)."""
+    """Adds the tensors, 2-D (and stacked) weights in ``weight_type``, as :func:`write_gguf`; returns
+    them as the file holds them (float64)."""
     held: dict[str, np.ndarray] = {}
     qtype = gguf.GGMLQuantizationType[weight_type.upper()]
     for name, x in weights.items():

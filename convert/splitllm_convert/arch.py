@@ -213,7 +213,8 @@ class Architecture:
             ):
                 raise ConvertError(f"tensor {hf_name!r} ({gguf_name}) is missing from {_describe(files)}")
         position = {n: i for i, n in enumerate(available)}
-        first = {min(names, key=position.__getitem__): g for g, names in stacks.items()}  # where a stack goes
+        first = {min(names, key=position.__getitem__): g for g, names in stacks.items()  # where a stack goes
+                 if names[0] in position}  # (optional stacks: deepseek2's dense blocks have none)
         out = self._generated()
         # in file order, as llama.cpp writes them (a stack of experts where its first expert is;
         # llama.cpp writes it after its last: the order of tensors in a GGUF carries no meaning)

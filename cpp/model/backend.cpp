@@ -20,7 +20,9 @@ size_t WeightRef::nbytes() const { return row_size(type, K) * size_t(rows); }
 
 size_t KVLayout::k_row() const { return row_size(type_k, head_dim); }
 
-size_t KVLayout::v_row() const { return row_size(type_v, head_dim); }
+size_t KVLayout::v_row() const { return v_in_k ? 0 : row_size(type_v, v_dim()); }
+
+size_t KVLayout::v_offset() const { return row_size(type_k, head_dim - v_dim()); }
 
 void check_ring_batch(const KVLayout & kv, const AttnParams & p, const int32_t * pos, const int32_t * slot,
                       int n_tok) {

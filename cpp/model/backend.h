@@ -26,9 +26,11 @@ struct WeightRef {
 };
 
 // KV cache geometry of one layer. Storage is head-major:
-// K, V: (n_slots, n_head_kv, slot_ctx, head_dim) in type_k / type_v, one row per cell and head.
-// Position p of a sequence is at cell p, or in a ring (the cache of a sliding-window layer, which
-// needs only the last positions) at cell p % slot_ctx.
+// K: (n_slots, n_head_kv, slot_ctx, head_dim) in type_k, V: (n_slots, n_head_kv, slot_ctx, head_dim_v)
+// in type_v, one row per cell and head. Position p of a sequence is at cell p, or in a ring (the
+// cache of a sliding-window layer, which needs only the last positions) at cell p % slot_ctx.
+// With v_in_k (multi-head latent attention: deepseek2) there is no V cache: a cell's value is the
+// last head_dim_v values of its key row.
 struct KVLayout {
     QType type_k = QType::F16;
     QType type_v = QType::F16;
@@ -36,13 +38,18 @@ struct KVLayout {
     int slot_ctx = 0;
     int n_head_kv = 0;
     int head_dim = 0;
+    int head_dim_v = 0;   // (0: head_dim)
+    bool v_in_k = false;
     bool ring = false;
+
+    int v_dim() const { return head_dim_v > 0 ? head_dim_v : head_dim; }
 
     int cell(int pos) const { return ring ? pos % slot_ctx : pos; }
     bool holds(int pos) const { return pos >= 0 && (ring || pos < slot_ctx); }  // a position it can store
 
     size_t k_row() const;  // bytes of one head's key at one cell
-    size_t v_row() const;
+    size_t v_row() const;  // (0 with v_in_k)
+    size_t v_offset() const;  // bytes from a key row's start to its value (v_in_k)
     size_t k_bytes() const { return k_row() * size_t(slot_ctx) * n_head_kv * n_slots; }
     size_t v_bytes() const { return v_row() * size_t(slot_ctx) * n_head_kv * n_slots; }
 };
@@ -126,9 +133,10 @@ public:
     // the queries times the attention temperature of their position (Config::attn_temp_scale).
     virtual void rope(float * q, float * k, int n_tok, bool swa) = 0;
 
-    // Stores k, v (n_tok, n_head_kv * head_dim) into the layer's cache at each token's slot and
-    // position, then out (n_tok, n_head * head_dim) = causal attention of q over the slot's cells
-    // (within p.window of each query's position, if set).
+    // Stores k (n_tok, n_head_kv * head_dim), v (n_tok, n_head_kv * v_dim) into the layer's cache at
+    // each token's slot and position (v ignored with kv.v_in_k), then out (n_tok, n_head * v_dim) =
+    // causal attention of q (n_tok, n_head * head_dim) over the slot's cells (within p.window of
+    // each query's position, if set). Only the CPU backend takes v_dim < head_dim.
     virtual void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                            const float * v, float * out, int n_tok, const AttnParams & p) = 0;
 

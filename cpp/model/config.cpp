@@ -44,6 +44,7 @@ constexpr ArchTraits kArchs[] = {
     {"qwen2moe",   Arch::Qwen2Moe,  true,  true,  false, false},
     {"olmoe",      Arch::Olmoe,     true,  false, true,  false},
     {"granitemoe", Arch::GraniteMoe, false, false, false, false},
+    {"deepseek2",  Arch::DeepSeek2, false, false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
 };
 
@@ -331,6 +332,70 @@ void read_moe_variant(const GGUFFile & f, Config & c) {
     }
 }
 
+// deepseek2 (llama.cpp's llama_model_deepseek2): the latent attention's ranks and head sizes, the
+// leading dense blocks, the shared experts and the router's settings.
+void read_deepseek2(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    const char * path = f.path().c_str();
+    auto opt_dim = [&](const char * key, int64_t lo, int64_t hi) { return f.find(a + key) ? get_dim(f, a + key, lo, hi) : 0; };
+    if (f.find(a + "attention.temperature_scale"))
+        throw GGUFError(strfmt("%s: metadata '%sattention.temperature_scale': attention temperature tuning is not "
+                               "supported", path, a.c_str()));
+    c.n_layer_dense_lead = opt_dim("leading_dense_block_count", 0, c.n_layer);
+    if (c.n_layer_dense_lead > 0 && c.n_ff == 0)
+        throw GGUFError(strfmt("%s: metadata '%sfeed_forward_length' is missing (the dense blocks' width)", path,
+                               a.c_str()));
+    if (c.n_layer_dense_lead < c.n_layer && c.n_expert == 0)
+        throw GGUFError(strfmt("%s: metadata '%sexpert_count' is missing: blocks %d.. have experts", path, a.c_str(),
+                               c.n_layer_dense_lead));
+    c.q_lora_rank = opt_dim("attention.q_lora_rank", 0, 1 << 20);
+    c.kv_lora_rank = get_dim(f, a + "attention.kv_lora_rank", 1, 1 << 20);
+    // llama.cpp's is_mla: both MLA head sizes given (the converter's current files)
+    c.head_dim_k_mla = opt_dim("attention.key_length_mla", 1, 4096);
+    c.head_dim_v_mla = opt_dim("attention.value_length_mla", 1, 4096);
+    c.mla = c.head_dim_k_mla > 0 && c.head_dim_v_mla > 0;
+    if (c.mla) {
+        if (c.n_head_kv != 1 || c.head_dim != c.kv_lora_rank + c.n_rot || c.head_dim_v != c.kv_lora_rank)
+            throw GGUFError(strfmt("%s: an MLA file needs '%sattention.head_count_kv' = 1, key_length = kv_lora_rank "
+                                   "+ rope.dimension_count = %d and value_length = kv_lora_rank = %d (got %d, %d, %d)",
+                                   path, a.c_str(), c.kv_lora_rank + c.n_rot, c.kv_lora_rank, c.n_head_kv,
+                                   c.head_dim, c.head_dim_v));
+    } else {  // an older file: the decompressed heads (attn_kv_b)
+        c.deepseek_kv_b = true;
+        c.head_dim_k_mla = c.head_dim;
+        c.head_dim_v_mla = c.head_dim_v;
+        if (c.n_head_kv != c.n_head)
+            throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d: a file without key_length_mla "
+                                   "needs a key head per query head (%d)", path, a.c_str(), c.n_head_kv, c.n_head));
+    }
+    if (c.head_dim_k_mla <= c.n_rot)
+        throw GGUFError(strfmt("%s: key head size %d leaves no dims unrotated (rope.dimension_count %d)", path,
+                               c.head_dim_k_mla, c.n_rot));
+    // (llama.cpp cancels the 0.1 its converter writes into DeepSeek's value)
+    c.yarn_log_mul = float(f.get_float(a + "rope.scaling.yarn_log_multiplier", 0.0) / 0.1);
+    if (!std::isfinite(c.yarn_log_mul))
+        throw GGUFError(strfmt("%s: bad %srope.scaling.yarn_log_multiplier", path, a.c_str()));
+    if (c.n_expert == 0) return;
+    c.n_expert_shared = get_dim(f, a + "expert_shared_count", 0, 64);
+    c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", false);
+    c.expert_weights_scale = get_positive(f, a + "expert_weights_scale", 0.0, true);
+    if (c.expert_weights_scale == 0) c.expert_weights_scale = 1.0f;  // 0: none
+    // llama_expert_gating_func_type: 0 (absent: the softmax, as DeepSeek V2's files), 1 softmax, 2 sigmoid
+    const int gating = opt_dim("expert_gating_func", 0, 1 << 20);
+    if (gating > 2)
+        throw GGUFError(strfmt("%s: metadata '%sexpert_gating_func' = %d is not supported (1: softmax, 2: sigmoid)",
+                               path, a.c_str(), gating));
+    c.moe_sigmoid = gating == 2;
+    c.n_expert_groups = opt_dim("expert_group_count", 0, c.n_expert - 1);
+    c.n_group_used = opt_dim("expert_group_used_count", 0, 4096);
+    if (c.n_expert_groups > 1 &&
+        (c.n_expert % c.n_expert_groups != 0 || c.n_group_used < 1 || c.n_group_used >= c.n_expert_groups ||
+         c.n_expert_used > c.n_group_used * (c.n_expert / c.n_expert_groups)))
+        throw GGUFError(strfmt("%s: metadata '%sexpert_group_count' = %d, expert_group_used_count = %d do not fit "
+                               "%d experts, %d used", path, a.c_str(), c.n_expert_groups, c.n_group_used, c.n_expert,
+                               c.n_expert_used));
+}
+
 }  // namespace
 
 double Config::inv_freq(int i, bool swa) const {
@@ -371,10 +436,20 @@ void Config::apply_rope(const RopeParams & p) {
     float attn = p.attn_factor >= 0 ? p.attn_factor : 1.0f;
     if (yarn_ext_factor != 0.0f) {
         const float factor = 1.0f / rope_freq_scale;
-        auto mscale = [&](float m) { return factor <= 1.0f ? 1.0f : 0.1f * m * std::log(factor) + 1.0f; };
-        attn = mscale(1.0f) / (yarn_log_mul != 0.0f ? mscale(yarn_log_mul) : 1.0f) / (1.0f + 0.1f * std::log(factor));
+        auto get_mscale = [&](float m) { return factor <= 1.0f ? 1.0f : 0.1f * m * std::log(factor) + 1.0f; };
+        // with rope.scaling.yarn_log_multiplier (DeepSeek's mscale_all_dim; its mscale taken equal
+        // to it for deepseek2 unless 1, as llama.cpp assumes): their ratio
+        const float log_mul = yarn_log_mul;
+        const float mscale = arch == Arch::DeepSeek2 && log_mul != 1.0f ? log_mul : 1.0f;
+        attn = (log_mul != 0.0f ? get_mscale(mscale) / get_mscale(log_mul) : get_mscale(1.0f)) /
+               (1.0f + 0.1f * std::log(factor));
     }
     attn *= rope_attn_factor;
+    if (arch == Arch::DeepSeek2) {  // llama.cpp's kq_scale: mscale^2 / sqrt(key head size)
+        const float org = attn * (1.0f + 0.1f * std::log(1.0f / rope_freq_scale));
+        const float m = org * (1.0f + 0.1f * yarn_log_mul * std::log(1.0f / rope_freq_scale));
+        attn_scale = m * m / std::sqrt(float(head_dim_k_mla));
+    }
     // ggml's rope_yarn: times 1 + 0.1 ln(1 / freq_scale) of the layer when ext_factor != 0
     auto magnitude = [&](float scale) {
         return yarn_ext_factor != 0.0f ? attn * (1.0f + 0.1f * std::log(1.0f / scale)) : attn;
@@ -434,7 +509,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                    "'%sattention.head_count' = %d", f.path().c_str(), a.c_str(), c.n_head_kv,
                                    a.c_str(), c.n_head));
         const std::string ff_key = a + "feed_forward_length";
-        c.n_ff = moe_only && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
+        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2) && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
     }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {
@@ -469,10 +544,12 @@ Config Config::from_gguf(const GGUFFile & f) {
                                "encoders (non-causal) only", f.path().c_str(), a.c_str(), c.arch_name.c_str()));
     const int64_t key_len = f.get_int(a + "attention.key_length", c.n_embd / c.n_head);
     const int64_t val_len = f.get_int(a + "attention.value_length", key_len);
-    if (key_len != val_len || key_len < 2 || key_len > 1024 || key_len % 2 != 0)
+    const bool narrow_v = c.arch == Arch::DeepSeek2;  // (values narrower than keys)
+    if ((key_len != val_len && !(narrow_v && val_len < key_len)) || val_len < 2 || key_len > 1024 || key_len % 2 != 0)
         throw GGUFError(strfmt("%s: unsupported head size (key_length %lld, value_length %lld)",
                                f.path().c_str(), (long long)key_len, (long long)val_len));
     c.head_dim = int(key_len);
+    c.head_dim_v = int(val_len);
     c.n_rot = int(f.get_int(a + "rope.dimension_count", c.head_dim));
     if (c.n_rot < 2 || c.n_rot > c.head_dim || c.n_rot % 2 != 0)
         throw GGUFError(strfmt("%s: rope.dimension_count = %d must be even and at most the head size %d",
@@ -510,6 +587,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
+    if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

@@ -29,7 +29,7 @@ struct RopeParams {
 
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
-    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, Gemma4
+    GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Gemma4
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -44,12 +44,13 @@ struct Config {
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl"
                                 // (config_dense.cpp)
-                                // "qwen2moe", "olmoe", "granitemoe", "gemma4"
+                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "gemma4"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
     int n_head_kv = 0;          // key/value heads (GQA: n_head is a multiple of it)
     int head_dim = 0;           // n_embd / n_head unless attention.key_length says otherwise
+    int head_dim_v = 0;         // of the values: head_dim unless attention.value_length says otherwise
     int n_ff = 0;               // feed-forward width (of a dense block)
     // Mixture of experts (0 experts: a dense model): a router picks n_expert_used of n_expert
     // feed-forward experts per token, each n_ff_exp wide, and mixes their outputs.
@@ -68,6 +69,30 @@ struct Config {
     bool moe_softmax_weight = false;
     bool swiglu_oai = false;    // gpt-oss's clamped SwiGLU in the experts (vec::swiglu_oai_mul)
     bool attn_sinks = false;    // gpt-oss: a learned sink logit per query head (attn_sinks.weight)
+    // deepseek2's router (llama.cpp's build_moe_ffn): sigmoid scores instead of the softmax, a
+    // selection bias (exp_probs_b) added for choosing only, the choice restricted to the
+    // n_group_used groups (of n_expert_groups) whose two best scores sum highest, the weights
+    // times expert_weights_scale; n_expert_shared experts (ffn_*_shexp) that every token runs.
+    bool moe_sigmoid = false;
+    float expert_weights_scale = 1.0f;
+    int n_expert_groups = 0;    // 0: no groups
+    int n_group_used = 0;
+    int n_expert_shared = 0;
+    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2)
+    // deepseek2's multi-head latent attention (llama.cpp's MLA form, mla.cpp): queries from h
+    // (attn_q) or through a rank-q_lora_rank bottleneck (attn_q_a, its norm, attn_q_b); keys and
+    // values from a normed kv_lora_rank latent and one rotary key part of n_rot shared by every
+    // head. Per head the model's keys have head_dim_k_mla (no-rope dims + n_rot) dims, its values
+    // head_dim_v_mla. The cache holds the latent and the rotary part of each token, one KV head of
+    // head_dim = n_rot + kv_lora_rank, the value its last kv_lora_rank (head_dim_v); the queries
+    // absorb attn_k_b and the output attn_v_b. Older files (mla false, attn_kv_b) cache each
+    // head's decompressed key (head_dim) and value (head_dim_v).
+    bool mla = false;
+    bool deepseek_kv_b = false;  // the older attn_kv_b form (decompressed keys and values)
+    int q_lora_rank = 0;        // 0: attn_q
+    int kv_lora_rank = 0;
+    int head_dim_k_mla = 0;
+    int head_dim_v_mla = 0;
     int n_vocab = 0;
     int n_ctx_train = 0;        // context length the model was trained with
     float rms_eps = 1e-5f;      // the norms' epsilon (an encoder's LayerNorm's too)
@@ -129,7 +154,9 @@ struct Config {
     // ln(floor(pos / attn_temp_floor) + 1); 0: none.
     float attn_temp_scale = 0.0f;
     int attn_temp_floor = 1;
-    float yarn_log_mul = 0.0f;  // rope.scaling.yarn_log_multiplier: YaRN's magnitude is mscale(1) / mscale(it)
+    // llama.cpp's rope_yarn_log_mul: rope.scaling.yarn_log_multiplier (deepseek2's over 0.1, its
+    // converter's factor cancelled): YaRN's magnitude is mscale(1) / mscale(it)
+    float yarn_log_mul = 0.0f;
     // cohere2: LayerNorm (mean removed, weight only) wherever the others RMS-norm, and the attention
     // and the feed-forward both read the one normed input (x += attn(h) + ffn(h)).
     bool layer_norm = false;
@@ -153,9 +180,12 @@ struct Config {
     int n_embd_per_layer = 0;   // gemma4 E2B / E4B: width of each layer's token embedding (0: none)
 
     int n_gqa() const { return n_head / n_head_kv; }
-    // Widths of the queries and keys (the widest layer's with per-layer geometry).
+    // Widths of the queries, keys, values and attention outputs (the widest layer's with per-layer
+    // geometry: gemma4).
     int q_dim() const { return n_head * max_head_dim(); }
     int kv_dim() const { return n_head_kv * max_head_dim(); }
+    int v_dim() const { return n_head_kv * std::max(head_dim_v, head_dim_swa); }
+    int att_dim() const { return n_head * std::max(head_dim_v, head_dim_swa); }  // attention output
     int max_head_dim() const { return std::max(head_dim, head_dim_swa); }
     // Layer l's head size, head counts, widths, rotated dimensions and feed-forward width.
     int head_dim_of(int l) const { return is_swa(l) && head_dim_swa > 0 ? head_dim_swa : head_dim; }
@@ -181,8 +211,11 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    // widest feed-forward activation (gemma4's per-layer input gate included)
-    int ff_max() const { return std::max({n_ff, n_ff_exp, n_ff_shexp, n_embd_per_layer}); }
+    // widest feed-forward activation (deepseek2's shared experts: n_expert_shared x n_ff_exp;
+    // gemma4's per-layer input gate)
+    int ff_max() const {
+        return std::max({n_ff, n_ff_exp * std::max(n_expert_shared, 1), n_ff_shexp, n_embd_per_layer});
+    }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
     std::string shape_keys() const;

@@ -422,11 +422,17 @@ void CpuBackend::get_rows(const WeightRef & table, const int32_t * tokens, int n
 
 void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                            const float * v, float * out, int n_tok, const AttnParams & p) {
+    // keys (and queries) of hd values a head, values (and outputs) of hv; a layer of its own shape
+    // (p.n_head set: gemma4) has the head size of its cache
     const int n_q_h = p.n_head > 0 ? p.n_head : q_heads_;
-    const int hd = p.n_head > 0 ? kv.head_dim : head_dim_, n_kv_h = kv.n_head_kv, gqa = n_q_h / n_kv_h;
+    const int hd = p.n_head > 0 ? kv.head_dim : head_dim_, hv = kv.v_dim(), n_kv_h = kv.n_head_kv,
+              gqa = n_q_h / n_kv_h;
+    SL_CHECK(hd == kv.head_dim && hv <= hd, "internal: KV head sizes %d / %d for a backend of %d", kv.head_dim, hv, hd);
     const int64_t q_dim = int64_t(n_q_h) * hd, kv_dim = int64_t(n_kv_h) * hd;
-    const size_t k_row = kv.k_row(), v_row = kv.v_row();
+    const int64_t out_dim = int64_t(n_q_h) * hv, v_dim = int64_t(n_kv_h) * hv;
+    const size_t k_row = kv.k_row(), v_row = kv.v_in_k ? k_row : kv.v_row();  // (a value inside its key row)
     const size_t head_k = k_row * kv.slot_ctx, head_v = v_row * kv.slot_ctx;
+    const QType type_v = kv.v_in_k ? kv.type_k : kv.type_v;
     uint8_t * kc = static_cast<uint8_t *>(k_cache);
     uint8_t * vc = static_cast<uint8_t *>(v_cache);
     for (int t = 0; t < n_tok; ++t)
@@ -439,7 +445,7 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
     // and small enough for the per-thread score buffer.
     SL_CHECK(kv.slot_ctx <= opt_.max_slot_ctx, "KV slot of %d cells exceeds the attention scratch (%d)",
              kv.slot_ctx, opt_.max_slot_ctx);
-    const size_t staging = size_t(2) * kAttnChunk * gqa * hd;
+    const size_t staging = size_t(kAttnChunk) * gqa * (hd + hv);
     const int max_chunk =
         int(std::clamp<size_t>((att_[0].size() - staging) / (size_t(gqa) * kv.slot_ctx), 1, kAttnChunk));
     int64_t * chunk_start = chunk_start_.data();
@@ -464,7 +470,7 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
             const int t = int(r / n_kv_h), h = int(r % n_kv_h);
             const size_t cell = (size_t(slot_[t]) * n_kv_h + h) * kv.slot_ctx + kv.cell(pos_[t]);
             cpu::store_kv(kv.type_k, k + t * kv_dim + h * hd, hd, 1, hd, kc + cell * k_row, k_row);
-            cpu::store_kv(kv.type_v, v + t * kv_dim + h * hd, hd, 1, hd, vc + cell * v_row, v_row);
+            if (!kv.v_in_k) cpu::store_kv(kv.type_v, v + t * v_dim + h * hv, hv, 1, hv, vc + cell * v_row, v_row);
         }
         pool_.barrier();
         // 2. Each task: one chunk of query tokens x one KV head (its gqa query heads).
@@ -505,13 +511,13 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
                 for (int j = first; j < end; ++j) row[j] *= inv;
                 for (int j = end; j < n_kv; ++j) row[j] = 0;
             }
-            std::memset(os, 0, sizeof(float) * nq * hd);
-            const uint8_t * vh = vc + head * head_v;
-            cpu::attn_values(kv.type_v, S, n_kv, nq, vh + size_t(c0) * v_row, v_row, run0, hd, os, hd);
-            if (run0 < n_kv) cpu::attn_values(kv.type_v, S + run0, n_kv, nq, vh, v_row, n_kv - run0, hd, os, hd);
+            std::memset(os, 0, sizeof(float) * nq * hv);
+            const uint8_t * vh = kv.v_in_k ? kh + kv.v_offset() : vc + head * head_v;
+            cpu::attn_values(type_v, S, n_kv, nq, vh + size_t(c0) * v_row, v_row, run0, hv, os, hv);
+            if (run0 < n_kv) cpu::attn_values(type_v, S + run0, n_kv, nq, vh, v_row, n_kv - run0, hv, os, hv);
             for (int t = t0; t < t1; ++t)
-                std::memcpy(out + t * q_dim + int64_t(h) * gqa * hd, os + size_t(t - t0) * gqa * hd,
-                            sizeof(float) * gqa * hd);
+                std::memcpy(out + t * out_dim + int64_t(h) * gqa * hv, os + size_t(t - t0) * gqa * hv,
+                            sizeof(float) * gqa * hv);
         }
     });
 }

@@ -58,38 +58,42 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
         const float * h = L.attn_norm ? s.h : s.x;
         if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n);
-        const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
-        float * qkv_out[3] = {s.q, s.k, s.v};
-        if (imx_)
-            for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, h, n, be);
-        mm->matmul(qkv, qkv_out, 3, h, n, false);
-        apply_lora(be, qkv, qkv_out, 3, h, s, n);
-        if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
-            be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
-            be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
-        } else if (L.attn_q_norm) {  // qwen3: each query and key head RMS-normed before the rotation
-            be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
-            be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
+        if (c.arch == Arch::DeepSeek2) {  // multi-head latent attention (mla.cpp)
+            mla_attention(be, l, s, n);
+        } else {
+            const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
+            float * qkv_out[3] = {s.q, s.k, s.v};
+            if (imx_)
+                for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, h, n, be);
+            mm->matmul(qkv, qkv_out, 3, h, n, false);
+            apply_lora(be, qkv, qkv_out, 3, h, s, n);
+            if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
+                be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
+                be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
+            } else if (L.attn_q_norm) {  // qwen3: each query and key head RMS-normed before the rotation
+                be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
+                be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
+            }
+            const bool swa = c.is_swa(l);
+            if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
+            // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
+            // the output, a mix of rotated values, is rotated back.
+            if (rotate_k) {
+                be->hadamard(s.q, int64_t(n) * c.n_head, c.head_dim);
+                be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
+            }
+            if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
+            const AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0, L.attn_sinks};
+            if (kv_backend_[l] == be)
+                be->attention(layer_kv(l), k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
+            else
+                attention_via(kv_backend_[l], l, s, n, ap);
+            if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
+            // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
+            const WeightRef * wo = &L.wo;
+            if (imx_) imx_observe(l, kImxO, s.att, n, be);
+            add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
         }
-        const bool swa = c.is_swa(l);
-        if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
-        // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
-        // the output, a mix of rotated values, is rotated back.
-        if (rotate_k) {
-            be->hadamard(s.q, int64_t(n) * c.n_head, c.head_dim);
-            be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
-        }
-        if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
-        const AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0, L.attn_sinks};
-        if (kv_backend_[l] == be)
-            be->attention(layer_kv(l), k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
-        else
-            attention_via(kv_backend_[l], l, s, n, ap);
-        if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
-        // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
-        const WeightRef * wo = &L.wo;
-        if (imx_) imx_observe(l, kImxO, s.att, n, be);
-        add_output(be, mm, wo, L.attn_post_norm, s.att, s, n);
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
         // (cohere2: the attention's normed input h, still in s.h)
         const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;

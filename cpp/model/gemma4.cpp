@@ -137,7 +137,7 @@ void Model::gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n) {
     const WeightRef * gi = &L.gate_inp;
     if (imx_) imx_observe(l, kImxRouter, in, n, be);
     be->matmul(&gi, &s.router, 1, in, n, false);
-    route(s.router, n);
+    route(s.router, n, nullptr);
     if (L.down_exps_scale)
         for (size_t i = 0; i < size_t(n) * size_t(c.n_expert_used); ++i)
             routes_.weight[i] *= L.down_exps_scale[routes_.pick[i]];

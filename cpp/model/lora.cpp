@@ -62,6 +62,8 @@ void Model::load_loras() {
     layer_of["output.weight"] = -1;
 
     for (const auto & [path, scale] : params_.loras) {
+        SL_CHECK(c.arch != Arch::DeepSeek2, "%s: LoRA adapters are not supported on a deepseek2 model (its latent "
+                 "attention and experts would run without them)", path.c_str());
         lora_files_.push_back(std::make_unique<GGUFFile>(path));
         const GGUFFile & f = *lora_files_.back();
         const char * p = f.path().c_str();

@@ -92,6 +92,29 @@ void load_qkv(const GGUFFile & f, const Config & c, const std::string & b, bool 
     }
 }
 
+// deepseek2's latent attention weights (LayerWeights, Config::mla): the query path (low-rank or
+// not), the latent's, and the latent's per-head key and value maps (attn_k_b / attn_v_b, or the
+// older attn_kv_b).
+void load_mla(const GGUFFile & f, const Config & c, const std::string & b, LayerWeights & L) {
+    const int64_t qk = c.head_dim_k_mla, vd = c.head_dim_v_mla, nope = qk - c.n_rot, r = c.kv_lora_rank;
+    if (c.q_lora_rank > 0) {
+        L.wq_a = matrix(f, c, b + "attn_q_a.weight", c.q_lora_rank, c.n_embd);
+        L.q_a_norm = vector_f32(f, c, b + "attn_q_a_norm.weight", c.q_lora_rank);
+        L.wq_b = matrix(f, c, b + "attn_q_b.weight", c.n_head * qk, c.q_lora_rank);
+    } else {
+        L.wq = matrix(f, c, b + "attn_q.weight", c.n_head * qk, c.n_embd);
+    }
+    L.wkv_a = matrix(f, c, b + "attn_kv_a_mqa.weight", r + c.n_rot, c.n_embd);
+    L.kv_a_norm = vector_f32(f, c, b + "attn_kv_a_norm.weight", r);
+    if (c.mla) {
+        L.wk_b = matrix(f, c, b + "attn_k_b.weight", r, nope, c.n_head);
+        L.wv_b = matrix(f, c, b + "attn_v_b.weight", vd, r, c.n_head);
+    } else {
+        L.wkv_b = matrix(f, c, b + "attn_kv_b.weight", c.n_head * (nope + vd), r);
+    }
+    L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.n_head * vd);
+}
+
 }  // namespace
 
 WeightRef row_slice(const WeightRef & w, int64_t r0, int64_t n) {
@@ -190,8 +213,12 @@ void Model::load_weights() {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        load_qkv(f, c, b, c.fused_qkv, L);
-        L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
+        if (c.arch == Arch::DeepSeek2) {
+            load_mla(f, c, b, L);
+        } else {
+            load_qkv(f, c, b, c.fused_qkv, L);
+            L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
+        }
         // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
         // checkpoints), as is the output projection's for both.
         for (auto [w, name] :
@@ -216,10 +243,13 @@ void Model::load_weights() {
             L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
-        // a mixture-of-experts block (these architectures have no other kind: its router is required)
+        // a mixture-of-experts block (these architectures have no other kind: its router is required;
+        // deepseek2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
-        if (c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"))) {
+        const bool moe = c.arch == Arch::DeepSeek2 ? l >= c.n_layer_dense_lead
+                                                   : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
+        if (moe) {
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
             L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
             L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
@@ -235,6 +265,13 @@ void Model::load_weights() {
                 L.w_up = matrix(f, c, b + "ffn_up_shexp.weight", c.n_ff_shexp, c.n_embd);
                 L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
+            }
+            if (f.find_tensor(b + "exp_probs_b.bias")) L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
+            if (c.n_expert_shared > 0) {  // deepseek2's shared experts (run with the routed ones, moe.cpp)
+                const int64_t ff_sh = int64_t(c.n_ff_exp) * c.n_expert_shared;
+                L.gate_shexp = matrix(f, c, b + "ffn_gate_shexp.weight", ff_sh, c.n_embd);
+                L.up_shexp = matrix(f, c, b + "ffn_up_shexp.weight", ff_sh, c.n_embd);
+                L.down_shexp = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, ff_sh);
             }
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
@@ -468,11 +505,18 @@ void Model::setup_kv() {
     kv_.slot_ctx = params_.n_ctx / params_.n_seq_max;
     kv_.n_head_kv = c.encoder ? 0 : c.n_head_kv;  // an encoder keeps no cache
     kv_.head_dim = c.head_dim;
+    kv_.head_dim_v = c.head_dim_v;
+    kv_.v_in_k = c.mla;  // (the latent is both)
     for (QType t : {kv_.type_k, kv_.type_v})
-        for (int hd : {c.head_dim, c.head_dim_of(c.n_layer - 1), c.head_dim_swa > 0 ? c.head_dim_swa : c.head_dim})
+        for (int hd : {c.head_dim, c.head_dim_v, c.head_dim_swa > 0 ? c.head_dim_swa : c.head_dim})
             SL_CHECK(c.encoder || hd % qtype_traits(t)->blck_size == 0,  // (an encoder keeps no cache)
-                     "KV cache type %s needs a head size divisible by %lld (head size %d)", qtype_traits(t)->name,
-                     (long long)qtype_traits(t)->blck_size, hd);
+                     "KV cache type %s needs a head size divisible by %lld (head size %d, of values %d%s)",
+                     qtype_traits(t)->name, (long long)qtype_traits(t)->blck_size, c.head_dim, c.head_dim_v,
+                     c.head_dim_swa > 0 ? strfmt(", of the sliding layers %d", c.head_dim_swa).c_str() : "");
+    // values read inside the key rows (after whole blocks: both head sizes are of whole blocks)
+    SL_CHECK(!c.mla || kv_.type_k == kv_.type_v, "%s: the latent attention cache holds values inside the keys: "
+             "type_k and type_v must be equal (%s, %s)", file_->path().c_str(), qtype_traits(kv_.type_k)->name,
+             qtype_traits(kv_.type_v)->name);
     // A sliding-window layer needs the last n_swa positions: a ring of n_swa + n_batch cells holds
     // them for every token of a batch while the batch's own keys are stored (llama.cpp's SWA cache).
     kv_swa_ = kv_;
@@ -489,6 +533,7 @@ void Model::setup_kv() {
         if (!c.encoder) {
             kv.n_head_kv = c.n_head_kv_of(c.kv_source(l));
             kv.head_dim = c.head_dim_of(c.kv_source(l));
+            if (c.arch == Arch::Gemma4) kv.head_dim_v = kv.head_dim;  // (values of the keys' size, per layer)
         }
         kv_layer_.push_back(kv);
     }
@@ -546,8 +591,9 @@ CpuBackendOptions Model::cpu_options() const {
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
-    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max()});
-    o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert});
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max(), c.q_lora_rank, c.kv_lora_rank});
+    o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert,
+                           c.n_head * (c.head_dim_k_mla + c.head_dim_v_mla)});  // (deepseek2: attn_kv_b)
     o.n_head = c.n_head;
     o.n_head_kv = std::max(1, c.n_head / c.max_gqa());  // (the most query heads per key/value head)
     o.head_dim = c.max_head_dim();
@@ -580,6 +626,9 @@ CpuBackendOptions Model::cpu_options() const {
             group({&t.b});
         }
     for (const LayerWeights & L : w_.layers) {
+        for (const WeightRef * w : {&L.wq_a, &L.wq_b, &L.wkv_a, &L.wk_b, &L.wv_b, &L.wkv_b}) group({w});
+        group({&L.gate_shexp, &L.up_shexp});
+        group({&L.down_shexp});
         group({&L.wq, &L.wk, &L.wv});
         group({&L.wo});
         group({&L.w_gate, &L.w_up});
@@ -620,9 +669,10 @@ size_t Model::activation_bytes(bool cpu) const {
     const size_t g4 = cpu && c.arch == Arch::Gemma4
                           ? 2 * size_t(c.n_layer) * size_t(c.n_embd_per_layer) + (c.n_expert > 0 ? 3 * size_t(c.n_embd) : 0)
                           : 0;
+    const size_t mla = cpu ? mla_floats() : 0;
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
-            g4);
+            mla + g4);
 }
 
 void Model::allocate_state() {
@@ -646,6 +696,8 @@ void Model::allocate_state() {
             s.moe_out = static_cast<float *>(alloc_on(be, nb * c.n_embd * sizeof(float)));
             s.router = static_cast<float *>(alloc_on(be, nb * c.n_expert * sizeof(float)));
         }
+        if (c.arch == Arch::DeepSeek2 && be->is_cpu())  // (its blocks run on the CPU)
+            s.mla = static_cast<float *>(alloc_on(be, nb * mla_floats() * sizeof(float)));
         if (lora_rank_ > 0) s.lora = static_cast<float *>(alloc_on(be, nb * size_t(lora_rank_) * sizeof(float)));
         if (lora_ffn_) s.up = static_cast<float *>(alloc_on(be, nb * c.ff_max() * sizeof(float)));
         scratch_.push_back({be, s});

@@ -74,6 +74,19 @@ struct LayerWeights {
     WeightRef gate_inp;                 // (n_expert, n_embd)
     WeightRef gate_exps, up_exps;       // (n_expert * n_ff_exp, n_embd)
     WeightRef down_exps;                // (n_expert * n_embd, n_ff_exp)
+    const float * exp_probs_b = nullptr;  // (n_expert) deepseek2's selection bias, or null
+    // deepseek2's shared experts, every token's (ff_sh = n_ff_exp * n_expert_shared); empty: none
+    WeightRef gate_shexp, up_shexp;     // (ff_sh, n_embd)
+    WeightRef down_shexp;               // (n_embd, ff_sh)
+    // deepseek2's latent attention (mla.cpp; Config::mla), qk = head_dim_k_mla, vd = head_dim_v_mla,
+    // nope = qk - n_rot: the queries by wq (n_head * qk, n_embd), or by wq_a (q_lora_rank, n_embd),
+    // q_a_norm (q_lora_rank) and wq_b (n_head * qk, q_lora_rank); the latent and the rotary key
+    // part by wkv_a (kv_lora_rank + n_rot, n_embd), the latent normed by kv_a_norm (kv_lora_rank);
+    // per head h rows h * kv_lora_rank.. of wk_b (n_head * kv_lora_rank, nope), rows h * vd.. of
+    // wv_b (n_head * vd, kv_lora_rank); older files: wkv_b (n_head * (nope + vd), kv_lora_rank).
+    WeightRef wq_a, wq_b, wkv_a, wk_b, wv_b, wkv_b;
+    const float * q_a_norm = nullptr;
+    const float * kv_a_norm = nullptr;
     bool moe() const { return gate_inp.rows > 0; }
     // gemma4: the layer's output (residual stream included) times out_scale (layer_output_scale);
     // without wv the values are the keys' projection (wv.rows 0).
@@ -308,6 +321,7 @@ private:
         float * router = nullptr;   // MoE: router logits (n_expert)
         float * lora = nullptr;     // LoRA: a . x of one matrix (lora_rank_)
         float * up = nullptr;       // LoRA on gate/up: the up projection beside the gate's (ff_max)
+        float * mla = nullptr;      // deepseek2's latent attention's work (mla_floats)
     };
     // Which experts each token of a batch goes to, grouped by expert (sized once, at load).
     struct Routes {
@@ -317,6 +331,8 @@ private:
         std::vector<int32_t> start;    // (n_expert + 1) offsets of each expert's list in order
         std::vector<int32_t> order;    // (n_batch * n_expert_used) entries t * n_expert_used + k, by expert
         std::vector<int32_t> idx;      // (n_expert) order: experts by probability
+        std::vector<float> sel;        // (n_expert) one token's selection scores (biased, groups masked)
+        std::vector<float> group;      // (n_expert) one token's group scores
         void reserve(size_t n_batch, int n_expert, int n_used);
     };
 
@@ -410,13 +426,19 @@ private:
     std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
     std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm
     std::vector<float> ple_;   // (2, n_batch, n_layer * n_embd_per_layer) per-layer inputs of a batch, work
-    // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU).
+    // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU),
+    // and the shared experts' output if any. route: the picks and weights of n tokens' logits
+    // (bias: deepseek2's selection bias, or null).
     void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
     // x += the experts' mixture for the tokens of h as routes_ holds them (after route), f their activation.
     void run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act);
-    void route(const float * logits, int n);
+    void route(const float * logits, int n, const float * bias);
     // qwen2moe: sigmoid(ffn_gate_inp_shexp . h) of each of the n tokens of s.h, in s.router.
     const float * shared_expert_gates(const LayerWeights & L, Scratch & s, int n);
+    // mla.cpp: x += deepseek2's latent attention of layer l over h = rmsnorm(x) (on the CPU), and the
+    // floats of its work buffer per token.
+    void mla_attention(Backend * be, int l, Scratch & s, int n);
+    size_t mla_floats() const;
     Routes routes_;
 
     // LoRA adapters: the files (mapped), per updated matrix its terms (WeightRef::lora), the

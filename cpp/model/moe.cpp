@@ -1,12 +1,13 @@
-// The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE, gpt-oss, Qwen2-MoE, OLMoE, Granite MoE):
-// a router scores every expert for each token, the n_expert_used best are run, and their outputs
-// are mixed by the router's softmax probabilities (renormalized over the chosen ones when
-// expert_weights_norm; gpt-oss: the softmax of the chosen ones' logits, and biases on the router
-// and the experts). A few tokens go through the CPU backend's moe_small in one pass; more are
-// grouped by expert so that each expert runs once per batch, over all the tokens routed to it.
-// Either way a token's expert outputs are added in the order of the experts' indices, so both give
-// the same sums. A shared expert (Qwen2-MoE, Granite MoE shared) runs as the dense feed-forward
-// of the block (forward.cpp).
+// The mixture-of-experts feed-forward (Mixtral, Qwen3-MoE, gpt-oss, Qwen2-MoE, OLMoE, Granite MoE,
+// DeepSeek-V2 / V3): a router scores every expert for each token, the n_expert_used best are run,
+// and their outputs are mixed by the router's softmax probabilities (renormalized over the chosen
+// ones when expert_weights_norm; gpt-oss: the softmax of the chosen ones' logits, and biases on
+// the router and the experts; deepseek2: sigmoid scores, a selection bias, group-limited choice,
+// scaled weights, shared experts). A few tokens go through the CPU backend's moe_small in one
+// pass; more are grouped by expert so that each expert runs once per batch, over all the tokens
+// routed to it. Either way a token's expert outputs are added in the order of the experts'
+// indices, so both give the same sums. Qwen2-MoE's and Granite MoE's shared expert runs as the
+// dense feed-forward of the block (forward.cpp); deepseek2's n_expert_shared experts run here.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,6 +18,36 @@
 
 namespace sl {
 
+namespace {
+
+// DeepSeek V3's group-limited routing (llama.cpp's build_moe_ffn): a group's score is the sum of
+// its two best selection scores; the experts outside the n_group_used best groups (ties: the
+// lower index) are not chosen (their scores set to -inf). group, order: n_expert_groups floats
+// and ints of work.
+void mask_groups(const Config & c, float * sel, float * group, int32_t * order) {
+    const int ng = c.n_expert_groups, per = c.n_expert / ng;
+    for (int g = 0; g < ng; ++g) {
+        const float * v = sel + size_t(g) * per;
+        float best = -INFINITY, second = -INFINITY;
+        for (int i = 0; i < per; ++i) {
+            if (v[i] > best) {
+                second = best;
+                best = v[i];
+            } else if (v[i] > second) {
+                second = v[i];
+            }
+        }
+        group[g] = per > 1 ? best + second : best;
+        order[g] = g;
+    }
+    std::partial_sort(order, order + c.n_group_used, order + ng, [&](int a, int b) {
+        return group[a] > group[b] || (group[a] == group[b] && a < b);
+    });
+    for (int j = c.n_group_used; j < ng; ++j) std::fill_n(sel + size_t(order[j]) * per, per, -INFINITY);
+}
+
+}  // namespace
+
 void Model::Routes::reserve(size_t n_batch, int n_expert, int n_used) {
     probs.assign(size_t(n_expert), 0.0f);
     pick.assign(n_batch * size_t(n_used), 0);
@@ -24,28 +55,35 @@ void Model::Routes::reserve(size_t n_batch, int n_expert, int n_used) {
     start.assign(size_t(n_expert) + 1, 0);
     order.assign(n_batch * size_t(n_used), 0);
     idx.assign(size_t(n_expert), 0);
+    sel.assign(size_t(n_expert), 0.0f);
+    group.assign(size_t(n_expert), 0.0f);
 }
 
-void Model::route(const float * logits, int n) {
+void Model::route(const float * logits, int n, const float * bias) {
     const Config & c = cfg_;
     const int ne = c.n_expert, k = c.n_expert_used;
     Routes & r = routes_;
     std::fill(r.start.begin(), r.start.end(), 0);
     for (int t = 0; t < n; ++t) {
-        // softmax over the experts, in double (or with softmax_weight the logits themselves); then
-        // the k most probable (ties: the lower index)
+        // softmax over the experts, in double (sigmoid scores with moe_sigmoid, the logits
+        // themselves with softmax_weight); the k best by their selection scores (the scores plus
+        // the bias, within the best groups; ties: the lower index)
         const float * z = logits + size_t(t) * ne;
         const float zmax = *std::max_element(z, z + ne);
         if (c.moe_softmax_weight) {
             std::copy(z, z + ne, r.probs.begin());
+        } else if (c.moe_sigmoid) {
+            for (int e = 0; e < ne; ++e) r.probs[e] = float(1.0 / (1.0 + std::exp(-double(z[e]))));
         } else {
             double sum = 0;
             for (int e = 0; e < ne; ++e) sum += std::exp(double(z[e]) - zmax);
             for (int e = 0; e < ne; ++e) r.probs[e] = float(std::exp(double(z[e]) - zmax) / sum);
         }
+        for (int e = 0; e < ne; ++e) r.sel[e] = bias ? r.probs[e] + bias[e] : r.probs[e];
+        if (c.n_expert_groups > 1) mask_groups(c, r.sel.data(), r.group.data(), r.idx.data());
         for (int e = 0; e < ne; ++e) r.idx[e] = e;
         std::partial_sort(r.idx.begin(), r.idx.begin() + k, r.idx.end(), [&](int a, int b) {
-            return r.probs[a] > r.probs[b] || (r.probs[a] == r.probs[b] && a < b);
+            return r.sel[a] > r.sel[b] || (r.sel[a] == r.sel[b] && a < b);
         });
         std::sort(r.idx.begin(), r.idx.begin() + k);  // the chosen ones in index order (see above)
         if (c.moe_softmax_weight) {  // the chosen logits' softmax (the largest is among them)
@@ -55,8 +93,10 @@ void Model::route(const float * logits, int n) {
         }
         double chosen = 0;
         for (int j = 0; j < k; ++j) chosen += r.probs[r.idx[j]];
-        // (granitemoe: times residual_scale, as its branch outputs are)
-        const double scale = (c.expert_weights_norm ? 1.0 / chosen : 1.0) * c.residual_scale;
+        // (llama.cpp clamps the sum at float16's smallest normal; granitemoe: times residual_scale,
+        // as its branch outputs are)
+        const double scale = (c.expert_weights_norm ? 1.0 / std::max(chosen, 6.103515625e-5) : 1.0) *
+                             c.expert_weights_scale * c.residual_scale;
         for (int j = 0; j < k; ++j) {
             const int e = r.idx[j];
             r.pick[size_t(t) * k + j] = e;
@@ -90,7 +130,12 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     const int l = int(&L - w_.layers.data());
     if (imx_) imx_observe(l, kImxRouter, s.h, n, be);
     be->matmul(&gi, &s.router, 1, s.h, n, false);
-    route(s.router, n);
+    route(s.router, n, L.exp_probs_b);
+    if (L.gate_shexp.rows > 0) {  // x += the shared experts' output (deepseek2)
+        be->glu(Glu::Silu, L.gate_shexp, L.up_shexp, s.h, s.ff, n);
+        const WeightRef * wd = &L.down_shexp;
+        be->matmul(&wd, &s.x, 1, s.ff, n, true);
+    }
     run_experts(be, L, s, n, c.swiglu_oai ? Glu::SwigluOai : Glu::Silu);
 }
 
