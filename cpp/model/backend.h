@@ -68,6 +68,9 @@ struct AttnParams {
     // gpt-oss: one learned logit per query head taking part in its softmax (a sink for attention
     // that no cell's value receives); null: none.
     const float * sinks = nullptr;
+    // Query heads of the layer (0: the backend's); when set, the head size is the cache's
+    // (KVLayout::head_dim): layers of other shapes (gemma4). CPU backend only.
+    int n_head = 0;
 };
 
 // Throws unless a ring cache (kv.ring) can take a batch: a window, and per slot the batch's

@@ -47,6 +47,7 @@ constexpr ArchTraits kArchs[] = {
     {"deepseek2",  Arch::DeepSeek2, false, false, false, false},
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
+    {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
 };
 
 std::string supported_archs() {
@@ -183,6 +184,103 @@ void read_granite(const GGUFFile & f, Config & c) {
     }
     c.attn_scale = get_positive(f, a + "attention.scale", 0.0, true);
     if (!f.get_bool(a + "rope.scaling.finetuned", true)) c.nope_layers.assign(size_t(c.n_layer), 1);
+}
+
+// One value per layer: an array of n_layer integers in [lo, hi], or one integer for every layer
+// (absent: fallback, or an error where fallback < 0).
+std::vector<int> layer_dims(const GGUFFile & f, const std::string & key, int n_layer, int64_t lo, int64_t hi,
+                            int fallback = -1) {
+    const GGUFValue * v = f.find(key);
+    if (!v || v->type != GGUFType::ARRAY)
+        return std::vector<int>(size_t(n_layer), !v && fallback >= 0 ? fallback : get_dim(f, key, lo, hi));
+    if (int64_t(v->arr.size()) != n_layer)
+        throw GGUFError(strfmt("%s: metadata '%s' has %zu values for %d layers", f.path().c_str(), key.c_str(),
+                               v->arr.size(), n_layer));
+    std::vector<int> out;
+    for (const GGUFValue & e : v->arr) {
+        const int64_t x = !e.is_integer() ? lo - 1 : e.type == GGUFType::INT64 || e.type == GGUFType::INT32 ||
+                                                            e.type == GGUFType::INT16 || e.type == GGUFType::INT8
+                                                        ? e.num.i64 : int64_t(std::min<uint64_t>(e.num.u64, 1ull << 62));
+        if (x < lo || x > hi)
+            throw GGUFError(strfmt("%s: metadata '%s' holds a value outside [%lld, %lld] (or not an integer)",
+                                   f.path().c_str(), key.c_str(), (long long)lo, (long long)hi));
+        out.push_back(int(x));
+    }
+    return out;
+}
+
+// The largest of per-layer values; the array is dropped when they are all equal.
+int max_of(std::vector<int> & v) {
+    const int m = *std::max_element(v.begin(), v.end());
+    if (std::all_of(v.begin(), v.end(), [&](int x) { return x == m; })) v.clear();
+    return m;
+}
+
+// Gemma 4's head counts and feed-forward widths, which may be given per layer (arrays).
+void read_gemma4_shapes(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.n_head_arr = layer_dims(f, a + "attention.head_count", c.n_layer, 1, 4096);
+    c.n_head_kv_arr = f.find(a + "attention.head_count_kv")
+                          ? layer_dims(f, a + "attention.head_count_kv", c.n_layer, 1, 4096)
+                          : c.n_head_arr;
+    for (int l = 0; l < c.n_layer; ++l)
+        if (c.n_head_arr[size_t(l)] % c.n_head_kv_arr[size_t(l)] != 0)
+            throw GGUFError(strfmt("%s: layer %d: %d key/value heads do not divide its %d query heads (metadata "
+                                   "'%sattention.head_count_kv')", f.path().c_str(), l, c.n_head_kv_arr[size_t(l)],
+                                   c.n_head_arr[size_t(l)], a.c_str()));
+    c.n_ff_arr = layer_dims(f, a + "feed_forward_length", c.n_layer, 1, 1 << 20);
+    c.n_head = max_of(c.n_head_arr);
+    c.n_head_kv = max_of(c.n_head_kv_arr);
+    c.n_ff = max_of(c.n_ff_arr);
+    if (!c.n_head_arr.empty() && c.n_head_kv_arr.empty()) c.n_head_kv_arr.assign(size_t(c.n_layer), c.n_head_kv);
+    if (c.n_head_arr.empty() && !c.n_head_kv_arr.empty()) c.n_head_arr.assign(size_t(c.n_layer), c.n_head);
+}
+
+// Gemma 4 (llama.cpp's llama_model_gemma4, src/models/gemma4.cpp): sliding-window layers flagged
+// one by one, with a head size, rotated dimensions and rotary base of their own; queries and keys
+// RMS-normed per head, values too (without a weight); scores not scaled (1.0); optional final
+// soft-cap; the last shared_kv_layers layers reading earlier layers' caches.
+void read_gemma4(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.embd_scale = std::sqrt(float(c.n_embd));
+    c.ffn_gelu = true;
+    c.post_norms = true;
+    c.attn_scale = 1.0f;
+    c.n_swa = get_dim(f, a + "attention.sliding_window", 1, 1 << 30);
+    const std::string pattern = a + "attention.sliding_window_pattern";
+    if (const GGUFValue * v = f.find(pattern); !v || v->type != GGUFType::ARRAY)
+        throw GGUFError(strfmt("%s: metadata '%s' (one flag per layer) is %s", f.path().c_str(), pattern.c_str(),
+                               v ? "not an array" : "missing"));
+    c.swa_layers = any_swa(swa_pattern(f, pattern, c.n_layer, 0));
+    if (c.swa_layers.empty()) c.n_swa = 0;
+    c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", 10000.0);
+    c.rope_freq_scale_swa = 1.0f;
+    const int hd_swa = get_dim(f, a + "attention.key_length_swa", 2, 1024);
+    if (hd_swa % 2 != 0 || f.get_int(a + "attention.value_length_swa", hd_swa) != hd_swa)
+        throw GGUFError(strfmt("%s: metadata '%sattention.key_length_swa' = %d must be even and equal "
+                               "'%sattention.value_length_swa'", f.path().c_str(), a.c_str(), hd_swa, a.c_str()));
+    c.head_dim_swa = hd_swa;
+    c.n_rot_swa = f.find(a + "rope.dimension_count_swa") ? get_dim(f, a + "rope.dimension_count_swa", 2, hd_swa)
+                                                          : c.n_rot;
+    if (c.n_rot_swa % 2 != 0 || c.n_rot_swa > hd_swa)
+        throw GGUFError(strfmt("%s: rotated dimensions of the sliding layers (%d) must be even and at most their "
+                               "head size %d", f.path().c_str(), c.n_rot_swa, hd_swa));
+    c.final_softcap = get_positive(f, a + "final_logit_softcapping", 30.0, true);  // (absent: 30, as llama.cpp)
+    c.n_embd_per_layer = f.find(a + "embedding_length_per_layer_input")
+                             ? get_dim(f, a + "embedding_length_per_layer_input", 0, 1 << 16)
+                             : 0;
+    const int shared = f.find(a + "attention.shared_kv_layers")
+                           ? get_dim(f, a + "attention.shared_kv_layers", 0, c.n_layer - 1)
+                           : 0;
+    c.n_layer_kv = shared > 0 ? c.n_layer - shared : 0;
+    for (int l = c.n_layer_kv; shared > 0 && l < c.n_layer; ++l) {  // (llama.cpp's choice of the cache read)
+        const int src = c.kv_source(l);
+        if (src < 0 || c.is_swa(src) != c.is_swa(l))
+            throw GGUFError(strfmt("%s: metadata '%sattention.shared_kv_layers' = %d: layer %d would read the cache "
+                                   "of layer %d, which is not of its kind (sliding / global)", f.path().c_str(),
+                                   a.c_str(), shared, l, src));
+    }
+    c.expert_weights_norm = true;  // (26B-A4B: the chosen experts' probabilities renormalized, as llama.cpp)
 }
 
 }  // namespace
@@ -347,11 +445,12 @@ void read_lfm2(const GGUFFile & f, Config & c) {
 double Config::inv_freq(int i, bool swa) const {
     const double scale = swa ? rope_freq_scale_swa : rope_freq_scale;
     const float base = swa ? rope_base_swa : rope_base;
-    const double theta = std::pow(double(base), -2.0 * i / n_rot);
+    const int rot = n_rot_of(swa);
+    const double theta = std::pow(double(base), -2.0 * i / rot);
     if (yarn_ext_factor == 0.0f) return scale * theta;
     // ggml's rope_yarn: ramp 1 below the fast correction dim, 0 above the slow one, linear between
-    const float lo = std::max(0.0f, std::floor(yarn_corr_dim(n_rot, n_ctx_orig_yarn, yarn_beta_fast, base)));
-    const float hi = std::min(float(n_rot - 1), std::ceil(yarn_corr_dim(n_rot, n_ctx_orig_yarn, yarn_beta_slow, base)));
+    const float lo = std::max(0.0f, std::floor(yarn_corr_dim(rot, n_ctx_orig_yarn, yarn_beta_fast, base)));
+    const float hi = std::min(float(rot - 1), std::ceil(yarn_corr_dim(rot, n_ctx_orig_yarn, yarn_beta_slow, base)));
     const float y = (float(i) - lo) / std::max(0.001f, hi - lo);
     const double mix = double((1.0f - std::min(1.0f, std::max(0.0f, y))) * yarn_ext_factor);
     return theta * (scale * (1.0 - mix) + mix);
@@ -403,6 +502,18 @@ void Config::apply_rope(const RopeParams & p) {
     rope_mscale_swa = magnitude(rope_freq_scale_swa);
 }
 
+int Config::max_gqa() const {
+    int g = n_head / n_head_kv;
+    for (size_t l = 0; l < n_head_arr.size(); ++l) g = std::max(g, n_head_of(int(l)) / n_head_kv_of(int(l)));
+    return g;
+}
+
+int Config::kv_source(int l) const {
+    // llama.cpp's layer reuse for Gemma 3n / 4: the last layer with a cache of the same kind
+    if (n_layer_kv <= 0 || l < n_layer_kv) return l;
+    return n_layer_kv - (is_swa(l) ? 2 : 1);
+}
+
 std::string Config::shape_keys() const {
     const std::string a = arch_name + ".";
     std::string keys = strfmt("%sembedding_length = %d, %sfeed_forward_length = %d, %sattention.head_count = %d, "
@@ -430,15 +541,20 @@ Config Config::from_gguf(const GGUFFile & f) {
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
-    c.n_head = get_dim(f, a + "attention.head_count", 1, 4096);
-    c.n_head_kv = read_head_count_kv(f, c);
-    if (c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
-        throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide '%sattention.head_count'"
-                               " = %d", f.path().c_str(), a.c_str(), c.n_head_kv, a.c_str(), c.n_head));
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
-    const std::string ff_key = a + "feed_forward_length";
-    c.n_ff = (moe_only || c.arch == Arch::DeepSeek2) && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
+    if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
+        read_gemma4_shapes(f, c);
+    } else {
+        c.n_head = get_dim(f, a + "attention.head_count", 1, 4096);
+        c.n_head_kv = read_head_count_kv(f, c);  // (lfm2: per layer, 0 at its convolution layers)
+        if (c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
+            throw GGUFError(strfmt("%s: metadata '%sattention.head_count_kv' = %d does not divide "
+                                   "'%sattention.head_count' = %d", f.path().c_str(), a.c_str(), c.n_head_kv,
+                                   a.c_str(), c.n_head));
+        const std::string ff_key = a + "feed_forward_length";
+        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2) && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
+    }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {
         c.n_expert_used = get_dim(f, a + "expert_used_count", 1, c.n_expert);
@@ -512,6 +628,7 @@ Config Config::from_gguf(const GGUFFile & f) {
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
     if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe) read_granite(f, c);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
+    if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);

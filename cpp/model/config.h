@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet
+    Bitnet, Gemma4
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -45,7 +45,7 @@ struct Config {
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
-                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet"
+                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -179,12 +179,35 @@ struct Config {
     // conv_l_cache - 1 inputs of the convolution. Empty: no such layers.
     std::vector<uint8_t> conv_layers;
     int conv_l_cache = 0;       // shortconv.l_cache
+    // Gemma 4 (model/gemma4.cpp): attention geometry per layer. n_head, n_head_kv, n_ff are then the
+    // largest of any layer (buffers are sized by them) and head_dim, n_rot the global layers'.
+    int head_dim_swa = 0;       // the sliding-window layers' head size (0: head_dim)
+    int n_rot_swa = 0;          // their rotated dimensions (0: n_rot)
+    std::vector<int> n_head_arr, n_head_kv_arr, n_ff_arr;  // (n_layer) per layer; empty: the same for all
+    // Layers [n_layer_kv, n_layer) keep no KV cache of their own: each reads that of the last
+    // earlier layer of its kind (sliding or global; gemma4's shared_kv_layers). 0: every layer has one.
+    int n_layer_kv = 0;
+    int n_embd_per_layer = 0;   // gemma4 E2B / E4B: width of each layer's token embedding (0: none)
 
     int n_gqa() const { return n_head / n_head_kv; }
-    int q_dim() const { return n_head * head_dim; }
-    int kv_dim() const { return n_head_kv * head_dim; }
-    int v_dim() const { return n_head_kv * head_dim_v; }
-    int att_dim() const { return n_head * head_dim_v; }  // attention output
+    // Widths of the queries, keys, values and attention outputs (the widest layer's with per-layer
+    // geometry: gemma4).
+    int q_dim() const { return n_head * max_head_dim(); }
+    int kv_dim() const { return n_head_kv * max_head_dim(); }
+    int v_dim() const { return n_head_kv * std::max(head_dim_v, head_dim_swa); }
+    int att_dim() const { return n_head * std::max(head_dim_v, head_dim_swa); }  // attention output
+    int max_head_dim() const { return std::max(head_dim, head_dim_swa); }
+    // Layer l's head size, head counts, widths, rotated dimensions and feed-forward width.
+    int head_dim_of(int l) const { return is_swa(l) && head_dim_swa > 0 ? head_dim_swa : head_dim; }
+    int n_head_of(int l) const { return n_head_arr.empty() ? n_head : n_head_arr[size_t(l)]; }
+    int n_head_kv_of(int l) const { return n_head_kv_arr.empty() ? n_head_kv : n_head_kv_arr[size_t(l)]; }
+    int q_dim_of(int l) const { return n_head_of(l) * head_dim_of(l); }
+    int kv_dim_of(int l) const { return n_head_kv_of(l) * head_dim_of(l); }
+    int n_rot_of(bool swa) const { return swa && n_rot_swa > 0 ? n_rot_swa : n_rot; }
+    int n_ff_of(int l) const { return n_ff_arr.empty() ? n_ff : n_ff_arr[size_t(l)]; }
+    int max_gqa() const;        // the most query heads per key/value head of any layer
+    // The layer whose KV cache layer l reads (itself unless it shares an earlier layer's).
+    int kv_source(int l) const;
     // Lengths of the query and key norm vectors: a head's, or (olmo2) the whole projection's.
     int q_norm_len() const { return qk_norm_full ? q_dim() : head_dim; }
     int k_norm_len() const { return qk_norm_full ? kv_dim() : head_dim; }
@@ -201,10 +224,10 @@ struct Config {
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
     // Widest feed-forward activation (deepseek2's shared experts: n_expert_shared x n_ff_exp; lfm2's
-    // in_proj output, 3 n_embd, which shares its buffer).
+    // in_proj output, 3 n_embd, which shares its buffer; gemma4's per-layer input gate).
     int ff_max() const {
         const int conv = recurrent() ? 3 * n_embd : 0;
-        return std::max({n_ff, n_ff_exp * std::max(n_expert_shared, 1), n_ff_shexp, conv});
+        return std::max({n_ff, n_ff_exp * std::max(n_expert_shared, 1), n_ff_shexp, conv, n_embd_per_layer});
     }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.

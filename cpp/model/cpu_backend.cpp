@@ -70,9 +70,9 @@ CpuBackend::CpuBackend(const CpuBackendOptions & opt) : opt_(opt), pool_(opt.n_t
 }
 
 void CpuBackend::size_rope() {
-    const size_t half = size_t(opt_.n_rot / 2);
+    const size_t half[2] = {size_t(opt_.n_rot / 2), size_t((opt_.n_rot_swa > 0 ? opt_.n_rot_swa : opt_.n_rot) / 2)};
     for (int k = 0; k < 2; ++k) {
-        const size_t n = k == 0 || opt_.rope_swa ? half : 0;
+        const size_t n = k == 0 || opt_.rope_swa ? half[k] : 0;
         rope_[k].inv_freq.resize(n);
         rope_[k].cos.resize(size_t(opt_.n_batch) * n);
         rope_[k].sin.resize(size_t(opt_.n_batch) * n);
@@ -86,7 +86,8 @@ size_t CpuBackend::scratch_bytes(const CpuBackendOptions & opt) {
     const size_t gqa = size_t(opt.n_head / std::max(1, opt.n_head_kv));
     const size_t att = std::max(kAttnBudget, gqa * opt.max_slot_ctx) + 2 * kAttnChunk * gqa * opt.head_dim;
     size_t bytes = nth * sizeof(float) * (2 * kMaxChunk * nb + att);
-    bytes += sizeof(float) * (opt.n_rot / 2) * (1 + 2 * nb) * (opt.rope_swa ? 2 : 1);  // inverse frequencies, cos, sin
+    const int rot_swa = opt.rope_swa ? (opt.n_rot_swa > 0 ? opt.n_rot_swa : opt.n_rot) : 0;
+    bytes += sizeof(float) * size_t(opt.n_rot / 2 + rot_swa / 2) * (1 + 2 * nb);  // inverse frequencies, cos, sin
     bytes += nb * (2 * sizeof(int32_t) + sizeof(int64_t)) + sizeof(int64_t);  // batch positions, chunks
     for (size_t row : opt.act_slot_row) bytes += nb * row;
     if (opt.moe_ff > 0)
@@ -124,21 +125,23 @@ void CpuBackend::copy(void * dst, const void * src, size_t n) { std::memmove(dst
 
 void CpuBackend::init_rope(const Config & c, const float * freq_factors) {
     const bool swa = !c.swa_layers.empty();
-    if (c.n_rot != opt_.n_rot || swa != opt_.rope_swa) {  // backends built without the model's rotary shape (tests)
+    // (backends built without the model's rotary shape: tests)
+    if (c.n_rot != opt_.n_rot || swa != opt_.rope_swa || c.n_rot_swa != opt_.n_rot_swa) {
         opt_.n_rot = c.n_rot;
+        opt_.n_rot_swa = c.n_rot_swa;
         opt_.rope_swa = swa;
         size_rope();
     }
-    n_rot_ = c.n_rot;
+    n_rot_[0] = c.n_rot_of(false);
+    n_rot_[1] = c.n_rot_of(true);
     rope_neox_ = c.rope_neox;
     temp_scale_ = c.attn_temp_scale;
     temp_floor_ = c.attn_temp_floor;
     rope_mscale_[0] = double(c.rope_magnitude(false));
     rope_mscale_[1] = double(c.rope_magnitude(true));
-    for (int i = 0; i < c.n_rot / 2; ++i) {
+    for (int i = 0; i < c.n_rot / 2; ++i)
         rope_[0].inv_freq[i] = float(c.inv_freq(i, false) / (freq_factors ? double(freq_factors[i]) : 1.0));
-        if (swa) rope_[1].inv_freq[i] = float(c.inv_freq(i, true));
-    }
+    for (size_t i = 0; i < rope_[1].inv_freq.size(); ++i) rope_[1].inv_freq[i] = float(c.inv_freq(int(i), true));
 }
 
 void CpuBackend::RopeTables::fill(const int32_t * pos, int n_tok, double mscale) {
@@ -337,9 +340,13 @@ void CpuBackend::glu(Glu f, const WeightRef & gate, const WeightRef & up, const 
 }
 
 void CpuBackend::rope(float * q, float * k, int n_tok, bool swa) {
-    const RopeTables & tab = rope_[swa && !rope_[1].inv_freq.empty() ? 1 : 0];
-    const int half = n_rot_ / 2;
-    const int hd = head_dim_;
+    rope_heads(q, k, n_tok, swa, q_heads_, kv_heads_, head_dim_);
+}
+
+void CpuBackend::rope_heads(float * q, float * k, int n_tok, bool swa, int n_q, int n_kv, int hd) {
+    const int kind = swa && !rope_[1].inv_freq.empty() ? 1 : 0;
+    const RopeTables & tab = rope_[kind];
+    const int half = n_rot_[kind] / 2;
     auto rotate = [&](float * head, const float * c, const float * s) {
         if (rope_neox_) {
             for (int i = 0; i < half; ++i) {
@@ -359,11 +366,11 @@ void CpuBackend::rope(float * q, float * k, int n_tok, bool swa) {
         for (int64_t t = t0; t < t1; ++t) {
             const float * c = tab.cos.data() + t * half;
             const float * s = tab.sin.data() + t * half;
-            for (int h = 0; h < q_heads_; ++h) rotate(q + (t * q_heads_ + h) * hd, c, s);
-            for (int h = 0; h < kv_heads_; ++h) rotate(k + (t * kv_heads_ + h) * hd, c, s);
+            for (int h = 0; h < n_q; ++h) rotate(q + (t * n_q + h) * hd, c, s);
+            for (int h = 0; k && h < n_kv; ++h) rotate(k + (t * n_kv + h) * hd, c, s);
             if (temp_scale_ != 0.0f) {  // mistral3's attention temperature
                 const float m = attn_temperature(pos_[size_t(t)], temp_scale_, temp_floor_);
-                for (float * x = q + t * q_heads_ * hd; x < q + (t + 1) * q_heads_ * hd; ++x) *x *= m;
+                for (float * x = q + t * n_q * hd; x < q + (t + 1) * n_q * hd; ++x) *x *= m;
             }
         }
     };
@@ -415,11 +422,14 @@ void CpuBackend::get_rows(const WeightRef & table, const int32_t * tokens, int n
 
 void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                            const float * v, float * out, int n_tok, const AttnParams & p) {
-    // keys (and queries) of hd values a head, values (and outputs) of hv
-    const int hd = head_dim_, hv = kv.v_dim(), n_kv_h = kv.n_head_kv, gqa = q_heads_ / n_kv_h;
+    // keys (and queries) of hd values a head, values (and outputs) of hv; a layer of its own shape
+    // (p.n_head set: gemma4) has the head size of its cache
+    const int n_q_h = p.n_head > 0 ? p.n_head : q_heads_;
+    const int hd = p.n_head > 0 ? kv.head_dim : head_dim_, hv = kv.v_dim(), n_kv_h = kv.n_head_kv,
+              gqa = n_q_h / n_kv_h;
     SL_CHECK(hd == kv.head_dim && hv <= hd, "internal: KV head sizes %d / %d for a backend of %d", kv.head_dim, hv, hd);
-    const int64_t q_dim = int64_t(q_heads_) * hd, kv_dim = int64_t(n_kv_h) * hd;
-    const int64_t out_dim = int64_t(q_heads_) * hv, v_dim = int64_t(n_kv_h) * hv;
+    const int64_t q_dim = int64_t(n_q_h) * hd, kv_dim = int64_t(n_kv_h) * hd;
+    const int64_t out_dim = int64_t(n_q_h) * hv, v_dim = int64_t(n_kv_h) * hv;
     const size_t k_row = kv.k_row(), v_row = kv.v_in_k ? k_row : kv.v_row();  // (a value inside its key row)
     const size_t head_k = k_row * kv.slot_ctx, head_v = v_row * kv.slot_ctx;
     const QType type_v = kv.v_in_k ? kv.type_k : kv.type_v;
@@ -456,7 +466,7 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
 
     pool_.run([&](int ith, int nth) {
         // 1. Append this batch's keys and values to the cache.
-        for (int64_t r = ith; r < int64_t(n_tok) * n_kv_h; r += nth) {
+        for (int64_t r = ith; k && r < int64_t(n_tok) * n_kv_h; r += nth) {
             const int t = int(r / n_kv_h), h = int(r % n_kv_h);
             const size_t cell = (size_t(slot_[t]) * n_kv_h + h) * kv.slot_ctx + kv.cell(pos_[t]);
             cpu::store_kv(kv.type_k, k + t * kv_dim + h * hd, hd, 1, hd, kc + cell * k_row, k_row);

@@ -22,6 +22,7 @@ struct CpuBackendOptions {
     int max_slot_ctx = 0;     // longest sequence the attention scratch must cover
     int n_rot = 0;            // rotated dimensions per head (rotary tables)
     bool rope_swa = false;    // a second set of rotary tables, for sliding-window layers
+    int n_rot_swa = 0;        // their rotated dimensions (0: n_rot)
     // Mixture of experts (moe_ff > 0): expert width and model width, for moe_small's buffers.
     int moe_ff = 0;
     int moe_embd = 0;
@@ -59,6 +60,8 @@ public:
     void add(float * y, const float * x, int64_t n, float scale) override;
     void act_mul(Glu f, float * g, const float * u, int64_t n) override;
     void rope(float * q, float * k, int n_tok, bool swa) override;
+    // With p.n_head set, k and v may be null: the queries attend to what the cache holds (a layer
+    // reading another's cache) and nothing is stored.
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                    const float * v, float * out, int n_tok, const AttnParams & p) override;
     void hadamard(float * x, int64_t n_rows, int row) override;
@@ -68,7 +71,8 @@ public:
     // A mixture-of-experts feed-forward for a few tokens in one pass of the thread pool:
     //   y[t] += sum_j weight[t k + j] * down_e(f(gate_e x_t) * up_e x_t),  e = pick[t k + j],
     // expert e being rows e * rows / n_expert.. of each stacked matrix (and of its bias, if the
-    // matrix has one: added to its products); a token's terms are added
+    // matrix has one: added to its products; fused gate/up experts: gate_exps the whole tensor,
+    // up_exps its rows from the first expert's up rows on); a token's terms are added
     // in the order of its picks. The arithmetic of every term is that of the same expert's
     // swiglu and matmul over a few tokens, so the result does not depend on the batch. Returns
     // false, having done nothing, for more than kMoeEntries (token, expert) pairs or matrices
@@ -77,6 +81,9 @@ public:
     bool moe_small(Glu f, const WeightRef & gate_exps, const WeightRef & up_exps, const WeightRef & down_exps,
                    int n_expert, const float * x, int n_tok, const int32_t * pick, const float * weight, int k,
                    float * y);
+
+    // rope() for a layer of its own shape: n_q, n_kv heads of head_dim values (k may be null).
+    void rope_heads(float * q, float * k, int n_tok, bool swa, int n_q, int n_kv, int head_dim);
 
     ThreadPool & pool() { return pool_; }
 
@@ -109,7 +116,7 @@ private:
 
     // Rotary embedding: inverse frequencies (n_rot / 2) and per-batch cos/sin (n_tok, n_rot / 2),
     // of the global layers and, for models with sliding-window layers of other frequencies, theirs.
-    int n_rot_ = 0;
+    int n_rot_[2] = {0, 0};  // rotated dimensions of the global and of the sliding-window layers
     bool rope_neox_ = false;
     float temp_scale_ = 0.0f;  // Config::attn_temp_scale, attn_temp_floor
     int temp_floor_ = 1;

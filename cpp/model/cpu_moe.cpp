@@ -32,9 +32,11 @@ bool CpuBackend::moe_small(Glu f, const WeightRef & gate_exps, const WeightRef &
                            const WeightRef & down_exps, int n_expert, const float * x, int n_tok, const int32_t * pick,
                            const float * weight, int k, float * y) {
     const int n_pairs = n_tok * k;
-    const int64_t ff = gate_exps.rows / n_expert, embd = down_exps.rows / n_expert;
-    if (n_pairs > kMoeEntries || opt_.moe_ff != ff || opt_.moe_embd != embd || gate_exps.K != embd ||
-        cpu::act_type(gate_exps.type) != cpu::act_type(up_exps.type))
+    // Expert e's gate rows start at e * stride, its up rows likewise in up_exps: stride ff, or 2 ff
+    // for fused gate/up experts (up_exps then the same tensor from row ff on).
+    const int64_t ff = opt_.moe_ff, stride = gate_exps.rows / n_expert, embd = down_exps.rows / n_expert;
+    if (n_pairs > kMoeEntries || (stride != ff && stride != 2 * ff) || down_exps.K != ff || opt_.moe_embd != embd ||
+        gate_exps.K != embd || cpu::act_type(gate_exps.type) != cpu::act_type(up_exps.type))
         return false;
     const QType gt = gate_exps.type, ut = up_exps.type, dt = down_exps.type;
     const size_t xrow = cpu::act_row_bytes(gt, embd), arow = cpu::act_row_bytes(dt, ff);
@@ -58,7 +60,7 @@ bool CpuBackend::moe_small(Glu f, const WeightRef & gate_exps, const WeightRef &
         float * u = g + 256;
         for (int64_t it = ith; it < n_pairs * nc1; it = next1.fetch_add(1, std::memory_order_relaxed)) {
             const int64_t i = it / nc1, r0 = it % nc1 * cs1, nr = std::min(cs1, ff - r0);
-            const int64_t row = int64_t(pick[i]) * ff + r0;
+            const int64_t row = int64_t(pick[i]) * stride + r0;
             const uint8_t * xa = moe_qx_.data() + size_t(i / k) * xrow;
             cpu::gemm(gt, G + size_t(row) * gate_ld, embd, 0, nr, xa, 1, g, nr);
             cpu::gemm(ut, U + size_t(row) * up_ld, embd, 0, nr, xa, 1, u, nr);

@@ -25,6 +25,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         float * x = scratch(cur).x;
         for (size_t i = 0; i < size_t(n) * c.n_embd; ++i) x[i] *= c.embd_scale;
     }
+    if (c.n_embd_per_layer > 0) gemma4_inputs(tokens, scratch(cur).x, n);  // (E2B / E4B)
 
     // Moves the residual stream to another device at a split boundary.
     auto move_to = [&](Backend * be) {
@@ -50,6 +51,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         // Matmuls of a CPU layer may run on the GPU for large batches (op offload).
         Backend * mm = offload_ && be->is_cpu() && n >= OpOffload::kMinBatch ? offload_.get() : be;
         n_op_offload_ += mm != be;
+        if (c.arch == Arch::Gemma4) {  // (gemma4.cpp)
+            gemma4_layer(be, mm, l, s, n);
+            continue;
+        }
         if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);
             conv_block(l, s, n, slot);

@@ -227,6 +227,7 @@ void Model::load_weights() {
                                    "every token attends to the whole context, as in llama.cpp", f.path().c_str(),
                                    c.n_swa));
 
+    if (c.arch == Arch::Gemma4) return load_gemma4_layers();
     // (glm4, exaone4, ernie4_5 and cohere2 read no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
                          c.arch != Arch::Cohere2;
@@ -345,6 +346,91 @@ void Model::load_conv_layer(const std::string & b, LayerWeights & L) {
                                    f.path().c_str(), b.c_str(), name));
 }
 
+// Gemma 4's blocks (gemma4.cpp): head shapes and feed-forward widths per layer, optional v_proj
+// and layer_output_scale, no k projection in a layer reading another's cache, the E2B / E4B
+// per-layer embedding.
+void Model::load_gemma4_layers() {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const int per = c.n_embd_per_layer;
+    const bool any_global = std::count(c.swa_layers.begin(), c.swa_layers.end(), 1) < c.n_layer;
+    if (!w_.rope_freqs && any_global)
+        throw GGUFError(strfmt("%s: tensor 'rope_freqs.weight' is missing (the full-attention layers' "
+                               "proportional rotary factors)", f.path().c_str()));
+    if (per > 0) {
+        const int64_t width = int64_t(per) * c.n_layer;
+        w_.ple_tok_embd = matrix(f, c, "per_layer_token_embd.weight", c.n_vocab, width);
+        check_readable(f, w_.ple_tok_embd, "per_layer_token_embd.weight");
+        w_.ple_model_proj = matrix(f, c, "per_layer_model_proj.weight", width, c.n_embd);
+        w_.ple_proj_norm = vector_f32(f, c, "per_layer_proj_norm.weight", per);
+    }
+    w_.layers.resize(c.n_layer);
+    g4_router_w_.assign(c.n_expert > 0 ? size_t(c.n_layer) * size_t(c.n_embd) : 0, 0.0f);
+    for (int l = 0; l < c.n_layer; ++l) {
+        const std::string b = "blk." + std::to_string(l) + ".";
+        LayerWeights & L = w_.layers[l];
+        const int hd = c.head_dim_of(l), q_dim = c.q_dim_of(l), kv_dim = c.kv_dim_of(l), n_ff = c.n_ff_of(l);
+        for (const char * name : {"attn_qkv.weight"})
+            if (f.find_tensor(b + name))
+                throw GGUFError(strfmt("%s: tensor '%s%s' is not supported in a gemma4 model by this version",
+                                       f.path().c_str(), b.c_str(), name));
+        L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
+        L.wq = matrix(f, c, b + "attn_q.weight", q_dim, c.n_embd);
+        L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", hd);
+        if (c.kv_source(l) == l) {  // (a layer reading another's cache projects no keys or values)
+            L.wk = matrix(f, c, b + "attn_k.weight", kv_dim, c.n_embd);
+            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", hd);
+            if (f.find_tensor(b + "attn_v.weight")) L.wv = matrix(f, c, b + "attn_v.weight", kv_dim, c.n_embd);
+        }
+        L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, q_dim);
+        L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
+        L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
+        L.w_gate = matrix(f, c, b + "ffn_gate.weight", n_ff, c.n_embd);
+        L.w_up = matrix(f, c, b + "ffn_up.weight", n_ff, c.n_embd);
+        L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, n_ff);
+        L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
+        if (f.find_tensor(b + "layer_output_scale.weight")) {
+            L.out_scale = *vector_f32(f, c, b + "layer_output_scale.weight", 1);
+            if (!std::isfinite(L.out_scale))
+                throw GGUFError(strfmt("%s: tensor '%slayer_output_scale.weight' is not finite", f.path().c_str(),
+                                       b.c_str()));
+        }
+        if (f.find_tensor(b + "ffn_gate_inp.weight")) load_gemma4_experts(l);
+        if (per > 0) {
+            L.ple_gate = matrix(f, c, b + "inp_gate.weight", per, c.n_embd);
+            L.ple_proj = matrix(f, c, b + "proj.weight", c.n_embd, per);
+            L.ple_post_norm = vector_f32(f, c, b + "post_norm.weight", c.n_embd);
+        }
+    }
+}
+
+void Model::load_gemma4_experts(int l) {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const std::string b = "blk." + std::to_string(l) + ".";
+    LayerWeights & L = w_.layers[size_t(l)];
+    if (c.n_expert == 0)
+        throw GGUFError(strfmt("%s: tensor '%sffn_gate_inp.weight' but no metadata '%s.expert_count'",
+                               f.path().c_str(), b.c_str(), c.arch_name.c_str()));
+    L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
+    const float * scale = vector_f32(f, c, b + "ffn_gate_inp.scale", c.n_embd);
+    float * rw = g4_router_w_.data() + size_t(l) * size_t(c.n_embd);
+    for (int i = 0; i < c.n_embd; ++i) rw[i] = scale[i] / std::sqrt(float(c.n_embd));
+    L.router_w = rw;
+    if (f.find_tensor(b + "ffn_gate_up_exps.weight")) {  // each expert's gate rows, then its up rows
+        L.gate_exps = matrix(f, c, b + "ffn_gate_up_exps.weight", 2 * int64_t(c.n_ff_exp), c.n_embd, c.n_expert);
+    } else {
+        L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
+        L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
+    }
+    L.down_exps = matrix(f, c, b + "ffn_down_exps.weight", c.n_embd, c.n_ff_exp, c.n_expert);
+    if (f.find_tensor(b + "ffn_down_exps.scale"))
+        L.down_exps_scale = vector_f32(f, c, b + "ffn_down_exps.scale", c.n_expert);
+    L.ffn_pre_norm_2 = vector_f32(f, c, b + "pre_ffw_norm_2.weight", c.n_embd);
+    L.ffn_post_norm_1 = vector_f32(f, c, b + "post_ffw_norm_1.weight", c.n_embd);
+    L.ffn_post_norm_2 = vector_f32(f, c, b + "post_ffw_norm_2.weight", c.n_embd);
+}
+
 void Model::load_encoder_weights() {
     const GGUFFile & f = *file_;
     const Config & c = cfg_;
@@ -459,8 +545,12 @@ size_t Weights::input_bytes() const {
     const size_t n_embd = size_t(tok_embd.K);
     // (a decoder's output norm belongs to its output layer; an encoder has none)
     const size_t out_norm = output.rows == 0 && output_norm ? sizeof(float) * n_embd : 0;
+    // (gemma4 E2B / E4B: the per-layer embedding table and its projection, read with the token
+    // embedding; their norm's few floats left out)
+    const size_t ple = ple_tok_embd.nbytes() + ple_model_proj.nbytes();
     return pos_embd.nbytes() + sizeof(float) * type_row.size() + (embd_norm ? 2 * sizeof(float) * n_embd : 0) +
-           cls.bytes_with_bias() + cls_out.bytes_with_bias() + out_norm + dense_2.bytes_with_bias() + dense_3.nbytes();
+           cls.bytes_with_bias() + cls_out.bytes_with_bias() + out_norm + dense_2.bytes_with_bias() + dense_3.nbytes() +
+           ple;
 }
 
 void Model::setup_kv() {
@@ -474,10 +564,11 @@ void Model::setup_kv() {
     kv_.head_dim_v = c.head_dim_v;
     kv_.v_in_k = c.mla;  // (the latent is both)
     for (QType t : {kv_.type_k, kv_.type_v})
-        SL_CHECK(c.encoder || (c.head_dim % qtype_traits(t)->blck_size == 0 &&  // (an encoder keeps no cache)
-                               c.head_dim_v % qtype_traits(t)->blck_size == 0),
-                 "KV cache type %s needs a head size divisible by %lld (head size %d, of values %d)",
-                 qtype_traits(t)->name, (long long)qtype_traits(t)->blck_size, c.head_dim, c.head_dim_v);
+        for (int hd : {c.head_dim, c.head_dim_v, c.head_dim_swa > 0 ? c.head_dim_swa : c.head_dim})
+            SL_CHECK(c.encoder || hd % qtype_traits(t)->blck_size == 0,  // (an encoder keeps no cache)
+                     "KV cache type %s needs a head size divisible by %lld (head size %d, of values %d%s)",
+                     qtype_traits(t)->name, (long long)qtype_traits(t)->blck_size, c.head_dim, c.head_dim_v,
+                     c.head_dim_swa > 0 ? strfmt(", of the sliding layers %d", c.head_dim_swa).c_str() : "");
     // values read inside the key rows (after whole blocks: both head sizes are of whole blocks)
     SL_CHECK(!c.mla || kv_.type_k == kv_.type_v, "%s: the latent attention cache holds values inside the keys: "
              "type_k and type_v must be equal (%s, %s)", file_->path().c_str(), qtype_traits(kv_.type_k)->name,
@@ -494,6 +585,20 @@ void Model::setup_kv() {
         ring_high_.assign(size_t(kv_.n_slots), -1);
         ring_low_.assign(size_t(kv_.n_slots), 0);
     }
+    kv_layer_.clear();
+    for (int l = 0; l < c.n_layer; ++l) {  // (gemma4: head shapes per layer; a shared layer's is its source's)
+        KVLayout kv = c.is_conv(l) ? kv_conv_ : c.is_swa(l) ? kv_swa_ : kv_;  // (lfm2's convolution layers: none)
+        if (!c.encoder && !c.is_conv(l)) {
+            kv.n_head_kv = c.n_head_kv_of(c.kv_source(l));
+            kv.head_dim = c.head_dim_of(c.kv_source(l));
+            if (c.arch == Arch::Gemma4) kv.head_dim_v = kv.head_dim;  // (values of the keys' size, per layer)
+        }
+        kv_layer_.push_back(kv);
+    }
+}
+
+size_t Model::layer_kv_bytes(int l) const {
+    return cfg_.kv_source(l) == l ? layer_kv(l).k_bytes() + layer_kv(l).v_bytes() : 0;
 }
 
 bool Model::ring_holds(int slot, int pos) const {
@@ -549,10 +654,11 @@ CpuBackendOptions Model::cpu_options() const {
     o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert,
                            c.n_head * (c.head_dim_k_mla + c.head_dim_v_mla)});  // (deepseek2: attn_kv_b)
     o.n_head = c.n_head;
-    o.n_head_kv = c.n_head_kv;
-    o.head_dim = c.head_dim;
+    o.n_head_kv = std::max(1, c.n_head / c.max_gqa());  // (the most query heads per key/value head)
+    o.head_dim = c.max_head_dim();
     o.max_slot_ctx = kv_.slot_ctx;
     o.n_rot = c.n_rot;
+    o.n_rot_swa = c.n_rot_swa;
     o.rope_swa = !c.swa_layers.empty();
     if (c.n_expert > 0) {
         o.moe_ff = c.n_ff_exp;
@@ -620,10 +726,14 @@ size_t Model::activation_bytes(bool cpu) const {
     const Config & c = cfg_;
     const size_t moe = cpu && c.n_expert > 0 ? 2 * size_t(c.n_embd) + size_t(c.n_expert) : 0;  // moe_in, moe_out, router
     const size_t lora = size_t(lora_rank_) + (split_glu() ? size_t(c.ff_max()) : 0);     // lora, up
+    // gemma4: the per-layer inputs (and their work half), a MoE block's three rows (Model::ple_, g4_moe_)
+    const size_t g4 = cpu && c.arch == Arch::Gemma4
+                          ? 2 * size_t(c.n_layer) * size_t(c.n_embd_per_layer) + (c.n_expert > 0 ? 3 * size_t(c.n_embd) : 0)
+                          : 0;
     const size_t mla = cpu ? mla_floats() : 0;
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
-            mla);
+            mla + g4);
 }
 
 void Model::allocate_state() {
@@ -657,6 +767,11 @@ void Model::allocate_state() {
     k_cache_.resize(c.n_layer);
     v_cache_.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
+        if (const int src = c.kv_source(l); src != l) {  // (gemma4: reads an earlier layer's cache)
+            k_cache_[l] = k_cache_[size_t(src)];
+            v_cache_[l] = v_cache_[size_t(src)];
+            continue;
+        }
         k_cache_[l] = alloc_on(kv_backend_[l], layer_kv(l).k_bytes(), Kind::KV);
         v_cache_[l] = alloc_on(kv_backend_[l], layer_kv(l).v_bytes(), Kind::KV);
     }
@@ -677,6 +792,11 @@ void Model::allocate_state() {
             if (c.is_conv(l)) conv_index_[size_t(l)] = n_conv++;
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
+    }
+    if (c.arch == Arch::Gemma4) {
+        ones_.assign(size_t(c.max_head_dim()), 1.0f);
+        ple_.assign(2 * nb * size_t(c.n_layer) * size_t(c.n_embd_per_layer), 0.0f);  // (and a work half)
+        if (c.n_expert > 0) g4_moe_.assign(3 * nb * size_t(c.n_embd), 0.0f);
     }
 }
 
@@ -720,6 +840,7 @@ size_t Model::kv_state_bytes(int n) const {
     for (int l = 0; l < cfg_.n_layer; ++l) {
         const KVLayout & kv = layer_kv(l);
         const int cells = kv.ring ? std::min(n, kv.slot_ctx) : n;
+        if (cfg_.kv_source(l) != l) continue;  // (another layer's cache)
         bytes += size_t(kv.n_head_kv) * size_t(cells) * (kv.k_row() + kv.v_row());
     }
     if (cfg_.recurrent()) bytes += sizeof(int64_t) + sizeof(float) * conv_state_.size() / size_t(kv_.n_slots);
@@ -736,6 +857,7 @@ void Model::kv_runs(int slot, int n, int held, F && f) const {
     for (int l = 0; l < cfg_.n_layer; ++l) {
         const KVLayout & kv = layer_kv(l);
         const int cells = kv.ring ? std::min(n, kv.slot_ctx) : n;
+        if (cfg_.kv_source(l) != l) continue;  // (another layer's cache)
         for (int which = 0; which < 2; ++which) {
             const size_t row = which == 0 ? kv.k_row() : kv.v_row();
             for (int h = 0; h < kv.n_head_kv; ++h) {

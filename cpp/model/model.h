@@ -106,6 +106,21 @@ struct LayerWeights {
     WeightRef conv_in;                  // (3 n_embd, n_embd)
     const float * conv_kernel = nullptr;  // (n_embd, conv_l_cache)
     WeightRef conv_out;                 // (n_embd, n_embd)
+    // gemma4: the layer's output (residual stream included) times out_scale (layer_output_scale);
+    // without wv the values are the keys' projection (wv.rows 0).
+    float out_scale = 1.0f;
+    // gemma4 E2B / E4B per-layer embedding: x += post_norm(proj(gelu(inp_gate x) * e_l)), e_l the
+    // layer's slice of the per-layer inputs (Model::ple_).
+    WeightRef ple_gate;                 // (n_embd_per_layer, n_embd) inp_gate
+    WeightRef ple_proj;                 // (n_embd, n_embd_per_layer) proj
+    const float * ple_post_norm = nullptr;  // (n_embd) post_norm
+    // gemma4 26B-A4B mixture-of-experts block (gemma4.cpp): the router reads rmsnorm(x) times
+    // router_w (ffn_gate_inp.scale / sqrt(n_embd)); expert e's output times down_exps_scale[e];
+    // ffn_pre_norm_2 normalizes the experts' input, ffn_post_norm_1 / _2 the dense (shared) and
+    // the experts' outputs. With ffn_gate_up_exps, gate_exps holds both (up_exps.rows 0).
+    const float * router_w = nullptr;         // (n_embd)
+    const float * down_exps_scale = nullptr;  // (n_expert), or null
+    const float * ffn_pre_norm_2 = nullptr, * ffn_post_norm_1 = nullptr, * ffn_post_norm_2 = nullptr;  // (n_embd)
 };
 
 // Rows [r0, r0 + n) of a matrix (a part of a fused tensor); expert e of a stacked expert matrix.
@@ -118,6 +133,11 @@ struct Weights {
     const float * output_norm = nullptr;  // (n_embd)
     WeightRef output;                   // (n_vocab, n_embd); the embedding when tied
     const float * rope_freqs = nullptr; // (n_rot / 2) llama3 frequency factors, or null
+    // gemma4 E2B / E4B: per-layer token embeddings, the projection of the embedding to per-layer
+    // inputs, and its norm (model/gemma4.cpp).
+    WeightRef ple_tok_embd;             // (n_vocab, n_layer * n_embd_per_layer)
+    WeightRef ple_model_proj;           // (n_layer * n_embd_per_layer, n_embd)
+    const float * ple_proj_norm = nullptr;  // (n_embd_per_layer)
     // An encoder's input: position embeddings, token type 0's row, the LayerNorm after their sum
     // (no output layer or output norm).
     WeightRef pos_embd;                 // (n_ctx_train, n_embd)
@@ -192,7 +212,9 @@ public:
     int n_embd() const { return cfg_.n_embd; }
     int slot_ctx() const { return kv_.slot_ctx; }
     // The cache geometry of layer l (a sliding-window layer's may be a ring).
-    const KVLayout & layer_kv(int l) const { return cfg_.is_conv(l) ? kv_conv_ : cfg_.is_swa(l) ? kv_swa_ : kv_; }
+    const KVLayout & layer_kv(int l) const { return kv_layer_[size_t(l)]; }
+    // Bytes of layer l's own KV cache (0 for a layer reading another's).
+    size_t layer_kv_bytes(int l) const;
     // Cells of the sliding-window layers' rings (0: no ring).
     int swa_cells() const { return kv_swa_.ring ? kv_swa_.slot_ctx : 0; }
     const std::vector<Placement> & placement() const { return placement_; }
@@ -357,6 +379,7 @@ private:
     float * conv_state(int l, int slot) {
         return conv_state_.data() + (size_t(conv_index_[size_t(l)]) * kv_.n_slots + size_t(slot)) * conv_slot_floats();
     }
+    std::vector<KVLayout> kv_layer_;  // (n_layer) each layer's: kv_ or kv_swa_ in its own head shape
     // Per slot, for rings: the highest position written since the slot restarted at position 0
     // (or was loaded), and the lowest one written since; a ring holds position p (<= high) if
     // p >= low and p > high - swa_cells (nothing written since took its cell).
@@ -436,10 +459,24 @@ private:
     void note_conv(const int32_t * pos, const int32_t * slot, int n);
     void conv_block(int l, Scratch & s, int n, const int32_t * slot);
     void load_conv_layer(const std::string & b, LayerWeights & L);
+    // gemma4.cpp: a Gemma 4 model's block weights, its per-layer inputs of a batch (into ple_) and
+    // one block on s.x (on the CPU).
+    void load_gemma4_layers();
+    void load_gemma4_experts(int l);  // (model.cpp)
+    void gemma4_inputs(const int32_t * tokens, const float * x, int n);
+    void gemma4_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
+    // x += post_norm(post_norm_1(W_down s.ff) + post_norm_2(experts(pre_norm_2(x)))) of a MoE block
+    void gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n);
+    std::vector<float> g4_router_w_;  // (n_layer, n_embd) each MoE block's router_w
+    std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
+    std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm
+    std::vector<float> ple_;   // (2, n_batch, n_layer * n_embd_per_layer) per-layer inputs of a batch, work
     // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU),
     // and the shared experts' output if any. route: the picks and weights of n tokens' logits
     // (bias: deepseek2's selection bias, or null).
     void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
+    // x += the experts' mixture for the tokens of h as routes_ holds them (after route), f their activation.
+    void run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act);
     void route(const float * logits, int n, const float * bias);
     // qwen2moe: sigmoid(ffn_gate_inp_shexp . h) of each of the n tokens of s.h, in s.router.
     const float * shared_expert_gates(const LayerWeights & L, Scratch & s, int n);

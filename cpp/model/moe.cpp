@@ -126,7 +126,6 @@ const float * Model::shared_expert_gates(const LayerWeights & L, Scratch & s, in
 void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     const Config & c = cfg_;
     SL_CHECK(be->is_cpu(), "internal: mixture-of-experts blocks run on the CPU");
-    const int k = c.n_expert_used;
     const WeightRef * gi = &L.gate_inp;
     const int l = int(&L - w_.layers.data());
     if (imx_) imx_observe(l, kImxRouter, s.h, n, be);
@@ -137,10 +136,18 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
         const WeightRef * wd = &L.down_shexp;
         be->matmul(&wd, &s.x, 1, s.ff, n, true);
     }
-    const Glu act = c.swiglu_oai ? Glu::SwigluOai : Glu::Silu;
+    run_experts(be, L, s, n, c.swiglu_oai ? Glu::SwigluOai : Glu::Silu);
+}
+
+void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act) {
+    const Config & c = cfg_;
+    const int k = c.n_expert_used;
+    const int l = int(&L - w_.layers.data());
+    const bool fused = L.up_exps.rows == 0;  // (gemma4's ffn_gate_up_exps: each expert's gate rows, then its up rows)
     // (importance-matrix collection needs each expert's inputs: the grouped path below)
+    const WeightRef up_exps = fused ? row_slice(L.gate_exps, c.n_ff_exp, L.gate_exps.rows - c.n_ff_exp) : L.up_exps;
     if (!imx_ && be == static_cast<Backend *>(cpu_.get()) &&
-        cpu_->moe_small(act, L.gate_exps, L.up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
+        cpu_->moe_small(act, L.gate_exps, up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
                         routes_.weight.data(), k, s.x))
         return;
     const size_t row = size_t(c.n_embd);
@@ -149,13 +156,15 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
         if (m == 0) continue;
         for (int j = 0; j < m; ++j)  // gather the tokens routed to e
             std::memcpy(s.moe_in + j * row, s.h + size_t(routes_.order[b + j] / k) * row, row * sizeof(float));
-        const WeightRef gate = expert_slice(L.gate_exps, e, c.n_expert);
-        const WeightRef up = expert_slice(L.up_exps, e, c.n_expert);
+        const WeightRef gate = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e, c.n_ff_exp)
+                                     : expert_slice(L.gate_exps, e, c.n_expert);
+        const WeightRef up = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e + c.n_ff_exp, c.n_ff_exp)
+                                   : expert_slice(L.up_exps, e, c.n_expert);
         const WeightRef down = expert_slice(L.down_exps, e, c.n_expert);
         const WeightRef * wd = &down;
         if (imx_) {
             imx_observe(l, kImxGateExps, s.moe_in, m, be, e);
-            imx_observe(l, kImxUpExps, s.moe_in, m, be, e);
+            if (!fused) imx_observe(l, kImxUpExps, s.moe_in, m, be, e);
         }
         be->glu(act, gate, up, s.moe_in, s.ff, m);
         if (imx_) imx_observe(l, kImxDownExps, s.ff, m, be, e);

@@ -33,7 +33,10 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
                         {&L.ffn_ln_b, int64_t(c.n_embd)}, {&L.attn_sinks, int64_t(c.n_head)},
                         {&L.ffn_gate_inp_shexp, int64_t(c.n_embd)}, {&L.attn_sub_norm, int64_t(c.n_embd)},
-                        {&L.ffn_sub_norm, int64_t(c.n_ff)}})
+                        {&L.ffn_sub_norm, int64_t(c.n_ff)},
+                        {&L.ple_post_norm, int64_t(c.n_embd)}, {&L.router_w, int64_t(c.n_embd)},
+                        {&L.ffn_pre_norm_2, int64_t(c.n_embd)}, {&L.ffn_post_norm_1, int64_t(c.n_embd)},
+                        {&L.ffn_post_norm_2, int64_t(c.n_embd)}, {&L.down_exps_scale, int64_t(c.n_expert)}})
         if (*p) f(*p, n);
 }
 
@@ -56,7 +59,7 @@ void for_lora(const LayerWeights & L, const LoraTable & lora, F && f) {
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
     size_t bytes = sizeof(float) * norm_floats(L, c);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
-                                &L.up_exps, &L.down_exps})
+                                &L.up_exps, &L.down_exps, &L.ple_gate, &L.ple_proj})
         bytes += w->bytes_with_bias();
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += t.a.nbytes() + t.b.nbytes(); });
     return bytes;
@@ -149,6 +152,11 @@ Model::PlacementPlan Model::plan_placement() const {
         return pp;
     }
     if (c.encoder) return pp;  // (and no op offload)
+    if (c.arch == Arch::Gemma4 && pp.n_gpu > 1) {  // (per-layer head shapes, value norms: model/gemma4.cpp)
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of a gemma4 model run on the CPU in this version; only "
+                            "the output layer goes to the GPU", ngl);
+        pp.n_gpu = 1;
+    }
     if (c.n_expert > 0 && pp.n_gpu > 1) {  // no CUDA mixture-of-experts kernels yet
         pp.warning = strfmt("n_gpu_layers=%d: the blocks of a mixture-of-experts model run on the CPU in this "
                             "version; only the output layer goes to the GPU", ngl);
@@ -180,7 +188,7 @@ Model::PlacementPlan Model::plan_placement() const {
         for (const LoraTerm & t : lora_[size_t(w_.output.lora)])
             pp.gpu_weights += align256(t.a.nbytes()) + align256(t.b.nbytes());
     if (params_.offload_kqv)
-        for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_kv += layer_kv(l).k_bytes() + layer_kv(l).v_bytes();
+        for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_kv += layer_kv_bytes(l);
     if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes(false) + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
     if (pp.offload) {
         const OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
@@ -264,7 +272,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     e.n_layer = c.n_layer;
     e.n_gpu_layers = pp.use_gpu ? pp.n_gpu : 0;
     for (int l = 0; l < c.n_layer; ++l)  // the layers whose cache grows with the context
-        if (const KVLayout & kv = m.layer_kv(l); !kv.ring)  // (none in lfm2's convolution layers)
+        if (const KVLayout & kv = m.layer_kv(l); !kv.ring && c.kv_source(l) == l)  // (lfm2's convolution layers: none)
             e.kv_bytes_per_token += size_t(kv.n_head_kv) * (kv.k_row() + kv.v_row());
     e.swa_cells = m.swa_cells();
     e.gpu_warning = pp.warning;
@@ -278,7 +286,7 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     for (int l = 0; l < c.n_layer; ++l) {
         const bool on_gpu = l >= first_gpu;
         const size_t bytes = layer_weight_bytes(m.w_.layers[l], c, m.lora_);
-        const size_t layer_kv = m.layer_kv(l).k_bytes() + m.layer_kv(l).v_bytes();
+        const size_t layer_kv = m.layer_kv_bytes(l);
         const std::string dev = on_gpu ? gpu_name : "CPU", kvdev = on_gpu && kv_gpu ? gpu_name : "CPU";
         if (!on_gpu) cpu.weights += bytes;
         if (kvdev == "CPU") cpu.kv += layer_kv;
@@ -328,7 +336,7 @@ void Model::describe_placement() {
     placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes() + w_.input_bytes(), 0, ""});
     for (int l = 0; l < c.n_layer; ++l)
         placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(),
-                              layer_weight_bytes(w_.layers[l], c, lora_), layer_kv(l).k_bytes() + layer_kv(l).v_bytes(),
+                              layer_weight_bytes(w_.layers[l], c, lora_), layer_kv_bytes(l),
                               c.encoder ? "" : kv_backend_[l]->name()});
     // A tied output layer on the CPU reads the embedding; on the GPU it has its own copy.
     const bool shared = output_backend_->is_cpu() && w_.output.data == w_.tok_embd.data;

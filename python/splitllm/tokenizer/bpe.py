@@ -127,3 +127,45 @@ class BpeEncoder:
             symbols = "".join(BYTE_TO_CHAR[b] for b in word)
             ids += [t.id for t in self._tk.model.tokenize(symbols) if t.id != self._unk]
         return ids
+
+
+class SpmBpeEncoder:
+    """SentencePiece-style BPE (``tokenizer.ggml.model`` = ``gemma4``), as llama.cpp's
+    LLAMA_VOCAB_PRE_TYPE_GEMMA4 runs it: spaces become U+2581, the text is cut into runs of
+    newlines and runs of anything else; a newline run that is itself a token is that token, other
+    pieces are merged by rank over their UTF-8 characters (no byte-level mapping); a character
+    outside the vocabulary becomes the ``<0xXX>`` tokens of its bytes (those the vocabulary has)."""
+
+    def __init__(self, tokens: Sequence[str], token_to_id: dict[str, int],
+                 merges: Sequence[tuple[str, str]], pre: PreTokenizer) -> None:
+        usable = [(a, b) for a, b in merges if a in token_to_id and b in token_to_id and a + b in token_to_id]
+        self._ids = token_to_id
+        self._unk = len(tokens)
+        try:
+            self._model = models.BPE(vocab={**token_to_id, _UNK_TEXT: self._unk}, merges=usable,
+                                     unk_token=_UNK_TEXT, fuse_unk=False)
+        except Exception as e:  # the Rust side reports malformed vocabularies as plain exceptions
+            raise TokenizerError(f"cannot build the BPE model from the GGUF vocabulary: {e}") from e
+        self._split = pre_tokenizers.Split(Regex(pre.regexes[0]), behavior="isolated")
+
+    def encode(self, data: bytes) -> list[int]:
+        """Token ids of one fragment of raw text (no special tokens in it)."""
+        cps = llama_codepoints(data)
+        if any(cp > 0x10FFFF for cp in cps):
+            raise TokenizerError("text holds a UTF-8 sequence for a code point above U+10FFFF")
+        text = "".join("\ufffd" if 0xD800 <= cp <= 0xDFFF else chr(cp) for cp in cps).replace(" ", "\u2581")
+        ids: list[int] = []
+        for piece, _ in self._split.pre_tokenize_str(text):
+            if piece.strip("\n") == "" and piece in self._ids:
+                ids.append(self._ids[piece])
+                continue
+            raw = piece.encode("utf-8")
+            for t in self._model.tokenize(piece):
+                if t.id != self._unk:
+                    ids.append(t.id)
+                    continue
+                for b in raw[t.offsets[0]: t.offsets[1]]:  # byte fallback (offsets in bytes), as llama.cpp's
+                    tid = self._ids.get(f"<0x{b:02X}>")
+                    if tid is not None:
+                        ids.append(tid)
+        return ids

@@ -6,7 +6,7 @@ import codecs
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from splitllm.tokenizer.bpe import BpeEncoder, decode_byte_level
+from splitllm.tokenizer.bpe import BpeEncoder, SpmBpeEncoder, decode_byte_level
 from splitllm.tokenizer.errors import TokenizerError
 from splitllm.tokenizer.spm import SentencePieceEncoder, byte_token_text, merge_bytes
 from splitllm.tokenizer.ugm import UnigramEncoder
@@ -36,7 +36,7 @@ class Tokenizer:
         self.vocab = vocab
         self._pieces: list[bytes | None] = [None] * vocab.n_vocab  # rendered with special=True
         self._special = [(i, vocab.tokens[i].encode("utf-8")) for i in vocab.special_cache]
-        self._bpe: BpeEncoder | None = None
+        self._bpe: BpeEncoder | SpmBpeEncoder | None = None
         self._sp: SentencePieceEncoder | None = None
         self._spm_bytes: dict[bytes, int] | None = None
         self._byte_token: dict[int, int] = {}
@@ -50,6 +50,8 @@ class Tokenizer:
         elif vocab.model == "bert":
             self._wpm = WordPieceEncoder(vocab.token_to_id, vocab.special["unk"], lowercase=vocab.lowercase,
                                          strip_accents=vocab.strip_accents)
+        elif vocab.pre is not None and vocab.pre.spm_style:
+            self._bpe = SpmBpeEncoder(vocab.tokens, vocab.token_to_id, vocab.merges, vocab.pre)
         elif vocab.pre is not None:
             self._bpe = BpeEncoder(vocab.tokens, vocab.token_to_id, vocab.merges, vocab.pre)
         else:
@@ -277,7 +279,7 @@ class Tokenizer:
         attr, text = self.vocab.attrs[token], self.vocab.tokens[token]
         if attr & (_UNKNOWN | _CONTROL | _USER):
             return text.encode("utf-8")
-        if attr & _NORMAL and self._bpe is not None:
+        if attr & _NORMAL and isinstance(self._bpe, BpeEncoder):
             return decode_byte_level(text)
         if attr & _NORMAL:
             return text.replace("\u2581", " ").encode("utf-8")

@@ -48,6 +48,9 @@ class PreTokenizer:
     ignore_merges: bool = False   # a piece that is itself a token is not merged further
     add_bos: bool = False         # default of tokenizer.ggml.add_bos_token
     no_bos: bool = False          # the type has no BOS token unless the metadata names one
+    # SentencePiece-style BPE (gemma4): spaces written as U+2581, merges over raw UTF-8 characters,
+    # <0xXX> byte tokens for characters outside the vocabulary (bpe.SpmBpeEncoder)
+    spm_style: bool = False
 
 
 def _group(names: str, regexes: tuple[str, ...], **flags: bool) -> dict[str, PreTokenizer]:
@@ -70,6 +73,7 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     **_group("chatglm-bpe glm4", (LLAMA3,), no_bos=True),
     **_group("falcon", FALCON),
     **_group("gpt-4o llama4 kanana2 talkie minimax-m2", (GPT4O,), clean_spaces=False),
+    **_group("gemma4", (r"[^\n]+|[\n]+",), spm_style=True, add_bos=True),
 }
 
 

@@ -79,7 +79,7 @@ _EOG_TEXTS = frozenset((
 # gpt-oss: always rendered, never treated as control.
 _FORCE_USER_DEFINED = frozenset(("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"))
 
-SUPPORTED_MODELS = ("llama", "gpt2", "bert", "t5")
+SUPPORTED_MODELS = ("llama", "gpt2", "bert", "t5", "gemma4")
 
 
 @dataclass
@@ -320,7 +320,8 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
                                  "(WordPiece) vocabulary cannot have")
     else:
         merges = _read_merges(md)
-        pre_name = _get(md, KEY + "pre", str)
+        # (llama.cpp runs a gemma4 vocabulary with its own pre-tokenizer whatever the file names)
+        pre_name = "gemma4" if model == "gemma4" else _get(md, KEY + "pre", str)
         if pre_name is None:
             warnings.warn(f"GGUF metadata has no '{KEY}pre': using the 'default' pre-tokenizer, as llama.cpp "
                           "does (tokenization may not match the model's)", stacklevel=3)
@@ -328,6 +329,8 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
         pre = pre_tokenizer_for(pre_name)
         special.update(bos=None if pre.no_bos else 11, eos=11)
     flags = _flags(md, model, pre)
+    if model == "gemma4":  # llama.cpp overrides a false add_bos_token for Gemma 4
+        flags["add_bos"] = True
     vocab = Vocab(model=model, tokens=tokens, scores=[float(s) for s in scores], attrs=attrs,
                   token_to_id=token_to_id, merges=merges, pre=pre, special=special,
                   precompiled_charsmap=charsmap, type_attrs=list(attrs), **flags)
