@@ -68,15 +68,46 @@ void pack_acts(const uint8_t * acts, size_t lda, int64_t K, int n, int8_t * A) {
     }
 }
 
-// The float step of one block for the 16 tokens, from the int32 sums c (row t: token t), as the
-// AVX-512 micro-kernel does it: acc += sum * (dg * d) + mg * s.
-SL_FORCE_INLINE void scale_block(const int32_t * c, const uint8_t * w, const float * const da[], const float * const sa[],
-                                 int64_t b, __m512 acc[]) {
-    const __m512 dg = _mm512_load_ps(w + kPanelDg), mg = _mm512_load_ps(w + kPanelMg);
-    for (int t = 0; t < kTileTokens; ++t) {
-        const __m512 s = _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * t));
-        acc[t] = _mm512_fmadd_ps(s, _mm512_mul_ps(dg, _mm512_set1_ps(da[t][b])), acc[t]);
-        acc[t] = _mm512_fmadd_ps(mg, _mm512_set1_ps(sa[t][b]), acc[t]);
+// Two int32 products of 16 tokens' codes (a0, a1: rows 32 bytes apart) with panel codes (w0, w1)
+// into c[0] and c[1] (row t: token t): two blocks, or a block's two halves (K = 16 tiles).
+SL_FORCE_INLINE void two_sums(const int8_t * a0, const uint8_t * w0, const int8_t * a1, const uint8_t * w1,
+                              int32_t c[2][kTileTokens * 16]) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_loadd(2, a0, 32);
+    _tile_loadd(3, w0, 64);
+    _tile_loadd(4, a1, 32);
+    _tile_loadd(5, w1, 64);
+    _tile_dpbsud(0, 2, 3);
+    _tile_dpbsud(1, 4, 5);
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+}
+
+// The float step of block b (panel block w) for the 16 tokens, from the int32 sums c (per half
+// block for G16: c[0] values 0..15, c[1] 16..31), as the AVX-512 micro-kernel does it:
+// acc += sum * (dg * d) + mg * s.
+template <bool G16>
+SL_FORCE_INLINE void scale_block(const int32_t c[][kTileTokens * 16], const uint8_t * w, const float * const da[],
+                                 const float * const sa[], int64_t b, __m512 acc[]) {
+    const __m512 dg0 = _mm512_load_ps(w + kPanelDg), mg0 = _mm512_load_ps(w + kPanelMg);
+    if constexpr (!G16) {
+        for (int t = 0; t < kTileTokens; ++t) {
+            const __m512 s = _mm512_cvtepi32_ps(_mm512_load_si512(c[0] + 16 * t));
+            acc[t] = _mm512_fmadd_ps(s, _mm512_mul_ps(dg0, _mm512_set1_ps(da[t][b])), acc[t]);
+            acc[t] = _mm512_fmadd_ps(mg0, _mm512_set1_ps(sa[t][b]), acc[t]);
+        }
+    } else {
+        const __m512 dg1 = _mm512_load_ps(w + kPanelDg + 64), mg1 = _mm512_load_ps(w + kPanelMg + 64);
+        for (int t = 0; t < kTileTokens; ++t) {
+            const __m512 d = _mm512_set1_ps(da[t][b]);
+            const __m512 s0 = _mm512_cvtepi32_ps(_mm512_load_si512(c[0] + 16 * t));
+            const __m512 s1 = _mm512_cvtepi32_ps(_mm512_load_si512(c[1] + 16 * t));
+            acc[t] = _mm512_fmadd_ps(s0, _mm512_mul_ps(dg0, d), acc[t]);
+            acc[t] = _mm512_fmadd_ps(s1, _mm512_mul_ps(dg1, d), acc[t]);
+            acc[t] = _mm512_fmadd_ps(mg0, _mm512_set1_ps(sa[t][2 * b]), acc[t]);
+            acc[t] = _mm512_fmadd_ps(mg1, _mm512_set1_ps(sa[t][2 * b + 1]), acc[t]);
+        }
     }
 }
 
@@ -96,61 +127,25 @@ void micro(const uint8_t * P, int64_t K, const int8_t * A, const uint8_t * acts,
         sa[t] = G16 ? ActQ8::s16(row, K) : ActQ8::s(row, K);
         acc[t] = _mm512_setzero_ps();
     }
+    int64_t b = 0;
     if constexpr (!G16) {
-        // Two blocks a step in two sets of tiles, so that one block's products overlap the
-        // other's float step.
-        int64_t b = 0;
+        // Two blocks a step in two sets of tiles.
         for (; b + 2 <= nb; b += 2) {
             const int8_t * a = A + b * kActBlock;
             const uint8_t * w = P + b * kPanelBlockBytes;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_loadd(2, a, 32);
-            _tile_loadd(3, w, 64);
-            _tile_loadd(4, a + kActBlock, 32);
-            _tile_loadd(5, w + kPanelBlockBytes, 64);
-            _tile_dpbsud(0, 2, 3);
-            _tile_dpbsud(1, 4, 5);
-            _tile_stored(0, c[0], 64);
-            _tile_stored(1, c[1], 64);
-            scale_block(c[0], w, da, sa, b, acc);
-            scale_block(c[1], w + kPanelBlockBytes, da, sa, b + 1, acc);
+            two_sums(a, w, a + kActBlock, w + kPanelBlockBytes, c);
+            scale_block<false>(c, w, da, sa, b, acc);
+            scale_block<false>(c + 1, w + kPanelBlockBytes, da, sa, b + 1, acc);
         }
-        if (b < nb) {
-            const uint8_t * w = P + b * kPanelBlockBytes;
-            _tile_zero(0);
-            _tile_loadd(2, A + b * kActBlock, 32);
-            _tile_loadd(3, w, 64);
-            _tile_dpbsud(0, 2, 3);
-            _tile_stored(0, c[0], 64);
-            scale_block(c[0], w, da, sa, b, acc);
-        }
-    } else {
-        for (int64_t b = 0; b < nb; ++b) {
-            const int8_t * a = A + b * kActBlock;
-            const uint8_t * w = P + b * kPanelBlockBytes;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_loadd(2, a, 32);
-            _tile_loadd(3, w, 64);
-            _tile_loadd(4, a + 16, 32);
-            _tile_loadd(5, w + 4 * 64, 64);
-            _tile_dpbsud(0, 2, 3);
-            _tile_dpbsud(1, 4, 5);
-            _tile_stored(0, c[0], 64);
-            _tile_stored(1, c[1], 64);
-            const __m512 dg0 = _mm512_load_ps(w + kPanelDg), dg1 = _mm512_load_ps(w + kPanelDg + 64);
-            const __m512 mg0 = _mm512_load_ps(w + kPanelMg), mg1 = _mm512_load_ps(w + kPanelMg + 64);
-            for (int t = 0; t < kTileTokens; ++t) {
-                const __m512 d = _mm512_set1_ps(da[t][b]);
-                const __m512 s0 = _mm512_cvtepi32_ps(_mm512_load_si512(c[0] + 16 * t));
-                const __m512 s1 = _mm512_cvtepi32_ps(_mm512_load_si512(c[1] + 16 * t));
-                acc[t] = _mm512_fmadd_ps(s0, _mm512_mul_ps(dg0, d), acc[t]);
-                acc[t] = _mm512_fmadd_ps(s1, _mm512_mul_ps(dg1, d), acc[t]);
-                acc[t] = _mm512_fmadd_ps(mg0, _mm512_set1_ps(sa[t][2 * b]), acc[t]);
-                acc[t] = _mm512_fmadd_ps(mg1, _mm512_set1_ps(sa[t][2 * b + 1]), acc[t]);
-            }
-        }
+    }
+    for (; b < nb; ++b) {  // G16: the two halves of each block; else the last block (twice, once kept)
+        const int8_t * a = A + b * kActBlock;
+        const uint8_t * w = P + b * kPanelBlockBytes;
+        if constexpr (G16)
+            two_sums(a, w, a + 16, w + 4 * 64, c);
+        else
+            two_sums(a, w, a, w, c);
+        scale_block<G16>(c, w, da, sa, b, acc);
     }
     const __mmask16 m = __mmask16((1u << nr) - 1);
     for (int t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + t * ldy, m, acc[t]);
@@ -164,7 +159,8 @@ void gemm(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const uint8_
     const avx512::PackPanelFn pack = avx512::panel_packer(WT, &g16);
     uint8_t * P = scratch(0, size_t(K / 32) * kPanelBlockBytes);
     const int64_t tb = imax<int64_t>(kTileTokens, kActBytes / K / kTileTokens * kTileTokens);
-    int8_t * A = reinterpret_cast<int8_t *>(scratch(2, size_t(imin<int64_t>(tb, int64_t(round_up(size_t(n_tok), kTileTokens))) * K)));
+    const int64_t tokens = imin<int64_t>(tb, int64_t(round_up(size_t(n_tok), kTileTokens)));
+    int8_t * A = reinterpret_cast<int8_t *>(scratch(2, size_t(tokens * K)));
     // The tile configuration is per thread and is not assumed to survive between calls.
     configure(g16 ? 16 : 32);
     for (int64_t t0 = 0; t0 < n_tok; t0 += tb) {
@@ -196,7 +192,8 @@ void add(KernelTable & t) {
 }  // namespace
 
 void fill_amx(KernelTable & t) {
-    for (int i = 0; i < int(QType::COUNT); ++i) with_quant_type(QType(i), [&](auto wt) { add<decltype(wt)::value>(t); });
+    for (int i = 0; i < int(QType::COUNT); ++i)
+        with_quant_type(QType(i), [&](auto wt) { add<decltype(wt)::value>(t); });
 }
 
 }  // namespace sl::cpu::impl
