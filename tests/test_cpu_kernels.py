@@ -254,11 +254,11 @@ def test_quant_prefill_tiles(qtype: T) -> None:
 def test_amx_prefill_equals_avx512(qtype: T) -> None:
     """AMX tiles compute the AVX-512 kernels' int32 block sums and the same float steps follow,
     so prefill results are equal bit for bit: token counts around the 16-token tiles and the
-    10-token switch (below it, the AVX-512 kernels themselves), 29 and 16 rows, and at K = 4096 a
-    prompt longer than one block of tokens (256)."""
+    switches at 16 and 64 tokens (below them, the AVX-512 kernels themselves), 29 and 16 rows, and
+    at K = 4096 a prompt longer than one block of tokens (256)."""
     rng = np.random.default_rng(400 + int(qtype))
     k_short = 512 if GGML_QUANT_SIZES[qtype][0] == 256 else 32 * 7
-    for n_rows, k, counts in ((29, k_short, (9, 10, 15, 16, 33)), (16, 4096, (300,))):
+    for n_rows, k, counts in ((29, k_short, (15, 16, 33, 63, 64, 79)), (16, 4096, (300,))):
         raw, _ = make_weights(qtype, n_rows, k, rng)
         for n_tok in counts:
             acts = _core.cpu_quantize_acts(int(qtype), rng.standard_normal((n_tok, k)).astype(np.float32))

@@ -79,6 +79,8 @@ void store_kv(QType kt, const float * src, int64_t lds, int64_t n, int64_t head_
 // With AVX-512, from 10 tokens on, quantized gemm repacks 16 rows at a time into an interleaved layout (in a
 // per-thread scratch buffer) and reuses it for all tokens; below that it reads the blocks as
 // stored. A call does not allocate after its thread's first call with the largest K.
+// With AMX, from 16 tokens on (64 for types with 16-value groups: Q6_K, Q3_K, Q2_K, ...) AMX-INT8
+// tiles compute the same int32 sums: results equal AVX-512's bit for bit.
 // Errors (unsupported type, K not a multiple of the block size) throw sl::Error.
 // head_dim for the attention functions: a multiple of 32 for quantized caches, at most 1024.
 
