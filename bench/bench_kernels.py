@@ -253,12 +253,13 @@ def main() -> None:
                     "against (default: llama-cpp-python's; env SPLITLLM_GGML_LIB)")
     ap.add_argument("--shapes", help="comma-separated ROWSxK shapes for the matmul tables (default: all)")
     ap.add_argument("--isas", help="comma-separated instruction sets to time (default: all this CPU runs)")
+    ap.add_argument("--prefill-only", action="store_true", help="only the 512-token matmul table")
     args = ap.parse_args()
     shapes = SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
 
-    isas = [i for i in ("scalar", "avx2", "avx512") if _core.cpu_usable_isa(i) == i]
+    isas = [i for i in ("scalar", "avx2", "avx512", "amx") if _core.cpu_usable_isa(i) == i]
     if args.isas:
         isas = [i for i in isas if i in args.isas.split(",")]
     simd = [i for i in isas if i != "scalar"]
@@ -273,7 +274,9 @@ def main() -> None:
     cols = isas + (["llama.cpp"] if ggml else [])
 
     load = os.getloadavg()
-    decode = bench_matmul(types, isas, ggml, n_tok=1, threads=1, quick=args.quick, shapes=shapes)
+    only_matmul = only_matmul or args.prefill_only
+    decode = [] if args.prefill_only else bench_matmul(
+        types, isas, ggml, n_tok=1, threads=1, quick=args.quick, shapes=shapes)
     prefill = bench_matmul(types, isas, ggml, n_tok=512, threads=1, quick=args.quick, shapes=shapes)
     decode2 = [] if only_matmul else bench_matmul([T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_0, T.Q6_K], simd[-1:], ggml,
                                                   n_tok=1, threads=2, quick=args.quick)
@@ -296,7 +299,7 @@ def main() -> None:
     cols2 = simd[-1:] + (["llama.cpp"] if ggml else [])
     sections = [  # (empty ones left out: --types times the matmuls only)
         ("Decode: matrix x vector, GB/s of weight bytes read from memory (1 thread)",
-         table(decode, cols, "rows x K", "{:.1f}")),
+         table(decode, cols, "rows x K", "{:.1f}") if decode else ""),
         ("Decode, 2 threads (rows split evenly), GB/s",
          table(decode2, cols2, "rows x K", "{:.1f}") if decode2 else ""),
         ("Prefill: 512 tokens, GFLOP/s (1 thread, weights in cache)",

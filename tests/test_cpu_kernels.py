@@ -3,6 +3,10 @@ instruction set against the scalar path."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
@@ -21,7 +25,9 @@ ALL_TYPES = FLOAT_TYPES + QUANT_TYPES
 KV_TYPES = [T.F16, T.Q8_0, T.Q4_0]
 
 # SIMD sets this CPU runs (a set the CPU lacks would silently fall back: not worth testing twice).
-SIMD_ISAS = [isa for isa in ("avx2", "avx512") if _core.cpu_usable_isa(isa) == isa]
+SIMD_ISAS = [isa for isa in ("avx2", "avx512", "amx") if _core.cpu_usable_isa(isa) == isa]
+# AMX (the AVX-512 table with AMX-INT8 tiles for the quantized types' prefill): Sapphire Rapids on.
+HAS_AMX = "amx" in SIMD_ISAS
 
 # With AVX512_BF16, the AVX-512 kernels take BF16 weights times activations rounded to bf16 (any
 # token count), as llama.cpp does; from this many tokens on with vdpbf16ps.
@@ -50,7 +56,7 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 
 def bf16_acts(qtype: T, isa: str) -> bool:
     """Whether the kernel rounds the activations to bf16 (above)."""
-    return qtype == T.BF16 and isa == "avx512" and BF16_DOT
+    return qtype == T.BF16 and isa in ("avx512", "amx") and BF16_DOT
 
 
 def random_grid_rows(qtype: T, n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -127,8 +133,9 @@ def decode_acts(acts: np.ndarray, k: int) -> np.ndarray:
 
 
 def test_features() -> None:
-    assert _core.cpu_detect_isa() in ("scalar", "avx2", "avx512")
-    assert _core.cpu_isa() in ("scalar", "avx2", "avx512")
+    assert _core.cpu_detect_isa() in ("scalar", "avx2", "avx512", "amx")
+    assert _core.cpu_isa() in ("scalar", "avx2", "avx512", "amx")
+    assert HAS_AMX == ("AMX_INT8" in _core.cpu_features().split())
     assert _core.cpu_usable_isa("scalar") == "scalar"
     assert isinstance(_core.cpu_features(), str) and _core.cpu_features()
     with pytest.raises(ValueError, match="unknown isa"):
@@ -189,17 +196,22 @@ def test_gemm_against_reference(qtype: T) -> None:
     for n_rows, k in shapes_for(qtype):
         raw, w = make_weights(qtype, n_rows, k, rng)
         x = rng.standard_normal((17, k)).astype(np.float32)
-        y = _core.cpu_matmul(int(qtype), raw, x, isa="scalar")
-        assert y.shape == (17, n_rows)
         exact = np.float64(x) @ w.T
         if qtype in FLOAT_TYPES:
+            y = _core.cpu_matmul(int(qtype), raw, x, isa="scalar")
+            assert y.shape == (17, n_rows)
             assert rel_err(y, exact) < 2e-6, (qtype.name, k)
             continue
-        # With the activations as quantized, the kernel is exact up to float32 rounding ...
         acts = _core.cpu_quantize_acts(int(qtype), x, isa="scalar")
-        assert rel_err(y, decode_acts(acts, k) @ w.T) < 2e-6, (qtype.name, k)
-        # ... and the 8-bit activations cost about 0.5% (max|x| / 127 steps on Gaussian data).
-        assert rel_err(y, exact) < 1e-2, (qtype.name, k)
+        quantized = decode_acts(acts, k) @ w.T
+        # Every set (17 tokens: AVX-512's and AMX's repacking prefill kernels) ...
+        for isa in ["scalar", *SIMD_ISAS]:
+            y = _core.cpu_matmul(int(qtype), raw, x, isa=isa)
+            assert y.shape == (17, n_rows)
+            # ... is exact with the activations as quantized, up to float32 rounding ...
+            assert rel_err(y, quantized) < 2e-6, (qtype.name, isa, k)
+            # ... and the 8-bit activations cost about 0.5% (max|x| / 127 steps on Gaussian data).
+            assert rel_err(y, exact) < 1e-2, (qtype.name, isa, k)
 
 
 @pytest.mark.skipif(not SIMD_ISAS, reason="this CPU has no AVX2")
@@ -238,6 +250,34 @@ def test_quant_prefill_tiles(qtype: T) -> None:
                 y = _core.cpu_gemm(int(qtype), raw, acts, isa=isa)
                 assert rel_err(y, ref) < 1e-5, (qtype.name, isa, n_rows, k, n_tok)
                 np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU (or OS) has no AMX-INT8")
+@pytest.mark.parametrize("qtype", LEGACY_TYPES + K_TYPES + I_TYPES + GRID_TYPES, ids=lambda t: t.name)
+def test_amx_prefill_equals_avx512(qtype: T) -> None:
+    """AMX tiles compute the AVX-512 kernels' int32 block sums and the same float steps follow,
+    so prefill results are equal bit for bit: token counts around the 16-token tiles and the
+    switches at 16 and 64 tokens (below them, the AVX-512 kernels themselves), 29 and 16 rows, and
+    at K = 4096 a prompt longer than one block of tokens (256)."""
+    rng = np.random.default_rng(400 + int(qtype))
+    k_short = 512 if GGML_QUANT_SIZES[qtype][0] == 256 else 32 * 7
+    for n_rows, k, counts in ((29, k_short, (15, 16, 33, 63, 64, 79)), (16, 4096, (300,))):
+        raw, _ = make_weights(qtype, n_rows, k, rng)
+        for n_tok in counts:
+            acts = _core.cpu_quantize_acts(int(qtype), rng.standard_normal((n_tok, k)).astype(np.float32))
+            ref = _core.cpu_gemm(int(qtype), raw, acts, isa="avx512")
+            np.testing.assert_array_equal(_core.cpu_gemm(int(qtype), raw, acts, isa="amx"), ref,
+                                          err_msg=f"{qtype.name} {n_rows}x{k} {n_tok} tokens")
+
+
+def test_isa_environment_switch() -> None:
+    """SPLITLLM_CPU_ISA caps the default set: avx512 turns AMX off, amx is the most a CPU gets."""
+    code = "from splitllm import _core; print(_core.cpu_isa())"
+    for name in ("avx512", "amx", "scalar"):
+        env = {**os.environ, "SPLITLLM_CPU_ISA": name}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                             check=True)
+        assert out.stdout.strip() == _core.cpu_usable_isa(name), name
 
 
 @pytest.mark.parametrize("isa", ["scalar", *SIMD_ISAS])

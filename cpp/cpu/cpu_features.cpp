@@ -2,7 +2,10 @@
 //
 // AVX2 kernels need AVX2, FMA, F16C and BMI2 (the files are compiled with those flags) and the
 // OS saving the ymm state; AVX-512 kernels need F, BW, VL, DQ, VNNI and VBMI and the OS saving
-// the opmask and zmm state. SPLITLLM_CPU_ISA=scalar|avx2|avx512 caps the default choice.
+// the opmask and zmm state. AMX (prefill kernels with AMX-INT8 tiles, over the AVX-512 set)
+// needs AMX-TILE and AMX-INT8, the OS saving the tile state, and on Linux the process's
+// permission to use it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, requested once here).
+// SPLITLLM_CPU_ISA=scalar|avx2|avx512|amx caps the default choice (avx512: AMX off).
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +18,10 @@
 #include <cpuid.h>
 #define SL_X86 1
 #endif
+#if defined(SL_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace sl::cpu {
 
@@ -24,7 +31,8 @@ struct Features {
     bool avx = false, avx2 = false, fma = false, f16c = false, bmi2 = false;
     bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
     bool avx512vnni = false, avx512vbmi = false, avx512bf16 = false, avx_vnni = false;
-    bool os_ymm = false, os_zmm = false;
+    bool amx_tile = false, amx_int8 = false;
+    bool os_ymm = false, os_zmm = false, os_tile = false;
     std::string text;
 };
 
@@ -44,11 +52,23 @@ void describe(Features & f) {
                  {f.f16c, "F16C"},         {f.bmi2, "BMI2"},         {f.avx_vnni, "AVX_VNNI"},
                  {f.avx512f, "AVX512F"},   {f.avx512bw, "AVX512BW"}, {f.avx512vl, "AVX512VL"},
                  {f.avx512dq, "AVX512DQ"}, {f.avx512vnni, "AVX512_VNNI"}, {f.avx512vbmi, "AVX512_VBMI"},
-                 {f.avx512bf16, "AVX512_BF16"}};
+                 {f.avx512bf16, "AVX512_BF16"}, {f.amx_tile, "AMX_TILE"}, {f.amx_int8, "AMX_INT8"}};
     for (const auto & n : names)
         if (n.on) f.text += std::string(f.text.empty() ? "" : " ") + n.name;
     if (f.text.empty()) f.text = "(no SIMD extensions used by splitllm)";
 }
+
+#ifdef SL_X86
+// Linux enables the AMX tile data state per process, on request (kernel 5.16 and later).
+bool request_tile_data() {
+#ifdef __linux__
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+}
+#endif
 
 Features probe() {
     Features f;
@@ -63,6 +83,7 @@ Features probe() {
         const uint64_t xcr0 = xgetbv0();
         f.os_ymm = (xcr0 & 0x6) == 0x6;
         f.os_zmm = f.os_ymm && (xcr0 & 0xE0) == 0xE0;
+        f.os_tile = (xcr0 & 0x60000) == 0x60000;  // XTILECFG, XTILEDATA
     }
     if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
         f.avx2 = (b >> 5) & 1;
@@ -73,6 +94,8 @@ Features probe() {
         f.avx512vl = (b >> 31) & 1;
         f.avx512vbmi = (c >> 1) & 1;
         f.avx512vnni = (c >> 11) & 1;
+        f.amx_tile = (d >> 24) & 1;
+        f.amx_int8 = (d >> 25) & 1;
         if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) {
             f.avx_vnni = (a >> 4) & 1;
             f.avx512bf16 = (a >> 5) & 1;
@@ -80,6 +103,7 @@ Features probe() {
     }
     if (!f.os_ymm) f.avx = f.avx2 = f.fma = f.f16c = f.avx_vnni = false;
     if (!f.os_zmm) f.avx512f = f.avx512bw = f.avx512vl = f.avx512dq = f.avx512vnni = f.avx512vbmi = f.avx512bf16 = false;
+    if (!(f.os_tile && f.amx_tile && f.amx_int8 && request_tile_data())) f.amx_tile = f.amx_int8 = false;
 #endif
     describe(f);
     return f;
@@ -94,7 +118,7 @@ Isa hardware_isa() {
     const Features & f = features();
     const bool avx2 = f.avx2 && f.fma && f.f16c && f.bmi2;
     if (avx2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.avx512vbmi)
-        return Isa::AVX512;
+        return f.amx_tile && f.amx_int8 ? Isa::AMX : Isa::AVX512;
     return avx2 ? Isa::AVX2 : Isa::Scalar;
 }
 
@@ -113,7 +137,7 @@ std::atomic<int> g_active{-1};
 
 Isa detect_isa() { return hardware_isa(); }
 
-bool has_avx512_bf16() { return hardware_isa() == Isa::AVX512 && features().avx512bf16; }
+bool has_avx512_bf16() { return int(hardware_isa()) >= int(Isa::AVX512) && features().avx512bf16; }
 
 Isa active_isa() {
     int v = g_active.load(std::memory_order_relaxed);
@@ -135,12 +159,13 @@ const char * isa_name(Isa isa) {
         case Isa::Scalar: return "scalar";
         case Isa::AVX2: return "avx2";
         case Isa::AVX512: return "avx512";
+        case Isa::AMX: return "amx";
     }
     return "?";
 }
 
 bool isa_from_name(const char * name, Isa * out) {
-    for (Isa isa : {Isa::Scalar, Isa::AVX2, Isa::AVX512})
+    for (Isa isa : {Isa::Scalar, Isa::AVX2, Isa::AVX512, Isa::AMX})
         if (strcasecmp(name, isa_name(isa)) == 0) {
             *out = isa;
             return true;

@@ -81,10 +81,11 @@ struct KernelTable {
 };
 
 // Each fills in what its instruction set implements, over a table already holding the
-// narrower set's kernels (scalar, then AVX2, then AVX-512).
+// narrower set's kernels (scalar, then AVX2, then AVX-512, then AMX).
 void fill_scalar(KernelTable & t);
 void fill_avx2(KernelTable & t);
 void fill_avx512(KernelTable & t);
+void fill_amx(KernelTable & t);
 void fill_scalar_attention(KernelTable & t);
 
 // ---- scalar helpers shared by the reference kernels ----

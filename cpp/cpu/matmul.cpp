@@ -24,6 +24,7 @@ uint8_t * scratch(int slot, size_t bytes) {
 #if !(defined(__x86_64__) || defined(_M_X64))
 void fill_avx2(KernelTable &) {}
 void fill_avx512(KernelTable &) {}
+void fill_amx(KernelTable &) {}
 #endif
 }  // namespace impl
 
@@ -32,17 +33,21 @@ namespace {
 using impl::KernelTable;
 
 struct Tables {
-    KernelTable t[3];
+    KernelTable t[4];
     // The fill functions are built with their instruction set's flags: call only those the CPU runs.
     Tables() {
         impl::fill_scalar(t[0]);
-        t[1] = t[2] = t[0];
+        t[1] = t[2] = t[3] = t[0];
         const Isa hw = detect_isa();
         if (int(hw) >= int(Isa::AVX2)) {
             impl::fill_avx2(t[1]);
-            t[2] = t[1];
+            t[2] = t[3] = t[1];
         }
-        if (hw == Isa::AVX512) impl::fill_avx512(t[2]);
+        if (int(hw) >= int(Isa::AVX512)) {
+            impl::fill_avx512(t[2]);
+            t[3] = t[2];
+        }
+        if (hw == Isa::AMX) impl::fill_amx(t[3]);
     }
 };
 

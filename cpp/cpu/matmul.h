@@ -17,7 +17,8 @@
 
 namespace sl::cpu {
 
-enum class Isa : int { Scalar = 0, AVX2 = 1, AVX512 = 2 };
+// AMX: the AVX-512 kernels, with AMX-INT8 tiles for the quantized types' prefill (many tokens).
+enum class Isa : int { Scalar = 0, AVX2 = 1, AVX512 = 2, AMX = 3 };
 
 // The best instruction set this CPU supports (CPUID + OS support for the wider registers).
 Isa detect_isa();
@@ -30,11 +31,12 @@ const char * isa_name(Isa isa);
 const char * cpu_features();
 // Whether the CPU (and OS) run AVX512_BF16: BF16 weights then take bf16 activations in prefill.
 bool has_avx512_bf16();
-// "scalar" / "avx2" / "avx512" (any case) to an Isa; false if unknown.
+// "scalar" / "avx2" / "avx512" / "amx" (any case) to an Isa; false if unknown.
 bool isa_from_name(const char * name, Isa * out);
 // isa clamped to what this CPU supports (what set_isa would select, without selecting it).
 Isa usable_isa(Isa isa);
-// The environment variable SPLITLLM_CPU_ISA (scalar|avx2|avx512) caps the default choice.
+// The environment variable SPLITLLM_CPU_ISA (scalar|avx2|avx512|amx) caps the default choice
+// (avx512 turns AMX off).
 
 // True if the CPU kernels compute with weights of this type.
 bool supports_weight_type(QType wt);
@@ -77,6 +79,8 @@ void store_kv(QType kt, const float * src, int64_t lds, int64_t n, int64_t head_
 // With AVX-512, from 10 tokens on, quantized gemm repacks 16 rows at a time into an interleaved layout (in a
 // per-thread scratch buffer) and reuses it for all tokens; below that it reads the blocks as
 // stored. A call does not allocate after its thread's first call with the largest K.
+// With AMX, from 16 tokens on (64 for types with 16-value groups: Q6_K, Q3_K, Q2_K, ...) AMX-INT8
+// tiles compute the same int32 sums: results equal AVX-512's bit for bit.
 // Errors (unsupported type, K not a multiple of the block size) throw sl::Error.
 // head_dim for the attention functions: a multiple of 32 for quantized caches, at most 1024.
 

@@ -1,5 +1,5 @@
 // CPU kernels on numpy arrays, for tests and benchmarks: weight and cache rows are uint8
-// arrays of raw GGUF blocks, activations float32. `isa` is "scalar", "avx2", "avx512" or None
+// arrays of raw GGUF blocks, activations float32. `isa` is "scalar", "avx2", "avx512", "amx" or None
 // (the active set); it is clamped to what the CPU supports.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>

@@ -153,7 +153,7 @@ class Model:
 
 # --- bind_cpu.cpp ------------------------------------------------------------------------------
 # CPU kernels on numpy arrays, for tests and benchmarks: weight and cache rows are uint8 arrays
-# of raw GGUF blocks, activations float32. `isa` is "scalar", "avx2", "avx512" or None (the
+# of raw GGUF blocks, activations float32. `isa` is "scalar", "avx2", "avx512", "amx" or None (the
 # active set); it is clamped to what the CPU supports.
 
 def cpu_features() -> str:

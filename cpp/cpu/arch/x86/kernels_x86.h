@@ -75,6 +75,41 @@ inline void packed_passes(int64_t n_rows, int64_t n_tok, int64_t tb, int64_t gro
     }
 }
 
+// f(Type<T>{}) for the quantized weight type wt, the types of the AVX-512 packed and the AMX
+// kernels; false for the others (the float types).
+template <QType T>
+struct Type {
+    static constexpr QType value = T;
+};
+template <class F>
+inline bool with_quant_type(QType wt, F && f) {
+    switch (wt) {
+        case QType::Q4_0: f(Type<QType::Q4_0>{}); return true;
+        case QType::Q4_1: f(Type<QType::Q4_1>{}); return true;
+        case QType::Q5_0: f(Type<QType::Q5_0>{}); return true;
+        case QType::Q5_1: f(Type<QType::Q5_1>{}); return true;
+        case QType::Q8_0: f(Type<QType::Q8_0>{}); return true;
+        case QType::Q2_K: f(Type<QType::Q2_K>{}); return true;
+        case QType::Q3_K: f(Type<QType::Q3_K>{}); return true;
+        case QType::Q4_K: f(Type<QType::Q4_K>{}); return true;
+        case QType::Q5_K: f(Type<QType::Q5_K>{}); return true;
+        case QType::Q6_K: f(Type<QType::Q6_K>{}); return true;
+        case QType::IQ4_NL: f(Type<QType::IQ4_NL>{}); return true;
+        case QType::MXFP4: f(Type<QType::MXFP4>{}); return true;
+        case QType::IQ4_XS: f(Type<QType::IQ4_XS>{}); return true;
+        case QType::IQ2_XXS: f(Type<QType::IQ2_XXS>{}); return true;
+        case QType::IQ2_XS: f(Type<QType::IQ2_XS>{}); return true;
+        case QType::IQ2_S: f(Type<QType::IQ2_S>{}); return true;
+        case QType::IQ3_XXS: f(Type<QType::IQ3_XXS>{}); return true;
+        case QType::IQ3_S: f(Type<QType::IQ3_S>{}); return true;
+        case QType::IQ1_S: f(Type<QType::IQ1_S>{}); return true;
+        case QType::IQ1_M: f(Type<QType::IQ1_M>{}); return true;
+        case QType::TQ1_0: f(Type<QType::TQ1_0>{}); return true;
+        case QType::TQ2_0: f(Type<QType::TQ2_0>{}); return true;
+        default: return false;
+    }
+}
+
 // f(Int<n>{}) for a run-time n in [1, N]: micro-kernels templated on their token count.
 template <int N>
 struct Int {
@@ -97,6 +132,16 @@ GemmFn gemv_bf16_rounding_kernel();  // BF16, few tokens, activations rounded to
                                      // avx512bf16 kernel rounds them)
 GemmFn packed_kernel(QType wt);  // n_tok >= kPackMinTokens; quantized and float types
 GemmFn packed_float_kernel(QType wt);  // F32, F16, BF16 (packed_float_avx512.cpp), else null
+// The 16-row weight panels of the packed kernels (packed_avx512.cpp), also read by the AMX ones:
+// per 32-value block kPanelBlockBytes bytes: unsigned codes[8][16 rows][4] (a 64-byte row per 4
+// values: an AMX B tile in VNNI order), float dg[2][16] at kPanelDg, float mg[2][16] at kPanelMg
+// (value = dg * code + mg; [0] for the block's values 0..15, [1] for 16..31).
+constexpr int kPanelBlockBytes = 8 * 64 + 4 * 64, kPanelDg = 512, kPanelMg = 640;
+// Packs rows [0, nr) of W (nr <= 16, the rest zero) into P, K / 32 blocks.
+typedef void (*PackPanelFn)(const uint8_t * W, size_t ldw, int64_t K, int nr, uint8_t * P);
+// The packer of a quantized type, null for the others; *groups16: dg / mg differ between the
+// two halves of a block.
+PackPanelFn panel_packer(QType wt, bool * groups16);
 void fill_act_attn(KernelTable & t);
 }  // namespace avx512
 

@@ -13,8 +13,8 @@ namespace {
 
 // Panel layout per 32-value block: codes[8][16 rows][4], float dg[2][16], float mg[2][16].
 constexpr int kPanelRows = 16;
-constexpr int kBlockBytes = 8 * 64 + 4 * 64;
-constexpr int kDg = 512, kMg = 640;
+constexpr int kBlockBytes = kPanelBlockBytes;
+constexpr int kDg = kPanelDg, kMg = kPanelMg;
 
 // Stores the transposed codes of 4 blocks (n valid): half 0 holds groups 0..3 (values 0..15),
 // half 1 groups 4..7 of each block.
@@ -205,32 +205,23 @@ void gemm_packed(const uint8_t * W, size_t ldw, int64_t K, int64_t n_rows, const
 
 }  // namespace
 
+PackPanelFn panel_packer(QType wt, bool * groups16) {
+    PackPanelFn pack = nullptr;
+    with_quant_type(wt, [&](auto t) {
+        constexpr QType WT = decltype(t)::value;
+        *groups16 = groups_of_16<WT>();
+        if constexpr (qtype_block_size(WT) == 32)
+            pack = pack_legacy<WT>;
+        else
+            pack = pack_kquant<WT>;
+    });
+    return pack;
+}
+
 GemmFn packed_kernel(QType wt) {
-    switch (wt) {
-        case QType::Q4_0: return gemm_packed<QType::Q4_0>;
-        case QType::Q4_1: return gemm_packed<QType::Q4_1>;
-        case QType::Q5_0: return gemm_packed<QType::Q5_0>;
-        case QType::Q5_1: return gemm_packed<QType::Q5_1>;
-        case QType::Q8_0: return gemm_packed<QType::Q8_0>;
-        case QType::Q2_K: return gemm_packed<QType::Q2_K>;
-        case QType::Q3_K: return gemm_packed<QType::Q3_K>;
-        case QType::Q4_K: return gemm_packed<QType::Q4_K>;
-        case QType::Q5_K: return gemm_packed<QType::Q5_K>;
-        case QType::Q6_K: return gemm_packed<QType::Q6_K>;
-        case QType::IQ4_NL: return gemm_packed<QType::IQ4_NL>;
-        case QType::MXFP4: return gemm_packed<QType::MXFP4>;
-        case QType::IQ4_XS: return gemm_packed<QType::IQ4_XS>;
-        case QType::IQ2_XXS: return gemm_packed<QType::IQ2_XXS>;
-        case QType::IQ2_XS: return gemm_packed<QType::IQ2_XS>;
-        case QType::IQ2_S: return gemm_packed<QType::IQ2_S>;
-        case QType::IQ3_XXS: return gemm_packed<QType::IQ3_XXS>;
-        case QType::IQ3_S: return gemm_packed<QType::IQ3_S>;
-        case QType::IQ1_S: return gemm_packed<QType::IQ1_S>;
-        case QType::IQ1_M: return gemm_packed<QType::IQ1_M>;
-        case QType::TQ1_0: return gemm_packed<QType::TQ1_0>;
-        case QType::TQ2_0: return gemm_packed<QType::TQ2_0>;
-        default: return packed_float_kernel(wt);
-    }
+    GemmFn f = nullptr;
+    if (!with_quant_type(wt, [&](auto t) { f = gemm_packed<decltype(t)::value>; })) return packed_float_kernel(wt);
+    return f;
 }
 
 }  // namespace sl::cpu::impl::avx512
