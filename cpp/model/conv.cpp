@@ -9,6 +9,7 @@
 #include "common/threadpool.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
+#include "model/weights_load.h"
 
 namespace sl {
 
@@ -77,6 +78,22 @@ void Model::conv_block(int l, Scratch & s, int n, const int32_t * slot) {
     // x += out_proj y
     if (imx_) imx_observe(l, kImxO, s.att, n, be);
     add_output(be, be, &L.conv_out, nullptr, s.att, s, n);
+}
+
+void Model::load_conv_layer(const std::string & b, LayerWeights & L) {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    L.conv_in = matrix(f, c, b + "shortconv.in_proj.weight", 3 * int64_t(c.n_embd), c.n_embd);
+    L.conv_out = matrix(f, c, b + "shortconv.out_proj.weight", c.n_embd, c.n_embd);
+    const GGUFTensor & k = require(f, c, b + "shortconv.conv.weight", c.conv_l_cache, c.n_embd);
+    if (k.type != QType::F32)
+        throw GGUFError(strfmt("%s: tensor '%sshortconv.conv.weight' has type %s, expected F32", f.path().c_str(),
+                               b.c_str(), qtype_traits(k.type)->name));
+    L.conv_kernel = reinterpret_cast<const float *>(k.data);
+    for (const char * name : {"shortconv.in_proj.bias", "shortconv.out_proj.bias", "shortconv.conv.bias"})
+        if (f.find_tensor(b + name))
+            throw GGUFError(strfmt("%s: tensor '%s%s': convolution biases are not supported (nor by llama.cpp)",
+                                   f.path().c_str(), b.c_str(), name));
 }
 
 }  // namespace sl

@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
+#include "model/weights_load.h"
 
 namespace sl {
 
@@ -153,6 +154,91 @@ void Model::gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n) {
     be->add(mlp, acc, int64_t(len), 1.0f);
     be->rms_norm(mlp, L.ffn_post_norm, mlp, n, c.n_embd, c.rms_eps);
     be->add(s.x, mlp, int64_t(len), 1.0f);
+}
+
+// Gemma 4's blocks (gemma4.cpp): head shapes and feed-forward widths per layer, optional v_proj
+// and layer_output_scale, no k projection in a layer reading another's cache, the E2B / E4B
+// per-layer embedding.
+void Model::load_gemma4_layers() {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const int per = c.n_embd_per_layer;
+    const bool any_global = std::count(c.swa_layers.begin(), c.swa_layers.end(), 1) < c.n_layer;
+    if (!w_.rope_freqs && any_global)
+        throw GGUFError(strfmt("%s: tensor 'rope_freqs.weight' is missing (the full-attention layers' "
+                               "proportional rotary factors)", f.path().c_str()));
+    if (per > 0) {
+        const int64_t width = int64_t(per) * c.n_layer;
+        w_.ple_tok_embd = matrix(f, c, "per_layer_token_embd.weight", c.n_vocab, width);
+        check_readable(f, w_.ple_tok_embd, "per_layer_token_embd.weight");
+        w_.ple_model_proj = matrix(f, c, "per_layer_model_proj.weight", width, c.n_embd);
+        w_.ple_proj_norm = vector_f32(f, c, "per_layer_proj_norm.weight", per);
+    }
+    w_.layers.resize(c.n_layer);
+    g4_router_w_.assign(c.n_expert > 0 ? size_t(c.n_layer) * size_t(c.n_embd) : 0, 0.0f);
+    for (int l = 0; l < c.n_layer; ++l) {
+        const std::string b = "blk." + std::to_string(l) + ".";
+        LayerWeights & L = w_.layers[l];
+        const int hd = c.head_dim_of(l), q_dim = c.q_dim_of(l), kv_dim = c.kv_dim_of(l), n_ff = c.n_ff_of(l);
+        for (const char * name : {"attn_qkv.weight"})
+            if (f.find_tensor(b + name))
+                throw GGUFError(strfmt("%s: tensor '%s%s' is not supported in a gemma4 model by this version",
+                                       f.path().c_str(), b.c_str(), name));
+        L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
+        L.wq = matrix(f, c, b + "attn_q.weight", q_dim, c.n_embd);
+        L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", hd);
+        if (c.kv_source(l) == l) {  // (a layer reading another's cache projects no keys or values)
+            L.wk = matrix(f, c, b + "attn_k.weight", kv_dim, c.n_embd);
+            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", hd);
+            if (f.find_tensor(b + "attn_v.weight")) L.wv = matrix(f, c, b + "attn_v.weight", kv_dim, c.n_embd);
+        }
+        L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, q_dim);
+        L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
+        L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
+        L.w_gate = matrix(f, c, b + "ffn_gate.weight", n_ff, c.n_embd);
+        L.w_up = matrix(f, c, b + "ffn_up.weight", n_ff, c.n_embd);
+        L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, n_ff);
+        L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
+        if (f.find_tensor(b + "layer_output_scale.weight")) {
+            L.out_scale = *vector_f32(f, c, b + "layer_output_scale.weight", 1);
+            if (!std::isfinite(L.out_scale))
+                throw GGUFError(strfmt("%s: tensor '%slayer_output_scale.weight' is not finite", f.path().c_str(),
+                                       b.c_str()));
+        }
+        if (f.find_tensor(b + "ffn_gate_inp.weight")) load_gemma4_experts(l);
+        if (per > 0) {
+            L.ple_gate = matrix(f, c, b + "inp_gate.weight", per, c.n_embd);
+            L.ple_proj = matrix(f, c, b + "proj.weight", c.n_embd, per);
+            L.ple_post_norm = vector_f32(f, c, b + "post_norm.weight", c.n_embd);
+        }
+    }
+}
+
+void Model::load_gemma4_experts(int l) {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const std::string b = "blk." + std::to_string(l) + ".";
+    LayerWeights & L = w_.layers[size_t(l)];
+    if (c.n_expert == 0)
+        throw GGUFError(strfmt("%s: tensor '%sffn_gate_inp.weight' but no metadata '%s.expert_count'",
+                               f.path().c_str(), b.c_str(), c.arch_name.c_str()));
+    L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
+    const float * scale = vector_f32(f, c, b + "ffn_gate_inp.scale", c.n_embd);
+    float * rw = g4_router_w_.data() + size_t(l) * size_t(c.n_embd);
+    for (int i = 0; i < c.n_embd; ++i) rw[i] = scale[i] / std::sqrt(float(c.n_embd));
+    L.router_w = rw;
+    if (f.find_tensor(b + "ffn_gate_up_exps.weight")) {  // each expert's gate rows, then its up rows
+        L.gate_exps = matrix(f, c, b + "ffn_gate_up_exps.weight", 2 * int64_t(c.n_ff_exp), c.n_embd, c.n_expert);
+    } else {
+        L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
+        L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
+    }
+    L.down_exps = matrix(f, c, b + "ffn_down_exps.weight", c.n_embd, c.n_ff_exp, c.n_expert);
+    if (f.find_tensor(b + "ffn_down_exps.scale"))
+        L.down_exps_scale = vector_f32(f, c, b + "ffn_down_exps.scale", c.n_expert);
+    L.ffn_pre_norm_2 = vector_f32(f, c, b + "pre_ffw_norm_2.weight", c.n_embd);
+    L.ffn_post_norm_1 = vector_f32(f, c, b + "post_ffw_norm_1.weight", c.n_embd);
+    L.ffn_post_norm_2 = vector_f32(f, c, b + "post_ffw_norm_2.weight", c.n_embd);
 }
 
 }  // namespace sl

@@ -17,6 +17,7 @@
 
 #include "common/error.h"
 #include "model/model.h"
+#include "model/weights_load.h"
 
 namespace sl {
 
@@ -116,6 +117,31 @@ void Model::mla_attention(Backend * be, int l, Scratch & s, int n) {
         att = o;
     }
     mm(L.wo, att, s.x, true);  // x += W_o . att
+}
+
+// deepseek2's latent attention weights (LayerWeights, Config::mla): the query path (low-rank or
+// not), the latent's, and the latent's per-head key and value maps (attn_k_b / attn_v_b, or the
+// older attn_kv_b).
+void Model::load_mla_layer(const std::string & b, LayerWeights & L) {
+    const GGUFFile & f = *file_;
+    const Config & c = cfg_;
+    const int64_t qk = c.head_dim_k_mla, vd = c.head_dim_v_mla, nope = qk - c.n_rot, r = c.kv_lora_rank;
+    if (c.q_lora_rank > 0) {
+        L.wq_a = matrix(f, c, b + "attn_q_a.weight", c.q_lora_rank, c.n_embd);
+        L.q_a_norm = vector_f32(f, c, b + "attn_q_a_norm.weight", c.q_lora_rank);
+        L.wq_b = matrix(f, c, b + "attn_q_b.weight", c.n_head * qk, c.q_lora_rank);
+    } else {
+        L.wq = matrix(f, c, b + "attn_q.weight", c.n_head * qk, c.n_embd);
+    }
+    L.wkv_a = matrix(f, c, b + "attn_kv_a_mqa.weight", r + c.n_rot, c.n_embd);
+    L.kv_a_norm = vector_f32(f, c, b + "attn_kv_a_norm.weight", r);
+    if (c.mla) {
+        L.wk_b = matrix(f, c, b + "attn_k_b.weight", r, nope, c.n_head);
+        L.wv_b = matrix(f, c, b + "attn_v_b.weight", vd, r, c.n_head);
+    } else {
+        L.wkv_b = matrix(f, c, b + "attn_kv_b.weight", c.n_head * (nope + vd), r);
+    }
+    L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.n_head * vd);
 }
 
 }  // namespace sl

@@ -12,69 +12,11 @@
 #include "model/cpu_backend.h"
 #include "model/imatrix.h"
 #include "model/op_offload.h"
+#include "model/weights_load.h"
 
 namespace sl {
 
 namespace {
-
-// Throws unless rows of a table of this type can be read (get_rows).
-void check_readable(const GGUFFile & f, const WeightRef & w, const char * name) {
-    const QTypeTraits * t = qtype_traits(w.type);
-    if (!t->to_float && w.type != QType::F32)
-        throw GGUFError(strfmt("%s: %s type %s cannot be read", f.path().c_str(), name, t->name));
-}
-
-// Checks a tensor's presence, shape (ggml order: ne0 = row length, from the metadata in c) and type.
-const GGUFTensor & require(const GGUFFile & f, const Config & c, const std::string & name, int64_t ne0, int64_t ne1,
-                           int64_t ne2 = 1) {
-    const GGUFTensor * t = f.find_tensor(name);
-    if (!t) throw GGUFError(strfmt("%s: tensor '%s' is missing", f.path().c_str(), name.c_str()));
-    const int64_t want1 = ne1 < 0 ? 1 : ne1;
-    if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != ne2 || t->ne[3] != 1)
-        throw GGUFError(strfmt("%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], but the metadata (%s) gives "
-                               "[%lld, %lld, %lld]", f.path().c_str(), name.c_str(), (long long)t->ne[0],
-                               (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], c.shape_keys().c_str(),
-                               (long long)ne0, (long long)want1, (long long)ne2));
-    return *t;
-}
-
-const float * vector_f32(const GGUFFile & f, const Config & c, const std::string & name, int64_t n) {
-    const GGUFTensor & t = require(f, c, name, n, -1);
-    if (t.type != QType::F32)
-        throw GGUFError(strfmt("%s: tensor '%s' has type %s, expected F32", f.path().c_str(), name.c_str(),
-                               qtype_traits(t.type)->name));
-    return reinterpret_cast<const float *>(t.data);
-}
-
-// A matrix (rows, K), or n_stack of them stacked (a 3-D tensor, experts): rows * n_stack rows.
-WeightRef matrix(const GGUFFile & f, const Config & c, const std::string & name, int64_t rows, int64_t K,
-                 int64_t n_stack = 1) {
-    const GGUFTensor & t = require(f, c, name, K, rows, n_stack);
-    if (!cpu::supports_weight_type(t.type))
-        throw GGUFError(strfmt("%s: tensor '%s' has type %s, which splitllm cannot compute with",
-                               f.path().c_str(), name.c_str(), qtype_traits(t.type)->name));
-    WeightRef w;
-    w.type = t.type;
-    w.rows = rows * n_stack;
-    w.K = K;
-    w.data = t.data;
-    return w;
-}
-
-// The biases of n_stack stacked matrices of rows_per rows (an F32 tensor [rows_per, n_stack]).
-void stacked_bias(const GGUFFile & f, const Config & c, WeightRef & w, const std::string & name, int64_t rows_per,
-                  int64_t n_stack) {
-    const GGUFTensor & t = require(f, c, name, rows_per, n_stack);
-    if (t.type != QType::F32)
-        throw GGUFError(strfmt("%s: tensor '%s' has type %s, expected F32", f.path().c_str(), name.c_str(),
-                               qtype_traits(t.type)->name));
-    w.bias = reinterpret_cast<const float *>(t.data);
-}
-
-// The bias of a matrix, where the file has one.
-void optional_bias(const GGUFFile & f, const Config & c, WeightRef & w, const std::string & name) {
-    if (f.find_tensor(name)) w.bias = vector_f32(f, c, name, w.rows);
-}
 
 // A layer's q, k, v: the rows of one fused tensor attn_qkv (q, then k, then v; its bias likewise),
 // or three tensors.
@@ -90,29 +32,6 @@ void load_qkv(const GGUFFile & f, const Config & c, const std::string & b, bool 
         L.wk = matrix(f, c, b + "attn_k.weight", c.kv_dim(), c.n_embd);
         L.wv = matrix(f, c, b + "attn_v.weight", c.kv_dim(), c.n_embd);
     }
-}
-
-// deepseek2's latent attention weights (LayerWeights, Config::mla): the query path (low-rank or
-// not), the latent's, and the latent's per-head key and value maps (attn_k_b / attn_v_b, or the
-// older attn_kv_b).
-void load_mla(const GGUFFile & f, const Config & c, const std::string & b, LayerWeights & L) {
-    const int64_t qk = c.head_dim_k_mla, vd = c.head_dim_v_mla, nope = qk - c.n_rot, r = c.kv_lora_rank;
-    if (c.q_lora_rank > 0) {
-        L.wq_a = matrix(f, c, b + "attn_q_a.weight", c.q_lora_rank, c.n_embd);
-        L.q_a_norm = vector_f32(f, c, b + "attn_q_a_norm.weight", c.q_lora_rank);
-        L.wq_b = matrix(f, c, b + "attn_q_b.weight", c.n_head * qk, c.q_lora_rank);
-    } else {
-        L.wq = matrix(f, c, b + "attn_q.weight", c.n_head * qk, c.n_embd);
-    }
-    L.wkv_a = matrix(f, c, b + "attn_kv_a_mqa.weight", r + c.n_rot, c.n_embd);
-    L.kv_a_norm = vector_f32(f, c, b + "attn_kv_a_norm.weight", r);
-    if (c.mla) {
-        L.wk_b = matrix(f, c, b + "attn_k_b.weight", r, nope, c.n_head);
-        L.wv_b = matrix(f, c, b + "attn_v_b.weight", vd, r, c.n_head);
-    } else {
-        L.wkv_b = matrix(f, c, b + "attn_kv_b.weight", c.n_head * (nope + vd), r);
-    }
-    L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.n_head * vd);
 }
 
 void apply_override(GGUFFile & f, const std::string & key, const KVOverride & v) {
@@ -240,7 +159,7 @@ void Model::load_weights() {
             load_conv_layer(b, L);
         } else {
             if (c.arch == Arch::DeepSeek2) {
-                load_mla(f, c, b, L);
+                load_mla_layer(b, L);
             } else {
                 load_qkv(f, c, b, c.fused_qkv, L);
                 L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
@@ -328,107 +247,6 @@ void Model::load_weights() {
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
                                        b.c_str(), name));
     }
-}
-
-void Model::load_conv_layer(const std::string & b, LayerWeights & L) {
-    const GGUFFile & f = *file_;
-    const Config & c = cfg_;
-    L.conv_in = matrix(f, c, b + "shortconv.in_proj.weight", 3 * int64_t(c.n_embd), c.n_embd);
-    L.conv_out = matrix(f, c, b + "shortconv.out_proj.weight", c.n_embd, c.n_embd);
-    const GGUFTensor & k = require(f, c, b + "shortconv.conv.weight", c.conv_l_cache, c.n_embd);
-    if (k.type != QType::F32)
-        throw GGUFError(strfmt("%s: tensor '%sshortconv.conv.weight' has type %s, expected F32", f.path().c_str(),
-                               b.c_str(), qtype_traits(k.type)->name));
-    L.conv_kernel = reinterpret_cast<const float *>(k.data);
-    for (const char * name : {"shortconv.in_proj.bias", "shortconv.out_proj.bias", "shortconv.conv.bias"})
-        if (f.find_tensor(b + name))
-            throw GGUFError(strfmt("%s: tensor '%s%s': convolution biases are not supported (nor by llama.cpp)",
-                                   f.path().c_str(), b.c_str(), name));
-}
-
-// Gemma 4's blocks (gemma4.cpp): head shapes and feed-forward widths per layer, optional v_proj
-// and layer_output_scale, no k projection in a layer reading another's cache, the E2B / E4B
-// per-layer embedding.
-void Model::load_gemma4_layers() {
-    const GGUFFile & f = *file_;
-    const Config & c = cfg_;
-    const int per = c.n_embd_per_layer;
-    const bool any_global = std::count(c.swa_layers.begin(), c.swa_layers.end(), 1) < c.n_layer;
-    if (!w_.rope_freqs && any_global)
-        throw GGUFError(strfmt("%s: tensor 'rope_freqs.weight' is missing (the full-attention layers' "
-                               "proportional rotary factors)", f.path().c_str()));
-    if (per > 0) {
-        const int64_t width = int64_t(per) * c.n_layer;
-        w_.ple_tok_embd = matrix(f, c, "per_layer_token_embd.weight", c.n_vocab, width);
-        check_readable(f, w_.ple_tok_embd, "per_layer_token_embd.weight");
-        w_.ple_model_proj = matrix(f, c, "per_layer_model_proj.weight", width, c.n_embd);
-        w_.ple_proj_norm = vector_f32(f, c, "per_layer_proj_norm.weight", per);
-    }
-    w_.layers.resize(c.n_layer);
-    g4_router_w_.assign(c.n_expert > 0 ? size_t(c.n_layer) * size_t(c.n_embd) : 0, 0.0f);
-    for (int l = 0; l < c.n_layer; ++l) {
-        const std::string b = "blk." + std::to_string(l) + ".";
-        LayerWeights & L = w_.layers[l];
-        const int hd = c.head_dim_of(l), q_dim = c.q_dim_of(l), kv_dim = c.kv_dim_of(l), n_ff = c.n_ff_of(l);
-        for (const char * name : {"attn_qkv.weight"})
-            if (f.find_tensor(b + name))
-                throw GGUFError(strfmt("%s: tensor '%s%s' is not supported in a gemma4 model by this version",
-                                       f.path().c_str(), b.c_str(), name));
-        L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        L.wq = matrix(f, c, b + "attn_q.weight", q_dim, c.n_embd);
-        L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", hd);
-        if (c.kv_source(l) == l) {  // (a layer reading another's cache projects no keys or values)
-            L.wk = matrix(f, c, b + "attn_k.weight", kv_dim, c.n_embd);
-            L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", hd);
-            if (f.find_tensor(b + "attn_v.weight")) L.wv = matrix(f, c, b + "attn_v.weight", kv_dim, c.n_embd);
-        }
-        L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, q_dim);
-        L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
-        L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
-        L.w_gate = matrix(f, c, b + "ffn_gate.weight", n_ff, c.n_embd);
-        L.w_up = matrix(f, c, b + "ffn_up.weight", n_ff, c.n_embd);
-        L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, n_ff);
-        L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
-        if (f.find_tensor(b + "layer_output_scale.weight")) {
-            L.out_scale = *vector_f32(f, c, b + "layer_output_scale.weight", 1);
-            if (!std::isfinite(L.out_scale))
-                throw GGUFError(strfmt("%s: tensor '%slayer_output_scale.weight' is not finite", f.path().c_str(),
-                                       b.c_str()));
-        }
-        if (f.find_tensor(b + "ffn_gate_inp.weight")) load_gemma4_experts(l);
-        if (per > 0) {
-            L.ple_gate = matrix(f, c, b + "inp_gate.weight", per, c.n_embd);
-            L.ple_proj = matrix(f, c, b + "proj.weight", c.n_embd, per);
-            L.ple_post_norm = vector_f32(f, c, b + "post_norm.weight", c.n_embd);
-        }
-    }
-}
-
-void Model::load_gemma4_experts(int l) {
-    const GGUFFile & f = *file_;
-    const Config & c = cfg_;
-    const std::string b = "blk." + std::to_string(l) + ".";
-    LayerWeights & L = w_.layers[size_t(l)];
-    if (c.n_expert == 0)
-        throw GGUFError(strfmt("%s: tensor '%sffn_gate_inp.weight' but no metadata '%s.expert_count'",
-                               f.path().c_str(), b.c_str(), c.arch_name.c_str()));
-    L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
-    const float * scale = vector_f32(f, c, b + "ffn_gate_inp.scale", c.n_embd);
-    float * rw = g4_router_w_.data() + size_t(l) * size_t(c.n_embd);
-    for (int i = 0; i < c.n_embd; ++i) rw[i] = scale[i] / std::sqrt(float(c.n_embd));
-    L.router_w = rw;
-    if (f.find_tensor(b + "ffn_gate_up_exps.weight")) {  // each expert's gate rows, then its up rows
-        L.gate_exps = matrix(f, c, b + "ffn_gate_up_exps.weight", 2 * int64_t(c.n_ff_exp), c.n_embd, c.n_expert);
-    } else {
-        L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
-        L.up_exps = matrix(f, c, b + "ffn_up_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
-    }
-    L.down_exps = matrix(f, c, b + "ffn_down_exps.weight", c.n_embd, c.n_ff_exp, c.n_expert);
-    if (f.find_tensor(b + "ffn_down_exps.scale"))
-        L.down_exps_scale = vector_f32(f, c, b + "ffn_down_exps.scale", c.n_expert);
-    L.ffn_pre_norm_2 = vector_f32(f, c, b + "pre_ffw_norm_2.weight", c.n_embd);
-    L.ffn_post_norm_1 = vector_f32(f, c, b + "post_ffw_norm_1.weight", c.n_embd);
-    L.ffn_post_norm_2 = vector_f32(f, c, b + "post_ffw_norm_2.weight", c.n_embd);
 }
 
 void Model::load_encoder_weights() {

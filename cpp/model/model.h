@@ -462,7 +462,7 @@ private:
     // gemma4.cpp: a Gemma 4 model's block weights, its per-layer inputs of a batch (into ple_) and
     // one block on s.x (on the CPU).
     void load_gemma4_layers();
-    void load_gemma4_experts(int l);  // (model.cpp)
+    void load_gemma4_experts(int l);
     void gemma4_inputs(const int32_t * tokens, const float * x, int n);
     void gemma4_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
     // x += post_norm(post_norm_1(W_down s.ff) + post_norm_2(experts(pre_norm_2(x)))) of a MoE block
@@ -483,6 +483,7 @@ private:
     // mla.cpp: x += deepseek2's latent attention of layer l over h = rmsnorm(x) (on the CPU), and the
     // floats of its work buffer per token.
     void mla_attention(Backend * be, int l, Scratch & s, int n);
+    void load_mla_layer(const std::string & b, LayerWeights & L);  // its weights (query path, latent, k_b / v_b)
     size_t mla_floats() const;
     Routes routes_;
 
