@@ -379,6 +379,7 @@ void read_deepseek2(const GGUFFile & f, Config & c) {
         throw GGUFError(strfmt("%s: bad %srope.scaling.yarn_log_multiplier", path, a.c_str()));
     if (c.n_expert == 0) return;
     c.n_expert_shared = get_dim(f, a + "expert_shared_count", 0, 64);
+    c.n_ff_shexp = c.n_ff_exp * c.n_expert_shared;  // (they run as one feed-forward of their stacked rows)
     c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", false);
     c.expert_weights_scale = get_positive(f, a + "expert_weights_scale", 0.0, true);
     if (c.expert_weights_scale == 0) c.expert_weights_scale = 1.0f;  // 0: none

@@ -59,7 +59,8 @@ struct Config {
     int n_expert_used = 0;
     int n_ff_exp = 0;
     bool expert_weights_norm = true;  // the chosen experts' weights rescaled to sum to 1
-    // A shared expert beside the routed ones (qwen2moe, granitemoe with one): a feed-forward of
+    // A shared expert beside the routed ones (qwen2moe, granitemoe with one; deepseek2: its
+    // n_expert_shared experts as one of their stacked rows): a feed-forward of
     // this width every token goes through, its output added to theirs (0: none); with shexp_gate
     // (qwen2moe) times sigmoid(ffn_gate_inp_shexp . h).
     int n_ff_shexp = 0;
@@ -223,11 +224,11 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    // Widest feed-forward activation (deepseek2's shared experts: n_expert_shared x n_ff_exp; lfm2's
-    // in_proj output, 3 n_embd, which shares its buffer; gemma4's per-layer input gate).
+    // Widest feed-forward activation (lfm2's in_proj output, 3 n_embd, which shares its buffer;
+    // gemma4's per-layer input gate).
     int ff_max() const {
         const int conv = recurrent() ? 3 * n_embd : 0;
-        return std::max({n_ff, n_ff_exp * std::max(n_expert_shared, 1), n_ff_shexp, conv, n_embd_per_layer});
+        return std::max({n_ff, n_ff_exp, n_ff_shexp, conv, n_embd_per_layer});
     }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.

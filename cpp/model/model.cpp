@@ -219,19 +219,13 @@ void Model::load_weights() {
                 stacked_bias(f, c, L.up_exps, b + "ffn_up_exps.bias", c.n_ff_exp, c.n_expert);
                 stacked_bias(f, c, L.down_exps, b + "ffn_down_exps.bias", c.n_embd, c.n_expert);
             }
-            if (c.n_ff_shexp > 0) {  // the shared expert, in the dense feed-forward's place
+            if (c.n_ff_shexp > 0) {  // the shared expert(s), in the dense feed-forward's place
                 L.w_gate = matrix(f, c, b + "ffn_gate_shexp.weight", c.n_ff_shexp, c.n_embd);
                 L.w_up = matrix(f, c, b + "ffn_up_shexp.weight", c.n_ff_shexp, c.n_embd);
                 L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
             if (f.find_tensor(b + "exp_probs_b.bias")) L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
-            if (c.n_expert_shared > 0) {  // deepseek2's shared experts (run with the routed ones, moe.cpp)
-                const int64_t ff_sh = int64_t(c.n_ff_exp) * c.n_expert_shared;
-                L.gate_shexp = matrix(f, c, b + "ffn_gate_shexp.weight", ff_sh, c.n_embd);
-                L.up_shexp = matrix(f, c, b + "ffn_up_shexp.weight", ff_sh, c.n_embd);
-                L.down_shexp = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, ff_sh);
-            }
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
             L.w_gate = row_slice(gate_up, 0, c.n_ff);
@@ -504,8 +498,6 @@ CpuBackendOptions Model::cpu_options() const {
         }
     for (const LayerWeights & L : w_.layers) {
         for (const WeightRef * w : {&L.wq_a, &L.wq_b, &L.wkv_a, &L.wk_b, &L.wv_b, &L.wkv_b}) group({w});
-        group({&L.gate_shexp, &L.up_shexp});
-        group({&L.down_shexp});
         group({&L.wq, &L.wk, &L.wv});
         group({&L.wo});
         group({&L.w_gate, &L.w_up});

@@ -89,8 +89,6 @@ struct LayerWeights {
     WeightRef down_exps;                // (n_expert * n_embd, n_ff_exp)
     const float * exp_probs_b = nullptr;  // (n_expert) deepseek2's selection bias, or null
     // deepseek2's shared experts, every token's (ff_sh = n_ff_exp * n_expert_shared); empty: none
-    WeightRef gate_shexp, up_shexp;     // (ff_sh, n_embd)
-    WeightRef down_shexp;               // (n_embd, ff_sh)
     // deepseek2's latent attention (mla.cpp; Config::mla), qk = head_dim_k_mla, vd = head_dim_v_mla,
     // nope = qk - n_rot: the queries by wq (n_head * qk, n_embd), or by wq_a (q_lora_rank, n_embd),
     // q_a_norm (q_lora_rank) and wq_b (n_head * qk, q_lora_rank); the latent and the rotary key

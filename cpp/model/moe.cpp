@@ -6,8 +6,9 @@
 // scaled weights, shared experts). A few tokens go through the CPU backend's moe_small in one
 // pass; more are grouped by expert so that each expert runs once per batch, over all the tokens
 // routed to it. Either way a token's expert outputs are added in the order of the experts'
-// indices, so both give the same sums. Qwen2-MoE's and Granite MoE's shared expert runs as the
-// dense feed-forward of the block (forward.cpp); deepseek2's n_expert_shared experts run here.
+// indices, so both give the same sums. A shared expert (Qwen2-MoE, Granite MoE shared; deepseek2's
+// n_expert_shared of them, one matrix of their stacked rows) runs as the dense feed-forward of the
+// block (forward.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -131,11 +132,6 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     if (imx_) imx_observe(l, kImxRouter, s.h, n, be);
     be->matmul(&gi, &s.router, 1, s.h, n, false);
     route(s.router, n, L.exp_probs_b);
-    if (L.gate_shexp.rows > 0) {  // x += the shared experts' output (deepseek2)
-        be->glu(Glu::Silu, L.gate_shexp, L.up_shexp, s.h, s.ff, n);
-        const WeightRef * wd = &L.down_shexp;
-        be->matmul(&wd, &s.x, 1, s.ff, n, true);
-    }
     run_experts(be, L, s, n, c.swiglu_oai ? Glu::SwigluOai : Glu::Silu);
 }
 
