@@ -235,3 +235,21 @@ def test_state_round_trip_and_refusals(files):
         _core.Model(str(path), n_ctx=64, n_threads=1).imatrix_start()
     with pytest.raises(Error, match="LoRA adapters are not supported on a deepseek2 model"):
         _core.Model(str(path), n_ctx=64, n_threads=1, loras=[("adapter.gguf", 1.0)])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_placement_counts_every_weight(files, name):
+    """model.placement's bytes of each block are the file's bytes of its tensors (gguf-py's reader):
+    the latent attention's matrices, its norms, the selection bias and the shared experts too."""
+    import re
+
+    import gguf
+
+    _, path, _ = files[name]
+    per_block: dict[str, int] = {}
+    for t in gguf.GGUFReader(path).tensors:
+        if m := re.match(r"(blk\.\d+)\.", t.name):
+            per_block[m.group(1)] = per_block.get(m.group(1), 0) + int(t.n_bytes)
+    with Model(path, n_ctx=64, n_threads=2) as model:
+        got = {p["name"]: p["weight_bytes"] for p in model.placement if p["name"].startswith("blk.")}
+    assert got == per_block

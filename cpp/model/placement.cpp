@@ -23,7 +23,8 @@ double mib(size_t n) { return double(n) / 1048576.0; }
 
 // Calls f(pointer, floats) on each norm vector a layer has: input norms, query and key norms (per
 // head: qwen3, gemma3; whole projections: olmo2), post-norms (gemma2/3, olmo2), an encoder's
-// LayerNorms with their biases, gpt-oss's sinks, qwen2moe's shared-expert gate, bitnet's sub-norms.
+// LayerNorms with their biases, gpt-oss's sinks, qwen2moe's shared-expert gate, bitnet's sub-norms,
+// deepseek2's latent norms and selection bias, lfm2's convolution kernels.
 template <class L_, class F>
 void for_norms(L_ & L, const Config & c, F && f) {
     const int64_t qn = c.q_norm_len(), kn = c.k_norm_len();
@@ -36,7 +37,10 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.ffn_sub_norm, int64_t(c.n_ff)},
                         {&L.ple_post_norm, int64_t(c.n_embd)}, {&L.router_w, int64_t(c.n_embd)},
                         {&L.ffn_pre_norm_2, int64_t(c.n_embd)}, {&L.ffn_post_norm_1, int64_t(c.n_embd)},
-                        {&L.ffn_post_norm_2, int64_t(c.n_embd)}, {&L.down_exps_scale, int64_t(c.n_expert)}})
+                        {&L.ffn_post_norm_2, int64_t(c.n_embd)}, {&L.down_exps_scale, int64_t(c.n_expert)},
+                        {&L.q_a_norm, int64_t(c.q_lora_rank)}, {&L.kv_a_norm, int64_t(c.kv_lora_rank)},
+                        {&L.exp_probs_b, int64_t(c.n_expert)},
+                        {&L.conv_kernel, int64_t(c.conv_l_cache) * c.n_embd}})
         if (*p) f(*p, n);
 }
 
@@ -59,7 +63,8 @@ void for_lora(const LayerWeights & L, const LoraTable & lora, F && f) {
 size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
     size_t bytes = sizeof(float) * norm_floats(L, c);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
-                                &L.up_exps, &L.down_exps, &L.ple_gate, &L.ple_proj})
+                                &L.up_exps, &L.down_exps, &L.ple_gate, &L.ple_proj, &L.wq_a, &L.wq_b, &L.wkv_a,
+                                &L.wk_b, &L.wv_b, &L.wkv_b, &L.conv_in, &L.conv_out})
         bytes += w->bytes_with_bias();
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += t.a.nbytes() + t.b.nbytes(); });
     return bytes;
