@@ -23,6 +23,7 @@ def _llama_cpp_without_amx() -> None:
     if " amx_int8" not in flags and " amx_tile" not in flags:
         return
     try:
+        import llama_cpp
         import llama_cpp.llama_cpp as lib
     except ImportError:
         return
@@ -36,7 +37,10 @@ def _llama_cpp_without_amx() -> None:
         return p
 
     params._splitllm_no_amx = True  # type: ignore[attr-defined]
+    # both names: the package re-exports the module's functions (`from .llama_cpp import *`), and
+    # tests that drive the low-level API call them through the package
     lib.llama_model_default_params = params
+    llama_cpp.llama_model_default_params = params
 
 
 _llama_cpp_without_amx()
