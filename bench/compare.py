@@ -168,7 +168,7 @@ def run_splitllm(
 class LlamaCpp:
     """llama.cpp through llama-cpp-python's low-level bindings, timed like splitllm-bench."""
 
-    def __init__(self, *, flash_attn: bool = False, seed: int = 0) -> None:
+    def __init__(self, *, flash_attn: bool = False, seed: int = 0, no_repack: bool = False) -> None:
         try:
             import llama_cpp
         except ImportError as e:
@@ -181,6 +181,7 @@ class LlamaCpp:
         self.version = getattr(llama_cpp, "__version__", "?")
         self.flash_attn = flash_attn
         self.seed = seed
+        self.no_repack = no_repack
 
     def run(
         self, model_path: Path, tests: list[Test], *, threads: int, n_gpu_layers: int, reps: int, n_batch: int
@@ -188,6 +189,7 @@ class LlamaCpp:
         ll = self.lib
         mp = ll.llama_model_default_params()
         mp.n_gpu_layers = 999 if n_gpu_layers < 0 or n_gpu_layers >= 99 else n_gpu_layers
+        mp.use_extra_bufts = not self.no_repack
         model = ll.llama_model_load_from_file(str(model_path).encode(), mp)
         if not model:
             raise RuntimeError(f"llama.cpp could not load {model_path}")
@@ -407,11 +409,36 @@ def int_list(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of integers") from None
 
 
+def cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_int8" in flags or " amx_tile" in flags
+
+
+def no_repack(choice: str) -> bool:
+    """--no-repack: "auto" is on where the CPU has AMX, where llama-cpp-python 0.3.36's AMX buffer
+    type (a repacked weight layout) crashes in ggml_backend_amx_mul_mat on the first quantized
+    matmul; its plain AVX-512 kernels then run, as llama-bench's -nr 1 runs them."""
+    return cpu_has_amx() if choice == "auto" else choice == "1"
+
+
+def repack_note(on: bool) -> str:
+    amx = " (this CPU has AMX, where llama.cpp's AMX buffer type crashes)" if on and cpu_has_amx() else ""
+    return f"llama.cpp weight repacking (extra buffer types) {'off' if on else 'on'}{amx}"
+
+
 def add_bench_options(ap: argparse.ArgumentParser) -> None:
-    """Options shared with quality.py: repetitions, batch, flash attention, the binary."""
+    """Options shared with quality.py: repetitions, batch, flash attention, repacking, the binary."""
     ap.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default 5)")
     ap.add_argument("-b", "--batch-size", type=int, default=512, help="n_batch = n_ubatch (default 512)")
     ap.add_argument("--flash-attn", action="store_true", help="flash attention on in llama.cpp")
+    ap.add_argument(
+        "-nr", "--no-repack", choices=("auto", "0", "1"), default="auto",
+        help="llama.cpp without its repacked weight layouts (llama-bench's -nr); auto: on where the "
+        "CPU has AMX, whose llama.cpp path crashes (default auto)",
+    )  # fmt: skip
     ap.add_argument("--bench", type=Path, default=None, help="the splitllm-bench binary (default: found)")
 
 
@@ -445,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     tests = make_tests(args.n_prompt, args.n_gen, args.n_depth)
     if not tests:
         ap.error("nothing to run: -p and -n are both 0")
-    llama = LlamaCpp(flash_attn=args.flash_attn)
+    llama = LlamaCpp(flash_attn=args.flash_attn, no_repack=no_repack(args.no_repack))
     if args.plot:  # fail before the measurements, not after
         try:
             import matplotlib  # noqa: F401
@@ -469,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             f"method: random tokens, n_batch = n_ubatch = {args.batch_size}, one warm-up then "
             f"{args.repetitions} repetitions; the engines run one after the other, never at once; "
             f"llama.cpp flash attention {fa}",
+            repack_note(llama.no_repack),
         ]
         text = header("splitllm vs llama.cpp: tokens/s", load=load, build=build, llama_version=llama.version,
                       extra=notes)  # fmt: skip

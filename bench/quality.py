@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     needs = [t for t in args.types if needs_imatrix(t)]
     if needs and not args.imatrix:
         ap.error(f"{', '.join(needs)} need an importance matrix: add --imatrix")
-    llama = C.LlamaCpp(flash_attn=args.flash_attn)  # fails early when llama-cpp-python is missing
+    # (fails early when llama-cpp-python is missing)
+    llama = C.LlamaCpp(flash_attn=args.flash_attn, no_repack=C.no_repack(args.no_repack))
 
     load_before = C.loadavg()
     text = args.text.read_text(encoding="utf-8", errors="replace")
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         f"speed: tokens/s, mean ± std over {args.repetitions} repetition(s) after one warm-up, "
         f"{args.threads} threads, random tokens, n_batch = n_ubatch = {args.batch_size}; "
         f"ratio: splitllm / llama.cpp; engines one after the other; llama.cpp flash attention {fa}",
+        C.repack_note(llama.no_repack),
     ]
     report = C.header("Quantization quality and speed: SmolLM2-135M", load=load, build=build,
                       llama_version=llama.version, extra=notes)  # fmt: skip
