@@ -71,6 +71,8 @@ struct AttnParams {
     // Query heads of the layer (0: the backend's); when set, the head size is the cache's
     // (KVLayout::head_dim): layers of other shapes (gemma4). CPU backend only.
     int n_head = 0;
+    // llama4's chunked layers: a query at position p sees cells [p - p % window, p]. CPU backend only.
+    bool chunked = false;
 };
 
 // Throws unless a ring cache (kv.ring) can take a batch: a window, and per slot the batch's

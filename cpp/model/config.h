@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4
+    Bitnet, Gemma4, Llama4
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -45,7 +45,7 @@ struct Config {
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
-                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
+                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4", "llama4"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -189,6 +189,17 @@ struct Config {
     // earlier layer of its kind (sliding or global; gemma4's shared_kv_layers). 0: every layer has one.
     int n_layer_kv = 0;
     int n_embd_per_layer = 0;   // gemma4 E2B / E4B: width of each layer's token embedding (0: none)
+    // Llama 4 (model/llama4.cpp): block l has experts when (l + 1) % moe_layer_step == 0 (0: none),
+    // a dense feed-forward otherwise; the chosen experts' router weights scale their input instead
+    // of their output (moe_weight_input); the sliding layers attend within their chunk of n_swa
+    // positions (swa_chunked: pos - pos % n_swa on); the rotated query and key heads are RMS-normed
+    // without a weight (qk_l2_norm); the queries of the NoPE layers are multiplied by
+    // 1 + nope_temp_scale * ln(floor((pos + 1) / attn_temp_floor) + 1) (0: not).
+    int moe_layer_step = 0;
+    bool moe_weight_input = false;
+    bool swa_chunked = false;
+    bool qk_l2_norm = false;
+    float nope_temp_scale = 0.0f;
 
     int n_gqa() const { return n_head / n_head_kv; }
     // Widths of the queries, keys, values and attention outputs (the widest layer's with per-layer
@@ -215,7 +226,8 @@ struct Config {
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
     bool rotates(int l) const { return nope_layers.empty() || nope_layers[size_t(l)] == 0; }
     bool is_conv(int l) const { return !conv_layers.empty() && conv_layers[size_t(l)] != 0; }
-    bool recurrent() const { return !conv_layers.empty(); }  // a per-sequence state beside the KV cache
+    bool recurrent() const { return !conv_layers.empty(); }
+    bool moe_step_layer(int l) const { return moe_layer_step > 0 && (l + 1) % moe_layer_step == 0; }  // (llama4)  // a per-sequence state beside the KV cache
     // Inverse frequency i of the rotation (of the sliding-window layers with swa), before any
     // frequency factors: freq_scale * base^(-2i / n_rot), or with YaRN base^(-2i / n_rot) times
     // freq_scale (1 - r) + r, r = ext_factor * ramp_i.

@@ -20,4 +20,8 @@ std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, in
 // The flags, or none at all when no layer slides.
 std::vector<uint8_t> any_swa(std::vector<uint8_t> swa);
 
+struct Config;
+// Llama 4's settings (model/llama4.cpp).
+void read_llama4(const GGUFFile & f, Config & c);
+
 }  // namespace sl

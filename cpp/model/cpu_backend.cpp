@@ -460,8 +460,11 @@ void CpuBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, 
     const int64_t n_tasks = int64_t(n_chunks) * n_kv_h;
     const float scale = p.scale > 0 ? p.scale : 1.0f / std::sqrt(float(hd));
     const float cap = p.softcap;
-    // Query token t sees cells [lo(t), pos_t]: everything, or the last `window` positions.
-    auto first_seen = [&](int t) { return p.window > 0 ? std::max(0, pos_[t] - p.window + 1) : 0; };
+    // Query token t sees cells [lo(t), pos_t]: everything, the last `window` positions, or its chunk.
+    auto first_seen = [&](int t) {
+        if (p.chunked) return pos_[t] - pos_[t] % p.window;  // (llama4: the query's chunk)
+        return p.window > 0 ? std::max(0, pos_[t] - p.window + 1) : 0;
+    };
     next_chunk_.store(pool_.size(), std::memory_order_relaxed);
 
     pool_.run([&](int ith, int nth) {

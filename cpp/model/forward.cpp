@@ -85,6 +85,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 }
                 const bool swa = c.is_swa(l);
                 if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
+                if (c.arch == Arch::Llama4) llama4_qk(be, l, s, n, pos);  // (q / k L2 norms, or temperature)
                 // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
                 // the output, a mix of rotated values, is rotated back.
                 if (rotate_k) {
@@ -92,7 +93,8 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                     be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
                 }
                 if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
-                const AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0, L.attn_sinks};
+                AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0, L.attn_sinks};
+                ap.chunked = swa && c.swa_chunked;
                 if (kv_backend_[l] == be)
                     be->attention(layer_kv(l), k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
                 else

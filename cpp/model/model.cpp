@@ -207,6 +207,7 @@ void Model::load_weights() {
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
         const bool moe = c.arch == Arch::DeepSeek2 ? l >= c.n_layer_dense_lead
+                         : c.arch == Arch::Llama4  ? c.moe_step_layer(l)
                                                    : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
         if (moe) {
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
@@ -603,6 +604,7 @@ void Model::allocate_state() {
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
     }
+    if (c.qk_l2_norm) ones_.assign(size_t(c.head_dim), 1.0f);  // (llama4's weightless q / k norms)
     if (c.arch == Arch::Gemma4) {
         ones_.assign(size_t(c.max_head_dim()), 1.0f);
         ple_.assign(2 * nb * size_t(c.n_layer) * size_t(c.n_embd_per_layer), 0.0f);  // (and a work half)

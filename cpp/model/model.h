@@ -469,6 +469,9 @@ private:
     std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
     std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm
     std::vector<float> ple_;   // (2, n_batch, n_layer * n_embd_per_layer) per-layer inputs of a batch, work
+    // llama4.cpp: after the rotation, the L2 norms of a rotating layer's q / k heads, or the
+    // temperature of a NoPE layer's queries (on the CPU).
+    void llama4_qk(Backend * be, int l, Scratch & s, int n, const int32_t * pos);
     // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU),
     // and the shared experts' output if any. route: the picks and weights of n tokens' logits
     // (bias: deepseek2's selection bias, or null).

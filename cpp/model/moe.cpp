@@ -140,18 +140,36 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
     const int k = c.n_expert_used;
     const int l = int(&L - w_.layers.data());
     const bool fused = L.up_exps.rows == 0;  // (gemma4's ffn_gate_up_exps: each expert's gate rows, then its up rows)
+    // llama4: each chosen expert reads weight * h and its output is added as it is
+    const bool scale_in = c.moe_weight_input;
+    const float * in = s.h;
+    const float * weights = routes_.weight.data();
+    const size_t row = size_t(c.n_embd);
+    if (scale_in && k == 1 && !imx_) {  // (one expert a token: its scaled input a row of moe_in, weights 1)
+        for (int t = 0; t < n; ++t) {
+            const float w = routes_.weight[size_t(t)];
+            for (size_t i = 0; i < row; ++i) s.moe_in[t * row + i] = w * s.h[t * row + i];
+            s.router[t] = 1.0f;  // (the router's logits are spent)
+        }
+        in = s.moe_in;
+        weights = s.router;
+    }
     // (importance-matrix collection needs each expert's inputs: the grouped path below)
     const WeightRef up_exps = fused ? row_slice(L.gate_exps, c.n_ff_exp, L.gate_exps.rows - c.n_ff_exp) : L.up_exps;
-    if (!imx_ && be == static_cast<Backend *>(cpu_.get()) &&
-        cpu_->moe_small(act, L.gate_exps, up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
-                        routes_.weight.data(), k, s.x))
+    if (!imx_ && (!scale_in || k == 1) && be == static_cast<Backend *>(cpu_.get()) &&
+        cpu_->moe_small(act, L.gate_exps, up_exps, L.down_exps, c.n_expert, in, n, routes_.pick.data(), weights, k,
+                        s.x))
         return;
-    const size_t row = size_t(c.n_embd);
     for (int e = 0; e < c.n_expert; ++e) {
         const int b = routes_.start[e], m = routes_.start[e + 1] - b;
         if (m == 0) continue;
-        for (int j = 0; j < m; ++j)  // gather the tokens routed to e
-            std::memcpy(s.moe_in + j * row, s.h + size_t(routes_.order[b + j] / k) * row, row * sizeof(float));
+        for (int j = 0; j < m; ++j) {  // gather the tokens routed to e (llama4: times their weights)
+            const int entry = routes_.order[b + j];
+            float * dst = s.moe_in + j * row;
+            std::memcpy(dst, s.h + size_t(entry / k) * row, row * sizeof(float));
+            if (scale_in)
+                for (size_t i = 0; i < row; ++i) dst[i] *= routes_.weight[size_t(entry)];
+        }
         const WeightRef gate = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e, c.n_ff_exp)
                                      : expert_slice(L.gate_exps, e, c.n_expert);
         const WeightRef up = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e + c.n_ff_exp, c.n_ff_exp)
@@ -167,7 +185,7 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
         be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
         for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
             const int entry = routes_.order[b + j];
-            const float w = routes_.weight[entry];
+            const float w = scale_in ? 1.0f : routes_.weight[entry];
             float * x = s.x + size_t(entry / k) * row;
             const float * y = s.moe_out + j * row;
             for (size_t i = 0; i < row; ++i) x[i] += w * y[i];
