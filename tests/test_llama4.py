@@ -233,3 +233,14 @@ def test_blocks_stay_on_the_cpu(tmp_path, monkeypatch):
     assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
     np.testing.assert_allclose(run(m), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_plan_counts_every_weight(tmp_path):
+    """splitllm.plan's weights are the file's tensors (the experts, the shared expert, the dense
+    blocks' feed-forward), to within the few floats left out."""
+    from splitllm.plan import plan
+
+    path, _ = written(tmp_path, dataclasses.replace(CASES["interleaved"], n_ff_exp=64), weight_type="Q8_0")
+    tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+    weights = plan(path, n_ctx=64, n_batch=4, cpu_memory="1GiB").device("CPU").weights
+    assert abs(weights - tensor_bytes) < 0.002 * tensor_bytes

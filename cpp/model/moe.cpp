@@ -81,6 +81,7 @@ void Model::route(const float * logits, int n, const float * bias) {
             for (int e = 0; e < ne; ++e) r.probs[e] = float(std::exp(double(z[e]) - zmax) / sum);
         }
         for (int e = 0; e < ne; ++e) r.sel[e] = bias ? r.probs[e] + bias[e] : r.probs[e];
+        if (c.moe_weight_input) std::copy(z, z + ne, r.sel.begin());  // (llama4: by the logits, as llama.cpp)
         if (c.n_expert_groups > 1) mask_groups(c, r.sel.data(), r.group.data(), r.idx.data());
         for (int e = 0; e < ne; ++e) r.idx[e] = e;
         std::partial_sort(r.idx.begin(), r.idx.begin() + k, r.idx.end(), [&](int a, int b) {
