@@ -23,16 +23,9 @@ from lcpp import llama_cpp_logits
 from splitllm import Model
 from splitllm_convert import convert
 from splitllm_convert.errors import ConvertError
-from tiny_llama4 import Llama4Config, reference_logits
+from tiny_llama4 import LLAMA3, Llama4Config, reference_logits
 
 IDS = [(7 * i + 3) % 300 for i in range(24)]
-LLAMA3 = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 64,
-}
 
 
 def text_config(**over: Any) -> dict[str, Any]:
@@ -164,22 +157,17 @@ def as_gguf(
     return {n: x.astype(np.float64) for n, x in g.items()}
 
 
+# the reference's settings from Llama4TextConfig's keys
+_REF_KEYS = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
+             "n_head_kv": "num_key_value_heads", "n_ff": "intermediate_size_mlp",
+             "n_ff_exp": "intermediate_size",
+             "n_expert": "num_local_experts", "n_expert_used": "num_experts_per_tok",
+             "moe_step": "interleave_moe_layer_step", "n_vocab": "vocab_size", "rope_base": "rope_theta",
+             "rms_eps": "rms_norm_eps", "rope_scaling": "rope_scaling"}  # fmt: skip
+
+
 def ref_config(text: dict[str, Any]) -> Llama4Config:
-    return Llama4Config(
-        n_layer=text["num_hidden_layers"],
-        n_embd=text["hidden_size"],
-        n_head=text["num_attention_heads"],
-        n_head_kv=text["num_key_value_heads"],
-        n_ff=text["intermediate_size_mlp"],
-        n_ff_exp=text["intermediate_size"],
-        n_expert=text["num_local_experts"],
-        n_expert_used=text["num_experts_per_tok"],
-        moe_step=text["interleave_moe_layer_step"],
-        n_vocab=text["vocab_size"],
-        rope_base=text["rope_theta"],
-        rms_eps=text["rms_norm_eps"],
-        rope_scaling=text["rope_scaling"],
-    )
+    return Llama4Config(**{field: text[key] for field, key in _REF_KEYS.items()})
 
 
 CASES: dict[str, dict[str, Any]] = {

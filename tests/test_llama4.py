@@ -16,18 +16,18 @@ import gguf
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
-from splitllm import GGUFError, Model, _core
-from tiny_llama4 import Llama4Config, make_weights, reference_logits, reference_states, write_llama4_gguf
+from splitllm import GGUFError, Model
+from tiny_llama4 import (
+    LLAMA3,
+    Llama4Config,
+    make_weights,
+    reference_logits,
+    reference_states,
+    write_llama4_gguf,
+)
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2  # 32 positions
-LLAMA3 = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 64,
-}  # (a window that makes every kind of frequency)
 
 CASES = {
     # Maverick's pattern in small: experts in every second block; llama3 rope factors
@@ -205,13 +205,12 @@ def test_placement_counts_every_weight(tmp_path):
     """model.placement's bytes of each block are the file's bytes of its tensors (gguf-py's
     reader): the router, the experts and the shared expert, or the dense feed-forward."""
     path, _ = written(tmp_path, dataclasses.replace(CASES["interleaved"], n_ff_exp=64), weight_type="Q8_0")
-    per_block: dict[str, int] = {}
-    for t in gguf.GGUFReader(path).tensors:
-        if m := re.match(r"(blk\.\d+)\.", t.name):
-            per_block[m.group(1)] = per_block.get(m.group(1), 0) + int(t.n_bytes)
+    tensors = gguf.GGUFReader(path).tensors
     with Model(path, n_ctx=64, n_threads=2) as model:
-        got = {p["name"]: p["weight_bytes"] for p in model.placement if p["name"].startswith("blk.")}
-    assert got == per_block
+        for part in model.placement:
+            if part["name"].startswith("blk."):
+                mine = [int(t.n_bytes) for t in tensors if t.name.startswith(part["name"] + ".")]
+                assert part["weight_bytes"] == sum(mine), part["name"]
 
 
 def test_blocks_stay_on_the_cpu(tmp_path, monkeypatch):
@@ -222,17 +221,15 @@ def test_blocks_stay_on_the_cpu(tmp_path, monkeypatch):
     cfg = CASES["interleaved"]
     path, _ = written(tmp_path, cfg)
     prompt = [(7 * i + 3) % cfg.n_vocab for i in range(40)]
-
-    def run(m: _core.Model) -> np.ndarray:
-        a = m.decode(np.asarray(prompt, np.int32), np.arange(40, dtype=np.int32), np.zeros(40, np.int32))
-        b = m.decode(np.asarray([5], np.int32), np.asarray([40], np.int32), np.zeros(1, np.int32))
-        return np.concatenate([a, b])
-
-    want = run(_core.Model(path, n_ctx=64, n_threads=1, op_offload=False))
-    m = _core.Model(path, n_ctx=64, n_threads=1, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
-    assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
-    np.testing.assert_allclose(run(m), want, rtol=0, atol=1e-4 * np.abs(want).max())
+    with Model(path, n_ctx=64, n_threads=1, op_offload=False) as m:
+        want = np.concatenate([m.logits(prompt), m.eval_prompt(prompt + [5])[None]])
+    with pytest.warns(RuntimeWarning, match="mixture-of-experts") as caught:
+        m = Model(path, n_ctx=64, n_threads=1, n_gpu_layers=-1)
+    with m:
+        assert len(caught) == 1
+        assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
+        got = np.concatenate([m.logits(prompt), m.eval_prompt(prompt + [5])[None]])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
 def test_plan_counts_every_weight(tmp_path):

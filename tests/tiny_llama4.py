@@ -23,6 +23,9 @@ import numpy as np
 from tiny_model import TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
 Weights = dict[str, np.ndarray]
+# transformers' llama3 rope scaling with a window that gives every kind of frequency a tiny head has
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}  # fmt: skip
 
 
 @dataclass
