@@ -26,8 +26,19 @@ class Lfm2Config(TinyConfig):
     rope_base: float = 1000000.0
     tied_output: bool = True  # (LFM2's lm_head is tied to its embeddings)
 
+    # lfm2moe (transformers' Lfm2MoeConfig): experts from layer n_dense on (num_dense_layers), each
+    # n_ff_exp wide (moe_intermediate_size), n_expert_used of n_expert chosen by sigmoid(router
+    # logits) + expert_bias, weighed by those sigmoids renormalized (norm_topk_prob); softmax
+    # gating, no renormalization: the reference only (models to tell apart)
+    n_dense: int = 0
+    softmax_gating: bool = False
+    renorm: bool = True
+
     def is_conv(self, layer: int) -> bool:
         return self.layer_types[layer] == "conv"
+
+    def moe(self, layer: int) -> bool:
+        return self.n_expert > 0 and layer >= self.n_dense
 
 
 def make_lfm2_weights(cfg: Lfm2Config) -> TinyModel:
@@ -59,6 +70,14 @@ def make_lfm2_weights(cfg: Lfm2Config) -> TinyModel:
             w[b + "attn_k_norm.weight"] = norm(hd)
             w[b + "attn_output.weight"] = mat(e, cfg.n_head * hd)
         w[b + "ffn_norm.weight"] = norm(e)
+        if cfg.moe(i):  # (lfm2moe) the router, its selection bias (expert_bias), the experts' w1, w3, w2
+            fx = cfg.ff_exp
+            w[b + "ffn_gate_inp.weight"] = 2 * mat(cfg.n_expert, e)
+            w[b + "exp_probs_b.bias"] = 0.3 * rng.normal(size=cfg.n_expert)
+            w[b + "ffn_gate_exps.weight"] = np.stack([mat(fx, e) for _ in range(cfg.n_expert)])
+            w[b + "ffn_up_exps.weight"] = np.stack([mat(fx, e) for _ in range(cfg.n_expert)])
+            w[b + "ffn_down_exps.weight"] = np.stack([mat(e, fx) for _ in range(cfg.n_expert)])
+            continue
         w[b + "ffn_gate.weight"] = mat(cfg.n_ff, e)  # (w1)
         w[b + "ffn_up.weight"] = mat(cfg.n_ff, e)  # (w3)
         w[b + "ffn_down.weight"] = mat(e, cfg.n_ff)  # (w2)
@@ -75,9 +94,13 @@ def write_lfm2_gguf(cfg: Lfm2Config, path: Path, *, metadata: dict[str, Any] | N
     per_layer = [0 if cfg.is_conv(i) else cfg.n_head_kv for i in range(cfg.n_layer)]
     model = make_lfm2_weights(cfg)
     model.cfg = replace(cfg, n_head_kv=per_layer)  # type: ignore[arg-type]  (the writer's add_head_count_kv)
-    meta = {"lfm2.shortconv.l_cache": cfg.l_cache, **(metadata or {})}
-    if meta["lfm2.shortconv.l_cache"] is None:  # (a file without it: never written)
-        del meta["lfm2.shortconv.l_cache"]
+    a = cfg.arch + "."
+    own = {a + "shortconv.l_cache": cfg.l_cache}
+    if cfg.arch == "lfm2moe":  # (LFM2MoeModel's keys; sigmoid gating)
+        own.update({a + "leading_dense_block_count": cfg.n_dense, a + "expert_gating_func": 2})
+    meta = {**own, **(metadata or {})}
+    for key in [k for k in own if meta[k] is None]:  # (a file without it: never written)
+        del meta[key]
     return write_gguf(model, path, metadata=meta, **kw)
 
 
@@ -120,6 +143,27 @@ def _attention(cfg: Lfm2Config, w: dict[str, np.ndarray], b: str, h: np.ndarray,
     return att.reshape(n, -1) @ w[b + "attn_output.weight"].T
 
 
+def _experts(cfg: Lfm2Config, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
+    """Lfm2MoeSparseMoeBlock: scores sigmoid(gate h) (route_tokens_to_experts), the top k of scores
+    + expert_bias chosen, their scores / (sum + 1e-6) (norm_topk_prob) times routed_scaling_factor
+    (1) weighing the experts' w2(silu(w1 h) * w3 h)."""
+    z = h @ w[b + "ffn_gate_inp.weight"].T
+    if cfg.softmax_gating:
+        p = np.exp(z - z.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+    else:
+        p = 1 / (1 + np.exp(-z))
+    top = np.argsort(-(p + w[b + "exp_probs_b.bias"]), axis=-1, kind="stable")[:, : cfg.n_expert_used]
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        weights = p[t, top[t]] / (p[t, top[t]].sum() + 1e-6) if cfg.renorm else p[t, top[t]]
+        for x, wt in zip(top[t], weights, strict=True):
+            g = h[t] @ w[b + "ffn_gate_exps.weight"][x].T
+            u = h[t] @ w[b + "ffn_up_exps.weight"][x].T
+            out[t] += wt * ((g / (1 + np.exp(-g)) * u) @ w[b + "ffn_down_exps.weight"][x].T)
+    return out
+
+
 def lfm2_reference_logits(cfg: Lfm2Config, w: dict[str, np.ndarray], tokens: list[int], *,
                           kv_f16: bool = True) -> np.ndarray:
     """float64 Lfm2ForCausalLM over tokens at positions 0..n-1: logits (n, n_vocab). Each layer:
@@ -131,6 +175,9 @@ def lfm2_reference_logits(cfg: Lfm2Config, w: dict[str, np.ndarray], tokens: lis
         h = _rmsnorm(cfg, x, w[b + "attn_norm.weight"])
         x = x + (short_conv(cfg, w, b, h) if cfg.is_conv(i) else _attention(cfg, w, b, h, kv_f16))
         h = _rmsnorm(cfg, x, w[b + "ffn_norm.weight"])
+        if cfg.moe(i):
+            x = x + _experts(cfg, w, b, h)
+            continue
         g, u = h @ w[b + "ffn_gate.weight"].T, h @ w[b + "ffn_up.weight"].T
         x = x + (g / (1 + np.exp(-g)) * u) @ w[b + "ffn_down.weight"].T
     x = _rmsnorm(cfg, x, w["token_embd_norm.weight"])

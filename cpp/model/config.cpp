@@ -49,6 +49,7 @@ constexpr ArchTraits kArchs[] = {
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
     {"llama4",     Arch::Llama4,    false, false, false, false},  // (text only; model/llama4.cpp)
+    {"lfm2moe",    Arch::Lfm2Moe,   true,  false, true,  false},  // (lfm2's layers, experts: read_lfm2)
 };
 
 std::string supported_archs() {
@@ -416,7 +417,7 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
         if (!e.is_integer())
             throw GGUFError(strfmt("%s: metadata '%s' must hold integers", f.path().c_str(), key.c_str()));
         const int64_t k = e.num.i64;  // (small values read alike as signed or unsigned)
-        if (k == 0 && c.arch == Arch::Lfm2) {
+        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::Lfm2Moe)) {
             conv[size_t(l)] = 1;
             continue;
         }
@@ -430,10 +431,19 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
     return n_kv > 0 ? n_kv : c.n_head;  // (no attention layer: no cache either)
 }
 
-// lfm2 (llama.cpp's llama_model_lfm2): the convolution's length; no sliding window.
+// lfm2 (llama.cpp's llama_model_lfm2): the convolution's length; no sliding window. lfm2moe
+// (llama_model_lfm2moe, LFM2-8B-A1B): experts from block leading_dense_block_count on, chosen by
+// their sigmoid (or softmax) scores plus exp_probs_b, weighed by the scores renormalized.
 void read_lfm2(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
     c.conv_l_cache = get_dim(f, a + "shortconv.l_cache", 2, 1024);
+    if (c.arch == Arch::Lfm2Moe) {
+        const std::string lead = a + "leading_dense_block_count";
+        c.n_layer_dense_lead = f.find(lead) ? get_dim(f, lead, 0, c.n_layer) : 0;
+        const int gating = get_dim(f, a + "expert_gating_func", 1, 2);  // (1 softmax, 2 sigmoid)
+        c.moe_sigmoid = gating == 2;
+        c.expert_weights_norm = true;  // (llama.cpp's norm_w, whatever the key)
+    }
     if (c.q_dim() != c.n_embd)  // (the convolution's output shares the attention's buffer; llama.cpp's too)
         throw GGUFError(strfmt("%s: lfm2 needs head_count x head size = embedding_length (%d x %d != %d)",
                                f.path().c_str(), c.n_head, c.head_dim, c.n_embd));
@@ -545,7 +555,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe ||
-                         c.arch == Arch::Llama4;  // (and a feed_forward_length)
+                         c.arch == Arch::Llama4 || c.arch == Arch::Lfm2Moe;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else {
@@ -635,7 +645,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
-    if (c.arch == Arch::Lfm2) read_lfm2(f, c);
+    if (c.arch == Arch::Lfm2 || c.arch == Arch::Lfm2Moe) read_lfm2(f, c);
     if (c.arch == Arch::Llama4) read_llama4(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)

@@ -115,7 +115,8 @@ void Model::load_weights() {
     const bool embedding_only = c.arch == Arch::GemmaEmbedding;
     if (c.encoder && !embedding_only) return load_encoder_weights();
     // (lfm2's final norm is token_embd_norm, as its converter names it)
-    w_.output_norm = vector_f32(f, c, c.arch == Arch::Lfm2 ? "token_embd_norm.weight" : "output_norm.weight", c.n_embd);
+    const bool lfm2 = c.arch == Arch::Lfm2 || c.arch == Arch::Lfm2Moe;
+    w_.output_norm = vector_f32(f, c, lfm2 ? "token_embd_norm.weight" : "output_norm.weight", c.n_embd);
     if (embedding_only) load_dense();
     if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Cohere2) &&
         f.find_tensor("output.weight"))  // as llama.cpp
@@ -206,7 +207,7 @@ void Model::load_weights() {
         // deepseek2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
-        const bool moe = c.arch == Arch::DeepSeek2 ? l >= c.n_layer_dense_lead
+        const bool moe = c.arch == Arch::DeepSeek2 || c.arch == Arch::Lfm2Moe ? l >= c.n_layer_dense_lead
                          : c.arch == Arch::Llama4  ? c.moe_step_layer(l)
                                                    : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
         if (moe) {
@@ -226,7 +227,8 @@ void Model::load_weights() {
                 L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
-            if (f.find_tensor(b + "exp_probs_b.bias")) L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
+            if (f.find_tensor(b + "exp_probs_b.bias") || c.arch == Arch::Lfm2Moe)  // (lfm2moe: required)
+                L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
             L.w_gate = row_slice(gate_up, 0, c.n_ff);
