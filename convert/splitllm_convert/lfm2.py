@@ -7,12 +7,12 @@ squeezed to (hidden_size, conv_L_cache) and kept F32, the final norm as token_em
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFWriter
+from gguf import ExpertGatingFuncType, GGUFWriter
 
 from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _positive, _require
 from splitllm_convert.errors import ConvertError
@@ -145,3 +145,68 @@ class Lfm2(Architecture):
         w.add_layer_norm_rms_eps(float(self.cfg.get("norm_eps", 1e-5)))
         w.add_vocab_size(self.n_vocab)
         w.add_shortconv_l_cache(self.l_cache)
+
+
+class Lfm2Moe(Lfm2):
+    """Lfm2MoeForCausalLM (LFM2-8B-A1B), as llama.cpp's LFM2MoeModel writes it (``lfm2moe``): LFM2's
+    layers, the first ``num_dense_layers`` with the dense feed-forward (``intermediate_size`` wide,
+    TextModel's, not LFM2's adjusted width), the others with a router (feed_forward.gate), its
+    selection bias (expert_bias, as exp_probs_b.bias) and ``num_experts`` experts (w1, w3, w2) of
+    ``moe_intermediate_size``; sigmoid gating. Refused where llama.cpp runs otherwise: the chosen
+    experts' weights always renormalized (``norm_topk_prob``), never scaled (``routed_scaling_factor``),
+    and the bias required (``use_expert_bias``)."""
+
+    hf_names = ("Lfm2MoeForCausalLM",)
+    gguf_arch = "lfm2moe"
+    _E = _L + "feed_forward.experts.{xid}."
+    moe_rules = (
+        TensorRule(_L + "feed_forward.gate.weight", _B + "ffn_gate_inp.weight", ("n_expert", "embd")),
+        TensorRule(_L + "feed_forward.expert_bias", _B + "exp_probs_b.bias", ("n_expert",)),
+        TensorRule(_E + "w1.weight", _B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
+        TensorRule(_E + "w3.weight", _B + "ffn_up_exps.weight", ("ff_exp", "embd")),
+        TensorRule(_E + "w2.weight", _B + "ffn_down_exps.weight", ("embd", "ff_exp")),
+    )
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        plain = {k: v for k, v in cfg.items() if k not in ("block_ff_dim", "block_auto_adjust_ff_dim")}
+        super().__init__(plain, config_path)
+        n = self.n_dense = cfg.get("num_dense_layers", 0)
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= self.n_layer:
+            raise ConvertError(
+                f"{config_path}: 'num_dense_layers' must be an integer in [0, {self.n_layer}], got {n!r}"
+            )
+        for key, want, why in (
+            ("norm_topk_prob", True, "renormalizes the chosen experts' weights"),
+            ("use_expert_bias", True, "needs the experts' selection bias"),
+            ("routed_scaling_factor", 1.0, "does not scale the experts' weights"),
+        ):
+            if cfg.get(key, want) != want:
+                raise ConvertError(f"{config_path}: '{key}' is {cfg[key]!r}: llama.cpp's lfm2moe {why}")
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        n = _require(self.cfg, "num_experts", config_path)
+        used = _require(self.cfg, "num_experts_per_tok", config_path)
+        if used > n:
+            raise ConvertError(f"{config_path}: num_experts_per_tok {used} is more than num_experts {n}")
+        return n, used, _require(self.cfg, "moe_intermediate_size", config_path)
+
+    def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
+        dense = tuple(r for r in self.common if ".feed_forward." in r.hf)
+        rules = [r for r in self.rules if r not in dense]
+        for bid in range(self.n_layer):  # (each block's own kind of feed-forward)
+            for r in dense if bid < self.n_dense else self.moe_rules:
+                rules.append(TensorRule(r.hf.replace("{bid}", str(bid)), r.gguf.format(bid=bid), r.shape))
+        return tuple(rules), self.ignored
+
+    def hparams(self) -> HParams:
+        return HParams.of(self.gguf_arch, self.n_layer, self.n_head, self.head_count_kv()[0], self.n_expert)
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        w.add_leading_dense_block_count(self.n_dense)
+        w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
