@@ -227,8 +227,9 @@ struct Config {
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
     bool rotates(int l) const { return nope_layers.empty() || nope_layers[size_t(l)] == 0; }
     bool is_conv(int l) const { return !conv_layers.empty() && conv_layers[size_t(l)] != 0; }
-    bool recurrent() const { return !conv_layers.empty(); }
-    bool moe_step_layer(int l) const { return moe_layer_step > 0 && (l + 1) % moe_layer_step == 0; }  // (llama4)  // a per-sequence state beside the KV cache
+    bool recurrent() const { return !conv_layers.empty(); }  // a per-sequence state beside the KV cache
+    // llama4: whether block l has experts (every moe_layer_step-th)
+    bool moe_step_layer(int l) const { return moe_layer_step > 0 && (l + 1) % moe_layer_step == 0; }
     // Inverse frequency i of the rotation (of the sliding-window layers with swa), before any
     // frequency factors: freq_scale * base^(-2i / n_rot), or with YaRN base^(-2i / n_rot) times
     // freq_scale (1 - r) + r, r = ext_factor * ramp_i.

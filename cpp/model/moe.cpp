@@ -3,8 +3,9 @@
 // and their outputs are mixed by the router's softmax probabilities (renormalized over the chosen
 // ones when expert_weights_norm; gpt-oss: the softmax of the chosen ones' logits, and biases on
 // the router and the experts; deepseek2: sigmoid scores, a selection bias, group-limited choice,
-// scaled weights, shared experts). A few tokens go through the CPU backend's moe_small in one
-// pass; more are grouped by expert so that each expert runs once per batch, over all the tokens
+// scaled weights, shared experts; llama4: the top logits chosen, their sigmoids scaling the
+// experts' inputs; lfm2moe: deepseek2's sigmoid scores and bias without groups). A few tokens go
+// through the CPU backend's moe_small in one pass; more are grouped by expert so that each expert runs once per batch, over all the tokens
 // routed to it. Either way a token's expert outputs are added in the order of the experts'
 // indices, so both give the same sums. A shared expert (Qwen2-MoE, Granite MoE shared; deepseek2's
 // n_expert_shared of them, one matrix of their stacked rows) runs as the dense feed-forward of the
