@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 import tiny_lfm2
-from lcpp import llama_cpp_logits
+from lcpp import llama_cpp_greedy, llama_cpp_logits
 from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
@@ -66,13 +66,7 @@ def test_matches_llama_cpp(tmp_path, case):
         assert rel_err(m.logits(TOKENS), theirs) < 1e-3
         m.reset()
         got = list(itertools.islice(m.generate(TOKENS[:6], temp=0.0), 12))
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(path, n_ctx=64, verbose=False, n_threads=2)
-    try:
-        want = list(itertools.islice(llm.generate(TOKENS[:6], temp=0.0, top_k=1, reset=True), 12))
-    finally:
-        llm.close()
-    assert got == want
+    assert got == llama_cpp_greedy(path, TOKENS[:6], 12)
 
 
 @pytest.mark.reference
