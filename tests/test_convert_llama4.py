@@ -94,8 +94,12 @@ def weights(cfg: dict[str, Any], prefix: str, lm_head: str, *, seed: int = 0) ->
     return w
 
 
-def tiny_dir(d: Path, *, multimodal: bool, dtype: str = "f32", **over: Any) -> tuple[dict[str, Any], dict]:
-    """A checkpoint in ``d``; returns (the text config, its stored weights by GGUF-reference names)."""
+def tiny_dir(
+    d: Path, *, multimodal: bool, dtype: str = "f32", layout: str = "old", **over: Any
+) -> tuple[dict[str, Any], dict]:
+    """A checkpoint in ``d``; returns (the text config, its stored weights by GGUF-reference names).
+    ``layout`` of a multimodal one: "old" (language_model.model.), "new" (model.language_model.,
+    as transformers >= 4.52 saves such models)."""
     d.mkdir(parents=True, exist_ok=True)
     text = text_config(vocab_size=F.write_bpe_tokenizer(d, pre="llama-bpe"), **over)
     if multimodal:
@@ -105,15 +109,20 @@ def tiny_dir(d: Path, *, multimodal: bool, dtype: str = "f32", **over: Any) -> t
             "text_config": text,
             "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 32},
         }
-        prefix, lm_head = "language_model.model.", "language_model.lm_head.weight"
+        prefix, lm_head = (
+            ("language_model.model.", "language_model.lm_head.weight")
+            if layout == "old"
+            else ("model.language_model.", "lm_head.weight")
+        )
     else:
         cfg = {"architectures": ["Llama4ForCausalLM"], **text}
         prefix, lm_head = "model.", "lm_head.weight"
     F._write_json(d / "config.json", cfg)
     w = weights(text, prefix, lm_head)
     if multimodal:  # (left out by the converter)
-        w["vision_model.patch_embedding.linear.weight"] = np.ones((32, 48), np.float32)
-        w["multi_modal_projector.linear_1.weight"] = np.ones((64, 32), np.float32)
+        tower = "" if layout == "old" else "model."
+        w[tower + "vision_model.patch_embedding.linear.weight"] = np.ones((32, 48), np.float32)
+        w[tower + "multi_modal_projector.linear_1.weight"] = np.ones((64, 32), np.float32)
     stored = F.save_weights(d, w, dtype=dtype)
     return text, as_gguf(text, stored, prefix, lm_head)
 
@@ -172,6 +181,7 @@ def ref_config(text: dict[str, Any]) -> Llama4Config:
 
 CASES: dict[str, dict[str, Any]] = {
     "conditional-generation": {"multimodal": True},
+    "conditional-generation-new-layout": {"multimodal": True, "layout": "new"},
     "causal-lm-all-moe-4x2-tied-bf16": {
         "multimodal": False,
         "dtype": "bf16",

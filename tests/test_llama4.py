@@ -235,3 +235,18 @@ def test_plan_counts_every_weight(tmp_path):
     tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
     weights = plan(path, n_ctx=64, n_batch=4, cpu_memory="1GiB").device("CPU").weights
     assert abs(weights - tensor_bytes) < 0.002 * tensor_bytes
+
+
+def test_plan_kv_bytes_of_the_chunked_layers(tmp_path):
+    """Past the chunk plus a batch, the chunked layers' cache is a ring of 8192 + n_batch cells, the
+    NoPE layer's the whole context (f16 keys and values, 2 heads of 16); the plan's bytes are the
+    engine's."""
+    from splitllm.plan import plan
+
+    path, _ = written(tmp_path, CASES["interleaved"])
+    row = 2 * (2 * 16) * 2  # (k and v) x (2 heads x 16) x 2 bytes
+    want = {f"blk.{i}": (9000 if i == 3 else 8192 + 64) * row for i in range(4)}
+    p = plan(path, n_ctx=9000, n_batch=64, cpu_memory="1GiB")
+    assert {lp.name: lp.kv_bytes for lp in p.layers if lp.kv_bytes} == want
+    with Model(path, n_ctx=9000, n_batch=64, n_threads=1) as m:
+        assert sum(d["kv"] for d in m._core.memory) == sum(want.values())
