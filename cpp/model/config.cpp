@@ -48,6 +48,11 @@ constexpr ArchTraits kArchs[] = {
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
+    {"seed_oss",   Arch::SeedOss,   true,  false, false, false},  // (the rest: config_densevar.cpp)
+    {"apertus",    Arch::Apertus,   true,  false, true,  false},
+    {"hunyuan-dense", Arch::HunyuanDense, true, false, true, false},
+    {"arcee",      Arch::Arcee,     false, false, false, false},
+    {"starcoder2", Arch::Starcoder2, true, false, false, false},
 };
 
 std::string supported_archs() {
@@ -578,7 +583,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     // LayerNorm epsilon for bert, nomic-bert and cohere2; RMSNorm's for the rest (required by
     // gemma-embedding)
     const bool ln_encoder = c.encoder && c.arch != Arch::GemmaEmbedding;
-    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2;
+    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2 || c.arch == Arch::Starcoder2;
     const std::string eps_key = a + (layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
     c.rms_eps = float(c.encoder || layer_norm ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
@@ -632,6 +637,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
+    c.read_dense_variant(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections

@@ -116,6 +116,7 @@ void Model::load_weights() {
     if (c.encoder && !embedding_only) return load_encoder_weights();
     // (lfm2's final norm is token_embd_norm, as its converter names it)
     w_.output_norm = vector_f32(f, c, c.arch == Arch::Lfm2 ? "token_embd_norm.weight" : "output_norm.weight", c.n_embd);
+    if (c.norm_bias) w_.output_norm_b = vector_f32(f, c, "output_norm.bias", c.n_embd);  // (starcoder2)
     if (embedding_only) load_dense();
     if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Cohere2) &&
         f.find_tensor("output.weight"))  // as llama.cpp
@@ -147,9 +148,11 @@ void Model::load_weights() {
                                    c.n_swa));
 
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
-    // (glm4, exaone4, ernie4_5 and cohere2 read no attn_output.bias: llama.cpp's graphs have none)
+    // (glm4, exaone4, ernie4_5, cohere2, seed_oss, hunyuan-dense and arcee read no attn_output.bias:
+    // llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
-                         c.arch != Arch::Cohere2;
+                         c.arch != Arch::Cohere2 && c.arch != Arch::SeedOss && c.arch != Arch::HunyuanDense &&
+                         c.arch != Arch::Arcee;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -199,8 +202,8 @@ void Model::load_weights() {
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
         if (c.pre_norms && !c.parallel_ffn)  // (cohere2's feed-forward reads the attention's input)
-            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
-                                    c.n_embd);
+            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss || c.arch == Arch::SeedOss
+                                                   ? "post_attention_norm.weight" : "ffn_norm.weight"), c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
         // deepseek2: those after the leading dense ones)
@@ -231,13 +234,14 @@ void Model::load_weights() {
             L.w_gate = row_slice(gate_up, 0, c.n_ff);
             L.w_up = row_slice(gate_up, c.n_ff, c.n_ff);
             L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
-        } else {
-            L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+        } else {  // (apertus, arcee, starcoder2: no gate)
+            if (c.ffn_act == FfnAct::Glu) L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
             L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
             L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
         }
+        if (c.ffn_act != FfnAct::Glu) load_densevar_layer(b, L);  // (its feed-forward's extra tensors)
         for (const char * name : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
-            if (f.find_tensor(b + name))
+            if (!c.norm_bias && f.find_tensor(b + name))
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
                                        b.c_str(), name));
     }
