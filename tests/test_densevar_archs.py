@@ -108,7 +108,8 @@ BAD = [
     ("apertus", {"xielu.beta": None}, "'xielu.beta' is missing"),
     ("apertus", {"xielu.alpha_p": [0.5, 0.5]}, "'xielu.alpha_p' has 2 values for 3 layers"),
     ("hunyuan-dense", {"hunyuan-dense.rope.dimension_sections": [4, 2, 2, 0]}, "XD-RoPE"),
-    ("hunyuan-dense", {"hunyuan-dense.expert_count": 4, "hunyuan-dense.expert_used_count": 2}, "has no experts"),
+    ("hunyuan-dense", {"hunyuan-dense.expert_count": 4, "hunyuan-dense.expert_used_count": 2},
+     "has no experts"),
     ("starcoder2", {"starcoder2.attention.layer_norm_epsilon": None}, "layer_norm_epsilon"),
 ]  # fmt: skip
 

@@ -71,8 +71,8 @@ class VarConfig:
         written = self.rope_base if self.alpha_key else self.base
         return TinyConfig(arch=self.arch, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
                           n_head_kv=self.n_head_kv, n_ff=self.n_ff, n_vocab=self.n_vocab, rope_base=written,
-                          rms_eps=self.eps, n_ctx_train=self.n_ctx_train, tied_output=self.tied, seed=self.seed,
-                          rope_scaling=self.rope_scaling)  # fmt: skip
+                          rms_eps=self.eps, n_ctx_train=self.n_ctx_train, tied_output=self.tied,
+                          seed=self.seed, rope_scaling=self.rope_scaling)  # fmt: skip
 
     def inv_freq(self) -> np.ndarray:
         return rope_inv_freq(TinyConfig(n_embd=self.n_embd, n_head=self.n_head, rope_base=self.base,
@@ -169,8 +169,9 @@ def make_weights(cfg: VarConfig) -> dict[str, np.ndarray]:
     return w
 
 
-def write_var(cfg: VarConfig, path: Path, *, weight_type: str = "F32",
-              weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def write_var(
+    cfg: VarConfig, path: Path, *, weight_type: str = "F32", weights: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Writes the model; returns the weights as the file holds them (float64)."""
     w = make_weights(cfg) if weights is None else weights
     return write_gguf(TinyModel(cfg.tiny(), w), path, weight_type=weight_type, metadata=metadata(cfg))
@@ -183,7 +184,9 @@ def _softplus(x: float) -> float:
 def xielu(x: np.ndarray, a_p: float, a_n: float, beta: float, eps: float) -> np.ndarray:
     """transformers' XIELUActivation._xielu_python on raw parameters."""
     alpha_p, alpha_n = _softplus(a_p), beta + _softplus(a_n)
-    return np.where(x > 0, alpha_p * x * x + beta * x, (np.expm1(np.minimum(x, eps)) - x) * alpha_n + beta * x)
+    return np.where(
+        x > 0, alpha_p * x * x + beta * x, (np.expm1(np.minimum(x, eps)) - x) * alpha_n + beta * x
+    )
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -191,14 +194,23 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def reference_logits(cfg: VarConfig, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True,
-                     neox: bool | None = None, qk_norm_first: bool | None = None,
-                     act: str | None = None) -> np.ndarray:
+def reference_logits(
+    cfg: VarConfig,
+    w: dict[str, np.ndarray],
+    tokens: list[int],
+    *,
+    kv_f16: bool = True,
+    neox: bool | None = None,
+    qk_norm_first: bool | None = None,
+    act: str | None = None,
+    xielu_params: dict[str, list[float]] | None = None,
+) -> np.ndarray:
     """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab). With kv_f16 the
     keys (rotated, normed) and values are rounded to float16, as the KV cache stores them. ``neox``
     (rotate-half pairs, else interleaved), ``qk_norm_first`` (q/k norms before the rotation) and
     ``act`` (the ungated activation: xielu, relu2, gelu) default to the architecture's; tests
-    change them to show each one matters."""
+    change them to show each one matters. ``xielu_params``: apertus's raw per-layer values (default
+    :func:`xielu_raw`'s)."""
     n, hd = len(tokens), cfg.head_dim
     gqa = cfg.n_head // cfg.n_head_kv
     pos = np.arange(n)
@@ -206,7 +218,7 @@ def reference_logits(cfg: VarConfig, w: dict[str, np.ndarray], tokens: list[int]
     neox = cfg.arch != "arcee" if neox is None else neox
     qk_norm_first = cfg.arch != "hunyuan-dense" if qk_norm_first is None else qk_norm_first
     act = act or {"apertus": "xielu", "arcee": "relu2", "starcoder2": "gelu"}.get(cfg.arch, "swiglu")
-    raw = xielu_raw(cfg) if cfg.arch == "apertus" else {}
+    raw = xielu_params or (xielu_raw(cfg) if cfg.arch == "apertus" else {})
 
     def rms(x: np.ndarray, g: np.ndarray) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.eps) * g
