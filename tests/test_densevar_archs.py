@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
 from splitllm import GGUFError, Model
+from test_dense_archs import TOKENS, rel_err
 from tiny_densevar import VarConfig, make_weights, reference_logits, write_var
 from tiny_model import F32_LOGITS_TOL
 
-TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}  # fmt: skip
 CASES = {
@@ -28,10 +28,6 @@ CASES = {
     "starcoder2": VarConfig("starcoder2", seed=8),
     "starcoder2-tied": VarConfig("starcoder2", n_layer=2, tied=True, seed=9),
 }
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 def tiny(tmp_path, cfg: VarConfig, **kw) -> tuple[str, dict[str, np.ndarray]]:
