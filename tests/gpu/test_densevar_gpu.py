@@ -30,9 +30,13 @@ def test_blocks_on_the_gpu(tmp_path, case):
     check_against_cpu(_write(tmp_path, case), PROMPT)
 
 
-@pytest.mark.parametrize(("case", "warning"), [("apertus", "only the output layer goes to the GPU"),
-                                               ("arcee", "only the output layer goes to the GPU"),
-                                               ("starcoder2", "runs on the CPU in this version")])  # fmt: skip
+OUTPUT_ONLY = "only the output layer goes to the GPU"
+
+
+KEPT = [("apertus", OUTPUT_ONLY), ("arcee", OUTPUT_ONLY), ("starcoder2", "runs on the CPU in this version")]
+
+
+@pytest.mark.parametrize(("case", "warning"), KEPT)
 def test_blocks_kept_on_the_cpu(tmp_path, case, warning):
     path = _write(tmp_path, case)
     ref_logits, ref_text = greedy(_core.Model(path, n_ctx=256, op_offload=False), PROMPT)
