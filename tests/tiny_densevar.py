@@ -22,42 +22,25 @@ What sets them apart from llama:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tiny_dense import DenseConfig
 from tiny_model import TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
-ARCHS = ("seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2")
 UNGATED = {"apertus", "arcee", "starcoder2"}
 QK_NORM = {"apertus", "hunyuan-dense"}
 
 
 @dataclass(frozen=True)
-class VarConfig:
-    arch: str
-    n_layer: int = 3
-    n_embd: int = 64
-    n_head: int = 4
-    n_head_kv: int = 2
-    n_ff: int = 96
-    n_vocab: int = 320
-    rope_base: float = 10000.0
-    eps: float = 1e-5
-    n_ctx_train: int = 256
-    tied: bool = False
-    qkv_bias: bool = False
-    seed: int = 0
+class VarConfig(DenseConfig):
+    """tiny_dense's settings (whole-head rotation, no window) and these architectures' own."""
+
     ntk_alpha: float = 0.0  # hunyuan-dense: the rotary base times alpha^(d / (d - 2)) (0: none)
     alpha_key: bool = False  # written as rope.scaling.alpha (llama.cpp scales) instead of a scaled base
-    rope_scaling: dict[str, Any] | None = None  # Hugging Face's (apertus: llama3)
     xielu_scalar: bool = False  # apertus: one xIELU value per key instead of a per-layer array
-    extra: dict[str, Any] = field(default_factory=dict)  # metadata changes for bad-file tests
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
     @property
     def base(self) -> float:
@@ -68,15 +51,31 @@ class VarConfig:
         return self.rope_base * self.ntk_alpha ** (d / (d - 2))
 
     def tiny(self) -> TinyConfig:
-        written = self.rope_base if self.alpha_key else self.base
-        return TinyConfig(arch=self.arch, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                          n_head_kv=self.n_head_kv, n_ff=self.n_ff, n_vocab=self.n_vocab, rope_base=written,
-                          rms_eps=self.eps, n_ctx_train=self.n_ctx_train, tied_output=self.tied,
-                          seed=self.seed, rope_scaling=self.rope_scaling)  # fmt: skip
+        return replace(super().tiny(), rope_base=self.rope_base if self.alpha_key else self.base)
 
     def inv_freq(self) -> np.ndarray:
-        return rope_inv_freq(TinyConfig(n_embd=self.n_embd, n_head=self.n_head, rope_base=self.base,
-                                        rope_scaling=self.rope_scaling))  # fmt: skip
+        return rope_inv_freq(replace(super().tiny(), rope_base=self.base))
+
+    def metadata(self) -> dict[str, Any]:
+        """Keys beside tiny_model's, as llama.cpp's converter writes them for the architecture."""
+        a = self.arch + "."
+        m: dict[str, Any] = {}
+        if self.arch == "apertus":
+            for k, v in xielu_raw(self).items():
+                m["xielu." + k] = v[0] if self.xielu_scalar else v
+        if self.arch == "hunyuan-dense":
+            m[a + "rope.scaling.type"] = "none"
+            if self.alpha_key:
+                m[a + "rope.scaling.alpha"] = float(self.ntk_alpha)
+        if self.arch == "starcoder2":
+            m[a + "attention.layer_norm_epsilon"] = self.eps
+            m[a + "attention.layer_norm_rms_epsilon"] = None
+        for key, value in self.extra.items():  # (a key of these that extra removes is not written at all)
+            if value is None and key in m:
+                del m[key]
+            else:
+                m[key] = value
+        return m
 
 
 def xielu_raw(cfg: VarConfig) -> dict[str, list[float]]:
@@ -92,28 +91,6 @@ def xielu_raw(cfg: VarConfig) -> dict[str, list[float]]:
     return {"alpha_p": f32(math.log(math.expm1(0.8)) + 0.5 * rng.normal(size=n)),
             "alpha_n": f32(math.log(math.expm1(0.3)) + 0.5 * rng.normal(size=n)),
             "beta": f32(beta), "eps": f32(np.full(n, -1e-6))}  # fmt: skip
-
-
-def metadata(cfg: VarConfig) -> dict[str, Any]:
-    """Keys beside tiny_model's, as llama.cpp's converter writes them for the architecture."""
-    a = cfg.arch + "."
-    m: dict[str, Any] = {}
-    if cfg.arch == "apertus":
-        for k, v in xielu_raw(cfg).items():
-            m["xielu." + k] = v[0] if cfg.xielu_scalar else v
-    if cfg.arch == "hunyuan-dense":
-        m[a + "rope.scaling.type"] = "none"
-        if cfg.alpha_key:
-            m[a + "rope.scaling.alpha"] = float(cfg.ntk_alpha)
-    if cfg.arch == "starcoder2":
-        m[a + "attention.layer_norm_epsilon"] = cfg.eps
-        m[a + "attention.layer_norm_rms_epsilon"] = None
-    for key, value in cfg.extra.items():
-        if value is None and key in m:
-            del m[key]
-        else:
-            m[key] = value
-    return m
 
 
 def make_weights(cfg: VarConfig) -> dict[str, np.ndarray]:
@@ -174,7 +151,7 @@ def write_var(
 ) -> dict[str, np.ndarray]:
     """Writes the model; returns the weights as the file holds them (float64)."""
     w = make_weights(cfg) if weights is None else weights
-    return write_gguf(TinyModel(cfg.tiny(), w), path, weight_type=weight_type, metadata=metadata(cfg))
+    return write_gguf(TinyModel(cfg.tiny(), w), path, weight_type=weight_type, metadata=cfg.metadata())
 
 
 def _softplus(x: float) -> float:

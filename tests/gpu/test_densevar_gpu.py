@@ -13,7 +13,7 @@ from splitllm import _core
 from splitllm.quants import quantize
 from test_densevar_archs import CASES
 from test_model_gpu import KL_MAX, PROMPT, check_against_cpu, greedy
-from tiny_densevar import make_weights, metadata
+from tiny_densevar import make_weights
 from tiny_model import TinyModel, write_gguf
 
 
@@ -21,7 +21,7 @@ def _write(tmp_path, case: str) -> str:
     cfg = replace(CASES[case], n_embd=256, n_head=8, n_head_kv=2, n_ff=512, n_layer=4)
     path = tmp_path / f"tiny-{case}-q4k.gguf"
     write_gguf(TinyModel(cfg.tiny(), make_weights(cfg)), path, weight_type="Q4_K", quantize=quantize,
-               metadata=metadata(cfg))  # fmt: skip
+               metadata=cfg.metadata())  # fmt: skip
     return str(path)
 
 
