@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import hf_dense
 import hf_fixtures as F
 import numpy as np
 from tiny_densevar import VarConfig, reference_logits
@@ -18,13 +19,9 @@ Weights = dict[str, np.ndarray]
 HF_ARCHS = {"seed_oss": "SeedOssForCausalLM", "apertus": "ApertusForCausalLM",
             "hunyuan-dense": "HunYuanDenseV1ForCausalLM", "arcee": "ArceeForCausalLM",
             "starcoder2": "Starcoder2ForCausalLM"}  # fmt: skip
-# HF name (after model.layers.{bid}.) -> llama.cpp's (after blk.{bid}.)
+# HF name (after model.layers.{bid}.) -> llama.cpp's (after blk.{bid}.): hf_dense's and these models' own
 _BLOCK = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-    "attention_layernorm": "attn_norm", "feedforward_layernorm": "ffn_norm",
+    **hf_dense._BLOCK, "attention_layernorm": "attn_norm", "feedforward_layernorm": "ffn_norm",
     "self_attn.query_layernorm": "attn_q_norm", "self_attn.key_layernorm": "attn_k_norm",
     "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
 }  # fmt: skip
