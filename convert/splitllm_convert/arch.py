@@ -169,6 +169,13 @@ class Architecture:
         """The ``--type`` when none is given (``available``: HF name -> (dtype, shape), file order)."""
         return "f16"
 
+    def adjust_types(
+        self, file_type: str, shapes: dict[str, tuple[int, ...]], types: dict[str, GGMLQuantizationType]
+    ) -> dict[str, GGMLQuantizationType]:
+        """Each tensor's type for ``--type file_type`` where this architecture's llama.cpp converter
+        writes others than ``types`` (``mix.tensor_types``'); ``types`` by default."""
+        return types
+
     def written_file_type(self, ftype: LlamaFileType, quantized: bool) -> LlamaFileType:
         """general.file_type for the ``--type`` whose file type is ``ftype``: that one by default."""
         return ftype

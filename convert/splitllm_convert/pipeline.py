@@ -106,6 +106,7 @@ def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_mod
     packed = {s.gguf_name: s.packed for s in sources if s.packed is not None}
     types = mix.tensor_types(ft, arch.hparams(), {s.gguf_name: s.shape for s in sources}, packed,
                              has_imatrix=matrix is not None)  # fmt: skip
+    types = arch.adjust_types(ft.name, {s.gguf_name: s.shape for s in sources}, types)
     weights = _imatrix_rows(matrix, ft, sources, types, packed)
     vocab = arch.read_vocab(model_dir, pre)
 

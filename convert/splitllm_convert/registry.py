@@ -7,6 +7,7 @@ from typing import Any
 
 from splitllm_convert.arch import Architecture, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe
 from splitllm_convert.bert import Bert
+from splitllm_convert.bitnet import BitNet
 from splitllm_convert.deepseek import DeepseekV2
 from splitllm_convert.dense import Cohere2, Ernie4_5, Exaone4, Glm4, Mistral3, Mistral3Multimodal, Qwen3VL
 from splitllm_convert.errors import ConvertError
@@ -25,7 +26,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
-                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4)
+                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet)
     for n in cls.hf_names
 }
 
