@@ -292,3 +292,32 @@ def test_bad_checkpoints_are_refused(tmp_path: Path, vocab, over: dict[str, Any]
     with pytest.raises(ConvertError, match=match):
         convert(tmp_path / "hf", tmp_path / "m.gguf", type="f32", quiet=True)
     assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "qtype"), [("e2b", "q4_k_m"), ("moe", "q8_0"), ("e2b", "tq1_0"), ("moe", "tq2_0")]
+)
+def test_quantized_types_and_bytes_match_llama_quantize(tmp_path: Path, vocab, case: str, qtype: str) -> None:
+    """convert-hf --type and splitllm quantize (of our f32 file) against llama.cpp's quantizer on
+    that f32 file: the same type, shape and bytes for every tensor, the ternary type (on a model
+    that is not ternary) included, with its Q4_0 fallback where a row is not 256 wide."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from splitllm_convert.mix import FILE_TYPES
+    from splitllm_convert.requantize import quantize
+
+    base, global_kv, causal_lm = CASES[case]
+    cfg = _cfg(replace(base, n_embd=256, n_ff=512, n_ff_exp=256), vocab)
+    hf_checkpoint(tmp_path / "hf", cfg, vocab, global_kv=global_kv, causal_lm=causal_lm)
+    f32, ours, ref, requantized = (tmp_path / f"{n}.gguf" for n in ("f32", "ours", "ref", "requantized"))
+    convert(tmp_path / "hf", f32, type="f32", quiet=True)
+    convert(tmp_path / "hf", ours, type=qtype, quiet=True, n_threads=2)
+    TC.lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
+    quantize(f32, requantized, qtype.upper(), nthreads=2)
+    want = TC.tensors(ref)
+    for got in (TC.tensors(ours), TC.tensors(requantized)):
+        assert sorted(got) == sorted(want)
+        for name, t in got.items():
+            assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
+            assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
+    kinds = {t.tensor_type.name for t in want.values()}
+    assert FILE_TYPES[qtype].default.name in kinds
