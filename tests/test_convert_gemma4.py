@@ -122,11 +122,13 @@ def hf_checkpoint(
     dtype: str = "f32",
     causal_lm: bool = False,
     global_kv: bool = True,
+    shared_kv: bool = False,
     **over: Any,
 ) -> dict[str, np.ndarray]:
     """A Gemma4ForConditionalGeneration directory (or Gemma4ForCausalLM's, ``causal_lm``) with a
-    vision tower tensor the converter leaves out; returns the stored weights under their GGUF
-    names (float64 of the stored values)."""
+    vision tower tensor the converter leaves out (``shared_kv``: k / v projections in the KV-shared
+    layers too, which transformers does not use); returns the stored weights the reference reads
+    under their GGUF names (float64 of the stored values)."""
     d.mkdir(parents=True, exist_ok=True)
     write_tokenizer(d, vocab)
     hf_cfg = hf_config(cfg, n_vocab(vocab), global_kv)
@@ -147,6 +149,12 @@ def hf_checkpoint(
         hf[hf_name], back[hf_name] = x.astype(np.float32), name
     if not causal_lm:
         hf["model.vision_tower.encoder.weight"] = np.ones((4, 8), np.float32)
+    rng = np.random.default_rng(1)
+    for i in range(cfg.n_layer - cfg.n_kv_shared, cfg.n_layer) if shared_kv else ():  # (not used)
+        rows, hd = cfg.n_kv_of(i) * cfg.head_dim_of(i), cfg.head_dim_of(i)
+        for proj in "kv":
+            hf[f"{prefix}layers.{i}.self_attn.{proj}_proj.weight"] = rng.normal(size=(rows, cfg.n_embd))
+        hf[f"{prefix}layers.{i}.self_attn.k_norm.weight"] = rng.normal(size=hd)
     stored = F.save_weights(d, hf, dtype=dtype)
     return {back[n]: x.reshape(held[back[n]].shape).astype(np.float64)
             for n, x in stored.items() if n in back}  # fmt: skip
@@ -222,6 +230,21 @@ def test_converted_file_is_llama_cpps_and_runs_as_the_reference(tmp_path: Path, 
     assert rel_err(ours, ref).max() < 2e-4
     theirs = TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, TOKENS)
     assert rel_err(theirs, ref).max() < 1e-3  # llama.cpp's f16 KV cache and gelu table
+
+
+def test_kv_shared_layers_projections_are_written_and_unused(tmp_path: Path, vocab) -> None:
+    """k / v projections of a KV-shared layer in the checkpoint: written, as llama.cpp's converter
+    writes every tensor it maps, and read by neither engine (both give the reference's logits)."""
+    cfg = _cfg(E2B, vocab)
+    held = hf_checkpoint(tmp_path / "hf", cfg, vocab, global_kv=False, shared_kv=True)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    names = set(TC.tensors(out))
+    assert {f"blk.{cfg.n_layer - 1}.attn_{t}.weight" for t in ("k", "v", "k_norm")} <= names
+    ref = reference_logits(cfg, held, TOKENS)
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 2e-4
+    assert rel_err(TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, TOKENS), ref).max() < 1e-3
 
 
 def test_bf16_checkpoint_and_f16_types(tmp_path: Path, vocab) -> None:

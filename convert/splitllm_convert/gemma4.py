@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from gguf import GGUFWriter, TokenType
 
-from splitllm_convert.arch import Architecture, Array, PlannedSource, TensorRule, _positive, _require
+from splitllm_convert.arch import Architecture, Array, PlannedSource, TensorRule, _positive, _require, logger
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import read_json
 from splitllm_convert.vocab import Vocab, _content, _merges, _optional_json, _special_tokens
@@ -97,6 +97,8 @@ class Gemma4(Architecture):
         self.full_rope, self.swa_rope = self._gemma4_rope(p)
         cap = cfg.get("final_logit_softcapping")
         self.final_softcap = _positive(cfg, "final_logit_softcapping", p) if cap else None
+        if not cap:  # (llama.cpp's converter writes no key, and llama.cpp then caps at 30)
+            logger.warning("%s: no final_logit_softcapping; llama.cpp's gemma4 will cap the logits at 30", p)
 
     def _gemma4_rope(self, p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """rope_parameters per layer type: the full layers' "proportional" rope (the only kind
