@@ -35,6 +35,17 @@ SUB_NORMS = {"2b4t": ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
              "1bitllm": ("self_attn.inner_attn_ln", "mlp.ffn_layernorm")}  # fmt: skip
 
 
+def hf_name(name: str, names: str = "2b4t") -> str:
+    """transformers' name of a GGUF tensor (``names``: whose sub-norm names)."""
+    if not name.startswith("blk."):
+        return {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}[
+            name
+        ]
+    _, bid, rest = name.split(".", 2)
+    to_hf = {**LAYER_NAMES, "attn_sub_norm": SUB_NORMS[names][0], "ffn_sub_norm": SUB_NORMS[names][1]}
+    return f"model.layers.{bid}.{to_hf[rest.removesuffix('.weight')]}.weight"
+
+
 def hf_checkpoint(d: Path, cfg: TinyConfig, *, dtype: str = "f32", names: str = "2b4t",
                   lm_head: bool = False, **over: Any) -> dict[str, np.ndarray]:  # fmt: skip
     """A BitNetForCausalLM directory with a SentencePiece tokenizer; returns the stored weights
@@ -51,19 +62,9 @@ def hf_checkpoint(d: Path, cfg: TinyConfig, *, dtype: str = "f32", names: str = 
     hf_cfg.update(over)
     (d / "config.json").write_text(json.dumps(hf_cfg))
     held = {k: x for k, x in make_weights(cfg).weights.items() if not k.endswith(".scale")}  # (none in HF)
-    attn_sub, ffn_sub = SUB_NORMS[names]
-    to_hf = {**LAYER_NAMES, "attn_sub_norm": attn_sub, "ffn_sub_norm": ffn_sub}
     hf, back = {}, {}
     for name, x in held.items():
-        if name.startswith("blk."):
-            _, bid, rest = name.split(".", 2)
-            hf_name = f"model.layers.{bid}.{to_hf[rest.removesuffix('.weight')]}.weight"
-        else:
-            hf_name = {
-                "token_embd.weight": "model.embed_tokens.weight",
-                "output_norm.weight": "model.norm.weight",
-            }[name]
-        hf[hf_name], back[hf_name] = x.astype(np.float32), name
+        hf[hf_name(name, names)], back[hf_name(name, names)] = x.astype(np.float32), name
     if lm_head:
         hf["lm_head.weight"] = held["token_embd.weight"].astype(np.float32)
     stored = F.save_weights(d, hf, dtype=dtype)
@@ -151,10 +152,62 @@ def test_ternary_types_are_convert_hf_to_ggufs(tmp_path: Path, qtype: str) -> No
     assert rel_err(theirs, ref).max() < max(tol, 5e-2)
 
 
+def packed_checkpoint(d: Path, cfg: TinyConfig) -> dict[str, np.ndarray]:
+    """microsoft/bitnet-b1.58-2B-4T's layout (quant_method "bitnet"): each projection's ternary codes
+    + 1 in 2-bit fields of uint8 rows (field i of packed row r: row i * rows / 4 + r) and a bf16
+    weight_scale = 1 / mean |W|. Returns the weights as transformers' BitLinear uses them (codes /
+    weight_scale) under their GGUF names."""
+    stored = hf_checkpoint(d, cfg, dtype="bf16")
+    (d / "model.safetensors").unlink()
+    hf_cfg = json.loads((d / "config.json").read_text())
+    hf_cfg["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                     "quantization_mode": "offline"}  # fmt: skip
+    (d / "config.json").write_text(json.dumps(hf_cfg))
+    hf, want = {}, {}
+    for name, x in stored.items():
+        n = hf_name(name)
+        if not is_ternary(name):
+            hf[n], want[name] = x, x
+            continue
+        codes = np.clip(np.round(x / np.abs(x).mean()), -1, 1).astype(np.int64)
+        scale = F.as_dtype(np.array([1 / np.abs(x).mean()], np.float32), "bf16")[2].astype(np.float64)
+        fields = (codes + 1).reshape(4, -1, codes.shape[1])
+        hf[n] = sum(fields[i] << (2 * i) for i in range(4)).astype(np.uint8)
+        hf[n + "_scale"] = scale.astype(np.float32)
+        want[name] = codes / scale[0]
+    F.save_weights(d, hf, dtype="bf16")
+    return want
+
+
+def test_packed_checkpoint_unpacked_as_transformers_uses_it(tmp_path: Path) -> None:
+    """codes / weight_scale, not ternarized again: llama.cpp's converter would multiply each matrix
+    by its fraction of non-zero codes (checked below to change the logits), transformers does not.
+    In TQ1_0 the projections' bytes are gguf-py's quantizer's of those weights."""
+    want = packed_checkpoint(tmp_path / "hf", CFG)
+    out, tq = tmp_path / "m.gguf", tmp_path / "tq1_0.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    got = {t.name: TC.as_f32(t).astype(np.float64) for t in GGUFReader(out).tensors}
+    assert sorted(got) == sorted(want)
+    for name, x in want.items():
+        np.testing.assert_allclose(got[name], x, rtol=1e-6, atol=0, err_msg=name)
+    ref = reference_logits(CFG, got, TOKENS)
+    lcpp_route = {n: ternarized(x) if is_ternary(n) else x for n, x in want.items()}
+    assert rel_err(reference_logits(CFG, lcpp_route, TOKENS), ref).max() > 1e-2
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 3e-4
+    assert rel_err(TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, TOKENS), ref).max() < 1e-3
+    convert(tmp_path / "hf", tq, type="tq1_0", quiet=True, n_threads=2)
+    for t in GGUFReader(tq).tensors:
+        if is_ternary(t.name):
+            data = np.asarray(t.data)
+            want_bytes = gguf.quants.quantize(got[t.name].astype(np.float32), gguf.GGMLQuantizationType.TQ1_0)
+            assert np.array_equal(data, want_bytes.reshape(data.shape)), t.name
+
+
 @pytest.mark.parametrize(
     ("over", "match"),
     [
-        ({"quantization_config": {"quant_method": "bitnet"}}, "bf16 master weights"),
+        ({"quantization_config": {"quant_method": "fp8"}}, "quant_method 'fp8' is not supported"),
         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope scaling 'linear'"),
         ({"tie_word_embeddings": False}, "lm_head.weight is a matrix of its own"),
     ],

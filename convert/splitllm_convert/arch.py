@@ -71,6 +71,8 @@ class PlannedSource:
     # ``hf_extra`` go through ``Architecture.packed_transforms()[transform]``, bits moved, never
     # requantized; the file type's rules do not change its type
     packed: GGMLQuantizationType | None = None
+    # with ``packed`` None: the value is ``Architecture.entry_transforms()[transform]`` of the entries
+    # of ``hf_name`` and ``hf_extra`` (BitNet's 2-bit codes and their scale), then typed as any other
     hf_extra: tuple[str, ...] = ()
 
 
@@ -163,6 +165,10 @@ class Architecture:
 
     def packed_transforms(self) -> dict[str, Callable[..., np.ndarray[Any, Any]]]:
         """Transforms of raw inputs to the bytes of an already-encoded tensor (``PlannedSource.packed``)."""
+        return {}
+
+    def entry_transforms(self) -> dict[str, Callable[..., Array]]:
+        """Transforms of several stored tensors (their ``TensorEntry``s) to one float32 array."""
         return {}
 
     def default_type(self, available: dict[str, tuple[str, tuple[int, ...]]]) -> str:

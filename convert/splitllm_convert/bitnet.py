@@ -11,22 +11,28 @@ BitnetForCausalLM: 1bitLLM's), written as llama.cpp's BitnetModel (conversion/bi
 - ``--type tq1_0`` / ``tq2_0`` give what convert_hf_to_gguf.py's --outtype gives: the projections
   in the ternary type (F16 where a row is not a whole number of 256-value blocks), the token
   embedding F16, 1-D tensors F32.
-- A checkpoint already packed (quantization_config.quant_method "bitnet": 2-bit codes and a
-  weight_scale per matrix) is refused: llama.cpp's converter unpacks it and then ternarizes it
-  again, which multiplies each matrix by its fraction of non-zero weights.
+- A checkpoint already packed (quantization_config.quant_method "bitnet", microsoft/bitnet-b1.58-2B-4T:
+  each projection's codes + 1 in 2-bit fields of uint8 rows, field i of packed row r holding row
+  i * rows / 4 + r, and a weight_scale) is unpacked as transformers' BitLinear uses it: W = codes /
+  weight_scale. Unlike llama.cpp's converter, which unpacks it the same way and then ternarizes it
+  again (clamp(round(W / mean |W|), -1, 1) * mean |W| is codes * mean |W|: each matrix multiplied
+  by its fraction of non-zero weights), these are not ternarized a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 
-from splitllm_convert.arch import Architecture, Array, TensorRule, logger
+from splitllm_convert import hfdir
+from splitllm_convert.arch import Architecture, Array, PlannedSource, TensorRule, logger
 from splitllm_convert.errors import ConvertError
+from splitllm_convert.hfdir import TensorEntry
 
 Q = GGMLQuantizationType
 _L, _B = "model.layers.{bid}.", "blk.{bid}."
@@ -47,6 +53,21 @@ def ternarize(w: Array) -> Array:
     return (np.clip(np.round(w * iscale), -1, 1) / iscale).astype(np.float32)
 
 
+def unpack(weight: TensorEntry, scale: TensorEntry) -> Array:
+    """transformers' unpack_weights and BitLinear: codes (field i of packed row r is row
+    i * rows / 4 + r, each the code + 1) divided by weight_scale, in float32."""
+    packed = hfdir.read_raw(weight)
+    s = hfdir.read_f32(scale).reshape(-1)
+    if s.size != 1 or not 0 < abs(float(s[0])) < np.inf:
+        raise ConvertError(f"{scale.file}: tensor {scale.name!r} must be one finite non-zero scale")
+    fields = np.concatenate([(packed >> (2 * i)) & 3 for i in range(4)])
+    if (fields == 3).any():
+        raise ConvertError(
+            f"{weight.file}: tensor {weight.name!r} holds the 2-bit code 3, not a ternary value"
+        )
+    return (fields.astype(np.float32) - 1) / s[0]
+
+
 class BitNet(Architecture):
     """BitNetForCausalLM / BitnetForCausalLM: a llama-shaped decoder with ternary projections."""
 
@@ -57,11 +78,11 @@ class BitNet(Architecture):
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         super().__init__(cfg, config_path)
         quant = cfg.get("quantization_config")
-        if isinstance(quant, dict) and quant.get("quant_method") is not None:
-            raise ConvertError(
-                f"{config_path}: a checkpoint quantized with {quant.get('quant_method')!r} (packed ternary "
-                "codes); convert the bf16 master weights instead (e.g. microsoft/bitnet-b1.58-2B-4T-bf16)"
-            )
+        method = quant.get("quant_method") if isinstance(quant, dict) else None
+        if method not in (None, "bitnet"):
+            raise ConvertError(f"{config_path}: quantization_config.quant_method {method!r} is not supported "
+                               "for BitNet (the bf16 master weights, or 'bitnet' packed codes)")  # fmt: skip
+        self.packed = method == "bitnet"
         if self.rope["rope_type"] not in ("default", "dynamic"):
             raise ConvertError(f"{config_path}: rope scaling {self.rope['rope_type']!r} is not supported "
                                "for BitNet (llama.cpp's converter writes linear scaling of 1)")  # fmt: skip
@@ -101,6 +122,26 @@ class BitNet(Architecture):
 
     def transforms(self) -> dict[str, Callable[[Array], Array]]:
         return {"ternary": ternarize}
+
+    def plan(
+        self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
+    ) -> list[PlannedSource]:
+        """A packed checkpoint's projections: (rows / 4, cols) uint8 codes and a weight_scale, planned
+        as (rows, cols) matrices unpacked from both."""
+        if not self.packed:
+            return super().plan(available, where, files)
+        scales = {n.removesuffix("_scale"): n for n in available if n.endswith(".weight_scale")}
+        for weight, scale in scales.items():
+            if weight not in available:
+                raise ConvertError(f"tensor {scale!r} in {where(scale)} scales no tensor {weight!r}")
+        shapes = {n: (s[0] * 4, *s[1:]) if n in scales else s for n, s in available.items()
+                  if n not in scales.values()}  # fmt: skip
+        out = super().plan(shapes, where, files)
+        return [replace(p, transform="unpack", hf_extra=(scales[p.hf_name],)) if p.hf_name in scales else p
+                for p in out]  # fmt: skip
+
+    def entry_transforms(self) -> dict[str, Callable[..., Array]]:
+        return {"unpack": unpack}
 
     def adjust_types(
         self, file_type: str, shapes: dict[str, tuple[int, ...]], types: dict[str, GGMLQuantizationType]
