@@ -147,9 +147,9 @@ void Model::load_weights() {
                                    c.n_swa));
 
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
-    // (glm4, exaone4, ernie4_5 and cohere2 read no attn_output.bias: llama.cpp's graphs have none)
+    // (glm4, exaone4, ernie4_5, cohere2 and glm4moe read no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
-                         c.arch != Arch::Cohere2;
+                         c.arch != Arch::Cohere2 && c.arch != Arch::Glm4Moe;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -176,7 +176,8 @@ void Model::load_weights() {
                                            f.path().c_str(), bias.c_str(), c.arch_name.c_str()));
                 if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
             }
-            if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
+            // per head, or (olmo2) over the whole projections; glm4moe's where the file has them
+            if (c.has_qk_norm || (c.arch == Arch::Glm4Moe && f.find_tensor(b + "attn_q_norm.weight"))) {
                 L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
                 L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
             }
@@ -198,15 +199,16 @@ void Model::load_weights() {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
-        if (c.pre_norms && !c.parallel_ffn)  // (cohere2's feed-forward reads the attention's input)
-            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
-                                    c.n_embd);
+        // (cohere2's feed-forward reads the attention's input; gpt-oss and glm4moe name its norm post_attention_norm)
+        const bool ffn_norm_post = c.arch == Arch::GptOss || c.arch == Arch::Glm4Moe;
+        if (c.pre_norms && !c.parallel_ffn)
+            L.ffn_norm = vector_f32(f, c, b + (ffn_norm_post ? "post_attention_norm.weight" : "ffn_norm.weight"), c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
-        // deepseek2: those after the leading dense ones)
+        // deepseek2, glm4moe: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
-        const bool moe = c.arch == Arch::DeepSeek2 ? l >= c.n_layer_dense_lead
+        const bool moe = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe ? l >= c.n_layer_dense_lead
                                                    : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
         if (moe) {
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
