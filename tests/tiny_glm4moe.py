@@ -19,15 +19,15 @@ from tiny_model import rope, write_byte_vocab, write_tensors
 
 @dataclass
 class Glm4MoeConfig:
-    n_layer: int = 3                # num_hidden_layers (the trunk)
-    n_nextn: int = 1                # num_nextn_predict_layers (MTP layers in the file, never run)
+    n_layer: int = 3  # num_hidden_layers (the trunk)
+    n_nextn: int = 1  # num_nextn_predict_layers (MTP layers in the file, never run)
     n_embd: int = 64
     n_head: int = 4
     n_head_kv: int = 2
-    head_dim: int = 32              # (n_head * head_dim != n_embd, as GLM-4.5's 96 x 128 vs 4096)
+    head_dim: int = 32  # (n_head * head_dim != n_embd, as GLM-4.5's 96 x 128 vs 4096)
     partial_rotary_factor: float = 0.5
     n_vocab: int = 320
-    n_ff: int = 96                  # intermediate_size (the dense blocks)
+    n_ff: int = 96  # intermediate_size (the dense blocks)
     first_k_dense_replace: int = 1
     n_routed_experts: int = 8
     num_experts_per_tok: int = 3
@@ -57,8 +57,9 @@ def glm45(**kw: Any) -> Glm4MoeConfig:
 def air(**kw: Any) -> Glm4MoeConfig:
     """GLM-4.5-Air-like (no q/k norms, scale 1), here with group-limited routing and two shared
     experts."""
-    base = dict(use_qk_norm=False, routed_scaling_factor=1.0, n_group=4, topk_group=2, n_shared_experts=2,
-                seed=1)
+    base = dict(
+        use_qk_norm=False, routed_scaling_factor=1.0, n_group=4, topk_group=2, n_shared_experts=2, seed=1
+    )
     return Glm4MoeConfig(**{**base, **kw})
 
 
@@ -74,8 +75,11 @@ def make_weights(cfg: Glm4MoeConfig) -> dict[str, np.ndarray]:
     def norm(n: int) -> np.ndarray:
         return 1.0 + 0.1 * rng.normal(size=n)
 
-    w = {"token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)), "output_norm.weight": norm(E),
-         "output.weight": mat(cfg.n_vocab, E)}
+    w = {
+        "token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)),
+        "output_norm.weight": norm(E),
+        "output.weight": mat(cfg.n_vocab, E),
+    }
     for i in range(cfg.n_layer + cfg.n_nextn):
         b = f"blk.{i}."
         w[b + "attn_norm.weight"] = norm(E)
@@ -115,7 +119,11 @@ def make_weights(cfg: Glm4MoeConfig) -> dict[str, np.ndarray]:
 
 
 def write_gguf(
-    cfg: Glm4MoeConfig, weights: dict[str, np.ndarray], path: Path, *, weight_type: str = "F32",
+    cfg: Glm4MoeConfig,
+    weights: dict[str, np.ndarray],
+    path: Path,
+    *,
+    weight_type: str = "F32",
     metadata_changes: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The metadata of llama.cpp's Glm4MoeModel (TextModel's keys, then rope.dimension_count, the
@@ -123,15 +131,25 @@ def write_gguf(
     key -> value (None drops it). Returns the weights as the file holds them (float64)."""
     a = "glm4moe."
     meta: dict[str, Any] = {
-        "block_count": cfg.n_layer + cfg.n_nextn, "context_length": cfg.n_ctx_train,
-        "embedding_length": cfg.n_embd, "feed_forward_length": cfg.n_ff, "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_head_kv, "rope.freq_base": cfg.rope_base,
-        "attention.layer_norm_rms_epsilon": cfg.rms_eps, "expert_used_count": cfg.num_experts_per_tok,
-        "attention.key_length": cfg.head_dim, "attention.value_length": cfg.head_dim,
-        "rope.dimension_count": cfg.n_rot, "expert_count": cfg.n_routed_experts,
-        "expert_feed_forward_length": cfg.moe_intermediate_size, "expert_shared_count": cfg.n_shared_experts,
-        "leading_dense_block_count": cfg.first_k_dense_replace, "expert_gating_func": 2,
-        "expert_weights_scale": cfg.routed_scaling_factor, "expert_weights_norm": cfg.norm_topk_prob,
+        "block_count": cfg.n_layer + cfg.n_nextn,
+        "context_length": cfg.n_ctx_train,
+        "embedding_length": cfg.n_embd,
+        "feed_forward_length": cfg.n_ff,
+        "attention.head_count": cfg.n_head,
+        "attention.head_count_kv": cfg.n_head_kv,
+        "rope.freq_base": cfg.rope_base,
+        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+        "expert_used_count": cfg.num_experts_per_tok,
+        "attention.key_length": cfg.head_dim,
+        "attention.value_length": cfg.head_dim,
+        "rope.dimension_count": cfg.n_rot,
+        "expert_count": cfg.n_routed_experts,
+        "expert_feed_forward_length": cfg.moe_intermediate_size,
+        "expert_shared_count": cfg.n_shared_experts,
+        "leading_dense_block_count": cfg.first_k_dense_replace,
+        "expert_gating_func": 2,
+        "expert_weights_scale": cfg.routed_scaling_factor,
+        "expert_weights_norm": cfg.norm_topk_prob,
         "nextn_predict_layers": cfg.n_nextn,
     }
     if cfg.n_group > 1:
@@ -193,9 +211,15 @@ def _moe(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) ->
             weight = weight / (weight.sum() + 1e-20)
         weight = weight * cfg.routed_scaling_factor
         for e, wt in zip(top, weight, strict=True):
-            out[t] += wt * _mlp(h[t], w[b + "ffn_gate_exps.weight"][e], w[b + "ffn_up_exps.weight"][e],
-                                w[b + "ffn_down_exps.weight"][e])
-    return out + _mlp(h, w[b + "ffn_gate_shexp.weight"], w[b + "ffn_up_shexp.weight"], w[b + "ffn_down_shexp.weight"])
+            out[t] += wt * _mlp(
+                h[t],
+                w[b + "ffn_gate_exps.weight"][e],
+                w[b + "ffn_up_exps.weight"][e],
+                w[b + "ffn_down_exps.weight"][e],
+            )
+    return out + _mlp(
+        h, w[b + "ffn_gate_shexp.weight"], w[b + "ffn_up_shexp.weight"], w[b + "ffn_down_shexp.weight"]
+    )
 
 
 def reference_logits(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
@@ -241,17 +265,23 @@ def reference_logits(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], tokens: list[
 
 
 _HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor map, inverted)
-    "attn_norm.weight": "input_layernorm.weight", "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight", "ffn_gate_inp.weight": "mlp.gate.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate_inp.weight": "mlp.gate.weight",
     "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
     "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
     "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
     "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
-    "nextn.eh_proj.weight": "eh_proj.weight", "nextn.enorm.weight": "enorm.weight",
-    "nextn.hnorm.weight": "hnorm.weight", "nextn.shared_head_norm.weight": "shared_head.norm.weight",
+    "nextn.eh_proj.weight": "eh_proj.weight",
+    "nextn.enorm.weight": "enorm.weight",
+    "nextn.hnorm.weight": "hnorm.weight",
+    "nextn.shared_head_norm.weight": "shared_head.norm.weight",
     **{f"attn_{p}.{kind}": f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")},
 }
 
@@ -259,25 +289,44 @@ _HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor ma
 def hf_config(cfg: Glm4MoeConfig) -> dict[str, Any]:
     """The config.json of a Glm4MoeForCausalLM checkpoint of cfg."""
     return {
-        "architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "hidden_size": cfg.n_embd,
-        "num_hidden_layers": cfg.n_layer, "num_nextn_predict_layers": cfg.n_nextn,
-        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head_kv, "head_dim": cfg.head_dim,
-        "partial_rotary_factor": cfg.partial_rotary_factor, "intermediate_size": cfg.n_ff,
-        "vocab_size": cfg.n_vocab, "moe_intermediate_size": cfg.moe_intermediate_size,
-        "n_routed_experts": cfg.n_routed_experts, "n_shared_experts": cfg.n_shared_experts,
-        "num_experts_per_tok": cfg.num_experts_per_tok, "first_k_dense_replace": cfg.first_k_dense_replace,
-        "n_group": cfg.n_group, "topk_group": cfg.topk_group, "norm_topk_prob": cfg.norm_topk_prob,
-        "routed_scaling_factor": cfg.routed_scaling_factor, "attention_bias": cfg.attention_bias,
-        "use_qk_norm": cfg.use_qk_norm, "rope_theta": cfg.rope_base, "rms_norm_eps": cfg.rms_eps,
-        "max_position_embeddings": cfg.n_ctx_train, "tie_word_embeddings": False, "hidden_act": "silu",
+        "architectures": ["Glm4MoeForCausalLM"],
+        "model_type": "glm4_moe",
+        "hidden_size": cfg.n_embd,
+        "num_hidden_layers": cfg.n_layer,
+        "num_nextn_predict_layers": cfg.n_nextn,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head_kv,
+        "head_dim": cfg.head_dim,
+        "partial_rotary_factor": cfg.partial_rotary_factor,
+        "intermediate_size": cfg.n_ff,
+        "vocab_size": cfg.n_vocab,
+        "moe_intermediate_size": cfg.moe_intermediate_size,
+        "n_routed_experts": cfg.n_routed_experts,
+        "n_shared_experts": cfg.n_shared_experts,
+        "num_experts_per_tok": cfg.num_experts_per_tok,
+        "first_k_dense_replace": cfg.first_k_dense_replace,
+        "n_group": cfg.n_group,
+        "topk_group": cfg.topk_group,
+        "norm_topk_prob": cfg.norm_topk_prob,
+        "routed_scaling_factor": cfg.routed_scaling_factor,
+        "attention_bias": cfg.attention_bias,
+        "use_qk_norm": cfg.use_qk_norm,
+        "rope_theta": cfg.rope_base,
+        "rms_norm_eps": cfg.rms_eps,
+        "max_position_embeddings": cfg.n_ctx_train,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
     }
 
 
 def hf_weights(cfg: Glm4MoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w (the experts one by one; an MTP layer's
     embedding and output head as the checkpoint has them)."""
-    out = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"],
-           "lm_head.weight": w["output.weight"]}
+    out = {
+        "model.embed_tokens.weight": w["token_embd.weight"],
+        "model.norm.weight": w["output_norm.weight"],
+        "lm_head.weight": w["output.weight"],
+    }
     for name, x in w.items():
         if not name.startswith("blk."):
             continue

@@ -52,12 +52,7 @@ void read_glm4moe(const GGUFFile & f, Config & c) {
     if (c.n_layer_dense_lead > 0 && c.n_ff == 0)
         throw GGUFError(strfmt("%s: metadata '%sfeed_forward_length' is missing (the dense blocks' width)", path,
                                a.c_str()));
-    // the experts' width: expert_feed_forward_length, else feed_forward_length / expert_used_count
-    const std::string exp_key = a + "expert_feed_forward_length";
-    c.n_ff_exp = f.find(exp_key) ? get_dim(f, exp_key, 1, 1 << 20) : c.n_ff / c.n_expert_used;
-    if (c.n_ff_exp < 1)
-        throw GGUFError(strfmt("%s: metadata '%s' is missing and feed_forward_length / expert_used_count leaves the "
-                               "experts no width", path, exp_key.c_str()));
+    c.n_ff_exp = get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20);  // (required, as llama.cpp)
     read_expert_router(f, c, true);  // (sigmoid unless the file says otherwise, as llama.cpp)
 }
 

@@ -227,7 +227,8 @@ void Model::load_weights() {
                 L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
-            if (f.find_tensor(b + "exp_probs_b.bias")) L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
+            if (c.arch == Arch::Glm4Moe || f.find_tensor(b + "exp_probs_b.bias"))  // (glm4moe: required, as llama.cpp)
+                L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
             L.w_gate = row_slice(gate_up, 0, c.n_ff);
