@@ -37,6 +37,13 @@ _EXPERTS = ("mlp.experts.{xid}.gate_proj.weight", "mlp.experts.{xid}.up_proj.wei
             "mlp.experts.{xid}.down_proj.weight")
 
 
+def without_mtp_layers(available: dict[str, tuple[int, ...]], n_layer: int) -> dict[str, tuple[int, ...]]:
+    """The checkpoint's tensors but those of its multi-token-prediction layers (layers past
+    num_hidden_layers), which llama.cpp's forward pass never runs."""
+    mtp = re.compile(r"model\.layers\.(\d+)\.")
+    return {n: s for n, s in available.items() if not ((m := mtp.match(n)) and int(m.group(1)) >= n_layer)}
+
+
 def _optional(hf: str, gguf: str, shape: tuple[str, ...]) -> TensorRule:
     return TensorRule(hf, gguf, shape, required=False)
 
@@ -122,9 +129,7 @@ class DeepseekV2(Architecture):
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        mtp = re.compile(r"model\.layers\.(\d+)\.")
-        available = {n: s for n, s in available.items()
-                     if not ((m := mtp.match(n)) and int(m.group(1)) >= self.n_layer)}  # (MTP layers)
+        available = without_mtp_layers(available, self.n_layer)
         for bid in range(self.n_layer):
             for name in self._needed(bid):
                 if name not in available:

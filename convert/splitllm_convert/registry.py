@@ -11,6 +11,7 @@ from splitllm_convert.deepseek import DeepseekV2
 from splitllm_convert.dense import Cohere2, Ernie4_5, Exaone4, Glm4, Mistral3, Mistral3Multimodal, Qwen3VL
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal
+from splitllm_convert.glm4moe import Glm4Moe
 from splitllm_convert.gpt_oss import GptOss
 from splitllm_convert.lfm2 import Lfm2
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
@@ -24,7 +25,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
-                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2)
+                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Glm4Moe)
     for n in cls.hf_names
 }
 
