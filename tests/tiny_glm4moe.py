@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gguf
 import numpy as np
+from tiny_deepseek import moe_block
 from tiny_model import rope, write_byte_vocab, write_tensors
 
 
@@ -47,6 +48,10 @@ class Glm4MoeConfig:
     @property
     def n_rot(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    # (the router as tiny_deepseek.moe_block reads it: DeepSeek-V3's)
+    scoring_func: ClassVar[str] = "sigmoid"
+    score_bias: ClassVar[bool] = True
 
 
 def glm45(**kw: Any) -> Glm4MoeConfig:
@@ -190,36 +195,14 @@ def _mlp(h: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> n
 
 
 def _moe(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
-    """Glm4MoeMoE: Glm4MoeTopkRouter's sigmoid scores, the correction bias added for choosing only,
-    the choice limited to the topk_group groups with the highest sum of their two best (the other
-    groups' scores set to 0.0, as masked_fill does), the chosen scores normalized (norm_topk_prob)
-    and times routed_scaling_factor; then the shared experts (one MLP of their stacked width)."""
-    scores = 1.0 / (1.0 + np.exp(-(h @ w[b + "ffn_gate_inp.weight"].T)))
-    choice = scores + w[b + "exp_probs_b.bias"]
-    k, n_exp = cfg.num_experts_per_tok, cfg.n_routed_experts
-    out = np.zeros_like(h)
-    for t in range(h.shape[0]):
-        groups = choice[t].reshape(cfg.n_group, n_exp // cfg.n_group).copy()
-        group_scores = np.sort(groups, axis=-1)[:, -2:].sum(axis=-1)
-        keep = np.argsort(-group_scores, kind="stable")[: cfg.topk_group]
-        mask = np.full(cfg.n_group, True)
-        mask[keep] = False
-        groups[mask] = 0.0
-        top = np.argsort(-groups.reshape(n_exp), kind="stable")[:k]
-        weight = scores[t, top]
-        if cfg.norm_topk_prob:
-            weight = weight / (weight.sum() + 1e-20)
-        weight = weight * cfg.routed_scaling_factor
-        for e, wt in zip(top, weight, strict=True):
-            out[t] += wt * _mlp(
-                h[t],
-                w[b + "ffn_gate_exps.weight"][e],
-                w[b + "ffn_up_exps.weight"][e],
-                w[b + "ffn_down_exps.weight"][e],
-            )
-    return out + _mlp(
-        h, w[b + "ffn_gate_shexp.weight"], w[b + "ffn_up_shexp.weight"], w[b + "ffn_down_shexp.weight"]
-    )
+    """Glm4MoeMoE, which is DeepSeek-V3's DeepseekV3MoE (noaux_tc; tiny_deepseek.moe_block):
+    Glm4MoeTopkRouter's sigmoid scores, the correction bias added for choosing only, the choice
+    limited to the topk_group groups with the highest sum of their two best, the chosen scores
+    normalized (norm_topk_prob) and times routed_scaling_factor; then the shared experts (one MLP
+    of their stacked width). (transformers sets the other groups' choice scores to 0.0, the
+    reference to -inf: the same choice wherever k of the kept experts score above 0, as in every
+    model of these tests: sigmoid scores plus a bias of 0.2 sd.)"""
+    return moe_block(cfg, w, b, h)  # (its fields by the same names)
 
 
 def reference_logits(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:

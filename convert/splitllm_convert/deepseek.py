@@ -48,6 +48,36 @@ def _optional(hf: str, gguf: str, shape: tuple[str, ...]) -> TensorRule:
     return TensorRule(hf, gguf, shape, required=False)
 
 
+# A block's feed-forward rows, all optional (which a block needs: ffn_needed), then the output's:
+# dense (the leading blocks), or the router with its selection bias, the routed experts (stacked)
+# and the shared experts (one feed-forward of their stacked rows). deepseek2's and glm4moe's.
+FFN_AND_OUTPUT_ROWS = (
+    _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
+    _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
+    _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
+    _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
+    _optional(L + "mlp.gate.e_score_correction_bias", B + "exp_probs_b.bias", ("n_expert",)),
+    _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
+    _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
+    _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
+    _optional(L + _SHARED[0], B + "ffn_gate_shexp.weight", ("ff_sh", "embd")),
+    _optional(L + _SHARED[1], B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
+    _optional(L + _SHARED[2], B + "ffn_down_shexp.weight", ("embd", "ff_sh")),
+    TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+    TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+)
+
+
+def ffn_needed(p: str, dense: bool, n_expert: int, n_shared: int, bias: bool = False) -> list[str]:
+    """The feed-forward tensors block prefix p must have: the dense ones, or the router (and with
+    bias its selection bias), every expert's and the shared experts' (where n_shared)."""
+    if dense:
+        return [p + n for n in _DENSE]
+    names = [p + "mlp.gate.weight"] + ([p + "mlp.gate.e_score_correction_bias"] if bias else [])
+    names += [p + n.format(xid=x) for n in _EXPERTS for x in range(n_expert)]
+    return names + ([p + n for n in _SHARED] if n_shared else [])
+
+
 class DeepseekV2(Architecture):
     """DeepseekV2ForCausalLM / DeepseekV3ForCausalLM (see the module's docstring)."""
 
@@ -66,19 +96,7 @@ class DeepseekV2(Architecture):
         TensorRule(L + _ATTN + "kv_b_proj.weight", B + "attn_k_b.weight", ("kv_b", "kv_lora")),  # (split)
         TensorRule(L + _ATTN + "o_proj.weight", B + "attn_output.weight", ("embd", "o")),
         TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
-        _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
-        _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
-        _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
-        _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
-        _optional(L + "mlp.gate.e_score_correction_bias", B + "exp_probs_b.bias", ("n_expert",)),
-        _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
-        _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
-        _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
-        _optional(L + _SHARED[0], B + "ffn_gate_shexp.weight", ("ff_sh", "embd")),
-        _optional(L + _SHARED[1], B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
-        _optional(L + _SHARED[2], B + "ffn_down_shexp.weight", ("embd", "ff_sh")),
-        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
-        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+        *FFN_AND_OUTPUT_ROWS,
     )
     default_ctx = 4096
 
@@ -119,12 +137,7 @@ class DeepseekV2(Architecture):
         p = L.format(bid=bid)
         lora = ("q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight")
         q = lora if self.q_lora_rank else ("q_proj.weight",)
-        names = [p + _ATTN + n for n in q]
-        if bid < self.n_dense:
-            return names + [p + n for n in _DENSE]
-        names.append(p + "mlp.gate.weight")
-        names += [p + n.format(xid=x) for n in _EXPERTS for x in range(self.n_expert)]
-        return names + ([p + n for n in _SHARED] if self.n_shared else [])
+        return [p + _ATTN + n for n in q] + ffn_needed(p, bid < self.n_dense, self.n_expert, self.n_shared)
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]

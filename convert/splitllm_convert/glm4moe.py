@@ -26,7 +26,7 @@ from typing import Any
 from gguf import ExpertGatingFuncType, GGUFWriter
 
 from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _describe, _moe_config, _positive
-from splitllm_convert.deepseek import _DENSE, _EXPERTS, _SHARED, _optional, without_mtp_layers
+from splitllm_convert.deepseek import FFN_AND_OUTPUT_ROWS, _optional, ffn_needed, without_mtp_layers
 from splitllm_convert.dense import glm_rotated_dims
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import _flag
@@ -65,19 +65,7 @@ class Glm4Moe(Architecture):
         _optional(L + _QK_NORMS[0], B + "attn_q_norm.weight", ("head",)),
         _optional(L + _QK_NORMS[1], B + "attn_k_norm.weight", ("head",)),
         TensorRule(L + "post_attention_layernorm.weight", B + "post_attention_norm.weight", ("embd",)),
-        _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
-        _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
-        _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
-        _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
-        _optional(L + "mlp.gate.e_score_correction_bias", B + "exp_probs_b.bias", ("n_expert",)),
-        _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
-        _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
-        _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
-        _optional(L + _SHARED[0], B + "ffn_gate_shexp.weight", ("ff_sh", "embd")),
-        _optional(L + _SHARED[1], B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
-        _optional(L + _SHARED[2], B + "ffn_down_shexp.weight", ("embd", "ff_sh")),
-        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
-        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+        *FFN_AND_OUTPUT_ROWS,
     )
     default_ctx = 131072  # transformers' Glm4MoeConfig
     default_rms_eps = 1e-5
@@ -110,11 +98,7 @@ class Glm4Moe(Architecture):
         """The HF tensors block bid must have beside the ones every block has."""
         p = L.format(bid=bid)
         names = [p + n for n in (_QKV if self.bias else ()) + (_QK_NORMS if self.qk_norm else ())]
-        if bid < self.n_dense:
-            return names + [p + n for n in _DENSE]
-        names += [p + "mlp.gate.weight", p + "mlp.gate.e_score_correction_bias"]
-        names += [p + n.format(xid=x) for n in _EXPERTS for x in range(self.n_expert)]
-        return names + ([p + n for n in _SHARED] if self.n_shared else [])
+        return names + ffn_needed(p, bid < self.n_dense, self.n_expert, self.n_shared, bias=True)
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
