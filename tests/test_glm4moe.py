@@ -192,3 +192,32 @@ def test_experts_stay_on_the_cpu(files, monkeypatch):
     assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
     np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_state_round_trip_and_imatrix(files):
+    """A saved state goes back into the cache and decoding goes on as if never interrupted; the
+    importance matrix has the dense block's matrices, and the routed and shared experts' and the
+    router's of the others, by llama-imatrix's names (none of the MTP layer's)."""
+    from splitllm.imatrix import compute
+
+    cfg, path, _ = files["glm45"]
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        m.eval_prompt(TOKENS[:10])
+        want = m.eval_prompt(TOKENS[:11])
+        m.reset()
+        m.eval_prompt(TOKENS[:10])
+        state = m.save_state()
+        m.reset()
+        m.eval_prompt(TOKENS[5:20])
+        m.load_state(state)
+        np.testing.assert_array_equal(m.eval_prompt(TOKENS[:11]), want)
+    with Model(path, n_ctx=32, n_threads=2) as m:
+        entries = compute(m, TOKENS * 2, n_ctx=32).imatrix.entries
+    mats = ("attn_q", "attn_k", "attn_v", "attn_output")
+    dense = {f"blk.0.{n}.weight" for n in (*mats, "ffn_gate", "ffn_up", "ffn_down")}
+    routed = {f"blk.1.{n}.weight" for n in mats} | {
+        f"blk.1.ffn_{n}.weight" for n in ("gate_inp", "gate_exps", "up_exps", "down_exps", "gate_shexp",
+                                          "up_shexp", "down_shexp")
+    }  # fmt: skip
+    assert {n for n in entries if n.startswith(("blk.0.", "blk.1."))} == dense | routed
+    assert not any(n.startswith(f"blk.{cfg.n_layer}.") for n in entries)
