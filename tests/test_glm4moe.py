@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 
-import gguf
 import numpy as np
 import pytest
 from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
 from splitllm import GGUFError, Model
 from splitllm.plan import plan
-from tiny_glm4moe import air, glm45, make_weights, reference_logits, write_gguf
+from tiny_glm4moe import air, file_block_bytes, glm45, make_weights, reference_logits, write_gguf
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2  # 32 positions
@@ -115,15 +113,7 @@ def test_placement_counts_every_weight(files, name):
     layer (blk.3 where the file has one) is no block of ours, and the plan's CPU weights are the
     file's tensors but its."""
     cfg, path, _ = files[name]
-    per_block: dict[str, int] = {}
-    total = 0
-    for t in gguf.GGUFReader(path).tensors:
-        m = re.match(r"blk\.(\d+)\.", t.name)
-        if m and int(m.group(1)) >= cfg.n_layer:
-            continue  # (the MTP layer's)
-        total += int(t.n_bytes)
-        if m:
-            per_block[f"blk.{m.group(1)}"] = per_block.get(f"blk.{m.group(1)}", 0) + int(t.n_bytes)
+    per_block, total = file_block_bytes(path, cfg.n_layer)
     assert len(per_block) == cfg.n_layer
     with Model(path, n_ctx=64, n_threads=2) as model:
         got = {p["name"]: p["weight_bytes"] for p in model.placement if p["name"].startswith("blk.")}

@@ -249,8 +249,9 @@ def moe_block(cfg: DeepSeekConfig, w: dict[str, np.ndarray], b: str, h: np.ndarr
         for e, wt in zip(top, weight, strict=True):
             out[t] += wt * expert(t, w[b + "ffn_gate_exps.weight"][e], w[b + "ffn_up_exps.weight"][e],
                                   w[b + "ffn_down_exps.weight"][e])
-        out[t] += expert(t, w[b + "ffn_gate_shexp.weight"], w[b + "ffn_up_shexp.weight"],
-                         w[b + "ffn_down_shexp.weight"])
+        if b + "ffn_gate_shexp.weight" in w:  # (ERNIE-4.5 may have none: tiny_ernie_moe)
+            out[t] += expert(t, w[b + "ffn_gate_shexp.weight"], w[b + "ffn_up_shexp.weight"],
+                             w[b + "ffn_down_shexp.weight"])
     return out
 
 

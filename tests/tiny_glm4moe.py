@@ -8,6 +8,7 @@ num_hidden_layers decoder layers and ignores the checkpoint's extra ones."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -134,7 +135,6 @@ def write_gguf(
     """The metadata of llama.cpp's Glm4MoeModel (TextModel's keys, then rope.dimension_count, the
     experts', the sigmoid gating, the scale and normalization, nextn_predict_layers); changes:
     key -> value (None drops it). Returns the weights as the file holds them (float64)."""
-    a = "glm4moe."
     meta: dict[str, Any] = {
         "block_count": cfg.n_layer + cfg.n_nextn,
         "context_length": cfg.n_ctx_train,
@@ -160,13 +160,30 @@ def write_gguf(
     if cfg.n_group > 1:
         meta["expert_group_count"] = cfg.n_group
         meta["expert_group_used_count"] = cfg.topk_group
-    for key, value in (metadata_changes or {}).items():
+    return write_arch_gguf("glm4moe", meta, cfg.n_vocab, weights, path, weight_type, metadata_changes)
+
+
+def write_arch_gguf(
+    arch: str,
+    meta: dict[str, Any],
+    n_vocab: int,
+    weights: dict[str, np.ndarray],
+    path: Path,
+    weight_type: str = "F32",
+    changes: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """A GGUF of the {arch}.* keys meta (with changes: key -> value, None drops it; bools, floats,
+    lists as they are, other values uint32), tiny_model's byte vocabulary and the weights; returns
+    the weights as the file holds them (float64)."""
+    a = arch + "."
+    meta = dict(meta)
+    for key, value in (changes or {}).items():
         if value is None:
             meta.pop(key.removeprefix(a), None)
         else:
             meta[key.removeprefix(a)] = value
-    wr = gguf.GGUFWriter(str(path), "glm4moe")
-    wr.add_name("tiny-glm4moe")
+    wr = gguf.GGUFWriter(str(path), arch)
+    wr.add_name("tiny-" + arch)
     for key, value in meta.items():
         if isinstance(value, bool):
             wr.add_bool(a + key, value)
@@ -176,13 +193,28 @@ def write_gguf(
             wr.add_array(a + key, value)
         else:
             wr.add_uint32(a + key, value)
-    write_byte_vocab(wr, cfg.n_vocab)
+    write_byte_vocab(wr, n_vocab)
     held = write_tensors(wr, weights, weight_type)
     wr.write_header_to_file()
     wr.write_kv_data_to_file()
     wr.write_tensors_to_file()
     wr.close()
     return held
+
+
+def file_block_bytes(path: Path, n_layer: int) -> tuple[dict[str, int], int]:
+    """The bytes of each block's tensors in the file (gguf-py's reader), "blk.0" .. of the first
+    n_layer blocks, and of all tensors but those of the blocks past them (an MTP layer's)."""
+    per_block: dict[str, int] = {}
+    total = 0
+    for t in gguf.GGUFReader(path).tensors:
+        m = re.match(r"blk\.(\d+)\.", t.name)
+        if m and int(m.group(1)) >= n_layer:
+            continue
+        total += int(t.n_bytes)
+        if m:
+            per_block[f"blk.{m.group(1)}"] = per_block.get(f"blk.{m.group(1)}", 0) + int(t.n_bytes)
+    return per_block, total
 
 
 def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

@@ -49,6 +49,7 @@ constexpr ArchTraits kArchs[] = {
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
     {"glm4moe",    Arch::Glm4Moe,   true,  false, false, false},  // (q/k/v biases, q/k norms optional)
+    {"ernie4_5-moe", Arch::Ernie4_5Moe, false, false, false, false},
 };
 
 std::string supported_archs() {
@@ -379,7 +380,7 @@ void read_deepseek2(const GGUFFile & f, Config & c) {
     if (!std::isfinite(c.yarn_log_mul))
         throw GGUFError(strfmt("%s: bad %srope.scaling.yarn_log_multiplier", path, a.c_str()));
     if (c.n_expert == 0) return;
-    read_expert_router(f, c, false);  // (config_glm4moe.cpp; softmax unless the file says otherwise)
+    read_expert_router(f, c, false);  // (config_routed.cpp; softmax unless the file says otherwise)
 }
 
 // attention.head_count_kv: one count, or one per layer (llama.cpp's per-layer form); the layers
@@ -618,6 +619,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.read_dense(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Glm4Moe) read_glm4moe(f, c);
+    if (c.arch == Arch::Ernie4_5Moe) read_ernie4_5_moe(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)

@@ -1,4 +1,4 @@
-// Metadata readers shared by config.cpp, config_dense.cpp and config_glm4moe.cpp; each throws GGUFError naming the
+// Metadata readers shared by config.cpp, config_dense.cpp and config_routed.cpp; each throws GGUFError naming the
 // file and the key.
 #pragma once
 
@@ -21,7 +21,7 @@ std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, in
 // The flags, or none at all when no layer slides.
 std::vector<uint8_t> any_swa(std::vector<uint8_t> swa);
 
-// config_glm4moe.cpp. The sigmoid-routed experts' settings (deepseek2, glm4moe): shared experts,
+// config_routed.cpp. The sigmoid-routed experts' settings (deepseek2, glm4moe): shared experts,
 // weight normalization and scale, the gating function (absent: sigmoid_default), expert groups.
 void read_expert_router(const GGUFFile & f, Config & c, bool sigmoid_default);
 // The multi-token-prediction layers (nextn_predict_layers) counted in block_count, which llama.cpp
@@ -29,5 +29,7 @@ void read_expert_router(const GGUFFile & f, Config & c, bool sigmoid_default);
 int nextn_layers(const GGUFFile & f, const Config & c);
 // glm4moe's dense lead, expert widths and router (llama.cpp's llama_model_glm4_moe).
 void read_glm4moe(const GGUFFile & f, Config & c);
+// ernie4_5-moe's dense lead, expert widths, shared expert width and router.
+void read_ernie4_5_moe(const GGUFFile & f, Config & c);
 
 }  // namespace sl

@@ -1,5 +1,6 @@
-// glm4moe (GLM-4.5 / 4.5-Air / 4.6 / 4.7; llama.cpp's llama_model_glm4_moe) and the router settings
-// it shares with deepseek2.
+// Mixtures of experts read past the architecture table: glm4moe (GLM-4.5 / 4.5-Air / 4.6 / 4.7;
+// llama.cpp's llama_model_glm4_moe), with the router settings it shares with deepseek2, and
+// ernie4_5-moe (ERNIE-4.5-21B-A3B / 300B-A47B; llama_model_ernie4_5_moe).
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "model/config.h"
@@ -54,6 +55,35 @@ void read_glm4moe(const GGUFFile & f, Config & c) {
                                a.c_str()));
     c.n_ff_exp = get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20);  // (required, as llama.cpp)
     read_expert_router(f, c, true);  // (sigmoid unless the file says otherwise, as llama.cpp)
+}
+
+void read_ernie4_5_moe(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    const char * path = f.path().c_str();
+    if (c.n_expert == 0)
+        throw GGUFError(strfmt("%s: metadata '%sexpert_count' is missing (ernie4_5-moe has experts)", path,
+                               a.c_str()));
+    if (!f.find(a + "attention.layer_norm_rms_epsilon"))
+        throw GGUFError(strfmt("%s: metadata '%sattention.layer_norm_rms_epsilon' is missing", path, a.c_str()));
+    if (c.n_rot != c.head_dim)  // (llama.cpp asserts it)
+        throw GGUFError(strfmt("%s: metadata '%srope.dimension_count' = %d: ernie4_5-moe rotates whole heads (%d)",
+                               path, a.c_str(), c.n_rot, c.head_dim));
+    // llama.cpp loads experts in every block from leading_dense_block_count on, but its graph runs
+    // them only where (l + 1) % interleave_moe_layer_step == 0: the two agree for a step of 1 only
+    const int step = get_dim(f, a + "interleave_moe_layer_step", 1, c.n_layer);
+    if (step != 1)
+        throw GGUFError(strfmt("%s: metadata '%sinterleave_moe_layer_step' = %d: only experts in every block from "
+                               "leading_dense_block_count on (a step of 1) are supported", path, a.c_str(), step));
+    const std::string lead_key = a + "leading_dense_block_count";
+    c.n_layer_dense_lead = f.find(lead_key) ? get_dim(f, lead_key, 0, c.n_layer) : 0;
+    c.n_ff_exp = get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20);
+    const std::string shexp_key = a + "expert_shared_feed_forward_length";
+    c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 0, 1 << 20) : 0;
+    // the softmax over all experts, the chosen (by probability plus any exp_probs_b) renormalized,
+    // never scaled: llama.cpp's graph fixes these whatever the keys say
+    c.moe_sigmoid = false;
+    c.expert_weights_norm = true;
+    c.expert_weights_scale = 1.0f;
 }
 
 }  // namespace sl
