@@ -68,12 +68,13 @@ FFN_AND_OUTPUT_ROWS = (
 )
 
 
-def ffn_needed(p: str, dense: bool, n_expert: int, n_shared: int, bias: bool = False) -> list[str]:
-    """The feed-forward tensors block prefix p must have: the dense ones, or the router (and with
-    bias its selection bias), every expert's and the shared experts' (where n_shared)."""
+def ffn_needed(p: str, dense: bool, n_expert: int, n_shared: int, bias: str = "") -> list[str]:
+    """The feed-forward tensors block prefix p must have: the dense ones, or the router (and its
+    selection bias, the tensor named bias after p, where given), every expert's and the shared
+    experts' (where n_shared)."""
     if dense:
         return [p + n for n in _DENSE]
-    names = [p + "mlp.gate.weight"] + ([p + "mlp.gate.e_score_correction_bias"] if bias else [])
+    names = [p + "mlp.gate.weight"] + ([p + bias] if bias else [])
     names += [p + n.format(xid=x) for n in _EXPERTS for x in range(n_expert)]
     return names + ([p + n for n in _SHARED] if n_shared else [])
 

@@ -35,6 +35,7 @@ from splitllm_convert.vocab import Vocab
 L, B = "model.layers.{bid}.", "blk.{bid}."
 _QKV = tuple(f"self_attn.{p}_proj.bias" for p in "qkv")
 _QK_NORMS = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
+_BIAS = "mlp.gate.e_score_correction_bias"
 
 
 def _int_or(cfg: dict[str, Any], key: str, default: int, path: Path, lo: int = 1) -> int:
@@ -98,7 +99,7 @@ class Glm4Moe(Architecture):
         """The HF tensors block bid must have beside the ones every block has."""
         p = L.format(bid=bid)
         names = [p + n for n in (_QKV if self.bias else ()) + (_QK_NORMS if self.qk_norm else ())]
-        return names + ffn_needed(p, bid < self.n_dense, self.n_expert, self.n_shared, bias=True)
+        return names + ffn_needed(p, bid < self.n_dense, self.n_expert, self.n_shared, _BIAS)
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]

@@ -9,6 +9,7 @@ from splitllm_convert.arch import Architecture, Llama, Mistral, Mixtral, Phi3, Q
 from splitllm_convert.bert import Bert
 from splitllm_convert.deepseek import DeepseekV2
 from splitllm_convert.dense import Cohere2, Ernie4_5, Exaone4, Glm4, Mistral3, Mistral3Multimodal, Qwen3VL
+from splitllm_convert.ernie_moe import Ernie4_5Moe
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal
 from splitllm_convert.glm4moe import Glm4Moe
@@ -25,7 +26,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
-                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Glm4Moe)
+                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Glm4Moe, Ernie4_5Moe)
     for n in cls.hf_names
 }
 
