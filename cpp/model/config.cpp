@@ -50,6 +50,7 @@ constexpr ArchTraits kArchs[] = {
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
     {"glm4moe",    Arch::Glm4Moe,   true,  false, false, false},  // (q/k/v biases, q/k norms optional)
     {"ernie4_5-moe", Arch::Ernie4_5Moe, false, false, false, false},
+    {"qwen3vlmoe", Arch::Qwen3VLMoe, true,  false, true,  false},  // (text only)
 };
 
 std::string supported_archs() {
@@ -527,7 +528,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
     if (c.arch == Arch::Glm4Moe) c.n_layer -= nextn_layers(f, c);  // (its MTP layers are not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
-    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
+    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
+                          c.arch == Arch::Qwen3VLMoe;
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
@@ -620,6 +622,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Glm4Moe) read_glm4moe(f, c);
     if (c.arch == Arch::Ernie4_5Moe) read_ernie4_5_moe(f, c);
+    if (c.arch == Arch::Qwen3VLMoe) read_qwen3vlmoe(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)

@@ -31,5 +31,8 @@ int nextn_layers(const GGUFFile & f, const Config & c);
 void read_glm4moe(const GGUFFile & f, Config & c);
 // ernie4_5-moe's dense lead, expert widths, shared expert width and router.
 void read_ernie4_5_moe(const GGUFFile & f, Config & c);
+// qwen3vlmoe's (text only): qwen3moe's blocks with M-RoPE sections, the chosen experts' weights
+// always renormalized.
+void read_qwen3vlmoe(const GGUFFile & f, Config & c);
 
 }  // namespace sl

@@ -1,6 +1,7 @@
 // Mixtures of experts read past the architecture table: glm4moe (GLM-4.5 / 4.5-Air / 4.6 / 4.7;
-// llama.cpp's llama_model_glm4_moe), with the router settings it shares with deepseek2, and
-// ernie4_5-moe (ERNIE-4.5-21B-A3B / 300B-A47B; llama_model_ernie4_5_moe).
+// llama.cpp's llama_model_glm4_moe), with the router settings it shares with deepseek2,
+// ernie4_5-moe (ERNIE-4.5-21B-A3B / 300B-A47B; llama_model_ernie4_5_moe) and qwen3vlmoe's text
+// model (Qwen3-VL-30B-A3B / 235B-A22B; llama_model_qwen3vlmoe).
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "model/config.h"
@@ -84,6 +85,25 @@ void read_ernie4_5_moe(const GGUFFile & f, Config & c) {
     c.moe_sigmoid = false;
     c.expert_weights_norm = true;
     c.expert_weights_scale = 1.0f;
+}
+
+void read_qwen3vlmoe(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    const char * path = f.path().c_str();
+    // Text tokens: M-RoPE with every section at the token's position is the plain NEOX rotation,
+    // and the deepstack inputs (rows past n_embd of a vision embedding) are zeros, as for qwen3vl.
+    for (const char * key : {"rope.dimension_sections", "attention.layer_norm_rms_epsilon"})
+        if (!f.find(a + key)) throw GGUFError(strfmt("%s: metadata '%s%s' is missing", path, a.c_str(), key));
+    if (c.n_rot != c.head_dim)  // (llama.cpp asserts it)
+        throw GGUFError(strfmt("%s: metadata '%srope.dimension_count' = %d: qwen3vlmoe rotates whole heads (%d)",
+                               path, a.c_str(), c.n_rot, c.head_dim));
+    // the experts' width: expert_feed_forward_length, else feed_forward_length / expert_used_count
+    const std::string exp_key = a + "expert_feed_forward_length";
+    c.n_ff_exp = f.find(exp_key) ? get_dim(f, exp_key, 1, 1 << 20) : c.n_ff / c.n_expert_used;
+    if (c.n_ff_exp < 1)
+        throw GGUFError(strfmt("%s: metadata '%s' is missing and feed_forward_length / expert_used_count leaves the "
+                               "experts no width", path, exp_key.c_str()));
+    c.expert_weights_norm = true;  // (llama.cpp's graph renormalizes whatever expert_weights_norm says)
 }
 
 }  // namespace sl
