@@ -378,18 +378,7 @@ class Qwen3VL(Qwen3):
         super().__init__({**cfg, **text_config(cfg, config_path)}, config_path)
         if self.rerank:
             raise ConvertError(f"{config_path}: a Qwen3-VL reranker is not supported")
-        sections = self.rope.get("mrope_section")
-        if (
-            not isinstance(sections, list)
-            or not 1 <= len(sections) <= 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sections)
-        ):
-            raise ConvertError(
-                f"{config_path}: rope 'mrope_section' must list up to 4 section sizes, got {sections!r}"
-            )
-        self.sections = [*sections, 0, 0, 0][:4]
-        vision = cfg.get("vision_config") or {}
-        self.n_deepstack = len(vision.get("deepstack_visual_indexes") or [])
+        self.sections, self.n_deepstack = qwen3vl_rope(self, cfg, config_path)
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         return _moved(self, self.prefix, "lm_head.weight")
@@ -398,3 +387,19 @@ class Qwen3VL(Qwen3):
         super().add_hparams(w)
         w.add_rope_dimension_sections(self.sections)
         w.add_num_deepstack_layers(self.n_deepstack)
+
+
+def qwen3vl_rope(arch: Architecture, cfg: dict[str, Any], config_path: Path) -> tuple[list[int], int]:
+    """Qwen3-VL's (and Qwen3-VL-MoE's) rope.dimension_sections, rope_parameters' mrope_section padded
+    to 4, and n_deepstack_layers, the number of the vision tower's deepstack_visual_indexes."""
+    sections = arch.rope.get("mrope_section")
+    if (
+        not isinstance(sections, list)
+        or not 1 <= len(sections) <= 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sections)
+    ):
+        raise ConvertError(
+            f"{config_path}: rope 'mrope_section' must list up to 4 section sizes, got {sections!r}"
+        )
+    vision = cfg.get("vision_config") or {}
+    return [*sections, 0, 0, 0][:4], len(vision.get("deepstack_visual_indexes") or [])
