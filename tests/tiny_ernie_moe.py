@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import write_arch_gguf
+from tiny_glm4moe import causal_attention, hf_block_weights, write_arch_gguf
 from tiny_model import rope
 
 
@@ -145,7 +145,6 @@ def reference_logits(cfg: ErnieMoeConfig, w: dict[str, np.ndarray], tokens: list
     n = len(tokens)
     pos = np.arange(n)
     x = w["token_embd.weight"][tokens]
-    causal = np.tril(np.ones((n, n), dtype=bool))
     flat = {k: (v.reshape(-1) if k.endswith("exp_probs_b.bias") else v) for k, v in w.items()}
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
@@ -153,13 +152,7 @@ def reference_logits(cfg: ErnieMoeConfig, w: dict[str, np.ndarray], tokens: list
         q = rope((h @ w[b + "attn_q.weight"].T).reshape(n, H, hd), pos, inv, False)
         k = rope((h @ w[b + "attn_k.weight"].T).reshape(n, KV, hd), pos, inv, False)
         v = (h @ w[b + "attn_v.weight"].T).reshape(n, KV, hd)
-        k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
-        k, v = np.repeat(k, H // KV, axis=1), np.repeat(v, H // KV, axis=1)
-        s = np.einsum("thd,uhd->htu", q, k) / math.sqrt(hd)
-        s = np.where(causal[None], s, -np.inf)
-        p = np.exp(s - s.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        x = x + np.einsum("htu,uhd->thd", p, v).reshape(n, H * hd) @ w[b + "attn_output.weight"].T
+        x = x + causal_attention(q, k, v) @ w[b + "attn_output.weight"].T
         h = _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps)
         if i < cfg.moe_layer_start_index:
             g, u = h @ w[b + "ffn_gate.weight"].T, h @ w[b + "ffn_up.weight"].T
@@ -221,17 +214,5 @@ def hf_weights(cfg: ErnieMoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.nd
     out = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"]}
     if not cfg.tied:
         out["lm_head.weight"] = w["output.weight"]
-    for name, x in w.items():
-        if not name.startswith("blk."):
-            continue
-        _, bid, rest = name.split(".", 2)
-        p = f"model.layers.{bid}."
-        if rest in _HF_NAMES:
-            out[p + _HF_NAMES[rest]] = x
-        elif rest.endswith("_exps.weight"):
-            kind = rest.split("_")[1]  # gate, up, down
-            for e in range(cfg.moe_num_experts):
-                out[p + f"mlp.experts.{e}.{kind}_proj.weight"] = x[e]
-        else:
-            raise ValueError(f"no checkpoint name for {name}")
+    out.update(hf_block_weights(w, _HF_NAMES, cfg.moe_num_experts))
     return out

@@ -237,6 +237,39 @@ def _moe(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) ->
     return moe_block(cfg, w, b, h)  # (its fields by the same names)
 
 
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Causal attention of rotated queries (n, H, hd) over keys and values (n, KV, hd) (grouped:
+    H / KV query heads per key head; scores scaled by 1 / sqrt(hd)), the keys and values rounded to
+    float16 as both engines' caches hold them: (n, H * hd)."""
+    n, H, hd = q.shape
+    k, v = (np.repeat(x.astype(np.float16).astype(np.float64), H // x.shape[1], axis=1) for x in (k, v))
+    s = np.einsum("thd,uhd->htu", q, k) / math.sqrt(hd)
+    s = np.where(np.tril(np.ones((n, n), dtype=bool))[None], s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("htu,uhd->thd", p, v).reshape(n, H * hd)
+
+
+def hf_block_weights(w: dict[str, np.ndarray], names: dict[str, str], n_expert: int) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors of the blocks' GGUF weights w (block names by ``names``; stacked
+    experts one by one as mlp.experts.{e}.{gate,up,down}_proj)."""
+    out = {}
+    for name, x in w.items():
+        if not name.startswith("blk."):
+            continue
+        _, bid, rest = name.split(".", 2)
+        p = f"model.layers.{bid}."
+        if rest in names:
+            out[p + names[rest]] = x
+        elif rest.endswith("_exps.weight"):
+            kind = rest.split("_")[1]  # gate, up, down
+            for e in range(n_expert):
+                out[p + f"mlp.experts.{e}.{kind}_proj.weight"] = x[e]
+        else:
+            raise ValueError(f"no checkpoint name for {name}")
+    return out
+
+
 def reference_logits(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
     """float64 forward pass over tokens at positions 0..n-1: logits (n, n_vocab). Per head the
     query and key RMS-normed (use_qk_norm) before the rotation of their first n_rot dims (rotate
@@ -246,7 +279,6 @@ def reference_logits(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], tokens: list[
     n = len(tokens)
     pos = np.arange(n)
     x = w["token_embd.weight"][tokens]
-    causal = np.tril(np.ones((n, n), dtype=bool))
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
         h = _rms(x, w[b + "attn_norm.weight"], cfg.rms_eps)
@@ -261,16 +293,11 @@ def reference_logits(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], tokens: list[
         if cfg.use_qk_norm:
             q = _rms(q, w[b + "attn_q_norm.weight"], cfg.rms_eps)
             k = _rms(k, w[b + "attn_k_norm.weight"], cfg.rms_eps)
-        q, k = rope(q, pos, inv, True), rope(k, pos, inv, True)
-        k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
-        rep = H // KV
-        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-        s = np.einsum("thd,uhd->htu", q, k) / math.sqrt(hd)
-        s = np.where(causal[None], s, -np.inf)
-        p = np.exp(s - s.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        att = np.einsum("htu,uhd->thd", p, v).reshape(n, H * hd)
-        x = x + att @ w[b + "attn_output.weight"].T
+        x = (
+            x
+            + causal_attention(rope(q, pos, inv, True), rope(k, pos, inv, True), v)
+            @ w[b + "attn_output.weight"].T
+        )
         h = _rms(x, w[b + "post_attention_norm.weight"], cfg.rms_eps)
         if i < cfg.first_k_dense_replace:
             x = x + _mlp(h, w[b + "ffn_gate.weight"], w[b + "ffn_up.weight"], w[b + "ffn_down.weight"])
@@ -341,20 +368,8 @@ def hf_weights(cfg: Glm4MoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.nda
         "model.embed_tokens.weight": w["token_embd.weight"],
         "model.norm.weight": w["output_norm.weight"],
         "lm_head.weight": w["output.weight"],
+        **hf_block_weights(w, _HF_NAMES, cfg.n_routed_experts),
     }
-    for name, x in w.items():
-        if not name.startswith("blk."):
-            continue
-        _, bid, rest = name.split(".", 2)
-        p = f"model.layers.{bid}."
-        if rest in _HF_NAMES:
-            out[p + _HF_NAMES[rest]] = x
-        elif rest.endswith("_exps.weight"):
-            kind = rest.split("_")[1]  # gate, up, down
-            for e in range(cfg.n_routed_experts):
-                out[p + f"mlp.experts.{e}.{kind}_proj.weight"] = x[e]
-        else:
-            raise ValueError(f"no checkpoint name for {name}")
     for i in range(cfg.n_layer, cfg.n_layer + cfg.n_nextn):
         out[f"model.layers.{i}.embed_tokens.weight"] = w["token_embd.weight"]
         out[f"model.layers.{i}.shared_head.head.weight"] = w["output.weight"]
