@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import causal_attention, hf_block_weights, write_arch_gguf
+from tiny_glm4moe import HF_BLOCK_NAMES, causal_attention, hf_block_weights, write_arch_gguf
 from tiny_model import rope
 
 
@@ -164,20 +164,9 @@ def reference_logits(cfg: ErnieMoeConfig, w: dict[str, np.ndarray], tokens: list
 
 
 _HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor map, inverted)
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
+    **HF_BLOCK_NAMES,
     "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-    "ffn_gate_inp.weight": "mlp.gate.weight",
     "exp_probs_b.bias": "mlp.moe_statics.e_score_correction_bias",
-    "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
-    "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
-    "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
 }
 
 

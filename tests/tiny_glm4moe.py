@@ -306,25 +306,28 @@ def reference_logits(cfg: Glm4MoeConfig, w: dict[str, np.ndarray], tokens: list[
     return _rms(x, w["output_norm.weight"], cfg.rms_eps) @ w["output.weight"].T
 
 
-_HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor map, inverted)
+# GGUF name in a block -> the checkpoint's (llama.cpp's tensor maps, inverted): the attention's and
+# the feed-forward's of GLM-4.5 and ERNIE-4.5 (tiny_ernie_moe), then GLM's own.
+HF_BLOCK_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q_norm.weight": "self_attn.q_norm.weight",
-    "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    **{f"attn_{p}.{kind}": f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")},
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
     "ffn_gate_inp.weight": "mlp.gate.weight",
+    **{f"ffn_{p}_shexp.weight": f"mlp.shared_experts.{p}_proj.weight" for p in ("gate", "up", "down")},
+}
+_HF_NAMES = {
+    **HF_BLOCK_NAMES,
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
     "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
-    "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
-    "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
-    "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
     "nextn.eh_proj.weight": "eh_proj.weight",
     "nextn.enorm.weight": "enorm.weight",
     "nextn.hnorm.weight": "hnorm.weight",
     "nextn.shared_head_norm.weight": "shared_head.norm.weight",
-    **{f"attn_{p}.{kind}": f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")},
 }
 
 

@@ -19,7 +19,7 @@ left out, as llama.cpp does.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,13 @@ def without_mtp_layers(available: dict[str, tuple[int, ...]], n_layer: int) -> d
     num_hidden_layers), which llama.cpp's forward pass never runs."""
     mtp = re.compile(r"model\.layers\.(\d+)\.")
     return {n: s for n, s in available.items() if not ((m := mtp.match(n)) and int(m.group(1)) >= n_layer)}
+
+
+def require_tensors(names: Iterable[str], available: Collection[str], files: Sequence[Path]) -> None:
+    """Raises naming the first of names the checkpoint does not hold."""
+    for name in names:
+        if name not in available:
+            raise ConvertError(f"tensor {name!r} is missing from {_describe(files)}")
 
 
 def _optional(hf: str, gguf: str, shape: tuple[str, ...]) -> TensorRule:
@@ -144,10 +151,7 @@ class DeepseekV2(Architecture):
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
         available = without_mtp_layers(available, self.n_layer)
-        for bid in range(self.n_layer):
-            for name in self._needed(bid):
-                if name not in available:
-                    raise ConvertError(f"tensor {name!r} is missing from {_describe(files)}")
+        require_tensors((n for bid in range(self.n_layer) for n in self._needed(bid)), available, files)
         out = []
         H, r = self.n_head, self.kv_lora_rank
         for s in super().plan(available, where, files):

@@ -23,8 +23,8 @@ from typing import Any
 
 from gguf import GGUFWriter
 
-from splitllm_convert.arch import PlannedSource, TensorRule, _describe, _require
-from splitllm_convert.deepseek import FFN_AND_OUTPUT_ROWS, ffn_needed
+from splitllm_convert.arch import PlannedSource, TensorRule, _require
+from splitllm_convert.deepseek import FFN_AND_OUTPUT_ROWS, ffn_needed, require_tensors
 from splitllm_convert.dense import _ATTN, _OUTER, Ernie4_5, _rules
 from splitllm_convert.errors import ConvertError
 
@@ -85,11 +85,12 @@ class Ernie4_5Moe(Ernie4_5):  # noqa: N801 - the architecture's name
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        for bid in range(self.n_layer):
-            p = L.format(bid=bid)
-            for name in ffn_needed(p, bid < self.n_dense, self.n_expert, self.n_shared, _BIAS):
-                if name not in available:
-                    raise ConvertError(f"tensor {name!r} is missing from {_describe(files)}")
+        needed = (
+            n
+            for bid in range(self.n_layer)
+            for n in ffn_needed(L.format(bid=bid), bid < self.n_dense, self.n_expert, self.n_shared, _BIAS)
+        )
+        require_tensors(needed, available, files)
         return super().plan(available, where, files)
 
     def add_hparams(self, w: GGUFWriter) -> None:

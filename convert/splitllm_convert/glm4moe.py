@@ -25,8 +25,14 @@ from typing import Any
 
 from gguf import ExpertGatingFuncType, GGUFWriter
 
-from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _describe, _moe_config, _positive
-from splitllm_convert.deepseek import FFN_AND_OUTPUT_ROWS, _optional, ffn_needed, without_mtp_layers
+from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _moe_config, _positive
+from splitllm_convert.deepseek import (
+    FFN_AND_OUTPUT_ROWS,
+    _optional,
+    ffn_needed,
+    require_tensors,
+    without_mtp_layers,
+)
 from splitllm_convert.dense import glm_rotated_dims
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import _flag
@@ -105,10 +111,7 @@ class Glm4Moe(Architecture):
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
         available = without_mtp_layers(available, self.n_layer)
-        for bid in range(self.n_layer):
-            for name in self._needed(bid):
-                if name not in available:
-                    raise ConvertError(f"tensor {name!r} is missing from {_describe(files)}")
+        require_tensors((n for bid in range(self.n_layer) for n in self._needed(bid)), available, files)
         for name in available:  # (what config.json says the model has not: transformers would not load it)
             if name.endswith(_QKV) and not self.bias or name.endswith(_QK_NORMS) and not self.qk_norm:
                 key = "attention_bias" if name.endswith(_QKV) else "use_qk_norm"
