@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2
+    Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -56,7 +56,8 @@ struct Config {
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4",
-                                // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2"
+                                // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
+                                // "ernie4_5-moe", "qwen3vlmoe"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -91,7 +92,7 @@ struct Config {
     int n_expert_groups = 0;    // 0: no groups
     int n_group_used = 0;
     int n_expert_shared = 0;
-    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2)
+    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, glm4moe, ernie4_5-moe)
     // deepseek2's multi-head latent attention (llama.cpp's MLA form, mla.cpp): queries from h
     // (attn_q) or through a rank-q_lora_rank bottleneck (attn_q_a, its norm, attn_q_b); keys and
     // values from a normed kv_lora_rank latent and one rotary key part of n_rot shared by every
