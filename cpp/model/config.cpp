@@ -48,6 +48,7 @@ constexpr ArchTraits kArchs[] = {
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
+    {"granitehybrid", Arch::GraniteHybrid, false, false, false, false},  // (mamba2.cpp)
 };
 
 std::string supported_archs() {
@@ -176,7 +177,7 @@ void read_granite(const GGUFFile & f, Config & c) {
     if (c.arch == Arch::Granite && c.n_expert > 0)
         throw GGUFError(strfmt("%s: a granite model with experts is not supported (granitemoe is)", f.path().c_str()));
     c.logit_scale = get_positive(f, a + "logit_scale", 1.0);
-    if (!f.find(a + "logit_scale"))
+    if (!f.find(a + "logit_scale") && c.arch != Arch::GraniteHybrid)  // (optional there, as in llama.cpp)
         throw GGUFError(strfmt("%s: metadata '%slogit_scale' is missing", f.path().c_str(), a.c_str()));
     for (auto [key, v] : {std::pair{"residual_scale", &c.residual_scale}, {"embedding_scale", &c.embd_scale}}) {
         *v = get_positive(f, a + key, 1.0, true);
@@ -318,7 +319,8 @@ void read_gpt_oss(const GGUFFile & f, Config & c) {
 // feed_forward_length; granitemoe's shared expert (granitemoeshared) where the key is given.
 void read_moe_variant(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
-    c.expert_weights_norm = c.arch == Arch::GraniteMoe;
+    const bool granite = c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid;
+    c.expert_weights_norm = granite;
     const std::string exp_key = a + "expert_feed_forward_length", shexp_key = a + "expert_shared_feed_forward_length";
     c.n_ff_exp = c.n_ff;
     if (c.arch == Arch::Qwen2Moe) {
@@ -329,7 +331,7 @@ void read_moe_variant(const GGUFFile & f, Config & c) {
                                    exp_key.c_str()));
         c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 1, 1 << 20) : c.n_ff;
         c.shexp_gate = true;
-    } else if (c.arch == Arch::GraniteMoe && f.find(shexp_key)) {
+    } else if (granite && f.find(shexp_key)) {
         c.n_ff_shexp = get_dim(f, shexp_key, 0, 1 << 20);
     }
 }
@@ -415,7 +417,7 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
         if (!e.is_integer())
             throw GGUFError(strfmt("%s: metadata '%s' must hold integers", f.path().c_str(), key.c_str()));
         const int64_t k = e.num.i64;  // (small values read alike as signed or unsigned)
-        if (k == 0 && c.arch == Arch::Lfm2) {
+        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::GraniteHybrid)) {  // (granitehybrid: Mamba-2)
             conv[size_t(l)] = 1;
             continue;
         }
@@ -563,7 +565,9 @@ Config Config::from_gguf(const GGUFFile & f) {
                          ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
                          : c.n_ff;
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
-        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe) read_moe_variant(f, c);
+        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe ||
+            c.arch == Arch::GraniteHybrid)
+            read_moe_variant(f, c);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
     c.n_ctx_orig = f.find(a + "rope.scaling.original_context_length")
@@ -627,7 +631,8 @@ Config Config::from_gguf(const GGUFFile & f) {
         read_gemma(f, c);
     if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
-    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe) read_granite(f, c);
+    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid) read_granite(f, c);
+    if (c.arch == Arch::GraniteHybrid) c.read_mamba2(f);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);

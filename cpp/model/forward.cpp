@@ -57,7 +57,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         }
         if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);
-            conv_block(l, s, n, slot);
+            if (c.mamba2())  // granitehybrid: a Mamba-2 mixer instead (mamba2.cpp)
+                mamba2_block(l, s, n, slot);
+            else
+                conv_block(l, s, n, slot);
         } else {
             // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
             const float * h = L.attn_norm ? s.h : s.x;

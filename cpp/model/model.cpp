@@ -155,8 +155,11 @@ void Model::load_weights() {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        if (c.is_conv(l)) {  // lfm2: a convolution in place of attention
-            load_conv_layer(b, L);
+        if (c.is_conv(l)) {  // lfm2: a convolution in place of attention (granitehybrid: Mamba-2)
+            if (c.mamba2())
+                load_mamba2_layer(b, L);
+            else
+                load_conv_layer(b, L);
         } else {
             if (c.arch == Arch::DeepSeek2) {
                 load_mla_layer(b, L);
@@ -507,6 +510,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.down_exps});
         group({&L.conv_in});
         group({&L.conv_out});
+        group({&L.ssm_in});
+        group({&L.ssm_out});
     }
     group({&w_.output});
     group({&w_.cls});
@@ -541,9 +546,10 @@ size_t Model::activation_bytes(bool cpu) const {
                           ? 2 * size_t(c.n_layer) * size_t(c.n_embd_per_layer) + (c.n_expert > 0 ? 3 * size_t(c.n_embd) : 0)
                           : 0;
     const size_t mla = cpu ? mla_floats() : 0;
+    const size_t ssm = cpu && c.mamba2() ? size_t(c.ssm_d_inner) : 0;  // a Mamba-2 layer's output (ssm_y_)
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
-            mla + g4);
+            mla + g4 + ssm);
 }
 
 void Model::allocate_state() {
@@ -602,6 +608,7 @@ void Model::allocate_state() {
             if (c.is_conv(l)) conv_index_[size_t(l)] = n_conv++;
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
+        if (c.mamba2()) ssm_y_.assign(nb * size_t(c.ssm_d_inner), 0.0f);
     }
     if (c.arch == Arch::Gemma4) {
         ones_.assign(size_t(c.max_head_dim()), 1.0f);
