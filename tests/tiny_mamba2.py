@@ -53,6 +53,7 @@ class HybridConfig:
     seed: int = 0
     # embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling
     granite_scales: tuple[float, float, float, float] = (12.0, 0.22, 0.0078125, 6.0)
+    norm_groups: int | None = None  # the reference only: the gated norm's groups (None: n_group)
 
     @property
     def d_inner(self) -> int:
@@ -105,7 +106,11 @@ def make_weights(cfg: HybridConfig) -> Weights:
         w[b + "ffn_norm.weight"] = norm(e)  # (post_attention_layernorm)
         if cfg.n_expert:
             w[b + "ffn_gate_inp.weight"] = 2 * mat(cfg.n_expert, e)
-            for p, (rows, cols) in {"gate": (cfg.n_ff, e), "up": (cfg.n_ff, e), "down": (e, cfg.n_ff)}.items():
+            for p, (rows, cols) in {
+                "gate": (cfg.n_ff, e),
+                "up": (cfg.n_ff, e),
+                "down": (e, cfg.n_ff),
+            }.items():
                 w[b + f"ffn_{p}_exps.weight"] = np.stack([mat(rows, cols) for _ in range(cfg.n_expert)])
         names = ("_shexp" if cfg.n_expert else "", cfg.n_ff_shexp if cfg.n_expert else cfg.n_ff)
         if names[1]:
@@ -124,11 +129,17 @@ def metadata(cfg: HybridConfig) -> dict[str, Any]:
     a = cfg.arch + "."
     emb, res, att, logit = cfg.granite_scales
     keys: dict[str, Any] = {
-        a + "embedding_scale": emb, a + "residual_scale": res, a + "attention.scale": att,
-        a + "logit_scale": logit, a + "rope.scaling.finetuned": cfg.rope,
-        a + "ssm.conv_kernel": cfg.d_conv, a + "ssm.state_size": cfg.d_state, a + "ssm.group_count": cfg.n_group,
-        a + "ssm.inner_size": cfg.d_inner, a + "ssm.time_step_rank": cfg.ssm_heads,
-    }  # fmt: skip
+        a + "embedding_scale": emb,
+        a + "residual_scale": res,
+        a + "attention.scale": att,
+        a + "logit_scale": logit,
+        a + "rope.scaling.finetuned": cfg.rope,
+        a + "ssm.conv_kernel": cfg.d_conv,
+        a + "ssm.state_size": cfg.d_state,
+        a + "ssm.group_count": cfg.n_group,
+        a + "ssm.inner_size": cfg.d_inner,
+        a + "ssm.time_step_rank": cfg.ssm_heads,
+    }
     if cfg.n_expert and cfg.n_ff_shexp:
         keys[a + "expert_shared_feed_forward_length"] = cfg.n_ff_shexp
     return keys
@@ -140,9 +151,19 @@ def write_hybrid_gguf(cfg: HybridConfig, path: Path, *, metadata_changes: dict[s
     quantize); head_count_kv per layer, 0 for a Mamba-2 layer. Returns the weights as the file
     holds them (float64). A None in ``metadata_changes`` removes that key."""
     per_layer = [0 if cfg.is_mamba(i) else cfg.n_head_kv for i in range(cfg.n_layer)]
-    tiny = TinyConfig(arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
-                      n_head_kv=per_layer, n_ff=cfg.n_ff, n_vocab=cfg.n_vocab, rope_base=cfg.rope_base,  # type: ignore[arg-type]
-                      rms_eps=cfg.rms_eps, n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used if cfg.n_expert else 0)  # fmt: skip
+    tiny = TinyConfig(
+        arch=cfg.arch,
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        n_head=cfg.n_head,
+        n_head_kv=per_layer,  # type: ignore[arg-type]  (the writer's add_head_count_kv)
+        n_ff=cfg.n_ff,
+        n_vocab=cfg.n_vocab,
+        rope_base=cfg.rope_base,
+        rms_eps=cfg.rms_eps,
+        n_expert=cfg.n_expert,
+        n_expert_used=cfg.n_expert_used if cfg.n_expert else 0,
+    )
     own = metadata(cfg)
     changes = {k: v for k, v in {**own, **(metadata_changes or {})}.items() if v is not None or k not in own}
     return write_gguf(TinyModel(tiny, make_weights(cfg)), path, metadata=changes, **kw)
@@ -168,23 +189,26 @@ def mamba2_mixer(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.nda
     n, di, cd, nh, ds, ng = h.shape[0], cfg.d_inner, cfg.conv_dim, cfg.ssm_heads, cfg.d_state, cfg.n_group
     hd = di // nh
     proj = h @ w[b + "ssm_in.weight"].T
-    gate, xbc, dt = proj[:, :di], proj[:, di: di + cd], proj[:, di + cd:]
+    gate, xbc, dt = proj[:, :di], proj[:, di : di + cd], proj[:, di + cd :]
     padded = np.concatenate([np.zeros((cfg.d_conv - 1, cd)), xbc])
     kernel = w[b + "ssm_conv1d.weight"]  # (conv_dim, d_conv): tap 0 meets the oldest input
-    conv = np.stack([(kernel.T * padded[t: t + cfg.d_conv]).sum(axis=0) for t in range(n)])
+    conv = np.stack([(kernel.T * padded[t : t + cfg.d_conv]).sum(axis=0) for t in range(n)])
     xbc = _silu(conv + w.get(b + "ssm_conv1d.bias", 0.0))
     x = xbc[:, :di].reshape(n, nh, hd)
-    bb = np.repeat(xbc[:, di: di + ng * ds].reshape(n, ng, ds), nh // ng, axis=1)  # (repeat_interleave)
-    cc = np.repeat(xbc[:, di + ng * ds:].reshape(n, ng, ds), nh // ng, axis=1)
+    bb = np.repeat(xbc[:, di : di + ng * ds].reshape(n, ng, ds), nh // ng, axis=1)  # (repeat_interleave)
+    cc = np.repeat(xbc[:, di + ng * ds :].reshape(n, ng, ds), nh // ng, axis=1)
     dt = _softplus(dt + w[b + "ssm_dt.bias"])
     a, d = w[b + "ssm_a"][:, 0], w[b + "ssm_d"][:, 0]
     state = np.zeros((nh, hd, ds))
     y = np.empty((n, nh, hd))
     for t in range(n):
-        state = state * np.exp(dt[t] * a)[:, None, None] + (dt[t][:, None] * x[t])[:, :, None] * bb[t][:, None, :]
+        state = (
+            state * np.exp(dt[t] * a)[:, None, None] + (dt[t][:, None] * x[t])[:, :, None] * bb[t][:, None, :]
+        )
         y[t] = (state * cc[t][:, None, :]).sum(axis=-1) + d[:, None] * x[t]
-    y = (y.reshape(n, di) * _silu(gate)).reshape(n, ng, di // ng)
-    y = _rms(y, w[b + "ssm_norm.weight"], cfg.rms_eps).reshape(n, di)
+    groups = cfg.norm_groups or ng
+    y = (y.reshape(n, di) * _silu(gate)).reshape(n, groups, di // groups)
+    y = _rms(y, w[b + "ssm_norm.weight"].reshape(groups, -1), cfg.rms_eps).reshape(n, di)
     return y @ w[b + "ssm_out.weight"].T
 
 
@@ -223,13 +247,17 @@ def _ffn(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
         top = np.argsort(-z[t], kind="stable")[: cfg.n_expert_used]
         p = np.exp(z[t, top] - z[t, top].max())
         for e, wt in zip(top, p / p.sum(), strict=True):
-            out[t] += wt * _swiglu(h[t], *(w[b + f"ffn_{p_}_exps.weight"][e] for p_ in ("gate", "up", "down")))
+            out[t] += wt * _swiglu(
+                h[t], *(w[b + f"ffn_{p_}_exps.weight"][e] for p_ in ("gate", "up", "down"))
+            )
     if cfg.n_ff_shexp:
         out = out + _swiglu(h, *(w[b + f"ffn_{p}_shexp.weight"] for p in ("gate", "up", "down")))
     return out
 
 
-def hybrid_reference_logits(cfg: HybridConfig, w: Weights, tokens: list[int], *, kv_f16: bool = True) -> np.ndarray:
+def hybrid_reference_logits(
+    cfg: HybridConfig, w: Weights, tokens: list[int], *, kv_f16: bool = True
+) -> np.ndarray:
     """float64 GraniteMoeHybridForCausalLM over tokens at positions 0..n-1: logits (n, n_vocab).
     Embeddings times embedding_multiplier; each layer x += res * mixer(rmsnorm(x)) (Mamba-2 or
     attention), x += res * ffn(rmsnorm(x)); the final norm, lm_head, over logits_scaling."""
@@ -242,4 +270,3 @@ def hybrid_reference_logits(cfg: HybridConfig, w: Weights, tokens: list[int], *,
         x = x + res * _ffn(cfg, w, b, _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps))
     x = _rms(x, w["output_norm.weight"], cfg.rms_eps)
     return x @ w.get("output.weight", w["token_embd.weight"]).T / logit
-

@@ -253,6 +253,11 @@ struct Config {
         const int conv = recurrent() ? (mamba2() ? ssm_in_dim() : 3 * n_embd) : 0;
         return std::max({n_ff, n_ff_exp, n_ff_shexp, conv, n_embd_per_layer});
     }
+    // The widest matmul input among those: a Mamba-2 layer's out_proj reads d_inner (its wider in_proj
+    // output, ssm_in_dim, need not be a multiple of any block size, and no matmul reads it).
+    int ff_k_max() const {
+        return mamba2() ? std::max({n_ff, n_ff_exp, n_ff_shexp, ssm_d_inner, n_embd_per_layer}) : ff_max();
+    }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
     std::string shape_keys() const;

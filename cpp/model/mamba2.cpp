@@ -100,7 +100,7 @@ void Model::mamba2_block(int l, Scratch & s, int n, const int32_t * slot) {
 
     // The selective scan, head by head (each head's state its own), a slot's tokens in order:
     // y = S C + D x after S = S exp(dt' A) + dt' x B^T.
-    float * y = ssm_y_.data();  // (n, d_inner)
+    float * y = ssm_y_;  // (n, d_inner)
     const int64_t heads_per_group = nh / ng;
     cpu_->pool().parallel_for(nh, [&](int64_t h0, int64_t h1) {
         for (int i = 0; i < n; ++i) {

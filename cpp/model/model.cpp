@@ -465,7 +465,7 @@ CpuBackendOptions Model::cpu_options() const {
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
-    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max(), c.q_lora_rank, c.kv_lora_rank});
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_k_max(), c.q_lora_rank, c.kv_lora_rank});
     o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert,
                            c.n_head * (c.head_dim_k_mla + c.head_dim_v_mla)});  // (deepseek2: attn_kv_b)
     o.n_head = c.n_head;
@@ -608,7 +608,8 @@ void Model::allocate_state() {
             if (c.is_conv(l)) conv_index_[size_t(l)] = n_conv++;
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
-        if (c.mamba2()) ssm_y_.assign(nb * size_t(c.ssm_d_inner), 0.0f);
+        if (c.mamba2())  // (a Mamba-2 layer's output before out_proj)
+            ssm_y_ = static_cast<float *>(alloc_on(cpu_.get(), nb * size_t(c.ssm_d_inner) * sizeof(float)));
     }
     if (c.arch == Arch::Gemma4) {
         ones_.assign(size_t(c.max_head_dim()), 1.0f);

@@ -470,7 +470,7 @@ private:
     // y the scan of conv(xBC)), on the CPU; its output before out_proj in ssm_y_ (n_batch, d_inner).
     void load_mamba2_layer(const std::string & b, LayerWeights & L);
     void mamba2_block(int l, Scratch & s, int n, const int32_t * slot);
-    std::vector<float> ssm_y_;
+    float * ssm_y_ = nullptr;  // (n_batch, d_inner) on the CPU
     // gemma4.cpp: a Gemma 4 model's block weights, its per-layer inputs of a batch (into ple_) and
     // one block on s.x (on the CPU).
     void load_gemma4_layers();
