@@ -12,6 +12,7 @@ from splitllm_convert.dense import Cohere2, Ernie4_5, Exaone4, Glm4, Mistral3, M
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal
 from splitllm_convert.gpt_oss import GptOss
+from splitllm_convert.granite_hybrid import GraniteHybrid
 from splitllm_convert.lfm2 import Lfm2
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
 from splitllm_convert.moe_archs import GraniteMoe, Olmoe, Qwen2Moe
@@ -24,7 +25,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
-                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2)
+                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, GraniteHybrid)
     for n in cls.hf_names
 }
 
