@@ -8,6 +8,10 @@ tokens), independent of splitllm's engine.
 The gated norm is RMS-normed per group of d_inner / n_groups (mamba_ssm's RMSNormGated with its
 group size, as llama.cpp's build_mamba2_layer); every Granite 4.0 H model has one group, where
 this is transformers' norm over the whole d_inner.
+
+nemotron_h (transformers' NemotronHForCausalLM, Nemotron-H / Nemotron Nano 2) in the same terms:
+``arch="nemotron_h"``, layer types "mamba", "attention" (not rotated, scores over sqrt(head_dim))
+and "mlp" (x += down(relu(up(h))^2)), each layer one mixer x += mixer(rmsnorm(x)), no multipliers.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 from tiny_model import TinyConfig, TinyModel, rope, write_gguf
 
 Weights = dict[str, np.ndarray]
-MAMBA, ATTN = "mamba", "attention"
+MAMBA, ATTN, MLP = "mamba", "attention", "mlp"
 
 
 @dataclass
@@ -54,6 +58,20 @@ class HybridConfig:
     # embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling
     granite_scales: tuple[float, float, float, float] = (12.0, 0.22, 0.0078125, 6.0)
     norm_groups: int | None = None  # the reference only: the gated norm's groups (None: n_group)
+    key_length: int | None = None  # head size, if not n_embd / n_head (written as attention.key_length)
+
+    @property
+    def nemotron(self) -> bool:
+        return self.arch == "nemotron_h"
+
+    @property
+    def scales(self) -> tuple[float, float, float, float]:
+        """Granite's multipliers, or nemotron_h's none (its scores over sqrt(head_dim))."""
+        return (1.0, 1.0, self.head_dim**-0.5, 1.0) if self.nemotron else self.granite_scales
+
+    def ff_of(self, layer: int) -> int:
+        """nemotron_h's feed_forward_length of a layer: its MLP's width, 0 for the others."""
+        return self.n_ff if self.layer_types[layer] == MLP else 0
 
     @property
     def d_inner(self) -> int:
@@ -61,7 +79,7 @@ class HybridConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.key_length or self.n_embd // self.n_head
 
     @property
     def conv_dim(self) -> int:
@@ -84,7 +102,7 @@ def make_weights(cfg: HybridConfig) -> Weights:
     def norm(n: int) -> np.ndarray:
         return 1 + 0.1 * rng.normal(size=n)
 
-    w: Weights = {"token_embd.weight": rng.normal(0, 0.1, size=(cfg.n_vocab, e))}
+    w: Weights = {"token_embd.weight": rng.normal(0, 1.0 if cfg.nemotron else 0.1, size=(cfg.n_vocab, e))}
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
         w[b + "attn_norm.weight"] = norm(e)  # (input_layernorm)
@@ -98,11 +116,16 @@ def make_weights(cfg: HybridConfig) -> Weights:
             w[b + "ssm_d"] = rng.uniform(0.5, 1.5, size=(nh, 1))
             w[b + "ssm_norm.weight"] = norm(di).reshape(cfg.n_group, di // cfg.n_group)
             w[b + "ssm_out.weight"] = mat(e, di)
+        elif cfg.layer_types[i] == MLP:
+            w[b + "ffn_up.weight"] = mat(cfg.n_ff, e)
+            w[b + "ffn_down.weight"] = mat(e, cfg.n_ff)
         else:
             w[b + "attn_q.weight"] = mat(cfg.n_head * hd, e)
             w[b + "attn_k.weight"] = mat(cfg.n_head_kv * hd, e)
             w[b + "attn_v.weight"] = mat(cfg.n_head_kv * hd, e)
             w[b + "attn_output.weight"] = mat(e, cfg.n_head * hd)
+        if cfg.nemotron:
+            continue  # (one mixer a layer)
         w[b + "ffn_norm.weight"] = norm(e)  # (post_attention_layernorm)
         if cfg.n_expert:
             w[b + "ffn_gate_inp.weight"] = 2 * mat(cfg.n_expert, e)
@@ -125,15 +148,18 @@ def make_weights(cfg: HybridConfig) -> Weights:
 
 
 def metadata(cfg: HybridConfig) -> dict[str, Any]:
-    """The keys GraniteHybridModel.set_gguf_parameters writes beyond tiny_model's."""
+    """The keys GraniteHybridModel.set_gguf_parameters (NemotronHModel's) writes beyond tiny_model's."""
     a = cfg.arch + "."
     emb, res, att, logit = cfg.granite_scales
-    keys: dict[str, Any] = {
+    granite = {
         a + "embedding_scale": emb,
         a + "residual_scale": res,
         a + "attention.scale": att,
         a + "logit_scale": logit,
         a + "rope.scaling.finetuned": cfg.rope,
+    }
+    keys: dict[str, Any] = {
+        **({a + "attention.layer_norm_epsilon": cfg.rms_eps} if cfg.nemotron else granite),
         a + "ssm.conv_kernel": cfg.d_conv,
         a + "ssm.state_size": cfg.d_state,
         a + "ssm.group_count": cfg.n_group,
@@ -148,17 +174,20 @@ def metadata(cfg: HybridConfig) -> dict[str, Any]:
 def write_hybrid_gguf(cfg: HybridConfig, path: Path, *, metadata_changes: dict[str, Any] | None = None,
                       **kw: Any) -> Weights:  # fmt: skip
     """Writes the model (tiny_model.write_gguf: its byte-level vocabulary; ``kw``: weight_type,
-    quantize); head_count_kv per layer, 0 for a Mamba-2 layer. Returns the weights as the file
-    holds them (float64). A None in ``metadata_changes`` removes that key."""
-    per_layer = [0 if cfg.is_mamba(i) else cfg.n_head_kv for i in range(cfg.n_layer)]
+    quantize); head_count_kv per layer, 0 for a Mamba-2 layer (nemotron_h: for its MLP layers too,
+    and feed_forward_length per layer). Returns the weights as the file holds them (float64). A
+    None in ``metadata_changes`` removes that key."""
+    per_layer = [cfg.n_head_kv if cfg.layer_types[i] == ATTN else 0 for i in range(cfg.n_layer)]
+    ff = [cfg.ff_of(i) for i in range(cfg.n_layer)] if cfg.nemotron else cfg.n_ff
     tiny = TinyConfig(
         arch=cfg.arch,
         n_layer=cfg.n_layer,
         n_embd=cfg.n_embd,
         n_head=cfg.n_head,
         n_head_kv=per_layer,  # type: ignore[arg-type]  (the writer's add_head_count_kv)
-        n_ff=cfg.n_ff,
+        n_ff=ff,  # type: ignore[arg-type]  (the writer's add_feed_forward_length)
         n_vocab=cfg.n_vocab,
+        key_length=cfg.key_length,
         rope_base=cfg.rope_base,
         rms_eps=cfg.rms_eps,
         n_expert=cfg.n_expert,
@@ -226,7 +255,7 @@ def _attention(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray, kv_f16: boo
     if kv_f16:  # as an f16 KV cache stores them
         k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
     k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
-    s = np.einsum("qhd,khd->hqk", q, k) * cfg.granite_scales[2] + np.triu(np.full((n, n), -np.inf), 1)
+    s = np.einsum("qhd,khd->hqk", q, k) * cfg.scales[2] + np.triu(np.full((n, n), -np.inf), 1)
     s = np.exp(s - s.max(axis=-1, keepdims=True))
     att = np.einsum("hqk,khd->qhd", s / s.sum(axis=-1, keepdims=True), v).reshape(n, nh * hd)
     return att @ w[b + "attn_output.weight"].T
@@ -260,13 +289,18 @@ def hybrid_reference_logits(
 ) -> np.ndarray:
     """float64 GraniteMoeHybridForCausalLM over tokens at positions 0..n-1: logits (n, n_vocab).
     Embeddings times embedding_multiplier; each layer x += res * mixer(rmsnorm(x)) (Mamba-2 or
-    attention), x += res * ffn(rmsnorm(x)); the final norm, lm_head, over logits_scaling."""
-    emb, res, _, logit = cfg.granite_scales
+    attention), x += res * ffn(rmsnorm(x)); the final norm, lm_head, over logits_scaling.
+    (nemotron_h, NemotronHForCausalLM: x += mixer(rmsnorm(x)) alone, the MLP's squared ReLU a mixer.)"""
+    emb, res, _, logit = cfg.scales
     x = w["token_embd.weight"][tokens] * emb
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
         h = _rms(x, w[b + "attn_norm.weight"], cfg.rms_eps)
+        if cfg.layer_types[i] == MLP:  # (nemotron_h)
+            x = x + (np.maximum(h @ w[b + "ffn_up.weight"].T, 0) ** 2) @ w[b + "ffn_down.weight"].T
+            continue
         x = x + res * (mamba2_mixer(cfg, w, b, h) if cfg.is_mamba(i) else _attention(cfg, w, b, h, kv_f16))
-        x = x + res * _ffn(cfg, w, b, _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps))
+        if not cfg.nemotron:
+            x = x + res * _ffn(cfg, w, b, _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps))
     x = _rms(x, w["output_norm.weight"], cfg.rms_eps)
     return x @ w.get("output.weight", w["token_embd.weight"]).T / logit

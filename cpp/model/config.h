@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4, GraniteHybrid
+    Bitnet, Gemma4, GraniteHybrid, NemotronH
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -46,7 +46,7 @@ struct Config {
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
-                                // "granitehybrid" (mamba2.cpp)
+                                // "granitehybrid" (mamba2.cpp), "nemotron_h" (nemotron_h.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -179,6 +179,8 @@ struct Config {
     // short convolution instead of attention (in_proj -> B, C, x; a depthwise causal convolution of
     // length conv_l_cache over B * x; C * conv; out_proj), keeping per sequence the last
     // conv_l_cache - 1 inputs of the convolution. Empty: no such layers.
+    // (nemotron_h: the layers with neither key/value heads nor a feed-forward width; its other
+    // layers are attention (n_ff_of 0) or a squared-ReLU MLP alone (n_head_kv_of 0))
     std::vector<uint8_t> conv_layers;
     int conv_l_cache = 0;       // shortconv.l_cache
     // granitehybrid (model/mamba2.cpp): its layers of conv_layers (head_count_kv 0) are Mamba-2
@@ -268,6 +270,8 @@ struct Config {
     void read_dense(const GGUFFile & f);
     // The Mamba-2 layers' sizes (granitehybrid; model/mamba2.cpp).
     void read_mamba2(const GGUFFile & f);
+    // nemotron_h's layer kinds and widths (model/nemotron_h.cpp).
+    void read_nemotron_h(const GGUFFile & f);
 };
 
 }  // namespace sl
