@@ -6,16 +6,24 @@ sequences and saved states."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
-from itertools import islice
 
 import gguf
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
-from splitllm import Error, GGUFError, Model
+from recurrent_checks import (
+    plan_equals_model,
+    prefix_reused_only_where_the_state_is,
+    rel_err,
+    same_greedy_as_llama_cpp,
+    slot_continues_only_where_it_stopped,
+    state_saved_and_loaded,
+    two_sequences_equal_each_alone,
+)
+from splitllm import GGUFError, Model
 from tiny_mamba2 import ATTN, MAMBA, HybridConfig, hybrid_reference_logits, write_hybrid_gguf
-from tiny_model import interleaved_batch
 
 TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
 DENSE = HybridConfig(seed=61)  # (H-Micro's shape: a dense feed-forward, one group)
@@ -32,10 +40,6 @@ MOE = HybridConfig(
 )
 ROPE = replace(DENSE, rope=True, conv_bias=False, d_conv=3, n_head_kv=1, seed=63)
 OPTS = dict(n_ctx=64, n_threads=2)
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 def tiny(tmp_path, cfg: HybridConfig, **kw) -> tuple[str, dict[str, np.ndarray]]:
@@ -92,7 +96,6 @@ def test_matches_llama_cpp(tmp_path, wtype):
     theirs = llama_cpp_logits(path, TOKENS)
     with Model(path, **OPTS) as m:
         ours = m.logits(TOKENS)
-        greedy = list(islice(m.generate(TOKENS[:8], temp=0.0), 24))
     exact = hybrid_reference_logits(cfg, held, TOKENS)
     # (f32: ours 9.5e-6 from float64, llama.cpp 4.2e-5, 4.0e-5 apart; q8_0: ours 1.19e-2, llama.cpp
     # 1.16e-2, 1.0e-2 apart)
@@ -100,13 +103,7 @@ def test_matches_llama_cpp(tmp_path, wtype):
     assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 3e-5)
     if wtype != "F32":
         return
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(path, n_ctx=64, verbose=False, n_threads=2)
-    try:
-        their_greedy = list(islice(llm.generate(TOKENS[:8], temp=0.0, top_k=1, reset=True), 24))
-    finally:
-        llm.close()
-    assert greedy == their_greedy
+    same_greedy_as_llama_cpp(path, TOKENS[:8], 24)
 
 
 @pytest.mark.parametrize("n_batch", [1, 5])
@@ -126,64 +123,25 @@ def test_chunked_prefill_then_decode_equals_one_pass(dense, n_batch):
 
 
 def test_two_sequences_at_once_equal_each_alone(tmp_path):
-    """Two texts interleaved in one batch, then decoded together a token each: each slot's rows
-    are those of the text alone."""
     path, held = tiny(tmp_path, MOE)
-    texts = [TOKENS[:15], TOKENS[::-1][:11]]
-    with Model(path, n_ctx=128, n_seq_max=2, n_threads=2) as m:
-        core = m._engine()
-        toks, pos, slot = interleaved_batch(texts)
-        rows = core.decode(toks, pos, slot)
-        i32 = np.int32
-        nxt = core.decode(np.array([5, 9], i32), np.array([15, 11], i32), np.array([0, 1], i32))
-    for k, t in enumerate(texts):
-        ref = hybrid_reference_logits(MOE, held, t + [[5, 9][k]])
-        assert rel_err(rows[slot == k], ref[:-1]).max() < 1e-5
-        assert rel_err(nxt[k], ref[-1]) < 1e-5
+    two_sequences_equal_each_alone(path, lambda t: hybrid_reference_logits(MOE, held, t), TOKENS, 1e-5)
 
 
 def test_a_slot_continues_only_where_it_stopped(dense):
-    """The state cannot be cut back: a pass that does not continue a slot's last position is
-    refused; position 0 starts the slot over (its states cleared)."""
     path, held = dense
-    with Model(path, n_ctx=64, n_seq_max=2, n_threads=2) as m:
-        core = m._engine()
-        core.decode(np.array(TOKENS[:6], np.int32), np.arange(6, dtype=np.int32), np.zeros(6, np.int32))
-        assert core.kv_reusable(0, 6) == 6 and core.kv_reusable(0, 5) == 0 and core.kv_reusable(1, 3) == 0
-        for p in (3, 7):
-            with pytest.raises(Error, match="recurrent state"):
-                core.decode(np.array([1], np.int32), np.array([p], np.int32), np.zeros(1, np.int32))
-        with pytest.raises(Error, match="consecutive"):
-            core.decode(np.array([1, 2], np.int32), np.array([6, 8], np.int32), np.zeros(2, np.int32))
-        row = core.decode(np.array(TOKENS[:3], np.int32), np.arange(3, dtype=np.int32), np.zeros(3, np.int32))
-        assert rel_err(row, hybrid_reference_logits(DENSE, held, TOKENS[:3])).max() < 1e-5
+    ref = functools.partial(hybrid_reference_logits, DENSE, held)
+    slot_continues_only_where_it_stopped(path, ref, TOKENS, 1e-5)
+    with Model(path, **OPTS) as m:  # reset: the states start over
+        m.logits(TOKENS[:7])
         m.reset()
-        assert rel_err(m.logits(TOKENS[:5]), hybrid_reference_logits(DENSE, held, TOKENS[:5])).max() < 1e-5
+        assert rel_err(m.logits(TOKENS[:5]), ref(TOKENS[:5])).max() < 1e-5
 
 
 def test_prefix_reuse_and_saved_state(dense):
-    """A prompt extending the cached one reads only the rest, one sharing only part of it is read
-    again; save_state keeps the Mamba-2 states with the K/V, load_state puts them back."""
     path, held = dense
-    with Model(path, **OPTS) as m:
-        m.eval_prompt(TOKENS[:10])
-        before = m.n_eval
-        got = m.eval_prompt(TOKENS[:16])
-        assert m.n_eval - before == 6
-        assert rel_err(got, hybrid_reference_logits(DENSE, held, TOKENS[:16])[-1]) < 1e-5
-        other = TOKENS[:8] + [4, 5, 6]
-        before = m.n_eval
-        got = m.eval_prompt(other)
-        assert m.n_eval - before == len(other)
-        assert rel_err(got, hybrid_reference_logits(DENSE, held, other)[-1]) < 1e-5
-        m.eval_prompt(TOKENS[:12])
-        state = m.save_state()
-        m.eval_prompt(TOKENS[::-1][:9])  # another sequence in the cache
-        m.load_state(state)
-        before = m.n_eval
-        got = m.eval_prompt(TOKENS[:20])
-        assert m.n_eval - before == 8
-        assert rel_err(got, hybrid_reference_logits(DENSE, held, TOKENS[:20])[-1]) < 1e-5
+    ref = functools.partial(hybrid_reference_logits, DENSE, held)
+    prefix_reused_only_where_the_state_is(path, ref, TOKENS, 1e-5)
+    state_saved_and_loaded(path, ref, TOKENS, 1e-5)
 
 
 def test_plan_and_placement_count_the_weights_and_states(tmp_path):
@@ -191,7 +149,6 @@ def test_plan_and_placement_count_the_weights_and_states(tmp_path):
     (from the header) and the loaded model count per slot each Mamba-2 layer's state,
     (d_conv - 1) x conv_dim + d_inner x d_state floats, with the attention layers' K/V."""
     from splitllm import _core
-    from splitllm.plan import plan
 
     cfg = MOE
     path, _ = tiny(tmp_path, cfg, weight_type="Q8_0")
@@ -202,12 +159,7 @@ def test_plan_and_placement_count_the_weights_and_states(tmp_path):
     for p in _core.Model(path, n_ctx=64, n_threads=1).placement:
         if p["name"].startswith("blk."):
             assert p["weight_bytes"] == tensor_bytes[p["name"]], p["name"]
-    opts = dict(n_ctx=64, n_batch=4, n_seq_max=2, n_threads=2)
-    pl = plan(path, cpu_memory="1GiB", **opts)
-    with Model(path, **opts) as m:
-        got = {d["name"]: d for d in m._engine().memory}["CPU"]
-    cpu = pl.device("CPU")
-    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
+    cpu = plan_equals_model(path)
     n_mamba = sum(cfg.is_mamba(i) for i in range(cfg.n_layer))
     n_attn = cfg.n_layer - n_mamba
     kv = n_attn * 64 * cfg.n_head_kv * cfg.head_dim * 2 * 2  # K and V in f16
