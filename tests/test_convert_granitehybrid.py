@@ -209,7 +209,7 @@ def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str) -> Non
         ({"layer_types": ["attention", "mamba", "attention", "mamba"]}, "is missing"),
         ({"position_embedding_type": "rope"}, "position_embedding_type"),
         ({"mamba_proj_bias": True}, "mamba_proj_bias"),
-        ({"mamba_d_head": 32}, "mamba_d_head"),
+        ({"mamba_d_head": 32}, "heads of head size 32"),
         ({"mamba_conv_bias": False}, "conv1d.bias"),
         ({"shared_intermediate_size": 64}, "shared_intermediate_size"),
     ],

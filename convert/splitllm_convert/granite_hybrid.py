@@ -19,7 +19,7 @@ attention beside Mamba-2 layers, in/out projection biases, a vocabulary that is 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +35,76 @@ from splitllm_convert.quant_rules import HParams
 
 _L, _B = "model.layers.{bid}.", "blk.{bid}."
 MAMBA, ATTN = "mamba", "attention"
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    """A Mamba-2 mixer's sizes (as Mamba2Model writes them) and its tensors under llama.cpp's names
+    (granitehybrid's, nemotron_h's): A_log as -exp(A_log) (n_heads, 1), D as (n_heads, 1), the
+    Conv1d kernels squeezed to (conv_dim, d_conv), the gated norm as (n_groups, d_inner / n_groups)."""
+
+    d_conv: int
+    d_state: int
+    n_group: int
+    heads: int
+    d_inner: int
+    conv_bias: bool
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.n_group * self.d_state
+
+    def rules(self, hf: str) -> tuple[TensorRule, ...]:
+        """The mixer's tensors, ``hf`` the HF prefix of its names (``{bid}`` the layer)."""
+        bias = (
+            (TensorRule(hf + "conv1d.bias", _B + "ssm_conv1d.bias", ("conv_dim",)),) if self.conv_bias else ()
+        )
+        return (
+            TensorRule(hf + "in_proj.weight", _B + "ssm_in.weight", ("ssm_in", "embd")),
+            TensorRule(
+                hf + "conv1d.weight", _B + "ssm_conv1d.weight", ("conv_dim", "one", "d_conv"), "squeeze"
+            ),
+            *bias,
+            TensorRule(hf + "dt_bias", _B + "ssm_dt.bias", ("ssm_heads",)),
+            TensorRule(hf + "A_log", _B + "ssm_a", ("ssm_heads",), "minus_exp"),
+            TensorRule(hf + "D", _B + "ssm_d", ("ssm_heads",), "column"),
+            TensorRule(hf + "norm.weight", _B + "ssm_norm.weight", ("d_inner",), "groups"),
+            TensorRule(hf + "out_proj.weight", _B + "ssm_out.weight", ("embd", "d_inner")),
+        )
+
+    def dims(self) -> dict[str, int]:
+        return {"ssm_in": self.d_inner + self.conv_dim + self.heads, "conv_dim": self.conv_dim, "one": 1,
+                "d_conv": self.d_conv, "ssm_heads": self.heads, "d_inner": self.d_inner}  # fmt: skip
+
+    def transforms(self) -> dict[str, Callable[[Any], Any]]:
+        return {
+            "squeeze": lambda w: w.reshape(w.shape[0], w.shape[-1]),  # (conv_dim, 1, d_conv) -> 2-D
+            "minus_exp": lambda w: -np.exp(w).reshape(-1, 1),  # A = -exp(A_log)
+            "column": lambda w: w.reshape(-1, 1),
+            "groups": lambda w: w.reshape(self.n_group, -1),
+        }
+
+    def shaped(self, planned: list[PlannedSource]) -> list[PlannedSource]:
+        """The planned tensors with the shapes the transforms give them."""
+        heads = (self.heads, 1)
+        shapes = {"squeeze": (self.conv_dim, self.d_conv), "minus_exp": heads, "column": heads,
+                  "groups": (self.n_group, self.d_inner // self.n_group)}  # fmt: skip
+        return [replace(s, shape=shapes.get(s.transform or "", s.shape)) for s in planned]
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        w.add_ssm_conv_kernel(self.d_conv)
+        w.add_ssm_state_size(self.d_state)
+        w.add_ssm_group_count(self.n_group)
+        w.add_ssm_inner_size(self.d_inner)
+        w.add_ssm_time_step_rank(self.heads)
+
+    def check(self, config_path: Path, d_head: Any) -> None:
+        """The heads make up d_inner (at d_head each) and the groups divide them."""
+        if self.d_inner % self.heads or d_head != self.d_inner // self.heads or self.heads % self.n_group:
+            raise ConvertError(
+                f"{config_path}: {self.heads} Mamba-2 heads of head size {d_head!r} do not make up d_inner "
+                f"{self.d_inner}, or {self.n_group} groups do not divide them"
+            )
 
 
 class GraniteHybrid(GraniteMoe):
@@ -82,23 +152,16 @@ class GraniteHybrid(GraniteMoe):
                 f"{config_path}: vocab_size {self.n_vocab} is not a multiple of 8: llama.cpp pads the "
                 "token list of a Mamba-2 model to one, past the embedding's rows"
             )
-        self.conv_bias = _flag({"mamba_conv_bias": True, **cfg}, "mamba_conv_bias", config_path)
-        self.d_conv = _require({"mamba_d_conv": 4, **cfg}, "mamba_d_conv", config_path)
-        self.d_state = _require({"mamba_d_state": 256, **cfg}, "mamba_d_state", config_path)
-        self.n_group = _require({"mamba_n_groups": 1, **cfg}, "mamba_n_groups", config_path)
-        self.ssm_heads = _require({"mamba_n_heads": 128, **cfg}, "mamba_n_heads", config_path)
-        self.d_inner = _require({"mamba_expand": 2, **cfg}, "mamba_expand", config_path) * self.n_embd
-        d_head = cfg.get("mamba_d_head", self.d_inner // self.ssm_heads)
-        if (
-            self.d_inner % self.ssm_heads
-            or d_head != self.d_inner // self.ssm_heads
-            or self.ssm_heads % self.n_group
-        ):
-            raise ConvertError(
-                f"{config_path}: {self.ssm_heads} Mamba-2 heads ('mamba_n_heads') of 'mamba_d_head' "
-                f"{d_head!r} do not make up d_inner {self.d_inner} (mamba_expand x hidden_size), or "
-                f"'mamba_n_groups' {self.n_group} does not divide them"
-            )
+        d_inner = _require({"mamba_expand": 2, **cfg}, "mamba_expand", config_path) * self.n_embd
+        heads = _require({"mamba_n_heads": 128, **cfg}, "mamba_n_heads", config_path)
+        self.ssm = Mamba2(
+            d_conv=_require({"mamba_d_conv": 4, **cfg}, "mamba_d_conv", config_path),
+            d_state=_require({"mamba_d_state": 256, **cfg}, "mamba_d_state", config_path),
+            n_group=_require({"mamba_n_groups": 1, **cfg}, "mamba_n_groups", config_path),
+            heads=heads, d_inner=d_inner,
+            conv_bias=_flag({"mamba_conv_bias": True, **cfg}, "mamba_conv_bias", config_path),
+        )  # fmt: skip
+        self.ssm.check(config_path, cfg.get("mamba_d_head", d_inner // heads))
         if not self.n_expert and cfg.get("shared_intermediate_size", self.n_ff) != self.n_ff:
             raise ConvertError(
                 f"{config_path}: without experts the shared MLP is the feed-forward, but "
@@ -112,19 +175,7 @@ class GraniteHybrid(GraniteMoe):
         return super()._experts(config_path)
 
     def by_type(self) -> dict[str, tuple[TensorRule, ...]]:
-        mamba = (
-            TensorRule(_L + "mamba.in_proj.weight", _B + "ssm_in.weight", ("ssm_in", "embd")),
-            TensorRule(_L + "mamba.conv1d.weight", _B + "ssm_conv1d.weight", ("conv_dim", "one", "d_conv"),
-                       "squeeze"),
-            *((TensorRule(_L + "mamba.conv1d.bias", _B + "ssm_conv1d.bias", ("conv_dim",)),) if self.conv_bias
-              else ()),
-            TensorRule(_L + "mamba.dt_bias", _B + "ssm_dt.bias", ("ssm_heads",)),
-            TensorRule(_L + "mamba.A_log", _B + "ssm_a", ("ssm_heads",), "minus_exp"),
-            TensorRule(_L + "mamba.D", _B + "ssm_d", ("ssm_heads",), "column"),
-            TensorRule(_L + "mamba.norm.weight", _B + "ssm_norm.weight", ("d_inner",), "groups"),
-            TensorRule(_L + "mamba.out_proj.weight", _B + "ssm_out.weight", ("embd", "d_inner")),
-        )  # fmt: skip
-        return {ATTN: self.attention_rules, MAMBA: mamba}
+        return {ATTN: self.attention_rules, MAMBA: self.ssm.rules(_L + "mamba.")}
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         rules, ignored = super().table(available)  # (the experts' and the shared expert's)
@@ -138,29 +189,16 @@ class GraniteHybrid(GraniteMoe):
         return (*common, *typed), ignored
 
     def dims(self) -> dict[str, int]:
-        conv_dim = self.d_inner + 2 * self.n_group * self.d_state
-        return {**super().dims(), "ssm_in": self.d_inner + conv_dim + self.ssm_heads, "conv_dim": conv_dim,
-                "one": 1, "d_conv": self.d_conv, "ssm_heads": self.ssm_heads, "d_inner": self.d_inner,
-                "ff2": 2 * self.n_ff}  # fmt: skip
+        return {**super().dims(), **self.ssm.dims(), "ff2": 2 * self.n_ff}
 
     def transforms(self) -> dict[str, Callable[[Any], Any]]:
-        return {
-            **super().transforms(),
-            "squeeze": lambda w: w.reshape(w.shape[0], w.shape[-1]),  # (conv_dim, 1, d_conv) -> 2-D
-            "minus_exp": lambda w: -np.exp(w).reshape(-1, 1),  # A = -exp(A_log)
-            "column": lambda w: w.reshape(-1, 1),
-            "groups": lambda w: w.reshape(self.n_group, -1),
-        }
+        return {**super().transforms(), **self.ssm.transforms()}
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
         check_layer_kinds(self.by_type(), self.layer_types, available, where)
-        heads = (self.ssm_heads, 1)
-        shapes = {"squeeze": (self.dims()["conv_dim"], self.d_conv), "minus_exp": heads, "column": heads,
-                  "groups": (self.n_group, self.d_inner // self.n_group)}  # fmt: skip
-        return [replace(s, shape=shapes.get(s.transform or "", s.shape))
-                for s in super().plan(available, where, files)]  # fmt: skip
+        return self.ssm.shaped(super().plan(available, where, files))
 
     def head_count_kv(self) -> list[int]:
         return [0 if t == MAMBA else self.n_head_kv for t in self.layer_types]
@@ -188,9 +226,5 @@ class GraniteHybrid(GraniteMoe):
             getattr(w, add)(self.scales[key])
         if self.n_expert and self.n_ff_shexp:
             w.add_expert_shared_feed_forward_length(self.n_ff_shexp)
-        w.add_ssm_conv_kernel(self.d_conv)
-        w.add_ssm_state_size(self.d_state)
-        w.add_ssm_group_count(self.n_group)
-        w.add_ssm_inner_size(self.d_inner)
-        w.add_ssm_time_step_rank(self.ssm_heads)
+        self.ssm.add_hparams(w)
         w.add_rope_scaling_finetuned(False)
