@@ -20,9 +20,9 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from gguf import GGUFWriter
 
+from splitllm_convert import packed_experts
 from splitllm_convert.arch import Array, Llama, PlannedSource, TensorRule, _require, text_config
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import Olmo2, _flag
@@ -31,7 +31,7 @@ _CHUNK, _FLOOR, _SCALE = 8192, 8192, 0.1  # llama.cpp's llama4 constants
 _NOPE_STEP = 4
 
 
-# A block's tensors: HF name (after the layer's prefix), GGUF name, HF shape
+# A block's tensors: HF name (after the layer's prefix), GGUF name, HF shape (, transform)
 _ATTN = (
     ("input_layernorm.weight", "attn_norm.weight", ("embd",)),
     ("self_attn.q_proj.weight", "attn_q.weight", ("q", "embd")),
@@ -43,9 +43,9 @@ _ATTN = (
 _F = "feed_forward."
 _MOE = (
     (_F + "router.weight", "ffn_gate_inp.weight", ("n_expert", "embd")),
-    # (split into ffn_gate_exps and ffn_up_exps by Llama4.plan)
-    (_F + "experts.gate_up_proj", "ffn_gate_exps.weight", ("n_expert", "embd", "ff_exp2")),
-    (_F + "experts.down_proj", "ffn_down_exps.weight", ("n_expert", "ff_exp", "embd")),
+    # (split into ffn_gate_exps and ffn_up_exps, down_proj transposed: packed_experts)
+    (_F + "experts.gate_up_proj", "ffn_gate_exps.weight", packed_experts.GATE_UP, "gate_up"),
+    (_F + "experts.down_proj", "ffn_down_exps.weight", packed_experts.DOWN, "t"),
     (_F + "shared_expert.gate_proj.weight", "ffn_gate_shexp.weight", ("ff_exp", "embd")),
     (_F + "shared_expert.up_proj.weight", "ffn_up_shexp.weight", ("ff_exp", "embd")),
     (_F + "shared_expert.down_proj.weight", "ffn_down_shexp.weight", ("embd", "ff_exp")),
@@ -55,10 +55,6 @@ _DENSE = (
     (_F + "up_proj.weight", "ffn_up.weight", ("ff", "embd")),
     (_F + "down_proj.weight", "ffn_down.weight", ("embd", "ff")),
 )
-
-
-def _t(w: Array) -> Array:
-    return np.ascontiguousarray(np.swapaxes(w, -1, -2))
 
 
 class Llama4(Llama):
@@ -155,30 +151,16 @@ class Llama4(Llama):
         for bid in range(self.n_layer):
             p, b = f"{prefix}layers.{bid}.", f"blk.{bid}."
             layer = (*_ATTN, *(_MOE if self.moe(bid) else _DENSE))
-            rules += [TensorRule(p + hf, b + g, shape) for hf, g, shape in layer]
+            rules += [TensorRule(p + r[0], b + r[1], *r[2:]) for r in layer]
         return tuple(rules), (prefix + "layers.{bid}.self_attn.rotary_emb.inv_freq",)
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        out = []
-        for s in super().plan(available, where, files):
-            if s.gguf_name.endswith("ffn_gate_exps.weight"):  # (n_expert, embd, 2 ff): gate columns, then up
-                shape = (self.n_expert, self.n_ff_exp, self.n_embd)
-                up = s.gguf_name.replace("ffn_gate_exps", "ffn_up_exps")
-                out += [PlannedSource(s.gguf_name, shape, s.hf_name, "gate_t"),
-                        PlannedSource(up, shape, s.hf_name, "up_t")]  # fmt: skip
-            elif s.gguf_name.endswith("ffn_down_exps.weight"):  # (n_expert, ff, embd) -> (n_expert, embd, ff)
-                out.append(
-                    PlannedSource(s.gguf_name, (self.n_expert, self.n_embd, self.n_ff_exp), s.hf_name, "t")
-                )
-            else:
-                out.append(s)
-        return out
+        return packed_experts.split(self, super().plan(available, where, files))
 
     def transforms(self) -> dict[str, Callable[[Array], Array]]:
-        ff = self.n_ff_exp
-        return {"gate_t": lambda w: _t(w[..., :ff]), "up_t": lambda w: _t(w[..., ff:]), "t": _t}
+        return packed_experts.transforms(self.n_ff_exp)
 
     # -- metadata --------------------------------------------------------------------------
 

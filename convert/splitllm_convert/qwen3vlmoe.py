@@ -17,6 +17,7 @@ from typing import Any
 
 from gguf import GGUFWriter
 
+from splitllm_convert import packed_experts
 from splitllm_convert.arch import (
     Architecture,
     PlannedSource,
@@ -28,7 +29,6 @@ from splitllm_convert.arch import (
 from splitllm_convert.dense import _moved, qwen3vl_rope
 
 L, B = "model.layers.{bid}.", "blk.{bid}."
-_PACKED = ("n_expert", "embd", "ff_exp2")  # gate_up_proj: each expert's (hidden, gate | up) columns
 
 
 class Qwen3VLMoe(Qwen3Moe):
@@ -38,10 +38,10 @@ class Qwen3VLMoe(Qwen3Moe):
     gguf_arch = "qwen3vlmoe"
     rules = (
         *(r for r in Qwen3Moe.rules if "{xid}" not in r.hf),  # (the experts come packed)
-        TensorRule(L + "mlp.experts.gate_up_proj", B + "ffn_gate_exps.weight", _PACKED, "gate_up"),
         TensorRule(
-            L + "mlp.experts.down_proj", B + "ffn_down_exps.weight", ("n_expert", "ff_exp", "embd"), "t"
+            L + "mlp.experts.gate_up_proj", B + "ffn_gate_exps.weight", packed_experts.GATE_UP, "gate_up"
         ),
+        TensorRule(L + "mlp.experts.down_proj", B + "ffn_down_exps.weight", packed_experts.DOWN, "t"),
     )
     skipped = ("model.visual.", "visual.")
 
@@ -58,31 +58,10 @@ class Qwen3VLMoe(Qwen3Moe):
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        out = []
-        rows = (self.n_expert, self.n_ff_exp, self.n_embd)  # (ffn_gate_exps / ffn_up_exps, row-major)
-        for s in super().plan(available, where, files):
-            if s.transform == "gate_up":  # (one HF tensor, two GGUF ones)
-                up = s.gguf_name.replace("gate_exps", "up_exps")
-                out += [
-                    PlannedSource(s.gguf_name, rows, s.hf_name, "gate_t"),
-                    PlannedSource(up, rows, s.hf_name, "up_t"),
-                ]
-            elif s.transform == "t":
-                out.append(
-                    PlannedSource(s.gguf_name, (self.n_expert, self.n_embd, self.n_ff_exp), s.hf_name, "t")
-                )
-            else:
-                out.append(s)
-        return out
+        return packed_experts.split(self, super().plan(available, where, files))
 
     def transforms(self) -> dict[str, Callable[[Any], Any]]:
-        ff = self.n_ff_exp
-        return {
-            **super().transforms(),
-            "gate_t": lambda w: w[..., :ff].transpose(0, 2, 1).copy(),
-            "up_t": lambda w: w[..., ff:].transpose(0, 2, 1).copy(),
-            "t": lambda w: w.transpose(0, 2, 1).copy(),
-        }
+        return {**super().transforms(), **packed_experts.transforms(self.n_ff_exp)}
 
     def add_hparams(self, w: GGUFWriter) -> None:
         Architecture.add_hparams(self, w)  # (Qwen3Moe's but its expert_weights_norm: always renormalized)
