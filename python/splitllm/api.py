@@ -354,7 +354,8 @@ class _Service:
                                        logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs,
                                        generate=generate, grammar=grammar, lora=scales,
                                        slot=getattr(body, "id_slot", -1) if pin else -1,
-                                       reasoning_budget=budget)
+                                       reasoning_budget=budget,
+                                       speculative=getattr(body, "speculative", None))
         except ValueError as e:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 
