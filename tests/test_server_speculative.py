@@ -124,6 +124,10 @@ def test_same_model_draft_same_tokens_all_guesses_right(smollm2_path, target, re
             assert n >= 4 * (len(toks) - 1) // 5 - 4 and acc >= n - 1, out["timings"]
             assert engine.stats.draft_tokens - s0.draft_tokens == n
             assert engine.stats.draft_accepted - s0.draft_accepted == acc
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        st = engine.stats
+        assert f"llamacpp:spec_decode_num_draft_tokens_total {st.draft_tokens}\n" in metrics
+        assert f"llamacpp:spec_decode_num_accepted_tokens_total {st.draft_accepted}\n" in metrics
 
 
 # ---- another quantization of it: some guesses wrong ----

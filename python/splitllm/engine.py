@@ -90,6 +90,7 @@ class EngineStats:
     max_batch_seqs: int = 0      # most sequences decoding together in one step
     draft_tokens: int = 0        # guesses put in passes (speculative decoding)
     draft_accepted: int = 0      # of those, accepted
+    draft_checks: int = 0        # a job's token and guesses checked in a pass (llama-server's drafts)
     decode_seconds: float = 0.0  # time spent in forward passes (the rest of a step is Python)
     busy_seconds: float = 0.0    # time spent in steps
 
@@ -660,6 +661,7 @@ class BatchEngine:
         if draft:
             self._count("draft_tokens", len(draft))
             self._count("draft_accepted", accepted)
+            self._count("draft_checks", 1)
 
     def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int],
                  out: np.ndarray | None = None, embeddings: bool = False,
