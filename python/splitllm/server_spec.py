@@ -8,92 +8,90 @@ from typing import Any
 
 from splitllm.engine_draft import SPEC_TYPES, ModelSlotDrafter, NgramSlotDrafter, SlotDrafter, SpecParams
 
+# (flags, dest, type, default, metavar, help) of each option, llama-server's names first
+_OPTIONS = (
+    (
+        ("-md", "--model-draft", "--spec-draft-model"),
+        "spec_model_draft",
+        str,
+        None,
+        "FNAME",
+        "draft model (a small GGUF with the same vocabulary; --spec-type draft-simple)",
+    ),
+    (
+        ("--spec-type",),
+        "spec_type",
+        str,
+        "none",
+        "TYPE",
+        f"kind of drafting: {', '.join(SPEC_TYPES)} (default: draft-simple with -md, else none)",
+    ),
+    (
+        ("--spec-draft-n-max", "--draft-max", "--draft", "--draft-n"),
+        "draft_max",
+        int,
+        3,
+        "N",
+        "tokens guessed at most per step (default 3)",
+    ),
+    (
+        ("--spec-draft-n-min", "--draft-min", "--draft-n-min"),
+        "draft_min",
+        int,
+        0,
+        "N",
+        "fewer guesses than N are not used (default 0)",
+    ),
+    (
+        ("--spec-draft-p-min", "--draft-p-min"),
+        "draft_p_min",
+        float,
+        0.0,
+        "P",
+        "the draft model stops guessing where its top token's probability is below P (default 0)",
+    ),
+    (
+        ("-ngld", "--spec-draft-ngl", "--gpu-layers-draft", "--n-gpu-layers-draft"),
+        "n_gpu_layers_draft",
+        str,
+        "0",
+        "N",
+        "layers of the draft model on the GPU (N, -1 for all, or auto; default 0)",
+    ),
+    (
+        ("-cd", "--ctx-size-draft"),
+        "ctx_size_draft",
+        int,
+        0,
+        "N",
+        "the draft model's context, split between the slots as --n-ctx (default 0: --n-ctx)",
+    ),
+    (
+        ("--spec-ngram-simple-size-n",),
+        "ngram_size_n",
+        int,
+        12,
+        "N",
+        "ngram-simple: tokens looked up (default 12)",
+    ),
+    (
+        ("--spec-ngram-simple-size-m",),
+        "ngram_size_m",
+        int,
+        48,
+        "N",
+        "ngram-simple: tokens guessed at most after a match (default 48)",
+    ),
+)
+
 
 def add_speculative_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "speculative decoding",
         "guessed tokens checked in the shared pass: the same text, faster where the guesses are right",
     )
-    g.add_argument(
-        "-md",
-        "--model-draft",
-        "--spec-draft-model",
-        dest="spec_model_draft",
-        default=None,
-        metavar="FNAME",
-        help="draft model (a small GGUF with the same vocabulary; --spec-type draft-simple)",
-    )
-    g.add_argument(
-        "--spec-type",
-        default="none",
-        metavar="TYPE",
-        help=f"kind of drafting: {', '.join(SPEC_TYPES)} (default: draft-simple with -md, else none)",
-    )
-    g.add_argument(
-        "--spec-draft-n-max",
-        "--draft-max",
-        "--draft",
-        "--draft-n",
-        dest="draft_max",
-        type=int,
-        default=3,
-        metavar="N",
-        help="tokens guessed at most per step (default 3)",
-    )
-    g.add_argument(
-        "--spec-draft-n-min",
-        "--draft-min",
-        "--draft-n-min",
-        dest="draft_min",
-        type=int,
-        default=0,
-        metavar="N",
-        help="fewer guesses than N are not used (default 0)",
-    )
-    g.add_argument(
-        "--spec-draft-p-min",
-        "--draft-p-min",
-        dest="draft_p_min",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="the draft model stops guessing where its top token's probability is below P (default 0)",
-    )
-    g.add_argument(
-        "-ngld",
-        "--spec-draft-ngl",
-        "--gpu-layers-draft",
-        "--n-gpu-layers-draft",
-        dest="n_gpu_layers_draft",
-        default="0",
-        metavar="N",
-        help="layers of the draft model on the GPU (N, -1 for all, or auto; default 0)",
-    )
-    g.add_argument(
-        "-cd",
-        "--ctx-size-draft",
-        dest="ctx_size_draft",
-        type=int,
-        default=0,
-        metavar="N",
-        help="the draft model's context, split between the slots as --n-ctx (default 0: --n-ctx)",
-    )
-    g.add_argument(
-        "--spec-ngram-simple-size-n",
-        dest="ngram_size_n",
-        type=int,
-        default=12,
-        metavar="N",
-        help="ngram-simple: tokens looked up (default 12)",
-    )
-    g.add_argument(
-        "--spec-ngram-simple-size-m",
-        dest="ngram_size_m",
-        type=int,
-        default=48,
-        metavar="N",
-        help="ngram-simple: tokens guessed at most after a match (default 48)",
-    )
+    for flags, dest, kind, default, metavar, text in _OPTIONS:
+        g.add_argument(*flags, dest=dest, type=kind, default=default, metavar=metavar, help=text)
 
 
 def speculative_params(args: argparse.Namespace) -> SpecParams:
