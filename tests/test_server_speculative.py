@@ -280,3 +280,23 @@ def test_bad_options_are_refused(smollm2_path, tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="speculative p_min"):
         SpecParams(p_min=-0.5)
+
+
+def test_serve_options_make_the_drafter(smollm2_path, monkeypatch):
+    import splitllm.server
+
+    seen = {}
+    monkeypatch.setattr(splitllm.server, "_serve", lambda args, model, **kw: seen.update(kw))
+    base = ["serve", str(smollm2_path), "-c", "256", "-np", "2", "-t", "2"]
+    assert (
+        main(
+            [*base, "-md", str(smollm2_path), "--draft-max", "5", "--draft-min", "2", "--draft-p-min", "0.5"]
+        )
+        == 0
+    )
+    assert isinstance(seen["drafter"], ModelSlotDrafter) and seen["drafter"].slot_ctx == 128
+    assert seen["speculative"] == SpecParams(n_max=5, n_min=2, p_min=0.5)
+    seen["drafter"].close()
+    assert main([*base, "--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "-cd", "64"]) == 0
+    assert isinstance(seen["drafter"], NgramSlotDrafter) and seen["drafter"].size_n == 3
+    assert main(base) == 0 and seen["drafter"] is None

@@ -7,6 +7,11 @@ the guess (llama.cpp's ``common_sampler_sample_and_accept_n``). The picks are th
 sampler would have drawn without guesses (any settings and seed, grammars included): guesses only
 decide how many positions one pass holds.
 
+The caches need no explicit removal of rejected guesses: a slot's K/V cells are its positions, a
+pass attends only to positions up to its own, and the next pass writes over the positions after
+the last accepted token (the draft model's slots likewise: each keeps the list of tokens it holds
+and reads only what differs from it).
+
 Two drafters, as llama-server's types of the same names:
 
 * :class:`ModelSlotDrafter` (``draft-simple``): a draft model of the same vocabulary loaded with
