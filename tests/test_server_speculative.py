@@ -8,11 +8,12 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from splitllm.api import create_app
 from splitllm.cli import main
 from splitllm.engine import BatchEngine
-from splitllm.engine_draft import ModelSlotDrafter, NgramSlotDrafter, SpecParams
+from splitllm.engine_draft import ModelSlotDrafter, NgramSlotDrafter, SpecParams, pass_groups
 from splitllm.grammar import Grammar
 from splitllm.model import Model
 from splitllm.server import BackgroundServer
@@ -28,6 +29,32 @@ def ref(smollm2_path):
     """The model called directly (no draft), one slot as large as each of the server's."""
     with Model(smollm2_path, n_ctx=SLOT_CTX, n_threads=2) as m:
         yield m
+
+
+@pytest.fixture(scope="module")
+def llama(smollm2_path):
+    """llama.cpp on the same file (the reference we did not write)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the reference) is not installed")
+    llm = llama_cpp.Llama(str(smollm2_path), n_ctx=SLOT_CTX, n_threads=2, logits_all=True, verbose=False)
+    yield llm
+    llm.close()
+
+
+def agrees_with_llama_cpp(llm, prompt_tokens: list[int], got: list[int]) -> None:
+    """``got`` is llama.cpp's greedy continuation, or differs from it first at a near-tie (a top-2
+    gap of llama.cpp's logits under 0.5, which rounding alone moves in this model)."""
+    want = []
+    for tok in llm.generate(prompt_tokens, temp=0.0, top_k=1, reset=True):
+        want.append(tok)
+        if len(want) == len(got) or tok == llm.token_eos():
+            break
+    if got == want:
+        return
+    step = next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
+    llm.reset()
+    llm.eval(prompt_tokens + want[:step])
+    top2 = np.sort(np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64))[-2:]
+    assert top2[1] - top2[0] < 0.5, f"differs from llama.cpp at step {step}, not a near-tie"
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +137,7 @@ def body(prompt: str, stream: bool, **kw) -> dict:
 # ---- the same draft model: its guesses are the target's own ----
 
 
-def test_same_model_draft_same_tokens_all_guesses_right(smollm2_path, target, ref):
+def test_same_model_draft_same_tokens_all_guesses_right(smollm2_path, target, ref, llama):
     engine, srv = serve(target, drafter(smollm2_path))
     with engine, srv:
         for prompt, stream in zip(PROMPTS, (False, True), strict=True):
@@ -118,6 +145,7 @@ def test_same_model_draft_same_tokens_all_guesses_right(smollm2_path, target, re
             s0 = engine.stats
             out = completion(srv.url, body(prompt, stream))
             assert out["content"] == text and out["tokens"] == toks
+            agrees_with_llama_cpp(llama, ref.tokenize(prompt.encode()), out["tokens"])
             n, acc = check_counts(out, engine.stats.steps - s0.steps)
             # greedy guesses of the same weights: all right (but where the rounding of passes of
             # other sizes breaks a near tie), 4 a pass
@@ -232,6 +260,12 @@ def ngram_simple_reference(tokens: list[int], n: int, m: int) -> list[int]:
             count = min(m, cur - (j + n))
             return [] if count < n else hist[j + n : j + n + count]
     return []
+
+
+def test_pass_groups():
+    assert pass_groups([1, 1, 1, 1, 1], 2, 9) == [[0, 1], [2, 3], [4]]  # decode_width alone
+    assert pass_groups([1, 5, 4, 1, 1], 4, 9) == [[0, 1], [2, 3, 4]]  # rows with guesses <= 9
+    assert pass_groups([9, 1, 3, 3, 3], 8, 9) == [[0], [1, 2, 3], [4]]
 
 
 def test_ngram_simple_lookup_equals_llama_cpp_rule():

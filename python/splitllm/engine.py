@@ -59,7 +59,7 @@ import numpy as np
 from splitllm import _core
 from splitllm.cache import common_prefix
 from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
-from splitllm.engine_draft import DraftRequest, SlotDrafter, SpecParams
+from splitllm.engine_draft import DraftRequest, SlotDrafter, SpecParams, pass_groups
 from splitllm.grammar import Grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
 from splitllm.model import MAX_SPECULATIVE_PASS, Model
@@ -545,7 +545,9 @@ class BatchEngine:
         if decoders:
             self._note_batch(len(decoders))
         drafts = self._drafts(decoders)
-        for group in self._groups(decoders, drafts):
+        sizes = [1 + len(drafts.get(j, ())) for j in decoders]
+        for idx in pass_groups(sizes, self.decode_width, self.pass_rows):
+            group = [decoders[i] for i in idx]
             tokens: list[int] = []
             pos: list[int] = []
             slots: list[int] = []
@@ -626,22 +628,6 @@ class BatchEngine:
             if guesses:
                 out[j] = guesses
         return out
-
-    def _groups(self, decoders: list[Job], drafts: dict[Job, list[int]]) -> list[list[Job]]:
-        """Decoding jobs in passes whose rows equal single-token passes: at most ``decode_width``
-        jobs, and with guesses at most ``pass_rows`` rows."""
-        groups: list[list[Job]] = []
-        rows, guessed = 0, False
-        for j in decoders:
-            n = 1 + len(drafts.get(j, ()))
-            if groups and len(groups[-1]) < self.decode_width and \
-                    (not (guessed or n > 1) or rows + n <= self.pass_rows):
-                groups[-1].append(j)
-                rows, guessed = rows + n, guessed or n > 1
-            else:
-                groups.append([j])
-                rows, guessed = n, n > 1
-        return groups
 
     def _verify(self, job: Job, draft: list[int], rows: np.ndarray) -> None:
         """Samples the job's next tokens from its rows of a pass: after its token, then after each

@@ -68,6 +68,22 @@ class DraftRequest:
     result: list[int] = dataclasses.field(default_factory=list)
 
 
+def pass_groups(sizes: Sequence[int], width: int, rows_max: int) -> list[list[int]]:
+    """Jobs of ``sizes[i]`` rows each (a token and its guesses), in order, grouped in passes whose
+    rows equal single-token passes: at most ``width`` jobs, and where any has guesses at most
+    ``rows_max`` rows."""
+    groups: list[list[int]] = []
+    rows, guessed = 0, False
+    for i, n in enumerate(sizes):
+        if groups and len(groups[-1]) < width and (not (guessed or n > 1) or rows + n <= rows_max):
+            groups[-1].append(i)
+            rows, guessed = rows + n, guessed or n > 1
+        else:
+            groups.append([i])
+            rows, guessed = n, n > 1
+    return groups
+
+
 class SlotDrafter(abc.ABC):
     """Guesses for several sequences at once; fills each request's ``result``."""
 
