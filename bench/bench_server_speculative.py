@@ -55,6 +55,7 @@ def main() -> int:
     from splitllm.server import BackgroundServer
 
     path = args.model or str(smollm2_path())
+    header = header_lines()  # (the load average at the start)
     tmp = tempfile.TemporaryDirectory()
     requant = Path(tmp.name) / "draft-q4k.gguf"
     assert cli(["quantize", "--quiet", "--allow-requantize", path, str(requant), "Q4_K"]) == 0
@@ -99,8 +100,10 @@ def main() -> int:
     lines = [
         "# Speculative decoding in the server: one stream",
         "",
-        *header_lines(
-            {
+        *header,
+        *(
+            f"- {k}: {v}"
+            for k, v in {
                 "model": Path(path).name,
                 "settings": (
                     f"POST /completion, greedy, {args.n_gen} tokens after the prompt (cached), 1 slot, "
@@ -111,7 +114,7 @@ def main() -> int:
                     "in every setting (checked)"
                 ),
                 "command": "PYTHONPATH=python python3 bench/bench_server_speculative.py",
-            }
+            }.items()
         ),
         "",
         "| prompt | drafting | tokens | tok/s | vs off | CPU ms / token | vs off | guesses | accepted "
