@@ -48,6 +48,7 @@ constexpr ArchTraits kArchs[] = {
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
+    {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
 };
 
 std::string supported_archs() {
@@ -634,6 +635,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.read_dense(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
+    if (c.arch == Arch::Qwen35) read_qwen35(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

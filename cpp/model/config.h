@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4
+    Bitnet, Gemma4, Qwen35
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -45,7 +45,7 @@ struct Config {
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
-                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
+                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4", "qwen35"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -179,7 +179,22 @@ struct Config {
     // length conv_l_cache over B * x; C * conv; out_proj), keeping per sequence the last
     // conv_l_cache - 1 inputs of the convolution. Empty: no such layers.
     std::vector<uint8_t> conv_layers;
-    int conv_l_cache = 0;       // shortconv.l_cache
+    int conv_l_cache = 0;       // shortconv.l_cache (qwen35: ssm.conv_kernel)
+    // qwen35 (Qwen3.5, model/qwen35.cpp): the layers conv_layers flags are gated delta nets (linear
+    // attention: a short convolution over q, k, v, then the gated delta rule with one state matrix
+    // per value head); the attention layers' queries carry an output gate half.
+    bool delta_net = false;
+    int dn_k_heads = 0;         // ssm.group_count: query / key heads
+    int dn_v_heads = 0;         // ssm.time_step_rank: value heads (a multiple of dn_k_heads)
+    int dn_head_dim = 0;        // ssm.state_size: the head size of all three
+    int dn_conv_dim() const { return (2 * dn_k_heads + dn_v_heads) * dn_head_dim; }  // q, k, v channels
+    int dn_v_dim() const { return dn_v_heads * dn_head_dim; }
+    // Floats of a recurrent layer's state of one sequence: lfm2's last conv_l_cache - 1 inputs; a
+    // delta net's also its state matrices.
+    size_t state_floats() const {
+        if (!delta_net) return size_t(conv_l_cache - 1) * size_t(n_embd);
+        return size_t(conv_l_cache - 1) * size_t(dn_conv_dim()) + size_t(dn_v_dim()) * size_t(dn_head_dim);
+    }
     // Gemma 4 (model/gemma4.cpp): attention geometry per layer. n_head, n_head_kv, n_ff are then the
     // largest of any layer (buffers are sized by them) and head_dim, n_rot the global layers'.
     int head_dim_swa = 0;       // the sliding-window layers' head size (0: head_dim)

@@ -9,6 +9,7 @@
 namespace sl {
 
 class GGUFFile;
+struct Config;
 
 // An integer key within [lo, hi].
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi);
@@ -19,5 +20,7 @@ float get_positive(const GGUFFile & f, const std::string & key, double fallback,
 std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, int n_layer, int period);
 // The flags, or none at all when no layer slides.
 std::vector<uint8_t> any_swa(std::vector<uint8_t> swa);
+// qwen35's delta-net layers, their shapes and its rotation (model/qwen35.cpp).
+void read_qwen35(const GGUFFile & f, Config & c);
 
 }  // namespace sl

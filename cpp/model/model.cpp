@@ -155,7 +155,9 @@ void Model::load_weights() {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        if (c.is_conv(l)) {  // lfm2: a convolution in place of attention
+        if (c.arch == Arch::Qwen35) {  // gated attention or a delta net (qwen35.cpp)
+            load_qwen35_layer(l, b, L);
+        } else if (c.is_conv(l)) {  // lfm2: a convolution in place of attention
             load_conv_layer(b, L);
         } else {
             if (c.arch == Arch::DeepSeek2) {
@@ -199,7 +201,8 @@ void Model::load_weights() {
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
         if (c.pre_norms && !c.parallel_ffn)  // (cohere2's feed-forward reads the attention's input)
-            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
+            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss || c.arch == Arch::Qwen35 ? "post_attention_norm.weight"
+                                                                                        : "ffn_norm.weight"),
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
@@ -462,8 +465,8 @@ CpuBackendOptions Model::cpu_options() const {
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
-    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max(), c.q_lora_rank, c.kv_lora_rank});
-    o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert,
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max(), c.q_lora_rank, c.kv_lora_rank, c.dn_v_dim()});
+    o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert, 2 * c.q_dim(), c.dn_conv_dim(),
                            c.n_head * (c.head_dim_k_mla + c.head_dim_v_mla)});  // (deepseek2: attn_kv_b)
     o.n_head = c.n_head;
     o.n_head_kv = std::max(1, c.n_head / c.max_gqa());  // (the most query heads per key/value head)
@@ -507,6 +510,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.down_exps});
         group({&L.conv_in});
         group({&L.conv_out});
+        group({&L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha});
+        group({&L.dn_out});
     }
     group({&w_.output});
     group({&w_.cls});
@@ -543,7 +548,7 @@ size_t Model::activation_bytes(bool cpu) const {
     const size_t mla = cpu ? mla_floats() : 0;
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
-            mla + g4);
+            mla + g4 + (cpu ? qwen35_floats() : 0));
 }
 
 void Model::allocate_state() {
@@ -603,6 +608,7 @@ void Model::allocate_state() {
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
     }
+    if (c.arch == Arch::Qwen35) dn_work_.assign(nb * qwen35_floats(), 0.0f);
     if (c.arch == Arch::Gemma4) {
         ones_.assign(size_t(c.max_head_dim()), 1.0f);
         ple_.assign(2 * nb * size_t(c.n_layer) * size_t(c.n_embd_per_layer), 0.0f);  // (and a work half)

@@ -104,6 +104,14 @@ struct LayerWeights {
     WeightRef conv_in;                  // (3 n_embd, n_embd)
     const float * conv_kernel = nullptr;  // (n_embd, conv_l_cache)
     WeightRef conv_out;                 // (n_embd, n_embd)
+    // qwen35's gated delta net (qwen35.cpp; cd = dn_conv_dim, vd = dn_v_dim, hv = dn_v_heads): q, k, v
+    // before their convolution, the output gate z, beta's and the decay's inputs, the output; the
+    // convolution kernel (oldest input first), dt_bias, -exp(A_log), the gated norm's weight.
+    WeightRef dn_qkv, dn_z, dn_beta, dn_alpha, dn_out;  // (cd, n_embd) (vd, n_embd) (hv, n_embd) x2 (n_embd, vd)
+    const float * dn_kernel = nullptr;  // (cd, conv_l_cache)
+    const float * dn_dt = nullptr;      // (hv)
+    const float * dn_a = nullptr;       // (hv)
+    const float * dn_norm = nullptr;    // (dn_head_dim)
     // gemma4: the layer's output (residual stream included) times out_scale (layer_output_scale);
     // without wv the values are the keys' projection (wv.rows 0).
     float out_scale = 1.0f;
@@ -368,7 +376,7 @@ private:
     std::vector<float> conv_state_;  // (n_conv_layers, n_slots, conv_l_cache - 1, n_embd)
     std::vector<int> conv_index_;    // (n_layer) a layer's index among the convolution layers, or -1
     std::vector<int> conv_pos_;      // (n_slots)
-    size_t conv_slot_floats() const { return size_t(cfg_.conv_l_cache - 1) * size_t(cfg_.n_embd); }
+    size_t conv_slot_floats() const { return cfg_.state_floats(); }
     size_t conv_state_bytes() const {  // every slot's, on the CPU (counted with the KV cache)
         if (!cfg_.recurrent()) return 0;
         const auto n_conv = size_t(std::count(cfg_.conv_layers.begin(), cfg_.conv_layers.end(), 1));
@@ -457,6 +465,14 @@ private:
     void note_conv(const int32_t * pos, const int32_t * slot, int n);
     void conv_block(int l, Scratch & s, int n, const int32_t * slot);
     void load_conv_layer(const std::string & b, LayerWeights & L);
+    // qwen35.cpp: a Qwen3.5 layer's attention or delta-net weights, and its token mixing on s.x
+    // (x += gated attention or delta net of rmsnorm(x)), on the CPU; dn_work_'s floats per token.
+    void load_qwen35_layer(int l, const std::string & b, LayerWeights & L);
+    void qwen35_mixer(Backend * be, int l, Scratch & s, int n, const int32_t * slot);
+    void qwen35_attention(Backend * be, int l, Scratch & s, int n);
+    void delta_net(Backend * be, int l, Scratch & s, int n, const int32_t * slot);
+    size_t qwen35_floats() const;
+    std::vector<float> dn_work_;  // (n_batch, qwen35_floats())
     // gemma4.cpp: a Gemma 4 model's block weights, its per-layer inputs of a batch (into ple_) and
     // one block on s.x (on the CPU).
     void load_gemma4_layers();
