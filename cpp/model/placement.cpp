@@ -328,7 +328,7 @@ std::vector<DeviceMemory> Model::memory() const {
     DeviceMemory & cpu = dev("CPU");
     for (const Placement & p : placement_)
         if (p.device == "CPU") cpu.weights += p.weight_bytes;
-    cpu.buffers = cpu_->scratch_bytes() + enc_work_.size() * sizeof(float);
+    cpu.buffers = cpu_->scratch_bytes() + (enc_work_.size() + dn_work_.size()) * sizeof(float);  // (+ qwen35's)
     cpu.overhead = file_->header_bytes();
     for (const Owned & o : owned_) {
         DeviceMemory & d = dev(o.be->name());
