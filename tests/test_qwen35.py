@@ -21,8 +21,16 @@ TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 
 QWEN35 = Qwen35Config(seed=61)
 # Qwen3.5's own pattern in small (three delta nets, then attention), value heads 4 per key head,
 # MQA attention, a 3-tap convolution, a tied output
-QWEN35_WIDE = Qwen35Config(n_layer=8, full_attention_interval=4, k_heads=1, v_heads=4, n_head_kv=1, conv_kernel=3,
-                           tied_output=True, seed=62)
+QWEN35_WIDE = Qwen35Config(
+    n_layer=8,
+    full_attention_interval=4,
+    k_heads=1,
+    v_heads=4,
+    n_head_kv=1,
+    conv_kernel=3,
+    tied_output=True,
+    seed=62,
+)
 OPTS = dict(n_ctx=64, n_threads=2)
 
 
@@ -66,7 +74,9 @@ def test_the_reference_sees_each_part(qwen35):
 
     assert changed(linear_attn__A_log=lambda a: a + 30) > 1e-2  # no memory: each token's own state
     assert changed(linear_attn__in_proj_z__weight=lambda z: 0 * z) > 1e-2
-    assert changed(self_attn__q_proj__weight=lambda q: q.reshape(4, 2, 32, -1)[:, ::-1].reshape(q.shape)) > 1e-2
+    assert (
+        changed(self_attn__q_proj__weight=lambda q: q.reshape(4, 2, 32, -1)[:, ::-1].reshape(q.shape)) > 1e-2
+    )
     assert changed(linear_attn__in_proj_qkv__weight=lambda x: np.concatenate([x[:64], x[64:][::-1]])) > 1e-2
 
 
@@ -195,8 +205,11 @@ def test_memory_counts_the_weights_and_states(qwen35):
 
 
 def test_bad_files_are_refused(tmp_path):
-    for key, match in (("qwen35.ssm.state_size", "ssm.state_size"), ("qwen35.ssm.inner_size", "inner_size"),
-                       ("qwen35.rope.dimension_sections", "dimension_sections")):
+    for key, match in (
+        ("qwen35.ssm.state_size", "ssm.state_size"),
+        ("qwen35.ssm.inner_size", "inner_size"),
+        ("qwen35.rope.dimension_sections", "dimension_sections"),
+    ):
         path, _ = tiny(tmp_path, QWEN35, metadata={key: None})
         with pytest.raises(GGUFError, match=match):
             Model(path, **OPTS)

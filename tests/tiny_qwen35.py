@@ -100,7 +100,9 @@ def make_hf_weights(cfg: Qwen35Config) -> dict[str, np.ndarray]:
     return w
 
 
-def tiled_v_heads(x: np.ndarray, cfg: Qwen35Config, head: int, axis: int = 0, inverse: bool = False) -> np.ndarray:
+def tiled_v_heads(
+    x: np.ndarray, cfg: Qwen35Config, head: int, axis: int = 0, inverse: bool = False
+) -> np.ndarray:
     """convert_hf_to_gguf.py's _reorder_v_heads: value heads grouped by key head (HF's order) to
     tiled (head j reads key head j % k_heads); ``inverse``: back."""
     x = np.moveaxis(x, axis, 0)
@@ -115,14 +117,30 @@ def to_gguf(cfg: Qwen35Config, hf: dict[str, np.ndarray]) -> dict[str, np.ndarra
     norm), A_log -> -exp(A_log) as ssm_a, the conv kernel squeezed to (channels, kernel), value heads
     tiled, post_attention_layernorm as post_attention_norm."""
     d, kd = cfg.dn_head_dim, cfg.k_heads * cfg.dn_head_dim
-    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
-             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-             "linear_attn.in_proj_qkv": "attn_qkv", "linear_attn.in_proj_z": "attn_gate",
-             "linear_attn.in_proj_b": "ssm_beta", "linear_attn.in_proj_a": "ssm_alpha",
-             "linear_attn.conv1d": "ssm_conv1d", "linear_attn.norm": "ssm_norm", "linear_attn.out_proj": "ssm_out"}
-    out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": 1 + hf["model.norm.weight"]}
+    names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "post_attention_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "linear_attn.in_proj_qkv": "attn_qkv",
+        "linear_attn.in_proj_z": "attn_gate",
+        "linear_attn.in_proj_b": "ssm_beta",
+        "linear_attn.in_proj_a": "ssm_alpha",
+        "linear_attn.conv1d": "ssm_conv1d",
+        "linear_attn.norm": "ssm_norm",
+        "linear_attn.out_proj": "ssm_out",
+    }
+    out = {
+        "token_embd.weight": hf["model.embed_tokens.weight"],
+        "output_norm.weight": 1 + hf["model.norm.weight"],
+    }
     if "lm_head.weight" in hf:
         out["output.weight"] = hf["lm_head.weight"]
     for i in range(cfg.n_layer):
@@ -135,7 +153,7 @@ def to_gguf(cfg: Qwen35Config, hf: dict[str, np.ndarray]) -> dict[str, np.ndarra
                 x = 1 + x
             if src == "linear_attn.in_proj_qkv" or src == "linear_attn.conv1d":
                 x = x.reshape(x.shape[0], -1)
-                x = np.concatenate([x[: 2 * kd], tiled_v_heads(x[2 * kd:], cfg, d)])
+                x = np.concatenate([x[: 2 * kd], tiled_v_heads(x[2 * kd :], cfg, d)])
             elif src in ("linear_attn.in_proj_z", "linear_attn.norm") and x.ndim == 2:
                 x = tiled_v_heads(x, cfg, d)
             elif src in ("linear_attn.in_proj_b", "linear_attn.in_proj_a"):
@@ -152,7 +170,10 @@ def to_gguf(cfg: Qwen35Config, hf: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def from_gguf(cfg: Qwen35Config, held: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The inverse of :func:`to_gguf` (for the reference to run on what a file holds)."""
     d, kd = cfg.dn_head_dim, cfg.k_heads * cfg.dn_head_dim
-    hf = {"model.embed_tokens.weight": held["token_embd.weight"], "model.norm.weight": held["output_norm.weight"] - 1}
+    hf = {
+        "model.embed_tokens.weight": held["token_embd.weight"],
+        "model.norm.weight": held["output_norm.weight"] - 1,
+    }
     if "output.weight" in held:
         hf["lm_head.weight"] = held["output.weight"]
     for i in range(cfg.n_layer):
@@ -163,7 +184,9 @@ def from_gguf(cfg: Qwen35Config, held: dict[str, np.ndarray]) -> dict[str, np.nd
             hf[b + f"mlp.{t}_proj.weight"] = held[g + name + ".weight"]
         if not cfg.is_linear(i):
             for t in "qkvo":
-                hf[b + f"self_attn.{t}_proj.weight"] = held[g + ("attn_output" if t == "o" else f"attn_{t}") + ".weight"]
+                hf[b + f"self_attn.{t}_proj.weight"] = held[
+                    g + ("attn_output" if t == "o" else f"attn_{t}") + ".weight"
+                ]
             for t in "qk":
                 hf[b + f"self_attn.{t}_norm.weight"] = held[g + f"attn_{t}_norm.weight"] - 1
             continue
@@ -174,7 +197,7 @@ def from_gguf(cfg: Qwen35Config, held: dict[str, np.ndarray]) -> dict[str, np.nd
 
         for name, dst in (("attn_qkv.weight", "in_proj_qkv.weight"), ("ssm_conv1d.weight", "conv1d.weight")):
             x = held[g + name]
-            hf[a + dst] = np.concatenate([x[: 2 * kd], untile(x[2 * kd:], d)])
+            hf[a + dst] = np.concatenate([x[: 2 * kd], untile(x[2 * kd :], d)])
         hf[a + "conv1d.weight"] = hf[a + "conv1d.weight"][:, None, :]
         hf[a + "in_proj_z.weight"] = untile(held[g + "attn_gate.weight"], d)
         hf[a + "in_proj_b.weight"] = untile(held[g + "ssm_beta.weight"], 1)
@@ -186,9 +209,14 @@ def from_gguf(cfg: Qwen35Config, held: dict[str, np.ndarray]) -> dict[str, np.nd
     return hf
 
 
-def write_qwen35_gguf(cfg: Qwen35Config, path: Path, *, weight_type: str = "F32",
-                      hf: dict[str, np.ndarray] | None = None,
-                      metadata: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def write_qwen35_gguf(
+    cfg: Qwen35Config,
+    path: Path,
+    *,
+    weight_type: str = "F32",
+    hf: dict[str, np.ndarray] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
     """Writes the model (random unless ``hf`` is given) with the metadata Qwen3_5TextModel writes;
     returns the weights as the file holds them, under Hugging Face's names (float64)."""
     hf = make_hf_weights(cfg) if hf is None else hf
@@ -246,11 +274,11 @@ def delta_net(cfg: Qwen35Config, w: dict[str, np.ndarray], a: str, h: np.ndarray
     g = -np.exp(w[a + "A_log"]) * np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
     kernel = w[a + "conv1d.weight"][:, 0, :]  # (channels, K): tap K - 1 meets the current input
     padded = np.concatenate([np.zeros((cfg.conv_kernel - 1, qkv.shape[1])), qkv])
-    conv = _silu(np.stack([(kernel.T * padded[t: t + cfg.conv_kernel]).sum(axis=0) for t in range(n)]))
+    conv = _silu(np.stack([(kernel.T * padded[t : t + cfg.conv_kernel]).sum(axis=0) for t in range(n)]))
     r = cfg.v_heads // cfg.k_heads
     q = np.repeat(conv[:, :kd].reshape(n, cfg.k_heads, d), r, axis=1)
-    k = np.repeat(conv[:, kd: 2 * kd].reshape(n, cfg.k_heads, d), r, axis=1)
-    v = conv[:, 2 * kd:].reshape(n, cfg.v_heads, d)
+    k = np.repeat(conv[:, kd : 2 * kd].reshape(n, cfg.k_heads, d), r, axis=1)
+    v = conv[:, 2 * kd :].reshape(n, cfg.v_heads, d)
     q = q / np.sqrt((q * q).sum(-1, keepdims=True) + 1e-6) / np.sqrt(d)
     k = k / np.sqrt((k * k).sum(-1, keepdims=True) + 1e-6)
     state = np.zeros((cfg.v_heads, d, d))
@@ -280,8 +308,8 @@ def attention(cfg: Qwen35Config, w: dict[str, np.ndarray], a: str, h: np.ndarray
 
     def rope(x: np.ndarray) -> np.ndarray:
         x = x.copy()
-        x0, x1 = x[..., : rot // 2].copy(), x[..., rot // 2: rot].copy()
-        x[..., : rot // 2], x[..., rot // 2: rot] = x0 * cos - x1 * sin, x0 * sin + x1 * cos
+        x0, x1 = x[..., : rot // 2].copy(), x[..., rot // 2 : rot].copy()
+        x[..., : rot // 2], x[..., rot // 2 : rot] = x0 * cos - x1 * sin, x0 * sin + x1 * cos
         return x
 
     q, k = rope(q), rope(k)
@@ -297,8 +325,9 @@ def attention(cfg: Qwen35Config, w: dict[str, np.ndarray], a: str, h: np.ndarray
     return (att.reshape(n, -1) / (1 + np.exp(-gate))) @ w[a + "o_proj.weight"].T
 
 
-def qwen35_reference_logits(cfg: Qwen35Config, w: dict[str, np.ndarray], tokens: list[int], *,
-                            kv_f16: bool = True) -> np.ndarray:
+def qwen35_reference_logits(
+    cfg: Qwen35Config, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True
+) -> np.ndarray:
     """float64 Qwen3_5ForCausalLM over tokens at positions 0..n-1: logits (n, n_vocab)."""
     x = w["model.embed_tokens.weight"][tokens]
     for i in range(cfg.n_layer):

@@ -259,3 +259,22 @@ def test_tiny_lfm2_keeps_its_blocks_on_the_cpu(tmp_path):
     got_logits, got_text = greedy(m, PROMPT)
     assert mean_kl(ref_logits, got_logits) <= KL_MAX
     assert got_text == ref_text
+
+
+def test_tiny_qwen35_keeps_its_blocks_on_the_cpu(tmp_path):
+    """qwen35's delta-net and gated attention blocks have no CUDA kernels yet: n_gpu_layers puts only
+    the output layer on the GPU, with a warning; logits and greedy text are the CPU's."""
+    from tiny_qwen35 import Qwen35Config, write_qwen35_gguf
+
+    cfg = Qwen35Config(n_embd=256, n_ff=512, seed=11)
+    path = tmp_path / "tiny-qwen35-q8.gguf"
+    write_qwen35_gguf(cfg, path, weight_type="Q8_0")
+    cpu = _core.Model(str(path), n_ctx=256, op_offload=False)
+    ref_logits, ref_text = greedy(cpu, PROMPT)
+    m = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1)
+    assert len(m.warnings) == 1 and "gated delta-net" in m.warnings[0]
+    devices = [p["device"] for p in m.placement]
+    assert devices[1:-1] == ["CPU"] * cfg.n_layer and devices[-1] != "CPU"
+    got_logits, got_text = greedy(m, PROMPT)
+    assert mean_kl(ref_logits, got_logits) <= KL_MAX
+    assert got_text == ref_text
