@@ -1,0 +1,121 @@
+"""convert-hf on tiny random Qwen3.5 checkpoints (tests/tiny_qwen35.py's weights under transformers'
+names, as Qwen3_5ForCausalLM and as Qwen3_5ForConditionalGeneration's text part saves them):
+splitllm's engine and llama.cpp give the float64 reference's logits, computed on the checkpoint's
+own weights, on the converted file; the metadata is Qwen3_5TextModel's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import hf_fixtures as F
+import numpy as np
+import pytest
+import test_convert as TC
+from gguf import GGUFReader
+from splitllm import Model
+from splitllm_convert import convert
+from splitllm_convert.errors import ConvertError
+from tiny_qwen35 import Qwen35Config, make_hf_weights, qwen35_reference_logits
+
+IDS = [(7 * i + 3) % 300 for i in range(24)]
+CFG = Qwen35Config(seed=71)
+WIDE = replace(Qwen35Config(seed=72), n_layer=4, full_attention_interval=4, k_heads=1, tied_output=True)
+
+
+def hf_checkpoint(d: Path, cfg: Qwen35Config, *, multimodal: bool = False, dtype: str = "f32") -> dict:
+    """A Qwen3.5 directory: config.json as Qwen3.5 writes it (the text settings in text_config for
+    the multimodal class, a vision tower's tensors and an MTP block beside), a byte-level BPE
+    tokenizer, the weights. Returns the stored weights (float64) under transformers' names."""
+    d.mkdir(parents=True, exist_ok=True)
+    assert F.write_bpe_tokenizer(d, vocab_size=cfg.n_vocab) == cfg.n_vocab
+    types = [("linear_attention" if cfg.is_linear(i) else "full_attention") for i in range(cfg.n_layer)]
+    text = {
+        "model_type": "qwen3_5_text", "vocab_size": cfg.n_vocab, "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.n_ff, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head_kv, "head_dim": cfg.head_dim, "rms_norm_eps": cfg.rms_eps,
+        "max_position_embeddings": cfg.n_ctx_train, "full_attention_interval": cfg.full_attention_interval,
+        "layer_types": types,
+        "linear_conv_kernel_dim": cfg.conv_kernel, "linear_key_head_dim": cfg.dn_head_dim,
+        "linear_value_head_dim": cfg.dn_head_dim, "linear_num_key_heads": cfg.k_heads,
+        "linear_num_value_heads": cfg.v_heads, "tie_word_embeddings": cfg.tied_output,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base, "mrope_interleaved": True,
+                            "mrope_section": list(cfg.mrope_section),
+                            "partial_rotary_factor": cfg.partial_rotary},
+        "mtp_num_hidden_layers": 1, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
+    }  # fmt: skip
+    hf = {k: v.astype(np.float32) for k, v in make_hf_weights(cfg).items()}
+    hf["mtp.fc.weight"] = np.zeros((cfg.n_embd, 2 * cfg.n_embd), np.float32)  # (left out)
+    if multimodal:
+        top = {"architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
+               "text_config": text, "vision_config": {"depth": 1},
+               "tie_word_embeddings": cfg.tied_output}  # fmt: skip
+        hf = {("model.language_model." + k.removeprefix("model.") if k.startswith("model.") else k): v
+              for k, v in hf.items()}  # fmt: skip
+        hf["model.visual.patch_embed.proj.weight"] = np.zeros((8, 4), np.float32)
+    else:
+        top = {"architectures": ["Qwen3_5ForCausalLM"], **text}
+    (d / "config.json").write_text(json.dumps(top))
+    stored = F.save_weights(d, hf, dtype=dtype)
+    return {k.replace("model.language_model.", "model."): v.astype(np.float64) for k, v in stored.items()}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "multimodal", "dtype"),
+    [(CFG, False, "f32"), (WIDE, True, "bf16")],
+    ids=["causal-lm-f32", "conditional-generation-tied-bf16"],
+)
+def test_converted_file_runs_as_the_reference(
+    tmp_path: Path, cfg: Qwen35Config, multimodal: bool, dtype: str
+):
+    held = hf_checkpoint(tmp_path / "hf", cfg, multimodal=multimodal, dtype=dtype)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    r = GGUFReader(out)
+    keys = {k.removeprefix("qwen35."): f.contents() for k, f in r.fields.items() if k.startswith("qwen35.")}
+    assert keys["ssm.conv_kernel"] == cfg.conv_kernel and keys["ssm.state_size"] == cfg.dn_head_dim
+    assert (keys["ssm.group_count"], keys["ssm.time_step_rank"]) == (cfg.k_heads, cfg.v_heads)
+    assert keys["ssm.inner_size"] == cfg.v_heads * cfg.dn_head_dim
+    assert keys["full_attention_interval"] == cfg.full_attention_interval
+    assert keys["rope.dimension_count"] == cfg.n_rot
+    assert keys["rope.dimension_sections"] == [*cfg.mrope_section, 0]
+    names = {t.name for t in r.tensors}
+    assert not any("mtp" in n or "visual" in n for n in names)
+    assert TC.as_f32(next(t for t in r.tensors if t.name == "blk.0.ssm_conv1d.weight")).shape == (
+        cfg.conv_dim,
+        cfg.conv_kernel,
+    )
+    ref = qwen35_reference_logits(cfg, held, IDS)
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        ours = m.logits(IDS)
+    assert (np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-4
+    theirs = TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS)
+    assert (np.linalg.norm(theirs - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-3
+
+
+def test_quantized_types(tmp_path: Path):
+    """q8_0: the convolution kernels, norms and delta-net vectors stay F32; f16 the same."""
+    hf_checkpoint(tmp_path / "hf", replace(CFG, n_embd=256, n_ff=512))
+    for qtype in ("q8_0", "f16"):
+        out = tmp_path / f"{qtype}.gguf"
+        convert(tmp_path / "hf", out, type=qtype, quiet=True, n_threads=2)
+        got = TC.tensors(out)
+        f32 = {n for n, t in got.items() if t.tensor_type.name == "F32"}
+        assert f32 == {
+            n for n in got if n.endswith(("norm.weight", "ssm_conv1d.weight", "ssm_dt.bias", "ssm_a"))
+        }
+        with Model(str(out), n_ctx=64, n_threads=2) as m:
+            assert np.isfinite(m.logits(IDS[:4])).all()
+
+
+def test_bad_checkpoints_are_refused(tmp_path: Path):
+    d = tmp_path / "hf"
+    hf_checkpoint(d, CFG)
+    cfg = json.loads((d / "config.json").read_text())
+    for change, match in (({"linear_value_head_dim": 8}, "linear_value_head_dim"),
+                          ({"layer_types": ["full_attention"] * CFG.n_layer}, "layer_types"),
+                          ({"num_experts": 4}, "mixture of experts")):  # fmt: skip
+        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ConvertError, match=match):
+            convert(d, tmp_path / "x.gguf", type="f32", quiet=True)
