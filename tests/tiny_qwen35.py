@@ -41,6 +41,17 @@ class Qwen35Config:
     tied_output: bool = False
     n_ctx_train: int = 256
     seed: int = 0
+    # Qwen3.5-MoE (qwen35moe): every feed-forward a softmax-routed mixture of n_expert experts of
+    # n_ff_exp (top n_expert_used, weights renormalised), plus a shared expert of n_ff_shexp gated
+    # by sigmoid(shared_expert_gate . h)
+    n_expert: int = 0
+    n_expert_used: int = 2
+    n_ff_exp: int = 32
+    n_ff_shexp: int = 64
+
+    @property
+    def arch(self) -> str:
+        return "qwen35moe" if self.n_expert else "qwen35"
 
     @property
     def n_rot(self) -> int:
@@ -91,6 +102,17 @@ def make_hf_weights(cfg: Qwen35Config) -> dict[str, np.ndarray]:
             w[a + "q_norm.weight"] = norm(hd)
             w[a + "k_norm.weight"] = norm(hd)
             w[a + "o_proj.weight"] = mat(e, cfg.n_head * hd)
+        if cfg.n_expert:
+            w[b + "mlp.gate.weight"] = mat(cfg.n_expert, e)
+            for x in range(cfg.n_expert):
+                w[b + f"mlp.experts.{x}.gate_proj.weight"] = mat(cfg.n_ff_exp, e)
+                w[b + f"mlp.experts.{x}.up_proj.weight"] = mat(cfg.n_ff_exp, e)
+                w[b + f"mlp.experts.{x}.down_proj.weight"] = mat(e, cfg.n_ff_exp)
+            w[b + "mlp.shared_expert.gate_proj.weight"] = mat(cfg.n_ff_shexp, e)
+            w[b + "mlp.shared_expert.up_proj.weight"] = mat(cfg.n_ff_shexp, e)
+            w[b + "mlp.shared_expert.down_proj.weight"] = mat(e, cfg.n_ff_shexp)
+            w[b + "mlp.shared_expert_gate.weight"] = mat(1, e)
+            continue
         w[b + "mlp.gate_proj.weight"] = mat(cfg.n_ff, e)
         w[b + "mlp.up_proj.weight"] = mat(cfg.n_ff, e)
         w[b + "mlp.down_proj.weight"] = mat(e, cfg.n_ff)
@@ -161,6 +183,14 @@ def to_gguf(cfg: Qwen35Config, hf: dict[str, np.ndarray]) -> dict[str, np.ndarra
             elif src == "linear_attn.out_proj":
                 x = tiled_v_heads(x, cfg, d, axis=1)
             out[g + dst + ".weight"] = x
+        if cfg.n_expert:
+            out[g + "ffn_gate_inp.weight"] = hf[b + "mlp.gate.weight"]
+            for t in ("gate", "up", "down"):
+                out[g + f"ffn_{t}_exps.weight"] = np.stack(
+                    [hf[b + f"mlp.experts.{x}.{t}_proj.weight"] for x in range(cfg.n_expert)]
+                )
+                out[g + f"ffn_{t}_shexp.weight"] = hf[b + f"mlp.shared_expert.{t}_proj.weight"]
+            out[g + "ffn_gate_inp_shexp.weight"] = hf[b + "mlp.shared_expert_gate.weight"][0]
         if cfg.is_linear(i):
             out[g + "ssm_dt.bias"] = tiled_v_heads(hf[b + "linear_attn.dt_bias"], cfg, 1)
             out[g + "ssm_a"] = tiled_v_heads(-np.exp(hf[b + "linear_attn.A_log"]), cfg, 1)
@@ -180,8 +210,16 @@ def from_gguf(cfg: Qwen35Config, held: dict[str, np.ndarray]) -> dict[str, np.nd
         b, g = f"model.layers.{i}.", f"blk.{i}."
         hf[b + "input_layernorm.weight"] = held[g + "attn_norm.weight"] - 1
         hf[b + "post_attention_layernorm.weight"] = held[g + "post_attention_norm.weight"] - 1
-        for t, name in (("gate", "ffn_gate"), ("up", "ffn_up"), ("down", "ffn_down")):
-            hf[b + f"mlp.{t}_proj.weight"] = held[g + name + ".weight"]
+        for t in ("gate", "up", "down"):
+            if not cfg.n_expert:
+                hf[b + f"mlp.{t}_proj.weight"] = held[g + f"ffn_{t}.weight"]
+                continue
+            for x in range(cfg.n_expert):
+                hf[b + f"mlp.experts.{x}.{t}_proj.weight"] = held[g + f"ffn_{t}_exps.weight"][x]
+            hf[b + f"mlp.shared_expert.{t}_proj.weight"] = held[g + f"ffn_{t}_shexp.weight"]
+        if cfg.n_expert:
+            hf[b + "mlp.gate.weight"] = held[g + "ffn_gate_inp.weight"]
+            hf[b + "mlp.shared_expert_gate.weight"] = held[g + "ffn_gate_inp_shexp.weight"][None, :]
         if not cfg.is_linear(i):
             for t in "qkvo":
                 hf[b + f"self_attn.{t}_proj.weight"] = held[
@@ -220,8 +258,8 @@ def write_qwen35_gguf(
     """Writes the model (random unless ``hf`` is given) with the metadata Qwen3_5TextModel writes;
     returns the weights as the file holds them, under Hugging Face's names (float64)."""
     hf = make_hf_weights(cfg) if hf is None else hf
-    wr = gguf.GGUFWriter(str(path), "qwen35")
-    wr.add_name("tiny-qwen35")
+    wr = gguf.GGUFWriter(str(path), cfg.arch)
+    wr.add_name(f"tiny-{cfg.arch}")
     wr.add_block_count(cfg.n_layer)
     wr.add_context_length(cfg.n_ctx_train)
     wr.add_embedding_length(cfg.n_embd)
@@ -240,6 +278,11 @@ def write_qwen35_gguf(
     wr.add_ssm_time_step_rank(cfg.v_heads)
     wr.add_ssm_inner_size(cfg.v_heads * cfg.dn_head_dim)
     wr.add_full_attention_interval(cfg.full_attention_interval)
+    if cfg.n_expert:
+        wr.add_expert_count(cfg.n_expert)
+        wr.add_expert_used_count(cfg.n_expert_used)
+        wr.add_expert_feed_forward_length(cfg.n_ff_exp)
+        wr.add_expert_shared_feed_forward_length(cfg.n_ff_shexp)
     wr.add_vocab_size(cfg.n_vocab)
     write_byte_vocab(wr, cfg.n_vocab)
     kv = wr.kv_data[0]
@@ -325,6 +368,26 @@ def attention(cfg: Qwen35Config, w: dict[str, np.ndarray], a: str, h: np.ndarray
     return (att.reshape(n, -1) / (1 + np.exp(-gate))) @ w[a + "o_proj.weight"].T
 
 
+def _mlp(w: dict[str, np.ndarray], p: str, h: np.ndarray) -> np.ndarray:
+    gg, u = h @ w[p + "gate_proj.weight"].T, h @ w[p + "up_proj.weight"].T
+    return (_silu(gg) * u) @ w[p + "down_proj.weight"].T
+
+
+def _moe(cfg: Qwen35Config, w: dict[str, np.ndarray], p: str, h: np.ndarray) -> np.ndarray:
+    """Qwen3_5MoeSparseMoeBlock: softmax router, top n_expert_used renormalised, plus the shared
+    expert times sigmoid(shared_expert_gate . h)."""
+    logits = h @ w[p + "gate.weight"].T
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        top = np.argsort(-probs[t], kind="stable")[: cfg.n_expert_used]
+        for x in top:
+            out[t] += probs[t, x] / probs[t, top].sum() * _mlp(w, p + f"experts.{x}.", h[t: t + 1])[0]
+    gate = 1 / (1 + np.exp(-(h @ w[p + "shared_expert_gate.weight"].T)))
+    return out + gate * _mlp(w, p + "shared_expert.", h)
+
+
 def qwen35_reference_logits(
     cfg: Qwen35Config, w: dict[str, np.ndarray], tokens: list[int], *, kv_f16: bool = True
 ) -> np.ndarray:
@@ -338,7 +401,6 @@ def qwen35_reference_logits(
         else:
             x = x + attention(cfg, w, b + "self_attn.", h, kv_f16)
         h = _rmsnorm(x, 1 + w[b + "post_attention_layernorm.weight"], cfg.rms_eps)
-        gg, u = h @ w[b + "mlp.gate_proj.weight"].T, h @ w[b + "mlp.up_proj.weight"].T
-        x = x + (_silu(gg) * u) @ w[b + "mlp.down_proj.weight"].T
+        x = x + (_moe(cfg, w, b + "mlp.", h) if cfg.n_expert else _mlp(w, b + "mlp.", h))
     x = _rmsnorm(x, 1 + w["model.norm.weight"], cfg.rms_eps)
     return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T

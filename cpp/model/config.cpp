@@ -49,6 +49,7 @@ constexpr ArchTraits kArchs[] = {
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
     {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
+    {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
 };
 
 std::string supported_archs() {
@@ -543,7 +544,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
-    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
+    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen35Moe;  // all blocks
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
@@ -635,7 +636,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.read_dense(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
-    if (c.arch == Arch::Qwen35) read_qwen35(f, c);
+    if (c.arch == Arch::Qwen35 || c.arch == Arch::Qwen35Moe) read_qwen35(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

@@ -55,7 +55,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
-        if (c.arch == Arch::Qwen35) {  // gated attention or a gated delta net (qwen35.cpp)
+        if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
             qwen35_mixer(be, l, s, n, slot);
         } else if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);

@@ -155,7 +155,7 @@ void Model::load_weights() {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        if (c.arch == Arch::Qwen35) {  // gated attention or a delta net (qwen35.cpp)
+        if (c.delta_net) {  // qwen35 / qwen35moe: gated attention or a delta net (qwen35.cpp)
             load_qwen35_layer(l, b, L);
         } else if (c.is_conv(l)) {  // lfm2: a convolution in place of attention
             load_conv_layer(b, L);
@@ -201,13 +201,14 @@ void Model::load_weights() {
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
         if (c.pre_norms && !c.parallel_ffn)  // (cohere2's feed-forward reads the attention's input)
-            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss || c.arch == Arch::Qwen35 ? "post_attention_norm.weight"
+            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss || c.delta_net ? "post_attention_norm.weight"
                                                                                         : "ffn_norm.weight"),
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
         // deepseek2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
+                              c.arch == Arch::Qwen35Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
         const bool moe = c.arch == Arch::DeepSeek2 ? l >= c.n_layer_dense_lead
                                                    : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
@@ -608,7 +609,7 @@ void Model::allocate_state() {
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
     }
-    if (c.arch == Arch::Qwen35) dn_work_.assign(nb * qwen35_floats(), 0.0f);
+    if (c.delta_net) dn_work_.assign(nb * qwen35_floats(), 0.0f);
     if (c.arch == Arch::Gemma4) {
         ones_.assign(size_t(c.max_head_dim()), 1.0f);
         ple_.assign(2 * nb * size_t(c.n_layer) * size_t(c.n_embd_per_layer), 0.0f);  // (and a work half)

@@ -98,8 +98,16 @@ void read_qwen35(const GGUFFile & f, Config & c) {
     if (c.n_swa > 0)
         throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': qwen35 has no sliding-window layers",
                                path, a.c_str()));
-    if (c.n_expert > 0)
-        throw GGUFError(strfmt("%s: a qwen35 file with experts (%sexpert_count) is not supported", path, a.c_str()));
+    if (c.arch == Arch::Qwen35 && c.n_expert > 0)
+        throw GGUFError(strfmt("%s: a qwen35 file with experts (%sexpert_count): qwen35moe has them", path, a.c_str()));
+    if (c.arch == Arch::Qwen35Moe) {  // a gated shared expert beside the routed ones (as qwen2moe's)
+        const std::string shexp_key = a + "expert_shared_feed_forward_length";
+        c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 0, 1 << 20) : 0;
+        c.shexp_gate = c.n_ff_shexp > 0;
+        if (f.find(a + "expert_weights_scale") && f.get_float(a + "expert_weights_scale") != 1.0)
+            throw GGUFError(strfmt("%s: metadata '%sexpert_weights_scale' other than 1 is not supported", path,
+                                   a.c_str()));
+    }
 }
 
 void Model::load_qwen35_layer(int l, const std::string & b, LayerWeights & L) {
@@ -132,7 +140,7 @@ void Model::load_qwen35_layer(int l, const std::string & b, LayerWeights & L) {
 
 size_t Model::qwen35_floats() const {
     const Config & c = cfg_;
-    if (c.arch != Arch::Qwen35) return 0;
+    if (!c.delta_net) return 0;
     // attention: queries with their gates; delta net: q, k, v, the gate z, beta, the decay, output
     return std::max(2 * size_t(c.q_dim()),
                     size_t(c.dn_conv_dim()) + 2 * size_t(c.dn_v_dim()) + 2 * size_t(c.dn_v_heads));
