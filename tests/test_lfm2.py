@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 from itertools import islice
 
 import numpy as np
 import pytest
+import recurrent_checks as R
 from lcpp import llama_cpp_logits
-from splitllm import Error, GGUFError, Model
+from recurrent_checks import rel_err
+from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
-from tiny_model import interleaved_batch
 
 TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
 LFM2 = Lfm2Config(seed=51)
@@ -23,10 +25,6 @@ CONV, ATTN = "conv", "full_attention"
 LFM2_WIDE = Lfm2Config(n_layer=6, layer_types=(CONV, CONV, ATTN, CONV, ATTN, CONV), n_head_kv=1, l_cache=4,
                        tied_output=False, seed=52)
 OPTS = dict(n_ctx=64, n_threads=2)
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 def tiny(tmp_path, cfg: Lfm2Config, **kw) -> tuple[str, dict[str, np.ndarray]]:
@@ -91,50 +89,18 @@ def test_matches_llama_cpp(tmp_path, wtype):
 
 @pytest.mark.parametrize("n_batch", [1, 5])
 def test_chunked_prefill_then_decode_equals_one_pass(lfm2, n_batch):
-    """A prompt in passes of n_batch tokens, then one token at a time: the logits of one pass over
-    everything (the state carried from pass to pass)."""
     path, held = lfm2
-    ref = lfm2_reference_logits(LFM2, held, TOKENS)
-    with Model(path, n_batch=n_batch, **OPTS) as m:
-        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
-        m.eval_prompt(TOKENS[:12])
-        steps = [m.eval_prompt(TOKENS[: i + 1]) for i in range(12, len(TOKENS))]
-        assert m.n_eval == 2 * len(TOKENS)  # each step read one token
-    assert rel_err(np.array(steps), ref[12:]).max() < 1e-4
+    R.chunked_prefill_then_decode(path, partial(lfm2_reference_logits, LFM2, held), TOKENS, n_batch)
 
 
 def test_two_sequences_at_once_equal_each_alone(tmp_path):
-    """Two texts interleaved in one batch (and then decoded together a token each): each slot's
-    rows are those of the text alone."""
     path, held = tiny(tmp_path, LFM2_WIDE)
-    texts = [TOKENS[:15], TOKENS[::-1][:11]]
-    with Model(path, n_ctx=128, n_seq_max=2, n_threads=2) as m:
-        core = m._engine()
-        toks, pos, slot = interleaved_batch(texts)
-        rows = core.decode(toks, pos, slot)
-        i32 = np.int32
-        nxt = core.decode(np.array([5, 9], i32), np.array([15, 11], i32), np.array([0, 1], i32))
-    for k, t in enumerate(texts):
-        ref = lfm2_reference_logits(LFM2_WIDE, held, t + [[5, 9][k]])
-        assert rel_err(rows[slot == k], ref[:-1]).max() < 1e-4
-        assert rel_err(nxt[k], ref[-1]) < 1e-4
+    R.two_sequences_at_once(path, partial(lfm2_reference_logits, LFM2_WIDE, held), TOKENS)
 
 
 def test_a_slot_continues_only_where_it_stopped(lfm2):
-    """A recurrent state cannot be cut back: a pass that does not continue a slot's last position
-    (or skips one within a batch) is refused; position 0 starts the slot over."""
     path, held = lfm2
-    with Model(path, n_ctx=64, n_seq_max=2, n_threads=2) as m:
-        core = m._engine()
-        core.decode(np.array(TOKENS[:6], np.int32), np.arange(6, dtype=np.int32), np.zeros(6, np.int32))
-        assert core.kv_reusable(0, 6) == 6 and core.kv_reusable(0, 5) == 0 and core.kv_reusable(1, 3) == 0
-        for p in (3, 7):
-            with pytest.raises(Error, match="recurrent state"):
-                core.decode(np.array([1], np.int32), np.array([p], np.int32), np.zeros(1, np.int32))
-        with pytest.raises(Error, match="consecutive"):
-            core.decode(np.array([1, 2], np.int32), np.array([6, 8], np.int32), np.zeros(2, np.int32))
-        row = core.decode(np.array(TOKENS[:3], np.int32), np.arange(3, dtype=np.int32), np.zeros(3, np.int32))
-    assert rel_err(row, lfm2_reference_logits(LFM2, held, TOKENS[:3])).max() < 1e-4
+    R.continues_only_where_it_stopped(path, partial(lfm2_reference_logits, LFM2, held), TOKENS)
 
 
 def test_prefix_reuse_only_where_the_state_is(lfm2):
@@ -142,16 +108,7 @@ def test_prefix_reuse_only_where_the_state_is(lfm2):
     read again from the start (llama.cpp's recurrent cache: a full match or nothing)."""
     path, held = lfm2
     with Model(path, **OPTS) as m:
-        m.eval_prompt(TOKENS[:10])
-        before = m.n_eval
-        got = m.eval_prompt(TOKENS[:16])
-        assert m.n_eval - before == 6
-        assert rel_err(got, lfm2_reference_logits(LFM2, held, TOKENS[:16])[-1]) < 1e-4
-        other = TOKENS[:8] + [4, 5, 6]
-        before = m.n_eval
-        got = m.eval_prompt(other)
-        assert m.n_eval - before == len(other)
-        assert rel_err(got, lfm2_reference_logits(LFM2, held, other)[-1]) < 1e-4
+        R.prefix_reuse(m, partial(lfm2_reference_logits, LFM2, held), TOKENS)
         # the same prompt after generating past it: its logits again, then the same continuation
         runs = [list(islice(m.generate(TOKENS[:8], temp=0.0), 6)) for _ in range(2)]
         assert runs[0] == runs[1]

@@ -383,7 +383,7 @@ def _moe(cfg: Qwen35Config, w: dict[str, np.ndarray], p: str, h: np.ndarray) -> 
     for t in range(h.shape[0]):
         top = np.argsort(-probs[t], kind="stable")[: cfg.n_expert_used]
         for x in top:
-            out[t] += probs[t, x] / probs[t, top].sum() * _mlp(w, p + f"experts.{x}.", h[t: t + 1])[0]
+            out[t] += probs[t, x] / probs[t, top].sum() * _mlp(w, p + f"experts.{x}.", h[t : t + 1])[0]
     gate = 1 / (1 + np.exp(-(h @ w[p + "shared_expert_gate.weight"].T)))
     return out + gate * _mlp(w, p + "shared_expert.", h)
 
