@@ -3,6 +3,7 @@ vocabulary files (fetched from the llama-cpp-python source release)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -28,6 +29,18 @@ def llama_cpp_logits(
     try:
         llm.eval(tokens)
         return np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    finally:
+        llm.close()
+
+
+def llama_cpp_greedy(
+    path: str | os.PathLike[str], tokens: list[int], n: int, *, n_ctx: int = 64
+) -> list[int]:
+    """llama.cpp's n greedy tokens after ``tokens`` (skips the test without llama-cpp-python)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(os.fspath(path), n_ctx=n_ctx, verbose=False, n_threads=2)
+    try:
+        return list(itertools.islice(llm.generate(tokens, temp=0.0, top_k=1, reset=True), n))
     finally:
         llm.close()
 

@@ -13,7 +13,7 @@ from itertools import islice
 import numpy as np
 import pytest
 import recurrent_checks as R
-from lcpp import llama_cpp_logits
+from lcpp import llama_cpp_greedy, llama_cpp_logits
 from recurrent_checks import rel_err
 from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
@@ -78,13 +78,7 @@ def test_matches_llama_cpp(tmp_path, wtype):
     assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
     if wtype != "F32":
         return
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(path, n_ctx=64, verbose=False, n_threads=2)
-    try:
-        their_greedy = list(islice(llm.generate(TOKENS[:8], temp=0.0, top_k=1, reset=True), 24))
-    finally:
-        llm.close()
-    assert greedy == their_greedy
+    assert greedy == llama_cpp_greedy(path, TOKENS[:8], 24)
 
 
 @pytest.mark.parametrize("n_batch", [1, 5])

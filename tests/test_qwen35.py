@@ -14,7 +14,7 @@ from itertools import islice
 import numpy as np
 import pytest
 import recurrent_checks as R
-from lcpp import llama_cpp_logits
+from lcpp import llama_cpp_greedy, llama_cpp_logits
 from recurrent_checks import rel_err
 from splitllm import GGUFError, Model
 from tiny_qwen35 import Qwen35Config, qwen35_reference_logits, write_qwen35_gguf
@@ -95,13 +95,7 @@ def test_matches_llama_cpp(tmp_path, wtype):
     assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
     if wtype != "F32":
         return
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(path, n_ctx=64, verbose=False, n_threads=2)
-    try:
-        their_greedy = list(islice(llm.generate(TOKENS[:8], temp=0.0, top_k=1, reset=True), 24))
-    finally:
-        llm.close()
-    assert greedy == their_greedy
+    assert greedy == llama_cpp_greedy(path, TOKENS[:8], 24)
 
 
 @pytest.mark.parametrize("n_batch", [1, 5])
@@ -198,9 +192,4 @@ def test_moe_matches_float64_reference_and_llama_cpp(tmp_path):
         greedy = list(islice(m.generate(TOKENS[:8], temp=0.0), 16))
     assert rel_err(ours, ref).max() < 1e-4
     assert rel_err(theirs, ref).max() < 1e-3
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(path, n_ctx=64, verbose=False, n_threads=2)
-    try:
-        assert greedy == list(islice(llm.generate(TOKENS[:8], temp=0.0, top_k=1, reset=True), 16))
-    finally:
-        llm.close()
+    assert greedy == llama_cpp_greedy(path, TOKENS[:8], 16)
