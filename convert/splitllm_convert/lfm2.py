@@ -14,7 +14,14 @@ from typing import Any
 
 from gguf import GGUFWriter
 
-from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _positive, _require
+from splitllm_convert.arch import (
+    Architecture,
+    PlannedSource,
+    TensorRule,
+    _positive,
+    _require,
+    check_layer_kinds,
+)
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.quant_rules import HParams
 
@@ -112,17 +119,7 @@ class Lfm2(Architecture):
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        for bid, kind in enumerate(self.layer_types):
-            for other, rules in self.by_type.items():
-                for r in rules:
-                    name = r.hf.format(bid=bid)
-                    if other == kind and name not in available:
-                        raise ConvertError(f"tensor {name!r} of {kind} layer {bid} is missing")
-                    if other != kind and name in available:
-                        raise ConvertError(
-                            f"tensor {name!r} in {where(name)} belongs to a {other} layer, but 'layer_types' "
-                            f"makes layer {bid} a {kind} layer"
-                        )
+        check_layer_kinds(self.by_type, self.layer_types, available, where)
         out = super().plan(available, where, files)
         return [replace(s, shape=(self.n_embd, self.l_cache)) if s.transform == "squeeze" else s for s in out]
 

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 from gguf import GGUFWriter
 
-from splitllm_convert.arch import Architecture, Array, PlannedSource, TensorRule, _require, text_config
+from splitllm_convert.arch import (
+    Architecture,
+    Array,
+    PlannedSource,
+    TensorRule,
+    _require,
+    check_layer_kinds,
+    text_config,
+)
 from splitllm_convert.errors import ConvertError
 
 _L, _B = "model.layers.{bid}.", "blk.{bid}."
@@ -155,17 +163,9 @@ class Qwen35(Architecture):
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        for bid, kind in enumerate(self.layer_types):
-            for other, rules in self.by_type.items():
-                for r in rules:
-                    name = self.prefix + r.hf.format(bid=bid).removeprefix("model.")
-                    if other == kind and name not in available:
-                        raise ConvertError(f"tensor {name!r} of {kind} layer {bid} is missing")
-                    if other != kind and name in available:
-                        raise ConvertError(
-                            f"tensor {name!r} in {where(name)} belongs to a {other} layer, but layer {bid} "
-                            f"is a {kind} layer"
-                        )
+        check_layer_kinds(
+            self.by_type, self.layer_types, available, where, lambda n: self.prefix + n.removeprefix("model.")
+        )
         out = super().plan(available, where, files)
         conv = (2 * self.hk + self.hv) * self.dk
         return [replace(s, shape=(conv, self.kernel)) if s.transform == "conv" else s for s in out]
