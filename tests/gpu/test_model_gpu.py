@@ -241,40 +241,39 @@ def test_lora_scales_changed_on_the_gpu(tmp_path):
         assert got_text == ref_text, scale
 
 
-def test_tiny_lfm2_keeps_its_blocks_on_the_cpu(tmp_path):
-    """lfm2's short-convolution blocks have no CUDA kernels yet: n_gpu_layers puts only the output
-    layer on the GPU, with a warning (the blocks' large batches may still go there by op offload);
-    logits and greedy text are the CPU's."""
+def _tiny_lfm2(path):
     from tiny_lfm2 import Lfm2Config, write_lfm2_gguf
 
     cfg = Lfm2Config(n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=10)
-    path = tmp_path / "tiny-lfm2-q4k.gguf"
     write_lfm2_gguf(cfg, path, weight_type="Q4_K", quantize=quantize)
-    cpu = _core.Model(str(path), n_ctx=256, op_offload=False)
-    ref_logits, ref_text = greedy(cpu, PROMPT)
-    m = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "short-convolution" in m.warnings[0]
-    devices = [p["device"] for p in m.placement]
-    assert devices[1:-1] == ["CPU"] * cfg.n_layer and devices[-1] != "CPU"
-    got_logits, got_text = greedy(m, PROMPT)
-    assert mean_kl(ref_logits, got_logits) <= KL_MAX
-    assert got_text == ref_text
+    return cfg.n_layer
 
 
-def test_tiny_qwen35_keeps_its_blocks_on_the_cpu(tmp_path):
-    """qwen35's delta-net and gated attention blocks have no CUDA kernels yet: n_gpu_layers puts only
-    the output layer on the GPU, with a warning; logits and greedy text are the CPU's."""
+def _tiny_qwen35(path):
     from tiny_qwen35 import Qwen35Config, write_qwen35_gguf
 
     cfg = Qwen35Config(n_embd=256, n_ff=512, seed=11)
-    path = tmp_path / "tiny-qwen35-q8.gguf"
     write_qwen35_gguf(cfg, path, weight_type="Q8_0")
+    return cfg.n_layer
+
+
+@pytest.mark.parametrize(
+    ("write", "kind"),
+    [(_tiny_lfm2, "short-convolution"), (_tiny_qwen35, "gated delta-net")],
+    ids=["lfm2", "qwen35"],
+)
+def test_recurrent_blocks_stay_on_the_cpu(tmp_path, write, kind):
+    """lfm2's short-convolution and qwen35's delta-net blocks have no CUDA kernels yet: n_gpu_layers
+    puts only the output layer on the GPU, with a warning naming them (the blocks' large batches may
+    still go there by op offload); logits and greedy text are the CPU's."""
+    path = tmp_path / "tiny.gguf"
+    n_layer = write(path)
     cpu = _core.Model(str(path), n_ctx=256, op_offload=False)
     ref_logits, ref_text = greedy(cpu, PROMPT)
     m = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "gated delta-net" in m.warnings[0]
+    assert len(m.warnings) == 1 and kind in m.warnings[0]
     devices = [p["device"] for p in m.placement]
-    assert devices[1:-1] == ["CPU"] * cfg.n_layer and devices[-1] != "CPU"
+    assert devices[1:-1] == ["CPU"] * n_layer and devices[-1] != "CPU"
     got_logits, got_text = greedy(m, PROMPT)
     assert mean_kl(ref_logits, got_logits) <= KL_MAX
     assert got_text == ref_text
