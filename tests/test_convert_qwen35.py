@@ -24,10 +24,13 @@ CFG = Qwen35Config(seed=71)
 WIDE = replace(Qwen35Config(seed=72), n_layer=4, full_attention_interval=4, k_heads=1, tied_output=True)
 
 
-def hf_checkpoint(d: Path, cfg: Qwen35Config, *, multimodal: bool = False, dtype: str = "f32") -> dict:
+def hf_checkpoint(
+    d: Path, cfg: Qwen35Config, *, multimodal: bool = False, dtype: str = "f32", fused: bool = False
+) -> dict:
     """A Qwen3.5 directory: config.json as Qwen3.5 writes it (the text settings in text_config for
     the multimodal class, a vision tower's tensors and an MTP block beside), a byte-level BPE
-    tokenizer, the weights. Returns the stored weights (float64) under transformers' names."""
+    tokenizer, the weights (a MoE's experts one tensor each, or ``fused`` as transformers saves them).
+    Returns the stored weights (float64) under transformers' names, the experts one tensor each."""
     d.mkdir(parents=True, exist_ok=True)
     assert F.write_bpe_tokenizer(d, vocab_size=cfg.n_vocab) == cfg.n_vocab
     types = [("linear_attention" if cfg.is_linear(i) else "full_attention") for i in range(cfg.n_layer)]
@@ -45,20 +48,42 @@ def hf_checkpoint(d: Path, cfg: Qwen35Config, *, multimodal: bool = False, dtype
                             "partial_rotary_factor": cfg.partial_rotary},
         "mtp_num_hidden_layers": 1, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
     }  # fmt: skip
+    if cfg.n_expert:
+        text.update(num_experts=cfg.n_expert, num_experts_per_tok=cfg.n_expert_used, norm_topk_prob=True)
+        text.update(moe_intermediate_size=cfg.n_ff_exp, shared_expert_intermediate_size=cfg.n_ff_shexp)
+        del text["intermediate_size"]
     hf = {k: v.astype(np.float32) for k, v in make_hf_weights(cfg).items()}
+    if fused:
+        for i in range(cfg.n_layer):
+            p = f"model.layers.{i}.mlp.experts."
+            ex = [
+                {t: hf.pop(p + f"{x}.{t}_proj.weight") for t in ("gate", "up", "down")}
+                for x in range(cfg.n_expert)
+            ]
+            hf[p + "gate_up_proj"] = np.stack([np.concatenate([e["gate"], e["up"]]) for e in ex])
+            hf[p + "down_proj"] = np.stack([e["down"] for e in ex])
     hf["mtp.fc.weight"] = np.zeros((cfg.n_embd, 2 * cfg.n_embd), np.float32)  # (left out)
+    moe = "Moe" if cfg.n_expert else ""
     if multimodal:
-        top = {"architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
+        top = {"architectures": [f"Qwen3_5{moe}ForConditionalGeneration"], "model_type": "qwen3_5",
                "text_config": text, "vision_config": {"depth": 1},
                "tie_word_embeddings": cfg.tied_output}  # fmt: skip
         hf = {("model.language_model." + k.removeprefix("model.") if k.startswith("model.") else k): v
               for k, v in hf.items()}  # fmt: skip
         hf["model.visual.patch_embed.proj.weight"] = np.zeros((8, 4), np.float32)
     else:
-        top = {"architectures": ["Qwen3_5ForCausalLM"], **text}
+        top = {"architectures": [f"Qwen3_5{moe}ForCausalLM"], **text}
     (d / "config.json").write_text(json.dumps(top))
-    stored = F.save_weights(d, hf, dtype=dtype)
-    return {k.replace("model.language_model.", "model."): v.astype(np.float64) for k, v in stored.items()}
+    stored = {
+        k.replace("model.language_model.", "model."): v for k, v in F.save_weights(d, hf, dtype=dtype).items()
+    }
+    for i in range(cfg.n_layer if fused else 0):  # (back to one tensor per expert, for the reference)
+        p = f"model.layers.{i}.mlp.experts."
+        gate_up, down = stored.pop(p + "gate_up_proj"), stored.pop(p + "down_proj")
+        for x in range(cfg.n_expert):
+            stored[p + f"{x}.gate_proj.weight"], stored[p + f"{x}.up_proj.weight"] = np.split(gate_up[x], 2)
+            stored[p + f"{x}.down_proj.weight"] = down[x]
+    return {k: v.astype(np.float64) for k, v in stored.items()}
 
 
 @pytest.mark.parametrize(
@@ -119,3 +144,28 @@ def test_bad_checkpoints_are_refused(tmp_path: Path):
         (d / "config.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(ConvertError, match=match):
             convert(d, tmp_path / "x.gguf", type="f32", quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("fused", "multimodal"), [(False, False), (True, True)], ids=["per-expert", "fused-multimodal"]
+)
+def test_moe_converted_file_runs_as_the_reference(tmp_path: Path, fused: bool, multimodal: bool):
+    """Qwen3.5-MoE: the experts stacked (from one tensor each, or split from transformers' fused
+    gate_up_proj), the shared expert and its gate; ours and llama.cpp's logits on the file against
+    the float64 reference on the checkpoint's weights."""
+    cfg = replace(CFG, n_expert=4)
+    held = hf_checkpoint(tmp_path / "hf", cfg, multimodal=multimodal, fused=fused)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    r = GGUFReader(out)
+    keys = {
+        k.removeprefix("qwen35moe."): f.contents() for k, f in r.fields.items() if k.startswith("qwen35moe.")
+    }
+    assert (keys["expert_count"], keys["expert_used_count"]) == (4, cfg.n_expert_used)
+    assert (keys["expert_feed_forward_length"], keys["expert_shared_feed_forward_length"]) == (32, 64)
+    ref = qwen35_reference_logits(cfg, held, IDS)
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        ours = m.logits(IDS)
+    assert (np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-4
+    theirs = TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS)
+    assert (np.linalg.norm(theirs - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-3

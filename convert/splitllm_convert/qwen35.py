@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from gguf import GGUFWriter
@@ -78,15 +78,18 @@ class Qwen35(Architecture):
     rules = (*common, *(TensorRule(r.hf, r.gguf, r.shape, r.transform, required=False)
                         for rs in by_type.values() for r in rs))  # fmt: skip
     skipped = ("model.visual.", "visual.", "mtp.", "model.mtp.")
+    moe: ClassVar[bool] = False
     default_ctx = 262144
     default_rope_theta = 10_000_000.0
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         if "text_config" in cfg:
             cfg = {**cfg, **text_config(cfg, config_path)}
+        if self.moe:  # (no dense feed-forward width)
+            cfg = {"intermediate_size": cfg.get("moe_intermediate_size"), **cfg}
         super().__init__(cfg, config_path)
         self.prefix = "model.language_model." if "text_config" in cfg else "model."
-        if cfg.get("num_experts") or cfg.get("num_local_experts"):
+        if not self.moe and (cfg.get("num_experts") or cfg.get("num_local_experts")):
             raise ConvertError(f"{config_path}: a Qwen3.5 mixture of experts (num_experts) is not supported")
         self.kernel = _require(cfg, "linear_conv_kernel_dim", config_path)
         self.dk = _require(cfg, "linear_key_head_dim", config_path)
@@ -181,3 +184,90 @@ class Qwen35(Architecture):
         w.add_full_attention_interval(self.interval)
         w.add_rope_dimension_count(self.n_rot)
         w.add_rope_dimension_sections(self.sections)
+
+
+class Qwen35Moe(Qwen35):
+    """Qwen3_5MoeForCausalLM (and Qwen3_5MoeForConditionalGeneration's text part): qwen35's layers with
+    every feed-forward a softmax-routed mixture of num_experts experts (the chosen weights
+    renormalised: llama.cpp's qwen35moe always does) and a shared expert gated by
+    sigmoid(shared_expert_gate . h). The experts come one tensor each (``mlp.experts.N.*``, stacked)
+    or fused as transformers saves them (``mlp.experts.gate_up_proj``, gate rows first, split in two
+    as llama.cpp's Qwen2MoeModel does, and ``mlp.experts.down_proj``)."""
+
+    hf_names = ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeForConditionalGeneration")
+    gguf_arch = "qwen35moe"
+    _fused = ("mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj.weight")
+    _fused_down = ("mlp.experts.down_proj", "mlp.experts.down_proj.weight")
+    common = (
+        *(r for r in Qwen35.common if "mlp." not in r.hf),
+        _r("mlp.gate.weight", "ffn_gate_inp.weight", ("n_expert", "embd")),
+        _r("mlp.shared_expert_gate.weight", "ffn_gate_inp_shexp.weight", ("one", "embd")),
+        _r("mlp.shared_expert.gate_proj.weight", "ffn_gate_shexp.weight", ("ff_sh", "embd")),
+        _r("mlp.shared_expert.up_proj.weight", "ffn_up_shexp.weight", ("ff_sh", "embd")),
+        _r("mlp.shared_expert.down_proj.weight", "ffn_down_shexp.weight", ("embd", "ff_sh")),
+    )
+    experts = (
+        _r("mlp.experts.{xid}.gate_proj.weight", "ffn_gate_exps.weight", ("ff_exp", "embd")),
+        _r("mlp.experts.{xid}.up_proj.weight", "ffn_up_exps.weight", ("ff_exp", "embd")),
+        _r("mlp.experts.{xid}.down_proj.weight", "ffn_down_exps.weight", ("embd", "ff_exp")),
+        # (named apart from the stacks above while planned; see plan)
+        *(_r(n, "fused.gate_exps", ("n_expert", "ff_exp2", "embd"), "gate_half") for n in _fused),
+        *(_r(n, "fused.down_exps", ("n_expert", "embd", "ff_exp"), "as_is") for n in _fused_down),
+    )  # fmt: skip
+    rules = (*common, *(TensorRule(r.hf, r.gguf, r.shape, r.transform, required=False)
+                        for rs in (experts, *Qwen35.by_type.values()) for r in rs))  # fmt: skip
+
+    moe = True
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self.n_ff_shexp = _require(self.cfg, "shared_expert_intermediate_size", config_path)
+        if self.cfg.get("norm_topk_prob", True) is not True:
+            raise ConvertError(f"{config_path}: 'norm_topk_prob' false: llama.cpp's qwen35moe renormalises")
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        cfg = self.cfg
+        n, used = _require(cfg, "num_experts", config_path), _require(cfg, "num_experts_per_tok", config_path)
+        if used > n:
+            raise ConvertError(f"{config_path}: num_experts_per_tok {used} is more than num_experts {n}")
+        return n, used, _require(cfg, "moe_intermediate_size", config_path)
+
+    def dims(self) -> dict[str, int]:
+        return {**super().dims(), "ff_sh": self.n_ff_shexp, "ff_exp2": 2 * self.n_ff_exp}
+
+    def transforms(self) -> dict[str, Callable[[Array], Array]]:
+        ff = self.n_ff_exp
+        return {**super().transforms(), "gate_half": lambda w: np.ascontiguousarray(w[:, :ff]),
+                "up_half": lambda w: np.ascontiguousarray(w[:, ff:]), "as_is": lambda w: w}  # fmt: skip
+
+    def plan(
+        self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
+    ) -> list[PlannedSource]:
+        out = super().plan(available, where, files)
+        for bid in range(self.n_layer):
+
+            def hf(name: str, bid: int = bid) -> str:
+                return self.prefix + _L.removeprefix("model.").format(bid=bid) + name
+
+            fused = [hf(n) for n in self._fused if hf(n) in available]
+            single = hf("mlp.experts.0.gate_proj.weight") in available
+            if len(fused) + single != 1 or (single and any(hf(n) in available for n in self._fused_down)):
+                raise ConvertError(f"layer {bid}: the experts must come either one tensor each or fused "
+                                   f"(mlp.experts.gate_up_proj and down_proj), once")  # fmt: skip
+            if fused:  # the up half, a second tensor from the same one
+                gate = next(s for s in out if s.hf_name == fused[0])
+                up = replace(
+                    gate, gguf_name=gate.gguf_name.replace("fused.gate", "fused.up"), transform="up_half"
+                )
+                out.insert(out.index(gate) + 1, up)
+        halves = (self.n_expert, self.n_ff_exp, self.n_embd)
+        return [replace(s, gguf_name=s.gguf_name.replace("fused.", "ffn_") + ".weight",
+                        shape=halves if s.transform != "as_is" else s.shape)
+                if ".fused." in s.gguf_name else s for s in out]  # fmt: skip
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        w.add_expert_shared_feed_forward_length(self.n_ff_shexp)
