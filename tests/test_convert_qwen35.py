@@ -169,3 +169,29 @@ def test_moe_converted_file_runs_as_the_reference(tmp_path: Path, fused: bool, m
     assert (np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-4
     theirs = TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS)
     assert (np.linalg.norm(theirs - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-3
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_k_m"])
+@pytest.mark.parametrize("n_expert", [0, 4], ids=["dense", "moe"])
+def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str, n_expert: int) -> None:
+    """Our quantized file (convert-hf, and splitllm quantize of our f32 file) against llama.cpp's
+    quantizer on our f32 file: the same types, shapes and bytes for every tensor."""
+    from splitllm_convert.mix import FILE_TYPES
+    from splitllm_convert.requantize import quantize
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    cfg = replace(CFG, n_embd=256, n_ff=512, head_dim=64, dn_head_dim=64, n_expert=n_expert, n_ff_exp=256)
+    hf = tmp_path / "hf"
+    hf_checkpoint(hf, cfg)
+    ours, f32, ref = tmp_path / "ours.gguf", tmp_path / "f32.gguf", tmp_path / "ref.gguf"
+    convert(hf, ours, type=qtype, quiet=True, n_threads=2)
+    convert(hf, f32, type="f32", quiet=True)
+    TC.lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
+    want = TC.tensors(ref)
+    requantized = tmp_path / "requantized.gguf"
+    quantize(f32, requantized, qtype.upper(), nthreads=2)
+    for got in (TC.tensors(ours), TC.tensors(requantized)):
+        assert sorted(got) == sorted(want)
+        for name, t in got.items():
+            assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
+            assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
