@@ -130,14 +130,16 @@ def test_prefix_reuse_and_saved_states(qwen35):
         assert rel_err(got, qwen35_reference_logits(QWEN35, held, TOKENS[:20])[-1]) < 1e-4
 
 
-def test_memory_counts_the_weights_and_states(qwen35):
+@pytest.mark.parametrize("moe", [False, True], ids=["qwen35", "qwen35moe"])
+def test_memory_counts_the_weights_and_states(tmp_path, moe):
     """model.placement's bytes of each block are its tensors' bytes in the file (gguf-py's reader);
     the plan and the loaded model count per slot each delta net's conv_kernel - 1 inputs of its
     q, k, v channels and its state matrices with the attention layers' KV cache."""
     import gguf
     from splitllm.plan import plan
 
-    path, _ = qwen35
+    c = Qwen35Config(n_expert=4, seed=64) if moe else QWEN35
+    path, _ = tiny(tmp_path, c)
     per_block: dict[str, int] = {}
     for t in gguf.GGUFReader(path).tensors:
         if b := re.match(r"(blk\.\d+)\.", t.name):
@@ -150,7 +152,6 @@ def test_memory_counts_the_weights_and_states(qwen35):
     assert blocks == per_block
     cpu = p.device("CPU")
     assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
-    c = QWEN35
     n_lin = sum(c.is_linear(i) for i in range(c.n_layer))
     kv = (c.n_layer - n_lin) * 64 * c.n_head_kv * c.head_dim * 2 * 2  # K and V in f16
     state = (c.conv_kernel - 1) * c.conv_dim + c.v_heads * c.dn_head_dim**2
