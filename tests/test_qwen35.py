@@ -16,7 +16,7 @@ import pytest
 import recurrent_checks as R
 from lcpp import llama_cpp_greedy, llama_cpp_logits
 from recurrent_checks import rel_err
-from splitllm import GGUFError, Model
+from splitllm import Error, GGUFError, Model
 from tiny_qwen35 import Qwen35Config, qwen35_reference_logits, write_qwen35_gguf
 
 TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
@@ -218,3 +218,12 @@ def test_imatrix_and_quantized_cache(qwen35):
     assert all(imx.entries[n].counts.tolist() == [len(TOKENS)] for n in names)
     with Model(path, type_k="q8_0", type_v="q8_0", **OPTS) as m:
         assert rel_err(m.logits(TOKENS), ref).max() < 1e-2  # (measured 3.1e-3; 4.9e-3 unrotated)
+
+
+def test_lora_adapters_are_refused(qwen35):
+    """(the gated attention and the delta nets apply no LoRA updates: refused rather than ignored)"""
+    from splitllm import _core
+
+    path, _ = qwen35
+    with pytest.raises(Error, match="LoRA adapters are not supported on a qwen35 model"):
+        _core.Model(path, n_ctx=64, n_threads=1, loras=[("adapter.gguf", 1.0)])
