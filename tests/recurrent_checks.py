@@ -5,9 +5,11 @@ returns the logits of tokens at positions 0..n-1."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 import numpy as np
 import pytest
+from lcpp import llama_cpp_greedy, llama_cpp_logits
 from splitllm import Error, Model
 from tiny_model import interleaved_batch
 
@@ -17,6 +19,21 @@ OPTS = dict(n_ctx=64, n_threads=2)
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def against_llama_cpp(path: str, ref: Reference, tokens: list[int], *, apart: float, greedy: bool) -> None:
+    """llama.cpp on the same file: its logits within ``apart`` of ours, ours no farther from the
+    float64 reference than 1.5x llama.cpp's distance (or 1e-4); with ``greedy`` the same 24 greedy
+    tokens after the first 8."""
+    theirs = llama_cpp_logits(path, tokens)
+    with Model(path, **OPTS) as m:
+        ours = m.logits(tokens)
+        mine = list(islice(m.generate(tokens[:8], temp=0.0), 24))
+    assert rel_err(ours, theirs).max() < apart
+    exact = ref(tokens)
+    assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
+    if greedy:
+        assert mine == llama_cpp_greedy(path, tokens[:8], 24)
 
 
 def chunked_prefill_then_decode(path: str, ref: Reference, tokens: list[int], n_batch: int) -> None:

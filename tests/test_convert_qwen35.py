@@ -86,6 +86,15 @@ def hf_checkpoint(
     return {k: v.astype(np.float64) for k, v in stored.items()}
 
 
+def runs_as_reference(out: Path, ref: np.ndarray) -> None:
+    """Ours within 1e-4 of the reference's logits on the converted file, llama.cpp within 1e-3."""
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        ours = m.logits(IDS)
+    assert (np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-4
+    theirs = TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS)
+    assert (np.linalg.norm(theirs - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-3
+
+
 @pytest.mark.parametrize(
     ("cfg", "multimodal", "dtype"),
     [(CFG, False, "f32"), (WIDE, True, "bf16")],
@@ -112,11 +121,7 @@ def test_converted_file_runs_as_the_reference(
         cfg.conv_kernel,
     )
     ref = qwen35_reference_logits(cfg, held, IDS)
-    with Model(str(out), n_ctx=64, n_threads=2) as m:
-        ours = m.logits(IDS)
-    assert (np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-4
-    theirs = TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS)
-    assert (np.linalg.norm(theirs - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-3
+    runs_as_reference(out, ref)
 
 
 def test_quantized_types(tmp_path: Path):
@@ -164,11 +169,7 @@ def test_moe_converted_file_runs_as_the_reference(tmp_path: Path, fused: bool, m
     assert (keys["expert_count"], keys["expert_used_count"]) == (4, cfg.n_expert_used)
     assert (keys["expert_feed_forward_length"], keys["expert_shared_feed_forward_length"]) == (32, 64)
     ref = qwen35_reference_logits(cfg, held, IDS)
-    with Model(str(out), n_ctx=64, n_threads=2) as m:
-        ours = m.logits(IDS)
-    assert (np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-4
-    theirs = TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS)
-    assert (np.linalg.norm(theirs - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max() < 1e-3
+    runs_as_reference(out, ref)
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_k_m"])

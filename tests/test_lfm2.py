@@ -13,7 +13,6 @@ from itertools import islice
 import numpy as np
 import pytest
 import recurrent_checks as R
-from lcpp import llama_cpp_greedy, llama_cpp_logits
 from recurrent_checks import rel_err
 from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
@@ -67,18 +66,11 @@ def test_matches_llama_cpp(tmp_path, wtype):
     engines' activation rounding)."""
     cfg = LFM2_WIDE if wtype == "F32" else replace(LFM2_WIDE, n_embd=256, n_ff=512)
     path, held = tiny(tmp_path, cfg, weight_type=wtype)
-    theirs = llama_cpp_logits(path, TOKENS)
-    with Model(path, **OPTS) as m:
-        ours = m.logits(TOKENS)
-        greedy = list(islice(m.generate(TOKENS[:8], temp=0.0), 24))
     # (q8_0: measured 3.5e-2, each engine ~3.6e-2 from float64: the gates B * x and C * conv
     # multiply two projections' rounding; f32: 2.1e-4, llama.cpp itself 2.1e-4 from float64)
-    assert rel_err(ours, theirs).max() < (1e-3 if wtype == "F32" else 6e-2)
-    exact = lfm2_reference_logits(cfg, held, TOKENS)
-    assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
-    if wtype != "F32":
-        return
-    assert greedy == llama_cpp_greedy(path, TOKENS[:8], 24)
+    f32 = wtype == "F32"
+    ref = partial(lfm2_reference_logits, cfg, held)
+    R.against_llama_cpp(path, ref, TOKENS, apart=1e-3 if f32 else 6e-2, greedy=f32)
 
 
 @pytest.mark.parametrize("n_batch", [1, 5])

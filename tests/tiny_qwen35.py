@@ -12,7 +12,7 @@ from typing import Any
 
 import gguf
 import numpy as np
-from tiny_model import write_byte_vocab, write_tensors
+from tiny_model import gguf_writer, write_byte_vocab, write_tensors
 
 
 @dataclass
@@ -258,18 +258,9 @@ def write_qwen35_gguf(
     """Writes the model (random unless ``hf`` is given) with the metadata Qwen3_5TextModel writes;
     returns the weights as the file holds them, under Hugging Face's names (float64)."""
     hf = make_hf_weights(cfg) if hf is None else hf
-    wr = gguf.GGUFWriter(str(path), cfg.arch)
-    wr.add_name(f"tiny-{cfg.arch}")
-    wr.add_block_count(cfg.n_layer)
-    wr.add_context_length(cfg.n_ctx_train)
-    wr.add_embedding_length(cfg.n_embd)
-    wr.add_feed_forward_length(cfg.n_ff)
-    wr.add_head_count(cfg.n_head)
-    wr.add_head_count_kv(cfg.n_head_kv)
+    wr = gguf_writer(path, cfg)
     wr.add_key_length(cfg.head_dim)
     wr.add_value_length(cfg.head_dim)
-    wr.add_rope_freq_base(cfg.rope_base)
-    wr.add_layer_norm_rms_eps(cfg.rms_eps)
     wr.add_rope_dimension_count(cfg.n_rot)
     wr.add_rope_dimension_sections([*cfg.mrope_section, 0][:4])
     wr.add_ssm_conv_kernel(cfg.conv_kernel)
