@@ -220,3 +220,12 @@ def test_lora_adapters_are_refused(qwen35):
     path, _ = qwen35
     with pytest.raises(Error, match="LoRA adapters are not supported on a qwen35 model"):
         _core.Model(path, n_ctx=64, n_threads=1, loras=[("adapter.gguf", 1.0)])
+
+
+def test_a_multi_token_prediction_block_is_not_run(tmp_path, qwen35):
+    """block_count counts the MTP block past the trunk (nextn_predict_layers, as llama.cpp's
+    converter writes it): the trunk's layers alone give the logits."""
+    _, held = qwen35
+    path, _ = tiny(tmp_path, QWEN35, metadata={"qwen35.block_count": 5, "qwen35.nextn_predict_layers": 1})
+    with Model(path, **OPTS) as m:
+        assert rel_err(m.logits(TOKENS), qwen35_reference_logits(QWEN35, held, TOKENS)).max() < 1e-4
