@@ -32,7 +32,7 @@ def hf_checkpoint(
     tokenizer, the weights (a MoE's experts one tensor each, or ``fused`` as transformers saves them).
     Returns the stored weights (float64) under transformers' names, the experts one tensor each."""
     d.mkdir(parents=True, exist_ok=True)
-    assert F.write_bpe_tokenizer(d, vocab_size=cfg.n_vocab) == cfg.n_vocab
+    assert F.write_bpe_tokenizer(d, pre="qwen35", vocab_size=cfg.n_vocab) == cfg.n_vocab
     types = [("linear_attention" if cfg.is_linear(i) else "full_attention") for i in range(cfg.n_layer)]
     text = {
         "model_type": "qwen3_5_text", "vocab_size": cfg.n_vocab, "hidden_size": cfg.n_embd,
@@ -114,6 +114,7 @@ def test_converted_file_runs_as_the_reference(
     assert keys["full_attention_interval"] == cfg.full_attention_interval
     assert keys["rope.dimension_count"] == cfg.n_rot
     assert keys["rope.dimension_sections"] == [*cfg.mrope_section, 0]
+    assert r.fields["tokenizer.ggml.pre"].contents() == "qwen35"  # (Qwen3.5's split, by its structure)
     names = {t.name for t in r.tensors}
     assert not any("mtp" in n or "visual" in n for n in names)
     assert TC.as_f32(next(t for t in r.tensors if t.name == "blk.0.ssm_conv1d.weight")).shape == (
@@ -196,3 +197,20 @@ def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str, n_expe
         for name, t in got.items():
             assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
             assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
+
+
+def test_qwen35_split_tokenizes_as_llama_cpp(tmp_path: Path):
+    """The converted tokenizer (pre qwen35: combining marks stay in words) splits text as llama.cpp's
+    tokenizer does on the same file."""
+    hf_checkpoint(tmp_path / "hf", CFG)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    llama_cpp = pytest.importorskip("llama_cpp")
+    text = "Cafe\u0301 na\u0308ive 12345 don't\tWE'LL  go\n\nx\u0300y!! \u0915\u093f\u0924\u093e\u092c"
+    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False, vocab_only=True)
+    try:
+        want = llm.tokenize(text.encode(), add_bos=False, special=False)
+    finally:
+        llm.close()
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        assert m.tokenize(text, add_bos=False) == want

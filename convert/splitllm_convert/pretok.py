@@ -42,6 +42,7 @@ KNOWN_HASHES: dict[str, str] = {
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
     "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral-Nemo-Base-2407
     "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e": "gpt-4o",  # Xenova/gpt-4o
+    "d30d75d9059f1aa2c19359de71047b3ae408c70875e8a3ccf8c5fba56c9d8af4": "qwen35",  # Qwen3.5-9B-Instruct
 }
 
 LLAMA3_REGEX = (
@@ -51,6 +52,11 @@ LLAMA3_REGEX = (
 QWEN2_REGEX = (
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+# Qwen3.5's: marks (\p{M}) kept in words
+QWEN35_REGEX = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}"
+    "| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 )
 
 # o200k (GPT-4o, gpt-oss's o200k_harmony) as its tokenizer.json spells it
@@ -106,7 +112,8 @@ def _from_structure(pre: Any) -> str | None:
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = steps[0].get("pattern", {})
         regex = pattern.get("Regex") if isinstance(pattern, dict) else None
-        return {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", GPT4O_REGEX: "gpt-4o"}.get(regex or "")
+        known = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", QWEN35_REGEX: "qwen35"}
+        return {**known, GPT4O_REGEX: "gpt-4o"}.get(regex or "")
     return None
 
 
