@@ -146,7 +146,8 @@ def test_bad_checkpoints_are_refused(tmp_path: Path):
     cfg = json.loads((d / "config.json").read_text())
     for change, match in (({"linear_value_head_dim": 8}, "linear_value_head_dim"),
                           ({"layer_types": ["full_attention"] * CFG.n_layer}, "layer_types"),
-                          ({"num_experts": 4}, "mixture of experts")):  # fmt: skip
+                          ({"num_experts": 4}, "mixture of experts"),
+                          ({"attn_output_gate": False}, "attn_output_gate")):  # fmt: skip
         (d / "config.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(ConvertError, match=match):
             convert(d, tmp_path / "x.gguf", type="f32", quiet=True)

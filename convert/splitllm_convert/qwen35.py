@@ -90,7 +90,11 @@ class Qwen35(Architecture):
         super().__init__(cfg, config_path)
         self.prefix = "model.language_model." if "text_config" in cfg else "model."
         if not self.moe and (cfg.get("num_experts") or cfg.get("num_local_experts")):
-            raise ConvertError(f"{config_path}: a Qwen3.5 mixture of experts (num_experts) is not supported")
+            raise ConvertError(
+                f"{config_path}: 'num_experts' in a dense Qwen3.5 config (mixture of experts: Qwen3_5Moe*)"
+            )
+        if cfg.get("attn_output_gate", True) is not True:
+            raise ConvertError(f"{config_path}: 'attn_output_gate' false: llama.cpp's qwen35 gates attention")
         self.kernel = _require(cfg, "linear_conv_kernel_dim", config_path)
         self.dk = _require(cfg, "linear_key_head_dim", config_path)
         self.hk = _require(cfg, "linear_num_key_heads", config_path)
