@@ -45,6 +45,14 @@ def as_f32(t: Any) -> np.ndarray:
     return gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(int(n) for n in reversed(t.shape)))
 
 
+def assert_holds(path: Path, weights: dict[str, np.ndarray]) -> None:
+    """The file holds exactly these tensors (GGUF name -> array), each value for value."""
+    got = {name: as_f32(t) for name, t in tensors(path).items()}
+    assert sorted(got) == sorted(weights)
+    for name, x in weights.items():
+        np.testing.assert_array_equal(got[name], x, err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def llama_cpp() -> Any:
     return pytest.importorskip("llama_cpp")

@@ -48,6 +48,14 @@ constexpr ArchTraits kArchs[] = {
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
+    {"seed_oss",   Arch::SeedOss,   true,  false, false, false},  // (the rest: config_densevar.cpp)
+    {"apertus",    Arch::Apertus,   true,  false, true,  false},
+    {"hunyuan-dense", Arch::HunyuanDense, true, false, true, false},
+    {"arcee",      Arch::Arcee,     false, false, false, false},
+    {"starcoder2", Arch::Starcoder2, true, false, false, false},
+    {"glm4moe",    Arch::Glm4Moe,   true,  false, false, false},  // (q/k/v biases, q/k norms optional)
+    {"ernie4_5-moe", Arch::Ernie4_5Moe, false, false, false, false},
+    {"qwen3vlmoe", Arch::Qwen3VLMoe, true,  false, true,  false},  // (text only)
     {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
     {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
 };
@@ -380,25 +388,7 @@ void read_deepseek2(const GGUFFile & f, Config & c) {
     if (!std::isfinite(c.yarn_log_mul))
         throw GGUFError(strfmt("%s: bad %srope.scaling.yarn_log_multiplier", path, a.c_str()));
     if (c.n_expert == 0) return;
-    c.n_expert_shared = get_dim(f, a + "expert_shared_count", 0, 64);
-    c.n_ff_shexp = c.n_ff_exp * c.n_expert_shared;  // (they run as one feed-forward of their stacked rows)
-    c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", false);
-    c.expert_weights_scale = get_positive(f, a + "expert_weights_scale", 0.0, true);
-    if (c.expert_weights_scale == 0) c.expert_weights_scale = 1.0f;  // 0: none
-    // llama_expert_gating_func_type: 0 (absent: the softmax, as DeepSeek V2's files), 1 softmax, 2 sigmoid
-    const int gating = opt_dim("expert_gating_func", 0, 1 << 20);
-    if (gating > 2)
-        throw GGUFError(strfmt("%s: metadata '%sexpert_gating_func' = %d is not supported (1: softmax, 2: sigmoid)",
-                               path, a.c_str(), gating));
-    c.moe_sigmoid = gating == 2;
-    c.n_expert_groups = opt_dim("expert_group_count", 0, c.n_expert - 1);
-    c.n_group_used = opt_dim("expert_group_used_count", 0, 4096);
-    if (c.n_expert_groups > 1 &&
-        (c.n_expert % c.n_expert_groups != 0 || c.n_group_used < 1 || c.n_group_used >= c.n_expert_groups ||
-         c.n_expert_used > c.n_group_used * (c.n_expert / c.n_expert_groups)))
-        throw GGUFError(strfmt("%s: metadata '%sexpert_group_count' = %d, expert_group_used_count = %d do not fit "
-                               "%d experts, %d used", path, a.c_str(), c.n_expert_groups, c.n_group_used, c.n_expert,
-                               c.n_expert_used));
+    read_expert_router(f, c, false);  // (config_routed.cpp; softmax unless the file says otherwise)
 }
 
 // attention.head_count_kv: one count, or one per layer (llama.cpp's per-layer form); the layers
@@ -543,8 +533,10 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.fused_qkv = t->fused_qkv;
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
+    if (c.arch == Arch::Glm4Moe) c.n_layer -= nextn_layers(f, c);  // (its MTP layers are not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
-    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen35Moe;  // all blocks
+    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
+                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe;
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
@@ -556,7 +548,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                    "'%sattention.head_count' = %d", f.path().c_str(), a.c_str(), c.n_head_kv,
                                    a.c_str(), c.n_head));
         const std::string ff_key = a + "feed_forward_length";
-        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2) && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
+        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe) && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
     }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {
@@ -580,7 +572,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     // LayerNorm epsilon for bert, nomic-bert and cohere2; RMSNorm's for the rest (required by
     // gemma-embedding)
     const bool ln_encoder = c.encoder && c.arch != Arch::GemmaEmbedding;
-    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2;
+    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2 || c.arch == Arch::Starcoder2;
     const std::string eps_key = a + (layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
     c.rms_eps = float(c.encoder || layer_norm ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
@@ -634,7 +626,11 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
+    c.read_dense_variant(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
+    if (c.arch == Arch::Glm4Moe) read_glm4moe(f, c);
+    if (c.arch == Arch::Ernie4_5Moe) read_ernie4_5_moe(f, c);
+    if (c.arch == Arch::Qwen3VLMoe) read_qwen3vlmoe(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Qwen35 || c.arch == Arch::Qwen35Moe) read_qwen35(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections

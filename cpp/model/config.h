@@ -30,7 +30,18 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4, Qwen35, Qwen35Moe
+    Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
+    Qwen35, Qwen35Moe
+};
+
+// The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
+// (apertus), ReLU squared (arcee) or tanh-approximated GELU (starcoder2) (config_densevar.cpp).
+enum class FfnAct { Glu, Xielu, ReluSqr, Gelu };
+
+// apertus's xIELU of one layer as llama.cpp's ggml_xielu holds it (softplus already applied):
+// x > 0: alpha_p x^2 + beta x; else (expm1(min(x, eps)) - x) alpha_n + beta x.
+struct XieluParams {
+    float alpha_n = 0.0f, alpha_p = 0.0f, beta = 0.0f, eps = 0.0f;
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -45,8 +56,9 @@ struct Config {
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
-                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4", "qwen35",
-                                // "qwen35moe"
+                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4",
+                                // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
+                                // "ernie4_5-moe", "qwen3vlmoe", "qwen35", "qwen35moe"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -81,7 +93,7 @@ struct Config {
     int n_expert_groups = 0;    // 0: no groups
     int n_group_used = 0;
     int n_expert_shared = 0;
-    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2)
+    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, glm4moe, ernie4_5-moe)
     // deepseek2's multi-head latent attention (llama.cpp's MLA form, mla.cpp): queries from h
     // (attn_q) or through a rank-q_lora_rank bottleneck (attn_q_a, its norm, attn_q_b); keys and
     // values from a normed kv_lora_rank latent and one rotary key part of n_rot shared by every
@@ -205,6 +217,13 @@ struct Config {
     // earlier layer of its kind (sliding or global; gemma4's shared_kv_layers). 0: every layer has one.
     int n_layer_kv = 0;
     int n_embd_per_layer = 0;   // gemma4 E2B / E4B: width of each layer's token embedding (0: none)
+    // seed_oss, apertus, hunyuan-dense, arcee, starcoder2 (config_densevar.cpp): the feed-forward's
+    // kind, apertus's xIELU per layer, hunyuan-dense's q/k norms after the rotation instead of
+    // before, starcoder2's LayerNorms with a bias (attn_norm, ffn_norm, output_norm .bias).
+    FfnAct ffn_act = FfnAct::Glu;
+    std::vector<XieluParams> xielu;  // (n_layer) apertus
+    bool qk_norm_after_rope = false;
+    bool norm_bias = false;
 
     int n_gqa() const { return n_head / n_head_kv; }
     // Widths of the queries, keys, values and attention outputs (the widest layer's with per-layer
@@ -254,6 +273,8 @@ struct Config {
     static Config from_gguf(const GGUFFile & f);
     // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
     void read_dense(const GGUFFile & f);
+    // Those of seed_oss, apertus, hunyuan-dense, arcee, starcoder2 (config_densevar.cpp).
+    void read_dense_variant(const GGUFFile & f);
 };
 
 }  // namespace sl

@@ -1,4 +1,4 @@
-// Metadata readers shared by config.cpp and config_dense.cpp; each throws GGUFError naming the
+// Metadata readers shared by config.cpp, config_dense.cpp and config_routed.cpp; each throws GGUFError naming the
 // file and the key.
 #pragma once
 
@@ -22,5 +22,19 @@ std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, in
 std::vector<uint8_t> any_swa(std::vector<uint8_t> swa);
 // qwen35's delta-net layers, their shapes and its rotation (model/qwen35.cpp).
 void read_qwen35(const GGUFFile & f, Config & c);
+
+// config_routed.cpp. The sigmoid-routed experts' settings (deepseek2, glm4moe): shared experts,
+// weight normalization and scale, the gating function (absent: sigmoid_default), expert groups.
+void read_expert_router(const GGUFFile & f, Config & c, bool sigmoid_default);
+// The multi-token-prediction layers (nextn_predict_layers) counted in block_count, which llama.cpp
+// loads but never runs: 0 when absent.
+int nextn_layers(const GGUFFile & f, const Config & c);
+// glm4moe's dense lead, expert widths and router (llama.cpp's llama_model_glm4_moe).
+void read_glm4moe(const GGUFFile & f, Config & c);
+// ernie4_5-moe's dense lead, expert widths, shared expert width and router.
+void read_ernie4_5_moe(const GGUFFile & f, Config & c);
+// qwen3vlmoe's (text only): qwen3moe's blocks with M-RoPE sections, the chosen experts' weights
+// always renormalized.
+void read_qwen3vlmoe(const GGUFFile & f, Config & c);
 
 }  // namespace sl

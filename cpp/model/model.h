@@ -62,7 +62,8 @@ struct LayerWeights {
     WeightRef wq, wk, wv, wo;           // (q_dim, n_embd) (kv_dim, n_embd) (kv_dim, n_embd) (n_embd, q_dim)
     const float * attn_q_norm = nullptr;  // (head_dim) per-head query RMSNorm (qwen3), or null
     const float * attn_k_norm = nullptr;  // (head_dim) per-head key RMSNorm (qwen3), or null
-    const float * ffn_norm = nullptr;   // (n_embd) (gpt-oss: post_attention_norm)
+    const float * ffn_norm = nullptr;   // (n_embd) (gpt-oss, seed_oss: post_attention_norm)
+    const float * attn_norm_b = nullptr, * ffn_norm_b = nullptr;  // (n_embd) starcoder2's LayerNorm biases
     const float * attn_sinks = nullptr;  // (n_head) gpt-oss's sink logits, or null
     // gemma2/3: RMSNorm of the attention output and of the feed-forward output before each is
     // added to the residual stream; null otherwise.
@@ -137,6 +138,7 @@ struct Weights {
     WeightRef tok_embd;                 // (n_vocab, n_embd), always on the CPU
     std::vector<LayerWeights> layers;   // (n_layer)
     const float * output_norm = nullptr;  // (n_embd)
+    const float * output_norm_b = nullptr;  // (n_embd) starcoder2's LayerNorm bias, or null
     WeightRef output;                   // (n_vocab, n_embd); the embedding when tied
     const float * rope_freqs = nullptr; // (n_rot / 2) llama3 frequency factors, or null
     // gemma4 E2B / E4B: per-layer token embeddings, the projection of the embedding to per-layer
@@ -445,8 +447,13 @@ private:
     void * alloc_on(Backend * be, size_t bytes, Kind kind = Kind::Buffers);
     // Attention of layer l on kvb (its KV cache's backend) when the layer runs elsewhere.
     void attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnParams & ap);
-    // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2).
-    void norm(Backend * be, const float * x, const float * w, float * y, int n);
+    // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2;
+    // starcoder2 plus its bias b, on the CPU).
+    void norm(Backend * be, const float * x, const float * w, float * y, int n, const float * b = nullptr);
+    // densevar.cpp: starcoder2's LayerNorm biases and feed-forward biases (required); s.ff (n,
+    // n_ff) = act(W_up h + b) of an ungated feed-forward (apertus, arcee, starcoder2), on the CPU.
+    void load_densevar_layer(const std::string & b, LayerWeights & L);
+    void ungated_ffn(Backend * be, Backend * mm, int l, const float * h, Scratch & s, int n);
     // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h);
     // with row_scale (n, host memory; a CPU layer) row t of w . in times row_scale[t]; w's output
     // times out_scale (bitnet's matmul scales).

@@ -28,7 +28,8 @@ double mib(size_t n) { return double(n) / 1048576.0; }
 template <class L_, class F>
 void for_norms(L_ & L, const Config & c, F && f) {
     const int64_t qn = c.q_norm_len(), kn = c.k_norm_len();
-    for (auto [p, n] : {std::pair{&L.attn_norm, int64_t(c.n_embd)}, {&L.attn_q_norm, qn}, {&L.attn_k_norm, kn},
+    for (auto [p, n] : {std::pair{&L.attn_norm, int64_t(c.n_embd)}, {&L.attn_norm_b, int64_t(c.n_embd)},
+                        {&L.ffn_norm_b, int64_t(c.n_embd)}, {&L.attn_q_norm, qn}, {&L.attn_k_norm, kn},
                         {&L.attn_post_norm, int64_t(c.n_embd)}, {&L.ffn_norm, int64_t(c.n_embd)},
                         {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},
                         {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
@@ -174,6 +175,15 @@ Model::PlacementPlan Model::plan_placement() const {
         pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (%s layers) run on the CPU in this version; "
                             "only the output layer goes to the GPU", ngl, c.arch_name.c_str(),
                             c.delta_net ? "gated delta-net" : "short-convolution");
+        pp.n_gpu = 1;
+    }
+    if (c.norm_bias && pp.n_gpu > 0) {  // (no CUDA LayerNorm bias yet: the output norm has one too)
+        pp.warning = strfmt("n_gpu_layers=%d: a %s model (LayerNorms with biases) runs on the CPU in this version",
+                            ngl, c.arch_name.c_str());
+        pp.n_gpu = 0;
+    } else if (c.ffn_act != FfnAct::Glu && pp.n_gpu > 1) {  // no CUDA xIELU / ReLU squared yet
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (its feed-forward's activation) run on the "
+                            "CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
         pp.n_gpu = 1;
     }
     pp.output_gpu = pp.n_gpu >= 1;
