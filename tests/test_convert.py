@@ -72,6 +72,25 @@ def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
 
 
+def same_as_llama_quantize(hf: Path, ours: Path, tmp_path: Path, qtype: str) -> None:
+    """Our file converted from ``hf`` with ``--type qtype``, and splitllm quantize's of our f32 file,
+    hold the tensors, types and bytes of llama.cpp's quantizer run on that f32 file."""
+    from splitllm_convert.requantize import quantize
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    f32, ref = tmp_path / "f32.gguf", tmp_path / "ref.gguf"
+    convert(hf, f32, type="f32", quiet=True)
+    lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
+    want = tensors(ref)
+    requantized = tmp_path / "requantized.gguf"
+    quantize(f32, requantized, qtype.upper(), nthreads=2)
+    for got in (tensors(ours), tensors(requantized)):
+        assert sorted(got) == sorted(want)
+        for name, t in got.items():
+            assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
+            assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
+
+
 # -- against llama.cpp and a float64 reference --------------------------------------------------
 
 # LongRoPE factors of a head of 16 (the tiny models' size) rotated dimensions. With an original

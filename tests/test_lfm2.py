@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from functools import partial
 from itertools import islice
 
 import numpy as np
 import pytest
-import recurrent_checks as R
-from recurrent_checks import rel_err
+from lcpp import llama_cpp_logits
+from recurrent_checks import (
+    plan_equals_model,
+    prefix_reused_only_where_the_state_is,
+    same_greedy_as_llama_cpp,
+    slot_continues_only_where_it_stopped,
+    state_saved_and_loaded,
+    two_sequences_equal_each_alone,
+)
 from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
 
@@ -24,6 +30,10 @@ CONV, ATTN = "conv", "full_attention"
 LFM2_WIDE = Lfm2Config(n_layer=6, layer_types=(CONV, CONV, ATTN, CONV, ATTN, CONV), n_head_kv=1, l_cache=4,
                        tied_output=False, seed=52)
 OPTS = dict(n_ctx=64, n_threads=2)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 def tiny(tmp_path, cfg: Lfm2Config, **kw) -> tuple[str, dict[str, np.ndarray]]:
@@ -66,58 +76,51 @@ def test_matches_llama_cpp(tmp_path, wtype):
     engines' activation rounding)."""
     cfg = LFM2_WIDE if wtype == "F32" else replace(LFM2_WIDE, n_embd=256, n_ff=512)
     path, held = tiny(tmp_path, cfg, weight_type=wtype)
+    theirs = llama_cpp_logits(path, TOKENS)
+    with Model(path, **OPTS) as m:
+        ours = m.logits(TOKENS)
     # (q8_0: measured 3.5e-2, each engine ~3.6e-2 from float64: the gates B * x and C * conv
     # multiply two projections' rounding; f32: 2.1e-4, llama.cpp itself 2.1e-4 from float64)
-    f32 = wtype == "F32"
-    ref = partial(lfm2_reference_logits, cfg, held)
-    R.against_llama_cpp(path, ref, TOKENS, apart=1e-3 if f32 else 6e-2, greedy=f32)
+    assert rel_err(ours, theirs).max() < (1e-3 if wtype == "F32" else 6e-2)
+    exact = lfm2_reference_logits(cfg, held, TOKENS)
+    assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
+    if wtype != "F32":
+        return
+    same_greedy_as_llama_cpp(path, TOKENS[:8], 24)
 
 
 @pytest.mark.parametrize("n_batch", [1, 5])
 def test_chunked_prefill_then_decode_equals_one_pass(lfm2, n_batch):
+    """A prompt in passes of n_batch tokens, then one token at a time: the logits of one pass over
+    everything (the state carried from pass to pass)."""
     path, held = lfm2
-    R.chunked_prefill_then_decode(path, partial(lfm2_reference_logits, LFM2, held), TOKENS, n_batch)
+    ref = lfm2_reference_logits(LFM2, held, TOKENS)
+    with Model(path, n_batch=n_batch, **OPTS) as m:
+        assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
+        m.eval_prompt(TOKENS[:12])
+        steps = [m.eval_prompt(TOKENS[: i + 1]) for i in range(12, len(TOKENS))]
+        assert m.n_eval == 2 * len(TOKENS)  # each step read one token
+    assert rel_err(np.array(steps), ref[12:]).max() < 1e-4
 
 
 def test_two_sequences_at_once_equal_each_alone(tmp_path):
     path, held = tiny(tmp_path, LFM2_WIDE)
-    R.two_sequences_at_once(path, partial(lfm2_reference_logits, LFM2_WIDE, held), TOKENS)
+    two_sequences_equal_each_alone(path, lambda t: lfm2_reference_logits(LFM2_WIDE, held, t), TOKENS, 1e-4)
 
 
 def test_a_slot_continues_only_where_it_stopped(lfm2):
     path, held = lfm2
-    R.continues_only_where_it_stopped(path, partial(lfm2_reference_logits, LFM2, held), TOKENS)
+    slot_continues_only_where_it_stopped(path, lambda t: lfm2_reference_logits(LFM2, held, t), TOKENS, 1e-4)
 
 
 def test_prefix_reuse_only_where_the_state_is(lfm2):
-    """A prompt extending the cached one reads only the rest; one that shares only part of it is
-    read again from the start (llama.cpp's recurrent cache: a full match or nothing)."""
     path, held = lfm2
-    with Model(path, **OPTS) as m:
-        R.prefix_reuse(m, partial(lfm2_reference_logits, LFM2, held), TOKENS)
-        # the same prompt after generating past it: its logits again, then the same continuation
-        runs = [list(islice(m.generate(TOKENS[:8], temp=0.0), 6)) for _ in range(2)]
-        assert runs[0] == runs[1]
-        assert rel_err(m.eval_prompt(TOKENS[:8]), lfm2_reference_logits(LFM2, held, TOKENS[:8])[-1]) < 1e-4
+    prefix_reused_only_where_the_state_is(path, lambda t: lfm2_reference_logits(LFM2, held, t), TOKENS, 1e-4)
 
 
 def test_save_and_load_state(lfm2):
-    """save_state keeps the convolution states with the K/V; load_state puts them back, and a
-    prompt continuing the saved one reads only its new tokens. A state of other positions than
-    the saved tokens' is not reused."""
     path, held = lfm2
-    with Model(path, **OPTS) as m:
-        m.eval_prompt(TOKENS[:12])
-        state = m.save_state()
-        m.eval_prompt(TOKENS[::-1][:9])  # another sequence in the cache
-        m.load_state(state)
-        before = m.n_eval
-        got = m.eval_prompt(TOKENS[:20])
-        assert m.n_eval - before == 8
-        assert rel_err(got, lfm2_reference_logits(LFM2, held, TOKENS[:20])[-1]) < 1e-4
-        data = m._engine().kv_read(0, 5)  # 5 of the 20 positions: the states are not those of 5
-        m._engine().kv_write(0, 5, data)
-        assert m._engine().kv_reusable(0, 5) == 0
+    state_saved_and_loaded(path, lambda t: lfm2_reference_logits(LFM2, held, t), TOKENS, 1e-4)
 
 
 def test_batching_engine_slots(lfm2):
@@ -227,15 +230,7 @@ def test_plan_counts_the_states(lfm2):
     """The memory plan (from the header) and the loaded model count the convolution states with
     the KV cache: the attention layer's cells, and per slot l_cache - 1 inputs of each
     convolution layer."""
-    from splitllm.plan import plan
-
-    path, _ = lfm2
-    opts = dict(n_ctx=64, n_batch=4, n_seq_max=2, n_threads=2)
-    p = plan(path, cpu_memory="1GiB", **opts)
-    with Model(path, **opts) as m:
-        got = {d["name"]: d for d in m._engine().memory}["CPU"]
-    cpu = p.device("CPU")
-    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
+    cpu = plan_equals_model(lfm2[0])
     n_conv = sum(LFM2.is_conv(i) for i in range(LFM2.n_layer))
     kv = 64 * LFM2.n_head_kv * LFM2.head_dim * 2 * 2  # one attention layer: K and V in f16
     assert cpu.kv_cache == kv + n_conv * 2 * (LFM2.l_cache - 1) * LFM2.n_embd * 4

@@ -94,33 +94,26 @@ def test_matches_llama_cpp(tmp_path, wtype):
 @pytest.mark.parametrize("n_batch", [1, 5])
 def test_chunked_prefill_then_decode_equals_one_pass(qwen35, n_batch):
     path, held = qwen35
-    R.chunked_prefill_then_decode(path, partial(qwen35_reference_logits, QWEN35, held), TOKENS, n_batch)
+    R.chunked_prefill_then_decode(path, partial(qwen35_reference_logits, QWEN35, held), TOKENS, n_batch, 1e-4)
 
 
 def test_two_sequences_at_once_equal_each_alone(tmp_path):
     path, held = tiny(tmp_path, QWEN35_WIDE)
-    R.two_sequences_at_once(path, partial(qwen35_reference_logits, QWEN35_WIDE, held), TOKENS)
+    R.two_sequences_equal_each_alone(path, partial(qwen35_reference_logits, QWEN35_WIDE, held), TOKENS, 1e-4)
 
 
 def test_a_slot_continues_only_where_it_stopped(qwen35):
     path, held = qwen35
-    R.continues_only_where_it_stopped(path, partial(qwen35_reference_logits, QWEN35, held), TOKENS)
+    R.slot_continues_only_where_it_stopped(path, partial(qwen35_reference_logits, QWEN35, held), TOKENS, 1e-4)
 
 
 def test_prefix_reuse_and_saved_states(qwen35):
     """A prompt extending the cached one reads only the rest, one sharing part of it is read again;
     save_state / load_state carry the recurrent state with the K/V."""
     path, held = qwen35
-    with Model(path, **OPTS) as m:
-        R.prefix_reuse(m, partial(qwen35_reference_logits, QWEN35, held), TOKENS)
-        m.eval_prompt(TOKENS[:12])
-        state = m.save_state()
-        m.eval_prompt(TOKENS[::-1][:9])
-        m.load_state(state)
-        before = m.n_eval
-        got = m.eval_prompt(TOKENS[:20])
-        assert m.n_eval - before == 8
-        assert rel_err(got, qwen35_reference_logits(QWEN35, held, TOKENS[:20])[-1]) < 1e-4
+    ref = partial(qwen35_reference_logits, QWEN35, held)
+    R.prefix_reused_only_where_the_state_is(path, ref, TOKENS, 1e-4)
+    R.state_saved_and_loaded(path, ref, TOKENS, 1e-4)
 
 
 @pytest.mark.parametrize("moe", [False, True], ids=["qwen35", "qwen35moe"])

@@ -90,29 +90,6 @@ def _positive(cfg: dict[str, Any], key: str, path: Path) -> float:
     return float(v)
 
 
-def check_layer_kinds(
-    by_kind: dict[str, tuple[TensorRule, ...]],
-    kinds: Sequence[str],
-    available: Collection[str],
-    where: Callable[[str], str],
-    hf_name: Callable[[str], str] = lambda name: name,
-) -> None:
-    """Each layer holds the tensors of its kind (``kinds[bid]``, a key of ``by_kind``) and none of
-    another kind's (a hybrid model's layer types: lfm2, qwen35); ``hf_name`` moves a rule's name
-    where the checkpoint keeps it."""
-    for bid, kind in enumerate(kinds):
-        for other, rules in by_kind.items():
-            for r in rules:
-                name = hf_name(r.hf.format(bid=bid))
-                if other == kind and name not in available:
-                    raise ConvertError(f"tensor {name!r} of {kind} layer {bid} is missing")
-                if other != kind and name in available:
-                    raise ConvertError(
-                        f"tensor {name!r} in {where(name)} belongs to a {other} layer, but the config makes "
-                        f"layer {bid} a {kind} layer"
-                    )
-
-
 def _describe(files: Sequence[Path]) -> str:
     """The weight files searched, for an error message: the path, or the folder and the names."""
     if len(files) == 1:

@@ -112,7 +112,8 @@ def _is_float_matrix(name: str, shape: tuple[int, ...]) -> bool:
         and "ffn_gate_inp.weight" not in name  # the experts' router
         and "ffn_gate_inp_shexp.weight" not in name  # the shared expert's gate
         and name not in ("position_embd.weight", "token_types.weight")  # BERT's embeddings
-        and not name.endswith(("shortconv.conv.weight", "ssm_conv1d.weight"))  # (lfm2, qwen35) conv kernels
+        and not name.endswith("shortconv.conv.weight")  # lfm2's convolution kernels
+        and not name.endswith("ssm_conv1d.weight")  # a Mamba-2 layer's, qwen35's
     )
 
 

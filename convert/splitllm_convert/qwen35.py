@@ -25,10 +25,10 @@ from splitllm_convert.arch import (
     PlannedSource,
     TensorRule,
     _require,
-    check_layer_kinds,
     text_config,
 )
 from splitllm_convert.errors import ConvertError
+from splitllm_convert.lfm2 import check_layer_kinds
 
 _L, _B = "model.layers.{bid}.", "blk.{bid}."
 _LINEAR, _FULL = "linear_attention", "full_attention"
@@ -170,9 +170,11 @@ class Qwen35(Architecture):
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        check_layer_kinds(
-            self.by_type, self.layer_types, available, where, lambda n: self.prefix + n.removeprefix("model.")
-        )
+        moved = {
+            k: [replace(r, hf=self.prefix + r.hf.removeprefix("model.")) for r in rs]
+            for k, rs in self.by_type.items()
+        }
+        check_layer_kinds(moved, self.layer_types, available, where)
         out = super().plan(available, where, files)
         conv = (2 * self.hk + self.hv) * self.dk
         return [replace(s, shape=(conv, self.kernel)) if s.transform == "conv" else s for s in out]

@@ -17,9 +17,11 @@ from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimo
 from splitllm_convert.gemma4 import Gemma4
 from splitllm_convert.glm4moe import Glm4Moe
 from splitllm_convert.gpt_oss import GptOss
+from splitllm_convert.granite_hybrid import GraniteHybrid
 from splitllm_convert.lfm2 import Lfm2
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
 from splitllm_convert.moe_archs import GraniteMoe, Olmoe, Qwen2Moe
+from splitllm_convert.nemotron_h import NemotronH
 from splitllm_convert.nomic import NomicBert
 from splitllm_convert.qwen3vlmoe import Qwen3VLMoe
 from splitllm_convert.qwen35 import Qwen35, Qwen35Moe
@@ -32,7 +34,8 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
                 Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet,
-                SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe, Qwen35,
+                SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
+                GraniteHybrid, NemotronH, Qwen35,
                 Qwen35Moe)
     for n in cls.hf_names
 }

@@ -56,6 +56,8 @@ constexpr ArchTraits kArchs[] = {
     {"glm4moe",    Arch::Glm4Moe,   true,  false, false, false},  // (q/k/v biases, q/k norms optional)
     {"ernie4_5-moe", Arch::Ernie4_5Moe, false, false, false, false},
     {"qwen3vlmoe", Arch::Qwen3VLMoe, true,  false, true,  false},  // (text only)
+    {"granitehybrid", Arch::GraniteHybrid, false, false, false, false},  // (mamba2.cpp)
+    {"nemotron_h", Arch::NemotronH, false, false, false, false},  // (nemotron_h.cpp)
     {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
     {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
 };
@@ -75,6 +77,28 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
         throw GGUFError(strfmt("%s: metadata '%s' = %lld is out of range [%lld, %lld]", f.path().c_str(),
                                key.c_str(), (long long)v, (long long)lo, (long long)hi));
     return int(v);
+}
+
+// (shared through config_read.h)
+std::vector<int> layer_dims(const GGUFFile & f, const std::string & key, int n_layer, int64_t lo, int64_t hi,
+                            int fallback) {
+    const GGUFValue * v = f.find(key);
+    if (!v || v->type != GGUFType::ARRAY)
+        return std::vector<int>(size_t(n_layer), !v && fallback >= 0 ? fallback : get_dim(f, key, lo, hi));
+    if (int64_t(v->arr.size()) != n_layer)
+        throw GGUFError(strfmt("%s: metadata '%s' has %zu values for %d layers", f.path().c_str(), key.c_str(),
+                               v->arr.size(), n_layer));
+    std::vector<int> out;
+    for (const GGUFValue & e : v->arr) {
+        const int64_t x = !e.is_integer() ? lo - 1 : e.type == GGUFType::INT64 || e.type == GGUFType::INT32 ||
+                                                            e.type == GGUFType::INT16 || e.type == GGUFType::INT8
+                                                        ? e.num.i64 : int64_t(std::min<uint64_t>(e.num.u64, 1ull << 62));
+        if (x < lo || x > hi)
+            throw GGUFError(strfmt("%s: metadata '%s' holds a value outside [%lld, %lld] (or not an integer)",
+                                   f.path().c_str(), key.c_str(), (long long)lo, (long long)hi));
+        out.push_back(int(x));
+    }
+    return out;
 }
 
 // A positive (or with zero_ok, non-negative) float key, or the fallback when absent.
@@ -186,7 +210,7 @@ void read_granite(const GGUFFile & f, Config & c) {
     if (c.arch == Arch::Granite && c.n_expert > 0)
         throw GGUFError(strfmt("%s: a granite model with experts is not supported (granitemoe is)", f.path().c_str()));
     c.logit_scale = get_positive(f, a + "logit_scale", 1.0);
-    if (!f.find(a + "logit_scale"))
+    if (!f.find(a + "logit_scale") && c.arch != Arch::GraniteHybrid)  // (optional there, as in llama.cpp)
         throw GGUFError(strfmt("%s: metadata '%slogit_scale' is missing", f.path().c_str(), a.c_str()));
     for (auto [key, v] : {std::pair{"residual_scale", &c.residual_scale}, {"embedding_scale", &c.embd_scale}}) {
         *v = get_positive(f, a + key, 1.0, true);
@@ -196,28 +220,6 @@ void read_granite(const GGUFFile & f, Config & c) {
     if (!f.get_bool(a + "rope.scaling.finetuned", true)) c.nope_layers.assign(size_t(c.n_layer), 1);
 }
 
-// One value per layer: an array of n_layer integers in [lo, hi], or one integer for every layer
-// (absent: fallback, or an error where fallback < 0).
-std::vector<int> layer_dims(const GGUFFile & f, const std::string & key, int n_layer, int64_t lo, int64_t hi,
-                            int fallback = -1) {
-    const GGUFValue * v = f.find(key);
-    if (!v || v->type != GGUFType::ARRAY)
-        return std::vector<int>(size_t(n_layer), !v && fallback >= 0 ? fallback : get_dim(f, key, lo, hi));
-    if (int64_t(v->arr.size()) != n_layer)
-        throw GGUFError(strfmt("%s: metadata '%s' has %zu values for %d layers", f.path().c_str(), key.c_str(),
-                               v->arr.size(), n_layer));
-    std::vector<int> out;
-    for (const GGUFValue & e : v->arr) {
-        const int64_t x = !e.is_integer() ? lo - 1 : e.type == GGUFType::INT64 || e.type == GGUFType::INT32 ||
-                                                            e.type == GGUFType::INT16 || e.type == GGUFType::INT8
-                                                        ? e.num.i64 : int64_t(std::min<uint64_t>(e.num.u64, 1ull << 62));
-        if (x < lo || x > hi)
-            throw GGUFError(strfmt("%s: metadata '%s' holds a value outside [%lld, %lld] (or not an integer)",
-                                   f.path().c_str(), key.c_str(), (long long)lo, (long long)hi));
-        out.push_back(int(x));
-    }
-    return out;
-}
 
 // The largest of per-layer values; the array is dropped when they are all equal.
 int max_of(std::vector<int> & v) {
@@ -328,7 +330,8 @@ void read_gpt_oss(const GGUFFile & f, Config & c) {
 // feed_forward_length; granitemoe's shared expert (granitemoeshared) where the key is given.
 void read_moe_variant(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
-    c.expert_weights_norm = c.arch == Arch::GraniteMoe;
+    const bool granite = c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid;
+    c.expert_weights_norm = granite;
     const std::string exp_key = a + "expert_feed_forward_length", shexp_key = a + "expert_shared_feed_forward_length";
     c.n_ff_exp = c.n_ff;
     if (c.arch == Arch::Qwen2Moe) {
@@ -339,7 +342,7 @@ void read_moe_variant(const GGUFFile & f, Config & c) {
                                    exp_key.c_str()));
         c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 1, 1 << 20) : c.n_ff;
         c.shexp_gate = true;
-    } else if (c.arch == Arch::GraniteMoe && f.find(shexp_key)) {
+    } else if (granite && f.find(shexp_key)) {
         c.n_ff_shexp = get_dim(f, shexp_key, 0, 1 << 20);
     }
 }
@@ -407,7 +410,7 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
         if (!e.is_integer())
             throw GGUFError(strfmt("%s: metadata '%s' must hold integers", f.path().c_str(), key.c_str()));
         const int64_t k = e.num.i64;  // (small values read alike as signed or unsigned)
-        if (k == 0 && c.arch == Arch::Lfm2) {
+        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::GraniteHybrid || c.arch == Arch::NemotronH)) {
             conv[size_t(l)] = 1;
             continue;
         }
@@ -548,7 +551,9 @@ Config Config::from_gguf(const GGUFFile & f) {
                                    "'%sattention.head_count' = %d", f.path().c_str(), a.c_str(), c.n_head_kv,
                                    a.c_str(), c.n_head));
         const std::string ff_key = a + "feed_forward_length";
-        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe) && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
+        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe) && !f.find(ff_key) ? 0
+                 : c.arch == Arch::NemotronH ? 0  // (per layer: read_nemotron_h)
+                                              : get_dim(f, ff_key, 1, 1 << 20);
     }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {
@@ -557,7 +562,9 @@ Config Config::from_gguf(const GGUFFile & f) {
                          ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
                          : c.n_ff;
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
-        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe) read_moe_variant(f, c);
+        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe ||
+            c.arch == Arch::GraniteHybrid)
+            read_moe_variant(f, c);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
     c.n_ctx_orig = f.find(a + "rope.scaling.original_context_length")
@@ -621,7 +628,9 @@ Config Config::from_gguf(const GGUFFile & f) {
         read_gemma(f, c);
     if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
-    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe) read_granite(f, c);
+    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid) read_granite(f, c);
+    if (c.arch == Arch::GraniteHybrid) c.read_mamba2(f);
+    if (c.arch == Arch::NemotronH) c.read_nemotron_h(f);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);

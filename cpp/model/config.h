@@ -31,7 +31,7 @@ enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-    Qwen35, Qwen35Moe
+    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -58,7 +58,9 @@ struct Config {
                                 // (config_dense.cpp)
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4",
                                 // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
-                                // "ernie4_5-moe", "qwen3vlmoe", "qwen35", "qwen35moe"
+                                // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
+                                // "nemotron_h" (nemotron_h.cpp)
+                                // "qwen35", "qwen35moe" (qwen35.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -191,6 +193,8 @@ struct Config {
     // short convolution instead of attention (in_proj -> B, C, x; a depthwise causal convolution of
     // length conv_l_cache over B * x; C * conv; out_proj), keeping per sequence the last
     // conv_l_cache - 1 inputs of the convolution. Empty: no such layers.
+    // (nemotron_h: the layers with neither key/value heads nor a feed-forward width; its other
+    // layers are attention (n_ff_of 0) or a squared-ReLU MLP alone (n_head_kv_of 0))
     std::vector<uint8_t> conv_layers;
     int conv_l_cache = 0;       // shortconv.l_cache (qwen35: ssm.conv_kernel)
     // qwen35 (Qwen3.5, model/qwen35.cpp): the layers conv_layers flags are gated delta nets (linear
@@ -202,11 +206,30 @@ struct Config {
     int dn_head_dim = 0;        // ssm.state_size: the head size of all three
     int dn_conv_dim() const { return (2 * dn_k_heads + dn_v_heads) * dn_head_dim; }  // q, k, v channels
     int dn_v_dim() const { return dn_v_heads * dn_head_dim; }
-    // Floats of a recurrent layer's state of one sequence: lfm2's last conv_l_cache - 1 inputs; a
-    // delta net's also its state matrices.
+    // granitehybrid (model/mamba2.cpp): its layers of conv_layers (head_count_kv 0) are Mamba-2
+    // mixers instead: in_proj to z (d_inner), xBC (x: d_inner, B and C: n_group * d_state each) and
+    // dt (n_head); a depthwise causal convolution of ssm_d_conv taps over xBC with a bias, SiLU; the
+    // selective scan per head (state (head_dim, d_state), decay exp(softplus(dt + dt_bias) A)), D skip;
+    // y * silu(z) RMS-normed per group; out_proj. Per sequence: the last ssm_d_conv - 1 xBC inputs and
+    // the scan's state. ssm_d_state 0: none.
+    int ssm_d_conv = 0;         // ssm.conv_kernel
+    int ssm_d_inner = 0;        // ssm.inner_size
+    int ssm_d_state = 0;        // ssm.state_size
+    int ssm_n_head = 0;         // ssm.time_step_rank
+    int ssm_n_group = 0;        // ssm.group_count
+    bool mamba2() const { return ssm_d_state > 0; }
+    int ssm_head_dim() const { return ssm_d_inner / ssm_n_head; }
+    int ssm_conv_dim() const { return ssm_d_inner + 2 * ssm_n_group * ssm_d_state; }  // xBC
+    int ssm_in_dim() const { return ssm_d_inner + ssm_conv_dim() + ssm_n_head; }     // z, xBC, dt
+    // Floats of one recurrent layer's state per sequence: lfm2's last conv_l_cache - 1 inputs, or a
+    // Mamba-2 layer's convolution inputs (d_conv - 1, conv_dim) then its scan state (d_inner, d_state).
+    // A delta net's (qwen35): its convolution inputs, then its state matrices (Config::delta_net).
     size_t state_floats() const {
-        if (!delta_net) return size_t(conv_l_cache - 1) * size_t(n_embd);
-        return size_t(conv_l_cache - 1) * size_t(dn_conv_dim()) + size_t(dn_v_dim()) * size_t(dn_head_dim);
+        if (delta_net)
+            return size_t(conv_l_cache - 1) * size_t(dn_conv_dim()) + size_t(dn_v_dim()) * size_t(dn_head_dim);
+        if (mamba2())
+            return size_t(ssm_d_conv - 1) * size_t(ssm_conv_dim()) + size_t(ssm_d_inner) * size_t(ssm_d_state);
+        return size_t(conv_l_cache - 1) * size_t(n_embd);
     }
     // Gemma 4 (model/gemma4.cpp): attention geometry per layer. n_head, n_head_kv, n_ff are then the
     // largest of any layer (buffers are sized by them) and head_dim, n_rot the global layers'.
@@ -259,11 +282,16 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    // Widest feed-forward activation (lfm2's in_proj output, 3 n_embd, which shares its buffer;
-    // gemma4's per-layer input gate).
+    // Widest feed-forward activation (lfm2's in_proj output, 3 n_embd, or a Mamba-2 layer's, which
+    // share its buffer; gemma4's per-layer input gate).
     int ff_max() const {
-        const int conv = recurrent() ? 3 * n_embd : 0;
+        const int conv = recurrent() ? (mamba2() ? ssm_in_dim() : 3 * n_embd) : 0;
         return std::max({n_ff, n_ff_exp, n_ff_shexp, conv, n_embd_per_layer});
+    }
+    // The widest matmul input among those: a Mamba-2 layer's out_proj reads d_inner (its wider in_proj
+    // output, ssm_in_dim, need not be a multiple of any block size, and no matmul reads it).
+    int ff_k_max() const {
+        return mamba2() ? std::max({n_ff, n_ff_exp, n_ff_shexp, ssm_d_inner, n_embd_per_layer}) : ff_max();
     }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
@@ -275,6 +303,10 @@ struct Config {
     void read_dense(const GGUFFile & f);
     // Those of seed_oss, apertus, hunyuan-dense, arcee, starcoder2 (config_densevar.cpp).
     void read_dense_variant(const GGUFFile & f);
+    // The Mamba-2 layers' sizes (granitehybrid; model/mamba2.cpp).
+    void read_mamba2(const GGUFFile & f);
+    // nemotron_h's layer kinds and widths (model/nemotron_h.cpp).
+    void read_nemotron_h(const GGUFFile & f);
 };
 
 }  // namespace sl

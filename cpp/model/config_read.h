@@ -13,6 +13,10 @@ struct Config;
 
 // An integer key within [lo, hi].
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi);
+// One value per layer: an array of n_layer integers in [lo, hi], or one integer for every layer
+// (absent: fallback, or an error where fallback < 0).
+std::vector<int> layer_dims(const GGUFFile & f, const std::string & key, int n_layer, int64_t lo, int64_t hi,
+                            int fallback = -1);
 // A positive (or with zero_ok, non-negative) float key, or the fallback when absent.
 float get_positive(const GGUFFile & f, const std::string & key, double fallback, bool zero_ok = false);
 // Which layers use the sliding window (llama.cpp's load_swa_pattern): the key as one flag per

@@ -56,11 +56,18 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
+        if (c.arch == Arch::NemotronH && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP layers (nemotron_h.cpp)
+            nemotron_h_mlp(mm, l, s, n);
+            continue;
+        }
         if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
             qwen35_mixer(be, l, s, n, slot);
         } else if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);
-            conv_block(l, s, n, slot);
+            if (c.mamba2())  // granitehybrid: a Mamba-2 mixer instead (mamba2.cpp)
+                mamba2_block(l, s, n, slot);
+            else
+                conv_block(l, s, n, slot);
         } else {
             // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
             const float * h = L.attn_norm ? s.h : s.x;
@@ -112,6 +119,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 add_output(be, mm, wo, L.attn_post_norm, s.att, s, n, nullptr, L.o_scale);
             }
         }
+        if (c.arch == Arch::NemotronH) continue;  // (one mixer a layer)
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
         // (cohere2: the attention's normed input h, still in s.h)
         const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;

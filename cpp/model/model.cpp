@@ -148,6 +148,7 @@ void Model::load_weights() {
                                    c.n_swa));
 
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
+    if (c.arch == Arch::NemotronH) return load_nemotron_h_layers();
     // (glm4, exaone4, ernie4_5, cohere2, seed_oss, hunyuan-dense, arcee, glm4moe and ernie4_5-moe read
     // no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
@@ -160,8 +161,11 @@ void Model::load_weights() {
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
         if (c.delta_net) {  // qwen35 / qwen35moe: gated attention or a delta net (qwen35.cpp)
             load_qwen35_layer(l, b, L);
-        } else if (c.is_conv(l)) {  // lfm2: a convolution in place of attention
-            load_conv_layer(b, L);
+        } else if (c.is_conv(l)) {  // lfm2: a convolution in place of attention (granitehybrid: Mamba-2)
+            if (c.mamba2())
+                load_mamba2_layer(b, L);
+            else
+                load_conv_layer(b, L);
         } else {
             if (c.arch == Arch::DeepSeek2) {
                 load_mla_layer(b, L);
@@ -475,7 +479,7 @@ CpuBackendOptions Model::cpu_options() const {
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
-    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max(), c.q_lora_rank, c.kv_lora_rank, c.dn_v_dim()});
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_k_max(), c.q_lora_rank, c.kv_lora_rank, c.dn_v_dim()});
     o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert, 2 * c.q_dim(), c.dn_conv_dim(),
                            c.n_head * (c.head_dim_k_mla + c.head_dim_v_mla)});  // (deepseek2: attn_kv_b)
     o.n_head = c.n_head;
@@ -520,6 +524,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.down_exps});
         group({&L.conv_in});
         group({&L.conv_out});
+        group({&L.ssm_in});
+        group({&L.ssm_out});
         group({&L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha});
         group({&L.dn_out});
     }
@@ -556,9 +562,10 @@ size_t Model::activation_bytes(bool cpu) const {
                           ? 2 * size_t(c.n_layer) * size_t(c.n_embd_per_layer) + (c.n_expert > 0 ? 3 * size_t(c.n_embd) : 0)
                           : 0;
     const size_t mla = cpu ? mla_floats() : 0;
+    const size_t ssm = cpu && c.mamba2() ? size_t(c.ssm_d_inner) : 0;  // a Mamba-2 layer's output (ssm_y_)
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
-            mla + g4 + (cpu ? qwen35_floats() : 0));
+            mla + g4 + ssm + (cpu ? qwen35_floats() : 0));
 }
 
 void Model::allocate_state() {
@@ -617,6 +624,8 @@ void Model::allocate_state() {
             if (c.is_conv(l)) conv_index_[size_t(l)] = n_conv++;
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
+        if (c.mamba2())  // (a Mamba-2 layer's output before out_proj)
+            ssm_y_ = static_cast<float *>(alloc_on(cpu_.get(), nb * size_t(c.ssm_d_inner) * sizeof(float)));
     }
     if (c.delta_net) dn_work_.assign(nb * qwen35_floats(), 0.0f);
     if (c.arch == Arch::Gemma4) {

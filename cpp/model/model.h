@@ -113,6 +113,14 @@ struct LayerWeights {
     const float * dn_dt = nullptr;      // (hv)
     const float * dn_a = nullptr;       // (hv)
     const float * dn_norm = nullptr;    // (dn_head_dim)
+    // A Mamba-2 layer (mamba2.cpp; Config::mamba2): in_proj's rows z, xBC, dt; the convolution's
+    // kernel (oldest tap first) and bias; dt's bias, A (-exp(A_log)), D; the gated norm; out_proj.
+    WeightRef ssm_in;                   // (ssm_in_dim, n_embd)
+    WeightRef ssm_out;                  // (n_embd, d_inner)
+    const float * ssm_conv = nullptr;   // (conv_dim, d_conv)
+    const float * ssm_conv_b = nullptr;  // (conv_dim), or null
+    const float * ssm_dt_b = nullptr, * ssm_a = nullptr, * ssm_d = nullptr;  // (n_head) each
+    const float * ssm_norm = nullptr;   // (d_inner) per group of d_inner / n_group
     // gemma4: the layer's output (residual stream included) times out_scale (layer_output_scale);
     // without wv the values are the keys' projection (wv.rows 0).
     float out_scale = 1.0f;
@@ -374,11 +382,12 @@ private:
     KVLayout kv_swa_;   // the sliding-window layers' (kv_, or a ring)
     KVLayout kv_conv_;  // lfm2's convolution layers': none (no heads)
     // lfm2's convolution states: per convolution layer and slot the last conv_l_cache - 1 inputs
-    // B * x of the convolution, oldest first; per slot the positions they follow (-1: unknown).
-    std::vector<float> conv_state_;  // (n_conv_layers, n_slots, conv_l_cache - 1, n_embd)
+    // B * x of the convolution, oldest first (a Mamba-2 layer's: Config::state_floats); per slot the
+    // positions they follow (-1: unknown).
+    std::vector<float> conv_state_;  // (n_conv_layers, n_slots, conv_slot_floats)
     std::vector<int> conv_index_;    // (n_layer) a layer's index among the convolution layers, or -1
     std::vector<int> conv_pos_;      // (n_slots)
-    size_t conv_slot_floats() const { return cfg_.state_floats(); }
+    size_t conv_slot_floats() const { return cfg_.state_floats(); }  // (a Mamba-2 layer's too)
     size_t conv_state_bytes() const {  // every slot's, on the CPU (counted with the KV cache)
         if (!cfg_.recurrent()) return 0;
         const auto n_conv = size_t(std::count(cfg_.conv_layers.begin(), cfg_.conv_layers.end(), 1));
@@ -480,6 +489,11 @@ private:
     void delta_net(Backend * be, int l, Scratch & s, int n, const int32_t * slot);
     size_t qwen35_floats() const;
     std::vector<float> dn_work_;  // (n_batch, qwen35_floats())
+    // mamba2.cpp: a Mamba-2 layer's weights, and the layer on s.h (x += out_proj(norm(y * silu(z))),
+    // y the scan of conv(xBC)), on the CPU; its output before out_proj in ssm_y_ (n_batch, d_inner).
+    void load_mamba2_layer(const std::string & b, LayerWeights & L);
+    void mamba2_block(int l, Scratch & s, int n, const int32_t * slot);
+    float * ssm_y_ = nullptr;  // (n_batch, d_inner) on the CPU
     // gemma4.cpp: a Gemma 4 model's block weights, its per-layer inputs of a batch (into ple_) and
     // one block on s.x (on the CPU).
     void load_gemma4_layers();
@@ -488,6 +502,9 @@ private:
     void gemma4_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
     // x += post_norm(post_norm_1(W_down s.ff) + post_norm_2(experts(pre_norm_2(x)))) of a MoE block
     void gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n);
+    // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU).
+    void load_nemotron_h_layers();
+    void nemotron_h_mlp(Backend * mm, int l, Scratch & s, int n);
     std::vector<float> g4_router_w_;  // (n_layer, n_embd) each MoE block's router_w
     std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
     std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm
