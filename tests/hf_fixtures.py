@@ -66,6 +66,19 @@ PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Qwen3.5's split as its tokenizer.json holds it (marks kept in words)
+QWEN35_SPLIT = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}"
+    "| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+PRE_TOKENIZERS["qwen35"] = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN35_SPLIT}, "behavior": "Isolated", "invert": False},
+        {**_BYTE_LEVEL, "use_regex": False},
+    ],
+}
+
 # o200k's split (GPT-4o, gpt-oss's o200k_harmony) as their tokenizer.json holds it
 O200K_REGEX = (
     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"

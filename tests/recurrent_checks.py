@@ -34,6 +34,36 @@ def same_greedy_as_llama_cpp(path: str | os.PathLike[str], prompt: list[int], n:
     assert ours == theirs
 
 
+def chunked_prefill_then_decode(
+    path: str, ref: Reference, tokens: list[int], n_batch: int, tol: float
+) -> None:
+    """A prompt in passes of n_batch tokens, then one token at a time: the logits of one pass over
+    everything (the state carried from pass to pass)."""
+    want = ref(tokens)
+    with Model(path, n_ctx=64, n_batch=n_batch, n_threads=2) as m:
+        assert rel_err(m.logits(tokens), want).max() < tol
+        m.eval_prompt(tokens[:12])
+        steps = [m.eval_prompt(tokens[: i + 1]) for i in range(12, len(tokens))]
+        assert m.n_eval == 2 * len(tokens)  # each step read one token
+    assert rel_err(np.array(steps), want[12:]).max() < tol
+
+
+def against_llama_cpp(path: str, ref: Reference, tokens: list[int], *, apart: float, greedy: bool) -> None:
+    """llama.cpp on the same file: its logits within ``apart`` of ours, ours no farther from the
+    float64 reference than 1.5x llama.cpp's distance (or 1e-4); with ``greedy`` the same 24 greedy
+    tokens after the first 8."""
+    from lcpp import llama_cpp_logits  # noqa: PLC0415 - (lcpp imports llama-cpp-python lazily too)
+
+    theirs = llama_cpp_logits(path, tokens)
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(tokens)
+    assert rel_err(ours, theirs).max() < apart
+    exact = ref(tokens)
+    assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
+    if greedy:
+        same_greedy_as_llama_cpp(path, tokens[:8], 24)
+
+
 def two_sequences_equal_each_alone(path: str, ref: Reference, tokens: list[int], tol: float) -> None:
     """Two texts interleaved in one batch, then decoded together a token each: each slot's rows
     are those of the text alone."""

@@ -335,17 +335,7 @@ def write_gguf(
     real vocabulary, see :func:`write_metadata`) instead of the small byte-level one.
     """
     cfg = model.cfg
-    arch = cfg.arch
-    wr = gguf.GGUFWriter(str(path), arch)
-    wr.add_name(f"tiny-{arch}")
-    wr.add_block_count(cfg.n_layer)
-    wr.add_context_length(cfg.n_ctx_train)
-    wr.add_embedding_length(cfg.n_embd)
-    wr.add_feed_forward_length(cfg.n_ff)
-    wr.add_head_count(cfg.n_head)
-    wr.add_head_count_kv(cfg.n_head_kv)
-    wr.add_rope_freq_base(cfg.rope_base)
-    wr.add_layer_norm_rms_eps(cfg.rms_eps)
+    wr = gguf_writer(path, cfg)
     wr.add_rope_dimension_count(cfg.rot)
     if cfg.key_length:
         wr.add_key_length(cfg.key_length)
@@ -407,6 +397,22 @@ def write_gguf(
     wr.write_tensors_to_file()
     wr.close()
     return held
+
+
+def gguf_writer(path: Path, cfg: Any) -> gguf.GGUFWriter:
+    """A writer for ``cfg.arch`` with the name and the shape keys every tiny model has (cfg's n_layer,
+    n_ctx_train, n_embd, n_ff, n_head, n_head_kv, rope_base, rms_eps)."""
+    wr = gguf.GGUFWriter(str(path), cfg.arch)
+    wr.add_name(f"tiny-{cfg.arch}")
+    wr.add_block_count(cfg.n_layer)
+    wr.add_context_length(cfg.n_ctx_train)
+    wr.add_embedding_length(cfg.n_embd)
+    wr.add_feed_forward_length(cfg.n_ff)
+    wr.add_head_count(cfg.n_head)
+    wr.add_head_count_kv(cfg.n_head_kv)
+    wr.add_rope_freq_base(cfg.rope_base)
+    wr.add_layer_norm_rms_eps(cfg.rms_eps)
+    return wr
 
 
 def write_byte_vocab(wr: gguf.GGUFWriter, n_vocab: int) -> None:

@@ -45,6 +45,7 @@ KNOWN_HASHES: dict[str, str] = {
     "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34": "starcoder",  # bigcode/starcoder2-3b
     "d5f1dd6f980fec569fb218a81a7658ac45fc56b38c5a0adeb1c232fbe04ef5ec": "seed-coder",  # Seed-Coder-8B-Base
     "bba3b3366b646dbdded5dbc42d59598b849371afc42f7beafa914afaa5b70aa6": "hunyuan-dense",  # Hunyuan-4B
+    "d30d75d9059f1aa2c19359de71047b3ae408c70875e8a3ccf8c5fba56c9d8af4": "qwen35",  # Qwen3.5-9B-Instruct
 }
 
 LLAMA3_REGEX = (
@@ -54,6 +55,11 @@ LLAMA3_REGEX = (
 QWEN2_REGEX = (
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+# Qwen3.5's: marks (\p{M}) kept in words
+QWEN35_REGEX = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}"
+    "| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 )
 
 # o200k (GPT-4o, gpt-oss's o200k_harmony) as its tokenizer.json spells it
@@ -109,7 +115,8 @@ def _from_structure(pre: Any) -> str | None:
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = steps[0].get("pattern", {})
         regex = pattern.get("Regex") if isinstance(pattern, dict) else None
-        return {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", GPT4O_REGEX: "gpt-4o"}.get(regex or "")
+        known = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", QWEN35_REGEX: "qwen35"}
+        return {**known, GPT4O_REGEX: "gpt-4o"}.get(regex or "")
     return None
 
 

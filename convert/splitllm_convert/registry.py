@@ -25,6 +25,7 @@ from splitllm_convert.moe_archs import GraniteMoe, Olmoe, Qwen2Moe
 from splitllm_convert.nemotron_h import NemotronH
 from splitllm_convert.nomic import NomicBert
 from splitllm_convert.qwen3vlmoe import Qwen3VLMoe
+from splitllm_convert.qwen35 import Qwen35, Qwen35Moe
 from splitllm_convert.rerank import BertReranker, XLMRobertaReranker
 from splitllm_convert.xlmr import XLMRoberta
 
@@ -35,7 +36,8 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
                 Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet,
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-                GraniteHybrid, NemotronH, Llama4, Lfm2Moe)
+                GraniteHybrid, NemotronH, Qwen35,
+                Qwen35Moe, Llama4, Lfm2Moe)
     for n in cls.hf_names
 }
 

@@ -58,6 +58,8 @@ constexpr ArchTraits kArchs[] = {
     {"qwen3vlmoe", Arch::Qwen3VLMoe, true,  false, true,  false},  // (text only)
     {"granitehybrid", Arch::GraniteHybrid, false, false, false, false},  // (mamba2.cpp)
     {"nemotron_h", Arch::NemotronH, false, false, false, false},  // (nemotron_h.cpp)
+    {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
+    {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
     {"llama4",     Arch::Llama4,    false, false, false, false},  // (text only; model/llama4.cpp)
     {"lfm2moe",    Arch::Lfm2Moe,   true,  false, true,  false},  // (lfm2's layers, experts: read_lfm2)
 };
@@ -549,7 +551,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Glm4Moe) c.n_layer -= nextn_layers(f, c);  // (its MTP layers are not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
-                          c.arch == Arch::Qwen3VLMoe;
+                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe;
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe ||
                          c.arch == Arch::Llama4 || c.arch == Arch::Lfm2Moe;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
@@ -653,6 +655,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Qwen3VLMoe) read_qwen3vlmoe(f, c);
     if (c.arch == Arch::Lfm2 || c.arch == Arch::Lfm2Moe) read_lfm2(f, c);
     if (c.arch == Arch::Llama4) read_llama4(f, c);
+    if (c.arch == Arch::Qwen35 || c.arch == Arch::Qwen35Moe) read_qwen35(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

@@ -31,7 +31,7 @@ enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-    GraniteHybrid, NemotronH, Llama4, Lfm2Moe
+    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -59,7 +59,9 @@ struct Config {
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4",
                                 // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
                                 // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
-                                // "nemotron_h" (nemotron_h.cpp), "llama4" (llama4.cpp), "lfm2moe"
+                                // "nemotron_h" (nemotron_h.cpp)
+                                // "qwen35", "qwen35moe" (qwen35.cpp)
+                                // "llama4" (llama4.cpp), "lfm2moe"
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -195,7 +197,16 @@ struct Config {
     // (nemotron_h: the layers with neither key/value heads nor a feed-forward width; its other
     // layers are attention (n_ff_of 0) or a squared-ReLU MLP alone (n_head_kv_of 0))
     std::vector<uint8_t> conv_layers;
-    int conv_l_cache = 0;       // shortconv.l_cache
+    int conv_l_cache = 0;       // shortconv.l_cache (qwen35: ssm.conv_kernel)
+    // qwen35 (Qwen3.5, model/qwen35.cpp): the layers conv_layers flags are gated delta nets (linear
+    // attention: a short convolution over q, k, v, then the gated delta rule with one state matrix
+    // per value head); the attention layers' queries carry an output gate half.
+    bool delta_net = false;
+    int dn_k_heads = 0;         // ssm.group_count: query / key heads
+    int dn_v_heads = 0;         // ssm.time_step_rank: value heads (a multiple of dn_k_heads)
+    int dn_head_dim = 0;        // ssm.state_size: the head size of all three
+    int dn_conv_dim() const { return (2 * dn_k_heads + dn_v_heads) * dn_head_dim; }  // q, k, v channels
+    int dn_v_dim() const { return dn_v_heads * dn_head_dim; }
     // granitehybrid (model/mamba2.cpp): its layers of conv_layers (head_count_kv 0) are Mamba-2
     // mixers instead: in_proj to z (d_inner), xBC (x: d_inner, B and C: n_group * d_state each) and
     // dt (n_head); a depthwise causal convolution of ssm_d_conv taps over xBC with a bias, SiLU; the
@@ -213,7 +224,10 @@ struct Config {
     int ssm_in_dim() const { return ssm_d_inner + ssm_conv_dim() + ssm_n_head; }     // z, xBC, dt
     // Floats of one recurrent layer's state per sequence: lfm2's last conv_l_cache - 1 inputs, or a
     // Mamba-2 layer's convolution inputs (d_conv - 1, conv_dim) then its scan state (d_inner, d_state).
+    // A delta net's (qwen35): its convolution inputs, then its state matrices (Config::delta_net).
     size_t state_floats() const {
+        if (delta_net)
+            return size_t(conv_l_cache - 1) * size_t(dn_conv_dim()) + size_t(dn_v_dim()) * size_t(dn_head_dim);
         if (mamba2())
             return size_t(ssm_d_conv - 1) * size_t(ssm_conv_dim()) + size_t(ssm_d_inner) * size_t(ssm_d_state);
         return size_t(conv_l_cache - 1) * size_t(n_embd);

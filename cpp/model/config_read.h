@@ -24,6 +24,8 @@ float get_positive(const GGUFFile & f, const std::string & key, double fallback,
 std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, int n_layer, int period);
 // The flags, or none at all when no layer slides.
 std::vector<uint8_t> any_swa(std::vector<uint8_t> swa);
+// qwen35's delta-net layers, their shapes and its rotation (model/qwen35.cpp).
+void read_qwen35(const GGUFFile & f, Config & c);
 
 // config_routed.cpp. The sigmoid-routed experts' settings (deepseek2, glm4moe): shared experts,
 // weight normalization and scale, the gating function (absent: sigmoid_default), expert groups.

@@ -21,12 +21,12 @@ void Model::check_conv(const int32_t * pos, const int32_t * slot, int n) {
         int & prev = last[size_t(slot[i])];
         if (prev >= 0)
             SL_CHECK(pos[i] == prev + 1, "token %d: position %d after %d in sequence slot %d; with a recurrent "
-                     "state (lfm2) a batch's positions of one sequence must be consecutive", i, pos[i], prev, slot[i]);
+                     "state (lfm2, qwen35) a batch's positions of one sequence must be consecutive", i, pos[i], prev, slot[i]);
         else if (pos[i] > 0)
             SL_CHECK(pos[i] == conv_pos_[size_t(slot[i])],
                      "token %d: position %d of sequence slot %d does not continue the slot's recurrent state (it "
-                     "follows %d positions); an lfm2 sequence continues only where it stopped: evaluate it again "
-                     "from position 0", i, pos[i], slot[i], conv_pos_[size_t(slot[i])]);
+                     "follows %d positions); a %s sequence continues only where it stopped: evaluate it again "
+                     "from position 0", i, pos[i], slot[i], conv_pos_[size_t(slot[i])], cfg_.arch_name.c_str());
         prev = pos[i];
     }
     // The states of the slots in the batch are unknown until it has run; those starting over are zeros.

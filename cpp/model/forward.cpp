@@ -60,7 +60,9 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             nemotron_h_mlp(mm, l, s, n);
             continue;
         }
-        if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
+        if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
+            qwen35_mixer(be, l, s, n, slot);
+        } else if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);
             if (c.mamba2())  // granitehybrid: a Mamba-2 mixer instead (mamba2.cpp)
                 mamba2_block(l, s, n, slot);

@@ -62,8 +62,9 @@ void Model::load_loras() {
     layer_of["output.weight"] = -1;
 
     for (const auto & [path, scale] : params_.loras) {
-        SL_CHECK(c.arch != Arch::DeepSeek2, "%s: LoRA adapters are not supported on a deepseek2 model (its latent "
-                 "attention and experts would run without them)", path.c_str());
+        SL_CHECK(c.arch != Arch::DeepSeek2 && !c.delta_net, "%s: LoRA adapters are not supported on a %s model (its "
+                 "%s would run without them)", path.c_str(), c.arch_name.c_str(),
+                 c.delta_net ? "gated attention and delta nets" : "latent attention and experts");
         lora_files_.push_back(std::make_unique<GGUFFile>(path));
         const GGUFFile & f = *lora_files_.back();
         const char * p = f.path().c_str();

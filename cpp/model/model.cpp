@@ -160,7 +160,9 @@ void Model::load_weights() {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        if (c.is_conv(l)) {  // lfm2: a convolution in place of attention (granitehybrid: Mamba-2)
+        if (c.delta_net) {  // qwen35 / qwen35moe: gated attention or a delta net (qwen35.cpp)
+            load_qwen35_layer(l, b, L);
+        } else if (c.is_conv(l)) {  // lfm2: a convolution in place of attention (granitehybrid: Mamba-2)
             if (c.mamba2())
                 load_mamba2_layer(b, L);
             else
@@ -207,16 +209,18 @@ void Model::load_weights() {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
-        // (cohere2's feed-forward reads the attention's input; gpt-oss, seed_oss and glm4moe name its
-        // norm post_attention_norm)
-        const bool ffn_norm_post = c.arch == Arch::GptOss || c.arch == Arch::SeedOss || c.arch == Arch::Glm4Moe;
+        // (cohere2's feed-forward reads the attention's input; gpt-oss, seed_oss, glm4moe and qwen35 name
+        // its norm post_attention_norm)
+        const bool ffn_norm_post = c.arch == Arch::GptOss || c.arch == Arch::SeedOss || c.arch == Arch::Glm4Moe ||
+                                   c.delta_net;
         const char * ffn_norm = ffn_norm_post ? "post_attention_norm.weight" : "ffn_norm.weight";
         if (c.pre_norms && !c.parallel_ffn) L.ffn_norm = vector_f32(f, c, b + ffn_norm, c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
         // deepseek2, glm4moe, ernie4_5-moe: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
-                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe;
+                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
+                              c.arch == Arch::Qwen35Moe;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe ||
                           c.arch == Arch::Lfm2Moe;
         const bool moe = lead                     ? l >= c.n_layer_dense_lead
@@ -479,8 +483,8 @@ CpuBackendOptions Model::cpu_options() const {
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
-    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_k_max(), c.q_lora_rank, c.kv_lora_rank});
-    o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert,
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_k_max(), c.q_lora_rank, c.kv_lora_rank, c.dn_v_dim()});
+    o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert, 2 * c.q_dim(), c.dn_conv_dim(),
                            c.n_head * (c.head_dim_k_mla + c.head_dim_v_mla)});  // (deepseek2: attn_kv_b)
     o.n_head = c.n_head;
     o.n_head_kv = std::max(1, c.n_head / c.max_gqa());  // (the most query heads per key/value head)
@@ -526,6 +530,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.conv_out});
         group({&L.ssm_in});
         group({&L.ssm_out});
+        group({&L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha});
+        group({&L.dn_out});
     }
     group({&w_.output});
     group({&w_.cls});
@@ -563,7 +569,7 @@ size_t Model::activation_bytes(bool cpu) const {
     const size_t ssm = cpu && c.mamba2() ? size_t(c.ssm_d_inner) : 0;  // a Mamba-2 layer's output (ssm_y_)
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
-            mla + g4 + ssm);
+            mla + g4 + ssm + (cpu ? qwen35_floats() : 0));
 }
 
 void Model::allocate_state() {
@@ -625,6 +631,7 @@ void Model::allocate_state() {
         if (c.mamba2())  // (a Mamba-2 layer's output before out_proj)
             ssm_y_ = static_cast<float *>(alloc_on(cpu_.get(), nb * size_t(c.ssm_d_inner) * sizeof(float)));
     }
+    if (c.delta_net) dn_work_.assign(nb * qwen35_floats(), 0.0f);
     if (c.qk_l2_norm) ones_.assign(size_t(c.head_dim), 1.0f);  // (llama4's weightless q / k norms)
     if (c.arch == Arch::Gemma4) {
         ones_.assign(size_t(c.max_head_dim()), 1.0f);

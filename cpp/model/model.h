@@ -105,6 +105,14 @@ struct LayerWeights {
     WeightRef conv_in;                  // (3 n_embd, n_embd)
     const float * conv_kernel = nullptr;  // (n_embd, conv_l_cache)
     WeightRef conv_out;                 // (n_embd, n_embd)
+    // qwen35's gated delta net (qwen35.cpp; cd = dn_conv_dim, vd = dn_v_dim, hv = dn_v_heads): q, k, v
+    // before their convolution, the output gate z, beta's and the decay's inputs, the output; the
+    // convolution kernel (oldest input first), dt_bias, -exp(A_log), the gated norm's weight.
+    WeightRef dn_qkv, dn_z, dn_beta, dn_alpha, dn_out;  // (cd, n_embd) (vd, n_embd) (hv, n_embd) x2 (n_embd, vd)
+    const float * dn_kernel = nullptr;  // (cd, conv_l_cache)
+    const float * dn_dt = nullptr;      // (hv)
+    const float * dn_a = nullptr;       // (hv)
+    const float * dn_norm = nullptr;    // (dn_head_dim)
     // A Mamba-2 layer (mamba2.cpp; Config::mamba2): in_proj's rows z, xBC, dt; the convolution's
     // kernel (oldest tap first) and bias; dt's bias, A (-exp(A_log)), D; the gated norm; out_proj.
     WeightRef ssm_in;                   // (ssm_in_dim, n_embd)
@@ -473,6 +481,14 @@ private:
     void note_conv(const int32_t * pos, const int32_t * slot, int n);
     void conv_block(int l, Scratch & s, int n, const int32_t * slot);
     void load_conv_layer(const std::string & b, LayerWeights & L);
+    // qwen35.cpp: a Qwen3.5 layer's attention or delta-net weights, and its token mixing on s.x
+    // (x += gated attention or delta net of rmsnorm(x)), on the CPU; dn_work_'s floats per token.
+    void load_qwen35_layer(int l, const std::string & b, LayerWeights & L);
+    void qwen35_mixer(Backend * be, int l, Scratch & s, int n, const int32_t * slot);
+    void qwen35_attention(Backend * be, int l, Scratch & s, int n);
+    void delta_net(Backend * be, int l, Scratch & s, int n, const int32_t * slot);
+    size_t qwen35_floats() const;
+    std::vector<float> dn_work_;  // (n_batch, qwen35_floats())
     // mamba2.cpp: a Mamba-2 layer's weights, and the layer on s.h (x += out_proj(norm(y * silu(z))),
     // y the scan of conv(xBC)), on the CPU; its output before out_proj in ssm_y_ (n_batch, d_inner).
     void load_mamba2_layer(const std::string & b, LayerWeights & L);

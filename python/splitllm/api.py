@@ -239,6 +239,12 @@ class _Service:
             ("counter", "requests_finished_total", "Jobs ended (finished, cancelled or failed).",
              st.finished),
             ("counter", "requests_cancelled_total", "Jobs cancelled.", st.cancelled),
+            ("counter", "spec_decode_num_draft_tokens_total", "Speculative: guesses checked.",
+             st.draft_tokens),
+            ("counter", "spec_decode_num_accepted_tokens_total", "Speculative: guesses accepted.",
+             st.draft_accepted),
+            ("counter", "spec_decode_num_drafts_total", "Speculative: passes checking a job's guesses.",
+             st.draft_checks),
             ("gauge", "requests_processing", "Jobs in a slot.", e.n_active),
             ("gauge", "requests_deferred", "Jobs waiting for a slot.", e.n_pending),
             ("gauge", "n_busy_slots_per_decode", "Most sequences decoded in one pass.", st.max_batch_seqs),
@@ -354,7 +360,8 @@ class _Service:
                                        logprobs=body.n_logprobs, prompt_logprobs=prompt_logprobs,
                                        generate=generate, grammar=grammar, lora=scales,
                                        slot=getattr(body, "id_slot", -1) if pin else -1,
-                                       reasoning_budget=budget)
+                                       reasoning_budget=budget,
+                                       speculative=getattr(body, "speculative", None))
         except ValueError as e:
             raise APIError(400, str(e), param="logit_bias" if "logit_bias" in str(e) else None) from None
 

@@ -99,6 +99,7 @@ class _Settings:
     n_logprobs: int | None
     lora: Any = None  # the request's "lora" field
     id_slot: int = -1  # the request's "id_slot" field
+    speculative: Any = None  # its draft settings (engine_draft.SpecParams)
 
     def sampling_params(self) -> SamplingParams:
         return self.params
@@ -152,7 +153,7 @@ class NativeAPI:
         n_vocab = self.model.n_vocab()
         try:
             settings = _Settings(body.sampling_params(self.tok, n_vocab, self.model.n_ctx()), body.n_logprobs,
-                                 body.lora, body.id_slot)
+                                 body.lora, body.id_slot, body.speculative(engine.spec))
         except ValueError as e:
             raise sampling_error(e) from None
         try:
@@ -220,6 +221,9 @@ class NativeAPI:
             "stop_type": text.stop_type, "stopping_word": text.stop_word, "tokens_cached": len(job.tokens),
             "timings": _timings(job, n_gen),
         }
+        spec = job.spec or self.svc.engine.spec
+        out["generation_settings"].update({"speculative.n_max": spec.n_max, "speculative.n_min": spec.n_min,
+                                           "speculative.p_min": spec.p_min})
         if body.n_probs and not stream:
             entries = [e for c in chunks for e in c.logprobs]
             out["completion_probabilities"] = completion_probabilities(entries)
@@ -291,7 +295,9 @@ def _timings(job: Any, n_gen: int) -> dict[str, Any]:
             "prompt_per_second": 1e3 / prompt_ms * n_prompt if prompt_ms > 0 else 0.0,
             "predicted_n": n_gen, "predicted_ms": gen_ms,
             "predicted_per_token_ms": gen_ms / steps if steps else 0.0,
-            "predicted_per_second": 1e3 / gen_ms * steps if gen_ms > 0 else 0.0}
+            "predicted_per_second": 1e3 / gen_ms * steps if gen_ms > 0 else 0.0,
+            # guesses checked and accepted (speculative decoding), where there were any
+            **({"draft_n": job.n_draft, "draft_n_accepted": job.n_draft_accepted} if job.n_draft else {})}
 
 
 def _only(out: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:

@@ -32,6 +32,11 @@ configs): a queued job whose scales differ from the running jobs' waits until th
 remembers the scales its cache was computed under and offers its prefix only to a job with the
 same scales.
 
+Speculative decoding (llama-server's ``-md`` / ``--spec-type``): with a drafter, each step guesses the
+next tokens of every decoding job and checks them in the same pass (see :mod:`splitllm.engine_draft`);
+a pass holding guesses is never longer than the longest whose rows equal single-token passes, so a
+job's tokens are the same with and without guesses.
+
 While an engine runs, it is the only user of the model: do not call the Model's own generation
 methods at the same time.
 """
@@ -54,9 +59,10 @@ import numpy as np
 from splitllm import _core
 from splitllm.cache import common_prefix
 from splitllm.completions import CompletionChunk, TokenText, check_max_tokens, completion_limit, stop_list
+from splitllm.engine_draft import DraftRequest, SlotDrafter, SpecParams, pass_groups
 from splitllm.grammar import Grammar, sample_with_grammar
 from splitllm.logprobs import PromptLogprobs, check_n_top, token_logprob
-from splitllm.model import Model
+from splitllm.model import MAX_SPECULATIVE_PASS, Model
 from splitllm.reasoning_budget import ReasoningBudget
 from splitllm.sampling import Sampler, SamplingParams
 from splitllm.speculative import single_pass_limit
@@ -82,6 +88,9 @@ class EngineStats:
     prompt_cached: int = 0       # of those, taken from a slot's cache (counted at admission)
     generated_evaluated: int = 0  # generated tokens evaluated (fed back for the next one)
     max_batch_seqs: int = 0      # most sequences decoding together in one step
+    draft_tokens: int = 0        # guesses put in passes (speculative decoding)
+    draft_accepted: int = 0      # of those, accepted
+    draft_checks: int = 0        # a job's token and guesses checked in a pass (llama-server's drafts)
     decode_seconds: float = 0.0  # time spent in forward passes (the rest of a step is Python)
     busy_seconds: float = 0.0    # time spent in steps
 
@@ -108,6 +117,9 @@ class Job:
     lora: tuple[float, ...] | None = None  # the adapters' scales it runs under (None: the engine's)
     want_slot: int = -1  # the slot it must run in (llama-server's id_slot), -1: any
     budget: ReasoningBudget | None = None  # a thinking budget's state, when the answer has one
+    spec: SpecParams | None = None  # its speculative settings (None: the engine's)
+    n_draft: int = 0           # guesses checked for it (llama-server's timings.draft_n)
+    n_draft_accepted: int = 0  # of those, accepted (timings.draft_n_accepted)
     tokens: list[int] = field(default_factory=list)  # evaluated: K/V at positions 0..len-1 of the slot
     t_start: float = 0.0   # perf_counter() when the job got its slot
     t_prompt: float = 0.0  # ... when the prompt was read (its first token sampled)
@@ -135,7 +147,10 @@ class BatchEngine:
     The engine owns the model's KV cache while it runs: the model's own generation calls
     (``eval_prompt``, ``create_completion``, ...) would find their cache overwritten."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, *, drafter: SlotDrafter | None = None,
+                 speculative: SpecParams | None = None) -> None:
+        """``drafter``: guesses for speculative decoding (the engine closes it), with ``speculative``
+        the settings of a job without its own."""
         self.model = model
         self._core = model._engine()
         self.n_parallel = int(model._n_seq_max)
@@ -151,7 +166,12 @@ class BatchEngine:
         self._closed = False
         self._clock = 0
         self._stats: dict[str, float] = dict.fromkeys(EngineStats.__dataclass_fields__, 0)
-        self._logits = np.empty((self.n_parallel, self._n_vocab), dtype=np.float32)
+        if drafter is not None and (model.config["encoder"] or model.config["recurrent"]):
+            # (rejected guesses would have to be taken back out of a recurrent state)
+            raise ValueError(f"{model.model_path}: speculative decoding needs a decoder without a recurrent "
+                             f"state ({model.config['arch']} is not)")
+        self.drafter = drafter
+        self.spec = speculative or SpecParams()
         model.reset()  # the engine overwrites slot 0, which the Model's own cache tracking uses
         self._lora = tuple(model._lora_scales)  # for jobs without their own
         for s in self._slots:
@@ -162,6 +182,11 @@ class BatchEngine:
             self.decode_width = self._probe_decode_width()
             # (a recurrent state, lfm2's, continues only where it stopped: no cached token is read again)
             self.prefill_threshold = None if model.config["recurrent"] else self._probe_prefill_threshold()
+        # The most rows of a pass holding guesses: rows of fewer tokens equal single-token passes.
+        cap = min(MAX_SPECULATIVE_PASS, self.slot_ctx - 1, self._n_batch)
+        rows = cap if self.prefill_threshold is None else min(cap, self.prefill_threshold - 1)
+        self.pass_rows = rows if self.decode_width == self.n_parallel else min(rows, self.decode_width)
+        self._logits = np.empty((max(self.n_parallel, self.pass_rows), self._n_vocab), dtype=np.float32)
         self._thread = threading.Thread(target=self._run, name="splitllm-engine", daemon=True)
         self._thread.start()
 
@@ -193,6 +218,14 @@ class BatchEngine:
             raise ValueError(f"expected {len(self._lora)} finite LoRA scales (got {list(scales)!r})")
         return out
 
+    def spec_summary(self) -> str:
+        """How it drafts, for the server's start-up line ("" without a drafter)."""
+        if self.drafter is None:
+            return ""
+        s = self.spec
+        return (f", speculative {self.drafter.name} (n_max {s.n_max}, n_min {s.n_min}, p_min {s.p_min}; "
+                f"at most {self.pass_rows} rows a pass)")
+
     @property
     def n_active(self) -> int:
         return len(self._active)
@@ -217,6 +250,7 @@ class BatchEngine:
         lora: Sequence[float] | None = None,
         slot: int = -1,
         reasoning_budget: ReasoningBudget | None = None,
+        speculative: SpecParams | None = None,
     ) -> Job:
         """Queues a generation after ``prompt_tokens``; same checks and meaning as ``Model.stream``
         (``max_tokens`` None or <= 0: until the sequence's context is full). With
@@ -228,6 +262,7 @@ class BatchEngine:
         it must run in, as llama-server's ``id_slot`` (taken modulo the number of slots; negative:
         any); while that slot is busy the job waits and later ones go ahead. ``reasoning_budget``:
         forces the end of a thinking block that runs over it (see :mod:`splitllm.reasoning_budget`).
+        ``speculative``: this job's draft settings (None: the engine's; no effect without a drafter).
         Raises ValueError on bad input."""
         prompt = self.model.check_prompt(prompt_tokens)
         check_max_tokens(max_tokens)
@@ -242,7 +277,8 @@ class BatchEngine:
                          limit=completion_limit(max_tokens, len(prompt), self.slot_ctx) if generate else 0,
                          logprobs=n_top)
         job = Job(prompt=prompt, sampler=sampler, text=text, on_event=on_event,
-                  want_slot=int(slot) % self.n_parallel if slot >= 0 else -1, budget=reasoning_budget)
+                  want_slot=int(slot) % self.n_parallel if slot >= 0 else -1, budget=reasoning_budget,
+                  spec=speculative)
         if lora is not None:
             job.lora = self._check_lora(lora)
         if grammar is not None:
@@ -325,6 +361,9 @@ class BatchEngine:
             self._cv.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
+        if self.drafter is not None and not self._thread.is_alive():
+            self.drafter.close()
+            self.drafter = None
 
     def __enter__(self) -> BatchEngine:
         return self
@@ -505,14 +544,24 @@ class BatchEngine:
         decoders = [j for j in jobs if j.next_token is not None and not j.finished]
         if decoders:
             self._note_batch(len(decoders))
-        for g in range(0, len(decoders), self.decode_width):
-            group = decoders[g: g + self.decode_width]
-            rows = self._forward([j.next_token for j in group], [j.n_past for j in group],
-                                 [j.slot for j in group], [1] * len(group))
-            self._count("generated_evaluated", len(group))
-            for job, row in zip(group, rows, strict=True):
-                job.tokens.append(job.next_token)  # type: ignore[arg-type]
-                self._sample(job, row)
+        drafts = self._drafts(decoders)
+        sizes = [1 + len(drafts.get(j, ())) for j in decoders]
+        for idx in pass_groups(sizes, self.decode_width, self.pass_rows):
+            group = [decoders[i] for i in idx]
+            tokens: list[int] = []
+            pos: list[int] = []
+            slots: list[int] = []
+            for j in group:  # each job's token, then its guesses
+                n = 1 + len(drafts.get(j, ()))
+                tokens += [j.next_token, *drafts.get(j, ())]  # type: ignore[list-item]
+                pos += range(j.n_past, j.n_past + n)
+                slots += [j.slot] * n
+            rows = self._forward(tokens, pos, slots, [1] * len(tokens))
+            at = 0
+            for job in group:
+                draft = drafts.get(job, [])
+                self._verify(job, draft, rows[at: at + 1 + len(draft)])
+                at += 1 + len(draft)
         budget = self._n_batch
         for job in [j for j in jobs if j.next_token is None and j.first_logits is None and not j.finished]:
             cut = min((job.n_past // self._n_batch + 1) * self._n_batch, len(job.prompt))
@@ -553,6 +602,52 @@ class BatchEngine:
                     slot.logits, slot.n_logits = None, 0
                 self._sample(job, rows[-1])
         self._count("busy_seconds", time.perf_counter() - start)
+
+    def _drafts(self, decoders: list[Job]) -> dict[Job, list[int]]:
+        """The drafter's guesses after each decoding job's next token, as many as its settings, its
+        room in the slot, its tokens left and a pass allow (llama-server's get_n_draft_max)."""
+        if self.drafter is None or self.pass_rows < 2:
+            return {}
+        reqs = []
+        for j in decoders:
+            spec = j.spec or self.spec
+            room = min(spec.n_max, self.pass_rows - 1, self.slot_ctx - 1 - j.n_past,
+                       j.text.limit - j.text.n_done - 1)
+            if room > 0 and room >= spec.n_min:
+                reqs.append((j, DraftRequest(j.slot, [*j.tokens, j.next_token], room, spec)))  # type: ignore[list-item]
+        if not reqs:
+            return {}
+        try:
+            self.drafter.draft([r for _, r in reqs])
+        except Exception:
+            self.drafter.reset()  # (its caches' contents are unknown now)
+            raise
+        out = {}
+        for j, r in reqs:
+            guesses = [t for t in r.result[: r.n_max] if 0 <= t < self._n_vocab]
+            if guesses:
+                out[j] = guesses
+        return out
+
+    def _verify(self, job: Job, draft: list[int], rows: np.ndarray) -> None:
+        """Samples the job's next tokens from its rows of a pass: after its token, then after each
+        guess as long as the token sampled equals that guess (its K/V is then already cached)."""
+        job.tokens.append(job.next_token)  # type: ignore[arg-type]
+        job.n_draft += len(draft)  # (counted before the job's last event, which reports them)
+        self._sample(job, rows[0])
+        accepted = 0
+        for guess, row in zip(draft, rows[1:], strict=True):
+            if job.finished or job.next_token != guess:
+                break
+            job.tokens.append(guess)
+            accepted += 1
+            job.n_draft_accepted += 1
+            self._sample(job, row)
+        self._count("generated_evaluated", 1 + accepted)
+        if draft:
+            self._count("draft_tokens", len(draft))
+            self._count("draft_accepted", accepted)
+            self._count("draft_checks", 1)
 
     def _forward(self, tokens: list[int], pos: list[int], slots: list[int], want: list[int],
                  out: np.ndarray | None = None, embeddings: bool = False,

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from splitllm.api_schema import APIError, ChatRequest, _NullIsDefault
 from splitllm.dry import DEFAULT_BREAKERS
+from splitllm.engine_draft import SpecParams
 from splitllm.grammar import Grammar, as_grammar
 from splitllm.logprobs import MAX_TOP_LOGPROBS
 from splitllm.sampling import SamplingParams
@@ -96,6 +97,10 @@ class NativeRequest(_NullIsDefault):
     dry_allowed_length: int = Field(2, ge=0)
     dry_penalty_last_n: int = Field(64, ge=-1)  # -1: the whole context (as repeat_last_n)
     dry_sequence_breakers: list[str] = Field(default_factory=lambda: list(DEFAULT_BREAKERS), min_length=1)
+    # speculative decoding (a server with a drafter): this request's settings, the server's where absent
+    spec_n_max: int | None = Field(None, alias="speculative.n_max", ge=0)
+    spec_n_min: int | None = Field(None, alias="speculative.n_min", ge=0)
+    spec_p_min: float | None = Field(None, alias="speculative.p_min", ge=0.0, le=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -218,6 +223,14 @@ class NativeRequest(_NullIsDefault):
         if self.json_schema is not None:
             return Grammar.from_json_schema(self.json_schema or {"type": "object"})
         return None
+
+    def speculative(self, default: SpecParams) -> SpecParams:
+        """The draft settings: the request's ``speculative.*``, else the server's (``n_min`` at most
+        ``n_max``, as llama-server clamps it)."""
+        n_max = default.n_max if self.spec_n_max is None else self.spec_n_max
+        n_min = default.n_min if self.spec_n_min is None else self.spec_n_min
+        p_min = default.p_min if self.spec_p_min is None else self.spec_p_min
+        return SpecParams(n_max=n_max, n_min=min(n_min, n_max), p_min=float(p_min))
 
     def settings(self, tok: Tokenizer | None = None, n_vocab: int = 0) -> dict[str, Any]:
         """``generation_settings``: the request's settings that splitllm uses."""

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from splitllm.cli import add_model_options, budget_arg, json_object, load_model
+from splitllm.server_spec import add_speculative_options, load_drafter, speculative_params
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="load the LoRA adapters with scale 0 (set them later with POST /lora-adapters)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(p)
+    add_speculative_options(p)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -79,22 +81,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in [0, 65535] (got {args.port})")
     if args.slot_save_path is not None and not os.path.isdir(args.slot_save_path):
         raise ValueError(f"--slot-save-path {args.slot_save_path!r}: not a folder")
+    spec = speculative_params(args)
     pooling = args.pooling if args.pooling is not None else -1
     extra = {"n_seq_max": args.parallel, "pooling_type": pooling, "spm_infill": args.spm_infill}
     with load_model(args, **extra) as model:
         if args.lora_init_without_apply:
             model.set_lora_scales([0.0] * len(model.lora_adapters))
-        _serve(args, model)
+        drafter = load_drafter(args, model)
+        _serve(args, model, drafter=drafter, speculative=spec)
     return 0
 
 
-def _serve(args: argparse.Namespace, model: Any) -> None:
+def _serve(args: argparse.Namespace, model: Any, **engine_options: Any) -> None:
     import uvicorn
 
     from splitllm.api import create_app
     from splitllm.engine import BatchEngine
 
-    with BatchEngine(model) as engine:
+    with BatchEngine(model, **engine_options) as engine:
         app = create_app(engine, model_alias=args.model_alias, api_key=args.api_key,
                          chat_template_kwargs=args.chat_template_kwargs,
                          reasoning_format=args.reasoning_format, slots_endpoint=args.slots,
@@ -104,6 +108,7 @@ def _serve(args: argparse.Namespace, model: Any) -> None:
         alias = app.state.service.alias
         print(f"splitllm: serving {alias!r} on http://{args.host}:{args.port}/v1 — {engine.n_parallel} slots "
               f"of {engine.slot_ctx} tokens, up to {engine.decode_width} decoded per pass"
+              f"{engine.spec_summary()}"
               f"{', API key required' if args.api_key else ''}", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=5)

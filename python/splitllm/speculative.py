@@ -66,23 +66,8 @@ class ModelDraft(DraftModel):
         self.p_min = float(p_min)
 
     def attach(self, target: Model) -> None:
-        """Refuses a draft whose vocabulary is not the target's, as llama.cpp does: the same kind
-        of vocabulary, BOS / EOS and their adding, sizes within 128 and the same text for every
-        token from id 5 on that both have."""
-        d, t = self.model.tokenizer, target.tokenizer
-        name = self.model.model_path
-        for what in ("vocab_type", "bos_id", "eos_id", "add_bos", "add_eos"):
-            if getattr(d, what, None) != getattr(t, what, None):
-                raise ValueError(f"{name}: the draft model's {what} ({getattr(d, what, None)}) differs from "
-                                 f"the target's ({getattr(t, what, None)})")
-        nd, nt = self.model.n_vocab(), target.n_vocab()
-        if abs(nd - nt) > SPEC_VOCAB_MAX_SIZE_DIFFERENCE:
-            raise ValueError(f"{name}: the draft model's vocabulary has {nd} tokens, the target's {nt} "
-                             f"(at most {SPEC_VOCAB_MAX_SIZE_DIFFERENCE} apart)")
-        for i in range(SPEC_VOCAB_CHECK_START_TOKEN_ID, min(nd, nt)):
-            if d.token_text(i) != t.token_text(i):
-                raise ValueError(f"{name}: the draft model's token {i} is {d.token_text(i)!r}, the target's "
-                                 f"{t.token_text(i)!r}")
+        """Refuses a draft whose vocabulary is not the target's (:func:`check_same_vocab`)."""
+        check_same_vocab(self.model, target)
 
     def __call__(self, input_ids: npt.NDArray[np.intc], /, **kwargs: Any) -> npt.NDArray[np.intc]:
         ids = [int(t) for t in np.asarray(input_ids).ravel()]
@@ -101,6 +86,26 @@ class ModelDraft(DraftModel):
 
     def close(self) -> None:
         self.model.close()
+
+
+def check_same_vocab(draft: Model, target: Model) -> None:
+    """ValueError naming both files unless the draft's vocabulary is the target's, as llama.cpp
+    checks it: the same kind of vocabulary, BOS / EOS and their adding, sizes within 128 and the
+    same text for every token from id 5 on that both have."""
+    d, t = draft.tokenizer, target.tokenizer
+    names = f"draft model {draft.model_path} and target model {target.model_path}"
+    for what in ("vocab_type", "bos_id", "eos_id", "add_bos", "add_eos"):
+        if getattr(d, what, None) != getattr(t, what, None):
+            raise ValueError(f"{names}: the draft model's {what} ({getattr(d, what, None)}) differs from "
+                             f"the target's ({getattr(t, what, None)})")
+    nd, nt = draft.n_vocab(), target.n_vocab()
+    if abs(nd - nt) > SPEC_VOCAB_MAX_SIZE_DIFFERENCE:
+        raise ValueError(f"{names}: the draft model's vocabulary has {nd} tokens, the target's {nt} "
+                         f"(at most {SPEC_VOCAB_MAX_SIZE_DIFFERENCE} apart)")
+    for i in range(SPEC_VOCAB_CHECK_START_TOKEN_ID, min(nd, nt)):
+        if d.token_text(i) != t.token_text(i):
+            raise ValueError(f"{names}: the draft model's token {i} is {d.token_text(i)!r}, the target's "
+                             f"{t.token_text(i)!r}")
 
 
 class PromptLookupDecoding(DraftModel):
