@@ -48,6 +48,7 @@ constexpr ArchTraits kArchs[] = {
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
+    {"dots1",      Arch::Dots1,     true,  false, true,  false},  // (the rest: config_moevar.cpp)
 };
 
 std::string supported_archs() {
@@ -334,6 +335,40 @@ void read_moe_variant(const GGUFFile & f, Config & c) {
     }
 }
 
+}  // namespace
+
+// (shared with config_moevar.cpp through config_read.h)
+// The router's settings as llama.cpp's build_moe_ffn takes them (deepseek2, dots1): the chosen
+// weights renormalized or not (absent: not), times expert_weights_scale (0 or absent: 1), softmax
+// or sigmoid scores (expert_gating_func; absent or 0: the softmax unless required), the choice
+// limited to the best expert_group_used_count of expert_group_count groups.
+void read_expert_router(const GGUFFile & f, Config & c, bool gating_required) {
+    const std::string a = c.arch_name + ".";
+    const char * path = f.path().c_str();
+    auto opt_dim = [&](const char * key, int64_t lo, int64_t hi) { return f.find(a + key) ? get_dim(f, a + key, lo, hi) : 0; };
+    if (gating_required && !f.find(a + "expert_gating_func"))
+        throw GGUFError(strfmt("%s: metadata '%sexpert_gating_func' is missing", path, a.c_str()));
+    c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", false);
+    c.expert_weights_scale = get_positive(f, a + "expert_weights_scale", 0.0, true);
+    if (c.expert_weights_scale == 0) c.expert_weights_scale = 1.0f;  // 0: none
+    // llama_expert_gating_func_type: 0 (absent: the softmax, as DeepSeek V2's files), 1 softmax, 2 sigmoid
+    const int gating = opt_dim("expert_gating_func", 0, 1 << 20);
+    if (gating > 2 || (gating_required && gating == 0))
+        throw GGUFError(strfmt("%s: metadata '%sexpert_gating_func' = %d is not supported (1: softmax, 2: sigmoid)",
+                               path, a.c_str(), gating));
+    c.moe_sigmoid = gating == 2;
+    c.n_expert_groups = opt_dim("expert_group_count", 0, c.n_expert - 1);
+    c.n_group_used = opt_dim("expert_group_used_count", 0, 4096);
+    if (c.n_expert_groups > 1 &&
+        (c.n_expert % c.n_expert_groups != 0 || c.n_group_used < 1 || c.n_group_used >= c.n_expert_groups ||
+         c.n_expert_used > c.n_group_used * (c.n_expert / c.n_expert_groups)))
+        throw GGUFError(strfmt("%s: metadata '%sexpert_group_count' = %d, expert_group_used_count = %d do not fit "
+                               "%d experts, %d used", path, a.c_str(), c.n_expert_groups, c.n_group_used, c.n_expert,
+                               c.n_expert_used));
+}
+
+namespace {
+
 // deepseek2 (llama.cpp's llama_model_deepseek2): the latent attention's ranks and head sizes, the
 // leading dense blocks, the shared experts and the router's settings.
 void read_deepseek2(const GGUFFile & f, Config & c) {
@@ -380,23 +415,7 @@ void read_deepseek2(const GGUFFile & f, Config & c) {
     if (c.n_expert == 0) return;
     c.n_expert_shared = get_dim(f, a + "expert_shared_count", 0, 64);
     c.n_ff_shexp = c.n_ff_exp * c.n_expert_shared;  // (they run as one feed-forward of their stacked rows)
-    c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", false);
-    c.expert_weights_scale = get_positive(f, a + "expert_weights_scale", 0.0, true);
-    if (c.expert_weights_scale == 0) c.expert_weights_scale = 1.0f;  // 0: none
-    // llama_expert_gating_func_type: 0 (absent: the softmax, as DeepSeek V2's files), 1 softmax, 2 sigmoid
-    const int gating = opt_dim("expert_gating_func", 0, 1 << 20);
-    if (gating > 2)
-        throw GGUFError(strfmt("%s: metadata '%sexpert_gating_func' = %d is not supported (1: softmax, 2: sigmoid)",
-                               path, a.c_str(), gating));
-    c.moe_sigmoid = gating == 2;
-    c.n_expert_groups = opt_dim("expert_group_count", 0, c.n_expert - 1);
-    c.n_group_used = opt_dim("expert_group_used_count", 0, 4096);
-    if (c.n_expert_groups > 1 &&
-        (c.n_expert % c.n_expert_groups != 0 || c.n_group_used < 1 || c.n_group_used >= c.n_expert_groups ||
-         c.n_expert_used > c.n_group_used * (c.n_expert / c.n_expert_groups)))
-        throw GGUFError(strfmt("%s: metadata '%sexpert_group_count' = %d, expert_group_used_count = %d do not fit "
-                               "%d experts, %d used", path, a.c_str(), c.n_expert_groups, c.n_group_used, c.n_expert,
-                               c.n_expert_used));
+    read_expert_router(f, c, false);
 }
 
 // attention.head_count_kv: one count, or one per layer (llama.cpp's per-layer form); the layers
@@ -543,7 +562,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
-    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
+    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Dots1;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else {
@@ -632,6 +651,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
+    c.read_moe_variants(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections

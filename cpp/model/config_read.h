@@ -9,6 +9,7 @@
 namespace sl {
 
 class GGUFFile;
+struct Config;
 
 // An integer key within [lo, hi].
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi);
@@ -19,5 +20,8 @@ float get_positive(const GGUFFile & f, const std::string & key, double fallback,
 std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, int n_layer, int period);
 // The flags, or none at all when no layer slides.
 std::vector<uint8_t> any_swa(std::vector<uint8_t> swa);
+// The router's settings (expert_weights_norm / _scale, expert_gating_func, the expert groups), as
+// llama.cpp's build_moe_ffn takes them; with gating_required the gating key must be 1 or 2.
+void read_expert_router(const GGUFFile & f, Config & c, bool gating_required);
 
 }  // namespace sl

@@ -203,11 +203,12 @@ void Model::load_weights() {
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
-        // deepseek2: those after the leading dense ones)
+        // deepseek2, dots1: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
-        const bool moe = c.arch == Arch::DeepSeek2 ? l >= c.n_layer_dense_lead
-                                                   : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
+        const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Dots1;  // (leading dense blocks)
+        const bool moe = lead ? l >= c.n_layer_dense_lead
+                              : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
         if (moe) {
             L.gate_inp = matrix(f, c, b + "ffn_gate_inp.weight", c.n_expert, c.n_embd);
             L.gate_exps = matrix(f, c, b + "ffn_gate_exps.weight", c.n_ff_exp, c.n_embd, c.n_expert);
