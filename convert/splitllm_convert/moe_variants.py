@@ -1,0 +1,164 @@
+"""dots.llm1 (Dots1ForCausalLM; llama.cpp's ``dots1``): the mixtures of experts llama.cpp routes
+as DeepSeek V3 does, with the tables and metadata of its converter (conversion/dots1.py).
+
+config.json is read as transformers' config classes read it (their defaults where keys are left
+out). What llama.cpp's graphs would run differently from transformers is refused, nothing written:
+attention biases, sliding-window layers, and (dots1) key/value heads fewer than the query heads
+(its tensors are created n_head wide) or tied embeddings (its output matrix is required).
+
+dots1: Qwen3's attention (per-head q/k norms, NEOX rope) and, after ``first_k_dense_replace``
+dense blocks, a router (``mlp.gate``, its ``e_score_correction_bias`` as ``exp_probs_b.bias``),
+n_routed_experts experts (stacked) and n_shared_experts shared experts (one MLP); the router's
+settings (sigmoid scores, n_group / topk_group, norm_topk_prob, routed_scaling_factor) as keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gguf import ExpertGatingFuncType, GGUFWriter
+
+from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _describe, _moe_config
+from splitllm_convert.errors import ConvertError
+from splitllm_convert.llama_variants import Olmo2, _flag
+
+L, B = "model.layers.{bid}.", "blk.{bid}."
+_DENSE = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+_SHARED = ("mlp.shared_experts.gate_proj.weight", "mlp.shared_experts.up_proj.weight",
+           "mlp.shared_experts.down_proj.weight")  # fmt: skip
+_EXPERTS = ("mlp.experts.{xid}.gate_proj.weight", "mlp.experts.{xid}.up_proj.weight",
+            "mlp.experts.{xid}.down_proj.weight")  # fmt: skip
+
+
+def _optional(hf: str, gguf: str, shape: tuple[str, ...]) -> TensorRule:
+    return TensorRule(hf, gguf, shape, required=False)
+
+
+# A block's feed-forward: dense, or a router (with its selection bias), experts and shared experts.
+_FFN = (
+    _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
+    _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
+    _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
+    _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
+    _optional(L + "mlp.gate.e_score_correction_bias", B + "exp_probs_b.bias", ("n_expert",)),
+    _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
+    _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
+    _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
+    _optional(L + _SHARED[0], B + "ffn_gate_shexp.weight", ("ff_sh", "embd")),
+    _optional(L + _SHARED[1], B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
+    _optional(L + _SHARED[2], B + "ffn_down_shexp.weight", ("embd", "ff_sh")),
+)
+
+
+class LeadingDenseMoe(Architecture):
+    """A mixture of experts whose first ``first_k_dense_replace`` blocks are dense (DeepSeek V3's
+    layout): which of the table's optional rows a block needs is checked per block."""
+
+    n_shared: int
+    n_dense: int
+    attn_names: tuple[str, ...] = ()  # HF names every block's attention has (checked beside the table)
+
+    def _lead_and_shared(self, config_path: Path, shared_key: str) -> None:
+        cfg = self.cfg
+        self.n_shared = int(cfg.get(shared_key) or 0)
+        k = cfg.get("first_k_dense_replace")
+        self.n_dense = 0 if k is None else int(k)
+        if not 0 <= self.n_dense <= self.n_layer:
+            raise ConvertError(
+                f"{config_path}: first_k_dense_replace {k!r} does not fit {self.n_layer} blocks"
+            )
+        if _flag(cfg, "attention_bias", config_path):
+            raise ConvertError(
+                f"{config_path}: 'attention_bias' is true: llama.cpp's {self.gguf_arch} has none"
+            )
+        sliding = "sliding_attention" in (cfg.get("layer_types") or []) or cfg.get("use_sliding_window")
+        if sliding:
+            raise ConvertError(f"{config_path}: sliding-window layers: llama.cpp's {self.gguf_arch} has none")
+
+    def _needed(self, bid: int) -> list[str]:
+        """The HF tensors block bid must have (beside the ones every block has)."""
+        p = L.format(bid=bid)
+        if bid < self.n_dense:
+            return [p + n for n in _DENSE]
+        names = [
+            p + "mlp.gate.weight",
+            *(p + n.format(xid=x) for n in _EXPERTS for x in range(self.n_expert)),
+        ]
+        return names + ([p + n for n in _SHARED] if self.n_shared else [])
+
+    def plan(
+        self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
+    ) -> list[PlannedSource]:
+        for bid in range(self.n_layer):
+            for name in self._needed(bid):
+                if name not in available:
+                    raise ConvertError(f"tensor {name!r} is missing from {_describe(files)}")
+        return super().plan(available, where, files)
+
+    def add_router_hparams(self, w: GGUFWriter, gating: ExpertGatingFuncType) -> None:
+        """TextModel's expert keys: counts, groups (transformers' default: one), the gating function."""
+        cfg = self.cfg
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+        w.add_expert_group_count(int(cfg.get("n_group") or 1))
+        w.add_expert_group_used_count(int(cfg.get("topk_group") or 1))
+        w.add_expert_gating_func(gating)
+
+
+class Dots1(LeadingDenseMoe):
+    """Dots1ForCausalLM (dots.llm1; see the module's docstring)."""
+
+    hf_names = ("Dots1ForCausalLM",)
+    gguf_arch = "dots1"
+    rules = (
+        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
+        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
+        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd")),
+        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
+        TensorRule(L + "self_attn.q_norm.weight", B + "attn_q_norm.weight", ("head",)),
+        TensorRule(L + "self_attn.k_norm.weight", B + "attn_k_norm.weight", ("head",)),
+        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        *_FFN,
+        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+    )
+    default_ctx = 2048
+    read_vocab = Olmo2.read_vocab  # byte-level BPE from tokenizer.json (TextModel.set_vocab)
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self._lead_and_shared(config_path, "n_shared_experts")
+        if self.tied:
+            raise ConvertError(
+                f"{config_path}: 'tie_word_embeddings' is true, but llama.cpp's dots1 needs an output matrix "
+                "of its own"
+            )
+        if self.n_head_kv != self.n_head:
+            raise ConvertError(
+                f"{config_path}: llama.cpp's dots1 needs num_key_value_heads = num_attention_heads "
+                f"({self.n_head_kv} != {self.n_head})"
+            )
+        groups, used = cfg.get("n_group") or 1, cfg.get("topk_group") or 1
+        if self.n_expert % groups or not 1 <= used <= groups:
+            raise ConvertError(f"{config_path}: n_group {groups} / topk_group {used} do not fit the experts")
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        return _moe_config(self.cfg, config_path, "n_routed_experts", "moe_intermediate_size")
+
+    def dims(self) -> dict[str, int]:
+        return {**super().dims(), "ff_sh": self.n_ff_exp * self.n_shared}
+
+    def add_expert_hparams(self, w: GGUFWriter) -> None:
+        self.add_router_hparams(w, ExpertGatingFuncType.SIGMOID)  # (Dots1TopkRouter: always sigmoid)
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:  # (Qwen2MoeModel's, then Dots1Model's)
+        cfg = self.cfg
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        w.add_leading_dense_block_count(self.n_dense)
+        w.add_expert_shared_count(self.n_shared)
+        w.add_expert_weights_scale(float(cfg.get("routed_scaling_factor", 1.0)))
+        w.add_expert_weights_norm(bool(cfg.get("norm_topk_prob", False)))

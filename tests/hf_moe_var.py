@@ -1,0 +1,126 @@
+"""Tiny random Dots1 Hugging Face directories: config.json with the keys transformers' Dots1Config
+saves, safetensors in transformers' names and shapes, a byte-level BPE tokenizer.json; and their
+float64 logits: tests/tiny_moe_var.py's reference on the weights as transformers' modules read them
+(q/k rows in Hugging Face's rotate-half order, which is NEOX's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hf_fixtures as F
+import numpy as np
+from tiny_moe_var import VarConfig, reference_logits
+
+Weights = dict[str, np.ndarray]
+HF_ARCHS = {"dots1": "Dots1ForCausalLM"}
+
+
+def config(arch: str, **over: Any) -> dict[str, Any]:
+    """config.json of a small model (``arch``: a key of HF_ARCHS): 3 blocks, the first dense."""
+    cfg = F.tiny_config("llama", architectures=[HF_ARCHS[arch]], model_type=arch, num_hidden_layers=3,
+                        num_key_value_heads=4, intermediate_size=96)  # fmt: skip
+    if arch == "dots1":
+        cfg.update(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=2,
+                   first_k_dense_replace=1, n_group=4, topk_group=2, norm_topk_prob=True,
+                   routed_scaling_factor=2.5, attention_bias=False)  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
+    """Random float32 weights in transformers' names and shapes."""
+    rng = np.random.default_rng(seed)
+    e, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = e // nh
+    ne, fx = cfg["n_routed_experts"], cfg["moe_intermediate_size"]
+    mat, vec, _ = F._initializers(rng, e)
+    w: Weights = {"model.embed_tokens.weight": rng.standard_normal((cfg["vocab_size"], e)).astype(np.float32)}
+
+    def mlp(p: str, ff: int) -> None:
+        for n, shape in (("gate", (ff, e)), ("up", (ff, e)), ("down", (e, ff))):
+            w[p + f"{n}_proj.weight"] = mat(*shape)
+
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = vec(e, 1.0, 0.2)
+        for n, rows in (("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd)):
+            w[p + f"self_attn.{n}_proj.weight"] = mat(rows, e)
+        w[p + "self_attn.o_proj.weight"] = mat(e, nh * hd)
+        w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.3)
+        w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.3)
+        w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.2)
+        if i < cfg["first_k_dense_replace"]:
+            mlp(p + "mlp.", cfg["intermediate_size"])
+            continue
+        w[p + "mlp.gate.weight"] = 2 * mat(ne, e)
+        w[p + "mlp.gate.e_score_correction_bias"] = vec(ne, 0.0, 0.1)
+        for x in range(ne):
+            mlp(p + f"mlp.experts.{x}.", fx)
+        mlp(p + "mlp.shared_experts.", fx * cfg["n_shared_experts"])
+    w["model.norm.weight"] = vec(e, 1.0, 0.2)
+    if not cfg.get("tie_word_embeddings"):
+        w["lm_head.weight"] = mat(cfg["vocab_size"], e)
+    return w
+
+
+def tiny_var_dir(
+    d: Path, arch: str, *, dtype: str = "f32", seed: int = 0, **over: Any
+) -> tuple[dict[str, Any], Weights]:
+    """A random model directory in ``d``; returns (config.json, the stored weights as float32)."""
+    d.mkdir(parents=True, exist_ok=True)
+    n_tok = F.write_bpe_tokenizer(d, pre="qwen2")
+    cfg = config(arch, vocab_size=n_tok, **over)
+    F._write_json(d / "config.json", cfg)
+    return cfg, F.save_weights(d, weights(cfg, seed=seed), dtype=dtype)
+
+
+_NAMES = {  # transformers' modules -> the reference's (GGUF) names
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate": "ffn_gate_inp",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
+    "mlp.shared_experts.down_proj": "ffn_down_shexp",
+}  # fmt: skip
+
+
+def reference(
+    cfg: dict[str, Any], w: Weights, ids: list[int], *, zero: str | None = None, **kw: Any
+) -> np.ndarray:
+    """Logits (T, vocab), float64, of ``cfg``'s model; another model to tell apart: the weights whose
+    names hold ``zero`` set to 0, ``kw`` VarConfig fields changed."""
+    if zero is not None:
+        w = {n: (np.zeros_like(x) if zero in n else x) for n, x in w.items()}
+    n_layer, ne = cfg["num_hidden_layers"], cfg["n_routed_experts"]
+    g: Weights = {
+        "token_embd.weight": w["model.embed_tokens.weight"],
+        "output_norm.weight": w["model.norm.weight"],
+    }
+    if "lm_head.weight" in w:
+        g["output.weight"] = w["lm_head.weight"]
+    for i in range(n_layer):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        for hf, name in _NAMES.items():
+            if f"{p}{hf}.weight" in w:
+                g[f"{b}{name}.weight"] = w[f"{p}{hf}.weight"]
+        if p + "mlp.gate.e_score_correction_bias" in w:
+            g[b + "exp_probs_b.bias"] = w[p + "mlp.gate.e_score_correction_bias"]
+        if p + "mlp.experts.0.gate_proj.weight" in w:
+            for n in ("gate", "up", "down"):
+                g[f"{b}ffn_{n}_exps.weight"] = np.stack(
+                    [w[f"{p}mlp.experts.{x}.{n}_proj.weight"] for x in range(ne)]
+                )
+    vcfg = VarConfig(
+        "dots1", n_layer=n_layer, n_embd=cfg["hidden_size"], n_head=cfg["num_attention_heads"],
+        n_head_kv=cfg["num_key_value_heads"], n_ff=cfg["intermediate_size"],
+        n_ff_exp=cfg["moe_intermediate_size"],
+        n_expert=ne, n_expert_used=cfg["num_experts_per_tok"], n_shared=cfg["n_shared_experts"],
+        n_lead=cfg["first_k_dense_replace"], sigmoid=True, norm_topk=cfg["norm_topk_prob"],
+        scale=cfg["routed_scaling_factor"], n_group=cfg["n_group"], topk_group=cfg["topk_group"],
+        n_vocab=cfg["vocab_size"], rope_base=cfg["rope_theta"], rms_eps=cfg["rms_norm_eps"],
+        tied_output="lm_head.weight" not in w,
+    )  # fmt: skip
+    vcfg = VarConfig(**{**vcfg.__dict__, **kw})
+    g = {k: np.asarray(v, np.float64) for k, v in g.items()}
+    return reference_logits(vcfg, g, ids)
