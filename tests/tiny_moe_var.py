@@ -1,6 +1,6 @@
-"""Tiny random dots1 models written to GGUF (the tensor names and keys of llama.cpp's
-convert_hf_to_gguf.py), and a numpy float64 forward pass written from transformers' modeling code
-(Dots1ForCausalLM), independent of splitllm:
+"""Tiny random dots1 and bailingmoe2 models written to GGUF (the tensor names and keys of
+llama.cpp's convert_hf_to_gguf.py), and a numpy float64 forward pass written from transformers'
+modeling code (Dots1ForCausalLM; inclusionAI's BailingMoeV2ForCausalLM), independent of splitllm:
 
 - dots1: q and k RMS-normed per head before the rotate-half rope; the first ``n_lead`` blocks a
   dense SwiGLU; the others route by sigmoid scores (Dots1TopkRouter): the experts chosen by the
@@ -8,6 +8,10 @@ convert_hf_to_gguf.py), and a numpy float64 forward pass written from transforme
   group's score: the sum of its two best), weighed by their scores (renormalized with
   norm_topk_prob) times routed_scaling_factor; ``n_shared`` shared experts (one SwiGLU of their
   stacked rows) added.
+- bailingmoe2: dots1's blocks but for q, k and v from one projection (attn_qkv) and the rotation
+  of the first ``n_rot`` dimensions of each head only (partial_rotary_factor); the router
+  (BailingMoeV2Gate) likewise, the shared experts ``n_ff_shexp`` wide each where given; the file's
+  last ``n_nextn`` blocks NextN (multi-token prediction) layers, which the forward pass does not run.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ Weights = dict[str, np.ndarray]
 
 @dataclass
 class VarConfig:
-    arch: str  # dots1
+    arch: str  # dots1, bailingmoe2
     n_layer: int = 3
     n_embd: int = 64
     n_head: int = 4
@@ -46,10 +50,21 @@ class VarConfig:
     rms_eps: float = 1e-5
     seed: int = 0
     tied_output: bool = False
+    n_rot: int | None = None  # rotated dimensions of a head (None: all)
+    n_ff_shexp: int | None = None  # bailingmoe2: each shared expert's width (None: n_ff_exp)
+    n_nextn: int = 0  # bailingmoe2: NextN blocks in the file past n_layer
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def rot(self) -> int:
+        return self.n_rot or self.head_dim
+
+    @property
+    def shared_width(self) -> int:
+        return (self.n_ff_shexp or self.n_ff_exp) * self.n_shared
 
     def is_moe(self, layer: int) -> bool:
         return layer >= self.n_lead
@@ -69,11 +84,18 @@ def make_weights(cfg: VarConfig) -> Weights:
         return 1 + 0.2 * rng.normal(size=n)
 
     w: Weights = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}
-    for i in range(cfg.n_layer):
+    for i in range(cfg.n_layer + cfg.n_nextn):
         b = f"blk.{i}."
         w[b + "attn_norm.weight"] = norm(e)
-        for t, rows in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
-            w[b + f"attn_{t}.weight"] = mat(rows, e)
+        if cfg.arch == "bailingmoe2":
+            w[b + "attn_qkv.weight"] = mat(q_dim + 2 * kv_dim, e)
+        else:
+            for t, rows in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
+                w[b + f"attn_{t}.weight"] = mat(rows, e)
+        if i >= cfg.n_layer:  # a NextN layer's own tensors (llama.cpp's bailingmoe2 needs them)
+            w[b + "nextn.eh_proj.weight"] = mat(e, 2 * e)
+            for n in ("nextn.enorm", "nextn.hnorm", "layer_output_norm"):
+                w[b + n + ".weight"] = norm(e)
         w[b + "attn_q_norm.weight"] = norm(hd)
         w[b + "attn_k_norm.weight"] = norm(hd)
         w[b + "attn_output.weight"] = mat(e, q_dim)
@@ -90,7 +112,7 @@ def make_weights(cfg: VarConfig) -> Weights:
         w[b + "ffn_up_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
         w[b + "ffn_down_exps.weight"] = np.stack([mat(e, fx) for _ in range(ne)])
         if cfg.n_shared:
-            fs = fx * cfg.n_shared
+            fs = cfg.shared_width
             w[b + "ffn_gate_shexp.weight"] = mat(fs, e)
             w[b + "ffn_up_shexp.weight"] = mat(fs, e)
             w[b + "ffn_down_shexp.weight"] = mat(e, fs)
@@ -103,10 +125,15 @@ def make_weights(cfg: VarConfig) -> Weights:
 def metadata(cfg: VarConfig) -> dict[str, Any]:
     """The keys beyond tiny_model's, as llama.cpp's converter writes them (Dots1Model)."""
     a = cfg.arch + "."
-    return {a + "leading_dense_block_count": cfg.n_lead, a + "expert_shared_count": cfg.n_shared,
+    keys = {a + "leading_dense_block_count": cfg.n_lead, a + "expert_shared_count": cfg.n_shared,
             a + "expert_weights_scale": cfg.scale, a + "expert_weights_norm": cfg.norm_topk,
             a + "expert_gating_func": 2 if cfg.sigmoid else 1, a + "expert_group_count": cfg.n_group,
             a + "expert_group_used_count": cfg.topk_group}  # fmt: skip
+    if cfg.arch == "bailingmoe2":  # (BailingMoeV2Model: block_count counts the NextN layers)
+        keys[a + "block_count"] = cfg.n_layer + cfg.n_nextn
+        keys[a + "nextn_predict_layers"] = cfg.n_nextn
+        keys[a + "expert_shared_feed_forward_length"] = cfg.n_ff_shexp or cfg.n_ff_exp
+    return keys
 
 
 def write_var_gguf(
@@ -117,7 +144,7 @@ def write_var_gguf(
     tiny = TinyConfig(arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
                       n_head_kv=cfg.n_head_kv, n_ff=cfg.n_ff, n_vocab=cfg.n_vocab, rope_base=cfg.rope_base,
                       rms_eps=cfg.rms_eps, n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used,
-                      n_ff_exp=cfg.n_ff_exp)  # fmt: skip
+                      n_ff_exp=cfg.n_ff_exp, n_rot=cfg.n_rot)  # fmt: skip
     own = metadata(cfg)  # (a key of its own removed by a change: never written)
     changes = {k: v for k, v in {**own, **(metadata_changes or {})}.items() if v is not None or k not in own}
     return write_gguf(TinyModel(tiny, w), path, metadata=changes, **kw)
@@ -174,13 +201,19 @@ def reference_logits(cfg: VarConfig, w: Weights, tokens: list[int], *, kv_f16: b
     values rounded to float16, as the engines' caches store them."""
     n, hd, nh, nkv = len(tokens), cfg.head_dim, cfg.n_head, cfg.n_head_kv
     pos = np.arange(n)
-    inv = 1.0 / cfg.rope_base ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    inv = 1.0 / cfg.rope_base ** (
+        np.arange(0, cfg.rot, 2, dtype=np.float64) / cfg.rot
+    )  # (partial: the first)
     mask = np.triu(np.full((n, n), -np.inf), 1)
     x = w["token_embd.weight"][tokens]
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
         h = _rms(x, w[b + "attn_norm.weight"], cfg.rms_eps)
-        q, k, v = ((h @ w[b + f"attn_{t}.weight"].T).reshape(n, -1, hd) for t in "qkv")
+        if cfg.arch == "bailingmoe2":  # query_key_value: the q heads, then k's, then v's
+            q, k, v = np.split(h @ w[b + "attn_qkv.weight"].T, [nh * hd, (nh + nkv) * hd], axis=-1)
+            q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
+        else:
+            q, k, v = ((h @ w[b + f"attn_{t}.weight"].T).reshape(n, -1, hd) for t in "qkv")
         q = _rms(q, w[b + "attn_q_norm.weight"], cfg.rms_eps)
         k = _rms(k, w[b + "attn_k_norm.weight"], cfg.rms_eps)
         q, k = rope(q, pos, inv, True), rope(k, pos, inv, True)

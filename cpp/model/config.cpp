@@ -49,6 +49,7 @@ constexpr ArchTraits kArchs[] = {
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
     {"dots1",      Arch::Dots1,     true,  false, true,  false},  // (the rest: config_moevar.cpp)
+    {"bailingmoe2", Arch::BailingMoe2, true, false, true, false},
 };
 
 std::string supported_archs() {
@@ -560,9 +561,14 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.fused_qkv = t->fused_qkv;
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
+    if (f.find(a + "nextn_predict_layers")) {  // (the last blocks: NextN layers, not run)
+        c.n_layer_nextn = get_dim(f, a + "nextn_predict_layers", 0, c.n_layer - 1);
+        c.n_layer -= c.n_layer_nextn;
+    }
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
-    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Dots1;  // (and a feed_forward_length)
+    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Dots1 ||
+                         c.arch == Arch::BailingMoe2;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else {

@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4, Dots1
+    Bitnet, Gemma4, Dots1, BailingMoe2
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -46,7 +46,7 @@ struct Config {
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
-                                // "dots1" (config_moevar.cpp)
+                                // "dots1", "bailingmoe2" (config_moevar.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -81,7 +81,10 @@ struct Config {
     int n_expert_groups = 0;    // 0: no groups
     int n_group_used = 0;
     int n_expert_shared = 0;
-    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, dots1)
+    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, dots1, bailingmoe2)
+    // Blocks of the file past n_layer (nextn_predict_layers: NextN / multi-token prediction) that
+    // are not run; block_count counts them, n_layer does not.
+    int n_layer_nextn = 0;
     // deepseek2's multi-head latent attention (llama.cpp's MLA form, mla.cpp): queries from h
     // (attn_q) or through a rank-q_lora_rank bottleneck (attn_q_a, its norm, attn_q_b); keys and
     // values from a normed kv_lora_rank latent and one rotary key part of n_rot shared by every
@@ -156,6 +159,7 @@ struct Config {
     float logit_scale = 1.0f;
     bool fused_qkv = false;     // attn_qkv (q; k; v rows) and ffn_up (gate; up rows) tensors (phi3)
     bool fused_gate_up = false; // ffn_up alone holds the gate rows, then the up rows (glm4)
+    bool attn_qkv = false;      // attn_qkv alone holds q, k and v (bailingmoe2)
     // mistral3 (Llama 4's attention temperature): queries times 1 + attn_temp_scale *
     // ln(floor(pos / attn_temp_floor) + 1); 0: none.
     float attn_temp_scale = 0.0f;
@@ -239,7 +243,7 @@ struct Config {
     static Config from_gguf(const GGUFFile & f);
     // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
     void read_dense(const GGUFFile & f);
-    // The settings of the MoE variants dots1 (config_moevar.cpp).
+    // The settings of the MoE variants dots1, bailingmoe2 (config_moevar.cpp).
     void read_moe_variants(const GGUFFile & f);
 };
 

@@ -161,7 +161,7 @@ void Model::load_weights() {
             if (c.arch == Arch::DeepSeek2) {
                 load_mla_layer(b, L);
             } else {
-                load_qkv(f, c, b, c.fused_qkv, L);
+                load_qkv(f, c, b, c.fused_qkv || c.attn_qkv, L);
                 L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
             }
             // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
@@ -203,10 +203,10 @@ void Model::load_weights() {
                                     c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
-        // deepseek2, dots1: those after the leading dense ones)
+        // deepseek2, dots1, bailingmoe2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe;
-        const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Dots1;  // (leading dense blocks)
+        const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
         const bool moe = lead ? l >= c.n_layer_dense_lead
                               : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
         if (moe) {
