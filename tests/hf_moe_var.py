@@ -1,7 +1,8 @@
-"""Tiny random Dots1 Hugging Face directories: config.json with the keys transformers' Dots1Config
-saves, safetensors in transformers' names and shapes, a byte-level BPE tokenizer.json; and their
-float64 logits: tests/tiny_moe_var.py's reference on the weights as transformers' modules read them
-(q/k rows in Hugging Face's rotate-half order, which is NEOX's)."""
+"""Tiny random Dots1 and BailingMoeV2 Hugging Face directories: config.json with the keys
+transformers' Dots1Config (inclusionAI's BailingMoeV2Config) saves, safetensors in their names and
+shapes, a byte-level BPE tokenizer.json; and their float64 logits: tests/tiny_moe_var.py's reference
+on the weights as transformers' modules read them (q/k rows in Hugging Face's rotate-half order,
+which is NEOX's; BailingMoeV2's query_key_value rows: the q heads, then k's, then v's)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from tiny_moe_var import VarConfig, reference_logits
 
 Weights = dict[str, np.ndarray]
-HF_ARCHS = {"dots1": "Dots1ForCausalLM"}
+HF_ARCHS = {"dots1": "Dots1ForCausalLM", "bailingmoe2": "BailingMoeV2ForCausalLM"}
 
 
 def config(arch: str, **over: Any) -> dict[str, Any]:
@@ -24,8 +25,24 @@ def config(arch: str, **over: Any) -> dict[str, Any]:
         cfg.update(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=2,
                    first_k_dense_replace=1, n_group=4, topk_group=2, norm_topk_prob=True,
                    routed_scaling_factor=2.5, attention_bias=False)  # fmt: skip
+    if arch == "bailingmoe2":  # (one multi-token-prediction layer past the 3 blocks)
+        cfg.update(model_type="bailing_moe_v2", num_key_value_heads=2, num_experts=8, num_experts_per_tok=2,
+                   moe_intermediate_size=32, num_shared_experts=1, first_k_dense_replace=1, n_group=4,
+                   topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5, use_qk_norm=True,
+                   use_qkv_bias=False, use_bias=False, partial_rotary_factor=0.5, head_dim=16,
+                   num_nextn_predict_layers=1, score_function="sigmoid")  # fmt: skip
     cfg.update(over)
     return cfg
+
+
+def _bailing_names(name: str) -> str:
+    """transformers' Dots1 name -> BailingMoeV2's."""
+    for a, b in (("model.embed_tokens", "model.word_embeddings"), ("self_attn.o_proj", "attention.dense"),
+                 ("self_attn.q_norm", "attention.query_layernorm"),
+                 ("self_attn.k_norm", "attention.key_layernorm"), ("mlp.gate.e_score_correction_bias",
+                 "mlp.gate.expert_bias")):  # fmt: skip
+        name = name.replace(a, b)
+    return name
 
 
 def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
@@ -33,7 +50,9 @@ def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     rng = np.random.default_rng(seed)
     e, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = e // nh
-    ne, fx = cfg["n_routed_experts"], cfg["moe_intermediate_size"]
+    bailing = cfg["architectures"][0] == "BailingMoeV2ForCausalLM"
+    ne, fx = cfg["num_experts" if bailing else "n_routed_experts"], cfg["moe_intermediate_size"]
+    n_shared = cfg["num_shared_experts" if bailing else "n_shared_experts"]
     mat, vec, _ = F._initializers(rng, e)
     w: Weights = {"model.embed_tokens.weight": rng.standard_normal((cfg["vocab_size"], e)).astype(np.float32)}
 
@@ -57,10 +76,20 @@ def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
         w[p + "mlp.gate.e_score_correction_bias"] = vec(ne, 0.0, 0.1)
         for x in range(ne):
             mlp(p + f"mlp.experts.{x}.", fx)
-        mlp(p + "mlp.shared_experts.", fx * cfg["n_shared_experts"])
+        mlp(p + "mlp.shared_experts.", fx * n_shared)
     w["model.norm.weight"] = vec(e, 1.0, 0.2)
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = mat(cfg["vocab_size"], e)
+    if not bailing:
+        return w
+    w = {_bailing_names(n): x for n, x in w.items()}
+    for i in range(cfg["num_hidden_layers"]):  # q, k, v in one projection
+        p = f"model.layers.{i}.self_attn."
+        qkv = [w.pop(p + f"{n}_proj.weight") for n in "qkv"]
+        w[f"model.layers.{i}.attention.query_key_value.weight"] = np.concatenate(qkv)
+    for j in range(cfg.get("num_nextn_predict_layers", 0)):  # (left out by the converter)
+        p = f"model.layers.{cfg['num_hidden_layers'] + j}."
+        w[p + "eh_proj.weight"], w[p + "enorm.weight"] = mat(e, 2 * e), vec(e, 1.0, 0.2)
     return w
 
 
@@ -79,6 +108,8 @@ _NAMES = {  # transformers' modules -> the reference's (GGUF) names
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate": "ffn_gate_inp",
+    "attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
+    "attention.query_layernorm": "attn_q_norm", "attention.key_layernorm": "attn_k_norm",
     "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
     "mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
     "mlp.shared_experts.down_proj": "ffn_down_shexp",
@@ -92,11 +123,10 @@ def reference(
     names hold ``zero`` set to 0, ``kw`` VarConfig fields changed."""
     if zero is not None:
         w = {n: (np.zeros_like(x) if zero in n else x) for n, x in w.items()}
-    n_layer, ne = cfg["num_hidden_layers"], cfg["n_routed_experts"]
-    g: Weights = {
-        "token_embd.weight": w["model.embed_tokens.weight"],
-        "output_norm.weight": w["model.norm.weight"],
-    }
+    bailing = cfg["architectures"][0] == "BailingMoeV2ForCausalLM"
+    n_layer, ne = cfg["num_hidden_layers"], cfg["num_experts" if bailing else "n_routed_experts"]
+    embd = w["model.word_embeddings.weight" if bailing else "model.embed_tokens.weight"]
+    g: Weights = {"token_embd.weight": embd, "output_norm.weight": w["model.norm.weight"]}
     if "lm_head.weight" in w:
         g["output.weight"] = w["lm_head.weight"]
     for i in range(n_layer):
@@ -104,22 +134,26 @@ def reference(
         for hf, name in _NAMES.items():
             if f"{p}{hf}.weight" in w:
                 g[f"{b}{name}.weight"] = w[f"{p}{hf}.weight"]
-        if p + "mlp.gate.e_score_correction_bias" in w:
-            g[b + "exp_probs_b.bias"] = w[p + "mlp.gate.e_score_correction_bias"]
+        for bias in ("mlp.gate.e_score_correction_bias", "mlp.gate.expert_bias"):
+            if p + bias in w:
+                g[b + "exp_probs_b.bias"] = w[p + bias]
         if p + "mlp.experts.0.gate_proj.weight" in w:
             for n in ("gate", "up", "down"):
                 g[f"{b}ffn_{n}_exps.weight"] = np.stack(
                     [w[f"{p}mlp.experts.{x}.{n}_proj.weight"] for x in range(ne)]
                 )
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     vcfg = VarConfig(
-        "dots1", n_layer=n_layer, n_embd=cfg["hidden_size"], n_head=cfg["num_attention_heads"],
-        n_head_kv=cfg["num_key_value_heads"], n_ff=cfg["intermediate_size"],
-        n_ff_exp=cfg["moe_intermediate_size"],
-        n_expert=ne, n_expert_used=cfg["num_experts_per_tok"], n_shared=cfg["n_shared_experts"],
-        n_lead=cfg["first_k_dense_replace"], sigmoid=True, norm_topk=cfg["norm_topk_prob"],
+        "bailingmoe2" if bailing else "dots1", n_layer=n_layer, n_embd=cfg["hidden_size"],
+        n_head=cfg["num_attention_heads"], n_head_kv=cfg["num_key_value_heads"],
+        n_ff=cfg["intermediate_size"], n_ff_exp=cfg["moe_intermediate_size"], n_expert=ne,
+        n_expert_used=cfg["num_experts_per_tok"],
+        n_shared=cfg["num_shared_experts" if bailing else "n_shared_experts"],
+        n_lead=cfg["first_k_dense_replace"], sigmoid=True,
+        norm_topk=cfg["num_experts_per_tok"] > 1 if bailing else cfg["norm_topk_prob"],
         scale=cfg["routed_scaling_factor"], n_group=cfg["n_group"], topk_group=cfg["topk_group"],
         n_vocab=cfg["vocab_size"], rope_base=cfg["rope_theta"], rms_eps=cfg["rms_norm_eps"],
-        tied_output="lm_head.weight" not in w,
+        tied_output="lm_head.weight" not in w, n_rot=int(hd * cfg.get("partial_rotary_factor", 1.0)),
     )  # fmt: skip
     vcfg = VarConfig(**{**vcfg.__dict__, **kw})
     g = {k: np.asarray(v, np.float64) for k, v in g.items()}

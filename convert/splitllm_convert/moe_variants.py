@@ -1,5 +1,6 @@
-"""dots.llm1 (Dots1ForCausalLM; llama.cpp's ``dots1``): the mixtures of experts llama.cpp routes
-as DeepSeek V3 does, with the tables and metadata of its converter (conversion/dots1.py).
+"""dots.llm1 (Dots1ForCausalLM; llama.cpp's ``dots1``) and Ling / Ring 2.0 (BailingMoeV2ForCausalLM;
+``bailingmoe2``): the mixtures of experts llama.cpp routes as DeepSeek V3 does, with the tables and
+metadata of its converter (conversion/dots1.py, conversion/bailingmoe.py).
 
 config.json is read as transformers' config classes read it (their defaults where keys are left
 out). What llama.cpp's graphs would run differently from transformers is refused, nothing written:
@@ -14,6 +15,7 @@ settings (sigmoid scores, n_group / topk_group, norm_topk_prob, routed_scaling_f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,18 @@ def _optional(hf: str, gguf: str, shape: tuple[str, ...]) -> TensorRule:
     return TensorRule(hf, gguf, shape, required=False)
 
 
-# A block's feed-forward: dense, or a router (with its selection bias), experts and shared experts.
+def _ffn(bias: str) -> tuple[TensorRule, ...]:
+    """A block's feed-forward: dense, or a router (with its selection bias, HF's ``bias``), experts
+    and shared experts."""
+    return tuple(_optional(r.hf.replace("{bias}", bias), r.gguf, r.shape) for r in _FFN)
+
+
 _FFN = (
     _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
     _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
     _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
     _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
-    _optional(L + "mlp.gate.e_score_correction_bias", B + "exp_probs_b.bias", ("n_expert",)),
+    _optional(L + "mlp.gate.{bias}", B + "exp_probs_b.bias", ("n_expert",)),
     _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
     _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
     _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
@@ -122,7 +129,7 @@ class Dots1(LeadingDenseMoe):
         TensorRule(L + "self_attn.q_norm.weight", B + "attn_q_norm.weight", ("head",)),
         TensorRule(L + "self_attn.k_norm.weight", B + "attn_k_norm.weight", ("head",)),
         TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
-        *_FFN,
+        *_ffn("e_score_correction_bias"),
         TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
         TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
     )
@@ -162,3 +169,82 @@ class Dots1(LeadingDenseMoe):
         w.add_expert_shared_count(self.n_shared)
         w.add_expert_weights_scale(float(cfg.get("routed_scaling_factor", 1.0)))
         w.add_expert_weights_norm(bool(cfg.get("norm_topk_prob", False)))
+
+
+class BailingMoeV2(LeadingDenseMoe):
+    """BailingMoeV2ForCausalLM (Ling / Ring 2.0 mini and flash; llama.cpp's ``bailingmoe2``): q, k and
+    v from one ``query_key_value`` projection, per-head q/k norms (``query_layernorm`` /
+    ``key_layernorm``) before a NEOX rotation of ``partial_rotary_factor`` of each head (default
+    0.5, as llama.cpp's converter reads it), leading dense blocks, a sigmoid router with
+    ``expert_bias`` and groups (BailingMoeV2Gate: the chosen weights renormalized whenever more than
+    one expert is used, whatever norm_topk_prob says), num_shared_experts shared experts.
+    Multi-token-prediction layers past num_hidden_layers are left out (nextn_predict_layers 0), as
+    llama.cpp never runs them."""
+
+    hf_names = ("BailingMoeV2ForCausalLM",)
+    gguf_arch = "bailingmoe2"
+    rules = (
+        TensorRule("model.word_embeddings.weight", "token_embd.weight", ("vocab", "embd")),
+        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
+        TensorRule(L + "attention.query_key_value.weight", B + "attn_qkv.weight", ("qkv", "embd")),
+        TensorRule(L + "attention.query_layernorm.weight", B + "attn_q_norm.weight", ("head",)),
+        TensorRule(L + "attention.key_layernorm.weight", B + "attn_k_norm.weight", ("head",)),
+        TensorRule(L + "attention.dense.weight", B + "attn_output.weight", ("embd", "q")),
+        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        *_ffn("expert_bias"),
+        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+    )
+    default_ctx = 32768
+    read_vocab = Olmo2.read_vocab  # byte-level BPE from tokenizer.json (_set_vocab_gpt2)
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self._lead_and_shared(config_path, "num_shared_experts")
+        for key in ("use_qkv_bias", "use_bias"):
+            if _flag(cfg, key, config_path):
+                raise ConvertError(f"{config_path}: '{key}' is true: llama.cpp's bailingmoe2 has no biases")
+        if not cfg.get("use_qk_norm", True) or not self.n_shared or self.tied:
+            raise ConvertError(
+                f"{config_path}: llama.cpp's bailingmoe2 needs q/k norms (use_qk_norm), shared experts "
+                "(num_shared_experts) and an output matrix of its own (tie_word_embeddings false)"
+            )
+        factor = self.rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5))
+        self.n_rot = int(self.head_dim * factor)
+        if not 0 < self.n_rot <= self.head_dim or self.n_rot % 2:
+            raise ConvertError(
+                f"{config_path}: partial_rotary_factor {factor!r} leaves {self.n_rot} dims rotated"
+            )
+        groups, used = cfg.get("n_group") or 1, cfg.get("topk_group") or 1
+        if self.n_expert % groups or not 1 <= used <= groups:
+            raise ConvertError(f"{config_path}: n_group {groups} / topk_group {used} do not fit the experts")
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        return _moe_config(self.cfg, config_path, "num_experts", "moe_intermediate_size")
+
+    def dims(self) -> dict[str, int]:
+        d = super().dims()
+        return {**d, "qkv": d["q"] + 2 * d["kv"], "ff_sh": self.n_ff_exp * self.n_shared}
+
+    def plan(
+        self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
+    ) -> list[PlannedSource]:
+        mtp = re.compile(r"model\.layers\.(\d+)\.")
+        available = {n: s for n, s in available.items()
+                     if not ((m := mtp.match(n)) and int(m.group(1)) >= self.n_layer)}  # fmt: skip
+        return super().plan(available, where, files)
+
+    def add_expert_hparams(self, w: GGUFWriter) -> None:
+        self.add_router_hparams(w, ExpertGatingFuncType.SIGMOID)  # (BailingMoeV2Gate: always sigmoid)
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:  # (BailingMoeV2Model's)
+        w.add_rope_dimension_count(self.n_rot)
+        w.add_leading_dense_block_count(self.n_dense)
+        w.add_vocab_size(self.n_vocab)
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        # (each shared expert's width: llama.cpp multiplies it by expert_shared_count)
+        w.add_expert_shared_feed_forward_length(self.n_ff_exp)
+        w.add_expert_weights_scale(float(self.cfg.get("routed_scaling_factor", 1.0)))
+        w.add_expert_shared_count(self.n_shared)
+        w.add_expert_weights_norm(self.n_expert_used > 1)
+        w.add_nextn_predict_layers(0)
