@@ -1,4 +1,4 @@
-"""dots1 and bailingmoe2 on tiny random models: splitllm against the float64 reference of
+"""dots1, bailingmoe2 and hunyuan-moe on tiny random models: splitllm against the float64 reference of
 tests/tiny_moe_var.py (transformers' definitions) and against llama.cpp on the same files, F32 and
 Q8_0, greedy tokens included; each case shows that what it checks (sigmoid scores, the selection
 bias, the groups, the renormalization and scale of the weights, the shared experts, the q/k norms,
@@ -22,6 +22,9 @@ from tiny_moe_var import VarConfig, make_weights, reference_logits, write_var_gg
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2  # 32 positions
 
+# (llama.cpp's hunyuan-moe: experts as wide as feed_forward_length, softmax, nothing else of the router's)
+HUNYUAN = {"n_lead": 0, "n_ff": 32, "n_ff_exp": 32, "n_shared": 1, "sigmoid": False, "scale": 1.0,
+           "n_group": 1, "topk_group": 1, "expert_bias": False}  # fmt: skip
 CASES = {
     # (llama.cpp's dots1 has a key/value head per query head)
     "dots1": VarConfig("dots1", n_head_kv=4, seed=1),
@@ -32,6 +35,11 @@ CASES = {
     "bailingmoe2": VarConfig("bailingmoe2", n_rot=8, n_nextn=1, n_shared=1, n_ff_shexp=64, seed=3),
     # all of each head rotated, two shared experts, no NextN block, no dense block
     "bailingmoe2-full-rope": VarConfig("bailingmoe2", n_head_kv=4, n_lead=0, n_layer=2, seed=4),
+    # softmax routing renormalized, no bias / groups / scale, the shared expert as wide as the experts
+    "hunyuan-moe": VarConfig("hunyuan-moe", **HUNYUAN, seed=5),
+    # a shared expert of its own width, MQA, tied output
+    "hunyuan-moe-shexp-tied": VarConfig("hunyuan-moe", **HUNYUAN, n_ff_shexp=64, n_head_kv=1,
+                                        tied_output=True, n_layer=2, seed=6),
 }  # fmt: skip
 
 
@@ -56,6 +64,8 @@ def variants(cfg: VarConfig, held: dict[str, np.ndarray]) -> list[tuple[VarConfi
         out.append((r(cfg, n_group=1, topk_group=1), held))
     if cfg.n_rot:
         out.append((r(cfg, n_rot=None), held))
+    if cfg.arch == "hunyuan-moe":  # (the q/k norms before the rotation)
+        out.append((r(cfg, arch="dots1"), held))
     return out
 
 
@@ -97,7 +107,8 @@ def test_q8_0_matches_llama_cpp(tmp_path, case):
     flip a near tie of a router (measured: 1 or 2 tokens of 32, up to 0.53 from the reference and
     0.42 from llama.cpp, whose own choice differs there)."""
     shexp = 256 if CASES[case].n_ff_shexp else None
-    cfg = dataclasses.replace(CASES[case], n_embd=256, n_ff=512, n_ff_exp=128, n_ff_shexp=shexp)
+    n_ff = 128 if CASES[case].arch == "hunyuan-moe" else 512  # (hunyuan-moe: the experts' width)
+    cfg = dataclasses.replace(CASES[case], n_embd=256, n_ff=n_ff, n_ff_exp=128, n_ff_shexp=shexp)
     path = tmp_path / "q.gguf"
     held = write_var_gguf(cfg, make_weights(cfg), path, weight_type="Q8_0")
     with Model(path, n_ctx=64, n_threads=2) as m:
@@ -128,7 +139,8 @@ def test_greedy_tokens_match_llama_cpp(tmp_path, case):
     [
         ("dots1", "blk.1.ffn_up_shexp.weight"), ("dots1", "blk.0.ffn_gate.weight"),
         ("dots1", "blk.2.attn_k_norm.weight"), ("dots1-softmax", "blk.0.ffn_gate_inp.weight"),
-        ("bailingmoe2", "blk.1.attn_qkv.weight"), ("bailingmoe2", "blk.2.ffn_down_shexp.weight"),
+        ("bailingmoe2", "blk.1.attn_qkv.weight"), ("hunyuan-moe", "blk.1.ffn_gate_shexp.weight"),
+        ("hunyuan-moe", "blk.0.attn_q_norm.weight"), ("bailingmoe2", "blk.2.ffn_down_shexp.weight"),
     ],
 )  # fmt: skip
 def test_missing_tensor_is_named(tmp_path, case, drop):

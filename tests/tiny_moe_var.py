@@ -1,6 +1,7 @@
-"""Tiny random dots1 and bailingmoe2 models written to GGUF (the tensor names and keys of
-llama.cpp's convert_hf_to_gguf.py), and a numpy float64 forward pass written from transformers'
-modeling code (Dots1ForCausalLM; inclusionAI's BailingMoeV2ForCausalLM), independent of splitllm:
+"""Tiny random dots1, bailingmoe2 and hunyuan-moe models written to GGUF (the tensor names and keys
+of llama.cpp's convert_hf_to_gguf.py), and a numpy float64 forward pass written from transformers'
+modeling code (Dots1ForCausalLM, HunYuanMoEV1ForCausalLM; inclusionAI's BailingMoeV2ForCausalLM),
+independent of splitllm:
 
 - dots1: q and k RMS-normed per head before the rotate-half rope; the first ``n_lead`` blocks a
   dense SwiGLU; the others route by sigmoid scores (Dots1TopkRouter): the experts chosen by the
@@ -12,6 +13,11 @@ modeling code (Dots1ForCausalLM; inclusionAI's BailingMoeV2ForCausalLM), indepen
   of the first ``n_rot`` dimensions of each head only (partial_rotary_factor); the router
   (BailingMoeV2Gate) likewise, the shared experts ``n_ff_shexp`` wide each where given; the file's
   last ``n_nextn`` blocks NextN (multi-token prediction) layers, which the forward pass does not run.
+- hunyuan-moe: q and k RMS-normed per head after the rotate-half rope (HunYuanMoEV1Attention);
+  experts in every block, routed by the softmax of the router's logits (HunYuanTopKGate's
+  topkgating: the top k renormalized to sum 1; its capacity limit, a training device, left out as
+  llama.cpp leaves it out); one shared MLP (shared_mlp) added, as wide as the experts unless
+  ``n_ff_shexp``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ Weights = dict[str, np.ndarray]
 
 @dataclass
 class VarConfig:
-    arch: str  # dots1, bailingmoe2
+    arch: str  # dots1, bailingmoe2, hunyuan-moe
     n_layer: int = 3
     n_embd: int = 64
     n_head: int = 4
@@ -129,6 +135,9 @@ def metadata(cfg: VarConfig) -> dict[str, Any]:
             a + "expert_weights_scale": cfg.scale, a + "expert_weights_norm": cfg.norm_topk,
             a + "expert_gating_func": 2 if cfg.sigmoid else 1, a + "expert_group_count": cfg.n_group,
             a + "expert_group_used_count": cfg.topk_group}  # fmt: skip
+    if cfg.arch == "hunyuan-moe":  # (HunYuanMoEModel's: no router settings)
+        return {a + "expert_shared_feed_forward_length": cfg.n_ff_shexp or cfg.n_ff,
+                a + "expert_shared_count": cfg.n_shared}  # fmt: skip
     if cfg.arch == "bailingmoe2":  # (BailingMoeV2Model: block_count counts the NextN layers)
         keys[a + "block_count"] = cfg.n_layer + cfg.n_nextn
         keys[a + "nextn_predict_layers"] = cfg.n_nextn
@@ -214,9 +223,14 @@ def reference_logits(cfg: VarConfig, w: Weights, tokens: list[int], *, kv_f16: b
             q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
         else:
             q, k, v = ((h @ w[b + f"attn_{t}.weight"].T).reshape(n, -1, hd) for t in "qkv")
-        q = _rms(q, w[b + "attn_q_norm.weight"], cfg.rms_eps)
-        k = _rms(k, w[b + "attn_k_norm.weight"], cfg.rms_eps)
+        after = cfg.arch == "hunyuan-moe"  # (the norms after the rotation)
+        if not after:
+            q = _rms(q, w[b + "attn_q_norm.weight"], cfg.rms_eps)
+            k = _rms(k, w[b + "attn_k_norm.weight"], cfg.rms_eps)
         q, k = rope(q, pos, inv, True), rope(k, pos, inv, True)
+        if after:
+            q = _rms(q, w[b + "attn_q_norm.weight"], cfg.rms_eps)
+            k = _rms(k, w[b + "attn_k_norm.weight"], cfg.rms_eps)
         if kv_f16:
             k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
         k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)

@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4, Dots1, BailingMoe2
+    Bitnet, Gemma4, Dots1, BailingMoe2, HunyuanMoe
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -46,7 +46,7 @@ struct Config {
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
-                                // "dots1", "bailingmoe2" (config_moevar.cpp)
+                                // "dots1", "bailingmoe2", "hunyuan-moe" (config_moevar.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -147,6 +147,7 @@ struct Config {
     bool has_qkv_bias = false;
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
     bool qk_norm_full = false;  // olmo2: of the whole query and key projections instead
+    bool qk_norm_after_rope = false;  // hunyuan-moe: the per-head norms after the rotation
     bool pre_norms = true;      // RMSNorm of the attention's and feed-forward's inputs (olmo2: none)
     // bitnet: RMSNorm of the attention output before W_o and of the gated activation before W_down
     // (attn_sub_norm, ffn_sub_norm), and optional scalar scales of each matmul's output.
@@ -243,7 +244,7 @@ struct Config {
     static Config from_gguf(const GGUFFile & f);
     // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
     void read_dense(const GGUFFile & f);
-    // The settings of the MoE variants dots1, bailingmoe2 (config_moevar.cpp).
+    // The settings of the MoE variants dots1, bailingmoe2, hunyuan-moe (config_moevar.cpp).
     void read_moe_variants(const GGUFFile & f);
 };
 

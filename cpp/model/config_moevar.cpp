@@ -1,6 +1,6 @@
 // The mixture-of-experts variants beside deepseek2 that reuse its routing (config.cpp's
 // read_expert_router: softmax or sigmoid scores, selection bias, groups, scaled weights) and the
-// shared experts as a block's dense feed-forward: dots1 and bailingmoe2, as llama.cpp's
+// shared experts as a block's dense feed-forward: dots1, bailingmoe2 and hunyuan-moe, as llama.cpp's
 // src/models/<arch>.cpp reads them.
 #include "common/error.h"
 #include "gguf/gguf.h"
@@ -44,6 +44,16 @@ void Config::read_moe_variants(const GGUFFile & f) {
         read_lead_and_shared(f, *this);
         read_expert_router(f, *this, true);
         break;
+    case Arch::HunyuanMoe: {  // Hunyuan-A13B: q/k norms after the rotation; experts and shared expert
+        // as wide as the dense feed-forward (unless expert_shared_feed_forward_length), softmax router
+        // renormalized, as llama.cpp's graph fixes it
+        qk_norm_after_rope = true;
+        n_ff_exp = n_ff;
+        const std::string shexp = arch_name + ".expert_shared_feed_forward_length";
+        n_ff_shexp = f.find(shexp) && f.get_int(shexp) > 0 ? get_dim(f, shexp, 1, 1 << 20) : n_ff;
+        expert_weights_norm = true;
+        break;
+    }
     default:
         break;
     }

@@ -79,12 +79,16 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
                     be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
                     be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
-                } else if (L.attn_q_norm) {  // qwen3: each query and key head RMS-normed before the rotation
-                    be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
+                } else if (L.attn_q_norm && !c.qk_norm_after_rope) {  // qwen3: each query and key head
+                    be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);  // RMS-normed
                     be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
                 }
                 const bool swa = c.is_swa(l);
                 if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
+                if (L.attn_q_norm && c.qk_norm_after_rope) {  // hunyuan-moe: after the rotation
+                    be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
+                    be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
+                }
                 // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
                 // the output, a mix of rotated values, is rotated back.
                 if (rotate_k) {
