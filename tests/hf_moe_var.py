@@ -1,8 +1,9 @@
-"""Tiny random Dots1 and BailingMoeV2 Hugging Face directories: config.json with the keys
-transformers' Dots1Config (inclusionAI's BailingMoeV2Config) saves, safetensors in their names and
-shapes, a byte-level BPE tokenizer.json; and their float64 logits: tests/tiny_moe_var.py's reference
-on the weights as transformers' modules read them (q/k rows in Hugging Face's rotate-half order,
-which is NEOX's; BailingMoeV2's query_key_value rows: the q heads, then k's, then v's)."""
+"""Tiny random Dots1, BailingMoeV2 and HunYuanMoEV1 Hugging Face directories: config.json with the
+keys transformers' Dots1Config / HunYuanMoEV1Config (inclusionAI's BailingMoeV2Config) saves,
+safetensors in their names and shapes, a byte-level BPE tokenizer.json; and their float64 logits:
+tests/tiny_moe_var.py's reference on the weights as transformers' modules read them (q/k rows in
+Hugging Face's rotate-half order, which is NEOX's; BailingMoeV2's query_key_value rows: the q
+heads, then k's, then v's)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 from tiny_moe_var import VarConfig, reference_logits
 
 Weights = dict[str, np.ndarray]
-HF_ARCHS = {"dots1": "Dots1ForCausalLM", "bailingmoe2": "BailingMoeV2ForCausalLM"}
+HF_ARCHS = {"dots1": "Dots1ForCausalLM", "bailingmoe2": "BailingMoeV2ForCausalLM",
+            "hunyuan-moe": "HunYuanMoEV1ForCausalLM"}  # fmt: skip
 
 
 def config(arch: str, **over: Any) -> dict[str, Any]:
@@ -31,8 +33,24 @@ def config(arch: str, **over: Any) -> dict[str, Any]:
                    topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5, use_qk_norm=True,
                    use_qkv_bias=False, use_bias=False, partial_rotary_factor=0.5, head_dim=16,
                    num_nextn_predict_layers=1, score_function="sigmoid")  # fmt: skip
+    if arch == "hunyuan-moe":  # (every block has experts, each as wide as intermediate_size; lists per layer)
+        cfg.update(model_type="hunyuan_v1_moe", num_key_value_heads=2, num_experts=8, moe_topk=[2, 2, 2],
+                   num_shared_expert=[1, 1, 1], moe_intermediate_size=[96, 96, 96], use_qk_norm=True,
+                   attention_bias=False, mlp_bias=False)  # fmt: skip
     cfg.update(over)
     return cfg
+
+
+def _hunyuan_names(name: str) -> str:
+    """transformers' Dots1 name -> HunYuanMoEV1's."""
+    for a, b in (
+        ("self_attn.q_norm", "self_attn.query_layernorm"),
+        ("self_attn.k_norm", "self_attn.key_layernorm"),
+        ("mlp.gate.weight", "mlp.gate.wg.weight"),
+        ("mlp.shared_experts.", "mlp.shared_mlp."),
+    ):
+        name = name.replace(a, b)
+    return name
 
 
 def _bailing_names(name: str) -> str:
@@ -51,8 +69,10 @@ def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     e, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = e // nh
     bailing = cfg["architectures"][0] == "BailingMoeV2ForCausalLM"
-    ne, fx = cfg["num_experts" if bailing else "n_routed_experts"], cfg["moe_intermediate_size"]
-    n_shared = cfg["num_shared_experts" if bailing else "n_shared_experts"]
+    hunyuan = cfg["architectures"][0] == "HunYuanMoEV1ForCausalLM"
+    ne = cfg["n_routed_experts"] if "n_routed_experts" in cfg else cfg["num_experts"]
+    fx = cfg["intermediate_size"] if hunyuan else cfg["moe_intermediate_size"]
+    n_shared = 1 if hunyuan else cfg["num_shared_experts" if bailing else "n_shared_experts"]
     mat, vec, _ = F._initializers(rng, e)
     w: Weights = {"model.embed_tokens.weight": rng.standard_normal((cfg["vocab_size"], e)).astype(np.float32)}
 
@@ -69,17 +89,20 @@ def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
         w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.3)
         w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.3)
         w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.2)
-        if i < cfg["first_k_dense_replace"]:
+        if i < cfg.get("first_k_dense_replace", 0):
             mlp(p + "mlp.", cfg["intermediate_size"])
             continue
         w[p + "mlp.gate.weight"] = 2 * mat(ne, e)
-        w[p + "mlp.gate.e_score_correction_bias"] = vec(ne, 0.0, 0.1)
+        if not hunyuan:
+            w[p + "mlp.gate.e_score_correction_bias"] = vec(ne, 0.0, 0.1)
         for x in range(ne):
             mlp(p + f"mlp.experts.{x}.", fx)
         mlp(p + "mlp.shared_experts.", fx * n_shared)
     w["model.norm.weight"] = vec(e, 1.0, 0.2)
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = mat(cfg["vocab_size"], e)
+    if hunyuan:
+        return {_hunyuan_names(n): x for n, x in w.items()}
     if not bailing:
         return w
     w = {_bailing_names(n): x for n, x in w.items()}
@@ -112,7 +135,10 @@ _NAMES = {  # transformers' modules -> the reference's (GGUF) names
     "attention.query_layernorm": "attn_q_norm", "attention.key_layernorm": "attn_k_norm",
     "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
     "mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
-    "mlp.shared_experts.down_proj": "ffn_down_shexp",
+    "mlp.shared_experts.down_proj": "ffn_down_shexp", "self_attn.query_layernorm": "attn_q_norm",
+    "self_attn.key_layernorm": "attn_k_norm", "mlp.gate.wg": "ffn_gate_inp",
+    "mlp.shared_mlp.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_mlp.up_proj": "ffn_up_shexp", "mlp.shared_mlp.down_proj": "ffn_down_shexp",
 }  # fmt: skip
 
 
@@ -123,13 +149,67 @@ def reference(
     names hold ``zero`` set to 0, ``kw`` VarConfig fields changed."""
     if zero is not None:
         w = {n: (np.zeros_like(x) if zero in n else x) for n, x in w.items()}
-    bailing = cfg["architectures"][0] == "BailingMoeV2ForCausalLM"
-    n_layer, ne = cfg["num_hidden_layers"], cfg["num_experts" if bailing else "n_routed_experts"]
-    embd = w["model.word_embeddings.weight" if bailing else "model.embed_tokens.weight"]
+    vcfg = VarConfig(**{**_var_config(cfg, w).__dict__, **kw})
+    return reference_logits(vcfg, _gguf_weights(vcfg, w), ids)
+
+
+def _var_config(cfg: dict[str, Any], w: Weights) -> VarConfig:
+    """The reference's settings of a config.json (transformers' meaning of each key)."""
+    arch = next(k for k, v in HF_ARCHS.items() if v == cfg["architectures"][0])
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    common = {
+        "n_layer": cfg["num_hidden_layers"],
+        "n_embd": cfg["hidden_size"],
+        "n_head": cfg["num_attention_heads"],
+        "n_head_kv": cfg["num_key_value_heads"],
+        "n_ff": cfg["intermediate_size"],
+        "n_vocab": cfg["vocab_size"],
+        "rope_base": cfg["rope_theta"],
+        "rms_eps": cfg["rms_norm_eps"],
+        "tied_output": "lm_head.weight" not in w,
+        "n_lead": cfg.get("first_k_dense_replace", 0),
+    }
+    if arch == "hunyuan-moe":  # softmax, renormalized; experts and shared MLP intermediate_size wide
+        topk = cfg["moe_topk"][0] if isinstance(cfg["moe_topk"], list) else cfg["moe_topk"]
+        return VarConfig(
+            arch,
+            **common,
+            n_ff_exp=cfg["intermediate_size"],
+            n_expert=cfg["num_experts"],
+            n_expert_used=topk,
+            n_shared=1,
+            sigmoid=False,
+            norm_topk=True,
+            scale=1.0,
+            n_group=1,
+            topk_group=1,
+            expert_bias=False,
+        )
+    bailing = arch == "bailingmoe2"
+    used = cfg["num_experts_per_tok"]
+    return VarConfig(
+        arch,
+        **common,
+        n_ff_exp=cfg["moe_intermediate_size"],
+        n_expert=cfg["num_experts" if bailing else "n_routed_experts"],
+        n_expert_used=used,
+        n_shared=cfg["num_shared_experts" if bailing else "n_shared_experts"],
+        sigmoid=True,
+        norm_topk=used > 1 if bailing else cfg["norm_topk_prob"],
+        scale=cfg["routed_scaling_factor"],
+        n_group=cfg["n_group"],
+        topk_group=cfg["topk_group"],
+        n_rot=int(hd * cfg.get("partial_rotary_factor", 1.0)),
+    )
+
+
+def _gguf_weights(vcfg: VarConfig, w: Weights) -> Weights:
+    """transformers' weights under the reference's (GGUF) names, float64."""
+    embd = w.get("model.embed_tokens.weight", w.get("model.word_embeddings.weight"))
     g: Weights = {"token_embd.weight": embd, "output_norm.weight": w["model.norm.weight"]}
     if "lm_head.weight" in w:
         g["output.weight"] = w["lm_head.weight"]
-    for i in range(n_layer):
+    for i in range(vcfg.n_layer):
         p, b = f"model.layers.{i}.", f"blk.{i}."
         for hf, name in _NAMES.items():
             if f"{p}{hf}.weight" in w:
@@ -139,22 +219,6 @@ def reference(
                 g[b + "exp_probs_b.bias"] = w[p + bias]
         if p + "mlp.experts.0.gate_proj.weight" in w:
             for n in ("gate", "up", "down"):
-                g[f"{b}ffn_{n}_exps.weight"] = np.stack(
-                    [w[f"{p}mlp.experts.{x}.{n}_proj.weight"] for x in range(ne)]
-                )
-    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    vcfg = VarConfig(
-        "bailingmoe2" if bailing else "dots1", n_layer=n_layer, n_embd=cfg["hidden_size"],
-        n_head=cfg["num_attention_heads"], n_head_kv=cfg["num_key_value_heads"],
-        n_ff=cfg["intermediate_size"], n_ff_exp=cfg["moe_intermediate_size"], n_expert=ne,
-        n_expert_used=cfg["num_experts_per_tok"],
-        n_shared=cfg["num_shared_experts" if bailing else "n_shared_experts"],
-        n_lead=cfg["first_k_dense_replace"], sigmoid=True,
-        norm_topk=cfg["num_experts_per_tok"] > 1 if bailing else cfg["norm_topk_prob"],
-        scale=cfg["routed_scaling_factor"], n_group=cfg["n_group"], topk_group=cfg["topk_group"],
-        n_vocab=cfg["vocab_size"], rope_base=cfg["rope_theta"], rms_eps=cfg["rms_norm_eps"],
-        tied_output="lm_head.weight" not in w, n_rot=int(hd * cfg.get("partial_rotary_factor", 1.0)),
-    )  # fmt: skip
-    vcfg = VarConfig(**{**vcfg.__dict__, **kw})
-    g = {k: np.asarray(v, np.float64) for k, v in g.items()}
-    return reference_logits(vcfg, g, ids)
+                stack = [w[f"{p}mlp.experts.{x}.{n}_proj.weight"] for x in range(vcfg.n_expert)]
+                g[f"{b}ffn_{n}_exps.weight"] = np.stack(stack)
+    return {k: np.asarray(v, np.float64) for k, v in g.items()}

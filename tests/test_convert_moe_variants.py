@@ -1,4 +1,5 @@
-"""convert-hf on tiny random Dots1 and BailingMoeV2 models, checked against references we did not write:
+"""convert-hf on tiny random Dots1, BailingMoeV2 and HunYuanMoEV1 models, checked against
+references we did not write:
 
 - llama.cpp (llama-cpp-python) on our f32 GGUF gives the logits of the float64 reference written
   from transformers' modeling (hf_moe_var.reference), and so does splitllm's engine; each case shows
@@ -39,6 +40,10 @@ CASES: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]] = {
                                         {"n_group": 1, "topk_group": 1}]),
     "bailingmoe2-full-rope-bf16": ("bailingmoe2", {"partial_rotary_factor": 1.0, "dtype": "bf16",
                                                    "num_nextn_predict_layers": 0}, [{"n_rot": 8}]),
+    "hunyuan-moe": ("hunyuan-moe", {}, [{"arch": "dots1"}, {"norm_topk": False},
+                                        {"zero": "shared_mlp.down_proj"}, {"zero": "key_layernorm"}]),
+    "hunyuan-moe-tied-bf16": ("hunyuan-moe", {"tie_word_embeddings": True, "dtype": "bf16", "moe_topk": 3},
+                              [{"n_expert_used": 2}]),
 }  # fmt: skip
 
 
@@ -103,13 +108,19 @@ KEYS = {
                     "expert_shared_feed_forward_length": 32, "leading_dense_block_count": 1,
                     "expert_shared_count": 1, "expert_weights_scale": 2.5, "expert_weights_norm": True,
                     "nextn_predict_layers": 0},
+    "hunyuan-moe": {"block_count": 3, "embedding_length": 64, "feed_forward_length": 96,
+                    "attention.head_count": 4, "attention.head_count_kv": 2, "expert_count": 8,
+                    "expert_used_count": 2, "expert_feed_forward_length": 96,
+                    "expert_shared_feed_forward_length": 96, "expert_shared_count": 1},
 }  # fmt: skip
 
 
 def expected_tensors(arch: str) -> dict[str, tuple[int, ...]]:
     """GGUF name -> ggml shape (ne) of llama.cpp's create_tensor calls for the tiny models."""
     e, ne, ff, fx, hd = 64, 8, 96, 32, 16
-    sh = 2 * fx if arch == "dots1" else fx
+    if arch == "hunyuan-moe":  # (every block: experts and shared expert 96 wide)
+        fx = ff
+    sh = {"dots1": 2 * fx, "bailingmoe2": fx}.get(arch, ff)
     t = {"token_embd.weight": (e, 320), "output_norm.weight": (e,), "output.weight": (e, 320)}
     for i in range(3):
         b = f"blk.{i}."
@@ -117,16 +128,20 @@ def expected_tensors(arch: str) -> dict[str, tuple[int, ...]]:
               b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)}  # fmt: skip
         if arch == "dots1":
             t |= {b + "attn_q.weight": (e, e), b + "attn_k.weight": (e, e), b + "attn_v.weight": (e, e)}
-        else:  # (2 key/value heads)
+        elif arch == "bailingmoe2":  # (2 key/value heads)
             t |= {b + "attn_qkv.weight": (e, e + 2 * 32)}
-        if i == 0:
+        else:
+            t |= {b + "attn_q.weight": (e, e), b + "attn_k.weight": (e, 32), b + "attn_v.weight": (e, 32)}
+        if i == 0 and arch != "hunyuan-moe":
             t |= {
                 b + "ffn_gate.weight": (e, ff),
                 b + "ffn_up.weight": (e, ff),
                 b + "ffn_down.weight": (ff, e),
             }
             continue
-        t |= {b + "ffn_gate_inp.weight": (e, ne), b + "exp_probs_b.bias": (ne,),
+        if arch != "hunyuan-moe":
+            t[b + "exp_probs_b.bias"] = (ne,)
+        t |= {b + "ffn_gate_inp.weight": (e, ne),
               b + "ffn_gate_exps.weight": (e, fx, ne), b + "ffn_up_exps.weight": (e, fx, ne),
               b + "ffn_down_exps.weight": (fx, e, ne), b + "ffn_gate_shexp.weight": (e, sh),
               b + "ffn_up_shexp.weight": (e, sh), b + "ffn_down_shexp.weight": (sh, e)}  # fmt: skip
@@ -156,6 +171,9 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str) -> None:
         ("bailingmoe2", {"use_qkv_bias": True}, "'use_qkv_bias' is true"),
         ("bailingmoe2", {"use_qk_norm": False}, "needs q/k norms"),
         ("bailingmoe2", {"partial_rotary_factor": 0.1}, "leaves 1 dims rotated"),
+        ("hunyuan-moe", {"moe_topk": [1, 1, 1]}, "one expert keeps its softmax probability"),
+        ("hunyuan-moe", {"moe_topk": [2, 3, 2]}, "a list of one integer repeated"),
+        ("hunyuan-moe", {"use_qk_norm": False}, "needs the q/k norms"),
         ("dots1", {"n_group": 3}, "n_group 3 / topk_group 2 do not fit"),
     ],
 )  # fmt: skip

@@ -248,3 +248,95 @@ class BailingMoeV2(LeadingDenseMoe):
         w.add_expert_shared_count(self.n_shared)
         w.add_expert_weights_norm(self.n_expert_used > 1)
         w.add_nextn_predict_layers(0)
+
+
+def _one_value(cfg: dict[str, Any], key: str, path: Path, default: Any = None) -> int:
+    """An integer, or a per-layer list of one integer repeated (HunYuan's moe_topk, ...)."""
+    v = cfg.get(key, default)
+    if isinstance(v, list) and v and all(x == v[0] for x in v):
+        v = v[0]
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ConvertError(
+            f"{path}: '{key}' must be an integer (or a list of one integer repeated), got {v!r}"
+        )
+    return v
+
+
+class HunYuanMoE(Architecture):
+    """HunYuanMoEV1ForCausalLM (Hunyuan-A13B; llama.cpp's ``hunyuan-moe``): q and k RMS-normed per head
+    (``query_layernorm`` / ``key_layernorm``) after the NEOX rotation, experts in every block routed by
+    the softmax renormalized over the moe_topk chosen (HunYuanTopKGate; one expert would keep its
+    probability, which llama.cpp does not: refused), the experts and the shared MLP as wide as
+    intermediate_size (transformers' HunYuanMoEV1MLP); NTK-alpha "dynamic" rope as llama.cpp writes
+    it: the base times alpha^(d / (d - 2)). The tokenizer is read from tokenizer.json."""
+
+    hf_names = ("HunYuanMoEV1ForCausalLM",)
+    gguf_arch = "hunyuan-moe"
+    rules = (
+        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
+        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
+        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd")),
+        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
+        TensorRule(L + "self_attn.query_layernorm.weight", B + "attn_q_norm.weight", ("head",)),
+        TensorRule(L + "self_attn.key_layernorm.weight", B + "attn_k_norm.weight", ("head",)),
+        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        TensorRule(L + "mlp.gate.wg.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
+        *(TensorRule(L + hf, B + g, shape) for hf, g, shape in (
+            (_EXPERTS[0], "ffn_gate_exps.weight", ("ff", "embd")),
+            (_EXPERTS[1], "ffn_up_exps.weight", ("ff", "embd")),
+            (_EXPERTS[2], "ffn_down_exps.weight", ("embd", "ff")),
+            ("mlp.shared_mlp.gate_proj.weight", "ffn_gate_shexp.weight", ("ff", "embd")),
+            ("mlp.shared_mlp.up_proj.weight", "ffn_up_shexp.weight", ("ff", "embd")),
+            ("mlp.shared_mlp.down_proj.weight", "ffn_down_shexp.weight", ("embd", "ff")))),
+        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+    )  # fmt: skip
+    default_ctx = 32768
+    read_vocab = Olmo2.read_vocab  # byte-level BPE from tokenizer.json
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        if _flag(cfg, "attention_bias", config_path) or _flag(cfg, "mlp_bias", config_path):
+            raise ConvertError(
+                f"{config_path}: biases (attention_bias / mlp_bias): llama.cpp's hunyuan-moe has none"
+            )
+        if not cfg.get("use_qk_norm", True):
+            raise ConvertError(
+                f"{config_path}: 'use_qk_norm' is false: llama.cpp's hunyuan-moe needs the q/k norms"
+            )
+        if self.n_expert_used < 2:
+            raise ConvertError(
+                f"{config_path}: moe_topk {self.n_expert_used}: one expert keeps its softmax probability in "
+                "transformers' HunYuan, llama.cpp's hunyuan-moe weighs it 1"
+            )
+        self.n_shared = _one_value(cfg, "num_shared_expert", config_path, 1)
+        alpha = self.rope.get("alpha") if self.rope["rope_type"] == "dynamic" else None
+        if alpha is not None and (not isinstance(alpha, (int, float)) or alpha <= 0):
+            raise ConvertError(f"{config_path}: rope_scaling.alpha must be a positive number, got {alpha!r}")
+        self.alpha = alpha
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        n = _one_value(self.cfg, "num_experts", config_path)
+        used = _one_value(self.cfg, "moe_topk", config_path)
+        if not 0 < used <= n:
+            raise ConvertError(f"{config_path}: moe_topk {used} does not fit num_experts {n}")
+        return n, used, self.n_ff
+
+    def rope_theta(self) -> float:
+        theta = super().rope_theta()
+        if self.alpha is None:
+            return theta
+        return theta * float(self.alpha) ** (self.head_dim / (self.head_dim - 2))  # (HunYuan's NTK alpha)
+
+    def add_expert_hparams(self, w: GGUFWriter) -> None:
+        w.add_expert_count(self.n_expert)
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:  # (HunYuanMoEModel's)
+        w.add_expert_shared_feed_forward_length(self.n_ff)
+        w.add_expert_feed_forward_length(
+            _one_value(self.cfg, "moe_intermediate_size", Path("config.json"), self.n_ff)
+        )
+        w.add_expert_used_count(self.n_expert_used)
+        w.add_expert_shared_count(self.n_shared)
