@@ -1,10 +1,10 @@
-"""dots1, bailingmoe2 and hunyuan-moe on tiny random models: splitllm against the float64 reference of
-tests/tiny_moe_var.py (transformers' definitions) and against llama.cpp on the same files, F32 and
-Q8_0, greedy tokens included; each case shows that what it checks (sigmoid scores, the selection
-bias, the groups, the renormalization and scale of the weights, the shared experts, the q/k norms,
-the partial rotation) moves the logits far past the bound; missing tensors and keys are errors that
-name them; model.placement counts every tensor of each block it runs (bailingmoe2's NextN blocks
-are not run)."""
+"""dots1, bailingmoe2, hunyuan-moe and smallthinker on tiny random models: splitllm against the
+float64 reference of tests/tiny_moe_var.py (transformers' definitions) and against llama.cpp on the
+same files, F32 and Q8_0, greedy tokens included; each case shows that what it checks (sigmoid
+scores, the selection bias, the groups, the renormalization and scale of the weights, the shared
+experts, the q/k norms and where they act, the partial rotation, the sliding and NoPE layers) moves
+the logits far past the bound; missing tensors and keys are errors that name them; model.placement
+counts every tensor of each block it runs (bailingmoe2's NextN blocks are not run)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2  # 32 
 # (llama.cpp's hunyuan-moe: experts as wide as feed_forward_length, softmax, nothing else of the router's)
 HUNYUAN = {"n_lead": 0, "n_ff": 32, "n_ff_exp": 32, "n_shared": 1, "sigmoid": False, "scale": 1.0,
            "n_group": 1, "topk_group": 1, "expert_bias": False}  # fmt: skip
+# (llama.cpp's smallthinker: experts as wide as feed_forward_length, renormalized, no shared ones)
+THINKER = {"n_lead": 0, "n_shared": 0, "scale": 1.0, "n_group": 1, "topk_group": 1, "expert_bias": False}
 CASES = {
     # (llama.cpp's dots1 has a key/value head per query head)
     "dots1": VarConfig("dots1", n_head_kv=4, seed=1),
@@ -40,7 +42,12 @@ CASES = {
     # a shared expert of its own width, MQA, tied output
     "hunyuan-moe-shexp-tied": VarConfig("hunyuan-moe", **HUNYUAN, n_ff_shexp=64, n_head_kv=1,
                                         tied_output=True, n_layer=2, seed=6),
+    # sigmoid routing renormalized, sliding layers with a base of their own and NoPE layers 0 and 4
+    "smallthinker": VarConfig("smallthinker", **THINKER, window=True, n_layer=5, seed=7),
+    # softmax routing, every layer global and rotated, tied output
+    "smallthinker-softmax": VarConfig("smallthinker", **THINKER, sigmoid=False, tied_output=True, seed=8),
 }  # fmt: skip
+ONE_EACH = ["dots1", "bailingmoe2", "hunyuan-moe", "smallthinker"]  # (the slower checks: a case per arch)
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,8 +61,11 @@ def _without(w: dict[str, np.ndarray], part: str, value: float = 0.0) -> dict[st
 def variants(cfg: VarConfig, held: dict[str, np.ndarray]) -> list[tuple[VarConfig, dict[str, np.ndarray]]]:
     """Models the case must tell apart from its own."""
     r = dataclasses.replace
-    out = [(r(cfg, sigmoid=not cfg.sigmoid), held), (r(cfg, norm_topk=not cfg.norm_topk), held),
-           (cfg, _without(held, "ffn_down_shexp")), (cfg, _without(held, "attn_q_norm", 1.0))]  # fmt: skip
+    out = [(r(cfg, sigmoid=not cfg.sigmoid), held), (r(cfg, norm_topk=not cfg.norm_topk), held)]
+    if cfg.n_shared:
+        out.append((cfg, _without(held, "ffn_down_shexp")))
+    if cfg.arch != "smallthinker":
+        out.append((cfg, _without(held, "attn_q_norm", 1.0)))
     if cfg.scale != 1.0:
         out.append((r(cfg, scale=1.0), held))
     if cfg.expert_bias:
@@ -66,6 +76,8 @@ def variants(cfg: VarConfig, held: dict[str, np.ndarray]) -> list[tuple[VarConfi
         out.append((r(cfg, n_rot=None), held))
     if cfg.arch == "hunyuan-moe":  # (the q/k norms before the rotation)
         out.append((r(cfg, arch="dots1"), held))
+    if cfg.window:  # (every layer global and rotated with the global base)
+        out.append((r(cfg, window=False), held))
     return out
 
 
@@ -99,7 +111,7 @@ def test_matches_llama_cpp(tmp_path, case):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", ONE_EACH)
 def test_q8_0_matches_llama_cpp(tmp_path, case):
     """Q8_0 weights (the router stays F32): each token's logits against the reference's on the
     weights as the file holds them and against llama.cpp's on the same file, within the engines'
@@ -107,7 +119,7 @@ def test_q8_0_matches_llama_cpp(tmp_path, case):
     flip a near tie of a router (measured: 1 or 2 tokens of 32, up to 0.53 from the reference and
     0.42 from llama.cpp, whose own choice differs there)."""
     shexp = 256 if CASES[case].n_ff_shexp else None
-    n_ff = 128 if CASES[case].arch == "hunyuan-moe" else 512  # (hunyuan-moe: the experts' width)
+    n_ff = 128 if CASES[case].arch in ("hunyuan-moe", "smallthinker") else 512  # (their experts' width)
     cfg = dataclasses.replace(CASES[case], n_embd=256, n_ff=n_ff, n_ff_exp=128, n_ff_shexp=shexp)
     path = tmp_path / "q.gguf"
     held = write_var_gguf(cfg, make_weights(cfg), path, weight_type="Q8_0")
@@ -119,7 +131,7 @@ def test_q8_0_matches_llama_cpp(tmp_path, case):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", ONE_EACH)
 def test_greedy_tokens_match_llama_cpp(tmp_path, case):
     """12 greedy tokens after a prompt of 6, F32 weights: llama.cpp's."""
     _, path, _ = _write(tmp_path, case)
@@ -140,7 +152,8 @@ def test_greedy_tokens_match_llama_cpp(tmp_path, case):
         ("dots1", "blk.1.ffn_up_shexp.weight"), ("dots1", "blk.0.ffn_gate.weight"),
         ("dots1", "blk.2.attn_k_norm.weight"), ("dots1-softmax", "blk.0.ffn_gate_inp.weight"),
         ("bailingmoe2", "blk.1.attn_qkv.weight"), ("hunyuan-moe", "blk.1.ffn_gate_shexp.weight"),
-        ("hunyuan-moe", "blk.0.attn_q_norm.weight"), ("bailingmoe2", "blk.2.ffn_down_shexp.weight"),
+        ("hunyuan-moe", "blk.0.attn_q_norm.weight"), ("smallthinker", "blk.3.ffn_gate_inp.weight"),
+        ("bailingmoe2", "blk.2.ffn_down_shexp.weight"),
     ],
 )  # fmt: skip
 def test_missing_tensor_is_named(tmp_path, case, drop):
@@ -164,6 +177,8 @@ def test_missing_tensor_is_named(tmp_path, case, drop):
          r"bailingmoe2.nextn_predict_layers' = 4 is out of range \[0, 3\]"),
         ("bailingmoe2", {"bailingmoe2.expert_gating_func": None},
          "bailingmoe2.expert_gating_func' is missing"),
+        ("smallthinker", {"smallthinker.expert_gating_func": 4},
+         "smallthinker.expert_gating_func' = 4 is not supported"),
         ("dots1", {"dots1.expert_group_count": 3},
          "expert_group_count' = 3, expert_group_used_count = 2 do not fit"),
     ],

@@ -1,6 +1,7 @@
-"""Tiny random dots1, bailingmoe2 and hunyuan-moe models written to GGUF (the tensor names and keys
-of llama.cpp's convert_hf_to_gguf.py), and a numpy float64 forward pass written from transformers'
-modeling code (Dots1ForCausalLM, HunYuanMoEV1ForCausalLM; inclusionAI's BailingMoeV2ForCausalLM),
+"""Tiny random dots1, bailingmoe2, hunyuan-moe and smallthinker models written to GGUF (the tensor
+names and keys of llama.cpp's convert_hf_to_gguf.py), and a numpy float64 forward pass written from
+transformers' modeling code (Dots1ForCausalLM, HunYuanMoEV1ForCausalLM; inclusionAI's
+BailingMoeV2ForCausalLM; PowerInfer's SmallThinkerForCausalLM, as vLLM's smallthinker.py has it),
 independent of splitllm:
 
 - dots1: q and k RMS-normed per head before the rotate-half rope; the first ``n_lead`` blocks a
@@ -18,6 +19,11 @@ independent of splitllm:
   topkgating: the top k renormalized to sum 1; its capacity limit, a training device, left out as
   llama.cpp leaves it out); one shared MLP (shared_mlp) added, as wide as the experts unless
   ``n_ff_shexp``.
+- smallthinker: no q/k norms; the router (primary_router) reads the block's input, before the
+  attention; the top k of its logits weighed by their softmax, or by their sigmoids renormalized
+  (topk-sigmoid-normalize); ReGLU experts, relu(gate) * up; no shared expert. With ``window`` (a
+  sliding window in the file) the layers 0, 4, 8, ... are global and not rotated (NoPE), the others
+  slide and rotate with base ``rope_base_swa``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ Weights = dict[str, np.ndarray]
 
 @dataclass
 class VarConfig:
-    arch: str  # dots1, bailingmoe2, hunyuan-moe
+    arch: str  # dots1, bailingmoe2, hunyuan-moe, smallthinker
     n_layer: int = 3
     n_embd: int = 64
     n_head: int = 4
@@ -59,6 +65,8 @@ class VarConfig:
     n_rot: int | None = None  # rotated dimensions of a head (None: all)
     n_ff_shexp: int | None = None  # bailingmoe2: each shared expert's width (None: n_ff_exp)
     n_nextn: int = 0  # bailingmoe2: NextN blocks in the file past n_layer
+    window: bool = False  # smallthinker: sliding-window layers (and NoPE ones)
+    rope_base_swa: float = 1000.0  # smallthinker: the sliding layers' rotary base
 
     @property
     def head_dim(self) -> int:
@@ -102,8 +110,9 @@ def make_weights(cfg: VarConfig) -> Weights:
             w[b + "nextn.eh_proj.weight"] = mat(e, 2 * e)
             for n in ("nextn.enorm", "nextn.hnorm", "layer_output_norm"):
                 w[b + n + ".weight"] = norm(e)
-        w[b + "attn_q_norm.weight"] = norm(hd)
-        w[b + "attn_k_norm.weight"] = norm(hd)
+        if cfg.arch != "smallthinker":
+            w[b + "attn_q_norm.weight"] = norm(hd)
+            w[b + "attn_k_norm.weight"] = norm(hd)
         w[b + "attn_output.weight"] = mat(e, q_dim)
         w[b + "ffn_norm.weight"] = norm(e)
         if not cfg.is_moe(i):
@@ -135,6 +144,11 @@ def metadata(cfg: VarConfig) -> dict[str, Any]:
             a + "expert_weights_scale": cfg.scale, a + "expert_weights_norm": cfg.norm_topk,
             a + "expert_gating_func": 2 if cfg.sigmoid else 1, a + "expert_group_count": cfg.n_group,
             a + "expert_group_used_count": cfg.topk_group}  # fmt: skip
+    if cfg.arch == "smallthinker":  # (SmallThinkerModel's: the expert width is feed_forward_length too)
+        keys = {a + "expert_gating_func": 2 if cfg.sigmoid else 1, a + "feed_forward_length": cfg.n_ff_exp}
+        if cfg.window:
+            keys |= {a + "attention.sliding_window": 4096, a + "rope.freq_base_swa": cfg.rope_base_swa}
+        return keys
     if cfg.arch == "hunyuan-moe":  # (HunYuanMoEModel's: no router settings)
         return {a + "expert_shared_feed_forward_length": cfg.n_ff_shexp or cfg.n_ff,
                 a + "expert_shared_count": cfg.n_shared}  # fmt: skip
@@ -163,9 +177,11 @@ def _rms(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
 
 
-def _swiglu(h: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+def _swiglu(
+    h: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray, relu: bool = False
+) -> np.ndarray:
     g = h @ gate.T
-    return (g / (1 + np.exp(-g)) * (h @ up.T)) @ down.T
+    return ((np.maximum(g, 0.0) if relu else g / (1 + np.exp(-g))) * (h @ up.T)) @ down.T
 
 
 def _route(cfg: VarConfig, z: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -191,15 +207,19 @@ def _route(cfg: VarConfig, z: np.ndarray, bias: np.ndarray | None) -> tuple[np.n
     return top, weights * cfg.scale
 
 
-def _ffn(cfg: VarConfig, w: Weights, b: str, layer: int, h: np.ndarray) -> np.ndarray:
+def _ffn(cfg: VarConfig, w: Weights, b: str, layer: int, h: np.ndarray, router_in: np.ndarray) -> np.ndarray:
+    """The block's feed-forward of h; the router reads router_in (h but for smallthinker's)."""
     if not cfg.is_moe(layer):
         return _swiglu(h, *(w[b + f"ffn_{n}.weight"] for n in ("gate", "up", "down")))
-    z = h @ w[b + "ffn_gate_inp.weight"].T
+    z = router_in @ w[b + "ffn_gate_inp.weight"].T
     out = np.zeros_like(h)
+    relu = cfg.arch == "smallthinker"
     for t in range(h.shape[0]):
         top, weights = _route(cfg, z[t], w.get(b + "exp_probs_b.bias"))
         for x, wt in zip(top, weights, strict=True):
-            out[t] += wt * _swiglu(h[t], *(w[b + f"ffn_{n}_exps.weight"][x] for n in ("gate", "up", "down")))
+            out[t] += wt * _swiglu(
+                h[t], *(w[b + f"ffn_{n}_exps.weight"][x] for n in ("gate", "up", "down")), relu
+            )
     if cfg.n_shared:
         out = out + _swiglu(h, *(w[b + f"ffn_{n}_shexp.weight"] for n in ("gate", "up", "down")))
     return out
@@ -210,13 +230,12 @@ def reference_logits(cfg: VarConfig, w: Weights, tokens: list[int], *, kv_f16: b
     values rounded to float16, as the engines' caches store them."""
     n, hd, nh, nkv = len(tokens), cfg.head_dim, cfg.n_head, cfg.n_head_kv
     pos = np.arange(n)
-    inv = 1.0 / cfg.rope_base ** (
-        np.arange(0, cfg.rot, 2, dtype=np.float64) / cfg.rot
-    )  # (partial: the first)
+    dims = np.arange(0, cfg.rot, 2, dtype=np.float64) / cfg.rot  # (partial rotation: the first dims)
     mask = np.triu(np.full((n, n), -np.inf), 1)
     x = w["token_embd.weight"][tokens]
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
+        block_in = x
         h = _rms(x, w[b + "attn_norm.weight"], cfg.rms_eps)
         if cfg.arch == "bailingmoe2":  # query_key_value: the q heads, then k's, then v's
             q, k, v = np.split(h @ w[b + "attn_qkv.weight"].T, [nh * hd, (nh + nkv) * hd], axis=-1)
@@ -224,10 +243,13 @@ def reference_logits(cfg: VarConfig, w: Weights, tokens: list[int], *, kv_f16: b
         else:
             q, k, v = ((h @ w[b + f"attn_{t}.weight"].T).reshape(n, -1, hd) for t in "qkv")
         after = cfg.arch == "hunyuan-moe"  # (the norms after the rotation)
-        if not after:
+        if not after and b + "attn_q_norm.weight" in w:
             q = _rms(q, w[b + "attn_q_norm.weight"], cfg.rms_eps)
             k = _rms(k, w[b + "attn_k_norm.weight"], cfg.rms_eps)
-        q, k = rope(q, pos, inv, True), rope(k, pos, inv, True)
+        sliding = cfg.window and i % 4 != 0
+        if not (cfg.window and i % 4 == 0):  # (smallthinker's NoPE layers)
+            inv = 1.0 / (cfg.rope_base_swa if sliding else cfg.rope_base) ** dims
+            q, k = rope(q, pos, inv, True), rope(k, pos, inv, True)
         if after:
             q = _rms(q, w[b + "attn_q_norm.weight"], cfg.rms_eps)
             k = _rms(k, w[b + "attn_k_norm.weight"], cfg.rms_eps)
@@ -238,6 +260,7 @@ def reference_logits(cfg: VarConfig, w: Weights, tokens: list[int], *, kv_f16: b
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         a = np.einsum("hqk,khd->qhd", s / s.sum(axis=-1, keepdims=True), v).reshape(n, nh * hd)
         x = x + a @ w[b + "attn_output.weight"].T
-        x = x + _ffn(cfg, w, b, i, _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps))
+        h = _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps)
+        x = x + _ffn(cfg, w, b, i, h, block_in if cfg.arch == "smallthinker" else h)
     out = w.get("output.weight", w["token_embd.weight"])
     return _rms(x, w["output_norm.weight"], cfg.rms_eps) @ out.T

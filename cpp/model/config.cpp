@@ -51,6 +51,7 @@ constexpr ArchTraits kArchs[] = {
     {"dots1",      Arch::Dots1,     true,  false, true,  false},  // (the rest: config_moevar.cpp)
     {"bailingmoe2", Arch::BailingMoe2, true, false, true, false},
     {"hunyuan-moe", Arch::HunyuanMoe, true,  false, true,  false},
+    {"smallthinker", Arch::SmallThinker, true, false, false, false},
 };
 
 std::string supported_archs() {
@@ -569,7 +570,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Dots1 ||
-                         c.arch == Arch::BailingMoe2 || c.arch == Arch::HunyuanMoe;  // (and a feed_forward_length)
+                         c.arch == Arch::BailingMoe2 || c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else {

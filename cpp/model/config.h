@@ -30,7 +30,7 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4, Dots1, BailingMoe2, HunyuanMoe
+    Bitnet, Gemma4, Dots1, BailingMoe2, HunyuanMoe, SmallThinker
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -46,7 +46,7 @@ struct Config {
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
-                                // "dots1", "bailingmoe2", "hunyuan-moe" (config_moevar.cpp)
+                                // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -71,6 +71,8 @@ struct Config {
     // over all experts.
     bool moe_softmax_weight = false;
     bool swiglu_oai = false;    // gpt-oss's clamped SwiGLU in the experts (vec::swiglu_oai_mul)
+    bool experts_relu = false;  // smallthinker: ReGLU experts, relu(gate) * up
+    bool router_on_input = false;  // smallthinker: the router reads the block's input x, before the attention
     bool attn_sinks = false;    // gpt-oss: a learned sink logit per query head (attn_sinks.weight)
     // deepseek2's router (llama.cpp's build_moe_ffn): sigmoid scores instead of the softmax, a
     // selection bias (exp_probs_b) added for choosing only, the choice restricted to the
@@ -244,7 +246,7 @@ struct Config {
     static Config from_gguf(const GGUFFile & f);
     // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
     void read_dense(const GGUFFile & f);
-    // The settings of the MoE variants dots1, bailingmoe2, hunyuan-moe (config_moevar.cpp).
+    // The settings of the MoE variants dots1, bailingmoe2, hunyuan-moe, smallthinker (config_moevar.cpp).
     void read_moe_variants(const GGUFFile & f);
 };
 

@@ -1,7 +1,9 @@
 // The mixture-of-experts variants beside deepseek2 that reuse its routing (config.cpp's
 // read_expert_router: softmax or sigmoid scores, selection bias, groups, scaled weights) and the
-// shared experts as a block's dense feed-forward: dots1, bailingmoe2 and hunyuan-moe, as llama.cpp's
-// src/models/<arch>.cpp reads them.
+// shared experts as a block's dense feed-forward: dots1, bailingmoe2, hunyuan-moe and smallthinker, as
+// llama.cpp's src/models/<arch>.cpp reads them.
+#include <vector>
+
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "model/config.h"
@@ -31,6 +33,30 @@ void read_lead_and_shared(const GGUFFile & f, Config & c) {
     c.n_ff_shexp = (own_width ? get_dim(f, shexp, 1, 1 << 20) : c.n_ff_exp) * c.n_expert_shared;
 }
 
+// smallthinker's sliding-window layers (llama.cpp's llama_model_smallthinker): where the file has a
+// window, every layer but one in four slides (the first of each four global; or the file's pattern:
+// flags, or a period counted the same way), over 4096 positions whatever the window says (as
+// llama.cpp pins it), rotated with rope.freq_base_swa; layers 0, 4, 8, ... are not rotated at all
+// (NoPE). Without a window, every layer is global and rotates.
+void read_smallthinker_windows(const GGUFFile & f, Config & c) {
+    const std::string a = c.arch_name + ".";
+    c.n_swa = 0;
+    if (!f.find(a + "attention.sliding_window") || get_dim(f, a + "attention.sliding_window", 0, 1 << 30) == 0) return;
+    const std::string key = a + "attention.sliding_window_pattern";
+    std::vector<uint8_t> swa(size_t(c.n_layer), 0);
+    if (const GGUFValue * v = f.find(key); v && v->type == GGUFType::ARRAY) {
+        swa = swa_pattern(f, key, c.n_layer, 0);
+    } else {
+        const int period = f.find(key) ? get_dim(f, key, 0, 1 << 20) : 4;
+        for (int l = 0; l < c.n_layer; ++l) swa[size_t(l)] = period == 0 || l % period != 0;
+    }
+    c.swa_layers = any_swa(swa);
+    c.n_swa = c.swa_layers.empty() ? 0 : 4096;
+    c.rope_base_swa = get_positive(f, a + "rope.freq_base_swa", c.rope_base);
+    c.rope_freq_scale_swa = c.rope_freq_scale;
+    for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back(l % 4 == 0);
+}
+
 }  // namespace
 
 void Config::read_moe_variants(const GGUFFile & f) {
@@ -54,6 +80,14 @@ void Config::read_moe_variants(const GGUFFile & f) {
         expert_weights_norm = true;
         break;
     }
+    case Arch::SmallThinker:  // the router on the block's input, ReGLU experts, windows and NoPE layers
+        router_on_input = true;
+        experts_relu = true;
+        read_expert_router(f, *this, true);
+        expert_weights_norm = true;  // (llama.cpp's graph: renormalized, never scaled)
+        expert_weights_scale = 1.0f;
+        read_smallthinker_windows(f, *this);
+        break;
     default:
         break;
     }

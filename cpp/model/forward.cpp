@@ -55,6 +55,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
+        if (c.router_on_input && L.moe()) {  // smallthinker: router logits of the block's input (moe_ffn routes)
+            const WeightRef * gi = &L.gate_inp;
+            if (imx_) imx_observe(l, kImxRouter, s.x, n, be);
+            be->matmul(&gi, &s.router, 1, s.x, n, false);
+        }
         if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);
             conv_block(l, s, n, slot);

@@ -205,7 +205,8 @@ void Model::load_weights() {
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
         // deepseek2, dots1, bailingmoe2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
-                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::HunyuanMoe;
+                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::HunyuanMoe ||
+                              c.arch == Arch::SmallThinker;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
         const bool moe = lead ? l >= c.n_layer_dense_lead
                               : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
