@@ -1,5 +1,6 @@
-"""Tiny random Dots1, BailingMoeV2 and HunYuanMoEV1 Hugging Face directories: config.json with the
-keys transformers' Dots1Config / HunYuanMoEV1Config (inclusionAI's BailingMoeV2Config) saves,
+"""Tiny random Dots1, BailingMoeV2, HunYuanMoEV1 and SmallThinker Hugging Face directories:
+config.json with the keys transformers' Dots1Config / HunYuanMoEV1Config (inclusionAI's
+BailingMoeV2Config, PowerInfer's SmallThinkerConfig) saves,
 safetensors in their names and shapes, a byte-level BPE tokenizer.json; and their float64 logits:
 tests/tiny_moe_var.py's reference on the weights as transformers' modules read them (q/k rows in
 Hugging Face's rotate-half order, which is NEOX's; BailingMoeV2's query_key_value rows: the q
@@ -16,7 +17,7 @@ from tiny_moe_var import VarConfig, reference_logits
 
 Weights = dict[str, np.ndarray]
 HF_ARCHS = {"dots1": "Dots1ForCausalLM", "bailingmoe2": "BailingMoeV2ForCausalLM",
-            "hunyuan-moe": "HunYuanMoEV1ForCausalLM"}  # fmt: skip
+            "hunyuan-moe": "HunYuanMoEV1ForCausalLM", "smallthinker": "SmallThinkerForCausalLM"}  # fmt: skip
 
 
 def config(arch: str, **over: Any) -> dict[str, Any]:
@@ -37,8 +38,42 @@ def config(arch: str, **over: Any) -> dict[str, Any]:
         cfg.update(model_type="hunyuan_v1_moe", num_key_value_heads=2, num_experts=8, moe_topk=[2, 2, 2],
                    num_shared_expert=[1, 1, 1], moe_intermediate_size=[96, 96, 96], use_qk_norm=True,
                    attention_bias=False, mlp_bias=False)  # fmt: skip
+    if arch == "smallthinker":  # (5 blocks: 1-3 sliding, 0 and 4 global and unrotated; no intermediate_size)
+        del cfg["intermediate_size"]
+        cfg.update(model_type="smallthinker", num_hidden_layers=5, num_key_value_heads=2, head_dim=16,
+                   moe_num_primary_experts=8, moe_num_active_primary_experts=2, moe_ffn_hidden_size=32,
+                   moe_primary_router_apply_softmax=False, sliding_window_layout=[0, 1, 1, 1, 0],
+                   rope_layout=[0, 1, 1, 1, 0], sliding_window_size=4096, use_qk_norm=False)  # fmt: skip
     cfg.update(over)
     return cfg
+
+
+def _smallthinker_weights(cfg: dict[str, Any], rng: np.random.Generator) -> Weights:
+    """SmallThinker's: no q/k norms; block_sparse_moe's router and experts (gate, up, down)."""
+    e, nh, nkv, hd = (
+        cfg["hidden_size"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["head_dim"],
+    )
+    ne, fx = cfg["moe_num_primary_experts"], cfg["moe_ffn_hidden_size"]
+    mat, vec, _ = F._initializers(rng, e)
+    w: Weights = {"model.embed_tokens.weight": rng.standard_normal((cfg["vocab_size"], e)).astype(np.float32)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = vec(e, 1.0, 0.2)
+        for n, rows in (("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd)):
+            w[p + f"self_attn.{n}_proj.weight"] = mat(rows, e)
+        w[p + "self_attn.o_proj.weight"] = mat(e, nh * hd)
+        w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.2)
+        w[p + "block_sparse_moe.primary_router.weight"] = 2 * mat(ne, e)
+        for x in range(ne):
+            for n, shape in (("gate", (fx, e)), ("up", (fx, e)), ("down", (e, fx))):
+                w[p + f"block_sparse_moe.experts.{x}.{n}.weight"] = mat(*shape)
+    w["model.norm.weight"] = vec(e, 1.0, 0.2)
+    if not cfg.get("tie_word_embeddings"):
+        w["lm_head.weight"] = mat(cfg["vocab_size"], e)
+    return w
 
 
 def _hunyuan_names(name: str) -> str:
@@ -66,6 +101,8 @@ def _bailing_names(name: str) -> str:
 def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
     """Random float32 weights in transformers' names and shapes."""
     rng = np.random.default_rng(seed)
+    if cfg["architectures"][0] == "SmallThinkerForCausalLM":
+        return _smallthinker_weights(cfg, rng)
     e, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = e // nh
     bailing = cfg["architectures"][0] == "BailingMoeV2ForCausalLM"
@@ -138,7 +175,8 @@ _NAMES = {  # transformers' modules -> the reference's (GGUF) names
     "mlp.shared_experts.down_proj": "ffn_down_shexp", "self_attn.query_layernorm": "attn_q_norm",
     "self_attn.key_layernorm": "attn_k_norm", "mlp.gate.wg": "ffn_gate_inp",
     "mlp.shared_mlp.gate_proj": "ffn_gate_shexp",
-    "mlp.shared_mlp.up_proj": "ffn_up_shexp", "mlp.shared_mlp.down_proj": "ffn_down_shexp",
+    "mlp.shared_mlp.up_proj": "ffn_up_shexp",
+    "block_sparse_moe.primary_router": "ffn_gate_inp", "mlp.shared_mlp.down_proj": "ffn_down_shexp",
 }  # fmt: skip
 
 
@@ -157,6 +195,17 @@ def _var_config(cfg: dict[str, Any], w: Weights) -> VarConfig:
     """The reference's settings of a config.json (transformers' meaning of each key)."""
     arch = next(k for k, v in HF_ARCHS.items() if v == cfg["architectures"][0])
     hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    if arch == "smallthinker":  # the router on the block's input, ReGLU, renormalized top k
+        return VarConfig(arch, n_layer=cfg["num_hidden_layers"], n_embd=cfg["hidden_size"],
+                         n_head=cfg["num_attention_heads"], n_head_kv=cfg["num_key_value_heads"],
+                         n_ff=cfg["moe_ffn_hidden_size"], n_ff_exp=cfg["moe_ffn_hidden_size"],
+                         n_expert=cfg["moe_num_primary_experts"],
+                         n_expert_used=cfg["moe_num_active_primary_experts"], n_shared=0, n_lead=0,
+                         sigmoid=not cfg["moe_primary_router_apply_softmax"], norm_topk=True,
+                         scale=1.0, n_group=1, topk_group=1, expert_bias=False, n_vocab=cfg["vocab_size"],
+                         rope_base=cfg["rope_theta"], rms_eps=cfg["rms_norm_eps"],
+                         tied_output="lm_head.weight" not in w, window=any(cfg["sliding_window_layout"]),
+                         rope_base_swa=cfg["rope_theta"])  # fmt: skip
     common = {
         "n_layer": cfg["num_hidden_layers"],
         "n_embd": cfg["hidden_size"],
@@ -217,8 +266,9 @@ def _gguf_weights(vcfg: VarConfig, w: Weights) -> Weights:
         for bias in ("mlp.gate.e_score_correction_bias", "mlp.gate.expert_bias"):
             if p + bias in w:
                 g[b + "exp_probs_b.bias"] = w[p + bias]
-        if p + "mlp.experts.0.gate_proj.weight" in w:
-            for n in ("gate", "up", "down"):
-                stack = [w[f"{p}mlp.experts.{x}.{n}_proj.weight"] for x in range(vcfg.n_expert)]
-                g[f"{b}ffn_{n}_exps.weight"] = np.stack(stack)
+        for experts in ("mlp.experts.{x}.{n}_proj", "block_sparse_moe.experts.{x}.{n}"):
+            if p + experts.format(x=0, n="gate") + ".weight" in w:
+                for n in ("gate", "up", "down"):
+                    stack = [w[p + experts.format(x=x, n=n) + ".weight"] for x in range(vcfg.n_expert)]
+                    g[f"{b}ffn_{n}_exps.weight"] = np.stack(stack)
     return {k: np.asarray(v, np.float64) for k, v in g.items()}

@@ -1,5 +1,5 @@
-"""convert-hf on tiny random Dots1, BailingMoeV2 and HunYuanMoEV1 models, checked against
-references we did not write:
+"""convert-hf on tiny random Dots1, BailingMoeV2, HunYuanMoEV1 and SmallThinker models, checked
+against references we did not write:
 
 - llama.cpp (llama-cpp-python) on our f32 GGUF gives the logits of the float64 reference written
   from transformers' modeling (hf_moe_var.reference), and so does splitllm's engine; each case shows
@@ -44,6 +44,11 @@ CASES: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]] = {
                                         {"zero": "shared_mlp.down_proj"}, {"zero": "key_layernorm"}]),
     "hunyuan-moe-tied-bf16": ("hunyuan-moe", {"tie_word_embeddings": True, "dtype": "bf16", "moe_topk": 3},
                               [{"n_expert_used": 2}]),
+    "smallthinker": ("smallthinker", {}, [{"window": False}, {"sigmoid": False}, {"norm_topk": False}]),
+    "smallthinker-softmax-tied": ("smallthinker", {"moe_primary_router_apply_softmax": True,
+                                                   "tie_word_embeddings": True, "num_hidden_layers": 2,
+                                                   "sliding_window_layout": [0, 0], "rope_layout": [1, 1]},
+                                  [{"sigmoid": True}]),
 }  # fmt: skip
 
 
@@ -112,11 +117,25 @@ KEYS = {
                     "attention.head_count": 4, "attention.head_count_kv": 2, "expert_count": 8,
                     "expert_used_count": 2, "expert_feed_forward_length": 96,
                     "expert_shared_feed_forward_length": 96, "expert_shared_count": 1},
+    "smallthinker": {"block_count": 5, "embedding_length": 64, "feed_forward_length": 32,
+                     "attention.head_count": 4, "attention.head_count_kv": 2, "expert_count": 8,
+                     "expert_used_count": 2, "expert_feed_forward_length": 32, "expert_gating_func": 2,
+                     "attention.sliding_window": 4096, "attention.key_length": 16},
 }  # fmt: skip
 
 
 def expected_tensors(arch: str) -> dict[str, tuple[int, ...]]:
     """GGUF name -> ggml shape (ne) of llama.cpp's create_tensor calls for the tiny models."""
+    if arch == "smallthinker":  # (5 blocks of experts only, no q/k norms)
+        e, ne, fx = 64, 8, 32
+        t = {"token_embd.weight": (e, 320), "output_norm.weight": (e,), "output.weight": (e, 320)}
+        for i in range(5):
+            b = f"blk.{i}."
+            t |= {b + "attn_norm.weight": (e,), b + "attn_q.weight": (e, e), b + "attn_k.weight": (e, 32),
+                  b + "attn_v.weight": (e, 32), b + "attn_output.weight": (e, e), b + "ffn_norm.weight": (e,),
+                  b + "ffn_gate_inp.weight": (e, ne), b + "ffn_gate_exps.weight": (e, fx, ne),
+                  b + "ffn_up_exps.weight": (e, fx, ne), b + "ffn_down_exps.weight": (fx, e, ne)}  # fmt: skip
+        return t
     e, ne, ff, fx, hd = 64, 8, 96, 32, 16
     if arch == "hunyuan-moe":  # (every block: experts and shared expert 96 wide)
         fx = ff
@@ -174,6 +193,10 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str) -> None:
         ("hunyuan-moe", {"moe_topk": [1, 1, 1]}, "one expert keeps its softmax probability"),
         ("hunyuan-moe", {"moe_topk": [2, 3, 2]}, "a list of one integer repeated"),
         ("hunyuan-moe", {"use_qk_norm": False}, "needs the q/k norms"),
+        ("smallthinker", {"sliding_window_size": 2048}, "over 4096 positions"),
+        ("smallthinker", {"rope_layout": [1, 1, 1, 1, 1]}, "leaves those unrotated"),
+        ("smallthinker", {"sliding_window_layout": [1, 1, 1, 1, 0]}, "sliding_window_layout"),
+        ("smallthinker", {"moe_enable_secondary_experts": True}, "shared or secondary experts"),
         ("dots1", {"n_group": 3}, "n_group 3 / topk_group 2 do not fit"),
     ],
 )  # fmt: skip

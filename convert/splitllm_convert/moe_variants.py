@@ -1,16 +1,18 @@
-"""dots.llm1 (Dots1ForCausalLM; llama.cpp's ``dots1``) and Ling / Ring 2.0 (BailingMoeV2ForCausalLM;
-``bailingmoe2``): the mixtures of experts llama.cpp routes as DeepSeek V3 does, with the tables and
-metadata of its converter (conversion/dots1.py, conversion/bailingmoe.py).
+"""The mixtures of experts llama.cpp runs as ``dots1`` (Dots1ForCausalLM, dots.llm1), ``bailingmoe2``
+(BailingMoeV2ForCausalLM, Ling / Ring 2.0), ``hunyuan-moe`` (HunYuanMoEV1ForCausalLM,
+Hunyuan-A13B) and ``smallthinker`` (SmallThinkerForCausalLM), with the tables and metadata of its
+converter (conversion/dots1.py, bailingmoe.py, hunyuan.py, smallthinker.py).
 
 config.json is read as transformers' config classes read it (their defaults where keys are left
-out). What llama.cpp's graphs would run differently from transformers is refused, nothing written:
-attention biases, sliding-window layers, and (dots1) key/value heads fewer than the query heads
-(its tensors are created n_head wide) or tied embeddings (its output matrix is required).
+out). What llama.cpp's graphs would run differently from transformers is refused, nothing written
+(each class says what).
 
 dots1: Qwen3's attention (per-head q/k norms, NEOX rope) and, after ``first_k_dense_replace``
 dense blocks, a router (``mlp.gate``, its ``e_score_correction_bias`` as ``exp_probs_b.bias``),
 n_routed_experts experts (stacked) and n_shared_experts shared experts (one MLP); the router's
 settings (sigmoid scores, n_group / topk_group, norm_topk_prob, routed_scaling_factor) as keys.
+Refused: attention biases, sliding-window layers, key/value heads fewer than the query heads (its
+tensors are created n_head wide), tied embeddings (its output matrix is required).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from gguf import ExpertGatingFuncType, GGUFWriter
 
-from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _describe, _moe_config
+from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _describe, _moe_config, _require
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import Olmo2, _flag
 
@@ -340,3 +342,85 @@ class HunYuanMoE(Architecture):
         )
         w.add_expert_used_count(self.n_expert_used)
         w.add_expert_shared_count(self.n_shared)
+
+
+_SPARSE = L + "block_sparse_moe."
+
+
+class SmallThinker(Architecture):
+    """SmallThinkerForCausalLM (PowerInfer's SmallThinker-21B-A3B / 4B-A0.6B; llama.cpp's
+    ``smallthinker``): no q/k norms, experts in every block (``block_sparse_moe``) whose router
+    (``primary_router``) reads the block's input, ReGLU experts of moe_ffn_hidden_size (also written
+    as feed_forward_length), softmax or sigmoid routing (moe_primary_router_apply_softmax) as
+    expert_gating_func. Sliding-window layers as llama.cpp runs them or not at all: where
+    sliding_window_layout has any, it must slide every layer but layers 0, 4, 8, ... over 4096
+    positions, and rope_layout leave exactly those unrotated (llama.cpp fixes both); without, every
+    layer rotates. Shared or secondary experts and q/k norms (which llama.cpp has not) are refused."""
+
+    hf_names = ("SmallThinkerForCausalLM",)
+    gguf_arch = "smallthinker"
+    rules = (
+        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
+        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
+        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd")),
+        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
+        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
+        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        TensorRule(_SPARSE + "primary_router.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
+        TensorRule(_SPARSE + "experts.{xid}.gate.weight", B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
+        TensorRule(_SPARSE + "experts.{xid}.up.weight", B + "ffn_up_exps.weight", ("ff_exp", "embd")),
+        TensorRule(_SPARSE + "experts.{xid}.down.weight", B + "ffn_down_exps.weight", ("embd", "ff_exp")),
+        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+    )  # fmt: skip
+    default_ctx = 4096 * 32
+    default_rope_theta = 1e6
+    read_vocab = Olmo2.read_vocab  # byte-level BPE from tokenizer.json
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        # (no intermediate_size: the experts' width stands for it, as llama.cpp writes it)
+        ff = cfg.get("moe_ffn_hidden_size")
+        super().__init__({**cfg, "intermediate_size": ff}, config_path)
+        self.cfg = cfg
+        if (
+            cfg.get("use_qk_norm")
+            or cfg.get("moe_shared_primary_experts")
+            or cfg.get("moe_enable_secondary_experts")
+        ):
+            raise ConvertError(
+                f"{config_path}: q/k norms, shared or secondary experts: llama.cpp's smallthinker has none"
+            )
+        n = self.n_layer
+        windows = [int(bool(v)) for v in cfg.get("sliding_window_layout") or [0] * n]
+        rotary = [int(bool(v)) for v in cfg.get("rope_layout") or [1] * n]
+        self.window = any(windows)
+        want_windows = [int(i % 4 != 0) for i in range(n)] if self.window else [0] * n
+        want_rotary = want_windows if self.window else [1] * n
+        size = cfg.get("sliding_window_size", 4096)
+        if windows != want_windows or rotary != want_rotary or (self.window and size != 4096):
+            raise ConvertError(
+                f"{config_path}: sliding_window_layout / rope_layout / sliding_window_size: llama.cpp's "
+                "smallthinker slides every layer but 0, 4, 8, ... over 4096 positions and leaves those "
+                "unrotated, or has no windows and rotates every layer"
+            )
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        cfg = self.cfg
+        n = _require(cfg, "moe_num_primary_experts", config_path)
+        used = _require(cfg, "moe_num_active_primary_experts", config_path)
+        if used > n:
+            raise ConvertError(
+                f"{config_path}: moe_num_active_primary_experts {used} is more than the experts {n}"
+            )
+        return n, used, _require(cfg, "moe_ffn_hidden_size", config_path)
+
+    def add_hparams_after_file_type(self, w: GGUFWriter) -> None:  # (SmallThinkerModel's)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        w.add_feed_forward_length(self.n_ff_exp)
+        softmax = bool(self.cfg.get("moe_primary_router_apply_softmax"))
+        w.add_expert_gating_func(ExpertGatingFuncType.SOFTMAX if softmax else ExpertGatingFuncType.SIGMOID)
+        if self.window:
+            w.add_sliding_window(4096)

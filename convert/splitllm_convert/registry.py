@@ -15,7 +15,7 @@ from splitllm_convert.gpt_oss import GptOss
 from splitllm_convert.lfm2 import Lfm2
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
 from splitllm_convert.moe_archs import GraniteMoe, Olmoe, Qwen2Moe
-from splitllm_convert.moe_variants import BailingMoeV2, Dots1, HunYuanMoE
+from splitllm_convert.moe_variants import BailingMoeV2, Dots1, HunYuanMoE, SmallThinker
 from splitllm_convert.nomic import NomicBert
 from splitllm_convert.rerank import BertReranker, XLMRobertaReranker
 from splitllm_convert.xlmr import XLMRoberta
@@ -25,7 +25,8 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
-                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Dots1, BailingMoeV2, HunYuanMoE)
+                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Dots1, BailingMoeV2, HunYuanMoE,
+                SmallThinker)
     for n in cls.hf_names
 }
 
