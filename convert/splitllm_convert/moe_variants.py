@@ -25,19 +25,30 @@ from typing import Any
 from gguf import ExpertGatingFuncType, GGUFWriter
 
 from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _describe, _moe_config, _require
+from splitllm_convert.deepseek import _DENSE, _EXPERTS, _SHARED, _optional
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import Olmo2, _flag
 
 L, B = "model.layers.{bid}.", "blk.{bid}."
-_DENSE = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
-_SHARED = ("mlp.shared_experts.gate_proj.weight", "mlp.shared_experts.up_proj.weight",
-           "mlp.shared_experts.down_proj.weight")  # fmt: skip
-_EXPERTS = ("mlp.experts.{xid}.gate_proj.weight", "mlp.experts.{xid}.up_proj.weight",
-            "mlp.experts.{xid}.down_proj.weight")  # fmt: skip
 
 
-def _optional(hf: str, gguf: str, shape: tuple[str, ...]) -> TensorRule:
-    return TensorRule(hf, gguf, shape, required=False)
+def _attn(qk_norms: tuple[str, str] | None) -> tuple[TensorRule, ...]:
+    """The token embedding and a block's rows up to its feed-forward: the norms around the attention,
+    q, k, v and o (self_attn.*_proj), the per-head q and k norms (self_attn.<qk_norms>, or none)."""
+    rows = [TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
+            TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",))]  # fmt: skip
+    for t, rows_sym in (("q", "q"), ("k", "kv"), ("v", "kv")):
+        rows.append(TensorRule(L + f"self_attn.{t}_proj.weight", B + f"attn_{t}.weight", (rows_sym, "embd")))
+    rows.append(TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")))
+    if qk_norms:
+        for t, name in zip("qk", qk_norms, strict=True):
+            rows.append(TensorRule(L + f"self_attn.{name}.weight", B + f"attn_{t}_norm.weight", ("head",)))
+    rows.append(TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)))
+    return tuple(rows)
+
+
+_OUTPUT = (TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+           TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")))  # fmt: skip
 
 
 def _ffn(bias: str) -> tuple[TensorRule, ...]:
@@ -121,20 +132,7 @@ class Dots1(LeadingDenseMoe):
 
     hf_names = ("Dots1ForCausalLM",)
     gguf_arch = "dots1"
-    rules = (
-        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
-        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
-        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd")),
-        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd")),
-        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
-        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
-        TensorRule(L + "self_attn.q_norm.weight", B + "attn_q_norm.weight", ("head",)),
-        TensorRule(L + "self_attn.k_norm.weight", B + "attn_k_norm.weight", ("head",)),
-        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
-        *_ffn("e_score_correction_bias"),
-        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
-        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
-    )
+    rules = (*_attn(("q_norm", "k_norm")), *_ffn("e_score_correction_bias"), *_OUTPUT)
     default_ctx = 2048
     read_vocab = Olmo2.read_vocab  # byte-level BPE from tokenizer.json (TextModel.set_vocab)
 
@@ -194,8 +192,7 @@ class BailingMoeV2(LeadingDenseMoe):
         TensorRule(L + "attention.dense.weight", B + "attn_output.weight", ("embd", "q")),
         TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
         *_ffn("expert_bias"),
-        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
-        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+        *_OUTPUT,
     )
     default_ctx = 32768
     read_vocab = Olmo2.read_vocab  # byte-level BPE from tokenizer.json (_set_vocab_gpt2)
@@ -275,15 +272,7 @@ class HunYuanMoE(Architecture):
     hf_names = ("HunYuanMoEV1ForCausalLM",)
     gguf_arch = "hunyuan-moe"
     rules = (
-        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
-        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
-        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd")),
-        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd")),
-        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
-        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
-        TensorRule(L + "self_attn.query_layernorm.weight", B + "attn_q_norm.weight", ("head",)),
-        TensorRule(L + "self_attn.key_layernorm.weight", B + "attn_k_norm.weight", ("head",)),
-        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        *_attn(("query_layernorm", "key_layernorm")),
         TensorRule(L + "mlp.gate.wg.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
         *(TensorRule(L + hf, B + g, shape) for hf, g, shape in (
             (_EXPERTS[0], "ffn_gate_exps.weight", ("ff", "embd")),
@@ -292,8 +281,7 @@ class HunYuanMoE(Architecture):
             ("mlp.shared_mlp.gate_proj.weight", "ffn_gate_shexp.weight", ("ff", "embd")),
             ("mlp.shared_mlp.up_proj.weight", "ffn_up_shexp.weight", ("ff", "embd")),
             ("mlp.shared_mlp.down_proj.weight", "ffn_down_shexp.weight", ("embd", "ff")))),
-        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
-        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+        *_OUTPUT,
     )  # fmt: skip
     default_ctx = 32768
     read_vocab = Olmo2.read_vocab  # byte-level BPE from tokenizer.json
@@ -360,19 +348,12 @@ class SmallThinker(Architecture):
     hf_names = ("SmallThinkerForCausalLM",)
     gguf_arch = "smallthinker"
     rules = (
-        TensorRule("model.embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
-        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",)),
-        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", ("q", "embd")),
-        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", ("kv", "embd")),
-        TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
-        TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
-        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
+        *_attn(None),
         TensorRule(_SPARSE + "primary_router.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
         TensorRule(_SPARSE + "experts.{xid}.gate.weight", B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
         TensorRule(_SPARSE + "experts.{xid}.up.weight", B + "ffn_up_exps.weight", ("ff_exp", "embd")),
         TensorRule(_SPARSE + "experts.{xid}.down.weight", B + "ffn_down_exps.weight", ("embd", "ff_exp")),
-        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
-        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+        *_OUTPUT,
     )  # fmt: skip
     default_ctx = 4096 * 32
     default_rope_theta = 1e6
