@@ -25,7 +25,7 @@ from typing import Any
 from gguf import ExpertGatingFuncType, GGUFWriter
 
 from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _describe, _moe_config, _require
-from splitllm_convert.deepseek import _DENSE, _EXPERTS, _SHARED, _optional
+from splitllm_convert.deepseek import _DENSE, _EXPERTS, _SHARED, DeepseekV2, _optional
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import Olmo2, _flag
 
@@ -52,24 +52,10 @@ _OUTPUT = (TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
 
 
 def _ffn(bias: str) -> tuple[TensorRule, ...]:
-    """A block's feed-forward: dense, or a router (with its selection bias, HF's ``bias``), experts
-    and shared experts."""
-    return tuple(_optional(r.hf.replace("{bias}", bias), r.gguf, r.shape) for r in _FFN)
-
-
-_FFN = (
-    _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
-    _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
-    _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
-    _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
-    _optional(L + "mlp.gate.{bias}", B + "exp_probs_b.bias", ("n_expert",)),
-    _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
-    _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
-    _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
-    _optional(L + _SHARED[0], B + "ffn_gate_shexp.weight", ("ff_sh", "embd")),
-    _optional(L + _SHARED[1], B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
-    _optional(L + _SHARED[2], B + "ffn_down_shexp.weight", ("embd", "ff_sh")),
-)
+    """A block's feed-forward rows, DeepSeek V3's (all optional, checked per block): dense, or a
+    router with its selection bias (HF's ``mlp.gate.<bias>``), experts and shared experts."""
+    return tuple(_optional(r.hf.replace("e_score_correction_bias", bias), r.gguf, r.shape)
+                 for r in DeepseekV2.rules if ".mlp." in r.hf)  # fmt: skip
 
 
 class LeadingDenseMoe(Architecture):
