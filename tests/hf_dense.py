@@ -103,15 +103,17 @@ def dense_weights(cfg: dict[str, Any], arch: str, *, seed: int = 0) -> Weights:
     return w
 
 
-def _glm4_tokens(d: Path) -> int:
-    """Adds GLM-4's <|user|> (its eot) to tokenizer.json's vocabulary; returns the new size."""
+def add_special_tokens(d: Path, tokens: tuple[str, ...] = ("<|user|>",)) -> int:
+    """Adds special tokens (by default GLM-4's <|user|>, its eot) to tokenizer.json's vocabulary;
+    returns the new size."""
     tj = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
     n = len(tj["model"]["vocab"])
-    tj["model"]["vocab"]["<|user|>"] = n
-    tj["added_tokens"].append({"id": n, "content": "<|user|>", "single_word": False, "lstrip": False,
-                               "rstrip": False, "normalized": False, "special": True})  # fmt: skip
+    for i, token in enumerate(tokens):
+        tj["model"]["vocab"][token] = n + i
+        tj["added_tokens"].append({"id": n + i, "content": token, "single_word": False, "lstrip": False,
+                                   "rstrip": False, "normalized": False, "special": True})  # fmt: skip
     (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    return n + 1
+    return n + len(tokens)
 
 
 def tiny_dense_hf(d: Path, arch: str, *, dtype: str = "f32", shards: int = 1, seed: int = 0,
@@ -124,7 +126,7 @@ def tiny_dense_hf(d: Path, arch: str, *, dtype: str = "f32", shards: int = 1, se
     else:
         n_tok = F.write_bpe_tokenizer(d)
         if arch == "glm4":
-            n_tok = _glm4_tokens(d)
+            n_tok = add_special_tokens(d)
     if arch in ("mistral3-vl", "qwen3vl"):  # the text model in text_config, under model.language_model.
         text_arch = "mistral3" if arch == "mistral3-vl" else arch
         text = dense_config(text_arch, vocab_size=n_tok, **over)

@@ -32,6 +32,35 @@ def llama_cpp_logits(
         llm.close()
 
 
+def llama_cpp_greedy(
+    path: str | os.PathLike[str], prompt: list[int], n: int, *, n_ctx: int = 64
+) -> list[int]:
+    """llama.cpp's first n greedy tokens after prompt (skips the test without llama-cpp-python)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(os.fspath(path), n_ctx=n_ctx, verbose=False, n_threads=2)
+    try:
+        out: list[int] = []
+        for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            out.append(int(tok))
+            if len(out) == n:
+                return out
+        return out
+    finally:
+        llm.close()
+
+
+def check_routed_q8(ours: np.ndarray, ref: np.ndarray, theirs: np.ndarray) -> None:
+    """Q8_0 logits of a tiny random mixture of experts, per token, against the reference's and
+    llama.cpp's: both medians within 2.5e-2 of the largest reference logit, and at least 80% of
+    the tokens within 3e-2 of llama.cpp's (the engines' 8-bit activations flip near ties of the
+    routers at a few tokens)."""
+    scale = np.abs(ref).max()
+    vs_ref = np.abs(ours - ref).max(axis=-1) / scale
+    vs_theirs = np.abs(ours - theirs).max(axis=-1) / scale
+    assert np.median(vs_ref) < 2.5e-2 and np.median(vs_theirs) < 2.5e-2
+    assert np.mean(vs_theirs < 3e-2) >= 0.8
+
+
 def llama_cpp_embeddings(
     path: str | os.PathLike[str], texts: list[list[int]], *, pooling: int, n_ctx: int = 64, **kw: Any
 ) -> list[np.ndarray]:

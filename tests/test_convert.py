@@ -45,6 +45,14 @@ def as_f32(t: Any) -> np.ndarray:
     return gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(int(n) for n in reversed(t.shape)))
 
 
+def assert_holds(path: Path, weights: dict[str, np.ndarray]) -> None:
+    """The file holds exactly these tensors (GGUF name -> array), each value for value."""
+    got = {name: as_f32(t) for name, t in tensors(path).items()}
+    assert sorted(got) == sorted(weights)
+    for name, x in weights.items():
+        np.testing.assert_array_equal(got[name], x, err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def llama_cpp() -> Any:
     return pytest.importorskip("llama_cpp")
@@ -62,6 +70,25 @@ def lcpp_quantize(llama_cpp: Any, src: Path, dst: Path, ftype: int) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = ftype, 2
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
+
+
+def same_as_llama_quantize(hf: Path, ours: Path, tmp_path: Path, qtype: str) -> None:
+    """Our file converted from ``hf`` with ``--type qtype``, and splitllm quantize's of our f32 file,
+    hold the tensors, types and bytes of llama.cpp's quantizer run on that f32 file."""
+    from splitllm_convert.requantize import quantize
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    f32, ref = tmp_path / "f32.gguf", tmp_path / "ref.gguf"
+    convert(hf, f32, type="f32", quiet=True)
+    lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
+    want = tensors(ref)
+    requantized = tmp_path / "requantized.gguf"
+    quantize(f32, requantized, qtype.upper(), nthreads=2)
+    for got in (tensors(ours), tensors(requantized)):
+        assert sorted(got) == sorted(want)
+        for name, t in got.items():
+            assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
+            assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
 
 
 # -- against llama.cpp and a float64 reference --------------------------------------------------

@@ -19,7 +19,6 @@ from gguf import GGUFReader
 from splitllm import Model
 from splitllm_convert import convert
 from splitllm_convert.errors import ConvertError
-from splitllm_convert.requantize import quantize
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, make_lfm2_weights
 
 IDS = [(7 * i + 3) % 300 for i in range(24)]
@@ -111,20 +110,7 @@ def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str) -> Non
         assert {n for n, t in got.items() if t.tensor_type.name == "F32"} == {
             n for n in got if n.endswith(("norm.weight", "shortconv.conv.weight"))}
         return
-    llama_cpp = pytest.importorskip("llama_cpp")
-    f32, ref = tmp_path / "f32.gguf", tmp_path / "ref.gguf"
-    convert(hf, f32, type="f32", quiet=True)
-    from splitllm_convert.mix import FILE_TYPES
-
-    TC.lcpp_quantize(llama_cpp, f32, ref, int(FILE_TYPES[qtype].ftype))
-    want = TC.tensors(ref)
-    requantized = tmp_path / "requantized.gguf"  # splitllm quantize (llama-quantize's job) on the f32 file
-    quantize(f32, requantized, qtype.upper(), nthreads=2)
-    for ours_file in (got, TC.tensors(requantized)):
-        assert sorted(ours_file) == sorted(want)
-        for name, t in ours_file.items():
-            assert (t.tensor_type, list(t.shape)) == (want[name].tensor_type, list(want[name].shape)), name
-            assert np.array_equal(np.asarray(t.data), np.asarray(want[name].data)), name
+    TC.same_as_llama_quantize(hf, ours, tmp_path, qtype)
 
 
 @pytest.mark.parametrize(

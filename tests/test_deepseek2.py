@@ -10,7 +10,7 @@ import itertools
 
 import numpy as np
 import pytest
-from lcpp import llama_cpp_logits
+from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
 from splitllm import Error, GGUFError, Model
 from splitllm.plan import plan
 from tiny_deepseek import make_weights, reference_logits, v2, v3, write_gguf
@@ -117,12 +117,7 @@ def test_q8_0_matches_llama_cpp(tmp_path, name, no_repack):
     theirs = llama_cpp_logits(path, TOKENS)
     with Model(path, n_ctx=64, n_threads=2) as m:
         ours = m.logits(TOKENS)
-    ref = reference_logits(cfg, held, TOKENS)
-    scale = np.abs(ref).max()
-    vs_ref = np.abs(ours - ref).max(axis=-1) / scale
-    vs_theirs = np.abs(ours - theirs).max(axis=-1) / scale
-    assert np.median(vs_ref) < 2.5e-2 and np.median(vs_theirs) < 2.5e-2
-    assert np.mean(vs_theirs < 3e-2) >= 0.8
+    check_routed_q8(ours, reference_logits(cfg, held, TOKENS), theirs)
 
 
 @pytest.mark.reference
@@ -130,12 +125,7 @@ def test_q8_0_matches_llama_cpp(tmp_path, name, no_repack):
 def test_greedy_tokens_match_llama_cpp(files, name):
     """12 greedy tokens after a prompt of 6, F32 weights: llama.cpp's."""
     _, path, _ = files[name]
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(str(path), n_ctx=64, verbose=False, n_threads=2)
-    try:
-        want = list(itertools.islice(llm.generate(TOKENS[:6], temp=0.0, top_k=1, reset=True), 12))
-    finally:
-        llm.close()
+    want = llama_cpp_greedy(path, TOKENS[:6], 12)
     with Model(path, n_ctx=64, n_threads=2) as m:
         got = list(itertools.islice(m.generate(TOKENS[:6], temp=0.0), 12))
     assert got == want

@@ -12,9 +12,16 @@ from itertools import islice
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
-from splitllm import Error, GGUFError, Model
+from recurrent_checks import (
+    plan_equals_model,
+    prefix_reused_only_where_the_state_is,
+    same_greedy_as_llama_cpp,
+    slot_continues_only_where_it_stopped,
+    state_saved_and_loaded,
+    two_sequences_equal_each_alone,
+)
+from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
-from tiny_model import interleaved_batch
 
 TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
 LFM2 = Lfm2Config(seed=51)
@@ -72,7 +79,6 @@ def test_matches_llama_cpp(tmp_path, wtype):
     theirs = llama_cpp_logits(path, TOKENS)
     with Model(path, **OPTS) as m:
         ours = m.logits(TOKENS)
-        greedy = list(islice(m.generate(TOKENS[:8], temp=0.0), 24))
     # (q8_0: measured 3.5e-2, each engine ~3.6e-2 from float64: the gates B * x and C * conv
     # multiply two projections' rounding; f32: 2.1e-4, llama.cpp itself 2.1e-4 from float64)
     assert rel_err(ours, theirs).max() < (1e-3 if wtype == "F32" else 6e-2)
@@ -80,13 +86,7 @@ def test_matches_llama_cpp(tmp_path, wtype):
     assert rel_err(ours, exact).max() <= max(1.5 * rel_err(theirs, exact).max(), 1e-4)
     if wtype != "F32":
         return
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(path, n_ctx=64, verbose=False, n_threads=2)
-    try:
-        their_greedy = list(islice(llm.generate(TOKENS[:8], temp=0.0, top_k=1, reset=True), 24))
-    finally:
-        llm.close()
-    assert greedy == their_greedy
+    same_greedy_as_llama_cpp(path, TOKENS[:8], 24)
 
 
 @pytest.mark.parametrize("n_batch", [1, 5])
@@ -104,77 +104,23 @@ def test_chunked_prefill_then_decode_equals_one_pass(lfm2, n_batch):
 
 
 def test_two_sequences_at_once_equal_each_alone(tmp_path):
-    """Two texts interleaved in one batch (and then decoded together a token each): each slot's
-    rows are those of the text alone."""
     path, held = tiny(tmp_path, LFM2_WIDE)
-    texts = [TOKENS[:15], TOKENS[::-1][:11]]
-    with Model(path, n_ctx=128, n_seq_max=2, n_threads=2) as m:
-        core = m._engine()
-        toks, pos, slot = interleaved_batch(texts)
-        rows = core.decode(toks, pos, slot)
-        i32 = np.int32
-        nxt = core.decode(np.array([5, 9], i32), np.array([15, 11], i32), np.array([0, 1], i32))
-    for k, t in enumerate(texts):
-        ref = lfm2_reference_logits(LFM2_WIDE, held, t + [[5, 9][k]])
-        assert rel_err(rows[slot == k], ref[:-1]).max() < 1e-4
-        assert rel_err(nxt[k], ref[-1]) < 1e-4
+    two_sequences_equal_each_alone(path, lambda t: lfm2_reference_logits(LFM2_WIDE, held, t), TOKENS, 1e-4)
 
 
 def test_a_slot_continues_only_where_it_stopped(lfm2):
-    """A recurrent state cannot be cut back: a pass that does not continue a slot's last position
-    (or skips one within a batch) is refused; position 0 starts the slot over."""
     path, held = lfm2
-    with Model(path, n_ctx=64, n_seq_max=2, n_threads=2) as m:
-        core = m._engine()
-        core.decode(np.array(TOKENS[:6], np.int32), np.arange(6, dtype=np.int32), np.zeros(6, np.int32))
-        assert core.kv_reusable(0, 6) == 6 and core.kv_reusable(0, 5) == 0 and core.kv_reusable(1, 3) == 0
-        for p in (3, 7):
-            with pytest.raises(Error, match="recurrent state"):
-                core.decode(np.array([1], np.int32), np.array([p], np.int32), np.zeros(1, np.int32))
-        with pytest.raises(Error, match="consecutive"):
-            core.decode(np.array([1, 2], np.int32), np.array([6, 8], np.int32), np.zeros(2, np.int32))
-        row = core.decode(np.array(TOKENS[:3], np.int32), np.arange(3, dtype=np.int32), np.zeros(3, np.int32))
-    assert rel_err(row, lfm2_reference_logits(LFM2, held, TOKENS[:3])).max() < 1e-4
+    slot_continues_only_where_it_stopped(path, lambda t: lfm2_reference_logits(LFM2, held, t), TOKENS, 1e-4)
 
 
 def test_prefix_reuse_only_where_the_state_is(lfm2):
-    """A prompt extending the cached one reads only the rest; one that shares only part of it is
-    read again from the start (llama.cpp's recurrent cache: a full match or nothing)."""
     path, held = lfm2
-    with Model(path, **OPTS) as m:
-        m.eval_prompt(TOKENS[:10])
-        before = m.n_eval
-        got = m.eval_prompt(TOKENS[:16])
-        assert m.n_eval - before == 6
-        assert rel_err(got, lfm2_reference_logits(LFM2, held, TOKENS[:16])[-1]) < 1e-4
-        other = TOKENS[:8] + [4, 5, 6]
-        before = m.n_eval
-        got = m.eval_prompt(other)
-        assert m.n_eval - before == len(other)
-        assert rel_err(got, lfm2_reference_logits(LFM2, held, other)[-1]) < 1e-4
-        # the same prompt after generating past it: its logits again, then the same continuation
-        runs = [list(islice(m.generate(TOKENS[:8], temp=0.0), 6)) for _ in range(2)]
-        assert runs[0] == runs[1]
-        assert rel_err(m.eval_prompt(TOKENS[:8]), lfm2_reference_logits(LFM2, held, TOKENS[:8])[-1]) < 1e-4
+    prefix_reused_only_where_the_state_is(path, lambda t: lfm2_reference_logits(LFM2, held, t), TOKENS, 1e-4)
 
 
 def test_save_and_load_state(lfm2):
-    """save_state keeps the convolution states with the K/V; load_state puts them back, and a
-    prompt continuing the saved one reads only its new tokens. A state of other positions than
-    the saved tokens' is not reused."""
     path, held = lfm2
-    with Model(path, **OPTS) as m:
-        m.eval_prompt(TOKENS[:12])
-        state = m.save_state()
-        m.eval_prompt(TOKENS[::-1][:9])  # another sequence in the cache
-        m.load_state(state)
-        before = m.n_eval
-        got = m.eval_prompt(TOKENS[:20])
-        assert m.n_eval - before == 8
-        assert rel_err(got, lfm2_reference_logits(LFM2, held, TOKENS[:20])[-1]) < 1e-4
-        data = m._engine().kv_read(0, 5)  # 5 of the 20 positions: the states are not those of 5
-        m._engine().kv_write(0, 5, data)
-        assert m._engine().kv_reusable(0, 5) == 0
+    state_saved_and_loaded(path, lambda t: lfm2_reference_logits(LFM2, held, t), TOKENS, 1e-4)
 
 
 def test_batching_engine_slots(lfm2):
@@ -284,15 +230,7 @@ def test_plan_counts_the_states(lfm2):
     """The memory plan (from the header) and the loaded model count the convolution states with
     the KV cache: the attention layer's cells, and per slot l_cache - 1 inputs of each
     convolution layer."""
-    from splitllm.plan import plan
-
-    path, _ = lfm2
-    opts = dict(n_ctx=64, n_batch=4, n_seq_max=2, n_threads=2)
-    p = plan(path, cpu_memory="1GiB", **opts)
-    with Model(path, **opts) as m:
-        got = {d["name"]: d for d in m._engine().memory}["CPU"]
-    cpu = p.device("CPU")
-    assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
+    cpu = plan_equals_model(lfm2[0])
     n_conv = sum(LFM2.is_conv(i) for i in range(LFM2.n_layer))
     kv = 64 * LFM2.n_head_kv * LFM2.head_dim * 2 * 2  # one attention layer: K and V in f16
     assert cpu.kv_cache == kv + n_conv * 2 * (LFM2.l_cache - 1) * LFM2.n_embd * 4

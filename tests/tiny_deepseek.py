@@ -212,7 +212,7 @@ def rope_params(cfg: DeepSeekConfig) -> tuple[np.ndarray, float, float]:
     return inv, mag, scale * m * m
 
 
-def _moe(cfg: DeepSeekConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
+def moe_block(cfg: DeepSeekConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
     """DeepseekV2MoE with MoEGate (V2's greedy top-k over softmax scores, or V3's noaux_tc: sigmoid
     scores, the correction bias for choosing, group-limited by each group's two best scores), then
     the shared experts. The weights are scaled by routed_scaling_factor after any normalization, as
@@ -249,8 +249,9 @@ def _moe(cfg: DeepSeekConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -
         for e, wt in zip(top, weight, strict=True):
             out[t] += wt * expert(t, w[b + "ffn_gate_exps.weight"][e], w[b + "ffn_up_exps.weight"][e],
                                   w[b + "ffn_down_exps.weight"][e])
-        out[t] += expert(t, w[b + "ffn_gate_shexp.weight"], w[b + "ffn_up_shexp.weight"],
-                         w[b + "ffn_down_shexp.weight"])
+        if b + "ffn_gate_shexp.weight" in w:  # (ERNIE-4.5 may have none: tiny_ernie_moe)
+            out[t] += expert(t, w[b + "ffn_gate_shexp.weight"], w[b + "ffn_up_shexp.weight"],
+                             w[b + "ffn_down_shexp.weight"])
     return out
 
 
@@ -305,7 +306,7 @@ def reference_logits(cfg: DeepSeekConfig, w: dict[str, np.ndarray], tokens: list
             g, u = h @ w[b + "ffn_gate.weight"].T, h @ w[b + "ffn_up.weight"].T
             x = x + (g / (1 + np.exp(-g)) * u) @ w[b + "ffn_down.weight"].T
         else:
-            x = x + _moe(cfg, w, b, h)
+            x = x + moe_block(cfg, w, b, h)
     return _rms(x, w["output_norm.weight"], cfg.rms_eps) @ w["output.weight"].T
 
 

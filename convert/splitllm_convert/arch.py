@@ -71,6 +71,8 @@ class PlannedSource:
     # ``hf_extra`` go through ``Architecture.packed_transforms()[transform]``, bits moved, never
     # requantized; the file type's rules do not change its type
     packed: GGMLQuantizationType | None = None
+    # with ``packed`` None: the value is ``Architecture.entry_transforms()[transform]`` of the entries
+    # of ``hf_name`` and ``hf_extra`` (BitNet's 2-bit codes and their scale), then typed as any other
     hf_extra: tuple[str, ...] = ()
 
 
@@ -165,9 +167,20 @@ class Architecture:
         """Transforms of raw inputs to the bytes of an already-encoded tensor (``PlannedSource.packed``)."""
         return {}
 
+    def entry_transforms(self) -> dict[str, Callable[..., Array]]:
+        """Transforms of several stored tensors (their ``TensorEntry``s) to one float32 array."""
+        return {}
+
     def default_type(self, available: dict[str, tuple[str, tuple[int, ...]]]) -> str:
         """The ``--type`` when none is given (``available``: HF name -> (dtype, shape), file order)."""
         return "f16"
+
+    def adjust_types(
+        self, file_type: str, shapes: dict[str, tuple[int, ...]], types: dict[str, GGMLQuantizationType]
+    ) -> dict[str, GGMLQuantizationType]:
+        """Each tensor's type for ``--type file_type`` where this architecture's llama.cpp converter
+        writes others than ``types`` (``mix.tensor_types``'); ``types`` by default."""
+        return types
 
     def written_file_type(self, ftype: LlamaFileType, quantized: bool) -> LlamaFileType:
         """general.file_type for the ``--type`` whose file type is ``ftype``: that one by default."""

@@ -19,7 +19,7 @@ left out, as llama.cpp does.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,53 @@ _EXPERTS = ("mlp.experts.{xid}.gate_proj.weight", "mlp.experts.{xid}.up_proj.wei
             "mlp.experts.{xid}.down_proj.weight")
 
 
+def without_mtp_layers(available: dict[str, tuple[int, ...]], n_layer: int) -> dict[str, tuple[int, ...]]:
+    """The checkpoint's tensors but those of its multi-token-prediction layers (layers past
+    num_hidden_layers), which llama.cpp's forward pass never runs."""
+    mtp = re.compile(r"model\.layers\.(\d+)\.")
+    return {n: s for n, s in available.items() if not ((m := mtp.match(n)) and int(m.group(1)) >= n_layer)}
+
+
+def require_tensors(names: Iterable[str], available: Collection[str], files: Sequence[Path]) -> None:
+    """Raises naming the first of names the checkpoint does not hold."""
+    for name in names:
+        if name not in available:
+            raise ConvertError(f"tensor {name!r} is missing from {_describe(files)}")
+
+
 def _optional(hf: str, gguf: str, shape: tuple[str, ...]) -> TensorRule:
     return TensorRule(hf, gguf, shape, required=False)
+
+
+# A block's feed-forward rows, all optional (which a block needs: ffn_needed), then the output's:
+# dense (the leading blocks), or the router with its selection bias, the routed experts (stacked)
+# and the shared experts (one feed-forward of their stacked rows). deepseek2's and glm4moe's.
+FFN_AND_OUTPUT_ROWS = (
+    _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
+    _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
+    _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
+    _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
+    _optional(L + "mlp.gate.e_score_correction_bias", B + "exp_probs_b.bias", ("n_expert",)),
+    _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
+    _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
+    _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
+    _optional(L + _SHARED[0], B + "ffn_gate_shexp.weight", ("ff_sh", "embd")),
+    _optional(L + _SHARED[1], B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
+    _optional(L + _SHARED[2], B + "ffn_down_shexp.weight", ("embd", "ff_sh")),
+    TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
+    TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+)
+
+
+def ffn_needed(p: str, dense: bool, n_expert: int, n_shared: int, bias: str = "") -> list[str]:
+    """The feed-forward tensors block prefix p must have: the dense ones, or the router (and its
+    selection bias, the tensor named bias after p, where given), every expert's and the shared
+    experts' (where n_shared)."""
+    if dense:
+        return [p + n for n in _DENSE]
+    names = [p + "mlp.gate.weight"] + ([p + bias] if bias else [])
+    names += [p + n.format(xid=x) for n in _EXPERTS for x in range(n_expert)]
+    return names + ([p + n for n in _SHARED] if n_shared else [])
 
 
 class DeepseekV2(Architecture):
@@ -59,19 +104,7 @@ class DeepseekV2(Architecture):
         TensorRule(L + _ATTN + "kv_b_proj.weight", B + "attn_k_b.weight", ("kv_b", "kv_lora")),  # (split)
         TensorRule(L + _ATTN + "o_proj.weight", B + "attn_output.weight", ("embd", "o")),
         TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", ("embd",)),
-        _optional(L + _DENSE[0], B + "ffn_gate.weight", ("ff", "embd")),
-        _optional(L + _DENSE[1], B + "ffn_up.weight", ("ff", "embd")),
-        _optional(L + _DENSE[2], B + "ffn_down.weight", ("embd", "ff")),
-        _optional(L + "mlp.gate.weight", B + "ffn_gate_inp.weight", ("n_expert", "embd")),
-        _optional(L + "mlp.gate.e_score_correction_bias", B + "exp_probs_b.bias", ("n_expert",)),
-        _optional(L + _EXPERTS[0], B + "ffn_gate_exps.weight", ("ff_exp", "embd")),
-        _optional(L + _EXPERTS[1], B + "ffn_up_exps.weight", ("ff_exp", "embd")),
-        _optional(L + _EXPERTS[2], B + "ffn_down_exps.weight", ("embd", "ff_exp")),
-        _optional(L + _SHARED[0], B + "ffn_gate_shexp.weight", ("ff_sh", "embd")),
-        _optional(L + _SHARED[1], B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
-        _optional(L + _SHARED[2], B + "ffn_down_shexp.weight", ("embd", "ff_sh")),
-        TensorRule("model.norm.weight", "output_norm.weight", ("embd",)),
-        TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
+        *FFN_AND_OUTPUT_ROWS,
     )
     default_ctx = 4096
 
@@ -112,23 +145,13 @@ class DeepseekV2(Architecture):
         p = L.format(bid=bid)
         lora = ("q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight")
         q = lora if self.q_lora_rank else ("q_proj.weight",)
-        names = [p + _ATTN + n for n in q]
-        if bid < self.n_dense:
-            return names + [p + n for n in _DENSE]
-        names.append(p + "mlp.gate.weight")
-        names += [p + n.format(xid=x) for n in _EXPERTS for x in range(self.n_expert)]
-        return names + ([p + n for n in _SHARED] if self.n_shared else [])
+        return [p + _ATTN + n for n in q] + ffn_needed(p, bid < self.n_dense, self.n_expert, self.n_shared)
 
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        mtp = re.compile(r"model\.layers\.(\d+)\.")
-        available = {n: s for n, s in available.items()
-                     if not ((m := mtp.match(n)) and int(m.group(1)) >= self.n_layer)}  # (MTP layers)
-        for bid in range(self.n_layer):
-            for name in self._needed(bid):
-                if name not in available:
-                    raise ConvertError(f"tensor {name!r} is missing from {_describe(files)}")
+        available = without_mtp_layers(available, self.n_layer)
+        require_tensors((n for bid in range(self.n_layer) for n in self._needed(bid)), available, files)
         out = []
         H, r = self.n_head, self.kv_lora_rank
         for s in super().plan(available, where, files):

@@ -150,6 +150,23 @@ class Mistral3Multimodal(Mistral3):
         return _moved(self, prefix, lm_head)
 
 
+def glm_rotated_dims(arch: Architecture, config_path: Path) -> int:
+    """GLM's rotated dimensions per head: head_dim x partial_rotary_factor (rope_parameters', else
+    config.json's, else 0.5), as llama.cpp's Glm4Model / Glm4MoeModel write rope.dimension_count;
+    GLM-4V's multimodal rotation (mrope_section) refused."""
+    if "mrope_section" in arch.rope:
+        raise ConvertError(
+            f"{config_path}: rope 'mrope_section': GLM-4V's multimodal rotation is not supported"
+        )
+    factor = arch.rope.get("partial_rotary_factor", arch.cfg.get("partial_rotary_factor", 0.5))
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 0 < factor <= 1:
+        raise ConvertError(f"{config_path}: 'partial_rotary_factor' must be in (0, 1], got {factor!r}")
+    n_rot = int(arch.head_dim * factor)
+    if n_rot % 2:
+        raise ConvertError(f"{config_path}: {n_rot} rotated dimensions per head (must be even)")
+    return n_rot
+
+
 class Glm4(Architecture):
     """Glm4ForCausalLM (GLM-4-0414, GLM-Z1): RMSNorms before and after the attention and the
     feed-forward, q/k/v biases, gate and up in one matrix (kept fused, ffn_up), the interleaved
@@ -173,16 +190,7 @@ class Glm4(Architecture):
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         super().__init__(cfg, config_path)
-        if "mrope_section" in self.rope:
-            raise ConvertError(
-                f"{config_path}: rope 'mrope_section': GLM-4V's multimodal rotation is not supported"
-            )
-        factor = self.rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5))
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 0 < factor <= 1:
-            raise ConvertError(f"{config_path}: 'partial_rotary_factor' must be in (0, 1], got {factor!r}")
-        self.n_rot = int(self.head_dim * factor)
-        if self.n_rot % 2:
-            raise ConvertError(f"{config_path}: {self.n_rot} rotated dimensions per head (must be even)")
+        self.n_rot = glm_rotated_dims(self, config_path)
 
     def dims(self) -> dict[str, int]:
         return {**super().dims(), "ff2": 2 * self.n_ff}
@@ -370,18 +378,7 @@ class Qwen3VL(Qwen3):
         super().__init__({**cfg, **text_config(cfg, config_path)}, config_path)
         if self.rerank:
             raise ConvertError(f"{config_path}: a Qwen3-VL reranker is not supported")
-        sections = self.rope.get("mrope_section")
-        if (
-            not isinstance(sections, list)
-            or not 1 <= len(sections) <= 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sections)
-        ):
-            raise ConvertError(
-                f"{config_path}: rope 'mrope_section' must list up to 4 section sizes, got {sections!r}"
-            )
-        self.sections = [*sections, 0, 0, 0][:4]
-        vision = cfg.get("vision_config") or {}
-        self.n_deepstack = len(vision.get("deepstack_visual_indexes") or [])
+        self.sections, self.n_deepstack = qwen3vl_rope(self, cfg, config_path)
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         return _moved(self, self.prefix, "lm_head.weight")
@@ -390,3 +387,19 @@ class Qwen3VL(Qwen3):
         super().add_hparams(w)
         w.add_rope_dimension_sections(self.sections)
         w.add_num_deepstack_layers(self.n_deepstack)
+
+
+def qwen3vl_rope(arch: Architecture, cfg: dict[str, Any], config_path: Path) -> tuple[list[int], int]:
+    """Qwen3-VL's (and Qwen3-VL-MoE's) rope.dimension_sections, rope_parameters' mrope_section padded
+    to 4, and n_deepstack_layers, the number of the vision tower's deepstack_visual_indexes."""
+    sections = arch.rope.get("mrope_section")
+    if (
+        not isinstance(sections, list)
+        or not 1 <= len(sections) <= 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sections)
+    ):
+        raise ConvertError(
+            f"{config_path}: rope 'mrope_section' must list up to 4 section sizes, got {sections!r}"
+        )
+    vision = cfg.get("vision_config") or {}
+    return [*sections, 0, 0, 0][:4], len(vision.get("deepstack_visual_indexes") or [])

@@ -7,7 +7,7 @@ squeezed to (hidden_size, conv_L_cache) and kept F32, the final norm as token_em
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,27 @@ def _ff_width(cfg: dict[str, Any], path: Path) -> int:
         ff = int(_positive(cfg, "block_ffn_dim_multiplier", path) * ff)
     multiple = _require(cfg, "block_multiple_of", path)
     return multiple * ((ff + multiple - 1) // multiple)
+
+
+def check_layer_kinds(
+    by_kind: dict[str, Sequence[TensorRule]],
+    kinds: Sequence[str],
+    available: Collection[str],
+    where: Callable[[str], str],
+) -> None:
+    """Each layer's tensors are those of its kind (``kinds``: one per layer, as ``layer_types``
+    says): every required rule of its kind present, none of another kind's."""
+    for bid, kind in enumerate(kinds):
+        for other, rules in by_kind.items():
+            for r in rules:
+                name = r.hf.format(bid=bid)
+                if other == kind and r.required and name not in available:
+                    raise ConvertError(f"tensor {name!r} of {kind} layer {bid} is missing")
+                if other != kind and name in available:
+                    raise ConvertError(
+                        f"tensor {name!r} in {where(name)} belongs to a {other} layer, but 'layer_types' "
+                        f"makes layer {bid} a {kind} layer"
+                    )
 
 
 class Lfm2(Architecture):
@@ -112,17 +133,7 @@ class Lfm2(Architecture):
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        for bid, kind in enumerate(self.layer_types):
-            for other, rules in self.by_type.items():
-                for r in rules:
-                    name = r.hf.format(bid=bid)
-                    if other == kind and name not in available:
-                        raise ConvertError(f"tensor {name!r} of {kind} layer {bid} is missing")
-                    if other != kind and name in available:
-                        raise ConvertError(
-                            f"tensor {name!r} in {where(name)} belongs to a {other} layer, but 'layer_types' "
-                            f"makes layer {bid} a {kind} layer"
-                        )
+        check_layer_kinds(self.by_type, self.layer_types, available, where)
         out = super().plan(available, where, files)
         return [replace(s, shape=(self.n_embd, self.l_cache)) if s.transform == "squeeze" else s for s in out]
 

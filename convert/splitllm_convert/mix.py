@@ -113,6 +113,7 @@ def _is_float_matrix(name: str, shape: tuple[int, ...]) -> bool:
         and "ffn_gate_inp_shexp.weight" not in name  # the shared expert's gate
         and name not in ("position_embd.weight", "token_types.weight")  # BERT's embeddings
         and not name.endswith("shortconv.conv.weight")  # lfm2's convolution kernels
+        and not name.endswith("ssm_conv1d.weight")  # a Mamba-2 layer's
     )
 
 

@@ -106,6 +106,7 @@ def _prepare(model_dir: Path, ftype_name: str | None, pre: str | None, dense_mod
     packed = {s.gguf_name: s.packed for s in sources if s.packed is not None}
     types = mix.tensor_types(ft, arch.hparams(), {s.gguf_name: s.shape for s in sources}, packed,
                              has_imatrix=matrix is not None)  # fmt: skip
+    types = arch.adjust_types(ft.name, {s.gguf_name: s.shape for s in sources}, types)
     weights = _imatrix_rows(matrix, ft, sources, types, packed)
     vocab = arch.read_vocab(model_dir, pre)
 
@@ -252,6 +253,11 @@ def _produce(
         return job.arch.packed_transforms()[s.transform](*raw)
     if s.generate is not None:
         x = s.generate()
+    elif s.hf_extra:  # from several stored tensors, read by the transform
+        assert s.hf_name is not None and s.transform is not None
+        entry = job.entries[s.hf_name]
+        x = job.arch.entry_transforms()[s.transform](*(job.entries[n] for n in (s.hf_name, *s.hf_extra)))
+        hfdir.check_finite(x, entry)
     elif s.hf_stack:  # experts, stacked
         x = np.empty(s.shape, dtype=np.float32)
         for i, name in enumerate(s.hf_stack):

@@ -29,8 +29,8 @@ _ID_KEYS = ("bos", "eos", "unk", "sep", "pad", "mask", "eot", "eom")  # GGUF has
 class Vocab:
     """Everything ``tokenizer.*`` in the GGUF file, gathered before writing."""
 
-    model: str  # "llama" (SentencePiece), "gpt2" (byte-level BPE) or "bert" (WordPiece)
-    pre: str
+    model: str  # "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece) or "gemma4"
+    pre: str  # "": not written (llama.cpp's Gemma4Model writes none)
     tokens: list[str]
     types: list[int]
     scores: list[float] | None = None
@@ -46,7 +46,8 @@ class Vocab:
         if self.token_type_count is not None:
             w.add_token_type_count(self.token_type_count)
         w.add_tokenizer_model(self.model)
-        w.add_tokenizer_pre(self.pre)
+        if self.pre:
+            w.add_tokenizer_pre(self.pre)
         w.add_token_list(self.tokens)
         if self.scores is not None:
             w.add_token_scores(self.scores)

@@ -48,6 +48,16 @@ constexpr ArchTraits kArchs[] = {
     {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
     {"bitnet",     Arch::Bitnet,    true,  false, false, false},
     {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
+    {"seed_oss",   Arch::SeedOss,   true,  false, false, false},  // (the rest: config_densevar.cpp)
+    {"apertus",    Arch::Apertus,   true,  false, true,  false},
+    {"hunyuan-dense", Arch::HunyuanDense, true, false, true, false},
+    {"arcee",      Arch::Arcee,     false, false, false, false},
+    {"starcoder2", Arch::Starcoder2, true, false, false, false},
+    {"glm4moe",    Arch::Glm4Moe,   true,  false, false, false},  // (q/k/v biases, q/k norms optional)
+    {"ernie4_5-moe", Arch::Ernie4_5Moe, false, false, false, false},
+    {"qwen3vlmoe", Arch::Qwen3VLMoe, true,  false, true,  false},  // (text only)
+    {"granitehybrid", Arch::GraniteHybrid, false, false, false, false},  // (mamba2.cpp)
+    {"nemotron_h", Arch::NemotronH, false, false, false, false},  // (nemotron_h.cpp)
     {"dots1",      Arch::Dots1,     true,  false, true,  false},  // (the rest: config_moevar.cpp)
     {"bailingmoe2", Arch::BailingMoe2, true, false, true, false},
     {"hunyuan-moe", Arch::HunyuanMoe, true,  false, true,  false},
@@ -69,6 +79,28 @@ int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi)
         throw GGUFError(strfmt("%s: metadata '%s' = %lld is out of range [%lld, %lld]", f.path().c_str(),
                                key.c_str(), (long long)v, (long long)lo, (long long)hi));
     return int(v);
+}
+
+// (shared through config_read.h)
+std::vector<int> layer_dims(const GGUFFile & f, const std::string & key, int n_layer, int64_t lo, int64_t hi,
+                            int fallback) {
+    const GGUFValue * v = f.find(key);
+    if (!v || v->type != GGUFType::ARRAY)
+        return std::vector<int>(size_t(n_layer), !v && fallback >= 0 ? fallback : get_dim(f, key, lo, hi));
+    if (int64_t(v->arr.size()) != n_layer)
+        throw GGUFError(strfmt("%s: metadata '%s' has %zu values for %d layers", f.path().c_str(), key.c_str(),
+                               v->arr.size(), n_layer));
+    std::vector<int> out;
+    for (const GGUFValue & e : v->arr) {
+        const int64_t x = !e.is_integer() ? lo - 1 : e.type == GGUFType::INT64 || e.type == GGUFType::INT32 ||
+                                                            e.type == GGUFType::INT16 || e.type == GGUFType::INT8
+                                                        ? e.num.i64 : int64_t(std::min<uint64_t>(e.num.u64, 1ull << 62));
+        if (x < lo || x > hi)
+            throw GGUFError(strfmt("%s: metadata '%s' holds a value outside [%lld, %lld] (or not an integer)",
+                                   f.path().c_str(), key.c_str(), (long long)lo, (long long)hi));
+        out.push_back(int(x));
+    }
+    return out;
 }
 
 // A positive (or with zero_ok, non-negative) float key, or the fallback when absent.
@@ -180,7 +212,7 @@ void read_granite(const GGUFFile & f, Config & c) {
     if (c.arch == Arch::Granite && c.n_expert > 0)
         throw GGUFError(strfmt("%s: a granite model with experts is not supported (granitemoe is)", f.path().c_str()));
     c.logit_scale = get_positive(f, a + "logit_scale", 1.0);
-    if (!f.find(a + "logit_scale"))
+    if (!f.find(a + "logit_scale") && c.arch != Arch::GraniteHybrid)  // (optional there, as in llama.cpp)
         throw GGUFError(strfmt("%s: metadata '%slogit_scale' is missing", f.path().c_str(), a.c_str()));
     for (auto [key, v] : {std::pair{"residual_scale", &c.residual_scale}, {"embedding_scale", &c.embd_scale}}) {
         *v = get_positive(f, a + key, 1.0, true);
@@ -190,28 +222,6 @@ void read_granite(const GGUFFile & f, Config & c) {
     if (!f.get_bool(a + "rope.scaling.finetuned", true)) c.nope_layers.assign(size_t(c.n_layer), 1);
 }
 
-// One value per layer: an array of n_layer integers in [lo, hi], or one integer for every layer
-// (absent: fallback, or an error where fallback < 0).
-std::vector<int> layer_dims(const GGUFFile & f, const std::string & key, int n_layer, int64_t lo, int64_t hi,
-                            int fallback = -1) {
-    const GGUFValue * v = f.find(key);
-    if (!v || v->type != GGUFType::ARRAY)
-        return std::vector<int>(size_t(n_layer), !v && fallback >= 0 ? fallback : get_dim(f, key, lo, hi));
-    if (int64_t(v->arr.size()) != n_layer)
-        throw GGUFError(strfmt("%s: metadata '%s' has %zu values for %d layers", f.path().c_str(), key.c_str(),
-                               v->arr.size(), n_layer));
-    std::vector<int> out;
-    for (const GGUFValue & e : v->arr) {
-        const int64_t x = !e.is_integer() ? lo - 1 : e.type == GGUFType::INT64 || e.type == GGUFType::INT32 ||
-                                                            e.type == GGUFType::INT16 || e.type == GGUFType::INT8
-                                                        ? e.num.i64 : int64_t(std::min<uint64_t>(e.num.u64, 1ull << 62));
-        if (x < lo || x > hi)
-            throw GGUFError(strfmt("%s: metadata '%s' holds a value outside [%lld, %lld] (or not an integer)",
-                                   f.path().c_str(), key.c_str(), (long long)lo, (long long)hi));
-        out.push_back(int(x));
-    }
-    return out;
-}
 
 // The largest of per-layer values; the array is dropped when they are all equal.
 int max_of(std::vector<int> & v) {
@@ -322,7 +332,8 @@ void read_gpt_oss(const GGUFFile & f, Config & c) {
 // feed_forward_length; granitemoe's shared expert (granitemoeshared) where the key is given.
 void read_moe_variant(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
-    c.expert_weights_norm = c.arch == Arch::GraniteMoe;
+    const bool granite = c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid;
+    c.expert_weights_norm = granite;
     const std::string exp_key = a + "expert_feed_forward_length", shexp_key = a + "expert_shared_feed_forward_length";
     c.n_ff_exp = c.n_ff;
     if (c.arch == Arch::Qwen2Moe) {
@@ -333,44 +344,10 @@ void read_moe_variant(const GGUFFile & f, Config & c) {
                                    exp_key.c_str()));
         c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 1, 1 << 20) : c.n_ff;
         c.shexp_gate = true;
-    } else if (c.arch == Arch::GraniteMoe && f.find(shexp_key)) {
+    } else if (granite && f.find(shexp_key)) {
         c.n_ff_shexp = get_dim(f, shexp_key, 0, 1 << 20);
     }
 }
-
-}  // namespace
-
-// (shared with config_moevar.cpp through config_read.h)
-// The router's settings as llama.cpp's build_moe_ffn takes them (deepseek2, dots1): the chosen
-// weights renormalized or not (absent: not), times expert_weights_scale (0 or absent: 1), softmax
-// or sigmoid scores (expert_gating_func; absent or 0: the softmax unless required), the choice
-// limited to the best expert_group_used_count of expert_group_count groups.
-void read_expert_router(const GGUFFile & f, Config & c, bool gating_required) {
-    const std::string a = c.arch_name + ".";
-    const char * path = f.path().c_str();
-    auto opt_dim = [&](const char * key, int64_t lo, int64_t hi) { return f.find(a + key) ? get_dim(f, a + key, lo, hi) : 0; };
-    if (gating_required && !f.find(a + "expert_gating_func"))
-        throw GGUFError(strfmt("%s: metadata '%sexpert_gating_func' is missing", path, a.c_str()));
-    c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", false);
-    c.expert_weights_scale = get_positive(f, a + "expert_weights_scale", 0.0, true);
-    if (c.expert_weights_scale == 0) c.expert_weights_scale = 1.0f;  // 0: none
-    // llama_expert_gating_func_type: 0 (absent: the softmax, as DeepSeek V2's files), 1 softmax, 2 sigmoid
-    const int gating = opt_dim("expert_gating_func", 0, 1 << 20);
-    if (gating > 2 || (gating_required && gating == 0))
-        throw GGUFError(strfmt("%s: metadata '%sexpert_gating_func' = %d is not supported (1: softmax, 2: sigmoid)",
-                               path, a.c_str(), gating));
-    c.moe_sigmoid = gating == 2;
-    c.n_expert_groups = opt_dim("expert_group_count", 0, c.n_expert - 1);
-    c.n_group_used = opt_dim("expert_group_used_count", 0, 4096);
-    if (c.n_expert_groups > 1 &&
-        (c.n_expert % c.n_expert_groups != 0 || c.n_group_used < 1 || c.n_group_used >= c.n_expert_groups ||
-         c.n_expert_used > c.n_group_used * (c.n_expert / c.n_expert_groups)))
-        throw GGUFError(strfmt("%s: metadata '%sexpert_group_count' = %d, expert_group_used_count = %d do not fit "
-                               "%d experts, %d used", path, a.c_str(), c.n_expert_groups, c.n_group_used, c.n_expert,
-                               c.n_expert_used));
-}
-
-namespace {
 
 // deepseek2 (llama.cpp's llama_model_deepseek2): the latent attention's ranks and head sizes, the
 // leading dense blocks, the shared experts and the router's settings.
@@ -416,9 +393,7 @@ void read_deepseek2(const GGUFFile & f, Config & c) {
     if (!std::isfinite(c.yarn_log_mul))
         throw GGUFError(strfmt("%s: bad %srope.scaling.yarn_log_multiplier", path, a.c_str()));
     if (c.n_expert == 0) return;
-    c.n_expert_shared = get_dim(f, a + "expert_shared_count", 0, 64);
-    c.n_ff_shexp = c.n_ff_exp * c.n_expert_shared;  // (they run as one feed-forward of their stacked rows)
-    read_expert_router(f, c, false);
+    read_expert_router(f, c, false);  // (config_routed.cpp; softmax unless the file says otherwise)
 }
 
 // attention.head_count_kv: one count, or one per layer (llama.cpp's per-layer form); the layers
@@ -437,7 +412,7 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
         if (!e.is_integer())
             throw GGUFError(strfmt("%s: metadata '%s' must hold integers", f.path().c_str(), key.c_str()));
         const int64_t k = e.num.i64;  // (small values read alike as signed or unsigned)
-        if (k == 0 && c.arch == Arch::Lfm2) {
+        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::GraniteHybrid || c.arch == Arch::NemotronH)) {
             conv[size_t(l)] = 1;
             continue;
         }
@@ -563,12 +538,10 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.fused_qkv = t->fused_qkv;
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
-    if (f.find(a + "nextn_predict_layers")) {  // (the last blocks: NextN layers, not run)
-        c.n_layer_nextn = get_dim(f, a + "nextn_predict_layers", 0, c.n_layer - 1);
-        c.n_layer -= c.n_layer_nextn;
-    }
+    if (c.arch == Arch::Glm4Moe || c.arch == Arch::BailingMoe2) c.n_layer -= nextn_layers(f, c);  // (MTP: not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
-    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss;  // every block has experts
+    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
+                          c.arch == Arch::Qwen3VLMoe;
     // (and a feed_forward_length)
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Dots1 ||
                          c.arch == Arch::BailingMoe2 || c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker;
@@ -582,7 +555,9 @@ Config Config::from_gguf(const GGUFFile & f) {
                                    "'%sattention.head_count' = %d", f.path().c_str(), a.c_str(), c.n_head_kv,
                                    a.c_str(), c.n_head));
         const std::string ff_key = a + "feed_forward_length";
-        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2) && !f.find(ff_key) ? 0 : get_dim(f, ff_key, 1, 1 << 20);
+        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe) && !f.find(ff_key) ? 0
+                 : c.arch == Arch::NemotronH ? 0  // (per layer: read_nemotron_h)
+                                              : get_dim(f, ff_key, 1, 1 << 20);
     }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {
@@ -591,7 +566,9 @@ Config Config::from_gguf(const GGUFFile & f) {
                          ? get_dim(f, a + "expert_feed_forward_length", 1, 1 << 20)
                          : c.n_ff;
         c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", true);
-        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe) read_moe_variant(f, c);
+        if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe ||
+            c.arch == Arch::GraniteHybrid)
+            read_moe_variant(f, c);
     }
     c.n_ctx_train = int(f.get_int(a + "context_length", 4096));
     c.n_ctx_orig = f.find(a + "rope.scaling.original_context_length")
@@ -606,7 +583,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     // LayerNorm epsilon for bert, nomic-bert and cohere2; RMSNorm's for the rest (required by
     // gemma-embedding)
     const bool ln_encoder = c.encoder && c.arch != Arch::GemmaEmbedding;
-    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2;
+    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2 || c.arch == Arch::Starcoder2;
     const std::string eps_key = a + (layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
     c.rms_eps = float(c.encoder || layer_norm ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
@@ -655,13 +632,19 @@ Config Config::from_gguf(const GGUFFile & f) {
         read_gemma(f, c);
     if (c.arch == Arch::SmolLM3)  // llama.cpp's n_no_rope_layer_step: layer l skips it if (l + 1) % 4 == 0
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
-    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe) read_granite(f, c);
+    if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid) read_granite(f, c);
+    if (c.arch == Arch::GraniteHybrid) c.read_mamba2(f);
+    if (c.arch == Arch::NemotronH) c.read_nemotron_h(f);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
+    c.read_dense_variant(f);
     c.read_moe_variants(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
+    if (c.arch == Arch::Glm4Moe) read_glm4moe(f, c);
+    if (c.arch == Arch::Ernie4_5Moe) read_ernie4_5_moe(f, c);
+    if (c.arch == Arch::Qwen3VLMoe) read_qwen3vlmoe(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)

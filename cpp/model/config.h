@@ -30,7 +30,18 @@ struct RopeParams {
 enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
-    Bitnet, Gemma4, Dots1, BailingMoe2, HunyuanMoe, SmallThinker
+    Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
+    GraniteHybrid, NemotronH, Dots1, BailingMoe2, HunyuanMoe, SmallThinker
+};
+
+// The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
+// (apertus), ReLU squared (arcee) or tanh-approximated GELU (starcoder2) (config_densevar.cpp).
+enum class FfnAct { Glu, Xielu, ReluSqr, Gelu };
+
+// apertus's xIELU of one layer as llama.cpp's ggml_xielu holds it (softplus already applied):
+// x > 0: alpha_p x^2 + beta x; else (expm1(min(x, eps)) - x) alpha_n + beta x.
+struct XieluParams {
+    float alpha_n = 0.0f, alpha_p = 0.0f, beta = 0.0f, eps = 0.0f;
 };
 
 // mistral3's query multiplier at position pos (llama.cpp's llm_graph_input_attn_temp):
@@ -45,7 +56,10 @@ struct Config {
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"
                                 // (config_dense.cpp)
-                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4"
+                                // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4",
+                                // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
+                                // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
+                                // "nemotron_h" (nemotron_h.cpp)
                                 // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
@@ -83,10 +97,8 @@ struct Config {
     int n_expert_groups = 0;    // 0: no groups
     int n_group_used = 0;
     int n_expert_shared = 0;
-    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, dots1, bailingmoe2)
-    // Blocks of the file past n_layer (nextn_predict_layers: NextN / multi-token prediction) that
-    // are not run; block_count counts them, n_layer does not.
-    int n_layer_nextn = 0;
+    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, glm4moe, ernie4_5-moe,
+                                // dots1, bailingmoe2)
     // deepseek2's multi-head latent attention (llama.cpp's MLA form, mla.cpp): queries from h
     // (attn_q) or through a rank-q_lora_rank bottleneck (attn_q_a, its norm, attn_q_b); keys and
     // values from a normed kv_lora_rank latent and one rotary key part of n_rot shared by every
@@ -149,7 +161,6 @@ struct Config {
     bool has_qkv_bias = false;
     bool has_qk_norm = false;   // RMSNorm of each query and key head before the rotation (qwen3)
     bool qk_norm_full = false;  // olmo2: of the whole query and key projections instead
-    bool qk_norm_after_rope = false;  // hunyuan-moe: the per-head norms after the rotation
     bool pre_norms = true;      // RMSNorm of the attention's and feed-forward's inputs (olmo2: none)
     // bitnet: RMSNorm of the attention output before W_o and of the gated activation before W_down
     // (attn_sub_norm, ffn_sub_norm), and optional scalar scales of each matmul's output.
@@ -186,8 +197,32 @@ struct Config {
     // short convolution instead of attention (in_proj -> B, C, x; a depthwise causal convolution of
     // length conv_l_cache over B * x; C * conv; out_proj), keeping per sequence the last
     // conv_l_cache - 1 inputs of the convolution. Empty: no such layers.
+    // (nemotron_h: the layers with neither key/value heads nor a feed-forward width; its other
+    // layers are attention (n_ff_of 0) or a squared-ReLU MLP alone (n_head_kv_of 0))
     std::vector<uint8_t> conv_layers;
     int conv_l_cache = 0;       // shortconv.l_cache
+    // granitehybrid (model/mamba2.cpp): its layers of conv_layers (head_count_kv 0) are Mamba-2
+    // mixers instead: in_proj to z (d_inner), xBC (x: d_inner, B and C: n_group * d_state each) and
+    // dt (n_head); a depthwise causal convolution of ssm_d_conv taps over xBC with a bias, SiLU; the
+    // selective scan per head (state (head_dim, d_state), decay exp(softplus(dt + dt_bias) A)), D skip;
+    // y * silu(z) RMS-normed per group; out_proj. Per sequence: the last ssm_d_conv - 1 xBC inputs and
+    // the scan's state. ssm_d_state 0: none.
+    int ssm_d_conv = 0;         // ssm.conv_kernel
+    int ssm_d_inner = 0;        // ssm.inner_size
+    int ssm_d_state = 0;        // ssm.state_size
+    int ssm_n_head = 0;         // ssm.time_step_rank
+    int ssm_n_group = 0;        // ssm.group_count
+    bool mamba2() const { return ssm_d_state > 0; }
+    int ssm_head_dim() const { return ssm_d_inner / ssm_n_head; }
+    int ssm_conv_dim() const { return ssm_d_inner + 2 * ssm_n_group * ssm_d_state; }  // xBC
+    int ssm_in_dim() const { return ssm_d_inner + ssm_conv_dim() + ssm_n_head; }     // z, xBC, dt
+    // Floats of one recurrent layer's state per sequence: lfm2's last conv_l_cache - 1 inputs, or a
+    // Mamba-2 layer's convolution inputs (d_conv - 1, conv_dim) then its scan state (d_inner, d_state).
+    size_t state_floats() const {
+        if (mamba2())
+            return size_t(ssm_d_conv - 1) * size_t(ssm_conv_dim()) + size_t(ssm_d_inner) * size_t(ssm_d_state);
+        return size_t(conv_l_cache - 1) * size_t(n_embd);
+    }
     // Gemma 4 (model/gemma4.cpp): attention geometry per layer. n_head, n_head_kv, n_ff are then the
     // largest of any layer (buffers are sized by them) and head_dim, n_rot the global layers'.
     int head_dim_swa = 0;       // the sliding-window layers' head size (0: head_dim)
@@ -197,6 +232,14 @@ struct Config {
     // earlier layer of its kind (sliding or global; gemma4's shared_kv_layers). 0: every layer has one.
     int n_layer_kv = 0;
     int n_embd_per_layer = 0;   // gemma4 E2B / E4B: width of each layer's token embedding (0: none)
+    // seed_oss, apertus, hunyuan-dense, arcee, starcoder2 (config_densevar.cpp): the feed-forward's
+    // kind, apertus's xIELU per layer, hunyuan-dense's (and hunyuan-moe's) q/k norms after the
+    // rotation instead of before, starcoder2's LayerNorms with a bias (attn_norm, ffn_norm,
+    // output_norm .bias).
+    FfnAct ffn_act = FfnAct::Glu;
+    std::vector<XieluParams> xielu;  // (n_layer) apertus
+    bool qk_norm_after_rope = false;
+    bool norm_bias = false;
 
     int n_gqa() const { return n_head / n_head_kv; }
     // Widths of the queries, keys, values and attention outputs (the widest layer's with per-layer
@@ -232,11 +275,16 @@ struct Config {
     // Applies the user's overrides and derives the YaRN terms and magnitudes (llama_context's
     // cparams); from_gguf calls it with none. Throws sl::Error for a bad value.
     void apply_rope(const RopeParams & p);
-    // Widest feed-forward activation (lfm2's in_proj output, 3 n_embd, which shares its buffer;
-    // gemma4's per-layer input gate).
+    // Widest feed-forward activation (lfm2's in_proj output, 3 n_embd, or a Mamba-2 layer's, which
+    // share its buffer; gemma4's per-layer input gate).
     int ff_max() const {
-        const int conv = recurrent() ? 3 * n_embd : 0;
+        const int conv = recurrent() ? (mamba2() ? ssm_in_dim() : 3 * n_embd) : 0;
         return std::max({n_ff, n_ff_exp, n_ff_shexp, conv, n_embd_per_layer});
+    }
+    // The widest matmul input among those: a Mamba-2 layer's out_proj reads d_inner (its wider in_proj
+    // output, ssm_in_dim, need not be a multiple of any block size, and no matmul reads it).
+    int ff_k_max() const {
+        return mamba2() ? std::max({n_ff, n_ff_exp, n_ff_shexp, ssm_d_inner, n_embd_per_layer}) : ff_max();
     }
 
     // The metadata keys (with their values) that tensor shapes are checked against, for errors.
@@ -246,6 +294,12 @@ struct Config {
     static Config from_gguf(const GGUFFile & f);
     // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
     void read_dense(const GGUFFile & f);
+    // Those of seed_oss, apertus, hunyuan-dense, arcee, starcoder2 (config_densevar.cpp).
+    void read_dense_variant(const GGUFFile & f);
+    // The Mamba-2 layers' sizes (granitehybrid; model/mamba2.cpp).
+    void read_mamba2(const GGUFFile & f);
+    // nemotron_h's layer kinds and widths (model/nemotron_h.cpp).
+    void read_nemotron_h(const GGUFFile & f);
     // The settings of the MoE variants dots1, bailingmoe2, hunyuan-moe, smallthinker (config_moevar.cpp).
     void read_moe_variants(const GGUFFile & f);
 };

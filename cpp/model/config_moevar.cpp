@@ -1,7 +1,7 @@
-// The mixture-of-experts variants beside deepseek2 that reuse its routing (config.cpp's
+// The mixture-of-experts variants beside deepseek2 that reuse its routing (config_routed.cpp's
 // read_expert_router: softmax or sigmoid scores, selection bias, groups, scaled weights) and the
-// shared experts as a block's dense feed-forward: dots1, bailingmoe2, hunyuan-moe and smallthinker, as
-// llama.cpp's src/models/<arch>.cpp reads them.
+// shared experts as a block's dense feed-forward: dots1, bailingmoe2, hunyuan-moe and smallthinker,
+// as llama.cpp's src/models/<arch>.cpp reads them.
 #include <vector>
 
 #include "common/error.h"
@@ -19,18 +19,32 @@ int required_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_
     return get_dim(f, key, lo, hi);
 }
 
+// expert_gating_func, which llama.cpp reads without a default for these (0 would abort its graph):
+// 1 softmax, 2 sigmoid.
+int required_gating(const GGUFFile & f, const Config & c) {
+    const std::string key = c.arch_name + ".expert_gating_func";
+    const int g = required_dim(f, key, 0, 1 << 20);
+    if (g < 1 || g > 2)
+        throw GGUFError(strfmt("%s: metadata '%s' = %d is not supported (1: softmax, 2: sigmoid)", f.path().c_str(),
+                               key.c_str(), g));
+    return g;
+}
+
 // The leading dense blocks (leading_dense_block_count, absent: none), experts of
-// expert_feed_forward_length and expert_shared_count shared experts of that width each (bailingmoe2:
-// of expert_shared_feed_forward_length where given), run as one feed-forward of their stacked rows.
-void read_lead_and_shared(const GGUFFile & f, Config & c) {
+// expert_feed_forward_length and the router (read_expert_router: expert_shared_count shared experts
+// of the experts' width each, run as one feed-forward of their stacked rows); bailingmoe2's each of
+// expert_shared_feed_forward_length where given.
+void read_lead_and_router(const GGUFFile & f, Config & c) {
     const std::string a = c.arch_name + ".";
     const std::string lead = a + "leading_dense_block_count";
     c.n_layer_dense_lead = f.find(lead) ? get_dim(f, lead, 0, c.n_layer) : 0;
     c.n_ff_exp = required_dim(f, a + "expert_feed_forward_length", 1, 1 << 20);
-    c.n_expert_shared = required_dim(f, a + "expert_shared_count", 0, 64);
+    required_dim(f, a + "expert_shared_count", 0, 64);
+    required_gating(f, c);
+    read_expert_router(f, c, false);
     const std::string shexp = a + "expert_shared_feed_forward_length";
-    const bool own_width = c.arch == Arch::BailingMoe2 && f.find(shexp) && f.get_int(shexp) > 0;
-    c.n_ff_shexp = (own_width ? get_dim(f, shexp, 1, 1 << 20) : c.n_ff_exp) * c.n_expert_shared;
+    if (c.arch == Arch::BailingMoe2 && f.find(shexp) && f.get_int(shexp) > 0)
+        c.n_ff_shexp = get_dim(f, shexp, 1, 1 << 20) * c.n_expert_shared;
 }
 
 // smallthinker's sliding-window layers (llama.cpp's llama_model_smallthinker): where the file has a
@@ -62,13 +76,11 @@ void read_smallthinker_windows(const GGUFFile & f, Config & c) {
 void Config::read_moe_variants(const GGUFFile & f) {
     switch (arch) {
     case Arch::Dots1:  // dots.llm1: deepseek-v3's router (its gating function required) and shared experts
-        read_lead_and_shared(f, *this);
-        read_expert_router(f, *this, true);
+        read_lead_and_router(f, *this);
         break;
     case Arch::BailingMoe2:  // Ling / Ring 2.0: q, k, v in one tensor, partial rotation, deepseek-v3's router
         attn_qkv = true;
-        read_lead_and_shared(f, *this);
-        read_expert_router(f, *this, true);
+        read_lead_and_router(f, *this);
         break;
     case Arch::HunyuanMoe: {  // Hunyuan-A13B: q/k norms after the rotation; experts and shared expert
         // as wide as the dense feed-forward (unless expert_shared_feed_forward_length), softmax router
@@ -83,7 +95,7 @@ void Config::read_moe_variants(const GGUFFile & f) {
     case Arch::SmallThinker:  // the router on the block's input, ReGLU experts, windows and NoPE layers
         router_on_input = true;
         experts_relu = true;
-        read_expert_router(f, *this, true);
+        moe_sigmoid = required_gating(f, *this) == 2;
         expert_weights_norm = true;  // (llama.cpp's graph: renormalized, never scaled)
         expert_weights_scale = 1.0f;
         read_smallthinker_windows(f, *this);

@@ -1,4 +1,4 @@
-// Metadata readers shared by config.cpp and config_dense.cpp; each throws GGUFError naming the
+// Metadata readers shared by config.cpp, config_dense.cpp and config_routed.cpp; each throws GGUFError naming the
 // file and the key.
 #pragma once
 
@@ -13,6 +13,10 @@ struct Config;
 
 // An integer key within [lo, hi].
 int get_dim(const GGUFFile & f, const std::string & key, int64_t lo, int64_t hi);
+// One value per layer: an array of n_layer integers in [lo, hi], or one integer for every layer
+// (absent: fallback, or an error where fallback < 0).
+std::vector<int> layer_dims(const GGUFFile & f, const std::string & key, int n_layer, int64_t lo, int64_t hi,
+                            int fallback = -1);
 // A positive (or with zero_ok, non-negative) float key, or the fallback when absent.
 float get_positive(const GGUFFile & f, const std::string & key, double fallback, bool zero_ok = false);
 // Which layers use the sliding window (llama.cpp's load_swa_pattern): the key as one flag per
@@ -20,8 +24,19 @@ float get_positive(const GGUFFile & f, const std::string & key, double fallback,
 std::vector<uint8_t> swa_pattern(const GGUFFile & f, const std::string & key, int n_layer, int period);
 // The flags, or none at all when no layer slides.
 std::vector<uint8_t> any_swa(std::vector<uint8_t> swa);
-// The router's settings (expert_weights_norm / _scale, expert_gating_func, the expert groups), as
-// llama.cpp's build_moe_ffn takes them; with gating_required the gating key must be 1 or 2.
-void read_expert_router(const GGUFFile & f, Config & c, bool gating_required);
+
+// config_routed.cpp. The sigmoid-routed experts' settings (deepseek2, glm4moe): shared experts,
+// weight normalization and scale, the gating function (absent: sigmoid_default), expert groups.
+void read_expert_router(const GGUFFile & f, Config & c, bool sigmoid_default);
+// The multi-token-prediction layers (nextn_predict_layers) counted in block_count, which llama.cpp
+// loads but never runs: 0 when absent.
+int nextn_layers(const GGUFFile & f, const Config & c);
+// glm4moe's dense lead, expert widths and router (llama.cpp's llama_model_glm4_moe).
+void read_glm4moe(const GGUFFile & f, Config & c);
+// ernie4_5-moe's dense lead, expert widths, shared expert width and router.
+void read_ernie4_5_moe(const GGUFFile & f, Config & c);
+// qwen3vlmoe's (text only): qwen3moe's blocks with M-RoPE sections, the chosen experts' weights
+// always renormalized.
+void read_qwen3vlmoe(const GGUFFile & f, Config & c);
 
 }  // namespace sl

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/vecmath.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
 #include "model/op_offload.h"
@@ -55,6 +56,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
+        if (c.arch == Arch::NemotronH && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP layers (nemotron_h.cpp)
+            nemotron_h_mlp(mm, l, s, n);
+            continue;
+        }
         if (c.router_on_input && L.moe()) {  // smallthinker: router logits of the block's input (moe_ffn routes)
             const WeightRef * gi = &L.gate_inp;
             if (imx_) imx_observe(l, kImxRouter, s.x, n, be);
@@ -62,11 +67,14 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         }
         if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);
-            conv_block(l, s, n, slot);
+            if (c.mamba2())  // granitehybrid: a Mamba-2 mixer instead (mamba2.cpp)
+                mamba2_block(l, s, n, slot);
+            else
+                conv_block(l, s, n, slot);
         } else {
             // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
             const float * h = L.attn_norm ? s.h : s.x;
-            if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n);
+            if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n, L.attn_norm_b);
             if (c.arch == Arch::DeepSeek2) {  // multi-head latent attention (mla.cpp)
                 mla_attention(be, l, s, n);
             } else {
@@ -84,13 +92,13 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
                     be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
                     be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
-                } else if (L.attn_q_norm && !c.qk_norm_after_rope) {  // qwen3: each query and key head
-                    be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);  // RMS-normed
+                } else if (L.attn_q_norm && !c.qk_norm_after_rope) {  // qwen3: each query and key head RMS-normed before the rotation
+                    be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
                     be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
                 }
                 const bool swa = c.is_swa(l);
                 if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
-                if (L.attn_q_norm && c.qk_norm_after_rope) {  // hunyuan-moe: after the rotation
+                if (L.attn_q_norm && c.qk_norm_after_rope) {  // hunyuan-dense, hunyuan-moe: after the rotation
                     be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
                     be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
                 }
@@ -114,10 +122,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 add_output(be, mm, wo, L.attn_post_norm, s.att, s, n, nullptr, L.o_scale);
             }
         }
+        if (c.arch == Arch::NemotronH) continue;  // (one mixer a layer)
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
         // (cohere2: the attention's normed input h, still in s.h)
         const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;
-        if (L.ffn_norm) norm(be, s.x, L.ffn_norm, s.h, n);
+        if (L.ffn_norm) norm(be, s.x, L.ffn_norm, s.h, n, L.ffn_norm_b);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
             moe_ffn(be, L, s, n);
             if (L.w_gate.rows == 0) continue;
@@ -126,12 +135,14 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         // (qwen2moe: the shared expert's output times a gate per token)
         const float * gates = L.ffn_gate_inp_shexp ? shared_expert_gates(L, s, n) : nullptr;
         const Glu act = c.ffn_gelu ? Glu::Gelu : Glu::Silu;
-        if (imx_) {
+        if (imx_ && c.ffn_act == FfnAct::Glu) {
             imx_observe(l, kImxGate, hf, n, be);
             imx_observe(l, kImxUp, hf, n, be);
         }
         const int64_t n_ff = int64_t(n) * L.w_gate.rows;
-        if (lora_on(L.w_gate) || lora_on(L.w_up) || c.sub_norms) {  // the projections, updates, activation
+        if (c.ffn_act != FfnAct::Glu) {  // apertus, arcee, starcoder2: act(W_up h + b) (densevar.cpp)
+            ungated_ffn(be, mm, l, hf, s, n);
+        } else if (lora_on(L.w_gate) || lora_on(L.w_up) || c.sub_norms) {  // the projections, updates, activation
             const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
             float * gu_out[2] = {s.ff, s.up};
             for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, hf, n, false);  // (op offload's buffers)
@@ -167,7 +178,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     n_eval_ += n;
     ++n_forward_;
     if (n_out == 0 || !logits) return;
-    norm(output_backend_, s.x, w_.output_norm, s.h, n_out);
+    norm(output_backend_, s.x, w_.output_norm, s.h, n_out, w_.output_norm_b);
     if (embeddings) {  // the normed hidden states themselves (or a reranker's scores of them)
         const size_t bytes = size_t(n_out) * c.n_embd * sizeof(float);
         float * rows = classify ? (output_backend_->is_cpu() ? s.h : host_x_) : logits;
@@ -201,11 +212,14 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     }
 }
 
-void Model::norm(Backend * be, const float * x, const float * w, float * y, int n) {
+void Model::norm(Backend * be, const float * x, const float * w, float * y, int n, const float * b) {
     if (cfg_.layer_norm)
         be->layer_norm(x, w, y, n, cfg_.n_embd, cfg_.rms_eps);
     else
         be->rms_norm(x, w, y, n, cfg_.n_embd, cfg_.rms_eps);
+    if (!b) return;
+    SL_CHECK(be->is_cpu(), "internal: a norm's bias (starcoder2) is added on the CPU only");
+    for (int t = 0; t < n; ++t) vec::add_to(y + size_t(t) * cfg_.n_embd, b, size_t(cfg_.n_embd));
 }
 
 void Model::add_output(Backend * be, Backend * mm, const WeightRef * w, const float * post_norm, const float * in,

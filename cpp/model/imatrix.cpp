@@ -113,8 +113,11 @@ void Model::imatrix_start(bool process_output) {
         }
         s[kImxDown] = imx_target(b + "ffn_down" + sh + ".weight", L.w_down);
         if (c.is_conv(l)) {  // lfm2's convolution layers: in_proj and out_proj at the attention's sites
-            s[kImxQ] = imx_target(b + "shortconv.in_proj.weight", L.conv_in);
-            s[kImxO] = imx_target(b + "shortconv.out_proj.weight", L.conv_out);
+            const bool ssm = c.mamba2();  // (granitehybrid's Mamba-2 layers: ssm_in, ssm_out)
+            s[kImxQ] = ssm ? imx_target(b + "ssm_in.weight", L.ssm_in)
+                           : imx_target(b + "shortconv.in_proj.weight", L.conv_in);
+            s[kImxO] = ssm ? imx_target(b + "ssm_out.weight", L.ssm_out)
+                           : imx_target(b + "shortconv.out_proj.weight", L.conv_out);
         }
         if (L.moe()) {
             s[kImxRouter] = imx_target(b + "ffn_gate_inp.weight", L.gate_inp);

@@ -116,6 +116,7 @@ void Model::load_weights() {
     if (c.encoder && !embedding_only) return load_encoder_weights();
     // (lfm2's final norm is token_embd_norm, as its converter names it)
     w_.output_norm = vector_f32(f, c, c.arch == Arch::Lfm2 ? "token_embd_norm.weight" : "output_norm.weight", c.n_embd);
+    if (c.norm_bias) w_.output_norm_b = vector_f32(f, c, "output_norm.bias", c.n_embd);  // (starcoder2)
     if (embedding_only) load_dense();
     if ((c.arch == Arch::Gemma || c.arch == Arch::Gemma2 || c.arch == Arch::Cohere2) &&
         f.find_tensor("output.weight"))  // as llama.cpp
@@ -147,16 +148,22 @@ void Model::load_weights() {
                                    c.n_swa));
 
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
-    // (glm4, exaone4, ernie4_5 and cohere2 read no attn_output.bias: llama.cpp's graphs have none)
+    if (c.arch == Arch::NemotronH) return load_nemotron_h_layers();
+    // (glm4, exaone4, ernie4_5, cohere2, seed_oss, hunyuan-dense, arcee, glm4moe and ernie4_5-moe read
+    // no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
-                         c.arch != Arch::Cohere2;
+                         c.arch != Arch::Cohere2 && c.arch != Arch::SeedOss && c.arch != Arch::HunyuanDense &&
+                         c.arch != Arch::Arcee && c.arch != Arch::Glm4Moe && c.arch != Arch::Ernie4_5Moe;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights & L = w_.layers[l];
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
-        if (c.is_conv(l)) {  // lfm2: a convolution in place of attention
-            load_conv_layer(b, L);
+        if (c.is_conv(l)) {  // lfm2: a convolution in place of attention (granitehybrid: Mamba-2)
+            if (c.mamba2())
+                load_mamba2_layer(b, L);
+            else
+                load_conv_layer(b, L);
         } else {
             if (c.arch == Arch::DeepSeek2) {
                 load_mla_layer(b, L);
@@ -176,7 +183,8 @@ void Model::load_weights() {
                                            f.path().c_str(), bias.c_str(), c.arch_name.c_str()));
                 if (required || f.find_tensor(bias)) w->bias = vector_f32(f, c, bias, w->rows);
             }
-            if (c.has_qk_norm) {  // per head, or (olmo2) over the whole projections
+            // per head, or (olmo2) over the whole projections; glm4moe's where the file has them
+            if (c.has_qk_norm || (c.arch == Arch::Glm4Moe && f.find_tensor(b + "attn_q_norm.weight"))) {
                 L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
                 L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
             }
@@ -198,16 +206,19 @@ void Model::load_weights() {
             L.attn_post_norm = vector_f32(f, c, b + "post_attention_norm.weight", c.n_embd);
             L.ffn_post_norm = vector_f32(f, c, b + "post_ffw_norm.weight", c.n_embd);
         }
-        if (c.pre_norms && !c.parallel_ffn)  // (cohere2's feed-forward reads the attention's input)
-            L.ffn_norm = vector_f32(f, c, b + (c.arch == Arch::GptOss ? "post_attention_norm.weight" : "ffn_norm.weight"),
-                                    c.n_embd);
+        // (cohere2's feed-forward reads the attention's input; gpt-oss, seed_oss and glm4moe name its
+        // norm post_attention_norm)
+        const bool ffn_norm_post = c.arch == Arch::GptOss || c.arch == Arch::SeedOss || c.arch == Arch::Glm4Moe;
+        const char * ffn_norm = ffn_norm_post ? "post_attention_norm.weight" : "ffn_norm.weight";
+        if (c.pre_norms && !c.parallel_ffn) L.ffn_norm = vector_f32(f, c, b + ffn_norm, c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
-        // deepseek2, dots1, bailingmoe2: those after the leading dense ones)
+        // deepseek2, glm4moe, ernie4_5-moe, dots1, bailingmoe2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
-                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::HunyuanMoe ||
-                              c.arch == Arch::SmallThinker;
-        const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
+                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
+                              c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker;
+        const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe ||
+                          c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
         const bool moe = lead ? l >= c.n_layer_dense_lead
                               : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
         if (moe) {
@@ -227,19 +238,21 @@ void Model::load_weights() {
                 L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
-            if (f.find_tensor(b + "exp_probs_b.bias")) L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
+            if (c.arch == Arch::Glm4Moe || f.find_tensor(b + "exp_probs_b.bias"))  // (glm4moe's required)
+                L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
             L.w_gate = row_slice(gate_up, 0, c.n_ff);
             L.w_up = row_slice(gate_up, c.n_ff, c.n_ff);
             L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
-        } else {
-            L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+        } else {  // (apertus, arcee, starcoder2: no gate)
+            if (c.ffn_act == FfnAct::Glu) L.w_gate = matrix(f, c, b + "ffn_gate.weight", c.n_ff, c.n_embd);
             L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
             L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
         }
+        if (c.ffn_act != FfnAct::Glu) load_densevar_layer(b, L);  // (its feed-forward's extra tensors)
         for (const char * name : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
-            if (f.find_tensor(b + name))
+            if (!c.norm_bias && f.find_tensor(b + name))
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
                                        b.c_str(), name));
     }
@@ -464,7 +477,7 @@ CpuBackendOptions Model::cpu_options() const {
     CpuBackendOptions o;
     o.n_threads = params_.n_threads;
     o.n_batch = params_.n_batch;
-    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_max(), c.q_lora_rank, c.kv_lora_rank});
+    o.max_k = std::max({c.n_embd, c.q_dim(), c.ff_k_max(), c.q_lora_rank, c.kv_lora_rank});
     o.max_rows = std::max({c.n_vocab, c.ff_max(), c.q_dim(), c.n_expert,
                            c.n_head * (c.head_dim_k_mla + c.head_dim_v_mla)});  // (deepseek2: attn_kv_b)
     o.n_head = c.n_head;
@@ -509,6 +522,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.down_exps});
         group({&L.conv_in});
         group({&L.conv_out});
+        group({&L.ssm_in});
+        group({&L.ssm_out});
     }
     group({&w_.output});
     group({&w_.cls});
@@ -543,9 +558,10 @@ size_t Model::activation_bytes(bool cpu) const {
                           ? 2 * size_t(c.n_layer) * size_t(c.n_embd_per_layer) + (c.n_expert > 0 ? 3 * size_t(c.n_embd) : 0)
                           : 0;
     const size_t mla = cpu ? mla_floats() : 0;
+    const size_t ssm = cpu && c.mamba2() ? size_t(c.ssm_d_inner) : 0;  // a Mamba-2 layer's output (ssm_y_)
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
-            mla + g4);
+            mla + g4 + ssm);
 }
 
 void Model::allocate_state() {
@@ -604,6 +620,8 @@ void Model::allocate_state() {
             if (c.is_conv(l)) conv_index_[size_t(l)] = n_conv++;
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
+        if (c.mamba2())  // (a Mamba-2 layer's output before out_proj)
+            ssm_y_ = static_cast<float *>(alloc_on(cpu_.get(), nb * size_t(c.ssm_d_inner) * sizeof(float)));
     }
     if (c.arch == Arch::Gemma4) {
         ones_.assign(size_t(c.max_head_dim()), 1.0f);

@@ -62,7 +62,8 @@ struct LayerWeights {
     WeightRef wq, wk, wv, wo;           // (q_dim, n_embd) (kv_dim, n_embd) (kv_dim, n_embd) (n_embd, q_dim)
     const float * attn_q_norm = nullptr;  // (head_dim) per-head query RMSNorm (qwen3), or null
     const float * attn_k_norm = nullptr;  // (head_dim) per-head key RMSNorm (qwen3), or null
-    const float * ffn_norm = nullptr;   // (n_embd) (gpt-oss: post_attention_norm)
+    const float * ffn_norm = nullptr;   // (n_embd) (gpt-oss, seed_oss: post_attention_norm)
+    const float * attn_norm_b = nullptr, * ffn_norm_b = nullptr;  // (n_embd) starcoder2's LayerNorm biases
     const float * attn_sinks = nullptr;  // (n_head) gpt-oss's sink logits, or null
     // gemma2/3: RMSNorm of the attention output and of the feed-forward output before each is
     // added to the residual stream; null otherwise.
@@ -104,6 +105,14 @@ struct LayerWeights {
     WeightRef conv_in;                  // (3 n_embd, n_embd)
     const float * conv_kernel = nullptr;  // (n_embd, conv_l_cache)
     WeightRef conv_out;                 // (n_embd, n_embd)
+    // A Mamba-2 layer (mamba2.cpp; Config::mamba2): in_proj's rows z, xBC, dt; the convolution's
+    // kernel (oldest tap first) and bias; dt's bias, A (-exp(A_log)), D; the gated norm; out_proj.
+    WeightRef ssm_in;                   // (ssm_in_dim, n_embd)
+    WeightRef ssm_out;                  // (n_embd, d_inner)
+    const float * ssm_conv = nullptr;   // (conv_dim, d_conv)
+    const float * ssm_conv_b = nullptr;  // (conv_dim), or null
+    const float * ssm_dt_b = nullptr, * ssm_a = nullptr, * ssm_d = nullptr;  // (n_head) each
+    const float * ssm_norm = nullptr;   // (d_inner) per group of d_inner / n_group
     // gemma4: the layer's output (residual stream included) times out_scale (layer_output_scale);
     // without wv the values are the keys' projection (wv.rows 0).
     float out_scale = 1.0f;
@@ -129,6 +138,7 @@ struct Weights {
     WeightRef tok_embd;                 // (n_vocab, n_embd), always on the CPU
     std::vector<LayerWeights> layers;   // (n_layer)
     const float * output_norm = nullptr;  // (n_embd)
+    const float * output_norm_b = nullptr;  // (n_embd) starcoder2's LayerNorm bias, or null
     WeightRef output;                   // (n_vocab, n_embd); the embedding when tied
     const float * rope_freqs = nullptr; // (n_rot / 2) llama3 frequency factors, or null
     // gemma4 E2B / E4B: per-layer token embeddings, the projection of the embedding to per-layer
@@ -364,11 +374,12 @@ private:
     KVLayout kv_swa_;   // the sliding-window layers' (kv_, or a ring)
     KVLayout kv_conv_;  // lfm2's convolution layers': none (no heads)
     // lfm2's convolution states: per convolution layer and slot the last conv_l_cache - 1 inputs
-    // B * x of the convolution, oldest first; per slot the positions they follow (-1: unknown).
-    std::vector<float> conv_state_;  // (n_conv_layers, n_slots, conv_l_cache - 1, n_embd)
+    // B * x of the convolution, oldest first (a Mamba-2 layer's: Config::state_floats); per slot the
+    // positions they follow (-1: unknown).
+    std::vector<float> conv_state_;  // (n_conv_layers, n_slots, conv_slot_floats)
     std::vector<int> conv_index_;    // (n_layer) a layer's index among the convolution layers, or -1
     std::vector<int> conv_pos_;      // (n_slots)
-    size_t conv_slot_floats() const { return size_t(cfg_.conv_l_cache - 1) * size_t(cfg_.n_embd); }
+    size_t conv_slot_floats() const { return cfg_.state_floats(); }  // (a Mamba-2 layer's too)
     size_t conv_state_bytes() const {  // every slot's, on the CPU (counted with the KV cache)
         if (!cfg_.recurrent()) return 0;
         const auto n_conv = size_t(std::count(cfg_.conv_layers.begin(), cfg_.conv_layers.end(), 1));
@@ -437,8 +448,13 @@ private:
     void * alloc_on(Backend * be, size_t bytes, Kind kind = Kind::Buffers);
     // Attention of layer l on kvb (its KV cache's backend) when the layer runs elsewhere.
     void attention_via(Backend * kvb, int l, Scratch & s, int n, const AttnParams & ap);
-    // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2).
-    void norm(Backend * be, const float * x, const float * w, float * y, int n);
+    // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2;
+    // starcoder2 plus its bias b, on the CPU).
+    void norm(Backend * be, const float * x, const float * w, float * y, int n, const float * b = nullptr);
+    // densevar.cpp: starcoder2's LayerNorm biases and feed-forward biases (required); s.ff (n,
+    // n_ff) = act(W_up h + b) of an ungated feed-forward (apertus, arcee, starcoder2), on the CPU.
+    void load_densevar_layer(const std::string & b, LayerWeights & L);
+    void ungated_ffn(Backend * be, Backend * mm, int l, const float * h, Scratch & s, int n);
     // x += w . in, or with a post-norm x += rmsnorm(w . in) * post_norm (gemma2/3; through s.h);
     // with row_scale (n, host memory; a CPU layer) row t of w . in times row_scale[t]; w's output
     // times out_scale (bitnet's matmul scales).
@@ -457,6 +473,11 @@ private:
     void note_conv(const int32_t * pos, const int32_t * slot, int n);
     void conv_block(int l, Scratch & s, int n, const int32_t * slot);
     void load_conv_layer(const std::string & b, LayerWeights & L);
+    // mamba2.cpp: a Mamba-2 layer's weights, and the layer on s.h (x += out_proj(norm(y * silu(z))),
+    // y the scan of conv(xBC)), on the CPU; its output before out_proj in ssm_y_ (n_batch, d_inner).
+    void load_mamba2_layer(const std::string & b, LayerWeights & L);
+    void mamba2_block(int l, Scratch & s, int n, const int32_t * slot);
+    float * ssm_y_ = nullptr;  // (n_batch, d_inner) on the CPU
     // gemma4.cpp: a Gemma 4 model's block weights, its per-layer inputs of a batch (into ple_) and
     // one block on s.x (on the CPU).
     void load_gemma4_layers();
@@ -465,6 +486,9 @@ private:
     void gemma4_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
     // x += post_norm(post_norm_1(W_down s.ff) + post_norm_2(experts(pre_norm_2(x)))) of a MoE block
     void gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n);
+    // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU).
+    void load_nemotron_h_layers();
+    void nemotron_h_mlp(Backend * mm, int l, Scratch & s, int n);
     std::vector<float> g4_router_w_;  // (n_layer, n_embd) each MoE block's router_w
     std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
     std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm

@@ -24,11 +24,12 @@ double mib(size_t n) { return double(n) / 1048576.0; }
 // Calls f(pointer, floats) on each norm vector a layer has: input norms, query and key norms (per
 // head: qwen3, gemma3; whole projections: olmo2), post-norms (gemma2/3, olmo2), an encoder's
 // LayerNorms with their biases, gpt-oss's sinks, qwen2moe's shared-expert gate, bitnet's sub-norms,
-// deepseek2's latent norms and selection bias, lfm2's convolution kernels.
+// deepseek2's latent norms and selection bias, lfm2's convolution kernels, a Mamba-2 layer's vectors.
 template <class L_, class F>
 void for_norms(L_ & L, const Config & c, F && f) {
     const int64_t qn = c.q_norm_len(), kn = c.k_norm_len();
-    for (auto [p, n] : {std::pair{&L.attn_norm, int64_t(c.n_embd)}, {&L.attn_q_norm, qn}, {&L.attn_k_norm, kn},
+    for (auto [p, n] : {std::pair{&L.attn_norm, int64_t(c.n_embd)}, {&L.attn_norm_b, int64_t(c.n_embd)},
+                        {&L.ffn_norm_b, int64_t(c.n_embd)}, {&L.attn_q_norm, qn}, {&L.attn_k_norm, kn},
                         {&L.attn_post_norm, int64_t(c.n_embd)}, {&L.ffn_norm, int64_t(c.n_embd)},
                         {&L.ffn_post_norm, int64_t(c.n_embd)}, {&L.attn_ln, int64_t(c.n_embd)},
                         {&L.attn_ln_b, int64_t(c.n_embd)}, {&L.ffn_ln, int64_t(c.n_embd)},
@@ -40,7 +41,11 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.ffn_post_norm_2, int64_t(c.n_embd)}, {&L.down_exps_scale, int64_t(c.n_expert)},
                         {&L.q_a_norm, int64_t(c.q_lora_rank)}, {&L.kv_a_norm, int64_t(c.kv_lora_rank)},
                         {&L.exp_probs_b, int64_t(c.n_expert)},
-                        {&L.conv_kernel, int64_t(c.conv_l_cache) * c.n_embd}})
+                        {&L.conv_kernel, int64_t(c.conv_l_cache) * c.n_embd},
+                        {&L.ssm_conv, int64_t(c.ssm_d_conv) * c.ssm_conv_dim()},
+                        {&L.ssm_conv_b, int64_t(c.ssm_conv_dim())}, {&L.ssm_dt_b, int64_t(c.ssm_n_head)},
+                        {&L.ssm_a, int64_t(c.ssm_n_head)}, {&L.ssm_d, int64_t(c.ssm_n_head)},
+                        {&L.ssm_norm, int64_t(c.ssm_d_inner)}})
         if (*p) f(*p, n);
 }
 
@@ -64,7 +69,8 @@ size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTa
     size_t bytes = sizeof(float) * norm_floats(L, c);
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
                                 &L.up_exps, &L.down_exps, &L.ple_gate, &L.ple_proj, &L.wq_a, &L.wq_b, &L.wkv_a,
-                                &L.wk_b, &L.wv_b, &L.wkv_b, &L.conv_in, &L.conv_out})
+                                &L.wk_b, &L.wv_b, &L.wkv_b, &L.conv_in, &L.conv_out, &L.ssm_in,
+                                &L.ssm_out})
         bytes += w->bytes_with_bias();
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += t.a.nbytes() + t.b.nbytes(); });
     return bytes;
@@ -167,9 +173,19 @@ Model::PlacementPlan Model::plan_placement() const {
                             "version; only the output layer goes to the GPU", ngl);
         pp.n_gpu = 1;
     }
-    if (c.recurrent() && pp.n_gpu > 1) {  // no CUDA short convolution yet
-        pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (short-convolution layers) run on the CPU "
-                            "in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
+    if (c.recurrent() && pp.n_gpu > 1) {  // no CUDA short convolution or Mamba-2 scan yet
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (%s layers) run on the CPU in this version; "
+                            "only the output layer goes to the GPU", ngl, c.arch_name.c_str(),
+                            c.mamba2() ? "Mamba-2" : "short-convolution");
+        pp.n_gpu = 1;
+    }
+    if (c.norm_bias && pp.n_gpu > 0) {  // (no CUDA LayerNorm bias yet: the output norm has one too)
+        pp.warning = strfmt("n_gpu_layers=%d: a %s model (LayerNorms with biases) runs on the CPU in this version",
+                            ngl, c.arch_name.c_str());
+        pp.n_gpu = 0;
+    } else if (c.ffn_act != FfnAct::Glu && pp.n_gpu > 1) {  // no CUDA xIELU / ReLU squared yet
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (its feed-forward's activation) run on the "
+                            "CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
         pp.n_gpu = 1;
     }
     pp.output_gpu = pp.n_gpu >= 1;

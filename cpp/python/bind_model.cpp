@@ -232,6 +232,8 @@ void bind_model(pyb::module_ & m) {
             return pyb::dict(pyb::arg("n_swa") = c.n_swa, pyb::arg("swa_layers") = swa,
                              pyb::arg("conv_layers") = conv, pyb::arg("conv_l_cache") = c.conv_l_cache,
                              pyb::arg("recurrent") = c.recurrent(),
+                             pyb::arg("ssm") = std::vector<int>{c.ssm_d_conv, c.ssm_d_inner, c.ssm_d_state,
+                                                                c.ssm_n_head, c.ssm_n_group},
                              pyb::arg("arch") = c.arch_name, pyb::arg("n_layer") = c.n_layer,
                              pyb::arg("n_embd") = c.n_embd, pyb::arg("n_head") = c.n_head,
                              pyb::arg("n_head_kv") = c.n_head_kv, pyb::arg("head_dim") = c.head_dim,

@@ -145,8 +145,10 @@ class Model:
     def config(self) -> dict[str, Any]:
         """arch, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train, rms_eps,
         n_rot, rope_base, rope_freq_scale, rope_neox, n_swa, swa_layers, conv_layers and conv_l_cache
-        (lfm2's short-convolution layers), recurrent (a per-sequence state beside the KV cache, which
-        continues only where it stopped: kv_reusable(slot, n) is n or 0), encoder (an embedding
+        (lfm2's short-convolution layers; granitehybrid's and nemotron_h's Mamba-2 layers, whose
+        sizes ssm gives as [d_conv, d_inner, d_state, n_head, n_group], zeros without), recurrent (a
+        per-sequence state beside the KV cache, which continues only where it stopped:
+        kv_reusable(slot, n) is n or 0), encoder (an embedding
         model: bert, nomic-bert, gemma-embedding), learned_pos (position embeddings for n_ctx_train
         positions), n_cls_out (a reranker's classification outputs; 0: none), has_cls_out (the file holds a
         classification head, cls.output.weight)."""

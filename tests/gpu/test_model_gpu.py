@@ -241,19 +241,25 @@ def test_lora_scales_changed_on_the_gpu(tmp_path):
         assert got_text == ref_text, scale
 
 
-def test_tiny_lfm2_keeps_its_blocks_on_the_cpu(tmp_path):
-    """lfm2's short-convolution blocks have no CUDA kernels yet: n_gpu_layers puts only the output
-    layer on the GPU, with a warning (the blocks' large batches may still go there by op offload);
-    logits and greedy text are the CPU's."""
+@pytest.mark.parametrize("arch", ["lfm2", "granitehybrid"])
+def test_tiny_recurrent_model_keeps_its_blocks_on_the_cpu(tmp_path, arch):
+    """lfm2's short-convolution blocks and granitehybrid's Mamba-2 blocks have no CUDA kernels yet:
+    n_gpu_layers puts only the output layer on the GPU, with a warning naming them (the blocks'
+    large batches may still go there by op offload); logits and greedy text are the CPU's."""
     from tiny_lfm2 import Lfm2Config, write_lfm2_gguf
+    from tiny_mamba2 import HybridConfig, write_hybrid_gguf
 
-    cfg = Lfm2Config(n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=10)
-    path = tmp_path / "tiny-lfm2-q4k.gguf"
-    write_lfm2_gguf(cfg, path, weight_type="Q4_K", quantize=quantize)
+    path = tmp_path / f"tiny-{arch}-q4k.gguf"
+    if arch == "lfm2":
+        cfg = Lfm2Config(n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=10)
+        write_lfm2_gguf(cfg, path, weight_type="Q4_K", quantize=quantize)
+    else:
+        cfg = HybridConfig(n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=11)
+        write_hybrid_gguf(cfg, path, weight_type="Q4_K", quantize=quantize)
     cpu = _core.Model(str(path), n_ctx=256, op_offload=False)
     ref_logits, ref_text = greedy(cpu, PROMPT)
     m = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "short-convolution" in m.warnings[0]
+    assert len(m.warnings) == 1 and ("short-convolution" if arch == "lfm2" else "Mamba-2") in m.warnings[0]
     devices = [p["device"] for p in m.placement]
     assert devices[1:-1] == ["CPU"] * cfg.n_layer and devices[-1] != "CPU"
     got_logits, got_text = greedy(m, PROMPT)

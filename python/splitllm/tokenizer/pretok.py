@@ -36,6 +36,15 @@ GPT4O = _CASED_WORDS + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?
 DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")
 STARCODER = (r"\p{N}", GPT2)
 FALCON = (r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]")
+SEED_CODER = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+HUNYUAN_DENSE = (r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+",
+                 r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+                 r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Mistral's tekken: llama.cpp's form of the cased words (see _CASED_WORDS), without contractions
+TEKKEN = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+          r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+          r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,9 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     **_group("falcon", FALCON),
     **_group("gpt-4o llama4 kanana2 talkie minimax-m2", (GPT4O,), clean_spaces=False),
     **_group("gemma4", (r"[^\n]+|[\n]+",), spm_style=True, add_bos=True),
+    **_group("seed-coder", (SEED_CODER,), clean_spaces=False),
+    **_group("hunyuan-dense", HUNYUAN_DENSE, clean_spaces=False),
+    **_group("tekken", (TEKKEN,), clean_spaces=False, ignore_merges=True, add_bos=True),
 }
 
 

@@ -1,0 +1,139 @@
+"""convert-hf on a tiny random NemotronHForCausalLM checkpoint (the weights of tests/tiny_mamba2.py's
+nemotron_h model under transformers' names, A as A_log, the Conv1d kernels (conv_dim, 1, d_conv)):
+the file holds llama.cpp's names and NemotronHModel's metadata; splitllm's engine and llama.cpp
+give the float64 reference's logits on it; q8_0 has the types and bytes of llama.cpp's quantizer on
+our f32 file; what llama.cpp would not run as transformers does is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hf_fixtures as F
+import numpy as np
+import pytest
+import test_convert as TC
+from gguf import GGUFReader
+from splitllm import Model
+from splitllm_convert import convert
+from splitllm_convert.arch import rope_unpermute
+from splitllm_convert.errors import ConvertError
+from test_nemotron_h import NEMO
+from tiny_mamba2 import HybridConfig, hybrid_reference_logits, make_weights
+
+IDS = [(7 * i + 3) % 300 for i in range(24)]
+# GGUF name (after "blk.N.") -> transformers' (after "backbone.layers.N."), the weights as they are
+LAYER_NAMES = {
+    "attn_norm.weight": "norm.weight", "ssm_in.weight": "mixer.in_proj.weight",
+    "ssm_conv1d.bias": "mixer.conv1d.bias", "ssm_dt.bias": "mixer.dt_bias",
+    "ssm_out.weight": "mixer.out_proj.weight",
+    "attn_v.weight": "mixer.v_proj.weight", "attn_output.weight": "mixer.o_proj.weight",
+    "ffn_up.weight": "mixer.up_proj.weight", "ffn_down.weight": "mixer.down_proj.weight",
+}  # fmt: skip
+TOP = {"token_embd.weight": "backbone.embeddings.weight", "output_norm.weight": "backbone.norm_f.weight",
+       "output.weight": "lm_head.weight"}  # fmt: skip
+PATTERN = {"mamba": "M", "attention": "*", "mlp": "-"}
+
+
+def hf_checkpoint(d: Path, cfg: HybridConfig, **over: Any) -> dict[str, np.ndarray]:
+    """A NemotronHForCausalLM directory holding the GGUF weights of make_weights(cfg); returns them
+    as the converter should write them (float64)."""
+    d.mkdir(parents=True, exist_ok=True)
+    assert F.write_bpe_tokenizer(d, vocab_size=cfg.n_vocab) == cfg.n_vocab
+    held = make_weights(cfg)
+    hf: dict[str, np.ndarray] = {TOP[n]: x for n, x in held.items() if n in TOP}
+    for name, x in held.items():
+        if not name.startswith("blk."):
+            continue
+        _, bid, rest = name.split(".", 2)
+        p = f"backbone.layers.{bid}."
+        if rest in LAYER_NAMES:
+            hf[p + LAYER_NAMES[rest]] = x
+        elif rest in ("attn_q.weight", "attn_k.weight"):  # (HF's row order: the converter permutes them)
+            heads = cfg.n_head if rest == "attn_q.weight" else cfg.n_head_kv
+            hf[p + f"mixer.{rest[5]}_proj.weight"] = rope_unpermute(x, heads)
+        elif rest == "ssm_conv1d.weight":
+            hf[p + "mixer.conv1d.weight"] = x[:, None, :]
+        elif rest == "ssm_a":
+            hf[p + "mixer.A_log"] = np.log(-x[:, 0])
+        else:
+            hf[p + {"ssm_d": "mixer.D", "ssm_norm.weight": "mixer.norm.weight"}[rest]] = x.reshape(-1)
+    hf_cfg = {
+        "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "vocab_size": cfg.n_vocab,
+        "hidden_size": cfg.n_embd, "intermediate_size": cfg.n_ff, "num_hidden_layers": cfg.n_layer,
+        "hybrid_override_pattern": "".join(PATTERN[t] for t in cfg.layer_types),
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head_kv, "head_dim": cfg.head_dim,
+        "mlp_hidden_act": "relu2", "attention_bias": False, "mlp_bias": False, "use_bias": False,
+        "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.rms_eps, "max_position_embeddings": 4096,
+        "ssm_state_size": cfg.d_state, "mamba_num_heads": cfg.ssm_heads, "n_groups": cfg.n_group,
+        "mamba_head_dim": cfg.d_inner // cfg.ssm_heads, "conv_kernel": cfg.d_conv,
+        "tie_word_embeddings": cfg.tied_output, "torch_dtype": "float32", "bos_token_id": 1,
+        "eos_token_id": 2,
+    }  # fmt: skip
+    hf_cfg.update(over)
+    (d / "config.json").write_text(json.dumps(hf_cfg))
+    F.save_weights(d, {n: x.astype(np.float32) for n, x in hf.items()})
+    return {n: x.astype(np.float32).astype(np.float64) for n, x in held.items()}
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float((np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)).max())
+
+
+def test_converted_file_runs_as_the_reference(tmp_path: Path) -> None:
+    want = hf_checkpoint(tmp_path / "hf", NEMO)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    r = GGUFReader(out)
+    keys = {
+        k.removeprefix("nemotron_h."): f.contents()
+        for k, f in r.fields.items()
+        if k.startswith("nemotron_h.")
+    }
+    assert keys["attention.head_count_kv"] == [
+        NEMO.n_head_kv if t == "attention" else 0 for t in NEMO.layer_types
+    ]
+    assert keys["feed_forward_length"] == [NEMO.ff_of(i) for i in range(NEMO.n_layer)]
+    assert (keys["attention.key_length"], keys["ssm.inner_size"], keys["ssm.group_count"]) == (
+        NEMO.head_dim,
+        NEMO.d_inner,
+        NEMO.n_group,
+    )
+    assert (keys["rope.scaling.finetuned"], keys["context_length"]) == (False, 2**20)
+    got = {t.name: TC.as_f32(t) for t in r.tensors}
+    assert sorted(got) == sorted(want)
+    for name, x in want.items():  # (A: -exp(log(-A)) in float32)
+        np.testing.assert_allclose(got[name], x, rtol=1e-6, atol=0, err_msg=name)
+    ref = hybrid_reference_logits(NEMO, {n: x.astype(np.float64) for n, x in got.items()}, IDS)
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(IDS), ref) < 1e-4  # (measured 3.5e-5; llama.cpp ~1e-4 from float64)
+    assert rel_err(TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS), ref) < 1e-3
+
+
+def test_q8_0_types_and_bytes_match_llama_quantize(tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    hf_checkpoint(hf, NEMO)
+    ours = tmp_path / "ours.gguf"
+    convert(hf, ours, type="q8_0", quiet=True, n_threads=2)
+    TC.same_as_llama_quantize(hf, ours, tmp_path, "q8_0")
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"hybrid_override_pattern": "M-M*-"}, "must have 6 characters"),
+        ({"hybrid_override_pattern": "M-M*-E"}, "'E' layers"),
+        ({"hybrid_override_pattern": "M-M--M"}, "belongs to a attention layer"),
+        ({"mlp_hidden_act": "silu"}, "relu2"),
+        ({"use_bias": True}, "use_bias"),
+        ({"mamba_head_dim": 8}, "conv1d.bias.* has shape"),
+        ({"n_groups": 3}, "groups do not divide them"),
+        ({"use_conv_bias": False}, "conv1d.bias"),
+    ],
+)
+def test_bad_checkpoints_are_refused(tmp_path: Path, over: dict[str, Any], match: str) -> None:
+    hf_checkpoint(tmp_path / "hf", NEMO, **over)
+    with pytest.raises(ConvertError, match=match):
+        convert(tmp_path / "hf", tmp_path / "m.gguf", type="f32", quiet=True)
+    assert not (tmp_path / "m.gguf").exists()
