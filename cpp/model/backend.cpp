@@ -13,6 +13,9 @@ void glu_mul(Glu f, const float * g, const float * u, float * out, size_t n) {
         case Glu::Silu: return vec::silu_mul(g, u, out, n);
         case Glu::Gelu: return vec::gelu_mul(g, u, out, n);
         case Glu::SwigluOai: return vec::swiglu_oai_mul(g, u, out, n);
+        case Glu::Relu:
+            for (size_t i = 0; i < n; ++i) out[i] = (g[i] > 0.0f ? g[i] : 0.0f) * u[i];
+            return;
     }
 }
 

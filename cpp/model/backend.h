@@ -55,7 +55,7 @@ struct KVLayout {
 };
 
 // The gated feed-forward's activation: SwiGLU's silu, or GeGLU's tanh-approximated gelu (gemma).
-enum class Glu { Silu, Gelu, SwigluOai };
+enum class Glu { Silu, Gelu, SwigluOai, Relu };  // (Relu: ReGLU, smallthinker's experts)
 
 // out = f(g) * u for n values (out may alias g or u).
 void glu_mul(Glu f, const float * g, const float * u, float * out, size_t n);

@@ -62,6 +62,10 @@ constexpr ArchTraits kArchs[] = {
     {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
     {"llama4",     Arch::Llama4,    false, false, false, false},  // (text only; model/llama4.cpp)
     {"lfm2moe",    Arch::Lfm2Moe,   true,  false, true,  false},  // (lfm2's layers, experts: read_lfm2)
+    {"dots1",      Arch::Dots1,     true,  false, true,  false},  // (the rest: config_moevar.cpp)
+    {"bailingmoe2", Arch::BailingMoe2, true, false, true, false},
+    {"hunyuan-moe", Arch::HunyuanMoe, true,  false, true,  false},
+    {"smallthinker", Arch::SmallThinker, true, false, false, false},
 };
 
 std::string supported_archs() {
@@ -548,12 +552,14 @@ Config Config::from_gguf(const GGUFFile & f) {
     c.fused_qkv = t->fused_qkv;
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
-    if (c.arch == Arch::Glm4Moe) c.n_layer -= nextn_layers(f, c);  // (its MTP layers are not run)
+    if (c.arch == Arch::Glm4Moe || c.arch == Arch::BailingMoe2) c.n_layer -= nextn_layers(f, c);  // (MTP: not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
                           c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe;
-    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe ||
-                         c.arch == Arch::Llama4 || c.arch == Arch::Lfm2Moe;  // (and a feed_forward_length)
+    // (and a feed_forward_length)
+    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Llama4 ||
+                         c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2 ||
+                         c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker;
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else {
@@ -649,6 +655,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
     c.read_dense_variant(f);
+    c.read_moe_variants(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Glm4Moe) read_glm4moe(f, c);
     if (c.arch == Arch::Ernie4_5Moe) read_ernie4_5_moe(f, c);

@@ -31,7 +31,7 @@ enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe
+    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -62,6 +62,7 @@ struct Config {
                                 // "nemotron_h" (nemotron_h.cpp)
                                 // "qwen35", "qwen35moe" (qwen35.cpp)
                                 // "llama4" (llama4.cpp), "lfm2moe"
+                                // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -86,6 +87,8 @@ struct Config {
     // over all experts.
     bool moe_softmax_weight = false;
     bool swiglu_oai = false;    // gpt-oss's clamped SwiGLU in the experts (vec::swiglu_oai_mul)
+    bool experts_relu = false;  // smallthinker: ReGLU experts, relu(gate) * up
+    bool router_on_input = false;  // smallthinker: the router reads the block's input x, before the attention
     bool attn_sinks = false;    // gpt-oss: a learned sink logit per query head (attn_sinks.weight)
     // deepseek2's router (llama.cpp's build_moe_ffn): sigmoid scores instead of the softmax, a
     // selection bias (exp_probs_b) added for choosing only, the choice restricted to the
@@ -96,7 +99,8 @@ struct Config {
     int n_expert_groups = 0;    // 0: no groups
     int n_group_used = 0;
     int n_expert_shared = 0;
-    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, glm4moe, ernie4_5-moe)
+    int n_layer_dense_lead = 0; // the first blocks have a dense feed-forward (deepseek2, glm4moe, ernie4_5-moe,
+                                // dots1, bailingmoe2)
     // deepseek2's multi-head latent attention (llama.cpp's MLA form, mla.cpp): queries from h
     // (attn_q) or through a rank-q_lora_rank bottleneck (attn_q_a, its norm, attn_q_b); keys and
     // values from a normed kv_lora_rank latent and one rotary key part of n_rot shared by every
@@ -171,6 +175,7 @@ struct Config {
     float logit_scale = 1.0f;
     bool fused_qkv = false;     // attn_qkv (q; k; v rows) and ffn_up (gate; up rows) tensors (phi3)
     bool fused_gate_up = false; // ffn_up alone holds the gate rows, then the up rows (glm4)
+    bool attn_qkv = false;      // attn_qkv alone holds q, k and v (bailingmoe2)
     // mistral3 (Llama 4's attention temperature): queries times 1 + attn_temp_scale *
     // ln(floor(pos / attn_temp_floor) + 1); 0: none.
     float attn_temp_scale = 0.0f;
@@ -242,8 +247,9 @@ struct Config {
     int n_layer_kv = 0;
     int n_embd_per_layer = 0;   // gemma4 E2B / E4B: width of each layer's token embedding (0: none)
     // seed_oss, apertus, hunyuan-dense, arcee, starcoder2 (config_densevar.cpp): the feed-forward's
-    // kind, apertus's xIELU per layer, hunyuan-dense's q/k norms after the rotation instead of
-    // before, starcoder2's LayerNorms with a bias (attn_norm, ffn_norm, output_norm .bias).
+    // kind, apertus's xIELU per layer, hunyuan-dense's (and hunyuan-moe's) q/k norms after the
+    // rotation instead of before, starcoder2's LayerNorms with a bias (attn_norm, ffn_norm,
+    // output_norm .bias).
     FfnAct ffn_act = FfnAct::Glu;
     std::vector<XieluParams> xielu;  // (n_layer) apertus
     bool qk_norm_after_rope = false;
@@ -321,6 +327,8 @@ struct Config {
     void read_mamba2(const GGUFFile & f);
     // nemotron_h's layer kinds and widths (model/nemotron_h.cpp).
     void read_nemotron_h(const GGUFFile & f);
+    // The settings of the MoE variants dots1, bailingmoe2, hunyuan-moe, smallthinker (config_moevar.cpp).
+    void read_moe_variants(const GGUFFile & f);
 };
 
 }  // namespace sl

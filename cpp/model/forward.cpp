@@ -60,6 +60,11 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             nemotron_h_mlp(mm, l, s, n);
             continue;
         }
+        if (c.router_on_input && L.moe()) {  // smallthinker: router logits of the block's input (moe_ffn routes)
+            const WeightRef * gi = &L.gate_inp;
+            if (imx_) imx_observe(l, kImxRouter, s.x, n, be);
+            be->matmul(&gi, &s.router, 1, s.x, n, false);
+        }
         if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
             qwen35_mixer(be, l, s, n, slot);
         } else if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
@@ -96,7 +101,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 const bool swa = c.is_swa(l);
                 if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
                 if (c.arch == Arch::Llama4) llama4_qk(be, l, s, n, pos);  // (q / k L2 norms, or temperature)
-                if (L.attn_q_norm && c.qk_norm_after_rope) {  // hunyuan-dense: after the rotation
+                if (L.attn_q_norm && c.qk_norm_after_rope) {  // hunyuan-dense, hunyuan-moe: after the rotation
                     be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
                     be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
                 }

@@ -41,7 +41,7 @@ void Model::load_loras() {
         for (const char * t :
              {"attn_qkv", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"})
             layer_of[b + t + ".weight"] = l;
-        if (c.fused_qkv) {
+        if (c.fused_qkv || c.attn_qkv) {
             targets[b + "attn_qkv.weight"] = {{&L.wq, 0}, {&L.wk, c.q_dim()}, {&L.wv, c.q_dim() + c.kv_dim()}};
         } else {
             targets[b + "attn_q.weight"] = {{&L.wq, 0}};

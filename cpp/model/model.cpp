@@ -171,7 +171,7 @@ void Model::load_weights() {
             if (c.arch == Arch::DeepSeek2) {
                 load_mla_layer(b, L);
             } else {
-                load_qkv(f, c, b, c.fused_qkv, L);
+                load_qkv(f, c, b, c.fused_qkv || c.attn_qkv, L);
                 L.wo = matrix(f, c, b + "attn_output.weight", c.n_embd, c.q_dim());
             }
             // Attention biases: q, k, v required by qwen2; optional for llama (attention_bias=True
@@ -217,12 +217,12 @@ void Model::load_weights() {
         if (c.pre_norms && !c.parallel_ffn) L.ffn_norm = vector_f32(f, c, b + ffn_norm, c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
-        // deepseek2, glm4moe, ernie4_5-moe: those after the leading dense ones)
+        // deepseek2, glm4moe, ernie4_5-moe, dots1, bailingmoe2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
-                              c.arch == Arch::Qwen35Moe;
+                              c.arch == Arch::Qwen35Moe || c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe ||
-                          c.arch == Arch::Lfm2Moe;
+                          c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
         const bool moe = lead                     ? l >= c.n_layer_dense_lead
                          : c.arch == Arch::Llama4 ? c.moe_step_layer(l)
                                                   : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));

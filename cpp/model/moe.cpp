@@ -131,10 +131,12 @@ void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     SL_CHECK(be->is_cpu(), "internal: mixture-of-experts blocks run on the CPU");
     const WeightRef * gi = &L.gate_inp;
     const int l = int(&L - w_.layers.data());
-    if (imx_) imx_observe(l, kImxRouter, s.h, n, be);
-    be->matmul(&gi, &s.router, 1, s.h, n, false);
+    if (!c.router_on_input) {  // (smallthinker's logits: from the block's input, before its attention)
+        if (imx_) imx_observe(l, kImxRouter, s.h, n, be);
+        be->matmul(&gi, &s.router, 1, s.h, n, false);
+    }
     route(s.router, n, L.exp_probs_b);
-    run_experts(be, L, s, n, c.swiglu_oai ? Glu::SwigluOai : Glu::Silu);
+    run_experts(be, L, s, n, c.swiglu_oai ? Glu::SwigluOai : c.experts_relu ? Glu::Relu : Glu::Silu);
 }
 
 void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act) {
