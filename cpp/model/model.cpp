@@ -219,7 +219,7 @@ void Model::load_weights() {
         // deepseek2, glm4moe, ernie4_5-moe: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
-                              c.arch == Arch::Qwen35Moe;
+                              c.arch == Arch::Qwen35Moe || c.arch == Arch::Qwen3Next;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe;
         const bool moe = lead ? l >= c.n_layer_dense_lead
                               : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
