@@ -32,7 +32,8 @@ def hf_checkpoint(
     tokenizer, the weights (a MoE's experts one tensor each, or ``fused`` as transformers saves them).
     Returns the stored weights (float64) under transformers' names, the experts one tensor each."""
     d.mkdir(parents=True, exist_ok=True)
-    assert F.write_bpe_tokenizer(d, pre="qwen35", vocab_size=cfg.n_vocab) == cfg.n_vocab
+    pre = "qwen2" if cfg.qwen3next else "qwen35"
+    assert F.write_bpe_tokenizer(d, pre=pre, vocab_size=cfg.n_vocab) == cfg.n_vocab
     types = [("linear_attention" if cfg.is_linear(i) else "full_attention") for i in range(cfg.n_layer)]
     text = {
         "model_type": "qwen3_5_text", "vocab_size": cfg.n_vocab, "hidden_size": cfg.n_embd,
@@ -48,6 +49,12 @@ def hf_checkpoint(
                             "partial_rotary_factor": cfg.partial_rotary},
         "mtp_num_hidden_layers": 1, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
     }  # fmt: skip
+    if cfg.qwen3next:  # (Qwen3NextConfig: the rotation's settings at the top, no MTP count)
+        del text["rope_parameters"], text["mtp_num_hidden_layers"]
+        text.update(
+            model_type="qwen3_next", rope_theta=cfg.rope_base, partial_rotary_factor=cfg.partial_rotary
+        )
+        text.update(decoder_sparse_step=1, mlp_only_layers=[])
     if cfg.n_expert:
         text.update(num_experts=cfg.n_expert, num_experts_per_tok=cfg.n_expert_used, norm_topk_prob=True)
         text.update(moe_intermediate_size=cfg.n_ff_exp, shared_expert_intermediate_size=cfg.n_ff_shexp)
@@ -72,7 +79,10 @@ def hf_checkpoint(
               for k, v in hf.items()}  # fmt: skip
         hf["model.visual.patch_embed.proj.weight"] = np.zeros((8, 4), np.float32)
     else:
-        top = {"architectures": [f"Qwen3_5{moe}ForCausalLM"], **text}
+        top = {
+            "architectures": ["Qwen3NextForCausalLM" if cfg.qwen3next else f"Qwen3_5{moe}ForCausalLM"],
+            **text,
+        }
     (d / "config.json").write_text(json.dumps(top))
     stored = {
         k.replace("model.language_model.", "model."): v for k, v in F.save_weights(d, hf, dtype=dtype).items()
