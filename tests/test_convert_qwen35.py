@@ -150,17 +150,22 @@ def test_quantized_types(tmp_path: Path):
             assert np.isfinite(m.logits(IDS[:4])).all()
 
 
-def test_bad_checkpoints_are_refused(tmp_path: Path):
+def refused(tmp_path: Path, cfg: Qwen35Config, cases: list[tuple[dict, str]]) -> None:
+    """Each change of cfg's config.json refused by convert-hf with a message matching its pattern."""
     d = tmp_path / "hf"
-    hf_checkpoint(d, CFG)
-    cfg = json.loads((d / "config.json").read_text())
-    for change, match in (({"linear_value_head_dim": 8}, "linear_value_head_dim"),
-                          ({"layer_types": ["full_attention"] * CFG.n_layer}, "layer_types"),
-                          ({"num_experts": 4}, "mixture of experts"),
-                          ({"attn_output_gate": False}, "attn_output_gate")):  # fmt: skip
-        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    hf_checkpoint(d, cfg)
+    written = json.loads((d / "config.json").read_text())
+    for change, match in cases:
+        (d / "config.json").write_text(json.dumps({**written, **change}))
         with pytest.raises(ConvertError, match=match):
             convert(d, tmp_path / "x.gguf", type="f32", quiet=True)
+
+
+def test_bad_checkpoints_are_refused(tmp_path: Path):
+    refused(tmp_path, CFG, [({"linear_value_head_dim": 8}, "linear_value_head_dim"),
+                            ({"layer_types": ["full_attention"] * CFG.n_layer}, "layer_types"),
+                            ({"num_experts": 4}, "mixture of experts"),
+                            ({"attn_output_gate": False}, "attn_output_gate")])  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -185,15 +190,20 @@ def test_moe_converted_file_runs_as_the_reference(tmp_path: Path, fused: bool, m
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_k_m"])
-@pytest.mark.parametrize("n_expert", [0, 4], ids=["dense", "moe"])
-def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str, n_expert: int) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [dict(n_expert=0), dict(n_expert=4), dict(n_expert=4, qwen3next=True)],
+    ids=["dense", "moe", "qwen3next"],
+)
+def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str, kind: dict) -> None:
     """Our quantized file (convert-hf, and splitllm quantize of our f32 file) against llama.cpp's
-    quantizer on our f32 file: the same types, shapes and bytes for every tensor."""
+    quantizer on our f32 file: the same types, shapes and bytes for every tensor (qwen3next: its
+    attn_qkv / attn_gate split from in_proj_qkvz and its ssm_ba too)."""
     from splitllm_convert.mix import FILE_TYPES
     from splitllm_convert.requantize import quantize
 
     llama_cpp = pytest.importorskip("llama_cpp")
-    cfg = replace(CFG, n_embd=256, n_ff=512, head_dim=64, dn_head_dim=64, n_expert=n_expert, n_ff_exp=256)
+    cfg = replace(CFG, n_embd=256, n_ff=512, head_dim=64, dn_head_dim=64, n_ff_exp=256, **kind)
     hf = tmp_path / "hf"
     hf_checkpoint(hf, cfg)
     ours, f32, ref = tmp_path / "ours.gguf", tmp_path / "f32.gguf", tmp_path / "ref.gguf"

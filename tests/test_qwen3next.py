@@ -16,10 +16,10 @@ import recurrent_checks as R
 from lcpp import check_routed_q8, llama_cpp_logits
 from recurrent_checks import rel_err
 from splitllm import GGUFError, Model
+from test_qwen35 import OPTS, TOKENS, tiny
 from tiny_glm4moe import file_block_bytes
-from tiny_qwen35 import Qwen35Config, qwen35_reference_logits, write_qwen35_gguf
+from tiny_qwen35 import Qwen35Config, qwen35_reference_logits
 
-TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
 # two key heads of two value heads each (grouped and tiled orders differ); (seed 71 puts a router
 # near-tie, 5e-5 apart, at token 16 of layer 1: llama.cpp picks the other expert)
 NEXT = Qwen35Config(qwen3next=True, n_expert=4, seed=73)
@@ -38,12 +38,6 @@ NEXT_WIDE = Qwen35Config(
     ssm_in=True,
     seed=72,
 )
-OPTS = dict(n_ctx=64, n_threads=2)
-
-
-def tiny(tmp_path, cfg: Qwen35Config, **kw) -> tuple[str, dict[str, np.ndarray]]:
-    path = tmp_path / f"tiny-qwen3next-{cfg.seed}-{int(cfg.ssm_in)}-{kw.get('weight_type', 'F32')}.gguf"
-    return str(path), write_qwen35_gguf(cfg, path, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +150,24 @@ def test_bad_files_are_refused(tmp_path):
     path, _ = tiny(tmp_path, NEXT, metadata={"qwen3next.ssm.group_count": 4})  # ssm_ba's rows are 2 x 4
     with pytest.raises(GGUFError, match="attn_qkv.weight"):
         Model(path, **OPTS)
+
+
+def test_a_multi_token_prediction_block_is_not_run(tmp_path, qwen3next):
+    """block_count counts the MTP block past the trunk (nextn_predict_layers, as llama.cpp's
+    converter writes Qwen3-Next's): the trunk's layers alone give the logits."""
+    _, held = qwen3next
+    path, _ = tiny(tmp_path, NEXT, metadata={"qwen3next.block_count": 5, "qwen3next.nextn_predict_layers": 1})
+    with Model(path, **OPTS) as m:
+        assert rel_err(m.logits(TOKENS), qwen35_reference_logits(NEXT, held, TOKENS)).max() < 1e-4
+
+
+def test_imatrix_names_the_files_projections(tmp_path):
+    """llama-imatrix's site of a delta net's input projections is the file's tensor: attn_qkv, or
+    the older files' ssm_in."""
+    for cfg, name in ((NEXT, "attn_qkv"), (replace(NEXT, ssm_in=True, seed=75), "ssm_in")):
+        path, _ = tiny(tmp_path, cfg)
+        with Model(path, **OPTS) as m:
+            m.imatrix_start()
+            m.logits(TOKENS)
+            imx = m.imatrix_stop()
+        assert {f"blk.0.{name}.weight", "blk.0.ssm_out.weight", "blk.1.attn_q.weight"} < set(imx.entries)
