@@ -4,6 +4,7 @@
 // the last conv_l_cache - 1 inputs of its short convolution and one (head_dim x head_dim) state
 // matrix per value head (Config::state_floats; kept, reset and saved as lfm2's convolution states,
 // conv.cpp). The recurrence runs token by token, in prefill too.
+// Qwen3-Next (qwen3next) is the same model with its projections laid out otherwise (qwen3next.h).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
