@@ -32,7 +32,8 @@ def hf_checkpoint(
     tokenizer, the weights (a MoE's experts one tensor each, or ``fused`` as transformers saves them).
     Returns the stored weights (float64) under transformers' names, the experts one tensor each."""
     d.mkdir(parents=True, exist_ok=True)
-    assert F.write_bpe_tokenizer(d, pre="qwen35", vocab_size=cfg.n_vocab) == cfg.n_vocab
+    pre = "qwen2" if cfg.qwen3next else "qwen35"
+    assert F.write_bpe_tokenizer(d, pre=pre, vocab_size=cfg.n_vocab) == cfg.n_vocab
     types = [("linear_attention" if cfg.is_linear(i) else "full_attention") for i in range(cfg.n_layer)]
     text = {
         "model_type": "qwen3_5_text", "vocab_size": cfg.n_vocab, "hidden_size": cfg.n_embd,
@@ -48,6 +49,12 @@ def hf_checkpoint(
                             "partial_rotary_factor": cfg.partial_rotary},
         "mtp_num_hidden_layers": 1, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
     }  # fmt: skip
+    if cfg.qwen3next:  # (Qwen3NextConfig: the rotation's settings at the top, no MTP count)
+        del text["rope_parameters"], text["mtp_num_hidden_layers"]
+        text.update(
+            model_type="qwen3_next", rope_theta=cfg.rope_base, partial_rotary_factor=cfg.partial_rotary
+        )
+        text.update(decoder_sparse_step=1, mlp_only_layers=[])
     if cfg.n_expert:
         text.update(num_experts=cfg.n_expert, num_experts_per_tok=cfg.n_expert_used, norm_topk_prob=True)
         text.update(moe_intermediate_size=cfg.n_ff_exp, shared_expert_intermediate_size=cfg.n_ff_shexp)
@@ -72,7 +79,10 @@ def hf_checkpoint(
               for k, v in hf.items()}  # fmt: skip
         hf["model.visual.patch_embed.proj.weight"] = np.zeros((8, 4), np.float32)
     else:
-        top = {"architectures": [f"Qwen3_5{moe}ForCausalLM"], **text}
+        top = {
+            "architectures": ["Qwen3NextForCausalLM" if cfg.qwen3next else f"Qwen3_5{moe}ForCausalLM"],
+            **text,
+        }
     (d / "config.json").write_text(json.dumps(top))
     stored = {
         k.replace("model.language_model.", "model."): v for k, v in F.save_weights(d, hf, dtype=dtype).items()
@@ -140,17 +150,22 @@ def test_quantized_types(tmp_path: Path):
             assert np.isfinite(m.logits(IDS[:4])).all()
 
 
-def test_bad_checkpoints_are_refused(tmp_path: Path):
+def refused(tmp_path: Path, cfg: Qwen35Config, cases: list[tuple[dict, str]]) -> None:
+    """Each change of cfg's config.json refused by convert-hf with a message matching its pattern."""
     d = tmp_path / "hf"
-    hf_checkpoint(d, CFG)
-    cfg = json.loads((d / "config.json").read_text())
-    for change, match in (({"linear_value_head_dim": 8}, "linear_value_head_dim"),
-                          ({"layer_types": ["full_attention"] * CFG.n_layer}, "layer_types"),
-                          ({"num_experts": 4}, "mixture of experts"),
-                          ({"attn_output_gate": False}, "attn_output_gate")):  # fmt: skip
-        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    hf_checkpoint(d, cfg)
+    written = json.loads((d / "config.json").read_text())
+    for change, match in cases:
+        (d / "config.json").write_text(json.dumps({**written, **change}))
         with pytest.raises(ConvertError, match=match):
             convert(d, tmp_path / "x.gguf", type="f32", quiet=True)
+
+
+def test_bad_checkpoints_are_refused(tmp_path: Path):
+    refused(tmp_path, CFG, [({"linear_value_head_dim": 8}, "linear_value_head_dim"),
+                            ({"layer_types": ["full_attention"] * CFG.n_layer}, "layer_types"),
+                            ({"num_experts": 4}, "mixture of experts"),
+                            ({"attn_output_gate": False}, "attn_output_gate")])  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -175,15 +190,20 @@ def test_moe_converted_file_runs_as_the_reference(tmp_path: Path, fused: bool, m
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_k_m"])
-@pytest.mark.parametrize("n_expert", [0, 4], ids=["dense", "moe"])
-def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str, n_expert: int) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [dict(n_expert=0), dict(n_expert=4), dict(n_expert=4, qwen3next=True)],
+    ids=["dense", "moe", "qwen3next"],
+)
+def test_types_and_bytes_match_llama_quantize(tmp_path: Path, qtype: str, kind: dict) -> None:
     """Our quantized file (convert-hf, and splitllm quantize of our f32 file) against llama.cpp's
-    quantizer on our f32 file: the same types, shapes and bytes for every tensor."""
+    quantizer on our f32 file: the same types, shapes and bytes for every tensor (qwen3next: its
+    attn_qkv / attn_gate split from in_proj_qkvz and its ssm_ba too)."""
     from splitllm_convert.mix import FILE_TYPES
     from splitllm_convert.requantize import quantize
 
     llama_cpp = pytest.importorskip("llama_cpp")
-    cfg = replace(CFG, n_embd=256, n_ff=512, head_dim=64, dn_head_dim=64, n_expert=n_expert, n_ff_exp=256)
+    cfg = replace(CFG, n_embd=256, n_ff=512, head_dim=64, dn_head_dim=64, n_ff_exp=256, **kind)
     hf = tmp_path / "hf"
     hf_checkpoint(hf, cfg)
     ours, f32, ref = tmp_path / "ours.gguf", tmp_path / "f32.gguf", tmp_path / "ref.gguf"

@@ -2,7 +2,14 @@
 layers): weights under Hugging Face's names (Qwen3_5ForCausalLM), a numpy float64 forward pass
 written from transformers' modeling_qwen3_5.py (Qwen3_5GatedDeltaNet with its recurrent
 torch_recurrent_gated_delta_rule, Qwen3_5Attention, the zero-centred RMSNorms), and the same
-weights written to GGUF as llama.cpp's convert_hf_to_gguf.py (Qwen3_5TextModel) lays them out."""
+weights written to GGUF as llama.cpp's convert_hf_to_gguf.py (Qwen3_5TextModel) lays them out.
+
+Qwen3-Next (gguf arch qwen3next, ``Qwen35Config(qwen3next=True)``, always with experts) is the same
+model with another layout, from transformers' modeling_qwen3_next.py: a delta net's q, k, v and z in
+one in_proj_qkvz and beta and alpha in one in_proj_ba, both laid out per key head (its
+fix_query_key_value_ordering), value heads in that grouped order (llama.cpp's Qwen3NextModel keeps
+it, writes attn_qkv and attn_gate, or older files ssm_in, and ssm_ba), positions without M-RoPE's
+sections."""
 
 from __future__ import annotations
 
@@ -48,10 +55,13 @@ class Qwen35Config:
     n_expert_used: int = 2
     n_ff_exp: int = 32
     n_ff_shexp: int = 64
+    # Qwen3-Next's layout (and, with ssm_in, the older files' fused q, k, v, z as llama.cpp reads them)
+    qwen3next: bool = False
+    ssm_in: bool = False
 
     @property
     def arch(self) -> str:
-        return "qwen35moe" if self.n_expert else "qwen35"
+        return "qwen3next" if self.qwen3next else "qwen35moe" if self.n_expert else "qwen35"
 
     @property
     def n_rot(self) -> int:
@@ -63,6 +73,32 @@ class Qwen35Config:
     @property
     def conv_dim(self) -> int:
         return (2 * self.k_heads + self.v_heads) * self.dn_head_dim
+
+    def qkvz_sizes(self) -> tuple[int, ...]:
+        """Rows per key head of Qwen3-Next's in_proj_qkvz: q, k, its value heads' v, their z."""
+        rd = self.v_heads // self.k_heads * self.dn_head_dim
+        return (self.dn_head_dim, self.dn_head_dim, rd, rd)
+
+    def ba_sizes(self) -> tuple[int, ...]:
+        """Rows per key head of in_proj_ba: its value heads' beta, then their alpha."""
+        r = self.v_heads // self.k_heads
+        return (r, r)
+
+
+def per_key_head(cfg: Qwen35Config, parts: list[np.ndarray], sizes: tuple[int, ...]) -> np.ndarray:
+    """Projections (each k_heads x its size rows) interleaved per key head, as in_proj_qkvz /
+    in_proj_ba hold them."""
+    return np.concatenate(
+        [x.reshape(cfg.k_heads, n, -1) for x, n in zip(parts, sizes, strict=True)], axis=1
+    ).reshape(-1, parts[0].shape[-1])
+
+
+def split_per_key_head(cfg: Qwen35Config, x: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """transformers' Qwen3NextGatedDeltaNet.fix_query_key_value_ordering: the inverse of
+    :func:`per_key_head`."""
+    y = x.reshape(cfg.k_heads, sum(sizes), -1)
+    ends = np.cumsum(sizes)
+    return [y[:, e - n : e].reshape(cfg.k_heads * n, -1) for e, n in zip(ends, sizes, strict=True)]
 
 
 def make_hf_weights(cfg: Qwen35Config) -> dict[str, np.ndarray]:
@@ -94,6 +130,13 @@ def make_hf_weights(cfg: Qwen35Config) -> dict[str, np.ndarray]:
             w[a + "A_log"] = np.log(rng.uniform(0.5, 4, size=cfg.v_heads))
             w[a + "norm.weight"] = 1 + 0.1 * rng.normal(size=d)
             w[a + "out_proj.weight"] = mat(e, vd)
+            if cfg.qwen3next:  # (q, k, v, z and beta, alpha as Qwen3NextGatedDeltaNet holds them)
+                qkv, z = w.pop(a + "in_proj_qkv.weight"), w.pop(a + "in_proj_z.weight")
+                w[a + "in_proj_qkvz.weight"] = per_key_head(
+                    cfg, [qkv[:kd], qkv[kd : 2 * kd], qkv[2 * kd :], z], cfg.qkvz_sizes()
+                )
+                ba = [w.pop(a + "in_proj_b.weight"), w.pop(a + "in_proj_a.weight")]
+                w[a + "in_proj_ba.weight"] = per_key_head(cfg, ba, cfg.ba_sizes())
         else:
             a = b + "self_attn."
             w[a + "q_proj.weight"] = mat(2 * cfg.n_head * hd, e)
@@ -126,7 +169,9 @@ def tiled_v_heads(
     x: np.ndarray, cfg: Qwen35Config, head: int, axis: int = 0, inverse: bool = False
 ) -> np.ndarray:
     """convert_hf_to_gguf.py's _reorder_v_heads: value heads grouped by key head (HF's order) to
-    tiled (head j reads key head j % k_heads); ``inverse``: back."""
+    tiled (head j reads key head j % k_heads); ``inverse``: back. (qwen3next: kept grouped.)"""
+    if cfg.qwen3next:
+        return x
     x = np.moveaxis(x, axis, 0)
     r, k = cfg.v_heads // cfg.k_heads, cfg.k_heads
     shape = (r, k) if inverse else (k, r)
@@ -183,6 +228,13 @@ def to_gguf(cfg: Qwen35Config, hf: dict[str, np.ndarray]) -> dict[str, np.ndarra
             elif src == "linear_attn.out_proj":
                 x = tiled_v_heads(x, cfg, d, axis=1)
             out[g + dst + ".weight"] = x
+        if (qkvz := hf.get(b + "linear_attn.in_proj_qkvz.weight")) is not None:  # (Qwen3NextModel's)
+            if cfg.ssm_in:
+                out[g + "ssm_in.weight"] = qkvz
+            else:
+                *qkv, z = split_per_key_head(cfg, qkvz, cfg.qkvz_sizes())
+                out[g + "attn_qkv.weight"], out[g + "attn_gate.weight"] = np.concatenate(qkv), z
+            out[g + "ssm_ba.weight"] = hf[b + "linear_attn.in_proj_ba.weight"]
         if cfg.n_expert:
             out[g + "ffn_gate_inp.weight"] = hf[b + "mlp.gate.weight"]
             for t in ("gate", "up", "down"):
@@ -233,13 +285,24 @@ def from_gguf(cfg: Qwen35Config, held: dict[str, np.ndarray]) -> dict[str, np.nd
         def untile(x: np.ndarray, head: int, axis: int = 0) -> np.ndarray:
             return tiled_v_heads(x, cfg, head, axis, inverse=True)
 
-        for name, dst in (("attn_qkv.weight", "in_proj_qkv.weight"), ("ssm_conv1d.weight", "conv1d.weight")):
-            x = held[g + name]
-            hf[a + dst] = np.concatenate([x[: 2 * kd], untile(x[2 * kd :], d)])
-        hf[a + "conv1d.weight"] = hf[a + "conv1d.weight"][:, None, :]
-        hf[a + "in_proj_z.weight"] = untile(held[g + "attn_gate.weight"], d)
-        hf[a + "in_proj_b.weight"] = untile(held[g + "ssm_beta.weight"], 1)
-        hf[a + "in_proj_a.weight"] = untile(held[g + "ssm_alpha.weight"], 1)
+        if cfg.qwen3next:
+            if cfg.ssm_in:
+                q, k, v, z = split_per_key_head(cfg, held[g + "ssm_in.weight"], cfg.qkvz_sizes())
+                hf[a + "in_proj_qkvz.weight"] = held[g + "ssm_in.weight"]
+            else:
+                q, k, v = np.split(held[g + "attn_qkv.weight"], [kd, 2 * kd])
+                z = held[g + "attn_gate.weight"]
+                hf[a + "in_proj_qkvz.weight"] = per_key_head(cfg, [q, k, v, z], cfg.qkvz_sizes())
+            hf[a + "in_proj_ba.weight"] = held[g + "ssm_ba.weight"]
+        else:
+            hf[a + "in_proj_qkv.weight"] = np.concatenate(
+                [held[g + "attn_qkv.weight"][: 2 * kd], untile(held[g + "attn_qkv.weight"][2 * kd :], d)]
+            )
+            hf[a + "in_proj_z.weight"] = untile(held[g + "attn_gate.weight"], d)
+            hf[a + "in_proj_b.weight"] = untile(held[g + "ssm_beta.weight"], 1)
+            hf[a + "in_proj_a.weight"] = untile(held[g + "ssm_alpha.weight"], 1)
+        x = held[g + "ssm_conv1d.weight"]
+        hf[a + "conv1d.weight"] = np.concatenate([x[: 2 * kd], untile(x[2 * kd :], d)])[:, None, :]
         hf[a + "out_proj.weight"] = untile(held[g + "ssm_out.weight"], d, axis=1)
         hf[a + "dt_bias"] = untile(held[g + "ssm_dt.bias"], 1)
         hf[a + "A_log"] = np.log(-untile(held[g + "ssm_a"], 1))
@@ -262,7 +325,8 @@ def write_qwen35_gguf(
     wr.add_key_length(cfg.head_dim)
     wr.add_value_length(cfg.head_dim)
     wr.add_rope_dimension_count(cfg.n_rot)
-    wr.add_rope_dimension_sections([*cfg.mrope_section, 0][:4])
+    if not cfg.qwen3next:
+        wr.add_rope_dimension_sections([*cfg.mrope_section, 0][:4])
     wr.add_ssm_conv_kernel(cfg.conv_kernel)
     wr.add_ssm_state_size(cfg.dn_head_dim)
     wr.add_ssm_group_count(cfg.k_heads)
@@ -299,12 +363,19 @@ def _silu(x: np.ndarray) -> np.ndarray:
 
 
 def delta_net(cfg: Qwen35Config, w: dict[str, np.ndarray], a: str, h: np.ndarray) -> np.ndarray:
-    """Qwen3_5GatedDeltaNet.forward without a cache, the recurrent rule token by token."""
+    """Qwen3_5GatedDeltaNet.forward (Qwen3NextGatedDeltaNet's) without a cache, the recurrent rule
+    token by token."""
     n, d, kd = h.shape[0], cfg.dn_head_dim, cfg.k_heads * cfg.dn_head_dim
-    qkv = h @ w[a + "in_proj_qkv.weight"].T
-    z = (h @ w[a + "in_proj_z.weight"].T).reshape(n, cfg.v_heads, d)
-    beta = 1 / (1 + np.exp(-(h @ w[a + "in_proj_b.weight"].T)))
-    x = h @ w[a + "in_proj_a.weight"].T + w[a + "dt_bias"]
+    if a + "in_proj_qkvz.weight" in w:  # Qwen3NextGatedDeltaNet: q, k, v, z and b, a per key head
+        q, k, v, wz = split_per_key_head(cfg, w[a + "in_proj_qkvz.weight"], cfg.qkvz_sizes())
+        wqkv = np.concatenate([q, k, v])
+        wb, wa = split_per_key_head(cfg, w[a + "in_proj_ba.weight"], cfg.ba_sizes())
+    else:
+        wqkv, wz, wb, wa = (w[a + f"in_proj_{t}.weight"] for t in ("qkv", "z", "b", "a"))
+    qkv = h @ wqkv.T
+    z = (h @ wz.T).reshape(n, cfg.v_heads, d)
+    beta = 1 / (1 + np.exp(-(h @ wb.T)))
+    x = h @ wa.T + w[a + "dt_bias"]
     g = -np.exp(w[a + "A_log"]) * np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
     kernel = w[a + "conv1d.weight"][:, 0, :]  # (channels, K): tap K - 1 meets the current input
     padded = np.concatenate([np.zeros((cfg.conv_kernel - 1, qkv.shape[1])), qkv])

@@ -128,7 +128,7 @@ class Qwen35(Architecture):
             raise ConvertError(
                 f"{config_path}: rope 'mrope_section' must list up to 4 sizes, got {sections!r}"
             )
-        self.sections = [*sections, 0, 0, 0][:4]
+        self.sections: list[int] | None = [*sections, 0, 0, 0][:4]
 
     def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
         def hf(name: str) -> str:
@@ -189,7 +189,8 @@ class Qwen35(Architecture):
         w.add_ssm_inner_size(self.dk * self.hv)
         w.add_full_attention_interval(self.interval)
         w.add_rope_dimension_count(self.n_rot)
-        w.add_rope_dimension_sections(self.sections)
+        if self.sections is not None:  # (qwen3next: none)
+            w.add_rope_dimension_sections(self.sections)
 
 
 class Qwen35Moe(Qwen35):
@@ -229,7 +230,9 @@ class Qwen35Moe(Qwen35):
         super().__init__(cfg, config_path)
         self.n_ff_shexp = _require(self.cfg, "shared_expert_intermediate_size", config_path)
         if self.cfg.get("norm_topk_prob", True) is not True:
-            raise ConvertError(f"{config_path}: 'norm_topk_prob' false: llama.cpp's qwen35moe renormalises")
+            raise ConvertError(
+                f"{config_path}: 'norm_topk_prob' false: llama.cpp's {self.gguf_arch} renormalises"
+            )
 
     def _experts(self, config_path: Path) -> tuple[int, int, int]:
         cfg = self.cfg

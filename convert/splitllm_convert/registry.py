@@ -25,6 +25,7 @@ from splitllm_convert.moe_archs import GraniteMoe, Olmoe, Qwen2Moe
 from splitllm_convert.moe_variants import BailingMoeV2, Dots1, HunYuanMoE, SmallThinker
 from splitllm_convert.nemotron_h import NemotronH
 from splitllm_convert.nomic import NomicBert
+from splitllm_convert.qwen3next import Qwen3Next
 from splitllm_convert.qwen3vlmoe import Qwen3VLMoe
 from splitllm_convert.qwen35 import Qwen35, Qwen35Moe
 from splitllm_convert.rerank import BertReranker, XLMRobertaReranker
@@ -38,7 +39,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet,
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
                 GraniteHybrid, NemotronH, Qwen35,
-                Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoeV2, HunYuanMoE, SmallThinker)
+                Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoeV2, HunYuanMoE, SmallThinker, Qwen3Next)
     for n in cls.hf_names
 }
 

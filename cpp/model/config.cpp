@@ -66,6 +66,7 @@ constexpr ArchTraits kArchs[] = {
     {"bailingmoe2", Arch::BailingMoe2, true, false, true, false},
     {"hunyuan-moe", Arch::HunyuanMoe, true,  false, true,  false},
     {"smallthinker", Arch::SmallThinker, true, false, false, false},
+    {"qwen3next",  Arch::Qwen3Next, true,  false, true,  false},  // (qwen35.cpp, qwen3next.cpp)
 };
 
 std::string supported_archs() {
@@ -555,7 +556,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Glm4Moe || c.arch == Arch::BailingMoe2) c.n_layer -= nextn_layers(f, c);  // (MTP: not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
-                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe;
+                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe || c.arch == Arch::Qwen3Next;
     // (and a feed_forward_length)
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Llama4 ||
                          c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2 ||
@@ -662,7 +663,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Qwen3VLMoe) read_qwen3vlmoe(f, c);
     if (c.arch == Arch::Lfm2 || c.arch == Arch::Lfm2Moe) read_lfm2(f, c);
     if (c.arch == Arch::Llama4) read_llama4(f, c);
-    if (c.arch == Arch::Qwen35 || c.arch == Arch::Qwen35Moe) read_qwen35(f, c);
+    if (c.arch == Arch::Qwen35 || c.arch == Arch::Qwen35Moe || c.arch == Arch::Qwen3Next) read_qwen35(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections
         if (c.n_swa > 0)  // (0: no window, as llama.cpp reads it)
             throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': OLMo 3's sliding-window layers are "

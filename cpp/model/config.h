@@ -31,7 +31,8 @@ enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker
+    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker,
+    Qwen3Next
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -60,7 +61,7 @@ struct Config {
                                 // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
                                 // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
                                 // "nemotron_h" (nemotron_h.cpp)
-                                // "qwen35", "qwen35moe" (qwen35.cpp)
+                                // "qwen35", "qwen35moe", "qwen3next" (qwen35.cpp)
                                 // "llama4" (llama4.cpp), "lfm2moe"
                                 // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
     int n_layer = 0;            // transformer blocks
@@ -210,6 +211,9 @@ struct Config {
     int dn_k_heads = 0;         // ssm.group_count: query / key heads
     int dn_v_heads = 0;         // ssm.time_step_rank: value heads (a multiple of dn_k_heads)
     int dn_head_dim = 0;        // ssm.state_size: the head size of all three
+    // qwen3next: value head j reads key head j / (dn_v_heads / dn_k_heads) (the value heads grouped by
+    // key head, as Hugging Face's); qwen35's converter tiles them (key head j % dn_k_heads)
+    bool dn_grouped = false;
     int dn_conv_dim() const { return (2 * dn_k_heads + dn_v_heads) * dn_head_dim; }  // q, k, v channels
     int dn_v_dim() const { return dn_v_heads * dn_head_dim; }
     // granitehybrid (model/mamba2.cpp): its layers of conv_layers (head_count_kv 0) are Mamba-2

@@ -112,8 +112,9 @@ void Model::imatrix_start(bool process_output) {
             s[kImxUp] = imx_target(b + "ffn_up" + sh + ".weight", L.w_up);
         }
         s[kImxDown] = imx_target(b + "ffn_down" + sh + ".weight", L.w_down);
-        if (c.is_conv(l) && c.delta_net) {  // qwen35's delta nets: attn_qkv and ssm_out there (qwen35.cpp)
-            s[kImxQ] = imx_target(b + "attn_qkv.weight", L.dn_qkv);
+        if (c.is_conv(l) && c.delta_net) {  // qwen35's delta nets: attn_qkv (or qwen3next's ssm_in), ssm_out
+            const bool ssm_in = file_->find_tensor(b + "ssm_in.weight") != nullptr;
+            s[kImxQ] = imx_target(b + (ssm_in ? "ssm_in.weight" : "attn_qkv.weight"), L.dn_qkv);
             s[kImxO] = imx_target(b + "ssm_out.weight", L.dn_out);
         } else if (c.is_conv(l)) {  // lfm2's convolution layers: in_proj and out_proj at the attention's sites
             const bool ssm = c.mamba2();  // (granitehybrid's Mamba-2 layers: ssm_in, ssm_out)

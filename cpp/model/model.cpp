@@ -220,7 +220,8 @@ void Model::load_weights() {
         // deepseek2, glm4moe, ernie4_5-moe, dots1, bailingmoe2: those after the leading dense ones)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
-                              c.arch == Arch::Qwen35Moe || c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker;
+                              c.arch == Arch::Qwen35Moe || c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker ||
+                              c.arch == Arch::Qwen3Next;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe ||
                           c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
         const bool moe = lead                     ? l >= c.n_layer_dense_lead

@@ -4,6 +4,7 @@
 // the last conv_l_cache - 1 inputs of its short convolution and one (head_dim x head_dim) state
 // matrix per value head (Config::state_floats; kept, reset and saved as lfm2's convolution states,
 // conv.cpp). The recurrence runs token by token, in prefill too.
+// Qwen3-Next (qwen3next) is the same model with its projections laid out otherwise (qwen3next.h).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "model/config_read.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
+#include "model/qwen3next.h"
 #include "model/weights_load.h"
 
 namespace sl {
@@ -38,6 +40,26 @@ bool imrope_covers(const int s[4], int n_pairs) {
         if (!t && !h && !w) return false;
     }
     return true;
+}
+
+// Text positions only: M-RoPE's sections (qwen35, qwen35moe) must rotate as NEOX over the rotated
+// dimensions.
+void read_sections(const GGUFFile & f, const Config & c) {
+    const std::string a = c.arch_name + ".";
+    const std::string sk = a + "rope.dimension_sections";
+    const GGUFValue * sv = f.find(sk);
+    const char * path = f.path().c_str();
+    if (!sv || sv->type != GGUFType::ARRAY || sv->arr.size() < 3 || sv->arr.size() > 4)
+        throw GGUFError(strfmt("%s: metadata '%s' (3 or 4 integers) is %s", path, sk.c_str(), sv ? "malformed" : "missing"));
+    int sec[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i < sv->arr.size(); ++i) {
+        if (!sv->arr[i].is_integer() || sv->arr[i].num.i64 < 0 || sv->arr[i].num.i64 > 4096)
+            throw GGUFError(strfmt("%s: metadata '%s' must hold small non-negative integers", path, sk.c_str()));
+        sec[i] = int(sv->arr[i].num.i64);
+    }
+    if (!imrope_covers(sec, c.n_rot / 2))
+        throw GGUFError(strfmt("%s: metadata '%s' = [%d, %d, %d, %d] leaves some of the %d rotated pairs at position 0 "
+                               "for text; not supported", path, sk.c_str(), sec[0], sec[1], sec[2], sec[3], c.n_rot / 2));
 }
 
 }  // namespace
@@ -81,26 +103,16 @@ void read_qwen35(const GGUFFile & f, Config & c) {
     }
     c.conv_layers.clear();
     if (std::find(rec.begin(), rec.end(), 1) != rec.end()) c.conv_layers = rec;
-    // Text positions only: the sections' rotation must be NEOX's over the rotated dimensions.
-    const std::string sk = a + "rope.dimension_sections";
-    const GGUFValue * sv = f.find(sk);
-    if (!sv || sv->type != GGUFType::ARRAY || sv->arr.size() < 3 || sv->arr.size() > 4)
-        throw GGUFError(strfmt("%s: metadata '%s' (3 or 4 integers) is %s", path, sk.c_str(), sv ? "malformed" : "missing"));
-    int sec[4] = {0, 0, 0, 0};
-    for (size_t i = 0; i < sv->arr.size(); ++i) {
-        if (!sv->arr[i].is_integer() || sv->arr[i].num.i64 < 0 || sv->arr[i].num.i64 > 4096)
-            throw GGUFError(strfmt("%s: metadata '%s' must hold small non-negative integers", path, sk.c_str()));
-        sec[i] = int(sv->arr[i].num.i64);
-    }
-    if (!imrope_covers(sec, c.n_rot / 2))
-        throw GGUFError(strfmt("%s: metadata '%s' = [%d, %d, %d, %d] leaves some of the %d rotated pairs at position 0 "
-                               "for text; not supported", path, sk.c_str(), sec[0], sec[1], sec[2], sec[3], c.n_rot / 2));
+    c.dn_grouped = c.arch == Arch::Qwen3Next;
+    if (c.arch == Arch::Qwen3Next && c.n_expert == 0)  // (llama.cpp's qwen3next has no dense feed-forward)
+        throw GGUFError(strfmt("%s: metadata '%sexpert_count': a qwen3next model needs experts", path, a.c_str()));
+    if (c.arch != Arch::Qwen3Next) read_sections(f, c);
     if (c.n_swa > 0)
-        throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': qwen35 has no sliding-window layers",
-                               path, a.c_str()));
+        throw GGUFError(strfmt("%s: metadata '%sattention.sliding_window': %s has no sliding-window layers",
+                               path, a.c_str(), c.arch_name.c_str()));
     if (c.arch == Arch::Qwen35 && c.n_expert > 0)
         throw GGUFError(strfmt("%s: a qwen35 file with experts (%sexpert_count): qwen35moe has them", path, a.c_str()));
-    if (c.arch == Arch::Qwen35Moe) {  // a gated shared expert beside the routed ones (as qwen2moe's)
+    if (c.arch != Arch::Qwen35) {  // a gated shared expert beside the routed ones (as qwen2moe's)
         const std::string shexp_key = a + "expert_shared_feed_forward_length";
         c.n_ff_shexp = f.find(shexp_key) ? get_dim(f, shexp_key, 0, 1 << 20) : 0;
         c.shexp_gate = c.n_ff_shexp > 0;
@@ -123,10 +135,14 @@ void Model::load_qwen35_layer(int l, const std::string & b, LayerWeights & L) {
         return;
     }
     const int64_t cd = c.dn_conv_dim(), vd = c.dn_v_dim(), hv = c.dn_v_heads;
-    L.dn_qkv = matrix(f, c, b + "attn_qkv.weight", cd, c.n_embd);
-    L.dn_z = matrix(f, c, b + "attn_gate.weight", vd, c.n_embd);
-    L.dn_beta = matrix(f, c, b + "ssm_beta.weight", hv, c.n_embd);
-    L.dn_alpha = matrix(f, c, b + "ssm_alpha.weight", hv, c.n_embd);
+    if (c.arch == Arch::Qwen3Next) {
+        load_qwen3next_in(f, c, b, L);
+    } else {
+        L.dn_qkv = matrix(f, c, b + "attn_qkv.weight", cd, c.n_embd);
+        L.dn_z = matrix(f, c, b + "attn_gate.weight", vd, c.n_embd);
+        L.dn_beta = matrix(f, c, b + "ssm_beta.weight", hv, c.n_embd);
+        L.dn_alpha = matrix(f, c, b + "ssm_alpha.weight", hv, c.n_embd);
+    }
     L.dn_out = matrix(f, c, b + "ssm_out.weight", c.n_embd, vd);
     const GGUFTensor & k = require(f, c, b + "ssm_conv1d.weight", c.conv_l_cache, cd);
     if (k.type != QType::F32)
@@ -142,8 +158,10 @@ size_t Model::qwen35_floats() const {
     const Config & c = cfg_;
     if (!c.delta_net) return 0;
     // attention: queries with their gates; delta net: q, k, v, the gate z, beta, the decay, output
-    return std::max(2 * size_t(c.q_dim()),
-                    size_t(c.dn_conv_dim()) + 2 * size_t(c.dn_v_dim()) + 2 * size_t(c.dn_v_heads));
+    // (qwen3next: the fused projections' outputs past them)
+    return std::max(2 * size_t(c.q_dim()), size_t(c.dn_conv_dim()) + 2 * size_t(c.dn_v_dim()) +
+                                               2 * size_t(c.dn_v_heads) +
+                                               (c.arch == Arch::Qwen3Next ? qwen3next_raw_floats(c) : 0));
 }
 
 void Model::qwen35_mixer(Backend * be, int l, Scratch & s, int n, const int32_t * slot) {
@@ -198,7 +216,8 @@ void Model::qwen35_attention(Backend * be, int l, Scratch & s, int n) {
 // q, k, v = silu(conv(W_qkv h)), q and k l2-normed per head (q also / sqrt(head_dim)); per value
 // head, g = exp(-exp(A_log) softplus(alpha + dt_bias)), b = sigmoid(beta), S = g S,
 // S += k (b (v - S^T k))^T, o = S^T q; out = W_out (rmsnorm(o) * norm * silu(z)) per head.
-// Value head j reads key head j % key heads (llama.cpp's converter tiles the value heads so).
+// Value head j reads key head j % key heads (llama.cpp's converter tiles qwen35's value heads so), or
+// (qwen3next, Hugging Face's order) j / (value heads / key heads).
 void Model::delta_net(Backend * be, int l, Scratch & s, int n, const int32_t * slot) {
     const Config & c = cfg_;
     const LayerWeights & L = w_.layers[size_t(l)];
@@ -209,12 +228,16 @@ void Model::delta_net(Backend * be, int l, Scratch & s, int n, const int32_t * s
     float * beta = z + size_t(n) * vd;    // (n, hv)
     float * alpha = beta + size_t(n) * hv;  // (n, hv)
     float * o = alpha + size_t(n) * hv;   // (n, vd)
-    const WeightRef * w[4] = {&L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha};
-    float * y[4] = {qkv, z, beta, alpha};
-    if (imx_) imx_observe(l, kImxQ, s.h, n, be);
-    be->matmul(w, y, 3, s.h, n, false);  // (at most three at once)
-    be->matmul(w + 3, y + 3, 1, s.h, n, false);
     ThreadPool & pool = cpu_->pool();
+    if (imx_) imx_observe(l, kImxQ, s.h, n, be);
+    if (c.arch == Arch::Qwen3Next) {
+        qwen3next_in(be, pool, c, L, s.h, n, qkv, z, beta, alpha, o + size_t(n) * vd);
+    } else {
+        const WeightRef * w[4] = {&L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha};
+        float * y[4] = {qkv, z, beta, alpha};
+        be->matmul(w, y, 3, s.h, n, false);  // (at most three at once)
+        be->matmul(w + 3, y + 3, 1, s.h, n, false);
+    }
     // Causal depthwise convolution of each channel over the slot's last kc inputs (oldest first) and
     // this token's, which then joins them; SiLU. A slot's tokens come in position order.
     pool.parallel_for(cd, [&](int64_t c0, int64_t c1) {
@@ -246,7 +269,7 @@ void Model::delta_net(Backend * be, int l, Scratch & s, int n, const int32_t * s
     pool.parallel_for(hv, [&](int64_t h0, int64_t h1) {
         float delta[kMaxDeltaHead];
         for (int64_t h = h0; h < h1; ++h) {
-            const int64_t kh = h % hk;
+            const int64_t kh = c.dn_grouped ? h / (hv / hk) : h % hk;
             for (int i = 0; i < n; ++i) {
                 const float * row = qkv + size_t(i) * cd;
                 const float * q = row + kh * d, * k = row + (hk + kh) * d, * v = row + 2 * hk * d + h * d;
