@@ -153,7 +153,8 @@ void Model::load_weights() {
     // no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
                          c.arch != Arch::Cohere2 && c.arch != Arch::SeedOss && c.arch != Arch::HunyuanDense &&
-                         c.arch != Arch::Arcee && c.arch != Arch::Glm4Moe && c.arch != Arch::Ernie4_5Moe;
+                         c.arch != Arch::Arcee && c.arch != Arch::Glm4Moe && c.arch != Arch::Ernie4_5Moe &&
+                         c.arch != Arch::MinimaxM2;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -216,10 +217,11 @@ void Model::load_weights() {
         if (c.pre_norms && !c.parallel_ffn) L.ffn_norm = vector_f32(f, c, b + ffn_norm, c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
-        // deepseek2, glm4moe, ernie4_5-moe: those after the leading dense ones)
+        // deepseek2, glm4moe, ernie4_5-moe: those after the leading dense ones; glm4moe's and
+        // minimax-m2's selection bias required)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
-                              c.arch == Arch::Qwen35Moe;
+                              c.arch == Arch::Qwen35Moe || c.arch == Arch::MinimaxM2;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe;
         const bool moe = lead ? l >= c.n_layer_dense_lead
                               : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
@@ -240,7 +242,7 @@ void Model::load_weights() {
                 L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
-            if (c.arch == Arch::Glm4Moe || f.find_tensor(b + "exp_probs_b.bias"))  // (glm4moe's required)
+            if (c.arch == Arch::Glm4Moe || c.arch == Arch::MinimaxM2 || f.find_tensor(b + "exp_probs_b.bias"))
                 L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
