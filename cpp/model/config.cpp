@@ -61,6 +61,7 @@ constexpr ArchTraits kArchs[] = {
     {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
     {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
     {"minimax-m2", Arch::MinimaxM2, true,  false, true,  false},  // (config_minimax.cpp)
+    {"phimoe",     Arch::PhiMoe,    true,  false, false, false},
 };
 
 std::string supported_archs() {
@@ -540,7 +541,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Glm4Moe) c.n_layer -= nextn_layers(f, c);  // (its MTP layers are not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
-                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe || c.arch == Arch::MinimaxM2;
+                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe || c.arch == Arch::MinimaxM2 ||
+                          c.arch == Arch::PhiMoe;
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe;  // (and a feed_forward_length)
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
@@ -642,6 +644,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Ernie4_5Moe) read_ernie4_5_moe(f, c);
     if (c.arch == Arch::Qwen3VLMoe) read_qwen3vlmoe(f, c);
     if (c.arch == Arch::MinimaxM2) read_minimax_m2(f, c);
+    if (c.arch == Arch::PhiMoe) read_phimoe(f, c);
     if (c.arch == Arch::Lfm2) read_lfm2(f, c);
     if (c.arch == Arch::Qwen35 || c.arch == Arch::Qwen35Moe) read_qwen35(f, c);
     if (c.arch == Arch::Olmo2) {  // post-norms only; q/k norms over whole projections

@@ -31,7 +31,7 @@ enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, MinimaxM2
+    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, MinimaxM2, PhiMoe
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -60,7 +60,7 @@ struct Config {
                                 // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
                                 // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
                                 // "nemotron_h" (nemotron_h.cpp)
-                                // "qwen35", "qwen35moe" (qwen35.cpp), "minimax-m2" (config_minimax.cpp)
+                                // "qwen35", "qwen35moe" (qwen35.cpp), "minimax-m2", "phimoe" (config_minimax.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads

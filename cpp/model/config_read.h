@@ -44,5 +44,7 @@ void read_ernie4_5_moe(const GGUFFile & f, Config & c);
 void read_qwen3vlmoe(const GGUFFile & f, Config & c);
 // minimax-m2's router and q/k norms (config_minimax.cpp).
 void read_minimax_m2(const GGUFFile & f, Config & c);
+// phimoe's norm biases and router (config_minimax.cpp).
+void read_phimoe(const GGUFFile & f, Config & c);
 
 }  // namespace sl

@@ -127,6 +127,7 @@ void Model::load_weights() {
         w_.output = f.find_tensor("output.weight") && c.arch != Arch::Bitnet
                         ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd)
                         : w_.tok_embd;
+    if (c.arch == Arch::PhiMoe) w_.output.bias = vector_f32(f, c, "output.bias", c.n_vocab);  // (required, as llama.cpp)
     load_cls_out();
     // Rotary frequency divisors: llama3's rope_freqs, or LongRoPE's long factors past the original
     // context and its short ones within it (llama.cpp's choice, by the context of a sequence).
@@ -221,7 +222,7 @@ void Model::load_weights() {
         // minimax-m2's selection bias required)
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
-                              c.arch == Arch::Qwen35Moe || c.arch == Arch::MinimaxM2;
+                              c.arch == Arch::Qwen35Moe || c.arch == Arch::MinimaxM2 || c.arch == Arch::PhiMoe;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe;
         const bool moe = lead ? l >= c.n_layer_dense_lead
                               : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
@@ -254,7 +255,7 @@ void Model::load_weights() {
             L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
             L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
         }
-        if (c.ffn_act != FfnAct::Glu) load_densevar_layer(b, L);  // (its feed-forward's extra tensors)
+        if (c.ffn_act != FfnAct::Glu || c.norm_bias) load_densevar_layer(b, L);  // (extra tensors, norm biases)
         for (const char * name : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
             if (!c.norm_bias && f.find_tensor(b + name))
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),
