@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import _rms, causal_attention, hf_block_weights, write_arch_gguf
+from tiny_glm4moe import _rms, causal_attention, write_arch_gguf
 from tiny_model import rope
 
 
@@ -192,18 +192,30 @@ def hf_config(cfg: MinimaxM2Config) -> dict[str, Any]:
 
 
 def hf_weights(cfg: MinimaxM2Config, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors holding the GGUF weights w (the experts one by one as
-    block_sparse_moe.experts.{e}.w1 (gate) / w3 (up) / w2 (down))."""
-    experts = {k: v for k, v in w.items() if k.endswith("_exps.weight")}
-    out = {
+    """The checkpoint's tensors holding the GGUF weights w."""
+    return {
         "model.embed_tokens.weight": w["token_embd.weight"],
         "model.norm.weight": w["output_norm.weight"],
         "lm_head.weight": w["output.weight"],
-        **hf_block_weights({k: v for k, v in w.items() if k not in experts}, _HF_NAMES, 0),
+        **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts),
     }
-    for name, x in experts.items():
-        bid = name.split(".")[1]
-        wid = {"gate": "w1", "down": "w2", "up": "w3"}[name.split(".")[2].split("_")[1]]
-        for e in range(cfg.num_local_experts):
-            out[f"model.layers.{bid}.block_sparse_moe.experts.{e}.{wid}.weight"] = x[e]
+
+
+def hf_sparse_moe_blocks(
+    w: dict[str, np.ndarray], names: dict[str, str], n_expert: int
+) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors of the blocks' GGUF weights w (by ``names``; stacked experts one by
+    one as block_sparse_moe.experts.{e}.w1 (gate) / w3 (up) / w2 (down), Mixtral's names)."""
+    out = {}
+    for name, x in w.items():
+        if not name.startswith("blk."):
+            continue
+        _, bid, rest = name.split(".", 2)
+        p = f"model.layers.{bid}."
+        if rest in names:
+            out[p + names[rest]] = x
+            continue
+        wid = {"gate": "w1", "down": "w2", "up": "w3"}[rest.split("_")[1]]
+        for e in range(n_expert):
+            out[p + f"block_sparse_moe.experts.{e}.{wid}.weight"] = x[e]
     return out

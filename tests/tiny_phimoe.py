@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from tiny_glm4moe import causal_attention, write_arch_gguf
+from tiny_minimax import hf_sparse_moe_blocks
 from tiny_model import rope
 
 
@@ -185,3 +186,61 @@ def reference_logits(
         x = x + _moe(cfg, w, b, _norm(x, w[b + "ffn_norm.weight"], w[b + "ffn_norm.bias"], cfg.rms_eps))
     h = _norm(x, w["output_norm.weight"], w["output_norm.bias"], cfg.rms_eps)
     return h @ w["output.weight"].T + w["output.bias"]
+
+
+# GGUF name in a block -> the checkpoint's (llama.cpp's tensor map, inverted)
+_HF_NAMES = {
+    **{f"attn_norm.{k}": f"input_layernorm.{k}" for k in ("weight", "bias")},
+    **{f"attn_{p}.{k}": f"self_attn.{p}_proj.{k}" for p in "qkv" for k in ("weight", "bias")},
+    **{f"attn_output.{k}": f"self_attn.o_proj.{k}" for k in ("weight", "bias")},
+    **{f"ffn_norm.{k}": f"post_attention_layernorm.{k}" for k in ("weight", "bias")},
+    "ffn_gate_inp.weight": "block_sparse_moe.gate.weight",
+}
+
+
+def hf_config(cfg: PhiMoeConfig) -> dict[str, Any]:
+    """The config.json of a PhiMoEForCausalLM checkpoint of cfg (as Phi-3.5-MoE-instruct's)."""
+    out = {
+        "architectures": ["PhiMoEForCausalLM"],
+        "model_type": "phimoe",
+        "hidden_size": cfg.n_embd,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head_kv,
+        "intermediate_size": cfg.intermediate_size,
+        "vocab_size": cfg.n_vocab,
+        "num_local_experts": cfg.num_local_experts,
+        "num_experts_per_tok": cfg.num_experts_per_tok,
+        "attention_bias": True,
+        "lm_head_bias": True,
+        "rope_theta": cfg.rope_base,
+        "rms_norm_eps": cfg.rms_eps,
+        "max_position_embeddings": cfg.n_ctx_train,
+        "original_max_position_embeddings": cfg.original_ctx,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+    }
+    if cfg.longrope:
+        out["rope_scaling"] = {
+            "type": "longrope",
+            "short_factor": [float(v) for v in cfg.factors["short"]],
+            "long_factor": [float(v) for v in cfg.factors["long"]],
+            "short_mscale": cfg.attn_factor,
+            "long_mscale": cfg.attn_factor,
+            "original_max_position_embeddings": cfg.original_ctx,
+        }
+    return out
+
+
+def hf_weights(cfg: PhiMoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors holding the GGUF weights w (no LongRoPE factor tensors: config.json
+    holds them)."""
+    return {
+        "model.embed_tokens.weight": w["token_embd.weight"],
+        "model.norm.weight": w["output_norm.weight"],
+        "model.norm.bias": w["output_norm.bias"],
+        "lm_head.weight": w["output.weight"],
+        "lm_head.bias": w["output.bias"],
+        **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts),
+    }

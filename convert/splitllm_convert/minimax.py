@@ -1,4 +1,6 @@
-"""MiniMax-M2 / M2.1 (MiniMaxM2ForCausalLM; llama.cpp's ``minimax-m2`` architecture), as llama.cpp's
+"""MiniMax-M2 / M2.1 and Phi-3.5-MoE (PhiMoe, below).
+
+MiniMax-M2 / M2.1 (MiniMaxM2ForCausalLM; llama.cpp's ``minimax-m2`` architecture), as llama.cpp's
 MiniMaxM2Model writes it.
 
 Every block: q/k/v/o without biases, ``q_norm`` / ``k_norm`` RMSNorms over the whole q and k
@@ -17,7 +19,7 @@ from typing import Any
 
 from gguf import ExpertGatingFuncType, GGUFWriter
 
-from splitllm_convert.arch import Architecture, TensorRule, _llama_rules, _moe_config, _require
+from splitllm_convert.arch import Architecture, Phi3, TensorRule, _llama_rules, _moe_config, _require
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.llama_variants import Olmo2
 
@@ -66,3 +68,44 @@ class MiniMaxM2(Architecture):
     def add_hparams_after_file_type(self, w: GGUFWriter) -> None:
         w.add_expert_feed_forward_length(self.n_ff_exp)
         w.add_rope_dimension_count(self.n_rot)
+
+
+class PhiMoe(Phi3):
+    """PhiMoEForCausalLM (Phi-3.5-MoE), as llama.cpp's PhiMoeModel writes phimoe: Phi3MiniModel's keys
+    (LongRoPE's factors and attention factor among them) with the expert counts; q/k/v/o separate,
+    each with its bias; the LayerNorms' weights and biases (llama.cpp's graph runs them as RMS norms
+    plus the bias, and routes by the softmax's top k: the file means that, not transformers'
+    LayerNorm and sparsemixer); block_sparse_moe's experts stacked; lm_head's bias. llama.cpp
+    requires the attention output's and lm_head's biases: ``attention_bias`` or ``lm_head_bias``
+    false is refused."""
+
+    hf_names = ("PhiMoEForCausalLM",)
+    gguf_arch = "phimoe"
+    rules = (
+        *_llama_rules(permute=False, biases="qkv", ffn="mixtral"),
+        TensorRule(L + "self_attn.o_proj.bias", B + "attn_output.bias", ("embd",)),
+        TensorRule(L + "input_layernorm.bias", B + "attn_norm.bias", ("embd",)),
+        TensorRule(L + "post_attention_layernorm.bias", B + "ffn_norm.bias", ("embd",)),
+        TensorRule("model.norm.bias", "output_norm.bias", ("embd",)),
+        TensorRule("lm_head.bias", "output.bias", ("vocab",)),
+    )
+    default_ctx = 131072  # transformers' PhimoeConfig
+    default_rms_eps = 1e-5
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        for key in ("attention_bias", "lm_head_bias"):
+            if cfg.get(key) is not True:
+                raise ConvertError(f"{config_path}: '{key}' is {cfg.get(key)!r}: llama.cpp's phimoe needs "
+                                   "the attention output's and the output layer's biases")  # fmt: skip
+        if self.head_dim * self.n_head != self.n_embd:
+            raise ConvertError(f"{config_path}: llama.cpp's phimoe needs head_dim = hidden_size / "
+                               f"num_attention_heads, got {self.head_dim}")  # fmt: skip
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        return _moe_config(self.cfg, config_path, "num_local_experts", "intermediate_size")
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_expert_used_count(self.n_expert_used)
+        w.add_expert_count(self.n_expert)

@@ -20,7 +20,7 @@ from splitllm_convert.gpt_oss import GptOss
 from splitllm_convert.granite_hybrid import GraniteHybrid
 from splitllm_convert.lfm2 import Lfm2
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
-from splitllm_convert.minimax import MiniMaxM2
+from splitllm_convert.minimax import MiniMaxM2, PhiMoe
 from splitllm_convert.moe_archs import GraniteMoe, Olmoe, Qwen2Moe
 from splitllm_convert.nemotron_h import NemotronH
 from splitllm_convert.nomic import NomicBert
@@ -37,7 +37,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet,
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
                 GraniteHybrid, NemotronH, Qwen35,
-                Qwen35Moe, MiniMaxM2)
+                Qwen35Moe, MiniMaxM2, PhiMoe)
     for n in cls.hf_names
 }
 
