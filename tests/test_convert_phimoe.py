@@ -4,34 +4,18 @@ float64 reference (tests/tiny_phimoe.py), llama.cpp's too (F32 and Q8_0); bad in
 
 from __future__ import annotations
 
-import json
-
-import gguf
-import numpy as np
 import pytest
 import test_convert as TC
-from hf_fixtures import save_weights, write_bpe_tokenizer
-from lcpp import check_routed_q8, llama_cpp_logits
-from splitllm import Model
+import tiny_phimoe
 from splitllm_convert import ConvertError, convert
-from tiny_model import F32_LOGITS_TOL
-from tiny_phimoe import PhiMoeConfig, hf_config, hf_weights, make_weights, reference_logits
+from test_convert_minimax import TOKENS, arch_keys, check_llama_cpp, check_logits, hf_checkpoint
+from tiny_phimoe import PhiMoeConfig, hf_config, reference_logits
 
-TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2
 CFG = PhiMoeConfig()
 
 
 def checkpoint(tmp_path, config_changes=None, drop=()):
-    """A PhiMoEForCausalLM directory of CFG's random weights (float32); returns (the directory, the
-    GGUF-named weights as float64)."""
-    d = tmp_path / "hf"
-    d.mkdir()
-    write_bpe_tokenizer(d, vocab_size=CFG.n_vocab)
-    config = {**hf_config(CFG), **(config_changes or {})}
-    (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
-    w = make_weights(CFG)
-    save_weights(d, {k: v.astype(np.float32) for k, v in hf_weights(CFG, w).items() if k not in drop})
-    return d, {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}
+    return hf_checkpoint(tmp_path, CFG, tiny_phimoe, config_changes, drop)
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +32,7 @@ def test_tensors_metadata_and_logits(converted):
     config.json); llama.cpp's keys; splitllm's logits the reference's."""
     w, path, _ = converted
     TC.assert_holds(path, w)
-    r = gguf.GGUFReader(path)
-    a = "phimoe."
-    keys = {f.name.removeprefix(a): f.contents() for f in r.fields.values() if f.name.startswith(a)}
+    keys = arch_keys(path, "phimoe")
     want = {
         "block_count": CFG.n_layer, "rope.dimension_count": CFG.head_dim, "context_length": CFG.n_ctx_train,
         "rope.scaling.original_context_length": CFG.original_ctx, "expert_count": CFG.num_local_experts,
@@ -61,10 +43,7 @@ def test_tensors_metadata_and_logits(converted):
     assert {k: keys.get(k) for k in want} == want
     assert keys["rope.scaling.attn_factor"] == pytest.approx(CFG.attn_factor)
     assert keys["attention.layer_norm_rms_epsilon"] == pytest.approx(CFG.rms_eps)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    ref = reference_logits(CFG, w, TOKENS)
-    assert np.abs(ours - ref).max() / np.abs(ref).max() < F32_LOGITS_TOL
+    check_logits(path, reference_logits(CFG, w, TOKENS))
 
 
 @pytest.mark.reference
@@ -72,14 +51,7 @@ def test_llama_cpp_loads_it(converted, tmp_path):
     """llama.cpp on the converted f32 file within 1e-3 of the reference; on a q8_0 conversion, the
     routed models' Q8_0 bounds for both engines."""
     w, path, d = converted
-    ref = reference_logits(CFG, w, TOKENS)
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert np.abs(theirs - ref).max() / np.abs(ref).max() < 1e-3
-    q8 = tmp_path / "q8.gguf"
-    convert(d, q8, type="q8_0", quiet=True)
-    with Model(q8, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    check_routed_q8(ours, ref, llama_cpp_logits(q8, TOKENS))
+    check_llama_cpp(path, d, tmp_path, reference_logits(CFG, w, TOKENS))
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,17 @@ written from transformers' modeling_minimax_m2.py (tests/tiny_minimax.py) and ll
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
-import numpy as np
 import pytest
-from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
-from splitllm import GGUFError, Model
+from routed_checks import (
+    f32_against_llama_cpp,
+    greedy_matches_llama_cpp,
+    q8_against_llama_cpp,
+    refused,
+    rel_err,
+    with_fake_gpu,
+    write_files,
+)
 from tiny_minimax import MinimaxM2Config, make_weights, reference_logits, write_gguf
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 
@@ -24,19 +29,10 @@ CONFIGS = {
 }
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Each config's F32 file and its weights (as held)."""
-    root = tmp_path_factory.mktemp("minimax")
-    out = {}
-    for name, cfg in CONFIGS.items():
-        path = root / f"{name}.gguf"
-        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
-    return out
+    return write_files(tmp_path_factory.mktemp("minimax"), CONFIGS, make_weights, write_gguf)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -66,10 +62,7 @@ def test_matches_llama_cpp(files, name):
     """F32 weights: llama.cpp's logits near the reference (its float16 attention), and ours
     within 1e-3 of its."""
     cfg, path, held = files[name]
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert rel_err(theirs, reference_logits(cfg, held, TOKENS)) < 1e-3
-    with Model(path, n_ctx=64, n_batch=8, n_threads=2) as m:
-        assert rel_err(m.logits(TOKENS), theirs) < 1e-3
+    f32_against_llama_cpp(path, reference_logits(cfg, held, TOKENS), TOKENS)
 
 
 @pytest.mark.reference
@@ -81,21 +74,14 @@ def test_q8_0_matches_llama_cpp(tmp_path, name):
     cfg = CONFIGS[name]
     path = tmp_path / "q8.gguf"
     held = write_gguf(cfg, make_weights(cfg), path, weight_type="Q8_0")
-    theirs = llama_cpp_logits(path, TOKENS)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    check_routed_q8(ours, reference_logits(cfg, held, TOKENS), theirs)
+    q8_against_llama_cpp(path, lambda w: reference_logits(cfg, w, TOKENS), held, TOKENS)
 
 
 @pytest.mark.reference
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_greedy_tokens_match_llama_cpp(files, name):
     """12 greedy tokens after a prompt of 6, F32 weights: llama.cpp's."""
-    _, path, _ = files[name]
-    want = llama_cpp_greedy(path, TOKENS[:6], 12)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        got = list(itertools.islice(m.generate(TOKENS[:6], temp=0.0), 12))
-    assert got == want
+    greedy_matches_llama_cpp(files[name][1], TOKENS[:6])
 
 
 @pytest.mark.parametrize(
@@ -110,10 +96,7 @@ def test_greedy_tokens_match_llama_cpp(files, name):
 )
 def test_bad_metadata_is_named(tmp_path, changes, match):
     cfg = CONFIGS["m2"]
-    path = tmp_path / "m.gguf"
-    write_gguf(cfg, make_weights(cfg), path, metadata_changes=changes)
-    with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
-        Model(path, n_ctx=32)
+    refused(tmp_path, cfg, make_weights(cfg), write_gguf, match, metadata_changes=changes)
 
 
 @pytest.mark.parametrize(
@@ -123,23 +106,12 @@ def test_missing_tensor_is_named(tmp_path, drop):
     cfg = CONFIGS["m2"]
     w = make_weights(cfg)
     del w[drop]
-    path = tmp_path / "m.gguf"
-    write_gguf(cfg, w, path)
-    with pytest.raises(GGUFError, match=f"tensor '{drop}' is missing"):
-        Model(path, n_ctx=32)
+    refused(tmp_path, cfg, w, write_gguf, f"tensor '{drop}' is missing")
 
 
 def test_experts_stay_on_the_cpu(files, monkeypatch):
     """With a (fake) GPU: the blocks stay on the CPU with a warning, the output layer goes to the
     GPU, and the logits are the CPU's."""
-    from splitllm import _core
-
-    _, path, _ = files["m2"]
-    toks = np.asarray(TOKENS, np.int32)
-    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
-    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1)
+    m = with_fake_gpu(files["m2"][1], TOKENS, monkeypatch)
     assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
-    np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())

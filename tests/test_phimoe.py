@@ -6,12 +6,17 @@ float64 reference (tests/tiny_phimoe.py) and llama.cpp."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
-import numpy as np
 import pytest
-from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
-from splitllm import GGUFError, Model
+from routed_checks import (
+    f32_against_llama_cpp,
+    greedy_matches_llama_cpp,
+    q8_against_llama_cpp,
+    refused,
+    rel_err,
+    with_fake_gpu,
+    write_files,
+)
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 from tiny_phimoe import PhiMoeConfig, make_weights, reference_logits, write_gguf
 
@@ -26,19 +31,10 @@ CONFIGS = {
 }
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Each config's F32 file and its weights (as held)."""
-    root = tmp_path_factory.mktemp("phimoe")
-    out = {}
-    for name, cfg in CONFIGS.items():
-        path = root / f"{name}.gguf"
-        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
-    return out
+    return write_files(tmp_path_factory.mktemp("phimoe"), CONFIGS, make_weights, write_gguf)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -68,10 +64,7 @@ def test_matches_llama_cpp(files, name):
     """F32 weights: llama.cpp's logits near the reference (its float16 attention), ours within 1e-3
     of its."""
     cfg, path, held = files[name]
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert rel_err(theirs, reference_logits(cfg, held, TOKENS)) < 1e-3
-    with Model(path, n_ctx=64, n_batch=8, n_threads=2) as m:
-        assert rel_err(m.logits(TOKENS), theirs) < 1e-3
+    f32_against_llama_cpp(path, reference_logits(cfg, held, TOKENS), TOKENS)
 
 
 @pytest.mark.reference
@@ -82,21 +75,14 @@ def test_q8_0_matches_llama_cpp(tmp_path, name):
     cfg = CONFIGS[name]
     path = tmp_path / "q8.gguf"
     held = write_gguf(cfg, make_weights(cfg), path, weight_type="Q8_0")
-    theirs = llama_cpp_logits(path, TOKENS)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    check_routed_q8(ours, reference_logits(cfg, held, TOKENS), theirs)
+    q8_against_llama_cpp(path, lambda w: reference_logits(cfg, w, TOKENS), held, TOKENS)
 
 
 @pytest.mark.reference
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_greedy_tokens_match_llama_cpp(files, name):
     """12 greedy tokens after a prompt of 6, F32 weights: llama.cpp's."""
-    _, path, _ = files[name]
-    want = llama_cpp_greedy(path, TOKENS[:6], 12)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        got = list(itertools.islice(m.generate(TOKENS[:6], temp=0.0), 12))
-    assert got == want
+    greedy_matches_llama_cpp(files[name][1], TOKENS[:6])
 
 
 @pytest.mark.parametrize(
@@ -109,10 +95,7 @@ def test_greedy_tokens_match_llama_cpp(files, name):
 )
 def test_bad_metadata_is_named(tmp_path, changes, match):
     cfg = CONFIGS["phi35"]
-    path = tmp_path / "m.gguf"
-    write_gguf(cfg, make_weights(cfg), path, metadata_changes=changes)
-    with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
-        Model(path, n_ctx=32)
+    refused(tmp_path, cfg, make_weights(cfg), write_gguf, match, metadata_changes=changes)
 
 
 @pytest.mark.parametrize(
@@ -129,23 +112,12 @@ def test_missing_tensor_is_named(tmp_path, drop):
     cfg = CONFIGS["phi35"]
     w = make_weights(cfg)
     del w[drop]
-    path = tmp_path / "m.gguf"
-    write_gguf(cfg, w, path)
-    with pytest.raises(GGUFError, match=f"tensor '{drop}' is missing"):
-        Model(path, n_ctx=32)
+    refused(tmp_path, cfg, w, write_gguf, f"tensor '{drop}' is missing")
 
 
 def test_runs_on_the_cpu_with_a_gpu(files, monkeypatch):
     """With a (fake) GPU: the whole model stays on the CPU with a warning (no GPU norm biases yet),
     its logits the CPU's."""
-    from splitllm import _core
-
-    _, path, _ = files["phi35"]
-    toks = np.asarray(TOKENS, np.int32)
-    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
-    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1, op_offload=False)
+    m = with_fake_gpu(files["phi35"][1], TOKENS, monkeypatch, op_offload=False)
     assert len(m.warnings) == 1 and "norms with biases" in m.warnings[0]
     assert {p["device"] for p in m.placement} == {"CPU"}
-    np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from tiny_deepseek import moe_block
 from tiny_glm4moe import causal_attention, write_arch_gguf
 from tiny_minimax import hf_sparse_moe_blocks
 from tiny_model import rope
@@ -41,6 +42,20 @@ class PhiMoeConfig:
     attention_bias: bool = True  # q/k/v biases (the output projection's is always there)
     seed: int = 0
     factors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    # (the router as tiny_deepseek.moe_block reads it: llama.cpp's build_moe_ffn with softmax gating,
+    # the top k renormalized, no bias, groups, scale or shared experts; each expert transformers'
+    # PhimoeBlockSparseTop2MLP, w2 (silu(w1 h) * w3 h))
+    scoring_func: ClassVar[str] = "softmax"
+    score_bias: ClassVar[bool] = False
+    n_group: ClassVar[int] = 1
+    topk_group: ClassVar[int] = 1
+    norm_topk_prob: ClassVar[bool] = True
+    routed_scaling_factor: ClassVar[float] = 1.0
+
+    @property
+    def n_routed_experts(self) -> int:
+        return self.num_local_experts
 
     @property
     def head_dim(self) -> int:
@@ -141,22 +156,6 @@ def _norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray
     return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w + b
 
 
-def _moe(cfg: PhiMoeConfig, w: dict[str, np.ndarray], b: str, h: np.ndarray) -> np.ndarray:
-    """The experts (transformers' PhimoeBlockSparseTop2MLP: w2 (silu(w1 h) * w3 h)) weighted by the
-    router's softmax at its top k, renormalized (llama.cpp's build_moe_ffn, softmax gating)."""
-    z = h @ w[b + "ffn_gate_inp.weight"].T
-    p = np.exp(z - z.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
-    out = np.zeros_like(h)
-    for t in range(h.shape[0]):
-        top = np.argsort(-p[t], kind="stable")[: cfg.num_experts_per_tok]
-        for e, wt in zip(top, p[t, top] / p[t, top].sum(), strict=True):
-            g = w[b + "ffn_gate_exps.weight"][e] @ h[t]
-            u = w[b + "ffn_up_exps.weight"][e] @ h[t]
-            out[t] += wt * (w[b + "ffn_down_exps.weight"][e] @ (g / (1 + np.exp(-g)) * u))
-    return out
-
-
 def reference_logits(
     cfg: PhiMoeConfig, w: dict[str, np.ndarray], tokens: list[int], *, n_ctx: int = 64
 ) -> np.ndarray:
@@ -183,7 +182,7 @@ def reference_logits(
         q, k, v = proj("attn_q", H), proj("attn_k", KV), proj("attn_v", KV)
         att = causal_attention(rope(q, pos, inv, True, mscale), rope(k, pos, inv, True, mscale), v)
         x = x + att @ w[b + "attn_output.weight"].T + w[b + "attn_output.bias"]
-        x = x + _moe(cfg, w, b, _norm(x, w[b + "ffn_norm.weight"], w[b + "ffn_norm.bias"], cfg.rms_eps))
+        x = x + moe_block(cfg, w, b, _norm(x, w[b + "ffn_norm.weight"], w[b + "ffn_norm.bias"], cfg.rms_eps))
     h = _norm(x, w["output_norm.weight"], w["output_norm.bias"], cfg.rms_eps)
     return h @ w["output.weight"].T + w["output.bias"]
 
