@@ -75,9 +75,11 @@ class PhiMoe(Phi3):
     (LongRoPE's factors and attention factor among them) with the expert counts; q/k/v/o separate,
     each with its bias; the LayerNorms' weights and biases (llama.cpp's graph runs them as RMS norms
     plus the bias, and routes by the softmax's top k: the file means that, not transformers'
-    LayerNorm and sparsemixer); block_sparse_moe's experts stacked; lm_head's bias. llama.cpp
-    requires the attention output's and lm_head's biases: ``attention_bias`` or ``lm_head_bias``
-    false is refused."""
+    LayerNorm and sparsemixer, nor config.json's short_mscale / long_mscale: the attention factor
+    is Phi3MiniModel's sqrt(1 + ln s / ln original context), s = max_position_embeddings / original
+    context, 1.190 for Phi-3.5-MoE where transformers uses its 1.243); block_sparse_moe's experts
+    stacked; lm_head's bias. llama.cpp requires the attention output's and lm_head's biases:
+    ``attention_bias`` or ``lm_head_bias`` false is refused."""
 
     hf_names = ("PhiMoEForCausalLM",)
     gguf_arch = "phimoe"
