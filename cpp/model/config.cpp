@@ -67,6 +67,8 @@ constexpr ArchTraits kArchs[] = {
     {"hunyuan-moe", Arch::HunyuanMoe, true,  false, true,  false},
     {"smallthinker", Arch::SmallThinker, true, false, false, false},
     {"qwen3next",  Arch::Qwen3Next, true,  false, true,  false},  // (qwen35.cpp, qwen3next.cpp)
+    {"minimax-m2", Arch::MinimaxM2, true,  false, true,  false},  // (config_minimax.cpp)
+    {"phimoe",     Arch::PhiMoe,    true,  false, false, false},
 };
 
 std::string supported_archs() {
@@ -556,7 +558,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Glm4Moe || c.arch == Arch::BailingMoe2) c.n_layer -= nextn_layers(f, c);  // (MTP: not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
-                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe || c.arch == Arch::Qwen3Next;
+                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe || c.arch == Arch::Qwen3Next ||
+                          c.arch == Arch::MinimaxM2 || c.arch == Arch::PhiMoe;
     // (and a feed_forward_length)
     const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Llama4 ||
                          c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2 ||
@@ -661,6 +664,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Glm4Moe) read_glm4moe(f, c);
     if (c.arch == Arch::Ernie4_5Moe) read_ernie4_5_moe(f, c);
     if (c.arch == Arch::Qwen3VLMoe) read_qwen3vlmoe(f, c);
+    if (c.arch == Arch::MinimaxM2) read_minimax_m2(f, c);
+    if (c.arch == Arch::PhiMoe) read_phimoe(f, c);
     if (c.arch == Arch::Lfm2 || c.arch == Arch::Lfm2Moe) read_lfm2(f, c);
     if (c.arch == Arch::Llama4) read_llama4(f, c);
     if (c.arch == Arch::Qwen35 || c.arch == Arch::Qwen35Moe || c.arch == Arch::Qwen3Next) read_qwen35(f, c);

@@ -32,7 +32,7 @@ enum class Arch {
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
     GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker,
-    Qwen3Next
+    Qwen3Next, MinimaxM2, PhiMoe
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -64,6 +64,7 @@ struct Config {
                                 // "qwen35", "qwen35moe", "qwen3next" (qwen35.cpp)
                                 // "llama4" (llama4.cpp), "lfm2moe"
                                 // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
+                                // "minimax-m2", "phimoe" (config_minimax.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads

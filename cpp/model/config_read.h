@@ -30,6 +30,8 @@ void read_qwen35(const GGUFFile & f, Config & c);
 // config_routed.cpp. The sigmoid-routed experts' settings (deepseek2, glm4moe): shared experts,
 // weight normalization and scale, the gating function (absent: sigmoid_default), expert groups.
 void read_expert_router(const GGUFFile & f, Config & c, bool sigmoid_default);
+// The gating function alone (expert_gating_func; absent: sigmoid_default).
+void read_gating_func(const GGUFFile & f, Config & c, bool sigmoid_default);
 // The multi-token-prediction layers (nextn_predict_layers) counted in block_count, which llama.cpp
 // loads but never runs: 0 when absent.
 int nextn_layers(const GGUFFile & f, const Config & c);
@@ -40,6 +42,10 @@ void read_ernie4_5_moe(const GGUFFile & f, Config & c);
 // qwen3vlmoe's (text only): qwen3moe's blocks with M-RoPE sections, the chosen experts' weights
 // always renormalized.
 void read_qwen3vlmoe(const GGUFFile & f, Config & c);
+// minimax-m2's router and q/k norms (config_minimax.cpp).
+void read_minimax_m2(const GGUFFile & f, Config & c);
+// phimoe's norm biases and router (config_minimax.cpp).
+void read_phimoe(const GGUFFile & f, Config & c);
 
 // Llama 4's settings (model/llama4.cpp).
 void read_llama4(const GGUFFile & f, Config & c);

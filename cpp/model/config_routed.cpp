@@ -9,6 +9,16 @@
 
 namespace sl {
 
+void read_gating_func(const GGUFFile & f, Config & c, bool sigmoid_default) {
+    // llama_expert_gating_func_type: 0 (absent: the architecture's default), 1 softmax, 2 sigmoid
+    const std::string gating_key = c.arch_name + ".expert_gating_func";
+    const int gating = f.find(gating_key) ? get_dim(f, gating_key, 0, 1 << 20) : 0;
+    if (gating > 2)
+        throw GGUFError(strfmt("%s: metadata '%s' = %d is not supported (1: softmax, 2: sigmoid)", f.path().c_str(),
+                               gating_key.c_str(), gating));
+    c.moe_sigmoid = gating == 2 || (gating == 0 && sigmoid_default);
+}
+
 void read_expert_router(const GGUFFile & f, Config & c, bool sigmoid_default) {
     const std::string a = c.arch_name + ".";
     const char * path = f.path().c_str();
@@ -17,13 +27,7 @@ void read_expert_router(const GGUFFile & f, Config & c, bool sigmoid_default) {
     c.expert_weights_norm = f.get_bool(a + "expert_weights_norm", false);
     c.expert_weights_scale = get_positive(f, a + "expert_weights_scale", 0.0, true);
     if (c.expert_weights_scale == 0) c.expert_weights_scale = 1.0f;  // 0: none
-    // llama_expert_gating_func_type: 0 (absent: the architecture's default), 1 softmax, 2 sigmoid
-    const std::string gating_key = a + "expert_gating_func";
-    const int gating = f.find(gating_key) ? get_dim(f, gating_key, 0, 1 << 20) : 0;
-    if (gating > 2)
-        throw GGUFError(strfmt("%s: metadata '%s' = %d is not supported (1: softmax, 2: sigmoid)", path,
-                               gating_key.c_str(), gating));
-    c.moe_sigmoid = gating == 2 || (gating == 0 && sigmoid_default);
+    read_gating_func(f, c, sigmoid_default);
     auto opt_dim = [&](const char * key, int64_t hi) { return f.find(a + key) ? get_dim(f, a + key, 0, hi) : 0; };
     c.n_expert_groups = opt_dim("expert_group_count", c.n_expert - 1);
     c.n_group_used = opt_dim("expert_group_used_count", 4096);

@@ -39,14 +39,15 @@ void gelu(float * x, int64_t n) {
 void Model::load_densevar_layer(const std::string & b, LayerWeights & L) {
     const GGUFFile & f = *file_;
     const Config & c = cfg_;
-    if (f.find_tensor(b + "ffn_gate.weight"))  // (llama.cpp would refuse a tensor it does not read)
+    if (c.ffn_act != FfnAct::Glu && f.find_tensor(b + "ffn_gate.weight"))  // (llama.cpp would not read it)
         throw GGUFError(strfmt("%s: tensor '%sffn_gate.weight': %s's feed-forward has no gate", f.path().c_str(),
                                b.c_str(), c.arch_name.c_str()));
     if (!c.norm_bias) return;
-    // starcoder2: every bias is required (the q/k/v ones are optional, model.cpp)
+    // starcoder2, phimoe: every bias is required (the q/k/v ones are optional, model.cpp)
     L.attn_norm_b = vector_f32(f, c, b + "attn_norm.bias", c.n_embd);
     L.ffn_norm_b = vector_f32(f, c, b + "ffn_norm.bias", c.n_embd);
     if (!L.wo.bias) L.wo.bias = vector_f32(f, c, b + "attn_output.bias", c.n_embd);
+    if (c.ffn_act == FfnAct::Glu) return;  // (phimoe: its experts have none)
     L.w_up.bias = vector_f32(f, c, b + "ffn_up.bias", c.n_ff);
     L.w_down.bias = vector_f32(f, c, b + "ffn_down.bias", c.n_embd);
 }

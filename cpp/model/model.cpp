@@ -128,6 +128,7 @@ void Model::load_weights() {
         w_.output = f.find_tensor("output.weight") && c.arch != Arch::Bitnet
                         ? matrix(f, c, "output.weight", cfg_.n_vocab, c.n_embd)
                         : w_.tok_embd;
+    if (c.arch == Arch::PhiMoe) w_.output.bias = vector_f32(f, c, "output.bias", c.n_vocab);  // (required, as llama.cpp)
     load_cls_out();
     // Rotary frequency divisors: llama3's rope_freqs, or LongRoPE's long factors past the original
     // context and its short ones within it (llama.cpp's choice, by the context of a sequence).
@@ -154,7 +155,8 @@ void Model::load_weights() {
     // no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
                          c.arch != Arch::Cohere2 && c.arch != Arch::SeedOss && c.arch != Arch::HunyuanDense &&
-                         c.arch != Arch::Arcee && c.arch != Arch::Glm4Moe && c.arch != Arch::Ernie4_5Moe;
+                         c.arch != Arch::Arcee && c.arch != Arch::Glm4Moe && c.arch != Arch::Ernie4_5Moe &&
+                         c.arch != Arch::MinimaxM2;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -221,7 +223,7 @@ void Model::load_weights() {
         const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
                               c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
                               c.arch == Arch::Qwen35Moe || c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker ||
-                              c.arch == Arch::Qwen3Next;
+                              c.arch == Arch::Qwen3Next || c.arch == Arch::MinimaxM2 || c.arch == Arch::PhiMoe;
         const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe ||
                           c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
         const bool moe = lead                     ? l >= c.n_layer_dense_lead
@@ -244,7 +246,8 @@ void Model::load_weights() {
                 L.w_down = matrix(f, c, b + "ffn_down_shexp.weight", c.n_embd, c.n_ff_shexp);
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
-            const bool bias_required = c.arch == Arch::Glm4Moe || c.arch == Arch::Lfm2Moe;  // (glm4moe's, lfm2moe's)
+            // (glm4moe's, lfm2moe's and minimax-m2's selection bias is required)
+            const bool bias_required = c.arch == Arch::Glm4Moe || c.arch == Arch::Lfm2Moe || c.arch == Arch::MinimaxM2;
             if (bias_required || f.find_tensor(b + "exp_probs_b.bias"))
                 L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
@@ -257,7 +260,7 @@ void Model::load_weights() {
             L.w_up = matrix(f, c, b + "ffn_up.weight", c.n_ff, c.n_embd);
             L.w_down = matrix(f, c, b + "ffn_down.weight", c.n_embd, c.n_ff);
         }
-        if (c.ffn_act != FfnAct::Glu) load_densevar_layer(b, L);  // (its feed-forward's extra tensors)
+        if (c.ffn_act != FfnAct::Glu || c.norm_bias) load_densevar_layer(b, L);  // (extra tensors, norm biases)
         for (const char * name : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
             if (!c.norm_bias && f.find_tensor(b + name))
                 throw GGUFError(strfmt("%s: tensor '%s%s': feed-forward biases are not supported", f.path().c_str(),

@@ -183,7 +183,7 @@ Model::PlacementPlan Model::plan_placement() const {
         pp.n_gpu = 1;
     }
     if (c.norm_bias && pp.n_gpu > 0) {  // (no CUDA LayerNorm bias yet: the output norm has one too)
-        pp.warning = strfmt("n_gpu_layers=%d: a %s model (LayerNorms with biases) runs on the CPU in this version",
+        pp.warning = strfmt("n_gpu_layers=%d: a %s model (norms with biases) runs on the CPU in this version",
                             ngl, c.arch_name.c_str());
         pp.n_gpu = 0;
     } else if (c.ffn_act != FfnAct::Glu && pp.n_gpu > 1) {  // no CUDA xIELU / ReLU squared yet

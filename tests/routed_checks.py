@@ -1,0 +1,78 @@
+"""The checks the tiny mixture-of-experts suites (test_minimax_m2, test_phimoe) run on each of
+their files: against llama.cpp at F32 and Q8_0, greedy tokens, the placement with a (fake) GPU."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
+from splitllm import Model
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
+
+
+def write_files(root: Path, configs: dict[str, Any], make_weights: Callable, write_gguf: Callable) -> dict:
+    """Each config's F32 file: name -> (config, path, the weights as held)."""
+    out = {}
+    for name, cfg in configs.items():
+        path = root / f"{name}.gguf"
+        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
+    return out
+
+
+def f32_against_llama_cpp(path: Path, ref: np.ndarray, tokens: list[int]) -> None:
+    """llama.cpp's logits within 1e-3 of the reference's (its float16 attention), ours within 1e-3
+    of its."""
+    theirs = llama_cpp_logits(path, tokens)
+    assert rel_err(theirs, ref) < 1e-3
+    with Model(path, n_ctx=64, n_batch=8, n_threads=2) as m:
+        assert rel_err(m.logits(tokens), theirs) < 1e-3
+
+
+def q8_against_llama_cpp(
+    path: Path, held_ref: Callable[[dict], np.ndarray], held: dict, tokens: list[int]
+) -> None:
+    """A Q8_0 file (held: its weights as held): per token, ours against llama.cpp's logits and the
+    reference's on the held weights (lcpp.check_routed_q8)."""
+    theirs = llama_cpp_logits(path, tokens)
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(tokens)
+    check_routed_q8(ours, held_ref(held), theirs)
+
+
+def greedy_matches_llama_cpp(path: Path, prompt: list[int], n: int = 12) -> None:
+    want = llama_cpp_greedy(path, prompt, n)
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        assert list(itertools.islice(m.generate(prompt, temp=0.0), n)) == want
+
+
+def with_fake_gpu(path: Path, tokens: list[int], monkeypatch: Any, **kw: Any) -> Any:
+    """The model on a (fake) GPU with n_gpu_layers -1 (and kw), after checking its logits are the
+    CPU-only model's; returns it for its placement and warnings."""
+    from splitllm import _core  # noqa: PLC0415
+
+    toks = np.asarray(tokens, np.int32)
+    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
+    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
+    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
+    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1, **kw)
+    np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())
+    return m
+
+
+def refused(tmp_path: Path, cfg: Any, weights: dict, write_gguf: Callable, match: str, **kw: Any) -> None:
+    """A file of cfg with these weights (kw to write_gguf: metadata_changes) is refused by a
+    GGUFError naming it and matching match."""
+    from splitllm import GGUFError  # noqa: PLC0415
+
+    path = tmp_path / "m.gguf"
+    write_gguf(cfg, weights, path, **kw)
+    with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
+        Model(path, n_ctx=32)
