@@ -12,6 +12,10 @@ this is transformers' norm over the whole d_inner.
 nemotron_h (transformers' NemotronHForCausalLM, Nemotron-H / Nemotron Nano 2) in the same terms:
 ``arch="nemotron_h"``, layer types "mamba", "attention" (not rotated, scores over sqrt(head_dim))
 and "mlp" (x += down(relu(up(h))^2)), each layer one mixer x += mixer(rmsnorm(x)), no multipliers.
+nemotron_h_moe (Nemotron 3 Nano, transformers' NemotronHForCausalLM with experts): ``arch=
+"nemotron_h_moe"``, its "moe" layers NemotronHMoE: NemotronHTopkRouter's sigmoid scores, the top k
+of scores + e_score_correction_bias, weighted by their scores (over their sum with norm_topk_prob)
+times routed_scaling_factor, experts and a shared expert all down(relu(up(h))^2).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from tiny_model import TinyConfig, TinyModel, rope, write_gguf
 
 Weights = dict[str, np.ndarray]
-MAMBA, ATTN, MLP = "mamba", "attention", "mlp"
+MAMBA, ATTN, MLP, MOE = "mamba", "attention", "mlp", "moe"
 
 
 @dataclass
@@ -59,10 +63,13 @@ class HybridConfig:
     granite_scales: tuple[float, float, float, float] = (12.0, 0.22, 0.0078125, 6.0)
     norm_groups: int | None = None  # the reference only: the gated norm's groups (None: n_group)
     key_length: int | None = None  # head size, if not n_embd / n_head (written as attention.key_length)
+    # nemotron_h_moe's router: norm_topk_prob (expert_weights_norm), routed_scaling_factor
+    norm_topk: bool = True
+    routed_scale: float = 2.5
 
     @property
     def nemotron(self) -> bool:
-        return self.arch == "nemotron_h"
+        return self.arch in ("nemotron_h", "nemotron_h_moe")
 
     @property
     def scales(self) -> tuple[float, float, float, float]:
@@ -71,7 +78,7 @@ class HybridConfig:
 
     def ff_of(self, layer: int) -> int:
         """nemotron_h's feed_forward_length of a layer: its MLP's width, 0 for the others."""
-        return self.n_ff if self.layer_types[layer] == MLP else 0
+        return self.n_ff if self.layer_types[layer] in (MLP, MOE) else 0
 
     @property
     def d_inner(self) -> int:
@@ -119,6 +126,13 @@ def make_weights(cfg: HybridConfig) -> Weights:
         elif cfg.layer_types[i] == MLP:
             w[b + "ffn_up.weight"] = mat(cfg.n_ff, e)
             w[b + "ffn_down.weight"] = mat(e, cfg.n_ff)
+        elif cfg.layer_types[i] == MOE:  # (nemotron_h_moe)
+            w[b + "ffn_gate_inp.weight"] = 2 * mat(cfg.n_expert, e)
+            w[b + "exp_probs_b.bias"] = rng.uniform(-0.3, 0.3, size=cfg.n_expert)  # (e_score_correction_bias)
+            w[b + "ffn_up_exps.weight"] = np.stack([mat(cfg.n_ff, e) for _ in range(cfg.n_expert)])
+            w[b + "ffn_down_exps.weight"] = np.stack([mat(e, cfg.n_ff) for _ in range(cfg.n_expert)])
+            w[b + "ffn_up_shexp.weight"] = mat(cfg.n_ff_shexp, e)
+            w[b + "ffn_down_shexp.weight"] = mat(e, cfg.n_ff_shexp)
         else:
             w[b + "attn_q.weight"] = mat(cfg.n_head * hd, e)
             w[b + "attn_k.weight"] = mat(cfg.n_head_kv * hd, e)
@@ -168,6 +182,14 @@ def metadata(cfg: HybridConfig) -> dict[str, Any]:
     }
     if cfg.n_expert and cfg.n_ff_shexp:
         keys[a + "expert_shared_feed_forward_length"] = cfg.n_ff_shexp
+    if cfg.nemotron and cfg.n_expert:  # (NemotronHModel's MoE keys beyond the counts)
+        keys |= {
+            a + "expert_feed_forward_length": cfg.n_ff,
+            a + "expert_shared_count": 1,
+            a + "expert_weights_norm": cfg.norm_topk,
+            a + "expert_weights_scale": cfg.routed_scale,
+            a + "expert_group_count": 1,
+        }
     return keys
 
 
@@ -284,6 +306,26 @@ def _ffn(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
     return out
 
 
+def _relu2_mlp(h: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    return (np.maximum(h @ up.T, 0) ** 2) @ down.T
+
+
+def _nemotron_moe(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
+    """NemotronHMoE: the routed experts' weighted sum (NemotronHTopkRouter, one group) plus the
+    shared expert, all squared-ReLU MLPs without a gate."""
+    scores = 1 / (1 + np.exp(-(h @ w[b + "ffn_gate_inp.weight"].T)))
+    choice = scores + w[b + "exp_probs_b.bias"]
+    out = _relu2_mlp(h, w[b + "ffn_up_shexp.weight"], w[b + "ffn_down_shexp.weight"])
+    for t in range(h.shape[0]):
+        top = np.argsort(-choice[t], kind="stable")[: cfg.n_expert_used]
+        wt = scores[t, top]
+        if cfg.norm_topk:
+            wt = wt / (wt.sum() + 1e-20)
+        for e, we in zip(top, wt * cfg.routed_scale, strict=True):
+            out[t] += we * _relu2_mlp(h[t], w[b + "ffn_up_exps.weight"][e], w[b + "ffn_down_exps.weight"][e])
+    return out
+
+
 def hybrid_reference_logits(
     cfg: HybridConfig, w: Weights, tokens: list[int], *, kv_f16: bool = True
 ) -> np.ndarray:
@@ -297,7 +339,10 @@ def hybrid_reference_logits(
         b = f"blk.{i}."
         h = _rms(x, w[b + "attn_norm.weight"], cfg.rms_eps)
         if cfg.layer_types[i] == MLP:  # (nemotron_h)
-            x = x + (np.maximum(h @ w[b + "ffn_up.weight"].T, 0) ** 2) @ w[b + "ffn_down.weight"].T
+            x = x + _relu2_mlp(h, w[b + "ffn_up.weight"], w[b + "ffn_down.weight"])
+            continue
+        if cfg.layer_types[i] == MOE:  # (nemotron_h_moe)
+            x = x + _nemotron_moe(cfg, w, b, h)
             continue
         x = x + res * (mamba2_mixer(cfg, w, b, h) if cfg.is_mamba(i) else _attention(cfg, w, b, h, kv_f16))
         if not cfg.nemotron:

@@ -60,6 +60,7 @@ constexpr ArchTraits kArchs[] = {
     {"nemotron_h", Arch::NemotronH, false, false, false, false},  // (nemotron_h.cpp)
     {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
     {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
+    {"nemotron_h_moe", Arch::NemotronHMoe, false, false, false, false},  // (nemotron_h.cpp)
 };
 
 std::string supported_archs() {
@@ -410,7 +411,7 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
         if (!e.is_integer())
             throw GGUFError(strfmt("%s: metadata '%s' must hold integers", f.path().c_str(), key.c_str()));
         const int64_t k = e.num.i64;  // (small values read alike as signed or unsigned)
-        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::GraniteHybrid || c.arch == Arch::NemotronH)) {
+        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::GraniteHybrid || c.nemotron())) {
             conv[size_t(l)] = 1;
             continue;
         }
@@ -552,7 +553,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                    a.c_str(), c.n_head));
         const std::string ff_key = a + "feed_forward_length";
         c.n_ff = (moe_only || c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe) && !f.find(ff_key) ? 0
-                 : c.arch == Arch::NemotronH ? 0  // (per layer: read_nemotron_h)
+                 : c.nemotron() ? 0  // (per layer: read_nemotron_h)
                                               : get_dim(f, ff_key, 1, 1 << 20);
     }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
@@ -630,7 +631,7 @@ Config Config::from_gguf(const GGUFFile & f) {
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
     if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid) read_granite(f, c);
     if (c.arch == Arch::GraniteHybrid) c.read_mamba2(f);
-    if (c.arch == Arch::NemotronH) c.read_nemotron_h(f);
+    if (c.nemotron()) c.read_nemotron_h(f);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);

@@ -56,7 +56,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
-        if (c.arch == Arch::NemotronH && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP layers (nemotron_h.cpp)
+        if (c.nemotron() && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP / MoE layers (nemotron_h.cpp)
             nemotron_h_mlp(mm, l, s, n);
             continue;
         }
@@ -119,7 +119,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 add_output(be, mm, wo, L.attn_post_norm, s.att, s, n, nullptr, L.o_scale);
             }
         }
-        if (c.arch == Arch::NemotronH) continue;  // (one mixer a layer)
+        if (c.nemotron()) continue;  // (one mixer a layer)
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
         // (cohere2: the attention's normed input h, still in s.h)
         const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;

@@ -502,9 +502,11 @@ private:
     void gemma4_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
     // x += post_norm(post_norm_1(W_down s.ff) + post_norm_2(experts(pre_norm_2(x)))) of a MoE block
     void gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n);
-    // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU).
+    // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU;
+    // nemotron_h_moe: the experts' mix first). relu_squared: v = relu(v)^2 for n values.
     void load_nemotron_h_layers();
     void nemotron_h_mlp(Backend * mm, int l, Scratch & s, int n);
+    void relu_squared(float * v, int64_t n);
     std::vector<float> g4_router_w_;  // (n_layer, n_embd) each MoE block's router_w
     std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
     std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm

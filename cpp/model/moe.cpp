@@ -140,9 +140,10 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
     const int k = c.n_expert_used;
     const int l = int(&L - w_.layers.data());
     const bool fused = L.up_exps.rows == 0;  // (gemma4's ffn_gate_up_exps: each expert's gate rows, then its up rows)
+    const bool ungated = L.gate_exps.rows == 0;  // (nemotron_h_moe: relu(up x)^2, whatever act says)
     // (importance-matrix collection needs each expert's inputs: the grouped path below)
     const WeightRef up_exps = fused ? row_slice(L.gate_exps, c.n_ff_exp, L.gate_exps.rows - c.n_ff_exp) : L.up_exps;
-    if (!imx_ && be == static_cast<Backend *>(cpu_.get()) &&
+    if (!imx_ && !ungated && be == static_cast<Backend *>(cpu_.get()) &&
         cpu_->moe_small(act, L.gate_exps, up_exps, L.down_exps, c.n_expert, s.h, n, routes_.pick.data(),
                         routes_.weight.data(), k, s.x))
         return;
@@ -152,17 +153,23 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
         if (m == 0) continue;
         for (int j = 0; j < m; ++j)  // gather the tokens routed to e
             std::memcpy(s.moe_in + j * row, s.h + size_t(routes_.order[b + j] / k) * row, row * sizeof(float));
-        const WeightRef gate = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e, c.n_ff_exp)
-                                     : expert_slice(L.gate_exps, e, c.n_expert);
         const WeightRef up = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e + c.n_ff_exp, c.n_ff_exp)
                                    : expert_slice(L.up_exps, e, c.n_expert);
         const WeightRef down = expert_slice(L.down_exps, e, c.n_expert);
         const WeightRef * wd = &down;
         if (imx_) {
-            imx_observe(l, kImxGateExps, s.moe_in, m, be, e);
+            if (!ungated) imx_observe(l, kImxGateExps, s.moe_in, m, be, e);
             if (!fused) imx_observe(l, kImxUpExps, s.moe_in, m, be, e);
         }
-        be->glu(act, gate, up, s.moe_in, s.ff, m);
+        if (ungated) {
+            const WeightRef * wu = &up;
+            be->matmul(&wu, &s.ff, 1, s.moe_in, m, false);
+            relu_squared(s.ff, int64_t(m) * c.n_ff_exp);
+        } else {
+            const WeightRef gate = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e, c.n_ff_exp)
+                                         : expert_slice(L.gate_exps, e, c.n_expert);
+            be->glu(act, gate, up, s.moe_in, s.ff, m);
+        }
         if (imx_) imx_observe(l, kImxDownExps, s.ff, m, be, e);
         be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
         for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
