@@ -30,10 +30,14 @@ LAYER_NAMES = {
     "ssm_out.weight": "mixer.out_proj.weight",
     "attn_v.weight": "mixer.v_proj.weight", "attn_output.weight": "mixer.o_proj.weight",
     "ffn_up.weight": "mixer.up_proj.weight", "ffn_down.weight": "mixer.down_proj.weight",
+    "ffn_gate_inp.weight": "mixer.gate.weight", "exp_probs_b.bias": "mixer.gate.e_score_correction_bias",
+    "ffn_up_shexp.weight": "mixer.shared_experts.up_proj.weight",
+    "ffn_down_shexp.weight": "mixer.shared_experts.down_proj.weight",
 }  # fmt: skip
+EXPERTS = {"ffn_up_exps.weight": "up_proj", "ffn_down_exps.weight": "down_proj"}  # (nemotron_h_moe)
 TOP = {"token_embd.weight": "backbone.embeddings.weight", "output_norm.weight": "backbone.norm_f.weight",
        "output.weight": "lm_head.weight"}  # fmt: skip
-PATTERN = {"mamba": "M", "attention": "*", "mlp": "-"}
+PATTERN = {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}
 
 
 def hf_checkpoint(d: Path, cfg: HybridConfig, **over: Any) -> dict[str, np.ndarray]:
@@ -50,6 +54,8 @@ def hf_checkpoint(d: Path, cfg: HybridConfig, **over: Any) -> dict[str, np.ndarr
         p = f"backbone.layers.{bid}."
         if rest in LAYER_NAMES:
             hf[p + LAYER_NAMES[rest]] = x
+        elif rest in EXPERTS:
+            hf.update((p + f"mixer.experts.{e}.{EXPERTS[rest]}.weight", x[e]) for e in range(cfg.n_expert))
         elif rest in ("attn_q.weight", "attn_k.weight"):  # (HF's row order: the converter permutes them)
             heads = cfg.n_head if rest == "attn_q.weight" else cfg.n_head_kv
             hf[p + f"mixer.{rest[5]}_proj.weight"] = rope_unpermute(x, heads)
@@ -71,6 +77,13 @@ def hf_checkpoint(d: Path, cfg: HybridConfig, **over: Any) -> dict[str, np.ndarr
         "tie_word_embeddings": cfg.tied_output, "torch_dtype": "float32", "bos_token_id": 1,
         "eos_token_id": 2,
     }  # fmt: skip
+    if cfg.n_expert:  # (Nemotron 3 Nano's keys; n_group: the router's groups, not Mamba's n_groups)
+        hf_cfg |= {
+            "n_routed_experts": cfg.n_expert, "num_experts_per_tok": cfg.n_expert_used,
+            "moe_intermediate_size": cfg.n_ff, "moe_shared_expert_intermediate_size": cfg.n_ff_shexp,
+            "n_shared_experts": 1, "norm_topk_prob": cfg.norm_topk, "routed_scaling_factor": cfg.routed_scale,
+            "n_group": 1, "topk_group": 1,
+        }  # fmt: skip
     hf_cfg.update(over)
     (d / "config.json").write_text(json.dumps(hf_cfg))
     F.save_weights(d, {n: x.astype(np.float32) for n, x in hf.items()})
