@@ -1,5 +1,6 @@
 """convert-hf on a tiny random NemotronHForCausalLM checkpoint (the weights of tests/tiny_mamba2.py's
-nemotron_h model under transformers' names, A as A_log, the Conv1d kernels (conv_dim, 1, d_conv)):
+nemotron_h model under transformers' names, A as A_log, the Conv1d kernels (conv_dim, 1, d_conv);
+with experts, Nemotron 3 Nano's, each expert's up_proj / down_proj apart):
 the file holds llama.cpp's names and NemotronHModel's metadata; splitllm's engine and llama.cpp
 give the float64 reference's logits on it; q8_0 has the types and bytes of llama.cpp's quantizer on
 our f32 file; what llama.cpp would not run as transformers does is refused."""
@@ -20,6 +21,7 @@ from splitllm_convert import convert
 from splitllm_convert.arch import rope_unpermute
 from splitllm_convert.errors import ConvertError
 from test_nemotron_h import NEMO
+from test_nemotron_h_moe import NANO
 from tiny_mamba2 import HybridConfig, hybrid_reference_logits, make_weights
 
 IDS = [(7 * i + 3) % 300 for i in range(24)]
@@ -124,29 +126,68 @@ def test_converted_file_runs_as_the_reference(tmp_path: Path) -> None:
     assert rel_err(TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS), ref) < 1e-3
 
 
-def test_q8_0_types_and_bytes_match_llama_quantize(tmp_path: Path) -> None:
+def test_converted_moe_file_runs_as_the_reference(tmp_path: Path) -> None:
+    """Nemotron 3 Nano (experts): a nemotron_h_moe file with NemotronHModel's expert keys."""
+    want = hf_checkpoint(tmp_path / "hf", NANO)
+    out = tmp_path / "m.gguf"
+    convert(tmp_path / "hf", out, type="f32", quiet=True)
+    r = GGUFReader(out)
+    a = "nemotron_h_moe."
+    keys = {k.removeprefix(a): f.contents() for k, f in r.fields.items() if k.startswith(a)}
+    assert keys["feed_forward_length"] == [NANO.ff_of(i) for i in range(NANO.n_layer)]
+    assert keys["attention.head_count_kv"] == [
+        NANO.n_head_kv if t == "attention" else 0 for t in NANO.layer_types
+    ]
+    assert {k: keys[k] for k in keys if k.startswith("expert_")} == pytest.approx(
+        {
+            "expert_count": NANO.n_expert, "expert_used_count": NANO.n_expert_used,
+            "expert_feed_forward_length": NANO.n_ff, "expert_shared_feed_forward_length": NANO.n_ff_shexp,
+            "expert_shared_count": 1, "expert_weights_norm": True, "expert_weights_scale": 2.5,
+            "expert_group_count": 1,
+        }
+    )  # fmt: skip
+    got = {t.name: TC.as_f32(t) for t in r.tensors}
+    assert sorted(got) == sorted(want)
+    for name, x in want.items():
+        np.testing.assert_allclose(got[name], x, rtol=1e-6, atol=0, err_msg=name)
+    ref = hybrid_reference_logits(NANO, {n: x.astype(np.float64) for n, x in got.items()}, IDS)
+    with Model(str(out), n_ctx=64, n_threads=2) as m:
+        assert rel_err(m.logits(IDS), ref) < 1e-4  # (measured 2.3e-5; llama.cpp 8.5e-5)
+    assert rel_err(TC.lcpp_logits(pytest.importorskip("llama_cpp"), out, IDS), ref) < 1e-3
+
+
+@pytest.mark.parametrize("cfg", [NEMO, NANO], ids=["nemotron_h", "nemotron_h_moe"])
+def test_q8_0_types_and_bytes_match_llama_quantize(tmp_path: Path, cfg: HybridConfig) -> None:
     hf = tmp_path / "hf"
-    hf_checkpoint(hf, NEMO)
+    hf_checkpoint(hf, cfg)
     ours = tmp_path / "ours.gguf"
     convert(hf, ours, type="q8_0", quiet=True, n_threads=2)
     TC.same_as_llama_quantize(hf, ours, tmp_path, "q8_0")
 
 
 @pytest.mark.parametrize(
-    ("over", "match"),
+    ("cfg", "over", "match"),
     [
-        ({"hybrid_override_pattern": "M-M*-"}, "must have 6 characters"),
-        ({"hybrid_override_pattern": "M-M*-E"}, "'E' layers"),
-        ({"hybrid_override_pattern": "M-M--M"}, "belongs to a attention layer"),
-        ({"mlp_hidden_act": "silu"}, "relu2"),
-        ({"use_bias": True}, "use_bias"),
-        ({"mamba_head_dim": 8}, "conv1d.bias.* has shape"),
-        ({"n_groups": 3}, "groups do not divide them"),
-        ({"use_conv_bias": False}, "conv1d.bias"),
+        (NEMO, {"hybrid_override_pattern": "M-M*-"}, "must have 6 characters"),
+        (NEMO, {"hybrid_override_pattern": "M-M*-E"}, "'E' layers"),
+        (NEMO, {"hybrid_override_pattern": "M-M--M"}, "belongs to a attention layer"),
+        (NEMO, {"mlp_hidden_act": "silu"}, "relu2"),
+        (NEMO, {"use_bias": True}, "use_bias"),
+        (NEMO, {"mamba_head_dim": 8}, "conv1d.bias.* has shape"),
+        (NEMO, {"n_groups": 3}, "groups do not divide them"),
+        (NEMO, {"use_conv_bias": False}, "conv1d.bias"),
+        (NANO, {"hybrid_override_pattern": "MEM*-M"}, "'E' layers need"),
+        (NANO, {"hybrid_override_pattern": "MEM*MM"}, "of mamba layer 4 is missing"),
+        (NANO, {"n_group": 2}, "expert groups"),
+        (NANO, {"moe_latent_size": 32}, "latent"),
+        (NANO, {"norm_topk_prob": None}, "norm_topk_prob"),
+        (NANO, {"moe_shared_expert_intermediate_size": 32}, "has shape"),
     ],
 )
-def test_bad_checkpoints_are_refused(tmp_path: Path, over: dict[str, Any], match: str) -> None:
-    hf_checkpoint(tmp_path / "hf", NEMO, **over)
+def test_bad_checkpoints_are_refused(
+    tmp_path: Path, cfg: HybridConfig, over: dict[str, Any], match: str
+) -> None:
+    hf_checkpoint(tmp_path / "hf", cfg, **over)
     with pytest.raises(ConvertError, match=match):
         convert(tmp_path / "hf", tmp_path / "m.gguf", type="f32", quiet=True)
     assert not (tmp_path / "m.gguf").exists()
