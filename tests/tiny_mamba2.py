@@ -232,14 +232,18 @@ def _softplus(x: np.ndarray) -> np.ndarray:  # (torch's, threshold 20)
     return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
 
 
-def mamba2_mixer(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
+def mamba2_mixer(
+    cfg: HybridConfig, w: Weights, b: str, h: np.ndarray, mup: np.ndarray | None = None
+) -> np.ndarray:
     """GraniteMoeHybridMambaLayer.torch_forward without a cache, its scan as the recurrence:
     in_proj -> (gate, xBC, dt); causal depthwise Conv1d (+ bias) over xBC, SiLU; split x, B, C
     (B and C repeated over the heads of a group); dt = softplus(dt + dt_bias); per token
-    S = S exp(dt A) + dt x B^T, y = S C + D x; the gated RMSNorm of y with the gate; out_proj."""
+    S = S exp(dt A) + dt x B^T, y = S C + D x; the gated RMSNorm of y with the gate (without
+    ssm_norm, falcon-h1's mamba_rms_norm false: y times silu of the gate alone); out_proj. ``mup``:
+    falcon-h1's mup_vector, times in_proj's output."""
     n, di, cd, nh, ds, ng = h.shape[0], cfg.d_inner, cfg.conv_dim, cfg.ssm_heads, cfg.d_state, cfg.n_group
     hd = di // nh
-    proj = h @ w[b + "ssm_in.weight"].T
+    proj = h @ w[b + "ssm_in.weight"].T * (1.0 if mup is None else mup)
     gate, xbc, dt = proj[:, :di], proj[:, di : di + cd], proj[:, di + cd :]
     padded = np.concatenate([np.zeros((cfg.d_conv - 1, cd)), xbc])
     kernel = w[b + "ssm_conv1d.weight"]  # (conv_dim, d_conv): tap 0 meets the oldest input
@@ -259,6 +263,8 @@ def mamba2_mixer(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.nda
         y[t] = (state * cc[t][:, None, :]).sum(axis=-1) + d[:, None] * x[t]
     groups = cfg.norm_groups or ng
     y = (y.reshape(n, di) * _silu(gate)).reshape(n, groups, di // groups)
+    if b + "ssm_norm.weight" not in w:
+        return y.reshape(n, di) @ w[b + "ssm_out.weight"].T
     y = _rms(y, w[b + "ssm_norm.weight"].reshape(groups, -1), cfg.rms_eps).reshape(n, di)
     return y @ w[b + "ssm_out.weight"].T
 

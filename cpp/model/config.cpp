@@ -61,6 +61,7 @@ constexpr ArchTraits kArchs[] = {
     {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
     {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
     {"nemotron_h_moe", Arch::NemotronHMoe, false, false, false, false},  // (nemotron_h.cpp)
+    {"falcon-h1",  Arch::FalconH1,  true,  false, false, false},  // (falcon_h1.cpp)
 };
 
 std::string supported_archs() {
@@ -632,6 +633,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid) read_granite(f, c);
     if (c.arch == Arch::GraniteHybrid) c.read_mamba2(f);
     if (c.nemotron()) c.read_nemotron_h(f);
+    if (c.arch == Arch::FalconH1) c.read_falcon_h1(f);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);

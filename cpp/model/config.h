@@ -31,7 +31,7 @@ enum class Arch {
     Llama, Qwen2, Qwen3, Qwen3Moe, Phi3, Gemma, Gemma2, Gemma3, GemmaEmbedding, Bert, NomicBert, SmolLM3, Granite, Olmo2,
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, NemotronHMoe
+    GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, NemotronHMoe, FalconH1
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -59,7 +59,7 @@ struct Config {
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4",
                                 // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
                                 // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
-                                // "nemotron_h", "nemotron_h_moe" (nemotron_h.cpp)
+                                // "nemotron_h", "nemotron_h_moe" (nemotron_h.cpp), "falcon-h1" (falcon_h1.cpp)
                                 // "qwen35", "qwen35moe" (qwen35.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
@@ -218,6 +218,9 @@ struct Config {
     int ssm_n_head = 0;         // ssm.time_step_rank
     int ssm_n_group = 0;        // ssm.group_count
     bool mamba2() const { return ssm_d_state > 0; }
+    // falcon-h1 (model/falcon_h1.cpp): every layer of conv_layers attends too (a KV cache beside its
+    // state), x += attn(h) + mamba2(h) of the same normed h
+    bool parallel_ssm = false;
     // nemotron_h or nemotron_h_moe (its MLP layers mixtures of experts; model/nemotron_h.cpp)
     bool nemotron() const { return arch == Arch::NemotronH || arch == Arch::NemotronHMoe; }
     int ssm_head_dim() const { return ssm_d_inner / ssm_n_head; }
@@ -310,6 +313,8 @@ struct Config {
     // nemotron_h's layer kinds and widths (model/nemotron_h.cpp).
     void read_nemotron_h(const GGUFFile & f);
     void read_nemotron_h_experts(const GGUFFile & f);  // (nemotron_h_moe's)
+    // falcon-h1's: every layer recurrent and attending (model/falcon_h1.cpp).
+    void read_falcon_h1(const GGUFFile & f);
 };
 
 }  // namespace sl
