@@ -22,20 +22,19 @@ from splitllm_convert import convert
 from splitllm_convert.errors import ConvertError
 from test_convert_nemotron_h import IDS, rel_err
 from tiny_falcon_h1 import FalconConfig, falcon_reference_logits, folded, make_falcon_weights
+from tiny_mamba2 import hf_weights
 
 FALCON = FalconConfig()
 # GGUF name (after "blk.N.") -> transformers' (after "model.layers.N."), the weights as they are
-LAYER_NAMES = {
+NAMES = {
     "attn_norm.weight": "input_layernorm.weight", "attn_q.weight": "self_attn.q_proj.weight",
     "attn_k.weight": "self_attn.k_proj.weight", "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight", "ssm_in.weight": "mamba.in_proj.weight",
-    "ssm_conv1d.bias": "mamba.conv1d.bias", "ssm_dt.bias": "mamba.dt_bias",
-    "ssm_out.weight": "mamba.out_proj.weight", "ffn_norm.weight": "pre_ff_layernorm.weight",
+    "attn_output.weight": "self_attn.o_proj.weight", "ffn_norm.weight": "pre_ff_layernorm.weight",
     "ffn_gate.weight": "feed_forward.gate_proj.weight", "ffn_up.weight": "feed_forward.up_proj.weight",
     "ffn_down.weight": "feed_forward.down_proj.weight",
+    "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.final_layernorm.weight",
+    "output.weight": "lm_head.weight",
 }  # fmt: skip
-TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.final_layernorm.weight",
-       "output.weight": "lm_head.weight"}  # fmt: skip
 
 
 def hf_checkpoint(d: Path, fc: FalconConfig, **over: Any) -> dict[str, np.ndarray]:
@@ -45,20 +44,7 @@ def hf_checkpoint(d: Path, fc: FalconConfig, **over: Any) -> dict[str, np.ndarra
     d.mkdir(parents=True, exist_ok=True)
     assert F.write_bpe_tokenizer(d, vocab_size=c.n_vocab) == c.n_vocab
     held = make_falcon_weights(fc)
-    hf: dict[str, np.ndarray] = {TOP[n]: x for n, x in held.items() if n in TOP}
-    for name, x in held.items():
-        if not name.startswith("blk."):
-            continue
-        _, bid, rest = name.split(".", 2)
-        p = f"model.layers.{bid}."
-        if rest in LAYER_NAMES:
-            hf[p + LAYER_NAMES[rest]] = x
-        elif rest == "ssm_conv1d.weight":
-            hf[p + "mamba.conv1d.weight"] = x[:, None, :]
-        elif rest == "ssm_a":
-            hf[p + "mamba.A_log"] = np.log(-x[:, 0])
-        else:
-            hf[p + {"ssm_d": "mamba.D", "ssm_norm.weight": "mamba.norm.weight"}[rest]] = x.reshape(-1)
+    hf = hf_weights(held, NAMES, "model.layers", "mamba.")
     hf_cfg = {
         "architectures": ["FalconH1ForCausalLM"], "model_type": "falcon_h1", "vocab_size": c.n_vocab,
         "hidden_size": c.n_embd, "intermediate_size": c.n_ff, "num_hidden_layers": c.n_layer,

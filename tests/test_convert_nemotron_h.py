@@ -22,23 +22,21 @@ from splitllm_convert.arch import rope_unpermute
 from splitllm_convert.errors import ConvertError
 from test_nemotron_h import NEMO
 from test_nemotron_h_moe import NANO
-from tiny_mamba2 import HybridConfig, hybrid_reference_logits, make_weights
+from tiny_mamba2 import HybridConfig, hf_weights, hybrid_reference_logits, make_weights
 
 IDS = [(7 * i + 3) % 300 for i in range(24)]
 # GGUF name (after "blk.N.") -> transformers' (after "backbone.layers.N."), the weights as they are
-LAYER_NAMES = {
-    "attn_norm.weight": "norm.weight", "ssm_in.weight": "mixer.in_proj.weight",
-    "ssm_conv1d.bias": "mixer.conv1d.bias", "ssm_dt.bias": "mixer.dt_bias",
-    "ssm_out.weight": "mixer.out_proj.weight",
+NAMES = {
+    "attn_norm.weight": "norm.weight",
     "attn_v.weight": "mixer.v_proj.weight", "attn_output.weight": "mixer.o_proj.weight",
     "ffn_up.weight": "mixer.up_proj.weight", "ffn_down.weight": "mixer.down_proj.weight",
     "ffn_gate_inp.weight": "mixer.gate.weight", "exp_probs_b.bias": "mixer.gate.e_score_correction_bias",
     "ffn_up_shexp.weight": "mixer.shared_experts.up_proj.weight",
     "ffn_down_shexp.weight": "mixer.shared_experts.down_proj.weight",
+    "token_embd.weight": "backbone.embeddings.weight", "output_norm.weight": "backbone.norm_f.weight",
+    "output.weight": "lm_head.weight",
 }  # fmt: skip
 EXPERTS = {"ffn_up_exps.weight": "up_proj", "ffn_down_exps.weight": "down_proj"}  # (nemotron_h_moe)
-TOP = {"token_embd.weight": "backbone.embeddings.weight", "output_norm.weight": "backbone.norm_f.weight",
-       "output.weight": "lm_head.weight"}  # fmt: skip
 PATTERN = {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}
 
 
@@ -48,25 +46,15 @@ def hf_checkpoint(d: Path, cfg: HybridConfig, **over: Any) -> dict[str, np.ndarr
     d.mkdir(parents=True, exist_ok=True)
     assert F.write_bpe_tokenizer(d, vocab_size=cfg.n_vocab) == cfg.n_vocab
     held = make_weights(cfg)
-    hf: dict[str, np.ndarray] = {TOP[n]: x for n, x in held.items() if n in TOP}
-    for name, x in held.items():
-        if not name.startswith("blk."):
-            continue
-        _, bid, rest = name.split(".", 2)
-        p = f"backbone.layers.{bid}."
-        if rest in LAYER_NAMES:
-            hf[p + LAYER_NAMES[rest]] = x
-        elif rest in EXPERTS:
+
+    def other(hf: dict[str, np.ndarray], p: str, rest: str, x: np.ndarray) -> None:
+        if rest in EXPERTS:
             hf.update((p + f"mixer.experts.{e}.{EXPERTS[rest]}.weight", x[e]) for e in range(cfg.n_expert))
-        elif rest in ("attn_q.weight", "attn_k.weight"):  # (HF's row order: the converter permutes them)
+        else:  # q / k (HF's row order: the converter permutes them)
             heads = cfg.n_head if rest == "attn_q.weight" else cfg.n_head_kv
             hf[p + f"mixer.{rest[5]}_proj.weight"] = rope_unpermute(x, heads)
-        elif rest == "ssm_conv1d.weight":
-            hf[p + "mixer.conv1d.weight"] = x[:, None, :]
-        elif rest == "ssm_a":
-            hf[p + "mixer.A_log"] = np.log(-x[:, 0])
-        else:
-            hf[p + {"ssm_d": "mixer.D", "ssm_norm.weight": "mixer.norm.weight"}[rest]] = x.reshape(-1)
+
+    hf = hf_weights(held, NAMES, "backbone.layers", "mixer.", other)
     hf_cfg = {
         "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "vocab_size": cfg.n_vocab,
         "hidden_size": cfg.n_embd, "intermediate_size": cfg.n_ff, "num_hidden_layers": cfg.n_layer,

@@ -20,6 +20,7 @@ times routed_scaling_factor, experts and a shared expert all down(relu(up(h))^2)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,3 +356,41 @@ def hybrid_reference_logits(
             x = x + res * _ffn(cfg, w, b, _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps))
     x = _rms(x, w["output_norm.weight"], cfg.rms_eps)
     return x @ w.get("output.weight", w["token_embd.weight"]).T / logit
+
+
+# A Mamba-2 mixer's GGUF names (after "blk.N.") -> transformers' (after the mixer's prefix), as they are
+_HF_MIXER = {"ssm_in.weight": "in_proj.weight", "ssm_conv1d.bias": "conv1d.bias", "ssm_dt.bias": "dt_bias",
+             "ssm_out.weight": "out_proj.weight"}  # fmt: skip
+
+
+def hf_weights(
+    held: Weights,
+    names: dict[str, str],
+    layer: str,
+    mixer: str,
+    other: Callable[[Weights, str, str, np.ndarray], None] | None = None,
+) -> Weights:
+    """transformers' tensors holding the GGUF weights ``held`` (for the converter tests): ``names``
+    maps whole names, and a layer's after "blk.N." (to after "``layer``.N."); the Mamba-2 mixer's
+    (after ``mixer``) as the converter undoes them: A_log = log(-A), D and the norm flat, the
+    kernels (conv_dim, 1, d_conv). ``other(hf, prefix, rest, x)`` places the rest of a layer's."""
+    hf: Weights = {names[n]: x for n, x in held.items() if n in names}
+    for name, x in held.items():
+        if not name.startswith("blk."):
+            continue
+        _, bid, rest = name.split(".", 2)
+        p = f"{layer}.{bid}."
+        if rest in names:
+            hf[p + names[rest]] = x
+        elif rest in _HF_MIXER:
+            hf[p + mixer + _HF_MIXER[rest]] = x
+        elif rest == "ssm_conv1d.weight":
+            hf[p + mixer + "conv1d.weight"] = x[:, None, :]
+        elif rest == "ssm_a":
+            hf[p + mixer + "A_log"] = np.log(-x[:, 0])
+        elif rest in ("ssm_d", "ssm_norm.weight"):
+            hf[p + mixer + ("D" if rest == "ssm_d" else "norm.weight")] = x.reshape(-1)
+        else:
+            assert other is not None, rest
+            other(hf, p, rest, x)
+    return hf
