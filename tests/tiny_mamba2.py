@@ -12,10 +12,15 @@ this is transformers' norm over the whole d_inner.
 nemotron_h (transformers' NemotronHForCausalLM, Nemotron-H / Nemotron Nano 2) in the same terms:
 ``arch="nemotron_h"``, layer types "mamba", "attention" (not rotated, scores over sqrt(head_dim))
 and "mlp" (x += down(relu(up(h))^2)), each layer one mixer x += mixer(rmsnorm(x)), no multipliers.
+nemotron_h_moe (Nemotron 3 Nano, transformers' NemotronHForCausalLM with experts): ``arch=
+"nemotron_h_moe"``, its "moe" layers NemotronHMoE: NemotronHTopkRouter's sigmoid scores, the top k
+of scores + e_score_correction_bias, weighted by their scores (over their sum with norm_topk_prob)
+times routed_scaling_factor, experts and a shared expert all down(relu(up(h))^2).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ import numpy as np
 from tiny_model import TinyConfig, TinyModel, rope, write_gguf
 
 Weights = dict[str, np.ndarray]
-MAMBA, ATTN, MLP = "mamba", "attention", "mlp"
+MAMBA, ATTN, MLP, MOE = "mamba", "attention", "mlp", "moe"
 
 
 @dataclass
@@ -59,10 +64,13 @@ class HybridConfig:
     granite_scales: tuple[float, float, float, float] = (12.0, 0.22, 0.0078125, 6.0)
     norm_groups: int | None = None  # the reference only: the gated norm's groups (None: n_group)
     key_length: int | None = None  # head size, if not n_embd / n_head (written as attention.key_length)
+    # nemotron_h_moe's router: norm_topk_prob (expert_weights_norm), routed_scaling_factor
+    norm_topk: bool = True
+    routed_scale: float = 2.5
 
     @property
     def nemotron(self) -> bool:
-        return self.arch == "nemotron_h"
+        return self.arch in ("nemotron_h", "nemotron_h_moe")
 
     @property
     def scales(self) -> tuple[float, float, float, float]:
@@ -71,7 +79,7 @@ class HybridConfig:
 
     def ff_of(self, layer: int) -> int:
         """nemotron_h's feed_forward_length of a layer: its MLP's width, 0 for the others."""
-        return self.n_ff if self.layer_types[layer] == MLP else 0
+        return self.n_ff if self.layer_types[layer] in (MLP, MOE) else 0
 
     @property
     def d_inner(self) -> int:
@@ -119,6 +127,13 @@ def make_weights(cfg: HybridConfig) -> Weights:
         elif cfg.layer_types[i] == MLP:
             w[b + "ffn_up.weight"] = mat(cfg.n_ff, e)
             w[b + "ffn_down.weight"] = mat(e, cfg.n_ff)
+        elif cfg.layer_types[i] == MOE:  # (nemotron_h_moe)
+            w[b + "ffn_gate_inp.weight"] = 2 * mat(cfg.n_expert, e)
+            w[b + "exp_probs_b.bias"] = rng.uniform(-0.3, 0.3, size=cfg.n_expert)  # (e_score_correction_bias)
+            w[b + "ffn_up_exps.weight"] = np.stack([mat(cfg.n_ff, e) for _ in range(cfg.n_expert)])
+            w[b + "ffn_down_exps.weight"] = np.stack([mat(e, cfg.n_ff) for _ in range(cfg.n_expert)])
+            w[b + "ffn_up_shexp.weight"] = mat(cfg.n_ff_shexp, e)
+            w[b + "ffn_down_shexp.weight"] = mat(e, cfg.n_ff_shexp)
         else:
             w[b + "attn_q.weight"] = mat(cfg.n_head * hd, e)
             w[b + "attn_k.weight"] = mat(cfg.n_head_kv * hd, e)
@@ -168,6 +183,14 @@ def metadata(cfg: HybridConfig) -> dict[str, Any]:
     }
     if cfg.n_expert and cfg.n_ff_shexp:
         keys[a + "expert_shared_feed_forward_length"] = cfg.n_ff_shexp
+    if cfg.nemotron and cfg.n_expert:  # (NemotronHModel's MoE keys beyond the counts)
+        keys |= {
+            a + "expert_feed_forward_length": cfg.n_ff,
+            a + "expert_shared_count": 1,
+            a + "expert_weights_norm": cfg.norm_topk,
+            a + "expert_weights_scale": cfg.routed_scale,
+            a + "expert_group_count": 1,
+        }
     return keys
 
 
@@ -210,14 +233,18 @@ def _softplus(x: np.ndarray) -> np.ndarray:  # (torch's, threshold 20)
     return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
 
 
-def mamba2_mixer(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
+def mamba2_mixer(
+    cfg: HybridConfig, w: Weights, b: str, h: np.ndarray, mup: np.ndarray | None = None
+) -> np.ndarray:
     """GraniteMoeHybridMambaLayer.torch_forward without a cache, its scan as the recurrence:
     in_proj -> (gate, xBC, dt); causal depthwise Conv1d (+ bias) over xBC, SiLU; split x, B, C
     (B and C repeated over the heads of a group); dt = softplus(dt + dt_bias); per token
-    S = S exp(dt A) + dt x B^T, y = S C + D x; the gated RMSNorm of y with the gate; out_proj."""
+    S = S exp(dt A) + dt x B^T, y = S C + D x; the gated RMSNorm of y with the gate (without
+    ssm_norm, falcon-h1's mamba_rms_norm false: y times silu of the gate alone); out_proj. ``mup``:
+    falcon-h1's mup_vector, times in_proj's output."""
     n, di, cd, nh, ds, ng = h.shape[0], cfg.d_inner, cfg.conv_dim, cfg.ssm_heads, cfg.d_state, cfg.n_group
     hd = di // nh
-    proj = h @ w[b + "ssm_in.weight"].T
+    proj = h @ w[b + "ssm_in.weight"].T * (1.0 if mup is None else mup)
     gate, xbc, dt = proj[:, :di], proj[:, di : di + cd], proj[:, di + cd :]
     padded = np.concatenate([np.zeros((cfg.d_conv - 1, cd)), xbc])
     kernel = w[b + "ssm_conv1d.weight"]  # (conv_dim, d_conv): tap 0 meets the oldest input
@@ -237,6 +264,8 @@ def mamba2_mixer(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.nda
         y[t] = (state * cc[t][:, None, :]).sum(axis=-1) + d[:, None] * x[t]
     groups = cfg.norm_groups or ng
     y = (y.reshape(n, di) * _silu(gate)).reshape(n, groups, di // groups)
+    if b + "ssm_norm.weight" not in w:
+        return y.reshape(n, di) @ w[b + "ssm_out.weight"].T
     y = _rms(y, w[b + "ssm_norm.weight"].reshape(groups, -1), cfg.rms_eps).reshape(n, di)
     return y @ w[b + "ssm_out.weight"].T
 
@@ -284,6 +313,26 @@ def _ffn(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
     return out
 
 
+def _relu2_mlp(h: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    return (np.maximum(h @ up.T, 0) ** 2) @ down.T
+
+
+def _nemotron_moe(cfg: HybridConfig, w: Weights, b: str, h: np.ndarray) -> np.ndarray:
+    """NemotronHMoE: the routed experts' weighted sum (NemotronHTopkRouter, one group) plus the
+    shared expert, all squared-ReLU MLPs without a gate."""
+    scores = 1 / (1 + np.exp(-(h @ w[b + "ffn_gate_inp.weight"].T)))
+    choice = scores + w[b + "exp_probs_b.bias"]
+    out = _relu2_mlp(h, w[b + "ffn_up_shexp.weight"], w[b + "ffn_down_shexp.weight"])
+    for t in range(h.shape[0]):
+        top = np.argsort(-choice[t], kind="stable")[: cfg.n_expert_used]
+        wt = scores[t, top]
+        if cfg.norm_topk:
+            wt = wt / (wt.sum() + 1e-20)
+        for e, we in zip(top, wt * cfg.routed_scale, strict=True):
+            out[t] += we * _relu2_mlp(h[t], w[b + "ffn_up_exps.weight"][e], w[b + "ffn_down_exps.weight"][e])
+    return out
+
+
 def hybrid_reference_logits(
     cfg: HybridConfig, w: Weights, tokens: list[int], *, kv_f16: bool = True
 ) -> np.ndarray:
@@ -297,10 +346,51 @@ def hybrid_reference_logits(
         b = f"blk.{i}."
         h = _rms(x, w[b + "attn_norm.weight"], cfg.rms_eps)
         if cfg.layer_types[i] == MLP:  # (nemotron_h)
-            x = x + (np.maximum(h @ w[b + "ffn_up.weight"].T, 0) ** 2) @ w[b + "ffn_down.weight"].T
+            x = x + _relu2_mlp(h, w[b + "ffn_up.weight"], w[b + "ffn_down.weight"])
+            continue
+        if cfg.layer_types[i] == MOE:  # (nemotron_h_moe)
+            x = x + _nemotron_moe(cfg, w, b, h)
             continue
         x = x + res * (mamba2_mixer(cfg, w, b, h) if cfg.is_mamba(i) else _attention(cfg, w, b, h, kv_f16))
         if not cfg.nemotron:
             x = x + res * _ffn(cfg, w, b, _rms(x, w[b + "ffn_norm.weight"], cfg.rms_eps))
     x = _rms(x, w["output_norm.weight"], cfg.rms_eps)
     return x @ w.get("output.weight", w["token_embd.weight"]).T / logit
+
+
+# A Mamba-2 mixer's GGUF names (after "blk.N.") -> transformers' (after the mixer's prefix), as they are
+_HF_MIXER = {"ssm_in.weight": "in_proj.weight", "ssm_conv1d.bias": "conv1d.bias", "ssm_dt.bias": "dt_bias",
+             "ssm_out.weight": "out_proj.weight"}  # fmt: skip
+
+
+def hf_weights(
+    held: Weights,
+    names: dict[str, str],
+    layer: str,
+    mixer: str,
+    other: Callable[[Weights, str, str, np.ndarray], None] | None = None,
+) -> Weights:
+    """transformers' tensors holding the GGUF weights ``held`` (for the converter tests): ``names``
+    maps whole names, and a layer's after "blk.N." (to after "``layer``.N."); the Mamba-2 mixer's
+    (after ``mixer``) as the converter undoes them: A_log = log(-A), D and the norm flat, the
+    kernels (conv_dim, 1, d_conv). ``other(hf, prefix, rest, x)`` places the rest of a layer's."""
+    hf: Weights = {names[n]: x for n, x in held.items() if n in names}
+    for name, x in held.items():
+        if not name.startswith("blk."):
+            continue
+        _, bid, rest = name.split(".", 2)
+        p = f"{layer}.{bid}."
+        if rest in names:
+            hf[p + names[rest]] = x
+        elif rest in _HF_MIXER:
+            hf[p + mixer + _HF_MIXER[rest]] = x
+        elif rest == "ssm_conv1d.weight":
+            hf[p + mixer + "conv1d.weight"] = x[:, None, :]
+        elif rest == "ssm_a":
+            hf[p + mixer + "A_log"] = np.log(-x[:, 0])
+        elif rest in ("ssm_d", "ssm_norm.weight"):
+            hf[p + mixer + ("D" if rest == "ssm_d" else "norm.weight")] = x.reshape(-1)
+        else:
+            assert other is not None, rest
+            other(hf, p, rest, x)
+    return hf

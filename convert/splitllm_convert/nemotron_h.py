@@ -7,20 +7,37 @@ mamba_head_dim), rope.scaling.finetuned false and a 2^20 context (the attention 
 attention.layer_norm_epsilon; the Mamba-2 tensors as granite_hybrid.Mamba2 writes them, q/k rows
 permuted as for llama's rope.
 
-Refused, nothing written: the mixture-of-experts models (Nemotron 3: "E" layers), biases llama.cpp
-leaves out or reads differently (use_bias, mlp_bias, attention_bias), an activation other than
-relu2, a vocabulary that is not a multiple of 8 (llama.cpp pads the token list to one).
+Nemotron 3 Nano (a config with num_experts_per_tok: NemotronHMoe, written as nemotron_h_moe): "E"
+layers in the MLP's place, the router (mixer.gate, its e_score_correction_bias as exp_probs_b.bias),
+n_routed_experts experts of moe_intermediate_size (up_proj and down_proj, stacked) and the shared
+expert (moe_shared_expert_intermediate_size), with NemotronHModel's expert_* keys (count, used
+count, widths, shared count, weights_norm from norm_topk_prob, weights_scale from
+routed_scaling_factor, group_count).
+
+Refused, nothing written: biases llama.cpp leaves out or reads differently (use_bias, mlp_bias,
+attention_bias), an activation other than relu2, a vocabulary that is not a multiple of 8 (llama.cpp
+pads the token list to one); with experts, expert groups (n_group other than 1: llama.cpp's
+converter leaves out topk_group) and Nemotron 3 Super's latent projections (moe_latent_size).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gguf import GGUFWriter
 
-from splitllm_convert.arch import Architecture, PlannedSource, TensorRule, _require, rope_permute
+from splitllm_convert.arch import (
+    Architecture,
+    PlannedSource,
+    TensorRule,
+    _moe_config,
+    _positive,
+    _require,
+    rope_permute,
+)
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.granite_hybrid import Mamba2
 from splitllm_convert.lfm2 import check_layer_kinds
@@ -43,16 +60,20 @@ class NemotronH(Architecture):
         TensorRule("lm_head.weight", "output.weight", ("vocab", "embd")),
     )
 
+    def __new__(cls, cfg: dict[str, Any], config_path: Path) -> NemotronH:  # noqa: ARG004
+        """NemotronHMoe for a config with experts (llama.cpp's test: num_experts_per_tok)."""
+        return super().__new__(NemotronHMoe if cls is NemotronH and "num_experts_per_tok" in cfg else cls)
+
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         super().__init__(cfg, config_path)
-        pattern = cfg.get("hybrid_override_pattern")
-        if not isinstance(pattern, str) or len(pattern) != self.n_layer or not set(pattern) <= set(_KINDS):
+        pattern, kinds = cfg.get("hybrid_override_pattern"), self.pattern_kinds()
+        if not isinstance(pattern, str) or len(pattern) != self.n_layer or not set(pattern) <= set(kinds):
             raise ConvertError(
-                f"{config_path}: 'hybrid_override_pattern' must have {self.n_layer} characters, each 'M' "
-                f"(Mamba-2), '*' (attention) or '-' (MLP), got {pattern!r:.200} (the experts' 'E' layers of "
-                "Nemotron 3 are not supported)"
+                f"{config_path}: 'hybrid_override_pattern' must have {self.n_layer} characters, each one of "
+                f"{', '.join(f'{c!r} ({k})' for c, k in kinds.items())}, got {pattern!r:.200} (the experts' "
+                "'E' layers need num_experts_per_tok and the other keys of Nemotron 3's experts)"
             )
-        self.kinds = [_KINDS[k] for k in pattern]
+        self.kinds = [kinds[k] for k in pattern]
         for key in ("use_bias", "mlp_bias", "attention_bias"):
             if _flag(cfg, key, config_path):
                 raise ConvertError(
@@ -77,6 +98,9 @@ class NemotronH(Architecture):
             conv_bias=_flag({"use_conv_bias": True, **cfg}, "use_conv_bias", config_path),
         )  # fmt: skip
         self.ssm.check(config_path, d_head)
+
+    def pattern_kinds(self) -> dict[str, str]:
+        return _KINDS
 
     def by_kind(self) -> dict[str, tuple[TensorRule, ...]]:
         m = _L + "mixer."
@@ -113,12 +137,18 @@ class NemotronH(Architecture):
     def plan(
         self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
     ) -> list[PlannedSource]:
-        check_layer_kinds(self.by_kind(), self.kinds, available, where)
+        every = range(self.n_expert)  # (each expert's tensors checked: a rule per expert)
+        checked = {
+            kind: tuple(replace(r, hf=r.hf.replace("{xid}", str(x))) for r in rs for x in every)
+            if any("{xid}" in r.hf for r in rs) else rs
+            for kind, rs in self.by_kind().items()
+        }  # fmt: skip
+        check_layer_kinds(checked, self.kinds, available, where)
         return self.ssm.shaped(super().plan(available, where, files))
 
     def hparams(self) -> HParams:
         """(llama.cpp's quantizer reads layer 0's head_count_kv)"""
-        return HParams.of(self.gguf_arch, self.n_layer, self.n_head, self.head_count_kv()[0], 0)
+        return HParams.of(self.gguf_arch, self.n_layer, self.n_head, self.head_count_kv()[0], self.n_expert)
 
     def head_count_kv(self) -> list[int]:
         return [self.n_head_kv if k == "attention" else 0 for k in self.kinds]
@@ -128,7 +158,9 @@ class NemotronH(Architecture):
         w.add_block_count(self.n_layer)
         w.add_context_length(2**20)
         w.add_embedding_length(self.n_embd)
-        w.add_feed_forward_length([self.n_ff if k == "mlp" else 0 for k in self.kinds])
+        w.add_feed_forward_length(
+            [self.n_ff if k == "mlp" else self.n_ff_exp if k == "moe" else 0 for k in self.kinds]
+        )
         w.add_head_count(self.n_head)
         w.add_head_count_kv(self.head_count_kv())
         w.add_layer_norm_eps(float(self.cfg.get("layer_norm_epsilon", 1e-5)))
@@ -138,3 +170,65 @@ class NemotronH(Architecture):
         w.add_rope_scaling_finetuned(False)
         w.add_key_length(self.head_dim)
         w.add_value_length(self.head_dim)
+
+
+class NemotronHMoe(NemotronH):
+    """NemotronHForCausalLM with experts (Nemotron 3 Nano): its "E" layers are mixtures of experts
+    (NemotronHMoE), written as llama.cpp's NemotronHModel writes them with is_moe."""
+
+    gguf_arch = "nemotron_h_moe"
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self.n_ff_shexp = _require(cfg, "moe_shared_expert_intermediate_size", config_path)
+        self.n_shared = _require(cfg, "n_shared_experts", config_path)
+        if not isinstance(cfg.get("norm_topk_prob"), bool):
+            raise ConvertError(f"{config_path}: 'norm_topk_prob' must be true or false")
+        self.norm_topk = cfg["norm_topk_prob"]
+        self.routed_scale = _positive(cfg, "routed_scaling_factor", config_path)
+        if cfg.get("n_group", 1) != 1:
+            raise ConvertError(
+                f"{config_path}: 'n_group' is {cfg['n_group']!r}: expert groups are not supported "
+                "(llama.cpp's converter writes no topk_group)"
+            )
+        if cfg.get("moe_latent_size") is not None:
+            raise ConvertError(
+                f"{config_path}: 'moe_latent_size' is set: the latent expert projections of Nemotron 3 "
+                "Super are not supported"
+            )
+
+    def _experts(self, config_path: Path) -> tuple[int, int, int]:
+        return _moe_config(self.cfg, config_path, "n_routed_experts", "moe_intermediate_size")
+
+    def pattern_kinds(self) -> dict[str, str]:
+        return {"M": "mamba", "*": "attention", "E": "moe"}
+
+    def dims(self) -> dict[str, int]:
+        return {**super().dims(), "ff_sh": self.n_ff_shexp}
+
+    def by_kind(self) -> dict[str, tuple[TensorRule, ...]]:
+        m = _L + "mixer."
+        moe = (
+            TensorRule(m + "gate.weight", _B + "ffn_gate_inp.weight", ("n_expert", "embd")),
+            TensorRule(m + "gate.e_score_correction_bias", _B + "exp_probs_b.bias", ("n_expert",)),
+            TensorRule(m + "experts.{xid}.up_proj.weight", _B + "ffn_up_exps.weight", ("ff_exp", "embd")),
+            TensorRule(m + "experts.{xid}.down_proj.weight", _B + "ffn_down_exps.weight", ("embd", "ff_exp")),
+            TensorRule(m + "shared_experts.up_proj.weight", _B + "ffn_up_shexp.weight", ("ff_sh", "embd")),
+            TensorRule(
+                m + "shared_experts.down_proj.weight", _B + "ffn_down_shexp.weight", ("embd", "ff_sh")
+            ),
+        )
+        kinds = super().by_kind()
+        return {"mamba": kinds["mamba"], "attention": kinds["attention"], "moe": moe}
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        """NemotronHModel's keys with is_moe (the per-layer feed_forward_length the experts' width)."""
+        super().add_hparams(w)
+        w.add_expert_used_count(self.n_expert_used)
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        w.add_expert_shared_feed_forward_length(self.n_ff_shexp)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_shared_count(self.n_shared)
+        w.add_expert_weights_norm(self.norm_topk)
+        w.add_expert_weights_scale(self.routed_scale)
+        w.add_expert_group_count(1)

@@ -13,6 +13,7 @@ from splitllm_convert.dense import Cohere2, Ernie4_5, Exaone4, Glm4, Mistral3, M
 from splitllm_convert.densevar import Apertus, Arcee, HunyuanDense, SeedOss, Starcoder2
 from splitllm_convert.ernie_moe import Ernie4_5Moe
 from splitllm_convert.errors import ConvertError
+from splitllm_convert.falcon_h1 import FalconH1
 from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal
 from splitllm_convert.gemma4 import Gemma4
 from splitllm_convert.glm4moe import Glm4Moe
@@ -39,7 +40,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
                 Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet,
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
-                GraniteHybrid, NemotronH, Qwen35,
+                GraniteHybrid, NemotronH, Qwen35, FalconH1,
                 Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoeV2, HunYuanMoE, SmallThinker, Qwen3Next,
                 MiniMaxM2, PhiMoe)
     for n in cls.hf_names

@@ -69,6 +69,8 @@ constexpr ArchTraits kArchs[] = {
     {"qwen3next",  Arch::Qwen3Next, true,  false, true,  false},  // (qwen35.cpp, qwen3next.cpp)
     {"minimax-m2", Arch::MinimaxM2, true,  false, true,  false},  // (config_minimax.cpp)
     {"phimoe",     Arch::PhiMoe,    true,  false, false, false},
+    {"nemotron_h_moe", Arch::NemotronHMoe, false, false, false, false},  // (nemotron_h.cpp)
+    {"falcon-h1",  Arch::FalconH1,  true,  false, false, false},  // (falcon_h1.cpp)
 };
 
 std::string supported_archs() {
@@ -419,7 +421,7 @@ int read_head_count_kv(const GGUFFile & f, Config & c) {
         if (!e.is_integer())
             throw GGUFError(strfmt("%s: metadata '%s' must hold integers", f.path().c_str(), key.c_str()));
         const int64_t k = e.num.i64;  // (small values read alike as signed or unsigned)
-        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::GraniteHybrid || c.arch == Arch::NemotronH ||
+        if (k == 0 && (c.arch == Arch::Lfm2 || c.arch == Arch::GraniteHybrid || c.nemotron() ||
                        c.arch == Arch::Lfm2Moe)) {
             conv[size_t(l)] = 1;
             continue;
@@ -575,7 +577,7 @@ Config Config::from_gguf(const GGUFFile & f) {
                                    a.c_str(), c.n_head));
         const std::string ff_key = a + "feed_forward_length";
         c.n_ff = (moe_only || c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe) && !f.find(ff_key) ? 0
-                 : c.arch == Arch::NemotronH ? 0  // (per layer: read_nemotron_h)
+                 : c.nemotron() ? 0  // (per layer: read_nemotron_h)
                                               : get_dim(f, ff_key, 1, 1 << 20);
     }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
@@ -653,7 +655,8 @@ Config Config::from_gguf(const GGUFFile & f) {
         for (int l = 0; l < c.n_layer; ++l) c.nope_layers.push_back((l + 1) % 4 == 0);
     if (c.arch == Arch::Granite || c.arch == Arch::GraniteMoe || c.arch == Arch::GraniteHybrid) read_granite(f, c);
     if (c.arch == Arch::GraniteHybrid) c.read_mamba2(f);
-    if (c.arch == Arch::NemotronH) c.read_nemotron_h(f);
+    if (c.nemotron()) c.read_nemotron_h(f);
+    if (c.arch == Arch::FalconH1) c.read_falcon_h1(f);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);

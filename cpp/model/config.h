@@ -32,7 +32,7 @@ enum class Arch {
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
     GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker,
-    Qwen3Next, MinimaxM2, PhiMoe
+    Qwen3Next, MinimaxM2, PhiMoe, NemotronHMoe, FalconH1
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -60,7 +60,7 @@ struct Config {
                                 // "qwen2moe", "olmoe", "granitemoe", "deepseek2", "bitnet", "gemma4",
                                 // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
                                 // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
-                                // "nemotron_h" (nemotron_h.cpp)
+                                // "nemotron_h", "nemotron_h_moe" (nemotron_h.cpp), "falcon-h1" (falcon_h1.cpp)
                                 // "qwen35", "qwen35moe", "qwen3next" (qwen35.cpp)
                                 // "llama4" (llama4.cpp), "lfm2moe"
                                 // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
@@ -229,6 +229,11 @@ struct Config {
     int ssm_n_head = 0;         // ssm.time_step_rank
     int ssm_n_group = 0;        // ssm.group_count
     bool mamba2() const { return ssm_d_state > 0; }
+    // falcon-h1 (model/falcon_h1.cpp): every layer of conv_layers attends too (a KV cache beside its
+    // state), x += attn(h) + mamba2(h) of the same normed h
+    bool parallel_ssm = false;
+    // nemotron_h or nemotron_h_moe (its MLP layers mixtures of experts; model/nemotron_h.cpp)
+    bool nemotron() const { return arch == Arch::NemotronH || arch == Arch::NemotronHMoe; }
     int ssm_head_dim() const { return ssm_d_inner / ssm_n_head; }
     int ssm_conv_dim() const { return ssm_d_inner + 2 * ssm_n_group * ssm_d_state; }  // xBC
     int ssm_in_dim() const { return ssm_d_inner + ssm_conv_dim() + ssm_n_head; }     // z, xBC, dt
@@ -334,6 +339,9 @@ struct Config {
     void read_nemotron_h(const GGUFFile & f);
     // The settings of the MoE variants dots1, bailingmoe2, hunyuan-moe, smallthinker (config_moevar.cpp).
     void read_moe_variants(const GGUFFile & f);
+    void read_nemotron_h_experts(const GGUFFile & f);  // (nemotron_h_moe's)
+    // falcon-h1's: every layer recurrent and attending (model/falcon_h1.cpp).
+    void read_falcon_h1(const GGUFFile & f);
 };
 
 }  // namespace sl

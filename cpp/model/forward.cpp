@@ -56,7 +56,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
-        if (c.arch == Arch::NemotronH && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP layers (nemotron_h.cpp)
+        if (c.nemotron() && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP / MoE layers (nemotron_h.cpp)
             nemotron_h_mlp(mm, l, s, n);
             continue;
         }
@@ -67,7 +67,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         }
         if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
             qwen35_mixer(be, l, s, n, slot);
-        } else if (c.is_conv(l)) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
+        } else if (c.is_conv(l) && !c.parallel_ssm) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
             norm(be, s.x, L.attn_norm, s.h, n);
             if (c.mamba2())  // granitehybrid: a Mamba-2 mixer instead (mamba2.cpp)
                 mamba2_block(l, s, n, slot);
@@ -77,6 +77,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
             const float * h = L.attn_norm ? s.h : s.x;
             if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n, L.attn_norm_b);
+            if (c.parallel_ssm) falcon_h1_save_h(s, n);  // (falcon_h1.cpp)
             if (c.arch == Arch::DeepSeek2) {  // multi-head latent attention (mla.cpp)
                 mla_attention(be, l, s, n);
             } else {
@@ -125,8 +126,9 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
                 if (imx_) imx_observe(l, kImxO, s.att, n, be);
                 add_output(be, mm, wo, L.attn_post_norm, s.att, s, n, nullptr, L.o_scale);
             }
+            if (c.parallel_ssm) falcon_h1_mamba2(l, s, n, slot);  // x += Mamba-2 of the same h
         }
-        if (c.arch == Arch::NemotronH) continue;  // (one mixer a layer)
+        if (c.nemotron()) continue;  // (one mixer a layer)
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
         // (cohere2: the attention's normed input h, still in s.h)
         const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;

@@ -90,6 +90,8 @@ void Model::imatrix_start(bool process_output) {
     const Config & c = cfg_;
     SL_CHECK(c.arch != Arch::DeepSeek2, "%s: importance-matrix collection is not supported on a deepseek2 model "
              "(its latent attention's matmuls are not observed)", file_->path().c_str());
+    SL_CHECK(!c.parallel_ssm, "%s: importance-matrix collection is not supported on a falcon-h1 model (its "
+             "attention and Mamba-2 mixer would share sites)", file_->path().c_str());
     imx_sites_.assign(size_t(c.n_layer), {});
     for (int l = 0; l < c.n_layer; ++l) {
         const LayerWeights & L = w_.layers[size_t(l)];

@@ -51,7 +51,8 @@ void Model::load_mamba2_layer(const std::string & b, LayerWeights & L) {
     L.ssm_dt_b = f32("ssm_dt.bias", nh, -1);
     L.ssm_a = f32("ssm_a", 1, nh);
     L.ssm_d = f32("ssm_d", 1, nh);
-    L.ssm_norm = f32("ssm_norm.weight", di / ng, ng);
+    if (c.arch != Arch::FalconH1 || f.find_tensor(b + "ssm_norm.weight"))  // (falcon-h1's optional)
+        L.ssm_norm = f32("ssm_norm.weight", di / ng, ng);
     for (const char * name : {"ssm_in.bias", "ssm_out.bias"})
         if (f.find_tensor(b + name))
             throw GGUFError(strfmt("%s: tensor '%s%s': projection biases are not supported (nor by llama.cpp)",
@@ -138,7 +139,7 @@ void Model::mamba2_block(int l, Scratch & s, int n, const int32_t * slot) {
             float * yt = y + t * di;
             const float * z = zxbcdt + t * row;
             for (int64_t j = 0; j < di; ++j) yt[j] *= silu(z[j]);
-            for (int64_t g = 0; g < ng; ++g) {
+            for (int64_t g = 0; g < ng && L.ssm_norm; ++g) {
                 float * yg = yt + g * gs;
                 double ss = 0.0;
                 for (int64_t j = 0; j < gs; ++j) ss += double(yg[j]) * yg[j];

@@ -150,13 +150,13 @@ void Model::load_weights() {
                                    c.n_swa));
 
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
-    if (c.arch == Arch::NemotronH) return load_nemotron_h_layers();
+    if (c.nemotron()) return load_nemotron_h_layers();
     // (glm4, exaone4, ernie4_5, cohere2, seed_oss, hunyuan-dense, arcee, glm4moe and ernie4_5-moe read
     // no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
                          c.arch != Arch::Cohere2 && c.arch != Arch::SeedOss && c.arch != Arch::HunyuanDense &&
                          c.arch != Arch::Arcee && c.arch != Arch::Glm4Moe && c.arch != Arch::Ernie4_5Moe &&
-                         c.arch != Arch::MinimaxM2;
+                         c.arch != Arch::MinimaxM2 && c.arch != Arch::FalconH1;
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -164,7 +164,7 @@ void Model::load_weights() {
         if (c.pre_norms) L.attn_norm = vector_f32(f, c, b + "attn_norm.weight", c.n_embd);
         if (c.delta_net) {  // qwen35 / qwen35moe: gated attention or a delta net (qwen35.cpp)
             load_qwen35_layer(l, b, L);
-        } else if (c.is_conv(l)) {  // lfm2: a convolution in place of attention (granitehybrid: Mamba-2)
+        } else if (c.is_conv(l) && !c.parallel_ssm) {  // lfm2: a convolution in place of attention (granitehybrid: Mamba-2)
             if (c.mamba2())
                 load_mamba2_layer(b, L);
             else
@@ -193,6 +193,7 @@ void Model::load_weights() {
                 L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
                 L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
             }
+            if (c.parallel_ssm) load_mamba2_layer(b, L);  // falcon-h1: beside the attention
         }
         if (c.sub_norms) {  // bitnet
             L.attn_sub_norm = vector_f32(f, c, b + "attn_sub_norm.weight", c.n_embd);
@@ -215,7 +216,9 @@ void Model::load_weights() {
         // its norm post_attention_norm)
         const bool ffn_norm_post = c.arch == Arch::GptOss || c.arch == Arch::SeedOss || c.arch == Arch::Glm4Moe ||
                                    c.delta_net;
-        const char * ffn_norm = ffn_norm_post ? "post_attention_norm.weight" : "ffn_norm.weight";
+        // (falcon-h1: "ffn_norm" alone, the name llama.cpp's converter gives pre_ff_layernorm.weight)
+        const char * ffn_norm = ffn_norm_post ? "post_attention_norm.weight"
+                                : c.arch == Arch::FalconH1 ? "ffn_norm" : "ffn_norm.weight";
         if (c.pre_norms && !c.parallel_ffn) L.ffn_norm = vector_f32(f, c, b + ffn_norm, c.n_embd);
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
@@ -424,8 +427,9 @@ void Model::setup_kv() {
     }
     kv_layer_.clear();
     for (int l = 0; l < c.n_layer; ++l) {  // (gemma4: head shapes per layer; a shared layer's is its source's)
-        KVLayout kv = c.is_conv(l) ? kv_conv_ : c.is_swa(l) ? kv_swa_ : kv_;  // (lfm2's convolution layers: none)
-        if (!c.encoder && !c.is_conv(l)) {
+        const bool no_kv = c.is_conv(l) && !c.parallel_ssm;  // (lfm2's convolution layers: none; falcon-h1: all)
+        KVLayout kv = no_kv ? kv_conv_ : c.is_swa(l) ? kv_swa_ : kv_;
+        if (!c.encoder && !no_kv) {
             kv.n_head_kv = c.n_head_kv_of(c.kv_source(l));
             kv.head_dim = c.head_dim_of(c.kv_source(l));
             if (c.arch == Arch::Gemma4) kv.head_dim_v = kv.head_dim;  // (values of the keys' size, per layer)

@@ -502,9 +502,15 @@ private:
     void gemma4_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
     // x += post_norm(post_norm_1(W_down s.ff) + post_norm_2(experts(pre_norm_2(x)))) of a MoE block
     void gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n);
-    // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU).
+    // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU;
+    // nemotron_h_moe: the experts' mix first). relu_squared: v = relu(v)^2 for n values.
     void load_nemotron_h_layers();
     void nemotron_h_mlp(Backend * mm, int l, Scratch & s, int n);
+    void relu_squared(float * v, int64_t n);
+    // falcon_h1.cpp: the layer's normed input kept (in ssm_y_) while the attention runs, then its
+    // Mamba-2 mixer on it, x += out_proj y.
+    void falcon_h1_save_h(Scratch & s, int n);
+    void falcon_h1_mamba2(int l, Scratch & s, int n, const int32_t * slot);
     std::vector<float> g4_router_w_;  // (n_layer, n_embd) each MoE block's router_w
     std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
     std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm

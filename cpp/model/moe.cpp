@@ -146,6 +146,7 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
     const bool fused = L.up_exps.rows == 0;  // (gemma4's ffn_gate_up_exps: each expert's gate rows, then its up rows)
     // llama4: each chosen expert reads weight * h and its output is added as it is
     const bool scale_in = c.moe_weight_input;
+    const bool ungated = L.gate_exps.rows == 0;  // (nemotron_h_moe: relu(up x)^2, whatever act says)
     const float * in = s.h;
     const float * weights = routes_.weight.data();
     const size_t row = size_t(c.n_embd);
@@ -160,7 +161,7 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
     }
     // (importance-matrix collection needs each expert's inputs: the grouped path below)
     const WeightRef up_exps = fused ? row_slice(L.gate_exps, c.n_ff_exp, L.gate_exps.rows - c.n_ff_exp) : L.up_exps;
-    if (!imx_ && (!scale_in || k == 1) && be == static_cast<Backend *>(cpu_.get()) &&
+    if (!imx_ && !ungated && (!scale_in || k == 1) && be == static_cast<Backend *>(cpu_.get()) &&
         cpu_->moe_small(act, L.gate_exps, up_exps, L.down_exps, c.n_expert, in, n, routes_.pick.data(), weights, k,
                         s.x))
         return;
@@ -174,17 +175,23 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
             if (scale_in)
                 for (size_t i = 0; i < row; ++i) dst[i] *= routes_.weight[size_t(entry)];
         }
-        const WeightRef gate = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e, c.n_ff_exp)
-                                     : expert_slice(L.gate_exps, e, c.n_expert);
         const WeightRef up = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e + c.n_ff_exp, c.n_ff_exp)
                                    : expert_slice(L.up_exps, e, c.n_expert);
         const WeightRef down = expert_slice(L.down_exps, e, c.n_expert);
         const WeightRef * wd = &down;
         if (imx_) {
-            imx_observe(l, kImxGateExps, s.moe_in, m, be, e);
+            if (!ungated) imx_observe(l, kImxGateExps, s.moe_in, m, be, e);
             if (!fused) imx_observe(l, kImxUpExps, s.moe_in, m, be, e);
         }
-        be->glu(act, gate, up, s.moe_in, s.ff, m);
+        if (ungated) {
+            const WeightRef * wu = &up;
+            be->matmul(&wu, &s.ff, 1, s.moe_in, m, false);
+            relu_squared(s.ff, int64_t(m) * c.n_ff_exp);
+        } else {
+            const WeightRef gate = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e, c.n_ff_exp)
+                                         : expert_slice(L.gate_exps, e, c.n_expert);
+            be->glu(act, gate, up, s.moe_in, s.ff, m);
+        }
         if (imx_) imx_observe(l, kImxDownExps, s.ff, m, be, e);
         be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
         for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
