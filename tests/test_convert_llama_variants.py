@@ -308,8 +308,8 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
      "'attention_multiplier' must be a positive number, got None"),
     ("granite", {"architectures": ["GraniteMoeForCausalLM"]}, (),  # (test_convert_moe_archs.py's)
      "'num_local_experts' must be a positive integer, got None"),
-    ("granite", {"architectures": ["GraniteMoeHybridForCausalLM"]}, (),
-     "architecture 'GraniteMoeHybridForCausalLM' is not supported"),
+    ("granite", {"architectures": ["GraniteSpeechForConditionalGeneration"]}, (),
+     "architecture 'GraniteSpeechForConditionalGeneration' is not supported"),
     # OLMo 2: OLMo 3's sliding window, a tied output, an attention bias, a head size of its own
     ("olmo2", {"sliding_window": 4096, "layer_types": ["sliding_attention"] * 3 + ["full_attention"]}, (),
      r"'sliding_window' is 4096: sliding-window layers \(OLMo 3's\) are not supported"),
