@@ -12,65 +12,66 @@ namespace sl {
 
 namespace {
 
-// What sets the architectures apart, by their GGUF name.
+// The architectures by their GGUF name, with the traits that set them apart (ArchTrait bits).
 struct ArchTraits {
     const char * name;
     Arch arch;
-    bool rope_neox, qkv_bias, qk_norm, fused_qkv;
+    unsigned traits;
 };
 constexpr ArchTraits kArchs[] = {
-    //  name        arch             neox   qkv_bias qk_norm fused_qkv
-    {"llama",    Arch::Llama,    false, false, false, false},
-    {"qwen2",    Arch::Qwen2,    true,  true,  false, false},
-    {"qwen3",    Arch::Qwen3,    true,  false, true,  false},
-    {"qwen3moe", Arch::Qwen3Moe, true,  false, true,  false},
-    {"phi3",     Arch::Phi3,     true,  false, false, true},
-    {"gemma",    Arch::Gemma,    true,  false, false, false},
-    {"gemma2",   Arch::Gemma2,   true,  false, false, false},
-    {"gemma3",   Arch::Gemma3,   true,  false, true,  false},
-    {"gemma-embedding", Arch::GemmaEmbedding, true, false, true, false},
-    {"bert",       Arch::Bert,      false, false, false, false},
-    {"nomic-bert", Arch::NomicBert, true,  false, false, false},
-    {"smollm3",    Arch::SmolLM3,   false, false, false, false},
-    {"granite",    Arch::Granite,   false, false, false, false},
-    {"olmo2",      Arch::Olmo2,     true,  false, true,  false},
-    {"gpt-oss",    Arch::GptOss,    true,  false, false, false},  // (q/k/v biases optional, as in llama.cpp)
-    {"mistral3",   Arch::Mistral3,  false, false, false, false},  // (the rest: config_dense.cpp)
-    {"glm4",       Arch::Glm4,      false, false, false, false},
-    {"exaone4",    Arch::Exaone4,   true,  false, true,  false},
-    {"ernie4_5",   Arch::Ernie4_5,  false, false, false, false},
-    {"cohere2",    Arch::Cohere2,   false, false, false, false},
-    {"qwen3vl",    Arch::Qwen3VL,   true,  false, true,  false},  // (text only)
-    {"qwen2moe",   Arch::Qwen2Moe,  true,  true,  false, false},
-    {"olmoe",      Arch::Olmoe,     true,  false, true,  false},
-    {"granitemoe", Arch::GraniteMoe, false, false, false, false},
-    {"deepseek2",  Arch::DeepSeek2, false, false, false, false},
-    {"lfm2",       Arch::Lfm2,      true,  false, true,  false},
-    {"bitnet",     Arch::Bitnet,    true,  false, false, false},
-    {"gemma4",     Arch::Gemma4,    true,  false, true,  false},
-    {"seed_oss",   Arch::SeedOss,   true,  false, false, false},  // (the rest: config_densevar.cpp)
-    {"apertus",    Arch::Apertus,   true,  false, true,  false},
-    {"hunyuan-dense", Arch::HunyuanDense, true, false, true, false},
-    {"arcee",      Arch::Arcee,     false, false, false, false},
-    {"starcoder2", Arch::Starcoder2, true, false, false, false},
-    {"glm4moe",    Arch::Glm4Moe,   true,  false, false, false},  // (q/k/v biases, q/k norms optional)
-    {"ernie4_5-moe", Arch::Ernie4_5Moe, false, false, false, false},
-    {"qwen3vlmoe", Arch::Qwen3VLMoe, true,  false, true,  false},  // (text only)
-    {"granitehybrid", Arch::GraniteHybrid, false, false, false, false},  // (mamba2.cpp)
-    {"nemotron_h", Arch::NemotronH, false, false, false, false},  // (nemotron_h.cpp)
-    {"qwen35",     Arch::Qwen35,    true,  false, true,  false},  // (model/qwen35.cpp)
-    {"qwen35moe",  Arch::Qwen35Moe, true,  false, true,  false},
-    {"llama4",     Arch::Llama4,    false, false, false, false},  // (text only; model/llama4.cpp)
-    {"lfm2moe",    Arch::Lfm2Moe,   true,  false, true,  false},  // (lfm2's layers, experts: read_lfm2)
-    {"dots1",      Arch::Dots1,     true,  false, true,  false},  // (the rest: config_moevar.cpp)
-    {"bailingmoe2", Arch::BailingMoe2, true, false, true, false},
-    {"hunyuan-moe", Arch::HunyuanMoe, true,  false, true,  false},
-    {"smallthinker", Arch::SmallThinker, true, false, false, false},
-    {"qwen3next",  Arch::Qwen3Next, true,  false, true,  false},  // (qwen35.cpp, qwen3next.cpp)
-    {"minimax-m2", Arch::MinimaxM2, true,  false, true,  false},  // (config_minimax.cpp)
-    {"phimoe",     Arch::PhiMoe,    true,  false, false, false},
-    {"nemotron_h_moe", Arch::NemotronHMoe, false, false, false, false},  // (nemotron_h.cpp)
-    {"falcon-h1",  Arch::FalconH1,  true,  false, false, false},  // (falcon_h1.cpp)
+    {"llama", Arch::Llama, 0},
+    {"qwen2", Arch::Qwen2, kNeox | kQkvBias},
+    {"qwen3", Arch::Qwen3, kNeox | kQkNorm},
+    {"qwen3moe", Arch::Qwen3Moe, kNeox | kQkNorm | kAllRouted},
+    {"phi3", Arch::Phi3, kNeox | kFusedQkv},
+    {"gemma", Arch::Gemma, kNeox},
+    {"gemma2", Arch::Gemma2, kNeox},
+    {"gemma3", Arch::Gemma3, kNeox | kQkNorm},
+    {"gemma-embedding", Arch::GemmaEmbedding, kNeox | kQkNorm},
+    {"bert", Arch::Bert, 0},
+    {"nomic-bert", Arch::NomicBert, kNeox},
+    {"smollm3", Arch::SmolLM3, 0},
+    {"granite", Arch::Granite, 0},
+    {"olmo2", Arch::Olmo2, kNeox | kQkNorm},
+    {"gpt-oss", Arch::GptOss, kNeox | kAllRouted | kFfnNormPost},  // (q/k/v biases optional, as in llama.cpp)
+    {"mistral3", Arch::Mistral3, 0},  // (the rest: config_dense.cpp)
+    {"glm4", Arch::Glm4, kNoWoBias},
+    {"exaone4", Arch::Exaone4, kNeox | kQkNorm | kNoWoBias},
+    {"ernie4_5", Arch::Ernie4_5, kNoWoBias},
+    {"cohere2", Arch::Cohere2, kNoWoBias},
+    {"qwen3vl", Arch::Qwen3VL, kNeox | kQkNorm},  // (text only)
+    {"qwen2moe", Arch::Qwen2Moe, kNeox | kQkvBias | kExperts | kRoutedBlocks},
+    {"olmoe", Arch::Olmoe, kNeox | kQkNorm | kExperts | kRoutedBlocks},
+    {"granitemoe", Arch::GraniteMoe, kRoutedBlocks},
+    {"deepseek2", Arch::DeepSeek2, kFfOptional | kDenseLead},
+    {"lfm2", Arch::Lfm2, kNeox | kQkNorm},
+    {"bitnet", Arch::Bitnet, kNeox},
+    {"gemma4", Arch::Gemma4, kNeox | kQkNorm},
+    {"seed_oss", Arch::SeedOss, kNeox | kNoWoBias | kFfnNormPost},  // (the rest: config_densevar.cpp)
+    {"apertus", Arch::Apertus, kNeox | kQkNorm},
+    {"hunyuan-dense", Arch::HunyuanDense, kNeox | kQkNorm | kNoWoBias},
+    {"arcee", Arch::Arcee, kNoWoBias},
+    {"starcoder2", Arch::Starcoder2, kNeox},
+    // glm4moe: q/k/v biases, q/k norms optional
+    {"glm4moe", Arch::Glm4Moe, kNeox | kFfOptional | kDenseLead | kSelBias | kNoWoBias | kFfnNormPost | kNextN},
+    {"ernie4_5-moe", Arch::Ernie4_5Moe, kDenseLead | kNoWoBias},
+    {"qwen3vlmoe", Arch::Qwen3VLMoe, kNeox | kQkNorm | kAllRouted},  // (text only)
+    {"granitehybrid", Arch::GraniteHybrid, 0},  // (mamba2.cpp)
+    {"nemotron_h", Arch::NemotronH, 0},  // (nemotron_h.cpp)
+    {"qwen35", Arch::Qwen35, kNeox | kQkNorm},  // (model/qwen35.cpp)
+    {"qwen35moe", Arch::Qwen35Moe, kNeox | kQkNorm | kAllRouted},
+    {"llama4", Arch::Llama4, kExperts},  // (text only; model/llama4.cpp)
+    // lfm2moe: lfm2's layers, experts: read_lfm2
+    {"lfm2moe", Arch::Lfm2Moe, kNeox | kQkNorm | kExperts | kDenseLead | kSelBias},
+    {"dots1", Arch::Dots1, kNeox | kQkNorm | kExperts | kDenseLead},  // (the rest: config_moevar.cpp)
+    {"bailingmoe2", Arch::BailingMoe2, kNeox | kQkNorm | kExperts | kDenseLead | kNextN},
+    {"hunyuan-moe", Arch::HunyuanMoe, kNeox | kQkNorm | kExperts | kRoutedBlocks},
+    {"smallthinker", Arch::SmallThinker, kNeox | kExperts | kRoutedBlocks},
+    {"qwen3next", Arch::Qwen3Next, kNeox | kQkNorm | kAllRouted},  // (qwen35.cpp, qwen3next.cpp)
+    {"minimax-m2", Arch::MinimaxM2, kNeox | kQkNorm | kAllRouted | kSelBias | kNoWoBias},  // (config_minimax.cpp)
+    {"phimoe", Arch::PhiMoe, kNeox | kAllRouted},
+    {"nemotron_h_moe", Arch::NemotronHMoe, 0},  // (nemotron_h.cpp)
+    {"falcon-h1", Arch::FalconH1, kNeox | kNoWoBias},  // (falcon_h1.cpp)
 };
 
 std::string supported_archs() {
@@ -551,21 +552,16 @@ Config Config::from_gguf(const GGUFFile & f) {
         throw GGUFError(strfmt("%s: metadata 'general.architecture' = '%s' is not supported (supported: %s)",
                                f.path().c_str(), c.arch_name.c_str(), supported_archs().c_str()));
     c.arch = t->arch;
-    c.rope_neox = t->rope_neox;
-    c.has_qkv_bias = t->qkv_bias;
-    c.has_qk_norm = t->qk_norm;
-    c.fused_qkv = t->fused_qkv;
+    c.traits = t->traits;
+    c.rope_neox = c.has(kNeox);
+    c.has_qkv_bias = c.has(kQkvBias);
+    c.has_qk_norm = c.has(kQkNorm);
+    c.fused_qkv = c.has(kFusedQkv);
     const std::string a = c.arch_name + ".";
     c.n_layer = get_dim(f, a + "block_count", 1, 1024);
-    if (c.arch == Arch::Glm4Moe || c.arch == Arch::BailingMoe2) c.n_layer -= nextn_layers(f, c);  // (MTP: not run)
+    if (c.has(kNextN)) c.n_layer -= nextn_layers(f, c);  // (MTP: not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
-    const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss ||  // every block has experts
-                          c.arch == Arch::Qwen3VLMoe || c.arch == Arch::Qwen35Moe || c.arch == Arch::Qwen3Next ||
-                          c.arch == Arch::MinimaxM2 || c.arch == Arch::PhiMoe;
-    // (and a feed_forward_length)
-    const bool experts = moe_only || c.arch == Arch::Qwen2Moe || c.arch == Arch::Olmoe || c.arch == Arch::Llama4 ||
-                         c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2 ||
-                         c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker;
+    const bool experts = c.has(kExperts);
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else {
@@ -576,9 +572,8 @@ Config Config::from_gguf(const GGUFFile & f) {
                                    "'%sattention.head_count' = %d", f.path().c_str(), a.c_str(), c.n_head_kv,
                                    a.c_str(), c.n_head));
         const std::string ff_key = a + "feed_forward_length";
-        c.n_ff = (moe_only || c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe) && !f.find(ff_key) ? 0
-                 : c.nemotron() ? 0  // (per layer: read_nemotron_h)
-                                              : get_dim(f, ff_key, 1, 1 << 20);
+        c.n_ff = (c.has(kFfOptional) && !f.find(ff_key)) || c.nemotron() ? 0  // (nemotron: read_nemotron_h's)
+                                                                          : get_dim(f, ff_key, 1, 1 << 20);
     }
     if (experts || f.find(a + "expert_count")) c.n_expert = get_dim(f, a + "expert_count", experts ? 1 : 0, 4096);
     if (c.n_expert > 0) {

@@ -51,8 +51,27 @@ inline float attn_temperature(int pos, float scale, int floor_scale) {
     return float(std::log(std::floor(double(pos) / floor_scale) + 1.0) * scale + 1.0);
 }
 
+// What sets an architecture apart, from config.cpp's table of them: bits of Config::traits.
+enum ArchTrait : unsigned {
+    kNeox = 1u << 0,          // NeoX rotation pairs (i, i + n_rot/2); else (2i, 2i + 1)
+    kQkvBias = 1u << 1,       // q / k / v biases
+    kQkNorm = 1u << 2,        // an RMSNorm of each query and key head before the rotation
+    kFusedQkv = 1u << 3,      // attn_qkv (q; k; v rows) and ffn_up (gate; up rows)
+    kExperts = 1u << 4,       // expert_count required
+    kFfOptional = 1u << 5,    // feed_forward_length may be absent (no dense block then)
+    kRoutedBlocks = 1u << 6,  // every block a mixture of experts: its router required
+    kDenseLead = 1u << 7,     // leading_dense_block_count dense blocks, then routed ones
+    kSelBias = 1u << 8,       // the router's selection bias (exp_probs_b) required
+    kNoWoBias = 1u << 9,      // no attn_output.bias read (llama.cpp's graph has none)
+    kFfnNormPost = 1u << 10,  // the feed-forward's norm named post_attention_norm
+    kNextN = 1u << 11,        // block_count counts MTP / NextN layers, neither loaded nor run
+    kAllRouted = kExperts | kFfOptional | kRoutedBlocks,  // experts in every block, no dense one
+};
+
 struct Config {
     Arch arch = Arch::Llama;
+    unsigned traits = 0;        // ArchTrait bits
+    bool has(unsigned trait) const { return (traits & trait) != 0; }
     std::string arch_name;      // "llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3",
                                 // "gemma-embedding", "bert", "nomic-bert", "smollm3", "granite", "olmo2", "gpt-oss",
                                 // "mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "qwen3vl", "lfm2"

@@ -153,10 +153,7 @@ void Model::load_weights() {
     if (c.nemotron()) return load_nemotron_h_layers();
     // (glm4, exaone4, ernie4_5, cohere2, seed_oss, hunyuan-dense, arcee, glm4moe and ernie4_5-moe read
     // no attn_output.bias: llama.cpp's graphs have none)
-    const bool wo_bias = c.arch != Arch::Glm4 && c.arch != Arch::Exaone4 && c.arch != Arch::Ernie4_5 &&
-                         c.arch != Arch::Cohere2 && c.arch != Arch::SeedOss && c.arch != Arch::HunyuanDense &&
-                         c.arch != Arch::Arcee && c.arch != Arch::Glm4Moe && c.arch != Arch::Ernie4_5Moe &&
-                         c.arch != Arch::MinimaxM2 && c.arch != Arch::FalconH1;
+    const bool wo_bias = !c.has(kNoWoBias);
     w_.layers.resize(c.n_layer);
     for (int l = 0; l < c.n_layer; ++l) {
         const std::string b = "blk." + std::to_string(l) + ".";
@@ -214,8 +211,7 @@ void Model::load_weights() {
         }
         // (cohere2's feed-forward reads the attention's input; gpt-oss, seed_oss, glm4moe and qwen35 name
         // its norm post_attention_norm)
-        const bool ffn_norm_post = c.arch == Arch::GptOss || c.arch == Arch::SeedOss || c.arch == Arch::Glm4Moe ||
-                                   c.delta_net;
+        const bool ffn_norm_post = c.has(kFfnNormPost) || c.delta_net;
         // (falcon-h1: "ffn_norm" alone, the name llama.cpp's converter gives pre_ff_layernorm.weight)
         const char * ffn_norm = ffn_norm_post ? "post_attention_norm.weight"
                                 : c.arch == Arch::FalconH1 ? "ffn_norm" : "ffn_norm.weight";
@@ -223,12 +219,8 @@ void Model::load_weights() {
         if (c.attn_sinks) L.attn_sinks = vector_f32(f, c, b + "attn_sinks.weight", c.n_head);
         // a mixture-of-experts block (these architectures have no other kind: its router is required;
         // deepseek2, glm4moe, ernie4_5-moe, dots1, bailingmoe2: those after the leading dense ones)
-        const bool moe_only = c.arch == Arch::Qwen3Moe || c.arch == Arch::GptOss || c.arch == Arch::Qwen2Moe ||
-                              c.arch == Arch::Olmoe || c.arch == Arch::GraniteMoe || c.arch == Arch::Qwen3VLMoe ||
-                              c.arch == Arch::Qwen35Moe || c.arch == Arch::HunyuanMoe || c.arch == Arch::SmallThinker ||
-                              c.arch == Arch::Qwen3Next || c.arch == Arch::MinimaxM2 || c.arch == Arch::PhiMoe;
-        const bool lead = c.arch == Arch::DeepSeek2 || c.arch == Arch::Glm4Moe || c.arch == Arch::Ernie4_5Moe ||
-                          c.arch == Arch::Lfm2Moe || c.arch == Arch::Dots1 || c.arch == Arch::BailingMoe2;
+        const bool moe_only = c.has(kRoutedBlocks);
+        const bool lead = c.has(kDenseLead);
         const bool moe = lead                     ? l >= c.n_layer_dense_lead
                          : c.arch == Arch::Llama4 ? c.moe_step_layer(l)
                                                   : c.n_expert > 0 && (moe_only || f.find_tensor(b + "ffn_gate_inp.weight"));
@@ -250,8 +242,7 @@ void Model::load_weights() {
                 if (c.shexp_gate) L.ffn_gate_inp_shexp = vector_f32(f, c, b + "ffn_gate_inp_shexp.weight", c.n_embd);
             }
             // (glm4moe's, lfm2moe's and minimax-m2's selection bias is required)
-            const bool bias_required = c.arch == Arch::Glm4Moe || c.arch == Arch::Lfm2Moe || c.arch == Arch::MinimaxM2;
-            if (bias_required || f.find_tensor(b + "exp_probs_b.bias"))
+            if (c.has(kSelBias) || f.find_tensor(b + "exp_probs_b.bias"))
                 L.exp_probs_b = vector_f32(f, c, b + "exp_probs_b.bias", c.n_expert);
         } else if (c.fused_qkv || c.fused_gate_up) {  // ffn_up holds the gate rows, then the up rows
             const WeightRef gate_up = matrix(f, c, b + "ffn_up.weight", 2 * int64_t(c.n_ff), c.n_embd);
