@@ -45,6 +45,14 @@ def as_f32(t: Any) -> np.ndarray:
     return gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(int(n) for n in reversed(t.shape)))
 
 
+def assert_same_keys(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Metadata equal key by key, numbers (and arrays of them) to pytest.approx's tolerance (which
+    takes no dictionary holding lists since pytest 9.2)."""
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v), k
+
+
 def assert_holds(path: Path, weights: dict[str, np.ndarray]) -> None:
     """The file holds exactly these tensors (GGUF name -> array), each value for value."""
     got = {name: as_f32(t) for name, t in tensors(path).items()}

@@ -208,7 +208,7 @@ def test_lora_init_without_apply(files, monkeypatch):
 
     d = files[0]
     seen = []
-    monkeypatch.setattr(srv, "_serve", lambda args, model: seen.append(model.lora_adapters))
+    monkeypatch.setattr(srv, "_serve", lambda args, model, **_: seen.append(model.lora_adapters))
     main(
         [
             "serve",
