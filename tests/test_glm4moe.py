@@ -8,11 +8,11 @@ run (llama.cpp's forward skips it too)."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pytest
-from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
+import routed_checks as RC
+from lcpp import llama_cpp_logits
 from splitllm import GGUFError, Model
 from splitllm.plan import plan
 from tiny_glm4moe import air, file_block_bytes, glm45, make_weights, reference_logits, write_gguf
@@ -89,10 +89,7 @@ def test_q8_0_matches_llama_cpp(tmp_path, name):
     cfg = CONFIGS[name]
     path = tmp_path / "q8.gguf"
     held = write_gguf(cfg, make_weights(cfg), path, weight_type="Q8_0")
-    theirs = llama_cpp_logits(path, TOKENS)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    check_routed_q8(ours, reference_logits(cfg, held, TOKENS), theirs)
+    RC.q8_against_llama_cpp(path, lambda w: reference_logits(cfg, w, TOKENS), held, TOKENS)
 
 
 @pytest.mark.reference
@@ -100,10 +97,7 @@ def test_q8_0_matches_llama_cpp(tmp_path, name):
 def test_greedy_tokens_match_llama_cpp(files, name):
     """12 greedy tokens after a prompt of 6, F32 weights: llama.cpp's."""
     _, path, _ = files[name]
-    want = llama_cpp_greedy(path, TOKENS[:6], 12)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        got = list(itertools.islice(m.generate(TOKENS[:6], temp=0.0), 12))
-    assert got == want
+    RC.greedy_matches_llama_cpp(path, TOKENS[:6])
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
