@@ -192,7 +192,7 @@ def test_gpu_layers_fall_back_to_cpu(files, name, monkeypatch):
     want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
     monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
     m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
+    assert len(m.warnings) == 1 and "latent attention" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
     np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())
     assert m.n_op_offload == 3  # each block once (the dense one's feed-forward offloaded)

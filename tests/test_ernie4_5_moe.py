@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
+from routed_checks import experts_on_host
 from splitllm import GGUFError, Model
 from tiny_ernie_moe import ErnieMoeConfig, make_weights, reference_logits, write_gguf
 from tiny_glm4moe import file_block_bytes
@@ -94,6 +95,13 @@ def test_placement_counts_every_weight(files, name):
     with Model(path, n_ctx=64, n_threads=2) as model:
         got = {p["name"]: p["weight_bytes"] for p in model.placement if p["name"].startswith("blk.")}
     assert got == file_block_bytes(path, cfg.n_layer)[0]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_experts_stay_on_the_host(files, name, monkeypatch):
+    """With a (fake) GPU: the blocks go there but for their routers, correction biases and
+    experts; the logits are the CPU's (routed_checks.experts_on_host)."""
+    experts_on_host(files[name][1], monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -162,20 +162,12 @@ def test_missing_tensor_is_named(tmp_path, drop):
         assert rel_err(m.logits(TOKENS[:8]), reference_logits(cfg, held, TOKENS[:8])) < F32_LOGITS_TOL
 
 
-def test_experts_stay_on_the_cpu(files, monkeypatch):
-    """With a (fake) GPU: the blocks stay on the CPU with a warning, the output layer goes to the
-    GPU, and a batch of 32 (op offload of the dense block's matmuls) gives the CPU's logits."""
-    from splitllm import _core
-
-    _, path, _ = files["glm45"]
-    toks = np.asarray(TOKENS, np.int32)
-    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
-    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
-    assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
-    np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_experts_stay_on_the_host(files, monkeypatch, ngl):
+    """With a (fake) GPU: the blocks go to the GPU but for their routers, selection biases and
+    experts (the dense lead block wholly), said once; the MTP layer is not loaded; the logits are
+    the CPU's (routed_checks.experts_on_host)."""
+    RC.experts_on_host(files["glm45"][1], monkeypatch, ngl=ngl)
 
 
 def test_state_round_trip_and_imatrix(files):

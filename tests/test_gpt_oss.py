@@ -72,3 +72,20 @@ def test_mxfp4_weights(tmp_path):
     theirs_err = np.abs(theirs - ref).max(axis=-1) / np.abs(ref).max()
     assert np.median(ours_err) < 2e-2
     assert ours_err[theirs_err < 2e-2].max() < 3e-2  # where llama.cpp's routes are the reference's
+
+
+def test_blocks_stay_on_the_cpu_with_a_gpu(tmp_path, monkeypatch):
+    """Attention sinks have no CUDA path yet: with a (fake) GPU the blocks stay on the CPU, said
+    once, the output layer goes to the GPU, and the logits are the CPU's."""
+    from splitllm import _core
+
+    path = tmp_path / "gpt-oss.gguf"
+    write_gguf(make_weights(gpt_oss()), path)
+    toks = np.asarray(TOKENS, np.int32)
+    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
+    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
+    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
+    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1, op_offload=False)
+    assert len(m.warnings) == 1 and "attention sinks" in m.warnings[0]
+    assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
+    np.testing.assert_array_equal(m.decode(*args), want)
