@@ -99,7 +99,8 @@ def test_experts_gpu_split_plan_matches_engine(tmp_path, fake_gpu):
     write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
     p = plan(path, n_ctx=128, n_batch=64, n_threads=2, n_gpu_layers=3, gpu_memory="1GiB")
     sizes = tensor_bytes(path)
-    host = [k for k in sizes if k.startswith(("blk.1.", "blk.2.")) and ("_exps." in k or "ffn_gate_inp." in k)]
+    gpu_blocks = ("blk.1.", "blk.2.")
+    host = [k for k in sizes if k.startswith(gpu_blocks) and ("_exps." in k or "ffn_gate_inp." in k)]
     device = [k for k in sizes if k.startswith(("blk.1.", "blk.2.", "output")) and k not in host]
     assert p.device("CPU").weights == sum(sizes.values()) - sum(sizes[k] for k in device)
     raw = sum(sizes[k] for k in device)
