@@ -436,7 +436,8 @@ GEMMA1_BAD: list[tuple[str, dict[str, Any], str]] = [
      r"config.json: no 'head_dim'; transformers' GemmaConfig then takes 256, but q_proj's 128 rows in "
      r".*model.safetensors hold 4 heads of 32"),
     ("config.json", {"head_dim": 16},
-     r"tensor 'model.layers.0.self_attn.k_proj.weight' in .* has shape \[64, 64\], config.json implies \[32, 64\]"),
+     r"tensor 'model.layers.0.self_attn.k_proj.weight' in .* has shape \[64, 64\], "
+     r"config.json implies \[32, 64\]"),
     ("config.json", {"rms_norm_eps": 0}, "config.json: 'rms_norm_eps' must be a positive number, got 0"),
     ("tokenizer.model", {}, "tokenizer.model: missing; llama.cpp's GemmaModel reads Gemma's SentencePiece"),
 ]  # fmt: skip
