@@ -139,7 +139,8 @@ class Gemma(_GemmaFamily):
       GemmaModel's second SpecialVocab (CodeGemma's FIM tokens): of its prefix / suffix / middle /
       fsep / eot ids gguf-py writes only the EOT (107 unless the files name another).
     - The GeGLU's GELU is llama.cpp's tanh approximation: a ``hidden_activation`` naming another
-      is refused (``hidden_act``, which Google's files set to "gelu", transformers' Gemma ignores).
+      is refused (``hidden_act``, which Google's files set to "gelu", is not read: transformers'
+      GemmaMLP of 2024 ignored it, taking hidden_activation or else gelu_pytorch_tanh).
     """
 
     hf_names = ("GemmaForCausalLM",)
