@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
+from routed_checks import experts_on_host
 from splitllm import Model
 from splitllm.quants import quantize
 from tiny_model import TinyConfig, check_engine_passes, make_weights, reference_logits, write_gguf
@@ -74,18 +75,11 @@ def test_mxfp4_weights(tmp_path):
     assert ours_err[theirs_err < 2e-2].max() < 3e-2  # where llama.cpp's routes are the reference's
 
 
-def test_blocks_stay_on_the_cpu_with_a_gpu(tmp_path, monkeypatch):
-    """Attention sinks have no CUDA path yet: with a (fake) GPU the blocks stay on the CPU, said
-    once, the output layer goes to the GPU, and the logits are the CPU's."""
-    from splitllm import _core
-
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_experts_stay_on_the_host(tmp_path, monkeypatch, ngl):
+    """With a (fake) GPU: the blocks (attention sinks, biases, the sliding layers' ring caches) go
+    to the GPU but for their biased routers and experts; the logits are the CPU's
+    (routed_checks.experts_on_host)."""
     path = tmp_path / "gpt-oss.gguf"
     write_gguf(make_weights(gpt_oss()), path)
-    toks = np.asarray(TOKENS, np.int32)
-    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
-    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1, op_offload=False)
-    assert len(m.warnings) == 1 and "attention sinks" in m.warnings[0]
-    assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
-    np.testing.assert_array_equal(m.decode(*args), want)
+    experts_on_host(path, monkeypatch, ngl=ngl)

@@ -425,6 +425,7 @@ void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache,
     sc.scale = p.scale > 0 ? p.scale : 1.0f / std::sqrt(float(kv.head_dim));
     sc.softcap = p.softcap;
     sc.window = p.window;
+    sc.sinks = p.sinks;
     enqueue([&] {
         store_kv(s, b, k, v, k_cache, v_cache, stream_);
         if (n_tok <= opt_.attn_vec_tokens)

@@ -75,8 +75,8 @@ struct AttnParams {
     bool chunked = false;
 };
 
-// Throws unless the GPU backends' attention takes these parameters (no sinks, per-layer head
-// counts or chunked windows; values as wide as keys, in their own cache). FAKEGPU0 checks it too.
+// Throws unless the GPU backends' attention takes these parameters (no per-layer head counts or
+// chunked windows; values as wide as keys, in their own cache). FAKEGPU0 checks it too.
 void check_gpu_attention(const KVLayout & kv, const AttnParams & p);
 
 // Throws unless a ring cache (kv.ring) can take a batch: a window, and per slot the batch's

@@ -89,6 +89,17 @@ def test_tiny_moe_model_experts_on_the_host(tmp_path, arch):
     check_moe_against_cpu(str(path), PROMPT)
 
 
+def test_tiny_gpt_oss_model(tmp_path):
+    """gpt-oss: attention sinks, q/k/v/o biases, sliding-window layers every other one (ring
+    caches), YaRN, on the GPU; biased routers and MXFP4 experts on the host."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    cfg = TinyConfig(arch="gpt-oss", n_layer=4, n_embd=256, n_head=8, n_head_kv=2, n_ff=256, n_expert=8,
+                     n_expert_used=2, n_ff_exp=256, sliding_window=16, rope_scaling=yarn, seed=14)
+    path = tmp_path / "tiny-gpt-oss.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="Q8_0", quantize=quantize)
+    check_moe_against_cpu(str(path), PROMPT)
+
+
 def forced(m, prompt, text):
     """The prompt's logits (one pass) and those of each pick of text, fed one token at a time."""
     first = logits(m, prompt)
