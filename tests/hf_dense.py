@@ -1,8 +1,9 @@
-"""Tiny random Hugging Face checkpoints of Ministral 3 / Mistral 3, GLM-4, EXAONE 4.0, ERNIE 4.5 and
-Command R7B (config.json as transformers saves them, safetensors, a tokenizer), and their float64
-logits: tiny_dense's forward pass on the weights under llama.cpp's names, rotating the pairs of
-values each model's modeling code pairs (rotate-half for Ministral 3 and EXAONE 4.0, interleaved for
-GLM-4, ERNIE 4.5 and Cohere 2), with the settings read from config.json as transformers reads them."""
+"""Tiny random Hugging Face checkpoints of Ministral 3 / Mistral 3, GLM-4, EXAONE 4.0, ERNIE 4.5,
+Command R7B and Command-R / R+ (config.json as transformers saves them, safetensors, a tokenizer),
+and their float64 logits: tiny_dense's forward pass on the weights under llama.cpp's names,
+rotating the pairs of values each model's modeling code pairs (rotate-half for Ministral 3 and
+EXAONE 4.0, interleaved for GLM-4, ERNIE 4.5 and Cohere 1 / 2), with the settings read from
+config.json as transformers reads them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tiny_dense import DenseConfig, reference_logits
 Weights = dict[str, np.ndarray]
 HF_ARCHS = {"mistral3": "Ministral3ForCausalLM", "mistral3-vl": "Mistral3ForConditionalGeneration",
             "glm4": "Glm4ForCausalLM", "exaone4": "Exaone4ForCausalLM", "ernie4_5": "Ernie4_5ForCausalLM",
-            "cohere2": "Cohere2ForCausalLM", "qwen3vl": "Qwen3VLForConditionalGeneration"}  # fmt: skip
+            "cohere2": "Cohere2ForCausalLM", "qwen3vl": "Qwen3VLForConditionalGeneration",
+            "command-r": "CohereForCausalLM"}  # fmt: skip
 # HF name (after model.layers.{bid}.) -> llama.cpp's (after blk.{bid}.), per architecture
 _BLOCK = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -60,6 +62,10 @@ def dense_config(arch: str, **over: Any) -> dict[str, Any]:
                    sliding_window=5, sliding_window_pattern=4, attention_bias=False, tie_word_embeddings=True,
                    layer_types=["sliding_attention"] * 3 + ["full_attention"])  # fmt: skip
         del cfg["rms_norm_eps"]
+    if arch == "command-r":  # (use_qk_norm: Command R+, 64 layers or more in llama.cpp)
+        cfg.update(model_type="cohere", layer_norm_eps=1e-5, logit_scale=0.25, use_qk_norm=False,
+                   attention_bias=False, tie_word_embeddings=True, model_max_length=1024)  # fmt: skip
+        del cfg["rms_norm_eps"]
     cfg.update(over)
     return cfg
 
@@ -84,9 +90,12 @@ def dense_weights(cfg: dict[str, Any], arch: str, *, seed: int = 0) -> Weights:
         if arch in ("exaone4", "qwen3vl"):
             w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.3)
             w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.3)
+        if cfg.get("use_qk_norm"):  # CohereLayerNorm((heads, head_dim)): a row per head
+            w[p + "self_attn.q_norm.weight"] = vec(nh * hd, 1.0, 0.3).reshape(nh, hd)
+            w[p + "self_attn.k_norm.weight"] = vec(nkv * hd, 1.0, 0.3).reshape(nkv, hd)
         if arch == "glm4":
             w[p + "post_self_attn_layernorm.weight"] = vec(e, 1.0, 0.2)
-        if arch != "cohere2":
+        if arch not in ("cohere2", "command-r"):
             w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.2)
         if arch == "glm4":  # gate rows, then up rows
             w[p + "mlp.gate_up_proj.weight"] = mat(2 * ff, e)
@@ -153,7 +162,9 @@ def tiny_dense_hf(d: Path, arch: str, *, dtype: str = "f32", shards: int = 1, se
 def hf_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
     """Logits (T, vocab) of the HF model ``cfg`` with weights ``w``, float64 (no cache rounding)."""
     arch = cfg.get("model_type", "")
-    arch = {"ministral3": "mistral3", "mistral": "mistral3", "qwen3_vl_text": "qwen3vl"}.get(arch, arch)
+    renamed = {"ministral3": "mistral3", "mistral": "mistral3", "qwen3_vl_text": "qwen3vl",
+               "cohere": "command-r"}  # fmt: skip
+    arch = renamed.get(arch, arch)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     assert hd == cfg["hidden_size"] // cfg["num_attention_heads"]  # (tiny_dense's head size)

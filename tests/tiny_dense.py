@@ -231,8 +231,9 @@ def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[in
         v = v.reshape(n, cfg.n_head_kv, hd)
         if cfg.arch in QK_NORM:  # each head RMS-normed
             q, k = rms(q, w[b + "attn_q_norm.weight"]), rms(k, w[b + "attn_k_norm.weight"])
-        if cfg.arch == "command-r" and b + "attn_q_norm.weight" in w:  # each head LayerNormed, its own row
-            q, k = layer_norm(q, w[b + "attn_q_norm.weight"]), layer_norm(k, w[b + "attn_k_norm.weight"])
+        if cfg.arch == "command-r":  # each head LayerNormed by a row of its own (where the weights are given)
+            q = layer_norm(q, w[b + "attn_q_norm.weight"]) if b + "attn_q_norm.weight" in w else q
+            k = layer_norm(k, w[b + "attn_k_norm.weight"]) if b + "attn_k_norm.weight" in w else k
         if cfg.rotates(i):
             q, k = rope(q, pos, inv, neox, mscale), rope(k, pos, inv, neox, mscale)
         if cfg.temp_beta:  # Ministral3's _get_llama_4_attn_scale
