@@ -1,7 +1,8 @@
-"""Ministral 3 / Mistral Small 3.x, GLM-4-0414, EXAONE 4.0, ERNIE-4.5 (dense), Command R7B and
-Command-R / R+: the tables and metadata of llama.cpp's Mistral3Model, Glm4Model, Exaone4Model,
-Ernie4_5Model, Cohere2Model and CommandR2Model (convert_hf_to_gguf.py), written as its
-``mistral3``, ``glm4``, ``exaone4``, ``ernie4_5``, ``cohere2`` and ``command-r`` architectures.
+"""Ministral 3 / Mistral Small 3.x, GLM-4-0414, EXAONE 4.0 and 3.x, ERNIE-4.5 (dense), Command R7B
+and Command-R / R+: the tables and metadata of llama.cpp's Mistral3Model, Glm4Model, Exaone4Model,
+ExaoneModel, Ernie4_5Model, Cohere2Model and CommandR2Model (convert_hf_to_gguf.py), written as its
+``mistral3``, ``glm4``, ``exaone4``, ``exaone``, ``ernie4_5``, ``cohere2`` and ``command-r``
+architectures.
 
 What llama.cpp would run differently from transformers is refused rather than written:
 
@@ -12,6 +13,7 @@ What llama.cpp would run differently from transformers is refused rather than wr
 - ernie4_5: ``use_bias`` (llama.cpp's graph drops the attention output's bias).
 - cohere2: biases, an output matrix of its own, a partial rotation, another pattern of sliding
   layers than every fourth layer global (llama.cpp's default; the converter writes no pattern).
+- exaone: another activation than silu, a head size other than hidden_size / heads.
 - command-r: cohere2's refusals, and use_qk_norm on fewer than 64 layers (or not on 64 or more):
   llama.cpp reads the q/k norms by the model's depth alone.
 
@@ -277,6 +279,63 @@ class Exaone4(Architecture):
 
     def _llama3_factors(self) -> Any:
         return Llama._llama3_factors(self)  # type: ignore[arg-type]
+
+
+_X = "transformer.h.{bid}."
+
+
+class Exaone(Architecture):
+    """ExaoneForCausalLM (EXAONE 3.0 / 3.5): a llama under GPT-2-style names (transformer.wte, h.N.ln_1,
+    attn.attention.q/k/v_proj and out_proj, ln_2, mlp.c_fc_0 (gate), c_fc_1 (up), c_proj,
+    transformer.ln_f), HF's q/k rows as they are (rotate_half: llama.cpp's NEOX rotation), Llama 3
+    rope scaling (EXAONE 3.5) as the rope_freqs tensor; num_layers, layer_norm_epsilon. ExaoneModel's
+    keys (TextModel's and rope.dimension_count), but for the norms' epsilon: llama.cpp 0.3.36's
+    converter writes layer_norm_epsilon, which its own exaone loader refuses; it is written as
+    layer_norm_rms_epsilon, the key that loader requires (and older converters wrote)."""
+
+    hf_names = ("ExaoneForCausalLM",)
+    gguf_arch = "exaone"
+    rules = (
+        TensorRule("transformer.wte.weight", "token_embd.weight", ("vocab", "embd")),
+        *(TensorRule(_X + hf, B + g, shape) for hf, g, shape in (
+            ("ln_1.weight", "attn_norm.weight", ("embd",)),
+            ("attn.attention.q_proj.weight", "attn_q.weight", ("q", "embd")),
+            ("attn.attention.k_proj.weight", "attn_k.weight", ("kv", "embd")),
+            ("attn.attention.v_proj.weight", "attn_v.weight", ("kv", "embd")),
+            ("attn.attention.out_proj.weight", "attn_output.weight", ("embd", "q")),
+            ("ln_2.weight", "ffn_norm.weight", ("embd",)),
+            ("mlp.c_fc_0.weight", "ffn_gate.weight", ("ff", "embd")),
+            ("mlp.c_fc_1.weight", "ffn_up.weight", ("ff", "embd")),
+            ("mlp.c_proj.weight", "ffn_down.weight", ("embd", "ff")))),
+        TensorRule("transformer.ln_f.weight", "output_norm.weight", ("embd",)),
+        _OUTER[2],
+    )  # fmt: skip
+    ignored = (_X + "attn.attention.rotary.inv_freq",)
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        cfg = {"num_hidden_layers": cfg.get("num_layers"), **cfg}  # (ExaoneConfig's name for it)
+        super().__init__(cfg, config_path)
+        act = cfg.get("activation_function", "silu")
+        if act != "silu":  # (ExaoneModel asserts it)
+            raise ConvertError(
+                f"{config_path}: 'activation_function' is {act!r}: llama.cpp's exaone runs silu"
+            )
+        if self.head_dim != self.n_embd // self.n_head:
+            raise ConvertError(
+                f"{config_path}: 'head_dim' {self.head_dim}: llama.cpp's exaone needs "
+                f"hidden_size / num_attention_heads ({self.n_embd // self.n_head})"
+            )
+
+    def add_norm_eps(self, w: GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(float(self.cfg.get("layer_norm_epsilon", 1e-5)))
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_rope_dimension_count(self.head_dim)
+
+    read_vocab = Exaone4.read_vocab
+    _generated = Exaone4._generated
+    _llama3_factors = Exaone4._llama3_factors
 
 
 class Ernie4_5(Architecture):  # noqa: N801 - the architecture's name
