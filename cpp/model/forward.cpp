@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/vecmath.h"
+#include "model/command_r.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
 #include "model/op_offload.h"
@@ -165,7 +166,10 @@ void Model::mixer(Backend * be, Backend * mm, int l, Scratch & s, int n, const i
                 for (int i = 0; i < 3; ++i)
                     if (sc[i] != 1.0f) be->add(qkv_out[i], qkv_out[i], int64_t(n) * qkv[i]->rows, sc[i] - 1.0f);
             }
-            if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
+            if (c.qk_norm_heads) {  // command-r: each head LayerNormed, weights per head (command_r.cpp)
+                SL_CHECK(be->is_cpu(), "internal: command-r's q/k norms run on the CPU only");
+                command_r_qk_norm(cpu_->pool(), c, L, s.q, s.k, n);
+            } else if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
                 be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
                 be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
             } else if (L.attn_q_norm && !c.qk_norm_after_rope) {  // qwen3: each query and key head RMS-normed before the rotation

@@ -245,6 +245,11 @@ Model::PlacementPlan Model::plan_placement() const {
                             "the CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
         pp.n_gpu = 1;
     }
+    if (c.qk_norm_heads && pp.n_gpu > 1) {  // (command-r's per-head q/k LayerNorms: no CUDA path yet)
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of a %s model (per-head query and key LayerNorms) run on "
+                            "the CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
+        pp.n_gpu = 1;
+    }
     if (c.norm_bias && pp.n_gpu > 0) {  // (no CUDA LayerNorm bias yet: the output norm has one too)
         pp.warning = strfmt("n_gpu_layers=%d: a %s model (norms with biases) runs on the CPU in this version",
                             ngl, c.arch_name.c_str());
