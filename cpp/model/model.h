@@ -562,6 +562,7 @@ private:
         float scale = 1.0f;  // scale * alpha / rank (alpha 0: scale)
         int64_t rows = 0, rank = 0;
         int layer = -1;                                   // its block (-1: the output layer)
+        bool attention = false;                           // of an attention matrix (else the feed-forward's)
         std::vector<std::tuple<int, int, int64_t>> uses;  // (lora_ index, term, first row of B)
         std::vector<float> host;                          // B times the scale, while the CPU needs it
     };
