@@ -533,14 +533,15 @@ private:
     // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU),
     // and the shared experts' output if any. route: the picks and weights of n tokens' logits
     // (bias: deepseek2's selection bias, or null).
-    void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
+    // (mm: the experts' matmuls, op offload's for large batches)
+    void moe_ffn(Backend * be, Backend * mm, const LayerWeights & L, Scratch & s, int n);
     // A GPU block's mixture of experts: its router, experts and a gated shared expert run on the
     // CPU (their weights stay in host memory: llama.cpp's --cpu-moe), adding to the stream s.x.
     void moe_ffn_host(Backend * be, const LayerWeights & L, Scratch & s, int n);
     // The CPU's s.router = the layer's router logits of x (n rows, on be: copied to the host first).
     void router_logits(Backend * be, int l, const float * x, int n);
     // x += the experts' mixture for the tokens of h as routes_ holds them (after route), f their activation.
-    void run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act);
+    void run_experts(Backend * be, Backend * mm, const LayerWeights & L, Scratch & s, int n, Glu act);
     void route(const float * logits, int n, const float * bias);
     // qwen2moe: sigmoid(ffn_gate_inp_shexp . h) of each of the n tokens of s.h, in s.router.
     const float * shared_expert_gates(const LayerWeights & L, Scratch & s, int n);
