@@ -44,6 +44,7 @@ class DeciConfig:
     rope_scaling: dict[str, Any] | None = field(default_factory=lambda: dict(LLAMA3))
     rms_eps: float = 1e-5
     tied: bool = False
+    biases: bool = False  # q / k / v / o biases on the attention layers (llama.cpp reads them where present)
     seed: int = 0
     arch: str = "deci"
     n_ctx_train: int = 256
@@ -85,6 +86,9 @@ def make_weights(cfg: DeciConfig) -> Weights:
             w[b + "attn_v.weight"] = mat(nkv * hd, e)
         if nh > 0:
             w[b + "attn_output.weight"] = mat(e, nh * hd if nkv > 0 else e)
+        if nh > 0 and nkv > 0 and cfg.biases:
+            for t, rows in (("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd), ("output", e)):
+                w[b + f"attn_{t}.bias"] = 0.3 * rng.normal(size=rows)
         if ff > 0:
             w[b + "ffn_norm.weight"] = norm()
             w[b + "ffn_gate.weight"] = mat(ff, e)
@@ -163,9 +167,13 @@ def attention(
     n, hd = h.shape[0], cfg.head_dim
     pos = np.arange(n)
     inv = rope_inv_freq(cfg)  # type: ignore[arg-type]
-    q = rope((h @ w[b + "attn_q.weight"].T).reshape(n, nh, hd), pos, inv, False)
-    k = rope((h @ w[b + "attn_k.weight"].T).reshape(n, nkv, hd), pos, inv, False)
-    v = (h @ w[b + "attn_v.weight"].T).reshape(n, nkv, hd)
+
+    def proj(t: str) -> np.ndarray:
+        return h @ w[b + f"attn_{t}.weight"].T + w.get(b + f"attn_{t}.bias", 0)
+
+    q = rope(proj("q").reshape(n, nh, hd), pos, inv, False)
+    k = rope(proj("k").reshape(n, nkv, hd), pos, inv, False)
+    v = proj("v").reshape(n, nkv, hd)
     if kv_f16:
         k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
     heads = np.array([kv_of_head(j, nkv) if kv_of_head else j // (nh // nkv) for j in range(nh)])
@@ -173,7 +181,7 @@ def attention(
     s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + np.triu(np.full((n, n), -np.inf), 1)
     s = np.exp(s - s.max(axis=-1, keepdims=True))
     att = np.einsum("hqk,khd->qhd", s / s.sum(axis=-1, keepdims=True), v).reshape(n, nh * hd)
-    return att @ w[b + "attn_output.weight"].T
+    return att @ w[b + "attn_output.weight"].T + w.get(b + "attn_output.bias", 0)
 
 
 def reference_logits(
