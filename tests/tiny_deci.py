@@ -26,7 +26,7 @@ from typing import Any
 
 import gguf
 import numpy as np
-from tiny_model import llama3_rope_factors, rope, rope_inv_freq, write_byte_vocab, write_tensors
+from tiny_model import llama3_rope_factors, rope, rope_inv_freq, write_byte_vocab, write_file
 
 Weights = dict[str, np.ndarray]
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -138,12 +138,7 @@ def write_deci_gguf(
     write_byte_vocab(wr, cfg.n_vocab)
     if cfg.rope_scaling:
         wr.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))  # type: ignore[arg-type]
-    held = write_tensors(wr, w, weight_type)
-    wr.write_header_to_file()
-    wr.write_kv_data_to_file()
-    wr.write_tensors_to_file()
-    wr.close()
-    return held
+    return write_file(wr, w, weight_type)
 
 
 def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
