@@ -192,7 +192,15 @@ def test_gpu_layers_stay_on_the_cpu(f32, monkeypatch):
         (dict(metadata={"rope.dimension_count": 8}), "rope.dimension_count"),
         (dict(drop="blk.1.attn_output.weight"), "blk.1.attn_output.weight"),
         (dict(drop="blk.5.ffn_norm.weight"), "blk.5.ffn_norm.weight"),
-        (dict(add=("blk.1.attn_q.weight", (64, 64))), "without attention heads"),
+        (
+            dict(add=("blk.1.attn_q.weight", (64, 64))),
+            "blk.1.attn_q.weight' in a layer without attention heads",
+        ),
+        (dict(add=("blk.2.attn_norm.weight", (64,))), r"blk.2.attn_norm.weight.*head_count' = 0"),
+        (
+            dict(add=("blk.4.ffn_up.weight", (64, 64))),
+            r"without a feed-forward \(metadata 'deci.feed_forward_length",
+        ),
         (dict(add=("blk.0.ffn_up.bias", (96,))), "feed-forward biases"),
     ],
 )

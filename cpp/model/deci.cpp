@@ -74,10 +74,21 @@ void Model::load_deci_layers() {
                  {std::pair{&L.wq, "attn_q"}, {&L.wk, "attn_k"}, {&L.wv, "attn_v"}, {&L.wo, "attn_output"}})
                 optional_bias(f, c, *w, b + name + ".bias");
         }
-        for (const char * name : {"attn_q.weight", "attn_k.weight", "attn_v.weight"})
-            if ((n_q == 0 || n_kv == 0) && f.find_tensor(b + name))
-                throw GGUFError(strfmt("%s: tensor '%s%s' in a layer without attention heads (metadata "
-                                       "'%s.attention.head_count_kv' = 0)", path, b.c_str(), name, c.arch_name.c_str()));
+        // (tensors of what the layer lacks: llama.cpp refuses the file, its count of tensors off)
+        enum Part { kAttn, kQkv, kFfn };
+        for (auto [name, part] : {std::pair{"attn_norm.weight", kAttn}, {"attn_output.weight", kAttn},
+                                  {"attn_q.weight", kQkv}, {"attn_k.weight", kQkv}, {"attn_v.weight", kQkv},
+                                  {"ffn_norm.weight", kFfn}, {"ffn_gate.weight", kFfn}, {"ffn_up.weight", kFfn},
+                                  {"ffn_down.weight", kFfn}}) {
+            const char * key = part == kFfn ? "feed_forward_length"
+                               : n_q == 0   ? "attention.head_count"
+                                            : "attention.head_count_kv";
+            const bool lacks = part == kFfn ? n_ff == 0 : n_q == 0 || (part == kQkv && n_kv == 0);
+            if (lacks && f.find_tensor(b + name))
+                throw GGUFError(strfmt("%s: tensor '%s%s' in a layer without %s (metadata '%s.%s' = 0)", path,
+                                       b.c_str(), name, part == kFfn ? "a feed-forward" : "attention heads",
+                                       c.arch_name.c_str(), key));
+        }
         if (n_ff > 0) {
             L.ffn_norm = vector_f32(f, c, b + "ffn_norm.weight", c.n_embd);
             L.w_gate = matrix(f, c, b + "ffn_gate.weight", n_ff, c.n_embd);
