@@ -90,6 +90,17 @@ def test_state_round_trip(f32):
         np.testing.assert_array_equal(m.eval_prompt(TOKENS[:14]), want)
 
 
+def test_importance_matrix_names_each_layers_matrices(f32):
+    """An importance matrix of a pass: an entry for each matrix the blocks hold (the linear
+    attention's map reading the normed input), none for what a layer lacks."""
+    path, held = f32
+    with Model(path, **OPTS) as m:
+        m.imatrix_start()
+        m.logits(TOKENS)
+        im = m.imatrix_stop()
+    assert sorted(im.entries) == sorted(n for n, x in held.items() if n.startswith("blk.") and x.ndim == 2)
+
+
 def test_q8_0_kv_cache(tmp_path):
     """Quantized (q8_0) keys and values in the attending layers' caches (head size 32): ours 4.1e-3
     from the reference, llama.cpp 6.4e-3 (its flash attention, as q8_0 values need), 7.7e-3 apart."""
