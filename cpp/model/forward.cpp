@@ -55,6 +55,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
+        if (c.arch == Arch::Deci) {  // (deci.cpp: shapes per layer)
+            deci_layer(be, mm, l, s, n);
+            continue;
+        }
         if (c.nemotron() && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP / MoE layers (nemotron_h.cpp)
             nemotron_h_mlp(mm, l, s, n);
             continue;

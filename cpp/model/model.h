@@ -517,6 +517,9 @@ private:
     // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU;
     // nemotron_h_moe: the experts' mix first). relu_squared: v = relu(v)^2 for n values.
     void load_nemotron_h_layers();
+    // deci.cpp: its blocks' weights (shapes per layer) and a block's pass (on the CPU).
+    void load_deci_layers();
+    void deci_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
     void nemotron_h_mlp(Backend * mm, int l, Scratch & s, int n);
     void relu_squared(float * v, int64_t n);
     // falcon_h1.cpp: the layer's normed input kept (in ssm_y_) while the attention runs, then its

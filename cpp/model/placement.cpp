@@ -250,11 +250,13 @@ Model::PlacementPlan Model::plan_placement() const {
                             "the output layer goes to the GPU", ngl);
         pp.n_gpu = 1;
     }
-    // (deepseek2's latent attention, llama4's chunked layers: no CUDA path yet)
-    if ((c.arch == Arch::DeepSeek2 || c.arch == Arch::Llama4) && pp.n_gpu > 1) {
+    // (deepseek2's latent attention, llama4's chunked layers, deci's per-layer heads: no CUDA path yet)
+    if ((c.arch == Arch::DeepSeek2 || c.arch == Arch::Llama4 || c.arch == Arch::Deci) && pp.n_gpu > 1) {
         pp.warning = strfmt("n_gpu_layers=%d: the blocks of a %s model (%s) run on the CPU in this version; only the "
                             "output layer goes to the GPU", ngl, c.arch_name.c_str(),
-                            c.arch == Arch::DeepSeek2 ? "latent attention" : "chunked attention");
+                            c.arch == Arch::DeepSeek2 ? "latent attention"
+                            : c.arch == Arch::Llama4  ? "chunked attention"
+                                                      : "attention shapes per layer");
         pp.n_gpu = 1;
     }
     if (c.nemotron() && pp.n_gpu > 1) {  // (its MLP layers' squared ReLU: no CUDA path yet)
