@@ -7,6 +7,7 @@ and restored."""
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import replace
 
 import gguf
@@ -144,6 +145,42 @@ def test_no_attention_layers(case, monkeypatch):
     with m:
         assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
         np.testing.assert_allclose(m.logits(TOKENS[:6]), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_batching_engine(case):
+    """The server's batching engine over two slots of the file's whole context (n_ctx 0): two
+    prompts at once, then a turn continuing one slot's text (only its new tokens read) and a prompt
+    sharing only part of one (read again): each first row is the reference's."""
+    from splitllm.engine import BatchEngine
+    from splitllm.sampling import SamplingParams
+
+    cfg, path, held = case
+    greedy = SamplingParams(temperature=0)
+    firsts, cached = [], []
+    with Model(path, n_ctx=0, n_batch=4, n_seq_max=2, n_threads=2) as m:
+        eng = BatchEngine(m)
+        try:
+
+            def run(prompts):
+                jobs = [eng.submit(p, on_event=lambda ev: None, params=greedy, max_tokens=3) for p in prompts]
+                for job in jobs:
+                    deadline = time.monotonic() + 60
+                    while not job.finished:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.01)
+                    firsts.append((job.prompt, eng._slots[job.slot].logits.copy()))
+                    cached.append(job.n_cached)
+                return jobs
+
+            a, _ = run([TOKENS[:10], TOKENS[::-1][:7]])
+            turn = list(a.tokens) + [9, 8, 7]
+            run([turn])
+            run([TOKENS[:6] + [1, 2, 3]])
+        finally:
+            eng.close()
+    assert cached[2] == len(turn) - 3 and cached[3] == 0
+    for prompt, got in firsts:
+        assert rel_err(got, mamba_reference_logits(cfg, held, list(prompt))[-1]) < 1e-4
 
 
 def test_imatrix_collects_in_and_out_projections(case):
