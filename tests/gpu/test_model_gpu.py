@@ -306,13 +306,14 @@ def test_lora_scales_changed_on_the_gpu(tmp_path):
         assert got_text == ref_text, scale
 
 
-@pytest.mark.parametrize("arch", ["lfm2", "granitehybrid", "qwen35", "qwen3next"])
+@pytest.mark.parametrize("arch", ["lfm2", "granitehybrid", "qwen35", "qwen3next", "mamba", "mamba2"])
 def test_tiny_recurrent_model_keeps_its_blocks_on_the_cpu(tmp_path, arch):
     """lfm2's short-convolution blocks, granitehybrid's Mamba-2 blocks and qwen35's delta-net blocks
     have no CUDA kernels yet (qwen3next's warning names its experts instead):
     n_gpu_layers puts only the output layer on the GPU, with a warning naming them (the blocks'
     large batches may still go there by op offload); logits and greedy text are the CPU's."""
     from tiny_lfm2 import Lfm2Config, write_lfm2_gguf
+    from tiny_mamba import MambaConfig, write_mamba_gguf
     from tiny_mamba2 import HybridConfig, write_hybrid_gguf
     from tiny_qwen35 import Qwen35Config, write_qwen35_gguf
 
@@ -320,6 +321,9 @@ def test_tiny_recurrent_model_keeps_its_blocks_on_the_cpu(tmp_path, arch):
     if arch == "lfm2":
         cfg = Lfm2Config(n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=10)
         write_lfm2_gguf(cfg, path, weight_type="Q4_K", quantize=quantize)
+    elif arch in ("mamba", "mamba2"):  # (pure state-space models: no KV cache)
+        cfg = MambaConfig(version=1 if arch == "mamba" else 2, n_embd=256, dt_rank=32, seed=12)
+        write_mamba_gguf(cfg, path, weight_type="Q8_0")
     elif arch in ("qwen35", "qwen3next"):
         moe = dict(qwen3next=True, n_expert=4) if arch == "qwen3next" else {}
         cfg = Qwen35Config(n_embd=256, n_ff=512, seed=11, **moe)
@@ -331,7 +335,7 @@ def test_tiny_recurrent_model_keeps_its_blocks_on_the_cpu(tmp_path, arch):
     ref_logits, ref_text = greedy(cpu, PROMPT)
     m = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1)
     kind = {"lfm2": "short-convolution", "granitehybrid": "Mamba-2", "qwen35": "gated delta-net",
-            "qwen3next": "gated delta-net"}[arch]
+            "qwen3next": "gated delta-net", "mamba": "Mamba layers", "mamba2": "Mamba-2"}[arch]
     assert len(m.warnings) == 1 and kind in m.warnings[0]
     devices = [p["device"] for p in m.placement]
     assert devices[1:-1] == ["CPU"] * cfg.n_layer and devices[-1] != "CPU"
