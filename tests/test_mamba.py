@@ -156,6 +156,30 @@ def test_imatrix_collects_in_and_out_projections(case):
             assert e.counts.tolist() == [len(TOKENS)] and len(e.sums[0]) == width
 
 
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_k_m"])
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_quantize_matches_llama_quantize(tmp_path, name, qtype):
+    """splitllm quantize of an f32 file: the tensors, types and bytes of llama.cpp's quantizer (the
+    kernels, A, D and the norms kept F32; dt_proj's 32 columns whole blocks of q8_0 only)."""
+    import test_convert as TC
+    from splitllm_convert import FILE_TYPES
+    from splitllm_convert.requantize import quantize
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path, _ = tiny(tmp_path, replace(CASES[name], n_embd=256, dt_rank=32))
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    TC.lcpp_quantize(llama_cpp, path, theirs, int(FILE_TYPES[qtype].ftype))
+    quantize(path, ours, qtype.upper(), nthreads=2)
+    got, want = TC.tensors(ours), TC.tensors(theirs)
+    assert sorted(got) == sorted(want)
+    for n, t in got.items():
+        assert (t.tensor_type, list(t.shape)) == (want[n].tensor_type, list(want[n].shape)), n
+        assert np.array_equal(np.asarray(t.data), np.asarray(want[n].data)), n
+    assert (
+        got["blk.0.ssm_a"].tensor_type.name == "F32" and got["blk.0.ssm_in.weight"].tensor_type.name != "F32"
+    )
+
+
 @pytest.mark.parametrize(
     "name, changes, drop, match",
     [
