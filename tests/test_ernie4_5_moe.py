@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
-from routed_checks import experts_on_host
+from routed_checks import split_with_host_parts
 from splitllm import GGUFError, Model
 from tiny_ernie_moe import ErnieMoeConfig, make_weights, reference_logits, write_gguf
 from tiny_glm4moe import file_block_bytes
@@ -100,8 +100,8 @@ def test_placement_counts_every_weight(files, name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_experts_stay_on_the_host(files, name, monkeypatch):
     """With a (fake) GPU: the blocks go there but for their routers, correction biases and
-    experts; the logits are the CPU's (routed_checks.experts_on_host)."""
-    experts_on_host(files[name][1], monkeypatch)
+    experts; the logits are the CPU's (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(files[name][1], monkeypatch)
 
 
 @pytest.mark.parametrize(

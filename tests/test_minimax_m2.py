@@ -9,12 +9,12 @@ import dataclasses
 
 import pytest
 from routed_checks import (
-    experts_on_host,
     f32_against_llama_cpp,
     greedy_matches_llama_cpp,
     q8_against_llama_cpp,
     refused,
     rel_err,
+    split_with_host_parts,
     write_files,
 )
 from tiny_minimax import MinimaxM2Config, make_weights, reference_logits, write_gguf
@@ -111,5 +111,5 @@ def test_missing_tensor_is_named(tmp_path, drop):
 
 def test_experts_stay_on_the_host(files, monkeypatch):
     """With a (fake) GPU: the blocks go to the GPU but for their routers, selection biases and
-    experts, said once; the logits are the CPU's (routed_checks.experts_on_host)."""
-    experts_on_host(files["m2"][1], monkeypatch)
+    experts, said once; the logits are the CPU's (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(files["m2"][1], monkeypatch)

@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
-from routed_checks import experts_on_host
+from routed_checks import split_with_host_parts
 from splitllm import GGUFError, Model
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 from tiny_moe_var import VarConfig, make_weights, reference_logits, write_var_gguf
@@ -211,8 +211,8 @@ def test_experts_stay_on_the_host(tmp_path, monkeypatch, case, ngl):
     """n_gpu_layers on a (fake) GPU: the blocks go to the GPU but for their routers and experts,
     said once; the logits (a prompt past the op-offload threshold, then a token) are the CPU's (the
     router reading the block's input, copied to the host; the NextN block left out; the sliding
-    layers too): routed_checks.experts_on_host."""
-    experts_on_host(_write(tmp_path, case)[1], monkeypatch, ngl=ngl)
+    layers too): routed_checks.split_with_host_parts."""
+    split_with_host_parts(_write(tmp_path, case)[1], monkeypatch, ngl=ngl)
 
 
 @pytest.mark.parametrize("case", ONE_EACH)
