@@ -5,6 +5,7 @@ model file and ``ref(tokens) -> logits (n, n_vocab)``, the float64 reference of 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from itertools import islice
 
@@ -145,3 +146,58 @@ def plan_equals_model(path: str) -> object:
     cpu = p.device("CPU")
     assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (got["buffers"], got["weights"], got["kv"])
     return cpu
+
+
+def scan_parts_matter(
+    ref: Callable[[dict[str, np.ndarray]], np.ndarray], held: dict[str, np.ndarray]
+) -> None:
+    """A state-space reference ``ref(weights) -> logits`` moves materially (past the first token)
+    when the scan forgets its state (A -> -inf), the convolution's taps are reversed, the D skip is
+    dropped or dt's bias moves: the comparisons against it see each of them."""
+    want = ref(held)
+
+    def changed(suffix: str, f: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: (f(v) if k.endswith(suffix) else v) for k, v in held.items()}
+
+    for weights in (
+        changed("ssm_a", lambda a: a * 1e6),
+        changed("ssm_conv1d.weight", lambda k: k[:, ::-1]),
+        changed("ssm_d", np.zeros_like),
+        changed("ssm_dt.bias", lambda b: b + 2.0),
+    ):
+        assert rel_err(ref(weights), want)[1:].min() > 1e-3
+
+
+def batching_engine_slots(path: str, ref: Reference, tokens: list[int], n_ctx: int = 128) -> None:
+    """Two prompts at once in the batching engine (the server's) over two slots, then a next turn
+    continuing a slot's text (only its new tokens read) and a prompt sharing only part of one (read
+    again): each first row is the reference's."""
+    from splitllm.engine import BatchEngine  # noqa: PLC0415
+    from splitllm.sampling import SamplingParams  # noqa: PLC0415
+
+    greedy = SamplingParams(temperature=0)
+    firsts, cached = [], []
+    with Model(path, n_ctx=n_ctx, n_batch=4, n_seq_max=2, n_threads=2) as m:
+        eng = BatchEngine(m)
+        try:
+
+            def run(prompts: list[list[int]]) -> list:
+                jobs = [eng.submit(p, on_event=lambda ev: None, params=greedy, max_tokens=3) for p in prompts]
+                for job in jobs:
+                    deadline = time.monotonic() + 60
+                    while not job.finished:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.01)
+                    firsts.append((job.prompt, eng._slots[job.slot].logits.copy()))
+                    cached.append(job.n_cached)
+                return jobs
+
+            a, _ = run([tokens[:10], tokens[::-1][:7]])
+            turn = list(a.tokens) + [9, 8, 7]  # the slot's whole text, then more
+            run([turn])
+            run([tokens[:6] + [1, 2, 3]])
+        finally:
+            eng.close()
+    assert cached[2] == len(turn) - 3 and cached[3] == 0
+    for prompt, got in firsts:
+        assert rel_err(got, ref(list(prompt))[-1]) < 1e-4

@@ -18,6 +18,7 @@ from recurrent_checks import (
     prefix_reused_only_where_the_state_is,
     rel_err,
     same_greedy_as_llama_cpp,
+    scan_parts_matter,
     slot_continues_only_where_it_stopped,
     state_saved_and_loaded,
     two_sequences_equal_each_alone,
@@ -71,18 +72,7 @@ def test_the_reference_sees_every_part(tmp_path, dense):
     convolution's taps are reversed, the D skip or the gate's norm are dropped: the comparisons
     above see each of them, and the groups of the norm."""
     _, held = dense
-    ref = hybrid_reference_logits(DENSE, held, TOKENS)
-
-    def changed(suffix: str, f) -> dict[str, np.ndarray]:
-        return {k: (f(v) if k.endswith(suffix) else v) for k, v in held.items()}
-
-    for weights in (
-        changed("ssm_a", lambda a: a * 1e6),
-        changed("ssm_conv1d.weight", lambda k: k[:, ::-1]),
-        changed("ssm_d", np.zeros_like),
-        changed("ssm_dt.bias", lambda b: b + 2.0),
-    ):
-        assert rel_err(hybrid_reference_logits(DENSE, weights, TOKENS), ref)[1:].min() > 1e-3
+    scan_parts_matter(lambda w: hybrid_reference_logits(DENSE, w, TOKENS), held)
     path, held = tiny(tmp_path, MOE)  # (two groups: normed over the whole d_inner it differs)
     ref = hybrid_reference_logits(MOE, held, TOKENS)
     assert rel_err(hybrid_reference_logits(replace(MOE, norm_groups=1), held, TOKENS), ref).max() > 1e-3

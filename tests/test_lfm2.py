@@ -5,7 +5,6 @@ keeps beside its KV cache across passes, sequences, saved states and reused pref
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from itertools import islice
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
 from recurrent_checks import (
+    batching_engine_slots,
     plan_equals_model,
     prefix_reused_only_where_the_state_is,
     same_greedy_as_llama_cpp,
@@ -125,37 +125,8 @@ def test_save_and_load_state(lfm2):
 
 
 def test_batching_engine_slots(lfm2):
-    """Two prompts at once in the batching engine, then a next turn continuing a slot's text and a
-    prompt sharing only part of one: each first row is the reference's."""
-    from splitllm.engine import BatchEngine
-    from splitllm.sampling import SamplingParams
-
     path, held = lfm2
-    greedy = SamplingParams(temperature=0)
-    firsts, cached = [], []
-    with Model(path, n_ctx=128, n_batch=4, n_seq_max=2, n_threads=2) as m:
-        eng = BatchEngine(m)
-        try:
-            def run(prompts):
-                jobs = [eng.submit(p, on_event=lambda ev: None, params=greedy, max_tokens=3) for p in prompts]
-                for job in jobs:
-                    deadline = time.monotonic() + 60
-                    while not job.finished:
-                        assert time.monotonic() < deadline
-                        time.sleep(0.01)
-                    firsts.append((job.prompt, eng._slots[job.slot].logits.copy()))
-                    cached.append(job.n_cached)
-                return jobs
-
-            a, _ = run([TOKENS[:10], TOKENS[::-1][:7]])
-            turn = list(a.tokens) + [9, 8, 7]  # the slot's whole text, then more
-            run([turn])
-            run([TOKENS[:6] + [1, 2, 3]])
-        finally:
-            eng.close()
-    assert cached[2] == len(turn) - 3 and cached[3] == 0
-    for prompt, got in firsts:
-        assert rel_err(got, lfm2_reference_logits(LFM2, held, list(prompt))[-1]) < 1e-4
+    batching_engine_slots(path, lambda t: lfm2_reference_logits(LFM2, held, t), TOKENS)
 
 
 def test_bad_files_are_refused(tmp_path):

@@ -19,7 +19,8 @@ text model; the vision tower is left out), Gemma3TextModel (EmbeddingGemma; its
 sentence-transformers Dense modules with ``sentence_transformers_dense_modules``, see ``gemma``),
 FalconH1ForCausalLM (Falcon-H1; see ``falcon_h1``), GraniteForCausalLM (Granite 3.x dense),
 GraniteMoeHybridForCausalLM (Granite 4.0 H; see
-``granite_hybrid``), LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM,
+``granite_hybrid``), LlamaForCausalLM, MambaForCausalLM, FalconMambaForCausalLM and
+Mamba2ForCausalLM (see ``mamba``), MistralForCausalLM, MixtralForCausalLM,
 NemotronHForCausalLM (Nemotron-H, Nemotron Nano 2, Nemotron 3 Nano; see ``nemotron_h``), NomicBertModel
 (nomic-embed-text; see ``nomic``), Olmo2ForCausalLM, Phi3ForCausalLM,
 Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, SmolLM3ForCausalLM (Granite, OLMo 2 and

@@ -33,6 +33,7 @@ from splitllm_convert.granite_hybrid import GraniteHybrid
 from splitllm_convert.lfm2 import Lfm2, Lfm2Moe
 from splitllm_convert.llama4 import Llama4
 from splitllm_convert.llama_variants import Granite, Olmo2, SmolLM3
+from splitllm_convert.mamba import Mamba, Mamba2
 from splitllm_convert.minimax import MiniMaxM2, PhiMoe
 from splitllm_convert.moe_archs import GraniteMoe, Olmoe, Qwen2Moe
 from splitllm_convert.moe_variants import BailingMoeV2, Dots1, HunYuanMoE, SmallThinker
@@ -53,7 +54,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
                 GraniteHybrid, NemotronH, Qwen35, FalconH1,
                 Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoeV2, HunYuanMoE, SmallThinker, Qwen3Next,
-                MiniMaxM2, PhiMoe, Gemma, Deci)
+                MiniMaxM2, PhiMoe, Gemma, Deci, Mamba, Mamba2)
     for n in cls.hf_names
 }
 

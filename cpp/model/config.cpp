@@ -76,6 +76,8 @@ constexpr ArchTraits kArchs[] = {
     {"exaone", Arch::Exaone, kNeox | kNoWoBias},
     {"internlm2", Arch::InternLM2, kNoWoBias},
     {"deci", Arch::Deci, 0},  // (model/deci.cpp)
+    {"mamba", Arch::Mamba, kSsmOnly},  // (mamba.cpp)
+    {"mamba2", Arch::Mamba2, kSsmOnly},
 };
 
 std::string supported_archs() {
@@ -567,7 +569,9 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.has(kNextN)) c.n_layer -= nextn_layers(f, c);  // (MTP: not run)
     c.n_embd = get_dim(f, a + "embedding_length", 1, 1 << 17);
     const bool experts = c.has(kExperts);
-    if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
+    if (c.has(kSsmOnly)) {  // (head_count and feed_forward_length 0: mamba.cpp)
+        c.read_ssm_only(f);
+    } else if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
     } else if (c.arch == Arch::Deci) {
         c.read_deci(f);
@@ -616,7 +620,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (ln_encoder && f.get_bool(a + "attention.causal", true))
         throw GGUFError(strfmt("%s: metadata '%sattention.causal' is true or absent: splitllm runs %s models as "
                                "encoders (non-causal) only", f.path().c_str(), a.c_str(), c.arch_name.c_str()));
-    const int64_t key_len = f.get_int(a + "attention.key_length", c.n_embd / c.n_head);
+    // (mamba, mamba2: one placeholder head of 2 that no layer reads)
+    const int64_t key_len = f.get_int(a + "attention.key_length", c.ssm_only ? 2 : c.n_embd / c.n_head);
     const int64_t val_len = f.get_int(a + "attention.value_length", key_len);
     const bool narrow_v = c.arch == Arch::DeepSeek2;  // (values narrower than keys)
     if ((key_len != val_len && !(narrow_v && val_len < key_len)) || val_len < 2 || key_len > 1024 || key_len % 2 != 0)

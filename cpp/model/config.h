@@ -32,7 +32,8 @@ enum class Arch {
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
     GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker,
-    Qwen3Next, MinimaxM2, PhiMoe, NemotronHMoe, FalconH1, CommandR, Exaone, InternLM2, Deci
+    Qwen3Next, MinimaxM2, PhiMoe, NemotronHMoe, FalconH1, CommandR, Exaone, InternLM2, Deci,
+    Mamba, Mamba2
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -65,6 +66,7 @@ enum ArchTrait : unsigned {
     kNoWoBias = 1u << 9,      // no attn_output.bias read (llama.cpp's graph has none)
     kFfnNormPost = 1u << 10,  // the feed-forward's norm named post_attention_norm
     kNextN = 1u << 11,        // block_count counts MTP / NextN layers, neither loaded nor run
+    kSsmOnly = 1u << 12,      // norm + SSM mixer blocks only: no attention, no feed-forward (mamba.cpp)
     kAllRouted = kExperts | kFfOptional | kRoutedBlocks,  // experts in every block, no dense one
 };
 
@@ -80,6 +82,7 @@ struct Config {
                                 // "seed_oss", "apertus", "hunyuan-dense", "arcee", "starcoder2", "glm4moe",
                                 // "ernie4_5-moe", "qwen3vlmoe", "granitehybrid" (mamba2.cpp),
                                 // "nemotron_h", "nemotron_h_moe" (nemotron_h.cpp), "falcon-h1" (falcon_h1.cpp)
+                                // "mamba", "mamba2" (mamba.cpp)
                                 // "qwen35", "qwen35moe", "qwen3next" (qwen35.cpp)
                                 // "llama4" (llama4.cpp), "lfm2moe"
                                 // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
@@ -251,7 +254,21 @@ struct Config {
     int ssm_d_state = 0;        // ssm.state_size
     int ssm_n_head = 0;         // ssm.time_step_rank
     int ssm_n_group = 0;        // ssm.group_count
-    bool mamba2() const { return ssm_d_state > 0; }
+    bool mamba2() const { return ssm_d_state > 0; }  // (or Mamba-1's scan: mamba1())
+    // mamba, mamba2 (model/mamba.cpp; kSsmOnly): every layer x += mixer(rmsnorm(x)), no attention
+    // (head_count 0: no KV cache), no feed-forward. Mamba-1 (ssm_dt_rank > 0): in_proj to x and z
+    // (d_inner each), the convolution over x, x_proj to (dt, B, C) of dt_rank + 2 d_state, dt_proj,
+    // one "head" per channel (ssm_n_head = d_inner, ssm_n_group 0) with A (d_inner, d_state); with
+    // ssm_dt_b_c_rms (falcon-mamba) dt, B and C RMS-normed without a weight before use.
+    bool ssm_only = false;
+    int ssm_dt_rank = 0;        // ssm.time_step_rank of a Mamba-1 file
+    bool ssm_dt_b_c_rms = false;  // ssm.dt_b_c_rms
+    bool mamba1() const { return ssm_dt_rank > 0; }
+    // Floats per token of a Mamba layer's work on the CPU (Model::ssm_y_): Mamba-2's output, or
+    // Mamba-1's convolved x (its output in place), x_proj's output, dt's input and dt.
+    int ssm_work_floats() const {
+        return mamba1() ? 2 * ssm_d_inner + 2 * ssm_dt_rank + 2 * ssm_d_state : ssm_d_inner;
+    }
     // falcon-h1 (model/falcon_h1.cpp): every layer of conv_layers attends too (a KV cache beside its
     // state), x += attn(h) + mamba2(h) of the same normed h
     bool parallel_ssm = false;
@@ -259,7 +276,9 @@ struct Config {
     bool nemotron() const { return arch == Arch::NemotronH || arch == Arch::NemotronHMoe; }
     int ssm_head_dim() const { return ssm_d_inner / ssm_n_head; }
     int ssm_conv_dim() const { return ssm_d_inner + 2 * ssm_n_group * ssm_d_state; }  // xBC
-    int ssm_in_dim() const { return ssm_d_inner + ssm_conv_dim() + ssm_n_head; }     // z, xBC, dt
+    int ssm_in_dim() const {  // z, xBC, dt (Mamba-1: x, z)
+        return mamba1() ? 2 * ssm_d_inner : ssm_d_inner + ssm_conv_dim() + ssm_n_head;
+    }
     // Floats of one recurrent layer's state per sequence: lfm2's last conv_l_cache - 1 inputs, or a
     // Mamba-2 layer's convolution inputs (d_conv - 1, conv_dim) then its scan state (d_inner, d_state).
     // A delta net's (qwen35): its convolution inputs, then its state matrices (Config::delta_net).
@@ -371,6 +390,8 @@ struct Config {
     // check_deci: its head sizes, once read.
     void read_deci(const GGUFFile & f);
     void check_deci(const GGUFFile & f) const;
+    // mamba's and mamba2's shapes: no attention, no feed-forward (model/mamba.cpp).
+    void read_ssm_only(const GGUFFile & f);
 };
 
 }  // namespace sl

@@ -59,6 +59,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             deci_layer(be, mm, l, s, n);
             continue;
         }
+        if (c.ssm_only) {  // mamba, mamba2: x += mixer(rmsnorm(x)) alone (mamba.cpp)
+            ssm_only_layer(l, s, n, slot);
+            continue;
+        }
         if (c.nemotron() && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP / MoE layers (nemotron_h.cpp)
             nemotron_h_mlp(mm, l, s, n);
             continue;

@@ -16,6 +16,7 @@
 #include "model/config_read.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
+#include "model/ssm.h"
 #include "model/weights_load.h"
 
 namespace sl {
@@ -47,7 +48,7 @@ void Model::load_mamba2_layer(const std::string & b, LayerWeights & L) {
         return reinterpret_cast<const float *>(t.data);
     };
     L.ssm_conv = f32("ssm_conv1d.weight", c.ssm_d_conv, cd);
-    if (f.find_tensor(b + "ssm_conv1d.bias")) L.ssm_conv_b = f32("ssm_conv1d.bias", cd, -1);
+    if (c.ssm_only || f.find_tensor(b + "ssm_conv1d.bias")) L.ssm_conv_b = f32("ssm_conv1d.bias", cd, -1);
     L.ssm_dt_b = f32("ssm_dt.bias", nh, -1);
     L.ssm_a = f32("ssm_a", 1, nh);
     L.ssm_d = f32("ssm_d", 1, nh);
@@ -59,14 +60,34 @@ void Model::load_mamba2_layer(const std::string & b, LayerWeights & L) {
                                    f.path().c_str(), b.c_str(), name));
 }
 
-namespace {
+using ssm::silu;
+using ssm::softplus;
 
-float silu(float v) { return v / (1.0f + std::exp(-v)); }
-
-// ggml's softplus: log(1 + e^v), v itself past 20
-float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
-
-}  // namespace
+void Model::ssm_conv(int l, const float * in, int64_t in_stride, float * out, int64_t out_stride, int n,
+                     const int32_t * slot) {
+    // Per channel the kernel over the slot's last d inputs (oldest first) and this token's, which
+    // then joins the state; a slot's tokens in batch order.
+    const LayerWeights & L = w_.layers[size_t(l)];
+    const int64_t cd = cfg_.ssm_conv_dim();
+    const int d = cfg_.ssm_d_conv - 1;
+    cpu_->pool().parallel_for(cd, [&](int64_t e0, int64_t e1) {
+        for (int i = 0; i < n; ++i) {
+            const float * xi = in + size_t(i) * size_t(in_stride);
+            float * yi = out + size_t(i) * size_t(out_stride);
+            float * st = conv_state(l, slot[i]);  // (d, cd)
+            for (int64_t e = e0; e < e1; ++e) {
+                const float * w = L.ssm_conv + e * (d + 1);
+                const float v = xi[e];
+                float acc = L.ssm_conv_b ? L.ssm_conv_b[e] : 0.0f;
+                for (int k = 0; k < d; ++k) acc += w[k] * st[k * cd + e];
+                acc += w[d] * v;
+                for (int k = 0; k + 1 < d; ++k) st[k * cd + e] = st[(k + 1) * cd + e];
+                if (d > 0) st[(d - 1) * cd + e] = v;
+                yi[e] = silu(acc);
+            }
+        }
+    });
+}
 
 void Model::mamba2_block(int l, Scratch & s, int n, const int32_t * slot) {
     const Config & c = cfg_;
@@ -81,23 +102,8 @@ void Model::mamba2_block(int l, Scratch & s, int n, const int32_t * slot) {
     if (imx_) imx_observe(l, kImxQ, s.h, n, be);  // (the attention's sites, see imatrix_start)
     be->matmul(&in, &zxbcdt, 1, s.h, n, false);
 
-    // xBC = silu(conv(xBC) + bias) in place: per channel the kernel over the slot's last d inputs
-    // (oldest first) and this token's, which then joins the state; a slot's tokens in batch order.
-    cpu_->pool().parallel_for(cd, [&](int64_t e0, int64_t e1) {
-        for (int i = 0; i < n; ++i) {
-            float * xbc = zxbcdt + size_t(i) * size_t(row) + size_t(di);
-            float * st = conv_state(l, slot[i]);  // (d, cd)
-            for (int64_t e = e0; e < e1; ++e) {
-                const float * w = L.ssm_conv + e * (d + 1);
-                float acc = L.ssm_conv_b ? L.ssm_conv_b[e] : 0.0f;
-                for (int k = 0; k < d; ++k) acc += w[k] * st[k * cd + e];
-                acc += w[d] * xbc[e];
-                for (int k = 0; k + 1 < d; ++k) st[k * cd + e] = st[(k + 1) * cd + e];
-                if (d > 0) st[(d - 1) * cd + e] = xbc[e];
-                xbc[e] = silu(acc);
-            }
-        }
-    });
+    // xBC = silu(conv(xBC) + bias) in place
+    ssm_conv(l, zxbcdt + di, row, zxbcdt + di, row, n, slot);
 
     // The selective scan, head by head (each head's state its own), a slot's tokens in order:
     // y = S C + D x after S = S exp(dt' A) + dt' x B^T.

@@ -154,6 +154,7 @@ void Model::load_weights() {
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
     if (c.nemotron()) return load_nemotron_h_layers();
     if (c.arch == Arch::Deci) return load_deci_layers();
+    if (c.ssm_only) return load_ssm_only_layers();  // (mamba.cpp)
     // (glm4, exaone4, ernie4_5, cohere2, seed_oss, hunyuan-dense, arcee, glm4moe and ernie4_5-moe read
     // no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = !c.has(kNoWoBias);
@@ -400,7 +401,7 @@ void Model::setup_kv() {
     kv_.v_in_k = c.mla;  // (the latent is both)
     for (QType t : {kv_.type_k, kv_.type_v})
         for (int hd : {c.head_dim, c.head_dim_v, c.head_dim_swa > 0 ? c.head_dim_swa : c.head_dim})
-            SL_CHECK(c.encoder || hd % qtype_traits(t)->blck_size == 0,  // (an encoder keeps no cache)
+            SL_CHECK(c.encoder || c.ssm_only || hd % qtype_traits(t)->blck_size == 0,  // (no cache kept)
                      "KV cache type %s needs a head size divisible by %lld (head size %d, of values %d%s)",
                      qtype_traits(t)->name, (long long)qtype_traits(t)->blck_size, c.head_dim, c.head_dim_v,
                      c.head_dim_swa > 0 ? strfmt(", of the sliding layers %d", c.head_dim_swa).c_str() : "");
@@ -533,6 +534,8 @@ CpuBackendOptions Model::cpu_options() const {
         group({&L.conv_out});
         group({&L.ssm_in});
         group({&L.ssm_out});
+        group({&L.ssm_x});
+        group({&L.ssm_dt});
         group({&L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha});
         group({&L.dn_out});
     }
@@ -569,7 +572,7 @@ size_t Model::activation_bytes(bool cpu) const {
                           ? 2 * size_t(c.n_layer) * size_t(c.n_embd_per_layer) + (c.n_expert > 0 ? 3 * size_t(c.n_embd) : 0)
                           : 0;
     const size_t mla = cpu ? mla_floats() : 0;
-    const size_t ssm = cpu && c.mamba2() ? size_t(c.ssm_d_inner) : 0;  // a Mamba-2 layer's output (ssm_y_)
+    const size_t ssm = cpu && c.mamba2() ? size_t(c.ssm_work_floats()) : 0;  // a Mamba layer's work (ssm_y_)
     return sizeof(float) * size_t(params_.n_batch) *
            (2 * size_t(c.n_embd) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + size_t(c.ff_max()) + moe + lora +
             mla + g4 + ssm + (cpu ? qwen35_floats() : 0));
@@ -632,7 +635,7 @@ void Model::allocate_state() {
         conv_state_.assign(size_t(n_conv) * size_t(kv_.n_slots) * conv_slot_floats(), 0.0f);
         conv_pos_.assign(size_t(kv_.n_slots), 0);
         if (c.mamba2())  // (a Mamba-2 layer's output before out_proj)
-            ssm_y_ = static_cast<float *>(alloc_on(cpu_.get(), nb * size_t(c.ssm_d_inner) * sizeof(float)));
+            ssm_y_ = static_cast<float *>(alloc_on(cpu_.get(), nb * size_t(c.ssm_work_floats()) * sizeof(float)));
     }
     if (c.delta_net) dn_work_.assign(nb * qwen35_floats(), 0.0f);
     if (c.qk_l2_norm) ones_.assign(size_t(c.head_dim), 1.0f);  // (llama4's weightless q / k norms)

@@ -121,6 +121,10 @@ struct LayerWeights {
     const float * ssm_conv_b = nullptr;  // (conv_dim), or null
     const float * ssm_dt_b = nullptr, * ssm_a = nullptr, * ssm_d = nullptr;  // (n_head) each
     const float * ssm_norm = nullptr;   // (d_inner) per group of d_inner / n_group
+    // Mamba-1 (mamba.cpp): x_proj (d_inner -> dt_rank, B, C), dt_proj (dt_rank -> d_inner) with its
+    // bias in ssm_dt_b; ssm_a (d_inner, d_state), ssm_d (d_inner); in_proj's rows x, z
+    WeightRef ssm_x;                    // (dt_rank + 2 d_state, d_inner)
+    WeightRef ssm_dt;                   // (d_inner, dt_rank)
     // gemma4: the layer's output (residual stream included) times out_scale (layer_output_scale);
     // without wv the values are the keys' projection (wv.rows 0).
     float out_scale = 1.0f;
@@ -526,6 +530,14 @@ private:
     // Mamba-2 mixer on it, x += out_proj y.
     void falcon_h1_save_h(Scratch & s, int n);
     void falcon_h1_mamba2(int l, Scratch & s, int n, const int32_t * slot);
+    // mamba.cpp (mamba, mamba2): the blocks' weights, a block x += mixer(rmsnorm(x)) on the CPU,
+    // Mamba-1's mixer; ssm_conv: the causal convolution of mamba2.cpp's layers with SiLU, in_[i *
+    // in_stride + e] -> out[i * out_stride + e] for the conv_dim channels, each slot's inputs kept.
+    void load_ssm_only_layers();
+    void ssm_only_layer(int l, Scratch & s, int n, const int32_t * slot);
+    void mamba1_block(int l, Scratch & s, int n, const int32_t * slot);
+    void ssm_conv(int l, const float * in, int64_t in_stride, float * out, int64_t out_stride, int n,
+                  const int32_t * slot);
     std::vector<float> g4_router_w_;  // (n_layer, n_embd) each MoE block's router_w
     std::vector<float> g4_moe_;       // (3, n_batch, n_embd) a MoE block's dense output, input, experts' sum
     std::vector<float> ones_;  // (max head size) the weight of gemma4's value norm

@@ -45,7 +45,8 @@ void for_norms(L_ & L, const Config & c, F && f) {
                         {&L.conv_kernel, int64_t(c.conv_l_cache) * c.n_embd},
                         {&L.ssm_conv, int64_t(c.ssm_d_conv) * c.ssm_conv_dim()},
                         {&L.ssm_conv_b, int64_t(c.ssm_conv_dim())}, {&L.ssm_dt_b, int64_t(c.ssm_n_head)},
-                        {&L.ssm_a, int64_t(c.ssm_n_head)}, {&L.ssm_d, int64_t(c.ssm_n_head)},
+                        {&L.ssm_a, int64_t(c.ssm_n_head) * (c.mamba1() ? c.ssm_d_state : 1)},
+                        {&L.ssm_d, int64_t(c.ssm_n_head)},
                         {&L.ssm_norm, int64_t(c.ssm_d_inner)},
                         {&L.dn_kernel, int64_t(c.conv_l_cache) * c.dn_conv_dim()}, {&L.dn_dt, int64_t(c.dn_v_heads)},
                         {&L.dn_a, int64_t(c.dn_v_heads)}, {&L.dn_norm, int64_t(c.dn_head_dim)}})
@@ -111,7 +112,8 @@ size_t layer_weight_bytes(const LayerWeights & L, const Config & c, const LoraTa
     for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.gate_inp, &L.gate_exps,
                                 &L.up_exps, &L.down_exps, &L.ple_gate, &L.ple_proj, &L.wq_a, &L.wq_b, &L.wkv_a,
                                 &L.wk_b, &L.wv_b, &L.wkv_b, &L.conv_in, &L.conv_out, &L.ssm_in,
-                                &L.ssm_out, &L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha, &L.dn_out})
+                                &L.ssm_out, &L.ssm_x, &L.ssm_dt, &L.dn_qkv, &L.dn_z, &L.dn_beta, &L.dn_alpha,
+                                &L.dn_out})
         bytes += w->bytes_with_bias();
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += t.a.nbytes() + t.b.nbytes(); });
     return bytes;
@@ -262,6 +264,12 @@ Model::PlacementPlan Model::plan_placement() const {
     if (c.nemotron() && pp.n_gpu > 1) {  // (its MLP layers' squared ReLU: no CUDA path yet)
         pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (Mamba-2 layers, squared-ReLU MLPs) run on "
                             "the CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
+        pp.n_gpu = 1;
+    }
+    if (c.ssm_only && pp.n_gpu > 1) {  // (mamba, mamba2: a block is its norm and its mixer)
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of a %s model (%s layers) run on the CPU in this version; "
+                            "only the output layer goes to the GPU", ngl, c.arch_name.c_str(),
+                            c.mamba1() ? "Mamba" : "Mamba-2");
         pp.n_gpu = 1;
     }
     if (c.qk_norm_heads && pp.n_gpu > 1) {  // (command-r's per-head q/k LayerNorms: no CUDA path yet)

@@ -340,3 +340,24 @@ def test_tiny_recurrent_model_mixers_on_the_host(tmp_path, arch):
         cfg = HybridConfig(n_embd=256, n_head=8, n_head_kv=2, n_ff=256 if moe else 512, seed=11, **moe)
         write_hybrid_gguf(cfg, path, weight_type="Q4_K", quantize=quantize)
     check_moe_against_cpu(str(path), PROMPT)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_tiny_ssm_only_model_keeps_its_blocks_on_the_cpu(tmp_path, arch):
+    """A pure state-space model's blocks (a norm and a Mamba / Mamba-2 mixer, no KV cache) stay on the
+    CPU: n_gpu_layers puts only the output layer on the GPU, with a warning naming the layers;
+    logits and greedy text are the CPU's."""
+    from tiny_mamba import MambaConfig, write_mamba_gguf
+
+    path = tmp_path / f"tiny-{arch}-q8.gguf"
+    cfg = MambaConfig(version=1 if arch == "mamba" else 2, n_embd=256, dt_rank=32, seed=12)
+    write_mamba_gguf(cfg, path, weight_type="Q8_0")
+    cpu = _core.Model(str(path), n_ctx=256, op_offload=False)
+    ref_logits, ref_text = greedy(cpu, PROMPT)
+    m = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1)
+    assert len(m.warnings) == 1 and ("Mamba layers" if arch == "mamba" else "Mamba-2 layers") in m.warnings[0]
+    devices = [p["device"] for p in m.placement]
+    assert devices[1:-1] == ["CPU"] * cfg.n_layer and devices[-1] != "CPU"
+    got_logits, got_text = greedy(m, PROMPT)
+    assert mean_kl(ref_logits, got_logits) <= KL_MAX
+    assert got_text == ref_text
