@@ -1,5 +1,6 @@
-"""The checks the tiny mixture-of-experts suites (test_minimax_m2, test_phimoe) run on each of
-their files: against llama.cpp at F32 and Q8_0, greedy tokens, the placement with a (fake) GPU."""
+"""The checks the tiny mixture-of-experts suites (test_minimax_phimoe, test_glm4moe, test_deepseek2)
+run on each of their files: against llama.cpp at F32 and Q8_0, greedy tokens, the placement with a
+(fake) GPU."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
 
 
-def write_files(root: Path, configs: dict[str, Any], make_weights: Callable, write_gguf: Callable) -> dict:
-    """Each config's F32 file: name -> (config, path, the weights as held)."""
+def write_files(root: Path, cases: dict[str, tuple[Any, Any]]) -> dict:
+    """Each case's F32 file (cases: name -> (the tiny_* module, its config)): name -> (config, path,
+    the weights as held)."""
     out = {}
-    for name, cfg in configs.items():
+    for name, (tiny, cfg) in cases.items():
         path = root / f"{name}.gguf"
-        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
+        out[name] = (cfg, path, tiny.write_gguf(cfg, tiny.make_weights(cfg), path))
     return out
 
 
