@@ -12,7 +12,7 @@ from typing import Any
 
 import gguf
 import numpy as np
-from tiny_model import rope, write_byte_vocab, write_tensors
+from tiny_model import RandomInit, rope, write_byte_vocab, write_tensors
 
 
 @dataclass
@@ -68,15 +68,10 @@ def v3(**kw: Any) -> DeepSeekConfig:
 
 def make_weights(cfg: DeepSeekConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64 (kv_b_proj split as the converter does)."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, H, r, rot = cfg.n_embd, cfg.n_head, cfg.kv_lora_rank, cfg.qk_rope_head_dim
     nope, vd, qk = cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.qk_head_dim
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {"token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)), "output_norm.weight": norm(E),
          "output.weight": mat(cfg.n_vocab, E)}

@@ -5,7 +5,6 @@ Ernie4_5_MoeSparseMoeBlock), independent of splitllm's engine."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tiny_deepseek import moe_block
 from tiny_glm4moe import HF_BLOCK_NAMES, causal_attention, hf_block_weights, write_arch_gguf
-from tiny_model import rope
+from tiny_model import RandomInit, rope
 
 
 @dataclass
@@ -58,14 +57,9 @@ class ErnieMoeConfig:
 def make_weights(cfg: ErnieMoeConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64 (the correction bias (1, n_experts) as the
     checkpoint holds it)."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, H, KV, hd = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {"token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)), "output_norm.weight": norm(E)}
     if not cfg.tied:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import gguf
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_model import rope, write_byte_vocab, write_tensors
+from tiny_model import RandomInit, rope, write_byte_vocab, write_tensors
 
 
 @dataclass
@@ -72,14 +72,9 @@ def air(**kw: Any) -> Glm4MoeConfig:
 def make_weights(cfg: Glm4MoeConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64; the MTP layers' blocks (MoE blocks with the
     nextn tensors) after the trunk's."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, H, KV, hd = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {
         "token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)),

@@ -8,7 +8,6 @@ e_score_correction_bias for choosing only and renormalizes the chosen scores."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tiny_deepseek import moe_block
 from tiny_glm4moe import _rms, causal_attention, write_arch_gguf
-from tiny_model import rope
+from tiny_model import RandomInit, rope
 
 
 @dataclass
@@ -52,15 +51,10 @@ class MinimaxM2Config:
 
 def make_weights(cfg: MinimaxM2Config) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, qd, kd = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     n_exp, ff = cfg.num_local_experts, cfg.intermediate_size
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {
         "token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)),

@@ -171,6 +171,25 @@ class TinyConfig:
         return self.n_ff_exp or self.n_ff
 
 
+class RandomInit:
+    """The tiny models' random float64 weights, drawn from one generator in the order asked for:
+    ``mat`` a matrix (rows, cols), or a stack of them, of N(0, 1 / cols) entries; ``norm`` a norm's
+    weight, 1 + norm_spread N(0, 1); ``vec`` a bias, 0.3 N(0, 1). ``rng`` draws anything else."""
+
+    def __init__(self, seed: int, norm_spread: float = 0.1) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.norm_spread = norm_spread
+
+    def mat(self, rows: int, cols: int, *stack: int) -> np.ndarray:
+        return self.rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
+
+    def norm(self, n: int) -> np.ndarray:
+        return 1.0 + self.norm_spread * self.rng.normal(size=n)
+
+    def vec(self, n: int) -> np.ndarray:
+        return 0.3 * self.rng.normal(size=n)
+
+
 @dataclass
 class TinyModel:
     cfg: TinyConfig
@@ -178,15 +197,10 @@ class TinyModel:
 
 
 def make_weights(cfg: TinyConfig) -> TinyModel:
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     hd = cfg.head_dim
     q_dim, kv_dim = cfg.n_head * hd, cfg.n_head_kv * hd
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.1 * rng.normal(size=n)
 
     w: dict[str, np.ndarray] = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, cfg.n_embd))}
     for i in range(cfg.n_layer):

@@ -21,7 +21,7 @@ import numpy as np
 from tiny_deepseek import moe_block
 from tiny_glm4moe import causal_attention, write_arch_gguf
 from tiny_minimax import hf_sparse_moe_blocks
-from tiny_model import rope
+from tiny_model import RandomInit, rope
 
 
 @dataclass
@@ -80,18 +80,10 @@ class PhiMoeConfig:
 
 def make_weights(cfg: PhiMoeConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64 (the biases and norm biases well away from 0)."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm, bias = init.rng, init.mat, init.norm, init.vec
     E, kd = cfg.n_embd, cfg.n_head_kv * cfg.head_dim
     n_exp, ff = cfg.num_local_experts, cfg.intermediate_size
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
-
-    def bias(n: int) -> np.ndarray:
-        return 0.3 * rng.normal(size=n)
 
     w = {
         "token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)),
