@@ -11,7 +11,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import HF_BLOCK_NAMES, causal_attention, hf_block_weights, write_arch_gguf
+from tiny_glm4moe import (
+    HF_BLOCK_NAMES,
+    causal_attention,
+    hf_base_config,
+    hf_block_weights,
+    hf_outer_weights,
+    write_arch_gguf,
+)
 from tiny_model import RandomInit, rope
 
 
@@ -166,36 +173,25 @@ _HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor ma
 
 def hf_config(cfg: ErnieMoeConfig) -> dict[str, Any]:
     """The config.json of an Ernie4_5_MoeForCausalLM checkpoint of cfg."""
-    return {
-        "architectures": ["Ernie4_5_MoeForCausalLM"],
-        "model_type": "ernie4_5_moe",
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.n_ff,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head_kv,
-        "vocab_size": cfg.n_vocab,
-        "max_position_embeddings": cfg.n_ctx_train,
-        "rms_norm_eps": cfg.rms_eps,
-        "rope_theta": cfg.rope_base,
-        "use_bias": False,
-        "tie_word_embeddings": cfg.tied,
-        "moe_num_experts": cfg.moe_num_experts,
-        "moe_k": cfg.moe_k,
-        "moe_intermediate_size": cfg.moe_intermediate_size,
-        "moe_num_shared_experts": cfg.moe_num_shared_experts,
-        "moe_layer_start_index": cfg.moe_layer_start_index,
-        "moe_layer_end_index": cfg.n_layer - 1,
-        "moe_layer_interval": 1,
-        "moe_norm_min": 1e-12,
-        "hidden_act": "silu",
-    }
+    return hf_base_config(
+        cfg,
+        "Ernie4_5_MoeForCausalLM",
+        "ernie4_5_moe",
+        intermediate_size=cfg.n_ff,
+        use_bias=False,
+        moe_num_experts=cfg.moe_num_experts,
+        moe_k=cfg.moe_k,
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        moe_num_shared_experts=cfg.moe_num_shared_experts,
+        moe_layer_start_index=cfg.moe_layer_start_index,
+        moe_layer_end_index=cfg.n_layer - 1,
+        moe_layer_interval=1,
+        moe_norm_min=1e-12,
+    )
 
 
 def hf_weights(cfg: ErnieMoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w (the experts one by one)."""
-    out = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"]}
-    if not cfg.tied:
-        out["lm_head.weight"] = w["output.weight"]
+    out = hf_outer_weights(w)
     out.update(hf_block_weights(w, _HF_NAMES, cfg.moe_num_experts))
     return out

@@ -326,48 +326,69 @@ _HF_NAMES = {
 }
 
 
-def hf_config(cfg: Glm4MoeConfig) -> dict[str, Any]:
-    """The config.json of a Glm4MoeForCausalLM checkpoint of cfg."""
+def hf_base_config(cfg: Any, architecture: str, model_type: str, **rest: Any) -> dict[str, Any]:
+    """The config.json keys the tiny mixture-of-experts checkpoints share (glm4moe's, ernie4_5-moe's,
+    minimax-m2's, phimoe's: the trunk's sizes, the rotation's base, the norms' epsilon, the
+    embeddings tied where cfg.tied, SiLU), then rest."""
     return {
-        "architectures": ["Glm4MoeForCausalLM"],
-        "model_type": "glm4_moe",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": cfg.n_embd,
         "num_hidden_layers": cfg.n_layer,
-        "num_nextn_predict_layers": cfg.n_nextn,
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head_kv,
-        "head_dim": cfg.head_dim,
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-        "intermediate_size": cfg.n_ff,
         "vocab_size": cfg.n_vocab,
-        "moe_intermediate_size": cfg.moe_intermediate_size,
-        "n_routed_experts": cfg.n_routed_experts,
-        "n_shared_experts": cfg.n_shared_experts,
-        "num_experts_per_tok": cfg.num_experts_per_tok,
-        "first_k_dense_replace": cfg.first_k_dense_replace,
-        "n_group": cfg.n_group,
-        "topk_group": cfg.topk_group,
-        "norm_topk_prob": cfg.norm_topk_prob,
-        "routed_scaling_factor": cfg.routed_scaling_factor,
-        "attention_bias": cfg.attention_bias,
-        "use_qk_norm": cfg.use_qk_norm,
         "rope_theta": cfg.rope_base,
         "rms_norm_eps": cfg.rms_eps,
         "max_position_embeddings": cfg.n_ctx_train,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": getattr(cfg, "tied", False),
         "hidden_act": "silu",
+        **rest,
     }
+
+
+_HF_OUTER_NAMES = {  # GGUF name outside the blocks -> the checkpoint's
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output_norm.bias": "model.norm.bias",
+    "output.weight": "lm_head.weight",
+    "output.bias": "lm_head.bias",
+}
+
+
+def hf_outer_weights(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checkpoint's embedding, final norm and output head (those of them the GGUF weights w hold)."""
+    return {hf: w[name] for name, hf in _HF_OUTER_NAMES.items() if name in w}
+
+
+def hf_config(cfg: Glm4MoeConfig) -> dict[str, Any]:
+    """The config.json of a Glm4MoeForCausalLM checkpoint of cfg."""
+    return hf_base_config(
+        cfg,
+        "Glm4MoeForCausalLM",
+        "glm4_moe",
+        num_nextn_predict_layers=cfg.n_nextn,
+        head_dim=cfg.head_dim,
+        partial_rotary_factor=cfg.partial_rotary_factor,
+        intermediate_size=cfg.n_ff,
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        n_routed_experts=cfg.n_routed_experts,
+        n_shared_experts=cfg.n_shared_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        first_k_dense_replace=cfg.first_k_dense_replace,
+        n_group=cfg.n_group,
+        topk_group=cfg.topk_group,
+        norm_topk_prob=cfg.norm_topk_prob,
+        routed_scaling_factor=cfg.routed_scaling_factor,
+        attention_bias=cfg.attention_bias,
+        use_qk_norm=cfg.use_qk_norm,
+    )
 
 
 def hf_weights(cfg: Glm4MoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w (the experts one by one; an MTP layer's
     embedding and output head as the checkpoint has them)."""
-    out = {
-        "model.embed_tokens.weight": w["token_embd.weight"],
-        "model.norm.weight": w["output_norm.weight"],
-        "lm_head.weight": w["output.weight"],
-        **hf_block_weights(w, _HF_NAMES, cfg.n_routed_experts),
-    }
+    out = {**hf_outer_weights(w), **hf_block_weights(w, _HF_NAMES, cfg.n_routed_experts)}
     for i in range(cfg.n_layer, cfg.n_layer + cfg.n_nextn):
         out[f"model.layers.{i}.embed_tokens.weight"] = w["token_embd.weight"]
         out[f"model.layers.{i}.shared_head.head.weight"] = w["output.weight"]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import _rms, causal_attention, write_arch_gguf
+from tiny_glm4moe import _rms, causal_attention, hf_base_config, hf_outer_weights, write_arch_gguf
 from tiny_model import RandomInit, rope
 
 
@@ -160,39 +160,25 @@ _HF_NAMES = {
 
 def hf_config(cfg: MinimaxM2Config) -> dict[str, Any]:
     """The config.json of a MiniMaxM2ForCausalLM checkpoint of cfg (as MiniMax-M2's)."""
-    return {
-        "architectures": ["MiniMaxM2ForCausalLM"],
-        "model_type": "minimax_m2",
-        "hidden_size": cfg.n_embd,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head_kv,
-        "head_dim": cfg.head_dim,
-        "rotary_dim": cfg.rotary_dim,
-        "intermediate_size": cfg.intermediate_size,
-        "vocab_size": cfg.n_vocab,
-        "num_local_experts": cfg.num_local_experts,
-        "num_experts_per_tok": cfg.num_experts_per_tok,
-        "scoring_func": "sigmoid",
-        "use_routing_bias": True,
-        "use_qk_norm": True,
-        "qk_norm_type": "per_layer",
-        "rope_theta": cfg.rope_base,
-        "rms_norm_eps": cfg.rms_eps,
-        "max_position_embeddings": cfg.n_ctx_train,
-        "tie_word_embeddings": False,
-        "hidden_act": "silu",
-    }
+    return hf_base_config(
+        cfg,
+        "MiniMaxM2ForCausalLM",
+        "minimax_m2",
+        head_dim=cfg.head_dim,
+        rotary_dim=cfg.rotary_dim,
+        intermediate_size=cfg.intermediate_size,
+        num_local_experts=cfg.num_local_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        scoring_func="sigmoid",
+        use_routing_bias=True,
+        use_qk_norm=True,
+        qk_norm_type="per_layer",
+    )
 
 
 def hf_weights(cfg: MinimaxM2Config, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w."""
-    return {
-        "model.embed_tokens.weight": w["token_embd.weight"],
-        "model.norm.weight": w["output_norm.weight"],
-        "lm_head.weight": w["output.weight"],
-        **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts),
-    }
+    return {**hf_outer_weights(w), **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts)}
 
 
 def hf_sparse_moe_blocks(

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import causal_attention, write_arch_gguf
+from tiny_glm4moe import causal_attention, hf_base_config, hf_outer_weights, write_arch_gguf
 from tiny_minimax import hf_sparse_moe_blocks
 from tiny_model import RandomInit, rope
 
@@ -191,27 +191,18 @@ _HF_NAMES = {
 
 def hf_config(cfg: PhiMoeConfig) -> dict[str, Any]:
     """The config.json of a PhiMoEForCausalLM checkpoint of cfg (as Phi-3.5-MoE-instruct's)."""
-    out = {
-        "architectures": ["PhiMoEForCausalLM"],
-        "model_type": "phimoe",
-        "hidden_size": cfg.n_embd,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head_kv,
-        "intermediate_size": cfg.intermediate_size,
-        "vocab_size": cfg.n_vocab,
-        "num_local_experts": cfg.num_local_experts,
-        "num_experts_per_tok": cfg.num_experts_per_tok,
-        "attention_bias": True,
-        "lm_head_bias": True,
-        "rope_theta": cfg.rope_base,
-        "rms_norm_eps": cfg.rms_eps,
-        "max_position_embeddings": cfg.n_ctx_train,
-        "original_max_position_embeddings": cfg.original_ctx,
-        "sliding_window": None,
-        "tie_word_embeddings": False,
-        "hidden_act": "silu",
-    }
+    out = hf_base_config(
+        cfg,
+        "PhiMoEForCausalLM",
+        "phimoe",
+        intermediate_size=cfg.intermediate_size,
+        num_local_experts=cfg.num_local_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        attention_bias=True,
+        lm_head_bias=True,
+        original_max_position_embeddings=cfg.original_ctx,
+        sliding_window=None,
+    )
     if cfg.longrope:
         out["rope_scaling"] = {
             "type": "longrope",
@@ -226,12 +217,5 @@ def hf_config(cfg: PhiMoeConfig) -> dict[str, Any]:
 
 def hf_weights(cfg: PhiMoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w (no LongRoPE factor tensors: config.json
-    holds them)."""
-    return {
-        "model.embed_tokens.weight": w["token_embd.weight"],
-        "model.norm.weight": w["output_norm.weight"],
-        "model.norm.bias": w["output_norm.bias"],
-        "lm_head.weight": w["output.weight"],
-        "lm_head.bias": w["output.bias"],
-        **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts),
-    }
+    holds them; the final norm's and the output head's biases)."""
+    return {**hf_outer_weights(w), **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts)}
