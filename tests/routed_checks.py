@@ -69,6 +69,21 @@ def with_fake_gpu(path: Path, tokens: list[int], monkeypatch: Any, **kw: Any) ->
     return m
 
 
+def state_round_trip(path: Path, tokens: list[int]) -> None:
+    """A state saved after tokens[:10] goes back into the cache (after other tokens were read) and
+    the next token's logits are those of never having been interrupted, to the bit."""
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        m.eval_prompt(tokens[:10])
+        want = m.eval_prompt(tokens[:11])
+        m.reset()
+        m.eval_prompt(tokens[:10])
+        state = m.save_state()
+        m.reset()
+        m.eval_prompt(tokens[5:20])
+        m.load_state(state)
+        np.testing.assert_array_equal(m.eval_prompt(tokens[:11]), want)
+
+
 def refused(tmp_path: Path, cfg: Any, weights: dict, write_gguf: Callable, match: str, **kw: Any) -> None:
     """A file of cfg with these weights (kw to write_gguf: metadata_changes) is refused by a
     GGUFError naming it and matching match."""
