@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from tiny_deepseek import moe_block
+from tiny_deepseek import dense_ffn_weights, moe_block, routed_ffn_weights
 from tiny_glm4moe import (
     HF_BLOCK_NAMES,
     causal_attention,
@@ -80,22 +80,11 @@ def make_weights(cfg: ErnieMoeConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * hd)
         w[b + "ffn_norm.weight"] = norm(E)
         if i < cfg.moe_layer_start_index:
-            w[b + "ffn_gate.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_up.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_down.weight"] = mat(E, cfg.n_ff)
+            w |= dense_ffn_weights(init, b, E, cfg.n_ff)
             continue
-        n_exp, ff = cfg.moe_num_experts, cfg.moe_intermediate_size
-        w[b + "ffn_gate_inp.weight"] = mat(n_exp, E) * 2.0
-        if cfg.score_bias:
-            w[b + "exp_probs_b.bias"] = 0.1 * rng.normal(size=(1, n_exp))
-        w[b + "ffn_gate_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_up_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_down_exps.weight"] = mat(E, ff, n_exp)
-        if cfg.moe_num_shared_experts:
-            ff_sh = ff * cfg.moe_num_shared_experts
-            w[b + "ffn_gate_shexp.weight"] = mat(ff_sh, E)
-            w[b + "ffn_up_shexp.weight"] = mat(ff_sh, E)
-            w[b + "ffn_down_shexp.weight"] = mat(E, ff_sh)
+        n_exp, ff, n_sh = cfg.moe_num_experts, cfg.moe_intermediate_size, cfg.moe_num_shared_experts
+        w |= routed_ffn_weights(init, b, E, n_exp, ff, bias=0.1 * cfg.score_bias, bias_shape=(1, n_exp),
+                                ff_shared=ff * n_sh if n_sh else None)  # fmt: skip
     return w
 
 

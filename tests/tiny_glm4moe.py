@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import gguf
 import numpy as np
-from tiny_deepseek import moe_block
+from tiny_deepseek import dense_ffn_weights, moe_block, routed_ffn_weights
 from tiny_model import RandomInit, rope, write_byte_vocab, write_tensors
 
 
@@ -97,20 +97,11 @@ def make_weights(cfg: Glm4MoeConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * hd)
         w[b + "post_attention_norm.weight"] = norm(E)
         if i < cfg.first_k_dense_replace:
-            w[b + "ffn_gate.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_up.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_down.weight"] = mat(E, cfg.n_ff)
+            w |= dense_ffn_weights(init, b, E, cfg.n_ff)
             continue
-        n_exp, ff = cfg.n_routed_experts, cfg.moe_intermediate_size
-        w[b + "ffn_gate_inp.weight"] = mat(n_exp, E) * 2.0
-        w[b + "exp_probs_b.bias"] = 0.2 * rng.normal(size=n_exp)
-        w[b + "ffn_gate_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_up_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_down_exps.weight"] = mat(E, ff, n_exp)
-        ff_sh = ff * cfg.n_shared_experts
-        w[b + "ffn_gate_shexp.weight"] = mat(ff_sh, E)
-        w[b + "ffn_up_shexp.weight"] = mat(ff_sh, E)
-        w[b + "ffn_down_shexp.weight"] = mat(E, ff_sh)
+        ff = cfg.moe_intermediate_size
+        w |= routed_ffn_weights(init, b, E, cfg.n_routed_experts, ff, bias=0.2,
+                                ff_shared=ff * cfg.n_shared_experts)  # fmt: skip
         if i >= cfg.n_layer:  # an MTP layer's own tensors
             w[b + "nextn.eh_proj.weight"] = mat(E, 2 * E)
             w[b + "nextn.enorm.weight"] = norm(E)
