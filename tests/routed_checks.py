@@ -84,12 +84,14 @@ def state_round_trip(path: Path, tokens: list[int]) -> None:
         np.testing.assert_array_equal(m.eval_prompt(tokens[:11]), want)
 
 
-def refused(tmp_path: Path, cfg: Any, weights: dict, write_gguf: Callable, match: str, **kw: Any) -> None:
+def refused(
+    tmp_path: Path, cfg: Any, weights: dict, write_gguf: Callable, match: str, *, n_ctx: int = 32, **kw: Any
+) -> None:
     """A file of cfg with these weights (kw to write_gguf: metadata_changes) is refused by a
-    GGUFError naming it and matching match."""
+    GGUFError naming it and matching match (loaded with n_ctx)."""
     from splitllm import GGUFError  # noqa: PLC0415
 
     path = tmp_path / "m.gguf"
     write_gguf(cfg, weights, path, **kw)
     with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
-        Model(path, n_ctx=32)
+        Model(path, n_ctx=n_ctx)
