@@ -5,14 +5,17 @@ run on each of their files: against llama.cpp at F32 and Q8_0, greedy tokens, th
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hf_fixtures import save_weights
 from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
 from splitllm import Model
+from tiny_model import F32_LOGITS_TOL
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,3 +98,32 @@ def refused(
     write_gguf(cfg, weights, path, **kw)
     with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
         Model(path, n_ctx=n_ctx)
+
+
+# -- converted checkpoints (the test_convert_* suites of these architectures)
+
+
+def save_checkpoint(d: Path, config: dict[str, Any], tensors: dict[str, np.ndarray], drop: Any = ()) -> None:
+    """config.json (the keys whose value is None left out) and the checkpoint's tensors in float32
+    (but those named in drop) in the directory d."""
+    (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    save_weights(d, {k: v.astype(np.float32) for k, v in tensors.items() if k not in drop})
+
+
+def as_held(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights as a float32 checkpoint holds them (as float64)."""
+    return {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}
+
+
+def ours_near(path: Path, ref: np.ndarray, tokens: list[int], tol: float = F32_LOGITS_TOL) -> np.ndarray:
+    """splitllm's logits on the file within tol of the reference's (relative to its largest); returns
+    them."""
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(tokens)
+    assert rel_err(ours, ref) < tol
+    return ours
+
+
+def llama_cpp_near(path: Path, ref: np.ndarray, tokens: list[int], tol: float = 1e-3) -> None:
+    """llama.cpp's logits on the file within tol of the reference's (its float16 attention)."""
+    assert rel_err(llama_cpp_logits(path, tokens), ref) < tol

@@ -6,20 +6,15 @@ Q8_0); bad input named."""
 
 from __future__ import annotations
 
-import json
-
 import gguf
-import numpy as np
 import pytest
+import routed_checks as RC
 import test_convert as TC
 import tiny_minimax
 import tiny_phimoe
-from hf_fixtures import save_weights, write_bpe_tokenizer
-from lcpp import check_routed_q8, llama_cpp_logits
-from splitllm import Model
+from hf_fixtures import write_bpe_tokenizer
 from splitllm_convert import ConvertError, convert
 from tiny_minimax import MinimaxM2Config
-from tiny_model import F32_LOGITS_TOL
 from tiny_phimoe import PhiMoeConfig
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2
@@ -61,11 +56,9 @@ def hf_checkpoint(tmp_path, cfg, tiny, config_changes=None, drop=()):
     d = tmp_path / "hf"
     d.mkdir()
     write_bpe_tokenizer(d, vocab_size=cfg.n_vocab)
-    config = {**tiny.hf_config(cfg), **(config_changes or {})}
-    (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
     w = tiny.make_weights(cfg)
-    save_weights(d, {k: v.astype(np.float32) for k, v in tiny.hf_weights(cfg, w).items() if k not in drop})
-    return d, {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}
+    RC.save_checkpoint(d, {**tiny.hf_config(cfg), **(config_changes or {})}, tiny.hf_weights(cfg, w), drop)
+    return d, RC.as_held(w)
 
 
 def arch_keys(path, arch):
@@ -99,10 +92,7 @@ def test_tensors_metadata_and_logits(converted, arch):
     assert {k: keys.get(k) for k in want} == want
     for k, v in near.items():
         assert keys[k] == pytest.approx(v), k
-    ref = tiny.reference_logits(cfg, w, TOKENS)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    assert np.abs(ours - ref).max() / np.abs(ref).max() < F32_LOGITS_TOL
+    RC.ours_near(path, tiny.reference_logits(cfg, w, TOKENS), TOKENS)
 
 
 @pytest.mark.reference
@@ -113,13 +103,10 @@ def test_llama_cpp_loads_it(converted, tmp_path, arch):
     tiny, cfg, _ = CASES[arch]
     w, path, d = converted[arch]
     ref = tiny.reference_logits(cfg, w, TOKENS)
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert np.abs(theirs - ref).max() / np.abs(ref).max() < 1e-3
+    RC.llama_cpp_near(path, ref, TOKENS)
     q8 = tmp_path / "q8.gguf"
     convert(d, q8, type="q8_0", quiet=True)
-    with Model(q8, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    check_routed_q8(ours, ref, llama_cpp_logits(q8, TOKENS))
+    RC.q8_against_llama_cpp(q8, lambda _: ref, w, TOKENS)  # (the reference on the checkpoint's weights)
 
 
 @pytest.mark.parametrize(
