@@ -6,7 +6,6 @@ Q8_0); bad input named."""
 
 from __future__ import annotations
 
-import gguf
 import pytest
 import routed_checks as RC
 import test_convert as TC
@@ -61,13 +60,6 @@ def hf_checkpoint(tmp_path, cfg, tiny, config_changes=None, drop=()):
     return d, RC.as_held(w)
 
 
-def arch_keys(path, arch):
-    """The file's {arch}.* keys, by the rest of their names."""
-    a = arch + "."
-    return {f.name.removeprefix(a): f.contents() for f in gguf.GGUFReader(path).fields.values()
-            if f.name.startswith(a)}  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """Each case's checkpoint converted to f32: arch -> (the weights, the file, the checkpoint)."""
@@ -87,7 +79,7 @@ def test_tensors_metadata_and_logits(converted, arch):
     tiny, cfg, keys_of = CASES[arch]
     w, path, _ = converted[arch]
     TC.assert_holds(path, w)
-    keys = arch_keys(path, arch)
+    keys = TC.arch_keys(path, arch)
     want, near = keys_of(cfg)
     assert {k: keys.get(k) for k in want} == want
     for k, v in near.items():
