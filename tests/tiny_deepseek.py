@@ -66,40 +66,6 @@ def v3(**kw: Any) -> DeepSeekConfig:
     return DeepSeekConfig(**{**base, **kw})
 
 
-def dense_ffn_weights(init: RandomInit, b: str, n_embd: int, n_ff: int) -> dict[str, np.ndarray]:
-    """A leading dense block's SwiGLU feed-forward: gate, up, down (drawn in that order)."""
-    return {b + "ffn_gate.weight": init.mat(n_ff, n_embd), b + "ffn_up.weight": init.mat(n_ff, n_embd),
-            b + "ffn_down.weight": init.mat(n_embd, n_ff)}  # fmt: skip
-
-
-def routed_ffn_weights(
-    init: RandomInit,
-    b: str,
-    n_embd: int,
-    n_exp: int,
-    ff: int,
-    *,
-    bias: float = 0.0,
-    bias_shape: tuple[int, ...] | None = None,
-    ff_shared: int | None = None,
-) -> dict[str, np.ndarray]:
-    """A routed block's experts, drawn in this order: the router (twice the usual scale: a sharper
-    choice), the selection bias (bias N(0, 1) of bias_shape, default (n_exp,); none where bias is
-    0), the stacked experts' gate, up and down, and where ff_shared is not None the shared experts'
-    (ff_shared wide)."""
-    w = {b + "ffn_gate_inp.weight": init.mat(n_exp, n_embd) * 2.0}
-    if bias:
-        w[b + "exp_probs_b.bias"] = bias * init.rng.normal(size=bias_shape or n_exp)
-    w[b + "ffn_gate_exps.weight"] = init.mat(ff, n_embd, n_exp)
-    w[b + "ffn_up_exps.weight"] = init.mat(ff, n_embd, n_exp)
-    w[b + "ffn_down_exps.weight"] = init.mat(n_embd, ff, n_exp)
-    if ff_shared is not None:
-        w |= {b + "ffn_gate_shexp.weight": init.mat(ff_shared, n_embd),
-              b + "ffn_up_shexp.weight": init.mat(ff_shared, n_embd),
-              b + "ffn_down_shexp.weight": init.mat(n_embd, ff_shared)}  # fmt: skip
-    return w
-
-
 def make_weights(cfg: DeepSeekConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64 (kv_b_proj split as the converter does)."""
     init = RandomInit(cfg.seed)
@@ -129,10 +95,10 @@ def make_weights(cfg: DeepSeekConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * vd)
         w[b + "ffn_norm.weight"] = norm(E)
         if i < cfg.first_k_dense_replace:
-            w |= dense_ffn_weights(init, b, E, cfg.n_ff)
+            w |= init.dense_ffn(b, E, cfg.n_ff)
         else:
             ff = cfg.moe_intermediate_size
-            w |= routed_ffn_weights(init, b, E, cfg.n_routed_experts, ff, bias=0.2 * cfg.score_bias,
+            w |= init.routed_ffn(b, E, cfg.n_routed_experts, ff, bias=0.2 * cfg.score_bias,
                                     ff_shared=ff * cfg.n_shared_experts)  # fmt: skip
     return w
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from tiny_deepseek import dense_ffn_weights, moe_block, routed_ffn_weights
+from tiny_deepseek import moe_block
 from tiny_glm4moe import (
     HF_BLOCK_NAMES,
     causal_attention,
@@ -80,10 +80,10 @@ def make_weights(cfg: ErnieMoeConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * hd)
         w[b + "ffn_norm.weight"] = norm(E)
         if i < cfg.moe_layer_start_index:
-            w |= dense_ffn_weights(init, b, E, cfg.n_ff)
+            w |= init.dense_ffn(b, E, cfg.n_ff)
             continue
         n_exp, ff, n_sh = cfg.moe_num_experts, cfg.moe_intermediate_size, cfg.moe_num_shared_experts
-        w |= routed_ffn_weights(init, b, E, n_exp, ff, bias=0.1 * cfg.score_bias, bias_shape=(1, n_exp),
+        w |= init.routed_ffn(b, E, n_exp, ff, bias=0.1 * cfg.score_bias, bias_shape=(1, n_exp),
                                 ff_shared=ff * n_sh if n_sh else None)  # fmt: skip
     return w
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import gguf
 import numpy as np
-from tiny_deepseek import dense_ffn_weights, moe_block, routed_ffn_weights
+from tiny_deepseek import moe_block
 from tiny_model import RandomInit, rope, write_byte_vocab, write_tensors
 
 
@@ -97,10 +97,10 @@ def make_weights(cfg: Glm4MoeConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * hd)
         w[b + "post_attention_norm.weight"] = norm(E)
         if i < cfg.first_k_dense_replace:
-            w |= dense_ffn_weights(init, b, E, cfg.n_ff)
+            w |= init.dense_ffn(b, E, cfg.n_ff)
             continue
         ff = cfg.moe_intermediate_size
-        w |= routed_ffn_weights(init, b, E, cfg.n_routed_experts, ff, bias=0.2,
+        w |= init.routed_ffn(b, E, cfg.n_routed_experts, ff, bias=0.2,
                                 ff_shared=ff * cfg.n_shared_experts)  # fmt: skip
         if i >= cfg.n_layer:  # an MTP layer's own tensors
             w[b + "nextn.eh_proj.weight"] = mat(E, 2 * E)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from tiny_deepseek import moe_block, routed_ffn_weights
+from tiny_deepseek import moe_block
 from tiny_glm4moe import _rms, causal_attention, hf_base_config, hf_outer_weights, write_arch_gguf
 from tiny_model import RandomInit, rope
 
@@ -72,7 +72,7 @@ def make_weights(cfg: MinimaxM2Config) -> dict[str, np.ndarray]:
         w[b + "attn_k_norm.weight"] = norm(kd) * np.repeat(rng.uniform(0.5, 1.5, cfg.n_head_kv), cfg.head_dim)
         w[b + "attn_output.weight"] = mat(E, qd)
         w[b + "ffn_norm.weight"] = norm(E)
-        w |= routed_ffn_weights(init, b, E, n_exp, ff, bias=0.2)
+        w |= init.routed_ffn(b, E, n_exp, ff, bias=0.2)
     return w
 
 

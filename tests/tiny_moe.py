@@ -85,10 +85,7 @@ def make_weights(cfg: MoeConfig) -> Weights:
             w[b + "attn_k_norm.weight"] = norm(kv_dim)
         w[b + "attn_output.weight"] = mat(e, q_dim)
         w[b + "ffn_norm.weight"] = norm(e)
-        w[b + "ffn_gate_inp.weight"] = 2 * mat(ne, e)  # (spread routes)
-        w[b + "ffn_gate_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_up_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_down_exps.weight"] = np.stack([mat(e, fx) for _ in range(ne)])
+        w |= init.routed_ffn(b, e, ne, fx)
         if fs:
             if cfg.arch == "qwen2moe":
                 w[b + "ffn_gate_inp_shexp.weight"] = mat(1, e)[0] * 2

@@ -111,21 +111,10 @@ def make_weights(cfg: VarConfig) -> Weights:
         w[b + "attn_output.weight"] = mat(e, q_dim)
         w[b + "ffn_norm.weight"] = norm(e)
         if not cfg.is_moe(i):
-            w[b + "ffn_gate.weight"] = mat(cfg.n_ff, e)
-            w[b + "ffn_up.weight"] = mat(cfg.n_ff, e)
-            w[b + "ffn_down.weight"] = mat(e, cfg.n_ff)
-            continue
-        w[b + "ffn_gate_inp.weight"] = 2 * mat(ne, e)  # (spread routes)
-        if cfg.expert_bias:
-            w[b + "exp_probs_b.bias"] = 0.3 * rng.normal(size=ne)
-        w[b + "ffn_gate_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_up_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_down_exps.weight"] = np.stack([mat(e, fx) for _ in range(ne)])
-        if cfg.n_shared:
-            fs = cfg.shared_width
-            w[b + "ffn_gate_shexp.weight"] = mat(fs, e)
-            w[b + "ffn_up_shexp.weight"] = mat(fs, e)
-            w[b + "ffn_down_shexp.weight"] = mat(e, fs)
+            w |= init.dense_ffn(b, e, cfg.n_ff)
+        else:
+            w |= init.routed_ffn(b, e, ne, fx, bias=0.3 * cfg.expert_bias,
+                                 ff_shared=cfg.shared_width if cfg.n_shared else None)  # fmt: skip
     w["output_norm.weight"] = norm(e)
     if not cfg.tied_output:
         w["output.weight"] = mat(cfg.n_vocab, e)

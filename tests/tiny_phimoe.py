@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from tiny_deepseek import moe_block, routed_ffn_weights
+from tiny_deepseek import moe_block
 from tiny_glm4moe import causal_attention, hf_base_config, hf_outer_weights, write_arch_gguf
 from tiny_minimax import hf_sparse_moe_blocks
 from tiny_model import RandomInit, rope
@@ -102,7 +102,7 @@ def make_weights(cfg: PhiMoeConfig) -> dict[str, np.ndarray]:
             w[b + "attn_q.bias"], w[b + "attn_k.bias"], w[b + "attn_v.bias"] = bias(E), bias(kd), bias(kd)
         w[b + "attn_output.weight"], w[b + "attn_output.bias"] = mat(E, E), bias(E)
         w[b + "ffn_norm.weight"], w[b + "ffn_norm.bias"] = norm(E), bias(E)
-        w |= routed_ffn_weights(init, b, E, n_exp, ff)
+        w |= init.routed_ffn(b, E, n_exp, ff)
     if cfg.longrope:
         w["rope_factors_long.weight"] = cfg.factors["long"]
         w["rope_factors_short.weight"] = cfg.factors["short"]
