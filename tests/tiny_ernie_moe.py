@@ -17,6 +17,7 @@ from tiny_glm4moe import (
     hf_base_config,
     hf_block_weights,
     hf_outer_weights,
+    text_model_keys,
     write_arch_gguf,
 )
 from tiny_model import RandomInit, rope
@@ -100,14 +101,7 @@ def write_gguf(
     interleave step, the leading dense blocks, the shared experts' count and width); returns the
     weights as the file holds them (float64)."""
     meta: dict[str, Any] = {
-        "block_count": cfg.n_layer,
-        "context_length": cfg.n_ctx_train,
-        "embedding_length": cfg.n_embd,
-        "feed_forward_length": cfg.n_ff,
-        "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_head_kv,
-        "rope.freq_base": cfg.rope_base,
-        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+        **text_model_keys(cfg, cfg.n_layer, cfg.n_ff),
         "expert_count": cfg.moe_num_experts,
         "expert_used_count": cfg.moe_k,
         "interleave_moe_layer_step": 1,

@@ -122,14 +122,7 @@ def write_gguf(
     experts', the sigmoid gating, the scale and normalization, nextn_predict_layers); changes:
     key -> value (None drops it). Returns the weights as the file holds them (float64)."""
     meta: dict[str, Any] = {
-        "block_count": cfg.n_layer + cfg.n_nextn,
-        "context_length": cfg.n_ctx_train,
-        "embedding_length": cfg.n_embd,
-        "feed_forward_length": cfg.n_ff,
-        "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_head_kv,
-        "rope.freq_base": cfg.rope_base,
-        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+        **text_model_keys(cfg, cfg.n_layer + cfg.n_nextn, cfg.n_ff),
         "expert_used_count": cfg.num_experts_per_tok,
         "attention.key_length": cfg.head_dim,
         "attention.value_length": cfg.head_dim,
@@ -147,6 +140,21 @@ def write_gguf(
         meta["expert_group_count"] = cfg.n_group
         meta["expert_group_used_count"] = cfg.topk_group
     return write_arch_gguf("glm4moe", meta, cfg.n_vocab, weights, path, weight_type, metadata_changes)
+
+
+def text_model_keys(cfg: Any, n_layer: int, n_ff: int) -> dict[str, Any]:
+    """The {arch}.* keys llama.cpp's TextModel writes first, in its order (of the tiny MoE models'
+    configs: glm4moe's, ernie4_5-moe's, minimax-m2's)."""
+    return {
+        "block_count": n_layer,
+        "context_length": cfg.n_ctx_train,
+        "embedding_length": cfg.n_embd,
+        "feed_forward_length": n_ff,
+        "attention.head_count": cfg.n_head,
+        "attention.head_count_kv": cfg.n_head_kv,
+        "rope.freq_base": cfg.rope_base,
+        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+    }
 
 
 def write_arch_gguf(

@@ -14,7 +14,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import _rms, causal_attention, hf_base_config, hf_outer_weights, write_arch_gguf
+from tiny_glm4moe import (
+    _rms,
+    causal_attention,
+    hf_base_config,
+    hf_outer_weights,
+    text_model_keys,
+    write_arch_gguf,
+)
 from tiny_model import RandomInit, rope
 
 
@@ -88,14 +95,7 @@ def write_gguf(
     then expert_feed_forward_length and rope.dimension_count); changes: key -> value (None drops
     it). Returns the weights as the file holds them (float64)."""
     meta: dict[str, Any] = {
-        "block_count": cfg.n_layer,
-        "context_length": cfg.n_ctx_train,
-        "embedding_length": cfg.n_embd,
-        "feed_forward_length": cfg.intermediate_size,
-        "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_head_kv,
-        "rope.freq_base": cfg.rope_base,
-        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+        **text_model_keys(cfg, cfg.n_layer, cfg.intermediate_size),
         "expert_count": cfg.num_local_experts,
         "expert_used_count": cfg.num_experts_per_tok,
         "expert_gating_func": 2,
