@@ -1,6 +1,6 @@
 """Hugging Face model directories for converter tests and benchmarks, built without downloads.
 
-- ``tiny_model``: a random Llama / Mistral / Qwen / Phi-3 / Gemma 2 / Gemma 3 model (config.json,
+- ``tiny_model``: a random Llama / Mistral / Qwen / Phi-3 / Gemma 1 / Gemma 2 / Gemma 3 model (config.json,
   safetensors in f32, f16 or bf16, one file or shards with an index) with a byte-level BPE
   ``tokenizer.json`` trained with ``tokenizers`` and/or a SentencePiece ``tokenizer.model`` trained
   with ``sentencepiece``. ``gemma3_multimodal`` rewrites a Gemma 3 one as the text part of a
@@ -229,7 +229,7 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
             w[p + "self_attn.q_norm.weight"] = vec(hd, base, 0.5)
             w[p + "self_attn.k_norm.weight"] = vec(hd, base, 0.5)
         w[p + "post_attention_layernorm.weight"] = vec(e, base, 0.1 + 0.2 * gemma)
-        if gemma:
+        if gemma and cfg["architectures"] != ["GemmaForCausalLM"]:  # Gemma 2 / 3's norms after each part
             w[p + "pre_feedforward_layernorm.weight"] = vec(e, 0.0, 0.3)
             w[p + "post_feedforward_layernorm.weight"] = vec(e, 0.0, 0.3)
         if moe := _moe_names(cfg):
@@ -322,10 +322,10 @@ def dense_base_config(architecture: str) -> dict[str, Any]:
 
 def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
     """config.json of a small model; ``arch`` is llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe,
-    gemma2 or gemma3."""
+    gemma (Gemma 1), gemma2 or gemma3."""
     hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
           "phi3": "Phi3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-          "qwen3_moe": "Qwen3MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
+          "qwen3_moe": "Qwen3MoeForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
           "gemma3": "Gemma3ForCausalLM"}[arch]
     cfg: dict[str, Any] = {
         "architectures": [hf],
@@ -350,6 +350,9 @@ def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
     if arch in ("gemma2", "gemma3"):  # heads wider than hidden_size / n_head, as Gemma's are
         cfg.update(rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32)
+    if arch == "gemma":  # Gemma 1 (7B-like: heads wider than hidden_size / n_head; all layers global)
+        cfg.update(rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="gelu",
+                   hidden_activation="gelu_pytorch_tanh", num_hidden_layers=3, head_dim=32)
     if arch == "gemma2":  # even layers local; transformers' default soft-caps
         cfg.update(num_hidden_layers=4, sliding_window=6, attn_logit_softcapping=50.0,
                    final_logit_softcapping=30.0)
@@ -383,8 +386,8 @@ def tiny_model(
     """
     d.mkdir(parents=True, exist_ok=True)
     default_pre = {"llama": "llama-bpe", "mistral": "gpt-2", "mixtral": "gpt-2", "phi3": "gpt-2",
-                   "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "gemma2": "gpt-2",
-                   "gemma3": "gpt-2"}[arch]
+                   "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "gemma": "gpt-2",
+                   "gemma2": "gpt-2", "gemma3": "gpt-2"}[arch]
     n_tok = 0
     if tokenizer in ("bpe", "both"):
         n_tok = write_bpe_tokenizer(d, pre=pre or default_pre)
@@ -529,16 +532,20 @@ def _moe_ffn(cfg: dict[str, Any], g: Weights, p: str, h: np.ndarray, moe: tuple[
             out[t] += wt * (g[p + down.format(xid=x)] @ (a / (1 + np.exp(-a)) * b))
     return out
 
-# -- Gemma 2 and Gemma 3 ----------------------------------------------------------------------------
+# -- Gemma 1, Gemma 2 and Gemma 3 ---------------------------------------------------------------------
 
 
 def is_gemma(cfg: dict[str, Any]) -> bool:
-    return cfg.get("architectures", [""])[0] in ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3TextModel")
+    return cfg.get("architectures", [""])[0] in (
+        "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3TextModel"
+    )  # fmt: skip
 
 
 def gemma_sliding_layers(cfg: dict[str, Any]) -> list[bool]:
     """Which layers attend through a sliding window: ``layer_types``, else transformers' pattern
-    (Gemma 2: the even layers; Gemma 3: all but every ``sliding_window_pattern``-th)."""
+    (Gemma 2: the even layers; Gemma 3: all but every ``sliding_window_pattern``-th; Gemma 1: none)."""
+    if cfg["architectures"] == ["GemmaForCausalLM"]:
+        return [False] * cfg["num_hidden_layers"]
     if cfg.get("layer_types"):
         return [t == "sliding_attention" for t in cfg["layer_types"]]
     n = 2 if cfg["architectures"] == ["Gemma2ForCausalLM"] else cfg.get("sliding_window_pattern", 6)
@@ -555,18 +562,20 @@ def _softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
 
 
 def _gemma_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
-    """transformers' Gemma2ForCausalLM / Gemma3ForCausalLM in float64 (see gemma_hidden_states),
-    the final logits soft-capped."""
+    """transformers' GemmaForCausalLM / Gemma2ForCausalLM / Gemma3ForCausalLM in float64 (see
+    gemma_hidden_states), the final logits soft-capped (Gemma 2, 3)."""
     g = {k: v.astype(np.float64) for k, v in w.items()}
     logits = gemma_hidden_states(cfg, w, ids) @ g.get("lm_head.weight", g["model.embed_tokens.weight"]).T
     return _softcap(logits, cfg.get("final_logit_softcapping"))
 
 
 def gemma_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
-    """The normed last hidden states (T, hidden) of transformers' Gemma2 / Gemma3 text models in
-    float64 (weights in Gemma*ForCausalLM's names): the embedding times sqrt(hidden_size) (in
+    """The normed last hidden states (T, hidden) of transformers' Gemma / Gemma2 / Gemma3 text models
+    in float64 (weights in Gemma*ForCausalLM's names): the embedding times sqrt(hidden_size) (in
     float32, the model's dtype), norms ``x * (1 + w)`` before and after attention and
-    feed-forward, per-head q/k norms (Gemma 3), queries scaled by query_pre_attn_scalar**-0.5,
+    feed-forward (Gemma 1 (modeling_gemma.py): only before, post_attention_layernorm being the
+    feed-forward's), per-head q/k norms (Gemma 3), queries scaled by query_pre_attn_scalar**-0.5
+    (Gemma 1: head_dim**-0.5),
     attention soft-capped (Gemma 2), local layers masking keys ``sliding_window`` or more positions
     back (Gemma 3's with rope_local_base_freq, unscaled), a GeGLU feed-forward (gelu_pytorch_tanh).
     With ``use_bidirectional_attention`` (EmbeddingGemma's Gemma3TextModel) no causal mask, and
@@ -576,6 +585,7 @@ def gemma_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.n
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     eps = cfg["rms_norm_eps"]
     t = len(ids)
+    gemma1 = cfg["architectures"] == ["GemmaForCausalLM"]
 
     def norm(x: np.ndarray, name: str) -> np.ndarray:
         return _rms(x, 1.0 + g[name], eps)
@@ -584,7 +594,7 @@ def gemma_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.n
     pos = np.arange(t, dtype=np.float64)
     back = pos[:, None] - pos[None, :]  # how far back each key is from each query
     full = np.where(back >= 0, 0.0, -np.inf)
-    local = np.where((back >= 0) & (back < cfg["sliding_window"]), 0.0, -np.inf)
+    local = np.where((back >= 0) & (back < (cfg.get("sliding_window") or t)), 0.0, -np.inf)
     if cfg.get("use_bidirectional_attention"):
         full = np.zeros((t, t))
         local = np.where(np.abs(back) < cfg["sliding_window"] // 2 + 1, 0.0, -np.inf)
@@ -603,14 +613,20 @@ def gemma_hidden_states(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.n
         inv = inv_local if sliding else inv_full
         q, k = _rope(q, pos, inv), _rope(k, pos, inv)
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
-        s = q @ k.transpose(0, 2, 1) * cfg["query_pre_attn_scalar"] ** -0.5
+        s = q @ k.transpose(0, 2, 1) * cfg.get("query_pre_attn_scalar", hd) ** -0.5
         s = _softcap(s, cfg.get("attn_logit_softcapping")) + (local if sliding else full)
         s = np.exp(s - s.max(-1, keepdims=True))
         a = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(t, nh * hd)
-        x = x + norm(a @ g[p + "self_attn.o_proj.weight"].T, p + "post_attention_layernorm.weight")
-        h = norm(x, p + "pre_feedforward_layernorm.weight")
+        a = a @ g[p + "self_attn.o_proj.weight"].T
+        if gemma1:  # x + attn, then the feed-forward on post_attention_layernorm(x)
+            x = x + a
+            h = norm(x, p + "post_attention_layernorm.weight")
+        else:
+            x = x + norm(a, p + "post_attention_layernorm.weight")
+            h = norm(x, p + "pre_feedforward_layernorm.weight")
         f = _gelu_tanh(h @ g[p + "mlp.gate_proj.weight"].T) * (h @ g[p + "mlp.up_proj.weight"].T)
-        x = x + norm(f @ g[p + "mlp.down_proj.weight"].T, p + "post_feedforward_layernorm.weight")
+        f = f @ g[p + "mlp.down_proj.weight"].T
+        x = x + (f if gemma1 else norm(f, p + "post_feedforward_layernorm.weight"))
     return norm(x, "model.norm.weight")
 
 

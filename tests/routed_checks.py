@@ -1,15 +1,17 @@
-"""The checks the tiny mixture-of-experts suites (test_minimax_phimoe, test_glm4moe, test_deepseek2)
-run on each of their files: against llama.cpp at F32 and Q8_0, greedy tokens, the placement with a
-(fake) GPU."""
+"""The checks the tiny mixture-of-experts suites (test_minimax_phimoe, test_glm4moe, test_deepseek2,
+...) run on each of their files: against llama.cpp at F32 and Q8_0, greedy tokens, the placement with
+a (fake) GPU; and their converter suites' checkpoints and logits."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import pytest
 from hf_fixtures import save_weights
@@ -98,6 +100,66 @@ def refused(
     write_gguf(cfg, weights, path, **kw)
     with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
         Model(path, n_ctx=n_ctx)
+
+
+HOST_TENSOR = re.compile(r"\.(ffn_(gate|up|down|gate_up)_exps|ffn_gate_inp|exp_probs_b)\.")
+
+
+def expected_placement(path: Path, n_layer: int, ngl: int) -> list[tuple[str, str, int]]:
+    """(part, device, bytes) as n_gpu_layers = ngl should place the file's tensors (gguf-py's
+    reader): the output layer and the last ngl - 1 blocks on FAKEGPU0, but for a routed block's
+    router, selection bias and experts (and a shared expert gated per token, with its gate), which
+    stay on the CPU as the part blk.N.experts; blocks past n_layer (NextN) are not loaded."""
+    first = 0 if ngl < 0 else n_layer - max(ngl - 1, 0)
+    blocks: list[dict[str, int]] = [{"dev": 0, "host": 0} for _ in range(n_layer)]
+    embd = out = 0
+    names = [t.name for t in gguf.GGUFReader(path).tensors]
+    for t in gguf.GGUFReader(path).tensors:
+        if m := re.match(r"blk\.(\d+)\.", t.name):
+            i = int(m.group(1))
+            if i >= n_layer:
+                continue
+            gated = f"blk.{i}.ffn_gate_inp_shexp.weight" in names
+            host = HOST_TENSOR.search(t.name) or (gated and "_shexp." in t.name)
+            blocks[i]["host" if host and i >= first else "dev"] += int(t.n_bytes)
+        elif t.name.startswith("token_embd."):
+            embd += int(t.n_bytes)
+        else:
+            out += int(t.n_bytes)
+    gpu = ngl != 0
+    if "output.weight" not in names and gpu:  # (on the GPU a tied output layer holds its own copy)
+        out += embd
+    want = [("token_embd", "CPU", embd)]
+    for i, b in enumerate(blocks):
+        want.append((f"blk.{i}", "FAKEGPU0" if i >= first else "CPU", b["dev"]))
+        if b["host"]:
+            want.append((f"blk.{i}.experts", "CPU", b["host"]))
+    return [*want, ("output", "FAKEGPU0" if gpu else "CPU", out)]
+
+
+def experts_on_host(path: Path, monkeypatch: Any, *, ngl: int = -1, **kw: Any) -> Any:
+    """With a (fake) GPU and n_gpu_layers ngl: the GPU blocks' routers and experts stay in host
+    memory, said once; the placement is expected_placement's; the logits of a 40-token prompt
+    (past the op-offload threshold) and of one token after it are the CPU-only model's, exactly
+    (FAKEGPU0 runs the CPU's kernels, and the experts add to the stream in the CPU's order)."""
+    from splitllm import _core  # noqa: PLC0415
+
+    def run(m: Any) -> np.ndarray:
+        n_vocab = m.config["n_vocab"]
+        prompt = np.asarray([(7 * i + 3) % n_vocab for i in range(40)], np.int32)
+        a = m.decode(prompt, np.arange(40, dtype=np.int32), np.zeros(40, np.int32))
+        b = m.decode(np.asarray([5], np.int32), np.asarray([40], np.int32), np.zeros(1, np.int32))
+        return np.concatenate([a, b])
+
+    want = run(_core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False))
+    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
+    monkeypatch.delenv("SPLITLLM_FAKE_GPU_MEM", raising=False)
+    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=ngl, **kw)
+    assert len(m.warnings) == 1 and "experts" in m.warnings[0] and "host memory" in m.warnings[0]
+    got = [(p["name"], p["device"], p["weight_bytes"]) for p in m.placement]
+    assert got == expected_placement(path, m.config["n_layer"], ngl)
+    np.testing.assert_array_equal(run(m), want)  # (FAKEGPU0 runs the CPU's kernels: the same sums)
+    return m
 
 
 # -- converted checkpoints (the test_convert_* suites of these architectures)

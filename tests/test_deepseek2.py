@@ -177,7 +177,7 @@ def test_gpu_layers_fall_back_to_cpu(files, name, monkeypatch):
     """With a (fake) GPU: the blocks stay on the CPU with a warning, the output layer goes to the
     GPU, and a batch of 32 (op offload of the dense block's matmuls) gives the CPU's logits."""
     m = RC.with_fake_gpu(files[name][1], TOKENS, monkeypatch)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
+    assert len(m.warnings) == 1 and "latent attention" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
     assert m.n_op_offload == 3  # each block once (the dense one's feed-forward offloaded)
 

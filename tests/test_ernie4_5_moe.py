@@ -81,6 +81,13 @@ def test_placement_counts_every_weight(files, name):
     assert got == file_block_bytes(path, cfg.n_layer)[0]
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_experts_stay_on_the_host(files, name, monkeypatch):
+    """With a (fake) GPU: the blocks go there but for their routers, correction biases and
+    experts; the logits are the CPU's (routed_checks.experts_on_host)."""
+    RC.experts_on_host(files[name][1], monkeypatch)
+
+
 @pytest.mark.parametrize(
     ("changes", "match"),
     [

@@ -147,12 +147,12 @@ def test_missing_tensor_is_named(tmp_path, drop):
         assert rel_err(m.logits(TOKENS[:8]), reference_logits(cfg, held, TOKENS[:8])) < F32_LOGITS_TOL
 
 
-def test_experts_stay_on_the_cpu(files, monkeypatch):
-    """With a (fake) GPU: the blocks stay on the CPU with a warning, the output layer goes to the
-    GPU, and a batch of 32 (op offload of the dense block's matmuls) gives the CPU's logits."""
-    m = RC.with_fake_gpu(files["glm45"][1], TOKENS, monkeypatch)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
-    assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_experts_stay_on_the_host(files, monkeypatch, ngl):
+    """With a (fake) GPU: the blocks go to the GPU but for their routers, selection biases and
+    experts (the dense lead block wholly), said once; the MTP layer is not loaded; the logits are
+    the CPU's (routed_checks.experts_on_host)."""
+    RC.experts_on_host(files["glm45"][1], monkeypatch, ngl=ngl)
 
 
 def test_state_round_trip_and_imatrix(files):

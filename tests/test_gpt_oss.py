@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
+from routed_checks import experts_on_host
 from splitllm import Model
 from splitllm.quants import quantize
 from tiny_model import TinyConfig, check_engine_passes, make_weights, reference_logits, write_gguf
@@ -72,3 +73,13 @@ def test_mxfp4_weights(tmp_path):
     theirs_err = np.abs(theirs - ref).max(axis=-1) / np.abs(ref).max()
     assert np.median(ours_err) < 2e-2
     assert ours_err[theirs_err < 2e-2].max() < 3e-2  # where llama.cpp's routes are the reference's
+
+
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_experts_stay_on_the_host(tmp_path, monkeypatch, ngl):
+    """With a (fake) GPU: the blocks (attention sinks, biases, the sliding layers' ring caches) go
+    to the GPU but for their biased routers and experts; the logits are the CPU's
+    (routed_checks.experts_on_host)."""
+    path = tmp_path / "gpt-oss.gguf"
+    write_gguf(make_weights(gpt_oss()), path)
+    experts_on_host(path, monkeypatch, ngl=ngl)

@@ -137,7 +137,7 @@ def test_placement_counts_every_weight_and_blocks_stay_on_the_cpu(tmp_path, monk
             if part["name"].startswith("blk."):
                 mine = [int(t.n_bytes) for t in tensors if t.name.startswith(part["name"] + ".")]
                 assert part["weight_bytes"] == sum(mine), part["name"]
-    with pytest.warns(RuntimeWarning, match="mixture-of-experts") as caught:
+    with pytest.warns(RuntimeWarning, match="short-convolution") as caught:
         m = Model(path, n_ctx=64, n_threads=2, n_gpu_layers=-1)
     with m:
         assert len(caught) == 1

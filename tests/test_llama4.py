@@ -217,7 +217,7 @@ def test_blocks_stay_on_the_cpu(tmp_path, monkeypatch):
     prompt = [(7 * i + 3) % cfg.n_vocab for i in range(40)]
     with Model(path, n_ctx=64, n_threads=1, op_offload=False) as m:
         want = np.concatenate([m.logits(prompt), m.eval_prompt(prompt + [5])[None]])
-    with pytest.warns(RuntimeWarning, match="mixture-of-experts") as caught:
+    with pytest.warns(RuntimeWarning, match="chunked attention") as caught:
         m = Model(path, n_ctx=64, n_threads=1, n_gpu_layers=-1)
     with m:
         assert len(caught) == 1

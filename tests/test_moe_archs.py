@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import gguf
 import numpy as np
 import pytest
 import routed_checks as RC
 from lcpp import llama_cpp_logits
-from splitllm import Model, _core
+from splitllm import Model
 from splitllm.quants import quantize
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 from tiny_moe import MoeConfig, make_weights, reference_logits, write_moe_gguf
@@ -140,35 +139,16 @@ def test_bad_metadata_is_named(tmp_path, case, changes, match):
     RC.refused(tmp_path, cfg, make_weights(cfg), write_moe_gguf, match, n_ctx=64, metadata_changes=changes)
 
 
-@pytest.mark.parametrize("case", ["qwen2moe", "granitemoeshared-tied"])
-def test_experts_stay_on_the_cpu(tmp_path, monkeypatch, case):
-    """n_gpu_layers on a (fake) GPU: the blocks stay on the CPU, said once; only the output layer
-    moves; the logits (a prompt past the op-offload threshold, then a token) are the CPU's."""
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    monkeypatch.delenv("SPLITLLM_FAKE_GPU_MEM", raising=False)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_experts_stay_on_the_host(tmp_path, monkeypatch, case, ngl):
+    """n_gpu_layers on a (fake) GPU: the blocks go to the GPU but for their routers and experts
+    (and qwen2moe's shared expert, scaled per token, with its gate), said once; the placement's
+    bytes are the file's tensors split so; the logits (a prompt past the op-offload threshold,
+    then a token) are the CPU's: routed_checks.experts_on_host."""
     cfg = CASES[case]
-    path = str(tmp_path / "m.gguf")
     write_moe_gguf(cfg, make_weights(cfg), tmp_path / "m.gguf")
-    prompt = [(7 * i + 3) % cfg.n_vocab for i in range(40)]
-
-    def run(m: _core.Model) -> np.ndarray:
-        a = m.decode(np.asarray(prompt, np.int32), np.arange(40, dtype=np.int32), np.zeros(40, np.int32))
-        b = m.decode(np.asarray([5], np.int32), np.asarray([40], np.int32), np.zeros(1, np.int32))
-        return np.concatenate([a, b])
-
-    want = run(_core.Model(path, n_ctx=64, n_threads=1, op_offload=False))
-    m = _core.Model(path, n_ctx=64, n_threads=1, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
-    assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
-    part_bytes: dict[str, int] = {}  # the file's tensors by part (the shared expert's gate too)
-    for t in gguf.GGUFReader(path).tensors:
-        part = ".".join(t.name.split(".")[:2]) if t.name.startswith("blk.") else t.name.split(".")[0]
-        part = "output" if part == "output_norm" else part
-        part_bytes[part] = part_bytes.get(part, 0) + int(t.n_bytes)
-    if cfg.tied_output:  # (on the GPU the output layer holds a copy of the embedding)
-        part_bytes["output"] += part_bytes["token_embd"]
-    assert {p["name"]: p["weight_bytes"] for p in m.placement} == part_bytes
-    np.testing.assert_allclose(run(m), want, rtol=0, atol=1e-4 * np.abs(want).max())
+    RC.experts_on_host(tmp_path / "m.gguf", monkeypatch, ngl=ngl)
 
 
 @pytest.mark.parametrize("case", ["qwen2moe", "granitemoeshared-tied"])

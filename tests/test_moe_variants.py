@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import routed_checks as RC
 from lcpp import llama_cpp_logits
-from splitllm import Model, _core
+from splitllm import Model
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 from tiny_moe_var import VarConfig, make_weights, reference_logits, write_var_gguf
 
@@ -201,26 +201,14 @@ def test_placement_counts_every_weight(tmp_path, case):
     assert got == per_block
 
 
-@pytest.mark.parametrize("case", ["bailingmoe2", "smallthinker"])
-def test_experts_stay_on_the_cpu(tmp_path, monkeypatch, case):
-    """n_gpu_layers on a (fake) GPU: the blocks stay on the CPU, said once; only the output layer
-    moves; the logits (a prompt past the op-offload threshold, then a token) are the CPU's (the
-    router reading the block's input, the NextN block left out, the sliding layers too)."""
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    monkeypatch.delenv("SPLITLLM_FAKE_GPU_MEM", raising=False)
-    cfg, path, _ = _write(tmp_path, case)
-    prompt = [(7 * i + 3) % cfg.n_vocab for i in range(40)]
-
-    def run(m: _core.Model) -> np.ndarray:
-        a = m.decode(np.asarray(prompt, np.int32), np.arange(40, dtype=np.int32), np.zeros(40, np.int32))
-        b = m.decode(np.asarray([5], np.int32), np.asarray([40], np.int32), np.zeros(1, np.int32))
-        return np.concatenate([a, b])
-
-    want = run(_core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False))
-    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
-    assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
-    np.testing.assert_allclose(run(m), want, rtol=0, atol=1e-4 * np.abs(want).max())
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_experts_stay_on_the_host(tmp_path, monkeypatch, case, ngl):
+    """n_gpu_layers on a (fake) GPU: the blocks go to the GPU but for their routers and experts,
+    said once; the logits (a prompt past the op-offload threshold, then a token) are the CPU's (the
+    router reading the block's input, copied to the host; the NextN block left out; the sliding
+    layers too): routed_checks.experts_on_host."""
+    RC.experts_on_host(_write(tmp_path, case)[1], monkeypatch, ngl=ngl)
 
 
 @pytest.mark.parametrize("case", ONE_EACH)

@@ -9,10 +9,13 @@ logits must match the CPU run bit for bit.
 
 from __future__ import annotations
 
+import re
+
 import gguf
 import numpy as np
 import pytest
 import splitllm
+from routed_checks import HOST_TENSOR
 from splitllm import _core
 from tiny_model import TinyConfig, make_weights, write_gguf
 
@@ -131,15 +134,21 @@ def test_state_moves_between_gpu_and_cpu_caches(tmp_path, fake_gpu):
 
 
 @pytest.mark.parametrize("ngl", [2, -1])
-def test_experts_stay_on_the_cpu(tmp_path, fake_gpu, ngl):
-    """Mixture-of-experts blocks have no GPU kernels yet: n_gpu_layers puts only the output layer
-    on the GPU, says so once, and the logits are the CPU's."""
+def test_experts_stay_on_the_host(tmp_path, fake_gpu, ngl):
+    """Mixture-of-experts blocks have no GPU expert kernels yet: n_gpu_layers puts the blocks on
+    the GPU with their KV caches, but their routers and experts stay on the CPU (a part
+    blk.N.experts each), said once; the logits are the CPU's."""
     path, cfg = tiny(tmp_path, arch="qwen3moe", n_layer=3, n_expert=4, n_expert_used=2, seed=9)
     m = _core.Model(path, n_ctx=64, n_threads=1, n_gpu_layers=ngl)
-    assert len(m.warnings) == 1 and "mixture-of-experts" in m.warnings[0]
-    assert devices(m) == [("token_embd", "CPU", "")] + [(f"blk.{i}", "CPU", "CPU") for i in range(3)] + [
-        ("output", "FAKEGPU0", "")]
-    np.testing.assert_array_equal(logits(m, PROMPT), logits(cpu_model(path), PROMPT))
+    assert len(m.warnings) == 1 and "experts" in m.warnings[0] and "--cpu-moe" in m.warnings[0]
+    first = 0 if ngl < 0 else 3 - (ngl - 1)
+    want = [("token_embd", "CPU", "")]
+    for i in range(3):
+        want += [(f"blk.{i}", "FAKEGPU0", "FAKEGPU0"), (f"blk.{i}.experts", "CPU", "")] if i >= first else [
+            (f"blk.{i}", "CPU", "CPU")]
+    assert devices(m) == [*want, ("output", "FAKEGPU0", "")]
+    ref = logits(cpu_model(path), PROMPT)
+    np.testing.assert_allclose(logits(m, PROMPT), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3moe"])
@@ -152,6 +161,8 @@ def test_placement_bytes(tmp_path, fake_gpu, arch):
     for t in gguf.GGUFReader(path).tensors:
         part = ".".join(t.name.split(".")[:2]) if t.name.startswith("blk.") else t.name.split(".")[0]
         part = "output" if part == "output_norm" else part
+        if part == "blk.3" and HOST_TENSOR.search(t.name):  # (its router and experts stay on the CPU)
+            part += ".experts"
         tensor_bytes[part] = tensor_bytes.get(part, 0) + int(t.n_bytes)
     n_ctx, hd = 64, cfg.head_dim
     for type_k, k_row in (("f16", 2 * hd), ("q8_0", hd // 32 * 34)):
@@ -159,9 +170,10 @@ def test_placement_bytes(tmp_path, fake_gpu, arch):
         kv = n_ctx * cfg.n_head_kv * (k_row + 2 * hd)
         for p in m.placement:
             assert p["weight_bytes"] == tensor_bytes[p["name"]], p["name"]
-            assert p["kv_bytes"] == (kv if p["name"].startswith("blk.") else 0), p["name"]
-        blk3 = "CPU" if moe else "FAKEGPU0"  # experts stay on the CPU
-        assert devices(m)[-2:] == [("blk.3", blk3, "CPU"), ("output", "FAKEGPU0", "")]
+            assert p["kv_bytes"] == (kv if re.fullmatch(r"blk\.\d+", p["name"]) else 0), p["name"]
+        experts = [("blk.3.experts", "CPU", "")] if moe else []
+        want = [("blk.3", "FAKEGPU0", "CPU"), *experts, ("output", "FAKEGPU0", "")]
+        assert devices(m)[-len(want):] == want
 
 
 def test_tied_output_on_gpu_counts_its_copy(tmp_path, fake_gpu):

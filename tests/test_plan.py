@@ -87,6 +87,35 @@ def test_experts_plan_matches_engine(tmp_path):
     assert (cpu.buffers, cpu.weights, cpu.kv_cache) == (engine["buffers"], engine["weights"], engine["kv"])
 
 
+def test_experts_gpu_split_plan_matches_engine(tmp_path, fake_gpu):
+    """A mixture of experts with two blocks on the (fake) GPU: their routers and experts stay in
+    host memory, and the plan's bytes per device are those the loaded model holds; host and
+    device weights add up to the file's tensors (each device tensor 256-byte aligned)."""
+    from splitllm.quants import quantize
+
+    cfg = TinyConfig(arch="qwen3moe", n_layer=3, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_expert=8,
+                     n_expert_used=2, n_ff_exp=256, seed=4)
+    path = tmp_path / "moe.gguf"
+    write_gguf(make_weights(cfg), path, weight_type="Q4_K", quantize=quantize)
+    p = plan(path, n_ctx=128, n_batch=64, n_threads=2, n_gpu_layers=3, gpu_memory="1GiB")
+    sizes = tensor_bytes(path)
+    gpu_blocks = ("blk.1.", "blk.2.")
+    host = [k for k in sizes if k.startswith(gpu_blocks) and ("_exps." in k or "ffn_gate_inp." in k)]
+    device = [k for k in sizes if k.startswith(("blk.1.", "blk.2.", "output")) and k not in host]
+    assert p.device("CPU").weights == sum(sizes.values()) - sum(sizes[k] for k in device)
+    raw = sum(sizes[k] for k in device)
+    assert raw <= p.device("FAKEGPU0").weights <= raw + 256 * len(device)
+    assert [lp.name for lp in p.layers if lp.device == "CPU"] == [
+        "token_embd", "blk.0", "blk.1.experts", "blk.2.experts"]
+    with pytest.warns(RuntimeWarning, match="host memory"):
+        m = Model(path, n_ctx=128, n_batch=64, n_threads=2, n_gpu_layers=3)
+    with m:
+        mem = {d["name"]: d for d in m._engine().memory}
+    for d in p.devices:
+        got = mem[d.name]
+        assert (d.weights, d.kv_cache, d.buffers) == (got["weights"], got["kv"], got["buffers"]), d.name
+
+
 @pytest.mark.parametrize("kind", ["encoder", "gpt-oss"])
 def test_encoder_and_gpt_oss_plans_match_engine(tmp_path, kind):
     """An encoder (EmbeddingGemma: its attention buffers, one set per thread) and gpt-oss (sinks,

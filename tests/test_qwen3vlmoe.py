@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
+from routed_checks import experts_on_host
 from splitllm import GGUFError, Model
 from tiny_glm4moe import file_block_bytes, write_arch_gguf
 from tiny_model import F32_LOGITS_TOL, TinyConfig, check_engine_passes, make_weights, reference_logits
@@ -85,6 +86,12 @@ def test_placement_counts_every_weight(f32):
     with Model(path, n_ctx=64, n_threads=2) as model:
         got = {p["name"]: p["weight_bytes"] for p in model.placement if p["name"].startswith("blk.")}
     assert got == file_block_bytes(path, CFG.n_layer)[0]
+
+
+def test_experts_stay_on_the_host(f32, monkeypatch):
+    """With a (fake) GPU: the blocks (the interleaved multi-section rotation on the GPU) go there
+    but for their routers and experts; the logits are the CPU's (routed_checks.experts_on_host)."""
+    experts_on_host(f32[0], monkeypatch, ngl=2)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""Gemma 2 and Gemma 3 (text), and EmbeddingGemma: the table and the metadata llama.cpp's
-Gemma2Model / Gemma3Model / EmbeddingGemma (convert_hf_to_gguf.py) write, on the Architecture
-machinery of ``arch``.
+"""Gemma 1, Gemma 2 and Gemma 3 (text), and EmbeddingGemma: the table and the metadata llama.cpp's
+GemmaModel / Gemma2Model / Gemma3Model / EmbeddingGemma (convert_hf_to_gguf.py) write, on the
+Architecture machinery of ``arch``.
 
 Gemma's RMSNorm multiplies by ``1 + w``; llama.cpp's by its weight, so every norm weight is
 written as ``w + 1`` (computed in float32, as llama.cpp does for BF16 and F32 checkpoints).
@@ -9,7 +9,7 @@ written as ``w + 1`` (computed in float32, as llama.cpp does for BF16 and F32 ch
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ from gguf import GGUFWriter
 from splitllm_convert.arch import (
     Architecture,
     Array,
+    PlannedSource,
     TensorRule,
     _positive,
     _require,
@@ -28,17 +29,22 @@ from splitllm_convert.arch import (
 )
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.hfdir import TensorEntry, file_tensors, read_json
-from splitllm_convert.vocab import Vocab
+from splitllm_convert.vocab import Vocab, _special_tokens
 
 
-def _gemma_rules(prefix: str, lm_head: str | None, head_norms: bool) -> tuple[TensorRule, ...]:
-    """Gemma's table: four RMSNorms a block, each stored as ``w`` of ``x * (1 + w)`` and written as
-    ``1 + w`` (what llama.cpp's plain RMSNorm multiplies by); q/k in HF order (NEOX rope).
+def _gemma_rules(
+    prefix: str, lm_head: str | None, head_norms: bool, post_norms: bool = True
+) -> tuple[TensorRule, ...]:
+    """Gemma's table: RMSNorms each stored as ``w`` of ``x * (1 + w)`` and written as ``1 + w`` (what
+    llama.cpp's plain RMSNorm multiplies by); q/k in HF order (NEOX rope).
 
     ``prefix``: where the decoder's tensors live ("model." or a multimodal model's text part).
-    ``lm_head``: the HF name written as output.weight, or None to leave it out (Gemma 2).
+    ``lm_head``: the HF name written as output.weight, or None to leave it out (Gemma 1 and 2).
+    ``post_norms``: four norms a block (Gemma 2 and 3); else two (Gemma 1), whose
+    post_attention_layernorm is the feed-forward's input norm.
     """
     L, B = prefix + "layers.{bid}.", "blk.{bid}."
+    post_attention = "post_attention_norm" if post_norms else "ffn_norm"
     rules = [
         TensorRule(prefix + "embed_tokens.weight", "token_embd.weight", ("vocab", "embd")),
         TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", ("embd",), "plus_one"),
@@ -47,17 +53,20 @@ def _gemma_rules(prefix: str, lm_head: str | None, head_norms: bool) -> tuple[Te
         TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", ("kv", "embd")),
         TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", ("embd", "q")),
         TensorRule(
-            L + "post_attention_layernorm.weight", B + "post_attention_norm.weight", ("embd",), "plus_one"
+            L + "post_attention_layernorm.weight", B + post_attention + ".weight", ("embd",), "plus_one"
         ),
-        TensorRule(L + "pre_feedforward_layernorm.weight", B + "ffn_norm.weight", ("embd",), "plus_one"),
         TensorRule(L + "mlp.gate_proj.weight", B + "ffn_gate.weight", ("ff", "embd")),
         TensorRule(L + "mlp.up_proj.weight", B + "ffn_up.weight", ("ff", "embd")),
         TensorRule(L + "mlp.down_proj.weight", B + "ffn_down.weight", ("embd", "ff")),
-        TensorRule(
-            L + "post_feedforward_layernorm.weight", B + "post_ffw_norm.weight", ("embd",), "plus_one"
-        ),
         TensorRule(prefix + "norm.weight", "output_norm.weight", ("embd",), "plus_one"),
     ]
+    if post_norms:
+        rules += [
+            TensorRule(L + "pre_feedforward_layernorm.weight", B + "ffn_norm.weight", ("embd",), "plus_one"),
+            TensorRule(
+                L + "post_feedforward_layernorm.weight", B + "post_ffw_norm.weight", ("embd",), "plus_one"
+            ),
+        ]
     if head_norms:
         rules += [
             TensorRule(L + "self_attn.q_norm.weight", B + "attn_q_norm.weight", ("head",), "plus_one"),
@@ -68,26 +77,153 @@ def _gemma_rules(prefix: str, lm_head: str | None, head_norms: bool) -> tuple[Te
     return tuple(rules)
 
 
-class _Gemma(Architecture):
-    """What Gemma 2 and Gemma 3 share: the embedding scaled by sqrt(n_embd), norms before and after
-    attention and feed-forward, a GeGLU feed-forward, queries scaled by query_pre_attn_scalar**-0.5,
-    sliding-window attention on some layers, tied embeddings.
-
-    config.json is read as llama.cpp's converter reads it through transformers' AutoConfig: keys it
-    leaves out take the config class's defaults (``defaults``). Layers attend locally as
-    ``layer_types`` says (else transformers' fixed pattern); llama.cpp assumes a pattern of
-    ``lcpp_pattern`` and is told only of a different one (``attention.sliding_window_pattern``).
-    """
+class _GemmaFamily(Architecture):
+    """What every Gemma shares: config.json read over the config class's defaults (``defaults``, as
+    llama.cpp's converter reads it through transformers' AutoConfig), norms written as ``1 + w``, a
+    SentencePiece vocabulary without a space prefix, and the ``{arch}.*`` keys GemmaModel writes."""
 
     defaults: ClassVar[dict[str, Any]]
-    lcpp_pattern: ClassVar[int]  # llama.cpp's SWA pattern: layer i is local unless (i + 1) % n == 0
-    n_layer_27b: ClassVar[int]  # the 27B model, whose queries llama.cpp scales by n_embd / n_head
-    always_swa: ClassVar[bool]  # llama.cpp's arch has sliding-window layers whatever the file says
+    label: ClassVar[str]  # the family's name in messages
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         super().__init__({**self.defaults, **cfg}, config_path)
         self.n_ctx = _require(self.cfg, "max_position_embeddings", config_path)
         self.rms_eps = _positive(self.cfg, "rms_norm_eps", config_path)
+
+    def _tied_and_unscaled(self, config_path: Path) -> None:
+        """llama.cpp's gemma / gemma2 always use the token embedding as the output matrix and read no
+        rope scaling (their converters write none)."""
+        if not self.tied:
+            raise ConvertError(
+                f"{config_path}: 'tie_word_embeddings' is false, but llama.cpp's {self.gguf_arch} always "
+                "uses the token embedding as the output matrix"
+            )
+        if self.rope["rope_type"] not in ("default", "dynamic"):
+            raise ConvertError(
+                f"{config_path}: rope scaling is not supported for {self.label} (llama.cpp's has none)"
+            )
+
+    def transforms(self) -> dict[str, Callable[[Array], Array]]:
+        return {"plus_one": lambda w: w + np.float32(1.0)}
+
+    def adjust_vocab(self, vocab: Vocab) -> None:
+        vocab.add_space_prefix = False  # llama.cpp's Gemma converters
+
+    def _add_gemma_hparams(self, w: GGUFWriter) -> None:
+        """As llama.cpp's GemmaModel.set_gguf_parameters (Gemma2Model's begins alike); it writes no
+        rope.freq_base (llama.cpp's default, 10000, is Gemma's), so the key is written only for a
+        model with another base."""
+        w.add_context_length(self.n_ctx)
+        w.add_embedding_length(self.n_embd)
+        w.add_block_count(self.n_layer)
+        w.add_feed_forward_length(self.n_ff)
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        if self.rope_theta() != 10000.0:
+            w.add_rope_freq_base(self.rope_theta())
+        w.add_layer_norm_rms_eps(self.rms_eps)
+        w.add_key_length(self.head_dim)
+        w.add_value_length(self.head_dim)
+
+
+class Gemma(_GemmaFamily):
+    """GemmaForCausalLM (Gemma 1, CodeGemma): two norms a block, every layer global, no soft-caps;
+    queries scaled by 1/sqrt(head_dim) (transformers' and llama.cpp's alike); the output is the token
+    embedding (llama.cpp's gemma has no output tensor; a saved lm_head.weight is left out, as
+    GemmaModel leaves it).
+
+    - ``head_dim`` from config.json (Gemma 7B: 256 with 16 heads of a 3072 width), written as
+      key_length / value_length; a config.json without it takes GemmaConfig's 256, and a checkpoint
+      whose q_proj disagrees is refused naming the key.
+    - The vocabulary from tokenizer.model only (GemmaModel's _set_vocab_sentencepiece), and then
+      GemmaModel's second SpecialVocab (CodeGemma's FIM tokens): of its prefix / suffix / middle /
+      fsep / eot ids gguf-py writes only the EOT (107 unless the files name another).
+    - The GeGLU's GELU is llama.cpp's tanh approximation: a ``hidden_activation`` naming another
+      is refused (``hidden_act``, which Google's files set to "gelu", is not read: transformers'
+      GemmaMLP of 2024 ignored it, taking hidden_activation or else gelu_pytorch_tanh).
+    """
+
+    hf_names = ("GemmaForCausalLM",)
+    gguf_arch = "gemma"
+    label = "Gemma"
+    rules = _gemma_rules("model.", None, head_norms=False, post_norms=False)
+    ignored = (*Architecture.ignored, "lm_head.weight")  # a copy of the tied embedding
+    defaults = {  # transformers' GemmaConfig (rope_theta: default_rope_theta)
+        "vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576, "num_hidden_layers": 28,
+        "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 256,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+        "attention_bias": False,
+    }  # fmt: skip
+    fim_types = ("prefix", "suffix", "middle", "fsep", "eot")  # GemmaModel's second SpecialVocab
+    eot_id = 107  # GemmaModel's EOT (<end_of_turn>)
+    tanh_gelus = ("gelu_pytorch_tanh", "gelu_new")
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
+        self.config_path = config_path
+        self.head_dim_given = "head_dim" in cfg
+        self._tied_and_unscaled(config_path)
+        if self.cfg["attention_bias"] is not False:
+            raise ConvertError(
+                f"{config_path}: 'attention_bias' is {self.cfg['attention_bias']!r}; llama.cpp's gemma has "
+                "no attention biases"
+            )
+        act = self.cfg.get("hidden_activation")
+        if act is not None and act not in self.tanh_gelus:
+            raise ConvertError(
+                f"{config_path}: 'hidden_activation' is {act!r}; llama.cpp's gemma computes the tanh "
+                f"approximation of GELU ({' or '.join(self.tanh_gelus)})"
+            )
+
+    def plan(
+        self, available: dict[str, tuple[int, ...]], where: Callable[[str], str], files: Sequence[Path]
+    ) -> list[PlannedSource]:
+        q = available.get("model.layers.0.self_attn.q_proj.weight")
+        if not self.head_dim_given and q is not None and q[0] != self.n_head * self.head_dim:
+            raise ConvertError(
+                f"{self.config_path}: no 'head_dim'; transformers' GemmaConfig then takes {self.head_dim}, "
+                f"but q_proj's {q[0]} rows in {where('model.layers.0.self_attn.q_proj.weight')} hold "
+                f"{self.n_head} heads of {q[0] / self.n_head:g}"
+            )
+        return super().plan(available, where, files)
+
+    def read_vocab(self, model_dir: Path, pre: str | None) -> Vocab:
+        """GemmaModel.set_vocab: the SentencePiece vocabulary, then the EOT id (and any add_* flags of
+        tokenizer.json's post-processor) of its second SpecialVocab."""
+        if not (model_dir / "tokenizer.model").is_file():
+            raise ConvertError(
+                f"{model_dir / 'tokenizer.model'}: missing; llama.cpp's GemmaModel reads Gemma's "
+                "SentencePiece tokenizer.model"
+            )
+        vocab = super().read_vocab(model_dir, pre)
+        fim = Vocab(vocab.model, "", [], [])
+        _special_tokens(model_dir, fim, self.n_vocab, types=self.fim_types)
+        eot = fim.special_ids.get("eot", self.eot_id)
+        if eot < self.n_vocab:  # (llama.cpp's converter writes 107 whatever the size; its loader ignores it)
+            vocab.special_ids["eot"] = eot
+        vocab.add_special.update(fim.add_special)
+        return vocab
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        self._add_gemma_hparams(w)
+
+
+class _Gemma(_GemmaFamily):
+    """What Gemma 2 and Gemma 3 share: the embedding scaled by sqrt(n_embd), norms before and after
+    attention and feed-forward, a GeGLU feed-forward, queries scaled by query_pre_attn_scalar**-0.5,
+    sliding-window attention on some layers, tied embeddings.
+
+    Layers attend locally as ``layer_types`` says (else transformers' fixed pattern); llama.cpp
+    assumes a pattern of ``lcpp_pattern`` and is told only of a different one
+    (``attention.sliding_window_pattern``).
+    """
+
+    lcpp_pattern: ClassVar[int]  # llama.cpp's SWA pattern: layer i is local unless (i + 1) % n == 0
+    n_layer_27b: ClassVar[int]  # the 27B model, whose queries llama.cpp scales by n_embd / n_head
+    always_swa: ClassVar[bool]  # llama.cpp's arch has sliding-window layers whatever the file says
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        super().__init__(cfg, config_path)
         self.swa = self._swa_layers(config_path)
         use_swa = any(self.swa) or self.always_swa
         self.n_swa = _require(self.cfg, "sliding_window", config_path) if use_swa else 0
@@ -124,12 +260,6 @@ class _Gemma(Architecture):
                 f"queries by 1/sqrt({want}) ({basis}), so this model would not run as trained"
             )
 
-    def transforms(self) -> dict[str, Callable[[Array], Array]]:
-        return {"plus_one": lambda w: w + np.float32(1.0)}
-
-    def adjust_vocab(self, vocab: Vocab) -> None:
-        vocab.add_space_prefix = False  # llama.cpp's Gemma converters
-
     def _add_swa(self, w: GGUFWriter) -> None:
         if not self.n_swa:  # no sliding-window layers: llama.cpp's gemma3 then has none either
             return
@@ -153,39 +283,21 @@ class Gemma2(_Gemma):
         "sliding_window": 4096, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
         "tie_word_embeddings": True,
     }  # fmt: skip
+    label = "Gemma 2"
     lcpp_pattern = 2
     n_layer_27b = 46
     always_swa = True
 
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         super().__init__(cfg, config_path)
-        if not self.tied:
-            raise ConvertError(
-                f"{config_path}: 'tie_word_embeddings' is false, but llama.cpp's gemma2 always uses the "
-                "token embedding as the output matrix"
-            )
-        if self.rope["rope_type"] not in ("default", "dynamic"):
-            raise ConvertError(
-                f"{config_path}: rope scaling is not supported for Gemma 2 (llama.cpp's has none)"
-            )
+        self._tied_and_unscaled(config_path)
         # llama.cpp's gemma2 always soft-caps; transformers' null (no capping) cannot be written
         self.attn_softcap = _positive(self.cfg, "attn_logit_softcapping", config_path)
         self.final_softcap = _positive(self.cfg, "final_logit_softcapping", config_path)
 
     def add_hparams(self, w: GGUFWriter) -> None:
-        """As llama.cpp's Gemma2Model.set_gguf_parameters; it writes no rope.freq_base (llama.cpp's
-        default, 10000, is Gemma 2's), so the key is written only for a model with another base."""
-        w.add_context_length(self.n_ctx)
-        w.add_embedding_length(self.n_embd)
-        w.add_block_count(self.n_layer)
-        w.add_feed_forward_length(self.n_ff)
-        w.add_head_count(self.n_head)
-        w.add_head_count_kv(self.n_head_kv)
-        if self.rope_theta() != 10000.0:
-            w.add_rope_freq_base(self.rope_theta())
-        w.add_layer_norm_rms_eps(self.rms_eps)
-        w.add_key_length(self.head_dim)
-        w.add_value_length(self.head_dim)
+        """As llama.cpp's Gemma2Model.set_gguf_parameters: GemmaModel's keys, the soft-caps, the window."""
+        self._add_gemma_hparams(w)
         w.add_attn_logit_softcapping(self.attn_softcap)
         w.add_final_logit_softcapping(self.final_softcap)
         self._add_swa(w)
@@ -206,6 +318,7 @@ class Gemma3(_Gemma):
         "query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None,
         "attn_logit_softcapping": None, "tie_word_embeddings": True,
     }  # fmt: skip
+    label = "Gemma 3"
     lcpp_pattern = 6
     n_layer_27b = 62
     always_swa = False

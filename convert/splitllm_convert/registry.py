@@ -14,7 +14,7 @@ from splitllm_convert.densevar import Apertus, Arcee, HunyuanDense, SeedOss, Sta
 from splitllm_convert.ernie_moe import Ernie4_5Moe
 from splitllm_convert.errors import ConvertError
 from splitllm_convert.falcon_h1 import FalconH1
-from splitllm_convert.gemma import EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal
+from splitllm_convert.gemma import EmbeddingGemma, Gemma, Gemma2, Gemma3, Gemma3Multimodal
 from splitllm_convert.gemma4 import Gemma4
 from splitllm_convert.glm4moe import Glm4Moe
 from splitllm_convert.gpt_oss import GptOss
@@ -42,7 +42,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
                 GraniteHybrid, NemotronH, Qwen35, FalconH1,
                 Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoeV2, HunYuanMoE, SmallThinker, Qwen3Next,
-                MiniMaxM2, PhiMoe)
+                MiniMaxM2, PhiMoe, Gemma)
     for n in cls.hf_names
 }
 

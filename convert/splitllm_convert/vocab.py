@@ -320,7 +320,13 @@ def _chat_template(model_dir: Path, tc: dict[str, Any]) -> Any:
 
 
 def _special_tokens(
-    model_dir: Path, v: Vocab, n_vocab: int, *, tok_json: dict[str, Any] | None = None, latest: bool = False
+    model_dir: Path,
+    v: Vocab,
+    n_vocab: int,
+    *,
+    tok_json: dict[str, Any] | None = None,
+    latest: bool = False,
+    types: tuple[str, ...] = SPECIAL_TYPES,
 ) -> None:
     """Special token ids, add_* flags and the chat template, in llama.cpp's order of precedence.
 
@@ -329,12 +335,13 @@ def _special_tokens(
     read (default: the directory's, if any). ``latest``: as the gguf-py of llama-cpp-python
     0.3.36's llama.cpp, which the WordPiece (BERT) vocabulary follows: the post-processor's add_*
     flags win over tokenizer_config.json's, and the normalizer's lowercase / strip_accents are kept.
+    ``types``: the special token types read (SpecialVocab's ``special_token_types``).
     """
     tok_path = model_dir / "tokenizer.json"
     if tok_json is None:
         tok_json = read_json(tok_path) if tok_path.is_file() else {}
     tc = _optional_json(model_dir / "tokenizer_config.json")
-    types = list(SPECIAL_TYPES)
+    types = list(types)
     added = [a for a in tok_json.get("added_tokens") or [] if isinstance(a, dict)]
     if tok_json:
         if latest:

@@ -217,9 +217,10 @@ __global__ void __launch_bounds__(kThreads)
         if (d < hd) os[warp * hd + d] = st.o[i];
     }
     __syncthreads();
-    float M = -INFINITY;
+    const float sink = sc_p.sinks ? sc_p.sinks[hq] : -INFINITY;
+    float M = sink;
     for (int w = 0; w < kWarps; ++w) M = fmaxf(M, ms[w]);
-    float L = 0.0f;
+    float L = sc_p.sinks ? __expf(sink - M) : 0.0f;
     for (int w = 0; w < kWarps; ++w) L += ms[w] == -INFINITY ? 0.0f : ls[w] * __expf(ms[w] - M);
     for (int d = threadIdx.x; d < hd; d += kThreads) {
         float o = 0.0f;
@@ -328,7 +329,11 @@ __global__ void __launch_bounds__(kThreads)
         const int r = warp + kWarps * i;
         if (r >= nq) continue;
         float * dst = out + (size_t(t0 + r / nh) * s.n_head + hq0 + r % nh) * hd;
-        const float inv = 1.0f / st[i].l;
+        float inv = 1.0f / st[i].l;
+        if (sc_p.sinks) {  // the head's sink logit joins the softmax: m, l and o rescaled to the new max
+            const float sink = sc_p.sinks[hq0 + r % nh], m = fmaxf(st[i].m, sink), corr = __expf(st[i].m - m);
+            inv = corr / (st[i].l * corr + __expf(sink - m));
+        }
 #pragma unroll
         for (int k = 0; k < ND; ++k) {
             const int d = lane + kWarp * k;

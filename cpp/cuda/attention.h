@@ -41,11 +41,13 @@ struct AttnBatch {
 };
 
 // How scores are formed: scale * q . k, then softcap * tanh(score / softcap) if softcap > 0;
-// with window > 0 a query at position p sees cells (p - window, p] only.
+// with window > 0 a query at position p sees cells (p - window, p] only. sinks (device, one per
+// query head; gpt-oss): a logit that joins each row's softmax without a value.
 struct AttnScore {
     float scale = 1.0f;
     float softcap = 0.0f;
     int window = 0;
+    const float * sinks = nullptr;
 };
 
 // Throws unless the cache types and head size are supported (head_dim <= 256; a multiple of 32

@@ -395,7 +395,7 @@ void CudaBackend::hadamard(float * x, int64_t n_rows, int row) {
 void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                             const float * v, float * out, int n_tok, const AttnParams & p) {
     SL_CHECK(n_tok == n_tok_, "cuda attention: %d tokens in a batch of %d", n_tok, n_tok_);
-    SL_CHECK(!p.sinks, "cuda attention: attention sinks (gpt-oss) run on the CPU only");
+    check_gpu_attention(kv, p);
     SL_CHECK(kv.head_dim == opt_.head_dim && kv.n_head_kv == opt_.n_head_kv && kv.slot_ctx <= opt_.max_slot_ctx,
              "cuda attention: cache geometry differs from the backend's");
     for (int t = 0; t < n_tok; ++t)
@@ -425,6 +425,7 @@ void CudaBackend::attention(const KVLayout & kv, void * k_cache, void * v_cache,
     sc.scale = p.scale > 0 ? p.scale : 1.0f / std::sqrt(float(kv.head_dim));
     sc.softcap = p.softcap;
     sc.window = p.window;
+    sc.sinks = p.sinks;
     enqueue([&] {
         store_kv(s, b, k, v, k_cache, v_cache, stream_);
         if (n_tok <= opt_.attn_vec_tokens)

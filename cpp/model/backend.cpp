@@ -27,6 +27,11 @@ size_t KVLayout::v_row() const { return v_in_k ? 0 : row_size(type_v, v_dim()); 
 
 size_t KVLayout::v_offset() const { return row_size(type_k, head_dim - v_dim()); }
 
+void check_gpu_attention(const KVLayout & kv, const AttnParams & p) {
+    SL_CHECK(p.n_head == 0 && !p.chunked, "GPU attention: per-layer head counts and chunked windows run on the CPU only");
+    SL_CHECK(!kv.v_in_k && kv.v_dim() == kv.head_dim, "GPU attention: values narrower than keys run on the CPU only");
+}
+
 void check_ring_batch(const KVLayout & kv, const AttnParams & p, const int32_t * pos, const int32_t * slot,
                       int n_tok) {
     if (!kv.ring) return;

@@ -75,6 +75,10 @@ struct AttnParams {
     bool chunked = false;
 };
 
+// Throws unless the GPU backends' attention takes these parameters (no per-layer head counts or
+// chunked windows; values as wide as keys, in their own cache). FAKEGPU0 checks it too.
+void check_gpu_attention(const KVLayout & kv, const AttnParams & p);
+
 // Throws unless a ring cache (kv.ring) can take a batch: a window, and per slot the batch's
 // positions and the window before the first fit the ring (no cell read is overwritten).
 void check_ring_batch(const KVLayout & kv, const AttnParams & p, const int32_t * pos, const int32_t * slot,

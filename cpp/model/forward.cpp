@@ -60,11 +60,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             nemotron_h_mlp(mm, l, s, n);
             continue;
         }
-        if (c.router_on_input && L.moe()) {  // smallthinker: router logits of the block's input (moe_ffn routes)
-            const WeightRef * gi = &L.gate_inp;
-            if (imx_) imx_observe(l, kImxRouter, s.x, n, be);
-            be->matmul(&gi, &s.router, 1, s.x, n, false);
-        }
+        if (c.router_on_input && L.moe()) router_logits(be, l, s.x, n);  // smallthinker: of the block's input
         if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
             qwen35_mixer(be, l, s, n, slot);
         } else if (c.is_conv(l) && !c.parallel_ssm) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
@@ -134,34 +130,14 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         const float * hf = L.ffn_norm || c.parallel_ffn ? s.h : s.x;
         if (L.ffn_norm) norm(be, s.x, L.ffn_norm, s.h, n, L.ffn_norm_b);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
-            moe_ffn(be, L, s, n);
-            if (L.w_gate.rows == 0) continue;
+            if (be->is_cpu())
+                moe_ffn(be, L, s, n);
+            else  // a GPU block's experts (and a gated shared expert) run on the host (moe.cpp)
+                moe_ffn_host(be, L, s, n);
+            if (L.w_gate.rows == 0 || (!be->is_cpu() && L.ffn_gate_inp_shexp)) continue;
             mm = be;  // then the shared expert's, below (on the CPU: the experts' layers run there)
         }
-        // (qwen2moe: the shared expert's output times a gate per token)
-        const float * gates = L.ffn_gate_inp_shexp ? shared_expert_gates(L, s, n) : nullptr;
-        const Glu act = c.ffn_gelu ? Glu::Gelu : Glu::Silu;
-        if (imx_ && c.ffn_act == FfnAct::Glu) {
-            imx_observe(l, kImxGate, hf, n, be);
-            imx_observe(l, kImxUp, hf, n, be);
-        }
-        const int64_t n_ff = int64_t(n) * L.w_gate.rows;
-        if (c.ffn_act != FfnAct::Glu) {  // apertus, arcee, starcoder2: act(W_up h + b) (densevar.cpp)
-            ungated_ffn(be, mm, l, hf, s, n);
-        } else if (lora_on(L.w_gate) || lora_on(L.w_up) || c.sub_norms) {  // the projections, updates, activation
-            const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
-            float * gu_out[2] = {s.ff, s.up};
-            for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, hf, n, false);  // (op offload's buffers)
-            apply_lora(be, gu, gu_out, 2, hf, s, n);
-            if (L.gate_scale != 1.0f) be->add(s.ff, s.ff, n_ff, L.gate_scale - 1.0f);  // bitnet's scales
-            if (L.up_scale != 1.0f) be->add(s.up, s.up, n_ff, L.up_scale - 1.0f);
-            be->act_mul(act, s.ff, s.up, n_ff);
-        } else {
-            mm->glu(act, L.w_gate, L.w_up, hf, s.ff, n);
-        }
-        if (L.ffn_sub_norm) be->rms_norm(s.ff, L.ffn_sub_norm, s.ff, n, L.w_gate.rows, c.rms_eps);  // bitnet
-        if (imx_) imx_observe(l, kImxDown, s.ff, n, be);
-        add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n, gates, L.down_scale);
+        ffn(be, mm, l, hf, s, n);
     }
 
     // Output: logits = W_out . rmsnorm(x) for the rows that want them.
@@ -216,6 +192,35 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x *= inv;
         });
     }
+}
+
+void Model::ffn(Backend * be, Backend * mm, int l, const float * hf, Scratch & s, int n) {
+    const Config & c = cfg_;
+    const LayerWeights & L = w_.layers[l];
+    // (qwen2moe: the shared expert's output times a gate per token)
+    const float * gates = L.ffn_gate_inp_shexp ? shared_expert_gates(L, s, n) : nullptr;
+    const Glu act = c.ffn_gelu ? Glu::Gelu : Glu::Silu;
+    if (imx_ && c.ffn_act == FfnAct::Glu) {
+        imx_observe(l, kImxGate, hf, n, be);
+        imx_observe(l, kImxUp, hf, n, be);
+    }
+    const int64_t n_ff = int64_t(n) * L.w_gate.rows;
+    if (c.ffn_act != FfnAct::Glu) {  // apertus, arcee, starcoder2: act(W_up h + b) (densevar.cpp)
+        ungated_ffn(be, mm, l, hf, s, n);
+    } else if (lora_on(L.w_gate) || lora_on(L.w_up) || c.sub_norms) {  // the projections, updates, activation
+        const WeightRef * gu[2] = {&L.w_gate, &L.w_up};
+        float * gu_out[2] = {s.ff, s.up};
+        for (int i = 0; i < 2; ++i) mm->matmul(&gu[i], &gu_out[i], 1, hf, n, false);  // (op offload's buffers)
+        apply_lora(be, gu, gu_out, 2, hf, s, n);
+        if (L.gate_scale != 1.0f) be->add(s.ff, s.ff, n_ff, L.gate_scale - 1.0f);  // bitnet's scales
+        if (L.up_scale != 1.0f) be->add(s.up, s.up, n_ff, L.up_scale - 1.0f);
+        be->act_mul(act, s.ff, s.up, n_ff);
+    } else {
+        mm->glu(act, L.w_gate, L.w_up, hf, s.ff, n);
+    }
+    if (L.ffn_sub_norm) be->rms_norm(s.ff, L.ffn_sub_norm, s.ff, n, L.w_gate.rows, c.rms_eps);  // bitnet
+    if (imx_) imx_observe(l, kImxDown, s.ff, n, be);
+    add_output(be, mm, &L.w_down, L.ffn_post_norm, s.ff, s, n, gates, L.down_scale);
 }
 
 void Model::norm(Backend * be, const float * x, const float * w, float * y, int n, const float * b) {

@@ -206,7 +206,9 @@ std::vector<float> attention(const Device & d, const KVLayout & kv, int n_head, 
     void * kc = s.put(k_cache, kv.k_bytes());
     void * vc = s.put(v_cache, kv.v_bytes());
     float * out = s.put<float>(nullptr, nq * sizeof(float));
-    s.be().attention(kv, kc, vc, dq, dk, dv, out, n_tok, p);
+    AttnParams dp = p;  // (the sinks too in the device's memory)
+    if (p.sinks) dp.sinks = s.put<float>(p.sinks, sizeof(float) * size_t(n_head));
+    s.be().attention(kv, kc, vc, dq, dk, dv, out, n_tok, dp);
     std::vector<float> result = s.get(out, nq);
     s.be().download(k_cache, kc, kv.k_bytes());
     s.be().download(v_cache, vc, kv.v_bytes());

@@ -17,7 +17,7 @@ constexpr size_t kDefaultFakeMiB = 65536;
 
 class FakeGpuBackend final : public Backend {
 public:
-    explicit FakeGpuBackend(const CpuBackendOptions & o) : cpu_(o) {}
+    FakeGpuBackend(const CpuBackendOptions & o, const GpuBackendOptions & g) : cpu_(o), max_k_(g.max_k), n_ff_(g.n_ff) {}
 
     std::string name() const override { return "FAKEGPU0"; }
     bool is_cpu() const override { return false; }
@@ -72,6 +72,7 @@ public:
             need(y[i], sizeof(float) * size_t(n_tok) * w[i]->rows, "matmul output");
         }
         need(x, sizeof(float) * size_t(n_tok) * w[0]->K, "matmul input");
+        SL_CHECK(w[0]->K <= max_k_, "FAKEGPU0 matmul: input width %lld (max %d)", (long long)w[0]->K, max_k_);
         cpu_.matmul(w, y, n_w, x, n_tok, accumulate);
     }
     void glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) override {
@@ -79,6 +80,8 @@ public:
         need(up, "glu up");
         need(x, sizeof(float) * size_t(n_tok) * gate.K, "glu input");
         need(act, sizeof(float) * size_t(n_tok) * gate.rows, "glu output");
+        SL_CHECK(gate.rows <= n_ff_ && gate.K <= max_k_, "FAKEGPU0 glu: shape (%lld, %lld) beyond the scratch",
+                 (long long)gate.rows, (long long)gate.K);  // (as the CUDA backend's)
         cpu_.glu(f, gate, up, x, act, n_tok);
     }
     void add(float * y, const float * x, int64_t n, float scale) override {
@@ -98,6 +101,7 @@ public:
     }
     void attention(const KVLayout & kv, void * k_cache, void * v_cache, const float * q, const float * k,
                    const float * v, float * out, int n_tok, const AttnParams & p) override {
+        check_gpu_attention(kv, p);
         need(k_cache, kv.k_bytes(), "K cache");
         need(v_cache, kv.v_bytes(), "V cache");
         for (const void * p : {static_cast<const void *>(q), static_cast<const void *>(k),
@@ -134,6 +138,7 @@ private:
     }
 
     CpuBackend cpu_;
+    int max_k_, n_ff_;  // the CUDA backend's scratch limits, checked as it checks them
     std::map<uintptr_t, size_t> blocks_;
 };
 
@@ -172,7 +177,7 @@ std::unique_ptr<Backend> make_fake_gpu_backend(const GpuBackendOptions & opt) {
     o.max_slot_ctx = opt.max_slot_ctx;
     o.rope_swa = opt.rope_swa;
     o.allow_any_weights();
-    return std::make_unique<FakeGpuBackend>(o);
+    return std::make_unique<FakeGpuBackend>(o, opt);
 }
 
 }  // namespace sl

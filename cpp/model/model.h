@@ -459,6 +459,9 @@ private:
     // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2;
     // starcoder2 plus its bias b, on the CPU).
     void norm(Backend * be, const float * x, const float * w, float * y, int n, const float * b = nullptr);
+    // The dense feed-forward of layer l (or a MoE block's shared expert): x += W_down . (f(W_gate hf) *
+    // W_up hf), or an ungated act(W_up hf) (densevar.cpp); matmuls on mm (op offload), the rest on be.
+    void ffn(Backend * be, Backend * mm, int l, const float * hf, Scratch & s, int n);
     // densevar.cpp: starcoder2's LayerNorm biases and feed-forward biases (required); s.ff (n,
     // n_ff) = act(W_up h + b) of an ungated feed-forward (apertus, arcee, starcoder2), on the CPU.
     void load_densevar_layer(const std::string & b, LayerWeights & L);
@@ -522,6 +525,11 @@ private:
     // and the shared experts' output if any. route: the picks and weights of n tokens' logits
     // (bias: deepseek2's selection bias, or null).
     void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
+    // A GPU block's mixture of experts: its router, experts and a gated shared expert run on the
+    // CPU (their weights stay in host memory: llama.cpp's --cpu-moe), adding to the stream s.x.
+    void moe_ffn_host(Backend * be, const LayerWeights & L, Scratch & s, int n);
+    // The CPU's s.router = the layer's router logits of x (n rows, on be: copied to the host first).
+    void router_logits(Backend * be, int l, const float * x, int n);
     // x += the experts' mixture for the tokens of h as routes_ holds them (after route), f their activation.
     void run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act);
     void route(const float * logits, int n, const float * bias);
@@ -557,6 +565,7 @@ private:
     bool lora_ffn_ = false;  // some gate or up projection has an update (glu runs in two steps)
     // glu runs in two steps (gate and up into s.ff and s.up): LoRA updates of them, bitnet's sub-norms
     bool split_glu() const { return lora_ffn_ || cfg_.sub_norms; }
+    int gpu_ff() const;  // the widest feed-forward of any block a GPU could run (placement.cpp)
     // y_i += the LoRA updates of matrix w_i for input x (lora.cpp), on be with s.lora (rank-sized
     // work: on the layer's own backend even when its big matmuls go to the GPU by op offload).
     void apply_lora(Backend * be, const WeightRef * const * w, float * const * y, int n_w, const float * x,

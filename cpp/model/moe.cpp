@@ -126,17 +126,38 @@ const float * Model::shared_expert_gates(const LayerWeights & L, Scratch & s, in
     return s.router;
 }
 
+void Model::router_logits(Backend * be, int l, const float * x, int n) {
+    const WeightRef * gi = &w_.layers[l].gate_inp;
+    Scratch & hs = scratch(cpu_.get());
+    if (!be->is_cpu()) {  // (moe_in is free until the experts run)
+        be->download(hs.moe_in, x, size_t(n) * cfg_.n_embd * sizeof(float));
+        x = hs.moe_in;
+    }
+    if (imx_) imx_observe(l, kImxRouter, x, n, cpu_.get());
+    cpu_->matmul(&gi, &hs.router, 1, x, n, false);
+}
+
 void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
     const Config & c = cfg_;
     SL_CHECK(be->is_cpu(), "internal: mixture-of-experts blocks run on the CPU");
-    const WeightRef * gi = &L.gate_inp;
-    const int l = int(&L - w_.layers.data());
-    if (!c.router_on_input) {  // (smallthinker's logits: from the block's input, before its attention)
-        if (imx_) imx_observe(l, kImxRouter, s.h, n, be);
-        be->matmul(&gi, &s.router, 1, s.h, n, false);
-    }
+    // (smallthinker's logits: from the block's input, before its attention)
+    if (!c.router_on_input) router_logits(be, int(&L - w_.layers.data()), s.h, n);
     route(s.router, n, L.exp_probs_b);
     run_experts(be, L, s, n, c.swiglu_oai ? Glu::SwigluOai : c.experts_relu ? Glu::Relu : Glu::Silu);
+}
+
+void Model::moe_ffn_host(Backend * be, const LayerWeights & L, Scratch & s, int n) {
+    // The residual stream and the block's normed input down to the CPU's buffers, the experts'
+    // outputs added there as on a CPU block (the same sums, in the same order), the stream back up.
+    Backend * cpu = cpu_.get();
+    Scratch & hs = scratch(cpu);
+    const size_t bytes = size_t(n) * cfg_.n_embd * sizeof(float);
+    be->download(hs.h, s.h, bytes);
+    be->download(hs.x, s.x, bytes);
+    moe_ffn(cpu, L, hs, n);
+    if (L.ffn_gate_inp_shexp && L.w_gate.rows > 0)  // qwen2moe: the shared expert, scaled per token on the host
+        ffn(cpu, cpu, int(&L - w_.layers.data()), hs.h, hs, n);
+    be->upload(s.x, hs.x, bytes);
 }
 
 void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act) {

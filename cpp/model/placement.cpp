@@ -58,6 +58,35 @@ size_t norm_floats(const LayerWeights & L, const Config & c) {
     return n;
 }
 
+// A mixture-of-experts block on the GPU keeps in host memory what the CPU runs of it (moe.cpp's
+// moe_ffn_host): the router, its selection bias, the experts, and a shared expert scaled per token
+// (qwen2moe) with its gate.
+bool host_shared_expert(const LayerWeights & L) { return L.moe() && L.ffn_gate_inp_shexp; }
+
+bool host_vector(const LayerWeights & L, const float * const & p) {
+    return L.moe() && (&p == &L.exp_probs_b || &p == &L.ffn_gate_inp_shexp);
+}
+
+// Calls f on each matrix of a block that its device holds: the seven of attention and the
+// feed-forward, less a host shared expert's three.
+template <class L_, class F>
+void for_device_matrices(L_ & L, F && f) {
+    const int n = host_shared_expert(L) ? 4 : 7;
+    decltype(&L.wq) const all[7] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+    for (int i = 0; i < n; ++i) f(*all[i]);
+}
+
+// Bytes of what a GPU block leaves in host memory (0 but for a mixture-of-experts block).
+size_t host_expert_bytes(const LayerWeights & L, const Config & c) {
+    if (!L.moe()) return 0;
+    size_t bytes = 0;
+    for (const WeightRef * w : {&L.gate_inp, &L.gate_exps, &L.up_exps, &L.down_exps}) bytes += w->bytes_with_bias();
+    for_norms(L, c, [&](const float * const & p, int64_t n) { bytes += host_vector(L, p) ? sizeof(float) * size_t(n) : 0; });
+    if (host_shared_expert(L))
+        for (const WeightRef * w : {&L.w_gate, &L.w_up, &L.w_down}) bytes += w->bytes_with_bias();
+    return bytes;
+}
+
 using LoraTable = std::vector<std::vector<LoraTerm>>;
 
 // Calls f on each LoRA term of the matrices of a layer.
@@ -86,8 +115,10 @@ size_t gpu_matrix_bytes(const WeightRef & w) {
 
 size_t gpu_layer_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
     size_t bytes = 0;
-    for_norms(L, c, [&](const float *, int64_t n) { bytes += align256(sizeof(float) * size_t(n)); });
-    for (const WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bytes += gpu_matrix_bytes(*w);
+    for_norms(L, c, [&](const float * const & p, int64_t n) {
+        if (!host_vector(L, p)) bytes += align256(sizeof(float) * size_t(n));
+    });
+    for_device_matrices(L, [&](const WeightRef & w) { bytes += gpu_matrix_bytes(w); });
     for_lora(L, lora, [&](const LoraTerm & t) { bytes += align256(t.a.nbytes()) + align256(t.b.nbytes()); });
     return bytes;
 }
@@ -102,13 +133,15 @@ size_t offload_staging(const LayerWeights & L) {
                      OpOffload::staging_bytes(&wo, 1), OpOffload::staging_bytes(&wd, 1)});
 }
 
-GpuBackendOptions gpu_options(const Config & c, const ModelParams & p, int slot_ctx) {
+// ff: the widest feed-forward a GPU block may run (n_ff, or a shared expert's rows, which may be
+// wider; the routed experts run on the host).
+GpuBackendOptions gpu_options(const Config & c, const ModelParams & p, int slot_ctx, int ff) {
     GpuBackendOptions go;
     go.n_threads = p.n_threads;
     go.n_batch = p.n_batch;
-    go.max_k = std::max({c.n_embd, c.q_dim(), c.n_ff});
-    go.max_rows = std::max({c.n_vocab, c.n_ff, c.q_dim()});
-    go.n_ff = c.n_ff;
+    go.max_k = std::max({c.n_embd, c.q_dim(), ff});
+    go.max_rows = std::max({c.n_vocab, ff, c.q_dim()});
+    go.n_ff = ff;
     go.n_head = c.n_head;
     go.n_head_kv = c.n_head_kv;
     go.head_dim = c.head_dim;
@@ -126,6 +159,15 @@ OpOffloadBuffers offload_sizes(const Config & c, const std::vector<LayerWeights>
 }
 
 }  // namespace
+
+int Model::gpu_ff() const {
+    int ff = cfg_.n_ff;
+    for (const LayerWeights & L : w_.layers)
+        for_device_matrices(L, [&](const WeightRef & w) {
+            if (&w == &L.w_gate || &w == &L.w_up) ff = std::max(ff, int(w.rows));
+        });
+    return ff;
+}
 
 // Calls mv(host pointer, bytes) -> pointer for every tensor of the GPU-resident parts (blocks
 // first_gpu.. and, if output_gpu, the output layer) and stores the result in its place.
@@ -146,8 +188,10 @@ void Model::move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv) {
     };
     for (int l = first_gpu; l < c.n_layer; ++l) {
         LayerWeights & L = w_.layers[l];
-        for_norms(L, c, [&](const float *& p, int64_t n) { vec(p, n); });
-        for (WeightRef * w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) mat(*w);
+        for_norms(L, c, [&](const float *& p, int64_t n) {
+            if (!host_vector(L, p)) vec(p, n);
+        });
+        for_device_matrices(L, mat);
     }
     if (output_gpu) {
         vec(w_.output_norm, c.n_embd);
@@ -171,9 +215,11 @@ Model::PlacementPlan Model::plan_placement() const {
                             "the output layer goes to the GPU", ngl);
         pp.n_gpu = 1;
     }
-    if (c.n_expert > 0 && pp.n_gpu > 1) {  // no CUDA mixture-of-experts kernels yet
-        pp.warning = strfmt("n_gpu_layers=%d: the blocks of a mixture-of-experts model run on the CPU in this "
-                            "version; only the output layer goes to the GPU", ngl);
+    // (deepseek2's latent attention, llama4's chunked layers: no CUDA path yet)
+    if ((c.arch == Arch::DeepSeek2 || c.arch == Arch::Llama4) && pp.n_gpu > 1) {
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of a %s model (%s) run on the CPU in this version; only the "
+                            "output layer goes to the GPU", ngl, c.arch_name.c_str(),
+                            c.arch == Arch::DeepSeek2 ? "latent attention" : "chunked attention");
         pp.n_gpu = 1;
     }
     if (c.recurrent() && pp.n_gpu > 1) {  // no CUDA short convolution or Mamba-2 scan yet
@@ -191,6 +237,10 @@ Model::PlacementPlan Model::plan_placement() const {
                             "CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
         pp.n_gpu = 1;
     }
+    if (c.n_expert > 0 && pp.n_gpu > 1 && pp.warning.empty())
+        pp.warning = strfmt("n_gpu_layers=%d: the experts of a mixture-of-experts model stay in host memory and run "
+                            "on the CPU in this version (as llama.cpp's --cpu-moe); the rest of its blocks go to the GPU",
+                            ngl);
     pp.output_gpu = pp.n_gpu >= 1;
     pp.first_gpu = c.n_layer - std::max(pp.n_gpu - 1, 0);  // first block on the GPU
     pp.offload = params_.op_offload && pp.first_gpu > 0;
@@ -203,7 +253,7 @@ Model::PlacementPlan Model::plan_placement() const {
     }
 
     // Everything the GPU will hold, checked against its free memory before anything is allocated.
-    const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx);
+    const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx, gpu_ff());
     const size_t nb = size_t(params_.n_batch);
     pp.gpu_buffers = gpu_backend_overhead(go);
     for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_weights += gpu_layer_bytes(w_.layers[l], c, lora_);
@@ -245,7 +295,7 @@ void Model::place_on_devices() {
     if (!pp.warning.empty()) warnings_.push_back(pp.warning);
     if (!pp.use_gpu) return describe_placement();
 
-    const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx);
+    const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx, gpu_ff());
     const size_t nb = size_t(params_.n_batch);
     gpu_ = make_gpu_backend(go);
     gpu_->init_rope(c, w_.rope_freqs);  // frequency factors are read on the host
@@ -312,9 +362,11 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
         const size_t bytes = layer_weight_bytes(m.w_.layers[l], c, m.lora_);
         const size_t layer_kv = m.layer_kv_bytes(l);
         const std::string dev = on_gpu ? gpu_name : "CPU", kvdev = on_gpu && kv_gpu ? gpu_name : "CPU";
-        if (!on_gpu) cpu.weights += bytes;
+        const size_t host = on_gpu ? host_expert_bytes(m.w_.layers[l], c) : 0;
+        cpu.weights += on_gpu ? host : bytes;
         if (kvdev == "CPU") cpu.kv += layer_kv;
-        e.parts.push_back({"blk." + std::to_string(l), dev, bytes, layer_kv, c.encoder ? "" : kvdev});  // (no cache)
+        e.parts.push_back({"blk." + std::to_string(l), dev, bytes - host, layer_kv, c.encoder ? "" : kvdev});  // (no cache)
+        if (host > 0) e.parts.push_back({"blk." + std::to_string(l) + ".experts", "CPU", host, 0, ""});
     }
     const bool shared = !output_gpu && m.w_.output.data == m.w_.tok_embd.data;
     const size_t out_bytes = m.output_bytes(shared);
@@ -349,7 +401,7 @@ std::vector<DeviceMemory> Model::memory() const {
         DeviceMemory & d = dev(o.be->name());
         (o.kind == Kind::Weights ? d.weights : o.kind == Kind::KV ? d.kv : d.buffers) += o.bytes;
     }
-    if (gpu_) dev(gpu_->name()).buffers += gpu_backend_overhead(gpu_options(cfg_, params_, kv_.slot_ctx));
+    if (gpu_) dev(gpu_->name()).buffers += gpu_backend_overhead(gpu_options(cfg_, params_, kv_.slot_ctx, gpu_ff()));
     dev("CPU").kv += conv_state_bytes();
     return out;
 }
@@ -358,10 +410,14 @@ void Model::describe_placement() {
     const Config & c = cfg_;
     placement_.clear();
     placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes() + w_.input_bytes(), 0, ""});
-    for (int l = 0; l < c.n_layer; ++l)
+    for (int l = 0; l < c.n_layer; ++l) {
+        const LayerWeights & L = w_.layers[l];
+        const size_t host = layer_backend_[l]->is_cpu() ? 0 : host_expert_bytes(L, c);
         placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(),
-                              layer_weight_bytes(w_.layers[l], c, lora_), layer_kv_bytes(l),
+                              layer_weight_bytes(L, c, lora_) - host, layer_kv_bytes(l),
                               c.encoder ? "" : kv_backend_[l]->name()});
+        if (host > 0) placement_.push_back({"blk." + std::to_string(l) + ".experts", cpu_->name(), host, 0, ""});
+    }
     // A tied output layer on the CPU reads the embedding; on the GPU it has its own copy.
     const bool shared = output_backend_->is_cpu() && w_.output.data == w_.tok_embd.data;
     if (!c.encoder) placement_.push_back({"output", output_backend_->name(), output_bytes(shared), 0, ""});

@@ -165,7 +165,7 @@ pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, c
                         const I32 & slot, const U8 & k_cache, const U8 & v_cache, int n_head, int n_head_kv,
                         int head_dim, int n_slots, int slot_ctx, const std::string & type_k,
                         const std::string & type_v, int attn_vec_tokens, bool graphs, float scale, float softcap,
-                        int window, bool ring) {
+                        int window, bool ring, const std::optional<F32> & sinks) {
     KVLayout kv;
     kv.type_k = qtype_named(type_k);
     kv.type_v = qtype_named(type_v);
@@ -181,6 +181,8 @@ pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, c
         throw pyb::value_error("q (n_tok, n_head * head_dim), k and v (n_tok, n_head_kv * head_dim), pos and slot (n_tok)");
     if (size_t(k_cache.size()) != kv.k_bytes() || size_t(v_cache.size()) != kv.v_bytes())
         throw pyb::value_error("k_cache / v_cache: wrong size for the cache layout");
+    if (sinks && sinks->size() != n_head) throw pyb::value_error("sinks: one logit per query head");
+    AttnParams ap{scale, softcap, window, sinks ? sinks->data() : nullptr};
     U8 kc(k_cache.size()), vc(v_cache.size());
     std::copy(k_cache.data(), k_cache.data() + k_cache.size(), kc.mutable_data());
     std::copy(v_cache.data(), v_cache.data() + v_cache.size(), vc.mutable_data());
@@ -188,8 +190,7 @@ pyb::tuple op_attention(const std::string & dev, const F32 & q, const F32 & k, c
     {
         pyb::gil_scoped_release nogil;
         out = gpucheck::attention(device(dev, 8, attn_vec_tokens, graphs), kv, n_head, pos.data(), slot.data(), int(n),
-                                  q.data(), k.data(), v.data(), kc.mutable_data(), vc.mutable_data(),
-                                  AttnParams{scale, softcap, window});
+                                  q.data(), k.data(), v.data(), kc.mutable_data(), vc.mutable_data(), ap);
     }
     return pyb::make_tuple(to_array(out, n, q.shape(1)), kc, vc);
 }
@@ -253,8 +254,9 @@ void bind_cuda(pyb::module_ & m) {
           pyb::arg("n_head"), pyb::arg("n_head_kv"), pyb::arg("head_dim"), pyb::arg("n_slots"), pyb::arg("slot_ctx"),
           pyb::arg("type_k") = "f16", pyb::arg("type_v") = "f16", pyb::arg("attn_vec_tokens") = 8,
           pyb::arg("graphs") = false, pyb::arg("scale") = 0.0f, pyb::arg("softcap") = 0.0f, pyb::arg("window") = 0,
-          pyb::arg("ring") = false,
-          "Stores k, v at (slot, pos) and attends: (out, k_cache, v_cache); caches are flat uint8 arrays.");
+          pyb::arg("ring") = false, pyb::arg("sinks") = pyb::none(),
+          "Stores k, v at (slot, pos) and attends: (out, k_cache, v_cache); caches are flat uint8 arrays; sinks: "
+          "a logit per query head joining each softmax (gpt-oss).");
     m.def("gpu_op_hadamard", &op_hadamard, pyb::arg("device"), pyb::arg("x"),
           "Each row rotated block by block by the orthonormal Hadamard matrix (KV cache rotation).");
     m.def("gpu_op_get_rows", &op_get_rows, pyb::arg("device"), pyb::arg("qtype"), pyb::arg("table"),

@@ -471,10 +471,11 @@ class Model(CompletionMethods, EmbeddingMethods, ChatMethods, LoraMethods, LowLe
 
     def _print_placement(self) -> None:
         print(f"splitllm: {self.model_path}", file=sys.stderr)
+        width = max(12, *(len(p["name"]) for p in self.placement))  # (blk.N.experts: a GPU block's experts)
         for p in self.placement:
             kv = f"  kv {p['kv_bytes'] / 2**20:8.2f} MiB on {p['kv_device']}" if p.get("kv_device") else ""
             print(
-                f"  {p['name']:<12} {p['device']:<8} weights {p['weight_bytes'] / 2**20:9.2f} MiB{kv}",
+                f"  {p['name']:<{width}} {p['device']:<8} weights {p['weight_bytes'] / 2**20:9.2f} MiB{kv}",
                 file=sys.stderr,
             )
 

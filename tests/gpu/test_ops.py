@@ -287,6 +287,25 @@ def test_attention_ring(kernel, types):
         assert nmse(out, full) <= OTHER_NMSE
 
 
+@pytest.mark.parametrize("kernel", ["decode", "prefill"])
+@pytest.mark.parametrize("types", [("f16", "f16"), ("q8_0", "q4_0")])
+@pytest.mark.parametrize("window", [0, 5])
+def test_attention_sinks(kernel, types, window):
+    """gpt-oss's attention sinks (a logit per query head in each row's softmax, no value), alone
+    and with a sliding window, in both kernels: the CPU's result; the sinks bite (some logits
+    above the scores, some below)."""
+    n_head = 8
+    sinks = np.linspace(-3.0, 4.0, n_head).astype(np.float32)
+    kw = dict(types=types, head_dim=64, n_head=n_head, n_head_kv=2, scale=0.125, window=window,
+              **SCENARIOS["prompt-then-decode"])
+    vec = {"decode": 1 << 20, "prefill": 0}[kernel]
+    cpu_out, _, _ = run_attention("cpu", sinks=sinks, **kw)
+    gpu_out, _, _ = run_attention("gpu", attn_vec_tokens=vec, sinks=sinks, **kw)
+    assert nmse(gpu_out, cpu_out) <= OTHER_NMSE
+    plain, _, _ = run_attention("cpu", **kw)
+    assert nmse(cpu_out, plain) > 1e-3
+
+
 def test_attention_graphs():
     """A single-token batch runs through a CUDA graph: the same result as without."""
     kw = dict(types=("f16", "f16"), head_dim=128, n_head=8, n_head_kv=2, **SCENARIOS["prompt-then-decode"])
