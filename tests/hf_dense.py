@@ -1,8 +1,9 @@
-"""Tiny random Hugging Face checkpoints of Ministral 3 / Mistral 3, GLM-4, EXAONE 4.0, ERNIE 4.5 and
-Command R7B (config.json as transformers saves them, safetensors, a tokenizer), and their float64
-logits: tiny_dense's forward pass on the weights under llama.cpp's names, rotating the pairs of
-values each model's modeling code pairs (rotate-half for Ministral 3 and EXAONE 4.0, interleaved for
-GLM-4, ERNIE 4.5 and Cohere 2), with the settings read from config.json as transformers reads them."""
+"""Tiny random Hugging Face checkpoints of Ministral 3 / Mistral 3, GLM-4, EXAONE 4.0, ERNIE 4.5,
+Command R7B, Command-R / R+ and EXAONE 3.x (config.json as transformers saves them, safetensors, a tokenizer),
+and their float64 logits: tiny_dense's forward pass on the weights under llama.cpp's names,
+rotating the pairs of values each model's modeling code pairs (rotate-half for Ministral 3 and
+EXAONE 3.x / 4.0, interleaved for GLM-4, ERNIE 4.5 and Cohere 1 / 2), with the settings read from
+config.json as transformers reads them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,29 @@ from tiny_dense import DenseConfig, reference_logits
 Weights = dict[str, np.ndarray]
 HF_ARCHS = {"mistral3": "Ministral3ForCausalLM", "mistral3-vl": "Mistral3ForConditionalGeneration",
             "glm4": "Glm4ForCausalLM", "exaone4": "Exaone4ForCausalLM", "ernie4_5": "Ernie4_5ForCausalLM",
-            "cohere2": "Cohere2ForCausalLM", "qwen3vl": "Qwen3VLForConditionalGeneration"}  # fmt: skip
+            "cohere2": "Cohere2ForCausalLM", "qwen3vl": "Qwen3VLForConditionalGeneration",
+            "command-r": "CohereForCausalLM", "exaone": "ExaoneForCausalLM"}  # fmt: skip
+# EXAONE 3.x's GPT-2-style names (modeling_exaone.py) for the llama names the checkpoint is made with
+_EXAONE_OUTER = {"model.embed_tokens.weight": "transformer.wte.weight",
+                 "model.norm.weight": "transformer.ln_f.weight"}  # fmt: skip
+_EXAONE_BLOCK = {
+    "input_layernorm": "ln_1", "self_attn.q_proj": "attn.attention.q_proj",
+    "self_attn.k_proj": "attn.attention.k_proj", "self_attn.v_proj": "attn.attention.v_proj",
+    "self_attn.o_proj": "attn.attention.out_proj",
+    "post_attention_layernorm": "ln_2", "mlp.gate_proj": "mlp.c_fc_0", "mlp.up_proj": "mlp.c_fc_1",
+    "mlp.down_proj": "mlp.c_proj",
+}  # fmt: skip
+
+
+def exaone_name(name: str) -> str:
+    """The EXAONE 3.x checkpoint's name of a llama-named tensor."""
+    if name in _EXAONE_OUTER:
+        return _EXAONE_OUTER[name]
+    if not name.startswith("model.layers."):
+        return name  # (lm_head.weight)
+    _, _, bid, rest = name.split(".", 3)
+    module, kind = rest.rsplit(".", 1)
+    return f"transformer.h.{bid}.{_EXAONE_BLOCK[module]}.{kind}"
 # HF name (after model.layers.{bid}.) -> llama.cpp's (after blk.{bid}.), per architecture
 _BLOCK = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -56,7 +79,16 @@ def dense_config(arch: str, **over: Any) -> dict[str, Any]:
                    sliding_window=5, sliding_window_pattern=4, attention_bias=False, tie_word_embeddings=True,
                    layer_types=["sliding_attention"] * 3 + ["full_attention"])  # fmt: skip
         del cfg["rms_norm_eps"]
+    if arch == "command-r":  # (use_qk_norm: Command R+, 64 layers or more in llama.cpp)
+        cfg.update(model_type="cohere", layer_norm_eps=1e-5, logit_scale=0.25, use_qk_norm=False,
+                   attention_bias=False, tie_word_embeddings=True, model_max_length=1024)  # fmt: skip
+        del cfg["rms_norm_eps"]
+    if arch == "exaone":  # (ExaoneConfig's names: num_layers, layer_norm_epsilon)
+        cfg.update(model_type="exaone", layer_norm_epsilon=1e-5, activation_function="silu")
+        del cfg["rms_norm_eps"]
     cfg.update(over)
+    if arch == "exaone":
+        cfg["num_layers"] = cfg.pop("num_hidden_layers")
     return cfg
 
 
@@ -68,7 +100,7 @@ def dense_weights(cfg: dict[str, Any], arch: str, *, seed: int = 0) -> Weights:
     hd = cfg.get("head_dim") or e // nh
     mat, vec, _ = F._initializers(rng, e)
     w: Weights = {"model.embed_tokens.weight": rng.standard_normal((v, e)).astype(np.float32)}
-    for i in range(cfg["num_hidden_layers"]):
+    for i in range(cfg.get("num_hidden_layers", cfg.get("num_layers", 0))):
         p = f"model.layers.{i}."
         if arch != "exaone4":
             w[p + "input_layernorm.weight"] = vec(e, 1.0, 0.1)
@@ -80,9 +112,12 @@ def dense_weights(cfg: dict[str, Any], arch: str, *, seed: int = 0) -> Weights:
         if arch in ("exaone4", "qwen3vl"):
             w[p + "self_attn.q_norm.weight"] = vec(hd, 1.0, 0.3)
             w[p + "self_attn.k_norm.weight"] = vec(hd, 1.0, 0.3)
+        if cfg.get("use_qk_norm"):  # CohereLayerNorm((heads, head_dim)): a row per head
+            w[p + "self_attn.q_norm.weight"] = vec(nh * hd, 1.0, 0.3).reshape(nh, hd)
+            w[p + "self_attn.k_norm.weight"] = vec(nkv * hd, 1.0, 0.3).reshape(nkv, hd)
         if arch == "glm4":
             w[p + "post_self_attn_layernorm.weight"] = vec(e, 1.0, 0.2)
-        if arch != "cohere2":
+        if arch not in ("cohere2", "command-r"):
             w[p + "post_attention_layernorm.weight"] = vec(e, 1.0, 0.2)
         if arch == "glm4":  # gate rows, then up rows
             w[p + "mlp.gate_up_proj.weight"] = mat(2 * ff, e)
@@ -143,21 +178,29 @@ def tiny_dense_hf(d: Path, arch: str, *, dtype: str = "f32", shards: int = 1, se
                       if n.startswith(("model.language_model.", "lm_head."))}
     cfg = dense_config(arch, vocab_size=n_tok, **over)
     F._write_json(d / "config.json", cfg)
-    return cfg, F.save_weights(d, dense_weights(cfg, arch, seed=seed), dtype=dtype, shards=shards)
+    w = dense_weights(cfg, arch, seed=seed)
+    if arch == "exaone":  # saved under EXAONE's names, returned under llama's (as the others)
+        back = {exaone_name(n): n for n in w}
+        stored = F.save_weights(d, {exaone_name(n): x for n, x in w.items()}, dtype=dtype, shards=shards)
+        return cfg, {back[n]: x for n, x in stored.items()}
+    return cfg, F.save_weights(d, w, dtype=dtype, shards=shards)
 
 
 def hf_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
     """Logits (T, vocab) of the HF model ``cfg`` with weights ``w``, float64 (no cache rounding)."""
     arch = cfg.get("model_type", "")
-    arch = {"ministral3": "mistral3", "mistral": "mistral3", "qwen3_vl_text": "qwen3vl"}.get(arch, arch)
+    renamed = {"ministral3": "mistral3", "mistral": "mistral3", "qwen3_vl_text": "qwen3vl",
+               "cohere": "command-r"}  # fmt: skip
+    arch = renamed.get(arch, arch)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     assert hd == cfg["hidden_size"] // cfg["num_attention_heads"]  # (tiny_dense's head size)
+    n_layer = cfg.get("num_hidden_layers", cfg.get("num_layers", 0))  # (EXAONE 3.x: num_layers)
+    eps = cfg.get("layer_norm_eps", cfg.get("rms_norm_eps", cfg.get("layer_norm_epsilon", 1e-5)))
     dc = DenseConfig(
-        arch, n_layer=cfg["num_hidden_layers"], n_embd=cfg["hidden_size"], n_head=cfg["num_attention_heads"],
+        arch, n_layer=n_layer, n_embd=cfg["hidden_size"], n_head=cfg["num_attention_heads"],
         n_head_kv=cfg["num_key_value_heads"], n_ff=cfg["intermediate_size"], n_vocab=cfg["vocab_size"],
-        rope_base=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        eps=cfg.get("layer_norm_eps", cfg.get("rms_norm_eps", 1e-5)),
+        rope_base=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))), eps=eps,
         tied=cfg.get("tie_word_embeddings", False),
         partial_rotary=cfg.get("partial_rotary_factor", 1.0),
         rope_scaling=rope if rope.get("rope_type", "default") != "default" else None,
@@ -177,5 +220,5 @@ def hf_logits(cfg: dict[str, Any], w: Weights, ids: list[int]) -> np.ndarray:
     # Ministral 3, EXAONE 4.0 and Qwen3-VL rotate halves (rotate_half; Qwen3-VL's M-RoPE at text
     # positions), the others interleaved pairs (a test may ask for the other layout with
     # cfg["_halves"], to show that it matters)
-    halves = cfg.get("_halves", arch in ("mistral3", "exaone4", "qwen3vl"))
+    halves = cfg.get("_halves", arch in ("mistral3", "exaone4", "qwen3vl", "exaone"))
     return reference_logits(dc, g, ids, kv_f16=False, neox=halves)

@@ -103,25 +103,43 @@ def refused(
 
 
 HOST_TENSOR = re.compile(r"\.(ffn_(gate|up|down|gate_up)_exps|ffn_gate_inp|exp_probs_b)\.")
+# (qwen35's feed-forward norm is its post_attention_norm)
+FFN_TENSOR = re.compile(r"\.(ffn_\w+|post_attention_norm)(\.|$)")  # (falcon-h1's "ffn_norm")
+RECURRENT_TENSOR = re.compile(r"\.(ssm_\w+|shortconv\.\w+)\.")
+# (their gated attention; falcon-h1's attention beside its Mamba-2)
+ALL_MIXERS_ON_HOST = ("qwen35", "qwen35moe", "qwen3next", "falcon-h1")
 
 
 def expected_placement(path: Path, n_layer: int, ngl: int) -> list[tuple[str, str, int]]:
     """(part, device, bytes) as n_gpu_layers = ngl should place the file's tensors (gguf-py's
-    reader): the output layer and the last ngl - 1 blocks on FAKEGPU0, but for a routed block's
-    router, selection bias and experts (and a shared expert gated per token, with its gate), which
-    stay on the CPU as the part blk.N.experts; blocks past n_layer (NextN) are not loaded."""
+    reader): the output layer and the last ngl - 1 blocks on FAKEGPU0, but for what stays in host
+    memory for the CPU to run: of a routed block its router, selection bias and experts (and a
+    shared expert gated per token, with its gate) as the part blk.N.experts; of a block whose mixer
+    has no GPU path (recurrent layers; every layer of ALL_MIXERS_ON_HOST) all but the
+    feed-forward's tensors, as blk.N.mixer. Blocks past n_layer (NextN) are not loaded."""
     first = 0 if ngl < 0 else n_layer - max(ngl - 1, 0)
-    blocks: list[dict[str, int]] = [{"dev": 0, "host": 0} for _ in range(n_layer)]
+    reader = gguf.GGUFReader(path)
+    arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+    blocks: list[dict[str, int]] = [{"dev": 0, "mixer": 0, "experts": 0} for _ in range(n_layer)]
     embd = out = 0
-    names = [t.name for t in gguf.GGUFReader(path).tensors]
-    for t in gguf.GGUFReader(path).tensors:
+    names = [t.name for t in reader.tensors]
+    for t in reader.tensors:
         if m := re.match(r"blk\.(\d+)\.", t.name):
             i = int(m.group(1))
             if i >= n_layer:
                 continue
+            block = [n for n in names if n.startswith(f"blk.{i}.")]
+            mixer_host = arch in ALL_MIXERS_ON_HOST or any(RECURRENT_TENSOR.search(n) for n in block)
             gated = f"blk.{i}.ffn_gate_inp_shexp.weight" in names
-            host = HOST_TENSOR.search(t.name) or (gated and "_shexp." in t.name)
-            blocks[i]["host" if host and i >= first else "dev"] += int(t.n_bytes)
+            if i < first:
+                part = "dev"
+            elif HOST_TENSOR.search(t.name) or (gated and "_shexp." in t.name):
+                part = "experts"
+            elif mixer_host and not FFN_TENSOR.search(t.name):
+                part = "mixer"
+            else:
+                part = "dev"
+            blocks[i][part] += int(t.n_bytes)
         elif t.name.startswith("token_embd."):
             embd += int(t.n_bytes)
         else:
@@ -132,16 +150,16 @@ def expected_placement(path: Path, n_layer: int, ngl: int) -> list[tuple[str, st
     want = [("token_embd", "CPU", embd)]
     for i, b in enumerate(blocks):
         want.append((f"blk.{i}", "FAKEGPU0" if i >= first else "CPU", b["dev"]))
-        if b["host"]:
-            want.append((f"blk.{i}.experts", "CPU", b["host"]))
+        want += [(f"blk.{i}.{part}", "CPU", b[part]) for part in ("mixer", "experts") if b[part]]
     return [*want, ("output", "FAKEGPU0" if gpu else "CPU", out)]
 
 
-def experts_on_host(path: Path, monkeypatch: Any, *, ngl: int = -1, **kw: Any) -> Any:
-    """With a (fake) GPU and n_gpu_layers ngl: the GPU blocks' routers and experts stay in host
-    memory, said once; the placement is expected_placement's; the logits of a 40-token prompt
-    (past the op-offload threshold) and of one token after it are the CPU-only model's, exactly
-    (FAKEGPU0 runs the CPU's kernels, and the experts add to the stream in the CPU's order)."""
+def split_with_host_parts(path: Path, monkeypatch: Any, *, ngl: int = -1, **kw: Any) -> Any:
+    """With a (fake) GPU and n_gpu_layers ngl: the GPU blocks' routers and experts (and recurrent
+    mixers) stay in host memory, said once; the placement is expected_placement's; the logits of a
+    40-token prompt (past the op-offload threshold) and of one token after it are the CPU-only
+    model's, exactly (FAKEGPU0 runs the CPU's kernels, and what runs on the host adds to the stream
+    in the CPU's order)."""
     from splitllm import _core  # noqa: PLC0415
 
     def run(m: Any) -> np.ndarray:
@@ -155,7 +173,7 @@ def experts_on_host(path: Path, monkeypatch: Any, *, ngl: int = -1, **kw: Any) -
     monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
     monkeypatch.delenv("SPLITLLM_FAKE_GPU_MEM", raising=False)
     m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=ngl, **kw)
-    assert len(m.warnings) == 1 and "experts" in m.warnings[0] and "host memory" in m.warnings[0]
+    assert len(m.warnings) == 1 and "host memory" in m.warnings[0], m.warnings
     got = [(p["name"], p["device"], p["weight_bytes"]) for p in m.placement]
     assert got == expected_placement(path, m.config["n_layer"], ngl)
     np.testing.assert_array_equal(run(m), want)  # (FAKEGPU0 runs the CPU's kernels: the same sums)

@@ -1,12 +1,14 @@
-"""convert-hf on tiny random Ministral 3 (and Mistral 3 with vision), GLM-4, EXAONE 4.0, ERNIE 4.5
-and Command R7B checkpoints, checked against references we did not write.
+"""convert-hf on tiny random Ministral 3 (and Mistral 3 with vision), GLM-4, EXAONE 4.0, ERNIE 4.5,
+Command R7B and Command-R / R+ checkpoints, checked against references we did not write.
 
 - llama.cpp (llama-cpp-python) on our f32 GGUF gives the logits of a numpy float64 forward pass of
   the Hugging Face model (hf_dense.hf_logits), and so does splitllm's engine on the same file; each
   case also shows that what it checks (YaRN's terms, the temperature, GLM-4's partial rotation,
-  Cohere 2's windows and logit scale) moves the logits well past the bound.
+  Cohere 2's windows and logit scale, Command R+'s per-head q/k norms) moves the logits well past
+  the bound.
 - Metadata keys are the ones llama.cpp's Mistral3Model / Glm4Model / Exaone4Model / Ernie4_5Model /
-  Cohere2Model write; tensors hold the stored weights (q/k rows permuted for mistral3's rope only).
+  Cohere2Model / CommandR2Model write; tensors hold the stored weights (q/k rows permuted for
+  mistral3's rope only).
 - What llama.cpp would run differently from transformers is refused, nothing written.
 """
 
@@ -40,6 +42,10 @@ def _change(over: dict[str, Any]) -> Change:
     return lambda cfg, w: ({**cfg, **over}, w)
 
 
+def _without(suffix: str) -> Change:
+    return lambda cfg, w: (cfg, {k: v for k, v in w.items() if not k.endswith(suffix)})
+
+
 def _rope(over: dict[str, Any]) -> Change:
     return lambda cfg, w: ({**cfg, "rope_parameters": {**cfg["rope_parameters"], **over}}, w)
 
@@ -57,6 +63,16 @@ CASES: dict[str, tuple[str, dict[str, Any], list[Change]]] = {
     "ernie4_5": ("ernie4_5", {}, [_change({"_halves": True})]),
     "cohere2": ("cohere2", {}, [_change({"sliding_window": 64}), _change({"logit_scale": 1.0})]),
     "qwen3vl": ("qwen3vl", {}, [_change({"_halves": False})]),
+    "command-r": ("command-r", {}, [_change({"logit_scale": 1.0}), _change({"_halves": True})]),
+    "exaone": ("exaone", {}, [_change({"_halves": False})]),
+    # EXAONE 3.5: Llama 3's rotary scaling (rope_freqs), tied (2.4B)
+    "exaone-3.5": ("exaone", {"tie_word_embeddings": True, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}}, [_change({"rope_scaling": None})]),
+    # Command R+'s layout: 64 layers (llama.cpp's condition for its q/k norms), each head's own row
+    "command-r-plus": ("command-r", {"num_hidden_layers": 64, "hidden_size": 32, "intermediate_size": 32,
+                                     "num_attention_heads": 2, "num_key_value_heads": 1, "use_qk_norm": True},
+                       [_without("q_norm.weight"), _without("k_norm.weight")]),
 }  # fmt: skip
 
 
@@ -112,6 +128,10 @@ KEYS = {
                 "logit_scale": 0.5, "attention.sliding_window": 5, "vocab_size": 320,
                 "rope.dimension_count": 16,
                 "rope.scaling.type": "none"},
+    "command-r": {**SHAPE, "context_length": 1024, "block_count": 3, "rope.freq_base": 1e4,
+                  "attention.layer_norm_epsilon": 1e-5, "logit_scale": 0.25, "rope.scaling.type": "none"},
+    "exaone": {**SHAPE, "block_count": 3, "rope.freq_base": 1e4, "attention.layer_norm_rms_epsilon": 1e-5,
+               "rope.dimension_count": 16},
     "qwen3vl": {**SHAPE, "block_count": 3, "rope.freq_base": 1e4, "attention.layer_norm_rms_epsilon": 1e-5,
                 "attention.key_length": 16, "attention.value_length": 16,
                 "rope.dimension_sections": [3, 3, 2, 0], "n_deepstack_layers": 2},
@@ -163,7 +183,7 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str) -> None:
 def base_dirs(tmp_path_factory: Any) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad")
     out = {}
-    for arch in ("mistral3", "glm4", "exaone4", "ernie4_5", "cohere2"):
+    for arch in ("mistral3", "glm4", "exaone4", "ernie4_5", "cohere2", "command-r", "exaone"):
         out[arch] = root / arch
         H.tiny_dense_hf(out[arch], arch, num_hidden_layers=4)
     return out
@@ -191,6 +211,12 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("cohere2", {"layer_types": ["sliding_attention", "full_attention"] * 2},
      r"layer types \[.*\] are not llama.cpp's cohere2 pattern"),
     ("cohere2", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope scaling 'linear'"),
+    ("exaone", {"activation_function": "gelu"}, "'activation_function' is 'gelu': llama.cpp's exaone"),
+    ("command-r", {"use_qk_norm": True}, "'use_qk_norm' is true on 4 layers: llama.cpp's command-r reads"),
+    ("command-r", {"tie_word_embeddings": False}, "'tie_word_embeddings' is false, but llama.cpp's comm"),
+    ("command-r", {"attention_bias": True}, "'attention_bias' is true: llama.cpp's command-r has no biases"),
+    ("command-r", {"logit_scale": 0}, "'logit_scale' must be a positive number, got 0"),
+    ("command-r", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope scaling 'linear': llama"),
 ]  # fmt: skip
 
 
@@ -214,7 +240,7 @@ def test_exaone4_32b_layout_needs_a_window(tmp_path: Path) -> None:
 MIX_TYPES = ["q8_0", "q6_k", "q4_k_m", "q3_k_m", "q2_k", "iq4_xs"]
 
 
-@pytest.fixture(scope="module", params=["mistral3", "glm4", "exaone4", "cohere2"])
+@pytest.fixture(scope="module", params=["mistral3", "glm4", "exaone4", "cohere2", "command-r", "exaone"])
 def dense_mix_model(request: Any, tmp_path_factory: Any) -> tuple[Path, Path]:
     """Rows of 256 (the k-quants as they are), 8 query heads on 2 KV heads, 4 layers."""
     d = tmp_path_factory.mktemp(request.param)

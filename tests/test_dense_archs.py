@@ -1,9 +1,10 @@
-"""mistral3, glm4, exaone4, ernie4_5, cohere2 and qwen3vl (text), and seed_oss, apertus, hunyuan-dense,
-arcee and starcoder2, in the engine, on tiny random models: one suite over a table of cases (CASES),
-against the numpy float64 re-implementations of transformers' models (tests/tiny_dense.py, and
-tests/tiny_densevar.py for the second five) and against llama.cpp on the same files; each difference
-from llama shown to move the logits, so that the comparisons can fail; bad files refused with the
-file and the key or tensor named."""
+"""mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (text), command-r, exaone and internlm2, and
+seed_oss, apertus, hunyuan-dense, arcee and starcoder2, in the engine, on tiny random models: one
+suite over a table of cases (CASES), against the numpy float64 re-implementations of transformers'
+models (tests/tiny_dense.py, and tests/tiny_densevar.py for the last five) and against llama.cpp on
+the same files (logits, and greedy tokens for command-r, exaone and internlm2); each difference from
+llama shown to move the logits, so that the comparisons can fail; bad files refused with the file
+and the key or tensor named."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import tiny_dense
 import tiny_densevar
 from lcpp import llama_cpp_logits
+from routed_checks import greedy_matches_llama_cpp, with_fake_gpu
 from splitllm import GGUFError, Model
 from tiny_dense import DenseConfig
 from tiny_densevar import VarConfig
@@ -36,6 +38,13 @@ CASES = {
     "ernie4_5": DenseConfig("ernie4_5", tied=True, seed=6),
     "cohere2": DenseConfig("cohere2", n_layer=4, sliding_window=5, logit_scale=0.5, tied=True, seed=7),
     "qwen3vl": DenseConfig("qwen3vl", seed=8),
+    "command-r": DenseConfig("command-r", logit_scale=0.25, tied=True, seed=9),
+    # Command R+'s per-head q/k LayerNorms, which llama.cpp reads from 64 layers on
+    "command-r-plus": DenseConfig("command-r", n_layer=64, n_embd=32, n_head=2, n_head_kv=1, n_ff=32,
+                                  logit_scale=0.5, tied=True, seed=10),
+    "exaone": DenseConfig("exaone", seed=11),
+    "exaone-3.5": DenseConfig("exaone", tied=True, rope_scaling=LLAMA3, seed=12),  # (2.4B: tied)
+    "internlm2": DenseConfig("internlm2", seed=14),
     # tests/tiny_densevar.py's
     "seed_oss": VarConfig("seed_oss", qkv_bias=True, seed=11),
     "seed_oss-tied": VarConfig("seed_oss", n_layer=2, tied=True, n_head_kv=1, seed=2),
@@ -47,6 +56,7 @@ CASES = {
     "starcoder2": VarConfig("starcoder2", seed=8),
     "starcoder2-tied": VarConfig("starcoder2", n_layer=2, tied=True, seed=9),
 }  # fmt: skip
+NEW = ["command-r", "command-r-plus", "exaone", "exaone-3.5", "internlm2"]  # (greedy and fake-GPU checks)
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -95,7 +105,8 @@ def test_matches_llama_cpp(tmp_path, case, wtype):
     farther from float64 than 1.5x llama.cpp's distance (as test_llama_variants)."""
     cfg = CASES[case]
     if wtype != "F32":
-        cfg = replace(cfg, n_embd=256, n_ff=256 if cfg.arch == "exaone4" else 512,
+        cfg = replace(cfg, n_embd=128 if cfg.head_norms else 256,
+                      n_ff=256 if cfg.arch == "exaone4" or cfg.n_layer == 64 else 512,
                       n_layer=min(cfg.n_layer, 8) if cfg.n_layer != 64 else 64)  # fmt: skip
     path, held = tiny(tmp_path, cfg, weight_type=wtype)
     theirs = llama_cpp_logits(path, TOKENS, **opts(cfg))
@@ -116,6 +127,8 @@ UNDONE = {
     "glm4": [{"partial_rotary": 1.0}],
     "exaone4-swa": [{"sliding_window": 4096}, {"rope_scaling": None}],
     "cohere2": [{"sliding_window": 4096}, {"logit_scale": 1.0}],
+    "command-r": [{"logit_scale": 1.0}],
+    "exaone-3.5": [{"rope_scaling": None}],
 }  # fmt: skip
 
 
@@ -130,6 +143,51 @@ def test_each_difference_is_visible(case):
         if change.get("partial_rotary"):  # the reference's rotation of whole heads
             other = replace(other, partial_rotary=1.0)
         assert rel_err(reference_logits(other, w, TOKENS), ref).max() > 1e-2, change
+
+
+@pytest.mark.parametrize(("case", "neox"), [("exaone", False), ("internlm2", True), ("command-r", True)])
+def test_rotation_layout_is_visible(case, neox):
+    """The pairs each architecture rotates (exaone: NEOX halves; internlm2, command-r: interleaved)
+    matter: the other layout moves the reference's logits."""
+    cfg = CASES[case]
+    w = tiny_dense.make_weights(cfg)
+    moved = reference_logits(cfg, w, TOKENS, neox=neox)
+    assert rel_err(moved, reference_logits(cfg, w, TOKENS)).max() > 1e-2
+
+
+def test_command_r_plus_head_norms_are_visible():
+    """Command R+'s q/k LayerNorms matter, and so do their per-head weight rows: without the norms,
+    or with every head given head 0's row, the reference's logits move."""
+    cfg = CASES["command-r-plus"]
+    w = tiny_dense.make_weights(cfg)
+    ref = reference_logits(cfg, w, TOKENS)
+    without = {k: v for k, v in w.items() if not k.endswith(("attn_q_norm.weight", "attn_k_norm.weight"))}
+    shared = {k: np.broadcast_to(v[:1], v.shape) if k.endswith("q_norm.weight") else v for k, v in w.items()}
+    for other in (without, shared):
+        assert rel_err(reference_logits(cfg, other, TOKENS), ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("case", NEW)
+def test_greedy_tokens_match_llama_cpp(tmp_path, case):
+    """12 greedy tokens after an 8-token prompt: llama.cpp's."""
+    path, _ = tiny(tmp_path, CASES[case])
+    greedy_matches_llama_cpp(path, TOKENS[:8])
+
+
+@pytest.mark.parametrize("case", ["command-r", "command-r-plus", "internlm2"])
+def test_fake_gpu_placement(tmp_path, monkeypatch, case):
+    """With a (fake) GPU and n_gpu_layers -1 the logits are the CPU's; Command R+'s blocks (per-head
+    q/k LayerNorms: no GPU path) stay on the CPU with a warning, the output layer going to the GPU;
+    command-r's and internlm2's blocks all go."""
+    cfg = CASES[case]
+    path, _ = tiny(tmp_path, cfg)
+    m = with_fake_gpu(path, TOKENS, monkeypatch)
+    devices = [p["device"] for p in m.placement]
+    if cfg.head_norms:
+        assert len(m.warnings) == 1 and "per-head query and key LayerNorms" in m.warnings[0]
+        assert devices == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]  # (the embedding, the blocks, output)
+    else:
+        assert not m.warnings and devices == ["CPU"] + ["FAKEGPU0"] * (cfg.n_layer + 1)
 
 
 # Each difference from llama, undone in tiny_densevar's reference alone (its keyword arguments).
@@ -188,6 +246,14 @@ BAD = [
     ("cohere2", {"cohere2.attention.sliding_window": None}, "cohere2.attention.sliding_window' is missing"),
     ("cohere2", {"cohere2.attention.layer_norm_epsilon": None}, "layer_norm_epsilon"),
     ("qwen3vl", {"qwen3vl.rope.dimension_sections": None}, "qwen3vl.rope.dimension_sections' is missing"),
+    ("command-r", {"command-r.attention.layer_norm_epsilon": None}, "command-r.attention.layer_norm_epsilon"),
+    ("command-r", {"command-r.logit_scale": -1.0}, "logit_scale' = -1 must be positive or 0"),
+    ("command-r", {"command-r.attention.key_length": 8, "command-r.attention.value_length": 8,
+                   "command-r.rope.dimension_count": 8},
+     "head_count x key_length = embedding_length"),
+    ("exaone", {"exaone.attention.layer_norm_rms_epsilon": None}, "'exaone.attention.layer_norm_rms_eps"),
+    ("internlm2", {"internlm2.attention.layer_norm_rms_epsilon": None}, "layer_norm_rms_epsilon' is missing"),
+    ("internlm2", {"internlm2.rope.dimension_count": 8}, "internlm2 rotates whole heads"),
     ("seed_oss", {"seed_oss.attention.layer_norm_rms_epsilon": None}, "layer_norm_rms_epsilon' is missing"),
     ("seed_oss", {"seed_oss.rope.dimension_count": 8}, "rotates whole heads"),
     ("apertus", {"xielu.beta": None}, "'xielu.beta' is missing"),
@@ -222,7 +288,13 @@ def test_bad_metadata(tmp_path, case, meta, match):
      ("starcoder2", "blk.1.ffn_norm.bias", "ffn_norm.bias' is missing"),
      ("starcoder2", "blk.0.ffn_down.bias", "ffn_down.bias' is missing"),
      ("starcoder2", "blk.0.attn_output.bias", "attn_output.bias' is missing"),
-     ("starcoder2", "output_norm.bias", "output_norm.bias' is missing")],
+     ("starcoder2", "output_norm.bias", "output_norm.bias' is missing"),
+     ("command-r", "output.weight", "command-r ties its output layer"),
+     ("command-r", "blk.0.attn_q_norm.weight", "norms only in models of 64 layers or more"),
+     ("command-r-plus", "blk.3.attn_k_norm.weight", "blk.3.attn_k_norm.weight' is missing"),
+     ("exaone", "blk.0.attn_output.bias", "has no attention output bias"),
+     ("internlm2", "output.weight", "'output.weight' is missing"),
+     ("internlm2", "rope_freqs.weight", "internlm2 reads no rotary factors")],
 )  # fmt: skip
 def test_bad_tensors(tmp_path, case, tensor, match):
     """An extra tensor llama.cpp would not read, or a missing one: refused, named."""

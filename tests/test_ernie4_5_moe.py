@@ -84,8 +84,8 @@ def test_placement_counts_every_weight(files, name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_experts_stay_on_the_host(files, name, monkeypatch):
     """With a (fake) GPU: the blocks go there but for their routers, correction biases and
-    experts; the logits are the CPU's (routed_checks.experts_on_host)."""
-    RC.experts_on_host(files[name][1], monkeypatch)
+    experts; the logits are the CPU's (routed_checks.split_with_host_parts)."""
+    RC.split_with_host_parts(files[name][1], monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 from recurrent_checks import against_llama_cpp, chunked_prefill_then_decode, rel_err
+from routed_checks import split_with_host_parts
 from splitllm import Error, Model
 from tiny_falcon_h1 import FalconConfig, falcon_reference_logits, write_falcon_gguf
 
@@ -56,3 +57,12 @@ def test_every_layer_keeps_a_kv_cache_and_a_state(falcon):
     assert [kv[f"blk.{i}"] for i in range(c.n_layer)] == [64 * c.n_head_kv * c.head_dim * 2 * 2] * c.n_layer
     with Model(path, n_ctx=64, n_threads=2) as m, pytest.raises(Error, match="falcon-h1"):
         m.imatrix_start()
+
+
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_gpu_split_keeps_the_mixers_on_the_host(falcon, monkeypatch, ngl):
+    """With a (fake) GPU: each layer's attention and Mamba-2 (side by side) stay on the host, the
+    feed-forwards go to the GPU; the placement splits the file's tensors so, and the logits are the
+    CPU's exactly (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(falcon[0], monkeypatch, ngl=ngl)
+

@@ -151,8 +151,8 @@ def test_missing_tensor_is_named(tmp_path, drop):
 def test_experts_stay_on_the_host(files, monkeypatch, ngl):
     """With a (fake) GPU: the blocks go to the GPU but for their routers, selection biases and
     experts (the dense lead block wholly), said once; the MTP layer is not loaded; the logits are
-    the CPU's (routed_checks.experts_on_host)."""
-    RC.experts_on_host(files["glm45"][1], monkeypatch, ngl=ngl)
+    the CPU's (routed_checks.split_with_host_parts)."""
+    RC.split_with_host_parts(files["glm45"][1], monkeypatch, ngl=ngl)
 
 
 def test_state_round_trip_and_imatrix(files):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
-from routed_checks import experts_on_host
+from routed_checks import split_with_host_parts
 from splitllm import Model
 from splitllm.quants import quantize
 from tiny_model import TinyConfig, check_engine_passes, make_weights, reference_logits, write_gguf
@@ -79,7 +79,7 @@ def test_mxfp4_weights(tmp_path):
 def test_experts_stay_on_the_host(tmp_path, monkeypatch, ngl):
     """With a (fake) GPU: the blocks (attention sinks, biases, the sliding layers' ring caches) go
     to the GPU but for their biased routers and experts; the logits are the CPU's
-    (routed_checks.experts_on_host)."""
+    (routed_checks.split_with_host_parts)."""
     path = tmp_path / "gpt-oss.gguf"
     write_gguf(make_weights(gpt_oss()), path)
-    experts_on_host(path, monkeypatch, ngl=ngl)
+    split_with_host_parts(path, monkeypatch, ngl=ngl)

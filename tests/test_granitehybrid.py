@@ -22,6 +22,7 @@ from recurrent_checks import (
     state_saved_and_loaded,
     two_sequences_equal_each_alone,
 )
+from routed_checks import split_with_host_parts
 from splitllm import GGUFError, Model
 from tiny_mamba2 import ATTN, MAMBA, HybridConfig, hybrid_reference_logits, write_hybrid_gguf
 
@@ -193,3 +194,12 @@ def test_bad_files_are_refused(tmp_path):
         path, _ = tiny(tmp_path, DENSE, metadata_changes=changes)
         with pytest.raises(GGUFError, match=match):
             Model(path, **OPTS)
+
+
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_gpu_split_keeps_the_mixers_on_the_host(dense, monkeypatch, ngl):
+    """With a (fake) GPU: the Mamba-2 mixers (weights, states) stay on the host, the attention
+    layers and feed-forwards go to the GPU; the placement splits the file's tensors so, and the
+    logits are the CPU's exactly (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(dense[0], monkeypatch, ngl=ngl)
+

@@ -20,6 +20,7 @@ from recurrent_checks import (
     state_saved_and_loaded,
     two_sequences_equal_each_alone,
 )
+from routed_checks import split_with_host_parts
 from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
 
@@ -234,3 +235,12 @@ def test_plan_counts_the_states(lfm2):
     n_conv = sum(LFM2.is_conv(i) for i in range(LFM2.n_layer))
     kv = 64 * LFM2.n_head_kv * LFM2.head_dim * 2 * 2  # one attention layer: K and V in f16
     assert cpu.kv_cache == kv + n_conv * 2 * (LFM2.l_cache - 1) * LFM2.n_embd * 4
+
+
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_gpu_split_keeps_the_mixers_on_the_host(lfm2, monkeypatch, ngl):
+    """With a (fake) GPU: the short-convolution mixers (weights, states) stay on the host, the
+    attention layers and feed-forwards go to the GPU; the placement splits the file's tensors so,
+    and the logits are the CPU's exactly (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(lfm2[0], monkeypatch, ngl=ngl)
+

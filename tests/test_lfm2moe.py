@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tiny_lfm2
 from lcpp import llama_cpp_greedy, llama_cpp_logits
+from routed_checks import split_with_host_parts
 from splitllm import GGUFError, Model
 from tiny_lfm2 import Lfm2Config, lfm2_reference_logits, write_lfm2_gguf
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
@@ -122,24 +123,18 @@ def test_bad_metadata_is_named(tmp_path, changes, match):
         Model(path, n_ctx=64)
 
 
-def test_placement_counts_every_weight_and_blocks_stay_on_the_cpu(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_placement_counts_every_weight_and_splits_with_a_gpu(tmp_path, monkeypatch, ngl):
     """model.placement's bytes of each block are the file's bytes of its tensors (the router, the
-    selection bias, the experts; the convolutions); with n_gpu_layers on the (fake) GPU the blocks
-    stay on the CPU, said once, and the logits are the CPU's."""
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    monkeypatch.delenv("SPLITLLM_FAKE_GPU_MEM", raising=False)
+    selection bias, the experts; the convolutions); with n_gpu_layers on the (fake) GPU the
+    convolutions and the experts stay on the host, the rest goes to the GPU, said once, and the
+    logits are the CPU's (routed_checks.split_with_host_parts)."""
     cfg = CASES["lfm2moe"]
     path, _ = written(tmp_path, cfg, weight_type="Q8_0")
     tensors = gguf.GGUFReader(path).tensors
     with Model(path, n_ctx=64, n_threads=2) as m:
-        want = m.logits(TOKENS)
         for part in m.placement:
             if part["name"].startswith("blk."):
                 mine = [int(t.n_bytes) for t in tensors if t.name.startswith(part["name"] + ".")]
                 assert part["weight_bytes"] == sum(mine), part["name"]
-    with pytest.warns(RuntimeWarning, match="short-convolution") as caught:
-        m = Model(path, n_ctx=64, n_threads=2, n_gpu_layers=-1)
-    with m:
-        assert len(caught) == 1
-        assert [p["device"] for p in m.placement] == ["CPU"] * (1 + cfg.n_layer) + ["FAKEGPU0"]
-        np.testing.assert_allclose(m.logits(TOKENS), want, rtol=0, atol=1e-4 * np.abs(want).max())
+    split_with_host_parts(path, monkeypatch, ngl=ngl)

@@ -18,12 +18,12 @@ import pytest
 import tiny_minimax
 import tiny_phimoe
 from routed_checks import (
-    experts_on_host,
     f32_against_llama_cpp,
     greedy_matches_llama_cpp,
     q8_against_llama_cpp,
     refused,
     rel_err,
+    split_with_host_parts,
     with_fake_gpu,
     write_files,
 )
@@ -159,8 +159,8 @@ def test_missing_tensor_is_named(tmp_path, name, drop):
 
 def test_minimax_experts_stay_on_the_host(files, monkeypatch):
     """With a (fake) GPU: the blocks go to the GPU but for their routers, selection biases and
-    experts, said once; the logits are the CPU's (routed_checks.experts_on_host)."""
-    experts_on_host(files["m2"][1], monkeypatch)
+    experts, said once; the logits are the CPU's (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(files["m2"][1], monkeypatch)
 
 
 def test_phimoe_runs_on_the_cpu_with_a_gpu(files, monkeypatch):

@@ -145,10 +145,10 @@ def test_experts_stay_on_the_host(tmp_path, monkeypatch, case, ngl):
     """n_gpu_layers on a (fake) GPU: the blocks go to the GPU but for their routers and experts
     (and qwen2moe's shared expert, scaled per token, with its gate), said once; the placement's
     bytes are the file's tensors split so; the logits (a prompt past the op-offload threshold,
-    then a token) are the CPU's: routed_checks.experts_on_host."""
+    then a token) are the CPU's: routed_checks.split_with_host_parts."""
     cfg = CASES[case]
     write_moe_gguf(cfg, make_weights(cfg), tmp_path / "m.gguf")
-    RC.experts_on_host(tmp_path / "m.gguf", monkeypatch, ngl=ngl)
+    RC.split_with_host_parts(tmp_path / "m.gguf", monkeypatch, ngl=ngl)
 
 
 @pytest.mark.parametrize("case", ["qwen2moe", "granitemoeshared-tied"])

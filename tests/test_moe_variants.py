@@ -207,8 +207,8 @@ def test_experts_stay_on_the_host(tmp_path, monkeypatch, case, ngl):
     """n_gpu_layers on a (fake) GPU: the blocks go to the GPU but for their routers and experts,
     said once; the logits (a prompt past the op-offload threshold, then a token) are the CPU's (the
     router reading the block's input, copied to the host; the NextN block left out; the sliding
-    layers too): routed_checks.experts_on_host."""
-    RC.experts_on_host(_write(tmp_path, case)[1], monkeypatch, ngl=ngl)
+    layers too): routed_checks.split_with_host_parts."""
+    RC.split_with_host_parts(_write(tmp_path, case)[1], monkeypatch, ngl=ngl)
 
 
 @pytest.mark.parametrize("case", ONE_EACH)

@@ -16,6 +16,7 @@ import pytest
 import recurrent_checks as R
 from lcpp import llama_cpp_greedy, llama_cpp_logits
 from recurrent_checks import rel_err
+from routed_checks import split_with_host_parts
 from splitllm import Error, GGUFError, Model
 from tiny_qwen35 import Qwen35Config, qwen35_reference_logits, write_qwen35_gguf
 
@@ -222,3 +223,12 @@ def test_a_multi_token_prediction_block_is_not_run(tmp_path, qwen35):
     path, _ = tiny(tmp_path, QWEN35, metadata={"qwen35.block_count": 5, "qwen35.nextn_predict_layers": 1})
     with Model(path, **OPTS) as m:
         assert rel_err(m.logits(TOKENS), qwen35_reference_logits(QWEN35, held, TOKENS)).max() < 1e-4
+
+
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_gpu_split_keeps_the_mixers_on_the_host(qwen35, monkeypatch, ngl):
+    """With a (fake) GPU: every mixer (delta nets, gated attention with its KV cache) stays on the
+    host, the feed-forwards go to the GPU; the placement splits the file's tensors so, and the
+    logits are the CPU's exactly (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(qwen35[0], monkeypatch, ngl=ngl)
+

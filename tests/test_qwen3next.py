@@ -15,6 +15,7 @@ import pytest
 import recurrent_checks as R
 from lcpp import check_routed_q8, llama_cpp_logits
 from recurrent_checks import rel_err
+from routed_checks import split_with_host_parts
 from splitllm import GGUFError, Model
 from test_qwen35 import OPTS, TOKENS, tiny
 from tiny_glm4moe import file_block_bytes
@@ -171,3 +172,12 @@ def test_imatrix_names_the_files_projections(tmp_path):
             m.logits(TOKENS)
             imx = m.imatrix_stop()
         assert {f"blk.0.{name}.weight", "blk.0.ssm_out.weight", "blk.1.attn_q.weight"} < set(imx.entries)
+
+
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_gpu_split_keeps_the_mixers_on_the_host(qwen3next, monkeypatch, ngl):
+    """With a (fake) GPU: every mixer stays on the host, the experts too; the shared expert (gated
+    per token) with them; the placement splits the file's tensors so, and the logits are the CPU's
+    exactly (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(qwen3next[0], monkeypatch, ngl=ngl)
+

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
-from routed_checks import experts_on_host
+from routed_checks import split_with_host_parts
 from splitllm import GGUFError, Model
 from tiny_glm4moe import file_block_bytes, write_arch_gguf
 from tiny_model import F32_LOGITS_TOL, TinyConfig, check_engine_passes, make_weights, reference_logits
@@ -90,8 +90,8 @@ def test_placement_counts_every_weight(f32):
 
 def test_experts_stay_on_the_host(f32, monkeypatch):
     """With a (fake) GPU: the blocks (the interleaved multi-section rotation on the GPU) go there
-    but for their routers and experts; the logits are the CPU's (routed_checks.experts_on_host)."""
-    experts_on_host(f32[0], monkeypatch, ngl=2)
+    but for their routers and experts; the logits are the CPU's (routed_checks.split_with_host_parts)."""
+    split_with_host_parts(f32[0], monkeypatch, ngl=2)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-"""Tiny random mistral3, glm4, exaone4, ernie4_5 and cohere2 models written to GGUF (with
-tiny_model's writer), and a numpy float64 forward pass of each written from its published
-definition (transformers' Ministral3, Glm4, Exaone4, Ernie4_5 and Cohere2 modeling code),
+"""Tiny random mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl, command-r, exaone and internlm2
+models written to GGUF (with tiny_model's writer), and a numpy float64 forward pass of each written
+from its published definition (transformers' Ministral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL
+and Cohere modeling code, LG AI's modeling_exaone.py, InternLM's modeling_internlm2.py),
 independent of splitllm's engine.
 
 What sets them apart from llama:
@@ -16,6 +17,14 @@ What sets them apart from llama:
   three of four layers sliding and rotated, the others global and unrotated, logits times a scale.
 - qwen3vl (Qwen3-VL's text model): qwen3's layers; for text tokens its M-RoPE (every section at the
   token's position) is the plain NEOX rotation and the deepstack inputs are zero.
+- command-r (Command-R, Command R+, Aya 23; transformers' Cohere): cohere2's parallel block with
+  its LayerNorm and logit scale, every layer global and rotated (interleaved pairs); Command R+
+  (use_qk_norm, which llama.cpp reads from 64 layers on) LayerNorms each query and key head with a
+  weight row per head (CohereLayerNorm((num_heads, head_dim))) before the rotation.
+- exaone (EXAONE 3.0 / 3.5): llama with the NEOX rotation (rotate_half on its own q/k rows; 3.5's
+  llama3 rotary scaling), untied or tied.
+- internlm2 (InternLM2 / 2.5): llama; its fused wqkv split and its q/k rows permuted by llama.cpp's
+  converter, so that the interleaved rotation of the file's rows is rotate_half of the checkpoint's.
 """
 
 from __future__ import annotations
@@ -28,8 +37,9 @@ from typing import Any
 import numpy as np
 from tiny_model import RandomInit, TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
-NEOX = {"exaone4", "qwen3vl"}  # the others rotate interleaved pairs (GGML's "normal" rope)
+NEOX = {"exaone4", "qwen3vl", "exaone"}  # the others rotate interleaved pairs (GGML's "normal" rope)
 QK_NORM = {"exaone4", "qwen3vl"}  # each query and key head RMS-normed
+PARALLEL = {"cohere2", "command-r"}  # one LayerNorm (no bias) feeding attention and feed-forward
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,10 @@ class DenseConfig:
     def rotates(self, layer: int) -> bool:
         return not self.windowed or self.is_swa(layer)
 
+    @property
+    def head_norms(self) -> bool:  # command-r's per-head q/k LayerNorms (llama.cpp: 64 layers or more)
+        return self.arch == "command-r" and self.n_layer >= 64
+
     def tiny(self) -> TinyConfig:
         """The TinyConfig tiny_model's writer and rotary helpers read."""
         return TinyConfig(arch=self.arch, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
@@ -102,7 +116,7 @@ class DenseConfig:
             half = self.n_rot // 2
             m[a + "rope.dimension_sections"] = [half - 2 * (half // 3), half // 3, half // 3, 0]
             m[a + "n_deepstack_layers"] = 2
-        if self.arch == "cohere2":
+        if self.arch in PARALLEL:  # (as CommandR2Model / Cohere2Model write them)
             m[a + "attention.layer_norm_epsilon"] = self.eps
             m[a + "attention.layer_norm_rms_epsilon"] = None
             m[a + "logit_scale"] = self.logit_scale
@@ -137,12 +151,15 @@ def make_weights(cfg: DenseConfig) -> dict[str, np.ndarray]:
         if cfg.arch in QK_NORM:
             w[b + "attn_q_norm.weight"] = norm(hd)
             w[b + "attn_k_norm.weight"] = norm(hd)
+        if cfg.head_norms:  # a row per head (the file's [head_dim, heads])
+            w[b + "attn_q_norm.weight"] = norm(cfg.n_head * hd).reshape(cfg.n_head, hd)
+            w[b + "attn_k_norm.weight"] = norm(cfg.n_head_kv * hd).reshape(cfg.n_head_kv, hd)
         w[b + "attn_output.weight"] = mat(e, q_dim)
         if cfg.out_bias:
             w[b + "attn_output.bias"] = 0.3 * rng.normal(size=e)
         if post:
             w[b + "post_attention_norm.weight"] = norm(e)
-        if cfg.arch not in ("exaone4", "cohere2"):
+        if cfg.arch != "exaone4" and cfg.arch not in PARALLEL:
             w[b + "ffn_norm.weight"] = norm(e)
         if cfg.arch == "glm4":  # gate rows, then up rows
             w[b + "ffn_up.weight"] = mat(2 * ff, e)
@@ -196,7 +213,7 @@ def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[in
         c = x - x.mean(axis=-1, keepdims=True)
         return c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + cfg.eps) * g
 
-    norm = layer_norm if cfg.arch == "cohere2" else rms
+    norm = layer_norm if cfg.arch in PARALLEL else rms
     dist = pos[:, None] - pos[None, :]
     causal = np.where(dist >= 0, 0.0, -np.inf)
     windowed = np.where((dist >= 0) & (dist < cfg.window), 0.0, -np.inf)
@@ -209,6 +226,9 @@ def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[in
         v = v.reshape(n, cfg.n_head_kv, hd)
         if cfg.arch in QK_NORM:  # each head RMS-normed
             q, k = rms(q, w[b + "attn_q_norm.weight"]), rms(k, w[b + "attn_k_norm.weight"])
+        if cfg.arch == "command-r":  # each head LayerNormed by a row of its own (where the weights are given)
+            q = layer_norm(q, w[b + "attn_q_norm.weight"]) if b + "attn_q_norm.weight" in w else q
+            k = layer_norm(k, w[b + "attn_k_norm.weight"]) if b + "attn_k_norm.weight" in w else k
         if cfg.rotates(i):
             q, k = rope(q, pos, inv, neox, mscale), rope(k, pos, inv, neox, mscale)
         if cfg.temp_beta:  # Ministral3's _get_llama_4_attn_scale
@@ -225,7 +245,7 @@ def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[in
         a = att.reshape(n, -1) @ w[b + "attn_output.weight"].T + w.get(b + "attn_output.bias", 0)
         if cfg.arch in ("glm4", "exaone4"):
             a = rms(a, w[b + "post_attention_norm.weight"])
-        if cfg.arch != "cohere2":  # (cohere2: the feed-forward reads h too; both added below)
+        if cfg.arch not in PARALLEL:  # (cohere2, command-r: the feed-forward reads h too; both added below)
             x = x + a
             h = x if cfg.arch == "exaone4" else rms(x, w[b + "ffn_norm.weight"])
         if cfg.arch == "glm4":
@@ -235,6 +255,6 @@ def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[in
         f = (g / (1 + np.exp(-g)) * u) @ w[b + "ffn_down.weight"].T
         if cfg.arch in ("glm4", "exaone4"):
             f = rms(f, w[b + "post_ffw_norm.weight"])
-        x = x + f + (a if cfg.arch == "cohere2" else 0)
+        x = x + f + (a if cfg.arch in PARALLEL else 0)
     x = norm(x, w["output_norm.weight"])
     return x @ w.get("output.weight", w["token_embd.weight"]).T * cfg.logit_scale

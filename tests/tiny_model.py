@@ -488,10 +488,10 @@ def write_tensors(
     for name, x in weights.items():
         x32 = x.astype(np.float32)
         # vectors, biases, the MoE router, lfm2's convolution kernels and a Mamba-2 layer's kernels, A, D
-        # and norm stay F32, as llama.cpp keeps them
+        # and norms (command-r's per-head ones too) stay F32, as llama.cpp keeps them
         if (x.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32 or name.endswith("ffn_gate_inp.weight")
                 or name.endswith(".bias") or name.endswith("shortconv.conv.weight")
-                or name.endswith(("ssm_conv1d.weight", "ssm_a", "ssm_d", "ssm_norm.weight"))):
+                or name.endswith(("ssm_conv1d.weight", "ssm_a", "ssm_d", "_norm.weight"))):
             wr.add_tensor(name, x32)
             held[name] = x32.astype(np.float64)
             continue

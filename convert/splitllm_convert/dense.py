@@ -1,7 +1,8 @@
-"""Ministral 3 / Mistral Small 3.x, GLM-4-0414, EXAONE 4.0, ERNIE-4.5 (dense) and Command R7B:
-the tables and metadata of llama.cpp's Mistral3Model, Glm4Model, Exaone4Model, Ernie4_5Model and
-Cohere2Model (convert_hf_to_gguf.py), written as its ``mistral3``, ``glm4``, ``exaone4``,
-``ernie4_5`` and ``cohere2`` architectures.
+"""Ministral 3 / Mistral Small 3.x, GLM-4-0414, EXAONE 4.0 and 3.x, ERNIE-4.5 (dense), Command R7B
+and Command-R / R+: the tables and metadata of llama.cpp's Mistral3Model, Glm4Model, Exaone4Model,
+ExaoneModel, Ernie4_5Model, Cohere2Model and CommandR2Model (convert_hf_to_gguf.py), written as its
+``mistral3``, ``glm4``, ``exaone4``, ``exaone``, ``ernie4_5``, ``cohere2`` and ``command-r``
+architectures.
 
 What llama.cpp would run differently from transformers is refused rather than written:
 
@@ -12,6 +13,9 @@ What llama.cpp would run differently from transformers is refused rather than wr
 - ernie4_5: ``use_bias`` (llama.cpp's graph drops the attention output's bias).
 - cohere2: biases, an output matrix of its own, a partial rotation, another pattern of sliding
   layers than every fourth layer global (llama.cpp's default; the converter writes no pattern).
+- exaone: another activation than silu, a head size other than hidden_size / heads.
+- command-r: cohere2's refusals, and use_qk_norm on fewer than 64 layers (or not on 64 or more):
+  llama.cpp reads the q/k norms by the model's depth alone.
 
 Qwen3-VL's text model (Qwen3VLForConditionalGeneration) is written as llama.cpp's ``qwen3vl``; its
 vision tower goes to llama.cpp's mmproj file and is left out here. A Qwen3-VL reranker is refused.
@@ -277,6 +281,63 @@ class Exaone4(Architecture):
         return Llama._llama3_factors(self)  # type: ignore[arg-type]
 
 
+_X = "transformer.h.{bid}."
+
+
+class Exaone(Architecture):
+    """ExaoneForCausalLM (EXAONE 3.0 / 3.5): a llama under GPT-2-style names (transformer.wte, h.N.ln_1,
+    attn.attention.q/k/v_proj and out_proj, ln_2, mlp.c_fc_0 (gate), c_fc_1 (up), c_proj,
+    transformer.ln_f), HF's q/k rows as they are (rotate_half: llama.cpp's NEOX rotation), Llama 3
+    rope scaling (EXAONE 3.5) as the rope_freqs tensor; num_layers, layer_norm_epsilon. ExaoneModel's
+    keys (TextModel's and rope.dimension_count), but for the norms' epsilon: llama.cpp 0.3.36's
+    converter writes layer_norm_epsilon, which its own exaone loader refuses; it is written as
+    layer_norm_rms_epsilon, the key that loader requires (and older converters wrote)."""
+
+    hf_names = ("ExaoneForCausalLM",)
+    gguf_arch = "exaone"
+    rules = (
+        TensorRule("transformer.wte.weight", "token_embd.weight", ("vocab", "embd")),
+        *(TensorRule(_X + hf, B + g, shape) for hf, g, shape in (
+            ("ln_1.weight", "attn_norm.weight", ("embd",)),
+            ("attn.attention.q_proj.weight", "attn_q.weight", ("q", "embd")),
+            ("attn.attention.k_proj.weight", "attn_k.weight", ("kv", "embd")),
+            ("attn.attention.v_proj.weight", "attn_v.weight", ("kv", "embd")),
+            ("attn.attention.out_proj.weight", "attn_output.weight", ("embd", "q")),
+            ("ln_2.weight", "ffn_norm.weight", ("embd",)),
+            ("mlp.c_fc_0.weight", "ffn_gate.weight", ("ff", "embd")),
+            ("mlp.c_fc_1.weight", "ffn_up.weight", ("ff", "embd")),
+            ("mlp.c_proj.weight", "ffn_down.weight", ("embd", "ff")))),
+        TensorRule("transformer.ln_f.weight", "output_norm.weight", ("embd",)),
+        _OUTER[2],
+    )  # fmt: skip
+    ignored = (_X + "attn.attention.rotary.inv_freq",)
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        cfg = {"num_hidden_layers": cfg.get("num_layers"), **cfg}  # (ExaoneConfig's name for it)
+        super().__init__(cfg, config_path)
+        act = cfg.get("activation_function", "silu")
+        if act != "silu":  # (ExaoneModel asserts it)
+            raise ConvertError(
+                f"{config_path}: 'activation_function' is {act!r}: llama.cpp's exaone runs silu"
+            )
+        if self.head_dim != self.n_embd // self.n_head:
+            raise ConvertError(
+                f"{config_path}: 'head_dim' {self.head_dim}: llama.cpp's exaone needs "
+                f"hidden_size / num_attention_heads ({self.n_embd // self.n_head})"
+            )
+
+    def add_norm_eps(self, w: GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(float(self.cfg.get("layer_norm_epsilon", 1e-5)))
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        super().add_hparams(w)
+        w.add_rope_dimension_count(self.head_dim)
+
+    read_vocab = Exaone4.read_vocab
+    _generated = Exaone4._generated
+    _llama3_factors = Exaone4._llama3_factors
+
+
 class Ernie4_5(Architecture):  # noqa: N801 - the architecture's name
     """Ernie4_5ForCausalLM (ERNIE-4.5-0.3B): a llama whose HF q/k rows already pair interleaved
     values (written as they are), SentencePiece vocabulary with tokenizer_config.json's
@@ -318,24 +379,8 @@ class Cohere2(Architecture):
     def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
         cfg = {"tie_word_embeddings": True, "sliding_window_pattern": 4, **cfg}
         super().__init__(cfg, config_path)
-        if not self.tied:
-            raise ConvertError(
-                f"{config_path}: 'tie_word_embeddings' is false, but llama.cpp's cohere2 always "
-                "ties its output layer to the embeddings"
-            )
-        if _flag(self.cfg, "attention_bias", config_path):
-            raise ConvertError(f"{config_path}: 'attention_bias' is true: llama.cpp's cohere2 has no biases")
-        if self.cfg.get("rotary_pct", 1.0) != 1.0:
-            raise ConvertError(
-                f"{config_path}: 'rotary_pct' is {self.cfg['rotary_pct']!r}: transformers' "
-                "Cohere2 rotates whole heads"
-            )
+        self._cohere_checks(config_path, "Cohere2Model")
         _require(self.cfg, "sliding_window", config_path)
-        if self.rope["rope_type"] != "default":
-            raise ConvertError(
-                f"{config_path}: rope scaling {self.rope['rope_type']!r}: llama.cpp's Cohere2Model "
-                "writes rope scaling type none"
-            )
         self.logit_scale = _positive(self.cfg, "logit_scale", config_path)
         n = self.cfg["sliding_window_pattern"]
         types = self.cfg.get("layer_types") or [
@@ -351,6 +396,29 @@ class Cohere2(Architecture):
                 f"{self.lcpp_period}th layer global): the converter writes no pattern"
             )
 
+    def _cohere_checks(self, config_path: Path, lcpp_class: str) -> None:
+        """What llama.cpp's cohere2 and command-r share: the output tied, no biases, whole heads rotated,
+        rope scaling type none."""
+        if not self.tied:
+            raise ConvertError(
+                f"{config_path}: 'tie_word_embeddings' is false, but llama.cpp's {self.gguf_arch} always "
+                "ties its output layer to the embeddings"
+            )
+        if _flag(self.cfg, "attention_bias", config_path):
+            raise ConvertError(
+                f"{config_path}: 'attention_bias' is true: llama.cpp's {self.gguf_arch} has no biases"
+            )
+        if self.cfg.get("rotary_pct", 1.0) != 1.0:
+            raise ConvertError(
+                f"{config_path}: 'rotary_pct' is {self.cfg['rotary_pct']!r}: transformers' "
+                "Cohere models rotate whole heads"
+            )
+        if self.rope["rope_type"] != "default":
+            raise ConvertError(
+                f"{config_path}: rope scaling {self.rope['rope_type']!r}: llama.cpp's {lcpp_class} "
+                "writes rope scaling type none"
+            )
+
     def add_norm_eps(self, w: GGUFWriter) -> None:
         w.add_layer_norm_eps(float(self.cfg.get("layer_norm_eps", 1e-5)))
 
@@ -360,6 +428,59 @@ class Cohere2(Architecture):
         w.add_sliding_window(int(self.cfg["sliding_window"]))
         w.add_vocab_size(self.n_vocab)
         w.add_rope_dimension_count(self.n_embd // self.n_head)
+        w.add_rope_scaling_type(RopeScalingType.NONE)
+
+
+class CommandR(Cohere2):
+    """CohereForCausalLM (Command-R 35B, Command R+, Aya 23): Cohere 2's parallel block without
+    windows, every layer rotated (interleaved pairs, HF's rows as they are); with use_qk_norm
+    (Command R+) each query and key head LayerNormed by a row of its own (q_norm / k_norm, [heads,
+    head_dim]), which llama.cpp reads only in models of 64 layers or more (and requires there).
+    CommandR2Model's keys: TextModel's (context_length from model_max_length where config.json has
+    it, layer_norm_eps), logit_scale (transformers' default 0.0625 where absent), rope scaling type
+    none."""
+
+    hf_names = ("CohereForCausalLM",)
+    gguf_arch = "command-r"
+    rules = (
+        *Cohere2.rules[:-1],
+        *_rules(("self_attn.q_norm.weight", "attn_q_norm.weight", ("n_head", "head")),
+                ("self_attn.k_norm.weight", "attn_k_norm.weight", ("n_head_kv", "head")), required=False),
+        Cohere2.rules[-1],
+    )  # fmt: skip
+    lcpp_qk_norm_layers: ClassVar[int] = 64
+
+    def __init__(self, cfg: dict[str, Any], config_path: Path) -> None:
+        cfg = {"tie_word_embeddings": True, "logit_scale": 0.0625, **cfg}
+        if cfg.get("model_max_length") is not None:  # (CommandR2Model: the context trained at)
+            cfg["max_position_embeddings"] = cfg["model_max_length"]
+        Architecture.__init__(self, cfg, config_path)
+        self._cohere_checks(config_path, "CommandR2Model")
+        self.logit_scale = _positive(self.cfg, "logit_scale", config_path)
+        qk_norm = _flag(self.cfg, "use_qk_norm", config_path)
+        if qk_norm != (self.n_layer >= self.lcpp_qk_norm_layers):
+            raise ConvertError(
+                f"{config_path}: 'use_qk_norm' is {str(qk_norm).lower()} on {self.n_layer} layers: "
+                f"llama.cpp's command-r reads query and key norms exactly when a model has "
+                f"{self.lcpp_qk_norm_layers} layers or more, so this one would not run as trained"
+            )
+        self.qk_norm = qk_norm
+
+    def dims(self) -> dict[str, int]:
+        return {**super().dims(), "n_head": self.n_head, "n_head_kv": self.n_head_kv}
+
+    def table(self, available: Collection[str]) -> tuple[tuple[TensorRule, ...], tuple[str, ...]]:
+        """With use_qk_norm the q/k norms are required; without, not written (nor expected)."""
+        rules, ignored = super().table(available)
+        norms = {r.hf for r in rules if "self_attn." in r.hf and "_norm" in r.hf}
+        if not self.qk_norm:
+            return tuple(r for r in rules if r.hf not in norms), ignored
+        required = (TensorRule(r.hf, r.gguf, r.shape, r.transform) if r.hf in norms else r for r in rules)
+        return tuple(required), ignored
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        Architecture.add_hparams(self, w)
+        w.add_logit_scale(self.logit_scale)
         w.add_rope_scaling_type(RopeScalingType.NONE)
 
 

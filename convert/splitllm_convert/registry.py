@@ -9,7 +9,17 @@ from splitllm_convert.arch import Architecture, Llama, Mistral, Mixtral, Phi3, Q
 from splitllm_convert.bert import Bert
 from splitllm_convert.bitnet import BitNet
 from splitllm_convert.deepseek import DeepseekV2
-from splitllm_convert.dense import Cohere2, Ernie4_5, Exaone4, Glm4, Mistral3, Mistral3Multimodal, Qwen3VL
+from splitllm_convert.dense import (
+    Cohere2,
+    CommandR,
+    Ernie4_5,
+    Exaone,
+    Exaone4,
+    Glm4,
+    Mistral3,
+    Mistral3Multimodal,
+    Qwen3VL,
+)
 from splitllm_convert.densevar import Apertus, Arcee, HunyuanDense, SeedOss, Starcoder2
 from splitllm_convert.ernie_moe import Ernie4_5Moe
 from splitllm_convert.errors import ConvertError
@@ -38,7 +48,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     for cls in (Bert, EmbeddingGemma, Gemma2, Gemma3, Gemma3Multimodal, Llama, Mistral, Mixtral, Phi3, Qwen2,
                 Qwen3, Qwen3Moe, GptOss, Granite, Olmo2, SmolLM3, NomicBert, XLMRoberta, BertReranker,
                 XLMRobertaReranker, Mistral3, Mistral3Multimodal, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL,
-                Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet,
+                CommandR, Exaone, Qwen2Moe, Olmoe, GraniteMoe, DeepseekV2, Lfm2, Gemma4, BitNet,
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
                 GraniteHybrid, NemotronH, Qwen35, FalconH1,
                 Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoeV2, HunYuanMoE, SmallThinker, Qwen3Next,

@@ -72,6 +72,9 @@ constexpr ArchTraits kArchs[] = {
     {"phimoe", Arch::PhiMoe, kNeox | kAllRouted},
     {"nemotron_h_moe", Arch::NemotronHMoe, 0},  // (nemotron_h.cpp)
     {"falcon-h1", Arch::FalconH1, kNeox | kNoWoBias},  // (falcon_h1.cpp)
+    {"command-r", Arch::CommandR, kNoWoBias},  // (the rest: command_r.cpp)
+    {"exaone", Arch::Exaone, kNeox | kNoWoBias},
+    {"internlm2", Arch::InternLM2, kNoWoBias},
 };
 
 std::string supported_archs() {
@@ -599,7 +602,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     // LayerNorm epsilon for bert, nomic-bert and cohere2; RMSNorm's for the rest (required by
     // gemma-embedding)
     const bool ln_encoder = c.encoder && c.arch != Arch::GemmaEmbedding;
-    const bool layer_norm = ln_encoder || c.arch == Arch::Cohere2 || c.arch == Arch::Starcoder2;
+    const bool layer_norm =
+        ln_encoder || c.arch == Arch::Cohere2 || c.arch == Arch::Starcoder2 || c.arch == Arch::CommandR;
     const std::string eps_key = a + (layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
     c.rms_eps = float(c.encoder || layer_norm ? f.get_float(eps_key) : f.get_float(eps_key, 1e-5));
     if (!(c.rms_eps > 0) || c.rms_eps > 1)
@@ -657,6 +661,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);
     c.read_dense(f);
     c.read_dense_variant(f);
+    c.read_llamalike(f);
     c.read_moe_variants(f);
     if (c.arch == Arch::DeepSeek2) read_deepseek2(f, c);
     if (c.arch == Arch::Glm4Moe) read_glm4moe(f, c);

@@ -32,7 +32,7 @@ enum class Arch {
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
     GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker,
-    Qwen3Next, MinimaxM2, PhiMoe, NemotronHMoe, FalconH1
+    Qwen3Next, MinimaxM2, PhiMoe, NemotronHMoe, FalconH1, CommandR, Exaone, InternLM2
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -84,6 +84,7 @@ struct Config {
                                 // "llama4" (llama4.cpp), "lfm2moe"
                                 // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
                                 // "minimax-m2", "phimoe" (config_minimax.cpp)
+                                // "command-r", "exaone", "internlm2" (command_r.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -208,6 +209,9 @@ struct Config {
     // and the feed-forward both read the one normed input (x += attn(h) + ffn(h)).
     bool layer_norm = false;
     bool parallel_ffn = false;
+    // command-r (Command R+): a LayerNorm of each query and key head before the rotation, with a
+    // weight vector per head (attn_q_norm: head_dim x n_head; model/command_r.cpp).
+    bool qk_norm_heads = false;
     // Gemma: token embeddings times sqrt(n_embd), GeGLU feed-forward; gemma2/3 also RMS-norm the
     // attention and feed-forward outputs (post_attention_norm, post_ffw_norm) before adding them.
     float embd_scale = 1.0f;
@@ -315,8 +319,8 @@ struct Config {
     // The layer whose KV cache layer l reads (itself unless it shares an earlier layer's).
     int kv_source(int l) const;
     // Lengths of the query and key norm vectors: a head's, or (olmo2) the whole projection's.
-    int q_norm_len() const { return qk_norm_full ? q_dim() : head_dim; }
-    int k_norm_len() const { return qk_norm_full ? kv_dim() : head_dim; }
+    int q_norm_len() const { return qk_norm_full || qk_norm_heads ? q_dim() : head_dim; }
+    int k_norm_len() const { return qk_norm_full || qk_norm_heads ? kv_dim() : head_dim; }
     bool is_swa(int l) const { return !swa_layers.empty() && swa_layers[size_t(l)] != 0; }
     bool rotates(int l) const { return nope_layers.empty() || nope_layers[size_t(l)] == 0; }
     bool is_conv(int l) const { return !conv_layers.empty() && conv_layers[size_t(l)] != 0; }
@@ -350,6 +354,8 @@ struct Config {
     static Config from_gguf(const GGUFFile & f);
     // The settings of mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (config_dense.cpp).
     void read_dense(const GGUFFile & f);
+    // Those of command-r, exaone, internlm2 (model/command_r.cpp).
+    void read_llamalike(const GGUFFile & f);
     // Those of seed_oss, apertus, hunyuan-dense, arcee, starcoder2 (config_densevar.cpp).
     void read_dense_variant(const GGUFFile & f);
     // The Mamba-2 layers' sizes (granitehybrid; model/mamba2.cpp).

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/vecmath.h"
+#include "model/command_r.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
 #include "model/op_offload.h"
@@ -16,8 +17,6 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
     const BatchInfo batch{n, pos, slot};
     for (auto & [be, s] : scratch_) be->begin_batch(batch);
     const size_t x_bytes = size_t(n) * c.n_embd * sizeof(float);
-    const bool rotate_k = params_.kv_rotate && kv_.type_k != QType::F16;
-    const bool rotate_v = params_.kv_rotate && kv_.type_v != QType::F16;
 
     // Token embedding, on the CPU.
     Backend * cur = cpu_.get();
@@ -61,69 +60,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             continue;
         }
         if (c.router_on_input && L.moe()) router_logits(be, l, s.x, n);  // smallthinker: of the block's input
-        if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
-            qwen35_mixer(be, l, s, n, slot);
-        } else if (c.is_conv(l) && !c.parallel_ssm) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
-            norm(be, s.x, L.attn_norm, s.h, n);
-            if (c.mamba2())  // granitehybrid: a Mamba-2 mixer instead (mamba2.cpp)
-                mamba2_block(l, s, n, slot);
-            else
-                conv_block(l, s, n, slot);
-        } else {
-            // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
-            const float * h = L.attn_norm ? s.h : s.x;
-            if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n, L.attn_norm_b);
-            if (c.parallel_ssm) falcon_h1_save_h(s, n);  // (falcon_h1.cpp)
-            if (c.arch == Arch::DeepSeek2) {  // multi-head latent attention (mla.cpp)
-                mla_attention(be, l, s, n);
-            } else {
-                const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
-                float * qkv_out[3] = {s.q, s.k, s.v};
-                if (imx_)
-                    for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, h, n, be);
-                mm->matmul(qkv, qkv_out, 3, h, n, false);
-                apply_lora(be, qkv, qkv_out, 3, h, s, n);
-                if (c.sub_norms) {  // bitnet: each output times its scale (y += (scale - 1) y: no other op needed)
-                    const float sc[3] = {L.q_scale, L.k_scale, L.v_scale};
-                    for (int i = 0; i < 3; ++i)
-                        if (sc[i] != 1.0f) be->add(qkv_out[i], qkv_out[i], int64_t(n) * qkv[i]->rows, sc[i] - 1.0f);
-                }
-                if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
-                    be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
-                    be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
-                } else if (L.attn_q_norm && !c.qk_norm_after_rope) {  // qwen3: each query and key head RMS-normed before the rotation
-                    be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
-                    be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
-                }
-                const bool swa = c.is_swa(l);
-                if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
-                if (c.arch == Arch::Llama4) llama4_qk(be, l, s, n, pos);  // (q / k L2 norms, or temperature)
-                if (L.attn_q_norm && c.qk_norm_after_rope) {  // hunyuan-dense, hunyuan-moe: after the rotation
-                    be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
-                    be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
-                }
-                // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
-                // the output, a mix of rotated values, is rotated back.
-                if (rotate_k) {
-                    be->hadamard(s.q, int64_t(n) * c.n_head, c.head_dim);
-                    be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
-                }
-                if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
-                AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0, L.attn_sinks};
-                ap.chunked = swa && c.swa_chunked;
-                if (kv_backend_[l] == be)
-                    be->attention(layer_kv(l), k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
-                else
-                    attention_via(kv_backend_[l], l, s, n, ap);
-                if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
-                if (L.attn_sub_norm) be->rms_norm(s.att, L.attn_sub_norm, s.att, n, c.q_dim(), c.rms_eps);  // bitnet
-                // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
-                const WeightRef * wo = &L.wo;
-                if (imx_) imx_observe(l, kImxO, s.att, n, be);
-                add_output(be, mm, wo, L.attn_post_norm, s.att, s, n, nullptr, L.o_scale);
-            }
-            if (c.parallel_ssm) falcon_h1_mamba2(l, s, n, slot);  // x += Mamba-2 of the same h
-        }
+        if (!be->is_cpu() && host_mixer(l))  // (its input down, the mixer on the CPU, its output up)
+            mixer_on_host(be, l, s, n, pos, slot);
+        else
+            mixer(be, mm, l, s, n, pos, slot);
         if (c.nemotron()) continue;  // (one mixer a layer)
         // Feed-forward: x += W_down . (f(W_gate h) * W_up h), h = rmsnorm(x) (olmo2: x), f = silu or gelu
         // (cohere2: the attention's normed input h, still in s.h)
@@ -192,6 +132,88 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             for (float * x = logits + r0 * c.n_vocab; x < logits + r1 * c.n_vocab; ++x) *x *= inv;
         });
     }
+}
+
+void Model::mixer(Backend * be, Backend * mm, int l, Scratch & s, int n, const int32_t * pos, const int32_t * slot) {
+    const Config & c = cfg_;
+    const LayerWeights & L = w_.layers[l];
+    const bool rotate_k = params_.kv_rotate && kv_.type_k != QType::F16;
+    const bool rotate_v = params_.kv_rotate && kv_.type_v != QType::F16;
+    if (c.delta_net) {  // gated attention or a gated delta net (qwen35.cpp)
+        qwen35_mixer(be, l, s, n, slot);
+    } else if (c.is_conv(l) && !c.parallel_ssm) {  // lfm2: x += out_proj(C * conv(B * x)), (B, C, x) = in_proj rmsnorm(x)
+        norm(be, s.x, L.attn_norm, s.h, n);
+        if (c.mamba2())  // granitehybrid: a Mamba-2 mixer instead (mamba2.cpp)
+            mamba2_block(l, s, n, slot);
+        else
+            conv_block(l, s, n, slot);
+    } else {
+        // Attention: x += Wo . attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x) (olmo2: h = x)
+        const float * h = L.attn_norm ? s.h : s.x;
+        if (L.attn_norm) norm(be, s.x, L.attn_norm, s.h, n, L.attn_norm_b);
+        if (c.parallel_ssm) falcon_h1_save_h(s, n);  // (falcon_h1.cpp)
+        if (c.arch == Arch::DeepSeek2) {  // multi-head latent attention (mla.cpp)
+            mla_attention(be, l, s, n);
+        } else {
+            const WeightRef * qkv[3] = {&L.wq, &L.wk, &L.wv};
+            float * qkv_out[3] = {s.q, s.k, s.v};
+            if (imx_)
+                for (int site : {kImxQ, kImxK, kImxV}) imx_observe(l, site, h, n, be);
+            mm->matmul(qkv, qkv_out, 3, h, n, false);
+            apply_lora(be, qkv, qkv_out, 3, h, s, n);
+            if (c.sub_norms) {  // bitnet: each output times its scale (y += (scale - 1) y: no other op needed)
+                const float sc[3] = {L.q_scale, L.k_scale, L.v_scale};
+                for (int i = 0; i < 3; ++i)
+                    if (sc[i] != 1.0f) be->add(qkv_out[i], qkv_out[i], int64_t(n) * qkv[i]->rows, sc[i] - 1.0f);
+            }
+            if (c.qk_norm_heads) {  // command-r: each head LayerNormed, weights per head (command_r.cpp)
+                SL_CHECK(be->is_cpu(), "internal: command-r's q/k norms run on the CPU only");
+                command_r_qk_norm(cpu_->pool(), c, L, s.q, s.k, n);
+            } else if (L.attn_q_norm && c.qk_norm_full) {  // olmo2: the whole projections RMS-normed
+                be->rms_norm(s.q, L.attn_q_norm, s.q, n, c.q_dim(), c.rms_eps);
+                be->rms_norm(s.k, L.attn_k_norm, s.k, n, c.kv_dim(), c.rms_eps);
+            } else if (L.attn_q_norm && !c.qk_norm_after_rope) {  // qwen3: each query and key head RMS-normed before the rotation
+                be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
+                be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
+            }
+            const bool swa = c.is_swa(l);
+            if (c.rotates(l)) be->rope(s.q, s.k, n, swa && !c.swa_rope_global);  // (smollm3's NoPE layers do not)
+            if (c.arch == Arch::Llama4) llama4_qk(be, l, s, n, pos);  // (q / k L2 norms, or temperature)
+            if (L.attn_q_norm && c.qk_norm_after_rope) {  // hunyuan-dense, hunyuan-moe: after the rotation
+                be->rms_norm(s.q, L.attn_q_norm, s.q, n * c.n_head, c.head_dim, c.rms_eps);
+                be->rms_norm(s.k, L.attn_k_norm, s.k, n * c.n_head_kv, c.head_dim, c.rms_eps);
+            }
+            // A quantized cache stores keys (values) rotated, and queries meet them rotated too;
+            // the output, a mix of rotated values, is rotated back.
+            if (rotate_k) {
+                be->hadamard(s.q, int64_t(n) * c.n_head, c.head_dim);
+                be->hadamard(s.k, int64_t(n) * c.n_head_kv, c.head_dim);
+            }
+            if (rotate_v) be->hadamard(s.v, int64_t(n) * c.n_head_kv, c.head_dim);
+            AttnParams ap{c.attn_scale, c.attn_softcap, swa ? c.n_swa : 0, L.attn_sinks};
+            ap.chunked = swa && c.swa_chunked;
+            if (kv_backend_[l] == be)
+                be->attention(layer_kv(l), k_cache_[l], v_cache_[l], s.q, s.k, s.v, s.att, n, ap);
+            else
+                attention_via(kv_backend_[l], l, s, n, ap);
+            if (rotate_v) be->hadamard(s.att, int64_t(n) * c.n_head, c.head_dim);
+            if (L.attn_sub_norm) be->rms_norm(s.att, L.attn_sub_norm, s.att, n, c.q_dim(), c.rms_eps);  // bitnet
+            // x += W_o . att, or with a post-norm (gemma2/3) x += rmsnorm(W_o . att)
+            const WeightRef * wo = &L.wo;
+            if (imx_) imx_observe(l, kImxO, s.att, n, be);
+            add_output(be, mm, wo, L.attn_post_norm, s.att, s, n, nullptr, L.o_scale);
+        }
+        if (c.parallel_ssm) falcon_h1_mamba2(l, s, n, slot);  // x += Mamba-2 of the same h
+    }
+}
+
+void Model::mixer_on_host(Backend * be, int l, Scratch & s, int n, const int32_t * pos, const int32_t * slot) {
+    Backend * cpu = cpu_.get();
+    Scratch & hs = scratch(cpu);  // (the CPU's stream buffer is free while the stream is on the GPU)
+    const size_t bytes = size_t(n) * cfg_.n_embd * sizeof(float);
+    be->download(hs.x, s.x, bytes);
+    mixer(cpu, cpu, l, hs, n, pos, slot);
+    be->upload(s.x, hs.x, bytes);
 }
 
 void Model::ffn(Backend * be, Backend * mm, int l, const float * hf, Scratch & s, int n) {

@@ -9,6 +9,7 @@
 #include "common/threadpool.h"
 #include "cpu/matmul.h"
 #include "gguf/gguf.h"
+#include "model/command_r.h"
 #include "model/cpu_backend.h"
 #include "model/imatrix.h"
 #include "model/op_offload.h"
@@ -123,6 +124,7 @@ void Model::load_weights() {
         f.find_tensor("output.weight"))  // as llama.cpp
         throw GGUFError(strfmt("%s: tensor 'output.weight' is not expected: %s ties its output layer to "
                                "token_embd.weight", f.path().c_str(), c.arch_name.c_str()));
+    check_llamalike_tensors(f, c);  // (command-r, exaone, internlm2: command_r.cpp)
     // (a gemma-embedding file's output.weight, if any, is not used, nor a bitnet one's: llama.cpp's neither)
     if (!embedding_only)
         w_.output = f.find_tensor("output.weight") && c.arch != Arch::Bitnet
@@ -190,6 +192,7 @@ void Model::load_weights() {
                 L.attn_q_norm = vector_f32(f, c, b + "attn_q_norm.weight", c.q_norm_len());
                 L.attn_k_norm = vector_f32(f, c, b + "attn_k_norm.weight", c.k_norm_len());
             }
+            if (c.arch == Arch::CommandR) load_command_r_qk_norms(f, c, b, L);  // (Command R+: per head)
             if (c.parallel_ssm) load_mamba2_layer(b, L);  // falcon-h1: beside the attention
         }
         if (c.sub_norms) {  // bitnet

@@ -459,6 +459,15 @@ private:
     // y (n, n_embd) = the residual stream's norm of x with weight w: RMSNorm, or LayerNorm (cohere2;
     // starcoder2 plus its bias b, on the CPU).
     void norm(Backend * be, const float * x, const float * w, float * y, int n, const float * b = nullptr);
+    // Layer l's mixer: x += attention(norm(x)) (or the layer's recurrent mixer: a gated delta net,
+    // a Mamba-2 or short-convolution block; falcon-h1: both side by side); matmuls on mm.
+    void mixer(Backend * be, Backend * mm, int l, Scratch & s, int n, const int32_t * pos, const int32_t * slot);
+    // A GPU layer's mixer that has no GPU path (host_mixer): the stream down, mixer() on the CPU
+    // (its weights and KV cache in host memory), the stream up.
+    void mixer_on_host(Backend * be, int l, Scratch & s, int n, const int32_t * pos, const int32_t * slot);
+    // Whether layer l's mixer runs on the CPU wherever the layer is: a recurrent mixer, and the
+    // gated attention of qwen35 / qwen3next and falcon-h1's attention beside its Mamba-2.
+    bool host_mixer(int l) const { return cfg_.delta_net || cfg_.parallel_ssm || cfg_.is_conv(l); }
     // The dense feed-forward of layer l (or a MoE block's shared expert): x += W_down . (f(W_gate hf) *
     // W_up hf), or an ungated act(W_up hf) (densevar.cpp); matmuls on mm (op offload), the rest on be.
     void ffn(Backend * be, Backend * mm, int l, const float * hf, Scratch & s, int n);
@@ -565,7 +574,10 @@ private:
     bool lora_ffn_ = false;  // some gate or up projection has an update (glu runs in two steps)
     // glu runs in two steps (gate and up into s.ff and s.up): LoRA updates of them, bitnet's sub-norms
     bool split_glu() const { return lora_ffn_ || cfg_.sub_norms; }
-    int gpu_ff() const;  // the widest feed-forward of any block a GPU could run (placement.cpp)
+    int gpu_ff() const;
+    // Appends block l's placement rows: on a GPU (dev), its device part, then what of its mixer
+    // (blk.N.mixer) and its experts (blk.N.experts) stays in host memory (placement.cpp).
+    void layer_parts(int l, const std::string & dev, const std::string & kv_dev, std::vector<Placement> & out) const;  // the widest feed-forward of any block a GPU could run (placement.cpp)
     // y_i += the LoRA updates of matrix w_i for input x (lora.cpp), on be with s.lora (rank-sized
     // work: on the layer's own backend even when its big matmuls go to the GPU by op offload).
     void apply_lora(Backend * be, const WeightRef * const * w, float * const * y, int n_w, const float * x,

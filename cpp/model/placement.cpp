@@ -58,30 +58,39 @@ size_t norm_floats(const LayerWeights & L, const Config & c) {
     return n;
 }
 
-// A mixture-of-experts block on the GPU keeps in host memory what the CPU runs of it (moe.cpp's
-// moe_ffn_host): the router, its selection bias, the experts, and a shared expert scaled per token
-// (qwen2moe) with its gate.
+// What of a GPU block stays in host memory, for the CPU to run. A mixture-of-experts block keeps
+// its router, selection bias and experts there (moe.cpp's moe_ffn_host), and a shared expert scaled
+// per token (qwen2moe) with its gate; a block whose mixer has no GPU path (Model::host_mixer: the
+// recurrent ones) keeps the mixer's weights and norms there too: only its feed-forward moves.
 bool host_shared_expert(const LayerWeights & L) { return L.moe() && L.ffn_gate_inp_shexp; }
 
-bool host_vector(const LayerWeights & L, const float * const & p) {
-    return L.moe() && (&p == &L.exp_probs_b || &p == &L.ffn_gate_inp_shexp);
+bool ffn_vector(const LayerWeights & L, const float * const & p) {
+    for (const float * const * f : {&L.ffn_norm, &L.ffn_norm_b, &L.ffn_post_norm, &L.ffn_sub_norm, &L.ffn_pre_norm_2,
+                                    &L.ffn_post_norm_1, &L.ffn_post_norm_2, &L.ffn_gate_inp_shexp, &L.exp_probs_b})
+        if (&p == f) return true;
+    return false;
 }
 
-// Calls f on each matrix of a block that its device holds: the seven of attention and the
-// feed-forward, less a host shared expert's three.
+bool host_vector(const LayerWeights & L, const float * const & p, bool host_mixer) {
+    return (L.moe() && (&p == &L.exp_probs_b || &p == &L.ffn_gate_inp_shexp)) || (host_mixer && !ffn_vector(L, p));
+}
+
+// Calls f on each matrix of a block that its device holds: attention's four (not a host mixer's)
+// and the feed-forward's three (not a host shared expert's).
 template <class L_, class F>
-void for_device_matrices(L_ & L, F && f) {
-    const int n = host_shared_expert(L) ? 4 : 7;
+void for_device_matrices(L_ & L, bool host_mixer, F && f) {
     decltype(&L.wq) const all[7] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
-    for (int i = 0; i < n; ++i) f(*all[i]);
+    for (int i = host_mixer ? 4 : 0; i < (host_shared_expert(L) ? 4 : 7); ++i) f(*all[i]);
 }
 
-// Bytes of what a GPU block leaves in host memory (0 but for a mixture-of-experts block).
+// Bytes of what a GPU block leaves in host memory for its experts (0 but for a mixture of experts).
 size_t host_expert_bytes(const LayerWeights & L, const Config & c) {
     if (!L.moe()) return 0;
     size_t bytes = 0;
     for (const WeightRef * w : {&L.gate_inp, &L.gate_exps, &L.up_exps, &L.down_exps}) bytes += w->bytes_with_bias();
-    for_norms(L, c, [&](const float * const & p, int64_t n) { bytes += host_vector(L, p) ? sizeof(float) * size_t(n) : 0; });
+    for_norms(L, c, [&](const float * const & p, int64_t n) {
+        bytes += host_vector(L, p, false) ? sizeof(float) * size_t(n) : 0;
+    });
     if (host_shared_expert(L))
         for (const WeightRef * w : {&L.w_gate, &L.w_up, &L.w_down}) bytes += w->bytes_with_bias();
     return bytes;
@@ -113,13 +122,20 @@ size_t gpu_matrix_bytes(const WeightRef & w) {
     return align256(w.nbytes()) + (w.bias ? align256(sizeof(float) * size_t(w.rows)) : 0);
 }
 
-size_t gpu_layer_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora) {
+// Bytes of a GPU block's device part: unaligned as in the file (raw), or in the GPU arena (each
+// tensor 256-byte aligned).
+size_t device_layer_bytes(const LayerWeights & L, const Config & c, const LoraTable & lora, bool host_mixer,
+                          bool raw) {
+    auto sz = [&](size_t n) { return raw ? n : align256(n); };
     size_t bytes = 0;
     for_norms(L, c, [&](const float * const & p, int64_t n) {
-        if (!host_vector(L, p)) bytes += align256(sizeof(float) * size_t(n));
+        if (!host_vector(L, p, host_mixer)) bytes += sz(sizeof(float) * size_t(n));
     });
-    for_device_matrices(L, [&](const WeightRef & w) { bytes += gpu_matrix_bytes(w); });
-    for_lora(L, lora, [&](const LoraTerm & t) { bytes += align256(t.a.nbytes()) + align256(t.b.nbytes()); });
+    for_device_matrices(L, host_mixer, [&](const WeightRef & w) {
+        bytes += raw ? w.bytes_with_bias() : gpu_matrix_bytes(w);
+        if (w.lora >= 0)
+            for (const LoraTerm & t : lora[size_t(w.lora)]) bytes += sz(t.a.nbytes()) + sz(t.b.nbytes());
+    });
     return bytes;
 }
 
@@ -162,10 +178,12 @@ OpOffloadBuffers offload_sizes(const Config & c, const std::vector<LayerWeights>
 
 int Model::gpu_ff() const {
     int ff = cfg_.n_ff;
-    for (const LayerWeights & L : w_.layers)
-        for_device_matrices(L, [&](const WeightRef & w) {
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+        const LayerWeights & L = w_.layers[l];
+        for_device_matrices(L, host_mixer(l), [&](const WeightRef & w) {
             if (&w == &L.w_gate || &w == &L.w_up) ff = std::max(ff, int(w.rows));
         });
+    }
     return ff;
 }
 
@@ -189,9 +207,9 @@ void Model::move_gpu_tensors(int first_gpu, bool output_gpu, Move && mv) {
     for (int l = first_gpu; l < c.n_layer; ++l) {
         LayerWeights & L = w_.layers[l];
         for_norms(L, c, [&](const float *& p, int64_t n) {
-            if (!host_vector(L, p)) vec(p, n);
+            if (!host_vector(L, p, host_mixer(l))) vec(p, n);
         });
-        for_device_matrices(L, mat);
+        for_device_matrices(L, host_mixer(l), mat);
     }
     if (output_gpu) {
         vec(w_.output_norm, c.n_embd);
@@ -222,10 +240,14 @@ Model::PlacementPlan Model::plan_placement() const {
                             c.arch == Arch::DeepSeek2 ? "latent attention" : "chunked attention");
         pp.n_gpu = 1;
     }
-    if (c.recurrent() && pp.n_gpu > 1) {  // no CUDA short convolution or Mamba-2 scan yet
-        pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (%s layers) run on the CPU in this version; "
-                            "only the output layer goes to the GPU", ngl, c.arch_name.c_str(),
-                            c.mamba2() ? "Mamba-2" : c.delta_net ? "gated delta-net" : "short-convolution");
+    if (c.nemotron() && pp.n_gpu > 1) {  // (its MLP layers' squared ReLU: no CUDA path yet)
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of an %s model (Mamba-2 layers, squared-ReLU MLPs) run on "
+                            "the CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
+        pp.n_gpu = 1;
+    }
+    if (c.qk_norm_heads && pp.n_gpu > 1) {  // (command-r's per-head q/k LayerNorms: no CUDA path yet)
+        pp.warning = strfmt("n_gpu_layers=%d: the blocks of a %s model (per-head query and key LayerNorms) run on "
+                            "the CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
         pp.n_gpu = 1;
     }
     if (c.norm_bias && pp.n_gpu > 0) {  // (no CUDA LayerNorm bias yet: the output norm has one too)
@@ -237,10 +259,17 @@ Model::PlacementPlan Model::plan_placement() const {
                             "CPU in this version; only the output layer goes to the GPU", ngl, c.arch_name.c_str());
         pp.n_gpu = 1;
     }
-    if (c.n_expert > 0 && pp.n_gpu > 1 && pp.warning.empty())
-        pp.warning = strfmt("n_gpu_layers=%d: the experts of a mixture-of-experts model stay in host memory and run "
-                            "on the CPU in this version (as llama.cpp's --cpu-moe); the rest of its blocks go to the GPU",
-                            ngl);
+    if ((c.n_expert > 0 || c.recurrent()) && pp.n_gpu > 1 && pp.warning.empty()) {
+        // (no CUDA expert, short-convolution, Mamba-2 or delta-net kernels yet)
+        const char * mixers = c.mamba2() ? "Mamba-2 mixers" : c.delta_net ? "gated delta-net and gated attention mixers"
+                                                                          : "short-convolution mixers";
+        const std::string what = c.recurrent() && c.n_expert > 0 ? strfmt("%s and experts", mixers)
+                                 : c.recurrent()                 ? std::string(mixers)
+                                                                 : std::string("experts");
+        pp.warning = strfmt("n_gpu_layers=%d: the %s of an %s model stay in host memory and run on the CPU in this "
+                            "version%s; the rest of its blocks go to the GPU", ngl, what.c_str(), c.arch_name.c_str(),
+                            c.n_expert > 0 ? " (the experts as llama.cpp's --cpu-moe places them)" : "");
+    }
     pp.output_gpu = pp.n_gpu >= 1;
     pp.first_gpu = c.n_layer - std::max(pp.n_gpu - 1, 0);  // first block on the GPU
     pp.offload = params_.op_offload && pp.first_gpu > 0;
@@ -256,13 +285,14 @@ Model::PlacementPlan Model::plan_placement() const {
     const GpuBackendOptions go = gpu_options(c, params_, kv_.slot_ctx, gpu_ff());
     const size_t nb = size_t(params_.n_batch);
     pp.gpu_buffers = gpu_backend_overhead(go);
-    for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_weights += gpu_layer_bytes(w_.layers[l], c, lora_);
+    for (int l = pp.first_gpu; l < c.n_layer; ++l)
+        pp.gpu_weights += device_layer_bytes(w_.layers[l], c, lora_, host_mixer(l), false);
     if (pp.output_gpu) pp.gpu_weights += align256(sizeof(float) * c.n_embd) + gpu_matrix_bytes(w_.output);
     if (pp.output_gpu && w_.output.lora >= 0)
         for (const LoraTerm & t : lora_[size_t(w_.output.lora)])
             pp.gpu_weights += align256(t.a.nbytes()) + align256(t.b.nbytes());
     if (params_.offload_kqv)
-        for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_kv += layer_kv_bytes(l);
+        for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_kv += host_mixer(l) ? 0 : layer_kv_bytes(l);
     if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes(false) + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
     if (pp.offload) {
         const OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
@@ -302,7 +332,7 @@ void Model::place_on_devices() {
     Backend * gpu = gpu_.get();
     for (int l = pp.first_gpu; l < c.n_layer; ++l) {
         layer_backend_[l] = gpu;
-        kv_backend_[l] = params_.offload_kqv ? gpu : cpu;
+        kv_backend_[l] = params_.offload_kqv && !host_mixer(l) ? gpu : cpu;  // (a host mixer's cache: with it)
     }
     if (pp.output_gpu) output_backend_ = gpu;
 
@@ -359,14 +389,12 @@ MemoryEstimate Model::estimate(const std::string & path, const ModelParams & par
     e.parts.push_back({"token_embd", "CPU", cpu.weights, 0, ""});
     for (int l = 0; l < c.n_layer; ++l) {
         const bool on_gpu = l >= first_gpu;
-        const size_t bytes = layer_weight_bytes(m.w_.layers[l], c, m.lora_);
-        const size_t layer_kv = m.layer_kv_bytes(l);
-        const std::string dev = on_gpu ? gpu_name : "CPU", kvdev = on_gpu && kv_gpu ? gpu_name : "CPU";
-        const size_t host = on_gpu ? host_expert_bytes(m.w_.layers[l], c) : 0;
-        cpu.weights += on_gpu ? host : bytes;
-        if (kvdev == "CPU") cpu.kv += layer_kv;
-        e.parts.push_back({"blk." + std::to_string(l), dev, bytes - host, layer_kv, c.encoder ? "" : kvdev});  // (no cache)
-        if (host > 0) e.parts.push_back({"blk." + std::to_string(l) + ".experts", "CPU", host, 0, ""});
+        const size_t first = e.parts.size();
+        m.layer_parts(l, on_gpu ? gpu_name : "CPU", on_gpu && kv_gpu && !m.host_mixer(l) ? gpu_name : "CPU", e.parts);
+        for (size_t i = first; i < e.parts.size(); ++i) {
+            if (e.parts[i].device == "CPU") cpu.weights += e.parts[i].weight_bytes;
+            if (e.parts[i].kv_device == "CPU") cpu.kv += e.parts[i].kv_bytes;
+        }
     }
     const bool shared = !output_gpu && m.w_.output.data == m.w_.tok_embd.data;
     const size_t out_bytes = m.output_bytes(shared);
@@ -410,17 +438,26 @@ void Model::describe_placement() {
     const Config & c = cfg_;
     placement_.clear();
     placement_.push_back({"token_embd", cpu_->name(), w_.tok_embd.nbytes() + w_.input_bytes(), 0, ""});
-    for (int l = 0; l < c.n_layer; ++l) {
-        const LayerWeights & L = w_.layers[l];
-        const size_t host = layer_backend_[l]->is_cpu() ? 0 : host_expert_bytes(L, c);
-        placement_.push_back({"blk." + std::to_string(l), layer_backend_[l]->name(),
-                              layer_weight_bytes(L, c, lora_) - host, layer_kv_bytes(l),
-                              c.encoder ? "" : kv_backend_[l]->name()});
-        if (host > 0) placement_.push_back({"blk." + std::to_string(l) + ".experts", cpu_->name(), host, 0, ""});
-    }
+    for (int l = 0; l < c.n_layer; ++l)
+        layer_parts(l, layer_backend_[l]->name(), kv_backend_[l]->name(), placement_);
     // A tied output layer on the CPU reads the embedding; on the GPU it has its own copy.
     const bool shared = output_backend_->is_cpu() && w_.output.data == w_.tok_embd.data;
     if (!c.encoder) placement_.push_back({"output", output_backend_->name(), output_bytes(shared), 0, ""});
+}
+
+void Model::layer_parts(int l, const std::string & dev, const std::string & kv_dev, std::vector<Placement> & out) const {
+    const Config & c = cfg_;
+    const LayerWeights & L = w_.layers[l];
+    const std::string name = "blk." + std::to_string(l);
+    const size_t total = layer_weight_bytes(L, c, lora_);
+    if (dev == "CPU") {
+        out.push_back({name, dev, total, layer_kv_bytes(l), c.encoder ? "" : kv_dev});  // (an encoder: no cache)
+        return;
+    }
+    const size_t device = device_layer_bytes(L, c, lora_, host_mixer(l), true), experts = host_expert_bytes(L, c);
+    out.push_back({name, dev, device, layer_kv_bytes(l), kv_dev});
+    if (total - device > experts) out.push_back({name + ".mixer", "CPU", total - device - experts, 0, ""});
+    if (experts > 0) out.push_back({name + ".experts", "CPU", experts, 0, ""});
 }
 
 size_t Model::output_bytes(bool shared) const {

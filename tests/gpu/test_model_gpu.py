@@ -4,6 +4,8 @@ check behave as on FAKEGPU0 (tests/test_placement.py)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import splitllm
@@ -123,6 +125,8 @@ def check_moe_against_cpu(path, prompt):
         m = _core.Model(path, n_ctx=256, n_gpu_layers=ngl)
         if ngl != 0:
             assert len(m.warnings) == 1 and "host memory" in m.warnings[0], m.warnings
+        blocks = [p["device"] for p in m.placement if re.fullmatch(r"blk\.\d+", p["name"])]
+        assert blocks.count("CPU") == {0: len(blocks), -1: 0}.get(ngl, len(blocks) - (ngl - 1))
         first, got = forced(m, prompt, text)
         assert mean_kl(ref_first, first) <= KL_MAX, ngl
         assert mean_kl(ref, got) <= KL_MAX, ngl
@@ -306,12 +310,15 @@ def test_lora_scales_changed_on_the_gpu(tmp_path):
         assert got_text == ref_text, scale
 
 
-@pytest.mark.parametrize("arch", ["lfm2", "granitehybrid", "qwen35", "qwen3next"])
-def test_tiny_recurrent_model_keeps_its_blocks_on_the_cpu(tmp_path, arch):
-    """lfm2's short-convolution blocks, granitehybrid's Mamba-2 blocks and qwen35's delta-net blocks
-    have no CUDA kernels yet (qwen3next's warning names its experts instead):
-    n_gpu_layers puts only the output layer on the GPU, with a warning naming them (the blocks'
-    large batches may still go there by op offload); logits and greedy text are the CPU's."""
+@pytest.mark.parametrize("arch", ["lfm2", "granitehybrid", "granitehybrid-moe", "qwen35", "qwen3next",
+                                  "falcon-h1"])
+def test_tiny_recurrent_model_mixers_on_the_host(tmp_path, arch):
+    """Recurrent mixers have no CUDA kernels yet: lfm2's short convolutions, granitehybrid's
+    Mamba-2 layers, qwen35 / qwen3next's delta nets and gated attention, falcon-h1's attention and
+    Mamba-2 side by side run on the host (the stream down and up around each); attention layers,
+    feed-forwards and shared experts run on the GPU (routed experts on the host). Logits and greedy
+    picks along the CPU's text as check_moe_against_cpu's, at 0, half and all."""
+    from tiny_falcon_h1 import FalconConfig, write_falcon_gguf
     from tiny_lfm2 import Lfm2Config, write_lfm2_gguf
     from tiny_mamba2 import HybridConfig, write_hybrid_gguf
     from tiny_qwen35 import Qwen35Config, write_qwen35_gguf
@@ -324,17 +331,12 @@ def test_tiny_recurrent_model_keeps_its_blocks_on_the_cpu(tmp_path, arch):
         moe = dict(qwen3next=True, n_expert=4) if arch == "qwen3next" else {}
         cfg = Qwen35Config(n_embd=256, n_ff=512, seed=11, **moe)
         write_qwen35_gguf(cfg, path, weight_type="Q8_0")
+    elif arch == "falcon-h1":
+        ssm = HybridConfig(n_layer=4, layer_types=("mamba",) * 4, n_embd=256, n_head=8, n_head_kv=2, n_ff=512,
+                           key_length=32, n_group=2, tied_output=False, seed=15)
+        write_falcon_gguf(FalconConfig(ssm=ssm), path, weight_type="Q8_0")
     else:
-        cfg = HybridConfig(n_embd=256, n_head=8, n_head_kv=2, n_ff=512, seed=11)
+        moe = dict(n_expert=4, n_ff_shexp=256) if arch.endswith("moe") else {}
+        cfg = HybridConfig(n_embd=256, n_head=8, n_head_kv=2, n_ff=256 if moe else 512, seed=11, **moe)
         write_hybrid_gguf(cfg, path, weight_type="Q4_K", quantize=quantize)
-    cpu = _core.Model(str(path), n_ctx=256, op_offload=False)
-    ref_logits, ref_text = greedy(cpu, PROMPT)
-    m = _core.Model(str(path), n_ctx=256, n_gpu_layers=-1)
-    kind = {"lfm2": "short-convolution", "granitehybrid": "Mamba-2", "qwen35": "gated delta-net",
-            "qwen3next": "gated delta-net"}[arch]
-    assert len(m.warnings) == 1 and kind in m.warnings[0]
-    devices = [p["device"] for p in m.placement]
-    assert devices[1:-1] == ["CPU"] * cfg.n_layer and devices[-1] != "CPU"
-    got_logits, got_text = greedy(m, PROMPT)
-    assert mean_kl(ref_logits, got_logits) <= KL_MAX
-    assert got_text == ref_text
+    check_moe_against_cpu(str(path), PROMPT)
