@@ -177,6 +177,9 @@ def split_with_host_parts(path: Path, monkeypatch: Any, *, ngl: int = -1, **kw: 
     got = [(p["name"], p["device"], p["weight_bytes"]) for p in m.placement]
     assert got == expected_placement(path, m.config["n_layer"], ngl)
     np.testing.assert_array_equal(run(m), want)  # (FAKEGPU0 runs the CPU's kernels: the same sums)
+    # the prompt's expert matmuls of each block went to the GPU with their weights (op offload)
+    host_experts = [p for p in m.placement if p["name"].endswith(".experts")]
+    assert m.n_op_offload >= (len(host_experts) if kw.get("op_offload", True) else 0)
     return m
 
 

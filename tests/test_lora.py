@@ -4,6 +4,7 @@ on the merged weights W + scale * alpha / rank * B A, and against llama.cpp on t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gguf
@@ -300,3 +301,30 @@ def test_norm_pairs_are_skipped_with_a_warning(tmp_path, llama):
     with m:
         ref = reference_logits(LLAMA, merged(held, [(pairs, 1.0, 0.0)]), TOKENS)
         assert rel_err(m.logits(TOKENS), ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["falcon-h1", "qwen3moe"])
+def test_updates_of_host_parts_stay_on_the_host(tmp_path, monkeypatch, arch):
+    """A GPU block whose mixer (falcon-h1's attention beside its Mamba-2) or experts stay on the
+    host: the updates of its attention stay there with it (falcon-h1), those of the moved matrices
+    go up; the CPU's logits exactly (FAKEGPU0 runs the CPU's kernels), at every split."""
+    from tiny_falcon_h1 import FalconConfig, write_falcon_gguf
+
+    path = tmp_path / f"{arch}.gguf"
+    if arch == "falcon-h1":
+        write_falcon_gguf(FalconConfig(), path)
+    else:
+        cfg = TinyConfig(arch=arch, n_expert=4, n_expert_used=2, n_ff_exp=64, key_length=32, seed=59)
+        write_gguf(make_weights(cfg), path)
+    held = {t.name: np.asarray(t.data, np.float64) for t in gguf.GGUFReader(path).tensors}
+    names = [n for n in held if re.fullmatch(r"blk\.\d+\.(attn_q|attn_output|ffn_up)\.weight", n)]
+    write_lora(tmp_path / "a.gguf", arch, random_pairs(held, names, 4, 21), alpha=8.0)
+    kw = dict(n_ctx=64, n_batch=32, n_threads=2, loras=[(tmp_path / "a.gguf", 0.6)])
+    with Model(path, **kw) as m:
+        cpu = m.logits(TOKENS)
+    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
+    for ngl in (2, -1):
+        with pytest.warns(RuntimeWarning, match="host memory"):
+            m = Model(path, n_gpu_layers=ngl, **kw)
+        with m:
+            np.testing.assert_array_equal(m.logits(TOKENS), cpu)

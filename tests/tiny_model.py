@@ -438,7 +438,15 @@ def write_gguf(
     else:
         write_byte_vocab(wr, cfg.n_vocab)
     _override_metadata(wr, metadata or {})
-    held = write_tensors(wr, model.weights, weight_type, quantize)
+    return write_file(wr, model.weights, weight_type, quantize)
+
+
+def write_file(
+    wr: gguf.GGUFWriter, weights: Mapping[str, np.ndarray], weight_type: str = "F32", quantize=None
+) -> dict[str, np.ndarray]:
+    """Adds the tensors (:func:`write_tensors`), writes the file and closes it; returns the tensors as
+    the file holds them."""
+    held = write_tensors(wr, weights, weight_type, quantize)
     wr.write_header_to_file()
     wr.write_kv_data_to_file()
     wr.write_tensors_to_file()

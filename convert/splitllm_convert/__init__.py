@@ -12,7 +12,8 @@ Python::
     print(plan.format())
 
 Input: ``config.json`` (BertModel and BertForMaskedLM (BERT embedding models, the masked-LM head
-left out; see ``bert``), GemmaForCausalLM (Gemma 1; its tokenizer.model only, see ``gemma``),
+left out; see ``bert``), DeciLMForCausalLM (Llama-3.1-Nemotron NAS models; see ``deci``),
+GemmaForCausalLM (Gemma 1; its tokenizer.model only, see ``gemma``),
 Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its
 text model; the vision tower is left out), Gemma3TextModel (EmbeddingGemma; its
 sentence-transformers Dense modules with ``sentence_transformers_dense_modules``, see ``gemma``),

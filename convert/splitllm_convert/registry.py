@@ -8,6 +8,7 @@ from typing import Any
 from splitllm_convert.arch import Architecture, Llama, Mistral, Mixtral, Phi3, Qwen2, Qwen3, Qwen3Moe
 from splitllm_convert.bert import Bert
 from splitllm_convert.bitnet import BitNet
+from splitllm_convert.deci import Deci
 from splitllm_convert.deepseek import DeepseekV2
 from splitllm_convert.dense import (
     Cohere2,
@@ -52,7 +53,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                 SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
                 GraniteHybrid, NemotronH, Qwen35, FalconH1,
                 Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoeV2, HunYuanMoE, SmallThinker, Qwen3Next,
-                MiniMaxM2, PhiMoe, Gemma)
+                MiniMaxM2, PhiMoe, Gemma, Deci)
     for n in cls.hf_names
 }
 

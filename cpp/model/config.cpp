@@ -75,6 +75,7 @@ constexpr ArchTraits kArchs[] = {
     {"command-r", Arch::CommandR, kNoWoBias},  // (the rest: command_r.cpp)
     {"exaone", Arch::Exaone, kNeox | kNoWoBias},
     {"internlm2", Arch::InternLM2, kNoWoBias},
+    {"deci", Arch::Deci, 0},  // (model/deci.cpp)
 };
 
 std::string supported_archs() {
@@ -525,7 +526,8 @@ void Config::apply_rope(const RopeParams & p) {
 
 int Config::max_gqa() const {
     int g = n_head / n_head_kv;
-    for (size_t l = 0; l < n_head_arr.size(); ++l) g = std::max(g, n_head_of(int(l)) / n_head_kv_of(int(l)));
+    for (size_t l = 0; l < n_head_arr.size(); ++l)  // (deci: layers without key/value heads skipped)
+        if (n_head_kv_of(int(l)) > 0) g = std::max(g, n_head_of(int(l)) / n_head_kv_of(int(l)));
     return g;
 }
 
@@ -567,6 +569,8 @@ Config Config::from_gguf(const GGUFFile & f) {
     const bool experts = c.has(kExperts);
     if (c.arch == Arch::Gemma4) {  // (head counts and widths may be per layer)
         read_gemma4_shapes(f, c);
+    } else if (c.arch == Arch::Deci) {
+        c.read_deci(f);
     } else {
         c.n_head = get_dim(f, a + "attention.head_count", 1, 4096);
         c.n_head_kv = read_head_count_kv(f, c);  // (lfm2: per layer, 0 at its convolution layers)
@@ -656,6 +660,7 @@ Config Config::from_gguf(const GGUFFile & f) {
     if (c.arch == Arch::GraniteHybrid) c.read_mamba2(f);
     if (c.nemotron()) c.read_nemotron_h(f);
     if (c.arch == Arch::FalconH1) c.read_falcon_h1(f);
+    if (c.arch == Arch::Deci) c.check_deci(f);
     if (c.arch == Arch::Olmoe) c.qk_norm_full = true;  // (olmo2's below)
     if (c.arch == Arch::Gemma4) read_gemma4(f, c);
     if (c.arch == Arch::GptOss) read_gpt_oss(f, c);

@@ -32,7 +32,7 @@ enum class Arch {
     GptOss, Mistral3, Glm4, Exaone4, Ernie4_5, Cohere2, Qwen3VL, Qwen2Moe, Olmoe, GraniteMoe, DeepSeek2, Lfm2,
     Bitnet, Gemma4, SeedOss, Apertus, HunyuanDense, Arcee, Starcoder2, Glm4Moe, Ernie4_5Moe, Qwen3VLMoe,
     GraniteHybrid, NemotronH, Qwen35, Qwen35Moe, Llama4, Lfm2Moe, Dots1, BailingMoe2, HunyuanMoe, SmallThinker,
-    Qwen3Next, MinimaxM2, PhiMoe, NemotronHMoe, FalconH1, CommandR, Exaone, InternLM2
+    Qwen3Next, MinimaxM2, PhiMoe, NemotronHMoe, FalconH1, CommandR, Exaone, InternLM2, Deci
 };
 
 // The feed-forward: gated (SwiGLU / GeGLU, Config::ffn_gelu), or W_down act(W_up h) with xIELU
@@ -84,7 +84,7 @@ struct Config {
                                 // "llama4" (llama4.cpp), "lfm2moe"
                                 // "dots1", "bailingmoe2", "hunyuan-moe", "smallthinker" (config_moevar.cpp)
                                 // "minimax-m2", "phimoe" (config_minimax.cpp)
-                                // "command-r", "exaone", "internlm2" (command_r.cpp)
+                                // "command-r", "exaone", "internlm2" (command_r.cpp), "deci" (deci.cpp)
     int n_layer = 0;            // transformer blocks
     int n_embd = 0;             // model width
     int n_head = 0;             // query heads
@@ -367,6 +367,10 @@ struct Config {
     void read_nemotron_h_experts(const GGUFFile & f);  // (nemotron_h_moe's)
     // falcon-h1's: every layer recurrent and attending (model/falcon_h1.cpp).
     void read_falcon_h1(const GGUFFile & f);
+    // deci's head counts and feed-forward widths per layer, 0 where a layer has none (model/deci.cpp);
+    // check_deci: its head sizes, once read.
+    void read_deci(const GGUFFile & f);
+    void check_deci(const GGUFFile & f) const;
 };
 
 }  // namespace sl

@@ -55,6 +55,10 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
             gemma4_layer(be, mm, l, s, n);
             continue;
         }
+        if (c.arch == Arch::Deci) {  // (deci.cpp: shapes per layer)
+            deci_layer(be, mm, l, s, n);
+            continue;
+        }
         if (c.nemotron() && !c.is_conv(l) && L.wq.rows == 0) {  // its MLP / MoE layers (nemotron_h.cpp)
             nemotron_h_mlp(mm, l, s, n);
             continue;
@@ -71,7 +75,7 @@ void Model::forward(const int32_t * tokens, const int32_t * pos, const int32_t *
         if (L.ffn_norm) norm(be, s.x, L.ffn_norm, s.h, n, L.ffn_norm_b);
         if (L.moe()) {  // x += sum over the token's chosen experts e of weight_e * expert_e(h)
             if (be->is_cpu())
-                moe_ffn(be, L, s, n);
+                moe_ffn(be, mm, L, s, n);
             else  // a GPU block's experts (and a gated shared expert) run on the host (moe.cpp)
                 moe_ffn_host(be, L, s, n);
             if (L.w_gate.rows == 0 || (!be->is_cpu() && L.ffn_gate_inp_shexp)) continue;

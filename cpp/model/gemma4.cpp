@@ -148,7 +148,7 @@ void Model::gemma4_moe(Backend * be, Backend * mm, int l, Scratch & s, int n) {
     Scratch t = s;
     t.h = in;
     t.x = acc;
-    run_experts(be, L, t, n, Glu::Gelu);
+    run_experts(be, be, L, t, n, Glu::Gelu);
     be->rms_norm(acc, L.ffn_post_norm_2, acc, n, c.n_embd, c.rms_eps);
     // x += post_norm(dense + experts)
     be->add(mlp, acc, int64_t(len), 1.0f);

@@ -136,6 +136,7 @@ void Model::load_loras() {
             pair.rows = rows;
             pair.rank = rank;
             pair.layer = layer_of.at(base);
+            pair.attention = base.find(".attn_") != std::string::npos;
             for (const auto & [w, r0] : it->second) {
                 LoraTerm t;
                 t.a.type = ta.type;
@@ -218,8 +219,9 @@ void Model::set_lora_scales(const std::vector<float> & scales) {
 }
 
 void Model::drop_uploaded_lora_b(int first_gpu, bool output_gpu) {
-    for (LoraPair & pair : lora_pairs_)
-        if (pair.layer < 0 ? output_gpu : pair.layer >= first_gpu) std::vector<float>().swap(pair.host);
+    for (LoraPair & pair : lora_pairs_)  // (a host mixer's attention stays on the host, and its updates too)
+        if (pair.layer < 0 ? output_gpu : pair.layer >= first_gpu && !(pair.attention && host_mixer(pair.layer)))
+            std::vector<float>().swap(pair.host);
 }
 
 bool Model::lora_on(const WeightRef & w) const {

@@ -153,6 +153,7 @@ void Model::load_weights() {
 
     if (c.arch == Arch::Gemma4) return load_gemma4_layers();
     if (c.nemotron()) return load_nemotron_h_layers();
+    if (c.arch == Arch::Deci) return load_deci_layers();
     // (glm4, exaone4, ernie4_5, cohere2, seed_oss, hunyuan-dense, arcee, glm4moe and ernie4_5-moe read
     // no attn_output.bias: llama.cpp's graphs have none)
     const bool wo_bias = !c.has(kNoWoBias);

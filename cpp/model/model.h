@@ -517,6 +517,9 @@ private:
     // nemotron_h.cpp: its blocks' weights; an MLP layer, x += W_down relu(W_up rmsnorm(x))^2 (on the CPU;
     // nemotron_h_moe: the experts' mix first). relu_squared: v = relu(v)^2 for n values.
     void load_nemotron_h_layers();
+    // deci.cpp: its blocks' weights (shapes per layer) and a block's pass (on the CPU).
+    void load_deci_layers();
+    void deci_layer(Backend * be, Backend * mm, int l, Scratch & s, int n);
     void nemotron_h_mlp(Backend * mm, int l, Scratch & s, int n);
     void relu_squared(float * v, int64_t n);
     // falcon_h1.cpp: the layer's normed input kept (in ssm_y_) while the attention runs, then its
@@ -533,14 +536,15 @@ private:
     // moe.cpp: x += the mixture of the experts the router picks for each token of h (on the CPU),
     // and the shared experts' output if any. route: the picks and weights of n tokens' logits
     // (bias: deepseek2's selection bias, or null).
-    void moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n);
+    // (mm: the experts' matmuls, op offload's for large batches)
+    void moe_ffn(Backend * be, Backend * mm, const LayerWeights & L, Scratch & s, int n);
     // A GPU block's mixture of experts: its router, experts and a gated shared expert run on the
     // CPU (their weights stay in host memory: llama.cpp's --cpu-moe), adding to the stream s.x.
     void moe_ffn_host(Backend * be, const LayerWeights & L, Scratch & s, int n);
     // The CPU's s.router = the layer's router logits of x (n rows, on be: copied to the host first).
     void router_logits(Backend * be, int l, const float * x, int n);
     // x += the experts' mixture for the tokens of h as routes_ holds them (after route), f their activation.
-    void run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act);
+    void run_experts(Backend * be, Backend * mm, const LayerWeights & L, Scratch & s, int n, Glu act);
     void route(const float * logits, int n, const float * bias);
     // qwen2moe: sigmoid(ffn_gate_inp_shexp . h) of each of the n tokens of s.h, in s.router.
     const float * shared_expert_gates(const LayerWeights & L, Scratch & s, int n);
@@ -562,6 +566,7 @@ private:
         float scale = 1.0f;  // scale * alpha / rank (alpha 0: scale)
         int64_t rows = 0, rank = 0;
         int layer = -1;                                   // its block (-1: the output layer)
+        bool attention = false;                           // of an attention matrix (else the feed-forward's)
         std::vector<std::tuple<int, int, int64_t>> uses;  // (lora_ index, term, first row of B)
         std::vector<float> host;                          // B times the scale, while the CPU needs it
     };

@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "model/cpu_backend.h"
 #include "model/model.h"
+#include "model/op_offload.h"
 
 namespace sl {
 
@@ -137,13 +138,13 @@ void Model::router_logits(Backend * be, int l, const float * x, int n) {
     cpu_->matmul(&gi, &hs.router, 1, x, n, false);
 }
 
-void Model::moe_ffn(Backend * be, const LayerWeights & L, Scratch & s, int n) {
+void Model::moe_ffn(Backend * be, Backend * mm, const LayerWeights & L, Scratch & s, int n) {
     const Config & c = cfg_;
     SL_CHECK(be->is_cpu(), "internal: mixture-of-experts blocks run on the CPU");
     // (smallthinker's logits: from the block's input, before its attention)
     if (!c.router_on_input) router_logits(be, int(&L - w_.layers.data()), s.h, n);
     route(s.router, n, L.exp_probs_b);
-    run_experts(be, L, s, n, c.swiglu_oai ? Glu::SwigluOai : c.experts_relu ? Glu::Relu : Glu::Silu);
+    run_experts(be, mm, L, s, n, c.swiglu_oai ? Glu::SwigluOai : c.experts_relu ? Glu::Relu : Glu::Silu);
 }
 
 void Model::moe_ffn_host(Backend * be, const LayerWeights & L, Scratch & s, int n) {
@@ -154,13 +155,16 @@ void Model::moe_ffn_host(Backend * be, const LayerWeights & L, Scratch & s, int 
     const size_t bytes = size_t(n) * cfg_.n_embd * sizeof(float);
     be->download(hs.h, s.h, bytes);
     be->download(hs.x, s.x, bytes);
-    moe_ffn(cpu, L, hs, n);
+    // A large batch's expert matmuls go to the GPU with their weights (op offload), as a CPU block's.
+    Backend * mm = offload_ && n >= OpOffload::kMinBatch ? static_cast<Backend *>(offload_.get()) : cpu;
+    n_op_offload_ += mm != cpu;
+    moe_ffn(cpu, mm, L, hs, n);
     if (L.ffn_gate_inp_shexp && L.w_gate.rows > 0)  // qwen2moe: the shared expert, scaled per token on the host
-        ffn(cpu, cpu, int(&L - w_.layers.data()), hs.h, hs, n);
+        ffn(cpu, mm, int(&L - w_.layers.data()), hs.h, hs, n);
     be->upload(s.x, hs.x, bytes);
 }
 
-void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n, Glu act) {
+void Model::run_experts(Backend * be, Backend * mm, const LayerWeights & L, Scratch & s, int n, Glu act) {
     const Config & c = cfg_;
     const int k = c.n_expert_used;
     const int l = int(&L - w_.layers.data());
@@ -206,15 +210,15 @@ void Model::run_experts(Backend * be, const LayerWeights & L, Scratch & s, int n
         }
         if (ungated) {
             const WeightRef * wu = &up;
-            be->matmul(&wu, &s.ff, 1, s.moe_in, m, false);
+            mm->matmul(&wu, &s.ff, 1, s.moe_in, m, false);
             relu_squared(s.ff, int64_t(m) * c.n_ff_exp);
         } else {
             const WeightRef gate = fused ? row_slice(L.gate_exps, int64_t(2) * c.n_ff_exp * e, c.n_ff_exp)
                                          : expert_slice(L.gate_exps, e, c.n_expert);
-            be->glu(act, gate, up, s.moe_in, s.ff, m);
+            mm->glu(act, gate, up, s.moe_in, s.ff, m);
         }
         if (imx_) imx_observe(l, kImxDownExps, s.ff, m, be, e);
-        be->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
+        mm->matmul(&wd, &s.moe_out, 1, s.ff, m, false);
         for (int j = 0; j < m; ++j) {  // x += weight * expert output, back at each token's row
             const int entry = routes_.order[b + j];
             const float w = scale_in ? 1.0f : routes_.weight[entry];

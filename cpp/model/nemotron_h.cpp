@@ -105,7 +105,7 @@ void Model::nemotron_h_mlp(Backend * mm, int l, Scratch & s, int n) {
     Backend * be = cpu_.get();
     norm(be, s.x, L.attn_norm, s.h, n);
     if (L.moe()) {  // nemotron_h_moe: x += the chosen experts' relu(W_up h)^2 mix (moe.cpp), then the shared one's
-        moe_ffn(be, L, s, n);
+        moe_ffn(be, be, L, s, n);
         mm = be;  // (on the CPU, as the experts)
     }
     // s.ff = relu(W_up h)^2, then x += W_down s.ff

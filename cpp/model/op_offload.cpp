@@ -74,7 +74,7 @@ void OpOffload::matmul(const WeightRef * const * w, float * const * y, int n_w, 
     size_t y_need = 0;
     for (int i = 0; i < n_w; ++i) y_need += size_t(n_tok) * w[i]->rows;
     WeightRef dev[3];
-    if (y_need > buf_.y_floats || !stage(w, n_w, dev)) {
+    if (y_need > buf_.y_floats || size_t(n_tok) * w[0]->K > buf_.x_floats || !stage(w, n_w, dev)) {
         cpu_.matmul(w, y, n_w, x, n_tok, accumulate);
         return;
     }
@@ -94,7 +94,10 @@ void OpOffload::matmul(const WeightRef * const * w, float * const * y, int n_w, 
 void OpOffload::glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
     const WeightRef * w[2] = {&gate, &up};
     WeightRef dev[2];
-    if (size_t(n_tok) * gate.rows > buf_.y_floats || !stage(w, 2, dev)) {
+    // (the GPU backends' glu takes neither the clamped SwiGLU, ReGLU nor biases: gpt-oss's experts)
+    const bool gpu_can = f != Glu::SwigluOai && f != Glu::Relu && !gate.bias && !up.bias;
+    if (!gpu_can || size_t(n_tok) * gate.rows > buf_.y_floats || size_t(n_tok) * gate.K > buf_.x_floats ||
+        !stage(w, 2, dev)) {
         cpu_.glu(f, gate, up, x, act, n_tok);
         return;
     }

@@ -18,6 +18,7 @@ struct OpOffloadBuffers {
     void * weights = nullptr;  // staging for the weights (and biases) of one matmul
     size_t weight_bytes = 0;
     float * x = nullptr;       // (n_batch, max_k)
+    size_t x_floats = 0;
     float * y = nullptr;       // (n_batch, max_out): all outputs of one matmul
     size_t y_floats = 0;
 };

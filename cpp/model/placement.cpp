@@ -167,22 +167,39 @@ GpuBackendOptions gpu_options(const Config & c, const ModelParams & p, int slot_
 }
 
 // Op-offload buffer sizes for the CPU blocks [0, n_cpu) (pointers left null).
-OpOffloadBuffers offload_sizes(const Config & c, const std::vector<LayerWeights> & layers, int n_cpu, size_t nb) {
+// Op-offload buffer sizes for the CPU blocks [0, n_cpu) and every block's routed experts, which
+// stay on the host wherever their block is (pointers left null; x: max_k floats a row).
+OpOffloadBuffers offload_sizes(const Config & c, const std::vector<LayerWeights> & layers, int n_cpu, size_t nb,
+                               int max_k) {
     OpOffloadBuffers ob;
     for (int l = 0; l < n_cpu; ++l) ob.weight_bytes = std::max(ob.weight_bytes, offload_staging(layers[l]));
-    ob.y_floats = nb * size_t(std::max({c.q_dim() + 2 * c.kv_dim(), c.n_ff, c.n_embd}));
+    for (const LayerWeights & L : layers) {
+        if (!L.moe() || L.up_exps.rows == 0) continue;  // (gemma4's fused gate_up: its blocks stay on the CPU)
+        const WeightRef g = expert_slice(L.gate_exps, 0, c.n_expert), u = expert_slice(L.up_exps, 0, c.n_expert);
+        const WeightRef d = expert_slice(L.down_exps, 0, c.n_expert);
+        const WeightRef * gu[2] = {&u, &g};  // (an ungated expert: up alone)
+        const WeightRef * dw = &d;
+        ob.weight_bytes = std::max({ob.weight_bytes, OpOffload::staging_bytes(gu, L.gate_exps.rows ? 2 : 1),
+                                    OpOffload::staging_bytes(&dw, 1)});
+    }
+    ob.x_floats = nb * size_t(max_k);
+    ob.y_floats = nb * size_t(std::max({c.q_dim() + 2 * c.kv_dim(), c.n_ff, c.n_embd, c.n_ff_exp}));
     return ob;
 }
 
 }  // namespace
 
 int Model::gpu_ff() const {
-    int ff = cfg_.n_ff;
+    // (op offload may run any host feed-forward's matmuls on the GPU: the routed experts', a gated
+    // shared expert's; else only the GPU blocks' own)
+    const bool offload = params_.op_offload;
+    int ff = cfg_.n_expert > 0 && offload ? std::max(cfg_.n_ff, cfg_.n_ff_exp) : cfg_.n_ff;
     for (int l = 0; l < cfg_.n_layer; ++l) {
         const LayerWeights & L = w_.layers[l];
         for_device_matrices(L, host_mixer(l), [&](const WeightRef & w) {
             if (&w == &L.w_gate || &w == &L.w_up) ff = std::max(ff, int(w.rows));
         });
+        if (offload) ff = std::max({ff, int(L.w_gate.rows), int(L.w_up.rows)});
     }
     return ff;
 }
@@ -233,11 +250,13 @@ Model::PlacementPlan Model::plan_placement() const {
                             "the output layer goes to the GPU", ngl);
         pp.n_gpu = 1;
     }
-    // (deepseek2's latent attention, llama4's chunked layers: no CUDA path yet)
-    if ((c.arch == Arch::DeepSeek2 || c.arch == Arch::Llama4) && pp.n_gpu > 1) {
+    // (deepseek2's latent attention, llama4's chunked layers, deci's per-layer heads: no CUDA path yet)
+    if ((c.arch == Arch::DeepSeek2 || c.arch == Arch::Llama4 || c.arch == Arch::Deci) && pp.n_gpu > 1) {
         pp.warning = strfmt("n_gpu_layers=%d: the blocks of a %s model (%s) run on the CPU in this version; only the "
                             "output layer goes to the GPU", ngl, c.arch_name.c_str(),
-                            c.arch == Arch::DeepSeek2 ? "latent attention" : "chunked attention");
+                            c.arch == Arch::DeepSeek2 ? "latent attention"
+                            : c.arch == Arch::Llama4  ? "chunked attention"
+                                                      : "attention shapes per layer");
         pp.n_gpu = 1;
     }
     if (c.nemotron() && pp.n_gpu > 1) {  // (its MLP layers' squared ReLU: no CUDA path yet)
@@ -272,7 +291,8 @@ Model::PlacementPlan Model::plan_placement() const {
     }
     pp.output_gpu = pp.n_gpu >= 1;
     pp.first_gpu = c.n_layer - std::max(pp.n_gpu - 1, 0);  // first block on the GPU
-    pp.offload = params_.op_offload && pp.first_gpu > 0;
+    // (op offload: of the CPU blocks' matmuls, and of the routed experts, on the host wherever their block is)
+    pp.offload = params_.op_offload && (pp.first_gpu > 0 || (c.n_expert > 0 && pp.n_gpu > 1));
     if (pp.n_gpu == 0 && !pp.offload) return pp;
     const GpuInfo gi = gpu_info();
     if (!gi.available) {
@@ -295,8 +315,8 @@ Model::PlacementPlan Model::plan_placement() const {
         for (int l = pp.first_gpu; l < c.n_layer; ++l) pp.gpu_kv += host_mixer(l) ? 0 : layer_kv_bytes(l);
     if (pp.n_gpu > 0) pp.gpu_buffers += activation_bytes(false) + sizeof(float) * nb * size_t(c.n_vocab);  // + logits
     if (pp.offload) {
-        const OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
-        pp.gpu_buffers += ob.weight_bytes + sizeof(float) * (ob.y_floats + nb * go.max_k);
+        const OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb, go.max_k);
+        pp.gpu_buffers += ob.weight_bytes + sizeof(float) * (ob.y_floats + ob.x_floats);
     }
     const size_t need = pp.gpu_weights + pp.gpu_kv + pp.gpu_buffers;
     if (need > gi.free_bytes) {
@@ -356,9 +376,9 @@ void Model::place_on_devices() {
     if (pp.output_gpu)
         dev_logits_ = static_cast<float *>(alloc_on(gpu, sizeof(float) * nb * size_t(c.n_vocab)));
     if (pp.offload) {
-        OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb);
+        OpOffloadBuffers ob = offload_sizes(c, w_.layers, pp.first_gpu, nb, go.max_k);
         ob.weights = alloc_on(gpu, ob.weight_bytes);
-        ob.x = static_cast<float *>(alloc_on(gpu, sizeof(float) * nb * go.max_k));
+        ob.x = static_cast<float *>(alloc_on(gpu, sizeof(float) * ob.x_floats));
         ob.y = static_cast<float *>(alloc_on(gpu, sizeof(float) * ob.y_floats));
         offload_ = std::make_unique<OpOffload>(*cpu_, *gpu, ob);
     }
