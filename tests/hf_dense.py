@@ -58,11 +58,7 @@ _ARCH_BLOCK = {
 
 def dense_config(arch: str, **over: Any) -> dict[str, Any]:
     """config.json of a small model (``arch``: a key of HF_ARCHS)."""
-    cfg: dict[str, Any] = {
-        "architectures": [HF_ARCHS[arch]], "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
-    }  # fmt: skip
+    cfg = F.dense_base_config(HF_ARCHS[arch])
     if arch == "mistral3":  # Ministral 3's YaRN and attention temperature, fitted to 24 tokens
         cfg.update(model_type="ministral3", head_dim=16, sliding_window=None, rope_parameters={
             "rope_type": "yarn", "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,

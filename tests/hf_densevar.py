@@ -34,11 +34,7 @@ def block_names(arch: str) -> dict[str, str]:
 
 def var_config(arch: str, **over: Any) -> dict[str, Any]:
     """config.json of a small model (``arch``: a key of HF_ARCHS)."""
-    cfg: dict[str, Any] = {
-        "architectures": [HF_ARCHS[arch]], "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
-    }  # fmt: skip
+    cfg = F.dense_base_config(HF_ARCHS[arch])
     if arch == "seed_oss":
         cfg.update(model_type="seed_oss", head_dim=16, attention_bias=True, attention_out_bias=False,
                    mlp_bias=False, hidden_act="silu")  # fmt: skip
@@ -124,11 +120,14 @@ def tiny_var_hf(
 ) -> tuple[dict[str, Any], Weights]:
     """A random model directory in ``d`` with a byte-level BPE tokenizer.json; returns (config.json as
     written, the stored weights as float32)."""
-    d.mkdir(parents=True, exist_ok=True)
-    n_tok = F.write_bpe_tokenizer(d)
-    cfg = var_config(arch, vocab_size=n_tok, **over)
-    F._write_json(d / "config.json", cfg)
-    return cfg, F.save_weights(d, var_weights(cfg, arch, seed=seed), dtype=dtype)
+
+    def config_of(n_tok: int) -> dict[str, Any]:
+        return var_config(arch, vocab_size=n_tok, **over)
+
+    def weights_of(cfg: dict[str, Any], seed: int) -> Weights:
+        return var_weights(cfg, arch, seed=seed)
+
+    return F.bpe_model_dir(d, config_of, weights_of, dtype=dtype, seed=seed)
 
 
 def to_gguf_names(arch: str, w: Weights) -> tuple[Weights, dict[str, list[float]]]:

@@ -310,6 +310,16 @@ def save_weights(d: Path, weights: Weights, *, dtype: str = "f32", shards: int =
     return stored
 
 
+def dense_base_config(architecture: str) -> dict[str, Any]:
+    """config.json's keys shared by hf_dense's and hf_densevar's small models: 3 layers 64 wide, a
+    feed-forward 96 wide, 4 query heads on 2 key/value heads, float32."""
+    return {
+        "architectures": [architecture], "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
+    }  # fmt: skip
+
+
 def tiny_config(arch: str = "llama", **over: Any) -> dict[str, Any]:
     """config.json of a small model; ``arch`` is llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe,
     gemma (Gemma 1), gemma2 or gemma3."""
@@ -389,6 +399,19 @@ def tiny_model(
     _write_json(d / "config.json", cfg)
     stored = save_weights(d, random_weights(cfg, seed=seed), dtype=dtype, shards=shards)
     return cfg, stored
+
+
+def bpe_model_dir(
+    d: Path, config_of: Callable[[int], dict[str, Any]], weights_of: Callable[..., Weights], *,
+    pre: str = "gpt-2", dtype: str = "f32", shards: int = 1, seed: int = 0,
+) -> tuple[dict[str, Any], Weights]:  # fmt: skip
+    """A random model directory in ``d``: a byte-level BPE tokenizer.json (``pre``), config.json as
+    config_of(the number of tokens) gives it, weights_of(config, seed=seed)'s tensors in ``dtype``;
+    returns (config.json, the stored weights as float32)."""
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = config_of(write_bpe_tokenizer(d, pre=pre))
+    _write_json(d / "config.json", cfg)
+    return cfg, save_weights(d, weights_of(cfg, seed=seed), dtype=dtype, shards=shards)
 
 
 def _write_json(path: Path, data: Any) -> None:

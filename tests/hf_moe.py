@@ -92,11 +92,11 @@ def weights(cfg: dict[str, Any], *, seed: int = 0) -> Weights:
 def tiny_moe_dir(d: Path, arch: str, *, dtype: str = "f32", shards: int = 1, seed: int = 0,
                  **over: Any) -> tuple[dict[str, Any], Weights]:  # fmt: skip
     """A random model directory in ``d``; returns (config.json, the stored weights as float32)."""
-    d.mkdir(parents=True, exist_ok=True)
-    n_tok = F.write_bpe_tokenizer(d, pre=PRE[arch])
-    cfg = config(arch, vocab_size=n_tok, **over)
-    F._write_json(d / "config.json", cfg)
-    return cfg, F.save_weights(d, weights(cfg, seed=seed), dtype=dtype, shards=shards)
+
+    def config_of(n_tok: int) -> dict[str, Any]:
+        return config(arch, vocab_size=n_tok, **over)
+
+    return F.bpe_model_dir(d, config_of, weights, pre=PRE[arch], dtype=dtype, shards=shards, seed=seed)
 
 
 _NAMES = {  # transformers' modules -> the reference's (GGUF) names

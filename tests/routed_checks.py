@@ -1,9 +1,11 @@
-"""The checks the tiny mixture-of-experts suites (test_minimax_m2, test_phimoe, ...) run on each of
-their files: against llama.cpp at F32 and Q8_0, greedy tokens, the placement with a (fake) GPU."""
+"""The checks the tiny mixture-of-experts suites (test_minimax_phimoe, test_glm4moe, test_deepseek2,
+...) run on each of their files: against llama.cpp at F32 and Q8_0, greedy tokens, the placement with
+a (fake) GPU; and their converter suites' checkpoints and logits."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -12,20 +14,23 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+from hf_fixtures import save_weights
 from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
 from splitllm import Model
+from tiny_model import F32_LOGITS_TOL
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
 
 
-def write_files(root: Path, configs: dict[str, Any], make_weights: Callable, write_gguf: Callable) -> dict:
-    """Each config's F32 file: name -> (config, path, the weights as held)."""
+def write_files(root: Path, cases: dict[str, tuple[Any, Any]]) -> dict:
+    """Each case's F32 file (cases: name -> (the tiny_* module, its config)): name -> (config, path,
+    the weights as held)."""
     out = {}
-    for name, cfg in configs.items():
+    for name, (tiny, cfg) in cases.items():
         path = root / f"{name}.gguf"
-        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
+        out[name] = (cfg, path, tiny.write_gguf(cfg, tiny.make_weights(cfg), path))
     return out
 
 
@@ -69,15 +74,32 @@ def with_fake_gpu(path: Path, tokens: list[int], monkeypatch: Any, **kw: Any) ->
     return m
 
 
-def refused(tmp_path: Path, cfg: Any, weights: dict, write_gguf: Callable, match: str, **kw: Any) -> None:
+def state_round_trip(path: Path, tokens: list[int]) -> None:
+    """A state saved after tokens[:10] goes back into the cache (after other tokens were read) and
+    the next token's logits are those of never having been interrupted, to the bit."""
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        m.eval_prompt(tokens[:10])
+        want = m.eval_prompt(tokens[:11])
+        m.reset()
+        m.eval_prompt(tokens[:10])
+        state = m.save_state()
+        m.reset()
+        m.eval_prompt(tokens[5:20])
+        m.load_state(state)
+        np.testing.assert_array_equal(m.eval_prompt(tokens[:11]), want)
+
+
+def refused(
+    tmp_path: Path, cfg: Any, weights: dict, write_gguf: Callable, match: str, *, n_ctx: int = 32, **kw: Any
+) -> None:
     """A file of cfg with these weights (kw to write_gguf: metadata_changes) is refused by a
-    GGUFError naming it and matching match."""
+    GGUFError naming it and matching match (loaded with n_ctx)."""
     from splitllm import GGUFError  # noqa: PLC0415
 
     path = tmp_path / "m.gguf"
     write_gguf(cfg, weights, path, **kw)
     with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
-        Model(path, n_ctx=32)
+        Model(path, n_ctx=n_ctx)
 
 
 HOST_TENSOR = re.compile(r"\.(ffn_(gate|up|down|gate_up)_exps|ffn_gate_inp|exp_probs_b)\.")
@@ -159,3 +181,32 @@ def split_with_host_parts(path: Path, monkeypatch: Any, *, ngl: int = -1, **kw: 
     host_experts = [p for p in m.placement if p["name"].endswith(".experts")]
     assert m.n_op_offload >= (len(host_experts) if kw.get("op_offload", True) else 0)
     return m
+
+
+# -- converted checkpoints (the test_convert_* suites of these architectures)
+
+
+def save_checkpoint(d: Path, config: dict[str, Any], tensors: dict[str, np.ndarray], drop: Any = ()) -> None:
+    """config.json (the keys whose value is None left out) and the checkpoint's tensors in float32
+    (but those named in drop) in the directory d."""
+    (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    save_weights(d, {k: v.astype(np.float32) for k, v in tensors.items() if k not in drop})
+
+
+def as_held(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights as a float32 checkpoint holds them (as float64)."""
+    return {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}
+
+
+def ours_near(path: Path, ref: np.ndarray, tokens: list[int], tol: float = F32_LOGITS_TOL) -> np.ndarray:
+    """splitllm's logits on the file within tol of the reference's (relative to its largest); returns
+    them."""
+    with Model(path, n_ctx=64, n_threads=2) as m:
+        ours = m.logits(tokens)
+    assert rel_err(ours, ref) < tol
+    return ours
+
+
+def llama_cpp_near(path: Path, ref: np.ndarray, tokens: list[int], tol: float = 1e-3) -> None:
+    """llama.cpp's logits on the file within tol of the reference's (its float16 attention)."""
+    assert rel_err(llama_cpp_logits(path, tokens), ref) < tol

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,26 @@ def assert_holds(path: Path, weights: dict[str, np.ndarray]) -> None:
     assert sorted(got) == sorted(weights)
     for name, x in weights.items():
         np.testing.assert_array_equal(got[name], x, err_msg=name)
+
+
+def arch_keys(path: Path, arch: str, also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The file's {arch}.* keys by the rest of their names, and those starting with one of also
+    (whole)."""
+    a = arch + "."
+    fields = GGUFReader(path).fields
+    return {k.removeprefix(a): f.contents() for k, f in fields.items() if k.startswith((a, *also))}
+
+
+def refused_config(tmp_path: Path, base: Path, over: dict[str, Any], match: str, **kw: Any) -> None:
+    """A copy of the checkpoint directory base with config.json's keys over changed is refused by a
+    ConvertError naming its config.json and matching match (kw to convert), nothing written."""
+    d = tmp_path / "hf"
+    shutil.copytree(base, d)
+    cfg = {**json.loads((d / "config.json").read_text()), **over}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConvertError, match=f"{d / 'config.json'}: {match}"):
+        convert(d, tmp_path / "m.gguf", quiet=True, **kw)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.part"))
 
 
 @pytest.fixture(scope="module")

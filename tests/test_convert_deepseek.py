@@ -9,13 +9,11 @@ import json
 import gguf
 import numpy as np
 import pytest
+import routed_checks as RC
 import test_convert as TC
 from hf_fixtures import save_weights, write_bpe_tokenizer
-from lcpp import llama_cpp_logits
-from splitllm import Model
 from splitllm_convert import convert
 from tiny_deepseek import hf_config, hf_weights, make_weights, reference_logits, v2, v3
-from tiny_model import F32_LOGITS_TOL
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2
 YARN = {"factor": 4.0, "original_max_position_embeddings": 16, "mscale": 0.707, "mscale_all_dim": 0.707}
@@ -33,7 +31,7 @@ def checkpoint(tmp_path, name):
     save_weights(d, {k: v.astype(np.float32) for k, v in hf_weights(cfg, w).items()})
     out = tmp_path / "m.gguf"
     convert(d, out, type="f32", quiet=True)
-    return cfg, {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}, out
+    return cfg, RC.as_held(w), out
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -47,15 +45,10 @@ def test_tensors_and_logits(tmp_path, name):
     assert keys["deepseek2.attention.value_length_mla"] == cfg.v_head_dim
     assert keys["deepseek2.leading_dense_block_count"] == cfg.first_k_dense_replace
     assert keys["deepseek2.expert_gating_func"] == (2 if cfg.scoring_func == "sigmoid" else 1)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    ref = reference_logits(cfg, w, TOKENS)
-    assert np.abs(ours - ref).max() / np.abs(ref).max() < F32_LOGITS_TOL
+    RC.ours_near(path, reference_logits(cfg, w, TOKENS), TOKENS)
 
 
 @pytest.mark.reference
 def test_llama_cpp_loads_it(tmp_path):
     cfg, w, path = checkpoint(tmp_path, "v3-yarn")
-    ref = reference_logits(cfg, w, TOKENS)
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert np.abs(theirs - ref).max() / np.abs(ref).max() < 1e-3
+    RC.llama_cpp_near(path, reference_logits(cfg, w, TOKENS), TOKENS)

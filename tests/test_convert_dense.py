@@ -14,8 +14,6 @@ Command R7B and Command-R / R+ checkpoints, checked against references we did no
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,11 +109,6 @@ def test_engine_logits_match_float64_reference(tmp_path: Path, case: str) -> Non
         assert np.abs(m.logits(IDS) - ref).max() < _tol(ref)
 
 
-def _arch_keys(path: Path, arch: str) -> dict[str, Any]:
-    r = GGUFReader(path)
-    return {k.removeprefix(arch + "."): f.contents() for k, f in r.fields.items() if k.startswith(arch + ".")}
-
-
 SHAPE = {"embedding_length": 64, "feed_forward_length": 96, "attention.head_count": 4,
          "attention.head_count_kv": 2, "context_length": 512}  # fmt: skip
 KEYS = {
@@ -155,7 +148,7 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str) -> None:
     want = dict(KEYS[arch])
     if arch in ("glm4", "ernie4_5"):  # (their vocabularies: 321 with GLM-4's <|user|>; SentencePiece's 400)
         want.pop("vocab_size", None)
-    got_keys = _arch_keys(out, arch)
+    got_keys = TC.arch_keys(out, arch)
     lists = {k for k, v in want.items() if isinstance(v, list)}  # (pytest.approx takes no nested lists)
     assert {k: got_keys.get(k) for k in lists} == {k: want[k] for k in lists}
     assert {k: v for k, v in got_keys.items() if k not in lists} == \
@@ -230,13 +223,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("arch", "over", "match"), BAD)
 def test_bad_config(tmp_path: Path, base_dirs: dict[str, Path], arch: str, over: dict[str, Any],
                     match: str) -> None:  # fmt: skip
-    d = tmp_path / "hf"
-    shutil.copytree(base_dirs[arch], d)
-    cfg = {**json.loads((d / "config.json").read_text()), **over}
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConvertError, match=f"{d / 'config.json'}: {match}"):
-        convert(d, tmp_path / "m.gguf", quiet=True)
-    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.part"))
+    TC.refused_config(tmp_path, base_dirs[arch], over, match)
 
 
 def test_exaone4_32b_layout_needs_a_window(tmp_path: Path) -> None:

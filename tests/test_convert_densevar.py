@@ -22,7 +22,6 @@ import hf_densevar as H
 import numpy as np
 import pytest
 import test_convert as TC
-from gguf import GGUFReader
 from splitllm import Model
 from splitllm_convert import convert
 from splitllm_convert.errors import ConvertError
@@ -76,12 +75,6 @@ def test_logits_match_float64_reference(tmp_path: Path, arch: str) -> None:
         assert np.abs(m.logits(IDS) - ref).max() < _tol(ref)
 
 
-def _arch_keys(path: Path, arch: str) -> dict[str, Any]:
-    r = GGUFReader(path)
-    return {k.removeprefix(arch + "."): f.contents() for k, f in r.fields.items()
-            if k.startswith((arch + ".", "xielu."))}  # fmt: skip
-
-
 SHAPE = {"embedding_length": 64, "feed_forward_length": 96, "attention.head_count": 4,
          "attention.head_count_kv": 2, "block_count": 3}  # fmt: skip
 HEAD = {"attention.key_length": 16, "attention.value_length": 16}
@@ -110,7 +103,7 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str) -> None:
     cfg, weights = H.tiny_var_hf(tmp_path / "hf", arch)
     out = tmp_path / "m.gguf"
     convert(tmp_path / "hf", out, type="f32", quiet=True)
-    got_keys = _arch_keys(out, arch)
+    got_keys = TC.arch_keys(out, arch, ("xielu.",))
     xielu = {k: got_keys.pop(k) for k in list(got_keys) if k.startswith("xielu.")}
     TC.assert_same_keys(got_keys, KEYS[arch])
     if arch == "apertus":  # one float per layer, in layer order
@@ -167,13 +160,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("arch", "over", "match"), BAD)
 def test_bad_config(tmp_path: Path, base_dirs: dict[str, Path], arch: str, over: dict[str, Any],
                     match: str) -> None:  # fmt: skip
-    d = tmp_path / "hf"
-    shutil.copytree(base_dirs[arch], d)
-    cfg = {**json.loads((d / "config.json").read_text()), **over}
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConvertError, match=f"{d / 'config.json'}: {match}"):
-        convert(d, tmp_path / "m.gguf", type="f32", quiet=True)
-    assert not (tmp_path / "m.gguf").exists()
+    TC.refused_config(tmp_path, base_dirs[arch], over, match, type="f32")
 
 
 def test_apertus_missing_xielu(tmp_path: Path, base_dirs: dict[str, Path]) -> None:

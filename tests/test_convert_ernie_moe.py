@@ -5,18 +5,14 @@ the checkpoint's weights, llama.cpp's too; bad input named."""
 
 from __future__ import annotations
 
-import json
-
 import gguf
 import numpy as np
 import pytest
+import routed_checks as RC
 import test_convert as TC
-from hf_fixtures import save_weights, write_spm_tokenizer
-from lcpp import llama_cpp_logits
-from splitllm import Model
+from hf_fixtures import write_spm_tokenizer
 from splitllm_convert import ConvertError, convert
 from tiny_ernie_moe import ErnieMoeConfig, hf_config, hf_weights, make_weights, reference_logits
-from tiny_model import F32_LOGITS_TOL
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2
 CONFIGS = {
@@ -31,13 +27,10 @@ def checkpoint(tmp_path, cfg, config_changes=None, drop=()):
     d = tmp_path / "hf"
     d.mkdir()
     assert write_spm_tokenizer(d) == cfg.n_vocab
-    config = {**hf_config(cfg), **(config_changes or {})}
-    (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
     w = make_weights(cfg)
-    hf = {k: v.astype(np.float32) for k, v in hf_weights(cfg, w).items() if k not in drop}
-    hf["model.mtp_block.0.input_layernorm.weight"] = np.ones(cfg.n_embd, np.float32)
-    save_weights(d, hf)
-    return d, {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}
+    mtp = {"model.mtp_block.0.input_layernorm.weight": np.ones(cfg.n_embd, np.float32)}
+    RC.save_checkpoint(d, {**hf_config(cfg), **(config_changes or {})}, {**hf_weights(cfg, w), **mtp}, drop)
+    return d, RC.as_held(w)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -59,10 +52,7 @@ def test_tensors_metadata_and_logits(tmp_path, name):
     assert {k: keys.get(k) for k in want} == want
     shared = cfg.moe_intermediate_size * cfg.moe_num_shared_experts
     assert keys.get("expert_shared_feed_forward_length") == (shared or None)
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    ref = reference_logits(cfg, w, TOKENS)
-    assert np.abs(ours - ref).max() / np.abs(ref).max() < F32_LOGITS_TOL
+    RC.ours_near(path, reference_logits(cfg, w, TOKENS), TOKENS)
 
 
 @pytest.mark.reference
@@ -71,9 +61,7 @@ def test_llama_cpp_loads_it(tmp_path):
     d, w = checkpoint(tmp_path, cfg)
     path = tmp_path / "m.gguf"
     convert(d, path, type="f32", quiet=True)
-    ref = reference_logits(cfg, w, TOKENS)
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert np.abs(theirs - ref).max() / np.abs(ref).max() < 1e-3
+    RC.llama_cpp_near(path, reference_logits(cfg, w, TOKENS), TOKENS)
 
 
 @pytest.mark.parametrize(

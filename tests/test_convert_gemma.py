@@ -97,11 +97,6 @@ def test_logits_match_float64_reference(tmp_path: Path, llama_cpp: Any, case: st
 # -- metadata and tensors ---------------------------------------------------------------------------
 
 
-def _arch_keys(path: Path, arch: str) -> dict[str, Any]:
-    r = GGUFReader(path)
-    return {k.removeprefix(arch + "."): f.contents() for k, f in r.fields.items() if k.startswith(arch + ".")}
-
-
 COMMON = {"context_length": 512, "embedding_length": 64, "feed_forward_length": 128,
           "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 32,
           "attention.value_length": 32}  # fmt: skip
@@ -131,7 +126,7 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str, kw: dict[str, Any], key
     _, weights = F.tiny_model(tmp_path / "hf", arch, tokenizer="spm", **kw)
     out = tmp_path / "m.gguf"
     convert(tmp_path / "hf", out, type="f32", quiet=True)
-    got = _arch_keys(out, arch)
+    got = TC.arch_keys(out, arch)
     assert got.pop("attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
     keys = dict(keys)
     key = "attention.sliding_window_pattern"  # a list: compared apart (pytest.approx takes flat mappings)
@@ -340,7 +335,7 @@ def test_gemma1_metadata_and_tensors(tmp_path: Path, kw: dict[str, Any], keys: d
     d, cfg, weights = _gemma1(tmp_path, **kw)
     out = tmp_path / "m.gguf"
     convert(d, out, type="f32", quiet=True)
-    TC.assert_same_keys(_arch_keys(out, "gemma"), keys)
+    TC.assert_same_keys(TC.arch_keys(out, "gemma"), keys)
     r = GGUFReader(out)
     assert TC.field(r, "general.architecture") == "gemma"
     want = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",

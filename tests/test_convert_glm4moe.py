@@ -6,19 +6,15 @@ weights, llama.cpp's too; config.json's defaults as transformers reads them; bad
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import gguf
-import numpy as np
 import pytest
+import routed_checks as RC
 import test_convert as TC
 from hf_dense import add_special_tokens
-from hf_fixtures import save_weights, write_bpe_tokenizer
-from lcpp import llama_cpp_logits
-from splitllm import Model
+from hf_fixtures import write_bpe_tokenizer
 from splitllm_convert import ConvertError, convert
 from tiny_glm4moe import air, glm45, hf_config, hf_weights, make_weights, reference_logits
-from tiny_model import F32_LOGITS_TOL
 
 TOKENS = [3, 17, 42, 5, 99, 7, 64, 12, 250, 1, 33, 8, 41, 77, 2, 300] * 2
 GLM_TOKENS = ("[gMASK]", "<|user|>", "<|observation|>")  # (ids 320, 321, 322)
@@ -32,13 +28,10 @@ def checkpoint(tmp_path, cfg, config_changes=None, drop=()):
     d.mkdir()
     write_bpe_tokenizer(d, vocab_size=320)
     assert add_special_tokens(d, GLM_TOKENS) == cfg.n_vocab
-    config = {**hf_config(cfg), **(config_changes or {})}
-    (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
     w = make_weights(cfg)
-    save_weights(d, {k: v.astype(np.float32) for k, v in hf_weights(cfg, w).items() if k not in drop})
-    trunk = {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()
-             if not (k.startswith("blk.") and int(k.split(".")[1]) >= cfg.n_layer)}  # fmt: skip
-    return d, trunk
+    RC.save_checkpoint(d, {**hf_config(cfg), **(config_changes or {})}, hf_weights(cfg, w), drop)
+    trunk = {k: v for k, v in w.items() if not (k.startswith("blk.") and int(k.split(".")[1]) >= cfg.n_layer)}
+    return d, RC.as_held(trunk)
 
 
 def converted(tmp_path, name):
@@ -75,18 +68,13 @@ def test_tensors_metadata_and_logits(tmp_path, name):
     assert ("expert_group_count" in keys) is (cfg.n_group > 1)
     specials = {t: int(r.fields[f"tokenizer.ggml.{t}_token_id"].contents()) for t in ("bos", "eot", "eom")}
     assert specials == {"bos": 320, "eot": 321, "eom": 322}
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    ref = reference_logits(cfg, w, TOKENS)
-    assert np.abs(ours - ref).max() / np.abs(ref).max() < F32_LOGITS_TOL
+    RC.ours_near(path, reference_logits(cfg, w, TOKENS), TOKENS)
 
 
 @pytest.mark.reference
 def test_llama_cpp_loads_it(tmp_path):
     cfg, w, path = converted(tmp_path, "air-groups")
-    ref = reference_logits(cfg, w, TOKENS)
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert np.abs(theirs - ref).max() / np.abs(ref).max() < 1e-3
+    RC.llama_cpp_near(path, reference_logits(cfg, w, TOKENS), TOKENS)
 
 
 def test_transformers_defaults(tmp_path):
@@ -102,10 +90,7 @@ def test_transformers_defaults(tmp_path):
     convert(d, out, type="f32", quiet=True)
     keys = {f.name: f.contents() for f in gguf.GGUFReader(out).fields.values()}
     assert keys["glm4moe.leading_dense_block_count"] == 1 and keys["glm4moe.expert_weights_norm"] is True
-    with Model(out, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    ref = reference_logits(dataclasses.replace(cfg, n_group=1, topk_group=1), w, TOKENS)
-    assert np.abs(ours - ref).max() / np.abs(ref).max() < F32_LOGITS_TOL
+    RC.ours_near(out, reference_logits(dataclasses.replace(cfg, n_group=1, topk_group=1), w, TOKENS), TOKENS)
 
 
 @pytest.mark.parametrize(

@@ -116,11 +116,6 @@ def test_logits_match_float64_reference(tmp_path: Path, llama_cpp: Any, case: st
 # -- metadata and tensors ---------------------------------------------------------------------------
 
 
-def _arch_keys(path: Path, arch: str) -> dict[str, Any]:
-    r = GGUFReader(path)
-    return {k.removeprefix(arch + "."): f.contents() for k, f in r.fields.items() if k.startswith(arch + ".")}
-
-
 SHAPE = {"embedding_length": 64, "feed_forward_length": 128, "attention.head_count": 4,
          "attention.head_count_kv": 2}  # fmt: skip
 LLAMA_KEYS = {"vocab_size": 320, "rope.dimension_count": 16}  # LlamaModel's, after TextModel's
@@ -165,7 +160,7 @@ def test_metadata_and_tensors(tmp_path: Path, arch: str, kw: dict[str, Any], key
     cfg, weights = F.tiny_variant(tmp_path / "hf", arch, **kw)
     out = tmp_path / "m.gguf"
     convert(tmp_path / "hf", out, type="f32", quiet=True)
-    assert _arch_keys(out, arch) == pytest.approx(keys)
+    assert TC.arch_keys(out, arch) == pytest.approx(keys)
     r = GGUFReader(out)
     assert TC.field(r, "general.architecture") == arch
     assert TC.field(r, "tokenizer.ggml.model") == "gpt2"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import routed_checks as RC
+import tiny_deepseek
 from lcpp import llama_cpp_logits
+from routed_checks import rel_err
 from splitllm import Error, GGUFError, Model
 from splitllm.plan import plan
 from tiny_deepseek import make_weights, reference_logits, v2, v3, write_gguf
@@ -28,19 +30,12 @@ CONFIGS = {
 }
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Each config's F32 file and its weights (as held)."""
-    root = tmp_path_factory.mktemp("deepseek2")
-    out = {}
-    for name, cfg in CONFIGS.items():
-        path = root / f"{name}.gguf"
-        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
-    return out
+    return RC.write_files(
+        tmp_path_factory.mktemp("deepseek2"), {n: (tiny_deepseek, c) for n, c in CONFIGS.items()}
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -81,10 +76,7 @@ def test_matches_llama_cpp(files, name):
     """F32 weights: llama.cpp's logits within its own distance to the reference (3e-4 to 6e-4,
     its float16 attention)."""
     cfg, path, held = files[name]
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert rel_err(theirs, reference_logits(cfg, held, TOKENS)) < 1e-3
-    with Model(path, n_ctx=64, n_batch=8, n_threads=2) as m:
-        assert rel_err(m.logits(TOKENS), theirs) < 1e-3
+    RC.f32_against_llama_cpp(path, reference_logits(cfg, held, TOKENS), TOKENS)
 
 
 @pytest.fixture
@@ -184,17 +176,9 @@ def test_bad_files(tmp_path):
 def test_gpu_layers_fall_back_to_cpu(files, name, monkeypatch):
     """With a (fake) GPU: the blocks stay on the CPU with a warning, the output layer goes to the
     GPU, and a batch of 32 (op offload of the dense block's matmuls) gives the CPU's logits."""
-    from splitllm import _core
-
-    _, path, _ = files[name]
-    toks = np.asarray(TOKENS, np.int32)
-    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
-    want = _core.Model(str(path), n_ctx=64, n_threads=1, op_offload=False).decode(*args)
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    m = _core.Model(str(path), n_ctx=64, n_threads=1, n_gpu_layers=-1)
+    m = RC.with_fake_gpu(files[name][1], TOKENS, monkeypatch)
     assert len(m.warnings) == 1 and "latent attention" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * 4 + ["FAKEGPU0"]
-    np.testing.assert_allclose(m.decode(*args), want, rtol=0, atol=1e-4 * np.abs(want).max())
     assert m.n_op_offload == 3  # each block once (the dense one's feed-forward offloaded)
 
 
@@ -202,16 +186,7 @@ def test_state_round_trip_and_refusals(files):
     """A saved state (the latent rows alone) goes back into the cache and decoding goes on as if
     never interrupted; importance-matrix collection and LoRA adapters are refused clearly."""
     _, path, _ = files["v3"]
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        m.eval_prompt(TOKENS[:10])
-        want = m.eval_prompt(TOKENS[:11])
-        m.reset()
-        m.eval_prompt(TOKENS[:10])
-        state = m.save_state()
-        m.reset()
-        m.eval_prompt(TOKENS[5:20])
-        m.load_state(state)
-        np.testing.assert_array_equal(m.eval_prompt(TOKENS[:11]), want)
+    RC.state_round_trip(path, TOKENS)
     from splitllm import _core
 
     with pytest.raises(Error, match="importance-matrix collection is not supported"):

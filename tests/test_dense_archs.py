@@ -1,8 +1,10 @@
-"""mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (text), command-r, exaone and internlm2 in the
-engine, on tiny random models, against the numpy float64 re-implementations of transformers' models
-(tests/tiny_dense.py) and against llama.cpp on the same files (logits, and greedy tokens for the
-last three); each difference from llama shown to move the logits, so that the comparisons can fail;
-bad files refused with the file and the key or tensor named."""
+"""mistral3, glm4, exaone4, ernie4_5, cohere2, qwen3vl (text), command-r, exaone and internlm2, and
+seed_oss, apertus, hunyuan-dense, arcee and starcoder2, in the engine, on tiny random models: one
+suite over a table of cases (CASES), against the numpy float64 re-implementations of transformers'
+models (tests/tiny_dense.py, and tests/tiny_densevar.py for the last five) and against llama.cpp on
+the same files (logits, and greedy tokens for command-r, exaone and internlm2); each difference from
+llama shown to move the logits, so that the comparisons can fail; bad files refused with the file
+and the key or tensor named."""
 
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import tiny_dense
+import tiny_densevar
 from lcpp import llama_cpp_logits
 from routed_checks import greedy_matches_llama_cpp, with_fake_gpu
 from splitllm import GGUFError, Model
-from tiny_dense import DenseConfig, make_weights, reference_logits, write_dense
+from tiny_dense import DenseConfig
+from tiny_densevar import VarConfig
 from tiny_model import F32_LOGITS_TOL
 
 TOKENS = [3, 77, 200, 15, 260, 1, 99, 42, 42, 131, 7, 300, 255, 18, 64, 5, 250, 33, 120, 11, 8, 160, 70, 2]
@@ -40,7 +45,17 @@ CASES = {
     "exaone": DenseConfig("exaone", seed=11),
     "exaone-3.5": DenseConfig("exaone", tied=True, rope_scaling=LLAMA3, seed=12),  # (2.4B: tied)
     "internlm2": DenseConfig("internlm2", seed=14),
-}
+    # tests/tiny_densevar.py's
+    "seed_oss": VarConfig("seed_oss", qkv_bias=True, seed=11),
+    "seed_oss-tied": VarConfig("seed_oss", n_layer=2, tied=True, n_head_kv=1, seed=2),
+    "apertus": VarConfig("apertus", rope_scaling={**LLAMA3, "original_max_position_embeddings": 16}, seed=3),
+    "apertus-scalar": VarConfig("apertus", n_layer=2, xielu_scalar=True, seed=4),
+    "hunyuan-dense": VarConfig("hunyuan-dense", ntk_alpha=50.0, tied=True, seed=5),
+    "hunyuan-dense-alpha": VarConfig("hunyuan-dense", ntk_alpha=50.0, alpha_key=True, qkv_bias=True, seed=6),
+    "arcee": VarConfig("arcee", seed=7),
+    "starcoder2": VarConfig("starcoder2", seed=8),
+    "starcoder2-tied": VarConfig("starcoder2", n_layer=2, tied=True, seed=9),
+}  # fmt: skip
 NEW = ["command-r", "command-r-plus", "exaone", "exaone-3.5", "internlm2"]  # (greedy and fake-GPU checks)
 
 
@@ -53,16 +68,31 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 MODEL_BETAS = {"yarn_beta_fast": -1.0, "yarn_beta_slow": -1.0}
 
 
+def module(cfg: DenseConfig):
+    """The case's tiny_* module (make_weights, reference_logits)."""
+    return tiny_densevar if isinstance(cfg, VarConfig) else tiny_dense
+
+
+def opts(cfg: DenseConfig) -> dict[str, float]:
+    """The engines' options for the case (tiny_dense's: the model's own YaRN turns)."""
+    return {} if isinstance(cfg, VarConfig) else MODEL_BETAS
+
+
+def reference_logits(cfg: DenseConfig, w: dict[str, np.ndarray], tokens: list[int], **kw) -> np.ndarray:
+    return module(cfg).reference_logits(cfg, w, tokens, **kw)
+
+
 def tiny(tmp_path, cfg: DenseConfig, **kw) -> tuple[str, dict[str, np.ndarray]]:
     path = tmp_path / f"tiny-{cfg.arch}-{cfg.seed}.gguf"
-    return str(path), write_dense(cfg, path, **kw)
+    write = tiny_densevar.write_var if isinstance(cfg, VarConfig) else tiny_dense.write_dense
+    return str(path), write(cfg, path, **kw)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_f32_logits_match_float64_reference(tmp_path, case):
     cfg = CASES[case]
     path, held = tiny(tmp_path, cfg)
-    with Model(path, n_ctx=64, n_threads=2, **MODEL_BETAS) as m:
+    with Model(path, n_ctx=64, n_threads=2, **opts(cfg)) as m:
         ours = m.logits(TOKENS)
     # (float32 rounding adds up over exaone4-swa's 64 layers: 7e-4 measured)
     assert rel_err(ours, reference_logits(cfg, held, TOKENS)).max() < 1e-4 * max(1, cfg.n_layer // 6)
@@ -77,10 +107,10 @@ def test_matches_llama_cpp(tmp_path, case, wtype):
     if wtype != "F32":
         cfg = replace(cfg, n_embd=128 if cfg.head_norms else 256,
                       n_ff=256 if cfg.arch == "exaone4" or cfg.n_layer == 64 else 512,
-                      n_layer=min(cfg.n_layer, 8) if cfg.n_layer != 64 else 64)
+                      n_layer=min(cfg.n_layer, 8) if cfg.n_layer != 64 else 64)  # fmt: skip
     path, held = tiny(tmp_path, cfg, weight_type=wtype)
-    theirs = llama_cpp_logits(path, TOKENS, **MODEL_BETAS)
-    with Model(path, n_ctx=64, n_threads=2, **MODEL_BETAS) as m:
+    theirs = llama_cpp_logits(path, TOKENS, **opts(cfg))
+    with Model(path, n_ctx=64, n_threads=2, **opts(cfg)) as m:
         ours = m.logits(TOKENS)
     # (over exaone4-swa's 64 layers the engines drift apart 3x as far: 2.0e-3 at f32, where llama.cpp
     # is 1.9e-3 from float64 and ours 7e-4; 5.5e-2 at q8_0, each 4.4-4.9e-2 from float64)
@@ -104,8 +134,9 @@ UNDONE = {
 
 @pytest.mark.parametrize("case", list(UNDONE))
 def test_each_difference_is_visible(case):
+    """tiny_dense's cases: the config changed."""
     cfg = CASES[case]
-    w = make_weights(cfg)
+    w = tiny_dense.make_weights(cfg)
     ref = reference_logits(cfg, w, TOKENS)
     for change in UNDONE[case]:
         other = replace(cfg, **change)
@@ -119,7 +150,7 @@ def test_rotation_layout_is_visible(case, neox):
     """The pairs each architecture rotates (exaone: NEOX halves; internlm2, command-r: interleaved)
     matter: the other layout moves the reference's logits."""
     cfg = CASES[case]
-    w = make_weights(cfg)
+    w = tiny_dense.make_weights(cfg)
     moved = reference_logits(cfg, w, TOKENS, neox=neox)
     assert rel_err(moved, reference_logits(cfg, w, TOKENS)).max() > 1e-2
 
@@ -128,7 +159,7 @@ def test_command_r_plus_head_norms_are_visible():
     """Command R+'s q/k LayerNorms matter, and so do their per-head weight rows: without the norms,
     or with every head given head 0's row, the reference's logits move."""
     cfg = CASES["command-r-plus"]
-    w = make_weights(cfg)
+    w = tiny_dense.make_weights(cfg)
     ref = reference_logits(cfg, w, TOKENS)
     without = {k: v for k, v in w.items() if not k.endswith(("attn_q_norm.weight", "attn_k_norm.weight"))}
     shared = {k: np.broadcast_to(v[:1], v.shape) if k.endswith("q_norm.weight") else v for k, v in w.items()}
@@ -159,16 +190,46 @@ def test_fake_gpu_placement(tmp_path, monkeypatch, case):
         assert not m.warnings and devices == ["CPU"] + ["FAKEGPU0"] * (cfg.n_layer + 1)
 
 
-@pytest.mark.parametrize(("case", "n_batch"), [("mistral3", 512), ("exaone4-swa", 512), ("exaone4-swa", 8),
-                                              ("cohere2", 512), ("cohere2", 8)])  # fmt: skip
-def test_generation_reuses_the_cache(tmp_path, case, n_batch):
+# Each difference from llama, undone in tiny_densevar's reference alone (its keyword arguments).
+UNDONE_VAR = {
+    "seed_oss": [{"neox": False}],
+    "apertus": [{"act": "relu2"}, {"qk_norm_first": False}],
+    "apertus-scalar": [{"act": "gelu"}],
+    "hunyuan-dense": [{"qk_norm_first": True}, {"neox": False}],
+    "arcee": [{"act": "gelu"}, {"neox": True}],
+    "starcoder2": [{"act": "relu2"}, {"neox": False}],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(UNDONE_VAR))
+def test_each_var_difference_is_visible(case):
+    """tiny_densevar's cases: the reference's options changed, its NTK-alpha base and norm biases."""
+    cfg = CASES[case]
+    w = tiny_densevar.make_weights(cfg)
+    ref = reference_logits(cfg, w, TOKENS)
+    for change in UNDONE_VAR[case]:
+        assert rel_err(reference_logits(cfg, w, TOKENS, **change), ref).max() > 1e-2, change
+    if cfg.ntk_alpha:  # the NTK-alpha base
+        assert rel_err(reference_logits(replace(cfg, ntk_alpha=0.0), w, TOKENS), ref).max() > 1e-2
+    if cfg.arch == "starcoder2":  # the norms' biases
+        nb = {k: (0 * v if k.endswith("norm.bias") else v) for k, v in w.items()}
+        assert rel_err(reference_logits(cfg, nb, TOKENS), ref).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("case", "n_batch", "swa_cells"),
+    [("mistral3", 512, 0), ("exaone4-swa", 512, 0), ("exaone4-swa", 8, 5 + 8), ("cohere2", 512, 0),
+     ("cohere2", 8, 5 + 8), ("apertus", 8, 0), ("hunyuan-dense", 8, 0), ("starcoder2", 8, 0)],
+)  # fmt: skip
+def test_generation_reuses_the_cache(tmp_path, case, n_batch, swa_cells):
     """Token-by-token decoding after a prompt gives the logits of one pass over everything (with
     n_batch 8, the sliding-window layers' caches are rings of window + 8 cells)."""
     path, _ = tiny(tmp_path, CASES[case])
-    with Model(path, n_ctx=64, n_batch=512, n_threads=2, **MODEL_BETAS) as m:
+    kw = opts(CASES[case])
+    with Model(path, n_ctx=64, n_batch=512, n_threads=2, **kw) as m:
         full = m.logits(TOKENS)
-    with Model(path, n_ctx=64, n_batch=n_batch, n_threads=2, **MODEL_BETAS) as m:
-        assert m._core.swa_cells == (5 + 8 if n_batch == 8 else 0)
+    with Model(path, n_ctx=64, n_batch=n_batch, n_threads=2, **kw) as m:
+        assert m._core.swa_cells == swa_cells
         m.eval_prompt(TOKENS[:10])
         steps = [m.eval_prompt(TOKENS[: i + 1]) for i in range(10, len(TOKENS))]
     assert rel_err(np.array(steps), full[10:]).max() < F32_LOGITS_TOL * max(1, CASES[case].n_layer // 12)
@@ -193,6 +254,14 @@ BAD = [
     ("exaone", {"exaone.attention.layer_norm_rms_epsilon": None}, "'exaone.attention.layer_norm_rms_eps"),
     ("internlm2", {"internlm2.attention.layer_norm_rms_epsilon": None}, "layer_norm_rms_epsilon' is missing"),
     ("internlm2", {"internlm2.rope.dimension_count": 8}, "internlm2 rotates whole heads"),
+    ("seed_oss", {"seed_oss.attention.layer_norm_rms_epsilon": None}, "layer_norm_rms_epsilon' is missing"),
+    ("seed_oss", {"seed_oss.rope.dimension_count": 8}, "rotates whole heads"),
+    ("apertus", {"xielu.beta": None}, "'xielu.beta' is missing"),
+    ("apertus", {"xielu.alpha_p": [0.5, 0.5]}, "'xielu.alpha_p' has 2 values for 3 layers"),
+    ("hunyuan-dense", {"hunyuan-dense.rope.dimension_sections": [4, 2, 2, 0]}, "XD-RoPE"),
+    ("hunyuan-dense", {"hunyuan-dense.expert_count": 4, "hunyuan-dense.expert_used_count": 2},
+     "has no experts"),
+    ("starcoder2", {"starcoder2.attention.layer_norm_epsilon": None}, "layer_norm_epsilon"),
 ]  # fmt: skip
 
 
@@ -210,6 +279,16 @@ def test_bad_metadata(tmp_path, case, meta, match):
      ("cohere2", "output.weight", "ties its output layer"),
      ("exaone4", "blk.2.post_ffw_norm.weight", "post_ffw_norm.weight' is missing"),
      ("glm4", "blk.1.ffn_up.weight", "ffn_up.weight' is missing"),
+     ("seed_oss", "blk.1.attn_output.bias", "has no attention output bias"),
+     ("seed_oss", "blk.0.post_attention_norm.weight", "post_attention_norm.weight' is missing"),
+     ("hunyuan-dense", "blk.0.attn_k_norm.weight", "attn_k_norm.weight' is missing"),
+     ("arcee", "blk.1.ffn_gate.weight", "has no gate"),
+     ("arcee", "blk.1.ffn_up.bias", "feed-forward biases are not supported"),
+     ("apertus", "output.weight", "'output.weight' is missing"),
+     ("starcoder2", "blk.1.ffn_norm.bias", "ffn_norm.bias' is missing"),
+     ("starcoder2", "blk.0.ffn_down.bias", "ffn_down.bias' is missing"),
+     ("starcoder2", "blk.0.attn_output.bias", "attn_output.bias' is missing"),
+     ("starcoder2", "output_norm.bias", "output_norm.bias' is missing"),
      ("command-r", "output.weight", "command-r ties its output layer"),
      ("command-r", "blk.0.attn_q_norm.weight", "norms only in models of 64 layers or more"),
      ("command-r-plus", "blk.3.attn_k_norm.weight", "blk.3.attn_k_norm.weight' is missing"),
@@ -220,11 +299,15 @@ def test_bad_metadata(tmp_path, case, meta, match):
 def test_bad_tensors(tmp_path, case, tensor, match):
     """An extra tensor llama.cpp would not read, or a missing one: refused, named."""
     cfg = CASES[case]
-    w = make_weights(cfg)
+    w = module(cfg).make_weights(cfg)
     if tensor in w:
         del w[tensor]
+    elif tensor.endswith("ffn_gate.weight"):
+        w[tensor] = w[tensor.replace("gate", "up")]
+    elif tensor.endswith(".bias"):
+        w[tensor] = np.ones(cfg.n_ff if "ffn_up" in tensor else cfg.n_embd)
     else:
-        w[tensor] = np.ones(cfg.n_embd) if tensor.endswith(".bias") else w["token_embd.weight"]
+        w[tensor] = w["token_embd.weight"]
     path, _ = tiny(tmp_path, cfg, weights=w)
     with pytest.raises(GGUFError, match=match):
         Model(path, n_ctx=64, n_threads=2)

@@ -7,13 +7,12 @@ llama.cpp."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
-import numpy as np
 import pytest
-from lcpp import check_routed_q8, llama_cpp_greedy, llama_cpp_logits
-from routed_checks import split_with_host_parts
-from splitllm import GGUFError, Model
+import routed_checks as RC
+import tiny_ernie_moe
+from routed_checks import rel_err
+from splitllm import Model
 from tiny_ernie_moe import ErnieMoeConfig, make_weights, reference_logits, write_gguf
 from tiny_glm4moe import file_block_bytes
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
@@ -28,18 +27,11 @@ CONFIGS = {
 }
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ernie_moe")
-    out = {}
-    for name, cfg in CONFIGS.items():
-        path = root / f"{name}.gguf"
-        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
-    return out
+    return RC.write_files(
+        tmp_path_factory.mktemp("ernie_moe"), {n: (tiny_ernie_moe, c) for n, c in CONFIGS.items()}
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -65,14 +57,8 @@ def test_matches_llama_cpp(files, name):
     and 3.8e-4: its float16 attention; ours 5.2e-5 and 1.1e-5), and ours within as much of its;
     12 greedy tokens after a prompt of 6 equal its."""
     cfg, path, held = files[name]
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert rel_err(theirs, reference_logits(cfg, held, TOKENS)) < 1e-3
-    with Model(path, n_ctx=64, n_batch=8, n_threads=2) as m:
-        assert rel_err(m.logits(TOKENS), theirs) < 1e-3
-        m.reset()
-        assert list(itertools.islice(m.generate(TOKENS[:6], temp=0.0), 12)) == llama_cpp_greedy(
-            path, TOKENS[:6], 12
-        )
+    RC.f32_against_llama_cpp(path, reference_logits(cfg, held, TOKENS), TOKENS)
+    RC.greedy_matches_llama_cpp(path, TOKENS[:6])
 
 
 @pytest.mark.reference
@@ -82,9 +68,7 @@ def test_q8_0_matches_llama_cpp(tmp_path):
     cfg = CONFIGS["a3b"]
     path = tmp_path / "q8.gguf"
     held = write_gguf(cfg, make_weights(cfg), path, weight_type="Q8_0")
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        ours = m.logits(TOKENS)
-    check_routed_q8(ours, reference_logits(cfg, held, TOKENS), llama_cpp_logits(path, TOKENS))
+    RC.q8_against_llama_cpp(path, lambda w: reference_logits(cfg, w, TOKENS), held, TOKENS)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -101,7 +85,7 @@ def test_placement_counts_every_weight(files, name):
 def test_experts_stay_on_the_host(files, name, monkeypatch):
     """With a (fake) GPU: the blocks go there but for their routers, correction biases and
     experts; the logits are the CPU's (routed_checks.split_with_host_parts)."""
-    split_with_host_parts(files[name][1], monkeypatch)
+    RC.split_with_host_parts(files[name][1], monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +101,4 @@ def test_experts_stay_on_the_host(files, name, monkeypatch):
 )
 def test_bad_metadata_is_named(tmp_path, changes, match):
     cfg = CONFIGS["a3b"]
-    path = tmp_path / "m.gguf"
-    write_gguf(cfg, make_weights(cfg), path, metadata_changes=changes)
-    with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
-        Model(path, n_ctx=32)
+    RC.refused(tmp_path, cfg, make_weights(cfg), write_gguf, match, metadata_changes=changes)

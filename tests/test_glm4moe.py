@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import routed_checks as RC
-from lcpp import llama_cpp_logits
-from splitllm import GGUFError, Model
+import tiny_glm4moe
+from routed_checks import rel_err
+from splitllm import Model
 from splitllm.plan import plan
 from tiny_glm4moe import air, file_block_bytes, glm45, make_weights, reference_logits, write_gguf
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
@@ -28,19 +28,12 @@ CONFIGS = {
 }
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(np.float64(a) - b).max() / np.abs(b).max())
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Each config's F32 file and its weights (as held)."""
-    root = tmp_path_factory.mktemp("glm4moe")
-    out = {}
-    for name, cfg in CONFIGS.items():
-        path = root / f"{name}.gguf"
-        out[name] = (cfg, path, write_gguf(cfg, make_weights(cfg), path))
-    return out
+    return RC.write_files(
+        tmp_path_factory.mktemp("glm4moe"), {n: (tiny_glm4moe, c) for n, c in CONFIGS.items()}
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -72,10 +65,7 @@ def test_matches_llama_cpp(files, name):
     """F32 weights: llama.cpp's logits within its own distance to the reference (measured 2.4e-4 to
     4.5e-4: its float16 attention; ours 2.0e-5 to 2.7e-5), and ours within as much of its."""
     cfg, path, held = files[name]
-    theirs = llama_cpp_logits(path, TOKENS)
-    assert rel_err(theirs, reference_logits(cfg, held, TOKENS)) < 1e-3
-    with Model(path, n_ctx=64, n_batch=8, n_threads=2) as m:
-        assert rel_err(m.logits(TOKENS), theirs) < 1e-3
+    RC.f32_against_llama_cpp(path, reference_logits(cfg, held, TOKENS), TOKENS)
 
 
 @pytest.mark.reference
@@ -137,10 +127,7 @@ def test_plan_kv_bytes(files):
 )
 def test_bad_metadata_is_named(tmp_path, changes, match):
     cfg = CONFIGS["glm45"]
-    path = tmp_path / "m.gguf"
-    write_gguf(cfg, make_weights(cfg), path, metadata_changes=changes)
-    with pytest.raises(GGUFError, match=f"m.gguf: .*{match}"):
-        Model(path, n_ctx=32)
+    RC.refused(tmp_path, cfg, make_weights(cfg), write_gguf, match, metadata_changes=changes)
 
 
 @pytest.mark.parametrize(
@@ -152,10 +139,8 @@ def test_missing_tensor_is_named(tmp_path, drop):
     cfg = CONFIGS["glm45"]
     w = make_weights(cfg)
     del w[drop]
+    RC.refused(tmp_path, cfg, w, write_gguf, f"tensor '{drop}' is missing")
     path = tmp_path / "m.gguf"
-    write_gguf(cfg, w, path)
-    with pytest.raises(GGUFError, match=f"tensor '{drop}' is missing"):
-        Model(path, n_ctx=32)
     trunk = {k: v for k, v in make_weights(cfg).items() if not k.startswith(f"blk.{cfg.n_layer}.")}
     held = write_gguf(cfg, trunk, path)
     with Model(path, n_ctx=32, n_threads=2) as m:
@@ -177,16 +162,7 @@ def test_state_round_trip_and_imatrix(files):
     from splitllm.imatrix import compute
 
     cfg, path, _ = files["glm45"]
-    with Model(path, n_ctx=64, n_threads=2) as m:
-        m.eval_prompt(TOKENS[:10])
-        want = m.eval_prompt(TOKENS[:11])
-        m.reset()
-        m.eval_prompt(TOKENS[:10])
-        state = m.save_state()
-        m.reset()
-        m.eval_prompt(TOKENS[5:20])
-        m.load_state(state)
-        np.testing.assert_array_equal(m.eval_prompt(TOKENS[:11]), want)
+    RC.state_round_trip(path, TOKENS)
     with Model(path, n_ctx=32, n_threads=2) as m:
         entries = compute(m, TOKENS * 2, n_ctx=32).imatrix.entries
     mats = ("attn_q", "attn_k", "attn_v", "attn_output")

@@ -11,9 +11,9 @@ import dataclasses
 
 import numpy as np
 import pytest
+import routed_checks as RC
 from lcpp import llama_cpp_logits
-from routed_checks import split_with_host_parts
-from splitllm import GGUFError, Model
+from splitllm import Model
 from splitllm.quants import quantize
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 from tiny_moe import MoeConfig, make_weights, reference_logits, write_moe_gguf
@@ -119,10 +119,7 @@ def test_missing_tensor_is_named(tmp_path, case, drop):
     cfg = CASES[case]
     w = make_weights(cfg)
     del w[drop]
-    path = tmp_path / "m.gguf"
-    write_moe_gguf(cfg, w, path)
-    with pytest.raises(GGUFError, match=f"tensor '{drop}' is missing"):
-        Model(path, n_ctx=64)
+    RC.refused(tmp_path, cfg, w, write_moe_gguf, f"tensor '{drop}' is missing", n_ctx=64)
 
 
 @pytest.mark.parametrize(
@@ -139,10 +136,7 @@ def test_missing_tensor_is_named(tmp_path, case, drop):
 )  # fmt: skip
 def test_bad_metadata_is_named(tmp_path, case, changes, match):
     cfg = CASES[case]
-    path = tmp_path / "m.gguf"
-    write_moe_gguf(cfg, make_weights(cfg), path, metadata_changes=changes)
-    with pytest.raises(GGUFError, match=match):
-        Model(path, n_ctx=64)
+    RC.refused(tmp_path, cfg, make_weights(cfg), write_moe_gguf, match, n_ctx=64, metadata_changes=changes)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -154,7 +148,7 @@ def test_experts_stay_on_the_host(tmp_path, monkeypatch, case, ngl):
     then a token) are the CPU's: routed_checks.split_with_host_parts."""
     cfg = CASES[case]
     write_moe_gguf(cfg, make_weights(cfg), tmp_path / "m.gguf")
-    split_with_host_parts(tmp_path / "m.gguf", monkeypatch, ngl=ngl)
+    RC.split_with_host_parts(tmp_path / "m.gguf", monkeypatch, ngl=ngl)
 
 
 @pytest.mark.parametrize("case", ["qwen2moe", "granitemoeshared-tied"])

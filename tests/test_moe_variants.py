@@ -15,9 +15,9 @@ import re
 import gguf
 import numpy as np
 import pytest
+import routed_checks as RC
 from lcpp import llama_cpp_logits
-from routed_checks import split_with_host_parts
-from splitllm import GGUFError, Model
+from splitllm import Model
 from tiny_model import F32_LOGITS_TOL, check_engine_passes
 from tiny_moe_var import VarConfig, make_weights, reference_logits, write_var_gguf
 
@@ -161,10 +161,7 @@ def test_missing_tensor_is_named(tmp_path, case, drop):
     cfg = CASES[case]
     w = make_weights(cfg)
     del w[drop]
-    path = tmp_path / "m.gguf"
-    write_var_gguf(cfg, w, path)
-    with pytest.raises(GGUFError, match=f"tensor '{drop}' is missing"):
-        Model(path, n_ctx=64)
+    RC.refused(tmp_path, cfg, w, write_var_gguf, f"tensor '{drop}' is missing", n_ctx=64)
 
 
 @pytest.mark.parametrize(
@@ -185,9 +182,8 @@ def test_missing_tensor_is_named(tmp_path, case, drop):
     ],
 )  # fmt: skip
 def test_bad_metadata_is_named(tmp_path, case, changes, match):
-    _, path, _ = _write(tmp_path, case, metadata_changes=changes)
-    with pytest.raises(GGUFError, match=match):
-        Model(path, n_ctx=64)
+    cfg = CASES[case]
+    RC.refused(tmp_path, cfg, make_weights(cfg), write_var_gguf, match, n_ctx=64, metadata_changes=changes)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -212,7 +208,7 @@ def test_experts_stay_on_the_host(tmp_path, monkeypatch, case, ngl):
     said once; the logits (a prompt past the op-offload threshold, then a token) are the CPU's (the
     router reading the block's input, copied to the host; the NextN block left out; the sliding
     layers too): routed_checks.split_with_host_parts."""
-    split_with_host_parts(_write(tmp_path, case)[1], monkeypatch, ngl=ngl)
+    RC.split_with_host_parts(_write(tmp_path, case)[1], monkeypatch, ngl=ngl)
 
 
 @pytest.mark.parametrize("case", ONE_EACH)

@@ -12,7 +12,7 @@ from typing import Any
 
 import gguf
 import numpy as np
-from tiny_model import rope, write_byte_vocab, write_tensors
+from tiny_model import RandomInit, rope, write_byte_vocab, write_tensors
 
 
 @dataclass
@@ -68,15 +68,10 @@ def v3(**kw: Any) -> DeepSeekConfig:
 
 def make_weights(cfg: DeepSeekConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64 (kv_b_proj split as the converter does)."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, H, r, rot = cfg.n_embd, cfg.n_head, cfg.kv_lora_rank, cfg.qk_rope_head_dim
     nope, vd, qk = cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.qk_head_dim
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {"token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)), "output_norm.weight": norm(E),
          "output.weight": mat(cfg.n_vocab, E)}
@@ -100,21 +95,11 @@ def make_weights(cfg: DeepSeekConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * vd)
         w[b + "ffn_norm.weight"] = norm(E)
         if i < cfg.first_k_dense_replace:
-            w[b + "ffn_gate.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_up.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_down.weight"] = mat(E, cfg.n_ff)
-            continue
-        n_exp, ff = cfg.n_routed_experts, cfg.moe_intermediate_size
-        w[b + "ffn_gate_inp.weight"] = mat(n_exp, E) * 2.0
-        if cfg.score_bias:
-            w[b + "exp_probs_b.bias"] = 0.2 * rng.normal(size=n_exp)
-        w[b + "ffn_gate_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_up_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_down_exps.weight"] = mat(E, ff, n_exp)
-        ff_sh = ff * cfg.n_shared_experts
-        w[b + "ffn_gate_shexp.weight"] = mat(ff_sh, E)
-        w[b + "ffn_up_shexp.weight"] = mat(ff_sh, E)
-        w[b + "ffn_down_shexp.weight"] = mat(E, ff_sh)
+            w |= init.dense_ffn(b, E, cfg.n_ff)
+        else:
+            ff = cfg.moe_intermediate_size
+            w |= init.routed_ffn(b, E, cfg.n_routed_experts, ff, bias=0.2 * cfg.score_bias,
+                                    ff_shared=ff * cfg.n_shared_experts)  # fmt: skip
     return w
 
 

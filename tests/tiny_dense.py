@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tiny_model import TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
+from tiny_model import RandomInit, TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
 NEOX = {"exaone4", "qwen3vl", "exaone"}  # the others rotate interleaved pairs (GGML's "normal" rope)
 QK_NORM = {"exaone4", "qwen3vl"}  # each query and key head RMS-normed
@@ -131,15 +131,10 @@ class DenseConfig:
 
 def make_weights(cfg: DenseConfig) -> dict[str, np.ndarray]:
     """Random float64 weights under llama.cpp's tensor names."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     e, hd, ff = cfg.n_embd, cfg.head_dim, cfg.n_ff
     q_dim, kv_dim = cfg.n_head * hd, cfg.n_head_kv * hd
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.1 * rng.normal(size=n)
 
     w: dict[str, np.ndarray] = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}
     post = cfg.arch in ("glm4", "exaone4")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from tiny_dense import DenseConfig
-from tiny_model import TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
+from tiny_model import RandomInit, TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
 UNGATED = {"apertus", "arcee", "starcoder2"}
 QK_NORM = {"apertus", "hunyuan-dense"}
@@ -95,19 +95,11 @@ def xielu_raw(cfg: VarConfig) -> dict[str, list[float]]:
 
 def make_weights(cfg: VarConfig) -> dict[str, np.ndarray]:
     """Random float64 weights under llama.cpp's tensor names."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm, vec = init.rng, init.mat, init.norm, init.vec
     e, hd, ff = cfg.n_embd, cfg.head_dim, cfg.n_ff
     q_dim, kv_dim = cfg.n_head * hd, cfg.n_head_kv * hd
     bias = cfg.arch == "starcoder2"
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.1 * rng.normal(size=n)
-
-    def vec(n: int) -> np.ndarray:
-        return 0.3 * rng.normal(size=n)
 
     w: dict[str, np.ndarray] = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}
     for i in range(cfg.n_layer):

@@ -5,15 +5,22 @@ Ernie4_5_MoeSparseMoeBlock), independent of splitllm's engine."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import HF_BLOCK_NAMES, causal_attention, hf_block_weights, write_arch_gguf
-from tiny_model import rope
+from tiny_glm4moe import (
+    HF_BLOCK_NAMES,
+    causal_attention,
+    hf_base_config,
+    hf_block_weights,
+    hf_outer_weights,
+    text_model_keys,
+    write_arch_gguf,
+)
+from tiny_model import RandomInit, rope
 
 
 @dataclass
@@ -58,14 +65,9 @@ class ErnieMoeConfig:
 def make_weights(cfg: ErnieMoeConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64 (the correction bias (1, n_experts) as the
     checkpoint holds it)."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, H, KV, hd = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {"token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)), "output_norm.weight": norm(E)}
     if not cfg.tied:
@@ -79,22 +81,11 @@ def make_weights(cfg: ErnieMoeConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * hd)
         w[b + "ffn_norm.weight"] = norm(E)
         if i < cfg.moe_layer_start_index:
-            w[b + "ffn_gate.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_up.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_down.weight"] = mat(E, cfg.n_ff)
+            w |= init.dense_ffn(b, E, cfg.n_ff)
             continue
-        n_exp, ff = cfg.moe_num_experts, cfg.moe_intermediate_size
-        w[b + "ffn_gate_inp.weight"] = mat(n_exp, E) * 2.0
-        if cfg.score_bias:
-            w[b + "exp_probs_b.bias"] = 0.1 * rng.normal(size=(1, n_exp))
-        w[b + "ffn_gate_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_up_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_down_exps.weight"] = mat(E, ff, n_exp)
-        if cfg.moe_num_shared_experts:
-            ff_sh = ff * cfg.moe_num_shared_experts
-            w[b + "ffn_gate_shexp.weight"] = mat(ff_sh, E)
-            w[b + "ffn_up_shexp.weight"] = mat(ff_sh, E)
-            w[b + "ffn_down_shexp.weight"] = mat(E, ff_sh)
+        n_exp, ff, n_sh = cfg.moe_num_experts, cfg.moe_intermediate_size, cfg.moe_num_shared_experts
+        w |= init.routed_ffn(b, E, n_exp, ff, bias=0.1 * cfg.score_bias, bias_shape=(1, n_exp),
+                                ff_shared=ff * n_sh if n_sh else None)  # fmt: skip
     return w
 
 
@@ -110,14 +101,7 @@ def write_gguf(
     interleave step, the leading dense blocks, the shared experts' count and width); returns the
     weights as the file holds them (float64)."""
     meta: dict[str, Any] = {
-        "block_count": cfg.n_layer,
-        "context_length": cfg.n_ctx_train,
-        "embedding_length": cfg.n_embd,
-        "feed_forward_length": cfg.n_ff,
-        "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_head_kv,
-        "rope.freq_base": cfg.rope_base,
-        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+        **text_model_keys(cfg, cfg.n_layer, cfg.n_ff),
         "expert_count": cfg.moe_num_experts,
         "expert_used_count": cfg.moe_k,
         "interleave_moe_layer_step": 1,
@@ -172,36 +156,25 @@ _HF_NAMES = {  # GGUF name in a block -> the checkpoint's (llama.cpp's tensor ma
 
 def hf_config(cfg: ErnieMoeConfig) -> dict[str, Any]:
     """The config.json of an Ernie4_5_MoeForCausalLM checkpoint of cfg."""
-    return {
-        "architectures": ["Ernie4_5_MoeForCausalLM"],
-        "model_type": "ernie4_5_moe",
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.n_ff,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head_kv,
-        "vocab_size": cfg.n_vocab,
-        "max_position_embeddings": cfg.n_ctx_train,
-        "rms_norm_eps": cfg.rms_eps,
-        "rope_theta": cfg.rope_base,
-        "use_bias": False,
-        "tie_word_embeddings": cfg.tied,
-        "moe_num_experts": cfg.moe_num_experts,
-        "moe_k": cfg.moe_k,
-        "moe_intermediate_size": cfg.moe_intermediate_size,
-        "moe_num_shared_experts": cfg.moe_num_shared_experts,
-        "moe_layer_start_index": cfg.moe_layer_start_index,
-        "moe_layer_end_index": cfg.n_layer - 1,
-        "moe_layer_interval": 1,
-        "moe_norm_min": 1e-12,
-        "hidden_act": "silu",
-    }
+    return hf_base_config(
+        cfg,
+        "Ernie4_5_MoeForCausalLM",
+        "ernie4_5_moe",
+        intermediate_size=cfg.n_ff,
+        use_bias=False,
+        moe_num_experts=cfg.moe_num_experts,
+        moe_k=cfg.moe_k,
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        moe_num_shared_experts=cfg.moe_num_shared_experts,
+        moe_layer_start_index=cfg.moe_layer_start_index,
+        moe_layer_end_index=cfg.n_layer - 1,
+        moe_layer_interval=1,
+        moe_norm_min=1e-12,
+    )
 
 
 def hf_weights(cfg: ErnieMoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w (the experts one by one)."""
-    out = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"]}
-    if not cfg.tied:
-        out["lm_head.weight"] = w["output.weight"]
+    out = hf_outer_weights(w)
     out.update(hf_block_weights(w, _HF_NAMES, cfg.moe_num_experts))
     return out

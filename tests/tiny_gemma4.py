@@ -30,7 +30,7 @@ from typing import Any
 
 import gguf
 import numpy as np
-from tiny_model import write_byte_vocab, write_tensors
+from tiny_model import RandomInit, write_byte_vocab, write_tensors
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,8 @@ class Gemma4Model:
 
 
 def make_weights(cfg: Gemma4Config) -> Gemma4Model:
-    rng = np.random.default_rng(cfg.seed)
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.1 * rng.normal(size=n)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
 
     e = cfg.n_embd
     w: dict[str, np.ndarray] = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}

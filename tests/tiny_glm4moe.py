@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import gguf
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_model import rope, write_byte_vocab, write_tensors
+from tiny_model import RandomInit, rope, write_byte_vocab, write_tensors
 
 
 @dataclass
@@ -72,14 +72,9 @@ def air(**kw: Any) -> Glm4MoeConfig:
 def make_weights(cfg: Glm4MoeConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64; the MTP layers' blocks (MoE blocks with the
     nextn tensors) after the trunk's."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, H, KV, hd = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {
         "token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)),
@@ -102,20 +97,11 @@ def make_weights(cfg: Glm4MoeConfig) -> dict[str, np.ndarray]:
         w[b + "attn_output.weight"] = mat(E, H * hd)
         w[b + "post_attention_norm.weight"] = norm(E)
         if i < cfg.first_k_dense_replace:
-            w[b + "ffn_gate.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_up.weight"] = mat(cfg.n_ff, E)
-            w[b + "ffn_down.weight"] = mat(E, cfg.n_ff)
+            w |= init.dense_ffn(b, E, cfg.n_ff)
             continue
-        n_exp, ff = cfg.n_routed_experts, cfg.moe_intermediate_size
-        w[b + "ffn_gate_inp.weight"] = mat(n_exp, E) * 2.0
-        w[b + "exp_probs_b.bias"] = 0.2 * rng.normal(size=n_exp)
-        w[b + "ffn_gate_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_up_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_down_exps.weight"] = mat(E, ff, n_exp)
-        ff_sh = ff * cfg.n_shared_experts
-        w[b + "ffn_gate_shexp.weight"] = mat(ff_sh, E)
-        w[b + "ffn_up_shexp.weight"] = mat(ff_sh, E)
-        w[b + "ffn_down_shexp.weight"] = mat(E, ff_sh)
+        ff = cfg.moe_intermediate_size
+        w |= init.routed_ffn(b, E, cfg.n_routed_experts, ff, bias=0.2,
+                                ff_shared=ff * cfg.n_shared_experts)  # fmt: skip
         if i >= cfg.n_layer:  # an MTP layer's own tensors
             w[b + "nextn.eh_proj.weight"] = mat(E, 2 * E)
             w[b + "nextn.enorm.weight"] = norm(E)
@@ -136,14 +122,7 @@ def write_gguf(
     experts', the sigmoid gating, the scale and normalization, nextn_predict_layers); changes:
     key -> value (None drops it). Returns the weights as the file holds them (float64)."""
     meta: dict[str, Any] = {
-        "block_count": cfg.n_layer + cfg.n_nextn,
-        "context_length": cfg.n_ctx_train,
-        "embedding_length": cfg.n_embd,
-        "feed_forward_length": cfg.n_ff,
-        "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_head_kv,
-        "rope.freq_base": cfg.rope_base,
-        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+        **text_model_keys(cfg, cfg.n_layer + cfg.n_nextn, cfg.n_ff),
         "expert_used_count": cfg.num_experts_per_tok,
         "attention.key_length": cfg.head_dim,
         "attention.value_length": cfg.head_dim,
@@ -161,6 +140,21 @@ def write_gguf(
         meta["expert_group_count"] = cfg.n_group
         meta["expert_group_used_count"] = cfg.topk_group
     return write_arch_gguf("glm4moe", meta, cfg.n_vocab, weights, path, weight_type, metadata_changes)
+
+
+def text_model_keys(cfg: Any, n_layer: int, n_ff: int) -> dict[str, Any]:
+    """The {arch}.* keys llama.cpp's TextModel writes first, in its order (of the tiny MoE models'
+    configs: glm4moe's, ernie4_5-moe's, minimax-m2's)."""
+    return {
+        "block_count": n_layer,
+        "context_length": cfg.n_ctx_train,
+        "embedding_length": cfg.n_embd,
+        "feed_forward_length": n_ff,
+        "attention.head_count": cfg.n_head,
+        "attention.head_count_kv": cfg.n_head_kv,
+        "rope.freq_base": cfg.rope_base,
+        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+    }
 
 
 def write_arch_gguf(
@@ -331,48 +325,69 @@ _HF_NAMES = {
 }
 
 
-def hf_config(cfg: Glm4MoeConfig) -> dict[str, Any]:
-    """The config.json of a Glm4MoeForCausalLM checkpoint of cfg."""
+def hf_base_config(cfg: Any, architecture: str, model_type: str, **rest: Any) -> dict[str, Any]:
+    """The config.json keys the tiny mixture-of-experts checkpoints share (glm4moe's, ernie4_5-moe's,
+    minimax-m2's, phimoe's: the trunk's sizes, the rotation's base, the norms' epsilon, the
+    embeddings tied where cfg.tied, SiLU), then rest."""
     return {
-        "architectures": ["Glm4MoeForCausalLM"],
-        "model_type": "glm4_moe",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": cfg.n_embd,
         "num_hidden_layers": cfg.n_layer,
-        "num_nextn_predict_layers": cfg.n_nextn,
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head_kv,
-        "head_dim": cfg.head_dim,
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-        "intermediate_size": cfg.n_ff,
         "vocab_size": cfg.n_vocab,
-        "moe_intermediate_size": cfg.moe_intermediate_size,
-        "n_routed_experts": cfg.n_routed_experts,
-        "n_shared_experts": cfg.n_shared_experts,
-        "num_experts_per_tok": cfg.num_experts_per_tok,
-        "first_k_dense_replace": cfg.first_k_dense_replace,
-        "n_group": cfg.n_group,
-        "topk_group": cfg.topk_group,
-        "norm_topk_prob": cfg.norm_topk_prob,
-        "routed_scaling_factor": cfg.routed_scaling_factor,
-        "attention_bias": cfg.attention_bias,
-        "use_qk_norm": cfg.use_qk_norm,
         "rope_theta": cfg.rope_base,
         "rms_norm_eps": cfg.rms_eps,
         "max_position_embeddings": cfg.n_ctx_train,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": getattr(cfg, "tied", False),
         "hidden_act": "silu",
+        **rest,
     }
+
+
+_HF_OUTER_NAMES = {  # GGUF name outside the blocks -> the checkpoint's
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output_norm.bias": "model.norm.bias",
+    "output.weight": "lm_head.weight",
+    "output.bias": "lm_head.bias",
+}
+
+
+def hf_outer_weights(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checkpoint's embedding, final norm and output head (those of them the GGUF weights w hold)."""
+    return {hf: w[name] for name, hf in _HF_OUTER_NAMES.items() if name in w}
+
+
+def hf_config(cfg: Glm4MoeConfig) -> dict[str, Any]:
+    """The config.json of a Glm4MoeForCausalLM checkpoint of cfg."""
+    return hf_base_config(
+        cfg,
+        "Glm4MoeForCausalLM",
+        "glm4_moe",
+        num_nextn_predict_layers=cfg.n_nextn,
+        head_dim=cfg.head_dim,
+        partial_rotary_factor=cfg.partial_rotary_factor,
+        intermediate_size=cfg.n_ff,
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        n_routed_experts=cfg.n_routed_experts,
+        n_shared_experts=cfg.n_shared_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        first_k_dense_replace=cfg.first_k_dense_replace,
+        n_group=cfg.n_group,
+        topk_group=cfg.topk_group,
+        norm_topk_prob=cfg.norm_topk_prob,
+        routed_scaling_factor=cfg.routed_scaling_factor,
+        attention_bias=cfg.attention_bias,
+        use_qk_norm=cfg.use_qk_norm,
+    )
 
 
 def hf_weights(cfg: Glm4MoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w (the experts one by one; an MTP layer's
     embedding and output head as the checkpoint has them)."""
-    out = {
-        "model.embed_tokens.weight": w["token_embd.weight"],
-        "model.norm.weight": w["output_norm.weight"],
-        "lm_head.weight": w["output.weight"],
-        **hf_block_weights(w, _HF_NAMES, cfg.n_routed_experts),
-    }
+    out = {**hf_outer_weights(w), **hf_block_weights(w, _HF_NAMES, cfg.n_routed_experts)}
     for i in range(cfg.n_layer, cfg.n_layer + cfg.n_nextn):
         out[f"model.layers.{i}.embed_tokens.weight"] = w["token_embd.weight"]
         out[f"model.layers.{i}.shared_head.head.weight"] = w["output.weight"]

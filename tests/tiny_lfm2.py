@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tiny_model import TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
+from tiny_model import RandomInit, TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
 
 @dataclass
@@ -45,14 +45,9 @@ def make_lfm2_weights(cfg: Lfm2Config) -> TinyModel:
     """Random weights under llama.cpp's GGUF names (shortconv.conv.weight as (n_embd, l_cache): the
     Conv1d kernel with its middle axis squeezed, as the converter writes it)."""
     assert len(cfg.layer_types) == cfg.n_layer
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     e, hd = cfg.n_embd, cfg.head_dim
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.1 * rng.normal(size=n)
 
     w: dict[str, np.ndarray] = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}
     for i in range(cfg.n_layer):

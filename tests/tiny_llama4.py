@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tiny_model import TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
+from tiny_model import RandomInit, TinyConfig, TinyModel, rope, rope_inv_freq, write_gguf
 
 Weights = dict[str, np.ndarray]
 # transformers' llama3 rope scaling with a window that gives every kind of frequency a tiny head has
@@ -82,14 +82,9 @@ class Llama4Config:
 def make_weights(cfg: Llama4Config) -> Weights:
     """Random float64 weights under their GGUF names, (rows, cols) as numpy holds them (stacked
     experts: (n_expert, rows, cols))."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed, norm_spread=0.2)
+    rng, mat, norm = init.rng, init.mat, init.norm
     e, hd, ne, fx = cfg.n_embd, cfg.head_dim, cfg.n_expert, cfg.n_ff_exp
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.2 * rng.normal(size=n)
 
     w: Weights = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}
     for i in range(cfg.n_layer):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tiny_model import TinyConfig, TinyModel, rope, write_gguf
+from tiny_model import RandomInit, TinyConfig, TinyModel, rope, write_gguf
 
 Weights = dict[str, np.ndarray]
 MAMBA, ATTN, MLP, MOE = "mamba", "attention", "mlp", "moe"
@@ -101,14 +101,9 @@ def make_weights(cfg: HybridConfig) -> Weights:
     """Random float64 weights under llama.cpp's GGUF names and shapes (numpy order): ssm_a as
     -exp(A_log) and ssm_d as (n_head, 1), ssm_conv1d as (conv_dim, d_conv), ssm_norm as (n_group,
     d_inner / n_group), as the converter writes them."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     e, hd, di, nh = cfg.n_embd, cfg.head_dim, cfg.d_inner, cfg.ssm_heads
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.1 * rng.normal(size=n)
 
     w: Weights = {"token_embd.weight": rng.normal(0, 1.0 if cfg.nemotron else 0.1, size=(cfg.n_vocab, e))}
     for i in range(cfg.n_layer):

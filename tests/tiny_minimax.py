@@ -8,15 +8,21 @@ e_score_correction_bias for choosing only and renormalizes the chosen scores."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import _rms, causal_attention, write_arch_gguf
-from tiny_model import rope
+from tiny_glm4moe import (
+    _rms,
+    causal_attention,
+    hf_base_config,
+    hf_outer_weights,
+    text_model_keys,
+    write_arch_gguf,
+)
+from tiny_model import RandomInit, rope
 
 
 @dataclass
@@ -52,15 +58,10 @@ class MinimaxM2Config:
 
 def make_weights(cfg: MinimaxM2Config) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     E, qd, kd = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     n_exp, ff = cfg.num_local_experts, cfg.intermediate_size
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
 
     w = {
         "token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)),
@@ -78,11 +79,7 @@ def make_weights(cfg: MinimaxM2Config) -> dict[str, np.ndarray]:
         w[b + "attn_k_norm.weight"] = norm(kd) * np.repeat(rng.uniform(0.5, 1.5, cfg.n_head_kv), cfg.head_dim)
         w[b + "attn_output.weight"] = mat(E, qd)
         w[b + "ffn_norm.weight"] = norm(E)
-        w[b + "ffn_gate_inp.weight"] = mat(n_exp, E) * 2.0
-        w[b + "exp_probs_b.bias"] = 0.2 * rng.normal(size=n_exp)
-        w[b + "ffn_gate_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_up_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_down_exps.weight"] = mat(E, ff, n_exp)
+        w |= init.routed_ffn(b, E, n_exp, ff, bias=0.2)
     return w
 
 
@@ -98,14 +95,7 @@ def write_gguf(
     then expert_feed_forward_length and rope.dimension_count); changes: key -> value (None drops
     it). Returns the weights as the file holds them (float64)."""
     meta: dict[str, Any] = {
-        "block_count": cfg.n_layer,
-        "context_length": cfg.n_ctx_train,
-        "embedding_length": cfg.n_embd,
-        "feed_forward_length": cfg.intermediate_size,
-        "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_head_kv,
-        "rope.freq_base": cfg.rope_base,
-        "attention.layer_norm_rms_epsilon": cfg.rms_eps,
+        **text_model_keys(cfg, cfg.n_layer, cfg.intermediate_size),
         "expert_count": cfg.num_local_experts,
         "expert_used_count": cfg.num_experts_per_tok,
         "expert_gating_func": 2,
@@ -166,39 +156,25 @@ _HF_NAMES = {
 
 def hf_config(cfg: MinimaxM2Config) -> dict[str, Any]:
     """The config.json of a MiniMaxM2ForCausalLM checkpoint of cfg (as MiniMax-M2's)."""
-    return {
-        "architectures": ["MiniMaxM2ForCausalLM"],
-        "model_type": "minimax_m2",
-        "hidden_size": cfg.n_embd,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head_kv,
-        "head_dim": cfg.head_dim,
-        "rotary_dim": cfg.rotary_dim,
-        "intermediate_size": cfg.intermediate_size,
-        "vocab_size": cfg.n_vocab,
-        "num_local_experts": cfg.num_local_experts,
-        "num_experts_per_tok": cfg.num_experts_per_tok,
-        "scoring_func": "sigmoid",
-        "use_routing_bias": True,
-        "use_qk_norm": True,
-        "qk_norm_type": "per_layer",
-        "rope_theta": cfg.rope_base,
-        "rms_norm_eps": cfg.rms_eps,
-        "max_position_embeddings": cfg.n_ctx_train,
-        "tie_word_embeddings": False,
-        "hidden_act": "silu",
-    }
+    return hf_base_config(
+        cfg,
+        "MiniMaxM2ForCausalLM",
+        "minimax_m2",
+        head_dim=cfg.head_dim,
+        rotary_dim=cfg.rotary_dim,
+        intermediate_size=cfg.intermediate_size,
+        num_local_experts=cfg.num_local_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        scoring_func="sigmoid",
+        use_routing_bias=True,
+        use_qk_norm=True,
+        qk_norm_type="per_layer",
+    )
 
 
 def hf_weights(cfg: MinimaxM2Config, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w."""
-    return {
-        "model.embed_tokens.weight": w["token_embd.weight"],
-        "model.norm.weight": w["output_norm.weight"],
-        "lm_head.weight": w["output.weight"],
-        **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts),
-    }
+    return {**hf_outer_weights(w), **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts)}
 
 
 def hf_sparse_moe_blocks(

@@ -171,6 +171,58 @@ class TinyConfig:
         return self.n_ff_exp or self.n_ff
 
 
+class RandomInit:
+    """The tiny models' random float64 weights, drawn from one generator in the order asked for:
+    ``mat`` a matrix (rows, cols), or a stack of them, of N(0, 1 / cols) entries; ``norm`` a norm's
+    weight, 1 + norm_spread N(0, 1); ``vec`` a bias, 0.3 N(0, 1); ``dense_ffn`` / ``routed_ffn`` a
+    block's feed-forward tensors. ``rng`` draws anything else."""
+
+    def __init__(self, seed: int, norm_spread: float = 0.1) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.norm_spread = norm_spread
+
+    def mat(self, rows: int, cols: int, *stack: int) -> np.ndarray:
+        return self.rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
+
+    def norm(self, n: int) -> np.ndarray:
+        return 1.0 + self.norm_spread * self.rng.normal(size=n)
+
+    def vec(self, n: int) -> np.ndarray:
+        return 0.3 * self.rng.normal(size=n)
+
+    def dense_ffn(self, b: str, n_embd: int, n_ff: int) -> dict[str, np.ndarray]:
+        """Block b's SwiGLU feed-forward: gate, up, down (drawn in that order)."""
+        return {b + "ffn_gate.weight": self.mat(n_ff, n_embd), b + "ffn_up.weight": self.mat(n_ff, n_embd),
+                b + "ffn_down.weight": self.mat(n_embd, n_ff)}  # fmt: skip
+
+    def routed_ffn(
+        self,
+        b: str,
+        n_embd: int,
+        n_exp: int,
+        ff: int,
+        *,
+        bias: float = 0.0,
+        bias_shape: tuple[int, ...] | None = None,
+        ff_shared: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Block b's experts, drawn in this order: the router (twice the usual scale: a sharper
+        choice), the selection bias (bias N(0, 1) of bias_shape, default (n_exp,); none where bias is
+        0), the stacked experts' gate, up and down, and where ff_shared is not None the shared
+        experts' (ff_shared wide)."""
+        w = {b + "ffn_gate_inp.weight": self.mat(n_exp, n_embd) * 2.0}
+        if bias:
+            w[b + "exp_probs_b.bias"] = bias * self.rng.normal(size=bias_shape or n_exp)
+        w[b + "ffn_gate_exps.weight"] = self.mat(ff, n_embd, n_exp)
+        w[b + "ffn_up_exps.weight"] = self.mat(ff, n_embd, n_exp)
+        w[b + "ffn_down_exps.weight"] = self.mat(n_embd, ff, n_exp)
+        if ff_shared is not None:
+            w |= {b + "ffn_gate_shexp.weight": self.mat(ff_shared, n_embd),
+                  b + "ffn_up_shexp.weight": self.mat(ff_shared, n_embd),
+                  b + "ffn_down_shexp.weight": self.mat(n_embd, ff_shared)}  # fmt: skip
+        return w
+
+
 @dataclass
 class TinyModel:
     cfg: TinyConfig
@@ -178,15 +230,10 @@ class TinyModel:
 
 
 def make_weights(cfg: TinyConfig) -> TinyModel:
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm = init.rng, init.mat, init.norm
     hd = cfg.head_dim
     q_dim, kv_dim = cfg.n_head * hd, cfg.n_head_kv * hd
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.1 * rng.normal(size=n)
 
     w: dict[str, np.ndarray] = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, cfg.n_embd))}
     for i in range(cfg.n_layer):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tiny_model import TinyConfig, TinyModel, rope, write_gguf
+from tiny_model import RandomInit, TinyConfig, TinyModel, rope, write_gguf
 
 Weights = dict[str, np.ndarray]
 
@@ -67,15 +67,10 @@ class MoeConfig:
 def make_weights(cfg: MoeConfig) -> Weights:
     """Random float64 weights under their GGUF names, (rows, cols) as numpy holds them (stacked
     experts: (n_expert, rows, cols))."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed, norm_spread=0.2)
+    rng, mat, norm = init.rng, init.mat, init.norm
     e, q_dim, kv_dim = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     fx, fs, ne = cfg.expert_width, cfg.shared_width, cfg.n_expert
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.2 * rng.normal(size=n)
 
     w: Weights = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}
     for i in range(cfg.n_layer):
@@ -90,10 +85,7 @@ def make_weights(cfg: MoeConfig) -> Weights:
             w[b + "attn_k_norm.weight"] = norm(kv_dim)
         w[b + "attn_output.weight"] = mat(e, q_dim)
         w[b + "ffn_norm.weight"] = norm(e)
-        w[b + "ffn_gate_inp.weight"] = 2 * mat(ne, e)  # (spread routes)
-        w[b + "ffn_gate_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_up_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_down_exps.weight"] = np.stack([mat(e, fx) for _ in range(ne)])
+        w |= init.routed_ffn(b, e, ne, fx)
         if fs:
             if cfg.arch == "qwen2moe":
                 w[b + "ffn_gate_inp_shexp.weight"] = mat(1, e)[0] * 2

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tiny_model import TinyConfig, TinyModel, rope, write_gguf
+from tiny_model import RandomInit, TinyConfig, TinyModel, rope, write_gguf
 
 Weights = dict[str, np.ndarray]
 
@@ -87,15 +87,10 @@ class VarConfig:
 def make_weights(cfg: VarConfig) -> Weights:
     """Random float64 weights under their GGUF names, (rows, cols) as numpy holds them (stacked
     experts: (n_expert, rows, cols))."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed, norm_spread=0.2)
+    rng, mat, norm = init.rng, init.mat, init.norm
     e, hd, ne, fx = cfg.n_embd, cfg.head_dim, cfg.n_expert, cfg.n_ff_exp
     q_dim, kv_dim = cfg.n_head * hd, cfg.n_head_kv * hd
-
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return rng.normal(0, 1 / np.sqrt(cols), size=(rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1 + 0.2 * rng.normal(size=n)
 
     w: Weights = {"token_embd.weight": rng.normal(0, 1, size=(cfg.n_vocab, e))}
     for i in range(cfg.n_layer + cfg.n_nextn):
@@ -116,21 +111,10 @@ def make_weights(cfg: VarConfig) -> Weights:
         w[b + "attn_output.weight"] = mat(e, q_dim)
         w[b + "ffn_norm.weight"] = norm(e)
         if not cfg.is_moe(i):
-            w[b + "ffn_gate.weight"] = mat(cfg.n_ff, e)
-            w[b + "ffn_up.weight"] = mat(cfg.n_ff, e)
-            w[b + "ffn_down.weight"] = mat(e, cfg.n_ff)
-            continue
-        w[b + "ffn_gate_inp.weight"] = 2 * mat(ne, e)  # (spread routes)
-        if cfg.expert_bias:
-            w[b + "exp_probs_b.bias"] = 0.3 * rng.normal(size=ne)
-        w[b + "ffn_gate_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_up_exps.weight"] = np.stack([mat(fx, e) for _ in range(ne)])
-        w[b + "ffn_down_exps.weight"] = np.stack([mat(e, fx) for _ in range(ne)])
-        if cfg.n_shared:
-            fs = cfg.shared_width
-            w[b + "ffn_gate_shexp.weight"] = mat(fs, e)
-            w[b + "ffn_up_shexp.weight"] = mat(fs, e)
-            w[b + "ffn_down_shexp.weight"] = mat(e, fs)
+            w |= init.dense_ffn(b, e, cfg.n_ff)
+        else:
+            w |= init.routed_ffn(b, e, ne, fx, bias=0.3 * cfg.expert_bias,
+                                 ff_shared=cfg.shared_width if cfg.n_shared else None)  # fmt: skip
     w["output_norm.weight"] = norm(e)
     if not cfg.tied_output:
         w["output.weight"] = mat(cfg.n_vocab, e)

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 from tiny_deepseek import moe_block
-from tiny_glm4moe import causal_attention, write_arch_gguf
+from tiny_glm4moe import causal_attention, hf_base_config, hf_outer_weights, write_arch_gguf
 from tiny_minimax import hf_sparse_moe_blocks
-from tiny_model import rope
+from tiny_model import RandomInit, rope
 
 
 @dataclass
@@ -80,18 +80,10 @@ class PhiMoeConfig:
 
 def make_weights(cfg: PhiMoeConfig) -> dict[str, np.ndarray]:
     """Random weights under their GGUF names, float64 (the biases and norm biases well away from 0)."""
-    rng = np.random.default_rng(cfg.seed)
+    init = RandomInit(cfg.seed)
+    rng, mat, norm, bias = init.rng, init.mat, init.norm, init.vec
     E, kd = cfg.n_embd, cfg.n_head_kv * cfg.head_dim
     n_exp, ff = cfg.num_local_experts, cfg.intermediate_size
-
-    def mat(rows: int, cols: int, *stack: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0 / math.sqrt(cols), (*stack, rows, cols))
-
-    def norm(n: int) -> np.ndarray:
-        return 1.0 + 0.1 * rng.normal(size=n)
-
-    def bias(n: int) -> np.ndarray:
-        return 0.3 * rng.normal(size=n)
 
     w = {
         "token_embd.weight": rng.normal(0.0, 1.0, (cfg.n_vocab, E)),
@@ -110,10 +102,7 @@ def make_weights(cfg: PhiMoeConfig) -> dict[str, np.ndarray]:
             w[b + "attn_q.bias"], w[b + "attn_k.bias"], w[b + "attn_v.bias"] = bias(E), bias(kd), bias(kd)
         w[b + "attn_output.weight"], w[b + "attn_output.bias"] = mat(E, E), bias(E)
         w[b + "ffn_norm.weight"], w[b + "ffn_norm.bias"] = norm(E), bias(E)
-        w[b + "ffn_gate_inp.weight"] = mat(n_exp, E) * 2.0
-        w[b + "ffn_gate_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_up_exps.weight"] = mat(ff, E, n_exp)
-        w[b + "ffn_down_exps.weight"] = mat(E, ff, n_exp)
+        w |= init.routed_ffn(b, E, n_exp, ff)
     if cfg.longrope:
         w["rope_factors_long.weight"] = cfg.factors["long"]
         w["rope_factors_short.weight"] = cfg.factors["short"]
@@ -199,27 +188,18 @@ _HF_NAMES = {
 
 def hf_config(cfg: PhiMoeConfig) -> dict[str, Any]:
     """The config.json of a PhiMoEForCausalLM checkpoint of cfg (as Phi-3.5-MoE-instruct's)."""
-    out = {
-        "architectures": ["PhiMoEForCausalLM"],
-        "model_type": "phimoe",
-        "hidden_size": cfg.n_embd,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head_kv,
-        "intermediate_size": cfg.intermediate_size,
-        "vocab_size": cfg.n_vocab,
-        "num_local_experts": cfg.num_local_experts,
-        "num_experts_per_tok": cfg.num_experts_per_tok,
-        "attention_bias": True,
-        "lm_head_bias": True,
-        "rope_theta": cfg.rope_base,
-        "rms_norm_eps": cfg.rms_eps,
-        "max_position_embeddings": cfg.n_ctx_train,
-        "original_max_position_embeddings": cfg.original_ctx,
-        "sliding_window": None,
-        "tie_word_embeddings": False,
-        "hidden_act": "silu",
-    }
+    out = hf_base_config(
+        cfg,
+        "PhiMoEForCausalLM",
+        "phimoe",
+        intermediate_size=cfg.intermediate_size,
+        num_local_experts=cfg.num_local_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        attention_bias=True,
+        lm_head_bias=True,
+        original_max_position_embeddings=cfg.original_ctx,
+        sliding_window=None,
+    )
     if cfg.longrope:
         out["rope_scaling"] = {
             "type": "longrope",
@@ -234,12 +214,5 @@ def hf_config(cfg: PhiMoeConfig) -> dict[str, Any]:
 
 def hf_weights(cfg: PhiMoeConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The checkpoint's tensors holding the GGUF weights w (no LongRoPE factor tensors: config.json
-    holds them)."""
-    return {
-        "model.embed_tokens.weight": w["token_embd.weight"],
-        "model.norm.weight": w["output_norm.weight"],
-        "model.norm.bias": w["output_norm.bias"],
-        "lm_head.weight": w["output.weight"],
-        "lm_head.bias": w["output.bias"],
-        **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts),
-    }
+    holds them; the final norm's and the output head's biases)."""
+    return {**hf_outer_weights(w), **hf_sparse_moe_blocks(w, _HF_NAMES, cfg.num_local_experts)}

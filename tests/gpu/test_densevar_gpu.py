@@ -11,7 +11,7 @@ import pytest
 from conftest import mean_kl
 from splitllm import _core
 from splitllm.quants import quantize
-from test_densevar_archs import CASES
+from test_dense_archs import CASES
 from test_model_gpu import KL_MAX, PROMPT, check_against_cpu, greedy
 from tiny_densevar import make_weights
 from tiny_model import TinyModel, write_gguf
