@@ -217,8 +217,8 @@ def gpu_op_attention(device: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, p
                      slot: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, *, n_head: int,
                      n_head_kv: int, head_dim: int, n_slots: int, slot_ctx: int, type_k: str = "f16",
                      type_v: str = "f16", attn_vec_tokens: int = 8, graphs: bool = False,
-                     scale: float = 0.0, softcap: float = 0.0, window: int = 0,
-                     ring: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+                     scale: float = 0.0, softcap: float = 0.0, window: int = 0, ring: bool = False,
+                     sinks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def gpu_op_hadamard(device: str, x: np.ndarray) -> np.ndarray:
     """Each row rotated block by block by the orthonormal Hadamard matrix (KV cache rotation)."""
 def gpu_op_get_rows(device: str, qtype: int, table: np.ndarray, tokens: np.ndarray) -> np.ndarray: ...
