@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from lcpp import llama_cpp_logits
 from recurrent_checks import plan_equals_model, rel_err, same_greedy_as_llama_cpp
+from routed_checks import with_fake_gpu
 from splitllm import GGUFError, Model
 from tiny_mamba2 import ATTN, MAMBA, MLP, HybridConfig, hybrid_reference_logits, write_hybrid_gguf
 
@@ -90,15 +91,7 @@ def test_bad_files_are_refused(tmp_path):
 
 def test_blocks_stay_on_the_cpu_with_a_gpu(nemo, monkeypatch):
     """Its MLP layers' squared ReLU has no CUDA path yet: with a (fake) GPU the blocks stay on the
-    CPU, said once, the output layer goes to the GPU, and the logits are the CPU's."""
-    from splitllm import _core
-
-    path = str(nemo[0])
-    toks = np.asarray([(7 * i + 3) % 320 for i in range(40)], np.int32)
-    args = (toks, np.arange(len(toks), dtype=np.int32), np.zeros(len(toks), np.int32))
-    want = _core.Model(path, n_ctx=64, n_threads=1, op_offload=False).decode(*args)
-    monkeypatch.setenv("SPLITLLM_FAKE_GPU", "1")
-    m = _core.Model(path, n_ctx=64, n_threads=1, n_gpu_layers=-1, op_offload=False)
+    CPU, said once, the output layer goes to the GPU, and the logits are the CPU's exactly."""
+    m = with_fake_gpu(nemo[0], [(7 * i + 3) % 320 for i in range(40)], monkeypatch, op_offload=False)
     assert len(m.warnings) == 1 and "squared-ReLU" in m.warnings[0]
     assert [p["device"] for p in m.placement] == ["CPU"] * (1 + m.config["n_layer"]) + ["FAKEGPU0"]
-    np.testing.assert_array_equal(m.decode(*args), want)

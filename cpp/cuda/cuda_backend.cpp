@@ -341,7 +341,7 @@ void CudaBackend::add(float * y, const float * x, int64_t n, float scale) {
 }
 
 void CudaBackend::act_mul(Glu f, float * g, const float * u, int64_t n) {
-    SL_CHECK(f != Glu::SwigluOai && f != Glu::Relu, "cuda act_mul: the clamped SwiGLU and ReGLU run on the CPU only");
+    SL_CHECK(gpu_act_supported(f), "cuda act_mul: the clamped SwiGLU and ReGLU run on the CPU only");
     enqueue([&] {
         if (f == Glu::Silu)
             silu_mul(g, u, n, stream_);
@@ -355,8 +355,7 @@ void CudaBackend::glu(Glu f, const WeightRef & gate, const WeightRef & up, const
     SL_CHECK(gate.rows <= opt_.n_ff && gate.K <= opt_.max_k, "cuda glu: shape (%lld, %lld) beyond the scratch",
              (long long)gate.rows, (long long)gate.K);
     SL_CHECK(matmul_supports(gate.type) && matmul_supports(up.type), "cuda glu: unsupported weight type");
-    SL_CHECK(f != Glu::SwigluOai && f != Glu::Relu && !gate.bias && !up.bias,
-             "cuda glu: the clamped SwiGLU, ReGLU and projection biases run on the CPU only");
+    SL_CHECK(gpu_glu_supported(f, gate, up), "cuda glu: the clamped SwiGLU, ReGLU and projection biases run on the CPU only");
     check_batch(n_tok, "glu");
     if (n_tok == 0) return;
     const bool gemm = n_tok > opt_.vec_tokens;

@@ -32,6 +32,12 @@ void check_gpu_attention(const KVLayout & kv, const AttnParams & p) {
     SL_CHECK(!kv.v_in_k && kv.v_dim() == kv.head_dim, "GPU attention: values narrower than keys run on the CPU only");
 }
 
+bool gpu_act_supported(Glu f) { return f != Glu::SwigluOai && f != Glu::Relu; }
+
+bool gpu_glu_supported(Glu f, const WeightRef & gate, const WeightRef & up) {
+    return gpu_act_supported(f) && !gate.bias && !up.bias;
+}
+
 void check_ring_batch(const KVLayout & kv, const AttnParams & p, const int32_t * pos, const int32_t * slot,
                       int n_tok) {
     if (!kv.ring) return;

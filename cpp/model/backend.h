@@ -79,6 +79,12 @@ struct AttnParams {
 // chunked windows; values as wide as keys, in their own cache). FAKEGPU0 checks it too.
 void check_gpu_attention(const KVLayout & kv, const AttnParams & p);
 
+// Whether the GPU backends' glu / act_mul take this activation (and projections): not the clamped
+// SwiGLU (gpt-oss), ReGLU, or projection biases. The CUDA backend and FAKEGPU0 refuse the rest; op
+// offload keeps it on the CPU.
+bool gpu_act_supported(Glu f);
+bool gpu_glu_supported(Glu f, const WeightRef & gate, const WeightRef & up);
+
 // Throws unless a ring cache (kv.ring) can take a batch: a window, and per slot the batch's
 // positions and the window before the first fit the ring (no cell read is overwritten).
 void check_ring_batch(const KVLayout & kv, const AttnParams & p, const int32_t * pos, const int32_t * slot,

@@ -82,7 +82,7 @@ public:
         need(act, sizeof(float) * size_t(n_tok) * gate.rows, "glu output");
         SL_CHECK(gate.rows <= n_ff_ && gate.K <= max_k_, "FAKEGPU0 glu: shape (%lld, %lld) beyond the scratch",
                  (long long)gate.rows, (long long)gate.K);  // (as the CUDA backend's)
-        SL_CHECK(f != Glu::SwigluOai && f != Glu::Relu && !gate.bias && !up.bias,
+        SL_CHECK(gpu_glu_supported(f, gate, up),
                  "FAKEGPU0 glu: the clamped SwiGLU, ReGLU and projection biases run on the CPU only");
         cpu_.glu(f, gate, up, x, act, n_tok);
     }
@@ -92,7 +92,7 @@ public:
         cpu_.add(y, x, n, scale);
     }
     void act_mul(Glu f, float * g, const float * u, int64_t n) override {
-        SL_CHECK(f != Glu::SwigluOai && f != Glu::Relu, "FAKEGPU0 act_mul: the clamped SwiGLU and ReGLU run on the CPU only");
+        SL_CHECK(gpu_act_supported(f), "FAKEGPU0 act_mul: the clamped SwiGLU and ReGLU run on the CPU only");
         need(g, sizeof(float) * size_t(n), "act_mul g");
         need(u, sizeof(float) * size_t(n), "act_mul u");
         cpu_.act_mul(f, g, u, n);

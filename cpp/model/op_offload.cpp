@@ -94,9 +94,7 @@ void OpOffload::matmul(const WeightRef * const * w, float * const * y, int n_w, 
 void OpOffload::glu(Glu f, const WeightRef & gate, const WeightRef & up, const float * x, float * act, int n_tok) {
     const WeightRef * w[2] = {&gate, &up};
     WeightRef dev[2];
-    // (the GPU backends' glu takes neither the clamped SwiGLU, ReGLU nor biases: gpt-oss's experts)
-    const bool gpu_can = f != Glu::SwigluOai && f != Glu::Relu && !gate.bias && !up.bias;
-    if (!gpu_can || size_t(n_tok) * gate.rows > buf_.y_floats || size_t(n_tok) * gate.K > buf_.x_floats ||
+    if (!gpu_glu_supported(f, gate, up) || size_t(n_tok) * gate.rows > buf_.y_floats || size_t(n_tok) * gate.K > buf_.x_floats ||
         !stage(w, 2, dev)) {
         cpu_.glu(f, gate, up, x, act, n_tok);
         return;
